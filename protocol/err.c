@@ -1,0 +1,181 @@
+/* Structured errors, errno names and signal names. */
+#include "sbx/err.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void copy_str(char *dst, size_t dstsz, const char *src)
+{
+    size_t n = strnlen(src, dstsz - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+void sbx_err_clear(struct sbx_err *e)
+{
+    memset(e, 0, sizeof(*e));
+}
+
+bool sbx_err_isset(const struct sbx_err *e)
+{
+    return e->code[0] != '\0';
+}
+
+__attribute__((format(printf, 3, 0))) static void err_vset(struct sbx_err *e, const char *code,
+                                                           const char *fmt, va_list ap)
+{
+    sbx_err_clear(e);
+    copy_str(e->code, sizeof(e->code), code);
+    (void)vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+}
+
+int sbx_err_set(struct sbx_err *e, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    err_vset(e, code, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int sbx_err_param(struct sbx_err *e, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    err_vset(e, SBX_E_BAD_PARAM, fmt, ap);
+    va_end(ap);
+    copy_str(e->field, sizeof(e->field), field);
+    return -1;
+}
+
+int sbx_err_sys(struct sbx_err *e, int errnum, const char *stage, const char *fmt, ...)
+{
+    const char *name = sbx_errno_name(errnum);
+    char what[SBX_ERR_MSG_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    (void)vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+
+    sbx_err_clear(e);
+    if (name != NULL) {
+        copy_str(e->code, sizeof(e->code), name);
+    } else {
+        (void)snprintf(e->code, sizeof(e->code), "E%d", errnum);
+    }
+    e->sys_errno = errnum;
+    if (stage != NULL) {
+        copy_str(e->stage, sizeof(e->stage), stage);
+    }
+    (void)snprintf(e->msg, sizeof(e->msg), "%s: %s", what, strerror(errnum));
+    return errnum > 0 ? -errnum : -1;
+}
+
+void sbx_err_prefix(struct sbx_err *e, const char *fmt, ...)
+{
+    char head[SBX_ERR_MSG_MAX];
+    char old[SBX_ERR_MSG_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    (void)vsnprintf(head, sizeof(head), fmt, ap);
+    va_end(ap);
+    memcpy(old, e->msg, sizeof(old));
+    (void)snprintf(e->msg, sizeof(e->msg), "%s: %s", head, old);
+}
+
+const char *sbx_errno_name(int errnum)
+{
+    if (errnum <= 0 || errnum > 4095) {
+        return NULL;
+    }
+    /* glibc >= 2.32 knows every Linux errno name; no table of our own to keep in step. */
+    return strerrorname_np(errnum);
+}
+
+int sbx_errno_from_name(const char *name)
+{
+    for (int i = 1; i < 200; i++) {
+        const char *n = strerrorname_np(i);
+        if (n != NULL && strcmp(n, name) == 0) {
+            return i;
+        }
+    }
+    return 0;
+}
+
+const char *sbx_signal_name(int sig, char *buf, size_t bufsz)
+{
+    const char *abbrev;
+
+    if (sig <= 0 || sig >= NSIG || bufsz < 16) {
+        return NULL;
+    }
+    if (sig >= SIGRTMIN && sig <= SIGRTMAX) {
+        (void)snprintf(buf, bufsz, "SIGRTMIN+%d", sig - SIGRTMIN);
+        return buf;
+    }
+    abbrev = sigabbrev_np(sig);
+    if (abbrev == NULL) {
+        return NULL;
+    }
+    (void)snprintf(buf, bufsz, "SIG%s", abbrev);
+    return buf;
+}
+
+int sbx_signal_parse(const char *s)
+{
+    char up[32];
+    size_t n = strlen(s);
+    char *end = NULL;
+    long v;
+
+    if (n == 0 || n >= sizeof(up)) {
+        return -1;
+    }
+    if (isdigit((unsigned char)s[0])) {
+        errno = 0;
+        v = strtol(s, &end, 10);
+        if (errno != 0 || *end != '\0' || v <= 0 || v >= NSIG) {
+            return -1;
+        }
+        return (int)v;
+    }
+    for (size_t i = 0; i <= n; i++) {
+        up[i] = (char)toupper((unsigned char)s[i]);
+    }
+    s = up;
+    if (strncmp(s, "SIG", 3) == 0) {
+        s += 3;
+    }
+    if (strncmp(s, "RTMIN", 5) == 0) {
+        long off = 0;
+        if (s[5] == '+') {
+            errno = 0;
+            off = strtol(s + 6, &end, 10);
+            if (errno != 0 || end == s + 6 || *end != '\0') {
+                return -1;
+            }
+        } else if (s[5] != '\0') {
+            return -1;
+        }
+        if (off < 0 || off > SIGRTMAX - SIGRTMIN) {
+            return -1;
+        }
+        return SIGRTMIN + (int)off;
+    }
+    for (int sig = 1; sig < SIGRTMIN; sig++) {
+        const char *abbrev = sigabbrev_np(sig);
+        if (abbrev != NULL && strcmp(abbrev, s) == 0) {
+            return sig;
+        }
+    }
+    return -1;
+}

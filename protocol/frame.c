@@ -1,0 +1,117 @@
+/* Incremental frame decoder: length prefix checked before allocation, any input split. */
+#include "sbx/frame.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "sbx/limits.h"
+
+void sbx_framer_init(struct sbx_framer *f, uint32_t max)
+{
+    memset(f, 0, sizeof(*f));
+    f->max = max != 0 ? max : SBX_FRAME_MAX;
+}
+
+void sbx_framer_free(struct sbx_framer *f)
+{
+    free(f->buf);
+    f->buf = NULL;
+    f->buf_cap = 0;
+}
+
+void sbx_frame_put_len(uint8_t out[4], uint32_t len)
+{
+    out[0] = (uint8_t)(len >> 24);
+    out[1] = (uint8_t)(len >> 16);
+    out[2] = (uint8_t)(len >> 8);
+    out[3] = (uint8_t)len;
+}
+
+/* Make room for a payload of f->len bytes; f->len is already checked against the cap. */
+static int framer_reserve(struct sbx_framer *f, struct sbx_err *err)
+{
+    uint32_t want;
+    uint8_t *p;
+
+    if (f->buf_cap >= f->len) {
+        return 0;
+    }
+    /* Grow geometrically but never past the cap, so a stream of growing frames is cheap. */
+    want = f->buf_cap ? f->buf_cap : 4096;
+    while (want < f->len) {
+        want = want > f->max / 2 ? f->max : want * 2;
+    }
+    if (want > f->max) {
+        want = f->max;
+    }
+    p = realloc(f->buf, want);
+    if (p == NULL) {
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory for a %u-byte frame", f->len);
+    }
+    f->buf = p;
+    f->buf_cap = want;
+    return 0;
+}
+
+int sbx_framer_feed(struct sbx_framer *f, const uint8_t *data, size_t len, size_t *consumed,
+                    struct sbx_err *err)
+{
+    size_t off = 0;
+
+    *consumed = 0;
+    if (f->broken) {
+        return sbx_err_set(err, SBX_E_BAD_FRAME, "connection framing is broken");
+    }
+    /* A completed frame was handed out by the previous call: start the next one. */
+    if (f->hdr_have == 4 && f->have == f->len) {
+        f->hdr_have = 0;
+        f->have = 0;
+        f->len = 0;
+    }
+    while (f->hdr_have < 4) {
+        if (off == len) {
+            *consumed = off;
+            return 0;
+        }
+        f->hdr[f->hdr_have++] = data[off++];
+    }
+    if (f->have == 0 && f->len == 0) {
+        f->len = (uint32_t)f->hdr[0] << 24 | (uint32_t)f->hdr[1] << 16 | (uint32_t)f->hdr[2] << 8 |
+                 f->hdr[3];
+        if (f->len == 0) {
+            f->broken = 1;
+            *consumed = off;
+            return sbx_err_set(err, SBX_E_BAD_FRAME, "zero-length frame");
+        }
+        if (f->len > f->max) {
+            f->broken = 1;
+            *consumed = off;
+            return sbx_err_set(err, SBX_E_FRAME_TOO_LARGE,
+                               "frame of %u bytes exceeds the %u-byte cap", f->len, f->max);
+        }
+        if (framer_reserve(f, err) < 0) {
+            f->broken = 1;
+            *consumed = off;
+            return -1;
+        }
+    }
+    {
+        size_t need = f->len - f->have;
+        size_t n = len - off < need ? len - off : need;
+        memcpy(f->buf + f->have, data + off, n);
+        f->have += (uint32_t)n;
+        off += n;
+    }
+    *consumed = off;
+    return f->have == f->len ? 1 : 0;
+}
+
+uint8_t *sbx_framer_take(struct sbx_framer *f, uint32_t *len)
+{
+    uint8_t *p = f->buf;
+
+    *len = f->len;
+    f->buf = NULL;
+    f->buf_cap = 0;
+    return p;
+}

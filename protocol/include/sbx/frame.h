@@ -1,0 +1,50 @@
+/*
+ * Incremental frame decoder. Bytes arrive in arbitrary pieces (down to one at a time); a frame is
+ * a 4-byte big-endian length L (1 <= L <= max) followed by L bytes. The length is checked against
+ * the cap on the header bytes, before anything is allocated, so a hostile prefix costs nothing.
+ */
+#ifndef SBX_FRAME_H
+#define SBX_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sbx/err.h"
+
+struct sbx_framer {
+    uint8_t hdr[4];
+    uint32_t hdr_have; /* header bytes seen for the current frame */
+    uint32_t len;      /* payload length, valid once hdr_have == 4 */
+    uint32_t have;     /* payload bytes seen */
+    uint32_t max;      /* frame cap */
+    uint8_t *buf;      /* payload buffer, reused between frames */
+    uint32_t buf_cap;
+    int broken; /* a fatal framing error was seen; everything after it is refused */
+};
+
+/* Initialise @f with cap @max (0 means SBX_FRAME_MAX). Allocates nothing. */
+void sbx_framer_init(struct sbx_framer *f, uint32_t max);
+
+/* Free the buffer. @f may be re-initialised afterwards. */
+void sbx_framer_free(struct sbx_framer *f);
+
+/*
+ * Consume bytes from @data until a frame is complete or the input is used up. *consumed says how
+ * many bytes were taken. Returns 1 when a frame is complete (payload in f->buf, length f->len;
+ * valid until the next feed), 0 when more input is needed, or -1 on a fatal framing error
+ * (BAD_FRAME for a zero length, FRAME_TOO_LARGE over the cap, INTERNAL when out of memory) with
+ * @err filled. After -1 the stream cannot be resynchronised: close the connection.
+ */
+int sbx_framer_feed(struct sbx_framer *f, const uint8_t *data, size_t len, size_t *consumed,
+                    struct sbx_err *err);
+
+/*
+ * Take ownership of the completed frame's buffer (caller frees it with free()), so a payload can
+ * outlive the next feed without a copy. Only valid right after feed returned 1.
+ */
+uint8_t *sbx_framer_take(struct sbx_framer *f, uint32_t *len);
+
+/* Write the 4-byte big-endian length prefix for a payload of @len bytes. */
+void sbx_frame_put_len(uint8_t out[4], uint32_t len);
+
+#endif /* SBX_FRAME_H */

@@ -1,0 +1,49 @@
+/*
+ * Every cap of the sbx wire protocol and of the programs that speak it, in one place.
+ * Nothing read from the wire sizes an allocation until it is checked against one of these.
+ * PROTOCOL.md's limits table is the normative copy; keep the two in step.
+ */
+#ifndef SBX_LIMITS_H
+#define SBX_LIMITS_H
+
+/* Protocol versions this build speaks; hello agrees on the lower of the two peers' highest. */
+#define SBX_PROTO_VERSION     1
+#define SBX_PROTO_MIN_VERSION 1
+
+/* Framing: a 4-byte big-endian length, then that many bytes holding one msgpack value. */
+#define SBX_FRAME_HDR 4u
+#define SBX_FRAME_MAX (4u << 20)
+
+/* Decoder caps for one message (checked by a pre-scan before msgpack-c sees the bytes). */
+#define SBX_MSG_MAX_DEPTH   32u
+#define SBX_MSG_MAX_OBJECTS 65536u
+
+/* Streams. */
+#define SBX_STREAM_WINDOW       (1u << 20)   /* initial credit a sender holds, per stream */
+#define SBX_STREAM_CHUNK_MAX    (256u << 10) /* largest payload of one stream-data frame */
+#define SBX_STREAM_DATA_HDR_MAX 16u          /* frame length + [3, stream, bin32 header] */
+
+/* Strings and arrays in requests. */
+#define SBX_METHOD_MAX   64u
+#define SBX_PATH_MAX     4096u
+#define SBX_ARGV_MAX     4096u
+#define SBX_ARG_MAX      (128u << 10)
+#define SBX_ENV_MAX      4096u
+#define SBX_ENV_NAME_MAX 256u
+#define SBX_ENV_VAL_MAX  (128u << 10)
+#define SBX_GROUPS_MAX   64u
+#define SBX_TAG_MAX      256u
+#define SBX_TOKEN_MAX    256u
+#define SBX_CAPS_MAX     64u
+
+/* Agent-wide caps. */
+#define SBX_MAX_CONNS             64u
+#define SBX_MAX_STREAMS           4096u /* open streams per connection */
+#define SBX_MAX_PROCS             4096u /* processes tracked (running + exited, not yet released) */
+#define SBX_REPLAY_MAX            (64u << 10) /* per-stream buffer kept while nobody reads */
+#define SBX_CONN_OUTQ_MAX         (8u << 20) /* queued control output per connection before close */
+#define SBX_DRAIN_MS_DEFAULT      500u
+#define SBX_DRAIN_MS_MAX          60000u
+#define SBX_KILL_GRACE_MS_DEFAULT 2000u
+
+#endif /* SBX_LIMITS_H */

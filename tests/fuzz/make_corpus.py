@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Write the seed corpus for fuzz_decode: valid messages of every kind plus hostile ones.
+
+Input format (see fuzz_decode.c): byte 0 = feed step (0 = all at once), then raw frames.
+"""
+import os
+import struct
+import sys
+
+
+def mp(v):
+    """A tiny msgpack encoder: enough for seeds (nil, bool, int, str, bytes, list, dict)."""
+    if v is None:
+        return b"\xc0"
+    if v is True:
+        return b"\xc3"
+    if v is False:
+        return b"\xc2"
+    if isinstance(v, int):
+        if 0 <= v <= 0x7F:
+            return bytes([v])
+        if -32 <= v < 0:
+            return struct.pack("b", v)
+        if 0 <= v <= 0xFFFFFFFF:
+            return b"\xce" + struct.pack(">I", v)
+        if v < 0:
+            return b"\xd3" + struct.pack(">q", v)
+        return b"\xcf" + struct.pack(">Q", v)
+    if isinstance(v, str):
+        b = v.encode()
+        if len(b) < 32:
+            return bytes([0xA0 | len(b)]) + b
+        return b"\xd9" + bytes([len(b)]) + b if len(b) < 256 else b"\xda" + struct.pack(">H", len(b)) + b
+    if isinstance(v, bytes):
+        if len(v) < 256:
+            return b"\xc4" + bytes([len(v)]) + v
+        return b"\xc5" + struct.pack(">H", len(v)) + v
+    if isinstance(v, list):
+        head = bytes([0x90 | len(v)]) if len(v) < 16 else b"\xdc" + struct.pack(">H", len(v))
+        return head + b"".join(mp(x) for x in v)
+    if isinstance(v, dict):
+        head = bytes([0x80 | len(v)]) if len(v) < 16 else b"\xde" + struct.pack(">H", len(v))
+        return head + b"".join(mp(k) + mp(x) for k, x in v.items())
+    raise TypeError(v)
+
+
+def frame(payload):
+    return struct.pack(">I", len(payload)) + payload
+
+
+SEEDS = {
+    "hello": [0, 1, "hello", {"version": 1, "client": "sbx", "capabilities": ["process"]}],
+    "hello_token": [0, 2, "hello", {"version": 9, "min_version": 1, "token": "s3cret"}],
+    "spawn_argv": [0, 3, "proc.spawn", {"argv": ["/bin/echo", "hi"], "env": {"A": "1"},
+                                        "cwd": "/tmp", "stdin": "pipe", "timeout_ms": 1000}],
+    "spawn_cmd": [0, 4, "proc.spawn", {"command": "ls -l", "stderr": "stdout", "uid": 1000,
+                                       "gid": 1000, "groups": [1, 2], "kill_signal": "TERM"}],
+    "kill": [0, 5, "proc.kill", {"id": 1, "signal": 9, "group": True}],
+    "env_set": [0, 6, "env.set", {"vars": {"PATH": "/bin", "X": ""}}],
+    "resp_ok": [1, 3, None, {"id": 1, "pid": 100, "stdout": 1, "stderr": 2, "stdin": None}],
+    "resp_err": [1, 3, {"code": "ENOENT", "message": "exec: nope", "errno": 2, "stage": "exec"}, None],
+    "notify_exit": [2, "proc.exit", {"id": 1, "code": 0, "signal": None, "drained": True,
+                                     "rusage": {"maxrss_kb": 1000}}],
+    "credit": [2, "stream.credit", {"stream": 1, "bytes": 1048576}],
+    "end": [2, "stream.end", {"stream": 1, "error": {"code": "STREAM", "message": "x"}}],
+    "negative": [0, 7, "x", {"a": -1, "b": -100000, "c": -(2**40), "d": 2**40}],
+}
+
+
+def main(out):
+    os.makedirs(out, exist_ok=True)
+    for name, msg in SEEDS.items():
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(b"\x00" + frame(mp(msg)))
+        with open(os.path.join(out, name + "_bytewise"), "wb") as f:
+            f.write(b"\x01" + frame(mp(msg)))
+    data = frame(bytes([0x93, 0x03, 0x05]) + mp(b"hi" * 100))
+    with open(os.path.join(out, "data"), "wb") as f:
+        f.write(b"\x07" + data + data)
+    several = b"".join(frame(mp(m)) for m in SEEDS.values())
+    with open(os.path.join(out, "several"), "wb") as f:
+        f.write(b"\x03" + several)
+    hostile = {
+        "array32_huge": b"\x94\x00\x01\xa1x\xdd\xff\xff\xff\xff",
+        "map32_huge": b"\x94\x00\x01\xa1x\xdf\xff\xff\xff\xff",
+        "str32_huge": b"\x94\x00\x01\xa1x\xdb\xff\xff\xff\xff",
+        "bin32_huge": b"\x94\x00\x01\xa1x\xc6\xff\xff\xff\xff",
+        "deep": b"\x91" * 40 + b"\xc0",
+        "ext": b"\x94\x00\x01\xa1x\xd4\x01\x02",
+    }
+    for name, payload in hostile.items():
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(b"\x00" + frame(payload))
+    with open(os.path.join(out, "len_huge"), "wb") as f:
+        f.write(b"\x00\xff\xff\xff\xff\x93")
+    with open(os.path.join(out, "len_zero"), "wb") as f:
+        f.write(b"\x02\x00\x00\x00\x00")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "corpus", "frame"))
