@@ -41,6 +41,8 @@
 #define SBX_MAX_STREAMS           4096u /* open streams per connection */
 #define SBX_MAX_PROCS             4096u /* processes tracked (running + exited, not yet released) */
 #define SBX_REPLAY_MAX            (64u << 10) /* per-stream buffer kept while nobody reads */
+#define SBX_CONN_DATA_HIGH    (2u << 20)  /* queued output above which stream reads pause */
+#define SBX_CONN_DATA_LOW     (512u << 10) /* ...and below which they resume */
 #define SBX_CONN_OUTQ_MAX         (8u << 20) /* queued control output per connection before close */
 #define SBX_DRAIN_MS_DEFAULT      500u
 #define SBX_DRAIN_MS_MAX          60000u

@@ -1,0 +1,323 @@
+/*
+ * sbx-agent: shared types. One struct agent holds all state and is passed explicitly; each object
+ * kind lives in its own file (conn.c, stream.c, proc.c, env.c, user.c, initctl.c, listener.c,
+ * session.c) with its functions declared here.
+ */
+#ifndef SBX_AGENT_H
+#define SBX_AGENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+
+#include <uv.h>
+
+#include "sbx/err.h"
+#include "sbx/frame.h"
+#include "sbx/limits.h"
+#include "sbx/msg.h"
+
+#define AGENT_NAME    "sbx-agent"
+#define AGENT_VERSION "0.1.0"
+
+/* Intrusive doubly linked list (libuv's QUEUE idea, typed). */
+struct agent_link {
+    struct agent_link *prev, *next;
+};
+
+#define agent_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+void agent_list_init(struct agent_link *head);
+void agent_list_add_tail(struct agent_link *head, struct agent_link *node);
+void agent_list_del(struct agent_link *node);
+bool agent_list_empty(const struct agent_link *head);
+
+struct agent;
+struct agent_conn;
+struct agent_proc;
+
+/* --- buffers ------------------------------------------------------------------------------ */
+
+/* Fixed-size read buffers (SBX_STREAM_CHUNK_MAX) recycled through a small free list. */
+void *agent_buf_get(struct agent *a);
+void agent_buf_put(struct agent *a, void *buf);
+
+/* --- streams ------------------------------------------------------------------------------ */
+
+enum agent_stream_dir { AGENT_STREAM_OUT, AGENT_STREAM_IN };
+
+/*
+ * The process side of a pipe: an output (child stdout/stderr, read by the agent) or an input
+ * (child stdin, written by the agent). It belongs to the process and outlives connections; a
+ * connection's stream attaches to it. While no stream is attached, output is kept in a bounded
+ * replay buffer (oldest bytes dropped and counted) so the child never blocks on a full pipe.
+ */
+struct agent_pipe {
+    struct agent_proc *proc;
+    uv_pipe_t handle;
+    bool open;      /* handle initialised and not yet closing */
+    bool reading;   /* uv_read_start active */
+    bool eof;       /* output: end reached (or forcibly ended) */
+    bool truncated; /* output: ended by the drain deadline, not by EOF */
+    bool is_input;
+    struct agent_stream *stream; /* attached connection stream, or NULL */
+    /* output while detached */
+    uint8_t *replay;
+    uint32_t replay_len;
+    uint64_t dropped; /* bytes discarded because nobody read them */
+    uint64_t total;   /* bytes read from the child */
+    /* input */
+    unsigned writes_pending;
+    bool close_requested;
+};
+
+struct agent_stream {
+    struct agent_link link; /* in conn->streams */
+    struct agent_conn *conn;
+    uint32_t id;
+    enum agent_stream_dir dir;
+    uint64_t credit;   /* OUT: bytes we may still send; IN: bytes the client may still send */
+    uint64_t consumed; /* IN: bytes written to the target since the last grant */
+    struct agent_pipe *pipe;
+    bool ended; /* OUT: stream.end sent; IN: stream.end received */
+    bool cancelled;
+};
+
+struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_dir dir,
+                                      struct agent_pipe *p, struct sbx_err *err);
+struct agent_stream *agent_stream_find(struct agent_conn *c, uint32_t id);
+/* Detach from the pipe and free. Sends nothing. */
+void agent_stream_free(struct agent_stream *s);
+/* Send stream.end (with optional error / truncated flag) and free. */
+void agent_stream_end(struct agent_stream *s, const struct sbx_err *e, bool truncated);
+/* Incoming stream control and data from the client. */
+void agent_stream_on_credit(struct agent_conn *c, const struct sbx_msg *m);
+void agent_stream_on_end(struct agent_conn *c, const struct sbx_msg *m);
+void agent_stream_on_cancel(struct agent_conn *c, const struct sbx_msg *m);
+void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m);
+
+/* Output pipes: start/stop reading according to credit and attachment. */
+void agent_pipe_update(struct agent_pipe *p);
+/* True while an output pipe may still legitimately carry data (used by the drain deadline). */
+bool agent_pipe_busy(struct agent_pipe *p);
+/* Close a pipe's handle (idempotent); the proc counts the close. */
+void agent_pipe_close(struct agent_pipe *p);
+
+/* --- connections -------------------------------------------------------------------------- */
+
+enum agent_transport { AGENT_T_UNIX, AGENT_T_VSOCK, AGENT_T_TCP, AGENT_T_SERIAL };
+
+struct agent_conn {
+    struct agent_link link; /* in a->conns */
+    struct agent *a;
+    union {
+        uv_pipe_t pipe;
+        uv_tcp_t tcp;
+        uv_stream_t stream;
+        uv_handle_t handle;
+    } h;
+    enum agent_transport transport;
+    struct agent_listener *listener; /* serial: reopen after close */
+    unsigned num;                    /* connection number, for logs */
+    bool hello_done;
+    bool closing;
+    bool close_after_flush; /* e.g. after an AUTH error */
+    bool paused;            /* output pipes stopped: too much queued for this peer */
+    uint32_t version;
+    uint32_t next_stream;
+    unsigned nstreams;
+    struct agent_link streams;
+    struct sbx_framer framer;
+    struct sbx_decoder dec;
+    struct sbx_out out; /* scratch for encoding one control frame */
+    uint8_t *rbuf;
+    size_t queued; /* bytes handed to uv_write and not yet written */
+};
+
+/* Accept a connected stream fd / handle (already initialised by the listener) as a connection. */
+struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t);
+int agent_conn_start(struct agent_conn *c);
+void agent_conn_close(struct agent_conn *c);
+
+/* Start encoding a frame for @c; returns the packer. Finish with agent_conn_send(). */
+msgpack_packer *agent_conn_begin(struct agent_conn *c);
+/* Finish the frame begun with agent_conn_begin and queue it for writing. */
+void agent_conn_send(struct agent_conn *c);
+/* Queue a stream-data frame whose payload is @buf (a pool buffer, taken over). */
+void agent_conn_send_data(struct agent_conn *c, uint32_t stream, void *buf, uint32_t len);
+void agent_conn_reply_error(struct agent_conn *c, uint32_t id, const struct sbx_err *e);
+/* [1, id, nil, {}] */
+void agent_conn_reply_empty(struct agent_conn *c, uint32_t id);
+
+/* --- processes ---------------------------------------------------------------------------- */
+
+struct agent_waiter {
+    struct agent_link link;
+    struct agent_conn *conn;
+    uint32_t id;
+};
+
+struct agent_proc {
+    struct agent_link link; /* in a->procs */
+    struct agent *a;
+    uint64_t id;
+    pid_t pid;
+    char **argv; /* for proc.list */
+    char tag[SBX_TAG_MAX + 1];
+    struct agent_conn *owner; /* gets proc.exit; NULL once it disconnected */
+    struct agent_pipe in, out, err;
+    bool has_in, has_out, has_err;
+    unsigned handles_open; /* pipes + timers still to be closed */
+    bool exited;
+    bool done; /* exit reported (output ended or drain deadline passed) */
+    bool drained;
+    bool timed_out;
+    bool freeing;
+    int status; /* wait status */
+    struct rusage ru;
+    uint64_t start_ns, end_ns;
+    uint32_t drain_ms;
+    int kill_signal;
+    uint32_t kill_grace_ms;
+    uv_timer_t timeout_timer; /* timeout, then grace before SIGKILL */
+    uv_timer_t drain_timer;
+    bool timeout_armed, grace_phase;
+    struct agent_link waiters;
+};
+
+/* Request handlers. */
+void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_release(struct agent_conn *c, const struct sbx_msg *m);
+/* SIGCHLD: reap our own children (never waitpid(-1)). */
+void agent_proc_reap(struct agent *a);
+/* A pipe reached its end: maybe the exit can be reported now. */
+void agent_proc_check_done(struct agent_proc *p);
+/* A handle of @p finished closing. */
+void agent_proc_handle_closed(struct agent_proc *p);
+/* The connection is going away: forget it as owner/waiter. */
+void agent_proc_conn_gone(struct agent *a, struct agent_conn *c);
+
+/* --- env, users, session, init channel ---------------------------------------------------- */
+
+int agent_env_init(struct agent *a);
+void agent_env_free(struct agent *a);
+/* Build a NULL-terminated envp: base (unless @clear) overlaid with @overlay (a msgpack map,
+ * already validated) and @extra ("K=V" strings, may be NULL). Caller frees with agent_strv_free. */
+char **agent_env_build(struct agent *a, bool clear, const msgpack_object *overlay,
+                       char *const *extra);
+const char *agent_env_lookup(char *const *envp, const char *name);
+void agent_strv_free(char **v);
+void agent_env_get(struct agent_conn *c, const struct sbx_msg *m);
+void agent_env_set(struct agent_conn *c, const struct sbx_msg *m);
+void agent_env_unset(struct agent_conn *c, const struct sbx_msg *m);
+void agent_env_list(struct agent_conn *c, const struct sbx_msg *m);
+/* Check an environment variable name: non-empty, no '=', no NUL, bounded. */
+bool agent_env_name_ok(const char *s, size_t n);
+
+struct agent_user {
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[SBX_GROUPS_MAX];
+    int ngroups;
+    char name[64];
+    char home[SBX_PATH_MAX];
+    char shell[SBX_PATH_MAX];
+};
+/* Look @name (or a numeric uid) up in /etc/passwd and its groups in /etc/group, without NSS.
+ * @root is the filesystem prefix ("" normally; tests point it elsewhere). */
+int agent_user_lookup(const char *root, const char *name, struct agent_user *u,
+                      struct sbx_err *err);
+/* Fill @u for a numeric uid: passwd entry if there is one, else gid = uid and no groups. */
+int agent_user_by_uid(const char *root, uid_t uid, struct agent_user *u);
+
+void agent_session_hello(struct agent_conn *c, const struct sbx_msg *m);
+void agent_session_ping(struct agent_conn *c, const struct sbx_msg *m);
+void agent_session_info(struct agent_conn *c, const struct sbx_msg *m);
+void agent_session_shutdown(struct agent_conn *c, const struct sbx_msg *m);
+void agent_session_lifetime_get(struct agent_conn *c, const struct sbx_msg *m);
+void agent_session_lifetime_extend(struct agent_conn *c, const struct sbx_msg *m);
+
+/* Dispatch a request through the method table. */
+void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m);
+/* Capabilities this agent announces, NULL-terminated. */
+extern const char *const agent_capabilities[];
+
+/* init <-> agent control channel (docs/INIT.md). */
+int agent_initctl_open(struct agent *a, int fd);
+void agent_initctl_send(struct agent *a, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void agent_initctl_clients_changed(struct agent *a);
+void agent_initctl_close(struct agent *a);
+/* Forget lifetime requests of a departing connection. */
+void agent_initctl_conn_gone(struct agent *a, struct agent_conn *c);
+
+/* --- listeners ---------------------------------------------------------------------------- */
+
+struct agent_listener {
+    struct agent_link link;
+    struct agent *a;
+    enum agent_transport transport;
+    char addr[SBX_PATH_MAX + 16];
+    union {
+        uv_pipe_t pipe;
+        uv_tcp_t tcp;
+        uv_poll_t poll; /* vsock: libuv has no AF_VSOCK, so accept through a poll handle */
+        uv_stream_t stream;
+        uv_handle_t handle;
+    } h;
+    uv_timer_t retry;        /* serial: reopen the port after the host went away */
+    int fd;                  /* vsock listening fd; serial device fd */
+    char path[SBX_PATH_MAX]; /* serial device path, unix socket path */
+    struct agent_conn *serial_conn;
+    bool closing;
+};
+
+int agent_listen(struct agent *a, const char *addr, struct sbx_err *err);
+/* The serial connection went away: schedule reopening the port. */
+void agent_listener_serial_gone(struct agent_listener *l);
+
+/* --- the agent ---------------------------------------------------------------------------- */
+
+struct agent {
+    uv_loop_t *loop;
+    uv_signal_t sigchld, sigterm, sigint;
+    struct agent_link listeners;
+    struct agent_link conns;
+    struct agent_link procs;
+    unsigned nconns;
+    unsigned nhello; /* connections past hello: the "clients" init counts */
+    unsigned nprocs;
+    unsigned next_conn;
+    uint64_t next_proc;
+    uint64_t start_ns;
+    char **env; /* base environment, "K=V" */
+    size_t env_len, env_cap;
+    char token[SBX_TOKEN_MAX + 1];
+    bool vsock_allow_local;
+    bool quitting;
+    /* buffer pool */
+    void *pool[64];
+    unsigned npool;
+    /* init channel */
+    int initctl_fd;
+    uv_poll_t initctl_poll;
+    bool initctl_open;
+    bool have_boot;
+    uint64_t boot_kernel_ns, boot_init_ns, boot_agent_ns, boot_ready_ns;
+    struct agent_link lifetime_waiters; /* requests waiting for init's "lifetime" reply */
+    char passwd_root[256];              /* "" normally: where /etc/passwd is looked up */
+};
+
+/* CLOCK_MONOTONIC / CLOCK_BOOTTIME in nanoseconds. */
+uint64_t agent_now_ns(void);
+uint64_t agent_boottime_ns(void);
+
+/* Log a line to stderr as "sbx-agent: ..." (init sends it to the console). */
+void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif /* SBX_AGENT_H */

@@ -1,0 +1,326 @@
+/*
+ * One host connection: bytes in through the framer, messages out through uv_write. Owns its
+ * streams; processes it spawned are not its property and keep running when it goes away.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent.h"
+
+struct write_req {
+    uv_write_t req;
+    struct agent_conn *conn;
+    void *ctl;     /* control frame bytes (malloc'd), or NULL */
+    void *payload; /* data frame payload (pool buffer), or NULL */
+    size_t len;
+    uint8_t hdr[SBX_STREAM_DATA_HDR_MAX];
+};
+
+static void conn_close_cb(uv_handle_t *h);
+
+struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t)
+{
+    struct agent_conn *c = calloc(1, sizeof(*c));
+
+    if (c == NULL) {
+        return NULL;
+    }
+    c->rbuf = malloc(SBX_STREAM_CHUNK_MAX);
+    if (c->rbuf == NULL || sbx_decoder_init(&c->dec) != 0) {
+        free(c->rbuf);
+        free(c);
+        return NULL;
+    }
+    c->a = a;
+    c->transport = t;
+    c->num = ++a->next_conn;
+    c->next_stream = 1;
+    agent_list_init(&c->streams);
+    sbx_framer_init(&c->framer, SBX_FRAME_MAX);
+    sbx_out_init(&c->out);
+    c->h.handle.data = c;
+    agent_list_add_tail(&a->conns, &c->link);
+    a->nconns++;
+    return c;
+}
+
+static void write_cb(uv_write_t *req, int status)
+{
+    struct write_req *wr = agent_container_of(req, struct write_req, req);
+    struct agent_conn *c = wr->conn;
+
+    c->queued -= wr->len;
+    free(wr->ctl);
+    if (wr->payload != NULL) {
+        agent_buf_put(c->a, wr->payload);
+    }
+    free(wr);
+    if (c->paused && c->queued < SBX_CONN_DATA_LOW && !c->closing) {
+        struct agent_link *l;
+        c->paused = false;
+        for (l = c->streams.next; l != &c->streams; l = l->next) {
+            struct agent_stream *s = agent_container_of(l, struct agent_stream, link);
+            if (s->pipe != NULL) {
+                agent_pipe_update(s->pipe);
+            }
+        }
+    }
+    if (status < 0 && status != UV_ECANCELED) {
+        agent_conn_close(c);
+        return;
+    }
+    if (c->close_after_flush && c->queued == 0) {
+        agent_conn_close(c);
+    }
+}
+
+static void conn_write(struct agent_conn *c, struct write_req *wr, uv_buf_t *bufs, unsigned n)
+{
+    int r;
+
+    wr->conn = c;
+    if (c->closing) {
+        free(wr->ctl);
+        if (wr->payload != NULL) {
+            agent_buf_put(c->a, wr->payload);
+        }
+        free(wr);
+        return;
+    }
+    c->queued += wr->len;
+    r = uv_write(&wr->req, &c->h.stream, bufs, n, write_cb);
+    if (r < 0) {
+        c->queued -= wr->len;
+        free(wr->ctl);
+        if (wr->payload != NULL) {
+            agent_buf_put(c->a, wr->payload);
+        }
+        free(wr);
+        agent_log("conn %u: write: %s", c->num, uv_strerror(r));
+        agent_conn_close(c);
+        return;
+    }
+    if (c->queued > SBX_CONN_DATA_HIGH) {
+        c->paused = true; /* output pipes check this before reading more */
+    }
+    /* A peer that sends requests but never reads the answers must not grow us without bound;
+     * stream data is bounded by credit, so only control output can pile up here. */
+    if (c->queued > SBX_CONN_OUTQ_MAX) {
+        agent_log("conn %u: peer is not reading (%zu bytes queued); closing", c->num, c->queued);
+        agent_conn_close(c);
+    }
+}
+
+msgpack_packer *agent_conn_begin(struct agent_conn *c)
+{
+    sbx_out_reset(&c->out);
+    sbx_out_begin(&c->out);
+    return &c->out.pk;
+}
+
+void agent_conn_send(struct agent_conn *c)
+{
+    struct sbx_err err;
+    struct write_req *wr;
+    uv_buf_t buf;
+
+    if (sbx_out_end(&c->out, &err) < 0) {
+        agent_log("conn %u: dropping an outgoing message: %s", c->num, err.msg);
+        return;
+    }
+    wr = calloc(1, sizeof(*wr));
+    if (wr == NULL) {
+        agent_log("conn %u: out of memory", c->num);
+        agent_conn_close(c);
+        return;
+    }
+    wr->ctl = sbx_out_steal(&c->out, &wr->len);
+    if (wr->ctl == NULL) {
+        free(wr);
+        agent_conn_close(c);
+        return;
+    }
+    sbx_out_init(&c->out);
+    buf = uv_buf_init(wr->ctl, (unsigned)wr->len);
+    conn_write(c, wr, &buf, 1);
+}
+
+void agent_conn_send_data(struct agent_conn *c, uint32_t stream, void *payload, uint32_t len)
+{
+    struct write_req *wr = malloc(sizeof(*wr));
+    uv_buf_t bufs[2];
+    size_t h;
+
+    if (wr == NULL) {
+        agent_buf_put(c->a, payload);
+        agent_conn_close(c);
+        return;
+    }
+    wr->ctl = NULL;
+    wr->payload = payload;
+    h = sbx_data_header(wr->hdr, stream, len);
+    wr->len = h + len;
+    bufs[0] = uv_buf_init((char *)wr->hdr, (unsigned)h);
+    bufs[1] = uv_buf_init(payload, len);
+    conn_write(c, wr, bufs, 2);
+}
+
+void agent_conn_reply_error(struct agent_conn *c, uint32_t id, const struct sbx_err *e)
+{
+    sbx_pack_error_response(agent_conn_begin(c), id, e);
+    agent_conn_send(c);
+}
+
+void agent_conn_reply_empty(struct agent_conn *c, uint32_t id)
+{
+    msgpack_packer *pk = agent_conn_begin(c);
+
+    sbx_pack_response_head(pk, id);
+    msgpack_pack_map(pk, 0);
+    agent_conn_send(c);
+}
+
+/* Tell the peer something is wrong with what it sent when no request id can carry it. */
+static void conn_notify_error(struct agent_conn *c, const struct sbx_err *e)
+{
+    msgpack_packer *pk = agent_conn_begin(c);
+
+    sbx_pack_notify_head(pk, "error");
+    sbx_pack_err(pk, e);
+    agent_conn_send(c);
+}
+
+static void conn_handle_frame(struct agent_conn *c, const uint8_t *buf, uint32_t len)
+{
+    struct sbx_msg m;
+    struct sbx_err err;
+
+    if (sbx_msg_decode(&c->dec, buf, len, &m, &err) < 0) {
+        if (m.id_valid) {
+            agent_conn_reply_error(c, m.id, &err);
+        } else {
+            conn_notify_error(c, &err);
+        }
+        return;
+    }
+    switch (m.kind) {
+    case SBX_MSG_REQUEST:
+        if (!c->hello_done && !sbx_msg_method_is(&m, "hello")) {
+            sbx_err_set(&err, SBX_E_HELLO_REQUIRED, "the first request must be hello");
+            agent_conn_reply_error(c, m.id, &err);
+            return;
+        }
+        agent_dispatch(c, &m);
+        return;
+    case SBX_MSG_NOTIFY:
+        if (!c->hello_done) {
+            return;
+        }
+        if (sbx_msg_method_is(&m, "stream.credit")) {
+            agent_stream_on_credit(c, &m);
+        } else if (sbx_msg_method_is(&m, "stream.end")) {
+            agent_stream_on_end(c, &m);
+        } else if (sbx_msg_method_is(&m, "stream.cancel")) {
+            agent_stream_on_cancel(c, &m);
+        }
+        /* Unknown notifications are ignored (PROTOCOL.md, versioning). */
+        return;
+    case SBX_MSG_DATA:
+        if (!c->hello_done) {
+            sbx_err_set(&err, SBX_E_HELLO_REQUIRED, "stream data before hello");
+            conn_notify_error(c, &err);
+            return;
+        }
+        agent_stream_on_data(c, &m);
+        return;
+    default:
+        sbx_err_set(&err, SBX_E_BAD_MESSAGE, "the agent does not expect responses");
+        conn_notify_error(c, &err);
+        return;
+    }
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct agent_conn *c = h->data;
+
+    buf->base = (char *)c->rbuf;
+    buf->len = SBX_STREAM_CHUNK_MAX;
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct agent_conn *c = s->data;
+    size_t off = 0;
+
+    if (nread < 0) {
+        if (nread != UV_EOF) {
+            agent_log("conn %u: read: %s", c->num, uv_strerror((int)nread));
+        }
+        agent_conn_close(c);
+        return;
+    }
+    while (off < (size_t)nread && !c->closing && !c->close_after_flush) {
+        struct sbx_err err;
+        size_t used;
+        int r = sbx_framer_feed(&c->framer, (const uint8_t *)buf->base + off, (size_t)nread - off,
+                                &used, &err);
+        off += used;
+        if (r < 0) {
+            /* Framing is lost: say why, then close once that has been written. */
+            agent_log("conn %u: %s", c->num, err.msg);
+            conn_notify_error(c, &err);
+            c->close_after_flush = true;
+            (void)uv_read_stop(&c->h.stream);
+            if (c->queued == 0) {
+                agent_conn_close(c);
+            }
+            return;
+        }
+        if (r == 1) {
+            conn_handle_frame(c, c->framer.buf, c->framer.len);
+        }
+    }
+}
+
+int agent_conn_start(struct agent_conn *c)
+{
+    return uv_read_start(&c->h.stream, alloc_cb, read_cb);
+}
+
+void agent_conn_close(struct agent_conn *c)
+{
+    if (c->closing) {
+        return;
+    }
+    /* Only mark and close the handle here: callers up the stack may still hold this
+     * connection's streams. Everything else is torn down in the close callback. */
+    c->closing = true;
+    uv_close(&c->h.handle, conn_close_cb);
+}
+
+static void conn_close_cb(uv_handle_t *h)
+{
+    struct agent_conn *c = h->data;
+    struct agent *a = c->a;
+
+    while (!agent_list_empty(&c->streams)) {
+        agent_stream_free(agent_container_of(c->streams.next, struct agent_stream, link));
+    }
+    agent_proc_conn_gone(a, c);
+    agent_initctl_conn_gone(a, c);
+    if (c->hello_done) {
+        a->nhello--;
+        agent_initctl_clients_changed(a);
+    }
+    agent_list_del(&c->link);
+    a->nconns--;
+    if (c->listener != NULL) {
+        agent_listener_serial_gone(c->listener);
+    }
+    sbx_framer_free(&c->framer);
+    sbx_decoder_destroy(&c->dec);
+    sbx_out_destroy(&c->out);
+    free(c->rbuf);
+    free(c);
+}

@@ -1,0 +1,54 @@
+/* The method table: every request goes through here (crun's commands[], QEMU's QAPI tables). */
+#include <string.h>
+
+#include "agent.h"
+
+typedef void (*agent_handler)(struct agent_conn *c, const struct sbx_msg *m);
+
+struct agent_method {
+    const char *name;
+    agent_handler fn;
+    uint32_t min_version;
+};
+
+static const struct agent_method methods[] = {
+    { "hello", agent_session_hello, 1 },
+    { "ping", agent_session_ping, 1 },
+    { "info", agent_session_info, 1 },
+    { "shutdown", agent_session_shutdown, 1 },
+    { "lifetime.get", agent_session_lifetime_get, 1 },
+    { "lifetime.extend", agent_session_lifetime_extend, 1 },
+    { "env.get", agent_env_get, 1 },
+    { "env.set", agent_env_set, 1 },
+    { "env.unset", agent_env_unset, 1 },
+    { "env.list", agent_env_list, 1 },
+    { "proc.spawn", agent_proc_spawn, 1 },
+    { "proc.wait", agent_proc_wait, 1 },
+    { "proc.kill", agent_proc_kill, 1 },
+    { "proc.list", agent_proc_list, 1 },
+    { "proc.close_stdin", agent_proc_close_stdin, 1 },
+    { "proc.release", agent_proc_release, 1 },
+};
+
+void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        const struct agent_method *am = &methods[i];
+        if (!sbx_msg_method_is(m, am->name)) {
+            continue;
+        }
+        if (c->hello_done && c->version < am->min_version) {
+            sbx_err_set(&err, SBX_E_UNKNOWN_METHOD, "%s needs protocol version %u", am->name,
+                        am->min_version);
+            agent_conn_reply_error(c, m->id, &err);
+            return;
+        }
+        am->fn(c, m);
+        return;
+    }
+    sbx_err_set(&err, SBX_E_UNKNOWN_METHOD, "unknown method \"%.*s\"", (int)m->method_len,
+                m->method);
+    agent_conn_reply_error(c, m->id, &err);
+}

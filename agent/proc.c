@@ -1,0 +1,1004 @@
+/*
+ * Processes: spawn with a precise error for every failing step, reap our own children only (never
+ * waitpid(-1): orphans belong to init), keep exit statuses until waited on, and report an exit
+ * only after its output ended or a drain deadline passed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+enum { IO_NULL, IO_PIPE, IO_MERGE };
+
+/* Everything the child needs, prepared in the parent so the child only makes syscalls. */
+struct spawn_req {
+    char **argv;
+    char **envp;
+    char exe[SBX_PATH_MAX];
+    char cwd[SBX_PATH_MAX];
+    bool has_cwd;
+    bool set_user;
+    struct agent_user user;
+    int io_in, io_out, io_err;
+    int timeout_ms;
+    int kill_signal;
+    uint32_t kill_grace_ms;
+    uint32_t drain_ms;
+    char tag[SBX_TAG_MAX + 1];
+};
+
+/* What a failing child reports through the error pipe. */
+struct child_err {
+    int stage;
+    int err;
+};
+
+static const char *const stage_names[] = { "pipe",   "fork",   "cwd",  "user",  "setgroups",
+                                           "setgid", "setuid", "exec", "stdio", "setsid" };
+enum {
+    ST_PIPE,
+    ST_FORK,
+    ST_CWD,
+    ST_USER,
+    ST_SETGROUPS,
+    ST_SETGID,
+    ST_SETUID,
+    ST_EXEC,
+    ST_STDIO,
+    ST_SETSID
+};
+
+static void spawn_req_free(struct spawn_req *r)
+{
+    agent_strv_free(r->argv);
+    agent_strv_free(r->envp);
+}
+
+/* --- params ------------------------------------------------------------------------------- */
+
+static char **strv_from_array(const msgpack_object *arr, const char *field, struct sbx_err *err)
+{
+    char **v = calloc(arr->via.array.size + 1, sizeof(char *));
+
+    if (v == NULL) {
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return NULL;
+    }
+    for (uint32_t i = 0; i < arr->via.array.size; i++) {
+        const msgpack_object *o = &arr->via.array.ptr[i];
+        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > SBX_ARG_MAX ||
+            memchr(o->via.str.ptr, '\0', o->via.str.size) != NULL) {
+            sbx_err_param(err, field, "%s[%u] must be a string of at most %u bytes without NUL",
+                          field, i, SBX_ARG_MAX);
+            agent_strv_free(v);
+            return NULL;
+        }
+        v[i] = strndup(o->via.str.ptr, o->via.str.size);
+        if (v[i] == NULL) {
+            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            agent_strv_free(v);
+            return NULL;
+        }
+    }
+    return v;
+}
+
+static int parse_io(const msgpack_object *params, const char *key, int def, bool allow_merge,
+                    int *out, struct sbx_err *err)
+{
+    char v[16];
+    int r = sbx_param_cstr(params, key, SBX_OPTIONAL, v, sizeof(v), err);
+
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 1) {
+        *out = def;
+        return 0;
+    }
+    if (strcmp(v, "pipe") == 0) {
+        *out = IO_PIPE;
+    } else if (strcmp(v, "null") == 0) {
+        *out = IO_NULL;
+    } else if (allow_merge && strcmp(v, "stdout") == 0) {
+        *out = IO_MERGE;
+    } else {
+        return sbx_err_param(err, key, "%s must be %s", key,
+                             allow_merge ? "\"pipe\", \"null\" or \"stdout\""
+                                         : "\"pipe\" or \"null\"");
+    }
+    return 0;
+}
+
+/* Parse a signal given as a name ("TERM", "SIGTERM") or a number. */
+static int parse_signal(const msgpack_object *params, const char *key, int def, int *out,
+                        struct sbx_err *err)
+{
+    const msgpack_object *o = sbx_obj_get(params, key);
+    char name[32];
+    int sig;
+
+    if (o == NULL || o->type == MSGPACK_OBJECT_NIL) {
+        *out = def;
+        return 0;
+    }
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        if (o->via.u64 == 0 || o->via.u64 >= (uint64_t)NSIG) {
+            return sbx_err_param(err, key, "%s: no signal number %llu", key,
+                                 (unsigned long long)o->via.u64);
+        }
+        *out = (int)o->via.u64;
+        return 0;
+    }
+    if (sbx_obj_cstr(o, name, sizeof(name)) < 0 || (sig = sbx_signal_parse(name)) < 0) {
+        return sbx_err_param(err, key, "%s must be a signal name such as \"TERM\" or a number",
+                             key);
+    }
+    *out = sig;
+    return 0;
+}
+
+/* Find @name on PATH as execvp would: EACCES if only unexecutable candidates exist. */
+static int resolve_exe(const char *name, char *const *envp, char *out, size_t outsz,
+                       struct sbx_err *err)
+{
+    const char *path, *p;
+    bool denied = false;
+
+    if (name[0] == '\0') {
+        return sbx_err_sys(err, ENOENT, "exec", "exec \"\"");
+    }
+    if (strchr(name, '/') != NULL) {
+        if (strlen(name) >= outsz) {
+            return sbx_err_sys(err, ENAMETOOLONG, "exec", "exec \"%s\"", name);
+        }
+        strcpy(out, name);
+        return 0;
+    }
+    path = agent_env_lookup(envp, "PATH");
+    if (path == NULL || path[0] == '\0') {
+        path = DEFAULT_PATH;
+    }
+    for (p = path;; p = strchr(p, ':') + 1) {
+        const char *end = strchr(p, ':');
+        size_t dlen = end != NULL ? (size_t)(end - p) : strlen(p);
+        struct stat st;
+        int n;
+
+        n = snprintf(out, outsz, "%.*s%s%s", (int)dlen, p, dlen ? "/" : "", name);
+        if (n > 0 && (size_t)n < outsz && stat(out, &st) == 0 && S_ISREG(st.st_mode)) {
+            if (access(out, X_OK) == 0) {
+                return 0;
+            }
+            denied = true;
+        }
+        if (end == NULL) {
+            break;
+        }
+    }
+    return sbx_err_sys(err, denied ? EACCES : ENOENT, "exec", "exec \"%s\"", name);
+}
+
+static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struct spawn_req *r,
+                       struct sbx_err *err)
+{
+    struct agent *a = c->a;
+    const msgpack_object *argv = NULL, *env = NULL, *groups = NULL;
+    const char *cmd = NULL;
+    size_t cmdlen = 0;
+    char user[64];
+    uint64_t u;
+    bool clear = false;
+    int r_argv, r_cmd, r_user, r_uid;
+    char *extra[4] = { NULL, NULL, NULL, NULL };
+    int nextra = 0;
+
+    memset(r, 0, sizeof(*r));
+    r_argv = sbx_param_array(params, "argv", SBX_OPTIONAL, SBX_ARGV_MAX, &argv, err);
+    if (r_argv < 0) {
+        return -1;
+    }
+    r_cmd = sbx_param_str(params, "command", SBX_OPTIONAL, SBX_ARG_MAX, &cmd, &cmdlen, err);
+    if (r_cmd < 0) {
+        return -1;
+    }
+    if ((r_argv == 0) == (r_cmd == 0)) {
+        return sbx_err_param(err, "argv", "give exactly one of \"argv\" and \"command\"");
+    }
+    if (r_argv == 0) {
+        if (argv->via.array.size == 0) {
+            return sbx_err_param(err, "argv", "argv must not be empty");
+        }
+        r->argv = strv_from_array(argv, "argv", err);
+        if (r->argv == NULL) {
+            return -1;
+        }
+    } else {
+        if (memchr(cmd, '\0', cmdlen) != NULL) {
+            return sbx_err_param(err, "command", "command contains a NUL byte");
+        }
+        r->argv = calloc(4, sizeof(char *));
+        if (r->argv == NULL || (r->argv[0] = strdup("/bin/sh")) == NULL ||
+            (r->argv[1] = strdup("-c")) == NULL || (r->argv[2] = strndup(cmd, cmdlen)) == NULL) {
+            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        }
+    }
+    if (sbx_param_map(params, "env", SBX_OPTIONAL, SBX_ENV_MAX, &env, err) < 0 ||
+        sbx_param_bool(params, "clear_env", SBX_OPTIONAL, &clear, err) < 0) {
+        return -1;
+    }
+    if (env != NULL) {
+        for (uint32_t i = 0; i < env->via.map.size; i++) {
+            const msgpack_object *k = &env->via.map.ptr[i].key, *v = &env->via.map.ptr[i].val;
+            if (k->type != MSGPACK_OBJECT_STR ||
+                !agent_env_name_ok(k->via.str.ptr, k->via.str.size)) {
+                return sbx_err_param(err, "env", "env names must be 1..%u bytes without '=' or NUL",
+                                     SBX_ENV_NAME_MAX);
+            }
+            if (v->type != MSGPACK_OBJECT_STR || v->via.str.size > SBX_ENV_VAL_MAX ||
+                memchr(v->via.str.ptr, '\0', v->via.str.size) != NULL) {
+                return sbx_err_param(err, "env", "env value of %.*s must be a string without NUL",
+                                     (int)k->via.str.size, k->via.str.ptr);
+            }
+        }
+    }
+    r->has_cwd = sbx_param_cstr(params, "cwd", SBX_OPTIONAL, r->cwd, sizeof(r->cwd), err) == 0;
+    if (sbx_err_isset(err)) {
+        return -1;
+    }
+    r_user = sbx_param_cstr(params, "user", SBX_OPTIONAL, user, sizeof(user), err);
+    if (r_user < 0) {
+        return -1;
+    }
+    r_uid = sbx_param_u64(params, "uid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &u, err);
+    if (r_uid < 0) {
+        return -1;
+    }
+    if (r_user == 0 && r_uid == 0) {
+        return sbx_err_param(err, "user", "give \"user\" or \"uid\", not both");
+    }
+    if (r_user == 0) {
+        if (agent_user_lookup(a->passwd_root, user, &r->user, err) < 0) {
+            return -1;
+        }
+        r->set_user = true;
+    } else if (r_uid == 0) {
+        (void)agent_user_by_uid(a->passwd_root, (uid_t)u, &r->user);
+        r->set_user = true;
+    }
+    if (sbx_param_u64(params, "gid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &u, err) == 0) {
+        if (!r->set_user) {
+            return sbx_err_param(err, "gid", "\"gid\" needs \"user\" or \"uid\"");
+        }
+        r->user.gid = (gid_t)u;
+    } else if (sbx_err_isset(err)) {
+        return -1;
+    }
+    if (sbx_param_array(params, "groups", SBX_OPTIONAL, SBX_GROUPS_MAX, &groups, err) == 0) {
+        if (!r->set_user) {
+            return sbx_err_param(err, "groups", "\"groups\" needs \"user\" or \"uid\"");
+        }
+        r->user.ngroups = 0;
+        for (uint32_t i = 0; i < groups->via.array.size; i++) {
+            const msgpack_object *g = &groups->via.array.ptr[i];
+            if (g->type != MSGPACK_OBJECT_POSITIVE_INTEGER || g->via.u64 >= UINT32_MAX) {
+                return sbx_err_param(err, "groups", "groups must be numeric gids");
+            }
+            r->user.groups[r->user.ngroups++] = (gid_t)g->via.u64;
+        }
+    } else if (sbx_err_isset(err)) {
+        return -1;
+    }
+    if (parse_io(params, "stdin", IO_NULL, false, &r->io_in, err) < 0 ||
+        parse_io(params, "stdout", IO_PIPE, false, &r->io_out, err) < 0 ||
+        parse_io(params, "stderr", IO_PIPE, true, &r->io_err, err) < 0) {
+        return -1;
+    }
+    if (r->io_err == IO_MERGE && r->io_out != IO_PIPE) {
+        return sbx_err_param(err, "stderr", "stderr \"stdout\" needs stdout \"pipe\"");
+    }
+    u = 0;
+    if (sbx_param_u64(params, "timeout_ms", SBX_OPTIONAL, 0, INT32_MAX, &u, err) < 0) {
+        return -1;
+    }
+    r->timeout_ms = (int)u;
+    if (parse_signal(params, "kill_signal", SIGTERM, &r->kill_signal, err) < 0) {
+        return -1;
+    }
+    u = SBX_KILL_GRACE_MS_DEFAULT;
+    if (sbx_param_u64(params, "kill_grace_ms", SBX_OPTIONAL, 0, INT32_MAX, &u, err) < 0) {
+        return -1;
+    }
+    r->kill_grace_ms = (uint32_t)u;
+    u = SBX_DRAIN_MS_DEFAULT;
+    if (sbx_param_u64(params, "drain_ms", SBX_OPTIONAL, 0, SBX_DRAIN_MS_MAX, &u, err) < 0) {
+        return -1;
+    }
+    r->drain_ms = (uint32_t)u;
+    if (sbx_param_cstr(params, "tag", SBX_OPTIONAL, r->tag, sizeof(r->tag), err) < 0) {
+        return -1;
+    }
+    if (sbx_obj_get(params, "pty") != NULL &&
+        sbx_obj_get(params, "pty")->type != MSGPACK_OBJECT_NIL) {
+        return sbx_err_set(err, SBX_E_UNSUPPORTED, "this agent has no \"pty\" capability yet");
+    }
+
+    /* A user switch brings that user's HOME, USER and LOGNAME unless the request sets them. */
+    if (r->set_user) {
+        if (r->user.home[0] != '\0' && asprintf(&extra[nextra++], "HOME=%s", r->user.home) < 0) {
+            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        }
+        if (r->user.name[0] != '\0') {
+            if (asprintf(&extra[nextra++], "USER=%s", r->user.name) < 0 ||
+                asprintf(&extra[nextra++], "LOGNAME=%s", r->user.name) < 0) {
+                return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            }
+        }
+    }
+    r->envp = agent_env_build(a, clear, env, extra);
+    for (int i = 0; i < nextra; i++) {
+        free(extra[i]);
+    }
+    if (r->envp == NULL) {
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+    }
+    return resolve_exe(r->argv[0], r->envp, r->exe, sizeof(r->exe), err);
+}
+
+/* --- the child ---------------------------------------------------------------------------- */
+
+static __attribute__((noreturn)) void child_fail(int errfd, int stage)
+{
+    struct child_err ce = { stage, errno };
+
+    while (write(errfd, &ce, sizeof(ce)) < 0 && errno == EINTR) {
+    }
+    _exit(127);
+}
+
+/* Runs between fork and exec: async-signal-safe calls only. */
+static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int fds[3], int errfd)
+{
+    sigset_t all;
+    struct sigaction dfl;
+    int devnull = -1;
+    int oom;
+
+    /* Back to a clean signal state: the agent ignores SIGPIPE and libuv has handlers. */
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++) {
+        (void)sigaction(sig, &dfl, NULL); /* fails only for SIGKILL/SIGSTOP and gaps */
+    }
+    sigemptyset(&all);
+    (void)sigprocmask(SIG_SETMASK, &all, NULL);
+
+    if (setsid() < 0) {
+        child_fail(errfd, ST_SETSID);
+    }
+    for (int i = 0; i < 3; i++) {
+        if (fds[i] < 0) {
+            if (devnull < 0) {
+                devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+                if (devnull < 0) {
+                    child_fail(errfd, ST_STDIO);
+                }
+            }
+            fds[i] = devnull;
+        }
+    }
+    /* dup2 clears O_CLOEXEC on the target; the sources stay close-on-exec. */
+    for (int i = 0; i < 3; i++) {
+        if (fds[i] == i) {
+            if (fcntl(i, F_SETFD, 0) < 0) {
+                child_fail(errfd, ST_STDIO);
+            }
+        } else if (dup2(fds[i], i) < 0) {
+            child_fail(errfd, ST_STDIO);
+        }
+    }
+    /* The agent runs with oom_score_adj -1000; its children must be killable again. */
+    oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (oom >= 0) {
+        (void)!write(oom, "0", 1);
+        close(oom);
+    }
+    if (r->has_cwd && chdir(r->cwd) < 0) {
+        child_fail(errfd, ST_CWD);
+    }
+    if (r->set_user) {
+        if (setgroups((size_t)r->user.ngroups, r->user.groups) < 0) {
+            child_fail(errfd, ST_SETGROUPS);
+        }
+        if (setgid(r->user.gid) < 0) {
+            child_fail(errfd, ST_SETGID);
+        }
+        if (setuid(r->user.uid) < 0) {
+            child_fail(errfd, ST_SETUID);
+        }
+    }
+    execve(r->exe, r->argv, r->envp);
+    child_fail(errfd, ST_EXEC);
+}
+
+/* --- the parent --------------------------------------------------------------------------- */
+
+static void timer_close_cb(uv_handle_t *h)
+{
+    agent_proc_handle_closed(h->data);
+}
+
+static void proc_free_if_unused(struct agent_proc *p)
+{
+    if (!p->freeing || p->handles_open > 0) {
+        return;
+    }
+    agent_list_del(&p->link);
+    p->a->nprocs--;
+    free(p->out.replay);
+    free(p->err.replay);
+    agent_strv_free(p->argv);
+    free(p);
+}
+
+void agent_proc_handle_closed(struct agent_proc *p)
+{
+    p->handles_open--;
+    proc_free_if_unused(p);
+}
+
+/* Forget a finished process: close what is left, free when the last handle has closed. */
+static void proc_release(struct agent_proc *p)
+{
+    if (p->freeing) {
+        return;
+    }
+    p->freeing = true;
+    agent_pipe_close(&p->in);
+    agent_pipe_close(&p->out);
+    agent_pipe_close(&p->err);
+    uv_close((uv_handle_t *)&p->timeout_timer, timer_close_cb);
+    uv_close((uv_handle_t *)&p->drain_timer, timer_close_cb);
+}
+
+static void pack_exit(msgpack_packer *pk, const struct agent_proc *p)
+{
+    char sigbuf[32];
+    const char *signame = NULL;
+    bool sig = WIFSIGNALED(p->status);
+
+    if (sig) {
+        signame = sbx_signal_name(WTERMSIG(p->status), sigbuf, sizeof(sigbuf));
+    }
+    msgpack_pack_map(pk, 12);
+    sbx_pack_kv_u64(pk, "id", p->id);
+    sbx_pack_kv_i64(pk, "pid", p->pid);
+    if (WIFEXITED(p->status)) {
+        sbx_pack_kv_i64(pk, "code", WEXITSTATUS(p->status));
+    } else {
+        sbx_pack_kv_nil(pk, "code");
+    }
+    sbx_pack_kv_str(pk, "signal", signame);
+    if (sig) {
+        sbx_pack_kv_i64(pk, "signo", WTERMSIG(p->status));
+    } else {
+        sbx_pack_kv_nil(pk, "signo");
+    }
+    sbx_pack_kv_bool(pk, "core", sig && WCOREDUMP(p->status));
+    sbx_pack_kv_u64(pk, "duration_ns", p->end_ns - p->start_ns);
+    sbx_pack_kv_bool(pk, "drained", p->drained);
+    sbx_pack_kv_bool(pk, "timed_out", p->timed_out);
+    sbx_pack_kv_u64(pk, "stdout_bytes", p->out.total);
+    sbx_pack_kv_u64(pk, "stderr_bytes", p->err.total);
+    sbx_pack_cstr(pk, "rusage");
+    msgpack_pack_map(pk, 3);
+    sbx_pack_kv_u64(pk, "maxrss_kb", (uint64_t)p->ru.ru_maxrss);
+    sbx_pack_kv_u64(pk, "utime_us",
+                    (uint64_t)p->ru.ru_utime.tv_sec * 1000000u + (uint64_t)p->ru.ru_utime.tv_usec);
+    sbx_pack_kv_u64(pk, "stime_us",
+                    (uint64_t)p->ru.ru_stime.tv_sec * 1000000u + (uint64_t)p->ru.ru_stime.tv_usec);
+}
+
+/* Exit and output are both settled: tell the owner and every waiter. */
+static void proc_report(struct agent_proc *p, bool drained)
+{
+    p->done = true;
+    p->drained = drained;
+    uv_timer_stop(&p->timeout_timer);
+    uv_timer_stop(&p->drain_timer);
+    agent_pipe_close(&p->in);
+    if (p->owner != NULL) {
+        msgpack_packer *pk = agent_conn_begin(p->owner);
+        sbx_pack_notify_head(pk, "proc.exit");
+        pack_exit(pk, p);
+        agent_conn_send(p->owner);
+    }
+    while (!agent_list_empty(&p->waiters)) {
+        struct agent_waiter *w = agent_container_of(p->waiters.next, struct agent_waiter, link);
+        msgpack_packer *pk = agent_conn_begin(w->conn);
+        sbx_pack_response_head(pk, w->id);
+        pack_exit(pk, p);
+        agent_conn_send(w->conn);
+        agent_list_del(&w->link);
+        free(w);
+    }
+}
+
+static void drain_timer_cb(uv_timer_t *t)
+{
+    struct agent_proc *p = t->data;
+    struct agent_pipe *pipes[2] = { &p->out, &p->err };
+
+    if (agent_pipe_busy(&p->out) || agent_pipe_busy(&p->err)) {
+        uv_timer_start(&p->drain_timer, drain_timer_cb, p->drain_ms ? p->drain_ms : 1, 0);
+        return;
+    }
+    /* Something (a background child) still holds the pipe open: end the streams here. */
+    for (int i = 0; i < 2; i++) {
+        struct agent_pipe *pp = pipes[i];
+        if (pp->open && !pp->eof) {
+            pp->eof = true;
+            pp->truncated = true;
+            if (pp->stream != NULL) {
+                agent_stream_end(pp->stream, NULL, true);
+            }
+            agent_pipe_close(pp);
+        }
+    }
+    proc_report(p, false);
+}
+
+void agent_proc_check_done(struct agent_proc *p)
+{
+    if (p->done || !p->exited) {
+        return;
+    }
+    if ((!p->out.open || p->out.eof) && (!p->err.open || p->err.eof)) {
+        proc_report(p, true);
+        return;
+    }
+    if (!uv_is_active((uv_handle_t *)&p->drain_timer)) {
+        uv_timer_start(&p->drain_timer, drain_timer_cb, p->drain_ms ? p->drain_ms : 1, 0);
+    }
+}
+
+void agent_proc_reap(struct agent *a)
+{
+    struct agent_link *l;
+
+    for (l = a->procs.next; l != &a->procs; l = l->next) {
+        struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
+        int st;
+        pid_t r;
+
+        if (p->exited) {
+            continue;
+        }
+        do {
+            r = wait4(p->pid, &st, WNOHANG, &p->ru);
+        } while (r < 0 && errno == EINTR);
+        if (r == p->pid) {
+            p->exited = true;
+            p->status = st;
+            p->end_ns = agent_now_ns();
+            uv_timer_stop(&p->timeout_timer);
+        } else if (r < 0 && errno == ECHILD) {
+            /* Someone else reaped it (cannot happen unless the agent runs under a foreign
+             * reaper); record what we know rather than waiting forever. */
+            p->exited = true;
+            p->status = 0;
+            p->end_ns = agent_now_ns();
+        }
+    }
+    /* Checking after the loop: reporting may free nothing, but keeps iteration simple. */
+    for (l = a->procs.next; l != &a->procs; l = l->next) {
+        agent_proc_check_done(agent_container_of(l, struct agent_proc, link));
+    }
+}
+
+static void timeout_timer_cb(uv_timer_t *t)
+{
+    struct agent_proc *p = t->data;
+
+    if (p->exited) {
+        return;
+    }
+    if (!p->grace_phase) {
+        p->timed_out = true;
+        (void)kill(-p->pid, p->kill_signal); /* ESRCH: already gone, reaping follows */
+        if (p->kill_signal != SIGKILL) {
+            p->grace_phase = true;
+            uv_timer_start(&p->timeout_timer, timeout_timer_cb, p->kill_grace_ms, 0);
+        }
+        return;
+    }
+    (void)kill(-p->pid, SIGKILL);
+}
+
+/* Make room in the process table by forgetting the oldest finished process. */
+static bool proc_evict_one(struct agent *a)
+{
+    struct agent_link *l;
+
+    for (l = a->procs.next; l != &a->procs; l = l->next) {
+        struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
+        if (p->done && !p->freeing && agent_list_empty(&p->waiters)) {
+            proc_release(p);
+            return true;
+        }
+    }
+    return false;
+}
+
+static int pipe_setup(struct agent *a, struct agent_proc *p, struct agent_pipe *pp, int fd,
+                      bool input)
+{
+    int r;
+
+    pp->proc = p;
+    pp->is_input = input;
+    r = uv_pipe_init(a->loop, &pp->handle, 0);
+    if (r < 0) {
+        return r;
+    }
+    pp->handle.data = pp;
+    r = uv_pipe_open(&pp->handle, fd);
+    if (r < 0) {
+        close(fd);
+    }
+    pp->open = true; /* initialised either way, so it must be closed */
+    p->handles_open++;
+    return r;
+}
+
+void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent *a = c->a;
+    struct spawn_req r;
+    struct sbx_err err;
+    struct agent_proc *p = NULL;
+    int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 }, errp[2] = { -1, -1 };
+    int childfds[3];
+    struct child_err ce;
+    struct agent_stream *sin = NULL, *sout = NULL, *serr = NULL;
+    msgpack_packer *pk;
+    ssize_t n;
+    pid_t pid;
+
+    sbx_err_clear(&err);
+    if (parse_spawn(c, m->params, &r, &err) < 0) {
+        goto fail;
+    }
+    if (a->nprocs >= SBX_MAX_PROCS && !proc_evict_one(a)) {
+        sbx_err_set(&err, SBX_E_LIMIT, "too many processes (cap %u); release finished ones",
+                    SBX_MAX_PROCS);
+        goto fail;
+    }
+    if ((r.io_in == IO_PIPE && pipe2(pin, O_CLOEXEC) < 0) ||
+        (r.io_out == IO_PIPE && pipe2(pout, O_CLOEXEC) < 0) ||
+        (r.io_err == IO_PIPE && pipe2(perr, O_CLOEXEC) < 0) || pipe2(errp, O_CLOEXEC) < 0) {
+        sbx_err_sys(&err, errno, "pipe", "create pipes");
+        goto fail;
+    }
+    /* Bigger pipes mean fewer wakeups on bulk output (best effort; capped by pipe-max-size). */
+    if (pout[0] >= 0) {
+        (void)fcntl(pout[0], F_SETPIPE_SZ, 1 << 20);
+    }
+    if (pin[0] >= 0) {
+        (void)fcntl(pin[0], F_SETPIPE_SZ, 1 << 20);
+    }
+    childfds[0] = pin[0];
+    childfds[1] = pout[1];
+    childfds[2] = r.io_err == IO_MERGE ? pout[1] : perr[1];
+
+    pid = fork();
+    if (pid < 0) {
+        sbx_err_sys(&err, errno, "fork", "fork");
+        goto fail;
+    }
+    if (pid == 0) {
+        close(errp[0]);
+        child_exec(&r, childfds, errp[1]);
+    }
+    close(errp[1]);
+    errp[1] = -1;
+    /* EOF means exec succeeded (the pipe is close-on-exec); a record means a step failed. */
+    do {
+        n = read(errp[0], &ce, sizeof(ce));
+    } while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof(ce)) {
+        int st;
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+        }
+        if (ce.stage == ST_EXEC) {
+            sbx_err_sys(&err, ce.err, "exec", "exec \"%s\"", r.argv[0]);
+        } else if (ce.stage == ST_CWD) {
+            sbx_err_sys(&err, ce.err, "cwd", "chdir \"%s\"", r.cwd);
+            snprintf(err.field, sizeof(err.field), "cwd");
+        } else {
+            sbx_err_sys(&err, ce.err, stage_names[ce.stage], "%s", stage_names[ce.stage]);
+        }
+        goto fail;
+    }
+
+    p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        (void)kill(pid, SIGKILL); /* reaped by the next SIGCHLD pass? not ours then: wait now */
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        goto fail;
+    }
+    p->a = a;
+    p->id = ++a->next_proc;
+    p->pid = pid;
+    p->argv = r.argv;
+    r.argv = NULL;
+    memcpy(p->tag, r.tag, sizeof(p->tag));
+    p->owner = c;
+    p->start_ns = agent_now_ns();
+    p->drain_ms = r.drain_ms;
+    p->kill_signal = r.kill_signal;
+    p->kill_grace_ms = r.kill_grace_ms;
+    agent_list_init(&p->waiters);
+    agent_list_add_tail(&a->procs, &p->link);
+    a->nprocs++;
+    uv_timer_init(a->loop, &p->timeout_timer);
+    uv_timer_init(a->loop, &p->drain_timer);
+    p->timeout_timer.data = p;
+    p->drain_timer.data = p;
+    p->handles_open += 2;
+
+    /* From here the process exists: failures below end its streams, never lose it. */
+    if (pin[1] >= 0) {
+        close(pin[0]);
+        p->has_in = pipe_setup(a, p, &p->in, pin[1], true) == 0;
+        pin[1] = -1;
+        sin = p->has_in ? agent_stream_new(c, AGENT_STREAM_IN, &p->in, &err) : NULL;
+    }
+    if (pout[0] >= 0) {
+        close(pout[1]);
+        p->has_out = pipe_setup(a, p, &p->out, pout[0], false) == 0;
+        pout[0] = -1;
+        sout = p->has_out ? agent_stream_new(c, AGENT_STREAM_OUT, &p->out, &err) : NULL;
+    }
+    if (perr[0] >= 0) {
+        close(perr[1]);
+        p->has_err = pipe_setup(a, p, &p->err, perr[0], false) == 0;
+        perr[0] = -1;
+        serr = p->has_err ? agent_stream_new(c, AGENT_STREAM_OUT, &p->err, &err) : NULL;
+    }
+    close(errp[0]);
+    if (r.timeout_ms > 0) {
+        uv_timer_start(&p->timeout_timer, timeout_timer_cb, (uint64_t)r.timeout_ms, 0);
+    }
+
+    pk = agent_conn_begin(c);
+    sbx_pack_response_head(pk, m->id);
+    msgpack_pack_map(pk, 5);
+    sbx_pack_kv_u64(pk, "id", p->id);
+    sbx_pack_kv_i64(pk, "pid", pid);
+    if (sin != NULL) {
+        sbx_pack_kv_u64(pk, "stdin", sin->id);
+    } else {
+        sbx_pack_kv_nil(pk, "stdin");
+    }
+    if (sout != NULL) {
+        sbx_pack_kv_u64(pk, "stdout", sout->id);
+    } else {
+        sbx_pack_kv_nil(pk, "stdout");
+    }
+    if (serr != NULL) {
+        sbx_pack_kv_u64(pk, "stderr", serr->id);
+    } else {
+        sbx_pack_kv_nil(pk, "stderr");
+    }
+    agent_conn_send(c);
+    agent_pipe_update(&p->out);
+    agent_pipe_update(&p->err);
+    spawn_req_free(&r);
+    return;
+
+fail:
+    for (int i = 0; i < 2; i++) {
+        if (pin[i] >= 0) {
+            close(pin[i]);
+        }
+        if (pout[i] >= 0) {
+            close(pout[i]);
+        }
+        if (perr[i] >= 0) {
+            close(perr[i]);
+        }
+        if (errp[i] >= 0) {
+            close(errp[i]);
+        }
+    }
+    spawn_req_free(&r);
+    agent_conn_reply_error(c, m->id, &err);
+}
+
+static struct agent_proc *proc_find(struct agent *a, const struct sbx_msg *m, struct sbx_err *err)
+{
+    struct agent_link *l;
+    uint64_t id;
+
+    if (sbx_param_u64(m->params, "id", SBX_REQUIRED, 1, UINT64_MAX, &id, err) != 0) {
+        return NULL;
+    }
+    for (l = a->procs.next; l != &a->procs; l = l->next) {
+        struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
+        if (p->id == id && !p->freeing) {
+            return p;
+        }
+    }
+    sbx_err_set(err, SBX_E_NOT_FOUND, "no process with id %llu", (unsigned long long)id);
+    return NULL;
+}
+
+void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct agent_proc *p = proc_find(c->a, m, &err);
+    struct agent_waiter *w;
+
+    if (p == NULL) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (p->done) {
+        msgpack_packer *pk = agent_conn_begin(c);
+        sbx_pack_response_head(pk, m->id);
+        pack_exit(pk, p);
+        agent_conn_send(c);
+        return;
+    }
+    w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    w->conn = c;
+    w->id = m->id;
+    agent_list_add_tail(&p->waiters, &w->link);
+}
+
+void agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct agent_proc *p = proc_find(c->a, m, &err);
+    bool group = false;
+    int sig;
+
+    if (p == NULL || parse_signal(m->params, "signal", SIGTERM, &sig, &err) < 0 ||
+        sbx_param_bool(m->params, "group", SBX_OPTIONAL, &group, &err) < 0) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (p->exited) {
+        sbx_err_sys(&err, ESRCH, NULL, "process %llu has exited", (unsigned long long)p->id);
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (kill(group ? -p->pid : p->pid, sig) < 0) {
+        sbx_err_sys(&err, errno, NULL, "kill %s%d", group ? "-" : "", p->pid);
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+void agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct agent_proc *p = proc_find(c->a, m, &err);
+
+    if (p == NULL) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (p->has_in && p->in.open) {
+        if (p->in.stream != NULL) {
+            agent_stream_free(p->in.stream);
+        }
+        p->in.close_requested = true;
+        if (p->in.writes_pending == 0) {
+            agent_pipe_close(&p->in);
+        }
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+void agent_proc_release(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct agent_proc *p = proc_find(c->a, m, &err);
+
+    if (p == NULL) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (!p->done) {
+        sbx_err_set(&err, SBX_E_BUSY, "process %llu is still running", (unsigned long long)p->id);
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    proc_release(p);
+    agent_conn_reply_empty(c, m->id);
+}
+
+void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent *a = c->a;
+    msgpack_packer *pk = agent_conn_begin(c);
+    struct agent_link *l;
+    uint32_t n = 0;
+
+    for (l = a->procs.next; l != &a->procs; l = l->next) {
+        n += !agent_container_of(l, struct agent_proc, link)->freeing;
+    }
+    sbx_pack_response_head(pk, m->id);
+    msgpack_pack_map(pk, 1);
+    sbx_pack_cstr(pk, "procs");
+    msgpack_pack_array(pk, n);
+    for (l = a->procs.next; l != &a->procs; l = l->next) {
+        struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
+        uint32_t argc = 0;
+
+        if (p->freeing) {
+            continue;
+        }
+        while (p->argv[argc] != NULL) {
+            argc++;
+        }
+        msgpack_pack_map(pk, 7);
+        sbx_pack_kv_u64(pk, "id", p->id);
+        sbx_pack_kv_i64(pk, "pid", p->pid);
+        sbx_pack_cstr(pk, "argv");
+        msgpack_pack_array(pk, argc);
+        for (uint32_t i = 0; i < argc; i++) {
+            sbx_pack_cstr(pk, p->argv[i]);
+        }
+        sbx_pack_kv_str(pk, "tag", p->tag[0] ? p->tag : NULL);
+        sbx_pack_kv_str(pk, "state", p->done ? "exited" : p->exited ? "exiting" : "running");
+        sbx_pack_kv_u64(pk, "started_ns", p->start_ns);
+        sbx_pack_cstr(pk, "exit");
+        if (p->done) {
+            pack_exit(pk, p);
+        } else {
+            msgpack_pack_nil(pk);
+        }
+    }
+    agent_conn_send(c);
+}
+
+void agent_proc_conn_gone(struct agent *a, struct agent_conn *c)
+{
+    struct agent_link *l, *wl, *next;
+
+    for (l = a->procs.next; l != &a->procs; l = l->next) {
+        struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
+        if (p->owner == c) {
+            p->owner = NULL;
+        }
+        for (wl = p->waiters.next; wl != &p->waiters; wl = next) {
+            struct agent_waiter *w = agent_container_of(wl, struct agent_waiter, link);
+            next = wl->next;
+            if (w->conn == c) {
+                agent_list_del(&w->link);
+                free(w);
+            }
+        }
+    }
+}

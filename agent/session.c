@@ -1,0 +1,235 @@
+/* session family: hello, ping, info, shutdown, lifetime. */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+const char *const agent_capabilities[] = { "session", "env", "process", NULL };
+
+/* Compare without an early exit, so the token cannot be guessed byte by byte from timing. */
+static bool token_equal(const char *want, const char *got, size_t glen)
+{
+    size_t wlen = strlen(want);
+    unsigned char diff = (unsigned char)(wlen != glen);
+
+    for (size_t i = 0; i < glen; i++) {
+        diff |= (unsigned char)(got[i] ^ want[i % (wlen ? wlen : 1)]);
+    }
+    return diff == 0;
+}
+
+void agent_session_hello(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent *a = c->a;
+    struct sbx_err err;
+    uint64_t ver, minv = SBX_PROTO_MIN_VERSION;
+    const char *tok = NULL;
+    size_t toklen = 0;
+    msgpack_packer *pk;
+    uint32_t n = 0;
+
+    if (c->hello_done) {
+        sbx_err_set(&err, SBX_E_BAD_MESSAGE, "hello already done on this connection");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (sbx_param_u64(m->params, "version", SBX_REQUIRED, 1, UINT32_MAX, &ver, &err) != 0 ||
+        sbx_param_u64(m->params, "min_version", SBX_OPTIONAL, 1, UINT32_MAX, &minv, &err) < 0 ||
+        sbx_param_str(m->params, "token", SBX_OPTIONAL, SBX_TOKEN_MAX, &tok, &toklen, &err) < 0) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (a->token[0] != '\0' && (tok == NULL || !token_equal(a->token, tok, toklen))) {
+        sbx_err_set(&err, SBX_E_AUTH,
+                    tok == NULL ? "this listener needs a token in hello" : "wrong token");
+        agent_conn_reply_error(c, m->id, &err);
+        c->close_after_flush = true;
+        return;
+    }
+    if (ver > SBX_PROTO_VERSION) {
+        ver = SBX_PROTO_VERSION;
+    }
+    if (ver < minv || ver < SBX_PROTO_MIN_VERSION) {
+        sbx_err_set(&err, SBX_E_VERSION,
+                    "no common protocol version: the agent speaks %u..%u, the client %llu..",
+                    SBX_PROTO_MIN_VERSION, SBX_PROTO_VERSION, (unsigned long long)minv);
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    c->hello_done = true;
+    c->version = (uint32_t)ver;
+    a->nhello++;
+    agent_initctl_clients_changed(a);
+
+    pk = agent_conn_begin(c);
+    sbx_pack_response_head(pk, m->id);
+    msgpack_pack_map(pk, 6);
+    sbx_pack_kv_u64(pk, "version", ver);
+    sbx_pack_kv_str(pk, "agent", AGENT_NAME);
+    sbx_pack_kv_str(pk, "agent_version", AGENT_VERSION);
+    sbx_pack_cstr(pk, "capabilities");
+    while (agent_capabilities[n] != NULL) {
+        n++;
+    }
+    msgpack_pack_array(pk, n);
+    for (uint32_t i = 0; i < n; i++) {
+        sbx_pack_cstr(pk, agent_capabilities[i]);
+    }
+    sbx_pack_cstr(pk, "limits");
+    msgpack_pack_map(pk, 6);
+    sbx_pack_kv_u64(pk, "frame_max", SBX_FRAME_MAX);
+    sbx_pack_kv_u64(pk, "chunk_max", SBX_STREAM_CHUNK_MAX);
+    sbx_pack_kv_u64(pk, "stream_window", SBX_STREAM_WINDOW);
+    sbx_pack_kv_u64(pk, "max_streams", SBX_MAX_STREAMS);
+    sbx_pack_kv_u64(pk, "max_procs", SBX_MAX_PROCS);
+    sbx_pack_kv_u64(pk, "max_conns", SBX_MAX_CONNS);
+    sbx_pack_kv_u64(pk, "conn", c->num);
+    agent_conn_send(c);
+}
+
+void agent_session_ping(struct agent_conn *c, const struct sbx_msg *m)
+{
+    agent_conn_reply_empty(c, m->id);
+}
+
+/* Read "MemTotal" and "MemAvailable" from /proc/meminfo (kB). */
+static void meminfo(uint64_t *total, uint64_t *avail)
+{
+    FILE *fp = fopen("/proc/meminfo", "re");
+    char line[256];
+
+    *total = *avail = 0;
+    if (fp == NULL) {
+        return;
+    }
+    while (fgets(line, sizeof(line), fp) != NULL) {
+        unsigned long long v;
+        if (sscanf(line, "MemTotal: %llu kB", &v) == 1) {
+            *total = v;
+        } else if (sscanf(line, "MemAvailable: %llu kB", &v) == 1) {
+            *avail = v;
+        }
+    }
+    fclose(fp);
+}
+
+void agent_session_info(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent *a = c->a;
+    msgpack_packer *pk = agent_conn_begin(c);
+    double load[3] = { 0, 0, 0 };
+    uint64_t total, avail;
+    FILE *fp;
+
+    fp = fopen("/proc/loadavg", "re");
+    if (fp != NULL) {
+        if (fscanf(fp, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3) {
+            load[0] = load[1] = load[2] = 0;
+        }
+        fclose(fp);
+    }
+    meminfo(&total, &avail);
+
+    sbx_pack_response_head(pk, m->id);
+    msgpack_pack_map(pk, 10);
+    sbx_pack_kv_str(pk, "agent", AGENT_NAME);
+    sbx_pack_kv_str(pk, "agent_version", AGENT_VERSION);
+    sbx_pack_kv_u64(pk, "version", c->version);
+    sbx_pack_kv_i64(pk, "pid", getpid());
+    sbx_pack_kv_u64(pk, "uptime_ns", agent_now_ns() - a->start_ns);
+    sbx_pack_cstr(pk, "load");
+    msgpack_pack_array(pk, 3);
+    for (int i = 0; i < 3; i++) {
+        msgpack_pack_double(pk, load[i]);
+    }
+    sbx_pack_cstr(pk, "memory");
+    msgpack_pack_map(pk, 2);
+    sbx_pack_kv_u64(pk, "total_kb", total);
+    sbx_pack_kv_u64(pk, "available_kb", avail);
+    sbx_pack_cstr(pk, "boot");
+    if (a->have_boot) {
+        /* CLOCK_BOOTTIME stamps taken in the guest: kernel start -> init -> agent -> ready. */
+        msgpack_pack_map(pk, 4);
+        sbx_pack_kv_u64(pk, "kernel_ns", a->boot_kernel_ns);
+        sbx_pack_kv_u64(pk, "init_ns", a->boot_init_ns);
+        sbx_pack_kv_u64(pk, "agent_ns", a->boot_agent_ns);
+        sbx_pack_kv_u64(pk, "ready_ns", a->boot_ready_ns);
+    } else {
+        msgpack_pack_nil(pk);
+    }
+    sbx_pack_kv_u64(pk, "conns", a->nhello);
+    sbx_pack_kv_u64(pk, "procs", a->nprocs);
+    agent_conn_send(c);
+}
+
+void agent_session_shutdown(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    char action[16] = "poweroff";
+
+    if (sbx_param_cstr(m->params, "action", SBX_OPTIONAL, action, sizeof(action), &err) < 0) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (strcmp(action, "poweroff") != 0 && strcmp(action, "reboot") != 0) {
+        sbx_err_param(&err, "action", "action must be \"poweroff\" or \"reboot\"");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (!c->a->initctl_open) {
+        sbx_err_set(&err, SBX_E_UNSUPPORTED, "no sbx-init to power off (agent runs standalone)");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+    agent_initctl_send(c->a, "shutdown action=%s", action);
+}
+
+static void lifetime_wait(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent_waiter *w = calloc(1, sizeof(*w));
+    struct sbx_err err;
+
+    if (w == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    w->conn = c;
+    w->id = m->id;
+    agent_list_add_tail(&c->a->lifetime_waiters, &w->link);
+}
+
+void agent_session_lifetime_get(struct agent_conn *c, const struct sbx_msg *m)
+{
+    if (!c->a->initctl_open) {
+        msgpack_packer *pk = agent_conn_begin(c);
+        sbx_pack_response_head(pk, m->id);
+        msgpack_pack_map(pk, 1);
+        sbx_pack_kv_str(pk, "mode", "none");
+        agent_conn_send(c);
+        return;
+    }
+    lifetime_wait(c, m);
+    agent_initctl_send(c->a, "lifetime?");
+}
+
+void agent_session_lifetime_extend(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    uint64_t secs;
+
+    if (sbx_param_u64(m->params, "seconds", SBX_REQUIRED, 1, 366u * 86400u, &secs, &err) != 0) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (!c->a->initctl_open) {
+        sbx_err_set(&err, SBX_E_UNSUPPORTED,
+                    "no sbx-init keeps a lifetime (agent runs standalone)");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    lifetime_wait(c, m);
+    agent_initctl_send(c->a, "extend seconds=%llu", (unsigned long long)secs);
+}

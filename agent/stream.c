@@ -1,0 +1,408 @@
+/*
+ * Streams: one-directional byte channels of a connection, each with credit flow control, bound to
+ * a process pipe. Output pipes are read only while the attached stream has credit, so a producer
+ * the host cannot keep up with blocks in write() instead of growing the agent.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "agent.h"
+
+struct in_req {
+    uv_write_t req;
+    struct agent_pipe *pipe;
+    void *buf;
+    uint32_t len;
+};
+
+struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_dir dir,
+                                      struct agent_pipe *p, struct sbx_err *err)
+{
+    struct agent_stream *s;
+
+    if (c->nstreams >= SBX_MAX_STREAMS || c->next_stream == 0) {
+        sbx_err_set(err, SBX_E_LIMIT, "too many streams on this connection (cap %u)",
+                    SBX_MAX_STREAMS);
+        return NULL;
+    }
+    s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return NULL;
+    }
+    s->conn = c;
+    s->id = c->next_stream++;
+    s->dir = dir;
+    s->credit = SBX_STREAM_WINDOW;
+    s->pipe = p;
+    if (p != NULL) {
+        p->stream = s;
+    }
+    agent_list_add_tail(&c->streams, &s->link);
+    c->nstreams++;
+    return s;
+}
+
+struct agent_stream *agent_stream_find(struct agent_conn *c, uint32_t id)
+{
+    struct agent_link *l;
+
+    for (l = c->streams.next; l != &c->streams; l = l->next) {
+        struct agent_stream *s = agent_container_of(l, struct agent_stream, link);
+        if (s->id == id) {
+            return s;
+        }
+    }
+    return NULL;
+}
+
+void agent_stream_free(struct agent_stream *s)
+{
+    struct agent_pipe *p = s->pipe;
+
+    agent_list_del(&s->link);
+    s->conn->nstreams--;
+    if (p != NULL) {
+        p->stream = NULL;
+        agent_pipe_update(p); /* detached output keeps draining into the replay buffer */
+    }
+    free(s);
+}
+
+void agent_stream_end(struct agent_stream *s, const struct sbx_err *e, bool truncated)
+{
+    msgpack_packer *pk = agent_conn_begin(s->conn);
+
+    sbx_pack_notify_head(pk, "stream.end");
+    msgpack_pack_map(pk, 1 + (e != NULL) + truncated);
+    sbx_pack_kv_u64(pk, "stream", s->id);
+    if (e != NULL) {
+        sbx_pack_cstr(pk, "error");
+        sbx_pack_err(pk, e);
+    }
+    if (truncated) {
+        sbx_pack_kv_bool(pk, "truncated", true);
+    }
+    agent_conn_send(s->conn);
+    agent_stream_free(s);
+}
+
+/* The agent refuses an incoming stream: tell the client to stop sending, then forget it. */
+static void stream_cancel(struct agent_stream *s, const struct sbx_err *e)
+{
+    msgpack_packer *pk = agent_conn_begin(s->conn);
+
+    sbx_pack_notify_head(pk, "stream.cancel");
+    msgpack_pack_map(pk, 2);
+    sbx_pack_kv_u64(pk, "stream", s->id);
+    sbx_pack_cstr(pk, "error");
+    sbx_pack_err(pk, e);
+    agent_conn_send(s->conn);
+    agent_stream_free(s);
+}
+
+static void stream_grant(struct agent_stream *s)
+{
+    msgpack_packer *pk = agent_conn_begin(s->conn);
+
+    sbx_pack_notify_head(pk, "stream.credit");
+    msgpack_pack_map(pk, 2);
+    sbx_pack_kv_u64(pk, "stream", s->id);
+    sbx_pack_kv_u64(pk, "bytes", s->consumed);
+    s->credit += s->consumed;
+    s->consumed = 0;
+    agent_conn_send(s->conn);
+}
+
+/* Read the stream id of a stream control notification; 0 if absent or bad (then ignored). */
+static uint32_t control_stream_id(const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    uint64_t id;
+
+    if (sbx_param_u64(m->params, "stream", SBX_REQUIRED, 1, UINT32_MAX, &id, &err) != 0) {
+        return 0;
+    }
+    return (uint32_t)id;
+}
+
+void agent_stream_on_credit(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent_stream *s = agent_stream_find(c, control_stream_id(m));
+    struct sbx_err err;
+    uint64_t bytes;
+
+    if (s == NULL || s->dir != AGENT_STREAM_OUT) {
+        return; /* a race with the stream's end, or nonsense: ignored by the protocol */
+    }
+    if (sbx_param_u64(m->params, "bytes", SBX_REQUIRED, 1, UINT32_MAX, &bytes, &err) != 0) {
+        return;
+    }
+    s->credit += bytes;
+    if (s->credit > UINT32_MAX) {
+        s->credit = UINT32_MAX;
+    }
+    if (s->pipe != NULL) {
+        agent_pipe_update(s->pipe);
+    }
+}
+
+void agent_stream_on_end(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent_stream *s = agent_stream_find(c, control_stream_id(m));
+    struct agent_pipe *p;
+
+    if (s == NULL || s->dir != AGENT_STREAM_IN) {
+        return;
+    }
+    p = s->pipe;
+    agent_stream_free(s);
+    if (p != NULL) {
+        p->close_requested = true;
+        if (p->writes_pending == 0) {
+            agent_pipe_close(p);
+        }
+    }
+}
+
+void agent_stream_on_cancel(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent_stream *s = agent_stream_find(c, control_stream_id(m));
+
+    if (s == NULL || s->dir != AGENT_STREAM_OUT) {
+        return;
+    }
+    /* Nothing more goes out on it; the pipe keeps draining so the child never blocks. */
+    agent_stream_free(s);
+}
+
+static void in_write_cb(uv_write_t *req, int status)
+{
+    struct in_req *r = agent_container_of(req, struct in_req, req);
+    struct agent_pipe *p = r->pipe;
+    struct agent_stream *s = p->stream;
+
+    p->writes_pending--;
+    agent_buf_put(p->proc->a, r->buf);
+    if (status < 0 && status != UV_ECANCELED) {
+        if (s != NULL) {
+            struct sbx_err err;
+            int e = -status;
+            sbx_err_sys(&err, e, "stdin", "write to the process's stdin");
+            stream_cancel(s, &err);
+        }
+        agent_pipe_close(p);
+    } else if (s != NULL) {
+        s->consumed += r->len;
+        /* Grant in batches: one credit message per quarter window, not per frame. */
+        if (s->consumed >= SBX_STREAM_WINDOW / 4 || p->writes_pending == 0) {
+            stream_grant(s);
+        }
+    }
+    free(r);
+    if (p->close_requested && p->writes_pending == 0) {
+        agent_pipe_close(p);
+    }
+}
+
+void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent_stream *s = agent_stream_find(c, m->stream);
+    struct agent_pipe *p;
+    struct sbx_err err;
+    struct in_req *r;
+    uv_buf_t buf;
+    int rc;
+
+    if (s == NULL) {
+        if (m->stream >= c->next_stream) {
+            /* Never allocated: a client bug worth telling about. Known-but-gone ids are a normal
+             * race with cancel and are dropped silently. */
+            msgpack_packer *pk = agent_conn_begin(c);
+            sbx_err_set(&err, SBX_E_STREAM, "data on stream %u, which was never opened", m->stream);
+            sbx_pack_notify_head(pk, "stream.cancel");
+            msgpack_pack_map(pk, 2);
+            sbx_pack_kv_u64(pk, "stream", m->stream);
+            sbx_pack_cstr(pk, "error");
+            sbx_pack_err(pk, &err);
+            agent_conn_send(c);
+        }
+        return;
+    }
+    if (s->dir != AGENT_STREAM_IN) {
+        sbx_err_set(&err, SBX_E_STREAM, "stream %u carries data from the agent, not to it", s->id);
+        stream_cancel(s, &err);
+        return;
+    }
+    if (m->data_len > s->credit) {
+        sbx_err_set(&err, SBX_E_STREAM, "%u bytes sent on stream %u with only %llu bytes of credit",
+                    m->data_len, s->id, (unsigned long long)s->credit);
+        stream_cancel(s, &err);
+        return;
+    }
+    s->credit -= m->data_len;
+    p = s->pipe;
+    if (p == NULL || !p->open || p->close_requested) {
+        return;
+    }
+    r = malloc(sizeof(*r));
+    if (r == NULL || (r->buf = agent_buf_get(c->a)) == NULL) {
+        free(r);
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        stream_cancel(s, &err);
+        return;
+    }
+    /* The one copy of the payload: out of the frame buffer, which the next frame reuses. */
+    memcpy(r->buf, m->data, m->data_len);
+    r->len = m->data_len;
+    r->pipe = p;
+    buf = uv_buf_init(r->buf, r->len);
+    rc = uv_write(&r->req, (uv_stream_t *)&p->handle, &buf, 1, in_write_cb);
+    if (rc < 0) {
+        agent_buf_put(c->a, r->buf);
+        free(r);
+        sbx_err_sys(&err, -rc, "stdin", "write to the process's stdin");
+        stream_cancel(s, &err);
+        return;
+    }
+    p->writes_pending++;
+}
+
+/* --- output pipes ------------------------------------------------------------------------- */
+
+static void pipe_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct agent_pipe *p = h->data;
+    size_t n = SBX_STREAM_CHUNK_MAX;
+
+    if (p->stream != NULL && p->stream->credit < n) {
+        n = (size_t)p->stream->credit;
+    }
+    buf->base = agent_buf_get(p->proc->a);
+    buf->len = buf->base != NULL ? n : 0;
+}
+
+/* Keep the last SBX_REPLAY_MAX bytes of output nobody is reading. */
+static void replay_append(struct agent_pipe *p, const uint8_t *data, uint32_t n)
+{
+    if (p->replay == NULL) {
+        p->replay = malloc(SBX_REPLAY_MAX);
+        if (p->replay == NULL) {
+            p->dropped += n;
+            return;
+        }
+    }
+    if (n >= SBX_REPLAY_MAX) {
+        p->dropped += p->replay_len + (n - SBX_REPLAY_MAX);
+        memcpy(p->replay, data + (n - SBX_REPLAY_MAX), SBX_REPLAY_MAX);
+        p->replay_len = SBX_REPLAY_MAX;
+        return;
+    }
+    if (p->replay_len + n > SBX_REPLAY_MAX) {
+        uint32_t drop = p->replay_len + n - SBX_REPLAY_MAX;
+        memmove(p->replay, p->replay + drop, p->replay_len - drop);
+        p->replay_len -= drop;
+        p->dropped += drop;
+    }
+    memcpy(p->replay + p->replay_len, data, n);
+    p->replay_len += n;
+}
+
+static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
+{
+    struct agent_pipe *p = h->data;
+    struct agent *a = p->proc->a;
+    struct agent_stream *s = p->stream;
+
+    if (nread > 0) {
+        p->total += (uint64_t)nread;
+        if (s != NULL) {
+            s->credit -= (uint64_t)nread;
+            agent_conn_send_data(s->conn, s->id, buf->base, (uint32_t)nread);
+            agent_pipe_update(p);
+        } else {
+            replay_append(p, (const uint8_t *)buf->base, (uint32_t)nread);
+            agent_buf_put(a, buf->base);
+        }
+        return;
+    }
+    if (buf->base != NULL) {
+        agent_buf_put(a, buf->base);
+    }
+    if (nread == 0) {
+        return;
+    }
+    /* UV_EOF, or an error such as EIO: either way this is the end of the output. */
+    p->eof = true;
+    if (s != NULL) {
+        struct sbx_err err;
+        if (nread != UV_EOF) {
+            sbx_err_sys(&err, (int)-nread, "read", "read process output");
+        }
+        agent_stream_end(s, nread != UV_EOF ? &err : NULL, false);
+    }
+    agent_pipe_close(p);
+    agent_proc_check_done(p->proc);
+}
+
+void agent_pipe_update(struct agent_pipe *p)
+{
+    bool want;
+
+    if (!p->open || p->eof || p->is_input) {
+        return;
+    }
+    /* Read while the stream has credit and its connection is not backed up; detached output is
+     * always drained (into the replay buffer) so the child never blocks. */
+    want = p->stream == NULL || (p->stream->credit > 0 && !p->stream->conn->paused);
+    if (want && !p->reading) {
+        if (uv_read_start((uv_stream_t *)&p->handle, pipe_alloc_cb, pipe_read_cb) == 0) {
+            p->reading = true;
+        }
+    } else if (!want && p->reading) {
+        (void)uv_read_stop((uv_stream_t *)&p->handle); /* cannot fail for an active handle */
+        p->reading = false;
+    }
+}
+
+/* Bytes waiting in the pipe (FIONREAD); 0 on error. */
+static int pipe_pending(struct agent_pipe *p)
+{
+    uv_os_fd_t fd;
+    int n = 0;
+
+    if (uv_fileno((uv_handle_t *)&p->handle, &fd) != 0 || ioctl(fd, FIONREAD, &n) != 0) {
+        return 0;
+    }
+    return n;
+}
+
+/* Used by the drain deadline: true if this output may still be legitimately in flight. */
+bool agent_pipe_busy(struct agent_pipe *p)
+{
+    if (!p->open || p->eof) {
+        return false;
+    }
+    /* Not reading for lack of credit, or bytes still sitting in the pipe: the host is slow, not
+     * the pipe held open; never cut that output short. */
+    return (p->stream != NULL && (p->stream->credit == 0 || p->stream->conn->paused)) ||
+           pipe_pending(p) > 0;
+}
+
+static void pipe_close_cb(uv_handle_t *h)
+{
+    struct agent_pipe *p = h->data;
+
+    agent_proc_handle_closed(p->proc);
+}
+
+void agent_pipe_close(struct agent_pipe *p)
+{
+    if (!p->open) {
+        return;
+    }
+    p->open = false;
+    p->reading = false;
+    uv_close((uv_handle_t *)&p->handle, pipe_close_cb);
+}

@@ -1,0 +1,79 @@
+/* Small helpers shared by the agent: lists, the buffer pool, clocks, logging. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "agent.h"
+
+void agent_list_init(struct agent_link *head)
+{
+    head->prev = head->next = head;
+}
+
+void agent_list_add_tail(struct agent_link *head, struct agent_link *node)
+{
+    node->prev = head->prev;
+    node->next = head;
+    head->prev->next = node;
+    head->prev = node;
+}
+
+void agent_list_del(struct agent_link *node)
+{
+    node->prev->next = node->next;
+    node->next->prev = node->prev;
+    node->prev = node->next = node;
+}
+
+bool agent_list_empty(const struct agent_link *head)
+{
+    return head->next == head;
+}
+
+void *agent_buf_get(struct agent *a)
+{
+    if (a->npool > 0) {
+        return a->pool[--a->npool];
+    }
+    return malloc(SBX_STREAM_CHUNK_MAX);
+}
+
+void agent_buf_put(struct agent *a, void *buf)
+{
+    /* Keep a few for reuse (malloc of 256 KiB means mmap+munmap each time); free the rest. */
+    if (a->npool < 16) {
+        a->pool[a->npool++] = buf;
+        return;
+    }
+    free(buf);
+}
+
+static uint64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+
+    (void)clock_gettime(id, &ts); /* cannot fail for these clocks */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t agent_now_ns(void)
+{
+    return clock_ns(CLOCK_MONOTONIC);
+}
+
+uint64_t agent_boottime_ns(void)
+{
+    return clock_ns(CLOCK_BOOTTIME);
+}
+
+void agent_log(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    (void)vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    (void)fprintf(stderr, "sbx-agent: %s\n", line);
+}
