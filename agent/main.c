@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -161,6 +162,14 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    /* Every process costs up to three pipe fds: lift the soft fd limit to the hard one. */
+    {
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            (void)setrlimit(RLIMIT_NOFILE, &rl);
+        }
+    }
     /* Writes to a departed client or a closed stdin must be errors, not death. */
     signal(SIGPIPE, SIG_IGN);
     a->loop = uv_default_loop();

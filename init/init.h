@@ -10,14 +10,14 @@
 #include <time.h>
 
 /* Every cap in one place (house style: nothing unbounded). */
-#define INIT_ENV_MAX        32   /* sbx.env.* entries */
-#define INIT_ENV_LEN        256  /* one "NAME=VALUE" */
-#define INIT_LISTEN_MAX     8    /* --listen addresses */
-#define INIT_VALUE_LEN      256  /* listen list, root device, any other string value */
-#define INIT_PATH_LEN       512  /* mount points, including --root-prefix */
-#define INIT_MOUNTS_MAX     16   /* mounts we made and unmount at shutdown */
-#define INIT_CMDLINE_LEN    4096 /* /proc/cmdline */
-#define INIT_CTL_MAX        512  /* one control-channel datagram */
+#define INIT_ENV_MAX        32    /* sbx.env.* entries */
+#define INIT_ENV_LEN        1024  /* one "NAME=VALUE" */
+#define INIT_LISTEN_MAX     8     /* --listen addresses */
+#define INIT_VALUE_LEN      256   /* the listen list, root= */
+#define INIT_PATH_LEN       512   /* mount points, including --root-prefix */
+#define INIT_MOUNTS_MAX     16    /* mounts we made and unmount at shutdown */
+#define INIT_FILE_MAX       16384 /* /proc/cmdline, the config file, the module list */
+#define INIT_CTL_MAX        512   /* one control-channel datagram */
 #define INIT_DURATION_MAX_S (10LL * 365 * 24 * 3600)
 
 #define INIT_NSEC           1000000000LL
@@ -33,133 +33,122 @@ enum init_action { INIT_RUN, INIT_POWEROFF, INIT_REBOOT };
 
 struct init_config {
     enum init_lifetime lifetime;
-    int64_t lifetime_s;       /* INIT_LIFETIME_DURATION only */
-    int64_t session_grace_s;  /* sbx.session_grace */
-    int64_t shutdown_grace_s; /* sbx.shutdown_grace */
+    int64_t lifetime_s, session_grace_s, shutdown_grace_s;
     char listen[INIT_VALUE_LEN];
     char hostname[65];
-    bool debug_shell;
-    bool vsock_allow_local;
-    int rescue_after;                /* consecutive failed agent starts before a rescue shell */
+    bool debug_shell, vsock_allow_local;
+    int rescue_after; /* failed agent starts in a row before the rescue shell; 0 = never */
     bool has_ip, has_gw;
     struct in_addr ip, gw;
     int ip_prefix;
-    char root[INIT_VALUE_LEN];       /* root=, "" when absent */
-    char rootfstype[16];             /* rootfstype= */
-    bool root_ro;                    /* "ro" on the command line */
-    bool overlay;                    /* sbx.overlay=tmpfs */
-    bool quiet;                      /* do not report (first, root-switch-only pass) */
+    char root[INIT_VALUE_LEN]; /* root=, "" when absent */
+    bool squashfs, root_ro, overlay;
+    bool quiet; /* do not report (the root-switch-only first pass) */
     int nenv;
-    char env[INIT_ENV_MAX][INIT_ENV_LEN]; /* "NAME=VALUE", later sources replace earlier */
+    char env[INIT_ENV_MAX][INIT_ENV_LEN]; /* "NAME=VALUE"; later sources replace earlier */
 };
 
-/* A supervised child: the agent or the rescue shell. */
+/* A supervised child: the agent or the rescue shell. Times are CLOCK_BOOTTIME. */
 struct init_child {
-    pid_t pid;           /* 0 when not running */
-    int64_t started_ns;  /* CLOCK_BOOTTIME */
-    int64_t restart_ns;  /* when to start it again; 0 = not scheduled */
-    int64_t backoff_ns;  /* next restart delay of a crash-looping agent */
+    pid_t pid; /* 0 when not running */
+    int64_t started_ns;
+    int64_t restart_ns; /* agent: 0 = not scheduled; shell: due when not running */
+    int64_t backoff_ns; /* agent: the next restart delay */
 };
 
 /* The whole of sbx-init's state; one instance lives in main() and is passed explicitly. */
 struct init_state {
     struct init_config cfg;
     const char *agent_path, *shell_path, *config_path, *cmdline_path, *modules_path;
-    char prefix[INIT_PATH_LEN]; /* --root-prefix (tests), "" in production */
-    sigset_t orig_mask;         /* what children get back before exec */
-    int sigfd;
-    int ctl;                    /* init's end of the control socketpair, -1 when none */
-    int64_t start_ns;           /* CLOCK_BOOTTIME at entry to main() */
-    int64_t ready_ns;           /* CLOCK_BOOTTIME of the agent's last "ready", 0 before */
+    const char *prefix; /* --root-prefix (tests), "" in production */
+    sigset_t orig_mask; /* what children get back before exec */
+    int sigfd, ctl;     /* ctl: init's end of the control channel, -1 when none */
+    int64_t start_ns;   /* CLOCK_BOOTTIME at entry to main() */
+    int64_t ready_ns;   /* CLOCK_BOOTTIME of the agent's last "ready"; 0 before */
     struct init_child agent, shell;
-    bool agent_ready;           /* this agent instance said "ready" */
-    bool want_shell;            /* sbx.debug=shell, or the agent kept failing */
-    int start_failures;         /* agents in a row that died before "ready" */
-    int clients;                /* host clients, as last reported by the agent */
-    int64_t deadline_ns;        /* duration lifetime: power off at; 0 = none */
-    int64_t session_ns;         /* session lifetime: power off at; 0 = not armed */
-    enum init_action action;    /* set once shutdown was requested */
-    char why[64];               /* what requested it */
+    bool agent_ready;        /* this agent instance said "ready" */
+    bool want_shell;         /* sbx.debug=shell, or the agent kept failing */
+    int start_failures;      /* agents in a row that died before "ready" */
+    int clients;             /* host clients, as last reported by the agent */
+    int64_t deadline_ns;     /* duration lifetime: power off then; 0 = none */
+    int64_t session_ns;      /* session lifetime: power off then; 0 = not armed */
+    enum init_action action; /* set once a shutdown was requested */
+    char why[80];
     int nmounts;
     char mounts[INIT_MOUNTS_MAX][INIT_PATH_LEN]; /* in mount order; unmounted in reverse */
-    char cmdline[INIT_CMDLINE_LEN];
+    char cmdline[INIT_FILE_MAX];
 };
 
 /* log.c */
-
-/* Reads clock `id` in nanoseconds; 0 if the clock is unavailable (never fails the caller). */
+/* Reads clock `id` in nanoseconds; 0 if it is unavailable. */
 int64_t init_now(clockid_t id);
-
-/* Writes "sbx-init[<monotonic s>]: <message>\n" to stderr (the console) in one write(2). */
+/* Writes "sbx-init[<monotonic s>]: <message>\n" to stderr (the console) in one write(2).
+ * Preserves errno, so callers can log with %m. */
 void init_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Reads at most size-1 bytes of `path` into buf and NUL-terminates it. Returns the length
+ * or -errno. */
+ssize_t init_read_file(const char *path, char *buf, size_t size);
 
 /* config.c */
-
-/* Fills `cfg` with the built-in defaults (docs/INIT.md lists them). */
+/* Fills `cfg` with the built-in defaults (listed in docs/INIT.md); keeps cfg->quiet. */
 void init_config_defaults(struct init_config *cfg);
-
-/* Applies one key. A bad value is reported on the console (unless cfg->quiet), the key is
- * reset to its default and -EINVAL is returned; an unknown sbx.* key is reported and gives
- * -ENOENT; keys outside sbx.* that init does not use are ignored (0). */
+/* Applies one key. A bad value is reported (unless cfg->quiet), the key gets its default
+ * and -EINVAL is returned; an unknown sbx.* key is reported and gives -ENOENT; other keys
+ * (the kernel's own) are ignored and give 0. */
 int init_config_set(struct init_config *cfg, const char *key, const char *value);
-
-/* Applies every `key=value` line of the file at `path` ('#' starts a comment line).
- * Returns 0, or -errno if the file cannot be read (the caller decides whether that matters). */
+/* Applies the `key=value` lines of a file ('#' starts a comment line). 0 or -errno. */
 int init_config_load_file(struct init_config *cfg, const char *path);
-
-/* Applies the keys of a kernel command line. `cmdline` is modified (tokenised in place);
- * double quotes group words and are removed, as the kernel does. */
+/* Applies the keys of a kernel command line, tokenising `cmdline` in place; double quotes
+ * group words and are removed, as the kernel does. */
 void init_config_load_cmdline(struct init_config *cfg, char *cmdline);
-
-/* Parses "<N>[s|m|h]" into seconds. Returns 0, or -EINVAL / -ERANGE. */
+/* Parses "<N>[s|m|h]" into seconds. Returns 0, -EINVAL or -ERANGE. */
 int init_parse_duration(const char *s, int64_t *seconds);
+/* Parses a decimal number in [0, max]; -1 if `s` is NULL or not one. */
+long long init_parse_uint(const char *s, long long max);
+/* "none", "session", "duration", indexed by enum init_lifetime. */
+extern const char *const init_lifetime_names[3];
 
 /* mount.c */
-
-/* Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp and cgroup2 (each only if not
- * already mounted, all under st->prefix) and creates the /dev links. Never fails the boot. */
+/* Makes sure fds 0-2 are open: the kernel opens /dev/console for us only if the initramfs
+ * has it; otherwise mount devtmpfs and open the console (or /dev/null) ourselves. */
+void init_console_setup(struct init_state *st);
+/* Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp, cgroup2 under st->prefix, each
+ * only if not already mounted, and makes the /dev links. Failures are logged, not fatal. */
 void init_mount_early(struct init_state *st);
-
-/* Switches to the root= device when running from an initramfs; no-op otherwise. On any
- * failure it logs and leaves us in the initramfs, so the VM stays reachable. */
-void init_root_switch(struct init_state *st);
-
-/* Unmounts what init_mount_early/init_root_switch mounted, in reverse order. */
+/* Switches to the root= device when running from an initramfs. Returns true if it did;
+ * on any failure it logs and stays in the initramfs, so the VM stays reachable. */
+bool init_root_switch(struct init_state *st);
+/* Unmounts what we mounted, in reverse order; remounts a switched-to root read-only. */
 void init_umount_all(struct init_state *st);
-
-/* modules.c */
-
-/* Loads each module listed in the file at `path` with finit_module(2). */
+/* Loads each module of the list file `path` with finit_module(2); EEXIST is success. */
 void init_modules_load(const char *path);
 
 /* net.c */
-
 /* Sets the hostname, brings up lo, and configures eth0 when sbx.ip is set. */
 void init_net_setup(const struct init_config *cfg);
 
 /* agent.c */
-
-/* Forks and execs the agent with its control channel on fd 3. */
+/* Writes `value` to /proc/self/oom_score_adj. Returns 0 or -errno. */
+int init_oom_score_adj(int value);
+/* Forks and execs the agent with the control channel on its fd 3, and sends it "boot". */
 void init_agent_start(struct init_state *st);
-
 /* Forks and execs the rescue shell on the console. */
 void init_shell_start(struct init_state *st);
-
-/* Reaps every child that has exited; restarts the agent and shell as needed.
- * Returns true when init has no children left at all (waitpid said ECHILD). */
+/* Reaps every exited child, scheduling agent and shell restarts. Returns true when init
+ * has no children at all (waitpid said ECHILD). */
 bool init_reap(struct init_state *st);
 
 /* ctl.c */
-
-/* Sends `boot ...` to the agent just started. */
+/* Sends `boot ...` to the agent just started; exec_ns is when it was exec'd. */
 void init_ctl_send_boot(struct init_state *st, int64_t exec_ns);
-
-/* Reads and handles every pending datagram from the agent. */
+/* Handles every pending datagram; closes the channel when the agent hung up. Malformed
+ * input is logged and ignored, never fatal. */
 void init_ctl_read(struct init_state *st);
+/* Records the number of connected host clients and runs the session timer. */
+void init_set_clients(struct init_state *st, int n);
 
 /* main.c */
-
-/* Requests a shutdown; the main loop performs it. The first request wins. */
+/* Requests a shutdown, which the main loop then performs. The first request wins. */
 void init_request_shutdown(struct init_state *st, enum init_action action, const char *why);
 
 #endif

@@ -315,7 +315,8 @@ class Agent:
             time.sleep(0.01)
 
     def logtext(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log.name) as f:
             return f.read()
 

@@ -1,0 +1,375 @@
+/* config.c: configuration from the kernel command line, a file, and built-in defaults. */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "init.h"
+
+struct init_key;
+/* A setter returns NULL when it took the value, or the reason it did not. */
+typedef const char *(*init_setter)(struct init_config *cfg, const struct init_key *k,
+                                   const char *value);
+
+struct init_key {
+    const char *name;
+    init_setter set;
+    const char *def;            /* applied through `set` too: defaults obey the same rules */
+    size_t field;               /* set_duration, set_choice: offsetof() the value */
+    const char *on, *off, *why; /* set_choice: its two words, and the complaint */
+};
+#define INIT_FIELD(f) offsetof(struct init_config, f)
+
+/* The base environment of the agent and the rescue shell; sbx.env.* replaces entries. */
+static const char *const init_env_base[][2] = {
+    { "sbx.env.PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" },
+    { "sbx.env.HOME", "/root" },
+    { "sbx.env.LANG", "C.UTF-8" },
+    { "sbx.env.TERM", "vt220" },
+};
+
+const char *const init_lifetime_names[3] = { "none", "session", "duration" };
+
+long long init_parse_uint(const char *s, long long max)
+{
+    char *end;
+    long long v;
+
+    if (s == NULL || !isdigit((unsigned char)*s)) {
+        return -1;
+    }
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    return *end != '\0' || errno != 0 || v > max ? -1 : v;
+}
+
+int init_parse_duration(const char *s, int64_t *seconds)
+{
+    int64_t v = 0, mult;
+
+    if (!isdigit((unsigned char)*s)) {
+        return -EINVAL;
+    }
+    for (; isdigit((unsigned char)*s); s++) {
+        if ((v = v * 10 + (*s - '0')) > INIT_DURATION_MAX_S) {
+            return -ERANGE;
+        }
+    }
+    if (*s != '\0' && (s[1] != '\0' || strchr("smh", *s) == NULL)) {
+        return -EINVAL;
+    }
+    mult = *s == 'h' ? 3600 : *s == 'm' ? 60 : 1;
+    if (v * mult > INIT_DURATION_MAX_S) {
+        return -ERANGE;
+    }
+    *seconds = v * mult;
+    return 0;
+}
+
+static const char *set_duration(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    int rc = init_parse_duration(v, (int64_t *)(void *)((char *)cfg + k->field));
+
+    return rc == 0         ? NULL
+           : rc == -ERANGE ? "too large (max 10 years)"
+                           : "not a duration (<N>, <N>s, <N>m or <N>h)";
+}
+
+/* One of two words; the field is a bool that says whether it is the `on` one. */
+static const char *set_choice(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    if (strcmp(v, k->on) != 0 && strcmp(v, k->off) != 0) {
+        return k->why;
+    }
+    *(bool *)((char *)cfg + k->field) = strcmp(v, k->on) == 0;
+    return NULL;
+}
+
+static const char *set_lifetime(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    int rc;
+
+    cfg->lifetime = strcmp(v, "session") == 0 ? INIT_LIFETIME_SESSION : INIT_LIFETIME_NONE;
+    if (strcmp(v, "session") == 0 || strcmp(v, "none") == 0) {
+        return NULL;
+    }
+    if ((rc = init_parse_duration(v, &cfg->lifetime_s)) < 0) {
+        return rc == -ERANGE ? "too large (max 10 years)" : "not session, none or a duration";
+    }
+    cfg->lifetime = INIT_LIFETIME_DURATION;
+    return cfg->lifetime_s == 0 ? "a duration must be more than 0" : NULL;
+}
+
+static const char *set_listen(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    int n = 0;
+
+    if (strlen(v) >= sizeof(cfg->listen)) {
+        return "too long";
+    }
+    /* Only the shape is checked: the agent owns the address syntax and reports details. */
+    for (const char *p = v, *end;; p = end + 1) {
+        const char *colon = memchr(p, ':', (size_t)((end = strchrnul(p, ',')) - p));
+
+        if (colon == NULL || colon == p || colon + 1 == end) {
+            return "each address must be <kind>:<where>";
+        }
+        for (const char *c = p; c < end; c++) {
+            if (!isgraph((unsigned char)*c)) {
+                return "addresses cannot contain spaces or control characters";
+            }
+        }
+        if (++n > INIT_LISTEN_MAX) {
+            return "too many addresses (max 8)";
+        }
+        if (*end == '\0') {
+            break;
+        }
+    }
+    strcpy(cfg->listen, v);
+    return NULL;
+}
+
+static const char *set_hostname(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    size_t n = strlen(v);
+
+    if (n == 0 || n >= sizeof(cfg->hostname)) {
+        return "must be 1 to 64 characters";
+    }
+    if (v[0] == '-' || v[0] == '.' ||
+        strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != n) {
+        return "only letters, digits, '-' and '.', not first";
+    }
+    memcpy(cfg->hostname, v, n + 1);
+    return NULL;
+}
+
+static const char *set_rescue_after(struct init_config *cfg, const struct init_key *k,
+                                    const char *v)
+{
+    long long n = init_parse_uint(v, 1000);
+
+    cfg->rescue_after = (int)n;
+    return n < 0 ? "expected a number from 0 to 1000" : NULL;
+}
+
+/* "none", or an IPv4 address, with /PREFIX exactly when `prefix` is given. */
+static const char *address(bool *has, struct in_addr *addr, int *prefix, const char *v)
+{
+    char buf[INET_ADDRSTRLEN + 4], *slash;
+    long long p = 32;
+
+    *has = false;
+    if (strcmp(v, "none") == 0) {
+        return NULL;
+    }
+    if (strlen(v) >= sizeof(buf)) {
+        return "not an IPv4 address";
+    }
+    if (((slash = strchr(strcpy(buf, v), '/')) != NULL) != (prefix != NULL)) {
+        return prefix ? "expected ADDR/PREFIX" : "expected an address without /PREFIX";
+    }
+    if (slash != NULL) {
+        *slash++ = '\0';
+        if ((p = init_parse_uint(slash, 32)) < 1) {
+            return "prefix must be 1 to 32";
+        }
+    }
+    if (inet_pton(AF_INET, buf, addr) != 1) {
+        return "not an IPv4 address";
+    }
+    if (prefix != NULL) {
+        *prefix = (int)p;
+    }
+    *has = true;
+    return NULL;
+}
+
+static const char *set_ip(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    return address(&cfg->has_ip, &cfg->ip, &cfg->ip_prefix, v);
+}
+
+static const char *set_gw(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    return address(&cfg->has_gw, &cfg->gw, NULL, v);
+}
+
+static const char *set_root(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    /* LABEL= and UUID= would need blkid-like probing: init keeps to device paths. */
+    if ((v[0] != '\0' && strncmp(v, "/dev/", 5) != 0) || strlen(v) >= sizeof(cfg->root)) {
+        return "only /dev/ device paths are supported";
+    }
+    strcpy(cfg->root, v);
+    return NULL;
+}
+
+/* One table row per key reads best: */
+/* clang-format off */
+#define KEY(n, s, d) { .name = n, .set = s, .def = d }
+#define DURATION(n, d, f) { .name = n, .set = set_duration, .def = d, .field = INIT_FIELD(f) }
+#define CHOICE(n, d, f, off_, on_) { .name = n, .set = set_choice, .def = d, \
+    .field = INIT_FIELD(f), .off = off_, .on = on_, .why = "expected " off_ " or " on_ }
+/* clang-format on */
+static const struct init_key init_keys[] = {
+    KEY("sbx.lifetime", set_lifetime, "none"),
+    DURATION("sbx.session_grace", "10s", session_grace_s),
+    DURATION("sbx.shutdown_grace", "2s", shutdown_grace_s),
+    KEY("sbx.listen", set_listen, "vsock:1024,serial:agent"),
+    KEY("sbx.hostname", set_hostname, "sandbox"),
+    CHOICE("sbx.debug", "none", debug_shell, "none", "shell"),
+    KEY("sbx.ip", set_ip, "none"),
+    KEY("sbx.gw", set_gw, "none"),
+    CHOICE("sbx.vsock_allow_local", "0", vsock_allow_local, "0", "1"),
+    KEY("sbx.rescue_after", set_rescue_after, "3"),
+    CHOICE("sbx.overlay", "none", overlay, "none", "tmpfs"),
+    KEY("root", set_root, ""),
+    CHOICE("rootfstype", "ext4", squashfs, "ext4", "squashfs"),
+};
+#define INIT_NKEYS (sizeof(init_keys) / sizeof(init_keys[0]))
+
+static int set_env(struct init_config *cfg, const char *key, const char *value)
+{
+    const char *name = key + strlen("sbx.env."), *why = NULL;
+    size_t n = strlen(name);
+    int slot = cfg->nenv;
+
+    if (n == 0 || isdigit((unsigned char)name[0]) ||
+        strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789") != n) {
+        why = "invalid variable name";
+    } else if (n + strlen(value) + 2 > INIT_ENV_LEN) {
+        why = "too long (max 1023 bytes)";
+    }
+    for (int i = 0; why == NULL && i < cfg->nenv; i++) {
+        if (strncmp(cfg->env[i], name, n) == 0 && cfg->env[i][n] == '=') {
+            slot = i; /* a higher-precedence source replaces the value, in place */
+        }
+    }
+    if (why == NULL && slot == INIT_ENV_MAX) {
+        why = "too many sbx.env entries (max 32)";
+    }
+    if (why != NULL) {
+        if (!cfg->quiet) {
+            init_log("config: %s=\"%.80s\": %s; ignored", key, value, why);
+        }
+        return -EINVAL;
+    }
+    snprintf(cfg->env[slot], INIT_ENV_LEN, "%s=%s", name, value);
+    cfg->nenv += slot == cfg->nenv;
+    return 0;
+}
+
+void init_config_defaults(struct init_config *cfg)
+{
+    bool quiet = cfg->quiet;
+
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->quiet = quiet;
+    for (size_t i = 0; i < INIT_NKEYS; i++) {
+        (void)init_keys[i].set(cfg, &init_keys[i], init_keys[i].def); /* valid by construction */
+    }
+    for (size_t i = 0; i < sizeof(init_env_base) / sizeof(init_env_base[0]); i++) {
+        (void)set_env(cfg, init_env_base[i][0], init_env_base[i][1]); /* valid, too */
+    }
+}
+
+int init_config_set(struct init_config *cfg, const char *key, const char *value)
+{
+    const char *why;
+
+    if (strncmp(key, "sbx.env.", 8) == 0) {
+        return set_env(cfg, key, value);
+    }
+    for (size_t i = 0; i < INIT_NKEYS; i++) {
+        if (strcmp(init_keys[i].name, key) != 0) {
+            continue;
+        }
+        if ((why = init_keys[i].set(cfg, &init_keys[i], value)) == NULL) {
+            return 0;
+        }
+        if (!cfg->quiet) {
+            init_log("config: %s=\"%.80s\": %s; using %s", key, value, why,
+                     init_keys[i].def[0] ? init_keys[i].def : "(none)");
+        }
+        (void)init_keys[i].set(cfg, &init_keys[i], init_keys[i].def); /* valid by construction */
+        return -EINVAL;
+    }
+    if (strncmp(key, "sbx.", 4) != 0) {
+        return 0; /* console=, panic= and the like are the kernel's */
+    }
+    if (!cfg->quiet) {
+        init_log("config: %s: unknown key; ignored", key);
+    }
+    return -ENOENT;
+}
+
+static char *trim(char *s)
+{
+    char *end = s + strlen(s);
+
+    while (isspace((unsigned char)*s)) {
+        s++;
+    }
+    while (end > s && isspace((unsigned char)end[-1])) {
+        *--end = '\0';
+    }
+    return s;
+}
+
+int init_config_load_file(struct init_config *cfg, const char *path)
+{
+    char buf[INIT_FILE_MAX], *next = buf, *line, *eq;
+    ssize_t n = init_read_file(path, buf, sizeof(buf));
+
+    if (n < 0) {
+        return (int)n;
+    }
+    while ((line = strsep(&next, "\n")) != NULL) {
+        line = trim(line);
+        if (*line == '\0' || *line == '#') {
+            continue;
+        }
+        if ((eq = strchr(line, '=')) == NULL) {
+            if (!cfg->quiet) {
+                init_log("config: %s: \"%.40s\": not key=value; ignored", path, line);
+            }
+            continue;
+        }
+        *eq = '\0';
+        (void)init_config_set(cfg, trim(line), trim(eq + 1)); /* reports by itself */
+    }
+    return 0;
+}
+
+void init_config_load_cmdline(struct init_config *cfg, char *p)
+{
+    while (*p != '\0') {
+        char *tok, *out, *eq, end;
+        bool quoted = false;
+
+        while (isspace((unsigned char)*p)) {
+            p++;
+        }
+        for (tok = out = p; *p != '\0' && (quoted || !isspace((unsigned char)*p)); p++) {
+            if (*p == '"') {
+                quoted = !quoted;
+            } else {
+                *out++ = *p;
+            }
+        }
+        end = *p; /* out may equal p: read it before terminating the token */
+        *out = '\0';
+        p += end != '\0';
+        if ((eq = strchr(tok, '=')) != NULL) {
+            *eq = '\0';
+            (void)init_config_set(cfg, tok, eq + 1); /* reports by itself */
+        } else if (strcmp(tok, "ro") == 0 || strcmp(tok, "rw") == 0) {
+            cfg->root_ro = tok[1] == 'o';
+        }
+    }
+}

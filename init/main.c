@@ -1,0 +1,316 @@
+/* main.c: sbx-init, the PID 1 of every sandbox VM: boot steps, main loop and shutdown. */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "init.h"
+
+static const char init_usage[] =
+    "usage: sbx-init [options]   (PID 1 of an sbx VM, configured by the kernel command line)\n"
+    "  --config FILE        config file (default /etc/sbx/init.conf)\n"
+    "test-only options (run as PID 1 of a PID namespace; see docs/INIT.md):\n"
+    "  --agent PATH         agent binary (default /sbin/sbx-agent)\n"
+    "  --shell PATH         rescue shell (default /bin/sh)\n"
+    "  --cmdline-file FILE  kernel command line (default /proc/cmdline)\n"
+    "  --modules FILE       module list (default /etc/sbx/modules)\n"
+    "  --root-prefix DIR    mount everything under DIR, never switch root\n";
+
+void init_request_shutdown(struct init_state *st, enum init_action action, const char *why)
+{
+    if (st->action == INIT_RUN) {
+        st->action = action;
+        snprintf(st->why, sizeof(st->why), "%s", why);
+    }
+}
+
+/* Returns true for --help. Other unknown arguments are logged and skipped: the kernel hands
+ * init the boot words it does not know, and PID 1 must not stop for them. */
+static bool parse_args(struct init_state *st, int argc, char **argv)
+{
+    const struct {
+        const char *name, **slot;
+    } opts[] = { { "--agent", &st->agent_path },          { "--shell", &st->shell_path },
+                 { "--config", &st->config_path },        { "--modules", &st->modules_path },
+                 { "--cmdline-file", &st->cmdline_path }, { "--root-prefix", &st->prefix } };
+
+    for (int i = 1; i < argc; i++) {
+        size_t k = 0;
+
+        while (k < 6 && (strcmp(argv[i], opts[k].name) != 0 || i + 1 == argc)) {
+            k++;
+        }
+        if (strcmp(argv[i], "--help") == 0) {
+            return true;
+        } else if (k < 6) {
+            *opts[k].slot = argv[++i];
+        } else {
+            init_log("ignoring argument \"%.60s\"", argv[i]);
+        }
+    }
+    return false;
+}
+
+/* Blocks every signal but the synchronous faults (a buggy init must die, not hang) and reads
+ * them from a signalfd. Dispositions go back to SIG_DFL, so a SIG_IGN we inherited (a shell
+ * ignores SIGINT for background jobs) cannot leak into children. */
+static int setup_signals(struct init_state *st)
+{
+    static const int faults[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS };
+    sigset_t all;
+
+    for (int sig = 1; sig < NSIG; sig++) {
+        (void)signal(sig, SIG_DFL); /* fails for SIGKILL, SIGSTOP and libc-internal ones */
+    }
+    (void)sigfillset(&all); /* cannot fail on a valid set, nor sigdelset on valid numbers */
+    for (size_t i = 0; i < sizeof(faults) / sizeof(faults[0]); i++) {
+        (void)sigdelset(&all, faults[i]);
+    }
+    if (sigprocmask(SIG_SETMASK, &all, &st->orig_mask) < 0) {
+        return -errno;
+    }
+    st->sigfd = signalfd(-1, &all, SFD_NONBLOCK | SFD_CLOEXEC);
+    return st->sigfd < 0 ? -errno : 0;
+}
+
+/* Waits up to `ns` for every process to be gone, reaping meanwhile. True if they are. */
+static bool wait_all_gone(struct init_state *st, int64_t ns)
+{
+    struct signalfd_siginfo si;
+
+    for (int64_t until = init_now(CLOCK_BOOTTIME) + ns;;) {
+        struct pollfd p = { st->sigfd, POLLIN, 0 };
+        int64_t left = until - init_now(CLOCK_BOOTTIME);
+
+        if (init_reap(st)) {
+            init_log("shutdown: all processes gone");
+            return true;
+        }
+        if (left <= 0) {
+            return false;
+        }
+        /* Woken by SIGCHLD; at most 50 ms, so a coalesced signal cannot cost the grace. */
+        if (poll(&p, 1, left > 50 * INIT_MSEC ? 50 : (int)(left / INIT_MSEC) + 1) > 0) {
+            while (read(st->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+            }
+        }
+    }
+}
+
+/* SIGTERM to all, grace, SIGKILL, sync, unmount, then reboot(2) from a child: POWER_OFF
+ * (and HALT) can end in do_exit() of the caller, and PID 1 must never exit. */
+static _Noreturn void shutdown_now(struct init_state *st)
+{
+    int cmd = st->action == INIT_REBOOT ? RB_AUTOBOOT : RB_POWER_OFF, status = 0;
+    pid_t pid;
+
+    init_log("shutdown: %s (%s)", cmd == RB_AUTOBOOT ? "reboot" : "poweroff", st->why);
+    if (st->ctl >= 0) {
+        close(st->ctl);
+        st->ctl = -1;
+    }
+    init_log("shutdown: SIGTERM to all processes; grace %llds",
+             (long long)st->cfg.shutdown_grace_s);
+    if (kill(-1, SIGTERM) < 0 && errno != ESRCH) {
+        init_log("shutdown: kill(-1, SIGTERM): %m");
+    }
+    if (!wait_all_gone(st, st->cfg.shutdown_grace_s * INIT_NSEC)) {
+        init_log("shutdown: SIGKILL to all processes");
+        if (kill(-1, SIGKILL) < 0 && errno != ESRCH) {
+            init_log("shutdown: kill(-1, SIGKILL): %m");
+        }
+        if (!wait_all_gone(st, 2 * INIT_NSEC)) {
+            init_log("shutdown: processes left after SIGKILL (uninterruptible?)");
+        }
+    }
+    init_log("shutdown: sync");
+    sync();
+    init_umount_all(st);
+    sync();
+    init_log("shutdown: reboot(%s)", cmd == RB_AUTOBOOT ? "RB_AUTOBOOT" : "RB_POWER_OFF");
+    (void)tcdrain(STDERR_FILENO); /* let a serial console show that line; ENOTTY otherwise */
+    if ((pid = fork()) == 0) {
+        _exit(reboot(cmd) < 0 ? errno : 0);
+    }
+    if (pid < 0) {
+        (void)reboot(cmd); /* no child to do it: the last resort */
+    } else if (waitpid(pid, &status, 0) == pid && WIFEXITED(status)) {
+        init_log("shutdown: reboot(2) returned: %s; halted", strerror(WEXITSTATUS(status)));
+    }
+    for (;;) {
+        pause();
+    }
+}
+
+static _Noreturn void fatal(struct init_state *st, const char *what)
+{
+    init_log("fatal: %s: %m; powering off", what);
+    init_request_shutdown(st, INIT_POWEROFF, "fatal error");
+    shutdown_now(st);
+}
+
+static void read_signals(struct init_state *st)
+{
+    struct signalfd_siginfo si;
+    char why[80];
+
+    while (read(st->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        int sig = (int)si.ssi_signo;
+
+        snprintf(why, sizeof(why), "signal %d (%s) from pid %u", sig, strsignal(sig), si.ssi_pid);
+        /* Ctrl-Alt-Del (SIGINT once CAD is off), SIGTERM, and the busybox (USR1/USR2/PWR)
+         * and systemd (RTMIN+3/+4/+5) conventions; a halt is a poweroff in a VM. */
+        if (sig == SIGRTMIN + 5) {
+            init_request_shutdown(st, INIT_REBOOT, why);
+        } else if (sig == SIGINT || sig == SIGTERM || sig == SIGPWR || sig == SIGUSR1 ||
+                   sig == SIGUSR2 || sig == SIGRTMIN + 3 || sig == SIGRTMIN + 4) {
+            init_request_shutdown(st, INIT_POWEROFF, why);
+        } else if (sig != SIGCHLD && sig != SIGWINCH && sig != SIGPIPE) {
+            init_log("ignoring %s", why); /* SIGCHLD: reaping runs every round anyway */
+        }
+    }
+}
+
+/* Fires the timers that are due and lowers *next to the earliest one still pending. */
+static void run_timers(struct init_state *st, int64_t now, int64_t *next)
+{
+    int64_t at[4];
+
+    if (st->deadline_ns != 0 && now >= st->deadline_ns) {
+        init_request_shutdown(st, INIT_POWEROFF, "lifetime deadline reached");
+    }
+    if (st->session_ns != 0 && now >= st->session_ns) {
+        init_request_shutdown(st, INIT_POWEROFF, "session ended");
+    }
+    if (st->action != INIT_RUN) {
+        return;
+    }
+    if (st->agent.restart_ns != 0 && now >= st->agent.restart_ns) {
+        init_agent_start(st);
+    }
+    if (st->want_shell && st->shell.pid == 0 && now >= st->shell.restart_ns) {
+        init_shell_start(st);
+    }
+    at[0] = st->deadline_ns;
+    at[1] = st->session_ns;
+    at[2] = st->agent.restart_ns;
+    at[3] = st->want_shell && st->shell.pid == 0 ? st->shell.restart_ns : 0;
+    for (int i = 0; i < 4; i++) {
+        *next = at[i] != 0 && at[i] < *next ? at[i] : *next;
+    }
+}
+
+static _Noreturn void main_loop(struct init_state *st)
+{
+    for (;;) {
+        struct pollfd p[2] = { { st->sigfd, POLLIN, 0 }, { -1, POLLIN, 0 } };
+        int64_t now = init_now(CLOCK_BOOTTIME), next = now + 60 * INIT_NSEC;
+
+        run_timers(st, now, &next);
+        if (st->action != INIT_RUN) {
+            shutdown_now(st);
+        }
+        p[1].fd = st->ctl; /* after run_timers, which may have started an agent */
+        if (poll(p, 2, next <= now ? 0 : (int)((next - now + INIT_MSEC - 1) / INIT_MSEC)) < 0 &&
+            errno != EINTR) {
+            fatal(st, "poll");
+        }
+        if (p[0].revents & POLLIN) {
+            read_signals(st);
+        }
+        if (p[1].revents != 0) {
+            init_ctl_read(st);
+        }
+        /* Every round, not only on SIGCHLD: signals coalesce, and no zombie may wait. */
+        (void)init_reap(st);
+    }
+}
+
+/* Defaults, then the config file, then the command line (highest precedence). */
+static void load_config(struct init_state *st, bool quiet)
+{
+    char cmdline[INIT_FILE_MAX];
+    int rc;
+
+    st->cfg.quiet = quiet;
+    init_config_defaults(&st->cfg);
+    if (!quiet && (rc = init_config_load_file(&st->cfg, st->config_path)) < 0 && rc != -ENOENT) {
+        init_log("config: %s: %s", st->config_path, strerror(-rc));
+    }
+    memcpy(cmdline, st->cmdline, sizeof(cmdline)); /* tokenising writes into it */
+    init_config_load_cmdline(&st->cfg, cmdline);
+    st->cfg.quiet = false;
+}
+
+int main(int argc, char **argv)
+{
+    struct init_state st = {
+        .agent_path = "/sbin/sbx-agent",
+        .shell_path = "/bin/sh",
+        .config_path = "/etc/sbx/init.conf",
+        .cmdline_path = "/proc/cmdline",
+        .modules_path = "/etc/sbx/modules",
+        .prefix = "",
+        .sigfd = -1,
+        .ctl = -1,
+        .agent.backoff_ns = INIT_BACKOFF_MIN_NS,
+        .start_ns = init_now(CLOCK_BOOTTIME), /* first: the kernel's share of the boot */
+    };
+    bool help = parse_args(&st, argc, argv);
+    ssize_t n;
+    int rc;
+
+    if (getpid() != 1) { /* its shutdown would reboot the machine it was run on by mistake */
+        fputs(help ? init_usage : "sbx-init: must run as PID 1 (tests: unshare --pid --fork)\n",
+              help ? stdout : stderr);
+        return help ? 0 : 1;
+    }
+    rc = setup_signals(&st);
+    init_console_setup(&st);
+    init_log("sbx-init starting: %.6fs after boot", (double)st.start_ns / INIT_NSEC);
+    if (rc < 0) {
+        errno = -rc;
+        fatal(&st, "signals");
+    }
+    /* Ctrl-Alt-Del becomes SIGINT to us instead of an instant reset. EINVAL in a PID
+     * namespace (tests), where the setting is not ours to change. */
+    if (reboot(RB_DISABLE_CAD) < 0 && errno != EINVAL) {
+        init_log("reboot(RB_DISABLE_CAD): %m");
+    }
+    init_mount_early(&st);
+    if (init_oom_score_adj(-1000) < 0) {
+        init_log("oom_score_adj: %m");
+    }
+    init_modules_load(st.modules_path);
+    if ((n = init_read_file(st.cmdline_path, st.cmdline, sizeof(st.cmdline))) < 0) {
+        init_log("config: %s: %s", st.cmdline_path, strerror((int)-n));
+    }
+    /* The root switch needs root= before the config file can be read from the new root: a
+     * silent first pass over the command line gives it. */
+    if (st.prefix[0] == '\0') {
+        load_config(&st, true);
+        if (init_root_switch(&st)) {
+            init_mount_early(&st);
+        }
+    }
+    load_config(&st, false);
+    init_log("config: lifetime=%s session_grace=%llds shutdown_grace=%llds listen=%s "
+             "debug=%s rescue_after=%d env=%d",
+             init_lifetime_names[st.cfg.lifetime], (long long)st.cfg.session_grace_s,
+             (long long)st.cfg.shutdown_grace_s, st.cfg.listen,
+             st.cfg.debug_shell ? "shell" : "none", st.cfg.rescue_after, st.cfg.nenv);
+    init_net_setup(&st.cfg);
+    if (st.cfg.lifetime == INIT_LIFETIME_DURATION) {
+        /* Counted from init's start, so it does not depend on how the agent fares. */
+        st.deadline_ns = st.start_ns + st.cfg.lifetime_s * INIT_NSEC;
+        init_log("lifetime: power off in %llds", (long long)st.cfg.lifetime_s);
+    }
+    st.want_shell = st.cfg.debug_shell;
+    init_agent_start(&st);
+    main_loop(&st);
+}

@@ -1,0 +1,225 @@
+/* test_init_config.c: unit tests of sbx-init's configuration parser (init/config.c). */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "init.h"
+
+static void test_duration(void **state)
+{
+    static const struct {
+        const char *in;
+        int rc;
+        int64_t seconds;
+    } cases[] = {
+        { "0", 0, 0 },          { "90", 0, 90 },          { "30s", 0, 30 },
+        { "5m", 0, 300 },       { "1h", 0, 3600 },        { "87600h", 0, 315360000 },
+        { "", -EINVAL, 0 },     { "s", -EINVAL, 0 },      { "-1", -EINVAL, 0 },
+        { "1.5s", -EINVAL, 0 }, { "10ms", -EINVAL, 0 },   { "5d", -EINVAL, 0 },
+        { " 5", -EINVAL, 0 },   { "87601h", -ERANGE, 0 }, { "99999999999999999999", -ERANGE, 0 },
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int64_t s = -1;
+
+        assert_int_equal(init_parse_duration(cases[i].in, &s), cases[i].rc);
+        if (cases[i].rc == 0) {
+            assert_int_equal(s, cases[i].seconds);
+        }
+    }
+}
+
+static void test_defaults(void **state)
+{
+    struct init_config cfg = { .lifetime = INIT_LIFETIME_SESSION, .nenv = 3 };
+
+    init_config_defaults(&cfg);
+    assert_int_equal(cfg.lifetime, INIT_LIFETIME_NONE);
+    assert_int_equal(cfg.session_grace_s, 10);
+    assert_int_equal(cfg.shutdown_grace_s, 2);
+    assert_string_equal(cfg.listen, "vsock:1024,serial:agent");
+    assert_string_equal(cfg.hostname, "sandbox");
+    assert_false(cfg.debug_shell);
+    assert_false(cfg.vsock_allow_local);
+    assert_int_equal(cfg.rescue_after, 3);
+    assert_false(cfg.has_ip);
+    assert_false(cfg.has_gw);
+    assert_string_equal(cfg.root, "");
+    assert_false(cfg.squashfs);
+    assert_false(cfg.overlay);
+    assert_int_equal(cfg.nenv, 4);
+    assert_string_equal(cfg.env[0],
+                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    assert_string_equal(cfg.env[1], "HOME=/root");
+    assert_string_equal(cfg.env[2], "LANG=C.UTF-8");
+    assert_string_equal(cfg.env[3], "TERM=vt220");
+}
+
+static void test_every_key(void **state)
+{
+    struct init_config cfg = { 0 };
+
+    init_config_defaults(&cfg);
+    assert_int_equal(init_config_set(&cfg, "sbx.lifetime", "session"), 0);
+    assert_int_equal(cfg.lifetime, INIT_LIFETIME_SESSION);
+    assert_int_equal(init_config_set(&cfg, "sbx.lifetime", "5m"), 0);
+    assert_int_equal(cfg.lifetime, INIT_LIFETIME_DURATION);
+    assert_int_equal(cfg.lifetime_s, 300);
+    assert_int_equal(init_config_set(&cfg, "sbx.session_grace", "0"), 0);
+    assert_int_equal(cfg.session_grace_s, 0);
+    assert_int_equal(init_config_set(&cfg, "sbx.shutdown_grace", "1m"), 0);
+    assert_int_equal(cfg.shutdown_grace_s, 60);
+    assert_int_equal(init_config_set(&cfg, "sbx.listen", "unix:/run/a,vsock:9"), 0);
+    assert_string_equal(cfg.listen, "unix:/run/a,vsock:9");
+    assert_int_equal(init_config_set(&cfg, "sbx.hostname", "web-1.example"), 0);
+    assert_string_equal(cfg.hostname, "web-1.example");
+    assert_int_equal(init_config_set(&cfg, "sbx.debug", "shell"), 0);
+    assert_true(cfg.debug_shell);
+    assert_int_equal(init_config_set(&cfg, "sbx.ip", "192.168.1.5/16"), 0);
+    assert_true(cfg.has_ip);
+    assert_int_equal(cfg.ip_prefix, 16);
+    assert_int_equal(cfg.ip.s_addr, htonl(0xc0a80105));
+    assert_int_equal(init_config_set(&cfg, "sbx.gw", "192.168.0.1"), 0);
+    assert_true(cfg.has_gw);
+    assert_int_equal(cfg.gw.s_addr, htonl(0xc0a80001));
+    assert_int_equal(init_config_set(&cfg, "sbx.vsock_allow_local", "1"), 0);
+    assert_true(cfg.vsock_allow_local);
+    assert_int_equal(init_config_set(&cfg, "sbx.rescue_after", "0"), 0);
+    assert_int_equal(cfg.rescue_after, 0);
+    assert_int_equal(init_config_set(&cfg, "sbx.overlay", "tmpfs"), 0);
+    assert_true(cfg.overlay);
+    assert_int_equal(init_config_set(&cfg, "root", "/dev/vda"), 0);
+    assert_string_equal(cfg.root, "/dev/vda");
+    assert_int_equal(init_config_set(&cfg, "rootfstype", "squashfs"), 0);
+    assert_true(cfg.squashfs);
+    assert_int_equal(init_config_set(&cfg, "sbx.env.A_1", "x=y z"), 0);
+    assert_string_equal(cfg.env[4], "A_1=x=y z");
+    /* Keys of the kernel's own are none of ours. */
+    assert_int_equal(init_config_set(&cfg, "console", "ttyS0"), 0);
+}
+
+static void test_bad_value_resets_default(void **state)
+{
+    struct init_config cfg = { .quiet = true };
+
+    init_config_defaults(&cfg);
+    assert_int_equal(init_config_set(&cfg, "sbx.lifetime", "5m"), 0);
+    assert_int_equal(init_config_set(&cfg, "sbx.lifetime", "forever"), -EINVAL);
+    assert_int_equal(cfg.lifetime, INIT_LIFETIME_NONE);
+    assert_int_equal(init_config_set(&cfg, "sbx.hostname", "ok"), 0);
+    assert_int_equal(init_config_set(&cfg, "sbx.hostname", "not ok"), -EINVAL);
+    assert_string_equal(cfg.hostname, "sandbox");
+    assert_int_equal(init_config_set(&cfg, "sbx.ip", "10.0.0.2/8"), 0);
+    assert_int_equal(init_config_set(&cfg, "sbx.ip", "10.0.0.2/0"), -EINVAL);
+    assert_false(cfg.has_ip);
+    assert_int_equal(init_config_set(&cfg, "sbx.listen", "vsock:1,,vsock:2"), -EINVAL);
+    assert_string_equal(cfg.listen, "vsock:1024,serial:agent");
+    assert_int_equal(init_config_set(&cfg, "sbx.listen", ":x"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.listen", "vsock:"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.listen", "unix:/a b"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.listen", "a:1,b:2,c:3,d:4,e:5,f:6,g:7,h:8"), 0);
+    assert_int_equal(init_config_set(&cfg, "sbx.unknown", "1"), -ENOENT);
+    assert_int_equal(init_config_set(&cfg, "sbx.debug", "Shell"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.rescue_after", "3x"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.rescue_after", ""), -EINVAL);
+    assert_int_equal(cfg.rescue_after, 3);
+}
+
+static void test_env(void **state)
+{
+    struct init_config cfg = { .quiet = true };
+    char name[32];
+
+    init_config_defaults(&cfg);
+    assert_int_equal(init_config_set(&cfg, "sbx.env.A", "1"), 0);
+    assert_int_equal(init_config_set(&cfg, "sbx.env.B", ""), 0);
+    assert_int_equal(init_config_set(&cfg, "sbx.env.A", "2"), 0); /* replaces, keeps order */
+    assert_int_equal(init_config_set(&cfg, "sbx.env.HOME", "/home/x"), 0);
+    assert_int_equal(cfg.nenv, 6);
+    assert_string_equal(cfg.env[1], "HOME=/home/x");
+    assert_string_equal(cfg.env[4], "A=2");
+    assert_string_equal(cfg.env[5], "B=");
+    assert_int_equal(init_config_set(&cfg, "sbx.env.AB", "3"), 0); /* a prefix is not a match */
+    assert_int_equal(cfg.nenv, 7);
+    assert_int_equal(init_config_set(&cfg, "sbx.env.9", "x"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.env.", "x"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.env.A.B", "x"), -EINVAL);
+    for (int i = cfg.nenv; i < INIT_ENV_MAX; i++) {
+        snprintf(name, sizeof(name), "sbx.env.V%d", i);
+        assert_int_equal(init_config_set(&cfg, name, "v"), 0);
+    }
+    assert_int_equal(init_config_set(&cfg, "sbx.env.ONEMORE", "v"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.env.A", "still replaceable"), 0);
+    assert_int_equal(cfg.nenv, INIT_ENV_MAX);
+}
+
+static void test_cmdline(void **state)
+{
+    struct init_config cfg = { .quiet = true };
+    char line[] = "BOOT_IMAGE=/vmlinuz console=ttyS0 ro sbx.hostname=a "
+                  "sbx.env.MSG=\"hello   world\" \"sbx.env.Q=a b\" sbx.lifetime=30s "
+                  "quiet -- sbx.hostname=b\n";
+
+    init_config_defaults(&cfg);
+    init_config_load_cmdline(&cfg, line);
+    assert_true(cfg.root_ro);
+    assert_string_equal(cfg.hostname, "b"); /* later wins, even after "--" */
+    assert_int_equal(cfg.nenv, 6);
+    assert_string_equal(cfg.env[4], "MSG=hello   world");
+    assert_string_equal(cfg.env[5], "Q=a b");
+    assert_int_equal(cfg.lifetime, INIT_LIFETIME_DURATION);
+    assert_int_equal(cfg.lifetime_s, 30);
+
+    char empty[] = "   ";
+    init_config_load_cmdline(&cfg, empty);
+    char unterminated[] = "sbx.env.X=\"abc def";
+    init_config_load_cmdline(&cfg, unterminated);
+    assert_string_equal(cfg.env[6], "X=abc def");
+}
+
+static void test_file_then_cmdline(void **state)
+{
+    struct init_config cfg = { .quiet = true };
+    char path[] = "/tmp/sbx-init-config-XXXXXX";
+    char line[] = "sbx.hostname=fromcmdline";
+    int fd = mkstemp(path);
+    static const char text[] = "# a comment\n\n  sbx.hostname = fromfile  \n"
+                               "sbx.session_grace=3s\nnot a pair\nsbx.env.X=1 # not a comment\n";
+
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, sizeof(text) - 1), (ssize_t)sizeof(text) - 1);
+    close(fd);
+    init_config_defaults(&cfg);
+    assert_int_equal(init_config_load_file(&cfg, path), 0);
+    assert_string_equal(cfg.hostname, "fromfile");
+    assert_int_equal(cfg.session_grace_s, 3);
+    assert_string_equal(cfg.env[4], "X=1 # not a comment");
+    init_config_load_cmdline(&cfg, line);
+    assert_string_equal(cfg.hostname, "fromcmdline");
+    assert_int_equal(cfg.session_grace_s, 3);
+    unlink(path);
+    assert_int_equal(init_config_load_file(&cfg, path), -ENOENT);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_duration),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_every_key),
+        cmocka_unit_test(test_bad_value_resets_default),
+        cmocka_unit_test(test_env),
+        cmocka_unit_test(test_cmdline),
+        cmocka_unit_test(test_file_then_cmdline),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,582 @@
+#!/usr/bin/env python3
+"""Integration tests: the real sbx-agent over a unix socket, real children (sbx-test-helper)."""
+import hashlib
+import os
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import warnings
+
+warnings.simplefilter("ignore", ResourceWarning)  # sockets left to the garbage collector
+
+sys.path.insert(0, os.path.dirname(__file__))
+import sbxwire as w  # noqa: E402
+
+BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
+AGENT = os.path.join(BUILD, "bin", "sbx-agent")
+HELPER = os.path.join(BUILD, "tests", "sbx-test-helper")
+
+
+def pattern_sha256(n):
+    """sha256 of n bytes of the helper's flood pattern."""
+    block = bytes(((i * 131 + 7) & 255) for i in range(65536))
+    big = block * 16
+    h = hashlib.sha256()
+    while n > 0:
+        k = min(n, len(big))
+        h.update(big[:k])
+        n -= k
+    return h.hexdigest()
+
+
+class AgentCase(unittest.TestCase):
+    extra = ()
+
+    def setUp(self):
+        self.agent = w.Agent(AGENT, self.extra)
+        self.c = self.agent.connect()
+
+    def tearDown(self):
+        alive = self.agent.alive()
+        self.c.close()
+        self.agent.stop()
+        self.assertTrue(alive, "the agent died during the test:\n" + self.agent.logtext())
+
+    def spawn_err(self, params):
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("proc.spawn", params)
+        return cm.exception.err
+
+    def helper(self, *args, **kw):
+        p = {"argv": [HELPER, *[str(a) for a in args]]}
+        p.update(kw)
+        return p
+
+
+class TestSession(AgentCase):
+    def test_version_negotiation(self):
+        c = self.agent.connect(hello=False)
+        r = c.call("hello", {"version": 7, "client": "future"})
+        self.assertEqual(r["version"], 1)
+        self.assertIn("process", r["capabilities"])
+        self.assertEqual(r["limits"]["frame_max"], 4 << 20)
+        self.assertEqual(r["limits"]["stream_window"], 1 << 20)
+        c2 = self.agent.connect(hello=False)
+        with self.assertRaises(w.RemoteError) as cm:
+            c2.call("hello", {"version": 9, "min_version": 2})
+        self.assertEqual(cm.exception.code, "VERSION")
+
+    def test_hello_required_and_once(self):
+        c = self.agent.connect(hello=False)
+        with self.assertRaises(w.RemoteError) as cm:
+            c.call("ping")
+        self.assertEqual(cm.exception.code, "HELLO_REQUIRED")
+        c.hello()
+        self.assertEqual(c.call("ping"), {})
+        with self.assertRaises(w.RemoteError) as cm:
+            c.hello()
+        self.assertEqual(cm.exception.code, "BAD_MESSAGE")
+
+    def test_unknown_method_and_bad_params(self):
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("no.such.method")
+        self.assertEqual(cm.exception.code, "UNKNOWN_METHOD")
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("hello" if False else "proc.wait", {"id": "one"})
+        self.assertEqual(cm.exception.code, "BAD_PARAM")
+        self.assertEqual(cm.exception.err["field"], "id")
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("proc.wait", {"id": 12345})
+        self.assertEqual(cm.exception.code, "NOT_FOUND")
+
+    def test_info(self):
+        r = self.c.call("info")
+        self.assertEqual(r["agent"], "sbx-agent")
+        self.assertEqual(r["pid"], self.agent.proc.pid)
+        self.assertGreater(r["uptime_ns"], 0)
+        self.assertGreater(r["memory"]["total_kb"], 0)
+        self.assertEqual(len(r["load"]), 3)
+        self.assertIsNone(r["boot"])  # not started by sbx-init
+        self.assertEqual(r["conns"], 1)
+
+    def test_standalone_lifetime_and_shutdown(self):
+        self.assertEqual(self.c.call("lifetime.get")["mode"], "none")
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("shutdown", {})
+        self.assertEqual(cm.exception.code, "UNSUPPORTED")
+
+
+class TestToken(unittest.TestCase):
+    def test_token(self):
+        a = w.Agent(AGENT, ["--token", "s3cret"])
+        try:
+            c = a.connect(hello=False)
+            with self.assertRaises(w.RemoteError) as cm:
+                c.call("hello", {"version": 1})
+            self.assertEqual(cm.exception.code, "AUTH")
+            self.assertIsNone(c.recv())  # and the agent closed the connection
+            c = a.connect(hello=False)
+            with self.assertRaises(w.RemoteError) as cm:
+                c.call("hello", {"version": 1, "token": "s3creT"})
+            self.assertEqual(cm.exception.code, "AUTH")
+            c = a.connect(hello=False)
+            self.assertEqual(c.call("hello", {"version": 1, "token": "s3cret"})["version"], 1)
+        finally:
+            a.stop()
+
+    def test_tcp_needs_token(self):
+        import subprocess
+        r = subprocess.run([AGENT, "--listen", "tcp:127.0.0.1:0"], capture_output=True, text=True,
+                           timeout=10)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("token", r.stderr)
+
+
+class TestEnv(AgentCase):
+    def test_env_family(self):
+        self.c.call("env.set", {"name": "SBX_T1", "value": "one"})
+        self.c.call("env.set", {"vars": {"SBX_T2": "two", "SBX_T3": ""}})
+        self.assertEqual(self.c.call("env.get", {"name": "SBX_T1"})["value"], "one")
+        self.assertEqual(self.c.call("env.get", {"name": "SBX_T3"})["value"], "")
+        envl = self.c.call("env.list")["env"]
+        self.assertEqual(envl["SBX_T2"], "two")
+        self.c.call("env.unset", {"name": "SBX_T2"})
+        self.assertIsNone(self.c.call("env.get", {"name": "SBX_T2"})["value"])
+        r, ex, outs, *_ = w.run(self.c, {"command": 'echo "$SBX_T1:$SBX_T4"', "env": {"SBX_T4": "x"}})
+        self.assertEqual(outs[r["stdout"]], b"one:x\n")
+        r, ex, outs, *_ = w.run(self.c, {"argv": ["/usr/bin/env"], "clear_env": True,
+                                         "env": {"ONLY": "1"}})
+        self.assertEqual(outs[r["stdout"]], b"ONLY=1\n")
+
+    def test_bad_env(self):
+        for bad in ({"name": "A=B", "value": "x"}, {"name": "", "value": "x"},
+                    {"name": "A"}, {"vars": {"OK": "1", "B=": "2"}}, {"name": "A\0B", "value": "1"}):
+            with self.assertRaises(w.RemoteError) as cm:
+                self.c.call("env.set", bad)
+            self.assertEqual(cm.exception.code, "BAD_PARAM", bad)
+        # A rejected batch changes nothing.
+        self.assertIsNone(self.c.call("env.get", {"name": "OK"})["value"])
+
+
+class TestProcess(AgentCase):
+    def test_exit_codes(self):
+        for code in (0, 3, 255):
+            _, ex, *_ = w.run(self.c, self.helper("exit", code))
+            self.assertEqual(ex["code"], code)
+            self.assertIsNone(ex["signal"])
+            self.assertTrue(ex["drained"])
+
+    def test_signals(self):
+        _, ex, *_ = w.run(self.c, self.helper("killself", 9))
+        self.assertIsNone(ex["code"])
+        self.assertEqual(ex["signal"], "SIGKILL")
+        self.assertEqual(ex["signo"], 9)
+        r = self.c.call("proc.spawn", self.helper("sleep", 10000))
+        self.c.call("proc.kill", {"id": r["id"], "signal": "USR1"})
+        ex = self.c.call("proc.wait", {"id": r["id"]})
+        self.assertEqual(ex["signal"], "SIGUSR1")
+        r = self.c.call("proc.spawn", self.helper("sleep", 10000))
+        self.c.call("proc.kill", {"id": r["id"], "signal": 15, "group": True})
+        self.assertEqual(self.c.call("proc.wait", {"id": r["id"]})["signal"], "SIGTERM")
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("proc.kill", {"id": r["id"]})
+        self.assertEqual(cm.exception.code, "ESRCH")
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("proc.kill", {"id": r["id"], "signal": "SIGNOPE"})
+        self.assertEqual(cm.exception.code, "BAD_PARAM")
+
+    def test_spawn_errors_are_specific(self):
+        t = time.time()
+        e = self.spawn_err({"argv": ["definitely-not-a-command"]})
+        self.assertEqual((e["code"], e["stage"], e["errno"]), ("ENOENT", "exec", 2))
+        self.assertLess(time.time() - t, 5)  # immediate, not a hang
+        d = tempfile.mkdtemp()
+        noexec = os.path.join(d, "noexec")
+        with open(noexec, "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(noexec, 0o644)
+        e = self.spawn_err({"argv": [noexec]})
+        self.assertEqual((e["code"], e["stage"]), ("EACCES", "exec"))
+        e = self.spawn_err({"argv": ["true"], "cwd": "/nonexistent-dir"})
+        self.assertEqual((e["code"], e["stage"]), ("ENOENT", "cwd"))
+        e = self.spawn_err({"argv": ["true"], "cwd": noexec})
+        self.assertEqual((e["code"], e["stage"]), ("ENOTDIR", "cwd"))
+        e = self.spawn_err({"argv": ["true"], "user": "no-such-user-here"})
+        self.assertEqual((e["code"], e["stage"]), ("ENOENT", "user"))
+        e = self.spawn_err({"argv": []})
+        self.assertEqual(e["code"], "BAD_PARAM")
+        e = self.spawn_err({"argv": ["true"], "command": "true"})
+        self.assertEqual(e["code"], "BAD_PARAM")
+        e = self.spawn_err({"argv": ["true"], "stdout": "file"})
+        self.assertEqual((e["code"], e["field"]), ("BAD_PARAM", "stdout"))
+        e = self.spawn_err({"argv": ["true"], "timeout_ms": -1})
+        self.assertEqual((e["code"], e["field"]), ("BAD_PARAM", "timeout_ms"))
+        # The agent still works afterwards.
+        _, ex, *_ = w.run(self.c, {"argv": ["true"]})
+        self.assertEqual(ex["code"], 0)
+
+    def test_stdin_defaults_to_null(self):
+        r, ex, outs, *_ = w.run(self.c, self.helper("stdin-isnull"))
+        self.assertIsNone(r["stdin"])
+        self.assertEqual(outs[r["stdout"]], b"eof\n")
+
+    def test_stdout_stderr_separate_merged_null(self):
+        r, ex, outs, *_ = w.run(self.c, {"command": "echo out; echo err >&2"})
+        self.assertEqual(outs[r["stdout"]], b"out\n")
+        self.assertEqual(outs[r["stderr"]], b"err\n")
+        r, ex, outs, *_ = w.run(self.c, {"command": "echo out; echo err >&2; echo out2",
+                                         "stderr": "stdout"})
+        self.assertIsNone(r["stderr"])
+        self.assertEqual(outs[r["stdout"]], b"out\nerr\nout2\n")
+        r, ex, outs, *_ = w.run(self.c, {"command": "echo out; echo err >&2", "stdout": "null",
+                                         "stderr": "null"})
+        self.assertEqual((r["stdout"], r["stderr"], outs), (None, None, {}))
+        self.assertEqual(ex["code"], 0)
+
+    def test_own_process_group_and_clean_signals(self):
+        r, ex, outs, *_ = w.run(self.c, self.helper("pgid"))
+        pid, pgid, sid = map(int, outs[r["stdout"]].split())
+        self.assertEqual(pid, r["pid"])
+        self.assertEqual(pgid, pid)
+        self.assertEqual(sid, pid)
+        r, ex, outs, *_ = w.run(self.c, self.helper("sigpipe-default"))
+        self.assertEqual(outs[r["stdout"]], b"default\n")
+
+    def test_timeout(self):
+        t = time.time()
+        _, ex, *_ = w.run(self.c, self.helper("sleep", 20000, timeout_ms=300))
+        self.assertTrue(ex["timed_out"])
+        self.assertEqual(ex["signal"], "SIGTERM")
+        self.assertLess(time.time() - t, 15)
+        # A child that ignores the kill signal gets SIGKILL after the grace period.
+        _, ex, *_ = w.run(self.c, {"command": "trap '' TERM; sleep 20", "timeout_ms": 200,
+                                   "kill_grace_ms": 200})
+        self.assertTrue(ex["timed_out"])
+        self.assertEqual(ex["signal"], "SIGKILL")
+
+    def test_wait_list_release(self):
+        r = self.c.call("proc.spawn", self.helper("exit", 7, tag="job"))
+        ex = self.c.call("proc.wait", {"id": r["id"]})
+        self.assertEqual(ex["code"], 7)
+        # The status stays until released: a second wait sees it too.
+        self.assertEqual(self.c.call("proc.wait", {"id": r["id"]})["code"], 7)
+        procs = {p["id"]: p for p in self.c.call("proc.list")["procs"]}
+        self.assertEqual(procs[r["id"]]["state"], "exited")
+        self.assertEqual(procs[r["id"]]["tag"], "job")
+        self.assertEqual(procs[r["id"]]["exit"]["code"], 7)
+        s = self.c.call("proc.spawn", self.helper("sleep", 10000))
+        procs = {p["id"]: p for p in self.c.call("proc.list")["procs"]}
+        self.assertEqual(procs[s["id"]]["state"], "running")
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("proc.release", {"id": s["id"]})
+        self.assertEqual(cm.exception.code, "BUSY")
+        self.c.call("proc.kill", {"id": s["id"], "signal": "KILL"})
+        self.c.call("proc.release", {"id": r["id"]})
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("proc.wait", {"id": r["id"]})
+        self.assertEqual(cm.exception.code, "NOT_FOUND")
+
+    def test_user_switch(self):
+        root = tempfile.mkdtemp()
+        os.makedirs(os.path.join(root, "etc"))
+        with open(os.path.join(root, "etc", "passwd"), "w") as f:
+            f.write("root:x:0:0:root:/root:/bin/sh\n"
+                    "sandbox:x:1234:1234:Sandbox:/home/sandbox:/bin/sh\n"
+                    "broken line\n")
+        with open(os.path.join(root, "etc", "group"), "w") as f:
+            f.write("sandbox:x:1234:\nwheel:x:10:root,sandbox\naudio:x:29:other\n"
+                    "docker:x:999:sandbox\n")
+        a = w.Agent(AGENT, ["--passwd-root", root])
+        try:
+            c = a.connect()
+            r, ex, outs, *_ = w.run(c, {"argv": [HELPER, "ids"], "user": "sandbox"})
+            fields = outs[r["stdout"]].split()
+            self.assertEqual(fields[:2], [b"1234", b"1234"])
+            self.assertEqual(sorted(int(x) for x in fields[2:]), [10, 999, 1234])
+            r, ex, outs, *_ = w.run(c, {"command": "echo $HOME $USER", "user": "sandbox"})
+            self.assertEqual(outs[r["stdout"]], b"/home/sandbox sandbox\n")
+            r, ex, outs, *_ = w.run(c, {"argv": [HELPER, "ids"], "uid": 4321, "gid": 77,
+                                        "groups": [5, 6]})
+            self.assertEqual(outs[r["stdout"]].split(), [b"4321", b"77", b"5", b"6"])
+        finally:
+            a.stop()
+
+
+class TestStreams(AgentCase):
+    def test_1gib_stdout_exact(self):
+        n = 1 << 30
+        h = hashlib.sha256()
+        total = [0]
+
+        def sink(stream, data):
+            h.update(data)
+            total[0] += len(data)
+
+        r, ex, outs, events, ended, want = w.run(self.c, self.helper("flood", n), sink=sink)
+        self.assertEqual(total[0], n)
+        self.assertEqual(h.hexdigest(), pattern_sha256(n))
+        self.assertEqual(ex["stdout_bytes"], n)
+        self.assertEqual(ended, want)
+        self.assertEqual(events[-1][0], "exit")
+
+    def test_256mib_stdin_roundtrip(self):
+        n = 256 << 20
+        data = os.urandom(1 << 20) * 256
+        got = hashlib.sha256()
+        count = [0]
+
+        def sink(stream, d):
+            got.update(d)
+            count[0] += len(d)
+
+        # Feed stdin while reading stdout from a second thread's view: run() interleaves both.
+        r = self.c.call("proc.spawn", {"argv": ["cat"], "stdin": "pipe"})
+        sid, out = r["stdin"], r["stdout"]
+        credit, off, consumed, done, exitmap = self.c.window, 0, 0, False, None
+        while exitmap is None:
+            while off < n and credit > 0:
+                k = min(credit, 256 * 1024, n - off)
+                self.c.data(sid, data[off:off + k])
+                off += k
+                credit -= k
+                if off == n:
+                    self.c.end(sid)
+            m = self.c.recv()
+            if m[0] == 3:
+                sink(m[1], m[2])
+                consumed += len(m[2])
+                if consumed >= self.c.window // 2:
+                    self.c.credit(out, consumed)
+                    consumed = 0
+            elif m[0] == 2 and m[1] == "stream.credit":
+                credit += m[2]["bytes"]
+            elif m[0] == 2 and m[1] == "proc.exit":
+                exitmap = m[2]
+        self.assertEqual(count[0], n)
+        self.assertEqual(got.hexdigest(), hashlib.sha256(data).hexdigest())
+        self.assertEqual(exitmap["code"], 0)
+
+    def test_print_then_exit_1000(self):
+        for i in range(1000):
+            r, ex, outs, events, ended, want = w.run(self.c, self.helper("print-exit", i % 7))
+            self.assertEqual(outs.get(r["stdout"]), b"last words before exit\n", i)
+            self.assertEqual(outs.get(r["stderr"]), b"last words before exit\n", i)
+            self.assertEqual(ex["code"], i % 7)
+            self.assertTrue(ex["drained"])
+            self.assertEqual(ended, want)
+            self.assertEqual(events[-1], ("exit", None))  # exit strictly after data and ends
+
+    def test_background_child_holding_stdout(self):
+        t = time.time()
+        r, ex, outs, events, ended, want = w.run(self.c, self.helper("bg-hold", 20000,
+                                                                      drain_ms=300))
+        elapsed = time.time() - t
+        self.assertEqual(outs[r["stdout"]], b"parent done\n")
+        self.assertFalse(ex["drained"])
+        self.assertEqual(ex["code"], 0)
+        self.assertLess(elapsed, 10)  # far less than the 20 s the background child holds it
+        self.assertEqual(ended, want)
+
+    def test_slow_consumer_bounded_memory(self):
+        r = self.c.call("proc.spawn", self.helper("flood", 1 << 30))
+        out = r["stdout"]
+        got, peak = 0, 0
+        t_end = time.time() + 6
+        while time.time() < t_end:
+            m = self.c.recv()
+            if m[0] == 3 and m[1] == out:
+                got += len(m[2])
+                self.c.credit(out, len(m[2]))
+                time.sleep(0.03)  # a few MB/s
+                peak = max(peak, self.agent.rss_kb())
+        self.assertGreater(got, 1 << 20)
+        self.assertLess(peak, 16 * 1024, "agent RSS %d KiB while a flood is read slowly" % peak)
+        self.c.call("proc.kill", {"id": r["id"], "signal": "KILL"})
+
+    def test_cancel_keeps_draining(self):
+        r = self.c.call("proc.spawn", self.helper("flood", 64 << 20))
+        self.c.send([2, "stream.cancel", {"stream": r["stdout"]}])
+        ex = self.c.call("proc.wait", {"id": r["id"]})
+        self.assertEqual(ex["code"], 0)  # never blocked on a full pipe
+        self.assertEqual(ex["stdout_bytes"], 64 << 20)
+
+    def test_disconnect_mid_stream(self):
+        r = self.c.call("proc.spawn", self.helper("flood", 200 << 20))
+        got = 0
+        while got < (4 << 20):
+            m = self.c.recv()
+            if m[0] == 3:
+                got += len(m[2])
+                self.c.credit(m[1], len(m[2]))
+        self.c.close()
+        c2 = self.agent.connect()
+        procs = {p["id"]: p for p in c2.call("proc.list")["procs"]}
+        self.assertIn(r["id"], procs)
+        ex = c2.call("proc.wait", {"id": r["id"]})
+        self.assertEqual(ex["code"], 0)  # drained by the agent, reaped, status kept
+        self.assertEqual(ex["stdout_bytes"], 200 << 20)
+        self.c = c2
+
+    def test_500_concurrent(self):
+        n, size = 500, 100000
+        ids = {}
+        for i in range(n):
+            r = self.c.call("proc.spawn", self.helper("flood", size + i))
+            ids[r["stdout"]] = (r["id"], size + i)
+        data = {s: hashlib.sha256() for s in ids}
+        lens = {s: 0 for s in ids}
+        exits = {}
+        while len(exits) < n:
+            m = self.c.recv()
+            if m[0] == 3:
+                data[m[1]].update(m[2])
+                lens[m[1]] += len(m[2])
+                self.c.credit(m[1], len(m[2]))
+            elif m[0] == 2 and m[1] == "proc.exit":
+                exits[m[2]["id"]] = m[2]
+        for s, (pid, sz) in ids.items():
+            self.assertEqual(lens[s], sz)
+            self.assertEqual(data[s].hexdigest(), pattern_sha256(sz))
+            self.assertEqual(exits[pid]["code"], 0)
+
+    def test_stream_rules(self):
+        # A child that never reads stdin: credit can only come from the window and pipe space.
+        r = self.c.call("proc.spawn", self.helper("sleep", 30000, stdin="pipe"))
+        # Data on an output stream is refused.
+        self.c.data(r["stdout"], b"wrong way")
+        m = self.c.recv()
+        self.assertEqual(m[:2], [2, "stream.cancel"])
+        self.assertEqual((m[2]["stream"], m[2]["error"]["code"]), (r["stdout"], "STREAM"))
+        # Far more than the window without waiting for credit is refused.
+        for _ in range(24):
+            self.c.data(r["stdin"], b"y" * (256 * 1024))
+        while True:
+            m = self.c.recv()
+            if m[0] == 2 and m[1] == "stream.cancel":
+                self.assertEqual((m[2]["stream"], m[2]["error"]["code"]), (r["stdin"], "STREAM"))
+                break
+        # Data on a stream that never existed.
+        self.c.data(999, b"z")
+        while True:
+            m = self.c.recv()
+            if m[0] == 2 and m[1] == "stream.cancel" and m[2]["stream"] == 999:
+                break
+        self.c.call("proc.kill", {"id": r["id"], "signal": "KILL"})
+        self.assertEqual(self.c.call("proc.wait", {"id": r["id"]})["signal"], "SIGKILL")
+        # close_stdin lets a reader finish.
+        r = self.c.call("proc.spawn", {"argv": ["cat"], "stdin": "pipe"})
+        self.c.call("proc.close_stdin", {"id": r["id"]})
+        self.assertEqual(self.c.call("proc.wait", {"id": r["id"]})["code"], 0)
+
+
+class TestHostile(AgentCase):
+    def raw(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        for _ in range(500):
+            try:
+                s.connect(self.agent.sock)
+                return s
+            except BlockingIOError:  # the listen backlog is full for a moment: retry
+                time.sleep(0.01)
+        raise RuntimeError("could not connect")
+
+    def read_frames(self, s):
+        buf = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                return buf, False
+            if not chunk:
+                return buf, True
+            buf += chunk
+
+    def first_error(self, buf):
+        n = struct.unpack(">I", buf[:4])[0]
+        msg, _ = w.unpack(buf[4:4 + n])
+        return msg
+
+    def test_huge_length_prefix(self):
+        s = self.raw()
+        s.sendall(b"\xff\xff\xff\xff" + b"\x00" * 100)
+        buf, closed = self.read_frames(s)
+        self.assertTrue(closed)
+        msg = self.first_error(buf)
+        self.assertEqual(msg[:2], [2, "error"])
+        self.assertEqual(msg[2]["code"], "FRAME_TOO_LARGE")
+        self.assertEqual(self.c.call("ping"), {})  # the other connection is unaffected
+
+    def test_zero_length(self):
+        s = self.raw()
+        s.sendall(b"\x00\x00\x00\x00")
+        buf, closed = self.read_frames(s)
+        self.assertTrue(closed)
+        self.assertEqual(self.first_error(buf)[2]["code"], "BAD_FRAME")
+
+    def test_bad_message_keeps_connection(self):
+        c = self.agent.connect()
+        c.send_raw(w.frame(b"\xc1"))  # never-used msgpack byte
+        m = c.recv()
+        self.assertEqual((m[1], m[2]["code"]), ("error", "BAD_MESSAGE"))
+        c.send_raw(w.frame(b"\x94\x00\x05\xa4ping\xdd\xff\xff\xff\xff"))  # hostile array32
+        m = c.recv()
+        self.assertEqual((m[0], m[1], m[2]["code"]), (1, 5, "BAD_MESSAGE"))
+        c.send_raw(w.frame(w.pack([0, 6, "ping", {}]) + b"\x00"))  # trailing byte
+        m = c.recv()
+        self.assertEqual((m[0], m[1], m[2]["code"]), (1, 6, "BAD_MESSAGE"))
+        c.send([0, 7, "proc.spawn", {"argv": [1, 2]}])
+        m = c.recv()
+        self.assertEqual((m[1], m[2]["code"], m[2]["field"]), (7, "BAD_PARAM", "argv"))
+        c.send([0, 8, "proc.spawn", {"argv": ["true"], "env": {"A": 5}}])
+        self.assertEqual(c.recv()[2]["code"], "BAD_PARAM")
+        c.send([9, "what"])
+        self.assertEqual(c.recv()[2]["code"], "BAD_MESSAGE")
+        self.assertEqual(c.call("ping"), {})
+
+    def test_half_frames_and_garbage(self):
+        import random
+        rnd = random.Random(1234)
+        for i in range(200):
+            s = self.raw()
+            kind = i % 4
+            if kind == 0:
+                s.sendall(b"\x00\x00\x10\x00" + b"\x93" * 100)  # half a frame, then gone
+            elif kind == 1:
+                s.sendall(bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 300))))
+            elif kind == 2:
+                body = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 64)))
+                s.sendall(w.frame(body) * 3)
+            else:
+                s.sendall(w.frame(w.pack([0, 1, "hello", {"version": 1}]))
+                          + w.frame(w.pack([0, 2, "proc.spawn", {"argv": "notalist"}]))
+                          + b"\x00\x00")
+            s.close()
+        self.assertEqual(self.c.call("ping"), {})
+        self.assertTrue(self.agent.alive())
+
+    def test_request_flood_without_reading(self):
+        s = self.raw()
+        s.sendall(w.frame(w.pack([0, 1, "hello", {"version": 1}])))
+        req = w.frame(w.pack([0, 2, "env.list", {}]))
+        s.setblocking(False)
+        sent = 0
+        t_end = time.time() + 5
+        try:
+            while time.time() < t_end:
+                try:
+                    sent += s.send(req * 64)
+                except BlockingIOError:
+                    time.sleep(0.01)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed by the agent: the intended outcome once its queue cap is hit
+        self.assertEqual(self.c.call("ping"), {})
+        self.assertLess(self.agent.rss_kb(), 64 * 1024)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
