@@ -91,6 +91,8 @@ struct agent_stream *agent_stream_find(struct agent_conn *c, uint32_t id);
 void agent_stream_free(struct agent_stream *s);
 /* Send stream.end (with optional error / truncated flag) and free. */
 void agent_stream_end(struct agent_stream *s, const struct sbx_err *e, bool truncated);
+/* Refuse an "in" stream: send stream.cancel with @e, then free it. */
+void agent_stream_cancel(struct agent_stream *s, const struct sbx_err *e);
 /* Incoming stream control and data from the client. */
 void agent_stream_on_credit(struct agent_conn *c, const struct sbx_msg *m);
 void agent_stream_on_end(struct agent_conn *c, const struct sbx_msg *m);
@@ -156,6 +158,10 @@ struct agent_waiter {
     struct agent_link link;
     struct agent_conn *conn;
     uint32_t id;
+    bool extend;      /* lifetime waiters: answers a lifetime.extend */
+    bool timed;       /* proc waiters: timer is initialised */
+    uv_timer_t timer; /* proc.wait timeout_ms */
+    struct agent_proc *proc;
 };
 
 struct agent_proc {
@@ -177,6 +183,8 @@ struct agent_proc {
     int status; /* wait status */
     struct rusage ru;
     uint64_t start_ns, end_ns;
+    uint64_t start_wall_ns; /* CLOCK_REALTIME at spawn, for proc.list */
+    bool collected;         /* the exit was delivered to some client */
     uint32_t drain_ms;
     int kill_signal;
     uint32_t kill_grace_ms;
@@ -216,6 +224,8 @@ void agent_env_get(struct agent_conn *c, const struct sbx_msg *m);
 void agent_env_set(struct agent_conn *c, const struct sbx_msg *m);
 void agent_env_unset(struct agent_conn *c, const struct sbx_msg *m);
 void agent_env_list(struct agent_conn *c, const struct sbx_msg *m);
+/* Check an env map param ({bstr: bstr|nil}); BAD_PARAM naming @field. */
+int agent_env_check_map(const msgpack_object *map, const char *field, struct sbx_err *err);
 /* Check an environment variable name: non-empty, no '=', no NUL, bounded. */
 bool agent_env_name_ok(const char *s, size_t n);
 
@@ -241,6 +251,7 @@ void agent_session_info(struct agent_conn *c, const struct sbx_msg *m);
 void agent_session_shutdown(struct agent_conn *c, const struct sbx_msg *m);
 void agent_session_lifetime_get(struct agent_conn *c, const struct sbx_msg *m);
 void agent_session_lifetime_extend(struct agent_conn *c, const struct sbx_msg *m);
+void agent_session_clock_set(struct agent_conn *c, const struct sbx_msg *m);
 
 /* Dispatch a request through the method table. */
 void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m);
@@ -316,6 +327,7 @@ struct agent {
 /* CLOCK_MONOTONIC / CLOCK_BOOTTIME in nanoseconds. */
 uint64_t agent_now_ns(void);
 uint64_t agent_boottime_ns(void);
+uint64_t agent_realtime_ns(void);
 
 /* Log a line to stderr as "sbx-agent: ..." (init sends it to the console). */
 void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -227,9 +227,7 @@ static void conn_handle_frame(struct agent_conn *c, const uint8_t *buf, uint32_t
         return;
     case SBX_MSG_DATA:
         if (!c->hello_done) {
-            sbx_err_set(&err, SBX_E_HELLO_REQUIRED, "stream data before hello");
-            conn_notify_error(c, &err);
-            return;
+            return; /* no stream can exist yet: discarded (PROTOCOL.md §5.5) */
         }
         agent_stream_on_data(c, &m);
         return;

@@ -18,6 +18,7 @@ static const struct agent_method methods[] = {
     { "shutdown", agent_session_shutdown, 1 },
     { "lifetime.get", agent_session_lifetime_get, 1 },
     { "lifetime.extend", agent_session_lifetime_extend, 1 },
+    { "clock.set", agent_session_clock_set, 1 },
     { "env.get", agent_env_get, 1 },
     { "env.set", agent_env_set, 1 },
     { "env.unset", agent_env_unset, 1 },

@@ -150,19 +150,30 @@ char **agent_env_build(struct agent *a, bool clear, const msgpack_object *overla
         }
     }
     for (uint32_t k = 0; overlay != NULL && k < overlay->via.map.size; k++) {
-        const msgpack_object *key = &overlay->via.map.ptr[k].key;
-        const msgpack_object *val = &overlay->via.map.ptr[k].val;
-        size_t nlen = key->via.str.size, vlen = val->via.str.size;
-        char *kv = malloc(nlen + vlen + 2);
+        const char *kp, *vp;
+        size_t nlen, vlen;
         ssize_t i;
+        char *kv;
+
+        (void)sbx_obj_bytes(&overlay->via.map.ptr[k].key, &kp, &nlen); /* checked already */
+        i = env_find(v, len, kp, nlen);
+        if (overlay->via.map.ptr[k].val.type == MSGPACK_OBJECT_NIL) {
+            if (i >= 0) { /* nil removes the variable */
+                free(v[i]);
+                memmove(&v[i], &v[i + 1], (len - (size_t)i) * sizeof(char *));
+                len--;
+            }
+            continue;
+        }
+        (void)sbx_obj_bytes(&overlay->via.map.ptr[k].val, &vp, &vlen);
+        kv = malloc(nlen + vlen + 2);
         if (kv == NULL) {
             goto oom;
         }
-        memcpy(kv, key->via.str.ptr, nlen);
+        memcpy(kv, kp, nlen);
         kv[nlen] = '=';
-        memcpy(kv + nlen + 1, val->via.str.ptr, vlen);
+        memcpy(kv + nlen + 1, vp, vlen);
         kv[nlen + 1 + vlen] = '\0';
-        i = env_find(v, len, kv, nlen);
         if (i >= 0) {
             free(v[i]);
             v[i] = kv;
@@ -177,13 +188,48 @@ oom:
     return NULL;
 }
 
-static int env_name_param(const struct sbx_msg *m, const char **name, size_t *nlen,
-                          struct sbx_err *err)
+int agent_env_check_map(const msgpack_object *map, const char *field, struct sbx_err *err)
 {
-    if (sbx_param_str(m->params, "name", SBX_REQUIRED, SBX_ENV_NAME_MAX, name, nlen, err) != 0) {
+    for (uint32_t k = 0; k < map->via.map.size; k++) {
+        const char *p;
+        size_t n;
+        const msgpack_object *v = &map->via.map.ptr[k].val;
+
+        if (!sbx_obj_bytes(&map->via.map.ptr[k].key, &p, &n) || !agent_env_name_ok(p, n)) {
+            return sbx_err_param(err, field, "%s: names must be 1..%u bytes without '=' or NUL",
+                                 field, SBX_ENV_NAME_MAX);
+        }
+        if (v->type == MSGPACK_OBJECT_NIL) {
+            continue;
+        }
+        if (!sbx_obj_bytes(v, &p, &n) || n > SBX_ENV_VAL_MAX || memchr(p, '\0', n) != NULL) {
+            return sbx_err_param(err, field,
+                                 "%s: values must be strings of at most %u bytes "
+                                 "without NUL (or nil)",
+                                 field, SBX_ENV_VAL_MAX);
+        }
+    }
+    return 0;
+}
+
+/* Total size of the base environment as PROTOCOL.md counts it: len(name)+len(value)+2 each. */
+static size_t env_bytes(const struct agent *a)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < a->env_len; i++) {
+        n += strlen(a->env[i]) + 1;
+    }
+    return n;
+}
+
+static int env_name_param(const struct sbx_msg *m, char *name, size_t *nlen, struct sbx_err *err)
+{
+    if (sbx_param_bstr(m->params, "name", SBX_REQUIRED, name, SBX_ENV_NAME_MAX + 1, err) != 0) {
         return -1;
     }
-    if (!agent_env_name_ok(*name, *nlen)) {
+    *nlen = strlen(name);
+    if (!agent_env_name_ok(name, *nlen)) {
         return sbx_err_param(err, "name", "names are 1..%u bytes without '=' or NUL",
                              SBX_ENV_NAME_MAX);
     }
@@ -194,12 +240,12 @@ void agent_env_get(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct agent *a = c->a;
     struct sbx_err err;
-    const char *name;
+    char name[SBX_ENV_NAME_MAX + 1];
     size_t nlen;
     ssize_t i;
     msgpack_packer *pk;
 
-    if (env_name_param(m, &name, &nlen, &err) < 0) {
+    if (env_name_param(m, name, &nlen, &err) < 0) {
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
@@ -207,7 +253,12 @@ void agent_env_get(struct agent_conn *c, const struct sbx_msg *m)
     pk = agent_conn_begin(c);
     sbx_pack_response_head(pk, m->id);
     msgpack_pack_map(pk, 1);
-    sbx_pack_kv_str(pk, "value", i >= 0 ? a->env[i] + nlen + 1 : NULL);
+    sbx_pack_cstr(pk, "value");
+    if (i >= 0) {
+        sbx_pack_bstr(pk, a->env[i] + nlen + 1, strlen(a->env[i] + nlen + 1));
+    } else {
+        msgpack_pack_nil(pk);
+    }
     agent_conn_send(c);
 }
 
@@ -215,63 +266,82 @@ void agent_env_set(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct agent *a = c->a;
     struct sbx_err err;
-    const msgpack_object *vars = NULL;
-    const char *name, *val;
-    size_t nlen, vlen;
+    const msgpack_object *vars = NULL, *value;
+    char name[SBX_ENV_NAME_MAX + 1];
+    const char *val;
+    size_t nlen, vlen, bytes = env_bytes(a), count = a->env_len;
     int r = sbx_param_map(m->params, "vars", SBX_OPTIONAL, SBX_ENV_MAX, &vars, &err);
 
     if (r < 0) {
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
-    if (r == 0) {
-        /* Check everything first, so a bad entry changes nothing. */
-        for (uint32_t k = 0; k < vars->via.map.size; k++) {
-            const msgpack_object *key = &vars->via.map.ptr[k].key;
-            const msgpack_object *v = &vars->via.map.ptr[k].val;
-            if (key->type != MSGPACK_OBJECT_STR ||
-                !agent_env_name_ok(key->via.str.ptr, key->via.str.size) ||
-                v->type != MSGPACK_OBJECT_STR || v->via.str.size > SBX_ENV_VAL_MAX ||
-                memchr(v->via.str.ptr, '\0', v->via.str.size) != NULL) {
-                sbx_err_param(&err, "vars", "vars must map names (no '=', NUL) to strings");
-                agent_conn_reply_error(c, m->id, &err);
-                return;
-            }
+    if ((r == 0) == (sbx_obj_get(m->params, "name") != NULL)) {
+        sbx_err_param(&err, "vars", "give either \"vars\" or \"name\" and \"value\"");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (r == 1) {
+        /* The one-variable form is checked as a one-entry map. */
+        if (env_name_param(m, name, &nlen, &err) < 0) {
+            agent_conn_reply_error(c, m->id, &err);
+            return;
         }
-        if (a->env_len + vars->via.map.size > SBX_ENV_MAX) {
-            sbx_err_set(&err, SBX_E_LIMIT, "more than %u environment variables", SBX_ENV_MAX);
+        value = sbx_obj_get(m->params, "value");
+        if (value == NULL || !sbx_obj_bytes(value, &val, &vlen) || vlen > SBX_ENV_VAL_MAX ||
+            memchr(val, '\0', vlen) != NULL) {
+            sbx_err_param(&err, "value", "value must be a string of at most %u bytes without NUL",
+                          SBX_ENV_VAL_MAX);
+            agent_conn_reply_error(c, m->id, &err);
+            return;
+        }
+        if (env_find(a->env, a->env_len, name, nlen) < 0) {
+            count++;
+            bytes += nlen + 2;
+        }
+        bytes += vlen;
+    } else {
+        /* Check everything first, so a bad entry changes nothing. */
+        if (agent_env_check_map(vars, "vars", &err) < 0) {
             agent_conn_reply_error(c, m->id, &err);
             return;
         }
         for (uint32_t k = 0; k < vars->via.map.size; k++) {
-            const msgpack_object *key = &vars->via.map.ptr[k].key;
-            const msgpack_object *v = &vars->via.map.ptr[k].val;
-            if (env_put(a, key->via.str.ptr, key->via.str.size, v->via.str.ptr, v->via.str.size) <
-                0) {
-                sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-                agent_conn_reply_error(c, m->id, &err);
-                return;
+            const char *kp;
+            size_t kn, vn = 0;
+            (void)sbx_obj_bytes(&vars->via.map.ptr[k].key, &kp, &kn);
+            if (vars->via.map.ptr[k].val.type != MSGPACK_OBJECT_NIL) {
+                (void)sbx_obj_bytes(&vars->via.map.ptr[k].val, &val, &vn);
+                count++; /* an over-estimate when replacing: only used for the caps */
+                bytes += kn + vn + 2;
             }
         }
-        agent_conn_reply_empty(c, m->id);
-        return;
     }
-    if (env_name_param(m, &name, &nlen, &err) < 0 ||
-        sbx_param_str(m->params, "value", SBX_REQUIRED, SBX_ENV_VAL_MAX, &val, &vlen, &err) != 0) {
+    if (count > SBX_ENV_MAX || bytes > SBX_ENV_BYTES_MAX) {
+        sbx_err_set(&err, SBX_E_LIMIT, "the base environment would exceed %u variables or %u bytes",
+                    SBX_ENV_MAX, SBX_ENV_BYTES_MAX);
+        snprintf(err.limit, sizeof(err.limit), "%s",
+                 count > SBX_ENV_MAX ? "env_count" : "env_bytes");
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
-    if (memchr(val, '\0', vlen) != NULL) {
-        sbx_err_param(&err, "value", "value contains a NUL byte");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (r == 1) {
+        r = env_put(a, name, nlen, val, vlen);
+    } else {
+        r = 0;
+        for (uint32_t k = 0; k < vars->via.map.size && r == 0; k++) {
+            const char *kp, *vp;
+            size_t kn, vn;
+            (void)sbx_obj_bytes(&vars->via.map.ptr[k].key, &kp, &kn);
+            if (vars->via.map.ptr[k].val.type == MSGPACK_OBJECT_NIL) {
+                env_del(a, kp, kn);
+                continue;
+            }
+            (void)sbx_obj_bytes(&vars->via.map.ptr[k].val, &vp, &vn);
+            r = env_put(a, kp, kn, vp, vn);
+        }
     }
-    if (env_find(a->env, a->env_len, name, nlen) < 0 && a->env_len >= SBX_ENV_MAX) {
-        sbx_err_set(&err, SBX_E_LIMIT, "more than %u environment variables", SBX_ENV_MAX);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
-    }
-    if (env_put(a, name, nlen, val, vlen) < 0) {
+    if (r < 0) {
         sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
         agent_conn_reply_error(c, m->id, &err);
         return;
@@ -282,10 +352,10 @@ void agent_env_set(struct agent_conn *c, const struct sbx_msg *m)
 void agent_env_unset(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
-    const char *name;
+    char name[SBX_ENV_NAME_MAX + 1];
     size_t nlen;
 
-    if (env_name_param(m, &name, &nlen, &err) < 0) {
+    if (env_name_param(m, name, &nlen, &err) < 0) {
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
@@ -304,8 +374,8 @@ void agent_env_list(struct agent_conn *c, const struct sbx_msg *m)
     msgpack_pack_map(pk, (uint32_t)a->env_len);
     for (size_t i = 0; i < a->env_len; i++) {
         const char *eq = strchr(a->env[i], '=');
-        sbx_pack_strn(pk, a->env[i], (size_t)(eq - a->env[i]));
-        sbx_pack_cstr(pk, eq + 1);
+        sbx_pack_bstr(pk, a->env[i], (size_t)(eq - a->env[i]));
+        sbx_pack_bstr(pk, eq + 1, strlen(eq + 1));
     }
     agent_conn_send(c);
 }

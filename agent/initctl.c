@@ -62,13 +62,25 @@ static void answer_lifetime(struct agent *a, const char *line)
         free(w);
         return;
     }
+    if (w->extend && strcmp(mode, "duration") != 0) {
+        struct sbx_err err;
+        sbx_err_set(&err, SBX_E_UNSUPPORTED,
+                    "the lifetime is \"%s\": only a duration can be "
+                    "extended",
+                    mode);
+        agent_conn_reply_error(w->conn, w->id, &err);
+        free(w);
+        return;
+    }
     pk = agent_conn_begin(w->conn);
     sbx_pack_response_head(pk, w->id);
     msgpack_pack_map(pk, deadline ? 3 : 1);
     sbx_pack_kv_str(pk, "mode", mode);
     if (deadline) {
-        sbx_pack_kv_u64(pk, "deadline_ns", deadline);
-        sbx_pack_kv_u64(pk, "remaining_ms", deadline > now ? (deadline - now) / 1000000u : 0);
+        /* init keeps the deadline on CLOCK_BOOTTIME; clients get a wall-clock instant. */
+        uint64_t left = deadline > now ? deadline - now : 0;
+        sbx_pack_kv_u64(pk, "deadline_ns", agent_realtime_ns() + left);
+        sbx_pack_kv_u64(pk, "remaining_ms", left / 1000000u);
     }
     agent_conn_send(w->conn);
     free(w);

@@ -30,7 +30,7 @@ struct spawn_req {
     bool set_user;
     struct agent_user user;
     int io_in, io_out, io_err;
-    int timeout_ms;
+    uint64_t timeout_ms;
     int kill_signal;
     uint32_t kill_grace_ms;
     uint32_t drain_ms;
@@ -75,15 +75,16 @@ static char **strv_from_array(const msgpack_object *arr, const char *field, stru
         return NULL;
     }
     for (uint32_t i = 0; i < arr->via.array.size; i++) {
-        const msgpack_object *o = &arr->via.array.ptr[i];
-        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > SBX_ARG_MAX ||
-            memchr(o->via.str.ptr, '\0', o->via.str.size) != NULL) {
+        const char *p;
+        size_t n;
+        if (!sbx_obj_bytes(&arr->via.array.ptr[i], &p, &n) || n > SBX_ARG_MAX ||
+            memchr(p, '\0', n) != NULL) {
             sbx_err_param(err, field, "%s[%u] must be a string of at most %u bytes without NUL",
                           field, i, SBX_ARG_MAX);
             agent_strv_free(v);
             return NULL;
         }
-        v[i] = strndup(o->via.str.ptr, o->via.str.size);
+        v[i] = strndup(p, n);
         if (v[i] == NULL) {
             sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
             agent_strv_free(v);
@@ -208,9 +209,16 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
     if (r_argv < 0) {
         return -1;
     }
-    r_cmd = sbx_param_str(params, "command", SBX_OPTIONAL, SBX_ARG_MAX, &cmd, &cmdlen, err);
-    if (r_cmd < 0) {
-        return -1;
+    {
+        const msgpack_object *co = sbx_obj_get(params, "command");
+        r_cmd = 1;
+        if (co != NULL && co->type != MSGPACK_OBJECT_NIL) {
+            if (!sbx_obj_bytes(co, &cmd, &cmdlen) || cmdlen > SBX_ARG_MAX) {
+                return sbx_err_param(err, "command", "command must be a string of at most %u bytes",
+                                     SBX_ARG_MAX);
+            }
+            r_cmd = 0;
+        }
     }
     if ((r_argv == 0) == (r_cmd == 0)) {
         return sbx_err_param(err, "argv", "give exactly one of \"argv\" and \"command\"");
@@ -237,22 +245,10 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
         sbx_param_bool(params, "clear_env", SBX_OPTIONAL, &clear, err) < 0) {
         return -1;
     }
-    if (env != NULL) {
-        for (uint32_t i = 0; i < env->via.map.size; i++) {
-            const msgpack_object *k = &env->via.map.ptr[i].key, *v = &env->via.map.ptr[i].val;
-            if (k->type != MSGPACK_OBJECT_STR ||
-                !agent_env_name_ok(k->via.str.ptr, k->via.str.size)) {
-                return sbx_err_param(err, "env", "env names must be 1..%u bytes without '=' or NUL",
-                                     SBX_ENV_NAME_MAX);
-            }
-            if (v->type != MSGPACK_OBJECT_STR || v->via.str.size > SBX_ENV_VAL_MAX ||
-                memchr(v->via.str.ptr, '\0', v->via.str.size) != NULL) {
-                return sbx_err_param(err, "env", "env value of %.*s must be a string without NUL",
-                                     (int)k->via.str.size, k->via.str.ptr);
-            }
-        }
+    if (env != NULL && agent_env_check_map(env, "env", err) < 0) {
+        return -1;
     }
-    r->has_cwd = sbx_param_cstr(params, "cwd", SBX_OPTIONAL, r->cwd, sizeof(r->cwd), err) == 0;
+    r->has_cwd = sbx_param_bstr(params, "cwd", SBX_OPTIONAL, r->cwd, sizeof(r->cwd), err) == 0;
     if (sbx_err_isset(err)) {
         return -1;
     }
@@ -265,7 +261,7 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
         return -1;
     }
     if (r_user == 0 && r_uid == 0) {
-        return sbx_err_param(err, "user", "give \"user\" or \"uid\", not both");
+        return sbx_err_param(err, "uid", "give \"user\" or \"uid\", not both");
     }
     if (r_user == 0) {
         if (agent_user_lookup(a->passwd_root, user, &r->user, err) < 0) {
@@ -308,15 +304,15 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
         return sbx_err_param(err, "stderr", "stderr \"stdout\" needs stdout \"pipe\"");
     }
     u = 0;
-    if (sbx_param_u64(params, "timeout_ms", SBX_OPTIONAL, 0, INT32_MAX, &u, err) < 0) {
+    if (sbx_param_u64(params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &u, err) < 0) {
         return -1;
     }
-    r->timeout_ms = (int)u;
+    r->timeout_ms = u;
     if (parse_signal(params, "kill_signal", SIGTERM, &r->kill_signal, err) < 0) {
         return -1;
     }
     u = SBX_KILL_GRACE_MS_DEFAULT;
-    if (sbx_param_u64(params, "kill_grace_ms", SBX_OPTIONAL, 0, INT32_MAX, &u, err) < 0) {
+    if (sbx_param_u64(params, "kill_grace_ms", SBX_OPTIONAL, 0, SBX_DRAIN_MS_MAX, &u, err) < 0) {
         return -1;
     }
     r->kill_grace_ms = (uint32_t)u;
@@ -330,7 +326,9 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
     }
     if (sbx_obj_get(params, "pty") != NULL &&
         sbx_obj_get(params, "pty")->type != MSGPACK_OBJECT_NIL) {
-        return sbx_err_set(err, SBX_E_UNSUPPORTED, "this agent has no \"pty\" capability yet");
+        sbx_err_set(err, SBX_E_UNSUPPORTED, "this agent has no \"pty\" capability yet");
+        snprintf(err->field, sizeof(err->field), "pty");
+        return -1;
     }
 
     /* A user switch brings that user's HOME, USER and LOGNAME unless the request sets them. */
@@ -413,9 +411,7 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
         (void)!write(oom, "0", 1);
         close(oom);
     }
-    if (r->has_cwd && chdir(r->cwd) < 0) {
-        child_fail(errfd, ST_CWD);
-    }
+    /* Identity first, so the working directory is checked with the target user's rights. */
     if (r->set_user) {
         if (setgroups((size_t)r->user.ngroups, r->user.groups) < 0) {
             child_fail(errfd, ST_SETGROUPS);
@@ -426,6 +422,9 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
         if (setuid(r->user.uid) < 0) {
             child_fail(errfd, ST_SETUID);
         }
+    }
+    if (r->has_cwd && chdir(r->cwd) < 0) {
+        child_fail(errfd, ST_CWD);
     }
     execve(r->exe, r->argv, r->envp);
     child_fail(errfd, ST_EXEC);
@@ -509,19 +508,43 @@ static void pack_exit(msgpack_packer *pk, const struct agent_proc *p)
                     (uint64_t)p->ru.ru_stime.tv_sec * 1000000u + (uint64_t)p->ru.ru_stime.tv_usec);
 }
 
-/* Exit and output are both settled: tell the owner and every waiter. */
+static void waiter_close_cb(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* Unlink a proc.wait waiter and free it (after its timer closed, if it has one). */
+static void waiter_free(struct agent_waiter *w)
+{
+    agent_list_del(&w->link);
+    if (w->timed) {
+        w->timer.data = w;
+        uv_close((uv_handle_t *)&w->timer, waiter_close_cb);
+    } else {
+        free(w);
+    }
+}
+
+/* Exit and output are both settled: tell the owner and every waiter (PROTOCOL.md §9.2). */
 static void proc_report(struct agent_proc *p, bool drained)
 {
     p->done = true;
     p->drained = drained;
     uv_timer_stop(&p->timeout_timer);
     uv_timer_stop(&p->drain_timer);
+    /* The process can no longer read: an open stdin stream is cancelled before the exit. */
+    if (p->in.stream != NULL) {
+        struct sbx_err err;
+        sbx_err_sys(&err, EPIPE, "stdin", "process %llu has exited", (unsigned long long)p->id);
+        agent_stream_cancel(p->in.stream, &err);
+    }
     agent_pipe_close(&p->in);
     if (p->owner != NULL) {
         msgpack_packer *pk = agent_conn_begin(p->owner);
         sbx_pack_notify_head(pk, "proc.exit");
         pack_exit(pk, p);
         agent_conn_send(p->owner);
+        p->collected = true;
     }
     while (!agent_list_empty(&p->waiters)) {
         struct agent_waiter *w = agent_container_of(p->waiters.next, struct agent_waiter, link);
@@ -529,8 +552,8 @@ static void proc_report(struct agent_proc *p, bool drained)
         sbx_pack_response_head(pk, w->id);
         pack_exit(pk, p);
         agent_conn_send(w->conn);
-        agent_list_del(&w->link);
-        free(w);
+        p->collected = true;
+        waiter_free(w);
     }
 }
 
@@ -632,7 +655,7 @@ static bool proc_evict_one(struct agent *a)
 
     for (l = a->procs.next; l != &a->procs; l = l->next) {
         struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
-        if (p->done && !p->freeing && agent_list_empty(&p->waiters)) {
+        if (p->done && p->collected && !p->freeing) {
             proc_release(p);
             return true;
         }
@@ -682,6 +705,7 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
     if (a->nprocs >= SBX_MAX_PROCS && !proc_evict_one(a)) {
         sbx_err_set(&err, SBX_E_LIMIT, "too many processes (cap %u); release finished ones",
                     SBX_MAX_PROCS);
+        snprintf(err.limit, sizeof(err.limit), "max_procs");
         goto fail;
     }
     if ((r.io_in == IO_PIPE && pipe2(pin, O_CLOEXEC) < 0) ||
@@ -747,6 +771,7 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
     memcpy(p->tag, r.tag, sizeof(p->tag));
     p->owner = c;
     p->start_ns = agent_now_ns();
+    p->start_wall_ns = agent_realtime_ns();
     p->drain_ms = r.drain_ms;
     p->kill_signal = r.kill_signal;
     p->kill_grace_ms = r.kill_grace_ms;
@@ -780,7 +805,7 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
     }
     close(errp[0]);
     if (r.timeout_ms > 0) {
-        uv_timer_start(&p->timeout_timer, timeout_timer_cb, (uint64_t)r.timeout_ms, 0);
+        uv_timer_start(&p->timeout_timer, timeout_timer_cb, r.timeout_ms, 0);
     }
 
     pk = agent_conn_begin(c);
@@ -846,11 +871,23 @@ static struct agent_proc *proc_find(struct agent *a, const struct sbx_msg *m, st
     return NULL;
 }
 
+static void wait_timeout_cb(uv_timer_t *t)
+{
+    struct agent_waiter *w = t->data;
+    struct sbx_err err;
+
+    sbx_err_set(&err, SBX_E_TIMEOUT, "process %llu is still running",
+                (unsigned long long)w->proc->id);
+    agent_conn_reply_error(w->conn, w->id, &err);
+    waiter_free(w);
+}
+
 void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
     struct agent_proc *p = proc_find(c->a, m, &err);
     struct agent_waiter *w;
+    uint64_t timeout = 0;
 
     if (p == NULL) {
         agent_conn_reply_error(c, m->id, &err);
@@ -861,6 +898,11 @@ void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m)
         sbx_pack_response_head(pk, m->id);
         pack_exit(pk, p);
         agent_conn_send(c);
+        p->collected = true;
+        return;
+    }
+    if (sbx_param_u64(m->params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, &err) < 0) {
+        agent_conn_reply_error(c, m->id, &err);
         return;
     }
     w = calloc(1, sizeof(*w));
@@ -871,7 +913,14 @@ void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m)
     }
     w->conn = c;
     w->id = m->id;
+    w->proc = p;
     agent_list_add_tail(&p->waiters, &w->link);
+    if (timeout > 0) {
+        uv_timer_init(c->a->loop, &w->timer);
+        w->timer.data = w;
+        w->timed = true;
+        uv_timer_start(&w->timer, wait_timeout_cb, timeout, 0);
+    }
 }
 
 void agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m)
@@ -886,7 +935,8 @@ void agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m)
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
-    if (p->exited) {
+    /* A group may outlive its leader; only a lone process is certainly gone. */
+    if (p->exited && !group) {
         sbx_err_sys(&err, ESRCH, NULL, "process %llu has exited", (unsigned long long)p->id);
         agent_conn_reply_error(c, m->id, &err);
         return;
@@ -959,7 +1009,7 @@ void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m)
         if (p->freeing) {
             continue;
         }
-        while (p->argv[argc] != NULL) {
+        while (p->argv[argc] != NULL && argc < 8) { /* abbreviated: PROTOCOL.md §14.7 */
             argc++;
         }
         msgpack_pack_map(pk, 7);
@@ -968,11 +1018,19 @@ void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m)
         sbx_pack_cstr(pk, "argv");
         msgpack_pack_array(pk, argc);
         for (uint32_t i = 0; i < argc; i++) {
-            sbx_pack_cstr(pk, p->argv[i]);
+            size_t alen = strlen(p->argv[i]);
+            if (alen > 128) {
+                alen = 128;
+                /* Cut at a character boundary when the argument is UTF-8. */
+                while (alen > 0 && ((unsigned char)p->argv[i][alen] & 0xc0) == 0x80) {
+                    alen--;
+                }
+            }
+            sbx_pack_bstr(pk, p->argv[i], alen);
         }
         sbx_pack_kv_str(pk, "tag", p->tag[0] ? p->tag : NULL);
-        sbx_pack_kv_str(pk, "state", p->done ? "exited" : p->exited ? "exiting" : "running");
-        sbx_pack_kv_u64(pk, "started_ns", p->start_ns);
+        sbx_pack_kv_str(pk, "state", p->done ? "exited" : "running");
+        sbx_pack_kv_u64(pk, "started_ns", p->start_wall_ns);
         sbx_pack_cstr(pk, "exit");
         if (p->done) {
             pack_exit(pk, p);
@@ -996,8 +1054,7 @@ void agent_proc_conn_gone(struct agent *a, struct agent_conn *c)
             struct agent_waiter *w = agent_container_of(wl, struct agent_waiter, link);
             next = wl->next;
             if (w->conn == c) {
-                agent_list_del(&w->link);
-                free(w);
+                waiter_free(w);
             }
         }
     }

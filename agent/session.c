@@ -1,6 +1,8 @@
 /* session family: hello, ping, info, shutdown, lifetime. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -37,6 +39,12 @@ void agent_session_hello(struct agent_conn *c, const struct sbx_msg *m)
     if (sbx_param_u64(m->params, "version", SBX_REQUIRED, 1, UINT32_MAX, &ver, &err) != 0 ||
         sbx_param_u64(m->params, "min_version", SBX_OPTIONAL, 1, UINT32_MAX, &minv, &err) < 0 ||
         sbx_param_str(m->params, "token", SBX_OPTIONAL, SBX_TOKEN_MAX, &tok, &toklen, &err) < 0) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (minv > ver) {
+        sbx_err_param(&err, "min_version", "min_version %llu is above version %llu",
+                      (unsigned long long)minv, (unsigned long long)ver);
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
@@ -119,6 +127,8 @@ void agent_session_info(struct agent_conn *c, const struct sbx_msg *m)
     struct agent *a = c->a;
     msgpack_packer *pk = agent_conn_begin(c);
     double load[3] = { 0, 0, 0 };
+    uint64_t running = 0;
+    struct agent_link *l;
     uint64_t total, avail;
     FILE *fp;
 
@@ -130,6 +140,9 @@ void agent_session_info(struct agent_conn *c, const struct sbx_msg *m)
         fclose(fp);
     }
     meminfo(&total, &avail);
+    for (l = a->procs.next; l != &a->procs; l = l->next) {
+        running += !agent_container_of(l, struct agent_proc, link)->done;
+    }
 
     sbx_pack_response_head(pk, m->id);
     msgpack_pack_map(pk, 10);
@@ -137,7 +150,7 @@ void agent_session_info(struct agent_conn *c, const struct sbx_msg *m)
     sbx_pack_kv_str(pk, "agent_version", AGENT_VERSION);
     sbx_pack_kv_u64(pk, "version", c->version);
     sbx_pack_kv_i64(pk, "pid", getpid());
-    sbx_pack_kv_u64(pk, "uptime_ns", agent_now_ns() - a->start_ns);
+    sbx_pack_kv_u64(pk, "uptime_ns", agent_boottime_ns());
     sbx_pack_cstr(pk, "load");
     msgpack_pack_array(pk, 3);
     for (int i = 0; i < 3; i++) {
@@ -158,8 +171,8 @@ void agent_session_info(struct agent_conn *c, const struct sbx_msg *m)
     } else {
         msgpack_pack_nil(pk);
     }
-    sbx_pack_kv_u64(pk, "conns", a->nhello);
-    sbx_pack_kv_u64(pk, "procs", a->nprocs);
+    sbx_pack_kv_u64(pk, "conns", a->nconns);
+    sbx_pack_kv_u64(pk, "procs", running);
     agent_conn_send(c);
 }
 
@@ -186,7 +199,7 @@ void agent_session_shutdown(struct agent_conn *c, const struct sbx_msg *m)
     agent_initctl_send(c->a, "shutdown action=%s", action);
 }
 
-static void lifetime_wait(struct agent_conn *c, const struct sbx_msg *m)
+static void lifetime_wait(struct agent_conn *c, const struct sbx_msg *m, bool extend)
 {
     struct agent_waiter *w = calloc(1, sizeof(*w));
     struct sbx_err err;
@@ -198,6 +211,7 @@ static void lifetime_wait(struct agent_conn *c, const struct sbx_msg *m)
     }
     w->conn = c;
     w->id = m->id;
+    w->extend = extend;
     agent_list_add_tail(&c->a->lifetime_waiters, &w->link);
 }
 
@@ -211,7 +225,7 @@ void agent_session_lifetime_get(struct agent_conn *c, const struct sbx_msg *m)
         agent_conn_send(c);
         return;
     }
-    lifetime_wait(c, m);
+    lifetime_wait(c, m, false);
     agent_initctl_send(c->a, "lifetime?");
 }
 
@@ -220,7 +234,7 @@ void agent_session_lifetime_extend(struct agent_conn *c, const struct sbx_msg *m
     struct sbx_err err;
     uint64_t secs;
 
-    if (sbx_param_u64(m->params, "seconds", SBX_REQUIRED, 1, 366u * 86400u, &secs, &err) != 0) {
+    if (sbx_param_u64(m->params, "seconds", SBX_REQUIRED, 1, INT32_MAX, &secs, &err) != 0) {
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
@@ -230,6 +244,42 @@ void agent_session_lifetime_extend(struct agent_conn *c, const struct sbx_msg *m
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
-    lifetime_wait(c, m);
+    lifetime_wait(c, m, true);
     agent_initctl_send(c->a, "extend seconds=%llu", (unsigned long long)secs);
+}
+
+void agent_session_clock_set(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    int64_t host;
+    uint64_t threshold = 50000000u;
+    int64_t skew;
+    uint64_t mag;
+    bool stepped = false;
+    msgpack_packer *pk;
+
+    if (sbx_param_i64(m->params, "unix_ns", SBX_REQUIRED, 0, INT64_MAX, &host, &err) != 0 ||
+        sbx_param_u64(m->params, "threshold_ns", SBX_OPTIONAL, 0, UINT64_MAX, &threshold, &err) <
+            0) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    skew = (int64_t)agent_realtime_ns() - host;
+    mag = skew < 0 ? (uint64_t)(-skew) : (uint64_t)skew;
+    if (mag > threshold) {
+        /* Step, do not slew: after a snapshot restore the clock can be minutes behind. */
+        struct timespec ts = { (time_t)(host / 1000000000), (long)(host % 1000000000) };
+        if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
+            sbx_err_sys(&err, errno, NULL, "set the clock");
+            agent_conn_reply_error(c, m->id, &err);
+            return;
+        }
+        stepped = true;
+    }
+    pk = agent_conn_begin(c);
+    sbx_pack_response_head(pk, m->id);
+    msgpack_pack_map(pk, 2);
+    sbx_pack_kv_bool(pk, "stepped", stepped);
+    sbx_pack_kv_i64(pk, "skew_ns", skew);
+    agent_conn_send(c);
 }

@@ -24,6 +24,7 @@ struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_di
     if (c->nstreams >= SBX_MAX_STREAMS || c->next_stream == 0) {
         sbx_err_set(err, SBX_E_LIMIT, "too many streams on this connection (cap %u)",
                     SBX_MAX_STREAMS);
+        snprintf(err->limit, sizeof(err->limit), "max_streams");
         return NULL;
     }
     s = calloc(1, sizeof(*s));
@@ -88,8 +89,7 @@ void agent_stream_end(struct agent_stream *s, const struct sbx_err *e, bool trun
     agent_stream_free(s);
 }
 
-/* The agent refuses an incoming stream: tell the client to stop sending, then forget it. */
-static void stream_cancel(struct agent_stream *s, const struct sbx_err *e)
+void agent_stream_cancel(struct agent_stream *s, const struct sbx_err *e)
 {
     msgpack_packer *pk = agent_conn_begin(s->conn);
 
@@ -190,7 +190,7 @@ static void in_write_cb(uv_write_t *req, int status)
             struct sbx_err err;
             int e = -status;
             sbx_err_sys(&err, e, "stdin", "write to the process's stdin");
-            stream_cancel(s, &err);
+            agent_stream_cancel(s, &err);
         }
         agent_pipe_close(p);
     } else if (s != NULL) {
@@ -232,13 +232,13 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
     }
     if (s->dir != AGENT_STREAM_IN) {
         sbx_err_set(&err, SBX_E_STREAM, "stream %u carries data from the agent, not to it", s->id);
-        stream_cancel(s, &err);
+        agent_stream_cancel(s, &err);
         return;
     }
     if (m->data_len > s->credit) {
         sbx_err_set(&err, SBX_E_STREAM, "%u bytes sent on stream %u with only %llu bytes of credit",
                     m->data_len, s->id, (unsigned long long)s->credit);
-        stream_cancel(s, &err);
+        agent_stream_cancel(s, &err);
         return;
     }
     s->credit -= m->data_len;
@@ -250,7 +250,7 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
     if (r == NULL || (r->buf = agent_buf_get(c->a)) == NULL) {
         free(r);
         sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        stream_cancel(s, &err);
+        agent_stream_cancel(s, &err);
         return;
     }
     /* The one copy of the payload: out of the frame buffer, which the next frame reuses. */
@@ -263,7 +263,7 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
         agent_buf_put(c->a, r->buf);
         free(r);
         sbx_err_sys(&err, -rc, "stdin", "write to the process's stdin");
-        stream_cancel(s, &err);
+        agent_stream_cancel(s, &err);
         return;
     }
     p->writes_pending++;

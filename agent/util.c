@@ -62,6 +62,11 @@ uint64_t agent_now_ns(void)
     return clock_ns(CLOCK_MONOTONIC);
 }
 
+uint64_t agent_realtime_ns(void)
+{
+    return clock_ns(CLOCK_REALTIME);
+}
+
 uint64_t agent_boottime_ns(void)
 {
     return clock_ns(CLOCK_BOOTTIME);

@@ -111,27 +111,32 @@ int sbx_errno_from_name(const char *name)
     return 0;
 }
 
+/* Linux generic signal numbers 1..31 (PROTOCOL.md Appendix A); 32..64 are "SIG<n>". */
+static const char *const sig_names[32] = {
+    NULL,   "HUP",  "INT",  "QUIT", "ILL",    "TRAP",   "ABRT",  "BUS",  "FPE",  "KILL", "USR1",
+    "SEGV", "USR2", "PIPE", "ALRM", "TERM",   "STKFLT", "CHLD",  "CONT", "STOP", "TSTP", "TTIN",
+    "TTOU", "URG",  "XCPU", "XFSZ", "VTALRM", "PROF",   "WINCH", "IO",   "PWR",  "SYS",
+};
+
 const char *sbx_signal_name(int sig, char *buf, size_t bufsz)
 {
-    const char *abbrev;
-
-    if (sig <= 0 || sig >= NSIG || bufsz < 16) {
+    if (sig <= 0 || sig > 64 || bufsz < 16) {
         return NULL;
     }
-    if (sig >= SIGRTMIN && sig <= SIGRTMAX) {
-        (void)snprintf(buf, bufsz, "SIGRTMIN+%d", sig - SIGRTMIN);
-        return buf;
+    if (sig < 32) {
+        (void)snprintf(buf, bufsz, "SIG%s", sig_names[sig]);
+    } else {
+        (void)snprintf(buf, bufsz, "SIG%d", sig);
     }
-    abbrev = sigabbrev_np(sig);
-    if (abbrev == NULL) {
-        return NULL;
-    }
-    (void)snprintf(buf, bufsz, "SIG%s", abbrev);
     return buf;
 }
 
 int sbx_signal_parse(const char *s)
 {
+    static const struct {
+        const char *name;
+        int sig;
+    } aliases[] = { { "IOT", 6 }, { "CLD", 17 }, { "POLL", 29 } };
     char up[32];
     size_t n = strlen(s);
     char *end = NULL;
@@ -140,14 +145,6 @@ int sbx_signal_parse(const char *s)
     if (n == 0 || n >= sizeof(up)) {
         return -1;
     }
-    if (isdigit((unsigned char)s[0])) {
-        errno = 0;
-        v = strtol(s, &end, 10);
-        if (errno != 0 || *end != '\0' || v <= 0 || v >= NSIG) {
-            return -1;
-        }
-        return (int)v;
-    }
     for (size_t i = 0; i <= n; i++) {
         up[i] = (char)toupper((unsigned char)s[i]);
     }
@@ -155,26 +152,22 @@ int sbx_signal_parse(const char *s)
     if (strncmp(s, "SIG", 3) == 0) {
         s += 3;
     }
-    if (strncmp(s, "RTMIN", 5) == 0) {
-        long off = 0;
-        if (s[5] == '+') {
-            errno = 0;
-            off = strtol(s + 6, &end, 10);
-            if (errno != 0 || end == s + 6 || *end != '\0') {
-                return -1;
-            }
-        } else if (s[5] != '\0') {
+    if (isdigit((unsigned char)s[0])) {
+        errno = 0;
+        v = strtol(s, &end, 10);
+        if (errno != 0 || *end != '\0' || v <= 0 || v > 64) {
             return -1;
         }
-        if (off < 0 || off > SIGRTMAX - SIGRTMIN) {
-            return -1;
-        }
-        return SIGRTMIN + (int)off;
+        return (int)v;
     }
-    for (int sig = 1; sig < SIGRTMIN; sig++) {
-        const char *abbrev = sigabbrev_np(sig);
-        if (abbrev != NULL && strcmp(abbrev, s) == 0) {
+    for (int sig = 1; sig < 32; sig++) {
+        if (strcmp(sig_names[sig], s) == 0) {
             return sig;
+        }
+    }
+    for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++) {
+        if (strcmp(aliases[i].name, s) == 0) {
+            return aliases[i].sig;
         }
     }
     return -1;

@@ -438,6 +438,46 @@ int sbx_param_str(const msgpack_object *params, const char *key, int required, s
     return 0;
 }
 
+bool sbx_obj_bytes(const msgpack_object *o, const char **p, size_t *n)
+{
+    if (o->type == MSGPACK_OBJECT_STR) {
+        *p = o->via.str.ptr;
+        *n = o->via.str.size;
+        return true;
+    }
+    if (o->type == MSGPACK_OBJECT_BIN) {
+        *p = o->via.bin.ptr;
+        *n = o->via.bin.size;
+        return true;
+    }
+    return false;
+}
+
+int sbx_param_bstr(const msgpack_object *params, const char *key, int required, char *buf,
+                   size_t bufsz, struct sbx_err *err)
+{
+    const msgpack_object *o;
+    const char *p;
+    size_t n;
+    int r = lookup(params, key, required, &o, err);
+
+    if (r != 0) {
+        return r;
+    }
+    if (!sbx_obj_bytes(o, &p, &n)) {
+        return sbx_err_param(err, key, "parameter \"%s\" must be a string", key);
+    }
+    if (n >= bufsz) {
+        return sbx_err_param(err, key, "parameter \"%s\" is longer than %zu bytes", key, bufsz - 1);
+    }
+    if (memchr(p, '\0', n) != NULL) {
+        return sbx_err_param(err, key, "parameter \"%s\" contains a NUL byte", key);
+    }
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return 0;
+}
+
 int sbx_obj_cstr(const msgpack_object *o, char *buf, size_t bufsz)
 {
     if (o->type != MSGPACK_OBJECT_STR || o->via.str.size >= bufsz ||
@@ -612,6 +652,7 @@ void sbx_err_from_obj(const msgpack_object *o, struct sbx_err *e)
     obj_copy(o, "message", e->msg, sizeof(e->msg));
     obj_copy(o, "stage", e->stage, sizeof(e->stage));
     obj_copy(o, "field", e->field, sizeof(e->field));
+    obj_copy(o, "limit", e->limit, sizeof(e->limit));
     n = sbx_obj_get(o, "errno");
     if (n != NULL && n->type == MSGPACK_OBJECT_POSITIVE_INTEGER && n->via.u64 < 4096) {
         e->sys_errno = (int)n->via.u64;
@@ -706,6 +747,59 @@ void sbx_pack_bin(msgpack_packer *pk, const void *p, size_t n)
     (void)msgpack_pack_bin_with_body(pk, p, n);
 }
 
+bool sbx_utf8_valid(const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t k;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf) {
+            k = 1;
+            cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            k = 2;
+            cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            k = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (n - i - 1 < k) {
+            return false;
+        }
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xc0) != 0x80) {
+                return false;
+            }
+            cp = cp << 6 | (s[i + j] & 0x3f);
+        }
+        /* No overlong forms, surrogates or code points past U+10FFFF. */
+        if ((k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) || cp > 0x10ffff ||
+            (cp >= 0xd800 && cp <= 0xdfff)) {
+            return false;
+        }
+        i += k + 1;
+    }
+    return true;
+}
+
+void sbx_pack_bstr(msgpack_packer *pk, const char *s, size_t n)
+{
+    if (sbx_utf8_valid(s, n)) {
+        sbx_pack_strn(pk, s, n);
+    } else {
+        sbx_pack_bin(pk, s, n);
+    }
+}
+
 void sbx_pack_request_head(msgpack_packer *pk, uint32_t id, const char *method)
 {
     (void)msgpack_pack_array(pk, 4);
@@ -731,7 +825,8 @@ void sbx_pack_notify_head(msgpack_packer *pk, const char *method)
 
 void sbx_pack_err(msgpack_packer *pk, const struct sbx_err *e)
 {
-    uint32_t n = 2 + (e->sys_errno != 0) + (e->stage[0] != '\0') + (e->field[0] != '\0');
+    uint32_t n = 2 + (e->sys_errno != 0) + (e->stage[0] != '\0') + (e->field[0] != '\0') +
+                 (e->limit[0] != '\0');
 
     (void)msgpack_pack_map(pk, n);
     sbx_pack_kv_str(pk, "code", e->code[0] ? e->code : SBX_E_INTERNAL);
@@ -744,6 +839,9 @@ void sbx_pack_err(msgpack_packer *pk, const struct sbx_err *e)
     }
     if (e->field[0] != '\0') {
         sbx_pack_kv_str(pk, "field", e->field);
+    }
+    if (e->limit[0] != '\0') {
+        sbx_pack_kv_str(pk, "limit", e->limit);
     }
 }
 

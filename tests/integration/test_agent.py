@@ -102,6 +102,28 @@ class TestSession(AgentCase):
         self.assertEqual(len(r["load"]), 3)
         self.assertIsNone(r["boot"])  # not started by sbx-init
         self.assertEqual(r["conns"], 1)
+        self.assertEqual(r["procs"], 0)
+
+    def test_min_version_above_version(self):
+        c = self.agent.connect(hello=False)
+        with self.assertRaises(w.RemoteError) as cm:
+            c.call("hello", {"version": 1, "min_version": 2})
+        self.assertEqual((cm.exception.code, cm.exception.err["field"]), ("BAD_PARAM", "min_version"))
+
+    def test_clock_set_reports_skew(self):
+        # A huge threshold: measures the skew but never steps this machine's clock.
+        r = self.c.call("clock.set", {"unix_ns": time.time_ns() - 5_000_000_000,
+                                      "threshold_ns": 10**15})
+        self.assertFalse(r["stepped"])
+        self.assertGreater(r["skew_ns"], 4_000_000_000)
+        self.assertLess(r["skew_ns"], 60_000_000_000)
+
+    def test_before_hello_notifications_ignored(self):
+        c = self.agent.connect(hello=False)
+        c.send([2, "stream.credit", {"stream": 1, "bytes": 10}])
+        c.data(1, b"x")
+        c.hello()
+        self.assertEqual(c.call("ping"), {})
 
     def test_standalone_lifetime_and_shutdown(self):
         self.assertEqual(self.c.call("lifetime.get")["mode"], "none")
@@ -151,6 +173,24 @@ class TestEnv(AgentCase):
         r, ex, outs, *_ = w.run(self.c, {"argv": ["/usr/bin/env"], "clear_env": True,
                                          "env": {"ONLY": "1"}})
         self.assertEqual(outs[r["stdout"]], b"ONLY=1\n")
+
+    def test_env_bytes_and_nil(self):
+        # bstr: a bin value with invalid UTF-8 round-trips as bin; nil in vars unsets.
+        self.c.call("env.set", {"vars": {"SBX_BIN": b"\xff\xfe", "SBX_GONE": "x"}})
+        self.assertEqual(self.c.call("env.get", {"name": "SBX_BIN"})["value"], b"\xff\xfe")
+        self.c.call("env.set", {"vars": {"SBX_GONE": None}})
+        self.assertIsNone(self.c.call("env.get", {"name": "SBX_GONE"})["value"])
+        r, ex, outs, *_ = w.run(self.c, {"command": "echo ${SBX_BIN:+set} ${HOME:-nohome}",
+                                         "env": {"HOME": None}})
+        self.assertEqual(outs[r["stdout"]], b"set nohome\n")
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("env.set", {"name": "BIG", "value": "x" * (200 * 1024)})
+        self.assertEqual(cm.exception.code, "BAD_PARAM")
+        for i in range(8):
+            self.c.call("env.set", {"name": "FILL%d" % i, "value": "x" * (120 * 1024)})
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("env.set", {"name": "FILL8", "value": "x" * (120 * 1024)})
+        self.assertEqual((cm.exception.code, cm.exception.err["limit"]), ("LIMIT", "env_bytes"))
 
     def test_bad_env(self):
         for bad in ({"name": "A=B", "value": "x"}, {"name": "", "value": "x"},
@@ -279,6 +319,48 @@ class TestProcess(AgentCase):
         with self.assertRaises(w.RemoteError) as cm:
             self.c.call("proc.wait", {"id": r["id"]})
         self.assertEqual(cm.exception.code, "NOT_FOUND")
+
+    def test_wait_timeout_and_group_kill_after_exit(self):
+        r = self.c.call("proc.spawn", {"command": "sleep 30 & exit 0", "stdout": "null",
+                                       "stderr": "null"})
+        ex = self.c.call("proc.wait", {"id": r["id"]})
+        self.assertEqual(ex["code"], 0)
+        # The leader is gone but its group lives on in the background sleep.
+        self.c.call("proc.kill", {"id": r["id"], "signal": "KILL", "group": True})
+        s = self.c.call("proc.spawn", self.helper("sleep", 5000))
+        t = time.time()
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("proc.wait", {"id": s["id"], "timeout_ms": 200})
+        self.assertEqual(cm.exception.code, "TIMEOUT")
+        self.assertLess(time.time() - t, 4)
+        self.c.call("proc.kill", {"id": s["id"], "signal": "KILL"})
+        self.assertEqual(self.c.call("proc.wait", {"id": s["id"]})["signal"], "SIGKILL")
+
+    def test_stdin_cancelled_at_exit(self):
+        r = self.c.call("proc.spawn", self.helper("exit", 0, stdin="pipe"))
+        seen = []
+        while True:
+            m = self.c.recv()
+            if m[0] == 2:
+                seen.append(m[1])
+                if m[1] == "stream.cancel":
+                    self.assertEqual(m[2]["stream"], r["stdin"])
+                    self.assertEqual(m[2]["error"]["code"], "EPIPE")
+                if m[1] == "proc.exit":
+                    break
+        self.assertEqual(seen[-2:], ["stream.cancel", "proc.exit"])
+
+    def test_list_abbreviates_argv_and_bstr(self):
+        long_arg = "é" * 100  # 200 bytes of UTF-8
+        r = self.c.call("proc.spawn", {"argv": [HELPER, "echo", long_arg, *"abcdefghij"]})
+        self.c.call("proc.wait", {"id": r["id"]})
+        e = [p for p in self.c.call("proc.list")["procs"] if p["id"] == r["id"]][0]
+        self.assertEqual(len(e["argv"]), 8)
+        self.assertEqual(e["argv"][2], "é" * 64)
+        self.assertGreater(e["started_ns"], 1_600_000_000 * 10**9)  # wall clock
+        # argv given as bin (not UTF-8) is accepted byte for byte.
+        r, ex, outs, *_ = w.run(self.c, {"argv": [HELPER.encode(), b"echo", b"\xff"]})
+        self.assertEqual(outs[r["stdout"]], b"\xff\n")
 
     def test_user_switch(self):
         root = tempfile.mkdtemp()

@@ -495,6 +495,40 @@ static void test_frame_cap_on_encode(void **state)
     free(big);
 }
 
+static void test_bstr_and_utf8(void **state)
+{
+    struct fx *fx = *state;
+    msgpack_packer *pk = &fx->out.pk;
+    char buf[16];
+
+    assert_true(sbx_utf8_valid("h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80", 16));
+    assert_false(sbx_utf8_valid("\xff", 1));
+    assert_false(sbx_utf8_valid("\xc3", 1));         /* truncated */
+    assert_false(sbx_utf8_valid("\xc0\xaf", 2));     /* overlong */
+    assert_false(sbx_utf8_valid("\xed\xa0\x80", 3)); /* surrogate */
+    sbx_out_begin(&fx->out);
+    sbx_pack_notify_head(pk, "t");
+    msgpack_pack_map(pk, 3);
+    sbx_pack_cstr(pk, "a");
+    sbx_pack_bstr(pk, "ok", 2);
+    sbx_pack_cstr(pk, "b");
+    sbx_pack_bstr(pk, "\xffz", 2);
+    sbx_pack_cstr(pk, "c");
+    sbx_pack_bin(pk, "x\0y", 3);
+    assert_int_equal(sbx_out_end(&fx->out, &fx->err), 0);
+    assert_int_equal(decode_out(fx), 0);
+    assert_int_equal(sbx_obj_get(fx->m.params, "a")->type, MSGPACK_OBJECT_STR);
+    assert_int_equal(sbx_obj_get(fx->m.params, "b")->type, MSGPACK_OBJECT_BIN);
+    assert_int_equal(sbx_param_bstr(fx->m.params, "a", SBX_REQUIRED, buf, sizeof(buf), &fx->err),
+                     0);
+    assert_string_equal(buf, "ok");
+    assert_int_equal(sbx_param_bstr(fx->m.params, "b", SBX_REQUIRED, buf, sizeof(buf), &fx->err),
+                     0);
+    assert_string_equal(buf, "\xffz");
+    EXPECT_BAD(sbx_param_bstr(fx->m.params, "c", SBX_REQUIRED, buf, sizeof(buf), &fx->err), "c");
+    EXPECT_BAD(sbx_param_bstr(fx->m.params, "a", SBX_REQUIRED, buf, 2, &fx->err), "a");
+}
+
 static void test_byte_example(void **state)
 {
     /* PROTOCOL.md's example: "hi" on stream 5 is 00 00 00 07 93 03 05 c4 02 68 69. */
@@ -522,6 +556,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_accessors_wrong_types, setup, teardown),
         cmocka_unit_test_setup_teardown(test_accessors_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_frame_cap_on_encode, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bstr_and_utf8, setup, teardown),
         cmocka_unit_test_setup_teardown(test_byte_example, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

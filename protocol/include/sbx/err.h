@@ -37,6 +37,7 @@ struct sbx_err {
     char code[SBX_ERR_CODE_MAX];   /* "" when no error is set */
     char stage[SBX_ERR_STAGE_MAX]; /* optional: which step failed, e.g. "exec" */
     char field[SBX_ERR_FIELD_MAX]; /* optional: offending parameter name */
+    char limit[SBX_ERR_FIELD_MAX]; /* optional, with LIMIT: which cap, e.g. "max_procs" */
     char msg[SBX_ERR_MSG_MAX];     /* human-readable, one line */
     int sys_errno;                 /* optional: Linux errno number, 0 if none */
 };
@@ -71,10 +72,11 @@ const char *sbx_errno_name(int errnum);
 /* ENOENT for "ENOENT"; 0 when unknown. */
 int sbx_errno_from_name(const char *name);
 
-/* "SIGTERM" for SIGTERM (also real-time signals as "SIGRTMIN+n"); NULL when out of range. */
+/* "SIGTERM" for 15; real-time signals 32..64 as "SIG<n>" (PROTOCOL.md Appendix A). NULL when
+ * out of 1..64. */
 const char *sbx_signal_name(int sig, char *buf, size_t bufsz);
 
-/* Parse "TERM", "SIGTERM", "sigterm", "15", "SIGRTMIN+3". Returns the number or -1. */
+/* Parse "TERM", "SIGTERM", "sigterm", "15", "SIG34", aliases IOT/CLD/POLL. Returns 1..64 or -1. */
 int sbx_signal_parse(const char *s);
 
 #endif /* SBX_ERR_H */

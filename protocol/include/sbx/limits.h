@@ -24,25 +24,26 @@
 #define SBX_STREAM_DATA_HDR_MAX 16u          /* frame length + [3, stream, bin32 header] */
 
 /* Strings and arrays in requests. */
-#define SBX_METHOD_MAX   64u
-#define SBX_PATH_MAX     4096u
-#define SBX_ARGV_MAX     4096u
-#define SBX_ARG_MAX      (128u << 10)
-#define SBX_ENV_MAX      4096u
-#define SBX_ENV_NAME_MAX 256u
-#define SBX_ENV_VAL_MAX  (128u << 10)
-#define SBX_GROUPS_MAX   64u
-#define SBX_TAG_MAX      256u
-#define SBX_TOKEN_MAX    256u
-#define SBX_CAPS_MAX     64u
+#define SBX_METHOD_MAX    64u
+#define SBX_PATH_MAX      4096u
+#define SBX_ARGV_MAX      4096u
+#define SBX_ARG_MAX       (128u << 10)
+#define SBX_ENV_MAX       4096u
+#define SBX_ENV_NAME_MAX  256u
+#define SBX_ENV_VAL_MAX   (128u << 10)
+#define SBX_ENV_BYTES_MAX (1u << 20) /* total size of the base environment */
+#define SBX_GROUPS_MAX    64u
+#define SBX_TAG_MAX       256u
+#define SBX_TOKEN_MAX     256u
+#define SBX_CAPS_MAX      64u
 
 /* Agent-wide caps. */
 #define SBX_MAX_CONNS             64u
-#define SBX_MAX_STREAMS           4096u /* open streams per connection */
-#define SBX_MAX_PROCS             4096u /* processes tracked (running + exited, not yet released) */
-#define SBX_REPLAY_MAX            (64u << 10) /* per-stream buffer kept while nobody reads */
-#define SBX_CONN_DATA_HIGH    (2u << 20)  /* queued output above which stream reads pause */
-#define SBX_CONN_DATA_LOW     (512u << 10) /* ...and below which they resume */
+#define SBX_MAX_STREAMS           4096u        /* open streams per connection */
+#define SBX_MAX_PROCS             1024u        /* processes tracked: running + exit records */
+#define SBX_REPLAY_MAX            (64u << 10)  /* per-stream buffer kept while nobody reads */
+#define SBX_CONN_DATA_HIGH        (2u << 20)   /* queued output above which stream reads pause */
+#define SBX_CONN_DATA_LOW         (512u << 10) /* ...and below which they resume */
 #define SBX_CONN_OUTQ_MAX         (8u << 20) /* queued control output per connection before close */
 #define SBX_DRAIN_MS_DEFAULT      500u
 #define SBX_DRAIN_MS_MAX          60000u

@@ -102,6 +102,15 @@ int sbx_param_map(const msgpack_object *params, const char *key, int required, u
 int sbx_param_array(const msgpack_object *params, const char *key, int required, uint32_t max_items,
                     const msgpack_object **out, struct sbx_err *err);
 
+/*
+ * An OS byte string (PROTOCOL.md "bstr"): accepted as str or bin, copied into @buf NUL-terminated;
+ * BAD_PARAM if absent-but-required, another type, too long or containing NUL.
+ */
+int sbx_param_bstr(const msgpack_object *params, const char *key, int required, char *buf,
+                   size_t bufsz, struct sbx_err *err);
+/* The bytes of a str or bin object; false for other types. */
+bool sbx_obj_bytes(const msgpack_object *o, const char **p, size_t *n);
+
 /* Copy a msgpack str object into @buf NUL-terminated; -1 if not a str, too long or has NUL. */
 int sbx_obj_cstr(const msgpack_object *o, char *buf, size_t bufsz);
 
@@ -147,6 +156,10 @@ void sbx_pack_err(msgpack_packer *pk, const struct sbx_err *e);
 void sbx_pack_cstr(msgpack_packer *pk, const char *s);
 void sbx_pack_strn(msgpack_packer *pk, const char *s, size_t n);
 void sbx_pack_bin(msgpack_packer *pk, const void *p, size_t n);
+/* An OS byte string: str when the bytes are valid UTF-8, bin otherwise. */
+void sbx_pack_bstr(msgpack_packer *pk, const char *s, size_t n);
+/* True when @s[0..n) is valid UTF-8. */
+bool sbx_utf8_valid(const char *s, size_t n);
 /* Map entries with a string key. */
 void sbx_pack_kv_str(msgpack_packer *pk, const char *k, const char *v); /* NULL packs nil */
 void sbx_pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v);
