@@ -627,16 +627,19 @@ class TestHostile(AgentCase):
             s = self.raw()
             kind = i % 4
             if kind == 0:
-                s.sendall(b"\x00\x00\x10\x00" + b"\x93" * 100)  # half a frame, then gone
+                data = b"\x00\x00\x10\x00" + b"\x93" * 100  # half a frame, then gone
             elif kind == 1:
-                s.sendall(bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 300))))
+                data = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 300)))
             elif kind == 2:
                 body = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 64)))
-                s.sendall(w.frame(body) * 3)
+                data = w.frame(body) * 3
             else:
-                s.sendall(w.frame(w.pack([0, 1, "hello", {"version": 1}]))
-                          + w.frame(w.pack([0, 2, "proc.spawn", {"argv": "notalist"}]))
-                          + b"\x00\x00")
+                data = (w.frame(w.pack([0, 1, "hello", {"version": 1}]))
+                        + w.frame(w.pack([0, 2, "proc.spawn", {"argv": "notalist"}])) + b"\x00\x00")
+            try:
+                s.sendall(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the agent already closed a connection whose framing broke: fine
             s.close()
         self.assertEqual(self.c.call("ping"), {})
         self.assertTrue(self.agent.alive())

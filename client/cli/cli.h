@@ -1,0 +1,125 @@
+/*
+ * The sbx CLI: shared state, the command entry points, and the helpers they share (JSON in and
+ * out, durations, human output). The helpers live in the sbxcli library so unit tests link them.
+ */
+#ifndef SBX_CLI_H
+#define SBX_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <msgpack.h>
+
+#include "sbx/client.h"
+#include "sbx/err.h"
+
+/* Exit statuses of the CLI itself (exec passes the remote status through instead). */
+#define CLI_EXIT_FAIL  1
+#define CLI_EXIT_USAGE 2
+
+/* Bytes of stdout / stderr `sbx exec --json` keeps per stream; the rest is dropped. */
+#define CLI_CAPTURE_MAX (16u << 20)
+
+/* Global options and the connection, passed to every command. */
+struct cli {
+    const char *addr;
+    const char *token;
+    bool json;
+    int connect_timeout_ms;
+};
+
+/*
+ * Connect to cli->addr and say hello. Returns the client, or NULL after printing
+ * "sbx: <message>" to stderr.
+ */
+struct sbx_client *cli_connect(const struct cli *cli);
+
+/* What cli_parse_simple returns when it printed the help, or found a bad option. */
+#define CLI_OPTS_HELP (-1)
+#define CLI_OPTS_BAD  (-2)
+
+/*
+ * Parse the options every simple command takes (-h/--help, --json) from argv[1..]. Prints
+ * @usage on --help (to stdout) or on a bad option (to stderr). Returns the index of the first
+ * positional argument, or CLI_OPTS_HELP / CLI_OPTS_BAD.
+ */
+int cli_parse_simple(struct cli *cli, int argc, char **argv, const char *usage);
+
+/* Exit status for a cli_parse_simple result below 1. */
+int cli_opts_status(int r);
+
+/* Print "sbx: <cmd>: <message> (<code>)" to stderr. */
+void cli_print_err(const char *cmd, const struct sbx_err *err);
+
+/* Commands: argv[0] is the command name; each returns the process exit status. */
+int cli_cmd_exec(struct cli *cli, int argc, char **argv);
+int cli_cmd_sh(struct cli *cli, int argc, char **argv);
+int cli_cmd_ping(struct cli *cli, int argc, char **argv);
+int cli_cmd_info(struct cli *cli, int argc, char **argv);
+int cli_cmd_hello(struct cli *cli, int argc, char **argv);
+int cli_cmd_call(struct cli *cli, int argc, char **argv);
+int cli_cmd_env(struct cli *cli, int argc, char **argv);
+int cli_cmd_ps(struct cli *cli, int argc, char **argv);
+int cli_cmd_kill(struct cli *cli, int argc, char **argv);
+int cli_cmd_wait(struct cli *cli, int argc, char **argv);
+
+/* --- json.c ------------------------------------------------------------------------------- */
+
+/*
+ * Write @o as compact JSON. str -> JSON string (invalid UTF-8 bytes become U+FFFD), bin ->
+ * base64 string, nil -> null, non-finite floats -> null, non-string map keys -> their JSON text
+ * as a string. Returns 0, or -1 when the stream reports an error.
+ */
+int cli_json_write(FILE *f, const msgpack_object *o);
+
+/* Write @n bytes as a JSON string (escaped; invalid UTF-8 replaced by U+FFFD). */
+void cli_json_write_str(FILE *f, const char *s, size_t n);
+
+/* Write @n bytes as standard base64 (with padding), without quotes. */
+void cli_base64_write(FILE *f, const uint8_t *p, size_t n);
+
+/*
+ * Parse exactly one JSON value from @s[0..len) (surrounding whitespace allowed) and pack it
+ * with @pk: objects -> maps, arrays -> arrays, strings -> str, integers -> int (uint64 when
+ * non-negative), other numbers -> float64, true/false/null. Nesting is capped at 32.
+ * Returns 0, or -1 with BAD_PARAM in @err (message gives the byte offset); on -1 some values may
+ * already have been packed.
+ */
+int cli_json_to_msgpack(const char *s, size_t len, msgpack_packer *pk, struct sbx_err *err);
+
+/* --- util.c ------------------------------------------------------------------------------- */
+
+/*
+ * Parse a duration into milliseconds: "500ms", "10s", "2m", "1h", "1.5s", "1m30s"; a bare
+ * number means seconds. Returns 0, or -1 on bad syntax or overflow.
+ */
+int cli_parse_duration(const char *s, uint64_t *ms);
+
+/*
+ * Parse a signal as PROTOCOL.md Appendix A writes it: a name with or without "SIG" in any case
+ * ("TERM", "sigkill"), "SIG32".."SIG64", or a number 1..64. Returns the number or -1.
+ */
+int cli_parse_signal(const char *s);
+
+/*
+ * Pack "@key: signal" for the wire: the "SIGxxx" name for the classic signals 1..31, the number
+ * for real-time signals (which have no portable names in the protocol).
+ */
+void cli_pack_signal(msgpack_packer *pk, const char *key, int sig);
+
+/* Parse a decimal uint64 (no sign, no spaces). Returns 0 or -1. */
+int cli_parse_u64(const char *s, uint64_t *out);
+
+/* Print a msgpack value for humans: str and bin raw, nil "-", arrays space-separated, maps as
+ * JSON. */
+void cli_print_human(FILE *f, const msgpack_object *o);
+
+/* Write @n bytes to @fd completely (EINTR-safe, polls on EAGAIN). Returns 0 or -errno. */
+int cli_write_all(int fd, const void *p, size_t n);
+
+/* Render a duration in nanoseconds for humans ("1.25s", "340ms", "2h03m"). */
+void cli_format_ns(char *buf, size_t bufsz, uint64_t ns);
+
+#endif /* SBX_CLI_H */

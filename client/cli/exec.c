@@ -1,0 +1,795 @@
+/* sbx exec / sbx sh: spawn a process, stream its stdio both ways, pass its exit status through. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+/* Exit statuses for failures before the remote process runs (as docker/podman use them). */
+#define EXIT_SBX_FAILED 125
+#define EXIT_CANNOT_RUN 126
+#define EXIT_NOT_FOUND  127
+
+/* How many local SIGINTs are forwarded before sbx gives up on the agent and exits. */
+#define SIGINT_GIVE_UP 3
+
+/* The write end of the self-pipe the signal handler reports into (signal-safe global). */
+static volatile int sig_pipe_w = -1;
+
+/* One remote output stream and where its bytes go. */
+struct sink {
+    const char *name; /* "stdout" / "stderr" */
+    uint32_t sid;     /* 0: the process has no such stream */
+    int fd;           /* local destination */
+    bool done;        /* ended, cancelled by us, or absent */
+    char *cap;        /* --json: captured bytes */
+    size_t cap_len, cap_size;
+    bool truncated;
+};
+
+struct exec {
+    struct cli *cli;
+    struct sbx_client *c;
+    const char *what; /* the command, for messages */
+    uint64_t proc;
+    uint32_t sin;
+    bool stdin_open;
+    struct sink out, err;
+    bool exited;
+    bool has_code;
+    int64_t code;
+    uint64_t signo;
+    char signame[32];
+    bool timed_out;
+    char *exit_json;
+    size_t exit_json_len;
+    int sigints;
+};
+
+struct exec_opts {
+    const char **env;
+    int nenv;
+    const char *cwd;
+    const char *user;
+    uint64_t timeout_ms;
+    bool no_stdin;
+    bool merge;
+    bool clear_env;
+};
+
+static void exec_usage(FILE *f, bool shell)
+{
+    if (shell) {
+        (void)fprintf(f, "Usage: sbx sh [OPTIONS] [--] 'COMMAND LINE'\n"
+                         "\n"
+                         "Run COMMAND LINE with /bin/sh -c in the sandbox (several arguments are "
+                         "joined with spaces);\notherwise exactly like 'sbx exec'.\n");
+    } else {
+        (void)fprintf(f, "Usage: sbx exec [OPTIONS] [--] CMD [ARG...]\n"
+                         "\n"
+                         "Run CMD in the sandbox (PATH lookup in the guest), stream its stdout "
+                         "and stderr here,\nforward this stdin to it, and exit with its exit "
+                         "status.\n");
+    }
+    (void)fprintf(
+        f,
+        "\n"
+        "Options:\n"
+        "  -e, --env K=V      set a variable (repeatable); --env K copies K from here\n"
+        "      --clear-env    start from an empty environment, not the agent's base env\n"
+        "  -w, --cwd DIR      working directory\n"
+        "  -u, --user U       run as user name U, or UID, or UID:GID\n"
+        "  -t, --timeout DUR  kill the process after DUR (e.g. 500ms, 10s, 2m)\n"
+        "  -n, --no-stdin     give the process /dev/null as stdin (also automatic when this\n"
+        "                     stdin is /dev/null or closed)\n"
+        "      --merge        send the process's stderr into its stdout stream\n"
+        "      --json         capture the output and print one JSON object at the end:\n"
+        "                     {\"exit\":{...proc.exit...},\"stdout\":\"...\",\"stderr\":\"...\"}\n"
+        "                     (output as JSON strings; invalid UTF-8 becomes U+FFFD; at most\n"
+        "                     16 MiB per stream, then \"stdout_truncated\":true)\n"
+        "  -h, --help         show this help\n"
+        "\n"
+        "SIGINT, SIGTERM, SIGHUP and SIGQUIT received here are forwarded to the remote\n"
+        "process group (after the third SIGINT sbx exits on its own with 130).\n"
+        "\n"
+        "Exit status: the process's own, or 128+N when it was killed by signal N;\n"
+        "127 when the command is not found, 126 when it cannot be executed,\n"
+        "125 when sbx itself or the spawn failed otherwise.\n");
+}
+
+static bool stdin_is_null(void)
+{
+    struct stat st, nst;
+
+    if (fstat(STDIN_FILENO, &st) < 0) {
+        return true; /* closed */
+    }
+    if (!S_ISCHR(st.st_mode) || stat("/dev/null", &nst) < 0) {
+        return false;
+    }
+    return st.st_rdev == nst.st_rdev;
+}
+
+static bool all_digits(const char *s, size_t n)
+{
+    if (n == 0) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* --- spawn -------------------------------------------------------------------------------- */
+
+static void pack_user(msgpack_packer *pk, const char *user, uint32_t *entries, bool count)
+{
+    const char *colon = strchr(user, ':');
+    uint64_t v;
+
+    if (colon != NULL && all_digits(user, (size_t)(colon - user)) &&
+        all_digits(colon + 1, strlen(colon + 1))) {
+        if (count) {
+            *entries += 2;
+            return;
+        }
+        v = strtoull(user, NULL, 10);
+        sbx_pack_kv_u64(pk, "uid", v);
+        v = strtoull(colon + 1, NULL, 10);
+        sbx_pack_kv_u64(pk, "gid", v);
+        return;
+    }
+    if (count) {
+        *entries += 1;
+        return;
+    }
+    if (all_digits(user, strlen(user))) {
+        sbx_pack_kv_u64(pk, "uid", strtoull(user, NULL, 10));
+    } else {
+        sbx_pack_kv_str(pk, "user", user);
+    }
+}
+
+/* The value an --env entry sets, or NULL when it names an unset local variable. */
+static const char *env_value(const char *entry, size_t *name_len)
+{
+    const char *eq = strchr(entry, '=');
+
+    if (eq != NULL) {
+        *name_len = (size_t)(eq - entry);
+        return eq + 1;
+    }
+    *name_len = strlen(entry);
+    return getenv(entry);
+}
+
+static int spawn(struct exec *x, const struct exec_opts *o, int argc, char **argv,
+                 const char *command, struct sbx_err *err)
+{
+    struct sbx_msg resp;
+    msgpack_packer *pk;
+    uint32_t id, entries = 4, nenv = 0;
+    bool pipe_stdin = !o->no_stdin && !stdin_is_null();
+    uint64_t v;
+    int r;
+
+    for (int i = 0; i < o->nenv; i++) {
+        size_t n;
+        if (env_value(o->env[i], &n) != NULL) {
+            nenv++;
+        }
+    }
+    entries += (nenv > 0) + o->clear_env + (o->cwd != NULL) + (o->timeout_ms > 0);
+    if (o->user != NULL) {
+        pack_user(NULL, o->user, &entries, true);
+    }
+    pk = sbx_client_begin(x->c, "proc.spawn", &id);
+    (void)msgpack_pack_map(pk, entries);
+    if (command != NULL) {
+        sbx_pack_kv_str(pk, "command", command);
+    } else {
+        sbx_pack_cstr(pk, "argv");
+        (void)msgpack_pack_array(pk, (size_t)argc);
+        for (int i = 0; i < argc; i++) {
+            sbx_pack_cstr(pk, argv[i]);
+        }
+    }
+    sbx_pack_kv_str(pk, "stdin", pipe_stdin ? "pipe" : "null");
+    sbx_pack_kv_str(pk, "stdout", "pipe");
+    sbx_pack_kv_str(pk, "stderr", o->merge ? "stdout" : "pipe");
+    if (nenv > 0) {
+        sbx_pack_cstr(pk, "env");
+        (void)msgpack_pack_map(pk, nenv);
+        for (int i = 0; i < o->nenv; i++) {
+            size_t n;
+            const char *val = env_value(o->env[i], &n);
+            if (val != NULL) {
+                sbx_pack_strn(pk, o->env[i], n);
+                sbx_pack_cstr(pk, val);
+            }
+        }
+    }
+    if (o->clear_env) {
+        sbx_pack_kv_bool(pk, "clear_env", true);
+    }
+    if (o->cwd != NULL) {
+        sbx_pack_kv_str(pk, "cwd", o->cwd);
+    }
+    if (o->user != NULL) {
+        pack_user(pk, o->user, NULL, false);
+    }
+    if (o->timeout_ms > 0) {
+        sbx_pack_kv_u64(pk, "timeout_ms", o->timeout_ms);
+    }
+    if (sbx_client_send(x->c, err) < 0) {
+        return -1;
+    }
+    if (sbx_client_wait(x->c, id, &resp, -1, err) < 0) {
+        return -1;
+    }
+    if (sbx_param_u64(resp.result, "id", SBX_REQUIRED, 0, UINT64_MAX, &x->proc, err) < 0) {
+        sbx_err_prefix(err, "proc.spawn result");
+        return -1;
+    }
+    r = sbx_param_u64(resp.result, "stdin", SBX_OPTIONAL, 1, UINT32_MAX, &v, err);
+    if (r < 0) {
+        return -1;
+    }
+    x->sin = r == 0 ? (uint32_t)v : 0;
+    r = sbx_param_u64(resp.result, "stdout", SBX_OPTIONAL, 1, UINT32_MAX, &v, err);
+    if (r < 0) {
+        return -1;
+    }
+    x->out.sid = r == 0 ? (uint32_t)v : 0;
+    r = sbx_param_u64(resp.result, "stderr", SBX_OPTIONAL, 1, UINT32_MAX, &v, err);
+    if (r < 0) {
+        return -1;
+    }
+    x->err.sid = r == 0 ? (uint32_t)v : 0;
+    x->out.done = x->out.sid == 0;
+    x->err.done = x->err.sid == 0;
+    x->stdin_open = x->sin != 0;
+    return 0;
+}
+
+/* "sbx: exec CMD: <message> (<code>, stage <stage>)" and the matching exit status. */
+static int spawn_failed(const struct exec *x, const struct sbx_err *err)
+{
+    bool exec_stage = err->stage[0] == '\0' || strcmp(err->stage, "exec") == 0;
+
+    if (err->stage[0] != '\0') {
+        (void)fprintf(stderr, "sbx: exec %s: %s (%s, stage %s)\n", x->what, err->msg, err->code,
+                      err->stage);
+    } else {
+        (void)fprintf(stderr, "sbx: exec %s: %s (%s)\n", x->what, err->msg, err->code);
+    }
+    /* 127/126 mean "the command" as shells use them; a missing cwd is not a missing command. */
+    if (exec_stage && strcmp(err->code, "ENOENT") == 0) {
+        return EXIT_NOT_FOUND;
+    }
+    if (exec_stage && (strcmp(err->code, "EACCES") == 0 || strcmp(err->code, "ENOEXEC") == 0)) {
+        return EXIT_CANNOT_RUN;
+    }
+    return EXIT_SBX_FAILED;
+}
+
+/* --- streaming ---------------------------------------------------------------------------- */
+
+static void capture(struct sink *s, const uint8_t *p, size_t n)
+{
+    if (s->cap_len + n > CLI_CAPTURE_MAX) {
+        n = CLI_CAPTURE_MAX - s->cap_len;
+        s->truncated = true;
+    }
+    if (n == 0) {
+        return;
+    }
+    if (s->cap_len + n > s->cap_size) {
+        size_t sz = s->cap_size != 0 ? s->cap_size : 65536;
+        char *q;
+        while (sz < s->cap_len + n) {
+            sz *= 2;
+        }
+        q = realloc(s->cap, sz);
+        if (q == NULL) {
+            s->truncated = true;
+            return;
+        }
+        s->cap = q;
+        s->cap_size = sz;
+    }
+    memcpy(s->cap + s->cap_len, p, n);
+    s->cap_len += n;
+}
+
+static int deliver(struct exec *x, struct sink *s, const struct sbx_msg *m, struct sbx_err *err)
+{
+    if (x->cli->json) {
+        capture(s, m->data, m->data_len);
+    } else {
+        int r = cli_write_all(s->fd, m->data, m->data_len);
+        if (r < 0) {
+            /* Our side of this stream is gone: tell the agent and carry on with the rest. */
+            if (r != -EPIPE) {
+                (void)fprintf(stderr, "sbx: exec %s: writing remote %s: %s\n", x->what, s->name,
+                              strerror(-r));
+            }
+            s->done = true;
+            return sbx_client_stream_cancel(x->c, s->sid, err);
+        }
+    }
+    return sbx_client_consumed(x->c, s->sid, m->data_len, err);
+}
+
+static struct sink *sink_for(struct exec *x, uint64_t sid)
+{
+    if (sid != 0 && sid == x->out.sid) {
+        return &x->out;
+    }
+    if (sid != 0 && sid == x->err.sid) {
+        return &x->err;
+    }
+    return NULL;
+}
+
+static void on_exit_notice(struct exec *x, const msgpack_object *params)
+{
+    struct sbx_err e;
+    const char *s;
+    size_t n;
+    FILE *f;
+
+    x->exited = true;
+    x->has_code =
+        sbx_param_i64(params, "code", SBX_OPTIONAL, INT32_MIN, INT32_MAX, &x->code, &e) == 0;
+    if (sbx_param_u64(params, "signo", SBX_OPTIONAL, 1, 127, &x->signo, &e) != 0) {
+        x->signo = 0;
+    }
+    if (sbx_param_str(params, "signal", SBX_OPTIONAL, sizeof(x->signame) - 1, &s, &n, &e) == 0) {
+        memcpy(x->signame, s, n);
+        x->signame[n] = '\0';
+    }
+    if (sbx_param_bool(params, "timed_out", SBX_OPTIONAL, &x->timed_out, &e) != 0) {
+        x->timed_out = false;
+    }
+    if (x->cli->json) {
+        f = open_memstream(&x->exit_json, &x->exit_json_len);
+        if (f != NULL) {
+            (void)cli_json_write(f, params);
+            if (fclose(f) != 0) {
+                free(x->exit_json);
+                x->exit_json = NULL;
+            }
+        }
+    }
+}
+
+static void on_stream_end(struct exec *x, const msgpack_object *params)
+{
+    const msgpack_object *eo = sbx_obj_get(params, "error");
+    struct sbx_err e;
+    uint64_t sid;
+    bool truncated = false;
+    struct sink *s;
+
+    if (sbx_param_u64(params, "stream", SBX_REQUIRED, 1, UINT32_MAX, &sid, &e) != 0) {
+        return;
+    }
+    s = sink_for(x, sid);
+    if (s == NULL) {
+        return;
+    }
+    s->done = true;
+    if (eo != NULL && eo->type == MSGPACK_OBJECT_MAP) {
+        sbx_err_from_obj(eo, &e);
+        (void)fprintf(stderr, "sbx: exec %s: remote %s: %s (%s)\n", x->what, s->name, e.msg,
+                      e.code);
+    }
+    if (sbx_param_bool(params, "truncated", SBX_OPTIONAL, &truncated, &e) == 0 && truncated &&
+        !x->cli->json) {
+        (void)fprintf(stderr,
+                      "sbx: exec %s: remote %s cut short: a background process kept it open\n",
+                      x->what, s->name);
+    }
+}
+
+static int handle(struct exec *x, const struct sbx_msg *m, struct sbx_err *err)
+{
+    struct sbx_err e;
+    uint64_t v;
+
+    switch (m->kind) {
+    case SBX_MSG_DATA: {
+        struct sink *s = sink_for(x, m->stream);
+        if (s == NULL || s->done) {
+            return 0; /* in flight before our cancel, or not ours: discarded */
+        }
+        return deliver(x, s, m, err);
+    }
+    case SBX_MSG_NOTIFY:
+        if (sbx_msg_method_is(m, "stream.end")) {
+            on_stream_end(x, m->params);
+        } else if (sbx_msg_method_is(m, "stream.cancel")) {
+            if (sbx_param_u64(m->params, "stream", SBX_REQUIRED, 1, UINT32_MAX, &v, &e) == 0) {
+                if (v == x->sin) {
+                    x->stdin_open = false; /* the process closed its stdin or is gone */
+                } else if (sink_for(x, v) != NULL) {
+                    /* The agent gave up on an output stream: nothing more will come on it. */
+                    sink_for(x, v)->done = true;
+                }
+            }
+        } else if (sbx_msg_method_is(m, "proc.exit")) {
+            if (sbx_param_u64(m->params, "id", SBX_REQUIRED, 0, UINT64_MAX, &v, &e) == 0 &&
+                v == x->proc) {
+                on_exit_notice(x, m->params);
+            }
+        } else if (sbx_msg_method_is(m, "error") && m->params != NULL) {
+            sbx_err_from_obj(m->params, &e);
+            cli_print_err("agent", &e);
+        }
+        return 0;
+    case SBX_MSG_RESPONSE:
+        /* Answers to the proc.kill requests we sent for forwarded signals. */
+        if (m->error != NULL) {
+            sbx_err_from_obj(m->error, &e);
+            /* Racing the exit is normal: the process or its group is already gone. */
+            if (strcmp(e.code, SBX_E_NOT_FOUND) != 0 && strcmp(e.code, "ESRCH") != 0) {
+                cli_print_err("exec: forwarding a signal", &e);
+            }
+        }
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    char b = (char)sig;
+
+    if (sig_pipe_w >= 0) {
+        (void)!write(sig_pipe_w, &b, 1); /* a full pipe already holds enough wake-ups */
+    }
+    errno = saved;
+}
+
+/* Forward the signals the self-pipe collected to the remote process group. */
+static int forward_signals(struct exec *x, int rfd, struct sbx_err *err)
+{
+    char sigs[16];
+    ssize_t n = read(rfd, sigs, sizeof(sigs));
+
+    for (ssize_t i = 0; i < n; i++) {
+        msgpack_packer *pk;
+        uint32_t id;
+
+        if (sigs[i] == SIGINT && ++x->sigints >= SIGINT_GIVE_UP) {
+            (void)fprintf(stderr, "sbx: exec %s: interrupted %d times, giving up\n", x->what,
+                          x->sigints);
+            return 1;
+        }
+        pk = sbx_client_begin(x->c, "proc.kill", &id);
+        (void)msgpack_pack_map(pk, 3);
+        sbx_pack_kv_u64(pk, "id", x->proc);
+        cli_pack_signal(pk, "signal", sigs[i]);
+        /* Like a terminal: the whole foreground group gets it (a shell and its children). */
+        sbx_pack_kv_bool(pk, "group", true);
+        if (sbx_client_send(x->c, err) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int forward_stdin(struct exec *x, struct sbx_err *err)
+{
+    static uint8_t buf[64 << 10];
+    uint64_t credit = sbx_client_credit(x->c, x->sin);
+    size_t want = credit < sizeof(buf) ? (size_t)credit : sizeof(buf);
+    ssize_t n;
+
+    if (want == 0) {
+        return 0;
+    }
+    n = read(STDIN_FILENO, buf, want);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+        return 0;
+    }
+    if (n < 0) {
+        (void)fprintf(stderr, "sbx: exec %s: reading stdin: %s\n", x->what, strerror(errno));
+    }
+    if (n <= 0) {
+        x->stdin_open = false;
+        return sbx_client_stream_end(x->c, x->sin, err);
+    }
+    /* Never more than the credit, so this cannot block waiting for the agent. */
+    if (sbx_client_stream_write(x->c, x->sin, buf, (size_t)n, err) < 0) {
+        if (strcmp(err->code, SBX_E_STREAM) == 0) {
+            x->stdin_open = false; /* cancelled by the agent: the process is done reading */
+            sbx_err_clear(err);
+            return 0;
+        }
+        return -1;
+    }
+    return 0;
+}
+
+static bool finished(const struct exec *x)
+{
+    return x->out.done && x->err.done && x->exited;
+}
+
+/* Returns 0 when the process finished, 1 when the user gave up, -1 on error. */
+static int pump(struct exec *x, int sig_r, struct sbx_err *err)
+{
+    while (!finished(x)) {
+        struct pollfd pfd[3];
+        struct sbx_msg m;
+        int r;
+
+        /* Drain what the library already holds before sleeping on the fd. */
+        while ((r = sbx_client_recv(x->c, &m, 0, err)) == 1) {
+            if (handle(x, &m, err) < 0) {
+                return -1;
+            }
+            if (finished(x)) {
+                return 0;
+            }
+        }
+        if (r < 0) {
+            return -1;
+        }
+        pfd[0] = (struct pollfd){ .fd = sbx_client_fd(x->c), .events = POLLIN };
+        pfd[1] = (struct pollfd){ .fd = sig_r, .events = POLLIN };
+        pfd[2] = (struct pollfd){ .fd = -1 };
+        if (x->stdin_open && sbx_client_credit(x->c, x->sin) > 0) {
+            pfd[2].fd = STDIN_FILENO;
+            pfd[2].events = POLLIN;
+        }
+        r = poll(pfd, 3, -1);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            return sbx_err_sys(err, errno, NULL, "poll");
+        }
+        if (pfd[1].revents != 0) {
+            r = forward_signals(x, sig_r, err);
+            if (r != 0) {
+                return r;
+            }
+        }
+        if (pfd[2].fd >= 0 && pfd[2].revents != 0 && forward_stdin(x, err) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int setup_signals(int *rfd)
+{
+    static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
+    struct sigaction sa;
+    int p[2];
+
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
+        return -1;
+    }
+    sig_pipe_w = p[1];
+    *rfd = p[0];
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    (void)sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        if (sigaction(sigs[i], &sa, NULL) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int exit_status(const struct exec *x)
+{
+    if (x->timed_out && !x->cli->json) {
+        (void)fprintf(stderr, "sbx: exec %s: timed out, killed by %s\n", x->what,
+                      x->signame[0] != '\0' ? x->signame : "a signal");
+    }
+    if (x->has_code) {
+        return (int)(x->code & 0xff);
+    }
+    if (x->signo > 0) {
+        return 128 + (int)x->signo;
+    }
+    return EXIT_SBX_FAILED;
+}
+
+static void print_json(const struct exec *x)
+{
+    (void)fputs("{\"exit\":", stdout);
+    if (x->exit_json != NULL) {
+        (void)fwrite(x->exit_json, 1, x->exit_json_len, stdout);
+    } else {
+        (void)fputs("null", stdout);
+    }
+    (void)fputs(",\"stdout\":", stdout);
+    cli_json_write_str(stdout, x->out.cap != NULL ? x->out.cap : "", x->out.cap_len);
+    (void)fputs(",\"stderr\":", stdout);
+    cli_json_write_str(stdout, x->err.cap != NULL ? x->err.cap : "", x->err.cap_len);
+    if (x->out.truncated) {
+        (void)fputs(",\"stdout_truncated\":true", stdout);
+    }
+    if (x->err.truncated) {
+        (void)fputs(",\"stderr_truncated\":true", stdout);
+    }
+    (void)fputs("}\n", stdout);
+    (void)fflush(stdout);
+}
+
+static char *join_args(int argc, char **argv)
+{
+    size_t n = 1;
+    char *s, *p;
+
+    for (int i = 0; i < argc; i++) {
+        n += strlen(argv[i]) + 1;
+    }
+    s = malloc(n);
+    if (s == NULL) {
+        return NULL;
+    }
+    p = s;
+    for (int i = 0; i < argc; i++) {
+        size_t k = strlen(argv[i]);
+        if (i > 0) {
+            *p++ = ' ';
+        }
+        memcpy(p, argv[i], k);
+        p += k;
+    }
+    *p = '\0';
+    return s;
+}
+
+static int exec_main(struct cli *cli, int argc, char **argv, bool shell)
+{
+    static const struct option opts[] = {
+        { "env", required_argument, NULL, 'e' },  { "cwd", required_argument, NULL, 'w' },
+        { "user", required_argument, NULL, 'u' }, { "timeout", required_argument, NULL, 't' },
+        { "no-stdin", no_argument, NULL, 'n' },   { "merge", no_argument, NULL, 'm' },
+        { "clear-env", no_argument, NULL, 'C' },  { "json", no_argument, NULL, 'j' },
+        { "help", no_argument, NULL, 'h' },       { NULL, 0, NULL, 0 },
+    };
+    struct exec_opts o = { 0 };
+    struct exec x = { 0 };
+    struct sbx_err err;
+    char *command = NULL;
+    int opt, status = EXIT_SBX_FAILED, sig_r = -1, r;
+
+    sbx_err_clear(&err);
+    o.env = calloc((size_t)argc, sizeof(*o.env));
+    if (o.env == NULL) {
+        return EXIT_SBX_FAILED;
+    }
+    while ((opt = getopt_long(argc, argv, "+e:w:u:t:nh", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'e':
+            if (optarg[0] == '\0' || optarg[0] == '=') {
+                (void)fprintf(stderr, "sbx: %s: bad --env \"%s\": expected NAME=VALUE or NAME\n",
+                              argv[0], optarg);
+                goto out;
+            }
+            o.env[o.nenv++] = optarg;
+            break;
+        case 'w':
+            o.cwd = optarg;
+            break;
+        case 'u':
+            o.user = optarg;
+            break;
+        case 't':
+            if (cli_parse_duration(optarg, &o.timeout_ms) < 0) {
+                (void)fprintf(stderr, "sbx: %s: bad --timeout \"%s\" (e.g. 500ms, 10s, 2m)\n",
+                              argv[0], optarg);
+                goto out;
+            }
+            break;
+        case 'n':
+            o.no_stdin = true;
+            break;
+        case 'm':
+            o.merge = true;
+            break;
+        case 'C':
+            o.clear_env = true;
+            break;
+        case 'j':
+            cli->json = true;
+            break;
+        case 'h':
+            exec_usage(stdout, shell);
+            status = 0;
+            goto out;
+        default:
+            exec_usage(stderr, shell);
+            goto out;
+        }
+    }
+    argc -= optind;
+    argv += optind;
+    if (argc == 0) {
+        (void)fprintf(stderr, "sbx: %s: missing the command; see 'sbx %s --help'\n",
+                      shell ? "sh" : "exec", shell ? "sh" : "exec");
+        goto out;
+    }
+    if (shell) {
+        command = join_args(argc, argv);
+        if (command == NULL) {
+            goto out;
+        }
+        x.what = command;
+    } else {
+        x.what = argv[0];
+    }
+    x.cli = cli;
+    x.out = (struct sink){ .name = "stdout", .fd = STDOUT_FILENO };
+    x.err = (struct sink){ .name = "stderr", .fd = STDERR_FILENO };
+    x.c = cli_connect(cli);
+    if (x.c == NULL) {
+        goto out;
+    }
+    if (spawn(&x, &o, argc, argv, command, &err) < 0) {
+        status = spawn_failed(&x, &err);
+        goto out;
+    }
+    if (setup_signals(&sig_r) < 0) {
+        (void)fprintf(stderr, "sbx: exec %s: signal setup: %s\n", x.what, strerror(errno));
+        goto out;
+    }
+    r = pump(&x, sig_r, &err);
+    if (r < 0) {
+        (void)fprintf(stderr, "sbx: exec %s: %s (%s)\n", x.what, err.msg, err.code);
+        goto out;
+    }
+    if (r > 0) {
+        status = 128 + SIGINT;
+        goto out;
+    }
+    if (cli->json) {
+        print_json(&x);
+    }
+    status = exit_status(&x);
+out:
+    sbx_client_close(x.c);
+    if (sig_r >= 0) {
+        int w = sig_pipe_w;
+        sig_pipe_w = -1;
+        (void)close(sig_r);
+        (void)close(w);
+    }
+    free(x.out.cap);
+    free(x.err.cap);
+    free(x.exit_json);
+    free(command);
+    free(o.env);
+    return status;
+}
+
+int cli_cmd_exec(struct cli *cli, int argc, char **argv)
+{
+    return exec_main(cli, argc, argv, false);
+}
+
+int cli_cmd_sh(struct cli *cli, int argc, char **argv)
+{
+    return exec_main(cli, argc, argv, true);
+}

@@ -1,0 +1,211 @@
+/* Small CLI helpers: durations, numbers, human output, complete writes. */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+int cli_parse_u64(const char *s, uint64_t *out)
+{
+    uint64_t v = 0;
+
+    if (s == NULL || *s == '\0') {
+        return -1;
+    }
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9' || v > (UINT64_MAX - (uint64_t)(*s - '0')) / 10) {
+            return -1;
+        }
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_parse_signal(const char *s)
+{
+    uint64_t v;
+
+    if (s == NULL) {
+        return -1;
+    }
+    if ((s[0] == 'S' || s[0] == 's') && (s[1] == 'I' || s[1] == 'i') &&
+        (s[2] == 'G' || s[2] == 'g') && s[3] >= '0' && s[3] <= '9') {
+        s += 3; /* "SIG40" */
+    }
+    if (s[0] >= '0' && s[0] <= '9') {
+        return cli_parse_u64(s, &v) == 0 && v >= 1 && v <= 64 ? (int)v : -1;
+    }
+    {
+        int sig = sbx_signal_parse(s);
+        return sig >= 1 && sig < 32 ? sig : -1;
+    }
+}
+
+void cli_pack_signal(msgpack_packer *pk, const char *key, int sig)
+{
+    char name[32];
+
+    if (sig < 32 && sbx_signal_name(sig, name, sizeof(name)) != NULL) {
+        sbx_pack_kv_str(pk, key, name);
+    } else {
+        sbx_pack_kv_u64(pk, key, (uint64_t)sig);
+    }
+}
+
+/* Milliseconds per unit; 0 for an unknown unit. @n is the unit's length. */
+static uint64_t unit_ms(const char *u, size_t n)
+{
+    if (n == 2 && memcmp(u, "ms", 2) == 0) {
+        return 1;
+    }
+    if (n == 1 && u[0] == 's') {
+        return 1000;
+    }
+    if (n == 1 && u[0] == 'm') {
+        return 60000;
+    }
+    if (n == 1 && u[0] == 'h') {
+        return 3600000;
+    }
+    return 0;
+}
+
+int cli_parse_duration(const char *s, uint64_t *ms)
+{
+    uint64_t total = 0;
+    int parts = 0;
+
+    if (s == NULL || *s == '\0') {
+        return -1;
+    }
+    while (*s != '\0') {
+        uint64_t whole = 0, frac = 0, scale = 1, mul, v;
+        const char *u;
+        bool digits = false;
+
+        for (; *s >= '0' && *s <= '9'; s++) {
+            if (whole > (UINT64_MAX - 9) / 10) {
+                return -1;
+            }
+            whole = whole * 10 + (uint64_t)(*s - '0');
+            digits = true;
+        }
+        if (*s == '.') {
+            s++;
+            for (; *s >= '0' && *s <= '9'; s++) {
+                /* Digits past nanosecond precision of a millisecond do not matter. */
+                if (scale < 1000000000) {
+                    frac = frac * 10 + (uint64_t)(*s - '0');
+                    scale *= 10;
+                }
+                digits = true;
+            }
+        }
+        if (!digits) {
+            return -1;
+        }
+        u = s;
+        while ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z')) {
+            s++;
+        }
+        if (s == u) {
+            /* A bare number means seconds, but only on its own ("90", not "1m30"). */
+            if (parts > 0 || *s != '\0') {
+                return -1;
+            }
+            mul = 1000;
+        } else {
+            mul = unit_ms(u, (size_t)(s - u));
+            if (mul == 0) {
+                return -1;
+            }
+        }
+        if (whole > UINT64_MAX / mul) {
+            return -1;
+        }
+        v = whole * mul + frac * mul / scale;
+        if (v > UINT64_MAX - total) {
+            return -1;
+        }
+        total += v;
+        parts++;
+    }
+    *ms = total;
+    return 0;
+}
+
+void cli_print_human(FILE *f, const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
+        (void)fputc('-', f);
+        break;
+    case MSGPACK_OBJECT_STR:
+        (void)fwrite(o->via.str.ptr, 1, o->via.str.size, f);
+        break;
+    case MSGPACK_OBJECT_BIN: /* a bstr that is not UTF-8 (PROTOCOL.md 4.4): the bytes as they are */
+        (void)fwrite(o->via.bin.ptr, 1, o->via.bin.size, f);
+        break;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        (void)fprintf(f, "%.2f", o->via.f64);
+        break;
+    case MSGPACK_OBJECT_ARRAY:
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            if (i > 0) {
+                (void)fputc(' ', f);
+            }
+            cli_print_human(f, &o->via.array.ptr[i]);
+        }
+        break;
+    default:
+        (void)cli_json_write(f, o);
+        break;
+    }
+}
+
+void cli_format_ns(char *buf, size_t bufsz, uint64_t ns)
+{
+    uint64_t ms = ns / 1000000;
+
+    if (ns < 1000000) {
+        (void)snprintf(buf, bufsz, "%.1fus", (double)ns / 1e3);
+    } else if (ms < 1000) {
+        (void)snprintf(buf, bufsz, "%.1fms", (double)ns / 1e6);
+    } else if (ms < 60000) {
+        (void)snprintf(buf, bufsz, "%.2fs", (double)ns / 1e9);
+    } else if (ms < 3600000) {
+        (void)snprintf(buf, bufsz, "%llum%02llus", (unsigned long long)(ms / 60000),
+                       (unsigned long long)(ms / 1000 % 60));
+    } else {
+        (void)snprintf(buf, bufsz, "%lluh%02llum", (unsigned long long)(ms / 3600000),
+                       (unsigned long long)(ms / 60000 % 60));
+    }
+}
+
+int cli_write_all(int fd, const void *p, size_t n)
+{
+    const char *s = p;
+
+    while (n > 0) {
+        ssize_t w = write(fd, s, n);
+        if (w > 0) {
+            s += w;
+            n -= (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w < 0 && errno == EAGAIN) {
+            /* Someone made our stdout non-blocking: wait for room instead of spinning. */
+            struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+            (void)poll(&pfd, 1, -1);
+            continue;
+        }
+        return w < 0 ? -errno : -EIO;
+    }
+    return 0;
+}

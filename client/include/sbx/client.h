@@ -1,0 +1,196 @@
+/*
+ * libsbx: the host-side client of the sbx protocol.
+ *
+ * One struct sbx_client is one connection to an sbx-agent. The library is synchronous and
+ * single-threaded: every call blocks on the connection's fd (with poll, so timeouts work) and a
+ * client must not be used from two threads at once. Messages that arrive while the caller waits
+ * for something else (a response, stream credit) are kept in an internal FIFO and handed out,
+ * in arrival order, by sbx_client_recv().
+ *
+ * Flow control (PROTOCOL.md "Streams"): for "in" streams (client -> agent) the client tracks
+ * the credit the agent granted and sbx_client_stream_write() never sends beyond it; for "out"
+ * streams the caller reports what it has consumed with sbx_client_consumed() and the library
+ * sends stream.credit once half a window has been consumed.
+ *
+ * An event loop can poll sbx_client_fd() for POLLIN, but must first drain what the library
+ * already buffered: call sbx_client_recv(c, &m, 0, err) until it returns 0, then poll.
+ */
+#ifndef SBX_CLIENT_H
+#define SBX_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <msgpack.h>
+
+#include "sbx/err.h"
+#include "sbx/limits.h"
+#include "sbx/msg.h"
+
+/* Client-side caps (the protocol's own caps are in sbx/limits.h). */
+#define SBX_CLIENT_FIFO_MAX           (64u << 20) /* bytes of messages queued for sbx_client_recv */
+#define SBX_CLIENT_RBUF_MAX           (16u << 20) /* bytes read ahead while a write waits for room */
+#define SBX_CLIENT_CONNECT_TIMEOUT_MS 10000
+
+/* --- addresses ---------------------------------------------------------------------------- */
+
+enum sbx_addr_kind {
+    SBX_ADDR_UNIX = 1,  /* unix:/path, or unix:@name for the abstract namespace */
+    SBX_ADDR_VSOCK = 2, /* vsock:CID:PORT */
+    SBX_ADDR_FC = 3,    /* fc:/path/to/v.sock:PORT (Firecracker / Cloud Hypervisor hybrid vsock) */
+    SBX_ADDR_TCP = 4,   /* tcp:HOST:PORT, HOST may be [v6::addr] */
+};
+
+struct sbx_addr {
+    int kind;       /* enum sbx_addr_kind */
+    char path[108]; /* unix, fc: socket path (sizeof sun_path) */
+    char host[256]; /* tcp: host name or address, without brackets */
+    uint32_t cid;   /* vsock */
+    uint32_t port;  /* vsock, fc (any uint32); tcp (1..65535) */
+};
+
+/*
+ * Parse an address string into @a. Returns 0, or -1 with BAD_PARAM (field "addr") and a message
+ * naming the address when the syntax is wrong.
+ */
+int sbx_addr_parse(const char *s, struct sbx_addr *a, struct sbx_err *err);
+
+/* --- connection --------------------------------------------------------------------------- */
+
+struct sbx_client; /* opaque */
+
+/*
+ * Connect to @addr ("unix:/path", "vsock:CID:PORT", "fc:/path:PORT", "tcp:HOST:PORT") within
+ * @timeout_ms (< 0: no limit). For fc: the hybrid-vsock handshake ("CONNECT <port>\n", then a
+ * line starting "OK ") is part of connecting. Does NOT send hello. Returns a client owned by the
+ * caller (free with sbx_client_close), or NULL with @err set: BAD_PARAM for bad syntax, the errno
+ * name (ENOENT, ECONNREFUSED, ETIMEDOUT, ...) for a failed connect, always naming the address.
+ */
+struct sbx_client *sbx_client_connect(const char *addr, int timeout_ms, struct sbx_err *err);
+
+/*
+ * Wrap an already connected byte stream (socket, pipe pair excluded: one fd, read and write).
+ * Takes ownership of @fd on success and on failure. @name is used in error messages.
+ */
+struct sbx_client *sbx_client_from_fd(int fd, const char *name, struct sbx_err *err);
+
+/*
+ * Send hello {version, min_version, client:"libsbx", token?} and wait (up to the connect timeout,
+ * or without limit for sbx_client_from_fd clients) for the reply. Stores the negotiated version,
+ * the capabilities and the limits. Returns 0, or -1 with @err (VERSION, AUTH, transport errors).
+ */
+int sbx_client_hello(struct sbx_client *c, const char *token, struct sbx_err *err);
+
+/* Close the connection and free everything. NULL is a no-op. */
+void sbx_client_close(struct sbx_client *c);
+
+/* The connection's fd, for poll(). Do not read or write it directly. */
+int sbx_client_fd(const struct sbx_client *c);
+
+/* The address string the client connected to (or the name given to sbx_client_from_fd). */
+const char *sbx_client_addr(const struct sbx_client *c);
+
+/* Negotiated protocol version; 0 before hello. */
+uint32_t sbx_client_version(const struct sbx_client *c);
+
+/* True when the agent announced capability @cap in hello. */
+bool sbx_client_has_cap(const struct sbx_client *c, const char *cap);
+
+/* limits.stream_window from hello (SBX_STREAM_WINDOW before hello or when absent). */
+uint32_t sbx_client_window(const struct sbx_client *c);
+
+/* limits.chunk_max from hello, never above SBX_STREAM_CHUNK_MAX. */
+uint32_t sbx_client_chunk_max(const struct sbx_client *c);
+
+/*
+ * The whole hello result map, or NULL before hello. Owned by the client and valid until
+ * sbx_client_close (it lives in its own buffer, unaffected by later receives).
+ */
+const msgpack_object *sbx_client_hello_result(const struct sbx_client *c);
+
+/* --- requests and messages ---------------------------------------------------------------- */
+
+/*
+ * Start a request for @method. Request ids are allocated sequentially from 1 per client; the id
+ * is stored in *@id. Returns the packer: the caller packs exactly ONE value (the params map)
+ * and then calls sbx_client_send. Between begin and send, call nothing else on the client.
+ */
+msgpack_packer *sbx_client_begin(struct sbx_client *c, const char *method, uint32_t *id);
+
+/* Start a notification the same way (pack the params map, then sbx_client_send). */
+msgpack_packer *sbx_client_begin_notify(struct sbx_client *c, const char *method);
+
+/*
+ * Finish the frame begun last and write it out completely (blocking, EINTR-safe, polls on
+ * EAGAIN; while the socket is full, incoming bytes are read ahead so neither side can deadlock).
+ * Returns 0, or -1 with @err (LIMIT for a frame over the cap, transport errors).
+ */
+int sbx_client_send(struct sbx_client *c, struct sbx_err *err);
+
+/*
+ * Receive the next message. Returns 1 with *@m filled, 0 when @timeout_ms (>= 0) passed without
+ * a complete message, -1 on error: "EOF" when the agent closed the connection (the message
+ * includes the agent's last "error" notification if one came), the errno name for a transport
+ * error, BAD_FRAME / FRAME_TOO_LARGE (fatal) or BAD_MESSAGE (that message is skipped; the
+ * connection stays usable). Messages queued during wait/stream_write come first, in arrival
+ * order. stream.credit, stream.cancel and stream.end notifications update the stream table
+ * before they are returned. *@m is valid until the next call that reads from the connection
+ * (recv, wait, call0, hello, stream_write, send).
+ */
+int sbx_client_recv(struct sbx_client *c, struct sbx_msg *m, int timeout_ms, struct sbx_err *err);
+
+/*
+ * Wait for the response to request @id; every other message that arrives meanwhile is queued
+ * for sbx_client_recv. Returns 0 with *@resp filled (resp->result) on success; -1 with @err
+ * filled from the response's error map (code, message, errno, stage, field), or from a transport
+ * failure, or TIMEOUT when @timeout_ms (>= 0) passed. *@resp has the lifetime of a received
+ * message.
+ */
+int sbx_client_wait(struct sbx_client *c, uint32_t id, struct sbx_msg *resp, int timeout_ms,
+                    struct sbx_err *err);
+
+/* begin @method + an empty params map + send + wait without time limit. */
+int sbx_client_call0(struct sbx_client *c, const char *method, struct sbx_msg *resp,
+                     struct sbx_err *err);
+
+/* True when sbx_client_recv can return a message without the fd becoming readable. */
+bool sbx_client_pending(const struct sbx_client *c);
+
+/* --- streams ------------------------------------------------------------------------------ */
+
+/* Send stream.credit {stream, bytes}: let the agent send @bytes more on "out" stream @stream. */
+int sbx_client_grant(struct sbx_client *c, uint32_t stream, uint32_t bytes, struct sbx_err *err);
+
+/* Send stream.end {stream} on an "in" stream (e.g. close a process's stdin). */
+int sbx_client_stream_end(struct sbx_client *c, uint32_t stream, struct sbx_err *err);
+
+/* Send stream.cancel {stream}: no more data wanted on "out" stream @stream (no stream.end will
+ * follow; data already in flight is discarded by the caller). */
+int sbx_client_stream_cancel(struct sbx_client *c, uint32_t stream, struct sbx_err *err);
+
+/*
+ * Send @len bytes on "in" stream @stream, split into frames of at most sbx_client_chunk_max()
+ * bytes, never beyond the credit the agent granted. Blocks (reading and queueing messages, and
+ * consuming stream.credit ones) while credit is exhausted. Returns 0, or -1 with @err: STREAM
+ * when the agent cancelled the stream or it was already ended, transport errors otherwise.
+ * A caller that must not block can write at most sbx_client_credit() bytes.
+ */
+int sbx_client_stream_write(struct sbx_client *c, uint32_t stream, const void *data, size_t len,
+                            struct sbx_err *err);
+
+/* Credit currently available for "in" stream @stream (the window if it was never used; 0 once
+ * it was cancelled or ended). */
+uint64_t sbx_client_credit(const struct sbx_client *c, uint32_t stream);
+
+/* True when the agent cancelled "in" stream @stream. */
+bool sbx_client_stream_cancelled(const struct sbx_client *c, uint32_t stream);
+
+/*
+ * Report that @n bytes of "out" stream @stream were delivered to their destination; sends
+ * stream.credit for the consumed bytes once they reach window/2. A no-op for streams that ended
+ * or were cancelled. Returns 0, or -1 with @err on a transport error.
+ */
+int sbx_client_consumed(struct sbx_client *c, uint32_t stream, uint32_t n, struct sbx_err *err);
+
+#endif /* SBX_CLIENT_H */
