@@ -103,6 +103,9 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m);
 void agent_pipe_update(struct agent_pipe *p);
 /* True while an output pipe may still legitimately carry data (used by the drain deadline). */
 bool agent_pipe_busy(struct agent_pipe *p);
+/* At the drain deadline: read what the pipe holds now without blocking (bounded by the pipe's
+ * capacity and the stream's credit) and send it. True if that reached end-of-file. */
+bool agent_pipe_final_drain(struct agent_pipe *p);
 /* Close a pipe's handle (idempotent); the proc counts the close. */
 void agent_pipe_close(struct agent_pipe *p);
 

@@ -566,19 +566,21 @@ static void drain_timer_cb(uv_timer_t *t)
         uv_timer_start(&p->drain_timer, drain_timer_cb, p->drain_ms ? p->drain_ms : 1, 0);
         return;
     }
-    /* Something (a background child) still holds the pipe open: end the streams here. */
+    /* Something (a background child) may still hold a pipe open: take what is there now, then
+     * end the stream; later writes by the holder get EPIPE. */
     for (int i = 0; i < 2; i++) {
         struct agent_pipe *pp = pipes[i];
         if (pp->open && !pp->eof) {
+            bool eof = agent_pipe_final_drain(pp);
             pp->eof = true;
-            pp->truncated = true;
+            pp->truncated = !eof;
             if (pp->stream != NULL) {
-                agent_stream_end(pp->stream, NULL, true);
+                agent_stream_end(pp->stream, NULL, !eof);
             }
             agent_pipe_close(pp);
         }
     }
-    proc_report(p, false);
+    proc_report(p, !p->out.truncated && !p->err.truncated);
 }
 
 void agent_proc_check_done(struct agent_proc *p)

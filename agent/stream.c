@@ -3,9 +3,10 @@
  * a process pipe. Output pipes are read only while the attached stream has credit, so a producer
  * the host cannot keep up with blocks in write() instead of growing the agent.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "agent.h"
 
@@ -366,28 +367,55 @@ void agent_pipe_update(struct agent_pipe *p)
     }
 }
 
-/* Bytes waiting in the pipe (FIONREAD); 0 on error. */
-static int pipe_pending(struct agent_pipe *p)
-{
-    uv_os_fd_t fd;
-    int n = 0;
-
-    if (uv_fileno((uv_handle_t *)&p->handle, &fd) != 0 || ioctl(fd, FIONREAD, &n) != 0) {
-        return 0;
-    }
-    return n;
-}
-
-/* Used by the drain deadline: true if this output may still be legitimately in flight. */
 bool agent_pipe_busy(struct agent_pipe *p)
 {
     if (!p->open || p->eof) {
         return false;
     }
-    /* Not reading for lack of credit, or bytes still sitting in the pipe: the host is slow, not
-     * the pipe held open; never cut that output short. */
-    return (p->stream != NULL && (p->stream->credit == 0 || p->stream->conn->paused)) ||
-           pipe_pending(p) > 0;
+    /* Not reading for lack of credit: the host is slow, the pipe is not held open. Never cut
+     * that output short; the client decides the pace (PROTOCOL.md 9.2). */
+    return p->stream != NULL && (p->stream->credit == 0 || p->stream->conn->paused);
+}
+
+bool agent_pipe_final_drain(struct agent_pipe *p)
+{
+    struct agent *a = p->proc->a;
+    uv_os_fd_t fd;
+    size_t budget = 1u << 20; /* the pipe's capacity: a writer refilling it cannot hold us */
+
+    if (uv_fileno((uv_handle_t *)&p->handle, &fd) != 0) {
+        return false;
+    }
+    while (budget > 0) {
+        struct agent_stream *s = p->stream;
+        size_t want = SBX_STREAM_CHUNK_MAX < budget ? SBX_STREAM_CHUNK_MAX : budget;
+        void *buf;
+        ssize_t n;
+
+        if (s != NULL && s->credit < want) {
+            want = (size_t)s->credit;
+        }
+        if (want == 0 || (buf = agent_buf_get(a)) == NULL) {
+            return false;
+        }
+        do {
+            n = read(fd, buf, want);
+        } while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            agent_buf_put(a, buf);
+            return n == 0; /* 0: end of file after all; <0 (EAGAIN): still held open */
+        }
+        budget -= (size_t)n;
+        p->total += (uint64_t)n;
+        if (s != NULL) {
+            s->credit -= (uint64_t)n;
+            agent_conn_send_data(s->conn, s->id, buf, (uint32_t)n);
+        } else {
+            replay_append(p, buf, (uint32_t)n);
+            agent_buf_put(a, buf);
+        }
+    }
+    return false;
 }
 
 static void pipe_close_cb(uv_handle_t *h)

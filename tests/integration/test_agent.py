@@ -463,6 +463,17 @@ class TestStreams(AgentCase):
         self.assertLess(elapsed, 10)  # far less than the 20 s the background child holds it
         self.assertEqual(ended, want)
 
+    def test_background_child_writing_forever(self):
+        # A descendant that keeps writing must not postpone the exit report forever either.
+        t = time.time()
+        r, ex, outs, events, ended, want = w.run(
+            self.c, {"command": "(while :; do echo spam; done) & echo parent", "drain_ms": 300})
+        self.assertLess(time.time() - t, 20)
+        self.assertFalse(ex["drained"])
+        self.assertTrue(outs[r["stdout"]].startswith(b"parent\n") or b"parent\n" in outs[r["stdout"]])
+        self.assertEqual(ended, want)
+        self.c.call("proc.kill", {"id": r["id"], "signal": "KILL", "group": True})
+
     def test_slow_consumer_bounded_memory(self):
         r = self.c.call("proc.spawn", self.helper("flood", 1 << 30))
         out = r["stdout"]
