@@ -61,6 +61,7 @@ struct agent_pipe {
     bool eof;       /* output: end reached (or forcibly ended) */
     bool truncated; /* output: ended by the drain deadline, not by EOF */
     bool is_input;
+    bool is_pty;                 /* a PTY master: EIO is the end; closing input writes nothing */
     struct agent_stream *stream; /* attached connection stream, or NULL */
     /* output while detached */
     uint8_t *replay;
@@ -177,6 +178,8 @@ struct agent_proc {
     struct agent_conn *owner; /* gets proc.exit; NULL once it disconnected */
     struct agent_pipe in, out, err;
     bool has_in, has_out, has_err;
+    bool pty;              /* started on a pseudo-terminal */
+    int pty_fd;            /* the master (owned by the output pipe's handle), for resize */
     unsigned handles_open; /* pipes + timers still to be closed */
     bool exited;
     bool done; /* exit reported (output ended or drain deadline passed) */
@@ -204,6 +207,7 @@ void agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m);
 void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m);
 void agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m);
 void agent_proc_release(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m);
 /* SIGCHLD: reap our own children (never waitpid(-1)). */
 void agent_proc_reap(struct agent *a);
 /* A pipe reached its end: maybe the exit can be reported now. */

@@ -29,6 +29,7 @@ static const struct agent_method methods[] = {
     { "proc.list", agent_proc_list, 1 },
     { "proc.close_stdin", agent_proc_close_stdin, 1 },
     { "proc.release", agent_proc_release, 1 },
+    { "proc.resize", agent_proc_resize, 1 },
 };
 
 void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,6 +36,9 @@ struct spawn_req {
     uint32_t kill_grace_ms;
     uint32_t drain_ms;
     char tag[SBX_TAG_MAX + 1];
+    bool pty;
+    struct winsize ws;
+    char pty_path[64];
 };
 
 /* What a failing child reports through the error pipe. */
@@ -43,8 +47,9 @@ struct child_err {
     int err;
 };
 
-static const char *const stage_names[] = { "pipe",   "fork",   "cwd",  "user",  "setgroups",
-                                           "setgid", "setuid", "exec", "stdio", "setsid" };
+static const char *const stage_names[] = { "pipe",      "fork",   "cwd",    "user",
+                                           "setgroups", "setgid", "setuid", "exec",
+                                           "stdio",     "setsid", "pty" };
 enum {
     ST_PIPE,
     ST_FORK,
@@ -55,7 +60,8 @@ enum {
     ST_SETUID,
     ST_EXEC,
     ST_STDIO,
-    ST_SETSID
+    ST_SETSID,
+    ST_PTY
 };
 
 static void spawn_req_free(struct spawn_req *r)
@@ -201,7 +207,7 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
     uint64_t u;
     bool clear = false;
     int r_argv, r_cmd, r_user, r_uid;
-    char *extra[4] = { NULL, NULL, NULL, NULL };
+    char *extra[5] = { NULL, NULL, NULL, NULL, NULL };
     int nextra = 0;
 
     memset(r, 0, sizeof(*r));
@@ -324,11 +330,29 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
     if (sbx_param_cstr(params, "tag", SBX_OPTIONAL, r->tag, sizeof(r->tag), err) < 0) {
         return -1;
     }
-    if (sbx_obj_get(params, "pty") != NULL &&
-        sbx_obj_get(params, "pty")->type != MSGPACK_OBJECT_NIL) {
-        sbx_err_set(err, SBX_E_UNSUPPORTED, "this agent has no \"pty\" capability yet");
-        snprintf(err->field, sizeof(err->field), "pty");
-        return -1;
+    {
+        const msgpack_object *pty = NULL;
+        uint64_t rows = 24, cols = 80;
+        char term[65] = "xterm-256color";
+        if (sbx_param_map(params, "pty", SBX_OPTIONAL, 16, &pty, err) < 0) {
+            return -1;
+        }
+        if (pty != NULL) {
+            if (sbx_param_u64(pty, "rows", SBX_OPTIONAL, 1, 65535, &rows, err) < 0 ||
+                sbx_param_u64(pty, "cols", SBX_OPTIONAL, 1, 65535, &cols, err) < 0 ||
+                sbx_param_cstr(pty, "term", SBX_OPTIONAL, term, sizeof(term), err) < 0) {
+                char f[SBX_ERR_FIELD_MAX];
+                snprintf(f, sizeof(f), "pty.%s", err->field);
+                memcpy(err->field, f, sizeof(f));
+                return -1;
+            }
+            r->pty = true;
+            r->ws.ws_row = (unsigned short)rows;
+            r->ws.ws_col = (unsigned short)cols;
+            if (asprintf(&extra[nextra++], "TERM=%s", term) < 0) {
+                return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            }
+        }
     }
 
     /* A user switch brings that user's HOME, USER and LOGNAME unless the request sets them. */
@@ -383,6 +407,15 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
 
     if (setsid() < 0) {
         child_fail(errfd, ST_SETSID);
+    }
+    if (r->pty) {
+        /* The slave becomes stdio and, through TIOCSCTTY, the controlling terminal of this new
+         * session; our process group is its foreground group. */
+        int slave = open(r->pty_path, O_RDWR | O_CLOEXEC);
+        if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) {
+            child_fail(errfd, ST_PTY);
+        }
+        fds[0] = fds[1] = fds[2] = slave;
     }
     for (int i = 0; i < 3; i++) {
         if (fds[i] < 0) {
@@ -710,14 +743,26 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
         snprintf(err.limit, sizeof(err.limit), "max_procs");
         goto fail;
     }
-    if ((r.io_in == IO_PIPE && pipe2(pin, O_CLOEXEC) < 0) ||
-        (r.io_out == IO_PIPE && pipe2(pout, O_CLOEXEC) < 0) ||
-        (r.io_err == IO_PIPE && pipe2(perr, O_CLOEXEC) < 0) || pipe2(errp, O_CLOEXEC) < 0) {
+    if (r.pty) {
+        /* The master is both directions; a dup gives input its own libuv handle. */
+        pout[0] = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (pout[0] < 0 || grantpt(pout[0]) < 0 || unlockpt(pout[0]) < 0 ||
+            ptsname_r(pout[0], r.pty_path, sizeof(r.pty_path)) != 0 ||
+            ioctl(pout[0], TIOCSWINSZ, &r.ws) < 0 ||
+            (pin[1] = fcntl(pout[0], F_DUPFD_CLOEXEC, 3)) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+            sbx_err_sys(&err, errno, "pty", "open a pseudo-terminal");
+            goto fail;
+        }
+        r.io_in = r.io_out = IO_PIPE;
+        r.io_err = IO_MERGE;
+    } else if ((r.io_in == IO_PIPE && pipe2(pin, O_CLOEXEC) < 0) ||
+               (r.io_out == IO_PIPE && pipe2(pout, O_CLOEXEC) < 0) ||
+               (r.io_err == IO_PIPE && pipe2(perr, O_CLOEXEC) < 0) || pipe2(errp, O_CLOEXEC) < 0) {
         sbx_err_sys(&err, errno, "pipe", "create pipes");
         goto fail;
     }
     /* Bigger pipes mean fewer wakeups on bulk output (best effort; capped by pipe-max-size). */
-    if (pout[0] >= 0) {
+    if (pout[0] >= 0 && !r.pty) {
         (void)fcntl(pout[0], F_SETPIPE_SZ, 1 << 20);
     }
     if (pin[0] >= 0) {
@@ -777,6 +822,9 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
     p->drain_ms = r.drain_ms;
     p->kill_signal = r.kill_signal;
     p->kill_grace_ms = r.kill_grace_ms;
+    p->pty = r.pty;
+    p->pty_fd = r.pty ? pout[0] : -1;
+    p->in.is_pty = p->out.is_pty = r.pty;
     agent_list_init(&p->waiters);
     agent_list_add_tail(&a->procs, &p->link);
     a->nprocs++;
@@ -788,13 +836,17 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
 
     /* From here the process exists: failures below end its streams, never lose it. */
     if (pin[1] >= 0) {
-        close(pin[0]);
+        if (pin[0] >= 0) {
+            close(pin[0]);
+        }
         p->has_in = pipe_setup(a, p, &p->in, pin[1], true) == 0;
         pin[1] = -1;
         sin = p->has_in ? agent_stream_new(c, AGENT_STREAM_IN, &p->in, &err) : NULL;
     }
     if (pout[0] >= 0) {
-        close(pout[1]);
+        if (pout[1] >= 0) {
+            close(pout[1]);
+        }
         p->has_out = pipe_setup(a, p, &p->out, pout[0], false) == 0;
         pout[0] = -1;
         sout = p->has_out ? agent_stream_new(c, AGENT_STREAM_OUT, &p->out, &err) : NULL;
@@ -964,6 +1016,10 @@ void agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m)
         if (p->in.stream != NULL) {
             agent_stream_free(p->in.stream);
         }
+        if (p->pty) {
+            agent_conn_reply_empty(c, m->id); /* the terminal stays open (PROTOCOL.md 15.1) */
+            return;
+        }
         p->in.close_requested = true;
         if (p->in.writes_pending == 0) {
             agent_pipe_close(&p->in);
@@ -1060,4 +1116,35 @@ void agent_proc_conn_gone(struct agent *a, struct agent_conn *c)
             }
         }
     }
+}
+
+void agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct agent_proc *p = proc_find(c->a, m, &err);
+    uint64_t rows, cols;
+    struct winsize ws;
+
+    if (p == NULL || sbx_param_u64(m->params, "rows", SBX_REQUIRED, 1, 65535, &rows, &err) != 0 ||
+        sbx_param_u64(m->params, "cols", SBX_REQUIRED, 1, 65535, &cols, &err) != 0) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (!p->pty) {
+        sbx_err_sys(&err, ENOTTY, NULL, "process %llu has no terminal", (unsigned long long)p->id);
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    /* After the exit (or once the master is closed) a resize is accepted and does nothing. */
+    if (!p->exited && p->out.open) {
+        memset(&ws, 0, sizeof(ws));
+        ws.ws_row = (unsigned short)rows;
+        ws.ws_col = (unsigned short)cols;
+        if (ioctl(p->pty_fd, TIOCSWINSZ, &ws) < 0) {
+            sbx_err_sys(&err, errno, NULL, "resize the terminal");
+            agent_conn_reply_error(c, m->id, &err);
+            return;
+        }
+    }
+    agent_conn_reply_empty(c, m->id);
 }

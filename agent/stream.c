@@ -159,7 +159,7 @@ void agent_stream_on_end(struct agent_conn *c, const struct sbx_msg *m)
     }
     p = s->pipe;
     agent_stream_free(s);
-    if (p != NULL) {
+    if (p != NULL && !p->is_pty) { /* PTY input: the terminal stays open (PROTOCOL.md 15.1) */
         p->close_requested = true;
         if (p->writes_pending == 0) {
             agent_pipe_close(p);
@@ -334,7 +334,14 @@ static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0) {
         return;
     }
-    /* UV_EOF, or an error such as EIO: either way this is the end of the output. */
+    /* UV_EOF, or an error such as EIO: either way this is the end of the output. A PTY master
+     * reports the end as EIO; and libuv 1.44 turns POLLHUP after a short read into UV_EOF even
+     * though a PTY's line discipline may still be delivering bytes (tail loss). So read once
+     * more, without blocking, before ending the stream. */
+    if (p->is_pty && (nread == UV_EIO || nread == UV_EOF)) {
+        (void)agent_pipe_final_drain(p);
+        nread = UV_EOF;
+    }
     p->eof = true;
     if (s != NULL) {
         struct sbx_err err;
@@ -403,7 +410,8 @@ bool agent_pipe_final_drain(struct agent_pipe *p)
         } while (n < 0 && errno == EINTR);
         if (n <= 0) {
             agent_buf_put(a, buf);
-            return n == 0; /* 0: end of file after all; <0 (EAGAIN): still held open */
+            /* 0 (or EIO on a PTY master): the end after all; EAGAIN: still held open. */
+            return n == 0 || (p->is_pty && errno == EIO);
         }
         budget -= (size_t)n;
         p->total += (uint64_t)n;

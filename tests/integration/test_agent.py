@@ -566,6 +566,74 @@ class TestStreams(AgentCase):
         self.assertEqual(self.c.call("proc.wait", {"id": r["id"]})["code"], 0)
 
 
+class TestPty(AgentCase):
+    def read_until(self, stream, needle, timeout=10):
+        out = b""
+        end = time.time() + timeout
+        while needle not in out:
+            self.assertLess(time.time(), end, "waiting for %r, got %r" % (needle, out))
+            m = self.c.recv()
+            if m[0] == 3 and m[1] == stream:
+                out += m[2]
+                self.c.credit(stream, len(m[2]))
+        return out
+
+    def test_terminal_size_and_term(self):
+        r, ex, outs, *_ = w.run(self.c, {"command": "test -t 0 && test -t 1 && echo tty; stty size;"
+                                                    " echo $TERM", "pty": {"rows": 33, "cols": 101,
+                                                                           "term": "vt100"}})
+        self.assertIsNone(r["stderr"])
+        self.assertEqual(outs[r["stdout"]], b"tty\r\n33 101\r\nvt100\r\n")
+        self.assertEqual(ex["code"], 0)
+
+    def test_resize_and_ctrl_c_and_ctrl_d(self):
+        r = self.c.call("proc.spawn", {"argv": ["sh"], "pty": {}})
+        self.c.call("proc.resize", {"id": r["id"], "rows": 50, "cols": 120})
+        self.c.data(r["stdin"], b"stty size; echo MARK$((1+1))\n")  # the echo of the line differs
+        self.assertIn(b"50 120", self.read_until(r["stdout"], b"MARK2\r\n"))
+        self.c.data(r["stdin"], b"sleep 100; echo slept\n")
+        time.sleep(0.3)
+        self.c.data(r["stdin"], b"\x03")  # ^C through the line discipline
+        self.c.data(r["stdin"], b"echo rc=$?\n")
+        out = self.read_until(r["stdout"], b"rc=130")
+        self.assertNotIn(b"\r\nslept\r\n", out)  # the command line echo aside, never printed
+        self.c.data(r["stdin"], b"cat; echo cat=$?\n")
+        self.c.data(r["stdin"], b"hello\n\x04")  # ^D ends cat's input
+        self.read_until(r["stdout"], b"cat=0")
+        self.c.data(r["stdin"], b"exit 5\n")
+        ex = self.c.call("proc.wait", {"id": r["id"]})
+        self.assertEqual(ex["code"], 5)
+        self.c.call("proc.resize", {"id": r["id"], "rows": 10, "cols": 10})  # after exit: no-op
+        q = self.c.call("proc.spawn", self.helper("exit", 0))
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("proc.resize", {"id": q["id"], "rows": 10, "cols": 10})
+        self.assertEqual(cm.exception.code, "ENOTTY")
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("proc.spawn", {"argv": ["true"], "pty": {"rows": 0}})
+        self.assertEqual(cm.exception.err["field"], "pty.rows")
+
+    def test_kill_by_signal(self):
+        r = self.c.call("proc.spawn", {"argv": ["sleep", "100"], "pty": {}})
+        self.c.call("proc.kill", {"id": r["id"], "signal": "INT"})
+        self.assertEqual(self.c.call("proc.wait", {"id": r["id"]})["signal"], "SIGINT")
+
+    def test_burst_then_exit_500(self):
+        for i in range(500):
+            r, ex, outs, events, ended, want = w.run(
+                self.c, {"command": "head -c 20000 /dev/zero | tr '\\0' x; printf END", "pty": {}})
+            self.assertEqual(outs.get(r["stdout"]), b"x" * 20000 + b"END", i)
+            self.assertEqual(events[-1], ("exit", None))
+
+    def test_outlives_connection(self):
+        r = self.c.call("proc.spawn", {"argv": ["sh"], "pty": {}})
+        self.c.close()
+        self.c = self.agent.connect()
+        procs = {p["id"]: p for p in self.c.call("proc.list")["procs"]}
+        self.assertEqual(procs[r["id"]]["state"], "running")
+        self.c.call("proc.kill", {"id": r["id"], "signal": "KILL"})
+        self.assertEqual(self.c.call("proc.wait", {"id": r["id"]})["signal"], "SIGKILL")
+
+
 class TestHostile(AgentCase):
     def raw(self):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
