@@ -23,28 +23,17 @@ int init_oom_score_adj(int value)
     return rc;
 }
 
-/* Fills envp (INIT_ENV_MAX + 2 slots): the configured environment, which starts from the
- * built-in PATH, HOME, LANG and TERM, plus SBX_INIT_FD for the agent. */
-static char **build_env(struct init_state *st, char **envp, bool agent)
+/* In the child: exec with init's original signal mask (dispositions are SIG_DFL already) and
+ * the configured environment; the agent's starts with SBX_INIT_FD, so getenv() finds ours. */
+static _Noreturn void child_exec(struct init_state *st, char **argv, bool agent)
 {
-    int n = 0;
+    char *envp[INIT_ENV_MAX + 2] = { (char *)"SBX_INIT_FD=3" }; /* the rest: NULL */
 
-    if (agent) {
-        envp[n++] = (char *)"SBX_INIT_FD=3"; /* first, so getenv() finds ours */
-    }
     for (int j = 0; j < st->cfg.nenv; j++) {
-        envp[n++] = st->cfg.env[j];
+        envp[j + 1] = st->cfg.env[j];
     }
-    envp[n] = NULL;
-    return envp;
-}
-
-/* In the child: restore the signal mask init started with, then exec. Dispositions are
- * already SIG_DFL: main() reset them and init never installs handlers. */
-static _Noreturn void child_exec(struct init_state *st, char **argv, char **envp)
-{
     if (sigprocmask(SIG_SETMASK, &st->orig_mask, NULL) == 0) {
-        execve(argv[0], argv, envp);
+        execve(argv[0], argv, agent ? envp : envp + 1);
     }
     init_log("exec %s: %m", argv[0]);
     _exit(127);
@@ -68,8 +57,7 @@ static void schedule_restart(struct init_state *st, int64_t now, const char *wha
 
 void init_agent_start(struct init_state *st)
 {
-    char *argv[2 * INIT_LISTEN_MAX + 3], *envp[INIT_ENV_MAX + 2];
-    char listen[INIT_VALUE_LEN], *save = NULL;
+    char *argv[2 * INIT_LISTEN_MAX + 3], listen[INIT_VALUE_LEN], *save = NULL;
     int64_t now = init_now(CLOCK_BOOTTIME);
     int sv[2], argc = 0, null;
     pid_t pid;
@@ -98,7 +86,7 @@ void init_agent_start(struct init_state *st)
             init_log("agent: child setup: %m");
             _exit(127);
         }
-        child_exec(st, argv, build_env(st, envp, true));
+        child_exec(st, argv, true);
     }
     close(sv[1]);
     if (pid < 0) {
@@ -116,20 +104,20 @@ void init_agent_start(struct init_state *st)
 
 void init_shell_start(struct init_state *st)
 {
-    char *argv[] = { (char *)st->shell_path, NULL }, *envp[INIT_ENV_MAX + 2];
+    char *argv[] = { (char *)st->shell_path, NULL };
     pid_t pid = fork();
 
     if (pid == 0) {
-        /* Its own session with the console as controlling terminal, for job control; best
-         * effort, as a shell without it (or on a pipe, in tests) is still a shell. */
+        /* Its own session and the console as its tty, for job control; best effort: a shell
+         * without them (on a pipe, in tests) is still a shell. */
         if (setsid() < 0 || (isatty(0) && ioctl(0, TIOCSCTTY, 1) < 0) ||
             init_oom_score_adj(0) < 0) {
             init_log("rescue shell: setup: %m; going on");
         }
-        child_exec(st, argv, build_env(st, envp, false));
+        child_exec(st, argv, false);
     }
     st->shell.started_ns = init_now(CLOCK_BOOTTIME);
-    st->shell.restart_ns = st->shell.started_ns + INIT_SHELL_PAUSE_NS; /* if fork failed */
+    st->shell.restart_ns = st->shell.started_ns + INIT_SHELL_PAUSE_NS; /* the earliest restart */
     if (pid < 0) {
         init_log("rescue shell: fork: %m");
         return;
@@ -166,8 +154,7 @@ static void exited(struct init_state *st, struct init_child *c, int status, int6
         }
         schedule_restart(st, now, what);
     } else {
-        c->restart_ns = c->started_ns + INIT_SHELL_PAUSE_NS; /* no faster than that */
-        c->restart_ns = c->restart_ns > now ? c->restart_ns : now;
+        c->restart_ns = c->restart_ns > now ? c->restart_ns : now; /* start + 1 s at the earliest */
         init_log("rescue shell: %s; restart in %.3fs", what,
                  (double)(c->restart_ns - now) / INIT_NSEC);
     }

@@ -9,19 +9,16 @@
 
 #include "init.h"
 
-struct init_key;
-/* A setter returns NULL when it took the value, or the reason it did not. */
-typedef const char *(*init_setter)(struct init_config *cfg, const struct init_key *k,
-                                   const char *value);
-
 struct init_key {
     const char *name;
-    init_setter set;
+    /* Returns NULL when it took the value, or the reason it did not. */
+    const char *(*set)(struct init_config *cfg, const struct init_key *k, const char *value);
     const char *def;            /* applied through `set` too: defaults obey the same rules */
     size_t field;               /* set_duration, set_choice: offsetof() the value */
     const char *on, *off, *why; /* set_choice: its two words, and the complaint */
 };
 #define INIT_FIELD(f) offsetof(struct init_config, f)
+#define INIT_ALNUM    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 /* The base environment of the agent and the rescue shell; sbx.env.* replaces entries. */
 static const char *const init_env_base[][2] = {
@@ -48,20 +45,18 @@ long long init_parse_uint(const char *s, long long max)
 
 int init_parse_duration(const char *s, int64_t *seconds)
 {
+    const char *p = s;
     int64_t v = 0, mult;
 
-    if (!isdigit((unsigned char)*s)) {
-        return -EINVAL;
-    }
-    for (; isdigit((unsigned char)*s); s++) {
-        if ((v = v * 10 + (*s - '0')) > INIT_DURATION_MAX_S) {
+    for (; isdigit((unsigned char)*p); p++) {
+        if ((v = v * 10 + (*p - '0')) > INIT_DURATION_MAX_S) {
             return -ERANGE;
         }
     }
-    if (*s != '\0' && (s[1] != '\0' || strchr("smh", *s) == NULL)) {
+    if (p == s || (*p != '\0' && (p[1] != '\0' || strchr("smh", *p) == NULL))) {
         return -EINVAL;
     }
-    mult = *s == 'h' ? 3600 : *s == 'm' ? 60 : 1;
+    mult = *p == 'h' ? 3600 : *p == 'm' ? 60 : 1;
     if (v * mult > INIT_DURATION_MAX_S) {
         return -ERANGE;
     }
@@ -78,7 +73,6 @@ static const char *set_duration(struct init_config *cfg, const struct init_key *
                            : "not a duration (<N>, <N>s, <N>m or <N>h)";
 }
 
-/* One of two words; the field is a bool that says whether it is the `on` one. */
 static const char *set_choice(struct init_config *cfg, const struct init_key *k, const char *v)
 {
     if (strcmp(v, k->on) != 0 && strcmp(v, k->off) != 0) {
@@ -140,8 +134,7 @@ static const char *set_hostname(struct init_config *cfg, const struct init_key *
     if (n == 0 || n >= sizeof(cfg->hostname)) {
         return "must be 1 to 64 characters";
     }
-    if (v[0] == '-' || v[0] == '.' ||
-        strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != n) {
+    if (v[0] == '-' || v[0] == '.' || strspn(v, INIT_ALNUM "-.") != n) {
         return "only letters, digits, '-' and '.', not first";
     }
     memcpy(cfg->hostname, v, n + 1);
@@ -235,41 +228,35 @@ static const struct init_key init_keys[] = {
 
 static int set_env(struct init_config *cfg, const char *key, const char *value)
 {
-    const char *name = key + strlen("sbx.env."), *why = NULL;
+    const char *name = key + strlen("sbx.env."), *why;
     size_t n = strlen(name);
-    int slot = cfg->nenv;
+    int slot = 0;
 
-    if (n == 0 || isdigit((unsigned char)name[0]) ||
-        strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789") != n) {
+    /* A higher-precedence source replaces the value, in place. */
+    while (slot < cfg->nenv &&
+           (strncmp(cfg->env[slot], name, n) != 0 || cfg->env[slot][n] != '=')) {
+        slot++;
+    }
+    if (n == 0 || isdigit((unsigned char)name[0]) || strspn(name, INIT_ALNUM "_") != n) {
         why = "invalid variable name";
     } else if (n + strlen(value) + 2 > INIT_ENV_LEN) {
         why = "too long (max 1023 bytes)";
-    }
-    for (int i = 0; why == NULL && i < cfg->nenv; i++) {
-        if (strncmp(cfg->env[i], name, n) == 0 && cfg->env[i][n] == '=') {
-            slot = i; /* a higher-precedence source replaces the value, in place */
-        }
-    }
-    if (why == NULL && slot == INIT_ENV_MAX) {
+    } else if (slot == INIT_ENV_MAX) {
         why = "too many sbx.env entries (max 32)";
+    } else {
+        snprintf(cfg->env[slot], INIT_ENV_LEN, "%s=%s", name, value);
+        cfg->nenv += slot == cfg->nenv;
+        return 0;
     }
-    if (why != NULL) {
-        if (!cfg->quiet) {
-            init_log("config: %s=\"%.80s\": %s; ignored", key, value, why);
-        }
-        return -EINVAL;
+    if (!cfg->quiet) {
+        init_log("config: %s=\"%.80s\": %s; ignored", key, value, why);
     }
-    snprintf(cfg->env[slot], INIT_ENV_LEN, "%s=%s", name, value);
-    cfg->nenv += slot == cfg->nenv;
-    return 0;
+    return -EINVAL;
 }
 
 void init_config_defaults(struct init_config *cfg)
 {
-    bool quiet = cfg->quiet;
-
-    memset(cfg, 0, sizeof(*cfg));
-    cfg->quiet = quiet;
+    *cfg = (struct init_config){ .quiet = cfg->quiet };
     for (size_t i = 0; i < INIT_NKEYS; i++) {
         (void)init_keys[i].set(cfg, &init_keys[i], init_keys[i].def); /* valid by construction */
     }
@@ -334,14 +321,12 @@ int init_config_load_file(struct init_config *cfg, const char *path)
         if (*line == '\0' || *line == '#') {
             continue;
         }
-        if ((eq = strchr(line, '=')) == NULL) {
-            if (!cfg->quiet) {
-                init_log("config: %s: \"%.40s\": not key=value; ignored", path, line);
-            }
-            continue;
+        if ((eq = strchr(line, '=')) != NULL) {
+            *eq = '\0';
+            (void)init_config_set(cfg, trim(line), trim(eq + 1)); /* reports by itself */
+        } else if (!cfg->quiet) {
+            init_log("config: %s: \"%.40s\": not key=value; ignored", path, line);
         }
-        *eq = '\0';
-        (void)init_config_set(cfg, trim(line), trim(eq + 1)); /* reports by itself */
     }
     return 0;
 }

@@ -3,14 +3,11 @@
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "init.h"
-
-#define INIT_CTL_ARGS 8
 
 struct init_args {
     int n;
@@ -34,7 +31,6 @@ static __attribute__((format(printf, 2, 3))) void ctl_send(struct init_state *st
     }
 }
 
-/* The value of `key`, or NULL. */
 static const char *value(const struct init_args *a, const char *key)
 {
     for (int i = 0; i < a->n; i++) {
@@ -48,12 +44,9 @@ static const char *value(const struct init_args *a, const char *key)
 /* Answers "extend" and "lifetime?": the agent pairs each question with one reply. */
 static void reply_lifetime(struct init_state *st, const struct init_args *a)
 {
-    int64_t deadline = st->cfg.lifetime == INIT_LIFETIME_DURATION  ? st->deadline_ns
-                       : st->cfg.lifetime == INIT_LIFETIME_SESSION ? st->session_ns
-                                                                   : 0;
-
+    /* Only the lifetime mode's own timer is ever set: deadline_ns or session_ns, or none. */
     ctl_send(st, "lifetime mode=%s deadline_ns=%lld", init_lifetime_names[st->cfg.lifetime],
-             (long long)deadline);
+             (long long)(st->deadline_ns != 0 ? st->deadline_ns : st->session_ns));
 }
 
 void init_ctl_send_boot(struct init_state *st, int64_t exec_ns)
@@ -70,28 +63,24 @@ void init_ctl_send_boot(struct init_state *st, int64_t exec_ns)
 
 void init_set_clients(struct init_state *st, int n)
 {
-    int before = st->clients;
+    bool session = st->cfg.lifetime == INIT_LIFETIME_SESSION;
 
-    st->clients = n;
-    if (st->cfg.lifetime != INIT_LIFETIME_SESSION) {
-        return;
-    }
-    if (n > 0 && st->session_ns != 0) {
+    if (session && n > 0 && st->session_ns != 0) {
         st->session_ns = 0;
         init_log("lifetime: a client connected; session timer stopped");
-    } else if (n == 0 && before > 0) {
+    } else if (session && n == 0 && st->clients > 0) {
         /* Armed only on the way down: a VM nobody has connected to yet stays up. */
         st->session_ns = init_now(CLOCK_BOOTTIME) + st->cfg.session_grace_s * INIT_NSEC;
         init_log("lifetime: last client left; power off in %llds unless one connects",
                  (long long)st->cfg.session_grace_s);
     }
+    st->clients = n;
 }
 
 static void on_ready(struct init_state *st, const struct init_args *a)
 {
     int64_t now = init_now(CLOCK_BOOTTIME);
 
-    st->ready_ns = now;
     st->agent_ready = true;
     st->start_failures = 0;
     init_log("agent ready (pid %d): %.6fs after init started, %.6fs after boot", (int)st->agent.pid,
@@ -187,8 +176,7 @@ void init_ctl_read(struct init_state *st)
     char buf[INIT_CTL_MAX + 1];
 
     while (st->ctl >= 0) {
-        /* MSG_TRUNC: recv() returns the datagram's real length, so an oversized one is
-         * recognised and dropped whole instead of being handled cut short. */
+        /* MSG_TRUNC: the real length, so an oversized datagram is dropped whole, not cut short. */
         ssize_t n = recv(st->ctl, buf, INIT_CTL_MAX, MSG_DONTWAIT | MSG_TRUNC);
         struct pollfd p = { st->ctl, POLLIN, 0 };
 

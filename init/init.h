@@ -18,6 +18,7 @@
 #define INIT_MOUNTS_MAX     16    /* mounts we made and unmount at shutdown */
 #define INIT_FILE_MAX       16384 /* /proc/cmdline, the config file, the module list */
 #define INIT_CTL_MAX        512   /* one control-channel datagram */
+#define INIT_CTL_ARGS       8     /* key=value arguments in one */
 #define INIT_DURATION_MAX_S (10LL * 365 * 24 * 3600)
 
 #define INIT_NSEC           1000000000LL
@@ -64,7 +65,6 @@ struct init_state {
     sigset_t orig_mask; /* what children get back before exec */
     int sigfd, ctl;     /* ctl: init's end of the control channel, -1 when none */
     int64_t start_ns;   /* CLOCK_BOOTTIME at entry to main() */
-    int64_t ready_ns;   /* CLOCK_BOOTTIME of the agent's last "ready"; 0 before */
     struct init_child agent, shell;
     bool agent_ready;        /* this agent instance said "ready" */
     bool want_shell;         /* sbx.debug=shell, or the agent kept failing */
@@ -82,24 +82,20 @@ struct init_state {
 /* log.c */
 /* Reads clock `id` in nanoseconds; 0 if it is unavailable. */
 int64_t init_now(clockid_t id);
-/* Writes "sbx-init[<monotonic s>]: <message>\n" to stderr (the console) in one write(2).
- * Preserves errno, so callers can log with %m. */
+/* Logs "sbx-init[<monotonic s>]: <message>" to the console in one write; keeps errno (%m). */
 void init_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Reads at most size-1 bytes of `path` into buf and NUL-terminates it. Returns the length
- * or -errno. */
+/* Reads up to size-1 bytes of `path` into buf, NUL-terminated. Returns the length or -errno. */
 ssize_t init_read_file(const char *path, char *buf, size_t size);
 
 /* config.c */
 /* Fills `cfg` with the built-in defaults (listed in docs/INIT.md); keeps cfg->quiet. */
 void init_config_defaults(struct init_config *cfg);
-/* Applies one key. A bad value is reported (unless cfg->quiet), the key gets its default
- * and -EINVAL is returned; an unknown sbx.* key is reported and gives -ENOENT; other keys
- * (the kernel's own) are ignored and give 0. */
+/* Applies one key. A bad value is reported (unless cfg->quiet) and gets the default: -EINVAL;
+ * an unknown sbx.* key is reported: -ENOENT; other keys are the kernel's: ignored, 0. */
 int init_config_set(struct init_config *cfg, const char *key, const char *value);
 /* Applies the `key=value` lines of a file ('#' starts a comment line). 0 or -errno. */
 int init_config_load_file(struct init_config *cfg, const char *path);
-/* Applies the keys of a kernel command line, tokenising `cmdline` in place; double quotes
- * group words and are removed, as the kernel does. */
+/* Applies a kernel command line, tokenised in place; "double quotes" group words. */
 void init_config_load_cmdline(struct init_config *cfg, char *cmdline);
 /* Parses "<N>[s|m|h]" into seconds. Returns 0, -EINVAL or -ERANGE. */
 int init_parse_duration(const char *s, int64_t *seconds);
@@ -109,14 +105,11 @@ long long init_parse_uint(const char *s, long long max);
 extern const char *const init_lifetime_names[3];
 
 /* mount.c */
-/* Makes sure fds 0-2 are open: the kernel opens /dev/console for us only if the initramfs
- * has it; otherwise mount devtmpfs and open the console (or /dev/null) ourselves. */
+/* Opens the console on fds 0-2 unless the kernel did (it does if the initramfs has one). */
 void init_console_setup(struct init_state *st);
-/* Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp, cgroup2 under st->prefix, each
- * only if not already mounted, and makes the /dev links. Failures are logged, not fatal. */
+/* Mounts the missing pseudo filesystems and /dev links under st->prefix; failures are logged. */
 void init_mount_early(struct init_state *st);
-/* Switches to the root= device when running from an initramfs. Returns true if it did;
- * on any failure it logs and stays in the initramfs, so the VM stays reachable. */
+/* Switches from an initramfs to root=; true if it did. On failure it stays, still reachable. */
 bool init_root_switch(struct init_state *st);
 /* Unmounts what we mounted, in reverse order; remounts a switched-to root read-only. */
 void init_umount_all(struct init_state *st);
@@ -134,15 +127,13 @@ int init_oom_score_adj(int value);
 void init_agent_start(struct init_state *st);
 /* Forks and execs the rescue shell on the console. */
 void init_shell_start(struct init_state *st);
-/* Reaps every exited child, scheduling agent and shell restarts. Returns true when init
- * has no children at all (waitpid said ECHILD). */
+/* Reaps exited children, scheduling restarts; true when init has no children left (ECHILD). */
 bool init_reap(struct init_state *st);
 
 /* ctl.c */
 /* Sends `boot ...` to the agent just started; exec_ns is when it was exec'd. */
 void init_ctl_send_boot(struct init_state *st, int64_t exec_ns);
-/* Handles every pending datagram; closes the channel when the agent hung up. Malformed
- * input is logged and ignored, never fatal. */
+/* Handles the pending datagrams (bad ones are logged); closes the channel on hang-up. */
 void init_ctl_read(struct init_state *st);
 /* Records the number of connected host clients and runs the session timer. */
 void init_set_clients(struct init_state *st, int n);

@@ -16,22 +16,20 @@ int64_t init_now(clockid_t id)
 
 void init_log(const char *fmt, ...)
 {
-    int64_t now = init_now(CLOCK_MONOTONIC);
     int saved = errno;
+    int64_t now = init_now(CLOCK_MONOTONIC);
     char line[640];
+    int n = snprintf(line, sizeof(line), "sbx-init[%lld.%06lld]: ", (long long)(now / INIT_NSEC),
+                     (long long)(now % INIT_NSEC / 1000));
     va_list ap;
-    int n;
 
-    n = snprintf(line, sizeof(line), "sbx-init[%lld.%06lld]: ", (long long)(now / INIT_NSEC),
-                 (long long)(now % INIT_NSEC / 1000));
-    errno = saved;
+    errno = saved; /* for %m */
     va_start(ap, fmt);
     n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
     va_end(ap);
     n = n > (int)sizeof(line) - 2 ? (int)sizeof(line) - 2 : n; /* truncated: end the line */
     line[n++] = '\n';
-    /* One write, so init's and the agent's lines never interleave. A console that is gone
-     * cannot be told about it, so the result is deliberately ignored. */
+    /* One write, so init's and the agent's lines never interleave; a gone console can't be told. */
     (void)!write(STDERR_FILENO, line, (size_t)n);
     errno = saved;
 }
@@ -39,11 +37,9 @@ void init_log(const char *fmt, ...)
 ssize_t init_read_file(const char *path, char *buf, size_t size)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    ssize_t n = fd < 0 ? -errno : read(fd, buf, size - 1);
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, size - 1);
 
-    if (n == -1) {
-        n = -errno;
-    }
+    n = n < 0 ? -errno : n;
     if (fd >= 0) {
         close(fd);
     }

@@ -29,8 +29,7 @@ void init_request_shutdown(struct init_state *st, enum init_action action, const
     }
 }
 
-/* Returns true for --help. Other unknown arguments are logged and skipped: the kernel hands
- * init the boot words it does not know, and PID 1 must not stop for them. */
+/* True for --help. Unknown arguments (boot words the kernel passes on) are logged and skipped. */
 static bool parse_args(struct init_state *st, int argc, char **argv)
 {
     const struct {
@@ -78,11 +77,14 @@ static int setup_signals(struct init_state *st)
     return st->sigfd < 0 ? -errno : 0;
 }
 
-/* Waits up to `ns` for every process to be gone, reaping meanwhile. True if they are. */
-static bool wait_all_gone(struct init_state *st, int64_t ns)
+/* Sends `sig` to all, then waits up to `ns` for every process to be gone, reaping; true if so. */
+static bool kill_all(struct init_state *st, int sig, int64_t ns)
 {
     struct signalfd_siginfo si;
 
+    if (kill(-1, sig) < 0 && errno != ESRCH) {
+        init_log("shutdown: kill(-1, %s): %m", sig == SIGKILL ? "SIGKILL" : "SIGTERM");
+    }
     for (int64_t until = init_now(CLOCK_BOOTTIME) + ns;;) {
         struct pollfd p = { st->sigfd, POLLIN, 0 };
         int64_t left = until - init_now(CLOCK_BOOTTIME);
@@ -116,15 +118,9 @@ static _Noreturn void shutdown_now(struct init_state *st)
     }
     init_log("shutdown: SIGTERM to all processes; grace %llds",
              (long long)st->cfg.shutdown_grace_s);
-    if (kill(-1, SIGTERM) < 0 && errno != ESRCH) {
-        init_log("shutdown: kill(-1, SIGTERM): %m");
-    }
-    if (!wait_all_gone(st, st->cfg.shutdown_grace_s * INIT_NSEC)) {
+    if (!kill_all(st, SIGTERM, st->cfg.shutdown_grace_s * INIT_NSEC)) {
         init_log("shutdown: SIGKILL to all processes");
-        if (kill(-1, SIGKILL) < 0 && errno != ESRCH) {
-            init_log("shutdown: kill(-1, SIGKILL): %m");
-        }
-        if (!wait_all_gone(st, 2 * INIT_NSEC)) {
+        if (!kill_all(st, SIGKILL, 2 * INIT_NSEC)) {
             init_log("shutdown: processes left after SIGKILL (uninterruptible?)");
         }
     }
@@ -277,8 +273,7 @@ int main(int argc, char **argv)
         errno = -rc;
         fatal(&st, "signals");
     }
-    /* Ctrl-Alt-Del becomes SIGINT to us instead of an instant reset. EINVAL in a PID
-     * namespace (tests), where the setting is not ours to change. */
+    /* Ctrl-Alt-Del becomes SIGINT to us, not an instant reset. EINVAL: a PID namespace (tests). */
     if (reboot(RB_DISABLE_CAD) < 0 && errno != EINVAL) {
         init_log("reboot(RB_DISABLE_CAD): %m");
     }
@@ -290,8 +285,7 @@ int main(int argc, char **argv)
     if ((n = init_read_file(st.cmdline_path, st.cmdline, sizeof(st.cmdline))) < 0) {
         init_log("config: %s: %s", st.cmdline_path, strerror((int)-n));
     }
-    /* The root switch needs root= before the config file can be read from the new root: a
-     * silent first pass over the command line gives it. */
+    /* A silent first pass gives root= for the switch, before the new root's config file. */
     if (st.prefix[0] == '\0') {
         load_config(&st, true);
         if (init_root_switch(&st)) {

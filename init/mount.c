@@ -1,5 +1,4 @@
-/* mount.c: the console, early mounts, kernel modules, the switch from an initramfs to the
- * real root, and unmounting at shutdown. */
+/* mount.c: console, early mounts, modules, the switch from an initramfs to root=, unmounting. */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/magic.h>
@@ -118,7 +117,6 @@ void init_modules_load(const char *path)
 {
     char list[INIT_FILE_MAX], mod[INIT_PATH_LEN], *next = list, *line;
     int loaded = 0, failed = 0, fd;
-
     ssize_t n = init_read_file(path, list, sizeof(list));
 
     if (n < 0) {
@@ -149,9 +147,8 @@ void init_modules_load(const char *path)
 
 /* Mounts the new root on /newroot: the device, or (sbx.overlay=tmpfs) the device read-only
  * as the lower layer of an overlay whose upper layer is a tmpfs. Returns 0 or -errno. */
-static int mount_newroot(const struct init_config *cfg)
+static int mount_newroot(const struct init_config *cfg, const char *type)
 {
-    const char *type = cfg->squashfs ? "squashfs" : "ext4";
     unsigned long ro = cfg->root_ro || cfg->squashfs || cfg->overlay ? MS_RDONLY : 0;
     struct stat sb;
 
@@ -198,7 +195,7 @@ bool init_root_switch(struct init_state *st)
         init_log("root: root=%s ignored: / is not an initramfs", st->cfg.root);
         return false;
     }
-    if ((rc = mount_newroot(&st->cfg)) < 0) {
+    if ((rc = mount_newroot(&st->cfg, type)) < 0) {
         init_log("root: %s (%s%s): %s; staying in the initramfs", st->cfg.root, type, how,
                  strerror(-rc));
         return false;

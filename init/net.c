@@ -23,9 +23,8 @@ static struct sockaddr inaddr(struct in_addr a)
 /* One SIOCSIF* request on `ifname`: an address (SIOCSIFADDR/NETMASK) or IFF_UP (flags). */
 static int ifreq(int s, const char *ifname, unsigned long req, struct in_addr a)
 {
-    struct ifreq ifr;
+    struct ifreq ifr = { 0 };
 
-    memset(&ifr, 0, sizeof(ifr));
     snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
     if (req != SIOCSIFFLAGS) {
         ifr.ifr_addr = inaddr(a);
@@ -40,7 +39,11 @@ static int ifreq(int s, const char *ifname, unsigned long req, struct in_addr a)
 static int eth0_setup(int s, const struct init_config *cfg)
 {
     struct in_addr mask = { htonl(~0U << (32 - cfg->ip_prefix)) }, any = { 0 };
-    struct rtentry rt;
+    struct rtentry rt = { .rt_dst = inaddr(any),
+                          .rt_genmask = inaddr(any),
+                          .rt_gateway = inaddr(cfg->gw),
+                          .rt_flags = RTF_UP | RTF_GATEWAY,
+                          .rt_dev = (char *)"eth0" };
     int rc;
 
     if ((rc = ifreq(s, "eth0", SIOCSIFADDR, cfg->ip)) < 0 ||
@@ -48,11 +51,6 @@ static int eth0_setup(int s, const struct init_config *cfg)
         (rc = ifreq(s, "eth0", SIOCSIFFLAGS, any)) < 0 || !cfg->has_gw) {
         return rc;
     }
-    memset(&rt, 0, sizeof(rt));
-    rt.rt_dst = rt.rt_genmask = inaddr(any);
-    rt.rt_gateway = inaddr(cfg->gw);
-    rt.rt_flags = RTF_UP | RTF_GATEWAY;
-    rt.rt_dev = (char *)"eth0";
     return ioctl(s, SIOCADDRT, &rt) < 0 ? -errno : 0;
 }
 
@@ -62,11 +60,9 @@ void init_net_setup(const struct init_config *cfg)
     struct in_addr none = { 0 };
     int s, rc;
 
-    if (sethostname(cfg->hostname, strlen(cfg->hostname)) < 0) {
-        init_log("net: hostname %s: %m", cfg->hostname);
-    } else {
-        init_log("net: hostname %s", cfg->hostname);
-    }
+    rc = sethostname(cfg->hostname, strlen(cfg->hostname)) < 0 ? -errno : 0;
+    init_log("net: hostname %s%s%s", cfg->hostname, rc < 0 ? ": " : "",
+             rc < 0 ? strerror(-rc) : "");
     if ((s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0) {
         init_log("net: socket: %m");
         return;
