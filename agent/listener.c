@@ -327,11 +327,12 @@ static void serial_try(uv_timer_t *t)
             return;
         }
     }
-    /* POLLHUP without data means no host is connected to the port's chardev right now. */
+    /* POLLHUP means no host is connected to the port's chardev right now. virtio_console also
+     * reports POLLIN then (a read would return 0 at once), so POLLIN must not count. */
     pfd.fd = l->fd;
     pfd.events = POLLIN;
     pfd.revents = 0;
-    if (poll(&pfd, 1, 0) >= 0 && (pfd.revents & POLLHUP) && !(pfd.revents & POLLIN)) {
+    if (poll(&pfd, 1, 0) >= 0 && (pfd.revents & POLLHUP)) {
         uv_timer_start(&l->retry, serial_try, SERIAL_RETRY_MS, 0);
         return;
     }

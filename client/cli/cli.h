@@ -56,6 +56,7 @@ void cli_print_err(const char *cmd, const struct sbx_err *err);
 /* Commands: argv[0] is the command name; each returns the process exit status. */
 int cli_cmd_exec(struct cli *cli, int argc, char **argv);
 int cli_cmd_sh(struct cli *cli, int argc, char **argv);
+int cli_cmd_shell(struct cli *cli, int argc, char **argv);
 int cli_cmd_ping(struct cli *cli, int argc, char **argv);
 int cli_cmd_info(struct cli *cli, int argc, char **argv);
 int cli_cmd_hello(struct cli *cli, int argc, char **argv);
@@ -121,5 +122,34 @@ int cli_write_all(int fd, const void *p, size_t n);
 
 /* Render a duration in nanoseconds for humans ("1.25s", "340ms", "2h03m"). */
 void cli_format_ns(char *buf, size_t bufsz, uint64_t ns);
+
+/* --- tty.c -------------------------------------------------------------------------------- */
+
+/* The size a PTY gets when no local terminal tells us better. */
+#define CLI_TTY_ROWS 24
+#define CLI_TTY_COLS 80
+
+/* The local window size from stdin, stdout or stderr (the first that is a terminal), else
+ * CLI_TTY_ROWS x CLI_TTY_COLS. */
+void cli_tty_size(unsigned *rows, unsigned *cols);
+
+/*
+ * Save terminal @fd's settings and put it in raw mode (cfmakeraw on a copy). The first call
+ * also registers cli_tty_restore with atexit. Returns 0, or -1 with errno (nothing changed).
+ */
+int cli_tty_raw(int fd);
+
+/* Raw mode again after cli_tty_restore (e.g. on SIGCONT after a stop); 0 when there is no saved
+ * terminal, -1 with errno on failure. */
+int cli_tty_reraw(void);
+
+/* Put the saved settings back if raw mode is in effect. Idempotent and async-signal-safe. */
+void cli_tty_restore(void);
+
+/* cli_tty_restore, then drop the saved settings (cli_tty_reraw does nothing afterwards). */
+void cli_tty_forget(void);
+
+/* True while raw mode is in effect. */
+bool cli_tty_is_raw(void);
 
 #endif /* SBX_CLI_H */

@@ -1,9 +1,13 @@
-/* sbx exec / sbx sh: spawn a process, stream its stdio both ways, pass its exit status through. */
+/*
+ * sbx exec / sbx sh / sbx shell: spawn a process (optionally on a PTY), stream its stdio both
+ * ways, pass its exit status through.
+ */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,8 +23,28 @@
 /* How many local SIGINTs are forwarded before sbx gives up on the agent and exits. */
 #define SIGINT_GIVE_UP 3
 
+/* The terminal sbx shell / exec -t hands the process when $TERM is unset or unusable. */
+#define DEFAULT_TERM "xterm-256color"
+
+/* What `sbx shell` runs without a command. */
+static char *const default_shell[] = { "/bin/sh", "-l" };
+
 /* The write end of the self-pipe the signal handler reports into (signal-safe global). */
 static volatile int sig_pipe_w = -1;
+/* PTY mode: SIGTERM and SIGHUP restore the local terminal in the handler already. */
+static volatile sig_atomic_t sig_pty;
+/* How many SIGTERM / SIGHUP arrived in PTY mode (a second one while we are stuck is fatal). */
+static volatile sig_atomic_t sig_hangups;
+
+enum exec_mode {
+    MODE_EXEC,  /* sbx exec CMD ARG... */
+    MODE_SH,    /* sbx sh 'COMMAND LINE' */
+    MODE_SHELL, /* sbx shell [-- CMD ARG...]: always a PTY */
+};
+
+/* What the requests sent while streaming were, by id % REQ_SLOTS, for error messages. */
+#define REQ_SLOTS 64
+enum { REQ_KILL = 1, REQ_RESIZE = 2 };
 
 /* One remote output stream and where its bytes go. */
 struct sink {
@@ -50,6 +74,13 @@ struct exec {
     char *exit_json;
     size_t exit_json_len;
     int sigints;
+    /* PTY mode */
+    bool pty;
+    bool raw;            /* the local stdin is a terminal we put in raw mode */
+    unsigned rows, cols; /* the size the remote terminal has (as far as we told it) */
+    bool in_partial;     /* the last input byte sent did not end a line */
+    int quit_status;     /* pump returned 1: exit with this */
+    uint8_t req[REQ_SLOTS];
 };
 
 struct exec_opts {
@@ -61,7 +92,73 @@ struct exec_opts {
     bool no_stdin;
     bool merge;
     bool clear_env;
+    bool tty;
 };
+
+/* Print an sbx message to stderr; while the terminal is raw, "\n" becomes "\r\n". */
+__attribute__((format(printf, 1, 2))) static void say(const char *fmt, ...)
+{
+    char buf[1024], out[2048];
+    size_t n = 0;
+    va_list ap;
+
+    va_start(ap, fmt);
+    (void)vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (!cli_tty_is_raw()) {
+        (void)fputs(buf, stderr);
+        return;
+    }
+    for (const char *p = buf; *p != '\0' && n < sizeof(out) - 2; p++) {
+        if (*p == '\n') {
+            out[n++] = '\r';
+        }
+        out[n++] = *p;
+    }
+    (void)fwrite(out, 1, n, stderr);
+}
+
+/* "sbx: exec CMD: <what>: <message> (<code>)", the code left out when the message has it. */
+static void say_err(const struct exec *x, const char *what, const struct sbx_err *e)
+{
+    if (e->code[0] != '\0' && strstr(e->msg, e->code) == NULL) {
+        say("sbx: exec %s: %s: %s (%s)\n", x->what, what, e->msg, e->code);
+    } else {
+        say("sbx: exec %s: %s: %s\n", x->what, what, e->msg);
+    }
+}
+
+static void shell_usage(FILE *f)
+{
+    (void)fprintf(
+        f,
+        "Usage: sbx shell [OPTIONS] [-- CMD [ARG...]]\n"
+        "\n"
+        "Open an interactive terminal session in the sandbox: CMD (default: /bin/sh -l) runs on\n"
+        "a remote PTY of this terminal's size with TERM=$TERM (xterm-256color when unset), this\n"
+        "terminal is in raw mode until sbx exits (every key, ^C and ^D included, goes to the\n"
+        "remote side), and window size changes are passed on.\n"
+        "\n"
+        "Options:\n"
+        "  -e, --env K=V      set a variable (repeatable); --env K copies K from here\n"
+        "      --clear-env    start from an empty environment, not the agent's base env\n"
+        "  -w, --cwd DIR      working directory\n"
+        "  -u, --user U       run as user name U, or UID, or UID:GID\n"
+        "      --timeout DUR  kill the process after DUR (e.g. 500ms, 10s, 2m)\n"
+        "  -h, --help         show this help\n"
+        "\n"
+        "When this stdin is not a terminal there is no raw mode: the input is passed through\n"
+        "as it is, and at its end sbx sends ^D (two when the last line is unfinished), the\n"
+        "terminal's end-of-file, so a shell or cat reading it ends.\n"
+        "\n"
+        "SIGTERM or SIGHUP received here hangs up: the terminal is restored, the remote process\n"
+        "group gets SIGHUP, and sbx exits with 128+N. SIGINT and SIGQUIT sent to sbx (not typed:\n"
+        "typed ^C is a byte for the remote terminal) are forwarded to the remote process group.\n"
+        "\n"
+        "Exit status: the process's own, or 128+N when it was killed by signal N;\n"
+        "127 when the command is not found, 126 when it cannot be executed,\n"
+        "125 when sbx itself or the spawn failed otherwise.\n");
+}
 
 static void exec_usage(FILE *f, bool shell)
 {
@@ -85,9 +182,13 @@ static void exec_usage(FILE *f, bool shell)
         "      --clear-env    start from an empty environment, not the agent's base env\n"
         "  -w, --cwd DIR      working directory\n"
         "  -u, --user U       run as user name U, or UID, or UID:GID\n"
-        "  -t, --timeout DUR  kill the process after DUR (e.g. 500ms, 10s, 2m)\n"
+        "      --timeout DUR  kill the process after DUR (e.g. 500ms, 10s, 2m)\n"
+        "  -t, --tty          run the process on a remote PTY (as 'sbx shell' does): stdout\n"
+        "                     and stderr arrive merged on stdout, this terminal goes raw\n"
+        "                     while it runs if stdin is one, window size changes are passed\n"
+        "                     on; see 'sbx shell --help' for input without a terminal\n"
         "  -n, --no-stdin     give the process /dev/null as stdin (also automatic when this\n"
-        "                     stdin is /dev/null or closed)\n"
+        "                     stdin is /dev/null or closed); with --tty: send it no input\n"
         "      --merge        send the process's stderr into its stdout stream\n"
         "      --json         capture the output and print one JSON object at the end:\n"
         "                     {\"exit\":{...proc.exit...},\"stdout\":\"...\",\"stderr\":\"...\"}\n"
@@ -172,12 +273,30 @@ static const char *env_value(const char *entry, size_t *name_len)
     return getenv(entry);
 }
 
-static int spawn(struct exec *x, const struct exec_opts *o, int argc, char **argv,
+/* $TERM if the protocol accepts it (1..64 bytes of printable ASCII), else DEFAULT_TERM. */
+static const char *term_name(void)
+{
+    const char *t = getenv("TERM");
+    size_t n = t != NULL ? strlen(t) : 0;
+
+    if (n == 0 || n > 64) {
+        return DEFAULT_TERM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (t[i] <= ' ' || t[i] > '~') {
+            return DEFAULT_TERM;
+        }
+    }
+    return t;
+}
+
+static int spawn(struct exec *x, const struct exec_opts *o, int argc, char *const *argv,
                  const char *command, struct sbx_err *err)
 {
     struct sbx_msg resp;
     msgpack_packer *pk;
-    uint32_t id, entries = 4, nenv = 0;
+    /* argv or command, then pty, or stdin + stdout + stderr */
+    uint32_t id, entries = o->tty ? 2 : 4, nenv = 0;
     bool pipe_stdin = !o->no_stdin && !stdin_is_null();
     uint64_t v;
     int r;
@@ -203,9 +322,18 @@ static int spawn(struct exec *x, const struct exec_opts *o, int argc, char **arg
             sbx_pack_cstr(pk, argv[i]);
         }
     }
-    sbx_pack_kv_str(pk, "stdin", pipe_stdin ? "pipe" : "null");
-    sbx_pack_kv_str(pk, "stdout", "pipe");
-    sbx_pack_kv_str(pk, "stderr", o->merge ? "stdout" : "pipe");
+    if (o->tty) {
+        /* The agent ignores stdin/stdout/stderr here: the PTY is all three. */
+        sbx_pack_cstr(pk, "pty");
+        (void)msgpack_pack_map(pk, 3);
+        sbx_pack_kv_u64(pk, "rows", x->rows);
+        sbx_pack_kv_u64(pk, "cols", x->cols);
+        sbx_pack_kv_str(pk, "term", term_name());
+    } else {
+        sbx_pack_kv_str(pk, "stdin", pipe_stdin ? "pipe" : "null");
+        sbx_pack_kv_str(pk, "stdout", "pipe");
+        sbx_pack_kv_str(pk, "stderr", o->merge ? "stdout" : "pipe");
+    }
     if (nenv > 0) {
         sbx_pack_cstr(pk, "env");
         (void)msgpack_pack_map(pk, nenv);
@@ -257,7 +385,8 @@ static int spawn(struct exec *x, const struct exec_opts *o, int argc, char **arg
     x->err.sid = r == 0 ? (uint32_t)v : 0;
     x->out.done = x->out.sid == 0;
     x->err.done = x->err.sid == 0;
-    x->stdin_open = x->sin != 0;
+    /* On a PTY the input stream always exists; --no-stdin just never sends anything. */
+    x->stdin_open = x->sin != 0 && !o->no_stdin;
     return 0;
 }
 
@@ -320,8 +449,7 @@ static int deliver(struct exec *x, struct sink *s, const struct sbx_msg *m, stru
         if (r < 0) {
             /* Our side of this stream is gone: tell the agent and carry on with the rest. */
             if (r != -EPIPE) {
-                (void)fprintf(stderr, "sbx: exec %s: writing remote %s: %s\n", x->what, s->name,
-                              strerror(-r));
+                say("sbx: exec %s: writing remote %s: %s\n", x->what, s->name, strerror(-r));
             }
             s->done = true;
             return sbx_client_stream_cancel(x->c, s->sid, err);
@@ -391,14 +519,12 @@ static void on_stream_end(struct exec *x, const msgpack_object *params)
     s->done = true;
     if (eo != NULL && eo->type == MSGPACK_OBJECT_MAP) {
         sbx_err_from_obj(eo, &e);
-        (void)fprintf(stderr, "sbx: exec %s: remote %s: %s (%s)\n", x->what, s->name, e.msg,
-                      e.code);
+        say("sbx: exec %s: remote %s: %s (%s)\n", x->what, s->name, e.msg, e.code);
     }
     if (sbx_param_bool(params, "truncated", SBX_OPTIONAL, &truncated, &e) == 0 && truncated &&
         !x->cli->json) {
-        (void)fprintf(stderr,
-                      "sbx: exec %s: remote %s cut short: a background process kept it open\n",
-                      x->what, s->name);
+        say("sbx: exec %s: remote %s cut short: a background process kept it open\n", x->what,
+            s->name);
     }
 }
 
@@ -434,16 +560,19 @@ static int handle(struct exec *x, const struct sbx_msg *m, struct sbx_err *err)
             }
         } else if (sbx_msg_method_is(m, "error") && m->params != NULL) {
             sbx_err_from_obj(m->params, &e);
-            cli_print_err("agent", &e);
+            say_err(x, "agent", &e);
         }
         return 0;
     case SBX_MSG_RESPONSE:
-        /* Answers to the proc.kill requests we sent for forwarded signals. */
+        /* Answers to the proc.kill / proc.resize requests sent for local signals. */
         if (m->error != NULL) {
             sbx_err_from_obj(m->error, &e);
             /* Racing the exit is normal: the process or its group is already gone. */
             if (strcmp(e.code, SBX_E_NOT_FOUND) != 0 && strcmp(e.code, "ESRCH") != 0) {
-                cli_print_err("exec: forwarding a signal", &e);
+                say_err(x,
+                        x->req[m->id % REQ_SLOTS] == REQ_RESIZE ? "resizing the terminal"
+                                                                : "forwarding a signal",
+                        &e);
             }
         }
         return 0;
@@ -457,40 +586,153 @@ static void on_signal(int sig)
     int saved = errno;
     char b = (char)sig;
 
+    if (sig_pty && (sig == SIGTERM || sig == SIGHUP)) {
+        /* The main loop hangs up and exits; put the terminal back now in case it is stuck. */
+        cli_tty_restore();
+        if (++sig_hangups > 1) {
+            (void)signal(sig, SIG_DFL);
+            (void)raise(sig);
+        }
+    }
     if (sig_pipe_w >= 0) {
         (void)!write(sig_pipe_w, &b, 1); /* a full pipe already holds enough wake-ups */
     }
     errno = saved;
 }
 
-/* Forward the signals the self-pipe collected to the remote process group. */
+/* Send proc.kill to the remote group; handle() sees the answer later (@idp: to wait for it). */
+static int send_kill(struct exec *x, int sig, uint32_t *idp, struct sbx_err *err)
+{
+    msgpack_packer *pk;
+    uint32_t id;
+
+    pk = sbx_client_begin(x->c, "proc.kill", &id);
+    (void)msgpack_pack_map(pk, 3);
+    sbx_pack_kv_u64(pk, "id", x->proc);
+    cli_pack_signal(pk, "signal", sig);
+    /* Like a terminal: the whole foreground group gets it (a shell and its children). */
+    sbx_pack_kv_bool(pk, "group", true);
+    x->req[id % REQ_SLOTS] = REQ_KILL;
+    if (idp != NULL) {
+        *idp = id;
+    }
+    return sbx_client_send(x->c, err);
+}
+
+/* Tell the remote terminal the local window size if it changed. */
+static int send_resize(struct exec *x, struct sbx_err *err)
+{
+    msgpack_packer *pk;
+    unsigned rows, cols;
+    uint32_t id;
+
+    cli_tty_size(&rows, &cols);
+    if (rows == x->rows && cols == x->cols) {
+        return 0;
+    }
+    x->rows = rows;
+    x->cols = cols;
+    pk = sbx_client_begin(x->c, "proc.resize", &id);
+    (void)msgpack_pack_map(pk, 3);
+    sbx_pack_kv_u64(pk, "id", x->proc);
+    sbx_pack_kv_u64(pk, "rows", rows);
+    sbx_pack_kv_u64(pk, "cols", cols);
+    x->req[id % REQ_SLOTS] = REQ_RESIZE;
+    return sbx_client_send(x->c, err);
+}
+
+/*
+ * The local side is going away (SIGTERM / SIGHUP, or the terminal closed): restore the
+ * terminal, hang up the remote process group as a terminal would (SIGHUP; an interactive shell
+ * ignores SIGTERM) and make pump return 1 with 128+@sig.
+ */
+static int hang_up(struct exec *x, int sig)
+{
+    struct sbx_msg resp;
+    struct sbx_err e;
+    uint32_t id;
+
+    cli_tty_restore();
+    x->quit_status = 128 + sig;
+    if (!x->exited && send_kill(x, SIGHUP, &id, &e) == 0) {
+        /* Briefly: the agent has it once it answers; a dead agent must not keep us here. */
+        (void)sbx_client_wait(x->c, id, &resp, 2000, &e);
+    }
+    return 1;
+}
+
+/* Act on the signals the self-pipe collected: forward, resize, or hang up. */
 static int forward_signals(struct exec *x, int rfd, struct sbx_err *err)
 {
     char sigs[16];
     ssize_t n = read(rfd, sigs, sizeof(sigs));
+    bool winch = false;
 
     for (ssize_t i = 0; i < n; i++) {
-        msgpack_packer *pk;
-        uint32_t id;
-
-        if (sigs[i] == SIGINT && ++x->sigints >= SIGINT_GIVE_UP) {
-            (void)fprintf(stderr, "sbx: exec %s: interrupted %d times, giving up\n", x->what,
-                          x->sigints);
-            return 1;
+        switch (sigs[i]) {
+        case SIGWINCH:
+            winch = true;
+            continue;
+        case SIGCONT:
+            /* Stopped and continued: whoever ran meanwhile may have changed the terminal. */
+            if (x->raw && cli_tty_reraw() < 0) {
+                say("sbx: exec %s: raw mode: %s\n", x->what, strerror(errno));
+            }
+            winch = true;
+            continue;
+        case SIGTERM:
+        case SIGHUP:
+            if (x->pty) {
+                return hang_up(x, sigs[i]);
+            }
+            break;
+        case SIGINT:
+            if (++x->sigints >= SIGINT_GIVE_UP) {
+                cli_tty_restore();
+                say("sbx: exec %s: interrupted %d times, giving up\n", x->what, x->sigints);
+                x->quit_status = 128 + SIGINT;
+                return 1;
+            }
+            break;
+        default:
+            break;
         }
-        pk = sbx_client_begin(x->c, "proc.kill", &id);
-        (void)msgpack_pack_map(pk, 3);
-        sbx_pack_kv_u64(pk, "id", x->proc);
-        cli_pack_signal(pk, "signal", sigs[i]);
-        /* Like a terminal: the whole foreground group gets it (a shell and its children). */
-        sbx_pack_kv_bool(pk, "group", true);
-        if (sbx_client_send(x->c, err) < 0) {
+        if (send_kill(x, sigs[i], NULL, err) < 0) {
             return -1;
         }
+    }
+    if (winch && x->pty && !x->exited) {
+        return send_resize(x, err);
     }
     return 0;
 }
 
+/*
+ * Local input ended (not a terminal): on a PTY send ^D, the terminal's end-of-file for a
+ * canonical-mode reader; after an unfinished line the first ^D only delivers the line, so two.
+ */
+static int pty_eof(struct exec *x, struct sbx_err *err)
+{
+    static const uint8_t eot[2] = { 0x04, 0x04 };
+    uint64_t credit = sbx_client_credit(x->c, x->sin);
+    size_t n = x->in_partial ? 2 : 1;
+
+    x->stdin_open = false;
+    /* Within the credit, so this never blocks (a remote that stopped reading gets fewer). */
+    if (credit < n) {
+        n = (size_t)credit;
+    }
+    if (n > 0 && sbx_client_stream_write(x->c, x->sin, eot, n, err) < 0) {
+        if (strcmp(err->code, SBX_E_STREAM) == 0) {
+            sbx_err_clear(err);
+            return 0;
+        }
+        return -1;
+    }
+    return sbx_client_stream_end(x->c, x->sin, err);
+}
+
+/* Returns 0, 1 when pump must stop (a hangup), -1 on error. */
 static int forward_stdin(struct exec *x, struct sbx_err *err)
 {
     static uint8_t buf[64 << 10];
@@ -505,13 +747,22 @@ static int forward_stdin(struct exec *x, struct sbx_err *err)
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
         return 0;
     }
+    if (n <= 0 && x->raw) {
+        /* A raw terminal (VMIN 1) reads 0 or EIO only once it is gone. */
+        x->stdin_open = false;
+        return hang_up(x, SIGHUP);
+    }
     if (n < 0) {
-        (void)fprintf(stderr, "sbx: exec %s: reading stdin: %s\n", x->what, strerror(errno));
+        say("sbx: exec %s: reading stdin: %s\n", x->what, strerror(errno));
     }
     if (n <= 0) {
+        if (x->pty) {
+            return pty_eof(x, err);
+        }
         x->stdin_open = false;
         return sbx_client_stream_end(x->c, x->sin, err);
     }
+    x->in_partial = buf[n - 1] != '\n' && buf[n - 1] != '\r' && buf[n - 1] != 0x04;
     /* Never more than the credit, so this cannot block waiting for the agent. */
     if (sbx_client_stream_write(x->c, x->sin, buf, (size_t)n, err) < 0) {
         if (strcmp(err->code, SBX_E_STREAM) == 0) {
@@ -529,7 +780,8 @@ static bool finished(const struct exec *x)
     return x->out.done && x->err.done && x->exited;
 }
 
-/* Returns 0 when the process finished, 1 when the user gave up, -1 on error. */
+/* Returns 0 when the process finished, 1 when sbx must quit early (x->quit_status), -1 on
+ * error. */
 static int pump(struct exec *x, int sig_r, struct sbx_err *err)
 {
     while (!finished(x)) {
@@ -569,16 +821,21 @@ static int pump(struct exec *x, int sig_r, struct sbx_err *err)
                 return r;
             }
         }
-        if (pfd[2].fd >= 0 && pfd[2].revents != 0 && forward_stdin(x, err) < 0) {
-            return -1;
+        if (pfd[2].fd >= 0 && pfd[2].revents != 0) {
+            r = forward_stdin(x, err);
+            if (r != 0) {
+                return r;
+            }
         }
     }
     return 0;
 }
 
-static int setup_signals(int *rfd)
+static int setup_signals(bool pty, int *rfd)
 {
-    static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
+    static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH, SIGCONT };
+    /* SIGWINCH and SIGCONT only matter for a PTY; elsewhere they keep their defaults. */
+    size_t nsigs = sizeof(sigs) / sizeof(sigs[0]) - (pty ? 0 : 2);
     struct sigaction sa;
     int p[2];
 
@@ -586,11 +843,13 @@ static int setup_signals(int *rfd)
         return -1;
     }
     sig_pipe_w = p[1];
+    sig_pty = pty;
+    sig_hangups = 0;
     *rfd = p[0];
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     (void)sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+    for (size_t i = 0; i < nsigs; i++) {
         if (sigaction(sigs[i], &sa, NULL) < 0) {
             return -1;
         }
@@ -660,19 +919,37 @@ static char *join_args(int argc, char **argv)
     return s;
 }
 
-static int exec_main(struct cli *cli, int argc, char **argv, bool shell)
+static int exec_main(struct cli *cli, int argc, char **argv, enum exec_mode mode)
 {
+    /* 'T': --timeout (its old short form -t is --tty now, as in docker exec -t). */
     static const struct option opts[] = {
-        { "env", required_argument, NULL, 'e' },  { "cwd", required_argument, NULL, 'w' },
-        { "user", required_argument, NULL, 'u' }, { "timeout", required_argument, NULL, 't' },
-        { "no-stdin", no_argument, NULL, 'n' },   { "merge", no_argument, NULL, 'm' },
-        { "clear-env", no_argument, NULL, 'C' },  { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },       { NULL, 0, NULL, 0 },
+        { "env", required_argument, NULL, 'e' },
+        { "cwd", required_argument, NULL, 'w' },
+        { "user", required_argument, NULL, 'u' },
+        { "timeout", required_argument, NULL, 'T' },
+        { "no-stdin", no_argument, NULL, 'n' },
+        { "merge", no_argument, NULL, 'm' },
+        { "clear-env", no_argument, NULL, 'C' },
+        { "json", no_argument, NULL, 'j' },
+        { "tty", no_argument, NULL, 't' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
     };
+    static const struct option shell_opts[] = {
+        { "env", required_argument, NULL, 'e' },
+        { "cwd", required_argument, NULL, 'w' },
+        { "user", required_argument, NULL, 'u' },
+        { "timeout", required_argument, NULL, 'T' },
+        { "clear-env", no_argument, NULL, 'C' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *name = mode == MODE_SHELL ? "shell" : mode == MODE_SH ? "sh" : "exec";
     struct exec_opts o = { 0 };
     struct exec x = { 0 };
     struct sbx_err err;
     char *command = NULL;
+    char *const *args;
     int opt, status = EXIT_SBX_FAILED, sig_r = -1, r;
 
     sbx_err_clear(&err);
@@ -680,7 +957,9 @@ static int exec_main(struct cli *cli, int argc, char **argv, bool shell)
     if (o.env == NULL) {
         return EXIT_SBX_FAILED;
     }
-    while ((opt = getopt_long(argc, argv, "+e:w:u:t:nh", opts, NULL)) != -1) {
+    o.tty = mode == MODE_SHELL;
+    while ((opt = mode == MODE_SHELL ? getopt_long(argc, argv, "+e:w:u:h", shell_opts, NULL)
+                                     : getopt_long(argc, argv, "+e:w:u:tnh", opts, NULL)) != -1) {
         switch (opt) {
         case 'e':
             if (optarg[0] == '\0' || optarg[0] == '=') {
@@ -696,12 +975,15 @@ static int exec_main(struct cli *cli, int argc, char **argv, bool shell)
         case 'u':
             o.user = optarg;
             break;
-        case 't':
+        case 'T':
             if (cli_parse_duration(optarg, &o.timeout_ms) < 0) {
                 (void)fprintf(stderr, "sbx: %s: bad --timeout \"%s\" (e.g. 500ms, 10s, 2m)\n",
                               argv[0], optarg);
                 goto out;
             }
+            break;
+        case 't':
+            o.tty = true;
             break;
         case 'n':
             o.no_stdin = true;
@@ -716,52 +998,88 @@ static int exec_main(struct cli *cli, int argc, char **argv, bool shell)
             cli->json = true;
             break;
         case 'h':
-            exec_usage(stdout, shell);
+            if (mode == MODE_SHELL) {
+                shell_usage(stdout);
+            } else {
+                exec_usage(stdout, mode == MODE_SH);
+            }
             status = 0;
             goto out;
         default:
-            exec_usage(stderr, shell);
+            if (mode == MODE_SHELL) {
+                shell_usage(stderr);
+            } else {
+                exec_usage(stderr, mode == MODE_SH);
+            }
             goto out;
         }
     }
     argc -= optind;
     argv += optind;
+    args = argv;
+    if (argc == 0 && mode == MODE_SHELL) {
+        args = default_shell;
+        argc = (int)(sizeof(default_shell) / sizeof(default_shell[0]));
+    }
     if (argc == 0) {
-        (void)fprintf(stderr, "sbx: %s: missing the command; see 'sbx %s --help'\n",
-                      shell ? "sh" : "exec", shell ? "sh" : "exec");
+        (void)fprintf(stderr, "sbx: %s: missing the command; see 'sbx %s --help'\n", name, name);
         goto out;
     }
-    if (shell) {
+    if (mode == MODE_SH) {
         command = join_args(argc, argv);
         if (command == NULL) {
             goto out;
         }
         x.what = command;
     } else {
-        x.what = argv[0];
+        x.what = args[0];
     }
     x.cli = cli;
+    x.pty = o.tty;
     x.out = (struct sink){ .name = "stdout", .fd = STDOUT_FILENO };
     x.err = (struct sink){ .name = "stderr", .fd = STDERR_FILENO };
+    if (x.pty) {
+        cli_tty_size(&x.rows, &x.cols);
+    }
     x.c = cli_connect(cli);
     if (x.c == NULL) {
         goto out;
     }
-    if (spawn(&x, &o, argc, argv, command, &err) < 0) {
+    if (spawn(&x, &o, argc, args, command, &err) < 0) {
         status = spawn_failed(&x, &err);
         goto out;
     }
-    if (setup_signals(&sig_r) < 0) {
+    if (setup_signals(x.pty, &sig_r) < 0) {
         (void)fprintf(stderr, "sbx: exec %s: signal setup: %s\n", x.what, strerror(errno));
         goto out;
     }
-    r = pump(&x, sig_r, &err);
+    if (x.pty && !o.no_stdin && isatty(STDIN_FILENO)) {
+        /* After the handlers: from here on every way out restores the terminal. */
+        if (cli_tty_raw(STDIN_FILENO) < 0) {
+            (void)fprintf(stderr, "sbx: exec %s: raw mode: %s\n", x.what, strerror(errno));
+        } else {
+            x.raw = true;
+        }
+    }
+    if (x.pty) {
+        /* A resize while spawning reached nobody; tell the remote terminal now. */
+        r = send_resize(&x, &err);
+        if (r == 0 && x.stdin_open && stdin_is_null()) {
+            r = pty_eof(&x, &err); /* /dev/null or closed: input is over before it began */
+        }
+    } else {
+        r = 0;
+    }
+    if (r == 0) {
+        r = pump(&x, sig_r, &err);
+    }
+    cli_tty_restore();
     if (r < 0) {
         (void)fprintf(stderr, "sbx: exec %s: %s (%s)\n", x.what, err.msg, err.code);
         goto out;
     }
     if (r > 0) {
-        status = 128 + SIGINT;
+        status = x.quit_status;
         goto out;
     }
     if (cli->json) {
@@ -769,6 +1087,7 @@ static int exec_main(struct cli *cli, int argc, char **argv, bool shell)
     }
     status = exit_status(&x);
 out:
+    cli_tty_forget();
     sbx_client_close(x.c);
     if (sig_r >= 0) {
         int w = sig_pipe_w;
@@ -786,10 +1105,15 @@ out:
 
 int cli_cmd_exec(struct cli *cli, int argc, char **argv)
 {
-    return exec_main(cli, argc, argv, false);
+    return exec_main(cli, argc, argv, MODE_EXEC);
 }
 
 int cli_cmd_sh(struct cli *cli, int argc, char **argv)
 {
-    return exec_main(cli, argc, argv, true);
+    return exec_main(cli, argc, argv, MODE_SH);
+}
+
+int cli_cmd_shell(struct cli *cli, int argc, char **argv)
+{
+    return exec_main(cli, argc, argv, MODE_SHELL);
 }

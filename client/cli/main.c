@@ -20,6 +20,7 @@ struct command {
 static const struct command commands[] = {
     { "exec", cli_cmd_exec, "run a command, stream its output, exit with its status" },
     { "sh", cli_cmd_sh, "run a shell command line (/bin/sh -c), like exec" },
+    { "shell", cli_cmd_shell, "open an interactive terminal session (a remote PTY)" },
     { "ping", cli_cmd_ping, "measure the round-trip time to the agent" },
     { "info", cli_cmd_info, "show agent and guest information" },
     { "hello", cli_cmd_hello, "show the negotiated version, capabilities and limits" },
@@ -192,7 +193,10 @@ int main(int argc, char **argv)
         if ((cli.addr == NULL || cli.addr[0] == '\0') && !wants_help(argc, argv)) {
             (void)fprintf(stderr, "sbx: no agent address: use -c ADDR or set SBX_ADDR "
                                   "(e.g. unix:/run/sbx.sock, vsock:3:1024)\n");
-            return strcmp(name, "exec") == 0 || strcmp(name, "sh") == 0 ? 125 : CLI_EXIT_USAGE;
+            return strcmp(name, "exec") == 0 || strcmp(name, "sh") == 0 ||
+                           strcmp(name, "shell") == 0
+                       ? 125
+                       : CLI_EXIT_USAGE;
         }
         optind = 0; /* glibc: full re-initialisation for the command's own getopt_long */
         return commands[i].run(&cli, argc, argv);

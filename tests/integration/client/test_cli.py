@@ -32,6 +32,25 @@ def wait_for_socket(path, proc):
         if proc.poll() is not None or time.time() > deadline:
             raise RuntimeError("%s did not start" % proc.args[0])
         time.sleep(0.01)
+    wait_for_listen(path)
+
+
+def wait_for_listen(path):
+    """The socket file appears at bind(), a moment before listen(): until then connecting is
+    refused, and the CLI (rightly) does not retry that."""
+    deadline = time.time() + 10
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        try:
+            s.connect(path)
+            return
+        except (ConnectionRefusedError, BlockingIOError):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.01)
+        finally:
+            s.close()
 
 
 class CliCase(unittest.TestCase):
@@ -40,6 +59,7 @@ class CliCase(unittest.TestCase):
     def setUp(self):
         self.agent = w.Agent(AGENT)
         self.addr = self.agent.addr
+        wait_for_listen(self.agent.sock)
 
     def tearDown(self):
         alive = self.agent.alive()
@@ -120,7 +140,8 @@ class TestCliSession(CliCase):
         self.assertEqual(r.returncode, 0, r.stderr)
 
     def test_help(self):
-        for cmd in ("exec", "sh", "ping", "info", "hello", "env", "ps", "kill", "wait", "call"):
+        for cmd in ("exec", "sh", "shell", "ping", "info", "hello", "env", "ps", "kill", "wait",
+                    "call"):
             r = subprocess.run([SBX, cmd, "--help"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env={"PATH": os.environ["PATH"]})
             self.assertEqual(r.returncode, 0, cmd)
@@ -269,6 +290,291 @@ class TestCliManage(CliCase):
         self.assertEqual(self.sbx("wait", str(ident)).returncode, 4)
 
 
+class TestCliPty(CliCase):
+    """sbx exec -t / sbx shell without a local terminal: stdio are pipes or /dev/null."""
+
+    def test_default_size_and_term(self):
+        r = self.sbx("exec", "-t", "--", "sh", "-c", "test -t 0 && test -t 1 && stty size")
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, b"24 80\r\n", b""))
+        r = self.sbx("sh", "-t", "test -t 2 && echo err >&2")  # stderr is the terminal too
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, b"err\r\n", b""))
+        env = {k: v for k, v in os.environ.items() if k != "TERM"}
+        r = self.sbx("shell", "--", "sh", "-c", "echo $TERM", env=env)
+        self.assertEqual(r.stdout, b"xterm-256color\r\n")
+        r = self.sbx("shell", "--", "sh", "-c", "echo $TERM", env=dict(env, TERM="vt100"))
+        self.assertEqual(r.stdout, b"vt100\r\n")
+        r = self.sbx("shell", "--", "sh", "-c", "echo $TERM", env=dict(env, TERM="bad term"))
+        self.assertEqual(r.stdout, b"xterm-256color\r\n")
+
+    def test_exit_status(self):
+        r = self.sbx("shell", "--", "sh", "-c", "exit 7")
+        self.assertEqual(r.returncode, 7, r.stderr)
+        r = self.sbx("shell", "--", "sh", "-c", "kill -KILL $$")
+        self.assertEqual(r.returncode, 128 + 9)
+        r = self.sbx("shell", "--", "no-such-command-xyz")
+        self.assertEqual(r.returncode, 127)
+        self.assertIn(b"(ENOENT, stage exec)", r.stderr)
+        r = self.sbx("exec", "-t", "--timeout", "300ms", "sleep", "10")
+        self.assertEqual(r.returncode, 128 + signal.SIGTERM)
+        self.assertIn(b"timed out", r.stderr)
+
+    def test_options(self):
+        r = self.sbx("shell", "--env", "FOO=bar baz", "--cwd", "/tmp", "--",
+                     "sh", "-c", 'echo "$FOO|$(pwd)"')
+        self.assertEqual((r.returncode, r.stdout), (0, b"bar baz|/tmp\r\n"))
+        r = self.sbx("shell", "--clear-env", "--env", "ONLY=1", "--", "/usr/bin/env",
+                     env=dict(os.environ, TERM="vt100"))
+        self.assertEqual(sorted(r.stdout.split(b"\r\n")), [b"", b"ONLY=1", b"TERM=vt100"])
+        if os.geteuid() == 0:
+            r = self.sbx("shell", "--user", "65534:65534", "--", "id", "-u")
+            self.assertEqual(r.stdout, b"65534\r\n")
+        r = self.sbx("shell", "--no-stdin")  # exec's options that make no sense here are refused
+        self.assertEqual(r.returncode, 125)
+        self.assertIn(b"Usage: sbx shell", r.stderr)
+
+    def test_piped_input_ends_with_ctrl_d(self):
+        # Local EOF becomes ^D: cat ends; after an unfinished line a second ^D is needed.
+        r = self.sbx("exec", "-t", "cat", stdin=None, input=b"hello\nabc", timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # The terminal's echo and cat's copy, in either order.
+        self.assertEqual(r.stdout.count(b"hello\r\n"), 2, r.stdout)
+        self.assertEqual(r.stdout.count(b"abc"), 2, r.stdout)
+        r = self.sbx("shell", "--", "sh", stdin=None, input=b"echo $((6*7))\nexit 3\n",
+                     timeout=10)
+        self.assertEqual(r.returncode, 3)
+        self.assertIn(b"42\r\n", r.stdout)  # after the echo and a prompt
+        # /dev/null: ^D at once, so even the default login shell ends at its first prompt.
+        r = self.sbx("shell", timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # --no-stdin sends nothing, not even ^D: cat waits until it is killed.
+        r = self.sbx("exec", "-t", "-n", "--timeout", "500ms", "cat", stdin=None, input=b"x\n",
+                     timeout=10)
+        self.assertEqual((r.returncode, r.stdout), (128 + signal.SIGTERM, b""))
+
+    def spawn_ready(self, script):
+        """Start `sbx shell -- sh -c SCRIPT` and wait for the "ready" line it prints."""
+        p = subprocess.Popen([SBX, "-c", self.addr, "shell", "--", "sh", "-c", script],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        self.addCleanup(p.stderr.close)
+        self.addCleanup(p.stdout.close)
+        self.addCleanup(lambda: p.poll() is not None or (p.kill(), p.wait()))
+        out = read_until_eof(p.stdout, 10, stop=b"\n")
+        self.assertEqual(out, b"ready\r\n", p.poll())
+        return p
+
+    def test_signal_forwarding(self):
+        # Without a local terminal, SIGINT sent to sbx still reaches the remote group.
+        p = self.spawn_ready("trap 'echo INT; exit 9' INT; echo ready; "
+                             "while :; do sleep 0.05; done")
+        p.send_signal(signal.SIGINT)
+        self.assertEqual(read_until_eof(p.stdout, 10), b"INT\r\n")
+        self.assertEqual(p.wait(10), 9)
+        # SIGTERM hangs up: sbx exits 143 at once, the remote group gets SIGHUP (an interactive
+        # shell ignores SIGTERM; this one does too).
+        p = self.spawn_ready("trap '' TERM; echo ready; while :; do sleep 0.05; done")
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(10), 128 + signal.SIGTERM)
+        self.assertEqual(self.remote_exit("trap '' TERM")["signal"], "SIGHUP")
+
+    def remote_exit(self, needle, timeout=10):
+        deadline = time.time() + timeout
+        while True:
+            procs = [q for q in self.json("ps")["procs"] if needle in " ".join(q["argv"])]
+            if procs and procs[0]["state"] != "running":
+                return procs[0]["exit"]
+            self.assertLess(time.time(), deadline, "the remote process is still running")
+            time.sleep(0.05)
+
+
+def read_line(s):
+    """One line from socket @s; fails at EOF instead of looping on it."""
+    line = b""
+    while not line.endswith(b"\n"):
+        b = s.recv(1)
+        if not b:
+            raise AssertionError("EOF after %r" % line)
+        line += b
+    return line
+
+
+def read_until_eof(f, timeout, stop=None):
+    """Read a pipe until EOF (or until @stop was read), failing after @timeout seconds."""
+    out = b""
+    deadline = time.time() + timeout
+    while stop is None or stop not in out:
+        left = deadline - time.time()
+        if left <= 0 or not select.select([f], [], [], left)[0]:
+            raise AssertionError("no EOF after %ss; read %r" % (timeout, out))
+        b = os.read(f.fileno(), 65536)
+        if not b:
+            break
+        out += b
+    return out
+
+
+TMUX = shutil.which("tmux")
+
+
+@unittest.skipIf(TMUX is None, "needs tmux")
+class TestCliShellTmux(CliCase):
+    """sbx shell on a real terminal: a detached tmux session on a private server.
+
+    The pane runs a script, not an interactive shell, so nothing but sbx touches the terminal
+    settings: `stty -g` before and after sbx must match."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp(prefix="sbx-tmux-")
+        self.server = "sbxtest-%d" % os.getpid()
+        self.env = {k: v for k, v in os.environ.items() if k != "TMUX"}
+        self.env["TMUX_TMPDIR"] = self.dir
+
+    def tearDown(self):
+        subprocess.run([TMUX, "-L", self.server, "kill-server"], env=self.env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        super().tearDown()
+
+    def tmux(self, *args):
+        r = subprocess.run([TMUX, "-L", self.server, "-f", "/dev/null", *args], env=self.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout.decode()
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def start(self, sbx_args):
+        """Run `sbx SBX_ARGS` in a 100x30 pane; the script records the terminal around it."""
+        with open(self.path("run.sh"), "w") as f:
+            f.write('cd "%s"\n' % self.dir)
+            f.write('stty -g > before\necho "$TERM" > term\n')
+            f.write('"%s" -c "%s" %s\n' % (SBX, self.addr, sbx_args))
+            f.write('rc=$?\nstty -g > after\nstty -a > after.txt\n')
+            f.write('echo "$rc" > rc.tmp; mv rc.tmp rc\nexec sleep 1000\n')  # rc: all done
+        self.tmux("new-session", "-d", "-x", "100", "-y", "30", "-s", "t",
+                  "sh " + self.path("run.sh"))
+        self.tty = self.tmux("display-message", "-p", "-t", "t", "#{pane_tty}").strip()
+
+    def screen(self):
+        return self.tmux("capture-pane", "-p", "-t", "t")
+
+    def wait_screen(self, needle, timeout=10, end=False):
+        """Wait for a line of the pane that is exactly @needle (trailing blanks aside), or that
+        ends with it (@end: typed-ahead input can put a prompt before output)."""
+        deadline = time.time() + timeout
+        while True:
+            text = self.screen()
+            lines = text.splitlines()
+            if needle in lines or (end and any(x.endswith(needle) for x in lines)):
+                return text
+            self.assertLess(time.time(), deadline, "waiting for %r on:\n%s" % (needle, text))
+            time.sleep(0.05)
+
+    def keys(self, *keys):
+        self.tmux("send-keys", "-t", "t", *keys)
+
+    def wait_rc(self, timeout=10):
+        deadline = time.time() + timeout
+        while not os.path.exists(self.path("rc")):
+            self.assertLess(time.time(), deadline, "sbx did not exit:\n" + self.screen())
+            time.sleep(0.05)
+        with open(self.path("rc")) as f:
+            return int(f.read())
+
+    def stty_a(self):
+        r = subprocess.run(["stty", "-a", "-F", self.tty], stdout=subprocess.PIPE, timeout=10)
+        return r.stdout.decode()
+
+    def assert_restored(self):
+        with open(self.path("before")) as f:
+            before = f.read()
+        with open(self.path("after")) as f:
+            self.assertEqual(f.read(), before, "the terminal settings were not restored")
+        with open(self.path("after.txt")) as f:
+            text = f.read().split()
+        self.assertIn("icanon", text)
+        self.assertIn("echo", text)
+
+    def test_shell_session(self):
+        self.start("shell --env 'PS1=sbx$ ' -- sh")
+        self.wait_screen("sbx$")  # tmux drops the blank at the end of the prompt
+        a = self.stty_a().split()
+        self.assertIn("-icanon", a)  # raw while sbx runs
+        self.assertIn("-echo", a)
+        self.keys("echo $((6*7)); echo T=$TERM; stty size", "Enter")
+        lines = self.wait_screen("30 100").splitlines()
+        self.assertIn("42", lines)
+        with open(self.path("term")) as f:
+            self.assertIn("T=" + f.read().strip(), lines)
+        # A window size change reaches the remote terminal.
+        self.tmux("resize-window", "-t", "t", "-x", "120", "-y", "40")
+        self.keys("clear; stty size", "Enter")
+        self.wait_screen("40 120")
+        # Typed ^C is a byte for the remote line discipline: it interrupts the remote command
+        # and neither sbx nor the session.
+        self.keys("clear; echo started; sleep 100; echo slept", "Enter")
+        self.wait_screen("started")
+        time.sleep(0.1)  # let sleep start (a ^C before it interrupts the shell: also 130)
+        self.keys("C-c")
+        self.keys("echo rc=$?", "Enter")
+        text = self.wait_screen("rc=130", end=True)
+        self.assertNotIn("slept", text.splitlines())
+        self.keys("exit 4", "Enter")
+        self.assertEqual(self.wait_rc(), 4)
+        self.assert_restored()
+
+    def test_ctrl_d_ends_the_shell(self):
+        self.start("shell --env 'PS1=sbx$ ' -- sh")
+        self.wait_screen("sbx$")
+        self.keys("C-d")
+        self.assertEqual(self.wait_rc(), 0)
+        self.assert_restored()
+
+    def test_exec_t(self):
+        self.start("exec -t -- sh -c 'test -t 0 && stty size; exit 5'")
+        self.assertEqual(self.wait_rc(), 5)
+        self.assertIn("30 100", self.screen().splitlines())
+        self.assert_restored()
+
+    def test_sigterm_restores_terminal(self):
+        self.start("shell --env 'PS1=sbx$ ' -- sh")
+        self.wait_screen("sbx$")
+        self.assertIn("-icanon", self.stty_a().split())
+        pane = int(self.tmux("display-message", "-p", "-t", "t", "#{pane_pid}"))
+        kids = children(pane)
+        self.assertEqual(len(kids), 1, kids)  # the script waits for sbx, its only child
+        os.kill(kids[0], signal.SIGTERM)
+        self.assertEqual(self.wait_rc(), 128 + signal.SIGTERM)
+        self.assert_restored()
+        # The remote shell was hung up, as a closing terminal would.
+        deadline = time.time() + 10
+        while True:
+            procs = self.json("ps")["procs"]
+            if procs and procs[0]["state"] != "running":
+                break
+            self.assertLess(time.time(), deadline, "the remote shell is still running")
+            time.sleep(0.05)
+        self.assertEqual(procs[0]["exit"]["signal"], "SIGHUP")
+
+
+def children(pid):
+    """The pids whose parent is @pid (from /proc/*/stat)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+            out.append(int(d))
+    return out
+
+
 class TestCliFcProxy(CliCase):
     def setUp(self):
         super().setUp()
@@ -297,9 +603,7 @@ class TestCliFcProxy(CliCase):
         s.settimeout(10)
         s.connect(self.fcsock)
         s.sendall(b"CONNECT 1024\n")
-        line = b""
-        while not line.endswith(b"\n"):
-            line += s.recv(1)
+        line = read_line(s)
         self.assertTrue(line.startswith(b"OK "), line)
         self.assertGreaterEqual(int(line[3:]), 1073741824)
         s.close()
@@ -322,9 +626,7 @@ class TestCliFcProxy(CliCase):
             s.settimeout(10)
             s.connect(fcsock)
             s.sendall(b"CONNECT 5\n")
-            line = b""
-            while not line.endswith(b"\n"):
-                line += s.recv(1)
+            line = read_line(s)
             self.assertTrue(line.startswith(b"OK "))
             payload = os.urandom(4 << 20)  # more than all the socket buffers on the way
             got = b""

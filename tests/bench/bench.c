@@ -1,0 +1,92 @@
+/* Benchmark helpers: clock, order statistics, table rows. */
+#include "bench.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+uint64_t bench_now_ns(void)
+{
+    struct timespec ts;
+
+    (void)clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail for this clock */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void bench_sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+double bench_percentile(double *v, size_t n, double p)
+{
+    double pos;
+    size_t i;
+
+    if (n == 0) {
+        return 0;
+    }
+    qsort(v, n, sizeof(*v), cmp_double);
+    /* Linear interpolation between closest ranks (numpy's default). */
+    pos = p * (double)(n - 1);
+    i = (size_t)pos;
+    if (i + 1 >= n) {
+        return v[n - 1];
+    }
+    return v[i] + (pos - (double)i) * (v[i + 1] - v[i]);
+}
+
+struct bench_stat bench_stat_of(double *v, size_t n)
+{
+    struct bench_stat s = { 0, 0, 0, n };
+
+    if (n == 0) {
+        return s;
+    }
+    s.med = bench_percentile(v, n, 0.5);
+    s.min = v[0];
+    s.max = v[n - 1];
+    return s;
+}
+
+void bench_row(const char *what, const char *figure, const char *spread, const char *baseline,
+               const char *ratio, const char *target, const char *met)
+{
+    printf("| %s | %s | %s | %s | %s | %s | %s |\n", what, figure, spread, baseline, ratio, target,
+           met);
+    (void)fflush(stdout);
+}
+
+void bench_fmt_gbps(char *buf, size_t n, double bytes_per_s)
+{
+    snprintf(buf, n, "%.2f GB/s", bytes_per_s / 1e9);
+}
+
+void bench_fmt_spread(char *buf, size_t n, const struct bench_stat *s, double scale,
+                      const char *unit)
+{
+    snprintf(buf, n, "%.2f–%.2f %s (n=%zu)", s->min / scale, s->max / scale, unit, s->n);
+}
+
+void bench_note(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    (void)fputs("bench: ", stderr);
+    (void)vfprintf(stderr, fmt, ap);
+    (void)fputc('\n', stderr);
+    va_end(ap);
+}

@@ -1,0 +1,51 @@
+/*
+ * Benchmark helpers shared by bench_proto and bench_agent: a monotonic clock, order statistics
+ * over repeated samples, a barrier that keeps the compiler from discarding measured work, and the
+ * one table format every benchmark prints (tests/bench/run.sh adds the header).
+ */
+#ifndef SBX_BENCH_H
+#define SBX_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Nanoseconds on CLOCK_MONOTONIC. */
+uint64_t bench_now_ns(void);
+
+/* Sleep @ms milliseconds (restarts after signals). */
+void bench_sleep_ms(long ms);
+
+/* Make the compiler assume @p is read and everything it points to may have changed. */
+static inline void bench_keep(const void *p)
+{
+    __asm__ volatile("" : : "g"(p) : "memory");
+}
+
+/* Order statistics of @n samples; sorts @v in place. @p is a fraction in [0, 1]. */
+double bench_percentile(double *v, size_t n, double p);
+
+/* Median, min and max of @n samples (sorts @v). */
+struct bench_stat {
+    double med, min, max;
+    size_t n;
+};
+struct bench_stat bench_stat_of(double *v, size_t n);
+
+/*
+ * Print one row of the results table on stdout (markdown): what was measured, the median figure,
+ * its spread over the repetitions, the baseline measured in the same run, the ratio, the target
+ * and whether it is met ("yes", "NO", or "-" when there is no target). Strings may be "".
+ */
+void bench_row(const char *what, const char *figure, const char *spread, const char *baseline,
+               const char *ratio, const char *target, const char *met);
+
+/* Format helpers for rows: "%.2f GB/s" (1e9 bytes), a spread "min–max" in the same unit. */
+void bench_fmt_gbps(char *buf, size_t n, double bytes_per_s);
+void bench_fmt_spread(char *buf, size_t n, const struct bench_stat *s, double scale,
+                      const char *unit);
+
+/* Print a progress/diagnostic line on stderr, prefixed with the program name. */
+void bench_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif /* SBX_BENCH_H */
