@@ -1,0 +1,505 @@
+"""VM end-to-end tests: real Debian kernel, real images, QEMU (TCG), the host drives the agent.
+
+    python3 test_vm.py --build-image busybox|debian   build the test images (ctest fixtures)
+    python3 test_vm.py CLASS                          run one class; exit 77 when all skipped
+
+Each class boots its own VM (its own socket directory, so ctest -j is fine) and runs several
+checks against it; the console log of every VM is kept in $SBX_VM_IMAGES/logs/CLASS*.log.
+Environment (set by tests/vm/CMakeLists.txt): SBX_BUILD, SBX_VM_IMAGES, SBX_VSOCK_RELAY.
+"""
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(SRC, "rootfs-builder"))
+sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
+import sbxvm  # noqa: E402
+import sbxwire  # noqa: E402
+
+BUILD = os.environ.get("SBX_BUILD", os.path.join(SRC, "build"))
+IMAGES = os.environ.get("SBX_VM_IMAGES", os.path.join(BUILD, "tests", "vm"))
+RELAY = os.environ.get("SBX_VSOCK_RELAY", os.path.join(BUILD, "tests", "sbx-vsock-relay"))
+SBX = os.path.join(BUILD, "bin", "sbx")
+SBX_VM = os.path.join(BUILD, "bin", "sbx-vm")
+SBX_ROOTFS = os.path.join(BUILD, "bin", "sbx-rootfs")
+BUSYBOX = os.path.join(IMAGES, "busybox.cpio.gz")
+DEBIAN = os.path.join(IMAGES, "debian.ext4")
+LOGS = os.path.join(IMAGES, "logs")
+BOOT_TIMEOUT = 120  # boots take 2-4 s; generous for a loaded CI machine running 2 VMs
+
+
+def note(msg):
+    print("    # " + msg, file=sys.stderr, flush=True)
+
+
+# --- fixtures: the images ---------------------------------------------------------------------
+
+def build_image(kind):
+    os.makedirs(IMAGES, exist_ok=True)
+    t0 = time.monotonic()
+    if kind == "busybox":
+        # The product image plus what the tests need: the vsock loopback module and the relay.
+        argv = [SBX_ROOTFS, "build", "--base", "busybox", "-o", BUSYBOX,
+                "--module", "vsock_loopback", "--add", RELAY + ":/usr/bin/sbx-vsock-relay"]
+    else:
+        why = None
+        if os.geteuid() != 0:
+            why = "debootstrap needs root"
+        elif not shutil.which("debootstrap"):
+            why = "debootstrap is not installed (apt-get install debootstrap)"
+        if why:
+            print("SKIP: the Debian image cannot be built here: %s" % why)
+            return 77
+        argv = [SBX_ROOTFS, "build", "--base", "debian", "-o", DEBIAN]
+    rc = subprocess.call(argv)
+    print("%s image: exit %d in %.1fs" % (kind, rc, time.monotonic() - t0))
+    return rc
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+class VMCase(unittest.TestCase):
+    """One VM per class, booted in setUpClass."""
+
+    image = BUSYBOX
+    machine = "q35"
+    append = ()
+    ports = ()
+
+    @classmethod
+    def boot(cls, append=None, machine=None, image=None, ports=None, name=None):
+        img = image or cls.image
+        if not os.path.exists(img):
+            raise unittest.SkipTest("%s missing (its fixture test builds it)" % img)
+        vm = sbxvm.VM(img, machine=machine or cls.machine,
+                      append=list(cls.append if append is None else append),
+                      ports=list(cls.ports if ports is None else ports), log=note)
+        vm.log_name = name or cls.__name__
+        vm.start()
+        cls.vms.append(vm)
+        vm.hello = vm.wait_ready(BOOT_TIMEOUT)
+        vm.start_proxy()
+        note("%s: agent ready %.2fs after QEMU start" % (vm.log_name, vm.boot_seconds))
+        return vm
+
+    @classmethod
+    def setUpClass(cls):
+        cls.vms = []
+        try:
+            cls.vm = cls.boot()
+        except sbxvm.VMError:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        for vm in cls.vms:
+            if vm.alive():
+                vm.shutdown(20)
+            os.makedirs(LOGS, exist_ok=True)
+            shutil.copyfile(vm.console_log, os.path.join(LOGS, vm.log_name + ".console.log")) \
+                if os.path.exists(vm.console_log) else None
+            vm.cleanup()
+
+    def sbx(self, *args, vm=None, input=None, timeout=120, addr=None):
+        env = dict(os.environ, SBX_ADDR=addr or (vm or self.vm).addr)
+        return subprocess.run([SBX] + list(args), input=input, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=timeout, env=env)
+
+    def sh(self, cmd, vm=None, timeout=120):
+        """`sbx exec -- sh -c CMD`; returns stdout as text, asserting exit 0."""
+        p = self.sbx("exec", "--", "sh", "-c", cmd, vm=vm, timeout=timeout)
+        self.assertEqual(p.returncode, 0, "%r: %s" % (cmd, p.stderr.decode(errors="replace")))
+        return p.stdout.decode()
+
+    def conn(self, vm=None, addr=None):
+        c = sbxwire.Conn(addr or (vm or self.vm).addr, timeout=60)
+        c.hello()
+        return c
+
+    def assert_poweroff(self, vm, timeout=30):
+        rc = vm.wait(timeout)
+        self.assertEqual(rc, 0, "QEMU exit status (None = still running after %ds)" % timeout)
+        self.assertIsNone(vm.panic_line())
+
+
+# --- the tests ----------------------------------------------------------------------------------
+
+class TestBoot(VMCase):
+    """Boot to agent-ready, hello, info with boot timings, env from the kernel command line."""
+
+    append = ("sbx.env.FOO=bar", '"sbx.env.GREETING=hello world"')
+
+    def test_ready_and_hello(self):
+        self.assertLess(self.vm.boot_seconds, BOOT_TIMEOUT)
+        self.assertEqual(self.vm.hello["agent"], "sbx-agent")
+        for cap in ("session", "env", "process"):
+            self.assertIn(cap, self.vm.hello["capabilities"])
+        p = self.sbx("hello")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"sbx-agent", p.stdout)
+        self.assertEqual(self.sbx("ping").returncode, 0)
+
+    def test_info_boot_timings(self):
+        c = self.conn()
+        info = c.call("info")
+        c.close()
+        b = info["boot"]
+        self.assertIsNotNone(b, "info.boot is nil: the agent did not get timings from sbx-init")
+        self.assertGreater(b["kernel_ns"], 0)
+        self.assertLess(b["kernel_ns"], b["init_ns"])
+        self.assertLess(b["init_ns"], b["agent_ns"])
+        self.assertLessEqual(b["agent_ns"], b["ready_ns"])
+        self.assertLessEqual(b["ready_ns"], info["uptime_ns"])
+        note("boot timings (s since kernel start): kernel %.3f  init %.3f  agent %.3f  ready "
+             "%.3f" % tuple(b[k] / 1e9 for k in ("kernel_ns", "init_ns", "agent_ns",
+                                                 "ready_ns")))
+        p = self.sbx("info")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"boot.ready_ns", p.stdout)
+
+    def test_env_from_kernel_cmdline(self):
+        self.assertEqual(self.sh('printf "%s|%s" "$FOO" "$GREETING"'), "bar|hello world")
+        p = self.sbx("env", "get", "FOO")
+        self.assertEqual((p.returncode, p.stdout), (0, b"bar\n"))
+
+    def test_zz_shutdown_request_powers_off(self):
+        """Last: a `shutdown` request powers the VM off cleanly (QEMU exit status 0)."""
+        t0 = time.monotonic()
+        p = self.sbx("call", "shutdown")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assert_poweroff(self.vm)
+        note("shutdown request -> QEMU exit: %.2fs" % (time.monotonic() - t0))
+        self.assertIn(b"shutdown: poweroff", self.vm.console_text())
+
+
+class TestProcess(VMCase):
+    """Exit codes, signals, streams byte-exact, stdin, orphans, ps."""
+
+    def test_exit_codes(self):
+        self.assertEqual(self.sbx("exec", "--", "sh", "-c", "exit 7").returncode, 7)
+        self.assertEqual(self.sbx("exec", "--", "false").returncode, 1)
+        self.assertEqual(self.sbx("exec", "--", "/no/such/program").returncode, 127)
+        p = self.sbx("exec", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+        self.assertEqual((p.returncode, p.stdout, p.stderr), (3, b"out\n", b"err\n"))
+
+    def test_signals(self):
+        self.assertEqual(self.sbx("exec", "--", "sh", "-c", "kill -TERM $$").returncode, 143)
+        c = self.conn()
+        r = c.call("proc.spawn", {"argv": ["sleep", "30"], "stdout": "null", "stderr": "null"})
+        c.call("proc.kill", {"id": r["id"], "signal": "SIGKILL"})
+        ex = c.call("proc.wait", {"id": r["id"], "timeout_ms": 10000})
+        c.close()
+        self.assertEqual((ex["code"], ex["signal"], ex["signo"]), (None, "SIGKILL", 9))
+
+    def test_stdout_64mib_byte_exact(self):
+        size = 64 << 20
+        guest = self.sh("head -c %d /dev/urandom > /tmp/big && sha256sum /tmp/big" % size)
+        with tempfile.TemporaryFile() as f:
+            t0 = time.monotonic()
+            env = dict(os.environ, SBX_ADDR=self.vm.addr)
+            rc = subprocess.call([SBX, "exec", "--", "cat", "/tmp/big"], stdout=f, env=env,
+                                 timeout=300)
+            dt = time.monotonic() - t0
+            self.assertEqual(rc, 0)
+            f.seek(0)
+            h, n = hashlib.sha256(), 0
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                n += len(chunk)
+        self.assertEqual(n, size)
+        self.assertEqual(h.hexdigest(), guest.split()[0])
+        note("64 MiB stdout through virtio-serial: %.2fs, %.1f MB/s" % (dt, size / dt / 1e6))
+        self.sh("rm /tmp/big")
+
+    def test_stdin_round_trip(self):
+        data = os.urandom(8 << 20)
+        p = self.sbx("exec", "--", "cat", input=data, timeout=300)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertTrue(p.stdout == data, "stdin -> cat -> stdout differs (%d bytes back)"
+                        % len(p.stdout))
+        p = self.sbx("exec", "--", "sha256sum", input=data, timeout=300)
+        self.assertEqual(p.stdout.split()[0].decode(), hashlib.sha256(data).hexdigest())
+
+    def test_orphans_reaped(self):
+        """Double-forked children re-parent to sbx-init, which must reap them: no zombies."""
+        self.sh("for i in $(seq 40); do sh -c '(sleep 0.1 &) ; (sleep 0.05 &) ; :'; done")
+        c = self.conn()
+        for _ in range(20):  # also from processes the agent spawns directly
+            r = c.call("proc.spawn", {"command": "(sleep 0.1 &) ; :", "stdout": "null",
+                                      "stderr": "null"})
+            c.call("proc.wait", {"id": r["id"], "timeout_ms": 10000})
+        c.close()
+        zombies = None
+        for _ in range(10):
+            time.sleep(0.3)
+            stats = self.sh("cat /proc/[0-9]*/stat 2>/dev/null; true")
+            zombies = [ln for ln in stats.splitlines()
+                       if re.match(r"\d+ \(.*\) Z ", ln)]
+            if not zombies:
+                break
+        self.assertEqual(zombies, [], "zombie processes left")
+
+    def test_ps_and_kill(self):
+        c = self.conn()
+        r = c.call("proc.spawn", {"argv": ["sleep", "60"], "stdout": "null", "stderr": "null",
+                                  "tag": "ps-test"})
+        c.close()  # processes outlive the connection that made them
+        p = self.sbx("ps")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        line = [ln for ln in p.stdout.decode().splitlines() if "sleep 60" in ln]
+        self.assertTrue(line and "running" in line[0], p.stdout)
+        self.assertEqual(self.sbx("kill", str(r["id"])).returncode, 0)
+        self.assertEqual(self.sbx("wait", str(r["id"])).returncode, 143)
+
+
+class TestAgentRestart(VMCase):
+    """SIGKILL of sbx-agent from inside: the connection drops, init restarts the agent, a new
+    connection says hello again."""
+
+    def test_sigkill_agent(self):
+        c = self.conn()
+        pid1 = c.call("info")["pid"]
+        c.close()
+        t0 = time.monotonic()
+        p = self.sbx("exec", "--", "sh", "-c", "kill -9 $(pidof sbx-agent); sleep 5",
+                     timeout=60)
+        self.assertNotEqual(p.returncode, 0)  # the agent died under the connection
+        note("connection ended %.2fs after the kill: %s" % (
+            time.monotonic() - t0, p.stderr.decode(errors="replace").strip()))
+        deadline = time.monotonic() + 30
+        while True:
+            p = self.sbx("ping", timeout=30)
+            if p.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        c = self.conn()
+        info = c.call("info")
+        c.close()
+        self.assertNotEqual(info["pid"], pid1)
+        self.assertIn(b"killed by signal 9", self.vm.console_text())
+        self.assertEqual(self.sh("echo again"), "again\n")
+
+
+class TestPower(VMCase):
+    """`sbx.lifetime` and the shutdown request; clean power-off is QEMU exit status 0."""
+
+    def test_shutdown_request(self):
+        c = self.conn()
+        self.assertEqual(c.call("shutdown", {"action": "poweroff"}), {})
+        c.close()
+        self.assert_poweroff(self.vm, 20)
+
+
+class TestLifetime(VMCase):
+    append = ("sbx.lifetime=20s",)
+
+    def test_lifetime_powers_off_on_time(self):
+        c = self.conn()
+        lt = c.call("lifetime.get")
+        c.close()
+        self.assertEqual(lt["mode"], "duration")
+        self.assertLessEqual(lt["remaining_ms"], 20000)
+        rc = self.vm.wait(60)
+        elapsed = time.monotonic() - self.vm.t_start
+        self.assertEqual(rc, 0)
+        # 20 s from sbx-init's start, which is ~2-3 s after QEMU's.
+        self.assertGreaterEqual(elapsed, 20.0)
+        self.assertLess(elapsed, 20.0 + 15)
+        note("lifetime 20s: QEMU exited %.2fs after it started" % elapsed)
+        self.assertIn(b"lifetime", self.vm.console_text())
+
+
+class TestPanic(VMCase):
+    """A guest panic is a failure: QEMU exits 1 through pvpanic; an early panic (before the
+    pvpanic module loads) is found on the console."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.vms = []
+
+    def test_sysrq_crash_exits_1(self):
+        vm = self.boot(name="TestPanic.sysrq")
+        p = self.sbx("exec", "--", "sh", "-c", "echo c > /proc/sysrq-trigger", vm=vm,
+                     timeout=60)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertEqual(vm.wait(30), 1, "pvpanic should make QEMU exit with status 1")
+        self.assertIn("sysrq", vm.panic_line() or "")
+        self.assertEqual(vm.status(), sbxvm.EXIT_PANIC)
+
+    def test_bogus_init_panics(self):
+        with self.assertRaises(sbxvm.VMError) as cm:
+            self.boot(append=["rdinit=/nonexistent", "init=/nonexistent"], name="TestPanic.init")
+        self.assertEqual(cm.exception.status, sbxvm.EXIT_PANIC, str(cm.exception))
+        self.assertIn("Kernel panic", str(cm.exception))
+
+
+class TestVsock(VMCase):
+    """The agent's real AF_VSOCK listener, end to end through in-guest vsock loopback (CID 1):
+    host -> virtio-serial port `relay` -> sbx-vsock-relay -> vsock 1:1024 -> agent."""
+
+    append = ("sbx.listen=vsock:1024,serial:agent", "sbx.vsock_allow_local=1")
+    ports = ("relay", "relay2")
+
+    def relay_addr(self, name):
+        return "unix:" + self.vm.port_path(name)
+
+    def test_hello_info_exec_over_vsock(self):
+        self.sh("setsid sbx-vsock-relay relay 1 1024 </dev/null >/dev/console 2>&1 &")
+        c = self.conn(addr=self.relay_addr("relay"))
+        info = c.call("info")
+        self.assertEqual(info["agent"], "sbx-agent")
+        payload = b"".join(b"%06d\n" % i for i in range(512 * 1024))  # 3.5 MiB
+        t0 = time.monotonic()
+        _, ex, outs, _, _, _ = sbxwire.run(c, {"argv": ["seq", "-w", "0", "524287"]})
+        dt = time.monotonic() - t0
+        self.assertEqual(ex["code"], 0)
+        self.assertTrue(b"".join(outs.values()) == payload, "3.5 MiB over vsock differs")
+        note("3.5 MiB stdout over vsock loopback + relay: %.2fs" % dt)
+        c.close()
+        p = self.sbx("exec", "--", "uname", "-r", addr=self.relay_addr("relay"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        c = self.conn()  # over serial: the vsock connections are gone
+        deadline = time.monotonic() + 10
+        while c.call("info")["conns"] != 1:
+            self.assertLess(time.monotonic(), deadline, "vsock connections left open")
+            time.sleep(0.1)
+        c.close()
+
+    def test_local_peer_refused_without_allow_local(self):
+        self.sh("setsid sbx-agent --listen vsock:1025 </dev/null >/dev/console 2>&1 &"
+                " setsid sbx-vsock-relay relay2 1 1025 </dev/null >/dev/console 2>&1 &")
+        c = sbxwire.Conn(self.relay_addr("relay2"), timeout=4)
+        with self.assertRaises((EOFError, sbxwire.RemoteError, OSError)):
+            c.hello()
+        c.close()
+        deadline = time.monotonic() + 10
+        while b"refusing a connection from CID 1" not in self.vm.console_text():
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.1)
+
+
+class TestMicrovm(VMCase):
+    """-machine microvm: virtio-mmio transport, tsc_early_khz on the command line."""
+
+    machine = "microvm"
+
+    def test_boot_exec_poweroff(self):
+        self.assertIn("tsc_early_khz=", self.sh("cat /proc/cmdline"))
+        drivers = self.sh("ls /sys/bus/platform/drivers/virtio-mmio/")
+        self.assertTrue(any(w.startswith("LNRO0005") for w in drivers.split()), drivers)
+        self.assertEqual(self.sbx("exec", "--", "sh", "-c", "exit 5").returncode, 5)
+        c = self.conn()
+        c.call("shutdown")
+        c.close()
+        self.assert_poweroff(self.vm)
+
+
+class TestSbxVm(unittest.TestCase):
+    """The sbx-vm tool itself: run a command and pass its status through, --keep/--stop,
+    panics reported as exit status 4."""
+
+    def run_vm(self, *args, timeout=180):
+        return subprocess.run([SBX_VM] + list(args), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=timeout, text=True)
+
+    def setUp(self):
+        if not os.path.exists(BUSYBOX):
+            self.skipTest("%s missing" % BUSYBOX)
+
+    def test_command_status_passes_through(self):
+        p = self.run_vm(BUSYBOX, "--", "sbx", "exec", "--", "sh", "-c", "echo hi; exit 7")
+        self.assertEqual(p.returncode, 7, p.stderr)
+        self.assertIn("SBX_ADDR=unix:", p.stdout)
+        self.assertIn("hi\n", p.stdout)
+        self.assertIn("powered off", p.stderr)
+
+    def test_keep_and_stop(self):
+        p = self.run_vm("--keep", BUSYBOX, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        kv = dict(ln.split("=", 1) for ln in p.stdout.splitlines() if "=" in ln)
+        pid = int(kv["SBX_VM_PID"])
+        try:
+            env = dict(os.environ, SBX_ADDR=kv["SBX_ADDR"])
+            out = subprocess.run([SBX, "exec", "--", "echo", "kept"], env=env, timeout=60,
+                                 stdout=subprocess.PIPE).stdout
+            self.assertEqual(out, b"kept\n")
+            q = self.run_vm("--stop", kv["SBX_VM_DIR"], timeout=60)
+            self.assertEqual(q.returncode, 0, q.stderr)
+            self.assertFalse(os.path.exists("/proc/%d" % pid) and
+                             open("/proc/%d/stat" % pid).read().split(")")[-1].split()[0] != "Z")
+        finally:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+            shutil.rmtree(kv["SBX_VM_DIR"], ignore_errors=True)
+
+    def test_guest_panic_is_exit_4(self):
+        p = self.run_vm(BUSYBOX, "--", "sbx", "exec", "--", "sh", "-c",
+                        "echo c > /proc/sysrq-trigger")
+        self.assertEqual(p.returncode, sbxvm.EXIT_PANIC, p.stderr)
+        self.assertIn("Kernel panic", p.stderr)
+        m = re.search(r"console log: (\S+)", p.stderr)
+        self.assertTrue(m and os.path.exists(m.group(1)), "console log kept on failure")
+        shutil.rmtree(os.path.dirname(m.group(1)), ignore_errors=True)
+
+
+class TestDebian(VMCase):
+    """The Debian image boots through sbx-init's root switch; bash as the sandbox user."""
+
+    image = DEBIAN
+
+    def test_root_is_the_ext4_disk(self):
+        mounts = self.sh("cat /proc/self/mounts")
+        self.assertRegex(mounts, r"(?m)^/dev/vda / ext4 rw")
+        self.assertTrue(self.sh("cat /etc/debian_version").startswith("12"))
+
+    def test_bash_as_sandbox_user(self):
+        p = self.sbx("exec", "--user", "sandbox", "--", "bash", "-c", "id -un; echo $HOME; pwd")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.decode().split(), ["sandbox", "/home/sandbox", "/"])
+        p = self.sbx("exec", "--user", "sandbox", "--", "sudo", "-n", "id", "-u")
+        self.assertEqual((p.returncode, p.stdout), (0, b"0\n"), p.stderr)
+
+    def test_python3(self):
+        self.assertEqual(self.sh("python3 -c 'print(6 * 7)'"), "42\n")
+
+    def test_zz_poweroff(self):
+        c = self.conn()
+        c.call("shutdown")
+        c.close()
+        self.assert_poweroff(self.vm)
+
+
+# --- runner -------------------------------------------------------------------------------------
+
+def main(argv):
+    if len(argv) == 2 and argv[0] == "--build-image":
+        return build_image(argv[1])
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    suite = unittest.defaultTestLoader.loadTestsFromName(argv[0], sys.modules[__name__])
+    t0 = time.monotonic()
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    note("%s: %.1fs" % (argv[0], time.monotonic() - t0))
+    if not result.wasSuccessful():
+        note("console logs: %s/%s*.console.log" % (LOGS, argv[0]))
+        return 1
+    if result.skipped and result.testsRun <= len(result.skipped):
+        return 77
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
