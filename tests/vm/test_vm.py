@@ -125,7 +125,7 @@ class VMCase(unittest.TestCase):
         c.hello()
         return c
 
-    def assert_poweroff(self, vm, timeout=30):
+    def assert_poweroff(self, vm, timeout=90):  # generous: TCG on a loaded 2-core machine
         rc = vm.wait(timeout)
         self.assertEqual(rc, 0, "QEMU exit status (None = still running after %ds)" % timeout)
         self.assertIsNone(vm.panic_line())
