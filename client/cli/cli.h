@@ -47,6 +47,13 @@ struct sbx_client *cli_connect(const struct cli *cli);
  */
 int cli_parse_simple(struct cli *cli, int argc, char **argv, const char *usage);
 
+/*
+ * For commands that take only --json/--help and no arguments: parse, then connect and hello.
+ * Returns the client, or NULL with *status the exit status (0 after --help).
+ */
+struct sbx_client *cli_connect_simple(struct cli *cli, int argc, char **argv, const char *usage,
+                                      int *status);
+
 /* Exit status for a cli_parse_simple result below 1. */
 int cli_opts_status(int r);
 

@@ -93,6 +93,26 @@ int cli_opts_status(int r)
     return r == CLI_OPTS_HELP ? 0 : CLI_EXIT_USAGE;
 }
 
+struct sbx_client *cli_connect_simple(struct cli *cli, int argc, char **argv, const char *usage,
+                                      int *status)
+{
+    struct sbx_client *c;
+    int r = cli_parse_simple(cli, argc, argv, usage);
+
+    if (r < 1) {
+        *status = cli_opts_status(r);
+        return NULL;
+    }
+    if (r != argc) {
+        (void)fputs(usage, stderr);
+        *status = CLI_EXIT_USAGE;
+        return NULL;
+    }
+    c = cli_connect(cli);
+    *status = c == NULL ? CLI_EXIT_FAIL : 0;
+    return c;
+}
+
 struct sbx_client *cli_connect(const struct cli *cli)
 {
     struct sbx_err err;

@@ -41,19 +41,13 @@ int cli_cmd_ps(struct cli *cli, int argc, char **argv)
     struct sbx_client *c;
     struct sbx_msg resp;
     struct sbx_err err;
-    int r = cli_parse_simple(cli, argc, argv, usage), status = CLI_EXIT_FAIL;
+    int status;
 
-    if (r < 1) {
-        return cli_opts_status(r);
-    }
-    if (r != argc) {
-        (void)fputs(usage, stderr);
-        return CLI_EXIT_USAGE;
-    }
-    c = cli_connect(cli);
+    c = cli_connect_simple(cli, argc, argv, usage, &status);
     if (c == NULL) {
-        return CLI_EXIT_FAIL;
+        return status;
     }
+    status = CLI_EXIT_FAIL;
     if (sbx_client_call0(c, "proc.list", &resp, &err) < 0 ||
         sbx_param_array(resp.result, "procs", SBX_REQUIRED, UINT32_MAX, &procs, &err) < 0) {
         cli_print_err("ps", &err);

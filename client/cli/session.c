@@ -154,19 +154,13 @@ int cli_cmd_info(struct cli *cli, int argc, char **argv)
     struct sbx_client *c;
     struct sbx_msg resp;
     struct sbx_err err;
-    int r = cli_parse_simple(cli, argc, argv, usage), status = CLI_EXIT_FAIL;
+    int status;
 
-    if (r < 1) {
-        return cli_opts_status(r);
-    }
-    if (r != argc) {
-        (void)fputs(usage, stderr);
-        return CLI_EXIT_USAGE;
-    }
-    c = cli_connect(cli);
+    c = cli_connect_simple(cli, argc, argv, usage, &status);
     if (c == NULL) {
-        return CLI_EXIT_FAIL;
+        return status;
     }
+    status = CLI_EXIT_FAIL;
     if (sbx_client_call0(c, "info", &resp, &err) < 0) {
         cli_print_err("info", &err);
     } else {
@@ -186,18 +180,11 @@ int cli_cmd_hello(struct cli *cli, int argc, char **argv)
                                 "result).\n";
     const msgpack_object *res;
     struct sbx_client *c;
-    int r = cli_parse_simple(cli, argc, argv, usage);
+    int status;
 
-    if (r < 1) {
-        return cli_opts_status(r);
-    }
-    if (r != argc) {
-        (void)fputs(usage, stderr);
-        return CLI_EXIT_USAGE;
-    }
-    c = cli_connect(cli);
+    c = cli_connect_simple(cli, argc, argv, usage, &status);
     if (c == NULL) {
-        return CLI_EXIT_FAIL;
+        return status;
     }
     res = sbx_client_hello_result(c);
     if (res != NULL) {
