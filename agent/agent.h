@@ -73,6 +73,26 @@ struct agent_pipe {
     bool close_requested;
 };
 
+/*
+ * What a stream that is not bound to a process pipe (a file download, an upload, a walk, an
+ * archive) asks of its owner. Every callback runs on the loop thread. A stream whose owner is
+ * not a pipe has `ops` set and `pipe` NULL.
+ */
+struct agent_stream_ops {
+    /* OUT: credit arrived or the connection drained; produce with agent_stream_send() while
+     * agent_stream_writable() holds. May end the stream (agent_stream_end). */
+    void (*ready)(struct agent_stream *s);
+    /* IN: @len bytes arrived within credit (@data is valid only during the call). Report them
+     * with agent_stream_consumed() once they reached their destination. May cancel the stream. */
+    void (*data)(struct agent_stream *s, const uint8_t *data, uint32_t len);
+    /* IN: the client ended the stream; @e is its error (the data is incomplete) or NULL. The
+     * stream is freed right after this returns. */
+    void (*end)(struct agent_stream *s, const struct sbx_err *e);
+    /* The client cancelled the stream (@cancelled) or its connection is closing: the owner stops
+     * using it and must send nothing on it. The stream is freed right after this returns. */
+    void (*gone)(struct agent_stream *s, bool cancelled);
+};
+
 struct agent_stream {
     struct agent_link link; /* in conn->streams */
     struct agent_conn *conn;
@@ -81,13 +101,28 @@ struct agent_stream {
     uint64_t credit;   /* OUT: bytes we may still send; IN: bytes the client may still send */
     uint64_t consumed; /* IN: bytes written to the target since the last grant */
     struct agent_pipe *pipe;
-    bool ended; /* OUT: stream.end sent; IN: stream.end received */
+    const struct agent_stream_ops *ops; /* streams not bound to a pipe */
+    void *owner;                        /* for @ops */
+    bool ended;                         /* OUT: stream.end sent; IN: stream.end received */
     bool cancelled;
 };
 
 struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_dir dir,
                                       struct agent_pipe *p, struct sbx_err *err);
 struct agent_stream *agent_stream_find(struct agent_conn *c, uint32_t id);
+/* A stream served by @ops on behalf of @owner (not a process pipe). */
+struct agent_stream *agent_stream_new_ops(struct agent_conn *c, enum agent_stream_dir dir,
+                                          const struct agent_stream_ops *ops, void *owner,
+                                          struct sbx_err *err);
+/* OUT: how many bytes may be sent now (0 when out of credit or the connection is backed up). */
+uint32_t agent_stream_writable(const struct agent_stream *s);
+/* OUT: send @len bytes of the pool buffer @buf (taken over); @len must fit the credit. */
+void agent_stream_send(struct agent_stream *s, void *buf, uint32_t len);
+/* OUT: send @len bytes copied from @data in chunks; @len must fit agent_stream_writable(). */
+void agent_stream_send_copy(struct agent_stream *s, const void *data, uint32_t len);
+/* IN: @n bytes were written to their destination; grant credit in batches, or at once with
+ * @flush (when nothing else is pending, so the client is never left waiting). */
+void agent_stream_consumed(struct agent_stream *s, uint32_t n, bool flush);
 /* Detach from the pipe and free. Sends nothing. */
 void agent_stream_free(struct agent_stream *s);
 /* Send stream.end (with optional error / truncated flag) and free. */

@@ -56,12 +56,15 @@ static void write_cb(uv_write_t *req, int status)
     }
     free(wr);
     if (c->paused && c->queued < SBX_CONN_DATA_LOW && !c->closing) {
-        struct agent_link *l;
+        struct agent_link *l, *next;
         c->paused = false;
-        for (l = c->streams.next; l != &c->streams; l = l->next) {
+        for (l = c->streams.next; l != &c->streams; l = next) {
             struct agent_stream *s = agent_container_of(l, struct agent_stream, link);
+            next = l->next; /* an owner may end its own stream here */
             if (s->pipe != NULL) {
                 agent_pipe_update(s->pipe);
+            } else if (s->ops != NULL && s->ops->ready != NULL && s->credit > 0) {
+                s->ops->ready(s);
             }
         }
     }
@@ -303,7 +306,11 @@ static void conn_close_cb(uv_handle_t *h)
     struct agent *a = c->a;
 
     while (!agent_list_empty(&c->streams)) {
-        agent_stream_free(agent_container_of(c->streams.next, struct agent_stream, link));
+        struct agent_stream *s = agent_container_of(c->streams.next, struct agent_stream, link);
+        if (s->ops != NULL && s->ops->gone != NULL) {
+            s->ops->gone(s, false);
+        }
+        agent_stream_free(s);
     }
     agent_proc_conn_gone(a, c);
     agent_initctl_conn_gone(a, c);

@@ -1,7 +1,9 @@
 /*
  * Streams: one-directional byte channels of a connection, each with credit flow control, bound to
- * a process pipe. Output pipes are read only while the attached stream has credit, so a producer
- * the host cannot keep up with blocks in write() instead of growing the agent.
+ * a process pipe or served by an owner through struct agent_stream_ops (files, archives, walks).
+ * Output pipes are read only while the attached stream has credit, so a producer the host cannot
+ * keep up with blocks in write() instead of growing the agent; owners produce only what
+ * agent_stream_writable() allows, for the same reason.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -44,6 +46,53 @@ struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_di
     agent_list_add_tail(&c->streams, &s->link);
     c->nstreams++;
     return s;
+}
+
+struct agent_stream *agent_stream_new_ops(struct agent_conn *c, enum agent_stream_dir dir,
+                                          const struct agent_stream_ops *ops, void *owner,
+                                          struct sbx_err *err)
+{
+    struct agent_stream *s = agent_stream_new(c, dir, NULL, err);
+
+    if (s != NULL) {
+        s->ops = ops;
+        s->owner = owner;
+    }
+    return s;
+}
+
+uint32_t agent_stream_writable(const struct agent_stream *s)
+{
+    if (s->dir != AGENT_STREAM_OUT || s->conn->paused || s->conn->closing) {
+        return 0;
+    }
+    return s->credit > UINT32_MAX ? UINT32_MAX : (uint32_t)s->credit;
+}
+
+void agent_stream_send(struct agent_stream *s, void *buf, uint32_t len)
+{
+    s->credit -= len;
+    agent_conn_send_data(s->conn, s->id, buf, len);
+}
+
+void agent_stream_send_copy(struct agent_stream *s, const void *data, uint32_t len)
+{
+    const uint8_t *p = data;
+
+    while (len > 0) {
+        uint32_t n = len < SBX_STREAM_CHUNK_MAX ? len : SBX_STREAM_CHUNK_MAX;
+        void *buf = agent_buf_get(s->conn->a);
+
+        if (buf == NULL) {
+            agent_log("conn %u: out of memory; closing", s->conn->num);
+            agent_conn_close(s->conn);
+            return;
+        }
+        memcpy(buf, p, n);
+        agent_stream_send(s, buf, n);
+        p += n;
+        len -= n;
+    }
 }
 
 struct agent_stream *agent_stream_find(struct agent_conn *c, uint32_t id)
@@ -116,6 +165,15 @@ static void stream_grant(struct agent_stream *s)
     agent_conn_send(s->conn);
 }
 
+void agent_stream_consumed(struct agent_stream *s, uint32_t n, bool flush)
+{
+    s->consumed += n;
+    /* Grant in batches: one credit message per quarter window, not per frame. */
+    if (s->consumed >= SBX_STREAM_WINDOW / 4 || (flush && s->consumed > 0)) {
+        stream_grant(s);
+    }
+}
+
 /* Read the stream id of a stream control notification; 0 if absent or bad (then ignored). */
 static uint32_t control_stream_id(const struct sbx_msg *m)
 {
@@ -146,6 +204,8 @@ void agent_stream_on_credit(struct agent_conn *c, const struct sbx_msg *m)
     }
     if (s->pipe != NULL) {
         agent_pipe_update(s->pipe);
+    } else if (s->ops != NULL && s->ops->ready != NULL) {
+        s->ops->ready(s);
     }
 }
 
@@ -155,6 +215,23 @@ void agent_stream_on_end(struct agent_conn *c, const struct sbx_msg *m)
     struct agent_pipe *p;
 
     if (s == NULL || s->dir != AGENT_STREAM_IN) {
+        return;
+    }
+    if (s->ops != NULL) {
+        const msgpack_object *eo = sbx_obj_get(m->params, "error");
+        struct sbx_err err;
+
+        if (eo != NULL && eo->type == MSGPACK_OBJECT_NIL) {
+            eo = NULL;
+        }
+        if (eo != NULL) {
+            sbx_err_from_obj(eo, &err);
+        }
+        s->ended = true;
+        if (s->ops->end != NULL) {
+            s->ops->end(s, eo != NULL ? &err : NULL);
+        }
+        agent_stream_free(s);
         return;
     }
     p = s->pipe;
@@ -171,8 +248,19 @@ void agent_stream_on_cancel(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct agent_stream *s = agent_stream_find(c, control_stream_id(m));
 
-    if (s == NULL || s->dir != AGENT_STREAM_OUT) {
+    if (s == NULL) {
         return;
+    }
+    if (s->ops != NULL) {
+        s->cancelled = true;
+        if (s->ops->gone != NULL) {
+            s->ops->gone(s, true);
+        }
+        agent_stream_free(s);
+        return;
+    }
+    if (s->dir != AGENT_STREAM_OUT) {
+        return; /* stdin: the client stops sending; ending it is stream.end's job */
     }
     /* Nothing more goes out on it; the pipe keeps draining so the child never blocks. */
     agent_stream_free(s);
@@ -195,11 +283,7 @@ static void in_write_cb(uv_write_t *req, int status)
         }
         agent_pipe_close(p);
     } else if (s != NULL) {
-        s->consumed += r->len;
-        /* Grant in batches: one credit message per quarter window, not per frame. */
-        if (s->consumed >= SBX_STREAM_WINDOW / 4 || p->writes_pending == 0) {
-            stream_grant(s);
-        }
+        agent_stream_consumed(s, r->len, p->writes_pending == 0);
     }
     free(r);
     if (p->close_requested && p->writes_pending == 0) {
@@ -243,6 +327,12 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
         return;
     }
     s->credit -= m->data_len;
+    if (s->ops != NULL) {
+        if (s->ops->data != NULL) {
+            s->ops->data(s, m->data, m->data_len);
+        }
+        return;
+    }
     p = s->pipe;
     if (p == NULL || !p->open || p->close_requested) {
         return;

@@ -114,14 +114,24 @@ static int count_procs(const char *comm, int *zombies, int *orphans)
 static void orphans(int count)
 {
     int z, o, n = 0;
+    int hold[2];
 
+    /* The orphans live until the write end of @hold closes (after they were counted), not for a
+     * fixed time: on a loaded machine forking 100 of them can take longer than any sleep. */
+    if (pipe(hold) != 0) {
+        say("pipe failed");
+        return;
+    }
     for (int i = 0; i < count; i++) {
         pid_t pid = fork();
 
         if (pid == 0) {
             if (fork() == 0) {
+                char c;
                 prctl(PR_SET_NAME, "stub-orphan");
-                sleep_ms(700);
+                close(hold[1]);
+                while (read(hold[0], &c, 1) < 0 && errno == EINTR) {
+                }
                 _exit(0);
             }
             _exit(0);
@@ -130,10 +140,12 @@ static void orphans(int count)
             waitpid(pid, NULL, 0); /* our own child only: the agent never waits for -1 */
         }
     }
-    for (int i = 0; i < 100 && (count_procs("stub-orphan", &z, &o), o) < count; i++) {
+    close(hold[0]);
+    for (int i = 0; i < 500 && (count_procs("stub-orphan", &z, &o), o) < count; i++) {
         sleep_ms(10);
     }
     say("orphans_reparented=%d", o);
+    close(hold[1]);
     for (int i = 0; i < 300 && (n = count_procs("stub-orphan", &z, &o)) > 0; i++) {
         sleep_ms(10);
     }
