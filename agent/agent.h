@@ -39,7 +39,9 @@ struct agent_proc;
 
 /* --- buffers ------------------------------------------------------------------------------ */
 
-/* Fixed-size read buffers (SBX_STREAM_CHUNK_MAX) recycled through a small free list. */
+/* Fixed-size read buffers (SBX_STREAM_CHUNK_MAX) recycled through a small free list. Counted in
+ * a->bufs_used; putting one back below SBX_AGENT_BUFS_LOW resumes output pipes that stopped at
+ * the agent-wide cap (agent_proc_pipes_resume). */
 void *agent_buf_get(struct agent *a);
 void agent_buf_put(struct agent *a, void *buf);
 
@@ -173,7 +175,8 @@ struct agent_conn {
     struct sbx_decoder dec;
     struct sbx_out out; /* scratch for encoding one control frame */
     uint8_t *rbuf;
-    size_t queued; /* bytes handed to uv_write and not yet written */
+    size_t queued;     /* bytes handed to uv_write and not yet written */
+    size_t queued_ctl; /* ...of which control frames (data is bounded by credit) */
 };
 
 /* Accept a connected stream fd / handle (already initialised by the listener) as a connection. */
@@ -251,6 +254,8 @@ void agent_proc_check_done(struct agent_proc *p);
 void agent_proc_handle_closed(struct agent_proc *p);
 /* The connection is going away: forget it as owner/waiter. */
 void agent_proc_conn_gone(struct agent *a, struct agent_conn *c);
+/* Re-evaluate every output pipe (after pool buffers were released). */
+void agent_proc_pipes_resume(struct agent *a);
 
 /* --- env, users, session, init channel ---------------------------------------------------- */
 
@@ -356,6 +361,8 @@ struct agent {
     /* buffer pool */
     void *pool[64];
     unsigned npool;
+    unsigned bufs_used; /* buffers handed out by agent_buf_get and not yet put back */
+    bool bufs_starved;  /* an output pipe stopped because bufs_used hit SBX_AGENT_BUFS_MAX */
     /* init channel */
     int initctl_fd;
     uv_poll_t initctl_poll;

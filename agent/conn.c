@@ -50,6 +50,9 @@ static void write_cb(uv_write_t *req, int status)
     struct agent_conn *c = wr->conn;
 
     c->queued -= wr->len;
+    if (wr->ctl != NULL) {
+        c->queued_ctl -= wr->len;
+    }
     free(wr->ctl);
     if (wr->payload != NULL) {
         agent_buf_put(c->a, wr->payload);
@@ -91,9 +94,15 @@ static void conn_write(struct agent_conn *c, struct write_req *wr, uv_buf_t *buf
         return;
     }
     c->queued += wr->len;
+    if (wr->ctl != NULL) {
+        c->queued_ctl += wr->len;
+    }
     r = uv_write(&wr->req, &c->h.stream, bufs, n, write_cb);
     if (r < 0) {
         c->queued -= wr->len;
+        if (wr->ctl != NULL) {
+            c->queued_ctl -= wr->len;
+        }
         free(wr->ctl);
         if (wr->payload != NULL) {
             agent_buf_put(c->a, wr->payload);
@@ -106,10 +115,11 @@ static void conn_write(struct agent_conn *c, struct write_req *wr, uv_buf_t *buf
     if (c->queued > SBX_CONN_DATA_HIGH) {
         c->paused = true; /* output pipes check this before reading more */
     }
-    /* A peer that sends requests but never reads the answers must not grow us without bound;
-     * stream data is bounded by credit, so only control output can pile up here. */
-    if (c->queued > SBX_CONN_OUTQ_MAX) {
-        agent_log("conn %u: peer is not reading (%zu bytes queued); closing", c->num, c->queued);
+    /* A peer that sends requests but never reads the answers must not grow us without bound.
+     * Stream data is bounded by credit and the buffer cap, so only control output counts. */
+    if (c->queued_ctl > SBX_CONN_OUTQ_MAX) {
+        agent_log("conn %u: peer is not reading (%zu control bytes queued); closing", c->num,
+                  c->queued_ctl);
         agent_conn_close(c);
     }
 }

@@ -1099,6 +1099,17 @@ void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m)
     agent_conn_send(c);
 }
 
+void agent_proc_pipes_resume(struct agent *a)
+{
+    struct agent_link *l;
+
+    for (l = a->procs.next; l != &a->procs; l = l->next) {
+        struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
+        agent_pipe_update(&p->out);
+        agent_pipe_update(&p->err);
+    }
+}
+
 void agent_proc_conn_gone(struct agent *a, struct agent_conn *c)
 {
     struct agent_link *l, *wl, *next;

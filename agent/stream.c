@@ -362,11 +362,39 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
 
 /* --- output pipes ------------------------------------------------------------------------- */
 
+/*
+ * May an output pipe read now? Detached output is always drained (into the replay buffer, the
+ * buffer goes straight back) so the child never blocks. Attached output needs credit, a
+ * connection that is not backed up, and a free buffer under the agent-wide cap, so memory stays
+ * bounded however many streams and connections there are.
+ */
+static bool pipe_may_read(struct agent_pipe *p)
+{
+    struct agent *a = p->proc->a;
+
+    if (p->stream == NULL) {
+        return true;
+    }
+    if (a->bufs_used >= SBX_AGENT_BUFS_MAX) {
+        a->bufs_starved = true;
+        return false;
+    }
+    return p->stream->credit > 0 && !p->stream->conn->paused;
+}
+
 static void pipe_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct agent_pipe *p = h->data;
     size_t n = SBX_STREAM_CHUNK_MAX;
 
+    /* Conditions change between reads (a connection pauses while other pipes are already
+     * polled): a zero-length buffer makes libuv report UV_ENOBUFS instead of reading, and the
+     * read callback stops the pipe. */
+    buf->base = NULL;
+    buf->len = 0;
+    if (!pipe_may_read(p)) {
+        return;
+    }
     if (p->stream != NULL && p->stream->credit < n) {
         n = (size_t)p->stream->credit;
     }
@@ -424,6 +452,14 @@ static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0) {
         return;
     }
+    if (nread == UV_ENOBUFS) {
+        /* pipe_alloc_cb refused (paused, no credit, buffer cap or out of memory): stop reading
+         * until agent_pipe_update is called again. */
+        (void)uv_read_stop(h);
+        p->reading = false;
+        agent_pipe_update(p); /* restarts at once only if it was out of memory */
+        return;
+    }
     /* UV_EOF, or an error such as EIO: either way this is the end of the output. A PTY master
      * reports the end as EIO; and libuv 1.44 turns POLLHUP after a short read into UV_EOF even
      * though a PTY's line discipline may still be delivering bytes (tail loss). So read once
@@ -453,7 +489,7 @@ void agent_pipe_update(struct agent_pipe *p)
     }
     /* Read while the stream has credit and its connection is not backed up; detached output is
      * always drained (into the replay buffer) so the child never blocks. */
-    want = p->stream == NULL || (p->stream->credit > 0 && !p->stream->conn->paused);
+    want = pipe_may_read(p);
     if (want && !p->reading) {
         if (uv_read_start((uv_stream_t *)&p->handle, pipe_alloc_cb, pipe_read_cb) == 0) {
             p->reading = true;
@@ -469,9 +505,9 @@ bool agent_pipe_busy(struct agent_pipe *p)
     if (!p->open || p->eof) {
         return false;
     }
-    /* Not reading for lack of credit: the host is slow, the pipe is not held open. Never cut
-     * that output short; the client decides the pace (PROTOCOL.md 9.2). */
-    return p->stream != NULL && (p->stream->credit == 0 || p->stream->conn->paused);
+    /* Not reading for lack of credit (or buffers): the host is slow, the pipe is not held open.
+     * Never cut that output short; the client decides the pace (PROTOCOL.md 9.2). */
+    return !pipe_may_read(p);
 }
 
 bool agent_pipe_final_drain(struct agent_pipe *p)

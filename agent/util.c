@@ -33,20 +33,27 @@ bool agent_list_empty(const struct agent_link *head)
 
 void *agent_buf_get(struct agent *a)
 {
-    if (a->npool > 0) {
-        return a->pool[--a->npool];
+    void *buf = a->npool > 0 ? a->pool[--a->npool] : malloc(SBX_STREAM_CHUNK_MAX);
+
+    if (buf != NULL) {
+        a->bufs_used++;
     }
-    return malloc(SBX_STREAM_CHUNK_MAX);
+    return buf;
 }
 
 void agent_buf_put(struct agent *a, void *buf)
 {
+    a->bufs_used--;
     /* Keep a few for reuse (malloc of 256 KiB means mmap+munmap each time); free the rest. */
     if (a->npool < 16) {
         a->pool[a->npool++] = buf;
-        return;
+    } else {
+        free(buf);
     }
-    free(buf);
+    if (a->bufs_starved && a->bufs_used < SBX_AGENT_BUFS_LOW) {
+        a->bufs_starved = false;
+        agent_proc_pipes_resume(a);
+    }
 }
 
 static uint64_t clock_ns(clockid_t id)

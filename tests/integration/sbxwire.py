@@ -309,10 +309,24 @@ class Agent:
         self.proc = subprocess.Popen([binary, "--listen", self.addr, *extra], stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 10
-        while not os.path.exists(self.sock):
+        # The socket file appears at bind(), before listen(): wait until a connect succeeds
+        # (a connect in between is refused, which made tests flaky on a loaded machine).
+        while not self._accepting():
             if self.proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError("agent did not start: " + self.logtext())
             time.sleep(0.01)
+
+    def _accepting(self):
+        if not os.path.exists(self.sock):
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.sock)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
 
     def logtext(self):
         if not self.log.closed:

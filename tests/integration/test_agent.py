@@ -490,6 +490,29 @@ class TestStreams(AgentCase):
         self.assertLess(peak, 16 * 1024, "agent RSS %d KiB while a flood is read slowly" % peak)
         self.c.call("proc.kill", {"id": r["id"], "signal": "KILL"})
 
+    def test_many_slow_floods_one_connection(self):
+        # 100 floods share one slowly read connection: the connection's pause must stop every
+        # pipe at once (not after each one's next read) and the agent-wide buffer cap bounds
+        # memory; queued stream data never counts as a peer that stopped reading.
+        ids = []
+        for _ in range(100):
+            r = self.c.call("proc.spawn", self.helper("flood", 1 << 30))
+            ids.append(r["id"])
+        got, peak = 0, 0
+        t_end = time.time() + 4
+        while time.time() < t_end:
+            m = self.c.recv()
+            if m[0] == 3:
+                got += len(m[2])
+                self.c.credit(m[1], len(m[2]))
+                time.sleep(0.005)
+                peak = max(peak, self.agent.rss_kb())
+        self.assertGreater(got, 1 << 20)
+        self.assertLess(peak, 32 * 1024, "agent RSS %d KiB with 100 slow floods" % peak)
+        for pid in ids:
+            self.c.call("proc.kill", {"id": pid, "signal": "KILL"})
+        self.assertEqual(self.c.call("ping"), {})  # the connection was never closed
+
     def test_cancel_keeps_draining(self):
         r = self.c.call("proc.spawn", self.helper("flood", 64 << 20))
         self.c.send([2, "stream.cancel", {"stream": r["stdout"]}])

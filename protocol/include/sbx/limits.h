@@ -45,6 +45,8 @@
 #define SBX_CONN_DATA_HIGH        (2u << 20)   /* queued output above which stream reads pause */
 #define SBX_CONN_DATA_LOW         (512u << 10) /* ...and below which they resume */
 #define SBX_CONN_OUTQ_MAX         (8u << 20) /* queued control output per connection before close */
+#define SBX_AGENT_BUFS_MAX        48u /* stream-chunk buffers in flight, agent-wide (12 MiB) */
+#define SBX_AGENT_BUFS_LOW        32u /* ...output pipes waiting for one resume below this */
 #define SBX_DRAIN_MS_DEFAULT      500u
 #define SBX_DRAIN_MS_MAX          60000u
 #define SBX_KILL_GRACE_MS_DEFAULT 2000u
