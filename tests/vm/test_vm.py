@@ -57,8 +57,6 @@ def build_image(kind):
             why = "debootstrap needs root"
         elif not shutil.which("debootstrap"):
             why = "debootstrap is not installed (apt-get install debootstrap)"
-        elif kind == "deno" and not shutil.which("npm"):
-            why = "npm is not installed (deno comes from the npm package @deno/linux-x64-glibc)"
         if why:
             print("SKIP: the %s image cannot be built here: %s" % (kind, why))
             return 77
