@@ -175,8 +175,10 @@ struct agent_conn {
     struct sbx_decoder dec;
     struct sbx_out out; /* scratch for encoding one control frame */
     uint8_t *rbuf;
-    size_t queued;     /* bytes handed to uv_write and not yet written */
-    size_t queued_ctl; /* ...of which control frames (data is bounded by credit) */
+    size_t queued;            /* bytes handed to uv_write and not yet written */
+    size_t queued_ctl;        /* ...of which control frames (data is bounded by credit) */
+    struct agent_fs *fs;      /* fs.c: file handles and readdir cursors, or NULL */
+    struct agent_fswatch *fw; /* fswatch.c: this connection's watches, or NULL */
 };
 
 /* Accept a connected stream fd / handle (already initialised by the listener) as a connection. */
@@ -256,6 +258,37 @@ void agent_proc_handle_closed(struct agent_proc *p);
 void agent_proc_conn_gone(struct agent *a, struct agent_conn *c);
 /* Re-evaluate every output pipe (after pool buffers were released). */
 void agent_proc_pipes_resume(struct agent *a);
+
+/* --- fs family (fs.c, fswalk.c, fswatch.c) ------------------------------------------------ */
+
+/* Path methods (PROTOCOL.md §17.3); each replies to request @m on @c. */
+void agent_fs_stat(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_lstat(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_link(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m);
+/* File handles (§17.7), per connection. */
+void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_write(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_seek(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_fstat(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_fsync(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_ftruncate(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_close(struct agent_conn *c, const struct sbx_msg *m);
+/* The connection is closing: close its handles and cursors, end its watches. */
+void agent_fs_conn_gone(struct agent_conn *c);
 
 /* --- env, users, session, init channel ---------------------------------------------------- */
 

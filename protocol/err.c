@@ -17,7 +17,19 @@ static void copy_str(char *dst, size_t dstsz, const char *src)
 
 void sbx_err_clear(struct sbx_err *e)
 {
-    memset(e, 0, sizeof(*e));
+    /* Field by field: the path buffer is large and only its first byte matters. */
+    e->code[0] = '\0';
+    e->stage[0] = '\0';
+    e->field[0] = '\0';
+    e->limit[0] = '\0';
+    e->msg[0] = '\0';
+    e->sys_errno = 0;
+    e->path[0] = '\0';
+}
+
+void sbx_err_set_path(struct sbx_err *e, const char *path)
+{
+    copy_str(e->path, sizeof(e->path), path);
 }
 
 bool sbx_err_isset(const struct sbx_err *e)

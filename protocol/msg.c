@@ -653,6 +653,15 @@ void sbx_err_from_obj(const msgpack_object *o, struct sbx_err *e)
     obj_copy(o, "stage", e->stage, sizeof(e->stage));
     obj_copy(o, "field", e->field, sizeof(e->field));
     obj_copy(o, "limit", e->limit, sizeof(e->limit));
+    n = sbx_obj_get(o, "path");
+    if (n != NULL) {
+        const char *p;
+        size_t len;
+        if (sbx_obj_bytes(n, &p, &len) && len < sizeof(e->path) && memchr(p, '\0', len) == NULL) {
+            memcpy(e->path, p, len);
+            e->path[len] = '\0';
+        }
+    }
     n = sbx_obj_get(o, "errno");
     if (n != NULL && n->type == MSGPACK_OBJECT_POSITIVE_INTEGER && n->via.u64 < 4096) {
         e->sys_errno = (int)n->via.u64;
@@ -826,7 +835,7 @@ void sbx_pack_notify_head(msgpack_packer *pk, const char *method)
 void sbx_pack_err(msgpack_packer *pk, const struct sbx_err *e)
 {
     uint32_t n = 2 + (e->sys_errno != 0) + (e->stage[0] != '\0') + (e->field[0] != '\0') +
-                 (e->limit[0] != '\0');
+                 (e->limit[0] != '\0') + (e->path[0] != '\0');
 
     (void)msgpack_pack_map(pk, n);
     sbx_pack_kv_str(pk, "code", e->code[0] ? e->code : SBX_E_INTERNAL);
@@ -842,6 +851,10 @@ void sbx_pack_err(msgpack_packer *pk, const struct sbx_err *e)
     }
     if (e->limit[0] != '\0') {
         sbx_pack_kv_str(pk, "limit", e->limit);
+    }
+    if (e->path[0] != '\0') {
+        sbx_pack_cstr(pk, "path");
+        sbx_pack_bstr(pk, e->path, strlen(e->path));
     }
 }
 

@@ -14,6 +14,7 @@
 #define SBX_ERR_STAGE_MAX 16
 #define SBX_ERR_FIELD_MAX 48
 #define SBX_ERR_MSG_MAX   256
+#define SBX_ERR_PATH_MAX  4097 /* a path of up to 4096 bytes (PROTOCOL.md §23) and its NUL */
 
 /* Protocol error codes (PROTOCOL.md "Error object"). OS errors use errno names instead. */
 #define SBX_E_BAD_FRAME       "BAD_FRAME"
@@ -40,6 +41,7 @@ struct sbx_err {
     char limit[SBX_ERR_FIELD_MAX]; /* optional, with LIMIT: which cap, e.g. "max_procs" */
     char msg[SBX_ERR_MSG_MAX];     /* human-readable, one line */
     int sys_errno;                 /* optional: Linux errno number, 0 if none */
+    char path[SBX_ERR_PATH_MAX];   /* optional: file-system errors, the path acted on ("" none) */
 };
 
 /* Reset @e to "no error". */
@@ -62,6 +64,9 @@ int sbx_err_param(struct sbx_err *e, const char *field, const char *fmt, ...)
  */
 int sbx_err_sys(struct sbx_err *e, int errnum, const char *stage, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* Set the error's `path` (file-system errors, PROTOCOL.md §7.1); cut at SBX_ERR_PATH_MAX - 1. */
+void sbx_err_set_path(struct sbx_err *e, const char *path);
 
 /* Prefix the message with context on the way up: "spawn x: <old message>". */
 void sbx_err_prefix(struct sbx_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -1,0 +1,1605 @@
+/*
+ * The fs family's path methods (PROTOCOL.md §17.3), readdir cursors and file handles (§17.7).
+ * Every call is a short synchronous system call on the loop thread; recursive remove and copy
+ * work through directory fds (openat/unlinkat, O_NOFOLLOW) so a symlink in the tree never leads
+ * them outside it.
+ */
+#include "fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+/* A readdir cursor: an open directory stream the client pages through. */
+struct fs_cursor {
+    struct agent_link link;
+    uint32_t id;
+    DIR *dir;
+    uint64_t used_ns;
+};
+
+struct fs_handle {
+    uint32_t id;
+    int fd;
+    char *path; /* as opened, for errors */
+};
+
+/* Per-connection fs state: file handles and readdir cursors. */
+struct agent_fs {
+    struct fs_handle *fh;
+    unsigned nfh, capfh;
+    uint32_t next_fh;
+    struct agent_link cursors;
+    unsigned ncursors;
+    uint32_t next_cursor;
+};
+
+/* --- shared helpers ------------------------------------------------------------------------ */
+
+int agent_fs_err(struct sbx_err *err, int errnum, const char *op, const char *path)
+{
+    sbx_err_sys(err, errnum, NULL, "%s \"%s\"", op, path);
+    sbx_err_set_path(err, path);
+    return -1;
+}
+
+/* Two-path methods: the message names both, `path` the first. */
+static int fs_err2(struct sbx_err *err, int errnum, const char *op, const char *from,
+                   const char *to)
+{
+    sbx_err_sys(err, errnum, NULL, "%s \"%.100s\" -> \"%.100s\"", op, from, to);
+    sbx_err_set_path(err, from);
+    return -1;
+}
+
+int agent_fs_path_param(const msgpack_object *params, const char *key, int required, char *out,
+                        struct sbx_err *err)
+{
+    char rel[AGENT_FS_PATH_BUF];
+    char cwd[AGENT_FS_PATH_BUF] = "/";
+    size_t rn, cn;
+    int r = sbx_param_bstr(params, key, required, rel, sizeof(rel), err);
+
+    if (r != 0) {
+        return r;
+    }
+    if (rel[0] == '\0') {
+        return sbx_err_param(err, key, "%s must not be empty", key);
+    }
+    if (rel[0] == '/') {
+        memcpy(out, rel, strlen(rel) + 1);
+        return 0;
+    }
+    r = sbx_param_bstr(params, "cwd", SBX_OPTIONAL, cwd, sizeof(cwd), err);
+    if (r < 0) {
+        return r;
+    }
+    if (cwd[0] != '/') {
+        return sbx_err_param(err, "cwd", "cwd must be an absolute path");
+    }
+    rn = strlen(rel);
+    cn = strlen(cwd);
+    while (cn > 1 && cwd[cn - 1] == '/') {
+        cn--;
+    }
+    if (cn + 1 + rn > SBX_PATH_MAX) {
+        return sbx_err_param(err, key, "%s joined to cwd is longer than %u bytes", key,
+                             SBX_PATH_MAX);
+    }
+    memcpy(out, cwd, cn);
+    if (cwd[cn - 1] != '/') {
+        out[cn++] = '/';
+    }
+    memcpy(out + cn, rel, rn + 1);
+    return 0;
+}
+
+int agent_fs_strv_param(const msgpack_object *params, const char *key, size_t maxlen, char ***out,
+                        struct sbx_err *err)
+{
+    const msgpack_object *arr;
+    char **v;
+    int r = sbx_param_array(params, key, SBX_OPTIONAL, SBX_FS_PATTERNS_MAX, &arr, err);
+
+    *out = NULL;
+    if (r != 0) {
+        return r < 0 ? -1 : 0;
+    }
+    v = calloc(arr->via.array.size + 1, sizeof(*v));
+    if (v == NULL) {
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+    }
+    for (uint32_t i = 0; i < arr->via.array.size; i++) {
+        const char *p;
+        size_t n;
+        if (!sbx_obj_bytes(&arr->via.array.ptr[i], &p, &n) || n == 0 || n > maxlen ||
+            memchr(p, '\0', n) != NULL) {
+            agent_strv_free(v);
+            sbx_err_param(err, key,
+                          "%s[%u] must be a non-empty string of at most %zu bytes "
+                          "without NUL",
+                          key, i, maxlen);
+            (void)snprintf(err->field, sizeof(err->field), "%s[%u]", key, i);
+            return -1;
+        }
+        v[i] = strndup(p, n);
+        if (v[i] == NULL) {
+            agent_strv_free(v);
+            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        }
+    }
+    *out = v;
+    return 0;
+}
+
+const char *agent_fs_type_name(unsigned mode)
+{
+    switch (mode & S_IFMT) {
+    case S_IFREG:
+        return "file";
+    case S_IFDIR:
+        return "dir";
+    case S_IFLNK:
+        return "symlink";
+    case S_IFIFO:
+        return "fifo";
+    case S_IFSOCK:
+        return "socket";
+    case S_IFCHR:
+        return "char";
+    case S_IFBLK:
+        return "block";
+    default:
+        return "unknown";
+    }
+}
+
+const char *agent_fs_dtype_name(unsigned char d_type)
+{
+    switch (d_type) {
+    case DT_REG:
+        return "file";
+    case DT_DIR:
+        return "dir";
+    case DT_LNK:
+        return "symlink";
+    case DT_FIFO:
+        return "fifo";
+    case DT_SOCK:
+        return "socket";
+    case DT_CHR:
+        return "char";
+    case DT_BLK:
+        return "block";
+    default:
+        return NULL;
+    }
+}
+
+static void reply_error(struct agent_conn *c, const struct sbx_msg *m, const struct sbx_err *err)
+{
+    agent_conn_reply_error(c, m->id, err);
+}
+
+/* Reply with an errno error for @op on @path. */
+static void reply_sys(struct agent_conn *c, const struct sbx_msg *m, int errnum, const char *op,
+                      const char *path)
+{
+    struct sbx_err err;
+
+    agent_fs_err(&err, errnum, op, path);
+    agent_conn_reply_error(c, m->id, &err);
+}
+
+/* Reply {key: v}. */
+static void reply_u64(struct agent_conn *c, uint32_t id, const char *key, uint64_t v)
+{
+    msgpack_packer *pk = agent_conn_begin(c);
+
+    sbx_pack_response_head(pk, id);
+    (void)msgpack_pack_map(pk, 1);
+    sbx_pack_kv_u64(pk, key, v);
+    agent_conn_send(c);
+}
+
+static struct agent_fs *fs_state(struct agent_conn *c)
+{
+    if (c->fs == NULL) {
+        c->fs = calloc(1, sizeof(*c->fs));
+        if (c->fs != NULL) {
+            agent_list_init(&c->fs->cursors);
+            c->fs->next_fh = 1;
+            c->fs->next_cursor = 1;
+        }
+    }
+    return c->fs;
+}
+
+/* --- FileInfo ------------------------------------------------------------------------------ */
+
+static int64_t ts_ns(const struct statx_timestamp *t)
+{
+    return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
+}
+
+/* Pack a FileInfo map; @target (may be NULL) is a symlink's target for fs.lstat. */
+static void pack_fileinfo(msgpack_packer *pk, const struct statx *st, const char *target,
+                          ssize_t tlen)
+{
+    (void)msgpack_pack_map(pk, 15 + (target != NULL));
+    sbx_pack_kv_str(pk, "type", agent_fs_type_name(st->stx_mode));
+    sbx_pack_kv_u64(pk, "size", st->stx_size);
+    sbx_pack_kv_u64(pk, "mode", st->stx_mode);
+    sbx_pack_kv_u64(pk, "uid", st->stx_uid);
+    sbx_pack_kv_u64(pk, "gid", st->stx_gid);
+    sbx_pack_kv_u64(pk, "nlink", st->stx_nlink);
+    sbx_pack_kv_u64(pk, "ino", st->stx_ino);
+    sbx_pack_kv_u64(pk, "dev", makedev(st->stx_dev_major, st->stx_dev_minor));
+    sbx_pack_kv_u64(pk, "rdev", makedev(st->stx_rdev_major, st->stx_rdev_minor));
+    sbx_pack_kv_u64(pk, "blksize", st->stx_blksize);
+    sbx_pack_kv_u64(pk, "blocks", st->stx_blocks);
+    sbx_pack_kv_i64(pk, "atime_ns", ts_ns(&st->stx_atime));
+    sbx_pack_kv_i64(pk, "mtime_ns", ts_ns(&st->stx_mtime));
+    sbx_pack_kv_i64(pk, "ctime_ns", ts_ns(&st->stx_ctime));
+    if (st->stx_mask & STATX_BTIME) {
+        sbx_pack_kv_i64(pk, "birthtime_ns", ts_ns(&st->stx_btime));
+    } else {
+        sbx_pack_kv_nil(pk, "birthtime_ns");
+    }
+    if (target != NULL) {
+        sbx_pack_cstr(pk, "target");
+        sbx_pack_bstr(pk, target, (size_t)tlen);
+    }
+}
+
+static void reply_fileinfo(struct agent_conn *c, uint32_t id, const struct statx *st,
+                           const char *target, ssize_t tlen)
+{
+    msgpack_packer *pk = agent_conn_begin(c);
+
+    sbx_pack_response_head(pk, id);
+    pack_fileinfo(pk, st, target, tlen);
+    agent_conn_send(c);
+}
+
+static void fs_stat_common(struct agent_conn *c, const struct sbx_msg *m, bool follow)
+{
+    char path[AGENT_FS_PATH_BUF], target[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+    struct statx st;
+    ssize_t tlen = -1;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (statx(AT_FDCWD, path, follow ? 0 : AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME,
+              &st) < 0) {
+        reply_sys(c, m, errno, follow ? "stat" : "lstat", path);
+        return;
+    }
+    if (!follow && S_ISLNK(st.stx_mode)) {
+        tlen = readlink(path, target, sizeof(target) - 1);
+        /* Reading the link updated its atime: stat again so the reply is what lstat(2) says
+         * now. A link replaced meanwhile loses its target rather than reporting a wrong one. */
+        if (tlen < 0 ||
+            statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, &st) < 0) {
+            reply_sys(c, m, errno, "readlink", path);
+            return;
+        }
+        if (!S_ISLNK(st.stx_mode)) {
+            tlen = -1;
+        }
+    }
+    reply_fileinfo(c, m->id, &st, tlen >= 0 ? target : NULL, tlen);
+}
+
+void agent_fs_stat(struct agent_conn *c, const struct sbx_msg *m)
+{
+    fs_stat_common(c, m, true);
+}
+
+void agent_fs_lstat(struct agent_conn *c, const struct sbx_msg *m)
+{
+    fs_stat_common(c, m, false);
+}
+
+/* --- readdir ------------------------------------------------------------------------------- */
+
+static void cursor_free(struct agent_fs *fs, struct fs_cursor *cur)
+{
+    agent_list_del(&cur->link);
+    fs->ncursors--;
+    (void)closedir(cur->dir);
+    free(cur);
+}
+
+static void cursors_expire(struct agent_fs *fs, uint64_t now)
+{
+    struct agent_link *l, *next;
+
+    for (l = fs->cursors.next; l != &fs->cursors; l = next) {
+        struct fs_cursor *cur = agent_container_of(l, struct fs_cursor, link);
+        next = l->next;
+        if (now - cur->used_ns > (uint64_t)SBX_FS_CURSOR_IDLE_MS * 1000000) {
+            cursor_free(fs, cur);
+        }
+    }
+}
+
+static struct fs_cursor *cursor_find(struct agent_fs *fs, const char *s, size_t n)
+{
+    char buf[16];
+    char *end;
+    unsigned long id;
+
+    if (n < 2 || n >= sizeof(buf) || s[0] != 'c') {
+        return NULL;
+    }
+    memcpy(buf, s + 1, n - 1);
+    buf[n - 1] = '\0';
+    errno = 0;
+    id = strtoul(buf, &end, 10);
+    if (errno != 0 || *end != '\0') {
+        return NULL;
+    }
+    for (struct agent_link *l = fs->cursors.next; l != &fs->cursors; l = l->next) {
+        struct fs_cursor *cur = agent_container_of(l, struct fs_cursor, link);
+        if (cur->id == id) {
+            return cur;
+        }
+    }
+    return NULL;
+}
+
+/* One collected entry: type name, then the name and its NUL, packed into a growing buffer. */
+struct dirbuf {
+    char *p;
+    size_t len, cap;
+    uint32_t n;
+};
+
+static int dirbuf_add(struct dirbuf *b, const char *type, const char *name)
+{
+    size_t tl = strlen(type) + 1, nl = strlen(name) + 1;
+
+    if (b->len + tl + nl > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 16384;
+        char *np;
+        while (cap < b->len + tl + nl) {
+            cap *= 2;
+        }
+        np = realloc(b->p, cap);
+        if (np == NULL) {
+            return -1;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, type, tl);
+    memcpy(b->p + b->len + tl, name, nl);
+    b->len += tl + nl;
+    b->n++;
+    return 0;
+}
+
+void agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent_fs *fs = fs_state(c);
+    char path[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+    struct fs_cursor *cur = NULL;
+    struct dirbuf b = { 0 };
+    uint64_t limit = SBX_FS_READDIR_DEFAULT, now = agent_now_ns();
+    const char *cs;
+    size_t cn;
+    bool more = false;
+    msgpack_packer *pk;
+    int r;
+
+    if (fs == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        reply_error(c, m, &err);
+        return;
+    }
+    cursors_expire(fs, now);
+    if (sbx_param_u64(m->params, "limit", SBX_OPTIONAL, 1, SBX_FS_READDIR_MAX, &limit, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    r = sbx_param_str(m->params, "cursor", SBX_OPTIONAL, 15, &cs, &cn, &err);
+    if (r < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (r == 0) {
+        cur = cursor_find(fs, cs, cn);
+        if (cur == NULL) {
+            sbx_err_set(&err, SBX_E_NOT_FOUND, "no such readdir cursor (expired or finished)");
+            reply_error(c, m, &err);
+            return;
+        }
+    } else {
+        int fd;
+        DIR *d;
+        if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0) {
+            reply_error(c, m, &err);
+            return;
+        }
+        if (fs->ncursors >= SBX_FS_CURSORS_MAX) {
+            sbx_err_set(&err, SBX_E_LIMIT, "too many open readdir cursors (cap %u)",
+                        SBX_FS_CURSORS_MAX);
+            (void)snprintf(err.limit, sizeof(err.limit), "max_cursors");
+            reply_error(c, m, &err);
+            return;
+        }
+        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0) {
+            reply_sys(c, m, errno, "opendir", path);
+            return;
+        }
+        d = fdopendir(fd);
+        cur = d != NULL ? calloc(1, sizeof(*cur)) : NULL;
+        if (cur == NULL) {
+            if (d != NULL) {
+                (void)closedir(d);
+            } else {
+                (void)close(fd);
+            }
+            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+            reply_error(c, m, &err);
+            return;
+        }
+        cur->dir = d;
+        cur->id = fs->next_cursor++;
+        agent_list_add_tail(&fs->cursors, &cur->link);
+        fs->ncursors++;
+    }
+    cur->used_ns = now;
+    for (;;) {
+        struct dirent *de;
+        const char *type;
+        if (b.n >= limit) {
+            more = true;
+            break;
+        }
+        errno = 0;
+        de = readdir(cur->dir);
+        if (de == NULL) {
+            if (errno != 0) {
+                agent_fs_err(&err, errno, "readdir", r == 0 ? "(cursor)" : path);
+                free(b.p);
+                cursor_free(fs, cur);
+                reply_error(c, m, &err);
+                return;
+            }
+            break;
+        }
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+            continue;
+        }
+        type = agent_fs_dtype_name(de->d_type);
+        if (type == NULL) {
+            struct stat st;
+            type = fstatat(dirfd(cur->dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0
+                       ? agent_fs_type_name(st.st_mode)
+                       : "unknown"; /* vanished meanwhile */
+        }
+        if (dirbuf_add(&b, type, de->d_name) < 0) {
+            free(b.p);
+            cursor_free(fs, cur);
+            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+            reply_error(c, m, &err);
+            return;
+        }
+    }
+    pk = agent_conn_begin(c);
+    sbx_pack_response_head(pk, m->id);
+    (void)msgpack_pack_map(pk, 2);
+    sbx_pack_cstr(pk, "entries");
+    (void)msgpack_pack_array(pk, b.n);
+    for (size_t off = 0; off < b.len;) {
+        const char *type = b.p + off;
+        const char *name = type + strlen(type) + 1;
+        size_t nl = strlen(name);
+        (void)msgpack_pack_map(pk, 2);
+        sbx_pack_cstr(pk, "name");
+        sbx_pack_bstr(pk, name, nl);
+        sbx_pack_kv_str(pk, "type", type);
+        off = (size_t)(name + nl + 1 - b.p);
+    }
+    sbx_pack_cstr(pk, "cursor");
+    if (more) {
+        char id[16];
+        (void)snprintf(id, sizeof(id), "c%u", cur->id);
+        sbx_pack_cstr(pk, id);
+    } else {
+        (void)msgpack_pack_nil(pk);
+        cursor_free(fs, cur);
+    }
+    agent_conn_send(c);
+    free(b.p);
+}
+
+/* --- mkdir, remove, rename ----------------------------------------------------------------- */
+
+static int mkdir_parents(char *path, mode_t mode, struct sbx_err *err)
+{
+    struct stat st;
+
+    for (char *p = path + 1;; p++) {
+        bool last = *p == '\0';
+        if (*p != '/' && !last) {
+            continue;
+        }
+        if (p[-1] == '/' && !last) {
+            continue; /* "//" */
+        }
+        *p = '\0';
+        if (mkdir(path, last ? mode : 0777) < 0) {
+            int e = errno;
+            if (e != EEXIST || stat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {
+                if (e == EEXIST) {
+                    e = stat(path, &st) < 0 ? errno : ENOTDIR;
+                    if (last && e == ENOTDIR) {
+                        e = EEXIST; /* the target itself exists and is not a directory */
+                    }
+                }
+                agent_fs_err(err, e, "mkdir", path);
+                if (!last) {
+                    *p = '/';
+                }
+                return -1;
+            }
+        }
+        if (last) {
+            return 0;
+        }
+        *p = '/';
+    }
+}
+
+void agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char path[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+    bool parents = false;
+    uint64_t mode = 0777;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
+        sbx_param_bool(m->params, "parents", SBX_OPTIONAL, &parents, &err) < 0 ||
+        sbx_param_u64(m->params, "mode", SBX_OPTIONAL, 0, 07777, &mode, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (parents) {
+        size_t n = strlen(path);
+        while (n > 1 && path[n - 1] == '/') {
+            path[--n] = '\0';
+        }
+        if (mkdir_parents(path, (mode_t)mode, &err) < 0) {
+            reply_error(c, m, &err);
+            return;
+        }
+    } else if (mkdir(path, (mode_t)mode) < 0) {
+        reply_sys(c, m, errno, "mkdir", path);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+/*
+ * Remove @name in @dfd and everything below it, never following a symlink: directories are
+ * opened O_NOFOLLOW relative to their parent's fd. @path holds the entry's path for errors
+ * (cut when too long); @plen is its length.
+ */
+static int remove_tree_at(int dfd, const char *name, char *path, size_t plen, struct sbx_err *err)
+{
+    _cleanup_closedir_ DIR *d = NULL;
+    int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct dirent *de;
+
+    if (fd < 0) {
+        if (errno == ENOTDIR || errno == ELOOP) {
+            if (unlinkat(dfd, name, 0) < 0) {
+                return agent_fs_err(err, errno, "unlink", path);
+            }
+            return 0;
+        }
+        return agent_fs_err(err, errno, "open", path);
+    }
+    d = fdopendir(fd);
+    if (d == NULL) {
+        int e = errno;
+        (void)close(fd);
+        return agent_fs_err(err, e, "opendir", path);
+    }
+    for (;;) {
+        size_t nl;
+        bool isdir;
+        errno = 0;
+        de = readdir(d);
+        if (de == NULL) {
+            if (errno != 0) {
+                return agent_fs_err(err, errno, "readdir", path);
+            }
+            break;
+        }
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+            continue;
+        }
+        nl = strlen(de->d_name);
+        if (plen + 1 + nl <= SBX_PATH_MAX) {
+            path[plen] = '/';
+            memcpy(path + plen + 1, de->d_name, nl + 1);
+        }
+        isdir = de->d_type == DT_DIR;
+        if (de->d_type == DT_UNKNOWN) {
+            struct stat st;
+            isdir =
+                fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+        }
+        if (isdir) {
+            if (remove_tree_at(dirfd(d), de->d_name, path, plen + 1 + nl, err) < 0) {
+                return -1;
+            }
+        } else if (unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT) {
+            return agent_fs_err(err, errno, "unlink", path);
+        }
+        path[plen] = '\0';
+    }
+    if (unlinkat(dfd, name, AT_REMOVEDIR) < 0) {
+        return agent_fs_err(err, errno, "rmdir", path);
+    }
+    return 0;
+}
+
+/* Split @path (absolute) into its parent directory and last component, in @parent/@base. */
+static int split_path(const char *path, char *parent, char *base)
+{
+    size_t n = strlen(path);
+    const char *slash;
+
+    while (n > 1 && path[n - 1] == '/') {
+        n--;
+    }
+    memcpy(parent, path, n);
+    parent[n] = '\0';
+    slash = strrchr(parent, '/');
+    if (slash == NULL || slash[1] == '\0') {
+        return -1; /* "/" itself */
+    }
+    memcpy(base, slash + 1, strlen(slash + 1) + 1);
+    if (slash == parent) {
+        parent[1] = '\0';
+    } else {
+        parent[slash - parent] = '\0';
+    }
+    return 0;
+}
+
+void agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char path[AGENT_FS_PATH_BUF], parent[AGENT_FS_PATH_BUF], base[AGENT_FS_PATH_BUF];
+    _cleanup_close_ int pfd = -1;
+    struct sbx_err err;
+    struct stat st;
+    bool recursive = false;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
+        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &recursive, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (lstat(path, &st) < 0) {
+        reply_sys(c, m, errno, "remove", path);
+        return;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        if (unlink(path) < 0) {
+            reply_sys(c, m, errno, "unlink", path);
+            return;
+        }
+    } else if (!recursive) {
+        if (rmdir(path) < 0) {
+            reply_sys(c, m, errno, "rmdir", path);
+            return;
+        }
+    } else {
+        if (split_path(path, parent, base) < 0 || strcmp(base, ".") == 0 ||
+            strcmp(base, "..") == 0) {
+            reply_sys(c, m, split_path(path, parent, base) < 0 ? EBUSY : EINVAL, "remove", path);
+            return;
+        }
+        pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (pfd < 0) {
+            reply_sys(c, m, errno, "open", parent);
+            return;
+        }
+        if (remove_tree_at(pfd, base, path, strlen(path), &err) < 0) {
+            reply_error(c, m, &err);
+            return;
+        }
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+/* Read the two-path params "from"/@k2 and "to"/@k1 style pairs. */
+static int two_paths(const struct sbx_msg *m, const char *k1, char *p1, const char *k2, char *p2,
+                     struct sbx_err *err)
+{
+    if (agent_fs_path_param(m->params, k1, SBX_REQUIRED, p1, err) < 0 ||
+        agent_fs_path_param(m->params, k2, SBX_REQUIRED, p2, err) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+void agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char from[AGENT_FS_PATH_BUF], to[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+
+    if (two_paths(m, "from", from, "to", to, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (rename(from, to) < 0) {
+        fs_err2(&err, errno, "rename", from, to);
+        reply_error(c, m, &err);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+/* --- copy ---------------------------------------------------------------------------------- */
+
+/* Copy the data of @in to @out (both open): copy_file_range, read/write where it is refused. */
+static int copy_data(int in, int out)
+{
+    char *buf = NULL;
+
+    for (;;) {
+        ssize_t n = copy_file_range(in, NULL, out, NULL, 1 << 30, 0);
+        if (n == 0) {
+            return 0;
+        }
+        if (n > 0) {
+            continue;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno != EXDEV && errno != EINVAL && errno != EOPNOTSUPP && errno != ENOSYS) {
+            return -1;
+        }
+        break;
+    }
+    buf = malloc(1 << 17);
+    if (buf == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    for (;;) {
+        ssize_t n = read(in, buf, 1 << 17);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            int e = errno;
+            free(buf);
+            errno = e;
+            return (int)n;
+        }
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(out, buf + off, (size_t)(n - off));
+            if (w < 0 && errno == EINTR) {
+                continue;
+            }
+            if (w < 0) {
+                int e = errno;
+                free(buf);
+                errno = e;
+                return -1;
+            }
+            off += w;
+        }
+    }
+}
+
+/* Path of an entry for error messages: @base joined with @name when it fits. */
+static void join_path(char *out, const char *base, const char *name)
+{
+    if (snprintf(out, AGENT_FS_PATH_BUF, "%s/%s", base, name) >= (int)AGENT_FS_PATH_BUF) {
+        (void)snprintf(out, AGENT_FS_PATH_BUF, "%s", base);
+    }
+}
+
+/* Copy the regular file @sfd (already open, described by @st) to @dname in @dfd. */
+static int copy_file_fd(int sfd, const struct stat *st, int dfd, const char *dname,
+                        const char *spath, const char *dpath, struct sbx_err *err)
+{
+    _cleanup_close_ int out = openat(dfd, dname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+    if (out < 0) {
+        return agent_fs_err(err, errno, "create", dpath);
+    }
+    if (copy_data(sfd, out) < 0) {
+        return fs_err2(err, errno, "copy", spath, dpath);
+    }
+    if (fchmod(out, st->st_mode & 07777) < 0) {
+        return agent_fs_err(err, errno, "chmod", dpath);
+    }
+    if (close(agent_fs_steal_fd(&out)) < 0) {
+        return agent_fs_err(err, errno, "close", dpath);
+    }
+    return 0;
+}
+
+/* Copy the entry @sname of @sdfd to the new name @dname in @ddfd (tree copy, no following). */
+static int copy_tree_at(int sdfd, const char *sname, int ddfd, const char *dname, const char *spath,
+                        const char *dpath, struct sbx_err *err)
+{
+    struct stat st;
+
+    if (fstatat(sdfd, sname, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        return agent_fs_err(err, errno, "lstat", spath);
+    }
+    if (S_ISREG(st.st_mode)) {
+        _cleanup_close_ int sfd = openat(sdfd, sname, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (sfd < 0) {
+            return agent_fs_err(err, errno, "open", spath);
+        }
+        return copy_file_fd(sfd, &st, ddfd, dname, spath, dpath, err);
+    }
+    if (S_ISLNK(st.st_mode)) {
+        char target[AGENT_FS_PATH_BUF];
+        ssize_t n = readlinkat(sdfd, sname, target, sizeof(target) - 1);
+        if (n < 0) {
+            return agent_fs_err(err, errno, "readlink", spath);
+        }
+        target[n] = '\0';
+        if (symlinkat(target, ddfd, dname) < 0) {
+            return agent_fs_err(err, errno, "symlink", dpath);
+        }
+        return 0;
+    }
+    if (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
+        if (mknodat(ddfd, dname, st.st_mode, st.st_rdev) < 0) {
+            return agent_fs_err(err, errno, "mknod", dpath);
+        }
+        return 0;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        _cleanup_closedir_ DIR *d = NULL;
+        _cleanup_close_ int out = -1;
+        int sfd = openat(sdfd, sname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        struct dirent *de;
+
+        if (sfd < 0) {
+            return agent_fs_err(err, errno, "open", spath);
+        }
+        d = fdopendir(sfd);
+        if (d == NULL) {
+            int e = errno;
+            (void)close(sfd);
+            return agent_fs_err(err, e, "opendir", spath);
+        }
+        if (mkdirat(ddfd, dname, 0700) < 0) {
+            return agent_fs_err(err, errno, "mkdir", dpath);
+        }
+        out = openat(ddfd, dname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (out < 0) {
+            return agent_fs_err(err, errno, "open", dpath);
+        }
+        for (;;) {
+            char sp[AGENT_FS_PATH_BUF], dp[AGENT_FS_PATH_BUF];
+            errno = 0;
+            de = readdir(d);
+            if (de == NULL) {
+                if (errno != 0) {
+                    return agent_fs_err(err, errno, "readdir", spath);
+                }
+                break;
+            }
+            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+                continue;
+            }
+            join_path(sp, spath, de->d_name);
+            join_path(dp, dpath, de->d_name);
+            if (copy_tree_at(dirfd(d), de->d_name, out, de->d_name, sp, dp, err) < 0) {
+                return -1;
+            }
+        }
+        if (fchmod(out, st.st_mode & 07777) < 0) {
+            return agent_fs_err(err, errno, "chmod", dpath);
+        }
+        return 0;
+    }
+    return 0; /* sockets are skipped */
+}
+
+void agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char from[AGENT_FS_PATH_BUF], to[AGENT_FS_PATH_BUF];
+    char parent[AGENT_FS_PATH_BUF], base[AGENT_FS_PATH_BUF];
+    char rfrom[PATH_MAX], rparent[PATH_MAX];
+    _cleanup_close_ int sfd = -1, pfd = -1;
+    struct sbx_err err;
+    struct stat st, dst;
+    bool recursive = false;
+
+    if (two_paths(m, "from", from, "to", to, &err) < 0 ||
+        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &recursive, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    sfd = open(from, O_RDONLY | O_CLOEXEC);
+    if (sfd < 0 || fstat(sfd, &st) < 0) {
+        reply_sys(c, m, errno, "open", from);
+        return;
+    }
+    if (S_ISDIR(st.st_mode) && !recursive) {
+        reply_sys(c, m, EISDIR, "copy (a directory needs recursive)", from);
+        return;
+    }
+    if (stat(to, &dst) == 0) {
+        if (dst.st_dev == st.st_dev && dst.st_ino == st.st_ino) {
+            fs_err2(&err, EINVAL, "copy onto itself", from, to);
+            reply_error(c, m, &err);
+            return;
+        }
+        if (S_ISDIR(st.st_mode) || S_ISDIR(dst.st_mode)) {
+            reply_sys(c, m, S_ISDIR(st.st_mode) ? EEXIST : EISDIR, "copy to", to);
+            return;
+        }
+    }
+    if (split_path(to, parent, base) < 0) {
+        reply_sys(c, m, EEXIST, "copy to", to);
+        return;
+    }
+    pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (pfd < 0) {
+        reply_sys(c, m, errno, "open", parent);
+        return;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        size_t n;
+        /* Copying a tree into itself would never end. */
+        if (realpath(from, rfrom) != NULL && realpath(parent, rparent) != NULL) {
+            n = strlen(rfrom);
+            if (strncmp(rparent, rfrom, n) == 0 &&
+                (rparent[n] == '/' || rparent[n] == '\0' || strcmp(rfrom, "/") == 0)) {
+                fs_err2(&err, EINVAL, "copy a directory into itself", from, to);
+                reply_error(c, m, &err);
+                return;
+            }
+        }
+        /* `from` itself may be a symlink to a directory: copy what it names. */
+        if (copy_tree_at(sfd, ".", pfd, base, from, to, &err) < 0) {
+            reply_error(c, m, &err);
+            return;
+        }
+    } else if (S_ISREG(st.st_mode)) {
+        if (copy_file_fd(sfd, &st, pfd, base, from, to, &err) < 0) {
+            reply_error(c, m, &err);
+            return;
+        }
+    } else {
+        reply_sys(c, m, EINVAL, "copy (not a regular file or directory)", from);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+/* --- attributes and links ------------------------------------------------------------------ */
+
+void agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char path[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+    uint64_t mode;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
+        sbx_param_u64(m->params, "mode", SBX_REQUIRED, 0, 07777, &mode, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (chmod(path, (mode_t)mode) < 0) {
+        reply_sys(c, m, errno, "chmod", path);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+void agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char path[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+    uint64_t uid = (uint64_t)-1, gid = (uint64_t)-1;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
+        sbx_param_u64(m->params, "uid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &uid, &err) < 0 ||
+        sbx_param_u64(m->params, "gid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &gid, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (chown(path, (uid_t)uid, (gid_t)gid) < 0) {
+        reply_sys(c, m, errno, "chown", path);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+void agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char target[AGENT_FS_PATH_BUF], path[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+
+    if (sbx_param_bstr(m->params, "target", SBX_REQUIRED, target, sizeof(target), &err) < 0 ||
+        agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (target[0] == '\0') {
+        sbx_err_param(&err, "target", "target must not be empty");
+        reply_error(c, m, &err);
+        return;
+    }
+    if (symlink(target, path) < 0) {
+        reply_sys(c, m, errno, "symlink", path);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+void agent_fs_link(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char target[AGENT_FS_PATH_BUF], path[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+
+    if (two_paths(m, "target", target, "path", path, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (link(target, path) < 0) {
+        fs_err2(&err, errno, "link", target, path);
+        reply_error(c, m, &err);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+/* Reply {key: bstr}. */
+static void reply_bstr(struct agent_conn *c, uint32_t id, const char *key, const char *s, size_t n)
+{
+    msgpack_packer *pk = agent_conn_begin(c);
+
+    sbx_pack_response_head(pk, id);
+    (void)msgpack_pack_map(pk, 1);
+    sbx_pack_cstr(pk, key);
+    sbx_pack_bstr(pk, s, n);
+    agent_conn_send(c);
+}
+
+void agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char path[AGENT_FS_PATH_BUF], target[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+    ssize_t n;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    n = readlink(path, target, sizeof(target) - 1);
+    if (n < 0) {
+        reply_sys(c, m, errno, "readlink", path);
+        return;
+    }
+    reply_bstr(c, m->id, "target", target, (size_t)n);
+}
+
+void agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char path[AGENT_FS_PATH_BUF], real[PATH_MAX];
+    struct sbx_err err;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (realpath(path, real) == NULL) {
+        reply_sys(c, m, errno, "realpath", path);
+        return;
+    }
+    reply_bstr(c, m->id, "path", real, strlen(real));
+}
+
+void agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char path[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+    uint64_t size = 0;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
+        sbx_param_u64(m->params, "size", SBX_OPTIONAL, 0, INT64_MAX, &size, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (truncate(path, (off_t)size) < 0) {
+        reply_sys(c, m, errno, "truncate", path);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+static int time_param(const msgpack_object *params, const char *key, struct timespec *ts,
+                      struct sbx_err *err)
+{
+    int64_t ns;
+    int r = sbx_param_i64(params, key, SBX_OPTIONAL, INT64_MIN, INT64_MAX, &ns, err);
+
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 1) {
+        ts->tv_sec = 0;
+        ts->tv_nsec = UTIME_OMIT;
+        return 0;
+    }
+    ts->tv_sec = ns / 1000000000;
+    ts->tv_nsec = ns % 1000000000;
+    if (ts->tv_nsec < 0) {
+        ts->tv_sec--;
+        ts->tv_nsec += 1000000000;
+    }
+    return 0;
+}
+
+void agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char path[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+    struct timespec ts[2];
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
+        time_param(m->params, "atime_ns", &ts[0], &err) < 0 ||
+        time_param(m->params, "mtime_ns", &ts[1], &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (utimensat(AT_FDCWD, path, ts, 0) < 0) {
+        reply_sys(c, m, errno, "utime", path);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+/* A name part (mktemp prefix/suffix): at most SBX_FS_NAME_MAX bytes, no '/' or NUL. */
+static int name_part_param(const msgpack_object *params, const char *key, char *buf,
+                           struct sbx_err *err)
+{
+    int r = sbx_param_bstr(params, key, SBX_OPTIONAL, buf, SBX_FS_NAME_MAX + 1, err);
+
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 0 && strchr(buf, '/') != NULL) {
+        return sbx_err_param(err, key, "%s must not contain '/'", key);
+    }
+    return 0;
+}
+
+void agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m)
+{
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    char dir[AGENT_FS_PATH_BUF] = "/tmp", prefix[SBX_FS_NAME_MAX + 1] = "tmp";
+    char suffix[SBX_FS_NAME_MAX + 1] = "", path[AGENT_FS_PATH_BUF];
+    struct sbx_err err;
+    bool directory = false;
+    int r;
+
+    r = agent_fs_path_param(m->params, "dir", SBX_OPTIONAL, dir, &err);
+    if (r < 0 || name_part_param(m->params, "prefix", prefix, &err) < 0 ||
+        name_part_param(m->params, "suffix", suffix, &err) < 0 ||
+        sbx_param_bool(m->params, "directory", SBX_OPTIONAL, &directory, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (r == 1) {
+        for (size_t i = 0; i < c->a->env_len; i++) {
+            const char *kv = c->a->env[i];
+            if (strncmp(kv, "TMPDIR=/", 8) == 0 && strlen(kv + 7) <= SBX_PATH_MAX) {
+                (void)snprintf(dir, sizeof(dir), "%s", kv + 7);
+            }
+        }
+    }
+    for (int attempt = 0; attempt < 100; attempt++) {
+        unsigned char rnd[12];
+        char name[13];
+        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+            reply_sys(c, m, errno, "getrandom", dir);
+            return;
+        }
+        for (int i = 0; i < 12; i++) {
+            name[i] = alnum[rnd[i] % (sizeof(alnum) - 1)];
+        }
+        name[12] = '\0';
+        if (snprintf(path, sizeof(path), "%s%s%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/",
+                     prefix, name, suffix) >= (int)sizeof(path)) {
+            sbx_err_param(&err, "dir", "the resulting path is longer than %u bytes", SBX_PATH_MAX);
+            reply_error(c, m, &err);
+            return;
+        }
+        if (directory) {
+            r = mkdir(path, 0700);
+        } else {
+            r = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+            if (r >= 0) {
+                (void)close(r); /* nothing written yet */
+            }
+        }
+        if (r >= 0) {
+            reply_bstr(c, m->id, "path", path, strlen(path));
+            return;
+        }
+        if (errno != EEXIST) {
+            reply_sys(c, m, errno, directory ? "mkdir" : "create", path);
+            return;
+        }
+    }
+    reply_sys(c, m, EEXIST, "mktemp", dir);
+}
+
+/* --- file handles -------------------------------------------------------------------------- */
+
+static struct fs_handle *fh_find(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    uint64_t id;
+
+    if (sbx_param_u64(m->params, "fh", SBX_REQUIRED, 0, UINT32_MAX, &id, err) < 0) {
+        return NULL;
+    }
+    if (c->fs != NULL) {
+        for (unsigned i = 0; i < c->fs->nfh; i++) {
+            if (c->fs->fh[i].id == id) {
+                return &c->fs->fh[i];
+            }
+        }
+    }
+    sbx_err_set(err, SBX_E_NOT_FOUND, "no open file handle %llu", (unsigned long long)id);
+    return NULL;
+}
+
+/* An errno error of an operation on handle @h: carries the path it was opened with. */
+static void fh_err(struct sbx_err *err, int errnum, const char *op, const struct fs_handle *h)
+{
+    agent_fs_err(err, errnum, op, h->path);
+}
+
+static const struct {
+    const char *name;
+    int flags;
+} open_flags[] = {
+    { "read", 0 },
+    { "write", 0 },
+    { "append", O_APPEND },
+    { "create", O_CREAT },
+    { "truncate", O_TRUNC },
+    { "exclusive", O_EXCL },
+    { "nofollow", O_NOFOLLOW },
+    { "sync", O_SYNC },
+};
+
+void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent_fs *fs = fs_state(c);
+    char path[AGENT_FS_PATH_BUF];
+    const msgpack_object *arr = NULL;
+    struct sbx_err err;
+    uint64_t mode = 0666;
+    bool rd = false, wr = false;
+    int flags = O_CLOEXEC, fd, r;
+    char *hpath;
+
+    if (fs == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        reply_error(c, m, &err);
+        return;
+    }
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
+        sbx_param_u64(m->params, "mode", SBX_OPTIONAL, 0, 07777, &mode, &err) < 0 ||
+        (r = sbx_param_array(m->params, "flags", SBX_OPTIONAL, 16, &arr, &err)) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (arr == NULL) {
+        rd = true;
+    } else {
+        for (uint32_t i = 0; i < arr->via.array.size; i++) {
+            const char *s;
+            size_t n;
+            size_t k;
+            bool ok = sbx_obj_bytes(&arr->via.array.ptr[i], &s, &n);
+            for (k = 0; ok && k < sizeof(open_flags) / sizeof(open_flags[0]); k++) {
+                if (strlen(open_flags[k].name) == n && memcmp(open_flags[k].name, s, n) == 0) {
+                    break;
+                }
+            }
+            if (!ok || k == sizeof(open_flags) / sizeof(open_flags[0])) {
+                sbx_err_param(&err, "flags", "unknown open flag in flags[%u]", i);
+                (void)snprintf(err.field, sizeof(err.field), "flags[%u]", i);
+                reply_error(c, m, &err);
+                return;
+            }
+            flags |= open_flags[k].flags;
+            rd |= k == 0;
+            wr |= k == 1 || k == 2;
+        }
+    }
+    if (!rd && !wr) {
+        sbx_err_param(&err, "flags", "flags need one of read, write, append");
+        reply_error(c, m, &err);
+        return;
+    }
+    if ((flags & O_EXCL) && !(flags & O_CREAT)) {
+        sbx_err_param(&err, "flags", "exclusive needs create");
+        reply_error(c, m, &err);
+        return;
+    }
+    flags |= rd && wr ? O_RDWR : wr ? O_WRONLY : O_RDONLY;
+    if (fs->nfh >= SBX_FS_HANDLES_MAX) {
+        sbx_err_set(&err, SBX_E_LIMIT, "too many open file handles (cap %u)", SBX_FS_HANDLES_MAX);
+        (void)snprintf(err.limit, sizeof(err.limit), "max_handles");
+        reply_error(c, m, &err);
+        return;
+    }
+    if (fs->nfh == fs->capfh) {
+        unsigned cap = fs->capfh ? fs->capfh * 2 : 8;
+        struct fs_handle *nh = realloc(fs->fh, cap * sizeof(*nh));
+        if (nh == NULL) {
+            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+            reply_error(c, m, &err);
+            return;
+        }
+        fs->fh = nh;
+        fs->capfh = cap;
+    }
+    hpath = strdup(path);
+    fd = hpath != NULL ? open(path, flags, (mode_t)mode) : -1;
+    if (fd < 0) {
+        if (hpath == NULL) {
+            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        } else {
+            agent_fs_err(&err, errno, "open", path);
+        }
+        free(hpath);
+        reply_error(c, m, &err);
+        return;
+    }
+    fs->fh[fs->nfh].id = fs->next_fh++;
+    fs->fh[fs->nfh].fd = fd;
+    fs->fh[fs->nfh].path = hpath;
+    reply_u64(c, m->id, "fh", fs->fh[fs->nfh].id);
+    fs->nfh++;
+}
+
+void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct fs_handle *h = fh_find(c, m, &err);
+    uint64_t len, off = 0;
+    int r;
+    ssize_t n;
+    void *buf;
+    msgpack_packer *pk;
+
+    if (h == NULL || sbx_param_u64(m->params, "len", SBX_REQUIRED, 1, UINT64_MAX, &len, &err) < 0 ||
+        (r = sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &off, &err)) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    buf = agent_buf_get(c->a);
+    if (buf == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        reply_error(c, m, &err);
+        return;
+    }
+    if (len > SBX_STREAM_CHUNK_MAX) {
+        len = SBX_STREAM_CHUNK_MAX;
+    }
+    do {
+        n = r == 0 ? pread(h->fd, buf, len, (off_t)off) : read(h->fd, buf, len);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        fh_err(&err, errno, "read", h);
+        agent_buf_put(c->a, buf);
+        reply_error(c, m, &err);
+        return;
+    }
+    pk = agent_conn_begin(c);
+    sbx_pack_response_head(pk, m->id);
+    (void)msgpack_pack_map(pk, 1);
+    sbx_pack_cstr(pk, "data");
+    sbx_pack_bin(pk, buf, (size_t)n);
+    agent_conn_send(c);
+    agent_buf_put(c->a, buf);
+}
+
+void agent_fs_write(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct fs_handle *h = fh_find(c, m, &err);
+    const uint8_t *data;
+    size_t len;
+    uint64_t off = 0;
+    int r;
+    ssize_t n;
+
+    if (h == NULL ||
+        sbx_param_bin(m->params, "data", SBX_REQUIRED, SBX_FRAME_MAX, &data, &len, &err) < 0 ||
+        (r = sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &off, &err)) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (len == 0) {
+        sbx_err_param(&err, "data", "data must not be empty");
+        reply_error(c, m, &err);
+        return;
+    }
+    if (len > SBX_STREAM_CHUNK_MAX) {
+        sbx_err_set(&err, SBX_E_LIMIT, "data is longer than chunk_max (%u bytes)",
+                    SBX_STREAM_CHUNK_MAX);
+        (void)snprintf(err.limit, sizeof(err.limit), "chunk_max");
+        reply_error(c, m, &err);
+        return;
+    }
+    do {
+        n = r == 0 ? pwrite(h->fd, data, len, (off_t)off) : write(h->fd, data, len);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        fh_err(&err, errno, "write", h);
+        reply_error(c, m, &err);
+        return;
+    }
+    reply_u64(c, m->id, "written", (uint64_t)n);
+}
+
+void agent_fs_seek(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct fs_handle *h = fh_find(c, m, &err);
+    int64_t off;
+    char whence[8] = "set";
+    int wh;
+    off_t pos;
+
+    if (h == NULL ||
+        sbx_param_i64(m->params, "offset", SBX_REQUIRED, INT64_MIN, INT64_MAX, &off, &err) < 0 ||
+        sbx_param_cstr(m->params, "whence", SBX_OPTIONAL, whence, sizeof(whence), &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (strcmp(whence, "set") == 0) {
+        wh = SEEK_SET;
+    } else if (strcmp(whence, "cur") == 0) {
+        wh = SEEK_CUR;
+    } else if (strcmp(whence, "end") == 0) {
+        wh = SEEK_END;
+    } else {
+        sbx_err_param(&err, "whence", "whence must be \"set\", \"cur\" or \"end\"");
+        reply_error(c, m, &err);
+        return;
+    }
+    pos = lseek(h->fd, (off_t)off, wh);
+    if (pos < 0) {
+        fh_err(&err, errno, "seek", h);
+        reply_error(c, m, &err);
+        return;
+    }
+    reply_u64(c, m->id, "position", (uint64_t)pos);
+}
+
+void agent_fs_fstat(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct fs_handle *h = fh_find(c, m, &err);
+    struct statx st;
+
+    if (h == NULL) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (statx(h->fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_BTIME, &st) < 0) {
+        fh_err(&err, errno, "fstat", h);
+        reply_error(c, m, &err);
+        return;
+    }
+    reply_fileinfo(c, m->id, &st, NULL, 0);
+}
+
+void agent_fs_fsync(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct fs_handle *h = fh_find(c, m, &err);
+    bool data_only = false;
+
+    if (h == NULL || sbx_param_bool(m->params, "data_only", SBX_OPTIONAL, &data_only, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if ((data_only ? fdatasync(h->fd) : fsync(h->fd)) < 0) {
+        fh_err(&err, errno, "fsync", h);
+        reply_error(c, m, &err);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+void agent_fs_ftruncate(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct fs_handle *h = fh_find(c, m, &err);
+    uint64_t size = 0;
+
+    if (h == NULL ||
+        sbx_param_u64(m->params, "size", SBX_OPTIONAL, 0, INT64_MAX, &size, &err) < 0) {
+        reply_error(c, m, &err);
+        return;
+    }
+    if (ftruncate(h->fd, (off_t)size) < 0) {
+        fh_err(&err, errno, "ftruncate", h);
+        reply_error(c, m, &err);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+void agent_fs_close(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct fs_handle *h = fh_find(c, m, &err);
+    int r;
+
+    if (h == NULL) {
+        reply_error(c, m, &err);
+        return;
+    }
+    r = close(h->fd);
+    if (r < 0 && errno != EINTR) {
+        fh_err(&err, errno, "close", h);
+    }
+    free(h->path);
+    *h = c->fs->fh[--c->fs->nfh];
+    if (r < 0 && errno != EINTR) {
+        reply_error(c, m, &err);
+        return;
+    }
+    agent_conn_reply_empty(c, m->id);
+}
+
+void agent_fs_conn_gone(struct agent_conn *c)
+{
+    struct agent_fs *fs = c->fs;
+
+    if (fs == NULL) {
+        return;
+    }
+    for (unsigned i = 0; i < fs->nfh; i++) {
+        (void)close(fs->fh[i].fd); /* the client is gone: nobody to tell about a close error */
+        free(fs->fh[i].path);
+    }
+    free(fs->fh);
+    while (!agent_list_empty(&fs->cursors)) {
+        cursor_free(fs, agent_container_of(fs->cursors.next, struct fs_cursor, link));
+    }
+    free(fs);
+    c->fs = NULL;
+}

@@ -1,0 +1,70 @@
+/*
+ * What the fs family's files (fs.c: path methods and handles, fswalk.c: walk and glob,
+ * fswatch.c: inotify watches) share: path parameters, FileInfo types and errno errors that carry
+ * the path (PROTOCOL.md §17.1).
+ */
+#ifndef SBX_AGENT_FS_H
+#define SBX_AGENT_FS_H
+
+#include <dirent.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+/* A path buffer: SBX_PATH_MAX bytes and the NUL. */
+#define AGENT_FS_PATH_BUF (SBX_PATH_MAX + 1)
+
+/* Scope-bound resources (crun's cleanup attributes). */
+static inline void agent_fs_closep(int *fd)
+{
+    if (*fd >= 0) {
+        (void)close(*fd); /* read-only or already-synced descriptors: nothing to report */
+    }
+}
+static inline void agent_fs_closedirp(DIR **d)
+{
+    if (*d != NULL) {
+        (void)closedir(*d);
+    }
+}
+static inline void agent_fs_freep(void *p)
+{
+    free(*(void **)p);
+}
+#define _cleanup_close_    __attribute__((cleanup(agent_fs_closep)))
+#define _cleanup_closedir_ __attribute__((cleanup(agent_fs_closedirp)))
+#define _cleanup_free_     __attribute__((cleanup(agent_fs_freep)))
+
+static inline int agent_fs_steal_fd(int *fd)
+{
+    int r = *fd;
+    *fd = -1;
+    return r;
+}
+
+/*
+ * Read the path parameter @key of request params @params into @out (AGENT_FS_PATH_BUF bytes) as
+ * an absolute path: a relative one is joined to the request's `cwd` (itself absolute) or to "/".
+ * Returns 0, 1 when optional and absent, or -1 with BAD_PARAM naming the field (missing, wrong
+ * type, empty, NUL inside, longer than SBX_PATH_MAX, relative `cwd`).
+ */
+int agent_fs_path_param(const msgpack_object *params, const char *key, int required, char *out,
+                        struct sbx_err *err);
+
+/* An errno error for operation @op on @path: code, errno, `path` and "op \"path\": strerror".
+ * Returns -1. */
+int agent_fs_err(struct sbx_err *err, int errnum, const char *op, const char *path);
+
+/* FileInfo `type` for an st_mode / a dirent d_type (NULL for DT_UNKNOWN). */
+const char *agent_fs_type_name(unsigned mode);
+const char *agent_fs_dtype_name(unsigned char d_type);
+
+/* Read a list of strings param (≤ SBX_FS_PATTERNS_MAX entries, each a str/bin without NUL of at
+ * most @maxlen bytes) into a NULL-terminated array of copies (free with agent_strv_free); *out
+ * stays NULL when absent. Returns 0 or -1 with BAD_PARAM naming the entry. */
+int agent_fs_strv_param(const msgpack_object *params, const char *key, size_t maxlen, char ***out,
+                        struct sbx_err *err);
+
+#endif /* SBX_AGENT_FS_H */

@@ -1,0 +1,522 @@
+#!/usr/bin/env python3
+"""Integration tests of the fs family (PROTOCOL.md §17): the real sbx-agent over a unix socket,
+acting on a scratch directory; results compared with what os.stat / os.lstat say."""
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import warnings
+
+warnings.simplefilter("ignore", ResourceWarning)
+
+sys.path.insert(0, os.path.dirname(__file__))
+import sbxwire as w  # noqa: E402
+
+BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
+AGENT = os.path.join(BUILD, "bin", "sbx-agent")
+NOBODY = 65534
+
+
+class FsCase(unittest.TestCase):
+    def setUp(self):
+        self.agent = w.Agent(AGENT)
+        self.c = self.agent.connect()
+        self.d = tempfile.mkdtemp(prefix="sbx-fs-")
+        os.chmod(self.d, 0o755)
+
+    def tearDown(self):
+        alive = self.agent.alive()
+        self.c.close()
+        self.agent.stop()
+        shutil.rmtree(self.d, ignore_errors=True)
+        self.assertTrue(alive, "the agent died during the test:\n" + self.agent.logtext())
+
+    def p(self, *parts):
+        return os.path.join(self.d, *parts)
+
+    def err(self, method, params, conn=None):
+        with self.assertRaises(w.RemoteError) as cm:
+            (conn or self.c).call(method, params)
+        return cm.exception.err
+
+    def assertErrno(self, method, params, code, path=None, conn=None):
+        e = self.err(method, params, conn)
+        self.assertEqual(e["code"], code, e)
+        if code.startswith("E"):
+            self.assertEqual(e["errno"], getattr(__import__("errno"), code), e)
+            self.assertIn("path", e, e)
+            if path is not None:
+                self.assertEqual(e["path"], path, e)
+        return e
+
+    def write(self, name, data=b"", mode=None):
+        with open(self.p(name), "wb") as f:
+            f.write(data)
+        if mode is not None:
+            os.chmod(self.p(name), mode)
+        return self.p(name)
+
+
+class NobodyAgent(w.Agent):
+    """An agent running as nobody, so permission checks apply (EACCES)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="sbx-agent-nobody-")
+        os.chmod(self.dir, 0o777)
+        self.sock = os.path.join(self.dir, "agent.sock")
+        self.addr = "unix:" + self.sock
+        self.log = open(os.path.join(self.dir, "agent.log"), "w+")
+        self.proc = subprocess.Popen(
+            ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups", AGENT,
+             "--listen", self.addr], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("agent did not start: " + self.logtext())
+            time.sleep(0.01)
+
+
+class TestFsPaths(FsCase):
+    def check_info(self, info, st, target=None):
+        self.assertEqual(info["size"], st.st_size)
+        self.assertEqual(info["mode"], st.st_mode)
+        self.assertEqual(info["uid"], st.st_uid)
+        self.assertEqual(info["gid"], st.st_gid)
+        self.assertEqual(info["nlink"], st.st_nlink)
+        self.assertEqual(info["ino"], st.st_ino)
+        self.assertEqual(info["dev"], st.st_dev)
+        self.assertEqual(info["rdev"], st.st_rdev)
+        self.assertEqual(info["blksize"], st.st_blksize)
+        self.assertEqual(info["blocks"], st.st_blocks)
+        self.assertEqual(info["atime_ns"], st.st_atime_ns)
+        self.assertEqual(info["mtime_ns"], st.st_mtime_ns)
+        self.assertEqual(info["ctime_ns"], st.st_ctime_ns)
+        self.assertIn("birthtime_ns", info)
+        if info["birthtime_ns"] is not None:
+            self.assertLessEqual(abs(info["birthtime_ns"] - st.st_ctime_ns), 10 ** 10)
+        if target is None:
+            self.assertNotIn("target", info)
+        else:
+            self.assertEqual(info["target"], target)
+
+    def test_stat_lstat_fields(self):
+        f = self.write("f", b"hello", 0o640)
+        os.utime(f, ns=(1_600_000_000_123_456_789, 1_700_000_000_987_654_321))
+        info = self.c.call("fs.stat", {"path": f})
+        self.assertEqual(info["type"], "file")
+        self.assertEqual(info["mode"], 0o100640)
+        self.assertEqual(info["atime_ns"], 1_600_000_000_123_456_789)
+        self.assertEqual(info["mtime_ns"], 1_700_000_000_987_654_321)
+        self.check_info(info, os.stat(f))
+        os.symlink("f", self.p("l"))
+        self.check_info(self.c.call("fs.stat", {"path": self.p("l")}), os.stat(f))
+        li = self.c.call("fs.lstat", {"path": self.p("l")})
+        self.assertEqual(li["type"], "symlink")
+        self.assertEqual(li["size"], 1)
+        self.check_info(li, os.lstat(self.p("l")), target="f")
+        os.mkdir(self.p("dir"))
+        self.assertEqual(self.c.call("fs.stat", {"path": self.p("dir")})["type"], "dir")
+        os.mkfifo(self.p("fifo"))
+        self.assertEqual(self.c.call("fs.stat", {"path": self.p("fifo")})["type"], "fifo")
+        null = self.c.call("fs.stat", {"path": "/dev/null"})
+        self.assertEqual(null["type"], "char")
+        self.check_info(null, os.stat("/dev/null"))
+        # relative paths: against cwd, else against /
+        self.assertEqual(self.c.call("fs.stat", {"path": "f", "cwd": self.d})["ino"],
+                         os.stat(f).st_ino)
+        self.assertEqual(self.c.call("fs.stat", {"path": self.d[1:] + "/f"})["ino"],
+                         os.stat(f).st_ino)
+        self.assertErrno("fs.stat", {"path": self.p("nope")}, "ENOENT", self.p("nope"))
+        self.assertErrno("fs.lstat", {"path": f + "/x"}, "ENOTDIR", f + "/x")
+        os.symlink("loop", self.p("loop"))
+        self.assertErrno("fs.stat", {"path": self.p("loop")}, "ELOOP")
+        e = self.err("fs.stat", {"path": self.p("nope")})
+        self.assertIn(self.p("nope"), e["message"])
+
+    def test_non_utf8_names(self):
+        name = os.fsencode(self.d) + b"/bad\xff\xfe"
+        with open(name, "wb") as f:
+            f.write(b"x")
+        self.assertEqual(self.c.call("fs.stat", {"path": name})["size"], 1)
+        r = self.c.call("fs.readdir", {"path": self.d})
+        self.assertEqual([e["name"] for e in r["entries"]], [b"bad\xff\xfe"])
+        e = self.err("fs.stat", {"path": name + b"\xfd"})
+        self.assertEqual(e["path"], name + b"\xfd")
+
+    def test_readdir_types_and_paging(self):
+        os.mkdir(self.p("d"))
+        self.write("f")
+        os.symlink("f", self.p("l"))
+        os.mkfifo(self.p("p"))
+        r = self.c.call("fs.readdir", {"path": self.d})
+        self.assertIsNone(r["cursor"])
+        self.assertEqual({e["name"]: e["type"] for e in r["entries"]},
+                         {"d": "dir", "f": "file", "l": "symlink", "p": "fifo"})
+        big = self.p("big")
+        os.mkdir(big)
+        for i in range(2500):
+            open(os.path.join(big, "n%05d" % i), "w").close()
+        seen = []
+        r = self.c.call("fs.readdir", {"path": big, "limit": 1000})
+        pages = 1
+        while True:
+            self.assertLessEqual(len(r["entries"]), 1000)
+            seen += [e["name"] for e in r["entries"]]
+            if r["cursor"] is None:
+                break
+            r = self.c.call("fs.readdir", {"cursor": r["cursor"], "limit": 1000})
+            pages += 1
+        self.assertEqual(sorted(seen), ["n%05d" % i for i in range(2500)])
+        self.assertGreaterEqual(pages, 3)
+        # a finished cursor is gone; nonsense cursors too
+        r = self.c.call("fs.readdir", {"path": big, "limit": 10})
+        self.assertEqual(self.err("fs.readdir", {"cursor": "c999"})["code"], "NOT_FOUND")
+        self.assertEqual(self.err("fs.readdir", {"cursor": "zz"})["code"], "NOT_FOUND")
+        # cursors belong to their connection
+        c2 = self.agent.connect()
+        self.assertEqual(self.err("fs.readdir", {"cursor": r["cursor"]}, c2)["code"], "NOT_FOUND")
+        self.assertEqual(len(self.c.call("fs.readdir", {"cursor": r["cursor"]})["entries"]),
+                         1024)
+        self.assertErrno("fs.readdir", {"path": self.p("nope")}, "ENOENT", self.p("nope"))
+        self.assertErrno("fs.readdir", {"path": self.p("f")}, "ENOTDIR", self.p("f"))
+        for bad in (0, 8193, -1, "x"):
+            self.assertEqual(self.err("fs.readdir", {"path": self.d, "limit": bad})["field"],
+                             "limit")
+
+    def test_readdir_cursor_cap(self):
+        big = self.p("big")
+        os.mkdir(big)
+        for i in range(3):
+            open(os.path.join(big, str(i)), "w").close()
+        for _ in range(64):
+            self.assertIsNotNone(self.c.call("fs.readdir", {"path": big, "limit": 1})["cursor"])
+        e = self.err("fs.readdir", {"path": big, "limit": 1})
+        self.assertEqual((e["code"], e["limit"]), ("LIMIT", "max_cursors"))
+
+    def test_mkdir(self):
+        self.assertEqual(self.c.call("fs.mkdir", {"path": self.p("a")}), {})
+        self.assertTrue(os.path.isdir(self.p("a")))
+        self.assertEqual(stat.S_IMODE(os.stat(self.p("a")).st_mode), 0o777 & ~self.umask())
+        self.assertErrno("fs.mkdir", {"path": self.p("a")}, "EEXIST", self.p("a"))
+        self.assertErrno("fs.mkdir", {"path": self.p("x/y")}, "ENOENT", self.p("x/y"))
+        self.c.call("fs.mkdir", {"path": self.p("x/y/z/"), "parents": True, "mode": 0o700})
+        self.assertEqual(stat.S_IMODE(os.stat(self.p("x/y/z")).st_mode), 0o700)
+        self.c.call("fs.mkdir", {"path": self.p("x/y/z"), "parents": True})  # exists: fine
+        self.write("f")
+        self.assertErrno("fs.mkdir", {"path": self.p("f"), "parents": True}, "EEXIST")
+        self.assertErrno("fs.mkdir", {"path": self.p("f/g"), "parents": True}, "ENOTDIR",
+                         self.p("f"))
+        self.assertErrno("fs.mkdir", {"path": self.p("f/g")}, "ENOTDIR")
+        self.c.call("fs.mkdir", {"path": "m", "cwd": self.d})
+        self.assertTrue(os.path.isdir(self.p("m")))
+        for bad in ({"path": self.p("q"), "mode": 0o10000}, {"path": self.p("q"), "mode": -1},
+                    {"path": self.p("q"), "parents": 1}):
+            self.assertEqual(self.err("fs.mkdir", bad)["code"], "BAD_PARAM")
+
+    def umask(self):
+        m = os.umask(0)
+        os.umask(m)
+        return m
+
+    def test_remove(self):
+        self.write("f")
+        self.c.call("fs.remove", {"path": self.p("f")})
+        self.assertFalse(os.path.exists(self.p("f")))
+        self.assertErrno("fs.remove", {"path": self.p("f")}, "ENOENT", self.p("f"))
+        os.makedirs(self.p("t/a/b"))
+        self.write("t/a/b/x", b"1")
+        self.assertErrno("fs.remove", {"path": self.p("t")}, "ENOTEMPTY", self.p("t"))
+        # recursive removal never follows symlinks out of the tree
+        outside = self.p("outside")
+        os.mkdir(outside)
+        self.write("outside/keep", b"k")
+        os.symlink(outside, self.p("t/a/link"))
+        os.symlink(self.p("outside/keep"), self.p("t/filelink"))
+        self.c.call("fs.remove", {"path": self.p("t"), "recursive": True})
+        self.assertFalse(os.path.lexists(self.p("t")))
+        self.assertTrue(os.path.exists(self.p("outside/keep")))
+        # a symlink to a directory is removed itself, not its target
+        os.symlink(outside, self.p("dl"))
+        self.c.call("fs.remove", {"path": self.p("dl"), "recursive": True})
+        self.assertFalse(os.path.lexists(self.p("dl")))
+        self.assertTrue(os.path.exists(self.p("outside/keep")))
+        os.mkdir(self.p("empty"))
+        self.c.call("fs.remove", {"path": self.p("empty")})
+        self.assertFalse(os.path.exists(self.p("empty")))
+        self.assertErrno("fs.remove", {"path": "/", "recursive": True}, "EBUSY")
+
+    def test_rename(self):
+        self.write("a", b"A")
+        self.write("b", b"B")
+        self.c.call("fs.rename", {"from": self.p("a"), "to": self.p("b")})
+        self.assertEqual(open(self.p("b"), "rb").read(), b"A")
+        self.assertFalse(os.path.exists(self.p("a")))
+        e = self.assertErrno("fs.rename", {"from": self.p("a"), "to": self.p("c")}, "ENOENT",
+                             self.p("a"))
+        self.assertIn(self.p("c"), e["message"])
+        os.makedirs(self.p("d/e"))
+        self.assertErrno("fs.rename", {"from": self.p("b"), "to": self.p("d")}, "EISDIR")
+        self.c.call("fs.rename", {"from": "b", "to": "d/e/b", "cwd": self.d})
+        self.assertTrue(os.path.exists(self.p("d/e/b")))
+        self.assertEqual(self.err("fs.rename", {"from": self.p("d")})["field"], "to")
+
+    def test_copy(self):
+        f = self.write("f", os.urandom(300000), 0o751)
+        self.c.call("fs.copy", {"from": f, "to": self.p("g")})
+        self.assertEqual(open(self.p("g"), "rb").read(), open(f, "rb").read())
+        self.assertEqual(stat.S_IMODE(os.stat(self.p("g")).st_mode), 0o751)
+        self.write("h", b"old" * 100000)
+        self.c.call("fs.copy", {"from": f, "to": self.p("h")})  # overwrite
+        self.assertEqual(open(self.p("h"), "rb").read(), open(f, "rb").read())
+        os.mkdir(self.p("dir"))
+        self.assertErrno("fs.copy", {"from": f, "to": self.p("dir")}, "EISDIR")
+        self.assertErrno("fs.copy", {"from": self.p("dir"), "to": self.p("d2")}, "EISDIR")
+        self.assertErrno("fs.copy", {"from": self.p("nope"), "to": self.p("x")}, "ENOENT",
+                         self.p("nope"))
+        self.assertErrno("fs.copy", {"from": f, "to": f}, "EINVAL")
+        # tree: modes, symlinks, fifos kept; ownership not required
+        src = self.p("src")
+        os.makedirs(src + "/sub/deep")
+        os.chmod(src + "/sub", 0o710)
+        self.write("src/sub/deep/x", b"xx", 0o600)
+        os.symlink("../x-target", src + "/sub/link")
+        os.mkfifo(src + "/fifo")
+        self.c.call("fs.copy", {"from": src, "to": self.p("dst"), "recursive": True})
+        self.assertEqual(open(self.p("dst/sub/deep/x"), "rb").read(), b"xx")
+        self.assertEqual(stat.S_IMODE(os.stat(self.p("dst/sub")).st_mode), 0o710)
+        self.assertEqual(stat.S_IMODE(os.stat(self.p("dst/sub/deep/x")).st_mode), 0o600)
+        self.assertEqual(os.readlink(self.p("dst/sub/link")), "../x-target")
+        self.assertTrue(stat.S_ISFIFO(os.lstat(self.p("dst/fifo")).st_mode))
+        self.assertErrno("fs.copy", {"from": src, "to": self.p("dst"), "recursive": True},
+                         "EEXIST", self.p("dst"))
+        self.assertErrno("fs.copy", {"from": src, "to": src + "/sub/inside", "recursive": True},
+                         "EINVAL")
+        self.assertFalse(os.path.exists(src + "/sub/inside"))
+
+    def test_chmod_chown_truncate_utime(self):
+        f = self.write("f", b"0123456789")
+        self.c.call("fs.chmod", {"path": f, "mode": 0o4711})
+        self.assertEqual(stat.S_IMODE(os.stat(f).st_mode), 0o4711)
+        self.assertEqual(self.err("fs.chmod", {"path": f, "mode": 0o17777})["field"], "mode")
+        self.assertEqual(self.err("fs.chmod", {"path": f})["field"], "mode")
+        self.assertErrno("fs.chmod", {"path": self.p("n"), "mode": 0o644}, "ENOENT")
+        self.c.call("fs.chown", {"path": f, "uid": 1234})
+        self.assertEqual((os.stat(f).st_uid, os.stat(f).st_gid), (1234, 0))
+        self.c.call("fs.chown", {"path": f, "gid": 99, "uid": None})
+        self.assertEqual((os.stat(f).st_uid, os.stat(f).st_gid), (1234, 99))
+        self.assertErrno("fs.chown", {"path": self.p("n"), "uid": 1}, "ENOENT")
+        self.assertEqual(self.err("fs.chown", {"path": f, "uid": -1})["field"], "uid")
+        self.c.call("fs.truncate", {"path": f, "size": 4})
+        self.assertEqual(open(f, "rb").read(), b"0123")
+        self.c.call("fs.truncate", {"path": f, "size": 6})
+        self.assertEqual(open(f, "rb").read(), b"0123\0\0")
+        self.c.call("fs.truncate", {"path": f})
+        self.assertEqual(os.path.getsize(f), 0)
+        self.assertErrno("fs.truncate", {"path": self.d}, "EISDIR")
+        before = os.stat(f)
+        self.c.call("fs.utime", {"path": f, "mtime_ns": 1_500_000_000_000_000_001})
+        st = os.stat(f)
+        self.assertEqual(st.st_mtime_ns, 1_500_000_000_000_000_001)
+        self.assertEqual(st.st_atime_ns, before.st_atime_ns)
+        self.c.call("fs.utime", {"path": f, "atime_ns": -1_000_000_001})
+        self.assertEqual(os.stat(f).st_atime_ns, -1_000_000_001)
+        self.assertErrno("fs.utime", {"path": self.p("n"), "atime_ns": 0}, "ENOENT")
+
+    def test_links(self):
+        f = self.write("f", b"x")
+        self.c.call("fs.symlink", {"target": "does/not/exist", "path": self.p("dangling")})
+        self.assertEqual(os.readlink(self.p("dangling")), "does/not/exist")
+        self.assertEqual(self.c.call("fs.readlink", {"path": self.p("dangling")}),
+                         {"target": "does/not/exist"})
+        self.assertErrno("fs.symlink", {"target": "x", "path": self.p("f")}, "EEXIST",
+                         self.p("f"))
+        self.assertErrno("fs.readlink", {"path": f}, "EINVAL", f)
+        self.assertErrno("fs.readlink", {"path": self.p("n")}, "ENOENT")
+        self.c.call("fs.link", {"target": f, "path": self.p("hard")})
+        self.assertEqual(os.stat(self.p("hard")).st_ino, os.stat(f).st_ino)
+        self.assertErrno("fs.link", {"target": self.p("n"), "path": self.p("h2")}, "ENOENT")
+        self.assertErrno("fs.link", {"target": self.d, "path": self.p("h3")}, "EPERM")
+        os.symlink("f", self.p("l"))
+        os.mkdir(self.p("sub"))
+        self.assertEqual(self.c.call("fs.realpath", {"path": self.p("sub/../l")}),
+                         {"path": os.path.realpath(f)})
+        self.assertEqual(self.c.call("fs.realpath", {"path": "./sub/..", "cwd": self.d}),
+                         {"path": os.path.realpath(self.d)})
+        self.assertErrno("fs.realpath", {"path": self.p("dangling")}, "ENOENT")
+
+    def test_mktemp(self):
+        r = self.c.call("fs.mktemp", {"dir": self.d, "prefix": "pre.", "suffix": ".txt"})
+        name = os.path.basename(r["path"])
+        self.assertEqual(os.path.dirname(r["path"]), self.d)
+        self.assertTrue(name.startswith("pre.") and name.endswith(".txt"))
+        self.assertEqual(len(name), 4 + 12 + 4)
+        self.assertTrue(name[4:16].isalnum())
+        st = os.stat(r["path"])
+        self.assertTrue(stat.S_ISREG(st.st_mode))
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+        r2 = self.c.call("fs.mktemp", {"dir": self.d, "directory": True})
+        self.assertTrue(os.path.basename(r2["path"]).startswith("tmp"))
+        self.assertEqual(stat.S_IMODE(os.stat(r2["path"]).st_mode), 0o700)
+        self.assertTrue(os.path.isdir(r2["path"]))
+        names = {self.c.call("fs.mktemp", {"dir": self.d})["path"] for _ in range(50)}
+        self.assertEqual(len(names), 50)
+        r3 = self.c.call("fs.mktemp", {})
+        self.assertTrue(r3["path"].startswith("/tmp/tmp"))
+        os.unlink(r3["path"])
+        self.c.call("env.set", {"name": "TMPDIR", "value": self.d})
+        self.assertTrue(self.c.call("fs.mktemp", {})["path"].startswith(self.d + "/tmp"))
+        self.assertErrno("fs.mktemp", {"dir": self.p("nope")}, "ENOENT")
+        self.assertEqual(self.err("fs.mktemp", {"prefix": "a/b"})["field"], "prefix")
+        self.assertEqual(self.err("fs.mktemp", {"suffix": "x" * 256})["field"], "suffix")
+
+    def test_eacces_as_nobody(self):
+        agent = NobodyAgent()
+        try:
+            c = agent.connect()
+            secret = self.p("secret")
+            os.mkdir(secret, 0o700)
+            self.write("secret/f", b"s")
+            self.assertErrno("fs.stat", {"path": secret + "/f"}, "EACCES", secret + "/f", conn=c)
+            self.assertErrno("fs.readdir", {"path": secret}, "EACCES", secret, conn=c)
+            self.assertErrno("fs.mkdir", {"path": self.p("x")}, "EACCES", self.p("x"), conn=c)
+            self.assertErrno("fs.remove", {"path": secret + "/f"}, "EACCES", conn=c)
+            self.assertErrno("fs.open", {"path": secret + "/f"}, "EACCES", conn=c)
+            self.assertErrno("fs.mktemp", {"dir": self.d}, "EACCES", conn=c)
+            self.assertErrno("fs.chmod", {"path": self.d, "mode": 0o777}, "EPERM", conn=c)
+            self.assertErrno("fs.copy", {"from": "/etc/hostname", "to": self.p("c")}, "EACCES",
+                             conn=c)
+            self.assertErrno("fs.rename", {"from": secret, "to": self.p("y")}, "EACCES",
+                             conn=c)
+            c.close()
+        finally:
+            agent.stop()
+            shutil.rmtree(agent.dir, ignore_errors=True)
+
+    def test_hostile_params(self):
+        for params, field in (({}, "path"), ({"path": 5}, "path"), ({"path": ""}, "path"),
+                              ({"path": "a\0b"}, "path"), ({"path": "/" + "a" * 4096}, "path"),
+                              ({"path": "x", "cwd": "rel"}, "cwd"), ({"path": "x", "cwd": 1}, "cwd"),
+                              ({"path": "a" * 3000, "cwd": "/" + "b" * 2000}, "path")):
+            for method in ("fs.stat", "fs.lstat", "fs.readdir", "fs.remove", "fs.mkdir",
+                           "fs.readlink", "fs.realpath", "fs.truncate"):
+                e = self.err(method, params)
+                self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", field),
+                                 (method, params, e))
+        # the kernel's own limit still answers with an errno
+        self.assertErrno("fs.stat", {"path": "/" + "a" * 4000}, "ENAMETOOLONG")
+        # names inside lists are checked one by one
+        e = self.err("fs.open", {"path": self.d, "flags": ["read", "bogus"]})
+        self.assertEqual(e["field"], "flags[1]")
+        self.assertEqual(self.c.call("ping"), {})
+
+
+class TestFsHandles(FsCase):
+    def test_read_write_seek(self):
+        f = self.p("f")
+        fh = self.c.call("fs.open", {"path": f, "flags": ["read", "write", "create"],
+                                     "mode": 0o640})["fh"]
+        self.assertEqual(stat.S_IMODE(os.stat(f).st_mode), 0o640 & ~self.umask())
+        self.assertEqual(self.c.call("fs.write", {"fh": fh, "data": b"hello world"}),
+                         {"written": 11})
+        self.assertEqual(self.c.call("fs.seek", {"fh": fh, "offset": 0})["position"], 0)
+        self.assertEqual(self.c.call("fs.read", {"fh": fh, "len": 5})["data"], b"hello")
+        self.assertEqual(self.c.call("fs.seek", {"fh": fh, "offset": 1, "whence": "cur"}),
+                         {"position": 6})
+        self.assertEqual(self.c.call("fs.read", {"fh": fh, "len": 100})["data"], b"world")
+        self.assertEqual(self.c.call("fs.read", {"fh": fh, "len": 100})["data"], b"")  # EOF
+        # pread / pwrite leave the position alone
+        self.assertEqual(self.c.call("fs.read", {"fh": fh, "len": 3, "offset": 2})["data"],
+                         b"llo")
+        self.c.call("fs.write", {"fh": fh, "data": b"W", "offset": 6})
+        self.assertEqual(self.c.call("fs.seek", {"fh": fh, "offset": 0, "whence": "cur"}),
+                         {"position": 11})
+        self.assertEqual(open(f, "rb").read(), b"hello World")
+        self.assertEqual(self.c.call("fs.seek", {"fh": fh, "offset": -2, "whence": "end"}),
+                         {"position": 9})
+        self.assertErrno("fs.seek", {"fh": fh, "offset": -20, "whence": "cur"}, "EINVAL")
+        e = self.err("fs.seek", {"fh": fh, "offset": 0, "whence": "middle"})
+        self.assertEqual(e["field"], "whence")
+        info = self.c.call("fs.fstat", {"fh": fh})
+        st = os.stat(f)
+        self.assertEqual((info["type"], info["size"], info["ino"], info["mode"]),
+                         ("file", 11, st.st_ino, st.st_mode))
+        self.c.call("fs.ftruncate", {"fh": fh, "size": 5})
+        self.assertEqual(os.path.getsize(f), 5)
+        self.c.call("fs.fsync", {"fh": fh})
+        self.c.call("fs.fsync", {"fh": fh, "data_only": True})
+        # big reads are clamped to chunk_max, big writes refused
+        big = self.write("big", os.urandom(600000))
+        bh = self.c.call("fs.open", {"path": big})["fh"]
+        self.assertEqual(len(self.c.call("fs.read", {"fh": bh, "len": 1 << 40})["data"]),
+                         256 * 1024)
+        e = self.err("fs.write", {"fh": fh, "data": b"x" * (256 * 1024 + 1)})
+        self.assertEqual((e["code"], e["limit"]), ("LIMIT", "chunk_max"))
+        self.assertEqual(self.err("fs.write", {"fh": fh, "data": b""})["field"], "data")
+        self.assertEqual(self.err("fs.read", {"fh": fh, "len": 0})["field"], "len")
+        self.assertErrno("fs.write", {"fh": bh, "data": b"x"}, "EBADF")
+        self.c.call("fs.close", {"fh": fh})
+        for method, extra in (("fs.read", {"len": 1}), ("fs.write", {"data": b"x"}),
+                              ("fs.seek", {"offset": 0}), ("fs.fstat", {}), ("fs.close", {}),
+                              ("fs.fsync", {}), ("fs.ftruncate", {})):
+            self.assertEqual(self.err(method, dict(fh=fh, **extra))["code"], "NOT_FOUND")
+        self.assertEqual(self.err("fs.read", {"len": 1})["field"], "fh")
+        # ids are never reused
+        self.assertGreater(self.c.call("fs.open", {"path": f})["fh"], bh)
+
+    def umask(self):
+        m = os.umask(0)
+        os.umask(m)
+        return m
+
+    def test_flags(self):
+        f = self.write("f", b"abc")
+        self.assertErrno("fs.open", {"path": f, "flags": ["write", "create", "exclusive"]},
+                         "EEXIST", f)
+        self.assertErrno("fs.open", {"path": self.p("n")}, "ENOENT", self.p("n"))
+        os.symlink("f", self.p("l"))
+        self.assertErrno("fs.open", {"path": self.p("l"), "flags": ["read", "nofollow"]},
+                         "ELOOP")
+        fh = self.c.call("fs.open", {"path": f, "flags": ["append"]})["fh"]
+        self.c.call("fs.write", {"fh": fh, "data": b"def"})
+        self.assertEqual(open(f, "rb").read(), b"abcdef")
+        self.assertErrno("fs.read", {"fh": fh, "len": 1}, "EBADF")
+        fh = self.c.call("fs.open", {"path": f, "flags": ["write", "truncate", "sync"]})["fh"]
+        self.assertEqual(os.path.getsize(f), 0)
+        self.assertEqual(self.err("fs.open", {"path": f, "flags": ["create"]})["field"], "flags")
+        self.assertEqual(self.err("fs.open", {"path": f, "flags": ["write", "exclusive"]})
+                         ["field"], "flags")
+        self.assertEqual(self.err("fs.open", {"path": f, "flags": "read"})["field"], "flags")
+        self.assertEqual(self.err("fs.open", {"path": f, "mode": 0o10000})["field"], "mode")
+        self.assertErrno("fs.open", {"path": self.d, "flags": ["write"]}, "EISDIR")
+
+    def agent_fds(self):
+        return len(os.listdir("/proc/%d/fd" % self.agent.proc.pid))
+
+    def test_closed_on_disconnect_and_cap(self):
+        f = self.write("f", b"x")
+        base = self.agent_fds()
+        c2 = self.agent.connect()
+        for _ in range(1024):
+            c2.request("fs.open", {"path": f})
+        ids = [c2.wait(rid)["fh"] for rid in range(c2.next_id - 1024, c2.next_id)]
+        self.assertEqual(len(set(ids)), 1024)
+        e = self.err("fs.open", {"path": f}, c2)
+        self.assertEqual((e["code"], e["limit"]), ("LIMIT", "max_handles"))
+        self.assertGreaterEqual(self.agent_fds(), base + 1024)
+        # another connection has its own handles and cannot see these
+        self.assertEqual(self.err("fs.read", {"fh": ids[0], "len": 1})["code"], "NOT_FOUND")
+        c2.call("fs.close", {"fh": ids[5]})
+        c2.call("fs.open", {"path": f})
+        c2.close()
+        deadline = time.time() + 10
+        while self.agent_fds() > base and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertLessEqual(self.agent_fds(), base)
+
+
+if __name__ == "__main__":
+    unittest.main()
