@@ -335,7 +335,16 @@ class Agent:
             return f.read()
 
     def connect(self, hello=True):
-        c = Conn(self.addr)
+        # The socket file appears at bind(), a moment before listen(): retry a refusal briefly.
+        deadline = time.time() + 5
+        while True:
+            try:
+                c = Conn(self.addr)
+                break
+            except ConnectionRefusedError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.01)
         if hello:
             c.hello()
         return c
