@@ -290,6 +290,34 @@ void agent_fs_close(struct agent_conn *c, const struct sbx_msg *m);
 /* The connection is closing: close its handles and cursors, end its watches. */
 void agent_fs_conn_gone(struct agent_conn *c);
 
+/* --- transfers and packs (transfer.c, tree.c, pack.c) ---------------------------------------- */
+
+/*
+ * Work that may outlive its stream (an upload finishing in the threadpool, a tree extraction
+ * thread, a pack job) registers here, so a closing connection can tell it to send nothing more.
+ */
+struct agent_job {
+    struct agent_link link;                 /* in a->jobs */
+    struct agent_conn *conn;                /* NULL once the connection is gone */
+    void (*conn_gone)(struct agent_job *j); /* may be NULL; runs before the connection is freed */
+};
+void agent_job_add(struct agent *a, struct agent_job *j, struct agent_conn *c);
+void agent_job_del(struct agent_job *j);
+/* The connection is closing: detach every job of @c (job->conn = NULL, then its conn_gone). */
+void agent_job_conn_gone(struct agent *a, struct agent_conn *c);
+
+void agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m);
+void agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m);
+void agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m);
+void agent_transfer_download_tree(struct agent_conn *c, const struct sbx_msg *m);
+void agent_pack_create(struct agent_conn *c, const struct sbx_msg *m);
+/* Read the path param @key into @out (absolute): relative paths resolve against the optional
+ * `cwd` param, else "/". BAD_PARAM naming the field on failure. */
+int agent_path_param(const msgpack_object *params, const char *key, int required, char *out,
+                     size_t outsz, struct sbx_err *err);
+/* Send [2, "transfer.done", {stream, error}] on @c (NULL: nothing to send to). */
+void agent_transfer_done_err(struct agent_conn *c, uint32_t sid, const struct sbx_err *e);
+
 /* --- env, users, session, init channel ---------------------------------------------------- */
 
 int agent_env_init(struct agent *a);
@@ -380,6 +408,7 @@ struct agent {
     struct agent_link listeners;
     struct agent_link conns;
     struct agent_link procs;
+    struct agent_link jobs; /* struct agent_job: transfers and packs that outlive a stream */
     unsigned nconns;
     unsigned nhello; /* connections past hello: the "clients" init counts */
     unsigned nprocs;

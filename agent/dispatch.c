@@ -54,6 +54,8 @@ static const struct agent_method methods[] = {
     { "fs.fsync", agent_fs_fsync, 1 },
     { "fs.ftruncate", agent_fs_ftruncate, 1 },
     { "fs.close", agent_fs_close, 1 },
+    { "transfer.upload", agent_transfer_upload, 1 },
+    { "transfer.download", agent_transfer_download, 1 },
 };
 
 void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m)

@@ -152,6 +152,16 @@ void agent_stream_cancel(struct agent_stream *s, const struct sbx_err *e)
     agent_stream_free(s);
 }
 
+/* The client misused @s (PROTOCOL.md 8.6): cancel it with @e and tell its owner it is gone. */
+static void stream_misuse(struct agent_stream *s, const struct sbx_err *e)
+{
+    if (s->ops != NULL && s->ops->gone != NULL) {
+        s->cancelled = true;
+        s->ops->gone(s, true);
+    }
+    agent_stream_cancel(s, e);
+}
+
 static void stream_grant(struct agent_stream *s)
 {
     msgpack_packer *pk = agent_conn_begin(s->conn);
@@ -317,13 +327,13 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
     }
     if (s->dir != AGENT_STREAM_IN) {
         sbx_err_set(&err, SBX_E_STREAM, "stream %u carries data from the agent, not to it", s->id);
-        agent_stream_cancel(s, &err);
+        stream_misuse(s, &err);
         return;
     }
     if (m->data_len > s->credit) {
         sbx_err_set(&err, SBX_E_STREAM, "%u bytes sent on stream %u with only %llu bytes of credit",
                     m->data_len, s->id, (unsigned long long)s->credit);
-        agent_stream_cancel(s, &err);
+        stream_misuse(s, &err);
         return;
     }
     s->credit -= m->data_len;

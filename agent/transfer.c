@@ -1,0 +1,822 @@
+/*
+ * File transfers (PROTOCOL.md 18.1, 18.2): an upload is an `in` stream written to a temporary
+ * file next to its destination and renamed into place once complete and verified; a download is
+ * an `out` stream read from a file. Writes and reads run in libuv's threadpool, one request at a
+ * time per transfer, so the loop only copies frames; the bytes held per upload are bounded by the
+ * credit granted, which is granted back only once they are written.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+#include <nettle/sha2.h>
+
+/* --- jobs and shared helpers ------------------------------------------------------------- */
+
+void agent_job_add(struct agent *a, struct agent_job *j, struct agent_conn *c)
+{
+    j->conn = c;
+    agent_list_add_tail(&a->jobs, &j->link);
+}
+
+void agent_job_del(struct agent_job *j)
+{
+    agent_list_del(&j->link);
+}
+
+void agent_job_conn_gone(struct agent *a, struct agent_conn *c)
+{
+    struct agent_link *l, *next;
+
+    for (l = a->jobs.next; l != &a->jobs; l = next) {
+        struct agent_job *j = agent_container_of(l, struct agent_job, link);
+        next = l->next; /* the hook may remove (and free) the job */
+        if (j->conn == c) {
+            j->conn = NULL;
+            if (j->conn_gone != NULL) {
+                j->conn_gone(j);
+            }
+        }
+    }
+}
+
+int agent_path_param(const msgpack_object *params, const char *key, int required, char *out,
+                     size_t outsz, struct sbx_err *err)
+{
+    char cwd[SBX_PATH_MAX + 1] = "/";
+    char p[SBX_PATH_MAX + 1];
+    int rc;
+
+    rc = sbx_param_bstr(params, key, required, p, sizeof(p), err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (p[0] == '\0') {
+        return sbx_err_param(err, key, "%s must not be empty", key);
+    }
+    if (sbx_param_bstr(params, "cwd", SBX_OPTIONAL, cwd, sizeof(cwd), err) < 0) {
+        return -1;
+    }
+    if (cwd[0] != '/') {
+        return sbx_err_param(err, "cwd", "cwd must be an absolute path");
+    }
+    if (p[0] == '/') {
+        rc = snprintf(out, outsz, "%s", p);
+    } else {
+        size_t n = strlen(cwd);
+        rc = snprintf(out, outsz, "%s%s%s", cwd, n > 0 && cwd[n - 1] == '/' ? "" : "/", p);
+    }
+    if (rc < 0 || (size_t)rc >= outsz || (size_t)rc > SBX_PATH_MAX) {
+        return sbx_err_param(err, key, "%s is longer than %u bytes after joining cwd", key,
+                             SBX_PATH_MAX);
+    }
+    return 0;
+}
+
+static void pack_done_head(msgpack_packer *pk, uint32_t sid, uint32_t n)
+{
+    sbx_pack_notify_head(pk, "transfer.done");
+    msgpack_pack_map(pk, n + 1);
+    sbx_pack_kv_u64(pk, "stream", sid);
+}
+
+void agent_transfer_done_err(struct agent_conn *c, uint32_t sid, const struct sbx_err *e)
+{
+    msgpack_packer *pk;
+
+    if (c == NULL || c->closing) {
+        return;
+    }
+    pk = agent_conn_begin(c);
+    pack_done_head(pk, sid, 1);
+    sbx_pack_cstr(pk, "error");
+    sbx_pack_err(pk, e);
+    agent_conn_send(c);
+}
+
+static void hex32(const uint8_t d[32], char out[65])
+{
+    static const char digits[] = "0123456789abcdef";
+
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = digits[d[i] >> 4];
+        out[2 * i + 1] = digits[d[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+/* Split @path into its directory and last component; the last must be a real name. */
+static int split_path(const char *path, char *dir, size_t dirsz, char *base, struct sbx_err *err)
+{
+    const char *slash = strrchr(path, '/');
+    size_t dlen = (size_t)(slash - path);
+    const char *b = slash + 1;
+
+    if (*b == '\0' || strcmp(b, ".") == 0 || strcmp(b, "..") == 0) {
+        sbx_err_sys(err, EISDIR, NULL, "upload to \"%s\"", path);
+        return -1;
+    }
+    if (strlen(b) > NAME_MAX) {
+        sbx_err_sys(err, ENAMETOOLONG, NULL, "upload to \"%s\"", path);
+        return -1;
+    }
+    if (dlen == 0) {
+        dlen = 1; /* "/name" */
+    }
+    if (dlen >= dirsz) {
+        return sbx_err_param(err, "path", "path too long");
+    }
+    memcpy(dir, path, dlen);
+    dir[dlen] = '\0';
+    strcpy(base, b);
+    return 0;
+}
+
+/* mkdir -p @dir (mode 0755); an existing non-directory component is ENOTDIR. */
+static int mkdir_parents(char *dir, struct sbx_err *err)
+{
+    for (char *p = dir + 1;; p++) {
+        if (*p != '/' && *p != '\0') {
+            continue;
+        }
+        char save = *p;
+        *p = '\0';
+        if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+            int e = errno;
+            sbx_err_sys(err, e, NULL, "mkdir \"%s\"", dir);
+            *p = save;
+            return -1;
+        }
+        *p = save;
+        if (save == '\0') {
+            return 0;
+        }
+    }
+}
+
+/* --- upload ------------------------------------------------------------------------------ */
+
+struct chunk {
+    struct chunk *next;
+    uint8_t *buf; /* a pool buffer */
+    uint32_t len;
+};
+
+struct upload {
+    struct agent_job job;
+    struct agent *a;
+    struct agent_stream *s; /* NULL once ended, cancelled or gone */
+    uint32_t sid;
+    int dirfd, fd;
+    char dir[SBX_PATH_MAX + 1];
+    char name[NAME_MAX + 1];
+    char tmp[NAME_MAX + 1];
+    mode_t mode;
+    uid_t uid;
+    gid_t gid;
+    bool chown;
+    bool overwrite, fsync, has_size, has_sha;
+    uint64_t size;
+    char sha_want[65];
+    uint64_t received;
+    struct sha256_ctx sha;
+    /* arrived, not yet handed to the threadpool */
+    struct chunk *head, **tail;
+    /* being written by the threadpool */
+    struct chunk *work_list;
+    uv_work_t work;
+    bool working;
+    int werr;   /* errno of a failed write (set by the worker) */
+    bool ended; /* the client ended the stream without error */
+    bool over;  /* done or failed: waiting only for the worker to return */
+};
+
+static void chunks_free(struct agent *a, struct chunk *c)
+{
+    while (c != NULL) {
+        struct chunk *n = c->next;
+        agent_buf_put(a, c->buf);
+        free(c);
+        c = n;
+    }
+}
+
+static void upload_destroy(struct upload *u)
+{
+    if (u->fd >= 0) {
+        close(u->fd);
+    }
+    if (u->tmp[0] != '\0' && u->dirfd >= 0) {
+        (void)unlinkat(u->dirfd, u->tmp, 0); /* best effort: nothing may be left behind */
+    }
+    if (u->dirfd >= 0) {
+        close(u->dirfd);
+    }
+    chunks_free(u->a, u->head);
+    agent_job_del(&u->job);
+    free(u);
+}
+
+/* Stop: tell the client (stream.cancel if the stream is open, then transfer.done with @e), and
+ * free now or when the worker returns. */
+static void upload_fail(struct upload *u, const struct sbx_err *e)
+{
+    if (u->over) {
+        return;
+    }
+    u->over = true;
+    /* Nothing is left behind, and that is already so when the client hears of the failure. */
+    if (u->tmp[0] != '\0') {
+        (void)unlinkat(u->dirfd, u->tmp, 0);
+        u->tmp[0] = '\0';
+    }
+    if (u->s != NULL) {
+        struct agent_stream *s = u->s;
+        u->s = NULL;
+        s->owner = NULL;
+        agent_stream_cancel(s, e);
+    }
+    agent_transfer_done_err(u->job.conn, u->sid, e);
+    if (!u->working) {
+        upload_destroy(u);
+    }
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return errno;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void upload_work_cb(uv_work_t *req)
+{
+    struct upload *u = agent_container_of(req, struct upload, work);
+
+    for (struct chunk *c = u->work_list; c != NULL; c = c->next) {
+        if (u->werr == 0) {
+            u->werr = write_all(u->fd, c->buf, c->len);
+        }
+        sha256_update(&u->sha, c->len, c->buf);
+    }
+}
+
+static void upload_finish(struct upload *u);
+static void upload_after_cb(uv_work_t *req, int status);
+
+static void upload_kick(struct upload *u)
+{
+    if (u->working || u->head == NULL || u->over) {
+        return;
+    }
+    u->work_list = u->head;
+    u->head = NULL;
+    u->tail = &u->head;
+    u->working = true;
+    (void)uv_queue_work(u->a->loop, &u->work, upload_work_cb, upload_after_cb); /* no failure
+                                                                                  for a valid
+                                                                                  loop */
+}
+
+static void upload_after_cb(uv_work_t *req, int status)
+{
+    struct upload *u = agent_container_of(req, struct upload, work);
+    uint32_t n = 0;
+    struct sbx_err err;
+
+    for (struct chunk *c = u->work_list; c != NULL; c = c->next) {
+        n += c->len;
+    }
+    chunks_free(u->a, u->work_list);
+    u->work_list = NULL;
+    u->working = false;
+    if (u->over) {
+        upload_destroy(u);
+        return;
+    }
+    if (u->werr != 0) {
+        sbx_err_sys(&err, u->werr, "write", "write \"%s/%s\"", u->dir, u->name);
+        upload_fail(u, &err);
+        return;
+    }
+    if (u->s != NULL) {
+        agent_stream_consumed(u->s, n, u->head == NULL);
+    }
+    if (u->head != NULL) {
+        upload_kick(u);
+    } else if (u->ended) {
+        upload_finish(u);
+    }
+}
+
+static int set_err_path(struct sbx_err *err, int e, const struct upload *u, const char *what)
+{
+    return sbx_err_sys(err, e, NULL, "%s \"%s/%s\"", what, u->dir, u->name);
+}
+
+/* Everything arrived and is written: verify, apply metadata, rename, report. */
+static void upload_finish(struct upload *u)
+{
+    struct sbx_err err;
+    uint8_t d[32];
+    char hex[65];
+    msgpack_packer *pk;
+
+    sha256_digest(&u->sha, sizeof(d), d);
+    hex32(d, hex);
+    if (u->has_size && u->received != u->size) {
+        sbx_err_param(&err, "size", "received %llu bytes, expected %llu",
+                      (unsigned long long)u->received, (unsigned long long)u->size);
+        upload_fail(u, &err);
+        return;
+    }
+    if (u->has_sha && strcmp(hex, u->sha_want) != 0) {
+        sbx_err_param(&err, "sha256", "the data's sha256 is %s, expected %s", hex, u->sha_want);
+        upload_fail(u, &err);
+        return;
+    }
+    /* Owner first: chown clears set-id bits that fchmod then sets. */
+    if (u->chown && fchown(u->fd, u->uid, u->gid) < 0) {
+        set_err_path(&err, errno, u, "chown");
+        upload_fail(u, &err);
+        return;
+    }
+    if (fchmod(u->fd, u->mode) < 0) {
+        set_err_path(&err, errno, u, "chmod");
+        upload_fail(u, &err);
+        return;
+    }
+    if (u->fsync && fsync(u->fd) < 0) {
+        set_err_path(&err, errno, u, "fsync");
+        upload_fail(u, &err);
+        return;
+    }
+    if (close(u->fd) < 0) {
+        u->fd = -1;
+        set_err_path(&err, errno, u, "close");
+        upload_fail(u, &err);
+        return;
+    }
+    u->fd = -1;
+    if (u->overwrite ? renameat(u->dirfd, u->tmp, u->dirfd, u->name)
+                     : renameat2(u->dirfd, u->tmp, u->dirfd, u->name, RENAME_NOREPLACE)) {
+        int e = errno;
+        /* A file system without RENAME_NOREPLACE: link(2) refuses to replace too. */
+        if (!u->overwrite && e == EINVAL) {
+            e = linkat(u->dirfd, u->tmp, u->dirfd, u->name, 0) == 0 ? 0 : errno;
+        }
+        if (e != 0) {
+            set_err_path(&err, e, u, "rename onto");
+            upload_fail(u, &err);
+            return;
+        }
+        (void)unlinkat(u->dirfd, u->tmp, 0); /* the linked temporary name */
+    }
+    u->tmp[0] = '\0';
+    if (u->fsync) {
+        (void)fsync(u->dirfd); /* the rename is durable; a failure here changes nothing */
+    }
+    u->over = true;
+    if (u->job.conn != NULL && !u->job.conn->closing) {
+        pk = agent_conn_begin(u->job.conn);
+        pack_done_head(pk, u->sid, 2);
+        sbx_pack_kv_u64(pk, "size", u->received);
+        sbx_pack_kv_str(pk, "sha256", hex);
+        agent_conn_send(u->job.conn);
+    }
+    upload_destroy(u);
+}
+
+static void upload_data(struct agent_stream *s, const uint8_t *data, uint32_t len)
+{
+    struct upload *u = s->owner;
+    struct sbx_err err;
+    struct chunk *c;
+
+    if (u == NULL || u->over) {
+        return;
+    }
+    u->received += len;
+    if (u->has_size && u->received > u->size) {
+        sbx_err_param(&err, "size", "more than the expected %llu bytes arrived",
+                      (unsigned long long)u->size);
+        upload_fail(u, &err);
+        return;
+    }
+    c = malloc(sizeof(*c));
+    if (c == NULL || (c->buf = agent_buf_get(u->a)) == NULL) {
+        free(c);
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        upload_fail(u, &err);
+        return;
+    }
+    memcpy(c->buf, data, len);
+    c->len = len;
+    c->next = NULL;
+    *u->tail = c;
+    u->tail = &c->next;
+    upload_kick(u);
+}
+
+static void upload_end(struct agent_stream *s, const struct sbx_err *e)
+{
+    struct upload *u = s->owner;
+    struct sbx_err err;
+
+    if (u == NULL) {
+        return;
+    }
+    u->s = NULL;
+    if (e != NULL) {
+        sbx_err_set(&err, SBX_E_CANCELLED, "the client ended the upload with an error: %s", e->msg);
+        upload_fail(u, &err);
+        return;
+    }
+    u->ended = true;
+    if (!u->working && u->head == NULL) {
+        upload_finish(u);
+    }
+}
+
+static void upload_gone(struct agent_stream *s, bool cancelled)
+{
+    struct upload *u = s->owner;
+    struct sbx_err err;
+
+    if (u == NULL) {
+        return;
+    }
+    u->s = NULL;
+    if (!cancelled) {
+        u->job.conn = NULL; /* the connection is closing: nothing more is sent */
+    }
+    sbx_err_set(&err, SBX_E_CANCELLED, "upload cancelled by the client");
+    upload_fail(u, &err);
+}
+
+static void upload_conn_gone(struct agent_job *j)
+{
+    struct upload *u = agent_container_of(j, struct upload, job);
+    struct sbx_err err;
+
+    if (u->s != NULL) {
+        return; /* the stream's gone callback follows and does the rest */
+    }
+    sbx_err_set(&err, SBX_E_CANCELLED, "connection closed");
+    upload_fail(u, &err); /* sends nothing: job.conn is NULL */
+}
+
+static const struct agent_stream_ops upload_ops = {
+    .data = upload_data,
+    .end = upload_end,
+    .gone = upload_gone,
+};
+
+static int sha_param(const msgpack_object *params, char out[65], struct sbx_err *err)
+{
+    const char *s;
+    size_t n;
+    int rc = sbx_param_str(params, "sha256", SBX_OPTIONAL, 64, &s, &n, err);
+
+    if (rc != 0) {
+        return rc;
+    }
+    if (n != 64 || strspn(s, "0123456789abcdef") < 64) {
+        return sbx_err_param(err, "sha256", "sha256 must be 64 lowercase hex digits");
+    }
+    memcpy(out, s, 64);
+    out[64] = '\0';
+    return 0;
+}
+
+/* Parse and check a transfer.upload request into @u (fds still closed). */
+static int upload_params(struct upload *u, const msgpack_object *p, char *path, struct sbx_err *err)
+{
+    uint64_t v;
+    int rc;
+
+    if (agent_path_param(p, "path", SBX_REQUIRED, path, SBX_PATH_MAX + 1, err) < 0) {
+        return -1;
+    }
+    u->mode = 0644;
+    u->overwrite = true;
+    rc = sbx_param_u64(p, "mode", SBX_OPTIONAL, 0, 07777, &v, err);
+    if (rc < 0) {
+        return -1;
+    }
+    bool has_mode = rc == 0;
+    if (has_mode) {
+        u->mode = (mode_t)v;
+    }
+    rc = sbx_param_u64(p, "uid", SBX_OPTIONAL, 0, UINT32_MAX, &v, err);
+    if (rc < 0) {
+        return -1;
+    }
+    u->uid = rc == 0 ? (uid_t)v : (uid_t)-1;
+    rc = sbx_param_u64(p, "gid", SBX_OPTIONAL, 0, UINT32_MAX, &v, err);
+    if (rc < 0) {
+        return -1;
+    }
+    u->gid = rc == 0 ? (gid_t)v : (gid_t)-1;
+    u->chown = u->uid != (uid_t)-1 || u->gid != (gid_t)-1;
+    if (sbx_param_bool(p, "overwrite", SBX_OPTIONAL, &u->overwrite, err) < 0 ||
+        sbx_param_bool(p, "fsync", SBX_OPTIONAL, &u->fsync, err) < 0) {
+        return -1;
+    }
+    rc = sbx_param_u64(p, "size", SBX_OPTIONAL, 0, UINT64_MAX, &u->size, err);
+    if (rc < 0) {
+        return -1;
+    }
+    u->has_size = rc == 0;
+    rc = sha_param(p, u->sha_want, err);
+    if (rc < 0) {
+        return -1;
+    }
+    u->has_sha = rc == 0;
+    return has_mode ? 1 : 0;
+}
+
+void agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m)
+{
+    char path[SBX_PATH_MAX + 1];
+    struct upload *u;
+    struct sbx_err err;
+    struct stat st;
+    bool parents = false;
+    int has_mode;
+
+    u = calloc(1, sizeof(*u));
+    if (u == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    u->a = c->a;
+    u->dirfd = u->fd = -1;
+    u->tail = &u->head;
+    agent_job_add(c->a, &u->job, c);
+    u->job.conn_gone = upload_conn_gone;
+    has_mode = upload_params(u, m->params, path, &err);
+    if (has_mode < 0 || sbx_param_bool(m->params, "parents", SBX_OPTIONAL, &parents, &err) < 0 ||
+        split_path(path, u->dir, sizeof(u->dir), u->name, &err) < 0) {
+        goto fail;
+    }
+    u->dirfd = open(u->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (u->dirfd < 0 && errno == ENOENT && parents) {
+        if (mkdir_parents(u->dir, &err) < 0) {
+            goto fail;
+        }
+        u->dirfd = open(u->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    }
+    if (u->dirfd < 0) {
+        sbx_err_sys(&err, errno, NULL, "open directory \"%s\"", u->dir);
+        goto fail;
+    }
+    if (fstatat(u->dirfd, u->name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        if (S_ISDIR(st.st_mode)) {
+            sbx_err_sys(&err, EISDIR, NULL, "upload to \"%s\"", path);
+            goto fail;
+        }
+        if (!u->overwrite) {
+            sbx_err_sys(&err, EEXIST, NULL, "upload to \"%s\"", path);
+            goto fail;
+        }
+        /* Replacing a regular file keeps its mode and owner unless told otherwise. */
+        if (S_ISREG(st.st_mode)) {
+            if (has_mode == 0) {
+                u->mode = st.st_mode & 07777;
+            }
+            if (u->uid == (uid_t)-1) {
+                u->uid = st.st_uid;
+            }
+            if (u->gid == (gid_t)-1) {
+                u->gid = st.st_gid;
+            }
+            u->chown = true;
+        }
+    } else if (errno != ENOENT) {
+        sbx_err_sys(&err, errno, NULL, "stat \"%s\"", path);
+        goto fail;
+    }
+    for (int tries = 0; u->fd < 0; tries++) {
+        uint32_t r;
+        if (getrandom(&r, sizeof(r), 0) != sizeof(r)) {
+            r = (uint32_t)agent_now_ns();
+        }
+        snprintf(u->tmp, sizeof(u->tmp), ".%.200s.sbx-%08x", u->name, r);
+        u->fd = openat(u->dirfd, u->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (u->fd < 0 && (errno != EEXIST || tries > 8)) {
+            int e = errno;
+            u->tmp[0] = '\0';
+            sbx_err_sys(&err, e, NULL, "create a temporary file in \"%s\"", u->dir);
+            goto fail;
+        }
+    }
+    sha256_init(&u->sha);
+    u->s = agent_stream_new_ops(c, AGENT_STREAM_IN, &upload_ops, u, &err);
+    if (u->s == NULL) {
+        goto fail;
+    }
+    u->sid = u->s->id;
+    {
+        msgpack_packer *pk = agent_conn_begin(c);
+        sbx_pack_response_head(pk, m->id);
+        msgpack_pack_map(pk, 1);
+        sbx_pack_kv_u64(pk, "stream", u->sid);
+        agent_conn_send(c);
+    }
+    return;
+fail:
+    agent_conn_reply_error(c, m->id, &err);
+    upload_destroy(u);
+}
+
+/* --- download ---------------------------------------------------------------------------- */
+
+struct download {
+    struct agent *a;
+    struct agent_stream *s; /* NULL once gone */
+    int fd;
+    bool seekable;
+    uint64_t offset;
+    uint64_t left; /* bytes still to send */
+    uv_fs_t req;
+    void *buf;
+    bool reading;
+    char path[SBX_PATH_MAX + 1];
+};
+
+static void download_free(struct download *d)
+{
+    if (d->fd >= 0) {
+        (void)close(d->fd); /* read-only: nothing to lose */
+    }
+    free(d);
+}
+
+static void download_read_cb(uv_fs_t *req);
+
+static void download_ready(struct agent_stream *s)
+{
+    struct download *d = s->owner;
+    uint32_t n = agent_stream_writable(s);
+    uv_buf_t b;
+
+    if (d == NULL || d->reading || n == 0) {
+        return;
+    }
+    if (d->left == 0) {
+        d->s = NULL;
+        agent_stream_end(s, NULL, false);
+        download_free(d);
+        return;
+    }
+    if (n > SBX_STREAM_CHUNK_MAX) {
+        n = SBX_STREAM_CHUNK_MAX;
+    }
+    if (n > d->left) {
+        n = (uint32_t)d->left;
+    }
+    d->buf = agent_buf_get(d->a);
+    if (d->buf == NULL) {
+        struct sbx_err err;
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        d->s = NULL;
+        agent_stream_end(s, &err, false);
+        download_free(d);
+        return;
+    }
+    b = uv_buf_init(d->buf, n);
+    d->reading = true;
+    if (uv_fs_read(d->a->loop, &d->req, d->fd, &b, 1, d->seekable ? (int64_t)d->offset : -1,
+                   download_read_cb) < 0) {
+        d->reading = false;
+        agent_buf_put(d->a, d->buf);
+        struct sbx_err err;
+        sbx_err_set(&err, SBX_E_INTERNAL, "cannot queue a read");
+        d->s = NULL;
+        agent_stream_end(s, &err, false);
+        download_free(d);
+    }
+}
+
+static void download_read_cb(uv_fs_t *req)
+{
+    struct download *d = agent_container_of(req, struct download, req);
+    ssize_t n = req->result;
+    struct agent_stream *s = d->s;
+
+    uv_fs_req_cleanup(req);
+    d->reading = false;
+    if (s == NULL) { /* cancelled while reading */
+        agent_buf_put(d->a, d->buf);
+        download_free(d);
+        return;
+    }
+    if (n <= 0) {
+        struct sbx_err err;
+        agent_buf_put(d->a, d->buf);
+        if (n < 0) {
+            sbx_err_sys(&err, (int)-n, "read", "read \"%s\"", d->path);
+        }
+        d->s = NULL;
+        agent_stream_end(s, n < 0 ? &err : NULL, false);
+        download_free(d);
+        return;
+    }
+    d->offset += (uint64_t)n;
+    d->left -= (uint64_t)n;
+    agent_stream_send(s, d->buf, (uint32_t)n);
+    download_ready(s);
+}
+
+static void download_gone(struct agent_stream *s, bool cancelled)
+{
+    struct download *d = s->owner;
+
+    if (d == NULL) {
+        return;
+    }
+    d->s = NULL;
+    if (!d->reading) {
+        download_free(d);
+    }
+}
+
+static const struct agent_stream_ops download_ops = {
+    .ready = download_ready,
+    .gone = download_gone,
+};
+
+void agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct download *d = calloc(1, sizeof(*d));
+    struct sbx_err err;
+    struct stat st;
+    uint64_t length = UINT64_MAX;
+    msgpack_packer *pk;
+
+    if (d == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    d->a = c->a;
+    d->fd = -1;
+    if (agent_path_param(m->params, "path", SBX_REQUIRED, d->path, sizeof(d->path), &err) < 0 ||
+        sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &d->offset, &err) < 0 ||
+        sbx_param_u64(m->params, "length", SBX_OPTIONAL, 0, UINT64_MAX, &length, &err) < 0) {
+        goto fail;
+    }
+    /* Non-blocking open: a FIFO without a writer must not stall the loop; reads then block in
+     * the threadpool as they should. */
+    d->fd = open(d->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (d->fd < 0 || fstat(d->fd, &st) < 0) {
+        sbx_err_sys(&err, errno, NULL, "open \"%s\"", d->path);
+        goto fail;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        sbx_err_sys(&err, EISDIR, NULL, "download \"%s\"", d->path);
+        goto fail;
+    }
+    (void)fcntl(d->fd, F_SETFL, 0); /* blocking reads from here on (in the threadpool) */
+    d->seekable = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode);
+    if (!d->seekable && d->offset > 0) {
+        sbx_err_param(&err, "offset", "\"%s\" is not seekable", d->path);
+        goto fail;
+    }
+    d->left = length;
+    d->s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &download_ops, d, &err);
+    if (d->s == NULL) {
+        goto fail;
+    }
+    pk = agent_conn_begin(c);
+    sbx_pack_response_head(pk, m->id);
+    msgpack_pack_map(pk, 3);
+    sbx_pack_kv_u64(pk, "stream", d->s->id);
+    sbx_pack_kv_u64(pk, "size", S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0);
+    sbx_pack_kv_u64(pk, "mode", st.st_mode);
+    agent_conn_send(c);
+    download_ready(d->s);
+    return;
+fail:
+    agent_conn_reply_error(c, m->id, &err);
+    download_free(d);
+}
