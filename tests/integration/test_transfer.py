@@ -414,5 +414,67 @@ class TestDownload(TransferCase):
         self.c.call("ping")
 
 
+SBX = os.path.join(BUILD, "bin", "sbx")
+
+
+class TestCpCli(TransferCase):
+    def sbx(self, *args, ok=True):
+        env = dict(os.environ, SBX_ADDR=self.agent.addr)
+        r = subprocess.run([SBX, *args], env=env, capture_output=True, timeout=300)
+        if ok:
+            self.assertEqual(r.returncode, 0, r.stderr.decode())
+        return r
+
+    def test_file_round_trip(self):
+        src = self.p("src.bin")
+        data = pattern(5 * CHUNK + 17, 9)
+        open(src, "wb").write(data)
+        os.chmod(src, 0o751)
+        os.mkdir(self.p("guest"))
+        self.sbx("cp", src, ":" + self.p("guest") + "/")
+        self.assertEqual(open(self.p("guest", "src.bin"), "rb").read(), data)
+        self.assertEqual(stat.S_IMODE(os.lstat(self.p("guest", "src.bin")).st_mode), 0o751)
+        # an existing remote directory without the slash receives the file under its name
+        os.remove(self.p("guest", "src.bin"))
+        self.sbx("cp", "-m", "600", src, ":" + self.p("guest"))
+        self.assertEqual(stat.S_IMODE(os.lstat(self.p("guest", "src.bin")).st_mode), 0o600)
+        self.sbx("cp", ":" + self.p("guest", "src.bin"), self.p("back.bin"))
+        self.assertEqual(open(self.p("back.bin"), "rb").read(), data)
+        self.assertEqual(stat.S_IMODE(os.lstat(self.p("back.bin")).st_mode), 0o600)
+        os.mkdir(self.p("local"))
+        self.sbx("cp", ":" + self.p("guest", "src.bin"), self.p("local"))
+        self.assertEqual(open(self.p("local", "src.bin"), "rb").read(), data)
+        self.assertEqual(leftovers(self.p("local")), [])
+
+    def test_errors_and_options(self):
+        src = self.p("s")
+        open(src, "w").write("x")
+        r = self.sbx("cp", src, ":" + self.p("no", "such", "f"), ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"ENOENT", r.stderr)
+        self.sbx("cp", "-p", src, ":" + self.p("no", "such", "f"))
+        r = self.sbx("cp", "-n", src, ":" + self.p("no", "such", "f"), ok=False)
+        self.assertIn(b"EEXIST", r.stderr)
+        r = self.sbx("cp", ":" + self.p("missing"), self.p("x"), ok=False)
+        self.assertIn(b"ENOENT", r.stderr)
+        self.assertFalse(os.path.exists(self.p("x")))
+        r = self.sbx("cp", src, self.p("y"), ok=False)
+        self.assertEqual(r.returncode, 2)
+        r = self.sbx("cp", "--help")
+        self.assertIn(b"sbx cp", r.stdout)
+        mnt = self.p("small")
+        os.mkdir(mnt)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mnt],
+                          capture_output=True).returncode == 0:
+            try:
+                open(self.p("big"), "wb").write(pattern(1 << 20))
+                r = self.sbx("cp", self.p("big"), ":" + mnt + "/", ok=False)
+                self.assertEqual(r.returncode, 1)
+                self.assertIn(b"ENOSPC", r.stderr)
+                self.assertEqual(os.listdir(mnt), [])
+            finally:
+                subprocess.run(["umount", "-l", mnt])
+
+
 if __name__ == "__main__":
     unittest.main()
