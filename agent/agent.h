@@ -311,10 +311,6 @@ void agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m);
 void agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m);
 void agent_transfer_download_tree(struct agent_conn *c, const struct sbx_msg *m);
 void agent_pack_create(struct agent_conn *c, const struct sbx_msg *m);
-/* Read the path param @key into @out (absolute): relative paths resolve against the optional
- * `cwd` param, else "/". BAD_PARAM naming the field on failure. */
-int agent_path_param(const msgpack_object *params, const char *key, int required, char *out,
-                     size_t outsz, struct sbx_err *err);
 /* Send [2, "transfer.done", {stream, error}] on @c (NULL: nothing to send to). */
 void agent_transfer_done_err(struct agent_conn *c, uint32_t sid, const struct sbx_err *e);
 

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "fs.h"
 
 #include <nettle/sha2.h>
 
@@ -46,39 +47,6 @@ void agent_job_conn_gone(struct agent *a, struct agent_conn *c)
             }
         }
     }
-}
-
-int agent_path_param(const msgpack_object *params, const char *key, int required, char *out,
-                     size_t outsz, struct sbx_err *err)
-{
-    char cwd[SBX_PATH_MAX + 1] = "/";
-    char p[SBX_PATH_MAX + 1];
-    int rc;
-
-    rc = sbx_param_bstr(params, key, required, p, sizeof(p), err);
-    if (rc != 0) {
-        return rc;
-    }
-    if (p[0] == '\0') {
-        return sbx_err_param(err, key, "%s must not be empty", key);
-    }
-    if (sbx_param_bstr(params, "cwd", SBX_OPTIONAL, cwd, sizeof(cwd), err) < 0) {
-        return -1;
-    }
-    if (cwd[0] != '/') {
-        return sbx_err_param(err, "cwd", "cwd must be an absolute path");
-    }
-    if (p[0] == '/') {
-        rc = snprintf(out, outsz, "%s", p);
-    } else {
-        size_t n = strlen(cwd);
-        rc = snprintf(out, outsz, "%s%s%s", cwd, n > 0 && cwd[n - 1] == '/' ? "" : "/", p);
-    }
-    if (rc < 0 || (size_t)rc >= outsz || (size_t)rc > SBX_PATH_MAX) {
-        return sbx_err_param(err, key, "%s is longer than %u bytes after joining cwd", key,
-                             SBX_PATH_MAX);
-    }
-    return 0;
 }
 
 static void pack_done_head(msgpack_packer *pk, uint32_t sid, uint32_t n)
@@ -295,6 +263,16 @@ static void upload_kick(struct upload *u)
                                                                                   loop */
 }
 
+static int set_err_path(struct sbx_err *err, int e, const struct upload *u, const char *what)
+{
+    char p[SBX_PATH_MAX + NAME_MAX + 2];
+
+    snprintf(p, sizeof(p), "%s%s%s", u->dir, strcmp(u->dir, "/") == 0 ? "" : "/", u->name);
+    sbx_err_sys(err, e, NULL, "%s \"%s\"", what, p);
+    sbx_err_set_path(err, p);
+    return -1;
+}
+
 static void upload_after_cb(uv_work_t *req, int status)
 {
     struct upload *u = agent_container_of(req, struct upload, work);
@@ -312,7 +290,7 @@ static void upload_after_cb(uv_work_t *req, int status)
         return;
     }
     if (u->werr != 0) {
-        sbx_err_sys(&err, u->werr, "write", "write \"%s/%s\"", u->dir, u->name);
+        set_err_path(&err, u->werr, u, "write");
         upload_fail(u, &err);
         return;
     }
@@ -326,10 +304,6 @@ static void upload_after_cb(uv_work_t *req, int status)
     }
 }
 
-static int set_err_path(struct sbx_err *err, int e, const struct upload *u, const char *what)
-{
-    return sbx_err_sys(err, e, NULL, "%s \"%s/%s\"", what, u->dir, u->name);
-}
 
 /* Everything arrived and is written: verify, apply metadata, rename, report. */
 static void upload_finish(struct upload *u)
@@ -512,7 +486,7 @@ static int upload_params(struct upload *u, const msgpack_object *p, char *path, 
     uint64_t v;
     int rc;
 
-    if (agent_path_param(p, "path", SBX_REQUIRED, path, SBX_PATH_MAX + 1, err) < 0) {
+    if (agent_fs_path_param(p, "path", SBX_REQUIRED, path, err) < 0) {
         return -1;
     }
     u->mode = 0644;
@@ -587,15 +561,18 @@ void agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m)
     }
     if (u->dirfd < 0) {
         sbx_err_sys(&err, errno, NULL, "open directory \"%s\"", u->dir);
+        sbx_err_set_path(&err, u->dir);
         goto fail;
     }
     if (fstatat(u->dirfd, u->name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
         if (S_ISDIR(st.st_mode)) {
             sbx_err_sys(&err, EISDIR, NULL, "upload to \"%s\"", path);
+            sbx_err_set_path(&err, path);
             goto fail;
         }
         if (!u->overwrite) {
             sbx_err_sys(&err, EEXIST, NULL, "upload to \"%s\"", path);
+            sbx_err_set_path(&err, path);
             goto fail;
         }
         /* Replacing a regular file keeps its mode and owner unless told otherwise. */
@@ -735,6 +712,7 @@ static void download_read_cb(uv_fs_t *req)
         agent_buf_put(d->a, d->buf);
         if (n < 0) {
             sbx_err_sys(&err, (int)-n, "read", "read \"%s\"", d->path);
+            sbx_err_set_path(&err, d->path);
         }
         d->s = NULL;
         agent_stream_end(s, n < 0 ? &err : NULL, false);
@@ -780,7 +758,7 @@ void agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m)
     }
     d->a = c->a;
     d->fd = -1;
-    if (agent_path_param(m->params, "path", SBX_REQUIRED, d->path, sizeof(d->path), &err) < 0 ||
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, d->path, &err) < 0 ||
         sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &d->offset, &err) < 0 ||
         sbx_param_u64(m->params, "length", SBX_OPTIONAL, 0, UINT64_MAX, &length, &err) < 0) {
         goto fail;
@@ -790,10 +768,12 @@ void agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m)
     d->fd = open(d->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (d->fd < 0 || fstat(d->fd, &st) < 0) {
         sbx_err_sys(&err, errno, NULL, "open \"%s\"", d->path);
+        sbx_err_set_path(&err, d->path);
         goto fail;
     }
     if (S_ISDIR(st.st_mode)) {
         sbx_err_sys(&err, EISDIR, NULL, "download \"%s\"", d->path);
+        sbx_err_set_path(&err, d->path);
         goto fail;
     }
     (void)fcntl(d->fd, F_SETFL, 0); /* blocking reads from here on (in the threadpool) */

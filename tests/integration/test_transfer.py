@@ -209,6 +209,7 @@ class TestUpload(TransferCase):
         with self.assertRaises(w.RemoteError) as cm:
             self.c.call("transfer.upload", {"path": dest, "overwrite": False})
         self.assertEqual(cm.exception.code, "EEXIST")
+        self.assertEqual(cm.exception.err["path"], dest)
         with self.assertRaises(w.RemoteError) as cm:
             self.c.call("transfer.upload", {"path": self.tmp})
         self.assertEqual(cm.exception.code, "EISDIR")
@@ -330,6 +331,7 @@ class TestUpload(TransferCase):
             dest = os.path.join(mnt, "big")
             done, cancel = upload(self.c, {"path": dest}, [pattern(4 << 20)])
             self.assertEqual(done["error"]["code"], "ENOSPC")
+            self.assertEqual(done["error"]["path"], dest)
             self.assertEqual(cancel["code"], "ENOSPC")
             self.assertEqual(os.listdir(mnt), [])
             self.c.call("ping")
