@@ -304,7 +304,6 @@ static void upload_after_cb(uv_work_t *req, int status)
     }
 }
 
-
 /* Everything arrived and is written: verify, apply metadata, rename, report. */
 static void upload_finish(struct upload *u)
 {
