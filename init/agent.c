@@ -1,6 +1,8 @@
-/* agent.c: starts, reaps and restarts the agent and the rescue shell. */
+/* agent.c: the agent (started, reaped, restarted; its control channel) and the rescue shell. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -23,12 +25,203 @@ int init_oom_score_adj(int value)
     return rc;
 }
 
-/* In the child: exec with init's original signal mask (dispositions are SIG_DFL already) and
- * the configured environment; the agent's starts with SBX_INIT_FD, so getenv() finds ours. */
-static _Noreturn void child_exec(struct init_state *st, char **argv, bool agent)
+/* The control channel: one ASCII line per SOCK_SEQPACKET datagram (docs/INIT.md). */
+static __attribute__((format(printf, 2, 3))) void ctl_send(struct init_state *st, const char *fmt,
+                                                           ...)
+{
+    char buf[INIT_CTL_MAX + 1];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    /* Non-blocking: a wedged agent must never stall PID 1. */
+    if (st->ctl >= 0 && n > 0 && n <= INIT_CTL_MAX &&
+        send(st->ctl, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) != n) {
+        init_log("ctl: send \"%.40s\": %m", buf);
+    }
+}
+
+/* Answers "extend" and "lifetime?": the agent pairs each question with one reply. */
+static void reply_lifetime(struct init_state *st, const char *arg)
+{
+    /* Only the lifetime mode's own timer is ever set: deadline_ns or session_ns, or none. */
+    ctl_send(st, "lifetime mode=%s deadline_ns=%lld", init_lifetime_names[st->cfg.lifetime],
+             (long long)(st->deadline_ns != 0 ? st->deadline_ns : st->session_ns));
+}
+
+/* Records the number of connected host clients and runs the session timer. */
+static void set_clients(struct init_state *st, int n)
+{
+    bool session = st->cfg.lifetime == INIT_LIFETIME_SESSION;
+
+    if (session && n > 0 && st->session_ns != 0) {
+        st->session_ns = 0;
+        init_log("lifetime: a client connected; session timer stopped");
+    } else if (session && n == 0 && st->clients > 0) {
+        /* Armed only on the way down: a VM nobody has connected to yet stays up. */
+        st->session_ns = init_now(CLOCK_BOOTTIME) + st->cfg.session_grace_s * INIT_NSEC;
+        init_log("lifetime: last client left; power off in %llds unless one connects",
+                 (long long)st->cfg.session_grace_s);
+    }
+    st->clients = n;
+}
+
+static void on_ready(struct init_state *st, const char *arg)
+{
+    int64_t now = init_now(CLOCK_BOOTTIME);
+
+    st->agent_ready = true;
+    st->start_failures = 0;
+    init_log("agent ready (pid %d): %.6fs after init started, %.6fs after boot", (int)st->agent.pid,
+             (double)(now - st->start_ns) / INIT_NSEC, (double)now / INIT_NSEC);
+}
+
+static void on_clients(struct init_state *st, const char *arg)
+{
+    long long n = init_parse_uint(arg, 1 << 20);
+
+    if (n < 0) {
+        init_log("ctl: clients: n= missing or not a number; ignored");
+        return;
+    }
+    init_log("agent: %lld host client(s) connected", n);
+    set_clients(st, (int)n);
+}
+
+static void on_extend(struct init_state *st, const char *arg)
+{
+    long long s = init_parse_uint(arg, INIT_DURATION_MAX_S);
+    int64_t now = init_now(CLOCK_BOOTTIME);
+
+    if (s < 0) {
+        init_log("ctl: extend: seconds= missing or not a number; ignored");
+    } else if (st->cfg.lifetime != INIT_LIFETIME_DURATION) {
+        init_log("ctl: extend: lifetime is not a duration; ignored");
+    } else {
+        /* From the later of now and the current deadline: extending never shortens. */
+        st->deadline_ns = (st->deadline_ns > now ? st->deadline_ns : now) + s * INIT_NSEC;
+        init_log("lifetime: extended by %llds; power off in %.3fs", s,
+                 (double)(st->deadline_ns - now) / INIT_NSEC);
+    }
+    reply_lifetime(st, NULL); /* always, even when ignored */
+}
+
+static void on_shutdown(struct init_state *st, const char *arg)
+{
+    const char *action = arg != NULL ? arg : "poweroff";
+
+    if (strcmp(action, "poweroff") == 0 || strcmp(action, "reboot") == 0) {
+        init_request_shutdown(st, action[0] == 'r' ? INIT_REBOOT : INIT_POWEROFF,
+                              "asked by the agent");
+    } else {
+        init_log("ctl: shutdown: action=\"%.20s\" is not poweroff or reboot; ignored", action);
+    }
+}
+
+/* Each verb takes at most one argument, `key` ("" for none); other keys are ignored. */
+static const struct {
+    const char *verb, *key;
+    void (*handle)(struct init_state *st, const char *arg); /* arg: key's value, or NULL */
+} init_verbs[] = {
+    { "ready", "", on_ready },           { "clients", "n", on_clients },
+    { "extend", "seconds", on_extend },  { "shutdown", "action", on_shutdown },
+    { "lifetime?", "", reply_lifetime },
+};
+#define INIT_NVERBS (sizeof(init_verbs) / sizeof(init_verbs[0]))
+
+static void handle(struct init_state *st, char *buf, size_t len)
+{
+    char *save = NULL, *verb, *tok, *eq, *arg = NULL;
+    size_t v = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        if (buf[i] < 0x20 || buf[i] > 0x7e) {
+            init_log("ctl: message with a control or non-ASCII byte; ignored");
+            return;
+        }
+    }
+    if ((verb = strtok_r(buf, " ", &save)) == NULL) {
+        init_log("ctl: empty message; ignored");
+        return;
+    }
+    while (v < INIT_NVERBS && strcmp(init_verbs[v].verb, verb) != 0) {
+        v++;
+    }
+    if (v == INIT_NVERBS) {
+        init_log("ctl: unknown verb \"%.40s\"; ignored", verb);
+        return;
+    }
+    while ((tok = strtok_r(NULL, " ", &save)) != NULL) {
+        if ((eq = strchr(tok, '=')) == NULL || eq == tok) {
+            init_log("ctl: %.20s: bad argument \"%.40s\"; ignored", verb, tok);
+            continue;
+        }
+        *eq = '\0';
+        if (arg == NULL && strcmp(tok, init_verbs[v].key) == 0) {
+            arg = eq + 1; /* the first one counts */
+        }
+    }
+    init_verbs[v].handle(st, arg);
+}
+
+void init_ctl_read(struct init_state *st)
+{
+    char buf[INIT_CTL_MAX + 1];
+
+    while (st->ctl >= 0) {
+        /* MSG_TRUNC: the real length, so an oversized datagram is dropped whole, not cut short. */
+        ssize_t n = recv(st->ctl, buf, INIT_CTL_MAX, MSG_DONTWAIT | MSG_TRUNC);
+        struct pollfd p = { st->ctl, POLLIN, 0 };
+
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            return; /* EINTR: the main loop comes back */
+        }
+        /* 0 is an empty datagram or the agent's end closing: only poll can tell which. */
+        if (n < 0 || (n == 0 && poll(&p, 1, 0) >= 0 && (p.revents & POLLHUP))) {
+            INIT_LOG_IF(n < 0 && errno != ECONNRESET, "ctl: recv: %m; closing the channel");
+            close(st->ctl); /* the agent's exit itself is handled by reaping */
+            st->ctl = -1;
+            return;
+        }
+        if (n > INIT_CTL_MAX) {
+            init_log("ctl: message of %zd bytes (max %d); ignored", n, INIT_CTL_MAX);
+            continue;
+        }
+        n -= n > 0 && buf[n - 1] == '\n';
+        buf[n] = '\0';
+        handle(st, buf, (size_t)n);
+    }
+}
+
+/* Forks child `c` (returns fork's result) to exec argv with init's original signal mask (the
+ * dispositions are SIG_DFL already) and the configured environment, in which the agent's
+ * SBX_INIT_FD comes first, so getenv() finds ours. The agent gets `ctl` as fd 3 (dup2 clears
+ * close-on-exec, except onto itself) and /dev/null as stdin: the console's input belongs to the
+ * rescue shell, which gets its own session and the console as its tty, for job control (best
+ * effort: a shell without them, on a pipe in tests, is still a shell). */
+static pid_t spawn(struct init_state *st, struct init_child *c, char **argv, int ctl)
 {
     char *envp[INIT_ENV_MAX + 2] = { (char *)"SBX_INIT_FD=3" }; /* the rest: NULL */
+    bool agent = c == &st->agent;
+    pid_t pid = fork();
+    int null;
 
+    if (pid != 0) {
+        c->pid = pid > 0 ? pid : 0;
+        c->started_ns = init_now(CLOCK_BOOTTIME);
+        return pid;
+    }
+    if (agent && ((ctl == 3 ? fcntl(3, F_SETFD, 0) : dup2(ctl, 3)) < 0 || setsid() < 0 ||
+                  ((null = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0 && dup2(null, 0) < 0))) {
+        init_log("agent: child setup: %m");
+        _exit(127);
+    }
+    if (!agent &&
+        (setsid() < 0 || (isatty(0) && ioctl(0, TIOCSCTTY, 1) < 0) || init_oom_score_adj(0) < 0)) {
+        init_log("rescue shell: setup: %m; going on");
+    }
     for (int j = 0; j < st->cfg.nenv; j++) {
         envp[j + 1] = st->cfg.env[j];
     }
@@ -57,9 +250,9 @@ static void schedule_restart(struct init_state *st, int64_t now, const char *wha
 
 void init_agent_start(struct init_state *st)
 {
-    char *argv[2 * INIT_LISTEN_MAX + 3], listen[INIT_VALUE_LEN], *save = NULL;
+    char *argv[2 * INIT_LISTEN_MAX + 3], listen[INIT_VALUE_LEN], *save = NULL, secs[24];
     int64_t now = init_now(CLOCK_BOOTTIME);
-    int sv[2], argc = 0, null;
+    int sv[2], argc = 0;
     pid_t pid;
 
     st->agent.restart_ns = 0;
@@ -78,51 +271,34 @@ void init_agent_start(struct init_state *st)
         schedule_restart(st, now, "socketpair failed");
         return;
     }
-    if ((pid = fork()) == 0) {
-        /* fd 3 is the control channel (dup2 clears close-on-exec, except onto itself); the
-         * console's input belongs to the rescue shell, the agent gets /dev/null. */
-        if ((sv[1] == 3 ? fcntl(3, F_SETFD, 0) : dup2(sv[1], 3)) < 0 || setsid() < 0 ||
-            ((null = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0 && dup2(null, 0) < 0)) {
-            init_log("agent: child setup: %m");
-            _exit(127);
-        }
-        child_exec(st, argv, true);
-    }
+    pid = spawn(st, &st->agent, argv, sv[1]);
     close(sv[1]);
     if (pid < 0) {
         close(sv[0]);
         schedule_restart(st, now, "fork failed");
         return;
     }
-    /* Recorded before the loop can reap it: single-threaded, so there is no race. */
     st->ctl = sv[0];
-    st->agent.pid = pid;
-    st->agent.started_ns = now;
     init_log("agent: started %s (pid %d)", st->agent_path, (int)pid);
-    init_ctl_send_boot(st, now);
+    /* Its boot timings: init's start (the kernel's share of the boot) and the agent's fork. */
+    snprintf(secs, sizeof(secs), "%lld", (long long)st->cfg.lifetime_s);
+    ctl_send(st, "boot kernel_ns=%lld init_ns=%lld lifetime=%s deadline_ns=%lld",
+             (long long)st->start_ns, (long long)now,
+             st->cfg.lifetime == INIT_LIFETIME_DURATION ? secs
+                                                        : init_lifetime_names[st->cfg.lifetime],
+             (long long)st->deadline_ns);
 }
 
 void init_shell_start(struct init_state *st)
 {
     char *argv[] = { (char *)st->shell_path, NULL };
-    pid_t pid = fork();
+    pid_t pid = spawn(st, &st->shell, argv, -1);
 
-    if (pid == 0) {
-        /* Its own session and the console as its tty, for job control; best effort: a shell
-         * without them (on a pipe, in tests) is still a shell. */
-        if (setsid() < 0 || (isatty(0) && ioctl(0, TIOCSCTTY, 1) < 0) ||
-            init_oom_score_adj(0) < 0) {
-            init_log("rescue shell: setup: %m; going on");
-        }
-        child_exec(st, argv, false);
-    }
-    st->shell.started_ns = init_now(CLOCK_BOOTTIME);
     st->shell.restart_ns = st->shell.started_ns + INIT_SHELL_PAUSE_NS; /* the earliest restart */
     if (pid < 0) {
         init_log("rescue shell: fork: %m");
         return;
     }
-    st->shell.pid = pid;
     init_log("rescue shell: started %s on the console (pid %d)", st->shell_path, (int)pid);
 }
 
@@ -140,7 +316,7 @@ static void exited(struct init_state *st, struct init_child *c, int status, int6
              (double)(now - c->started_ns) / INIT_NSEC);
     c->pid = 0;
     if (agent) {
-        init_set_clients(st, 0); /* its connections died with it */
+        set_clients(st, 0); /* its connections died with it */
         if (st->ctl >= 0) {
             close(st->ctl);
             st->ctl = -1;

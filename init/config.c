@@ -1,11 +1,14 @@
-/* config.c: configuration from the kernel command line, a file, and built-in defaults. */
+/* config.c: configuration (command line, file, defaults); the console log, small-file reads. */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "init.h"
 
@@ -29,6 +32,46 @@ static const char *const init_env_base[][2] = {
 };
 
 const char *const init_lifetime_names[3] = { "none", "session", "duration" };
+
+int64_t init_now(clockid_t id)
+{
+    struct timespec ts;
+
+    return clock_gettime(id, &ts) < 0 ? 0 : (int64_t)ts.tv_sec * INIT_NSEC + ts.tv_nsec;
+}
+
+void init_log(const char *fmt, ...)
+{
+    int saved = errno;
+    int64_t now = init_now(CLOCK_MONOTONIC);
+    char line[640];
+    int n = snprintf(line, sizeof(line), "sbx-init[%lld.%06lld]: ", (long long)(now / INIT_NSEC),
+                     (long long)(now % INIT_NSEC / 1000));
+    va_list ap;
+
+    errno = saved; /* for %m */
+    va_start(ap, fmt);
+    n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    n = n > (int)sizeof(line) - 2 ? (int)sizeof(line) - 2 : n; /* truncated: end the line */
+    line[n++] = '\n';
+    /* One write, so init's and the agent's lines never interleave; a gone console can't be told. */
+    (void)!write(STDERR_FILENO, line, (size_t)n);
+    errno = saved;
+}
+
+ssize_t init_read_file(const char *path, char *buf, size_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, size - 1);
+
+    n = n < 0 ? -errno : n;
+    if (fd >= 0) {
+        close(fd);
+    }
+    buf[n > 0 ? n : 0] = '\0';
+    return n;
+}
 
 long long init_parse_uint(const char *s, long long max)
 {
@@ -99,15 +142,15 @@ static const char *set_lifetime(struct init_config *cfg, const struct init_key *
 
 static const char *set_listen(struct init_config *cfg, const struct init_key *k, const char *v)
 {
+    const char *p = v, *end, *colon;
     int n = 0;
 
     if (strlen(v) >= sizeof(cfg->listen)) {
         return "too long";
     }
     /* Only the shape is checked: the agent owns the address syntax and reports details. */
-    for (const char *p = v, *end;; p = end + 1) {
-        const char *colon = memchr(p, ':', (size_t)((end = strchrnul(p, ',')) - p));
-
+    do {
+        colon = memchr(p, ':', (size_t)((end = strchrnul(p, ',')) - p));
         if (colon == NULL || colon == p || colon + 1 == end) {
             return "each address must be <kind>:<where>";
         }
@@ -119,10 +162,8 @@ static const char *set_listen(struct init_config *cfg, const struct init_key *k,
         if (++n > INIT_LISTEN_MAX) {
             return "too many addresses (max 8)";
         }
-        if (*end == '\0') {
-            break;
-        }
-    }
+        p = end + 1;
+    } while (*end != '\0');
     strcpy(cfg->listen, v);
     return NULL;
 }
@@ -144,17 +185,15 @@ static const char *set_hostname(struct init_config *cfg, const struct init_key *
 static const char *set_rescue_after(struct init_config *cfg, const struct init_key *k,
                                     const char *v)
 {
-    long long n = init_parse_uint(v, 1000);
-
-    cfg->rescue_after = (int)n;
-    return n < 0 ? "expected a number from 0 to 1000" : NULL;
+    cfg->rescue_after = (int)init_parse_uint(v, 1000);
+    return cfg->rescue_after < 0 ? "expected a number from 0 to 1000" : NULL;
 }
 
-/* "none", or an IPv4 address, with /PREFIX exactly when `prefix` is given. */
-static const char *address(bool *has, struct in_addr *addr, int *prefix, const char *v)
+/* sbx.ip and sbx.gw: "none", or an IPv4 address, with /PREFIX for sbx.ip only. */
+static const char *set_address(struct init_config *cfg, const struct init_key *k, const char *v)
 {
+    bool ip = strcmp(k->name, "sbx.ip") == 0, *has = ip ? &cfg->has_ip : &cfg->has_gw;
     char buf[INET_ADDRSTRLEN + 4], *slash;
-    long long p = 32;
 
     *has = false;
     if (strcmp(v, "none") == 0) {
@@ -163,33 +202,20 @@ static const char *address(bool *has, struct in_addr *addr, int *prefix, const c
     if (strlen(v) >= sizeof(buf)) {
         return "not an IPv4 address";
     }
-    if (((slash = strchr(strcpy(buf, v), '/')) != NULL) != (prefix != NULL)) {
-        return prefix ? "expected ADDR/PREFIX" : "expected an address without /PREFIX";
+    if (((slash = strchr(strcpy(buf, v), '/')) != NULL) != ip) {
+        return ip ? "expected ADDR/PREFIX" : "expected an address without /PREFIX";
     }
     if (slash != NULL) {
         *slash++ = '\0';
-        if ((p = init_parse_uint(slash, 32)) < 1) {
+        if ((cfg->ip_prefix = (int)init_parse_uint(slash, 32)) < 1) {
             return "prefix must be 1 to 32";
         }
     }
-    if (inet_pton(AF_INET, buf, addr) != 1) {
+    if (inet_pton(AF_INET, buf, ip ? &cfg->ip : &cfg->gw) != 1) {
         return "not an IPv4 address";
-    }
-    if (prefix != NULL) {
-        *prefix = (int)p;
     }
     *has = true;
     return NULL;
-}
-
-static const char *set_ip(struct init_config *cfg, const struct init_key *k, const char *v)
-{
-    return address(&cfg->has_ip, &cfg->ip, &cfg->ip_prefix, v);
-}
-
-static const char *set_gw(struct init_config *cfg, const struct init_key *k, const char *v)
-{
-    return address(&cfg->has_gw, &cfg->gw, NULL, v);
 }
 
 static const char *set_root(struct init_config *cfg, const struct init_key *k, const char *v)
@@ -216,8 +242,8 @@ static const struct init_key init_keys[] = {
     KEY("sbx.listen", set_listen, "vsock:1024,serial:agent"),
     KEY("sbx.hostname", set_hostname, "sandbox"),
     CHOICE("sbx.debug", "none", debug_shell, "none", "shell"),
-    KEY("sbx.ip", set_ip, "none"),
-    KEY("sbx.gw", set_gw, "none"),
+    KEY("sbx.ip", set_address, "none"),
+    KEY("sbx.gw", set_address, "none"),
     CHOICE("sbx.vsock_allow_local", "0", vsock_allow_local, "0", "1"),
     KEY("sbx.rescue_after", set_rescue_after, "3"),
     CHOICE("sbx.overlay", "none", overlay, "none", "tmpfs"),
@@ -248,9 +274,7 @@ static int set_env(struct init_config *cfg, const char *key, const char *value)
         cfg->nenv += slot == cfg->nenv;
         return 0;
     }
-    if (!cfg->quiet) {
-        init_log("config: %s=\"%.80s\": %s; ignored", key, value, why);
-    }
+    INIT_LOG_IF(!cfg->quiet, "config: %s=\"%.80s\": %s; ignored", key, value, why);
     return -EINVAL;
 }
 
@@ -279,19 +303,15 @@ int init_config_set(struct init_config *cfg, const char *key, const char *value)
         if ((why = init_keys[i].set(cfg, &init_keys[i], value)) == NULL) {
             return 0;
         }
-        if (!cfg->quiet) {
-            init_log("config: %s=\"%.80s\": %s; using %s", key, value, why,
-                     init_keys[i].def[0] ? init_keys[i].def : "(none)");
-        }
+        INIT_LOG_IF(!cfg->quiet, "config: %s=\"%.80s\": %s; using %s", key, value, why,
+                    init_keys[i].def[0] ? init_keys[i].def : "(none)");
         (void)init_keys[i].set(cfg, &init_keys[i], init_keys[i].def); /* valid by construction */
         return -EINVAL;
     }
     if (strncmp(key, "sbx.", 4) != 0) {
         return 0; /* console=, panic= and the like are the kernel's */
     }
-    if (!cfg->quiet) {
-        init_log("config: %s: unknown key; ignored", key);
-    }
+    INIT_LOG_IF(!cfg->quiet, "config: %s: unknown key; ignored", key);
     return -ENOENT;
 }
 
@@ -324,8 +344,8 @@ int init_config_load_file(struct init_config *cfg, const char *path)
         if ((eq = strchr(line, '=')) != NULL) {
             *eq = '\0';
             (void)init_config_set(cfg, trim(line), trim(eq + 1)); /* reports by itself */
-        } else if (!cfg->quiet) {
-            init_log("config: %s: \"%.40s\": not key=value; ignored", path, line);
+        } else {
+            INIT_LOG_IF(!cfg->quiet, "config: %s: \"%.40s\": not key=value; ignored", path, line);
         }
     }
     return 0;

@@ -18,7 +18,6 @@
 #define INIT_MOUNTS_MAX     16    /* mounts we made and unmount at shutdown */
 #define INIT_FILE_MAX       16384 /* /proc/cmdline, the config file, the module list */
 #define INIT_CTL_MAX        512   /* one control-channel datagram */
-#define INIT_CTL_ARGS       8     /* key=value arguments in one */
 #define INIT_DURATION_MAX_S (10LL * 365 * 24 * 3600)
 
 #define INIT_NSEC           1000000000LL
@@ -37,9 +36,8 @@ struct init_config {
     int64_t lifetime_s, session_grace_s, shutdown_grace_s;
     char listen[INIT_VALUE_LEN];
     char hostname[65];
-    bool debug_shell, vsock_allow_local;
     int rescue_after; /* failed agent starts in a row before the rescue shell; 0 = never */
-    bool has_ip, has_gw;
+    bool debug_shell, vsock_allow_local, has_ip, has_gw;
     struct in_addr ip, gw;
     int ip_prefix;
     char root[INIT_VALUE_LEN]; /* root=, "" when absent */
@@ -79,15 +77,15 @@ struct init_state {
     char cmdline[INIT_FILE_MAX];
 };
 
-/* log.c */
+/* config.c */
 /* Reads clock `id` in nanoseconds; 0 if it is unavailable. */
 int64_t init_now(clockid_t id);
 /* Logs "sbx-init[<monotonic s>]: <message>" to the console in one write; keeps errno (%m). */
 void init_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Logs the message when `failed` (a step that fails is reported, and boot goes on). */
+#define INIT_LOG_IF(failed, ...) ((failed) ? init_log(__VA_ARGS__) : (void)0)
 /* Reads up to size-1 bytes of `path` into buf, NUL-terminated. Returns the length or -errno. */
 ssize_t init_read_file(const char *path, char *buf, size_t size);
-
-/* config.c */
 /* Fills `cfg` with the built-in defaults (listed in docs/INIT.md); keeps cfg->quiet. */
 void init_config_defaults(struct init_config *cfg);
 /* Applies one key. A bad value is reported (unless cfg->quiet) and gets the default: -EINVAL;
@@ -104,7 +102,7 @@ long long init_parse_uint(const char *s, long long max);
 /* "none", "session", "duration", indexed by enum init_lifetime. */
 extern const char *const init_lifetime_names[3];
 
-/* mount.c */
+/* system.c */
 /* Opens the console on fds 0-2 unless the kernel did (it does if the initramfs has one). */
 void init_console_setup(struct init_state *st);
 /* Mounts the missing pseudo filesystems and /dev links under st->prefix; failures are logged. */
@@ -115,8 +113,6 @@ bool init_root_switch(struct init_state *st);
 void init_umount_all(struct init_state *st);
 /* Loads each module of the list file `path` with finit_module(2); EEXIST is success. */
 void init_modules_load(const char *path);
-
-/* net.c */
 /* Sets the hostname, brings up lo, and configures eth0 when sbx.ip is set. */
 void init_net_setup(const struct init_config *cfg);
 
@@ -129,14 +125,8 @@ void init_agent_start(struct init_state *st);
 void init_shell_start(struct init_state *st);
 /* Reaps exited children, scheduling restarts; true when init has no children left (ECHILD). */
 bool init_reap(struct init_state *st);
-
-/* ctl.c */
-/* Sends `boot ...` to the agent just started; exec_ns is when it was exec'd. */
-void init_ctl_send_boot(struct init_state *st, int64_t exec_ns);
-/* Handles the pending datagrams (bad ones are logged); closes the channel on hang-up. */
+/* Handles the pending control-channel datagrams (bad ones are logged); closes it on hang-up. */
 void init_ctl_read(struct init_state *st);
-/* Records the number of connected host clients and runs the session timer. */
-void init_set_clients(struct init_state *st, int n);
 
 /* main.c */
 /* Requests a shutdown, which the main loop then performs. The first request wins. */

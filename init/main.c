@@ -77,14 +77,33 @@ static int setup_signals(struct init_state *st)
     return st->sigfd < 0 ? -errno : 0;
 }
 
+static void read_signals(struct init_state *st)
+{
+    struct signalfd_siginfo si;
+    char why[80];
+
+    while (read(st->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        int sig = (int)si.ssi_signo;
+
+        snprintf(why, sizeof(why), "signal %d (%s) from pid %u", sig, strsignal(sig), si.ssi_pid);
+        /* Ctrl-Alt-Del (SIGINT once CAD is off), SIGTERM, and the busybox (USR1/USR2/PWR)
+         * and systemd (RTMIN+3/+4/+5) conventions; a halt is a poweroff in a VM. */
+        if (sig == SIGRTMIN + 5) {
+            init_request_shutdown(st, INIT_REBOOT, why);
+        } else if (sig == SIGINT || sig == SIGTERM || sig == SIGPWR || sig == SIGUSR1 ||
+                   sig == SIGUSR2 || sig == SIGRTMIN + 3 || sig == SIGRTMIN + 4) {
+            init_request_shutdown(st, INIT_POWEROFF, why);
+        } else if (sig != SIGCHLD && sig != SIGWINCH && sig != SIGPIPE) {
+            init_log("ignoring %s", why); /* SIGCHLD: reaping runs every round anyway */
+        }
+    }
+}
+
 /* Sends `sig` to all, then waits up to `ns` for every process to be gone, reaping; true if so. */
 static bool kill_all(struct init_state *st, int sig, int64_t ns)
 {
-    struct signalfd_siginfo si;
-
-    if (kill(-1, sig) < 0 && errno != ESRCH) {
-        init_log("shutdown: kill(-1, %s): %m", sig == SIGKILL ? "SIGKILL" : "SIGTERM");
-    }
+    INIT_LOG_IF(kill(-1, sig) < 0 && errno != ESRCH, "shutdown: kill(-1, %s): %m",
+                sig == SIGKILL ? "SIGKILL" : "SIGTERM");
     for (int64_t until = init_now(CLOCK_BOOTTIME) + ns;;) {
         struct pollfd p = { st->sigfd, POLLIN, 0 };
         int64_t left = until - init_now(CLOCK_BOOTTIME);
@@ -98,8 +117,7 @@ static bool kill_all(struct init_state *st, int sig, int64_t ns)
         }
         /* Woken by SIGCHLD; at most 50 ms, so a coalesced signal cannot cost the grace. */
         if (poll(&p, 1, left > 50 * INIT_MSEC ? 50 : (int)(left / INIT_MSEC) + 1) > 0) {
-            while (read(st->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-            }
+            read_signals(st); /* a shutdown is under way: requests change nothing */
         }
     }
 }
@@ -150,33 +168,9 @@ static _Noreturn void fatal(struct init_state *st, const char *what)
     shutdown_now(st);
 }
 
-static void read_signals(struct init_state *st)
-{
-    struct signalfd_siginfo si;
-    char why[80];
-
-    while (read(st->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        int sig = (int)si.ssi_signo;
-
-        snprintf(why, sizeof(why), "signal %d (%s) from pid %u", sig, strsignal(sig), si.ssi_pid);
-        /* Ctrl-Alt-Del (SIGINT once CAD is off), SIGTERM, and the busybox (USR1/USR2/PWR)
-         * and systemd (RTMIN+3/+4/+5) conventions; a halt is a poweroff in a VM. */
-        if (sig == SIGRTMIN + 5) {
-            init_request_shutdown(st, INIT_REBOOT, why);
-        } else if (sig == SIGINT || sig == SIGTERM || sig == SIGPWR || sig == SIGUSR1 ||
-                   sig == SIGUSR2 || sig == SIGRTMIN + 3 || sig == SIGRTMIN + 4) {
-            init_request_shutdown(st, INIT_POWEROFF, why);
-        } else if (sig != SIGCHLD && sig != SIGWINCH && sig != SIGPIPE) {
-            init_log("ignoring %s", why); /* SIGCHLD: reaping runs every round anyway */
-        }
-    }
-}
-
 /* Fires the timers that are due and lowers *next to the earliest one still pending. */
 static void run_timers(struct init_state *st, int64_t now, int64_t *next)
 {
-    int64_t at[4];
-
     if (st->deadline_ns != 0 && now >= st->deadline_ns) {
         init_request_shutdown(st, INIT_POWEROFF, "lifetime deadline reached");
     }
@@ -192,10 +186,8 @@ static void run_timers(struct init_state *st, int64_t now, int64_t *next)
     if (st->want_shell && st->shell.pid == 0 && now >= st->shell.restart_ns) {
         init_shell_start(st);
     }
-    at[0] = st->deadline_ns;
-    at[1] = st->session_ns;
-    at[2] = st->agent.restart_ns;
-    at[3] = st->want_shell && st->shell.pid == 0 ? st->shell.restart_ns : 0;
+    const int64_t at[] = { st->deadline_ns, st->session_ns, st->agent.restart_ns,
+                           st->want_shell && st->shell.pid == 0 ? st->shell.restart_ns : 0 };
     for (int i = 0; i < 4; i++) {
         *next = at[i] != 0 && at[i] < *next ? at[i] : *next;
     }
@@ -235,9 +227,8 @@ static void load_config(struct init_state *st, bool quiet)
 
     st->cfg.quiet = quiet;
     init_config_defaults(&st->cfg);
-    if (!quiet && (rc = init_config_load_file(&st->cfg, st->config_path)) < 0 && rc != -ENOENT) {
-        init_log("config: %s: %s", st->config_path, strerror(-rc));
-    }
+    rc = quiet ? 0 : init_config_load_file(&st->cfg, st->config_path);
+    INIT_LOG_IF(rc < 0 && rc != -ENOENT, "config: %s: %s", st->config_path, strerror(-rc));
     memcpy(cmdline, st->cmdline, sizeof(cmdline)); /* tokenising writes into it */
     init_config_load_cmdline(&st->cfg, cmdline);
     st->cfg.quiet = false;
@@ -274,17 +265,12 @@ int main(int argc, char **argv)
         fatal(&st, "signals");
     }
     /* Ctrl-Alt-Del becomes SIGINT to us, not an instant reset. EINVAL: a PID namespace (tests). */
-    if (reboot(RB_DISABLE_CAD) < 0 && errno != EINVAL) {
-        init_log("reboot(RB_DISABLE_CAD): %m");
-    }
+    INIT_LOG_IF(reboot(RB_DISABLE_CAD) < 0 && errno != EINVAL, "reboot(RB_DISABLE_CAD): %m");
     init_mount_early(&st);
-    if (init_oom_score_adj(-1000) < 0) {
-        init_log("oom_score_adj: %m");
-    }
+    INIT_LOG_IF(init_oom_score_adj(-1000) < 0, "oom_score_adj: %m");
     init_modules_load(st.modules_path);
-    if ((n = init_read_file(st.cmdline_path, st.cmdline, sizeof(st.cmdline))) < 0) {
-        init_log("config: %s: %s", st.cmdline_path, strerror((int)-n));
-    }
+    n = init_read_file(st.cmdline_path, st.cmdline, sizeof(st.cmdline));
+    INIT_LOG_IF(n < 0, "config: %s: %s", st.cmdline_path, strerror((int)-n));
     /* A silent first pass gives root= for the switch, before the new root's config file. */
     if (st.prefix[0] == '\0') {
         load_config(&st, true);

@@ -1,10 +1,15 @@
-/* mount.c: console, early mounts, modules, the switch from an initramfs to root=, unmounting. */
+/* system.c: what the agent runs on: console, mounts, modules, root switch, hostname, network. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <net/if.h>
+#include <net/route.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -29,7 +34,6 @@ static const struct {
     { "cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL },
 };
 
-/* { link, target } */
 static const char *const init_links[][2] = {
     { "/dev/fd", "/proc/self/fd" },       { "/dev/stdin", "/proc/self/fd/0" },
     { "/dev/stdout", "/proc/self/fd/1" }, { "/dev/stderr", "/proc/self/fd/2" },
@@ -107,9 +111,7 @@ void init_mount_early(struct init_state *st)
         snprintf(path, sizeof(path), "%s%s", st->prefix, init_links[i][0]);
         /* An existing /dev/ptmx node is kept: it finds the devpts next to it (Linux >= 4.7),
          * and unlinking it would remove it from every mount of the one, shared devtmpfs. */
-        if (symlink(init_links[i][1], path) < 0 && errno != EEXIST) {
-            init_log("link: %s: %m", path);
-        }
+        INIT_LOG_IF(symlink(init_links[i][1], path) < 0 && errno != EEXIST, "link: %s: %m", path);
     }
 }
 
@@ -120,9 +122,7 @@ void init_modules_load(const char *path)
     ssize_t n = init_read_file(path, list, sizeof(list));
 
     if (n < 0) {
-        if (n != -ENOENT) {
-            init_log("modules: %s: %s", path, strerror((int)-n));
-        }
+        INIT_LOG_IF(n != -ENOENT, "modules: %s: %s", path, strerror((int)-n));
         return; /* no list: what the kernel needs is built in */
     }
     while ((line = strsep(&next, "\n")) != NULL) {
@@ -243,4 +243,74 @@ void init_umount_all(struct init_state *st)
     } else if (root) {
         init_log("shutdown: remounted / read-only");
     }
+}
+
+/* Network: plain ioctls, no netlink. */
+static struct sockaddr inaddr(struct in_addr a)
+{
+    struct sockaddr_in in = { .sin_family = AF_INET, .sin_addr = a };
+    struct sockaddr sa;
+
+    memcpy(&sa, &in, sizeof(sa)); /* same size by definition; no aliasing games */
+    return sa;
+}
+
+/* One SIOCSIF* request on `ifname`: an address (SIOCSIFADDR/NETMASK) or IFF_UP (flags). */
+static int ifreq(int s, const char *ifname, unsigned long req, struct in_addr a)
+{
+    struct ifreq ifr = { 0 };
+
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+    if (req != SIOCSIFFLAGS) {
+        ifr.ifr_addr = inaddr(a);
+    } else if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) {
+        return -errno;
+    } else {
+        ifr.ifr_flags |= IFF_UP;
+    }
+    return ioctl(s, req, &ifr) < 0 ? -errno : 0;
+}
+
+static int eth0_setup(int s, const struct init_config *cfg)
+{
+    struct in_addr mask = { htonl(~0U << (32 - cfg->ip_prefix)) }, any = { 0 };
+    struct rtentry rt = { .rt_dst = inaddr(any),
+                          .rt_genmask = inaddr(any),
+                          .rt_gateway = inaddr(cfg->gw),
+                          .rt_flags = RTF_UP | RTF_GATEWAY,
+                          .rt_dev = (char *)"eth0" };
+    int rc;
+
+    if ((rc = ifreq(s, "eth0", SIOCSIFADDR, cfg->ip)) < 0 ||
+        (rc = ifreq(s, "eth0", SIOCSIFNETMASK, mask)) < 0 ||
+        (rc = ifreq(s, "eth0", SIOCSIFFLAGS, any)) < 0 || !cfg->has_gw) {
+        return rc;
+    }
+    return ioctl(s, SIOCADDRT, &rt) < 0 ? -errno : 0;
+}
+
+void init_net_setup(const struct init_config *cfg)
+{
+    char ip[INET_ADDRSTRLEN] = "?", gw[INET_ADDRSTRLEN] = "?";
+    struct in_addr none = { 0 };
+    int s, rc;
+
+    rc = sethostname(cfg->hostname, strlen(cfg->hostname)) < 0 ? -errno : 0;
+    init_log("net: hostname %s%s%s", cfg->hostname, rc < 0 ? ": " : "",
+             rc < 0 ? strerror(-rc) : "");
+    if ((s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0) {
+        init_log("net: socket: %m");
+        return;
+    }
+    rc = ifreq(s, "lo", SIOCSIFFLAGS, none);
+    init_log("net: lo up%s%s", rc < 0 ? ": " : "", rc < 0 ? strerror(-rc) : "");
+    if (cfg->has_ip) {
+        /* inet_ntop cannot fail with an AF_INET address and a big enough buffer. */
+        (void)inet_ntop(AF_INET, &cfg->ip, ip, sizeof(ip));
+        (void)inet_ntop(AF_INET, &cfg->gw, gw, sizeof(gw));
+        rc = eth0_setup(s, cfg);
+        init_log("net: eth0 %s/%d%s%s%s%s", ip, cfg->ip_prefix, cfg->has_gw ? " via " : "",
+                 cfg->has_gw ? gw : "", rc < 0 ? ": " : "", rc < 0 ? strerror(-rc) : "");
+    }
+    close(s);
 }
