@@ -311,6 +311,8 @@ void agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m);
 void agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m);
 void agent_transfer_download_tree(struct agent_conn *c, const struct sbx_msg *m);
 void agent_pack_create(struct agent_conn *c, const struct sbx_msg *m);
+/* Reply {stream: @sid} to request @id. */
+void agent_reply_stream(struct agent_conn *c, uint32_t id, uint32_t sid);
 /* Send [2, "transfer.done", {stream, error}] on @c (NULL: nothing to send to). */
 void agent_transfer_done_err(struct agent_conn *c, uint32_t sid, const struct sbx_err *e);
 

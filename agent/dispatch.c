@@ -56,6 +56,8 @@ static const struct agent_method methods[] = {
     { "fs.close", agent_fs_close, 1 },
     { "transfer.upload", agent_transfer_upload, 1 },
     { "transfer.download", agent_transfer_download, 1 },
+    { "transfer.upload_tree", agent_transfer_upload_tree, 1 },
+    { "transfer.download_tree", agent_transfer_download_tree, 1 },
 };
 
 void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m)

@@ -49,6 +49,16 @@ void agent_job_conn_gone(struct agent *a, struct agent_conn *c)
     }
 }
 
+void agent_reply_stream(struct agent_conn *c, uint32_t id, uint32_t sid)
+{
+    msgpack_packer *pk = agent_conn_begin(c);
+
+    sbx_pack_response_head(pk, id);
+    msgpack_pack_map(pk, 1);
+    sbx_pack_kv_u64(pk, "stream", sid);
+    agent_conn_send(c);
+}
+
 static void pack_done_head(msgpack_packer *pk, uint32_t sid, uint32_t n)
 {
     sbx_pack_notify_head(pk, "transfer.done");
@@ -68,17 +78,6 @@ void agent_transfer_done_err(struct agent_conn *c, uint32_t sid, const struct sb
     sbx_pack_cstr(pk, "error");
     sbx_pack_err(pk, e);
     agent_conn_send(c);
-}
-
-static void hex32(const uint8_t d[32], char out[65])
-{
-    static const char digits[] = "0123456789abcdef";
-
-    for (int i = 0; i < 32; i++) {
-        out[2 * i] = digits[d[i] >> 4];
-        out[2 * i + 1] = digits[d[i] & 15];
-    }
-    out[64] = '\0';
 }
 
 /* Split @path into its directory and last component; the last must be a real name. */
@@ -313,7 +312,7 @@ static void upload_finish(struct upload *u)
     msgpack_packer *pk;
 
     sha256_digest(&u->sha, sizeof(d), d);
-    hex32(d, hex);
+    sbx_hex(d, sizeof(d), hex);
     if (u->has_size && u->received != u->size) {
         sbx_err_param(&err, "size", "received %llu bytes, expected %llu",
                       (unsigned long long)u->received, (unsigned long long)u->size);
@@ -611,13 +610,7 @@ void agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m)
         goto fail;
     }
     u->sid = u->s->id;
-    {
-        msgpack_packer *pk = agent_conn_begin(c);
-        sbx_pack_response_head(pk, m->id);
-        msgpack_pack_map(pk, 1);
-        sbx_pack_kv_u64(pk, "stream", u->sid);
-        agent_conn_send(c);
-    }
+    agent_reply_stream(c, m->id, u->sid);
     return;
 fail:
     agent_conn_reply_error(c, m->id, &err);

@@ -756,6 +756,17 @@ void sbx_pack_bin(msgpack_packer *pk, const void *p, size_t n)
     (void)msgpack_pack_bin_with_body(pk, p, n);
 }
 
+void sbx_hex(const uint8_t *p, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[p[i] >> 4];
+        out[2 * i + 1] = digits[p[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
 bool sbx_utf8_valid(const char *str, size_t n)
 {
     const unsigned char *s = (const unsigned char *)str;

@@ -30,7 +30,13 @@ static const char usage[] =
     "source under its own name. Uploads land atomically (temporary file, then rename) and are\n"
     "verified by sha256 end to end.\n"
     "\n"
+    "With -r, LOCAL :DIR/ (trailing slash) puts the tree at DIR/<name>, LOCAL :DIR makes DIR the\n"
+    "tree (created or merged); :DIR LOCAL into an existing local directory puts it at\n"
+    "LOCAL/<name>. Modes, symlinks, hard links and mtimes are kept.\n"
+    "\n"
     "options:\n"
+    "  -r, --recursive     copy a directory tree (a tar stream underneath)\n"
+    "  -z, --compress ALG  tree transfers: none (default), gzip or zstd on the wire\n"
     "  -m, --mode OCTAL    uploads: permission bits of the new file (default: the local file's)\n"
     "  -p, --parents       uploads: create missing parent directories\n"
     "  -n, --no-clobber    uploads: fail if the destination exists\n"
@@ -117,17 +123,6 @@ struct cp_opts {
     unsigned mode;
     const char *compress;
 };
-
-static void hex32(const uint8_t d[32], char out[65])
-{
-    static const char digits[] = "0123456789abcdef";
-
-    for (int i = 0; i < 32; i++) {
-        out[2 * i] = digits[d[i] >> 4];
-        out[2 * i + 1] = digits[d[i] & 15];
-    }
-    out[64] = '\0';
-}
 
 /* The last component of @path ("a/b/" -> "b"), in @buf. */
 static const char *base_name(const char *path, char *buf, size_t n)
@@ -285,7 +280,7 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
         const char *s;
         size_t n;
         sha256_digest(&sha, sizeof(d), d);
-        hex32(d, want);
+        sbx_hex(d, sizeof(d), want);
         if (sbx_param_str(m.params, "sha256", SBX_REQUIRED, 64, &s, &n, &err) < 0 || n != 64) {
             rc = -1;
         } else {
@@ -486,8 +481,8 @@ int cli_cmd_cp(struct cli *cli, int argc, char **argv)
         return CLI_EXIT_FAIL;
     }
     if (o.recursive) {
-        (void)fprintf(stderr, "sbx: cp: -r is not implemented yet\n");
-        rc = CLI_EXIT_FAIL;
+        rc = src[0] == ':' ? cli_cp_download_tree(c, src + 1, dst, o.compress, o.quiet)
+                           : cli_cp_upload_tree(c, src, dst + 1, o.compress, o.quiet);
     } else {
         rc = src[0] == ':' ? download_file(c, src + 1, dst, &o) : upload_file(c, src, dst + 1, &o);
     }

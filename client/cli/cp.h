@@ -44,6 +44,11 @@ int cli_wait_done(struct sbx_client *c, uint32_t sid, struct sbx_msg *m, struct 
 int cli_recv_stream(struct sbx_client *c, uint32_t sid, int fd, struct cli_progress *prog,
                     struct sbx_err *err);
 
+/* Send @method {path: @path, compress: @compress} and wait for its {stream}. 0 with *@sid, or -1
+ * with @err. */
+int cli_tree_request(struct sbx_client *c, const char *method, const char *path,
+                     const char *compress, uint32_t *sid, struct sbx_err *err);
+
 /* sbx cp -r: returns the exit status. @compress is "none", "gzip" or "zstd". */
 int cli_cp_upload_tree(struct sbx_client *c, const char *local, const char *remote,
                        const char *compress, bool quiet);

@@ -416,6 +416,235 @@ class TestDownload(TransferCase):
         self.c.call("ping")
 
 
+def make_tree(root):
+    """A small tree with modes, symlinks, a hard link, an empty dir and odd names."""
+    os.makedirs(os.path.join(root, "sub", "deeper"))
+    os.makedirs(os.path.join(root, "empty"))
+    with open(os.path.join(root, "a.txt"), "wb") as f:
+        f.write(b"alpha\n")
+    with open(os.path.join(root, "sub", "big.bin"), "wb") as f:
+        f.write(pattern(3 * CHUNK + 5))
+    with open(os.path.join(root, "sub", "deeper", "x"), "wb") as f:
+        f.write(b"")
+    with open(os.path.join(root, "sp ace \xe9"), "wb") as f:
+        f.write(b"odd")
+    os.chmod(os.path.join(root, "a.txt"), 0o640)
+    os.chmod(os.path.join(root, "sub", "deeper", "x"), 0o755)
+    os.chmod(os.path.join(root, "empty"), 0o700)
+    os.symlink("a.txt", os.path.join(root, "link"))
+    os.symlink("/nonexistent/abs", os.path.join(root, "sub", "dangling"))
+    os.link(os.path.join(root, "a.txt"), os.path.join(root, "sub", "hard"))
+    t = 1600000000
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for n in filenames + dirnames:
+            p = os.path.join(dirpath, n)
+            os.utime(p, ns=(t * 10**9 + 123456789, t * 10**9 + 123456789), follow_symlinks=False)
+            t += 1
+
+
+def snapshot(root):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            rel = os.path.relpath(p, root)
+            item = {"mode": st.st_mode, "mtime_ns": st.st_mtime_ns}
+            if stat.S_ISLNK(st.st_mode):
+                item["target"] = os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                item["data"] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+            out[rel] = item
+    return out
+
+
+def tar_bytes(members, fmt=tarfile.PAX_FORMAT, mode="w"):
+    """members: (TarInfo, data or None)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode, format=fmt) as tf:
+        for ti, data in members:
+            tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def ti(name, type=tarfile.REGTYPE, data=b"", mode=0o644, linkname=""):
+    t = tarfile.TarInfo(name)
+    t.type = type
+    t.mode = mode
+    t.size = len(data) if type == tarfile.REGTYPE else 0
+    t.linkname = linkname
+    t.mtime = 1500000000
+    return t, (data if type == tarfile.REGTYPE else None)
+
+
+class TestTree(TransferCase):
+    def upload_tree(self, dest, data, **kw):
+        params = {"path": dest}
+        params.update(kw)
+        r = self.c.call("transfer.upload_tree", params)
+        sid = r["stream"]
+        cancel = send_stream(self.c, sid, [data])
+        done = wait_for(self.c, is_done(sid), "transfer.done")[2]
+        return done, cancel
+
+    def download_tree(self, src, **kw):
+        params = {"path": src}
+        params.update(kw)
+        r = self.c.call("transfer.download_tree", params)
+        return drain(self.c, r["stream"])
+
+    def test_round_trip_keeps_modes_symlinks_mtimes(self):
+        src = self.p("src")
+        make_tree(src)
+        for comp in ("none", "gzip", "zstd"):
+            data, end = self.download_tree(src, compress=comp)
+            self.assertNotIn("error", end)
+            # an independent reader agrees with the agent's archive
+            mode = {"none": "r:", "gzip": "r:gz", "zstd": None}[comp]
+            if mode is not None:
+                with tarfile.open(fileobj=io.BytesIO(data), mode=mode) as tf:
+                    names = tf.getnames()
+                    self.assertIn("sub/big.bin", names)
+                    self.assertFalse(any(n.startswith("/") or n.startswith("./") for n in names))
+                    hard = tf.getmember("sub/hard")
+                    self.assertTrue(hard.islnk() or tf.getmember("a.txt").islnk())
+                    self.assertEqual(tf.getmember("link").linkname, "a.txt")
+            dest = self.p("dest-" + comp)
+            done, cancel = self.upload_tree(dest, data, compress=comp)
+            self.assertIsNone(cancel)
+            self.assertNotIn("error", done)
+            self.assertEqual(done["size"], len(data))
+            self.assertEqual(done["sha256"], hashlib.sha256(data).hexdigest())
+            self.assertEqual(done["files"], len(snapshot(src)))
+            self.assertEqual(snapshot(dest), snapshot(src))
+            self.assertEqual(os.lstat(os.path.join(dest, "a.txt")).st_ino,
+                             os.lstat(os.path.join(dest, "sub", "hard")).st_ino)
+
+    def test_order_and_names(self):
+        src = self.p("src")
+        os.makedirs(os.path.join(src, "b"))
+        for n in ("c", "a", "b/z", "b/a", "B"):
+            open(os.path.join(src, n), "w").write(n)
+        data, _ = self.download_tree(src)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            self.assertEqual(tf.getnames(), ["B", "a", "b", "b/a", "b/z", "c"])
+
+    def test_python_tar_and_merge(self):
+        dest = self.p("dest")
+        os.makedirs(os.path.join(dest, "keep"))
+        open(os.path.join(dest, "keep", "old"), "w").write("old")
+        open(os.path.join(dest, "f"), "w").write("replaced")
+        os.link(os.path.join(dest, "f"), self.p("outside-link"))
+        data = tar_bytes([ti("./keep/", tarfile.DIRTYPE, mode=0o750), ti("./f", data=b"new"),
+                          ti("g/h/i", data=b"deep", mode=0o600),
+                          ti("lnk", tarfile.SYMTYPE, linkname="../../etc/passwd"),
+                          ti("fifo", tarfile.FIFOTYPE)], fmt=tarfile.GNU_FORMAT)
+        done, _ = self.upload_tree(dest, data)
+        self.assertNotIn("error", done)
+        self.assertEqual(done["files"], 4)
+        self.assertEqual(open(os.path.join(dest, "keep", "old")).read(), "old")
+        self.assertEqual(open(os.path.join(dest, "f")).read(), "new")
+        self.assertEqual(open(self.p("outside-link")).read(), "replaced")
+        self.assertEqual(stat.S_IMODE(os.lstat(os.path.join(dest, "keep")).st_mode), 0o750)
+        self.assertEqual(stat.S_IMODE(os.lstat(os.path.join(dest, "g", "h", "i")).st_mode), 0o600)
+        self.assertEqual(os.readlink(os.path.join(dest, "lnk")), "../../etc/passwd")
+        self.assertFalse(os.path.exists(os.path.join(dest, "fifo")))
+        # long names (pax path records) and a destination that did not exist
+        long = "d" * 120 + "/" + "n" * 150
+        data = tar_bytes([ti(long, data=b"L")])
+        done, _ = self.upload_tree(self.p("new", "dest"), data)
+        self.assertNotIn("error", done)
+        self.assertEqual(open(self.p("new", "dest", long)).read(), "L")
+
+    def hostile(self, members, want_name):
+        dest = self.p("dest")
+        os.makedirs(dest, exist_ok=True)
+        done, cancel = self.upload_tree(dest, tar_bytes(members))
+        self.assertEqual(done["error"]["code"], "BAD_PARAM", done)
+        self.assertEqual(done["error"]["field"], "stream")
+        self.assertIn(want_name, done["error"].get("path", ""))
+        self.c.call("ping")
+
+    def test_hostile_entries_refused(self):
+        outside = self.p("outside")
+        os.mkdir(outside)
+        self.hostile([ti("/abs-file", data=b"x")], "abs-file")
+        self.assertFalse(os.path.exists("/abs-file"))
+        self.hostile([ti("a/../../escape", data=b"x")], "escape")
+        self.assertFalse(os.path.exists(self.p("escape")))
+        self.hostile([ti("..", tarfile.DIRTYPE)], "..")
+        # a symlink leading out, then a write through it
+        self.hostile([ti("evil", tarfile.SYMTYPE, linkname=outside),
+                      ti("evil/pwned", data=b"x")], "evil/pwned")
+        self.assertEqual(os.listdir(outside), [])
+        # the same with the link replaced by a directory name deeper down
+        self.hostile([ti("d", tarfile.DIRTYPE), ti("d/evil", tarfile.SYMTYPE, linkname="../../outside"),
+                      ti("d/evil/x/y", data=b"x")], "d/evil/x/y")
+        self.assertEqual(os.listdir(outside), [])
+        # hard links to outside the tree
+        self.hostile([ti("hl", tarfile.LNKTYPE, linkname="../outside-file")], "outside-file")
+        self.hostile([ti("hl", tarfile.LNKTYPE, linkname="/etc/passwd")], "/etc/passwd")
+        open(os.path.join(outside, "secret"), "w").write("s")
+        self.hostile([ti("e2", tarfile.SYMTYPE, linkname=outside),
+                      ti("hl2", tarfile.LNKTYPE, linkname="e2/secret")], "e2/secret")
+        self.assertEqual(os.listdir(outside), ["secret"])
+        self.assertEqual(os.lstat(os.path.join(outside, "secret")).st_nlink, 1)
+
+    def test_malformed_and_cancel(self):
+        dest = self.p("dest")
+        done, _ = self.upload_tree(dest, b"this is not a tar archive" * 100)
+        self.assertEqual(done["error"]["code"], "BAD_PARAM")
+        done, _ = self.upload_tree(dest, tar_bytes([ti("f", data=b"x" * 5000)])[:3000])
+        self.assertEqual(done["error"]["code"], "BAD_PARAM")
+        done, _ = self.upload_tree(dest, b"")
+        self.assertNotIn("error", done)  # an empty stream is an empty archive
+        r = self.c.call("transfer.upload_tree", {"path": dest})
+        self.c.data(r["stream"], tar_bytes([ti("f", data=b"x")])[:512])
+        self.c.send([2, "stream.cancel", {"stream": r["stream"]}])
+        done = wait_for(self.c, is_done(r["stream"]), "done")
+        self.assertEqual(done[2]["error"]["code"], "CANCELLED")
+        # the connection dies mid-way
+        c2 = self.agent.connect()
+        r = c2.call("transfer.upload_tree", {"path": dest})
+        c2.data(r["stream"], tar_bytes([ti("g", data=b"x" * 100000)])[:50000])
+        c2.sock.close()
+        c2 = self.agent.connect()
+        r = c2.call("transfer.download_tree", {"path": "/usr"})
+        c2.recv()
+        c2.sock.close()
+        r = self.c.call("transfer.download_tree", {"path": "/usr"})
+        wait_for(self.c, lambda m: m[0] == 3 and m[1] == r["stream"], "data")
+        self.c.send([2, "stream.cancel", {"stream": r["stream"]}])
+        self.c.call("ping")
+
+    def test_errors(self):
+        for method, params, code in [
+                ("transfer.download_tree", {"path": self.p("nope")}, "ENOENT"),
+                ("transfer.download_tree", {"path": "/etc/passwd"}, "ENOTDIR"),
+                ("transfer.download_tree", {"path": self.tmp, "compress": "xz"}, "BAD_PARAM"),
+                ("transfer.upload_tree", {"path": "/etc/passwd"}, "ENOTDIR"),
+                ("transfer.upload_tree", {"path": self.tmp, "compress": 3}, "BAD_PARAM"),
+                ("transfer.upload_tree", {"path": self.tmp, "preserve_owner": "yes"}, "BAD_PARAM")]:
+            with self.assertRaises(w.RemoteError, msg=repr(params)) as cm:
+                self.c.call(method, params)
+            self.assertEqual(cm.exception.code, code, params)
+
+    def test_preserve_owner(self):
+        t, d = ti("owned", data=b"x")
+        t.uid, t.gid = 2345, 5432
+        data = tar_bytes([(t, d)])
+        done, _ = self.upload_tree(self.p("a"), data)
+        self.assertEqual(os.lstat(self.p("a", "owned")).st_uid, os.getuid())
+        done, _ = self.upload_tree(self.p("b"), data, preserve_owner=True)
+        st = os.lstat(self.p("b", "owned"))
+        self.assertEqual((st.st_uid, st.st_gid), (2345, 5432))
+        # and download_tree records numeric owners
+        got, _ = self.download_tree(self.p("b"))
+        with tarfile.open(fileobj=io.BytesIO(got)) as tf:
+            m = tf.getmember("owned")
+            self.assertEqual((m.uid, m.gid), (2345, 5432))
+
+
 SBX = os.path.join(BUILD, "bin", "sbx")
 
 
@@ -447,6 +676,28 @@ class TestCpCli(TransferCase):
         self.sbx("cp", ":" + self.p("guest", "src.bin"), self.p("local"))
         self.assertEqual(open(self.p("local", "src.bin"), "rb").read(), data)
         self.assertEqual(leftovers(self.p("local")), [])
+
+    def test_tree_round_trip(self):
+        src = self.p("src")
+        make_tree(src)
+        for comp in ("none", "gzip", "zstd"):
+            guest = self.p("guest-" + comp)
+            self.sbx("cp", "-r", "-z", comp, src, ":" + guest)
+            self.assertEqual(snapshot(guest), snapshot(src))
+            back = self.p("back-" + comp)
+            self.sbx("cp", "-r", "-z", comp, ":" + guest, back)
+            self.assertEqual(snapshot(back), snapshot(src))
+        # into existing directories: under the source's name
+        os.mkdir(self.p("into"))
+        self.sbx("cp", "-r", src, ":" + self.p("into") + "/")
+        self.assertEqual(snapshot(self.p("into", "src")), snapshot(src))
+        os.mkdir(self.p("local"))
+        self.sbx("cp", "-r", ":" + src, self.p("local"))
+        self.assertEqual(snapshot(self.p("local", "src")), snapshot(src))
+        r = self.sbx("cp", "-r", ":" + self.p("nope"), self.p("x"), ok=False)
+        self.assertIn(b"ENOENT", r.stderr)
+        r = self.sbx("cp", "-r", self.p("nope"), ":" + self.p("y"), ok=False)
+        self.assertEqual(r.returncode, 1)
 
     def test_errors_and_options(self):
         src = self.p("s")

@@ -160,6 +160,8 @@ void sbx_pack_bin(msgpack_packer *pk, const void *p, size_t n);
 void sbx_pack_bstr(msgpack_packer *pk, const char *s, size_t n);
 /* True when @s[0..n) is valid UTF-8. */
 bool sbx_utf8_valid(const char *s, size_t n);
+/* Lowercase hex of @n bytes into @out (2n + 1 bytes, NUL-terminated), e.g. a sha256 digest. */
+void sbx_hex(const uint8_t *p, size_t n, char *out);
 /* Map entries with a string key. */
 void sbx_pack_kv_str(msgpack_packer *pk, const char *k, const char *v); /* NULL packs nil */
 void sbx_pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v);

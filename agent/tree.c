@@ -1,0 +1,1546 @@
+/*
+ * Directory trees as tar streams (PROTOCOL.md 18.3, 18.4). libarchive's API blocks (its reader
+ * pulls, its writer pushes), so each tree transfer runs libarchive on a thread of its own and
+ * exchanges chunks with the loop through a small queue: the loop grants credit for an upload
+ * only as the thread consumes it, and a download's thread blocks once it is a queue ahead of
+ * the stream. Extraction walks every path component with O_NOFOLLOW from the destination, so no
+ * entry can be written through a symlink, and refuses absolute names and `..`.
+ */
+#include "tree.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fs.h"
+
+#define TREE_CHUNK SBX_STREAM_CHUNK_MAX
+
+int agent_compress_param(const msgpack_object *params, const char *key, int required,
+                         enum agent_compress *out, struct sbx_err *err)
+{
+    char v[16];
+    int rc = sbx_param_cstr(params, key, required, v, sizeof(v), err);
+
+    if (rc != 0) {
+        if (rc > 0) {
+            *out = AGENT_COMPRESS_NONE;
+        }
+        return rc;
+    }
+    if (strcmp(v, "none") == 0) {
+        *out = AGENT_COMPRESS_NONE;
+    } else if (strcmp(v, "gzip") == 0) {
+        *out = AGENT_COMPRESS_GZIP;
+    } else if (strcmp(v, "zstd") == 0) {
+        *out = AGENT_COMPRESS_ZSTD;
+    } else {
+        return sbx_err_param(err, key, "%s must be \"none\", \"gzip\" or \"zstd\"", key);
+    }
+    return 0;
+}
+
+void agent_archive_err(struct sbx_err *err, struct archive *ar, const char *what)
+{
+    int e = archive_errno(ar);
+    const char *s = archive_error_string(ar);
+
+    if (e > 0 && sbx_errno_name(e) != NULL) {
+        sbx_err_sys(err, e, NULL, "%s: %s", what, s != NULL ? s : "");
+    } else {
+        sbx_err_set(err, SBX_E_INTERNAL, "%s: %s", what, s != NULL ? s : "archive error");
+    }
+}
+
+/* --- out jobs ------------------------------------------------------------------------------ */
+
+struct agent_outitem {
+    struct agent_outitem *next;
+    void *event; /* non-NULL: an event, no data */
+    uint32_t len, off;
+    uint8_t data[];
+};
+
+/* The bytes buffered so far as a queue item (NULL with the error set when out of memory). */
+static struct agent_outitem *outjob_take_buffer(struct agent_outjob *j)
+{
+    struct agent_outitem *it = malloc(sizeof(*it) + j->wlen);
+
+    if (it == NULL) {
+        sbx_err_set(&j->err, SBX_E_INTERNAL, "out of memory");
+        return NULL;
+    }
+    it->next = NULL;
+    it->event = NULL;
+    it->len = j->wlen;
+    it->off = 0;
+    memcpy(it->data, j->wbuf, j->wlen);
+    j->wlen = 0;
+    return it;
+}
+
+static void outjob_push(struct agent_outjob *j, struct agent_outitem *it)
+{
+    /* Called with the lock held. */
+    it->next = NULL;
+    *j->tail = it;
+    j->tail = &it->next;
+    j->queued += it->len;
+}
+
+static void outjob_thread(void *arg)
+{
+    struct agent_outjob *j = arg;
+    int rc = j->produce(j);
+
+    uv_mutex_lock(&j->mu);
+    if (rc == 0 && j->wlen > 0) {
+        struct agent_outitem *it = outjob_take_buffer(j);
+        if (it == NULL) {
+            rc = -1;
+        } else {
+            outjob_push(j, it);
+        }
+    }
+    j->rc = rc;
+    j->finished = true;
+    uv_mutex_unlock(&j->mu);
+    uv_async_send(&j->async);
+}
+
+/* Thread: queue @it for the loop (taken over), first waiting for room if @wait. -1 if the job
+ * was cancelled. */
+static int outjob_enqueue(struct agent_outjob *j, struct agent_outitem *it, bool wait)
+{
+    uv_mutex_lock(&j->mu);
+    while (wait && j->queued >= AGENT_OUTJOB_QUEUE_MAX && !j->abort) {
+        uv_cond_wait(&j->cv, &j->mu);
+    }
+    if (j->abort) {
+        uv_mutex_unlock(&j->mu);
+        free(it);
+        sbx_err_set(&j->err, SBX_E_CANCELLED, "cancelled");
+        return -1;
+    }
+    outjob_push(j, it);
+    uv_mutex_unlock(&j->mu);
+    uv_async_send(&j->async);
+    return 0;
+}
+
+int agent_outjob_write(struct agent_outjob *j, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+
+    while (len > 0) {
+        uint32_t n = TREE_CHUNK - j->wlen;
+        if (n > len) {
+            n = (uint32_t)len;
+        }
+        memcpy(j->wbuf + j->wlen, p, n);
+        j->wlen += n;
+        p += n;
+        len -= n;
+        if (j->wlen < TREE_CHUNK) {
+            continue;
+        }
+        struct agent_outitem *it = outjob_take_buffer(j);
+        if (it == NULL) {
+            return -1;
+        }
+        if (outjob_enqueue(j, it, true) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int agent_outjob_event(struct agent_outjob *j, void *arg)
+{
+    struct agent_outitem *it;
+
+    /* Data written before the event goes out before it. */
+    if (j->wlen > 0 && ((it = outjob_take_buffer(j)) == NULL || outjob_enqueue(j, it, false) < 0)) {
+        return -1;
+    }
+    it = malloc(sizeof(*it));
+    if (it == NULL) {
+        sbx_err_set(&j->err, SBX_E_INTERNAL, "out of memory");
+        return -1;
+    }
+    it->event = arg;
+    it->len = 0;
+    it->off = 0;
+    return outjob_enqueue(j, it, false);
+}
+
+bool agent_outjob_cancelled(struct agent_outjob *j)
+{
+    bool a;
+
+    uv_mutex_lock(&j->mu);
+    a = j->abort;
+    uv_mutex_unlock(&j->mu);
+    return a;
+}
+
+static void outjob_closed_cb(uv_handle_t *h)
+{
+    struct agent_outjob *j = h->data;
+
+    while (j->head != NULL) {
+        struct agent_outitem *it = j->head;
+        j->head = it->next;
+        if (it->event != NULL && j->on_free != NULL) {
+            j->on_free(j, it->event);
+        }
+        free(it);
+    }
+    uv_mutex_destroy(&j->mu);
+    uv_cond_destroy(&j->cv);
+    free(j->wbuf);
+    j->wbuf = NULL;
+    if (j->on_close != NULL) {
+        j->on_close(j);
+    }
+}
+
+/* The thread has returned: join it and close the job. */
+static void outjob_close(struct agent_outjob *j)
+{
+    if (j->closing) {
+        return;
+    }
+    j->closing = true;
+    uv_thread_join(&j->thread);
+    uv_close((uv_handle_t *)&j->async, outjob_closed_cb);
+}
+
+/* Loop: send what the queue holds as credit allows; end the stream once the thread is done. */
+static void outjob_drain(struct agent_outjob *j)
+{
+    bool finished;
+
+    if (j->closing) {
+        return;
+    }
+    uv_mutex_lock(&j->mu);
+    while (j->head != NULL && j->s != NULL) {
+        struct agent_outitem *it = j->head;
+        if (it->event != NULL) {
+            j->head = it->next;
+            if (j->head == NULL) {
+                j->tail = &j->head;
+            }
+            uv_mutex_unlock(&j->mu);
+            j->on_event(j, it->event);
+            free(it);
+            uv_mutex_lock(&j->mu);
+            continue;
+        }
+        uint32_t n = agent_stream_writable(j->s);
+        if (n == 0) {
+            break;
+        }
+        if (n > it->len - it->off) {
+            n = it->len - it->off;
+        }
+        agent_stream_send_copy(j->s, it->data + it->off, n);
+        it->off += n;
+        if (it->off == it->len) {
+            j->head = it->next;
+            if (j->head == NULL) {
+                j->tail = &j->head;
+            }
+            j->queued -= it->len;
+            free(it);
+            uv_cond_signal(&j->cv);
+        }
+    }
+    finished = j->finished && (j->head == NULL || j->s == NULL);
+    uv_mutex_unlock(&j->mu);
+    if (!finished) {
+        return;
+    }
+    if (j->s != NULL) {
+        struct agent_stream *s = j->s;
+        j->s = NULL;
+        s->owner = NULL;
+        if (j->rc == 0 && j->on_finish != NULL) {
+            j->s = s; /* the owner may still send about the stream (pack's last manifest part) */
+            j->on_finish(j);
+            j->s = NULL;
+        }
+        agent_stream_end(s, j->rc == 0 ? NULL : &j->err, false);
+    }
+    outjob_close(j);
+}
+
+static void outjob_async_cb(uv_async_t *h)
+{
+    outjob_drain(h->data);
+}
+
+static void outjob_ready(struct agent_stream *s)
+{
+    struct agent_outjob *j = s->owner;
+
+    if (j != NULL) {
+        outjob_drain(j);
+    }
+}
+
+static void outjob_gone(struct agent_stream *s, bool cancelled)
+{
+    struct agent_outjob *j = s->owner;
+    bool finished;
+
+    if (j == NULL) {
+        return;
+    }
+    j->s = NULL;
+    uv_mutex_lock(&j->mu);
+    j->abort = true;
+    uv_cond_signal(&j->cv);
+    finished = j->finished;
+    uv_mutex_unlock(&j->mu);
+    if (finished) {
+        outjob_close(j);
+    } /* else the thread's last async closes it */
+}
+
+static const struct agent_stream_ops outjob_ops = {
+    .ready = outjob_ready,
+    .gone = outjob_gone,
+};
+
+int agent_outjob_start(struct agent_outjob *j, struct agent_conn *c, struct sbx_err *err)
+{
+    j->a = c->a;
+    j->head = NULL;
+    j->tail = &j->head;
+    sha256_init(&j->sha);
+    j->wbuf = malloc(TREE_CHUNK);
+    if (j->wbuf == NULL) {
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+    }
+    j->s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &outjob_ops, j, err);
+    if (j->s == NULL) {
+        free(j->wbuf);
+        j->wbuf = NULL;
+        return -1;
+    }
+    j->sid = j->s->id;
+    if (uv_mutex_init(&j->mu) != 0 || uv_cond_init(&j->cv) != 0) {
+        abort(); /* only fails for lack of resources the loop itself needs */
+    }
+    uv_async_init(c->a->loop, &j->async, outjob_async_cb);
+    j->async.data = j;
+    if (uv_thread_create(&j->thread, outjob_thread, j) != 0) {
+        agent_stream_free(j->s);
+        j->s = NULL;
+        j->closing = true;
+        uv_close((uv_handle_t *)&j->async, outjob_closed_cb); /* on_close frees the owner */
+        sbx_err_set(err, SBX_E_INTERNAL, "cannot start a thread");
+        return -2;
+    }
+    j->started = true;
+    return 0;
+}
+
+static la_ssize_t outjob_archive_write_cb(struct archive *ar, void *arg, const void *buf,
+                                          size_t len)
+{
+    struct agent_outjob *j = arg;
+
+    sha256_update(&j->sha, len, buf);
+    j->bytes += len;
+    if (agent_outjob_write(j, buf, len) < 0) {
+        archive_set_error(ar, ECANCELED, "cancelled");
+        return -1;
+    }
+    return (la_ssize_t)len;
+}
+
+struct archive *agent_outjob_archive(struct agent_outjob *j, enum agent_compress comp)
+{
+    struct archive *ar = archive_write_new();
+    int rc;
+
+    if (ar == NULL) {
+        sbx_err_set(&j->err, SBX_E_INTERNAL, "out of memory");
+        return NULL;
+    }
+    rc = archive_write_set_format_pax(ar); /* pax records keep nanosecond mtimes */
+    if (rc == ARCHIVE_OK) {
+        switch (comp) {
+        case AGENT_COMPRESS_GZIP:
+            rc = archive_write_add_filter_gzip(ar);
+            /* No name, no timestamp in the gzip header: the same tree gives the same bytes. */
+            if (rc == ARCHIVE_OK) {
+                rc = archive_write_set_filter_option(ar, "gzip", "timestamp", NULL);
+            }
+            break;
+        case AGENT_COMPRESS_ZSTD:
+            rc = archive_write_add_filter_zstd(ar);
+            break;
+        case AGENT_COMPRESS_NONE:
+            rc = archive_write_add_filter_none(ar);
+            break;
+        }
+    }
+    /* No padding after the compressed data: a zstd reader refuses trailing zeros. */
+    if (rc == ARCHIVE_OK) {
+        rc = archive_write_set_bytes_in_last_block(ar, 1);
+    }
+    if (rc == ARCHIVE_OK) {
+        rc = archive_write_open(ar, j, NULL, outjob_archive_write_cb, NULL);
+    }
+    if (rc != ARCHIVE_OK) {
+        agent_archive_err(&j->err, ar, "start the archive");
+        archive_write_free(ar);
+        return NULL;
+    }
+    return ar;
+}
+
+/* --- download_tree ------------------------------------------------------------------------- */
+
+struct hardlink {
+    dev_t dev;
+    ino_t ino;
+    char *path;
+};
+
+struct tree_down {
+    struct agent_outjob j;
+    char root[AGENT_FS_PATH_BUF];
+    enum agent_compress comp;
+    struct archive *ar;
+    struct archive_entry *entry;
+    struct hardlink *links;
+    size_t nlinks, caplinks;
+    char path[AGENT_FS_PATH_BUF * 2]; /* the entry name being built */
+};
+
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Sorted names of directory @fd (without . and ..). Caller frees each and the array. */
+static int list_dir(int fd, char ***out, size_t *n, struct sbx_err *err, const char *path)
+{
+    int dfd = dup(fd);
+    DIR *d;
+    struct dirent *de;
+    char **v = NULL;
+    size_t len = 0, cap = 0;
+
+    if (dfd < 0 || (d = fdopendir(dfd)) == NULL) {
+        if (dfd >= 0) {
+            close(dfd);
+        }
+        sbx_err_sys(err, errno, NULL, "read directory \"%s\"", path);
+        sbx_err_set_path(err, path);
+        return -1;
+    }
+    rewinddir(d);
+    errno = 0;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+            continue;
+        }
+        if (len == cap) {
+            cap = cap ? cap * 2 : 64;
+            char **nv = realloc(v, cap * sizeof(*v));
+            if (nv == NULL) {
+                break;
+            }
+            v = nv;
+        }
+        if ((v[len] = strdup(de->d_name)) == NULL) {
+            break;
+        }
+        len++;
+    }
+    closedir(d);
+    if (de != NULL || errno != 0) {
+        for (size_t i = 0; i < len; i++) {
+            free(v[i]);
+        }
+        free(v);
+        sbx_err_sys(err, errno ? errno : ENOMEM, NULL, "read directory \"%s\"", path);
+        sbx_err_set_path(err, path);
+        return -1;
+    }
+    if (len > 1) {
+        qsort(v, len, sizeof(*v), name_cmp);
+    }
+    *out = v;
+    *n = len;
+    return 0;
+}
+
+static const char *hardlink_seen(struct tree_down *t, const struct stat *st, const char *path)
+{
+    for (size_t i = 0; i < t->nlinks; i++) {
+        if (t->links[i].dev == st->st_dev && t->links[i].ino == st->st_ino) {
+            return t->links[i].path;
+        }
+    }
+    if (t->nlinks == t->caplinks) {
+        size_t cap = t->caplinks ? t->caplinks * 2 : 16;
+        struct hardlink *n = realloc(t->links, cap * sizeof(*n));
+        if (n == NULL) {
+            return NULL;
+        }
+        t->links = n;
+        t->caplinks = cap;
+    }
+    t->links[t->nlinks].dev = st->st_dev;
+    t->links[t->nlinks].ino = st->st_ino;
+    t->links[t->nlinks].path = strdup(path);
+    if (t->links[t->nlinks].path != NULL) {
+        t->nlinks++;
+    }
+    return NULL;
+}
+
+/* Fill @e from @st (name set by the caller). */
+static void entry_from_stat(struct archive_entry *e, const struct stat *st)
+{
+    archive_entry_set_mode(e, st->st_mode);
+    archive_entry_set_uid(e, st->st_uid);
+    archive_entry_set_gid(e, st->st_gid);
+    archive_entry_set_mtime(e, st->st_mtim.tv_sec, st->st_mtim.tv_nsec);
+    archive_entry_set_size(e, S_ISREG(st->st_mode) ? st->st_size : 0);
+    if (S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode)) {
+        archive_entry_set_rdev(e, st->st_rdev);
+    }
+}
+
+static int tree_write_file(struct tree_down *t, int dirfd, const char *name, const char *full)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    static __thread uint8_t buf[TREE_CHUNK];
+
+    if (fd < 0) {
+        sbx_err_sys(&t->j.err, errno, NULL, "open \"%s/%s\"", t->root, full);
+        sbx_err_set_path(&t->j.err, full);
+        return -1;
+    }
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            sbx_err_sys(&t->j.err, errno, NULL, "read \"%s/%s\"", t->root, full);
+            sbx_err_set_path(&t->j.err, full);
+            close(fd);
+            return -1;
+        }
+        if (n == 0) {
+            break;
+        }
+        if (archive_write_data(t->ar, buf, (size_t)n) < 0) {
+            if (!agent_outjob_cancelled(&t->j)) {
+                agent_archive_err(&t->j.err, t->ar, "write the archive");
+            }
+            close(fd);
+            return -1;
+        }
+    }
+    close(fd);
+    return 0;
+}
+
+/* Archive the contents of directory @fd, whose entry name prefix is t->path[0..plen). */
+static int tree_walk(struct tree_down *t, int fd, size_t plen, int depth)
+{
+    char **names = NULL;
+    size_t n = 0;
+    int rc = 0;
+
+    if (depth > 256) {
+        sbx_err_sys(&t->j.err, ELOOP, NULL, "tree deeper than 256 levels at \"%s\"", t->path);
+        return -1;
+    }
+    if (list_dir(fd, &names, &n, &t->j.err, plen ? t->path : t->root) < 0) {
+        return -1;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct stat st;
+        size_t nlen = strlen(names[i]);
+
+        if (agent_outjob_cancelled(&t->j)) {
+            rc = -1;
+            break;
+        }
+        if (plen + nlen + 2 > sizeof(t->path)) {
+            sbx_err_sys(&t->j.err, ENAMETOOLONG, NULL, "path too long under \"%s\"", t->root);
+            rc = -1;
+            break;
+        }
+        memcpy(t->path + plen, names[i], nlen + 1);
+        if (fstatat(fd, names[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            if (errno == ENOENT) {
+                continue; /* removed while we walk */
+            }
+            sbx_err_sys(&t->j.err, errno, NULL, "stat \"%s\"", t->path);
+            sbx_err_set_path(&t->j.err, t->path);
+            rc = -1;
+            break;
+        }
+        if (S_ISSOCK(st.st_mode)) {
+            continue;
+        }
+        archive_entry_clear(t->entry);
+        archive_entry_copy_pathname(t->entry, t->path);
+        entry_from_stat(t->entry, &st);
+        if (S_ISLNK(st.st_mode)) {
+            char target[PATH_MAX + 1];
+            ssize_t tl = readlinkat(fd, names[i], target, PATH_MAX);
+            if (tl < 0) {
+                sbx_err_sys(&t->j.err, errno, NULL, "readlink \"%s\"", t->path);
+                sbx_err_set_path(&t->j.err, t->path);
+                rc = -1;
+                break;
+            }
+            target[tl] = '\0';
+            archive_entry_copy_symlink(t->entry, target);
+        } else if (!S_ISDIR(st.st_mode) && st.st_nlink > 1) {
+            const char *first = hardlink_seen(t, &st, t->path);
+            if (first != NULL) {
+                archive_entry_copy_hardlink(t->entry, first);
+                archive_entry_set_size(t->entry, 0);
+            }
+        }
+        if (archive_write_header(t->ar, t->entry) < ARCHIVE_WARN) {
+            if (!agent_outjob_cancelled(&t->j)) {
+                agent_archive_err(&t->j.err, t->ar, "write the archive");
+            }
+            rc = -1;
+            break;
+        }
+        if (S_ISREG(st.st_mode) && archive_entry_size(t->entry) > 0) {
+            rc = tree_write_file(t, fd, names[i], t->path);
+        } else if (S_ISDIR(st.st_mode)) {
+            int sub = openat(fd, names[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub < 0) {
+                sbx_err_sys(&t->j.err, errno, NULL, "open directory \"%s\"", t->path);
+                sbx_err_set_path(&t->j.err, t->path);
+                rc = -1;
+                break;
+            }
+            t->path[plen + nlen] = '/';
+            t->path[plen + nlen + 1] = '\0';
+            rc = tree_walk(t, sub, plen + nlen + 1, depth + 1);
+            close(sub);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(names[i]);
+    }
+    free(names);
+    return rc;
+}
+
+static int tree_down_produce(struct agent_outjob *j)
+{
+    struct tree_down *t = agent_container_of(j, struct tree_down, j);
+    int fd = open(t->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc;
+
+    if (fd < 0) {
+        sbx_err_sys(&j->err, errno, NULL, "open directory \"%s\"", t->root);
+        sbx_err_set_path(&j->err, t->root);
+        return -1;
+    }
+    t->ar = agent_outjob_archive(j, t->comp);
+    t->entry = archive_entry_new();
+    if (t->ar == NULL || t->entry == NULL) {
+        close(fd);
+        return -1;
+    }
+    t->path[0] = '\0';
+    rc = tree_walk(t, fd, 0, 0);
+    close(fd);
+    if (rc == 0 && archive_write_close(t->ar) != ARCHIVE_OK) {
+        agent_archive_err(&j->err, t->ar, "finish the archive");
+        rc = -1;
+    }
+    if (rc < 0 && agent_outjob_cancelled(j)) {
+        sbx_err_set(&j->err, SBX_E_CANCELLED, "cancelled");
+    }
+    /* Freed here, on the thread: freeing an open writer flushes it into the stream. */
+    if (rc < 0) {
+        archive_write_fail(t->ar);
+    }
+    archive_write_free(t->ar);
+    t->ar = NULL;
+    return rc;
+}
+
+static void tree_down_close(struct agent_outjob *j)
+{
+    struct tree_down *t = agent_container_of(j, struct tree_down, j);
+
+    if (t->ar != NULL) {
+        archive_write_free(t->ar);
+    }
+    if (t->entry != NULL) {
+        archive_entry_free(t->entry);
+    }
+    for (size_t i = 0; i < t->nlinks; i++) {
+        free(t->links[i].path);
+    }
+    free(t->links);
+    free(t);
+}
+
+void agent_transfer_download_tree(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct tree_down *t = calloc(1, sizeof(*t));
+    struct sbx_err err;
+    struct stat st;
+
+    if (t == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, t->root, &err) < 0 ||
+        agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, &err) < 0) {
+        goto fail;
+    }
+    if (stat(t->root, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        int e = stat(t->root, &st) < 0 ? errno : ENOTDIR;
+        sbx_err_sys(&err, e, NULL, "download tree \"%s\"", t->root);
+        sbx_err_set_path(&err, t->root);
+        goto fail;
+    }
+    t->j.produce = tree_down_produce;
+    t->j.on_close = tree_down_close;
+    switch (agent_outjob_start(&t->j, c, &err)) {
+    case 0:
+        break;
+    case -2: /* freed by on_close */
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    default:
+        goto fail;
+    }
+    agent_reply_stream(c, m->id, t->j.sid);
+    return;
+fail:
+    agent_conn_reply_error(c, m->id, &err);
+    free(t);
+}
+
+/* --- upload_tree --------------------------------------------------------------------------- */
+
+struct in_chunk {
+    struct in_chunk *next;
+    uint32_t len;
+    uint8_t data[];
+};
+
+struct dir_fix {
+    char *name;
+    mode_t mode;
+    struct timespec mtime;
+};
+
+struct tree_up {
+    struct agent_job job;
+    struct agent *a;
+    struct agent_stream *s; /* NULL once ended, cancelled or gone */
+    uint32_t sid;
+    char root[AGENT_FS_PATH_BUF];
+    enum agent_compress comp;
+    bool preserve_owner;
+    int rootfd;
+    /* loop <-> thread */
+    uv_thread_t thread;
+    uv_mutex_t mu;
+    uv_cond_t cv;
+    uv_async_t async;
+    struct in_chunk *head, **tail, *cur;
+    bool eof, abort, finished, closing, client_error;
+    uint64_t consumed; /* bytes the thread is done with, not yet granted */
+    /* thread */
+    struct sha256_ctx sha;
+    uint64_t received;
+    uint64_t files;
+    int rc;
+    struct sbx_err err;
+    struct dir_fix *dirs;
+    size_t ndirs, capdirs;
+    char cached_dir[AGENT_FS_PATH_BUF]; /* parent directory of the last entry, and its fd */
+    int cached_fd;
+};
+
+static la_ssize_t up_read_cb(struct archive *ar, void *arg, const void **buf)
+{
+    struct tree_up *t = arg;
+    struct in_chunk *c;
+
+    uv_mutex_lock(&t->mu);
+    if (t->cur != NULL) {
+        t->consumed += t->cur->len;
+        free(t->cur);
+        t->cur = NULL;
+        uv_async_send(&t->async);
+    }
+    while (t->head == NULL && !t->eof && !t->abort) {
+        uv_cond_wait(&t->cv, &t->mu);
+    }
+    if (t->abort) {
+        uv_mutex_unlock(&t->mu);
+        if (ar != NULL) {
+            archive_set_error(ar, ECANCELED, "cancelled");
+        }
+        return -1;
+    }
+    c = t->head;
+    if (c == NULL) {
+        uv_mutex_unlock(&t->mu);
+        return 0;
+    }
+    t->head = c->next;
+    if (t->head == NULL) {
+        t->tail = &t->head;
+    }
+    t->cur = c;
+    uv_mutex_unlock(&t->mu);
+    sha256_update(&t->sha, c->len, c->data);
+    t->received += c->len;
+    *buf = c->data;
+    return (la_ssize_t)c->len;
+}
+
+static int up_refuse(struct tree_up *t, const char *name, const char *why)
+{
+    sbx_err_param(&t->err, "stream", "refused archive entry \"%.200s\": %s", name, why);
+    sbx_err_set_path(&t->err, name);
+    return -1;
+}
+
+static int up_sys(struct tree_up *t, int e, const char *what, const char *name)
+{
+    sbx_err_sys(&t->err, e, NULL, "%s \"%.200s\"", what, name);
+    sbx_err_set_path(&t->err, name);
+    return -1;
+}
+
+/* Check an entry name: relative, no `..`, not empty after removing "./" prefixes. Returns the
+ * cleaned name (inside @buf), or NULL after setting the error (or for the root itself: "" ). */
+static const char *up_clean_name(struct tree_up *t, const char *name, char *buf, size_t bufsz)
+{
+    const char *p = name;
+    size_t n;
+
+    if (name == NULL) {
+        up_refuse(t, "", "no name");
+        return NULL;
+    }
+    if (name[0] == '/') {
+        up_refuse(t, name, "absolute name");
+        return NULL;
+    }
+    while (p[0] == '.' && p[1] == '/') {
+        p += 2;
+        while (*p == '/') {
+            p++;
+        }
+    }
+    n = strlen(p);
+    if (n >= bufsz) {
+        up_refuse(t, name, "name too long");
+        return NULL;
+    }
+    memcpy(buf, p, n + 1);
+    while (n > 0 && buf[n - 1] == '/') {
+        buf[--n] = '\0';
+    }
+    if (strcmp(buf, ".") == 0) {
+        buf[0] = '\0';
+    }
+    for (const char *c = buf; *c != '\0';) {
+        const char *e = strchr(c, '/');
+        size_t l = e != NULL ? (size_t)(e - c) : strlen(c);
+        if (l == 2 && c[0] == '.' && c[1] == '.') {
+            up_refuse(t, name, "\"..\" component");
+            return NULL;
+        }
+        c += l;
+        while (*c == '/') {
+            c++;
+        }
+    }
+    return buf;
+}
+
+/*
+ * Open the parent directory of @name (cleaned, relative) without following any symlink,
+ * creating missing directories (0755, like mkdir -p). Returns an fd owned by the cache (do not
+ * close), with *@base pointing at the last component; -1 with the error set.
+ */
+static int up_parent(struct tree_up *t, char *name, const char **base, bool create)
+{
+    char *slash = strrchr(name, '/');
+    int fd;
+
+    if (slash == NULL) {
+        *base = name;
+        return t->rootfd;
+    }
+    *slash = '\0';
+    *base = slash + 1;
+    if (t->cached_fd >= 0 && strcmp(t->cached_dir, name) == 0) {
+        *slash = '/';
+        return t->cached_fd;
+    }
+    fd = dup(t->rootfd);
+    if (fd < 0) {
+        *slash = '/';
+        return up_sys(t, errno, "open", name);
+    }
+    for (char *c = name; *c != '\0';) {
+        char *e = strchr(c, '/');
+        int nfd;
+        if (e != NULL) {
+            *e = '\0';
+        }
+        if (*c == '\0') { /* "a//b" */
+            if (e == NULL) {
+                break;
+            }
+            *e = '/';
+            c = e + 1;
+            continue;
+        }
+        nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (nfd < 0 && errno == ENOENT && create) {
+            if (mkdirat(fd, c, 0755) < 0 && errno != EEXIST) {
+                int err = errno;
+                if (e != NULL) {
+                    *e = '/';
+                }
+                close(fd);
+                *slash = '/';
+                return up_sys(t, err, "mkdir", name);
+            }
+            nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        }
+        if (nfd < 0) {
+            int err = errno;
+            struct stat st;
+            bool link = fstatat(fd, c, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
+            if (e != NULL) {
+                *e = '/';
+            }
+            close(fd);
+            *slash = '/';
+            if (link) {
+                return up_refuse(t, name, "a parent directory is a symlink");
+            }
+            return up_sys(t, err, "open directory", name);
+        }
+        close(fd);
+        fd = nfd;
+        if (e == NULL) {
+            break;
+        }
+        *e = '/';
+        c = e + 1;
+    }
+    if (t->cached_fd >= 0) {
+        close(t->cached_fd);
+    }
+    t->cached_fd = fd;
+    snprintf(t->cached_dir, sizeof(t->cached_dir), "%s", name);
+    *slash = '/';
+    return fd;
+}
+
+/* Remove what is at @base in @dfd unless it is a directory (replaced entries are new files, so
+ * other hard links to the old one are untouched). */
+static int up_clear(struct tree_up *t, int dfd, const char *base, const char *name)
+{
+    struct stat st;
+
+    if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        return errno == ENOENT ? 0 : up_sys(t, errno, "stat", name);
+    }
+    if (S_ISDIR(st.st_mode)) {
+        return up_sys(t, EISDIR, "replace", name);
+    }
+    if (unlinkat(dfd, base, 0) < 0) {
+        return up_sys(t, errno, "replace", name);
+    }
+    return 0;
+}
+
+static void up_times(struct archive_entry *e, struct timespec ts[2])
+{
+    ts[1].tv_sec = archive_entry_mtime(e);
+    ts[1].tv_nsec = archive_entry_mtime_nsec(e);
+    if (archive_entry_atime_is_set(e)) {
+        ts[0].tv_sec = archive_entry_atime(e);
+        ts[0].tv_nsec = archive_entry_atime_nsec(e);
+    } else {
+        ts[0] = ts[1];
+    }
+}
+
+static int up_file(struct tree_up *t, struct archive *ar, struct archive_entry *e, int dfd,
+                   const char *base, const char *name)
+{
+    struct timespec ts[2];
+    const void *buf;
+    size_t len;
+    la_int64_t off;
+    int fd, rc;
+
+    if (up_clear(t, dfd, base, name) < 0) {
+        return -1;
+    }
+    fd = openat(dfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        return up_sys(t, errno, "create", name);
+    }
+    while ((rc = archive_read_data_block(ar, &buf, &len, &off)) == ARCHIVE_OK) {
+        const uint8_t *p = buf;
+        while (len > 0) {
+            ssize_t w = pwrite(fd, p, len, off);
+            if (w < 0 && errno == EINTR) {
+                continue;
+            }
+            if (w < 0) {
+                int err = errno;
+                close(fd);
+                return up_sys(t, err, "write", name);
+            }
+            p += w;
+            len -= (size_t)w;
+            off += w;
+        }
+    }
+    if (rc != ARCHIVE_EOF) {
+        close(fd);
+        if (archive_errno(ar) == ECANCELED) {
+            sbx_err_set(&t->err, SBX_E_CANCELLED, "cancelled");
+            return -1;
+        }
+        sbx_err_param(&t->err, "stream", "archive data of \"%.200s\": %s", name,
+                      archive_error_string(ar));
+        sbx_err_set_path(&t->err, name);
+        return -1;
+    }
+    /* Sparse files and trailing holes: the size is the entry's. */
+    if (ftruncate(fd, archive_entry_size(e)) < 0) {
+        int err = errno;
+        close(fd);
+        return up_sys(t, err, "truncate", name);
+    }
+    if (t->preserve_owner && fchown(fd, archive_entry_uid(e), archive_entry_gid(e)) < 0) {
+        int err = errno;
+        close(fd);
+        return up_sys(t, err, "chown", name);
+    }
+    up_times(e, ts);
+    if (fchmod(fd, archive_entry_perm(e) & 07777) < 0 || futimens(fd, ts) < 0) {
+        int err = errno;
+        close(fd);
+        return up_sys(t, err, "set attributes of", name);
+    }
+    if (close(fd) < 0) {
+        return up_sys(t, errno, "close", name);
+    }
+    return 0;
+}
+
+static int up_entry(struct tree_up *t, struct archive *ar, struct archive_entry *e)
+{
+    char name[AGENT_FS_PATH_BUF], lname[AGENT_FS_PATH_BUF];
+    const char *n = up_clean_name(t, archive_entry_pathname(e), name, sizeof(name));
+    const char *hl = archive_entry_hardlink(e);
+    const char *base;
+    struct timespec ts[2];
+    mode_t type = archive_entry_filetype(e);
+    int dfd;
+
+    if (n == NULL) {
+        return -1;
+    }
+    if (n[0] == '\0') {
+        return 0; /* "./": the destination itself */
+    }
+    dfd = up_parent(t, name, &base, true);
+    if (dfd < 0) {
+        return -1;
+    }
+    up_times(e, ts);
+    if (hl != NULL) {
+        const char *tn = up_clean_name(t, hl, lname, sizeof(lname));
+        const char *tbase;
+        int tfd;
+        if (tn == NULL) {
+            return -1;
+        }
+        if (up_clear(t, dfd, base, name) < 0) {
+            return -1;
+        }
+        /* The target's parent is opened the same careful way (it may replace the cache, so
+         * reopen ours afterwards). */
+        tfd = up_parent(t, lname, &tbase, false);
+        if (tfd < 0) {
+            return -1;
+        }
+        tfd = dup(tfd);
+        dfd = tfd < 0 ? -1 : up_parent(t, name, &base, true);
+        if (tfd < 0 || dfd < 0) {
+            if (tfd >= 0) {
+                close(tfd);
+            }
+            return tfd < 0 ? up_sys(t, errno, "link", name) : -1;
+        }
+        if (linkat(tfd, tbase, dfd, base, 0) < 0) {
+            int err = errno;
+            close(tfd);
+            return up_sys(t, err, "link", name);
+        }
+        close(tfd);
+        t->files++;
+        return 0;
+    }
+    switch (type) {
+    case AE_IFREG:
+        if (up_file(t, ar, e, dfd, base, name) < 0) {
+            return -1;
+        }
+        break;
+    case AE_IFDIR: {
+        struct stat st;
+        if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode)) {
+            if (unlinkat(dfd, base, 0) < 0) {
+                return up_sys(t, errno, "replace", name);
+            }
+        }
+        if (mkdirat(dfd, base, 0700) < 0 && errno != EEXIST) {
+            return up_sys(t, errno, "mkdir", name);
+        }
+        if (t->preserve_owner && fchownat(dfd, base, archive_entry_uid(e), archive_entry_gid(e),
+                                          AT_SYMLINK_NOFOLLOW) < 0) {
+            return up_sys(t, errno, "chown", name);
+        }
+        /* Mode and time last: children change the mtime, and a read-only mode would stop them. */
+        if (t->ndirs == t->capdirs) {
+            size_t cap = t->capdirs ? t->capdirs * 2 : 64;
+            struct dir_fix *d = realloc(t->dirs, cap * sizeof(*d));
+            if (d == NULL) {
+                return up_sys(t, ENOMEM, "extract", name);
+            }
+            t->dirs = d;
+            t->capdirs = cap;
+        }
+        t->dirs[t->ndirs].name = strdup(name);
+        if (t->dirs[t->ndirs].name == NULL) {
+            return up_sys(t, ENOMEM, "extract", name);
+        }
+        t->dirs[t->ndirs].mode = archive_entry_perm(e) & 07777;
+        t->dirs[t->ndirs].mtime = ts[1];
+        t->ndirs++;
+        break;
+    }
+    case AE_IFLNK: {
+        const char *target = archive_entry_symlink(e);
+        if (target == NULL) {
+            return up_refuse(t, name, "symlink without a target");
+        }
+        if (up_clear(t, dfd, base, name) < 0) {
+            return -1;
+        }
+        if (symlinkat(target, dfd, base) < 0) {
+            return up_sys(t, errno, "symlink", name);
+        }
+        if (t->preserve_owner && fchownat(dfd, base, archive_entry_uid(e), archive_entry_gid(e),
+                                          AT_SYMLINK_NOFOLLOW) < 0) {
+            return up_sys(t, errno, "chown", name);
+        }
+        if (utimensat(dfd, base, ts, AT_SYMLINK_NOFOLLOW) < 0) {
+            return up_sys(t, errno, "set times of", name);
+        }
+        break;
+    }
+    default:
+        return 0; /* other types are skipped (PROTOCOL.md 18.3) */
+    }
+    t->files++;
+    return 0;
+}
+
+static int up_fix_dirs(struct tree_up *t)
+{
+    /* Deepest first: setting a parent's mtime after its children keeps it. */
+    for (size_t i = t->ndirs; i-- > 0;) {
+        struct dir_fix *d = &t->dirs[i];
+        struct timespec ts[2] = { d->mtime, d->mtime };
+        char name[AGENT_FS_PATH_BUF];
+        const char *base;
+        int dfd;
+
+        snprintf(name, sizeof(name), "%s", d->name);
+        dfd = up_parent(t, name, &base, false);
+        if (dfd < 0) {
+            return -1;
+        }
+        int fd = openat(dfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) {
+            return up_sys(t, errno, "open directory", d->name);
+        }
+        if (fchmod(fd, d->mode) < 0 || futimens(fd, ts) < 0) {
+            int err = errno;
+            close(fd);
+            return up_sys(t, err, "set attributes of", d->name);
+        }
+        close(fd);
+    }
+    return 0;
+}
+
+static int up_extract(struct tree_up *t)
+{
+    struct archive *ar = archive_read_new();
+    struct archive_entry *e;
+    int rc;
+
+    if (ar == NULL) {
+        return sbx_err_set(&t->err, SBX_E_INTERNAL, "out of memory");
+    }
+    archive_read_support_format_tar(ar);
+    archive_read_support_format_empty(ar); /* an empty stream is an empty tree */
+    switch (t->comp) {
+    case AGENT_COMPRESS_GZIP:
+        archive_read_support_filter_gzip(ar);
+        break;
+    case AGENT_COMPRESS_ZSTD:
+        archive_read_support_filter_zstd(ar);
+        break;
+    case AGENT_COMPRESS_NONE:
+        archive_read_support_filter_none(ar);
+        break;
+    }
+    if (archive_read_open(ar, t, NULL, up_read_cb, NULL) != ARCHIVE_OK) {
+        rc = -1;
+        goto out;
+    }
+    while ((rc = archive_read_next_header(ar, &e)) == ARCHIVE_OK || rc == ARCHIVE_WARN) {
+        if (up_entry(t, ar, e) < 0) {
+            archive_read_free(ar);
+            return -1;
+        }
+    }
+    if (rc == ARCHIVE_EOF) {
+        rc = up_fix_dirs(t);
+        goto drain;
+    }
+    rc = -1;
+out:
+    if (archive_errno(ar) == ECANCELED) {
+        sbx_err_set(&t->err, SBX_E_CANCELLED, "cancelled");
+    } else {
+        sbx_err_param(&t->err, "stream", "malformed archive: %s",
+                      archive_error_string(ar) ? archive_error_string(ar) : "?");
+    }
+    archive_read_free(ar);
+    return -1;
+drain:
+    archive_read_free(ar);
+    if (rc < 0) {
+        return -1;
+    }
+    /* Whatever follows the end-of-archive blocks is counted and hashed, then the client's end
+     * is awaited: the reported size and sha256 cover every byte received. */
+    {
+        const void *buf;
+        la_ssize_t n;
+        while ((n = up_read_cb(NULL, t, &buf)) > 0) {
+        }
+        if (n < 0) {
+            return sbx_err_set(&t->err, SBX_E_CANCELLED, "cancelled");
+        }
+    }
+    return 0;
+}
+
+static void up_thread(void *arg)
+{
+    struct tree_up *t = arg;
+    int rc = up_extract(t);
+
+    if (t->cached_fd >= 0) {
+        close(t->cached_fd);
+        t->cached_fd = -1;
+    }
+    uv_mutex_lock(&t->mu);
+    t->rc = rc;
+    t->finished = true;
+    uv_mutex_unlock(&t->mu);
+    uv_async_send(&t->async);
+}
+
+static void up_closed_cb(uv_handle_t *h)
+{
+    struct tree_up *t = h->data;
+
+    while (t->head != NULL) {
+        struct in_chunk *c = t->head;
+        t->head = c->next;
+        free(c);
+    }
+    free(t->cur);
+    for (size_t i = 0; i < t->ndirs; i++) {
+        free(t->dirs[i].name);
+    }
+    free(t->dirs);
+    if (t->rootfd >= 0) {
+        close(t->rootfd);
+    }
+    uv_mutex_destroy(&t->mu);
+    uv_cond_destroy(&t->cv);
+    agent_job_del(&t->job);
+    free(t);
+}
+
+static void up_report(struct tree_up *t)
+{
+    struct agent_conn *c = t->job.conn;
+    uint8_t d[32];
+    char hex[65];
+
+    if (t->s != NULL) { /* failed while the client was still sending */
+        struct agent_stream *s = t->s;
+        t->s = NULL;
+        s->owner = NULL;
+        agent_stream_cancel(s, &t->err);
+    }
+    if (c == NULL || c->closing) {
+        return;
+    }
+    if (t->rc < 0) {
+        agent_transfer_done_err(c, t->sid, &t->err);
+        return;
+    }
+    sha256_digest(&t->sha, sizeof(d), d);
+    sbx_hex(d, sizeof(d), hex);
+    msgpack_packer *pk = agent_conn_begin(c);
+    sbx_pack_notify_head(pk, "transfer.done");
+    msgpack_pack_map(pk, 4);
+    sbx_pack_kv_u64(pk, "stream", t->sid);
+    sbx_pack_kv_u64(pk, "size", t->received);
+    sbx_pack_kv_str(pk, "sha256", hex);
+    sbx_pack_kv_u64(pk, "files", t->files);
+    agent_conn_send(c);
+}
+
+static void up_async_cb(uv_async_t *h)
+{
+    struct tree_up *t = h->data;
+    uint64_t n;
+    bool finished, empty;
+
+    if (t->closing) {
+        return;
+    }
+    uv_mutex_lock(&t->mu);
+    n = t->consumed;
+    t->consumed = 0;
+    finished = t->finished;
+    empty = t->head == NULL;
+    uv_mutex_unlock(&t->mu);
+    if (n > 0 && t->s != NULL) {
+        agent_stream_consumed(t->s, (uint32_t)n, empty);
+    }
+    if (!finished) {
+        return;
+    }
+    uv_thread_join(&t->thread);
+    /* A client that cancelled or ended with an error hears CANCELLED, unless the extraction
+     * had failed for a reason of its own first. */
+    if (t->client_error && (t->rc == 0 || strcmp(t->err.code, SBX_E_CANCELLED) == 0)) {
+        t->rc = -1;
+        sbx_err_set(&t->err, SBX_E_CANCELLED, "upload cancelled by the client");
+    }
+    up_report(t);
+    t->closing = true;
+    uv_close((uv_handle_t *)&t->async, up_closed_cb);
+}
+
+static void up_stop(struct tree_up *t, bool eof)
+{
+    uv_mutex_lock(&t->mu);
+    if (eof) {
+        t->eof = true;
+    } else {
+        t->abort = true;
+    }
+    uv_cond_signal(&t->cv);
+    uv_mutex_unlock(&t->mu);
+}
+
+static void up_data(struct agent_stream *s, const uint8_t *data, uint32_t len)
+{
+    struct tree_up *t = s->owner;
+    struct in_chunk *c;
+
+    if (t == NULL) {
+        return;
+    }
+    c = malloc(sizeof(*c) + len);
+    if (c == NULL) {
+        struct sbx_err err;
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        t->s = NULL;
+        s->owner = NULL;
+        agent_stream_cancel(s, &err);
+        t->err = err;
+        up_stop(t, false);
+        return;
+    }
+    c->next = NULL;
+    c->len = len;
+    memcpy(c->data, data, len);
+    uv_mutex_lock(&t->mu);
+    *t->tail = c;
+    t->tail = &c->next;
+    uv_cond_signal(&t->cv);
+    uv_mutex_unlock(&t->mu);
+}
+
+static void up_end(struct agent_stream *s, const struct sbx_err *e)
+{
+    struct tree_up *t = s->owner;
+
+    if (t == NULL) {
+        return;
+    }
+    t->s = NULL;
+    if (e != NULL) {
+        t->client_error = true;
+    }
+    up_stop(t, e == NULL);
+}
+
+static void up_gone(struct agent_stream *s, bool cancelled)
+{
+    struct tree_up *t = s->owner;
+
+    if (t == NULL) {
+        return;
+    }
+    t->s = NULL;
+    if (!cancelled) {
+        t->job.conn = NULL;
+    }
+    t->client_error = true; /* reported as CANCELLED */
+    up_stop(t, false);
+}
+
+static void up_conn_gone(struct agent_job *j)
+{
+    struct tree_up *t = agent_container_of(j, struct tree_up, job);
+
+    t->s = NULL;
+    up_stop(t, false);
+}
+
+static const struct agent_stream_ops up_ops = {
+    .data = up_data,
+    .end = up_end,
+    .gone = up_gone,
+};
+
+void agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct tree_up *t = calloc(1, sizeof(*t));
+    struct sbx_err err;
+
+    if (t == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    t->a = c->a;
+    t->rootfd = t->cached_fd = -1;
+    t->tail = &t->head;
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, t->root, &err) < 0 ||
+        agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, &err) < 0 ||
+        sbx_param_bool(m->params, "preserve_owner", SBX_OPTIONAL, &t->preserve_owner, &err) < 0) {
+        goto fail;
+    }
+    t->rootfd = open(t->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (t->rootfd < 0 && errno == ENOENT) {
+        char p[AGENT_FS_PATH_BUF];
+        snprintf(p, sizeof(p), "%s", t->root);
+        for (char *q = p + 1;; q++) { /* mkdir -p */
+            if (*q == '/' || *q == '\0') {
+                char save = *q;
+                *q = '\0';
+                if (mkdir(p, 0755) < 0 && errno != EEXIST) {
+                    sbx_err_sys(&err, errno, NULL, "mkdir \"%s\"", p);
+                    sbx_err_set_path(&err, p);
+                    goto fail;
+                }
+                *q = save;
+                if (save == '\0') {
+                    break;
+                }
+            }
+        }
+        t->rootfd = open(t->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    }
+    if (t->rootfd < 0) {
+        sbx_err_sys(&err, errno, NULL, "open directory \"%s\"", t->root);
+        sbx_err_set_path(&err, t->root);
+        goto fail;
+    }
+    sha256_init(&t->sha);
+    t->s = agent_stream_new_ops(c, AGENT_STREAM_IN, &up_ops, t, &err);
+    if (t->s == NULL) {
+        goto fail;
+    }
+    t->sid = t->s->id;
+    if (uv_mutex_init(&t->mu) != 0 || uv_cond_init(&t->cv) != 0) {
+        abort(); /* only fails for lack of resources the loop itself needs */
+    }
+    uv_async_init(c->a->loop, &t->async, up_async_cb);
+    t->async.data = t;
+    agent_job_add(c->a, &t->job, c);
+    t->job.conn_gone = up_conn_gone;
+    if (uv_thread_create(&t->thread, up_thread, t) != 0) {
+        agent_stream_free(t->s);
+        sbx_err_set(&err, SBX_E_INTERNAL, "cannot start a thread");
+        agent_conn_reply_error(c, m->id, &err);
+        t->closing = true;
+        uv_close((uv_handle_t *)&t->async, up_closed_cb);
+        return;
+    }
+    agent_reply_stream(c, m->id, t->sid);
+    return;
+fail:
+    agent_conn_reply_error(c, m->id, &err);
+    if (t->rootfd >= 0) {
+        close(t->rootfd);
+    }
+    free(t);
+}
