@@ -278,6 +278,9 @@ void agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m);
 void agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m);
 void agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m);
 void agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m);
+/* Entry streams (§17.4, §17.5), fswalk.c. */
+void agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m);
 /* File handles (§17.7), per connection. */
 void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m);
 void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m);

@@ -61,6 +61,26 @@ class FsCase(unittest.TestCase):
         return self.p(name)
 
 
+def read_entries(c, sid, grant=True):
+    """Collect an entry stream: every data message holds whole msgpack maps (§17.4)."""
+    out, consumed = [], 0
+    while True:
+        m = c.recv()
+        if m is None:
+            raise EOFError("connection closed during an entry stream")
+        if m[0] == 3 and m[1] == sid:
+            b, i = m[2], 0
+            while i < len(b):
+                v, i = w.unpack(b, i)  # raises if an entry were cut between two messages
+                out.append(v)
+            consumed += len(b)
+            if grant and consumed >= c.window // 2:
+                c.credit(sid, consumed)
+                consumed = 0
+        elif m[0] == 2 and m[1] == "stream.end" and m[2]["stream"] == sid:
+            return out, m[2]
+
+
 class NobodyAgent(w.Agent):
     """An agent running as nobody, so permission checks apply (EACCES)."""
 
@@ -391,6 +411,14 @@ class TestFsPaths(FsCase):
                              conn=c)
             self.assertErrno("fs.rename", {"from": secret, "to": self.p("y")}, "EACCES",
                              conn=c)
+            # a walk reports the unreadable directory on its entry and goes on
+            os.mkdir(self.p("open"))
+            self.write("open/f")
+            r = c.call("fs.walk", {"path": self.d})
+            es, end = read_entries(c, r["stream"])
+            bad = [e for e in es if "error" in e]
+            self.assertEqual([(e["path"], e["error"]["code"]) for e in bad], [(secret, "EACCES")])
+            self.assertIn(self.p("open/f"), {e["path"] for e in es})
             c.close()
         finally:
             agent.stop()
@@ -516,6 +544,202 @@ class TestFsHandles(FsCase):
         while self.agent_fds() > base and time.time() < deadline:
             time.sleep(0.05)
         self.assertLessEqual(self.agent_fds(), base)
+
+
+class TestFsWalk(FsCase):
+    def entries(self, method, params, conn=None):
+        c = conn or self.c
+        r = c.call(method, params)
+        out, end = read_entries(c, r["stream"])
+        self.assertNotIn("error", end)
+        return out
+
+    def tree(self):
+        os.makedirs(self.p("t/a/b/c"))
+        os.makedirs(self.p("t/d"))
+        os.makedirs(self.p("t/.hid"))
+        for f in ("t/x.txt", "t/a/y.py", "t/a/b/z.txt", "t/a/b/c/w.c", "t/d/v.md",
+                  "t/.hid/h.txt", "t/.dot.txt"):
+            self.write(f, b"1")
+        os.symlink("a", self.p("t/la"))
+        os.symlink("x.txt", self.p("t/lx"))
+        return self.p("t")
+
+    def test_walk_tree(self):
+        t = self.tree()
+        es = self.entries("fs.walk", {"path": t})
+        self.assertEqual(es[0], {"path": t, "name": "t", "type": "dir", "depth": 0})
+        want = {t}
+        for root, dirs, files in os.walk(t):
+            for n in dirs + files:
+                want.add(os.path.join(root, n))
+        self.assertEqual({e["path"] for e in es}, want)
+        self.assertEqual(len(es), len(want))
+        seen = set()
+        for e in es:
+            st = os.lstat(e["path"])
+            self.assertEqual(e["type"], {stat.S_IFDIR: "dir", stat.S_IFREG: "file",
+                                         stat.S_IFLNK: "symlink"}[stat.S_IFMT(st.st_mode)])
+            rel = os.path.relpath(e["path"], t)
+            self.assertEqual(e["depth"], 0 if rel == "." else rel.count("/") + 1)
+            self.assertEqual(e["name"], os.path.basename(e["path"]))
+            if e["depth"] > 0:
+                self.assertIn(os.path.dirname(e["path"]), seen)  # pre-order
+            seen.add(e["path"])
+        # relative root, reported as given
+        es = self.entries("fs.walk", {"path": "t/a", "cwd": self.d, "max_depth": 1})
+        self.assertEqual(sorted(e["path"] for e in es), ["t/a", "t/a/b", "t/a/y.py"])
+        self.assertEqual(self.entries("fs.walk", {"path": t, "max_depth": 0}),
+                         [{"path": t, "name": "t", "type": "dir", "depth": 0}])
+        es = self.entries("fs.walk", {"path": t + "/", "max_depth": 1})
+        self.assertIn(t + "/x.txt", {e["path"] for e in es})
+
+    def test_walk_filters(self):
+        t = self.tree()
+        rel = lambda es: sorted(os.path.relpath(e["path"], t) for e in es)  # noqa: E731
+        self.assertEqual(rel(self.entries("fs.walk", {"path": t, "include_files": False,
+                                                      "include_symlinks": False})),
+                         [".", ".hid", "a", "a/b", "a/b/c", "d"])
+        self.assertEqual(rel(self.entries("fs.walk", {"path": t, "include_dirs": False,
+                                                      "include_files": False})), ["la", "lx"])
+        self.assertEqual(rel(self.entries("fs.walk", {"path": t, "exts": ["txt", ".c"],
+                                                      "include_dirs": False})),
+                         [".dot.txt", ".hid/h.txt", "a/b/c/w.c", "a/b/z.txt", "x.txt"])
+        self.assertEqual(rel(self.entries("fs.walk", {"path": t, "match": [r"\.py$", "/d$"]})),
+                         ["a/y.py", "d"])
+        self.assertEqual(rel(self.entries("fs.walk", {"path": t, "skip": ["/a$", r"/\."],
+                                                      "include_symlinks": False})),
+                         [".", "d", "d/v.md", "x.txt"])
+        # follow: the link to a is descended, the link itself still typed "symlink"
+        es = self.entries("fs.walk", {"path": t, "follow_symlinks": True})
+        paths = {e["path"]: e for e in es}
+        self.assertEqual(paths[t + "/la"]["type"], "symlink")
+        self.assertIn(t + "/la/b/c/w.c", paths)
+        self.assertNotIn(t + "/la/b/c/w.c", {e["path"] for e in self.entries(
+            "fs.walk", {"path": t})})
+        # a loop is reported on the entry, and the walk goes on
+        os.symlink("..", self.p("t/d/up"))
+        es = self.entries("fs.walk", {"path": t, "follow_symlinks": True})
+        loops = [e for e in es if "error" in e]
+        self.assertEqual([e["path"] for e in loops], [t + "/d/up"])
+        self.assertEqual(loops[0]["error"]["code"], "ELOOP")
+        self.assertIn(t + "/x.txt", {e["path"] for e in es})
+
+    def test_walk_errors(self):
+        t = self.tree()
+        self.assertErrno("fs.walk", {"path": self.p("nope")}, "ENOENT")
+        self.assertErrno("fs.walk", {"path": t + "/x.txt"}, "ENOTDIR")
+        e = self.err("fs.walk", {"path": t, "match": ["("]})
+        self.assertEqual((e["code"], e["field"]), ("BAD_PARAM", "match[0]"))
+        e = self.err("fs.walk", {"path": t, "skip": ["ok", "a{1"]})
+        self.assertEqual(e["field"], "skip[1]")
+        self.assertEqual(self.err("fs.walk", {"path": t, "exts": ["x"] * 65})["field"], "exts")
+        self.assertEqual(self.err("fs.walk", {"path": t, "exts": [""]})["field"], "exts[0]")
+        self.assertEqual(self.err("fs.walk", {"path": t, "max_depth": -1})["field"], "max_depth")
+        self.assertEqual(self.err("fs.walk", {"path": t, "follow_symlinks": "yes"})["field"],
+                         "follow_symlinks")
+        self.assertEqual(self.c.call("ping"), {})
+
+    def test_large_directory_with_credit(self):
+        big = self.p("big")
+        os.mkdir(big)
+        for i in range(10000):
+            open(os.path.join(big, "%05d-%s" % (i, "n" * 120)), "w").close()
+        r = self.c.call("fs.walk", {"path": big})
+        sid = r["stream"]
+        # Without grants the agent stops at the window.
+        got = 0
+        self.c.sock.settimeout(1.0)
+        try:
+            while True:
+                m = self.c.recv()
+                if m[0] == 3 and m[1] == sid:
+                    got += len(m[2])
+                    self.assertLessEqual(len(m[2]), 256 * 1024)
+                elif m[0] == 2 and m[1] == "stream.end":
+                    self.fail("the walk ended without credit for 1.5 MB of entries")
+        except OSError:
+            pass
+        self.c.sock.settimeout(30)
+        self.assertGreater(got, 0)
+        self.assertLessEqual(got, 1 << 20)
+        # Grant and read the rest (the first window's bytes were read above: decode again).
+        self.c.credit(sid, got)
+        rest, end = read_entries(self.c, sid)
+        self.assertNotIn("error", end)
+        self.assertGreaterEqual(len(rest), 10001 - got // 150 - 1)
+        # A second, complete read counts every entry exactly once.
+        es = self.entries("fs.walk", {"path": big})
+        self.assertEqual(len(es), 10001)
+        self.assertEqual(len({e["path"] for e in es}), 10001)
+        # Glob over the same directory streams the same way.
+        gs = self.entries("fs.glob", {"pattern": "*", "root": big})
+        self.assertEqual(len(gs), 10000)
+
+    def test_cancel_walk(self):
+        big = self.p("big")
+        os.mkdir(big)
+        for i in range(3000):
+            open(os.path.join(big, "%05d-%s" % (i, "n" * 200)), "w").close()
+        sid = self.c.call("fs.walk", {"path": big})["stream"]
+        self.c.send([2, "stream.cancel", {"stream": sid}])
+        self.assertEqual(self.c.call("ping"), {})
+        # a walk dropped with its connection
+        c2 = self.agent.connect()
+        c2.call("fs.walk", {"path": big})
+        c2.close()
+        time.sleep(0.2)
+        self.assertEqual(self.c.call("ping"), {})
+
+    def glob(self, pattern, **kw):
+        kw["pattern"] = pattern
+        return sorted(e["path"] for e in self.entries("fs.glob", kw))
+
+    def test_glob(self):
+        t = self.tree()
+        self.assertEqual(self.glob("*.txt", root=t), [t + "/x.txt"])
+        self.assertEqual(self.glob("**/*.txt", root=t), [t + "/a/b/z.txt", t + "/x.txt"])
+        self.assertEqual(self.glob(".*", root=t), [t + "/.dot.txt", t + "/.hid"])
+        self.assertEqual(self.glob(".hid/*", root=t), [t + "/.hid/h.txt"])
+        self.assertEqual(self.glob("**/*.{py,c,md}", root=t),
+                         [t + "/a/b/c/w.c", t + "/a/y.py", t + "/d/v.md"])
+        self.assertEqual(self.glob("[a-c]/?.py", root=t), [t + "/a/y.py"])
+        self.assertEqual(self.glob("[!a]*", root=t, include_dirs=False),  # la is a symlink
+                         [t + "/la", t + "/lx", t + "/x.txt"])
+        self.assertEqual(self.glob("[^a-l]*", root=t), [t + "/x.txt"])
+        self.assertEqual(self.glob("a/**", root=t),
+                         [t + "/a", t + "/a/b", t + "/a/b/c", t + "/a/b/c/w.c", t + "/a/b/z.txt",
+                          t + "/a/y.py"])
+        self.assertEqual(self.glob("**/*.txt", root=t, exclude=["a"]), [t + "/x.txt"])
+        self.assertEqual(self.glob("**", root=t, exclude=["**/b", "*.txt", "l?"]),
+                         [t + "/a", t + "/a/y.py", t + "/d", t + "/d/v.md"])
+        self.assertEqual(self.glob("x\\*", root=t), [])  # an escaped star is literal
+        self.assertEqual(self.glob("x\\.txt", root=t), [t + "/x.txt"])
+        self.assertEqual(self.glob("\\x.txt", root=t), [t + "/x.txt"])
+        # relative to cwd, absolute patterns, depth
+        es = self.entries("fs.glob", {"pattern": "t/a/*/z.txt", "cwd": self.d})
+        self.assertEqual([(e["path"], e["depth"], e["name"], e["type"]) for e in es],
+                         [(self.d + "/t/a/b/z.txt", 4, "z.txt", "file")])
+        self.assertEqual(self.glob(t + "/a/b/*.txt"), [t + "/a/b/z.txt"])
+        # a link named explicitly is followed; through ** only with follow_symlinks
+        self.assertEqual(self.glob("la/*.py", root=t), [t + "/la/y.py"])
+        self.assertNotIn(t + "/la/b/z.txt", self.glob("**/z.txt", root=t))
+        self.assertIn(t + "/la/b/z.txt", self.glob("**/z.txt", root=t, follow_symlinks=True))
+
+    def test_glob_errors(self):
+        t = self.tree()
+        for params, field in (({}, "pattern"), ({"pattern": "../x"}, "pattern"),
+                              ({"pattern": "a/./b"}, "pattern"), ({"pattern": "/"}, "pattern"),
+                              ({"pattern": "a" * 4097}, "pattern"), ({"pattern": "a\0"}, "pattern"),
+                              ({"pattern": "*", "exclude": ["x"] * 65}, "exclude"),
+                              ({"pattern": "*", "exclude": ["ok", ".."]}, "exclude[1]"),
+                              ({"pattern": "*", "root": ""}, "root"),
+                              ({"pattern": "{" + ",".join("abcdefghijklmnopq") + "}" * 1 +
+                                "{" + ",".join("abcdefghijklmnopq") + "}"}, "pattern")):
+            e = self.err("fs.glob", params)
+            self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", field), params)
+        self.assertErrno("fs.glob", {"pattern": "*", "root": self.p("nope")}, "ENOENT")
+        self.assertErrno("fs.glob", {"pattern": "*", "root": t + "/x.txt"}, "ENOTDIR")
 
 
 if __name__ == "__main__":

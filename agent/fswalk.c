@@ -1,0 +1,853 @@
+/*
+ * fs.walk and fs.glob (PROTOCOL.md §17.4, §17.5): a depth-first walk over a stack of open
+ * directories that produces entry maps into an out stream, a batch at a time from an idle
+ * handle, and only as far as the stream's credit allows (an entry never spans two messages).
+ * Glob patterns are matched as the walk goes: each open directory carries the set of pattern
+ * positions its path can have reached (an NFA over `/`-separated components, `**` looping), so
+ * a directory is descended into only while some pattern position is still alive.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <regex.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fs.h"
+
+#define ALTS_MAX 256u /* brace alternatives of one pattern component */
+
+/* One `/`-separated pattern component: `**`, or a list of fnmatch alternatives (braces
+ * expanded). */
+struct gcomp {
+    bool globstar;
+    char **alts;
+};
+
+/* A compiled glob pattern: @n components; positions 0..n, n = matched. */
+struct gpat {
+    struct gcomp *c;
+    unsigned n;
+    size_t setsz; /* bytes of a position set */
+};
+
+struct wframe {
+    DIR *dir;
+    size_t plen;    /* length of the entry path of this directory in w->path */
+    unsigned depth; /* depth of this directory */
+    dev_t dev;
+    ino_t ino;
+    uint8_t *sets; /* glob: position sets of the pattern then each exclude, back to back */
+};
+
+struct agent_fswalk {
+    struct agent_conn *conn;
+    struct agent_stream *s;
+    uv_idle_t idle;
+    bool glob;
+    bool done;
+    /* walk options */
+    uint64_t max_depth;
+    bool inc_files, inc_dirs, inc_links, follow;
+    char **exts;
+    regex_t *match, *skip;
+    unsigned nmatch, nskip;
+    /* glob */
+    struct gpat pat;
+    struct gpat *excl;
+    unsigned nexcl;
+    size_t setstotal; /* bytes of a frame's sets */
+    /* traversal */
+    char rootabs[AGENT_FS_PATH_BUF];
+    bool root_done;
+    struct wframe st[SBX_FS_WALK_OPEN_MAX];
+    unsigned top;
+    char path[2 * AGENT_FS_PATH_BUF]; /* the entry path as reported: root as given + relative */
+    size_t rootlen;
+    unsigned scanned; /* directory entries read in this batch */
+    /* output */
+    msgpack_sbuffer out; /* complete entries not yet sent */
+    msgpack_sbuffer ent; /* the next entry, waiting for credit */
+    msgpack_packer pk;   /* packs into ent */
+};
+
+/* --- glob patterns ------------------------------------------------------------------------- */
+
+static int strv_push(char ***v, unsigned *n, char *s)
+{
+    char **nv;
+
+    if (s == NULL || *n >= ALTS_MAX) {
+        free(s);
+        return -1;
+    }
+    nv = realloc(*v, (*n + 2) * sizeof(*nv));
+    if (nv == NULL) {
+        free(s);
+        return -1;
+    }
+    nv[(*n)++] = s;
+    nv[*n] = NULL;
+    *v = nv;
+    return 0;
+}
+
+/* Expand the first top-level {a,b} of @s (length @n) recursively into @v. Braces without a
+ * comma or without their closing brace are literal. Returns -1 when there are too many. */
+static int brace_expand(const char *s, size_t n, char ***v, unsigned *nv)
+{
+    size_t open = n, close = 0;
+    int depth = 0;
+    bool comma = false;
+
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\\' && i + 1 < n) {
+            i++;
+        } else if (s[i] == '{') {
+            if (depth++ == 0) {
+                open = i;
+                comma = false;
+            }
+        } else if (s[i] == ',' && depth == 1) {
+            comma = true;
+        } else if (s[i] == '}' && depth > 0) {
+            if (--depth == 0 && comma) {
+                close = i;
+                break;
+            }
+        }
+    }
+    if (close == 0) {
+        return strv_push(v, nv, strndup(s, n));
+    }
+    for (size_t a = open + 1, i = open + 1; i <= close; i++) {
+        if (s[i] == '\\' && i + 1 < close) {
+            i++;
+            continue;
+        }
+        if (s[i] == '{') {
+            depth++;
+        } else if (s[i] == '}' && depth > 0 && i < close) {
+            depth--;
+        } else if ((s[i] == ',' && depth == 0) || i == close) {
+            size_t len = open + (i - a) + (n - close - 1);
+            char *buf = malloc(len + 1);
+            int r;
+            if (buf == NULL) {
+                return -1;
+            }
+            memcpy(buf, s, open);
+            memcpy(buf + open, s + a, i - a);
+            memcpy(buf + open + (i - a), s + close + 1, n - close - 1);
+            buf[len] = '\0';
+            r = brace_expand(buf, len, v, nv);
+            free(buf);
+            if (r < 0) {
+                return -1;
+            }
+            a = i + 1;
+        }
+    }
+    return 0;
+}
+
+static void gpat_free(struct gpat *g)
+{
+    for (unsigned i = 0; i < g->n; i++) {
+        agent_strv_free(g->c[i].alts);
+    }
+    free(g->c);
+    g->c = NULL;
+    g->n = 0;
+}
+
+/* Compile @s: components split at '/', empty ones dropped; "." and ".." refused. */
+static int gpat_compile(struct gpat *g, const char *s, const char *field, struct sbx_err *err)
+{
+    size_t len = strlen(s);
+
+    memset(g, 0, sizeof(*g));
+    g->c = calloc(len / 2 + 2, sizeof(*g->c));
+    if (g->c == NULL) {
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+    }
+    for (const char *p = s; *p != '\0';) {
+        const char *e = strchr(p, '/');
+        size_t n = e != NULL ? (size_t)(e - p) : strlen(p);
+        struct gcomp *c = &g->c[g->n];
+        unsigned nalts = 0;
+        if (n == 0) {
+            p++;
+            continue;
+        }
+        if ((n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.')) {
+            gpat_free(g);
+            return sbx_err_param(err, field, "%s: \".\" and \"..\" components are not allowed",
+                                 field);
+        }
+        g->n++;
+        if (n == 2 && p[0] == '*' && p[1] == '*') {
+            if (g->n >= 2 && g->c[g->n - 2].globstar) {
+                g->n--; /* "**" twice in a row means the same as once */
+            } else {
+                c->globstar = true;
+            }
+        } else if (brace_expand(p, n, &c->alts, &nalts) < 0) {
+            gpat_free(g);
+            return sbx_err_param(err, field, "%s: more than %u brace alternatives in a component",
+                                 field, ALTS_MAX);
+        }
+        p += n;
+    }
+    if (g->n == 0) {
+        gpat_free(g);
+        return sbx_err_param(err, field, "%s has no components", field);
+    }
+    g->setsz = (g->n + 1 + 7) / 8;
+    return 0;
+}
+
+static bool set_has(const uint8_t *set, unsigned i)
+{
+    return (set[i / 8] >> (i % 8)) & 1;
+}
+
+static void set_add(uint8_t *set, unsigned i)
+{
+    set[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+
+/* `**` also matches zero components: wherever it stands, the position after it is reached. */
+static void gpat_closure(const struct gpat *g, uint8_t *set)
+{
+    for (unsigned i = 0; i < g->n; i++) {
+        if (set_has(set, i) && g->c[i].globstar) {
+            set_add(set, i + 1);
+        }
+    }
+}
+
+static bool comp_match(const struct gcomp *c, const char *name)
+{
+    for (char **a = c->alts; *a != NULL; a++) {
+        if (fnmatch(*a, name, FNM_PERIOD) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Advance the position set @in over the component @name into @out. Without @loop, a `**` does
+ * not consume the component (used to decide on symlinks that are not to be followed). Returns
+ * whether a position short of the end is alive (worth descending). */
+static bool gpat_step(const struct gpat *g, const uint8_t *in, const char *name, bool loop,
+                      uint8_t *out)
+{
+    bool alive = false;
+
+    memset(out, 0, g->setsz);
+    for (unsigned i = 0; i < g->n; i++) {
+        if (!set_has(in, i)) {
+            continue;
+        }
+        if (g->c[i].globstar) {
+            if (loop && name[0] != '.') {
+                set_add(out, i);
+            }
+        } else if (comp_match(&g->c[i], name)) {
+            set_add(out, i + 1);
+        }
+    }
+    gpat_closure(g, out);
+    for (unsigned i = 0; i < g->n && !alive; i++) {
+        alive = set_has(out, i);
+    }
+    return alive;
+}
+
+/* --- the walk object ----------------------------------------------------------------------- */
+
+static void walk_idle_close_cb(uv_handle_t *h)
+{
+    struct agent_fswalk *w = h->data;
+
+    free(w);
+}
+
+static void walk_free(struct agent_fswalk *w)
+{
+    while (w->top > 0) {
+        struct wframe *f = &w->st[--w->top];
+        (void)closedir(f->dir);
+        free(f->sets);
+    }
+    agent_strv_free(w->exts);
+    for (unsigned i = 0; i < w->nmatch; i++) {
+        regfree(&w->match[i]);
+    }
+    for (unsigned i = 0; i < w->nskip; i++) {
+        regfree(&w->skip[i]);
+    }
+    free(w->match);
+    free(w->skip);
+    gpat_free(&w->pat);
+    for (unsigned i = 0; i < w->nexcl; i++) {
+        gpat_free(&w->excl[i]);
+    }
+    free(w->excl);
+    msgpack_sbuffer_destroy(&w->out);
+    msgpack_sbuffer_destroy(&w->ent);
+    uv_close((uv_handle_t *)&w->idle, walk_idle_close_cb);
+}
+
+/* Pack one entry into w->ent: the current w->path, @name, @type, @depth, optional @e. */
+static void walk_entry(struct agent_fswalk *w, const char *name, const char *type, unsigned depth,
+                       const struct sbx_err *e)
+{
+    msgpack_packer *pk = &w->pk;
+
+    (void)msgpack_pack_map(pk, 4 + (e != NULL));
+    sbx_pack_cstr(pk, "path");
+    sbx_pack_bstr(pk, w->path, strlen(w->path));
+    sbx_pack_cstr(pk, "name");
+    sbx_pack_bstr(pk, name, strlen(name));
+    sbx_pack_kv_str(pk, "type", type);
+    sbx_pack_kv_u64(pk, "depth", depth);
+    if (e != NULL) {
+        sbx_pack_cstr(pk, "error");
+        sbx_pack_err(pk, e);
+    }
+}
+
+static bool regs_match(const regex_t *r, unsigned n, const char *s)
+{
+    for (unsigned i = 0; i < n; i++) {
+        if (regexec(&r[i], s, 0, NULL, 0) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool ext_ok(struct agent_fswalk *w, const char *name)
+{
+    size_t nl = strlen(name);
+
+    if (w->exts == NULL) {
+        return true;
+    }
+    for (char **e = w->exts; *e != NULL; e++) {
+        size_t el = strlen(*e);
+        bool dot = (*e)[0] == '.';
+        if (nl >= el + !dot && memcmp(name + nl - el, *e, el) == 0 &&
+            (dot || name[nl - el - 1] == '.')) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Open @name in the top frame's directory and push it; @sets (glob, taken over) are the
+ * position sets for it. Fills @e and returns -1 when it cannot be descended into. */
+static int walk_push(struct agent_fswalk *w, int dfd, const char *name, bool nofollow,
+                     unsigned depth, uint8_t *sets, struct sbx_err *e)
+{
+    struct stat st;
+    DIR *d;
+    int fd;
+
+    if (w->top >= SBX_FS_WALK_OPEN_MAX) {
+        free(sets);
+        sbx_err_set(e, SBX_E_LIMIT, "the walk is %u directories deep", SBX_FS_WALK_OPEN_MAX);
+        (void)snprintf(e->limit, sizeof(e->limit), "walk_depth");
+        sbx_err_set_path(e, w->path);
+        return -1;
+    }
+    fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0));
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int errnum = errno;
+        if (fd >= 0) {
+            (void)close(fd);
+        }
+        free(sets);
+        return agent_fs_err(e, errnum, "opendir", w->path);
+    }
+    for (unsigned i = 0; i < w->top; i++) {
+        if (w->st[i].dev == st.st_dev && w->st[i].ino == st.st_ino) {
+            (void)close(fd);
+            free(sets);
+            return agent_fs_err(e, ELOOP, "walk into a directory already on the path", w->path);
+        }
+    }
+    d = fdopendir(fd);
+    if (d == NULL) {
+        int errnum = errno;
+        (void)close(fd);
+        free(sets);
+        return agent_fs_err(e, errnum, "opendir", w->path);
+    }
+    w->st[w->top] = (struct wframe){
+        .dir = d,
+        .plen = strlen(w->path),
+        .depth = depth,
+        .dev = st.st_dev,
+        .ino = st.st_ino,
+        .sets = sets,
+    };
+    w->top++;
+    return 0;
+}
+
+/* The root entry of a walk: reported first when include_dirs, then descended into. */
+static bool walk_root(struct agent_fswalk *w)
+{
+    struct sbx_err e;
+    const char *name = w->path + w->rootlen;
+    struct stat st;
+    bool reported = false;
+    const char *type;
+
+    w->root_done = true;
+    while (name > w->path && name[-1] != '/') {
+        name--;
+    }
+    if (*name == '\0') {
+        name = w->path; /* "/" or "dir/" */
+    }
+    type = lstat(w->rootabs, &st) == 0 ? agent_fs_type_name(st.st_mode) : "dir";
+    if (w->inc_dirs && (w->nmatch == 0 || regs_match(w->match, w->nmatch, w->path))) {
+        walk_entry(w, name, type, 0, NULL);
+        reported = true;
+    }
+    if (w->max_depth > 0 && walk_push(w, AT_FDCWD, w->rootabs, false, 0, NULL, &e) < 0) {
+        if (reported) {
+            msgpack_sbuffer_clear(&w->ent);
+        }
+        walk_entry(w, name, type, 0, &e);
+        reported = true;
+    }
+    return reported;
+}
+
+/*
+ * Advance the traversal until one entry is packed into w->ent (1), the walk is over (0,
+ * w->done), or a batch of directory entries was read without one to report (-1: yield).
+ */
+static int walk_next(struct agent_fswalk *w)
+{
+    struct sbx_err e;
+
+    if (!w->root_done && !w->glob && walk_root(w)) {
+        return 1;
+    }
+    while (w->top > 0) {
+        struct wframe *f = &w->st[w->top - 1];
+        struct dirent *de;
+        const char *type;
+        size_t nl;
+        unsigned depth = f->depth + 1;
+        bool isdir, islink, descend = false, report;
+        uint8_t *sets = NULL;
+        struct stat st;
+
+        if (++w->scanned > 4 * SBX_FS_WALK_BATCH) {
+            return -1;
+        }
+        errno = 0;
+        de = readdir(f->dir);
+        if (de == NULL) {
+            int errnum = errno;
+            w->path[f->plen] = '\0';
+            (void)closedir(f->dir);
+            free(f->sets);
+            w->top--;
+            if (errnum != 0) {
+                const char *slash = strrchr(w->path, '/');
+                agent_fs_err(&e, errnum, "readdir", w->path);
+                walk_entry(w, slash != NULL && slash[1] != '\0' ? slash + 1 : w->path, "dir",
+                           f->depth, &e);
+                return 1;
+            }
+            if (w->top > 0) {
+                w->path[w->st[w->top - 1].plen] = '\0';
+            }
+            continue;
+        }
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+            continue;
+        }
+        nl = strlen(de->d_name);
+        if (f->plen + 1 + nl >= sizeof(w->path)) {
+            continue; /* cannot be named in a path the protocol carries */
+        }
+        if (f->plen > 0 && w->path[f->plen - 1] != '/') {
+            w->path[f->plen] = '/';
+            memcpy(w->path + f->plen + 1, de->d_name, nl + 1);
+        } else {
+            memcpy(w->path + f->plen, de->d_name, nl + 1);
+        }
+        type = agent_fs_dtype_name(de->d_type);
+        if (type == NULL) {
+            type = fstatat(dirfd(f->dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0
+                       ? agent_fs_type_name(st.st_mode)
+                       : "unknown";
+        }
+        isdir = strcmp(type, "dir") == 0;
+        islink = strcmp(type, "symlink") == 0;
+
+        if (!w->glob) {
+            if (w->nskip > 0 && regs_match(w->skip, w->nskip, w->path)) {
+                continue;
+            }
+            report = isdir ? w->inc_dirs : islink ? w->inc_links : w->inc_files;
+            if (report && !isdir && !ext_ok(w, de->d_name)) {
+                report = false;
+            }
+            if (report && w->nmatch > 0 && !regs_match(w->match, w->nmatch, w->path)) {
+                report = false;
+            }
+            if (depth < w->max_depth) {
+                descend = isdir ||
+                          (islink && w->follow && fstatat(dirfd(f->dir), de->d_name, &st, 0) == 0 &&
+                           S_ISDIR(st.st_mode));
+            }
+        } else {
+            /* Glob: advance the pattern and every exclude by this component. */
+            size_t off = 0;
+            bool alive, loopable, excluded = false;
+            sets = malloc(w->setstotal);
+            if (sets == NULL) {
+                continue;
+            }
+            alive = gpat_step(&w->pat, f->sets, de->d_name, true, sets);
+            off = w->pat.setsz;
+            for (unsigned i = 0; i < w->nexcl; i++) {
+                (void)gpat_step(&w->excl[i], f->sets + off, de->d_name, true, sets + off);
+                excluded |= set_has(sets + off, w->excl[i].n);
+                off += w->excl[i].setsz;
+            }
+            if (excluded) {
+                free(sets);
+                continue;
+            }
+            report = set_has(sets, w->pat.n) && (w->inc_dirs || !isdir);
+            if (islink && alive && fstatat(dirfd(f->dir), de->d_name, &st, 0) == 0 &&
+                S_ISDIR(st.st_mode)) {
+                /* A link reached only through `**` is followed only with follow_symlinks. */
+                uint8_t *strict = w->follow ? NULL : malloc(w->pat.setsz);
+                loopable = w->follow || (strict != NULL &&
+                                         gpat_step(&w->pat, f->sets, de->d_name, false, strict));
+                if (strict != NULL && loopable) {
+                    memcpy(sets, strict, w->pat.setsz);
+                }
+                free(strict);
+                descend = loopable;
+            } else {
+                descend = isdir && alive;
+            }
+            if (!descend) {
+                free(sets);
+                sets = NULL;
+            }
+        }
+        if (descend && walk_push(w, dirfd(f->dir), de->d_name, !islink, depth, sets, &e) < 0) {
+            walk_entry(w, de->d_name, type, depth, &e);
+            return 1;
+        }
+        if (report) {
+            walk_entry(w, de->d_name, type, depth, NULL);
+            return 1;
+        }
+    }
+    w->done = true;
+    return 0;
+}
+
+/* Send what is buffered if the credit covers it. */
+static bool walk_flush(struct agent_fswalk *w)
+{
+    if (w->out.size == 0) {
+        return true;
+    }
+    if (agent_stream_writable(w->s) < w->out.size) {
+        return false;
+    }
+    agent_stream_send_copy(w->s, w->out.data, (uint32_t)w->out.size);
+    msgpack_sbuffer_clear(&w->out);
+    return true;
+}
+
+static void walk_idle_cb(uv_idle_t *h)
+{
+    struct agent_fswalk *w = h->data;
+    unsigned budget = SBX_FS_WALK_BATCH;
+
+    w->scanned = 0;
+    while (budget > 0) {
+        uint32_t room = agent_stream_writable(w->s);
+        if (room > SBX_STREAM_CHUNK_MAX) {
+            room = SBX_STREAM_CHUNK_MAX;
+        }
+        if (w->ent.size > 0) {
+            if (w->out.size + w->ent.size <= room) {
+                if (msgpack_sbuffer_write(&w->out, w->ent.data, w->ent.size) != 0) {
+                    budget = 0;
+                    break;
+                }
+                msgpack_sbuffer_clear(&w->ent);
+            } else if (w->out.size > 0 && walk_flush(w)) {
+                continue;
+            } else {
+                (void)uv_idle_stop(&w->idle); /* ready() restarts us when credit arrives */
+                return;
+            }
+        }
+        if (w->done) {
+            if (!walk_flush(w)) {
+                (void)uv_idle_stop(&w->idle);
+                return;
+            }
+            agent_stream_end(w->s, NULL, false);
+            w->s = NULL;
+            walk_free(w);
+            return;
+        }
+        switch (walk_next(w)) {
+        case 1:
+            budget--;
+            break;
+        case 0:
+            break; /* done: ended above, after the last entry is out */
+        default:
+            budget = 0; /* read a batch without a match: yield */
+            break;
+        }
+    }
+    if (!walk_flush(w)) {
+        (void)uv_idle_stop(&w->idle);
+    }
+}
+
+static void walk_ready(struct agent_stream *s)
+{
+    struct agent_fswalk *w = s->owner;
+
+    (void)uv_idle_start(&w->idle, walk_idle_cb);
+}
+
+static void walk_gone(struct agent_stream *s, bool cancelled)
+{
+    struct agent_fswalk *w = s->owner;
+
+    w->s = NULL;
+    walk_free(w);
+}
+
+static const struct agent_stream_ops walk_ops = {
+    .ready = walk_ready,
+    .gone = walk_gone,
+};
+
+static int regs_param(const msgpack_object *params, const char *key, regex_t **out, unsigned *n,
+                      struct sbx_err *err)
+{
+    char **v = NULL;
+    unsigned k = 0;
+
+    if (agent_fs_strv_param(params, key, SBX_FS_REGEX_MAX, &v, err) < 0) {
+        return -1;
+    }
+    if (v == NULL) {
+        return 0;
+    }
+    while (v[k] != NULL) {
+        k++;
+    }
+    *out = calloc(k, sizeof(**out));
+    if (*out == NULL) {
+        agent_strv_free(v);
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+    }
+    for (unsigned i = 0; i < k; i++) {
+        int r = regcomp(&(*out)[i], v[i], REG_EXTENDED | REG_NOSUB);
+        if (r != 0) {
+            char msg[128];
+            (void)regerror(r, &(*out)[i], msg, sizeof(msg));
+            sbx_err_param(err, key, "%s[%u]: %s", key, i, msg);
+            (void)snprintf(err->field, sizeof(err->field), "%s[%u]", key, i);
+            agent_strv_free(v);
+            return -1;
+        }
+        *n = i + 1;
+    }
+    agent_strv_free(v);
+    return 0;
+}
+
+static struct agent_fswalk *walk_new(struct agent_conn *c)
+{
+    struct agent_fswalk *w = calloc(1, sizeof(*w));
+
+    if (w == NULL) {
+        return NULL;
+    }
+    w->conn = c;
+    w->inc_files = w->inc_dirs = w->inc_links = true;
+    w->max_depth = UINT64_MAX;
+    msgpack_sbuffer_init(&w->out);
+    msgpack_sbuffer_init(&w->ent);
+    msgpack_packer_init(&w->pk, &w->ent, msgpack_sbuffer_write);
+    (void)uv_idle_init(c->a->loop, &w->idle);
+    w->idle.data = w;
+    return w;
+}
+
+/* Check the root is a directory we can open, create the stream, reply and start. */
+static void walk_start(struct agent_conn *c, const struct sbx_msg *m, struct agent_fswalk *w)
+{
+    struct sbx_err err;
+    struct stat st;
+    msgpack_packer *pk;
+
+    errno = 0;
+    if (stat(w->rootabs, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        int errnum = errno;
+        agent_fs_err(&err, errnum == 0 ? ENOTDIR : errnum, w->glob ? "glob" : "walk", w->rootabs);
+        agent_conn_reply_error(c, m->id, &err);
+        walk_free(w);
+        return;
+    }
+    if (w->glob) {
+        /* The root's position sets: every pattern at its start. */
+        uint8_t *sets = calloc(1, w->setstotal);
+        size_t off = w->pat.setsz;
+        if (sets == NULL) {
+            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+            agent_conn_reply_error(c, m->id, &err);
+            walk_free(w);
+            return;
+        }
+        set_add(sets, 0);
+        gpat_closure(&w->pat, sets);
+        for (unsigned i = 0; i < w->nexcl; i++) {
+            set_add(sets + off, 0);
+            gpat_closure(&w->excl[i], sets + off);
+            off += w->excl[i].setsz;
+        }
+        w->root_done = true;
+        if (walk_push(w, AT_FDCWD, w->rootabs, false, 0, sets, &err) < 0) {
+            agent_conn_reply_error(c, m->id, &err);
+            walk_free(w);
+            return;
+        }
+        w->st[0].plen = w->rootlen;
+    }
+    w->s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &walk_ops, w, &err);
+    if (w->s == NULL) {
+        agent_conn_reply_error(c, m->id, &err);
+        walk_free(w);
+        return;
+    }
+    pk = agent_conn_begin(c);
+    sbx_pack_response_head(pk, m->id);
+    (void)msgpack_pack_map(pk, 1);
+    sbx_pack_kv_u64(pk, "stream", w->s->id);
+    agent_conn_send(c);
+    (void)uv_idle_start(&w->idle, walk_idle_cb);
+}
+
+void agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent_fswalk *w = walk_new(c);
+    struct sbx_err err;
+
+    if (w == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, w->rootabs, &err) < 0 ||
+        sbx_param_bstr(m->params, "path", SBX_REQUIRED, w->path, AGENT_FS_PATH_BUF, &err) < 0 ||
+        sbx_param_u64(m->params, "max_depth", SBX_OPTIONAL, 0, UINT64_MAX, &w->max_depth, &err) <
+            0 ||
+        sbx_param_bool(m->params, "include_files", SBX_OPTIONAL, &w->inc_files, &err) < 0 ||
+        sbx_param_bool(m->params, "include_dirs", SBX_OPTIONAL, &w->inc_dirs, &err) < 0 ||
+        sbx_param_bool(m->params, "include_symlinks", SBX_OPTIONAL, &w->inc_links, &err) < 0 ||
+        sbx_param_bool(m->params, "follow_symlinks", SBX_OPTIONAL, &w->follow, &err) < 0 ||
+        agent_fs_strv_param(m->params, "exts", SBX_FS_NAME_MAX, &w->exts, &err) < 0 ||
+        regs_param(m->params, "match", &w->match, &w->nmatch, &err) < 0 ||
+        regs_param(m->params, "skip", &w->skip, &w->nskip, &err) < 0) {
+        agent_conn_reply_error(c, m->id, &err);
+        walk_free(w);
+        return;
+    }
+    w->rootlen = strlen(w->path);
+    walk_start(c, m, w);
+}
+
+void agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent_fswalk *w = walk_new(c);
+    char pattern[AGENT_FS_PATH_BUF];
+    char **excl = NULL;
+    struct sbx_err err;
+    int r;
+
+    if (w == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    w->glob = true;
+    w->max_depth = SBX_FS_WALK_OPEN_MAX;
+    if (sbx_param_bstr(m->params, "pattern", SBX_REQUIRED, pattern, sizeof(pattern), &err) < 0 ||
+        (r = agent_fs_path_param(m->params, "root", SBX_OPTIONAL, w->rootabs, &err)) < 0 ||
+        sbx_param_bool(m->params, "include_dirs", SBX_OPTIONAL, &w->inc_dirs, &err) < 0 ||
+        sbx_param_bool(m->params, "follow_symlinks", SBX_OPTIONAL, &w->follow, &err) < 0 ||
+        agent_fs_strv_param(m->params, "exclude", SBX_PATH_MAX, &excl, &err) < 0 ||
+        gpat_compile(&w->pat, pattern, "pattern", &err) < 0) {
+        agent_strv_free(excl);
+        agent_conn_reply_error(c, m->id, &err);
+        walk_free(w);
+        return;
+    }
+    if (pattern[0] == '/') {
+        memcpy(w->rootabs, "/", 2);
+        memcpy(w->path, "/", 2);
+    } else if (r == 0) {
+        (void)sbx_param_bstr(m->params, "root", SBX_OPTIONAL, w->path, AGENT_FS_PATH_BUF, &err);
+    } else if (sbx_param_bstr(m->params, "cwd", SBX_OPTIONAL, w->rootabs, AGENT_FS_PATH_BUF,
+                              &err) == 0 &&
+               w->rootabs[0] == '/') {
+        memcpy(w->path, w->rootabs, strlen(w->rootabs) + 1);
+    } else {
+        memcpy(w->rootabs, "/", 2);
+        memcpy(w->path, "/", 2);
+    }
+    w->setstotal = w->pat.setsz;
+    for (char **e = excl; e != NULL && *e != NULL; e++) {
+        w->nexcl++;
+    }
+    w->excl = calloc(w->nexcl + 1, sizeof(*w->excl));
+    for (unsigned i = 0; w->excl != NULL && i < w->nexcl; i++) {
+        if (gpat_compile(&w->excl[i], excl[i], "exclude", &err) < 0) {
+            (void)snprintf(err.field, sizeof(err.field), "exclude[%u]", i);
+            w->nexcl = i;
+            agent_strv_free(excl);
+            agent_conn_reply_error(c, m->id, &err);
+            walk_free(w);
+            return;
+        }
+        w->setstotal += w->excl[i].setsz;
+    }
+    agent_strv_free(excl);
+    if (w->excl == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        agent_conn_reply_error(c, m->id, &err);
+        walk_free(w);
+        return;
+    }
+    w->rootlen = strlen(w->path);
+    walk_start(c, m, w);
+}
