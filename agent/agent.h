@@ -281,6 +281,11 @@ void agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m);
 /* Entry streams (§17.4, §17.5), fswalk.c. */
 void agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m);
 void agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m);
+/* Watches (§17.6), fswatch.c: inotify, per connection. */
+void agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_unwatch(struct agent_conn *c, const struct sbx_msg *m);
+/* End the connection's watches and release its inotify instance (called by agent_fs_conn_gone). */
+void agent_fswatch_conn_gone(struct agent_conn *c);
 /* File handles (§17.7), per connection. */
 void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m);
 void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m);

@@ -48,6 +48,8 @@ static const struct agent_method methods[] = {
     { "fs.mktemp", agent_fs_mktemp, 1 },
     { "fs.walk", agent_fs_walk, 1 },
     { "fs.glob", agent_fs_glob, 1 },
+    { "fs.watch", agent_fs_watch, 1 },
+    { "fs.unwatch", agent_fs_unwatch, 1 },
     { "fs.open", agent_fs_open, 1 },
     { "fs.read", agent_fs_read, 1 },
     { "fs.write", agent_fs_write, 1 },

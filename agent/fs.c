@@ -1589,6 +1589,7 @@ void agent_fs_conn_gone(struct agent_conn *c)
 {
     struct agent_fs *fs = c->fs;
 
+    agent_fswatch_conn_gone(c);
     if (fs == NULL) {
         return;
     }

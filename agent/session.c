@@ -7,7 +7,8 @@
 
 #include "agent.h"
 
-const char *const agent_capabilities[] = { "session", "env", "process", "pty", "transfer", NULL };
+const char *const agent_capabilities[] = { "session", "env",      "process", "pty",
+                                           "fs",      "transfer", NULL };
 
 /* Compare without an early exit, so the token cannot be guessed byte by byte from timing. */
 static bool token_equal(const char *want, const char *got, size_t glen)

@@ -101,6 +101,9 @@ class NobodyAgent(w.Agent):
 
 
 class TestFsPaths(FsCase):
+    def test_capability_announced(self):
+        self.assertIn("fs", self.agent.connect(hello=False).hello()["capabilities"])
+
     def check_info(self, info, st, target=None):
         self.assertEqual(info["size"], st.st_size)
         self.assertEqual(info["mode"], st.st_mode)
@@ -740,6 +743,166 @@ class TestFsWalk(FsCase):
             self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", field), params)
         self.assertErrno("fs.glob", {"pattern": "*", "root": self.p("nope")}, "ENOENT")
         self.assertErrno("fs.glob", {"pattern": "*", "root": t + "/x.txt"}, "ENOTDIR")
+
+
+class TestFsWatch(FsCase):
+    def events(self, wid, until, timeout=10, conn=None):
+        """fs.event params of watch wid until until(list) holds (or the timeout)."""
+        c = conn or self.c
+        got = []
+        deadline = time.time() + timeout
+        c.sock.settimeout(0.2)
+        try:
+            while time.time() < deadline and not until(got):
+                try:
+                    m = c.recv()
+                except OSError:
+                    continue
+                if m is None:
+                    break
+                if m[0] == 2 and m[1] == "fs.event" and m[2]["watch"] == wid:
+                    got.append(m[2])
+        finally:
+            c.sock.settimeout(30)
+        return got
+
+    def kinds(self, evs):
+        return [(e["kind"], e["path"]) + ((e["from"],) if "from" in e else ()) for e in evs]
+
+    def wait_for(self, wid, *want):
+        evs = self.events(wid, lambda g: all(x in self.kinds(g) for x in want))
+        for x in want:
+            self.assertIn(x, self.kinds(evs))
+        return evs
+
+    def test_create_modify_rename_remove(self):
+        d = self.d
+        wid = self.c.call("fs.watch", {"path": d})["watch"]
+        self.assertEqual(wid, 1)
+        f = self.write("f", b"1")
+        self.wait_for(wid, ("create", f), ("modify", f))
+        with open(f, "ab") as fp:
+            fp.write(b"more")
+        self.wait_for(wid, ("modify", f))
+        os.chmod(f, 0o600)
+        self.wait_for(wid, ("modify", f))
+        os.rename(f, self.p("g"))
+        self.wait_for(wid, ("rename", self.p("g"), f))
+        os.unlink(self.p("g"))
+        self.wait_for(wid, ("remove", self.p("g")))
+        # moved out of and into the watched tree
+        out = tempfile.mkdtemp(prefix="sbx-fs-out-")
+        try:
+            self.write("h")
+            self.wait_for(wid, ("create", self.p("h")))
+            os.rename(self.p("h"), out + "/h")
+            self.wait_for(wid, ("remove", self.p("h")))
+            with open(out + "/i", "w"):
+                pass
+            os.rename(out + "/i", self.p("i"))
+            self.wait_for(wid, ("create", self.p("i")))
+        finally:
+            shutil.rmtree(out)
+        # not recursive: nothing from inside a subdirectory
+        os.mkdir(self.p("sub"))
+        self.wait_for(wid, ("create", self.p("sub")))
+        self.write("sub/x")
+        evs = self.events(wid, lambda g: False, timeout=0.5)
+        self.assertNotIn(self.p("sub/x"), [e["path"] for e in evs])
+        # after unwatch: silence; unwatch again is fine; never issued is NOT_FOUND
+        self.assertEqual(self.c.call("fs.unwatch", {"watch": wid}), {})
+        self.write("after")
+        self.assertEqual(self.events(wid, lambda g: False, timeout=0.5), [])
+        self.assertEqual(self.c.call("fs.unwatch", {"watch": wid}), {})
+        self.assertEqual(self.err("fs.unwatch", {"watch": 99})["code"], "NOT_FOUND")
+        self.assertEqual(self.err("fs.unwatch", {"watch": 0})["code"], "NOT_FOUND")
+        self.assertEqual(self.c.call("fs.watch", {"path": d})["watch"], 2)  # never reused
+
+    def test_recursive(self):
+        os.makedirs(self.p("a/b"))
+        wid = self.c.call("fs.watch", {"path": "a", "cwd": self.d, "recursive": True})["watch"]
+        self.write("a/b/old")
+        self.wait_for(wid, ("create", "a/b/old"))
+        os.makedirs(self.p("a/new/deeper"))
+        self.wait_for(wid, ("create", "a/new"))
+        time.sleep(0.3)  # let the agent add the new directories (§17.6)
+        self.write("a/new/deeper/f", b"x")
+        self.wait_for(wid, ("create", "a/new/deeper/f"))
+        os.rename(self.p("a/new"), self.p("a/b/moved"))
+        self.wait_for(wid, ("rename", "a/b/moved", "a/new"))
+        self.write("a/b/moved/deeper/g")
+        self.wait_for(wid, ("create", "a/b/moved/deeper/g"))
+        shutil.rmtree(self.p("a/b/moved"))
+        self.wait_for(wid, ("remove", "a/b/moved/deeper/g"), ("remove", "a/b/moved"))
+
+    def test_root_removed_and_file_watch(self):
+        f = self.write("f")
+        fw = self.c.call("fs.watch", {"path": f})["watch"]
+        os.mkdir(self.p("gone"))
+        gw = self.c.call("fs.watch", {"path": self.p("gone"), "recursive": True})["watch"]
+        with open(f, "w") as fp:
+            fp.write("x")
+        self.wait_for(fw, ("modify", f))
+        os.rmdir(self.p("gone"))
+        self.wait_for(gw, ("remove", self.p("gone")))
+        os.unlink(f)
+        self.wait_for(fw, ("remove", f))
+        os.mkdir(self.p("gone"))  # the watch has ended: nothing more
+        self.assertEqual(self.events(gw, lambda g: False, timeout=0.5), [])
+        self.assertEqual(self.c.call("fs.unwatch", {"watch": gw}), {})
+
+    def test_errors_cap_and_cleanup(self):
+        self.assertErrno("fs.watch", {"path": self.p("nope")}, "ENOENT", self.p("nope"))
+        self.assertEqual(self.err("fs.watch", {})["field"], "path")
+        self.assertEqual(self.err("fs.watch", {"path": self.d, "recursive": 1})["field"],
+                         "recursive")
+        self.assertEqual(self.err("fs.unwatch", {"watch": "x"})["field"], "watch")
+        pid = self.agent.proc.pid
+        base = len(os.listdir("/proc/%d/fd" % pid))
+        c2 = self.agent.connect()
+        for i in range(64):
+            os.mkdir(self.p("w%d" % i))
+            c2.call("fs.watch", {"path": self.p("w%d" % i), "recursive": True})
+        e = self.err("fs.watch", {"path": self.d}, c2)
+        self.assertEqual((e["code"], e["limit"]), ("LIMIT", "max_watches"))
+        # the same directory twice on one connection: both watches get its events
+        a = self.c.call("fs.watch", {"path": self.d})["watch"]
+        b = self.c.call("fs.watch", {"path": self.d})["watch"]
+        self.write("both")
+        self.wait_for(a, ("create", self.p("both")))
+        self.c.call("fs.unwatch", {"watch": a})
+        self.write("still")
+        self.wait_for(b, ("create", self.p("still")))
+        c2.close()
+        deadline = time.time() + 10
+        while len(os.listdir("/proc/%d/fd" % pid)) > base + 1 and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertLessEqual(len(os.listdir("/proc/%d/fd" % pid)), base + 1)
+        self.assertEqual(self.c.call("ping"), {})
+
+    def test_congested_connection_overflows(self):
+        """A client that stops reading: the agent stops reading inotify at its output cap, the
+        kernel queue overflows, and the client is told so; the agent stays small."""
+        with open("/proc/sys/fs/inotify/max_queued_events") as f:
+            kernel_queue = int(f.read())
+        wid = self.c.call("fs.watch", {"path": self.d})["watch"]
+        n = kernel_queue + 30000
+        for i in range(n):
+            os.close(os.open(self.p("%06d-%s" % (i, "x" * 100)), os.O_CREAT | os.O_WRONLY))
+        time.sleep(0.5)
+        rss = self.agent.rss_kb()
+        # Read the raw bytes (tens of thousands of small frames) until the overflow event.
+        raw = bytearray(self.c.buf)
+        deadline = time.time() + 60
+        while b"\xa8overflow" not in raw and time.time() < deadline:
+            chunk = self.c.sock.recv(1 << 20)
+            if not chunk:
+                break
+            raw += chunk
+        self.assertIn(b"\xa4kind\xa8overflow\xa4path\xc0", raw)
+        self.assertLess(raw.count(b"\xa6create"), n)
+        self.assertLess(rss, 64 * 1024, "agent RSS %d KiB while congested" % rss)
+        self.assertEqual(self.agent.connect().call("ping"), {})
 
 
 if __name__ == "__main__":
