@@ -147,13 +147,23 @@ void agent_conn_send(struct agent_conn *c)
         agent_conn_close(c);
         return;
     }
-    wr->ctl = sbx_out_steal(&c->out, &wr->len);
+    if (c->out.sb.size <= 16384) {
+        /* A small frame gets an exact copy: stealing would pin the encoder's whole buffer (8 KiB
+         * at least) per queued frame, which many queued notifications (fs.event) multiply. */
+        wr->len = c->out.sb.size;
+        wr->ctl = malloc(wr->len);
+        if (wr->ctl != NULL) {
+            memcpy(wr->ctl, c->out.sb.data, wr->len);
+        }
+    } else {
+        wr->ctl = sbx_out_steal(&c->out, &wr->len);
+        sbx_out_init(&c->out);
+    }
     if (wr->ctl == NULL) {
         free(wr);
         agent_conn_close(c);
         return;
     }
-    sbx_out_init(&c->out);
     buf = uv_buf_init(wr->ctl, (unsigned)wr->len);
     conn_write(c, wr, &buf, 1);
 }
