@@ -19,6 +19,8 @@ import sbxwire as w  # noqa: E402
 BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
 AGENT = os.path.join(BUILD, "bin", "sbx-agent")
 NOBODY = 65534
+with open(AGENT, "rb") as _f:
+    SANITIZED = b"AddressSanitizer" in _f.read()
 
 
 class FsCase(unittest.TestCase):
@@ -901,7 +903,8 @@ class TestFsWatch(FsCase):
             raw += chunk
         self.assertIn(b"\xa4kind\xa8overflow\xa4path\xc0", raw)
         self.assertLess(raw.count(b"\xa6create"), n)
-        self.assertLess(rss, 64 * 1024, "agent RSS %d KiB while congested" % rss)
+        if not SANITIZED:  # ASan's quarantine keeps freed frames resident: not a measure
+            self.assertLess(rss, 16 * 1024, "agent RSS %d KiB while congested" % rss)
         self.assertEqual(self.agent.connect().call("ping"), {})
 
 
