@@ -29,6 +29,7 @@ static const struct command commands[] = {
     { "kill", cli_cmd_kill, "send a signal to a process" },
     { "wait", cli_cmd_wait, "wait for a process and exit with its status" },
     { "cp", cli_cmd_cp, "copy files into or out of the sandbox (sbx cp LOCAL :REMOTE)" },
+    { "fs", cli_cmd_fs, "files in the guest: ls, stat, cat, write, mkdir, rm, find, watch, ..." },
     { "call", cli_cmd_call, "send any request with JSON params and print the JSON result" },
 };
 

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Integration tests: `sbx fs ...` against the real agent over a unix socket."""
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_cli import SBX, CliCase  # noqa: E402
+
+
+class TestCliFs(CliCase):
+    def setUp(self):
+        super().setUp()
+        self.d = tempfile.mkdtemp(prefix="sbx-clifs-")
+        os.makedirs(self.d + "/sub/deep")
+        with open(self.d + "/a.txt", "w") as f:
+            f.write("hello\n")
+        with open(self.d + "/sub/deep/b.py", "w") as f:
+            f.write("print(1)\n")
+        os.symlink("a.txt", self.d + "/link")
+
+    def tearDown(self):
+        shutil.rmtree(self.d, ignore_errors=True)
+        super().tearDown()
+
+    def ok(self, *args, **kw):
+        r = self.sbx(*args, **kw)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def test_help(self):
+        for args in (("fs", "--help"), ("fs", "ls", "--help"), ("fs", "-h")):
+            out = self.ok(*args)
+            self.assertIn(b"Usage: sbx fs", out)
+            for sub in (b"ls", b"stat", b"mkdir", b"rm", b"mv", b"cp", b"cat", b"write",
+                        b"chmod", b"ln", b"readlink", b"realpath", b"mktemp", b"find", b"glob",
+                        b"watch"):
+                self.assertIn(b"  " + sub + b" ", out)
+        r = self.sbx("fs")
+        self.assertEqual(r.returncode, 2)
+        r = self.sbx("fs", "frobnicate")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(b"unknown command", r.stderr)
+        r = self.sbx("fs", "mv", "onlyone")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(b"fs", self.ok("--help"))
+
+    def test_ls_and_stat(self):
+        self.assertEqual(self.ok("fs", "ls", self.d), b"a.txt\nlink\nsub/\n")
+        out = self.ok("fs", "ls", "-l", self.d).decode()
+        self.assertRegex(out, r"-rw-r--r-- +1 +0 +0 +6 \S+ \S+ a\.txt\n")
+        self.assertIn("link -> a.txt", out)
+        self.assertEqual(json.loads(self.ok("--json", "fs", "ls", self.d)),
+                         [{"name": "a.txt", "type": "file"}, {"name": "link", "type": "symlink"},
+                          {"name": "sub", "type": "dir"}])
+        info = json.loads(self.ok("fs", "stat", "--json", self.d + "/a.txt"))
+        st = os.stat(self.d + "/a.txt")
+        self.assertEqual((info["size"], info["mode"], info["ino"], info["mtime_ns"]),
+                         (6, st.st_mode, st.st_ino, st.st_mtime_ns))
+        info = json.loads(self.ok("fs", "stat", "-L", "--json", self.d + "/link"))
+        self.assertEqual((info["type"], info["target"]), ("symlink", "a.txt"))
+        out = self.ok("fs", "stat", self.d + "/a.txt").decode()
+        self.assertIn("Mode: 0644 (-rw-r--r--)", out)
+        self.assertIn("Size: 6", out)
+        r = self.sbx("fs", "stat", self.d + "/nope")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"No such file or directory (ENOENT)", r.stderr)
+        self.assertIn(self.d.encode() + b"/nope", r.stderr)
+        # relative paths with --cwd
+        self.assertEqual(self.ok("fs", "ls", "--cwd", self.d, "sub"), b"deep/\n")
+
+    def test_mkdir_rm_mv_cp_ln_chmod(self):
+        self.ok("fs", "mkdir", "-p", "-m", "700", self.d + "/x/y/z")
+        self.assertEqual(stat.S_IMODE(os.stat(self.d + "/x/y/z").st_mode), 0o700)
+        r = self.sbx("fs", "mkdir", self.d + "/x")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"EEXIST", r.stderr)
+        r = self.sbx("fs", "rm", self.d + "/x")
+        self.assertIn(b"ENOTEMPTY", r.stderr)
+        self.ok("fs", "rm", "-r", self.d + "/x")
+        self.assertFalse(os.path.exists(self.d + "/x"))
+        self.ok("fs", "mv", self.d + "/a.txt", self.d + "/b.txt")
+        self.ok("fs", "cp", self.d + "/b.txt", self.d + "/c.txt")
+        self.ok("fs", "cp", "-r", self.d + "/sub", self.d + "/sub2")
+        self.assertTrue(os.path.exists(self.d + "/sub2/deep/b.py"))
+        self.ok("fs", "ln", "-s", "b.txt", self.d + "/s")
+        self.assertEqual(self.ok("fs", "readlink", self.d + "/s"), b"b.txt\n")
+        self.assertEqual(self.ok("fs", "realpath", self.d + "/s"),
+                         os.path.realpath(self.d + "/b.txt").encode() + b"\n")
+        self.ok("fs", "ln", self.d + "/b.txt", self.d + "/h")
+        self.assertEqual(os.stat(self.d + "/h").st_nlink, 2)
+        self.ok("fs", "chmod", "640", self.d + "/c.txt")
+        self.assertEqual(stat.S_IMODE(os.stat(self.d + "/c.txt").st_mode), 0o640)
+        self.assertEqual(self.sbx("fs", "chmod", "9z", self.d + "/c.txt").returncode, 2)
+        p = self.ok("fs", "mktemp", "-d", "--dir", self.d, "--prefix", "t.").strip().decode()
+        self.assertTrue(os.path.isdir(p) and os.path.basename(p).startswith("t."))
+
+    def test_cat_write(self):
+        self.assertEqual(self.ok("fs", "cat", self.d + "/a.txt", self.d + "/a.txt"),
+                         b"hello\nhello\n")
+        data = os.urandom(700000)
+        self.ok("fs", "write", self.d + "/big", input=data, stdin=None)
+        with open(self.d + "/big", "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertEqual(self.ok("fs", "cat", self.d + "/big"), data)
+        self.ok("fs", "write", "-a", self.d + "/big", input=b"tail", stdin=None)
+        self.assertEqual(os.path.getsize(self.d + "/big"), 700004)
+        r = self.sbx("fs", "cat", self.d + "/nope")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"ENOENT", r.stderr)
+
+    def test_find_glob(self):
+        out = self.ok("fs", "find", self.d).decode().split("\n")[:-1]
+        self.assertEqual(sorted(out), sorted([self.d, self.d + "/a.txt", self.d + "/link",
+                                              self.d + "/sub", self.d + "/sub/deep",
+                                              self.d + "/sub/deep/b.py"]))
+        self.assertEqual(self.ok("fs", "find", self.d, "--type", "f", "--ext", "py"),
+                         (self.d + "/sub/deep/b.py\n").encode())
+        self.assertEqual(self.ok("fs", "find", self.d, "--maxdepth", "1", "--type", "d"),
+                         (self.d + "\n" + self.d + "/sub\n").encode())
+        es = [json.loads(x) for x in self.ok("--json", "fs", "find", self.d).splitlines()]
+        self.assertEqual(es[0]["depth"], 0)
+        self.assertEqual(self.ok("fs", "glob", "**/*.py", "--root", self.d),
+                         (self.d + "/sub/deep/b.py\n").encode())
+        self.assertEqual(self.ok("fs", "glob", self.d + "/*.txt"),
+                         (self.d + "/a.txt\n").encode())
+        r = self.sbx("fs", "find", self.d + "/nope")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"ENOENT", r.stderr)
+
+    def test_watch(self):
+        p = subprocess.Popen([SBX, "-c", self.addr, "fs", "watch", "-r", self.d],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            time.sleep(0.5)
+            with open(self.d + "/sub/new", "w") as f:
+                f.write("x")
+            os.unlink(self.d + "/a.txt")
+            time.sleep(0.5)
+        finally:
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=10)
+        self.assertEqual(p.returncode, 0, err)
+        lines = out.decode().splitlines()
+        self.assertIn("create " + self.d + "/sub/new", lines)
+        self.assertIn("remove " + self.d + "/a.txt", lines)
+
+
+if __name__ == "__main__":
+    unittest.main()
