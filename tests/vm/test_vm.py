@@ -8,6 +8,7 @@ checks against it; the console log of every VM is kept in $SBX_VM_IMAGES/logs/CL
 Environment (set by tests/vm/CMakeLists.txt): SBX_BUILD, SBX_VM_IMAGES, SBX_VSOCK_RELAY.
 """
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -174,6 +175,24 @@ class TestBoot(VMCase):
         self.assertEqual(self.sh('printf "%s|%s" "$FOO" "$GREETING"'), "bar|hello world")
         p = self.sbx("env", "get", "FOO")
         self.assertEqual((p.returncode, p.stdout), (0, b"bar\n"))
+
+    def test_fs_stat_ls_in_guest(self):
+        """`sbx fs` against the guest's own file system: what the guest's tools also say."""
+        self.assertIn("fs", self.vm.hello["capabilities"])
+        p = self.sbx("fs", "ls", "/")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"proc/\n", p.stdout)
+        p = self.sbx("--json", "fs", "stat", "/bin/sh")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        info = json.loads(p.stdout)
+        self.assertEqual(info["ino"], int(self.sh("stat -L -c %i /bin/sh")))
+        self.assertEqual(info["size"], int(self.sh("stat -L -c %s /bin/sh")))
+        p = self.sbx("fs", "write", "/tmp/fs-vm", input=b"from the host\n")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(self.sh("cat /tmp/fs-vm"), "from the host\n")
+        p = self.sbx("fs", "stat", "/no/such")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"ENOENT", p.stderr)
 
     def test_zz_shutdown_request_powers_off(self):
         """Last: a `shutdown` request powers the VM off cleanly (QEMU exit status 0)."""
