@@ -8,7 +8,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <fnmatch.h>
 #include <regex.h>
 #include <stdio.h>
 #include <string.h>
@@ -16,7 +15,8 @@
 
 #include "fs.h"
 
-#define ALTS_MAX 256u /* brace alternatives of one pattern component */
+#define ALTS_MAX   256u /* brace alternatives of one pattern component */
+#define BRACES_MAX 32u  /* '{' in one component: bounds the work of expanding them */
 
 /* One `/`-separated pattern component: `**`, or a list of fnmatch alternatives (braces
  * expanded). */
@@ -186,6 +186,17 @@ static int gpat_compile(struct gpat *g, const char *s, const char *field, struct
             return sbx_err_param(err, field, "%s: \".\" and \"..\" components are not allowed",
                                  field);
         }
+        if (memchr(p, '{', n) != NULL) {
+            unsigned braces = 0;
+            for (size_t i = 0; i < n; i++) {
+                braces += p[i] == '{';
+            }
+            if (braces > BRACES_MAX) {
+                gpat_free(g);
+                return sbx_err_param(err, field, "%s: more than %u braces in a component", field,
+                                     BRACES_MAX);
+            }
+        }
         g->n++;
         if (n == 2 && p[0] == '*' && p[1] == '*') {
             if (g->n >= 2 && g->c[g->n - 2].globstar) {
@@ -228,10 +239,90 @@ static void gpat_closure(const struct gpat *g, uint8_t *set)
     }
 }
 
+/* Match one pattern character (literal, `\x`, `?` or a `[...]` class) at @p against @ch. Returns
+ * the position after it, or NULL when it does not match. */
+static const char *match_one(const char *p, unsigned char ch)
+{
+    if (*p == '?') {
+        return p + 1;
+    }
+    if (*p == '\\' && p[1] != '\0') {
+        return (unsigned char)p[1] == ch ? p + 2 : NULL;
+    }
+    if (*p == '[') {
+        const char *q = p + 1;
+        bool neg = false, hit = false;
+        if (*q == '!' || *q == '^') {
+            neg = true;
+            q++;
+        }
+        for (bool first = true; *q != '\0' && (*q != ']' || first); first = false) {
+            unsigned char lo = (unsigned char)*q, hi;
+            if (*q == '\\' && q[1] != '\0') {
+                lo = (unsigned char)*++q;
+            }
+            q++;
+            hi = lo;
+            if (*q == '-' && q[1] != ']' && q[1] != '\0') {
+                q++;
+                if (*q == '\\' && q[1] != '\0') {
+                    q++;
+                }
+                hi = (unsigned char)*q++;
+            }
+            hit |= ch >= lo && ch <= hi;
+        }
+        if (*q == ']') {
+            return hit != neg ? q + 1 : NULL;
+        }
+        /* No closing bracket: a literal '['. */
+    }
+    return (unsigned char)*p == ch ? p + 1 : NULL;
+}
+
+/*
+ * fnmatch(3) for one component, without its recursion: the classic greedy match that returns
+ * to the last `*` on a mismatch, O(len(pattern) * len(name)) however many stars a hostile
+ * pattern has. A name starting with '.' needs a literal '.' first in the pattern.
+ */
+static bool wild_match(const char *p, const char *s)
+{
+    const char *star = NULL, *mark = NULL;
+
+    if (*s == '.' && *p != '.' && !(p[0] == '\\' && p[1] == '.')) {
+        return false;
+    }
+    while (*s != '\0') {
+        const char *next;
+        if (*p == '*') {
+            while (*p == '*') {
+                p++;
+            }
+            star = p;
+            mark = s;
+            continue;
+        }
+        next = *p != '\0' ? match_one(p, (unsigned char)*s) : NULL;
+        if (next != NULL) {
+            p = next;
+            s++;
+        } else if (star != NULL) {
+            p = star;
+            s = ++mark;
+        } else {
+            return false;
+        }
+    }
+    while (*p == '*') {
+        p++;
+    }
+    return *p == '\0';
+}
+
 static bool comp_match(const struct gcomp *c, const char *name)
 {
     for (char **a = c->alts; *a != NULL; a++) {
-        if (fnmatch(*a, name, FNM_PERIOD) == 0) {
+        if (wild_match(*a, name)) {
             return true;
         }
     }
@@ -670,7 +761,20 @@ static int regs_param(const msgpack_object *params, const char *key, regex_t **o
         return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
     }
     for (unsigned i = 0; i < k; i++) {
-        int r = regcomp(&(*out)[i], v[i], REG_EXTENDED | REG_NOSUB);
+        int r;
+        for (const char *q = v[i]; *q != '\0'; q++) {
+            if (q[0] == '\\' && q[1] >= '1' && q[1] <= '9') {
+                /* Back-references make matching exponential in glibc: refused. */
+                sbx_err_param(err, key, "%s[%u]: back-references are not supported", key, i);
+                (void)snprintf(err->field, sizeof(err->field), "%s[%u]", key, i);
+                agent_strv_free(v);
+                return -1;
+            }
+            if (q[0] == '\\' && q[1] != '\0') {
+                q++;
+            }
+        }
+        r = regcomp(&(*out)[i], v[i], REG_EXTENDED | REG_NOSUB);
         if (r != 0) {
             char msg[128];
             (void)regerror(r, &(*out)[i], msg, sizeof(msg));

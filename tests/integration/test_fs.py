@@ -743,6 +743,15 @@ class TestFsWalk(FsCase):
                                 "{" + ",".join("abcdefghijklmnopq") + "}"}, "pattern")):
             e = self.err("fs.glob", params)
             self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", field), params)
+        e = self.err("fs.glob", {"pattern": "{a,b}" * 33})
+        self.assertEqual(e["field"], "pattern")
+        e = self.err("fs.walk", {"path": t, "match": ["(a*)*\\1"]})
+        self.assertEqual(e["field"], "match[0]")
+        # patterns that make a backtracking matcher exponential (C(250, 40) tries) finish here;
+        # with fnmatch(3) this test would hang until the ctest timeout
+        self.write("t/" + "a" * 250, b"")
+        self.assertEqual(self.glob("*a" * 40 + "*b", root=t), [])
+        self.assertEqual(self.glob("*a" * 40 + "*", root=t), [t + "/" + "a" * 250])
         self.assertErrno("fs.glob", {"pattern": "*", "root": self.p("nope")}, "ENOENT")
         self.assertErrno("fs.glob", {"pattern": "*", "root": t + "/x.txt"}, "ENOTDIR")
 
