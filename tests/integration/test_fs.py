@@ -20,7 +20,7 @@ BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../
 AGENT = os.path.join(BUILD, "bin", "sbx-agent")
 NOBODY = 65534
 with open(AGENT, "rb") as _f:
-    SANITIZED = b"AddressSanitizer" in _f.read()
+    SANITIZED = b"__asan_init" in _f.read()
 
 
 class FsCase(unittest.TestCase):
