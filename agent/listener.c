@@ -44,6 +44,21 @@ static bool conn_capacity(struct agent *a)
     return true;
 }
 
+/*
+ * A bigger send buffer on connection sockets: with the default (~208 KiB) the agent's writes of
+ * 256 KiB chunks block half-way and every chunk costs extra wakeups; 1 MiB measured +10 % stdout
+ * throughput. SO_SNDBUFFORCE passes net.core.wmem_max (the agent runs as root in the guest);
+ * plain SO_SNDBUF is the fallback, and failing both only costs speed.
+ */
+static void conn_tune_socket(int fd)
+{
+    int sz = 1 << 20;
+
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0) {
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    }
+}
+
 static void on_stream_connection(uv_stream_t *server, int status)
 {
     struct agent_listener *l = server->data;
@@ -74,6 +89,12 @@ static void on_stream_connection(uv_stream_t *server, int status)
     }
     if (r == 0 && l->transport == AGENT_T_TCP) {
         (void)uv_tcp_nodelay(&c->h.tcp, 1); /* latency matters more than packet count */
+    }
+    if (r == 0) {
+        uv_os_fd_t fd;
+        if (uv_fileno(&c->h.handle, &fd) == 0) {
+            conn_tune_socket(fd);
+        }
     }
     if (r == 0) {
         r = agent_conn_start(c);
@@ -222,6 +243,7 @@ static void on_vsock_readable(uv_poll_t *h, int status, int events)
             close(fd);
             continue;
         }
+        conn_tune_socket(fd);
         (void)conn_from_fd(a, AGENT_T_VSOCK, fd);
     }
 }
