@@ -6,16 +6,30 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "agent.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SBX_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SBX_ASAN 1
+#endif
+#endif
+#ifdef SBX_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -388,22 +402,62 @@ static __attribute__((noreturn)) void child_fail(int errfd, int stage)
     _exit(127);
 }
 
-/* Runs between fork and exec: async-signal-safe calls only. */
+/*
+ * The child shares the agent's memory (CLONE_VM|CLONE_VFORK: no page tables copied, no
+ * copy-on-write faults in the agent afterwards, the agent waits until exec or exit). So it only
+ * makes raw system calls on data prepared by the parent: no malloc, no stdio, nothing that
+ * takes a libc lock, and the identity switch goes through syscall() because glibc's setuid()
+ * would signal the agent's other threads to switch theirs too.
+ */
+struct child_args {
+    const struct spawn_req *r;
+    int fds[3];
+    int errfd;
+};
+
+/* Signals whose disposition the agent changed (SIG_IGN survives exec; a handler must not run in
+ * a child that shares our memory). Found once, at the first spawn: the agent sets its handlers
+ * at startup (agent/main.c), before it accepts any request. */
+static int reset_sigs[NSIG];
+static int nreset_sigs = -1;
+
+static void find_changed_signals(void)
+{
+    nreset_sigs = 0;
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction cur;
+        if (sigaction(sig, NULL, &cur) == 0 && cur.sa_handler != SIG_DFL) {
+            reset_sigs[nreset_sigs++] = sig;
+        }
+    }
+}
+
+static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int fds[3], int errfd);
+
+static int child_main(void *arg)
+{
+    struct child_args *ca = arg;
+
+    child_exec(ca->r, ca->fds, ca->errfd);
+}
+
+/* Runs between clone and exec, in the agent's memory: raw system calls only (see above). */
 static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int fds[3], int errfd)
 {
-    sigset_t all;
+    sigset_t none;
     struct sigaction dfl;
     int devnull = -1;
     int oom;
 
-    /* Back to a clean signal state: the agent ignores SIGPIPE and libuv has handlers. */
+    /* Back to a clean signal state: the agent ignores SIGPIPE and libuv has handlers. Every
+     * signal is blocked until here (the parent blocked them around clone). */
     memset(&dfl, 0, sizeof(dfl));
     dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++) {
-        (void)sigaction(sig, &dfl, NULL); /* fails only for SIGKILL/SIGSTOP and gaps */
+    for (int i = 0; i < nreset_sigs; i++) {
+        (void)sigaction(reset_sigs[i], &dfl, NULL);
     }
-    sigemptyset(&all);
-    (void)sigprocmask(SIG_SETMASK, &all, NULL);
+    sigemptyset(&none);
+    (void)sigprocmask(SIG_SETMASK, &none, NULL);
 
     if (setsid() < 0) {
         child_fail(errfd, ST_SETSID);
@@ -446,13 +500,13 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
     }
     /* Identity first, so the working directory is checked with the target user's rights. */
     if (r->set_user) {
-        if (setgroups((size_t)r->user.ngroups, r->user.groups) < 0) {
+        if (syscall(SYS_setgroups, (size_t)r->user.ngroups, r->user.groups) < 0) {
             child_fail(errfd, ST_SETGROUPS);
         }
-        if (setgid(r->user.gid) < 0) {
+        if (syscall(SYS_setgid, r->user.gid) < 0) {
             child_fail(errfd, ST_SETGID);
         }
-        if (setuid(r->user.uid) < 0) {
+        if (syscall(SYS_setuid, r->user.uid) < 0) {
             child_fail(errfd, ST_SETUID);
         }
     }
@@ -698,6 +752,37 @@ static bool proc_evict_one(struct agent *a)
     return false;
 }
 
+/*
+ * Start the child (child_exec) and return its pid, or -errno. Returns once the child has exec'd
+ * or exited; its outcome is in the error pipe.
+ */
+static pid_t spawn_child(const struct spawn_req *r, int fds[3], int errfd)
+{
+    /* The child's stack while it shares our memory; one spawn at a time (the loop thread
+     * waits in clone until the child is done with it). */
+    static uint8_t stack[64 << 10] __attribute__((aligned(64)));
+    struct child_args ca = { r, { fds[0], fds[1], fds[2] }, errfd };
+    sigset_t all, old;
+    pid_t pid;
+    int e;
+
+    if (nreset_sigs < 0) {
+        find_changed_signals();
+    }
+    /* No handler may run in the child before it has reset the dispositions. */
+    sigfillset(&all);
+    (void)pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid = clone(child_main, stack + sizeof(stack), CLONE_VM | CLONE_VFORK | SIGCHLD, &ca);
+    e = errno;
+    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+#ifdef SBX_ASAN
+    /* The child never returned, so ASan still has its frames' redzones poisoned on this
+     * buffer; the next child lays out different frames there. */
+    ASAN_UNPOISON_MEMORY_REGION(stack, sizeof(stack));
+#endif
+    return pid < 0 ? -e : pid;
+}
+
 static int pipe_setup(struct agent *a, struct agent_proc *p, struct agent_pipe *pp, int fd,
                       bool input)
 {
@@ -772,14 +857,10 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
     childfds[1] = pout[1];
     childfds[2] = r.io_err == IO_MERGE ? pout[1] : perr[1];
 
-    pid = fork();
+    pid = spawn_child(&r, childfds, errp[1]);
     if (pid < 0) {
-        sbx_err_sys(&err, errno, "fork", "fork");
+        sbx_err_sys(&err, -pid, "fork", "clone");
         goto fail;
-    }
-    if (pid == 0) {
-        close(errp[0]);
-        child_exec(&r, childfds, errp[1]);
     }
     close(errp[1]);
     errp[1] = -1;
