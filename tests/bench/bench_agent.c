@@ -277,7 +277,7 @@ static int agent_start(struct bench *b)
     char addr[160], log[128];
     const char *argv[] = { b->agent_bin, "--listen", addr, NULL };
     uint64_t deadline = bench_now_ns() + 10000000000ull;
-    int logfd;
+    int logfd, probe;
 
     snprintf(b->sock, sizeof(b->sock), "%s/agent.sock", b->dir);
     snprintf(addr, sizeof(addr), "unix:%s", b->sock);
@@ -300,6 +300,12 @@ static int agent_start(struct bench *b)
         }
         bench_sleep_ms(2);
     }
+    /* The socket file appears at bind(), before listen(): wait until a connect succeeds. */
+    probe = unix_connect_retry(b->sock);
+    if (probe < 0) {
+        return -1;
+    }
+    close(probe);
     return 0;
 }
 
