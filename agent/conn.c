@@ -16,6 +16,9 @@ struct write_req {
     uint8_t hdr[SBX_STREAM_DATA_HDR_MAX];
 };
 
+/* Read buffer: one largest stream-data frame fits whole, so it can be handled in place. */
+#define CONN_RBUF (SBX_STREAM_CHUNK_MAX + SBX_STREAM_DATA_HDR_MAX)
+
 static void conn_close_cb(uv_handle_t *h);
 
 struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t)
@@ -25,7 +28,7 @@ struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t)
     if (c == NULL) {
         return NULL;
     }
-    c->rbuf = malloc(SBX_STREAM_CHUNK_MAX);
+    c->rbuf = malloc(CONN_RBUF);
     if (c->rbuf == NULL || sbx_decoder_init(&c->dec) != 0) {
         free(c->rbuf);
         free(c);
@@ -266,7 +269,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     struct agent_conn *c = h->data;
 
     buf->base = (char *)c->rbuf;
-    buf->len = SBX_STREAM_CHUNK_MAX;
+    buf->len = CONN_RBUF;
 }
 
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -283,9 +286,13 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     while (off < (size_t)nread && !c->closing && !c->close_after_flush) {
         struct sbx_err err;
+        const uint8_t *frame;
+        uint32_t flen;
         size_t used;
-        int r = sbx_framer_feed(&c->framer, (const uint8_t *)buf->base + off, (size_t)nread - off,
-                                &used, &err);
+        /* Frames lying whole in this read are handled where they are (rbuf is not reused until
+         * the next read); only frames straddling reads are collected by the framer. */
+        int r = sbx_framer_next(&c->framer, (const uint8_t *)buf->base + off, (size_t)nread - off,
+                                &used, &frame, &flen, &err);
         off += used;
         if (r < 0) {
             /* Framing is lost: say why, then close once that has been written. */
@@ -299,7 +306,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return;
         }
         if (r == 1) {
-            conn_handle_frame(c, c->framer.buf, c->framer.len);
+            conn_handle_frame(c, frame, flen);
         }
     }
 }

@@ -53,6 +53,26 @@ static int framer_reserve(struct sbx_framer *f, struct sbx_err *err)
     return 0;
 }
 
+/* Check a frame length read from a header; sets f->broken and @err when it is refused. */
+static int framer_check_len(struct sbx_framer *f, uint32_t len, struct sbx_err *err)
+{
+    if (len == 0) {
+        f->broken = 1;
+        return sbx_err_set(err, SBX_E_BAD_FRAME, "zero-length frame");
+    }
+    if (len > f->max) {
+        f->broken = 1;
+        return sbx_err_set(err, SBX_E_FRAME_TOO_LARGE, "frame of %u bytes exceeds the %u-byte cap",
+                           len, f->max);
+    }
+    return 0;
+}
+
+static uint32_t get_len(const uint8_t h[4])
+{
+    return (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+}
+
 int sbx_framer_feed(struct sbx_framer *f, const uint8_t *data, size_t len, size_t *consumed,
                     struct sbx_err *err)
 {
@@ -76,18 +96,10 @@ int sbx_framer_feed(struct sbx_framer *f, const uint8_t *data, size_t len, size_
         f->hdr[f->hdr_have++] = data[off++];
     }
     if (f->have == 0 && f->len == 0) {
-        f->len = (uint32_t)f->hdr[0] << 24 | (uint32_t)f->hdr[1] << 16 | (uint32_t)f->hdr[2] << 8 |
-                 f->hdr[3];
-        if (f->len == 0) {
-            f->broken = 1;
+        f->len = get_len(f->hdr);
+        if (framer_check_len(f, f->len, err) < 0) {
             *consumed = off;
-            return sbx_err_set(err, SBX_E_BAD_FRAME, "zero-length frame");
-        }
-        if (f->len > f->max) {
-            f->broken = 1;
-            *consumed = off;
-            return sbx_err_set(err, SBX_E_FRAME_TOO_LARGE,
-                               "frame of %u bytes exceeds the %u-byte cap", f->len, f->max);
+            return -1;
         }
         if (framer_reserve(f, err) < 0) {
             f->broken = 1;
@@ -104,6 +116,41 @@ int sbx_framer_feed(struct sbx_framer *f, const uint8_t *data, size_t len, size_
     }
     *consumed = off;
     return f->have == f->len ? 1 : 0;
+}
+
+int sbx_framer_next(struct sbx_framer *f, const uint8_t *data, size_t len, size_t *consumed,
+                    const uint8_t **frame, uint32_t *flen, struct sbx_err *err)
+{
+    int r;
+
+    *frame = NULL;
+    *flen = 0;
+    /* Fast path: at a frame boundary, with the whole frame in @data, hand out a pointer. */
+    if (!f->broken && f->hdr_have == 4 && f->have == f->len) {
+        f->hdr_have = 0; /* the previous frame came from f->buf and was handed out */
+        f->have = 0;
+        f->len = 0;
+    }
+    if (!f->broken && f->hdr_have == 0 && len >= 4) {
+        uint32_t l = get_len(data);
+        if (framer_check_len(f, l, err) < 0) {
+            *consumed = 4;
+            return -1;
+        }
+        if (len - 4 >= l) {
+            *frame = data + 4;
+            *flen = l;
+            *consumed = 4 + (size_t)l;
+            return 1;
+        }
+    }
+    /* A frame that straddles inputs (or a header split across them): collect it in f->buf. */
+    r = sbx_framer_feed(f, data, len, consumed, err);
+    if (r == 1) {
+        *frame = f->buf;
+        *flen = f->len;
+    }
+    return r;
 }
 
 uint8_t *sbx_framer_take(struct sbx_framer *f, uint32_t *len)

@@ -14,7 +14,9 @@
 #include "internal.h"
 
 /* Bytes asked of read() at a time. */
-#define RBUF_CHUNK (64u << 10)
+/* Room for two largest data frames per read, so most frames arrive whole in one read and are
+ * decoded where they lie (sbx_framer_next) instead of being copied out. */
+#define RBUF_CHUNK (2 * (SBX_STREAM_CHUNK_MAX + SBX_STREAM_DATA_HDR_MAX))
 
 /* --- time --------------------------------------------------------------------------------- */
 
@@ -110,6 +112,8 @@ static void release_cur(struct sbx_client *c)
 {
     free(c->cur);
     c->cur = NULL;
+    free(c->rbuf_old);
+    c->rbuf_old = NULL;
     c->mbuf = NULL;
     c->mlen = 0;
 }
@@ -229,12 +233,38 @@ static int closed_error(struct sbx_client *c, const char *code, struct sbx_err *
 
 /* --- reading ------------------------------------------------------------------------------ */
 
-/* Make room for @want more bytes at the end of rbuf; -1 when out of memory. */
+/*
+ * Make room for @want more bytes at the end of rbuf; -1 when out of memory. The current message
+ * may lie in rbuf (decoded in place), and must stay valid until the next receive: then the
+ * unread bytes move to a new buffer and the old one is kept until release_cur.
+ */
 static int rbuf_reserve(struct sbx_client *c, size_t want)
 {
     uint8_t *p;
     size_t cap;
 
+    if (c->mbuf != NULL && c->mbuf >= c->rbuf && c->mbuf < c->rbuf + c->rcap) {
+        size_t unread = c->rlen - c->rpos;
+        if (c->rcap - c->rlen >= want) {
+            return 0;
+        }
+        cap = RBUF_CHUNK;
+        while (cap - unread < want) {
+            cap *= 2;
+        }
+        p = malloc(cap);
+        if (p == NULL) {
+            return -1;
+        }
+        memcpy(p, c->rbuf + c->rpos, unread);
+        free(c->rbuf_old); /* nothing lives there any more: the message is in rbuf */
+        c->rbuf_old = c->rbuf;
+        c->rbuf = p;
+        c->rcap = cap;
+        c->rpos = 0;
+        c->rlen = unread;
+        return 0;
+    }
     if (c->rpos == c->rlen) {
         c->rpos = c->rlen = 0;
     } else if (c->rpos > 0 && c->rcap - c->rlen < want) {
@@ -301,7 +331,8 @@ int sbx__read_frame(struct sbx_client *c, int64_t deadline, struct sbx_err *err)
 
         while (c->rpos < c->rlen) {
             size_t used = 0;
-            r = sbx_framer_feed(&c->fr, c->rbuf + c->rpos, c->rlen - c->rpos, &used, err);
+            r = sbx_framer_next(&c->fr, c->rbuf + c->rpos, c->rlen - c->rpos, &used, &c->fp,
+                                &c->flen, err);
             c->rpos += used;
             if (r < 0) {
                 sbx_err_prefix(err, "%s", c->addr);
@@ -335,9 +366,9 @@ int sbx__read_frame(struct sbx_client *c, int64_t deadline, struct sbx_err *err)
 /* Decode the frame the framer just completed into @m; it becomes the current message. */
 static int decode_framer(struct sbx_client *c, struct sbx_msg *m, struct sbx_err *err)
 {
-    c->mbuf = c->fr.buf;
-    c->mlen = c->fr.len;
-    if (sbx_msg_decode(&c->dec, c->fr.buf, c->fr.len, m, err) < 0) {
+    c->mbuf = c->fp;
+    c->mlen = c->flen;
+    if (sbx_msg_decode(&c->dec, c->fp, c->flen, m, err) < 0) {
         sbx_err_prefix(err, "message from %s", c->addr);
         return -1;
     }
@@ -348,7 +379,7 @@ int sbx__queue(struct sbx_client *c, const struct sbx_msg *m, struct sbx_err *er
 {
     struct sbx__qmsg *q;
 
-    if (c->qbytes + c->fr.len > SBX_CLIENT_FIFO_MAX) {
+    if (c->qbytes + c->flen > SBX_CLIENT_FIFO_MAX) {
         (void)sbx_err_set(err, SBX_E_LIMIT,
                           "%s: more than %u bytes of messages queued while waiting (is the "
                           "caller consuming its streams?)",
@@ -362,7 +393,17 @@ int sbx__queue(struct sbx_client *c, const struct sbx_msg *m, struct sbx_err *er
     }
     q->kind = m->kind;
     q->id = m->id;
-    q->buf = sbx_framer_take(&c->fr, &q->len);
+    if (c->fp == c->fr.buf) {
+        q->buf = sbx_framer_take(&c->fr, &q->len);
+    } else if ((q->buf = malloc(c->flen)) != NULL) {
+        /* Decoded where it was read: it must outlive rbuf's reuse. */
+        memcpy(q->buf, c->fp, c->flen);
+        q->len = c->flen;
+    } else {
+        free(q);
+        (void)sbx_err_set(err, SBX_E_INTERNAL, "out of memory queueing a message");
+        return fail(c, err);
+    }
     c->mbuf = NULL;
     c->mlen = 0;
     c->qbytes += q->len;

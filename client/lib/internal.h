@@ -46,10 +46,13 @@ struct sbx_client {
     /* Read side: raw bytes read ahead, the framer, the decoder of the current message. */
     uint8_t *rbuf;
     size_t rpos, rlen, rcap;
+    uint8_t *rbuf_old; /* a replaced rbuf the current message still lives in */
     struct sbx_framer fr;
     struct sbx_decoder dec;
+    const uint8_t *fp; /* the frame sbx__read_frame completed: in rbuf (no copy) or fr.buf */
+    uint32_t flen;
     uint8_t *cur;        /* owned buffer of the current message when it came from the FIFO */
-    const uint8_t *mbuf; /* frame payload of the current message (fr.buf or cur) */
+    const uint8_t *mbuf; /* frame payload of the current message (fp or cur) */
     uint32_t mlen;
 
     /* Messages queued for sbx_client_recv, oldest first. */

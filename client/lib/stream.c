@@ -167,7 +167,7 @@ static int wait_credit(struct sbx_client *c, struct sbx_err *err)
     if (r <= 0) {
         return -1;
     }
-    if (sbx_msg_decode(&c->dec, c->fr.buf, c->fr.len, &m, &derr) < 0) {
+    if (sbx_msg_decode(&c->dec, c->fp, c->flen, &m, &derr) < 0) {
         return 0; /* malformed: dropped */
     }
     sbx__on_arrival(c, &m);

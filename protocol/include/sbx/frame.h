@@ -39,8 +39,20 @@ int sbx_framer_feed(struct sbx_framer *f, const uint8_t *data, size_t len, size_
                     struct sbx_err *err);
 
 /*
+ * The same as sbx_framer_feed, without the copy where possible: returns 1 with *frame / *flen
+ * set to the completed frame's payload. A frame that lies whole in @data (the common case: it
+ * arrived in one read) is handed out as a pointer into @data, valid as long as @data is; only a
+ * frame that straddles inputs is collected in f->buf (valid until the next call). 0: all input
+ * consumed, more needed; -1: fatal framing error, as for sbx_framer_feed (an oversized or zero
+ * length is refused on its header, before anything is allocated). The two calls may be mixed.
+ */
+int sbx_framer_next(struct sbx_framer *f, const uint8_t *data, size_t len, size_t *consumed,
+                    const uint8_t **frame, uint32_t *flen, struct sbx_err *err);
+
+/*
  * Take ownership of the completed frame's buffer (caller frees it with free()), so a payload can
- * outlive the next feed without a copy. Only valid right after feed returned 1.
+ * outlive the next feed without a copy. Only valid right after feed returned 1 (or next returned
+ * 1 with *frame == f->buf).
  */
 uint8_t *sbx_framer_take(struct sbx_framer *f, uint32_t *len);
 
