@@ -114,6 +114,24 @@ static void test_response_roundtrip(void **state)
     assert_string_equal(back.field, "cwd");
     assert_int_equal(back.sys_errno, 2);
     assert_string_equal(back.msg, e.msg);
+    assert_string_equal(back.path, ""); /* no path: no "path" key */
+    assert_null(sbx_obj_get(fx->m.error, "path"));
+
+    /* A file-system error carries its path, as bin when it is not UTF-8. */
+    sbx_out_reset(&fx->out);
+    sbx_err_sys(&e, 13, NULL, "open \"%s\"", "/x");
+    sbx_err_set_path(&e, "/srv/caf\xe9");
+    sbx_out_begin(&fx->out);
+    sbx_pack_error_response(&fx->out.pk, 9, &e);
+    assert_int_equal(sbx_out_end(&fx->out, &fx->err), 0);
+    assert_int_equal(decode_out(fx), 0);
+    assert_int_equal(sbx_obj_get(fx->m.error, "path")->type, MSGPACK_OBJECT_BIN);
+    sbx_err_from_obj(fx->m.error, &back);
+    assert_string_equal(back.code, "EACCES");
+    assert_string_equal(back.path, "/srv/caf\xe9");
+    /* sbx_err_clear forgets the path with the rest. */
+    sbx_err_set(&back, SBX_E_INTERNAL, "x");
+    assert_string_equal(back.path, "");
 }
 
 static void test_notify_roundtrip(void **state)
