@@ -169,6 +169,7 @@ struct agent_conn {
     bool paused;            /* output pipes stopped: too much queued for this peer */
     uint32_t version;
     uint32_t next_stream;
+    uint32_t next_pack; /* pack.create job ids */
     unsigned nstreams;
     struct agent_link streams;
     struct sbx_framer framer;

@@ -62,6 +62,7 @@ static const struct agent_method methods[] = {
     { "transfer.download", agent_transfer_download, 1 },
     { "transfer.upload_tree", agent_transfer_upload_tree, 1 },
     { "transfer.download_tree", agent_transfer_download_tree, 1 },
+    { "pack.create", agent_pack_create, 1 },
 };
 
 void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m)

@@ -3,6 +3,7 @@
 over a unix socket, real files. Independent checks: hashlib, tarfile, os.lstat."""
 import hashlib
 import io
+import json
 import os
 import shutil
 import stat
@@ -643,6 +644,205 @@ class TestTree(TransferCase):
         with tarfile.open(fileobj=io.BytesIO(got)) as tf:
             m = tf.getmember("owned")
             self.assertEqual((m.uid, m.gid), (2345, 5432))
+
+
+def run_pack(conn, params):
+    """pack.create to completion: (result, {sid: bytes}, {sid: end params}, parts, progress)."""
+    r = conn.call("pack.create", params)
+    sids = [r["archive"]] + [r[k] for k in ("build_stdout", "build_stderr") if k in r]
+    data = {s: bytearray() for s in sids}
+    ends, parts, progress, consumed = {}, [], [], {}
+    while r["archive"] not in ends or any(s not in ends for s in sids):
+        m = conn.recv()
+        if m is None:
+            raise EOFError("closed")
+        if m[0] == 3 and m[1] in data:
+            data[m[1]] += m[2]
+            consumed[m[1]] = consumed.get(m[1], 0) + len(m[2])
+            if consumed[m[1]] >= conn.window // 2:
+                conn.credit(m[1], consumed[m[1]])
+                consumed[m[1]] = 0
+        elif m[0] == 2 and m[1] == "stream.end" and m[2]["stream"] in data:
+            ends[m[2]["stream"]] = m[2]
+        elif m[0] == 2 and m[1] == "pack.manifest":
+            assert r["archive"] not in ends, "manifest after the archive's end"
+            parts.append(m[2])
+        elif m[0] == 2 and m[1] == "pack.progress":
+            progress.append(m[2])
+    return r, {k: bytes(v) for k, v in data.items()}, ends, parts, progress
+
+
+class TestPack(TransferCase):
+    def tree(self):
+        root = self.p("app")
+        make_tree(root)
+        os.makedirs(os.path.join(root, ".git", "objects"))
+        open(os.path.join(root, ".git", "HEAD"), "w").write("ref")
+        return root
+
+    def test_deterministic_and_manifest_verified(self):
+        root = self.tree()
+        for fmt in ("tar.gz", "tar.zst"):
+            params = {"path": root, "format": fmt, "entrypoint": "sub/deeper/x",
+                      "args": ["--port", "8080"]}
+            r1, d1, e1, parts, progress = run_pack(self.c, params)
+            r2, d2, e2, _, _ = run_pack(self.c, params)
+            a1, a2 = d1[r1["archive"]], d2[r2["archive"]]
+            self.assertNotIn("error", e1[r1["archive"]])
+            self.assertEqual(a1, a2, fmt + ": the same tree gives the same bytes")
+            self.assertNotIn("build_stdout", r1)
+            last = parts[-1]
+            self.assertTrue(last["last"])
+            self.assertEqual([p["part"] for p in parts], list(range(len(parts))))
+            self.assertEqual(last["archive_size"], len(a1))
+            self.assertEqual(last["archive_sha256"], hashlib.sha256(a1).hexdigest())
+            self.assertEqual(last["entrypoint"], "sub/deeper/x")
+            self.assertEqual(last["args"], ["--port", "8080"])
+            self.assertEqual(last["format"], fmt)
+            files = [f for p in parts for f in p["files"]]
+            self.assertEqual(last["file_count"], len(files))
+            paths = [f["path"] for f in files]
+            self.assertEqual(paths, sorted(paths, key=lambda x: x.encode()))
+            self.assertFalse(any(p == ".git" or p.startswith(".git/") for p in paths))
+            self.assertEqual(progress[-1]["phase"], "done")
+            self.assertIn("scan", [p["phase"] for p in progress])
+            self.assertIn("archive", [p["phase"] for p in progress])
+            for f in files:
+                full = os.path.join(root, f["path"])
+                st = os.lstat(full)
+                self.assertEqual(f["mode"], stat.S_IMODE(st.st_mode), f)
+                if f["type"] == "file":
+                    self.assertEqual(f["sha256"], hashlib.sha256(open(full, "rb").read()).hexdigest())
+                    self.assertEqual(f["size"], st.st_size)
+                elif f["type"] == "symlink":
+                    self.assertEqual(f["target"], os.readlink(full))
+            self.assertEqual(last["total_size"], sum(f["size"] for f in files))
+            if fmt == "tar.gz":
+                self.assertEqual(a1[4:8], b"\0\0\0\0", "no timestamp in the gzip header")
+                with tarfile.open(fileobj=io.BytesIO(a1), mode="r:gz") as tf:
+                    members = tf.getmembers()
+                    self.assertEqual([m.name for m in members][:-1], paths)
+                    for m in members:
+                        self.assertEqual((m.uid, m.gid, m.uname, m.gname), (0, 0, "", ""))
+                    inside = json.loads(tf.extractfile(".sbx-manifest.json").read())
+                    self.assertEqual(inside["files"], files)
+                    self.assertEqual(inside["entrypoint"], "sub/deeper/x")
+                    for m in members:
+                        if m.isfile() and m.name != ".sbx-manifest.json":
+                            f = next(x for x in files if x["path"] == m.name)
+                            self.assertEqual(hashlib.sha256(tf.extractfile(m).read()).hexdigest(),
+                                             f["sha256"])
+
+    def test_ignore_rules(self):
+        root = self.p("app")
+        for f in ("keep.txt", "debug.log", "important.log", "node_modules/x/y.js",
+                  "build/out.o", "src/build/gen.c", "a/b/c/z.tmp", "a/z.tmp", "docs/cache",
+                  "docs/cache2/f", "src/main.c", "cache/f"):
+            os.makedirs(os.path.dirname(os.path.join(root, f)), exist_ok=True)
+            open(os.path.join(root, f), "w").write(f)
+        open(os.path.join(root, ".sbxignore"), "w").write(
+            "# comment\n\n*.log\n!important.log\n/build\na/**/z.tmp\ncache/\n")
+        _, data, ends, parts, _ = run_pack(self.c, {"path": root, "format": "tar.gz",
+                                                     "exclude": ["node_modules", "docs/cache2"]})
+        paths = {f["path"] for p in parts for f in p["files"]}
+        self.assertEqual(paths, {".sbxignore", "keep.txt", "important.log", "src", "src/build",
+                                 "src/build/gen.c", "src/main.c", "a", "a/b", "a/b/c", "docs",
+                                 "docs/cache"})
+        # ignore_files replaces the default list
+        _, _, _, parts, _ = run_pack(self.c, {"path": root, "format": "tar.gz",
+                                              "ignore_files": []})
+        paths = {f["path"] for p in parts for f in p["files"]}
+        self.assertIn("debug.log", paths)
+        self.assertIn("cache/f", paths)
+
+    def test_build_streamed_and_packed(self):
+        root = self.p("app")
+        os.mkdir(root)
+        r, data, ends, parts, progress = run_pack(self.c, {
+            "path": root, "format": "tar.zst", "entrypoint": "bin/app",
+            "build": {"command": "echo building; echo warn >&2; mkdir bin; "
+                                 "printf '#!/bin/sh\\necho hi\\n' > bin/app; chmod 755 bin/app",
+                      "env": {"X": "1"}}})
+        self.assertEqual(data[r["build_stdout"]], b"building\n")
+        self.assertEqual(data[r["build_stderr"]], b"warn\n")
+        self.assertLess(r["build_stdout"], r["archive"])
+        build = [p for p in progress if p["phase"] == "build"]
+        self.assertEqual(build[0]["exit"]["code"], 0)
+        self.assertNotIn("error", ends[r["archive"]])
+        files = {f["path"]: f for p in parts for f in p["files"]}
+        self.assertEqual(files["bin/app"]["mode"], 0o755)
+        # argv form, with cwd
+        r, data, ends, parts, _ = run_pack(self.c, {
+            "path": root, "format": "tar.gz",
+            "build": {"argv": ["/bin/sh", "-c", "pwd"], "cwd": "/"}})
+        self.assertEqual(data[r["build_stdout"]], b"/\n")
+
+    def test_failing_build(self):
+        root = self.p("app")
+        os.mkdir(root)
+        r, data, ends, parts, progress = run_pack(self.c, {
+            "path": root, "format": "tar.gz", "build": {"command": "echo no >&2; exit 3"}})
+        self.assertEqual(data[r["build_stderr"]], b"no\n")
+        self.assertEqual([p for p in progress if p["phase"] == "build"][0]["exit"]["code"], 3)
+        err = ends[r["archive"]]["error"]
+        self.assertEqual(err["code"], "CANCELLED")
+        self.assertEqual(err["stage"], "build")
+        self.assertIn("exit status 3", err["message"])
+        self.assertEqual(data[r["archive"]], b"")
+        self.assertEqual(parts, [])
+        # killed by its timeout
+        r, data, ends, _, progress = run_pack(self.c, {
+            "path": root, "format": "tar.gz",
+            "build": {"command": "sleep 30", "timeout_ms": 200}})
+        exitmap = [p for p in progress if p["phase"] == "build"][0]["exit"]
+        self.assertEqual(exitmap["signal"], "SIGKILL")
+        self.assertTrue(exitmap["timed_out"])
+        self.assertEqual(ends[r["archive"]]["error"]["stage"], "build")
+
+    def test_errors(self):
+        root = self.p("app")
+        os.mkdir(root)
+        for params, code, field in [
+                ({"path": root}, "BAD_PARAM", "format"),
+                ({"path": root, "format": "zip"}, "BAD_PARAM", "format"),
+                ({"path": self.p("nope"), "format": "tar.gz"}, "ENOENT", None),
+                ({"path": "/etc/passwd", "format": "tar.gz"}, "ENOTDIR", None),
+                ({"path": root, "format": "tar.gz", "entrypoint": "/abs"}, "BAD_PARAM", "entrypoint"),
+                ({"path": root, "format": "tar.gz", "exclude": [1]}, "BAD_PARAM", "exclude"),
+                ({"path": root, "format": "tar.gz", "build": {}}, "BAD_PARAM", "build"),
+                ({"path": root, "format": "tar.gz", "build": {"argv": ["/nonexistent"]}}, "ENOENT",
+                 None)]:
+            with self.assertRaises(w.RemoteError, msg=repr(params)) as cm:
+                self.c.call("pack.create", params)
+            self.assertEqual(cm.exception.code, code, params)
+            if field:
+                self.assertEqual(cm.exception.err.get("field"), field, params)
+        r, _, ends, parts, _ = run_pack(self.c, {"path": root, "format": "tar.gz",
+                                                 "entrypoint": "missing"})
+        err = ends[r["archive"]]["error"]
+        self.assertEqual((err["code"], err["field"]), ("ENOENT", "entrypoint"))
+
+    def test_cancel_kills_build(self):
+        root = self.p("app")
+        os.mkdir(root)
+        marker = self.p("marker")
+        r = self.c.call("pack.create", {"path": root, "format": "tar.gz",
+                                        "build": {"command": "sleep 2; touch " + marker}})
+        self.c.send([2, "stream.cancel", {"stream": r["archive"]}])
+        m = wait_for(self.c, lambda m: m[0] == 2 and m[1] == "stream.end"
+                     and m[2]["stream"] == r["build_stdout"], "build stdout end")
+        self.assertEqual(m[2]["error"]["code"], "CANCELLED")
+        time.sleep(2.5)
+        self.assertFalse(os.path.exists(marker))
+        self.c.call("ping")
+        # a connection closing mid-build
+        c2 = self.agent.connect()
+        c2.call("pack.create", {"path": root, "format": "tar.gz",
+                                "build": {"command": "sleep 2; touch " + marker}})
+        c2.sock.close()
+        time.sleep(2.5)
+        self.assertFalse(os.path.exists(marker))
+        self.c.call("ping")
 
 
 SBX = os.path.join(BUILD, "bin", "sbx")

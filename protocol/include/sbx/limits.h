@@ -52,16 +52,19 @@
 #define SBX_KILL_GRACE_MS_DEFAULT 2000u
 
 /* The fs family (PROTOCOL.md §17). */
-#define SBX_FS_HANDLES_MAX     1024u  /* open file handles per connection */
-#define SBX_FS_WATCHES_MAX     64u    /* fs.watch watches per connection */
-#define SBX_FS_CURSORS_MAX     64u    /* live fs.readdir cursors per connection */
-#define SBX_FS_CURSOR_IDLE_MS  60000u /* an unused readdir cursor expires after this */
-#define SBX_FS_READDIR_DEFAULT 1024u  /* fs.readdir entries per page: default ... */
-#define SBX_FS_READDIR_MAX     8192u  /* ... and cap */
-#define SBX_FS_PATTERNS_MAX    64u    /* entries of walk/glob filter lists */
-#define SBX_FS_REGEX_MAX       4096u  /* bytes of one walk regular expression */
-#define SBX_FS_NAME_MAX        255u   /* mktemp prefix / suffix */
-#define SBX_FS_WALK_OPEN_MAX   256u   /* directories one walk holds open (its depth below root) */
-#define SBX_FS_WALK_BATCH      2048u  /* entries a walk produces before yielding to the loop */
+#define SBX_FS_HANDLES_MAX        1024u  /* open file handles per connection */
+#define SBX_FS_WATCHES_MAX        64u    /* fs.watch watches per connection */
+#define SBX_FS_CURSORS_MAX        64u    /* live fs.readdir cursors per connection */
+#define SBX_FS_CURSOR_IDLE_MS     60000u /* an unused readdir cursor expires after this */
+#define SBX_FS_READDIR_DEFAULT    1024u  /* fs.readdir entries per page: default ... */
+#define SBX_FS_READDIR_MAX        8192u  /* ... and cap */
+#define SBX_MAX_PACKS             4u     /* concurrent pack.create jobs per connection */
+#define SBX_PACK_EXCLUDE_MAX      1024u  /* pack.create exclude patterns */
+#define SBX_PACK_IGNORE_FILES_MAX 16u    /* pack.create ignore_files names */
+#define SBX_FS_PATTERNS_MAX       64u    /* entries of walk/glob filter lists */
+#define SBX_FS_REGEX_MAX          4096u  /* bytes of one walk regular expression */
+#define SBX_FS_NAME_MAX           255u   /* mktemp prefix / suffix */
+#define SBX_FS_WALK_OPEN_MAX      256u  /* directories one walk holds open (its depth below root) */
+#define SBX_FS_WALK_BATCH         2048u /* entries a walk produces before yielding to the loop */
 
 #endif /* SBX_LIMITS_H */

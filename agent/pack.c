@@ -1,0 +1,1403 @@
+/*
+ * pack.create (PROTOCOL.md 19): optionally run a build command with its output streamed, then
+ * package a directory into a deterministic tar.gz / tar.zst with a manifest, streamed with
+ * progress. The archive is made by an out job (tree.c) whose thread first waits for the build;
+ * ignore rules are gitignore's, matched here (fnmatch has no `**`).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fs.h"
+#include "tree.h"
+
+#define PACK_MANIFEST_NAME ".sbx-manifest.json"
+
+/* --- ignore rules ------------------------------------------------------------------------- */
+
+struct ignore_rule {
+    char *pat;
+    bool negate, dir_only, anchored;
+};
+
+struct ignore {
+    struct ignore_rule *v;
+    size_t n, cap;
+};
+
+static void ignore_free(struct ignore *ig)
+{
+    for (size_t i = 0; i < ig->n; i++) {
+        free(ig->v[i].pat);
+    }
+    free(ig->v);
+    ig->v = NULL;
+    ig->n = ig->cap = 0;
+}
+
+/* Add one gitignore line; blank lines and comments are skipped. -1 when out of memory. */
+static int ignore_add(struct ignore *ig, const char *line, size_t len)
+{
+    struct ignore_rule r = { 0 };
+
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
+        len--;
+    }
+    /* Trailing spaces are ignored unless escaped. */
+    while (len > 0 && line[len - 1] == ' ' && !(len > 1 && line[len - 2] == '\\')) {
+        len--;
+    }
+    if (len == 0 || line[0] == '#') {
+        return 0;
+    }
+    if (line[0] == '!') {
+        r.negate = true;
+        line++;
+        len--;
+    } else if (line[0] == '\\' && len > 1 && (line[1] == '!' || line[1] == '#')) {
+        line++;
+        len--;
+    }
+    if (len > 0 && line[len - 1] == '/') {
+        r.dir_only = true;
+        len--;
+    }
+    if (len > 0 && line[0] == '/') {
+        r.anchored = true;
+        line++;
+        len--;
+    }
+    if (len == 0) {
+        return 0;
+    }
+    if (memchr(line, '/', len) != NULL) {
+        r.anchored = true;
+    }
+    r.pat = strndup(line, len);
+    if (r.pat == NULL) {
+        return -1;
+    }
+    if (ig->n == ig->cap) {
+        size_t cap = ig->cap ? ig->cap * 2 : 16;
+        struct ignore_rule *v = realloc(ig->v, cap * sizeof(*v));
+        if (v == NULL) {
+            free(r.pat);
+            return -1;
+        }
+        ig->v = v;
+        ig->cap = cap;
+    }
+    ig->v[ig->n++] = r;
+    return 0;
+}
+
+/* Glob match of @p against @s: `*` and `?` stop at '/', `**` crosses directories. */
+static bool glob_match(const char *p, const char *s)
+{
+    for (;;) {
+        if (p[0] == '*' && p[1] == '*') {
+            if (p[2] == '\0') {
+                return true;
+            }
+            if (p[2] == '/') { /* "**\/x": x here or below any directory */
+                if (glob_match(p + 3, s)) {
+                    return true;
+                }
+                for (const char *q = s; *q != '\0'; q++) {
+                    if (*q == '/' && glob_match(p + 3, q + 1)) {
+                        return true;
+                    }
+                }
+                return false;
+            }
+            p++; /* "**x" elsewhere acts as "*" */
+        }
+        switch (*p) {
+        case '\0':
+            return *s == '\0';
+        case '*':
+            for (const char *q = s;; q++) {
+                if (glob_match(p + 1, q)) {
+                    return true;
+                }
+                if (*q == '\0' || *q == '/') {
+                    return false;
+                }
+            }
+        case '?':
+            if (*s == '\0' || *s == '/') {
+                return false;
+            }
+            p++;
+            s++;
+            continue;
+        case '[': {
+            const char *end = strchr(p + 1 + (p[1] == ']' || (p[1] == '!' && p[2] == ']')), ']');
+            char cls[256], one[2] = { *s, '\0' };
+            if (end == NULL || (size_t)(end - p + 1) >= sizeof(cls)) {
+                goto literal;
+            }
+            if (*s == '\0' || *s == '/') {
+                return false;
+            }
+            memcpy(cls, p, (size_t)(end - p + 1));
+            cls[end - p + 1] = '\0';
+            if (fnmatch(cls, one, 0) != 0) {
+                return false;
+            }
+            p = end + 1;
+            s++;
+            continue;
+        }
+        case '\\':
+            if (p[1] != '\0') {
+                p++;
+            }
+            /* fall through */
+        default:
+        literal:
+            if (*p != *s) {
+                return false;
+            }
+            p++;
+            s++;
+        }
+    }
+}
+
+/* True if @rel (relative to the pack root) is excluded. The last matching rule decides. */
+static bool ignore_match(const struct ignore *ig, const char *rel, bool is_dir)
+{
+    const char *name = strrchr(rel, '/');
+    bool excluded = false;
+
+    name = name != NULL ? name + 1 : rel;
+    for (size_t i = 0; i < ig->n; i++) {
+        const struct ignore_rule *r = &ig->v[i];
+        if (r->dir_only && !is_dir) {
+            continue;
+        }
+        if (r->negate != excluded) {
+            continue; /* cannot change the outcome */
+        }
+        if (glob_match(r->pat, r->anchored ? rel : name)) {
+            excluded = !r->negate;
+        }
+    }
+    return excluded;
+}
+
+/* --- the job ------------------------------------------------------------------------------- */
+
+enum pack_format { PACK_TGZ, PACK_TZST };
+
+struct pack_file {
+    char *path; /* relative */
+    char *target;
+    mode_t mode; /* full st_mode */
+    uint64_t size;
+    struct timespec mtime;
+    char sha[65];
+};
+
+struct pack_part {
+    struct pack_file *files; /* borrowed from the pack's array */
+    size_t n;
+    uint32_t part;
+};
+
+enum pack_ev_kind { PACK_EV_PROGRESS, PACK_EV_PART };
+
+struct pack_ev {
+    enum pack_ev_kind kind;
+    const char *phase;
+    uint64_t bytes, files;
+    struct pack_part part;
+};
+
+struct pack_build;
+
+struct pack {
+    struct agent_outjob j; /* the archive stream */
+    struct agent_job job;  /* job.conn: where progress and manifest go (NULL once closed) */
+    uint32_t id;
+    char root[AGENT_FS_PATH_BUF];
+    char entrypoint[AGENT_FS_PATH_BUF];
+    bool has_entrypoint;
+    char **args;
+    size_t nargs;
+    enum pack_format format;
+    struct ignore ig;
+    struct pack_build *build;
+    /* thread start gate (under j.mu) */
+    bool go, build_failed;
+    char build_msg[128];
+    /* thread results */
+    struct pack_file *files;
+    size_t nfiles, capfiles;
+    uint64_t total_size;
+    size_t sent_upto; /* files already sent in manifest parts */
+    uint32_t parts;   /* parts queued */
+    uint64_t last_ns; /* progress rate limit */
+    int rootfd;
+};
+
+/* The archive stream's gone callback does the work; the hook marks pack jobs among the jobs. */
+static void pack_conn_gone(struct agent_job *j)
+{
+}
+
+static unsigned pack_count(struct agent_conn *c)
+{
+    unsigned n = 0;
+
+    for (struct agent_link *l = c->a->jobs.next; l != &c->a->jobs; l = l->next) {
+        struct agent_job *j = agent_container_of(l, struct agent_job, link);
+        if (j->conn == c && j->conn_gone == pack_conn_gone) {
+            n++;
+        }
+    }
+    return n;
+}
+
+/* --- build: a process with its stdout / stderr streamed --------------------------------------- */
+
+struct build_out {
+    struct pack_build *b;
+    uv_pipe_t pipe;
+    struct agent_stream *s; /* NULL once cancelled, gone or ended */
+    bool reading, eof;
+    uint32_t sid;
+};
+
+struct pack_build {
+    struct agent *a;
+    struct pack *p; /* NULL once the job is gone (the build then drains and closes alone) */
+    uv_process_t proc;
+    uv_timer_t timer;
+    struct build_out out, err;
+    int handles; /* open handles to close before freeing */
+    bool exited, timed_out;
+    int64_t code;
+    int signo;
+    uint64_t start_ns, end_ns;
+};
+
+static void build_done_check(struct pack_build *b);
+static void build_read_cb(uv_stream_t *h, ssize_t n, const uv_buf_t *buf);
+
+static void build_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct build_out *o = h->data;
+    size_t n = SBX_STREAM_CHUNK_MAX;
+
+    if (o->s != NULL && agent_stream_writable(o->s) < n) {
+        n = agent_stream_writable(o->s);
+    }
+    buf->base = agent_buf_get(o->b->a);
+    buf->len = buf->base != NULL ? n : 0;
+}
+
+static void build_update(struct build_out *o)
+{
+    /* Read while the stream may take more; a cancelled stream is drained and discarded. */
+    bool want = !o->eof && (o->s == NULL || agent_stream_writable(o->s) > 0);
+
+    if (want && !o->reading) {
+        o->reading = uv_read_start((uv_stream_t *)&o->pipe, build_alloc_cb, build_read_cb) == 0;
+    } else if (!want && o->reading) {
+        (void)uv_read_stop((uv_stream_t *)&o->pipe); /* cannot fail for an active handle */
+        o->reading = false;
+    }
+}
+
+static void build_read_cb(uv_stream_t *h, ssize_t n, const uv_buf_t *buf)
+{
+    struct build_out *o = h->data;
+    struct agent *a = o->b->a;
+
+    if (n > 0 && o->s != NULL) {
+        agent_stream_send(o->s, buf->base, (uint32_t)n);
+        build_update(o);
+        return;
+    }
+    if (buf->base != NULL) {
+        agent_buf_put(a, buf->base);
+    }
+    if (n >= 0) {
+        return;
+    }
+    o->eof = true;
+    o->reading = false;
+    (void)uv_read_stop(h);
+    if (o->s != NULL) {
+        struct agent_stream *s = o->s;
+        o->s = NULL;
+        s->owner = NULL;
+        agent_stream_end(s, NULL, false);
+    }
+    build_done_check(o->b);
+}
+
+static void build_ready(struct agent_stream *s)
+{
+    struct build_out *o = s->owner;
+
+    if (o != NULL) {
+        build_update(o);
+    }
+}
+
+static void build_gone(struct agent_stream *s, bool cancelled)
+{
+    struct build_out *o = s->owner;
+
+    if (o != NULL) {
+        o->s = NULL;
+        build_update(o);
+    }
+}
+
+static const struct agent_stream_ops build_ops = {
+    .ready = build_ready,
+    .gone = build_gone,
+};
+
+static void build_closed_cb(uv_handle_t *h)
+{
+    struct pack_build *b =
+        h->type == UV_NAMED_PIPE ? ((struct build_out *)h->data)->b : (struct pack_build *)h->data;
+
+    if (--b->handles == 0) {
+        free(b);
+    }
+}
+
+static void build_close(struct pack_build *b)
+{
+    b->handles = 4;
+    uv_close((uv_handle_t *)&b->proc, build_closed_cb);
+    uv_close((uv_handle_t *)&b->timer, build_closed_cb);
+    uv_close((uv_handle_t *)&b->out.pipe, build_closed_cb);
+    uv_close((uv_handle_t *)&b->err.pipe, build_closed_cb);
+}
+
+static void pack_send_progress(struct pack *p, const char *phase, uint64_t bytes, uint64_t files,
+                               const struct pack_build *b)
+{
+    struct agent_conn *c = p->job.conn;
+    msgpack_packer *pk;
+
+    if (c == NULL || c->closing) {
+        return;
+    }
+    pk = agent_conn_begin(c);
+    sbx_pack_notify_head(pk, "pack.progress");
+    msgpack_pack_map(pk, 4 + (b != NULL));
+    sbx_pack_kv_u64(pk, "id", p->id);
+    sbx_pack_kv_str(pk, "phase", phase);
+    sbx_pack_kv_u64(pk, "bytes", bytes);
+    sbx_pack_kv_u64(pk, "files", files);
+    if (b != NULL) {
+        char sig[32];
+        sbx_pack_cstr(pk, "exit");
+        msgpack_pack_map(pk, 5);
+        if (b->signo == 0) {
+            sbx_pack_kv_i64(pk, "code", b->code);
+            sbx_pack_kv_nil(pk, "signal");
+        } else {
+            sbx_pack_kv_nil(pk, "code");
+            sbx_pack_kv_str(pk, "signal", sbx_signal_name(b->signo, sig, sizeof(sig)));
+        }
+        sbx_pack_kv_i64(pk, "signo", b->signo);
+        sbx_pack_kv_u64(pk, "duration_ns", b->end_ns - b->start_ns);
+        sbx_pack_kv_bool(pk, "timed_out", b->timed_out);
+    }
+    agent_conn_send(c);
+}
+
+/* Let the archive thread go (or fail at once). */
+static void pack_release_thread(struct pack *p, bool failed)
+{
+    uv_mutex_lock(&p->j.mu);
+    p->go = true;
+    p->build_failed = failed;
+    uv_cond_broadcast(&p->j.cv);
+    uv_mutex_unlock(&p->j.mu);
+}
+
+static void build_done_check(struct pack_build *b)
+{
+    struct pack *p = b->p;
+    bool failed;
+
+    if (!b->exited || !b->out.eof || !b->err.eof) {
+        return;
+    }
+    if (p == NULL) { /* the job was cancelled meanwhile */
+        build_close(b);
+        return;
+    }
+    failed = b->signo != 0 || b->code != 0;
+    if (failed) {
+        if (b->signo != 0) {
+            char sig[32];
+            snprintf(p->build_msg, sizeof(p->build_msg), "build failed: killed by %s%s",
+                     sbx_signal_name(b->signo, sig, sizeof(sig)), b->timed_out ? " (timeout)" : "");
+        } else {
+            snprintf(p->build_msg, sizeof(p->build_msg), "build failed: exit status %lld",
+                     (long long)b->code);
+        }
+    }
+    if (p->j.s != NULL) {
+        pack_send_progress(p, "build", 0, 0, b);
+    }
+    p->build = NULL;
+    b->p = NULL;
+    build_close(b);
+    pack_release_thread(p, failed);
+}
+
+static void build_exit_cb(uv_process_t *proc, int64_t status, int signo)
+{
+    struct pack_build *b = proc->data;
+
+    b->exited = true;
+    b->code = status;
+    b->signo = signo;
+    b->end_ns = agent_now_ns();
+    uv_timer_stop(&b->timer);
+    build_done_check(b);
+}
+
+static void build_timeout_cb(uv_timer_t *t)
+{
+    struct pack_build *b = t->data;
+
+    b->timed_out = true;
+    (void)uv_kill(-b->proc.pid, SIGKILL); /* the whole group; it may be gone already */
+}
+
+/* Kill a running build (the job is cancelled). */
+static void build_kill(struct pack_build *b)
+{
+    if (b != NULL && !b->exited) {
+        (void)uv_kill(-b->proc.pid, SIGKILL); /* the whole group; it may be gone already */
+    }
+}
+
+static int build_start(struct pack *p, struct agent_conn *c, const msgpack_object *bm,
+                       struct sbx_err *err)
+{
+    struct pack_build *b = calloc(1, sizeof(*b));
+    uv_process_options_t opt = { 0 };
+    uv_stdio_container_t stdio[3];
+    char cwd[AGENT_FS_PATH_BUF];
+    char cmd[SBX_ARG_MAX + 1];
+    char *shargv[] = { "/bin/sh", "-c", cmd, NULL };
+    char **argv = NULL, **envp = NULL;
+    const msgpack_object *arr = NULL, *env = NULL;
+    bool clear = false;
+    uint64_t timeout = 0;
+    int rc = -1, r;
+
+    if (b == NULL) {
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+    }
+    b->p = p;
+    b->a = c->a;
+    snprintf(cwd, sizeof(cwd), "%s", p->root);
+    if (sbx_param_bstr(bm, "cwd", SBX_OPTIONAL, cwd, sizeof(cwd), err) < 0 ||
+        sbx_param_bool(bm, "clear_env", SBX_OPTIONAL, &clear, err) < 0 ||
+        sbx_param_u64(bm, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, err) < 0 ||
+        sbx_param_map(bm, "env", SBX_OPTIONAL, SBX_ENV_MAX, &env, err) < 0 ||
+        (env != NULL && agent_env_check_map(env, "build.env", err) < 0)) {
+        sbx_err_prefix(err, "build");
+        goto out;
+    }
+    r = sbx_param_array(bm, "argv", SBX_OPTIONAL, SBX_ARGV_MAX, &arr, err);
+    if (r < 0) {
+        goto out;
+    }
+    if (r == 0) {
+        if (arr->via.array.size == 0) {
+            sbx_err_param(err, "build.argv", "build.argv must not be empty");
+            goto out;
+        }
+        argv = calloc(arr->via.array.size + 1, sizeof(*argv));
+        if (argv == NULL) {
+            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            goto out;
+        }
+        for (uint32_t i = 0; i < arr->via.array.size; i++) {
+            const char *s;
+            size_t n;
+            if (!sbx_obj_bytes(&arr->via.array.ptr[i], &s, &n) || n > SBX_ARG_MAX ||
+                memchr(s, '\0', n) != NULL || (argv[i] = strndup(s, n)) == NULL) {
+                sbx_err_param(err, "build.argv", "build.argv[%u] must be a string without NUL", i);
+                goto out;
+            }
+        }
+    } else {
+        r = sbx_param_bstr(bm, "command", SBX_OPTIONAL, cmd, sizeof(cmd), err);
+        if (r < 0) {
+            goto out;
+        }
+        if (r > 0) {
+            sbx_err_param(err, "build", "build needs argv or command");
+            goto out;
+        }
+    }
+    envp = agent_env_build(p->j.a, clear, env, NULL);
+    if (envp == NULL) {
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        goto out;
+    }
+    uv_pipe_init(c->a->loop, &b->out.pipe, 0);
+    uv_pipe_init(c->a->loop, &b->err.pipe, 0);
+    uv_timer_init(c->a->loop, &b->timer);
+    b->out.pipe.data = &b->out;
+    b->err.pipe.data = &b->err;
+    b->out.b = b->err.b = b;
+    b->proc.data = b->timer.data = b;
+    stdio[0].flags = UV_IGNORE;
+    stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+    stdio[1].data.stream = (uv_stream_t *)&b->out.pipe;
+    stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+    stdio[2].data.stream = (uv_stream_t *)&b->err.pipe;
+    opt.exit_cb = build_exit_cb;
+    opt.file = argv != NULL ? argv[0] : shargv[0];
+    opt.args = argv != NULL ? argv : shargv;
+    opt.env = envp;
+    opt.cwd = cwd;
+    opt.flags = UV_PROCESS_DETACHED; /* its own session and process group, killed as one */
+    opt.stdio_count = 3;
+    opt.stdio = stdio;
+    b->start_ns = agent_now_ns();
+    r = uv_spawn(c->a->loop, &b->proc, &opt);
+    if (r < 0) {
+        sbx_err_sys(err, -r, "exec", "build: spawn \"%s\"", opt.file);
+        /* The handles were initialised: close them (proc too, which uv_spawn left inited). */
+        build_close(b);
+        b = NULL;
+        goto out;
+    }
+    if (timeout > 0) {
+        uv_timer_start(&b->timer, build_timeout_cb, timeout, 0);
+    }
+    b->out.s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &build_ops, &b->out, err);
+    b->err.s = b->out.s != NULL
+                   ? agent_stream_new_ops(c, AGENT_STREAM_OUT, &build_ops, &b->err, err)
+                   : NULL;
+    if (b->err.s == NULL) {
+        if (b->out.s != NULL) {
+            agent_stream_free(b->out.s);
+            b->out.s = NULL;
+        }
+        (void)uv_kill(-b->proc.pid, SIGKILL);
+        b->p = NULL; /* exits and closes on its own */
+        b->out.eof = b->err.eof = false;
+        build_update(&b->out);
+        build_update(&b->err);
+        b = NULL;
+        goto out;
+    }
+    b->out.sid = b->out.s->id;
+    b->err.sid = b->err.s->id;
+    p->build = b;
+    b = NULL;
+    rc = 0;
+out:
+    agent_strv_free(argv);
+    agent_strv_free(envp);
+    free(b);
+    return rc;
+}
+
+/* --- scan and archive (thread) -----------------------------------------------------------------
+ */
+
+static int pack_progress(struct pack *p, const char *phase, uint64_t bytes, uint64_t files,
+                         bool force)
+{
+    uint64_t now = agent_now_ns();
+    struct pack_ev *ev;
+
+    if (!force && now - p->last_ns < 100000000u) {
+        return 0;
+    }
+    p->last_ns = now;
+    ev = calloc(1, sizeof(*ev));
+    if (ev == NULL) {
+        return sbx_err_set(&p->j.err, SBX_E_INTERNAL, "out of memory");
+    }
+    ev->kind = PACK_EV_PROGRESS;
+    ev->phase = phase;
+    ev->bytes = bytes;
+    ev->files = files;
+    return agent_outjob_event(&p->j, ev);
+}
+
+static int pack_add(struct pack *p, const char *rel, const struct stat *st, const char *target)
+{
+    struct pack_file *f;
+
+    if (p->nfiles == p->capfiles) {
+        size_t cap = p->capfiles ? p->capfiles * 2 : 256;
+        struct pack_file *v = realloc(p->files, cap * sizeof(*v));
+        if (v == NULL) {
+            return sbx_err_set(&p->j.err, SBX_E_INTERNAL, "out of memory");
+        }
+        p->files = v;
+        p->capfiles = cap;
+    }
+    f = &p->files[p->nfiles];
+    memset(f, 0, sizeof(*f));
+    f->path = strdup(rel);
+    f->target = target != NULL ? strdup(target) : NULL;
+    if (f->path == NULL || (target != NULL && f->target == NULL)) {
+        free(f->path);
+        free(f->target);
+        return sbx_err_set(&p->j.err, SBX_E_INTERNAL, "out of memory");
+    }
+    f->mode = st->st_mode;
+    f->size = S_ISREG(st->st_mode) ? (uint64_t)st->st_size : 0;
+    f->mtime = st->st_mtim;
+    p->nfiles++;
+    p->total_size += f->size;
+    return 0;
+}
+
+static int pack_scan(struct pack *p, int fd, char *rel, size_t rlen, int depth)
+{
+    DIR *d;
+    struct dirent *de;
+    int dfd, rc = 0;
+
+    if (depth > 256) {
+        return sbx_err_sys(&p->j.err, ELOOP, NULL, "tree deeper than 256 levels");
+    }
+    dfd = dup(fd);
+    if (dfd < 0 || (d = fdopendir(dfd)) == NULL) {
+        if (dfd >= 0) {
+            close(dfd);
+        }
+        sbx_err_sys(&p->j.err, errno, NULL, "read directory \"%s\"", rlen ? rel : p->root);
+        sbx_err_set_path(&p->j.err, rlen ? rel : p->root);
+        return -1;
+    }
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        size_t nl = strlen(de->d_name);
+        struct stat st;
+        char target[PATH_MAX + 1];
+        bool link;
+
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+            (rlen == 0 && strcmp(de->d_name, PACK_MANIFEST_NAME) == 0)) {
+            continue;
+        }
+        if (rlen + nl + 2 > AGENT_FS_PATH_BUF) {
+            rc = sbx_err_sys(&p->j.err, ENAMETOOLONG, NULL, "path too long in the pack");
+            break;
+        }
+        if (rlen > 0) {
+            rel[rlen] = '/';
+        }
+        memcpy(rel + rlen + (rlen > 0), de->d_name, nl + 1);
+        if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            sbx_err_sys(&p->j.err, errno, NULL, "stat \"%s\"", rel);
+            sbx_err_set_path(&p->j.err, rel);
+            rc = -1;
+            break;
+        }
+        if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
+            continue; /* other special files are skipped */
+        }
+        if (ignore_match(&p->ig, rel, S_ISDIR(st.st_mode))) {
+            continue;
+        }
+        link = S_ISLNK(st.st_mode);
+        if (link) {
+            ssize_t tl = readlinkat(fd, de->d_name, target, PATH_MAX);
+            if (tl < 0) {
+                sbx_err_sys(&p->j.err, errno, NULL, "readlink \"%s\"", rel);
+                sbx_err_set_path(&p->j.err, rel);
+                rc = -1;
+                break;
+            }
+            target[tl] = '\0';
+        }
+        rc = pack_add(p, rel, &st, link ? target : NULL);
+        if (rc == 0) {
+            rc = pack_progress(p, "scan", p->total_size, p->nfiles, false);
+        }
+        if (rc == 0 && S_ISDIR(st.st_mode)) {
+            int sub = openat(fd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub < 0) {
+                sbx_err_sys(&p->j.err, errno, NULL, "open directory \"%s\"", rel);
+                sbx_err_set_path(&p->j.err, rel);
+                rc = -1;
+                break;
+            }
+            rc = pack_scan(p, sub, rel, rlen + nl + (rlen > 0), depth + 1);
+            close(sub);
+        }
+        rel[rlen] = '\0';
+    }
+    closedir(d);
+    return rc;
+}
+
+static int file_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct pack_file *)a)->path, ((const struct pack_file *)b)->path);
+}
+
+/* Queue the next manifest part (files [sent_upto, upto)). */
+static int pack_queue_part(struct pack *p, size_t upto)
+{
+    struct pack_ev *ev = calloc(1, sizeof(*ev));
+
+    if (ev == NULL) {
+        return sbx_err_set(&p->j.err, SBX_E_INTERNAL, "out of memory");
+    }
+    ev->kind = PACK_EV_PART;
+    ev->part.files = p->files + p->sent_upto;
+    ev->part.n = upto - p->sent_upto;
+    ev->part.part = p->parts++;
+    p->sent_upto = upto;
+    return agent_outjob_event(&p->j, ev);
+}
+
+/* Bytes of a file entry in an encoded manifest part, roughly (for the 2 MiB cap). */
+static size_t part_entry_size(const struct pack_file *f)
+{
+    return 160 + strlen(f->path) + (f->target != NULL ? strlen(f->target) : 0);
+}
+
+static int pack_file_data(struct pack *p, struct archive *ar, struct pack_file *f)
+{
+    static __thread uint8_t buf[1 << 16];
+    struct sha256_ctx sha;
+    uint8_t d[32];
+    uint64_t left = f->size;
+    int fd = openat(p->rootfd, f->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+    if (fd < 0) {
+        sbx_err_sys(&p->j.err, errno, NULL, "open \"%s\"", f->path);
+        sbx_err_set_path(&p->j.err, f->path);
+        return -1;
+    }
+    sha256_init(&sha);
+    /* Exactly the size the header announced: a file that grows or shrinks meanwhile fails. */
+    while (left > 0) {
+        ssize_t n = read(fd, buf, left < sizeof(buf) ? left : sizeof(buf));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            sbx_err_sys(&p->j.err, n < 0 ? errno : EIO, NULL, "read \"%s\"%s", f->path,
+                        n == 0 ? " (it shrank while packed)" : "");
+            sbx_err_set_path(&p->j.err, f->path);
+            close(fd);
+            return -1;
+        }
+        sha256_update(&sha, (size_t)n, buf);
+        if (archive_write_data(ar, buf, (size_t)n) < 0) {
+            close(fd);
+            if (!agent_outjob_cancelled(&p->j)) {
+                agent_archive_err(&p->j.err, ar, "write the archive");
+            }
+            return -1;
+        }
+        left -= (uint64_t)n;
+    }
+    close(fd);
+    sha256_digest(&sha, sizeof(d), d);
+    sbx_hex(d, sizeof(d), f->sha);
+    return 0;
+}
+
+/* JSON string of @s (bytes >= 0x80 of invalid UTF-8 become \u00XX). */
+static void json_str(char **out, size_t *len, size_t *cap, const char *s);
+
+static int buf_add(char **out, size_t *len, size_t *cap, const char *s, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t c = *cap ? *cap : 4096;
+        while (*len + n + 1 > c) {
+            c *= 2;
+        }
+        char *b = realloc(*out, c);
+        if (b == NULL) {
+            return -1;
+        }
+        *out = b;
+        *cap = c;
+    }
+    memcpy(*out + *len, s, n);
+    *len += n;
+    (*out)[*len] = '\0';
+    return 0;
+}
+
+static void json_str(char **out, size_t *len, size_t *cap, const char *s)
+{
+    bool utf8 = sbx_utf8_valid(s, strlen(s));
+    char e[8];
+
+    (void)buf_add(out, len, cap, "\"", 1);
+    for (const unsigned char *c = (const unsigned char *)s; *c != '\0'; c++) {
+        if (*c == '"' || *c == '\\') {
+            e[0] = '\\';
+            e[1] = (char)*c;
+            (void)buf_add(out, len, cap, e, 2);
+        } else if (*c < 0x20 || (*c >= 0x80 && !utf8)) {
+            snprintf(e, sizeof(e), "\\u%04x", *c);
+            (void)buf_add(out, len, cap, e, 6);
+        } else {
+            (void)buf_add(out, len, cap, (const char *)c, 1);
+        }
+    }
+    (void)buf_add(out, len, cap, "\"", 1);
+}
+
+static const char *file_type(mode_t m)
+{
+    return S_ISDIR(m) ? "dir" : S_ISLNK(m) ? "symlink" : "file";
+}
+
+static const char *format_name(enum pack_format f)
+{
+    return f == PACK_TGZ ? "tar.gz" : "tar.zst";
+}
+
+/* The manifest stored inside the archive: everything but the archive's own size and hash. */
+static char *pack_manifest_json(struct pack *p, size_t *outlen)
+{
+    char *out = NULL, num[64];
+    size_t len = 0, cap = 0;
+
+    (void)buf_add(&out, &len, &cap, "{\"format\":", 10);
+    json_str(&out, &len, &cap, format_name(p->format));
+    (void)buf_add(&out, &len, &cap, ",\"entrypoint\":", 14);
+    if (p->has_entrypoint) {
+        json_str(&out, &len, &cap, p->entrypoint);
+    } else {
+        (void)buf_add(&out, &len, &cap, "null", 4);
+    }
+    (void)buf_add(&out, &len, &cap, ",\"args\":[", 9);
+    for (size_t i = 0; i < p->nargs; i++) {
+        if (i > 0) {
+            (void)buf_add(&out, &len, &cap, ",", 1);
+        }
+        json_str(&out, &len, &cap, p->args[i]);
+    }
+    snprintf(num, sizeof(num), "],\"file_count\":%zu,\"total_size\":%llu,\"files\":[", p->nfiles,
+             (unsigned long long)p->total_size);
+    (void)buf_add(&out, &len, &cap, num, strlen(num));
+    for (size_t i = 0; i < p->nfiles; i++) {
+        const struct pack_file *f = &p->files[i];
+        const char *head = i > 0 ? ",{\"path\":" : "{\"path\":";
+        (void)buf_add(&out, &len, &cap, head, strlen(head));
+        json_str(&out, &len, &cap, f->path);
+        snprintf(num, sizeof(num), ",\"type\":\"%s\",\"size\":%llu,\"mode\":%u", file_type(f->mode),
+                 (unsigned long long)f->size, (unsigned)(f->mode & 07777));
+        (void)buf_add(&out, &len, &cap, num, strlen(num));
+        if (S_ISREG(f->mode)) {
+            (void)buf_add(&out, &len, &cap, ",\"sha256\":\"", 11);
+            (void)buf_add(&out, &len, &cap, f->sha, 64);
+            (void)buf_add(&out, &len, &cap, "\"", 1);
+        }
+        if (f->target != NULL) {
+            (void)buf_add(&out, &len, &cap, ",\"target\":", 10);
+            json_str(&out, &len, &cap, f->target);
+        }
+        (void)buf_add(&out, &len, &cap, "}", 1);
+    }
+    if (buf_add(&out, &len, &cap, "]}\n", 3) < 0) {
+        free(out);
+        return NULL;
+    }
+    *outlen = len;
+    return out;
+}
+
+static int pack_archive(struct pack *p)
+{
+    struct archive *ar = agent_outjob_archive(&p->j, p->format == PACK_TGZ ? AGENT_COMPRESS_GZIP
+                                                                           : AGENT_COMPRESS_ZSTD);
+    struct archive_entry *e = archive_entry_new();
+    uint64_t bytes = 0, part_bytes = 0;
+    char *json = NULL;
+    size_t jlen;
+    int rc = -1;
+
+    if (ar == NULL || e == NULL) {
+        goto out;
+    }
+    if (pack_progress(p, "archive", 0, 0, true) < 0) {
+        goto out;
+    }
+    for (size_t i = 0; i < p->nfiles; i++) {
+        struct pack_file *f = &p->files[i];
+        archive_entry_clear(e);
+        archive_entry_copy_pathname(e, f->path);
+        archive_entry_set_mode(e, f->mode);
+        archive_entry_set_size(e, (la_int64_t)f->size);
+        archive_entry_set_mtime(e, f->mtime.tv_sec, f->mtime.tv_nsec);
+        archive_entry_set_uid(e, 0);
+        archive_entry_set_gid(e, 0);
+        if (f->target != NULL) {
+            archive_entry_copy_symlink(e, f->target);
+        }
+        if (archive_write_header(ar, e) < ARCHIVE_WARN) {
+            if (!agent_outjob_cancelled(&p->j)) {
+                agent_archive_err(&p->j.err, ar, "write the archive");
+            }
+            goto out;
+        }
+        if (S_ISREG(f->mode) && pack_file_data(p, ar, f) < 0) {
+            goto out;
+        }
+        bytes += f->size;
+        part_bytes += part_entry_size(f);
+        if (i + 1 - p->sent_upto >= 1024 || part_bytes >= (1u << 20)) {
+            if (pack_queue_part(p, i + 1) < 0) {
+                goto out;
+            }
+            part_bytes = 0;
+        }
+        if (pack_progress(p, "archive", bytes, i + 1, false) < 0) {
+            goto out;
+        }
+    }
+    /* The manifest, last, inside the archive too. */
+    json = pack_manifest_json(p, &jlen);
+    if (json == NULL) {
+        sbx_err_set(&p->j.err, SBX_E_INTERNAL, "out of memory");
+        goto out;
+    }
+    archive_entry_clear(e);
+    archive_entry_copy_pathname(e, PACK_MANIFEST_NAME);
+    archive_entry_set_mode(e, AE_IFREG | 0644);
+    archive_entry_set_size(e, (la_int64_t)jlen);
+    archive_entry_set_mtime(e, 0, 0);
+    if (archive_write_header(ar, e) < ARCHIVE_WARN || archive_write_data(ar, json, jlen) < 0 ||
+        archive_write_close(ar) != ARCHIVE_OK) {
+        if (!agent_outjob_cancelled(&p->j)) {
+            agent_archive_err(&p->j.err, ar, "write the archive");
+        }
+        goto out;
+    }
+    if (pack_progress(p, "archive", bytes, p->nfiles, true) < 0) {
+        goto out;
+    }
+    rc = 0;
+out:
+    free(json);
+    if (e != NULL) {
+        archive_entry_free(e);
+    }
+    if (ar != NULL) {
+        if (rc < 0) {
+            archive_write_fail(ar);
+        }
+        archive_write_free(ar);
+    }
+    return rc;
+}
+
+static int pack_produce(struct agent_outjob *j)
+{
+    struct pack *p = agent_container_of(j, struct pack, j);
+    char rel[AGENT_FS_PATH_BUF] = "";
+    struct stat st;
+    bool failed;
+
+    uv_mutex_lock(&j->mu);
+    while (!p->go && !j->abort) {
+        uv_cond_wait(&j->cv, &j->mu);
+    }
+    failed = p->build_failed;
+    uv_mutex_unlock(&j->mu);
+    if (agent_outjob_cancelled(j)) {
+        return sbx_err_set(&j->err, SBX_E_CANCELLED, "cancelled");
+    }
+    if (failed) {
+        sbx_err_set(&j->err, SBX_E_CANCELLED, "%s", p->build_msg);
+        snprintf(j->err.stage, sizeof(j->err.stage), "build");
+        return -1;
+    }
+    p->rootfd = open(p->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (p->rootfd < 0) {
+        sbx_err_sys(&j->err, errno, NULL, "open directory \"%s\"", p->root);
+        sbx_err_set_path(&j->err, p->root);
+        return -1;
+    }
+    if (pack_progress(p, "scan", 0, 0, true) < 0 || pack_scan(p, p->rootfd, rel, 0, 0) < 0) {
+        return -1;
+    }
+    if (p->has_entrypoint && fstatat(p->rootfd, p->entrypoint, &st, 0) < 0) {
+        sbx_err_sys(&j->err, errno, NULL, "entrypoint \"%s\"", p->entrypoint);
+        snprintf(j->err.field, sizeof(j->err.field), "entrypoint");
+        sbx_err_set_path(&j->err, p->entrypoint);
+        return -1;
+    }
+    if (p->nfiles > 1) {
+        qsort(p->files, p->nfiles, sizeof(*p->files), file_cmp);
+    }
+    if (pack_progress(p, "scan", p->total_size, p->nfiles, true) < 0) {
+        return -1;
+    }
+    return pack_archive(p);
+}
+
+/* --- loop side ---------------------------------------------------------------------------- */
+
+static void pack_part_send(struct pack *p, const struct pack_part *pt, bool last)
+{
+    struct agent_conn *c = p->job.conn;
+    msgpack_packer *pk;
+
+    if (c == NULL || c->closing) {
+        return;
+    }
+    pk = agent_conn_begin(c);
+    sbx_pack_notify_head(pk, "pack.manifest");
+    msgpack_pack_map(pk, 4 + (last ? 7 : 0));
+    sbx_pack_kv_u64(pk, "id", p->id);
+    sbx_pack_kv_u64(pk, "part", pt->part);
+    sbx_pack_kv_bool(pk, "last", last);
+    sbx_pack_cstr(pk, "files");
+    msgpack_pack_array(pk, pt->n);
+    for (size_t i = 0; i < pt->n; i++) {
+        const struct pack_file *f = &pt->files[i];
+        msgpack_pack_map(pk, 4 + (S_ISREG(f->mode) || f->target != NULL));
+        sbx_pack_cstr(pk, "path");
+        sbx_pack_bstr(pk, f->path, strlen(f->path));
+        sbx_pack_kv_str(pk, "type", file_type(f->mode));
+        sbx_pack_kv_u64(pk, "size", f->size);
+        sbx_pack_kv_u64(pk, "mode", f->mode & 07777);
+        if (S_ISREG(f->mode)) {
+            sbx_pack_kv_str(pk, "sha256", f->sha);
+        } else if (f->target != NULL) {
+            sbx_pack_cstr(pk, "target");
+            sbx_pack_bstr(pk, f->target, strlen(f->target));
+        }
+    }
+    if (last) {
+        uint8_t d[32];
+        char hex[65];
+        struct sha256_ctx sha = p->j.sha;
+
+        sha256_digest(&sha, sizeof(d), d);
+        sbx_hex(d, sizeof(d), hex);
+        sbx_pack_cstr(pk, "entrypoint");
+        if (p->has_entrypoint) {
+            sbx_pack_bstr(pk, p->entrypoint, strlen(p->entrypoint));
+        } else {
+            msgpack_pack_nil(pk);
+        }
+        sbx_pack_cstr(pk, "args");
+        msgpack_pack_array(pk, p->nargs);
+        for (size_t i = 0; i < p->nargs; i++) {
+            sbx_pack_bstr(pk, p->args[i], strlen(p->args[i]));
+        }
+        sbx_pack_kv_str(pk, "format", format_name(p->format));
+        sbx_pack_kv_u64(pk, "file_count", p->nfiles);
+        sbx_pack_kv_u64(pk, "total_size", p->total_size);
+        sbx_pack_kv_u64(pk, "archive_size", p->j.bytes);
+        sbx_pack_kv_str(pk, "archive_sha256", hex);
+    }
+    agent_conn_send(c);
+}
+
+static void pack_on_event(struct agent_outjob *j, void *arg)
+{
+    struct pack *p = agent_container_of(j, struct pack, j);
+    struct pack_ev *ev = arg;
+
+    if (j->s != NULL) {
+        if (ev->kind == PACK_EV_PROGRESS) {
+            pack_send_progress(p, ev->phase, ev->bytes, ev->files, NULL);
+        } else {
+            pack_part_send(p, &ev->part, false);
+        }
+    }
+    free(ev);
+}
+
+static void pack_on_free(struct agent_outjob *j, void *arg)
+{
+    free(arg);
+}
+
+static void pack_on_finish(struct agent_outjob *j)
+{
+    struct pack *p = agent_container_of(j, struct pack, j);
+    struct pack_part last = { p->files + p->sent_upto, p->nfiles - p->sent_upto, p->parts };
+
+    pack_part_send(p, &last, true);
+    pack_send_progress(p, "done", p->total_size, p->nfiles, NULL);
+}
+
+static void pack_on_close(struct agent_outjob *j)
+{
+    struct pack *p = agent_container_of(j, struct pack, j);
+
+    if (p->build != NULL) { /* cancelled during the build: kill it, end its streams */
+        struct pack_build *b = p->build;
+        struct build_out *outs[2] = { &b->out, &b->err };
+        struct sbx_err err;
+        b->p = NULL;
+        build_kill(b);
+        sbx_err_set(&err, SBX_E_CANCELLED, "pack job cancelled");
+        for (int i = 0; i < 2; i++) {
+            if (outs[i]->s != NULL) {
+                struct agent_stream *s = outs[i]->s;
+                outs[i]->s = NULL;
+                s->owner = NULL;
+                agent_stream_end(s, &err, false);
+            }
+            build_update(outs[i]); /* drained and discarded until the end */
+        }
+    }
+    agent_job_del(&p->job);
+    ignore_free(&p->ig);
+    for (size_t i = 0; i < p->nfiles; i++) {
+        free(p->files[i].path);
+        free(p->files[i].target);
+    }
+    free(p->files);
+    agent_strv_free(p->args);
+    if (p->rootfd >= 0) {
+        close(p->rootfd);
+    }
+    free(p);
+}
+
+/* --- the request --------------------------------------------------------------------------- */
+
+static int pack_strings(const msgpack_object *params, const char *key, uint32_t max, char ***out,
+                        size_t *n, struct sbx_err *err)
+{
+    const msgpack_object *arr;
+    int r = sbx_param_array(params, key, SBX_OPTIONAL, max, &arr, err);
+    char **v;
+
+    *out = NULL;
+    *n = 0;
+    if (r != 0) {
+        return r;
+    }
+    v = calloc(arr->via.array.size + 1, sizeof(*v));
+    if (v == NULL) {
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+    }
+    for (uint32_t i = 0; i < arr->via.array.size; i++) {
+        const char *s;
+        size_t len;
+        if (!sbx_obj_bytes(&arr->via.array.ptr[i], &s, &len) || len > SBX_ARG_MAX ||
+            memchr(s, '\0', len) != NULL || (v[i] = strndup(s, len)) == NULL) {
+            agent_strv_free(v);
+            return sbx_err_param(err, key, "%s[%u] must be a string without NUL", key, i);
+        }
+    }
+    *out = v;
+    *n = arr->via.array.size;
+    return 0;
+}
+
+static int pack_ignore_files(struct pack *p, const msgpack_object *params, struct sbx_err *err)
+{
+    static char *const def[] = { ".sbxignore", NULL };
+    char **names = NULL;
+    size_t n = 0;
+    int r = pack_strings(params, "ignore_files", SBX_PACK_IGNORE_FILES_MAX, &names, &n, err);
+
+    if (r < 0) {
+        return -1;
+    }
+    for (char *const *name = r == 0 ? names : def; *name != NULL; name++) {
+        char path[AGENT_FS_PATH_BUF * 2];
+        char line[4096];
+        FILE *f;
+        if (strchr(*name, '/') != NULL || strcmp(*name, "..") == 0) {
+            agent_strv_free(names);
+            return sbx_err_param(err, "ignore_files", "ignore_files are names in the pack root");
+        }
+        snprintf(path, sizeof(path), "%s/%s", p->root, *name);
+        f = fopen(path, "re");
+        if (f == NULL) {
+            continue; /* missing files are skipped */
+        }
+        while (fgets(line, sizeof(line), f) != NULL) {
+            if (ignore_add(&p->ig, line, strlen(line)) < 0) {
+                fclose(f);
+                agent_strv_free(names);
+                return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            }
+        }
+        fclose(f);
+    }
+    agent_strv_free(names);
+    return 0;
+}
+
+static struct pack *pack_parse(struct agent_conn *c, const msgpack_object *params,
+                               const msgpack_object **build, struct sbx_err *err)
+{
+    struct pack *p = calloc(1, sizeof(*p));
+    char **excl = NULL;
+    size_t nexcl = 0;
+    char fmt[16];
+    struct stat st;
+    int r;
+
+    if (p == NULL) {
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return NULL;
+    }
+    p->rootfd = -1;
+    p->j.a = c->a;
+    if (agent_fs_path_param(params, "path", SBX_REQUIRED, p->root, err) < 0 ||
+        sbx_param_cstr(params, "format", SBX_REQUIRED, fmt, sizeof(fmt), err) < 0 ||
+        sbx_param_map(params, "build", SBX_OPTIONAL, 64, build, err) < 0 ||
+        pack_strings(params, "args", SBX_ARGV_MAX, &p->args, &p->nargs, err) < 0 ||
+        pack_strings(params, "exclude", SBX_PACK_EXCLUDE_MAX, &excl, &nexcl, err) < 0) {
+        goto fail;
+    }
+    if (strcmp(fmt, "tar.gz") == 0) {
+        p->format = PACK_TGZ;
+    } else if (strcmp(fmt, "tar.zst") == 0) {
+        p->format = PACK_TZST;
+    } else {
+        sbx_err_param(err, "format", "format must be \"tar.gz\" or \"tar.zst\"");
+        goto fail;
+    }
+    r = sbx_param_bstr(params, "entrypoint", SBX_OPTIONAL, p->entrypoint, sizeof(p->entrypoint),
+                       err);
+    if (r < 0) {
+        goto fail;
+    }
+    p->has_entrypoint = r == 0;
+    if (p->has_entrypoint && (p->entrypoint[0] == '/' || p->entrypoint[0] == '\0')) {
+        sbx_err_param(err, "entrypoint", "entrypoint must be a path relative to the pack root");
+        goto fail;
+    }
+    if (stat(p->root, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        int e = stat(p->root, &st) < 0 ? errno : ENOTDIR;
+        sbx_err_sys(err, e, NULL, "pack \"%s\"", p->root);
+        sbx_err_set_path(err, p->root);
+        goto fail;
+    }
+    /* Rules in order: .git first (so "!.git" can take it back), then exclude, then the files. */
+    if (ignore_add(&p->ig, ".git", 4) < 0) {
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < nexcl; i++) {
+        if (ignore_add(&p->ig, excl[i], strlen(excl[i])) < 0) {
+            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            goto fail;
+        }
+    }
+    if (pack_ignore_files(p, params, err) < 0) {
+        goto fail;
+    }
+    agent_strv_free(excl);
+    return p;
+fail:
+    agent_strv_free(excl);
+    agent_strv_free(p->args);
+    ignore_free(&p->ig);
+    free(p);
+    return NULL;
+}
+
+void agent_pack_create(struct agent_conn *c, const struct sbx_msg *m)
+{
+    const msgpack_object *build = NULL;
+    struct sbx_err err;
+    struct pack *p;
+    msgpack_packer *pk;
+
+    sbx_err_clear(&err);
+    if (pack_count(c) >= SBX_MAX_PACKS) {
+        sbx_err_set(&err, SBX_E_LIMIT, "too many pack jobs on this connection (cap %u)",
+                    SBX_MAX_PACKS);
+        snprintf(err.limit, sizeof(err.limit), "max_packs");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    p = pack_parse(c, m->params, &build, &err);
+    if (p == NULL) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    p->id = ++c->next_pack;
+    p->go = build == NULL;
+    if (build != NULL && build_start(p, c, build, &err) < 0) {
+        ignore_free(&p->ig);
+        agent_strv_free(p->args);
+        free(p);
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    p->j.produce = pack_produce;
+    p->j.on_event = pack_on_event;
+    p->j.on_finish = pack_on_finish;
+    p->j.on_free = pack_on_free;
+    p->j.on_close = pack_on_close;
+    agent_job_add(c->a, &p->job, c);
+    p->job.conn_gone = pack_conn_gone;
+    switch (agent_outjob_start(&p->j, c, &err)) {
+    case 0:
+        break;
+    case -2: /* on_close freed the job (and killed the build) */
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    default:
+        agent_job_del(&p->job);
+        if (p->build != NULL) {
+            p->build->p = NULL;
+            build_kill(p->build);
+            if (p->build->out.s != NULL) {
+                agent_stream_free(p->build->out.s);
+                p->build->out.s = NULL;
+            }
+            if (p->build->err.s != NULL) {
+                agent_stream_free(p->build->err.s);
+                p->build->err.s = NULL;
+            }
+        }
+        ignore_free(&p->ig);
+        agent_strv_free(p->args);
+        free(p);
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    pk = agent_conn_begin(c);
+    sbx_pack_response_head(pk, m->id);
+    msgpack_pack_map(pk, 2 + (p->build != NULL ? 2 : 0));
+    sbx_pack_kv_u64(pk, "id", p->id);
+    if (p->build != NULL) {
+        sbx_pack_kv_u64(pk, "build_stdout", p->build->out.sid);
+        sbx_pack_kv_u64(pk, "build_stderr", p->build->err.sid);
+    }
+    sbx_pack_kv_u64(pk, "archive", p->j.sid);
+    agent_conn_send(c);
+    if (p->build != NULL) {
+        build_update(&p->build->out);
+        build_update(&p->build->err);
+    }
+}
