@@ -43,10 +43,22 @@ static void ignore_free(struct ignore *ig)
     ig->n = ig->cap = 0;
 }
 
-/* Add one gitignore line; blank lines and comments are skipped. -1 when out of memory. */
+/* Wildcards one pattern may hold: matching backtracks, so a cap bounds its cost. */
+#define IGNORE_STARS_MAX 16
+
+/* Add one gitignore line; blank lines and comments are skipped. -1 when out of memory, -2 for
+ * a pattern with more than IGNORE_STARS_MAX stars. */
 static int ignore_add(struct ignore *ig, const char *line, size_t len)
 {
     struct ignore_rule r = { 0 };
+    size_t stars = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        stars += line[i] == '*';
+    }
+    if (stars > IGNORE_STARS_MAX) {
+        return -2;
+    }
 
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
         len--;
@@ -1241,7 +1253,7 @@ static int pack_ignore_files(struct pack *p, const msgpack_object *params, struc
             continue; /* missing files are skipped */
         }
         while (fgets(line, sizeof(line), f) != NULL) {
-            if (ignore_add(&p->ig, line, strlen(line)) < 0) {
+            if (ignore_add(&p->ig, line, strlen(line)) == -1) { /* -2: skipped */
                 fclose(f);
                 agent_strv_free(names);
                 return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
@@ -1306,7 +1318,12 @@ static struct pack *pack_parse(struct agent_conn *c, const msgpack_object *param
         goto fail;
     }
     for (size_t i = 0; i < nexcl; i++) {
-        if (ignore_add(&p->ig, excl[i], strlen(excl[i])) < 0) {
+        r = ignore_add(&p->ig, excl[i], strlen(excl[i]));
+        if (r == -2) {
+            sbx_err_param(err, "exclude", "exclude[%zu] has more than %d '*'", i, IGNORE_STARS_MAX);
+            goto fail;
+        }
+        if (r < 0) {
             sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
             goto fail;
         }
