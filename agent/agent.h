@@ -70,6 +70,8 @@ struct agent_pipe {
     uint32_t replay_len;
     uint64_t dropped; /* bytes discarded because nobody read them */
     uint64_t total;   /* bytes read from the child */
+    /* output while detached goes here instead of the replay buffer when set (REPL capture) */
+    void (*sink)(struct agent_pipe *p, const uint8_t *data, uint32_t n);
     /* input */
     unsigned writes_pending;
     bool close_requested;
@@ -239,6 +241,9 @@ struct agent_proc {
     uv_timer_t drain_timer;
     bool timeout_armed, grace_phase;
     struct agent_link waiters;
+    /* Another object built on this process (a REPL session): told once the exit is reported. */
+    void (*on_done)(struct agent_proc *p);
+    void *data;
 };
 
 /* Request handlers. */
@@ -249,6 +254,17 @@ void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m);
 void agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m);
 void agent_proc_release(struct agent_conn *c, const struct sbx_msg *m);
 void agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m);
+/*
+ * Start an interpreter for a REPL session: @argv (taken over, also on failure), env/clear_env/
+ * cwd/user from @params as proc.spawn reads them, tag @tag. Its stdin and controlling terminal is
+ * a new PTY whose master is returned in @master (the caller owns it); stdout and stderr are pipes
+ * (p->out, p->err, not yet reading: set their sinks, then agent_pipe_update); @extra_fds become
+ * its fds 3 and 4 (the caller closes its copies). No owner: nobody gets proc.exit. Returns NULL
+ * with @err (errno with stage, BAD_PARAM, LIMIT max_procs).
+ */
+struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **argv,
+                                         const char *tag, const int extra_fds[2], int *master,
+                                         struct sbx_err *err);
 /* SIGCHLD: reap our own children (never waitpid(-1)). */
 void agent_proc_reap(struct agent *a);
 /* A pipe reached its end: maybe the exit can be reported now. */
@@ -360,6 +376,15 @@ int agent_user_lookup(const char *root, const char *name, struct agent_user *u,
 /* Fill @u for a numeric uid: passwd entry if there is one, else gid = uid and no groups. */
 int agent_user_by_uid(const char *root, uid_t uid, struct agent_user *u);
 
+/* --- REPL sessions (repl.c) ----------------------------------------------------------------- */
+
+void agent_repl_start(struct agent_conn *c, const struct sbx_msg *m);
+void agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m);
+void agent_repl_close(struct agent_conn *c, const struct sbx_msg *m);
+void agent_repl_list(struct agent_conn *c, const struct sbx_msg *m);
+/* The connection is going away: its pending start/eval replies are dropped, sessions stay. */
+void agent_repl_conn_gone(struct agent *a, struct agent_conn *c);
+
 void agent_session_hello(struct agent_conn *c, const struct sbx_msg *m);
 void agent_session_ping(struct agent_conn *c, const struct sbx_msg *m);
 void agent_session_info(struct agent_conn *c, const struct sbx_msg *m);
@@ -415,7 +440,9 @@ struct agent {
     struct agent_link listeners;
     struct agent_link conns;
     struct agent_link procs;
-    struct agent_link jobs; /* struct agent_job: transfers and packs that outlive a stream */
+    struct agent_link jobs;  /* struct agent_job: transfers and packs that outlive a stream */
+    struct agent_link repls; /* live REPL sessions */
+    uint32_t next_repl;
     unsigned nconns;
     unsigned nhello; /* connections past hello: the "clients" init counts */
     unsigned nprocs;

@@ -341,6 +341,7 @@ static void conn_close_cb(uv_handle_t *h)
     }
     agent_proc_conn_gone(a, c);
     agent_job_conn_gone(a, c);
+    agent_repl_conn_gone(a, c);
     agent_initctl_conn_gone(a, c);
     agent_fs_conn_gone(c);
     if (c->hello_done) {

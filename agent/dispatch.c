@@ -63,6 +63,10 @@ static const struct agent_method methods[] = {
     { "transfer.upload_tree", agent_transfer_upload_tree, 1 },
     { "transfer.download_tree", agent_transfer_download_tree, 1 },
     { "pack.create", agent_pack_create, 1 },
+    { "repl.start", agent_repl_start, 1 },
+    { "repl.eval", agent_repl_eval, 1 },
+    { "repl.close", agent_repl_close, 1 },
+    { "repl.list", agent_repl_list, 1 },
 };
 
 void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m)

@@ -51,8 +51,10 @@ struct spawn_req {
     uint32_t drain_ms;
     char tag[SBX_TAG_MAX + 1];
     bool pty;
+    bool pty_stdin_only; /* REPL: the terminal is stdin only; stdout/stderr are pipes */
     struct winsize ws;
     char pty_path[64];
+    int extra_fds[2]; /* become fds 3 and 4 in the child (-1: none) */
 };
 
 /* What a failing child reports through the error pipe. */
@@ -210,57 +212,17 @@ static int resolve_exe(const char *name, char *const *envp, char *out, size_t ou
     return sbx_err_sys(err, denied ? EACCES : ENOENT, "exec", "exec \"%s\"", name);
 }
 
-static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struct spawn_req *r,
-                       struct sbx_err *err)
+/* The params proc.spawn and repl.start share: env, clear_env, cwd, user, uid, gid, groups. Builds
+ * r->envp (base + overlay + @extra, which stays the caller's) and resolves r->argv[0]. */
+static int parse_identity_env(struct agent *a, const msgpack_object *params, struct spawn_req *r,
+                              char *extra[5], int nextra, struct sbx_err *err)
 {
-    struct agent *a = c->a;
-    const msgpack_object *argv = NULL, *env = NULL, *groups = NULL;
-    const char *cmd = NULL;
-    size_t cmdlen = 0;
+    const msgpack_object *env = NULL, *groups = NULL;
     char user[64];
     uint64_t u;
     bool clear = false;
-    int r_argv, r_cmd, r_user, r_uid;
-    char *extra[5] = { NULL, NULL, NULL, NULL, NULL };
-    int nextra = 0;
+    int r_user, r_uid;
 
-    memset(r, 0, sizeof(*r));
-    r_argv = sbx_param_array(params, "argv", SBX_OPTIONAL, SBX_ARGV_MAX, &argv, err);
-    if (r_argv < 0) {
-        return -1;
-    }
-    {
-        const msgpack_object *co = sbx_obj_get(params, "command");
-        r_cmd = 1;
-        if (co != NULL && co->type != MSGPACK_OBJECT_NIL) {
-            if (!sbx_obj_bytes(co, &cmd, &cmdlen) || cmdlen > SBX_ARG_MAX) {
-                return sbx_err_param(err, "command", "command must be a string of at most %u bytes",
-                                     SBX_ARG_MAX);
-            }
-            r_cmd = 0;
-        }
-    }
-    if ((r_argv == 0) == (r_cmd == 0)) {
-        return sbx_err_param(err, "argv", "give exactly one of \"argv\" and \"command\"");
-    }
-    if (r_argv == 0) {
-        if (argv->via.array.size == 0) {
-            return sbx_err_param(err, "argv", "argv must not be empty");
-        }
-        r->argv = strv_from_array(argv, "argv", err);
-        if (r->argv == NULL) {
-            return -1;
-        }
-    } else {
-        if (memchr(cmd, '\0', cmdlen) != NULL) {
-            return sbx_err_param(err, "command", "command contains a NUL byte");
-        }
-        r->argv = calloc(4, sizeof(char *));
-        if (r->argv == NULL || (r->argv[0] = strdup("/bin/sh")) == NULL ||
-            (r->argv[1] = strdup("-c")) == NULL || (r->argv[2] = strndup(cmd, cmdlen)) == NULL) {
-            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        }
-    }
     if (sbx_param_map(params, "env", SBX_OPTIONAL, SBX_ENV_MAX, &env, err) < 0 ||
         sbx_param_bool(params, "clear_env", SBX_OPTIONAL, &clear, err) < 0) {
         return -1;
@@ -314,6 +276,77 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
         }
     } else if (sbx_err_isset(err)) {
         return -1;
+    }
+    /* A user switch brings that user's HOME, USER and LOGNAME unless the request sets them. */
+    if (r->set_user) {
+        if (r->user.home[0] != '\0' && asprintf(&extra[nextra++], "HOME=%s", r->user.home) < 0) {
+            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        }
+        if (r->user.name[0] != '\0') {
+            if (asprintf(&extra[nextra++], "USER=%s", r->user.name) < 0 ||
+                asprintf(&extra[nextra++], "LOGNAME=%s", r->user.name) < 0) {
+                return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            }
+        }
+    }
+    r->envp = agent_env_build(a, clear, env, extra);
+    for (int i = 0; i < nextra; i++) {
+        free(extra[i]);
+    }
+    if (r->envp == NULL) {
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+    }
+    return resolve_exe(r->argv[0], r->envp, r->exe, sizeof(r->exe), err);
+}
+
+static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struct spawn_req *r,
+                       struct sbx_err *err)
+{
+    const msgpack_object *argv = NULL;
+    const char *cmd = NULL;
+    size_t cmdlen = 0;
+    uint64_t u;
+    int r_argv, r_cmd;
+    char *extra[5] = { NULL, NULL, NULL, NULL, NULL };
+    int nextra = 0;
+
+    memset(r, 0, sizeof(*r));
+    r->extra_fds[0] = r->extra_fds[1] = -1;
+    r_argv = sbx_param_array(params, "argv", SBX_OPTIONAL, SBX_ARGV_MAX, &argv, err);
+    if (r_argv < 0) {
+        return -1;
+    }
+    {
+        const msgpack_object *co = sbx_obj_get(params, "command");
+        r_cmd = 1;
+        if (co != NULL && co->type != MSGPACK_OBJECT_NIL) {
+            if (!sbx_obj_bytes(co, &cmd, &cmdlen) || cmdlen > SBX_ARG_MAX) {
+                return sbx_err_param(err, "command", "command must be a string of at most %u bytes",
+                                     SBX_ARG_MAX);
+            }
+            r_cmd = 0;
+        }
+    }
+    if ((r_argv == 0) == (r_cmd == 0)) {
+        return sbx_err_param(err, "argv", "give exactly one of \"argv\" and \"command\"");
+    }
+    if (r_argv == 0) {
+        if (argv->via.array.size == 0) {
+            return sbx_err_param(err, "argv", "argv must not be empty");
+        }
+        r->argv = strv_from_array(argv, "argv", err);
+        if (r->argv == NULL) {
+            return -1;
+        }
+    } else {
+        if (memchr(cmd, '\0', cmdlen) != NULL) {
+            return sbx_err_param(err, "command", "command contains a NUL byte");
+        }
+        r->argv = calloc(4, sizeof(char *));
+        if (r->argv == NULL || (r->argv[0] = strdup("/bin/sh")) == NULL ||
+            (r->argv[1] = strdup("-c")) == NULL || (r->argv[2] = strndup(cmd, cmdlen)) == NULL) {
+            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        }
     }
     if (parse_io(params, "stdin", IO_NULL, false, &r->io_in, err) < 0 ||
         parse_io(params, "stdout", IO_PIPE, false, &r->io_out, err) < 0 ||
@@ -369,26 +402,7 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
         }
     }
 
-    /* A user switch brings that user's HOME, USER and LOGNAME unless the request sets them. */
-    if (r->set_user) {
-        if (r->user.home[0] != '\0' && asprintf(&extra[nextra++], "HOME=%s", r->user.home) < 0) {
-            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        }
-        if (r->user.name[0] != '\0') {
-            if (asprintf(&extra[nextra++], "USER=%s", r->user.name) < 0 ||
-                asprintf(&extra[nextra++], "LOGNAME=%s", r->user.name) < 0) {
-                return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-            }
-        }
-    }
-    r->envp = agent_env_build(a, clear, env, extra);
-    for (int i = 0; i < nextra; i++) {
-        free(extra[i]);
-    }
-    if (r->envp == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-    }
-    return resolve_exe(r->argv[0], r->envp, r->exe, sizeof(r->exe), err);
+    return parse_identity_env(c->a, params, r, extra, nextra, err);
 }
 
 /* --- the child ---------------------------------------------------------------------------- */
@@ -447,6 +461,7 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
     sigset_t none;
     struct sigaction dfl;
     int devnull = -1;
+    int extra[2] = { -1, -1 };
     int oom;
 
     /* Back to a clean signal state: the agent ignores SIGPIPE and libuv has handlers. Every
@@ -469,7 +484,16 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
         if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) {
             child_fail(errfd, ST_PTY);
         }
-        fds[0] = fds[1] = fds[2] = slave;
+        fds[0] = slave;
+        if (!r->pty_stdin_only) {
+            fds[1] = fds[2] = slave;
+        }
+    }
+    /* Extra fds go above the stdio range first, so no dup2 below clobbers one still needed. */
+    for (int i = 0; i < 2; i++) {
+        if (r->extra_fds[i] >= 0 && (extra[i] = fcntl(r->extra_fds[i], F_DUPFD_CLOEXEC, 10)) < 0) {
+            child_fail(errfd, ST_STDIO);
+        }
     }
     for (int i = 0; i < 3; i++) {
         if (fds[i] < 0) {
@@ -489,6 +513,11 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
                 child_fail(errfd, ST_STDIO);
             }
         } else if (dup2(fds[i], i) < 0) {
+            child_fail(errfd, ST_STDIO);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        if (extra[i] >= 0 && dup2(extra[i], 3 + i) < 0) {
             child_fail(errfd, ST_STDIO);
         }
     }
@@ -641,6 +670,9 @@ static void proc_report(struct agent_proc *p, bool drained)
         agent_conn_send(w->conn);
         p->collected = true;
         waiter_free(w);
+    }
+    if (p->on_done != NULL) {
+        p->on_done(p);
     }
 }
 
@@ -804,28 +836,110 @@ static int pipe_setup(struct agent *a, struct agent_proc *p, struct agent_pipe *
     return r;
 }
 
+/* A slot in the process table: LIMIT (max_procs) when none can be freed. */
+static int proc_slot(struct agent *a, struct sbx_err *err)
+{
+    if (a->nprocs >= SBX_MAX_PROCS && !proc_evict_one(a)) {
+        sbx_err_set(err, SBX_E_LIMIT, "too many processes (cap %u); release finished ones",
+                    SBX_MAX_PROCS);
+        snprintf(err->limit, sizeof(err->limit), "max_procs");
+        return -1;
+    }
+    return 0;
+}
+
+/* Start @r with @childfds as stdio (spawn_child). Returns the pid once exec succeeded, or -1 with
+ * the failing step in @err (the child is reaped then). */
+static pid_t spawn_run(struct spawn_req *r, int childfds[3], struct sbx_err *err)
+{
+    int errp[2] = { -1, -1 };
+    struct child_err ce;
+    ssize_t n;
+    pid_t pid;
+
+    if (pipe2(errp, O_CLOEXEC) < 0) {
+        return sbx_err_sys(err, errno, "pipe", "create pipes");
+    }
+    pid = spawn_child(r, childfds, errp[1]);
+    if (pid < 0) {
+        sbx_err_sys(err, -pid, "fork", "clone");
+        close(errp[0]);
+        close(errp[1]);
+        return -1;
+    }
+    close(errp[1]);
+    /* EOF means exec succeeded (the pipe is close-on-exec); a record means a step failed. */
+    do {
+        n = read(errp[0], &ce, sizeof(ce));
+    } while (n < 0 && errno == EINTR);
+    close(errp[0]);
+    if (n != (ssize_t)sizeof(ce)) {
+        return pid;
+    }
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    if (ce.stage == ST_EXEC) {
+        sbx_err_sys(err, ce.err, "exec", "exec \"%s\"", r->argv[0]);
+    } else if (ce.stage == ST_CWD) {
+        sbx_err_sys(err, ce.err, "cwd", "chdir \"%s\"", r->cwd);
+        snprintf(err->field, sizeof(err->field), "cwd");
+    } else {
+        sbx_err_sys(err, ce.err, stage_names[ce.stage], "%s", stage_names[ce.stage]);
+    }
+    return -1;
+}
+
+/* The table entry of a freshly started child (argv taken from @r). NULL when out of memory: the
+ * child is killed and reaped then. */
+static struct agent_proc *proc_new(struct agent *a, struct spawn_req *r, pid_t pid,
+                                   struct sbx_err *err)
+{
+    struct agent_proc *p = calloc(1, sizeof(*p));
+
+    if (p == NULL) {
+        (void)kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return NULL;
+    }
+    p->a = a;
+    p->id = ++a->next_proc;
+    p->pid = pid;
+    p->argv = r->argv;
+    r->argv = NULL;
+    memcpy(p->tag, r->tag, sizeof(p->tag));
+    p->start_ns = agent_now_ns();
+    p->start_wall_ns = agent_realtime_ns();
+    p->drain_ms = r->drain_ms;
+    p->kill_signal = r->kill_signal;
+    p->kill_grace_ms = r->kill_grace_ms;
+    p->pty_fd = -1;
+    agent_list_init(&p->waiters);
+    agent_list_add_tail(&a->procs, &p->link);
+    a->nprocs++;
+    uv_timer_init(a->loop, &p->timeout_timer);
+    uv_timer_init(a->loop, &p->drain_timer);
+    p->timeout_timer.data = p;
+    p->drain_timer.data = p;
+    p->handles_open += 2;
+    return p;
+}
+
 void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct agent *a = c->a;
     struct spawn_req r;
     struct sbx_err err;
     struct agent_proc *p = NULL;
-    int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 }, errp[2] = { -1, -1 };
+    int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
     int childfds[3];
-    struct child_err ce;
     struct agent_stream *sin = NULL, *sout = NULL, *serr = NULL;
     msgpack_packer *pk;
-    ssize_t n;
     pid_t pid;
 
     sbx_err_clear(&err);
-    if (parse_spawn(c, m->params, &r, &err) < 0) {
-        goto fail;
-    }
-    if (a->nprocs >= SBX_MAX_PROCS && !proc_evict_one(a)) {
-        sbx_err_set(&err, SBX_E_LIMIT, "too many processes (cap %u); release finished ones",
-                    SBX_MAX_PROCS);
-        snprintf(err.limit, sizeof(err.limit), "max_procs");
+    if (parse_spawn(c, m->params, &r, &err) < 0 || proc_slot(a, &err) < 0) {
         goto fail;
     }
     if (r.pty) {
@@ -834,7 +948,7 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
         if (pout[0] < 0 || grantpt(pout[0]) < 0 || unlockpt(pout[0]) < 0 ||
             ptsname_r(pout[0], r.pty_path, sizeof(r.pty_path)) != 0 ||
             ioctl(pout[0], TIOCSWINSZ, &r.ws) < 0 ||
-            (pin[1] = fcntl(pout[0], F_DUPFD_CLOEXEC, 3)) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+            (pin[1] = fcntl(pout[0], F_DUPFD_CLOEXEC, 3)) < 0) {
             sbx_err_sys(&err, errno, "pty", "open a pseudo-terminal");
             goto fail;
         }
@@ -842,7 +956,7 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
         r.io_err = IO_MERGE;
     } else if ((r.io_in == IO_PIPE && pipe2(pin, O_CLOEXEC) < 0) ||
                (r.io_out == IO_PIPE && pipe2(pout, O_CLOEXEC) < 0) ||
-               (r.io_err == IO_PIPE && pipe2(perr, O_CLOEXEC) < 0) || pipe2(errp, O_CLOEXEC) < 0) {
+               (r.io_err == IO_PIPE && pipe2(perr, O_CLOEXEC) < 0)) {
         sbx_err_sys(&err, errno, "pipe", "create pipes");
         goto fail;
     }
@@ -857,63 +971,14 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
     childfds[1] = pout[1];
     childfds[2] = r.io_err == IO_MERGE ? pout[1] : perr[1];
 
-    pid = spawn_child(&r, childfds, errp[1]);
-    if (pid < 0) {
-        sbx_err_sys(&err, -pid, "fork", "clone");
+    pid = spawn_run(&r, childfds, &err);
+    if (pid < 0 || (p = proc_new(a, &r, pid, &err)) == NULL) {
         goto fail;
     }
-    close(errp[1]);
-    errp[1] = -1;
-    /* EOF means exec succeeded (the pipe is close-on-exec); a record means a step failed. */
-    do {
-        n = read(errp[0], &ce, sizeof(ce));
-    } while (n < 0 && errno == EINTR);
-    if (n == (ssize_t)sizeof(ce)) {
-        int st;
-        while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-        }
-        if (ce.stage == ST_EXEC) {
-            sbx_err_sys(&err, ce.err, "exec", "exec \"%s\"", r.argv[0]);
-        } else if (ce.stage == ST_CWD) {
-            sbx_err_sys(&err, ce.err, "cwd", "chdir \"%s\"", r.cwd);
-            snprintf(err.field, sizeof(err.field), "cwd");
-        } else {
-            sbx_err_sys(&err, ce.err, stage_names[ce.stage], "%s", stage_names[ce.stage]);
-        }
-        goto fail;
-    }
-
-    p = calloc(1, sizeof(*p));
-    if (p == NULL) {
-        (void)kill(pid, SIGKILL); /* reaped by the next SIGCHLD pass? not ours then: wait now */
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
-        }
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        goto fail;
-    }
-    p->a = a;
-    p->id = ++a->next_proc;
-    p->pid = pid;
-    p->argv = r.argv;
-    r.argv = NULL;
-    memcpy(p->tag, r.tag, sizeof(p->tag));
     p->owner = c;
-    p->start_ns = agent_now_ns();
-    p->start_wall_ns = agent_realtime_ns();
-    p->drain_ms = r.drain_ms;
-    p->kill_signal = r.kill_signal;
-    p->kill_grace_ms = r.kill_grace_ms;
     p->pty = r.pty;
     p->pty_fd = r.pty ? pout[0] : -1;
     p->in.is_pty = p->out.is_pty = r.pty;
-    agent_list_init(&p->waiters);
-    agent_list_add_tail(&a->procs, &p->link);
-    a->nprocs++;
-    uv_timer_init(a->loop, &p->timeout_timer);
-    uv_timer_init(a->loop, &p->drain_timer);
-    p->timeout_timer.data = p;
-    p->drain_timer.data = p;
-    p->handles_open += 2;
 
     /* From here the process exists: failures below end its streams, never lose it. */
     if (pin[1] >= 0) {
@@ -938,7 +1003,6 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
         perr[0] = -1;
         serr = p->has_err ? agent_stream_new(c, AGENT_STREAM_OUT, &p->err, &err) : NULL;
     }
-    close(errp[0]);
     if (r.timeout_ms > 0) {
         uv_timer_start(&p->timeout_timer, timeout_timer_cb, r.timeout_ms, 0);
     }
@@ -980,12 +1044,76 @@ fail:
         if (perr[i] >= 0) {
             close(perr[i]);
         }
-        if (errp[i] >= 0) {
-            close(errp[i]);
-        }
     }
     spawn_req_free(&r);
     agent_conn_reply_error(c, m->id, &err);
+}
+
+struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **argv,
+                                         const char *tag, const int extra_fds[2], int *master,
+                                         struct sbx_err *err)
+{
+    struct spawn_req r;
+    struct agent_proc *p = NULL;
+    char *extra[5] = { NULL, NULL, NULL, NULL, NULL };
+    int pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
+    int m = -1, childfds[3];
+    pid_t pid;
+
+    memset(&r, 0, sizeof(r));
+    r.argv = argv;
+    r.extra_fds[0] = extra_fds[0];
+    r.extra_fds[1] = extra_fds[1];
+    r.pty = r.pty_stdin_only = true;
+    r.ws.ws_row = 24;
+    r.ws.ws_col = 80;
+    r.kill_signal = SIGTERM;
+    r.kill_grace_ms = SBX_KILL_GRACE_MS_DEFAULT;
+    r.drain_ms = SBX_DRAIN_MS_DEFAULT;
+    snprintf(r.tag, sizeof(r.tag), "%s", tag);
+    if (parse_identity_env(a, params, &r, extra, 0, err) < 0 || proc_slot(a, err) < 0) {
+        goto fail;
+    }
+    m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (m < 0 || grantpt(m) < 0 || unlockpt(m) < 0 ||
+        ptsname_r(m, r.pty_path, sizeof(r.pty_path)) != 0 || ioctl(m, TIOCSWINSZ, &r.ws) < 0) {
+        sbx_err_sys(err, errno, "pty", "open a pseudo-terminal");
+        goto fail;
+    }
+    if (pipe2(pout, O_CLOEXEC) < 0 || pipe2(perr, O_CLOEXEC) < 0) {
+        sbx_err_sys(err, errno, "pipe", "create pipes");
+        goto fail;
+    }
+    childfds[0] = -1;
+    childfds[1] = pout[1];
+    childfds[2] = perr[1];
+    pid = spawn_run(&r, childfds, err);
+    if (pid < 0 || (p = proc_new(a, &r, pid, err)) == NULL) {
+        goto fail;
+    }
+    (void)fcntl(pout[0], F_SETPIPE_SZ, 1 << 20); /* best effort, as for proc.spawn */
+    close(pout[1]);
+    close(perr[1]);
+    p->has_out = pipe_setup(a, p, &p->out, pout[0], false) == 0;
+    p->has_err = pipe_setup(a, p, &p->err, perr[0], false) == 0;
+    spawn_req_free(&r);
+    *master = m;
+    return p;
+
+fail:
+    for (int i = 0; i < 2; i++) {
+        if (pout[i] >= 0) {
+            close(pout[i]);
+        }
+        if (perr[i] >= 0) {
+            close(perr[i]);
+        }
+    }
+    if (m >= 0) {
+        close(m);
+    }
+    spawn_req_free(&r);
+    return NULL;
 }
 
 static struct agent_proc *proc_find(struct agent *a, const struct sbx_msg *m, struct sbx_err *err)

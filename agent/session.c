@@ -7,8 +7,8 @@
 
 #include "agent.h"
 
-const char *const agent_capabilities[] = { "session", "env",      "process", "pty",
-                                           "fs",      "transfer", "pack",    NULL };
+const char *const agent_capabilities[] = { "session",  "env",  "process", "pty", "fs",
+                                           "transfer", "pack", "repl",    NULL };
 
 /* Compare without an early exit, so the token cannot be guessed byte by byte from timing. */
 static bool token_equal(const char *want, const char *got, size_t glen)

@@ -438,6 +438,16 @@ static void replay_append(struct agent_pipe *p, const uint8_t *data, uint32_t n)
     p->replay_len += n;
 }
 
+/* Output nobody streams: to the pipe's sink (a REPL's capture) or the replay buffer. */
+static void pipe_keep(struct agent_pipe *p, const uint8_t *data, uint32_t n)
+{
+    if (p->sink != NULL) {
+        p->sink(p, data, n);
+    } else {
+        replay_append(p, data, n);
+    }
+}
+
 static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
 {
     struct agent_pipe *p = h->data;
@@ -451,7 +461,7 @@ static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
             agent_conn_send_data(s->conn, s->id, buf->base, (uint32_t)nread);
             agent_pipe_update(p);
         } else {
-            replay_append(p, (const uint8_t *)buf->base, (uint32_t)nread);
+            pipe_keep(p, (const uint8_t *)buf->base, (uint32_t)nread);
             agent_buf_put(a, buf->base);
         }
         return;
@@ -555,7 +565,7 @@ bool agent_pipe_final_drain(struct agent_pipe *p)
             s->credit -= (uint64_t)n;
             agent_conn_send_data(s->conn, s->id, buf, (uint32_t)n);
         } else {
-            replay_append(p, buf, (uint32_t)n);
+            pipe_keep(p, buf, (uint32_t)n);
             agent_buf_put(a, buf);
         }
     }

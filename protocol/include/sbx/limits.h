@@ -67,4 +67,14 @@
 #define SBX_FS_WALK_OPEN_MAX      256u  /* directories one walk holds open (its depth below root) */
 #define SBX_FS_WALK_BATCH         2048u /* entries a walk produces before yielding to the loop */
 
+/* REPL sessions (PROTOCOL.md section 16). */
+#define SBX_REPL_CODE_MAX     (1u << 20)  /* repl.eval code */
+#define SBX_REPL_OUT_MAX      (1u << 20)  /* stdout, stderr each, per eval (non-streaming) */
+#define SBX_REPL_VALUE_MAX    (1u << 20)  /* value */
+#define SBX_REPL_ERROR_MAX    (64u << 10) /* error_text */
+#define SBX_REPL_START_MS     10000u      /* interpreter ready after repl.start */
+#define SBX_REPL_INTR_MS      2000u       /* ready again after a timeout's interrupt, or killed */
+#define SBX_REPL_CLOSE_MS     2000u       /* SIGTERM to SIGKILL on repl.close */
+#define SBX_REPL_CTL_LINE_MAX 64u         /* a driver's control header line */
+
 #endif /* SBX_LIMITS_H */

@@ -1,0 +1,1266 @@
+/*
+ * REPL sessions (PROTOCOL.md section 16): a long-lived interpreter whose state persists between
+ * evaluations, driven by a small language driver so that results come back structured.
+ *
+ * The interpreter is an ordinary agent process (tag "repl:<id>", counted in max_procs, listed by
+ * proc.list). Its stdin and controlling terminal is a PTY, so isatty(0) holds and a timeout
+ * interrupts it exactly as ^C would (SIGINT to the terminal's foreground group); its stdout and
+ * stderr are separate pipes; and two more pipes carry control data, never mixed with user output:
+ *
+ *   fd 3 (agent -> driver): code. python3/node: "<length>\n<code>"; sh/bash: the driver prologue
+ *        first, then one shell command per eval, __sbx_c='<code, ' written as '\''>'; __sbx_eval
+ *   fd 4 (driver -> agent): ASCII header lines, at most SBX_REPL_CTL_LINE_MAX bytes:
+ *        "ready"                       the driver is up (once, after start)
+ *        "result V E" + V + E bytes     python3/node: value (V = -1: none), error text (E = -1:
+ * none) "status N"                    sh/bash: the exit status of the code "pong N" sh/bash: the
+ * shell is back at its prompt after interrupt N
+ *
+ * An eval is finished when its report arrives; the driver flushes stdout/stderr before reporting,
+ * so a final non-blocking drain of both pipes collects everything the code wrote.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+enum repl_lang { LANG_SH, LANG_BASH, LANG_PYTHON, LANG_NODE, LANG_DENO };
+static const char *const lang_names[] = { "sh", "bash", "python3", "node", "deno" };
+
+enum repl_state { RS_STARTING, RS_IDLE, RS_BUSY, RS_ENDED };
+enum repl_timer { RT_START, RT_EVAL, RT_INTR, RT_CLOSE };
+
+/* A capture buffer with a cap: bytes past the cap are dropped and remembered as truncation. */
+struct repl_buf {
+    uint8_t *data;
+    uint32_t len, cap;
+    bool truncated;
+};
+
+struct agent_repl {
+    struct agent_link link; /* in a->repls while the session is live */
+    struct agent *a;
+    uint32_t id;
+    enum repl_lang lang;
+    enum repl_state state;
+    bool linked;
+    struct agent_proc *proc; /* NULL once the interpreter's exit was reported */
+    pid_t pid;
+    uint64_t started_wall_ns;
+    uint32_t evals;
+    uv_pipe_t code; /* agent -> driver (fd 3) */
+    uv_pipe_t ctl;  /* driver -> agent (fd 4) */
+    uv_pipe_t tty;  /* the PTY master: kept open, read and discarded */
+    uv_timer_t timer;
+    enum repl_timer timer_kind;
+    bool code_open, ctl_open, tty_open, timer_open;
+    unsigned handles;
+    /* the pending repl.start */
+    struct agent_conn *start_conn;
+    uint32_t start_id;
+    /* the running eval */
+    struct agent_conn *ev_conn; /* NULL once the requester went away: the result is dropped */
+    uint32_t ev_id;
+    bool ev_stream, ev_timed_out;
+    uint64_t ev_start_ns;
+    uint32_t intr; /* interrupts sent; a shell's "pong N" answers interrupt N */
+    /* output captured between evals and during a non-streaming eval */
+    struct repl_buf out[2];
+    /* the driver report being read */
+    char line[SBX_REPL_CTL_LINE_MAX];
+    uint32_t line_len;
+    bool in_payload;
+    uint64_t need[2]; /* value, error bytes still to come */
+    bool has_value, has_error;
+    struct repl_buf value, error;
+    int status; /* sh/bash: exit status of the code */
+};
+
+/* --- drivers ------------------------------------------------------------------------------ */
+
+static const char python_driver[] =
+    "import ast, linecache, os, signal, sys, traceback\n"
+    "def _sbx():\n"
+    "    rd = os.fdopen(3, 'rb', 0)\n"
+    "    os.set_inheritable(3, False)\n"
+    "    os.set_inheritable(4, False)\n"
+    "    ns = {'__name__': '__main__', '__builtins__': __builtins__}\n"
+    "    def send(data):\n"
+    "        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})\n"
+    "        try:\n"
+    "            while data:\n"
+    "                data = data[os.write(4, data):]\n"
+    "        finally:\n"
+    "            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
+    "    def readn(n):\n"
+    "        buf = b''\n"
+    "        while len(buf) < n:\n"
+    "            d = rd.read(n - len(buf))\n"
+    "            if not d:\n"
+    "                raise EOFError\n"
+    "            buf += d\n"
+    "        return buf\n"
+    "    send(b'ready\\n')\n"
+    "    n = 0\n"
+    "    while True:\n"
+    "        try:\n"
+    "            line = rd.readline()\n"
+    "            if not line:\n"
+    "                return\n"
+    "            src = readn(int(line)).decode('utf-8', 'surrogateescape')\n"
+    "            n += 1\n"
+    "            name = '<repl-%d>' % n\n"
+    "            linecache.cache[name] = (len(src), None, src.splitlines(True), name)\n"
+    "            value = err = None\n"
+    "            try:\n"
+    "                try:\n"
+    "                    tree = ast.parse(src, name, 'exec')\n"
+    "                    last = None\n"
+    "                    if tree.body and isinstance(tree.body[-1], ast.Expr):\n"
+    "                        last = ast.Expression(tree.body.pop().value)\n"
+    "                    exec(compile(tree, name, 'exec'), ns)\n"
+    "                    if last is not None:\n"
+    "                        v = eval(compile(last, name, 'eval'), ns)\n"
+    "                        if v is not None:\n"
+    "                            ns['_'] = v\n"
+    "                            value = repr(v)\n"
+    "                except SystemExit:\n"
+    "                    raise\n"
+    "                except BaseException as e:\n"
+    "                    if isinstance(e, SyntaxError):\n"
+    "                        err = ''.join(traceback.format_exception_only(type(e), e))\n"
+    "                    else:\n"
+    "                        tb = e.__traceback__\n"
+    "                        err = ''.join(traceback.format_exception(type(e), e, tb and "
+    "tb.tb_next))\n"
+    "                for f in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):\n"
+    "                    try:\n"
+    "                        f.flush()\n"
+    "                    except BaseException:\n"
+    "                        pass\n"
+    "            except KeyboardInterrupt:\n"
+    "                err = 'KeyboardInterrupt\\n'\n"
+    "            v = b'' if value is None else value.encode('utf-8', 'surrogateescape')\n"
+    "            e = b'' if err is None else err.encode('utf-8', 'surrogateescape')\n"
+    "            send(b'result %d %d\\n' % (-1 if value is None else len(v), -1 if err is None "
+    "else len(e)) + v + e)\n"
+    "        except KeyboardInterrupt:\n"
+    "            continue\n"
+    "        except EOFError:\n"
+    "            return\n"
+    "_sbx()\n";
+static const char node_driver[] =
+    "(() => {\n"
+    "  'use strict';\n"
+    "  const fs = require('fs'), net = require('net'), vm = require('vm'), util = "
+    "require('util');\n"
+    "  let tla = null;\n"
+    "  try { tla = require('internal/repl/await').processTopLevelAwait; } catch (e) { tla = null; "
+    "}\n"
+    "  const send = (b) => { let o = 0; while (o < b.length) o += fs.writeSync(4, b, o); };\n"
+    "  let buf = Buffer.alloc(0), want = -1, busy = false, abort = null;\n"
+    "  process.on('SIGINT', () => { if (abort) abort(new Error('Script execution was interrupted "
+    "by `SIGINT`')); });\n"
+    "  const clean = (s) => {\n"
+    "    const l = s.split('\\n'), i = l.findIndex((x) => /^\\s+at "
+    ".*(\\(node:vm:|\\[eval\\])/.test(x));\n"
+    "    return (i < 0 ? l : l.slice(0, i)).join('\\n');\n"
+    "  };\n"
+    "  const done = (failed, x) => {\n"
+    "    let v = null, e = null;\n"
+    "    try {\n"
+    "      if (failed) e = x !== null && typeof x === 'object' && typeof x.stack === 'string' ? "
+    "clean(x.stack) : String(x);\n"
+    "      else if (x !== undefined) v = util.inspect(x);\n"
+    "    } catch (e2) { e = 'error formatting the result: ' + String(e2); v = null; }\n"
+    "    const vb = v === null ? null : Buffer.from(v), eb = e === null ? null : Buffer.from(e);\n"
+    "    send(Buffer.concat([Buffer.from('result ' + (vb ? vb.length : -1) + ' ' + (eb ? eb.length "
+    ": -1) + '\\n'),\n"
+    "                        vb || Buffer.alloc(0), eb || Buffer.alloc(0)]));\n"
+    "    busy = false; abort = null; setImmediate(pump);\n"
+    "  };\n"
+    "  const script = (src) => new vm.Script(src, { filename: 'repl' });\n"
+    "  const compile = (code) => {\n"
+    "    if (/^\\s*\\{/.test(code) && /\\}\\s*$/.test(code)) {\n"
+    "      try { return [script('(' + code + '\\n)'), false]; } catch (e) { /* a block, not an "
+    "object */ }\n"
+    "    }\n"
+    "    try { return [script(code), false]; } catch (e) {\n"
+    "      let w = null;\n"
+    "      if (tla && e instanceof SyntaxError && /\\bawait\\b/.test(code)) { try { w = tla(code); "
+    "} catch (e2) { w = null; } }\n"
+    "      if (w === null) throw e;\n"
+    "      return [script(w), true];\n"
+    "    }\n"
+    "  };\n"
+    "  const run = (code) => {\n"
+    "    busy = true;\n"
+    "    let val, wrapped;\n"
+    "    try {\n"
+    "      const [s, w] = compile(code);\n"
+    "      wrapped = w;\n"
+    "      val = s.runInThisContext({ breakOnSigint: true, displayErrors: false });\n"
+    "    } catch (e) { return done(true, e); }\n"
+    "    if (!util.types.isPromise(val)) return done(false, val);\n"
+    "    new Promise((res, rej) => { abort = rej; val.then(res, rej); }).then(\n"
+    "      (x) => done(false, wrapped ? (x === undefined ? undefined : x.value) : x), (x) => "
+    "done(true, x));\n"
+    "  };\n"
+    "  const pump = () => {\n"
+    "    while (!busy) {\n"
+    "      if (want < 0) {\n"
+    "        const nl = buf.indexOf(10);\n"
+    "        if (nl < 0) return;\n"
+    "        want = parseInt(buf.subarray(0, nl).toString(), 10);\n"
+    "        buf = buf.subarray(nl + 1);\n"
+    "      }\n"
+    "      if (buf.length < want) return;\n"
+    "      const code = buf.subarray(0, want).toString();\n"
+    "      buf = buf.subarray(want); want = -1;\n"
+    "      run(code);\n"
+    "    }\n"
+    "  };\n"
+    "  const inp = new net.Socket({ fd: 3, readable: true, writable: false });\n"
+    "  inp.on('data', (d) => { buf = Buffer.concat([buf, d]); pump(); });\n"
+    "  inp.on('end', () => process.exit(0));\n"
+    "  send(Buffer.from('ready\\n'));\n"
+    "})();\n";
+static const char shell_prologue[] =
+    "PS1=''; PS2=''; set +m 2>/dev/null\n"
+    "__sbx_eval() { command eval \"$__sbx_c\" 3<&- 4>&-; printf 'status %d\\n' \"$?\" >&4; }\n"
+    "__sbx_pong() { printf 'pong %s\\n' \"$1\" >&4; }\n"
+    "if [ -n \"${BASH_VERSION-}\" ]; then trap 'return 130 2>/dev/null' INT; fi\n"
+    "printf 'ready\\n' >&4\n";
+
+/* --- buffers ------------------------------------------------------------------------------ */
+
+static void buf_append(struct repl_buf *b, const void *data, size_t n, uint32_t cap)
+{
+    if (n > cap - b->len) {
+        n = cap - b->len;
+        b->truncated = true;
+    }
+    if (n == 0) {
+        return;
+    }
+    if (b->len + n > b->cap) {
+        uint32_t ncap = b->cap ? b->cap : 4096;
+        uint8_t *d;
+        while (ncap < b->len + n) {
+            ncap = ncap > cap / 2 ? cap : ncap * 2;
+        }
+        d = realloc(b->data, ncap);
+        if (d == NULL) {
+            b->truncated = true;
+            return;
+        }
+        b->data = d;
+        b->cap = ncap;
+    }
+    memcpy(b->data + b->len, data, n);
+    b->len += (uint32_t)n;
+}
+
+/* The bytes of @b; never NULL, even when empty (msgpack copies from it). */
+static const char *buf_bytes(const struct repl_buf *b)
+{
+    return b->data != NULL ? (const char *)b->data : "";
+}
+
+static void buf_reset(struct repl_buf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+/* Length of @b cut back to a UTF-8 character boundary when truncation split a character. */
+static uint32_t buf_text_len(const struct repl_buf *b)
+{
+    uint32_t n = b->len, k = 0;
+
+    if (!b->truncated) {
+        return n;
+    }
+    while (k < 3 && n > k && (b->data[n - 1 - k] & 0xc0) == 0x80) {
+        k++;
+    }
+    if (n > k && b->data[n - 1 - k] >= 0xc0) {
+        unsigned lead = b->data[n - 1 - k];
+        unsigned want = lead >= 0xf0 ? 3 : lead >= 0xe0 ? 2 : 1;
+        if (k < want) {
+            return n - 1 - k;
+        }
+    }
+    return n;
+}
+
+/* --- the session object ------------------------------------------------------------------- */
+
+static void repl_free_maybe(struct agent_repl *r)
+{
+    if (r->proc != NULL || r->handles > 0) {
+        return;
+    }
+    buf_reset(&r->out[0]);
+    buf_reset(&r->out[1]);
+    buf_reset(&r->value);
+    buf_reset(&r->error);
+    free(r);
+}
+
+static void handle_closed_cb(uv_handle_t *h)
+{
+    struct agent_repl *r = h->data;
+
+    r->handles--;
+    repl_free_maybe(r);
+}
+
+static void close_handle(struct agent_repl *r, uv_handle_t *h, bool *open)
+{
+    if (*open) {
+        *open = false;
+        uv_close(h, handle_closed_cb);
+    }
+}
+
+static struct agent_repl *repl_find(struct agent *a, const msgpack_object *params,
+                                    struct sbx_err *err)
+{
+    struct agent_link *l;
+    uint64_t id;
+
+    if (sbx_param_u64(params, "session", SBX_REQUIRED, 1, UINT32_MAX, &id, err) != 0) {
+        return NULL;
+    }
+    for (l = a->repls.next; l != &a->repls; l = l->next) {
+        struct agent_repl *r = agent_container_of(l, struct agent_repl, link);
+        if (r->id == id) {
+            return r;
+        }
+    }
+    sbx_err_set(err, SBX_E_NOT_FOUND, "no REPL session %llu", (unsigned long long)id);
+    return NULL;
+}
+
+static void timer_start(struct agent_repl *r, enum repl_timer kind, uint64_t ms);
+
+/* The session is over for its clients (NOT_FOUND from now on). The object lives on until the
+ * interpreter's exit is reported and its handles have closed. */
+static void repl_end(struct agent_repl *r)
+{
+    r->state = RS_ENDED;
+    r->start_conn = NULL;
+    r->ev_conn = NULL;
+    if (r->linked) {
+        agent_list_del(&r->link);
+        r->linked = false;
+    }
+    /* EOF on its code pipe ends every driver; closing the master hangs the terminal up. */
+    close_handle(r, (uv_handle_t *)&r->code, &r->code_open);
+    close_handle(r, (uv_handle_t *)&r->ctl, &r->ctl_open);
+    close_handle(r, (uv_handle_t *)&r->tty, &r->tty_open);
+}
+
+/* Signal the interpreter's process group (and the terminal's foreground group, where a shell
+ * with job control would have put a job). */
+static void repl_signal(struct agent_repl *r, int sig)
+{
+    uv_os_fd_t fd;
+
+    if (r->proc == NULL || r->proc->exited) {
+        return;
+    }
+    if (r->tty_open && uv_fileno((uv_handle_t *)&r->tty, &fd) == 0) {
+        pid_t fg = tcgetpgrp(fd);
+        if (fg > 0 && fg != r->pid) {
+            (void)kill(-fg, sig); /* ESRCH: the job is gone already */
+        }
+    }
+    (void)kill(-r->pid, sig);
+}
+
+/* --- writing code to the driver ----------------------------------------------------------- */
+
+struct code_req {
+    uv_write_t req;
+    char data[];
+};
+
+static void code_write_cb(uv_write_t *req, int status)
+{
+    /* A failure means the driver is gone; its exit is reported through the process. */
+    (void)status;
+    free(agent_container_of(req, struct code_req, req));
+}
+
+static int code_send(struct agent_repl *r, const char *data, size_t n)
+{
+    struct code_req *q;
+    uv_buf_t b;
+
+    if (!r->code_open) {
+        return UV_EPIPE;
+    }
+    q = malloc(sizeof(*q) + n);
+    if (q == NULL) {
+        return UV_ENOMEM;
+    }
+    memcpy(q->data, data, n);
+    b = uv_buf_init(q->data, (unsigned)n);
+    if (uv_write(&q->req, (uv_stream_t *)&r->code, &b, 1, code_write_cb) < 0) {
+        free(q);
+        return UV_EPIPE;
+    }
+    return 0;
+}
+
+/* Frame @code for the driver: a shell gets one command assigning it single-quoted. */
+static int code_frame(struct agent_repl *r, const char *code, size_t n)
+{
+    char *msg, *p;
+    size_t quotes = 0;
+    int rc;
+
+    if (r->lang != LANG_SH && r->lang != LANG_BASH) {
+        char head[32];
+        int hn = snprintf(head, sizeof(head), "%zu\n", n);
+        msg = malloc((size_t)hn + n);
+        if (msg == NULL) {
+            return UV_ENOMEM;
+        }
+        memcpy(msg, head, (size_t)hn);
+        memcpy(msg + hn, code, n);
+        rc = code_send(r, msg, (size_t)hn + n);
+        free(msg);
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        quotes += code[i] == '\'';
+    }
+    msg = malloc(n + quotes * 3 + 32);
+    if (msg == NULL) {
+        return UV_ENOMEM;
+    }
+    p = msg;
+    p += sprintf(p, "__sbx_c='");
+    for (size_t i = 0; i < n; i++) {
+        if (code[i] == '\'') {
+            memcpy(p, "'\\''", 4);
+            p += 4;
+        } else {
+            *p++ = code[i];
+        }
+    }
+    p += sprintf(p, "'; __sbx_eval\n");
+    rc = code_send(r, msg, (size_t)(p - msg));
+    free(msg);
+    return rc;
+}
+
+/* --- finishing an eval -------------------------------------------------------------------- */
+
+/* Collect what the code wrote before its report: the driver flushed, so it is in the pipes. */
+static void drain_output(struct agent_repl *r)
+{
+    if (r->proc == NULL) {
+        return;
+    }
+    if (r->proc->out.open && !r->proc->out.eof) {
+        (void)agent_pipe_final_drain(&r->proc->out);
+    }
+    if (r->proc->err.open && !r->proc->err.eof) {
+        (void)agent_pipe_final_drain(&r->proc->err);
+    }
+}
+
+/* The result fields shared by the eval response and repl.result. */
+static void pack_result_fields(msgpack_packer *pk, struct agent_repl *r, const char *exit_text)
+{
+    bool error, truncated = r->value.truncated || r->error.truncated;
+    const char *text = NULL;
+    char tbuf[64], vbuf[32];
+
+    if (r->ev_timed_out) {
+        error = true;
+        text = "timeout";
+    } else if (exit_text != NULL) {
+        error = true;
+        text = exit_text;
+    } else if (r->lang == LANG_SH || r->lang == LANG_BASH) {
+        error = r->status != 0;
+        if (error) {
+            snprintf(tbuf, sizeof(tbuf), "exit status %d", r->status);
+            text = tbuf;
+        }
+    } else {
+        error = r->has_error;
+    }
+    if (!r->ev_stream) {
+        truncated = truncated || r->out[0].truncated || r->out[1].truncated;
+    }
+    sbx_pack_cstr(pk, "value");
+    if (r->lang == LANG_SH || r->lang == LANG_BASH) {
+        if (exit_text == NULL) {
+            snprintf(vbuf, sizeof(vbuf), "%d", r->status);
+            sbx_pack_cstr(pk, vbuf);
+        } else {
+            msgpack_pack_nil(pk);
+        }
+    } else if (r->has_value && exit_text == NULL) {
+        sbx_pack_bstr(pk, buf_bytes(&r->value), buf_text_len(&r->value));
+    } else {
+        msgpack_pack_nil(pk);
+    }
+    sbx_pack_kv_bool(pk, "error", error);
+    sbx_pack_cstr(pk, "error_text");
+    if (text != NULL) {
+        sbx_pack_cstr(pk, text);
+    } else if (error && r->has_error) {
+        sbx_pack_bstr(pk, buf_bytes(&r->error), buf_text_len(&r->error));
+    } else {
+        msgpack_pack_nil(pk);
+    }
+    sbx_pack_kv_u64(pk, "duration_ns", agent_now_ns() - r->ev_start_ns);
+    sbx_pack_kv_bool(pk, "timed_out", r->ev_timed_out);
+    sbx_pack_kv_bool(pk, "truncated", truncated);
+}
+
+/* The eval is over (driver report, interpreter exit, or kill after a timeout): answer it. */
+static void eval_finish(struct agent_repl *r, const char *exit_text)
+{
+    struct agent_conn *c = r->ev_conn;
+
+    if (r->timer_open) {
+        uv_timer_stop(&r->timer);
+    }
+    drain_output(r);
+    if (r->ev_stream) {
+        /* Both streams end, then repl.result: the last frame of this eval. */
+        if (r->proc != NULL && r->proc->out.stream != NULL) {
+            agent_stream_end(r->proc->out.stream, NULL, false);
+        }
+        if (r->proc != NULL && r->proc->err.stream != NULL) {
+            agent_stream_end(r->proc->err.stream, NULL, false);
+        }
+        if (c != NULL) {
+            msgpack_packer *pk = agent_conn_begin(c);
+            sbx_pack_notify_head(pk, "repl.result");
+            msgpack_pack_map(pk, 8);
+            sbx_pack_kv_u64(pk, "session", r->id);
+            sbx_pack_kv_u64(pk, "eval", r->evals);
+            pack_result_fields(pk, r, exit_text);
+            agent_conn_send(c);
+        }
+    } else if (c != NULL) {
+        msgpack_packer *pk = agent_conn_begin(c);
+        sbx_pack_response_head(pk, r->ev_id);
+        msgpack_pack_map(pk, 8);
+        sbx_pack_cstr(pk, "stdout");
+        sbx_pack_bin(pk, buf_bytes(&r->out[0]), r->out[0].len);
+        sbx_pack_cstr(pk, "stderr");
+        sbx_pack_bin(pk, buf_bytes(&r->out[1]), r->out[1].len);
+        pack_result_fields(pk, r, exit_text);
+        agent_conn_send(c);
+    }
+    if (!r->ev_stream) {
+        buf_reset(&r->out[0]);
+        buf_reset(&r->out[1]);
+    }
+    buf_reset(&r->value);
+    buf_reset(&r->error);
+    r->has_value = r->has_error = false;
+    r->ev_conn = NULL;
+    r->ev_stream = false;
+    r->ev_timed_out = false;
+    if (r->state == RS_BUSY) {
+        r->state = RS_IDLE;
+    }
+}
+
+/* A running eval ends without a result: CANCELLED (repl.close). */
+static void eval_cancel(struct agent_repl *r)
+{
+    struct sbx_err err;
+
+    sbx_err_set(&err, SBX_E_CANCELLED, "REPL session %u was closed", r->id);
+    if (r->ev_stream) {
+        if (r->proc != NULL && r->proc->out.stream != NULL) {
+            agent_stream_end(r->proc->out.stream, &err, false);
+        }
+        if (r->proc != NULL && r->proc->err.stream != NULL) {
+            agent_stream_end(r->proc->err.stream, &err, false);
+        }
+    } else if (r->ev_conn != NULL) {
+        agent_conn_reply_error(r->ev_conn, r->ev_id, &err);
+    }
+    r->ev_conn = NULL;
+    r->ev_stream = false;
+}
+
+/* --- driver reports ----------------------------------------------------------------------- */
+
+static void on_ready(struct agent_repl *r)
+{
+    msgpack_packer *pk;
+
+    if (r->state != RS_STARTING) {
+        return;
+    }
+    uv_timer_stop(&r->timer);
+    /* Whatever the interpreter printed while starting (a banner, a first prompt) is noise. */
+    drain_output(r);
+    buf_reset(&r->out[0]);
+    buf_reset(&r->out[1]);
+    r->state = RS_IDLE;
+    if (r->start_conn != NULL) {
+        pk = agent_conn_begin(r->start_conn);
+        sbx_pack_response_head(pk, r->start_id);
+        msgpack_pack_map(pk, 2);
+        sbx_pack_kv_u64(pk, "session", r->id);
+        sbx_pack_kv_i64(pk, "pid", r->pid);
+        agent_conn_send(r->start_conn);
+        r->start_conn = NULL;
+    }
+}
+
+/* A driver that breaks the control protocol cannot be trusted with more code. */
+static void driver_broken(struct agent_repl *r)
+{
+    agent_log("REPL session %u: malformed driver report; killing the interpreter", r->id);
+    close_handle(r, (uv_handle_t *)&r->ctl, &r->ctl_open);
+    repl_signal(r, SIGKILL);
+}
+
+static void on_line(struct agent_repl *r)
+{
+    long long v = 0, e = 0;
+    int n;
+
+    r->line[r->line_len] = '\0';
+    if (strcmp(r->line, "ready") == 0) {
+        on_ready(r);
+    } else if (sscanf(r->line, "status %d%n", &r->status, &n) == 1 && r->line[n] == '\0') {
+        if (r->state == RS_BUSY) {
+            eval_finish(r, NULL);
+        }
+    } else if (sscanf(r->line, "pong %lld%n", &v, &n) == 1 && r->line[n] == '\0') {
+        /* Only the answer to the current interrupt counts; older ones are stale. */
+        if (r->state == RS_BUSY && v == (long long)r->intr) {
+            r->status = 130;
+            eval_finish(r, NULL);
+        }
+    } else if (sscanf(r->line, "result %lld %lld%n", &v, &e, &n) == 2 && r->line[n] == '\0' &&
+               v >= -1 && e >= -1 && v < (1ll << 40) && e < (1ll << 40)) {
+        r->has_value = v >= 0;
+        r->has_error = e >= 0;
+        r->need[0] = v > 0 ? (uint64_t)v : 0;
+        r->need[1] = e > 0 ? (uint64_t)e : 0;
+        r->in_payload = true;
+    } else {
+        driver_broken(r);
+    }
+}
+
+static void on_result(struct agent_repl *r)
+{
+    r->in_payload = false;
+    if (r->state == RS_BUSY) {
+        eval_finish(r, NULL);
+    } else {
+        buf_reset(&r->value);
+        buf_reset(&r->error);
+    }
+}
+
+static void ctl_feed(struct agent_repl *r, const uint8_t *d, size_t n)
+{
+    while (n > 0 && r->ctl_open) {
+        if (r->in_payload) {
+            int i = r->need[0] > 0 ? 0 : 1;
+            size_t take = n < r->need[i] ? n : (size_t)r->need[i];
+            buf_append(i == 0 ? &r->value : &r->error, d, take,
+                       i == 0 ? SBX_REPL_VALUE_MAX : SBX_REPL_ERROR_MAX);
+            r->need[i] -= take;
+            d += take;
+            n -= take;
+            if (r->need[0] == 0 && r->need[1] == 0) {
+                on_result(r);
+            }
+            continue;
+        }
+        if (*d == '\n') {
+            on_line(r);
+            r->line_len = 0;
+            if (r->in_payload && r->need[0] == 0 && r->need[1] == 0) {
+                on_result(r);
+            }
+        } else if (r->line_len + 1 >= sizeof(r->line)) {
+            driver_broken(r);
+            return;
+        } else {
+            r->line[r->line_len++] = (char)*d;
+        }
+        d++;
+        n--;
+    }
+}
+
+static void ctl_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct agent_repl *r = h->data;
+
+    (void)suggested;
+    buf->base = agent_buf_get(r->a);
+    buf->len = buf->base != NULL ? SBX_STREAM_CHUNK_MAX : 0;
+}
+
+static void ctl_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct agent_repl *r = s->data;
+
+    if (nread > 0) {
+        ctl_feed(r, (const uint8_t *)buf->base, (size_t)nread);
+    }
+    if (buf->base != NULL) {
+        agent_buf_put(r->a, buf->base);
+    }
+    if (nread < 0) {
+        /* The driver is gone or closed fd 4: the process exit reports the rest. */
+        close_handle(r, (uv_handle_t *)&r->ctl, &r->ctl_open);
+    }
+}
+
+static void tty_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct agent_repl *r = s->data;
+
+    /* Output to the terminal itself (/dev/tty) is not the code's stdout: discarded. */
+    if (buf->base != NULL) {
+        agent_buf_put(r->a, buf->base);
+    }
+    if (nread < 0) {
+        close_handle(r, (uv_handle_t *)&r->tty, &r->tty_open);
+    }
+}
+
+/* --- output capture and the interpreter's end --------------------------------------------- */
+
+static void output_sink(struct agent_pipe *p, const uint8_t *data, uint32_t n)
+{
+    struct agent_repl *r = p->proc->data;
+
+    if (r == NULL || (r->state == RS_BUSY && r->ev_stream)) {
+        return; /* a streaming eval whose stream was cancelled: its output is discarded */
+    }
+    buf_append(&r->out[p == &p->proc->out ? 0 : 1], data, n, SBX_REPL_OUT_MAX);
+}
+
+static void proc_done(struct agent_proc *p)
+{
+    struct agent_repl *r = p->data;
+    char text[96], sigbuf[32];
+    struct sbx_err err;
+
+    p->data = NULL;
+    p->on_done = NULL;
+    p->out.sink = p->err.sink = NULL;
+    p->collected = true; /* the session reports it; the exit record may be evicted */
+    if (WIFSIGNALED(p->status)) {
+        snprintf(text, sizeof(text), "interpreter exited (signal %s)",
+                 sbx_signal_name(WTERMSIG(p->status), sigbuf, sizeof(sigbuf)));
+    } else {
+        snprintf(text, sizeof(text), "interpreter exited (exit status %d)", WEXITSTATUS(p->status));
+    }
+    r->proc = NULL;
+    if (r->state == RS_STARTING && r->start_conn != NULL) {
+        uint32_t n = r->out[1].len < 512 ? r->out[1].len : 512;
+        sbx_err_set(&err, SBX_E_UNSUPPORTED, "%s during start-up: %.*s", text, (int)n,
+                    buf_bytes(&r->out[1]));
+        agent_conn_reply_error(r->start_conn, r->start_id, &err);
+    } else if (r->state == RS_BUSY) {
+        eval_finish(r, text);
+    }
+    repl_end(r);
+    close_handle(r, (uv_handle_t *)&r->timer, &r->timer_open);
+    repl_free_maybe(r);
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+    struct agent_repl *r = t->data;
+    struct sbx_err err;
+    char line[32];
+    int n;
+
+    switch (r->timer_kind) {
+    case RT_START:
+        sbx_err_set(&err, SBX_E_TIMEOUT, "the interpreter was not ready within %u ms",
+                    SBX_REPL_START_MS);
+        if (r->start_conn != NULL) {
+            agent_conn_reply_error(r->start_conn, r->start_id, &err);
+        }
+        repl_end(r);
+        repl_signal(r, SIGKILL);
+        break;
+    case RT_EVAL:
+        /* As ^C would: SIGINT to the foreground group. A shell interrupted back to its prompt
+         * cannot say so itself, so it is asked for a pong, queued behind the interrupted code. */
+        r->ev_timed_out = true;
+        r->intr++;
+        repl_signal(r, SIGINT);
+        if (r->lang == LANG_SH || r->lang == LANG_BASH) {
+            n = snprintf(line, sizeof(line), "__sbx_pong %u\n", r->intr);
+            (void)code_send(r, line, (size_t)n); /* fails only if the shell is gone */
+        }
+        timer_start(r, RT_INTR, SBX_REPL_INTR_MS);
+        break;
+    case RT_INTR:
+    case RT_CLOSE:
+        /* Not back within the grace period: the session ends with the process. */
+        repl_signal(r, SIGKILL);
+        break;
+    }
+}
+
+static void timer_start(struct agent_repl *r, enum repl_timer kind, uint64_t ms)
+{
+    r->timer_kind = kind;
+    uv_timer_start(&r->timer, timer_cb, ms, 0);
+}
+
+/* --- requests ----------------------------------------------------------------------------- */
+
+/* The language of an interpreter named @argv0 (PROTOCOL.md 16.2), or -1. */
+static int lang_from_argv0(const char *argv0)
+{
+    const char *b = strrchr(argv0, '/');
+
+    b = b != NULL ? b + 1 : argv0;
+    if (strcmp(b, "sh") == 0 || strcmp(b, "dash") == 0 || strcmp(b, "ash") == 0) {
+        return LANG_SH;
+    }
+    if (strcmp(b, "bash") == 0) {
+        return LANG_BASH;
+    }
+    if (strcmp(b, "python3") == 0 || strcmp(b, "python") == 0 ||
+        (strncmp(b, "python3.", 8) == 0 && b[8] != '\0' &&
+         strspn(b + 8, "0123456789") == strlen(b + 8))) {
+        return LANG_PYTHON;
+    }
+    if (strcmp(b, "node") == 0 || strcmp(b, "nodejs") == 0) {
+        return LANG_NODE;
+    }
+    if (strcmp(b, "deno") == 0) {
+        return LANG_DENO;
+    }
+    return -1;
+}
+
+/* The full command: the interpreter (@user_argv, or the language's default) plus what the
+ * driver needs. NULL with @err. */
+static char **build_argv(enum repl_lang lang, const msgpack_object *user_argv, struct sbx_err *err)
+{
+    const char *tail[4] = { NULL, NULL, NULL, NULL };
+    uint32_t nuser = user_argv != NULL ? user_argv->via.array.size : 1;
+    char **v = calloc(nuser + 8, sizeof(char *));
+    size_t k = 0;
+
+    if (v == NULL) {
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return NULL;
+    }
+    if (user_argv == NULL) {
+        v[k++] = strdup(lang_names[lang]);
+    }
+    for (uint32_t i = 0; user_argv != NULL && i < nuser; i++) {
+        const char *p;
+        size_t n;
+        if (!sbx_obj_bytes(&user_argv->via.array.ptr[i], &p, &n) || n > SBX_ARG_MAX ||
+            memchr(p, '\0', n) != NULL) {
+            sbx_err_param(err, "argv", "argv[%u] must be a string of at most %u bytes without NUL",
+                          i, SBX_ARG_MAX);
+            agent_strv_free(v);
+            return NULL;
+        }
+        v[k++] = strndup(p, n);
+        if (i == 0 && lang == LANG_BASH) {
+            /* bash takes its long options first. */
+            v[k++] = strdup("--norc");
+            v[k++] = strdup("--noprofile");
+        }
+    }
+    if (user_argv == NULL && lang == LANG_BASH) {
+        v[k++] = strdup("--norc");
+        v[k++] = strdup("--noprofile");
+    }
+    switch (lang) {
+    case LANG_SH:
+        /* Interactive, reading commands from fd 3: ^C returns to the "prompt" as a user expects,
+         * and errors in the code never end the shell. */
+        tail[0] = "-i";
+        tail[1] = "/proc/self/fd/3";
+        break;
+    case LANG_BASH:
+        tail[0] = "/proc/self/fd/3"; /* bash -i with a script is not interactive: trap INT */
+        break;
+    case LANG_PYTHON:
+        tail[0] = "-u";
+        tail[1] = "-c";
+        tail[2] = python_driver;
+        break;
+    case LANG_NODE:
+    case LANG_DENO:
+        tail[0] = "--expose-internals"; /* node's own top-level-await rewriter (internal/repl) */
+        tail[1] = "-e";
+        tail[2] = node_driver;
+        break;
+    }
+    for (int i = 0; tail[i] != NULL; i++) {
+        v[k++] = strdup(tail[i]);
+    }
+    for (size_t i = 0; i < k; i++) {
+        if (v[i] == NULL) {
+            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            agent_strv_free(v);
+            return NULL;
+        }
+    }
+    return v;
+}
+
+static int parse_lang(const msgpack_object *params, const msgpack_object **argv, int *lang,
+                      struct sbx_err *err)
+{
+    char name[16];
+    const char *first;
+    size_t flen;
+    int rl, ra;
+
+    rl = sbx_param_cstr(params, "language", SBX_OPTIONAL, name, sizeof(name), err);
+    if (rl < 0) {
+        return -1;
+    }
+    ra = sbx_param_array(params, "argv", SBX_OPTIONAL, SBX_ARGV_MAX, argv, err);
+    if (ra < 0) {
+        return -1;
+    }
+    if (ra == 0 && (*argv)->via.array.size == 0) {
+        return sbx_err_param(err, "argv", "argv must not be empty");
+    }
+    if (rl == 1 && ra == 1) {
+        return sbx_err_param(err, "language", "give \"language\" or \"argv\"");
+    }
+    *lang = -1;
+    if (rl == 0) {
+        for (int i = 0; i < (int)(sizeof(lang_names) / sizeof(lang_names[0])); i++) {
+            if (strcmp(name, lang_names[i]) == 0) {
+                *lang = i;
+            }
+        }
+        if (*lang < 0) {
+            return sbx_err_param(err, "language",
+                                 "language must be \"sh\", \"bash\", \"python3\", \"node\" or "
+                                 "\"deno\"");
+        }
+    } else {
+        char a0[256];
+        if (!sbx_obj_bytes(&(*argv)->via.array.ptr[0], &first, &flen) || flen >= sizeof(a0)) {
+            return sbx_err_param(err, "language", "cannot infer the language from argv[0]");
+        }
+        memcpy(a0, first, flen);
+        a0[flen] = '\0';
+        *lang = lang_from_argv0(a0);
+        if (*lang < 0) {
+            return sbx_err_param(err, "language",
+                                 "cannot infer the language from argv[0] \"%s\"; give \"language\"",
+                                 a0);
+        }
+    }
+    if (*lang == LANG_DENO) {
+        sbx_err_set(err, SBX_E_UNSUPPORTED, "this agent has no deno driver");
+        snprintf(err->field, sizeof(err->field), "language");
+        return -1;
+    }
+    return 0;
+}
+
+static int open_pipe(struct agent_repl *r, uv_pipe_t *h, int fd, bool *open)
+{
+    int rc = uv_pipe_init(r->a->loop, h, 0);
+
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    h->data = r;
+    r->handles++;
+    *open = true;
+    rc = uv_pipe_open(h, fd);
+    if (rc < 0) {
+        close(fd);
+    }
+    return rc;
+}
+
+void agent_repl_start(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent *a = c->a;
+    struct sbx_err err;
+    const msgpack_object *uargv = NULL;
+    struct agent_repl *r = NULL;
+    struct agent_proc *p;
+    int lang, master = -1, cp[2] = { -1, -1 }, rp[2] = { -1, -1 }, extra[2];
+    char tag[32];
+    char **argv = NULL;
+
+    sbx_err_clear(&err);
+    if (parse_lang(m->params, &uargv, &lang, &err) < 0 ||
+        (argv = build_argv((enum repl_lang)lang, uargv, &err)) == NULL) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    r = calloc(1, sizeof(*r));
+    if (r == NULL || pipe2(cp, O_CLOEXEC) < 0 || pipe2(rp, O_CLOEXEC) < 0) {
+        if (r == NULL) {
+            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        } else {
+            sbx_err_sys(&err, errno, "pipe", "create pipes");
+        }
+        goto fail;
+    }
+    r->a = a;
+    r->id = ++a->next_repl;
+    r->lang = (enum repl_lang)lang;
+    snprintf(tag, sizeof(tag), "repl:%u", r->id);
+    extra[0] = cp[0];
+    extra[1] = rp[1];
+    p = agent_proc_spawn_repl(a, m->params, argv, tag, extra, &master, &err);
+    argv = NULL; /* taken over */
+    close(cp[0]);
+    close(rp[1]);
+    cp[0] = rp[1] = -1;
+    if (p == NULL) {
+        goto fail;
+    }
+    r->proc = p;
+    r->pid = p->pid;
+    r->started_wall_ns = p->start_wall_ns;
+    p->data = r;
+    p->on_done = proc_done;
+    p->out.sink = p->err.sink = output_sink;
+    agent_pipe_update(&p->out);
+    agent_pipe_update(&p->err);
+    uv_timer_init(a->loop, &r->timer);
+    r->timer.data = r;
+    r->timer_open = true;
+    r->handles++;
+    /* Failures below leave a process that cannot be driven: kill it; its exit ends the session. */
+    if (open_pipe(r, &r->code, cp[1], &r->code_open) < 0 ||
+        open_pipe(r, &r->ctl, rp[0], &r->ctl_open) < 0 ||
+        open_pipe(r, &r->tty, master, &r->tty_open) < 0 ||
+        uv_read_start((uv_stream_t *)&r->ctl, ctl_alloc_cb, ctl_read_cb) < 0 ||
+        uv_read_start((uv_stream_t *)&r->tty, ctl_alloc_cb, tty_read_cb) < 0 ||
+        ((r->lang == LANG_SH || r->lang == LANG_BASH) &&
+         code_send(r, shell_prologue, sizeof(shell_prologue) - 1) < 0)) {
+        cp[1] = rp[0] = -1;
+        sbx_err_set(&err, SBX_E_INTERNAL, "cannot set up the control pipes");
+        agent_conn_reply_error(c, m->id, &err);
+        r->state = RS_ENDED;
+        repl_end(r);
+        repl_signal(r, SIGKILL);
+        return;
+    }
+    r->state = RS_STARTING;
+    r->start_conn = c;
+    r->start_id = m->id;
+    agent_list_add_tail(&a->repls, &r->link);
+    r->linked = true;
+    timer_start(r, RT_START, SBX_REPL_START_MS);
+    return;
+
+fail:
+    for (int i = 0; i < 2; i++) {
+        if (cp[i] >= 0) {
+            close(cp[i]);
+        }
+        if (rp[i] >= 0) {
+            close(rp[i]);
+        }
+    }
+    free(r);
+    agent_strv_free(argv);
+    agent_conn_reply_error(c, m->id, &err);
+}
+
+/* Send the output captured since the last eval as the start of a streaming eval's streams. */
+static void flush_pending(struct agent_repl *r, struct agent_stream *s, struct repl_buf *b)
+{
+    uint32_t off = 0;
+
+    while (off < b->len && s->credit > 0) {
+        uint32_t n = b->len - off;
+        void *chunk;
+        if (n > SBX_STREAM_CHUNK_MAX) {
+            n = SBX_STREAM_CHUNK_MAX;
+        }
+        if (n > s->credit) {
+            n = (uint32_t)s->credit;
+        }
+        chunk = agent_buf_get(r->a);
+        if (chunk == NULL) {
+            break;
+        }
+        memcpy(chunk, b->data + off, n);
+        s->credit -= n;
+        agent_conn_send_data(s->conn, s->id, chunk, n);
+        off += n;
+    }
+    buf_reset(b);
+}
+
+void agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct agent_repl *r;
+    const char *code;
+    size_t len;
+    uint64_t timeout = 0;
+    bool stream = false;
+
+    sbx_err_clear(&err);
+    r = repl_find(c->a, m->params, &err);
+    if (r == NULL ||
+        sbx_param_str(m->params, "code", SBX_REQUIRED, SBX_REPL_CODE_MAX, &code, &len, &err) != 0 ||
+        sbx_param_u64(m->params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, &err) < 0 ||
+        sbx_param_bool(m->params, "stream", SBX_OPTIONAL, &stream, &err) < 0) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if ((r->lang == LANG_SH || r->lang == LANG_BASH) && memchr(code, '\0', len) != NULL) {
+        sbx_err_param(&err, "code", "shell code cannot contain a NUL byte");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (r->state != RS_IDLE) {
+        sbx_err_set(&err, SBX_E_BUSY, "REPL session %u is %s", r->id,
+                    r->state == RS_STARTING ? "starting" : "running an eval");
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (stream) {
+        struct agent_stream *so = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->out, &err);
+        struct agent_stream *se =
+            so != NULL ? agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->err, &err) : NULL;
+        msgpack_packer *pk;
+        if (se == NULL) {
+            if (so != NULL) {
+                agent_stream_free(so);
+            }
+            agent_conn_reply_error(c, m->id, &err);
+            return;
+        }
+        pk = agent_conn_begin(c);
+        sbx_pack_response_head(pk, m->id);
+        msgpack_pack_map(pk, 3);
+        sbx_pack_kv_u64(pk, "eval", r->evals + 1);
+        sbx_pack_kv_u64(pk, "stdout", so->id);
+        sbx_pack_kv_u64(pk, "stderr", se->id);
+        agent_conn_send(c);
+        flush_pending(r, so, &r->out[0]);
+        flush_pending(r, se, &r->out[1]);
+        agent_pipe_update(&r->proc->out);
+        agent_pipe_update(&r->proc->err);
+    }
+    if (code_frame(r, code, len) < 0) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "cannot send code to the interpreter");
+        if (stream) {
+            eval_cancel(r);
+        } else {
+            agent_conn_reply_error(c, m->id, &err);
+        }
+        return;
+    }
+    r->evals++;
+    r->state = RS_BUSY;
+    r->ev_conn = c;
+    r->ev_id = m->id;
+    r->ev_stream = stream;
+    r->ev_timed_out = false;
+    r->ev_start_ns = agent_now_ns();
+    r->status = 0;
+    if (timeout > 0) {
+        timer_start(r, RT_EVAL, timeout);
+    }
+}
+
+void agent_repl_close(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    struct agent_repl *r = repl_find(c->a, m->params, &err);
+
+    if (r == NULL) {
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    if (r->state == RS_STARTING && r->start_conn != NULL) {
+        sbx_err_set(&err, SBX_E_CANCELLED, "REPL session %u was closed", r->id);
+        agent_conn_reply_error(r->start_conn, r->start_id, &err);
+    } else if (r->state == RS_BUSY) {
+        eval_cancel(r);
+    }
+    repl_end(r);
+    /* Interactive shells ignore SIGTERM; the hangup from closing the master reaches them. */
+    repl_signal(r, SIGTERM);
+    repl_signal(r, SIGHUP);
+    timer_start(r, RT_CLOSE, SBX_REPL_CLOSE_MS);
+    agent_conn_reply_empty(c, m->id);
+}
+
+void agent_repl_list(struct agent_conn *c, const struct sbx_msg *m)
+{
+    struct agent *a = c->a;
+    msgpack_packer *pk = agent_conn_begin(c);
+    struct agent_link *l;
+    uint32_t n = 0;
+
+    for (l = a->repls.next; l != &a->repls; l = l->next) {
+        n++;
+    }
+    sbx_pack_response_head(pk, m->id);
+    msgpack_pack_map(pk, 1);
+    sbx_pack_cstr(pk, "sessions");
+    msgpack_pack_array(pk, n);
+    for (l = a->repls.next; l != &a->repls; l = l->next) {
+        struct agent_repl *r = agent_container_of(l, struct agent_repl, link);
+        msgpack_pack_map(pk, 6);
+        sbx_pack_kv_u64(pk, "session", r->id);
+        sbx_pack_kv_str(pk, "language", lang_names[r->lang]);
+        sbx_pack_kv_i64(pk, "pid", r->pid);
+        sbx_pack_kv_u64(pk, "started_ns", r->started_wall_ns);
+        sbx_pack_kv_bool(pk, "busy", r->state != RS_IDLE);
+        sbx_pack_kv_u64(pk, "evals", r->evals);
+    }
+    agent_conn_send(c);
+}
+
+void agent_repl_conn_gone(struct agent *a, struct agent_conn *c)
+{
+    struct agent_link *l;
+
+    for (l = a->repls.next; l != &a->repls; l = l->next) {
+        struct agent_repl *r = agent_container_of(l, struct agent_repl, link);
+        if (r->start_conn == c) {
+            r->start_conn = NULL;
+        }
+        if (r->ev_conn == c) {
+            r->ev_conn = NULL; /* the eval runs to completion; its result is dropped */
+        }
+    }
+}

@@ -1,0 +1,479 @@
+#!/usr/bin/env python3
+"""REPL sessions (PROTOCOL.md section 16): the real agent over a unix socket, real interpreters
+(sh, bash, python3, node) on real PTYs. A language missing on the machine skips its class."""
+import os
+import shutil
+import sys
+import tempfile
+import time
+import unittest
+import warnings
+
+warnings.simplefilter("ignore", ResourceWarning)
+
+sys.path.insert(0, os.path.dirname(__file__))
+import sbxwire as w  # noqa: E402
+
+BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
+AGENT = os.path.join(BUILD, "bin", "sbx-agent")
+
+
+class ReplCase(unittest.TestCase):
+    def setUp(self):
+        self.agent = w.Agent(AGENT)
+        self.c = self.agent.connect()
+        self.tmp = tempfile.mkdtemp(prefix="sbx-repl-")
+
+    def tearDown(self):
+        alive = self.agent.alive()
+        self.c.close()
+        self.agent.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.assertTrue(alive, "the agent died during the test:\n" + self.agent.logtext())
+
+    def start(self, language, **kw):
+        p = {"language": language}
+        p.update(kw)
+        return self.c.call("repl.start", p)["session"]
+
+    def ev(self, sid, code, **kw):
+        p = {"session": sid, "code": code}
+        p.update(kw)
+        return self.c.call("repl.eval", p)
+
+    def err(self, method, params, conn=None):
+        with self.assertRaises(w.RemoteError) as cm:
+            (conn or self.c).call(method, params)
+        return cm.exception.err
+
+    def stream_eval(self, sid, code, on_data=None):
+        """Streaming eval: returns (stdout, stderr, result, order of events)."""
+        rid = self.c.request("repl.eval", {"session": sid, "code": code, "stream": True})
+        head = self.c.wait(rid)
+        streams = {head["stdout"]: b"", head["stderr"]: b""}
+        ended, order = set(), []
+        while True:
+            m = self.c.recv()
+            self.assertIsNotNone(m, "connection closed during a streaming eval")
+            if m[0] == 3 and m[1] in streams:
+                streams[m[1]] += m[2]
+                self.c.credit(m[1], len(m[2]))
+                order.append(("data", m[1], m[2]))
+                if on_data:
+                    on_data(m[1] == head["stdout"], streams[m[1]])
+            elif m[0] == 2 and m[1] == "stream.end" and m[2]["stream"] in streams:
+                ended.add(m[2]["stream"])
+                order.append(("end", m[2]["stream"]))
+            elif m[0] == 2 and m[1] == "repl.result":
+                order.append(("result",))
+                self.assertEqual(ended, set(streams), "repl.result before both streams ended")
+                self.assertEqual(m[2]["session"], sid)
+                self.assertEqual(m[2]["eval"], head["eval"])
+                return streams[head["stdout"]], streams[head["stderr"]], m[2], order
+
+
+class LangMixin:
+    """The checks every language passes; subclasses give the code."""
+    language = None
+    interpreter = None
+
+    def setUp(self):
+        if shutil.which(self.interpreter) is None:
+            self.skipTest("%s is not installed" % self.interpreter)
+        super().setUp()
+        self.sid = self.start(self.language)
+
+    def test_state_kept_across_evals(self):
+        r = self.ev(self.sid, self.set_x)
+        self.assertFalse(r["error"], r)
+        r = self.ev(self.sid, self.show_x)
+        self.assertFalse(r["error"], r)
+        self.assertIn(b"41", r["stdout"] + (r["value"] or "").encode())
+
+    def test_multiline_definitions(self):
+        r = self.ev(self.sid, self.multiline)
+        self.assertFalse(r["error"], r)
+        self.assertEqual(r["stdout"], b"f 0\nf 1\nf 2\n")
+        r = self.ev(self.sid, self.call_f)
+        self.assertEqual(r["stdout"], b"f 9\n")
+
+    def test_error_reported_with_message(self):
+        r = self.ev(self.sid, self.failing)
+        self.assertTrue(r["error"], r)
+        self.assertFalse(r["timed_out"])
+        self.assertIn(self.failing_text, r["error_text"] + r["stderr"].decode())
+        r = self.ev(self.sid, self.show_alive)
+        self.assertFalse(r["error"], r)
+
+    def test_timeout_interrupts_and_session_survives(self):
+        self.ev(self.sid, self.set_x)
+        r = self.ev(self.sid, self.forever, timeout_ms=300)
+        self.assertTrue(r["timed_out"], r)
+        self.assertTrue(r["error"])
+        self.assertEqual(r["error_text"], "timeout")
+        self.assertGreaterEqual(r["duration_ns"], 300_000_000)
+        r = self.ev(self.sid, self.show_x)
+        self.assertFalse(r["error"], r)
+        self.assertIn(b"41", r["stdout"] + (r["value"] or "").encode())
+        # A blocked sleep is interrupted the same way.
+        r = self.ev(self.sid, self.sleep_long, timeout_ms=300)
+        self.assertTrue(r["timed_out"], r)
+        self.assertFalse(self.ev(self.sid, self.show_alive)["error"])
+
+    def test_stdin_is_a_terminal(self):
+        r = self.ev(self.sid, self.isatty)
+        self.assertIn(b"yes", r["stdout"] + (r["value"] or "").encode(), r)
+
+    def test_dead_interpreter_reported(self):
+        pid = [s for s in self.c.call("repl.list")["sessions"] if s["session"] == self.sid][0]["pid"]
+        r = self.ev(self.sid, self.exit3)
+        self.assertTrue(r["error"], r)
+        self.assertEqual(r["error_text"], "interpreter exited (exit status 3)")
+        e = self.err("repl.eval", {"session": self.sid, "code": self.show_alive})
+        self.assertEqual(e["code"], "NOT_FOUND")
+        self.assertEqual(self.c.call("repl.list")["sessions"], [])
+        procs = [p for p in self.c.call("proc.list")["procs"] if p["pid"] == pid]
+        self.assertEqual(procs[0]["tag"], "repl:%d" % self.sid)
+        self.assertEqual(procs[0]["exit"]["code"], 3)
+
+    def test_killed_interpreter_reported_on_next_eval(self):
+        pid = [s for s in self.c.call("repl.list")["sessions"] if s["session"] == self.sid][0]["pid"]
+        os.kill(pid, 9)
+        deadline = time.time() + 10
+        while time.time() < deadline and self.c.call("repl.list")["sessions"]:
+            time.sleep(0.02)
+        e = self.err("repl.eval", {"session": self.sid, "code": self.show_alive})
+        self.assertEqual(e["code"], "NOT_FOUND")
+
+    def test_concurrent_eval_is_busy(self):
+        gate = os.path.join(self.tmp, "gate")
+        rid = self.c.request("repl.eval", {"session": self.sid, "code": self.wait_file(gate)})
+        e = self.err("repl.eval", {"session": self.sid, "code": self.show_alive})
+        self.assertEqual(e["code"], "BUSY")
+        busy = self.c.call("repl.list")["sessions"][0]
+        self.assertTrue(busy["busy"])
+        open(gate, "w").close()
+        r = self.c.wait(rid)
+        self.assertFalse(r["error"], r)
+        self.assertIn(b"done", r["stdout"])
+
+    def test_stream_mode_delivers_output_as_produced(self):
+        gate = os.path.join(self.tmp, "gate")
+
+        def on_data(is_out, sofar):
+            # The first line arrives while the code still waits: open the gate only then.
+            if is_out and b"first" in sofar and not os.path.exists(gate):
+                open(gate, "w").close()
+
+        out, err, res, order = self.stream_eval(self.sid, self.stream_code(gate), on_data)
+        self.assertEqual(out, b"first\ndone\n")
+        self.assertFalse(res["error"], res)
+        self.assertEqual(order[-1], ("result",))
+        # Output between evals goes to the next one; a non-streaming eval still works after.
+        self.assertFalse(self.ev(self.sid, self.show_alive)["error"])
+
+
+class TestReplSh(LangMixin, ReplCase):
+    language = interpreter = "sh"
+    set_x = "x=41; cd /tmp"
+    show_x = 'echo "$x $(pwd)"'
+    multiline = 'f() {\n  echo "f $1"\n}\nfor i in 0 1 2; do\n  f $i\ndone'
+    call_f = "f 9"
+    failing = "ls /nonexistent-sbx-dir"
+    failing_text = "nonexistent-sbx-dir"
+    show_alive = "echo alive"
+    forever = "while :; do :; done"
+    sleep_long = "sleep 100"
+    isatty = "[ -t 0 ] && echo yes"
+    exit3 = "exit 3"
+
+    def wait_file(self, path):
+        return "while [ ! -e %s ]; do sleep 0.01; done; echo done" % path
+
+    def stream_code(self, path):
+        return "echo first; while [ ! -e %s ]; do sleep 0.01; done; echo done" % path
+
+    def test_value_is_exit_status(self):
+        r = self.ev(self.sid, "false")
+        self.assertEqual((r["value"], r["error"], r["error_text"]), ("1", True, "exit status 1"))
+        r = self.ev(self.sid, "true")
+        self.assertEqual((r["value"], r["error"], r["error_text"]), ("0", False, None))
+
+    def test_syntax_error_keeps_shell(self):
+        r = self.ev(self.sid, "x=7; if")
+        self.assertTrue(r["error"])
+        self.assertIn(b"syntax error", r["stderr"].lower())
+        self.assertEqual(self.ev(self.sid, "echo ok")["stdout"], b"ok\n")
+
+    def test_quotes_and_backslashes_pass_unchanged(self):
+        code = "printf '%s\\n' 'it'\"'\"'s' \"a\\\\b\" '$HOME'"
+        r = self.ev(self.sid, code)
+        self.assertEqual(r["stdout"], b"it's\na\\b\n$HOME\n")
+
+    def test_cwd_env_and_cwd_param(self):
+        sid = self.start("sh", cwd=self.tmp, env={"SBX_R": "v"})
+        r = self.ev(sid, 'echo "$SBX_R $(pwd)"')
+        self.assertEqual(r["stdout"], ("v %s\n" % os.path.realpath(self.tmp)).encode())
+
+
+class TestReplBash(TestReplSh):
+    language = interpreter = "bash"
+
+    def test_bash_features(self):
+        r = self.ev(self.sid, "declare -A m=([k]=v); echo ${m[k]} ${BASH_VERSION%%.*}")
+        self.assertFalse(r["error"], r)
+        self.assertTrue(r["stdout"].startswith(b"v "))
+
+
+class TestReplPython(LangMixin, ReplCase):
+    language = interpreter = "python3"
+    set_x = "x = 41"
+    show_x = "x"
+    multiline = "def f(a):\n    print('f', a)\n\nfor i in range(3):\n    f(i)\n"
+    call_f = "f(9)"
+    failing = "def g():\n    raise ValueError('boom 42')\ng()"
+    failing_text = "ValueError: boom 42"
+    show_alive = "'alive'"
+    forever = "while True:\n    pass"
+    sleep_long = "import time; time.sleep(100)"
+    isatty = "import sys; 'yes' if sys.stdin.isatty() else 'no'"
+    exit3 = "import sys; sys.exit(3)"
+
+    def wait_file(self, path):
+        return ("import os, time\nwhile not os.path.exists(%r):\n    time.sleep(0.01)\n"
+                "print('done')" % path)
+
+    def stream_code(self, path):
+        return "print('first')\n" + self.wait_file(path)
+
+    def test_values_are_repr(self):
+        self.assertEqual(self.ev(self.sid, "'a' + 'b'")["value"], "'ab'")
+        self.assertEqual(self.ev(self.sid, "[1, {'k': None}]")["value"], "[1, {'k': None}]")
+        r = self.ev(self.sid, "None")
+        self.assertIsNone(r["value"])
+        r = self.ev(self.sid, "y = 2\ny * 21")
+        self.assertEqual(r["value"], "42")
+        r = self.ev(self.sid, "print('p')")
+        self.assertEqual((r["value"], r["stdout"]), (None, b"p\n"))
+
+    def test_traceback_names_the_line(self):
+        r = self.ev(self.sid, "def h():\n    return 1 / 0\n")
+        r = self.ev(self.sid, "h()")
+        self.assertIn("ZeroDivisionError", r["error_text"])
+        self.assertIn("return 1 / 0", r["error_text"])
+        self.assertNotIn("_sbx", r["error_text"])
+        r = self.ev(self.sid, "def (:")
+        self.assertIn("SyntaxError", r["error_text"])
+
+    def test_output_between_evals_goes_to_the_next_eval(self):
+        self.ev(self.sid, "import threading\nthreading.Timer(0.05, lambda: print('late')).start()")
+        time.sleep(0.5)
+        r = self.ev(self.sid, "print('now')")
+        self.assertEqual(r["stdout"], b"late\nnow\n")
+
+    def test_large_output_truncated(self):
+        r = self.ev(self.sid, "import sys; sys.stdout.write('x' * (2 << 20)); 'v' * (3 << 20)")
+        self.assertTrue(r["truncated"])
+        self.assertEqual(len(r["stdout"]), 1 << 20)
+        self.assertEqual(len(r["value"]), 1 << 20)
+        self.assertFalse(self.ev(self.sid, "1")["truncated"])
+
+    def test_stderr_separate(self):
+        r = self.ev(self.sid, "import sys; print('o'); print('e', file=sys.stderr)")
+        self.assertEqual((r["stdout"], r["stderr"]), (b"o\n", b"e\n"))
+
+
+class TestReplNode(LangMixin, ReplCase):
+    language = interpreter = "node"
+    set_x = "const x = 41"
+    show_x = "x"
+    multiline = ("function f(a) {\n  console.log('f', a);\n}\n"
+                 "for (let i = 0; i < 3; i++) {\n  f(i);\n}")
+    call_f = "f(9)"
+    failing = "function g() { throw new TypeError('boom 42'); }\ng()"
+    failing_text = "TypeError: boom 42"
+    show_alive = "'alive'"
+    forever = "while (true) {}"
+    sleep_long = "await new Promise(() => {})"
+    isatty = "process.stdin.isTTY ? 'yes' : 'no'"
+    exit3 = "process.exit(3)"
+
+    def wait_file(self, path):
+        return ("const fs = require('fs');\nwhile (!fs.existsSync(%r)) { Atomics.wait(new "
+                "Int32Array(new SharedArrayBuffer(4)), 0, 0, 10); }\nconsole.log('done')" % path)
+
+    def stream_code(self, path):
+        return ("console.log('first');\nawait new Promise((res) => { const t = setInterval(() => "
+                "{ if (require('fs').existsSync(%r)) { clearInterval(t); res(); } }, 10); });\n"
+                "console.log('done')" % path)
+
+    def test_values_are_inspect(self):
+        self.assertEqual(self.ev(self.sid, "'a' + 'b'")["value"], "'ab'")
+        self.assertEqual(self.ev(self.sid, "{a: 1, b: [2]}")["value"], "{ a: 1, b: [ 2 ] }")
+        self.assertIsNone(self.ev(self.sid, "undefined")["value"])
+        self.assertEqual(self.ev(self.sid, "null")["value"], "null")
+
+    def test_let_class_and_top_level_await_persist(self):
+        self.ev(self.sid, "let n = 1; class K { v() { return 7; } }")
+        self.assertEqual(self.ev(self.sid, "n + new K().v()")["value"], "8")
+        r = self.ev(self.sid, "const z = await Promise.resolve(5); z * 2")
+        self.assertEqual(r["value"], "10", r)
+        self.assertEqual(self.ev(self.sid, "z")["value"], "5")
+        r = self.ev(self.sid, "Promise.resolve(3)")
+        self.assertEqual(r["value"], "3")
+
+    def test_rejected_promise_is_error(self):
+        r = self.ev(self.sid, "await Promise.reject(new RangeError('nope'))")
+        self.assertTrue(r["error"])
+        self.assertIn("RangeError: nope", r["error_text"])
+
+
+class TestReplProtocol(ReplCase):
+    """Params, errors, life cycle: everything on the wire that is not language semantics."""
+
+    def test_bad_params(self):
+        sid = self.start("sh")
+        cases = [
+            ({"code": "true"}, "BAD_PARAM", "session"),
+            ({"session": "1", "code": "true"}, "BAD_PARAM", "session"),
+            ({"session": sid}, "BAD_PARAM", "code"),
+            ({"session": sid, "code": 5}, "BAD_PARAM", "code"),
+            ({"session": sid, "code": b"true"}, "BAD_PARAM", "code"),
+            ({"session": sid, "code": "x" * ((1 << 20) + 1)}, "BAD_PARAM", "code"),
+            ({"session": sid, "code": "a\0b"}, "BAD_PARAM", "code"),
+            ({"session": sid, "code": "true", "timeout_ms": 0}, "BAD_PARAM", "timeout_ms"),
+            ({"session": sid, "code": "true", "stream": "yes"}, "BAD_PARAM", "stream"),
+            ({"session": 999, "code": "true"}, "NOT_FOUND", None),
+        ]
+        for params, code, field in cases:
+            e = self.err("repl.eval", params)
+            self.assertEqual(e["code"], code, params)
+            if field:
+                self.assertEqual(e.get("field"), field, params)
+        # The session is unharmed by all of that.
+        self.assertEqual(self.ev(sid, "echo ok")["stdout"], b"ok\n")
+
+    def test_bad_start_params(self):
+        cases = [
+            ({}, "BAD_PARAM", "language"),
+            ({"language": "cobol"}, "BAD_PARAM", "language"),
+            ({"language": 3}, "BAD_PARAM", "language"),
+            ({"argv": []}, "BAD_PARAM", "argv"),
+            ({"argv": ["/bin/cat"]}, "BAD_PARAM", "language"),
+            ({"argv": [5]}, "BAD_PARAM", "language"),
+            ({"language": "sh", "env": {"A=B": "x"}}, "BAD_PARAM", "env"),
+            ({"language": "sh", "cwd": 7}, "BAD_PARAM", "cwd"),
+        ]
+        for params, code, field in cases:
+            e = self.err("repl.start", params)
+            self.assertEqual(e["code"], code, params)
+            self.assertEqual(e.get("field"), field, params)
+        e = self.err("repl.start", {"argv": ["/nonexistent/python3"]})
+        self.assertEqual((e["code"], e.get("stage")), ("ENOENT", "exec"))
+        e = self.err("repl.start", {"language": "sh", "cwd": "/nonexistent"})
+        self.assertEqual((e["code"], e.get("stage")), ("ENOENT", "cwd"))
+        for m in ("repl.close", "repl.eval"):
+            self.assertEqual(self.err(m, {"session": 77, "code": "x"})["code"], "NOT_FOUND")
+
+    def test_interpreter_dying_at_start_is_unsupported(self):
+        e = self.err("repl.start", {"argv": ["sh", "-c", "echo too old >&2; exit 7"]})
+        self.assertEqual(e["code"], "UNSUPPORTED")
+        self.assertIn("exit status 7", e["message"])
+        self.assertIn("too old", e["message"])
+
+    def test_argv_infers_language(self):
+        sid = self.c.call("repl.start", {"argv": [shutil.which("python3")]})["session"]
+        self.assertEqual(self.ev(sid, "6 * 7")["value"], "42")
+        self.assertEqual(self.c.call("repl.list")["sessions"][0]["language"], "python3")
+
+    def test_sessions_outlive_connections(self):
+        sid = self.start("python3")
+        self.ev(sid, "kept = 'yes'")
+        self.c.close()
+        self.c = self.agent.connect()
+        self.assertEqual(self.ev(sid, "kept")["value"], "'yes'")
+        # An eval whose connection goes away runs to completion; its result is dropped.
+        gate = os.path.join(self.tmp, "g")
+        c2 = self.agent.connect()
+        c2.request("repl.eval", {"session": sid, "code": "import os, time\nwhile not os.path."
+                                 "exists(%r):\n    time.sleep(0.01)\nafter = 1" % gate})
+        time.sleep(0.1)
+        c2.close()
+        open(gate, "w").close()
+        deadline = time.time() + 10
+        while self.c.call("repl.list")["sessions"][0]["busy"] and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(self.ev(sid, "after")["value"], "1")
+
+    def test_close_cancels_running_eval(self):
+        sid = self.start("python3")
+        rid = self.c.request("repl.eval", {"session": sid, "code": "import time; time.sleep(100)"})
+        time.sleep(0.1)
+        self.assertEqual(self.c.call("repl.close", {"session": sid}), {})
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.wait(rid)
+        self.assertEqual(cm.exception.code, "CANCELLED")
+        self.assertEqual(self.err("repl.eval", {"session": sid, "code": "1"})["code"], "NOT_FOUND")
+        self.assertEqual(self.err("repl.close", {"session": sid})["code"], "NOT_FOUND")
+
+    def test_close_ends_interactive_shell_quickly(self):
+        sid = self.start("sh")
+        pid = self.c.call("repl.list")["sessions"][0]["pid"]
+        self.c.call("repl.close", {"session": sid})
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            st = [p for p in self.c.call("proc.list")["procs"] if p["pid"] == pid]
+            if st and st[0]["state"] == "exited":
+                return
+            time.sleep(0.02)
+        self.fail("the shell outlived repl.close")
+
+    def test_list_and_proc_list(self):
+        a = self.start("sh")
+        b = self.start("python3")
+        self.ev(b, "1")
+        sessions = self.c.call("repl.list")["sessions"]
+        self.assertEqual([(s["session"], s["language"], s["evals"], s["busy"]) for s in sessions],
+                         [(a, "sh", 0, False), (b, "python3", 1, False)])
+        tags = sorted(p["tag"] for p in self.c.call("proc.list")["procs"])
+        self.assertEqual(tags, ["repl:%d" % a, "repl:%d" % b])
+        self.assertIn("repl", self.agent.connect(hello=False).hello()["capabilities"])
+
+    def test_stream_eval_with_error_and_timeout(self):
+        sid = self.start("python3")
+        out, err, res, _ = self.stream_eval(sid, "import sys\nprint('o')\nprint('e', file=sys."
+                                                 "stderr)\nraise KeyError('k')")
+        self.assertEqual((out, err), (b"o\n", b"e\n"))
+        self.assertTrue(res["error"])
+        self.assertIn("KeyError", res["error_text"])
+        self.assertNotIn("stdout", res)
+        rid = self.c.request("repl.eval", {"session": sid, "code": "while True: pass",
+                                           "stream": True, "timeout_ms": 200})
+        self.c.wait(rid)
+        while True:
+            m = self.c.recv()
+            if m[0] == 2 and m[1] == "repl.result":
+                self.assertTrue(m[2]["timed_out"])
+                break
+        self.assertEqual(self.ev(sid, "2 + 2")["value"], "4")
+
+    def test_stream_eval_pending_output_first(self):
+        sid = self.start("python3")
+        self.ev(sid, "import threading\nthreading.Timer(0.05, lambda: print('late')).start()")
+        time.sleep(0.5)
+        out, _, res, _ = self.stream_eval(sid, "print('now')")
+        self.assertEqual(out, b"late\nnow\n")
+
+    def test_unresponsive_interpreter_killed_after_interrupt(self):
+        sid = self.start("python3")
+        code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(100)"
+        t0 = time.time()
+        r = self.ev(sid, code, timeout_ms=200)
+        self.assertTrue(r["timed_out"])
+        self.assertEqual(r["error_text"], "timeout")
+        self.assertLess(time.time() - t0, 30)
+        self.assertEqual(self.err("repl.eval", {"session": sid, "code": "1"})["code"], "NOT_FOUND")
+
+
+if __name__ == "__main__":
+    unittest.main()
