@@ -28,6 +28,7 @@ static const struct command commands[] = {
     { "ps", cli_cmd_ps, "list processes" },
     { "kill", cli_cmd_kill, "send a signal to a process" },
     { "wait", cli_cmd_wait, "wait for a process and exit with its status" },
+    { "pack", cli_cmd_pack, "package a guest directory into a deploy archive with a manifest" },
     { "cp", cli_cmd_cp, "copy files into or out of the sandbox (sbx cp LOCAL :REMOTE)" },
     { "fs", cli_cmd_fs, "files in the guest: ls, stat, cat, write, mkdir, rm, find, watch, ..." },
     { "call", cli_cmd_call, "send any request with JSON params and print the JSON result" },

@@ -901,6 +901,42 @@ class TestCpCli(TransferCase):
         r = self.sbx("cp", "-r", self.p("nope"), ":" + self.p("y"), ok=False)
         self.assertEqual(r.returncode, 1)
 
+    def test_pack(self):
+        root = self.p("app")
+        make_tree(root)
+        out = self.p("out", "app.tar.zst")
+        os.mkdir(self.p("out"))
+        r = self.sbx("pack", root, "-o", out, "--build", "echo built; echo note >&2; touch made",
+                     "--entrypoint", "a.txt", "--arg", "x", "--exclude", "empty")
+        self.assertEqual(r.stdout, b"built\n")
+        self.assertIn(b"note\n", r.stderr)
+        data = open(out, "rb").read()
+        self.assertEqual(data[:4], b"\x28\xb5\x2f\xfd")  # zstd frame magic
+        man = json.load(open(out + ".manifest.json"))
+        self.assertEqual(man["archive_sha256"], hashlib.sha256(data).hexdigest())
+        self.assertEqual(man["archive_size"], len(data))
+        self.assertEqual(man["entrypoint"], "a.txt")
+        self.assertEqual(man["args"], ["x"])
+        paths = [f["path"] for f in man["files"]]
+        self.assertIn("made", paths)
+        self.assertNotIn("empty", paths)
+        self.assertEqual(man["file_count"], len(paths))
+        self.assertEqual(sorted(os.listdir(self.p("out"))), ["app.tar.zst",
+                                                             "app.tar.zst.manifest.json"])
+        # deterministic through the CLI too, and .tgz picks gzip
+        self.sbx("pack", root, "-o", self.p("out", "b.tgz"), "--exclude", "made")
+        self.sbx("pack", root, "-o", self.p("out", "c.tgz"), "--exclude", "made")
+        self.assertEqual(open(self.p("out", "b.tgz"), "rb").read(),
+                         open(self.p("out", "c.tgz"), "rb").read())
+        r = self.sbx("pack", root, "-o", self.p("out", "d.tgz"), "--build", "exit 4", ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"exit status 4", r.stderr)
+        self.assertFalse(os.path.exists(self.p("out", "d.tgz")))
+        self.assertEqual(leftovers(self.p("out")), [])
+        r = self.sbx("pack", root, "-o", self.p("out", "e.zip"), ok=False)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(b"sbx pack", self.sbx("pack", "--help").stdout)
+
     def test_errors_and_options(self):
         src = self.p("s")
         open(src, "w").write("x")
