@@ -38,6 +38,7 @@ struct agent_fs {
     struct agent_link cursors;
     unsigned ncursors;
     uint32_t next_cursor;
+    struct agent_link jobs; /* fs.remove / fs.copy on the threadpool */
 };
 
 /* --- shared helpers ------------------------------------------------------------------------ */
@@ -214,6 +215,7 @@ static struct agent_fs *fs_state(struct agent_conn *c)
         c->fs = calloc(1, sizeof(*c->fs));
         if (c->fs != NULL) {
             agent_list_init(&c->fs->cursors);
+            agent_list_init(&c->fs->jobs);
             c->fs->next_fh = 1;
             c->fs->next_cursor = 1;
         }
@@ -684,50 +686,41 @@ static int split_path(const char *path, char *parent, char *base)
     return 0;
 }
 
-void agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m)
+/* The work of fs.remove (on a threadpool thread: a tree can be large). */
+static int remove_do(const char *path, bool recursive, struct sbx_err *err)
 {
-    char path[AGENT_FS_PATH_BUF], parent[AGENT_FS_PATH_BUF], base[AGENT_FS_PATH_BUF];
+    char parent[AGENT_FS_PATH_BUF], base[AGENT_FS_PATH_BUF];
     _cleanup_close_ int pfd = -1;
-    struct sbx_err err;
     struct stat st;
-    bool recursive = false;
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
-        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &recursive, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
-    }
     if (lstat(path, &st) < 0) {
-        reply_sys(c, m, errno, "remove", path);
-        return;
+        return agent_fs_err(err, errno, "remove", path);
     }
     if (!S_ISDIR(st.st_mode)) {
         if (unlink(path) < 0) {
-            reply_sys(c, m, errno, "unlink", path);
-            return;
+            return agent_fs_err(err, errno, "unlink", path);
         }
     } else if (!recursive) {
         if (rmdir(path) < 0) {
-            reply_sys(c, m, errno, "rmdir", path);
-            return;
+            return agent_fs_err(err, errno, "rmdir", path);
         }
     } else {
         if (split_path(path, parent, base) < 0 || strcmp(base, ".") == 0 ||
             strcmp(base, "..") == 0) {
-            reply_sys(c, m, split_path(path, parent, base) < 0 ? EBUSY : EINVAL, "remove", path);
-            return;
+            return agent_fs_err(err, split_path(path, parent, base) < 0 ? EBUSY : EINVAL, "remove",
+                                path);
         }
         pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (pfd < 0) {
-            reply_sys(c, m, errno, "open", parent);
-            return;
+            return agent_fs_err(err, errno, "open", parent);
         }
-        if (remove_tree_at(pfd, base, path, strlen(path), &err) < 0) {
-            reply_error(c, m, &err);
-            return;
+        char buf[AGENT_FS_PATH_BUF]; /* remove_tree_at extends it with entry names */
+        memcpy(buf, path, strlen(path) + 1);
+        if (remove_tree_at(pfd, base, buf, strlen(buf), err) < 0) {
+            return -1;
         }
     }
-    agent_conn_reply_empty(c, m->id);
+    return 0;
 }
 
 /* Read the two-path params "from"/@k2 and "to"/@k1 style pairs. */
@@ -925,77 +918,133 @@ static int copy_tree_at(int sdfd, const char *sname, int ddfd, const char *dname
     return 0; /* sockets are skipped */
 }
 
-void agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m)
+/* The work of fs.copy (on a threadpool thread: a file or tree can be large). */
+static int copy_do(const char *from, const char *to, bool recursive, struct sbx_err *err)
 {
-    char from[AGENT_FS_PATH_BUF], to[AGENT_FS_PATH_BUF];
     char parent[AGENT_FS_PATH_BUF], base[AGENT_FS_PATH_BUF];
     char rfrom[PATH_MAX], rparent[PATH_MAX];
     _cleanup_close_ int sfd = -1, pfd = -1;
-    struct sbx_err err;
     struct stat st, dst;
-    bool recursive = false;
 
-    if (two_paths(m, "from", from, "to", to, &err) < 0 ||
-        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &recursive, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
-    }
     sfd = open(from, O_RDONLY | O_CLOEXEC);
     if (sfd < 0 || fstat(sfd, &st) < 0) {
-        reply_sys(c, m, errno, "open", from);
-        return;
+        return agent_fs_err(err, errno, "open", from);
     }
     if (S_ISDIR(st.st_mode) && !recursive) {
-        reply_sys(c, m, EISDIR, "copy (a directory needs recursive)", from);
-        return;
+        return agent_fs_err(err, EISDIR, "copy (a directory needs recursive)", from);
     }
     if (stat(to, &dst) == 0) {
         if (dst.st_dev == st.st_dev && dst.st_ino == st.st_ino) {
-            fs_err2(&err, EINVAL, "copy onto itself", from, to);
-            reply_error(c, m, &err);
-            return;
+            return fs_err2(err, EINVAL, "copy onto itself", from, to);
         }
         if (S_ISDIR(st.st_mode) || S_ISDIR(dst.st_mode)) {
-            reply_sys(c, m, S_ISDIR(st.st_mode) ? EEXIST : EISDIR, "copy to", to);
-            return;
+            return agent_fs_err(err, S_ISDIR(st.st_mode) ? EEXIST : EISDIR, "copy to", to);
         }
     }
     if (split_path(to, parent, base) < 0) {
-        reply_sys(c, m, EEXIST, "copy to", to);
-        return;
+        return agent_fs_err(err, EEXIST, "copy to", to);
     }
     pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (pfd < 0) {
-        reply_sys(c, m, errno, "open", parent);
-        return;
+        return agent_fs_err(err, errno, "open", parent);
     }
     if (S_ISDIR(st.st_mode)) {
-        size_t n;
         /* Copying a tree into itself would never end. */
         if (realpath(from, rfrom) != NULL && realpath(parent, rparent) != NULL) {
-            n = strlen(rfrom);
+            size_t n = strlen(rfrom);
             if (strncmp(rparent, rfrom, n) == 0 &&
                 (rparent[n] == '/' || rparent[n] == '\0' || strcmp(rfrom, "/") == 0)) {
-                fs_err2(&err, EINVAL, "copy a directory into itself", from, to);
-                reply_error(c, m, &err);
-                return;
+                return fs_err2(err, EINVAL, "copy a directory into itself", from, to);
             }
         }
         /* `from` itself may be a symlink to a directory: copy what it names. */
-        if (copy_tree_at(sfd, ".", pfd, base, from, to, &err) < 0) {
-            reply_error(c, m, &err);
-            return;
+        return copy_tree_at(sfd, ".", pfd, base, from, to, err);
+    }
+    if (S_ISREG(st.st_mode)) {
+        return copy_file_fd(sfd, &st, pfd, base, from, to, err);
+    }
+    return agent_fs_err(err, EINVAL, "copy (not a regular file or directory)", from);
+}
+
+/*
+ * fs.remove and fs.copy run on the libuv threadpool, so a large tree or file does not hold the
+ * loop (and every other connection). A job outlives its connection if need be: the connection
+ * forgets it on close, and the job then only frees itself.
+ */
+struct fs_job {
+    uv_work_t req;
+    struct agent_link link; /* in fs->jobs while the connection is there */
+    struct agent_conn *conn;
+    uint32_t id;
+    bool copy, recursive;
+    int rc;
+    struct sbx_err err;
+    char from[AGENT_FS_PATH_BUF], to[AGENT_FS_PATH_BUF];
+};
+
+static void job_work_cb(uv_work_t *req)
+{
+    struct fs_job *j = agent_container_of(req, struct fs_job, req);
+
+    j->rc = j->copy ? copy_do(j->from, j->to, j->recursive, &j->err)
+                    : remove_do(j->from, j->recursive, &j->err);
+}
+
+static void job_after_cb(uv_work_t *req, int status)
+{
+    struct fs_job *j = agent_container_of(req, struct fs_job, req);
+
+    if (j->conn != NULL) {
+        agent_list_del(&j->link);
+        if (status < 0) {
+            sbx_err_set(&j->err, SBX_E_INTERNAL, "the operation was cancelled");
+            agent_conn_reply_error(j->conn, j->id, &j->err);
+        } else if (j->rc < 0) {
+            agent_conn_reply_error(j->conn, j->id, &j->err);
+        } else {
+            agent_conn_reply_empty(j->conn, j->id);
         }
-    } else if (S_ISREG(st.st_mode)) {
-        if (copy_file_fd(sfd, &st, pfd, base, from, to, &err) < 0) {
-            reply_error(c, m, &err);
-            return;
-        }
-    } else {
-        reply_sys(c, m, EINVAL, "copy (not a regular file or directory)", from);
+    }
+    free(j);
+}
+
+/* Parse fs.remove / fs.copy params into a job and queue it. */
+static void job_start(struct agent_conn *c, const struct sbx_msg *m, bool copy)
+{
+    struct agent_fs *fs = fs_state(c);
+    struct fs_job *j = fs != NULL ? calloc(1, sizeof(*j)) : NULL;
+    struct sbx_err err;
+
+    if (j == NULL) {
+        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        reply_error(c, m, &err);
         return;
     }
-    agent_conn_reply_empty(c, m->id);
+    if ((copy ? two_paths(m, "from", j->from, "to", j->to, &err)
+              : agent_fs_path_param(m->params, "path", SBX_REQUIRED, j->from, &err)) < 0 ||
+        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &j->recursive, &err) < 0) {
+        free(j);
+        reply_error(c, m, &err);
+        return;
+    }
+    j->conn = c;
+    j->id = m->id;
+    j->copy = copy;
+    agent_list_add_tail(&fs->jobs, &j->link);
+    if (uv_queue_work(c->a->loop, &j->req, job_work_cb, job_after_cb) < 0) {
+        job_work_cb(&j->req); /* cannot happen with a valid loop; do it here then */
+        job_after_cb(&j->req, 0);
+    }
+}
+
+void agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m)
+{
+    job_start(c, m, false);
+}
+
+void agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m)
+{
+    job_start(c, m, true);
 }
 
 /* --- attributes and links ------------------------------------------------------------------ */
@@ -1598,6 +1647,11 @@ void agent_fs_conn_gone(struct agent_conn *c)
         free(fs->fh[i].path);
     }
     free(fs->fh);
+    while (!agent_list_empty(&fs->jobs)) {
+        struct fs_job *j = agent_container_of(fs->jobs.next, struct fs_job, link);
+        agent_list_del(&j->link);
+        j->conn = NULL; /* it finishes on its own and frees itself */
+    }
     while (!agent_list_empty(&fs->cursors)) {
         cursor_free(fs, agent_container_of(fs->cursors.next, struct fs_cursor, link));
     }

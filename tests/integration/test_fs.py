@@ -274,6 +274,33 @@ class TestFsPaths(FsCase):
         self.assertFalse(os.path.exists(self.p("empty")))
         self.assertErrno("fs.remove", {"path": "/", "recursive": True}, "EBUSY")
 
+    def test_remove_and_copy_leave_the_loop_free(self):
+        """Recursive remove / copy run on the threadpool: a ping sent after them is answered
+        first, and a job whose connection closes finishes on its own."""
+        big = self.p("big")
+        for i in range(20):
+            os.makedirs(big + "/d%d" % i)
+            for k in range(500):
+                open(big + "/d%d/f%d" % (i, k), "w").close()
+        order = []
+        cp = self.c.request("fs.copy", {"from": big, "to": self.p("big2"), "recursive": True})
+        ping = self.c.request("ping")
+        while len(order) < 2:
+            m = self.c.recv()
+            if m[0] == 1:
+                self.assertIsNone(m[2], m)
+                order.append(m[1])
+        self.assertEqual(order, [ping, cp])
+        self.assertEqual(len(os.listdir(self.p("big2/d19"))), 500)
+        c2 = self.agent.connect()
+        c2.request("fs.remove", {"path": big, "recursive": True})
+        c2.close()
+        deadline = time.time() + 60
+        while os.path.exists(big) and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(os.path.exists(big))
+        self.assertEqual(self.c.call("ping"), {})
+
     def test_rename(self):
         self.write("a", b"A")
         self.write("b", b"B")
