@@ -74,6 +74,12 @@ run sbx env get GREETING
 run sbx env set COLOR=blue
 run sbx sh 'echo "$GREETING, COLOR=$COLOR"'
 
+note "files: sbx cp moves them in (atomically, sha256-checked end to end) and out again"
+run sbx cp "$0" :/tmp/session.sh
+run sbx exec -- wc -c /tmp/session.sh
+run sbx cp :/tmp/session.sh "$0.back"
+cmp "$0" "$0.back" && note "the same bytes came back"
+
 note "processes outlive their connection: list them, signal them"
 sbx exec -- sleep 60 >/dev/null 2>&1 &
 sleep 0.5

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import unittest
@@ -282,6 +283,45 @@ class TestProcess(VMCase):
         self.assertTrue(line and "running" in line[0], p.stdout)
         self.assertEqual(self.sbx("kill", str(r["id"])).returncode, 0)
         self.assertEqual(self.sbx("wait", str(r["id"])).returncode, 143)
+
+
+class TestTransfer(VMCase):
+    """sbx cp in and out (files and trees) and sbx pack against the busybox guest."""
+
+    def test_upload_download_pack(self):
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "blob")
+            with open(src, "wb") as f:
+                f.write(os.urandom(24 << 20))
+            want = hashlib.sha256(open(src, "rb").read()).hexdigest()
+            p = self.sbx("cp", src, ":/tmp/blob", timeout=300)
+            self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace"))
+            # the guest's own sha256sum agrees
+            self.assertEqual(self.sh("sha256sum /tmp/blob").split()[0], want)
+            back = os.path.join(d, "back")
+            p = self.sbx("cp", ":/tmp/blob", back, timeout=300)
+            self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace"))
+            self.assertEqual(hashlib.sha256(open(back, "rb").read()).hexdigest(), want)
+            # a tree in and out
+            tree = os.path.join(d, "tree")
+            os.makedirs(os.path.join(tree, "sub"))
+            open(os.path.join(tree, "sub", "f"), "w").write("f\n")
+            os.symlink("sub/f", os.path.join(tree, "l"))
+            p = self.sbx("cp", "-r", "-z", "zstd", tree, ":/tmp/tree", timeout=300)
+            self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace"))
+            self.assertEqual(self.sh("cat /tmp/tree/l; readlink /tmp/tree/l"), "f\nsub/f\n")
+            # pack with a build step in the guest, manifest checked here
+            out = os.path.join(d, "app.tar.gz")
+            p = self.sbx("pack", "/tmp/tree", "-o", out, "--build", "echo built > made.txt",
+                         "--entrypoint", "made.txt", timeout=300)
+            self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace"))
+            data = open(out, "rb").read()
+            man = json.load(open(out + ".manifest.json"))
+            self.assertEqual(man["archive_sha256"], hashlib.sha256(data).hexdigest())
+            files = {f["path"]: f for f in man["files"]}
+            self.assertEqual(files["made.txt"]["sha256"], hashlib.sha256(b"built\n").hexdigest())
+            with tarfile.open(out) as tf:
+                self.assertEqual(tf.extractfile("made.txt").read(), b"built\n")
 
 
 class TestAgentRestart(VMCase):
