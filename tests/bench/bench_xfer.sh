@@ -115,7 +115,7 @@ for dir in up down; do
     spread=$(while read -r x; do gbps "$x"; done <"$W/$dir" | minmax)
     met=NO
     if [ "$(echo "$ratio >= 100 && $fig >= 1" | bc -l)" = 1 ]; then met=yes; fi
-    what="sbx cp $([ $dir = up ] && echo "LOCAL :REMOTE (upload)" || echo ":REMOTE LOCAL (download)"), $GIB GiB, sha256 checked"
+    what="sbx cp $([ $dir = up ] && echo "LOCAL :REMOTE (upload, sha256 checked)" || echo ":REMOTE LOCAL (download)"), $GIB GiB"
     row "$what" "$(printf '%.2f GB/s' "$fig")" "$spread GB/s" \
         "$(printf '%.2f GB/s' "$base") file→socat→unix→socat→file" "$(printf '%.0f %%' "$ratio")" \
         "≥ 100 % of raw, ≥ 1 GB/s" "$met"

@@ -36,4 +36,6 @@ rc=0
 "$BUILD/bench/bench_proto" $QUICK || rc=1
 "$BUILD/bench/bench_agent" $QUICK --agent "$BUILD/bin/sbx-agent" \
     --helper "$BUILD/tests/sbx-test-helper" || rc=1
+# Transfers (needs the sbx CLI built too, root for its tmpfs, and bc).
+tests/bench/bench_xfer.sh $QUICK "$BUILD" || rc=1
 exit $rc
