@@ -264,10 +264,23 @@ static void conn_handle_frame(struct agent_conn *c, const uint8_t *buf, uint32_t
     }
 }
 
+/* The rest of a frame straddling reads is read in place when at least this much is missing. */
+#define CONN_INPLACE_MIN (16u << 10)
+
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct agent_conn *c = h->data;
+    uint8_t *dst;
+    size_t missing = sbx_framer_space(&c->framer, &dst);
 
+    /* A large frame (stdin data) that straddled reads: read its remainder straight into the
+     * framer's buffer, sparing the copy out of rbuf. Exactly the remainder, so the next frame
+     * lands in rbuf and can be handled in place. */
+    if (missing >= CONN_INPLACE_MIN) {
+        buf->base = (char *)dst;
+        buf->len = missing;
+        return;
+    }
     buf->base = (char *)c->rbuf;
     buf->len = CONN_RBUF;
 }
@@ -282,6 +295,14 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             agent_log("conn %u: read: %s", c->num, uv_strerror((int)nread));
         }
         agent_conn_close(c);
+        return;
+    }
+    if (buf->base != (char *)c->rbuf) {
+        /* Read in place into a straddling frame (alloc_cb). */
+        if (nread > 0 && !c->closing && !c->close_after_flush &&
+            sbx_framer_commit(&c->framer, (size_t)nread) == 1) {
+            conn_handle_frame(c, c->framer.buf, c->framer.len);
+        }
         return;
     }
     while (off < (size_t)nread && !c->closing && !c->close_after_flush) {

@@ -153,6 +153,22 @@ int sbx_framer_next(struct sbx_framer *f, const uint8_t *data, size_t len, size_
     return r;
 }
 
+size_t sbx_framer_space(struct sbx_framer *f, uint8_t **dst)
+{
+    if (f->broken || f->hdr_have < 4 || f->have == f->len) {
+        *dst = NULL;
+        return 0;
+    }
+    *dst = f->buf + f->have;
+    return f->len - f->have;
+}
+
+int sbx_framer_commit(struct sbx_framer *f, size_t n)
+{
+    f->have += (uint32_t)n;
+    return f->have == f->len ? 1 : 0;
+}
+
 uint8_t *sbx_framer_take(struct sbx_framer *f, uint32_t *len)
 {
     uint8_t *p = f->buf;

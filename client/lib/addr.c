@@ -400,17 +400,29 @@ static int connect_fc(const struct sbx_addr *a, int64_t deadline, const char *ad
 int sbx__connect(const struct sbx_addr *a, const char *addr, int timeout_ms, struct sbx_err *err)
 {
     int64_t deadline = sbx__deadline(timeout_ms);
+    int fd, sz = SBX_CLIENT_SNDBUF;
 
     switch (a->kind) {
     case SBX_ADDR_UNIX:
-        return connect_unix_path(a->path, deadline, addr, err);
+        fd = connect_unix_path(a->path, deadline, addr, err);
+        break;
     case SBX_ADDR_VSOCK:
-        return connect_vsock(a, deadline, addr, err);
+        fd = connect_vsock(a, deadline, addr, err);
+        break;
     case SBX_ADDR_TCP:
-        return connect_tcp(a, deadline, addr, err);
+        fd = connect_tcp(a, deadline, addr, err);
+        break;
     case SBX_ADDR_FC:
-        return connect_fc(a, deadline, addr, err);
+        fd = connect_fc(a, deadline, addr, err);
+        break;
     default:
         return sbx_err_param(err, "addr", "bad address \"%s\"", addr);
     }
+    /* Room for whole stream-data frames in the socket: the agent then reads each one in one
+     * piece and hands it to the child without collecting it first (best effort; the kernel
+     * caps it at net.core.wmem_max, doubled, which still holds a 256 KiB frame). */
+    if (fd >= 0) {
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    }
+    return fd;
 }

@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "sbx/client.h"
 #include "sbx/limits.h"
 
 #define BCLI_BUF  (2 * SBX_FRAME_MAX + 64)
@@ -68,6 +69,10 @@ int bcli_open(struct bcli *c, const char *path)
     if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         fprintf(stderr, "bench client: connect %s: %s\n", path, strerror(errno));
         return -1;
+    }
+    {
+        int sz = SBX_CLIENT_SNDBUF; /* as libsbx asks for (client/lib/addr.c) */
+        (void)setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
     }
     pk = bcli_begin_request(c, "hello", &id);
     (void)msgpack_pack_map(pk, 2);

@@ -405,6 +405,52 @@ static void test_next_refuses_bad_lengths(void **state)
     sbx_framer_free(&f);
 }
 
+static void test_space_commit(void **state)
+{
+    uint8_t buf[128], *dst;
+    size_t len = make_frames(buf, 9), used; /* frames 1..9: the 9th is 9 'I's at the end */
+    size_t last = len - 4 - 9;              /* offset of the 9th frame's header */
+    const uint8_t *fp;
+    uint32_t fl;
+    struct sbx_framer f;
+    struct sbx_err err;
+    unsigned got = 0;
+
+    sbx_framer_init(&f, 0);
+    /* At a frame boundary there is nothing to read in place. */
+    assert_int_equal(sbx_framer_space(&f, &dst), 0);
+    assert_null(dst);
+    /* Everything up to the 9th frame's header plus 2 payload bytes, in one read. */
+    for (size_t off = 0; off < last + 6; off += used) {
+        int r = sbx_framer_next(&f, buf + off, last + 6 - off, &used, &fp, &fl, &err);
+        assert_true(r >= 0);
+        if (r == 1) {
+            check_payload(fp, fl, ++got);
+        }
+    }
+    assert_int_equal(got, 8);
+    /* 7 payload bytes missing: read "in place", 3 then 4 bytes. */
+    assert_int_equal(sbx_framer_space(&f, &dst), 7);
+    assert_ptr_equal(dst, f.buf + 2);
+    memcpy(dst, buf + last + 6, 3);
+    assert_int_equal(sbx_framer_commit(&f, 3), 0);
+    assert_int_equal(sbx_framer_space(&f, &dst), 4);
+    memcpy(dst, buf + last + 9, 4);
+    assert_int_equal(sbx_framer_commit(&f, 4), 1);
+    check_frame(&f, 9);
+    assert_int_equal(sbx_framer_space(&f, &dst), 0);
+    /* The framer goes on normally afterwards. */
+    assert_int_equal(sbx_framer_next(&f, buf, 5, &used, &fp, &fl, &err), 1);
+    check_payload(fp, fl, 1);
+    sbx_framer_free(&f);
+
+    /* Broken framing offers no space. */
+    sbx_framer_init(&f, 4);
+    assert_int_equal(sbx_framer_next(&f, buf + last, 13, &used, &fp, &fl, &err), -1);
+    assert_int_equal(sbx_framer_space(&f, &dst), 0);
+    sbx_framer_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -420,6 +466,7 @@ int main(void)
         cmocka_unit_test(test_next_byte_by_byte),
         cmocka_unit_test(test_next_straddling_large_frame),
         cmocka_unit_test(test_next_refuses_bad_lengths),
+        cmocka_unit_test(test_space_commit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

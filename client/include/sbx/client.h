@@ -31,6 +31,7 @@
 /* Client-side caps (the protocol's own caps are in sbx/limits.h). */
 #define SBX_CLIENT_FIFO_MAX           (64u << 20) /* bytes of messages queued for sbx_client_recv */
 #define SBX_CLIENT_RBUF_MAX           (16u << 20) /* bytes read ahead while a write waits for room */
+#define SBX_CLIENT_SNDBUF             (1 << 20)   /* SO_SNDBUF asked for on the connection */
 #define SBX_CLIENT_CONNECT_TIMEOUT_MS 10000
 
 /* --- addresses ---------------------------------------------------------------------------- */

@@ -50,6 +50,19 @@ int sbx_framer_next(struct sbx_framer *f, const uint8_t *data, size_t len, size_
                     const uint8_t **frame, uint32_t *flen, struct sbx_err *err);
 
 /*
+ * While a frame that straddles reads is being collected, the rest of its payload can be read
+ * straight into the framer's buffer instead of being copied there: returns how many payload
+ * bytes are still missing and sets *dst to where they go, or 0 (not inside a payload, or
+ * broken). After reading n bytes (1 <= n <= the returned count) into *dst, call
+ * sbx_framer_commit.
+ */
+size_t sbx_framer_space(struct sbx_framer *f, uint8_t **dst);
+
+/* @n bytes were stored where sbx_framer_space said. Returns 1 when that completed the frame
+ * (payload in f->buf, length f->len, as after sbx_framer_feed), else 0. */
+int sbx_framer_commit(struct sbx_framer *f, size_t n);
+
+/*
  * Take ownership of the completed frame's buffer (caller frees it with free()), so a payload can
  * outlive the next feed without a copy. Only valid right after feed returned 1 (or next returned
  * 1 with *frame == f->buf).
