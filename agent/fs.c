@@ -845,7 +845,9 @@ static int copy_tree_at(int sdfd, const char *sname, int ddfd, const char *dname
         return agent_fs_err(err, errno, "lstat", spath);
     }
     if (S_ISREG(st.st_mode)) {
-        _cleanup_close_ int sfd = openat(sdfd, sname, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        /* O_NONBLOCK: a FIFO swapped in meanwhile must not block the copy. */
+        _cleanup_close_ int sfd =
+            openat(sdfd, sname, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
         if (sfd < 0) {
             return agent_fs_err(err, errno, "open", spath);
         }
@@ -926,7 +928,7 @@ static int copy_do(const char *from, const char *to, bool recursive, struct sbx_
     _cleanup_close_ int sfd = -1, pfd = -1;
     struct stat st, dst;
 
-    sfd = open(from, O_RDONLY | O_CLOEXEC);
+    sfd = open(from, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO would block the open */
     if (sfd < 0 || fstat(sfd, &st) < 0) {
         return agent_fs_err(err, errno, "open", from);
     }
@@ -1422,7 +1424,17 @@ void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m)
         fs->capfh = cap;
     }
     hpath = strdup(path);
-    fd = hpath != NULL ? open(path, flags, (mode_t)mode) : -1;
+    /* Non-blocking first: opening a FIFO would otherwise wait for its other end, holding the
+     * loop. Regular files and directories go back to blocking (it means nothing for them);
+     * special files stay non-blocking, so a read with nothing available is EAGAIN. */
+    fd = hpath != NULL ? open(path, flags | O_NONBLOCK, (mode_t)mode) : -1;
+    if (fd >= 0) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) &&
+            !(flags & O_NONBLOCK)) {
+            (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK); /* cannot fail here */
+        }
+    }
     if (fd < 0) {
         if (hpath == NULL) {
             sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");

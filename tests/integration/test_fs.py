@@ -553,6 +553,24 @@ class TestFsHandles(FsCase):
         self.assertEqual(self.err("fs.open", {"path": f, "mode": 0o10000})["field"], "mode")
         self.assertErrno("fs.open", {"path": self.d, "flags": ["write"]}, "EISDIR")
 
+    def test_special_files_do_not_block(self):
+        os.mkfifo(self.p("fifo"))
+        # no writer: the open returns at once (a blocking open would wait for one)
+        fh = self.c.call("fs.open", {"path": self.p("fifo")})["fh"]
+        fd = os.open(self.p("fifo"), os.O_WRONLY | os.O_NONBLOCK)
+        # a writer that has written nothing: EAGAIN, not a read that hangs the agent
+        self.assertErrno("fs.read", {"fh": fh, "len": 10}, "EAGAIN", self.p("fifo"))
+        os.write(fd, b"through")
+        self.assertEqual(self.c.call("fs.read", {"fh": fh, "len": 10})["data"], b"through")
+        os.close(fd)
+        self.assertEqual(self.c.call("fs.read", {"fh": fh, "len": 10})["data"], b"")  # EOF
+        # no reader for a writer: ENXIO instead of waiting
+        self.c.call("fs.close", {"fh": fh})
+        self.assertErrno("fs.open", {"path": self.p("fifo"), "flags": ["write"]}, "ENXIO")
+        # copying a FIFO is refused without opening it for good
+        self.assertErrno("fs.copy", {"from": self.p("fifo"), "to": self.p("x")}, "EINVAL")
+        self.assertEqual(self.c.call("ping"), {})
+
     def agent_fds(self):
         return len(os.listdir("/proc/%d/fd" % self.agent.proc.pid))
 
