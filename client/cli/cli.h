@@ -75,6 +75,7 @@ int cli_cmd_wait(struct cli *cli, int argc, char **argv);
 int cli_cmd_cp(struct cli *cli, int argc, char **argv);
 int cli_cmd_pack(struct cli *cli, int argc, char **argv);
 int cli_cmd_fs(struct cli *cli, int argc, char **argv);
+int cli_cmd_repl(struct cli *cli, int argc, char **argv);
 
 /* --- json.c ------------------------------------------------------------------------------- */
 

@@ -31,6 +31,7 @@ static const struct command commands[] = {
     { "pack", cli_cmd_pack, "package a guest directory into a deploy archive with a manifest" },
     { "cp", cli_cmd_cp, "copy files into or out of the sandbox (sbx cp LOCAL :REMOTE)" },
     { "fs", cli_cmd_fs, "files in the guest: ls, stat, cat, write, mkdir, rm, find, watch, ..." },
+    { "repl", cli_cmd_repl, "evaluate code in a persistent interpreter (sh, bash, python3, node)" },
     { "call", cli_cmd_call, "send any request with JSON params and print the JSON result" },
 };
 

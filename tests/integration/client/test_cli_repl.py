@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""sbx repl against the real agent: --eval, piped stdin, --json, --timeout, and interactive use on
+a real terminal (tmux: prompt, ^C interrupts the running code, the session survives)."""
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_cli import SBX, CliCase  # noqa: E402
+
+TMUX = shutil.which("tmux")
+
+
+class TestCliRepl(CliCase):
+    def test_eval_prints_output_and_value(self):
+        r = self.sbx("repl", "python3", "--eval", "x = 6", "-e", "print('hi'); x * 7")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, b"hi\n42\n")
+
+    def test_eval_error_exit_status(self):
+        r = self.sbx("repl", "python3", "-e", "raise ValueError('bad 7')", "-e", "print('not run')")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"ValueError: bad 7", r.stderr)
+        self.assertEqual(r.stdout, b"")
+        r = self.sbx("repl", "sh", "-e", "echo out; echo err >&2; exit_code() { return 3; }; "
+                                         "exit_code")
+        self.assertEqual(r.returncode, 3)
+        self.assertEqual(r.stdout, b"out\n")
+        self.assertIn(b"err\n", r.stderr)
+        self.assertIn(b"exit status 3", r.stderr)
+
+    def test_timeout(self):
+        r = self.sbx("repl", "node", "--timeout", "300ms", "-e", "while (true) {}")
+        self.assertEqual(r.returncode, 124)
+        self.assertIn(b"timeout", r.stderr)
+
+    def test_json(self):
+        r = self.sbx("repl", "--json", "python3", "-e", "print('o')\n2 + 2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        res = json.loads(r.stdout)
+        self.assertEqual((res["value"], res["error"]), ("4", False))
+        self.assertEqual(base64.b64decode(res["stdout"]), b"o\n")
+
+    def test_piped_stdin_blocks(self):
+        code = b"def f(a):\n    return a * 2\n\nprint(f(4))\nf(5)\nimport sys; sys.stdin.isatty()\n"
+        r = self.sbx("repl", "python3", stdin=None, input=code)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, b"8\n10\nTrue\n")
+        code = b"for i in 1 2; do\n  echo $i\ndone\n\ncd /tmp\npwd\n"
+        r = self.sbx("repl", stdin=None, input=code)  # sh is the default
+        self.assertEqual((r.returncode, r.stdout), (0, b"1\n2\n/tmp\n"), r.stderr)
+
+    def test_bad_usage(self):
+        self.assertEqual(self.sbx("repl", "--timeout", "0", "-e", "1").returncode, 2)
+        self.assertEqual(self.sbx("repl", "sh", "extra").returncode, 2)
+        r = self.sbx("repl", "cobol", "-e", "1")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"language", r.stderr)
+        r = self.sbx("repl", "--help")
+        self.assertEqual(r.returncode, 0)
+        self.assertIn(b"--eval", r.stdout)
+
+
+@unittest.skipIf(TMUX is None, "tmux is not installed")
+class TestCliReplTmux(CliCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp(prefix="sbx-tmux-")
+        self.server = "sbxrepl-%d" % os.getpid()
+        self.env = {k: v for k, v in os.environ.items() if k != "TMUX"}
+        self.env["TMUX_TMPDIR"] = self.dir
+
+    def tearDown(self):
+        subprocess.run([TMUX, "-L", self.server, "kill-server"], env=self.env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        super().tearDown()
+
+    def tmux(self, *args):
+        r = subprocess.run([TMUX, "-L", self.server, "-f", "/dev/null", *args], env=self.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout.decode()
+
+    def wait_screen(self, pred, what, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            text = self.tmux("capture-pane", "-p", "-t", "t")
+            if pred(text.splitlines()):
+                return text
+            time.sleep(0.05)
+        self.fail("screen never showed %s:\n%s" % (what, text))
+
+    def test_interactive_prompt_value_and_ctrl_c(self):
+        rc = os.path.join(self.dir, "rc")
+        script = os.path.join(self.dir, "run.sh")
+        with open(script, "w") as f:
+            # ^C reaches the whole foreground group: this script must survive it, sbx handles it.
+            f.write('trap "" INT\n"%s" -c "%s" repl python3\necho "rc=$?" > %s\nexec sleep 1000\n'
+                    % (SBX,
+                       self.addr, rc))
+        self.tmux("new-session", "-d", "-x", "100", "-y", "30", "-s", "t", "sh " + script)
+        self.wait_screen(lambda ls: any(x.startswith(">>>") for x in ls), "a prompt")
+        self.tmux("send-keys", "-t", "t", "n = 20 + 1", "Enter")
+        self.tmux("send-keys", "-t", "t", "n * 2", "Enter")
+        self.wait_screen(lambda ls: "42" in ls, "the value 42")
+        self.tmux("send-keys", "-t", "t", "import time; time.sleep(100)", "Enter")
+        time.sleep(0.5)
+        self.tmux("send-keys", "-t", "t", "C-c")
+        self.wait_screen(lambda ls: "KeyboardInterrupt" in ls, "KeyboardInterrupt")
+        self.tmux("send-keys", "-t", "t", "n", "Enter")
+        self.wait_screen(lambda ls: "21" in ls, "the session surviving ^C")
+        self.tmux("send-keys", "-t", "t", "C-d")
+        deadline = time.time() + 15
+        while not os.path.exists(rc) and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertTrue(os.path.exists(rc), self.tmux("capture-pane", "-p", "-t", "t"))
+        with open(rc) as f:
+            self.assertEqual(f.read().strip(), "rc=0")
+
+
+if __name__ == "__main__":
+    unittest.main()
