@@ -38,4 +38,8 @@ rc=0
     --helper "$BUILD/tests/sbx-test-helper" || rc=1
 # Transfers (needs the sbx CLI built too, root for its tmpfs, and bc).
 tests/bench/bench_xfer.sh $QUICK "$BUILD" || rc=1
+if [ -x "$BUILD/bench/bench_repl" ]; then
+    "$BUILD/bench/bench_repl" $QUICK --agent "$BUILD/bin/sbx-agent" \
+        --helper "$BUILD/tests/sbx-test-helper" || rc=1
+fi
 exit $rc
