@@ -196,7 +196,9 @@ static const char node_driver[] =
     "      if (tla && e instanceof SyntaxError && /\\bawait\\b/.test(code)) { try { w = tla(code); "
     "} catch (e2) { w = null; } }\n"
     "      if (w === null) throw e;\n"
-    "      return [script(w), true];\n"
+    "      // node >= 16.6 returns { value: (last expression) } from the wrapper; older, the "
+    "value.\n"
+    "      return [script(w), /\\{ value: \\(/.test(w) && !/\\{ value: \\(/.test(code)];\n"
     "    }\n"
     "  };\n"
     "  const run = (code) => {\n"
@@ -1016,7 +1018,7 @@ void agent_repl_start(struct agent_conn *c, const struct sbx_msg *m)
     const msgpack_object *uargv = NULL;
     struct agent_repl *r = NULL;
     struct agent_proc *p;
-    int lang, master = -1, cp[2] = { -1, -1 }, rp[2] = { -1, -1 }, extra[2];
+    int lang, master = -1, cp[2] = { -1, -1 }, rp[2] = { -1, -1 }, extra[2], given;
     char tag[32];
     char **argv = NULL;
 
@@ -1061,15 +1063,26 @@ void agent_repl_start(struct agent_conn *c, const struct sbx_msg *m)
     r->timer.data = r;
     r->timer_open = true;
     r->handles++;
-    /* Failures below leave a process that cannot be driven: kill it; its exit ends the session. */
-    if (open_pipe(r, &r->code, cp[1], &r->code_open) < 0 ||
-        open_pipe(r, &r->ctl, rp[0], &r->ctl_open) < 0 ||
-        open_pipe(r, &r->tty, master, &r->tty_open) < 0 ||
-        uv_read_start((uv_stream_t *)&r->ctl, ctl_alloc_cb, ctl_read_cb) < 0 ||
-        uv_read_start((uv_stream_t *)&r->tty, ctl_alloc_cb, tty_read_cb) < 0 ||
-        ((r->lang == LANG_SH || r->lang == LANG_BASH) &&
-         code_send(r, shell_prologue, sizeof(shell_prologue) - 1) < 0)) {
-        cp[1] = rp[0] = -1;
+    /* Failures below leave a process that cannot be driven: kill it; its exit ends the session.
+     * open_pipe takes its fd even when it fails; the ones it never got are closed here. */
+    given = 0;
+    if (open_pipe(r, &r->code, cp[1], &r->code_open) == 0 && ++given &&
+        open_pipe(r, &r->ctl, rp[0], &r->ctl_open) == 0 && ++given &&
+        open_pipe(r, &r->tty, master, &r->tty_open) == 0 && ++given &&
+        uv_read_start((uv_stream_t *)&r->ctl, ctl_alloc_cb, ctl_read_cb) == 0 &&
+        uv_read_start((uv_stream_t *)&r->tty, ctl_alloc_cb, tty_read_cb) == 0 &&
+        (r->lang != LANG_SH && r->lang != LANG_BASH
+             ? 0
+             : code_send(r, shell_prologue, sizeof(shell_prologue) - 1)) == 0) {
+        given = -1;
+    }
+    if (given >= 0) {
+        if (given < 1) {
+            close(rp[0]);
+        }
+        if (given < 2) {
+            close(master);
+        }
         sbx_err_set(&err, SBX_E_INTERNAL, "cannot set up the control pipes");
         agent_conn_reply_error(c, m->id, &err);
         r->state = RS_ENDED;
@@ -1181,6 +1194,7 @@ void agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m)
     if (code_frame(r, code, len) < 0) {
         sbx_err_set(&err, SBX_E_INTERNAL, "cannot send code to the interpreter");
         if (stream) {
+            r->ev_stream = true; /* ends both streams with the error */
             eval_cancel(r);
         } else {
             agent_conn_reply_error(c, m->id, &err);

@@ -285,6 +285,28 @@ class TestProcess(VMCase):
         self.assertEqual(self.sbx("wait", str(r["id"])).returncode, 143)
 
 
+    def test_repl_sh_busybox(self):
+        """A REPL session on busybox sh: state, the PTY, a timeout as ^C, exit; sbx repl."""
+        c = self.conn()
+        sid = c.call("repl.start", {"language": "sh"})["session"]
+        r = c.call("repl.eval", {"session": sid, "code": "x=41; cd /tmp"})
+        self.assertFalse(r["error"], r)
+        r = c.call("repl.eval", {"session": sid,
+                                 "code": 'f() {\n  echo "$((x + $1)) $(pwd)"\n}\nf 1\n'
+                                         '[ -t 0 ] && echo tty'})
+        self.assertEqual(r["stdout"], b"42 /tmp\ntty\n", r)
+        r = c.call("repl.eval", {"session": sid, "code": "while :; do :; done",
+                                 "timeout_ms": 500})
+        self.assertTrue(r["timed_out"], r)
+        r = c.call("repl.eval", {"session": sid, "code": "echo $x"})
+        self.assertEqual((r["stdout"], r["error"]), (b"41\n", False), r)
+        r = c.call("repl.eval", {"session": sid, "code": "exit 3"})
+        self.assertEqual(r["error_text"], "interpreter exited (exit status 3)")
+        c.close()
+        p = self.sbx("repl", "sh", "-e", "y=5", "-e", "echo $((y * 2))")
+        self.assertEqual((p.returncode, p.stdout), (0, b"10\n"), p.stderr)
+
+
 class TestTransfer(VMCase):
     """sbx cp in and out (files and trees) and sbx pack against the busybox guest."""
 
@@ -560,6 +582,21 @@ class TestDebian(VMCase):
 
     def test_python3(self):
         self.assertEqual(self.sh("python3 -c 'print(6 * 7)'"), "42\n")
+
+    def test_repl_python3(self):
+        c = self.conn()
+        sid = c.call("repl.start", {"language": "python3", "user": "sandbox"})["session"]
+        r = c.call("repl.eval", {"session": sid, "code": "import os, sys\nx = 6\nx * 7"})
+        self.assertEqual(r["value"], "42", r)
+        r = c.call("repl.eval", {"session": sid, "code": "os.getuid() != 0, sys.stdin.isatty()"})
+        self.assertEqual(r["value"], "(True, True)", r)
+        r = c.call("repl.eval", {"session": sid, "code": "while True: pass", "timeout_ms": 500})
+        self.assertTrue(r["timed_out"], r)
+        r = c.call("repl.eval", {"session": sid, "code": "1/0"})
+        self.assertIn("ZeroDivisionError", r["error_text"])
+        self.assertEqual(c.call("repl.eval", {"session": sid, "code": "x"})["value"], "6")
+        c.call("repl.close", {"session": sid})
+        c.close()
 
     def test_zz_poweroff(self):
         c = self.conn()
