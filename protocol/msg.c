@@ -331,13 +331,14 @@ int sbx_msg_decode(struct sbx_decoder *d, const uint8_t *buf, size_t len, struct
     m->kind = (int)a[0].via.u64;
     switch (m->kind) {
     case SBX_MSG_REQUEST:
-        if (n != 4) {
-            return sbx_err_set(err, SBX_E_BAD_MESSAGE, "a request has 4 elements");
-        }
+        /* The id first, so a request with params missing gets an addressed error response. */
         if (decode_id(&a[1], m, err) < 0) {
             return -1;
         }
         m->id_valid = true;
+        if (n != 4) {
+            return sbx_err_set(err, SBX_E_BAD_MESSAGE, "a request has 4 elements");
+        }
         if (decode_method(&a[2], m, err) < 0 || decode_params(&a[3], m, err) < 0) {
             return -1;
         }
@@ -365,6 +366,9 @@ int sbx_msg_decode(struct sbx_decoder *d, const uint8_t *buf, size_t len, struct
         }
         return 0;
     default: /* SBX_MSG_DATA in an unusual but valid encoding */
+        if (n == 3 && is_uint(&a[1]) && a[1].via.u64 <= UINT32_MAX) {
+            m->stream = (uint32_t)a[1].via.u64; /* so a bad payload can be pinned on its stream */
+        }
         if (n != 3 || !is_uint(&a[1]) || a[1].via.u64 == 0 || a[1].via.u64 > UINT32_MAX ||
             a[2].type != MSGPACK_OBJECT_BIN || a[2].via.bin.size == 0 ||
             a[2].via.bin.size > SBX_STREAM_CHUNK_MAX) {

@@ -65,7 +65,8 @@ int sbx_msgpack_validate(const uint8_t *buf, size_t len, struct sbx_err *err);
  * Decode one frame payload. Returns 0 with @m filled, or -1 with @err set (BAD_MESSAGE, or
  * INTERNAL when out of memory); on -1, m->id_valid tells whether m->id names the request so an
  * error response can be addressed. @m stays valid until the next decode on @d and as long as
- * @buf is unchanged.
+ * @buf is unchanged. A stream-data message that fails (an empty or over-long payload) leaves
+ * m->kind SBX_MSG_DATA and m->stream set when the stream id could be read.
  */
 int sbx_msg_decode(struct sbx_decoder *d, const uint8_t *buf, size_t len, struct sbx_msg *m,
                    struct sbx_err *err);
