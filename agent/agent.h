@@ -138,6 +138,10 @@ void agent_stream_on_credit(struct agent_conn *c, const struct sbx_msg *m);
 void agent_stream_on_end(struct agent_conn *c, const struct sbx_msg *m);
 void agent_stream_on_cancel(struct agent_conn *c, const struct sbx_msg *m);
 void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m);
+/* A data message for stream @id was malformed (@why: empty or over chunk_max). If @id is a live
+ * stream, its bytes were lost: cancel it as misuse (STREAM, PROTOCOL.md 8.6) and return true;
+ * false when @id names no stream (the caller reports BAD_MESSAGE). */
+bool agent_stream_on_bad_data(struct agent_conn *c, uint32_t id, const struct sbx_err *why);
 
 /* Output pipes: start/stop reading according to credit and attachment. */
 void agent_pipe_update(struct agent_pipe *p);

@@ -222,6 +222,10 @@ static void conn_handle_frame(struct agent_conn *c, const uint8_t *buf, uint32_t
     struct sbx_err err;
 
     if (sbx_msg_decode(&c->dec, buf, len, &m, &err) < 0) {
+        if (m.kind == SBX_MSG_DATA && c->hello_done &&
+            agent_stream_on_bad_data(c, m.stream, &err)) {
+            return;
+        }
         if (m.id_valid) {
             agent_conn_reply_error(c, m.id, &err);
         } else {

@@ -208,10 +208,12 @@ void agent_stream_on_credit(struct agent_conn *c, const struct sbx_msg *m)
     if (sbx_param_u64(m->params, "bytes", SBX_REQUIRED, 1, UINT32_MAX, &bytes, &err) != 0) {
         return;
     }
-    s->credit += bytes;
-    if (s->credit > UINT32_MAX) {
-        s->credit = UINT32_MAX;
+    if (s->credit + bytes > UINT32_MAX) {
+        sbx_err_set(&err, SBX_E_STREAM, "credit on stream %u would exceed 2^32-1 bytes", s->id);
+        stream_misuse(s, &err);
+        return;
     }
+    s->credit += bytes;
     if (s->pipe != NULL) {
         agent_pipe_update(s->pipe);
     } else if (s->ops != NULL && s->ops->ready != NULL) {
@@ -299,6 +301,19 @@ static void in_write_cb(uv_write_t *req, int status)
     if (p->close_requested && p->writes_pending == 0) {
         agent_pipe_close(p);
     }
+}
+
+bool agent_stream_on_bad_data(struct agent_conn *c, uint32_t id, const struct sbx_err *why)
+{
+    struct agent_stream *s = id != 0 ? agent_stream_find(c, id) : NULL;
+    struct sbx_err err;
+
+    if (s == NULL) {
+        return false;
+    }
+    sbx_err_set(&err, SBX_E_STREAM, "%s", why->msg);
+    stream_misuse(s, &err);
+    return true;
 }
 
 void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
