@@ -167,17 +167,25 @@ int agent_outjob_event(struct agent_outjob *j, void *arg)
 
     /* Data written before the event goes out before it. */
     if (j->wlen > 0 && ((it = outjob_take_buffer(j)) == NULL || outjob_enqueue(j, it, false) < 0)) {
-        return -1;
+        goto fail;
     }
     it = malloc(sizeof(*it));
     if (it == NULL) {
         sbx_err_set(&j->err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        goto fail;
     }
     it->event = arg;
     it->len = 0;
     it->off = 0;
-    return outjob_enqueue(j, it, false);
+    if (outjob_enqueue(j, it, false) == 0) {
+        return 0;
+    }
+fail:
+    /* Not queued (cancelled): the event is ours to free, or the caller would leak it. */
+    if (j->on_free != NULL) {
+        j->on_free(j, arg);
+    }
+    return -1;
 }
 
 bool agent_outjob_cancelled(struct agent_outjob *j)

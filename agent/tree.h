@@ -68,7 +68,8 @@ struct agent_outjob {
 int agent_outjob_start(struct agent_outjob *j, struct agent_conn *c, struct sbx_err *err);
 /* Thread: append bytes to the stream (buffered into chunks). 0, or -1 if the job was cancelled. */
 int agent_outjob_write(struct agent_outjob *j, const void *data, size_t len);
-/* Thread: queue @arg for on_event, delivered in order with the data. -1 if cancelled. */
+/* Thread: queue @arg for on_event, delivered in order with the data. -1 if cancelled (then
+ * @arg was freed with on_free: ownership passes in every case). */
 int agent_outjob_event(struct agent_outjob *j, void *arg);
 /* Thread: true once the job was cancelled (stop early). */
 bool agent_outjob_cancelled(struct agent_outjob *j);
