@@ -1074,6 +1074,14 @@ struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *
     if (parse_identity_env(a, params, &r, extra, 0, err) < 0 || proc_slot(a, err) < 0) {
         goto fail;
     }
+    /* The driver pipes belong to the interpreter's user: a driver that can only reach them by
+     * reopening /proc/self/fd/N (deno) is checked against the pipe's owner and mode (0600). */
+    for (int i = 0; i < 2 && r.set_user; i++) {
+        if (extra_fds[i] >= 0 && fchown(extra_fds[i], r.user.uid, r.user.gid) < 0) {
+            sbx_err_sys(err, errno, "pipe", "give the driver pipes to the interpreter's user");
+            goto fail;
+        }
+    }
     m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
     if (m < 0 || grantpt(m) < 0 || unlockpt(m) < 0 ||
         ptsname_r(m, r.pty_path, sizeof(r.pty_path)) != 0 || ioctl(m, TIOCSWINSZ, &r.ws) < 0) {

@@ -155,6 +155,74 @@ static const char python_driver[] =
     "        except EOFError:\n"
     "            return\n"
     "_sbx()\n";
+/* deno: the same protocol through Deno's node:vm; fds 3 and 4 are reached through /proc (Deno has
+ * no API for an inherited descriptor). An await at the top level runs in an async function: an
+ * expression keeps its value, declarations stay local to that eval. A synchronous endless loop
+ * cannot be interrupted (Deno's vm has no breakOnSigint), so a timeout there ends the session. */
+static const char deno_driver[] =
+    "import vm from \"node:vm\";\n"
+    "const out = Deno.openSync(\"/proc/self/fd/4\", { write: true });\n"
+    "const put = (b) => { let o = 0; while (o < b.length) o += out.writeSync(b.subarray(o)); };\n"
+    "const enc = new TextEncoder();\n"
+    "let abort = null;\n"
+    "Deno.addSignalListener(\"SIGINT\", () => { if (abort) abort(new Error(\"Script execution was "
+    "interrupted by `SIGINT`\")); });\n"
+    "const clean = (s) => { const l = s.split(\"\\n\"), i = l.findIndex((x) => /^\\s+at "
+    ".*(node:vm|ext:|\\[eval\\]|repl:|\\$deno\\$eval)/.test(x)); return (i < 0 ? l : l.slice(0, "
+    "i)).join(\"\\n\"); };\n"
+    "const result = (failed, x) => {\n"
+    "  let v = null, e = null;\n"
+    "  try {\n"
+    "    if (failed) e = x !== null && typeof x === \"object\" && typeof x.stack === \"string\" ? "
+    "clean(x.stack) : String(x);\n"
+    "    else if (x !== undefined) v = Deno.inspect(x);\n"
+    "  } catch (e2) { e = \"error formatting the result: \" + String(e2); v = null; }\n"
+    "  const vb = v === null ? null : enc.encode(v), eb = e === null ? null : enc.encode(e);\n"
+    "  const head = enc.encode(\"result \" + (vb ? vb.length : -1) + \" \" + (eb ? eb.length : -1) "
+    "+ \"\\n\");\n"
+    "  const all = new Uint8Array(head.length + (vb ? vb.length : 0) + (eb ? eb.length : 0));\n"
+    "  all.set(head, 0); if (vb) all.set(vb, head.length); if (eb) all.set(eb, head.length + (vb ? "
+    "vb.length : 0));\n"
+    "  put(all);\n"
+    "};\n"
+    "const script = (src) => new vm.Script(src, { filename: \"repl\" });\n"
+    "const compile = (code) => {\n"
+    "  if (/^\\s*\\{/.test(code) && /\\}\\s*$/.test(code)) { try { return script(\"(\" + code + "
+    "\"\\n)\"); } catch (_) { /* a block */ } }\n"
+    "  try { return script(code); } catch (e) {\n"
+    "    if (!(e instanceof SyntaxError) || !/\\bawait\\b/.test(code)) throw e;\n"
+    "    /* Top-level await: an expression keeps its value; statements run in an async function\n"
+    "     * (their declarations stay local to this eval). */\n"
+    "    try { return script(\"(async () => (\\n\" + code + \"\\n))()\"); } catch (_) { return "
+    "script(\"(async () => {\\n\" + code + \"\\n})()\"); }\n"
+    "  }\n"
+    "};\n"
+    "const run = async (code) => {\n"
+    "  let val;\n"
+    "  try { val = compile(code).runInThisContext({ breakOnSigint: true, displayErrors: false }); "
+    "} catch (e) { return result(true, e); }\n"
+    "  if (!(val instanceof Promise)) return result(false, val);\n"
+    "  try { result(false, await new Promise((res, rej) => { abort = rej; val.then(res, rej); })); "
+    "} catch (e) { result(true, e); } finally { abort = null; }\n"
+    "};\n"
+    "const inp = Deno.openSync(\"/proc/self/fd/3\", { read: true });\n"
+    "let buf = new Uint8Array(0), want = -1;\n"
+    "const chunk = new Uint8Array(1 << 16);\n"
+    "put(enc.encode(\"ready\\n\"));\n"
+    "for (;;) {\n"
+    "  while (true) {\n"
+    "    if (want < 0) { const nl = buf.indexOf(10); if (nl < 0) break; want = parseInt(new "
+    "TextDecoder().decode(buf.subarray(0, nl)), 10); buf = buf.subarray(nl + 1); }\n"
+    "    if (buf.length < want) break;\n"
+    "    const code = new TextDecoder().decode(buf.subarray(0, want)); buf = buf.subarray(want); "
+    "want = -1;\n"
+    "    await run(code);\n"
+    "  }\n"
+    "  const n = await inp.read(chunk);\n"
+    "  if (n === null) Deno.exit(0);\n"
+    "  const nb = new Uint8Array(buf.length + n); nb.set(buf, 0); nb.set(chunk.subarray(0, n), "
+    "buf.length); buf = nb;\n"
+    "}\n";
 static const char node_driver[] =
     "(() => {\n"
     "  'use strict';\n"
@@ -918,10 +986,14 @@ static char **build_argv(enum repl_lang lang, const msgpack_object *user_argv, s
         tail[2] = python_driver;
         break;
     case LANG_NODE:
-    case LANG_DENO:
         tail[0] = "--expose-internals"; /* node's own top-level-await rewriter (internal/repl) */
         tail[1] = "-e";
         tail[2] = node_driver;
+        break;
+    case LANG_DENO:
+        tail[0] = "eval";
+        tail[1] = "--quiet";
+        tail[2] = deno_driver;
         break;
     }
     for (int i = 0; tail[i] != NULL; i++) {
@@ -984,11 +1056,6 @@ static int parse_lang(const msgpack_object *params, const msgpack_object **argv,
                                  "cannot infer the language from argv[0] \"%s\"; give \"language\"",
                                  a0);
         }
-    }
-    if (*lang == LANG_DENO) {
-        sbx_err_set(err, SBX_E_UNSUPPORTED, "this agent has no deno driver");
-        snprintf(err->field, sizeof(err->field), "language");
-        return -1;
     }
     return 0;
 }

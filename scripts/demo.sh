@@ -80,6 +80,11 @@ run sbx exec -- wc -c /tmp/session.sh
 run sbx cp :/tmp/session.sh "$0.back"
 cmp "$0" "$0.back" && note "the same bytes came back"
 
+note "a REPL: one interpreter whose state persists between evaluations (sh here; bash, python3,"
+note "node and deno where the image has them); a timeout interrupts like ^C and the session lives on"
+run sbx repl sh -e 'x=41; greet() { echo "hello, $1"; }' -e 'greet repl; echo $((x + 1))'
+run sbx repl sh --timeout 1s -e 'sleep 30' || note "exit status: $? (timed out)"
+
 note "processes outlive their connection: list them, signal them"
 sbx exec -- sleep 60 >/dev/null 2>&1 &
 sleep 0.5

@@ -354,9 +354,10 @@ int cli_cmd_repl(struct cli *cli, int argc, char **argv)
     static const char usage[] =
         "Usage: sbx repl [OPTIONS] [LANG]\n"
         "\n"
-        "Start a REPL session in the sandbox: sh (default), bash, python3 or node. State\n"
-        "persists between evaluations. Output appears as the code produces it; then the\n"
-        "value (python3: repr, node: util.inspect) on stdout and any error on stderr.\n"
+        "Start a REPL session in the sandbox: sh (default), bash, python3, node or deno.\n"
+        "State persists between evaluations. Output appears as the code produces it; then\n"
+        "the value (python3: repr, node: util.inspect, deno: Deno.inspect) on stdout and\n"
+        "any error on stderr.\n"
         "\n"
         "Without --eval, read code from stdin: a line, or a block that continues while a\n"
         "line ends in ':' ',' '\\' or an open bracket (shells: 'do' 'then' '{' '|' ...) up\n"

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """REPL sessions (PROTOCOL.md section 16): the real agent over a unix socket, real interpreters
 (sh, bash, python3, node) on real PTYs. A language missing on the machine skips its class."""
+import glob
 import os
 import shutil
 import sys
@@ -326,6 +327,67 @@ class TestReplNode(LangMixin, ReplCase):
         r = self.ev(self.sid, "await Promise.reject(new RangeError('nope'))")
         self.assertTrue(r["error"])
         self.assertIn("RangeError: nope", r["error_text"])
+
+
+def find_deno():
+    """deno on PATH, else the newest one sbx-rootfs cached for the deno image; None if neither."""
+    d = shutil.which("deno")
+    if d:
+        return d
+    cache = os.environ.get("SBX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sbx")
+    found = sorted(glob.glob(os.path.join(cache, "deno", "*", "deno")))
+    return found[-1] if found else None
+
+
+class TestReplDeno(TestReplNode):
+    """deno through its node:vm. Differences from node: a synchronous endless loop cannot be
+    interrupted (the session ends), and a top-level await runs in an async function."""
+    language = "deno"
+    isatty = "Deno.stdin.isTerminal() ? 'yes' : 'no'"
+    exit3 = "Deno.exit(3)"
+
+    def setUp(self):
+        deno = find_deno()
+        if deno is None:
+            self.skipTest("deno is neither on PATH nor in the sbx cache")
+        ReplCase.setUp(self)
+        self.sid = self.start("deno", argv=[deno])
+
+    def wait_file(self, path):
+        return ("while (true) { try { Deno.statSync(%r); break; } catch (_) {} Atomics.wait(new "
+                "Int32Array(new SharedArrayBuffer(4)), 0, 0, 10); }\nconsole.log('done')" % path)
+
+    def stream_code(self, path):
+        return ("console.log('first');\nawait new Promise((res) => { const t = setInterval(() => "
+                "{ try { Deno.statSync(%r); clearInterval(t); res(); } catch (_) {} }, 10); });\n"
+                "console.log('done')" % path)
+
+    def test_timeout_interrupts_and_session_survives(self):
+        self.ev(self.sid, self.set_x)
+        r = self.ev(self.sid, self.sleep_long, timeout_ms=300)
+        self.assertTrue(r["timed_out"], r)
+        self.assertEqual(r["error_text"], "timeout")
+        self.assertEqual(self.ev(self.sid, self.show_x)["value"], "41")
+
+    def test_sync_endless_loop_timeout_ends_session(self):
+        r = self.ev(self.sid, self.forever, timeout_ms=300)
+        self.assertTrue(r["timed_out"], r)
+        e = self.err("repl.eval", {"session": self.sid, "code": self.show_alive})
+        self.assertEqual(e["code"], "NOT_FOUND")
+
+    def test_let_class_and_top_level_await_persist(self):
+        self.ev(self.sid, "let n = 1; class K { v() { return 7; } }")
+        self.assertEqual(self.ev(self.sid, "n + new K().v()")["value"], "8")
+        self.assertEqual(self.ev(self.sid, "await Promise.resolve(5)")["value"], "5")
+        self.assertEqual(self.ev(self.sid, "Promise.resolve(3)")["value"], "3")
+        self.assertEqual(self.ev(self.sid, "new Map([[1, 2]])")["value"], "Map(1) { 1 => 2 }")
+
+    def test_values_are_inspect(self):
+        # Deno.inspect, as deno's own REPL prints: strings in double quotes.
+        self.assertEqual(self.ev(self.sid, "'a' + 'b'")["value"], '"ab"')
+        self.assertEqual(self.ev(self.sid, "{a: 1, b: [2]}")["value"], "{ a: 1, b: [ 2 ] }")
+        self.assertIsNone(self.ev(self.sid, "undefined")["value"])
 
 
 class TestReplProtocol(ReplCase):

@@ -512,6 +512,23 @@ class TestDeno(VMCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertRegex(p.stdout.decode(), r"^\d+\.\d+\.\d+ 2,4,6\n$")
 
+    def test_repl_deno_as_sandbox(self):
+        c = self.conn()
+        sid = c.call("repl.start", {"language": "deno", "user": "sandbox"})["session"]
+        r = c.call("repl.eval", {"session": sid, "code": "let x = 6\nconsole.log('hi')\nx * 7"})
+        self.assertEqual((r["value"], r["stdout"], r["error"]), ("42", b"hi\n", False), r)
+        r = c.call("repl.eval", {"session": sid, "code": "await Promise.resolve(x + 1)"})
+        self.assertEqual(r["value"], "7", r)
+        r = c.call("repl.eval", {"session": sid, "code": "throw new RangeError('nope')"})
+        self.assertTrue(r["error"], r)
+        self.assertIn("RangeError: nope", r["error_text"])
+        r = c.call("repl.eval", {"session": sid, "code": "await new Promise(() => {})",
+                                 "timeout_ms": 500})
+        self.assertTrue(r["timed_out"], r)
+        self.assertEqual(c.call("repl.eval", {"session": sid, "code": "x"})["value"], "6")
+        c.call("repl.close", {"session": sid})
+        c.close()
+
 
 class TestSbxVm(unittest.TestCase):
     """The sbx-vm tool itself: run a command and pass its status through, --keep/--stop,
