@@ -1004,6 +1004,7 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
         serr = p->has_err ? agent_stream_new(c, AGENT_STREAM_OUT, &p->err, &err) : NULL;
     }
     if (r.timeout_ms > 0) {
+        uv_update_time(c->a->loop); /* counted from now, not from the loop's cached time */
         uv_timer_start(&p->timeout_timer, timeout_timer_cb, r.timeout_ms, 0);
     }
 

@@ -902,6 +902,9 @@ static void timer_cb(uv_timer_t *t)
 static void timer_start(struct agent_repl *r, enum repl_timer kind, uint64_t ms)
 {
     r->timer_kind = kind;
+    /* The loop's cached time can lag the eval's start: refresh it, so a timeout never fires
+     * before @ms have passed since then. */
+    uv_update_time(r->timer.loop);
     uv_timer_start(&r->timer, timer_cb, ms, 0);
 }
 
