@@ -285,7 +285,7 @@ static void in_write_cb(uv_write_t *req, int status)
     struct agent_stream *s = p->stream;
 
     p->writes_pending--;
-    agent_buf_put(p->proc->a, r->buf);
+    free(r->buf);
     if (status < 0 && status != UV_ECANCELED) {
         if (s != NULL) {
             struct sbx_err err;
@@ -362,8 +362,15 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
     if (p == NULL || !p->open || p->close_requested) {
         return;
     }
+    /*
+     * Not a pool buffer: those are capped agent-wide so output stays bounded, and input held
+     * here waits for the child, which may itself wait for its output to be read. Input counted
+     * against that cap deadlocked: a 1 MiB window of small frames (a client reading a pipe 4 KiB
+     * at a time) filled the cap while the child's small pipes were full, so its output was never
+     * read again. Input is bounded by credit in bytes; an exact-size copy keeps it at that.
+     */
     r = malloc(sizeof(*r));
-    if (r == NULL || (r->buf = agent_buf_get(c->a)) == NULL) {
+    if (r == NULL || (r->buf = malloc(m->data_len)) == NULL) {
         free(r);
         sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
         agent_stream_cancel(s, &err);
@@ -376,7 +383,7 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
     buf = uv_buf_init(r->buf, r->len);
     rc = uv_write(&r->req, (uv_stream_t *)&p->handle, &buf, 1, in_write_cb);
     if (rc < 0) {
-        agent_buf_put(c->a, r->buf);
+        free(r->buf);
         free(r);
         sbx_err_sys(&err, -rc, "stdin", "write to the process's stdin");
         agent_stream_cancel(s, &err);

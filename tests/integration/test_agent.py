@@ -588,6 +588,47 @@ class TestStreams(AgentCase):
         self.c.call("proc.close_stdin", {"id": r["id"]})
         self.assertEqual(self.c.call("proc.wait", {"id": r["id"]})["code"], 0)
 
+    def test_stdin_small_frames_small_pipes(self):
+        # A client that reads its own stdin pipe in small pieces sends small frames; a child whose
+        # pipes are small (F_SETPIPE_SZ refused past fs.pipe-user-pages-soft on a busy machine)
+        # blocks on its output while a window of that input waits in the agent. The input once
+        # took one capped pool buffer per frame, so the output was never read again: cat hung.
+        child = ("import fcntl, os; fcntl.fcntl(0, 1031, 4096); fcntl.fcntl(1, 1031, 4096); "
+                 "os.write(2, b'R'); os.execvp('cat', ['cat'])")
+        r = self.c.call("proc.spawn", {"argv": [sys.executable, "-c", child], "stdin": "pipe"})
+        m = self.c.recv()
+        self.assertEqual(m, [3, r["stderr"], b"R"])  # the pipes are small before any input
+        data = os.urandom(3 << 20)
+        sid, out = r["stdin"], r["stdout"]
+        credit, off, got, granting = self.c.window, 0, bytearray(), False
+        self.c.sock.settimeout(2)
+        while len(got) < len(data):
+            while credit > 0 and off < len(data):
+                k = min(credit, 4096, len(data) - off)
+                self.c.data(sid, data[off:off + k])
+                off, credit = off + k, credit - k
+                if off == len(data):
+                    self.c.end(sid)
+            try:
+                m = self.c.recv()
+            except socket.timeout:
+                # No output read and no more stdin credit: the child is blocked on its output.
+                # Grant (once) for what arrived; from now on the output must keep flowing.
+                self.assertFalse(granting, "stuck: %d bytes in, %d out" % (off, len(got)))
+                granting = True
+                self.c.sock.settimeout(20)
+                if got:
+                    self.c.credit(out, len(got))
+                continue
+            if m[0] == 3 and m[1] == out:
+                got += m[2]
+                if granting:
+                    self.c.credit(out, len(m[2]))
+            elif m[0] == 2 and m[1] == "stream.credit" and m[2]["stream"] == sid:
+                credit += m[2]["bytes"]
+        self.assertTrue(got == data)
+        self.assertEqual(self.c.call("proc.wait", {"id": r["id"]})["code"], 0)
+
 
 class TestPty(AgentCase):
     def read_until(self, stream, needle, timeout=10):
