@@ -216,6 +216,25 @@ class Conn:
         finally:
             self.pending = kept + self.pending
 
+    def wait_for(self, pred, what, timeout=None):
+        """Next message satisfying pred; others are kept in order for later. With @timeout the
+        socket timeout is that many seconds while waiting."""
+        kept = []
+        old = self.sock.gettimeout()
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        try:
+            while True:
+                m = self.recv()
+                if m is None:
+                    raise EOFError("connection closed waiting for " + what)
+                if pred(m):
+                    return m
+                kept.append(m)
+        finally:
+            self.pending = kept + self.pending
+            self.sock.settimeout(old)
+
     def call(self, method, params=None):
         return self.wait(self.request(method, params))
 

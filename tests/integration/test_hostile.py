@@ -392,23 +392,6 @@ def _is_done(sid):
     return lambda m: m[0] == 2 and m[1] == "transfer.done" and m[2]["stream"] == sid
 
 
-def wait_for(conn, pred, what, timeout=20):
-    """Next message satisfying pred; others are kept for later."""
-    kept = []
-    conn.sock.settimeout(timeout)
-    try:
-        while True:
-            m = conn.pending.pop(0) if conn.pending else conn.recv()
-            if m is None:
-                raise EOFError("connection closed waiting for " + what)
-            if pred(m):
-                return m
-            kept.append(m)
-    finally:
-        conn.pending = kept + conn.pending
-        conn.sock.settimeout(30)
-
-
 class TestHostileStreams(HostileCase):
     """Stream misuse (PROTOCOL.md 8.6) against every owner-served stream kind, and connections
     closed mid-stream: the agent survives, answers ping, removes temporary files and releases
@@ -436,7 +419,7 @@ class TestHostileStreams(HostileCase):
             if kind == "upload":
                 c.data(sid, b"warm" * 1024)
             c.end(sid)
-            wait_for(c, _is_done(sid), "warm-up done")
+            c.wait_for(_is_done(sid), "warm-up done", timeout=20)
         c.close()
         time.sleep(0.2)
         self.fd0 = self.fd_count()
@@ -531,15 +514,15 @@ class TestHostileStreams(HostileCase):
             if kind in self.IN:
                 c.data(sid, b"\0" * 4096)
             else:
-                wait_for(c, lambda m: m[0] == 3 and m[1] == sid, "first data")
+                c.wait_for(lambda m: m[0] == 3 and m[1] == sid, "first data", timeout=20)
         else:
             raise ValueError(how)
         if cancelled:
-            m = wait_for(c, _is_cancel(sid), "stream.cancel on %s/%s" % (kind, how))
+            m = c.wait_for(_is_cancel(sid), "stream.cancel on %s/%s" % (kind, how), timeout=20)
             self.assertEqual(m[2].get("error", {}).get("code"), cancelled, m)
         if kind in self.IN and how != "close":
             # the last frame about every upload, whatever happened to its stream
-            m = wait_for(c, _is_done(sid), "transfer.done on %s/%s" % (kind, how))
+            m = c.wait_for(_is_done(sid), "transfer.done on %s/%s" % (kind, how), timeout=20)
             if cancelled or how == "cancel_then_data":
                 self.assertEqual(m[2].get("error", {}).get("code"), "CANCELLED", m)
         if how != "close":

@@ -30,21 +30,6 @@ def pattern(n, seed=0):
     return (block * (n // 65536 + 1))[:n]
 
 
-def wait_for(conn, pred, what):
-    """Next message satisfying pred; others are kept for later."""
-    kept = []
-    try:
-        while True:
-            m = conn.pending.pop(0) if conn.pending else conn.recv()
-            if m is None:
-                raise EOFError("connection closed waiting for " + what)
-            if pred(m):
-                return m
-            kept.append(m)
-    finally:
-        conn.pending = kept + conn.pending
-
-
 def is_done(sid):
     return lambda m: m[0] == 2 and m[1] == "transfer.done" and m[2]["stream"] == sid
 
@@ -80,7 +65,7 @@ def upload(conn, params, data_chunks):
     r = conn.call("transfer.upload", params)
     sid = r["stream"]
     cancel = send_stream(conn, sid, data_chunks)
-    done = wait_for(conn, is_done(sid), "transfer.done")
+    done = conn.wait_for(is_done(sid), "transfer.done")
     if cancel is None:
         # a cancel may have raced with our stream.end
         for m in conn.pending:
@@ -96,7 +81,7 @@ def drain(conn, sid, sink=None):
     while True:
         m = conn.pending.pop(0) if conn.pending and _for(conn.pending[0], sid) else None
         if m is None:
-            m = wait_for(conn, lambda x: _for(x, sid), "stream %d" % sid)
+            m = conn.wait_for(lambda x: _for(x, sid), "stream %d" % sid)
         if m[0] == 3:
             if sink is not None:
                 sink(m[2])
@@ -222,7 +207,7 @@ class TestUpload(TransferCase):
         r = self.c.call("transfer.upload", {"path": self.p("late"), "overwrite": False})
         open(self.p("late"), "w").write("first")
         send_stream(self.c, r["stream"], [b"second"])
-        done = wait_for(self.c, is_done(r["stream"]), "done")
+        done = self.c.wait_for(is_done(r["stream"]), "done")
         self.assertEqual(done[2]["error"]["code"], "EEXIST")
         self.assertEqual(open(self.p("late")).read(), "first")
         self.assertEqual(open(dest).read(), "old")
@@ -288,13 +273,13 @@ class TestUpload(TransferCase):
         r = self.c.call("transfer.upload", {"path": dest})
         send_stream(self.c, r["stream"], [pattern(CHUNK)], end=False)
         self.c.send([2, "stream.cancel", {"stream": r["stream"]}])
-        done = wait_for(self.c, is_done(r["stream"]), "done")
+        done = self.c.wait_for(is_done(r["stream"]), "done")
         self.assertEqual(done[2]["error"]["code"], "CANCELLED")
         r = self.c.call("transfer.upload", {"path": dest})
         send_stream(self.c, r["stream"], [b"abc"], end=False)
         self.c.send([2, "stream.end", {"stream": r["stream"],
                                        "error": {"code": "EIO", "message": "disk gone"}}])
-        done = wait_for(self.c, is_done(r["stream"]), "done")
+        done = self.c.wait_for(is_done(r["stream"]), "done")
         self.assertEqual(done[2]["error"]["code"], "CANCELLED")
         self.c.call("ping")
         self.assertFalse(os.path.exists(dest))
@@ -406,7 +391,7 @@ class TestDownload(TransferCase):
         self.assertEqual(drain(self.c, r["stream"])[0], bytes(100000))
         # endless: cancel after some data; the agent stops and stays usable
         r = self.c.call("transfer.download", {"path": "/dev/zero"})
-        wait_for(self.c, lambda m: m[0] == 3 and m[1] == r["stream"], "data")
+        self.c.wait_for(lambda m: m[0] == 3 and m[1] == r["stream"], "data")
         self.c.send([2, "stream.cancel", {"stream": r["stream"]}])
         self.c.call("ping")
         # and a connection closing mid-download
@@ -485,7 +470,7 @@ class TestTree(TransferCase):
         r = self.c.call("transfer.upload_tree", params)
         sid = r["stream"]
         cancel = send_stream(self.c, sid, [data])
-        done = wait_for(self.c, is_done(sid), "transfer.done")[2]
+        done = self.c.wait_for(is_done(sid), "transfer.done")[2]
         return done, cancel
 
     def download_tree(self, src, **kw):
@@ -602,7 +587,7 @@ class TestTree(TransferCase):
         r = self.c.call("transfer.upload_tree", {"path": dest})
         self.c.data(r["stream"], tar_bytes([ti("f", data=b"x")])[:512])
         self.c.send([2, "stream.cancel", {"stream": r["stream"]}])
-        done = wait_for(self.c, is_done(r["stream"]), "done")
+        done = self.c.wait_for(is_done(r["stream"]), "done")
         self.assertEqual(done[2]["error"]["code"], "CANCELLED")
         # the connection dies mid-way
         c2 = self.agent.connect()
@@ -614,7 +599,7 @@ class TestTree(TransferCase):
         c2.recv()
         c2.sock.close()
         r = self.c.call("transfer.download_tree", {"path": "/usr"})
-        wait_for(self.c, lambda m: m[0] == 3 and m[1] == r["stream"], "data")
+        self.c.wait_for(lambda m: m[0] == 3 and m[1] == r["stream"], "data")
         self.c.send([2, "stream.cancel", {"stream": r["stream"]}])
         self.c.call("ping")
 
@@ -831,8 +816,8 @@ class TestPack(TransferCase):
         r = self.c.call("pack.create", {"path": root, "format": "tar.gz",
                                         "build": {"command": "sleep 2; touch " + marker}})
         self.c.send([2, "stream.cancel", {"stream": r["archive"]}])
-        m = wait_for(self.c, lambda m: m[0] == 2 and m[1] == "stream.end"
-                     and m[2]["stream"] == r["build_stdout"], "build stdout end")
+        m = self.c.wait_for(lambda m: m[0] == 2 and m[1] == "stream.end"
+                            and m[2]["stream"] == r["build_stdout"], "build stdout end")
         self.assertEqual(m[2]["error"]["code"], "CANCELLED")
         time.sleep(2.5)
         self.assertFalse(os.path.exists(marker))
