@@ -416,17 +416,13 @@ def read_until_eof(f, timeout, stop=None):
 TMUX = shutil.which("tmux")
 
 
-@unittest.skipIf(TMUX is None, "needs tmux")
-class TestCliShellTmux(CliCase):
-    """sbx shell on a real terminal: a detached tmux session on a private server.
-
-    The pane runs a script, not an interactive shell, so nothing but sbx touches the terminal
-    settings: `stty -g` before and after sbx must match."""
+class TmuxCase(CliCase):
+    """A private tmux server per test (its own socket directory), killed afterwards."""
 
     def setUp(self):
         super().setUp()
         self.dir = tempfile.mkdtemp(prefix="sbx-tmux-")
-        self.server = "sbxtest-%d" % os.getpid()
+        self.server = "sbx-%s-%d" % (type(self).__name__, os.getpid())
         self.env = {k: v for k, v in os.environ.items() if k != "TMUX"}
         self.env["TMUX_TMPDIR"] = self.dir
 
@@ -441,6 +437,15 @@ class TestCliShellTmux(CliCase):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
         self.assertEqual(r.returncode, 0, r.stderr)
         return r.stdout.decode()
+
+
+@unittest.skipIf(TMUX is None, "needs tmux")
+class TestCliShellTmux(TmuxCase):
+    """sbx shell on a real terminal: a detached tmux session on a private server.
+
+    The pane runs a script, not an interactive shell, so nothing but sbx touches the terminal
+    settings: `stty -g` before and after sbx must match."""
+
 
     def path(self, name):
         return os.path.join(self.dir, name)

@@ -12,7 +12,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_cli import SBX, CliCase  # noqa: E402
+from test_cli import SBX, CliCase, TmuxCase  # noqa: E402
 
 TMUX = shutil.which("tmux")
 
@@ -68,26 +68,7 @@ class TestCliRepl(CliCase):
 
 
 @unittest.skipIf(TMUX is None, "tmux is not installed")
-class TestCliReplTmux(CliCase):
-    def setUp(self):
-        super().setUp()
-        self.dir = tempfile.mkdtemp(prefix="sbx-tmux-")
-        self.server = "sbxrepl-%d" % os.getpid()
-        self.env = {k: v for k, v in os.environ.items() if k != "TMUX"}
-        self.env["TMUX_TMPDIR"] = self.dir
-
-    def tearDown(self):
-        subprocess.run([TMUX, "-L", self.server, "kill-server"], env=self.env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-        super().tearDown()
-
-    def tmux(self, *args):
-        r = subprocess.run([TMUX, "-L", self.server, "-f", "/dev/null", *args], env=self.env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        return r.stdout.decode()
-
+class TestCliReplTmux(TmuxCase):
     def wait_screen(self, pred, what, timeout=15):
         deadline = time.time() + timeout
         while time.time() < deadline:
