@@ -757,9 +757,13 @@ fail:
 
 struct in_chunk {
     struct in_chunk *next;
-    uint32_t len;
+    uint32_t len, cap;
     uint8_t data[];
 };
+
+/* Chunks the thread is done with are kept for the next data frames (up to this many), so a
+ * stream of full frames reuses the same few buffers instead of faulting in fresh memory. */
+#define UP_SPARE_MAX 4
 
 struct dir_fix {
     char *name;
@@ -782,12 +786,15 @@ struct tree_up {
     uv_cond_t cv;
     uv_async_t async;
     struct in_chunk *head, **tail, *cur;
+    struct in_chunk *spare; /* done with, kept for reuse */
+    unsigned nspare;
     bool eof, abort, finished, closing, client_error;
     uint64_t consumed; /* bytes the thread is done with, not yet granted */
     /* thread */
     struct sha256_ctx sha;
     uint64_t received;
     uint64_t files;
+    int umask; /* the process's, or -1 if unknown */
     int rc;
     struct sbx_err err;
     struct dir_fix *dirs;
@@ -804,7 +811,13 @@ static la_ssize_t up_read_cb(struct archive *ar, void *arg, const void **buf)
     uv_mutex_lock(&t->mu);
     if (t->cur != NULL) {
         t->consumed += t->cur->len;
-        free(t->cur);
+        if (t->nspare < UP_SPARE_MAX) {
+            t->cur->next = t->spare;
+            t->spare = t->cur;
+            t->nspare++;
+        } else {
+            free(t->cur);
+        }
         t->cur = NULL;
         uv_async_send(&t->async);
     }
@@ -1010,19 +1023,55 @@ static void up_times(struct archive_entry *e, struct timespec ts[2])
     }
 }
 
+/* The process umask, read without changing it (umask(2) is process-wide: setting it to read it
+ * would race with threads creating files); -1 when /proc does not say. */
+static int up_umask(void)
+{
+    char buf[1024];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    ssize_t n;
+    const char *p;
+
+    if (fd < 0) {
+        return -1;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) {
+        return -1;
+    }
+    buf[n] = '\0';
+    p = strstr(buf, "\nUmask:");
+    if (p == NULL) {
+        return -1;
+    }
+    return (int)(strtol(p + 7, NULL, 8) & 0777);
+}
+
 static int up_file(struct tree_up *t, struct archive *ar, struct archive_entry *e, int dfd,
                    const char *base, const char *name)
 {
+    mode_t perm = archive_entry_perm(e) & 07777;
+    /* Created with its final mode when the umask leaves that mode alone (no fchmod then);
+     * else private until the fchmod at the end. */
+    bool exact = t->umask >= 0 && (perm & ~(mode_t)0777) == 0 && (perm & (mode_t)t->umask) == 0;
     struct timespec ts[2];
     const void *buf;
     size_t len;
-    la_int64_t off;
+    la_int64_t off, end = 0;
     int fd, rc;
 
-    if (up_clear(t, dfd, base, name) < 0) {
-        return -1;
+    /* O_EXCL never opens what is there (a symlink included): an existing entry is removed and
+     * the create tried once more, so other hard links to the old file are untouched. */
+    fd = openat(dfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                exact ? perm : 0600);
+    if (fd < 0 && errno == EEXIST) {
+        if (up_clear(t, dfd, base, name) < 0) {
+            return -1;
+        }
+        fd = openat(dfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                    exact ? perm : 0600);
     }
-    fd = openat(dfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
         return up_sys(t, errno, "create", name);
     }
@@ -1042,6 +1091,9 @@ static int up_file(struct tree_up *t, struct archive *ar, struct archive_entry *
             len -= (size_t)w;
             off += w;
         }
+        if (off > end) {
+            end = off;
+        }
     }
     if (rc != ARCHIVE_EOF) {
         close(fd);
@@ -1055,7 +1107,7 @@ static int up_file(struct tree_up *t, struct archive *ar, struct archive_entry *
         return -1;
     }
     /* Sparse files and trailing holes: the size is the entry's. */
-    if (ftruncate(fd, archive_entry_size(e)) < 0) {
+    if (end != archive_entry_size(e) && ftruncate(fd, archive_entry_size(e)) < 0) {
         int err = errno;
         close(fd);
         return up_sys(t, err, "truncate", name);
@@ -1066,7 +1118,8 @@ static int up_file(struct tree_up *t, struct archive *ar, struct archive_entry *
         return up_sys(t, err, "chown", name);
     }
     up_times(e, ts);
-    if (fchmod(fd, archive_entry_perm(e) & 07777) < 0 || futimens(fd, ts) < 0) {
+    /* After fchown, which clears set-id bits. */
+    if (((!exact || t->preserve_owner) && fchmod(fd, perm) < 0) || futimens(fd, ts) < 0) {
         int err = errno;
         close(fd);
         return up_sys(t, err, "set attributes of", name);
@@ -1139,13 +1192,20 @@ static int up_entry(struct tree_up *t, struct archive *ar, struct archive_entry 
         break;
     case AE_IFDIR: {
         struct stat st;
-        if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode)) {
-            if (unlinkat(dfd, base, 0) < 0) {
-                return up_sys(t, errno, "replace", name);
+        /* An existing directory is merged into; anything else there (a symlink too) is
+         * replaced. */
+        if (mkdirat(dfd, base, 0700) < 0) {
+            if (errno != EEXIST) {
+                return up_sys(t, errno, "mkdir", name);
             }
-        }
-        if (mkdirat(dfd, base, 0700) < 0 && errno != EEXIST) {
-            return up_sys(t, errno, "mkdir", name);
+            if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode)) {
+                if (unlinkat(dfd, base, 0) < 0) {
+                    return up_sys(t, errno, "replace", name);
+                }
+                if (mkdirat(dfd, base, 0700) < 0 && errno != EEXIST) {
+                    return up_sys(t, errno, "mkdir", name);
+                }
+            }
         }
         if (t->preserve_owner && fchownat(dfd, base, archive_entry_uid(e), archive_entry_gid(e),
                                           AT_SYMLINK_NOFOLLOW) < 0) {
@@ -1248,6 +1308,7 @@ static int up_extract(struct tree_up *t)
         archive_read_support_filter_none(ar);
         break;
     }
+    t->umask = up_umask();
     if (archive_read_open(ar, t, NULL, up_read_cb, NULL) != ARCHIVE_OK) {
         rc = -1;
         goto out;
@@ -1317,6 +1378,11 @@ static void up_closed_cb(uv_handle_t *h)
         free(c);
     }
     free(t->cur);
+    while (t->spare != NULL) {
+        struct in_chunk *c = t->spare;
+        t->spare = c->next;
+        free(c);
+    }
     for (size_t i = 0; i < t->ndirs; i++) {
         free(t->dirs[i].name);
     }
@@ -1414,7 +1480,20 @@ static void up_data(struct agent_stream *s, const uint8_t *data, uint32_t len)
     if (t == NULL) {
         return;
     }
-    c = malloc(sizeof(*c) + len);
+    uv_mutex_lock(&t->mu);
+    c = t->spare;
+    if (c != NULL) {
+        t->spare = c->next;
+        t->nspare--;
+    }
+    uv_mutex_unlock(&t->mu);
+    if (c != NULL && c->cap < len) {
+        free(c);
+        c = NULL;
+    }
+    if (c == NULL && (c = malloc(sizeof(*c) + len)) != NULL) {
+        c->cap = len;
+    }
     if (c == NULL) {
         struct sbx_err err;
         sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");

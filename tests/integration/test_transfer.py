@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -630,6 +631,72 @@ class TestTree(TransferCase):
             m = tf.getmember("owned")
             self.assertEqual((m.uid, m.gid), (2345, 5432))
 
+    def test_modes_exact_whatever_the_umask(self):
+        # Files are created with their final mode when the agent's umask allows it, else
+        # fixed with fchmod: either way the mode is the entry's, set-id and sticky bits too.
+        modes = [0o644, 0o600, 0o666, 0o777, 0o444, 0o000, 0o4755, 0o2750, 0o1644, 0o755]
+        members = [ti("m%o" % m, data=b"x%o" % m, mode=m) for m in modes]
+        members.append(ti("sub", tarfile.DIRTYPE, mode=0o555))
+        members.append(ti("sub/f", data=b"in a read-only dir", mode=0o640))
+        data = tar_bytes(members)
+        for um in (0o022, 0o077, 0o000):
+            old = os.umask(um)
+            try:
+                agent = w.Agent(AGENT)
+            finally:
+                os.umask(old)
+            try:
+                c = agent.connect()
+                for owner in (False, True):
+                    dest = self.p("um%o-%s" % (um, owner))
+                    r = c.call("transfer.upload_tree", {"path": dest, "preserve_owner": owner})
+                    self.assertIsNone(send_stream(c, r["stream"], [data]))
+                    done = c.wait_for(is_done(r["stream"]), "transfer.done")[2]
+                    self.assertNotIn("error", done)
+                    for m in modes:
+                        f = os.path.join(dest, "m%o" % m)
+                        self.assertEqual(stat.S_IMODE(os.lstat(f).st_mode), m, (um, owner, f))
+                        self.assertEqual(open(f, "rb").read(), b"x%o" % m)
+                        self.assertEqual(os.lstat(f).st_mtime, 1500000000)
+                    self.assertEqual(stat.S_IMODE(os.lstat(os.path.join(dest, "sub")).st_mode),
+                                     0o555)
+                    self.assertEqual(stat.S_IMODE(os.lstat(os.path.join(dest, "sub", "f")).st_mode),
+                                     0o640)
+                c.close()
+            finally:
+                agent.stop()
+
+    def test_existing_entries_replaced_not_followed(self):
+        dest = self.p("dest")
+        outside = self.p("outside")
+        os.makedirs(os.path.join(outside, "dir"))
+        open(os.path.join(outside, "file"), "w").write("outside")
+        os.makedirs(os.path.join(dest, "full"))
+        open(os.path.join(dest, "full", "x"), "w").write("x")
+        os.symlink(os.path.join(outside, "file"), os.path.join(dest, "to-file"))
+        os.symlink(os.path.join(outside, "dir"), os.path.join(dest, "to-dir"))
+        os.symlink("/nonexistent", os.path.join(dest, "dangling"))
+        os.link(os.path.join(outside, "file"), os.path.join(dest, "linked"))
+        done, _ = self.upload_tree(dest, tar_bytes([
+            ti("to-file", data=b"new file"), ti("dangling", data=b"new too"),
+            ti("linked", data=b"unlinked"), ti("to-dir", tarfile.DIRTYPE, mode=0o700),
+            ti("to-dir/in", data=b"inside")]))
+        self.assertNotIn("error", done)
+        for n, want in (("to-file", b"new file"), ("dangling", b"new too"),
+                        ("linked", b"unlinked"), ("to-dir/in", b"inside")):
+            p = os.path.join(dest, n)
+            self.assertTrue(stat.S_ISREG(os.lstat(p).st_mode), n)
+            self.assertEqual(open(p, "rb").read(), want, n)
+        self.assertTrue(stat.S_ISDIR(os.lstat(os.path.join(dest, "to-dir")).st_mode))
+        self.assertEqual(open(os.path.join(outside, "file")).read(), "outside")
+        self.assertEqual(os.lstat(os.path.join(outside, "file")).st_nlink, 1)
+        self.assertEqual(os.listdir(os.path.join(outside, "dir")), [])
+        # a file entry where a directory is: refused with the errno and the name
+        done, _ = self.upload_tree(dest, tar_bytes([ti("full", data=b"no")]))
+        self.assertEqual(done["error"]["code"], "EISDIR", done)
+        self.assertEqual(done["error"]["path"], "full")
+        self.assertEqual(open(os.path.join(dest, "full", "x")).read(), "x")
+
 
 def run_pack(conn, params):
     """pack.create to completion: (result, {sid: bytes}, {sid: end params}, parts, progress)."""
@@ -885,6 +952,69 @@ class TestCpCli(TransferCase):
         self.assertIn(b"ENOENT", r.stderr)
         r = self.sbx("cp", "-r", self.p("nope"), ":" + self.p("y"), ok=False)
         self.assertEqual(r.returncode, 1)
+
+    def test_tree_upload_sparse_special_and_links(self):
+        src = self.p("src")
+        make_tree(src)
+        with open(os.path.join(src, "sparse"), "wb") as f:  # data, hole, data, trailing hole
+            f.write(b"A" * 5000)
+            f.seek(1 << 20)
+            f.write(b"B" * 7000)
+            f.truncate(64 << 20)
+        with open(os.path.join(src, "all-hole"), "wb") as f:
+            f.truncate(16 << 20)
+        with open(os.path.join(src, "lead-hole"), "wb") as f:
+            f.seek(8 << 20)
+            f.write(b"C" * 100)
+        for n in ("h2", "h3"):
+            os.link(os.path.join(src, "sub", "big.bin"), os.path.join(src, n))
+        os.symlink("sub", os.path.join(src, "dirlink"))
+        os.mkfifo(os.path.join(src, "fifo"))  # must not block the walk
+        sk = socket.socket(socket.AF_UNIX)
+        sk.bind(os.path.join(src, "sock"))
+        ro = os.path.join(src, "ro")
+        os.mkdir(ro)
+        open(os.path.join(ro, "f"), "w").write("f")
+        os.chmod(ro, 0o555)
+        guest = self.p("guest")
+        try:
+            self.sbx("cp", "-r", src, ":" + guest)
+        finally:
+            sk.close()
+        want = {k: v for k, v in snapshot(src).items() if k not in ("fifo", "sock")}
+        self.assertEqual(snapshot(guest), want)  # FIFOs and sockets are not carried
+        ino = os.lstat(os.path.join(guest, "sub", "big.bin")).st_ino
+        for n in ("h2", "h3"):
+            self.assertEqual(os.lstat(os.path.join(guest, n)).st_ino, ino)
+        self.assertEqual(os.lstat(os.path.join(guest, "a.txt")).st_ino,
+                         os.lstat(os.path.join(guest, "sub", "hard")).st_ino)
+        for n, size in (("sparse", 64 << 20), ("all-hole", 16 << 20), ("lead-hole", (8 << 20) + 100)):
+            st = os.lstat(os.path.join(guest, n))
+            self.assertEqual(st.st_size, size, n)
+            # holes stay holes (only the data was sent and written)
+            self.assertLess(st.st_blocks * 512, 1 << 20, n)
+
+    def test_tree_upload_error_names_errno_and_path(self):
+        # A tree deeper than PATH_MAX (built with relative names) cannot be walked by name:
+        # the walk stops with the errno and the path where it stopped.
+        src = self.p("deep")
+        os.mkdir(src)
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            for _ in range(20):
+                os.mkdir("d" * 250, dir_fd=fd)
+                nfd = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        finally:
+            os.close(fd)
+        r = self.sbx("cp", "-r", src, ":" + self.p("guest"), ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"ENAMETOOLONG", r.stderr)
+        self.assertIn(b"walk ..." + b"d" * 150, r.stderr)
+        # the guest's side was told the archive is incomplete: nothing half-done is reported
+        # as success, and the agent serves on
+        self.c.call("ping")
 
     def test_pack(self):
         root = self.p("app")
