@@ -231,18 +231,25 @@ static int walk_sparse(struct walk *wk, int fd, off_t size)
 
 static int walk_dir(struct walk *wk, int dfd, size_t plen, char *dents);
 
-/* One directory entry @name of @dfd, whose relative name is already in wk->path. */
-static int walk_one(struct walk *wk, int dfd, const char *name, unsigned char type, size_t plen)
+/* walk_one's @type flag: the entry was already looked at once (its type changed between the
+ * directory read and the open). */
+#define WALK_RETRY 0x100
+
+/* One directory entry @name of @dfd (@type: its d_type), whose relative name is already in
+ * wk->path[0..plen). */
+static int walk_one(struct walk *wk, int dfd, const char *name, int type, size_t plen)
 {
     struct stat st;
-    int fd = -1, rc = -1;
+    int fd = -1, rc = -1, open_err = 0;
+    int kind = type & ~WALK_RETRY;
 
-    if (type == DT_REG || type == DT_DIR) {
+    if (kind == DT_REG || kind == DT_DIR) {
         /* Open first and fstat the open file: no second path lookup, and what is archived is
          * what was opened. O_NONBLOCK: a FIFO swapped in meanwhile must not hang us. */
         fd = openat(dfd, name,
                     O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC |
-                        (type == DT_DIR ? O_DIRECTORY : 0));
+                        (kind == DT_DIR ? O_DIRECTORY : 0));
+        open_err = fd < 0 ? errno : 0;
         if (fd < 0 && errno != ELOOP && errno != ENOTDIR && errno != ENXIO) {
             return errno == ENOENT ? 0 : walk_sys(wk, errno, "open"); /* removed meanwhile */
         }
@@ -255,7 +262,12 @@ static int walk_one(struct walk *wk, int dfd, const char *name, unsigned char ty
         return errno == ENOENT ? 0 : walk_sys(wk, errno, "stat");
     }
     if (fd < 0 && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
-        return walk_one(wk, dfd, name, S_ISREG(st.st_mode) ? DT_REG : DT_DIR, plen);
+        /* Unknown d_type, or replaced since the directory was read: open it as what it is
+         * now, once. */
+        if ((type & WALK_RETRY) != 0) {
+            return walk_sys(wk, open_err != 0 ? open_err : EAGAIN, "open");
+        }
+        return walk_one(wk, dfd, name, (S_ISREG(st.st_mode) ? DT_REG : DT_DIR) | WALK_RETRY, plen);
     }
     if (S_ISSOCK(st.st_mode)) {
         rc = 0;
