@@ -39,11 +39,38 @@ struct agent_proc;
 
 /* --- buffers ------------------------------------------------------------------------------ */
 
-/* Fixed-size read buffers (SBX_STREAM_CHUNK_MAX) recycled through a small free list. Counted in
- * a->bufs_used; putting one back below SBX_AGENT_BUFS_LOW resumes output pipes that stopped at
- * the agent-wide cap (agent_proc_pipes_resume). */
+/* Every pooled buffer has this size: one largest stream-data frame, header included. */
+#define AGENT_POOLBUF   (SBX_STREAM_CHUNK_MAX + SBX_STREAM_DATA_HDR_MAX)
+#define AGENT_POOL_KEEP 16u /* free pooled buffers kept for reuse; the rest are freed */
+
+/* Output buffers (AGENT_POOLBUF bytes; output uses SBX_STREAM_CHUNK_MAX of them) recycled through
+ * a small free list. Counted in a->bufs_used; putting one back below SBX_AGENT_BUFS_LOW resumes
+ * output pipes that stopped at the agent-wide cap (agent_proc_pipes_resume). */
 void *agent_buf_get(struct agent *a);
 void agent_buf_put(struct agent *a, void *buf);
+
+/*
+ * Input slabs: the buffers a connection reads frames into. A handler that keeps a large payload
+ * past its return (stdin waiting for the child, an upload waiting for the disk) holds the slab
+ * the payload lies in (agent_conn_hold) instead of copying it, and releases it when done; the
+ * connection reads into a fresh slab meanwhile. Not counted against SBX_AGENT_BUFS_MAX: input is
+ * bounded by stream credit, and input waiting for a child that waits for its output to be read
+ * must never stop that output.
+ */
+struct agent_slab {
+    unsigned refs;
+    uint32_t cap;  /* AGENT_POOLBUF: goes back to the pool; else freed */
+    uint8_t *data; /* cap bytes */
+};
+
+/* A pooled slab with one reference, or NULL when out of memory. */
+struct agent_slab *agent_slab_new(struct agent *a);
+/* Wrap malloc'd @data of @cap bytes (taken over) as a slab with one reference. */
+struct agent_slab *agent_slab_wrap(uint8_t *data, uint32_t cap);
+/* Drop one reference; the last one returns the memory. */
+void agent_slab_release(struct agent *a, struct agent_slab *s);
+/* An uncounted pooled buffer (AGENT_POOLBUF bytes, *cap set), for the framer; or NULL. */
+void *agent_pool_take(struct agent *a, uint32_t *cap);
 
 /* --- streams ------------------------------------------------------------------------------ */
 
@@ -181,7 +208,7 @@ struct agent_conn {
     struct sbx_framer framer;
     struct sbx_decoder dec;
     struct sbx_out out; /* scratch for encoding one control frame */
-    uint8_t *rbuf;
+    struct agent_slab *slab; /* read buffer; replaced when a handler holds it */
     size_t queued;            /* bytes handed to uv_write and not yet written */
     size_t queued_ctl;        /* ...of which control frames (data is bounded by credit) */
     struct agent_fs *fs;      /* fs.c: file handles and readdir cursors, or NULL */
@@ -192,6 +219,16 @@ struct agent_conn {
 struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t);
 int agent_conn_start(struct agent_conn *c);
 void agent_conn_close(struct agent_conn *c);
+
+/*
+ * Keep the payload @data (@len bytes) of the frame being handled past the handler's return,
+ * without copying it: returns the slab it lies in with a reference taken (release it with
+ * agent_slab_release once done), or NULL when @len is under AGENT_HOLD_MIN (pinning a whole slab
+ * for a small payload would multiply memory per credit byte) or @data is not a received frame's
+ * payload; the caller copies then. Only valid inside a data handler.
+ */
+#define AGENT_HOLD_MIN (64u << 10)
+struct agent_slab *agent_conn_hold(struct agent_conn *c, const uint8_t *data, uint32_t len);
 
 /* Start encoding a frame for @c; returns the packer. Finish with agent_conn_send(). */
 msgpack_packer *agent_conn_begin(struct agent_conn *c);

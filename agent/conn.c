@@ -16,9 +16,6 @@ struct write_req {
     uint8_t hdr[SBX_STREAM_DATA_HDR_MAX];
 };
 
-/* Read buffer: one largest stream-data frame fits whole, so it can be handled in place. */
-#define CONN_RBUF (SBX_STREAM_CHUNK_MAX + SBX_STREAM_DATA_HDR_MAX)
-
 static void conn_close_cb(uv_handle_t *h);
 
 struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t)
@@ -28,9 +25,12 @@ struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t)
     if (c == NULL) {
         return NULL;
     }
-    c->rbuf = malloc(CONN_RBUF);
-    if (c->rbuf == NULL || sbx_decoder_init(&c->dec) != 0) {
-        free(c->rbuf);
+    /* Read slab: one largest stream-data frame fits whole, so it can be handled in place. */
+    c->slab = agent_slab_new(a);
+    if (c->slab == NULL || sbx_decoder_init(&c->dec) != 0) {
+        if (c->slab != NULL) {
+            agent_slab_release(a, c->slab);
+        }
         free(c);
         return NULL;
     }
@@ -278,15 +278,26 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     size_t missing = sbx_framer_space(&c->framer, &dst);
 
     /* A large frame (stdin data) that straddled reads: read its remainder straight into the
-     * framer's buffer, sparing the copy out of rbuf. Exactly the remainder, so the next frame
-     * lands in rbuf and can be handled in place. */
+     * framer's buffer, sparing the copy out of the slab. Exactly the remainder, so the next frame
+     * lands in the slab and can be handled in place. */
     if (missing >= CONN_INPLACE_MIN) {
         buf->base = (char *)dst;
         buf->len = missing;
         return;
     }
-    buf->base = (char *)c->rbuf;
-    buf->len = CONN_RBUF;
+    /* A handler still holds payload in the last slab (agent_conn_hold): read into a new one. */
+    if (c->slab->refs > 1) {
+        struct agent_slab *s = agent_slab_new(c->a);
+        if (s == NULL) {
+            buf->base = NULL;
+            buf->len = 0; /* read_cb gets UV_ENOBUFS and closes the connection */
+            return;
+        }
+        agent_slab_release(c->a, c->slab);
+        c->slab = s;
+    }
+    buf->base = (char *)c->slab->data;
+    buf->len = c->slab->cap;
 }
 
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -301,7 +312,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         agent_conn_close(c);
         return;
     }
-    if (buf->base != (char *)c->rbuf) {
+    if (buf->base != (char *)c->slab->data) {
         /* Read in place into a straddling frame (alloc_cb). */
         if (nread > 0 && !c->closing && !c->close_after_flush &&
             sbx_framer_commit(&c->framer, (size_t)nread) == 1) {
@@ -314,8 +325,9 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         const uint8_t *frame;
         uint32_t flen;
         size_t used;
-        /* Frames lying whole in this read are handled where they are (rbuf is not reused until
-         * the next read); only frames straddling reads are collected by the framer. */
+        /* Frames lying whole in this read are handled where they are (the slab is not reused
+         * until the next read, nor then while held); only frames straddling reads are collected
+         * by the framer. */
         int r = sbx_framer_next(&c->framer, (const uint8_t *)buf->base + off, (size_t)nread - off,
                                 &used, &frame, &flen, &err);
         off += used;
@@ -334,6 +346,39 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             conn_handle_frame(c, frame, flen);
         }
     }
+}
+
+struct agent_slab *agent_conn_hold(struct agent_conn *c, const uint8_t *data, uint32_t len)
+{
+    const uint8_t *fb = c->framer.buf;
+    struct agent_slab *s;
+    uint32_t cap, flen;
+    uint8_t *buf;
+
+    if (len < AGENT_HOLD_MIN) {
+        return NULL; /* small: a copy is cheap, and pinning a slab for it is not */
+    }
+    if (data >= c->slab->data && data + len <= c->slab->data + c->slab->cap) {
+        c->slab->refs++;
+        return c->slab;
+    }
+    if (fb == NULL || data < fb || data + len > fb + c->framer.len) {
+        return NULL;
+    }
+    /* A frame that straddled reads, complete in the framer's buffer: take that buffer and give
+     * the framer a recycled one for the next such frame. */
+    cap = c->framer.buf_cap;
+    buf = sbx_framer_take(&c->framer, &flen);
+    s = agent_slab_wrap(buf, cap);
+    if (s == NULL) {
+        (void)sbx_framer_give(&c->framer, buf, cap);
+        return NULL;
+    }
+    buf = agent_pool_take(c->a, &cap);
+    if (buf != NULL) {
+        (void)sbx_framer_give(&c->framer, buf, cap); /* cannot fail: the framer has none now */
+    }
+    return s;
 }
 
 int agent_conn_start(struct agent_conn *c)
@@ -381,6 +426,6 @@ static void conn_close_cb(uv_handle_t *h)
     sbx_framer_free(&c->framer);
     sbx_decoder_destroy(&c->dec);
     sbx_out_destroy(&c->out);
-    free(c->rbuf);
+    agent_slab_release(a, c->slab);
     free(c);
 }

@@ -199,7 +199,7 @@ static struct agent_conn *conn_from_fd(struct agent *a, enum agent_transport t, 
         sbx_framer_free(&c->framer);
         sbx_decoder_destroy(&c->dec);
         sbx_out_destroy(&c->out);
-        free(c->rbuf);
+        agent_slab_release(a, c->slab);
         free(c);
         return NULL;
     }

@@ -15,7 +15,8 @@
 struct in_req {
     uv_write_t req;
     struct agent_pipe *pipe;
-    void *buf;
+    struct agent_slab *slab; /* the held frame buffer the payload lies in, or NULL... */
+    void *copy;              /* ...and then this exact-size copy */
     uint32_t len;
 };
 
@@ -285,7 +286,10 @@ static void in_write_cb(uv_write_t *req, int status)
     struct agent_stream *s = p->stream;
 
     p->writes_pending--;
-    free(r->buf);
+    if (r->slab != NULL) {
+        agent_slab_release(p->proc->a, r->slab);
+    }
+    free(r->copy);
     if (status < 0 && status != UV_ECANCELED) {
         if (s != NULL) {
             struct sbx_err err;
@@ -363,27 +367,35 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
         return;
     }
     /*
-     * Not a pool buffer: those are capped agent-wide so output stays bounded, and input held
-     * here waits for the child, which may itself wait for its output to be read. Input counted
-     * against that cap deadlocked: a 1 MiB window of small frames (a client reading a pipe 4 KiB
-     * at a time) filled the cap while the child's small pipes were full, so its output was never
-     * read again. Input is bounded by credit in bytes; an exact-size copy keeps it at that.
+     * Large payloads are written straight from the buffer they were read into (held, not
+     * copied); small ones are copied to an exact-size buffer. Neither counts against the
+     * agent-wide output buffer cap: input held here waits for the child, which may itself wait
+     * for its output to be read, and input counted against that cap deadlocked (a 1 MiB window of
+     * small frames filled it while the child's small pipes were full). Input is bounded by credit.
      */
-    r = malloc(sizeof(*r));
-    if (r == NULL || (r->buf = malloc(m->data_len)) == NULL) {
+    r = calloc(1, sizeof(*r));
+    if (r != NULL && (r->slab = agent_conn_hold(c, m->data, m->data_len)) == NULL &&
+        (r->copy = malloc(m->data_len)) != NULL) {
+        memcpy(r->copy, m->data, m->data_len);
+    }
+    if (r == NULL || (r->slab == NULL && r->copy == NULL)) {
         free(r);
         sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
         agent_stream_cancel(s, &err);
         return;
     }
-    /* The one copy of the payload: out of the frame buffer, which the next frame reuses. */
-    memcpy(r->buf, m->data, m->data_len);
     r->len = m->data_len;
     r->pipe = p;
-    buf = uv_buf_init(r->buf, r->len);
+    buf = uv_buf_init((char *)m->data, r->len);
+    if (r->copy != NULL) {
+        buf.base = r->copy;
+    }
     rc = uv_write(&r->req, (uv_stream_t *)&p->handle, &buf, 1, in_write_cb);
     if (rc < 0) {
-        free(r->buf);
+        if (r->slab != NULL) {
+            agent_slab_release(c->a, r->slab);
+        }
+        free(r->copy);
         free(r);
         sbx_err_sys(&err, -rc, "stdin", "write to the process's stdin");
         agent_stream_cancel(s, &err);

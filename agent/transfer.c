@@ -133,7 +133,9 @@ static int mkdir_parents(char *dir, struct sbx_err *err)
 
 struct chunk {
     struct chunk *next;
-    uint8_t *buf; /* a pool buffer */
+    struct agent_slab *slab; /* the held frame buffer the payload lies in, or NULL... */
+    uint8_t *copy;           /* ...and then this exact-size copy */
+    const uint8_t *buf;
     uint32_t len;
 };
 
@@ -151,6 +153,7 @@ struct upload {
     gid_t gid;
     bool chown;
     bool overwrite, fsync, has_size, has_sha;
+    bool hash; /* compute the SHA-256 (reported in transfer.done); false: size only */
     uint64_t size;
     char sha_want[65];
     uint64_t received;
@@ -170,7 +173,10 @@ static void chunks_free(struct agent *a, struct chunk *c)
 {
     while (c != NULL) {
         struct chunk *n = c->next;
-        agent_buf_put(a, c->buf);
+        if (c->slab != NULL) {
+            agent_slab_release(a, c->slab);
+        }
+        free(c->copy);
         free(c);
         c = n;
     }
@@ -241,7 +247,9 @@ static void upload_work_cb(uv_work_t *req)
         if (u->werr == 0) {
             u->werr = write_all(u->fd, c->buf, c->len);
         }
-        sha256_update(&u->sha, c->len, c->buf);
+        if (u->hash) {
+            sha256_update(&u->sha, c->len, c->buf);
+        }
     }
 }
 
@@ -368,9 +376,11 @@ static void upload_finish(struct upload *u)
     u->over = true;
     if (u->job.conn != NULL && !u->job.conn->closing) {
         pk = agent_conn_begin(u->job.conn);
-        pack_done_head(pk, u->sid, 2);
+        pack_done_head(pk, u->sid, u->hash ? 2 : 1);
         sbx_pack_kv_u64(pk, "size", u->received);
-        sbx_pack_kv_str(pk, "sha256", hex);
+        if (u->hash) {
+            sbx_pack_kv_str(pk, "sha256", hex);
+        }
         agent_conn_send(u->job.conn);
     }
     upload_destroy(u);
@@ -392,14 +402,19 @@ static void upload_data(struct agent_stream *s, const uint8_t *data, uint32_t le
         upload_fail(u, &err);
         return;
     }
-    c = malloc(sizeof(*c));
-    if (c == NULL || (c->buf = agent_buf_get(u->a)) == NULL) {
+    /* Held where it was read, not copied (bounded by credit, like stdin); small pieces copied. */
+    c = calloc(1, sizeof(*c));
+    if (c != NULL && (c->slab = agent_conn_hold(s->conn, data, len)) == NULL &&
+        (c->copy = malloc(len)) != NULL) {
+        memcpy(c->copy, data, len);
+    }
+    if (c == NULL || (c->slab == NULL && c->copy == NULL)) {
         free(c);
         sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
         upload_fail(u, &err);
         return;
     }
-    memcpy(c->buf, data, len);
+    c->buf = c->copy != NULL ? c->copy : data;
     c->len = len;
     c->next = NULL;
     *u->tail = c;
@@ -522,6 +537,13 @@ static int upload_params(struct upload *u, const msgpack_object *p, char *path, 
         return -1;
     }
     u->has_sha = rc == 0;
+    u->hash = true;
+    if (sbx_param_bool(p, "hash", SBX_OPTIONAL, &u->hash, err) < 0) {
+        return -1;
+    }
+    if (u->has_sha && !u->hash) {
+        return sbx_err_param(err, "hash", "an expected sha256 needs hash: true");
+    }
     return has_mode ? 1 : 0;
 }
 
@@ -619,6 +641,9 @@ fail:
 
 /* --- download ---------------------------------------------------------------------------- */
 
+/* A download reads up to this many chunks per threadpool trip (one preadv), sent as frames. */
+#define DL_BUFS 4
+
 struct download {
     struct agent *a;
     struct agent_stream *s; /* NULL once gone */
@@ -627,17 +652,33 @@ struct download {
     uint64_t offset;
     uint64_t left; /* bytes still to send */
     uv_fs_t req;
-    void *buf;
+    void *buf[DL_BUFS]; /* pool buffers of the read in flight */
+    uint32_t len[DL_BUFS];
+    unsigned nbuf;
     bool reading;
     char path[SBX_PATH_MAX + 1];
 };
 
 static void download_free(struct download *d)
 {
+    for (unsigned i = 0; i < d->nbuf; i++) {
+        agent_buf_put(d->a, d->buf[i]);
+    }
+    d->nbuf = 0;
     if (d->fd >= 0) {
         (void)close(d->fd); /* read-only: nothing to lose */
     }
     free(d);
+}
+
+/* End the stream (with @e, or cleanly) and free @d. */
+static void download_end(struct download *d, const struct sbx_err *e)
+{
+    struct agent_stream *s = d->s;
+
+    d->s = NULL;
+    agent_stream_end(s, e, false);
+    download_free(d);
 }
 
 static void download_read_cb(uv_fs_t *req);
@@ -645,44 +686,44 @@ static void download_read_cb(uv_fs_t *req);
 static void download_ready(struct agent_stream *s)
 {
     struct download *d = s->owner;
-    uint32_t n = agent_stream_writable(s);
-    uv_buf_t b;
+    uint64_t n = agent_stream_writable(s);
+    uv_buf_t b[DL_BUFS];
+    struct sbx_err err;
 
     if (d == NULL || d->reading || n == 0) {
         return;
     }
     if (d->left == 0) {
-        d->s = NULL;
-        agent_stream_end(s, NULL, false);
-        download_free(d);
+        download_end(d, NULL);
         return;
-    }
-    if (n > SBX_STREAM_CHUNK_MAX) {
-        n = SBX_STREAM_CHUNK_MAX;
     }
     if (n > d->left) {
-        n = (uint32_t)d->left;
+        n = d->left;
     }
-    d->buf = agent_buf_get(d->a);
-    if (d->buf == NULL) {
-        struct sbx_err err;
+    /* As many whole chunks as credit allows (at least one, possibly short), one read for all. */
+    while (n > 0 && d->nbuf < DL_BUFS) {
+        uint32_t k = n > SBX_STREAM_CHUNK_MAX ? SBX_STREAM_CHUNK_MAX : (uint32_t)n;
+        void *buf = agent_buf_get(d->a);
+        if (buf == NULL) {
+            break;
+        }
+        d->buf[d->nbuf] = buf;
+        d->len[d->nbuf] = k;
+        b[d->nbuf] = uv_buf_init(buf, k);
+        d->nbuf++;
+        n -= k;
+    }
+    if (d->nbuf == 0) {
         sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        d->s = NULL;
-        agent_stream_end(s, &err, false);
-        download_free(d);
+        download_end(d, &err);
         return;
     }
-    b = uv_buf_init(d->buf, n);
     d->reading = true;
-    if (uv_fs_read(d->a->loop, &d->req, d->fd, &b, 1, d->seekable ? (int64_t)d->offset : -1,
-                   download_read_cb) < 0) {
+    if (uv_fs_read(d->a->loop, &d->req, d->fd, b, d->nbuf,
+                   d->seekable ? (int64_t)d->offset : -1, download_read_cb) < 0) {
         d->reading = false;
-        agent_buf_put(d->a, d->buf);
-        struct sbx_err err;
         sbx_err_set(&err, SBX_E_INTERNAL, "cannot queue a read");
-        d->s = NULL;
-        agent_stream_end(s, &err, false);
-        download_free(d);
+        download_end(d, &err);
     }
 }
 
@@ -691,29 +732,36 @@ static void download_read_cb(uv_fs_t *req)
     struct download *d = agent_container_of(req, struct download, req);
     ssize_t n = req->result;
     struct agent_stream *s = d->s;
+    struct sbx_err err;
+    unsigned i;
 
     uv_fs_req_cleanup(req);
     d->reading = false;
     if (s == NULL) { /* cancelled while reading */
-        agent_buf_put(d->a, d->buf);
         download_free(d);
         return;
     }
     if (n <= 0) {
-        struct sbx_err err;
-        agent_buf_put(d->a, d->buf);
         if (n < 0) {
             sbx_err_sys(&err, (int)-n, "read", "read \"%s\"", d->path);
             sbx_err_set_path(&err, d->path);
         }
-        d->s = NULL;
-        agent_stream_end(s, n < 0 ? &err : NULL, false);
-        download_free(d);
+        download_end(d, n < 0 ? &err : NULL);
         return;
     }
     d->offset += (uint64_t)n;
     d->left -= (uint64_t)n;
-    agent_stream_send(s, d->buf, (uint32_t)n);
+    /* The bytes fill the buffers in order; send the filled ones, return the rest. */
+    for (i = 0; i < d->nbuf; i++) {
+        uint32_t k = (uint64_t)n < d->len[i] ? (uint32_t)n : d->len[i];
+        if (k == 0) {
+            agent_buf_put(d->a, d->buf[i]);
+            continue;
+        }
+        agent_stream_send(s, d->buf[i], k);
+        n -= k;
+    }
+    d->nbuf = 0;
     download_ready(s);
 }
 

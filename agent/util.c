@@ -31,9 +31,26 @@ bool agent_list_empty(const struct agent_link *head)
     return head->next == head;
 }
 
+/* Raw pool: fixed-size AGENT_POOLBUF buffers, a few kept for reuse. Fresh memory costs a page
+ * fault per page on first touch (and malloc of this size is an mmap + munmap each time), which
+ * on a paravirtualised guest costs more than the copy itself. */
+static void *pool_get(struct agent *a)
+{
+    return a->npool > 0 ? a->pool[--a->npool] : malloc(AGENT_POOLBUF);
+}
+
+static void pool_put(struct agent *a, void *buf)
+{
+    if (a->npool < AGENT_POOL_KEEP) {
+        a->pool[a->npool++] = buf;
+    } else {
+        free(buf);
+    }
+}
+
 void *agent_buf_get(struct agent *a)
 {
-    void *buf = a->npool > 0 ? a->pool[--a->npool] : malloc(SBX_STREAM_CHUNK_MAX);
+    void *buf = pool_get(a);
 
     if (buf != NULL) {
         a->bufs_used++;
@@ -44,16 +61,60 @@ void *agent_buf_get(struct agent *a)
 void agent_buf_put(struct agent *a, void *buf)
 {
     a->bufs_used--;
-    /* Keep a few for reuse (malloc of 256 KiB means mmap+munmap each time); free the rest. */
-    if (a->npool < 16) {
-        a->pool[a->npool++] = buf;
-    } else {
-        free(buf);
-    }
+    pool_put(a, buf);
     if (a->bufs_starved && a->bufs_used < SBX_AGENT_BUFS_LOW) {
         a->bufs_starved = false;
         agent_proc_pipes_resume(a);
     }
+}
+
+struct agent_slab *agent_slab_new(struct agent *a)
+{
+    struct agent_slab *s = malloc(sizeof(*s));
+
+    if (s == NULL) {
+        return NULL;
+    }
+    s->data = pool_get(a);
+    if (s->data == NULL) {
+        free(s);
+        return NULL;
+    }
+    s->cap = AGENT_POOLBUF;
+    s->refs = 1;
+    return s;
+}
+
+struct agent_slab *agent_slab_wrap(uint8_t *data, uint32_t cap)
+{
+    struct agent_slab *s = malloc(sizeof(*s));
+
+    if (s == NULL) {
+        return NULL;
+    }
+    s->data = data;
+    s->cap = cap;
+    s->refs = 1;
+    return s;
+}
+
+void agent_slab_release(struct agent *a, struct agent_slab *s)
+{
+    if (--s->refs > 0) {
+        return;
+    }
+    if (s->cap == AGENT_POOLBUF) {
+        pool_put(a, s->data);
+    } else {
+        free(s->data);
+    }
+    free(s);
+}
+
+void *agent_pool_take(struct agent *a, uint32_t *cap)
+{
+    *cap = AGENT_POOLBUF;
+    return pool_get(a);
 }
 
 static uint64_t clock_ns(clockid_t id)

@@ -178,3 +178,13 @@ uint8_t *sbx_framer_take(struct sbx_framer *f, uint32_t *len)
     f->buf_cap = 0;
     return p;
 }
+
+int sbx_framer_give(struct sbx_framer *f, uint8_t *buf, uint32_t cap)
+{
+    if (f->buf != NULL) {
+        return -1;
+    }
+    f->buf = buf;
+    f->buf_cap = cap;
+    return 0;
+}

@@ -27,8 +27,8 @@ static const char usage[] =
     "\n"
     "Copy a file (or with -r a directory tree) into or out of the sandbox. The side written as\n"
     ":PATH is the guest's. A destination that is a directory, or ends in '/', receives the\n"
-    "source under its own name. Uploads land atomically (temporary file, then rename) and are\n"
-    "verified by sha256 end to end.\n"
+    "source under its own name. Uploads land atomically (temporary file, then rename); their size\n"
+    "is checked, and their sha256 end to end unless --no-verify.\n"
     "\n"
     "With -r, LOCAL :DIR/ (trailing slash) puts the tree at DIR/<name>, LOCAL :DIR makes DIR the\n"
     "tree (created or merged); :DIR LOCAL into an existing local directory puts it at\n"
@@ -41,6 +41,8 @@ static const char usage[] =
     "  -p, --parents       uploads: create missing parent directories\n"
     "  -n, --no-clobber    uploads: fail if the destination exists\n"
     "      --fsync         uploads: fsync the file and its directory before reporting success\n"
+    "      --no-verify     file uploads: no sha256 on either side (the size is still checked);\n"
+    "                      hashing is most of an upload's CPU time\n"
     "  -q, --quiet         no progress bar (it is shown only when stderr is a terminal)\n"
     "  -h, --help          this help\n";
 
@@ -118,7 +120,7 @@ void cli_progress_end(struct cli_progress *p, bool ok)
 /* --- shared -------------------------------------------------------------------------------- */
 
 struct cp_opts {
-    bool recursive, parents, no_clobber, fsync, quiet;
+    bool recursive, parents, no_clobber, fsync, quiet, no_verify;
     bool has_mode;
     unsigned mode;
     const char *compress;
@@ -173,8 +175,9 @@ static int start_upload(struct sbx_client *c, const char *remote, const struct c
     uint64_t v;
 
     pk = sbx_client_begin(c, "transfer.upload", &id);
-    msgpack_pack_map(pk, 6);
+    msgpack_pack_map(pk, 7);
     sbx_pack_kv_str(pk, "path", remote);
+    sbx_pack_kv_bool(pk, "hash", !o->no_verify);
     sbx_pack_kv_u64(pk, "mode", mode);
     sbx_pack_kv_bool(pk, "parents", o->parents);
     sbx_pack_kv_bool(pk, "overwrite", !o->no_clobber);
@@ -263,7 +266,9 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
             rc = sbx_client_stream_end(c, sid, &err);
             break;
         }
-        sha256_update(&sha, (size_t)n, buf);
+        if (!o->no_verify) {
+            sha256_update(&sha, (size_t)n, buf);
+        }
         if (sbx_client_stream_write(c, sid, buf, (size_t)n, &err) < 0) {
             /* A cancel (for example ENOSPC) is explained by the transfer.done that follows. */
             rc = strcmp(err.code, SBX_E_STREAM) == 0 ? 0 : -1;
@@ -276,7 +281,7 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
     if (rc == 0) {
         rc = cli_wait_done(c, sid, &m, &err);
     }
-    if (rc == 0) {
+    if (rc == 0 && !o->no_verify) {
         const char *s;
         size_t n;
         sha256_digest(&sha, sizeof(d), d);
@@ -413,6 +418,7 @@ int cli_cmd_cp(struct cli *cli, int argc, char **argv)
         { "parents", no_argument, NULL, 'p' },
         { "no-clobber", no_argument, NULL, 'n' },
         { "fsync", no_argument, NULL, 'F' },
+        { "no-verify", no_argument, NULL, 'V' },
         { "quiet", no_argument, NULL, 'q' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -449,6 +455,9 @@ int cli_cmd_cp(struct cli *cli, int argc, char **argv)
             break;
         case 'F':
             o.fsync = true;
+            break;
+        case 'V':
+            o.no_verify = true;
             break;
         case 'q':
             o.quiet = true;

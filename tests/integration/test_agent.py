@@ -2,6 +2,7 @@
 """Integration tests: the real sbx-agent over a unix socket, real children (sbx-test-helper)."""
 import hashlib
 import os
+import shutil
 import socket
 import struct
 import sys
@@ -628,6 +629,53 @@ class TestStreams(AgentCase):
                 credit += m[2]["bytes"]
         self.assertTrue(got == data)
         self.assertEqual(self.c.call("proc.wait", {"id": r["id"]})["code"], 0)
+
+    def test_stdin_held_payload_survives_later_reads(self):
+        # Large stdin frames are written to the child straight from the buffer they were read
+        # into, held there until the child takes them, while the connection reads what follows
+        # into other buffers. A child that takes nothing until told must still get every byte,
+        # from frames that arrived whole and from frames split across reads.
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        fifo = os.path.join(d, "go")
+        os.mkfifo(fifo)
+        child = ("import fcntl, hashlib, os, sys; fcntl.fcntl(0, 1031, 4096); os.write(2, b'R'); "
+                 "open(%r).read(); "
+                 "print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest(), flush=True)" % fifo)
+        r = self.c.call("proc.spawn", {"argv": [sys.executable, "-c", child], "stdin": "pipe"})
+        self.assertEqual(self.c.recv(), [3, r["stderr"], b"R"])
+        sid, chunk = r["stdin"], 256 << 10
+        data = os.urandom(self.c.window)
+        for i, off in enumerate(range(0, len(data), chunk)):
+            f = w.frame(bytes([0x93, 0x03]) + w.pack(sid) + w.pack(data[off:off + chunk]))
+            if i % 2:
+                self.c.send_raw(f[:1000])
+                time.sleep(0.05)
+                self.c.send_raw(f[1000:])
+            else:
+                self.c.send_raw(f)
+        # More input read meanwhile: a second process's stdin and requests.
+        r2 = self.c.call("proc.spawn", {"argv": ["cat"], "stdin": "pipe", "stdout": "null"})
+        junk = os.urandom(self.c.window)
+        for off in range(0, len(junk), chunk):
+            self.c.data(r2["stdin"], junk[off:off + chunk])
+        self.c.end(r2["stdin"])
+        for _ in range(50):
+            self.c.call("ping")
+        with open(fifo, "w"):
+            pass
+        self.c.end(sid)
+        out = b""
+        while True:
+            m = self.c.wait_for(lambda m: (m[0] == 3 and m[1] == r["stdout"]) or
+                                (m[0] == 2 and m[1] == "proc.exit" and m[2]["id"] == r["id"]),
+                                "child output", timeout=20)
+            if m[0] == 2:
+                break
+            out += m[2]
+        self.assertEqual(out.decode().strip(), hashlib.sha256(data).hexdigest())
+        self.assertEqual(self.c.call("proc.wait", {"id": r2["id"]})["code"], 0)
+
 
 
 class TestPty(AgentCase):

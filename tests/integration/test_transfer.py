@@ -162,6 +162,25 @@ class TestUpload(TransferCase):
         done, _ = upload(self.c, {"path": self.p("b"), "mode": 0o4755}, [b"x"])
         self.assertEqual(stat.S_IMODE(os.lstat(self.p("b")).st_mode), 0o4755)
 
+    def test_hash_false(self):
+        # hash: false skips the SHA-256 (the size is still checked); an expected sha256 needs it.
+        dest, data = self.p("nohash"), pattern(3 * CHUNK + 5, 4)
+        done, _ = upload(self.c, {"path": dest, "hash": False, "size": len(data)},
+                         [data[:CHUNK], data[CHUNK:]])
+        self.assertNotIn("error", done)
+        self.assertEqual(done["size"], len(data))
+        self.assertNotIn("sha256", done)
+        self.assertEqual(open(dest, "rb").read(), data)
+        done, _ = upload(self.c, {"path": self.p("short"), "hash": False, "size": 10}, [b"abc"])
+        self.assertEqual(done["error"]["field"], "size")
+        self.assertFalse(os.path.exists(self.p("short")))
+        for params, field in [({"path": dest, "hash": False, "sha256": "0" * 64}, "hash"),
+                              ({"path": dest, "hash": "no"}, "hash")]:
+            with self.assertRaises(w.RemoteError) as cm:
+                self.c.call("transfer.upload", params)
+            self.assertEqual(cm.exception.err["field"], field)
+        self.assertEqual(leftovers(self.tmp), [])
+
     def test_owner(self):
         dest = self.p("owned")
         done, _ = upload(self.c, {"path": dest, "uid": 1234, "gid": 4321}, [b"x"])
@@ -372,6 +391,25 @@ class TestDownload(TransferCase):
         h = hashlib.sha256()
         got, end = drain(self.c, r["stream"], sink=h.update)
         self.assertEqual(h.hexdigest(), hashlib.sha256(data).hexdigest())
+
+    def test_odd_credit_grants(self):
+        # Credit granted in odd amounts: reads span several chunks, the last one short.
+        data = pattern(9 * CHUNK + 4321, 5)
+        path = self.p("odd")
+        open(path, "wb").write(data)
+        r = self.c.call("transfer.download", {"path": path, "offset": 3})
+        sid, got, pend = r["stream"], bytearray(), 0
+        while True:
+            m = self.c.wait_for(lambda x: _for(x, sid), "stream %d" % sid)
+            if m[0] != 3:
+                self.assertNotIn("error", m[2])
+                break
+            got += m[2]
+            pend += len(m[2])
+            if pend >= 100003:
+                self.c.credit(sid, 100003)
+                pend -= 100003
+        self.assertEqual(bytes(got), data[3:])
 
     def test_errors(self):
         for params, code in [({"path": self.p("nope")}, "ENOENT"),
@@ -930,6 +968,14 @@ class TestCpCli(TransferCase):
         self.sbx("cp", ":" + self.p("guest", "src.bin"), self.p("local"))
         self.assertEqual(open(self.p("local", "src.bin"), "rb").read(), data)
         self.assertEqual(leftovers(self.p("local")), [])
+
+    def test_file_no_verify(self):
+        src = self.p("nv.bin")
+        data = pattern(4 * CHUNK + 99, 6)
+        open(src, "wb").write(data)
+        self.sbx("cp", "--no-verify", src, ":" + self.p("nv.out"))
+        self.assertEqual(open(self.p("nv.out"), "rb").read(), data)
+        self.assertIn(b"--no-verify", self.sbx("cp", "--help").stdout)
 
     def test_tree_round_trip(self):
         src = self.p("src")

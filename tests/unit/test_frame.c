@@ -166,6 +166,34 @@ static void test_take(void **state)
     sbx_framer_free(&f);
 }
 
+/* A given buffer is used for the next straddling frame; giving a second one is refused. */
+static void test_give(void **state)
+{
+    uint8_t buf[64];
+    size_t len = make_frames(buf, 3), used;
+    struct sbx_framer f;
+    struct sbx_err err;
+    uint8_t *mine = malloc(128), *other = malloc(16), *owned;
+    uint32_t olen;
+
+    assert_non_null(mine);
+    assert_non_null(other);
+    sbx_framer_init(&f, 0);
+    assert_int_equal(sbx_framer_give(&f, mine, 128), 0);
+    assert_int_equal(sbx_framer_give(&f, other, 16), -1); /* already has one: caller keeps it */
+    free(other);
+    assert_int_equal(sbx_framer_feed(&f, buf, len, &used, &err), 1);
+    assert_ptr_equal(f.buf, mine);
+    assert_int_equal(f.buf_cap, 128);
+    owned = sbx_framer_take(&f, &olen);
+    assert_ptr_equal(owned, mine);
+    assert_int_equal(sbx_framer_give(&f, owned, 128), 0);
+    assert_int_equal(sbx_framer_feed(&f, buf + used, len - used, &used, &err), 1);
+    check_frame(&f, 2);
+    assert_ptr_equal(f.buf, mine);
+    sbx_framer_free(&f);
+}
+
 static void test_split_everywhere(void **state)
 {
     uint8_t buf[512];
@@ -460,6 +488,7 @@ int main(void)
         cmocka_unit_test(test_oversized_before_alloc),
         cmocka_unit_test(test_exact_cap),
         cmocka_unit_test(test_take),
+        cmocka_unit_test(test_give),
         cmocka_unit_test(test_split_everywhere),
         cmocka_unit_test(test_next_several_in_one_buffer),
         cmocka_unit_test(test_next_split_everywhere),

@@ -69,6 +69,13 @@ int sbx_framer_commit(struct sbx_framer *f, size_t n);
  */
 uint8_t *sbx_framer_take(struct sbx_framer *f, uint32_t *len);
 
+/*
+ * Give the framer a buffer of @cap bytes (malloc'd; taken over) to collect straddling frames in,
+ * so a buffer taken with sbx_framer_take can be replaced with recycled memory instead of a fresh
+ * allocation. Returns 0, or -1 when the framer already has a buffer (the caller keeps @buf).
+ */
+int sbx_framer_give(struct sbx_framer *f, uint8_t *buf, uint32_t cap);
+
 /* Write the 4-byte big-endian length prefix for a payload of @len bytes. */
 void sbx_frame_put_len(uint8_t out[4], uint32_t len);
 
