@@ -2,6 +2,7 @@
  * One host connection: bytes in through the framer, messages out through uv_write. Owns its
  * streams; processes it spawned are not its property and keep running when it goes away.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -220,6 +221,7 @@ static void conn_handle_frame(struct agent_conn *c, const uint8_t *buf, uint32_t
 {
     struct sbx_msg m;
     struct sbx_err err;
+    uint64_t sid;
 
     if (sbx_msg_decode(&c->dec, buf, len, &m, &err) < 0) {
         if (m.kind == SBX_MSG_DATA && c->hello_done &&
@@ -244,6 +246,16 @@ static void conn_handle_frame(struct agent_conn *c, const uint8_t *buf, uint32_t
         return;
     case SBX_MSG_NOTIFY:
         if (!c->hello_done) {
+            return;
+        }
+        if ((sbx_msg_method_is(&m, "stream.credit") || sbx_msg_method_is(&m, "stream.end") ||
+             sbx_msg_method_is(&m, "stream.cancel")) &&
+            sbx_param_u64(m.params, "stream", SBX_REQUIRED, 1, UINT32_MAX, &sid, &err) < 0) {
+            struct sbx_err bad;
+            /* A notification has no request to fail: an error notification names it (§8.6). */
+            sbx_err_set(&bad, SBX_E_BAD_MESSAGE, "%.*s: %s", (int)m.method_len, m.method, err.msg);
+            snprintf(bad.field, sizeof(bad.field), "stream");
+            conn_notify_error(c, &bad);
             return;
         }
         if (sbx_msg_method_is(&m, "stream.credit")) {

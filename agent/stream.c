@@ -207,6 +207,9 @@ void agent_stream_on_credit(struct agent_conn *c, const struct sbx_msg *m)
         return; /* a race with the stream's end, or nonsense: ignored by the protocol */
     }
     if (sbx_param_u64(m->params, "bytes", SBX_REQUIRED, 1, UINT32_MAX, &bytes, &err) != 0) {
+        /* The two sides no longer agree on the credit: the stream cannot go on (§8.6). */
+        sbx_err_set(&err, SBX_E_STREAM, "stream.credit on stream %u: %s", s->id, err.msg);
+        stream_misuse(s, &err);
         return;
     }
     if (s->credit + bytes > UINT32_MAX) {

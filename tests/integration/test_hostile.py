@@ -494,10 +494,17 @@ class TestHostileStreams(HostileCase):
             else:
                 cancelled = "STREAM"
         elif how == "credit_2_32":
+            # credit the agent cannot count: the two sides disagree from here on (8.6)
             c.send([2, "stream.credit", {"stream": sid, "bytes": 1 << 32}])
             c.send([2, "stream.credit", {"stream": sid, "bytes": -1}])
             c.send([2, "stream.credit", {"stream": sid, "bytes": "many"}])
             c.send([2, "stream.cancel", {"stream": sid}])
+            cancelled = "STREAM"
+        elif how in ("credit_missing", "credit_zero", "credit_string"):
+            bad = {"credit_missing": {}, "credit_zero": {"bytes": 0},
+                   "credit_string": {"bytes": "many"}}[how]
+            c.send([2, "stream.credit", dict(bad, stream=sid)])
+            cancelled = "STREAM"
         elif how == "cancel_then_data":
             c.send([2, "stream.cancel", {"stream": sid}])
             c.data(sid, b"late")
@@ -539,10 +546,34 @@ class TestHostileStreams(HostileCase):
 
     def test_out_streams(self):
         for kind in self.OUT:
-            for how in ("data_on_out", "credit_overflow", "credit_2_32", "cancel_then_data",
-                        "end_twice", "close"):
+            for how in ("data_on_out", "credit_overflow", "credit_2_32", "credit_missing",
+                        "credit_zero", "credit_string", "cancel_then_data", "end_twice", "close"):
                 with self.subTest(kind=kind, how=how):
                     self.abuse(kind, how)
+
+    def test_bad_stream_ids(self):
+        # A stream notification whose stream id is missing or not a sid has no stream to cancel:
+        # an error notification names the field, and the connection goes on.
+        c = self.agent.connect()
+        for method, params in [("stream.credit", {"bytes": 5}),
+                               ("stream.credit", {"stream": "x", "bytes": 5}),
+                               ("stream.credit", {"stream": 0, "bytes": 5}),
+                               ("stream.end", {}),
+                               ("stream.end", {"stream": 1 << 32}),
+                               ("stream.cancel", {"stream": -1}),
+                               ("stream.cancel", {"stream": None})]:
+            with self.subTest(method=method, params=params):
+                c.send([2, method, params])
+                m = c.wait_for(lambda m: m[0] == 2 and m[1] == "error", "error notification",
+                               timeout=10)
+                self.assertEqual(m[2]["code"], "BAD_MESSAGE", m)
+                self.assertEqual(m[2].get("field"), "stream", m)
+                self.assertIn(method, m[2]["message"])
+        # unknown but well-formed ids stay silent (8.5)
+        c.send([2, "stream.credit", {"stream": 999, "bytes": 5}])
+        self.assertEqual(c.call("ping"), {})
+        self.assertEqual([m for m in c.pending if m[0] == 2 and m[1] == "error"], [])
+        c.close()
 
 
 if __name__ == "__main__":
