@@ -488,7 +488,10 @@ class TestHostileStreams(HostileCase):
             c.data(sid, b"hello")
             cancelled = "STREAM"
         elif how == "credit_overflow":
-            c.credit(sid, 0xFFFFFFFF)  # the window plus this exceeds 2^32-1
+            # Twice: the second grant exceeds 2^32-1 whatever the agent has sent meanwhile (a
+            # fast producer may have used its whole window before the first one arrives).
+            c.credit(sid, 0xFFFFFFFF)
+            c.credit(sid, 0xFFFFFFFF)
             if kind in self.IN:
                 c.end(sid)  # credit on an in stream is ignored; the upload goes on
             else:
