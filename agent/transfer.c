@@ -162,8 +162,8 @@ struct upload {
     struct chunk *head, **tail;
     /* being written by the threadpool */
     struct chunk *work_list;
-    uv_work_t work;
-    bool working;
+    uv_work_t work, hash_work; /* the batch is written and hashed at once, on two workers */
+    unsigned working;          /* of those two, still running */
     int werr;   /* errno of a failed write (set by the worker) */
     bool ended; /* the client ended the stream without error */
     bool over;  /* done or failed: waiting only for the worker to return */
@@ -243,13 +243,19 @@ static void upload_work_cb(uv_work_t *req)
 {
     struct upload *u = agent_container_of(req, struct upload, work);
 
+    for (struct chunk *c = u->work_list; c != NULL && u->werr == 0; c = c->next) {
+        u->werr = write_all(u->fd, c->buf, c->len);
+    }
+}
+
+/* Beside the write: hashing costs more CPU than the write itself, so the two overlap. Both only
+ * read the batch's buffers; the loop frees them once both are done. */
+static void upload_hash_cb(uv_work_t *req)
+{
+    struct upload *u = agent_container_of(req, struct upload, hash_work);
+
     for (struct chunk *c = u->work_list; c != NULL; c = c->next) {
-        if (u->werr == 0) {
-            u->werr = write_all(u->fd, c->buf, c->len);
-        }
-        if (u->hash) {
-            sha256_update(&u->sha, c->len, c->buf);
-        }
+        sha256_update(&u->sha, c->len, c->buf);
     }
 }
 
@@ -264,10 +270,14 @@ static void upload_kick(struct upload *u)
     u->work_list = u->head;
     u->head = NULL;
     u->tail = &u->head;
-    u->working = true;
-    (void)uv_queue_work(u->a->loop, &u->work, upload_work_cb, upload_after_cb); /* no failure
-                                                                                  for a valid
-                                                                                  loop */
+    /* uv_queue_work cannot fail for a valid loop and callbacks */
+    u->working = 1;
+    u->work.data = u->hash_work.data = u;
+    (void)uv_queue_work(u->a->loop, &u->work, upload_work_cb, upload_after_cb);
+    if (u->hash) {
+        u->working++;
+        (void)uv_queue_work(u->a->loop, &u->hash_work, upload_hash_cb, upload_after_cb);
+    }
 }
 
 static int set_err_path(struct sbx_err *err, int e, const struct upload *u, const char *what)
@@ -282,16 +292,18 @@ static int set_err_path(struct sbx_err *err, int e, const struct upload *u, cons
 
 static void upload_after_cb(uv_work_t *req, int status)
 {
-    struct upload *u = agent_container_of(req, struct upload, work);
+    struct upload *u = req->data;
     uint32_t n = 0;
     struct sbx_err err;
 
+    if (--u->working > 0) {
+        return; /* the other half of the batch is still running */
+    }
     for (struct chunk *c = u->work_list; c != NULL; c = c->next) {
         n += c->len;
     }
     chunks_free(u->a, u->work_list);
     u->work_list = NULL;
-    u->working = false;
     if (u->over) {
         upload_destroy(u);
         return;

@@ -20,6 +20,7 @@
 #include "cli.h"
 
 #include <nettle/sha2.h>
+#include <pthread.h>
 
 static const char usage[] =
     "usage: sbx cp [options] LOCAL :REMOTE\n"
@@ -166,6 +167,90 @@ int cli_wait_done(struct sbx_client *c, uint32_t sid, struct sbx_msg *m, struct 
 
 /* --- files ----------------------------------------------------------------------------------- */
 
+/*
+ * SHA-256 on a thread of its own, beside the reads and sends: hashing costs more CPU than both.
+ * One block at a time; hasher_put waits until the previous block is hashed, so with two buffers
+ * in turn a buffer is never read into while it is still being hashed.
+ */
+struct hasher {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct sha256_ctx sha;
+    const uint8_t *block;
+    size_t len;
+    bool busy, quit, started;
+};
+
+static void *hasher_main(void *arg)
+{
+    struct hasher *h = arg;
+
+    pthread_mutex_lock(&h->mu);
+    for (;;) {
+        while (!h->busy && !h->quit) {
+            pthread_cond_wait(&h->cv, &h->mu);
+        }
+        if (!h->busy) {
+            break;
+        }
+        pthread_mutex_unlock(&h->mu);
+        sha256_update(&h->sha, h->len, h->block);
+        pthread_mutex_lock(&h->mu);
+        h->busy = false;
+        pthread_cond_broadcast(&h->cv);
+    }
+    pthread_mutex_unlock(&h->mu);
+    return NULL;
+}
+
+/* Start the thread; without one (it could not start), hasher_put hashes inline. */
+static void hasher_start(struct hasher *h)
+{
+    memset(h, 0, sizeof(*h));
+    sha256_init(&h->sha);
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->cv, NULL);
+    h->started = pthread_create(&h->thread, NULL, hasher_main, h) == 0;
+}
+
+/* Wait until the block before is hashed, then hand over @block (kept unchanged until the next
+ * hasher_put or hasher_finish). */
+static void hasher_put(struct hasher *h, const uint8_t *block, size_t len)
+{
+    if (!h->started) {
+        sha256_update(&h->sha, len, block);
+        return;
+    }
+    pthread_mutex_lock(&h->mu);
+    while (h->busy) {
+        pthread_cond_wait(&h->cv, &h->mu);
+    }
+    h->block = block;
+    h->len = len;
+    h->busy = true;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Hash what is pending, stop the thread, and write the digest (lowercase hex) to @hex. */
+static void hasher_finish(struct hasher *h, char hex[65])
+{
+    uint8_t d[32];
+
+    if (h->started) {
+        pthread_mutex_lock(&h->mu);
+        h->quit = true;
+        pthread_cond_broadcast(&h->cv);
+        pthread_mutex_unlock(&h->mu);
+        pthread_join(h->thread, NULL); /* it hashes the pending block first */
+    }
+    pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->cv);
+    sha256_digest(&h->sha, sizeof(d), d);
+    sbx_hex(d, sizeof(d), hex);
+}
+
 static int start_upload(struct sbx_client *c, const char *remote, const struct cp_opts *o,
                         unsigned mode, uint64_t size, uint32_t *sid, struct sbx_err *err)
 {
@@ -194,15 +279,15 @@ static int start_upload(struct sbx_client *c, const char *remote, const struct c
 static int upload_file(struct sbx_client *c, const char *local, const char *remote,
                        const struct cp_opts *o)
 {
-    struct sha256_ctx sha;
+    struct hasher h;
     struct cli_progress prog;
     struct sbx_err err;
     struct sbx_msg m;
     struct stat st;
     char dest[PATH_MAX + NAME_MAX + 2], bbuf[PATH_MAX], want[65], got[65];
-    uint8_t d[32];
     uint32_t sid;
-    uint8_t *buf;
+    uint8_t *bufs, *buf;
+    unsigned k = 0;
     int fd, rc;
 
     fd = open(local, O_RDONLY | O_CLOEXEC);
@@ -237,15 +322,19 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
         close(fd);
         return CLI_EXIT_FAIL;
     }
-    buf = malloc(CLI_CP_BUF);
-    if (buf == NULL) {
+    bufs = malloc(2 * (size_t)CLI_CP_BUF); /* two in turn: one is hashed while the next is read */
+    if (bufs == NULL) {
         close(fd);
         return CLI_EXIT_FAIL;
     }
-    sha256_init(&sha);
+    if (!o->no_verify) {
+        hasher_start(&h);
+    }
     cli_progress_start(&prog, "upload", (uint64_t)st.st_size, o->quiet);
-    for (;;) {
-        ssize_t n = read(fd, buf, CLI_CP_BUF);
+    for (;; k ^= 1) {
+        ssize_t n;
+        buf = bufs + (size_t)k * CLI_CP_BUF;
+        n = read(fd, buf, CLI_CP_BUF);
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -267,7 +356,7 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
             break;
         }
         if (!o->no_verify) {
-            sha256_update(&sha, (size_t)n, buf);
+            hasher_put(&h, buf, (size_t)n);
         }
         if (sbx_client_stream_write(c, sid, buf, (size_t)n, &err) < 0) {
             /* A cancel (for example ENOSPC) is explained by the transfer.done that follows. */
@@ -276,7 +365,10 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
         }
         cli_progress_add(&prog, (uint64_t)n);
     }
-    free(buf);
+    if (!o->no_verify) {
+        hasher_finish(&h, want);
+    }
+    free(bufs);
     close(fd);
     if (rc == 0) {
         rc = cli_wait_done(c, sid, &m, &err);
@@ -284,8 +376,6 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
     if (rc == 0 && !o->no_verify) {
         const char *s;
         size_t n;
-        sha256_digest(&sha, sizeof(d), d);
-        sbx_hex(d, sizeof(d), want);
         if (sbx_param_str(m.params, "sha256", SBX_REQUIRED, 64, &s, &n, &err) < 0 || n != 64) {
             rc = -1;
         } else {
