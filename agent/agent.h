@@ -207,8 +207,8 @@ struct agent_conn {
     struct agent_link streams;
     struct sbx_framer framer;
     struct sbx_decoder dec;
-    struct sbx_out out; /* scratch for encoding one control frame */
-    struct agent_slab *slab; /* read buffer; replaced when a handler holds it */
+    struct sbx_out out;       /* scratch for encoding one control frame */
+    struct agent_slab *slab;  /* read buffer; replaced when a handler holds it */
     size_t queued;            /* bytes handed to uv_write and not yet written */
     size_t queued_ctl;        /* ...of which control frames (data is bounded by credit) */
     struct agent_fs *fs;      /* fs.c: file handles and readdir cursors, or NULL */

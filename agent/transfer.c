@@ -164,9 +164,9 @@ struct upload {
     struct chunk *work_list;
     uv_work_t work, hash_work; /* the batch is written and hashed at once, on two workers */
     unsigned working;          /* of those two, still running */
-    int werr;   /* errno of a failed write (set by the worker) */
-    bool ended; /* the client ended the stream without error */
-    bool over;  /* done or failed: waiting only for the worker to return */
+    int werr;                  /* errno of a failed write (set by the worker) */
+    bool ended;                /* the client ended the stream without error */
+    bool over;                 /* done or failed: waiting only for the worker to return */
 };
 
 static void chunks_free(struct agent *a, struct chunk *c)
@@ -731,8 +731,8 @@ static void download_ready(struct agent_stream *s)
         return;
     }
     d->reading = true;
-    if (uv_fs_read(d->a->loop, &d->req, d->fd, b, d->nbuf,
-                   d->seekable ? (int64_t)d->offset : -1, download_read_cb) < 0) {
+    if (uv_fs_read(d->a->loop, &d->req, d->fd, b, d->nbuf, d->seekable ? (int64_t)d->offset : -1,
+                   download_read_cb) < 0) {
         d->reading = false;
         sbx_err_set(&err, SBX_E_INTERNAL, "cannot queue a read");
         download_end(d, &err);

@@ -1,8 +1,8 @@
 /*
  * sbx cp: copy files and directory trees between the host and the guest (transfer.upload /
  * download, and upload_tree / download_tree with a tar stream made and unpacked here by
- * libarchive). The bytes are checked end to end: the agent's sha256 of what it wrote must equal
- * ours of what we sent.
+ * libarchive). The bytes are checked end to end unless --no-verify: the agent's sha256 of what it
+ * wrote must equal ours of what we sent.
  */
 #include "cp.h"
 
@@ -11,6 +11,7 @@
 #include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +21,6 @@
 #include "cli.h"
 
 #include <nettle/sha2.h>
-#include <pthread.h>
 
 static const char usage[] =
     "usage: sbx cp [options] LOCAL :REMOTE\n"
@@ -501,6 +501,7 @@ static int download_file(struct sbx_client *c, const char *remote, const char *l
 
 int cli_cmd_cp(struct cli *cli, int argc, char **argv)
 {
+    /* clang-format off */
     static const struct option opts[] = {
         { "recursive", no_argument, NULL, 'r' },
         { "compress", required_argument, NULL, 'z' },
@@ -513,6 +514,7 @@ int cli_cmd_cp(struct cli *cli, int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    /* clang-format on */
     struct cp_opts o = { .compress = "none" };
     struct sbx_client *c;
     const char *src, *dst;
