@@ -645,6 +645,9 @@ void agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m)
     }
     u->sid = u->s->id;
     agent_reply_stream(c, m->id, u->sid);
+    /* More than the protocol's window in flight: a file upload is one long stream whose
+     * throughput is set by how much the client may send ahead of the disk writes. */
+    agent_stream_consumed(u->s, SBX_UPLOAD_EXTRA_CREDIT, true);
     return;
 fail:
     agent_conn_reply_error(c, m->id, &err);

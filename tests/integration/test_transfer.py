@@ -181,6 +181,21 @@ class TestUpload(TransferCase):
             self.assertEqual(cm.exception.err["field"], field)
         self.assertEqual(leftovers(self.tmp), [])
 
+    def test_extra_credit_up_front(self):
+        # A file upload may run 4 MiB ahead of the disk: the agent grants 3 MiB beyond the
+        # protocol's window as soon as the stream opens, before any data.
+        dest, data = self.p("ahead"), pattern(4 << 20, 2)
+        sid = self.c.call("transfer.upload", {"path": dest})["stream"]
+        m = self.c.wait_for(lambda m: m[0] == 2 and m[1] == "stream.credit" and
+                            m[2]["stream"] == sid, "stream.credit", timeout=10)
+        self.assertEqual(m[2]["bytes"], 3 << 20)
+        for off in range(0, len(data), CHUNK):  # all of it, reading nothing back meanwhile
+            self.c.data(sid, data[off:off + CHUNK])
+        self.c.end(sid)
+        done = self.c.wait_for(is_done(sid), "transfer.done", timeout=30)
+        self.assertNotIn("error", done[2])
+        self.assertEqual(open(dest, "rb").read(), data)
+
     def test_owner(self):
         dest = self.p("owned")
         done, _ = upload(self.c, {"path": dest, "uid": 1234, "gid": 4321}, [b"x"])
