@@ -89,13 +89,16 @@ gbps() { echo "$BYTES / $1 / 1000000000" | bc -l; }
 head -c "$BYTES" /dev/urandom >"$T/src" 2>/dev/null ||
     dd if=/dev/urandom of="$T/src" bs=1M count=$((GIB * 1024)) status=none
 want=$(sha256sum <"$T/src" | cut -d' ' -f1)
-# Every copy below writes into memory freed just before it (two files live at most): in a VM
-# with free page reporting, memory freed a few seconds ago has gone back to the hypervisor and
-# its first touch costs a host fault per page, far more than the copy. So the download lands on
-# the name of the source (checked by sha256) rather than as a third file, and this first touch
-# of the second file's worth of memory happens here, unmeasured.
-dd if=/dev/zero of="$T/warm" bs=1M count=$((GIB * 1024)) status=none
-rm -f "$T/warm"
+# In a VM with free page reporting (virtio-balloon), memory freed more than ~2 s ago has gone back
+# to the hypervisor, and the first touch of each such page costs a host fault, far more than the
+# copy; which copy pays that was down to timing (a 4 GiB run measured the raw copy at 0.83 GB/s,
+# the next at 2.24). So every measured copy writes into memory touched and freed just before it,
+# unmeasured (prime), and the download lands on the name of the source (checked by sha256)
+# rather than as a third file.
+prime() {
+    dd if=/dev/zero of="$T/warm" bs=1M count=$((GIB * 1024)) status=none
+    rm -f "$T/warm"
+}
 export SBX_ADDR="unix:$SOCK"
 
 # --- file upload / download ------------------------------------------------------------------
@@ -105,14 +108,18 @@ export SBX_ADDR="unix:$SOCK"
 : >"$W/raw"
 : >"$W/rss"
 for i in $(seq $REPS); do
+    prime
     raw_copy "$T/src" "$T/dst" >>"$W/raw"
     rm -f "$T/dst"
     start_agent
+    prime
     timed "$SBX" cp -q --no-verify "$T/src" ":$T/dst" >>"$W/up"
     awk '/^VmHWM/ {print $2}' "/proc/$APID/status" >>"$W/rss"
     rm -f "$T/dst"
+    prime
     timed "$SBX" cp -q "$T/src" ":$T/dst" >>"$W/upv"
     rm -f "$T/src"
+    prime
     timed "$SBX" cp -q ":$T/dst" "$T/src" >>"$W/down"
     stop_agent
     [ "$(sha256sum <"$T/src" | cut -d' ' -f1)" = "$want" ] ||
