@@ -2,7 +2,7 @@
 # Run the benchmarks (issues 2 and 3) from an existing build and print one results table.
 #   tests/bench/run.sh [--quick] [BUILD_DIR]      (BUILD_DIR defaults to build/)
 # Builds nothing: first
-#   cmake --build build --target bench_proto bench_agent sbx-agent sbx-test-helper
+#   cmake --build build --target bench_proto bench_agent bench_repl sbx-agent sbx-test-helper sbx
 # Needs socat (the raw baselines). --quick moves 1 GiB instead of 4 GiB and takes fewer samples.
 # Every figure is a median over repetitions, next to a baseline measured in the same run.
 set -eu
