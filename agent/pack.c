@@ -1020,10 +1020,7 @@ out:
         archive_entry_free(e);
     }
     if (ar != NULL) {
-        if (rc < 0) {
-            archive_write_fail(ar);
-        }
-        archive_write_free(ar);
+        agent_outjob_archive_free(&p->j, ar, rc < 0);
     }
     return rc;
 }

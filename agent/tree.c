@@ -367,6 +367,10 @@ static la_ssize_t outjob_archive_write_cb(struct archive *ar, void *arg, const v
 {
     struct agent_outjob *j = arg;
 
+    if (j->discard) {
+        archive_set_error(ar, ECANCELED, "discarded");
+        return -1;
+    }
     sha256_update(&j->sha, len, buf);
     j->bytes += len;
     if (agent_outjob_write(j, buf, len) < 0) {
@@ -416,6 +420,16 @@ struct archive *agent_outjob_archive(struct agent_outjob *j, enum agent_compress
         return NULL;
     }
     return ar;
+}
+
+void agent_outjob_archive_free(struct agent_outjob *j, struct archive *ar, bool failed)
+{
+    if (failed) {
+        j->discard = true;
+        (void)archive_write_close(ar); /* fails at its first write: nothing is sent */
+        j->discard = false;
+    }
+    archive_write_free(ar); /* closes a writer still open first, flushing it into the stream */
 }
 
 /* --- download_tree ------------------------------------------------------------------------- */
@@ -689,10 +703,7 @@ static int tree_down_produce(struct agent_outjob *j)
         sbx_err_set(&j->err, SBX_E_CANCELLED, "cancelled");
     }
     /* Freed here, on the thread: freeing an open writer flushes it into the stream. */
-    if (rc < 0) {
-        archive_write_fail(t->ar);
-    }
-    archive_write_free(t->ar);
+    agent_outjob_archive_free(j, t->ar, rc < 0);
     t->ar = NULL;
     return rc;
 }

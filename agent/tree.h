@@ -57,6 +57,7 @@ struct agent_outjob {
     struct agent_outitem *head, **tail;
     size_t queued;
     bool abort, finished, started, closing;
+    bool discard; /* thread: archive output is dropped (agent_outjob_archive_free) */
     int rc;
     uint8_t *wbuf;
     uint32_t wlen;
@@ -77,6 +78,11 @@ bool agent_outjob_cancelled(struct agent_outjob *j);
  * pax format, compressed as asked; deterministic (gzip without name or time). NULL
  * with j->err set on failure. */
 struct archive *agent_outjob_archive(struct agent_outjob *j, enum agent_compress comp);
+/* Thread: free a writer from agent_outjob_archive. With @failed nothing more reaches the stream
+ * (no trailer after an error): the writer is closed with its output discarded, which is where
+ * libarchive frees its block buffer and compressor state (free() alone after
+ * archive_write_fail() leaks them). */
+void agent_outjob_archive_free(struct agent_outjob *j, struct archive *ar, bool failed);
 
 /* Set @err from a libarchive failure of @ar. */
 void agent_archive_err(struct sbx_err *err, struct archive *ar, const char *what);

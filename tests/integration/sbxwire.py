@@ -382,8 +382,12 @@ class Agent:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(30)  # a sanitized agent checks for leaks on the way out
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        # In a sanitizer build, LeakSanitizer runs at exit and reports into the agent's log.
+        text = self.logtext()
+        if "LeakSanitizer" in text or "AddressSanitizer" in text or "runtime error:" in text:
+            raise AssertionError("sanitizer report from the agent:\n" + text[-6000:])
