@@ -331,7 +331,7 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
         hasher_start(&h);
     }
     cli_progress_start(&prog, "upload", (uint64_t)st.st_size, o->quiet);
-    for (;; k ^= 1) {
+    for (;;) {
         ssize_t n;
         buf = bufs + (size_t)k * CLI_CP_BUF;
         n = read(fd, buf, CLI_CP_BUF);
@@ -364,6 +364,7 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
             break;
         }
         cli_progress_add(&prog, (uint64_t)n);
+        k ^= 1; /* only after a block went to the hasher: the other buffer is free then */
     }
     if (!o->no_verify) {
         hasher_finish(&h, want);
