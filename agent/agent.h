@@ -41,6 +41,7 @@ struct agent_proc;
 
 /* Every pooled buffer has this size: one largest stream-data frame, header included. */
 #define AGENT_POOLBUF   (SBX_STREAM_CHUNK_MAX + SBX_STREAM_DATA_HDR_MAX)
+#define AGENT_THREADPOOL_SIZE "8" /* libuv threadpool workers (UV_THREADPOOL_SIZE) */
 #define AGENT_POOL_KEEP 16u /* free pooled buffers kept for reuse; the rest are freed */
 
 /* Output buffers (AGENT_POOLBUF bytes; output uses SBX_STREAM_CHUNK_MAX of them) recycled through

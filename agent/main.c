@@ -186,6 +186,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "sbx-agent: out of memory\n");
         return 1;
     }
+    /* libuv's threadpool (4 workers by default, started on first use) runs file writes and
+     * hashing of uploads (two per upload), download reads and recursive copy/remove: 8, so two
+     * verified uploads leave room for the rest. Set after the base environment was taken, so
+     * workloads (node uses libuv too) do not inherit it; an explicit setting wins. */
+    (void)setenv("UV_THREADPOOL_SIZE", AGENT_THREADPOOL_SIZE, 0);
 
     uv_signal_init(a->loop, &a->sigchld);
     uv_signal_init(a->loop, &a->sigterm);

@@ -196,6 +196,19 @@ class TestUpload(TransferCase):
         self.assertNotIn("error", done[2])
         self.assertEqual(open(dest, "rb").read(), data)
 
+    def test_threadpool_size_not_inherited(self):
+        # 8 threadpool workers once a transfer used it; the setting stays the agent's own.
+        if "UV_THREADPOOL_SIZE" in os.environ:
+            self.skipTest("UV_THREADPOOL_SIZE set in the test's environment")
+        done, _ = upload(self.c, {"path": self.p("tp")}, [b"x" * 1000])
+        self.assertNotIn("error", done)
+        tasks = len(os.listdir("/proc/%d/task" % self.agent.proc.pid))
+        self.assertGreaterEqual(tasks, 1 + 8)
+        r, _, outs, _, _, _ = w.run(self.c, {"argv": ["env"], "stdout": "pipe"})
+        env = outs[r["stdout"]].decode()
+        self.assertIn("PATH=", env)
+        self.assertNotIn("UV_THREADPOOL_SIZE", env)
+
     def test_owner(self):
         dest = self.p("owned")
         done, _ = upload(self.c, {"path": dest, "uid": 1234, "gid": 4321}, [b"x"])
