@@ -40,9 +40,9 @@ struct agent_proc;
 /* --- buffers ------------------------------------------------------------------------------ */
 
 /* Every pooled buffer has this size: one largest stream-data frame, header included. */
-#define AGENT_POOLBUF   (SBX_STREAM_CHUNK_MAX + SBX_STREAM_DATA_HDR_MAX)
+#define AGENT_POOLBUF         (SBX_STREAM_CHUNK_MAX + SBX_STREAM_DATA_HDR_MAX)
 #define AGENT_THREADPOOL_SIZE "8" /* libuv threadpool workers (UV_THREADPOOL_SIZE) */
-#define AGENT_POOL_KEEP 16u /* free pooled buffers kept for reuse; the rest are freed */
+#define AGENT_POOL_KEEP       16u /* free pooled buffers kept for reuse; the rest are freed */
 
 /* Output buffers (AGENT_POOLBUF bytes; output uses SBX_STREAM_CHUNK_MAX of them) recycled through
  * a small free list. Counted in a->bufs_used; putting one back below SBX_AGENT_BUFS_LOW resumes
