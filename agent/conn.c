@@ -19,6 +19,28 @@ struct write_req {
 
 static void conn_close_cb(uv_handle_t *h);
 
+/*
+ * Give the framer a pooled buffer (AGENT_POOLBUF bytes) unless it has one: frames that straddle
+ * reads are collected there, and agent_conn_hold takes only buffers of that size. Called at the
+ * start and after each frame the framer collected was handled, so a buffer grown for a large
+ * control frame (up to SBX_FRAME_MAX) is dropped at once instead of being kept, or held for a
+ * small payload.
+ */
+static void conn_framer_rebuf(struct agent_conn *c)
+{
+    uint32_t len, cap;
+    uint8_t *buf;
+
+    if (c->framer.buf != NULL && c->framer.buf_cap == AGENT_POOLBUF) {
+        return;
+    }
+    free(sbx_framer_take(&c->framer, &len)); /* the frame in it was handled */
+    buf = agent_pool_take(c->a, &cap);
+    if (buf != NULL) {
+        (void)sbx_framer_give(&c->framer, buf, cap); /* cannot fail: the framer has none now */
+    }
+}
+
 struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t)
 {
     struct agent_conn *c = calloc(1, sizeof(*c));
@@ -41,6 +63,7 @@ struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t)
     c->next_stream = 1;
     agent_list_init(&c->streams);
     sbx_framer_init(&c->framer, SBX_FRAME_MAX);
+    conn_framer_rebuf(c);
     sbx_out_init(&c->out);
     c->h.handle.data = c;
     agent_list_add_tail(&a->conns, &c->link);
@@ -329,6 +352,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         if (nread > 0 && !c->closing && !c->close_after_flush &&
             sbx_framer_commit(&c->framer, (size_t)nread) == 1) {
             conn_handle_frame(c, c->framer.buf, c->framer.len);
+            conn_framer_rebuf(c);
         }
         return;
     }
@@ -355,7 +379,11 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return;
         }
         if (r == 1) {
+            bool collected = frame == c->framer.buf;
             conn_handle_frame(c, frame, flen);
+            if (collected) {
+                conn_framer_rebuf(c);
+            }
         }
     }
 }
@@ -374,7 +402,10 @@ struct agent_slab *agent_conn_hold(struct agent_conn *c, const uint8_t *data, ui
         c->slab->refs++;
         return c->slab;
     }
-    if (fb == NULL || data < fb || data + len > fb + c->framer.len) {
+    /* Only a pool-sized framer buffer: one grown for a large frame (up to SBX_FRAME_MAX) would pin
+     * megabytes for this payload. */
+    if (fb == NULL || data < fb || data + len > fb + c->framer.len ||
+        c->framer.buf_cap != AGENT_POOLBUF) {
         return NULL;
     }
     /* A frame that straddled reads, complete in the framer's buffer: take that buffer and give

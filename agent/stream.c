@@ -206,11 +206,15 @@ void agent_stream_on_credit(struct agent_conn *c, const struct sbx_msg *m)
     if (s == NULL || s->dir != AGENT_STREAM_OUT) {
         return; /* a race with the stream's end, or nonsense: ignored by the protocol */
     }
-    if (sbx_param_u64(m->params, "bytes", SBX_REQUIRED, 1, UINT32_MAX, &bytes, &err) != 0) {
+    if (sbx_param_u64(m->params, "bytes", SBX_REQUIRED, 0, UINT32_MAX, &bytes, &err) != 0) {
         /* The two sides no longer agree on the credit: the stream cannot go on (§8.6). */
-        sbx_err_set(&err, SBX_E_STREAM, "stream.credit on stream %u: %s", s->id, err.msg);
-        stream_misuse(s, &err);
+        struct sbx_err why;
+        sbx_err_set(&why, SBX_E_STREAM, "stream.credit on stream %u: %s", s->id, err.msg);
+        stream_misuse(s, &why);
         return;
+    }
+    if (bytes == 0) {
+        return; /* a grant of 0 is ignored (§8.3) */
     }
     if (s->credit + bytes > UINT32_MAX) {
         sbx_err_set(&err, SBX_E_STREAM, "credit on stream %u would exceed 2^32-1 bytes", s->id);

@@ -715,8 +715,15 @@ static void download_ready(struct agent_stream *s)
     if (n > d->left) {
         n = d->left;
     }
-    /* As many whole chunks as credit allows (at least one, possibly short), one read for all. */
-    while (n > 0 && d->nbuf < DL_BUFS) {
+    /* As many whole chunks as credit allows (at least one, possibly short), one read for all,
+     * but no more than the agent-wide output buffer cap leaves: process output on other
+     * connections stops at that cap. */
+    unsigned most =
+        d->a->bufs_used + 1 < SBX_AGENT_BUFS_MAX ? SBX_AGENT_BUFS_MAX - d->a->bufs_used : 1;
+    if (most > DL_BUFS) {
+        most = DL_BUFS;
+    }
+    while (n > 0 && d->nbuf < most) {
         uint32_t k = n > SBX_STREAM_CHUNK_MAX ? SBX_STREAM_CHUNK_MAX : (uint32_t)n;
         void *buf = agent_buf_get(d->a);
         if (buf == NULL) {

@@ -19,6 +19,8 @@ import sbxwire as w  # noqa: E402
 
 BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
 AGENT = os.path.join(BUILD, "bin", "sbx-agent")
+with open(AGENT, "rb") as _f:
+    SANITIZED = b"__asan_init" in _f.read()
 HELPER = os.path.join(BUILD, "tests", "sbx-test-helper")
 
 
@@ -630,11 +632,9 @@ class TestStreams(AgentCase):
         self.assertTrue(got == data)
         self.assertEqual(self.c.call("proc.wait", {"id": r["id"]})["code"], 0)
 
-    def test_stdin_held_payload_survives_later_reads(self):
-        # Large stdin frames are written to the child straight from the buffer they were read
-        # into, held there until the child takes them, while the connection reads what follows
-        # into other buffers. A child that takes nothing until told must still get every byte,
-        # from frames that arrived whole and from frames split across reads.
+    def spawn_held_reader(self):
+        """A child behind a 4 KiB stdin pipe that reads nothing until release_held_reader, then
+        prints the sha256 of all its stdin. Returns (spawn result, the fifo that releases it)."""
         d = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, d)
         fifo = os.path.join(d, "go")
@@ -644,6 +644,28 @@ class TestStreams(AgentCase):
                  "print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest(), flush=True)" % fifo)
         r = self.c.call("proc.spawn", {"argv": [sys.executable, "-c", child], "stdin": "pipe"})
         self.assertEqual(self.c.recv(), [3, r["stderr"], b"R"])
+        return r, fifo
+
+    def release_held_reader(self, r, fifo, sid):
+        """Let the child read, end its stdin stream @sid; returns the digest it printed."""
+        with open(fifo, "w"):
+            pass
+        self.c.end(sid)
+        out = b""
+        while True:
+            m = self.c.wait_for(lambda m: (m[0] == 3 and m[1] == r["stdout"]) or
+                                (m[0] == 2 and m[1] == "proc.exit" and m[2]["id"] == r["id"]),
+                                "child output", timeout=20)
+            if m[0] == 2:
+                return out.decode().strip()
+            out += m[2]
+
+    def test_stdin_held_payload_survives_later_reads(self):
+        # Large stdin frames are written to the child straight from the buffer they were read
+        # into, held there until the child takes them, while the connection reads what follows
+        # into other buffers. A child that takes nothing until told must still get every byte,
+        # from frames that arrived whole and from frames split across reads.
+        r, fifo = self.spawn_held_reader()
         sid, chunk = r["stdin"], 256 << 10
         data = os.urandom(self.c.window)
         for i, off in enumerate(range(0, len(data), chunk)):
@@ -662,20 +684,30 @@ class TestStreams(AgentCase):
         self.c.end(r2["stdin"])
         for _ in range(50):
             self.c.call("ping")
-        with open(fifo, "w"):
-            pass
-        self.c.end(sid)
-        out = b""
-        while True:
-            m = self.c.wait_for(lambda m: (m[0] == 3 and m[1] == r["stdout"]) or
-                                (m[0] == 2 and m[1] == "proc.exit" and m[2]["id"] == r["id"]),
-                                "child output", timeout=20)
-            if m[0] == 2:
-                break
-            out += m[2]
-        self.assertEqual(out.decode().strip(), hashlib.sha256(data).hexdigest())
+        self.assertEqual(self.release_held_reader(r, fifo, sid), hashlib.sha256(data).hexdigest())
         self.assertEqual(self.c.call("proc.wait", {"id": r2["id"]})["code"], 0)
 
+
+    def test_held_input_after_large_frames(self):
+        # A frame collected across reads is held where it lies only in a pool-sized buffer: once
+        # a large frame had grown the framer's buffer to 4 MiB, each 64 KiB stdin payload held
+        # there pinned 4 MiB (64 MiB for a window a child does not read).
+        r, fifo = self.spawn_held_reader()
+        rss0 = self.agent.rss_kb()
+        sid, piece = r["stdin"], 64 << 10
+        data = os.urandom(self.c.window)
+        junk = w.frame(b"\xc1" * (4 << 20))  # a largest frame, refused (BAD_MESSAGE)
+        for off in range(0, len(data), piece):
+            self.c.send_raw(junk)
+            f = w.frame(bytes([0x93, 0x03]) + w.pack(sid) + w.pack(data[off:off + piece]))
+            self.c.send_raw(f[:1000])
+            time.sleep(0.02)
+            self.c.send_raw(f[1000:])
+        self.assertEqual(self.c.call("ping"), {})
+        grown = self.agent.rss_kb() - rss0
+        if not SANITIZED:  # ASan's quarantine keeps the freed 4 MiB buffers resident
+            self.assertLess(grown, 24 * 1024, "agent grew by %d KiB" % grown)
+        self.assertEqual(self.release_held_reader(r, fifo, sid), hashlib.sha256(data).hexdigest())
 
 
 class TestPty(AgentCase):

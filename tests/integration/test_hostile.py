@@ -503,10 +503,19 @@ class TestHostileStreams(HostileCase):
             c.send([2, "stream.credit", {"stream": sid, "bytes": "many"}])
             c.send([2, "stream.cancel", {"stream": sid}])
             cancelled = "STREAM"
-        elif how in ("credit_missing", "credit_zero", "credit_string"):
-            bad = {"credit_missing": {}, "credit_zero": {"bytes": 0},
-                   "credit_string": {"bytes": "many"}}[how]
+        elif how in ("credit_missing", "credit_string"):
+            bad = {"credit_missing": {}, "credit_string": {"bytes": "many"}}[how]
             c.send([2, "stream.credit", dict(bad, stream=sid)])
+            m = c.wait_for(_is_cancel(sid), "stream.cancel on %s/%s" % (kind, how), timeout=20)
+            self.assertIn('"bytes"', m[2]["error"]["message"])  # says which field, readably
+            c.pending.insert(0, m)
+            cancelled = "STREAM"
+        elif how == "credit_zero":
+            c.send([2, "stream.credit", {"stream": sid, "bytes": 0}])  # ignored (8.3)
+            self.assertEqual(c.call("ping"), {})
+            self.assertFalse([m for m in c.pending if _is_cancel(sid)(m)], "a grant of 0 cancelled")
+            c.credit(sid, 0xFFFFFFFF)  # the stream is still live: these overflow
+            c.credit(sid, 0xFFFFFFFF)
             cancelled = "STREAM"
         elif how == "cancel_then_data":
             c.send([2, "stream.cancel", {"stream": sid}])
