@@ -2,10 +2,14 @@
 #include "bench.h"
 
 #include <errno.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+
+extern char **environ;
 
 uint64_t bench_now_ns(void)
 {
@@ -89,4 +93,28 @@ void bench_note(const char *fmt, ...)
     (void)vfprintf(stderr, fmt, ap);
     (void)fputc('\n', stderr);
     va_end(ap);
+}
+
+pid_t bench_spawn(const char *const *argv, int in, int out, int err)
+{
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int r;
+
+    if (posix_spawn_file_actions_init(&fa) != 0) {
+        return -1;
+    }
+    if ((in >= 0 && posix_spawn_file_actions_adddup2(&fa, in, 0) != 0) ||
+        (out >= 0 && posix_spawn_file_actions_adddup2(&fa, out, 1) != 0) ||
+        (err >= 0 && posix_spawn_file_actions_adddup2(&fa, err, 2) != 0)) {
+        (void)posix_spawn_file_actions_destroy(&fa);
+        return -1;
+    }
+    r = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+    (void)posix_spawn_file_actions_destroy(&fa); /* cannot fail for an initialised object */
+    if (r != 0) {
+        fprintf(stderr, "bench: spawn %s: %s\n", argv[0], strerror(r));
+        return -1;
+    }
+    return pid;
 }

@@ -1,7 +1,8 @@
 /*
- * Benchmark helpers shared by bench_proto and bench_agent: a monotonic clock, order statistics
- * over repeated samples, a barrier that keeps the compiler from discarding measured work, and the
- * one table format every benchmark prints (tests/bench/run.sh adds the header).
+ * Benchmark helpers shared by bench_proto, bench_agent and bench_repl: a monotonic clock, order
+ * statistics over repeated samples, a barrier that keeps the compiler from discarding measured
+ * work, spawning a process on given fds, and the one table format every benchmark prints
+ * (tests/bench/run.sh adds the header).
  */
 #ifndef SBX_BENCH_H
 #define SBX_BENCH_H
@@ -9,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Nanoseconds on CLOCK_MONOTONIC. */
 uint64_t bench_now_ns(void);
@@ -44,6 +46,10 @@ void bench_row(const char *what, const char *figure, const char *spread, const c
 void bench_fmt_gbps(char *buf, size_t n, double bytes_per_s);
 void bench_fmt_spread(char *buf, size_t n, const struct bench_stat *s, double scale,
                       const char *unit);
+
+/* posix_spawnp @argv with fds @in/@out/@err on 0/1/2 (-1: inherit). Returns the pid, or -1
+ * after saying why on stderr. */
+pid_t bench_spawn(const char *const *argv, int in, int out, int err);
 
 /* Print a progress/diagnostic line on stderr, prefixed with the program name. */
 void bench_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -20,7 +20,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +34,6 @@
 #include "bench.h"
 #include "benchcli.h"
 #include "sbx/limits.h"
-
-extern char **environ;
 
 #define IO_CHUNK  (256u << 10) /* socat -b 262144; SBX_STREAM_CHUNK_MAX */
 #define PIPE_SIZE (1 << 20)    /* what the agent asks for on its pipes (agent/proc.c) */
@@ -59,31 +56,6 @@ struct bench {
 };
 
 /* --- processes and sockets ------------------------------------------------------------------ */
-
-/* posix_spawnp @argv with fds @in/@out/@err on 0/1/2 (-1: inherit). Returns the pid or -1. */
-static pid_t spawn_io(const char *const *argv, int in, int out, int err)
-{
-    posix_spawn_file_actions_t fa;
-    pid_t pid;
-    int r;
-
-    if (posix_spawn_file_actions_init(&fa) != 0) {
-        return -1;
-    }
-    if ((in >= 0 && posix_spawn_file_actions_adddup2(&fa, in, 0) != 0) ||
-        (out >= 0 && posix_spawn_file_actions_adddup2(&fa, out, 1) != 0) ||
-        (err >= 0 && posix_spawn_file_actions_adddup2(&fa, err, 2) != 0)) {
-        (void)posix_spawn_file_actions_destroy(&fa);
-        return -1;
-    }
-    r = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
-    (void)posix_spawn_file_actions_destroy(&fa); /* cannot fail for an initialised object */
-    if (r != 0) {
-        fprintf(stderr, "bench: spawn %s: %s\n", argv[0], strerror(r));
-        return -1;
-    }
-    return pid;
-}
 
 /* Wait for @pid; returns its wait status (-1 on error). @ru may be NULL. */
 static int wait_child(pid_t pid, struct rusage *ru)
@@ -287,7 +259,7 @@ static int agent_start(struct bench *b)
     if (logfd < 0) {
         return -1;
     }
-    b->agent_pid = spawn_io(argv, b->devnull, logfd, logfd);
+    b->agent_pid = bench_spawn(argv, b->devnull, logfd, logfd);
     close(logfd);
     if (b->agent_pid < 0) {
         return -1;
@@ -405,7 +377,7 @@ static int exec_local_once(struct bench *b, bool pipes, double *us, double *spaw
     if (pipes && (pipe2(o, O_CLOEXEC) < 0 || pipe2(e, O_CLOEXEC) < 0)) {
         return -1;
     }
-    pid = spawn_io(argv, b->devnull, pipes ? o[1] : b->devnull, pipes ? e[1] : b->devnull);
+    pid = bench_spawn(argv, b->devnull, pipes ? o[1] : b->devnull, pipes ? e[1] : b->devnull);
     *spawn_us = (double)(bench_now_ns() - t0) / 1e3; /* posix_spawn returns after exec */
     if (pipes) {
         close(o[1]);
@@ -600,8 +572,8 @@ static int out_raw_once(struct bench *b, double *bps, double *cpu, double *self)
         close(lfd);
         return -1;
     }
-    fp = spawn_io(flood, b->devnull, p[1], -1);
-    sp = spawn_io(socat, p[0], b->devnull, -1);
+    fp = bench_spawn(flood, b->devnull, p[1], -1);
+    sp = bench_spawn(socat, p[0], b->devnull, -1);
     close(p[0]);
     close(p[1]);
     if (fp < 0 || sp < 0) {
@@ -648,8 +620,8 @@ static int out_raw4_once(struct bench *b, double *bps)
     if (pipe2(bb, O_CLOEXEC) < 0 || pipe2(cc, O_CLOEXEC) < 0) {
         return -1;
     }
-    rp = spawn_io(rx, b->devnull, bb[1], -1);
-    wp = spawn_io(wc, bb[0], cc[1], -1);
+    rp = bench_spawn(rx, b->devnull, bb[1], -1);
+    wp = bench_spawn(wc, bb[0], cc[1], -1);
     close(bb[0]);
     close(bb[1]);
     close(cc[1]);
@@ -658,8 +630,8 @@ static int out_raw4_once(struct bench *b, double *bps)
         bench_sleep_ms(1);
     }
     if (pipe2(a, O_CLOEXEC) == 0) {
-        fp = spawn_io(flood, b->devnull, a[1], -1);
-        tp = spawn_io(tx, a[0], b->devnull, -1);
+        fp = bench_spawn(flood, b->devnull, a[1], -1);
+        tp = bench_spawn(tx, a[0], b->devnull, -1);
         close(a[0]);
         close(a[1]);
     }
@@ -854,8 +826,8 @@ static int in_raw_once(struct bench *b, double *bps, double *cpu, double *self)
     if (pipe_big(p) < 0) {
         return -1;
     }
-    sp = spawn_io(socat, b->devnull, p[1], -1);
-    cp = spawn_io(cat, p[0], b->devnull, -1);
+    sp = bench_spawn(socat, b->devnull, p[1], -1);
+    cp = bench_spawn(cat, p[0], b->devnull, -1);
     close(p[0]);
     close(p[1]);
     if (sp < 0 || cp < 0) {

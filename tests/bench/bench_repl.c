@@ -15,7 +15,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,8 +25,6 @@
 
 #include "bench.h"
 #include "benchcli.h"
-
-extern char **environ;
 
 #define MAX_REPS 16
 
@@ -40,32 +37,6 @@ struct bench {
     uint64_t bytes;
 };
 
-/* posix_spawnp @argv with @in/@out on 0/1 and @out also on 2 (-1: inherit). Returns the pid or
- * -1. */
-static pid_t spawn_io(const char *const *argv, int in, int out)
-{
-    posix_spawn_file_actions_t fa;
-    pid_t pid;
-    int r;
-
-    if (posix_spawn_file_actions_init(&fa) != 0) {
-        return -1;
-    }
-    if ((in >= 0 && posix_spawn_file_actions_adddup2(&fa, in, 0) != 0) ||
-        (out >= 0 && (posix_spawn_file_actions_adddup2(&fa, out, 1) != 0 ||
-                      posix_spawn_file_actions_adddup2(&fa, out, 2) != 0))) {
-        (void)posix_spawn_file_actions_destroy(&fa);
-        return -1;
-    }
-    r = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
-    (void)posix_spawn_file_actions_destroy(&fa); /* cannot fail for an initialised object */
-    if (r != 0) {
-        fprintf(stderr, "bench: spawn %s: %s\n", argv[0], strerror(r));
-        return -1;
-    }
-    return pid;
-}
-
 static int agent_start(struct bench *b, struct bcli *c)
 {
     char addr[160];
@@ -76,7 +47,7 @@ static int agent_start(struct bench *b, struct bcli *c)
     snprintf(addr, sizeof(addr), "unix:%s", b->sock);
     int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
 
-    b->agent_pid = spawn_io(argv, -1, null);
+    b->agent_pid = bench_spawn(argv, -1, null, null);
     if (null >= 0) {
         close(null);
     }
@@ -253,7 +224,7 @@ static int bench_lang(struct bench *b, struct bcli *c, const struct lang *l)
     }
     start_ms = (double)(bench_now_ns() - t0) / 1e6;
     session = bcli_u32(m.result, "session", 0);
-    pid = spawn_io(l->local, in[0], out[1]);
+    pid = bench_spawn(l->local, in[0], out[1], out[1]);
     if (pid < 0) {
         goto out;
     }
@@ -421,7 +392,7 @@ static int local_pty_once(struct bench *b, uint8_t *buf, double *bps)
         }
         return -1;
     }
-    pid = spawn_io(argv, -1, s);
+    pid = bench_spawn(argv, -1, s, s);
     close(s);
     if (pid < 0) {
         close(m);
