@@ -4,6 +4,7 @@ Written from the spec rather than from libsbxproto, so the integration tests als
 agent speaks what the document says. Standard library only.
 """
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -377,6 +378,19 @@ class Agent:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         return -1
+
+    def finish(self, case, conn, *dirs):
+        """A test's tearDown: close @conn (if any), stop the agent (a sanitizer report in its log fails
+        the test), remove @dirs, and fail @case if the agent had died during the test."""
+        alive = self.alive()
+        if conn is not None:
+            conn.close()
+        try:
+            self.stop()
+        finally:
+            for d in dirs:
+                shutil.rmtree(d, ignore_errors=True)
+        case.assertTrue(alive, "the agent died during the test:\n" + self.logtext())
 
     def stop(self):
         if self.proc.poll() is None:

@@ -44,10 +44,7 @@ class AgentCase(unittest.TestCase):
         self.c = self.agent.connect()
 
     def tearDown(self):
-        alive = self.agent.alive()
-        self.c.close()
-        self.agent.stop()
-        self.assertTrue(alive, "the agent died during the test:\n" + self.agent.logtext())
+        self.agent.finish(self, self.c)
 
     def spawn_err(self, params):
         with self.assertRaises(w.RemoteError) as cm:

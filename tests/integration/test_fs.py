@@ -31,11 +31,7 @@ class FsCase(unittest.TestCase):
         os.chmod(self.d, 0o755)
 
     def tearDown(self):
-        alive = self.agent.alive()
-        self.c.close()
-        self.agent.stop()
-        shutil.rmtree(self.d, ignore_errors=True)
-        self.assertTrue(alive, "the agent died during the test:\n" + self.agent.logtext())
+        self.agent.finish(self, self.c, self.d)
 
     def p(self, *parts):
         return os.path.join(self.d, *parts)

@@ -13,7 +13,6 @@ fails the test, so a new method is covered (or noticed) automatically.
 """
 import os
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -172,15 +171,7 @@ class HostileCase(unittest.TestCase):
         self.c = self.agent.connect()
 
     def tearDown(self):
-        alive = self.agent.alive()
-        self.c.close()
-        self.agent.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.assertTrue(alive, "the agent died during the test:\n" + self.agent.logtext())
-        log = self.agent.logtext()
-        # (LeakSanitizer's report at exit is not checked: libarchive leaks on an aborted write.)
-        for bad in ("ERROR: AddressSanitizer", "runtime error:"):
-            self.assertNotIn(bad, log, log[-5000:])
+        self.agent.finish(self, self.c, self.tmp)  # also fails on any sanitizer report
 
     def result(self, conn, method, params):
         """(None, result) or (error map, None); params=NOPARAMS sends a 3-element request."""

@@ -26,11 +26,7 @@ class ReplCase(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="sbx-repl-")
 
     def tearDown(self):
-        alive = self.agent.alive()
-        self.c.close()
-        self.agent.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.assertTrue(alive, "the agent died during the test:\n" + self.agent.logtext())
+        self.agent.finish(self, self.c, self.tmp)
 
     def start(self, language, **kw):
         p = {"language": language}

@@ -5,7 +5,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -112,11 +111,7 @@ class TransferCase(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="sbx-xfer-")
 
     def tearDown(self):
-        alive = self.agent.alive()
-        self.c.close()
-        self.agent.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.assertTrue(alive, "the agent died during the test:\n" + self.agent.logtext())
+        self.agent.finish(self, self.c, self.tmp)
 
     def p(self, *parts):
         return os.path.join(self.tmp, *parts)

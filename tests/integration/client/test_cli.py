@@ -62,9 +62,7 @@ class CliCase(unittest.TestCase):
         wait_for_listen(self.agent.sock)
 
     def tearDown(self):
-        alive = self.agent.alive()
-        self.agent.stop()
-        self.assertTrue(alive, "the agent died during the test:\n" + self.agent.logtext())
+        self.agent.finish(self, None)
 
     def sbx(self, *args, stdin=subprocess.DEVNULL, addr=None, timeout=60, env=None, **kw):
         cmd = [SBX, "-c", addr or self.addr, *args]
