@@ -392,7 +392,7 @@ struct agent_slab *agent_conn_hold(struct agent_conn *c, const uint8_t *data, ui
 {
     const uint8_t *fb = c->framer.buf;
     struct agent_slab *s;
-    uint32_t cap, flen;
+    uint32_t flen;
     uint8_t *buf;
 
     if (len < AGENT_HOLD_MIN) {
@@ -410,17 +410,13 @@ struct agent_slab *agent_conn_hold(struct agent_conn *c, const uint8_t *data, ui
     }
     /* A frame that straddled reads, complete in the framer's buffer: take that buffer and give
      * the framer a recycled one for the next such frame. */
-    cap = c->framer.buf_cap;
     buf = sbx_framer_take(&c->framer, &flen);
-    s = agent_slab_wrap(buf, cap);
+    s = agent_slab_wrap(buf, AGENT_POOLBUF);
     if (s == NULL) {
-        (void)sbx_framer_give(&c->framer, buf, cap);
+        (void)sbx_framer_give(&c->framer, buf, AGENT_POOLBUF);
         return NULL;
     }
-    buf = agent_pool_take(c->a, &cap);
-    if (buf != NULL) {
-        (void)sbx_framer_give(&c->framer, buf, cap); /* cannot fail: the framer has none now */
-    }
+    conn_framer_rebuf(c);
     return s;
 }
 

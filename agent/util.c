@@ -70,18 +70,12 @@ void agent_buf_put(struct agent *a, void *buf)
 
 struct agent_slab *agent_slab_new(struct agent *a)
 {
-    struct agent_slab *s = malloc(sizeof(*s));
+    uint8_t *data = pool_get(a);
+    struct agent_slab *s = data != NULL ? agent_slab_wrap(data, AGENT_POOLBUF) : NULL;
 
-    if (s == NULL) {
-        return NULL;
+    if (s == NULL && data != NULL) {
+        pool_put(a, data);
     }
-    s->data = pool_get(a);
-    if (s->data == NULL) {
-        free(s);
-        return NULL;
-    }
-    s->cap = AGENT_POOLBUF;
-    s->refs = 1;
     return s;
 }
 
