@@ -24,6 +24,7 @@ void sbx_err_clear(struct sbx_err *e)
     e->limit[0] = '\0';
     e->msg[0] = '\0';
     e->sys_errno = 0;
+    e->has_min = e->has_max = false;
     e->path[0] = '\0';
 }
 
@@ -63,6 +64,19 @@ int sbx_err_param(struct sbx_err *e, const char *field, const char *fmt, ...)
     err_vset(e, SBX_E_BAD_PARAM, fmt, ap);
     va_end(ap);
     copy_str(e->field, sizeof(e->field), field);
+    return -1;
+}
+
+int sbx_err_limit(struct sbx_err *e, const char *limit, uint64_t max, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    err_vset(e, SBX_E_LIMIT, fmt, ap);
+    va_end(ap);
+    copy_str(e->limit, sizeof(e->limit), limit);
+    e->max = max;
+    e->has_max = true;
     return -1;
 }
 

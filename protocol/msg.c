@@ -34,6 +34,7 @@ int sbx_msgpack_validate(const uint8_t *buf, size_t len, struct sbx_err *err)
         uint8_t b;
         uint64_t skip = 0;     /* payload bytes after the header */
         uint64_t children = 0; /* elements of a container */
+        bool container = false;
         unsigned hdr = 1;
 
         while (todo[depth] == 0) {
@@ -59,8 +60,10 @@ int sbx_msgpack_validate(const uint8_t *buf, size_t len, struct sbx_err *err)
             /* fixint, nil, bool */
         } else if (b >= 0x80 && b <= 0x8f) {
             children = 2u * (b & 0x0f);
+            container = true;
         } else if (b >= 0x90 && b <= 0x9f) {
             children = b & 0x0f;
+            container = true;
         } else if (b >= 0xa0 && b <= 0xbf) {
             skip = b & 0x1f;
         } else {
@@ -122,8 +125,10 @@ int sbx_msgpack_validate(const uint8_t *buf, size_t len, struct sbx_err *err)
                 hdr += n;
                 if (b == 0xdc || b == 0xdd) {
                     children = v;
+                    container = true;
                 } else if (b == 0xde || b == 0xdf) {
                     children = 2 * v;
+                    container = true;
                 } else {
                     skip = v;
                 }
@@ -139,16 +144,17 @@ int sbx_msgpack_validate(const uint8_t *buf, size_t len, struct sbx_err *err)
                                (unsigned long long)skip, len - pos);
         }
         pos += skip;
+        /* An empty container counts for depth as well (PROTOCOL.md §4.1): msgpack-c has its own
+         * depth limit and would fail on it in a way that cannot be told from out-of-memory. */
+        if (container && depth + 1 > SBX_MSG_MAX_DEPTH) {
+            return sbx_err_set(err, SBX_E_BAD_MESSAGE, "nesting deeper than %u", SBX_MSG_MAX_DEPTH);
+        }
         if (children > 0) {
             if (children > len - pos) {
                 return sbx_err_set(
                     err, SBX_E_BAD_MESSAGE,
                     "container at byte %zu claims %llu elements but %zu bytes remain", pos - hdr,
                     (unsigned long long)children, len - pos);
-            }
-            if (depth + 1 > SBX_MSG_MAX_DEPTH) {
-                return sbx_err_set(err, SBX_E_BAD_MESSAGE, "nesting deeper than %u",
-                                   SBX_MSG_MAX_DEPTH);
             }
             todo[++depth] = children;
         }
@@ -276,13 +282,36 @@ static int decode_params(const msgpack_object *o, struct sbx_msg *m, struct sbx_
     return 0;
 }
 
-/* Best effort: find the id of something that starts like a request, for the error reply. */
+/*
+ * Find the id of something that starts like a request, for an addressed error reply (PROTOCOL.md
+ * §3.3): an array header announcing at least 2 elements, the fixint 0, then an unsigned integer
+ * that fits in u32, all of it complete. Whatever follows may be broken.
+ */
 static void sniff_request_id(const uint8_t *buf, size_t len, struct sbx_msg *m)
 {
-    uint64_t id;
+    uint64_t count, id;
+    size_t off;
 
-    if (len >= 3 && buf[0] == 0x94 && buf[1] == 0x00 && read_uint(buf + 2, len - 2, &id) > 0 &&
-        id <= UINT32_MAX) {
+    if (len < 1) {
+        return;
+    }
+    if (buf[0] >= 0x90 && buf[0] <= 0x9f) {
+        count = buf[0] & 0x0f;
+        off = 1;
+    } else if (buf[0] == 0xdc && len >= 3) {
+        count = be(buf + 1, 2);
+        off = 3;
+    } else if (buf[0] == 0xdd && len >= 5) {
+        count = be(buf + 1, 4);
+        off = 5;
+    } else {
+        return;
+    }
+    if (count < 2 || off >= len || buf[off] != 0x00) {
+        return;
+    }
+    off++;
+    if (read_uint(buf + off, len - off, &id) > 0 && id <= UINT32_MAX) {
         m->kind = SBX_MSG_REQUEST;
         m->id = (uint32_t)id;
         m->id_valid = true;
@@ -314,13 +343,14 @@ int sbx_msg_decode(struct sbx_decoder *d, const uint8_t *buf, size_t len, struct
     msgpack_zone_clear(&d->zone);
     ur = msgpack_unpack((const char *)buf, len, &off, &d->zone, &m->root);
     if (ur == MSGPACK_UNPACK_NOMEM_ERROR) {
+        sniff_request_id(buf, len, m);
         return sbx_err_set(err, SBX_E_INTERNAL, "out of memory decoding a message");
     }
     if (ur != MSGPACK_UNPACK_SUCCESS || off != len) {
+        sniff_request_id(buf, len, m);
         return sbx_err_set(err, SBX_E_BAD_MESSAGE, "invalid msgpack");
     }
-    if (m->root.type != MSGPACK_OBJECT_ARRAY || m->root.via.array.size < 3 ||
-        m->root.via.array.size > 4) {
+    if (m->root.type != MSGPACK_OBJECT_ARRAY || m->root.via.array.size < 2) {
         return sbx_err_set(err, SBX_E_BAD_MESSAGE, "a message is an array of 3 or 4 elements");
     }
     a = m->root.via.array.ptr;
@@ -329,6 +359,9 @@ int sbx_msg_decode(struct sbx_decoder *d, const uint8_t *buf, size_t len, struct
         return sbx_err_set(err, SBX_E_BAD_MESSAGE, "unknown message kind");
     }
     m->kind = (int)a[0].via.u64;
+    if (m->kind != SBX_MSG_REQUEST && (n < 3 || n > 4)) {
+        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "a message is an array of 3 or 4 elements");
+    }
     switch (m->kind) {
     case SBX_MSG_REQUEST:
         /* The id first, so a request with params missing gets an addressed error response. */
@@ -666,6 +699,16 @@ void sbx_err_from_obj(const msgpack_object *o, struct sbx_err *e)
             e->path[len] = '\0';
         }
     }
+    n = sbx_obj_get(o, "min");
+    if (n != NULL && n->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        e->min = n->via.u64;
+        e->has_min = true;
+    }
+    n = sbx_obj_get(o, "max");
+    if (n != NULL && n->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        e->max = n->via.u64;
+        e->has_max = true;
+    }
     n = sbx_obj_get(o, "errno");
     if (n != NULL && n->type == MSGPACK_OBJECT_POSITIVE_INTEGER && n->via.u64 < 4096) {
         e->sys_errno = (int)n->via.u64;
@@ -738,8 +781,9 @@ int sbx_out_end(struct sbx_out *o, struct sbx_err *err)
     }
     if (len > SBX_FRAME_MAX) {
         o->sb.size = o->start;
-        return sbx_err_set(err, SBX_E_LIMIT, "message of %zu bytes exceeds the %u-byte frame cap",
-                           len, SBX_FRAME_MAX);
+        return sbx_err_limit(err, "frame_max", SBX_FRAME_MAX,
+                             "message of %zu bytes exceeds the %u-byte frame cap", len,
+                             SBX_FRAME_MAX);
     }
     sbx_frame_put_len((uint8_t *)o->sb.data + o->start, (uint32_t)len);
     return 0;
@@ -750,9 +794,100 @@ void sbx_pack_cstr(msgpack_packer *pk, const char *s)
     sbx_pack_strn(pk, s, strlen(s));
 }
 
+/*
+ * Length of the valid UTF-8 sequence at @s (1..4), or 0 when the byte there starts none: a stray
+ * continuation byte, an overlong form, a surrogate, a code point past U+10FFFF or a sequence cut
+ * short by the end of the string.
+ */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t k;
+    uint32_t cp;
+
+    if (c < 0x80) {
+        return 1;
+    }
+    if (c >= 0xc2 && c <= 0xdf) {
+        k = 1;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        k = 2;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        k = 3;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (n - 1 < k) {
+        return 0;
+    }
+    for (size_t j = 1; j <= k; j++) {
+        if ((s[j] & 0xc0) != 0x80) {
+            return 0;
+        }
+        cp = cp << 6 | (s[j] & 0x3f);
+    }
+    if ((k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) || cp > 0x10ffff ||
+        (cp >= 0xd800 && cp <= 0xdfff)) {
+        return 0;
+    }
+    return k + 1;
+}
+
+/* Bytes of @s once every byte that starts no valid sequence is replaced by U+FFFD (3 bytes). */
+static size_t utf8_fixed_len(const char *s, size_t n, bool *valid)
+{
+    size_t i = 0, out = 0;
+
+    *valid = true;
+    while (i < n) {
+        size_t k = utf8_seq((const unsigned char *)s + i, n - i);
+        if (k == 0) {
+            *valid = false;
+            out += 3;
+            i++;
+        } else {
+            out += k;
+            i += k;
+        }
+    }
+    return out;
+}
+
 void sbx_pack_strn(msgpack_packer *pk, const char *s, size_t n)
 {
-    (void)msgpack_pack_str_with_body(pk, s, n); /* failures are sticky, see out_write */
+    static const char fffd[3] = { (char)0xef, (char)0xbf, (char)0xbd };
+    size_t i = 0, run = 0;
+    bool valid;
+    size_t len = utf8_fixed_len(s, n, &valid);
+
+    /* Failures are sticky, see out_write. */
+    if (valid) {
+        (void)msgpack_pack_str_with_body(pk, s, n);
+        return;
+    }
+    /* A str is UTF-8 on the wire, whatever was formatted into it (PROTOCOL.md §4.4): a path or a
+     * peer string quoted in a message must not make a strict client reject the whole frame. */
+    (void)msgpack_pack_str(pk, len);
+    while (i < n) {
+        size_t k = utf8_seq((const unsigned char *)s + i, n - i);
+        if (k != 0) {
+            run += k;
+            i += k;
+            continue;
+        }
+        if (run > 0) {
+            (void)msgpack_pack_str_body(pk, s + i - run, run);
+            run = 0;
+        }
+        (void)msgpack_pack_str_body(pk, fffd, sizeof(fffd));
+        i++;
+    }
+    if (run > 0) {
+        (void)msgpack_pack_str_body(pk, s + n - run, run);
+    }
 }
 
 void sbx_pack_bin(msgpack_packer *pk, const void *p, size_t n)
@@ -773,44 +908,14 @@ void sbx_hex(const uint8_t *p, size_t n, char *out)
 
 bool sbx_utf8_valid(const char *str, size_t n)
 {
-    const unsigned char *s = (const unsigned char *)str;
     size_t i = 0;
 
     while (i < n) {
-        unsigned char c = s[i];
-        size_t k;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf) {
-            k = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            k = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            k = 3;
-            cp = c & 0x07;
-        } else {
+        size_t k = utf8_seq((const unsigned char *)str + i, n - i);
+        if (k == 0) {
             return false;
         }
-        if (n - i - 1 < k) {
-            return false;
-        }
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xc0) != 0x80) {
-                return false;
-            }
-            cp = cp << 6 | (s[i + j] & 0x3f);
-        }
-        /* No overlong forms, surrogates or code points past U+10FFFF. */
-        if ((k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) || cp > 0x10ffff ||
-            (cp >= 0xd800 && cp <= 0xdfff)) {
-            return false;
-        }
-        i += k + 1;
+        i += k;
     }
     return true;
 }
@@ -818,7 +923,7 @@ bool sbx_utf8_valid(const char *str, size_t n)
 void sbx_pack_bstr(msgpack_packer *pk, const char *s, size_t n)
 {
     if (sbx_utf8_valid(s, n)) {
-        sbx_pack_strn(pk, s, n);
+        (void)msgpack_pack_str_with_body(pk, s, n);
     } else {
         sbx_pack_bin(pk, s, n);
     }
@@ -850,7 +955,7 @@ void sbx_pack_notify_head(msgpack_packer *pk, const char *method)
 void sbx_pack_err(msgpack_packer *pk, const struct sbx_err *e)
 {
     uint32_t n = 2 + (e->sys_errno != 0) + (e->stage[0] != '\0') + (e->field[0] != '\0') +
-                 (e->limit[0] != '\0') + (e->path[0] != '\0');
+                 (e->limit[0] != '\0') + (e->path[0] != '\0') + e->has_min + e->has_max;
 
     (void)msgpack_pack_map(pk, n);
     sbx_pack_kv_str(pk, "code", e->code[0] ? e->code : SBX_E_INTERNAL);
@@ -866,6 +971,12 @@ void sbx_pack_err(msgpack_packer *pk, const struct sbx_err *e)
     }
     if (e->limit[0] != '\0') {
         sbx_pack_kv_str(pk, "limit", e->limit);
+    }
+    if (e->has_min) {
+        sbx_pack_kv_u64(pk, "min", e->min);
+    }
+    if (e->has_max) {
+        sbx_pack_kv_u64(pk, "max", e->max);
     }
     if (e->path[0] != '\0') {
         sbx_pack_cstr(pk, "path");

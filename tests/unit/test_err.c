@@ -39,7 +39,7 @@ static void test_err_sys(void **state)
 static void test_err_param_truncates(void **state)
 {
     struct sbx_err e;
-    char big[1000];
+    char big[SBX_ERR_MSG_MAX + 100];
 
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';

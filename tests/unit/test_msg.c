@@ -300,6 +300,60 @@ static void test_depth_limit(void **state)
     assert_non_null(strstr(fx->err.msg, "nesting"));
 }
 
+static void test_depth_limit_empty_containers(void **state)
+{
+    struct fx *fx = *state;
+    static const uint8_t empties[] = { 0x90, 0x80 }; /* [] and {} */
+    uint8_t buf[64];
+
+    /* An empty container counts for depth too (PROTOCOL.md §4.1): 31 arrays around it is depth
+     * 32, 32 arrays around it is 33. */
+    for (size_t k = 0; k < sizeof(empties); k++) {
+        memset(buf, 0x91, 32);
+        buf[31] = empties[k];
+        assert_int_equal(sbx_msgpack_validate(buf, 32, &fx->err), 0);
+        buf[31] = 0x91;
+        buf[32] = empties[k];
+        assert_int_equal(sbx_msgpack_validate(buf, 33, &fx->err), -1);
+        assert_non_null(strstr(fx->err.msg, "nesting"));
+    }
+}
+
+/* A request whose id can be read gets an addressed answer whatever is wrong after it (§3.3). */
+static void test_request_id_readable(void **state)
+{
+    struct fx *fx = *state;
+    /* [0, 21, "ping", {}, 1]: five elements */
+    static const uint8_t five[] = { 0x95, 0x00, 21, 0xa4, 'p', 'i', 'n', 'g', 0x80, 0x01 };
+    /* the same in an array16 header */
+    static const uint8_t five16[] = { 0xdc, 0x00, 0x05, 0x00, 0xcd, 0x01, 0x00,
+                                      0xa4, 'p',  'i',  'n',  'g',  0x80, 0x01 };
+    /* [0, 7]: two elements */
+    static const uint8_t two[] = { 0x92, 0x00, 0x07 };
+    /* [0, 9, "ping", {"x": [[...[]...]]}] nested too deep, empty innermost */
+    uint8_t deep[64] = { 0x94, 0x00, 0x09, 0xa4, 'p', 'i', 'n', 'g', 0x81, 0xa1, 'x' };
+    size_t n = 11;
+
+    assert_int_equal(sbx_msg_decode(&fx->dec, five, sizeof(five), &fx->m, &fx->err), -1);
+    assert_true(fx->m.id_valid);
+    assert_int_equal(fx->m.id, 21);
+    assert_string_equal(fx->err.code, SBX_E_BAD_MESSAGE);
+    assert_int_equal(sbx_msg_decode(&fx->dec, five16, sizeof(five16), &fx->m, &fx->err), -1);
+    assert_true(fx->m.id_valid);
+    assert_int_equal(fx->m.id, 256);
+    assert_int_equal(sbx_msg_decode(&fx->dec, two, sizeof(two), &fx->m, &fx->err), -1);
+    assert_true(fx->m.id_valid);
+    assert_int_equal(fx->m.id, 7);
+    for (unsigned i = 0; i < 31; i++) { /* params map is depth 2, so 31 more arrays: 33 */
+        deep[n++] = 0x91;
+    }
+    deep[n - 1] = 0x90;
+    assert_int_equal(sbx_msg_decode(&fx->dec, deep, n, &fx->m, &fx->err), -1);
+    assert_true(fx->m.id_valid);
+    assert_int_equal(fx->m.id, 9);
+    assert_string_equal(fx->err.code, SBX_E_BAD_MESSAGE);
+}
+
 static void test_object_limit(void **state)
 {
     struct fx *fx = *state;
@@ -547,6 +601,71 @@ static void test_bstr_and_utf8(void **state)
     EXPECT_BAD(sbx_param_bstr(fx->m.params, "a", SBX_REQUIRED, buf, 2, &fx->err), "a");
 }
 
+/* Every str the encoder writes is UTF-8 (§4.4): bad bytes become U+FFFD, good text is kept. */
+static void test_str_always_utf8(void **state)
+{
+    struct fx *fx = *state;
+    msgpack_packer *pk = &fx->out.pk;
+    const msgpack_object *o;
+
+    sbx_out_begin(&fx->out);
+    sbx_pack_notify_head(pk, "t");
+    msgpack_pack_map(pk, 3);
+    sbx_pack_cstr(pk, "a");
+    sbx_pack_strn(pk, "h\xc3\xa9 \xff/x\xe2\x82", 9); /* é, a stray byte, a cut € */
+    sbx_pack_cstr(pk, "b");
+    sbx_pack_cstr(pk, "caf\xc3\xa9");
+    sbx_pack_cstr(pk, "c");
+    sbx_pack_strn(pk, "\xc0\xaf", 2); /* overlong: two bad bytes */
+    assert_int_equal(sbx_out_end(&fx->out, &fx->err), 0);
+    assert_int_equal(decode_out(fx), 0);
+    o = sbx_obj_get(fx->m.params, "a");
+    assert_int_equal(o->type, MSGPACK_OBJECT_STR);
+    assert_int_equal(o->via.str.size, 15);
+    assert_memory_equal(o->via.str.ptr, "h\xc3\xa9 \xef\xbf\xbd/x\xef\xbf\xbd\xef\xbf\xbd", 15);
+    o = sbx_obj_get(fx->m.params, "b");
+    assert_int_equal(o->via.str.size, 5);
+    assert_memory_equal(o->via.str.ptr, "caf\xc3\xa9", 5);
+    o = sbx_obj_get(fx->m.params, "c");
+    assert_int_equal(o->via.str.size, 6);
+    assert_true(sbx_utf8_valid(o->via.str.ptr, o->via.str.size));
+}
+
+/* LIMIT carries limit and max, VERSION min and max, and they survive a round trip (§7.1). */
+static void test_err_range_fields(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_err e, back;
+
+    sbx_err_limit(&e, "max_streams", 4096, "too many");
+    sbx_out_begin(&fx->out);
+    sbx_pack_error_response(&fx->out.pk, 3, &e);
+    assert_int_equal(sbx_out_end(&fx->out, &fx->err), 0);
+    assert_int_equal(decode_out(fx), 0);
+    sbx_err_from_obj(fx->m.error, &back);
+    assert_string_equal(back.code, SBX_E_LIMIT);
+    assert_string_equal(back.limit, "max_streams");
+    assert_true(back.has_max);
+    assert_int_equal(back.max, 4096);
+    assert_false(back.has_min);
+
+    sbx_err_set(&e, SBX_E_VERSION, "no");
+    e.min = 1;
+    e.max = 1;
+    e.has_min = e.has_max = true;
+    sbx_out_reset(&fx->out);
+    sbx_out_begin(&fx->out);
+    sbx_pack_error_response(&fx->out.pk, 4, &e);
+    assert_int_equal(sbx_out_end(&fx->out, &fx->err), 0);
+    assert_int_equal(decode_out(fx), 0);
+    sbx_err_from_obj(fx->m.error, &back);
+    assert_true(back.has_min && back.has_max);
+    assert_int_equal(back.min, 1);
+    assert_int_equal(back.max, 1);
+    assert_non_null(sbx_obj_get(fx->m.error, "min"));
+    assert_null(sbx_obj_get(fx->m.error, "limit"));
+}
+
 static void test_byte_example(void **state)
 {
     /* PROTOCOL.md's example: "hi" on stream 5 is 00 00 00 07 93 03 05 c4 02 68 69. */
@@ -569,6 +688,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hostile_headers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_container_claims_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_depth_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_depth_limit_empty_containers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_request_id_readable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_str_always_utf8, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_err_range_fields, setup, teardown),
         cmocka_unit_test_setup_teardown(test_object_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_trailing_and_shape, setup, teardown),
         cmocka_unit_test_setup_teardown(test_accessors_wrong_types, setup, teardown),

@@ -9,11 +9,12 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define SBX_ERR_CODE_MAX  24
 #define SBX_ERR_STAGE_MAX 16
 #define SBX_ERR_FIELD_MAX 48
-#define SBX_ERR_MSG_MAX   256
+#define SBX_ERR_MSG_MAX   1024
 #define SBX_ERR_PATH_MAX  4097 /* a path of up to 4096 bytes (PROTOCOL.md §23) and its NUL */
 
 /* Protocol error codes (PROTOCOL.md "Error object"). OS errors use errno names instead. */
@@ -41,6 +42,8 @@ struct sbx_err {
     char limit[SBX_ERR_FIELD_MAX]; /* optional, with LIMIT: which cap, e.g. "max_procs" */
     char msg[SBX_ERR_MSG_MAX];     /* human-readable, one line */
     int sys_errno;                 /* optional: Linux errno number, 0 if none */
+    bool has_min, has_max;         /* whether min / max below are set */
+    uint64_t min, max;             /* optional: VERSION's range (both); LIMIT's cap (max) */
     char path[SBX_ERR_PATH_MAX];   /* optional: file-system errors, the path acted on ("" none) */
 };
 
@@ -57,6 +60,10 @@ int sbx_err_set(struct sbx_err *e, const char *code, const char *fmt, ...)
 /* Set BAD_PARAM naming @field. Returns -1. */
 int sbx_err_param(struct sbx_err *e, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Set LIMIT naming the cap @limit (PROTOCOL.md §23) and its value @max. Returns -1. */
+int sbx_err_limit(struct sbx_err *e, const char *limit, uint64_t max, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /*
  * Set an OS error: code is the errno name (e.g. "ENOENT"), msg is "<fmt>: <strerror>", stage is

@@ -25,21 +25,24 @@
 #define SBX_STREAM_DATA_HDR_MAX 16u          /* frame length + [3, stream, bin32 header] */
 
 /* Strings and arrays in requests. */
-#define SBX_METHOD_MAX    64u
-#define SBX_PATH_MAX      4096u
-#define SBX_ARGV_MAX      4096u
-#define SBX_ARG_MAX       (128u << 10)
-#define SBX_ENV_MAX       4096u
-#define SBX_ENV_NAME_MAX  256u
-#define SBX_ENV_VAL_MAX   (128u << 10)
-#define SBX_ENV_BYTES_MAX (1u << 20) /* total size of the base environment */
-#define SBX_GROUPS_MAX    64u
-#define SBX_TAG_MAX       256u
-#define SBX_TOKEN_MAX     256u
-#define SBX_CAPS_MAX      64u
+#define SBX_METHOD_MAX       64u
+#define SBX_PATH_MAX         4096u
+#define SBX_ARGV_MAX         4096u
+#define SBX_ARG_MAX          (128u << 10)
+#define SBX_ENV_MAX          4096u
+#define SBX_ENV_NAME_MAX     256u
+#define SBX_ENV_VAL_MAX      (128u << 10)
+#define SBX_ENV_BYTES_MAX    (1u << 20) /* total size of the base environment */
+#define SBX_GROUPS_MAX       64u
+#define SBX_TAG_MAX          256u
+#define SBX_TOKEN_MAX        256u
+#define SBX_CAPS_MAX         64u  /* hello: capabilities a client may list */
+#define SBX_HELLO_CAP_MAX    64u  /* hello: bytes of one capability name */
+#define SBX_HELLO_CLIENT_MAX 256u /* hello: bytes of the client name */
 
 /* Agent-wide caps. */
 #define SBX_MAX_CONNS             64u
+#define SBX_MAX_PENDING           4096u        /* outstanding requests per connection */
 #define SBX_MAX_STREAMS           4096u        /* open streams per connection */
 #define SBX_MAX_PROCS             1024u        /* processes tracked: running + exit records */
 #define SBX_REPLAY_MAX            (64u << 10)  /* per-stream buffer kept while nobody reads */
