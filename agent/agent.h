@@ -139,6 +139,9 @@ struct agent_stream {
     bool cancelled;
 };
 
+/* 0 when @n more streams can be created on @c now, else -1 with LIMIT (max_streams or stream_ids)
+ * in @err. Methods that create several streams check this first, so they create all or none. */
+int agent_stream_reserve(const struct agent_conn *c, uint32_t n, struct sbx_err *err);
 struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_dir dir,
                                       struct agent_pipe *p, struct sbx_err *err);
 struct agent_stream *agent_stream_find(struct agent_conn *c, uint32_t id);
@@ -205,6 +208,7 @@ struct agent_conn {
     uint32_t next_stream;
     uint32_t next_pack; /* pack.create job ids */
     unsigned nstreams;
+    uint32_t pending; /* requests received and not yet answered (max_pending, §5.1) */
     struct agent_link streams;
     struct sbx_framer framer;
     struct sbx_decoder dec;
@@ -240,6 +244,8 @@ void agent_conn_send_data(struct agent_conn *c, uint32_t stream, void *buf, uint
 void agent_conn_reply_error(struct agent_conn *c, uint32_t id, const struct sbx_err *e);
 /* [1, id, nil, {}] */
 void agent_conn_reply_empty(struct agent_conn *c, uint32_t id);
+/* Refuse a new connection: send @e as an error notification, close once it is written. */
+void agent_conn_refuse(struct agent_conn *c, const struct sbx_err *e);
 
 /* --- processes ---------------------------------------------------------------------------- */
 

@@ -158,15 +158,61 @@ msgpack_packer *agent_conn_begin(struct agent_conn *c)
     return &c->out.pk;
 }
 
+/*
+ * The request id of the response encoded in @c's scratch buffer, or -1 when the message there is
+ * not a response. Every way of answering a request (direct, deferred, error) ends here, whoever
+ * encoded it, so the envelope bytes are read back rather than trusted to each caller: the
+ * response head is [1, id, ...] with the id in msgpack's shortest unsigned form.
+ */
+static int64_t out_response_id(const struct agent_conn *c)
+{
+    const uint8_t *p = (const uint8_t *)c->out.sb.data + c->out.start + SBX_FRAME_HDR;
+    size_t n = c->out.sb.size - c->out.start - SBX_FRAME_HDR;
+    unsigned w;
+
+    if (n < 3 || p[0] != 0x94 || p[1] != SBX_MSG_RESPONSE) {
+        return -1;
+    }
+    if (p[2] <= 0x7f) {
+        return p[2];
+    }
+    if (p[2] < 0xcc || p[2] > 0xce) {
+        return -1;
+    }
+    w = 1u << (p[2] - 0xcc);
+    if (n < 3 + w) {
+        return -1;
+    }
+    {
+        uint32_t id = 0;
+        for (unsigned i = 0; i < w; i++) {
+            id = id << 8 | p[3 + i];
+        }
+        return id;
+    }
+}
+
 void agent_conn_send(struct agent_conn *c)
 {
     struct sbx_err err;
     struct write_req *wr;
+    int64_t rid = c->out.sb.size >= c->out.start + SBX_FRAME_HDR ? out_response_id(c) : -1;
     uv_buf_t buf;
 
     if (sbx_out_end(&c->out, &err) < 0) {
         agent_log("conn %u: dropping an outgoing message: %s", c->num, err.msg);
-        return;
+        if (rid < 0) {
+            return;
+        }
+        /* A result that does not fit a frame is replaced by the error (PROTOCOL.md §5.2), so the
+         * request is still answered; the error itself always fits. */
+        sbx_pack_error_response(agent_conn_begin(c), (uint32_t)rid, &err);
+        if (sbx_out_end(&c->out, &err) < 0) {
+            return;
+        }
+    }
+    if (rid >= 0 && c->pending > 0) {
+        c->pending--;
     }
     wr = calloc(1, sizeof(*wr));
     if (wr == NULL) {
@@ -240,6 +286,15 @@ static void conn_notify_error(struct agent_conn *c, const struct sbx_err *e)
     agent_conn_send(c);
 }
 
+void agent_conn_refuse(struct agent_conn *c, const struct sbx_err *e)
+{
+    conn_notify_error(c, e);
+    c->close_after_flush = true;
+    if (c->queued == 0) {
+        agent_conn_close(c); /* the notification could not even be queued */
+    }
+}
+
 static void conn_handle_frame(struct agent_conn *c, const uint8_t *buf, uint32_t len)
 {
     struct sbx_msg m;
@@ -252,6 +307,7 @@ static void conn_handle_frame(struct agent_conn *c, const uint8_t *buf, uint32_t
             return;
         }
         if (m.id_valid) {
+            c->pending++; /* answered at once: the reply uncounts it */
             agent_conn_reply_error(c, m.id, &err);
         } else {
             conn_notify_error(c, &err);
@@ -260,6 +316,13 @@ static void conn_handle_frame(struct agent_conn *c, const uint8_t *buf, uint32_t
     }
     switch (m.kind) {
     case SBX_MSG_REQUEST:
+        /* Counted until answered; its response, whatever path sends it, uncounts it. */
+        if (++c->pending > SBX_MAX_PENDING) {
+            sbx_err_limit(&err, "max_pending", SBX_MAX_PENDING,
+                          "more than %u requests outstanding on this connection", SBX_MAX_PENDING);
+            agent_conn_reply_error(c, m.id, &err);
+            return;
+        }
         if (!c->hello_done && !sbx_msg_method_is(&m, "hello")) {
             sbx_err_set(&err, SBX_E_HELLO_REQUIRED, "the first request must be hello");
             agent_conn_reply_error(c, m.id, &err);

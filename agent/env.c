@@ -318,10 +318,10 @@ void agent_env_set(struct agent_conn *c, const struct sbx_msg *m)
         }
     }
     if (count > SBX_ENV_MAX || bytes > SBX_ENV_BYTES_MAX) {
-        sbx_err_set(&err, SBX_E_LIMIT, "the base environment would exceed %u variables or %u bytes",
-                    SBX_ENV_MAX, SBX_ENV_BYTES_MAX);
-        snprintf(err.limit, sizeof(err.limit), "%s",
-                 count > SBX_ENV_MAX ? "env_count" : "env_bytes");
+        sbx_err_limit(&err, count > SBX_ENV_MAX ? "env_count" : "env_bytes",
+                      count > SBX_ENV_MAX ? SBX_ENV_MAX : SBX_ENV_BYTES_MAX,
+                      "the base environment would exceed %u variables or %u bytes", SBX_ENV_MAX,
+                      SBX_ENV_BYTES_MAX);
         agent_conn_reply_error(c, m->id, &err);
         return;
     }

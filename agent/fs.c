@@ -435,9 +435,8 @@ void agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m)
             return;
         }
         if (fs->ncursors >= SBX_FS_CURSORS_MAX) {
-            sbx_err_set(&err, SBX_E_LIMIT, "too many open readdir cursors (cap %u)",
-                        SBX_FS_CURSORS_MAX);
-            (void)snprintf(err.limit, sizeof(err.limit), "max_cursors");
+            sbx_err_limit(&err, "max_cursors", SBX_FS_CURSORS_MAX,
+                          "too many open readdir cursors (cap %u)", SBX_FS_CURSORS_MAX);
             reply_error(c, m, &err);
             return;
         }
@@ -1311,6 +1310,10 @@ void agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m)
 
 /* --- file handles -------------------------------------------------------------------------- */
 
+/*
+ * The handle the `fh` param names. Handlers call it after every other param has been checked, so
+ * a bad param wins over an unknown handle (PROTOCOL.md §7.2).
+ */
 static struct fs_handle *fh_find(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     uint64_t id;
@@ -1407,8 +1410,8 @@ void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m)
     }
     flags |= rd && wr ? O_RDWR : wr ? O_WRONLY : O_RDONLY;
     if (fs->nfh >= SBX_FS_HANDLES_MAX) {
-        sbx_err_set(&err, SBX_E_LIMIT, "too many open file handles (cap %u)", SBX_FS_HANDLES_MAX);
-        (void)snprintf(err.limit, sizeof(err.limit), "max_handles");
+        sbx_err_limit(&err, "max_handles", SBX_FS_HANDLES_MAX,
+                      "too many open file handles (cap %u)", SBX_FS_HANDLES_MAX);
         reply_error(c, m, &err);
         return;
     }
@@ -1455,15 +1458,16 @@ void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m)
 void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
-    struct fs_handle *h = fh_find(c, m, &err);
+    struct fs_handle *h = NULL;
     uint64_t len, off = 0;
     int r;
     ssize_t n;
     void *buf;
     msgpack_packer *pk;
 
-    if (h == NULL || sbx_param_u64(m->params, "len", SBX_REQUIRED, 1, UINT64_MAX, &len, &err) < 0 ||
-        (r = sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &off, &err)) < 0) {
+    if (sbx_param_u64(m->params, "len", SBX_REQUIRED, 1, UINT64_MAX, &len, &err) < 0 ||
+        (r = sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &off, &err)) < 0 ||
+        (h = fh_find(c, m, &err)) == NULL) {
         reply_error(c, m, &err);
         return;
     }
@@ -1497,15 +1501,14 @@ void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m)
 void agent_fs_write(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
-    struct fs_handle *h = fh_find(c, m, &err);
+    struct fs_handle *h;
     const uint8_t *data;
     size_t len;
     uint64_t off = 0;
     int r;
     ssize_t n;
 
-    if (h == NULL ||
-        sbx_param_bin(m->params, "data", SBX_REQUIRED, SBX_FRAME_MAX, &data, &len, &err) < 0 ||
+    if (sbx_param_bin(m->params, "data", SBX_REQUIRED, SBX_FRAME_MAX, &data, &len, &err) < 0 ||
         (r = sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &off, &err)) < 0) {
         reply_error(c, m, &err);
         return;
@@ -1515,10 +1518,14 @@ void agent_fs_write(struct agent_conn *c, const struct sbx_msg *m)
         reply_error(c, m, &err);
         return;
     }
+    h = fh_find(c, m, &err);
+    if (h == NULL) {
+        reply_error(c, m, &err);
+        return;
+    }
     if (len > SBX_STREAM_CHUNK_MAX) {
-        sbx_err_set(&err, SBX_E_LIMIT, "data is longer than chunk_max (%u bytes)",
-                    SBX_STREAM_CHUNK_MAX);
-        (void)snprintf(err.limit, sizeof(err.limit), "chunk_max");
+        sbx_err_limit(&err, "chunk_max", SBX_STREAM_CHUNK_MAX,
+                      "data is longer than chunk_max (%u bytes)", SBX_STREAM_CHUNK_MAX);
         reply_error(c, m, &err);
         return;
     }
@@ -1536,14 +1543,13 @@ void agent_fs_write(struct agent_conn *c, const struct sbx_msg *m)
 void agent_fs_seek(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
-    struct fs_handle *h = fh_find(c, m, &err);
+    struct fs_handle *h;
     int64_t off;
     char whence[8] = "set";
     int wh;
     off_t pos;
 
-    if (h == NULL ||
-        sbx_param_i64(m->params, "offset", SBX_REQUIRED, INT64_MIN, INT64_MAX, &off, &err) < 0 ||
+    if (sbx_param_i64(m->params, "offset", SBX_REQUIRED, INT64_MIN, INT64_MAX, &off, &err) < 0 ||
         sbx_param_cstr(m->params, "whence", SBX_OPTIONAL, whence, sizeof(whence), &err) < 0) {
         reply_error(c, m, &err);
         return;
@@ -1556,6 +1562,11 @@ void agent_fs_seek(struct agent_conn *c, const struct sbx_msg *m)
         wh = SEEK_END;
     } else {
         sbx_err_param(&err, "whence", "whence must be \"set\", \"cur\" or \"end\"");
+        reply_error(c, m, &err);
+        return;
+    }
+    h = fh_find(c, m, &err);
+    if (h == NULL) {
         reply_error(c, m, &err);
         return;
     }
@@ -1589,10 +1600,11 @@ void agent_fs_fstat(struct agent_conn *c, const struct sbx_msg *m)
 void agent_fs_fsync(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
-    struct fs_handle *h = fh_find(c, m, &err);
+    struct fs_handle *h = NULL;
     bool data_only = false;
 
-    if (h == NULL || sbx_param_bool(m->params, "data_only", SBX_OPTIONAL, &data_only, &err) < 0) {
+    if (sbx_param_bool(m->params, "data_only", SBX_OPTIONAL, &data_only, &err) < 0 ||
+        (h = fh_find(c, m, &err)) == NULL) {
         reply_error(c, m, &err);
         return;
     }
@@ -1607,11 +1619,11 @@ void agent_fs_fsync(struct agent_conn *c, const struct sbx_msg *m)
 void agent_fs_ftruncate(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
-    struct fs_handle *h = fh_find(c, m, &err);
+    struct fs_handle *h = NULL;
     uint64_t size = 0;
 
-    if (h == NULL ||
-        sbx_param_u64(m->params, "size", SBX_OPTIONAL, 0, INT64_MAX, &size, &err) < 0) {
+    if (sbx_param_u64(m->params, "size", SBX_OPTIONAL, 0, INT64_MAX, &size, &err) < 0 ||
+        (h = fh_find(c, m, &err)) == NULL) {
         reply_error(c, m, &err);
         return;
     }

@@ -450,8 +450,8 @@ static int walk_push(struct agent_fswalk *w, int dfd, const char *name, bool nof
 
     if (w->top >= SBX_FS_WALK_OPEN_MAX) {
         free(sets);
-        sbx_err_set(e, SBX_E_LIMIT, "the walk is %u directories deep", SBX_FS_WALK_OPEN_MAX);
-        (void)snprintf(e->limit, sizeof(e->limit), "walk_depth");
+        sbx_err_limit(e, "walk_depth", SBX_FS_WALK_OPEN_MAX, "the walk is %u directories deep",
+                      SBX_FS_WALK_OPEN_MAX);
         sbx_err_set_path(e, w->path);
         return -1;
     }
@@ -814,6 +814,12 @@ static void walk_start(struct agent_conn *c, const struct sbx_msg *m, struct age
     struct stat st;
     msgpack_packer *pk;
 
+    /* The stream cap before the file system (PROTOCOL.md §7.2); the stream is made last. */
+    if (agent_stream_reserve(c, 1, &err) < 0) {
+        agent_conn_reply_error(c, m->id, &err);
+        walk_free(w);
+        return;
+    }
     errno = 0;
     if (stat(w->rootabs, &st) < 0 || !S_ISDIR(st.st_mode)) {
         int errnum = errno;

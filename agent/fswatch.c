@@ -511,9 +511,8 @@ void agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m)
         return;
     }
     if (fw_count(fw) >= SBX_FS_WATCHES_MAX) {
-        sbx_err_set(&err, SBX_E_LIMIT, "too many watches on this connection (cap %u)",
-                    SBX_FS_WATCHES_MAX);
-        (void)snprintf(err.limit, sizeof(err.limit), "max_watches");
+        sbx_err_limit(&err, "max_watches", SBX_FS_WATCHES_MAX,
+                      "too many watches on this connection (cap %u)", SBX_FS_WATCHES_MAX);
         agent_conn_reply_error(c, m->id, &err);
         return;
     }

@@ -35,12 +35,22 @@ static struct agent_listener *listener_new(struct agent *a, enum agent_transport
     return l;
 }
 
-static bool conn_capacity(struct agent *a)
+/*
+ * True when the new connection @c (already counted) is one too many: it is then told why with an
+ * error notification LIMIT max_conns and closed once that is written (PROTOCOL.md §2.1, §7.2).
+ */
+static bool conn_over_capacity(struct agent_conn *c)
 {
-    if (a->nconns >= SBX_MAX_CONNS) {
-        agent_log("refusing a connection: %u connections open (cap %u)", a->nconns, SBX_MAX_CONNS);
+    struct agent *a = c->a;
+    struct sbx_err err;
+
+    if (a->nconns <= SBX_MAX_CONNS) {
         return false;
     }
+    agent_log("refusing a connection: %u connections open (cap %u)", a->nconns - 1, SBX_MAX_CONNS);
+    sbx_err_limit(&err, "max_conns", SBX_MAX_CONNS, "the agent already has %u connections",
+                  SBX_MAX_CONNS);
+    agent_conn_refuse(c, &err);
     return true;
 }
 
@@ -84,8 +94,8 @@ static void on_stream_connection(uv_stream_t *server, int status)
     if (r == 0) {
         r = uv_accept(server, &c->h.stream);
     }
-    if (r == 0 && !conn_capacity(a)) {
-        r = UV_EMFILE;
+    if (r == 0 && conn_over_capacity(c)) {
+        return;
     }
     if (r == 0 && l->transport == AGENT_T_TCP) {
         (void)uv_tcp_nodelay(&c->h.tcp, 1); /* latency matters more than packet count */
@@ -204,8 +214,16 @@ static struct agent_conn *conn_from_fd(struct agent *a, enum agent_transport t, 
         return NULL;
     }
     c->h.handle.data = c;
-    if (uv_pipe_open(&c->h.pipe, fd) != 0 || agent_conn_start(c) != 0) {
+    if (uv_pipe_open(&c->h.pipe, fd) != 0) {
         close(fd);
+        agent_conn_close(c);
+        return NULL;
+    }
+    /* A serial port carries one connection at a time; max_conns does not apply to it (§2.4). */
+    if (t != AGENT_T_SERIAL && conn_over_capacity(c)) {
+        return NULL;
+    }
+    if (agent_conn_start(c) != 0) {
         agent_conn_close(c);
         return NULL;
     }
@@ -236,10 +254,6 @@ static void on_vsock_readable(uv_poll_t *h, int status, int events)
         if (peer.svm_cid != VMADDR_CID_HOST &&
             !(a->vsock_allow_local && peer.svm_cid == VMADDR_CID_LOCAL)) {
             agent_log("%s: refusing a connection from CID %u", l->addr, peer.svm_cid);
-            close(fd);
-            continue;
-        }
-        if (!conn_capacity(a)) {
             close(fd);
             continue;
         }

@@ -248,6 +248,7 @@ struct pack {
     size_t nargs;
     enum pack_format format;
     struct ignore ig;
+    char **ignore_files; /* the ignore_files param (NULL: the default), until they are read */
     struct pack_build *build;
     /* thread start gate (under j.mu) */
     bool go, build_failed;
@@ -506,69 +507,113 @@ static void build_kill(struct pack_build *b)
     }
 }
 
-static int build_start(struct pack *p, struct agent_conn *c, const msgpack_object *bm,
+/* The params of the build map, checked with the request's others before anything runs. */
+struct build_req {
+    char cwd[AGENT_FS_PATH_BUF];
+    char cmd[SBX_ARG_MAX + 1];
+    char **argv; /* NULL: sh -c cmd */
+    const msgpack_object *env;
+    bool clear;
+    uint64_t timeout;
+};
+
+/* build_params without the "build." field prefix. */
+static int build_params_in(const char *root, const msgpack_object *bm, struct build_req *q,
+                           struct sbx_err *err)
+{
+    const msgpack_object *arr = NULL;
+    int r;
+
+    q->argv = NULL;
+    q->env = NULL;
+    q->clear = false;
+    q->timeout = 0;
+    snprintf(q->cwd, sizeof(q->cwd), "%s", root);
+    if (sbx_param_bstr(bm, "cwd", SBX_OPTIONAL, q->cwd, sizeof(q->cwd), err) < 0 ||
+        sbx_param_bool(bm, "clear_env", SBX_OPTIONAL, &q->clear, err) < 0 ||
+        sbx_param_u64(bm, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &q->timeout, err) < 0 ||
+        sbx_param_map(bm, "env", SBX_OPTIONAL, SBX_ENV_MAX, &q->env, err) < 0 ||
+        (q->env != NULL && agent_env_check_map(q->env, "env", err) < 0)) {
+        return -1;
+    }
+    r = sbx_param_array(bm, "argv", SBX_OPTIONAL, SBX_ARGV_MAX, &arr, err);
+    if (r < 0) {
+        return -1;
+    }
+    if (r > 0) {
+        r = sbx_param_bstr(bm, "command", SBX_OPTIONAL, q->cmd, sizeof(q->cmd), err);
+        if (r < 0) {
+            return -1;
+        }
+        if (r > 0) {
+            return sbx_err_param(err, "build", "build needs argv or command");
+        }
+        return 0;
+    }
+    if (arr->via.array.size == 0) {
+        return sbx_err_param(err, "argv", "argv must not be empty");
+    }
+    q->argv = calloc(arr->via.array.size + 1, sizeof(*q->argv));
+    if (q->argv == NULL) {
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+    }
+    for (uint32_t i = 0; i < arr->via.array.size; i++) {
+        const char *s;
+        size_t n;
+        if (!sbx_obj_bytes(&arr->via.array.ptr[i], &s, &n) || n > SBX_ARG_MAX ||
+            memchr(s, '\0', n) != NULL || (q->argv[i] = strndup(s, n)) == NULL) {
+            agent_strv_free(q->argv);
+            q->argv = NULL;
+            sbx_err_param(err, "argv", "argv[%u] must be a string without NUL", i);
+            (void)snprintf(err->field, sizeof(err->field), "argv[%u]", i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Parse the build map @bm of the pack rooted at @root into @q (q->argv is the caller's then). A
+ * bad param is named by its path from the request, "build.timeout_ms" (PROTOCOL.md §7.5).
+ */
+static int build_params(const char *root, const msgpack_object *bm, struct build_req *q,
+                        struct sbx_err *err)
+{
+    char field[SBX_ERR_FIELD_MAX];
+
+    if (build_params_in(root, bm, q, err) == 0) {
+        return 0;
+    }
+    if (err->field[0] != '\0' && strcmp(err->field, "build") != 0) {
+        (void)snprintf(field, sizeof(field), "build.%s", err->field);
+        (void)snprintf(err->field, sizeof(err->field), "%s", field);
+    }
+    sbx_err_prefix(err, "build");
+    return -1;
+}
+
+/* Start the build @q describes (its params checked by build_params); frees q->argv. */
+static int build_start(struct pack *p, struct agent_conn *c, struct build_req *q,
                        struct sbx_err *err)
 {
     struct pack_build *b = calloc(1, sizeof(*b));
     uv_process_options_t opt = { 0 };
     uv_stdio_container_t stdio[3];
-    char cwd[AGENT_FS_PATH_BUF];
-    char cmd[SBX_ARG_MAX + 1];
-    char *shargv[] = { "/bin/sh", "-c", cmd, NULL };
-    char **argv = NULL, **envp = NULL;
-    const msgpack_object *arr = NULL, *env = NULL;
-    bool clear = false;
-    uint64_t timeout = 0;
+    char *shargv[] = { "/bin/sh", "-c", q->cmd, NULL };
+    char **argv = q->argv, **envp = NULL;
     int rc = -1, r;
 
+    q->argv = NULL;
     if (b == NULL) {
+        agent_strv_free(argv);
         return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
     }
     b->p = p;
     b->a = c->a;
-    snprintf(cwd, sizeof(cwd), "%s", p->root);
-    if (sbx_param_bstr(bm, "cwd", SBX_OPTIONAL, cwd, sizeof(cwd), err) < 0 ||
-        sbx_param_bool(bm, "clear_env", SBX_OPTIONAL, &clear, err) < 0 ||
-        sbx_param_u64(bm, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, err) < 0 ||
-        sbx_param_map(bm, "env", SBX_OPTIONAL, SBX_ENV_MAX, &env, err) < 0 ||
-        (env != NULL && agent_env_check_map(env, "build.env", err) < 0)) {
-        sbx_err_prefix(err, "build");
-        goto out;
+    if (agent_stream_reserve(c, 2, err) < 0) {
+        goto out; /* the build's output streams, checked before anything runs */
     }
-    r = sbx_param_array(bm, "argv", SBX_OPTIONAL, SBX_ARGV_MAX, &arr, err);
-    if (r < 0) {
-        goto out;
-    }
-    if (r == 0) {
-        if (arr->via.array.size == 0) {
-            sbx_err_param(err, "build.argv", "build.argv must not be empty");
-            goto out;
-        }
-        argv = calloc(arr->via.array.size + 1, sizeof(*argv));
-        if (argv == NULL) {
-            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-            goto out;
-        }
-        for (uint32_t i = 0; i < arr->via.array.size; i++) {
-            const char *s;
-            size_t n;
-            if (!sbx_obj_bytes(&arr->via.array.ptr[i], &s, &n) || n > SBX_ARG_MAX ||
-                memchr(s, '\0', n) != NULL || (argv[i] = strndup(s, n)) == NULL) {
-                sbx_err_param(err, "build.argv", "build.argv[%u] must be a string without NUL", i);
-                goto out;
-            }
-        }
-    } else {
-        r = sbx_param_bstr(bm, "command", SBX_OPTIONAL, cmd, sizeof(cmd), err);
-        if (r < 0) {
-            goto out;
-        }
-        if (r > 0) {
-            sbx_err_param(err, "build", "build needs argv or command");
-            goto out;
-        }
-    }
-    envp = agent_env_build(p->j.a, clear, env, NULL);
+    envp = agent_env_build(p->j.a, q->clear, q->env, NULL);
     if (envp == NULL) {
         sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
         goto out;
@@ -589,7 +634,7 @@ static int build_start(struct pack *p, struct agent_conn *c, const msgpack_objec
     opt.file = argv != NULL ? argv[0] : shargv[0];
     opt.args = argv != NULL ? argv : shargv;
     opt.env = envp;
-    opt.cwd = cwd;
+    opt.cwd = q->cwd;
     opt.flags = UV_PROCESS_DETACHED; /* its own session and process group, killed as one */
     opt.stdio_count = 3;
     opt.stdio = stdio;
@@ -602,8 +647,8 @@ static int build_start(struct pack *p, struct agent_conn *c, const msgpack_objec
         b = NULL;
         goto out;
     }
-    if (timeout > 0) {
-        uv_timer_start(&b->timer, build_timeout_cb, timeout, 0);
+    if (q->timeout > 0) {
+        uv_timer_start(&b->timer, build_timeout_cb, q->timeout, 0);
     }
     b->out.s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &build_ops, &b->out, err);
     b->err.s = b->out.s != NULL
@@ -1226,24 +1271,33 @@ static int pack_strings(const msgpack_object *params, const char *key, uint32_t 
     return 0;
 }
 
-static int pack_ignore_files(struct pack *p, const msgpack_object *params, struct sbx_err *err)
+/* The ignore_files param into p->ignore_files: names in the pack root, read by pack_prepare. */
+static int pack_ignore_names(struct pack *p, const msgpack_object *params, struct sbx_err *err)
 {
-    static char *const def[] = { ".sbxignore", NULL };
-    char **names = NULL;
     size_t n = 0;
-    int r = pack_strings(params, "ignore_files", SBX_PACK_IGNORE_FILES_MAX, &names, &n, err);
 
-    if (r < 0) {
+    if (pack_strings(params, "ignore_files", SBX_PACK_IGNORE_FILES_MAX, &p->ignore_files, &n, err) <
+        0) {
         return -1;
     }
-    for (char *const *name = r == 0 ? names : def; *name != NULL; name++) {
+    for (size_t i = 0; i < n; i++) {
+        const char *name = p->ignore_files[i];
+        if (strchr(name, '/') != NULL || strcmp(name, "..") == 0) {
+            return sbx_err_param(err, "ignore_files", "ignore_files are names in the pack root");
+        }
+    }
+    return 0;
+}
+
+static int pack_ignore_files(struct pack *p, struct sbx_err *err)
+{
+    static char *const def[] = { ".sbxignore", NULL };
+
+    for (char *const *name = p->ignore_files != NULL ? p->ignore_files : def; *name != NULL;
+         name++) {
         char path[AGENT_FS_PATH_BUF * 2];
         char line[4096];
         FILE *f;
-        if (strchr(*name, '/') != NULL || strcmp(*name, "..") == 0) {
-            agent_strv_free(names);
-            return sbx_err_param(err, "ignore_files", "ignore_files are names in the pack root");
-        }
         snprintf(path, sizeof(path), "%s/%s", p->root, *name);
         f = fopen(path, "re");
         if (f == NULL) {
@@ -1252,24 +1306,35 @@ static int pack_ignore_files(struct pack *p, const msgpack_object *params, struc
         while (fgets(line, sizeof(line), f) != NULL) {
             if (ignore_add(&p->ig, line, strlen(line)) == -1) { /* -2: skipped */
                 fclose(f);
-                agent_strv_free(names);
                 return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
             }
         }
         fclose(f);
     }
-    agent_strv_free(names);
     return 0;
 }
 
+/* Free a job that was parsed but never started. */
+static void pack_discard(struct pack *p)
+{
+    agent_strv_free(p->ignore_files);
+    agent_strv_free(p->args);
+    ignore_free(&p->ig);
+    free(p);
+}
+
+/*
+ * Every param of a pack.create request, the build map's too (into @q when there is one): nothing
+ * is looked at on disk yet, so a bad param wins over a cap or a missing root (PROTOCOL.md §7.2).
+ */
 static struct pack *pack_parse(struct agent_conn *c, const msgpack_object *params,
-                               const msgpack_object **build, struct sbx_err *err)
+                               const msgpack_object **build, struct build_req *q,
+                               struct sbx_err *err)
 {
     struct pack *p = calloc(1, sizeof(*p));
     char **excl = NULL;
     size_t nexcl = 0;
     char fmt[16];
-    struct stat st;
     int r;
 
     if (p == NULL) {
@@ -1303,12 +1368,6 @@ static struct pack *pack_parse(struct agent_conn *c, const msgpack_object *param
         sbx_err_param(err, "entrypoint", "entrypoint must be a path relative to the pack root");
         goto fail;
     }
-    if (stat(p->root, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        int e = stat(p->root, &st) < 0 ? errno : ENOTDIR;
-        sbx_err_sys(err, e, NULL, "pack \"%s\"", p->root);
-        sbx_err_set_path(err, p->root);
-        goto fail;
-    }
     /* Rules in order: .git first (so "!.git" can take it back), then exclude, then the files. */
     if (ignore_add(&p->ig, ".git", 4) < 0) {
         sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
@@ -1325,42 +1384,71 @@ static struct pack *pack_parse(struct agent_conn *c, const msgpack_object *param
             goto fail;
         }
     }
-    if (pack_ignore_files(p, params, err) < 0) {
+    if (pack_ignore_names(p, params, err) < 0 ||
+        (*build != NULL && build_params(p->root, *build, q, err) < 0)) {
         goto fail;
     }
     agent_strv_free(excl);
     return p;
 fail:
     agent_strv_free(excl);
-    agent_strv_free(p->args);
-    ignore_free(&p->ig);
-    free(p);
+    pack_discard(p);
     return NULL;
+}
+
+/* The pack root must be a directory; its ignore files are read now (they may not exist). */
+static int pack_prepare(struct pack *p, struct sbx_err *err)
+{
+    struct stat st;
+    int rc;
+
+    if (stat(p->root, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        int e = stat(p->root, &st) < 0 ? errno : ENOTDIR;
+        sbx_err_sys(err, e, NULL, "pack \"%s\"", p->root);
+        sbx_err_set_path(err, p->root);
+        return -1;
+    }
+    rc = pack_ignore_files(p, err);
+    agent_strv_free(p->ignore_files);
+    p->ignore_files = NULL;
+    return rc;
+}
+
+/* The caps a new job counts against: max_packs, and max_streams for its archive and build. */
+static int pack_caps(struct agent_conn *c, bool build, struct sbx_err *err)
+{
+    if (pack_count(c) >= SBX_MAX_PACKS) {
+        return sbx_err_limit(err, "max_packs", SBX_MAX_PACKS,
+                             "too many pack jobs on this connection (cap %u)", SBX_MAX_PACKS);
+    }
+    return agent_stream_reserve(c, build ? 3 : 1, err);
 }
 
 void agent_pack_create(struct agent_conn *c, const struct sbx_msg *m)
 {
     const msgpack_object *build = NULL;
+    struct build_req q;
     struct sbx_err err;
     struct pack *p;
     msgpack_packer *pk;
 
     sbx_err_clear(&err);
-    if (pack_count(c) >= SBX_MAX_PACKS) {
-        sbx_err_set(&err, SBX_E_LIMIT, "too many pack jobs on this connection (cap %u)",
-                    SBX_MAX_PACKS);
-        snprintf(err.limit, sizeof(err.limit), "max_packs");
+    q.argv = NULL;
+    /* Params, then caps, then the file system (PROTOCOL.md §7.2). */
+    p = pack_parse(c, m->params, &build, &q, &err);
+    if (p == NULL) {
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
-    p = pack_parse(c, m->params, &build, &err);
-    if (p == NULL) {
+    if (pack_caps(c, build != NULL, &err) < 0 || pack_prepare(p, &err) < 0) {
+        agent_strv_free(q.argv);
+        pack_discard(p);
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
     p->id = ++c->next_pack;
     p->go = build == NULL;
-    if (build != NULL && build_start(p, c, build, &err) < 0) {
+    if (build != NULL && build_start(p, c, &q, &err) < 0) {
         ignore_free(&p->ig);
         agent_strv_free(p->args);
         free(p);

@@ -41,7 +41,6 @@ struct spawn_req {
     char **envp;
     char exe[SBX_PATH_MAX];
     char cwd[SBX_PATH_MAX];
-    bool has_cwd;
     bool set_user;
     struct agent_user user;
     int io_in, io_out, io_err;
@@ -101,8 +100,11 @@ static char **strv_from_array(const msgpack_object *arr, const char *field, stru
         size_t n;
         if (!sbx_obj_bytes(&arr->via.array.ptr[i], &p, &n) || n > SBX_ARG_MAX ||
             memchr(p, '\0', n) != NULL) {
-            sbx_err_param(err, field, "%s[%u] must be a string of at most %u bytes without NUL",
-                          field, i, SBX_ARG_MAX);
+            char elem[SBX_ERR_FIELD_MAX];
+            /* The element, not the array: field paths index arrays (PROTOCOL.md §7.5). */
+            (void)snprintf(elem, sizeof(elem), "%s[%u]", field, i);
+            sbx_err_param(err, elem, "%s must be a string of at most %u bytes without NUL", elem,
+                          SBX_ARG_MAX);
             agent_strv_free(v);
             return NULL;
         }
@@ -230,8 +232,9 @@ static int parse_identity_env(struct agent *a, const msgpack_object *params, str
     if (env != NULL && agent_env_check_map(env, "env", err) < 0) {
         return -1;
     }
-    r->has_cwd = sbx_param_bstr(params, "cwd", SBX_OPTIONAL, r->cwd, sizeof(r->cwd), err) == 0;
-    if (sbx_err_isset(err)) {
+    /* The default is "/", not wherever the agent happened to be started (PROTOCOL.md §14.2). */
+    snprintf(r->cwd, sizeof(r->cwd), "/");
+    if (sbx_param_bstr(params, "cwd", SBX_OPTIONAL, r->cwd, sizeof(r->cwd), err) < 0) {
         return -1;
     }
     r_user = sbx_param_cstr(params, "user", SBX_OPTIONAL, user, sizeof(user), err);
@@ -539,7 +542,7 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
             child_fail(errfd, ST_SETUID);
         }
     }
-    if (r->has_cwd && chdir(r->cwd) < 0) {
+    if (chdir(r->cwd) < 0) {
         child_fail(errfd, ST_CWD);
     }
     execve(r->exe, r->argv, r->envp);
@@ -840,9 +843,8 @@ static int pipe_setup(struct agent *a, struct agent_proc *p, struct agent_pipe *
 static int proc_slot(struct agent *a, struct sbx_err *err)
 {
     if (a->nprocs >= SBX_MAX_PROCS && !proc_evict_one(a)) {
-        sbx_err_set(err, SBX_E_LIMIT, "too many processes (cap %u); release finished ones",
-                    SBX_MAX_PROCS);
-        snprintf(err->limit, sizeof(err->limit), "max_procs");
+        sbx_err_limit(err, "max_procs", SBX_MAX_PROCS,
+                      "too many processes (cap %u); release finished ones", SBX_MAX_PROCS);
         return -1;
     }
     return 0;
@@ -940,6 +942,14 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
 
     sbx_err_clear(&err);
     if (parse_spawn(c, m->params, &r, &err) < 0 || proc_slot(a, &err) < 0) {
+        goto fail;
+    }
+    /* Every stream the process needs, or none: a spawn never runs with an output nobody gets. */
+    if (agent_stream_reserve(c,
+                             r.pty ? 2
+                                   : (uint32_t)(r.io_in == IO_PIPE) + (r.io_out == IO_PIPE) +
+                                         (r.io_err == IO_PIPE),
+                             &err) < 0) {
         goto fail;
     }
     if (r.pty) {
@@ -1130,7 +1140,7 @@ static struct agent_proc *proc_find(struct agent *a, const struct sbx_msg *m, st
     struct agent_link *l;
     uint64_t id;
 
-    if (sbx_param_u64(m->params, "id", SBX_REQUIRED, 1, UINT64_MAX, &id, err) != 0) {
+    if (sbx_param_u64(m->params, "id", SBX_REQUIRED, 0, UINT32_MAX, &id, err) != 0) {
         return NULL;
     }
     for (l = a->procs.next; l != &a->procs; l = l->next) {
@@ -1157,11 +1167,13 @@ static void wait_timeout_cb(uv_timer_t *t)
 void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
-    struct agent_proc *p = proc_find(c->a, m, &err);
+    struct agent_proc *p;
     struct agent_waiter *w;
     uint64_t timeout = 0;
 
-    if (p == NULL) {
+    /* Params first, then the lookup: BAD_PARAM wins over NOT_FOUND (PROTOCOL.md §7.2). */
+    if (sbx_param_u64(m->params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, &err) < 0 ||
+        (p = proc_find(c->a, m, &err)) == NULL) {
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
@@ -1171,10 +1183,6 @@ void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m)
         pack_exit(pk, p);
         agent_conn_send(c);
         p->collected = true;
-        return;
-    }
-    if (sbx_param_u64(m->params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, &err) < 0) {
-        agent_conn_reply_error(c, m->id, &err);
         return;
     }
     w = calloc(1, sizeof(*w));
@@ -1198,12 +1206,13 @@ void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m)
 void agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
-    struct agent_proc *p = proc_find(c->a, m, &err);
+    struct agent_proc *p = NULL;
     bool group = false;
     int sig;
 
-    if (p == NULL || parse_signal(m->params, "signal", SIGTERM, &sig, &err) < 0 ||
-        sbx_param_bool(m->params, "group", SBX_OPTIONAL, &group, &err) < 0) {
+    if (parse_signal(m->params, "signal", SIGTERM, &sig, &err) < 0 ||
+        sbx_param_bool(m->params, "group", SBX_OPTIONAL, &group, &err) < 0 ||
+        (p = proc_find(c->a, m, &err)) == NULL) {
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
@@ -1288,7 +1297,7 @@ void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m)
         while (p->argv[argc] != NULL && argc < 8) { /* abbreviated: PROTOCOL.md §14.7 */
             argc++;
         }
-        msgpack_pack_map(pk, 7);
+        msgpack_pack_map(pk, p->done ? 7 : 6); /* exit only once exited (PROTOCOL.md §14.7) */
         sbx_pack_kv_u64(pk, "id", p->id);
         sbx_pack_kv_i64(pk, "pid", p->pid);
         sbx_pack_cstr(pk, "argv");
@@ -1307,11 +1316,9 @@ void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m)
         sbx_pack_kv_str(pk, "tag", p->tag[0] ? p->tag : NULL);
         sbx_pack_kv_str(pk, "state", p->done ? "exited" : "running");
         sbx_pack_kv_u64(pk, "started_ns", p->start_wall_ns);
-        sbx_pack_cstr(pk, "exit");
         if (p->done) {
+            sbx_pack_cstr(pk, "exit");
             pack_exit(pk, p);
-        } else {
-            msgpack_pack_nil(pk);
         }
     }
     agent_conn_send(c);
@@ -1350,12 +1357,13 @@ void agent_proc_conn_gone(struct agent *a, struct agent_conn *c)
 void agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
-    struct agent_proc *p = proc_find(c->a, m, &err);
+    struct agent_proc *p = NULL;
     uint64_t rows, cols;
     struct winsize ws;
 
-    if (p == NULL || sbx_param_u64(m->params, "rows", SBX_REQUIRED, 1, 65535, &rows, &err) != 0 ||
-        sbx_param_u64(m->params, "cols", SBX_REQUIRED, 1, 65535, &cols, &err) != 0) {
+    if (sbx_param_u64(m->params, "rows", SBX_REQUIRED, 1, 65535, &rows, &err) != 0 ||
+        sbx_param_u64(m->params, "cols", SBX_REQUIRED, 1, 65535, &cols, &err) != 0 ||
+        (p = proc_find(c->a, m, &err)) == NULL) {
         agent_conn_reply_error(c, m->id, &err);
         return;
     }

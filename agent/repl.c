@@ -8,7 +8,7 @@
  * stderr are separate pipes; and two more pipes carry control data, never mixed with user output:
  *
  *   fd 3 (agent -> driver): code. python3/node: "<length>\n<code>"; sh/bash: the driver prologue
- *        first, then one shell command per eval, __sbx_c='<code, ' written as '\''>'; __sbx_eval
+ *        first, then per eval __sbx_c='<code, ' written as '\''>' and shell_eval_tail
  *   fd 4 (driver -> agent): ASCII header lines, at most SBX_REPL_CTL_LINE_MAX bytes:
  *        "ready"                       the driver is up (once, after start)
  *        "result V E" + V + E bytes     python3/node: value (V = -1: none), error text (E = -1:
@@ -303,10 +303,18 @@ static const char node_driver[] =
     "})();\n";
 static const char shell_prologue[] =
     "PS1=''; PS2=''; set +m 2>/dev/null\n"
-    "__sbx_eval() { command eval \"$__sbx_c\" 3<&- 4>&-; printf 'status %d\\n' \"$?\" >&4; }\n"
     "__sbx_pong() { printf 'pong %s\\n' \"$1\" >&4; }\n"
     "if [ -n \"${BASH_VERSION-}\" ]; then trap 'return 130 2>/dev/null' INT; fi\n"
     "printf 'ready\\n' >&4\n";
+/* What follows "__sbx_c='<code>" for each eval. The code must run at the shell's top level, not
+ * in a function: there bash's declare/typeset would make locals and set -- would not last. It is
+ * sourced (`.`) from a one-line script in a here-document, so that a `return` in the code, and
+ * bash's INT trap, end the eval and not the shell; `command` keeps a syntax or special-builtin
+ * error from ending the shell. The code runs with fds 3 and 4 closed. */
+static const char shell_eval_tail[] =
+    "'; command . /proc/self/fd/3 3<<'__sbx_end' 4>&-; printf 'status %d\\n' \"$?\" >&4\n"
+    "command eval \"$__sbx_c\" 3<&-\n"
+    "__sbx_end\n";
 
 /* --- buffers ------------------------------------------------------------------------------ */
 
@@ -406,7 +414,7 @@ static struct agent_repl *repl_find(struct agent *a, const msgpack_object *param
     struct agent_link *l;
     uint64_t id;
 
-    if (sbx_param_u64(params, "session", SBX_REQUIRED, 1, UINT32_MAX, &id, err) != 0) {
+    if (sbx_param_u64(params, "session", SBX_REQUIRED, 0, UINT32_MAX, &id, err) != 0) {
         return NULL;
     }
     for (l = a->repls.next; l != &a->repls; l = l->next) {
@@ -491,7 +499,7 @@ static int code_send(struct agent_repl *r, const char *data, size_t n)
     return 0;
 }
 
-/* Frame @code for the driver: a shell gets one command assigning it single-quoted. */
+/* Frame @code for the driver: a shell gets it assigned single-quoted, then shell_eval_tail. */
 static int code_frame(struct agent_repl *r, const char *code, size_t n)
 {
     char *msg, *p;
@@ -514,7 +522,7 @@ static int code_frame(struct agent_repl *r, const char *code, size_t n)
     for (size_t i = 0; i < n; i++) {
         quotes += code[i] == '\'';
     }
-    msg = malloc(n + quotes * 3 + 32);
+    msg = malloc(n + quotes * 3 + 16 + sizeof(shell_eval_tail));
     if (msg == NULL) {
         return UV_ENOMEM;
     }
@@ -528,7 +536,8 @@ static int code_frame(struct agent_repl *r, const char *code, size_t n)
             *p++ = code[i];
         }
     }
-    p += sprintf(p, "'; __sbx_eval\n");
+    memcpy(p, shell_eval_tail, sizeof(shell_eval_tail) - 1);
+    p += sizeof(shell_eval_tail) - 1;
     rc = code_send(r, msg, (size_t)(p - msg));
     free(msg);
     return rc;
@@ -721,8 +730,10 @@ static void on_line(struct agent_repl *r)
             eval_finish(r, NULL);
         }
     } else if (sscanf(r->line, "pong %lld%n", &v, &n) == 1 && r->line[n] == '\0') {
-        /* Only the answer to the current interrupt counts; older ones are stale. */
-        if (r->state == RS_BUSY && v == (long long)r->intr) {
+        /* Only the answer to the current eval's interrupt counts. One whose eval already
+         * reported its status (bash returns from it; or the code ended as the interrupt came)
+         * is stale, and must not end the next eval. */
+        if (r->state == RS_BUSY && r->ev_timed_out && v == (long long)r->intr) {
             r->status = 130;
             eval_finish(r, NULL);
         }
@@ -1218,11 +1229,11 @@ void agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m)
     bool stream = false;
 
     sbx_err_clear(&err);
-    r = repl_find(c->a, m->params, &err);
-    if (r == NULL ||
-        sbx_param_str(m->params, "code", SBX_REQUIRED, SBX_REPL_CODE_MAX, &code, &len, &err) != 0 ||
+    /* Params first, then the session: BAD_PARAM wins over NOT_FOUND (PROTOCOL.md §7.2). */
+    if (sbx_param_str(m->params, "code", SBX_REQUIRED, SBX_REPL_CODE_MAX, &code, &len, &err) != 0 ||
         sbx_param_u64(m->params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, &err) < 0 ||
-        sbx_param_bool(m->params, "stream", SBX_OPTIONAL, &stream, &err) < 0) {
+        sbx_param_bool(m->params, "stream", SBX_OPTIONAL, &stream, &err) < 0 ||
+        (r = repl_find(c->a, m->params, &err)) == NULL) {
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
@@ -1238,17 +1249,14 @@ void agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m)
         return;
     }
     if (stream) {
-        struct agent_stream *so = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->out, &err);
-        struct agent_stream *se =
-            so != NULL ? agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->err, &err) : NULL;
+        struct agent_stream *so, *se;
         msgpack_packer *pk;
-        if (se == NULL) {
-            if (so != NULL) {
-                agent_stream_free(so);
-            }
+        if (agent_stream_reserve(c, 2, &err) < 0) {
             agent_conn_reply_error(c, m->id, &err);
             return;
         }
+        so = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->out, &err);
+        se = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->err, &err);
         pk = agent_conn_begin(c);
         sbx_pack_response_head(pk, m->id);
         msgpack_pack_map(pk, 3);

@@ -22,26 +22,57 @@ static bool token_equal(const char *want, const char *got, size_t glen)
     return diff == 0;
 }
 
+/* hello's client and capabilities params: checked for type and size, otherwise unused (§6.2). */
+static int hello_check_client(const msgpack_object *params, struct sbx_err *err)
+{
+    const msgpack_object *caps = NULL;
+    const char *s;
+    size_t n;
+
+    if (sbx_param_str(params, "client", SBX_OPTIONAL, SBX_HELLO_CLIENT_MAX, &s, &n, err) < 0 ||
+        sbx_param_array(params, "capabilities", SBX_OPTIONAL, SBX_CAPS_MAX, &caps, err) < 0) {
+        return -1;
+    }
+    for (uint32_t i = 0; caps != NULL && i < caps->via.array.size; i++) {
+        const msgpack_object *o = &caps->via.array.ptr[i];
+        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > SBX_HELLO_CAP_MAX) {
+            char field[SBX_ERR_FIELD_MAX];
+            (void)snprintf(field, sizeof(field), "capabilities[%u]", i);
+            return sbx_err_param(err, field, "%s must be a string of at most %u bytes", field,
+                                 SBX_HELLO_CAP_MAX);
+        }
+    }
+    return 0;
+}
+
 void agent_session_hello(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct agent *a = c->a;
     struct sbx_err err;
-    uint64_t ver, minv = SBX_PROTO_MIN_VERSION;
+    uint64_t ver, minv, top;
     const char *tok = NULL;
     size_t toklen = 0;
     msgpack_packer *pk;
     uint32_t n = 0;
+    int r;
 
     if (c->hello_done) {
         sbx_err_set(&err, SBX_E_BAD_MESSAGE, "hello already done on this connection");
         agent_conn_reply_error(c, m->id, &err);
         return;
     }
-    if (sbx_param_u64(m->params, "version", SBX_REQUIRED, 1, UINT32_MAX, &ver, &err) != 0 ||
-        sbx_param_u64(m->params, "min_version", SBX_OPTIONAL, 1, UINT32_MAX, &minv, &err) < 0 ||
-        sbx_param_str(m->params, "token", SBX_OPTIONAL, SBX_TOKEN_MAX, &tok, &toklen, &err) < 0) {
+    /* Versions are uints; there is no version 0, so {version: 0} is answered VERSION, not
+     * BAD_PARAM: min_version defaults to 1, or to version when that is smaller (§6.2). */
+    if (sbx_param_u64(m->params, "version", SBX_REQUIRED, 0, UINT64_MAX, &ver, &err) != 0 ||
+        (r = sbx_param_u64(m->params, "min_version", SBX_OPTIONAL, 0, UINT64_MAX, &minv, &err)) <
+            0 ||
+        sbx_param_str(m->params, "token", SBX_OPTIONAL, SBX_TOKEN_MAX, &tok, &toklen, &err) < 0 ||
+        hello_check_client(m->params, &err) < 0) {
         agent_conn_reply_error(c, m->id, &err);
         return;
+    }
+    if (r == 1) {
+        minv = ver < SBX_PROTO_MIN_VERSION ? ver : SBX_PROTO_MIN_VERSION;
     }
     if (minv > ver) {
         sbx_err_param(&err, "min_version", "min_version %llu is above version %llu",
@@ -56,13 +87,18 @@ void agent_session_hello(struct agent_conn *c, const struct sbx_msg *m)
         c->close_after_flush = true;
         return;
     }
+    /* negotiated = min(version, agent_max); it must reach max(min_version, agent_min) (§6.3). */
+    top = ver;
     if (ver > SBX_PROTO_VERSION) {
         ver = SBX_PROTO_VERSION;
     }
     if (ver < minv || ver < SBX_PROTO_MIN_VERSION) {
-        sbx_err_set(&err, SBX_E_VERSION,
-                    "no common protocol version: the agent speaks %u..%u, the client %llu..",
-                    SBX_PROTO_MIN_VERSION, SBX_PROTO_VERSION, (unsigned long long)minv);
+        sbx_err_set(&err, SBX_E_VERSION, "client speaks %llu..%llu, agent speaks %u..%u",
+                    (unsigned long long)minv, (unsigned long long)top, SBX_PROTO_MIN_VERSION,
+                    SBX_PROTO_VERSION);
+        err.min = SBX_PROTO_MIN_VERSION;
+        err.max = SBX_PROTO_VERSION;
+        err.has_min = err.has_max = true;
         agent_conn_reply_error(c, m->id, &err);
         return;
     }

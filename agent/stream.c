@@ -20,15 +20,30 @@ struct in_req {
     uint32_t len;
 };
 
+int agent_stream_reserve(const struct agent_conn *c, uint32_t n, struct sbx_err *err)
+{
+    if (n == 0) {
+        return 0;
+    }
+    if (c->nstreams + n > SBX_MAX_STREAMS) {
+        return sbx_err_limit(err, "max_streams", SBX_MAX_STREAMS,
+                             "%u more streams would exceed the cap of %u on this connection", n,
+                             SBX_MAX_STREAMS);
+    }
+    /* next_stream is 0 once every id was handed out: ids are never reused (§8.1). */
+    if (c->next_stream == 0 || UINT32_MAX - c->next_stream < n - 1) {
+        return sbx_err_limit(err, "stream_ids", UINT32_MAX,
+                             "this connection has used up its stream ids");
+    }
+    return 0;
+}
+
 struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_dir dir,
                                       struct agent_pipe *p, struct sbx_err *err)
 {
     struct agent_stream *s;
 
-    if (c->nstreams >= SBX_MAX_STREAMS || c->next_stream == 0) {
-        sbx_err_set(err, SBX_E_LIMIT, "too many streams on this connection (cap %u)",
-                    SBX_MAX_STREAMS);
-        snprintf(err->limit, sizeof(err->limit), "max_streams");
+    if (agent_stream_reserve(c, 1, err) < 0) {
         return NULL;
     }
     s = calloc(1, sizeof(*s));
@@ -140,27 +155,36 @@ void agent_stream_end(struct agent_stream *s, const struct sbx_err *e, bool trun
     agent_stream_free(s);
 }
 
-void agent_stream_cancel(struct agent_stream *s, const struct sbx_err *e)
+/* Send stream.cancel {stream: @id, error: @e} on @c. */
+static void send_cancel(struct agent_conn *c, uint32_t id, const struct sbx_err *e)
 {
-    msgpack_packer *pk = agent_conn_begin(s->conn);
+    msgpack_packer *pk = agent_conn_begin(c);
 
     sbx_pack_notify_head(pk, "stream.cancel");
     msgpack_pack_map(pk, 2);
-    sbx_pack_kv_u64(pk, "stream", s->id);
+    sbx_pack_kv_u64(pk, "stream", id);
     sbx_pack_cstr(pk, "error");
     sbx_pack_err(pk, e);
-    agent_conn_send(s->conn);
+    agent_conn_send(c);
+}
+
+void agent_stream_cancel(struct agent_stream *s, const struct sbx_err *e)
+{
+    send_cancel(s->conn, s->id, e);
     agent_stream_free(s);
 }
 
 /* The client misused @s (PROTOCOL.md 8.6): cancel it with @e and tell its owner it is gone. */
 static void stream_misuse(struct agent_stream *s, const struct sbx_err *e)
 {
+    /* The cancel goes out before the owner hears of it, so an owner's last word about the
+     * stream (an upload's transfer.done, §18.5) really is the last frame about it. */
+    send_cancel(s->conn, s->id, e);
+    s->cancelled = true;
     if (s->ops != NULL && s->ops->gone != NULL) {
-        s->cancelled = true;
         s->ops->gone(s, true);
     }
-    agent_stream_cancel(s, e);
+    agent_stream_free(s);
 }
 
 static void stream_grant(struct agent_stream *s)
@@ -229,10 +253,27 @@ void agent_stream_on_credit(struct agent_conn *c, const struct sbx_msg *m)
     }
 }
 
+/*
+ * The client finished a process's stdin stream @s (stream.end or stream.cancel) and frees it: the
+ * child's stdin is closed once the data already received has been written, so the child reads
+ * EOF. PTY input only finishes the stream; the terminal stays open (PROTOCOL.md §8.4, §8.5, §15.1).
+ */
+static void stdin_finish(struct agent_stream *s)
+{
+    struct agent_pipe *p = s->pipe;
+
+    agent_stream_free(s);
+    if (p != NULL && !p->is_pty) {
+        p->close_requested = true;
+        if (p->writes_pending == 0) {
+            agent_pipe_close(p);
+        }
+    }
+}
+
 void agent_stream_on_end(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct agent_stream *s = agent_stream_find(c, control_stream_id(m));
-    struct agent_pipe *p;
 
     if (s == NULL || s->dir != AGENT_STREAM_IN) {
         return;
@@ -254,14 +295,7 @@ void agent_stream_on_end(struct agent_conn *c, const struct sbx_msg *m)
         agent_stream_free(s);
         return;
     }
-    p = s->pipe;
-    agent_stream_free(s);
-    if (p != NULL && !p->is_pty) { /* PTY input: the terminal stays open (PROTOCOL.md 15.1) */
-        p->close_requested = true;
-        if (p->writes_pending == 0) {
-            agent_pipe_close(p);
-        }
-    }
+    stdin_finish(s);
 }
 
 void agent_stream_on_cancel(struct agent_conn *c, const struct sbx_msg *m)
@@ -280,7 +314,8 @@ void agent_stream_on_cancel(struct agent_conn *c, const struct sbx_msg *m)
         return;
     }
     if (s->dir != AGENT_STREAM_OUT) {
-        return; /* stdin: the client stops sending; ending it is stream.end's job */
+        stdin_finish(s); /* the client sends no more: the child gets EOF, as after stream.end */
+        return;
     }
     /* Nothing more goes out on it; the pipe keeps draining so the child never blocks. */
     agent_stream_free(s);
@@ -337,17 +372,11 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
     int rc;
 
     if (s == NULL) {
+        /* Unknown or finished: ignored (§5.4, §8.6). An id never handed out is a client bug, but
+         * a frame about a stream the client was never given would break §9.1 rule 3: log it. */
         if (m->stream >= c->next_stream) {
-            /* Never allocated: a client bug worth telling about. Known-but-gone ids are a normal
-             * race with cancel and are dropped silently. */
-            msgpack_packer *pk = agent_conn_begin(c);
-            sbx_err_set(&err, SBX_E_STREAM, "data on stream %u, which was never opened", m->stream);
-            sbx_pack_notify_head(pk, "stream.cancel");
-            msgpack_pack_map(pk, 2);
-            sbx_pack_kv_u64(pk, "stream", m->stream);
-            sbx_pack_cstr(pk, "error");
-            sbx_pack_err(pk, &err);
-            agent_conn_send(c);
+            agent_log("conn %u: data on stream %u, which was never opened; ignored", c->num,
+                      m->stream);
         }
         return;
     }

@@ -466,7 +466,7 @@ static void upload_gone(struct agent_stream *s, bool cancelled)
     if (!cancelled) {
         u->job.conn = NULL; /* the connection is closing: nothing more is sent */
     }
-    sbx_err_set(&err, SBX_E_CANCELLED, "upload cancelled by the client");
+    sbx_err_set(&err, SBX_E_CANCELLED, "the upload stream was cancelled");
     upload_fail(u, &err);
 }
 
@@ -581,7 +581,8 @@ void agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m)
     u->job.conn_gone = upload_conn_gone;
     has_mode = upload_params(u, m->params, path, &err);
     if (has_mode < 0 || sbx_param_bool(m->params, "parents", SBX_OPTIONAL, &parents, &err) < 0 ||
-        split_path(path, u->dir, sizeof(u->dir), u->name, &err) < 0) {
+        split_path(path, u->dir, sizeof(u->dir), u->name, &err) < 0 ||
+        agent_stream_reserve(c, 1, &err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
     u->dirfd = open(u->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -822,7 +823,8 @@ void agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m)
     d->fd = -1;
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, d->path, &err) < 0 ||
         sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &d->offset, &err) < 0 ||
-        sbx_param_u64(m->params, "length", SBX_OPTIONAL, 0, UINT64_MAX, &length, &err) < 0) {
+        sbx_param_u64(m->params, "length", SBX_OPTIONAL, 0, UINT64_MAX, &length, &err) < 0 ||
+        agent_stream_reserve(c, 1, &err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
     /* Non-blocking open: a FIFO without a writer must not stall the loop; reads then block in

@@ -737,7 +737,8 @@ void agent_transfer_download_tree(struct agent_conn *c, const struct sbx_msg *m)
         return;
     }
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, t->root, &err) < 0 ||
-        agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, &err) < 0) {
+        agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, &err) < 0 ||
+        agent_stream_reserve(c, 1, &err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
     if (stat(t->root, &st) < 0 || !S_ISDIR(st.st_mode)) {
@@ -1167,6 +1168,10 @@ static int up_entry(struct tree_up *t, struct archive *ar, struct archive_entry 
         const char *tbase;
         int tfd;
         if (tn == NULL) {
+            /* The error names the entry being extracted, as for every other entry; the message
+             * says which target was refused (PROTOCOL.md §18.3). */
+            sbx_err_prefix(&t->err, "hard link \"%.200s\"", name);
+            sbx_err_set_path(&t->err, name);
             return -1;
         }
         if (up_clear(t, dfd, base, name) < 0) {
@@ -1176,6 +1181,8 @@ static int up_entry(struct tree_up *t, struct archive *ar, struct archive_entry 
          * reopen ours afterwards). */
         tfd = up_parent(t, lname, &tbase, false);
         if (tfd < 0) {
+            sbx_err_prefix(&t->err, "hard link \"%.200s\"", name);
+            sbx_err_set_path(&t->err, name);
             return -1;
         }
         tfd = dup(tfd);
@@ -1583,7 +1590,8 @@ void agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m)
     t->tail = &t->head;
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, t->root, &err) < 0 ||
         agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, &err) < 0 ||
-        sbx_param_bool(m->params, "preserve_owner", SBX_OPTIONAL, &t->preserve_owner, &err) < 0) {
+        sbx_param_bool(m->params, "preserve_owner", SBX_OPTIONAL, &t->preserve_owner, &err) < 0 ||
+        agent_stream_reserve(c, 1, &err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
     t->rootfd = open(t->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

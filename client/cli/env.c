@@ -115,7 +115,7 @@ static int env_set(struct sbx_client *c, int n, char **vars)
         const char *eq = strchr(vars[0], '=');
         (void)msgpack_pack_map(pk, 2);
         sbx_pack_cstr(pk, "name");
-        sbx_pack_strn(pk, vars[0], (size_t)(eq - vars[0]));
+        sbx_pack_bstr(pk, vars[0], (size_t)(eq - vars[0]));
         sbx_pack_kv_str(pk, "value", eq + 1);
     } else {
         (void)msgpack_pack_map(pk, 1);
@@ -123,7 +123,7 @@ static int env_set(struct sbx_client *c, int n, char **vars)
         (void)msgpack_pack_map(pk, (size_t)n);
         for (int i = 0; i < n; i++) {
             const char *eq = strchr(vars[i], '=');
-            sbx_pack_strn(pk, vars[i], (size_t)(eq - vars[i]));
+            sbx_pack_bstr(pk, vars[i], (size_t)(eq - vars[i]));
             sbx_pack_cstr(pk, eq + 1);
         }
     }

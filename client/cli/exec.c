@@ -341,7 +341,7 @@ static int spawn(struct exec *x, const struct exec_opts *o, int argc, char *cons
             size_t n;
             const char *val = env_value(o->env[i], &n);
             if (val != NULL) {
-                sbx_pack_strn(pk, o->env[i], n);
+                sbx_pack_bstr(pk, o->env[i], n);
                 sbx_pack_cstr(pk, val);
             }
         }

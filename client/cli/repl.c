@@ -185,7 +185,7 @@ static int repl_eval(struct repl *r, const char *code, size_t len)
     (void)msgpack_pack_map(pk, 3 + (r->timeout_ms > 0));
     sbx_pack_kv_u64(pk, "session", r->session);
     sbx_pack_cstr(pk, "code");
-    sbx_pack_strn(pk, code, len);
+    sbx_pack_bstr(pk, code, len);
     sbx_pack_kv_bool(pk, "stream", !json);
     if (r->timeout_ms > 0) {
         sbx_pack_kv_u64(pk, "timeout_ms", r->timeout_ms);

@@ -212,6 +212,38 @@ class TestReplSh(LangMixin, ReplCase):
         r = self.ev(sid, 'echo "$SBX_R $(pwd)"')
         self.assertEqual(r["stdout"], ("v %s\n" % os.path.realpath(self.tmp)).encode())
 
+    # The code runs at the shell's top level, not inside a driver function (section 16.5).
+
+    def test_positional_parameters_persist(self):
+        self.assertFalse(self.ev(self.sid, 'set -- a "b c"')["error"])
+        self.assertEqual(self.ev(self.sid, 'echo "$# $2"')["stdout"], b"2 b c\n")
+        self.assertFalse(self.ev(self.sid, "shift")["error"])
+        self.assertEqual(self.ev(self.sid, 'echo "$# $1"')["stdout"], b"1 b c\n")
+
+    def test_return_at_top_level_ends_the_eval(self):
+        r = self.ev(self.sid, "echo before; return 5; echo after", timeout_ms=10000)
+        self.assertFalse(r["timed_out"], r)
+        self.assertEqual((r["stdout"], r["value"], r["error"], r["error_text"]),
+                         (b"before\n", "5", True, "exit status 5"))
+        r = self.ev(self.sid, "x=1; return", timeout_ms=10000)
+        self.assertEqual((r["value"], r["timed_out"]), ("0", False), r)
+        self.assertEqual(self.ev(self.sid, 'echo "ok $x"')["stdout"], b"ok 1\n")
+
+    def test_code_cannot_see_the_control_pipes_and_keeps_its_own_fds(self):
+        r = self.ev(self.sid, "readlink /proc/self/fd/3 /proc/self/fd/4 || echo closed")
+        self.assertEqual(r["stdout"], b"closed\n", r)
+        f = os.path.join(self.tmp, "fd5")
+        self.assertFalse(self.ev(self.sid, "exec 5>%s; echo one >&5" % f)["error"])
+        self.assertFalse(self.ev(self.sid, "echo two >&5")["error"])
+        with open(f, "rb") as fh:
+            self.assertEqual(fh.read(), b"one\ntwo\n")
+
+    def test_eval_after_timeout_reports_its_own_status(self):
+        r = self.ev(self.sid, "sleep 100", timeout_ms=200)
+        self.assertEqual((r["timed_out"], r["value"]), (True, "130"), r)
+        r = self.ev(self.sid, "sleep 0.2; echo done; false")
+        self.assertEqual((r["stdout"], r["value"], r["timed_out"]), (b"done\n", "1", False), r)
+
 
 class TestReplBash(TestReplSh):
     language = interpreter = "bash"
@@ -220,6 +252,35 @@ class TestReplBash(TestReplSh):
         r = self.ev(self.sid, "declare -A m=([k]=v); echo ${m[k]} ${BASH_VERSION%%.*}")
         self.assertFalse(r["error"], r)
         self.assertTrue(r["stdout"].startswith(b"v "))
+
+    def test_declarations_persist(self):
+        # declare/typeset at the top level of an eval make global variables, as at a prompt.
+        cases = [
+            ("declare -A m=([a]=1 [b]=2)", "echo ${m[b]} ${#m[@]}", b"2 2\n"),
+            ("declare -a l=(p q r)", "echo ${l[2]} ${#l[@]}", b"r 3\n"),
+            ("declare -i n=5", "n+=1; echo $n", b"6\n"),
+            ("declare x=hi", "echo $x", b"hi\n"),
+            ("typeset t=ty", "echo $t", b"ty\n"),
+            ("declare -x e=ex", "sh -c 'echo $e'", b"ex\n"),
+            ("declare -r ro=1", "echo $ro", b"1\n"),
+        ]
+        for decl, use, out in cases:
+            with self.subTest(decl=decl):
+                r = self.ev(self.sid, decl)
+                self.assertFalse(r["error"], r)
+                r = self.ev(self.sid, use)
+                self.assertEqual((r["stdout"], r["stderr"], r["value"]), (out, b"", "0"))
+
+    def test_declare_in_a_function_stays_local(self):
+        r = self.ev(self.sid, "f() { declare inner=1; local l=2; }; f")
+        self.assertFalse(r["error"], r)
+        self.assertEqual(self.ev(self.sid, 'echo "[${inner-u}${l-u}]"')["stdout"], b"[uu]\n")
+        self.assertEqual(self.ev(self.sid, 'echo "[${FUNCNAME[*]}]"')["stdout"], b"[]\n")
+
+    def test_local_outside_a_function_is_an_error(self):
+        r = self.ev(self.sid, "local y=1")
+        self.assertEqual((r["value"], r["error"]), ("1", True), r)
+        self.assertIn(b"can only be used in a function", r["stderr"])
 
 
 class TestReplPython(LangMixin, ReplCase):

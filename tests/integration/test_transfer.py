@@ -608,13 +608,15 @@ class TestTree(TransferCase):
         self.assertNotIn("error", done)
         self.assertEqual(open(self.p("new", "dest", long)).read(), "L")
 
-    def hostile(self, members, want_name):
+    def hostile(self, members, want_name, want_in_message=None):
         dest = self.p("dest")
         os.makedirs(dest, exist_ok=True)
         done, cancel = self.upload_tree(dest, tar_bytes(members))
         self.assertEqual(done["error"]["code"], "BAD_PARAM", done)
         self.assertEqual(done["error"]["field"], "stream")
         self.assertIn(want_name, done["error"].get("path", ""))
+        if want_in_message is not None:
+            self.assertIn(want_in_message, done["error"]["message"])
         self.c.call("ping")
 
     def test_hostile_entries_refused(self):
@@ -634,11 +636,14 @@ class TestTree(TransferCase):
                       ti("d/evil/x/y", data=b"x")], "d/evil/x/y")
         self.assertEqual(os.listdir(outside), [])
         # hard links to outside the tree
-        self.hostile([ti("hl", tarfile.LNKTYPE, linkname="../outside-file")], "outside-file")
-        self.hostile([ti("hl", tarfile.LNKTYPE, linkname="/etc/passwd")], "/etc/passwd")
+        # (PROTOCOL.md §18.3: `path` is the hard link entry's own name; the message names the
+        # refused target)
+        self.hostile([ti("hl", tarfile.LNKTYPE, linkname="../outside-file")], "hl",
+                     "../outside-file")
+        self.hostile([ti("hl", tarfile.LNKTYPE, linkname="/etc/passwd")], "hl", "/etc/passwd")
         open(os.path.join(outside, "secret"), "w").write("s")
         self.hostile([ti("e2", tarfile.SYMTYPE, linkname=outside),
-                      ti("hl2", tarfile.LNKTYPE, linkname="e2/secret")], "e2/secret")
+                      ti("hl2", tarfile.LNKTYPE, linkname="e2/secret")], "hl2", "e2/secret")
         self.assertEqual(os.listdir(outside), ["secret"])
         self.assertEqual(os.lstat(os.path.join(outside, "secret")).st_nlink, 1)
 
