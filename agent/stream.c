@@ -174,6 +174,8 @@ void agent_stream_cancel(struct agent_stream *s, const struct sbx_err *e)
     agent_stream_free(s);
 }
 
+static void stdin_finish(struct agent_stream *s);
+
 /* The client misused @s (PROTOCOL.md 8.6): cancel it with @e and tell its owner it is gone. */
 static void stream_misuse(struct agent_stream *s, const struct sbx_err *e)
 {
@@ -183,6 +185,10 @@ static void stream_misuse(struct agent_stream *s, const struct sbx_err *e)
     s->cancelled = true;
     if (s->ops != NULL && s->ops->gone != NULL) {
         s->ops->gone(s, true);
+    }
+    if (s->ops == NULL && s->dir == AGENT_STREAM_IN) {
+        stdin_finish(s); /* no more input can come: EOF after what was accepted (§8.6) */
+        return;
     }
     agent_stream_free(s);
 }
