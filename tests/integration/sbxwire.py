@@ -1156,7 +1156,9 @@ class Agent:
         finally:
             for d in dirs:
                 shutil.rmtree(d, ignore_errors=True)
-        case.assertTrue(alive, "the agent died during the test:\n" + self.logtext())
+        log = self.logtext()
+        shutil.rmtree(self.dir, ignore_errors=True)  # the socket and the log
+        case.assertTrue(alive, "the agent died during the test:\n" + log)
 
     def stop(self):
         if self.proc.poll() is None:
