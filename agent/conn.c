@@ -2,11 +2,20 @@
  * One host connection: bytes in through the framer, messages out through uv_write. Owns its
  * streams; processes it spawned are not its property and keep running when it goes away.
  */
+#include "conn.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "agent.h"
+#include "fs.h"
+#include "listener.h"
+#include "proc.h"
+#include "repl.h"
+#include "session.h"
+#include "stream.h"
+#include "transfer.h"
 
 struct write_req {
     uv_write_t req;

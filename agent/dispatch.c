@@ -2,6 +2,13 @@
 #include <string.h>
 
 #include "agent.h"
+#include "conn.h"
+#include "env.h"
+#include "fs.h"
+#include "proc.h"
+#include "repl.h"
+#include "session.h"
+#include "transfer.h"
 
 typedef void (*agent_handler)(struct agent_conn *c, const struct sbx_msg *m);
 

@@ -1,8 +1,11 @@
 /* The base environment later spawns inherit: get, set, unset, list. */
+#include "env.h"
+
 #include <stdlib.h>
 #include <string.h>
 
 #include "agent.h"
+#include "conn.h"
 
 extern char **environ;
 

@@ -16,6 +16,9 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "conn.h"
+#include "env.h"
+
 /* A readdir cursor: an open directory stream the client pages through. */
 struct fs_cursor {
     struct agent_link link;

@@ -67,4 +67,43 @@ const char *agent_fs_dtype_name(unsigned char d_type);
 int agent_fs_strv_param(const msgpack_object *params, const char *key, size_t maxlen, char ***out,
                         struct sbx_err *err);
 
+/* --- fs family (fs.c, fswalk.c, fswatch.c) ------------------------------------------------ */
+
+/* Path methods (PROTOCOL.md §17.3); each replies to request @m on @c. */
+void agent_fs_stat(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_lstat(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_link(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m);
+/* Entry streams (§17.4, §17.5), fswalk.c. */
+void agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m);
+/* Watches (§17.6), fswatch.c: inotify, per connection. */
+void agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_unwatch(struct agent_conn *c, const struct sbx_msg *m);
+/* End the connection's watches and release its inotify instance (called by agent_fs_conn_gone). */
+void agent_fswatch_conn_gone(struct agent_conn *c);
+/* File handles (§17.7), per connection. */
+void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_write(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_seek(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_fstat(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_fsync(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_ftruncate(struct agent_conn *c, const struct sbx_msg *m);
+void agent_fs_close(struct agent_conn *c, const struct sbx_msg *m);
+/* The connection is closing: close its handles and cursors, end its watches. */
+void agent_fs_conn_gone(struct agent_conn *c);
+
 #endif /* SBX_AGENT_FS_H */

@@ -13,7 +13,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "conn.h"
+#include "env.h"
 #include "fs.h"
+#include "stream.h"
 
 #define ALTS_MAX   256u /* brace alternatives of one pattern component */
 #define BRACES_MAX 32u  /* '{' in one component: bounds the work of expanding them */

@@ -14,6 +14,7 @@
 #include <sys/inotify.h>
 #include <sys/stat.h>
 
+#include "conn.h"
 #include "fs.h"
 
 #define FW_HASH         256u

@@ -13,6 +13,9 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "conn.h"
+#include "proc.h"
+#include "session.h"
 
 #define INITCTL_MAX 512
 

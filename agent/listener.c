@@ -2,6 +2,8 @@
  * Listeners: unix and TCP sockets through libuv, AF_VSOCK through a poll handle (libuv has no
  * vsock), and virtio-serial ports, where "host not connected" is a normal, recurring state.
  */
+#include "listener.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +18,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "conn.h"
 
 #define SERIAL_RETRY_MS 100
 

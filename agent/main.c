@@ -13,6 +13,10 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "env.h"
+#include "listener.h"
+#include "proc.h"
+#include "session.h"
 
 static void usage(FILE *fp)
 {

@@ -16,7 +16,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "conn.h"
+#include "env.h"
 #include "fs.h"
+#include "stream.h"
+#include "transfer.h"
 #include "tree.h"
 
 #define PACK_MANIFEST_NAME ".sbx-manifest.json"

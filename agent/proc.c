@@ -3,6 +3,8 @@
  * waitpid(-1): orphans belong to init), keep exit statuses until waited on, and report an exit
  * only after its output ended or a drain deadline passed.
  */
+#include "proc.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -19,6 +21,9 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "conn.h"
+#include "env.h"
+#include "stream.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SBX_ASAN 1

@@ -18,6 +18,8 @@
  * An eval is finished when its report arrives; the driver flushes stdout/stderr before reporting,
  * so a final non-blocking drain of both pipes collects everything the code wrote.
  */
+#include "repl.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -29,6 +31,10 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "conn.h"
+#include "env.h"
+#include "proc.h"
+#include "stream.h"
 
 enum repl_lang { LANG_SH, LANG_BASH, LANG_PYTHON, LANG_NODE, LANG_DENO };
 static const char *const lang_names[] = { "sh", "bash", "python3", "node", "deno" };

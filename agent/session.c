@@ -1,4 +1,6 @@
 /* session family: hello, ping, info, shutdown, lifetime. */
+#include "session.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -6,6 +8,8 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "conn.h"
+#include "proc.h"
 
 const char *const agent_capabilities[] = { "session",  "env",  "process", "pty", "fs",
                                            "transfer", "pack", "repl",    NULL };

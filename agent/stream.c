@@ -5,12 +5,16 @@
  * keep up with blocks in write() instead of growing the agent; owners produce only what
  * agent_stream_writable() allows, for the same reason.
  */
+#include "stream.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "agent.h"
+#include "conn.h"
+#include "proc.h"
 
 struct in_req {
     uv_write_t req;

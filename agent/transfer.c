@@ -5,6 +5,8 @@
  * time per transfer, so the loop only copies frames; the bytes held per upload are bounded by the
  * credit granted, which is granted back only once they are written.
  */
+#include "transfer.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -16,7 +18,9 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "conn.h"
 #include "fs.h"
+#include "stream.h"
 
 #include <nettle/sha2.h>
 

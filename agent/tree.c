@@ -18,7 +18,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "conn.h"
 #include "fs.h"
+#include "stream.h"
+#include "transfer.h"
 
 #define TREE_CHUNK SBX_STREAM_CHUNK_MAX
 

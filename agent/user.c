@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "agent.h"
+#include "env.h"
 
 /* Split @line at ':' into at most @max fields (in place). Returns the number of fields. */
 static int split_fields(char *line, char **f, int max)

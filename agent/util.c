@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "agent.h"
+#include "proc.h"
 
 void agent_list_init(struct agent_link *head)
 {

@@ -1,0 +1,70 @@
+/* Connections (conn.c): framing in, frames out, replies. */
+#ifndef SBX_AGENT_CONN_H
+#define SBX_AGENT_CONN_H
+
+#include "agent.h"
+
+/* --- connections -------------------------------------------------------------------------- */
+
+enum agent_transport { AGENT_T_UNIX, AGENT_T_VSOCK, AGENT_T_TCP, AGENT_T_SERIAL };
+
+struct agent_conn {
+    struct agent_link link; /* in a->conns */
+    struct agent *a;
+    union {
+        uv_pipe_t pipe;
+        uv_tcp_t tcp;
+        uv_stream_t stream;
+        uv_handle_t handle;
+    } h;
+    enum agent_transport transport;
+    struct agent_listener *listener; /* serial: reopen after close */
+    unsigned num;                    /* connection number, for logs */
+    bool hello_done;
+    bool closing;
+    bool close_after_flush; /* e.g. after an AUTH error */
+    bool paused;            /* output pipes stopped: too much queued for this peer */
+    uint32_t version;
+    uint32_t next_stream;
+    uint32_t next_pack; /* pack.create job ids */
+    unsigned nstreams;
+    uint32_t pending; /* requests received and not yet answered (max_pending, §5.1) */
+    struct agent_link streams;
+    struct sbx_framer framer;
+    struct sbx_decoder dec;
+    struct sbx_out out;       /* scratch for encoding one control frame */
+    struct agent_slab *slab;  /* read buffer; replaced when a handler holds it */
+    size_t queued;            /* bytes handed to uv_write and not yet written */
+    size_t queued_ctl;        /* ...of which control frames (data is bounded by credit) */
+    struct agent_fs *fs;      /* fs.c: file handles and readdir cursors, or NULL */
+    struct agent_fswatch *fw; /* fswatch.c: this connection's watches, or NULL */
+};
+
+/* Accept a connected stream fd / handle (already initialised by the listener) as a connection. */
+struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t);
+int agent_conn_start(struct agent_conn *c);
+void agent_conn_close(struct agent_conn *c);
+
+/*
+ * Keep the payload @data (@len bytes) of the frame being handled past the handler's return,
+ * without copying it: returns the slab it lies in with a reference taken (release it with
+ * agent_slab_release once done), or NULL when @len is under AGENT_HOLD_MIN (pinning a whole slab
+ * for a small payload would multiply memory per credit byte) or @data is not a received frame's
+ * payload; the caller copies then. Only valid inside a data handler.
+ */
+#define AGENT_HOLD_MIN (64u << 10)
+struct agent_slab *agent_conn_hold(struct agent_conn *c, const uint8_t *data, uint32_t len);
+
+/* Start encoding a frame for @c; returns the packer. Finish with agent_conn_send(). */
+msgpack_packer *agent_conn_begin(struct agent_conn *c);
+/* Finish the frame begun with agent_conn_begin and queue it for writing. */
+void agent_conn_send(struct agent_conn *c);
+/* Queue a stream-data frame whose payload is @buf (a pool buffer, taken over). */
+void agent_conn_send_data(struct agent_conn *c, uint32_t stream, void *buf, uint32_t len);
+void agent_conn_reply_error(struct agent_conn *c, uint32_t id, const struct sbx_err *e);
+/* [1, id, nil, {}] */
+void agent_conn_reply_empty(struct agent_conn *c, uint32_t id);
+/* Refuse a new connection: send @e as an error notification, close once it is written. */
+void agent_conn_refuse(struct agent_conn *c, const struct sbx_err *e);
+
+#endif /* SBX_AGENT_CONN_H */

@@ -1,0 +1,42 @@
+/* The base environment (env.c) and users (user.c). */
+#ifndef SBX_AGENT_ENV_H
+#define SBX_AGENT_ENV_H
+
+#include "agent.h"
+
+/* --- env, users, session, init channel ---------------------------------------------------- */
+
+int agent_env_init(struct agent *a);
+void agent_env_free(struct agent *a);
+/* Build a NULL-terminated envp: base (unless @clear) overlaid with @overlay (a msgpack map,
+ * already validated) and @extra ("K=V" strings, may be NULL). Caller frees with agent_strv_free. */
+char **agent_env_build(struct agent *a, bool clear, const msgpack_object *overlay,
+                       char *const *extra);
+const char *agent_env_lookup(char *const *envp, const char *name);
+void agent_strv_free(char **v);
+void agent_env_get(struct agent_conn *c, const struct sbx_msg *m);
+void agent_env_set(struct agent_conn *c, const struct sbx_msg *m);
+void agent_env_unset(struct agent_conn *c, const struct sbx_msg *m);
+void agent_env_list(struct agent_conn *c, const struct sbx_msg *m);
+/* Check an env map param ({bstr: bstr|nil}); BAD_PARAM naming @field. */
+int agent_env_check_map(const msgpack_object *map, const char *field, struct sbx_err *err);
+/* Check an environment variable name: non-empty, no '=', no NUL, bounded. */
+bool agent_env_name_ok(const char *s, size_t n);
+
+struct agent_user {
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[SBX_GROUPS_MAX];
+    int ngroups;
+    char name[64];
+    char home[SBX_PATH_MAX];
+    char shell[SBX_PATH_MAX];
+};
+/* Look @name (or a numeric uid) up in /etc/passwd and its groups in /etc/group, without NSS.
+ * @root is the filesystem prefix ("" normally; tests point it elsewhere). */
+int agent_user_lookup(const char *root, const char *name, struct agent_user *u,
+                      struct sbx_err *err);
+/* Fill @u for a numeric uid: passwd entry if there is one, else gid = uid and no groups. */
+int agent_user_by_uid(const char *root, uid_t uid, struct agent_user *u);
+
+#endif /* SBX_AGENT_ENV_H */

@@ -1,0 +1,85 @@
+/* Processes (proc.c): spawn, wait, kill, list, release, resize; exit records. */
+#ifndef SBX_AGENT_PROC_H
+#define SBX_AGENT_PROC_H
+
+#include "agent.h"
+#include "stream.h"
+
+/* --- processes ---------------------------------------------------------------------------- */
+
+struct agent_waiter {
+    struct agent_link link;
+    struct agent_conn *conn;
+    uint32_t id;
+    bool extend;      /* lifetime waiters: answers a lifetime.extend */
+    bool timed;       /* proc waiters: timer is initialised */
+    uv_timer_t timer; /* proc.wait timeout_ms */
+    struct agent_proc *proc;
+};
+
+struct agent_proc {
+    struct agent_link link; /* in a->procs */
+    struct agent *a;
+    uint64_t id;
+    pid_t pid;
+    char **argv; /* for proc.list */
+    char tag[SBX_TAG_MAX + 1];
+    struct agent_conn *owner; /* gets proc.exit; NULL once it disconnected */
+    struct agent_pipe in, out, err;
+    bool has_in, has_out, has_err;
+    bool pty;              /* started on a pseudo-terminal */
+    int pty_fd;            /* the master (owned by the output pipe's handle), for resize */
+    unsigned handles_open; /* pipes + timers still to be closed */
+    bool exited;
+    bool done; /* exit reported (output ended or drain deadline passed) */
+    bool drained;
+    bool timed_out;
+    bool freeing;
+    int status; /* wait status */
+    struct rusage ru;
+    uint64_t start_ns, end_ns;
+    uint64_t start_wall_ns; /* CLOCK_REALTIME at spawn, for proc.list */
+    bool collected;         /* the exit was delivered to some client */
+    uint32_t drain_ms;
+    int kill_signal;
+    uint32_t kill_grace_ms;
+    uv_timer_t timeout_timer; /* timeout, then grace before SIGKILL */
+    uv_timer_t drain_timer;
+    bool timeout_armed, grace_phase;
+    struct agent_link waiters;
+    /* Another object built on this process (a REPL session): told once the exit is reported. */
+    void (*on_done)(struct agent_proc *p);
+    void *data;
+};
+
+/* Request handlers. */
+void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_release(struct agent_conn *c, const struct sbx_msg *m);
+void agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m);
+/*
+ * Start an interpreter for a REPL session: @argv (taken over, also on failure), env/clear_env/
+ * cwd/user from @params as proc.spawn reads them, tag @tag. Its stdin and controlling terminal is
+ * a new PTY whose master is returned in @master (the caller owns it); stdout and stderr are pipes
+ * (p->out, p->err, not yet reading: set their sinks, then agent_pipe_update); @extra_fds become
+ * its fds 3 and 4 (the caller closes its copies). No owner: nobody gets proc.exit. Returns NULL
+ * with @err (errno with stage, BAD_PARAM, LIMIT max_procs).
+ */
+struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **argv,
+                                         const char *tag, const int extra_fds[2], int *master,
+                                         struct sbx_err *err);
+/* SIGCHLD: reap our own children (never waitpid(-1)). */
+void agent_proc_reap(struct agent *a);
+/* A pipe reached its end: maybe the exit can be reported now. */
+void agent_proc_check_done(struct agent_proc *p);
+/* A handle of @p finished closing. */
+void agent_proc_handle_closed(struct agent_proc *p);
+/* The connection is going away: forget it as owner/waiter. */
+void agent_proc_conn_gone(struct agent *a, struct agent_conn *c);
+/* Re-evaluate every output pipe (after pool buffers were released). */
+void agent_proc_pipes_resume(struct agent *a);
+
+#endif /* SBX_AGENT_PROC_H */

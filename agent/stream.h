@@ -1,0 +1,119 @@
+/* Streams (stream.c): credit-controlled byte channels of a connection, and the process pipes they
+ * attach to. */
+#ifndef SBX_AGENT_STREAM_H
+#define SBX_AGENT_STREAM_H
+
+#include "agent.h"
+
+/* --- streams ------------------------------------------------------------------------------ */
+
+enum agent_stream_dir { AGENT_STREAM_OUT, AGENT_STREAM_IN };
+
+/*
+ * The process side of a pipe: an output (child stdout/stderr, read by the agent) or an input
+ * (child stdin, written by the agent). It belongs to the process and outlives connections; a
+ * connection's stream attaches to it. While no stream is attached, output is kept in a bounded
+ * replay buffer (oldest bytes dropped and counted) so the child never blocks on a full pipe.
+ */
+struct agent_pipe {
+    struct agent_proc *proc;
+    uv_pipe_t handle;
+    bool open;      /* handle initialised and not yet closing */
+    bool reading;   /* uv_read_start active */
+    bool eof;       /* output: end reached (or forcibly ended) */
+    bool truncated; /* output: ended by the drain deadline, not by EOF */
+    bool is_input;
+    bool is_pty;                 /* a PTY master: EIO is the end; closing input writes nothing */
+    struct agent_stream *stream; /* attached connection stream, or NULL */
+    /* output while detached */
+    uint8_t *replay;
+    uint32_t replay_len;
+    uint64_t dropped; /* bytes discarded because nobody read them */
+    uint64_t total;   /* bytes read from the child */
+    /* output while detached goes here instead of the replay buffer when set (REPL capture) */
+    void (*sink)(struct agent_pipe *p, const uint8_t *data, uint32_t n);
+    /* input */
+    unsigned writes_pending;
+    bool close_requested;
+};
+
+/*
+ * What a stream that is not bound to a process pipe (a file download, an upload, a walk, an
+ * archive) asks of its owner. Every callback runs on the loop thread. A stream whose owner is
+ * not a pipe has `ops` set and `pipe` NULL.
+ */
+struct agent_stream_ops {
+    /* OUT: credit arrived or the connection drained; produce with agent_stream_send() while
+     * agent_stream_writable() holds. May end the stream (agent_stream_end). */
+    void (*ready)(struct agent_stream *s);
+    /* IN: @len bytes arrived within credit (@data is valid only during the call). Report them
+     * with agent_stream_consumed() once they reached their destination. May cancel the stream. */
+    void (*data)(struct agent_stream *s, const uint8_t *data, uint32_t len);
+    /* IN: the client ended the stream; @e is its error (the data is incomplete) or NULL. The
+     * stream is freed right after this returns. */
+    void (*end)(struct agent_stream *s, const struct sbx_err *e);
+    /* The client cancelled the stream (@cancelled) or its connection is closing: the owner stops
+     * using it and must send nothing on it. The stream is freed right after this returns. */
+    void (*gone)(struct agent_stream *s, bool cancelled);
+};
+
+struct agent_stream {
+    struct agent_link link; /* in conn->streams */
+    struct agent_conn *conn;
+    uint32_t id;
+    enum agent_stream_dir dir;
+    uint64_t credit;   /* OUT: bytes we may still send; IN: bytes the client may still send */
+    uint64_t consumed; /* IN: bytes written to the target since the last grant */
+    struct agent_pipe *pipe;
+    const struct agent_stream_ops *ops; /* streams not bound to a pipe */
+    void *owner;                        /* for @ops */
+    bool ended;                         /* OUT: stream.end sent; IN: stream.end received */
+    bool cancelled;
+};
+
+/* 0 when @n more streams can be created on @c now, else -1 with LIMIT (max_streams or stream_ids)
+ * in @err. Methods that create several streams check this first, so they create all or none. */
+int agent_stream_reserve(const struct agent_conn *c, uint32_t n, struct sbx_err *err);
+struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_dir dir,
+                                      struct agent_pipe *p, struct sbx_err *err);
+struct agent_stream *agent_stream_find(struct agent_conn *c, uint32_t id);
+/* A stream served by @ops on behalf of @owner (not a process pipe). */
+struct agent_stream *agent_stream_new_ops(struct agent_conn *c, enum agent_stream_dir dir,
+                                          const struct agent_stream_ops *ops, void *owner,
+                                          struct sbx_err *err);
+/* OUT: how many bytes may be sent now (0 when out of credit or the connection is backed up). */
+uint32_t agent_stream_writable(const struct agent_stream *s);
+/* OUT: send @len bytes of the pool buffer @buf (taken over); @len must fit the credit. */
+void agent_stream_send(struct agent_stream *s, void *buf, uint32_t len);
+/* OUT: send @len bytes copied from @data in chunks; @len must fit agent_stream_writable(). */
+void agent_stream_send_copy(struct agent_stream *s, const void *data, uint32_t len);
+/* IN: @n bytes were written to their destination; grant credit in batches, or at once with
+ * @flush (when nothing else is pending, so the client is never left waiting). */
+void agent_stream_consumed(struct agent_stream *s, uint32_t n, bool flush);
+/* Detach from the pipe and free. Sends nothing. */
+void agent_stream_free(struct agent_stream *s);
+/* Send stream.end (with optional error / truncated flag) and free. */
+void agent_stream_end(struct agent_stream *s, const struct sbx_err *e, bool truncated);
+/* Refuse an "in" stream: send stream.cancel with @e, then free it. */
+void agent_stream_cancel(struct agent_stream *s, const struct sbx_err *e);
+/* Incoming stream control and data from the client. */
+void agent_stream_on_credit(struct agent_conn *c, const struct sbx_msg *m);
+void agent_stream_on_end(struct agent_conn *c, const struct sbx_msg *m);
+void agent_stream_on_cancel(struct agent_conn *c, const struct sbx_msg *m);
+void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m);
+/* A data message for stream @id was malformed (@why: empty or over chunk_max). If @id is a live
+ * stream, its bytes were lost: cancel it as misuse (STREAM, PROTOCOL.md 8.6) and return true;
+ * false when @id names no stream (the caller reports BAD_MESSAGE). */
+bool agent_stream_on_bad_data(struct agent_conn *c, uint32_t id, const struct sbx_err *why);
+
+/* Output pipes: start/stop reading according to credit and attachment. */
+void agent_pipe_update(struct agent_pipe *p);
+/* True while an output pipe may still legitimately carry data (used by the drain deadline). */
+bool agent_pipe_busy(struct agent_pipe *p);
+/* At the drain deadline: read what the pipe holds now without blocking (bounded by the pipe's
+ * capacity and the stream's credit) and send it. True if that reached end-of-file. */
+bool agent_pipe_final_drain(struct agent_pipe *p);
+/* Close a pipe's handle (idempotent); the proc counts the close. */
+void agent_pipe_close(struct agent_pipe *p);
+
+#endif /* SBX_AGENT_STREAM_H */
