@@ -1,0 +1,227 @@
+/*
+ * The wire schema: method names, and every record that crosses the wire in both directions, with
+ * one pack and one read function each, used by the agent and by every client alike. A record is
+ * written by hand from its table in PROTOCOL.md (the section is named at each), so the two sides
+ * cannot drift apart: there is no second encoder or decoder of it anywhere.
+ *
+ * Pack functions write exactly one msgpack value (the record's map) and never fail on their own;
+ * a failed write poisons the frame (sbx_out_end reports it). Read functions check every field
+ * the table marks as present (type and range) and return 0, or -1 with BAD_MESSAGE naming the
+ * field; unknown keys are ignored (§4.3). Pointers a read function stores refer into the msgpack
+ * object and live as long as it does.
+ */
+#ifndef SBX_SCHEMA_H
+#define SBX_SCHEMA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <msgpack.h>
+
+#include "sbx/err.h"
+#include "sbx/msg.h"
+
+/* --- method and notification names (§11, §21) ------------------------------------------- */
+
+#define SBX_M_HELLO                  "hello"
+#define SBX_M_PING                   "ping"
+#define SBX_M_INFO                   "info"
+#define SBX_M_SHUTDOWN               "shutdown"
+#define SBX_M_LIFETIME_GET           "lifetime.get"
+#define SBX_M_LIFETIME_EXTEND        "lifetime.extend"
+#define SBX_M_CLOCK_SET              "clock.set"
+#define SBX_M_ENV_GET                "env.get"
+#define SBX_M_ENV_SET                "env.set"
+#define SBX_M_ENV_UNSET              "env.unset"
+#define SBX_M_ENV_LIST               "env.list"
+#define SBX_M_PROC_SPAWN             "proc.spawn"
+#define SBX_M_PROC_WAIT              "proc.wait"
+#define SBX_M_PROC_KILL              "proc.kill"
+#define SBX_M_PROC_LIST              "proc.list"
+#define SBX_M_PROC_CLOSE_STDIN       "proc.close_stdin"
+#define SBX_M_PROC_RELEASE           "proc.release"
+#define SBX_M_PROC_RESIZE            "proc.resize"
+#define SBX_M_FS_STAT                "fs.stat"
+#define SBX_M_FS_LSTAT               "fs.lstat"
+#define SBX_M_FS_READDIR             "fs.readdir"
+#define SBX_M_FS_MKDIR               "fs.mkdir"
+#define SBX_M_FS_REMOVE              "fs.remove"
+#define SBX_M_FS_RENAME              "fs.rename"
+#define SBX_M_FS_COPY                "fs.copy"
+#define SBX_M_FS_CHMOD               "fs.chmod"
+#define SBX_M_FS_CHOWN               "fs.chown"
+#define SBX_M_FS_SYMLINK             "fs.symlink"
+#define SBX_M_FS_LINK                "fs.link"
+#define SBX_M_FS_READLINK            "fs.readlink"
+#define SBX_M_FS_REALPATH            "fs.realpath"
+#define SBX_M_FS_TRUNCATE            "fs.truncate"
+#define SBX_M_FS_UTIME               "fs.utime"
+#define SBX_M_FS_MKTEMP              "fs.mktemp"
+#define SBX_M_FS_WALK                "fs.walk"
+#define SBX_M_FS_GLOB                "fs.glob"
+#define SBX_M_FS_WATCH               "fs.watch"
+#define SBX_M_FS_UNWATCH             "fs.unwatch"
+#define SBX_M_FS_OPEN                "fs.open"
+#define SBX_M_FS_READ                "fs.read"
+#define SBX_M_FS_WRITE               "fs.write"
+#define SBX_M_FS_SEEK                "fs.seek"
+#define SBX_M_FS_FSTAT               "fs.fstat"
+#define SBX_M_FS_FSYNC               "fs.fsync"
+#define SBX_M_FS_FTRUNCATE           "fs.ftruncate"
+#define SBX_M_FS_CLOSE               "fs.close"
+#define SBX_M_TRANSFER_UPLOAD        "transfer.upload"
+#define SBX_M_TRANSFER_DOWNLOAD      "transfer.download"
+#define SBX_M_TRANSFER_UPLOAD_TREE   "transfer.upload_tree"
+#define SBX_M_TRANSFER_DOWNLOAD_TREE "transfer.download_tree"
+#define SBX_M_PACK_CREATE            "pack.create"
+#define SBX_M_REPL_START             "repl.start"
+#define SBX_M_REPL_EVAL              "repl.eval"
+#define SBX_M_REPL_CLOSE             "repl.close"
+#define SBX_M_REPL_LIST              "repl.list"
+
+#define SBX_N_ERROR                  "error"
+#define SBX_N_STREAM_CREDIT          "stream.credit"
+#define SBX_N_STREAM_END             "stream.end"
+#define SBX_N_STREAM_CANCEL          "stream.cancel"
+#define SBX_N_PROC_EXIT              "proc.exit"
+#define SBX_N_TRANSFER_DONE          "transfer.done"
+#define SBX_N_REPL_RESULT            "repl.result"
+#define SBX_N_FS_EVENT               "fs.event"
+#define SBX_N_PACK_PROGRESS          "pack.progress"
+#define SBX_N_PACK_MANIFEST          "pack.manifest"
+
+/* --- hello params (§6.2) ------------------------------------------------------------------- */
+
+struct sbx_hello {
+    uint64_t version;
+    uint64_t min_version; /* read: the default (1, or version if below) when absent */
+    const char *client;   /* NULL: absent */
+    size_t client_len;
+    const char *const *caps;    /* pack: NULL-terminated list, or NULL for none */
+    const msgpack_object *capv; /* read: the capabilities array, or NULL */
+    const char *token;          /* NULL: absent */
+    size_t token_len;
+};
+
+void sbx_hello_pack(msgpack_packer *pk, const struct sbx_hello *h);
+/* Read hello params; every violation of §6.2 is BAD_PARAM naming the field ("capabilities[3]"),
+ * min_version above version included. */
+int sbx_hello_read(const msgpack_object *params, struct sbx_hello *h, struct sbx_err *err);
+
+/* --- hello result (§6.4) ------------------------------------------------------------------- */
+
+struct sbx_limits {
+    uint64_t frame_max, chunk_max, stream_window, max_streams, max_procs, max_conns;
+};
+
+struct sbx_hello_result {
+    uint64_t version;
+    const char *agent, *agent_version; /* read: NUL-free, not NUL-terminated: see *_len */
+    size_t agent_len, agent_version_len;
+    const char *const *caps;    /* pack: NULL-terminated */
+    const msgpack_object *capv; /* read: the capabilities array */
+    struct sbx_limits limits;
+    uint64_t conn;
+};
+
+void sbx_hello_result_pack(msgpack_packer *pk, const struct sbx_hello_result *r);
+int sbx_hello_result_read(const msgpack_object *o, struct sbx_hello_result *r, struct sbx_err *err);
+/* True when the read result @r announces capability @cap. */
+bool sbx_hello_result_has_cap(const struct sbx_hello_result *r, const char *cap);
+
+/* --- the exit map (§14.3) ------------------------------------------------------------------ */
+
+struct sbx_exit {
+    uint32_t id;
+    uint32_t pid;
+    bool exited; /* true: `code` holds the exit status; false: killed by `signo` */
+    int code;    /* 0..255 */
+    int signo;   /* 1..64 */
+    bool core;
+    uint64_t duration_ns;
+    bool drained;
+    bool timed_out;
+    uint64_t stdout_bytes, stderr_bytes;
+    uint64_t maxrss_kb, utime_us, stime_us;
+};
+
+void sbx_exit_pack(msgpack_packer *pk, const struct sbx_exit *x);
+int sbx_exit_read(const msgpack_object *o, struct sbx_exit *x, struct sbx_err *err);
+/* The shell-style status: code, or 128 + signo. */
+int sbx_exit_status(const struct sbx_exit *x);
+
+/* --- FileInfo (§17.2) ---------------------------------------------------------------------- */
+
+struct sbx_fileinfo {
+    const char *type; /* "file", "dir", ...; read: NUL-terminated copy in type_buf */
+    char type_buf[16];
+    uint64_t size, mode, nlink, ino, dev, rdev, blksize, blocks;
+    uint32_t uid, gid;
+    int64_t atime_ns, mtime_ns, ctime_ns;
+    bool has_birthtime;
+    int64_t birthtime_ns;
+    const char *target; /* fs.lstat of a symlink, else NULL */
+    size_t target_len;
+};
+
+void sbx_fileinfo_pack(msgpack_packer *pk, const struct sbx_fileinfo *fi);
+int sbx_fileinfo_read(const msgpack_object *o, struct sbx_fileinfo *fi, struct sbx_err *err);
+
+/* --- proc.spawn result (§14.2) ------------------------------------------------------------- */
+
+struct sbx_spawn_result {
+    uint32_t id, pid;
+    uint32_t in, out, err; /* stream ids; 0: nil */
+};
+
+void sbx_spawn_result_pack(msgpack_packer *pk, const struct sbx_spawn_result *r);
+int sbx_spawn_result_read(const msgpack_object *o, struct sbx_spawn_result *r, struct sbx_err *err);
+
+/* --- stream notifications (§8.3–§8.5) ------------------------------------------------------ */
+
+struct sbx_stream_note {
+    uint32_t stream;
+    uint32_t bytes;       /* stream.credit */
+    bool has_error;       /* stream.end / stream.cancel: an error map came (read into @error) */
+    struct sbx_err error; /* read only; pack takes a pointer */
+    bool truncated;       /* stream.end */
+};
+
+/* [2, "stream.credit", {stream, bytes}] */
+void sbx_credit_pack(msgpack_packer *pk, uint32_t stream, uint32_t bytes);
+/* [2, "stream.end", {stream, error?, truncated?}]: @e NULL for a normal end. */
+void sbx_end_pack(msgpack_packer *pk, uint32_t stream, const struct sbx_err *e, bool truncated);
+/* [2, "stream.cancel", {stream, error?}] */
+void sbx_cancel_pack(msgpack_packer *pk, uint32_t stream, const struct sbx_err *e);
+/* Read the params of stream.credit, stream.end or stream.cancel (@method): a missing or bad
+ * `stream` is BAD_MESSAGE naming it; for credit a missing, non-uint or too large `bytes` too. */
+int sbx_stream_note_read(const char *method, const msgpack_object *params,
+                         struct sbx_stream_note *n, struct sbx_err *err);
+
+/* --- transfer.done (§18.5) ----------------------------------------------------------------- */
+
+struct sbx_transfer_done {
+    uint32_t stream;
+    bool has_size, has_files;
+    uint64_t size, files;
+    char sha256[65];      /* "" when absent */
+    bool failed;          /* read: an error came, in @error */
+    struct sbx_err error; /* read only */
+};
+
+/* Success ({stream, size, sha256?, files?}) or, with @e, failure ({stream, error}). */
+void sbx_transfer_done_pack(msgpack_packer *pk, const struct sbx_transfer_done *d,
+                            const struct sbx_err *e);
+int sbx_transfer_done_read(const msgpack_object *o, struct sbx_transfer_done *d,
+                           struct sbx_err *err);
+
+/*
+ * Check an outgoing message against the schema: a well-formed envelope, an error map with a code
+ * and a message, and the params of every notification whose record is defined here. For debug
+ * builds, which check every frame before it is sent. Returns 0, or -1 with @err saying what is
+ * wrong.
+ */
+int sbx_schema_check(const uint8_t *payload, size_t len, struct sbx_err *err);
+
+#endif /* SBX_SCHEMA_H */
