@@ -38,6 +38,15 @@ struct agent;
 struct agent_conn;
 struct agent_proc;
 
+/*
+ * A request handler (dispatch.c's method table) returns AGENT_REPLIED once it has sent the
+ * response, AGENT_LATER when a waiter or job now owns the request id and will answer it, or -1
+ * with @err set, and then the dispatcher sends the error: handlers never write their own error
+ * replies.
+ */
+#define AGENT_REPLIED 0
+#define AGENT_LATER   1
+
 /* --- buffers ------------------------------------------------------------------------------ */
 
 /* Every pooled buffer has this size: one largest stream-data frame, header included. */
@@ -82,7 +91,6 @@ struct agent {
     struct agent_link listeners;
     struct agent_link conns;
     struct agent_link procs;
-    struct agent_link jobs;  /* struct agent_job: transfers and packs that outlive a stream */
     struct agent_link repls; /* live REPL sessions */
     uint32_t next_repl;
     unsigned nconns;

@@ -9,13 +9,10 @@
 #include <string.h>
 
 #include "agent.h"
-#include "fs.h"
 #include "listener.h"
-#include "proc.h"
-#include "repl.h"
+#include "sbx/schema.h"
 #include "session.h"
 #include "stream.h"
-#include "transfer.h"
 
 struct write_req {
     uv_write_t req;
@@ -71,6 +68,8 @@ struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t)
     c->num = ++a->next_conn;
     c->next_stream = 1;
     agent_list_init(&c->streams);
+    agent_list_init(&c->refs);
+    c->cur_req = -1;
     sbx_framer_init(&c->framer, SBX_FRAME_MAX);
     conn_framer_rebuf(c);
     sbx_out_init(&c->out);
@@ -220,8 +219,20 @@ void agent_conn_send(struct agent_conn *c)
             return;
         }
     }
+#ifndef NDEBUG
+    /* Debug and sanitizer builds check every control frame against the schema before it goes
+     * out: a record that breaks its table is our bug, caught here rather than by a client. */
+    if (sbx_schema_check((const uint8_t *)c->out.sb.data + c->out.start + SBX_FRAME_HDR,
+                         c->out.sb.size - c->out.start - SBX_FRAME_HDR, &err) < 0) {
+        agent_log("conn %u: outgoing frame breaks the schema: %s", c->num, err.msg);
+        abort();
+    }
+#endif
     if (rid >= 0 && c->pending > 0) {
         c->pending--;
+    }
+    if (rid >= 0 && rid == c->cur_req) {
+        c->cur_replies++;
     }
     wr = calloc(1, sizeof(*wr));
     if (wr == NULL) {
@@ -497,6 +508,24 @@ int agent_conn_start(struct agent_conn *c)
     return uv_read_start(&c->h.stream, alloc_cb, read_cb);
 }
 
+void agent_conn_ref_add(struct agent_conn *c, struct agent_conn_ref *r,
+                        void (*gone)(struct agent_conn_ref *r))
+{
+    agent_conn_ref_del(r); /* re-registering (the next eval of a session) moves it */
+    r->conn = c;
+    r->gone = gone;
+    agent_list_add_tail(&c->refs, &r->link);
+}
+
+void agent_conn_ref_del(struct agent_conn_ref *r)
+{
+    if (r->link.next != NULL && r->link.next != &r->link) {
+        agent_list_del(&r->link);
+    }
+    agent_list_init(&r->link);
+    r->conn = NULL;
+}
+
 void agent_conn_close(struct agent_conn *c)
 {
     if (c->closing) {
@@ -520,11 +549,11 @@ static void conn_close_cb(uv_handle_t *h)
         }
         agent_stream_free(s);
     }
-    agent_proc_conn_gone(a, c);
-    agent_job_conn_gone(a, c);
-    agent_repl_conn_gone(a, c);
-    agent_initctl_conn_gone(a, c);
-    agent_fs_conn_gone(c);
+    while (!agent_list_empty(&c->refs)) {
+        struct agent_conn_ref *r = agent_container_of(c->refs.next, struct agent_conn_ref, link);
+        agent_conn_ref_del(r);
+        r->gone(r); /* may free r */
+    }
     if (c->hello_done) {
         a->nhello--;
         agent_initctl_clients_changed(a);

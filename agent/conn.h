@@ -8,6 +8,25 @@
 
 enum agent_transport { AGENT_T_UNIX, AGENT_T_VSOCK, AGENT_T_TCP, AGENT_T_SERIAL };
 
+/*
+ * Something that belongs to a connection or refers to it and must hear when it goes: a waiter
+ * that will answer a request, a job that sends notifications, a family's per-connection state,
+ * the owner of a process. It registers itself; the closing connection walks its list and calls
+ * each gone() (after its streams were released), so conn.c knows no family. Embed it in the
+ * object; gone() may free the object.
+ */
+struct agent_conn_ref {
+    struct agent_link link;  /* in conn->refs; unlinked (self-linked or zeroed) otherwise */
+    struct agent_conn *conn; /* NULL once the connection is gone */
+    void (*gone)(struct agent_conn_ref *r);
+};
+
+/* Register @r with @c; @gone runs when @c closes (with r->conn already NULL). */
+void agent_conn_ref_add(struct agent_conn *c, struct agent_conn_ref *r,
+                        void (*gone)(struct agent_conn_ref *r));
+/* Unregister @r (a no-op when it is not registered); r->conn becomes NULL. */
+void agent_conn_ref_del(struct agent_conn_ref *r);
+
 struct agent_conn {
     struct agent_link link; /* in a->conns */
     struct agent *a;
@@ -28,8 +47,11 @@ struct agent_conn {
     uint32_t next_stream;
     uint32_t next_pack; /* pack.create job ids */
     unsigned nstreams;
-    uint32_t pending; /* requests received and not yet answered (max_pending, §5.1) */
+    uint32_t pending;     /* requests received and not yet answered (max_pending, §5.1) */
+    int64_t cur_req;      /* the request being dispatched, -1 outside dispatch */
+    uint32_t cur_replies; /* responses sent to cur_req so far (the dispatcher's debug check) */
     struct agent_link streams;
+    struct agent_link refs; /* struct agent_conn_ref: what hears of this connection's end */
     struct sbx_framer framer;
     struct sbx_decoder dec;
     struct sbx_out out;       /* scratch for encoding one control frame */

@@ -1,4 +1,5 @@
 /* The method table: every request goes through here (crun's commands[], QEMU's QAPI tables). */
+#include <assert.h>
 #include <string.h>
 
 #include "agent.h"
@@ -9,8 +10,6 @@
 #include "repl.h"
 #include "session.h"
 #include "transfer.h"
-
-typedef void (*agent_handler)(struct agent_conn *c, const struct sbx_msg *m);
 
 struct agent_method {
     const char *name;
@@ -76,6 +75,34 @@ static const struct agent_method methods[] = {
     { "repl.list", agent_repl_list, 1 },
 };
 
+/*
+ * Run @am's handler for @m and send the error it returns. Debug builds check the handler's word
+ * against what it did: AGENT_REPLIED must have sent exactly one response to this request,
+ * AGENT_LATER and an error none (agent_conn_send counts responses to c->cur_req).
+ */
+static void dispatch_run(struct agent_conn *c, const struct agent_method *am,
+                         const struct sbx_msg *m)
+{
+    struct sbx_err err;
+    int r;
+
+    sbx_err_clear(&err);
+    c->cur_req = m->id;
+    c->cur_replies = 0;
+    r = am->fn(c, m, &err);
+    c->cur_req = -1;
+    if (r < 0) {
+        assert(c->cur_replies == 0);
+        if (!sbx_err_isset(&err)) {
+            sbx_err_set(&err, SBX_E_INTERNAL, "%s failed without saying why", am->name);
+        }
+        agent_conn_reply_error(c, m->id, &err);
+        return;
+    }
+    /* A handler may answer other waiting requests too (repl.close cancels a pending eval). */
+    assert(r == AGENT_REPLIED ? c->cur_replies == 1 || c->closing : c->cur_replies == 0);
+}
+
 void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
@@ -91,7 +118,7 @@ void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m)
             agent_conn_reply_error(c, m->id, &err);
             return;
         }
-        am->fn(c, m);
+        dispatch_run(c, am, m);
         return;
     }
     sbx_err_set(&err, SBX_E_UNKNOWN_METHOD, "unknown method \"%.*s\"", (int)m->method_len,

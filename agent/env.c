@@ -239,18 +239,16 @@ static int env_name_param(const struct sbx_msg *m, char *name, size_t *nlen, str
     return 0;
 }
 
-void agent_env_get(struct agent_conn *c, const struct sbx_msg *m)
+int agent_env_get(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
-    struct sbx_err err;
     char name[SBX_ENV_NAME_MAX + 1];
     size_t nlen;
     ssize_t i;
     msgpack_packer *pk;
 
-    if (env_name_param(m, name, &nlen, &err) < 0) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (env_name_param(m, name, &nlen, err) < 0) {
+        return -1;
     }
     i = env_find(a->env, a->env_len, name, nlen);
     pk = agent_conn_begin(c);
@@ -263,40 +261,36 @@ void agent_env_get(struct agent_conn *c, const struct sbx_msg *m)
         msgpack_pack_nil(pk);
     }
     agent_conn_send(c);
+    return AGENT_REPLIED;
 }
 
-void agent_env_set(struct agent_conn *c, const struct sbx_msg *m)
+int agent_env_set(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
-    struct sbx_err err;
     const msgpack_object *vars = NULL, *value;
     char name[SBX_ENV_NAME_MAX + 1];
     const char *val;
     size_t nlen, vlen, bytes = env_bytes(a), count = a->env_len;
-    int r = sbx_param_map(m->params, "vars", SBX_OPTIONAL, SBX_ENV_MAX, &vars, &err);
+    int r = sbx_param_map(m->params, "vars", SBX_OPTIONAL, SBX_ENV_MAX, &vars, err);
 
     if (r < 0) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     if ((r == 0) == (sbx_obj_get(m->params, "name") != NULL)) {
-        sbx_err_param(&err, "vars", "give either \"vars\" or \"name\" and \"value\"");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_param(err, "vars", "give either \"vars\" or \"name\" and \"value\"");
+        return -1;
     }
     if (r == 1) {
         /* The one-variable form is checked as a one-entry map. */
-        if (env_name_param(m, name, &nlen, &err) < 0) {
-            agent_conn_reply_error(c, m->id, &err);
-            return;
+        if (env_name_param(m, name, &nlen, err) < 0) {
+            return -1;
         }
         value = sbx_obj_get(m->params, "value");
         if (value == NULL || !sbx_obj_bytes(value, &val, &vlen) || vlen > SBX_ENV_VAL_MAX ||
             memchr(val, '\0', vlen) != NULL) {
-            sbx_err_param(&err, "value", "value must be a string of at most %u bytes without NUL",
+            sbx_err_param(err, "value", "value must be a string of at most %u bytes without NUL",
                           SBX_ENV_VAL_MAX);
-            agent_conn_reply_error(c, m->id, &err);
-            return;
+            return -1;
         }
         if (env_find(a->env, a->env_len, name, nlen) < 0) {
             count++;
@@ -305,9 +299,8 @@ void agent_env_set(struct agent_conn *c, const struct sbx_msg *m)
         bytes += vlen;
     } else {
         /* Check everything first, so a bad entry changes nothing. */
-        if (agent_env_check_map(vars, "vars", &err) < 0) {
-            agent_conn_reply_error(c, m->id, &err);
-            return;
+        if (agent_env_check_map(vars, "vars", err) < 0) {
+            return -1;
         }
         for (uint32_t k = 0; k < vars->via.map.size; k++) {
             const char *kp;
@@ -321,12 +314,11 @@ void agent_env_set(struct agent_conn *c, const struct sbx_msg *m)
         }
     }
     if (count > SBX_ENV_MAX || bytes > SBX_ENV_BYTES_MAX) {
-        sbx_err_limit(&err, count > SBX_ENV_MAX ? "env_count" : "env_bytes",
+        sbx_err_limit(err, count > SBX_ENV_MAX ? "env_count" : "env_bytes",
                       count > SBX_ENV_MAX ? SBX_ENV_MAX : SBX_ENV_BYTES_MAX,
                       "the base environment would exceed %u variables or %u bytes", SBX_ENV_MAX,
                       SBX_ENV_BYTES_MAX);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     if (r == 1) {
         r = env_put(a, name, nlen, val, vlen);
@@ -345,28 +337,27 @@ void agent_env_set(struct agent_conn *c, const struct sbx_msg *m)
         }
     }
     if (r < 0) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_env_unset(struct agent_conn *c, const struct sbx_msg *m)
+int agent_env_unset(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
     char name[SBX_ENV_NAME_MAX + 1];
     size_t nlen;
 
-    if (env_name_param(m, name, &nlen, &err) < 0) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (env_name_param(m, name, &nlen, err) < 0) {
+        return -1;
     }
     env_del(c->a, name, nlen);
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_env_list(struct agent_conn *c, const struct sbx_msg *m)
+int agent_env_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
     msgpack_packer *pk = agent_conn_begin(c);
@@ -381,4 +372,5 @@ void agent_env_list(struct agent_conn *c, const struct sbx_msg *m)
         sbx_pack_bstr(pk, eq + 1, strlen(eq + 1));
     }
     agent_conn_send(c);
+    return AGENT_REPLIED;
 }

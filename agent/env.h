@@ -14,10 +14,10 @@ char **agent_env_build(struct agent *a, bool clear, const msgpack_object *overla
                        char *const *extra);
 const char *agent_env_lookup(char *const *envp, const char *name);
 void agent_strv_free(char **v);
-void agent_env_get(struct agent_conn *c, const struct sbx_msg *m);
-void agent_env_set(struct agent_conn *c, const struct sbx_msg *m);
-void agent_env_unset(struct agent_conn *c, const struct sbx_msg *m);
-void agent_env_list(struct agent_conn *c, const struct sbx_msg *m);
+int agent_env_get(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_env_set(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_env_unset(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_env_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /* Check an env map param ({bstr: bstr|nil}); BAD_PARAM naming @field. */
 int agent_env_check_map(const msgpack_object *map, const char *field, struct sbx_err *err);
 /* Check an environment variable name: non-empty, no '=', no NUL, bounded. */

@@ -42,7 +42,11 @@ struct agent_fs {
     unsigned ncursors;
     uint32_t next_cursor;
     struct agent_link jobs; /* fs.remove / fs.copy on the threadpool */
+    struct agent_conn *conn;
+    struct agent_conn_ref ref; /* frees all of it when the connection closes */
 };
+
+static void fs_gone(struct agent_conn_ref *r);
 
 /* --- shared helpers ------------------------------------------------------------------------ */
 
@@ -186,21 +190,6 @@ const char *agent_fs_dtype_name(unsigned char d_type)
     }
 }
 
-static void reply_error(struct agent_conn *c, const struct sbx_msg *m, const struct sbx_err *err)
-{
-    agent_conn_reply_error(c, m->id, err);
-}
-
-/* Reply with an errno error for @op on @path. */
-static void reply_sys(struct agent_conn *c, const struct sbx_msg *m, int errnum, const char *op,
-                      const char *path)
-{
-    struct sbx_err err;
-
-    agent_fs_err(&err, errnum, op, path);
-    agent_conn_reply_error(c, m->id, &err);
-}
-
 /* Reply {key: v}. */
 static void reply_u64(struct agent_conn *c, uint32_t id, const char *key, uint64_t v)
 {
@@ -221,6 +210,8 @@ static struct agent_fs *fs_state(struct agent_conn *c)
             agent_list_init(&c->fs->jobs);
             c->fs->next_fh = 1;
             c->fs->next_cursor = 1;
+            c->fs->conn = c;
+            agent_conn_ref_add(c, &c->fs->ref, fs_gone);
         }
     }
     return c->fs;
@@ -273,21 +264,20 @@ static void reply_fileinfo(struct agent_conn *c, uint32_t id, const struct statx
     agent_conn_send(c);
 }
 
-static void fs_stat_common(struct agent_conn *c, const struct sbx_msg *m, bool follow)
+/* fs.stat / fs.lstat: AGENT_REPLIED with the FileInfo, or -1 with @err. */
+static int fs_stat_common(struct agent_conn *c, const struct sbx_msg *m, bool follow,
+                          struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF], target[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
     struct statx st;
     ssize_t tlen = -1;
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+        return -1;
     }
     if (statx(AT_FDCWD, path, follow ? 0 : AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME,
               &st) < 0) {
-        reply_sys(c, m, errno, follow ? "stat" : "lstat", path);
-        return;
+        return agent_fs_err(err, errno, follow ? "stat" : "lstat", path);
     }
     if (!follow && S_ISLNK(st.stx_mode)) {
         tlen = readlink(path, target, sizeof(target) - 1);
@@ -295,24 +285,24 @@ static void fs_stat_common(struct agent_conn *c, const struct sbx_msg *m, bool f
          * now. A link replaced meanwhile loses its target rather than reporting a wrong one. */
         if (tlen < 0 ||
             statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, &st) < 0) {
-            reply_sys(c, m, errno, "readlink", path);
-            return;
+            return agent_fs_err(err, errno, "readlink", path);
         }
         if (!S_ISLNK(st.stx_mode)) {
             tlen = -1;
         }
     }
     reply_fileinfo(c, m->id, &st, tlen >= 0 ? target : NULL, tlen);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_stat(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_stat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    fs_stat_common(c, m, true);
+    return fs_stat_common(c, m, true, err);
 }
 
-void agent_fs_lstat(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_lstat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    fs_stat_common(c, m, false);
+    return fs_stat_common(c, m, false, err);
 }
 
 /* --- readdir ------------------------------------------------------------------------------- */
@@ -394,11 +384,10 @@ static int dirbuf_add(struct dirbuf *b, const char *type, const char *name)
     return 0;
 }
 
-void agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent_fs *fs = fs_state(c);
     char path[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
     struct fs_cursor *cur = NULL;
     struct dirbuf b = { 0 };
     uint64_t limit = SBX_FS_READDIR_DEFAULT, now = agent_now_ns();
@@ -409,44 +398,37 @@ void agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m)
     int r;
 
     if (fs == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        reply_error(c, m, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
     cursors_expire(fs, now);
-    if (sbx_param_u64(m->params, "limit", SBX_OPTIONAL, 1, SBX_FS_READDIR_MAX, &limit, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (sbx_param_u64(m->params, "limit", SBX_OPTIONAL, 1, SBX_FS_READDIR_MAX, &limit, err) < 0) {
+        return -1;
     }
-    r = sbx_param_str(m->params, "cursor", SBX_OPTIONAL, 15, &cs, &cn, &err);
+    r = sbx_param_str(m->params, "cursor", SBX_OPTIONAL, 15, &cs, &cn, err);
     if (r < 0) {
-        reply_error(c, m, &err);
-        return;
+        return -1;
     }
     if (r == 0) {
         cur = cursor_find(fs, cs, cn);
         if (cur == NULL) {
-            sbx_err_set(&err, SBX_E_NOT_FOUND, "no such readdir cursor (expired or finished)");
-            reply_error(c, m, &err);
-            return;
+            sbx_err_set(err, SBX_E_NOT_FOUND, "no such readdir cursor (expired or finished)");
+            return -1;
         }
     } else {
         int fd;
         DIR *d;
-        if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0) {
-            reply_error(c, m, &err);
-            return;
+        if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+            return -1;
         }
         if (fs->ncursors >= SBX_FS_CURSORS_MAX) {
-            sbx_err_limit(&err, "max_cursors", SBX_FS_CURSORS_MAX,
+            sbx_err_limit(err, "max_cursors", SBX_FS_CURSORS_MAX,
                           "too many open readdir cursors (cap %u)", SBX_FS_CURSORS_MAX);
-            reply_error(c, m, &err);
-            return;
+            return -1;
         }
         fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0) {
-            reply_sys(c, m, errno, "opendir", path);
-            return;
+            return agent_fs_err(err, errno, "opendir", path);
         }
         d = fdopendir(fd);
         cur = d != NULL ? calloc(1, sizeof(*cur)) : NULL;
@@ -456,9 +438,8 @@ void agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m)
             } else {
                 (void)close(fd);
             }
-            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-            reply_error(c, m, &err);
-            return;
+            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            return -1;
         }
         cur->dir = d;
         cur->id = fs->next_cursor++;
@@ -477,11 +458,10 @@ void agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m)
         de = readdir(cur->dir);
         if (de == NULL) {
             if (errno != 0) {
-                agent_fs_err(&err, errno, "readdir", r == 0 ? "(cursor)" : path);
+                agent_fs_err(err, errno, "readdir", r == 0 ? "(cursor)" : path);
                 free(b.p);
                 cursor_free(fs, cur);
-                reply_error(c, m, &err);
-                return;
+                return -1;
             }
             break;
         }
@@ -498,9 +478,8 @@ void agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m)
         if (dirbuf_add(&b, type, de->d_name) < 0) {
             free(b.p);
             cursor_free(fs, cur);
-            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-            reply_error(c, m, &err);
-            return;
+            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            return -1;
         }
     }
     pk = agent_conn_begin(c);
@@ -529,6 +508,7 @@ void agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m)
     }
     agent_conn_send(c);
     free(b.p);
+    return AGENT_REPLIED;
 }
 
 /* --- mkdir, remove, rename ----------------------------------------------------------------- */
@@ -569,33 +549,30 @@ static int mkdir_parents(char *path, mode_t mode, struct sbx_err *err)
     }
 }
 
-void agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
     bool parents = false;
     uint64_t mode = 0777;
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
-        sbx_param_bool(m->params, "parents", SBX_OPTIONAL, &parents, &err) < 0 ||
-        sbx_param_u64(m->params, "mode", SBX_OPTIONAL, 0, 07777, &mode, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        sbx_param_bool(m->params, "parents", SBX_OPTIONAL, &parents, err) < 0 ||
+        sbx_param_u64(m->params, "mode", SBX_OPTIONAL, 0, 07777, &mode, err) < 0) {
+        return -1;
     }
     if (parents) {
         size_t n = strlen(path);
         while (n > 1 && path[n - 1] == '/') {
             path[--n] = '\0';
         }
-        if (mkdir_parents(path, (mode_t)mode, &err) < 0) {
-            reply_error(c, m, &err);
-            return;
+        if (mkdir_parents(path, (mode_t)mode, err) < 0) {
+            return -1;
         }
     } else if (mkdir(path, (mode_t)mode) < 0) {
-        reply_sys(c, m, errno, "mkdir", path);
-        return;
+        return agent_fs_err(err, errno, "mkdir", path);
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
 /*
@@ -736,21 +713,19 @@ static int two_paths(const struct sbx_msg *m, const char *k1, char *p1, const ch
     return 0;
 }
 
-void agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char from[AGENT_FS_PATH_BUF], to[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
 
-    if (two_paths(m, "from", from, "to", to, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (two_paths(m, "from", from, "to", to, err) < 0) {
+        return -1;
     }
     if (rename(from, to) < 0) {
-        fs_err2(&err, errno, "rename", from, to);
-        reply_error(c, m, &err);
-        return;
+        fs_err2(err, errno, "rename", from, to);
+        return -1;
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
 /* --- copy ---------------------------------------------------------------------------------- */
@@ -1002,8 +977,9 @@ static void job_after_cb(uv_work_t *req, int status)
         agent_list_del(&j->link);
         if (status < 0) {
             sbx_err_set(&j->err, SBX_E_INTERNAL, "the operation was cancelled");
-            agent_conn_reply_error(j->conn, j->id, &j->err);
-        } else if (j->rc < 0) {
+            j->rc = -1;
+        }
+        if (j->rc < 0) {
             agent_conn_reply_error(j->conn, j->id, &j->err);
         } else {
             agent_conn_reply_empty(j->conn, j->id);
@@ -1012,121 +988,124 @@ static void job_after_cb(uv_work_t *req, int status)
     free(j);
 }
 
-/* Parse fs.remove / fs.copy params into a job and queue it. */
-static void job_start(struct agent_conn *c, const struct sbx_msg *m, bool copy)
+/*
+ * Parse fs.remove / fs.copy params into a job and queue it: AGENT_LATER (job_after_cb answers),
+ * or -1 with @err. Should the threadpool refuse the job, it is done here and then answered here.
+ */
+static int job_start(struct agent_conn *c, const struct sbx_msg *m, bool copy, struct sbx_err *err)
 {
     struct agent_fs *fs = fs_state(c);
     struct fs_job *j = fs != NULL ? calloc(1, sizeof(*j)) : NULL;
-    struct sbx_err err;
+    int rc;
 
     if (j == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        reply_error(c, m, &err);
-        return;
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
     }
-    if ((copy ? two_paths(m, "from", j->from, "to", j->to, &err)
-              : agent_fs_path_param(m->params, "path", SBX_REQUIRED, j->from, &err)) < 0 ||
-        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &j->recursive, &err) < 0) {
+    if ((copy ? two_paths(m, "from", j->from, "to", j->to, err)
+              : agent_fs_path_param(m->params, "path", SBX_REQUIRED, j->from, err)) < 0 ||
+        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &j->recursive, err) < 0) {
         free(j);
-        reply_error(c, m, &err);
-        return;
+        return -1;
     }
     j->conn = c;
     j->id = m->id;
     j->copy = copy;
     agent_list_add_tail(&fs->jobs, &j->link);
-    if (uv_queue_work(c->a->loop, &j->req, job_work_cb, job_after_cb) < 0) {
-        job_work_cb(&j->req); /* cannot happen with a valid loop; do it here then */
-        job_after_cb(&j->req, 0);
+    if (uv_queue_work(c->a->loop, &j->req, job_work_cb, job_after_cb) == 0) {
+        return AGENT_LATER;
     }
+    /* Cannot happen with a valid loop: do the work here then. */
+    agent_list_del(&j->link);
+    job_work_cb(&j->req);
+    rc = j->rc;
+    if (rc < 0) {
+        *err = j->err;
+    }
+    free(j);
+    if (rc < 0) {
+        return -1;
+    }
+    agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    job_start(c, m, false);
+    return job_start(c, m, false, err);
 }
 
-void agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    job_start(c, m, true);
+    return job_start(c, m, true, err);
 }
 
 /* --- attributes and links ------------------------------------------------------------------ */
 
-void agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
     uint64_t mode;
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
-        sbx_param_u64(m->params, "mode", SBX_REQUIRED, 0, 07777, &mode, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        sbx_param_u64(m->params, "mode", SBX_REQUIRED, 0, 07777, &mode, err) < 0) {
+        return -1;
     }
     if (chmod(path, (mode_t)mode) < 0) {
-        reply_sys(c, m, errno, "chmod", path);
-        return;
+        return agent_fs_err(err, errno, "chmod", path);
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
     uint64_t uid = (uint64_t)-1, gid = (uint64_t)-1;
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
-        sbx_param_u64(m->params, "uid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &uid, &err) < 0 ||
-        sbx_param_u64(m->params, "gid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &gid, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        sbx_param_u64(m->params, "uid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &uid, err) < 0 ||
+        sbx_param_u64(m->params, "gid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &gid, err) < 0) {
+        return -1;
     }
     if (chown(path, (uid_t)uid, (gid_t)gid) < 0) {
-        reply_sys(c, m, errno, "chown", path);
-        return;
+        return agent_fs_err(err, errno, "chown", path);
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char target[AGENT_FS_PATH_BUF], path[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
 
-    if (sbx_param_bstr(m->params, "target", SBX_REQUIRED, target, sizeof(target), &err) < 0 ||
-        agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (sbx_param_bstr(m->params, "target", SBX_REQUIRED, target, sizeof(target), err) < 0 ||
+        agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+        return -1;
     }
     if (target[0] == '\0') {
-        sbx_err_param(&err, "target", "target must not be empty");
-        reply_error(c, m, &err);
-        return;
+        sbx_err_param(err, "target", "target must not be empty");
+        return -1;
     }
     if (symlink(target, path) < 0) {
-        reply_sys(c, m, errno, "symlink", path);
-        return;
+        return agent_fs_err(err, errno, "symlink", path);
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_link(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_link(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char target[AGENT_FS_PATH_BUF], path[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
 
-    if (two_paths(m, "target", target, "path", path, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (two_paths(m, "target", target, "path", path, err) < 0) {
+        return -1;
     }
     if (link(target, path) < 0) {
-        fs_err2(&err, errno, "link", target, path);
-        reply_error(c, m, &err);
-        return;
+        fs_err2(err, errno, "link", target, path);
+        return -1;
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
 /* Reply {key: bstr}. */
@@ -1141,56 +1120,50 @@ static void reply_bstr(struct agent_conn *c, uint32_t id, const char *key, const
     agent_conn_send(c);
 }
 
-void agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF], target[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
     ssize_t n;
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+        return -1;
     }
     n = readlink(path, target, sizeof(target) - 1);
     if (n < 0) {
-        reply_sys(c, m, errno, "readlink", path);
-        return;
+        return agent_fs_err(err, errno, "readlink", path);
     }
     reply_bstr(c, m->id, "target", target, (size_t)n);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF], real[PATH_MAX];
-    struct sbx_err err;
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+        return -1;
     }
     if (realpath(path, real) == NULL) {
-        reply_sys(c, m, errno, "realpath", path);
-        return;
+        return agent_fs_err(err, errno, "realpath", path);
     }
     reply_bstr(c, m->id, "path", real, strlen(real));
+    return AGENT_REPLIED;
 }
 
-void agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
     uint64_t size = 0;
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
-        sbx_param_u64(m->params, "size", SBX_OPTIONAL, 0, INT64_MAX, &size, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        sbx_param_u64(m->params, "size", SBX_OPTIONAL, 0, INT64_MAX, &size, err) < 0) {
+        return -1;
     }
     if (truncate(path, (off_t)size) < 0) {
-        reply_sys(c, m, errno, "truncate", path);
-        return;
+        return agent_fs_err(err, errno, "truncate", path);
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
 static int time_param(const msgpack_object *params, const char *key, struct timespec *ts,
@@ -1216,23 +1189,21 @@ static int time_param(const msgpack_object *params, const char *key, struct time
     return 0;
 }
 
-void agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
     struct timespec ts[2];
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
-        time_param(m->params, "atime_ns", &ts[0], &err) < 0 ||
-        time_param(m->params, "mtime_ns", &ts[1], &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        time_param(m->params, "atime_ns", &ts[0], err) < 0 ||
+        time_param(m->params, "mtime_ns", &ts[1], err) < 0) {
+        return -1;
     }
     if (utimensat(AT_FDCWD, path, ts, 0) < 0) {
-        reply_sys(c, m, errno, "utime", path);
-        return;
+        return agent_fs_err(err, errno, "utime", path);
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
 /* A name part (mktemp prefix/suffix): at most SBX_FS_NAME_MAX bytes, no '/' or NUL. */
@@ -1250,21 +1221,19 @@ static int name_part_param(const msgpack_object *params, const char *key, char *
     return 0;
 }
 
-void agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     char dir[AGENT_FS_PATH_BUF] = "/tmp", prefix[SBX_FS_NAME_MAX + 1] = "tmp";
     char suffix[SBX_FS_NAME_MAX + 1] = "", path[AGENT_FS_PATH_BUF];
-    struct sbx_err err;
     bool directory = false;
     int r;
 
-    r = agent_fs_path_param(m->params, "dir", SBX_OPTIONAL, dir, &err);
-    if (r < 0 || name_part_param(m->params, "prefix", prefix, &err) < 0 ||
-        name_part_param(m->params, "suffix", suffix, &err) < 0 ||
-        sbx_param_bool(m->params, "directory", SBX_OPTIONAL, &directory, &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    r = agent_fs_path_param(m->params, "dir", SBX_OPTIONAL, dir, err);
+    if (r < 0 || name_part_param(m->params, "prefix", prefix, err) < 0 ||
+        name_part_param(m->params, "suffix", suffix, err) < 0 ||
+        sbx_param_bool(m->params, "directory", SBX_OPTIONAL, &directory, err) < 0) {
+        return -1;
     }
     if (r == 1) {
         for (size_t i = 0; i < c->a->env_len; i++) {
@@ -1278,8 +1247,7 @@ void agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m)
         unsigned char rnd[12];
         char name[13];
         if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
-            reply_sys(c, m, errno, "getrandom", dir);
-            return;
+            return agent_fs_err(err, errno, "getrandom", dir);
         }
         for (int i = 0; i < 12; i++) {
             name[i] = alnum[rnd[i] % (sizeof(alnum) - 1)];
@@ -1287,9 +1255,8 @@ void agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m)
         name[12] = '\0';
         if (snprintf(path, sizeof(path), "%s%s%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/",
                      prefix, name, suffix) >= (int)sizeof(path)) {
-            sbx_err_param(&err, "dir", "the resulting path is longer than %u bytes", SBX_PATH_MAX);
-            reply_error(c, m, &err);
-            return;
+            sbx_err_param(err, "dir", "the resulting path is longer than %u bytes", SBX_PATH_MAX);
+            return -1;
         }
         if (directory) {
             r = mkdir(path, 0700);
@@ -1301,14 +1268,13 @@ void agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m)
         }
         if (r >= 0) {
             reply_bstr(c, m->id, "path", path, strlen(path));
-            return;
+            return AGENT_REPLIED;
         }
         if (errno != EEXIST) {
-            reply_sys(c, m, errno, directory ? "mkdir" : "create", path);
-            return;
+            return agent_fs_err(err, errno, directory ? "mkdir" : "create", path);
         }
     }
-    reply_sys(c, m, EEXIST, "mktemp", dir);
+    return agent_fs_err(err, EEXIST, "mktemp", dir);
 }
 
 /* --- file handles -------------------------------------------------------------------------- */
@@ -1355,27 +1321,24 @@ static const struct {
     { "sync", O_SYNC },
 };
 
-void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent_fs *fs = fs_state(c);
     char path[AGENT_FS_PATH_BUF];
     const msgpack_object *arr = NULL;
-    struct sbx_err err;
     uint64_t mode = 0666;
     bool rd = false, wr = false;
     int flags = O_CLOEXEC, fd, r;
     char *hpath;
 
     if (fs == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        reply_error(c, m, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, &err) < 0 ||
-        sbx_param_u64(m->params, "mode", SBX_OPTIONAL, 0, 07777, &mode, &err) < 0 ||
-        (r = sbx_param_array(m->params, "flags", SBX_OPTIONAL, 16, &arr, &err)) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        sbx_param_u64(m->params, "mode", SBX_OPTIONAL, 0, 07777, &mode, err) < 0 ||
+        (r = sbx_param_array(m->params, "flags", SBX_OPTIONAL, 16, &arr, err)) < 0) {
+        return -1;
     }
     if (arr == NULL) {
         rd = true;
@@ -1391,10 +1354,9 @@ void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m)
                 }
             }
             if (!ok || k == sizeof(open_flags) / sizeof(open_flags[0])) {
-                sbx_err_param(&err, "flags", "unknown open flag in flags[%u]", i);
-                (void)snprintf(err.field, sizeof(err.field), "flags[%u]", i);
-                reply_error(c, m, &err);
-                return;
+                sbx_err_param(err, "flags", "unknown open flag in flags[%u]", i);
+                (void)snprintf(err->field, sizeof(err->field), "flags[%u]", i);
+                return -1;
             }
             flags |= open_flags[k].flags;
             rd |= k == 0;
@@ -1402,29 +1364,25 @@ void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m)
         }
     }
     if (!rd && !wr) {
-        sbx_err_param(&err, "flags", "flags need one of read, write, append");
-        reply_error(c, m, &err);
-        return;
+        sbx_err_param(err, "flags", "flags need one of read, write, append");
+        return -1;
     }
     if ((flags & O_EXCL) && !(flags & O_CREAT)) {
-        sbx_err_param(&err, "flags", "exclusive needs create");
-        reply_error(c, m, &err);
-        return;
+        sbx_err_param(err, "flags", "exclusive needs create");
+        return -1;
     }
     flags |= rd && wr ? O_RDWR : wr ? O_WRONLY : O_RDONLY;
     if (fs->nfh >= SBX_FS_HANDLES_MAX) {
-        sbx_err_limit(&err, "max_handles", SBX_FS_HANDLES_MAX,
-                      "too many open file handles (cap %u)", SBX_FS_HANDLES_MAX);
-        reply_error(c, m, &err);
-        return;
+        sbx_err_limit(err, "max_handles", SBX_FS_HANDLES_MAX, "too many open file handles (cap %u)",
+                      SBX_FS_HANDLES_MAX);
+        return -1;
     }
     if (fs->nfh == fs->capfh) {
         unsigned cap = fs->capfh ? fs->capfh * 2 : 8;
         struct fs_handle *nh = realloc(fs->fh, cap * sizeof(*nh));
         if (nh == NULL) {
-            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-            reply_error(c, m, &err);
-            return;
+            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            return -1;
         }
         fs->fh = nh;
         fs->capfh = cap;
@@ -1443,24 +1401,23 @@ void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m)
     }
     if (fd < 0) {
         if (hpath == NULL) {
-            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
         } else {
-            agent_fs_err(&err, errno, "open", path);
+            agent_fs_err(err, errno, "open", path);
         }
         free(hpath);
-        reply_error(c, m, &err);
-        return;
+        return -1;
     }
     fs->fh[fs->nfh].id = fs->next_fh++;
     fs->fh[fs->nfh].fd = fd;
     fs->fh[fs->nfh].path = hpath;
     reply_u64(c, m->id, "fh", fs->fh[fs->nfh].id);
     fs->nfh++;
+    return AGENT_REPLIED;
 }
 
-void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_read(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
     struct fs_handle *h = NULL;
     uint64_t len, off = 0;
     int r;
@@ -1468,17 +1425,15 @@ void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m)
     void *buf;
     msgpack_packer *pk;
 
-    if (sbx_param_u64(m->params, "len", SBX_REQUIRED, 1, UINT64_MAX, &len, &err) < 0 ||
-        (r = sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &off, &err)) < 0 ||
-        (h = fh_find(c, m, &err)) == NULL) {
-        reply_error(c, m, &err);
-        return;
+    if (sbx_param_u64(m->params, "len", SBX_REQUIRED, 1, UINT64_MAX, &len, err) < 0 ||
+        (r = sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &off, err)) < 0 ||
+        (h = fh_find(c, m, err)) == NULL) {
+        return -1;
     }
     buf = agent_buf_get(c->a);
     if (buf == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        reply_error(c, m, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
     if (len > SBX_STREAM_CHUNK_MAX) {
         len = SBX_STREAM_CHUNK_MAX;
@@ -1487,10 +1442,9 @@ void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m)
         n = r == 0 ? pread(h->fd, buf, len, (off_t)off) : read(h->fd, buf, len);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
-        fh_err(&err, errno, "read", h);
+        fh_err(err, errno, "read", h);
         agent_buf_put(c->a, buf);
-        reply_error(c, m, &err);
-        return;
+        return -1;
     }
     pk = agent_conn_begin(c);
     sbx_pack_response_head(pk, m->id);
@@ -1499,11 +1453,11 @@ void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m)
     sbx_pack_bin(pk, buf, (size_t)n);
     agent_conn_send(c);
     agent_buf_put(c->a, buf);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_write(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_write(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
     struct fs_handle *h;
     const uint8_t *data;
     size_t len;
@@ -1511,51 +1465,45 @@ void agent_fs_write(struct agent_conn *c, const struct sbx_msg *m)
     int r;
     ssize_t n;
 
-    if (sbx_param_bin(m->params, "data", SBX_REQUIRED, SBX_FRAME_MAX, &data, &len, &err) < 0 ||
-        (r = sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &off, &err)) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (sbx_param_bin(m->params, "data", SBX_REQUIRED, SBX_FRAME_MAX, &data, &len, err) < 0 ||
+        (r = sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &off, err)) < 0) {
+        return -1;
     }
     if (len == 0) {
-        sbx_err_param(&err, "data", "data must not be empty");
-        reply_error(c, m, &err);
-        return;
+        sbx_err_param(err, "data", "data must not be empty");
+        return -1;
     }
-    h = fh_find(c, m, &err);
+    h = fh_find(c, m, err);
     if (h == NULL) {
-        reply_error(c, m, &err);
-        return;
+        return -1;
     }
     if (len > SBX_STREAM_CHUNK_MAX) {
-        sbx_err_limit(&err, "chunk_max", SBX_STREAM_CHUNK_MAX,
+        sbx_err_limit(err, "chunk_max", SBX_STREAM_CHUNK_MAX,
                       "data is longer than chunk_max (%u bytes)", SBX_STREAM_CHUNK_MAX);
-        reply_error(c, m, &err);
-        return;
+        return -1;
     }
     do {
         n = r == 0 ? pwrite(h->fd, data, len, (off_t)off) : write(h->fd, data, len);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
-        fh_err(&err, errno, "write", h);
-        reply_error(c, m, &err);
-        return;
+        fh_err(err, errno, "write", h);
+        return -1;
     }
     reply_u64(c, m->id, "written", (uint64_t)n);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_seek(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_seek(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
     struct fs_handle *h;
     int64_t off;
     char whence[8] = "set";
     int wh;
     off_t pos;
 
-    if (sbx_param_i64(m->params, "offset", SBX_REQUIRED, INT64_MIN, INT64_MAX, &off, &err) < 0 ||
-        sbx_param_cstr(m->params, "whence", SBX_OPTIONAL, whence, sizeof(whence), &err) < 0) {
-        reply_error(c, m, &err);
-        return;
+    if (sbx_param_i64(m->params, "offset", SBX_REQUIRED, INT64_MIN, INT64_MAX, &off, err) < 0 ||
+        sbx_param_cstr(m->params, "whence", SBX_OPTIONAL, whence, sizeof(whence), err) < 0) {
+        return -1;
     }
     if (strcmp(whence, "set") == 0) {
         wh = SEEK_SET;
@@ -1564,111 +1512,98 @@ void agent_fs_seek(struct agent_conn *c, const struct sbx_msg *m)
     } else if (strcmp(whence, "end") == 0) {
         wh = SEEK_END;
     } else {
-        sbx_err_param(&err, "whence", "whence must be \"set\", \"cur\" or \"end\"");
-        reply_error(c, m, &err);
-        return;
+        sbx_err_param(err, "whence", "whence must be \"set\", \"cur\" or \"end\"");
+        return -1;
     }
-    h = fh_find(c, m, &err);
+    h = fh_find(c, m, err);
     if (h == NULL) {
-        reply_error(c, m, &err);
-        return;
+        return -1;
     }
     pos = lseek(h->fd, (off_t)off, wh);
     if (pos < 0) {
-        fh_err(&err, errno, "seek", h);
-        reply_error(c, m, &err);
-        return;
+        fh_err(err, errno, "seek", h);
+        return -1;
     }
     reply_u64(c, m->id, "position", (uint64_t)pos);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_fstat(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_fstat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
-    struct fs_handle *h = fh_find(c, m, &err);
+    struct fs_handle *h = fh_find(c, m, err);
     struct statx st;
 
     if (h == NULL) {
-        reply_error(c, m, &err);
-        return;
+        return -1;
     }
     if (statx(h->fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_BTIME, &st) < 0) {
-        fh_err(&err, errno, "fstat", h);
-        reply_error(c, m, &err);
-        return;
+        fh_err(err, errno, "fstat", h);
+        return -1;
     }
     reply_fileinfo(c, m->id, &st, NULL, 0);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_fsync(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_fsync(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
     struct fs_handle *h = NULL;
     bool data_only = false;
 
-    if (sbx_param_bool(m->params, "data_only", SBX_OPTIONAL, &data_only, &err) < 0 ||
-        (h = fh_find(c, m, &err)) == NULL) {
-        reply_error(c, m, &err);
-        return;
+    if (sbx_param_bool(m->params, "data_only", SBX_OPTIONAL, &data_only, err) < 0 ||
+        (h = fh_find(c, m, err)) == NULL) {
+        return -1;
     }
     if ((data_only ? fdatasync(h->fd) : fsync(h->fd)) < 0) {
-        fh_err(&err, errno, "fsync", h);
-        reply_error(c, m, &err);
-        return;
+        fh_err(err, errno, "fsync", h);
+        return -1;
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_ftruncate(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_ftruncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
     struct fs_handle *h = NULL;
     uint64_t size = 0;
 
-    if (sbx_param_u64(m->params, "size", SBX_OPTIONAL, 0, INT64_MAX, &size, &err) < 0 ||
-        (h = fh_find(c, m, &err)) == NULL) {
-        reply_error(c, m, &err);
-        return;
+    if (sbx_param_u64(m->params, "size", SBX_OPTIONAL, 0, INT64_MAX, &size, err) < 0 ||
+        (h = fh_find(c, m, err)) == NULL) {
+        return -1;
     }
     if (ftruncate(h->fd, (off_t)size) < 0) {
-        fh_err(&err, errno, "ftruncate", h);
-        reply_error(c, m, &err);
-        return;
+        fh_err(err, errno, "ftruncate", h);
+        return -1;
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_close(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_close(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
-    struct fs_handle *h = fh_find(c, m, &err);
+    struct fs_handle *h = fh_find(c, m, err);
     int r;
 
     if (h == NULL) {
-        reply_error(c, m, &err);
-        return;
+        return -1;
     }
     r = close(h->fd);
     if (r < 0 && errno != EINTR) {
-        fh_err(&err, errno, "close", h);
+        fh_err(err, errno, "close", h);
     }
     free(h->path);
     *h = c->fs->fh[--c->fs->nfh];
     if (r < 0 && errno != EINTR) {
-        reply_error(c, m, &err);
-        return;
+        return -1;
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_conn_gone(struct agent_conn *c)
+/* The connection closed: its handles and cursors go; running jobs finish on their own. */
+static void fs_gone(struct agent_conn_ref *r)
 {
-    struct agent_fs *fs = c->fs;
+    struct agent_fs *fs = agent_container_of(r, struct agent_fs, ref);
 
-    agent_fswatch_conn_gone(c);
-    if (fs == NULL) {
-        return;
-    }
     for (unsigned i = 0; i < fs->nfh; i++) {
         (void)close(fs->fh[i].fd); /* the client is gone: nobody to tell about a close error */
         free(fs->fh[i].path);
@@ -1682,6 +1617,6 @@ void agent_fs_conn_gone(struct agent_conn *c)
     while (!agent_list_empty(&fs->cursors)) {
         cursor_free(fs, agent_container_of(fs->cursors.next, struct fs_cursor, link));
     }
+    fs->conn->fs = NULL;
     free(fs);
-    c->fs = NULL;
 }

@@ -69,41 +69,42 @@ int agent_fs_strv_param(const msgpack_object *params, const char *key, size_t ma
 
 /* --- fs family (fs.c, fswalk.c, fswatch.c) ------------------------------------------------ */
 
-/* Path methods (PROTOCOL.md §17.3); each replies to request @m on @c. */
-void agent_fs_stat(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_lstat(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_link(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m);
+/*
+ * Request handlers (dispatch.c's table, see AGENT_REPLIED in agent.h): each answers request @m
+ * on @c and returns AGENT_REPLIED, or returns -1 with @err for the dispatcher to send. fs.remove
+ * and fs.copy return AGENT_LATER: their threadpool job answers when it is done.
+ */
+/* Path methods (PROTOCOL.md §17.3). */
+int agent_fs_stat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_lstat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_link(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /* Entry streams (§17.4, §17.5), fswalk.c. */
-void agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m);
+int agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /* Watches (§17.6), fswatch.c: inotify, per connection. */
-void agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_unwatch(struct agent_conn *c, const struct sbx_msg *m);
-/* End the connection's watches and release its inotify instance (called by agent_fs_conn_gone). */
-void agent_fswatch_conn_gone(struct agent_conn *c);
+int agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_unwatch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /* File handles (§17.7), per connection. */
-void agent_fs_open(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_read(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_write(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_seek(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_fstat(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_fsync(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_ftruncate(struct agent_conn *c, const struct sbx_msg *m);
-void agent_fs_close(struct agent_conn *c, const struct sbx_msg *m);
-/* The connection is closing: close its handles and cursors, end its watches. */
-void agent_fs_conn_gone(struct agent_conn *c);
+int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_read(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_write(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_seek(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_fstat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_fsync(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_ftruncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_close(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 
 #endif /* SBX_AGENT_FS_H */

@@ -810,36 +810,36 @@ static struct agent_fswalk *walk_new(struct agent_conn *c)
     return w;
 }
 
-/* Check the root is a directory we can open, create the stream, reply and start. */
-static void walk_start(struct agent_conn *c, const struct sbx_msg *m, struct agent_fswalk *w)
+/*
+ * Check the root is a directory we can open, create the stream, reply and start: AGENT_REPLIED,
+ * or -1 with @err and @w freed.
+ */
+static int walk_start(struct agent_conn *c, const struct sbx_msg *m, struct agent_fswalk *w,
+                      struct sbx_err *err)
 {
-    struct sbx_err err;
     struct stat st;
     msgpack_packer *pk;
 
     /* The stream cap before the file system (PROTOCOL.md §7.2); the stream is made last. */
-    if (agent_stream_reserve(c, 1, &err) < 0) {
-        agent_conn_reply_error(c, m->id, &err);
+    if (agent_stream_reserve(c, 1, err) < 0) {
         walk_free(w);
-        return;
+        return -1;
     }
     errno = 0;
     if (stat(w->rootabs, &st) < 0 || !S_ISDIR(st.st_mode)) {
         int errnum = errno;
-        agent_fs_err(&err, errnum == 0 ? ENOTDIR : errnum, w->glob ? "glob" : "walk", w->rootabs);
-        agent_conn_reply_error(c, m->id, &err);
+        agent_fs_err(err, errnum == 0 ? ENOTDIR : errnum, w->glob ? "glob" : "walk", w->rootabs);
         walk_free(w);
-        return;
+        return -1;
     }
     if (w->glob) {
         /* The root's position sets: every pattern at its start. */
         uint8_t *sets = calloc(1, w->setstotal);
         size_t off = w->pat.setsz;
         if (sets == NULL) {
-            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-            agent_conn_reply_error(c, m->id, &err);
+            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
             walk_free(w);
-            return;
+            return -1;
         }
         set_add(sets, 0);
         gpat_closure(&w->pat, sets);
@@ -849,18 +849,16 @@ static void walk_start(struct agent_conn *c, const struct sbx_msg *m, struct age
             off += w->excl[i].setsz;
         }
         w->root_done = true;
-        if (walk_push(w, AT_FDCWD, w->rootabs, false, 0, sets, &err) < 0) {
-            agent_conn_reply_error(c, m->id, &err);
+        if (walk_push(w, AT_FDCWD, w->rootabs, false, 0, sets, err) < 0) {
             walk_free(w);
-            return;
+            return -1;
         }
         w->st[0].plen = w->rootlen;
     }
-    w->s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &walk_ops, w, &err);
+    w->s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &walk_ops, w, err);
     if (w->s == NULL) {
-        agent_conn_reply_error(c, m->id, &err);
         walk_free(w);
-        return;
+        return -1;
     }
     pk = agent_conn_begin(c);
     sbx_pack_response_head(pk, m->id);
@@ -868,70 +866,65 @@ static void walk_start(struct agent_conn *c, const struct sbx_msg *m, struct age
     sbx_pack_kv_u64(pk, "stream", w->s->id);
     agent_conn_send(c);
     (void)uv_idle_start(&w->idle, walk_idle_cb);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent_fswalk *w = walk_new(c);
-    struct sbx_err err;
 
     if (w == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, w->rootabs, &err) < 0 ||
-        sbx_param_bstr(m->params, "path", SBX_REQUIRED, w->path, AGENT_FS_PATH_BUF, &err) < 0 ||
-        sbx_param_u64(m->params, "max_depth", SBX_OPTIONAL, 0, UINT64_MAX, &w->max_depth, &err) <
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, w->rootabs, err) < 0 ||
+        sbx_param_bstr(m->params, "path", SBX_REQUIRED, w->path, AGENT_FS_PATH_BUF, err) < 0 ||
+        sbx_param_u64(m->params, "max_depth", SBX_OPTIONAL, 0, UINT64_MAX, &w->max_depth, err) <
             0 ||
-        sbx_param_bool(m->params, "include_files", SBX_OPTIONAL, &w->inc_files, &err) < 0 ||
-        sbx_param_bool(m->params, "include_dirs", SBX_OPTIONAL, &w->inc_dirs, &err) < 0 ||
-        sbx_param_bool(m->params, "include_symlinks", SBX_OPTIONAL, &w->inc_links, &err) < 0 ||
-        sbx_param_bool(m->params, "follow_symlinks", SBX_OPTIONAL, &w->follow, &err) < 0 ||
-        agent_fs_strv_param(m->params, "exts", SBX_FS_NAME_MAX, &w->exts, &err) < 0 ||
-        regs_param(m->params, "match", &w->match, &w->nmatch, &err) < 0 ||
-        regs_param(m->params, "skip", &w->skip, &w->nskip, &err) < 0) {
-        agent_conn_reply_error(c, m->id, &err);
+        sbx_param_bool(m->params, "include_files", SBX_OPTIONAL, &w->inc_files, err) < 0 ||
+        sbx_param_bool(m->params, "include_dirs", SBX_OPTIONAL, &w->inc_dirs, err) < 0 ||
+        sbx_param_bool(m->params, "include_symlinks", SBX_OPTIONAL, &w->inc_links, err) < 0 ||
+        sbx_param_bool(m->params, "follow_symlinks", SBX_OPTIONAL, &w->follow, err) < 0 ||
+        agent_fs_strv_param(m->params, "exts", SBX_FS_NAME_MAX, &w->exts, err) < 0 ||
+        regs_param(m->params, "match", &w->match, &w->nmatch, err) < 0 ||
+        regs_param(m->params, "skip", &w->skip, &w->nskip, err) < 0) {
         walk_free(w);
-        return;
+        return -1;
     }
     w->rootlen = strlen(w->path);
-    walk_start(c, m, w);
+    return walk_start(c, m, w, err);
 }
 
-void agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent_fswalk *w = walk_new(c);
     char pattern[AGENT_FS_PATH_BUF];
     char **excl = NULL;
-    struct sbx_err err;
     int r;
 
     if (w == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
     w->glob = true;
     w->max_depth = SBX_FS_WALK_OPEN_MAX;
-    if (sbx_param_bstr(m->params, "pattern", SBX_REQUIRED, pattern, sizeof(pattern), &err) < 0 ||
-        (r = agent_fs_path_param(m->params, "root", SBX_OPTIONAL, w->rootabs, &err)) < 0 ||
-        sbx_param_bool(m->params, "include_dirs", SBX_OPTIONAL, &w->inc_dirs, &err) < 0 ||
-        sbx_param_bool(m->params, "follow_symlinks", SBX_OPTIONAL, &w->follow, &err) < 0 ||
-        agent_fs_strv_param(m->params, "exclude", SBX_PATH_MAX, &excl, &err) < 0 ||
-        gpat_compile(&w->pat, pattern, "pattern", &err) < 0) {
+    if (sbx_param_bstr(m->params, "pattern", SBX_REQUIRED, pattern, sizeof(pattern), err) < 0 ||
+        (r = agent_fs_path_param(m->params, "root", SBX_OPTIONAL, w->rootabs, err)) < 0 ||
+        sbx_param_bool(m->params, "include_dirs", SBX_OPTIONAL, &w->inc_dirs, err) < 0 ||
+        sbx_param_bool(m->params, "follow_symlinks", SBX_OPTIONAL, &w->follow, err) < 0 ||
+        agent_fs_strv_param(m->params, "exclude", SBX_PATH_MAX, &excl, err) < 0 ||
+        gpat_compile(&w->pat, pattern, "pattern", err) < 0) {
         agent_strv_free(excl);
-        agent_conn_reply_error(c, m->id, &err);
         walk_free(w);
-        return;
+        return -1;
     }
     if (pattern[0] == '/') {
         memcpy(w->rootabs, "/", 2);
         memcpy(w->path, "/", 2);
     } else if (r == 0) {
-        (void)sbx_param_bstr(m->params, "root", SBX_OPTIONAL, w->path, AGENT_FS_PATH_BUF, &err);
-    } else if (sbx_param_bstr(m->params, "cwd", SBX_OPTIONAL, w->rootabs, AGENT_FS_PATH_BUF,
-                              &err) == 0 &&
+        (void)sbx_param_bstr(m->params, "root", SBX_OPTIONAL, w->path, AGENT_FS_PATH_BUF, err);
+    } else if (sbx_param_bstr(m->params, "cwd", SBX_OPTIONAL, w->rootabs, AGENT_FS_PATH_BUF, err) ==
+                   0 &&
                w->rootabs[0] == '/') {
         memcpy(w->path, w->rootabs, strlen(w->rootabs) + 1);
     } else {
@@ -944,23 +937,21 @@ void agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m)
     }
     w->excl = calloc(w->nexcl + 1, sizeof(*w->excl));
     for (unsigned i = 0; w->excl != NULL && i < w->nexcl; i++) {
-        if (gpat_compile(&w->excl[i], excl[i], "exclude", &err) < 0) {
-            (void)snprintf(err.field, sizeof(err.field), "exclude[%u]", i);
+        if (gpat_compile(&w->excl[i], excl[i], "exclude", err) < 0) {
+            (void)snprintf(err->field, sizeof(err->field), "exclude[%u]", i);
             w->nexcl = i;
             agent_strv_free(excl);
-            agent_conn_reply_error(c, m->id, &err);
             walk_free(w);
-            return;
+            return -1;
         }
         w->setstotal += w->excl[i].setsz;
     }
     agent_strv_free(excl);
     if (w->excl == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        agent_conn_reply_error(c, m->id, &err);
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
         walk_free(w);
-        return;
+        return -1;
     }
     w->rootlen = strlen(w->path);
-    walk_start(c, m, w);
+    return walk_start(c, m, w, err);
 }

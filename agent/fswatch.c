@@ -49,8 +49,11 @@ struct fw_watch {
     uint64_t last_batch;
 };
 
+static void fw_gone(struct agent_conn_ref *r);
+
 struct agent_fswatch {
     struct agent_conn *conn;
+    struct agent_conn_ref ref; /* ends the watches when the connection closes */
     int fd;
     uv_poll_t poll;
     uv_timer_t timer;
@@ -481,6 +484,7 @@ static struct agent_fswatch *fw_get(struct agent_conn *c, struct sbx_err *err)
     agent_list_init(&fw->watches);
     fw->polling = uv_poll_start(&fw->poll, UV_READABLE, fw_poll_cb) == 0;
     c->fw = fw;
+    agent_conn_ref_add(c, &fw->ref, fw_gone);
     return fw;
 }
 
@@ -494,33 +498,29 @@ static unsigned fw_count(struct agent_fswatch *fw)
     return n;
 }
 
-void agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char abs[AGENT_FS_PATH_BUF], given[AGENT_FS_PATH_BUF];
     struct agent_fswatch *fw;
     struct fw_watch *w;
-    struct sbx_err err;
     bool recursive = false;
     struct stat st;
     msgpack_packer *pk;
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, abs, &err) < 0 ||
-        sbx_param_bstr(m->params, "path", SBX_REQUIRED, given, sizeof(given), &err) < 0 ||
-        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &recursive, &err) < 0 ||
-        (fw = fw_get(c, &err)) == NULL) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, abs, err) < 0 ||
+        sbx_param_bstr(m->params, "path", SBX_REQUIRED, given, sizeof(given), err) < 0 ||
+        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &recursive, err) < 0 ||
+        (fw = fw_get(c, err)) == NULL) {
+        return -1;
     }
     if (fw_count(fw) >= SBX_FS_WATCHES_MAX) {
-        sbx_err_limit(&err, "max_watches", SBX_FS_WATCHES_MAX,
+        sbx_err_limit(err, "max_watches", SBX_FS_WATCHES_MAX,
                       "too many watches on this connection (cap %u)", SBX_FS_WATCHES_MAX);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     if (stat(abs, &st) < 0) {
-        agent_fs_err(&err, errno, "watch", abs);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        agent_fs_err(err, errno, "watch", abs);
+        return -1;
     }
     w = calloc(1, sizeof(*w));
     if (w == NULL || (w->path = strdup(given)) == NULL || (w->abs = strdup(abs)) == NULL) {
@@ -528,9 +528,8 @@ void agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m)
             free(w->path);
         }
         free(w);
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
     w->fw = fw;
     w->recursive = recursive && S_ISDIR(st.st_mode);
@@ -538,10 +537,9 @@ void agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m)
     agent_list_add_tail(&fw->watches, &w->link);
     w->root = ref_add(w, abs, "", FW_ROOT_MASK);
     if (w->root == NULL || (w->recursive && add_subdirs(w, abs, "", 0) < 0)) {
-        agent_fs_err(&err, errno, "watch", abs);
+        agent_fs_err(err, errno, "watch", abs);
         watch_end(w);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     w->id = fw->next_id++;
     pk = agent_conn_begin(c);
@@ -549,23 +547,21 @@ void agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m)
     (void)msgpack_pack_map(pk, 1);
     sbx_pack_kv_u64(pk, "watch", w->id);
     agent_conn_send(c);
+    return AGENT_REPLIED;
 }
 
-void agent_fs_unwatch(struct agent_conn *c, const struct sbx_msg *m)
+int agent_fs_unwatch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent_fswatch *fw = c->fw;
-    struct sbx_err err;
     uint64_t id;
 
-    if (sbx_param_u64(m->params, "watch", SBX_REQUIRED, 0, UINT32_MAX, &id, &err) < 0) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (sbx_param_u64(m->params, "watch", SBX_REQUIRED, 0, UINT32_MAX, &id, err) < 0) {
+        return -1;
     }
     if (fw == NULL || id == 0 || id >= fw->next_id) {
-        sbx_err_set(&err, SBX_E_NOT_FOUND, "no watch %llu on this connection",
+        sbx_err_set(err, SBX_E_NOT_FOUND, "no watch %llu on this connection",
                     (unsigned long long)id);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     for (struct agent_link *l = fw->watches.next; l != &fw->watches; l = l->next) {
         struct fw_watch *w = agent_container_of(l, struct fw_watch, link);
@@ -575,6 +571,7 @@ void agent_fs_unwatch(struct agent_conn *c, const struct sbx_msg *m)
         }
     }
     agent_conn_reply_empty(c, m->id); /* an ended watch is not an error */
+    return AGENT_REPLIED;
 }
 
 static void fw_close_cb(uv_handle_t *h)
@@ -587,13 +584,12 @@ static void fw_close_cb(uv_handle_t *h)
     }
 }
 
-void agent_fswatch_conn_gone(struct agent_conn *c)
+/* The connection closed: end its watches and release its inotify instance. */
+static void fw_gone(struct agent_conn_ref *r)
 {
-    struct agent_fswatch *fw = c->fw;
+    struct agent_fswatch *fw = agent_container_of(r, struct agent_fswatch, ref);
+    struct agent_conn *c = fw->conn;
 
-    if (fw == NULL) {
-        return;
-    }
     while (!agent_list_empty(&fw->watches)) {
         watch_end(agent_container_of(fw->watches.next, struct fw_watch, link));
     }

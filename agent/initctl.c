@@ -61,7 +61,8 @@ static void answer_lifetime(struct agent *a, const char *line)
     }
     w = agent_container_of(a->lifetime_waiters.next, struct agent_waiter, link);
     agent_list_del(&w->link);
-    if (w->conn == NULL) {
+    if (w->ref.conn == NULL) {
+        agent_conn_ref_del(&w->ref);
         free(w);
         return;
     }
@@ -71,11 +72,12 @@ static void answer_lifetime(struct agent *a, const char *line)
                     "the lifetime is \"%s\": only a duration can be "
                     "extended",
                     mode);
-        agent_conn_reply_error(w->conn, w->id, &err);
+        agent_conn_reply_error(w->ref.conn, w->id, &err);
+        agent_conn_ref_del(&w->ref);
         free(w);
         return;
     }
-    pk = agent_conn_begin(w->conn);
+    pk = agent_conn_begin(w->ref.conn);
     sbx_pack_response_head(pk, w->id);
     msgpack_pack_map(pk, deadline ? 3 : 1);
     sbx_pack_kv_str(pk, "mode", mode);
@@ -85,7 +87,8 @@ static void answer_lifetime(struct agent *a, const char *line)
         sbx_pack_kv_u64(pk, "deadline_ns", agent_realtime_ns() + left);
         sbx_pack_kv_u64(pk, "remaining_ms", left / 1000000u);
     }
-    agent_conn_send(w->conn);
+    agent_conn_send(w->ref.conn);
+    agent_conn_ref_del(&w->ref);
     free(w);
 }
 
@@ -191,18 +194,4 @@ void agent_initctl_close(struct agent *a)
         answer_lifetime(a, "lifetime mode=none");
     }
     uv_close((uv_handle_t *)&a->initctl_poll, initctl_close_cb);
-}
-
-void agent_initctl_conn_gone(struct agent *a, struct agent_conn *c)
-{
-    struct agent_link *l, *next;
-
-    for (l = a->lifetime_waiters.next; l != &a->lifetime_waiters; l = next) {
-        struct agent_waiter *w = agent_container_of(l, struct agent_waiter, link);
-        next = l->next;
-        /* Keep the slot: init answers in order, one reply per question. */
-        if (w->conn == c) {
-            w->conn = NULL;
-        }
-    }
 }

@@ -183,7 +183,6 @@ int main(int argc, char **argv)
     agent_list_init(&a->listeners);
     agent_list_init(&a->conns);
     agent_list_init(&a->procs);
-    agent_list_init(&a->jobs);
     agent_list_init(&a->repls);
     agent_list_init(&a->lifetime_waiters);
     if (agent_env_init(a) < 0) {

@@ -242,8 +242,8 @@ struct pack_ev {
 struct pack_build;
 
 struct pack {
-    struct agent_outjob j; /* the archive stream */
-    struct agent_job job;  /* job.conn: where progress and manifest go (NULL once closed) */
+    struct agent_outjob j;     /* the archive stream */
+    struct agent_conn_ref job; /* job.conn: where progress and manifest go (NULL once closed) */
     uint32_t id;
     char root[AGENT_FS_PATH_BUF];
     char entrypoint[AGENT_FS_PATH_BUF];
@@ -268,7 +268,7 @@ struct pack {
 };
 
 /* The archive stream's gone callback does the work; the hook marks pack jobs among the jobs. */
-static void pack_conn_gone(struct agent_job *j)
+static void pack_conn_gone(struct agent_conn_ref *j)
 {
 }
 
@@ -276,9 +276,9 @@ static unsigned pack_count(struct agent_conn *c)
 {
     unsigned n = 0;
 
-    for (struct agent_link *l = c->a->jobs.next; l != &c->a->jobs; l = l->next) {
-        struct agent_job *j = agent_container_of(l, struct agent_job, link);
-        if (j->conn == c && j->conn_gone == pack_conn_gone) {
+    for (struct agent_link *l = c->refs.next; l != &c->refs; l = l->next) {
+        struct agent_conn_ref *r = agent_container_of(l, struct agent_conn_ref, link);
+        if (r->gone == pack_conn_gone) {
             n++;
         }
     }
@@ -1229,7 +1229,7 @@ static void pack_on_close(struct agent_outjob *j)
             build_update(outs[i]); /* drained and discarded until the end */
         }
     }
-    agent_job_del(&p->job);
+    agent_conn_ref_del(&p->job);
     ignore_free(&p->ig);
     for (size_t i = 0; i < p->nfiles; i++) {
         free(p->files[i].path);
@@ -1428,52 +1428,45 @@ static int pack_caps(struct agent_conn *c, bool build, struct sbx_err *err)
     return agent_stream_reserve(c, build ? 3 : 1, err);
 }
 
-void agent_pack_create(struct agent_conn *c, const struct sbx_msg *m)
+int agent_pack_create(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     const msgpack_object *build = NULL;
     struct build_req q;
-    struct sbx_err err;
     struct pack *p;
     msgpack_packer *pk;
 
-    sbx_err_clear(&err);
     q.argv = NULL;
     /* Params, then caps, then the file system (PROTOCOL.md §7.2). */
-    p = pack_parse(c, m->params, &build, &q, &err);
+    p = pack_parse(c, m->params, &build, &q, err);
     if (p == NULL) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
-    if (pack_caps(c, build != NULL, &err) < 0 || pack_prepare(p, &err) < 0) {
+    if (pack_caps(c, build != NULL, err) < 0 || pack_prepare(p, err) < 0) {
         agent_strv_free(q.argv);
         pack_discard(p);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     p->id = ++c->next_pack;
     p->go = build == NULL;
-    if (build != NULL && build_start(p, c, &q, &err) < 0) {
+    if (build != NULL && build_start(p, c, &q, err) < 0) {
         ignore_free(&p->ig);
         agent_strv_free(p->args);
         free(p);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     p->j.produce = pack_produce;
     p->j.on_event = pack_on_event;
     p->j.on_finish = pack_on_finish;
     p->j.on_free = pack_on_free;
     p->j.on_close = pack_on_close;
-    agent_job_add(c->a, &p->job, c);
-    p->job.conn_gone = pack_conn_gone;
-    switch (agent_outjob_start(&p->j, c, &err)) {
+    agent_conn_ref_add(c, &p->job, pack_conn_gone);
+    switch (agent_outjob_start(&p->j, c, err)) {
     case 0:
         break;
     case -2: /* on_close freed the job (and killed the build) */
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     default:
-        agent_job_del(&p->job);
+        agent_conn_ref_del(&p->job);
         if (p->build != NULL) {
             p->build->p = NULL;
             build_kill(p->build);
@@ -1489,8 +1482,7 @@ void agent_pack_create(struct agent_conn *c, const struct sbx_msg *m)
         ignore_free(&p->ig);
         agent_strv_free(p->args);
         free(p);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     pk = agent_conn_begin(c);
     sbx_pack_response_head(pk, m->id);
@@ -1506,4 +1498,5 @@ void agent_pack_create(struct agent_conn *c, const struct sbx_msg *m)
         build_update(&p->build->out);
         build_update(&p->build->err);
     }
+    return AGENT_REPLIED;
 }

@@ -23,6 +23,7 @@
 #include "agent.h"
 #include "conn.h"
 #include "env.h"
+#include "sbx/schema.h"
 #include "stream.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -567,6 +568,7 @@ static void proc_free_if_unused(struct agent_proc *p)
         return;
     }
     agent_list_del(&p->link);
+    agent_conn_ref_del(&p->owner);
     p->a->nprocs--;
     free(p->out.replay);
     free(p->err.replay);
@@ -596,40 +598,24 @@ static void proc_release(struct agent_proc *p)
 
 static void pack_exit(msgpack_packer *pk, const struct agent_proc *p)
 {
-    char sigbuf[32];
-    const char *signame = NULL;
-    bool sig = WIFSIGNALED(p->status);
+    struct sbx_exit x = {
+        .id = (uint32_t)p->id,
+        .pid = (uint32_t)p->pid,
+        .exited = WIFEXITED(p->status),
+        .code = WIFEXITED(p->status) ? WEXITSTATUS(p->status) : 0,
+        .signo = WIFSIGNALED(p->status) ? WTERMSIG(p->status) : 0,
+        .core = WIFSIGNALED(p->status) && WCOREDUMP(p->status),
+        .duration_ns = p->end_ns - p->start_ns,
+        .drained = p->drained,
+        .timed_out = p->timed_out,
+        .stdout_bytes = p->out.total,
+        .stderr_bytes = p->err.total,
+        .maxrss_kb = (uint64_t)p->ru.ru_maxrss,
+        .utime_us = (uint64_t)p->ru.ru_utime.tv_sec * 1000000u + (uint64_t)p->ru.ru_utime.tv_usec,
+        .stime_us = (uint64_t)p->ru.ru_stime.tv_sec * 1000000u + (uint64_t)p->ru.ru_stime.tv_usec,
+    };
 
-    if (sig) {
-        signame = sbx_signal_name(WTERMSIG(p->status), sigbuf, sizeof(sigbuf));
-    }
-    msgpack_pack_map(pk, 12);
-    sbx_pack_kv_u64(pk, "id", p->id);
-    sbx_pack_kv_i64(pk, "pid", p->pid);
-    if (WIFEXITED(p->status)) {
-        sbx_pack_kv_i64(pk, "code", WEXITSTATUS(p->status));
-    } else {
-        sbx_pack_kv_nil(pk, "code");
-    }
-    sbx_pack_kv_str(pk, "signal", signame);
-    if (sig) {
-        sbx_pack_kv_i64(pk, "signo", WTERMSIG(p->status));
-    } else {
-        sbx_pack_kv_nil(pk, "signo");
-    }
-    sbx_pack_kv_bool(pk, "core", sig && WCOREDUMP(p->status));
-    sbx_pack_kv_u64(pk, "duration_ns", p->end_ns - p->start_ns);
-    sbx_pack_kv_bool(pk, "drained", p->drained);
-    sbx_pack_kv_bool(pk, "timed_out", p->timed_out);
-    sbx_pack_kv_u64(pk, "stdout_bytes", p->out.total);
-    sbx_pack_kv_u64(pk, "stderr_bytes", p->err.total);
-    sbx_pack_cstr(pk, "rusage");
-    msgpack_pack_map(pk, 3);
-    sbx_pack_kv_u64(pk, "maxrss_kb", (uint64_t)p->ru.ru_maxrss);
-    sbx_pack_kv_u64(pk, "utime_us",
-                    (uint64_t)p->ru.ru_utime.tv_sec * 1000000u + (uint64_t)p->ru.ru_utime.tv_usec);
-    sbx_pack_kv_u64(pk, "stime_us",
-                    (uint64_t)p->ru.ru_stime.tv_sec * 1000000u + (uint64_t)p->ru.ru_stime.tv_usec);
+    sbx_exit_pack(pk, &x);
 }
 
 static void waiter_close_cb(uv_handle_t *h)
@@ -641,12 +627,25 @@ static void waiter_close_cb(uv_handle_t *h)
 static void waiter_free(struct agent_waiter *w)
 {
     agent_list_del(&w->link);
+    agent_conn_ref_del(&w->ref);
     if (w->timed) {
         w->timer.data = w;
         uv_close((uv_handle_t *)&w->timer, waiter_close_cb);
     } else {
         free(w);
     }
+}
+
+/* A waiter's connection closed: nobody is left to answer. */
+static void waiter_gone(struct agent_conn_ref *r)
+{
+    waiter_free(agent_container_of(r, struct agent_waiter, ref));
+}
+
+/* The spawning connection closed: the process runs on; owner.conn is NULL now. */
+static void proc_owner_gone(struct agent_conn_ref *r)
+{
+    (void)r;
 }
 
 /* Exit and output are both settled: tell the owner and every waiter (PROTOCOL.md §9.2). */
@@ -663,19 +662,20 @@ static void proc_report(struct agent_proc *p, bool drained)
         agent_stream_cancel(p->in.stream, &err);
     }
     agent_pipe_close(&p->in);
-    if (p->owner != NULL) {
-        msgpack_packer *pk = agent_conn_begin(p->owner);
+    if (p->owner.conn != NULL) {
+        msgpack_packer *pk = agent_conn_begin(p->owner.conn);
         sbx_pack_notify_head(pk, "proc.exit");
         pack_exit(pk, p);
-        agent_conn_send(p->owner);
+        agent_conn_send(p->owner.conn);
         p->collected = true;
     }
+    agent_conn_ref_del(&p->owner); /* nothing more goes to it about this process */
     while (!agent_list_empty(&p->waiters)) {
         struct agent_waiter *w = agent_container_of(p->waiters.next, struct agent_waiter, link);
-        msgpack_packer *pk = agent_conn_begin(w->conn);
+        msgpack_packer *pk = agent_conn_begin(w->ref.conn);
         sbx_pack_response_head(pk, w->id);
         pack_exit(pk, p);
-        agent_conn_send(w->conn);
+        agent_conn_send(w->ref.conn);
         p->collected = true;
         waiter_free(w);
     }
@@ -933,11 +933,10 @@ static struct agent_proc *proc_new(struct agent *a, struct spawn_req *r, pid_t p
     return p;
 }
 
-void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
+int agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
     struct spawn_req r;
-    struct sbx_err err;
     struct agent_proc *p = NULL;
     int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
     int childfds[3];
@@ -945,8 +944,8 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
     msgpack_packer *pk;
     pid_t pid;
 
-    sbx_err_clear(&err);
-    if (parse_spawn(c, m->params, &r, &err) < 0 || proc_slot(a, &err) < 0) {
+    sbx_err_clear(err);
+    if (parse_spawn(c, m->params, &r, err) < 0 || proc_slot(a, err) < 0) {
         goto fail;
     }
     /* Every stream the process needs, or none: a spawn never runs with an output nobody gets. */
@@ -954,7 +953,7 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
                              r.pty ? 2
                                    : (uint32_t)(r.io_in == IO_PIPE) + (r.io_out == IO_PIPE) +
                                          (r.io_err == IO_PIPE),
-                             &err) < 0) {
+                             err) < 0) {
         goto fail;
     }
     if (r.pty) {
@@ -964,7 +963,7 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
             ptsname_r(pout[0], r.pty_path, sizeof(r.pty_path)) != 0 ||
             ioctl(pout[0], TIOCSWINSZ, &r.ws) < 0 ||
             (pin[1] = fcntl(pout[0], F_DUPFD_CLOEXEC, 3)) < 0) {
-            sbx_err_sys(&err, errno, "pty", "open a pseudo-terminal");
+            sbx_err_sys(err, errno, "pty", "open a pseudo-terminal");
             goto fail;
         }
         r.io_in = r.io_out = IO_PIPE;
@@ -972,7 +971,7 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
     } else if ((r.io_in == IO_PIPE && pipe2(pin, O_CLOEXEC) < 0) ||
                (r.io_out == IO_PIPE && pipe2(pout, O_CLOEXEC) < 0) ||
                (r.io_err == IO_PIPE && pipe2(perr, O_CLOEXEC) < 0)) {
-        sbx_err_sys(&err, errno, "pipe", "create pipes");
+        sbx_err_sys(err, errno, "pipe", "create pipes");
         goto fail;
     }
     /* Bigger pipes mean fewer wakeups on bulk output (best effort; capped by pipe-max-size). */
@@ -986,11 +985,11 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
     childfds[1] = pout[1];
     childfds[2] = r.io_err == IO_MERGE ? pout[1] : perr[1];
 
-    pid = spawn_run(&r, childfds, &err);
-    if (pid < 0 || (p = proc_new(a, &r, pid, &err)) == NULL) {
+    pid = spawn_run(&r, childfds, err);
+    if (pid < 0 || (p = proc_new(a, &r, pid, err)) == NULL) {
         goto fail;
     }
-    p->owner = c;
+    agent_conn_ref_add(c, &p->owner, proc_owner_gone);
     p->pty = r.pty;
     p->pty_fd = r.pty ? pout[0] : -1;
     p->in.is_pty = p->out.is_pty = r.pty;
@@ -1002,7 +1001,7 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
         }
         p->has_in = pipe_setup(a, p, &p->in, pin[1], true) == 0;
         pin[1] = -1;
-        sin = p->has_in ? agent_stream_new(c, AGENT_STREAM_IN, &p->in, &err) : NULL;
+        sin = p->has_in ? agent_stream_new(c, AGENT_STREAM_IN, &p->in, err) : NULL;
     }
     if (pout[0] >= 0) {
         if (pout[1] >= 0) {
@@ -1010,44 +1009,36 @@ void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m)
         }
         p->has_out = pipe_setup(a, p, &p->out, pout[0], false) == 0;
         pout[0] = -1;
-        sout = p->has_out ? agent_stream_new(c, AGENT_STREAM_OUT, &p->out, &err) : NULL;
+        sout = p->has_out ? agent_stream_new(c, AGENT_STREAM_OUT, &p->out, err) : NULL;
     }
     if (perr[0] >= 0) {
         close(perr[1]);
         p->has_err = pipe_setup(a, p, &p->err, perr[0], false) == 0;
         perr[0] = -1;
-        serr = p->has_err ? agent_stream_new(c, AGENT_STREAM_OUT, &p->err, &err) : NULL;
+        serr = p->has_err ? agent_stream_new(c, AGENT_STREAM_OUT, &p->err, err) : NULL;
     }
     if (r.timeout_ms > 0) {
         uv_update_time(c->a->loop); /* counted from now, not from the loop's cached time */
         uv_timer_start(&p->timeout_timer, timeout_timer_cb, r.timeout_ms, 0);
     }
 
-    pk = agent_conn_begin(c);
-    sbx_pack_response_head(pk, m->id);
-    msgpack_pack_map(pk, 5);
-    sbx_pack_kv_u64(pk, "id", p->id);
-    sbx_pack_kv_i64(pk, "pid", pid);
-    if (sin != NULL) {
-        sbx_pack_kv_u64(pk, "stdin", sin->id);
-    } else {
-        sbx_pack_kv_nil(pk, "stdin");
-    }
-    if (sout != NULL) {
-        sbx_pack_kv_u64(pk, "stdout", sout->id);
-    } else {
-        sbx_pack_kv_nil(pk, "stdout");
-    }
-    if (serr != NULL) {
-        sbx_pack_kv_u64(pk, "stderr", serr->id);
-    } else {
-        sbx_pack_kv_nil(pk, "stderr");
+    {
+        struct sbx_spawn_result res = {
+            .id = (uint32_t)p->id,
+            .pid = (uint32_t)pid,
+            .in = sin != NULL ? sin->id : 0,
+            .out = sout != NULL ? sout->id : 0,
+            .err = serr != NULL ? serr->id : 0,
+        };
+        pk = agent_conn_begin(c);
+        sbx_pack_response_head(pk, m->id);
+        sbx_spawn_result_pack(pk, &res);
     }
     agent_conn_send(c);
     agent_pipe_update(&p->out);
     agent_pipe_update(&p->err);
     spawn_req_free(&r);
-    return;
+    return AGENT_REPLIED;
 
 fail:
     for (int i = 0; i < 2; i++) {
@@ -1062,7 +1053,7 @@ fail:
         }
     }
     spawn_req_free(&r);
-    agent_conn_reply_error(c, m->id, &err);
+    return -1;
 }
 
 struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **argv,
@@ -1165,22 +1156,20 @@ static void wait_timeout_cb(uv_timer_t *t)
 
     sbx_err_set(&err, SBX_E_TIMEOUT, "process %llu is still running",
                 (unsigned long long)w->proc->id);
-    agent_conn_reply_error(w->conn, w->id, &err);
+    agent_conn_reply_error(w->ref.conn, w->id, &err);
     waiter_free(w);
 }
 
-void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m)
+int agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
     struct agent_proc *p;
     struct agent_waiter *w;
     uint64_t timeout = 0;
 
     /* Params first, then the lookup: BAD_PARAM wins over NOT_FOUND (PROTOCOL.md §7.2). */
-    if (sbx_param_u64(m->params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, &err) < 0 ||
-        (p = proc_find(c->a, m, &err)) == NULL) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (sbx_param_u64(m->params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, err) < 0 ||
+        (p = proc_find(c->a, m, err)) == NULL) {
+        return -1;
     }
     if (p->done) {
         msgpack_packer *pk = agent_conn_begin(c);
@@ -1188,15 +1177,14 @@ void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m)
         pack_exit(pk, p);
         agent_conn_send(c);
         p->collected = true;
-        return;
+        return AGENT_REPLIED;
     }
     w = calloc(1, sizeof(*w));
     if (w == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
-    w->conn = c;
+    agent_conn_ref_add(c, &w->ref, waiter_gone);
     w->id = m->id;
     w->proc = p;
     agent_list_add_tail(&p->waiters, &w->link);
@@ -1206,43 +1194,39 @@ void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m)
         w->timed = true;
         uv_timer_start(&w->timer, wait_timeout_cb, timeout, 0);
     }
+    return AGENT_LATER; /* answered at the exit (proc_report) or by wait_timeout_cb */
 }
 
-void agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m)
+int agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
     struct agent_proc *p = NULL;
     bool group = false;
     int sig;
 
-    if (parse_signal(m->params, "signal", SIGTERM, &sig, &err) < 0 ||
-        sbx_param_bool(m->params, "group", SBX_OPTIONAL, &group, &err) < 0 ||
-        (p = proc_find(c->a, m, &err)) == NULL) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (parse_signal(m->params, "signal", SIGTERM, &sig, err) < 0 ||
+        sbx_param_bool(m->params, "group", SBX_OPTIONAL, &group, err) < 0 ||
+        (p = proc_find(c->a, m, err)) == NULL) {
+        return -1;
     }
     /* A group may outlive its leader; only a lone process is certainly gone. */
     if (p->exited && !group) {
-        sbx_err_sys(&err, ESRCH, NULL, "process %llu has exited", (unsigned long long)p->id);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_sys(err, ESRCH, NULL, "process %llu has exited", (unsigned long long)p->id);
+        return -1;
     }
     if (kill(group ? -p->pid : p->pid, sig) < 0) {
-        sbx_err_sys(&err, errno, NULL, "kill %s%d", group ? "-" : "", p->pid);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_sys(err, errno, NULL, "kill %s%d", group ? "-" : "", p->pid);
+        return -1;
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m)
+int agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
-    struct agent_proc *p = proc_find(c->a, m, &err);
+    struct agent_proc *p = proc_find(c->a, m, err);
 
     if (p == NULL) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     if (p->has_in && p->in.open) {
         if (p->in.stream != NULL) {
@@ -1250,7 +1234,7 @@ void agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m)
         }
         if (p->pty) {
             agent_conn_reply_empty(c, m->id); /* the terminal stays open (PROTOCOL.md 15.1) */
-            return;
+            return AGENT_REPLIED;
         }
         p->in.close_requested = true;
         if (p->in.writes_pending == 0) {
@@ -1258,27 +1242,26 @@ void agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m)
         }
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_proc_release(struct agent_conn *c, const struct sbx_msg *m)
+int agent_proc_release(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
-    struct agent_proc *p = proc_find(c->a, m, &err);
+    struct agent_proc *p = proc_find(c->a, m, err);
 
     if (p == NULL) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     if (!p->done) {
-        sbx_err_set(&err, SBX_E_BUSY, "process %llu is still running", (unsigned long long)p->id);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_BUSY, "process %llu is still running", (unsigned long long)p->id);
+        return -1;
     }
     proc_release(p);
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m)
+int agent_proc_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
     msgpack_packer *pk = agent_conn_begin(c);
@@ -1327,6 +1310,7 @@ void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m)
         }
     }
     agent_conn_send(c);
+    return AGENT_REPLIED;
 }
 
 void agent_proc_pipes_resume(struct agent *a)
@@ -1340,42 +1324,20 @@ void agent_proc_pipes_resume(struct agent *a)
     }
 }
 
-void agent_proc_conn_gone(struct agent *a, struct agent_conn *c)
+int agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct agent_link *l, *wl, *next;
-
-    for (l = a->procs.next; l != &a->procs; l = l->next) {
-        struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
-        if (p->owner == c) {
-            p->owner = NULL;
-        }
-        for (wl = p->waiters.next; wl != &p->waiters; wl = next) {
-            struct agent_waiter *w = agent_container_of(wl, struct agent_waiter, link);
-            next = wl->next;
-            if (w->conn == c) {
-                waiter_free(w);
-            }
-        }
-    }
-}
-
-void agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m)
-{
-    struct sbx_err err;
     struct agent_proc *p = NULL;
     uint64_t rows, cols;
     struct winsize ws;
 
-    if (sbx_param_u64(m->params, "rows", SBX_REQUIRED, 1, 65535, &rows, &err) != 0 ||
-        sbx_param_u64(m->params, "cols", SBX_REQUIRED, 1, 65535, &cols, &err) != 0 ||
-        (p = proc_find(c->a, m, &err)) == NULL) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (sbx_param_u64(m->params, "rows", SBX_REQUIRED, 1, 65535, &rows, err) != 0 ||
+        sbx_param_u64(m->params, "cols", SBX_REQUIRED, 1, 65535, &cols, err) != 0 ||
+        (p = proc_find(c->a, m, err)) == NULL) {
+        return -1;
     }
     if (!p->pty) {
-        sbx_err_sys(&err, ENOTTY, NULL, "process %llu has no terminal", (unsigned long long)p->id);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_sys(err, ENOTTY, NULL, "process %llu has no terminal", (unsigned long long)p->id);
+        return -1;
     }
     /* After the exit (or once the master is closed) a resize is accepted and does nothing. */
     if (!p->exited && p->out.open) {
@@ -1383,10 +1345,10 @@ void agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m)
         ws.ws_row = (unsigned short)rows;
         ws.ws_col = (unsigned short)cols;
         if (ioctl(p->pty_fd, TIOCSWINSZ, &ws) < 0) {
-            sbx_err_sys(&err, errno, NULL, "resize the terminal");
-            agent_conn_reply_error(c, m->id, &err);
-            return;
+            sbx_err_sys(err, errno, NULL, "resize the terminal");
+            return -1;
         }
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }

@@ -3,13 +3,14 @@
 #define SBX_AGENT_PROC_H
 
 #include "agent.h"
+#include "conn.h"
 #include "stream.h"
 
 /* --- processes ---------------------------------------------------------------------------- */
 
 struct agent_waiter {
     struct agent_link link;
-    struct agent_conn *conn;
+    struct agent_conn_ref ref; /* the connection that asked; ref.conn NULL once it is gone */
     uint32_t id;
     bool extend;      /* lifetime waiters: answers a lifetime.extend */
     bool timed;       /* proc waiters: timer is initialised */
@@ -24,7 +25,7 @@ struct agent_proc {
     pid_t pid;
     char **argv; /* for proc.list */
     char tag[SBX_TAG_MAX + 1];
-    struct agent_conn *owner; /* gets proc.exit; NULL once it disconnected */
+    struct agent_conn_ref owner; /* owner.conn gets proc.exit; NULL once it disconnected */
     struct agent_pipe in, out, err;
     bool has_in, has_out, has_err;
     bool pty;              /* started on a pseudo-terminal */
@@ -53,13 +54,13 @@ struct agent_proc {
 };
 
 /* Request handlers. */
-void agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m);
-void agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m);
-void agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m);
-void agent_proc_list(struct agent_conn *c, const struct sbx_msg *m);
-void agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m);
-void agent_proc_release(struct agent_conn *c, const struct sbx_msg *m);
-void agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m);
+int agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_proc_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_proc_release(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /*
  * Start an interpreter for a REPL session: @argv (taken over, also on failure), env/clear_env/
  * cwd/user from @params as proc.spawn reads them, tag @tag. Its stdin and controlling terminal is
@@ -77,8 +78,6 @@ void agent_proc_reap(struct agent *a);
 void agent_proc_check_done(struct agent_proc *p);
 /* A handle of @p finished closing. */
 void agent_proc_handle_closed(struct agent_proc *p);
-/* The connection is going away: forget it as owner/waiter. */
-void agent_proc_conn_gone(struct agent *a, struct agent_conn *c);
 /* Re-evaluate every output pipe (after pool buffers were released). */
 void agent_proc_pipes_resume(struct agent *a);
 

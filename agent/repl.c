@@ -7,13 +7,17 @@
  * interrupts it exactly as ^C would (SIGINT to the terminal's foreground group); its stdout and
  * stderr are separate pipes; and two more pipes carry control data, never mixed with user output:
  *
- *   fd 3 (agent -> driver): code. python3/node: "<length>\n<code>"; sh/bash: the driver prologue
- *        first, then per eval __sbx_c='<code, ' written as '\''>' and shell_eval_tail
+ *   fd 3 (agent -> driver): code. python3/node/deno: "<length>\n<code>"; sh/bash: the driver
+ *        prologue first, then per eval __sbx_c='<code, ' written as '\''>' and shell_eval_tail
  *   fd 4 (driver -> agent): ASCII header lines, at most SBX_REPL_CTL_LINE_MAX bytes:
- *        "ready"                       the driver is up (once, after start)
- *        "result V E" + V + E bytes     python3/node: value (V = -1: none), error text (E = -1:
- * none) "status N"                    sh/bash: the exit status of the code "pong N" sh/bash: the
- * shell is back at its prompt after interrupt N
+ *        "ready"                     the driver is up (once, after start)
+ *        "result V E" + V + E bytes  python3/node/deno: value (V = -1: none), error text
+ *                                    (E = -1: none)
+ *        "status N"                  sh/bash: the exit status of the code
+ *        "pong N"                    sh/bash: the shell is back at its prompt after interrupt N
+ *
+ * The drivers are source files in agent/repl/ (driver.py, driver.js, driver_deno.mjs,
+ * prologue.sh), compiled into the agent as strings (repl/drivers.h).
  *
  * An eval is finished when its report arrives; the driver flushes stdout/stderr before reporting,
  * so a final non-blocking drain of both pipes collects everything the code wrote.
@@ -34,6 +38,7 @@
 #include "conn.h"
 #include "env.h"
 #include "proc.h"
+#include "repl/drivers.h"
 #include "stream.h"
 
 enum repl_lang { LANG_SH, LANG_BASH, LANG_PYTHON, LANG_NODE, LANG_DENO };
@@ -68,10 +73,11 @@ struct agent_repl {
     bool code_open, ctl_open, tty_open, timer_open;
     unsigned handles;
     /* the pending repl.start */
-    struct agent_conn *start_conn;
+    struct agent_conn_ref start_ref; /* start_ref.conn: who waits for repl.start's answer */
     uint32_t start_id;
     /* the running eval */
-    struct agent_conn *ev_conn; /* NULL once the requester went away: the result is dropped */
+    struct agent_conn_ref ev_ref; /* ev_ref.conn: NULL once the requester went away: the result
+                                   * is dropped */
     uint32_t ev_id;
     bool ev_stream, ev_timed_out;
     uint64_t ev_start_ns;
@@ -90,228 +96,10 @@ struct agent_repl {
 
 /* --- drivers ------------------------------------------------------------------------------ */
 
-static const char python_driver[] =
-    "import ast, linecache, os, signal, sys, traceback\n"
-    "def _sbx():\n"
-    "    rd = os.fdopen(3, 'rb', 0)\n"
-    "    os.set_inheritable(3, False)\n"
-    "    os.set_inheritable(4, False)\n"
-    "    ns = {'__name__': '__main__', '__builtins__': __builtins__}\n"
-    "    def send(data):\n"
-    "        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})\n"
-    "        try:\n"
-    "            while data:\n"
-    "                data = data[os.write(4, data):]\n"
-    "        finally:\n"
-    "            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
-    "    def readn(n):\n"
-    "        buf = b''\n"
-    "        while len(buf) < n:\n"
-    "            d = rd.read(n - len(buf))\n"
-    "            if not d:\n"
-    "                raise EOFError\n"
-    "            buf += d\n"
-    "        return buf\n"
-    "    send(b'ready\\n')\n"
-    "    n = 0\n"
-    "    while True:\n"
-    "        try:\n"
-    "            line = rd.readline()\n"
-    "            if not line:\n"
-    "                return\n"
-    "            src = readn(int(line)).decode('utf-8', 'surrogateescape')\n"
-    "            n += 1\n"
-    "            name = '<repl-%d>' % n\n"
-    "            linecache.cache[name] = (len(src), None, src.splitlines(True), name)\n"
-    "            value = err = None\n"
-    "            try:\n"
-    "                try:\n"
-    "                    tree = ast.parse(src, name, 'exec')\n"
-    "                    last = None\n"
-    "                    if tree.body and isinstance(tree.body[-1], ast.Expr):\n"
-    "                        last = ast.Expression(tree.body.pop().value)\n"
-    "                    exec(compile(tree, name, 'exec'), ns)\n"
-    "                    if last is not None:\n"
-    "                        v = eval(compile(last, name, 'eval'), ns)\n"
-    "                        if v is not None:\n"
-    "                            ns['_'] = v\n"
-    "                            value = repr(v)\n"
-    "                except SystemExit:\n"
-    "                    raise\n"
-    "                except BaseException as e:\n"
-    "                    if isinstance(e, SyntaxError):\n"
-    "                        err = ''.join(traceback.format_exception_only(type(e), e))\n"
-    "                    else:\n"
-    "                        tb = e.__traceback__\n"
-    "                        err = ''.join(traceback.format_exception(type(e), e, tb and "
-    "tb.tb_next))\n"
-    "                for f in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):\n"
-    "                    try:\n"
-    "                        f.flush()\n"
-    "                    except BaseException:\n"
-    "                        pass\n"
-    "            except KeyboardInterrupt:\n"
-    "                err = 'KeyboardInterrupt\\n'\n"
-    "            v = b'' if value is None else value.encode('utf-8', 'surrogateescape')\n"
-    "            e = b'' if err is None else err.encode('utf-8', 'surrogateescape')\n"
-    "            send(b'result %d %d\\n' % (-1 if value is None else len(v), -1 if err is None "
-    "else len(e)) + v + e)\n"
-    "        except KeyboardInterrupt:\n"
-    "            continue\n"
-    "        except EOFError:\n"
-    "            return\n"
-    "_sbx()\n";
-/* deno: the same protocol through Deno's node:vm; fds 3 and 4 are reached through /proc (Deno has
- * no API for an inherited descriptor). An await at the top level runs in an async function: an
- * expression keeps its value, declarations stay local to that eval. A synchronous endless loop
- * cannot be interrupted (Deno's vm has no breakOnSigint), so a timeout there ends the session. */
-static const char deno_driver[] =
-    "import vm from \"node:vm\";\n"
-    "const out = Deno.openSync(\"/proc/self/fd/4\", { write: true });\n"
-    "const put = (b) => { let o = 0; while (o < b.length) o += out.writeSync(b.subarray(o)); };\n"
-    "const enc = new TextEncoder();\n"
-    "let abort = null;\n"
-    "Deno.addSignalListener(\"SIGINT\", () => { if (abort) abort(new Error(\"Script execution was "
-    "interrupted by `SIGINT`\")); });\n"
-    "const clean = (s) => { const l = s.split(\"\\n\"), i = l.findIndex((x) => /^\\s+at "
-    ".*(node:vm|ext:|\\[eval\\]|repl:|\\$deno\\$eval)/.test(x)); return (i < 0 ? l : l.slice(0, "
-    "i)).join(\"\\n\"); };\n"
-    "const result = (failed, x) => {\n"
-    "  let v = null, e = null;\n"
-    "  try {\n"
-    "    if (failed) e = x !== null && typeof x === \"object\" && typeof x.stack === \"string\" ? "
-    "clean(x.stack) : String(x);\n"
-    "    else if (x !== undefined) v = Deno.inspect(x);\n"
-    "  } catch (e2) { e = \"error formatting the result: \" + String(e2); v = null; }\n"
-    "  const vb = v === null ? null : enc.encode(v), eb = e === null ? null : enc.encode(e);\n"
-    "  const head = enc.encode(\"result \" + (vb ? vb.length : -1) + \" \" + (eb ? eb.length : -1) "
-    "+ \"\\n\");\n"
-    "  const all = new Uint8Array(head.length + (vb ? vb.length : 0) + (eb ? eb.length : 0));\n"
-    "  all.set(head, 0); if (vb) all.set(vb, head.length); if (eb) all.set(eb, head.length + (vb ? "
-    "vb.length : 0));\n"
-    "  put(all);\n"
-    "};\n"
-    "const script = (src) => new vm.Script(src, { filename: \"repl\" });\n"
-    "const compile = (code) => {\n"
-    "  if (/^\\s*\\{/.test(code) && /\\}\\s*$/.test(code)) { try { return script(\"(\" + code + "
-    "\"\\n)\"); } catch (_) { /* a block */ } }\n"
-    "  try { return script(code); } catch (e) {\n"
-    "    if (!(e instanceof SyntaxError) || !/\\bawait\\b/.test(code)) throw e;\n"
-    "    /* Top-level await: an expression keeps its value; statements run in an async function\n"
-    "     * (their declarations stay local to this eval). */\n"
-    "    try { return script(\"(async () => (\\n\" + code + \"\\n))()\"); } catch (_) { return "
-    "script(\"(async () => {\\n\" + code + \"\\n})()\"); }\n"
-    "  }\n"
-    "};\n"
-    "const run = async (code) => {\n"
-    "  let val;\n"
-    "  try { val = compile(code).runInThisContext({ breakOnSigint: true, displayErrors: false }); "
-    "} catch (e) { return result(true, e); }\n"
-    "  if (!(val instanceof Promise)) return result(false, val);\n"
-    "  try { result(false, await new Promise((res, rej) => { abort = rej; val.then(res, rej); })); "
-    "} catch (e) { result(true, e); } finally { abort = null; }\n"
-    "};\n"
-    "const inp = Deno.openSync(\"/proc/self/fd/3\", { read: true });\n"
-    "let buf = new Uint8Array(0), want = -1;\n"
-    "const chunk = new Uint8Array(1 << 16);\n"
-    "put(enc.encode(\"ready\\n\"));\n"
-    "for (;;) {\n"
-    "  while (true) {\n"
-    "    if (want < 0) { const nl = buf.indexOf(10); if (nl < 0) break; want = parseInt(new "
-    "TextDecoder().decode(buf.subarray(0, nl)), 10); buf = buf.subarray(nl + 1); }\n"
-    "    if (buf.length < want) break;\n"
-    "    const code = new TextDecoder().decode(buf.subarray(0, want)); buf = buf.subarray(want); "
-    "want = -1;\n"
-    "    await run(code);\n"
-    "  }\n"
-    "  const n = await inp.read(chunk);\n"
-    "  if (n === null) Deno.exit(0);\n"
-    "  const nb = new Uint8Array(buf.length + n); nb.set(buf, 0); nb.set(chunk.subarray(0, n), "
-    "buf.length); buf = nb;\n"
-    "}\n";
-static const char node_driver[] =
-    "(() => {\n"
-    "  'use strict';\n"
-    "  const fs = require('fs'), net = require('net'), vm = require('vm'), util = "
-    "require('util');\n"
-    "  let tla = null;\n"
-    "  try { tla = require('internal/repl/await').processTopLevelAwait; } catch (e) { tla = null; "
-    "}\n"
-    "  const send = (b) => { let o = 0; while (o < b.length) o += fs.writeSync(4, b, o); };\n"
-    "  let buf = Buffer.alloc(0), want = -1, busy = false, abort = null;\n"
-    "  process.on('SIGINT', () => { if (abort) abort(new Error('Script execution was interrupted "
-    "by `SIGINT`')); });\n"
-    "  const clean = (s) => {\n"
-    "    const l = s.split('\\n'), i = l.findIndex((x) => /^\\s+at "
-    ".*(\\(node:vm:|\\[eval\\])/.test(x));\n"
-    "    return (i < 0 ? l : l.slice(0, i)).join('\\n');\n"
-    "  };\n"
-    "  const done = (failed, x) => {\n"
-    "    let v = null, e = null;\n"
-    "    try {\n"
-    "      if (failed) e = x !== null && typeof x === 'object' && typeof x.stack === 'string' ? "
-    "clean(x.stack) : String(x);\n"
-    "      else if (x !== undefined) v = util.inspect(x);\n"
-    "    } catch (e2) { e = 'error formatting the result: ' + String(e2); v = null; }\n"
-    "    const vb = v === null ? null : Buffer.from(v), eb = e === null ? null : Buffer.from(e);\n"
-    "    send(Buffer.concat([Buffer.from('result ' + (vb ? vb.length : -1) + ' ' + (eb ? eb.length "
-    ": -1) + '\\n'),\n"
-    "                        vb || Buffer.alloc(0), eb || Buffer.alloc(0)]));\n"
-    "    busy = false; abort = null; setImmediate(pump);\n"
-    "  };\n"
-    "  const script = (src) => new vm.Script(src, { filename: 'repl' });\n"
-    "  const compile = (code) => {\n"
-    "    if (/^\\s*\\{/.test(code) && /\\}\\s*$/.test(code)) {\n"
-    "      try { return [script('(' + code + '\\n)'), false]; } catch (e) { /* a block, not an "
-    "object */ }\n"
-    "    }\n"
-    "    try { return [script(code), false]; } catch (e) {\n"
-    "      let w = null;\n"
-    "      if (tla && e instanceof SyntaxError && /\\bawait\\b/.test(code)) { try { w = tla(code); "
-    "} catch (e2) { w = null; } }\n"
-    "      if (w === null) throw e;\n"
-    "      // node >= 16.6 returns { value: (last expression) } from the wrapper; older, the "
-    "value.\n"
-    "      return [script(w), /\\{ value: \\(/.test(w) && !/\\{ value: \\(/.test(code)];\n"
-    "    }\n"
-    "  };\n"
-    "  const run = (code) => {\n"
-    "    busy = true;\n"
-    "    let val, wrapped;\n"
-    "    try {\n"
-    "      const [s, w] = compile(code);\n"
-    "      wrapped = w;\n"
-    "      val = s.runInThisContext({ breakOnSigint: true, displayErrors: false });\n"
-    "    } catch (e) { return done(true, e); }\n"
-    "    if (!util.types.isPromise(val)) return done(false, val);\n"
-    "    new Promise((res, rej) => { abort = rej; val.then(res, rej); }).then(\n"
-    "      (x) => done(false, wrapped ? (x === undefined ? undefined : x.value) : x), (x) => "
-    "done(true, x));\n"
-    "  };\n"
-    "  const pump = () => {\n"
-    "    while (!busy) {\n"
-    "      if (want < 0) {\n"
-    "        const nl = buf.indexOf(10);\n"
-    "        if (nl < 0) return;\n"
-    "        want = parseInt(buf.subarray(0, nl).toString(), 10);\n"
-    "        buf = buf.subarray(nl + 1);\n"
-    "      }\n"
-    "      if (buf.length < want) return;\n"
-    "      const code = buf.subarray(0, want).toString();\n"
-    "      buf = buf.subarray(want); want = -1;\n"
-    "      run(code);\n"
-    "    }\n"
-    "  };\n"
-    "  const inp = new net.Socket({ fd: 3, readable: true, writable: false });\n"
-    "  inp.on('data', (d) => { buf = Buffer.concat([buf, d]); pump(); });\n"
-    "  inp.on('end', () => process.exit(0));\n"
-    "  send(Buffer.from('ready\\n'));\n"
-    "})();\n";
-static const char shell_prologue[] =
-    "PS1=''; PS2=''; set +m 2>/dev/null\n"
-    "__sbx_pong() { printf 'pong %s\\n' \"$1\" >&4; }\n"
-    "if [ -n \"${BASH_VERSION-}\" ]; then trap 'return 130 2>/dev/null' INT; fi\n"
-    "printf 'ready\\n' >&4\n";
+/* The python3, node and deno drivers and the shell prologue are files in agent/repl/, embedded
+ * at build time (repl/drivers.h). The shell's per-eval tail stays here, with code_frame, which
+ * writes the quoted code it ends. */
+
 /* What follows "__sbx_c='<code>" for each eval. The code must run at the shell's top level, not
  * in a function: there bash's declare/typeset would make locals and set -- would not last. It is
  * sourced (`.`) from a one-line script in a here-document, so that a `return` in the code, and
@@ -435,13 +223,20 @@ static struct agent_repl *repl_find(struct agent *a, const msgpack_object *param
 
 static void timer_start(struct agent_repl *r, enum repl_timer kind, uint64_t ms);
 
+/* A requester's connection closed: its answer is dropped (ref.conn is NULL); the start or the
+ * eval runs to completion. */
+static void repl_ref_gone(struct agent_conn_ref *r)
+{
+    (void)r;
+}
+
 /* The session is over for its clients (NOT_FOUND from now on). The object lives on until the
  * interpreter's exit is reported and its handles have closed. */
 static void repl_end(struct agent_repl *r)
 {
     r->state = RS_ENDED;
-    r->start_conn = NULL;
-    r->ev_conn = NULL;
+    agent_conn_ref_del(&r->start_ref);
+    agent_conn_ref_del(&r->ev_ref);
     if (r->linked) {
         agent_list_del(&r->link);
         r->linked = false;
@@ -620,7 +415,7 @@ static void pack_result_fields(msgpack_packer *pk, struct agent_repl *r, const c
 /* The eval is over (driver report, interpreter exit, or kill after a timeout): answer it. */
 static void eval_finish(struct agent_repl *r, const char *exit_text)
 {
-    struct agent_conn *c = r->ev_conn;
+    struct agent_conn *c = r->ev_ref.conn;
 
     if (r->timer_open) {
         uv_timer_stop(&r->timer);
@@ -661,11 +456,21 @@ static void eval_finish(struct agent_repl *r, const char *exit_text)
     buf_reset(&r->value);
     buf_reset(&r->error);
     r->has_value = r->has_error = false;
-    r->ev_conn = NULL;
+    agent_conn_ref_del(&r->ev_ref);
     r->ev_stream = false;
     r->ev_timed_out = false;
     if (r->state == RS_BUSY) {
         r->state = RS_IDLE;
+    }
+}
+
+/* The pending repl.start fails with @err (an async completion: start-up failure, start timeout,
+ * repl.close); nothing is sent when its connection went away. */
+static void start_fail(struct agent_repl *r, const struct sbx_err *err)
+{
+    if (r->start_ref.conn != NULL) {
+        agent_conn_reply_error(r->start_ref.conn, r->start_id, err);
+        agent_conn_ref_del(&r->start_ref);
     }
 }
 
@@ -682,10 +487,10 @@ static void eval_cancel(struct agent_repl *r)
         if (r->proc != NULL && r->proc->err.stream != NULL) {
             agent_stream_end(r->proc->err.stream, &err, false);
         }
-    } else if (r->ev_conn != NULL) {
-        agent_conn_reply_error(r->ev_conn, r->ev_id, &err);
+    } else if (r->ev_ref.conn != NULL) {
+        agent_conn_reply_error(r->ev_ref.conn, r->ev_id, &err);
     }
-    r->ev_conn = NULL;
+    agent_conn_ref_del(&r->ev_ref);
     r->ev_stream = false;
 }
 
@@ -704,14 +509,14 @@ static void on_ready(struct agent_repl *r)
     buf_reset(&r->out[0]);
     buf_reset(&r->out[1]);
     r->state = RS_IDLE;
-    if (r->start_conn != NULL) {
-        pk = agent_conn_begin(r->start_conn);
+    if (r->start_ref.conn != NULL) {
+        pk = agent_conn_begin(r->start_ref.conn);
         sbx_pack_response_head(pk, r->start_id);
         msgpack_pack_map(pk, 2);
         sbx_pack_kv_u64(pk, "session", r->id);
         sbx_pack_kv_i64(pk, "pid", r->pid);
-        agent_conn_send(r->start_conn);
-        r->start_conn = NULL;
+        agent_conn_send(r->start_ref.conn);
+        agent_conn_ref_del(&r->start_ref);
     }
 }
 
@@ -866,11 +671,11 @@ static void proc_done(struct agent_proc *p)
         snprintf(text, sizeof(text), "interpreter exited (exit status %d)", WEXITSTATUS(p->status));
     }
     r->proc = NULL;
-    if (r->state == RS_STARTING && r->start_conn != NULL) {
+    if (r->state == RS_STARTING && r->start_ref.conn != NULL) {
         uint32_t n = r->out[1].len < 512 ? r->out[1].len : 512;
         sbx_err_set(&err, SBX_E_UNSUPPORTED, "%s during start-up: %.*s", text, (int)n,
                     buf_bytes(&r->out[1]));
-        agent_conn_reply_error(r->start_conn, r->start_id, &err);
+        start_fail(r, &err);
     } else if (r->state == RS_BUSY) {
         eval_finish(r, text);
     }
@@ -890,9 +695,7 @@ static void timer_cb(uv_timer_t *t)
     case RT_START:
         sbx_err_set(&err, SBX_E_TIMEOUT, "the interpreter was not ready within %u ms",
                     SBX_REPL_START_MS);
-        if (r->start_conn != NULL) {
-            agent_conn_reply_error(r->start_conn, r->start_id, &err);
-        }
+        start_fail(r, &err);
         repl_end(r);
         repl_signal(r, SIGKILL);
         break;
@@ -1003,17 +806,17 @@ static char **build_argv(enum repl_lang lang, const msgpack_object *user_argv, s
     case LANG_PYTHON:
         tail[0] = "-u";
         tail[1] = "-c";
-        tail[2] = python_driver;
+        tail[2] = sbx_repl_driver_py;
         break;
     case LANG_NODE:
         tail[0] = "--expose-internals"; /* node's own top-level-await rewriter (internal/repl) */
         tail[1] = "-e";
-        tail[2] = node_driver;
+        tail[2] = sbx_repl_driver_js;
         break;
     case LANG_DENO:
         tail[0] = "eval";
         tail[1] = "--quiet";
-        tail[2] = deno_driver;
+        tail[2] = sbx_repl_driver_deno;
         break;
     }
     for (int i = 0; tail[i] != NULL; i++) {
@@ -1098,10 +901,9 @@ static int open_pipe(struct agent_repl *r, uv_pipe_t *h, int fd, bool *open)
     return rc;
 }
 
-void agent_repl_start(struct agent_conn *c, const struct sbx_msg *m)
+int agent_repl_start(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
-    struct sbx_err err;
     const msgpack_object *uargv = NULL;
     struct agent_repl *r = NULL;
     struct agent_proc *p;
@@ -1109,18 +911,16 @@ void agent_repl_start(struct agent_conn *c, const struct sbx_msg *m)
     char tag[32];
     char **argv = NULL;
 
-    sbx_err_clear(&err);
-    if (parse_lang(m->params, &uargv, &lang, &err) < 0 ||
-        (argv = build_argv((enum repl_lang)lang, uargv, &err)) == NULL) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (parse_lang(m->params, &uargv, &lang, err) < 0 ||
+        (argv = build_argv((enum repl_lang)lang, uargv, err)) == NULL) {
+        return -1;
     }
     r = calloc(1, sizeof(*r));
     if (r == NULL || pipe2(cp, O_CLOEXEC) < 0 || pipe2(rp, O_CLOEXEC) < 0) {
         if (r == NULL) {
-            sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
         } else {
-            sbx_err_sys(&err, errno, "pipe", "create pipes");
+            sbx_err_sys(err, errno, "pipe", "create pipes");
         }
         goto fail;
     }
@@ -1130,7 +930,7 @@ void agent_repl_start(struct agent_conn *c, const struct sbx_msg *m)
     snprintf(tag, sizeof(tag), "repl:%u", r->id);
     extra[0] = cp[0];
     extra[1] = rp[1];
-    p = agent_proc_spawn_repl(a, m->params, argv, tag, extra, &master, &err);
+    p = agent_proc_spawn_repl(a, m->params, argv, tag, extra, &master, err);
     argv = NULL; /* taken over */
     close(cp[0]);
     close(rp[1]);
@@ -1160,7 +960,7 @@ void agent_repl_start(struct agent_conn *c, const struct sbx_msg *m)
         uv_read_start((uv_stream_t *)&r->tty, ctl_alloc_cb, tty_read_cb) == 0 &&
         (r->lang != LANG_SH && r->lang != LANG_BASH
              ? 0
-             : code_send(r, shell_prologue, sizeof(shell_prologue) - 1)) == 0) {
+             : code_send(r, sbx_repl_prologue_sh, sbx_repl_prologue_sh_len)) == 0) {
         given = -1;
     }
     if (given >= 0) {
@@ -1170,20 +970,19 @@ void agent_repl_start(struct agent_conn *c, const struct sbx_msg *m)
         if (given < 2) {
             close(master);
         }
-        sbx_err_set(&err, SBX_E_INTERNAL, "cannot set up the control pipes");
-        agent_conn_reply_error(c, m->id, &err);
+        sbx_err_set(err, SBX_E_INTERNAL, "cannot set up the control pipes");
         r->state = RS_ENDED;
         repl_end(r);
         repl_signal(r, SIGKILL);
-        return;
+        return -1;
     }
     r->state = RS_STARTING;
-    r->start_conn = c;
+    agent_conn_ref_add(c, &r->start_ref, repl_ref_gone);
     r->start_id = m->id;
     agent_list_add_tail(&a->repls, &r->link);
     r->linked = true;
     timer_start(r, RT_START, SBX_REPL_START_MS);
-    return;
+    return AGENT_LATER; /* answered by on_ready, proc_done, timer_cb or repl.close */
 
 fail:
     for (int i = 0; i < 2; i++) {
@@ -1196,7 +995,7 @@ fail:
     }
     free(r);
     agent_strv_free(argv);
-    agent_conn_reply_error(c, m->id, &err);
+    return -1;
 }
 
 /* Send the output captured since the last eval as the start of a streaming eval's streams. */
@@ -1225,44 +1024,38 @@ static void flush_pending(struct agent_repl *r, struct agent_stream *s, struct r
     buf_reset(b);
 }
 
-void agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m)
+int agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
     struct agent_repl *r;
     const char *code;
     size_t len;
     uint64_t timeout = 0;
     bool stream = false;
 
-    sbx_err_clear(&err);
     /* Params first, then the session: BAD_PARAM wins over NOT_FOUND (PROTOCOL.md §7.2). */
-    if (sbx_param_str(m->params, "code", SBX_REQUIRED, SBX_REPL_CODE_MAX, &code, &len, &err) != 0 ||
-        sbx_param_u64(m->params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, &err) < 0 ||
-        sbx_param_bool(m->params, "stream", SBX_OPTIONAL, &stream, &err) < 0 ||
-        (r = repl_find(c->a, m->params, &err)) == NULL) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (sbx_param_str(m->params, "code", SBX_REQUIRED, SBX_REPL_CODE_MAX, &code, &len, err) != 0 ||
+        sbx_param_u64(m->params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, err) < 0 ||
+        sbx_param_bool(m->params, "stream", SBX_OPTIONAL, &stream, err) < 0 ||
+        (r = repl_find(c->a, m->params, err)) == NULL) {
+        return -1;
     }
     if ((r->lang == LANG_SH || r->lang == LANG_BASH) && memchr(code, '\0', len) != NULL) {
-        sbx_err_param(&err, "code", "shell code cannot contain a NUL byte");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_param(err, "code", "shell code cannot contain a NUL byte");
+        return -1;
     }
     if (r->state != RS_IDLE) {
-        sbx_err_set(&err, SBX_E_BUSY, "REPL session %u is %s", r->id,
+        sbx_err_set(err, SBX_E_BUSY, "REPL session %u is %s", r->id,
                     r->state == RS_STARTING ? "starting" : "running an eval");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     if (stream) {
         struct agent_stream *so, *se;
         msgpack_packer *pk;
-        if (agent_stream_reserve(c, 2, &err) < 0) {
-            agent_conn_reply_error(c, m->id, &err);
-            return;
+        if (agent_stream_reserve(c, 2, err) < 0) {
+            return -1;
         }
-        so = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->out, &err);
-        se = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->err, &err);
+        so = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->out, err);
+        se = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->err, err);
         pk = agent_conn_begin(c);
         sbx_pack_response_head(pk, m->id);
         msgpack_pack_map(pk, 3);
@@ -1276,18 +1069,18 @@ void agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m)
         agent_pipe_update(&r->proc->err);
     }
     if (code_frame(r, code, len) < 0) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "cannot send code to the interpreter");
         if (stream) {
-            r->ev_stream = true; /* ends both streams with the error */
+            /* Answered already: both streams end with the error. */
+            r->ev_stream = true;
             eval_cancel(r);
-        } else {
-            agent_conn_reply_error(c, m->id, &err);
+            return AGENT_REPLIED;
         }
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "cannot send code to the interpreter");
+        return -1;
     }
     r->evals++;
     r->state = RS_BUSY;
-    r->ev_conn = c;
+    agent_conn_ref_add(c, &r->ev_ref, repl_ref_gone);
     r->ev_id = m->id;
     r->ev_stream = stream;
     r->ev_timed_out = false;
@@ -1296,20 +1089,22 @@ void agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m)
     if (timeout > 0) {
         timer_start(r, RT_EVAL, timeout);
     }
+    /* A streaming eval was answered above (repl.result follows); otherwise eval_finish answers. */
+    return stream ? AGENT_REPLIED : AGENT_LATER;
 }
 
-void agent_repl_close(struct agent_conn *c, const struct sbx_msg *m)
+int agent_repl_close(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
-    struct agent_repl *r = repl_find(c->a, m->params, &err);
+    struct agent_repl *r = repl_find(c->a, m->params, err);
+    struct sbx_err cancelled;
 
     if (r == NULL) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
-    if (r->state == RS_STARTING && r->start_conn != NULL) {
-        sbx_err_set(&err, SBX_E_CANCELLED, "REPL session %u was closed", r->id);
-        agent_conn_reply_error(r->start_conn, r->start_id, &err);
+    if (r->state == RS_STARTING && r->start_ref.conn != NULL) {
+        /* Another request's answer: the pending repl.start. */
+        sbx_err_set(&cancelled, SBX_E_CANCELLED, "REPL session %u was closed", r->id);
+        start_fail(r, &cancelled);
     } else if (r->state == RS_BUSY) {
         eval_cancel(r);
     }
@@ -1319,9 +1114,10 @@ void agent_repl_close(struct agent_conn *c, const struct sbx_msg *m)
     repl_signal(r, SIGHUP);
     timer_start(r, RT_CLOSE, SBX_REPL_CLOSE_MS);
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
-void agent_repl_list(struct agent_conn *c, const struct sbx_msg *m)
+int agent_repl_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
     msgpack_packer *pk = agent_conn_begin(c);
@@ -1346,19 +1142,5 @@ void agent_repl_list(struct agent_conn *c, const struct sbx_msg *m)
         sbx_pack_kv_u64(pk, "evals", r->evals);
     }
     agent_conn_send(c);
-}
-
-void agent_repl_conn_gone(struct agent *a, struct agent_conn *c)
-{
-    struct agent_link *l;
-
-    for (l = a->repls.next; l != &a->repls; l = l->next) {
-        struct agent_repl *r = agent_container_of(l, struct agent_repl, link);
-        if (r->start_conn == c) {
-            r->start_conn = NULL;
-        }
-        if (r->ev_conn == c) {
-            r->ev_conn = NULL; /* the eval runs to completion; its result is dropped */
-        }
-    }
+    return AGENT_REPLIED;
 }

@@ -6,11 +6,12 @@
 
 /* --- REPL sessions (repl.c) ----------------------------------------------------------------- */
 
-void agent_repl_start(struct agent_conn *c, const struct sbx_msg *m);
-void agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m);
-void agent_repl_close(struct agent_conn *c, const struct sbx_msg *m);
-void agent_repl_list(struct agent_conn *c, const struct sbx_msg *m);
-/* The connection is going away: its pending start/eval replies are dropped, sessions stay. */
-void agent_repl_conn_gone(struct agent *a, struct agent_conn *c);
+/* Request handlers (agent_handler, AGENT_REPLIED in agent.h). repl.start and a non-streaming
+ * repl.eval return AGENT_LATER: the driver's report, the interpreter's exit, a timeout or
+ * repl.close answers them. */
+int agent_repl_start(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_repl_close(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_repl_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 
 #endif /* SBX_AGENT_REPL_H */

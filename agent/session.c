@@ -49,10 +49,9 @@ static int hello_check_client(const msgpack_object *params, struct sbx_err *err)
     return 0;
 }
 
-void agent_session_hello(struct agent_conn *c, const struct sbx_msg *m)
+int agent_session_hello(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
-    struct sbx_err err;
     uint64_t ver, minv, top;
     const char *tok = NULL;
     size_t toklen = 0;
@@ -61,35 +60,31 @@ void agent_session_hello(struct agent_conn *c, const struct sbx_msg *m)
     int r;
 
     if (c->hello_done) {
-        sbx_err_set(&err, SBX_E_BAD_MESSAGE, "hello already done on this connection");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_BAD_MESSAGE, "hello already done on this connection");
+        return -1;
     }
     /* Versions are uints; there is no version 0, so {version: 0} is answered VERSION, not
      * BAD_PARAM: min_version defaults to 1, or to version when that is smaller (§6.2). */
-    if (sbx_param_u64(m->params, "version", SBX_REQUIRED, 0, UINT64_MAX, &ver, &err) != 0 ||
-        (r = sbx_param_u64(m->params, "min_version", SBX_OPTIONAL, 0, UINT64_MAX, &minv, &err)) <
+    if (sbx_param_u64(m->params, "version", SBX_REQUIRED, 0, UINT64_MAX, &ver, err) != 0 ||
+        (r = sbx_param_u64(m->params, "min_version", SBX_OPTIONAL, 0, UINT64_MAX, &minv, err)) <
             0 ||
-        sbx_param_str(m->params, "token", SBX_OPTIONAL, SBX_TOKEN_MAX, &tok, &toklen, &err) < 0 ||
-        hello_check_client(m->params, &err) < 0) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_param_str(m->params, "token", SBX_OPTIONAL, SBX_TOKEN_MAX, &tok, &toklen, err) < 0 ||
+        hello_check_client(m->params, err) < 0) {
+        return -1;
     }
     if (r == 1) {
         minv = ver < SBX_PROTO_MIN_VERSION ? ver : SBX_PROTO_MIN_VERSION;
     }
     if (minv > ver) {
-        sbx_err_param(&err, "min_version", "min_version %llu is above version %llu",
+        sbx_err_param(err, "min_version", "min_version %llu is above version %llu",
                       (unsigned long long)minv, (unsigned long long)ver);
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     if (a->token[0] != '\0' && (tok == NULL || !token_equal(a->token, tok, toklen))) {
-        sbx_err_set(&err, SBX_E_AUTH,
+        sbx_err_set(err, SBX_E_AUTH,
                     tok == NULL ? "this listener needs a token in hello" : "wrong token");
-        agent_conn_reply_error(c, m->id, &err);
-        c->close_after_flush = true;
-        return;
+        c->close_after_flush = true; /* after the AUTH reply has been written (§6.5) */
+        return -1;
     }
     /* negotiated = min(version, agent_max); it must reach max(min_version, agent_min) (§6.3). */
     top = ver;
@@ -97,14 +92,13 @@ void agent_session_hello(struct agent_conn *c, const struct sbx_msg *m)
         ver = SBX_PROTO_VERSION;
     }
     if (ver < minv || ver < SBX_PROTO_MIN_VERSION) {
-        sbx_err_set(&err, SBX_E_VERSION, "client speaks %llu..%llu, agent speaks %u..%u",
+        sbx_err_set(err, SBX_E_VERSION, "client speaks %llu..%llu, agent speaks %u..%u",
                     (unsigned long long)minv, (unsigned long long)top, SBX_PROTO_MIN_VERSION,
                     SBX_PROTO_VERSION);
-        err.min = SBX_PROTO_MIN_VERSION;
-        err.max = SBX_PROTO_VERSION;
-        err.has_min = err.has_max = true;
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        err->min = SBX_PROTO_MIN_VERSION;
+        err->max = SBX_PROTO_VERSION;
+        err->has_min = err->has_max = true;
+        return -1;
     }
     c->hello_done = true;
     c->version = (uint32_t)ver;
@@ -135,11 +129,13 @@ void agent_session_hello(struct agent_conn *c, const struct sbx_msg *m)
     sbx_pack_kv_u64(pk, "max_conns", SBX_MAX_CONNS);
     sbx_pack_kv_u64(pk, "conn", c->num);
     agent_conn_send(c);
+    return AGENT_REPLIED;
 }
 
-void agent_session_ping(struct agent_conn *c, const struct sbx_msg *m)
+int agent_session_ping(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
 }
 
 /* Read "MemTotal" and "MemAvailable" from /proc/meminfo (kB). */
@@ -163,7 +159,7 @@ static void meminfo(uint64_t *total, uint64_t *avail)
     fclose(fp);
 }
 
-void agent_session_info(struct agent_conn *c, const struct sbx_msg *m)
+int agent_session_info(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
     msgpack_packer *pk = agent_conn_begin(c);
@@ -215,48 +211,53 @@ void agent_session_info(struct agent_conn *c, const struct sbx_msg *m)
     sbx_pack_kv_u64(pk, "conns", a->nconns);
     sbx_pack_kv_u64(pk, "procs", running);
     agent_conn_send(c);
+    return AGENT_REPLIED;
 }
 
-void agent_session_shutdown(struct agent_conn *c, const struct sbx_msg *m)
+int agent_session_shutdown(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
     char action[16] = "poweroff";
 
-    if (sbx_param_cstr(m->params, "action", SBX_OPTIONAL, action, sizeof(action), &err) < 0) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (sbx_param_cstr(m->params, "action", SBX_OPTIONAL, action, sizeof(action), err) < 0) {
+        return -1;
     }
     if (strcmp(action, "poweroff") != 0 && strcmp(action, "reboot") != 0) {
-        sbx_err_param(&err, "action", "action must be \"poweroff\" or \"reboot\"");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_param(err, "action", "action must be \"poweroff\" or \"reboot\"");
+        return -1;
     }
     if (!c->a->initctl_open) {
-        sbx_err_set(&err, SBX_E_UNSUPPORTED, "no sbx-init to power off (agent runs standalone)");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_UNSUPPORTED, "no sbx-init to power off (agent runs standalone)");
+        return -1;
     }
     agent_conn_reply_empty(c, m->id);
     agent_initctl_send(c->a, "shutdown action=%s", action);
+    return AGENT_REPLIED;
 }
 
-static void lifetime_wait(struct agent_conn *c, const struct sbx_msg *m, bool extend)
+/* A lifetime waiter's connection closed: its slot stays, since init answers in order, one reply
+ * per question; the answer then goes nowhere (ref.conn is NULL). */
+static void lifetime_waiter_gone(struct agent_conn_ref *r)
+{
+    (void)r;
+}
+
+/* Queue request @m for init's lifetime answer; AGENT_LATER, or -1 with @err. */
+static int lifetime_wait(struct agent_conn *c, const struct sbx_msg *m, bool extend,
+                         struct sbx_err *err)
 {
     struct agent_waiter *w = calloc(1, sizeof(*w));
-    struct sbx_err err;
 
     if (w == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
     }
-    w->conn = c;
+    agent_conn_ref_add(c, &w->ref, lifetime_waiter_gone);
     w->id = m->id;
     w->extend = extend;
     agent_list_add_tail(&c->a->lifetime_waiters, &w->link);
+    return AGENT_LATER;
 }
 
-void agent_session_lifetime_get(struct agent_conn *c, const struct sbx_msg *m)
+int agent_session_lifetime_get(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     if (!c->a->initctl_open) {
         msgpack_packer *pk = agent_conn_begin(c);
@@ -264,34 +265,36 @@ void agent_session_lifetime_get(struct agent_conn *c, const struct sbx_msg *m)
         msgpack_pack_map(pk, 1);
         sbx_pack_kv_str(pk, "mode", "none");
         agent_conn_send(c);
-        return;
+        return AGENT_REPLIED;
     }
-    lifetime_wait(c, m, false);
+    if (lifetime_wait(c, m, false, err) < 0) {
+        return -1;
+    }
     agent_initctl_send(c->a, "lifetime?");
+    return AGENT_LATER;
 }
 
-void agent_session_lifetime_extend(struct agent_conn *c, const struct sbx_msg *m)
+int agent_session_lifetime_extend(struct agent_conn *c, const struct sbx_msg *m,
+                                  struct sbx_err *err)
 {
-    struct sbx_err err;
     uint64_t secs;
 
-    if (sbx_param_u64(m->params, "seconds", SBX_REQUIRED, 1, INT32_MAX, &secs, &err) != 0) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+    if (sbx_param_u64(m->params, "seconds", SBX_REQUIRED, 1, INT32_MAX, &secs, err) != 0) {
+        return -1;
     }
     if (!c->a->initctl_open) {
-        sbx_err_set(&err, SBX_E_UNSUPPORTED,
-                    "no sbx-init keeps a lifetime (agent runs standalone)");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_UNSUPPORTED, "no sbx-init keeps a lifetime (agent runs standalone)");
+        return -1;
     }
-    lifetime_wait(c, m, true);
+    if (lifetime_wait(c, m, true, err) < 0) {
+        return -1;
+    }
     agent_initctl_send(c->a, "extend seconds=%llu", (unsigned long long)secs);
+    return AGENT_LATER;
 }
 
-void agent_session_clock_set(struct agent_conn *c, const struct sbx_msg *m)
+int agent_session_clock_set(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    struct sbx_err err;
     int64_t host;
     uint64_t threshold = 50000000u;
     int64_t skew;
@@ -299,11 +302,10 @@ void agent_session_clock_set(struct agent_conn *c, const struct sbx_msg *m)
     bool stepped = false;
     msgpack_packer *pk;
 
-    if (sbx_param_i64(m->params, "unix_ns", SBX_REQUIRED, 0, INT64_MAX, &host, &err) != 0 ||
-        sbx_param_u64(m->params, "threshold_ns", SBX_OPTIONAL, 0, UINT64_MAX, &threshold, &err) <
+    if (sbx_param_i64(m->params, "unix_ns", SBX_REQUIRED, 0, INT64_MAX, &host, err) != 0 ||
+        sbx_param_u64(m->params, "threshold_ns", SBX_OPTIONAL, 0, UINT64_MAX, &threshold, err) <
             0) {
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     }
     skew = (int64_t)agent_realtime_ns() - host;
     mag = skew < 0 ? (uint64_t)(-skew) : (uint64_t)skew;
@@ -311,9 +313,8 @@ void agent_session_clock_set(struct agent_conn *c, const struct sbx_msg *m)
         /* Step, do not slew: after a snapshot restore the clock can be minutes behind. */
         struct timespec ts = { (time_t)(host / 1000000000), (long)(host % 1000000000) };
         if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
-            sbx_err_sys(&err, errno, NULL, "set the clock");
-            agent_conn_reply_error(c, m->id, &err);
-            return;
+            sbx_err_sys(err, errno, NULL, "set the clock");
+            return -1;
         }
         stepped = true;
     }
@@ -323,4 +324,5 @@ void agent_session_clock_set(struct agent_conn *c, const struct sbx_msg *m)
     sbx_pack_kv_bool(pk, "stepped", stepped);
     sbx_pack_kv_i64(pk, "skew_ns", skew);
     agent_conn_send(c);
+    return AGENT_REPLIED;
 }

@@ -5,15 +5,19 @@
 
 #include "agent.h"
 
-void agent_session_hello(struct agent_conn *c, const struct sbx_msg *m);
-void agent_session_ping(struct agent_conn *c, const struct sbx_msg *m);
-void agent_session_info(struct agent_conn *c, const struct sbx_msg *m);
-void agent_session_shutdown(struct agent_conn *c, const struct sbx_msg *m);
-void agent_session_lifetime_get(struct agent_conn *c, const struct sbx_msg *m);
-void agent_session_lifetime_extend(struct agent_conn *c, const struct sbx_msg *m);
-void agent_session_clock_set(struct agent_conn *c, const struct sbx_msg *m);
+int agent_session_hello(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_session_ping(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_session_info(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_session_shutdown(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_session_lifetime_get(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_session_lifetime_extend(struct agent_conn *c, const struct sbx_msg *m,
+                                  struct sbx_err *err);
+int agent_session_clock_set(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 
-/* Dispatch a request through the method table. */
+/* A request handler: see AGENT_REPLIED (agent.h). */
+typedef int (*agent_handler)(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+
+/* Dispatch a request through the method table: run its handler, send the error it returns. */
 void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m);
 /* Capabilities this agent announces, NULL-terminated. */
 extern const char *const agent_capabilities[];
@@ -24,7 +28,5 @@ void agent_initctl_send(struct agent *a, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void agent_initctl_clients_changed(struct agent *a);
 void agent_initctl_close(struct agent *a);
-/* Forget lifetime requests of a departing connection. */
-void agent_initctl_conn_gone(struct agent *a, struct agent_conn *c);
 
 #endif /* SBX_AGENT_SESSION_H */

@@ -15,6 +15,7 @@
 #include "agent.h"
 #include "conn.h"
 #include "proc.h"
+#include "sbx/schema.h"
 
 struct in_req {
     uv_write_t req;
@@ -143,18 +144,7 @@ void agent_stream_free(struct agent_stream *s)
 
 void agent_stream_end(struct agent_stream *s, const struct sbx_err *e, bool truncated)
 {
-    msgpack_packer *pk = agent_conn_begin(s->conn);
-
-    sbx_pack_notify_head(pk, "stream.end");
-    msgpack_pack_map(pk, 1 + (e != NULL) + truncated);
-    sbx_pack_kv_u64(pk, "stream", s->id);
-    if (e != NULL) {
-        sbx_pack_cstr(pk, "error");
-        sbx_pack_err(pk, e);
-    }
-    if (truncated) {
-        sbx_pack_kv_bool(pk, "truncated", true);
-    }
+    sbx_end_pack(agent_conn_begin(s->conn), s->id, e, truncated);
     agent_conn_send(s->conn);
     agent_stream_free(s);
 }
@@ -162,13 +152,7 @@ void agent_stream_end(struct agent_stream *s, const struct sbx_err *e, bool trun
 /* Send stream.cancel {stream: @id, error: @e} on @c. */
 static void send_cancel(struct agent_conn *c, uint32_t id, const struct sbx_err *e)
 {
-    msgpack_packer *pk = agent_conn_begin(c);
-
-    sbx_pack_notify_head(pk, "stream.cancel");
-    msgpack_pack_map(pk, 2);
-    sbx_pack_kv_u64(pk, "stream", id);
-    sbx_pack_cstr(pk, "error");
-    sbx_pack_err(pk, e);
+    sbx_cancel_pack(agent_conn_begin(c), id, e);
     agent_conn_send(c);
 }
 
@@ -199,12 +183,7 @@ static void stream_misuse(struct agent_stream *s, const struct sbx_err *e)
 
 static void stream_grant(struct agent_stream *s)
 {
-    msgpack_packer *pk = agent_conn_begin(s->conn);
-
-    sbx_pack_notify_head(pk, "stream.credit");
-    msgpack_pack_map(pk, 2);
-    sbx_pack_kv_u64(pk, "stream", s->id);
-    sbx_pack_kv_u64(pk, "bytes", s->consumed);
+    sbx_credit_pack(agent_conn_begin(s->conn), s->id, (uint32_t)s->consumed);
     s->credit += s->consumed;
     s->consumed = 0;
     agent_conn_send(s->conn);

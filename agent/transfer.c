@@ -26,33 +26,6 @@
 
 /* --- jobs and shared helpers ------------------------------------------------------------- */
 
-void agent_job_add(struct agent *a, struct agent_job *j, struct agent_conn *c)
-{
-    j->conn = c;
-    agent_list_add_tail(&a->jobs, &j->link);
-}
-
-void agent_job_del(struct agent_job *j)
-{
-    agent_list_del(&j->link);
-}
-
-void agent_job_conn_gone(struct agent *a, struct agent_conn *c)
-{
-    struct agent_link *l, *next;
-
-    for (l = a->jobs.next; l != &a->jobs; l = next) {
-        struct agent_job *j = agent_container_of(l, struct agent_job, link);
-        next = l->next; /* the hook may remove (and free) the job */
-        if (j->conn == c) {
-            j->conn = NULL;
-            if (j->conn_gone != NULL) {
-                j->conn_gone(j);
-            }
-        }
-    }
-}
-
 void agent_reply_stream(struct agent_conn *c, uint32_t id, uint32_t sid)
 {
     msgpack_packer *pk = agent_conn_begin(c);
@@ -144,7 +117,7 @@ struct chunk {
 };
 
 struct upload {
-    struct agent_job job;
+    struct agent_conn_ref job;
     struct agent *a;
     struct agent_stream *s; /* NULL once ended, cancelled or gone */
     uint32_t sid;
@@ -198,7 +171,7 @@ static void upload_destroy(struct upload *u)
         close(u->dirfd);
     }
     chunks_free(u->a, u->head);
-    agent_job_del(&u->job);
+    agent_conn_ref_del(&u->job);
     free(u);
 }
 
@@ -474,7 +447,7 @@ static void upload_gone(struct agent_stream *s, bool cancelled)
     upload_fail(u, &err);
 }
 
-static void upload_conn_gone(struct agent_job *j)
+static void upload_conn_gone(struct agent_conn_ref *j)
 {
     struct upload *u = agent_container_of(j, struct upload, job);
     struct sbx_err err;
@@ -563,53 +536,50 @@ static int upload_params(struct upload *u, const msgpack_object *p, char *path, 
     return has_mode ? 1 : 0;
 }
 
-void agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m)
+int agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[SBX_PATH_MAX + 1];
     struct upload *u;
-    struct sbx_err err;
     struct stat st;
     bool parents = false;
     int has_mode;
 
     u = calloc(1, sizeof(*u));
     if (u == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
     u->a = c->a;
     u->dirfd = u->fd = -1;
     u->tail = &u->head;
-    agent_job_add(c->a, &u->job, c);
-    u->job.conn_gone = upload_conn_gone;
-    has_mode = upload_params(u, m->params, path, &err);
-    if (has_mode < 0 || sbx_param_bool(m->params, "parents", SBX_OPTIONAL, &parents, &err) < 0 ||
-        split_path(path, u->dir, sizeof(u->dir), u->name, &err) < 0 ||
-        agent_stream_reserve(c, 1, &err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
+    agent_conn_ref_add(c, &u->job, upload_conn_gone);
+    has_mode = upload_params(u, m->params, path, err);
+    if (has_mode < 0 || sbx_param_bool(m->params, "parents", SBX_OPTIONAL, &parents, err) < 0 ||
+        split_path(path, u->dir, sizeof(u->dir), u->name, err) < 0 ||
+        agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
     u->dirfd = open(u->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (u->dirfd < 0 && errno == ENOENT && parents) {
-        if (mkdir_parents(u->dir, &err) < 0) {
+        if (mkdir_parents(u->dir, err) < 0) {
             goto fail;
         }
         u->dirfd = open(u->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     }
     if (u->dirfd < 0) {
-        sbx_err_sys(&err, errno, NULL, "open directory \"%s\"", u->dir);
-        sbx_err_set_path(&err, u->dir);
+        sbx_err_sys(err, errno, NULL, "open directory \"%s\"", u->dir);
+        sbx_err_set_path(err, u->dir);
         goto fail;
     }
     if (fstatat(u->dirfd, u->name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
         if (S_ISDIR(st.st_mode)) {
-            sbx_err_sys(&err, EISDIR, NULL, "upload to \"%s\"", path);
-            sbx_err_set_path(&err, path);
+            sbx_err_sys(err, EISDIR, NULL, "upload to \"%s\"", path);
+            sbx_err_set_path(err, path);
             goto fail;
         }
         if (!u->overwrite) {
-            sbx_err_sys(&err, EEXIST, NULL, "upload to \"%s\"", path);
-            sbx_err_set_path(&err, path);
+            sbx_err_sys(err, EEXIST, NULL, "upload to \"%s\"", path);
+            sbx_err_set_path(err, path);
             goto fail;
         }
         /* Replacing a regular file keeps its mode and owner unless told otherwise. */
@@ -626,7 +596,7 @@ void agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m)
             u->chown = true;
         }
     } else if (errno != ENOENT) {
-        sbx_err_sys(&err, errno, NULL, "stat \"%s\"", path);
+        sbx_err_sys(err, errno, NULL, "stat \"%s\"", path);
         goto fail;
     }
     for (int tries = 0; u->fd < 0; tries++) {
@@ -639,12 +609,12 @@ void agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m)
         if (u->fd < 0 && (errno != EEXIST || tries > 8)) {
             int e = errno;
             u->tmp[0] = '\0';
-            sbx_err_sys(&err, e, NULL, "create a temporary file in \"%s\"", u->dir);
+            sbx_err_sys(err, e, NULL, "create a temporary file in \"%s\"", u->dir);
             goto fail;
         }
     }
     sha256_init(&u->sha);
-    u->s = agent_stream_new_ops(c, AGENT_STREAM_IN, &upload_ops, u, &err);
+    u->s = agent_stream_new_ops(c, AGENT_STREAM_IN, &upload_ops, u, err);
     if (u->s == NULL) {
         goto fail;
     }
@@ -653,10 +623,10 @@ void agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m)
     /* More than the protocol's window in flight: a file upload is one long stream whose
      * throughput is set by how much the client may send ahead of the disk writes. */
     agent_stream_consumed(u->s, SBX_UPLOAD_EXTRA_CREDIT, true);
-    return;
+    return AGENT_REPLIED;
 fail:
-    agent_conn_reply_error(c, m->id, &err);
     upload_destroy(u);
+    return -1;
 }
 
 /* --- download ---------------------------------------------------------------------------- */
@@ -810,48 +780,46 @@ static const struct agent_stream_ops download_ops = {
     .gone = download_gone,
 };
 
-void agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m)
+int agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct download *d = calloc(1, sizeof(*d));
-    struct sbx_err err;
     struct stat st;
     uint64_t length = UINT64_MAX;
     msgpack_packer *pk;
 
     if (d == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
     d->a = c->a;
     d->fd = -1;
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, d->path, &err) < 0 ||
-        sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &d->offset, &err) < 0 ||
-        sbx_param_u64(m->params, "length", SBX_OPTIONAL, 0, UINT64_MAX, &length, &err) < 0 ||
-        agent_stream_reserve(c, 1, &err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, d->path, err) < 0 ||
+        sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &d->offset, err) < 0 ||
+        sbx_param_u64(m->params, "length", SBX_OPTIONAL, 0, UINT64_MAX, &length, err) < 0 ||
+        agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
     /* Non-blocking open: a FIFO without a writer must not stall the loop; reads then block in
      * the threadpool as they should. */
     d->fd = open(d->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (d->fd < 0 || fstat(d->fd, &st) < 0) {
-        sbx_err_sys(&err, errno, NULL, "open \"%s\"", d->path);
-        sbx_err_set_path(&err, d->path);
+        sbx_err_sys(err, errno, NULL, "open \"%s\"", d->path);
+        sbx_err_set_path(err, d->path);
         goto fail;
     }
     if (S_ISDIR(st.st_mode)) {
-        sbx_err_sys(&err, EISDIR, NULL, "download \"%s\"", d->path);
-        sbx_err_set_path(&err, d->path);
+        sbx_err_sys(err, EISDIR, NULL, "download \"%s\"", d->path);
+        sbx_err_set_path(err, d->path);
         goto fail;
     }
     (void)fcntl(d->fd, F_SETFL, 0); /* blocking reads from here on (in the threadpool) */
     d->seekable = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode);
     if (!d->seekable && d->offset > 0) {
-        sbx_err_param(&err, "offset", "\"%s\" is not seekable", d->path);
+        sbx_err_param(err, "offset", "\"%s\" is not seekable", d->path);
         goto fail;
     }
     d->left = length;
-    d->s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &download_ops, d, &err);
+    d->s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &download_ops, d, err);
     if (d->s == NULL) {
         goto fail;
     }
@@ -863,8 +831,8 @@ void agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m)
     sbx_pack_kv_u64(pk, "mode", st.st_mode);
     agent_conn_send(c);
     download_ready(d->s);
-    return;
+    return AGENT_REPLIED;
 fail:
-    agent_conn_reply_error(c, m->id, &err);
     download_free(d);
+    return -1;
 }

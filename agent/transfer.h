@@ -1,4 +1,4 @@
-/* Transfers and packs (transfer.c, tree.c, pack.c), and the jobs that outlive their streams. */
+/* Transfers and packs (transfer.c, tree.c, pack.c). */
 #ifndef SBX_AGENT_TRANSFER_H
 #define SBX_AGENT_TRANSFER_H
 
@@ -8,23 +8,21 @@
 
 /*
  * Work that may outlive its stream (an upload finishing in the threadpool, a tree extraction
- * thread, a pack job) registers here, so a closing connection can tell it to send nothing more.
+ * thread, a pack job) holds a connection ref (conn.h, struct agent_conn_ref) named `job`: its
+ * job.conn is where its notifications go, NULL once the connection is gone.
  */
-struct agent_job {
-    struct agent_link link;                 /* in a->jobs */
-    struct agent_conn *conn;                /* NULL once the connection is gone */
-    void (*conn_gone)(struct agent_job *j); /* may be NULL; runs before the connection is freed */
-};
-void agent_job_add(struct agent *a, struct agent_job *j, struct agent_conn *c);
-void agent_job_del(struct agent_job *j);
-/* The connection is closing: detach every job of @c (job->conn = NULL, then its conn_gone). */
-void agent_job_conn_gone(struct agent *a, struct agent_conn *c);
 
-void agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m);
-void agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m);
-void agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m);
-void agent_transfer_download_tree(struct agent_conn *c, const struct sbx_msg *m);
-void agent_pack_create(struct agent_conn *c, const struct sbx_msg *m);
+/*
+ * Request handlers (agent_handler). Each answers its request before returning, never later:
+ * AGENT_REPLIED once the stream ids are sent, or -1 with @err set for the dispatcher to send. How
+ * the transfer ends comes afterwards, as transfer.done (uploads) or the end of the stream.
+ */
+int agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_transfer_download_tree(struct agent_conn *c, const struct sbx_msg *m,
+                                 struct sbx_err *err);
+int agent_pack_create(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /* Reply {stream: @sid} to request @id. */
 void agent_reply_stream(struct agent_conn *c, uint32_t id, uint32_t sid);
 /* Send [2, "transfer.done", {stream, error}] on @c (NULL: nothing to send to). */

@@ -728,44 +728,41 @@ static void tree_down_close(struct agent_outjob *j)
     free(t);
 }
 
-void agent_transfer_download_tree(struct agent_conn *c, const struct sbx_msg *m)
+int agent_transfer_download_tree(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct tree_down *t = calloc(1, sizeof(*t));
-    struct sbx_err err;
     struct stat st;
 
     if (t == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, t->root, &err) < 0 ||
-        agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, &err) < 0 ||
-        agent_stream_reserve(c, 1, &err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, t->root, err) < 0 ||
+        agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, err) < 0 ||
+        agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
     if (stat(t->root, &st) < 0 || !S_ISDIR(st.st_mode)) {
         int e = stat(t->root, &st) < 0 ? errno : ENOTDIR;
-        sbx_err_sys(&err, e, NULL, "download tree \"%s\"", t->root);
-        sbx_err_set_path(&err, t->root);
+        sbx_err_sys(err, e, NULL, "download tree \"%s\"", t->root);
+        sbx_err_set_path(err, t->root);
         goto fail;
     }
     t->j.produce = tree_down_produce;
     t->j.on_close = tree_down_close;
-    switch (agent_outjob_start(&t->j, c, &err)) {
+    switch (agent_outjob_start(&t->j, c, err)) {
     case 0:
         break;
     case -2: /* freed by on_close */
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        return -1;
     default:
         goto fail;
     }
     agent_reply_stream(c, m->id, t->j.sid);
-    return;
+    return AGENT_REPLIED;
 fail:
-    agent_conn_reply_error(c, m->id, &err);
     free(t);
+    return -1;
 }
 
 /* --- upload_tree --------------------------------------------------------------------------- */
@@ -787,7 +784,7 @@ struct dir_fix {
 };
 
 struct tree_up {
-    struct agent_job job;
+    struct agent_conn_ref job;
     struct agent *a;
     struct agent_stream *s; /* NULL once ended, cancelled or gone */
     uint32_t sid;
@@ -1413,7 +1410,7 @@ static void up_closed_cb(uv_handle_t *h)
     }
     uv_mutex_destroy(&t->mu);
     uv_cond_destroy(&t->cv);
-    agent_job_del(&t->job);
+    agent_conn_ref_del(&t->job);
     free(t);
 }
 
@@ -1564,7 +1561,7 @@ static void up_gone(struct agent_stream *s, bool cancelled)
     up_stop(t, false);
 }
 
-static void up_conn_gone(struct agent_job *j)
+static void up_conn_gone(struct agent_conn_ref *j)
 {
     struct tree_up *t = agent_container_of(j, struct tree_up, job);
 
@@ -1578,23 +1575,21 @@ static const struct agent_stream_ops up_ops = {
     .gone = up_gone,
 };
 
-void agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m)
+int agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct tree_up *t = calloc(1, sizeof(*t));
-    struct sbx_err err;
 
     if (t == NULL) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
-        agent_conn_reply_error(c, m->id, &err);
-        return;
+        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return -1;
     }
     t->a = c->a;
     t->rootfd = t->cached_fd = -1;
     t->tail = &t->head;
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, t->root, &err) < 0 ||
-        agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, &err) < 0 ||
-        sbx_param_bool(m->params, "preserve_owner", SBX_OPTIONAL, &t->preserve_owner, &err) < 0 ||
-        agent_stream_reserve(c, 1, &err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, t->root, err) < 0 ||
+        agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, err) < 0 ||
+        sbx_param_bool(m->params, "preserve_owner", SBX_OPTIONAL, &t->preserve_owner, err) < 0 ||
+        agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
     t->rootfd = open(t->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1606,8 +1601,8 @@ void agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m)
                 char save = *q;
                 *q = '\0';
                 if (mkdir(p, 0755) < 0 && errno != EEXIST) {
-                    sbx_err_sys(&err, errno, NULL, "mkdir \"%s\"", p);
-                    sbx_err_set_path(&err, p);
+                    sbx_err_sys(err, errno, NULL, "mkdir \"%s\"", p);
+                    sbx_err_set_path(err, p);
                     goto fail;
                 }
                 *q = save;
@@ -1619,12 +1614,12 @@ void agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m)
         t->rootfd = open(t->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     }
     if (t->rootfd < 0) {
-        sbx_err_sys(&err, errno, NULL, "open directory \"%s\"", t->root);
-        sbx_err_set_path(&err, t->root);
+        sbx_err_sys(err, errno, NULL, "open directory \"%s\"", t->root);
+        sbx_err_set_path(err, t->root);
         goto fail;
     }
     sha256_init(&t->sha);
-    t->s = agent_stream_new_ops(c, AGENT_STREAM_IN, &up_ops, t, &err);
+    t->s = agent_stream_new_ops(c, AGENT_STREAM_IN, &up_ops, t, err);
     if (t->s == NULL) {
         goto fail;
     }
@@ -1634,22 +1629,20 @@ void agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m)
     }
     uv_async_init(c->a->loop, &t->async, up_async_cb);
     t->async.data = t;
-    agent_job_add(c->a, &t->job, c);
-    t->job.conn_gone = up_conn_gone;
+    agent_conn_ref_add(c, &t->job, up_conn_gone);
     if (uv_thread_create(&t->thread, up_thread, t) != 0) {
         agent_stream_free(t->s);
-        sbx_err_set(&err, SBX_E_INTERNAL, "cannot start a thread");
-        agent_conn_reply_error(c, m->id, &err);
+        sbx_err_set(err, SBX_E_INTERNAL, "cannot start a thread");
         t->closing = true;
-        uv_close((uv_handle_t *)&t->async, up_closed_cb);
-        return;
+        uv_close((uv_handle_t *)&t->async, up_closed_cb); /* up_closed_cb frees t */
+        return -1;
     }
     agent_reply_stream(c, m->id, t->sid);
-    return;
+    return AGENT_REPLIED;
 fail:
-    agent_conn_reply_error(c, m->id, &err);
     if (t->rootfd >= 0) {
         close(t->rootfd);
     }
     free(t);
+    return -1;
 }
