@@ -18,6 +18,7 @@
 
 #include "conn.h"
 #include "env.h"
+#include "sbx/schema.h"
 
 /* A readdir cursor: an open directory stream the client pages through. */
 struct fs_cursor {
@@ -228,30 +229,28 @@ static int64_t ts_ns(const struct statx_timestamp *t)
 static void pack_fileinfo(msgpack_packer *pk, const struct statx *st, const char *target,
                           ssize_t tlen)
 {
-    (void)msgpack_pack_map(pk, 15 + (target != NULL));
-    sbx_pack_kv_str(pk, "type", agent_fs_type_name(st->stx_mode));
-    sbx_pack_kv_u64(pk, "size", st->stx_size);
-    sbx_pack_kv_u64(pk, "mode", st->stx_mode);
-    sbx_pack_kv_u64(pk, "uid", st->stx_uid);
-    sbx_pack_kv_u64(pk, "gid", st->stx_gid);
-    sbx_pack_kv_u64(pk, "nlink", st->stx_nlink);
-    sbx_pack_kv_u64(pk, "ino", st->stx_ino);
-    sbx_pack_kv_u64(pk, "dev", makedev(st->stx_dev_major, st->stx_dev_minor));
-    sbx_pack_kv_u64(pk, "rdev", makedev(st->stx_rdev_major, st->stx_rdev_minor));
-    sbx_pack_kv_u64(pk, "blksize", st->stx_blksize);
-    sbx_pack_kv_u64(pk, "blocks", st->stx_blocks);
-    sbx_pack_kv_i64(pk, "atime_ns", ts_ns(&st->stx_atime));
-    sbx_pack_kv_i64(pk, "mtime_ns", ts_ns(&st->stx_mtime));
-    sbx_pack_kv_i64(pk, "ctime_ns", ts_ns(&st->stx_ctime));
-    if (st->stx_mask & STATX_BTIME) {
-        sbx_pack_kv_i64(pk, "birthtime_ns", ts_ns(&st->stx_btime));
-    } else {
-        sbx_pack_kv_nil(pk, "birthtime_ns");
-    }
-    if (target != NULL) {
-        sbx_pack_cstr(pk, "target");
-        sbx_pack_bstr(pk, target, (size_t)tlen);
-    }
+    struct sbx_fileinfo fi = {
+        .type = agent_fs_type_name(st->stx_mode),
+        .size = st->stx_size,
+        .mode = st->stx_mode,
+        .uid = st->stx_uid,
+        .gid = st->stx_gid,
+        .nlink = st->stx_nlink,
+        .ino = st->stx_ino,
+        .dev = makedev(st->stx_dev_major, st->stx_dev_minor),
+        .rdev = makedev(st->stx_rdev_major, st->stx_rdev_minor),
+        .blksize = st->stx_blksize,
+        .blocks = st->stx_blocks,
+        .atime_ns = ts_ns(&st->stx_atime),
+        .mtime_ns = ts_ns(&st->stx_mtime),
+        .ctime_ns = ts_ns(&st->stx_ctime),
+        .has_birthtime = (st->stx_mask & STATX_BTIME) != 0,
+        .birthtime_ns = ts_ns(&st->stx_btime),
+        .target = target,
+        .target_len = target != NULL ? (size_t)tlen : 0,
+    };
+
+    sbx_fileinfo_pack(pk, &fi);
 }
 
 static void reply_fileinfo(struct agent_conn *c, uint32_t id, const struct statx *st,

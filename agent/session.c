@@ -10,6 +10,7 @@
 #include "agent.h"
 #include "conn.h"
 #include "proc.h"
+#include "sbx/schema.h"
 
 const char *const agent_capabilities[] = { "session",  "env",  "process", "pty", "fs",
                                            "transfer", "pack", "repl",    NULL };
@@ -26,75 +27,32 @@ static bool token_equal(const char *want, const char *got, size_t glen)
     return diff == 0;
 }
 
-/* hello's client and capabilities params: checked for type and size, otherwise unused (§6.2). */
-static int hello_check_client(const msgpack_object *params, struct sbx_err *err)
-{
-    const msgpack_object *caps = NULL;
-    const char *s;
-    size_t n;
-
-    if (sbx_param_str(params, "client", SBX_OPTIONAL, SBX_HELLO_CLIENT_MAX, &s, &n, err) < 0 ||
-        sbx_param_array(params, "capabilities", SBX_OPTIONAL, SBX_CAPS_MAX, &caps, err) < 0) {
-        return -1;
-    }
-    for (uint32_t i = 0; caps != NULL && i < caps->via.array.size; i++) {
-        const msgpack_object *o = &caps->via.array.ptr[i];
-        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size > SBX_HELLO_CAP_MAX) {
-            char field[SBX_ERR_FIELD_MAX];
-            (void)snprintf(field, sizeof(field), "capabilities[%u]", i);
-            return sbx_err_param(err, field, "%s must be a string of at most %u bytes", field,
-                                 SBX_HELLO_CAP_MAX);
-        }
-    }
-    return 0;
-}
-
 int agent_session_hello(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
-    uint64_t ver, minv, top;
-    const char *tok = NULL;
-    size_t toklen = 0;
+    struct sbx_hello h;
+    uint64_t ver;
     msgpack_packer *pk;
-    uint32_t n = 0;
-    int r;
 
     if (c->hello_done) {
         sbx_err_set(err, SBX_E_BAD_MESSAGE, "hello already done on this connection");
         return -1;
     }
-    /* Versions are uints; there is no version 0, so {version: 0} is answered VERSION, not
-     * BAD_PARAM: min_version defaults to 1, or to version when that is smaller (§6.2). */
-    if (sbx_param_u64(m->params, "version", SBX_REQUIRED, 0, UINT64_MAX, &ver, err) != 0 ||
-        (r = sbx_param_u64(m->params, "min_version", SBX_OPTIONAL, 0, UINT64_MAX, &minv, err)) <
-            0 ||
-        sbx_param_str(m->params, "token", SBX_OPTIONAL, SBX_TOKEN_MAX, &tok, &toklen, err) < 0 ||
-        hello_check_client(m->params, err) < 0) {
+    if (sbx_hello_read(m->params, &h, err) < 0) {
         return -1;
     }
-    if (r == 1) {
-        minv = ver < SBX_PROTO_MIN_VERSION ? ver : SBX_PROTO_MIN_VERSION;
-    }
-    if (minv > ver) {
-        sbx_err_param(err, "min_version", "min_version %llu is above version %llu",
-                      (unsigned long long)minv, (unsigned long long)ver);
-        return -1;
-    }
-    if (a->token[0] != '\0' && (tok == NULL || !token_equal(a->token, tok, toklen))) {
+    if (a->token[0] != '\0' && (h.token == NULL || !token_equal(a->token, h.token, h.token_len))) {
         sbx_err_set(err, SBX_E_AUTH,
-                    tok == NULL ? "this listener needs a token in hello" : "wrong token");
+                    h.token == NULL ? "this listener needs a token in hello" : "wrong token");
         c->close_after_flush = true; /* after the AUTH reply has been written (§6.5) */
         return -1;
     }
     /* negotiated = min(version, agent_max); it must reach max(min_version, agent_min) (§6.3). */
-    top = ver;
-    if (ver > SBX_PROTO_VERSION) {
-        ver = SBX_PROTO_VERSION;
-    }
-    if (ver < minv || ver < SBX_PROTO_MIN_VERSION) {
+    ver = h.version > SBX_PROTO_VERSION ? SBX_PROTO_VERSION : h.version;
+    if (ver < h.min_version || ver < SBX_PROTO_MIN_VERSION) {
         sbx_err_set(err, SBX_E_VERSION, "client speaks %llu..%llu, agent speaks %u..%u",
-                    (unsigned long long)minv, (unsigned long long)top, SBX_PROTO_MIN_VERSION,
-                    SBX_PROTO_VERSION);
+                    (unsigned long long)h.min_version, (unsigned long long)h.version,
+                    SBX_PROTO_MIN_VERSION, SBX_PROTO_VERSION);
         err->min = SBX_PROTO_MIN_VERSION;
         err->max = SBX_PROTO_VERSION;
         err->has_min = err->has_max = true;
@@ -105,29 +63,20 @@ int agent_session_hello(struct agent_conn *c, const struct sbx_msg *m, struct sb
     a->nhello++;
     agent_initctl_clients_changed(a);
 
-    pk = agent_conn_begin(c);
-    sbx_pack_response_head(pk, m->id);
-    msgpack_pack_map(pk, 6);
-    sbx_pack_kv_u64(pk, "version", ver);
-    sbx_pack_kv_str(pk, "agent", AGENT_NAME);
-    sbx_pack_kv_str(pk, "agent_version", AGENT_VERSION);
-    sbx_pack_cstr(pk, "capabilities");
-    while (agent_capabilities[n] != NULL) {
-        n++;
+    {
+        struct sbx_hello_result res = {
+            .version = ver,
+            .agent = AGENT_NAME,
+            .agent_version = AGENT_VERSION,
+            .caps = agent_capabilities,
+            .limits = { SBX_FRAME_MAX, SBX_STREAM_CHUNK_MAX, SBX_STREAM_WINDOW, SBX_MAX_STREAMS,
+                        SBX_MAX_PROCS, SBX_MAX_CONNS },
+            .conn = c->num,
+        };
+        pk = agent_conn_begin(c);
+        sbx_pack_response_head(pk, m->id);
+        sbx_hello_result_pack(pk, &res);
     }
-    msgpack_pack_array(pk, n);
-    for (uint32_t i = 0; i < n; i++) {
-        sbx_pack_cstr(pk, agent_capabilities[i]);
-    }
-    sbx_pack_cstr(pk, "limits");
-    msgpack_pack_map(pk, 6);
-    sbx_pack_kv_u64(pk, "frame_max", SBX_FRAME_MAX);
-    sbx_pack_kv_u64(pk, "chunk_max", SBX_STREAM_CHUNK_MAX);
-    sbx_pack_kv_u64(pk, "stream_window", SBX_STREAM_WINDOW);
-    sbx_pack_kv_u64(pk, "max_streams", SBX_MAX_STREAMS);
-    sbx_pack_kv_u64(pk, "max_procs", SBX_MAX_PROCS);
-    sbx_pack_kv_u64(pk, "max_conns", SBX_MAX_CONNS);
-    sbx_pack_kv_u64(pk, "conn", c->num);
     agent_conn_send(c);
     return AGENT_REPLIED;
 }

@@ -20,6 +20,7 @@
 #include "agent.h"
 #include "conn.h"
 #include "fs.h"
+#include "sbx/schema.h"
 #include "stream.h"
 
 #include <nettle/sha2.h>
@@ -36,24 +37,14 @@ void agent_reply_stream(struct agent_conn *c, uint32_t id, uint32_t sid)
     agent_conn_send(c);
 }
 
-static void pack_done_head(msgpack_packer *pk, uint32_t sid, uint32_t n)
-{
-    sbx_pack_notify_head(pk, "transfer.done");
-    msgpack_pack_map(pk, n + 1);
-    sbx_pack_kv_u64(pk, "stream", sid);
-}
-
 void agent_transfer_done_err(struct agent_conn *c, uint32_t sid, const struct sbx_err *e)
 {
-    msgpack_packer *pk;
+    struct sbx_transfer_done d = { .stream = sid };
 
     if (c == NULL || c->closing) {
         return;
     }
-    pk = agent_conn_begin(c);
-    pack_done_head(pk, sid, 1);
-    sbx_pack_cstr(pk, "error");
-    sbx_pack_err(pk, e);
+    sbx_transfer_done_pack(agent_conn_begin(c), &d, e);
     agent_conn_send(c);
 }
 
@@ -306,7 +297,6 @@ static void upload_finish(struct upload *u)
     struct sbx_err err;
     uint8_t d[32];
     char hex[65];
-    msgpack_packer *pk;
 
     sha256_digest(&u->sha, sizeof(d), d);
     sbx_hex(d, sizeof(d), hex);
@@ -364,12 +354,11 @@ static void upload_finish(struct upload *u)
     }
     u->over = true;
     if (u->job.conn != NULL && !u->job.conn->closing) {
-        pk = agent_conn_begin(u->job.conn);
-        pack_done_head(pk, u->sid, u->hash ? 2 : 1);
-        sbx_pack_kv_u64(pk, "size", u->received);
+        struct sbx_transfer_done done = { .stream = u->sid, .has_size = true, .size = u->received };
         if (u->hash) {
-            sbx_pack_kv_str(pk, "sha256", hex);
+            memcpy(done.sha256, hex, sizeof(done.sha256));
         }
+        sbx_transfer_done_pack(agent_conn_begin(u->job.conn), &done, NULL);
         agent_conn_send(u->job.conn);
     }
     upload_destroy(u);

@@ -20,6 +20,7 @@
 
 #include "conn.h"
 #include "fs.h"
+#include "sbx/schema.h"
 #include "stream.h"
 #include "transfer.h"
 
@@ -1435,13 +1436,15 @@ static void up_report(struct tree_up *t)
     }
     sha256_digest(&t->sha, sizeof(d), d);
     sbx_hex(d, sizeof(d), hex);
-    msgpack_packer *pk = agent_conn_begin(c);
-    sbx_pack_notify_head(pk, "transfer.done");
-    msgpack_pack_map(pk, 4);
-    sbx_pack_kv_u64(pk, "stream", t->sid);
-    sbx_pack_kv_u64(pk, "size", t->received);
-    sbx_pack_kv_str(pk, "sha256", hex);
-    sbx_pack_kv_u64(pk, "files", t->files);
+    {
+        struct sbx_transfer_done done = { .stream = t->sid,
+                                          .has_size = true,
+                                          .size = t->received,
+                                          .has_files = true,
+                                          .files = t->files };
+        memcpy(done.sha256, hex, sizeof(done.sha256));
+        sbx_transfer_done_pack(agent_conn_begin(c), &done, NULL);
+    }
     agent_conn_send(c);
 }
 
