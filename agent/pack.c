@@ -14,11 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "conn.h"
 #include "env.h"
 #include "fs.h"
+#include "proc.h"
 #include "stream.h"
 #include "transfer.h"
 #include "tree.h"
@@ -239,8 +241,6 @@ struct pack_ev {
     struct pack_part part;
 };
 
-struct pack_build;
-
 struct pack {
     struct agent_outjob j;     /* the archive stream */
     struct agent_conn_ref job; /* job.conn: where progress and manifest go (NULL once closed) */
@@ -252,8 +252,9 @@ struct pack {
     size_t nargs;
     enum pack_format format;
     struct ignore ig;
-    char **ignore_files; /* the ignore_files param (NULL: the default), until they are read */
-    struct pack_build *build;
+    char **ignore_files;      /* the ignore_files param (NULL: the default), until they are read */
+    struct agent_proc *build; /* the running build (proc.c), NULL when none or done */
+    uint32_t build_out_sid, build_err_sid;
     /* thread start gate (under j.mu) */
     bool go, build_failed;
     char build_msg[128];
@@ -285,130 +286,48 @@ static unsigned pack_count(struct agent_conn *c)
     return n;
 }
 
-/* --- build: a process with its stdout / stderr streamed --------------------------------------- */
+/* --- build: an internal process (proc.c) with its stdout / stderr streamed ------------------- */
 
-struct build_out {
-    struct pack_build *b;
-    uv_pipe_t pipe;
-    struct agent_stream *s; /* NULL once cancelled, gone or ended */
-    bool reading, eof;
-    uint32_t sid;
-};
-
-struct pack_build {
-    struct agent *a;
-    struct pack *p; /* NULL once the job is gone (the build then drains and closes alone) */
-    uv_process_t proc;
-    uv_timer_t timer;
-    struct build_out out, err;
-    int handles; /* open handles to close before freeing */
-    bool exited, timed_out;
-    int64_t code;
-    int signo;
-    uint64_t start_ns, end_ns;
-};
-
-static void build_done_check(struct pack_build *b);
-static void build_read_cb(uv_stream_t *h, ssize_t n, const uv_buf_t *buf);
-
-static void build_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+/* Kill a running build (the job is cancelled): its whole group. */
+static void build_kill(struct agent_proc *b)
 {
-    struct build_out *o = h->data;
-    size_t n = SBX_STREAM_CHUNK_MAX;
-
-    if (o->s != NULL && agent_stream_writable(o->s) < n) {
-        n = agent_stream_writable(o->s);
-    }
-    buf->base = agent_buf_get(o->b->a);
-    buf->len = buf->base != NULL ? n : 0;
-}
-
-static void build_update(struct build_out *o)
-{
-    /* Read while the stream may take more; a cancelled stream is drained and discarded. */
-    bool want = !o->eof && (o->s == NULL || agent_stream_writable(o->s) > 0);
-
-    if (want && !o->reading) {
-        o->reading = uv_read_start((uv_stream_t *)&o->pipe, build_alloc_cb, build_read_cb) == 0;
-    } else if (!want && o->reading) {
-        (void)uv_read_stop((uv_stream_t *)&o->pipe); /* cannot fail for an active handle */
-        o->reading = false;
+    if (b != NULL && !b->exited) {
+        (void)kill(-b->pid, SIGKILL); /* it may be gone already */
     }
 }
 
-static void build_read_cb(uv_stream_t *h, ssize_t n, const uv_buf_t *buf)
+/* The job no longer wants its build: kill it, end its streams with @why (NULL: free them
+ * unsent), and let the process model drain and reap it alone. */
+static void build_abandon(struct pack *p, const struct sbx_err *why)
 {
-    struct build_out *o = h->data;
-    struct agent *a = o->b->a;
+    struct agent_proc *b = p->build;
+    struct agent_pipe *pipes[2];
 
-    if (n > 0 && o->s != NULL) {
-        agent_stream_send(o->s, buf->base, (uint32_t)n);
-        build_update(o);
+    if (b == NULL) {
         return;
     }
-    if (buf->base != NULL) {
-        agent_buf_put(a, buf->base);
+    p->build = NULL;
+    b->on_done = NULL;
+    b->data = NULL;
+    build_kill(b);
+    pipes[0] = &b->out;
+    pipes[1] = &b->err;
+    for (int i = 0; i < 2; i++) {
+        if (pipes[i]->stream == NULL) {
+            continue;
+        }
+        if (why != NULL) {
+            agent_stream_end(pipes[i]->stream, why, false);
+        } else {
+            agent_stream_free(pipes[i]->stream);
+        }
+        agent_pipe_update(pipes[i]); /* detached: drained and discarded until the end */
     }
-    if (n >= 0) {
-        return;
-    }
-    o->eof = true;
-    o->reading = false;
-    (void)uv_read_stop(h);
-    if (o->s != NULL) {
-        struct agent_stream *s = o->s;
-        o->s = NULL;
-        s->owner = NULL;
-        agent_stream_end(s, NULL, false);
-    }
-    build_done_check(o->b);
-}
-
-static void build_ready(struct agent_stream *s)
-{
-    struct build_out *o = s->owner;
-
-    if (o != NULL) {
-        build_update(o);
-    }
-}
-
-static void build_gone(struct agent_stream *s, bool cancelled)
-{
-    struct build_out *o = s->owner;
-
-    if (o != NULL) {
-        o->s = NULL;
-        build_update(o);
-    }
-}
-
-static const struct agent_stream_ops build_ops = {
-    .ready = build_ready,
-    .gone = build_gone,
-};
-
-static void build_closed_cb(uv_handle_t *h)
-{
-    struct pack_build *b =
-        h->type == UV_NAMED_PIPE ? ((struct build_out *)h->data)->b : (struct pack_build *)h->data;
-
-    if (--b->handles == 0) {
-        free(b);
-    }
-}
-
-static void build_close(struct pack_build *b)
-{
-    b->handles = 4;
-    uv_close((uv_handle_t *)&b->proc, build_closed_cb);
-    uv_close((uv_handle_t *)&b->timer, build_closed_cb);
-    uv_close((uv_handle_t *)&b->out.pipe, build_closed_cb);
-    uv_close((uv_handle_t *)&b->err.pipe, build_closed_cb);
+    agent_proc_forget(b);
 }
 
 static void pack_send_progress(struct pack *p, const char *phase, uint64_t bytes, uint64_t files,
-                               const struct pack_build *b)
+                               const struct agent_proc *b)
 {
     struct agent_conn *c = p->job.conn;
     msgpack_packer *pk;
@@ -424,19 +343,8 @@ static void pack_send_progress(struct pack *p, const char *phase, uint64_t bytes
     sbx_pack_kv_u64(pk, "bytes", bytes);
     sbx_pack_kv_u64(pk, "files", files);
     if (b != NULL) {
-        char sig[32];
         sbx_pack_cstr(pk, "exit");
-        msgpack_pack_map(pk, 5);
-        if (b->signo == 0) {
-            sbx_pack_kv_i64(pk, "code", b->code);
-            sbx_pack_kv_nil(pk, "signal");
-        } else {
-            sbx_pack_kv_nil(pk, "code");
-            sbx_pack_kv_str(pk, "signal", sbx_signal_name(b->signo, sig, sizeof(sig)));
-        }
-        sbx_pack_kv_i64(pk, "signo", b->signo);
-        sbx_pack_kv_u64(pk, "duration_ns", b->end_ns - b->start_ns);
-        sbx_pack_kv_bool(pk, "timed_out", b->timed_out);
+        agent_proc_pack_exit(pk, b); /* the full exit map, as for any process (§14.3, §19.4) */
     }
     agent_conn_send(c);
 }
@@ -451,64 +359,32 @@ static void pack_release_thread(struct pack *p, bool failed)
     uv_mutex_unlock(&p->j.mu);
 }
 
-static void build_done_check(struct pack_build *b)
+/* The build's exit and output are settled (the process model's on_done): report the exit, let
+ * the archive thread go (or fail it). */
+static void build_done(struct agent_proc *b)
 {
-    struct pack *p = b->p;
-    bool failed;
+    struct pack *p = b->data;
+    bool failed = !WIFEXITED(b->status) || WEXITSTATUS(b->status) != 0;
 
-    if (!b->exited || !b->out.eof || !b->err.eof) {
-        return;
-    }
-    if (p == NULL) { /* the job was cancelled meanwhile */
-        build_close(b);
-        return;
-    }
-    failed = b->signo != 0 || b->code != 0;
+    b->on_done = NULL;
+    b->data = NULL;
     if (failed) {
-        if (b->signo != 0) {
+        if (WIFSIGNALED(b->status)) {
             char sig[32];
             snprintf(p->build_msg, sizeof(p->build_msg), "build failed: killed by %s%s",
-                     sbx_signal_name(b->signo, sig, sizeof(sig)), b->timed_out ? " (timeout)" : "");
+                     sbx_signal_name(WTERMSIG(b->status), sig, sizeof(sig)),
+                     b->timed_out ? " (timeout)" : "");
         } else {
-            snprintf(p->build_msg, sizeof(p->build_msg), "build failed: exit status %lld",
-                     (long long)b->code);
+            snprintf(p->build_msg, sizeof(p->build_msg), "build failed: exit status %d",
+                     WEXITSTATUS(b->status));
         }
     }
     if (p->j.s != NULL) {
         pack_send_progress(p, "build", 0, 0, b);
     }
     p->build = NULL;
-    b->p = NULL;
-    build_close(b);
+    agent_proc_forget(b);
     pack_release_thread(p, failed);
-}
-
-static void build_exit_cb(uv_process_t *proc, int64_t status, int signo)
-{
-    struct pack_build *b = proc->data;
-
-    b->exited = true;
-    b->code = status;
-    b->signo = signo;
-    b->end_ns = agent_now_ns();
-    uv_timer_stop(&b->timer);
-    build_done_check(b);
-}
-
-static void build_timeout_cb(uv_timer_t *t)
-{
-    struct pack_build *b = t->data;
-
-    b->timed_out = true;
-    (void)uv_kill(-b->proc.pid, SIGKILL); /* the whole group; it may be gone already */
-}
-
-/* Kill a running build (the job is cancelled). */
-static void build_kill(struct pack_build *b)
-{
-    if (b != NULL && !b->exited) {
-        (void)uv_kill(-b->proc.pid, SIGKILL); /* the whole group; it may be gone already */
-    }
 }
 
 /* The params of the build map, checked with the request's others before anything runs. */
@@ -596,91 +472,50 @@ static int build_params(const char *root, const msgpack_object *bm, struct build
     return -1;
 }
 
-/* Start the build @q describes (its params checked by build_params); frees q->argv. */
+/* Start the build @q describes (its params checked by build_params); frees q->argv. The build
+ * is an internal process (proc.c): counted in max_procs, drained and reaped like any other. */
 static int build_start(struct pack *p, struct agent_conn *c, struct build_req *q,
                        struct sbx_err *err)
 {
-    struct pack_build *b = calloc(1, sizeof(*b));
-    uv_process_options_t opt = { 0 };
-    uv_stdio_container_t stdio[3];
-    char *shargv[] = { "/bin/sh", "-c", q->cmd, NULL };
-    char **argv = q->argv, **envp = NULL;
-    int rc = -1, r;
+    char **argv = q->argv, **envp;
+    struct agent_proc *b;
 
     q->argv = NULL;
-    if (b == NULL) {
-        agent_strv_free(argv);
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+    if (argv == NULL) {
+        argv = calloc(4, sizeof(*argv));
+        if (argv == NULL || (argv[0] = strdup("/bin/sh")) == NULL ||
+            (argv[1] = strdup("-c")) == NULL || (argv[2] = strdup(q->cmd)) == NULL) {
+            agent_strv_free(argv);
+            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        }
     }
-    b->p = p;
-    b->a = c->a;
-    if (agent_stream_reserve(c, 2, err) < 0) {
-        goto out; /* the build's output streams, checked before anything runs */
+    if (agent_stream_reserve(c, 2, err) < 0) { /* the build's output streams, before it runs */
+        agent_strv_free(argv);
+        return -1;
     }
     envp = agent_env_build(p->j.a, q->clear, q->env, NULL);
     if (envp == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        goto out;
+        agent_strv_free(argv);
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
     }
-    uv_pipe_init(c->a->loop, &b->out.pipe, 0);
-    uv_pipe_init(c->a->loop, &b->err.pipe, 0);
-    uv_timer_init(c->a->loop, &b->timer);
-    b->out.pipe.data = &b->out;
-    b->err.pipe.data = &b->err;
-    b->out.b = b->err.b = b;
-    b->proc.data = b->timer.data = b;
-    stdio[0].flags = UV_IGNORE;
-    stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-    stdio[1].data.stream = (uv_stream_t *)&b->out.pipe;
-    stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-    stdio[2].data.stream = (uv_stream_t *)&b->err.pipe;
-    opt.exit_cb = build_exit_cb;
-    opt.file = argv != NULL ? argv[0] : shargv[0];
-    opt.args = argv != NULL ? argv : shargv;
-    opt.env = envp;
-    opt.cwd = q->cwd;
-    opt.flags = UV_PROCESS_DETACHED; /* its own session and process group, killed as one */
-    opt.stdio_count = 3;
-    opt.stdio = stdio;
-    b->start_ns = agent_now_ns();
-    r = uv_spawn(c->a->loop, &b->proc, &opt);
-    if (r < 0) {
-        sbx_err_sys(err, -r, "exec", "build: spawn \"%s\"", opt.file);
-        /* The handles were initialised: close them (proc too, which uv_spawn left inited). */
-        build_close(b);
-        b = NULL;
-        goto out;
+    b = agent_proc_start_internal(c->a, argv, envp, q->cwd, q->timeout, err);
+    if (b == NULL) {
+        sbx_err_prefix(err, "build");
+        return -1;
     }
-    if (q->timeout > 0) {
-        uv_timer_start(&b->timer, build_timeout_cb, q->timeout, 0);
+    /* Reserved above: these cannot fail for the stream cap. */
+    if (agent_stream_new(c, AGENT_STREAM_OUT, &b->out, err) == NULL ||
+        agent_stream_new(c, AGENT_STREAM_OUT, &b->err, err) == NULL) {
+        p->build = b;
+        build_abandon(p, NULL);
+        return -1;
     }
-    b->out.s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &build_ops, &b->out, err);
-    b->err.s = b->out.s != NULL
-                   ? agent_stream_new_ops(c, AGENT_STREAM_OUT, &build_ops, &b->err, err)
-                   : NULL;
-    if (b->err.s == NULL) {
-        if (b->out.s != NULL) {
-            agent_stream_free(b->out.s);
-            b->out.s = NULL;
-        }
-        (void)uv_kill(-b->proc.pid, SIGKILL);
-        b->p = NULL; /* exits and closes on its own */
-        b->out.eof = b->err.eof = false;
-        build_update(&b->out);
-        build_update(&b->err);
-        b = NULL;
-        goto out;
-    }
-    b->out.sid = b->out.s->id;
-    b->err.sid = b->err.s->id;
+    b->on_done = build_done;
+    b->data = p;
     p->build = b;
-    b = NULL;
-    rc = 0;
-out:
-    agent_strv_free(argv);
-    agent_strv_free(envp);
-    free(b);
-    return rc;
+    p->build_out_sid = b->out.stream->id;
+    p->build_err_sid = b->err.stream->id;
+    return 0;
 }
 
 /* --- scan and archive (thread) -----------------------------------------------------------------
@@ -1213,21 +1048,9 @@ static void pack_on_close(struct agent_outjob *j)
     struct pack *p = agent_container_of(j, struct pack, j);
 
     if (p->build != NULL) { /* cancelled during the build: kill it, end its streams */
-        struct pack_build *b = p->build;
-        struct build_out *outs[2] = { &b->out, &b->err };
         struct sbx_err err;
-        b->p = NULL;
-        build_kill(b);
         sbx_err_set(&err, SBX_E_CANCELLED, "pack job cancelled");
-        for (int i = 0; i < 2; i++) {
-            if (outs[i]->s != NULL) {
-                struct agent_stream *s = outs[i]->s;
-                outs[i]->s = NULL;
-                s->owner = NULL;
-                agent_stream_end(s, &err, false);
-            }
-            build_update(outs[i]); /* drained and discarded until the end */
-        }
+        build_abandon(p, &err);
     }
     agent_conn_ref_del(&p->job);
     ignore_free(&p->ig);
@@ -1467,18 +1290,7 @@ int agent_pack_create(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
         return -1;
     default:
         agent_conn_ref_del(&p->job);
-        if (p->build != NULL) {
-            p->build->p = NULL;
-            build_kill(p->build);
-            if (p->build->out.s != NULL) {
-                agent_stream_free(p->build->out.s);
-                p->build->out.s = NULL;
-            }
-            if (p->build->err.s != NULL) {
-                agent_stream_free(p->build->err.s);
-                p->build->err.s = NULL;
-            }
-        }
+        build_abandon(p, NULL);
         ignore_free(&p->ig);
         agent_strv_free(p->args);
         free(p);
@@ -1489,14 +1301,14 @@ int agent_pack_create(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
     msgpack_pack_map(pk, 2 + (p->build != NULL ? 2 : 0));
     sbx_pack_kv_u64(pk, "id", p->id);
     if (p->build != NULL) {
-        sbx_pack_kv_u64(pk, "build_stdout", p->build->out.sid);
-        sbx_pack_kv_u64(pk, "build_stderr", p->build->err.sid);
+        sbx_pack_kv_u64(pk, "build_stdout", p->build_out_sid);
+        sbx_pack_kv_u64(pk, "build_stderr", p->build_err_sid);
     }
     sbx_pack_kv_u64(pk, "archive", p->j.sid);
     agent_conn_send(c);
     if (p->build != NULL) {
-        build_update(&p->build->out);
-        build_update(&p->build->err);
+        agent_pipe_update(&p->build->out);
+        agent_pipe_update(&p->build->err);
     }
     return AGENT_REPLIED;
 }

@@ -682,6 +682,9 @@ static void proc_report(struct agent_proc *p, bool drained)
     if (p->on_done != NULL) {
         p->on_done(p);
     }
+    if (p->forget) {
+        proc_release(p);
+    }
 }
 
 static void drain_timer_cb(uv_timer_t *t)
@@ -1056,6 +1059,84 @@ fail:
     return -1;
 }
 
+struct agent_proc *agent_proc_start_internal(struct agent *a, char **argv, char **envp,
+                                             const char *cwd, uint64_t timeout_ms,
+                                             struct sbx_err *err)
+{
+    struct spawn_req r;
+    struct agent_proc *p = NULL;
+    int pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
+    int childfds[3];
+    pid_t pid;
+
+    memset(&r, 0, sizeof(r));
+    r.argv = argv;
+    r.envp = envp;
+    r.extra_fds[0] = r.extra_fds[1] = -1;
+    r.io_in = IO_NULL;
+    r.io_out = r.io_err = IO_PIPE;
+    r.timeout_ms = timeout_ms;
+    r.kill_signal = SIGKILL; /* a build past its time is killed outright */
+    r.kill_grace_ms = 0;
+    r.drain_ms = SBX_DRAIN_MS_DEFAULT;
+    if (snprintf(r.cwd, sizeof(r.cwd), "%s", cwd) >= (int)sizeof(r.cwd)) {
+        sbx_err_sys(err, ENAMETOOLONG, "cwd", "chdir \"%.200s\"", cwd);
+        goto fail;
+    }
+    if (resolve_exe(r.argv[0], r.envp, r.exe, sizeof(r.exe), err) < 0 || proc_slot(a, err) < 0) {
+        goto fail;
+    }
+    if (pipe2(pout, O_CLOEXEC) < 0 || pipe2(perr, O_CLOEXEC) < 0) {
+        sbx_err_sys(err, errno, "pipe", "create pipes");
+        goto fail;
+    }
+    childfds[0] = -1;
+    childfds[1] = pout[1];
+    childfds[2] = perr[1];
+    pid = spawn_run(&r, childfds, err);
+    if (pid < 0 || (p = proc_new(a, &r, pid, err)) == NULL) {
+        goto fail;
+    }
+    p->internal = true;
+    (void)fcntl(pout[0], F_SETPIPE_SZ, 1 << 20); /* best effort, as for proc.spawn */
+    close(pout[1]);
+    close(perr[1]);
+    p->has_out = pipe_setup(a, p, &p->out, pout[0], false) == 0;
+    p->has_err = pipe_setup(a, p, &p->err, perr[0], false) == 0;
+    if (timeout_ms > 0) {
+        uv_update_time(a->loop); /* counted from now, not from the loop's cached time */
+        uv_timer_start(&p->timeout_timer, timeout_timer_cb, timeout_ms, 0);
+    }
+    spawn_req_free(&r);
+    return p;
+
+fail:
+    for (int i = 0; i < 2; i++) {
+        if (pout[i] >= 0) {
+            close(pout[i]);
+        }
+        if (perr[i] >= 0) {
+            close(perr[i]);
+        }
+    }
+    spawn_req_free(&r);
+    return NULL;
+}
+
+void agent_proc_forget(struct agent_proc *p)
+{
+    if (p->done) {
+        proc_release(p);
+    } else {
+        p->forget = true; /* released as soon as its exit is reported */
+    }
+}
+
+void agent_proc_pack_exit(msgpack_packer *pk, const struct agent_proc *p)
+{
+    pack_exit(pk, p);
+}
+
 struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **argv,
                                          const char *tag, const int extra_fds[2], int *master,
                                          struct sbx_err *err)
@@ -1141,7 +1222,7 @@ static struct agent_proc *proc_find(struct agent *a, const struct sbx_msg *m, st
     }
     for (l = a->procs.next; l != &a->procs; l = l->next) {
         struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
-        if (p->id == id && !p->freeing) {
+        if (p->id == id && !p->freeing && !p->internal) {
             return p;
         }
     }
@@ -1269,7 +1350,10 @@ int agent_proc_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
     uint32_t n = 0;
 
     for (l = a->procs.next; l != &a->procs; l = l->next) {
-        n += !agent_container_of(l, struct agent_proc, link)->freeing;
+        {
+            const struct agent_proc *q = agent_container_of(l, struct agent_proc, link);
+            n += !q->freeing && !q->internal;
+        }
     }
     sbx_pack_response_head(pk, m->id);
     msgpack_pack_map(pk, 1);
@@ -1279,8 +1363,8 @@ int agent_proc_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
         uint32_t argc = 0;
 
-        if (p->freeing) {
-            continue;
+        if (p->freeing || p->internal) {
+            continue; /* internal processes (pack builds) are not listed (§14.7) */
         }
         while (p->argv[argc] != NULL && argc < 8) { /* abbreviated: PROTOCOL.md §14.7 */
             argc++;

@@ -48,6 +48,9 @@ struct agent_proc {
     uv_timer_t drain_timer;
     bool timeout_armed, grace_phase;
     struct agent_link waiters;
+    bool internal; /* started by the agent for itself (a pack build): not in proc.list, no id
+                    * lookups; still counted in max_procs, drained and reaped like any process */
+    bool forget;   /* release the record as soon as the exit is reported */
     /* Another object built on this process (a REPL session): told once the exit is reported. */
     void (*on_done)(struct agent_proc *p);
     void *data;
@@ -72,6 +75,22 @@ int agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
 struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **argv,
                                          const char *tag, const int extra_fds[2], int *master,
                                          struct sbx_err *err);
+/*
+ * Start a process the agent runs for itself (a pack build): @argv and @envp (taken over, also on
+ * failure) in @cwd as the agent's user, stdin /dev/null, stdout and stderr piped (p->out, p->err,
+ * not yet reading: attach streams, then agent_pipe_update), SIGKILL to its group after
+ * @timeout_ms (0: none). Counted in max_procs, drained and reaped like any process; hidden from
+ * proc.list and id lookups. Set on_done to hear of the exit; then agent_proc_forget. NULL with
+ * @err (errno with stage, LIMIT max_procs).
+ */
+struct agent_proc *agent_proc_start_internal(struct agent *a, char **argv, char **envp,
+                                             const char *cwd, uint64_t timeout_ms,
+                                             struct sbx_err *err);
+/* The caller no longer needs @p: its record goes as soon as its exit is reported (now if it was).
+ */
+void agent_proc_forget(struct agent_proc *p);
+/* Pack @p's exit map (§14.3); @p's exit must have been reported. */
+void agent_proc_pack_exit(msgpack_packer *pk, const struct agent_proc *p);
 /* SIGCHLD: reap our own children (never waitpid(-1)). */
 void agent_proc_reap(struct agent *a);
 /* A pipe reached its end: maybe the exit can be reported now. */

@@ -899,6 +899,28 @@ class TestPack(TransferCase):
             "build": {"argv": ["/bin/sh", "-c", "pwd"], "cwd": "/"}})
         self.assertEqual(data[r["build_stdout"]], b"/\n")
 
+    def test_build_background_child_holding_stdout(self):
+        # The build is a process like any other (issue 13): a background child that keeps the
+        # build's stdout open does not stall pack.create; after the drain deadline (§9.2) the
+        # build's streams end truncated and packing goes on. The exit map is the full §14.3 one.
+        root = self.p("app")
+        os.mkdir(root)
+        t0 = time.time()
+        r, data, ends, parts, progress = run_pack(self.c, {
+            "path": root, "format": "tar.gz",
+            "build": {"command": "echo built; sleep 60 & exit 0"}})
+        self.assertLess(time.time() - t0, 30, "the build's held stdout stalled pack.create")
+        self.assertEqual(data[r["build_stdout"]], b"built\n")
+        self.assertTrue(ends[r["build_stdout"]].get("truncated"), ends)
+        exitmap = [p for p in progress if p["phase"] == "build"][0]["exit"]
+        self.assertEqual((exitmap["code"], exitmap["drained"]), (0, False))
+        for k in ("id", "pid", "signo", "core", "stdout_bytes", "stderr_bytes", "rusage"):
+            self.assertIn(k, exitmap)
+        self.assertNotIn("error", ends[r["archive"]])
+        # Internal processes are not listed (§14.7).
+        self.assertEqual([p for p in self.c.call("proc.list")["procs"]
+                          if p["pid"] == exitmap["pid"]], [])
+
     def test_failing_build(self):
         root = self.p("app")
         os.mkdir(root)
