@@ -79,7 +79,7 @@ static void on_sigterm(uv_signal_t *h, int sig)
     agent_log("signal %d: exiting", sig);
     for (l = a->procs.next; l != &a->procs; l = l->next) {
         struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
-        if (!p->exited) {
+        if (!agent_proc_exited(p)) {
             (void)kill(-p->pid, SIGKILL);
         }
     }

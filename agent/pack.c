@@ -291,7 +291,7 @@ static unsigned pack_count(struct agent_conn *c)
 /* Kill a running build (the job is cancelled): its whole group. */
 static void build_kill(struct agent_proc *b)
 {
-    if (b != NULL && !b->exited) {
+    if (b != NULL && !agent_proc_exited(b)) {
         (void)kill(-b->pid, SIGKILL); /* it may be gone already */
     }
 }

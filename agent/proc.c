@@ -564,7 +564,7 @@ static void timer_close_cb(uv_handle_t *h)
 
 static void proc_free_if_unused(struct agent_proc *p)
 {
-    if (!p->freeing || p->handles_open > 0) {
+    if (!agent_proc_freeing(p) || p->handles_open > 0) {
         return;
     }
     agent_list_del(&p->link);
@@ -585,10 +585,10 @@ void agent_proc_handle_closed(struct agent_proc *p)
 /* Forget a finished process: close what is left, free when the last handle has closed. */
 static void proc_release(struct agent_proc *p)
 {
-    if (p->freeing) {
+    if (agent_proc_freeing(p)) {
         return;
     }
-    p->freeing = true;
+    p->state = AGENT_PROC_FREEING;
     agent_pipe_close(&p->in);
     agent_pipe_close(&p->out);
     agent_pipe_close(&p->err);
@@ -651,7 +651,7 @@ static void proc_owner_gone(struct agent_conn_ref *r)
 /* Exit and output are both settled: tell the owner and every waiter (PROTOCOL.md §9.2). */
 static void proc_report(struct agent_proc *p, bool drained)
 {
-    p->done = true;
+    p->state = AGENT_PROC_DONE;
     p->drained = drained;
     uv_timer_stop(&p->timeout_timer);
     uv_timer_stop(&p->drain_timer);
@@ -715,7 +715,7 @@ static void drain_timer_cb(uv_timer_t *t)
 
 void agent_proc_check_done(struct agent_proc *p)
 {
-    if (p->done || !p->exited) {
+    if (agent_proc_done(p) || !agent_proc_exited(p)) {
         return;
     }
     if ((!p->out.open || p->out.eof) && (!p->err.open || p->err.eof)) {
@@ -736,21 +736,21 @@ void agent_proc_reap(struct agent *a)
         int st;
         pid_t r;
 
-        if (p->exited) {
+        if (agent_proc_exited(p)) {
             continue;
         }
         do {
             r = wait4(p->pid, &st, WNOHANG, &p->ru);
         } while (r < 0 && errno == EINTR);
         if (r == p->pid) {
-            p->exited = true;
+            p->state = AGENT_PROC_EXITED;
             p->status = st;
             p->end_ns = agent_now_ns();
             uv_timer_stop(&p->timeout_timer);
         } else if (r < 0 && errno == ECHILD) {
             /* Someone else reaped it (cannot happen unless the agent runs under a foreign
              * reaper); record what we know rather than waiting forever. */
-            p->exited = true;
+            p->state = AGENT_PROC_EXITED;
             p->status = 0;
             p->end_ns = agent_now_ns();
         }
@@ -765,18 +765,18 @@ static void timeout_timer_cb(uv_timer_t *t)
 {
     struct agent_proc *p = t->data;
 
-    if (p->exited) {
+    if (agent_proc_exited(p)) {
         return;
     }
-    if (!p->grace_phase) {
+    if (!p->timed_out) {
         p->timed_out = true;
         (void)kill(-p->pid, p->kill_signal); /* ESRCH: already gone, reaping follows */
         if (p->kill_signal != SIGKILL) {
-            p->grace_phase = true;
             uv_timer_start(&p->timeout_timer, timeout_timer_cb, p->kill_grace_ms, 0);
         }
         return;
     }
+    /* The grace period after kill_signal passed. */
     (void)kill(-p->pid, SIGKILL);
 }
 
@@ -787,7 +787,7 @@ static bool proc_evict_one(struct agent *a)
 
     for (l = a->procs.next; l != &a->procs; l = l->next) {
         struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
-        if (p->done && p->collected && !p->freeing) {
+        if (agent_proc_done(p) && p->collected && !agent_proc_freeing(p)) {
             proc_release(p);
             return true;
         }
@@ -1125,7 +1125,7 @@ fail:
 
 void agent_proc_forget(struct agent_proc *p)
 {
-    if (p->done) {
+    if (agent_proc_done(p)) {
         proc_release(p);
     } else {
         p->forget = true; /* released as soon as its exit is reported */
@@ -1222,7 +1222,7 @@ static struct agent_proc *proc_find(struct agent *a, const struct sbx_msg *m, st
     }
     for (l = a->procs.next; l != &a->procs; l = l->next) {
         struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
-        if (p->id == id && !p->freeing && !p->internal) {
+        if (p->id == id && !agent_proc_freeing(p) && !p->internal) {
             return p;
         }
     }
@@ -1252,7 +1252,7 @@ int agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         (p = proc_find(c->a, m, err)) == NULL) {
         return -1;
     }
-    if (p->done) {
+    if (agent_proc_done(p)) {
         msgpack_packer *pk = agent_conn_begin(c);
         sbx_pack_response_head(pk, m->id);
         pack_exit(pk, p);
@@ -1290,7 +1290,7 @@ int agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         return -1;
     }
     /* A group may outlive its leader; only a lone process is certainly gone. */
-    if (p->exited && !group) {
+    if (agent_proc_exited(p) && !group) {
         sbx_err_sys(err, ESRCH, NULL, "process %llu has exited", (unsigned long long)p->id);
         return -1;
     }
@@ -1333,7 +1333,7 @@ int agent_proc_release(struct agent_conn *c, const struct sbx_msg *m, struct sbx
     if (p == NULL) {
         return -1;
     }
-    if (!p->done) {
+    if (!agent_proc_done(p)) {
         sbx_err_set(err, SBX_E_BUSY, "process %llu is still running", (unsigned long long)p->id);
         return -1;
     }
@@ -1352,7 +1352,7 @@ int agent_proc_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
     for (l = a->procs.next; l != &a->procs; l = l->next) {
         {
             const struct agent_proc *q = agent_container_of(l, struct agent_proc, link);
-            n += !q->freeing && !q->internal;
+            n += !agent_proc_freeing(q) && !q->internal;
         }
     }
     sbx_pack_response_head(pk, m->id);
@@ -1363,13 +1363,14 @@ int agent_proc_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
         uint32_t argc = 0;
 
-        if (p->freeing || p->internal) {
+        if (agent_proc_freeing(p) || p->internal) {
             continue; /* internal processes (pack builds) are not listed (§14.7) */
         }
         while (p->argv[argc] != NULL && argc < 8) { /* abbreviated: PROTOCOL.md §14.7 */
             argc++;
         }
-        msgpack_pack_map(pk, p->done ? 7 : 6); /* exit only once exited (PROTOCOL.md §14.7) */
+        msgpack_pack_map(
+            pk, agent_proc_done(p) ? 7 : 6); /* exit only once exited (PROTOCOL.md §14.7) */
         sbx_pack_kv_u64(pk, "id", p->id);
         sbx_pack_kv_i64(pk, "pid", p->pid);
         sbx_pack_cstr(pk, "argv");
@@ -1386,9 +1387,9 @@ int agent_proc_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
             sbx_pack_bstr(pk, p->argv[i], alen);
         }
         sbx_pack_kv_str(pk, "tag", p->tag[0] ? p->tag : NULL);
-        sbx_pack_kv_str(pk, "state", p->done ? "exited" : "running");
+        sbx_pack_kv_str(pk, "state", agent_proc_done(p) ? "exited" : "running");
         sbx_pack_kv_u64(pk, "started_ns", p->start_wall_ns);
-        if (p->done) {
+        if (agent_proc_done(p)) {
             sbx_pack_cstr(pk, "exit");
             pack_exit(pk, p);
         }
@@ -1424,7 +1425,7 @@ int agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
         return -1;
     }
     /* After the exit (or once the master is closed) a resize is accepted and does nothing. */
-    if (!p->exited && p->out.open) {
+    if (!agent_proc_exited(p) && p->out.open) {
         memset(&ws, 0, sizeof(ws));
         ws.ws_row = (unsigned short)rows;
         ws.ws_col = (unsigned short)cols;

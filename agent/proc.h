@@ -18,8 +18,18 @@ struct agent_waiter {
     struct agent_proc *proc;
 };
 
+/* A process's life (§14.7). It only moves forward; the predicates below name what a state
+ * implies, so code asks "has it exited?" rather than comparing states. */
+enum agent_proc_state {
+    AGENT_PROC_RUNNING, /* spawned, not reaped yet */
+    AGENT_PROC_EXITED,  /* reaped; its output may still be draining (§9.2) */
+    AGENT_PROC_DONE,    /* exit reported: from here on an exit record ("exited" in proc.list) */
+    AGENT_PROC_FREEING, /* released: its handles are closing, then it is freed */
+};
+
 struct agent_proc {
     struct agent_link link; /* in a->procs */
+    enum agent_proc_state state;
     struct agent *a;
     uint64_t id;
     pid_t pid;
@@ -31,12 +41,9 @@ struct agent_proc {
     bool pty;              /* started on a pseudo-terminal */
     int pty_fd;            /* the master (owned by the output pipe's handle), for resize */
     unsigned handles_open; /* pipes + timers still to be closed */
-    bool exited;
-    bool done; /* exit reported (output ended or drain deadline passed) */
-    bool drained;
-    bool timed_out;
-    bool freeing;
-    int status; /* wait status */
+    bool drained;          /* for the exit map: every output reached end-of-file */
+    bool timed_out;        /* for the exit map; also: kill_signal was sent, the grace period runs */
+    int status;            /* wait status */
     struct rusage ru;
     uint64_t start_ns, end_ns;
     uint64_t start_wall_ns; /* CLOCK_REALTIME at spawn, for proc.list */
@@ -46,7 +53,6 @@ struct agent_proc {
     uint32_t kill_grace_ms;
     uv_timer_t timeout_timer; /* timeout, then grace before SIGKILL */
     uv_timer_t drain_timer;
-    bool timeout_armed, grace_phase;
     struct agent_link waiters;
     bool internal; /* started by the agent for itself (a pack build): not in proc.list, no id
                     * lookups; still counted in max_procs, drained and reaped like any process */
@@ -55,6 +61,24 @@ struct agent_proc {
     void (*on_done)(struct agent_proc *p);
     void *data;
 };
+
+/* Reaped: the process itself is gone (its output may still be draining). */
+static inline bool agent_proc_exited(const struct agent_proc *p)
+{
+    return p->state >= AGENT_PROC_EXITED;
+}
+
+/* Its exit was reported (§9.2 step 4): proc.wait answers at once, proc.list says "exited". */
+static inline bool agent_proc_done(const struct agent_proc *p)
+{
+    return p->state >= AGENT_PROC_DONE;
+}
+
+/* Released: no longer found by id, its memory goes once its handles closed. */
+static inline bool agent_proc_freeing(const struct agent_proc *p)
+{
+    return p->state == AGENT_PROC_FREEING;
+}
 
 /* Request handlers. */
 int agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);

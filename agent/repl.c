@@ -253,7 +253,7 @@ static void repl_signal(struct agent_repl *r, int sig)
 {
     uv_os_fd_t fd;
 
-    if (r->proc == NULL || r->proc->exited) {
+    if (r->proc == NULL || agent_proc_exited(r->proc)) {
         return;
     }
     if (r->tty_open && uv_fileno((uv_handle_t *)&r->tty, &fd) == 0) {

@@ -128,7 +128,7 @@ int agent_session_info(struct agent_conn *c, const struct sbx_msg *m, struct sbx
     meminfo(&total, &avail);
     for (l = a->procs.next; l != &a->procs; l = l->next) {
         const struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
-        running += !p->done && !p->internal;
+        running += !agent_proc_done(p) && !p->internal;
     }
 
     sbx_pack_response_head(pk, m->id);
