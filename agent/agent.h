@@ -103,7 +103,6 @@ struct agent {
     size_t env_len, env_cap;
     char token[SBX_TOKEN_MAX + 1];
     bool vsock_allow_local;
-    bool quitting;
     /* buffer pool */
     void *pool[64];
     unsigned npool;

@@ -114,13 +114,6 @@ int agent_env_init(struct agent *a)
     return 0;
 }
 
-void agent_env_free(struct agent *a)
-{
-    agent_strv_free(a->env);
-    a->env = NULL;
-    a->env_len = a->env_cap = 0;
-}
-
 char **agent_env_build(struct agent *a, bool clear, const msgpack_object *overlay,
                        char *const *extra)
 {

@@ -7,7 +7,6 @@
 /* --- env, users, session, init channel ---------------------------------------------------- */
 
 int agent_env_init(struct agent *a);
-void agent_env_free(struct agent *a);
 /* Build a NULL-terminated envp: base (unless @clear) overlaid with @overlay (a msgpack map,
  * already validated) and @extra ("K=V" strings, may be NULL). Caller frees with agent_strv_free. */
 char **agent_env_build(struct agent *a, bool clear, const msgpack_object *overlay,

@@ -170,7 +170,6 @@ static void stream_misuse(struct agent_stream *s, const struct sbx_err *e)
     /* The cancel goes out before the owner hears of it, so an owner's last word about the
      * stream (an upload's transfer.done, §18.5) really is the last frame about it. */
     send_cancel(s->conn, s->id, e);
-    s->cancelled = true;
     if (s->ops != NULL && s->ops->gone != NULL) {
         s->ops->gone(s, true);
     }
@@ -295,8 +294,7 @@ void agent_stream_on_cancel(struct agent_conn *c, const struct sbx_msg *m)
         return;
     }
     if (s->ops != NULL) {
-        s->cancelled = true;
-        if (s->ops->gone != NULL) {
+            if (s->ops->gone != NULL) {
             s->ops->gone(s, true);
         }
         agent_stream_free(s);

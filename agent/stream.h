@@ -68,7 +68,6 @@ struct agent_stream {
     const struct agent_stream_ops *ops; /* streams not bound to a pipe */
     void *owner;                        /* for @ops */
     bool ended;                         /* OUT: stream.end sent; IN: stream.end received */
-    bool cancelled;
 };
 
 /* 0 when @n more streams can be created on @c now, else -1 with LIMIT (max_streams or stream_ids)
