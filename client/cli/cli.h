@@ -5,6 +5,7 @@
 #ifndef SBX_CLI_H
 #define SBX_CLI_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -77,27 +78,38 @@ int cli_cmd_pack(struct cli *cli, int argc, char **argv);
 int cli_cmd_fs(struct cli *cli, int argc, char **argv);
 int cli_cmd_repl(struct cli *cli, int argc, char **argv);
 
-/* --- json.c ------------------------------------------------------------------------------- */
+/* --- json.c (jansson) --------------------------------------------------------------------- */
 
 /*
- * Write @o as compact JSON. str -> JSON string (invalid UTF-8 bytes become U+FFFD), bin ->
- * base64 string, nil -> null, non-finite floats -> null, non-string map keys -> their JSON text
- * as a string. Returns 0, or -1 when the stream reports an error.
+ * @o as a jansson value (a new reference; NULL when out of memory). str -> JSON string (each
+ * byte that does not start valid UTF-8 becomes U+FFFD), bin -> base64 string (standard alphabet,
+ * padded), nil -> null, non-finite floats -> null, integers above INT64_MAX -> the nearest double
+ * (jansson's integers are int64), non-string map keys -> their JSON text as the key.
  */
+json_t *cli_json_from_msgpack(const msgpack_object *o);
+
+/* @n bytes as a JSON string, invalid UTF-8 replaced as above (NULL when out of memory). */
+json_t *cli_json_str(const char *s, size_t n);
+
+/*
+ * Write @j as compact JSON, keys in insertion order, each real with the fewest digits (15..17,
+ * one count for the whole value) that read back exactly. Returns 0, or -1 when @j is NULL or
+ * the stream reports an error.
+ */
+int cli_json_dump(FILE *f, json_t *j);
+
+/* cli_json_dump(cli_json_from_msgpack(@o)). */
 int cli_json_write(FILE *f, const msgpack_object *o);
 
-/* Write @n bytes as a JSON string (escaped; invalid UTF-8 replaced by U+FFFD). */
+/* cli_json_dump(cli_json_str(@s, @n)). */
 void cli_json_write_str(FILE *f, const char *s, size_t n);
 
-/* Write @n bytes as standard base64 (with padding), without quotes. */
-void cli_base64_write(FILE *f, const uint8_t *p, size_t n);
-
 /*
- * Parse exactly one JSON value from @s[0..len) (surrounding whitespace allowed) and pack it
- * with @pk: objects -> maps, arrays -> arrays, strings -> str, integers -> int (uint64 when
- * non-negative), other numbers -> float64, true/false/null. Nesting is capped at 32.
- * Returns 0, or -1 with BAD_PARAM in @err (message gives the byte offset); on -1 some values may
- * already have been packed.
+ * Parse exactly one JSON value from @s[0..len) (surrounding whitespace allowed; jansson's
+ * grammar, duplicate keys refused) and pack it with @pk: objects -> maps, arrays -> arrays,
+ * strings -> str, integers -> int (int64 range), other numbers -> float64, true/false/null.
+ * Nesting is capped at 32. Returns 0, or -1 with BAD_PARAM in @err ("bad JSON at byte N: ...")
+ * and nothing packed.
  */
 int cli_json_to_msgpack(const char *s, size_t len, msgpack_packer *pk, struct sbx_err *err);
 

@@ -71,8 +71,7 @@ struct exec {
     uint64_t signo;
     char signame[32];
     bool timed_out;
-    char *exit_json;
-    size_t exit_json_len;
+    json_t *exit_json; /* --json: the proc.exit params */
     int sigints;
     /* PTY mode */
     bool pty;
@@ -474,7 +473,6 @@ static void on_exit_notice(struct exec *x, const msgpack_object *params)
     struct sbx_err e;
     const char *s;
     size_t n;
-    FILE *f;
 
     x->exited = true;
     x->has_code =
@@ -490,14 +488,8 @@ static void on_exit_notice(struct exec *x, const msgpack_object *params)
         x->timed_out = false;
     }
     if (x->cli->json) {
-        f = open_memstream(&x->exit_json, &x->exit_json_len);
-        if (f != NULL) {
-            (void)cli_json_write(f, params);
-            if (fclose(f) != 0) {
-                free(x->exit_json);
-                x->exit_json = NULL;
-            }
-        }
+        json_decref(x->exit_json);
+        x->exit_json = cli_json_from_msgpack(params);
     }
 }
 
@@ -874,24 +866,22 @@ static int exit_status(const struct exec *x)
 
 static void print_json(const struct exec *x)
 {
-    (void)fputs("{\"exit\":", stdout);
-    if (x->exit_json != NULL) {
-        (void)fwrite(x->exit_json, 1, x->exit_json_len, stdout);
-    } else {
-        (void)fputs("null", stdout);
-    }
-    (void)fputs(",\"stdout\":", stdout);
-    cli_json_write_str(stdout, x->out.cap != NULL ? x->out.cap : "", x->out.cap_len);
-    (void)fputs(",\"stderr\":", stdout);
-    cli_json_write_str(stdout, x->err.cap != NULL ? x->err.cap : "", x->err.cap_len);
+    json_t *j = json_object();
+
+    /* Key order as documented: exit, stdout, stderr, then the truncation flags. */
+    (void)json_object_set(j, "exit", x->exit_json != NULL ? x->exit_json : json_null());
+    (void)json_object_set_new(j, "stdout", cli_json_str(x->out.cap, x->out.cap_len));
+    (void)json_object_set_new(j, "stderr", cli_json_str(x->err.cap, x->err.cap_len));
     if (x->out.truncated) {
-        (void)fputs(",\"stdout_truncated\":true", stdout);
+        (void)json_object_set_new(j, "stdout_truncated", json_true());
     }
     if (x->err.truncated) {
-        (void)fputs(",\"stderr_truncated\":true", stdout);
+        (void)json_object_set_new(j, "stderr_truncated", json_true());
     }
-    (void)fputs("}\n", stdout);
+    (void)cli_json_dump(stdout, j);
+    (void)fputs("\n", stdout);
     (void)fflush(stdout);
+    json_decref(j);
 }
 
 static char *join_args(int argc, char **argv)
@@ -1097,7 +1087,7 @@ out:
     }
     free(x.out.cap);
     free(x.err.cap);
-    free(x.exit_json);
+    json_decref(x.exit_json);
     free(command);
     free(o.env);
     return status;

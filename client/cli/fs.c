@@ -507,6 +507,7 @@ static int cmd_ls(struct sbx_client *c, const struct fs_opts *o, int n, char **p
     for (int i = 0; i < n; i++) {
         struct lsent *v = NULL;
         size_t count = 0;
+        json_t *arr = NULL;
         if (read_dir(c, o, paths[i], &v, &count) < 0) {
             rc = CLI_EXIT_FAIL;
             continue;
@@ -515,7 +516,7 @@ static int cmd_ls(struct sbx_client *c, const struct fs_opts *o, int n, char **p
             (void)printf("%s%s:\n", i > 0 ? "\n" : "", paths[i]);
         }
         if (o->json) {
-            (void)fputs("[", stdout);
+            arr = json_array();
         }
         if (o->long_fmt && !o->json) {
             size_t k = 0;
@@ -529,24 +530,26 @@ static int cmd_ls(struct sbx_client *c, const struct fs_opts *o, int n, char **p
             ls_long(c, o, paths[i], v, k);
             count = k;
         } else {
-            bool first = true;
             for (size_t j = 0; j < count; j++) {
                 if (!o->all && v[j].name[0] == '.') {
                     continue;
                 }
                 if (o->json) {
-                    (void)printf("%s{\"name\":", first ? "" : ",");
-                    cli_json_write_str(stdout, v[j].name, v[j].len);
-                    (void)printf(",\"type\":\"%s\"}", v[j].type);
+                    (void)json_array_append_new(
+                        arr, json_pack("{s:o,s:o}", "name", cli_json_str(v[j].name, v[j].len),
+                                       "type", cli_json_str(v[j].type, strlen(v[j].type))));
                 } else {
                     (void)fwrite(v[j].name, 1, v[j].len, stdout);
                     (void)fputs(strcmp(v[j].type, "dir") == 0 ? "/\n" : "\n", stdout);
                 }
-                first = false;
             }
         }
         if (o->json) {
-            (void)fputs("]\n", stdout);
+            if (cli_json_dump(stdout, arr) < 0) {
+                rc = CLI_EXIT_FAIL;
+            }
+            (void)putchar('\n');
+            json_decref(arr);
         }
         for (size_t j = 0; j < count; j++) {
             free(v[j].name);

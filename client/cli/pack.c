@@ -100,9 +100,9 @@ static void manifest_part(struct pack_cli *pc, const msgpack_object *params)
             (kn == 4 && memcmp(k, "last", 4) == 0) || (kn == 5 && memcmp(k, "files", 5) == 0)) {
             continue;
         }
-        (void)fputs(",\n \"", pc->mf);
-        (void)fwrite(k, 1, kn, pc->mf);
-        (void)fputs("\": ", pc->mf);
+        (void)fputs(",\n ", pc->mf);
+        cli_json_write_str(pc->mf, k, kn);
+        (void)fputs(": ", pc->mf);
         (void)cli_json_write(pc->mf, &kv->val);
     }
     (void)fputs("\n}\n", pc->mf);

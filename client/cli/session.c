@@ -48,6 +48,28 @@ static void print_table(const char *prefix, const msgpack_object *map)
     }
 }
 
+/* `call --json` on failure: {"error":{"code","message"[,"errno"][,"stage"][,"field"]}}. */
+static void print_error_json(const struct sbx_err *err)
+{
+    json_t *e = json_object(), *j;
+
+    (void)json_object_set_new(e, "code", cli_json_str(err->code, strlen(err->code)));
+    (void)json_object_set_new(e, "message", cli_json_str(err->msg, strlen(err->msg)));
+    if (err->sys_errno != 0) {
+        (void)json_object_set_new(e, "errno", json_integer(err->sys_errno));
+    }
+    if (err->stage[0] != '\0') {
+        (void)json_object_set_new(e, "stage", cli_json_str(err->stage, strlen(err->stage)));
+    }
+    if (err->field[0] != '\0') {
+        (void)json_object_set_new(e, "field", cli_json_str(err->field, strlen(err->field)));
+    }
+    j = json_pack("{s:o}", "error", e); /* takes e */
+    (void)cli_json_dump(stdout, j);
+    (void)putchar('\n');
+    json_decref(j);
+}
+
 static void print_result(const struct cli *cli, const msgpack_object *res)
 {
     if (cli->json || res->type != MSGPACK_OBJECT_MAP) {
@@ -299,22 +321,7 @@ int cli_cmd_call(struct cli *cli, int argc, char **argv)
     if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, &resp, -1, &err) < 0) {
         cli_print_err(method, &err);
         if (cli->json) {
-            (void)fputs("{\"error\":{\"code\":", stdout);
-            cli_json_write_str(stdout, err.code, strlen(err.code));
-            (void)fputs(",\"message\":", stdout);
-            cli_json_write_str(stdout, err.msg, strlen(err.msg));
-            if (err.sys_errno != 0) {
-                (void)printf(",\"errno\":%d", err.sys_errno);
-            }
-            if (err.stage[0] != '\0') {
-                (void)fputs(",\"stage\":", stdout);
-                cli_json_write_str(stdout, err.stage, strlen(err.stage));
-            }
-            if (err.field[0] != '\0') {
-                (void)fputs(",\"field\":", stdout);
-                cli_json_write_str(stdout, err.field, strlen(err.field));
-            }
-            (void)fputs("}}\n", stdout);
+            print_error_json(&err);
         }
         goto out;
     }

@@ -11,8 +11,11 @@
  *   in    N bytes uploaded to `cat >/dev/null` through a stdin stream, against a writer into
  *         `socat -b 262144 UNIX-LISTEN STDOUT | cat >/dev/null`.
  *   rss   agent VmRSS after hello, and VmHWM / sampled VmRSS while 100 floods are read slowly.
+ *   cli   `sbx exec -n -- /bin/true` and `sbx --help`, a new CLI process per run, against
+ *         `/bin/true` spawned the same way; with --ssh-config, also `ssh sbxbench /bin/true`.
  *
- *   bench_agent [--quick] [--only exec,out,in,rss] [--agent PATH] [--helper PATH]
+ *   bench_agent [--quick] [--only exec,cli,out,in,rss] [--agent PATH] [--helper PATH]
+ *               [--sbx PATH] [--ssh-config FILE]
  *               [--bytes N] [--reps N] [--runs N] [--grant-div N] [--rss-ms MS]
  *
  * Prints result rows (markdown) on stdout, progress and diagnostics on stderr.
@@ -41,6 +44,8 @@
 
 struct bench {
     const char *agent_bin, *helper_bin;
+    const char *sbx_bin;    /* the sbx CLI (cli) */
+    const char *ssh_config; /* ssh -F FILE for host "sbxbench", or NULL (cli) */
     char dir[64];
     char sock[128];
     char raw_sock[128];
@@ -487,6 +492,111 @@ out:
     free(lo_spawn);
     free(ag_tail);
     free(lo_tail);
+    return rc;
+}
+
+/* --- the CLI: a new process per command ---------------------------------------------------- */
+
+/* Spawn @argv with stdio on /dev/null and wait; *@us is spawn-to-reaped. 0, or -1 when it failed
+ * or did not exit 0. */
+static int run_once(struct bench *b, const char *const *argv, double *us)
+{
+    uint64_t t0 = bench_now_ns();
+    pid_t pid = bench_spawn(argv, b->devnull, b->devnull, b->devnull);
+    int st;
+
+    if (pid < 0) {
+        return -1;
+    }
+    st = wait_child(pid, NULL);
+    *us = (double)(bench_now_ns() - t0) / 1e3;
+    if (st != 0) {
+        fprintf(stderr, "bench: %s %s ... exited with wait status %d\n", argv[0], argv[1], st);
+        return -1;
+    }
+    return 0;
+}
+
+static void cli_row(const char *what, double *v, double *base, int n, const char *base_what,
+                    const char *target, double max_ratio)
+{
+    double v50 = bench_percentile(v, (size_t)n, 0.5), v90 = bench_percentile(v, (size_t)n, 0.9);
+    double b50 = bench_percentile(base, (size_t)n, 0.5);
+    char fig[48], spread[64], bl[128], rt[32];
+
+    snprintf(fig, sizeof(fig), "p50 %.0f µs", v50);
+    snprintf(spread, sizeof(spread), "p90 %.0f µs, min %.0f (n=%d)", v90, v[0], n);
+    snprintf(bl, sizeof(bl), "%s p50 %.0f µs", base_what, b50);
+    snprintf(rt, sizeof(rt), "%.2f×", v50 / b50);
+    bench_row(what, fig, spread, bl, rt, target,
+              max_ratio > 0 ? (v50 / b50 <= max_ratio ? "yes" : "NO") : "-");
+}
+
+/*
+ * `sbx exec -n -- /bin/true` as a user types it (a new sbx process: start-up, connect, hello,
+ * spawn, exit), `sbx --help` (start-up alone) and, with --ssh-config, `ssh HOST /bin/true` over
+ * an established ControlMaster, each against a local `/bin/true` spawned by this same harness;
+ * runs alternate.
+ */
+static int bench_cli(struct bench *b)
+{
+    static const char *const local[] = { "/bin/true", NULL };
+    int n = b->exec_runs, warm = 20, nk = b->ssh_config != NULL ? 4 : 3;
+    double *v[4] = { NULL, NULL, NULL, NULL };
+    char addr[160];
+    const char *const cli[] = { b->sbx_bin, "-c", addr, "exec", "-n", "--", "/bin/true", NULL };
+    const char *const help[] = { b->sbx_bin, "--help", NULL };
+    const char *const ssh[] = { "ssh", "-F", b->ssh_config, "sbxbench", "/bin/true", NULL };
+    const char *const *cmds[4] = { local, cli, help, ssh };
+    int rc = -1;
+
+    for (int k = 0; k < nk; k++) {
+        v[k] = calloc((size_t)n, sizeof(double));
+        if (v[k] == NULL) {
+            goto out;
+        }
+    }
+    if (agent_start(b) < 0) {
+        goto out;
+    }
+    snprintf(addr, sizeof(addr), "unix:%s", b->sock);
+    bench_note("cli: %d warm-up + %d runs each of /bin/true, sbx exec, sbx --help%s", warm, n,
+               nk == 4 ? ", ssh" : "");
+    for (int i = -warm; i < n; i++) {
+        for (int j = 0; j < nk; j++) {
+            /* Rotate the order so drift and periodic noise fall on every command alike. */
+            int k = (j + (i < 0 ? 0 : i)) % nk;
+            double us;
+            if (run_once(b, cmds[k], &us) < 0) {
+                goto out;
+            }
+            if (i >= 0) {
+                v[k][i] = us;
+            }
+        }
+    }
+    cli_row("cli: `sbx exec -n -- /bin/true`, a new sbx process per run (start-up + connect + "
+            "hello + spawn + exit)",
+            v[1], v[0], n, "local `/bin/true`, same harness (posix_spawn+waitpid)",
+            "p50 ≤ 2× local", 2.0);
+    cli_row("info: `sbx --help` (CLI start-up alone)", v[2], v[0], n, "local `/bin/true`", "-", 0);
+    if (nk == 4) {
+        cli_row("cli: `sbx exec -n -- /bin/true` against `ssh HOST /bin/true` (ControlMaster "
+                "open, sshd on 127.0.0.1)",
+                v[1], v[3], n, "ssh", "p50 ≤ 0.3× ssh", 0.3);
+        cli_row("info: `ssh HOST /bin/true` (ControlMaster open)", v[3], v[0], n,
+                "local `/bin/true`", "-", 0);
+    } else {
+        bench_row("cli: `sbx exec -n -- /bin/true` against ssh", "not measured", "",
+                  "no sshd (run.sh starts one on 127.0.0.1 when /usr/sbin/sshd exists)", "",
+                  "p50 ≤ 0.3× ssh", "-");
+    }
+    rc = 0;
+out:
+    agent_stop(b);
+    for (int k = 0; k < 4; k++) {
+        free(v[k]);
+    }
     return rc;
 }
 
@@ -1074,9 +1184,9 @@ static int bench_rss(struct bench *b)
 
 static const char *sibling(const char *argv0, const char *rel)
 {
-    static char buf[2][4096];
+    static char buf[3][4096]; /* one per caller in main */
     static int k;
-    char *p = buf[k++ & 1];
+    char *p = buf[k++ % 3];
     const char *slash = strrchr(argv0, '/');
     int dlen = slash != NULL ? (int)(slash - argv0) : 1;
 
@@ -1099,8 +1209,9 @@ static bool only_has(const char *only, const char *what)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench_agent [--quick] [--only exec,out,in,rss] [--agent PATH] "
+    fprintf(stderr, "usage: bench_agent [--quick] [--only exec,cli,out,in,rss] [--agent PATH] "
                     "[--helper PATH]\n"
+                    "                   [--sbx PATH] [--ssh-config FILE]\n"
                     "                   [--bytes N] [--reps N] [--runs N] [--grant-div N] "
                     "[--rss-ms MS]\n");
 }
@@ -1108,13 +1219,14 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     struct bench b;
-    const char *only = "exec,out,in,rss";
+    const char *only = "exec,cli,out,in,rss";
     char tmpdir[] = "/tmp/sbx-bench-XXXXXX";
     int rc = 0;
 
     memset(&b, 0, sizeof(b));
     b.agent_bin = sibling(argv[0], "../bin/sbx-agent");
     b.helper_bin = sibling(argv[0], "../tests/sbx-test-helper");
+    b.sbx_bin = sibling(argv[0], "../bin/sbx");
     b.reps = 5;
     b.exec_runs = 500;
     b.bytes = 4ull << 30;
@@ -1144,6 +1256,10 @@ int main(int argc, char **argv)
             b.agent_bin = v;
         } else if (strcmp(a, "--helper") == 0) {
             b.helper_bin = v;
+        } else if (strcmp(a, "--sbx") == 0) {
+            b.sbx_bin = v;
+        } else if (strcmp(a, "--ssh-config") == 0) {
+            b.ssh_config = v;
         } else if (strcmp(a, "--bytes") == 0) {
             b.bytes = strtoull(v, NULL, 10);
         } else if (strcmp(a, "--reps") == 0) {
@@ -1170,6 +1286,10 @@ int main(int argc, char **argv)
                 b.agent_bin, b.helper_bin);
         return 1;
     }
+    if (only_has(only, "cli") && access(b.sbx_bin, X_OK) != 0) {
+        fprintf(stderr, "bench_agent: need %s for cli (build sbx, or --sbx PATH)\n", b.sbx_bin);
+        return 1;
+    }
     if (mkdtemp(tmpdir) == NULL) {
         perror("bench_agent: mkdtemp");
         return 1;
@@ -1187,6 +1307,9 @@ int main(int argc, char **argv)
     (void)prctl(PR_SET_CHILD_SUBREAPER, 1);
 
     if (only_has(only, "exec") && bench_exec(&b) < 0) {
+        rc = 1;
+    }
+    if (only_has(only, "cli") && bench_cli(&b) < 0) {
         rc = 1;
     }
     if (only_has(only, "out") && bench_out(&b) < 0) {
