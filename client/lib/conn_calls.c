@@ -1,0 +1,744 @@
+/*
+ * Typed calls (sbx/conn.h): one function per method, each packing its params table from
+ * PROTOCOL.md. Built on the public sbx_conn_begin / sbx_conn_commit only. Params maps are
+ * described as lists of key/value entries whose absent ones are skipped, so no map header is
+ * counted by hand.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "sbx/conn.h"
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* --- params as key/value lists ----------------------------------------------------------- */
+
+enum kv_type {
+    KV_SKIP = 0, /* absent: not packed */
+    KV_U64,
+    KV_I64,
+    KV_BOOL,
+    KV_STR,  /* str */
+    KV_BSTR, /* OS byte string: str when UTF-8, else bin (§4.4) */
+    KV_REQ,  /* a required bstr: NULL is refused locally with BAD_PARAM */
+    KV_BIN,
+    KV_STRN, /* str of n bytes */
+};
+
+struct kv {
+    const char *k;
+    enum kv_type t;
+    uint64_t u;
+    int64_t i;
+    bool b;
+    const char *s;
+    const void *p;
+    size_t n;
+};
+
+/* Entry constructors; the *_if and optional string ones give KV_SKIP when absent. */
+static struct kv kv_u64(const char *k, uint64_t v)
+{
+    return (struct kv){ .k = k, .t = KV_U64, .u = v };
+}
+
+static struct kv kv_u64_if(bool present, const char *k, uint64_t v)
+{
+    return (struct kv){ .k = k, .t = present ? KV_U64 : KV_SKIP, .u = v };
+}
+
+static struct kv kv_i64(const char *k, int64_t v)
+{
+    return (struct kv){ .k = k, .t = KV_I64, .i = v };
+}
+
+static struct kv kv_i64_if(bool present, const char *k, int64_t v)
+{
+    return (struct kv){ .k = k, .t = present ? KV_I64 : KV_SKIP, .i = v };
+}
+
+/* A bool whose default is false: packed only when true. */
+static struct kv kv_true_if(const char *k, bool v)
+{
+    return (struct kv){ .k = k, .t = v ? KV_BOOL : KV_SKIP, .b = true };
+}
+
+/* A bool whose default is true: packed (as false) only when @v. */
+static struct kv kv_false_if(const char *k, bool v)
+{
+    return (struct kv){ .k = k, .t = v ? KV_BOOL : KV_SKIP, .b = false };
+}
+
+static struct kv kv_str(const char *k, const char *v)
+{
+    return (struct kv){ .k = k, .t = v != NULL ? KV_STR : KV_SKIP, .s = v };
+}
+
+static struct kv kv_bstr(const char *k, const char *v)
+{
+    return (struct kv){ .k = k, .t = v != NULL ? KV_BSTR : KV_SKIP, .s = v };
+}
+
+/* A required bstr (a path, a name): NULL is refused before anything is sent. */
+static struct kv kv_path(const char *k, const char *v)
+{
+    return (struct kv){ .k = k, .t = KV_REQ, .s = v };
+}
+
+static struct kv kv_bin(const char *k, const void *p, size_t n)
+{
+    return (struct kv){ .k = k, .t = KV_BIN, .p = p, .n = n };
+}
+
+static struct kv kv_strn(const char *k, const char *p, size_t n)
+{
+    return (struct kv){ .k = k, .t = KV_STRN, .s = p, .n = n };
+}
+
+static void pack_kv(msgpack_packer *pk, const struct kv *e)
+{
+    sbx_pack_cstr(pk, e->k);
+    switch (e->t) {
+    case KV_U64:
+        (void)msgpack_pack_uint64(pk, e->u);
+        break;
+    case KV_I64:
+        (void)msgpack_pack_int64(pk, e->i);
+        break;
+    case KV_BOOL:
+        if (e->b) {
+            (void)msgpack_pack_true(pk);
+        } else {
+            (void)msgpack_pack_false(pk);
+        }
+        break;
+    case KV_STR:
+        sbx_pack_cstr(pk, e->s);
+        break;
+    case KV_BSTR:
+    case KV_REQ:
+        sbx_pack_bstr(pk, e->s, strlen(e->s));
+        break;
+    case KV_BIN:
+        sbx_pack_bin(pk, e->p, e->n);
+        break;
+    case KV_STRN:
+        sbx_pack_strn(pk, e->s, e->n);
+        break;
+    default:
+        (void)msgpack_pack_nil(pk);
+        break;
+    }
+}
+
+/* Send @call with the params map of the present entries of @kv. */
+static int call_kv(struct sbx_conn *c, enum sbx_call call, const struct kv *kv, size_t n,
+                   void *user, uint32_t *id, struct sbx_err *err)
+{
+    const char *method = sbx_call_name(call);
+    uint32_t count = 0;
+    msgpack_packer *pk;
+
+    for (size_t i = 0; i < n; i++) {
+        if (kv[i].t == KV_REQ && kv[i].s == NULL) {
+            return sbx_err_param(err, kv[i].k, "%s: \"%s\" is required", method, kv[i].k);
+        }
+        count += kv[i].t != KV_SKIP;
+    }
+    pk = sbx_conn_begin(c, method, user, id, err);
+    if (pk == NULL) {
+        return -1;
+    }
+    (void)msgpack_pack_map(pk, count);
+    for (size_t i = 0; i < n; i++) {
+        if (kv[i].t != KV_SKIP) {
+            pack_kv(pk, &kv[i]);
+        }
+    }
+    return sbx_conn_commit(c, err);
+}
+
+/* A method whose params are empty. */
+static int call0(struct sbx_conn *c, enum sbx_call call, void *user, uint32_t *id,
+                 struct sbx_err *err)
+{
+    return call_kv(c, call, NULL, 0, user, id, err);
+}
+
+/* A method whose only params are one u32 id under @key. */
+static int call_id(struct sbx_conn *c, enum sbx_call call, const char *key, uint32_t v, void *user,
+                   uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_u64(key, v) };
+
+    return call_kv(c, call, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+/* A method whose params are {path, cwd?}. */
+static int call_path(struct sbx_conn *c, enum sbx_call call, const char *path, const char *cwd,
+                     void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_path("path", path), kv_bstr("cwd", cwd) };
+
+    return call_kv(c, call, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+/* --- session ------------------------------------------------------------------------------- */
+
+int sbx_ping(struct sbx_conn *c, void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call0(c, SBX_CALL_PING, user, id, err);
+}
+
+int sbx_info(struct sbx_conn *c, void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call0(c, SBX_CALL_INFO, user, id, err);
+}
+
+int sbx_shutdown(struct sbx_conn *c, bool reboot, void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_str("action", reboot ? "reboot" : "poweroff") };
+
+    return call_kv(c, SBX_CALL_SHUTDOWN, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_lifetime_get(struct sbx_conn *c, void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call0(c, SBX_CALL_LIFETIME_GET, user, id, err);
+}
+
+int sbx_lifetime_extend(struct sbx_conn *c, uint64_t seconds, void *user, uint32_t *id,
+                        struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_u64("seconds", seconds) };
+
+    return call_kv(c, SBX_CALL_LIFETIME_EXTEND, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_clock_set(struct sbx_conn *c, int64_t unix_ns, int64_t threshold_ns, void *user,
+                  uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_i64("unix_ns", unix_ns),
+        kv_u64_if(threshold_ns >= 0, "threshold_ns", (uint64_t)threshold_ns),
+    };
+
+    return call_kv(c, SBX_CALL_CLOCK_SET, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+/* --- env ----------------------------------------------------------------------------------- */
+
+int sbx_env_get(struct sbx_conn *c, const char *name, void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_path("name", name) };
+
+    return call_kv(c, SBX_CALL_ENV_GET, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_env_set(struct sbx_conn *c, const char *name, const char *value, void *user, uint32_t *id,
+                struct sbx_err *err)
+{
+    msgpack_packer *pk;
+
+    if (name == NULL) {
+        return sbx_err_param(err, "name", "env.set: \"name\" is required");
+    }
+    if (value != NULL) {
+        const struct kv kv[] = { kv_path("name", name), kv_path("value", value) };
+        return call_kv(c, SBX_CALL_ENV_SET, kv, ARRAY_SIZE(kv), user, id, err);
+    }
+    /* Unset through the vars form: {vars: {name: nil}} (§13.2). */
+    pk = sbx_conn_begin(c, SBX_M_ENV_SET, user, id, err);
+    if (pk == NULL) {
+        return -1;
+    }
+    (void)msgpack_pack_map(pk, 1);
+    sbx_pack_cstr(pk, "vars");
+    (void)msgpack_pack_map(pk, 1);
+    sbx_pack_bstr(pk, name, strlen(name));
+    (void)msgpack_pack_nil(pk);
+    return sbx_conn_commit(c, err);
+}
+
+int sbx_env_unset(struct sbx_conn *c, const char *name, void *user, uint32_t *id,
+                  struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_path("name", name) };
+
+    return call_kv(c, SBX_CALL_ENV_UNSET, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_env_list(struct sbx_conn *c, void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call0(c, SBX_CALL_ENV_LIST, user, id, err);
+}
+
+/* --- process ------------------------------------------------------------------------------- */
+
+int sbx_proc_spawn(struct sbx_conn *c, const struct sbx_spawn_params *p, void *user, uint32_t *id,
+                   struct sbx_err *err)
+{
+    msgpack_packer *pk;
+
+    if (p == NULL || (p->argv == NULL) == (p->command == NULL) ||
+        (p->argv != NULL && p->argv[0] == NULL)) {
+        return sbx_err_param(err, "argv",
+                             "proc.spawn: give exactly one of a non-empty argv and "
+                             "command");
+    }
+    if (p->pty != NULL && sbx_conn_peer(c) != NULL && !sbx_conn_has_cap(c, "pty")) {
+        (void)sbx_err_set(err, SBX_E_UNSUPPORTED,
+                          "proc.spawn: the agent does not announce capability pty");
+        (void)snprintf(err->field, sizeof(err->field), "pty");
+        return -1;
+    }
+    pk = sbx_conn_begin(c, SBX_M_PROC_SPAWN, user, id, err);
+    if (pk == NULL) {
+        return -1;
+    }
+    sbx_spawn_params_pack(pk, p);
+    return sbx_conn_commit(c, err);
+}
+
+int sbx_proc_wait(struct sbx_conn *c, uint32_t proc, uint32_t timeout_ms, void *user, uint32_t *id,
+                  struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_u64("id", proc),
+        kv_u64_if(timeout_ms != 0, "timeout_ms", timeout_ms),
+    };
+
+    return call_kv(c, SBX_CALL_PROC_WAIT, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_proc_kill(struct sbx_conn *c, uint32_t proc, int signo, bool group, void *user,
+                  uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_u64("id", proc),
+        kv_u64_if(signo != 0, "signal", (uint64_t)signo),
+        kv_true_if("group", group),
+    };
+
+    if (signo < 0 || signo > 64) {
+        return sbx_err_param(err, "signal", "proc.kill: signal %d is not in 1..64", signo);
+    }
+    return call_kv(c, SBX_CALL_PROC_KILL, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_proc_close_stdin(struct sbx_conn *c, uint32_t proc, void *user, uint32_t *id,
+                         struct sbx_err *err)
+{
+    return call_id(c, SBX_CALL_PROC_CLOSE_STDIN, "id", proc, user, id, err);
+}
+
+int sbx_proc_list(struct sbx_conn *c, void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call0(c, SBX_CALL_PROC_LIST, user, id, err);
+}
+
+int sbx_proc_release(struct sbx_conn *c, uint32_t proc, void *user, uint32_t *id,
+                     struct sbx_err *err)
+{
+    return call_id(c, SBX_CALL_PROC_RELEASE, "id", proc, user, id, err);
+}
+
+int sbx_proc_resize(struct sbx_conn *c, uint32_t proc, uint32_t rows, uint32_t cols, void *user,
+                    uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_u64("id", proc), kv_u64("rows", rows), kv_u64("cols", cols) };
+
+    return call_kv(c, SBX_CALL_PROC_RESIZE, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+/* --- fs: paths ------------------------------------------------------------------------------ */
+
+int sbx_fs_stat(struct sbx_conn *c, const char *path, const char *cwd, void *user, uint32_t *id,
+                struct sbx_err *err)
+{
+    return call_path(c, SBX_CALL_FS_STAT, path, cwd, user, id, err);
+}
+
+int sbx_fs_lstat(struct sbx_conn *c, const char *path, const char *cwd, void *user, uint32_t *id,
+                 struct sbx_err *err)
+{
+    return call_path(c, SBX_CALL_FS_LSTAT, path, cwd, user, id, err);
+}
+
+int sbx_fs_readlink(struct sbx_conn *c, const char *path, const char *cwd, void *user, uint32_t *id,
+                    struct sbx_err *err)
+{
+    return call_path(c, SBX_CALL_FS_READLINK, path, cwd, user, id, err);
+}
+
+int sbx_fs_realpath(struct sbx_conn *c, const char *path, const char *cwd, void *user, uint32_t *id,
+                    struct sbx_err *err)
+{
+    return call_path(c, SBX_CALL_FS_REALPATH, path, cwd, user, id, err);
+}
+
+int sbx_fs_readdir(struct sbx_conn *c, const char *path, const char *cursor, uint32_t limit,
+                   const char *cwd, void *user, uint32_t *id, struct sbx_err *err)
+{
+    /* With a cursor the path may be omitted (§17.3). */
+    const struct kv kv[] = {
+        cursor != NULL ? kv_bstr("path", path) : kv_path("path", path),
+        kv_str("cursor", cursor),
+        kv_u64_if(limit != 0, "limit", limit),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, SBX_CALL_FS_READDIR, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_mkdir(struct sbx_conn *c, const char *path, bool parents, int mode, const char *cwd,
+                 void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_path("path", path),
+        kv_true_if("parents", parents),
+        kv_u64_if(mode >= 0, "mode", (uint64_t)mode),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, SBX_CALL_FS_MKDIR, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_remove(struct sbx_conn *c, const char *path, bool recursive, const char *cwd, void *user,
+                  uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_path("path", path),
+        kv_true_if("recursive", recursive),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, SBX_CALL_FS_REMOVE, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+/* A method whose params are {<k1>, <k2>, recursive?, cwd?}. */
+static int call_two(struct sbx_conn *c, enum sbx_call call, const char *k1, const char *v1,
+                    const char *k2, const char *v2, bool recursive, const char *cwd, void *user,
+                    uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_path(k1, v1),
+        kv_path(k2, v2),
+        kv_true_if("recursive", recursive),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, call, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_rename(struct sbx_conn *c, const char *from, const char *to, const char *cwd, void *user,
+                  uint32_t *id, struct sbx_err *err)
+{
+    return call_two(c, SBX_CALL_FS_RENAME, "from", from, "to", to, false, cwd, user, id, err);
+}
+
+int sbx_fs_copy(struct sbx_conn *c, const char *from, const char *to, bool recursive,
+                const char *cwd, void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call_two(c, SBX_CALL_FS_COPY, "from", from, "to", to, recursive, cwd, user, id, err);
+}
+
+int sbx_fs_symlink(struct sbx_conn *c, const char *target, const char *path, const char *cwd,
+                   void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call_two(c, SBX_CALL_FS_SYMLINK, "target", target, "path", path, false, cwd, user, id,
+                    err);
+}
+
+int sbx_fs_link(struct sbx_conn *c, const char *target, const char *path, const char *cwd,
+                void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call_two(c, SBX_CALL_FS_LINK, "target", target, "path", path, false, cwd, user, id, err);
+}
+
+int sbx_fs_chmod(struct sbx_conn *c, const char *path, uint32_t mode, const char *cwd, void *user,
+                 uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_path("path", path), kv_u64("mode", mode), kv_bstr("cwd", cwd) };
+
+    return call_kv(c, SBX_CALL_FS_CHMOD, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_chown(struct sbx_conn *c, const char *path, int64_t uid, int64_t gid, const char *cwd,
+                 void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_path("path", path),
+        kv_u64_if(uid >= 0, "uid", (uint64_t)uid),
+        kv_u64_if(gid >= 0, "gid", (uint64_t)gid),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, SBX_CALL_FS_CHOWN, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_truncate(struct sbx_conn *c, const char *path, uint64_t size, const char *cwd,
+                    void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_path("path", path), kv_u64("size", size), kv_bstr("cwd", cwd) };
+
+    return call_kv(c, SBX_CALL_FS_TRUNCATE, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_utime(struct sbx_conn *c, const char *path, const int64_t *atime_ns,
+                 const int64_t *mtime_ns, const char *cwd, void *user, uint32_t *id,
+                 struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_path("path", path),
+        kv_i64_if(atime_ns != NULL, "atime_ns", atime_ns != NULL ? *atime_ns : 0),
+        kv_i64_if(mtime_ns != NULL, "mtime_ns", mtime_ns != NULL ? *mtime_ns : 0),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, SBX_CALL_FS_UTIME, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_mktemp(struct sbx_conn *c, const char *dir, const char *prefix, const char *suffix,
+                  bool directory, const char *cwd, void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_bstr("dir", dir),       kv_bstr("prefix", prefix),
+        kv_bstr("suffix", suffix), kv_true_if("directory", directory),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, SBX_CALL_FS_MKTEMP, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_watch(struct sbx_conn *c, const char *path, bool recursive, const char *cwd, void *user,
+                 uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_path("path", path),
+        kv_true_if("recursive", recursive),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, SBX_CALL_FS_WATCH, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_unwatch(struct sbx_conn *c, uint32_t watch, void *user, uint32_t *id,
+                   struct sbx_err *err)
+{
+    return call_id(c, SBX_CALL_FS_UNWATCH, "watch", watch, user, id, err);
+}
+
+/* --- fs: handles ---------------------------------------------------------------------------- */
+
+int sbx_fs_open(struct sbx_conn *c, const char *path, unsigned flags, int mode, const char *cwd,
+                void *user, uint32_t *id, struct sbx_err *err)
+{
+    static const char *const names[] = { "read",     "write",     "append",   "create",
+                                         "truncate", "exclusive", "nofollow", "sync" };
+    msgpack_packer *pk;
+    uint32_t nflags = 0;
+
+    if (path == NULL) {
+        return sbx_err_param(err, "path", "fs.open: \"path\" is required");
+    }
+    if ((flags & ~((1u << ARRAY_SIZE(names)) - 1)) != 0) {
+        return sbx_err_param(err, "flags", "fs.open: unknown flag bits 0x%x", flags);
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        nflags += (flags >> i) & 1;
+    }
+    pk = sbx_conn_begin(c, SBX_M_FS_OPEN, user, id, err);
+    if (pk == NULL) {
+        return -1;
+    }
+    (void)msgpack_pack_map(pk, 1 + (nflags > 0) + (mode >= 0) + (cwd != NULL));
+    sbx_pack_cstr(pk, "path");
+    sbx_pack_bstr(pk, path, strlen(path));
+    if (nflags > 0) {
+        sbx_pack_cstr(pk, "flags");
+        (void)msgpack_pack_array(pk, nflags);
+        for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+            if ((flags >> i) & 1) {
+                sbx_pack_cstr(pk, names[i]);
+            }
+        }
+    }
+    if (mode >= 0) {
+        sbx_pack_kv_u64(pk, "mode", (uint64_t)mode);
+    }
+    if (cwd != NULL) {
+        sbx_pack_cstr(pk, "cwd");
+        sbx_pack_bstr(pk, cwd, strlen(cwd));
+    }
+    return sbx_conn_commit(c, err);
+}
+
+int sbx_fs_read(struct sbx_conn *c, uint32_t fh, uint64_t len, const uint64_t *offset, void *user,
+                uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_u64("fh", fh),
+        kv_u64("len", len),
+        kv_u64_if(offset != NULL, "offset", offset != NULL ? *offset : 0),
+    };
+
+    return call_kv(c, SBX_CALL_FS_READ, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_write(struct sbx_conn *c, uint32_t fh, const void *data, size_t len,
+                 const uint64_t *offset, void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct sbx_peer *peer = sbx_conn_peer(c);
+    uint64_t max = peer != NULL ? peer->limits.chunk_max : SBX_STREAM_CHUNK_MAX;
+    const struct kv kv[] = {
+        kv_u64("fh", fh),
+        kv_bin("data", data, len),
+        kv_u64_if(offset != NULL, "offset", offset != NULL ? *offset : 0),
+    };
+
+    if (len == 0 || data == NULL) {
+        return sbx_err_param(err, "data", "fs.write: data must hold 1..%llu bytes",
+                             (unsigned long long)max);
+    }
+    if (len > max) {
+        return sbx_err_limit(err, "chunk_max", max, "fs.write: %zu bytes exceed chunk_max %llu",
+                             len, (unsigned long long)max);
+    }
+    return call_kv(c, SBX_CALL_FS_WRITE, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_seek(struct sbx_conn *c, uint32_t fh, int64_t offset, const char *whence, void *user,
+                uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_u64("fh", fh), kv_i64("offset", offset), kv_str("whence", whence) };
+
+    return call_kv(c, SBX_CALL_FS_SEEK, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_fstat(struct sbx_conn *c, uint32_t fh, void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call_id(c, SBX_CALL_FS_FSTAT, "fh", fh, user, id, err);
+}
+
+int sbx_fs_fsync(struct sbx_conn *c, uint32_t fh, bool data_only, void *user, uint32_t *id,
+                 struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_u64("fh", fh), kv_true_if("data_only", data_only) };
+
+    return call_kv(c, SBX_CALL_FS_FSYNC, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_ftruncate(struct sbx_conn *c, uint32_t fh, uint64_t size, void *user, uint32_t *id,
+                     struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_u64("fh", fh), kv_u64("size", size) };
+
+    return call_kv(c, SBX_CALL_FS_FTRUNCATE, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_close(struct sbx_conn *c, uint32_t fh, void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call_id(c, SBX_CALL_FS_CLOSE, "fh", fh, user, id, err);
+}
+
+/* --- transfer ----------------------------------------------------------------------------- */
+
+int sbx_transfer_upload(struct sbx_conn *c, const struct sbx_upload_params *p, void *user,
+                        uint32_t *id, struct sbx_err *err)
+{
+    if (p == NULL) {
+        return sbx_err_param(err, "path", "transfer.upload: \"path\" is required");
+    }
+    const struct kv kv[] = {
+        kv_path("path", p->path),
+        kv_u64_if(p->has_mode, "mode", p->mode),
+        kv_u64_if(p->has_uid, "uid", p->uid),
+        kv_u64_if(p->has_gid, "gid", p->gid),
+        kv_true_if("parents", p->parents),
+        kv_false_if("overwrite", p->no_overwrite),
+        kv_true_if("fsync", p->fsync),
+        kv_u64_if(p->has_size, "size", p->size),
+        kv_str("sha256", p->sha256),
+        kv_false_if("hash", p->no_hash),
+        kv_bstr("cwd", p->cwd),
+    };
+
+    return call_kv(c, SBX_CALL_TRANSFER_UPLOAD, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_transfer_download(struct sbx_conn *c, const char *path, uint64_t offset, int64_t length,
+                          const char *cwd, void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_path("path", path),
+        kv_u64_if(offset != 0, "offset", offset),
+        kv_u64_if(length >= 0, "length", (uint64_t)length),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, SBX_CALL_TRANSFER_DOWNLOAD, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_transfer_upload_tree(struct sbx_conn *c, const char *path, const char *compress,
+                             bool preserve_owner, const char *cwd, void *user, uint32_t *id,
+                             struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_path("path", path),
+        kv_str("compress", compress),
+        kv_true_if("preserve_owner", preserve_owner),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, SBX_CALL_TRANSFER_UPLOAD_TREE, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_transfer_download_tree(struct sbx_conn *c, const char *path, const char *compress,
+                               const char *cwd, void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_path("path", path),
+        kv_str("compress", compress),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, SBX_CALL_TRANSFER_DOWNLOAD_TREE, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+/* --- repl ---------------------------------------------------------------------------------- */
+
+int sbx_repl_start(struct sbx_conn *c, const char *language, void *user, uint32_t *id,
+                   struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_path("language", language) };
+
+    return call_kv(c, SBX_CALL_REPL_START, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_repl_eval(struct sbx_conn *c, uint32_t session, const char *code, size_t len,
+                  uint32_t timeout_ms, bool stream, void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_u64("session", session),
+        kv_strn("code", code, len),
+        kv_u64_if(timeout_ms != 0, "timeout_ms", timeout_ms),
+        kv_true_if("stream", stream),
+    };
+
+    if (code == NULL) {
+        return sbx_err_param(err, "code", "repl.eval: \"code\" is required");
+    }
+    return call_kv(c, SBX_CALL_REPL_EVAL, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_repl_close(struct sbx_conn *c, uint32_t session, void *user, uint32_t *id,
+                   struct sbx_err *err)
+{
+    return call_id(c, SBX_CALL_REPL_CLOSE, "session", session, user, id, err);
+}
+
+int sbx_repl_list(struct sbx_conn *c, void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call0(c, SBX_CALL_REPL_LIST, user, id, err);
+}
