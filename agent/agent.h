@@ -2,7 +2,8 @@
  * sbx-agent: the core every file shares: lists, buffers, the one struct agent that holds all state
  * and is passed explicitly, time and logging. Each object kind lives in its own file with a header
  * of the same name (conn.h, stream.h, proc.h, fs.h, transfer.h, env.h, repl.h, session.h,
- * listener.h).
+ * listener.h), and so do the helpers several files share: path.h (split, mkdir -p, opening under
+ * a root), glob.h (`**` patterns) and strv.h (string vectors).
  */
 #ifndef SBX_AGENT_H
 #define SBX_AGENT_H
@@ -26,6 +27,9 @@
 struct agent_link {
     struct agent_link *prev, *next;
 };
+
+/* Elements of the array @a (an array, not a pointer). */
+#define ARRAY_SIZE(a)                         (sizeof(a) / sizeof((a)[0]))
 
 #define agent_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 

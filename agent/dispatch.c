@@ -107,7 +107,7 @@ void agent_dispatch(struct agent_conn *c, const struct sbx_msg *m)
 {
     struct sbx_err err;
 
-    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+    for (size_t i = 0; i < ARRAY_SIZE(methods); i++) {
         const struct agent_method *am = &methods[i];
         if (!sbx_msg_method_is(m, am->name)) {
             continue;

@@ -6,6 +6,7 @@
 
 #include "agent.h"
 #include "conn.h"
+#include "strv.h"
 
 extern char **environ;
 
@@ -13,17 +14,6 @@ bool agent_env_name_ok(const char *s, size_t n)
 {
     return n > 0 && n <= SBX_ENV_NAME_MAX && memchr(s, '=', n) == NULL &&
            memchr(s, '\0', n) == NULL;
-}
-
-void agent_strv_free(char **v)
-{
-    if (v == NULL) {
-        return;
-    }
-    for (char **p = v; *p != NULL; p++) {
-        free(*p);
-    }
-    free(v);
 }
 
 /* Index of NAME in a "K=V" vector, or -1. */
@@ -330,8 +320,7 @@ int agent_env_set(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
         }
     }
     if (r < 0) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     agent_conn_reply_empty(c, m->id);
     return AGENT_REPLIED;

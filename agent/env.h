@@ -8,11 +8,11 @@
 
 int agent_env_init(struct agent *a);
 /* Build a NULL-terminated envp: base (unless @clear) overlaid with @overlay (a msgpack map,
- * already validated) and @extra ("K=V" strings, may be NULL). Caller frees with agent_strv_free. */
+ * already validated) and @extra ("K=V" strings, may be NULL). Caller frees with agent_strv_free
+ * (strv.h). */
 char **agent_env_build(struct agent *a, bool clear, const msgpack_object *overlay,
                        char *const *extra);
 const char *agent_env_lookup(char *const *envp, const char *name);
-void agent_strv_free(char **v);
 int agent_env_get(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_env_set(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_env_unset(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "conn.h"
-#include "env.h"
+#include "path.h"
 #include "sbx/schema.h"
 
 /* A readdir cursor: an open directory stream the client pages through. */
@@ -106,44 +106,6 @@ int agent_fs_path_param(const msgpack_object *params, const char *key, int requi
         out[cn++] = '/';
     }
     memcpy(out + cn, rel, rn + 1);
-    return 0;
-}
-
-int agent_fs_strv_param(const msgpack_object *params, const char *key, size_t maxlen, char ***out,
-                        struct sbx_err *err)
-{
-    const msgpack_object *arr;
-    char **v;
-    int r = sbx_param_array(params, key, SBX_OPTIONAL, SBX_FS_PATTERNS_MAX, &arr, err);
-
-    *out = NULL;
-    if (r != 0) {
-        return r < 0 ? -1 : 0;
-    }
-    v = calloc(arr->via.array.size + 1, sizeof(*v));
-    if (v == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-    }
-    for (uint32_t i = 0; i < arr->via.array.size; i++) {
-        const char *p;
-        size_t n;
-        if (!sbx_obj_bytes(&arr->via.array.ptr[i], &p, &n) || n == 0 || n > maxlen ||
-            memchr(p, '\0', n) != NULL) {
-            agent_strv_free(v);
-            sbx_err_param(err, key,
-                          "%s[%u] must be a non-empty string of at most %zu bytes "
-                          "without NUL",
-                          key, i, maxlen);
-            (void)snprintf(err->field, sizeof(err->field), "%s[%u]", key, i);
-            return -1;
-        }
-        v[i] = strndup(p, n);
-        if (v[i] == NULL) {
-            agent_strv_free(v);
-            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        }
-    }
-    *out = v;
     return 0;
 }
 
@@ -397,8 +359,7 @@ int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
     int r;
 
     if (fs == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     cursors_expire(fs, now);
     if (sbx_param_u64(m->params, "limit", SBX_OPTIONAL, 1, SBX_FS_READDIR_MAX, &limit, err) < 0) {
@@ -437,8 +398,7 @@ int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
             } else {
                 (void)close(fd);
             }
-            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-            return -1;
+            return sbx_err_oom(err);
         }
         cur->dir = d;
         cur->id = fs->next_cursor++;
@@ -453,8 +413,7 @@ int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
             more = true;
             break;
         }
-        errno = 0;
-        de = readdir(cur->dir);
+        de = agent_path_readdir(cur->dir);
         if (de == NULL) {
             if (errno != 0) {
                 agent_fs_err(err, errno, "readdir", r == 0 ? "(cursor)" : path);
@@ -463,9 +422,6 @@ int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
                 return -1;
             }
             break;
-        }
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
-            continue;
         }
         type = agent_fs_dtype_name(de->d_type);
         if (type == NULL) {
@@ -477,8 +433,7 @@ int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
         if (dirbuf_add(&b, type, de->d_name) < 0) {
             free(b.p);
             cursor_free(fs, cur);
-            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-            return -1;
+            return sbx_err_oom(err);
         }
     }
     pk = agent_conn_begin(c);
@@ -512,42 +467,6 @@ int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
 
 /* --- mkdir, remove, rename ----------------------------------------------------------------- */
 
-static int mkdir_parents(char *path, mode_t mode, struct sbx_err *err)
-{
-    struct stat st;
-
-    for (char *p = path + 1;; p++) {
-        bool last = *p == '\0';
-        if (*p != '/' && !last) {
-            continue;
-        }
-        if (p[-1] == '/' && !last) {
-            continue; /* "//" */
-        }
-        *p = '\0';
-        if (mkdir(path, last ? mode : 0777) < 0) {
-            int e = errno;
-            if (e != EEXIST || stat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {
-                if (e == EEXIST) {
-                    e = stat(path, &st) < 0 ? errno : ENOTDIR;
-                    if (last && e == ENOTDIR) {
-                        e = EEXIST; /* the target itself exists and is not a directory */
-                    }
-                }
-                agent_fs_err(err, e, "mkdir", path);
-                if (!last) {
-                    *p = '/';
-                }
-                return -1;
-            }
-        }
-        if (last) {
-            return 0;
-        }
-        *p = '/';
-    }
-}
-
 int agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
@@ -560,11 +479,8 @@ int agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
         return -1;
     }
     if (parents) {
-        size_t n = strlen(path);
-        while (n > 1 && path[n - 1] == '/') {
-            path[--n] = '\0';
-        }
-        if (mkdir_parents(path, (mode_t)mode, err) < 0) {
+        /* Missing parents as mkdir(1) -p makes them: 0777, then the umask (PROTOCOL.md §17.3). */
+        if (agent_path_mkdir(path, 0777, (mode_t)mode, err) < 0) {
             return -1;
         }
     } else if (mkdir(path, (mode_t)mode) < 0) {
@@ -582,7 +498,7 @@ int agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
 static int remove_tree_at(int dfd, const char *name, char *path, size_t plen, struct sbx_err *err)
 {
     _cleanup_closedir_ DIR *d = NULL;
-    int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = agent_path_opendir_at(dfd, name);
     struct dirent *de;
 
     if (fd < 0) {
@@ -603,16 +519,12 @@ static int remove_tree_at(int dfd, const char *name, char *path, size_t plen, st
     for (;;) {
         size_t nl;
         bool isdir;
-        errno = 0;
-        de = readdir(d);
+        de = agent_path_readdir(d);
         if (de == NULL) {
             if (errno != 0) {
                 return agent_fs_err(err, errno, "readdir", path);
             }
             break;
-        }
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
-            continue;
         }
         nl = strlen(de->d_name);
         if (plen + 1 + nl <= SBX_PATH_MAX) {
@@ -640,30 +552,6 @@ static int remove_tree_at(int dfd, const char *name, char *path, size_t plen, st
     return 0;
 }
 
-/* Split @path (absolute) into its parent directory and last component, in @parent/@base. */
-static int split_path(const char *path, char *parent, char *base)
-{
-    size_t n = strlen(path);
-    const char *slash;
-
-    while (n > 1 && path[n - 1] == '/') {
-        n--;
-    }
-    memcpy(parent, path, n);
-    parent[n] = '\0';
-    slash = strrchr(parent, '/');
-    if (slash == NULL || slash[1] == '\0') {
-        return -1; /* "/" itself */
-    }
-    memcpy(base, slash + 1, strlen(slash + 1) + 1);
-    if (slash == parent) {
-        parent[1] = '\0';
-    } else {
-        parent[slash - parent] = '\0';
-    }
-    return 0;
-}
-
 /* The work of fs.remove (on a threadpool thread: a tree can be large). */
 static int remove_do(const char *path, bool recursive, struct sbx_err *err)
 {
@@ -683,10 +571,11 @@ static int remove_do(const char *path, bool recursive, struct sbx_err *err)
             return agent_fs_err(err, errno, "rmdir", path);
         }
     } else {
-        if (split_path(path, parent, base) < 0 || strcmp(base, ".") == 0 ||
-            strcmp(base, "..") == 0) {
-            return agent_fs_err(err, split_path(path, parent, base) < 0 ? EBUSY : EINVAL, "remove",
-                                path);
+        if (agent_path_split(path, parent, sizeof(parent), base, sizeof(base)) < 0) {
+            return agent_fs_err(err, EBUSY, "remove", path); /* "/" */
+        }
+        if (strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
+            return agent_fs_err(err, EINVAL, "remove", path);
         }
         pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (pfd < 0) {
@@ -712,19 +601,27 @@ static int two_paths(const struct sbx_msg *m, const char *k1, char *p1, const ch
     return 0;
 }
 
-int agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+/* A method on the two path params @k1 and @k2, done by @fn (rename, link); @op names it in
+ * errors. */
+static int two_path_op(struct agent_conn *c, const struct sbx_msg *m, const char *k1,
+                       const char *k2, int (*fn)(const char *, const char *), const char *op,
+                       struct sbx_err *err)
 {
-    char from[AGENT_FS_PATH_BUF], to[AGENT_FS_PATH_BUF];
+    char p1[AGENT_FS_PATH_BUF], p2[AGENT_FS_PATH_BUF];
 
-    if (two_paths(m, "from", from, "to", to, err) < 0) {
+    if (two_paths(m, k1, p1, k2, p2, err) < 0) {
         return -1;
     }
-    if (rename(from, to) < 0) {
-        fs_err2(err, errno, "rename", from, to);
-        return -1;
+    if (fn(p1, p2) < 0) {
+        return fs_err2(err, errno, op, p1, p2);
     }
     agent_conn_reply_empty(c, m->id);
     return AGENT_REPLIED;
+}
+
+int agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    return two_path_op(c, m, "from", "to", rename, "rename", err);
 }
 
 /* --- copy ---------------------------------------------------------------------------------- */
@@ -850,7 +747,7 @@ static int copy_tree_at(int sdfd, const char *sname, int ddfd, const char *dname
     if (S_ISDIR(st.st_mode)) {
         _cleanup_closedir_ DIR *d = NULL;
         _cleanup_close_ int out = -1;
-        int sfd = openat(sdfd, sname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int sfd = agent_path_opendir_at(sdfd, sname);
         struct dirent *de;
 
         if (sfd < 0) {
@@ -865,22 +762,18 @@ static int copy_tree_at(int sdfd, const char *sname, int ddfd, const char *dname
         if (mkdirat(ddfd, dname, 0700) < 0) {
             return agent_fs_err(err, errno, "mkdir", dpath);
         }
-        out = openat(ddfd, dname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        out = agent_path_opendir_at(ddfd, dname);
         if (out < 0) {
             return agent_fs_err(err, errno, "open", dpath);
         }
         for (;;) {
             char sp[AGENT_FS_PATH_BUF], dp[AGENT_FS_PATH_BUF];
-            errno = 0;
-            de = readdir(d);
+            de = agent_path_readdir(d);
             if (de == NULL) {
                 if (errno != 0) {
                     return agent_fs_err(err, errno, "readdir", spath);
                 }
                 break;
-            }
-            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
-                continue;
             }
             join_path(sp, spath, de->d_name);
             join_path(dp, dpath, de->d_name);
@@ -919,8 +812,8 @@ static int copy_do(const char *from, const char *to, bool recursive, struct sbx_
             return agent_fs_err(err, S_ISDIR(st.st_mode) ? EEXIST : EISDIR, "copy to", to);
         }
     }
-    if (split_path(to, parent, base) < 0) {
-        return agent_fs_err(err, EEXIST, "copy to", to);
+    if (agent_path_split(to, parent, sizeof(parent), base, sizeof(base)) < 0) {
+        return agent_fs_err(err, EEXIST, "copy to", to); /* "/" */
     }
     pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (pfd < 0) {
@@ -998,7 +891,7 @@ static int job_start(struct agent_conn *c, const struct sbx_msg *m, bool copy, s
     int rc;
 
     if (j == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(err);
     }
     if ((copy ? two_paths(m, "from", j->from, "to", j->to, err)
               : agent_fs_path_param(m->params, "path", SBX_REQUIRED, j->from, err)) < 0 ||
@@ -1094,17 +987,7 @@ int agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
 
 int agent_fs_link(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    char target[AGENT_FS_PATH_BUF], path[AGENT_FS_PATH_BUF];
-
-    if (two_paths(m, "target", target, "path", path, err) < 0) {
-        return -1;
-    }
-    if (link(target, path) < 0) {
-        fs_err2(err, errno, "link", target, path);
-        return -1;
-    }
-    agent_conn_reply_empty(c, m->id);
-    return AGENT_REPLIED;
+    return two_path_op(c, m, "target", "path", link, "link", err);
 }
 
 /* Reply {key: bstr}. */
@@ -1331,8 +1214,7 @@ int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
     char *hpath;
 
     if (fs == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
         sbx_param_u64(m->params, "mode", SBX_OPTIONAL, 0, 07777, &mode, err) < 0 ||
@@ -1347,12 +1229,12 @@ int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
             size_t n;
             size_t k;
             bool ok = sbx_obj_bytes(&arr->via.array.ptr[i], &s, &n);
-            for (k = 0; ok && k < sizeof(open_flags) / sizeof(open_flags[0]); k++) {
+            for (k = 0; ok && k < ARRAY_SIZE(open_flags); k++) {
                 if (strlen(open_flags[k].name) == n && memcmp(open_flags[k].name, s, n) == 0) {
                     break;
                 }
             }
-            if (!ok || k == sizeof(open_flags) / sizeof(open_flags[0])) {
+            if (!ok || k == ARRAY_SIZE(open_flags)) {
                 sbx_err_param(err, "flags", "unknown open flag in flags[%u]", i);
                 (void)snprintf(err->field, sizeof(err->field), "flags[%u]", i);
                 return -1;
@@ -1380,8 +1262,7 @@ int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
         unsigned cap = fs->capfh ? fs->capfh * 2 : 8;
         struct fs_handle *nh = realloc(fs->fh, cap * sizeof(*nh));
         if (nh == NULL) {
-            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-            return -1;
+            return sbx_err_oom(err);
         }
         fs->fh = nh;
         fs->capfh = cap;
@@ -1400,7 +1281,7 @@ int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
     }
     if (fd < 0) {
         if (hpath == NULL) {
-            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            sbx_err_oom(err);
         } else {
             agent_fs_err(err, errno, "open", path);
         }
@@ -1431,8 +1312,7 @@ int agent_fs_read(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
     }
     buf = agent_buf_get(c->a);
     if (buf == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     if (len > SBX_STREAM_CHUNK_MAX) {
         len = SBX_STREAM_CHUNK_MAX;

@@ -61,12 +61,6 @@ int agent_fs_err(struct sbx_err *err, int errnum, const char *op, const char *pa
 const char *agent_fs_type_name(unsigned mode);
 const char *agent_fs_dtype_name(unsigned char d_type);
 
-/* Read a list of strings param (≤ SBX_FS_PATTERNS_MAX entries, each a str/bin without NUL of at
- * most @maxlen bytes) into a NULL-terminated array of copies (free with agent_strv_free); *out
- * stays NULL when absent. Returns 0 or -1 with BAD_PARAM naming the entry. */
-int agent_fs_strv_param(const msgpack_object *params, const char *key, size_t maxlen, char ***out,
-                        struct sbx_err *err);
-
 /* --- fs family (fs.c, fswalk.c, fswatch.c) ------------------------------------------------ */
 
 /*

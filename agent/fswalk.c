@@ -2,9 +2,9 @@
  * fs.walk and fs.glob (PROTOCOL.md §17.4, §17.5): a depth-first walk over a stack of open
  * directories that produces entry maps into an out stream, a batch at a time from an idle
  * handle, and only as far as the stream's credit allows (an entry never spans two messages).
- * Glob patterns are matched as the walk goes: each open directory carries the set of pattern
- * positions its path can have reached (an NFA over `/`-separated components, `**` looping), so
- * a directory is descended into only while some pattern position is still alive.
+ * Glob patterns (glob.c) are matched as the walk goes: each open directory carries the set of
+ * pattern positions its path can have reached, so a directory is descended into only while some
+ * pattern position is still alive.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,26 +14,14 @@
 #include <sys/stat.h>
 
 #include "conn.h"
-#include "env.h"
 #include "fs.h"
+#include "glob.h"
+#include "path.h"
 #include "stream.h"
+#include "strv.h"
 
-#define ALTS_MAX   256u /* brace alternatives of one pattern component */
-#define BRACES_MAX 32u  /* '{' in one component: bounds the work of expanding them */
-
-/* One `/`-separated pattern component: `**`, or a list of fnmatch alternatives (braces
- * expanded). */
-struct gcomp {
-    bool globstar;
-    char **alts;
-};
-
-/* A compiled glob pattern: @n components; positions 0..n, n = matched. */
-struct gpat {
-    struct gcomp *c;
-    unsigned n;
-    size_t setsz; /* bytes of a position set */
-};
+/* fs.glob's pattern syntax (PROTOCOL.md §17.5): braces, hidden names skipped by wildcards. */
+#define WALK_GLOB (AGENT_GLOB_BRACES | AGENT_GLOB_PERIOD)
 
 struct wframe {
     DIR *dir;
@@ -57,8 +45,8 @@ struct agent_fswalk {
     regex_t *match, *skip;
     unsigned nmatch, nskip;
     /* glob */
-    struct gpat pat;
-    struct gpat *excl;
+    struct agent_glob pat;
+    struct agent_glob *excl;
     unsigned nexcl;
     size_t setstotal; /* bytes of a frame's sets */
     /* traversal */
@@ -74,291 +62,6 @@ struct agent_fswalk {
     msgpack_sbuffer ent; /* the next entry, waiting for credit */
     msgpack_packer pk;   /* packs into ent */
 };
-
-/* --- glob patterns ------------------------------------------------------------------------- */
-
-static int strv_push(char ***v, unsigned *n, char *s)
-{
-    char **nv;
-
-    if (s == NULL || *n >= ALTS_MAX) {
-        free(s);
-        return -1;
-    }
-    nv = realloc(*v, (*n + 2) * sizeof(*nv));
-    if (nv == NULL) {
-        free(s);
-        return -1;
-    }
-    nv[(*n)++] = s;
-    nv[*n] = NULL;
-    *v = nv;
-    return 0;
-}
-
-/* Expand the first top-level {a,b} of @s (length @n) recursively into @v. Braces without a
- * comma or without their closing brace are literal. Returns -1 when there are too many. */
-static int brace_expand(const char *s, size_t n, char ***v, unsigned *nv)
-{
-    size_t open = n, close = 0;
-    int depth = 0;
-    bool comma = false;
-
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '\\' && i + 1 < n) {
-            i++;
-        } else if (s[i] == '{') {
-            if (depth++ == 0) {
-                open = i;
-                comma = false;
-            }
-        } else if (s[i] == ',' && depth == 1) {
-            comma = true;
-        } else if (s[i] == '}' && depth > 0) {
-            if (--depth == 0 && comma) {
-                close = i;
-                break;
-            }
-        }
-    }
-    if (close == 0) {
-        return strv_push(v, nv, strndup(s, n));
-    }
-    for (size_t a = open + 1, i = open + 1; i <= close; i++) {
-        if (s[i] == '\\' && i + 1 < close) {
-            i++;
-            continue;
-        }
-        if (s[i] == '{') {
-            depth++;
-        } else if (s[i] == '}' && depth > 0 && i < close) {
-            depth--;
-        } else if ((s[i] == ',' && depth == 0) || i == close) {
-            size_t len = open + (i - a) + (n - close - 1);
-            char *buf = malloc(len + 1);
-            int r;
-            if (buf == NULL) {
-                return -1;
-            }
-            memcpy(buf, s, open);
-            memcpy(buf + open, s + a, i - a);
-            memcpy(buf + open + (i - a), s + close + 1, n - close - 1);
-            buf[len] = '\0';
-            r = brace_expand(buf, len, v, nv);
-            free(buf);
-            if (r < 0) {
-                return -1;
-            }
-            a = i + 1;
-        }
-    }
-    return 0;
-}
-
-static void gpat_free(struct gpat *g)
-{
-    for (unsigned i = 0; i < g->n; i++) {
-        agent_strv_free(g->c[i].alts);
-    }
-    free(g->c);
-    g->c = NULL;
-    g->n = 0;
-}
-
-/* Compile @s: components split at '/', empty ones dropped; "." and ".." refused. */
-static int gpat_compile(struct gpat *g, const char *s, const char *field, struct sbx_err *err)
-{
-    size_t len = strlen(s);
-
-    memset(g, 0, sizeof(*g));
-    g->c = calloc(len / 2 + 2, sizeof(*g->c));
-    if (g->c == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-    }
-    for (const char *p = s; *p != '\0';) {
-        const char *e = strchr(p, '/');
-        size_t n = e != NULL ? (size_t)(e - p) : strlen(p);
-        struct gcomp *c = &g->c[g->n];
-        unsigned nalts = 0;
-        if (n == 0) {
-            p++;
-            continue;
-        }
-        if ((n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.')) {
-            gpat_free(g);
-            return sbx_err_param(err, field, "%s: \".\" and \"..\" components are not allowed",
-                                 field);
-        }
-        if (memchr(p, '{', n) != NULL) {
-            unsigned braces = 0;
-            for (size_t i = 0; i < n; i++) {
-                braces += p[i] == '{';
-            }
-            if (braces > BRACES_MAX) {
-                gpat_free(g);
-                return sbx_err_param(err, field, "%s: more than %u braces in a component", field,
-                                     BRACES_MAX);
-            }
-        }
-        g->n++;
-        if (n == 2 && p[0] == '*' && p[1] == '*') {
-            if (g->n >= 2 && g->c[g->n - 2].globstar) {
-                g->n--; /* "**" twice in a row means the same as once */
-            } else {
-                c->globstar = true;
-            }
-        } else if (brace_expand(p, n, &c->alts, &nalts) < 0) {
-            gpat_free(g);
-            return sbx_err_param(err, field, "%s: more than %u brace alternatives in a component",
-                                 field, ALTS_MAX);
-        }
-        p += n;
-    }
-    if (g->n == 0) {
-        gpat_free(g);
-        return sbx_err_param(err, field, "%s has no components", field);
-    }
-    g->setsz = (g->n + 1 + 7) / 8;
-    return 0;
-}
-
-static bool set_has(const uint8_t *set, unsigned i)
-{
-    return (set[i / 8] >> (i % 8)) & 1;
-}
-
-static void set_add(uint8_t *set, unsigned i)
-{
-    set[i / 8] |= (uint8_t)(1u << (i % 8));
-}
-
-/* `**` also matches zero components: wherever it stands, the position after it is reached. */
-static void gpat_closure(const struct gpat *g, uint8_t *set)
-{
-    for (unsigned i = 0; i < g->n; i++) {
-        if (set_has(set, i) && g->c[i].globstar) {
-            set_add(set, i + 1);
-        }
-    }
-}
-
-/* Match one pattern character (literal, `\x`, `?` or a `[...]` class) at @p against @ch. Returns
- * the position after it, or NULL when it does not match. */
-static const char *match_one(const char *p, unsigned char ch)
-{
-    if (*p == '?') {
-        return p + 1;
-    }
-    if (*p == '\\' && p[1] != '\0') {
-        return (unsigned char)p[1] == ch ? p + 2 : NULL;
-    }
-    if (*p == '[') {
-        const char *q = p + 1;
-        bool neg = false, hit = false;
-        if (*q == '!' || *q == '^') {
-            neg = true;
-            q++;
-        }
-        for (bool first = true; *q != '\0' && (*q != ']' || first); first = false) {
-            unsigned char lo = (unsigned char)*q, hi;
-            if (*q == '\\' && q[1] != '\0') {
-                lo = (unsigned char)*++q;
-            }
-            q++;
-            hi = lo;
-            if (*q == '-' && q[1] != ']' && q[1] != '\0') {
-                q++;
-                if (*q == '\\' && q[1] != '\0') {
-                    q++;
-                }
-                hi = (unsigned char)*q++;
-            }
-            hit |= ch >= lo && ch <= hi;
-        }
-        if (*q == ']') {
-            return hit != neg ? q + 1 : NULL;
-        }
-        /* No closing bracket: a literal '['. */
-    }
-    return (unsigned char)*p == ch ? p + 1 : NULL;
-}
-
-/*
- * fnmatch(3) for one component, without its recursion: the classic greedy match that returns
- * to the last `*` on a mismatch, O(len(pattern) * len(name)) however many stars a hostile
- * pattern has. A name starting with '.' needs a literal '.' first in the pattern.
- */
-static bool wild_match(const char *p, const char *s)
-{
-    const char *star = NULL, *mark = NULL;
-
-    if (*s == '.' && *p != '.' && !(p[0] == '\\' && p[1] == '.')) {
-        return false;
-    }
-    while (*s != '\0') {
-        const char *next;
-        if (*p == '*') {
-            while (*p == '*') {
-                p++;
-            }
-            star = p;
-            mark = s;
-            continue;
-        }
-        next = *p != '\0' ? match_one(p, (unsigned char)*s) : NULL;
-        if (next != NULL) {
-            p = next;
-            s++;
-        } else if (star != NULL) {
-            p = star;
-            s = ++mark;
-        } else {
-            return false;
-        }
-    }
-    while (*p == '*') {
-        p++;
-    }
-    return *p == '\0';
-}
-
-static bool comp_match(const struct gcomp *c, const char *name)
-{
-    for (char **a = c->alts; *a != NULL; a++) {
-        if (wild_match(*a, name)) {
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Advance the position set @in over the component @name into @out. Without @loop, a `**` does
- * not consume the component (used to decide on symlinks that are not to be followed). Returns
- * whether a position short of the end is alive (worth descending). */
-static bool gpat_step(const struct gpat *g, const uint8_t *in, const char *name, bool loop,
-                      uint8_t *out)
-{
-    bool alive = false;
-
-    memset(out, 0, g->setsz);
-    for (unsigned i = 0; i < g->n; i++) {
-        if (!set_has(in, i)) {
-            continue;
-        }
-        if (g->c[i].globstar) {
-            if (loop && name[0] != '.') {
-                set_add(out, i);
-            }
-        } else if (comp_match(&g->c[i], name)) {
-            set_add(out, i + 1);
-        }
-    }
-    gpat_closure(g, out);
-    for (unsigned i = 0; i < g->n && !alive; i++) {
-        alive = set_has(out, i);
-    }
-    return alive;
-}
 
 /* --- the walk object ----------------------------------------------------------------------- */
 
@@ -385,9 +88,9 @@ static void walk_free(struct agent_fswalk *w)
     }
     free(w->match);
     free(w->skip);
-    gpat_free(&w->pat);
+    agent_glob_free(&w->pat);
     for (unsigned i = 0; i < w->nexcl; i++) {
-        gpat_free(&w->excl[i]);
+        agent_glob_free(&w->excl[i]);
     }
     free(w->excl);
     msgpack_sbuffer_destroy(&w->out);
@@ -548,8 +251,7 @@ static int walk_next(struct agent_fswalk *w)
         if (++w->scanned > 4 * SBX_FS_WALK_BATCH) {
             return -1;
         }
-        errno = 0;
-        de = readdir(f->dir);
+        de = agent_path_readdir(f->dir);
         if (de == NULL) {
             int errnum = errno;
             w->path[f->plen] = '\0';
@@ -566,9 +268,6 @@ static int walk_next(struct agent_fswalk *w)
             if (w->top > 0) {
                 w->path[w->st[w->top - 1].plen] = '\0';
             }
-            continue;
-        }
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
             continue;
         }
         nl = strlen(de->d_name);
@@ -614,24 +313,25 @@ static int walk_next(struct agent_fswalk *w)
             if (sets == NULL) {
                 continue;
             }
-            alive = gpat_step(&w->pat, f->sets, de->d_name, true, sets);
+            alive = agent_glob_step(&w->pat, f->sets, de->d_name, true, sets);
             off = w->pat.setsz;
             for (unsigned i = 0; i < w->nexcl; i++) {
-                (void)gpat_step(&w->excl[i], f->sets + off, de->d_name, true, sets + off);
-                excluded |= set_has(sets + off, w->excl[i].n);
+                (void)agent_glob_step(&w->excl[i], f->sets + off, de->d_name, true, sets + off);
+                excluded |= agent_glob_matched(&w->excl[i], sets + off);
                 off += w->excl[i].setsz;
             }
             if (excluded) {
                 free(sets);
                 continue;
             }
-            report = set_has(sets, w->pat.n) && (w->inc_dirs || !isdir);
+            report = agent_glob_matched(&w->pat, sets) && (w->inc_dirs || !isdir);
             if (islink && alive && fstatat(dirfd(f->dir), de->d_name, &st, 0) == 0 &&
                 S_ISDIR(st.st_mode)) {
                 /* A link reached only through `**` is followed only with follow_symlinks. */
                 uint8_t *strict = w->follow ? NULL : malloc(w->pat.setsz);
-                loopable = w->follow || (strict != NULL &&
-                                         gpat_step(&w->pat, f->sets, de->d_name, false, strict));
+                loopable =
+                    w->follow || (strict != NULL &&
+                                  agent_glob_step(&w->pat, f->sets, de->d_name, false, strict));
                 if (strict != NULL && loopable) {
                     memcpy(sets, strict, w->pat.setsz);
                 }
@@ -747,21 +447,19 @@ static int regs_param(const msgpack_object *params, const char *key, regex_t **o
                       struct sbx_err *err)
 {
     char **v = NULL;
-    unsigned k = 0;
+    size_t k = 0;
 
-    if (agent_fs_strv_param(params, key, SBX_FS_REGEX_MAX, &v, err) < 0) {
+    if (agent_strv_param(params, key, SBX_FS_PATTERNS_MAX, SBX_FS_REGEX_MAX, AGENT_STRV_NONEMPTY,
+                         &v, &k, err) < 0) {
         return -1;
     }
     if (v == NULL) {
         return 0;
     }
-    while (v[k] != NULL) {
-        k++;
-    }
     *out = calloc(k, sizeof(**out));
     if (*out == NULL) {
         agent_strv_free(v);
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(err);
     }
     for (unsigned i = 0; i < k; i++) {
         int r;
@@ -817,7 +515,6 @@ static struct agent_fswalk *walk_new(struct agent_conn *c)
 static int walk_start(struct agent_conn *c, const struct sbx_msg *m, struct agent_fswalk *w,
                       struct sbx_err *err)
 {
-    struct stat st;
     msgpack_packer *pk;
 
     /* The stream cap before the file system (PROTOCOL.md §7.2); the stream is made last. */
@@ -825,10 +522,7 @@ static int walk_start(struct agent_conn *c, const struct sbx_msg *m, struct agen
         walk_free(w);
         return -1;
     }
-    errno = 0;
-    if (stat(w->rootabs, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        int errnum = errno;
-        agent_fs_err(err, errnum == 0 ? ENOTDIR : errnum, w->glob ? "glob" : "walk", w->rootabs);
+    if (agent_path_check_dir(w->rootabs, w->glob ? "glob" : "walk", err) < 0) {
         walk_free(w);
         return -1;
     }
@@ -837,15 +531,13 @@ static int walk_start(struct agent_conn *c, const struct sbx_msg *m, struct agen
         uint8_t *sets = calloc(1, w->setstotal);
         size_t off = w->pat.setsz;
         if (sets == NULL) {
-            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            sbx_err_oom(err);
             walk_free(w);
             return -1;
         }
-        set_add(sets, 0);
-        gpat_closure(&w->pat, sets);
+        agent_glob_start(&w->pat, sets);
         for (unsigned i = 0; i < w->nexcl; i++) {
-            set_add(sets + off, 0);
-            gpat_closure(&w->excl[i], sets + off);
+            agent_glob_start(&w->excl[i], sets + off);
             off += w->excl[i].setsz;
         }
         w->root_done = true;
@@ -874,8 +566,7 @@ int agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
     struct agent_fswalk *w = walk_new(c);
 
     if (w == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, w->rootabs, err) < 0 ||
         sbx_param_bstr(m->params, "path", SBX_REQUIRED, w->path, AGENT_FS_PATH_BUF, err) < 0 ||
@@ -885,7 +576,8 @@ int agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
         sbx_param_bool(m->params, "include_dirs", SBX_OPTIONAL, &w->inc_dirs, err) < 0 ||
         sbx_param_bool(m->params, "include_symlinks", SBX_OPTIONAL, &w->inc_links, err) < 0 ||
         sbx_param_bool(m->params, "follow_symlinks", SBX_OPTIONAL, &w->follow, err) < 0 ||
-        agent_fs_strv_param(m->params, "exts", SBX_FS_NAME_MAX, &w->exts, err) < 0 ||
+        agent_strv_param(m->params, "exts", SBX_FS_PATTERNS_MAX, SBX_FS_NAME_MAX,
+                         AGENT_STRV_NONEMPTY, &w->exts, NULL, err) < 0 ||
         regs_param(m->params, "match", &w->match, &w->nmatch, err) < 0 ||
         regs_param(m->params, "skip", &w->skip, &w->nskip, err) < 0) {
         walk_free(w);
@@ -903,8 +595,7 @@ int agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
     int r;
 
     if (w == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     w->glob = true;
     w->max_depth = SBX_FS_WALK_OPEN_MAX;
@@ -912,8 +603,9 @@ int agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
         (r = agent_fs_path_param(m->params, "root", SBX_OPTIONAL, w->rootabs, err)) < 0 ||
         sbx_param_bool(m->params, "include_dirs", SBX_OPTIONAL, &w->inc_dirs, err) < 0 ||
         sbx_param_bool(m->params, "follow_symlinks", SBX_OPTIONAL, &w->follow, err) < 0 ||
-        agent_fs_strv_param(m->params, "exclude", SBX_PATH_MAX, &excl, err) < 0 ||
-        gpat_compile(&w->pat, pattern, "pattern", err) < 0) {
+        agent_strv_param(m->params, "exclude", SBX_FS_PATTERNS_MAX, SBX_PATH_MAX,
+                         AGENT_STRV_NONEMPTY, &excl, NULL, err) < 0 ||
+        agent_glob_compile(&w->pat, pattern, WALK_GLOB, "pattern", err) < 0) {
         agent_strv_free(excl);
         walk_free(w);
         return -1;
@@ -937,7 +629,7 @@ int agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
     }
     w->excl = calloc(w->nexcl + 1, sizeof(*w->excl));
     for (unsigned i = 0; w->excl != NULL && i < w->nexcl; i++) {
-        if (gpat_compile(&w->excl[i], excl[i], "exclude", err) < 0) {
+        if (agent_glob_compile(&w->excl[i], excl[i], WALK_GLOB, "exclude", err) < 0) {
             (void)snprintf(err->field, sizeof(err->field), "exclude[%u]", i);
             w->nexcl = i;
             agent_strv_free(excl);
@@ -948,7 +640,7 @@ int agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
     }
     agent_strv_free(excl);
     if (w->excl == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(err);
         walk_free(w);
         return -1;
     }

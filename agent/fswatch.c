@@ -16,6 +16,7 @@
 
 #include "conn.h"
 #include "fs.h"
+#include "path.h"
 
 #define FW_HASH         256u
 #define FW_MASK         (IN_CREATE | IN_DELETE | IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO)
@@ -155,13 +156,10 @@ static int add_subdirs(struct fw_watch *w, const char *abs, const char *rel, uns
     if (d == NULL) {
         return errno == ENOENT || errno == ENOTDIR ? 0 : -1;
     }
-    while ((de = readdir(d)) != NULL) {
+    while ((de = agent_path_readdir(d)) != NULL) {
         char sub[AGENT_FS_PATH_BUF], subrel[AGENT_FS_PATH_BUF];
         struct stat st;
         bool isdir = de->d_type == DT_DIR;
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
-            continue;
-        }
         if (de->d_type == DT_UNKNOWN) {
             isdir =
                 fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
@@ -460,7 +458,7 @@ static struct agent_fswatch *fw_get(struct agent_conn *c, struct sbx_err *err)
     }
     fw = calloc(1, sizeof(*fw));
     if (fw == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(err);
         return NULL;
     }
     fw->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
@@ -528,8 +526,7 @@ int agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
             free(w->path);
         }
         free(w);
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     w->fw = fw;
     w->recursive = recursive && S_ISDIR(st.st_mode);

@@ -127,7 +127,7 @@ static int listen_unix(struct agent *a, const char *addr, const char *path, stru
     }
     l = listener_new(a, AGENT_T_UNIX, addr);
     if (l == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(err);
     }
     (void)unlink(path); /* a stale socket from a previous run; a missing one is fine */
     r = uv_pipe_init(a->loop, &l->h.pipe, 0);
@@ -180,7 +180,7 @@ static int listen_tcp(struct agent *a, const char *addr, const char *hostport, s
     }
     l = listener_new(a, AGENT_T_TCP, addr);
     if (l == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(err);
     }
     r = uv_tcp_init(a->loop, &l->h.tcp);
     l->h.handle.data = l;
@@ -292,7 +292,7 @@ static int listen_vsock(struct agent *a, const char *addr, const char *portstr, 
     l = listener_new(a, AGENT_T_VSOCK, addr);
     if (l == NULL) {
         close(fd);
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(err);
     }
     l->fd = fd;
     r = uv_poll_init(a->loop, &l->h.poll, fd);
@@ -401,7 +401,7 @@ static int listen_serial(struct agent *a, const char *addr, struct sbx_err *err)
     }
     l = listener_new(a, AGENT_T_SERIAL, addr);
     if (l == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(err);
     }
     uv_timer_init(a->loop, &l->retry);
     l->retry.data = l;

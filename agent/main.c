@@ -123,7 +123,7 @@ int main(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "l:hV", opts, NULL)) != -1) {
         switch (opt) {
         case 'l':
-            if (nlisten == (int)(sizeof(listen) / sizeof(listen[0]))) {
+            if (nlisten == (int)ARRAY_SIZE(listen)) {
                 fprintf(stderr, "sbx-agent: too many --listen addresses\n");
                 return 2;
             }

@@ -2,12 +2,10 @@
  * pack.create (PROTOCOL.md 19): optionally run a build command with its output streamed, then
  * package a directory into a deterministic tar.gz / tar.zst with a manifest, streamed with
  * progress. The archive is made by an out job (tree.c) whose thread first waits for the build;
- * ignore rules are gitignore's, matched here (fnmatch has no `**`).
+ * ignore rules are gitignore's, matched by glob.c.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <fnmatch.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,8 +18,11 @@
 #include "conn.h"
 #include "env.h"
 #include "fs.h"
+#include "glob.h"
+#include "path.h"
 #include "proc.h"
 #include "stream.h"
+#include "strv.h"
 #include "transfer.h"
 #include "tree.h"
 
@@ -30,7 +31,7 @@
 /* --- ignore rules ------------------------------------------------------------------------- */
 
 struct ignore_rule {
-    char *pat;
+    struct agent_glob pat;
     bool negate, dir_only, anchored;
 };
 
@@ -42,22 +43,26 @@ struct ignore {
 static void ignore_free(struct ignore *ig)
 {
     for (size_t i = 0; i < ig->n; i++) {
-        free(ig->v[i].pat);
+        agent_glob_free(&ig->v[i].pat);
     }
     free(ig->v);
     ig->v = NULL;
     ig->n = ig->cap = 0;
 }
 
-/* Wildcards one pattern may hold: matching backtracks, so a cap bounds its cost. */
+/* Wildcards one pattern may hold (PROTOCOL.md §19.3). */
 #define IGNORE_STARS_MAX 16
 
-/* Add one gitignore line; blank lines and comments are skipped. -1 when out of memory, -2 for
- * a pattern with more than IGNORE_STARS_MAX stars. */
+/* Add one gitignore line; blank lines, comments and patterns that can match nothing (a "." or
+ * ".." component) are skipped. -1 when out of memory, -2 for a pattern with more than
+ * IGNORE_STARS_MAX stars. */
 static int ignore_add(struct ignore *ig, const char *line, size_t len)
 {
     struct ignore_rule r = { 0 };
+    struct sbx_err err;
     size_t stars = 0;
+    char *pat;
+    int rc;
 
     for (size_t i = 0; i < len; i++) {
         stars += line[i] == '*';
@@ -99,15 +104,20 @@ static int ignore_add(struct ignore *ig, const char *line, size_t len)
     if (memchr(line, '/', len) != NULL) {
         r.anchored = true;
     }
-    r.pat = strndup(line, len);
-    if (r.pat == NULL) {
+    pat = strndup(line, len);
+    if (pat == NULL) {
         return -1;
+    }
+    rc = agent_glob_compile(&r.pat, pat, AGENT_GLOB_GIT, "exclude", &err);
+    free(pat);
+    if (rc < 0) {
+        return rc == -2 ? 0 : -1;
     }
     if (ig->n == ig->cap) {
         size_t cap = ig->cap ? ig->cap * 2 : 16;
         struct ignore_rule *v = realloc(ig->v, cap * sizeof(*v));
         if (v == NULL) {
-            free(r.pat);
+            agent_glob_free(&r.pat);
             return -1;
         }
         ig->v = v;
@@ -117,96 +127,22 @@ static int ignore_add(struct ignore *ig, const char *line, size_t len)
     return 0;
 }
 
-/* Glob match of @p against @s: `*` and `?` stop at '/', `**` crosses directories. */
-static bool glob_match(const char *p, const char *s)
-{
-    for (;;) {
-        if (p[0] == '*' && p[1] == '*') {
-            if (p[2] == '\0') {
-                return true;
-            }
-            if (p[2] == '/') { /* "**\/x": x here or below any directory */
-                if (glob_match(p + 3, s)) {
-                    return true;
-                }
-                for (const char *q = s; *q != '\0'; q++) {
-                    if (*q == '/' && glob_match(p + 3, q + 1)) {
-                        return true;
-                    }
-                }
-                return false;
-            }
-            p++; /* "**x" elsewhere acts as "*" */
-        }
-        switch (*p) {
-        case '\0':
-            return *s == '\0';
-        case '*':
-            for (const char *q = s;; q++) {
-                if (glob_match(p + 1, q)) {
-                    return true;
-                }
-                if (*q == '\0' || *q == '/') {
-                    return false;
-                }
-            }
-        case '?':
-            if (*s == '\0' || *s == '/') {
-                return false;
-            }
-            p++;
-            s++;
-            continue;
-        case '[': {
-            const char *end = strchr(p + 1 + (p[1] == ']' || (p[1] == '!' && p[2] == ']')), ']');
-            char cls[256], one[2] = { *s, '\0' };
-            if (end == NULL || (size_t)(end - p + 1) >= sizeof(cls)) {
-                goto literal;
-            }
-            if (*s == '\0' || *s == '/') {
-                return false;
-            }
-            memcpy(cls, p, (size_t)(end - p + 1));
-            cls[end - p + 1] = '\0';
-            if (fnmatch(cls, one, 0) != 0) {
-                return false;
-            }
-            p = end + 1;
-            s++;
-            continue;
-        }
-        case '\\':
-            if (p[1] != '\0') {
-                p++;
-            }
-            /* fall through */
-        default:
-        literal:
-            if (*p != *s) {
-                return false;
-            }
-            p++;
-            s++;
-        }
-    }
-}
-
 /* True if @rel (relative to the pack root) is excluded. The last matching rule decides. */
-static bool ignore_match(const struct ignore *ig, const char *rel, bool is_dir)
+static bool ignore_match(struct ignore *ig, const char *rel, bool is_dir)
 {
     const char *name = strrchr(rel, '/');
     bool excluded = false;
 
     name = name != NULL ? name + 1 : rel;
     for (size_t i = 0; i < ig->n; i++) {
-        const struct ignore_rule *r = &ig->v[i];
+        struct ignore_rule *r = &ig->v[i];
         if (r->dir_only && !is_dir) {
             continue;
         }
         if (r->negate != excluded) {
             continue; /* cannot change the outcome */
         }
-        if (glob_match(r->pat, r->anchored ? rel : name)) {
+        if (agent_glob_match(&r->pat, r->anchored ? rel : name)) {
             excluded = !r->negate;
         }
     }
@@ -326,19 +262,31 @@ static void build_abandon(struct pack *p, const struct sbx_err *why)
     agent_proc_forget(b);
 }
 
-static void pack_send_progress(struct pack *p, const char *phase, uint64_t bytes, uint64_t files,
-                               const struct agent_proc *b)
+/* Begin the notification @method about @p: its map of @n fields, "id" the first, is open. NULL
+ * when the connection is gone; else agent_conn_send(p->job.conn) sends it. */
+static msgpack_packer *pack_notify(struct pack *p, const char *method, uint32_t n)
 {
     struct agent_conn *c = p->job.conn;
     msgpack_packer *pk;
 
     if (c == NULL || c->closing) {
-        return;
+        return NULL;
     }
     pk = agent_conn_begin(c);
-    sbx_pack_notify_head(pk, "pack.progress");
-    msgpack_pack_map(pk, 4 + (b != NULL));
+    sbx_pack_notify_head(pk, method);
+    msgpack_pack_map(pk, n);
     sbx_pack_kv_u64(pk, "id", p->id);
+    return pk;
+}
+
+static void pack_send_progress(struct pack *p, const char *phase, uint64_t bytes, uint64_t files,
+                               const struct agent_proc *b)
+{
+    msgpack_packer *pk = pack_notify(p, "pack.progress", 4 + (b != NULL));
+
+    if (pk == NULL) {
+        return;
+    }
     sbx_pack_kv_str(pk, "phase", phase);
     sbx_pack_kv_u64(pk, "bytes", bytes);
     sbx_pack_kv_u64(pk, "files", files);
@@ -346,7 +294,7 @@ static void pack_send_progress(struct pack *p, const char *phase, uint64_t bytes
         sbx_pack_cstr(pk, "exit");
         agent_proc_pack_exit(pk, b); /* the full exit map, as for any process (§14.3, §19.4) */
     }
-    agent_conn_send(c);
+    agent_conn_send(p->job.conn);
 }
 
 /* Let the archive thread go (or fail at once). */
@@ -433,23 +381,8 @@ static int build_params_in(const char *root, const msgpack_object *bm, struct bu
     if (arr->via.array.size == 0) {
         return sbx_err_param(err, "argv", "argv must not be empty");
     }
-    q->argv = calloc(arr->via.array.size + 1, sizeof(*q->argv));
-    if (q->argv == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-    }
-    for (uint32_t i = 0; i < arr->via.array.size; i++) {
-        const char *s;
-        size_t n;
-        if (!sbx_obj_bytes(&arr->via.array.ptr[i], &s, &n) || n > SBX_ARG_MAX ||
-            memchr(s, '\0', n) != NULL || (q->argv[i] = strndup(s, n)) == NULL) {
-            agent_strv_free(q->argv);
-            q->argv = NULL;
-            sbx_err_param(err, "argv", "argv[%u] must be a string without NUL", i);
-            (void)snprintf(err->field, sizeof(err->field), "argv[%u]", i);
-            return -1;
-        }
-    }
-    return 0;
+    q->argv = agent_strv_from_array(arr, "argv", SBX_ARG_MAX, 0, err);
+    return q->argv != NULL ? 0 : -1;
 }
 
 /*
@@ -481,13 +414,8 @@ static int build_start(struct pack *p, struct agent_conn *c, struct build_req *q
     struct agent_proc *b;
 
     q->argv = NULL;
-    if (argv == NULL) {
-        argv = calloc(4, sizeof(*argv));
-        if (argv == NULL || (argv[0] = strdup("/bin/sh")) == NULL ||
-            (argv[1] = strdup("-c")) == NULL || (argv[2] = strdup(q->cmd)) == NULL) {
-            agent_strv_free(argv);
-            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        }
+    if (argv == NULL && (argv = agent_strv_sh(q->cmd, strlen(q->cmd))) == NULL) {
+        return sbx_err_oom(err);
     }
     if (agent_stream_reserve(c, 2, err) < 0) { /* the build's output streams, before it runs */
         agent_strv_free(argv);
@@ -496,7 +424,7 @@ static int build_start(struct pack *p, struct agent_conn *c, struct build_req *q
     envp = agent_env_build(p->j.a, q->clear, q->env, NULL);
     if (envp == NULL) {
         agent_strv_free(argv);
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(err);
     }
     b = agent_proc_start_internal(c->a, argv, envp, q->cwd, q->timeout, err);
     if (b == NULL) {
@@ -533,7 +461,7 @@ static int pack_progress(struct pack *p, const char *phase, uint64_t bytes, uint
     p->last_ns = now;
     ev = calloc(1, sizeof(*ev));
     if (ev == NULL) {
-        return sbx_err_set(&p->j.err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(&p->j.err);
     }
     ev->kind = PACK_EV_PROGRESS;
     ev->phase = phase;
@@ -550,7 +478,7 @@ static int pack_add(struct pack *p, const char *rel, const struct stat *st, cons
         size_t cap = p->capfiles ? p->capfiles * 2 : 256;
         struct pack_file *v = realloc(p->files, cap * sizeof(*v));
         if (v == NULL) {
-            return sbx_err_set(&p->j.err, SBX_E_INTERNAL, "out of memory");
+            return sbx_err_oom(&p->j.err);
         }
         p->files = v;
         p->capfiles = cap;
@@ -562,7 +490,7 @@ static int pack_add(struct pack *p, const char *rel, const struct stat *st, cons
     if (f->path == NULL || (target != NULL && f->target == NULL)) {
         free(f->path);
         free(f->target);
-        return sbx_err_set(&p->j.err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(&p->j.err);
     }
     f->mode = st->st_mode;
     f->size = S_ISREG(st->st_mode) ? (uint64_t)st->st_size : 0;
@@ -574,30 +502,24 @@ static int pack_add(struct pack *p, const char *rel, const struct stat *st, cons
 
 static int pack_scan(struct pack *p, int fd, char *rel, size_t rlen, int depth)
 {
-    DIR *d;
-    struct dirent *de;
-    int dfd, rc = 0;
+    char **names = NULL;
+    size_t n = 0;
+    int rc = 0;
 
     if (depth > 256) {
         return sbx_err_sys(&p->j.err, ELOOP, NULL, "tree deeper than 256 levels");
     }
-    dfd = dup(fd);
-    if (dfd < 0 || (d = fdopendir(dfd)) == NULL) {
-        if (dfd >= 0) {
-            close(dfd);
-        }
-        sbx_err_sys(&p->j.err, errno, NULL, "read directory \"%s\"", rlen ? rel : p->root);
-        sbx_err_set_path(&p->j.err, rlen ? rel : p->root);
+    if (agent_path_list(fd, rlen ? rel : p->root, &names, &n, &p->j.err) < 0) {
         return -1;
     }
-    while (rc == 0 && (de = readdir(d)) != NULL) {
-        size_t nl = strlen(de->d_name);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const char *name = names[i];
+        size_t nl = strlen(name);
         struct stat st;
         char target[PATH_MAX + 1];
         bool link;
 
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
-            (rlen == 0 && strcmp(de->d_name, PACK_MANIFEST_NAME) == 0)) {
+        if (rlen == 0 && strcmp(name, PACK_MANIFEST_NAME) == 0) {
             continue;
         }
         if (rlen + nl + 2 > AGENT_FS_PATH_BUF) {
@@ -607,8 +529,8 @@ static int pack_scan(struct pack *p, int fd, char *rel, size_t rlen, int depth)
         if (rlen > 0) {
             rel[rlen] = '/';
         }
-        memcpy(rel + rlen + (rlen > 0), de->d_name, nl + 1);
-        if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        memcpy(rel + rlen + (rlen > 0), name, nl + 1);
+        if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
             sbx_err_sys(&p->j.err, errno, NULL, "stat \"%s\"", rel);
             sbx_err_set_path(&p->j.err, rel);
             rc = -1;
@@ -622,7 +544,7 @@ static int pack_scan(struct pack *p, int fd, char *rel, size_t rlen, int depth)
         }
         link = S_ISLNK(st.st_mode);
         if (link) {
-            ssize_t tl = readlinkat(fd, de->d_name, target, PATH_MAX);
+            ssize_t tl = readlinkat(fd, name, target, PATH_MAX);
             if (tl < 0) {
                 sbx_err_sys(&p->j.err, errno, NULL, "readlink \"%s\"", rel);
                 sbx_err_set_path(&p->j.err, rel);
@@ -636,7 +558,7 @@ static int pack_scan(struct pack *p, int fd, char *rel, size_t rlen, int depth)
             rc = pack_progress(p, "scan", p->total_size, p->nfiles, false);
         }
         if (rc == 0 && S_ISDIR(st.st_mode)) {
-            int sub = openat(fd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            int sub = agent_path_opendir_at(fd, name);
             if (sub < 0) {
                 sbx_err_sys(&p->j.err, errno, NULL, "open directory \"%s\"", rel);
                 sbx_err_set_path(&p->j.err, rel);
@@ -648,7 +570,7 @@ static int pack_scan(struct pack *p, int fd, char *rel, size_t rlen, int depth)
         }
         rel[rlen] = '\0';
     }
-    closedir(d);
+    agent_strv_free(names);
     return rc;
 }
 
@@ -663,7 +585,7 @@ static int pack_queue_part(struct pack *p, size_t upto)
     struct pack_ev *ev = calloc(1, sizeof(*ev));
 
     if (ev == NULL) {
-        return sbx_err_set(&p->j.err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(&p->j.err);
     }
     ev->kind = PACK_EV_PART;
     ev->part.files = p->files + p->sent_upto;
@@ -685,7 +607,8 @@ static int pack_file_data(struct pack *p, struct archive *ar, struct pack_file *
     struct sha256_ctx sha;
     uint8_t d[32];
     uint64_t left = f->size;
-    int fd = openat(p->rootfd, f->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    /* Under the root without following a link: the tree may have changed since the scan. */
+    int fd = agent_path_open_under(p->rootfd, f->path, O_RDONLY);
 
     if (fd < 0) {
         sbx_err_sys(&p->j.err, errno, NULL, "open \"%s\"", f->path);
@@ -879,7 +802,7 @@ static int pack_archive(struct pack *p)
     /* The manifest, last, inside the archive too. */
     json = pack_manifest_json(p, &jlen);
     if (json == NULL) {
-        sbx_err_set(&p->j.err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(&p->j.err);
         goto out;
     }
     archive_entry_clear(e);
@@ -930,10 +853,8 @@ static int pack_produce(struct agent_outjob *j)
         snprintf(j->err.stage, sizeof(j->err.stage), "build");
         return -1;
     }
-    p->rootfd = open(p->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    p->rootfd = agent_path_opendir(p->root, false, &j->err);
     if (p->rootfd < 0) {
-        sbx_err_sys(&j->err, errno, NULL, "open directory \"%s\"", p->root);
-        sbx_err_set_path(&j->err, p->root);
         return -1;
     }
     if (pack_progress(p, "scan", 0, 0, true) < 0 || pack_scan(p, p->rootfd, rel, 0, 0) < 0) {
@@ -958,16 +879,11 @@ static int pack_produce(struct agent_outjob *j)
 
 static void pack_part_send(struct pack *p, const struct pack_part *pt, bool last)
 {
-    struct agent_conn *c = p->job.conn;
-    msgpack_packer *pk;
+    msgpack_packer *pk = pack_notify(p, "pack.manifest", 4 + (last ? 7 : 0));
 
-    if (c == NULL || c->closing) {
+    if (pk == NULL) {
         return;
     }
-    pk = agent_conn_begin(c);
-    sbx_pack_notify_head(pk, "pack.manifest");
-    msgpack_pack_map(pk, 4 + (last ? 7 : 0));
-    sbx_pack_kv_u64(pk, "id", p->id);
     sbx_pack_kv_u64(pk, "part", pt->part);
     sbx_pack_kv_bool(pk, "last", last);
     sbx_pack_cstr(pk, "files");
@@ -1011,7 +927,7 @@ static void pack_part_send(struct pack *p, const struct pack_part *pt, bool last
         sbx_pack_kv_u64(pk, "archive_size", p->j.bytes);
         sbx_pack_kv_str(pk, "archive_sha256", hex);
     }
-    agent_conn_send(c);
+    agent_conn_send(p->job.conn);
 }
 
 static void pack_on_event(struct agent_outjob *j, void *arg)
@@ -1068,43 +984,13 @@ static void pack_on_close(struct agent_outjob *j)
 
 /* --- the request --------------------------------------------------------------------------- */
 
-static int pack_strings(const msgpack_object *params, const char *key, uint32_t max, char ***out,
-                        size_t *n, struct sbx_err *err)
-{
-    const msgpack_object *arr;
-    int r = sbx_param_array(params, key, SBX_OPTIONAL, max, &arr, err);
-    char **v;
-
-    *out = NULL;
-    *n = 0;
-    if (r != 0) {
-        return r;
-    }
-    v = calloc(arr->via.array.size + 1, sizeof(*v));
-    if (v == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-    }
-    for (uint32_t i = 0; i < arr->via.array.size; i++) {
-        const char *s;
-        size_t len;
-        if (!sbx_obj_bytes(&arr->via.array.ptr[i], &s, &len) || len > SBX_ARG_MAX ||
-            memchr(s, '\0', len) != NULL || (v[i] = strndup(s, len)) == NULL) {
-            agent_strv_free(v);
-            return sbx_err_param(err, key, "%s[%u] must be a string without NUL", key, i);
-        }
-    }
-    *out = v;
-    *n = arr->via.array.size;
-    return 0;
-}
-
 /* The ignore_files param into p->ignore_files: names in the pack root, read by pack_prepare. */
 static int pack_ignore_names(struct pack *p, const msgpack_object *params, struct sbx_err *err)
 {
     size_t n = 0;
 
-    if (pack_strings(params, "ignore_files", SBX_PACK_IGNORE_FILES_MAX, &p->ignore_files, &n, err) <
-        0) {
+    if (agent_strv_param(params, "ignore_files", SBX_PACK_IGNORE_FILES_MAX, SBX_ARG_MAX, 0,
+                         &p->ignore_files, &n, err) < 0) {
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
@@ -1133,7 +1019,7 @@ static int pack_ignore_files(struct pack *p, struct sbx_err *err)
         while (fgets(line, sizeof(line), f) != NULL) {
             if (ignore_add(&p->ig, line, strlen(line)) == -1) { /* -2: skipped */
                 fclose(f);
-                return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+                return sbx_err_oom(err);
             }
         }
         fclose(f);
@@ -1165,7 +1051,7 @@ static struct pack *pack_parse(struct agent_conn *c, const msgpack_object *param
     int r;
 
     if (p == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(err);
         return NULL;
     }
     p->rootfd = -1;
@@ -1173,8 +1059,10 @@ static struct pack *pack_parse(struct agent_conn *c, const msgpack_object *param
     if (agent_fs_path_param(params, "path", SBX_REQUIRED, p->root, err) < 0 ||
         sbx_param_cstr(params, "format", SBX_REQUIRED, fmt, sizeof(fmt), err) < 0 ||
         sbx_param_map(params, "build", SBX_OPTIONAL, 64, build, err) < 0 ||
-        pack_strings(params, "args", SBX_ARGV_MAX, &p->args, &p->nargs, err) < 0 ||
-        pack_strings(params, "exclude", SBX_PACK_EXCLUDE_MAX, &excl, &nexcl, err) < 0) {
+        agent_strv_param(params, "args", SBX_ARGV_MAX, SBX_ARG_MAX, 0, &p->args, &p->nargs, err) <
+            0 ||
+        agent_strv_param(params, "exclude", SBX_PACK_EXCLUDE_MAX, SBX_ARG_MAX, 0, &excl, &nexcl,
+                         err) < 0) {
         goto fail;
     }
     if (strcmp(fmt, "tar.gz") == 0) {
@@ -1197,17 +1085,18 @@ static struct pack *pack_parse(struct agent_conn *c, const msgpack_object *param
     }
     /* Rules in order: .git first (so "!.git" can take it back), then exclude, then the files. */
     if (ignore_add(&p->ig, ".git", 4) < 0) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(err);
         goto fail;
     }
     for (size_t i = 0; i < nexcl; i++) {
         r = ignore_add(&p->ig, excl[i], strlen(excl[i]));
         if (r == -2) {
             sbx_err_param(err, "exclude", "exclude[%zu] has more than %d '*'", i, IGNORE_STARS_MAX);
+            (void)snprintf(err->field, sizeof(err->field), "exclude[%zu]", i);
             goto fail;
         }
         if (r < 0) {
-            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            sbx_err_oom(err);
             goto fail;
         }
     }
@@ -1226,13 +1115,9 @@ fail:
 /* The pack root must be a directory; its ignore files are read now (they may not exist). */
 static int pack_prepare(struct pack *p, struct sbx_err *err)
 {
-    struct stat st;
     int rc;
 
-    if (stat(p->root, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        int e = stat(p->root, &st) < 0 ? errno : ENOTDIR;
-        sbx_err_sys(err, e, NULL, "pack \"%s\"", p->root);
-        sbx_err_set_path(err, p->root);
+    if (agent_path_check_dir(p->root, "pack", err) < 0) {
         return -1;
     }
     rc = pack_ignore_files(p, err);

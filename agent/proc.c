@@ -25,6 +25,7 @@
 #include "env.h"
 #include "sbx/schema.h"
 #include "stream.h"
+#include "strv.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SBX_ASAN 1
@@ -92,37 +93,6 @@ static void spawn_req_free(struct spawn_req *r)
 }
 
 /* --- params ------------------------------------------------------------------------------- */
-
-static char **strv_from_array(const msgpack_object *arr, const char *field, struct sbx_err *err)
-{
-    char **v = calloc(arr->via.array.size + 1, sizeof(char *));
-
-    if (v == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return NULL;
-    }
-    for (uint32_t i = 0; i < arr->via.array.size; i++) {
-        const char *p;
-        size_t n;
-        if (!sbx_obj_bytes(&arr->via.array.ptr[i], &p, &n) || n > SBX_ARG_MAX ||
-            memchr(p, '\0', n) != NULL) {
-            char elem[SBX_ERR_FIELD_MAX];
-            /* The element, not the array: field paths index arrays (PROTOCOL.md §7.5). */
-            (void)snprintf(elem, sizeof(elem), "%s[%u]", field, i);
-            sbx_err_param(err, elem, "%s must be a string of at most %u bytes without NUL", elem,
-                          SBX_ARG_MAX);
-            agent_strv_free(v);
-            return NULL;
-        }
-        v[i] = strndup(p, n);
-        if (v[i] == NULL) {
-            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-            agent_strv_free(v);
-            return NULL;
-        }
-    }
-    return v;
-}
 
 static int parse_io(const msgpack_object *params, const char *key, int def, bool allow_merge,
                     int *out, struct sbx_err *err)
@@ -289,12 +259,12 @@ static int parse_identity_env(struct agent *a, const msgpack_object *params, str
     /* A user switch brings that user's HOME, USER and LOGNAME unless the request sets them. */
     if (r->set_user) {
         if (r->user.home[0] != '\0' && asprintf(&extra[nextra++], "HOME=%s", r->user.home) < 0) {
-            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            return sbx_err_oom(err);
         }
         if (r->user.name[0] != '\0') {
             if (asprintf(&extra[nextra++], "USER=%s", r->user.name) < 0 ||
                 asprintf(&extra[nextra++], "LOGNAME=%s", r->user.name) < 0) {
-                return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+                return sbx_err_oom(err);
             }
         }
     }
@@ -303,7 +273,7 @@ static int parse_identity_env(struct agent *a, const msgpack_object *params, str
         free(extra[i]);
     }
     if (r->envp == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(err);
     }
     return resolve_exe(r->argv[0], r->envp, r->exe, sizeof(r->exe), err);
 }
@@ -343,7 +313,7 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
         if (argv->via.array.size == 0) {
             return sbx_err_param(err, "argv", "argv must not be empty");
         }
-        r->argv = strv_from_array(argv, "argv", err);
+        r->argv = agent_strv_from_array(argv, "argv", SBX_ARG_MAX, 0, err);
         if (r->argv == NULL) {
             return -1;
         }
@@ -351,10 +321,9 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
         if (memchr(cmd, '\0', cmdlen) != NULL) {
             return sbx_err_param(err, "command", "command contains a NUL byte");
         }
-        r->argv = calloc(4, sizeof(char *));
-        if (r->argv == NULL || (r->argv[0] = strdup("/bin/sh")) == NULL ||
-            (r->argv[1] = strdup("-c")) == NULL || (r->argv[2] = strndup(cmd, cmdlen)) == NULL) {
-            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        r->argv = agent_strv_sh(cmd, cmdlen);
+        if (r->argv == NULL) {
+            return sbx_err_oom(err);
         }
     }
     if (parse_io(params, "stdin", IO_NULL, false, &r->io_in, err) < 0 ||
@@ -406,7 +375,7 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
             r->ws.ws_row = (unsigned short)rows;
             r->ws.ws_col = (unsigned short)cols;
             if (asprintf(&extra[nextra++], "TERM=%s", term) < 0) {
-                return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+                return sbx_err_oom(err);
             }
         }
     }
@@ -910,7 +879,7 @@ static struct agent_proc *proc_new(struct agent *a, struct spawn_req *r, pid_t p
         (void)kill(pid, SIGKILL);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
         }
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(err);
         return NULL;
     }
     p->a = a;
@@ -1059,15 +1028,54 @@ fail:
     return -1;
 }
 
+/*
+ * Run the child @r describes with stdin as @r sets it up (not a pipe) and stdout and stderr into
+ * two new pipes that the process's out and err read: how internal processes and REPL
+ * interpreters start. Returns the process, or NULL with @err and nothing left open.
+ */
+static struct agent_proc *spawn_piped(struct agent *a, struct spawn_req *r, struct sbx_err *err)
+{
+    struct agent_proc *p = NULL;
+    int pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
+    int childfds[3];
+    pid_t pid;
+
+    if (pipe2(pout, O_CLOEXEC) < 0 || pipe2(perr, O_CLOEXEC) < 0) {
+        sbx_err_sys(err, errno, "pipe", "create pipes");
+        goto fail;
+    }
+    childfds[0] = -1;
+    childfds[1] = pout[1];
+    childfds[2] = perr[1];
+    pid = spawn_run(r, childfds, err);
+    if (pid < 0 || (p = proc_new(a, r, pid, err)) == NULL) {
+        goto fail;
+    }
+    (void)fcntl(pout[0], F_SETPIPE_SZ, 1 << 20); /* best effort, as for proc.spawn */
+    close(pout[1]);
+    close(perr[1]);
+    p->has_out = pipe_setup(a, p, &p->out, pout[0], false) == 0;
+    p->has_err = pipe_setup(a, p, &p->err, perr[0], false) == 0;
+    return p;
+
+fail:
+    for (int i = 0; i < 2; i++) {
+        if (pout[i] >= 0) {
+            close(pout[i]);
+        }
+        if (perr[i] >= 0) {
+            close(perr[i]);
+        }
+    }
+    return NULL;
+}
+
 struct agent_proc *agent_proc_start_internal(struct agent *a, char **argv, char **envp,
                                              const char *cwd, uint64_t timeout_ms,
                                              struct sbx_err *err)
 {
     struct spawn_req r;
     struct agent_proc *p = NULL;
-    int pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
-    int childfds[3];
-    pid_t pid;
 
     memset(&r, 0, sizeof(r));
     r.argv = argv;
@@ -1081,46 +1089,19 @@ struct agent_proc *agent_proc_start_internal(struct agent *a, char **argv, char 
     r.drain_ms = SBX_DRAIN_MS_DEFAULT;
     if (snprintf(r.cwd, sizeof(r.cwd), "%s", cwd) >= (int)sizeof(r.cwd)) {
         sbx_err_sys(err, ENAMETOOLONG, "cwd", "chdir \"%.200s\"", cwd);
-        goto fail;
+    } else if (resolve_exe(r.argv[0], r.envp, r.exe, sizeof(r.exe), err) == 0 &&
+               proc_slot(a, err) == 0) {
+        p = spawn_piped(a, &r, err);
     }
-    if (resolve_exe(r.argv[0], r.envp, r.exe, sizeof(r.exe), err) < 0 || proc_slot(a, err) < 0) {
-        goto fail;
-    }
-    if (pipe2(pout, O_CLOEXEC) < 0 || pipe2(perr, O_CLOEXEC) < 0) {
-        sbx_err_sys(err, errno, "pipe", "create pipes");
-        goto fail;
-    }
-    childfds[0] = -1;
-    childfds[1] = pout[1];
-    childfds[2] = perr[1];
-    pid = spawn_run(&r, childfds, err);
-    if (pid < 0 || (p = proc_new(a, &r, pid, err)) == NULL) {
-        goto fail;
-    }
-    p->internal = true;
-    (void)fcntl(pout[0], F_SETPIPE_SZ, 1 << 20); /* best effort, as for proc.spawn */
-    close(pout[1]);
-    close(perr[1]);
-    p->has_out = pipe_setup(a, p, &p->out, pout[0], false) == 0;
-    p->has_err = pipe_setup(a, p, &p->err, perr[0], false) == 0;
-    if (timeout_ms > 0) {
-        uv_update_time(a->loop); /* counted from now, not from the loop's cached time */
-        uv_timer_start(&p->timeout_timer, timeout_timer_cb, timeout_ms, 0);
+    if (p != NULL) {
+        p->internal = true;
+        if (timeout_ms > 0) {
+            uv_update_time(a->loop); /* counted from now, not from the loop's cached time */
+            uv_timer_start(&p->timeout_timer, timeout_timer_cb, timeout_ms, 0);
+        }
     }
     spawn_req_free(&r);
     return p;
-
-fail:
-    for (int i = 0; i < 2; i++) {
-        if (pout[i] >= 0) {
-            close(pout[i]);
-        }
-        if (perr[i] >= 0) {
-            close(perr[i]);
-        }
-    }
-    spawn_req_free(&r);
-    return NULL;
 }
 
 void agent_proc_forget(struct agent_proc *p)
@@ -1144,9 +1125,7 @@ struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *
     struct spawn_req r;
     struct agent_proc *p = NULL;
     char *extra[5] = { NULL, NULL, NULL, NULL, NULL };
-    int pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
-    int m = -1, childfds[3];
-    pid_t pid;
+    int m = -1;
 
     memset(&r, 0, sizeof(r));
     r.argv = argv;
@@ -1176,35 +1155,15 @@ struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *
         sbx_err_sys(err, errno, "pty", "open a pseudo-terminal");
         goto fail;
     }
-    if (pipe2(pout, O_CLOEXEC) < 0 || pipe2(perr, O_CLOEXEC) < 0) {
-        sbx_err_sys(err, errno, "pipe", "create pipes");
+    p = spawn_piped(a, &r, err);
+    if (p == NULL) {
         goto fail;
     }
-    childfds[0] = -1;
-    childfds[1] = pout[1];
-    childfds[2] = perr[1];
-    pid = spawn_run(&r, childfds, err);
-    if (pid < 0 || (p = proc_new(a, &r, pid, err)) == NULL) {
-        goto fail;
-    }
-    (void)fcntl(pout[0], F_SETPIPE_SZ, 1 << 20); /* best effort, as for proc.spawn */
-    close(pout[1]);
-    close(perr[1]);
-    p->has_out = pipe_setup(a, p, &p->out, pout[0], false) == 0;
-    p->has_err = pipe_setup(a, p, &p->err, perr[0], false) == 0;
     spawn_req_free(&r);
     *master = m;
     return p;
 
 fail:
-    for (int i = 0; i < 2; i++) {
-        if (pout[i] >= 0) {
-            close(pout[i]);
-        }
-        if (perr[i] >= 0) {
-            close(perr[i]);
-        }
-    }
     if (m >= 0) {
         close(m);
     }
@@ -1262,8 +1221,7 @@ int agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
     }
     w = calloc(1, sizeof(*w));
     if (w == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     agent_conn_ref_add(c, &w->ref, waiter_gone);
     w->id = m->id;

@@ -40,6 +40,7 @@
 #include "proc.h"
 #include "repl/drivers.h"
 #include "stream.h"
+#include "strv.h"
 
 enum repl_lang { LANG_SH, LANG_BASH, LANG_PYTHON, LANG_NODE, LANG_DENO };
 static const char *const lang_names[] = { "sh", "bash", "python3", "node", "deno" };
@@ -762,37 +763,29 @@ static char **build_argv(enum repl_lang lang, const msgpack_object *user_argv, s
 {
     const char *tail[4] = { NULL, NULL, NULL, NULL };
     uint32_t nuser = user_argv != NULL ? user_argv->via.array.size : 1;
-    char **v = calloc(nuser + 8, sizeof(char *));
+    char **user = NULL, **v;
     size_t k = 0;
 
-    if (v == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+    if (user_argv != NULL &&
+        (user = agent_strv_from_array(user_argv, "argv", SBX_ARG_MAX, 0, err)) == NULL) {
         return NULL;
     }
-    if (user_argv == NULL) {
-        v[k++] = strdup(lang_names[lang]);
+    v = calloc(nuser + 8, sizeof(char *));
+    if (v == NULL) {
+        agent_strv_free(user);
+        sbx_err_oom(err);
+        return NULL;
     }
-    for (uint32_t i = 0; user_argv != NULL && i < nuser; i++) {
-        const char *p;
-        size_t n;
-        if (!sbx_obj_bytes(&user_argv->via.array.ptr[i], &p, &n) || n > SBX_ARG_MAX ||
-            memchr(p, '\0', n) != NULL) {
-            sbx_err_param(err, "argv", "argv[%u] must be a string of at most %u bytes without NUL",
-                          i, SBX_ARG_MAX);
-            agent_strv_free(v);
-            return NULL;
-        }
-        v[k++] = strndup(p, n);
-        if (i == 0 && lang == LANG_BASH) {
-            /* bash takes its long options first. */
-            v[k++] = strdup("--norc");
-            v[k++] = strdup("--noprofile");
-        }
-    }
-    if (user_argv == NULL && lang == LANG_BASH) {
+    v[k++] = user != NULL ? user[0] : strdup(lang_names[lang]);
+    if (lang == LANG_BASH) {
+        /* bash takes its long options first. */
         v[k++] = strdup("--norc");
         v[k++] = strdup("--noprofile");
     }
+    for (uint32_t i = 1; user != NULL && i < nuser; i++) {
+        v[k++] = user[i];
+    }
+    free(user); /* its strings are v's now */
     switch (lang) {
     case LANG_SH:
         /* Interactive, reading commands from fd 3: ^C returns to the "prompt" as a user expects,
@@ -824,8 +817,11 @@ static char **build_argv(enum repl_lang lang, const msgpack_object *user_argv, s
     }
     for (size_t i = 0; i < k; i++) {
         if (v[i] == NULL) {
-            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-            agent_strv_free(v);
+            for (size_t j = 0; j < k; j++) { /* agent_strv_free would stop at the hole */
+                free(v[j]);
+            }
+            free(v);
+            sbx_err_oom(err);
             return NULL;
         }
     }
@@ -856,7 +852,7 @@ static int parse_lang(const msgpack_object *params, const msgpack_object **argv,
     }
     *lang = -1;
     if (rl == 0) {
-        for (int i = 0; i < (int)(sizeof(lang_names) / sizeof(lang_names[0])); i++) {
+        for (int i = 0; i < (int)ARRAY_SIZE(lang_names); i++) {
             if (strcmp(name, lang_names[i]) == 0) {
                 *lang = i;
             }
@@ -918,7 +914,7 @@ int agent_repl_start(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
     r = calloc(1, sizeof(*r));
     if (r == NULL || pipe2(cp, O_CLOEXEC) < 0 || pipe2(rp, O_CLOEXEC) < 0) {
         if (r == NULL) {
-            sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+            sbx_err_oom(err);
         } else {
             sbx_err_sys(err, errno, "pipe", "create pipes");
         }

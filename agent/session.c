@@ -198,7 +198,7 @@ static int lifetime_wait(struct agent_conn *c, const struct sbx_msg *m, bool ext
     struct agent_waiter *w = calloc(1, sizeof(*w));
 
     if (w == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(err);
     }
     agent_conn_ref_add(c, &w->ref, lifetime_waiter_gone);
     w->id = m->id;

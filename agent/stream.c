@@ -53,7 +53,7 @@ struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_di
     }
     s = calloc(1, sizeof(*s));
     if (s == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(err);
         return NULL;
     }
     s->conn = c;
@@ -294,7 +294,7 @@ void agent_stream_on_cancel(struct agent_conn *c, const struct sbx_msg *m)
         return;
     }
     if (s->ops != NULL) {
-            if (s->ops->gone != NULL) {
+        if (s->ops->gone != NULL) {
             s->ops->gone(s, true);
         }
         agent_stream_free(s);
@@ -403,7 +403,7 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
     }
     if (r == NULL || (r->slab == NULL && r->copy == NULL)) {
         free(r);
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(&err);
         agent_stream_cancel(s, &err);
         return;
     }

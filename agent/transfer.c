@@ -20,6 +20,7 @@
 #include "agent.h"
 #include "conn.h"
 #include "fs.h"
+#include "path.h"
 #include "sbx/schema.h"
 #include "stream.h"
 
@@ -48,53 +49,23 @@ void agent_transfer_done_err(struct agent_conn *c, uint32_t sid, const struct sb
     agent_conn_send(c);
 }
 
-/* Split @path into its directory and last component; the last must be a real name. */
-static int split_path(const char *path, char *dir, size_t dirsz, char *base, struct sbx_err *err)
+/* Split the upload destination @path into its directory and file name: the name must be a real
+ * one, so a path ending in '/', "." or ".." names a directory (EISDIR). */
+static int upload_split(const char *path, char *dir, size_t dirsz, char *name, size_t namesz,
+                        struct sbx_err *err)
 {
-    const char *slash = strrchr(path, '/');
-    size_t dlen = (size_t)(slash - path);
-    const char *b = slash + 1;
+    size_t n = strlen(path);
+    int r =
+        n > 0 && path[n - 1] == '/' ? -EINVAL : agent_path_split(path, dir, dirsz, name, namesz);
 
-    if (*b == '\0' || strcmp(b, ".") == 0 || strcmp(b, "..") == 0) {
-        sbx_err_sys(err, EISDIR, NULL, "upload to \"%s\"", path);
+    if (r == -EINVAL || (r == 0 && (strcmp(name, ".") == 0 || strcmp(name, "..") == 0))) {
+        r = -EISDIR;
+    }
+    if (r < 0) {
+        sbx_err_sys(err, -r, NULL, "upload to \"%s\"", path);
         return -1;
     }
-    if (strlen(b) > NAME_MAX) {
-        sbx_err_sys(err, ENAMETOOLONG, NULL, "upload to \"%s\"", path);
-        return -1;
-    }
-    if (dlen == 0) {
-        dlen = 1; /* "/name" */
-    }
-    if (dlen >= dirsz) {
-        return sbx_err_param(err, "path", "path too long");
-    }
-    memcpy(dir, path, dlen);
-    dir[dlen] = '\0';
-    strcpy(base, b);
     return 0;
-}
-
-/* mkdir -p @dir (mode 0755); an existing non-directory component is ENOTDIR. */
-static int mkdir_parents(char *dir, struct sbx_err *err)
-{
-    for (char *p = dir + 1;; p++) {
-        if (*p != '/' && *p != '\0') {
-            continue;
-        }
-        char save = *p;
-        *p = '\0';
-        if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-            int e = errno;
-            sbx_err_sys(err, e, NULL, "mkdir \"%s\"", dir);
-            *p = save;
-            return -1;
-        }
-        *p = save;
-        if (save == '\0') {
-            return 0;
-        }
-    }
 }
 
 /* --- upload ------------------------------------------------------------------------------ */
@@ -388,7 +359,7 @@ static void upload_data(struct agent_stream *s, const uint8_t *data, uint32_t le
     }
     if (c == NULL || (c->slab == NULL && c->copy == NULL)) {
         free(c);
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(&err);
         upload_fail(u, &err);
         return;
     }
@@ -535,8 +506,7 @@ int agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m, struct 
 
     u = calloc(1, sizeof(*u));
     if (u == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     u->a = c->a;
     u->dirfd = u->fd = -1;
@@ -544,20 +514,12 @@ int agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m, struct 
     agent_conn_ref_add(c, &u->job, upload_conn_gone);
     has_mode = upload_params(u, m->params, path, err);
     if (has_mode < 0 || sbx_param_bool(m->params, "parents", SBX_OPTIONAL, &parents, err) < 0 ||
-        split_path(path, u->dir, sizeof(u->dir), u->name, err) < 0 ||
+        upload_split(path, u->dir, sizeof(u->dir), u->name, sizeof(u->name), err) < 0 ||
         agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
-    u->dirfd = open(u->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (u->dirfd < 0 && errno == ENOENT && parents) {
-        if (mkdir_parents(u->dir, err) < 0) {
-            goto fail;
-        }
-        u->dirfd = open(u->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    }
+    u->dirfd = agent_path_opendir(u->dir, parents, err);
     if (u->dirfd < 0) {
-        sbx_err_sys(err, errno, NULL, "open directory \"%s\"", u->dir);
-        sbx_err_set_path(err, u->dir);
         goto fail;
     }
     if (fstatat(u->dirfd, u->name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
@@ -700,7 +662,7 @@ static void download_ready(struct agent_stream *s)
         n -= k;
     }
     if (d->nbuf == 0) {
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(&err);
         download_end(d, &err);
         return;
     }
@@ -777,8 +739,7 @@ int agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m, struc
     msgpack_packer *pk;
 
     if (d == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     d->a = c->a;
     d->fd = -1;

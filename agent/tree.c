@@ -8,7 +8,6 @@
  */
 #include "tree.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -20,8 +19,10 @@
 
 #include "conn.h"
 #include "fs.h"
+#include "path.h"
 #include "sbx/schema.h"
 #include "stream.h"
+#include "strv.h"
 #include "transfer.h"
 
 #define TREE_CHUNK SBX_STREAM_CHUNK_MAX
@@ -77,7 +78,7 @@ static struct agent_outitem *outjob_take_buffer(struct agent_outjob *j)
     struct agent_outitem *it = malloc(sizeof(*it) + j->wlen);
 
     if (it == NULL) {
-        sbx_err_set(&j->err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(&j->err);
         return NULL;
     }
     it->next = NULL;
@@ -175,7 +176,7 @@ int agent_outjob_event(struct agent_outjob *j, void *arg)
     }
     it = malloc(sizeof(*it));
     if (it == NULL) {
-        sbx_err_set(&j->err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(&j->err);
         goto fail;
     }
     it->event = arg;
@@ -340,7 +341,7 @@ int agent_outjob_start(struct agent_outjob *j, struct agent_conn *c, struct sbx_
     sha256_init(&j->sha);
     j->wbuf = malloc(TREE_CHUNK);
     if (j->wbuf == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(err);
     }
     j->s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &outjob_ops, j, err);
     if (j->s == NULL) {
@@ -390,7 +391,7 @@ struct archive *agent_outjob_archive(struct agent_outjob *j, enum agent_compress
     int rc;
 
     if (ar == NULL) {
-        sbx_err_set(&j->err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(&j->err);
         return NULL;
     }
     rc = archive_write_set_format_pax(ar); /* pax records keep nanosecond mtimes */
@@ -454,65 +455,6 @@ struct tree_down {
     size_t nlinks, caplinks;
     char path[AGENT_FS_PATH_BUF * 2]; /* the entry name being built */
 };
-
-static int name_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Sorted names of directory @fd (without . and ..). Caller frees each and the array. */
-static int list_dir(int fd, char ***out, size_t *n, struct sbx_err *err, const char *path)
-{
-    int dfd = dup(fd);
-    DIR *d;
-    struct dirent *de;
-    char **v = NULL;
-    size_t len = 0, cap = 0;
-
-    if (dfd < 0 || (d = fdopendir(dfd)) == NULL) {
-        if (dfd >= 0) {
-            close(dfd);
-        }
-        sbx_err_sys(err, errno, NULL, "read directory \"%s\"", path);
-        sbx_err_set_path(err, path);
-        return -1;
-    }
-    rewinddir(d);
-    errno = 0;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
-            continue;
-        }
-        if (len == cap) {
-            cap = cap ? cap * 2 : 64;
-            char **nv = realloc(v, cap * sizeof(*v));
-            if (nv == NULL) {
-                break;
-            }
-            v = nv;
-        }
-        if ((v[len] = strdup(de->d_name)) == NULL) {
-            break;
-        }
-        len++;
-    }
-    closedir(d);
-    if (de != NULL || errno != 0) {
-        for (size_t i = 0; i < len; i++) {
-            free(v[i]);
-        }
-        free(v);
-        sbx_err_sys(err, errno ? errno : ENOMEM, NULL, "read directory \"%s\"", path);
-        sbx_err_set_path(err, path);
-        return -1;
-    }
-    if (len > 1) {
-        qsort(v, len, sizeof(*v), name_cmp);
-    }
-    *out = v;
-    *n = len;
-    return 0;
-}
 
 static const char *hardlink_seen(struct tree_down *t, const struct stat *st, const char *path)
 {
@@ -599,7 +541,7 @@ static int tree_walk(struct tree_down *t, int fd, size_t plen, int depth)
         sbx_err_sys(&t->j.err, ELOOP, NULL, "tree deeper than 256 levels at \"%s\"", t->path);
         return -1;
     }
-    if (list_dir(fd, &names, &n, &t->j.err, plen ? t->path : t->root) < 0) {
+    if (agent_path_list(fd, plen ? t->path : t->root, &names, &n, &t->j.err) < 0) {
         return -1;
     }
     for (size_t i = 0; i < n && rc == 0; i++) {
@@ -659,7 +601,7 @@ static int tree_walk(struct tree_down *t, int fd, size_t plen, int depth)
         if (S_ISREG(st.st_mode) && archive_entry_size(t->entry) > 0) {
             rc = tree_write_file(t, fd, names[i], t->path);
         } else if (S_ISDIR(st.st_mode)) {
-            int sub = openat(fd, names[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            int sub = agent_path_opendir_at(fd, names[i]);
             if (sub < 0) {
                 sbx_err_sys(&t->j.err, errno, NULL, "open directory \"%s\"", t->path);
                 sbx_err_set_path(&t->j.err, t->path);
@@ -672,22 +614,17 @@ static int tree_walk(struct tree_down *t, int fd, size_t plen, int depth)
             close(sub);
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        free(names[i]);
-    }
-    free(names);
+    agent_strv_free(names);
     return rc;
 }
 
 static int tree_down_produce(struct agent_outjob *j)
 {
     struct tree_down *t = agent_container_of(j, struct tree_down, j);
-    int fd = open(t->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = agent_path_opendir(t->root, false, &j->err);
     int rc;
 
     if (fd < 0) {
-        sbx_err_sys(&j->err, errno, NULL, "open directory \"%s\"", t->root);
-        sbx_err_set_path(&j->err, t->root);
         return -1;
     }
     t->ar = agent_outjob_archive(j, t->comp);
@@ -732,21 +669,16 @@ static void tree_down_close(struct agent_outjob *j)
 int agent_transfer_download_tree(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct tree_down *t = calloc(1, sizeof(*t));
-    struct stat st;
 
     if (t == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, t->root, err) < 0 ||
         agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, err) < 0 ||
         agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
-    if (stat(t->root, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        int e = stat(t->root, &st) < 0 ? errno : ENOTDIR;
-        sbx_err_sys(err, e, NULL, "download tree \"%s\"", t->root);
-        sbx_err_set_path(err, t->root);
+    if (agent_path_check_dir(t->root, "download tree", err) < 0) {
         goto fail;
     }
     t->j.produce = tree_down_produce;
@@ -925,84 +857,38 @@ static const char *up_clean_name(struct tree_up *t, const char *name, char *buf,
 
 /*
  * Open the parent directory of @name (cleaned, relative) without following any symlink,
- * creating missing directories (0755, like mkdir -p). Returns an fd owned by the cache (do not
- * close), with *@base pointing at the last component; -1 with the error set.
+ * creating missing directories with @create (agent_path_opendir_under). Returns an fd owned by
+ * the cache (do not close), with *@base pointing at the last component; -1 with the error set.
  */
-static int up_parent(struct tree_up *t, char *name, const char **base, bool create)
+static int up_parent(struct tree_up *t, const char *name, const char **base, bool create)
 {
-    char *slash = strrchr(name, '/');
+    const char *slash = strrchr(name, '/');
+    size_t len = slash != NULL ? (size_t)(slash - name) : 0;
+    const char *op = NULL;
     int fd;
 
     if (slash == NULL) {
         *base = name;
         return t->rootfd;
     }
-    *slash = '\0';
     *base = slash + 1;
-    if (t->cached_fd >= 0 && strcmp(t->cached_dir, name) == 0) {
-        *slash = '/';
+    if (t->cached_fd >= 0 && strlen(t->cached_dir) == len &&
+        memcmp(t->cached_dir, name, len) == 0) {
         return t->cached_fd;
     }
-    fd = dup(t->rootfd);
+    fd = agent_path_opendir_under(t->rootfd, name, len, create, &op);
     if (fd < 0) {
-        *slash = '/';
-        return up_sys(t, errno, "open", name);
-    }
-    for (char *c = name; *c != '\0';) {
-        char *e = strchr(c, '/');
-        int nfd;
-        if (e != NULL) {
-            *e = '\0';
+        if (errno == ELOOP) {
+            return up_refuse(t, name, "a parent directory is a symlink");
         }
-        if (*c == '\0') { /* "a//b" */
-            if (e == NULL) {
-                break;
-            }
-            *e = '/';
-            c = e + 1;
-            continue;
-        }
-        nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (nfd < 0 && errno == ENOENT && create) {
-            if (mkdirat(fd, c, 0755) < 0 && errno != EEXIST) {
-                int err = errno;
-                if (e != NULL) {
-                    *e = '/';
-                }
-                close(fd);
-                *slash = '/';
-                return up_sys(t, err, "mkdir", name);
-            }
-            nfd = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        }
-        if (nfd < 0) {
-            int err = errno;
-            struct stat st;
-            bool link = fstatat(fd, c, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
-            if (e != NULL) {
-                *e = '/';
-            }
-            close(fd);
-            *slash = '/';
-            if (link) {
-                return up_refuse(t, name, "a parent directory is a symlink");
-            }
-            return up_sys(t, err, "open directory", name);
-        }
-        close(fd);
-        fd = nfd;
-        if (e == NULL) {
-            break;
-        }
-        *e = '/';
-        c = e + 1;
+        return up_sys(t, errno, op, name);
     }
     if (t->cached_fd >= 0) {
         close(t->cached_fd);
     }
     t->cached_fd = fd;
-    snprintf(t->cached_dir, sizeof(t->cached_dir), "%s", name);
-    *slash = '/';
+    memcpy(t->cached_dir, name, len);
+    t->cached_dir[len] = '\0';
     return fd;
 }
 
@@ -1282,16 +1168,13 @@ static int up_fix_dirs(struct tree_up *t)
     for (size_t i = t->ndirs; i-- > 0;) {
         struct dir_fix *d = &t->dirs[i];
         struct timespec ts[2] = { d->mtime, d->mtime };
-        char name[AGENT_FS_PATH_BUF];
         const char *base;
-        int dfd;
+        int dfd = up_parent(t, d->name, &base, false), fd;
 
-        snprintf(name, sizeof(name), "%s", d->name);
-        dfd = up_parent(t, name, &base, false);
         if (dfd < 0) {
             return -1;
         }
-        int fd = openat(dfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        fd = agent_path_opendir_at(dfd, base);
         if (fd < 0) {
             return up_sys(t, errno, "open directory", d->name);
         }
@@ -1312,7 +1195,7 @@ static int up_extract(struct tree_up *t)
     int rc;
 
     if (ar == NULL) {
-        return sbx_err_set(&t->err, SBX_E_INTERNAL, "out of memory");
+        return sbx_err_oom(&t->err);
     }
     archive_read_support_format_tar(ar);
     archive_read_support_format_empty(ar); /* an empty stream is an empty tree */
@@ -1517,7 +1400,7 @@ static void up_data(struct agent_stream *s, const uint8_t *data, uint32_t len)
     }
     if (c == NULL) {
         struct sbx_err err;
-        sbx_err_set(&err, SBX_E_INTERNAL, "out of memory");
+        sbx_err_oom(&err);
         t->s = NULL;
         s->owner = NULL;
         agent_stream_cancel(s, &err);
@@ -1583,8 +1466,7 @@ int agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m, st
     struct tree_up *t = calloc(1, sizeof(*t));
 
     if (t == NULL) {
-        sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        return -1;
+        return sbx_err_oom(err);
     }
     t->a = c->a;
     t->rootfd = t->cached_fd = -1;
@@ -1595,30 +1477,8 @@ int agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m, st
         agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
-    t->rootfd = open(t->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (t->rootfd < 0 && errno == ENOENT) {
-        char p[AGENT_FS_PATH_BUF];
-        snprintf(p, sizeof(p), "%s", t->root);
-        for (char *q = p + 1;; q++) { /* mkdir -p */
-            if (*q == '/' || *q == '\0') {
-                char save = *q;
-                *q = '\0';
-                if (mkdir(p, 0755) < 0 && errno != EEXIST) {
-                    sbx_err_sys(err, errno, NULL, "mkdir \"%s\"", p);
-                    sbx_err_set_path(err, p);
-                    goto fail;
-                }
-                *q = save;
-                if (save == '\0') {
-                    break;
-                }
-            }
-        }
-        t->rootfd = open(t->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    }
+    t->rootfd = agent_path_opendir(t->root, true, err);
     if (t->rootfd < 0) {
-        sbx_err_sys(err, errno, NULL, "open directory \"%s\"", t->root);
-        sbx_err_set_path(err, t->root);
         goto fail;
     }
     sha256_init(&t->sha);

@@ -67,6 +67,11 @@ int sbx_err_param(struct sbx_err *e, const char *field, const char *fmt, ...)
     return -1;
 }
 
+int sbx_err_oom(struct sbx_err *e)
+{
+    return sbx_err_set(e, SBX_E_INTERNAL, "out of memory");
+}
+
 int sbx_err_limit(struct sbx_err *e, const char *limit, uint64_t max, const char *fmt, ...)
 {
     va_list ap;

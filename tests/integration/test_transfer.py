@@ -952,9 +952,9 @@ class TestPack(TransferCase):
                 ({"path": self.p("nope"), "format": "tar.gz"}, "ENOENT", None),
                 ({"path": "/etc/passwd", "format": "tar.gz"}, "ENOTDIR", None),
                 ({"path": root, "format": "tar.gz", "entrypoint": "/abs"}, "BAD_PARAM", "entrypoint"),
-                ({"path": root, "format": "tar.gz", "exclude": [1]}, "BAD_PARAM", "exclude"),
+                ({"path": root, "format": "tar.gz", "exclude": [1]}, "BAD_PARAM", "exclude[0]"),
                 ({"path": root, "format": "tar.gz", "exclude": ["*a" * 40]}, "BAD_PARAM",
-                 "exclude"),
+                 "exclude[0]"),
                 ({"path": root, "format": "tar.gz", "build": {}}, "BAD_PARAM", "build"),
                 ({"path": root, "format": "tar.gz", "build": {"argv": ["/nonexistent"]}}, "ENOENT",
                  None)]:

@@ -61,6 +61,9 @@ int sbx_err_set(struct sbx_err *e, const char *code, const char *fmt, ...)
 int sbx_err_param(struct sbx_err *e, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Set INTERNAL "out of memory" (the one message for an allocation that failed). Returns -1. */
+int sbx_err_oom(struct sbx_err *e);
+
 /* Set LIMIT naming the cap @limit (PROTOCOL.md §23) and its value @max. Returns -1. */
 int sbx_err_limit(struct sbx_err *e, const char *limit, uint64_t max, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

@@ -1,0 +1,270 @@
+/* Paths: split, mkdir -p, and opening under a root without following symlinks. */
+#include "path.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fs.h"
+#include "strv.h"
+
+int agent_path_split(const char *path, char *parent, size_t parentsz, char *base, size_t basesz)
+{
+    size_t n = strlen(path), plen, blen;
+    const char *slash;
+
+    while (n > 1 && path[n - 1] == '/') {
+        n--;
+    }
+    slash = memrchr(path, '/', n);
+    if (slash == NULL || (size_t)(slash - path) == n - 1) {
+        return -EINVAL; /* "/" itself */
+    }
+    plen = slash == path ? 1 : (size_t)(slash - path); /* "/name": the parent is "/" */
+    blen = n - (size_t)(slash + 1 - path);
+    if (plen >= parentsz || blen >= basesz) {
+        return -ENAMETOOLONG;
+    }
+    memcpy(parent, path, plen);
+    parent[plen] = '\0';
+    memcpy(base, slash + 1, blen);
+    base[blen] = '\0';
+    return 0;
+}
+
+int agent_path_mkdir(const char *path, mode_t parents_mode, mode_t mode, struct sbx_err *err)
+{
+    char buf[AGENT_FS_PATH_BUF];
+    size_t n = strlen(path);
+    struct stat st;
+
+    if (n >= sizeof(buf)) {
+        return agent_fs_err(err, ENAMETOOLONG, "mkdir", path);
+    }
+    while (n > 1 && path[n - 1] == '/') {
+        n--;
+    }
+    memcpy(buf, path, n);
+    buf[n] = '\0';
+    for (char *p = buf + 1;; p++) {
+        bool last = *p == '\0';
+        if (*p != '/' && !last) {
+            continue;
+        }
+        if (p[-1] == '/' && !last) {
+            continue; /* "//" */
+        }
+        *p = '\0';
+        if (mkdir(buf, last ? mode : parents_mode) < 0) {
+            int e = errno;
+            if (e != EEXIST || stat(buf, &st) < 0 || !S_ISDIR(st.st_mode)) {
+                if (e == EEXIST) {
+                    e = stat(buf, &st) < 0 ? errno : ENOTDIR;
+                    if (last && e == ENOTDIR) {
+                        e = EEXIST; /* the target itself exists and is not a directory */
+                    }
+                }
+                return agent_fs_err(err, e, "mkdir", buf);
+            }
+        }
+        if (last) {
+            return 0;
+        }
+        *p = '/';
+    }
+}
+
+int agent_path_check_dir(const char *path, const char *op, struct sbx_err *err)
+{
+    struct stat st;
+
+    if (stat(path, &st) < 0) {
+        return agent_fs_err(err, errno, op, path);
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        return agent_fs_err(err, ENOTDIR, op, path);
+    }
+    return 0;
+}
+
+int agent_path_opendir(const char *path, bool create, struct sbx_err *err)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    if (fd < 0 && errno == ENOENT && create) {
+        if (agent_path_mkdir(path, AGENT_PATH_MKDIR_MODE, AGENT_PATH_MKDIR_MODE, err) < 0) {
+            return -1;
+        }
+        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    }
+    if (fd < 0) {
+        return agent_fs_err(err, errno, "open directory", path);
+    }
+    return fd;
+}
+
+int agent_path_opendir_at(int dfd, const char *name)
+{
+    return openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
+/* Fail agent_path_opendir_under at step @what with @e, closing @fd. Returns -1. */
+static int under_fail(int fd, int e, const char *what, const char **op)
+{
+    if (fd >= 0) {
+        (void)close(fd); /* a directory opened read-only: nothing to report */
+    }
+    if (op != NULL) {
+        *op = what;
+    }
+    errno = e;
+    return -1;
+}
+
+int agent_path_opendir_under(int rootfd, const char *rel, size_t len, bool create, const char **op)
+{
+    int fd = -1;
+
+    for (size_t i = 0; i < len;) {
+        char name[NAME_MAX + 1];
+        int dfd = fd >= 0 ? fd : rootfd;
+        size_t n = 0;
+        int nfd;
+
+        while (i < len && rel[i] == '/') {
+            i++;
+        }
+        while (i + n < len && rel[i + n] != '/') {
+            n++;
+        }
+        if (n == 0) {
+            break; /* trailing slashes */
+        }
+        if (n > NAME_MAX) {
+            return under_fail(fd, ENAMETOOLONG, "open directory", op);
+        }
+        memcpy(name, rel + i, n);
+        name[n] = '\0';
+        i += n;
+        nfd = agent_path_opendir_at(dfd, name);
+        if (nfd < 0 && errno == ENOENT && create) {
+            if (mkdirat(dfd, name, AGENT_PATH_MKDIR_MODE) < 0 && errno != EEXIST) {
+                return under_fail(fd, errno, "mkdir", op);
+            }
+            nfd = agent_path_opendir_at(dfd, name);
+        }
+        if (nfd < 0) {
+            int e = errno;
+            struct stat st;
+            /* O_NOFOLLOW | O_DIRECTORY on a symlink says ENOTDIR or ELOOP: name it ELOOP. */
+            if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+                e = ELOOP;
+            }
+            return under_fail(fd, e, "open directory", op);
+        }
+        if (fd >= 0) {
+            (void)close(fd);
+        }
+        fd = nfd;
+    }
+    if (fd < 0) {
+        fd = fcntl(rootfd, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0) {
+            return under_fail(-1, errno, "open directory", op);
+        }
+    }
+    return fd;
+}
+
+int agent_path_open_under(int rootfd, const char *rel, int oflags)
+{
+    const char *slash = strrchr(rel, '/');
+    int dfd = rootfd, fd, e;
+
+    if (slash != NULL) {
+        dfd = agent_path_opendir_under(rootfd, rel, (size_t)(slash - rel), false, NULL);
+        if (dfd < 0) {
+            return -1;
+        }
+        rel = slash + 1;
+    }
+    fd = openat(dfd, rel, oflags | O_NOFOLLOW | O_CLOEXEC);
+    e = errno;
+    if (dfd != rootfd) {
+        (void)close(dfd);
+    }
+    errno = e;
+    return fd;
+}
+
+struct dirent *agent_path_readdir(DIR *d)
+{
+    struct dirent *de;
+
+    do {
+        errno = 0;
+        de = readdir(d);
+    } while (de != NULL && (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0));
+    return de;
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int agent_path_list(int fd, const char *path, char ***out, size_t *n, struct sbx_err *err)
+{
+    int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    struct dirent *de;
+    char **v = NULL;
+    size_t len = 0, cap = 0;
+    int e = 0;
+
+    if (d == NULL) {
+        e = errno;
+        if (dfd >= 0) {
+            (void)close(dfd);
+        }
+        return agent_fs_err(err, e, "read directory", path);
+    }
+    rewinddir(d); /* the duplicate shares @fd's offset */
+    while ((de = agent_path_readdir(d)) != NULL) {
+        if (len + 1 >= cap) {
+            size_t ncap = cap != 0 ? cap * 2 : 64;
+            char **nv = realloc(v, ncap * sizeof(*v));
+            if (nv == NULL) {
+                e = ENOMEM;
+                break;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        v[len] = strdup(de->d_name);
+        if (v[len] == NULL) {
+            e = ENOMEM;
+            break;
+        }
+        v[++len] = NULL;
+    }
+    if (e == 0) {
+        e = errno; /* 0 at the end of the directory */
+    }
+    (void)closedir(d);
+    if (e != 0) {
+        agent_strv_free(v);
+        return agent_fs_err(err, e, "read directory", path);
+    }
+    if (v == NULL && (v = calloc(1, sizeof(*v))) == NULL) {
+        return agent_fs_err(err, ENOMEM, "read directory", path);
+    }
+    qsort(v, len, sizeof(*v), name_cmp);
+    *out = v;
+    *n = len;
+    return 0;
+}

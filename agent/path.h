@@ -1,0 +1,88 @@
+/*
+ * Paths (path.c): the one family of path helpers that fs, transfer, tree and pack share (crun's
+ * crun_safe_ensure_at idea): split a path into its parent and last component, make missing
+ * directories (mkdir -p), and open under a root directory one component at a time without
+ * following a symlink, so that nothing in a tree, not even a link swapped in meanwhile, leads
+ * outside it.
+ */
+#ifndef SBX_AGENT_PATH_H
+#define SBX_AGENT_PATH_H
+
+#include <dirent.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "sbx/err.h"
+
+/* Mode of the directories made on the way to a destination (agent_path_opendir with @create,
+ * agent_path_opendir_under), then the umask: what mkdir -p gives (PROTOCOL.md §18.1, §18.3). */
+#define AGENT_PATH_MKDIR_MODE 0755
+
+/*
+ * Split the absolute @path into its parent directory, into @parent (@parentsz bytes; "/" for
+ * "/name"), and its last component, into @base (@basesz bytes). Trailing slashes are ignored
+ * ("/a/b/" is "/a" and "b"); a last component "." or ".." is returned as it is, for the caller
+ * to judge. Returns 0; -EINVAL when @path has no last component ("/"); -ENAMETOOLONG when a part
+ * does not fit its buffer.
+ */
+int agent_path_split(const char *path, char *parent, size_t parentsz, char *base, size_t basesz);
+
+/*
+ * mkdir -p: make the absolute @path and every missing directory above it, those with
+ * @parents_mode and @path itself with @mode (both then the umask). An existing directory, or a
+ * symlink to one, is fine; a non-directory in the way is ENOTDIR naming it, or EEXIST when it is
+ * @path itself. Trailing and doubled slashes are ignored. Returns 0, or -1 with @err set as
+ * agent_fs_err does for "mkdir" and the directory that failed. Follows symlinks, as mkdir(1)
+ * does: for a tree that must not, see agent_path_opendir_under.
+ */
+int agent_path_mkdir(const char *path, mode_t parents_mode, mode_t mode, struct sbx_err *err);
+
+/* Check that @path (symlinks followed) is a directory. Returns 0, or -1 with @err set as
+ * agent_fs_err sets it for @op: stat's errno, or ENOTDIR. */
+int agent_path_check_dir(const char *path, const char *op, struct sbx_err *err);
+
+/*
+ * Open the directory @path (absolute; symlinks followed as open(2) follows them), O_CLOEXEC.
+ * When it is missing and @create is set, it is made first as agent_path_mkdir makes it (mode
+ * AGENT_PATH_MKDIR_MODE for it and its missing parents). Returns the fd, or -1 with @err: the
+ * errno, "open directory \"<path>\"" and `path` (or agent_path_mkdir's error).
+ */
+int agent_path_opendir(const char *path, bool create, struct sbx_err *err);
+
+/* Open directory @name of directory fd @dfd, never following a symlink (O_NOFOLLOW), O_CLOEXEC:
+ * the one step every walk below a root takes. Returns the fd, or -1 with errno set. */
+int agent_path_opendir_at(int dfd, const char *name);
+
+/*
+ * Open the directory named by the first @len bytes of @rel (relative; empty components are
+ * skipped, ".." is the caller's to refuse) under directory fd @rootfd, one component at a time
+ * with agent_path_opendir_at, so that no symlink is ever followed. With @create, missing
+ * directories are made (AGENT_PATH_MKDIR_MODE). Returns a new fd (a duplicate of @rootfd when
+ * @rel names no component), or -1 with errno set: ELOOP when a component is a symlink. When
+ * @op is not NULL it is set to the step that failed, "mkdir" or "open directory", for the
+ * caller's message. Thread-safe: uses no state but the fds.
+ */
+int agent_path_opendir_under(int rootfd, const char *rel, size_t len, bool create, const char **op);
+
+/*
+ * Open @rel (relative, see agent_path_opendir_under) under directory fd @rootfd with @oflags
+ * (O_NOFOLLOW and O_CLOEXEC added, no O_CREAT): its parent directories are walked without
+ * following a symlink and the last component is not followed either. Returns the fd, or -1 with
+ * errno set (ELOOP for a symlink on the way).
+ */
+int agent_path_open_under(int rootfd, const char *rel, int oflags);
+
+/* The next entry of @d other than "." and "..", or NULL: at the end with errno 0, after a failed
+ * read with errno set. */
+struct dirent *agent_path_readdir(DIR *d);
+
+/*
+ * The names in directory fd @fd, but "." and "..", sorted by strcmp, into *@out (NULL-terminated:
+ * free with agent_strv_free) and their count into *@n. Read through a duplicate of @fd from its
+ * start, so @fd itself is untouched. Returns 0, or -1 with @err: the errno (ENOMEM when out of
+ * memory), "read directory \"<path>\"" and `path` @path (what @fd is, for the message).
+ */
+int agent_path_list(int fd, const char *path, char ***out, size_t *n, struct sbx_err *err);
+
+#endif /* SBX_AGENT_PATH_H */
