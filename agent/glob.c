@@ -33,8 +33,9 @@ static int alts_push(char ***v, unsigned *n, char *s)
     return 0;
 }
 
-/* Expand the first top-level {a,b} of @s (length @n) recursively into @v. Braces without a
- * comma or without their closing brace are literal. As alts_push returns. */
+/* Expand the first top-level {a,b} of @s (length @n) recursively into @v. A brace without a
+ * comma or without its closing brace is literal, and the groups inside it still expand, as in
+ * bash: {{a,b}} gives {a} and {b}. As alts_push returns. */
 static int brace_expand(const char *s, size_t n, char ***v, unsigned *nv)
 {
     size_t open = n, close = 0;
@@ -52,10 +53,17 @@ static int brace_expand(const char *s, size_t n, char ***v, unsigned *nv)
         } else if (s[i] == ',' && depth == 1) {
             comma = true;
         } else if (s[i] == '}' && depth > 0) {
-            if (--depth == 0 && comma) {
-                close = i;
-                break;
+            if (--depth == 0) {
+                if (comma) {
+                    close = i;
+                    break;
+                }
+                i = open; /* a literal brace: look again inside it */
             }
+        }
+        if (i + 1 == n && depth > 0) {
+            depth = 0; /* never closed: that brace is literal, look again after it */
+            i = open;
         }
     }
     if (close == 0) {

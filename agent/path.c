@@ -45,6 +45,9 @@ int agent_path_mkdir(const char *path, mode_t parents_mode, mode_t mode, struct 
     if (n >= sizeof(buf)) {
         return agent_fs_err(err, ENAMETOOLONG, "mkdir", path);
     }
+    if (n == 0) {
+        return agent_fs_err(err, ENOENT, "mkdir", path); /* as mkdir("") says */
+    }
     while (n > 1 && path[n - 1] == '/') {
         n--;
     }

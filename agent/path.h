@@ -80,7 +80,8 @@ struct dirent *agent_path_readdir(DIR *d);
 /*
  * The names in directory fd @fd, but "." and "..", sorted by strcmp, into *@out (NULL-terminated:
  * free with agent_strv_free) and their count into *@n. Read through a duplicate of @fd from its
- * start, so @fd itself is untouched. Returns 0, or -1 with @err: the errno (ENOMEM when out of
+ * start; the duplicate shares @fd's file offset, which ends at the end of the directory (use @fd
+ * with *at() calls only, or rewind it). Returns 0, or -1 with @err: the errno (ENOMEM when out of
  * memory), "read directory \"<path>\"" and `path` @path (what @fd is, for the message).
  */
 int agent_path_list(int fd, const char *path, char ***out, size_t *n, struct sbx_err *err);
