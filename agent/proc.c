@@ -47,7 +47,7 @@ struct spawn_req {
     char **argv;
     char **envp;
     char exe[SBX_PATH_MAX];
-    char cwd[SBX_PATH_MAX];
+    char cwd[SBX_PATH_MAX + 1]; /* a path param is up to SBX_PATH_MAX bytes (§23) */
     bool set_user;
     struct agent_user user;
     int io_in, io_out, io_err;
@@ -94,34 +94,33 @@ static void spawn_req_free(struct spawn_req *r)
 
 /* --- params ------------------------------------------------------------------------------- */
 
-static int parse_io(const msgpack_object *params, const char *key, int def, bool allow_merge,
-                    int *out, struct sbx_err *err)
-{
-    char v[16];
-    int r = sbx_param_cstr(params, key, SBX_OPTIONAL, v, sizeof(v), err);
+/*
+ * The params are read and checked by the schema (sbx_spawn_params_read, protocol/schema_proc.c),
+ * the one definition of a valid request that clients share: every BAD_PARAM comes from there.
+ * What follows turns a valid request into a spawn_req with what only the guest can tell: the
+ * user's passwd entry, the base environment, argv[0] on PATH (then the PTY, in agent_proc_spawn).
+ */
 
-    if (r < 0) {
-        return -1;
+#define PTY_ROWS_DEFAULT 24
+#define PTY_COLS_DEFAULT 80
+#define PTY_TERM_DEFAULT "xterm-256color"
+
+/* The agent's stdio mode for a schema mode; an absent one is @def. */
+static int io_mode(enum sbx_stdio m, int def)
+{
+    switch (m) {
+    case SBX_STDIO_PIPE:
+        return IO_PIPE;
+    case SBX_STDIO_NULL:
+        return IO_NULL;
+    case SBX_STDIO_STDOUT:
+        return IO_MERGE;
+    default:
+        return def;
     }
-    if (r == 1) {
-        *out = def;
-        return 0;
-    }
-    if (strcmp(v, "pipe") == 0) {
-        *out = IO_PIPE;
-    } else if (strcmp(v, "null") == 0) {
-        *out = IO_NULL;
-    } else if (allow_merge && strcmp(v, "stdout") == 0) {
-        *out = IO_MERGE;
-    } else {
-        return sbx_err_param(err, key, "%s must be %s", key,
-                             allow_merge ? "\"pipe\", \"null\" or \"stdout\""
-                                         : "\"pipe\" or \"null\"");
-    }
-    return 0;
 }
 
-/* Parse a signal given as a name ("TERM", "SIGTERM") or a number. */
+/* proc.kill's signal: a name ("TERM", "SIGTERM") or a number. */
 static int parse_signal(const msgpack_object *params, const char *key, int def, int *out,
                         struct sbx_err *err)
 {
@@ -190,86 +189,95 @@ static int resolve_exe(const char *name, char *const *envp, char *out, size_t ou
     return sbx_err_sys(err, denied ? EACCES : ENOENT, "exec", "exec \"%s\"", name);
 }
 
-/* The params proc.spawn and repl.start share: env, clear_env, cwd, user, uid, gid, groups. Builds
- * r->envp (base + overlay + @extra, which stays the caller's) and resolves r->argv[0]. */
-static int parse_identity_env(struct agent *a, const msgpack_object *params, struct spawn_req *r,
-                              char *extra[5], int nextra, struct sbx_err *err)
+/*
+ * The identity @sp asks for, into r->user (§14.2 "Identity defaults"): a user's passwd entry and
+ * groups, or a uid's entry if it has one, or the agent's own identity; an explicit gid or groups
+ * override. r->set_user stays false when none of user, uid, gid, groups is given.
+ */
+static int spawn_identity(struct agent *a, const struct sbx_spawn_params *sp, struct spawn_req *r,
+                          struct sbx_err *err)
 {
-    const msgpack_object *env = NULL, *groups = NULL;
-    char user[64];
-    uint64_t u;
-    bool clear = false;
-    int r_user, r_uid;
-
-    if (sbx_param_map(params, "env", SBX_OPTIONAL, SBX_ENV_MAX, &env, err) < 0 ||
-        sbx_param_bool(params, "clear_env", SBX_OPTIONAL, &clear, err) < 0) {
-        return -1;
-    }
-    if (env != NULL && agent_env_check_map(env, "env", err) < 0) {
-        return -1;
-    }
-    /* The default is "/", not wherever the agent happened to be started (PROTOCOL.md §14.2). */
-    snprintf(r->cwd, sizeof(r->cwd), "/");
-    if (sbx_param_bstr(params, "cwd", SBX_OPTIONAL, r->cwd, sizeof(r->cwd), err) < 0) {
-        return -1;
-    }
-    r_user = sbx_param_cstr(params, "user", SBX_OPTIONAL, user, sizeof(user), err);
-    if (r_user < 0) {
-        return -1;
-    }
-    r_uid = sbx_param_u64(params, "uid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &u, err);
-    if (r_uid < 0) {
-        return -1;
-    }
-    if (r_user == 0 && r_uid == 0) {
-        return sbx_err_param(err, "uid", "give \"user\" or \"uid\", not both");
-    }
-    if (r_user == 0) {
-        if (agent_user_lookup(a->passwd_root, user, &r->user, err) < 0) {
+    if (sp->user != NULL) {
+        char name[SBX_USER_MAX + 1];
+        memcpy(name, sp->user, sp->user_len);
+        name[sp->user_len] = '\0';
+        if (agent_user_lookup(a->passwd_root, name, &r->user, err) < 0) {
             return -1;
         }
-        r->set_user = true;
-    } else if (r_uid == 0) {
-        (void)agent_user_by_uid(a->passwd_root, (uid_t)u, &r->user);
-        r->set_user = true;
-    }
-    if (sbx_param_u64(params, "gid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &u, err) == 0) {
-        if (!r->set_user) {
-            return sbx_err_param(err, "gid", "\"gid\" needs \"user\" or \"uid\"");
+    } else if (sp->has_uid) {
+        (void)agent_user_by_uid(a->passwd_root, (uid_t)sp->uid, &r->user);
+    } else if (sp->has_gid || sp->has_groups) {
+        int n = getgroups(SBX_GROUPS_MAX, r->user.groups);
+        if (n < 0) {
+            return sbx_err_sys(err, errno, "user", "getgroups");
         }
-        r->user.gid = (gid_t)u;
-    } else if (sbx_err_isset(err)) {
+        r->user.uid = getuid();
+        r->user.gid = getgid();
+        r->user.ngroups = n;
+    } else {
+        return 0;
+    }
+    r->set_user = true;
+    if (sp->has_gid) {
+        r->user.gid = (gid_t)sp->gid;
+    }
+    if (sp->has_groups) {
+        r->user.ngroups = (int)sp->ngroups;
+        for (uint32_t i = 0; i < sp->ngroups; i++) {
+            r->user.groups[i] = (gid_t)sp->groupsv->via.array.ptr[i].via.u64;
+        }
+    }
+    return 0;
+}
+
+/* "NAME=value" into the next free slot of @extra; -1 when out of memory. */
+static int extra_var(char **extra, int *n, const char *name, const char *value, size_t len)
+{
+    char *s;
+
+    if (asprintf(&s, "%s=%.*s", name, (int)len, value) < 0) {
         return -1;
     }
-    if (sbx_param_array(params, "groups", SBX_OPTIONAL, SBX_GROUPS_MAX, &groups, err) == 0) {
-        if (!r->set_user) {
-            return sbx_err_param(err, "groups", "\"groups\" needs \"user\" or \"uid\"");
-        }
-        r->user.ngroups = 0;
-        for (uint32_t i = 0; i < groups->via.array.size; i++) {
-            const msgpack_object *g = &groups->via.array.ptr[i];
-            if (g->type != MSGPACK_OBJECT_POSITIVE_INTEGER || g->via.u64 >= UINT32_MAX) {
-                return sbx_err_param(err, "groups", "groups must be numeric gids");
-            }
-            r->user.groups[r->user.ngroups++] = (gid_t)g->via.u64;
-        }
-    } else if (sbx_err_isset(err)) {
+    extra[(*n)++] = s;
+    return 0;
+}
+
+/*
+ * What proc.spawn and repl.start share, from params the schema has read: the working directory,
+ * the identity, the environment in the layers of §14.1 (base unless clear_env, the user's HOME,
+ * USER and LOGNAME, @term as TERM when not NULL, then env) in r->envp, and r->argv[0] (set by the
+ * caller) found on that environment's PATH in r->exe.
+ */
+static int spawn_prepare(struct agent *a, const struct sbx_spawn_params *sp, const char *term,
+                         size_t term_len, struct spawn_req *r, struct sbx_err *err)
+{
+    char *extra[5] = { NULL, NULL, NULL, NULL, NULL };
+    int n = 0, rc = 0;
+
+    /* The default is "/", not wherever the agent happened to be started (PROTOCOL.md §14.2). */
+    if (sp->cwd != NULL) {
+        memcpy(r->cwd, sp->cwd, sp->cwd_len);
+        r->cwd[sp->cwd_len] = '\0';
+    } else {
+        snprintf(r->cwd, sizeof(r->cwd), "/");
+    }
+    if (spawn_identity(a, sp, r, err) < 0) {
         return -1;
     }
-    /* A user switch brings that user's HOME, USER and LOGNAME unless the request sets them. */
-    if (r->set_user) {
-        if (r->user.home[0] != '\0' && asprintf(&extra[nextra++], "HOME=%s", r->user.home) < 0) {
-            return sbx_err_oom(err);
-        }
-        if (r->user.name[0] != '\0') {
-            if (asprintf(&extra[nextra++], "USER=%s", r->user.name) < 0 ||
-                asprintf(&extra[nextra++], "LOGNAME=%s", r->user.name) < 0) {
-                return sbx_err_oom(err);
-            }
-        }
+    if (r->set_user && r->user.home[0] != '\0') {
+        rc |= extra_var(extra, &n, "HOME", r->user.home, strlen(r->user.home));
     }
-    r->envp = agent_env_build(a, clear, env, extra);
-    for (int i = 0; i < nextra; i++) {
+    if (r->set_user && r->user.name[0] != '\0') {
+        rc |= extra_var(extra, &n, "USER", r->user.name, strlen(r->user.name));
+        rc |= extra_var(extra, &n, "LOGNAME", r->user.name, strlen(r->user.name));
+    }
+    if (term != NULL) {
+        rc |= extra_var(extra, &n, "TERM", term, term_len);
+    }
+    if (rc == 0) {
+        r->envp = agent_env_build(a, sp->clear_env, sp->envv, extra);
+    }
+    for (int i = 0; i < n; i++) {
         free(extra[i]);
     }
     if (r->envp == NULL) {
@@ -281,106 +289,41 @@ static int parse_identity_env(struct agent *a, const msgpack_object *params, str
 static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struct spawn_req *r,
                        struct sbx_err *err)
 {
-    const msgpack_object *argv = NULL;
-    const char *cmd = NULL;
-    size_t cmdlen = 0;
-    uint64_t u;
-    int r_argv, r_cmd;
-    char *extra[5] = { NULL, NULL, NULL, NULL, NULL };
-    int nextra = 0;
+    struct sbx_spawn_params sp;
+    const char *term = NULL;
+    size_t term_len = 0;
 
     memset(r, 0, sizeof(*r));
     r->extra_fds[0] = r->extra_fds[1] = -1;
-    r_argv = sbx_param_array(params, "argv", SBX_OPTIONAL, SBX_ARGV_MAX, &argv, err);
-    if (r_argv < 0) {
+    if (sbx_spawn_params_read(params, &sp, err) < 0) {
         return -1;
     }
-    {
-        const msgpack_object *co = sbx_obj_get(params, "command");
-        r_cmd = 1;
-        if (co != NULL && co->type != MSGPACK_OBJECT_NIL) {
-            if (!sbx_obj_bytes(co, &cmd, &cmdlen) || cmdlen > SBX_ARG_MAX) {
-                return sbx_err_param(err, "command", "command must be a string of at most %u bytes",
-                                     SBX_ARG_MAX);
-            }
-            r_cmd = 0;
-        }
+    if (sp.argvv != NULL) {
+        r->argv = agent_strv_from_array(sp.argvv, "argv", SBX_ARG_MAX, 0, err); /* checked */
+    } else if ((r->argv = agent_strv_sh(sp.command, sp.command_len)) == NULL) {
+        sbx_err_oom(err);
     }
-    if ((r_argv == 0) == (r_cmd == 0)) {
-        return sbx_err_param(err, "argv", "give exactly one of \"argv\" and \"command\"");
-    }
-    if (r_argv == 0) {
-        if (argv->via.array.size == 0) {
-            return sbx_err_param(err, "argv", "argv must not be empty");
-        }
-        r->argv = agent_strv_from_array(argv, "argv", SBX_ARG_MAX, 0, err);
-        if (r->argv == NULL) {
-            return -1;
-        }
-    } else {
-        if (memchr(cmd, '\0', cmdlen) != NULL) {
-            return sbx_err_param(err, "command", "command contains a NUL byte");
-        }
-        r->argv = agent_strv_sh(cmd, cmdlen);
-        if (r->argv == NULL) {
-            return sbx_err_oom(err);
-        }
-    }
-    if (parse_io(params, "stdin", IO_NULL, false, &r->io_in, err) < 0 ||
-        parse_io(params, "stdout", IO_PIPE, false, &r->io_out, err) < 0 ||
-        parse_io(params, "stderr", IO_PIPE, true, &r->io_err, err) < 0) {
+    if (r->argv == NULL) {
         return -1;
     }
-    if (r->io_err == IO_MERGE && r->io_out != IO_PIPE) {
-        return sbx_err_param(err, "stderr", "stderr \"stdout\" needs stdout \"pipe\"");
+    r->io_in = io_mode(sp.stdin_mode, IO_NULL);
+    r->io_out = io_mode(sp.stdout_mode, IO_PIPE);
+    r->io_err = io_mode(sp.stderr_mode, IO_PIPE);
+    r->timeout_ms = sp.timeout_ms;
+    r->kill_signal = sp.kill_signal != 0 ? sp.kill_signal : SIGTERM;
+    r->kill_grace_ms = sp.has_kill_grace_ms ? sp.kill_grace_ms : SBX_KILL_GRACE_MS_DEFAULT;
+    r->drain_ms = sp.has_drain_ms ? sp.drain_ms : SBX_DRAIN_MS_DEFAULT;
+    if (sp.tag != NULL) {
+        memcpy(r->tag, sp.tag, sp.tag_len); /* at most SBX_TAG_MAX bytes; r is zeroed */
     }
-    u = 0;
-    if (sbx_param_u64(params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &u, err) < 0) {
-        return -1;
+    if (sp.pty != NULL) {
+        r->pty = true;
+        r->ws.ws_row = (unsigned short)(sp.pty->rows != 0 ? sp.pty->rows : PTY_ROWS_DEFAULT);
+        r->ws.ws_col = (unsigned short)(sp.pty->cols != 0 ? sp.pty->cols : PTY_COLS_DEFAULT);
+        term = sp.pty->term != NULL ? sp.pty->term : PTY_TERM_DEFAULT;
+        term_len = sp.pty->term != NULL ? sp.pty->term_len : strlen(PTY_TERM_DEFAULT);
     }
-    r->timeout_ms = u;
-    if (parse_signal(params, "kill_signal", SIGTERM, &r->kill_signal, err) < 0) {
-        return -1;
-    }
-    u = SBX_KILL_GRACE_MS_DEFAULT;
-    if (sbx_param_u64(params, "kill_grace_ms", SBX_OPTIONAL, 0, SBX_DRAIN_MS_MAX, &u, err) < 0) {
-        return -1;
-    }
-    r->kill_grace_ms = (uint32_t)u;
-    u = SBX_DRAIN_MS_DEFAULT;
-    if (sbx_param_u64(params, "drain_ms", SBX_OPTIONAL, 0, SBX_DRAIN_MS_MAX, &u, err) < 0) {
-        return -1;
-    }
-    r->drain_ms = (uint32_t)u;
-    if (sbx_param_cstr(params, "tag", SBX_OPTIONAL, r->tag, sizeof(r->tag), err) < 0) {
-        return -1;
-    }
-    {
-        const msgpack_object *pty = NULL;
-        uint64_t rows = 24, cols = 80;
-        char term[65] = "xterm-256color";
-        if (sbx_param_map(params, "pty", SBX_OPTIONAL, 16, &pty, err) < 0) {
-            return -1;
-        }
-        if (pty != NULL) {
-            if (sbx_param_u64(pty, "rows", SBX_OPTIONAL, 1, 65535, &rows, err) < 0 ||
-                sbx_param_u64(pty, "cols", SBX_OPTIONAL, 1, 65535, &cols, err) < 0 ||
-                sbx_param_cstr(pty, "term", SBX_OPTIONAL, term, sizeof(term), err) < 0) {
-                char f[SBX_ERR_FIELD_MAX];
-                snprintf(f, sizeof(f), "pty.%s", err->field);
-                memcpy(err->field, f, sizeof(f));
-                return -1;
-            }
-            r->pty = true;
-            r->ws.ws_row = (unsigned short)rows;
-            r->ws.ws_col = (unsigned short)cols;
-            if (asprintf(&extra[nextra++], "TERM=%s", term) < 0) {
-                return sbx_err_oom(err);
-            }
-        }
-    }
-
-    return parse_identity_env(c->a, params, r, extra, nextra, err);
+    return spawn_prepare(c->a, &sp, term, term_len, r, err);
 }
 
 /* --- the child ---------------------------------------------------------------------------- */
@@ -1124,7 +1067,7 @@ struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *
 {
     struct spawn_req r;
     struct agent_proc *p = NULL;
-    char *extra[5] = { NULL, NULL, NULL, NULL, NULL };
+    struct sbx_spawn_params sp;
     int m = -1;
 
     memset(&r, 0, sizeof(r));
@@ -1132,13 +1075,14 @@ struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *
     r.extra_fds[0] = extra_fds[0];
     r.extra_fds[1] = extra_fds[1];
     r.pty = r.pty_stdin_only = true;
-    r.ws.ws_row = 24;
-    r.ws.ws_col = 80;
+    r.ws.ws_row = PTY_ROWS_DEFAULT;
+    r.ws.ws_col = PTY_COLS_DEFAULT;
     r.kill_signal = SIGTERM;
     r.kill_grace_ms = SBX_KILL_GRACE_MS_DEFAULT;
     r.drain_ms = SBX_DRAIN_MS_DEFAULT;
     snprintf(r.tag, sizeof(r.tag), "%s", tag);
-    if (parse_identity_env(a, params, &r, extra, 0, err) < 0 || proc_slot(a, err) < 0) {
+    if (sbx_spawn_identity_read(params, &sp, err) < 0 ||
+        spawn_prepare(a, &sp, NULL, 0, &r, err) < 0 || proc_slot(a, err) < 0) {
         goto fail;
     }
     /* The driver pipes belong to the interpreter's user: a driver that can only reach them by
@@ -1240,7 +1184,7 @@ int agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
 {
     struct agent_proc *p = NULL;
     bool group = false;
-    int sig;
+    int sig = SIGTERM;
 
     if (parse_signal(m->params, "signal", SIGTERM, &sig, err) < 0 ||
         sbx_param_bool(m->params, "group", SBX_OPTIONAL, &group, err) < 0 ||

@@ -89,12 +89,13 @@ int agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m, struct
 int agent_proc_release(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /*
- * Start an interpreter for a REPL session: @argv (taken over, also on failure), env/clear_env/
- * cwd/user from @params as proc.spawn reads them, tag @tag. Its stdin and controlling terminal is
- * a new PTY whose master is returned in @master (the caller owns it); stdout and stderr are pipes
- * (p->out, p->err, not yet reading: set their sinks, then agent_pipe_update); @extra_fds become
- * its fds 3 and 4 (the caller closes its copies). No owner: nobody gets proc.exit. Returns NULL
- * with @err (errno with stage, BAD_PARAM, LIMIT max_procs).
+ * Start an interpreter for a REPL session: @argv (taken over, also on failure), env, clear_env,
+ * cwd, user, uid, gid, groups from @params (sbx_spawn_identity_read: as proc.spawn reads them),
+ * tag @tag. Its stdin and controlling terminal is a new PTY whose master is returned in @master
+ * (the caller owns it); stdout and stderr are pipes (p->out, p->err, not yet reading: set their
+ * sinks, then agent_pipe_update); @extra_fds become its fds 3 and 4 (the caller closes its
+ * copies). No owner: nobody gets proc.exit. Returns NULL with @err (errno with stage, BAD_PARAM,
+ * LIMIT max_procs).
  */
 struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **argv,
                                          const char *tag, const int extra_fds[2], int *master,

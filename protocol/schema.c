@@ -409,6 +409,88 @@ int sbx_spawn_result_read(const msgpack_object *o, struct sbx_spawn_result *r, s
     return 0;
 }
 
+/* --- one-stream results (§17.4, §17.5, §18), repl.eval streams (§16.3), pack.create (§19.1) - */
+
+/* A required sid of a result read from the peer. */
+static int need_sid(const msgpack_object *o, const char *key, uint32_t *sid, struct sbx_err *err)
+{
+    uint64_t v;
+
+    if (need_u64(o, key, 1, UINT32_MAX, &v, err) < 0) {
+        return -1;
+    }
+    *sid = (uint32_t)v;
+    return 0;
+}
+
+/* An optional sid (absent or nil: 0). */
+static int opt_sid(const msgpack_object *o, const char *key, uint32_t *sid, struct sbx_err *err)
+{
+    uint64_t v;
+    int r = sbx_param_u64(o, key, SBX_OPTIONAL, 1, UINT32_MAX, &v, err);
+
+    *sid = r == 0 ? (uint32_t)v : 0;
+    return r < 0 ? -1 : 0;
+}
+
+void sbx_stream_result_pack(msgpack_packer *pk, const struct sbx_stream_result *r)
+{
+    (void)msgpack_pack_map(pk, 1 + 2 * r->has_size);
+    sbx_pack_kv_u64(pk, "stream", r->stream);
+    if (r->has_size) {
+        sbx_pack_kv_u64(pk, "size", r->size);
+        sbx_pack_kv_u64(pk, "mode", r->mode);
+    }
+}
+
+int sbx_stream_result_read(const msgpack_object *o, bool with_size, struct sbx_stream_result *r,
+                           struct sbx_err *err)
+{
+    memset(r, 0, sizeof(*r));
+    if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
+        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "stream result: not a map");
+    }
+    if (need_sid(o, "stream", &r->stream, err) < 0) {
+        return bad_message(err, "stream result");
+    }
+    if (!with_size) {
+        return 0;
+    }
+    if (need_u64(o, "size", 0, UINT64_MAX, &r->size, err) < 0 ||
+        need_u64(o, "mode", 0, UINT64_MAX, &r->mode, err) < 0) {
+        return bad_message(err, "transfer.download result");
+    }
+    r->has_size = true;
+    return 0;
+}
+
+int sbx_eval_streams_read(const msgpack_object *o, struct sbx_eval_streams *r, struct sbx_err *err)
+{
+    memset(r, 0, sizeof(*r));
+    if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
+        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "repl.eval result: not a map");
+    }
+    if (need_u32(o, "eval", &r->eval, err) < 0 || need_sid(o, "stdout", &r->out, err) < 0 ||
+        need_sid(o, "stderr", &r->err, err) < 0) {
+        return bad_message(err, "repl.eval result");
+    }
+    return 0;
+}
+
+int sbx_pack_result_read(const msgpack_object *o, struct sbx_pack_result *r, struct sbx_err *err)
+{
+    memset(r, 0, sizeof(*r));
+    if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
+        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "pack.create result: not a map");
+    }
+    if (need_u32(o, "id", &r->id, err) < 0 || opt_sid(o, "build_stdout", &r->build_out, err) < 0 ||
+        opt_sid(o, "build_stderr", &r->build_err, err) < 0 ||
+        need_sid(o, "archive", &r->archive, err) < 0) {
+        return bad_message(err, "pack.create result");
+    }
+    return 0;
+}
+
 /* --- stream notifications (§8.3–§8.5) ------------------------------------------------------ */
 
 void sbx_credit_pack(msgpack_packer *pk, uint32_t stream, uint32_t bytes)

@@ -9,10 +9,9 @@
 set(SBX_CONN_LIB_DIR ${CMAKE_CURRENT_LIST_DIR})
 get_filename_component(SBX_CONN_CLIENT_DIR ${SBX_CONN_LIB_DIR} DIRECTORY)
 
-add_library(sbxconn STATIC ${SBX_CONN_LIB_DIR}/conn.c ${SBX_CONN_LIB_DIR}/conn_calls.c
-                           ${SBX_CONN_LIB_DIR}/conn_schema.c)
+add_library(sbxconn STATIC ${SBX_CONN_LIB_DIR}/conn.c ${SBX_CONN_LIB_DIR}/conn_calls.c)
 target_include_directories(sbxconn PUBLIC ${SBX_CONN_CLIENT_DIR}/include)
-target_link_libraries(sbxconn PUBLIC sbxproto PkgConfig::MSGPACK)
+target_link_libraries(sbxconn PUBLIC sbxproto $<$<NOT:$<BOOL:$<TARGET_PROPERTY:SBX_STATIC_DEPS>>>:PkgConfig::MSGPACK>)
 set_target_properties(sbxconn PROPERTIES POSITION_INDEPENDENT_CODE ON)
 
 # client/examples/uv_spawn_many: one libuv loop, N agents, proc.spawn of `echo hi` on each.

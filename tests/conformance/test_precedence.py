@@ -284,7 +284,7 @@ class TestS7Precedence(AgentCase):
             ({"build": {"argv": ["true", 5]}}, "build.argv[1]"),
             ({"build": {"cwd": "/"}}, "build"),  # needs argv or command
             ({"build": {"command": "true", "env": {"A=B": "x"}}}, "build.env"),
-            ({"exclude": ["*" * 17]}, "exclude"),  # §19.3: at most 16 '*'
+            ({"exclude": ["*" * 17]}, "exclude[0]"),  # §19.3, §7.5: at most 16 '*'
             ({"ignore_files": ["a/b"]}, "ignore_files"),
             ({"entrypoint": "/abs"}, "entrypoint"),
             ({"format": "zip"}, "format"),

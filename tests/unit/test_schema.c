@@ -314,6 +314,262 @@ static void test_transfer_done(void **state)
     assert_false(b.has_size);
 }
 
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* proc.spawn params (§14.2, §15.1): every field round trips; each rule names its field. */
+static void test_spawn_params(void **state)
+{
+    static const char *const argv[] = { "a", "b", NULL };
+    static const char *const env[] = { "K=V", "GONE", NULL };
+    static const uint32_t groups[] = { 1, 2, 3 };
+    struct fx *fx = *state;
+    struct sbx_pty_params pty = { 0, 90, NULL, 0 };
+    struct sbx_spawn_params p = { 0 }, q;
+    static const struct {
+        const char *hex, *field;
+    } bad[] = {
+        { "80", "argv" },                                                       /* neither */
+        { "82 a4 61 72 67 76 91 a1 61 a7 63 6f 6d 6d 61 6e 64 a1 62", "argv" }, /* both */
+        { "81 a4 61 72 67 76 90", "argv" },                                     /* empty */
+        { "81 a4 61 72 67 76 92 a1 61 05", "argv[1]" },                         /* not a bstr */
+        { "81 a4 61 72 67 76 91 c4 03 61 00 62", "argv[0]" },                   /* NUL */
+        { "81 a7 63 6f 6d 6d 61 6e 64 05", "command" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 65 6e 76 81 a3 41 3d 42 c0", "env" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 65 6e 76 81 a1 41 c4 02 78 00", "env" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 63 77 64 07", "cwd" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a9 63 6c 65 61 72 5f 65 6e 76 01", "clear_env" },
+        { "83 a7 63 6f 6d 6d 61 6e 64 a1 61 a4 75 73 65 72 a1 75 a3 75 69 64 01", "uid" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 75 69 64 ce ff ff ff ff", "uid" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 67 69 64 a1 78", "gid" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a5 73 74 64 69 6e a6 73 74 64 6f 75 74", "stdin" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a6 73 74 64 6f 75 74 a6 73 74 64 6f 75 74", "stdout" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 70 74 79 81 a4 72 6f 77 73 00", "pty.rows" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 70 74 79 81 a4 72 6f 77 73 a1 78", "pty.rows" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 70 74 79 81 a4 63 6f 6c 73 ce 00 01 00 00",
+          "pty.cols" },
+        /* term "xtérm": not ASCII (§15.1) */
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 70 74 79 81 a4 74 65 72 6d a6 78 74 c3 a9 72 6d",
+          "pty.term" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 70 74 79 05", "pty" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 ab 6b 69 6c 6c 5f 73 69 67 6e 61 6c a3 46 4f 4f",
+          "kill_signal" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 ab 6b 69 6c 6c 5f 73 69 67 6e 61 6c 41",
+          "kill_signal" }, /* 65 */
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a6 67 72 6f 75 70 73 92 01 ff", "groups[1]" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 aa 74 69 6d 65 6f 75 74 5f 6d 73 00", "timeout_ms" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a8 64 72 61 69 6e 5f 6d 73 cd ea 61", "drain_ms" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 74 61 67 c4 01 78", "tag" }, /* bin: a str */
+    };
+    char hex[256];
+
+    p.argv = argv;
+    p.env = env;
+    p.clear_env = true;
+    p.cwd = "/w";
+    p.user = "bob";
+    p.has_gid = true;
+    p.gid = 7;
+    p.has_groups = true;
+    p.groups = groups;
+    p.ngroups = 3;
+    p.stdin_mode = SBX_STDIO_NULL;
+    p.stdout_mode = SBX_STDIO_PIPE;
+    p.stderr_mode = SBX_STDIO_STDOUT;
+    p.timeout_ms = 99;
+    p.kill_signal = 15;
+    p.has_kill_grace_ms = true;
+    p.kill_grace_ms = 60000;
+    p.has_drain_ms = true;
+    p.drain_ms = 1;
+    p.pty = &pty;
+    p.tag = "tag";
+    sbx_spawn_params_pack(begin(fx), &p);
+    assert_int_equal(sbx_spawn_params_read(finish(fx), &q, &fx->err), 0);
+    assert_int_equal(q.argvv->via.array.size, 2);
+    assert_null(q.command);
+    assert_int_equal(q.envv->via.map.size, 2);
+    assert_int_equal(q.envv->via.map.ptr[1].val.type, MSGPACK_OBJECT_NIL); /* "GONE": remove */
+    assert_true(q.clear_env);
+    assert_int_equal(q.cwd_len, 2);
+    assert_memory_equal(q.cwd, "/w", 2);
+    assert_int_equal(q.user_len, 3);
+    assert_memory_equal(q.user, "bob", 3);
+    assert_false(q.has_uid);
+    assert_true(q.has_gid && q.gid == 7);
+    assert_true(q.has_groups);
+    assert_int_equal(q.ngroups, 3);
+    assert_int_equal(q.groupsv->via.array.ptr[2].via.u64, 3);
+    assert_int_equal(q.stdin_mode, SBX_STDIO_NULL);
+    assert_int_equal(q.stdout_mode, SBX_STDIO_PIPE);
+    assert_int_equal(q.stderr_mode, SBX_STDIO_STDOUT);
+    assert_int_equal(q.timeout_ms, 99);
+    assert_int_equal(q.kill_signal, 15);
+    assert_true(q.has_kill_grace_ms && q.kill_grace_ms == 60000);
+    assert_true(q.has_drain_ms && q.drain_ms == 1);
+    assert_ptr_equal(q.pty, &q.pty_buf);
+    assert_int_equal(q.pty->rows, 0);
+    assert_int_equal(q.pty->cols, 90);
+    assert_null(q.pty->term);
+    assert_int_equal(q.tag_len, 3);
+    assert_memory_equal(q.tag, "tag", 3);
+
+    /* A zeroed struct with command packs only the command, and reads back with the defaults. */
+    memset(&p, 0, sizeof(p));
+    p.command = "echo hi";
+    sbx_spawn_params_pack(begin(fx), &p);
+    assert_int_equal(finish(fx)->via.map.size, 1);
+    assert_int_equal(sbx_spawn_params_read(fx->m.params, &q, &fx->err), 0);
+    assert_int_equal(q.command_len, 7);
+    assert_null(q.argvv);
+    assert_null(q.envv);
+    assert_null(q.pty);
+    assert_true(q.stdin_mode == SBX_STDIO_DEFAULT && q.stderr_mode == SBX_STDIO_DEFAULT);
+    assert_false(q.has_uid || q.has_gid || q.has_groups || q.has_drain_ms);
+    assert_int_equal(q.kill_signal, 0);
+
+    /* command form, kill_signal by name; gid alone and stderr "stdout" with stdout "null" are
+     * valid (§14.2) */
+    assert_int_equal(sbx_spawn_params_read(raw_map(fx, "82a7636f6d6d616e64a161ab6b696c6c5f736967"
+                                                       "6e616ca4"
+                                                       "4b494c4c"),
+                                           &q, &fx->err),
+                     0);
+    assert_int_equal(q.kill_signal, 9);
+    assert_int_equal(sbx_spawn_params_read(raw_map(fx, "82a7636f6d6d616e64a161ab6b696c6c5f736967"
+                                                       "6e616ca7"
+                                                       "7369676b696c6c"),
+                                           &q, &fx->err),
+                     0);
+    assert_int_equal(q.kill_signal, 9);
+    assert_int_equal(
+        sbx_spawn_params_read(raw_map(fx, "82a7636f6d6d616e64a161a367696405"), &q, &fx->err), 0);
+    assert_true(q.has_gid && q.gid == 5 && !q.has_uid && q.user == NULL);
+    assert_int_equal(sbx_spawn_params_read(raw_map(fx, "83a7636f6d6d616e64a161a6737464657272a673"
+                                                       "74646f7574a67374646f7574a46e756c6c"),
+                                           &q, &fx->err),
+                     0);
+    assert_int_equal(q.stderr_mode, SBX_STDIO_STDOUT);
+    assert_int_equal(q.stdout_mode, SBX_STDIO_NULL);
+
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        size_t n = 0;
+        for (const char *h = bad[i].hex; *h != '\0'; h++) {
+            if (*h != ' ') {
+                hex[n++] = *h;
+            }
+        }
+        hex[n] = '\0';
+        if (sbx_spawn_params_read(raw_map(fx, hex), &q, &fx->err) != -1) {
+            fail_msg("bad spawn params %zu accepted", i);
+        }
+        assert_string_equal(fx->err.code, SBX_E_BAD_PARAM);
+        assert_string_equal(fx->err.field, bad[i].field);
+    }
+}
+
+/* The string caps of §23: user 256 bytes, cwd a 4096-byte path, tag 256, pty.term 64. */
+static void test_spawn_params_caps(void **state)
+{
+    static const struct {
+        const char *key;
+        size_t max;
+    } caps[] = { { "user", 256 }, { "cwd", 4096 }, { "tag", 256 }, { "term", 64 } };
+    struct fx *fx = *state;
+    struct sbx_spawn_params q;
+    static char buf[4097];
+
+    memset(buf, 'u', sizeof(buf));
+    for (size_t i = 0; i < ARRAY_SIZE(caps); i++) {
+        for (size_t n = caps[i].max; n <= caps[i].max + 1; n++) {
+            msgpack_packer *pk = begin(fx);
+            bool pty = strcmp(caps[i].key, "term") == 0;
+            (void)msgpack_pack_map(pk, 2);
+            sbx_pack_kv_str(pk, "command", "true");
+            if (pty) {
+                sbx_pack_cstr(pk, "pty");
+                (void)msgpack_pack_map(pk, 1);
+            }
+            sbx_pack_cstr(pk, caps[i].key);
+            sbx_pack_bstr(pk, buf, n); /* valid UTF-8: a str */
+            int r = sbx_spawn_params_read(finish(fx), &q, &fx->err);
+            if (n == caps[i].max) {
+                assert_int_equal(r, 0);
+            } else {
+                assert_int_equal(r, -1);
+                assert_string_equal(fx->err.field, pty ? "pty.term" : caps[i].key);
+            }
+        }
+    }
+}
+
+/* repl.start's share of the spawn params (§16.2): no argv needed, the same rules. */
+static void test_spawn_identity(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_spawn_params q;
+
+    /* {env: {A: "1"}, cwd: "/w", user: "bob", tag: "x"}: tag is not read */
+    assert_int_equal(sbx_spawn_identity_read(raw_map(fx, "84a3656e7681a141a131a3637764a22f77a475"
+                                                         "736572a3626f62a3746167a178"),
+                                             &q, &fx->err),
+                     0);
+    assert_int_equal(q.envv->via.map.size, 1);
+    assert_memory_equal(q.cwd, "/w", 2);
+    assert_memory_equal(q.user, "bob", 3);
+    assert_null(q.tag);
+    assert_null(q.argvv);
+    /* {user: "bob", uid: 1} */
+    assert_int_equal(
+        sbx_spawn_identity_read(raw_map(fx, "82a475736572a3626f62a375696401"), &q, &fx->err), -1);
+    assert_string_equal(fx->err.code, SBX_E_BAD_PARAM);
+    assert_string_equal(fx->err.field, "uid");
+}
+
+/* One-stream results, repl.eval's streams, pack.create's result. */
+static void test_stream_results(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_stream_result r = { 9, true, 10, 0644 }, s;
+    struct sbx_eval_streams ev;
+    struct sbx_pack_result pr;
+
+    sbx_stream_result_pack(begin(fx), &r);
+    assert_int_equal(sbx_stream_result_read(finish(fx), true, &s, &fx->err), 0);
+    assert_true(s.stream == 9 && s.has_size && s.size == 10 && s.mode == 0644);
+    assert_int_equal(sbx_stream_result_read(fx->m.params, false, &s, &fx->err), 0);
+    assert_false(s.has_size);
+    assert_int_equal(sbx_eval_streams_read(fx->m.params, &ev, &fx->err), -1);
+    assert_string_equal(fx->err.code, SBX_E_BAD_MESSAGE);
+    assert_int_equal(sbx_pack_result_read(fx->m.params, &pr, &fx->err), -1);
+    assert_string_equal(fx->err.code, SBX_E_BAD_MESSAGE);
+    /* {stream: 9} without size: transfer.download's result needs it */
+    r.has_size = false;
+    sbx_stream_result_pack(begin(fx), &r);
+    assert_int_equal(sbx_stream_result_read(finish(fx), true, &s, &fx->err), -1);
+    assert_string_equal(fx->err.field, "size");
+    /* {stream: 0}: not a sid */
+    assert_int_equal(sbx_stream_result_read(raw_map(fx, "81a673747265616d00"), false, &s, &fx->err),
+                     -1);
+    assert_string_equal(fx->err.field, "stream");
+
+    /* {id: 1, archive: 5, build_stdout: 6} */
+    assert_int_equal(sbx_pack_result_read(raw_map(fx, "83a2696401a7617263686976650"
+                                                      "5ac6275696c645f7374646f757406"),
+                                          &pr, &fx->err),
+                     0);
+    assert_int_equal(pr.id, 1);
+    assert_int_equal(pr.archive, 5);
+    assert_int_equal(pr.build_out, 6);
+    assert_int_equal(pr.build_err, 0);
+    /* {eval: 3, stdout: 4, stderr: 5} */
+    assert_int_equal(sbx_eval_streams_read(raw_map(fx, "83a46576616c03a67374646f757404a673746465"
+                                                       "72720"
+                                                       "5"),
+                                           &ev, &fx->err),
+                     0);
+    assert_true(ev.eval == 3 && ev.out == 4 && ev.err == 5);
+}
+
 /* The debug-build check of outgoing frames refuses what breaks a record. */
 static void test_schema_check(void **state)
 {
@@ -341,6 +597,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_spawn_result, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_notes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transfer_done, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spawn_params, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spawn_params_caps, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spawn_identity, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_results, setup, teardown),
         cmocka_unit_test_setup_teardown(test_schema_check, setup, teardown),
     };
 

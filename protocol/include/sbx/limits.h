@@ -35,6 +35,8 @@
 #define SBX_ENV_BYTES_MAX    (1u << 20) /* total size of the base environment */
 #define SBX_GROUPS_MAX       64u
 #define SBX_TAG_MAX          256u
+#define SBX_USER_MAX         256u /* proc.spawn / repl.start user name */
+#define SBX_PTY_TERM_MAX     64u  /* proc.spawn pty.term */
 #define SBX_TOKEN_MAX        256u
 #define SBX_CAPS_MAX         64u  /* hello: capabilities a client may list */
 #define SBX_HELLO_CAP_MAX    64u  /* hello: bytes of one capability name */

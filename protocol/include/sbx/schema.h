@@ -42,6 +42,7 @@
 #define SBX_M_PROC_CLOSE_STDIN       "proc.close_stdin"
 #define SBX_M_PROC_RELEASE           "proc.release"
 #define SBX_M_PROC_RESIZE            "proc.resize"
+#define SBX_M_PROC_ATTACH            "proc.attach"
 #define SBX_M_FS_STAT                "fs.stat"
 #define SBX_M_FS_LSTAT               "fs.lstat"
 #define SBX_M_FS_READDIR             "fs.readdir"
@@ -79,6 +80,8 @@
 #define SBX_M_REPL_EVAL              "repl.eval"
 #define SBX_M_REPL_CLOSE             "repl.close"
 #define SBX_M_REPL_LIST              "repl.list"
+#define SBX_M_NET_CONNECT            "net.connect"
+#define SBX_M_NET_LISTENING          "net.listening"
 
 #define SBX_N_ERROR                  "error"
 #define SBX_N_STREAM_CREDIT          "stream.credit"
@@ -168,6 +171,78 @@ struct sbx_fileinfo {
 void sbx_fileinfo_pack(msgpack_packer *pk, const struct sbx_fileinfo *fi);
 int sbx_fileinfo_read(const msgpack_object *o, struct sbx_fileinfo *fi, struct sbx_err *err);
 
+/* --- proc.spawn params (§14.2, §15.1; schema_proc.c) --------------------------------------- */
+
+/* stdio modes of proc.spawn (§14.2). DEFAULT: the parameter is absent (stdin "null", stdout and
+ * stderr "pipe"). */
+enum sbx_stdio {
+    SBX_STDIO_DEFAULT = 0,
+    SBX_STDIO_PIPE,
+    SBX_STDIO_NULL,
+    SBX_STDIO_STDOUT, /* stderr only: wherever stdout goes */
+};
+
+/* The `pty` parameter of proc.spawn (§15.1). 0 / NULL: the default (24, 80, "xterm-256color"). */
+struct sbx_pty_params {
+    uint32_t rows, cols;
+    const char *term;
+    size_t term_len; /* read only */
+};
+
+/*
+ * proc.spawn params (§14.2). A zeroed struct plus argv (or command) is a valid request; every
+ * other field left zero is left out (the agent's default applies).
+ *
+ * For packing, strings are NUL-terminated and arrays NULL-terminated. `env` entries are
+ * "NAME=VALUE" (set) or "NAME" without '=' (remove the variable: nil in the map).
+ * The read functions fill the *_len fields and the *v msgpack views instead; their strings point
+ * into the object, are not NUL-terminated and hold no NUL byte.
+ */
+struct sbx_spawn_params {
+    const char *const *argv; /* pack: NULL-terminated; NULL when `command` is used */
+    const char *command;     /* NULL: absent */
+    const char *const *env;  /* pack: NULL-terminated "NAME=VALUE" / "NAME"; NULL: none */
+    bool clear_env;
+    const char *cwd;  /* NULL: absent ("/") */
+    const char *user; /* NULL: absent */
+    bool has_uid, has_gid, has_groups;
+    uint32_t uid, gid;
+    const uint32_t *groups; /* pack: ngroups entries */
+    uint32_t ngroups;
+    enum sbx_stdio stdin_mode, stdout_mode, stderr_mode;
+    uint32_t timeout_ms; /* 0: none */
+    int kill_signal;     /* 0: default (SIGTERM); 1..64 */
+    bool has_kill_grace_ms, has_drain_ms;
+    uint32_t kill_grace_ms, drain_ms;
+    const struct sbx_pty_params *pty; /* NULL: no PTY */
+    const char *tag;                  /* NULL: absent */
+    /* read only: */
+    const msgpack_object *argvv;   /* argv: 1..4096 checked bstr entries; NULL with command */
+    const msgpack_object *envv;    /* env: a checked {bstr: bstr|nil} map, or NULL */
+    const msgpack_object *groupsv; /* groups: an array of ngroups uints <= 2^32-2, or NULL */
+    size_t command_len, cwd_len, user_len, tag_len;
+    struct sbx_pty_params pty_buf; /* pty points here after a read */
+};
+
+/* Pack the params map. Never fails on its own (a failed write poisons the frame). */
+void sbx_spawn_params_pack(msgpack_packer *pk, const struct sbx_spawn_params *p);
+/*
+ * Read and check proc.spawn params against §14.2, §15.1 and §23: every param's presence, type
+ * and range (exactly one of argv/command, user xor uid, env names and values, stdio values,
+ * signals, pty sizes and an ASCII term), so a request that passes is one the agent may only
+ * refuse for what it finds in the guest. 0, or -1 with BAD_PARAM naming the field ("argv[3]",
+ * "pty.rows", "groups[1]"; "env" for an env entry, §7.5). What depends on the guest (the user
+ * exists, PATH lookup, a PTY can be opened) is the agent's.
+ */
+int sbx_spawn_params_read(const msgpack_object *params, struct sbx_spawn_params *p,
+                          struct sbx_err *err);
+/*
+ * Read only the params repl.start shares with proc.spawn (§16.2): env, clear_env, cwd, user,
+ * uid, gid, groups, with the same rules; other fields are left zero. 0, or -1 with BAD_PARAM.
+ */
+int sbx_spawn_identity_read(const msgpack_object *params, struct sbx_spawn_params *p,
+                            struct sbx_err *err);
+
 /* --- proc.spawn result (§14.2) ------------------------------------------------------------- */
 
 struct sbx_spawn_result {
@@ -177,6 +252,35 @@ struct sbx_spawn_result {
 
 void sbx_spawn_result_pack(msgpack_packer *pk, const struct sbx_spawn_result *r);
 int sbx_spawn_result_read(const msgpack_object *o, struct sbx_spawn_result *r, struct sbx_err *err);
+
+/* --- one-stream results (§17.4, §17.5, §18), repl.eval streams (§16.3), pack.create (§19.1) - */
+
+/* A result that announces one stream: transfer.* (§18), fs.walk, fs.glob ({stream}), and
+ * transfer.download's {stream, size, mode}. */
+struct sbx_stream_result {
+    uint32_t stream;
+    bool has_size; /* transfer.download */
+    uint64_t size, mode;
+};
+
+void sbx_stream_result_pack(msgpack_packer *pk, const struct sbx_stream_result *r);
+/* Read {stream: sid} (and size, mode when present, both required for @with_size). */
+int sbx_stream_result_read(const msgpack_object *o, bool with_size, struct sbx_stream_result *r,
+                           struct sbx_err *err);
+
+/* repl.eval with stream: true (§16.3): {eval, stdout, stderr}. */
+struct sbx_eval_streams {
+    uint32_t eval, out, err;
+};
+
+int sbx_eval_streams_read(const msgpack_object *o, struct sbx_eval_streams *r, struct sbx_err *err);
+
+/* pack.create (§19.1): {id, build_stdout?, build_stderr?, archive}; 0 for an absent sid. */
+struct sbx_pack_result {
+    uint32_t id, build_out, build_err, archive;
+};
+
+int sbx_pack_result_read(const msgpack_object *o, struct sbx_pack_result *r, struct sbx_err *err);
 
 /* --- stream notifications (§8.3–§8.5) ------------------------------------------------------ */
 

@@ -1,26 +1,19 @@
 /*
- * Wire records the connection core needs that protocol/schema.c does not define yet: proc.spawn
- * params (§14.2, §15.1), the one-stream results of transfer.* / fs.walk / fs.glob (§17.4, §18),
- * repl.eval's stream result (§16.3) and pack.create's result (§19.1). Written like schema.c (one
- * pack and one read function per record) so they can move there unchanged.
+ * The wire schema's process records (sbx/schema.h): proc.spawn params (§14.2, §15.1), and the
+ * subset of them repl.start takes too (§16.2). One pack function for clients and one read
+ * function for the agent and anyone who relays a request, so both sides share one definition of
+ * a valid spawn request.
  */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "sbx/conn.h"
+#include "sbx/limits.h"
+#include "sbx/schema.h"
 
 /* --- helpers ------------------------------------------------------------------------------- */
 
-/* A record from the peer that breaks its table is a bad message, not a bad param of ours. */
-static int bad_message(struct sbx_err *err, const char *what)
-{
-    sbx_err_prefix(err, "%s", what);
-    memcpy(err->code, SBX_E_BAD_MESSAGE, sizeof(SBX_E_BAD_MESSAGE));
-    return -1;
-}
-
-/* BAD_PARAM with a formatted field path ("argv[3]", "pty.rows"). */
+/* BAD_PARAM with a formatted field path ("argv[3]", "groups[1]"). */
 __attribute__((format(printf, 3, 4))) static int param_at(struct sbx_err *err, const char *what,
                                                           const char *fmt, ...)
 {
@@ -31,6 +24,16 @@ __attribute__((format(printf, 3, 4))) static int param_at(struct sbx_err *err, c
     (void)vsnprintf(field, sizeof(field), fmt, ap);
     va_end(ap);
     return sbx_err_param(err, field, "%s %s", field, what);
+}
+
+/* An error of a nested map's entry: its field becomes "<map>.<field>" (§7.5). */
+static int nested(struct sbx_err *err, const char *map)
+{
+    char field[SBX_ERR_FIELD_MAX];
+
+    (void)snprintf(field, sizeof(field), "%s.%s", map, err->field);
+    memcpy(err->field, field, sizeof(field));
+    return -1;
 }
 
 /* An OS byte string (str or bin, §4.4) of at most @max bytes without NUL. */
@@ -49,8 +52,8 @@ static int param_bstr(const msgpack_object *params, const char *key, size_t max,
         return 1;
     }
     if (!bstr_ok(o, max, p, n)) {
-        return sbx_err_param(err, key, "%s must be a byte string of at most %zu bytes without NUL",
-                             key, max);
+        return sbx_err_param(err, key, "%s must be a string of at most %zu bytes without NUL", key,
+                             max);
     }
     return 0;
 }
@@ -62,34 +65,12 @@ static int param_text(const msgpack_object *params, const char *key, size_t max,
     int r = sbx_param_str(params, key, SBX_OPTIONAL, max, p, n, err);
 
     if (r == 0 && memchr(*p, '\0', *n) != NULL) {
-        return sbx_err_param(err, key, "%s contains a NUL byte", key);
+        return sbx_err_param(err, key, "parameter \"%s\" contains a NUL byte", key);
     }
     return r;
 }
 
-/* A required sid of a result read from the peer. */
-static int need_sid(const msgpack_object *o, const char *key, uint32_t *sid, struct sbx_err *err)
-{
-    uint64_t v;
-
-    if (sbx_param_u64(o, key, SBX_REQUIRED, 1, UINT32_MAX, &v, err) != 0) {
-        return -1;
-    }
-    *sid = (uint32_t)v;
-    return 0;
-}
-
-/* An optional sid (absent: 0). */
-static int opt_sid(const msgpack_object *o, const char *key, uint32_t *sid, struct sbx_err *err)
-{
-    uint64_t v;
-    int r = sbx_param_u64(o, key, SBX_OPTIONAL, 1, UINT32_MAX, &v, err);
-
-    *sid = r == 0 ? (uint32_t)v : 0;
-    return r < 0 ? -1 : 0;
-}
-
-/* --- proc.spawn params (§14.2, §15.1) ------------------------------------------------------- */
+/* --- pack ---------------------------------------------------------------------------------- */
 
 static const char *const stdio_names[] = { NULL, "pipe", "null", "stdout" };
 
@@ -103,16 +84,16 @@ static uint32_t count_strv(const char *const *v)
     return n;
 }
 
-static void pack_stdio(msgpack_packer *pk, const char *key, enum sbx_stdio m)
-{
-    if (m > SBX_STDIO_DEFAULT && m <= SBX_STDIO_STDOUT) {
-        sbx_pack_kv_str(pk, key, stdio_names[m]);
-    }
-}
-
 static bool stdio_set(enum sbx_stdio m)
 {
     return m > SBX_STDIO_DEFAULT && m <= SBX_STDIO_STDOUT;
+}
+
+static void pack_stdio(msgpack_packer *pk, const char *key, enum sbx_stdio m)
+{
+    if (stdio_set(m)) {
+        sbx_pack_kv_str(pk, key, stdio_names[m]);
+    }
 }
 
 /* env entries "NAME=VALUE" (set) and "NAME" (remove: nil). */
@@ -219,6 +200,8 @@ void sbx_spawn_params_pack(msgpack_packer *pk, const struct sbx_spawn_params *p)
     }
 }
 
+/* --- read ---------------------------------------------------------------------------------- */
+
 /* argv or command, exactly one. */
 static int read_program(const msgpack_object *params, struct sbx_spawn_params *p,
                         struct sbx_err *err)
@@ -246,48 +229,48 @@ static int read_program(const msgpack_object *params, struct sbx_spawn_params *p
     }
     for (uint32_t i = 0; i < p->argvv->via.array.size; i++) {
         if (!bstr_ok(&p->argvv->via.array.ptr[i], SBX_ARG_MAX, &s, &n)) {
-            return param_at(err, "must be a byte string of at most 131072 bytes without NUL",
-                            "argv[%u]", i);
+            return param_at(err, "must be a string of at most 131072 bytes without NUL", "argv[%u]",
+                            i);
         }
     }
     return 0;
 }
 
-/* env: {bstr: bstr|nil}, names 1..256 bytes without '=', values up to 128 KiB (§13). */
+/* env: {bstr: bstr|nil}, names 1..256 bytes without '=', values up to 128 KiB (§13). The field
+ * is "env"; the message names the entry (§7.5). */
 static int read_env(const msgpack_object *params, struct sbx_spawn_params *p, struct sbx_err *err)
 {
-    const char *s;
-    size_t n;
+    const char *s, *name;
+    size_t n, nlen;
 
     if (sbx_param_map(params, "env", SBX_OPTIONAL, SBX_ENV_MAX, &p->envv, err) < 0) {
         return -1;
     }
     for (uint32_t i = 0; p->envv != NULL && i < p->envv->via.map.size; i++) {
         const msgpack_object_kv *kv = &p->envv->via.map.ptr[i];
-        if (!bstr_ok(&kv->key, SBX_ENV_NAME_MAX, &s, &n) || n == 0 || memchr(s, '=', n) != NULL) {
+        if (!bstr_ok(&kv->key, SBX_ENV_NAME_MAX, &name, &nlen) || nlen == 0 ||
+            memchr(name, '=', nlen) != NULL) {
             return sbx_err_param(err, "env",
-                                 "env entry %u: a name is 1..%u bytes without '=' "
-                                 "or NUL",
-                                 i, SBX_ENV_NAME_MAX);
+                                 "env entry %u: a name is 1..%u bytes without '=' or NUL", i,
+                                 SBX_ENV_NAME_MAX);
         }
         if (kv->val.type != MSGPACK_OBJECT_NIL && !bstr_ok(&kv->val, SBX_ENV_VAL_MAX, &s, &n)) {
             return sbx_err_param(err, "env",
-                                 "env entry %u: a value is nil or at most %u bytes "
+                                 "env \"%.*s\": a value is nil or a string of at most %u bytes "
                                  "without NUL",
-                                 i, SBX_ENV_VAL_MAX);
+                                 (int)nlen, name, SBX_ENV_VAL_MAX);
         }
     }
     return 0;
 }
 
 /* user, uid, gid, groups. */
-static int read_identity(const msgpack_object *params, struct sbx_spawn_params *p,
-                         struct sbx_err *err)
+static int read_ids(const msgpack_object *params, struct sbx_spawn_params *p, struct sbx_err *err)
 {
-    uint64_t v;
+    uint64_t v = 0;
     int r;
 
-    if (param_text(params, "user", 256, &p->user, &p->user_len, err) < 0) {
+    if (param_text(params, "user", SBX_USER_MAX, &p->user, &p->user_len, err) < 0) {
         return -1;
     }
     r = sbx_param_u64(params, "uid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &v, err);
@@ -295,16 +278,16 @@ static int read_identity(const msgpack_object *params, struct sbx_spawn_params *
         return -1;
     }
     p->has_uid = r == 0;
-    p->uid = (uint32_t)v;
+    p->uid = r == 0 ? (uint32_t)v : 0;
     if (p->has_uid && p->user != NULL) {
-        return sbx_err_param(err, "uid", "give at most one of \"user\" and \"uid\"");
+        return sbx_err_param(err, "uid", "give \"user\" or \"uid\", not both");
     }
     r = sbx_param_u64(params, "gid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &v, err);
     if (r < 0) {
         return -1;
     }
     p->has_gid = r == 0;
-    p->gid = (uint32_t)v;
+    p->gid = r == 0 ? (uint32_t)v : 0;
     if (sbx_param_array(params, "groups", SBX_OPTIONAL, SBX_GROUPS_MAX, &p->groupsv, err) < 0) {
         return -1;
     }
@@ -316,6 +299,22 @@ static int read_identity(const msgpack_object *params, struct sbx_spawn_params *
         }
     }
     p->ngroups = p->has_groups ? p->groupsv->via.array.size : 0;
+    return 0;
+}
+
+/* env, clear_env, cwd, user, uid, gid, groups: what repl.start shares. */
+static int read_identity(const msgpack_object *params, struct sbx_spawn_params *p,
+                         struct sbx_err *err)
+{
+    bool b = false;
+
+    if (read_env(params, p, err) < 0 ||
+        sbx_param_bool(params, "clear_env", SBX_OPTIONAL, &b, err) < 0 ||
+        param_bstr(params, "cwd", SBX_PATH_MAX, &p->cwd, &p->cwd_len, err) < 0 ||
+        read_ids(params, p, err) < 0) {
+        return -1;
+    }
+    p->clear_env = b;
     return 0;
 }
 
@@ -336,11 +335,11 @@ static int read_stdio(const msgpack_object *params, const char *key, bool merge,
             return 0;
         }
     }
-    return sbx_err_param(err, key, "%s must be \"pipe\" or \"null\"%s", key,
-                         merge ? " or \"stdout\"" : "");
+    return sbx_err_param(err, key, "%s must be %s", key,
+                         merge ? "\"pipe\", \"null\" or \"stdout\"" : "\"pipe\" or \"null\"");
 }
 
-/* kill_signal: a name (Appendix A) or a number 1..64. */
+/* kill_signal: a name (Appendix A: "TERM", "SIGTERM", "15") or a number 1..64. */
 static int read_signal(const msgpack_object *params, struct sbx_spawn_params *p,
                        struct sbx_err *err)
 {
@@ -354,16 +353,12 @@ static int read_signal(const msgpack_object *params, struct sbx_spawn_params *p,
         p->kill_signal = (int)o->via.u64;
         return 0;
     }
-    if (o->type == MSGPACK_OBJECT_STR && o->via.str.size < sizeof(name)) {
-        memcpy(name, o->via.str.ptr, o->via.str.size);
-        name[o->via.str.size] = '\0';
-        p->kill_signal = strlen(name) == o->via.str.size ? sbx_signal_parse(name) : -1;
-        if (p->kill_signal > 0) {
-            return 0;
-        }
+    if (sbx_obj_cstr(o, name, sizeof(name)) == 0 && (p->kill_signal = sbx_signal_parse(name)) > 0) {
+        return 0;
     }
     p->kill_signal = 0;
-    return sbx_err_param(err, "kill_signal", "kill_signal must be a signal name or 1..64");
+    return sbx_err_param(err, "kill_signal",
+                         "kill_signal must be a signal name such as \"TERM\" or a number 1..64");
 }
 
 static int read_timing(const msgpack_object *params, struct sbx_spawn_params *p,
@@ -405,19 +400,19 @@ static int read_pty(const msgpack_object *params, struct sbx_spawn_params *p, st
     }
     p->pty = q;
     if ((r = sbx_param_u64(t, "rows", SBX_OPTIONAL, 1, 65535, &v, err)) < 0) {
-        return param_at(err, "must be in 1..65535", "pty.rows");
+        return nested(err, "pty");
     }
     q->rows = r == 0 ? (uint32_t)v : 0;
     if ((r = sbx_param_u64(t, "cols", SBX_OPTIONAL, 1, 65535, &v, err)) < 0) {
-        return param_at(err, "must be in 1..65535", "pty.cols");
+        return nested(err, "pty");
     }
     q->cols = r == 0 ? (uint32_t)v : 0;
-    if (param_text(t, "term", 64, &q->term, &q->term_len, err) < 0) {
-        return param_at(err, "must be a str of at most 64 bytes", "pty.term");
+    if (param_text(t, "term", SBX_PTY_TERM_MAX, &q->term, &q->term_len, err) < 0) {
+        return nested(err, "pty");
     }
     for (size_t i = 0; q->term != NULL && i < q->term_len; i++) {
         if ((unsigned char)q->term[i] >= 0x80) {
-            return param_at(err, "must be ASCII", "pty.term");
+            return sbx_err_param(err, "pty.term", "pty.term must be ASCII");
         }
     }
     return 0;
@@ -426,14 +421,9 @@ static int read_pty(const msgpack_object *params, struct sbx_spawn_params *p, st
 int sbx_spawn_params_read(const msgpack_object *params, struct sbx_spawn_params *p,
                           struct sbx_err *err)
 {
-    bool b = false;
-
     memset(p, 0, sizeof(*p));
     sbx_err_clear(err);
-    if (read_program(params, p, err) < 0 || read_env(params, p, err) < 0 ||
-        sbx_param_bool(params, "clear_env", SBX_OPTIONAL, &b, err) < 0 ||
-        param_bstr(params, "cwd", SBX_PATH_MAX, &p->cwd, &p->cwd_len, err) < 0 ||
-        read_identity(params, p, err) < 0 ||
+    if (read_program(params, p, err) < 0 || read_identity(params, p, err) < 0 ||
         read_stdio(params, "stdin", false, &p->stdin_mode, err) < 0 ||
         read_stdio(params, "stdout", false, &p->stdout_mode, err) < 0 ||
         read_stdio(params, "stderr", true, &p->stderr_mode, err) < 0 ||
@@ -441,75 +431,13 @@ int sbx_spawn_params_read(const msgpack_object *params, struct sbx_spawn_params 
         param_text(params, "tag", SBX_TAG_MAX, &p->tag, &p->tag_len, err) < 0) {
         return -1;
     }
-    p->clear_env = b;
     return 0;
 }
 
-/* --- one-stream results (§17.4, §17.5, §18) ------------------------------------------------- */
-
-void sbx_stream_result_pack(msgpack_packer *pk, const struct sbx_stream_result *r)
+int sbx_spawn_identity_read(const msgpack_object *params, struct sbx_spawn_params *p,
+                            struct sbx_err *err)
 {
-    (void)msgpack_pack_map(pk, 1 + 2 * r->has_size);
-    sbx_pack_kv_u64(pk, "stream", r->stream);
-    if (r->has_size) {
-        sbx_pack_kv_u64(pk, "size", r->size);
-        sbx_pack_kv_u64(pk, "mode", r->mode);
-    }
-}
-
-int sbx_stream_result_read(const msgpack_object *o, bool with_size, struct sbx_stream_result *r,
-                           struct sbx_err *err)
-{
-    memset(r, 0, sizeof(*r));
-    if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
-        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "stream result: not a map");
-    }
-    if (need_sid(o, "stream", &r->stream, err) < 0) {
-        return bad_message(err, "stream result");
-    }
-    if (!with_size) {
-        return 0;
-    }
-    if (sbx_param_u64(o, "size", SBX_REQUIRED, 0, UINT64_MAX, &r->size, err) != 0 ||
-        sbx_param_u64(o, "mode", SBX_REQUIRED, 0, UINT64_MAX, &r->mode, err) != 0) {
-        return bad_message(err, "transfer.download result");
-    }
-    r->has_size = true;
-    return 0;
-}
-
-/* --- repl.eval with stream: true (§16.3), pack.create (§19.1) -------------------------------- */
-
-int sbx_eval_streams_read(const msgpack_object *o, struct sbx_eval_streams *r, struct sbx_err *err)
-{
-    uint64_t v;
-
-    memset(r, 0, sizeof(*r));
-    if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
-        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "repl.eval result: not a map");
-    }
-    if (sbx_param_u64(o, "eval", SBX_REQUIRED, 0, UINT32_MAX, &v, err) != 0 ||
-        need_sid(o, "stdout", &r->out, err) < 0 || need_sid(o, "stderr", &r->err, err) < 0) {
-        return bad_message(err, "repl.eval result");
-    }
-    r->eval = (uint32_t)v;
-    return 0;
-}
-
-int sbx_pack_result_read(const msgpack_object *o, struct sbx_pack_result *r, struct sbx_err *err)
-{
-    uint64_t v;
-
-    memset(r, 0, sizeof(*r));
-    if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
-        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "pack.create result: not a map");
-    }
-    if (sbx_param_u64(o, "id", SBX_REQUIRED, 0, UINT32_MAX, &v, err) != 0 ||
-        opt_sid(o, "build_stdout", &r->build_out, err) < 0 ||
-        opt_sid(o, "build_stderr", &r->build_err, err) < 0 ||
-        need_sid(o, "archive", &r->archive, err) < 0) {
-        return bad_message(err, "pack.create result");
-    }
-    r->id = (uint32_t)v;
-    return 0;
+    memset(p, 0, sizeof(*p));
+    sbx_err_clear(err);
+    return read_identity(params, p, err);
 }
