@@ -58,7 +58,7 @@ struct agent_conn {
     struct agent_slab *slab;  /* read buffer; replaced when a handler holds it */
     size_t queued;            /* bytes handed to uv_write and not yet written */
     size_t queued_ctl;        /* ...of which control frames (data is bounded by credit) */
-    struct agent_fs *fs;      /* fs.c: file handles and readdir cursors, or NULL */
+    struct agent_fs *fs;      /* fsconn.c: file handles and readdir cursors, or NULL */
     struct agent_fswatch *fw; /* fswatch.c: this connection's watches, or NULL */
 };
 

@@ -1,7 +1,9 @@
 /*
- * What the fs family's files (fs.c: path methods and handles, fswalk.c: walk and glob,
- * fswatch.c: inotify watches) share: path parameters, FileInfo types and errno errors that carry
- * the path (PROTOCOL.md §17.1).
+ * What the fs family's files share: path parameters, errno errors that carry the path and
+ * FileInfo (PROTOCOL.md §17.1), all in fs.c, and the request handlers of the family: fspath.c
+ * (path methods), fsdir.c (readdir cursors), fsjob.c (fs.remove and fs.copy on the threadpool),
+ * fsfile.c (file handles), fswalk.c (walk and glob), fswatch.c (inotify watches). The state they
+ * keep per connection is fsconn.h's.
  */
 #ifndef SBX_AGENT_FS_H
 #define SBX_AGENT_FS_H
@@ -12,6 +14,8 @@
 #include <unistd.h>
 
 #include "agent.h"
+
+struct statx;
 
 /* A path buffer: SBX_PATH_MAX bytes and the NUL. */
 #define AGENT_FS_PATH_BUF (SBX_PATH_MAX + 1)
@@ -57,25 +61,36 @@ int agent_fs_path_param(const msgpack_object *params, const char *key, int requi
  * Returns -1. */
 int agent_fs_err(struct sbx_err *err, int errnum, const char *op, const char *path);
 
+/* An errno error for a method on two paths: the message names both, `path` is @from. Returns -1. */
+int agent_fs_err2(struct sbx_err *err, int errnum, const char *op, const char *from,
+                  const char *to);
+
+/* Read the required path params @k1 into @p1 and @k2 into @p2 (AGENT_FS_PATH_BUF bytes each) as
+ * agent_fs_path_param does: 0, or -1 with @err. */
+int agent_fs_two_paths(const struct sbx_msg *m, const char *k1, char *p1, const char *k2, char *p2,
+                       struct sbx_err *err);
+
 /* FileInfo `type` for an st_mode / a dirent d_type (NULL for DT_UNKNOWN). */
 const char *agent_fs_type_name(unsigned mode);
 const char *agent_fs_dtype_name(unsigned char d_type);
 
-/* --- fs family (fs.c, fswalk.c, fswatch.c) ------------------------------------------------ */
+/* Reply to request @id on @c with the FileInfo of @st; @target (may be NULL), @tlen bytes long,
+ * is a symlink's target for fs.lstat. Loop thread. */
+void agent_fs_reply_fileinfo(struct agent_conn *c, uint32_t id, const struct statx *st,
+                             const char *target, ssize_t tlen);
+
+/* --- fs family requests ------------------------------------------------------------------- */
 
 /*
  * Request handlers (dispatch.c's table, see AGENT_REPLIED in agent.h): each answers request @m
  * on @c and returns AGENT_REPLIED, or returns -1 with @err for the dispatcher to send. fs.remove
  * and fs.copy return AGENT_LATER: their threadpool job answers when it is done.
  */
-/* Path methods (PROTOCOL.md §17.3). */
+/* Path methods (PROTOCOL.md §17.3), fspath.c. */
 int agent_fs_stat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_lstat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
-int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
-int agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
-int agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
@@ -85,13 +100,18 @@ int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
 int agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+/* Paged directory listings (§17.3), fsdir.c: readdir cursors, per connection. */
+int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+/* Tree-sized path methods (§17.3), fsjob.c: jobs on the threadpool. */
+int agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /* Entry streams (§17.4, §17.5), fswalk.c. */
 int agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_glob(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /* Watches (§17.6), fswatch.c: inotify, per connection. */
 int agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_unwatch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
-/* File handles (§17.7), per connection. */
+/* File handles (§17.7), fsfile.c: per connection. */
 int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_read(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_write(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);

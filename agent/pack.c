@@ -1,7 +1,7 @@
 /*
  * pack.create (PROTOCOL.md 19): optionally run a build command with its output streamed, then
  * package a directory into a deterministic tar.gz / tar.zst with a manifest, streamed with
- * progress. The archive is made by an out job (tree.c) whose thread first waits for the build;
+ * progress. The archive is made by an out job (outjob.c) whose thread first waits for the build;
  * ignore rules are gitignore's, matched by glob.c.
  */
 #include <errno.h>
@@ -19,12 +19,12 @@
 #include "env.h"
 #include "fs.h"
 #include "glob.h"
+#include "outjob.h"
 #include "path.h"
 #include "proc.h"
 #include "stream.h"
 #include "strv.h"
 #include "transfer.h"
-#include "tree.h"
 
 #define PACK_MANIFEST_NAME ".sbx-manifest.json"
 

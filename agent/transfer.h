@@ -1,10 +1,10 @@
-/* Transfers and packs (transfer.c, tree.c, pack.c). */
+/* Transfers and packs (transfer.c, tree.c, untar.c, pack.c). */
 #ifndef SBX_AGENT_TRANSFER_H
 #define SBX_AGENT_TRANSFER_H
 
 #include "agent.h"
 
-/* --- transfers and packs (transfer.c, tree.c, pack.c) ---------------------------------------- */
+/* --- transfers and packs (transfer.c, tree.c, untar.c, pack.c) ------------------------------- */
 
 /*
  * Work that may outlive its stream (an upload finishing in the threadpool, a tree extraction

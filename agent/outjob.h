@@ -1,11 +1,12 @@
 /*
- * Archive streams made or consumed by a worker thread (tree.c): the loop and the thread exchange
+ * Out jobs (outjob.c): an out stream fed by a worker thread. The loop and the thread exchange
  * chunks through a small bounded queue, so a thread blocked in libarchive never blocks the loop,
  * and agent memory stays bounded by the queue and the stream window. Used by
- * transfer.download_tree / upload_tree and by pack.create (pack.c).
+ * transfer.download_tree (tree.c) and pack.create (pack.c); transfer.upload_tree (untar.c) reads
+ * the same `compress` param.
  */
-#ifndef SBX_AGENT_TREE_H
-#define SBX_AGENT_TREE_H
+#ifndef SBX_AGENT_OUTJOB_H
+#define SBX_AGENT_OUTJOB_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -87,4 +88,4 @@ void agent_outjob_archive_free(struct agent_outjob *j, struct archive *ar, bool 
 /* Set @err from a libarchive failure of @ar. */
 void agent_archive_err(struct sbx_err *err, struct archive *ar, const char *what);
 
-#endif /* SBX_AGENT_TREE_H */
+#endif /* SBX_AGENT_OUTJOB_H */

@@ -1,0 +1,435 @@
+/*
+ * fs.remove and fs.copy (PROTOCOL.md §17.3): jobs on the libuv threadpool that work through
+ * directory fds (openat/unlinkat, O_NOFOLLOW), so a symlink in the tree never leads them outside
+ * it, and that outlive their connection if need be.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fsconn.h"
+#include "path.h"
+
+/* --- remove -------------------------------------------------------------------------------- */
+
+/*
+ * Remove @name in @dfd and everything below it, never following a symlink: directories are
+ * opened O_NOFOLLOW relative to their parent's fd. @path holds the entry's path for errors
+ * (cut when too long); @plen is its length.
+ */
+static int remove_tree_at(int dfd, const char *name, char *path, size_t plen, struct sbx_err *err)
+{
+    _cleanup_closedir_ DIR *d = NULL;
+    int fd = agent_path_opendir_at(dfd, name);
+    struct dirent *de;
+
+    if (fd < 0) {
+        if (errno == ENOTDIR || errno == ELOOP) {
+            if (unlinkat(dfd, name, 0) < 0) {
+                return agent_fs_err(err, errno, "unlink", path);
+            }
+            return 0;
+        }
+        return agent_fs_err(err, errno, "open", path);
+    }
+    d = fdopendir(fd);
+    if (d == NULL) {
+        int e = errno;
+        (void)close(fd);
+        return agent_fs_err(err, e, "opendir", path);
+    }
+    for (;;) {
+        size_t nl;
+        bool isdir;
+        de = agent_path_readdir(d);
+        if (de == NULL) {
+            if (errno != 0) {
+                return agent_fs_err(err, errno, "readdir", path);
+            }
+            break;
+        }
+        nl = strlen(de->d_name);
+        if (plen + 1 + nl <= SBX_PATH_MAX) {
+            path[plen] = '/';
+            memcpy(path + plen + 1, de->d_name, nl + 1);
+        }
+        isdir = de->d_type == DT_DIR;
+        if (de->d_type == DT_UNKNOWN) {
+            struct stat st;
+            isdir =
+                fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+        }
+        if (isdir) {
+            if (remove_tree_at(dirfd(d), de->d_name, path, plen + 1 + nl, err) < 0) {
+                return -1;
+            }
+        } else if (unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT) {
+            return agent_fs_err(err, errno, "unlink", path);
+        }
+        path[plen] = '\0';
+    }
+    if (unlinkat(dfd, name, AT_REMOVEDIR) < 0) {
+        return agent_fs_err(err, errno, "rmdir", path);
+    }
+    return 0;
+}
+
+/* The work of fs.remove (on a threadpool thread: a tree can be large). */
+static int remove_do(const char *path, bool recursive, struct sbx_err *err)
+{
+    char parent[AGENT_FS_PATH_BUF], base[AGENT_FS_PATH_BUF];
+    _cleanup_close_ int pfd = -1;
+    struct stat st;
+
+    if (lstat(path, &st) < 0) {
+        return agent_fs_err(err, errno, "remove", path);
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        if (unlink(path) < 0) {
+            return agent_fs_err(err, errno, "unlink", path);
+        }
+    } else if (!recursive) {
+        if (rmdir(path) < 0) {
+            return agent_fs_err(err, errno, "rmdir", path);
+        }
+    } else {
+        if (agent_path_split(path, parent, sizeof(parent), base, sizeof(base)) < 0) {
+            return agent_fs_err(err, EBUSY, "remove", path); /* "/" */
+        }
+        if (strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
+            return agent_fs_err(err, EINVAL, "remove", path);
+        }
+        pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (pfd < 0) {
+            return agent_fs_err(err, errno, "open", parent);
+        }
+        char buf[AGENT_FS_PATH_BUF]; /* remove_tree_at extends it with entry names */
+        memcpy(buf, path, strlen(path) + 1);
+        if (remove_tree_at(pfd, base, buf, strlen(buf), err) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* --- copy ---------------------------------------------------------------------------------- */
+
+/* Copy the data of @in to @out (both open): copy_file_range, read/write where it is refused. */
+static int copy_data(int in, int out)
+{
+    char *buf = NULL;
+
+    for (;;) {
+        ssize_t n = copy_file_range(in, NULL, out, NULL, 1 << 30, 0);
+        if (n == 0) {
+            return 0;
+        }
+        if (n > 0) {
+            continue;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno != EXDEV && errno != EINVAL && errno != EOPNOTSUPP && errno != ENOSYS) {
+            return -1;
+        }
+        break;
+    }
+    buf = malloc(1 << 17);
+    if (buf == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    for (;;) {
+        ssize_t n = read(in, buf, 1 << 17);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            int e = errno;
+            free(buf);
+            errno = e;
+            return (int)n;
+        }
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(out, buf + off, (size_t)(n - off));
+            if (w < 0 && errno == EINTR) {
+                continue;
+            }
+            if (w < 0) {
+                int e = errno;
+                free(buf);
+                errno = e;
+                return -1;
+            }
+            off += w;
+        }
+    }
+}
+
+/* Path of an entry for error messages: @base joined with @name when it fits. */
+static void join_path(char *out, const char *base, const char *name)
+{
+    if (snprintf(out, AGENT_FS_PATH_BUF, "%s/%s", base, name) >= (int)AGENT_FS_PATH_BUF) {
+        (void)snprintf(out, AGENT_FS_PATH_BUF, "%s", base);
+    }
+}
+
+/* Copy the regular file @sfd (already open, described by @st) to @dname in @dfd. */
+static int copy_file_fd(int sfd, const struct stat *st, int dfd, const char *dname,
+                        const char *spath, const char *dpath, struct sbx_err *err)
+{
+    _cleanup_close_ int out = openat(dfd, dname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+    if (out < 0) {
+        return agent_fs_err(err, errno, "create", dpath);
+    }
+    if (copy_data(sfd, out) < 0) {
+        return agent_fs_err2(err, errno, "copy", spath, dpath);
+    }
+    if (fchmod(out, st->st_mode & 07777) < 0) {
+        return agent_fs_err(err, errno, "chmod", dpath);
+    }
+    if (close(agent_fs_steal_fd(&out)) < 0) {
+        return agent_fs_err(err, errno, "close", dpath);
+    }
+    return 0;
+}
+
+/* Copy the entry @sname of @sdfd to the new name @dname in @ddfd (tree copy, no following). */
+static int copy_tree_at(int sdfd, const char *sname, int ddfd, const char *dname, const char *spath,
+                        const char *dpath, struct sbx_err *err)
+{
+    struct stat st;
+
+    if (fstatat(sdfd, sname, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        return agent_fs_err(err, errno, "lstat", spath);
+    }
+    if (S_ISREG(st.st_mode)) {
+        /* O_NONBLOCK: a FIFO swapped in meanwhile must not block the copy. */
+        _cleanup_close_ int sfd =
+            openat(sdfd, sname, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (sfd < 0) {
+            return agent_fs_err(err, errno, "open", spath);
+        }
+        return copy_file_fd(sfd, &st, ddfd, dname, spath, dpath, err);
+    }
+    if (S_ISLNK(st.st_mode)) {
+        char target[AGENT_FS_PATH_BUF];
+        ssize_t n = readlinkat(sdfd, sname, target, sizeof(target) - 1);
+        if (n < 0) {
+            return agent_fs_err(err, errno, "readlink", spath);
+        }
+        target[n] = '\0';
+        if (symlinkat(target, ddfd, dname) < 0) {
+            return agent_fs_err(err, errno, "symlink", dpath);
+        }
+        return 0;
+    }
+    if (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
+        if (mknodat(ddfd, dname, st.st_mode, st.st_rdev) < 0) {
+            return agent_fs_err(err, errno, "mknod", dpath);
+        }
+        return 0;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        _cleanup_closedir_ DIR *d = NULL;
+        _cleanup_close_ int out = -1;
+        int sfd = agent_path_opendir_at(sdfd, sname);
+        struct dirent *de;
+
+        if (sfd < 0) {
+            return agent_fs_err(err, errno, "open", spath);
+        }
+        d = fdopendir(sfd);
+        if (d == NULL) {
+            int e = errno;
+            (void)close(sfd);
+            return agent_fs_err(err, e, "opendir", spath);
+        }
+        if (mkdirat(ddfd, dname, 0700) < 0) {
+            return agent_fs_err(err, errno, "mkdir", dpath);
+        }
+        out = agent_path_opendir_at(ddfd, dname);
+        if (out < 0) {
+            return agent_fs_err(err, errno, "open", dpath);
+        }
+        for (;;) {
+            char sp[AGENT_FS_PATH_BUF], dp[AGENT_FS_PATH_BUF];
+            de = agent_path_readdir(d);
+            if (de == NULL) {
+                if (errno != 0) {
+                    return agent_fs_err(err, errno, "readdir", spath);
+                }
+                break;
+            }
+            join_path(sp, spath, de->d_name);
+            join_path(dp, dpath, de->d_name);
+            if (copy_tree_at(dirfd(d), de->d_name, out, de->d_name, sp, dp, err) < 0) {
+                return -1;
+            }
+        }
+        if (fchmod(out, st.st_mode & 07777) < 0) {
+            return agent_fs_err(err, errno, "chmod", dpath);
+        }
+        return 0;
+    }
+    return 0; /* sockets are skipped */
+}
+
+/* The work of fs.copy (on a threadpool thread: a file or tree can be large). */
+static int copy_do(const char *from, const char *to, bool recursive, struct sbx_err *err)
+{
+    char parent[AGENT_FS_PATH_BUF], base[AGENT_FS_PATH_BUF];
+    char rfrom[PATH_MAX], rparent[PATH_MAX];
+    _cleanup_close_ int sfd = -1, pfd = -1;
+    struct stat st, dst;
+
+    sfd = open(from, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO would block the open */
+    if (sfd < 0 || fstat(sfd, &st) < 0) {
+        return agent_fs_err(err, errno, "open", from);
+    }
+    if (S_ISDIR(st.st_mode) && !recursive) {
+        return agent_fs_err(err, EISDIR, "copy (a directory needs recursive)", from);
+    }
+    if (stat(to, &dst) == 0) {
+        if (dst.st_dev == st.st_dev && dst.st_ino == st.st_ino) {
+            return agent_fs_err2(err, EINVAL, "copy onto itself", from, to);
+        }
+        if (S_ISDIR(st.st_mode) || S_ISDIR(dst.st_mode)) {
+            return agent_fs_err(err, S_ISDIR(st.st_mode) ? EEXIST : EISDIR, "copy to", to);
+        }
+    }
+    if (agent_path_split(to, parent, sizeof(parent), base, sizeof(base)) < 0) {
+        return agent_fs_err(err, EEXIST, "copy to", to); /* "/" */
+    }
+    pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (pfd < 0) {
+        return agent_fs_err(err, errno, "open", parent);
+    }
+    if (S_ISDIR(st.st_mode)) {
+        /* Copying a tree into itself would never end. */
+        if (realpath(from, rfrom) != NULL && realpath(parent, rparent) != NULL) {
+            size_t n = strlen(rfrom);
+            if (strncmp(rparent, rfrom, n) == 0 &&
+                (rparent[n] == '/' || rparent[n] == '\0' || strcmp(rfrom, "/") == 0)) {
+                return agent_fs_err2(err, EINVAL, "copy a directory into itself", from, to);
+            }
+        }
+        /* `from` itself may be a symlink to a directory: copy what it names. */
+        return copy_tree_at(sfd, ".", pfd, base, from, to, err);
+    }
+    if (S_ISREG(st.st_mode)) {
+        return copy_file_fd(sfd, &st, pfd, base, from, to, err);
+    }
+    return agent_fs_err(err, EINVAL, "copy (not a regular file or directory)", from);
+}
+
+/* --- the job ------------------------------------------------------------------------------- */
+
+/*
+ * fs.remove and fs.copy run on the libuv threadpool, so a large tree or file does not hold the
+ * loop (and every other connection). A job outlives its connection if need be: the connection
+ * forgets it on close, and the job then only frees itself.
+ */
+struct fs_job {
+    uv_work_t req;
+    struct agent_link link; /* in fs->jobs while the connection is there */
+    struct agent_conn *conn;
+    uint32_t id;
+    bool copy, recursive;
+    int rc;
+    struct sbx_err err;
+    char from[AGENT_FS_PATH_BUF], to[AGENT_FS_PATH_BUF];
+};
+
+static void job_work_cb(uv_work_t *req)
+{
+    struct fs_job *j = agent_container_of(req, struct fs_job, req);
+
+    j->rc = j->copy ? copy_do(j->from, j->to, j->recursive, &j->err)
+                    : remove_do(j->from, j->recursive, &j->err);
+}
+
+static void job_after_cb(uv_work_t *req, int status)
+{
+    struct fs_job *j = agent_container_of(req, struct fs_job, req);
+
+    if (j->conn != NULL) {
+        agent_list_del(&j->link);
+        if (status < 0) {
+            sbx_err_set(&j->err, SBX_E_INTERNAL, "the operation was cancelled");
+            j->rc = -1;
+        }
+        if (j->rc < 0) {
+            agent_conn_reply_error(j->conn, j->id, &j->err);
+        } else {
+            agent_conn_reply_empty(j->conn, j->id);
+        }
+    }
+    free(j);
+}
+
+/*
+ * Parse fs.remove / fs.copy params into a job and queue it: AGENT_LATER (job_after_cb answers),
+ * or -1 with @err. Should the threadpool refuse the job, it is done here and then answered here.
+ */
+static int job_start(struct agent_conn *c, const struct sbx_msg *m, bool copy, struct sbx_err *err)
+{
+    struct agent_fs *fs = agent_fs_state(c);
+    struct fs_job *j = fs != NULL ? calloc(1, sizeof(*j)) : NULL;
+    int rc;
+
+    if (j == NULL) {
+        return sbx_err_oom(err);
+    }
+    if ((copy ? agent_fs_two_paths(m, "from", j->from, "to", j->to, err)
+              : agent_fs_path_param(m->params, "path", SBX_REQUIRED, j->from, err)) < 0 ||
+        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &j->recursive, err) < 0) {
+        free(j);
+        return -1;
+    }
+    j->conn = c;
+    j->id = m->id;
+    j->copy = copy;
+    agent_list_add_tail(&fs->jobs, &j->link);
+    if (uv_queue_work(c->a->loop, &j->req, job_work_cb, job_after_cb) == 0) {
+        return AGENT_LATER;
+    }
+    /* Cannot happen with a valid loop: do the work here then. */
+    agent_list_del(&j->link);
+    job_work_cb(&j->req);
+    rc = j->rc;
+    if (rc < 0) {
+        *err = j->err;
+    }
+    free(j);
+    if (rc < 0) {
+        return -1;
+    }
+    agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
+}
+
+int agent_fs_remove(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    return job_start(c, m, false, err);
+}
+
+int agent_fs_copy(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    return job_start(c, m, true, err);
+}
+
+void agent_fs_jobs_detach(struct agent_fs *fs)
+{
+    while (!agent_list_empty(&fs->jobs)) {
+        struct fs_job *j = agent_container_of(fs->jobs.next, struct fs_job, link);
+        agent_list_del(&j->link);
+        j->conn = NULL; /* it finishes on its own and frees itself */
+    }
+}

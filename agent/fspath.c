@@ -1,0 +1,337 @@
+/*
+ * The fs family's path methods (PROTOCOL.md §17.3) that are one short system call each on the
+ * loop thread: stat, lstat, mkdir, rename, chmod, chown, symlink, link, readlink, realpath,
+ * truncate, utime and mktemp.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "fs.h"
+#include "path.h"
+#include "sbx/schema.h"
+
+/* --- stat ---------------------------------------------------------------------------------- */
+
+/* fs.stat / fs.lstat: AGENT_REPLIED with the FileInfo, or -1 with @err. */
+static int fs_stat_common(struct agent_conn *c, const struct sbx_msg *m, bool follow,
+                          struct sbx_err *err)
+{
+    char path[AGENT_FS_PATH_BUF], target[AGENT_FS_PATH_BUF];
+    struct statx st;
+    ssize_t tlen = -1;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+        return -1;
+    }
+    if (statx(AT_FDCWD, path, follow ? 0 : AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME,
+              &st) < 0) {
+        return agent_fs_err(err, errno, follow ? "stat" : "lstat", path);
+    }
+    if (!follow && S_ISLNK(st.stx_mode)) {
+        tlen = readlink(path, target, sizeof(target) - 1);
+        /* Reading the link updated its atime: stat again so the reply is what lstat(2) says
+         * now. A link replaced meanwhile loses its target rather than reporting a wrong one. */
+        if (tlen < 0 ||
+            statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, &st) < 0) {
+            return agent_fs_err(err, errno, "readlink", path);
+        }
+        if (!S_ISLNK(st.stx_mode)) {
+            tlen = -1;
+        }
+    }
+    agent_fs_reply_fileinfo(c, m->id, &st, tlen >= 0 ? target : NULL, tlen);
+    return AGENT_REPLIED;
+}
+
+int agent_fs_stat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    return fs_stat_common(c, m, true, err);
+}
+
+int agent_fs_lstat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    return fs_stat_common(c, m, false, err);
+}
+
+/* --- mkdir, rename ------------------------------------------------------------------------- */
+
+int agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    char path[AGENT_FS_PATH_BUF];
+    bool parents = false;
+    uint64_t mode = 0777;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        sbx_param_bool(m->params, "parents", SBX_OPTIONAL, &parents, err) < 0 ||
+        sbx_param_u64(m->params, "mode", SBX_OPTIONAL, 0, 07777, &mode, err) < 0) {
+        return -1;
+    }
+    if (parents) {
+        /* Missing parents as mkdir(1) -p makes them: 0777, then the umask (PROTOCOL.md §17.3). */
+        if (agent_path_mkdir(path, 0777, (mode_t)mode, err) < 0) {
+            return -1;
+        }
+    } else if (mkdir(path, (mode_t)mode) < 0) {
+        return agent_fs_err(err, errno, "mkdir", path);
+    }
+    agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
+}
+
+/* A method on the two path params @k1 and @k2, done by @fn (rename, link); @op names it in
+ * errors. */
+static int two_path_op(struct agent_conn *c, const struct sbx_msg *m, const char *k1,
+                       const char *k2, int (*fn)(const char *, const char *), const char *op,
+                       struct sbx_err *err)
+{
+    char p1[AGENT_FS_PATH_BUF], p2[AGENT_FS_PATH_BUF];
+
+    if (agent_fs_two_paths(m, k1, p1, k2, p2, err) < 0) {
+        return -1;
+    }
+    if (fn(p1, p2) < 0) {
+        return agent_fs_err2(err, errno, op, p1, p2);
+    }
+    agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
+}
+
+int agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    return two_path_op(c, m, "from", "to", rename, "rename", err);
+}
+
+/* --- attributes and links ------------------------------------------------------------------ */
+
+int agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    char path[AGENT_FS_PATH_BUF];
+    uint64_t mode;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        sbx_param_u64(m->params, "mode", SBX_REQUIRED, 0, 07777, &mode, err) < 0) {
+        return -1;
+    }
+    if (chmod(path, (mode_t)mode) < 0) {
+        return agent_fs_err(err, errno, "chmod", path);
+    }
+    agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
+}
+
+int agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    char path[AGENT_FS_PATH_BUF];
+    uint64_t uid = (uint64_t)-1, gid = (uint64_t)-1;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        sbx_param_u64(m->params, "uid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &uid, err) < 0 ||
+        sbx_param_u64(m->params, "gid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &gid, err) < 0) {
+        return -1;
+    }
+    if (chown(path, (uid_t)uid, (gid_t)gid) < 0) {
+        return agent_fs_err(err, errno, "chown", path);
+    }
+    agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
+}
+
+int agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    char target[AGENT_FS_PATH_BUF], path[AGENT_FS_PATH_BUF];
+
+    if (sbx_param_bstr(m->params, "target", SBX_REQUIRED, target, sizeof(target), err) < 0 ||
+        agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+        return -1;
+    }
+    if (target[0] == '\0') {
+        sbx_err_param(err, "target", "target must not be empty");
+        return -1;
+    }
+    if (symlink(target, path) < 0) {
+        return agent_fs_err(err, errno, "symlink", path);
+    }
+    agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
+}
+
+int agent_fs_link(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    return two_path_op(c, m, "target", "path", link, "link", err);
+}
+
+/* Reply {key: bstr}. */
+static void reply_bstr(struct agent_conn *c, uint32_t id, const char *key, const char *s, size_t n)
+{
+    msgpack_packer *pk = agent_conn_begin(c);
+
+    sbx_pack_response_head(pk, id);
+    (void)msgpack_pack_map(pk, 1);
+    sbx_pack_cstr(pk, key);
+    sbx_pack_bstr(pk, s, n);
+    agent_conn_send(c);
+}
+
+int agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    char path[AGENT_FS_PATH_BUF], target[AGENT_FS_PATH_BUF];
+    ssize_t n;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+        return -1;
+    }
+    n = readlink(path, target, sizeof(target) - 1);
+    if (n < 0) {
+        return agent_fs_err(err, errno, "readlink", path);
+    }
+    reply_bstr(c, m->id, "target", target, (size_t)n);
+    return AGENT_REPLIED;
+}
+
+int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    char path[AGENT_FS_PATH_BUF], real[PATH_MAX];
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+        return -1;
+    }
+    if (realpath(path, real) == NULL) {
+        return agent_fs_err(err, errno, "realpath", path);
+    }
+    reply_bstr(c, m->id, "path", real, strlen(real));
+    return AGENT_REPLIED;
+}
+
+int agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    char path[AGENT_FS_PATH_BUF];
+    uint64_t size = 0;
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        sbx_param_u64(m->params, "size", SBX_OPTIONAL, 0, INT64_MAX, &size, err) < 0) {
+        return -1;
+    }
+    if (truncate(path, (off_t)size) < 0) {
+        return agent_fs_err(err, errno, "truncate", path);
+    }
+    agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
+}
+
+static int time_param(const msgpack_object *params, const char *key, struct timespec *ts,
+                      struct sbx_err *err)
+{
+    int64_t ns;
+    int r = sbx_param_i64(params, key, SBX_OPTIONAL, INT64_MIN, INT64_MAX, &ns, err);
+
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 1) {
+        ts->tv_sec = 0;
+        ts->tv_nsec = UTIME_OMIT;
+        return 0;
+    }
+    ts->tv_sec = ns / 1000000000;
+    ts->tv_nsec = ns % 1000000000;
+    if (ts->tv_nsec < 0) {
+        ts->tv_sec--;
+        ts->tv_nsec += 1000000000;
+    }
+    return 0;
+}
+
+int agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    char path[AGENT_FS_PATH_BUF];
+    struct timespec ts[2];
+
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        time_param(m->params, "atime_ns", &ts[0], err) < 0 ||
+        time_param(m->params, "mtime_ns", &ts[1], err) < 0) {
+        return -1;
+    }
+    if (utimensat(AT_FDCWD, path, ts, 0) < 0) {
+        return agent_fs_err(err, errno, "utime", path);
+    }
+    agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
+}
+
+/* A name part (mktemp prefix/suffix): at most SBX_FS_NAME_MAX bytes, no '/' or NUL. */
+static int name_part_param(const msgpack_object *params, const char *key, char *buf,
+                           struct sbx_err *err)
+{
+    int r = sbx_param_bstr(params, key, SBX_OPTIONAL, buf, SBX_FS_NAME_MAX + 1, err);
+
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 0 && strchr(buf, '/') != NULL) {
+        return sbx_err_param(err, key, "%s must not contain '/'", key);
+    }
+    return 0;
+}
+
+int agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    char dir[AGENT_FS_PATH_BUF] = "/tmp", prefix[SBX_FS_NAME_MAX + 1] = "tmp";
+    char suffix[SBX_FS_NAME_MAX + 1] = "", path[AGENT_FS_PATH_BUF];
+    bool directory = false;
+    int r;
+
+    r = agent_fs_path_param(m->params, "dir", SBX_OPTIONAL, dir, err);
+    if (r < 0 || name_part_param(m->params, "prefix", prefix, err) < 0 ||
+        name_part_param(m->params, "suffix", suffix, err) < 0 ||
+        sbx_param_bool(m->params, "directory", SBX_OPTIONAL, &directory, err) < 0) {
+        return -1;
+    }
+    if (r == 1) {
+        for (size_t i = 0; i < c->a->env_len; i++) {
+            const char *kv = c->a->env[i];
+            if (strncmp(kv, "TMPDIR=/", 8) == 0 && strlen(kv + 7) <= SBX_PATH_MAX) {
+                (void)snprintf(dir, sizeof(dir), "%s", kv + 7);
+            }
+        }
+    }
+    for (int attempt = 0; attempt < 100; attempt++) {
+        unsigned char rnd[12];
+        char name[13];
+        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+            return agent_fs_err(err, errno, "getrandom", dir);
+        }
+        for (int i = 0; i < 12; i++) {
+            name[i] = alnum[rnd[i] % (sizeof(alnum) - 1)];
+        }
+        name[12] = '\0';
+        if (snprintf(path, sizeof(path), "%s%s%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/",
+                     prefix, name, suffix) >= (int)sizeof(path)) {
+            sbx_err_param(err, "dir", "the resulting path is longer than %u bytes", SBX_PATH_MAX);
+            return -1;
+        }
+        if (directory) {
+            r = mkdir(path, 0700);
+        } else {
+            r = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+            if (r >= 0) {
+                (void)close(r); /* nothing written yet */
+            }
+        }
+        if (r >= 0) {
+            reply_bstr(c, m->id, "path", path, strlen(path));
+            return AGENT_REPLIED;
+        }
+        if (errno != EEXIST) {
+            return agent_fs_err(err, errno, directory ? "mkdir" : "create", path);
+        }
+    }
+    return agent_fs_err(err, EEXIST, "mktemp", dir);
+}
