@@ -24,8 +24,8 @@
 #include "strv.h"
 
 /*
- * path.c reports errors through agent_fs_err, which lives in fs.c with the fs request handlers
- * (and so needs the connection code). A stand-in with fs.c's body keeps this test to path.c.
+ * path.c reports errors through agent_fs_err, which lives in fs.c beside the FileInfo reply (and
+ * so needs the connection code). A stand-in with fs.c's body keeps this test to path.c.
  */
 int agent_fs_err(struct sbx_err *err, int errnum, const char *op, const char *path)
 {
