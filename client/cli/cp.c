@@ -146,9 +146,6 @@ int cli_wait_done(struct sbx_client *c, uint32_t sid, struct sbx_msg *m, struct 
         uint64_t s;
 
         if (sbx_client_recv(c, m, -1, err) < 0) {
-            if (strcmp(err->code, SBX_E_BAD_MESSAGE) == 0) {
-                continue;
-            }
             return -1;
         }
         if (m->kind != SBX_MSG_NOTIFY || !sbx_msg_method_is(m, "transfer.done") ||
@@ -405,9 +402,6 @@ int cli_recv_stream(struct sbx_client *c, uint32_t sid, int fd, struct cli_progr
 
     for (;;) {
         if (sbx_client_recv(c, &m, -1, err) < 0) {
-            if (strcmp(err->code, SBX_E_BAD_MESSAGE) == 0) {
-                continue;
-            }
             return -1;
         }
         if (m.kind == SBX_MSG_DATA && m.stream == sid) {

@@ -504,9 +504,6 @@ static la_ssize_t down_read_cb(struct archive *ar, void *arg, const void **out)
     }
     for (;;) {
         if (sbx_client_recv(io->c, &m, -1, &io->err) < 0) {
-            if (strcmp(io->err.code, SBX_E_BAD_MESSAGE) == 0) {
-                continue;
-            }
             io->failed = true;
             archive_set_error(ar, EIO, "%s", io->err.msg);
             return -1;

@@ -143,7 +143,7 @@ static int pack_step(struct pack_cli *pc, struct sbx_err *err)
     uint64_t sid = 0;
 
     if (sbx_client_recv(pc->c, &m, -1, err) < 0) {
-        return strcmp(err->code, SBX_E_BAD_MESSAGE) == 0 ? 0 : -1;
+        return -1;
     }
     if (m.kind == SBX_MSG_DATA) {
         int fd = m.stream == pc->archive ? pc->fd

@@ -1,8 +1,21 @@
-/* The client object: connection I/O, the message FIFO, requests, responses and hello. */
+/*
+ * The blocking API (sbx/client.h) on top of the sans-I/O connection core (sbx/conn.h).
+ *
+ * The core holds all protocol state: request ids, hello (version, capabilities, limits), the
+ * stream table, credit in both directions and the bytes queued on `in` streams. This layer owns
+ * what the core leaves to a host: the fd, poll with deadlines, reading into the core
+ * (sbx_conn_feed_space / _commit), writing what sbx_conn_out_iov hands out, and the FIFO of
+ * messages that arrived while the caller waited for something else (kept as raw frame payloads,
+ * decoded into struct sbx_msg views when handed out).
+ *
+ * The current message (the last one handed out) lies in the core's input buffer or in a FIFO
+ * entry. Calls that only write (send, grant, consumed, stream_end, stream_cancel) must leave it
+ * valid, so while a write waits for room they read ahead into a buffer of their own, which is
+ * fed to the core by the next call that reads.
+ */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -12,11 +25,62 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "sbx/conn.h"
 
-/* Bytes asked of read() at a time. */
-/* Room for two largest data frames per read, so most frames arrive whole in one read and are
- * decoded where they lie (sbx_framer_next) instead of being copied out. */
-#define RBUF_CHUNK (2 * (SBX_STREAM_CHUNK_MAX + SBX_STREAM_DATA_HDR_MAX))
+#define IOV_PIECES  16
+#define AHEAD_CHUNK (64u << 10) /* read() size while a write waits for room */
+/* Bytes of one stream_write handed to the core at a time: what it frames at once at most. */
+#define WRITE_PIECE SBX_CONN_OUT_DATA_MAX
+
+/* A message kept for sbx_client_recv: its frame payload. */
+struct qmsg {
+    struct qmsg *next;
+    bool response; /* with id: so wait finds a response without decoding */
+    uint32_t id;
+    uint32_t len;
+    uint8_t data[];
+};
+
+enum { B_NONE, B_REQUEST, B_NOTIFY, B_FAILED }; /* what sbx_client_send finishes */
+
+struct sbx_client {
+    int fd;
+    bool is_sock; /* sendmsg(MSG_NOSIGNAL) works */
+    char *addr;
+    int timeout_ms; /* connect timeout, reused for hello */
+    struct sbx_conn *conn;
+    bool broken; /* fatal: every call returns @fatal */
+    struct sbx_err fatal;
+    struct sbx_err peer_err; /* the agent's last `error` notification, shown when it closes */
+
+    /* Input. */
+    uint8_t *ahead; /* read while a write waited for room; not yet fed to the core */
+    size_t apos, alen, acap;
+    bool rd_eof, rd_reset; /* read() saw the end (or ECONNRESET); bytes before it may be ahead */
+    bool eof_told;         /* sbx_conn_eof was called */
+    bool drained;          /* sbx_conn_next returned 0 since the last feed */
+
+    /* The current message and the FIFO. */
+    bool dec_ok;
+    struct sbx_decoder dec;
+    struct qmsg *cur; /* the FIFO entry the current message lives in, if any */
+    const uint8_t *mbuf;
+    uint32_t mlen;
+    struct qmsg *qhead, *qtail;
+    size_t qbytes;
+
+    /* Between begin and send. */
+    int building;
+    struct sbx_err begin_err; /* B_FAILED: why the core refused the request */
+    msgpack_packer sink;      /* ... and where the caller's params go meanwhile */
+    struct sbx_out note;      /* B_NOTIFY: the notification (the core builds requests only) */
+
+    /* The hello response, kept for sbx_client_hello_result. */
+    uint8_t *hello_buf;
+    bool hello_dec_ok;
+    struct sbx_decoder hello_dec;
+    struct sbx_msg hello_msg;
+};
 
 /* --- time --------------------------------------------------------------------------------- */
 
@@ -49,42 +113,43 @@ int sbx__remaining(int64_t deadline)
 
 /* --- lifetime ----------------------------------------------------------------------------- */
 
+static int discard(void *data, const char *buf, size_t len)
+{
+    (void)data;
+    (void)buf;
+    (void)len;
+    return 0;
+}
+
 static struct sbx_client *client_new(int fd, const char *name, int timeout_ms, struct sbx_err *err)
 {
     struct sbx_client *c = calloc(1, sizeof(*c));
     struct stat st;
     int fl;
 
-    if (c == NULL || (c->addr = strdup(name)) == NULL) {
-        free(c);
+    if (c == NULL) {
         (void)close(fd);
         (void)sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
         return NULL;
     }
     c->fd = fd;
     c->timeout_ms = timeout_ms;
+    c->drained = true;
+    sbx_out_init(&c->note);
+    msgpack_packer_init(&c->sink, NULL, discard);
     c->is_sock = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+    if ((c->addr = strdup(name)) == NULL || (c->conn = sbx_conn_new(err)) == NULL ||
+        !(c->dec_ok = sbx_decoder_init(&c->dec) == 0)) {
+        (void)sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
+        sbx_client_close(c);
+        return NULL;
+    }
     fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
         (void)sbx_err_sys(err, errno, NULL, "%s: fcntl", name);
-        free(c->addr);
-        free(c);
-        (void)close(fd);
+        sbx_client_close(c);
         return NULL;
     }
-    if (sbx_decoder_init(&c->dec) < 0) {
-        (void)sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        free(c->addr);
-        free(c);
-        (void)close(fd);
-        return NULL;
-    }
-    sbx_framer_init(&c->fr, 0);
-    sbx_out_init(&c->out);
-    sbx_out_init(&c->ctl);
-    c->next_id = 1;
-    c->window = SBX_STREAM_WINDOW;
-    c->chunk_max = SBX_STREAM_CHUNK_MAX;
     return c;
 }
 
@@ -112,15 +177,13 @@ static void release_cur(struct sbx_client *c)
 {
     free(c->cur);
     c->cur = NULL;
-    free(c->rbuf_old);
-    c->rbuf_old = NULL;
     c->mbuf = NULL;
     c->mlen = 0;
 }
 
 void sbx_client_close(struct sbx_client *c)
 {
-    struct sbx__qmsg *q;
+    struct qmsg *q;
 
     if (c == NULL) {
         return;
@@ -130,27 +193,24 @@ void sbx_client_close(struct sbx_client *c)
     }
     while ((q = c->qhead) != NULL) {
         c->qhead = q->next;
-        free(q->buf);
         free(q);
     }
     release_cur(c);
-    free(c->rbuf);
-    sbx_framer_free(&c->fr);
-    sbx_decoder_destroy(&c->dec);
-    sbx_out_destroy(&c->out);
-    sbx_out_destroy(&c->ctl);
-    for (uint32_t i = 0; i < c->ncaps; i++) {
-        free(c->caps[i]);
+    free(c->ahead);
+    sbx_conn_free(c->conn);
+    if (c->dec_ok) {
+        sbx_decoder_destroy(&c->dec);
     }
-    free(c->caps);
+    sbx_out_destroy(&c->note);
     if (c->hello_dec_ok) {
         sbx_decoder_destroy(&c->hello_dec);
     }
     free(c->hello_buf);
-    sbx__streams_free(c);
     free(c->addr);
     free(c);
 }
+
+/* --- session state (the core's) ------------------------------------------------------------ */
 
 int sbx_client_fd(const struct sbx_client *c)
 {
@@ -164,27 +224,29 @@ const char *sbx_client_addr(const struct sbx_client *c)
 
 uint32_t sbx_client_version(const struct sbx_client *c)
 {
-    return c->version;
+    const struct sbx_peer *p = sbx_conn_peer(c->conn);
+
+    return p != NULL ? p->version : 0;
 }
 
 bool sbx_client_has_cap(const struct sbx_client *c, const char *cap)
 {
-    for (uint32_t i = 0; i < c->ncaps; i++) {
-        if (strcmp(c->caps[i], cap) == 0) {
-            return true;
-        }
-    }
-    return false;
+    return sbx_conn_has_cap(c->conn, cap);
 }
 
 uint32_t sbx_client_window(const struct sbx_client *c)
 {
-    return c->window;
+    const struct sbx_peer *p = sbx_conn_peer(c->conn);
+
+    return p != NULL ? (uint32_t)p->limits.stream_window : SBX_STREAM_WINDOW;
 }
 
 uint32_t sbx_client_chunk_max(const struct sbx_client *c)
 {
-    return c->chunk_max;
+    const struct sbx_peer *p = sbx_conn_peer(c->conn);
+
+    /* The core's hello reader refuses a chunk_max above SBX_STREAM_CHUNK_MAX. */
+    return p != NULL ? (uint32_t)p->limits.chunk_max : SBX_STREAM_CHUNK_MAX;
 }
 
 const msgpack_object *sbx_client_hello_result(const struct sbx_client *c)
@@ -194,7 +256,17 @@ const msgpack_object *sbx_client_hello_result(const struct sbx_client *c)
 
 bool sbx_client_pending(const struct sbx_client *c)
 {
-    return c->qhead != NULL || c->rpos < c->rlen;
+    return c->qhead != NULL || !c->drained || c->apos < c->alen;
+}
+
+uint64_t sbx_client_credit(const struct sbx_client *c, uint32_t stream)
+{
+    return sbx_conn_credit(c->conn, stream);
+}
+
+bool sbx_client_stream_cancelled(const struct sbx_client *c, uint32_t stream)
+{
+    return !sbx_conn_stream_live(c->conn, stream);
 }
 
 /* --- failure ------------------------------------------------------------------------------ */
@@ -216,10 +288,8 @@ static int check_broken(const struct sbx_client *c, struct sbx_err *err)
     return 0;
 }
 
-/*
- * The agent closed the connection (EOF, or a reset because it closed with our bytes unread).
- * Its last "error" notification, if any, says why.
- */
+/* The agent closed the connection (EOF, or a reset because it closed with our bytes unread).
+ * Its last `error` notification, if any, says why. */
 static int closed_error(struct sbx_client *c, const char *code, struct sbx_err *err)
 {
     if (sbx_err_isset(&c->peer_err)) {
@@ -231,268 +301,334 @@ static int closed_error(struct sbx_client *c, const char *code, struct sbx_err *
     return fail(c, err);
 }
 
-/* --- reading ------------------------------------------------------------------------------ */
-
-/*
- * Make room for @want more bytes at the end of rbuf; -1 when out of memory. The current message
- * may lie in rbuf (decoded in place), and must stay valid until the next receive: then the
- * unread bytes move to a new buffer and the old one is kept until release_cur.
- */
-static int rbuf_reserve(struct sbx_client *c, size_t want)
+/* sbx_conn_next returned -1: the end of the transport, or a fatal protocol error. The core
+ * queued an `error` notification for the agent in the latter case: one try to send it. */
+static int core_failed(struct sbx_client *c, struct sbx_err *err)
 {
-    uint8_t *p;
-    size_t cap;
+    struct iovec iov[IOV_PIECES];
+    int n;
 
-    if (c->mbuf != NULL && c->mbuf >= c->rbuf && c->mbuf < c->rbuf + c->rcap) {
-        size_t unread = c->rlen - c->rpos;
-        if (c->rcap - c->rlen >= want) {
-            return 0;
-        }
-        cap = RBUF_CHUNK;
-        while (cap - unread < want) {
-            cap *= 2;
-        }
-        p = malloc(cap);
-        if (p == NULL) {
-            return -1;
-        }
-        memcpy(p, c->rbuf + c->rpos, unread);
-        free(c->rbuf_old); /* nothing lives there any more: the message is in rbuf */
-        c->rbuf_old = c->rbuf;
-        c->rbuf = p;
-        c->rcap = cap;
-        c->rpos = 0;
-        c->rlen = unread;
-        return 0;
+    if (c->eof_told && strcmp(err->code, SBX_E_EOF) == 0) {
+        return closed_error(c, c->rd_reset ? "ECONNRESET" : "EOF", err);
     }
-    if (c->rpos == c->rlen) {
-        c->rpos = c->rlen = 0;
-    } else if (c->rpos > 0 && c->rcap - c->rlen < want) {
-        memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
-        c->rlen -= c->rpos;
-        c->rpos = 0;
+    n = sbx_conn_out_iov(c->conn, iov, IOV_PIECES);
+    if (n > 0 && c->is_sock) {
+        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+        (void)sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     }
-    if (c->rcap - c->rlen >= want) {
-        return 0;
-    }
-    cap = c->rcap != 0 ? c->rcap : RBUF_CHUNK;
-    while (cap - c->rlen < want) {
-        cap *= 2;
-    }
-    p = realloc(c->rbuf, cap);
-    if (p == NULL) {
-        return -1;
-    }
-    c->rbuf = p;
-    c->rcap = cap;
-    return 0;
+    sbx_err_prefix(err, "%s", c->addr);
+    return fail(c, err);
 }
 
-/* One read() into rbuf. Returns 1 (bytes added, or EAGAIN), 0 on EOF, -1 on error. */
-static int read_some(struct sbx_client *c, struct sbx_err *err)
+/* --- transport ------------------------------------------------------------------------------ */
+
+/* One read(). Returns the bytes read, 0 for none yet (EAGAIN) or the end (c->rd_eof), -1. */
+static ssize_t read_fd(struct sbx_client *c, void *p, size_t len, struct sbx_err *err)
 {
     ssize_t n;
 
-    if (rbuf_reserve(c, RBUF_CHUNK) < 0) {
-        (void)sbx_err_set(err, SBX_E_INTERNAL, "out of memory reading from %s", c->addr);
-        return -1;
-    }
     do {
-        n = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
+        n = read(c->fd, p, len);
     } while (n < 0 && errno == EINTR);
     if (n > 0) {
-        c->rlen += (size_t)n;
-        return 1;
+        return n;
     }
-    if (n == 0) {
+    if (n == 0 || errno == ECONNRESET) {
         c->rd_eof = true;
+        c->rd_reset = n < 0;
         return 0;
     }
     if (errno == EAGAIN) {
-        return 1;
-    }
-    if (errno == ECONNRESET) {
-        c->rd_eof = true;
-        c->rd_reset = true;
         return 0;
     }
     (void)sbx_err_sys(err, errno, NULL, "read from %s", c->addr);
-    return -1;
+    return fail(c, err);
 }
 
-int sbx__read_frame(struct sbx_client *c, int64_t deadline, struct sbx_err *err)
+/* One read() into c->ahead (not into the core: the current message lives there). */
+static int read_ahead(struct sbx_client *c, struct sbx_err *err)
+{
+    ssize_t n;
+
+    if (c->apos > 0) {
+        memmove(c->ahead, c->ahead + c->apos, c->alen - c->apos);
+        c->alen -= c->apos;
+        c->apos = 0;
+    }
+    if (c->acap - c->alen < AHEAD_CHUNK) {
+        size_t cap = c->acap != 0 ? 2 * c->acap : 4 * AHEAD_CHUNK;
+        uint8_t *p = realloc(c->ahead, cap);
+        if (p == NULL) {
+            (void)sbx_err_set(err, SBX_E_INTERNAL, "out of memory reading from %s", c->addr);
+            return fail(c, err);
+        }
+        c->ahead = p;
+        c->acap = cap;
+    }
+    n = read_fd(c, c->ahead + c->alen, c->acap - c->alen, err);
+    if (n < 0) {
+        return -1;
+    }
+    c->alen += (size_t)n;
+    return 0;
+}
+
+/*
+ * Write some of @iov (blocking until at least one byte went, EINTR-safe). While the socket is
+ * full, what the agent sends meanwhile is read ahead: if both sides only wrote, both could block
+ * forever. Returns the bytes written, or -1.
+ */
+static ssize_t write_some(struct sbx_client *c, struct iovec *iov, int n, struct sbx_err *err)
+{
+    if (check_broken(c, err) < 0) {
+        return -1;
+    }
+    for (;;) {
+        struct pollfd pfd = { .fd = c->fd, .events = POLLOUT };
+        ssize_t w;
+        int r;
+
+        if (c->is_sock) {
+            struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+            w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        } else {
+            w = writev(c->fd, iov, n);
+        }
+        if (w >= 0) {
+            return w;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == EPIPE || errno == ECONNRESET) {
+            return closed_error(c, errno == EPIPE ? "EPIPE" : "ECONNRESET", err);
+        }
+        if (errno != EAGAIN) {
+            (void)sbx_err_sys(err, errno, NULL, "write to %s", c->addr);
+            return fail(c, err);
+        }
+        if (!c->rd_eof && c->alen - c->apos < SBX_CLIENT_RBUF_MAX) {
+            pfd.events |= POLLIN;
+        }
+        r = poll(&pfd, 1, -1);
+        if (r < 0 && errno != EINTR) {
+            (void)sbx_err_sys(err, errno, NULL, "poll %s", c->addr);
+            return fail(c, err);
+        }
+        if (r > 0 && (pfd.revents & POLLIN) != 0 && read_ahead(c, err) < 0) {
+            return -1;
+        }
+    }
+}
+
+/* Write everything the core has queued for the agent. */
+static int flush(struct sbx_client *c, struct sbx_err *err)
+{
+    while (sbx_conn_out_bytes(c->conn) > 0) {
+        struct iovec iov[IOV_PIECES];
+        int n = sbx_conn_out_iov(c->conn, iov, IOV_PIECES);
+        ssize_t w;
+
+        if (n == 0) {
+            break;
+        }
+        w = write_some(c, iov, n, err);
+        if (w < 0) {
+            return -1;
+        }
+        sbx_conn_out_done(c->conn, (size_t)w);
+    }
+    return check_broken(c, err);
+}
+
+/* The result of a call into the core that may have queued output: write it out. */
+static int done(struct sbx_client *c, int r, struct sbx_err *err)
+{
+    return r < 0 ? -1 : flush(c, err);
+}
+
+/*
+ * The next event from the core, reading from the fd until one comes: 1 with *@ev (valid until
+ * the next pull; always made from a frame), 0 when @deadline passed, -1 on a fatal error. The
+ * failures the core makes up for outstanding requests and live streams once the transport
+ * ended are skipped: the end itself (EOF, naming the agent's last error) is what waiters report.
+ */
+static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, struct sbx_err *err)
 {
     if (check_broken(c, err) < 0) {
         return -1;
     }
     for (;;) {
         struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
-        int r;
+        size_t room, n;
+        ssize_t got;
+        uint8_t *p;
+        int r = sbx_conn_next(c->conn, ev, err);
 
-        while (c->rpos < c->rlen) {
-            size_t used = 0;
-            r = sbx_framer_next(&c->fr, c->rbuf + c->rpos, c->rlen - c->rpos, &used, &c->fp,
-                                &c->flen, err);
-            c->rpos += used;
-            if (r < 0) {
-                sbx_err_prefix(err, "%s", c->addr);
-                return fail(c, err);
-            }
-            if (r == 1) {
-                return 1;
-            }
-        }
-        if (c->rd_eof) {
-            return closed_error(c, c->rd_reset ? "ECONNRESET" : "EOF", err);
-        }
-        r = poll(&pfd, 1, sbx__remaining(deadline));
-        if (r < 0) {
-            if (errno == EINTR) {
+        if (r > 0 && ev->local) {
+            if (strcmp(ev->error->code, SBX_E_EOF) == 0) {
                 continue;
             }
+            /* A stream the core cancelled for the agent's misuse (§8.6): fatal here, as every
+             * other violation of the protocol by the agent is. */
+            *err = *ev->error;
+            return core_failed(c, err);
+        }
+        if (r > 0) {
+            if (ev->kind == SBX_EV_ERROR) {
+                c->peer_err = *ev->error;
+            }
+            /* What the core queued on its own (an answer to a request from the agent) goes out
+             * now; a failure is sticky and reported by the next call. */
+            if (sbx_conn_out_bytes(c->conn) > 0 && !c->rd_eof) {
+                struct sbx_err e;
+                (void)flush(c, &e);
+            }
+            return 1;
+        }
+        if (r < 0) {
+            return core_failed(c, err);
+        }
+        c->drained = true;
+        if (c->apos == c->alen && !c->rd_eof && flush(c, err) < 0) {
+            return -1;
+        }
+        if (c->apos < c->alen) {
+            /* A feed of at most SBX_CONN_FEED_MAX is always taken once next returned 0. */
+            n = c->alen - c->apos < SBX_CONN_FEED_MAX ? c->alen - c->apos : SBX_CONN_FEED_MAX;
+            if (sbx_conn_feed(c->conn, c->ahead + c->apos, n, err) < 0) {
+                return fail(c, err);
+            }
+            c->apos += n;
+            c->drained = false;
+            continue;
+        }
+        if (c->rd_eof) {
+            sbx_conn_eof(c->conn);
+            c->eof_told = true;
+            c->drained = false;
+            continue;
+        }
+        r = poll(&pfd, 1, sbx__remaining(deadline));
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
             (void)sbx_err_sys(err, errno, NULL, "poll %s", c->addr);
             return fail(c, err);
         }
         if (r == 0) {
             return 0;
         }
-        r = read_some(c, err);
-        if (r < 0) {
+        p = sbx_conn_feed_space(c->conn, &room);
+        if (p == NULL) {
+            (void)sbx_err_set(err, SBX_E_INTERNAL, "out of memory reading from %s", c->addr);
             return fail(c, err);
         }
+        got = read_fd(c, p, room, err);
+        if (got < 0) {
+            return -1;
+        }
+        sbx_conn_feed_commit(c->conn, (size_t)got);
+        c->drained = got == 0;
     }
 }
 
-/* Decode the frame the framer just completed into @m; it becomes the current message. */
-static int decode_framer(struct sbx_client *c, struct sbx_msg *m, struct sbx_err *err)
+/* --- the FIFO ----------------------------------------------------------------------------- */
+
+/* Decode frame @p[0..len) into @m: it becomes the current message. The core checked the frame
+ * already: this fails only when out of memory. */
+static int decode(struct sbx_client *c, const uint8_t *p, size_t len, struct sbx_msg *m,
+                  struct sbx_err *err)
 {
-    c->mbuf = c->fp;
-    c->mlen = c->flen;
-    if (sbx_msg_decode(&c->dec, c->fp, c->flen, m, err) < 0) {
-        sbx_err_prefix(err, "message from %s", c->addr);
-        return -1;
-    }
-    return 0;
+    c->mbuf = p;
+    c->mlen = (uint32_t)len;
+    return sbx_msg_decode(&c->dec, p, len, m, err);
 }
 
-int sbx__queue(struct sbx_client *c, const struct sbx_msg *m, struct sbx_err *err)
+/* Keep event @ev for sbx_client_recv: a copy of its frame. */
+static int queue(struct sbx_client *c, const struct sbx_event *ev, struct sbx_err *err)
 {
-    struct sbx__qmsg *q;
+    struct qmsg *q;
 
-    if (c->qbytes + c->flen > SBX_CLIENT_FIFO_MAX) {
+    if (c->qbytes + ev->frame_len > SBX_CLIENT_FIFO_MAX) {
         (void)sbx_err_set(err, SBX_E_LIMIT,
                           "%s: more than %u bytes of messages queued while waiting (is the "
                           "caller consuming its streams?)",
                           c->addr, SBX_CLIENT_FIFO_MAX);
         return fail(c, err);
     }
-    q = calloc(1, sizeof(*q));
+    q = malloc(sizeof(*q) + ev->frame_len);
     if (q == NULL) {
         (void)sbx_err_set(err, SBX_E_INTERNAL, "out of memory queueing a message");
         return fail(c, err);
     }
-    q->kind = m->kind;
-    q->id = m->id;
-    if (c->fp == c->fr.buf) {
-        q->buf = sbx_framer_take(&c->fr, &q->len);
-    } else if ((q->buf = malloc(c->flen)) != NULL) {
-        /* Decoded where it was read: it must outlive rbuf's reuse. */
-        memcpy(q->buf, c->fp, c->flen);
-        q->len = c->flen;
-    } else {
-        free(q);
-        (void)sbx_err_set(err, SBX_E_INTERNAL, "out of memory queueing a message");
-        return fail(c, err);
-    }
-    c->mbuf = NULL;
-    c->mlen = 0;
+    q->next = NULL;
+    q->response = ev->kind == SBX_EV_RESPONSE;
+    q->id = ev->id;
+    q->len = (uint32_t)ev->frame_len;
+    memcpy(q->data, ev->frame, q->len);
     c->qbytes += q->len;
-    if (c->qtail != NULL) {
-        c->qtail->next = q;
-    } else {
-        c->qhead = q;
-    }
+    *(c->qtail != NULL ? &c->qtail->next : &c->qhead) = q;
     c->qtail = q;
     return 0;
 }
 
-/* Make queued message @q (already unlinked) the current one and decode it into @m. */
-static int pop_decode(struct sbx_client *c, struct sbx__qmsg *q, struct sbx_msg *m,
-                      struct sbx_err *err)
+/* Unlink @q (after @prev, NULL for the head) and make it the current message, in *@m. */
+static int take(struct sbx_client *c, struct qmsg *prev, struct qmsg *q, struct sbx_msg *m,
+                struct sbx_err *err)
 {
-    int r;
-
+    *(prev != NULL ? &prev->next : &c->qhead) = q->next;
+    if (c->qtail == q) {
+        c->qtail = prev;
+    }
     c->qbytes -= q->len;
-    c->cur = q->buf;
-    c->mbuf = q->buf;
-    c->mlen = q->len;
-    r = sbx_msg_decode(&c->dec, q->buf, q->len, m, err);
-    free(q);
-    return r;
+    c->cur = q;
+    return decode(c, q->data, q->len, m, err);
 }
 
 int sbx_client_recv(struct sbx_client *c, struct sbx_msg *m, int timeout_ms, struct sbx_err *err)
 {
+    struct sbx_event ev;
     int r;
 
     release_cur(c);
     if (c->qhead != NULL) {
-        struct sbx__qmsg *q = c->qhead;
-        c->qhead = q->next;
-        if (c->qhead == NULL) {
-            c->qtail = NULL;
-        }
-        /* Queued messages decoded once already; this cannot fail short of a bug. */
-        return pop_decode(c, q, m, err) < 0 ? -1 : 1;
+        return take(c, NULL, c->qhead, m, err) < 0 ? -1 : 1;
     }
-    r = sbx__read_frame(c, sbx__deadline(timeout_ms), err);
+    r = pull(c, &ev, sbx__deadline(timeout_ms), err);
     if (r <= 0) {
         return r;
     }
-    if (decode_framer(c, m, err) < 0) {
-        return -1;
-    }
-    sbx__on_arrival(c, m);
-    return 1;
+    return decode(c, ev.frame, ev.frame_len, m, err) < 0 ? -1 : 1;
 }
 
-static int finish_response(const struct sbx_msg *resp, struct sbx_err *err)
+/* The response just decoded into @resp (@r: how decoding went): 0, or -1 with its error. */
+static int response(int r, const struct sbx_msg *resp, struct sbx_err *err)
 {
-    if (resp->error != NULL) {
+    if (r == 0 && resp->error != NULL) {
         sbx_err_from_obj(resp->error, err);
         return -1;
     }
-    return 0;
+    return r;
 }
 
 int sbx_client_wait(struct sbx_client *c, uint32_t id, struct sbx_msg *resp, int timeout_ms,
                     struct sbx_err *err)
 {
     int64_t deadline = sbx__deadline(timeout_ms);
-    struct sbx__qmsg *q, *prev = NULL;
+    struct qmsg *q, *prev = NULL;
 
     release_cur(c);
     /* The response may have been queued while stream_write waited for credit. */
     for (q = c->qhead; q != NULL; prev = q, q = q->next) {
-        if (q->kind != SBX_MSG_RESPONSE || q->id != id) {
-            continue;
+        if (q->response && q->id == id) {
+            return response(take(c, prev, q, resp, err), resp, err);
         }
-        if (prev != NULL) {
-            prev->next = q->next;
-        } else {
-            c->qhead = q->next;
-        }
-        if (c->qtail == q) {
-            c->qtail = prev;
-        }
-        if (pop_decode(c, q, resp, err) < 0) {
-            return -1;
-        }
-        return finish_response(resp, err);
     }
     for (;;) {
-        struct sbx_err derr;
-        int r = sbx__read_frame(c, deadline, err);
+        struct sbx_event ev;
+        int r = pull(c, &ev, deadline, err);
 
         if (r < 0) {
             return -1;
@@ -501,150 +637,80 @@ int sbx_client_wait(struct sbx_client *c, uint32_t id, struct sbx_msg *resp, int
             return sbx_err_set(err, SBX_E_TIMEOUT, "%s: no response to request %u within %d ms",
                                c->addr, id, timeout_ms);
         }
-        if (decode_framer(c, resp, &derr) < 0) {
-            continue; /* a malformed message is dropped; we are waiting for the response */
+        if (ev.kind == SBX_EV_RESPONSE && ev.id == id) {
+            return response(decode(c, ev.frame, ev.frame_len, resp, err), resp, err);
         }
-        if (resp->kind == SBX_MSG_RESPONSE && resp->id == id) {
-            return finish_response(resp, err);
-        }
-        sbx__on_arrival(c, resp);
-        if (sbx__queue(c, resp, err) < 0) {
+        if (queue(c, &ev, err) < 0) {
             return -1;
         }
     }
 }
 
-/* --- writing ------------------------------------------------------------------------------ */
-
-int sbx__write_iov(struct sbx_client *c, const struct iovec *iov_in, int iovcnt,
-                   struct sbx_err *err)
-{
-    struct iovec iov[4];
-    int i = 0;
-
-    if (check_broken(c, err) < 0) {
-        return -1;
-    }
-    if (iovcnt > 4) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "too many iovecs");
-    }
-    memcpy(iov, iov_in, sizeof(iov[0]) * (size_t)iovcnt);
-    while (i < iovcnt) {
-        ssize_t w;
-
-        if (iov[i].iov_len == 0) {
-            i++;
-            continue;
-        }
-        if (c->is_sock) {
-            struct msghdr mh = { .msg_iov = iov + i, .msg_iovlen = (size_t)(iovcnt - i) };
-            w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
-        } else {
-            w = writev(c->fd, iov + i, iovcnt - i);
-        }
-        if (w >= 0) {
-            size_t left = (size_t)w;
-            while (i < iovcnt && left >= iov[i].iov_len) {
-                left -= iov[i].iov_len;
-                i++;
-            }
-            if (i < iovcnt) {
-                iov[i].iov_base = (char *)iov[i].iov_base + left;
-                iov[i].iov_len -= left;
-            }
-            continue;
-        }
-        if (errno == EINTR) {
-            continue;
-        }
-        if (errno == EAGAIN) {
-            /*
-             * The socket is full. Keep reading what the agent sends meanwhile (into rbuf, not
-             * parsed, so the caller's current message stays valid): if both sides only wrote,
-             * both could block forever.
-             */
-            struct pollfd pfd = { .fd = c->fd, .events = POLLOUT };
-            int r;
-            if (!c->rd_eof && c->rlen - c->rpos < SBX_CLIENT_RBUF_MAX) {
-                pfd.events |= POLLIN;
-            }
-            r = poll(&pfd, 1, -1);
-            if (r < 0 && errno != EINTR) {
-                (void)sbx_err_sys(err, errno, NULL, "poll %s", c->addr);
-                return fail(c, err);
-            }
-            if (r > 0 && (pfd.revents & POLLIN) != 0 && read_some(c, err) < 0) {
-                return fail(c, err);
-            }
-            continue;
-        }
-        if (errno == EPIPE || errno == ECONNRESET) {
-            return closed_error(c, errno == EPIPE ? "EPIPE" : "ECONNRESET", err);
-        }
-        (void)sbx_err_sys(err, errno, NULL, "write to %s", c->addr);
-        return fail(c, err);
-    }
-    return 0;
-}
-
-/* End the frame in @o and write it out; @o is empty afterwards. */
-static int flush_out(struct sbx_client *c, struct sbx_out *o, struct sbx_err *err)
-{
-    struct iovec iov;
-    int r;
-
-    if (sbx_out_end(o, err) < 0) {
-        sbx_out_reset(o);
-        return -1;
-    }
-    iov.iov_base = o->sb.data;
-    iov.iov_len = o->sb.size;
-    r = sbx__write_iov(c, &iov, 1, err);
-    sbx_out_reset(o);
-    return r;
-}
+/* --- requests ----------------------------------------------------------------------------- */
 
 msgpack_packer *sbx_client_begin(struct sbx_client *c, const char *method, uint32_t *id)
 {
-    uint32_t rid = c->next_id++;
+    msgpack_packer *pk = NULL;
+    uint32_t rid = 0;
 
-    if (c->next_id == 0) {
-        c->next_id = 1;
+    if (check_broken(c, &c->begin_err) == 0) {
+        pk = sbx_conn_begin(c->conn, method, NULL, &rid, &c->begin_err);
     }
     if (id != NULL) {
         *id = rid;
     }
-    sbx_out_reset(&c->out);
-    sbx_out_begin(&c->out);
-    sbx_pack_request_head(&c->out.pk, rid, method);
-    return &c->out.pk;
+    /* A local refusal (HELLO_REQUIRED, UNSUPPORTED, LIMIT, ...) is reported by send. */
+    c->building = pk != NULL ? B_REQUEST : B_FAILED;
+    return pk != NULL ? pk : &c->sink;
 }
 
 msgpack_packer *sbx_client_begin_notify(struct sbx_client *c, const char *method)
 {
-    sbx_out_reset(&c->out);
-    sbx_out_begin(&c->out);
-    sbx_pack_notify_head(&c->out.pk, method);
-    return &c->out.pk;
+    sbx_out_reset(&c->note);
+    sbx_out_begin(&c->note);
+    sbx_pack_notify_head(&c->note.pk, method);
+    c->building = B_NOTIFY;
+    return &c->note.pk;
+}
+
+/* Write the notification built in c->note after everything the core queued before it. */
+static int send_note(struct sbx_client *c, struct sbx_err *err)
+{
+    size_t off = 0;
+    int rc = 0;
+
+    if (sbx_out_end(&c->note, err) < 0 || flush(c, err) < 0) {
+        rc = -1;
+    }
+    while (rc == 0 && off < c->note.sb.size) {
+        struct iovec iov = { c->note.sb.data + off, c->note.sb.size - off };
+        ssize_t w = write_some(c, &iov, 1, err);
+        if (w < 0) {
+            rc = -1;
+        } else {
+            off += (size_t)w;
+        }
+    }
+    sbx_out_reset(&c->note);
+    return rc;
 }
 
 int sbx_client_send(struct sbx_client *c, struct sbx_err *err)
 {
-    return flush_out(c, &c->out, err);
-}
+    int b = c->building;
 
-int sbx__send_stream_ctl(struct sbx_client *c, const char *method, uint32_t stream, bool with_bytes,
-                         uint32_t bytes, struct sbx_err *err)
-{
-    sbx_out_reset(&c->ctl);
-    sbx_out_begin(&c->ctl);
-    sbx_pack_notify_head(&c->ctl.pk, method);
-    (void)msgpack_pack_map(&c->ctl.pk, with_bytes ? 2 : 1); /* failures are sticky */
-    sbx_pack_kv_u64(&c->ctl.pk, "stream", stream);
-    if (with_bytes) {
-        sbx_pack_kv_u64(&c->ctl.pk, "bytes", bytes);
+    c->building = B_NONE;
+    switch (b) {
+    case B_REQUEST:
+        return done(c, sbx_conn_commit(c->conn, err), err);
+    case B_NOTIFY:
+        return send_note(c, err);
+    case B_FAILED:
+        *err = c->begin_err;
+        return -1;
+    default:
+        return sbx_err_set(err, SBX_E_INTERNAL, "sbx_client_send without sbx_client_begin");
     }
-    return flush_out(c, &c->ctl, err);
 }
 
 int sbx_client_call0(struct sbx_client *c, const char *method, struct sbx_msg *resp,
@@ -665,101 +731,32 @@ int sbx_client_call0(struct sbx_client *c, const char *method, struct sbx_msg *r
 /* Keep a private copy of the hello response so its result outlives later receives. */
 static int keep_hello(struct sbx_client *c, struct sbx_err *err)
 {
-    if (c->mbuf == NULL) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "hello response buffer lost");
-    }
     c->hello_buf = malloc(c->mlen);
-    if (c->hello_buf == NULL) {
+    if (c->hello_buf == NULL || !(c->hello_dec_ok = sbx_decoder_init(&c->hello_dec) == 0)) {
         return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
     }
     memcpy(c->hello_buf, c->mbuf, c->mlen);
-    if (sbx_decoder_init(&c->hello_dec) < 0) {
-        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-    }
-    c->hello_dec_ok = true;
     return sbx_msg_decode(&c->hello_dec, c->hello_buf, c->mlen, &c->hello_msg, err);
-}
-
-static int parse_hello(struct sbx_client *c, const msgpack_object *res, struct sbx_err *err)
-{
-    const msgpack_object *caps = NULL, *limits = NULL;
-    uint64_t v = 0;
-
-    if (res == NULL || res->type != MSGPACK_OBJECT_MAP) {
-        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "%s: hello result is not a map", c->addr);
-    }
-    if (sbx_param_u64(res, "version", SBX_REQUIRED, 1, UINT32_MAX, &v, err) < 0) {
-        sbx_err_prefix(err, "%s: hello result", c->addr);
-        return -1;
-    }
-    if (v < SBX_PROTO_MIN_VERSION || v > SBX_PROTO_VERSION) {
-        return sbx_err_set(
-            err, SBX_E_VERSION, "%s: agent chose protocol version %llu; this client speaks %u..%u",
-            c->addr, (unsigned long long)v, SBX_PROTO_MIN_VERSION, SBX_PROTO_VERSION);
-    }
-    c->version = (uint32_t)v;
-    if (sbx_param_array(res, "capabilities", SBX_OPTIONAL, SBX_CAPS_MAX, &caps, err) < 0) {
-        sbx_err_prefix(err, "%s: hello result", c->addr);
-        return -1;
-    }
-    if (caps != NULL && caps->via.array.size > 0) {
-        c->caps = calloc(caps->via.array.size, sizeof(*c->caps));
-        if (c->caps == NULL) {
-            return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-        }
-        for (uint32_t i = 0; i < caps->via.array.size; i++) {
-            const msgpack_object *o = &caps->via.array.ptr[i];
-            if (o->type != MSGPACK_OBJECT_STR) {
-                continue; /* unknown shapes are ignored, as unknown fields are */
-            }
-            c->caps[c->ncaps] = strndup(o->via.str.ptr, o->via.str.size);
-            if (c->caps[c->ncaps] == NULL) {
-                return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
-            }
-            c->ncaps++;
-        }
-    }
-    if (sbx_param_map(res, "limits", SBX_OPTIONAL, 64, &limits, err) < 0) {
-        sbx_err_prefix(err, "%s: hello result", c->addr);
-        return -1;
-    }
-    if (limits != NULL) {
-        if (sbx_param_u64(limits, "stream_window", SBX_OPTIONAL, 1, UINT32_MAX, &v, err) == 0) {
-            c->window = (uint32_t)v;
-        } else if (sbx_err_isset(err)) {
-            sbx_err_clear(err);
-        }
-        if (sbx_param_u64(limits, "chunk_max", SBX_OPTIONAL, 1, UINT32_MAX, &v, err) == 0) {
-            /* Never send more per frame than either side allows. */
-            c->chunk_max = v < SBX_STREAM_CHUNK_MAX ? (uint32_t)v : SBX_STREAM_CHUNK_MAX;
-        } else if (sbx_err_isset(err)) {
-            sbx_err_clear(err);
-        }
-    }
-    return 0;
 }
 
 int sbx_client_hello(struct sbx_client *c, const char *token, struct sbx_err *err)
 {
+    struct sbx_hello h = { .version = SBX_PROTO_VERSION,
+                           .min_version = SBX_PROTO_MIN_VERSION,
+                           .client = "libsbx",
+                           .client_len = 6 };
     struct sbx_msg resp;
-    msgpack_packer *pk;
     uint32_t id;
 
-    if (c->version != 0) {
+    if (sbx_client_version(c) != 0) {
         return sbx_err_set(err, SBX_E_BAD_MESSAGE, "%s: hello already done", c->addr);
     }
     if (token != NULL && strlen(token) > SBX_TOKEN_MAX) {
         return sbx_err_param(err, "token", "token longer than %u bytes", SBX_TOKEN_MAX);
     }
-    pk = sbx_client_begin(c, "hello", &id);
-    (void)msgpack_pack_map(pk, token != NULL ? 4 : 3);
-    sbx_pack_kv_u64(pk, "version", SBX_PROTO_VERSION);
-    sbx_pack_kv_u64(pk, "min_version", SBX_PROTO_MIN_VERSION);
-    sbx_pack_kv_str(pk, "client", "libsbx");
-    if (token != NULL) {
-        sbx_pack_kv_str(pk, "token", token);
-    }
-    if (sbx_client_send(c, err) < 0) {
+    h.token = token;
+    h.token_len = token != NULL ? strlen(token) : 0;
+    if (check_broken(c, err) < 0 || done(c, sbx_conn_hello(c->conn, &h, NULL, &id, err), err) < 0) {
         return -1;
     }
     if (sbx_client_wait(c, id, &resp, c->timeout_ms, err) < 0) {
@@ -769,8 +766,92 @@ int sbx_client_hello(struct sbx_client *c, const char *token, struct sbx_err *er
         }
         return -1;
     }
-    if (keep_hello(c, err) < 0) {
+    /* The core checked the result (version in range, limits) and took in what it announces. */
+    return keep_hello(c, err);
+}
+
+/* --- streams ------------------------------------------------------------------------------ */
+
+int sbx_client_grant(struct sbx_client *c, uint32_t stream, uint32_t bytes, struct sbx_err *err)
+{
+    return check_broken(c, err) < 0 ? -1
+                                    : done(c, sbx_conn_grant(c->conn, stream, bytes, err), err);
+}
+
+int sbx_client_stream_end(struct sbx_client *c, uint32_t stream, struct sbx_err *err)
+{
+    struct sbx_err e;
+
+    if (check_broken(c, err) < 0) {
         return -1;
     }
-    return parse_hello(c, c->hello_msg.result, err);
+    /* STREAM: not an open `in` stream (cancelled by the agent, or ended): nothing to end. */
+    if (sbx_conn_end(c->conn, stream, NULL, &e) < 0 && strcmp(e.code, SBX_E_STREAM) != 0) {
+        *err = e;
+        return -1;
+    }
+    return flush(c, err);
+}
+
+int sbx_client_stream_cancel(struct sbx_client *c, uint32_t stream, struct sbx_err *err)
+{
+    return check_broken(c, err) < 0 ? -1 : done(c, sbx_conn_cancel(c->conn, stream, err), err);
+}
+
+int sbx_client_consumed(struct sbx_client *c, uint32_t stream, uint32_t n, struct sbx_err *err)
+{
+    return check_broken(c, err) < 0 ? -1 : done(c, sbx_conn_consumed(c->conn, stream, n, err), err);
+}
+
+/*
+ * Read until the agent grants credit on `in` stream @stream: stream.credit messages are consumed
+ * here, everything else is queued for sbx_client_recv. -1 with STREAM when it cancels it.
+ */
+static int wait_credit(struct sbx_client *c, uint32_t stream, struct sbx_err *err)
+{
+    struct sbx_event ev;
+
+    if (pull(c, &ev, -1, err) < 0) {
+        return -1;
+    }
+    if (ev.kind == SBX_EV_CREDIT) {
+        return 0;
+    }
+    if (queue(c, &ev, err) < 0) {
+        return -1;
+    }
+    if (ev.kind == SBX_EV_CANCEL && ev.stream == stream) {
+        return sbx_err_set(err, SBX_E_STREAM, "stream %u was cancelled by the agent", stream);
+    }
+    return 0;
+}
+
+int sbx_client_stream_write(struct sbx_client *c, uint32_t stream, const void *data, size_t len,
+                            struct sbx_err *err)
+{
+    const uint8_t *p = data;
+
+    if (stream == 0) {
+        return sbx_err_param(err, "stream", "stream id 0 is never valid");
+    }
+    if (check_broken(c, err) < 0) {
+        return -1;
+    }
+    /* Never more than the credit at a time, so the core frames the bytes straight into its
+     * output and queues none. Without credit, wait for some (an empty write checks that the
+     * stream is an open `in` stream: STREAM otherwise). */
+    for (size_t off = 0, n = 0; off < len; off += n) {
+        uint64_t credit = sbx_conn_credit(c->conn, stream);
+
+        n = len - off < WRITE_PIECE ? len - off : WRITE_PIECE;
+        n = n < credit ? n : (size_t)credit;
+        if (n == 0) {
+            if (sbx_conn_write(c->conn, stream, p, 0, err) < 0 || wait_credit(c, stream, err) < 0) {
+                return -1;
+            }
+        } else if (sbx_conn_write(c->conn, stream, p + off, n, err) < 0 || flush(c, err) < 0) {
+            return -1;
+        }
+    }
+    return 0;
 }

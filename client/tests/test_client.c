@@ -1,8 +1,10 @@
 /*
- * Unit tests: libsbx against a scripted fake agent on the other end of a socketpair. Most tests
- * run in one thread: the "agent" writes its frames into the socket before the client reads (the
- * client's request ids are sequential from 1, so responses can be written ahead). Tests that
- * move more than a socket buffer holds use a helper thread that only reads or writes bytes.
+ * Unit tests: libsbx's blocking layer (over the sans-I/O core) against a scripted fake agent on
+ * the other end of a socketpair. Most tests run in one thread: the "agent" writes its frames into
+ * the socket before the client reads (the client's request ids are sequential from 1, so
+ * responses can be written ahead). Streams exist only once a result announced them (the core's
+ * stream table), so tests open them with a proc.spawn response first. Tests that move more than
+ * a socket buffer holds use a helper thread that only reads or writes bytes.
  */
 #include <errno.h>
 #include <poll.h>
@@ -150,28 +152,76 @@ static int agent_read(struct fx *fx, int timeout_ms)
     }
 }
 
-/* Answer hello (id 1) with @window / @chunk limits, then let the client say hello. */
-static void do_hello(struct fx *fx, uint32_t window, uint32_t chunk)
+/* The agent's answer to hello (id 1): @version, @window / @chunk limits. */
+static void agent_hello(struct fx *fx, uint32_t version, uint32_t window, uint32_t chunk)
 {
     msgpack_packer *pk = agent_begin(fx);
 
     sbx_pack_response_head(pk, 1);
-    msgpack_pack_map(pk, 5);
-    sbx_pack_kv_u64(pk, "version", 1);
+    msgpack_pack_map(pk, 7);
+    sbx_pack_kv_u64(pk, "version", version);
     sbx_pack_kv_str(pk, "agent", "fake-agent");
+    sbx_pack_kv_str(pk, "agent_version", "0.0");
     sbx_pack_cstr(pk, "capabilities");
     msgpack_pack_array(pk, 3);
     sbx_pack_cstr(pk, "session");
     sbx_pack_cstr(pk, "process");
     msgpack_pack_uint8(pk, 7); /* not a string: ignored */
     sbx_pack_cstr(pk, "limits");
-    msgpack_pack_map(pk, 3);
+    msgpack_pack_map(pk, 6);
     sbx_pack_kv_u64(pk, "stream_window", window);
     sbx_pack_kv_u64(pk, "chunk_max", chunk);
     sbx_pack_kv_u64(pk, "frame_max", SBX_FRAME_MAX);
+    sbx_pack_kv_u64(pk, "max_streams", SBX_MAX_STREAMS);
+    sbx_pack_kv_u64(pk, "max_procs", SBX_MAX_PROCS);
+    sbx_pack_kv_u64(pk, "max_conns", SBX_MAX_CONNS);
+    sbx_pack_kv_u64(pk, "conn", 1);
     sbx_pack_kv_u64(pk, "future_field", 1);
     agent_flush(fx);
+}
+
+/* Answer hello with @window / @chunk limits, then let the client say hello. */
+static void do_hello(struct fx *fx, uint32_t window, uint32_t chunk)
+{
+    agent_hello(fx, 1, window, chunk);
     assert_int_equal(sbx_client_hello(fx->c, "sekrit", &fx->err), 0);
+}
+
+static void pack_sid(msgpack_packer *pk, const char *key, uint32_t sid)
+{
+    if (sid != 0) {
+        sbx_pack_kv_u64(pk, key, sid);
+    } else {
+        sbx_pack_kv_nil(pk, key);
+    }
+}
+
+/* proc.spawn, answered with streams @in / @out / @err (0: none): the core registers them. */
+static void spawn(struct fx *fx, uint32_t in, uint32_t out, uint32_t err)
+{
+    msgpack_packer *pk;
+    uint32_t id;
+
+    pk = sbx_client_begin(fx->c, "proc.spawn", &id);
+    msgpack_pack_map(pk, 0);
+    assert_int_equal(sbx_client_send(fx->c, &fx->err), 0);
+    pk = agent_begin(fx);
+    sbx_pack_response_head(pk, id);
+    msgpack_pack_map(pk, 5);
+    sbx_pack_kv_u64(pk, "id", 1);
+    sbx_pack_kv_u64(pk, "pid", 100);
+    pack_sid(pk, "stdin", in);
+    pack_sid(pk, "stdout", out);
+    pack_sid(pk, "stderr", err);
+    agent_flush(fx);
+    assert_int_equal(sbx_client_wait(fx->c, id, &fx->m, 1000, &fx->err), 0);
+}
+
+/* The agent reads the next message and checks its method. */
+static void agent_expect(struct fx *fx, const char *method)
+{
+    assert_int_equal(agent_read(fx, 1000), 1);
+    assert_true(sbx_msg_method_is(&fx->m, method));
 }
 
 /* --- tests -------------------------------------------------------------------------------- */
@@ -236,14 +286,60 @@ static void test_hello_errors(void **state)
 static void test_hello_version(void **state)
 {
     struct fx *fx = *state;
-    msgpack_packer *pk = agent_begin(fx);
 
-    sbx_pack_response_head(pk, 1);
-    msgpack_pack_map(pk, 1);
-    sbx_pack_kv_u64(pk, "version", 99);
-    agent_flush(fx);
+    agent_hello(fx, 99, 1000, 300);
+    /* The agent broke §6.3 (a version outside the range asked for): the core refuses the result
+     * and the connection, and says so to the agent. */
     assert_int_equal(sbx_client_hello(fx->c, NULL, &fx->err), -1);
-    assert_string_equal(fx->err.code, "VERSION");
+    assert_string_equal(fx->err.code, "BAD_MESSAGE");
+    assert_non_null(strstr(fx->err.msg, "version 99"));
+    assert_int_equal(sbx_client_version(fx->c), 0);
+    agent_expect(fx, "hello");
+    agent_expect(fx, "error");
+    assert_int_equal(sbx_client_call0(fx->c, "ping", &fx->m, &fx->err), -1);
+    assert_string_equal(fx->err.code, "BAD_MESSAGE");
+}
+
+static void test_local_refusals(void **state)
+{
+    struct fx *fx = *state;
+    msgpack_packer *pk;
+    uint32_t id = 77;
+
+    /* Before hello: refused by the core, reported by send, nothing written. */
+    pk = sbx_client_begin(fx->c, "ping", &id);
+    assert_int_equal(id, 0);
+    msgpack_pack_map(pk, 0);
+    assert_int_equal(sbx_client_send(fx->c, &fx->err), -1);
+    assert_string_equal(fx->err.code, "HELLO_REQUIRED");
+    assert_int_equal(agent_read(fx, 50), 0);
+
+    do_hello(fx, 1000, 300);
+    agent_expect(fx, "hello");
+    /* A capability the agent did not announce (fs): UNSUPPORTED, locally. */
+    pk = sbx_client_begin(fx->c, "fs.stat", &id);
+    sbx_pack_kv_str(pk, "path", "/"); /* whatever is packed goes nowhere */
+    assert_int_equal(sbx_client_send(fx->c, &fx->err), -1);
+    assert_string_equal(fx->err.code, "UNSUPPORTED");
+    assert_int_equal(agent_read(fx, 50), 0);
+    /* Two values packed: refused (BAD_PARAM), nothing sent. */
+    pk = sbx_client_begin(fx->c, "ping", &id);
+    msgpack_pack_map(pk, 0);
+    msgpack_pack_map(pk, 0);
+    assert_int_equal(sbx_client_send(fx->c, &fx->err), -1);
+    assert_string_equal(fx->err.code, "BAD_PARAM");
+    /* send without begin */
+    assert_int_equal(sbx_client_send(fx->c, &fx->err), -1);
+    assert_string_equal(fx->err.code, "INTERNAL");
+    assert_int_equal(agent_read(fx, 50), 0);
+    /* The connection is fine. */
+    pk = sbx_client_begin(fx->c, "ping", &id);
+    msgpack_pack_map(pk, 0);
+    assert_int_equal(sbx_client_send(fx->c, &fx->err), 0);
+    agent_expect(fx, "ping");
+    assert_int_equal(fx->m.id, id);
+    agent_ok(fx, id);
+    assert_int_equal(sbx_client_wait(fx->c, id, &fx->m, 1000, &fx->err), 0);
 }
 
 static void test_wait_queues_in_order(void **state)
@@ -253,8 +349,9 @@ static void test_wait_queues_in_order(void **state)
     uint32_t id;
 
     do_hello(fx, 1000, 300);
+    spawn(fx, 8, 5, 0);
     pk = sbx_client_begin(fx->c, "ping", &id);
-    assert_int_equal(id, 2);
+    assert_int_equal(id, 3);
     msgpack_pack_map(pk, 0);
     assert_int_equal(sbx_client_send(fx->c, &fx->err), 0);
 
@@ -374,6 +471,10 @@ static void test_stream_write_credit(void **state)
         src[i] = (uint8_t)(i * 7 + 1);
     }
     do_hello(fx, 1000, 300);
+    assert_int_equal(sbx_client_credit(fx->c, 7), 0); /* not announced yet */
+    assert_int_equal(sbx_client_stream_write(fx->c, 7, src, 1, &fx->err), -1);
+    assert_string_equal(fx->err.code, "STREAM");
+    spawn(fx, 7, 0, 0);
     assert_int_equal(sbx_client_credit(fx->c, 7), 1000);
     /* The agent's later grants, and a notification the writer must queue, not eat. */
     agent_notify(fx, "foo", 1, -1);
@@ -395,6 +496,18 @@ static void test_stream_write_credit(void **state)
     assert_int_equal(sbx_client_stream_write(fx->c, 7, src, 0, &fx->err), 0);
     assert_int_equal(sbx_client_stream_write(fx->c, 0, src, 1, &fx->err), -1);
     assert_string_equal(fx->err.code, "BAD_PARAM");
+
+    /* The agent cancels while the writer waits for credit: STREAM, and the cancel is handed
+     * out too. */
+    agent_notify(fx, "stream.cancel", 7, -1);
+    assert_int_equal(sbx_client_stream_write(fx->c, 7, src, 500, &fx->err), -1);
+    assert_string_equal(fx->err.code, "STREAM");
+    assert_non_null(strstr(fx->err.msg, "cancelled by the agent"));
+    assert_int_equal(agent_collect(fx, 7, got, 300), 100); /* what the credit covered */
+    assert_int_equal(sbx_client_recv(fx->c, &fx->m, 0, &fx->err), 1);
+    assert_true(sbx_msg_method_is(&fx->m, "stream.cancel"));
+    assert_int_equal(sbx_client_stream_write(fx->c, 7, src, 1, &fx->err), -1);
+    assert_string_equal(fx->err.code, "STREAM");
 }
 
 static void test_response_queued_during_write(void **state)
@@ -405,6 +518,7 @@ static void test_response_queued_during_write(void **state)
     uint32_t id;
 
     do_hello(fx, 1000, 1000);
+    spawn(fx, 3, 0, 0);
     pk = sbx_client_begin(fx->c, "ping", &id);
     msgpack_pack_map(pk, 0);
     assert_int_equal(sbx_client_send(fx->c, &fx->err), 0);
@@ -422,6 +536,9 @@ static void test_stream_cancel_and_end(void **state)
     struct fx *fx = *state;
 
     do_hello(fx, 1000, 300);
+    spawn(fx, 11, 0, 0);
+    spawn(fx, 12, 0, 0);
+    assert_false(sbx_client_stream_cancelled(fx->c, 11));
     agent_notify(fx, "stream.cancel", 11, -1);
     assert_int_equal(sbx_client_recv(fx->c, &fx->m, 1000, &fx->err), 1);
     assert_true(sbx_msg_method_is(&fx->m, "stream.cancel"));
@@ -429,17 +546,23 @@ static void test_stream_cancel_and_end(void **state)
     assert_int_equal(sbx_client_credit(fx->c, 11), 0);
     assert_int_equal(sbx_client_stream_write(fx->c, 11, "x", 1, &fx->err), -1);
     assert_string_equal(fx->err.code, "STREAM");
+    /* Ending a stream the agent cancelled is a no-op (nothing is sent). */
+    assert_int_equal(sbx_client_stream_end(fx->c, 11, &fx->err), 0);
 
-    /* A stream we ended takes no more data. */
+    /* A stream we ended takes no more data (and is not open any more). */
     assert_int_equal(sbx_client_stream_write(fx->c, 12, "ab", 2, &fx->err), 0);
     assert_int_equal(sbx_client_stream_end(fx->c, 12, &fx->err), 0);
     assert_int_equal(sbx_client_stream_write(fx->c, 12, "x", 1, &fx->err), -1);
     assert_string_equal(fx->err.code, "STREAM");
-    assert_false(sbx_client_stream_cancelled(fx->c, 12));
+    assert_true(sbx_client_stream_cancelled(fx->c, 12));
+    assert_int_equal(sbx_client_stream_end(fx->c, 12, &fx->err), 0); /* again: no-op */
 
-    assert_int_equal(agent_read(fx, 1000), 1); /* hello */
+    agent_expect(fx, "hello");
+    agent_expect(fx, "proc.spawn");
+    agent_expect(fx, "proc.spawn");
     assert_int_equal(agent_read(fx, 1000), 1);
     assert_int_equal(fx->m.kind, SBX_MSG_DATA);
+    assert_int_equal(fx->m.stream, 12);
     assert_int_equal(agent_read(fx, 1000), 1);
     assert_true(sbx_msg_method_is(&fx->m, "stream.end"));
     assert_int_equal(agent_read(fx, 100), 0);
@@ -458,16 +581,38 @@ static void expect_credit(struct fx *fx, uint32_t stream, uint64_t bytes)
     assert_int_equal(v, bytes);
 }
 
+/* The agent sends @n bytes on @stream; the client receives them as one data message. */
+static void recv_data(struct fx *fx, uint32_t stream, uint32_t n)
+{
+    uint8_t buf[1000];
+
+    memset(buf, 'd', n);
+    agent_data(fx, stream, buf, n);
+    assert_int_equal(sbx_client_recv(fx->c, &fx->m, 1000, &fx->err), 1);
+    assert_int_equal(fx->m.kind, SBX_MSG_DATA);
+    assert_int_equal(fx->m.stream, stream);
+    assert_int_equal(fx->m.data_len, n);
+}
+
 static void test_consumed_grants(void **state)
 {
     struct fx *fx = *state;
 
     do_hello(fx, 1000, 300);
-    assert_int_equal(agent_read(fx, 1000), 1); /* hello */
+    spawn(fx, 0, 5, 9);
+    agent_expect(fx, "hello");
+    agent_expect(fx, "proc.spawn");
+    /* Only what arrived can be reported consumed (the core clamps). */
+    assert_int_equal(sbx_client_consumed(fx->c, 5, 1000, &fx->err), 0);
+    assert_int_equal(agent_read(fx, 50), 0);
+    recv_data(fx, 5, 300);
+    recv_data(fx, 5, 300);
     assert_int_equal(sbx_client_consumed(fx->c, 5, 400, &fx->err), 0);
     assert_int_equal(agent_read(fx, 50), 0); /* below window/2: nothing yet */
     assert_int_equal(sbx_client_consumed(fx->c, 5, 200, &fx->err), 0);
     expect_credit(fx, 5, 600);
+    recv_data(fx, 5, 300);
+    recv_data(fx, 5, 200);
     assert_int_equal(sbx_client_consumed(fx->c, 5, 499, &fx->err), 0);
     assert_int_equal(agent_read(fx, 50), 0);
     assert_int_equal(sbx_client_consumed(fx->c, 5, 1, &fx->err), 0);
@@ -484,9 +629,12 @@ static void test_consumed_grants(void **state)
     assert_int_equal(sbx_client_grant(fx->c, 9, 12345, &fx->err), 0);
     expect_credit(fx, 9, 12345);
     assert_int_equal(sbx_client_stream_cancel(fx->c, 9, &fx->err), 0);
-    assert_int_equal(agent_read(fx, 1000), 1);
-    assert_true(sbx_msg_method_is(&fx->m, "stream.cancel"));
+    agent_expect(fx, "stream.cancel");
     assert_int_equal(sbx_client_consumed(fx->c, 9, 1000, &fx->err), 0);
+    /* Grants and cancels for streams that are not live are no-ops. */
+    assert_int_equal(sbx_client_grant(fx->c, 9, 1, &fx->err), 0);
+    assert_int_equal(sbx_client_stream_cancel(fx->c, 9, &fx->err), 0);
+    assert_int_equal(sbx_client_grant(fx->c, 42, 1, &fx->err), 0);
     assert_int_equal(agent_read(fx, 50), 0);
 }
 
@@ -495,21 +643,39 @@ static void test_eof_and_peer_error(void **state)
     struct fx *fx = *state;
     msgpack_packer *pk;
 
+    uint32_t id;
+
     do_hello(fx, 1000, 300);
+    spawn(fx, 3, 4, 0);
+    pk = sbx_client_begin(fx->c, "ping", &id);
+    msgpack_pack_map(pk, 0);
+    assert_int_equal(sbx_client_send(fx->c, &fx->err), 0);
     pk = agent_begin(fx);
     sbx_pack_notify_head(pk, "error");
     msgpack_pack_map(pk, 2);
     sbx_pack_kv_str(pk, "code", "BAD_FRAME");
     sbx_pack_kv_str(pk, "message", "zero-length frame");
     agent_flush(fx);
-    assert_int_equal(agent_read(fx, 1000), 1); /* hello: nothing unread, so EOF, not a reset */
+    agent_expect(fx, "hello"); /* nothing unread, so EOF, not a reset */
+    agent_expect(fx, "proc.spawn");
+    agent_expect(fx, "ping");
     (void)close(fx->afd);
     fx->afd = -1;
+    /* The outstanding request fails with the end of the connection, naming the agent's error;
+     * the error notification that came before it is still handed out first. */
+    assert_int_equal(sbx_client_wait(fx->c, id, &fx->m, 1000, &fx->err), -1);
+    assert_string_equal(fx->err.code, "EOF");
+    assert_non_null(
+        strstr(fx->err.msg, "test: connection closed by the agent after error BAD_FRAME"));
     assert_int_equal(sbx_client_recv(fx->c, &fx->m, 1000, &fx->err), 1);
     assert_true(sbx_msg_method_is(&fx->m, "error"));
     assert_int_equal(sbx_client_recv(fx->c, &fx->m, 1000, &fx->err), -1);
     assert_string_equal(fx->err.code, "EOF");
     assert_non_null(strstr(fx->err.msg, "BAD_FRAME"));
+    assert_int_equal(sbx_client_stream_write(fx->c, 3, "x", 1, &fx->err), -1);
+    assert_string_equal(fx->err.code, "EOF");
+    assert_int_equal(sbx_client_stream_end(fx->c, 3, &fx->err), -1);
+    assert_int_equal(sbx_client_consumed(fx->c, 4, 1, &fx->err), -1);
     /* The failure sticks. */
     assert_int_equal(sbx_client_recv(fx->c, &fx->m, 0, &fx->err), -1);
     assert_string_equal(fx->err.code, "EOF");
@@ -525,6 +691,9 @@ static void test_write_after_close(void **state)
     (void)close(fx->afd);
     fx->afd = -1;
     /* No SIGPIPE (the test would die): a clean EPIPE error instead. */
+    assert_int_equal(sbx_client_call0(fx->c, "ping", &fx->m, &fx->err), -1);
+    assert_string_equal(fx->err.code, "EPIPE");
+    assert_non_null(strstr(fx->err.msg, "connection closed by the agent"));
     assert_int_equal(sbx_client_grant(fx->c, 1, 1, &fx->err), -1);
     assert_string_equal(fx->err.code, "EPIPE");
 }
@@ -532,23 +701,97 @@ static void test_write_after_close(void **state)
 static void test_bad_frames(void **state)
 {
     struct fx *fx = *state;
-    static const uint8_t bad_msg[] = { 0, 0, 0, 2, 0xc1, 0xc1 };
     static const uint8_t zero[] = { 0, 0, 0, 0 };
 
     do_hello(fx, 1000, 300);
-    /* A bad message inside a good frame: reported, skipped, the connection lives on. */
+    agent_expect(fx, "hello");
+    /* Broken framing is fatal; the agent is told why. */
+    agent_write(fx, zero, sizeof(zero));
+    assert_int_equal(sbx_client_recv(fx->c, &fx->m, 1000, &fx->err), -1);
+    assert_string_equal(fx->err.code, "BAD_FRAME");
+    assert_non_null(strstr(fx->err.msg, "test: "));
+    assert_int_equal(sbx_client_recv(fx->c, &fx->m, 0, &fx->err), -1);
+    assert_string_equal(fx->err.code, "BAD_FRAME");
+    agent_expect(fx, "error");
+}
+
+static void test_bad_message(void **state)
+{
+    struct fx *fx = *state;
+    static const uint8_t bad_msg[] = { 0, 0, 0, 2, 0xc1, 0xc1 };
+
+    do_hello(fx, 1000, 300);
+    agent_expect(fx, "hello");
+    /* A bad message inside a good frame: the core is strict, the connection is done. */
     agent_write(fx, bad_msg, sizeof(bad_msg));
     agent_notify(fx, "ok", 1, -1);
     assert_int_equal(sbx_client_recv(fx->c, &fx->m, 1000, &fx->err), -1);
     assert_string_equal(fx->err.code, "BAD_MESSAGE");
-    assert_int_equal(sbx_client_recv(fx->c, &fx->m, 1000, &fx->err), 1);
-    assert_true(sbx_msg_method_is(&fx->m, "ok"));
-    /* Broken framing is fatal. */
-    agent_write(fx, zero, sizeof(zero));
     assert_int_equal(sbx_client_recv(fx->c, &fx->m, 1000, &fx->err), -1);
-    assert_string_equal(fx->err.code, "BAD_FRAME");
+    assert_string_equal(fx->err.code, "BAD_MESSAGE");
+    assert_int_equal(sbx_client_call0(fx->c, "ping", &fx->m, &fx->err), -1);
+    assert_string_equal(fx->err.code, "BAD_MESSAGE");
+    agent_expect(fx, "error");
+    assert_int_equal(agent_read(fx, 50), 0);
+}
+
+static void test_stream_misuse(void **state)
+{
+    struct fx *fx = *state;
+    uint8_t big[400] = { 0 };
+    uint64_t v;
+
+    do_hello(fx, 1000, 300);
+    spawn(fx, 0, 5, 6);
+    agent_expect(fx, "hello");
+    agent_expect(fx, "proc.spawn");
+    /* More than chunk_max in one data message (§8.6): the core cancels the stream, and the
+     * blocking layer takes it as the protocol violation it is (fatal, as BAD_MESSAGE). */
+    agent_data(fx, 5, big, sizeof(big));
+    assert_int_equal(sbx_client_recv(fx->c, &fx->m, 1000, &fx->err), -1);
+    assert_string_equal(fx->err.code, "STREAM");
+    assert_non_null(strstr(fx->err.msg, "test: stream 5"));
+    agent_expect(fx, "stream.cancel");
+    assert_int_equal(sbx_param_u64(fx->m.params, "stream", 1, 0, UINT32_MAX, &v, &fx->err), 0);
+    assert_int_equal(v, 5);
     assert_int_equal(sbx_client_recv(fx->c, &fx->m, 0, &fx->err), -1);
-    assert_string_equal(fx->err.code, "BAD_FRAME");
+    assert_string_equal(fx->err.code, "STREAM");
+    assert_int_equal(sbx_client_consumed(fx->c, 6, 1, &fx->err), -1);
+}
+
+static void test_agent_request_and_notify(void **state)
+{
+    struct fx *fx = *state;
+    msgpack_packer *pk;
+    struct sbx_err e;
+    uint64_t v;
+
+    do_hello(fx, 1000, 300);
+    spawn(fx, 3, 0, 0);
+    agent_expect(fx, "hello");
+    agent_expect(fx, "proc.spawn");
+    /* A request from the agent is answered by the core (UNKNOWN_METHOD), never handed out. */
+    pk = agent_begin(fx);
+    sbx_pack_request_head(pk, 7, "x.ask");
+    msgpack_pack_map(pk, 0);
+    agent_flush(fx);
+    assert_int_equal(sbx_client_recv(fx->c, &fx->m, 50, &fx->err), 0);
+    assert_int_equal(agent_read(fx, 1000), 1);
+    assert_int_equal(fx->m.kind, SBX_MSG_RESPONSE);
+    assert_int_equal(fx->m.id, 7);
+    assert_non_null(fx->m.error);
+    /* A notification built by the caller (here an aborted upload's end) goes out as packed. */
+    pk = sbx_client_begin_notify(fx->c, "stream.end");
+    msgpack_pack_map(pk, 2);
+    sbx_pack_kv_u64(pk, "stream", 3);
+    sbx_pack_cstr(pk, "error");
+    sbx_err_set(&e, "EIO", "read failed");
+    sbx_pack_err(pk, &e);
+    assert_int_equal(sbx_client_send(fx->c, &fx->err), 0);
+    agent_expect(fx, "stream.end");
+    assert_int_equal(sbx_param_u64(fx->m.params, "stream", 1, 0, UINT32_MAX, &v, &fx->err), 0);
+    assert_int_equal(v, 3);
+    assert_non_null(sbx_obj_get(fx->m.params, "error"));
 }
 
 /* --- bulk: more than a socket buffer ---------------------------------------------------------- */
@@ -593,7 +836,7 @@ static void *bulk_reader(void *arg)
 static void test_bulk_receive(void **state)
 {
     struct fx *fx = *state;
-    const uint32_t chunk = SBX_STREAM_CHUNK_MAX, nchunks = 8;
+    const uint32_t chunk = SBX_STREAM_CHUNK_MAX, nchunks = SBX_STREAM_WINDOW / chunk;
     struct sbx_out o;
     struct bulk b;
     pthread_t t;
@@ -601,11 +844,12 @@ static void test_bulk_receive(void **state)
     msgpack_packer *pk;
 
     do_hello(fx, SBX_STREAM_WINDOW, chunk);
+    spawn(fx, 0, 2, 0);
     pk = sbx_client_begin(fx->c, "ping", &id);
     msgpack_pack_map(pk, 0);
     assert_int_equal(sbx_client_send(fx->c, &fx->err), 0);
 
-    /* 2 MiB of data frames, then the response: all of it has to pass through the FIFO. */
+    /* A window of data frames, then the response: all of it has to pass through the FIFO. */
     sbx_out_init(&o);
     for (uint32_t i = 0; i < nchunks; i++) {
         uint8_t hdr[SBX_STREAM_DATA_HDR_MAX];
@@ -652,6 +896,7 @@ static void test_bulk_send(void **state)
         src[i] = (uint8_t)(i % 251);
     }
     do_hello(fx, SBX_STREAM_WINDOW, SBX_STREAM_CHUNK_MAX);
+    spawn(fx, 4, 0, 0);
     b = (struct bulk){ .fd = fx->afd, .buf = malloc(len + 4096), .len = len + 4096 };
     assert_non_null(b.buf);
     assert_int_equal(pthread_create(&t, NULL, bulk_reader, &b), 0);
@@ -683,12 +928,99 @@ static void test_bulk_send(void **state)
     free(src);
 }
 
+/* The agent's helper thread: write all of @w, then read until EOF into @r. */
+struct duplex {
+    struct bulk w, r;
+};
+
+static void *duplex_run(void *arg)
+{
+    struct duplex *d = arg;
+
+    (void)bulk_writer(&d->w);
+    (void)bulk_reader(&d->r);
+    return NULL;
+}
+
+static void test_send_reads_ahead(void **state)
+{
+    struct fx *fx = *state;
+    const uint32_t chunk = SBX_STREAM_CHUNK_MAX, nchunks = 16;
+    const size_t big = 3u << 20;
+    struct sbx_out o;
+    struct duplex d;
+    pthread_t t;
+    msgpack_packer *pk;
+    uint8_t *blob, first[64];
+    const uint8_t *first_data;
+    uint32_t id, first_len, got = 1;
+
+    do_hello(fx, nchunks * chunk, chunk);
+    spawn(fx, 0, 6, 0);
+    /* The agent writes 4 MiB of stdout and reads nothing until it is done. */
+    sbx_out_init(&o);
+    for (uint32_t i = 0; i < nchunks; i++) {
+        uint8_t hdr[SBX_STREAM_DATA_HDR_MAX];
+        size_t h = sbx_data_header(hdr, 6, chunk);
+        uint8_t *payload = malloc(chunk);
+        assert_non_null(payload);
+        memset(payload, 'A' + (int)i, chunk);
+        msgpack_sbuffer_write(&o.sb, (const char *)hdr, h);
+        msgpack_sbuffer_write(&o.sb, (const char *)payload, chunk);
+        free(payload);
+    }
+    d.w = (struct bulk){ .fd = fx->afd, .buf = (uint8_t *)o.sb.data, .len = o.sb.size };
+    d.r = (struct bulk){ .fd = fx->afd, .buf = malloc(big + 4096), .len = big + 4096 };
+    assert_non_null(d.r.buf);
+    assert_int_equal(pthread_create(&t, NULL, duplex_run, &d), 0);
+
+    assert_int_equal(sbx_client_recv(fx->c, &fx->m, 5000, &fx->err), 1);
+    assert_int_equal(fx->m.kind, SBX_MSG_DATA);
+    first_data = fx->m.data;
+    first_len = fx->m.data_len;
+    memcpy(first, first_data, sizeof(first));
+    /* A request larger than both socket buffers: both sides write. Send must read ahead, and the
+     * current message must survive it (send is not a receiving call). */
+    blob = malloc(big);
+    assert_non_null(blob);
+    memset(blob, 'z', big);
+    pk = sbx_client_begin(fx->c, "x.big", &id);
+    msgpack_pack_map(pk, 1);
+    sbx_pack_cstr(pk, "blob");
+    sbx_pack_bin(pk, blob, big);
+    assert_int_equal(sbx_client_send(fx->c, &fx->err), 0);
+    assert_int_equal(sbx_client_consumed(fx->c, 6, first_len, &fx->err), 0);
+    assert_true(sbx_client_pending(fx->c));
+    assert_int_equal(first_len, chunk);
+    assert_memory_equal(first_data, first, sizeof(first));
+    assert_int_equal(first_data[chunk - 1], 'A');
+
+    while (got < nchunks) {
+        assert_int_equal(sbx_client_recv(fx->c, &fx->m, 5000, &fx->err), 1);
+        assert_int_equal(fx->m.kind, SBX_MSG_DATA);
+        assert_int_equal(fx->m.data_len, chunk);
+        assert_int_equal(fx->m.data[0], 'A' + (int)got);
+        assert_int_equal(fx->m.data[chunk - 1], 'A' + (int)got);
+        got++;
+    }
+    sbx_client_close(fx->c); /* EOF lets the agent's reader finish */
+    fx->c = NULL;
+    assert_int_equal(pthread_join(t, NULL), 0);
+    /* hello, proc.spawn, the credit grant for the first chunk's half window, x.big: the agent
+     * got all of it. */
+    assert_true(d.r.len > big);
+    free(d.r.buf);
+    free(blob);
+    sbx_out_destroy(&o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_hello, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hello_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hello_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_local_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wait_queues_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_call0_and_timeout, setup, teardown),
@@ -699,8 +1031,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_eof_and_peer_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_after_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_frames, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_message, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_misuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_agent_request_and_notify, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bulk_receive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bulk_send, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_send_reads_ahead, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

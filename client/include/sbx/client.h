@@ -1,16 +1,27 @@
 /*
- * libsbx: the host-side client of the sbx protocol.
+ * libsbx: the host-side client of the sbx protocol, blocking API.
+ *
+ * libsbx has two layers. The sans-I/O connection core (sbx/conn.h) holds the protocol: request
+ * ids, hello (version, capabilities, limits), the stream table and credit. This API sits on top
+ * of it for programs that block, like the sbx CLI: it owns the connection's fd, reads into the
+ * core and writes what the core queues, with poll so timeouts work.
  *
  * One struct sbx_client is one connection to an sbx-agent. The library is synchronous and
- * single-threaded: every call blocks on the connection's fd (with poll, so timeouts work) and a
- * client must not be used from two threads at once. Messages that arrive while the caller waits
- * for something else (a response, stream credit) are kept in an internal FIFO and handed out,
- * in arrival order, by sbx_client_recv().
+ * single-threaded: every call blocks on the connection's fd and a client must not be used from
+ * two threads at once. Messages that arrive while the caller waits for something else (a
+ * response, stream credit) are kept in an internal FIFO and handed out, in arrival order, by
+ * sbx_client_recv().
  *
- * Flow control (PROTOCOL.md "Streams"): for "in" streams (client -> agent) the client tracks
- * the credit the agent granted and sbx_client_stream_write() never sends beyond it; for "out"
- * streams the caller reports what it has consumed with sbx_client_consumed() and the library
+ * Streams exist once a result announced them (proc.spawn, transfer.*, fs.walk, fs.glob,
+ * repl.eval with stream, pack.create: the core registers them when the response arrives).
+ * Flow control (PROTOCOL.md "Streams"): for "in" streams (client -> agent) the core tracks the
+ * credit the agent granted and sbx_client_stream_write() never sends beyond it; for "out"
+ * streams the caller reports what it has consumed with sbx_client_consumed() and the core
  * sends stream.credit once half a window has been consumed.
+ *
+ * The agent is held to the protocol: a frame, message or known record that breaks it, or data
+ * that breaks a stream's rules (§8.6), makes the connection unusable (every later call returns
+ * the same error).
  *
  * An event loop can poll sbx_client_fd() for POLLIN, but must first drain what the library
  * already buffered: call sbx_client_recv(c, &m, 0, err) until it returns 0, then poll.
@@ -78,8 +89,10 @@ struct sbx_client *sbx_client_from_fd(int fd, const char *name, struct sbx_err *
 
 /*
  * Send hello {version, min_version, client:"libsbx", token?} and wait (up to the connect timeout,
- * or without limit for sbx_client_from_fd clients) for the reply. Stores the negotiated version,
- * the capabilities and the limits. Returns 0, or -1 with @err (VERSION, AUTH, transport errors).
+ * or without limit for sbx_client_from_fd clients) for the reply. The core checks the result and
+ * keeps the negotiated version, the capabilities and the limits. Returns 0, or -1 with @err
+ * (VERSION, AUTH from the agent; BAD_MESSAGE for a result that breaks §6.4, e.g. a version
+ * outside the range asked for; transport errors).
  */
 int sbx_client_hello(struct sbx_client *c, const char *token, struct sbx_err *err);
 
@@ -113,19 +126,26 @@ const msgpack_object *sbx_client_hello_result(const struct sbx_client *c);
 /* --- requests and messages ---------------------------------------------------------------- */
 
 /*
- * Start a request for @method. Request ids are allocated sequentially from 1 per client; the id
- * is stored in *@id. Returns the packer: the caller packs exactly ONE value (the params map)
- * and then calls sbx_client_send. Between begin and send, call nothing else on the client.
+ * Start a request for @method. Request ids are allocated sequentially from 1 per client (by the
+ * core, skipping ids still outstanding); the id is stored in *@id. Returns the packer (never
+ * NULL): the caller packs exactly ONE value (the params map) and then calls sbx_client_send.
+ * Between begin and send, call nothing else on the client. When the core refuses the request
+ * locally (HELLO_REQUIRED before hello, UNSUPPORTED for a capability the agent did not announce,
+ * LIMIT for too many outstanding requests), *@id is 0, what is packed goes nowhere and
+ * sbx_client_send reports the refusal.
  */
 msgpack_packer *sbx_client_begin(struct sbx_client *c, const char *method, uint32_t *id);
 
-/* Start a notification the same way (pack the params map, then sbx_client_send). */
+/* Start a notification the same way (pack the params map, then sbx_client_send). It goes out as
+ * packed, after everything sent before it; the core does not read it (for stream control, use
+ * the stream calls below). */
 msgpack_packer *sbx_client_begin_notify(struct sbx_client *c, const char *method);
 
 /*
  * Finish the frame begun last and write it out completely (blocking, EINTR-safe, polls on
  * EAGAIN; while the socket is full, incoming bytes are read ahead so neither side can deadlock).
- * Returns 0, or -1 with @err (LIMIT for a frame over the cap, transport errors).
+ * Returns 0, or -1 with @err (a local refusal from begin; LIMIT for a frame over the cap,
+ * BAD_PARAM when not exactly one value was packed; transport errors).
  */
 int sbx_client_send(struct sbx_client *c, struct sbx_err *err);
 
@@ -133,11 +153,15 @@ int sbx_client_send(struct sbx_client *c, struct sbx_err *err);
  * Receive the next message. Returns 1 with *@m filled, 0 when @timeout_ms (>= 0) passed without
  * a complete message, -1 on error: "EOF" when the agent closed the connection (the message
  * includes the agent's last "error" notification if one came), the errno name for a transport
- * error, BAD_FRAME / FRAME_TOO_LARGE (fatal) or BAD_MESSAGE (that message is skipped; the
- * connection stays usable). Messages queued during wait/stream_write come first, in arrival
- * order. stream.credit, stream.cancel and stream.end notifications update the stream table
- * before they are returned. *@m is valid until the next call that reads from the connection
- * (recv, wait, call0, hello, stream_write, send).
+ * error; the agent breaking the protocol is fatal too: BAD_FRAME, FRAME_TOO_LARGE, BAD_MESSAGE
+ * (a malformed message or known record), STREAM (data beyond credit, over chunk_max or on an
+ * "in" stream: the core cancelled that stream). Messages queued during wait/stream_write come
+ * first, in arrival order. The core has applied stream.credit, stream.cancel and stream.end
+ * before they are returned. Not handed out: data and stream notifications for streams that are
+ * not live (never announced, cancelled or ended; §8.5), and requests from the agent (the core
+ * answers UNKNOWN_METHOD). *@m is valid until the next call that receives (recv, wait, call0,
+ * hello, stream_write); calls that only send (send, grant, consumed, stream_end, stream_cancel)
+ * leave it valid.
  */
 int sbx_client_recv(struct sbx_client *c, struct sbx_msg *m, int timeout_ms, struct sbx_err *err);
 
@@ -160,37 +184,44 @@ bool sbx_client_pending(const struct sbx_client *c);
 
 /* --- streams ------------------------------------------------------------------------------ */
 
-/* Send stream.credit {stream, bytes}: let the agent send @bytes more on "out" stream @stream. */
+/* Send stream.credit {stream, bytes}: let the agent send @bytes more on "out" stream @stream
+ * (clamped so its credit stays within 2^32-1). A no-op for a stream that is not a live "out"
+ * stream. */
 int sbx_client_grant(struct sbx_client *c, uint32_t stream, uint32_t bytes, struct sbx_err *err);
 
-/* Send stream.end {stream} on an "in" stream (e.g. close a process's stdin). */
+/* Send stream.end {stream} on an "in" stream (e.g. close a process's stdin), after the bytes
+ * written before it. A no-op when @stream is not open (the agent cancelled it, it ended). */
 int sbx_client_stream_end(struct sbx_client *c, uint32_t stream, struct sbx_err *err);
 
 /* Send stream.cancel {stream}: no more data wanted on "out" stream @stream (no stream.end will
- * follow; data already in flight is discarded by the caller). */
+ * follow; data already in flight is discarded by the core). A no-op for a stream not live. */
 int sbx_client_stream_cancel(struct sbx_client *c, uint32_t stream, struct sbx_err *err);
 
 /*
  * Send @len bytes on "in" stream @stream, split into frames of at most sbx_client_chunk_max()
  * bytes, never beyond the credit the agent granted. Blocks (reading and queueing messages, and
  * consuming stream.credit ones) while credit is exhausted. Returns 0, or -1 with @err: STREAM
- * when the agent cancelled the stream or it was already ended, transport errors otherwise.
- * A caller that must not block can write at most sbx_client_credit() bytes.
+ * when @stream is not an open "in" stream (the agent cancelled it, it was ended, or no result
+ * announced it), BAD_PARAM for stream 0, transport errors otherwise. A caller that must not
+ * block can write at most sbx_client_credit() bytes.
  */
 int sbx_client_stream_write(struct sbx_client *c, uint32_t stream, const void *data, size_t len,
                             struct sbx_err *err);
 
-/* Credit currently available for "in" stream @stream (the window if it was never used; 0 once
- * it was cancelled or ended). */
+/* Credit currently available for "in" stream @stream (the window when it was announced; 0 for a
+ * stream that is not an open "in" stream: never announced, cancelled or ended). */
 uint64_t sbx_client_credit(const struct sbx_client *c, uint32_t stream);
 
-/* True when the agent cancelled "in" stream @stream. */
+/* True when @stream is no longer live: the agent cancelled it, it ended, or no result announced
+ * it (sbx_client_stream_write on it fails with STREAM). The core keeps no record of finished
+ * streams, so a stream the caller ended counts too. */
 bool sbx_client_stream_cancelled(const struct sbx_client *c, uint32_t stream);
 
 /*
- * Report that @n bytes of "out" stream @stream were delivered to their destination; sends
- * stream.credit for the consumed bytes once they reach window/2. A no-op for streams that ended
- * or were cancelled. Returns 0, or -1 with @err on a transport error.
+ * Report that @n bytes of "out" stream @stream were delivered to their destination (clamped to
+ * what was received and not yet reported); sends stream.credit for the consumed bytes once they
+ * reach window/2. A no-op for streams that ended or were cancelled. Returns 0, or -1 with @err
+ * on a transport error.
  */
 int sbx_client_consumed(struct sbx_client *c, uint32_t stream, uint32_t n, struct sbx_err *err);
 
