@@ -421,6 +421,27 @@ static ssize_t write_some(struct sbx_client *c, struct iovec *iov, int n, struct
     }
 }
 
+/* Write all of @iov (@n pieces), whatever it takes (the pieces are adjusted as they go). */
+static int write_all(struct sbx_client *c, struct iovec *iov, int n, struct sbx_err *err)
+{
+    while (n > 0) {
+        ssize_t w = write_some(c, iov, n, err);
+        if (w < 0) {
+            return -1;
+        }
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
 /* Write everything the core has queued for the agent. */
 static int flush(struct sbx_client *c, struct sbx_err *err)
 {
@@ -845,6 +866,23 @@ int sbx_client_stream_write(struct sbx_client *c, uint32_t stream, const void *d
 
         n = len - off < WRITE_PIECE ? len - off : WRITE_PIECE;
         n = n < credit ? n : (size_t)credit;
+        if (n > 0) {
+            /* Straight from the caller's buffer when nothing waits ahead of it: no copy. */
+            uint8_t hdr[SBX_STREAM_DATA_HDR_MAX];
+            size_t m = n < sbx_client_chunk_max(c) ? n : sbx_client_chunk_max(c);
+            int h = sbx_conn_write_direct(c->conn, stream, m, hdr, err);
+            if (h < 0) {
+                return -1;
+            }
+            if (h > 0) {
+                struct iovec iov[2] = { { hdr, (size_t)h }, { (void *)(p + off), m } };
+                if (write_all(c, iov, 2, err) < 0) {
+                    return -1;
+                }
+                n = m;
+                continue;
+            }
+        }
         if (n == 0) {
             if (sbx_conn_write(c->conn, stream, p, 0, err) < 0 || wait_credit(c, stream, err) < 0) {
                 return -1;

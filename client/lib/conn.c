@@ -883,6 +883,22 @@ int sbx_conn_write(struct sbx_conn *c, uint32_t stream, const void *data, size_t
     return 0;
 }
 
+int sbx_conn_write_direct(struct sbx_conn *c, uint32_t stream, size_t len,
+                          uint8_t hdr[SBX_STREAM_DATA_HDR_MAX], struct sbx_err *err)
+{
+    struct strm *s;
+
+    if (usable(c, err) < 0 || (s = open_in(c, stream, err)) == NULL) {
+        return -1;
+    }
+    /* Only with nothing ahead of it: the caller's frame then keeps its place in the order. */
+    if (c->obytes > 0 || s->qlen > 0 || len == 0 || len > s->credit || len > c->chunk_max) {
+        return 0;
+    }
+    s->credit -= len;
+    return (int)sbx_data_header(hdr, stream, (uint32_t)len);
+}
+
 int sbx_conn_end(struct sbx_conn *c, uint32_t stream, const struct sbx_err *error,
                  struct sbx_err *err)
 {

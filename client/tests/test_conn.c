@@ -718,6 +718,39 @@ static void spawn_with_stdin(struct fx *fx, uint32_t in, uint32_t out)
     assert_int_equal(fx->ev.r.spawn.in, in);
 }
 
+/* sbx_conn_write_direct: the caller writes the frame; the core only counts the credit, and only
+ * when nothing is ahead of it (output or queued bytes) and the length fits credit and chunk_max. */
+static void test_write_direct(void **state)
+{
+    struct fx *fx = *state;
+    uint8_t hdr[SBX_STREAM_DATA_HDR_MAX];
+    uint8_t buf[400];
+
+    memset(buf, 'y', sizeof(buf));
+    do_hello(fx, 1000, 300, 1 << 20, NULL);
+    spawn_with_stdin(fx, 1, 2);
+    (void)out_text(fx->c); /* drop the requests already written */
+    assert_int_equal(sbx_conn_write_direct(fx->c, 1, 301, hdr, &fx->err), 0); /* > chunk_max */
+    assert_int_equal(sbx_conn_write_direct(fx->c, 1, 0, hdr, &fx->err), 0);
+    assert_int_equal(sbx_conn_write_direct(fx->c, 1, 300, hdr, &fx->err), 10);
+    /* [3, 1, bin16 300]: 00 00 01 32 (6 + 300 bytes), then 93 03 01 c5 01 2c */
+    assert_int_equal(hdr[2], 1);
+    assert_int_equal(hdr[3], 6 + 300 - 256);
+    assert_int_equal(hdr[4], 0x93);
+    assert_int_equal(hdr[7], 0xc5);
+    assert_int_equal(sbx_conn_credit(fx->c, 1), 700);
+    assert_int_equal(sbx_conn_out_bytes(fx->c), 0); /* the caller writes it, not the core */
+    /* Output waiting ahead: not now. */
+    assert_int_equal(sbx_conn_write(fx->c, 1, buf, sizeof(buf), &fx->err), 0);
+    assert_true(sbx_conn_out_bytes(fx->c) > 0);
+    assert_int_equal(sbx_conn_write_direct(fx->c, 1, 100, hdr, &fx->err), 0);
+    (void)out_text(fx->c);
+    /* Beyond the credit left (300): not now; a stream that is no in stream: STREAM. */
+    assert_int_equal(sbx_conn_write_direct(fx->c, 1, 301, hdr, &fx->err), 0);
+    assert_int_equal(sbx_conn_write_direct(fx->c, 2, 10, hdr, &fx->err), -1);
+    assert_string_equal(fx->err.code, SBX_E_STREAM);
+}
+
 static void test_credit_queues(void **state)
 {
     struct fx *fx = *state;
@@ -1632,6 +1665,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_split_every_offset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_direct, setup, teardown),
         cmocka_unit_test_setup_teardown(test_credit_queues, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_caps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_output_room, setup, teardown),

@@ -16,6 +16,8 @@ if [ "${1:-}" = "--quick" ]; then
     shift
 fi
 BUILD="${1:-build}"
+# Absolute: the agent runs what it spawns from "/" (PROTOCOL.md §14.2), not from here.
+BUILD=$(cd "$BUILD" && pwd)
 
 for f in "$BUILD/bench/bench_proto" "$BUILD/bench/bench_agent" "$BUILD/bin/sbx-agent" \
          "$BUILD/tests/sbx-test-helper" "$BUILD/bin/sbx"; do

@@ -348,6 +348,17 @@ enum sbx_dir {
 };
 
 /*
+ * Zero-copy send of @len bytes on `in` stream @stream, for a transport that can write the
+ * caller's buffer itself (writev): when nothing waits in the output (sbx_conn_out_bytes() == 0),
+ * nothing is queued on the stream and 1 <= @len <= min(credit, chunk_max), the core takes @len
+ * bytes of credit, writes the data frame's header into @hdr and returns its length; the caller
+ * must then write @hdr and its @len bytes, completely, before any other output of @c. Returns 0
+ * when that is not possible right now (use sbx_conn_write), -1 with @err as sbx_conn_write.
+ */
+int sbx_conn_write_direct(struct sbx_conn *c, uint32_t stream, size_t len,
+                          uint8_t hdr[SBX_STREAM_DATA_HDR_MAX], struct sbx_err *err);
+
+/*
  * Queue @len bytes on `in` stream @stream. They go out in data messages of at most chunk_max
  * bytes, never beyond the credit the agent granted (§8.3); what credit or output room does not
  * cover stays queued and goes out as stream.credit arrives and sbx_conn_out_done makes room.
