@@ -15,6 +15,7 @@
 
 #include "sbx/client.h"
 #include "sbx/err.h"
+#include "sbx/schema.h"
 
 /* Exit statuses of the CLI itself (exec passes the remote status through instead). */
 #define CLI_EXIT_FAIL  1

@@ -139,23 +139,22 @@ static const char *base_name(const char *path, char *buf, size_t n)
     return basename(buf);
 }
 
-int cli_wait_done(struct sbx_client *c, uint32_t sid, struct sbx_msg *m, struct sbx_err *err)
+int cli_wait_done(struct sbx_client *c, uint32_t sid, struct sbx_transfer_done *d,
+                  struct sbx_err *err)
 {
     for (;;) {
-        const msgpack_object *e;
-        uint64_t s;
+        struct sbx_msg m;
+        struct sbx_err e;
 
-        if (sbx_client_recv(c, m, -1, err) < 0) {
+        if (sbx_client_recv(c, &m, -1, err) < 0) {
             return -1;
         }
-        if (m->kind != SBX_MSG_NOTIFY || !sbx_msg_method_is(m, "transfer.done") ||
-            sbx_param_u64(m->params, "stream", SBX_REQUIRED, 0, UINT32_MAX, &s, err) < 0 ||
-            s != sid) {
+        if (m.kind != SBX_MSG_NOTIFY || !sbx_msg_method_is(&m, SBX_N_TRANSFER_DONE) ||
+            sbx_transfer_done_read(m.params, d, &e) < 0 || d->stream != sid) {
             continue;
         }
-        e = sbx_obj_get(m->params, "error");
-        if (e != NULL && e->type != MSGPACK_OBJECT_NIL) {
-            sbx_err_from_obj(e, err);
+        if (d->failed) {
+            *err = d->error;
             return -1;
         }
         return 0;
@@ -256,7 +255,7 @@ static int start_upload(struct sbx_client *c, const char *remote, const struct c
     uint32_t id;
     uint64_t v;
 
-    pk = sbx_client_begin(c, "transfer.upload", &id);
+    pk = sbx_client_begin(c, SBX_M_TRANSFER_UPLOAD, &id);
     msgpack_pack_map(pk, 7);
     sbx_pack_kv_str(pk, "path", remote);
     sbx_pack_kv_bool(pk, "hash", !o->no_verify);
@@ -279,9 +278,9 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
     struct hasher h;
     struct cli_progress prog;
     struct sbx_err err;
-    struct sbx_msg m;
+    struct sbx_transfer_done done;
     struct stat st;
-    char dest[PATH_MAX + NAME_MAX + 2], bbuf[PATH_MAX], want[65], got[65];
+    char dest[PATH_MAX + NAME_MAX + 2], bbuf[PATH_MAX], want[65];
     uint32_t sid;
     uint8_t *bufs, *buf;
     unsigned k = 0;
@@ -337,7 +336,7 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
         }
         if (n < 0) {
             int e = errno;
-            msgpack_packer *pk = sbx_client_begin_notify(c, "stream.end");
+            msgpack_packer *pk = sbx_client_begin_notify(c, SBX_N_STREAM_END);
             msgpack_pack_map(pk, 2);
             sbx_pack_kv_u64(pk, "stream", sid);
             sbx_pack_cstr(pk, "error");
@@ -369,21 +368,16 @@ static int upload_file(struct sbx_client *c, const char *local, const char *remo
     free(bufs);
     close(fd);
     if (rc == 0) {
-        rc = cli_wait_done(c, sid, &m, &err);
+        rc = cli_wait_done(c, sid, &done, &err);
     }
     if (rc == 0 && !o->no_verify) {
-        const char *s;
-        size_t n;
-        if (sbx_param_str(m.params, "sha256", SBX_REQUIRED, 64, &s, &n, &err) < 0 || n != 64) {
+        if (done.sha256[0] == '\0') {
+            sbx_err_param(&err, "sha256", "missing required parameter \"sha256\"");
             rc = -1;
-        } else {
-            memcpy(got, s, 64);
-            got[64] = '\0';
-            if (strcmp(got, want) != 0) {
-                sbx_err_set(&err, SBX_E_INTERNAL, "%s: the guest wrote sha256 %s, we sent %s", dest,
-                            got, want);
-                rc = -1;
-            }
+        } else if (strcmp(done.sha256, want) != 0) {
+            sbx_err_set(&err, SBX_E_INTERNAL, "%s: the guest wrote sha256 %s, we sent %s", dest,
+                        done.sha256, want);
+            rc = -1;
         }
     }
     cli_progress_end(&prog, rc == 0);
@@ -414,7 +408,7 @@ int cli_recv_stream(struct sbx_client *c, uint32_t sid, int fd, struct cli_progr
             if (sbx_client_consumed(c, sid, m.data_len, err) < 0) {
                 return -1;
             }
-        } else if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, "stream.end")) {
+        } else if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, SBX_N_STREAM_END)) {
             uint64_t s;
             const msgpack_object *e;
             if (sbx_param_u64(m.params, "stream", SBX_REQUIRED, 0, UINT32_MAX, &s, err) < 0 ||
@@ -445,7 +439,7 @@ static int download_file(struct sbx_client *c, const char *remote, const char *l
     int fd, rc;
 
     sbx_err_clear(&err);
-    pk = sbx_client_begin(c, "transfer.download", &id);
+    pk = sbx_client_begin(c, SBX_M_TRANSFER_DOWNLOAD, &id);
     msgpack_pack_map(pk, 1);
     sbx_pack_kv_str(pk, "path", remote);
     if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, &resp, -1, &err) < 0 ||

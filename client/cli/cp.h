@@ -36,9 +36,10 @@ void cli_progress_add(struct cli_progress *p, uint64_t n);
 /* Finish the line (final figures when @ok, else erase it). */
 void cli_progress_end(struct cli_progress *p, bool ok);
 
-/* Wait for transfer.done of @sid; 0 with *@m holding it (valid until the next receive), or -1
- * with @err (its error, or a transport error). Other messages are skipped. */
-int cli_wait_done(struct sbx_client *c, uint32_t sid, struct sbx_msg *m, struct sbx_err *err);
+/* Wait for transfer.done of @sid; 0 with *@d read from it, or -1 with @err (its error, or a
+ * transport error). Other messages are skipped. */
+int cli_wait_done(struct sbx_client *c, uint32_t sid, struct sbx_transfer_done *d,
+                  struct sbx_err *err);
 /* Write out stream @sid to @fd until its stream.end, granting credit as written. 0, or -1 with
  * @err (the stream's error, a local write error after cancelling the stream, a transport error). */
 int cli_recv_stream(struct sbx_client *c, uint32_t sid, int fd, struct cli_progress *prog,

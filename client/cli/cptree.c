@@ -397,7 +397,7 @@ int cli_cp_upload_tree(struct sbx_client *c, const char *local, const char *remo
     char dest[PATH_MAX + NAME_MAX + 2], bbuf[PATH_MAX];
     struct tree_io io = { .c = c };
     struct archive *w = NULL;
-    struct sbx_msg m;
+    struct sbx_transfer_done done;
     struct stat st;
     msgpack_packer *pk;
     uint8_t d[32];
@@ -417,7 +417,7 @@ int cli_cp_upload_tree(struct sbx_client *c, const char *local, const char *remo
         snprintf(bbuf, sizeof(bbuf), "%s", local);
         snprintf(dest, sizeof(dest), "%s%s", remote, basename(bbuf));
     }
-    if (cli_tree_request(c, "transfer.upload_tree", dest, compress, &io.sid, &io.err) < 0) {
+    if (cli_tree_request(c, SBX_M_TRANSFER_UPLOAD_TREE, dest, compress, &io.sid, &io.err) < 0) {
         cli_print_err("cp", &io.err);
         return CLI_EXIT_FAIL;
     }
@@ -439,7 +439,7 @@ int cli_cp_upload_tree(struct sbx_client *c, const char *local, const char *remo
         }
         if (!io.failed) {
             /* Tell the agent the archive is incomplete; it reports CANCELLED. */
-            pk = sbx_client_begin_notify(c, "stream.end");
+            pk = sbx_client_begin_notify(c, SBX_N_STREAM_END);
             msgpack_pack_map(pk, 2);
             sbx_pack_kv_u64(pk, "stream", io.sid);
             sbx_pack_cstr(pk, "error");
@@ -450,19 +450,18 @@ int cli_cp_upload_tree(struct sbx_client *c, const char *local, const char *remo
         goto out;
     }
     if (sbx_client_stream_end(c, io.sid, &io.err) < 0 ||
-        cli_wait_done(c, io.sid, &m, &io.err) < 0) {
+        cli_wait_done(c, io.sid, &done, &io.err) < 0) {
         goto out;
     }
     sha256_digest(&io.sha, sizeof(d), d);
     sbx_hex(d, sizeof(d), want);
-    {
-        const char *s;
-        size_t n;
-        if (sbx_param_str(m.params, "sha256", SBX_REQUIRED, 64, &s, &n, &io.err) < 0 || n != 64 ||
-            memcmp(s, want, 64) != 0) {
-            sbx_err_set(&io.err, SBX_E_INTERNAL, "the guest received other bytes than we sent");
-            goto out;
-        }
+    if (done.sha256[0] == '\0') {
+        sbx_err_param(&io.err, "sha256", "missing required parameter \"sha256\"");
+        goto out;
+    }
+    if (memcmp(done.sha256, want, 64) != 0) {
+        sbx_err_set(&io.err, SBX_E_INTERNAL, "the guest received other bytes than we sent");
+        goto out;
     }
     rc = 0;
 out:
@@ -474,8 +473,7 @@ out:
     }
     if (rc < 0 && io.failed && strcmp(io.err.code, SBX_E_STREAM) == 0) {
         /* The agent cancelled the stream: its transfer.done says why. */
-        struct sbx_msg dm;
-        (void)cli_wait_done(c, io.sid, &dm, &io.err);
+        (void)cli_wait_done(c, io.sid, &done, &io.err);
     }
     cli_progress_end(&io.prog, rc == 0);
     if (rc < 0) {
@@ -524,7 +522,7 @@ static la_ssize_t down_read_cb(struct archive *ar, void *arg, const void **out)
             *out = io->buf;
             return (la_ssize_t)m.data_len;
         }
-        if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, "stream.end")) {
+        if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, SBX_N_STREAM_END)) {
             uint64_t s;
             const msgpack_object *e;
             if (sbx_param_u64(m.params, "stream", SBX_REQUIRED, 0, UINT32_MAX, &s, &io->err) < 0 ||
@@ -566,7 +564,7 @@ int cli_cp_download_tree(struct sbx_client *c, const char *remote, const char *l
         }
         snprintf(dest, sizeof(dest), "%s/%s", local, basename(bbuf));
     }
-    if (cli_tree_request(c, "transfer.download_tree", remote, compress, &io.sid, &io.err) < 0) {
+    if (cli_tree_request(c, SBX_M_TRANSFER_DOWNLOAD_TREE, remote, compress, &io.sid, &io.err) < 0) {
         cli_print_err("cp", &io.err);
         return CLI_EXIT_FAIL;
     }

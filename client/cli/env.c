@@ -36,7 +36,7 @@ static int env_list(const struct cli *cli, struct sbx_client *c)
     struct sbx_err err;
     uint32_t n = 0;
 
-    if (sbx_client_call0(c, "env.list", &resp, &err) < 0 ||
+    if (sbx_client_call0(c, SBX_M_ENV_LIST, &resp, &err) < 0 ||
         sbx_param_map(resp.result, "env", SBX_REQUIRED, UINT32_MAX, &env, &err) < 0) {
         cli_print_err("env list", &err);
         return CLI_EXIT_FAIL;
@@ -74,7 +74,7 @@ static int env_get(const struct cli *cli, struct sbx_client *c, const char *name
     msgpack_packer *pk;
     uint32_t id;
 
-    pk = sbx_client_begin(c, "env.get", &id);
+    pk = sbx_client_begin(c, SBX_M_ENV_GET, &id);
     (void)msgpack_pack_map(pk, 1);
     sbx_pack_kv_str(pk, "name", name);
     if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, &resp, -1, &err) < 0) {
@@ -110,7 +110,7 @@ static int env_set(struct sbx_client *c, int n, char **vars)
             return CLI_EXIT_USAGE;
         }
     }
-    pk = sbx_client_begin(c, "env.set", &id);
+    pk = sbx_client_begin(c, SBX_M_ENV_SET, &id);
     if (n == 1) {
         const char *eq = strchr(vars[0], '=');
         (void)msgpack_pack_map(pk, 2);
@@ -142,7 +142,7 @@ static int env_unset(struct sbx_client *c, int n, char **names)
         msgpack_packer *pk;
         uint32_t id;
 
-        pk = sbx_client_begin(c, "env.unset", &id);
+        pk = sbx_client_begin(c, SBX_M_ENV_UNSET, &id);
         (void)msgpack_pack_map(pk, 1);
         sbx_pack_kv_str(pk, "name", names[i]);
         if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, &resp, -1, &err) < 0) {

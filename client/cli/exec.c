@@ -27,7 +27,7 @@
 #define DEFAULT_TERM "xterm-256color"
 
 /* What `sbx shell` runs without a command. */
-static char *const default_shell[] = { "/bin/sh", "-l" };
+static char *const default_shell[] = { "/bin/sh", "-l", NULL };
 
 /* The write end of the self-pipe the signal handler reports into (signal-safe global). */
 static volatile int sig_pipe_w = -1;
@@ -66,12 +66,9 @@ struct exec {
     bool stdin_open;
     struct sink out, err;
     bool exited;
-    bool has_code;
-    int64_t code;
-    uint64_t signo;
-    char signame[32];
-    bool timed_out;
-    json_t *exit_json; /* --json: the proc.exit params */
+    bool has_exit;      /* ex holds a well-formed exit map */
+    struct sbx_exit ex; /* the proc.exit params */
+    json_t *exit_json;  /* --json: the proc.exit params */
     int sigints;
     /* PTY mode */
     bool pty;
@@ -231,31 +228,21 @@ static bool all_digits(const char *s, size_t n)
 
 /* --- spawn -------------------------------------------------------------------------------- */
 
-static void pack_user(msgpack_packer *pk, const char *user, uint32_t *entries, bool count)
+/* --user NAME, UID or UID:GID into the params. */
+static void set_user(struct sbx_spawn_params *p, const char *user)
 {
     const char *colon = strchr(user, ':');
-    uint64_t v;
 
     if (colon != NULL && all_digits(user, (size_t)(colon - user)) &&
         all_digits(colon + 1, strlen(colon + 1))) {
-        if (count) {
-            *entries += 2;
-            return;
-        }
-        v = strtoull(user, NULL, 10);
-        sbx_pack_kv_u64(pk, "uid", v);
-        v = strtoull(colon + 1, NULL, 10);
-        sbx_pack_kv_u64(pk, "gid", v);
-        return;
-    }
-    if (count) {
-        *entries += 1;
-        return;
-    }
-    if (all_digits(user, strlen(user))) {
-        sbx_pack_kv_u64(pk, "uid", strtoull(user, NULL, 10));
+        p->has_uid = p->has_gid = true;
+        p->uid = (uint32_t)strtoull(user, NULL, 10);
+        p->gid = (uint32_t)strtoull(colon + 1, NULL, 10);
+    } else if (all_digits(user, strlen(user))) {
+        p->has_uid = true;
+        p->uid = (uint32_t)strtoull(user, NULL, 10);
     } else {
-        sbx_pack_kv_str(pk, "user", user);
+        p->user = user;
     }
 }
 
@@ -289,99 +276,89 @@ static const char *term_name(void)
     return t;
 }
 
-static int spawn(struct exec *x, const struct exec_opts *o, int argc, char *const *argv,
-                 const char *command, struct sbx_err *err)
+/*
+ * The --env entries as "NAME=VALUE" (a bare NAME takes the local value; unset ones are left out),
+ * NULL-terminated, in @env (nenv + 1 slots); the strings made here are in @own. NULL: none.
+ */
+static const char *const *spawn_env(const struct exec_opts *o, const char **env, char **own)
 {
-    struct sbx_msg resp;
-    msgpack_packer *pk;
-    /* argv or command, then pty, or stdin + stdout + stderr */
-    uint32_t id, entries = o->tty ? 2 : 4, nenv = 0;
-    bool pipe_stdin = !o->no_stdin && !stdin_is_null();
-    uint64_t v;
-    int r;
+    int n = 0;
 
     for (int i = 0; i < o->nenv; i++) {
-        size_t n;
-        if (env_value(o->env[i], &n) != NULL) {
-            nenv++;
+        size_t len;
+        const char *val = env_value(o->env[i], &len);
+        own[i] = NULL;
+        if (val == NULL) {
+            continue;
         }
+        if (o->env[i][len] != '=') {
+            size_t vlen = strlen(val);
+            own[i] = malloc(len + vlen + 2);
+            if (own[i] == NULL) {
+                continue;
+            }
+            memcpy(own[i], o->env[i], len);
+            own[i][len] = '=';
+            memcpy(own[i] + len + 1, val, vlen + 1);
+        }
+        env[n++] = own[i] != NULL ? own[i] : o->env[i];
     }
-    entries += (nenv > 0) + o->clear_env + (o->cwd != NULL) + (o->timeout_ms > 0);
-    if (o->user != NULL) {
-        pack_user(NULL, o->user, &entries, true);
+    env[n] = NULL;
+    return n > 0 ? env : NULL;
+}
+
+static int spawn(struct exec *x, const struct exec_opts *o, char *const *argv, const char *command,
+                 struct sbx_err *err)
+{
+    struct sbx_spawn_params p = { 0 };
+    struct sbx_pty_params pty = { .rows = x->rows, .cols = x->cols, .term = term_name() };
+    struct sbx_spawn_result r;
+    struct sbx_msg resp;
+    const char **env = calloc((size_t)o->nenv + 1, sizeof(*env));
+    char **own = calloc((size_t)o->nenv + 1, sizeof(*own));
+    uint32_t id;
+
+    if (env == NULL || own == NULL) {
+        free(env);
+        free(own);
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
     }
-    pk = sbx_client_begin(x->c, "proc.spawn", &id);
-    (void)msgpack_pack_map(pk, entries);
     if (command != NULL) {
-        sbx_pack_kv_str(pk, "command", command);
+        p.command = command;
     } else {
-        sbx_pack_cstr(pk, "argv");
-        (void)msgpack_pack_array(pk, (size_t)argc);
-        for (int i = 0; i < argc; i++) {
-            sbx_pack_cstr(pk, argv[i]);
-        }
+        p.argv = (const char *const *)argv;
     }
     if (o->tty) {
         /* The agent ignores stdin/stdout/stderr here: the PTY is all three. */
-        sbx_pack_cstr(pk, "pty");
-        (void)msgpack_pack_map(pk, 3);
-        sbx_pack_kv_u64(pk, "rows", x->rows);
-        sbx_pack_kv_u64(pk, "cols", x->cols);
-        sbx_pack_kv_str(pk, "term", term_name());
+        p.pty = &pty;
     } else {
-        sbx_pack_kv_str(pk, "stdin", pipe_stdin ? "pipe" : "null");
-        sbx_pack_kv_str(pk, "stdout", "pipe");
-        sbx_pack_kv_str(pk, "stderr", o->merge ? "stdout" : "pipe");
+        p.stdin_mode = !o->no_stdin && !stdin_is_null() ? SBX_STDIO_PIPE : SBX_STDIO_NULL;
+        p.stdout_mode = SBX_STDIO_PIPE;
+        p.stderr_mode = o->merge ? SBX_STDIO_STDOUT : SBX_STDIO_PIPE;
     }
-    if (nenv > 0) {
-        sbx_pack_cstr(pk, "env");
-        (void)msgpack_pack_map(pk, nenv);
-        for (int i = 0; i < o->nenv; i++) {
-            size_t n;
-            const char *val = env_value(o->env[i], &n);
-            if (val != NULL) {
-                sbx_pack_bstr(pk, o->env[i], n);
-                sbx_pack_cstr(pk, val);
-            }
-        }
-    }
-    if (o->clear_env) {
-        sbx_pack_kv_bool(pk, "clear_env", true);
-    }
-    if (o->cwd != NULL) {
-        sbx_pack_kv_str(pk, "cwd", o->cwd);
-    }
+    p.env = spawn_env(o, env, own);
+    p.clear_env = o->clear_env;
+    p.cwd = o->cwd;
     if (o->user != NULL) {
-        pack_user(pk, o->user, NULL, false);
+        set_user(&p, o->user);
     }
-    if (o->timeout_ms > 0) {
-        sbx_pack_kv_u64(pk, "timeout_ms", o->timeout_ms);
+    p.timeout_ms = (uint32_t)o->timeout_ms;
+    sbx_spawn_params_pack(sbx_client_begin(x->c, SBX_M_PROC_SPAWN, &id), &p);
+    for (int i = 0; i < o->nenv; i++) {
+        free(own[i]);
     }
-    if (sbx_client_send(x->c, err) < 0) {
+    free(own);
+    free(env);
+    if (sbx_client_send(x->c, err) < 0 || sbx_client_wait(x->c, id, &resp, -1, err) < 0) {
         return -1;
     }
-    if (sbx_client_wait(x->c, id, &resp, -1, err) < 0) {
+    if (sbx_spawn_result_read(resp.result, &r, err) < 0) {
         return -1;
     }
-    if (sbx_param_u64(resp.result, "id", SBX_REQUIRED, 0, UINT64_MAX, &x->proc, err) < 0) {
-        sbx_err_prefix(err, "proc.spawn result");
-        return -1;
-    }
-    r = sbx_param_u64(resp.result, "stdin", SBX_OPTIONAL, 1, UINT32_MAX, &v, err);
-    if (r < 0) {
-        return -1;
-    }
-    x->sin = r == 0 ? (uint32_t)v : 0;
-    r = sbx_param_u64(resp.result, "stdout", SBX_OPTIONAL, 1, UINT32_MAX, &v, err);
-    if (r < 0) {
-        return -1;
-    }
-    x->out.sid = r == 0 ? (uint32_t)v : 0;
-    r = sbx_param_u64(resp.result, "stderr", SBX_OPTIONAL, 1, UINT32_MAX, &v, err);
-    if (r < 0) {
-        return -1;
-    }
-    x->err.sid = r == 0 ? (uint32_t)v : 0;
+    x->proc = r.id;
+    x->sin = r.in;
+    x->out.sid = r.out;
+    x->err.sid = r.err;
     x->out.done = x->out.sid == 0;
     x->err.done = x->err.sid == 0;
     /* On a PTY the input stream always exists; --no-stdin just never sends anything. */
@@ -471,22 +448,9 @@ static struct sink *sink_for(struct exec *x, uint64_t sid)
 static void on_exit_notice(struct exec *x, const msgpack_object *params)
 {
     struct sbx_err e;
-    const char *s;
-    size_t n;
 
     x->exited = true;
-    x->has_code =
-        sbx_param_i64(params, "code", SBX_OPTIONAL, INT32_MIN, INT32_MAX, &x->code, &e) == 0;
-    if (sbx_param_u64(params, "signo", SBX_OPTIONAL, 1, 127, &x->signo, &e) != 0) {
-        x->signo = 0;
-    }
-    if (sbx_param_str(params, "signal", SBX_OPTIONAL, sizeof(x->signame) - 1, &s, &n, &e) == 0) {
-        memcpy(x->signame, s, n);
-        x->signame[n] = '\0';
-    }
-    if (sbx_param_bool(params, "timed_out", SBX_OPTIONAL, &x->timed_out, &e) != 0) {
-        x->timed_out = false;
-    }
+    x->has_exit = sbx_exit_read(params, &x->ex, &e) == 0;
     if (x->cli->json) {
         json_decref(x->exit_json);
         x->exit_json = cli_json_from_msgpack(params);
@@ -534,9 +498,9 @@ static int handle(struct exec *x, const struct sbx_msg *m, struct sbx_err *err)
         return deliver(x, s, m, err);
     }
     case SBX_MSG_NOTIFY:
-        if (sbx_msg_method_is(m, "stream.end")) {
+        if (sbx_msg_method_is(m, SBX_N_STREAM_END)) {
             on_stream_end(x, m->params);
-        } else if (sbx_msg_method_is(m, "stream.cancel")) {
+        } else if (sbx_msg_method_is(m, SBX_N_STREAM_CANCEL)) {
             if (sbx_param_u64(m->params, "stream", SBX_REQUIRED, 1, UINT32_MAX, &v, &e) == 0) {
                 if (v == x->sin) {
                     x->stdin_open = false; /* the process closed its stdin or is gone */
@@ -545,12 +509,12 @@ static int handle(struct exec *x, const struct sbx_msg *m, struct sbx_err *err)
                     sink_for(x, v)->done = true;
                 }
             }
-        } else if (sbx_msg_method_is(m, "proc.exit")) {
+        } else if (sbx_msg_method_is(m, SBX_N_PROC_EXIT)) {
             if (sbx_param_u64(m->params, "id", SBX_REQUIRED, 0, UINT64_MAX, &v, &e) == 0 &&
                 v == x->proc) {
                 on_exit_notice(x, m->params);
             }
-        } else if (sbx_msg_method_is(m, "error") && m->params != NULL) {
+        } else if (sbx_msg_method_is(m, SBX_N_ERROR) && m->params != NULL) {
             sbx_err_from_obj(m->params, &e);
             say_err(x, "agent", &e);
         }
@@ -598,7 +562,7 @@ static int send_kill(struct exec *x, int sig, uint32_t *idp, struct sbx_err *err
     msgpack_packer *pk;
     uint32_t id;
 
-    pk = sbx_client_begin(x->c, "proc.kill", &id);
+    pk = sbx_client_begin(x->c, SBX_M_PROC_KILL, &id);
     (void)msgpack_pack_map(pk, 3);
     sbx_pack_kv_u64(pk, "id", x->proc);
     cli_pack_signal(pk, "signal", sig);
@@ -624,7 +588,7 @@ static int send_resize(struct exec *x, struct sbx_err *err)
     }
     x->rows = rows;
     x->cols = cols;
-    pk = sbx_client_begin(x->c, "proc.resize", &id);
+    pk = sbx_client_begin(x->c, SBX_M_PROC_RESIZE, &id);
     (void)msgpack_pack_map(pk, 3);
     sbx_pack_kv_u64(pk, "id", x->proc);
     sbx_pack_kv_u64(pk, "rows", rows);
@@ -851,17 +815,18 @@ static int setup_signals(bool pty, int *rfd)
 
 static int exit_status(const struct exec *x)
 {
-    if (x->timed_out && !x->cli->json) {
+    char buf[32];
+    const char *sig;
+
+    if (!x->has_exit) {
+        return EXIT_SBX_FAILED;
+    }
+    if (x->ex.timed_out && !x->cli->json) {
+        sig = x->ex.exited ? NULL : sbx_signal_name(x->ex.signo, buf, sizeof(buf));
         (void)fprintf(stderr, "sbx: exec %s: timed out, killed by %s\n", x->what,
-                      x->signame[0] != '\0' ? x->signame : "a signal");
+                      sig != NULL ? sig : "a signal");
     }
-    if (x->has_code) {
-        return (int)(x->code & 0xff);
-    }
-    if (x->signo > 0) {
-        return 128 + (int)x->signo;
-    }
-    return EXIT_SBX_FAILED;
+    return sbx_exit_status(&x->ex);
 }
 
 static void print_json(const struct exec *x)
@@ -966,7 +931,7 @@ static int exec_main(struct cli *cli, int argc, char **argv, enum exec_mode mode
             o.user = optarg;
             break;
         case 'T':
-            if (cli_parse_duration(optarg, &o.timeout_ms) < 0) {
+            if (cli_parse_duration(optarg, &o.timeout_ms) < 0 || o.timeout_ms > UINT32_MAX) {
                 (void)fprintf(stderr, "sbx: %s: bad --timeout \"%s\" (e.g. 500ms, 10s, 2m)\n",
                               argv[0], optarg);
                 goto out;
@@ -1009,7 +974,7 @@ static int exec_main(struct cli *cli, int argc, char **argv, enum exec_mode mode
     args = argv;
     if (argc == 0 && mode == MODE_SHELL) {
         args = default_shell;
-        argc = (int)(sizeof(default_shell) / sizeof(default_shell[0]));
+        argc = (int)(sizeof(default_shell) / sizeof(default_shell[0])) - 1;
     }
     if (argc == 0) {
         (void)fprintf(stderr, "sbx: %s: missing the command; see 'sbx %s --help'\n", name, name);
@@ -1035,7 +1000,7 @@ static int exec_main(struct cli *cli, int argc, char **argv, enum exec_mode mode
     if (x.c == NULL) {
         goto out;
     }
-    if (spawn(&x, &o, argc, args, command, &err) < 0) {
+    if (spawn(&x, &o, args, command, &err) < 0) {
         status = spawn_failed(&x, &err);
         goto out;
     }

@@ -289,20 +289,17 @@ static void mode_string(uint64_t mode, char out[11])
     out[10] = '\0';
 }
 
-static void print_time(const msgpack_object *info, const char *k, bool full)
+/* A time in ns since the epoch, UTC; "-" when @has is false. */
+static void print_time(bool has, int64_t ns, bool full)
 {
-    const msgpack_object *v = sbx_obj_get(info, k);
-    int64_t ns;
     time_t t;
     struct tm tm;
     char buf[64];
 
-    if (v == NULL || (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
-                      v->type != MSGPACK_OBJECT_NEGATIVE_INTEGER)) {
+    if (!has) {
         (void)fputs("-", stdout);
         return;
     }
-    ns = v->via.i64;
     t = (time_t)(ns / 1000000000);
     if (ns < 0 && ns % 1000000000 != 0) {
         t--;
@@ -315,53 +312,57 @@ static void print_time(const msgpack_object *info, const char *k, bool full)
     }
 }
 
+/* " -> TARGET" of a symlink's FileInfo, if any. */
+static void print_target(const struct sbx_fileinfo *fi)
+{
+    if (fi->target != NULL) {
+        (void)fputs(" -> ", stdout);
+        (void)fwrite(fi->target, 1, fi->target_len, stdout);
+    }
+}
+
 static int cmd_stat(struct sbx_client *c, const struct fs_opts *o, int n, char **paths)
 {
     int rc = 0;
 
     for (int i = 0; i < n; i++) {
         struct sbx_msg resp;
-        const msgpack_object *info, *target;
+        struct sbx_fileinfo fi;
+        struct sbx_err err;
         char ms[11];
-        uint64_t mode;
 
-        if (fs_path_call(c, o, o->nofollow ? "fs.lstat" : "fs.stat", paths[i], &resp) < 0) {
+        if (fs_path_call(c, o, o->nofollow ? SBX_M_FS_LSTAT : SBX_M_FS_STAT, paths[i], &resp) < 0) {
             rc = CLI_EXIT_FAIL;
             continue;
         }
-        info = resp.result;
         if (o->json) {
-            print_json(info);
+            print_json(resp.result);
             continue;
         }
-        mode = get_u64(info, "mode");
-        mode_string(mode, ms);
-        (void)printf("  File: %s", paths[i]);
-        target = sbx_obj_get(info, "target");
-        if (target != NULL) {
-            (void)fputs(" -> ", stdout);
-            print_bytes(target);
+        if (sbx_fileinfo_read(resp.result, &fi, &err) < 0) {
+            fs_err(&err);
+            rc = CLI_EXIT_FAIL;
+            continue;
         }
-        (void)printf("\n  Type: ");
-        print_bytes(sbx_obj_get(info, "type"));
-        (void)printf("\n  Size: %llu  Blocks: %llu  IO Block: %llu\n",
-                     (unsigned long long)get_u64(info, "size"),
-                     (unsigned long long)get_u64(info, "blocks"),
-                     (unsigned long long)get_u64(info, "blksize"));
-        (void)printf(
-            "  Mode: %04llo (%s)  Uid: %llu  Gid: %llu\n", (unsigned long long)(mode & 07777), ms,
-            (unsigned long long)get_u64(info, "uid"), (unsigned long long)get_u64(info, "gid"));
-        (void)printf(
-            " Links: %llu  Inode: %llu  Device: %llu\n", (unsigned long long)get_u64(info, "nlink"),
-            (unsigned long long)get_u64(info, "ino"), (unsigned long long)get_u64(info, "dev"));
+        mode_string(fi.mode, ms);
+        (void)printf("  File: %s", paths[i]);
+        print_target(&fi);
+        (void)printf("\n  Type: %s", fi.type);
+        (void)printf("\n  Size: %llu  Blocks: %llu  IO Block: %llu\n", (unsigned long long)fi.size,
+                     (unsigned long long)fi.blocks, (unsigned long long)fi.blksize);
+        (void)printf("  Mode: %04llo (%s)  Uid: %llu  Gid: %llu\n",
+                     (unsigned long long)(fi.mode & 07777), ms, (unsigned long long)fi.uid,
+                     (unsigned long long)fi.gid);
+        (void)printf(" Links: %llu  Inode: %llu  Device: %llu\n", (unsigned long long)fi.nlink,
+                     (unsigned long long)fi.ino, (unsigned long long)fi.dev);
         (void)fputs("Access: ", stdout);
-        print_time(info, "atime_ns", true);
+        print_time(true, fi.atime_ns, true);
         (void)fputs("\nModify: ", stdout);
-        print_time(info, "mtime_ns", true);
+        print_time(true, fi.mtime_ns, true);
         (void)fputs("\nChange: ", stdout);
-        print_time(info, "ctime_ns", true);
+        print_time(true, fi.ctime_ns, true);
         (void)fputs("\n Birth: ", stdout);
-        print_time(info, "birthtime_ns", true);
+        print_time(fi.has_birthtime, fi.birthtime_ns, true);
         (void)putchar('\n');
     }
     return rc;
@@ -394,7 +395,7 @@ static int read_dir(struct sbx_client *c, const struct fs_opts *o, const char *p
         struct sbx_msg resp;
         const msgpack_object *ents, *cur;
         uint32_t id;
-        msgpack_packer *pk = fs_begin(c, o, "fs.readdir", 2, &id);
+        msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_READDIR, 2, &id);
 
         if (cursor[0] != '\0') {
             sbx_pack_kv_str(pk, "cursor", cursor);
@@ -460,7 +461,7 @@ static void ls_long(struct sbx_client *c, const struct fs_opts *o, const char *d
 
         for (size_t i = 0; i < k; i++) {
             char path[SBX_PATH_MAX + 1];
-            msgpack_packer *pk = fs_begin(c, o, "fs.lstat", 1, &ids[i]);
+            msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_LSTAT, 1, &ids[i]);
             (void)snprintf(path, sizeof(path), "%s%s%s", dir,
                            dir[strlen(dir) - 1] == '/' ? "" : "/", v[at + i].name);
             kv_bstr(pk, "path", path);
@@ -471,25 +472,20 @@ static void ls_long(struct sbx_client *c, const struct fs_opts *o, const char *d
         }
         for (size_t i = 0; i < k; i++) {
             struct sbx_msg resp;
-            const msgpack_object *target;
+            struct sbx_fileinfo fi;
             char ms[11];
-            if (sbx_client_wait(c, ids[i], &resp, -1, &err) < 0) {
+            if (sbx_client_wait(c, ids[i], &resp, -1, &err) < 0 ||
+                sbx_fileinfo_read(resp.result, &fi, &err) < 0) {
                 (void)printf("?????????? %s (%s)\n", v[at + i].name, err.code);
                 continue;
             }
-            mode_string(get_u64(resp.result, "mode"), ms);
-            (void)printf("%s %3llu %5llu %5llu %10llu ", ms,
-                         (unsigned long long)get_u64(resp.result, "nlink"),
-                         (unsigned long long)get_u64(resp.result, "uid"),
-                         (unsigned long long)get_u64(resp.result, "gid"),
-                         (unsigned long long)get_u64(resp.result, "size"));
-            print_time(resp.result, "mtime_ns", false);
+            mode_string(fi.mode, ms);
+            (void)printf("%s %3llu %5llu %5llu %10llu ", ms, (unsigned long long)fi.nlink,
+                         (unsigned long long)fi.uid, (unsigned long long)fi.gid,
+                         (unsigned long long)fi.size);
+            print_time(true, fi.mtime_ns, false);
             (void)printf(" %s", v[at + i].name);
-            target = sbx_obj_get(resp.result, "target");
-            if (target != NULL) {
-                (void)fputs(" -> ", stdout);
-                print_bytes(target);
-            }
+            print_target(&fi);
             (void)putchar('\n');
         }
     }
@@ -569,7 +565,7 @@ static int cmd_simple_each(struct sbx_client *c, const struct fs_opts *o, int n,
         uint32_t id;
         uint32_t extra = 0;
         msgpack_packer *pk;
-        bool mk = strcmp(method, "fs.mkdir") == 0, rm = strcmp(method, "fs.remove") == 0;
+        bool mk = strcmp(method, SBX_M_FS_MKDIR) == 0, rm = strcmp(method, SBX_M_FS_REMOVE) == 0;
 
         extra = mk ? 1 + o->has_mode : rm ? 1 : 0;
         pk = fs_begin(c, o, method, 1 + extra, &id);
@@ -593,8 +589,8 @@ static int cmd_two(struct sbx_client *c, const struct fs_opts *o, char **args, c
 {
     struct sbx_msg resp;
     uint32_t id;
-    bool cp = strcmp(method, "fs.copy") == 0,
-         ln = strcmp(method, "fs.link") == 0 || strcmp(method, "fs.symlink") == 0;
+    bool cp = strcmp(method, SBX_M_FS_COPY) == 0,
+         ln = strcmp(method, SBX_M_FS_LINK) == 0 || strcmp(method, SBX_M_FS_SYMLINK) == 0;
     msgpack_packer *pk = fs_begin(c, o, method, 2 + cp, &id);
 
     kv_bstr(pk, ln ? "target" : "from", args[0]);
@@ -630,7 +626,7 @@ static int cmd_chmod(struct sbx_client *c, const struct fs_opts *o, int n, char 
     for (int i = 1; i < n; i++) {
         struct sbx_msg resp;
         uint32_t id;
-        msgpack_packer *pk = fs_begin(c, o, "fs.chmod", 2, &id);
+        msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_CHMOD, 2, &id);
         kv_bstr(pk, "path", args[i]);
         sbx_pack_kv_u64(pk, "mode", mode);
         if (fs_finish(c, id, &resp) < 0) {
@@ -644,8 +640,9 @@ static int cmd_mktemp(struct sbx_client *c, const struct fs_opts *o)
 {
     struct sbx_msg resp;
     uint32_t id;
-    msgpack_packer *pk = fs_begin(
-        c, o, "fs.mktemp", 1 + (o->dir != NULL) + (o->prefix != NULL) + (o->suffix != NULL), &id);
+    msgpack_packer *pk =
+        fs_begin(c, o, SBX_M_FS_MKTEMP,
+                 1 + (o->dir != NULL) + (o->prefix != NULL) + (o->suffix != NULL), &id);
 
     sbx_pack_kv_bool(pk, "directory", o->directory);
     if (o->dir != NULL) {
@@ -669,7 +666,7 @@ static uint64_t fh_open(struct sbx_client *c, const struct fs_opts *o, const cha
 {
     struct sbx_msg resp;
     uint32_t id, n = 0;
-    msgpack_packer *pk = fs_begin(c, o, "fs.open", 2 + o->has_mode, &id);
+    msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_OPEN, 2 + o->has_mode, &id);
 
     kv_bstr(pk, "path", path);
     while (flags[n] != NULL) {
@@ -693,7 +690,7 @@ static void fh_close(struct sbx_client *c, const struct fs_opts *o, uint64_t fh)
 {
     struct sbx_msg resp;
     uint32_t id;
-    msgpack_packer *pk = fs_begin(c, o, "fs.close", 1, &id);
+    msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_CLOSE, 1, &id);
 
     sbx_pack_kv_u64(pk, "fh", fh);
     (void)fs_finish(c, id, &resp);
@@ -717,7 +714,7 @@ static int cmd_cat(struct sbx_client *c, const struct fs_opts *o, int n, char **
             const char *p;
             size_t len;
             uint32_t id;
-            msgpack_packer *pk = fs_begin(c, o, "fs.read", 2, &id);
+            msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_READ, 2, &id);
             sbx_pack_kv_u64(pk, "fh", fh);
             sbx_pack_kv_u64(pk, "len", sbx_client_chunk_max(c));
             if (fs_finish(c, id, &resp) < 0) {
@@ -767,7 +764,7 @@ static int cmd_write(struct sbx_client *c, const struct fs_opts *o, const char *
         while (off < (size_t)got) {
             struct sbx_msg resp;
             uint32_t id;
-            msgpack_packer *pk = fs_begin(c, o, "fs.write", 2, &id);
+            msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_WRITE, 2, &id);
             sbx_pack_kv_u64(pk, "fh", fh);
             sbx_pack_cstr(pk, "data");
             sbx_pack_bin(pk, buf + off, (size_t)got - off);
@@ -838,7 +835,7 @@ static int print_entries(struct sbx_client *c, const struct fs_opts *o, uint32_t
                 fs_err(&err);
                 return CLI_EXIT_FAIL;
             }
-        } else if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, "stream.end")) {
+        } else if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, SBX_N_STREAM_END)) {
             const msgpack_object *eo = sbx_obj_get(m.params, "error");
             if (get_u64(m.params, "stream") != sid) {
                 continue;
@@ -871,7 +868,7 @@ static int cmd_find(struct sbx_client *c, const struct fs_opts *o, const char *p
         }
     }
     pk =
-        fs_begin(c, o, "fs.walk",
+        fs_begin(c, o, SBX_M_FS_WALK,
                  5 + o->has_depth + (o->nlist[0] > 0) + (o->nlist[1] > 0) + (o->nlist[2] > 0), &id);
     kv_bstr(pk, "path", path);
     sbx_pack_kv_bool(pk, "include_files", f);
@@ -900,7 +897,8 @@ static int cmd_glob(struct sbx_client *c, const struct fs_opts *o, const char *p
 {
     struct sbx_msg resp;
     uint32_t id;
-    msgpack_packer *pk = fs_begin(c, o, "fs.glob", 3 + (o->root != NULL) + (o->nlist[0] > 0), &id);
+    msgpack_packer *pk =
+        fs_begin(c, o, SBX_M_FS_GLOB, 3 + (o->root != NULL) + (o->nlist[0] > 0), &id);
 
     kv_bstr(pk, "pattern", pattern);
     sbx_pack_kv_bool(pk, "include_dirs", !o->no_dirs);
@@ -933,7 +931,7 @@ static int cmd_watch(struct sbx_client *c, const struct fs_opts *o, int n, char 
     for (int i = 0; i < n; i++) {
         struct sbx_msg resp;
         uint32_t id;
-        msgpack_packer *pk = fs_begin(c, o, "fs.watch", 2, &id);
+        msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_WATCH, 2, &id);
         kv_bstr(pk, "path", paths[i]);
         sbx_pack_kv_bool(pk, "recursive", o->recursive);
         if (fs_finish(c, id, &resp) < 0) {
@@ -955,7 +953,7 @@ static int cmd_watch(struct sbx_client *c, const struct fs_opts *o, int n, char 
             fs_err(&err);
             return CLI_EXIT_FAIL;
         }
-        if (r == 0 || m.kind != SBX_MSG_NOTIFY || !sbx_msg_method_is(&m, "fs.event")) {
+        if (r == 0 || m.kind != SBX_MSG_NOTIFY || !sbx_msg_method_is(&m, SBX_N_FS_EVENT)) {
             continue;
         }
         if (o->json) {
@@ -1035,15 +1033,15 @@ int cli_cmd_fs(struct cli *cli, int argc, char **argv)
     } else if (strcmp(fc->name, "stat") == 0) {
         rc = cmd_stat(c, &o, n, args);
     } else if (strcmp(fc->name, "mkdir") == 0) {
-        rc = cmd_simple_each(c, &o, n, args, "fs.mkdir");
+        rc = cmd_simple_each(c, &o, n, args, SBX_M_FS_MKDIR);
     } else if (strcmp(fc->name, "rm") == 0) {
-        rc = cmd_simple_each(c, &o, n, args, "fs.remove");
+        rc = cmd_simple_each(c, &o, n, args, SBX_M_FS_REMOVE);
     } else if (strcmp(fc->name, "mv") == 0) {
-        rc = cmd_two(c, &o, args, "fs.rename");
+        rc = cmd_two(c, &o, args, SBX_M_FS_RENAME);
     } else if (strcmp(fc->name, "cp") == 0) {
-        rc = cmd_two(c, &o, args, "fs.copy");
+        rc = cmd_two(c, &o, args, SBX_M_FS_COPY);
     } else if (strcmp(fc->name, "ln") == 0) {
-        rc = cmd_two(c, &o, args, o.symbolic ? "fs.symlink" : "fs.link");
+        rc = cmd_two(c, &o, args, o.symbolic ? SBX_M_FS_SYMLINK : SBX_M_FS_LINK);
     } else if (strcmp(fc->name, "cat") == 0) {
         rc = cmd_cat(c, &o, n, args);
     } else if (strcmp(fc->name, "write") == 0) {
@@ -1052,7 +1050,7 @@ int cli_cmd_fs(struct cli *cli, int argc, char **argv)
         rc = cmd_chmod(c, &o, n, args);
     } else if (strcmp(fc->name, "readlink") == 0 || strcmp(fc->name, "realpath") == 0) {
         bool rl = fc->name[4] == 'l';
-        rc = fs_path_call(c, &o, rl ? "fs.readlink" : "fs.realpath", args[0], &resp) < 0
+        rc = fs_path_call(c, &o, rl ? SBX_M_FS_READLINK : SBX_M_FS_REALPATH, args[0], &resp) < 0
                  ? CLI_EXIT_FAIL
                  : print_field(&o, &resp, rl ? "target" : "path");
     } else if (strcmp(fc->name, "mktemp") == 0) {

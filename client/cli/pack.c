@@ -114,13 +114,13 @@ static void on_progress(struct pack_cli *pc, const msgpack_object *params)
     uint64_t bytes = 0;
     struct sbx_err e;
     const msgpack_object *exit;
+    struct sbx_exit x;
 
     (void)sbx_param_cstr(params, "phase", SBX_OPTIONAL, phase, sizeof(phase), &e);
     (void)sbx_param_u64(params, "bytes", SBX_OPTIONAL, 0, UINT64_MAX, &bytes, &e);
     exit = sbx_obj_get(params, "exit");
     if (strcmp(phase, "build") == 0 && exit != NULL) {
-        uint64_t code = 0;
-        if (sbx_param_u64(exit, "code", SBX_OPTIONAL, 0, 255, &code, &e) == 0 && code == 0) {
+        if (sbx_exit_read(exit, &x, &e) == 0 && sbx_exit_status(&x) == 0) {
             return;
         }
         (void)fputs("sbx: pack: build: ", stderr);
@@ -164,7 +164,7 @@ static int pack_step(struct pack_cli *pc, struct sbx_err *err)
     if (m.kind != SBX_MSG_NOTIFY) {
         return 0;
     }
-    if (sbx_msg_method_is(&m, "stream.end")) {
+    if (sbx_msg_method_is(&m, SBX_N_STREAM_END)) {
         const msgpack_object *e = sbx_obj_get(m.params, "error");
         (void)sbx_param_u64(m.params, "stream", SBX_OPTIONAL, 0, UINT32_MAX, &sid, err);
         if (sid == pc->archive) {
@@ -176,9 +176,9 @@ static int pack_step(struct pack_cli *pc, struct sbx_err *err)
         }
         pc->out_ended |= sid == pc->out;
         pc->err_ended |= sid == pc->err;
-    } else if (sbx_msg_method_is(&m, "pack.manifest")) {
+    } else if (sbx_msg_method_is(&m, SBX_N_PACK_MANIFEST)) {
         manifest_part(pc, m.params);
-    } else if (sbx_msg_method_is(&m, "pack.progress")) {
+    } else if (sbx_msg_method_is(&m, SBX_N_PACK_PROGRESS)) {
         on_progress(pc, m.params);
     }
     return 0;
@@ -189,11 +189,11 @@ static int pack_request(struct pack_cli *pc, const char *dir, const char *format
                         struct sbx_err *err)
 {
     struct sbx_msg resp;
+    struct sbx_pack_result r;
     msgpack_packer *pk;
-    uint64_t v;
     uint32_t id;
 
-    pk = sbx_client_begin(pc->c, "pack.create", &id);
+    pk = sbx_client_begin(pc->c, SBX_M_PACK_CREATE, &id);
     msgpack_pack_map(pk, 4 + (build != NULL) + (entry != NULL));
     sbx_pack_kv_str(pk, "path", dir);
     sbx_pack_kv_str(pk, "format", format);
@@ -216,16 +216,12 @@ static int pack_request(struct pack_cli *pc, const char *dir, const char *format
         sbx_pack_cstr(pk, excl[i]);
     }
     if (sbx_client_send(pc->c, err) < 0 || sbx_client_wait(pc->c, id, &resp, -1, err) < 0 ||
-        sbx_param_u64(resp.result, "archive", SBX_REQUIRED, 1, UINT32_MAX, &v, err) < 0) {
+        sbx_pack_result_read(resp.result, &r, err) < 0) {
         return -1;
     }
-    pc->archive = (uint32_t)v;
-    if (sbx_param_u64(resp.result, "build_stdout", SBX_OPTIONAL, 1, UINT32_MAX, &v, err) == 0) {
-        pc->out = (uint32_t)v;
-    }
-    if (sbx_param_u64(resp.result, "build_stderr", SBX_OPTIONAL, 1, UINT32_MAX, &v, err) == 0) {
-        pc->err = (uint32_t)v;
-    }
+    pc->archive = r.archive;
+    pc->out = r.build_out;
+    pc->err = r.build_err;
     pc->out_ended = pc->out == 0;
     pc->err_ended = pc->err == 0;
     return 0;

@@ -7,17 +7,18 @@
 /* "0", "SIGKILL" or "-" for an exit map (or its absence). */
 static void format_exit(char *buf, size_t bufsz, const msgpack_object *ex)
 {
-    const msgpack_object *code = sbx_obj_get(ex, "code");
-    const msgpack_object *sig = sbx_obj_get(ex, "signal");
+    struct sbx_exit x;
+    struct sbx_err e;
+    char sig[32];
+    const char *name;
 
-    if (code != NULL && code->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        (void)snprintf(buf, bufsz, "%llu", (unsigned long long)code->via.u64);
-    } else if (code != NULL && code->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
-        (void)snprintf(buf, bufsz, "%lld", (long long)code->via.i64);
-    } else if (sig != NULL && sig->type == MSGPACK_OBJECT_STR) {
-        (void)snprintf(buf, bufsz, "%.*s", (int)sig->via.str.size, sig->via.str.ptr);
-    } else {
+    if (ex == NULL || sbx_exit_read(ex, &x, &e) < 0) {
         (void)snprintf(buf, bufsz, "-");
+    } else if (x.exited) {
+        (void)snprintf(buf, bufsz, "%d", x.code);
+    } else {
+        name = sbx_signal_name(x.signo, sig, sizeof(sig));
+        (void)snprintf(buf, bufsz, "%s", name != NULL ? name : "-");
     }
 }
 
@@ -48,7 +49,7 @@ int cli_cmd_ps(struct cli *cli, int argc, char **argv)
         return status;
     }
     status = CLI_EXIT_FAIL;
-    if (sbx_client_call0(c, "proc.list", &resp, &err) < 0 ||
+    if (sbx_client_call0(c, SBX_M_PROC_LIST, &resp, &err) < 0 ||
         sbx_param_array(resp.result, "procs", SBX_REQUIRED, UINT32_MAX, &procs, &err) < 0) {
         cli_print_err("ps", &err);
         goto out;
@@ -148,7 +149,7 @@ int cli_cmd_kill(struct cli *cli, int argc, char **argv)
     if (c == NULL) {
         return CLI_EXIT_FAIL;
     }
-    pk = sbx_client_begin(c, "proc.kill", &id);
+    pk = sbx_client_begin(c, SBX_M_PROC_KILL, &id);
     (void)msgpack_pack_map(pk, 3);
     sbx_pack_kv_u64(pk, "id", pid);
     cli_pack_signal(pk, "signal", signo);
@@ -176,7 +177,7 @@ int cli_cmd_wait(struct cli *cli, int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    const msgpack_object *o;
+    struct sbx_exit ex;
     struct sbx_client *c;
     struct sbx_msg resp;
     struct sbx_err err;
@@ -213,7 +214,7 @@ int cli_cmd_wait(struct cli *cli, int argc, char **argv)
     if (c == NULL) {
         return CLI_EXIT_FAIL;
     }
-    pk = sbx_client_begin(c, "proc.wait", &id);
+    pk = sbx_client_begin(c, SBX_M_PROC_WAIT, &id);
     (void)msgpack_pack_map(pk, timeout_ms > 0 ? 2 : 1);
     sbx_pack_kv_u64(pk, "id", pid);
     if (timeout_ms > 0) {
@@ -230,12 +231,8 @@ int cli_cmd_wait(struct cli *cli, int argc, char **argv)
         (void)cli_json_write(stdout, resp.result);
         (void)putchar('\n');
     }
-    o = sbx_obj_get(resp.result, "code");
-    if (o != NULL && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        status = (int)(o->via.u64 & 0xff);
-    } else if ((o = sbx_obj_get(resp.result, "signo")) != NULL &&
-               o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 < 128) {
-        status = 128 + (int)o->via.u64;
+    if (sbx_exit_read(resp.result, &ex, &err) == 0) {
+        status = sbx_exit_status(&ex);
     }
 out:
     sbx_client_close(c);

@@ -46,7 +46,7 @@ static int repl_start(struct repl *r, struct sbx_err *err)
     uint32_t id;
     const msgpack_object *o;
 
-    pk = sbx_client_begin(r->c, "repl.start", &id);
+    pk = sbx_client_begin(r->c, SBX_M_REPL_START, &id);
     (void)msgpack_pack_map(pk, 1);
     sbx_pack_kv_str(pk, "language", r->lang);
     if (sbx_client_send(r->c, err) < 0 || sbx_client_wait(r->c, id, &resp, -1, err) < 0) {
@@ -67,7 +67,7 @@ static void repl_close(struct repl *r)
     msgpack_packer *pk;
     uint32_t id;
 
-    pk = sbx_client_begin(r->c, "repl.close", &id);
+    pk = sbx_client_begin(r->c, SBX_M_REPL_CLOSE, &id);
     (void)msgpack_pack_map(pk, 1);
     sbx_pack_kv_u64(pk, "session", r->session);
     if (sbx_client_send(r->c, &err) < 0 || sbx_client_wait(r->c, id, &resp, 5000, &err) < 0) {
@@ -87,7 +87,7 @@ static void repl_interrupt(struct repl *r)
     if (r->proc_id == 0) {
         const msgpack_object *procs;
         (void)snprintf(tag, sizeof(tag), "repl:%llu", (unsigned long long)r->session);
-        if (sbx_client_call0(r->c, "proc.list", &resp, &err) < 0) {
+        if (sbx_client_call0(r->c, SBX_M_PROC_LIST, &resp, &err) < 0) {
             return;
         }
         procs = sbx_obj_get(resp.result, "procs");
@@ -107,7 +107,7 @@ static void repl_interrupt(struct repl *r)
             return;
         }
     }
-    pk = sbx_client_begin(r->c, "proc.kill", &id);
+    pk = sbx_client_begin(r->c, SBX_M_PROC_KILL, &id);
     (void)msgpack_pack_map(pk, 3);
     sbx_pack_kv_u64(pk, "id", r->proc_id);
     sbx_pack_kv_str(pk, "signal", "INT");
@@ -181,7 +181,7 @@ static int repl_eval(struct repl *r, const char *code, size_t len)
     bool sent_intr = false;
     int status = CLI_EXIT_FAIL;
 
-    pk = sbx_client_begin(r->c, "repl.eval", &id);
+    pk = sbx_client_begin(r->c, SBX_M_REPL_EVAL, &id);
     (void)msgpack_pack_map(pk, 3 + (r->timeout_ms > 0));
     sbx_pack_kv_u64(pk, "session", r->session);
     sbx_pack_cstr(pk, "code");
@@ -230,13 +230,11 @@ static int repl_eval(struct repl *r, const char *code, size_t len)
             if (sbx_client_consumed(r->c, m.stream, m.data_len, &err) < 0) {
                 goto fail;
             }
-        } else if (m.kind == SBX_MSG_NOTIFY && m.method_len == 11 &&
-                   memcmp(m.method, "repl.result", 11) == 0) {
+        } else if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, SBX_N_REPL_RESULT)) {
             print_result(r, m.params);
             status = result_status(r, m.params);
             break;
-        } else if (m.kind == SBX_MSG_NOTIFY && m.method_len == 10 &&
-                   memcmp(m.method, "stream.end", 10) == 0) {
+        } else if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, SBX_N_STREAM_END)) {
             const msgpack_object *e = sbx_obj_get(m.params, "error");
             if (e != NULL && e->type == MSGPACK_OBJECT_MAP) {
                 sbx_err_from_obj(e, &err);

@@ -134,7 +134,7 @@ int cli_cmd_ping(struct cli *cli, int argc, char **argv)
         struct sbx_msg resp;
         uint64_t t0 = now_ns(), rtt;
 
-        if (sbx_client_call0(c, "ping", &resp, &err) < 0) {
+        if (sbx_client_call0(c, SBX_M_PING, &resp, &err) < 0) {
             cli_print_err("ping", &err);
             goto out;
         }
@@ -183,7 +183,7 @@ int cli_cmd_info(struct cli *cli, int argc, char **argv)
         return status;
     }
     status = CLI_EXIT_FAIL;
-    if (sbx_client_call0(c, "info", &resp, &err) < 0) {
+    if (sbx_client_call0(c, SBX_M_INFO, &resp, &err) < 0) {
         cli_print_err("info", &err);
     } else {
         print_result(cli, resp.result);
