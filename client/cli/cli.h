@@ -5,6 +5,7 @@
 #ifndef SBX_CLI_H
 #define SBX_CLI_H
 
+#include <getopt.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -55,6 +56,44 @@ int cli_parse_simple(struct cli *cli, int argc, char **argv, const char *usage);
  */
 struct sbx_client *cli_connect_simple(struct cli *cli, int argc, char **argv, const char *usage,
                                       int *status);
+
+/* The long options most commands end their table with: --json, then --help and the end mark. */
+#define CLI_OPT_JSON                                                                               \
+    {                                                                                              \
+        "json", no_argument, NULL, 'j'                                                             \
+    }
+#define CLI_OPTS_END                                                                               \
+    { "help", no_argument, NULL, 'h' },                                                            \
+    {                                                                                              \
+        NULL, 0, NULL, 0                                                                           \
+    }
+
+/*
+ * getopt_long for a command: sets cli->json on 'j' and goes on, prints @usage to stdout on 'h'
+ * (returns CLI_OPTS_HELP) or to stderr on a bad option (returns CLI_OPTS_BAD). Otherwise returns
+ * the option, or 0 after the last one (optind is then the first positional argument).
+ */
+int cli_getopt(struct cli *cli, int argc, char **argv, const char *shortopts,
+               const struct option *longopts, const char *usage);
+
+/* Send the request begun with sbx_client_begin (@id) and wait for its response. 0 or -1. */
+int cli_rpc(struct sbx_client *c, uint32_t id, struct sbx_msg *resp, struct sbx_err *err);
+
+/*
+ * Prints a command's result; 0, or -1 with @err set (printed by cli_run_simple).
+ */
+typedef int (*cli_result_fn)(const struct cli *cli, const msgpack_object *res, struct sbx_err *err);
+
+/*
+ * A command with no arguments (--json/--help only) that sends @method without params (NULL:
+ * prints the hello result, when there is one) and hands the result to @print. Errors are
+ * printed as "sbx: argv[0]: ...". Returns the exit status.
+ */
+int cli_run_simple(struct cli *cli, int argc, char **argv, const char *usage, const char *method,
+                   cli_result_fn print);
+
+/* cli_rpc for a request whose result opens a stream: *sid = result.stream. 0 or -1. */
+int cli_rpc_stream(struct sbx_client *c, uint32_t id, uint32_t *sid, struct sbx_err *err);
 
 /* Exit status for a cli_parse_simple result below 1. */
 int cli_opts_status(int r);

@@ -250,10 +250,8 @@ static void hasher_finish(struct hasher *h, char hex[65])
 static int start_upload(struct sbx_client *c, const char *remote, const struct cp_opts *o,
                         unsigned mode, uint64_t size, uint32_t *sid, struct sbx_err *err)
 {
-    struct sbx_msg resp;
     msgpack_packer *pk;
     uint32_t id;
-    uint64_t v;
 
     pk = sbx_client_begin(c, SBX_M_TRANSFER_UPLOAD, &id);
     msgpack_pack_map(pk, 7);
@@ -264,12 +262,7 @@ static int start_upload(struct sbx_client *c, const char *remote, const struct c
     sbx_pack_kv_bool(pk, "overwrite", !o->no_clobber);
     sbx_pack_kv_bool(pk, "fsync", o->fsync);
     sbx_pack_kv_u64(pk, "size", size);
-    if (sbx_client_send(c, err) < 0 || sbx_client_wait(c, id, &resp, -1, err) < 0 ||
-        sbx_param_u64(resp.result, "stream", SBX_REQUIRED, 1, UINT32_MAX, &v, err) < 0) {
-        return -1;
-    }
-    *sid = (uint32_t)v;
-    return 0;
+    return cli_rpc_stream(c, id, sid, err);
 }
 
 static int upload_file(struct sbx_client *c, const char *local, const char *remote,
@@ -500,8 +493,7 @@ int cli_cmd_cp(struct cli *cli, int argc, char **argv)
         { "fsync", no_argument, NULL, 'F' },
         { "no-verify", no_argument, NULL, 'V' },
         { "quiet", no_argument, NULL, 'q' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        CLI_OPTS_END,
     };
     /* clang-format on */
     struct cp_opts o = { .compress = "none" };
@@ -509,7 +501,7 @@ int cli_cmd_cp(struct cli *cli, int argc, char **argv)
     const char *src, *dst;
     int opt, rc;
 
-    while ((opt = getopt_long(argc, argv, "+rz:m:pnqh", opts, NULL)) != -1) {
+    while ((opt = cli_getopt(cli, argc, argv, "+rz:m:pnqh", opts, usage)) > 0) {
         switch (opt) {
         case 'r':
             o.recursive = true;
@@ -540,16 +532,13 @@ int cli_cmd_cp(struct cli *cli, int argc, char **argv)
         case 'V':
             o.no_verify = true;
             break;
-        case 'q':
+        default: /* 'q' */
             o.quiet = true;
             break;
-        case 'h':
-            (void)fputs(usage, stdout);
-            return 0;
-        default:
-            (void)fputs(usage, stderr);
-            return CLI_EXIT_USAGE;
         }
+    }
+    if (opt < 0) {
+        return cli_opts_status(opt);
     }
     if (argc - optind != 2) {
         (void)fputs(usage, stderr);

@@ -57,21 +57,14 @@ static int add_filter_write(struct archive *ar, const char *compress)
 int cli_tree_request(struct sbx_client *c, const char *method, const char *path,
                      const char *compress, uint32_t *sid, struct sbx_err *err)
 {
-    struct sbx_msg resp;
     msgpack_packer *pk;
-    uint64_t v;
     uint32_t id;
 
     pk = sbx_client_begin(c, method, &id);
     msgpack_pack_map(pk, 2);
     sbx_pack_kv_str(pk, "path", path);
     sbx_pack_kv_str(pk, "compress", compress);
-    if (sbx_client_send(c, err) < 0 || sbx_client_wait(c, id, &resp, -1, err) < 0 ||
-        sbx_param_u64(resp.result, "stream", SBX_REQUIRED, 1, UINT32_MAX, &v, err) < 0) {
-        return -1;
-    }
-    *sid = (uint32_t)v;
-    return 0;
+    return cli_rpc_stream(c, id, sid, err);
 }
 
 /* The archive goes out in blocks of this size (default: tar's 10 KiB, a frame and a system

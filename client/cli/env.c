@@ -66,19 +66,30 @@ static int env_list(const struct cli *cli, struct sbx_client *c)
     return 0;
 }
 
-static int env_get(const struct cli *cli, struct sbx_client *c, const char *name)
+/* Send @method {name}; prints "sbx: @cmd: ..." on failure. 0 or -1. */
+static int env_name_call(struct sbx_client *c, const char *method, const char *name,
+                         const char *cmd, struct sbx_msg *resp)
 {
-    const msgpack_object *v;
-    struct sbx_msg resp;
     struct sbx_err err;
     msgpack_packer *pk;
     uint32_t id;
 
-    pk = sbx_client_begin(c, SBX_M_ENV_GET, &id);
+    pk = sbx_client_begin(c, method, &id);
     (void)msgpack_pack_map(pk, 1);
     sbx_pack_kv_str(pk, "name", name);
-    if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, &resp, -1, &err) < 0) {
-        cli_print_err("env get", &err);
+    if (cli_rpc(c, id, resp, &err) < 0) {
+        cli_print_err(cmd, &err);
+        return -1;
+    }
+    return 0;
+}
+
+static int env_get(const struct cli *cli, struct sbx_client *c, const char *name)
+{
+    const msgpack_object *v;
+    struct sbx_msg resp;
+
+    if (env_name_call(c, SBX_M_ENV_GET, name, "env get", &resp) < 0) {
         return CLI_EXIT_FAIL;
     }
     if (cli->json) {
@@ -127,7 +138,7 @@ static int env_set(struct sbx_client *c, int n, char **vars)
             sbx_pack_cstr(pk, eq + 1);
         }
     }
-    if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, &resp, -1, &err) < 0) {
+    if (cli_rpc(c, id, &resp, &err) < 0) {
         cli_print_err("env set", &err);
         return CLI_EXIT_FAIL;
     }
@@ -138,15 +149,8 @@ static int env_unset(struct sbx_client *c, int n, char **names)
 {
     for (int i = 0; i < n; i++) {
         struct sbx_msg resp;
-        struct sbx_err err;
-        msgpack_packer *pk;
-        uint32_t id;
 
-        pk = sbx_client_begin(c, SBX_M_ENV_UNSET, &id);
-        (void)msgpack_pack_map(pk, 1);
-        sbx_pack_kv_str(pk, "name", names[i]);
-        if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, &resp, -1, &err) < 0) {
-            cli_print_err("env unset", &err);
+        if (env_name_call(c, SBX_M_ENV_UNSET, names[i], "env unset", &resp) < 0) {
             return CLI_EXIT_FAIL;
         }
     }

@@ -124,6 +124,15 @@ static void say_err(const struct exec *x, const char *what, const struct sbx_err
     }
 }
 
+/* The options exec, sh and shell share, as their --help lists them. */
+#define EXEC_OPTIONS_HELP                                                                          \
+    "Options:\n"                                                                                   \
+    "  -e, --env K=V      set a variable (repeatable); --env K copies K from here\n"               \
+    "      --clear-env    start from an empty environment, not the agent's base env\n"             \
+    "  -w, --cwd DIR      working directory\n"                                                     \
+    "  -u, --user U       run as user name U, or UID, or UID:GID\n"                                \
+    "      --timeout DUR  kill the process after DUR (e.g. 500ms, 10s, 2m)\n"
+
 static void shell_usage(FILE *f)
 {
     (void)fprintf(
@@ -134,14 +143,7 @@ static void shell_usage(FILE *f)
         "a remote PTY of this terminal's size with TERM=$TERM (xterm-256color when unset), this\n"
         "terminal is in raw mode until sbx exits (every key, ^C and ^D included, goes to the\n"
         "remote side), and window size changes are passed on.\n"
-        "\n"
-        "Options:\n"
-        "  -e, --env K=V      set a variable (repeatable); --env K copies K from here\n"
-        "      --clear-env    start from an empty environment, not the agent's base env\n"
-        "  -w, --cwd DIR      working directory\n"
-        "  -u, --user U       run as user name U, or UID, or UID:GID\n"
-        "      --timeout DUR  kill the process after DUR (e.g. 500ms, 10s, 2m)\n"
-        "  -h, --help         show this help\n"
+        "\n" EXEC_OPTIONS_HELP "  -h, --help         show this help\n"
         "\n"
         "When this stdin is not a terminal there is no raw mode: the input is passed through\n"
         "as it is, and at its end sbx sends ^D (two when the last line is unfinished), the\n"
@@ -172,13 +174,7 @@ static void exec_usage(FILE *f, bool shell)
     }
     (void)fprintf(
         f,
-        "\n"
-        "Options:\n"
-        "  -e, --env K=V      set a variable (repeatable); --env K copies K from here\n"
-        "      --clear-env    start from an empty environment, not the agent's base env\n"
-        "  -w, --cwd DIR      working directory\n"
-        "  -u, --user U       run as user name U, or UID, or UID:GID\n"
-        "      --timeout DUR  kill the process after DUR (e.g. 500ms, 10s, 2m)\n"
+        "\n" EXEC_OPTIONS_HELP
         "  -t, --tty          run the process on a remote PTY (as 'sbx shell' does): stdout\n"
         "                     and stderr arrive merged on stdout, this terminal goes raw\n"
         "                     while it runs if stdin is one, window size changes are passed\n"
@@ -556,15 +552,23 @@ static void on_signal(int sig)
     errno = saved;
 }
 
+/* Begin @method for the remote process: {id, and two more entries the caller packs}. */
+static msgpack_packer *begin_proc3(struct exec *x, const char *method, uint32_t *id)
+{
+    msgpack_packer *pk = sbx_client_begin(x->c, method, id);
+
+    (void)msgpack_pack_map(pk, 3);
+    sbx_pack_kv_u64(pk, "id", x->proc);
+    return pk;
+}
+
 /* Send proc.kill to the remote group; handle() sees the answer later (@idp: to wait for it). */
 static int send_kill(struct exec *x, int sig, uint32_t *idp, struct sbx_err *err)
 {
     msgpack_packer *pk;
     uint32_t id;
 
-    pk = sbx_client_begin(x->c, SBX_M_PROC_KILL, &id);
-    (void)msgpack_pack_map(pk, 3);
-    sbx_pack_kv_u64(pk, "id", x->proc);
+    pk = begin_proc3(x, SBX_M_PROC_KILL, &id);
     cli_pack_signal(pk, "signal", sig);
     /* Like a terminal: the whole foreground group gets it (a shell and its children). */
     sbx_pack_kv_bool(pk, "group", true);
@@ -588,9 +592,7 @@ static int send_resize(struct exec *x, struct sbx_err *err)
     }
     x->rows = rows;
     x->cols = cols;
-    pk = sbx_client_begin(x->c, SBX_M_PROC_RESIZE, &id);
-    (void)msgpack_pack_map(pk, 3);
-    sbx_pack_kv_u64(pk, "id", x->proc);
+    pk = begin_proc3(x, SBX_M_PROC_RESIZE, &id);
     sbx_pack_kv_u64(pk, "rows", rows);
     sbx_pack_kv_u64(pk, "cols", cols);
     x->req[id % REQ_SLOTS] = REQ_RESIZE;
@@ -877,28 +879,21 @@ static char *join_args(int argc, char **argv)
 static int exec_main(struct cli *cli, int argc, char **argv, enum exec_mode mode)
 {
     /* 'T': --timeout (its old short form -t is --tty now, as in docker exec -t). */
+#define EXEC_OPTS_COMMON                                                                           \
+    { "env", required_argument, NULL, 'e' }, { "cwd", required_argument, NULL, 'w' },              \
+        { "user", required_argument, NULL, 'u' }, { "timeout", required_argument, NULL, 'T' },     \
+    {                                                                                              \
+        "clear-env", no_argument, NULL, 'C'                                                        \
+    }
     static const struct option opts[] = {
-        { "env", required_argument, NULL, 'e' },
-        { "cwd", required_argument, NULL, 'w' },
-        { "user", required_argument, NULL, 'u' },
-        { "timeout", required_argument, NULL, 'T' },
+        EXEC_OPTS_COMMON,
         { "no-stdin", no_argument, NULL, 'n' },
         { "merge", no_argument, NULL, 'm' },
-        { "clear-env", no_argument, NULL, 'C' },
-        { "json", no_argument, NULL, 'j' },
+        CLI_OPT_JSON,
         { "tty", no_argument, NULL, 't' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        CLI_OPTS_END,
     };
-    static const struct option shell_opts[] = {
-        { "env", required_argument, NULL, 'e' },
-        { "cwd", required_argument, NULL, 'w' },
-        { "user", required_argument, NULL, 'u' },
-        { "timeout", required_argument, NULL, 'T' },
-        { "clear-env", no_argument, NULL, 'C' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
+    static const struct option shell_opts[] = { EXEC_OPTS_COMMON, CLI_OPTS_END };
     const char *name = mode == MODE_SHELL ? "shell" : mode == MODE_SH ? "sh" : "exec";
     struct exec_opts o = { 0 };
     struct exec x = { 0 };
@@ -952,20 +947,13 @@ static int exec_main(struct cli *cli, int argc, char **argv, enum exec_mode mode
         case 'j':
             cli->json = true;
             break;
-        case 'h':
+        default: /* 'h' prints the help to stdout; a bad option prints it to stderr */
             if (mode == MODE_SHELL) {
-                shell_usage(stdout);
+                shell_usage(opt == 'h' ? stdout : stderr);
             } else {
-                exec_usage(stdout, mode == MODE_SH);
+                exec_usage(opt == 'h' ? stdout : stderr, mode == MODE_SH);
             }
-            status = 0;
-            goto out;
-        default:
-            if (mode == MODE_SHELL) {
-                shell_usage(stderr);
-            } else {
-                exec_usage(stderr, mode == MODE_SH);
-            }
+            status = opt == 'h' ? 0 : status;
             goto out;
         }
     }

@@ -67,29 +67,55 @@ void cli_print_err(const char *cmd, const struct sbx_err *err)
     }
 }
 
-int cli_parse_simple(struct cli *cli, int argc, char **argv, const char *usage)
+int cli_getopt(struct cli *cli, int argc, char **argv, const char *shortopts,
+               const struct option *longopts, const char *usage)
 {
-    static const struct option opts[] = {
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
-    int opt;
+    for (;;) {
+        int opt = getopt_long(argc, argv, shortopts, longopts, NULL);
 
-    while ((opt = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
         switch (opt) {
+        case -1:
+            return 0;
         case 'j':
             cli->json = true;
             break;
         case 'h':
             (void)fputs(usage, stdout);
             return CLI_OPTS_HELP;
-        default:
+        case '?':
+        case ':':
             (void)fputs(usage, stderr);
             return CLI_OPTS_BAD;
+        default:
+            return opt;
         }
     }
-    return optind;
+}
+
+int cli_rpc(struct sbx_client *c, uint32_t id, struct sbx_msg *resp, struct sbx_err *err)
+{
+    return sbx_client_send(c, err) < 0 || sbx_client_wait(c, id, resp, -1, err) < 0 ? -1 : 0;
+}
+
+int cli_rpc_stream(struct sbx_client *c, uint32_t id, uint32_t *sid, struct sbx_err *err)
+{
+    struct sbx_msg resp;
+    uint64_t v;
+
+    if (cli_rpc(c, id, &resp, err) < 0 ||
+        sbx_param_u64(resp.result, "stream", SBX_REQUIRED, 1, UINT32_MAX, &v, err) < 0) {
+        return -1;
+    }
+    *sid = (uint32_t)v;
+    return 0;
+}
+
+int cli_parse_simple(struct cli *cli, int argc, char **argv, const char *usage)
+{
+    static const struct option opts[] = { CLI_OPT_JSON, CLI_OPTS_END };
+    int r = cli_getopt(cli, argc, argv, "+h", opts, usage);
+
+    return r < 0 ? r : optind;
 }
 
 int cli_opts_status(int r)
@@ -115,6 +141,34 @@ struct sbx_client *cli_connect_simple(struct cli *cli, int argc, char **argv, co
     c = cli_connect(cli);
     *status = c == NULL ? CLI_EXIT_FAIL : 0;
     return c;
+}
+
+int cli_run_simple(struct cli *cli, int argc, char **argv, const char *usage, const char *method,
+                   cli_result_fn print)
+{
+    const msgpack_object *res;
+    struct sbx_client *c;
+    struct sbx_msg resp;
+    struct sbx_err err;
+    int status;
+
+    c = cli_connect_simple(cli, argc, argv, usage, &status);
+    if (c == NULL) {
+        return status;
+    }
+    sbx_err_clear(&err);
+    if (method != NULL) {
+        res = sbx_client_call0(c, method, &resp, &err) < 0 ? NULL : resp.result;
+    } else if ((res = sbx_client_hello_result(c)) == NULL) {
+        goto out;
+    }
+    if (res == NULL || print(cli, res, &err) < 0) {
+        cli_print_err(argv[0], &err);
+        status = CLI_EXIT_FAIL;
+    }
+out:
+    sbx_client_close(c);
+    return status;
 }
 
 struct sbx_client *cli_connect(const struct cli *cli)

@@ -230,15 +230,10 @@ static int pack_request(struct pack_cli *pc, const char *dir, const char *format
 int cli_cmd_pack(struct cli *cli, int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "output", required_argument, NULL, 'o' },
-        { "format", required_argument, NULL, 'f' },
-        { "build", required_argument, NULL, 'b' },
-        { "entrypoint", required_argument, NULL, 'e' },
-        { "arg", required_argument, NULL, 'a' },
-        { "exclude", required_argument, NULL, 'x' },
-        { "quiet", no_argument, NULL, 'q' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        { "output", required_argument, NULL, 'o' }, { "format", required_argument, NULL, 'f' },
+        { "build", required_argument, NULL, 'b' },  { "entrypoint", required_argument, NULL, 'e' },
+        { "arg", required_argument, NULL, 'a' },    { "exclude", required_argument, NULL, 'x' },
+        { "quiet", no_argument, NULL, 'q' },        CLI_OPTS_END,
     };
     char *args[PACK_LIST_MAX], *excl[PACK_LIST_MAX];
     char tmp[4096], mtmp[4096], mpath[4096];
@@ -248,7 +243,7 @@ int cli_cmd_pack(struct cli *cli, int argc, char **argv)
     struct sbx_err err;
     int nargs = 0, nexcl = 0, opt, rc = -1;
 
-    while ((opt = getopt_long(argc, argv, "o:f:b:e:a:x:qh", opts, NULL)) != -1) {
+    while ((opt = cli_getopt(cli, argc, argv, "o:f:b:e:a:x:qh", opts, usage)) > 0) {
         switch (opt) {
         case 'o':
             out = optarg;
@@ -274,16 +269,13 @@ int cli_cmd_pack(struct cli *cli, int argc, char **argv)
                 excl[nexcl++] = optarg;
             }
             break;
-        case 'q':
+        default: /* 'q' */
             quiet = true;
             break;
-        case 'h':
-            (void)fputs(usage, stdout);
-            return 0;
-        default:
-            (void)fputs(usage, stderr);
-            return CLI_EXIT_USAGE;
         }
+    }
+    if (opt < 0) {
+        return cli_opts_status(opt);
     }
     if (argc - optind != 1 || out == NULL) {
         (void)fputs(usage, stderr);

@@ -31,34 +31,17 @@ static void print_num(const msgpack_object *o, int width)
     }
 }
 
-int cli_cmd_ps(struct cli *cli, int argc, char **argv)
+static int print_procs(const struct cli *cli, const msgpack_object *res, struct sbx_err *err)
 {
-    static const char usage[] = "Usage: sbx ps [--json]\n"
-                                "\n"
-                                "List the agent's processes (running, and exited but not yet "
-                                "released):\nID PID STATE EXIT CMD. EXIT is the code, or the "
-                                "signal that killed it.\n";
     const msgpack_object *procs = NULL;
-    struct sbx_client *c;
-    struct sbx_msg resp;
-    struct sbx_err err;
-    int status;
 
-    c = cli_connect_simple(cli, argc, argv, usage, &status);
-    if (c == NULL) {
-        return status;
+    if (sbx_param_array(res, "procs", SBX_REQUIRED, UINT32_MAX, &procs, err) < 0) {
+        return -1;
     }
-    status = CLI_EXIT_FAIL;
-    if (sbx_client_call0(c, SBX_M_PROC_LIST, &resp, &err) < 0 ||
-        sbx_param_array(resp.result, "procs", SBX_REQUIRED, UINT32_MAX, &procs, &err) < 0) {
-        cli_print_err("ps", &err);
-        goto out;
-    }
-    status = 0;
     if (cli->json) {
-        (void)cli_json_write(stdout, resp.result);
+        (void)cli_json_write(stdout, res);
         (void)putchar('\n');
-        goto out;
+        return 0;
     }
     (void)printf("%-6s %-8s %-8s %-8s %s\n", "ID", "PID", "STATE", "EXIT", "CMD");
     for (uint32_t i = 0; i < procs->via.array.size; i++) {
@@ -88,7 +71,101 @@ int cli_cmd_ps(struct cli *cli, int argc, char **argv)
         }
         (void)putchar('\n');
     }
-out:
+    return 0;
+}
+
+int cli_cmd_ps(struct cli *cli, int argc, char **argv)
+{
+    static const char usage[] = "Usage: sbx ps [--json]\n"
+                                "\n"
+                                "List the agent's processes (running, and exited but not yet "
+                                "released):\nID PID STATE EXIT CMD. EXIT is the code, or the "
+                                "signal that killed it.\n";
+
+    return cli_run_simple(cli, argc, argv, usage, SBX_M_PROC_LIST, print_procs);
+}
+
+/* What kill and wait read from their command lines. */
+struct proc_args {
+    int signo;
+    bool group;
+    uint64_t pid, timeout_ms;
+};
+
+/* kill and wait (argv[0]): their options (-s, --group, --timeout, --json), then the one ID. */
+static int proc_parse(struct cli *cli, int argc, char **argv, const char *usage,
+                      const char *shortopts, const struct option *opts, struct proc_args *a)
+{
+    int opt;
+
+    while ((opt = cli_getopt(cli, argc, argv, shortopts, opts, usage)) > 0) {
+        if (opt == 'g') {
+            a->group = true;
+        } else if (opt == 's' && (a->signo = cli_parse_signal(optarg)) < 0) {
+            (void)fprintf(stderr, "sbx: kill: unknown signal \"%s\"\n", optarg);
+            return CLI_EXIT_USAGE;
+        } else if (opt == 't' && (cli_parse_duration(optarg, &a->timeout_ms) < 0 ||
+                                  a->timeout_ms == 0 || a->timeout_ms > UINT32_MAX)) {
+            (void)fprintf(stderr, "sbx: wait: bad --timeout \"%s\"\n", optarg);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (opt < 0) {
+        return cli_opts_status(opt);
+    }
+    if (optind != argc - 1 || cli_parse_u64(argv[optind], &a->pid) < 0) {
+        (void)fputs(usage, stderr);
+        return CLI_EXIT_USAGE;
+    }
+    return -1;
+}
+
+/* kill or wait (argv[0]): parse, connect, send proc.kill / proc.wait, report. */
+static int proc_cmd(struct cli *cli, int argc, char **argv, const char *usage,
+                    const char *shortopts, const struct option *opts, struct proc_args *a)
+{
+    bool wait = strcmp(argv[0], "wait") == 0;
+    struct sbx_client *c;
+    struct sbx_msg resp;
+    struct sbx_exit ex;
+    struct sbx_err err;
+    msgpack_packer *pk;
+    uint32_t id;
+    int status = proc_parse(cli, argc, argv, usage, shortopts, opts, a);
+
+    if (status >= 0) {
+        return status;
+    }
+    status = CLI_EXIT_FAIL;
+    c = cli_connect(cli);
+    if (c == NULL) {
+        return status;
+    }
+    pk = sbx_client_begin(c, wait ? SBX_M_PROC_WAIT : SBX_M_PROC_KILL, &id);
+    (void)msgpack_pack_map(pk, wait ? 1 + (a->timeout_ms > 0) : 3);
+    sbx_pack_kv_u64(pk, "id", a->pid);
+    if (!wait) {
+        cli_pack_signal(pk, "signal", a->signo);
+        sbx_pack_kv_bool(pk, "group", a->group);
+    } else if (a->timeout_ms > 0) {
+        sbx_pack_kv_u64(pk, "timeout_ms", a->timeout_ms);
+    }
+    if (cli_rpc(c, id, &resp, &err) < 0) {
+        cli_print_err(argv[0], &err);
+        if (wait && strcmp(err.code, SBX_E_TIMEOUT) == 0) {
+            status = 124; /* as timeout(1) */
+        }
+    } else if (!wait) {
+        status = 0;
+    } else {
+        if (cli->json) {
+            (void)cli_json_write(stdout, resp.result);
+            (void)putchar('\n');
+        }
+        if (sbx_exit_read(resp.result, &ex, &err) == 0) {
+            status = sbx_exit_status(&ex);
+        }
+    }
     sbx_client_close(c);
     return status;
 }
@@ -104,63 +181,12 @@ int cli_cmd_kill(struct cli *cli, int argc, char **argv)
     static const struct option opts[] = {
         { "signal", required_argument, NULL, 's' },
         { "group", no_argument, NULL, 'g' },
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        CLI_OPT_JSON,
+        CLI_OPTS_END,
     };
-    int signo = 15; /* SIGTERM */
-    bool group = false;
-    struct sbx_client *c;
-    struct sbx_msg resp;
-    struct sbx_err err;
-    msgpack_packer *pk;
-    uint64_t pid;
-    uint32_t id;
-    int opt, status = CLI_EXIT_FAIL;
+    struct proc_args a = { .signo = 15 }; /* SIGTERM */
 
-    while ((opt = getopt_long(argc, argv, "+s:gh", opts, NULL)) != -1) {
-        switch (opt) {
-        case 's':
-            signo = cli_parse_signal(optarg);
-            if (signo < 0) {
-                (void)fprintf(stderr, "sbx: kill: unknown signal \"%s\"\n", optarg);
-                return CLI_EXIT_USAGE;
-            }
-            break;
-        case 'g':
-            group = true;
-            break;
-        case 'j':
-            cli->json = true;
-            break;
-        case 'h':
-            (void)fputs(usage, stdout);
-            return 0;
-        default:
-            (void)fputs(usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    if (optind != argc - 1 || cli_parse_u64(argv[optind], &pid) < 0) {
-        (void)fputs(usage, stderr);
-        return CLI_EXIT_USAGE;
-    }
-    c = cli_connect(cli);
-    if (c == NULL) {
-        return CLI_EXIT_FAIL;
-    }
-    pk = sbx_client_begin(c, SBX_M_PROC_KILL, &id);
-    (void)msgpack_pack_map(pk, 3);
-    sbx_pack_kv_u64(pk, "id", pid);
-    cli_pack_signal(pk, "signal", signo);
-    sbx_pack_kv_bool(pk, "group", group);
-    if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, &resp, -1, &err) < 0) {
-        cli_print_err("kill", &err);
-    } else {
-        status = 0;
-    }
-    sbx_client_close(c);
-    return status;
+    return proc_cmd(cli, argc, argv, usage, "+s:gh", opts, &a);
 }
 
 int cli_cmd_wait(struct cli *cli, int argc, char **argv)
@@ -173,68 +199,10 @@ int cli_cmd_wait(struct cli *cli, int argc, char **argv)
                                 "DUR (exit 124; the process is unaffected).\n";
     static const struct option opts[] = {
         { "timeout", required_argument, NULL, 't' },
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        CLI_OPT_JSON,
+        CLI_OPTS_END,
     };
-    struct sbx_exit ex;
-    struct sbx_client *c;
-    struct sbx_msg resp;
-    struct sbx_err err;
-    msgpack_packer *pk;
-    uint64_t pid, timeout_ms = 0;
-    uint32_t id;
-    int opt, status = CLI_EXIT_FAIL;
+    struct proc_args a = { 0 };
 
-    while ((opt = getopt_long(argc, argv, "+t:h", opts, NULL)) != -1) {
-        switch (opt) {
-        case 't':
-            if (cli_parse_duration(optarg, &timeout_ms) < 0 || timeout_ms == 0 ||
-                timeout_ms > UINT32_MAX) {
-                (void)fprintf(stderr, "sbx: wait: bad --timeout \"%s\"\n", optarg);
-                return CLI_EXIT_USAGE;
-            }
-            break;
-        case 'j':
-            cli->json = true;
-            break;
-        case 'h':
-            (void)fputs(usage, stdout);
-            return 0;
-        default:
-            (void)fputs(usage, stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    if (optind != argc - 1 || cli_parse_u64(argv[optind], &pid) < 0) {
-        (void)fputs(usage, stderr);
-        return CLI_EXIT_USAGE;
-    }
-    c = cli_connect(cli);
-    if (c == NULL) {
-        return CLI_EXIT_FAIL;
-    }
-    pk = sbx_client_begin(c, SBX_M_PROC_WAIT, &id);
-    (void)msgpack_pack_map(pk, timeout_ms > 0 ? 2 : 1);
-    sbx_pack_kv_u64(pk, "id", pid);
-    if (timeout_ms > 0) {
-        sbx_pack_kv_u64(pk, "timeout_ms", timeout_ms);
-    }
-    if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, &resp, -1, &err) < 0) {
-        cli_print_err("wait", &err);
-        if (strcmp(err.code, SBX_E_TIMEOUT) == 0) {
-            status = 124; /* as timeout(1) */
-        }
-        goto out;
-    }
-    if (cli->json) {
-        (void)cli_json_write(stdout, resp.result);
-        (void)putchar('\n');
-    }
-    if (sbx_exit_read(resp.result, &ex, &err) == 0) {
-        status = sbx_exit_status(&ex);
-    }
-out:
-    sbx_client_close(c);
-    return status;
+    return proc_cmd(cli, argc, argv, usage, "+t:h", opts, &a);
 }

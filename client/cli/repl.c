@@ -372,9 +372,8 @@ int cli_cmd_repl(struct cli *cli, int argc, char **argv)
     static const struct option opts[] = {
         { "eval", required_argument, NULL, 'e' },
         { "timeout", required_argument, NULL, 't' },
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        CLI_OPT_JSON,
+        CLI_OPTS_END,
     };
     struct repl r = { .cli = cli, .lang = "sh" };
     const char **evals = calloc((size_t)argc + 1, sizeof(char *));
@@ -388,31 +387,19 @@ int cli_cmd_repl(struct cli *cli, int argc, char **argv)
         (void)fputs("sbx: repl: out of memory\n", stderr);
         return CLI_EXIT_FAIL;
     }
-    while ((opt = getopt_long(argc, argv, "e:t:h", opts, NULL)) != -1) {
-        switch (opt) {
-        case 'e':
+    while ((opt = cli_getopt(cli, argc, argv, "e:t:h", opts, usage)) > 0) {
+        if (opt == 'e') {
             evals[nevals++] = optarg;
-            break;
-        case 't':
-            if (cli_parse_duration(optarg, &r.timeout_ms) < 0 || r.timeout_ms == 0 ||
-                r.timeout_ms > UINT32_MAX) {
-                (void)fprintf(stderr, "sbx: repl: bad --timeout \"%s\"\n", optarg);
-                free(evals);
-                return CLI_EXIT_USAGE;
-            }
-            break;
-        case 'j':
-            cli->json = true;
-            break;
-        case 'h':
-            (void)fputs(usage, stdout);
-            free(evals);
-            return 0;
-        default:
-            (void)fputs(usage, stderr);
+        } else if (cli_parse_duration(optarg, &r.timeout_ms) < 0 || r.timeout_ms == 0 ||
+                   r.timeout_ms > UINT32_MAX) {
+            (void)fprintf(stderr, "sbx: repl: bad --timeout \"%s\"\n", optarg);
             free(evals);
             return CLI_EXIT_USAGE;
         }
+    }
+    if (opt < 0) {
+        free(evals);
+        return cli_opts_status(opt);
     }
     if (optind < argc) {
         r.lang = argv[optind++];

@@ -70,7 +70,7 @@ static void print_error_json(const struct sbx_err *err)
     json_decref(j);
 }
 
-static void print_result(const struct cli *cli, const msgpack_object *res)
+static int print_result(const struct cli *cli, const msgpack_object *res, struct sbx_err *err)
 {
     if (cli->json || res->type != MSGPACK_OBJECT_MAP) {
         (void)cli_json_write(stdout, res);
@@ -78,6 +78,7 @@ static void print_result(const struct cli *cli, const msgpack_object *res)
     } else {
         print_table("", res);
     }
+    return 0;
 }
 
 int cli_cmd_ping(struct cli *cli, int argc, char **argv)
@@ -88,9 +89,8 @@ int cli_cmd_ping(struct cli *cli, int argc, char **argv)
                                 "round-trip time\n(and min/avg/max for more than one).\n";
     static const struct option opts[] = {
         { "count", required_argument, NULL, 'n' },
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        CLI_OPT_JSON,
+        CLI_OPTS_END,
     };
     uint64_t count = 1, min = UINT64_MAX, max = 0, sum = 0;
     uint64_t *rtts;
@@ -98,24 +98,14 @@ int cli_cmd_ping(struct cli *cli, int argc, char **argv)
     struct sbx_err err;
     int opt, status = CLI_EXIT_FAIL;
 
-    while ((opt = getopt_long(argc, argv, "+n:h", opts, NULL)) != -1) {
-        switch (opt) {
-        case 'n':
-            if (cli_parse_u64(optarg, &count) < 0 || count == 0 || count > 1000000) {
-                (void)fprintf(stderr, "sbx: ping: bad count \"%s\"\n", optarg);
-                return CLI_EXIT_USAGE;
-            }
-            break;
-        case 'j':
-            cli->json = true;
-            break;
-        case 'h':
-            (void)fputs(usage, stdout);
-            return 0;
-        default:
-            (void)fputs(usage, stderr);
+    while ((opt = cli_getopt(cli, argc, argv, "+n:h", opts, usage)) > 0) {
+        if (cli_parse_u64(optarg, &count) < 0 || count == 0 || count > 1000000) {
+            (void)fprintf(stderr, "sbx: ping: bad count \"%s\"\n", optarg);
             return CLI_EXIT_USAGE;
         }
+    }
+    if (opt < 0) {
+        return cli_opts_status(opt);
     }
     if (optind != argc) {
         (void)fputs(usage, stderr);
@@ -173,24 +163,8 @@ int cli_cmd_info(struct cli *cli, int argc, char **argv)
                                 "\n"
                                 "Show the agent's info: versions, uptime, load, memory, boot "
                                 "timings, connections, processes.\n";
-    struct sbx_client *c;
-    struct sbx_msg resp;
-    struct sbx_err err;
-    int status;
 
-    c = cli_connect_simple(cli, argc, argv, usage, &status);
-    if (c == NULL) {
-        return status;
-    }
-    status = CLI_EXIT_FAIL;
-    if (sbx_client_call0(c, SBX_M_INFO, &resp, &err) < 0) {
-        cli_print_err("info", &err);
-    } else {
-        print_result(cli, resp.result);
-        status = 0;
-    }
-    sbx_client_close(c);
-    return status;
+    return cli_run_simple(cli, argc, argv, usage, SBX_M_INFO, print_result);
 }
 
 int cli_cmd_hello(struct cli *cli, int argc, char **argv)
@@ -200,20 +174,8 @@ int cli_cmd_hello(struct cli *cli, int argc, char **argv)
                                 "Say hello and print what was negotiated: protocol version, the "
                                 "agent's\ncapabilities and limits (--json: the whole hello "
                                 "result).\n";
-    const msgpack_object *res;
-    struct sbx_client *c;
-    int status;
 
-    c = cli_connect_simple(cli, argc, argv, usage, &status);
-    if (c == NULL) {
-        return status;
-    }
-    res = sbx_client_hello_result(c);
-    if (res != NULL) {
-        print_result(cli, res);
-    }
-    sbx_client_close(c);
-    return 0;
+    return cli_run_simple(cli, argc, argv, usage, NULL, print_result);
 }
 
 /* Read all of stdin (up to @max bytes) into a malloc'd buffer. */
@@ -318,7 +280,7 @@ int cli_cmd_call(struct cli *cli, int argc, char **argv)
         status = CLI_EXIT_USAGE;
         goto out;
     }
-    if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, &resp, -1, &err) < 0) {
+    if (cli_rpc(c, id, &resp, &err) < 0) {
         cli_print_err(method, &err);
         if (cli->json) {
             print_error_json(&err);
