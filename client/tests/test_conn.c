@@ -1,9 +1,9 @@
 /*
  * Unit tests of the sans-I/O connection core (sbx/conn.h): every typed response and notification
  * fed split at every offset gives the same events; credit and queueing on `in` streams; grants on
- * `out` streams; hostile input; request ids; local refusals; output stability; EOF; the schema
- * records conn_schema.c adds. Agent frames are made with the schema's pack functions (the hostile
- * ones by hand).
+ * `out` streams; hostile input; request ids; local refusals; output stability; EOF. Agent frames
+ * are made with the schema's pack functions (the hostile ones by hand); the records themselves
+ * are tested in tests/unit/test_schema.c.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1485,168 +1485,6 @@ static void test_eof_after_error(void **state)
     assert_int_equal(next(fx), -1);
 }
 
-/* --- schema records added here ---------------------------------------------------------------- */
-
-/* Pack @p as a notification's params, decode it and read it back. */
-static int spawn_roundtrip(struct fx *fx, const struct sbx_spawn_params *p,
-                           struct sbx_spawn_params *q, struct sbx_decoder *dec)
-{
-    struct sbx_msg m;
-    msgpack_packer *pk;
-
-    sbx_out_reset(&fx->a);
-    pk = ab(&fx->a);
-    sbx_pack_notify_head(pk, "t");
-    sbx_spawn_params_pack(pk, p);
-    ae(&fx->a);
-    assert_int_equal(
-        sbx_msg_decode(dec, (const uint8_t *)fx->a.sb.data + 4, fx->a.sb.size - 4, &m, &fx->err),
-        0);
-    return sbx_spawn_params_read(m.params, q, &fx->err);
-}
-
-/* Read raw params given as hex of a map. */
-static int spawn_read_hex(struct fx *fx, const char *hex, struct sbx_spawn_params *q,
-                          struct sbx_decoder *dec)
-{
-    char full[512];
-    struct sbx_msg m;
-
-    (void)snprintf(full, sizeof(full), "93 02 a1 74 %s", hex);
-    sbx_out_reset(&fx->a);
-    a_raw(&fx->a, full);
-    assert_int_equal(
-        sbx_msg_decode(dec, (const uint8_t *)fx->a.sb.data + 4, fx->a.sb.size - 4, &m, &fx->err),
-        0);
-    return sbx_spawn_params_read(m.params, q, &fx->err);
-}
-
-static void test_spawn_params_record(void **state)
-{
-    static const char *const argv[] = { "a", "b", NULL };
-    static const char *const env[] = { "K=V", "GONE", NULL };
-    static const uint32_t groups[] = { 1, 2, 3 };
-    struct fx *fx = *state;
-    struct sbx_pty_params pty = { 0, 90, NULL, 0 };
-    struct sbx_spawn_params p = { 0 }, q;
-    struct sbx_decoder dec;
-    static const struct {
-        const char *hex, *field;
-    } bad[] = {
-        { "80", "argv" },                                                       /* neither */
-        { "82 a4 61 72 67 76 91 a1 61 a7 63 6f 6d 6d 61 6e 64 a1 62", "argv" }, /* both */
-        { "81 a4 61 72 67 76 90", "argv" },                                     /* empty */
-        { "81 a4 61 72 67 76 92 a1 61 05", "argv[1]" },                         /* not a bstr */
-        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 65 6e 76 81 a3 41 3d 42 c0", "env" },
-        { "83 a7 63 6f 6d 6d 61 6e 64 a1 61 a4 75 73 65 72 a1 75 a3 75 69 64 01", "uid" },
-        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a5 73 74 64 69 6e a6 73 74 64 6f 75 74", "stdin" },
-        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 70 74 79 81 a4 72 6f 77 73 00", "pty.rows" },
-        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 ab 6b 69 6c 6c 5f 73 69 67 6e 61 6c a3 46 4f 4f",
-          "kill_signal" },
-        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a6 67 72 6f 75 70 73 92 01 ff", "groups[1]" },
-        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 aa 74 69 6d 65 6f 75 74 5f 6d 73 00", "timeout_ms" },
-    };
-
-    assert_int_equal(sbx_decoder_init(&dec), 0);
-    p.argv = argv;
-    p.env = env;
-    p.clear_env = true;
-    p.cwd = "/w";
-    p.user = "bob";
-    p.has_gid = true;
-    p.gid = 7;
-    p.has_groups = true;
-    p.groups = groups;
-    p.ngroups = 3;
-    p.stdin_mode = SBX_STDIO_NULL;
-    p.stdout_mode = SBX_STDIO_PIPE;
-    p.stderr_mode = SBX_STDIO_STDOUT;
-    p.timeout_ms = 99;
-    p.kill_signal = 15;
-    p.has_kill_grace_ms = true;
-    p.kill_grace_ms = 60000;
-    p.has_drain_ms = true;
-    p.drain_ms = 1;
-    p.pty = &pty;
-    p.tag = "tag";
-    assert_int_equal(spawn_roundtrip(fx, &p, &q, &dec), 0);
-    assert_int_equal(q.argvv->via.array.size, 2);
-    assert_int_equal(q.envv->via.map.size, 2);
-    assert_true(q.clear_env);
-    assert_memory_equal(q.cwd, "/w", q.cwd_len);
-    assert_memory_equal(q.user, "bob", q.user_len);
-    assert_false(q.has_uid);
-    assert_true(q.has_gid && q.gid == 7);
-    assert_int_equal(q.ngroups, 3);
-    assert_int_equal(q.stdin_mode, SBX_STDIO_NULL);
-    assert_int_equal(q.stdout_mode, SBX_STDIO_PIPE);
-    assert_int_equal(q.stderr_mode, SBX_STDIO_STDOUT);
-    assert_int_equal(q.timeout_ms, 99);
-    assert_int_equal(q.kill_signal, 15);
-    assert_int_equal(q.kill_grace_ms, 60000);
-    assert_true(q.has_drain_ms && q.drain_ms == 1);
-    assert_non_null(q.pty);
-    assert_int_equal(q.pty->rows, 0);
-    assert_int_equal(q.pty->cols, 90);
-    assert_memory_equal(q.tag, "tag", q.tag_len);
-    /* command form, kill_signal by name */
-    assert_int_equal(spawn_read_hex(fx,
-                                    "82 a7 63 6f 6d 6d 61 6e 64 a1 61 ab 6b 69 6c 6c 5f 73 69 "
-                                    "67 6e 61 6c a4 4b 49 4c 4c",
-                                    &q, &dec),
-                     0);
-    assert_int_equal(q.command_len, 1);
-    assert_int_equal(q.kill_signal, 9);
-    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
-        if (spawn_read_hex(fx, bad[i].hex, &q, &dec) != -1) {
-            fail_msg("bad spawn params %zu accepted", i);
-        }
-        assert_string_equal(fx->err.code, SBX_E_BAD_PARAM);
-        assert_string_equal(fx->err.field, bad[i].field);
-    }
-    sbx_decoder_destroy(&dec);
-}
-
-static void test_stream_records(void **state)
-{
-    struct fx *fx = *state;
-    struct sbx_stream_result r = { 9, true, 10, 0644 }, s;
-    struct sbx_eval_streams ev;
-    struct sbx_pack_result pr;
-    struct sbx_decoder dec;
-    struct sbx_msg m;
-    msgpack_packer *pk;
-
-    assert_int_equal(sbx_decoder_init(&dec), 0);
-    pk = ab(&fx->a);
-    sbx_pack_notify_head(pk, "t");
-    sbx_stream_result_pack(pk, &r);
-    ae(&fx->a);
-    assert_int_equal(
-        sbx_msg_decode(&dec, (const uint8_t *)fx->a.sb.data + 4, fx->a.sb.size - 4, &m, &fx->err),
-        0);
-    assert_int_equal(sbx_stream_result_read(m.params, true, &s, &fx->err), 0);
-    assert_true(s.stream == 9 && s.has_size && s.size == 10 && s.mode == 0644);
-    assert_int_equal(sbx_stream_result_read(m.params, false, &s, &fx->err), 0);
-    assert_false(s.has_size);
-    assert_int_equal(sbx_eval_streams_read(m.params, &ev, &fx->err), -1);
-    assert_string_equal(fx->err.code, SBX_E_BAD_MESSAGE);
-    assert_int_equal(sbx_pack_result_read(m.params, &pr, &fx->err), -1);
-    assert_string_equal(fx->err.code, SBX_E_BAD_MESSAGE);
-    sbx_out_reset(&fx->a);
-    a_raw(&fx->a, "93 02 a1 74 83 a2 69 64 01 a7 61 72 63 68 69 76 65 05 ac 62 75 69 6c 64 5f 73 "
-                  "74 64 6f 75 74 06");
-    assert_int_equal(
-        sbx_msg_decode(&dec, (const uint8_t *)fx->a.sb.data + 4, fx->a.sb.size - 4, &m, &fx->err),
-        0);
-    assert_int_equal(sbx_pack_result_read(m.params, &pr, &fx->err), 0);
-    assert_int_equal(pr.id, 1);
-    assert_int_equal(pr.archive, 5);
-    assert_int_equal(pr.build_out, 6);
-    assert_int_equal(pr.build_err, 0);
-    sbx_decoder_destroy(&dec);
-}
-
 static void test_call_table(void **state)
 {
     (void)state;
@@ -1689,8 +1527,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_out_stable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eof, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eof_after_error, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_spawn_params_record, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stream_records, setup, teardown),
         cmocka_unit_test(test_call_table),
     };
 
