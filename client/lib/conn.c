@@ -792,11 +792,32 @@ static void pump_all(struct sbx_conn *c)
     }
 }
 
+/* Grow the buffer *@p of *@cap bytes to hold @need: doubling from @first, at most @max (callers
+ * check their caps first, so @need never exceeds @max). -1 when out of memory, *@p unchanged. */
+static int buf_grow(uint8_t **p, size_t *cap, size_t need, size_t first, size_t max)
+{
+    size_t n = *cap != 0 ? *cap : first;
+    uint8_t *q;
+
+    while (n < need) {
+        n *= 2;
+    }
+    if (n > max) {
+        n = max;
+    }
+    q = realloc(*p, n);
+    if (q == NULL) {
+        return -1;
+    }
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
 /* Make room for @len more queued bytes on @s (all or nothing). */
 static int queue_reserve(struct strm *s, size_t len)
 {
-    size_t need = s->qlen + len, cap;
-    uint8_t *p;
+    size_t need = s->qlen + len;
 
     if (s->qcap - s->qhead - s->qlen >= len) {
         return 0;
@@ -808,20 +829,7 @@ static int queue_reserve(struct strm *s, size_t len)
     if (s->qcap >= need) {
         return 0;
     }
-    cap = s->qcap != 0 ? s->qcap : 4096;
-    while (cap < need) {
-        cap *= 2;
-    }
-    if (cap > SBX_CONN_QUEUE_MAX) {
-        cap = SBX_CONN_QUEUE_MAX;
-    }
-    p = realloc(s->q, cap);
-    if (p == NULL) {
-        return -1;
-    }
-    s->q = p;
-    s->qcap = cap;
-    return 0;
+    return buf_grow(&s->q, &s->qcap, need, 4096, SBX_CONN_QUEUE_MAX);
 }
 
 static struct strm *open_in(struct sbx_conn *c, uint32_t stream, struct sbx_err *err)
@@ -1233,8 +1241,7 @@ int sbx_conn_hello(struct sbx_conn *c, const struct sbx_hello *h, void *user, ui
 /* Make room for @len more input bytes (the caller checked the cap). */
 static int in_room(struct sbx_conn *c, size_t len)
 {
-    size_t have = c->ilen - c->ipos, cap;
-    uint8_t *p;
+    size_t have = c->ilen - c->ipos;
 
     if (c->icap - c->ilen >= len) {
         return 0;
@@ -1247,20 +1254,7 @@ static int in_room(struct sbx_conn *c, size_t len)
             return 0;
         }
     }
-    cap = c->icap != 0 ? c->icap : IN_CHUNK;
-    while (cap < have + len) {
-        cap *= 2;
-    }
-    if (cap > SBX_CONN_IN_MAX) {
-        cap = SBX_CONN_IN_MAX;
-    }
-    p = realloc(c->in, cap);
-    if (p == NULL) {
-        return -1;
-    }
-    c->in = p;
-    c->icap = cap;
-    return 0;
+    return buf_grow(&c->in, &c->icap, have + len, IN_CHUNK, SBX_CONN_IN_MAX);
 }
 
 int sbx_conn_feed(struct sbx_conn *c, const void *buf, size_t len, struct sbx_err *err)
