@@ -191,6 +191,7 @@ struct pack {
     char **ignore_files;      /* the ignore_files param (NULL: the default), until they are read */
     struct agent_proc *build; /* the running build (proc.c), NULL when none or done */
     uint32_t build_out_sid, build_err_sid;
+    bool announced; /* the pack.create response (with the stream ids) was sent */
     /* thread start gate (under j.mu) */
     bool go, build_failed;
     char build_msg[128];
@@ -966,7 +967,9 @@ static void pack_on_close(struct agent_outjob *j)
     if (p->build != NULL) { /* cancelled during the build: kill it, end its streams */
         struct sbx_err err;
         sbx_err_set(&err, SBX_E_CANCELLED, "pack job cancelled");
-        build_abandon(p, &err);
+        /* Streams the client was never told about (the job failed before its response) are
+         * freed unsent: a frame about them would break §9.1 rule 3. */
+        build_abandon(p, p->announced ? &err : NULL);
     }
     agent_conn_ref_del(&p->job);
     ignore_free(&p->ig);
@@ -1191,6 +1194,7 @@ int agent_pack_create(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
     }
     sbx_pack_kv_u64(pk, "archive", p->j.sid);
     agent_conn_send(c);
+    p->announced = true;
     if (p->build != NULL) {
         agent_pipe_update(&p->build->out);
         agent_pipe_update(&p->build->err);
