@@ -22,6 +22,7 @@
 #include "outjob.h"
 #include "path.h"
 #include "proc.h"
+#include "sbx/schema.h"
 #include "stream.h"
 #include "strv.h"
 #include "transfer.h"
@@ -1184,15 +1185,17 @@ int agent_pack_create(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
         free(p);
         return -1;
     }
-    pk = agent_conn_begin(c);
-    sbx_pack_response_head(pk, m->id);
-    msgpack_pack_map(pk, 2 + (p->build != NULL ? 2 : 0));
-    sbx_pack_kv_u64(pk, "id", p->id);
-    if (p->build != NULL) {
-        sbx_pack_kv_u64(pk, "build_stdout", p->build_out_sid);
-        sbx_pack_kv_u64(pk, "build_stderr", p->build_err_sid);
+    {
+        struct sbx_pack_result res = {
+            .id = p->id,
+            .build_out = p->build != NULL ? p->build_out_sid : 0,
+            .build_err = p->build != NULL ? p->build_err_sid : 0,
+            .archive = p->j.sid,
+        };
+        pk = agent_conn_begin(c);
+        sbx_pack_response_head(pk, m->id);
+        sbx_pack_result_pack(pk, &res);
     }
-    sbx_pack_kv_u64(pk, "archive", p->j.sid);
     agent_conn_send(c);
     p->announced = true;
     if (p->build != NULL) {

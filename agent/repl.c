@@ -39,6 +39,7 @@
 #include "env.h"
 #include "proc.h"
 #include "repl/drivers.h"
+#include "sbx/schema.h"
 #include "stream.h"
 #include "strv.h"
 
@@ -1052,12 +1053,12 @@ int agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         }
         so = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->out, err);
         se = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->err, err);
-        pk = agent_conn_begin(c);
-        sbx_pack_response_head(pk, m->id);
-        msgpack_pack_map(pk, 3);
-        sbx_pack_kv_u64(pk, "eval", r->evals + 1);
-        sbx_pack_kv_u64(pk, "stdout", so->id);
-        sbx_pack_kv_u64(pk, "stderr", se->id);
+        {
+            struct sbx_eval_streams res = { .eval = r->evals + 1, .out = so->id, .err = se->id };
+            pk = agent_conn_begin(c);
+            sbx_pack_response_head(pk, m->id);
+            sbx_eval_streams_pack(pk, &res);
+        }
         agent_conn_send(c);
         flush_pending(r, so, &r->out[0]);
         flush_pending(r, se, &r->out[1]);

@@ -30,11 +30,11 @@
 
 void agent_reply_stream(struct agent_conn *c, uint32_t id, uint32_t sid)
 {
+    struct sbx_stream_result res = { .stream = sid };
     msgpack_packer *pk = agent_conn_begin(c);
 
     sbx_pack_response_head(pk, id);
-    msgpack_pack_map(pk, 1);
-    sbx_pack_kv_u64(pk, "stream", sid);
+    sbx_stream_result_pack(pk, &res);
     agent_conn_send(c);
 }
 
@@ -773,12 +773,17 @@ int agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m, struc
     if (d->s == NULL) {
         goto fail;
     }
-    pk = agent_conn_begin(c);
-    sbx_pack_response_head(pk, m->id);
-    msgpack_pack_map(pk, 3);
-    sbx_pack_kv_u64(pk, "stream", d->s->id);
-    sbx_pack_kv_u64(pk, "size", S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0);
-    sbx_pack_kv_u64(pk, "mode", st.st_mode);
+    {
+        struct sbx_stream_result res = {
+            .stream = d->s->id,
+            .has_size = true,
+            .size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0,
+            .mode = st.st_mode,
+        };
+        pk = agent_conn_begin(c);
+        sbx_pack_response_head(pk, m->id);
+        sbx_stream_result_pack(pk, &res);
+    }
     agent_conn_send(c);
     download_ready(d->s);
     return AGENT_REPLIED;

@@ -464,6 +464,14 @@ int sbx_stream_result_read(const msgpack_object *o, bool with_size, struct sbx_s
     return 0;
 }
 
+void sbx_eval_streams_pack(msgpack_packer *pk, const struct sbx_eval_streams *r)
+{
+    (void)msgpack_pack_map(pk, 3);
+    sbx_pack_kv_u64(pk, "eval", r->eval);
+    sbx_pack_kv_u64(pk, "stdout", r->out);
+    sbx_pack_kv_u64(pk, "stderr", r->err);
+}
+
 int sbx_eval_streams_read(const msgpack_object *o, struct sbx_eval_streams *r, struct sbx_err *err)
 {
     memset(r, 0, sizeof(*r));
@@ -475,6 +483,17 @@ int sbx_eval_streams_read(const msgpack_object *o, struct sbx_eval_streams *r, s
         return bad_message(err, "repl.eval result");
     }
     return 0;
+}
+
+void sbx_pack_result_pack(msgpack_packer *pk, const struct sbx_pack_result *r)
+{
+    (void)msgpack_pack_map(pk, 2 + (r->build_out != 0 ? 2 : 0));
+    sbx_pack_kv_u64(pk, "id", r->id);
+    if (r->build_out != 0) {
+        sbx_pack_kv_u64(pk, "build_stdout", r->build_out);
+        sbx_pack_kv_u64(pk, "build_stderr", r->build_err);
+    }
+    sbx_pack_kv_u64(pk, "archive", r->archive);
 }
 
 int sbx_pack_result_read(const msgpack_object *o, struct sbx_pack_result *r, struct sbx_err *err)

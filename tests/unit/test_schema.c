@@ -568,6 +568,23 @@ static void test_stream_results(void **state)
                                            &ev, &fx->err),
                      0);
     assert_true(ev.eval == 3 && ev.out == 4 && ev.err == 5);
+
+    /* The pack side of both, read back. */
+    ev = (struct sbx_eval_streams){ 7, 8, 9 };
+    sbx_eval_streams_pack(begin(fx), &ev);
+    memset(&ev, 0, sizeof(ev));
+    assert_int_equal(sbx_eval_streams_read(finish(fx), &ev, &fx->err), 0);
+    assert_true(ev.eval == 7 && ev.out == 8 && ev.err == 9);
+    pr = (struct sbx_pack_result){ 2, 3, 4, 5 };
+    sbx_pack_result_pack(begin(fx), &pr);
+    memset(&pr, 0, sizeof(pr));
+    assert_int_equal(sbx_pack_result_read(finish(fx), &pr, &fx->err), 0);
+    assert_true(pr.id == 2 && pr.build_out == 3 && pr.build_err == 4 && pr.archive == 5);
+    pr = (struct sbx_pack_result){ 2, 0, 0, 5 }; /* no build: no build streams */
+    sbx_pack_result_pack(begin(fx), &pr);
+    assert_int_equal(sbx_pack_result_read(finish(fx), &pr, &fx->err), 0);
+    assert_null(sbx_obj_get(fx->m.params, "build_stdout"));
+    assert_int_equal(pr.archive, 5);
 }
 
 /* The debug-build check of outgoing frames refuses what breaks a record. */

@@ -273,6 +273,7 @@ struct sbx_eval_streams {
     uint32_t eval, out, err;
 };
 
+void sbx_eval_streams_pack(msgpack_packer *pk, const struct sbx_eval_streams *r);
 int sbx_eval_streams_read(const msgpack_object *o, struct sbx_eval_streams *r, struct sbx_err *err);
 
 /* pack.create (§19.1): {id, build_stdout?, build_stderr?, archive}; 0 for an absent sid. */
@@ -280,6 +281,8 @@ struct sbx_pack_result {
     uint32_t id, build_out, build_err, archive;
 };
 
+/* {id, build_stdout?, build_stderr?, archive}: the build's pair only when build_out is set. */
+void sbx_pack_result_pack(msgpack_packer *pk, const struct sbx_pack_result *r);
 int sbx_pack_result_read(const msgpack_object *o, struct sbx_pack_result *r, struct sbx_err *err);
 
 /* --- stream notifications (§8.3–§8.5) ------------------------------------------------------ */
