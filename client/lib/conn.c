@@ -1553,6 +1553,22 @@ static int read_result(struct sbx_conn *c, struct sbx_event *ev)
     }
 }
 
+/* The response (real or made up at EOF) for pending request @p is in @ev: give it the request's
+ * call, user pointer and method name, and forget the request. */
+static void pend_retire(struct sbx_conn *c, struct pend *p, struct sbx_event *ev)
+{
+    ev->call = p->call;
+    ev->user = p->user;
+    if (p->call != SBX_CALL_OTHER) {
+        ev->method = sbx_call_name(p->call);
+    } else {
+        (void)snprintf(c->ev_method, sizeof(c->ev_method), "%s", p->name);
+        ev->method = c->ev_method;
+        free(p->name);
+    }
+    tab_remove(&c->pend, p);
+}
+
 static int on_response(struct sbx_conn *c, const struct sbx_msg *m, struct sbx_event *ev,
                        struct sbx_err *err)
 {
@@ -1581,16 +1597,7 @@ static int on_response(struct sbx_conn *c, const struct sbx_msg *m, struct sbx_e
         ev->unknown = true;
         return 1;
     }
-    ev->call = p->call;
-    ev->user = p->user;
-    if (p->call != SBX_CALL_OTHER) {
-        ev->method = sbx_call_name(p->call);
-    } else {
-        (void)snprintf(c->ev_method, sizeof(c->ev_method), "%s", p->name);
-        ev->method = c->ev_method;
-        free(p->name);
-    }
-    tab_remove(&c->pend, p);
+    pend_retire(c, p, ev);
     if (ev->call == SBX_CALL_HELLO && m->error != NULL) {
         c->hello = HELLO_NONE; /* VERSION, BAD_PARAM: another hello may follow (§6.1) */
     }
@@ -1775,18 +1782,9 @@ static int eof_next(struct sbx_conn *c, struct sbx_event *ev, struct sbx_err *er
         }
         ev_init(ev, SBX_EV_RESPONSE);
         ev->id = p->id;
-        ev->call = p->call;
-        ev->user = p->user;
         ev->local = true;
         ev->error = &c->ev_err;
-        if (p->call != SBX_CALL_OTHER) {
-            ev->method = sbx_call_name(p->call);
-        } else {
-            (void)snprintf(c->ev_method, sizeof(c->ev_method), "%s", p->name);
-            ev->method = c->ev_method;
-            free(p->name);
-        }
-        tab_remove(&c->pend, p);
+        pend_retire(c, p, ev);
         return 1;
     }
     for (uint32_t i = 0; c->st.n > 0 && i < c->st.cap; i++) {
