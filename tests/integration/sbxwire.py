@@ -364,6 +364,11 @@ class _Stream:
         self.closed_rule = None
         self.upload = False  # transfer.upload / upload_tree: transfer.done is its last frame
 
+    def output_over(self):
+        """An output stream is over for what must follow it (proc.exit, repl.result, a build's
+        pack.progress): the agent ended or cancelled it, or the client cancelled it."""
+        return bool(self.agent_final or self.client_cancel)
+
     def finished(self):
         """Finished as both sides see it on the wire (8.2): an end or cancel from the agent, a
         cancel from the client, or (in streams: the client is the sender) an end from the client."""
@@ -832,6 +837,11 @@ class Conn:
         elif method in ("pack.progress", "pack.manifest"):
             self._on_pack(method, p, msg)
 
+    def _check_type(self, rule, what, p, k, ok, msg):
+        """Field @k of @what's params @p, when present, must satisfy @ok."""
+        if k in p and not ok(p[k]):
+            self._violation(rule, "%s %s %r has the wrong type" % (what, k, p[k]), msg)
+
     def _on_proc_exit(self, p, msg):
         pid = p.get("id")
         if not _is_u32(pid) or not _is_u32(p.get("pid")):
@@ -843,8 +853,7 @@ class Conn:
                       ("timed_out", lambda v: type(v) is bool), ("duration_ns", _is_uint),
                       ("stdout_bytes", _is_uint), ("stderr_bytes", _is_uint),
                       ("rusage", lambda v: isinstance(v, dict))):
-            if k in p and not ok(p[k]):
-                self._violation("14.3", "proc.exit %s %r has the wrong type" % (k, p[k]), msg)
+            self._check_type("14.3", "proc.exit", p, k, ok, msg)
         proc = self._procs.get(pid)
         if proc is None:
             self._violation("14.3", "proc.exit for process %d, which was not spawned (or attached) "
@@ -853,7 +862,7 @@ class Conn:
             self._violation("9.2 [c]", "a second proc.exit for process %d" % pid, msg)
         for sid in proc["out"]:
             st = self._streams[sid]
-            if not (st.agent_final or st.client_cancel):
+            if not st.output_over():
                 self._violation("9.2 [c]", "proc.exit for process %d while its output stream %d "
                                 "(%s) is neither ended nor cancelled (output ends first)"
                                 % (pid, sid, st.what), msg)
@@ -872,8 +881,7 @@ class Conn:
         sid = p["stream"]
         for k, ok in (("size", _is_uint), ("files", _is_uint),
                       ("sha256", lambda v: type(v) is str)):
-            if k in p and not ok(p[k]):
-                self._violation("18.5", "transfer.done %s %r has the wrong type" % (k, p[k]), msg)
+            self._check_type("18.5", "transfer.done", p, k, ok, msg)
         st = self._streams.get(sid)
         if st is None:
             self._violation("9.1 rule 3 [b]", "transfer.done for stream %d, which no response on "
@@ -903,7 +911,7 @@ class Conn:
             self._violation("16.3", "a second repl.result for eval %r/%r" % key, msg)
         for sid in ev["sids"]:
             st = self._streams[sid]
-            if not (st.agent_final or st.client_cancel):
+            if not st.output_over():
                 self._violation("16.3 [e]", "repl.result for eval %r/%r before its stream %d (%s) "
                                 "ended (both streams end, then repl.result)"
                                 % (key + (sid, st.what)), msg)
@@ -931,7 +939,7 @@ class Conn:
             if p["phase"] == "build":
                 for sid in job["build"]:
                     st = self._streams[sid]
-                    if not (st.agent_final or st.client_cancel):
+                    if not st.output_over():
                         self._violation("19.2 step 1 [f]", "pack.progress build for job %d "
                                         "before its build stream %d ended" % (job["id"], sid), msg)
             elif p["phase"] == "done":
