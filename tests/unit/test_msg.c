@@ -9,35 +9,9 @@
 
 #include <cmocka.h>
 
+#include "msgfx.h"
 #include "sbx/frame.h"
 #include "sbx/msg.h"
-
-struct fx {
-    struct sbx_decoder dec;
-    struct sbx_out out;
-    struct sbx_msg m;
-    struct sbx_err err;
-};
-
-static int setup(void **state)
-{
-    struct fx *fx = calloc(1, sizeof(*fx));
-    if (fx == NULL || sbx_decoder_init(&fx->dec) != 0) {
-        return -1;
-    }
-    sbx_out_init(&fx->out);
-    *state = fx;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fx *fx = *state;
-    sbx_decoder_destroy(&fx->dec);
-    sbx_out_destroy(&fx->out);
-    free(fx);
-    return 0;
-}
 
 /* Decode the single frame in fx->out (skipping its length prefix, which is checked). */
 static int decode_out(struct fx *fx)

@@ -9,36 +9,8 @@
 
 #include <cmocka.h>
 
+#include "msgfx.h"
 #include "sbx/schema.h"
-
-struct fx {
-    struct sbx_decoder dec;
-    struct sbx_out out;
-    struct sbx_msg m;
-    struct sbx_err err;
-};
-
-static int setup(void **state)
-{
-    struct fx *fx = calloc(1, sizeof(*fx));
-
-    if (fx == NULL || sbx_decoder_init(&fx->dec) != 0) {
-        return -1;
-    }
-    sbx_out_init(&fx->out);
-    *state = fx;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fx *fx = *state;
-
-    sbx_decoder_destroy(&fx->dec);
-    sbx_out_destroy(&fx->out);
-    free(fx);
-    return 0;
-}
 
 /* Start a notification "t" whose params the test packs. */
 static msgpack_packer *begin(struct fx *fx)
