@@ -734,6 +734,22 @@ int sbx_client_send(struct sbx_client *c, struct sbx_err *err)
     }
 }
 
+struct sbx_conn *sbx_client_conn(struct sbx_client *c)
+{
+    return c->conn;
+}
+
+int sbx_client_sent(struct sbx_client *c, int r, struct sbx_err *err)
+{
+    return r < 0 || check_broken(c, err) < 0 ? -1 : flush(c, err);
+}
+
+int sbx_client_call(struct sbx_client *c, int r, uint32_t id, struct sbx_msg *resp,
+                    struct sbx_err *err)
+{
+    return sbx_client_sent(c, r, err) < 0 ? -1 : sbx_client_wait(c, id, resp, -1, err);
+}
+
 int sbx_client_call0(struct sbx_client *c, const char *method, struct sbx_msg *resp,
                      struct sbx_err *err)
 {

@@ -22,7 +22,9 @@ enum kv_type {
     KV_BSTR, /* OS byte string: str when UTF-8, else bin (§4.4) */
     KV_REQ,  /* a required bstr: NULL is refused locally with BAD_PARAM */
     KV_BIN,
-    KV_STRN, /* str of n bytes */
+    KV_STRN,  /* str of n bytes */
+    KV_STRV,  /* array of n bstr (s: ignored; p: const char *const *) */
+    KV_SPAWN, /* a nested map packed by sbx_spawn_params_pack (p) */
 };
 
 struct kv {
@@ -95,6 +97,20 @@ static struct kv kv_strn(const char *k, const char *p, size_t n)
     return (struct kv){ .k = k, .t = KV_STRN, .s = p, .n = n };
 }
 
+/* An array of @n OS byte strings; absent when @n is 0. */
+static struct kv kv_strv(const char *k, const char *const *v, size_t n)
+{
+    return (struct kv){ .k = k, .t = n > 0 ? KV_STRV : KV_SKIP, .p = v, .n = n };
+}
+
+static void pack_strv(msgpack_packer *pk, const char *const *v, size_t n)
+{
+    (void)msgpack_pack_array(pk, n);
+    for (size_t i = 0; i < n; i++) {
+        sbx_pack_bstr(pk, v[i], strlen(v[i]));
+    }
+}
+
 static void pack_kv(msgpack_packer *pk, const struct kv *e)
 {
     sbx_pack_cstr(pk, e->k);
@@ -125,6 +141,12 @@ static void pack_kv(msgpack_packer *pk, const struct kv *e)
     case KV_STRN:
         sbx_pack_strn(pk, e->s, e->n);
         break;
+    case KV_STRV:
+        pack_strv(pk, e->p, e->n);
+        break;
+    case KV_SPAWN:
+        sbx_spawn_params_pack(pk, e->p);
+        break;
     default:
         (void)msgpack_pack_nil(pk);
         break;
@@ -142,6 +164,11 @@ static int call_kv(struct sbx_conn *c, enum sbx_call call, const struct kv *kv, 
     for (size_t i = 0; i < n; i++) {
         if (kv[i].t == KV_REQ && kv[i].s == NULL) {
             return sbx_err_param(err, kv[i].k, "%s: \"%s\" is required", method, kv[i].k);
+        }
+        for (size_t j = 0; kv[i].t == KV_STRV && j < kv[i].n; j++) {
+            if (((const char *const *)kv[i].p)[j] == NULL) {
+                return sbx_err_param(err, kv[i].k, "%s: %s[%zu] is NULL", method, kv[i].k, j);
+            }
         }
         count += kv[i].t != KV_SKIP;
     }
@@ -642,6 +669,46 @@ int sbx_fs_close(struct sbx_conn *c, uint32_t fh, void *user, uint32_t *id, stru
     return call_id(c, SBX_CALL_FS_CLOSE, "fh", fh, user, id, err);
 }
 
+int sbx_fs_walk(struct sbx_conn *c, const struct sbx_walk_params *p, void *user, uint32_t *id,
+                struct sbx_err *err)
+{
+    if (p == NULL) {
+        return sbx_err_param(err, "path", "fs.walk: \"path\" is required");
+    }
+    const struct kv kv[] = {
+        kv_path("path", p->path),
+        kv_u64_if(p->has_max_depth, "max_depth", p->max_depth),
+        kv_false_if("include_files", p->no_files),
+        kv_false_if("include_dirs", p->no_dirs),
+        kv_false_if("include_symlinks", p->no_symlinks),
+        kv_true_if("follow_symlinks", p->follow_symlinks),
+        kv_strv("exts", p->exts, p->nexts),
+        kv_strv("match", p->match, p->nmatch),
+        kv_strv("skip", p->skip, p->nskip),
+        kv_bstr("cwd", p->cwd),
+    };
+
+    return call_kv(c, SBX_CALL_FS_WALK, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_glob(struct sbx_conn *c, const struct sbx_glob_params *p, void *user, uint32_t *id,
+                struct sbx_err *err)
+{
+    if (p == NULL) {
+        return sbx_err_param(err, "pattern", "fs.glob: \"pattern\" is required");
+    }
+    const struct kv kv[] = {
+        kv_path("pattern", p->pattern),
+        kv_bstr("root", p->root),
+        kv_false_if("include_dirs", p->no_dirs),
+        kv_true_if("follow_symlinks", p->follow_symlinks),
+        kv_strv("exclude", p->exclude, p->nexclude),
+        kv_bstr("cwd", p->cwd),
+    };
+
+    return call_kv(c, SBX_CALL_FS_GLOB, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
 /* --- transfer ----------------------------------------------------------------------------- */
 
 int sbx_transfer_upload(struct sbx_conn *c, const struct sbx_upload_params *p, void *user,
@@ -704,6 +771,36 @@ int sbx_transfer_download_tree(struct sbx_conn *c, const char *path, const char 
     };
 
     return call_kv(c, SBX_CALL_TRANSFER_DOWNLOAD_TREE, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+/* --- pack ---------------------------------------------------------------------------------- */
+
+int sbx_pack_create(struct sbx_conn *c, const struct sbx_pack_params *p, void *user, uint32_t *id,
+                    struct sbx_err *err)
+{
+    if (p == NULL) {
+        return sbx_err_param(err, "path", "pack.create: \"path\" is required");
+    }
+    if (p->build != NULL && (p->build->argv == NULL) == (p->build->command == NULL)) {
+        return sbx_err_param(err, "build",
+                             "pack.create: give the build exactly one of argv "
+                             "and command");
+    }
+    const struct kv kv[] = {
+        kv_path("path", p->path),
+        kv_path("format", p->format),
+        { .k = "build", .t = p->build != NULL ? KV_SPAWN : KV_SKIP, .p = p->build },
+        kv_bstr("entrypoint", p->entrypoint),
+        kv_strv("args", p->args, p->nargs),
+        kv_strv("exclude", p->exclude, p->nexclude),
+        { .k = "ignore_files",
+          .t = p->ignore_files != NULL ? KV_STRV : KV_SKIP,
+          .p = p->ignore_files,
+          .n = p->nignore_files },
+        kv_bstr("cwd", p->cwd),
+    };
+
+    return call_kv(c, SBX_CALL_PACK_CREATE, kv, ARRAY_SIZE(kv), user, id, err);
 }
 
 /* --- repl ---------------------------------------------------------------------------------- */

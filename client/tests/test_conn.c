@@ -1383,6 +1383,55 @@ static void test_typed_params(void **state)
     assert_non_null(strstr(t, "\"clock.set\", {\"unix_ns\"=>-1}"));
 }
 
+/* fs.walk, fs.glob and pack.create: arrays, false-default bools and a nested build map. */
+static void test_typed_params_lists(void **state)
+{
+    static const char *const exts[] = { "c", "h" }, *const skip[] = { "^tmp$" };
+    static const char *const bargv[] = { "make", NULL }, *const args[] = { "x" };
+    static const char *const bad[] = { "a", NULL };
+    struct fx *fx = *state;
+    struct sbx_walk_params w = { .path = "/w", .has_max_depth = true, .max_depth = 2 };
+    struct sbx_glob_params g = { .pattern = "**/*.c", .no_dirs = true };
+    struct sbx_spawn_params b = { .argv = bargv, .timeout_ms = 9 };
+    struct sbx_pack_params pp = { .path = "/p", .format = "tar.gz", .build = &b };
+    const char *t;
+
+    do_hello(fx, 1000, 300, 1 << 20, NULL);
+    w.no_symlinks = true;
+    w.exts = exts;
+    w.nexts = 2;
+    w.skip = skip;
+    w.nskip = 1;
+    assert_int_equal(sbx_fs_walk(fx->c, &w, NULL, NULL, &fx->err), 0);
+    g.exclude = exts;
+    g.nexclude = 1;
+    assert_int_equal(sbx_fs_glob(fx->c, &g, NULL, NULL, &fx->err), 0);
+    pp.args = args;
+    pp.nargs = 1;
+    pp.entrypoint = "run";
+    assert_int_equal(sbx_pack_create(fx->c, &pp, NULL, NULL, &fx->err), 0);
+    t = out_text(fx->c);
+    assert_non_null(strstr(t, "\"fs.walk\", {\"path\"=>\"/w\", \"max_depth\"=>2, "
+                              "\"include_symlinks\"=>false, \"exts\"=>[\"c\", \"h\"], "
+                              "\"skip\"=>[\"^tmp$\"]}]\n"));
+    assert_non_null(strstr(t, "\"fs.glob\", {\"pattern\"=>\"**/*.c\", \"include_dirs\"=>false, "
+                              "\"exclude\"=>[\"c\"]}]\n"));
+    assert_non_null(strstr(t, "\"pack.create\", {\"path\"=>\"/p\", \"format\"=>\"tar.gz\", "
+                              "\"build\"=>{\"argv\"=>[\"make\"], \"timeout_ms\"=>9}, "
+                              "\"entrypoint\"=>\"run\", \"args\"=>[\"x\"]}]\n"));
+    /* Refused locally: a NULL entry in a list, a build with neither argv nor command. */
+    pp.args = bad;
+    pp.nargs = 2;
+    assert_int_equal(sbx_pack_create(fx->c, &pp, NULL, NULL, &fx->err), -1);
+    assert_string_equal(fx->err.field, "args");
+    pp.nargs = 0;
+    b.argv = NULL;
+    assert_int_equal(sbx_pack_create(fx->c, &pp, NULL, NULL, &fx->err), -1);
+    assert_string_equal(fx->err.field, "build");
+    assert_int_equal(sbx_fs_walk(fx->c, NULL, NULL, NULL, &fx->err), -1);
+    assert_int_equal(sbx_conn_out_bytes(fx->c), 0);
+}
+
 /* --- output stability, EOF ------------------------------------------------------------------ */
 
 static void test_out_stable(void **state)
@@ -1524,6 +1573,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_request_caps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_typed_params, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_typed_params_lists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_stable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eof, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eof_after_error, setup, teardown),

@@ -35,6 +35,7 @@
 
 #include <msgpack.h>
 
+#include "sbx/conn.h"
 #include "sbx/err.h"
 #include "sbx/limits.h"
 #include "sbx/msg.h"
@@ -124,6 +125,33 @@ uint32_t sbx_client_chunk_max(const struct sbx_client *c);
 const msgpack_object *sbx_client_hello_result(const struct sbx_client *c);
 
 /* --- requests and messages ---------------------------------------------------------------- */
+
+/*
+ * Typed calls. Every method has a typed call in the connection core (sbx/conn.h: sbx_fs_stat,
+ * sbx_proc_spawn, ...); a blocking program makes it on the client's core and hands what it
+ * returned to sbx_client_call (write + wait for the response) or sbx_client_sent (write only):
+ *
+ *     uint32_t id;
+ *     int r = sbx_fs_stat(sbx_client_conn(c), path, NULL, NULL, &id, &err);
+ *     if (sbx_client_call(c, r, id, &resp, &err) < 0) ...
+ *     sbx_fileinfo_read(resp.result, &fi, &err);
+ *
+ * Use the core only for typed calls and sbx_conn_* queries (peer, has_cap, credit); feeding it,
+ * taking its events or writing its output is this library's job.
+ */
+struct sbx_conn *sbx_client_conn(struct sbx_client *c);
+
+/*
+ * Finish a typed call made on sbx_client_conn(@c): @r is what it returned (-1: the call already
+ * filled @err, which is passed on), @id the id it stored. Writes the request and waits without
+ * time limit for its response, as sbx_client_wait. Returns 0 with *@resp, or -1 with @err.
+ */
+int sbx_client_call(struct sbx_client *c, int r, uint32_t id, struct sbx_msg *resp,
+                    struct sbx_err *err);
+
+/* Write a typed call made on sbx_client_conn(@c) without waiting (@r as for sbx_client_call);
+ * collect the response later with sbx_client_wait. Returns 0, or -1 with @err. */
+int sbx_client_sent(struct sbx_client *c, int r, struct sbx_err *err);
 
 /*
  * Start a request for @method. Request ids are allocated sequentially from 1 per client (by the

@@ -584,6 +584,34 @@ int sbx_fs_ftruncate(struct sbx_conn *c, uint32_t fh, uint64_t size, void *user,
 /* fs.close {fh} */
 int sbx_fs_close(struct sbx_conn *c, uint32_t fh, void *user, uint32_t *id, struct sbx_err *err);
 
+/* fs.walk (§17.4): zeroed fields are left out (the defaults: every kind, unlimited depth). The
+ * RESPONSE carries r.stream, an `out` entry stream. */
+struct sbx_walk_params {
+    const char *path; /* required */
+    const char *cwd;
+    bool has_max_depth;
+    uint32_t max_depth;
+    bool no_files, no_dirs, no_symlinks; /* include_files / _dirs / _symlinks: false */
+    bool follow_symlinks;
+    const char *const *exts, *const *match, *const *skip; /* n entries each; 0: absent */
+    uint32_t nexts, nmatch, nskip;
+};
+int sbx_fs_walk(struct sbx_conn *c, const struct sbx_walk_params *p, void *user, uint32_t *id,
+                struct sbx_err *err);
+
+/* fs.glob (§17.5): r.stream as fs.walk. */
+struct sbx_glob_params {
+    const char *pattern; /* required */
+    const char *root;    /* NULL: cwd, or / */
+    const char *cwd;
+    bool no_dirs; /* include_dirs: false */
+    bool follow_symlinks;
+    const char *const *exclude; /* nexclude patterns; 0: absent */
+    uint32_t nexclude;
+};
+int sbx_fs_glob(struct sbx_conn *c, const struct sbx_glob_params *p, void *user, uint32_t *id,
+                struct sbx_err *err);
+
 /* transfer (§18) */
 
 /* transfer.upload params (§18.1). Zeroed fields are left out (defaults apply). */
@@ -618,6 +646,28 @@ int sbx_transfer_upload_tree(struct sbx_conn *c, const char *path, const char *c
 /* transfer.download_tree {path, compress?} */
 int sbx_transfer_download_tree(struct sbx_conn *c, const char *path, const char *compress,
                                const char *cwd, void *user, uint32_t *id, struct sbx_err *err);
+
+/* pack (§19) */
+
+/* pack.create params (§19.1). */
+struct sbx_pack_params {
+    const char *path;   /* required: the pack root */
+    const char *format; /* required: "tar.gz" or "tar.zst" */
+    /* The build step (NULL: none): argv or command, env, clear_env, cwd, timeout_ms are sent;
+     * other fields must be left zero (the agent refuses what pack.create does not take). */
+    const struct sbx_spawn_params *build;
+    const char *entrypoint;
+    const char *const *args, *const *exclude; /* nargs / nexclude entries; 0: absent */
+    uint32_t nargs, nexclude;
+    const char *const *ignore_files; /* NULL: the default [".sbxignore"]; else nignore_files */
+    uint32_t nignore_files;
+    const char *cwd;
+};
+
+/* pack.create: the RESPONSE carries r.pack; its streams are registered. Progress and the
+ * manifest arrive as SBX_EV_NOTIFY (pack.progress, pack.manifest). */
+int sbx_pack_create(struct sbx_conn *c, const struct sbx_pack_params *p, void *user, uint32_t *id,
+                    struct sbx_err *err);
 
 /* repl (§16) */
 
