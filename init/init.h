@@ -111,6 +111,9 @@ void init_mount_early(struct init_state *st);
 bool init_root_switch(struct init_state *st);
 /* Unmounts what we mounted, in reverse order; remounts a switched-to root read-only. */
 void init_umount_all(struct init_state *st);
+/* Sets the kernel's protections against local tricks (fs.protected_*, Yama ptrace_scope,
+ * kptr/dmesg_restrict); not under --root-prefix. Failures are logged. */
+void init_harden(const struct init_state *st);
 /* Loads each module of the list file `path` with finit_module(2); EEXIST is success. */
 void init_modules_load(const char *path);
 /* Sets the hostname, brings up lo, and configures eth0 when sbx.ip is set. */

@@ -284,6 +284,7 @@ int main(int argc, char **argv)
              init_lifetime_names[st.cfg.lifetime], (long long)st.cfg.session_grace_s,
              (long long)st.cfg.shutdown_grace_s, st.cfg.listen,
              st.cfg.debug_shell ? "shell" : "none", st.cfg.rescue_after, st.cfg.nenv);
+    init_harden(&st);
     init_net_setup(&st.cfg);
     if (st.cfg.lifetime == INIT_LIFETIME_DURATION) {
         /* Counted from init's start, so it does not depend on how the agent fares. */

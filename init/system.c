@@ -115,6 +115,52 @@ void init_mount_early(struct init_state *st)
     }
 }
 
+/* Kernel settings that close the classic local tricks a workload could play on the agent, a
+ * root process that works in directories the workload owns (docs/SECURITY.md). */
+static const char *const init_sysctls[][2] = {
+    /* Following a symlink, or hard-linking a file, the user does not own in a sticky
+     * world-writable directory: refused. */
+    { "fs/protected_symlinks", "1" },
+    { "fs/protected_hardlinks", "1" },
+    /* O_CREAT on an existing FIFO or regular file owned by someone else in a sticky
+     * world-writable or group-writable directory: refused (2: group-writable too). */
+    { "fs/protected_fifos", "2" },
+    { "fs/protected_regular", "2" },
+    /* ptrace only of descendants (Yama 1): a workload cannot attach to another user session's
+     * processes of the same uid, nor to the agent's children it did not start. */
+    { "kernel/yama/ptrace_scope", "1" },
+    /* Kernel addresses and the kernel log are for root only. */
+    { "kernel/kptr_restrict", "1" },
+    { "kernel/dmesg_restrict", "1" },
+};
+
+void init_harden(const struct init_state *st)
+{
+    char path[INIT_PATH_LEN];
+    int set = 0;
+
+    if (st->prefix[0] != '\0') {
+        return; /* a test's PID namespace: these are the machine's settings, not ours */
+    }
+    for (size_t i = 0; i < sizeof(init_sysctls) / sizeof(init_sysctls[0]); i++) {
+        int fd;
+
+        snprintf(path, sizeof(path), "/proc/sys/%s", init_sysctls[i][0]);
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, init_sysctls[i][1], 1) != 1) {
+            /* ENOENT: the kernel lacks it (no Yama); logged, boot goes on. */
+            init_log("harden: %s=%s: %m", path + 10, init_sysctls[i][1]);
+        } else {
+            set++;
+        }
+        if (fd >= 0) {
+            close(fd);
+        }
+    }
+    init_log("harden: %d of %zu kernel settings applied", set,
+             sizeof(init_sysctls) / sizeof(init_sysctls[0]));
+}
+
 void init_modules_load(const char *path)
 {
     char list[INIT_FILE_MAX], mod[INIT_PATH_LEN], *next = list, *line;

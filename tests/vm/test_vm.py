@@ -62,7 +62,9 @@ def build_image(kind):
         if why:
             print("SKIP: the %s image cannot be built here: %s" % (kind, why))
             return 77
-        argv = [SBX_ROOTFS, "build", "--base", "debian", "-o", DEBIAN]
+        # The two image profiles (docs/SECURITY.md): the Debian test image is the locked one
+        # (the workload user has no sudo), the deno image the Deno-compatible one (sudo works).
+        argv = [SBX_ROOTFS, "build", "--base", "debian", "--workload-sudo", "no", "-o", DEBIAN]
         if kind == "deno":
             argv = [SBX_ROOTFS, "build", "--base", "debian", "--with-deno", "-o", DENO]
     rc = subprocess.call(argv)
@@ -194,6 +196,28 @@ class TestBoot(VMCase):
         p = self.sbx("fs", "stat", "/no/such")
         self.assertEqual(p.returncode, 1)
         self.assertIn(b"ENOENT", p.stderr)
+
+    def test_kernel_hardening(self):
+        """sbx-init sets the kernel's protections at boot (issue 14 item 12, docs/SECURITY.md),
+        and they hold against a workload: uid 1000 plants a symlink to a root file and a FIFO
+        in /tmp; root (the agent's identity) neither follows the link nor opens the FIFO with
+        O_CREAT."""
+        want = {"fs/protected_symlinks": "1", "fs/protected_hardlinks": "1",
+                "fs/protected_fifos": "2", "fs/protected_regular": "2",
+                "kernel/yama/ptrace_scope": "1", "kernel/kptr_restrict": "1",
+                "kernel/dmesg_restrict": "1"}
+        got = self.sh("for k in %s; do echo $k=$(cat /proc/sys/$k); done" % " ".join(want))
+        self.assertEqual(got.split(), ["%s=%s" % kv for kv in want.items()])
+        p = self.sbx("exec", "--user", "1000", "--", "sh", "-c",
+                     "ln -s /etc/hostname /tmp/evil-link && mkfifo /tmp/evil-fifo")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        p = self.sbx("exec", "--", "cat", "/tmp/evil-link")
+        self.assertNotEqual(p.returncode, 0, "root followed a workload's symlink in /tmp")
+        self.assertIn(b"Permission denied", p.stderr)
+        # O_CREAT on someone else's FIFO in sticky /tmp: EACCES instead of blocking on it.
+        p = self.sbx("exec", "--", "sh", "-c", "echo x > /tmp/evil-fifo", timeout=60)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"Permission denied", p.stderr)
 
     def test_zz_shutdown_request_powers_off(self):
         """Last: a `shutdown` request powers the VM off cleanly (QEMU exit status 0)."""
@@ -512,6 +536,11 @@ class TestDeno(VMCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertRegex(p.stdout.decode(), r"^\d+\.\d+\.\d+ 2,4,6\n$")
 
+    def test_sudo_profile(self):
+        """The default profile (--workload-sudo yes), as Deno Sandbox images promise sudo."""
+        p = self.sbx("exec", "--user", "sandbox", "--", "sudo", "-n", "id", "-u")
+        self.assertEqual((p.returncode, p.stdout), (0, b"0\n"), p.stderr)
+
     def test_repl_deno_as_sandbox(self):
         c = self.conn()
         sid = c.call("repl.start", {"language": "deno", "user": "sandbox"})["session"]
@@ -594,8 +623,16 @@ class TestDebian(VMCase):
         p = self.sbx("exec", "--user", "sandbox", "--", "bash", "-c", "id -un; echo $HOME; pwd")
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(p.stdout.decode().split(), ["sandbox", "/home/sandbox", "/"])
+
+    def test_locked_profile_no_sudo(self):
+        """--workload-sudo no: the sandbox user is in no admin group and sudo refuses it."""
+        groups = self.sh("id -Gn sandbox").split()
+        self.assertNotIn("sudo", groups)
+        self.assertNotIn("adm", groups)
         p = self.sbx("exec", "--user", "sandbox", "--", "sudo", "-n", "id", "-u")
-        self.assertEqual((p.returncode, p.stdout), (0, b"0\n"), p.stderr)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        self.assertEqual(p.stdout, b"")
+        self.assertEqual(self.sh("ls -A /etc/sudoers.d | grep -c sandbox || true").strip(), "0")
 
     def test_python3(self):
         self.assertEqual(self.sh("python3 -c 'print(6 * 7)'"), "42\n")
