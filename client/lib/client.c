@@ -75,7 +75,9 @@ struct sbx_client {
     msgpack_packer sink;      /* ... and where the caller's params go meanwhile */
     struct sbx_out note;      /* B_NOTIFY: the notification (the core builds requests only) */
 
-    /* The hello response, kept for sbx_client_hello_result. */
+    /* The hello request sent (0: none outstanding) and its response, kept for
+     * sbx_client_hello_result. */
+    uint32_t hello_id;
     uint8_t *hello_buf;
     bool hello_dec_ok;
     struct sbx_decoder hello_dec;
@@ -776,26 +778,34 @@ static int keep_hello(struct sbx_client *c, struct sbx_err *err)
     return sbx_msg_decode(&c->hello_dec, c->hello_buf, c->mlen, &c->hello_msg, err);
 }
 
-int sbx_client_hello(struct sbx_client *c, const char *token, struct sbx_err *err)
+int sbx_client_hello_send(struct sbx_client *c, const char *token, struct sbx_err *err)
 {
     struct sbx_hello h = { .version = SBX_PROTO_VERSION,
                            .min_version = SBX_PROTO_MIN_VERSION,
                            .client = "libsbx",
                            .client_len = 6 };
-    struct sbx_msg resp;
-    uint32_t id;
 
-    if (sbx_client_version(c) != 0) {
-        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "%s: hello already done", c->addr);
+    if (sbx_client_version(c) != 0 || c->hello_id != 0) {
+        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "%s: hello already %s", c->addr,
+                           c->hello_id != 0 ? "sent" : "done");
     }
     if (token != NULL && strlen(token) > SBX_TOKEN_MAX) {
         return sbx_err_param(err, "token", "token longer than %u bytes", SBX_TOKEN_MAX);
     }
     h.token = token;
     h.token_len = token != NULL ? strlen(token) : 0;
-    if (check_broken(c, err) < 0 || done(c, sbx_conn_hello(c->conn, &h, NULL, &id, err), err) < 0) {
-        return -1;
+    return sbx_client_sent(c, sbx_conn_hello(c->conn, &h, NULL, &c->hello_id, err), err);
+}
+
+int sbx_client_hello_wait(struct sbx_client *c, struct sbx_err *err)
+{
+    struct sbx_msg resp;
+    uint32_t id = c->hello_id;
+
+    if (id == 0) {
+        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "%s: no hello outstanding", c->addr);
     }
+    c->hello_id = 0;
     if (sbx_client_wait(c, id, &resp, c->timeout_ms, err) < 0) {
         if (strcmp(err->code, "EOF") != 0 && strcmp(err->code, SBX_E_TIMEOUT) != 0 &&
             strstr(err->msg, c->addr) == NULL) {
@@ -805,6 +815,11 @@ int sbx_client_hello(struct sbx_client *c, const char *token, struct sbx_err *er
     }
     /* The core checked the result (version in range, limits) and took in what it announces. */
     return keep_hello(c, err);
+}
+
+int sbx_client_hello(struct sbx_client *c, const char *token, struct sbx_err *err)
+{
+    return sbx_client_hello_send(c, token, err) < 0 ? -1 : sbx_client_hello_wait(c, err);
 }
 
 /* --- streams ------------------------------------------------------------------------------ */

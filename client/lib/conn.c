@@ -1083,8 +1083,13 @@ static int gate(const struct sbx_conn *c, enum sbx_call call, const char *method
         }
         return 0;
     }
-    if (c->hello != HELLO_DONE) {
-        return sbx_err_set(err, SBX_E_HELLO_REQUIRED, "%s before hello succeeded", method);
+    if (c->hello == HELLO_NONE) {
+        return sbx_err_set(err, SBX_E_HELLO_REQUIRED, "%s before hello", method);
+    }
+    /* Pipelined behind an outstanding hello (§6.1): the capabilities are not known yet, so the
+     * agent is the judge (HELLO_REQUIRED if the hello fails, UNSUPPORTED). */
+    if (c->hello == HELLO_PENDING) {
+        return 0;
     }
     if (cap != NULL && strcmp(cap, "session") != 0 && !sbx_conn_has_cap(c, cap)) {
         (void)sbx_err_set(err, SBX_E_UNSUPPORTED, "%s: the agent does not announce capability %s",

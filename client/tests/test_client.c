@@ -342,6 +342,45 @@ static void test_local_refusals(void **state)
     assert_int_equal(sbx_client_wait(fx->c, id, &fx->m, 1000, &fx->err), 0);
 }
 
+/* Pipelining (§6.1): hello and a typed call in one go, the hello response awaited first; the
+ * typed call's response comes through sbx_client_call's wait. */
+static void test_hello_pipelined(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_err e;
+    uint32_t id = 0;
+    int r;
+
+    assert_int_equal(sbx_client_hello_send(fx->c, NULL, &fx->err), 0);
+    assert_int_equal(sbx_client_hello_send(fx->c, NULL, &fx->err), -1); /* one at a time */
+    /* fs is not announced, but that is not known yet: the agent judges it. */
+    r = sbx_fs_stat(sbx_client_conn(fx->c), "/etc", NULL, NULL, &id, &fx->err);
+    assert_int_equal(sbx_client_sent(fx->c, r, &fx->err), 0);
+    assert_int_equal(id, 2);
+    agent_expect(fx, "hello");
+    agent_expect(fx, "fs.stat"); /* written before the hello response came */
+    assert_int_equal(fx->m.id, 2);
+    agent_hello(fx, 1, 1000, 300);
+    sbx_err_clear(&e);
+    sbx_err_set(&e, "UNSUPPORTED", "no fs here");
+    sbx_pack_error_response(agent_begin(fx), 2, &e);
+    agent_flush(fx);
+    assert_int_equal(sbx_client_hello_wait(fx->c, &fx->err), 0);
+    assert_int_equal(sbx_client_version(fx->c), 1);
+    assert_int_equal(sbx_client_wait(fx->c, 2, &fx->m, 1000, &fx->err), -1);
+    assert_string_equal(fx->err.msg, "no fs here");
+    assert_int_equal(sbx_client_hello_wait(fx->c, &fx->err), -1); /* nothing outstanding */
+    /* After hello the core knows the capabilities and refuses locally. */
+    r = sbx_fs_stat(sbx_client_conn(fx->c), "/etc", NULL, NULL, &id, &fx->err);
+    assert_int_equal(sbx_client_call(fx->c, r, id, &fx->m, &fx->err), -1);
+    assert_string_equal(fx->err.code, "UNSUPPORTED");
+    assert_int_equal(agent_read(fx, 50), 0);
+    r = sbx_ping(sbx_client_conn(fx->c), NULL, &id, &fx->err);
+    assert_int_equal(id, 3);
+    agent_ok(fx, 3);
+    assert_int_equal(sbx_client_call(fx->c, r, id, &fx->m, &fx->err), 0);
+}
+
 static void test_wait_queues_in_order(void **state)
 {
     struct fx *fx = *state;
@@ -1021,6 +1060,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hello_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hello_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_local_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hello_pipelined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wait_queues_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_call0_and_timeout, setup, teardown),

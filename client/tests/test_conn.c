@@ -1201,7 +1201,7 @@ static void test_local_refusals(void **state)
     struct fx *fx = *state;
     struct sbx_pty_params pty = { 0 };
     struct sbx_spawn_params sp = { .command = "true", .pty = &pty };
-    uint32_t id;
+    uint32_t id, pid;
 
     assert_int_equal(sbx_ping(fx->c, NULL, NULL, &fx->err), -1);
     assert_string_equal(fx->err.code, SBX_E_HELLO_REQUIRED);
@@ -1210,13 +1210,18 @@ static void test_local_refusals(void **state)
     assert_int_equal(sbx_conn_hello(fx->c, NULL, NULL, &id, &fx->err), 0);
     assert_int_equal(sbx_conn_hello(fx->c, NULL, NULL, NULL, &fx->err), -1);
     assert_string_equal(fx->err.code, SBX_E_BUSY);
-    assert_int_equal(sbx_ping(fx->c, NULL, NULL, &fx->err), -1);
-    assert_string_equal(fx->err.code, SBX_E_HELLO_REQUIRED);
-    /* A failed hello (VERSION) may be retried. */
+    /* Pipelined behind the outstanding hello (§6.1), capability unchecked (not known yet). */
+    assert_int_equal(sbx_fs_stat(fx->c, "/", NULL, NULL, &pid, &fx->err), 0);
+    assert_int_equal(pid, id + 1);
+    /* A failed hello (VERSION) may be retried; the agent refuses what was pipelined. */
     a_error_response(&fx->a, id, SBX_E_VERSION, "no");
+    a_error_response(&fx->a, pid, SBX_E_HELLO_REQUIRED, "no hello");
     push(fx);
     expect_kind(fx, SBX_EV_RESPONSE);
     assert_string_equal(fx->ev.error->code, SBX_E_VERSION);
+    expect_kind(fx, SBX_EV_RESPONSE);
+    assert_int_equal(fx->ev.id, pid);
+    assert_string_equal(fx->ev.error->code, SBX_E_HELLO_REQUIRED);
     assert_null(sbx_conn_peer(fx->c));
     sbx_conn_out_done(fx->c, sbx_conn_out_bytes(fx->c));
     do_hello(fx, 1000, 300, 1 << 20, few);

@@ -97,6 +97,15 @@ struct sbx_client *sbx_client_from_fd(int fd, const char *name, struct sbx_err *
  */
 int sbx_client_hello(struct sbx_client *c, const char *token, struct sbx_err *err);
 
+/*
+ * sbx_client_hello in two halves, for pipelining (§6.1): _send writes hello and returns at once;
+ * typed calls may follow right away (the agent runs them after hello, or answers HELLO_REQUIRED
+ * when hello fails); _wait then waits for the hello response as sbx_client_hello does. A
+ * short-lived program saves a round trip: `sbx exec` sends hello and proc.spawn in one go.
+ */
+int sbx_client_hello_send(struct sbx_client *c, const char *token, struct sbx_err *err);
+int sbx_client_hello_wait(struct sbx_client *c, struct sbx_err *err);
+
 /* Close the connection and free everything. NULL is a no-op. */
 void sbx_client_close(struct sbx_client *c);
 

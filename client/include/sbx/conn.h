@@ -319,12 +319,13 @@ void sbx_conn_set_next_id(struct sbx_conn *c, uint32_t id);
  * params map, or nil) and call sbx_conn_commit, or sbx_conn_abort; no other call on @c in
  * between. *@id (may be NULL) gets the request id: a counter from 1, wrapping from 2^32-1 to 1
  * and skipping ids still outstanding (§5.1). @user comes back in the RESPONSE event. Refused
- * locally (NULL with @err): HELLO_REQUIRED before a hello succeeded (except hello itself; while
- * hello is outstanding, BUSY; after it succeeded, BAD_MESSAGE), UNSUPPORTED for a known method
- * whose capability the agent did not announce (§11), LIMIT for SBX_CONN_PENDING_MAX outstanding
- * requests (limit "max_pending") or SBX_CONN_OUT_MAX bytes of unwritten output ("out_max"),
- * BAD_PARAM for a bad method name, BUSY while another request is being built, EOF or the fatal
- * error on an unusable connection.
+ * locally (NULL with @err): HELLO_REQUIRED before a hello was sent; for hello itself, BUSY while
+ * one is outstanding and BAD_MESSAGE after one succeeded; UNSUPPORTED for a known method whose
+ * capability the agent did not announce (§11; not checked for requests pipelined behind an
+ * outstanding hello, §6.1: the agent answers those, HELLO_REQUIRED if the hello fails), LIMIT for
+ * SBX_CONN_PENDING_MAX outstanding requests (limit "max_pending") or SBX_CONN_OUT_MAX bytes of
+ * unwritten output ("out_max"), BAD_PARAM for a bad method name, BUSY while another request is
+ * being built, EOF or the fatal error on an unusable connection.
  */
 msgpack_packer *sbx_conn_begin(struct sbx_conn *c, const char *method, void *user, uint32_t *id,
                                struct sbx_err *err);
