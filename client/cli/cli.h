@@ -5,7 +5,6 @@
 #ifndef SBX_CLI_H
 #define SBX_CLI_H
 
-#include <getopt.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -17,106 +16,65 @@
 #include "sbx/client.h"
 #include "sbx/err.h"
 #include "sbx/schema.h"
+#include "sbx/transfer.h"
 
-/* Exit statuses of the CLI itself (exec passes the remote status through instead). */
+/* Exit statuses of the CLI itself (exec passes the remote status through instead; its own
+ * failures, usage errors included, are CLI_EXIT_SBX, as docker uses 125). */
 #define CLI_EXIT_FAIL  1
 #define CLI_EXIT_USAGE 2
+#define CLI_EXIT_SBX   125
 
 /* Bytes of stdout / stderr `sbx exec --json` keeps per stream; the rest is dropped. */
 #define CLI_CAPTURE_MAX (16u << 20)
 
-/* Global options and the connection, passed to every command. */
+/* Global options, and the command being run, passed to every command. */
 struct cli {
     const char *addr;
     const char *token;
     bool json;
     int connect_timeout_ms;
+    const char *cmd; /* the command's name */
+    int argc;        /* its positional arguments, once its options are parsed */
+    char **argv;
 };
 
-/*
- * Connect to cli->addr and say hello. Returns the client, or NULL after printing
- * "sbx: <message>" to stderr.
- */
-struct sbx_client *cli_connect(const struct cli *cli);
+/* For commands that pipeline their first request behind hello (the table's .pipeline): wait
+ * for the hello response. 0, or -1 after printing "sbx: hello: <message>". */
+int cli_hello_wait(struct sbx_client *c);
 
-/* What cli_parse_simple returns when it printed the help, or found a bad option. */
-#define CLI_OPTS_HELP (-1)
-#define CLI_OPTS_BAD  (-2)
+/* What a command's parse hook returns for a usage error: main prints the usage. */
+#define CLI_OPTS_BAD (-2)
 
 /*
- * Parse the options every simple command takes (-h/--help, --json) from argv[1..]. Prints
- * @usage on --help (to stdout) or on a bad option (to stderr). Returns the index of the first
- * positional argument, or CLI_OPTS_HELP / CLI_OPTS_BAD.
+ * Finish typed call @r (what sbx_foo(sbx_client_conn(c), ..., &id, err) returned) as
+ * sbx_client_call does. *@id is read only after @r was computed, so the typed call can be written
+ * in the argument list. 0 with *@resp, or -1 with @err.
  */
-int cli_parse_simple(struct cli *cli, int argc, char **argv, const char *usage);
+int cli_call(struct sbx_client *c, int r, const uint32_t *id, struct sbx_msg *resp,
+             struct sbx_err *err);
 
-/*
- * For commands that take only --json/--help and no arguments: parse, then connect and hello.
- * Returns the client, or NULL with *status the exit status (0 after --help).
- */
-struct sbx_client *cli_connect_simple(struct cli *cli, int argc, char **argv, const char *usage,
-                                      int *status);
-
-/* The long options most commands end their table with: --json, then --help and the end mark. */
-#define CLI_OPT_JSON                                                                               \
-    {                                                                                              \
-        "json", no_argument, NULL, 'j'                                                             \
-    }
-#define CLI_OPTS_END                                                                               \
-    { "help", no_argument, NULL, 'h' },                                                            \
-    {                                                                                              \
-        NULL, 0, NULL, 0                                                                           \
-    }
-
-/*
- * getopt_long for a command: sets cli->json on 'j' and goes on, prints @usage to stdout on 'h'
- * (returns CLI_OPTS_HELP) or to stderr on a bad option (returns CLI_OPTS_BAD). Otherwise returns
- * the option, or 0 after the last one (optind is then the first positional argument).
- */
-int cli_getopt(struct cli *cli, int argc, char **argv, const char *shortopts,
-               const struct option *longopts, const char *usage);
-
-/* Send the request begun with sbx_client_begin (@id) and wait for its response. 0 or -1. */
-int cli_rpc(struct sbx_client *c, uint32_t id, struct sbx_msg *resp, struct sbx_err *err);
-
-/*
- * Prints a command's result; 0, or -1 with @err set (printed by cli_run_simple).
- */
-typedef int (*cli_result_fn)(const struct cli *cli, const msgpack_object *res, struct sbx_err *err);
-
-/*
- * A command with no arguments (--json/--help only) that sends @method without params (NULL:
- * prints the hello result, when there is one) and hands the result to @print. Errors are
- * printed as "sbx: argv[0]: ...". Returns the exit status.
- */
-int cli_run_simple(struct cli *cli, int argc, char **argv, const char *usage, const char *method,
-                   cli_result_fn print);
-
-/* cli_rpc for a request whose result opens a stream: *sid = result.stream. 0 or -1. */
-int cli_rpc_stream(struct sbx_client *c, uint32_t id, uint32_t *sid, struct sbx_err *err);
-
-/* Exit status for a cli_parse_simple result below 1. */
-int cli_opts_status(int r);
-
-/* Print "sbx: <cmd>: <message> (<code>)" to stderr. */
+/* Print "sbx: <cmd>: <message> (<code>)" to stderr (cli_say), the code left out when the
+ * message has it. */
 void cli_print_err(const char *cmd, const struct sbx_err *err);
 
-/* Commands: argv[0] is the command name; each returns the process exit status. */
-int cli_cmd_exec(struct cli *cli, int argc, char **argv);
-int cli_cmd_sh(struct cli *cli, int argc, char **argv);
-int cli_cmd_shell(struct cli *cli, int argc, char **argv);
-int cli_cmd_ping(struct cli *cli, int argc, char **argv);
-int cli_cmd_info(struct cli *cli, int argc, char **argv);
-int cli_cmd_hello(struct cli *cli, int argc, char **argv);
-int cli_cmd_call(struct cli *cli, int argc, char **argv);
-int cli_cmd_env(struct cli *cli, int argc, char **argv);
-int cli_cmd_ps(struct cli *cli, int argc, char **argv);
-int cli_cmd_kill(struct cli *cli, int argc, char **argv);
-int cli_cmd_wait(struct cli *cli, int argc, char **argv);
-int cli_cmd_cp(struct cli *cli, int argc, char **argv);
-int cli_cmd_pack(struct cli *cli, int argc, char **argv);
-int cli_cmd_fs(struct cli *cli, int argc, char **argv);
-int cli_cmd_repl(struct cli *cli, int argc, char **argv);
+/*
+ * The commands, as main.c's table names their parts. A command's parse hook gets each of its own
+ * options (the ones its table entry lists besides --json and --help), then opt 0 once
+ * cli->argc/argv hold the positional arguments; it returns 0 to go on, CLI_OPTS_BAD for a usage
+ * error (main prints the usage), or an exit status after printing why. Then main connects and
+ * hands the client to run, which returns the exit status. Without a parse hook a command takes
+ * no positional arguments.
+ */
+typedef int cli_parse_fn(struct cli *cli, int opt, const char *arg);
+typedef int cli_run_fn(struct cli *cli, struct sbx_client *c);
+/* Prints a command's result; 0, or -1 with @err set (main prints it). */
+typedef int cli_print_fn(const struct cli *cli, const msgpack_object *res, struct sbx_err *err);
+
+cli_parse_fn cli_parse_exec, cli_parse_ping, cli_parse_call, cli_parse_env, cli_parse_proc,
+    cli_parse_repl, cli_parse_cp, cli_parse_pack, cli_parse_fs;
+cli_run_fn cli_cmd_exec, cli_cmd_ping, cli_cmd_call, cli_cmd_env, cli_cmd_kill, cli_cmd_wait,
+    cli_cmd_repl, cli_cmd_cp, cli_cmd_pack, cli_cmd_fs;
+cli_print_fn cli_print_map, cli_print_procs;
 
 /* --- json.c (jansson) --------------------------------------------------------------------- */
 
@@ -140,6 +98,9 @@ int cli_json_dump(FILE *f, json_t *j);
 
 /* cli_json_dump(cli_json_from_msgpack(@o)). */
 int cli_json_write(FILE *f, const msgpack_object *o);
+
+/* cli_json_write(stdout, @o) and a newline. */
+void cli_json_println(const msgpack_object *o);
 
 /* cli_json_dump(cli_json_str(@s, @n)). */
 void cli_json_write_str(FILE *f, const char *s, size_t n);
@@ -167,12 +128,6 @@ int cli_parse_duration(const char *s, uint64_t *ms);
  */
 int cli_parse_signal(const char *s);
 
-/*
- * Pack "@key: signal" for the wire: the "SIGxxx" name for the classic signals 1..31, the number
- * for real-time signals (which have no portable names in the protocol).
- */
-void cli_pack_signal(msgpack_packer *pk, const char *key, int sig);
-
 /* Parse a decimal uint64 (no sign, no spaces). Returns 0 or -1. */
 int cli_parse_u64(const char *s, uint64_t *out);
 
@@ -180,8 +135,8 @@ int cli_parse_u64(const char *s, uint64_t *out);
  * JSON. */
 void cli_print_human(FILE *f, const msgpack_object *o);
 
-/* Write @n bytes to @fd completely (EINTR-safe, polls on EAGAIN). Returns 0 or -errno. */
-int cli_write_all(int fd, const void *p, size_t n);
+/* Append @s to the NULL-terminated array *@v of *@n entries. 0, or -1 when out of memory. */
+int cli_push(const char ***v, size_t *n, const char *s);
 
 /* Render a duration in nanoseconds for humans ("1.25s", "340ms", "2h03m"). */
 void cli_format_ns(char *buf, size_t bufsz, uint64_t ns);
@@ -212,7 +167,7 @@ void cli_tty_restore(void);
 /* cli_tty_restore, then drop the saved settings (cli_tty_reraw does nothing afterwards). */
 void cli_tty_forget(void);
 
-/* True while raw mode is in effect. */
-bool cli_tty_is_raw(void);
+/* Print a message to stderr; while the terminal is raw, "\n" becomes "\r\n". */
+__attribute__((format(printf, 1, 2))) void cli_say(const char *fmt, ...);
 
 #endif /* SBX_CLI_H */

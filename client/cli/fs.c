@@ -1,5 +1,10 @@
-/* sbx fs: the agent's fs family (PROTOCOL.md §17) from the command line. */
-#include <getopt.h>
+/*
+ * sbx fs: the agent's fs family (PROTOCOL.md §17) from the command line. main.c's row has the
+ * usage and the options of all subcommands; the subcommands are one table here (fs_cmds), which
+ * cli_parse_fs dispatches to. Every request is a typed call (sbx/conn.h) finished by the blocking
+ * client.
+ */
+#include <inttypes.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,241 +14,128 @@
 
 #include "cli.h"
 
-static const char fs_usage[] =
-    "Usage: sbx fs COMMAND [OPTIONS] ARGS...   (paths are in the guest)\n"
-    "\n"
-    "  ls [-l] [-a] [PATH...]        list directories (default /); -l long format, -a hidden\n"
-    "  stat [-L|--no-follow] PATH... file information (-L: of a symlink itself)\n"
-    "  mkdir [-p] [-m MODE] PATH...  create directories (-p: parents, no error if existing)\n"
-    "  rm [-r] PATH...               remove files, symlinks, empty directories (-r: trees)\n"
-    "  mv FROM TO                    rename (same file system)\n"
-    "  cp [-r] FROM TO               copy a file, or a tree with -r\n"
-    "  cat PATH...                   print files\n"
-    "  write [-a] [-m MODE] PATH     write stdin to PATH (created or truncated; -a appends)\n"
-    "  chmod MODE PATH...            change permission bits (octal MODE)\n"
-    "  ln [-s] TARGET PATH           hard link, or symbolic link with -s\n"
-    "  readlink PATH                 print a symlink's target\n"
-    "  realpath PATH                 print the resolved absolute path\n"
-    "  mktemp [-d] [--dir D] [--prefix P] [--suffix S]  create a unique temporary file or dir\n"
-    "  find PATH [--maxdepth N] [--type f|d|l] [--ext E] [--match RE] [--skip RE] [-L]\n"
-    "                                walk a tree; --ext/--match/--skip repeat\n"
-    "  glob PATTERN [--root DIR] [--exclude PAT] [--no-dirs] [-L]\n"
-    "                                match a glob (*, ?, [..], {a,b}, **)\n"
-    "  watch [-r] PATH...            print file events until interrupted (-r: recursive)\n"
-    "\n"
-    "Common options: --json (JSON output), --cwd DIR (relative paths resolve there), -h.\n";
-
-/* Options of all fs subcommands; each takes the ones that make sense for it. */
-struct fs_opts {
-    const char *cwd;
-    bool json, help;
-    bool long_fmt, all, nofollow, parents, recursive, symbolic, directory, append, follow;
-    bool no_dirs;
-    bool has_mode;
-    uint64_t mode;
+/*
+ * One run of `sbx fs` (there is one: the static fs below). Options are kept by option character,
+ * each subcommand reading those it takes: flags in on[] (-l -a -L -p -r -s -d, --follow 'F',
+ * --no-dirs 'N'), strings in arg[]
+ * (--cwd 'C', --dir 'D', --prefix 'P', --suffix 'S', --type 't', --root 'T'; -m and --maxdepth
+ * 'x' until fs_check reads them).
+ */
+struct fs_ctx {
+    const struct fs_cmd *cmd;
+    char what[64]; /* "fs <subcommand>", for messages */
+    bool on[128];
+    const char *arg[128];
+    int mode; /* -m, or chmod's MODE; -1: none */
     bool has_depth;
-    uint64_t depth;
-    const char *type, *dir, *prefix, *suffix, *root;
-    const char *list[3][64]; /* --ext/--exclude, --match, --skip */
-    unsigned nlist[3];
+    uint32_t depth;
+    const char *list[3][SBX_FS_PATTERNS_MAX]; /* --ext and --exclude, --match, --skip */
+    uint32_t nlist[3];
+    bool too_many; /* more than SBX_FS_PATTERNS_MAX of one list */
+    struct cli *cli;
+    struct sbx_client *c;
+    struct sbx_conn *k;
+    uint32_t id;         /* the request being made */
+    struct sbx_msg resp; /* its response */
+    struct sbx_err err;  /* or its error */
 };
 
-static const char *cmd_name;
+/*
+ * A subcommand: @run, or (@run NULL) fs_each: the typed call @call (see fs_call) made for each
+ * group of @per arguments (@per 0: once, without arguments), each result handed to @show (NULL:
+ * nothing is printed), which prints @field of it or more.
+ */
+struct fs_cmd {
+    const char *name;
+    int min, max; /* positional arguments */
+    int (*run)(struct fs_ctx *x, int n, char **args);
+    enum sbx_call call;
+    int per;
+    int (*show)(struct fs_ctx *x, const char *arg, const msgpack_object *res);
+    const char *field;
+};
 
-static void fs_err(const struct sbx_err *err)
+/* Finish the typed call that returned @r (made with &x->id, &x->err) and wait for its response:
+ * the result, or NULL after printing the error. */
+static const msgpack_object *fs_result(struct fs_ctx *x, int r)
 {
-    char what[64];
-
-    (void)snprintf(what, sizeof(what), "fs %s", cmd_name);
-    cli_print_err(what, err);
-}
-
-static int list_add(struct fs_opts *o, int which, const char *v)
-{
-    if (o->nlist[which] >= 64) {
-        (void)fprintf(stderr, "sbx: fs %s: at most 64 patterns per option\n", cmd_name);
-        return -1;
+    if (sbx_client_call(x->c, r, x->id, &x->resp, &x->err) < 0) {
+        cli_print_err(x->what, &x->err);
+        return NULL;
     }
-    o->list[which][o->nlist[which]++] = v;
-    return 0;
+    return x->resp.result;
 }
 
-/* Parse the options of a subcommand; returns the index of the first positional or -1. */
-static int fs_parse(struct fs_opts *o, int argc, char **argv)
+/* Make the typed call @call of a table subcommand on its argument group @a. */
+static int fs_call(struct fs_ctx *x, enum sbx_call call, char **a)
 {
-    static const struct option opts[] = {
-        { "json", no_argument, NULL, 'J' },
-        { "help", no_argument, NULL, 'h' },
-        { "cwd", required_argument, NULL, 'C' },
-        { "no-follow", no_argument, NULL, 'L' },
-        { "mode", required_argument, NULL, 'm' },
-        { "parents", no_argument, NULL, 'p' },
-        { "recursive", no_argument, NULL, 'r' },
-        { "symbolic", no_argument, NULL, 's' },
-        { "directory", no_argument, NULL, 'd' },
-        { "append", no_argument, NULL, 'a' },
-        { "dir", required_argument, NULL, 'D' },
-        { "prefix", required_argument, NULL, 'P' },
-        { "suffix", required_argument, NULL, 'S' },
-        { "maxdepth", required_argument, NULL, 'x' },
-        { "type", required_argument, NULL, 't' },
-        { "ext", required_argument, NULL, 'e' },
-        { "match", required_argument, NULL, 'M' },
-        { "skip", required_argument, NULL, 'K' },
-        { "follow", no_argument, NULL, 'F' },
-        { "root", required_argument, NULL, 'T' },
-        { "exclude", required_argument, NULL, 'X' },
-        { "no-dirs", no_argument, NULL, 'N' },
-        { NULL, 0, NULL, 0 },
-    };
-    int opt;
+    const char *cwd = x->arg['C'], *t = x->arg['t'] != NULL ? x->arg['t'] : "fdl";
+    bool follow = x->on['L'] || x->on['F'];
+    uint32_t *id = &x->id;
+    struct sbx_err *e = &x->err;
+    struct sbx_walk_params wp = { .path = a[0], .cwd = cwd, .follow_symlinks = follow };
+    struct sbx_glob_params gp = { .pattern = a[0], .root = x->arg['T'], .cwd = cwd };
 
-    optind = 0; /* full re-initialisation: main() parsed the global options with getopt */
-    while ((opt = getopt_long(argc, argv, "hlaLm:prRsdx:t:", opts, NULL)) != -1) {
-        char *end;
-        switch (opt) {
-        case 'J':
-            o->json = true;
-            break;
-        case 'h':
-            o->help = true;
-            break;
-        case 'C':
-            o->cwd = optarg;
-            break;
-        case 'l':
-            o->long_fmt = true;
-            break;
-        case 'a':
-            o->all = true;
-            o->append = true;
-            break;
-        case 'L':
-            /* stat: the link itself; find/glob: follow links */
-            o->nofollow = true;
-            o->follow = true;
-            break;
-        case 'F':
-            o->follow = true;
-            break;
-        case 'm':
-            o->mode = strtoull(optarg, &end, 8);
-            if (*optarg == '\0' || *end != '\0' || o->mode > 07777) {
-                (void)fprintf(stderr, "sbx: fs %s: bad mode \"%s\" (octal, at most 7777)\n",
-                              cmd_name, optarg);
-                return -1;
-            }
-            o->has_mode = true;
-            break;
-        case 'p':
-            o->parents = true;
-            break;
-        case 'r':
-        case 'R':
-            o->recursive = true;
-            break;
-        case 's':
-            o->symbolic = true;
-            break;
-        case 'd':
-            o->directory = true;
-            break;
-        case 'D':
-            o->dir = optarg;
-            break;
-        case 'P':
-            o->prefix = optarg;
-            break;
-        case 'S':
-            o->suffix = optarg;
-            break;
-        case 'x':
-            if (cli_parse_u64(optarg, &o->depth) < 0) {
-                (void)fprintf(stderr, "sbx: fs %s: bad depth \"%s\"\n", cmd_name, optarg);
-                return -1;
-            }
-            o->has_depth = true;
-            break;
-        case 't':
-            o->type = optarg;
-            break;
-        case 'e':
-        case 'X':
-            if (list_add(o, 0, optarg) < 0) {
-                return -1;
-            }
-            break;
-        case 'M':
-            if (list_add(o, 1, optarg) < 0) {
-                return -1;
-            }
-            break;
-        case 'K':
-            if (list_add(o, 2, optarg) < 0) {
-                return -1;
-            }
-            break;
-        case 'T':
-            o->root = optarg;
-            break;
-        case 'N':
-            o->no_dirs = true;
-            break;
-        default:
-            (void)fprintf(stderr, "%s", fs_usage);
-            return -1;
+    switch (call) {
+    case SBX_CALL_FS_STAT:
+        return (x->on['L'] ? sbx_fs_lstat : sbx_fs_stat)(x->k, a[0], cwd, NULL, id, e);
+    case SBX_CALL_FS_MKDIR:
+        return sbx_fs_mkdir(x->k, a[0], x->on['p'], x->mode, cwd, NULL, id, e);
+    case SBX_CALL_FS_REMOVE:
+        return sbx_fs_remove(x->k, a[0], x->on['r'], cwd, NULL, id, e);
+    case SBX_CALL_FS_RENAME:
+        return sbx_fs_rename(x->k, a[0], a[1], cwd, NULL, id, e);
+    case SBX_CALL_FS_COPY:
+        return sbx_fs_copy(x->k, a[0], a[1], x->on['r'], cwd, NULL, id, e);
+    case SBX_CALL_FS_CHMOD:
+        return sbx_fs_chmod(x->k, a[0], (uint32_t)x->mode, cwd, NULL, id, e);
+    case SBX_CALL_FS_LINK:
+        return (x->on['s'] ? sbx_fs_symlink : sbx_fs_link)(x->k, a[0], a[1], cwd, NULL, id, e);
+    case SBX_CALL_FS_READLINK:
+        return sbx_fs_readlink(x->k, a[0], cwd, NULL, id, e);
+    case SBX_CALL_FS_MKTEMP:
+        return sbx_fs_mktemp(x->k, x->arg['D'], x->arg['P'], x->arg['S'], x->on['d'], cwd, NULL, id,
+                             e);
+    case SBX_CALL_FS_WATCH:
+        return sbx_fs_watch(x->k, a[0], x->on['r'], cwd, NULL, id, e);
+    case SBX_CALL_FS_WALK:
+        wp.has_max_depth = x->has_depth;
+        wp.max_depth = x->depth;
+        wp.no_files = strchr(t, 'f') == NULL;
+        wp.no_dirs = strchr(t, 'd') == NULL;
+        wp.no_symlinks = strchr(t, 'l') == NULL;
+        wp.exts = x->list[0];
+        wp.match = x->list[1];
+        wp.skip = x->list[2];
+        wp.nexts = x->nlist[0];
+        wp.nmatch = x->nlist[1];
+        wp.nskip = x->nlist[2];
+        return sbx_fs_walk(x->k, &wp, NULL, id, e);
+    case SBX_CALL_FS_GLOB:
+        gp.no_dirs = x->on['N'];
+        gp.follow_symlinks = follow;
+        gp.exclude = x->list[0];
+        gp.nexclude = x->nlist[0];
+        return sbx_fs_glob(x->k, &gp, NULL, id, e);
+    default: /* SBX_CALL_FS_REALPATH */
+        return sbx_fs_realpath(x->k, a[0], cwd, NULL, id, e);
+    }
+}
+
+/* The table handler: the subcommand's call on each argument group, each result shown. */
+static int fs_each(struct fs_ctx *x, int n, char **args)
+{
+    const struct fs_cmd *fc = x->cmd;
+    int calls = fc->per > 0 ? n / fc->per : 1, rc = 0;
+
+    for (int i = 0; i < calls; i++) {
+        char **a = args + i * fc->per; /* mktemp: a[0] is argv's closing NULL */
+        const msgpack_object *res = fs_result(x, fs_call(x, fc->call, a));
+        if (res == NULL || (fc->show != NULL && fc->show(x, a[0], res) != 0)) {
+            rc = CLI_EXIT_FAIL;
         }
     }
-    return optind;
-}
-
-/* Begin request @method with a map of @n entries (+1 for --cwd when given). */
-static msgpack_packer *fs_begin(struct sbx_client *c, const struct fs_opts *o, const char *method,
-                                uint32_t n, uint32_t *id)
-{
-    msgpack_packer *pk = sbx_client_begin(c, method, id);
-
-    (void)msgpack_pack_map(pk, n + (o->cwd != NULL));
-    if (o->cwd != NULL) {
-        sbx_pack_cstr(pk, "cwd");
-        sbx_pack_bstr(pk, o->cwd, strlen(o->cwd));
-    }
-    return pk;
-}
-
-static void kv_bstr(msgpack_packer *pk, const char *k, const char *v)
-{
-    sbx_pack_cstr(pk, k);
-    sbx_pack_bstr(pk, v, strlen(v));
-}
-
-/* Send what was begun and wait for the answer; prints the error. */
-static int fs_finish(struct sbx_client *c, uint32_t id, struct sbx_msg *resp)
-{
-    struct sbx_err err;
-
-    if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, resp, -1, &err) < 0) {
-        fs_err(&err);
-        return -1;
-    }
-    return 0;
-}
-
-/* The one-path requests with nothing but the path: {path}. */
-static int fs_path_call(struct sbx_client *c, const struct fs_opts *o, const char *method,
-                        const char *path, struct sbx_msg *resp)
-{
-    uint32_t id;
-    msgpack_packer *pk = fs_begin(c, o, method, 1, &id);
-
-    kv_bstr(pk, "path", path);
-    return fs_finish(c, id, resp);
-}
-
-static void print_json(const msgpack_object *o)
-{
-    (void)cli_json_write(stdout, o);
-    (void)putchar('\n');
+    return rc;
 }
 
 static void print_bytes(const msgpack_object *o)
@@ -263,52 +155,48 @@ static uint64_t get_u64(const msgpack_object *m, const char *k)
     return v != NULL && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? v->via.u64 : 0;
 }
 
-static void mode_string(uint64_t mode, char out[11])
+/* readlink, realpath, mktemp: the result's string field named in the table. */
+static int show_field(struct fs_ctx *x, const char *arg, const msgpack_object *res)
 {
-    static const char rwx[] = "rwxrwxrwx";
-
-    out[0] = S_ISDIR(mode)    ? 'd'
-             : S_ISLNK(mode)  ? 'l'
-             : S_ISFIFO(mode) ? 'p'
-             : S_ISSOCK(mode) ? 's'
-             : S_ISCHR(mode)  ? 'c'
-             : S_ISBLK(mode)  ? 'b'
-                              : '-';
-    for (int i = 0; i < 9; i++) {
-        out[1 + i] = (mode & (0400u >> i)) ? rwx[i] : '-';
+    if (x->cli->json) {
+        cli_json_println(res);
+    } else {
+        print_bytes(sbx_obj_get(res, x->cmd->field));
+        (void)putchar('\n');
     }
-    if (mode & S_ISUID) {
-        out[3] = (mode & 0100) ? 's' : 'S';
-    }
-    if (mode & S_ISGID) {
-        out[6] = (mode & 0010) ? 's' : 'S';
-    }
-    if (mode & S_ISVTX) {
-        out[9] = (mode & 0001) ? 't' : 'T';
-    }
-    out[10] = '\0';
+    return 0;
 }
 
-/* A time in ns since the epoch, UTC; "-" when @has is false. */
+/* "drwxr-xr-x" for st_mode @mode (a static buffer). */
+static const char *mode_string(uint64_t mode)
+{
+    static char out[11];
+
+    out[0] = "-pc-d-b---l-s---"[(mode & S_IFMT) >> 12];
+    for (int i = 0; i < 9; i++) {
+        out[1 + i] = (mode & (0400u >> i)) ? "rwxrwxrwx"[i] : '-';
+    }
+    for (int i = 0; i < 3; i++) { /* setuid, setgid, sticky: in the x of user, group, other */
+        if (mode & (04000u >> i)) {
+            out[3 + 3 * i] = (mode & (0100u >> (3 * i))) ? "sst"[i] : "SST"[i];
+        }
+    }
+    return out;
+}
+
+/* A time in ns since the epoch, UTC, to the minute or (@full) to the ns; "-" unless @has. */
 static void print_time(bool has, int64_t ns, bool full)
 {
-    time_t t;
+    int64_t frac = ((ns % 1000000000) + 1000000000) % 1000000000;
+    time_t t = (time_t)((ns - frac) / 1000000000);
     struct tm tm;
     char buf[64];
 
-    if (!has) {
-        (void)fputs("-", stdout);
-        return;
-    }
-    t = (time_t)(ns / 1000000000);
-    if (ns < 0 && ns % 1000000000 != 0) {
-        t--;
-    }
     (void)gmtime_r(&t, &tm);
     (void)strftime(buf, sizeof(buf), full ? "%Y-%m-%d %H:%M:%S" : "%Y-%m-%d %H:%M", &tm);
-    (void)fputs(buf, stdout);
-    if (full) {
-        (void)printf(".%09lld UTC", (long long)(((ns % 1000000000) + 1000000000) % 1000000000));
+    (void)fputs(has ? buf : "-", stdout);
+    if (has && full) {
+        (void)printf(".%09" PRId64 " UTC", frac);
     }
 }
 
@@ -321,598 +209,277 @@ static void print_target(const struct sbx_fileinfo *fi)
     }
 }
 
-static int cmd_stat(struct sbx_client *c, const struct fs_opts *o, int n, char **paths)
+/* stat: a FileInfo, as stat(1) shows one. */
+static int show_stat(struct fs_ctx *x, const char *path, const msgpack_object *res)
 {
-    int rc = 0;
+    static const char *const names[] = { "Access", "Modify", "Change", " Birth" };
+    struct sbx_fileinfo fi;
 
-    for (int i = 0; i < n; i++) {
-        struct sbx_msg resp;
-        struct sbx_fileinfo fi;
-        struct sbx_err err;
-        char ms[11];
-
-        if (fs_path_call(c, o, o->nofollow ? SBX_M_FS_LSTAT : SBX_M_FS_STAT, paths[i], &resp) < 0) {
-            rc = CLI_EXIT_FAIL;
-            continue;
-        }
-        if (o->json) {
-            print_json(resp.result);
-            continue;
-        }
-        if (sbx_fileinfo_read(resp.result, &fi, &err) < 0) {
-            fs_err(&err);
-            rc = CLI_EXIT_FAIL;
-            continue;
-        }
-        mode_string(fi.mode, ms);
-        (void)printf("  File: %s", paths[i]);
-        print_target(&fi);
-        (void)printf("\n  Type: %s", fi.type);
-        (void)printf("\n  Size: %llu  Blocks: %llu  IO Block: %llu\n", (unsigned long long)fi.size,
-                     (unsigned long long)fi.blocks, (unsigned long long)fi.blksize);
-        (void)printf("  Mode: %04llo (%s)  Uid: %llu  Gid: %llu\n",
-                     (unsigned long long)(fi.mode & 07777), ms, (unsigned long long)fi.uid,
-                     (unsigned long long)fi.gid);
-        (void)printf(" Links: %llu  Inode: %llu  Device: %llu\n", (unsigned long long)fi.nlink,
-                     (unsigned long long)fi.ino, (unsigned long long)fi.dev);
-        (void)fputs("Access: ", stdout);
-        print_time(true, fi.atime_ns, true);
-        (void)fputs("\nModify: ", stdout);
-        print_time(true, fi.mtime_ns, true);
-        (void)fputs("\nChange: ", stdout);
-        print_time(true, fi.ctime_ns, true);
-        (void)fputs("\n Birth: ", stdout);
-        print_time(fi.has_birthtime, fi.birthtime_ns, true);
-        (void)putchar('\n');
+    if (x->cli->json) {
+        cli_json_println(res);
+        return 0;
     }
-    return rc;
-}
-
-/* One readdir entry kept for sorting. */
-struct lsent {
-    char *name;
-    size_t len;
-    char type[12];
-};
-
-static int lsent_cmp(const void *a, const void *b)
-{
-    const struct lsent *x = a, *y = b;
-    int r = memcmp(x->name, y->name, x->len < y->len ? x->len : y->len);
-
-    return r != 0 ? r : (x->len > y->len) - (x->len < y->len);
-}
-
-/* Read a whole directory through fs.readdir pages. */
-static int read_dir(struct sbx_client *c, const struct fs_opts *o, const char *path,
-                    struct lsent **out, size_t *nout)
-{
-    char cursor[32] = "";
-    struct lsent *v = NULL;
-    size_t n = 0, cap = 0;
-
-    for (;;) {
-        struct sbx_msg resp;
-        const msgpack_object *ents, *cur;
-        uint32_t id;
-        msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_READDIR, 2, &id);
-
-        if (cursor[0] != '\0') {
-            sbx_pack_kv_str(pk, "cursor", cursor);
-        } else {
-            kv_bstr(pk, "path", path);
-        }
-        sbx_pack_kv_u64(pk, "limit", SBX_FS_READDIR_MAX);
-        if (fs_finish(c, id, &resp) < 0) {
-            break;
-        }
-        ents = sbx_obj_get(resp.result, "entries");
-        for (uint32_t i = 0;
-             ents != NULL && ents->type == MSGPACK_OBJECT_ARRAY && i < ents->via.array.size; i++) {
-            const msgpack_object *e = &ents->via.array.ptr[i];
-            const char *p;
-            size_t len;
-            if (n == cap) {
-                struct lsent *nv;
-                cap = cap ? cap * 2 : 256;
-                nv = realloc(v, cap * sizeof(*v));
-                if (nv == NULL) {
-                    goto fail;
-                }
-                v = nv;
-            }
-            if (!sbx_obj_bytes(sbx_obj_get(e, "name"), &p, &len) ||
-                (v[n].name = malloc(len + 1)) == NULL) {
-                continue;
-            }
-            memcpy(v[n].name, p, len);
-            v[n].name[len] = '\0';
-            v[n].len = len;
-            (void)sbx_obj_cstr(sbx_obj_get(e, "type"), v[n].type, sizeof(v[n].type));
-            n++;
-        }
-        cur = sbx_obj_get(resp.result, "cursor");
-        if (cur == NULL || cur->type != MSGPACK_OBJECT_STR ||
-            sbx_obj_cstr(cur, cursor, sizeof(cursor)) < 0) {
-            qsort(v, n, sizeof(*v), lsent_cmp);
-            *out = v;
-            *nout = n;
-            return 0;
-        }
+    if (sbx_fileinfo_read(res, &fi, &x->err) < 0) {
+        cli_print_err(x->what, &x->err);
+        return CLI_EXIT_FAIL;
     }
-fail:
-    for (size_t i = 0; i < n; i++) {
-        free(v[i].name);
-    }
-    free(v);
-    return -1;
-}
-
-/* ls -l: lstat every entry, pipelined (all requests first, then the answers in order). */
-static void ls_long(struct sbx_client *c, const struct fs_opts *o, const char *dir, struct lsent *v,
-                    size_t n)
-{
-    const size_t batch = 256;
-
-    for (size_t at = 0; at < n; at += batch) {
-        uint32_t ids[256];
-        size_t k = n - at < batch ? n - at : batch;
-        struct sbx_err err;
-
-        for (size_t i = 0; i < k; i++) {
-            char path[SBX_PATH_MAX + 1];
-            msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_LSTAT, 1, &ids[i]);
-            (void)snprintf(path, sizeof(path), "%s%s%s", dir,
-                           dir[strlen(dir) - 1] == '/' ? "" : "/", v[at + i].name);
-            kv_bstr(pk, "path", path);
-            if (sbx_client_send(c, &err) < 0) {
-                fs_err(&err);
-                return;
-            }
-        }
-        for (size_t i = 0; i < k; i++) {
-            struct sbx_msg resp;
-            struct sbx_fileinfo fi;
-            char ms[11];
-            if (sbx_client_wait(c, ids[i], &resp, -1, &err) < 0 ||
-                sbx_fileinfo_read(resp.result, &fi, &err) < 0) {
-                (void)printf("?????????? %s (%s)\n", v[at + i].name, err.code);
-                continue;
-            }
-            mode_string(fi.mode, ms);
-            (void)printf("%s %3llu %5llu %5llu %10llu ", ms, (unsigned long long)fi.nlink,
-                         (unsigned long long)fi.uid, (unsigned long long)fi.gid,
-                         (unsigned long long)fi.size);
-            print_time(true, fi.mtime_ns, false);
-            (void)printf(" %s", v[at + i].name);
-            print_target(&fi);
-            (void)putchar('\n');
-        }
-    }
-}
-
-static int cmd_ls(struct sbx_client *c, const struct fs_opts *o, int n, char **paths)
-{
-    static char *root[] = { "/" };
-    int rc = 0;
-
-    if (n == 0) {
-        n = 1;
-        paths = root;
-    }
-    for (int i = 0; i < n; i++) {
-        struct lsent *v = NULL;
-        size_t count = 0;
-        json_t *arr = NULL;
-        if (read_dir(c, o, paths[i], &v, &count) < 0) {
-            rc = CLI_EXIT_FAIL;
-            continue;
-        }
-        if (n > 1 && !o->json) {
-            (void)printf("%s%s:\n", i > 0 ? "\n" : "", paths[i]);
-        }
-        if (o->json) {
-            arr = json_array();
-        }
-        if (o->long_fmt && !o->json) {
-            size_t k = 0;
-            for (size_t j = 0; j < count; j++) {
-                if (o->all || v[j].name[0] != '.') {
-                    v[k++] = v[j];
-                } else {
-                    free(v[j].name);
-                }
-            }
-            ls_long(c, o, paths[i], v, k);
-            count = k;
-        } else {
-            for (size_t j = 0; j < count; j++) {
-                if (!o->all && v[j].name[0] == '.') {
-                    continue;
-                }
-                if (o->json) {
-                    (void)json_array_append_new(
-                        arr, json_pack("{s:o,s:o}", "name", cli_json_str(v[j].name, v[j].len),
-                                       "type", cli_json_str(v[j].type, strlen(v[j].type))));
-                } else {
-                    (void)fwrite(v[j].name, 1, v[j].len, stdout);
-                    (void)fputs(strcmp(v[j].type, "dir") == 0 ? "/\n" : "\n", stdout);
-                }
-            }
-        }
-        if (o->json) {
-            if (cli_json_dump(stdout, arr) < 0) {
-                rc = CLI_EXIT_FAIL;
-            }
-            (void)putchar('\n');
-            json_decref(arr);
-        }
-        for (size_t j = 0; j < count; j++) {
-            free(v[j].name);
-        }
-        free(v);
-    }
-    return rc;
-}
-
-static int cmd_simple_each(struct sbx_client *c, const struct fs_opts *o, int n, char **paths,
-                           const char *method)
-{
-    int rc = 0;
-
-    for (int i = 0; i < n; i++) {
-        struct sbx_msg resp;
-        uint32_t id;
-        uint32_t extra = 0;
-        msgpack_packer *pk;
-        bool mk = strcmp(method, SBX_M_FS_MKDIR) == 0, rm = strcmp(method, SBX_M_FS_REMOVE) == 0;
-
-        extra = mk ? 1 + o->has_mode : rm ? 1 : 0;
-        pk = fs_begin(c, o, method, 1 + extra, &id);
-        kv_bstr(pk, "path", paths[i]);
-        if (mk) {
-            sbx_pack_kv_bool(pk, "parents", o->parents);
-            if (o->has_mode) {
-                sbx_pack_kv_u64(pk, "mode", o->mode);
-            }
-        } else if (rm) {
-            sbx_pack_kv_bool(pk, "recursive", o->recursive);
-        }
-        if (fs_finish(c, id, &resp) < 0) {
-            rc = CLI_EXIT_FAIL;
-        }
-    }
-    return rc;
-}
-
-static int cmd_two(struct sbx_client *c, const struct fs_opts *o, char **args, const char *method)
-{
-    struct sbx_msg resp;
-    uint32_t id;
-    bool cp = strcmp(method, SBX_M_FS_COPY) == 0,
-         ln = strcmp(method, SBX_M_FS_LINK) == 0 || strcmp(method, SBX_M_FS_SYMLINK) == 0;
-    msgpack_packer *pk = fs_begin(c, o, method, 2 + cp, &id);
-
-    kv_bstr(pk, ln ? "target" : "from", args[0]);
-    kv_bstr(pk, ln ? "path" : "to", args[1]);
-    if (cp) {
-        sbx_pack_kv_bool(pk, "recursive", o->recursive);
-    }
-    return fs_finish(c, id, &resp) < 0 ? CLI_EXIT_FAIL : 0;
-}
-
-/* Print the string field @key of a result (readlink, realpath, mktemp). */
-static int print_field(const struct fs_opts *o, struct sbx_msg *resp, const char *key)
-{
-    if (o->json) {
-        print_json(resp->result);
-    } else {
-        print_bytes(sbx_obj_get(resp->result, key));
+    (void)printf("  File: %s", path);
+    print_target(&fi);
+    (void)printf("\n  Type: %s\n  Size: %" PRIu64 "  Blocks: %" PRIu64 "  IO Block: %" PRIu64
+                 "\n  Mode: %04" PRIo64 " (%s)  Uid: %" PRIu32 "  Gid: %" PRIu32
+                 "\n Links: %" PRIu64 "  Inode: %" PRIu64 "  Device: %" PRIu64 "\n",
+                 fi.type, fi.size, fi.blocks, fi.blksize, fi.mode & 07777, mode_string(fi.mode),
+                 fi.uid, fi.gid, fi.nlink, fi.ino, fi.dev);
+    for (int i = 0; i < 4; i++) {
+        const int64_t ns[] = { fi.atime_ns, fi.mtime_ns, fi.ctime_ns, fi.birthtime_ns };
+        (void)printf("%s: ", names[i]);
+        print_time(i < 3 || fi.has_birthtime, ns[i], true);
         (void)putchar('\n');
     }
     return 0;
 }
 
-static int cmd_chmod(struct sbx_client *c, const struct fs_opts *o, int n, char **args)
+/* One directory entry of ls. */
+struct lsent {
+    char *name;
+    char type[16];
+};
+
+static int lsent_cmp(const void *a, const void *b)
 {
-    char *end;
-    unsigned long long mode = strtoull(args[0], &end, 8);
+    return strcmp(((const struct lsent *)a)->name, ((const struct lsent *)b)->name);
+}
+
+/*
+ * The entries of directory @path, hidden ones only with -a, sorted by name (*@n of them),
+ * through fs.readdir pages. NULL after printing the error.
+ */
+static struct lsent *read_dir(struct fs_ctx *x, const char *path, size_t *n)
+{
+    char cursor[32] = "";
+    struct lsent *v = NULL, *grown;
+    const msgpack_object *res, *ents, *cur;
+
+    *n = 0;
+    do {
+        bool more = cursor[0] != '\0';
+        int r = sbx_fs_readdir(x->k, more ? NULL : path, more ? cursor : NULL, SBX_FS_READDIR_MAX,
+                               x->arg['C'], NULL, &x->id, &x->err);
+        uint32_t size;
+        if ((res = fs_result(x, r)) == NULL) {
+            goto fail;
+        }
+        ents = sbx_obj_get(res, "entries");
+        size = ents != NULL && ents->type == MSGPACK_OBJECT_ARRAY ? ents->via.array.size : 0;
+        if ((grown = realloc(v, (*n + size + 1) * sizeof(*v))) == NULL) {
+            goto fail;
+        }
+        v = grown;
+        for (uint32_t i = 0; i < size; i++) {
+            const msgpack_object *e = &ents->via.array.ptr[i], *type = sbx_obj_get(e, "type");
+            const char *p;
+            size_t len;
+            v[*n].type[0] = '\0';
+            if (type != NULL) {
+                (void)sbx_obj_cstr(type, v[*n].type, sizeof(v[*n].type));
+            }
+            if (sbx_obj_bytes(sbx_obj_get(e, "name"), &p, &len) &&
+                (x->on['a'] || len == 0 || *p != '.') && (v[*n].name = strndup(p, len)) != NULL) {
+                (*n)++;
+            }
+        }
+        cur = sbx_obj_get(res, "cursor");
+    } while (cur != NULL && cur->type == MSGPACK_OBJECT_STR &&
+             sbx_obj_cstr(cur, cursor, sizeof(cursor)) == 0);
+    qsort(v, *n, sizeof(*v), lsent_cmp);
+    return v;
+fail:
+    while (*n > 0) {
+        free(v[--*n].name);
+    }
+    free(v);
+    return NULL;
+}
+
+/* ls -l: lstat every entry, pipelined (up to 256 requests ahead of the answer being printed). */
+static void ls_long(struct fs_ctx *x, const char *dir, const struct lsent *v, size_t n)
+{
+    const char *sep = dir[strlen(dir) - 1] == '/' ? "" : "/";
+    uint32_t ids[256];
+
+    for (size_t i = 0, sent = 0; i < n; i++) {
+        struct sbx_msg resp;
+        struct sbx_fileinfo fi;
+        char path[SBX_PATH_MAX + 1];
+        for (; sent < n && sent < i + 256; sent++) {
+            int r;
+            (void)snprintf(path, sizeof(path), "%s%s%s", dir, sep, v[sent].name);
+            r = sbx_fs_lstat(x->k, path, x->arg['C'], NULL, &ids[sent % 256], &x->err);
+            if (sbx_client_sent(x->c, r, &x->err) < 0) {
+                cli_print_err(x->what, &x->err);
+                return;
+            }
+        }
+        if (sbx_client_wait(x->c, ids[i % 256], &resp, -1, &x->err) < 0 ||
+            sbx_fileinfo_read(resp.result, &fi, &x->err) < 0) {
+            (void)printf("?????????? %s (%s)\n", v[i].name, x->err.code);
+            continue;
+        }
+        (void)printf("%s %3" PRIu64 " %5" PRIu32 " %5" PRIu32 " %10" PRIu64 " ",
+                     mode_string(fi.mode), fi.nlink, fi.uid, fi.gid, fi.size);
+        print_time(true, fi.mtime_ns, false);
+        (void)printf(" %s", v[i].name);
+        print_target(&fi);
+        (void)putchar('\n');
+    }
+}
+
+static int cmd_ls(struct fs_ctx *x, int n, char **paths)
+{
+    const bool json = x->cli->json, long_fmt = x->on['l'] && !json;
     int rc = 0;
 
-    if (args[0][0] == '\0' || *end != '\0' || mode > 07777) {
-        (void)fprintf(stderr, "sbx: fs chmod: bad mode \"%s\" (octal, at most 7777)\n", args[0]);
-        return CLI_EXIT_USAGE;
-    }
-    for (int i = 1; i < n; i++) {
-        struct sbx_msg resp;
-        uint32_t id;
-        msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_CHMOD, 2, &id);
-        kv_bstr(pk, "path", args[i]);
-        sbx_pack_kv_u64(pk, "mode", mode);
-        if (fs_finish(c, id, &resp) < 0) {
+    for (int i = 0; i < n || (n == 0 && i == 0); i++) {
+        const char *dir = n > 0 ? paths[i] : "/";
+        size_t count;
+        struct lsent *v = read_dir(x, dir, &count);
+        json_t *arr = json ? json_array() : NULL;
+        if (v == NULL) {
             rc = CLI_EXIT_FAIL;
+        } else if (n > 1 && !json) {
+            (void)printf("%s%s:\n", i > 0 ? "\n" : "", dir);
         }
+        if (v != NULL && long_fmt) {
+            ls_long(x, dir, v, count);
+        }
+        for (size_t j = 0; j < count; j++) {
+            if (json) {
+                (void)json_array_append_new(
+                    arr, json_pack("{s:o,s:o}", "name", cli_json_str(v[j].name, strlen(v[j].name)),
+                                   "type", cli_json_str(v[j].type, strlen(v[j].type))));
+            } else if (!long_fmt) {
+                (void)printf("%s%s\n", v[j].name, strcmp(v[j].type, "dir") == 0 ? "/" : "");
+            }
+            free(v[j].name);
+        }
+        if (v != NULL && json) {
+            rc = cli_json_dump(stdout, arr) < 0 ? CLI_EXIT_FAIL : rc;
+            (void)putchar('\n');
+        }
+        json_decref(arr);
+        free(v);
     }
     return rc;
 }
 
-static int cmd_mktemp(struct sbx_client *c, const struct fs_opts *o)
+/* chmod MODE PATH...: the table's fs.chmod on each PATH (MODE is x->mode, fs_check's). */
+static int cmd_chmod(struct fs_ctx *x, int n, char **args)
 {
-    struct sbx_msg resp;
-    uint32_t id;
-    msgpack_packer *pk =
-        fs_begin(c, o, SBX_M_FS_MKTEMP,
-                 1 + (o->dir != NULL) + (o->prefix != NULL) + (o->suffix != NULL), &id);
-
-    sbx_pack_kv_bool(pk, "directory", o->directory);
-    if (o->dir != NULL) {
-        kv_bstr(pk, "dir", o->dir);
-    }
-    if (o->prefix != NULL) {
-        kv_bstr(pk, "prefix", o->prefix);
-    }
-    if (o->suffix != NULL) {
-        kv_bstr(pk, "suffix", o->suffix);
-    }
-    if (fs_finish(c, id, &resp) < 0) {
-        return CLI_EXIT_FAIL;
-    }
-    return print_field(o, &resp, "path");
+    return fs_each(x, n - 1, args + 1);
 }
 
-/* fs.open @path with @flags (NULL-terminated); returns the handle or 0. */
-static uint64_t fh_open(struct sbx_client *c, const struct fs_opts *o, const char *path,
-                        const char *const *flags)
+/* fs.open @path with @flags (SBX_FS_O_*); returns the handle, or 0 after printing the error. */
+static uint32_t fh_open(struct fs_ctx *x, const char *path, unsigned flags)
 {
-    struct sbx_msg resp;
-    uint32_t id, n = 0;
-    msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_OPEN, 2 + o->has_mode, &id);
+    int r = sbx_fs_open(x->k, path, flags, x->mode, x->arg['C'], NULL, &x->id, &x->err);
+    const msgpack_object *res = fs_result(x, r);
 
-    kv_bstr(pk, "path", path);
-    while (flags[n] != NULL) {
-        n++;
-    }
-    sbx_pack_cstr(pk, "flags");
-    (void)msgpack_pack_array(pk, n);
-    for (uint32_t i = 0; i < n; i++) {
-        sbx_pack_cstr(pk, flags[i]);
-    }
-    if (o->has_mode) {
-        sbx_pack_kv_u64(pk, "mode", o->mode);
-    }
-    if (fs_finish(c, id, &resp) < 0) {
-        return 0;
-    }
-    return get_u64(resp.result, "fh");
-}
-
-static void fh_close(struct sbx_client *c, const struct fs_opts *o, uint64_t fh)
-{
-    struct sbx_msg resp;
-    uint32_t id;
-    msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_CLOSE, 1, &id);
-
-    sbx_pack_kv_u64(pk, "fh", fh);
-    (void)fs_finish(c, id, &resp);
+    return res == NULL ? 0 : (uint32_t)get_u64(res, "fh");
 }
 
 /* cat: fs.read at the handle's position, chunk_max at a time, until a read returns nothing. */
-static int cmd_cat(struct sbx_client *c, const struct fs_opts *o, int n, char **paths)
+static int cmd_cat(struct fs_ctx *x, int n, char **paths)
 {
-    static const char *const rd[] = { "read", NULL };
+    uint32_t chunk = sbx_client_chunk_max(x->c);
     int rc = 0;
 
     for (int i = 0; i < n; i++) {
-        uint64_t fh = fh_open(c, o, paths[i], rd);
-
-        if (fh == 0) {
-            rc = CLI_EXIT_FAIL;
-            continue;
-        }
-        for (;;) {
-            struct sbx_msg resp;
-            const char *p;
-            size_t len;
-            uint32_t id;
-            msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_READ, 2, &id);
-            sbx_pack_kv_u64(pk, "fh", fh);
-            sbx_pack_kv_u64(pk, "len", sbx_client_chunk_max(c));
-            if (fs_finish(c, id, &resp) < 0) {
-                rc = CLI_EXIT_FAIL;
-                break;
-            }
-            if (!sbx_obj_bytes(sbx_obj_get(resp.result, "data"), &p, &len) || len == 0) {
-                break;
-            }
-            if (cli_write_all(STDOUT_FILENO, p, len) < 0) {
+        uint32_t fh = fh_open(x, paths[i], SBX_FS_O_READ);
+        const msgpack_object *res = NULL;
+        const char *p;
+        size_t len;
+        while (fh != 0 &&
+               (res = fs_result(x, sbx_fs_read(x->k, fh, chunk, NULL, NULL, &x->id, &x->err))) &&
+               sbx_obj_bytes(sbx_obj_get(res, "data"), &p, &len) && len > 0) {
+            if (sbx_write_all(STDOUT_FILENO, p, len) < 0) {
                 return CLI_EXIT_FAIL;
             }
         }
-        fh_close(c, o, fh);
+        rc = res == NULL ? CLI_EXIT_FAIL : rc; /* the open or a read failed */
+        if (fh != 0) {
+            (void)fs_result(x, sbx_fs_close(x->k, fh, NULL, &x->id, &x->err));
+        }
     }
     return rc;
 }
 
 /* write: stdin to PATH through a handle, chunk_max at a time; a short write is retried. */
-static int cmd_write(struct sbx_client *c, const struct fs_opts *o, const char *path)
+static int cmd_write(struct fs_ctx *x, int n, char **args)
 {
-    static const char *const trunc[] = { "write", "create", "truncate", NULL };
-    static const char *const app[] = { "append", "create", NULL };
-    uint32_t chunk = sbx_client_chunk_max(c);
-    uint64_t fh = fh_open(c, o, path, o->append ? app : trunc);
-    char *buf;
-    int rc = 0;
+    unsigned flags = x->on['a'] ? SBX_FS_O_APPEND | SBX_FS_O_CREATE
+                                : SBX_FS_O_WRITE | SBX_FS_O_CREATE | SBX_FS_O_TRUNCATE;
+    uint32_t chunk = sbx_client_chunk_max(x->c), fh = fh_open(x, args[0], flags);
+    char *buf = fh != 0 ? malloc(chunk) : NULL;
+    const msgpack_object *res;
+    ssize_t got;
+    int rc = buf != NULL ? 0 : CLI_EXIT_FAIL;
 
-    if (fh == 0) {
-        return CLI_EXIT_FAIL;
-    }
-    buf = malloc(chunk);
-    if (buf == NULL) {
-        return CLI_EXIT_FAIL;
-    }
-    for (;;) {
-        ssize_t got = read(STDIN_FILENO, buf, chunk);
-        size_t off = 0;
+    while (rc == 0 && (got = read(STDIN_FILENO, buf, chunk)) != 0) {
         if (got < 0) {
             perror("sbx: fs write: stdin");
             rc = CLI_EXIT_FAIL;
-            break;
         }
-        if (got == 0) {
-            break;
-        }
-        while (off < (size_t)got) {
-            struct sbx_msg resp;
-            uint32_t id;
-            msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_WRITE, 2, &id);
-            sbx_pack_kv_u64(pk, "fh", fh);
-            sbx_pack_cstr(pk, "data");
-            sbx_pack_bin(pk, buf + off, (size_t)got - off);
-            if (fs_finish(c, id, &resp) < 0) {
+        for (size_t off = 0; rc == 0 && off < (size_t)got; off += get_u64(res, "written")) {
+            int r =
+                sbx_fs_write(x->k, fh, buf + off, (size_t)got - off, NULL, NULL, &x->id, &x->err);
+            if ((res = fs_result(x, r)) == NULL) {
                 rc = CLI_EXIT_FAIL;
                 break;
             }
-            off += get_u64(resp.result, "written");
-        }
-        if (rc != 0) {
-            break;
         }
     }
     free(buf);
-    fh_close(c, o, fh);
+    if (fh != 0) {
+        (void)fs_result(x, sbx_fs_close(x->k, fh, NULL, &x->id, &x->err));
+    }
     return rc;
 }
 
-static void pack_strs(msgpack_packer *pk, const char *key, const char *const *v, unsigned n)
+/* find, glob: print the entry stream (§17.4) the result announced, to its end: each entry's path
+ * (or the entry as JSON), entry errors on stderr. */
+static int show_entries(struct fs_ctx *x, const char *arg, const msgpack_object *res)
 {
-    sbx_pack_cstr(pk, key);
-    (void)msgpack_pack_array(pk, n);
-    for (unsigned i = 0; i < n; i++) {
-        sbx_pack_bstr(pk, v[i], strlen(v[i]));
-    }
-}
+    struct sbx_stream_result sr;
+    const uint8_t *p;
+    size_t len;
+    int r = sbx_stream_result_read(res, false, &sr, &x->err), rc = 0;
 
-/* Read an entry stream to its end, printing each entry's path (or the entry as JSON). */
-static int print_entries(struct sbx_client *c, const struct fs_opts *o, uint32_t sid)
-{
-    int rc = 0;
-
-    for (;;) {
-        struct sbx_msg m;
-        struct sbx_err err;
-        if (sbx_client_recv(c, &m, -1, &err) < 0) {
-            fs_err(&err);
-            return CLI_EXIT_FAIL;
+    while (r == 0 && (r = sbx_stream_next(x->c, sr.stream, &p, &len, &x->err)) > 0) {
+        for (size_t off = 0; r > 0 && off < len;) {
+            msgpack_unpacked u;
+            const msgpack_object *eo;
+            msgpack_unpacked_init(&u);
+            if (msgpack_unpack_next(&u, (const char *)p, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+                r = sbx_err_set(&x->err, SBX_E_BAD_MESSAGE, "undecodable entry");
+            } else if (x->cli->json) {
+                cli_json_println(&u.data);
+            } else if ((eo = sbx_obj_get(&u.data, "error")) != NULL) {
+                sbx_err_from_obj(eo, &x->err);
+                cli_print_err(x->what, &x->err);
+                rc = CLI_EXIT_FAIL;
+            } else {
+                print_bytes(sbx_obj_get(&u.data, "path"));
+                (void)putchar('\n');
+            }
+            msgpack_unpacked_destroy(&u);
         }
-        if (m.kind == SBX_MSG_DATA && m.stream == sid) {
-            size_t off = 0;
-            while (off < m.data_len) {
-                msgpack_unpacked u;
-                const msgpack_object *e, *eo;
-                msgpack_unpacked_init(&u);
-                if (msgpack_unpack_next(&u, (const char *)m.data, m.data_len, &off) !=
-                    MSGPACK_UNPACK_SUCCESS) {
-                    msgpack_unpacked_destroy(&u);
-                    (void)fprintf(stderr, "sbx: fs %s: undecodable entry\n", cmd_name);
-                    return CLI_EXIT_FAIL;
-                }
-                e = &u.data;
-                eo = sbx_obj_get(e, "error");
-                if (o->json) {
-                    print_json(e);
-                } else if (eo != NULL) {
-                    struct sbx_err ee;
-                    sbx_err_from_obj(eo, &ee);
-                    fs_err(&ee);
-                    rc = CLI_EXIT_FAIL;
-                } else {
-                    print_bytes(sbx_obj_get(e, "path"));
-                    (void)putchar('\n');
-                }
-                msgpack_unpacked_destroy(&u);
-            }
-            if (sbx_client_consumed(c, sid, m.data_len, &err) < 0) {
-                fs_err(&err);
-                return CLI_EXIT_FAIL;
-            }
-        } else if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, SBX_N_STREAM_END)) {
-            const msgpack_object *eo = sbx_obj_get(m.params, "error");
-            if (get_u64(m.params, "stream") != sid) {
-                continue;
-            }
-            if (eo != NULL && eo->type == MSGPACK_OBJECT_MAP) {
-                struct sbx_err ee;
-                sbx_err_from_obj(eo, &ee);
-                fs_err(&ee);
-                return CLI_EXIT_FAIL;
-            }
-            return rc;
-        }
+        r = r > 0 ? sbx_client_consumed(x->c, sr.stream, (uint32_t)len, &x->err) : r;
     }
-}
-
-static int cmd_find(struct sbx_client *c, const struct fs_opts *o, const char *path)
-{
-    struct sbx_msg resp;
-    uint32_t id;
-    bool f = true, d = true, l = true;
-    msgpack_packer *pk;
-
-    if (o->type != NULL) {
-        f = strchr(o->type, 'f') != NULL;
-        d = strchr(o->type, 'd') != NULL;
-        l = strchr(o->type, 'l') != NULL;
-        if (strspn(o->type, "fdl,") != strlen(o->type)) {
-            (void)fprintf(stderr, "sbx: fs find: --type takes f, d and/or l\n");
-            return CLI_EXIT_USAGE;
-        }
-    }
-    pk =
-        fs_begin(c, o, SBX_M_FS_WALK,
-                 5 + o->has_depth + (o->nlist[0] > 0) + (o->nlist[1] > 0) + (o->nlist[2] > 0), &id);
-    kv_bstr(pk, "path", path);
-    sbx_pack_kv_bool(pk, "include_files", f);
-    sbx_pack_kv_bool(pk, "include_dirs", d);
-    sbx_pack_kv_bool(pk, "include_symlinks", l);
-    sbx_pack_kv_bool(pk, "follow_symlinks", o->follow);
-    if (o->has_depth) {
-        sbx_pack_kv_u64(pk, "max_depth", o->depth);
-    }
-    if (o->nlist[0] > 0) {
-        pack_strs(pk, "exts", o->list[0], o->nlist[0]);
-    }
-    if (o->nlist[1] > 0) {
-        pack_strs(pk, "match", o->list[1], o->nlist[1]);
-    }
-    if (o->nlist[2] > 0) {
-        pack_strs(pk, "skip", o->list[2], o->nlist[2]);
-    }
-    if (fs_finish(c, id, &resp) < 0) {
+    if (r < 0) {
+        cli_print_err(x->what, &x->err);
         return CLI_EXIT_FAIL;
     }
-    return print_entries(c, o, (uint32_t)get_u64(resp.result, "stream"));
-}
-
-static int cmd_glob(struct sbx_client *c, const struct fs_opts *o, const char *pattern)
-{
-    struct sbx_msg resp;
-    uint32_t id;
-    msgpack_packer *pk =
-        fs_begin(c, o, SBX_M_FS_GLOB, 3 + (o->root != NULL) + (o->nlist[0] > 0), &id);
-
-    kv_bstr(pk, "pattern", pattern);
-    sbx_pack_kv_bool(pk, "include_dirs", !o->no_dirs);
-    sbx_pack_kv_bool(pk, "follow_symlinks", o->follow);
-    if (o->root != NULL) {
-        kv_bstr(pk, "root", o->root);
-    }
-    if (o->nlist[0] > 0) {
-        pack_strs(pk, "exclude", o->list[0], o->nlist[0]);
-    }
-    if (fs_finish(c, id, &resp) < 0) {
-        return CLI_EXIT_FAIL;
-    }
-    return print_entries(c, o, (uint32_t)get_u64(resp.result, "stream"));
+    return rc;
 }
 
 static volatile sig_atomic_t watch_stop;
@@ -923,146 +490,142 @@ static void watch_sig(int sig)
     watch_stop = 1;
 }
 
-/* watch: one fs.watch per path, then print fs.event notifications until SIGINT / SIGTERM. */
-static int cmd_watch(struct sbx_client *c, const struct fs_opts *o, int n, char **paths)
+/* watch: the table's fs.watch on each path, then fs.event notifications until SIGINT / SIGTERM. */
+static int cmd_watch(struct fs_ctx *x, int n, char **paths)
 {
-    struct sigaction sa;
+    struct sigaction sa = { .sa_handler = watch_sig };
+    struct sbx_msg m;
+    int r = fs_each(x, n, paths);
 
-    for (int i = 0; i < n; i++) {
-        struct sbx_msg resp;
-        uint32_t id;
-        msgpack_packer *pk = fs_begin(c, o, SBX_M_FS_WATCH, 2, &id);
-        kv_bstr(pk, "path", paths[i]);
-        sbx_pack_kv_bool(pk, "recursive", o->recursive);
-        if (fs_finish(c, id, &resp) < 0) {
-            return CLI_EXIT_FAIL;
-        }
+    if (r != 0) {
+        return r;
     }
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = watch_sig;
     (void)sigaction(SIGINT, &sa, NULL);
     (void)sigaction(SIGTERM, &sa, NULL);
-    if (!o->json) {
+    if (!x->cli->json) {
         (void)fprintf(stderr, "sbx: watching; Ctrl-C stops\n");
     }
-    while (!watch_stop) {
-        struct sbx_msg m;
-        struct sbx_err err;
-        int r = sbx_client_recv(c, &m, 200, &err);
-        if (r < 0) {
-            fs_err(&err);
-            return CLI_EXIT_FAIL;
-        }
+    while (!watch_stop && (r = sbx_client_recv(x->c, &m, 200, &x->err)) >= 0) {
+        const msgpack_object *from;
         if (r == 0 || m.kind != SBX_MSG_NOTIFY || !sbx_msg_method_is(&m, SBX_N_FS_EVENT)) {
             continue;
         }
-        if (o->json) {
-            print_json(m.params);
+        from = sbx_obj_get(m.params, "from");
+        if (x->cli->json) {
+            cli_json_println(m.params);
         } else {
-            const msgpack_object *from = sbx_obj_get(m.params, "from");
             print_bytes(sbx_obj_get(m.params, "kind"));
             (void)putchar(' ');
-            if (from != NULL) {
-                print_bytes(from);
-                (void)fputs(" -> ", stdout);
-            }
+            print_bytes(from);
+            (void)fputs(from != NULL ? " -> " : "", stdout);
             print_bytes(sbx_obj_get(m.params, "path"));
             (void)putchar('\n');
         }
         (void)fflush(stdout);
     }
-    return 0;
+    if (r < 0) {
+        cli_print_err(x->what, &x->err);
+    }
+    return r < 0 ? CLI_EXIT_FAIL : 0;
 }
 
-struct fs_cmd {
-    const char *name;
-    int min, max; /* positional arguments */
-};
+#define ANY (1 << 20)
 
+/* clang-format off */
 static const struct fs_cmd fs_cmds[] = {
-    { "ls", 0, 1 << 20 },    { "stat", 1, 1 << 20 }, { "mkdir", 1, 1 << 20 }, { "rm", 1, 1 << 20 },
-    { "mv", 2, 2 },          { "cp", 2, 2 },         { "cat", 1, 1 << 20 },   { "write", 1, 1 },
-    { "chmod", 2, 1 << 20 }, { "ln", 2, 2 },         { "readlink", 1, 1 },    { "realpath", 1, 1 },
-    { "mktemp", 0, 0 },      { "find", 1, 1 },       { "glob", 1, 1 },        { "watch", 1, 64 },
+    { "ls", 0, ANY, cmd_ls, 0, 0, NULL, NULL },
+    { "stat", 1, ANY, NULL, SBX_CALL_FS_STAT, 1, show_stat, NULL },
+    { "mkdir", 1, ANY, NULL, SBX_CALL_FS_MKDIR, 1, NULL, NULL },
+    { "rm", 1, ANY, NULL, SBX_CALL_FS_REMOVE, 1, NULL, NULL },
+    { "mv", 2, 2, NULL, SBX_CALL_FS_RENAME, 2, NULL, NULL },
+    { "cp", 2, 2, NULL, SBX_CALL_FS_COPY, 2, NULL, NULL },
+    { "cat", 1, ANY, cmd_cat, 0, 0, NULL, NULL },
+    { "write", 1, 1, cmd_write, 0, 0, NULL, NULL },
+    { "chmod", 2, ANY, cmd_chmod, SBX_CALL_FS_CHMOD, 1, NULL, NULL },
+    { "ln", 2, 2, NULL, SBX_CALL_FS_LINK, 2, NULL, NULL },
+    { "readlink", 1, 1, NULL, SBX_CALL_FS_READLINK, 1, show_field, "target" },
+    { "realpath", 1, 1, NULL, SBX_CALL_FS_REALPATH, 1, show_field, "path" },
+    { "mktemp", 0, 0, NULL, SBX_CALL_FS_MKTEMP, 0, show_field, "path" },
+    { "find", 1, 1, NULL, SBX_CALL_FS_WALK, 1, show_entries, NULL },
+    { "glob", 1, 1, NULL, SBX_CALL_FS_GLOB, 1, show_entries, NULL },
+    { "watch", 1, 64, cmd_watch, SBX_CALL_FS_WATCH, 1, NULL, NULL },
 };
+/* clang-format on */
+#define NCMDS (sizeof(fs_cmds) / sizeof(fs_cmds[0]))
 
-int cli_cmd_fs(struct cli *cli, int argc, char **argv)
+/* The run being parsed, then made. */
+static struct fs_ctx fs;
+
+/* The values of -m (or chmod's MODE) and --maxdepth, --type, the pattern count: 0, or a usage
+ * error after saying why (naming the subcommand, known only now). */
+static int fs_check(struct fs_ctx *x, const char *mode)
 {
-    struct fs_opts o = { 0 };
-    const struct fs_cmd *fc = NULL;
-    struct sbx_client *c;
-    struct sbx_msg resp;
-    char **args;
-    int first, n, rc;
+    const char *depth = x->arg['x'], *type = x->arg['t'];
+    char *end = NULL;
+    unsigned long long m = mode != NULL ? strtoull(mode, &end, 8) : 0;
+    uint64_t d = 0;
 
-    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
-        (void)fputs(fs_usage, argc < 2 ? stderr : stdout);
-        return argc < 2 ? CLI_EXIT_USAGE : 0;
-    }
-    for (size_t i = 0; i < sizeof(fs_cmds) / sizeof(fs_cmds[0]); i++) {
-        if (strcmp(argv[1], fs_cmds[i].name) == 0) {
-            fc = &fs_cmds[i];
-        }
-    }
-    if (fc == NULL) {
-        (void)fprintf(stderr, "sbx: fs: unknown command \"%s\"\n%s", argv[1], fs_usage);
-        return CLI_EXIT_USAGE;
-    }
-    cmd_name = fc->name;
-    o.json = cli->json;
-    first = fs_parse(&o, argc - 1, argv + 1);
-    if (first < 0) {
-        return CLI_EXIT_USAGE;
-    }
-    if (o.help) {
-        (void)fputs(fs_usage, stdout);
+    if (mode != NULL && (*mode == '\0' || *end != '\0' || m > 07777)) {
+        (void)fprintf(stderr, "sbx: %s: bad mode \"%s\" (octal, at most 7777)\n", x->what, mode);
+    } else if (depth != NULL && cli_parse_u64(depth, &d) < 0) {
+        (void)fprintf(stderr, "sbx: %s: bad depth \"%s\"\n", x->what, depth);
+    } else if (type != NULL && strspn(type, "fdl,") != strlen(type)) {
+        (void)fprintf(stderr, "sbx: %s: --type takes f, d and/or l\n", x->what);
+    } else if (x->too_many) {
+        (void)fprintf(stderr, "sbx: %s: at most 64 patterns per option\n", x->what);
+    } else {
+        x->mode = mode != NULL ? (int)m : -1;
+        x->has_depth = depth != NULL;
+        x->depth = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
         return 0;
     }
-    args = argv + 1 + first;
-    n = argc - 1 - first;
-    if (n < fc->min || n > fc->max) {
-        (void)fprintf(stderr, "sbx: fs %s: wrong number of arguments\n%s", fc->name, fs_usage);
-        return CLI_EXIT_USAGE;
+    return CLI_EXIT_USAGE;
+}
+
+int cli_parse_fs(struct cli *cli, int opt, const char *arg)
+{
+    static const char lists[] = "eMKX"; /* list[i % 3]: --exclude shares --ext's */
+    const char *l = opt != 0 ? strchr(lists, opt) : NULL, *sub = cli->argc > 0 ? cli->argv[0] : "";
+    int w = l != NULL ? (int)(l - lists) % 3 : 0, n = cli->argc - 1;
+
+    if (l != NULL && fs.nlist[w] == SBX_FS_PATTERNS_MAX) {
+        fs.too_many = true;
+    } else if (l != NULL) {
+        fs.list[w][fs.nlist[w]++] = arg;
+    } else if (opt != 0 && strchr("CDPSTtmx", opt) != NULL) {
+        fs.arg[opt] = arg;
+    } else if (opt != 0) {
+        fs.on[opt == 'R' ? 'r' : opt] = true;
     }
-    c = cli_connect(cli);
-    if (c == NULL) {
-        return CLI_EXIT_FAIL;
+    if (opt != 0) {
+        return 0;
     }
-    if (strcmp(fc->name, "ls") == 0) {
-        rc = cmd_ls(c, &o, n, args);
-    } else if (strcmp(fc->name, "stat") == 0) {
-        rc = cmd_stat(c, &o, n, args);
-    } else if (strcmp(fc->name, "mkdir") == 0) {
-        rc = cmd_simple_each(c, &o, n, args, SBX_M_FS_MKDIR);
-    } else if (strcmp(fc->name, "rm") == 0) {
-        rc = cmd_simple_each(c, &o, n, args, SBX_M_FS_REMOVE);
-    } else if (strcmp(fc->name, "mv") == 0) {
-        rc = cmd_two(c, &o, args, SBX_M_FS_RENAME);
-    } else if (strcmp(fc->name, "cp") == 0) {
-        rc = cmd_two(c, &o, args, SBX_M_FS_COPY);
-    } else if (strcmp(fc->name, "ln") == 0) {
-        rc = cmd_two(c, &o, args, o.symbolic ? SBX_M_FS_SYMLINK : SBX_M_FS_LINK);
-    } else if (strcmp(fc->name, "cat") == 0) {
-        rc = cmd_cat(c, &o, n, args);
-    } else if (strcmp(fc->name, "write") == 0) {
-        rc = cmd_write(c, &o, args[0]);
-    } else if (strcmp(fc->name, "chmod") == 0) {
-        rc = cmd_chmod(c, &o, n, args);
-    } else if (strcmp(fc->name, "readlink") == 0 || strcmp(fc->name, "realpath") == 0) {
-        bool rl = fc->name[4] == 'l';
-        rc = fs_path_call(c, &o, rl ? SBX_M_FS_READLINK : SBX_M_FS_REALPATH, args[0], &resp) < 0
-                 ? CLI_EXIT_FAIL
-                 : print_field(&o, &resp, rl ? "target" : "path");
-    } else if (strcmp(fc->name, "mktemp") == 0) {
-        rc = cmd_mktemp(c, &o);
-    } else if (strcmp(fc->name, "find") == 0) {
-        rc = cmd_find(c, &o, args[0]);
-    } else if (strcmp(fc->name, "glob") == 0) {
-        rc = cmd_glob(c, &o, args[0]);
-    } else {
-        rc = cmd_watch(c, &o, n, args);
+    /* The options are done: the subcommand, its arguments, the values it reads. */
+    for (size_t i = 0; i < NCMDS && fs.cmd == NULL; i++) {
+        fs.cmd = strcmp(sub, fs_cmds[i].name) == 0 ? &fs_cmds[i] : NULL;
     }
+    if (fs.cmd == NULL) {
+        if (cli->argc > 0) {
+            (void)fprintf(stderr, "sbx: fs: unknown command \"%s\"\n", sub);
+        }
+        return CLI_OPTS_BAD;
+    }
+    (void)snprintf(fs.what, sizeof(fs.what), "fs %s", sub);
+    if (n < fs.cmd->min || n > fs.cmd->max) {
+        (void)fprintf(stderr, "sbx: %s: wrong number of arguments\n", fs.what);
+        return CLI_OPTS_BAD;
+    }
+    return fs_check(&fs, fs.cmd->run == cmd_chmod ? cli->argv[1] : fs.arg['m']);
+}
+
+int cli_cmd_fs(struct cli *cli, struct sbx_client *c)
+{
+    int r;
+
+    fs.cli = cli;
+    fs.c = c;
+    fs.k = sbx_client_conn(c);
+    r = (fs.cmd->run != NULL ? fs.cmd->run : fs_each)(&fs, cli->argc - 1, cli->argv + 1);
     (void)fflush(stdout);
-    sbx_client_close(c);
-    return rc;
+    return r;
 }

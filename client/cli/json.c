@@ -201,6 +201,12 @@ int cli_json_write(FILE *f, const msgpack_object *o)
     return r;
 }
 
+void cli_json_println(const msgpack_object *o)
+{
+    (void)cli_json_write(stdout, o);
+    (void)putchar('\n');
+}
+
 void cli_json_write_str(FILE *f, const char *s, size_t n)
 {
     json_t *j = cli_json_str(s, n);

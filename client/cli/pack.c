@@ -5,7 +5,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,27 +13,6 @@
 
 #include "cli.h"
 #include "cp.h"
-
-static const char usage[] =
-    "usage: sbx pack [options] DIR -o FILE\n"
-    "\n"
-    "Package the guest directory DIR into a deterministic tar.gz or tar.zst (the same tree gives\n"
-    "the same bytes), optionally after running a build command in it. Writes FILE and the\n"
-    "manifest (each file's path, size, mode, sha256; totals; the archive's sha256; entrypoint\n"
-    "and args) to FILE.manifest.json. .git is left out, and so is whatever DIR/.sbxignore\n"
-    "(gitignore syntax) and --exclude name.\n"
-    "\n"
-    "options:\n"
-    "  -o, --output FILE       the archive to write (required); .tar.zst/.tzst or .tar.gz/.tgz\n"
-    "                          choose the format unless --format says\n"
-    "  -f, --format FMT        tar.gz or tar.zst\n"
-    "  -b, --build CMD         run CMD (/bin/sh -c) in DIR first; its output is shown; a failing\n"
-    "                          build fails the pack\n"
-    "  -e, --entrypoint PATH   the program to run, relative to DIR (must exist after the build)\n"
-    "  -a, --arg ARG           an argument for the entrypoint (repeatable)\n"
-    "  -x, --exclude PAT       leave out paths matching PAT (gitignore syntax; repeatable)\n"
-    "  -q, --quiet             no progress line (shown only when stderr is a terminal)\n"
-    "  -h, --help              this help\n";
 
 #define PACK_LIST_MAX 1024
 
@@ -140,7 +118,7 @@ static void on_progress(struct pack_cli *pc, const msgpack_object *params)
 static int pack_step(struct pack_cli *pc, struct sbx_err *err)
 {
     struct sbx_msg m;
-    uint64_t sid = 0;
+    struct sbx_stream_note n;
 
     if (sbx_client_recv(pc->c, &m, -1, err) < 0) {
         return -1;
@@ -154,7 +132,7 @@ static int pack_step(struct pack_cli *pc, struct sbx_err *err)
         if (fd < 0) {
             return 0;
         }
-        rc = cli_write_all(fd, m.data, m.data_len);
+        rc = sbx_write_all(fd, m.data, m.data_len);
         if (rc < 0 && fd == pc->fd) {
             (void)sbx_client_stream_cancel(pc->c, pc->archive, err);
             return sbx_err_sys(err, -rc, NULL, "write the archive");
@@ -165,17 +143,16 @@ static int pack_step(struct pack_cli *pc, struct sbx_err *err)
         return 0;
     }
     if (sbx_msg_method_is(&m, SBX_N_STREAM_END)) {
-        const msgpack_object *e = sbx_obj_get(m.params, "error");
-        (void)sbx_param_u64(m.params, "stream", SBX_OPTIONAL, 0, UINT32_MAX, &sid, err);
-        if (sid == pc->archive) {
-            pc->archive_ended = true;
-            if (e != NULL && e->type != MSGPACK_OBJECT_NIL) {
-                sbx_err_from_obj(e, &pc->err_end);
-                pc->failed = true;
-            }
+        if (sbx_stream_note_read(SBX_N_STREAM_END, m.params, &n, err) < 0) {
+            return 0;
         }
-        pc->out_ended |= sid == pc->out;
-        pc->err_ended |= sid == pc->err;
+        if (n.stream == pc->archive) {
+            pc->archive_ended = true;
+            pc->failed = n.has_error;
+            pc->err_end = n.error;
+        }
+        pc->out_ended |= n.stream == pc->out;
+        pc->err_ended |= n.stream == pc->err;
     } else if (sbx_msg_method_is(&m, SBX_N_PACK_MANIFEST)) {
         manifest_part(pc, m.params);
     } else if (sbx_msg_method_is(&m, SBX_N_PACK_PROGRESS)) {
@@ -184,38 +161,14 @@ static int pack_step(struct pack_cli *pc, struct sbx_err *err)
     return 0;
 }
 
-static int pack_request(struct pack_cli *pc, const char *dir, const char *format, const char *build,
-                        const char *entry, char **args, int nargs, char **excl, int nexcl,
-                        struct sbx_err *err)
+static int pack_request(struct pack_cli *pc, const struct sbx_pack_params *p, struct sbx_err *err)
 {
     struct sbx_msg resp;
     struct sbx_pack_result r;
-    msgpack_packer *pk;
     uint32_t id;
+    int rc = sbx_pack_create(sbx_client_conn(pc->c), p, NULL, &id, err);
 
-    pk = sbx_client_begin(pc->c, SBX_M_PACK_CREATE, &id);
-    msgpack_pack_map(pk, 4 + (build != NULL) + (entry != NULL));
-    sbx_pack_kv_str(pk, "path", dir);
-    sbx_pack_kv_str(pk, "format", format);
-    if (build != NULL) {
-        sbx_pack_cstr(pk, "build");
-        msgpack_pack_map(pk, 1);
-        sbx_pack_kv_str(pk, "command", build);
-    }
-    if (entry != NULL) {
-        sbx_pack_kv_str(pk, "entrypoint", entry);
-    }
-    sbx_pack_cstr(pk, "args");
-    msgpack_pack_array(pk, (size_t)nargs);
-    for (int i = 0; i < nargs; i++) {
-        sbx_pack_cstr(pk, args[i]);
-    }
-    sbx_pack_cstr(pk, "exclude");
-    msgpack_pack_array(pk, (size_t)nexcl);
-    for (int i = 0; i < nexcl; i++) {
-        sbx_pack_cstr(pk, excl[i]);
-    }
-    if (sbx_client_send(pc->c, err) < 0 || sbx_client_wait(pc->c, id, &resp, -1, err) < 0 ||
+    if (sbx_client_call(pc->c, rc, id, &resp, err) < 0 ||
         sbx_pack_result_read(resp.result, &r, err) < 0) {
         return -1;
     }
@@ -227,72 +180,58 @@ static int pack_request(struct pack_cli *pc, const char *dir, const char *format
     return 0;
 }
 
-int cli_cmd_pack(struct cli *cli, int argc, char **argv)
-{
-    static const struct option opts[] = {
-        { "output", required_argument, NULL, 'o' }, { "format", required_argument, NULL, 'f' },
-        { "build", required_argument, NULL, 'b' },  { "entrypoint", required_argument, NULL, 'e' },
-        { "arg", required_argument, NULL, 'a' },    { "exclude", required_argument, NULL, 'x' },
-        { "quiet", no_argument, NULL, 'q' },        CLI_OPTS_END,
-    };
-    char *args[PACK_LIST_MAX], *excl[PACK_LIST_MAX];
-    char tmp[4096], mtmp[4096], mpath[4096];
-    const char *out = NULL, *format = NULL, *build = NULL, *entry = NULL, *dir;
-    struct pack_cli pc = { .fd = -1, .first = true };
-    bool quiet = false;
-    struct sbx_err err;
-    int nargs = 0, nexcl = 0, opt, rc = -1;
+/* What the options and arguments asked for (cli_parse_pack). */
+static struct {
+    const char *args[PACK_LIST_MAX], *excl[PACK_LIST_MAX];
+    const char *out;
+    struct sbx_spawn_params build;
+    struct sbx_pack_params p;
+    bool quiet;
+} o = { .p = { .args = o.args, .exclude = o.excl } };
 
-    while ((opt = cli_getopt(cli, argc, argv, "o:f:b:e:a:x:qh", opts, usage)) > 0) {
-        switch (opt) {
-        case 'o':
-            out = optarg;
-            break;
-        case 'f':
-            format = optarg;
-            break;
-        case 'b':
-            build = optarg;
-            break;
-        case 'e':
-            entry = optarg;
-            break;
-        case 'a':
-        case 'x':
-            if ((opt == 'a' ? nargs : nexcl) >= PACK_LIST_MAX) {
-                (void)fprintf(stderr, "sbx: pack: at most %d --arg / --exclude\n", PACK_LIST_MAX);
-                return CLI_EXIT_USAGE;
-            }
-            if (opt == 'a') {
-                args[nargs++] = optarg;
-            } else {
-                excl[nexcl++] = optarg;
-            }
-            break;
-        default: /* 'q' */
-            quiet = true;
-            break;
-        }
+int cli_parse_pack(struct cli *cli, int opt, const char *arg)
+{
+    uint32_t *n = opt == 'a' ? &o.p.nargs : &o.p.nexclude;
+
+    if (opt == 'o' || opt == 'f' || opt == 'e') {
+        *(opt == 'o' ? &o.out : opt == 'f' ? &o.p.format : &o.p.entrypoint) = arg;
+    } else if (opt == 'b') {
+        o.build.command = arg;
+        o.p.build = &o.build;
+    } else if (opt == 'q') {
+        o.quiet = true;
+    } else if ((opt == 'a' || opt == 'x') && *n >= PACK_LIST_MAX) {
+        (void)fprintf(stderr, "sbx: pack: at most %d --arg / --exclude\n", PACK_LIST_MAX);
+        return CLI_EXIT_USAGE;
+    } else if (opt == 'a' || opt == 'x') {
+        (opt == 'a' ? o.args : o.excl)[(*n)++] = arg;
     }
-    if (opt < 0) {
-        return cli_opts_status(opt);
+    if (opt != 0) {
+        return 0;
     }
-    if (argc - optind != 1 || out == NULL) {
-        (void)fputs(usage, stderr);
+    /* the options are done: DIR */
+    if (cli->argc != 1 || o.out == NULL) {
+        return CLI_OPTS_BAD;
+    }
+    o.p.path = cli->argv[0][0] == ':' ? cli->argv[0] + 1 : cli->argv[0];
+    if (o.p.format == NULL && (o.p.format = format_for(o.out)) == NULL) {
+        (void)fprintf(stderr, "sbx: pack: cannot tell the format from %s: use --format\n", o.out);
         return CLI_EXIT_USAGE;
     }
-    dir = argv[optind][0] == ':' ? argv[optind] + 1 : argv[optind];
-    if (format == NULL && (format = format_for(out)) == NULL) {
-        (void)fprintf(stderr, "sbx: pack: cannot tell the format from %s: use --format\n", out);
-        return CLI_EXIT_USAGE;
-    }
-    snprintf(tmp, sizeof(tmp), "%s.sbx-XXXXXX", out);
-    snprintf(mpath, sizeof(mpath), "%s.manifest.json", out);
+    return 0;
+}
+
+int cli_cmd_pack(struct cli *cli, struct sbx_client *c)
+{
+    char tmp[4096], mtmp[4096], mpath[4096];
+    struct pack_cli pc = { .c = c, .fd = -1, .first = true };
+    struct sbx_err err;
+    int rc = -1;
+
+    (void)cli;
+    snprintf(tmp, sizeof(tmp), "%s.sbx-XXXXXX", o.out);
+    snprintf(mpath, sizeof(mpath), "%s.manifest.json", o.out);
     snprintf(mtmp, sizeof(mtmp), "%s.sbx-XXXXXX", mpath);
-    pc.c = cli_connect(cli);
-    if (pc.c == NULL) {
-        return CLI_EXIT_FAIL;
-    }
     sbx_err_clear(&err);
     pc.fd = mkostemp(tmp, O_CLOEXEC);
     {
@@ -304,10 +243,10 @@ int cli_cmd_pack(struct cli *cli, int argc, char **argv)
         }
     }
     (void)fputs("{\n \"files\": [", pc.mf);
-    if (pack_request(&pc, dir, format, build, entry, args, nargs, excl, nexcl, &err) < 0) {
+    if (pack_request(&pc, &o.p, &err) < 0) {
         goto out;
     }
-    cli_progress_start(&pc.prog, "pack", 0, quiet);
+    cli_progress_start(&pc.prog, "pack", 0, o.quiet);
     while (!pc.archive_ended || !pc.out_ended || !pc.err_ended) {
         if (pack_step(&pc, &err) < 0) {
             goto out;
@@ -329,8 +268,8 @@ int cli_cmd_pack(struct cli *cli, int argc, char **argv)
         goto out;
     }
     pc.mf = NULL;
-    if (chmod(mtmp, 0644) < 0 || rename(tmp, out) < 0 || rename(mtmp, mpath) < 0) {
-        sbx_err_sys(&err, errno, NULL, "rename onto %s", out);
+    if (chmod(mtmp, 0644) < 0 || rename(tmp, o.out) < 0 || rename(mtmp, mpath) < 0) {
+        sbx_err_sys(&err, errno, NULL, "rename onto %s", o.out);
         goto out;
     }
     rc = 0;
@@ -347,6 +286,5 @@ out:
         (void)unlink(mtmp);
         cli_print_err("pack", &err);
     }
-    sbx_client_close(pc.c);
     return rc < 0 ? CLI_EXIT_FAIL : 0;
 }

@@ -1,5 +1,5 @@
 /* Process commands: ps, kill, wait. */
-#include <getopt.h>
+#include <signal.h>
 #include <string.h>
 
 #include "cli.h"
@@ -31,7 +31,7 @@ static void print_num(const msgpack_object *o, int width)
     }
 }
 
-static int print_procs(const struct cli *cli, const msgpack_object *res, struct sbx_err *err)
+int cli_print_procs(const struct cli *cli, const msgpack_object *res, struct sbx_err *err)
 {
     const msgpack_object *procs = NULL;
 
@@ -39,8 +39,7 @@ static int print_procs(const struct cli *cli, const msgpack_object *res, struct 
         return -1;
     }
     if (cli->json) {
-        (void)cli_json_write(stdout, res);
-        (void)putchar('\n');
+        cli_json_println(res);
         return 0;
     }
     (void)printf("%-6s %-8s %-8s %-8s %s\n", "ID", "PID", "STATE", "EXIT", "CMD");
@@ -74,135 +73,67 @@ static int print_procs(const struct cli *cli, const msgpack_object *res, struct 
     return 0;
 }
 
-int cli_cmd_ps(struct cli *cli, int argc, char **argv)
-{
-    static const char usage[] = "Usage: sbx ps [--json]\n"
-                                "\n"
-                                "List the agent's processes (running, and exited but not yet "
-                                "released):\nID PID STATE EXIT CMD. EXIT is the code, or the "
-                                "signal that killed it.\n";
-
-    return cli_run_simple(cli, argc, argv, usage, SBX_M_PROC_LIST, print_procs);
-}
-
 /* What kill and wait read from their command lines. */
-struct proc_args {
+static struct {
     int signo;
     bool group;
-    uint64_t pid, timeout_ms;
-};
+    uint64_t timeout_ms;
+    uint32_t id;
+} args = { .signo = SIGTERM };
 
-/* kill and wait (argv[0]): their options (-s, --group, --timeout, --json), then the one ID. */
-static int proc_parse(struct cli *cli, int argc, char **argv, const char *usage,
-                      const char *shortopts, const struct option *opts, struct proc_args *a)
+int cli_parse_proc(struct cli *cli, int opt, const char *arg)
 {
-    int opt;
+    uint64_t id;
 
-    while ((opt = cli_getopt(cli, argc, argv, shortopts, opts, usage)) > 0) {
-        if (opt == 'g') {
-            a->group = true;
-        } else if (opt == 's' && (a->signo = cli_parse_signal(optarg)) < 0) {
-            (void)fprintf(stderr, "sbx: kill: unknown signal \"%s\"\n", optarg);
-            return CLI_EXIT_USAGE;
-        } else if (opt == 't' && (cli_parse_duration(optarg, &a->timeout_ms) < 0 ||
-                                  a->timeout_ms == 0 || a->timeout_ms > UINT32_MAX)) {
-            (void)fprintf(stderr, "sbx: wait: bad --timeout \"%s\"\n", optarg);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    if (opt < 0) {
-        return cli_opts_status(opt);
-    }
-    if (optind != argc - 1 || cli_parse_u64(argv[optind], &a->pid) < 0) {
-        (void)fputs(usage, stderr);
+    if (opt == 'g') {
+        args.group = true;
+    } else if (opt == 's' && (args.signo = cli_parse_signal(arg)) < 0) {
+        (void)fprintf(stderr, "sbx: kill: unknown signal \"%s\"\n", arg);
         return CLI_EXIT_USAGE;
+    } else if (opt == 't' && (cli_parse_duration(arg, &args.timeout_ms) < 0 ||
+                              args.timeout_ms == 0 || args.timeout_ms > UINT32_MAX)) {
+        (void)fprintf(stderr, "sbx: wait: bad --timeout \"%s\"\n", arg);
+        return CLI_EXIT_USAGE;
+    } else if (opt == 0 &&
+               (cli->argc != 1 || cli_parse_u64(cli->argv[0], &id) < 0 || id > UINT32_MAX)) {
+        return CLI_OPTS_BAD;
+    } else if (opt == 0) {
+        args.id = (uint32_t)id;
     }
-    return -1;
+    return 0;
 }
 
-/* kill or wait (argv[0]): parse, connect, send proc.kill / proc.wait, report. */
-static int proc_cmd(struct cli *cli, int argc, char **argv, const char *usage,
-                    const char *shortopts, const struct option *opts, struct proc_args *a)
+int cli_cmd_kill(struct cli *cli, struct sbx_client *c)
 {
-    bool wait = strcmp(argv[0], "wait") == 0;
-    struct sbx_client *c;
+    struct sbx_msg resp;
+    struct sbx_err err;
+    uint32_t id;
+
+    if (cli_call(
+            c, sbx_proc_kill(sbx_client_conn(c), args.id, args.signo, args.group, NULL, &id, &err),
+            &id, &resp, &err) < 0) {
+        cli_print_err("kill", &err);
+        return CLI_EXIT_FAIL;
+    }
+    return 0;
+}
+
+int cli_cmd_wait(struct cli *cli, struct sbx_client *c)
+{
     struct sbx_msg resp;
     struct sbx_exit ex;
     struct sbx_err err;
-    msgpack_packer *pk;
     uint32_t id;
-    int status = proc_parse(cli, argc, argv, usage, shortopts, opts, a);
 
-    if (status >= 0) {
-        return status;
+    if (cli_call(
+            c,
+            sbx_proc_wait(sbx_client_conn(c), args.id, (uint32_t)args.timeout_ms, NULL, &id, &err),
+            &id, &resp, &err) < 0) {
+        cli_print_err("wait", &err);
+        return strcmp(err.code, SBX_E_TIMEOUT) == 0 ? 124 : CLI_EXIT_FAIL; /* as timeout(1) */
     }
-    status = CLI_EXIT_FAIL;
-    c = cli_connect(cli);
-    if (c == NULL) {
-        return status;
+    if (cli->json) {
+        cli_json_println(resp.result);
     }
-    pk = sbx_client_begin(c, wait ? SBX_M_PROC_WAIT : SBX_M_PROC_KILL, &id);
-    (void)msgpack_pack_map(pk, wait ? 1 + (a->timeout_ms > 0) : 3);
-    sbx_pack_kv_u64(pk, "id", a->pid);
-    if (!wait) {
-        cli_pack_signal(pk, "signal", a->signo);
-        sbx_pack_kv_bool(pk, "group", a->group);
-    } else if (a->timeout_ms > 0) {
-        sbx_pack_kv_u64(pk, "timeout_ms", a->timeout_ms);
-    }
-    if (cli_rpc(c, id, &resp, &err) < 0) {
-        cli_print_err(argv[0], &err);
-        if (wait && strcmp(err.code, SBX_E_TIMEOUT) == 0) {
-            status = 124; /* as timeout(1) */
-        }
-    } else if (!wait) {
-        status = 0;
-    } else {
-        if (cli->json) {
-            (void)cli_json_write(stdout, resp.result);
-            (void)putchar('\n');
-        }
-        if (sbx_exit_read(resp.result, &ex, &err) == 0) {
-            status = sbx_exit_status(&ex);
-        }
-    }
-    sbx_client_close(c);
-    return status;
-}
-
-int cli_cmd_kill(struct cli *cli, int argc, char **argv)
-{
-    static const char usage[] = "Usage: sbx kill [-s SIGNAL] [--group] ID\n"
-                                "\n"
-                                "Send SIGNAL (default TERM; a name like KILL or SIGINT, SIG40, "
-                                "or a number 1..64)\nto process ID (an agent process id, as "
-                                "shown by 'sbx ps'), or with --group to its\nwhole process "
-                                "group.\n";
-    static const struct option opts[] = {
-        { "signal", required_argument, NULL, 's' },
-        { "group", no_argument, NULL, 'g' },
-        CLI_OPT_JSON,
-        CLI_OPTS_END,
-    };
-    struct proc_args a = { .signo = 15 }; /* SIGTERM */
-
-    return proc_cmd(cli, argc, argv, usage, "+s:gh", opts, &a);
-}
-
-int cli_cmd_wait(struct cli *cli, int argc, char **argv)
-{
-    static const char usage[] = "Usage: sbx wait [--timeout DUR] [--json] ID\n"
-                                "\n"
-                                "Wait until process ID has exited and its output has ended, "
-                                "then exit with its\nexit code (128+N when killed by signal N). "
-                                "--json prints the exit record.\nWith --timeout, give up after "
-                                "DUR (exit 124; the process is unaffected).\n";
-    static const struct option opts[] = {
-        { "timeout", required_argument, NULL, 't' },
-        CLI_OPT_JSON,
-        CLI_OPTS_END,
-    };
-    struct proc_args a = { 0 };
-
-    return proc_cmd(cli, argc, argv, usage, "+t:h", opts, &a);
+    return sbx_exit_read(resp.result, &ex, &err) == 0 ? sbx_exit_status(&ex) : CLI_EXIT_FAIL;
 }

@@ -4,8 +4,6 @@
  * Evals run in stream mode, so output appears as the code produces it.
  */
 #include <errno.h>
-#include <getopt.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,11 +26,15 @@ struct repl {
     struct cli *cli;
     struct sbx_client *c;
     const char *lang;
-    uint64_t session;
-    uint64_t proc_id; /* the interpreter's process id, for ^C (0: not looked up yet) */
-    uint64_t timeout_ms;
+    uint32_t session;
+    uint32_t proc_id; /* the interpreter's process id, for ^C (0: not looked up yet) */
     bool shell;
 };
+
+/* What the options set: the --eval codes, in order, and the --timeout. */
+static const char **evals;
+static size_t nevals;
+static uint64_t timeout_ms;
 
 static bool is_shell(const char *lang)
 {
@@ -42,21 +44,15 @@ static bool is_shell(const char *lang)
 static int repl_start(struct repl *r, struct sbx_err *err)
 {
     struct sbx_msg resp;
-    msgpack_packer *pk;
+    uint64_t session;
     uint32_t id;
-    const msgpack_object *o;
 
-    pk = sbx_client_begin(r->c, SBX_M_REPL_START, &id);
-    (void)msgpack_pack_map(pk, 1);
-    sbx_pack_kv_str(pk, "language", r->lang);
-    if (sbx_client_send(r->c, err) < 0 || sbx_client_wait(r->c, id, &resp, -1, err) < 0) {
+    if (cli_call(r->c, sbx_repl_start(sbx_client_conn(r->c), r->lang, NULL, &id, err), &id, &resp,
+                 err) < 0 ||
+        sbx_param_u64(resp.result, "session", SBX_REQUIRED, 1, UINT32_MAX, &session, err) < 0) {
         return -1;
     }
-    o = sbx_obj_get(resp.result, "session");
-    if (o == NULL || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "repl.start result without a session");
-    }
-    r->session = o->via.u64;
+    r->session = (uint32_t)session;
     return 0;
 }
 
@@ -64,56 +60,58 @@ static void repl_close(struct repl *r)
 {
     struct sbx_err err;
     struct sbx_msg resp;
-    msgpack_packer *pk;
     uint32_t id;
 
-    pk = sbx_client_begin(r->c, SBX_M_REPL_CLOSE, &id);
-    (void)msgpack_pack_map(pk, 1);
-    sbx_pack_kv_u64(pk, "session", r->session);
-    if (sbx_client_send(r->c, &err) < 0 || sbx_client_wait(r->c, id, &resp, 5000, &err) < 0) {
-        (void)err; /* the session may have ended already; nothing more to do on the way out */
+    /* The session may have ended already; nothing more to do on the way out. */
+    if (sbx_client_sent(r->c, sbx_repl_close(sbx_client_conn(r->c), r->session, NULL, &id, &err),
+                        &err) == 0) {
+        (void)sbx_client_wait(r->c, id, &resp, 5000, &err);
     }
 }
 
-/* ^C while an eval runs: SIGINT to the interpreter's terminal group, as a local ^C would. */
+/* The interpreter's process: the one proc.list tags "repl:<session>". */
+static void find_proc(struct repl *r)
+{
+    const msgpack_object *procs;
+    struct sbx_err err;
+    struct sbx_msg resp;
+    uint32_t id;
+    char tag[32];
+    int n = snprintf(tag, sizeof(tag), "repl:%u", r->session);
+
+    if (cli_call(r->c, sbx_proc_list(sbx_client_conn(r->c), NULL, &id, &err), &id, &resp, &err) <
+            0 ||
+        sbx_param_array(resp.result, "procs", SBX_REQUIRED, UINT32_MAX, &procs, &err) < 0) {
+        return;
+    }
+    for (uint32_t i = 0; i < procs->via.array.size; i++) {
+        const msgpack_object *p = &procs->via.array.ptr[i];
+        const msgpack_object *t = sbx_obj_get(p, "tag");
+        uint64_t pid;
+
+        if (t != NULL && t->type == MSGPACK_OBJECT_STR && t->via.str.size == (uint32_t)n &&
+            memcmp(t->via.str.ptr, tag, (size_t)n) == 0 &&
+            sbx_param_u64(p, "id", SBX_REQUIRED, 1, UINT32_MAX, &pid, &err) == 0) {
+            r->proc_id = (uint32_t)pid;
+        }
+    }
+}
+
+/* ^C while an eval runs: SIGINT to the interpreter's terminal group, as a local ^C would. The
+ * reply comes back among the eval's messages; it is skipped there. */
 static void repl_interrupt(struct repl *r)
 {
     struct sbx_err err;
-    struct sbx_msg resp;
-    msgpack_packer *pk;
     uint32_t id;
-    char tag[32];
 
     if (r->proc_id == 0) {
-        const msgpack_object *procs;
-        (void)snprintf(tag, sizeof(tag), "repl:%llu", (unsigned long long)r->session);
-        if (sbx_client_call0(r->c, SBX_M_PROC_LIST, &resp, &err) < 0) {
-            return;
-        }
-        procs = sbx_obj_get(resp.result, "procs");
-        for (uint32_t i = 0;
-             procs != NULL && procs->type == MSGPACK_OBJECT_ARRAY && i < procs->via.array.size;
-             i++) {
-            const msgpack_object *p = &procs->via.array.ptr[i];
-            const msgpack_object *t = sbx_obj_get(p, "tag");
-            const msgpack_object *pid = sbx_obj_get(p, "id");
-            if (t != NULL && t->type == MSGPACK_OBJECT_STR && t->via.str.size == strlen(tag) &&
-                memcmp(t->via.str.ptr, tag, strlen(tag)) == 0 && pid != NULL &&
-                pid->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-                r->proc_id = pid->via.u64;
-            }
-        }
-        if (r->proc_id == 0) {
-            return;
-        }
+        find_proc(r);
     }
-    pk = sbx_client_begin(r->c, SBX_M_PROC_KILL, &id);
-    (void)msgpack_pack_map(pk, 3);
-    sbx_pack_kv_u64(pk, "id", r->proc_id);
-    sbx_pack_kv_str(pk, "signal", "INT");
-    sbx_pack_kv_bool(pk, "group", true);
-    /* The reply comes back among the eval's messages; it is skipped there. */
-    (void)sbx_client_send(r->c, &err);
+    if (r->proc_id != 0) {
+        (void)sbx_client_sent(
+            r->c, sbx_proc_kill(sbx_client_conn(r->c), r->proc_id, SIGINT, true, NULL, &id, &err),
+            &err);
+    }
 }
 
 static void print_text(FILE *f, const msgpack_object *o)
@@ -172,45 +170,26 @@ static void print_result(const struct repl *r, const msgpack_object *res)
  */
 static int repl_eval(struct repl *r, const char *code, size_t len)
 {
+    struct sbx_eval_streams ev = { 0 };
+    struct sbx_stream_note note;
     struct sbx_err err;
     struct sbx_msg m;
-    msgpack_packer *pk;
-    uint64_t out = 0, errs = 0;
     uint32_t id;
     bool json = r->cli->json;
     bool sent_intr = false;
-    int status = CLI_EXIT_FAIL;
 
-    pk = sbx_client_begin(r->c, SBX_M_REPL_EVAL, &id);
-    (void)msgpack_pack_map(pk, 3 + (r->timeout_ms > 0));
-    sbx_pack_kv_u64(pk, "session", r->session);
-    sbx_pack_cstr(pk, "code");
-    sbx_pack_bstr(pk, code, len);
-    sbx_pack_kv_bool(pk, "stream", !json);
-    if (r->timeout_ms > 0) {
-        sbx_pack_kv_u64(pk, "timeout_ms", r->timeout_ms);
-    }
     interrupted = 0;
-    if (sbx_client_send(r->c, &err) < 0) {
+    if (cli_call(r->c,
+                 sbx_repl_eval(sbx_client_conn(r->c), r->session, code, len, (uint32_t)timeout_ms,
+                               !json, NULL, &id, &err),
+                 &id, &m, &err) < 0 ||
+        (!json && sbx_eval_streams_read(m.result, &ev, &err) < 0)) {
         goto fail;
     }
     if (json) {
-        if (sbx_client_wait(r->c, id, &m, -1, &err) < 0) {
-            goto fail;
-        }
-        (void)cli_json_write(stdout, m.result);
-        (void)putchar('\n');
+        cli_json_println(m.result);
         (void)fflush(stdout);
         return result_status(r, m.result);
-    }
-    if (sbx_client_wait(r->c, id, &m, -1, &err) < 0) {
-        goto fail;
-    }
-    {
-        const msgpack_object *o = sbx_obj_get(m.result, "stdout");
-        const msgpack_object *e = sbx_obj_get(m.result, "stderr");
-        out = o != NULL && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? o->via.u64 : 0;
-        errs = e != NULL && e->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? e->via.u64 : 0;
     }
     for (;;) {
         int rc = sbx_client_recv(r->c, &m, 100, &err);
@@ -224,25 +203,22 @@ static int repl_eval(struct repl *r, const char *code, size_t len)
         if (rc == 0) {
             continue;
         }
-        if (m.kind == SBX_MSG_DATA && (m.stream == out || m.stream == errs)) {
-            (void)cli_write_all(m.stream == out ? STDOUT_FILENO : STDERR_FILENO, m.data,
+        if (m.kind == SBX_MSG_DATA && (m.stream == ev.out || m.stream == ev.err)) {
+            (void)sbx_write_all(m.stream == ev.out ? STDOUT_FILENO : STDERR_FILENO, m.data,
                                 m.data_len);
             if (sbx_client_consumed(r->c, m.stream, m.data_len, &err) < 0) {
                 goto fail;
             }
         } else if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, SBX_N_REPL_RESULT)) {
             print_result(r, m.params);
-            status = result_status(r, m.params);
-            break;
-        } else if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, SBX_N_STREAM_END)) {
-            const msgpack_object *e = sbx_obj_get(m.params, "error");
-            if (e != NULL && e->type == MSGPACK_OBJECT_MAP) {
-                sbx_err_from_obj(e, &err);
-                goto fail; /* CANCELLED: the session was closed */
-            }
+            return result_status(r, m.params);
+        } else if (m.kind == SBX_MSG_NOTIFY && sbx_msg_method_is(&m, SBX_N_STREAM_END) &&
+                   sbx_stream_note_read(SBX_N_STREAM_END, m.params, &note, &err) == 0 &&
+                   note.has_error) {
+            err = note.error;
+            goto fail; /* CANCELLED: the session was closed */
         }
     }
-    return status;
 
 fail:
     cli_print_err("repl", &err);
@@ -347,74 +323,29 @@ static int read_block(struct repl *r, FILE *in, bool prompt, char **block, size_
     return 1;
 }
 
-int cli_cmd_repl(struct cli *cli, int argc, char **argv)
+int cli_parse_repl(struct cli *cli, int opt, const char *arg)
 {
-    static const char usage[] =
-        "Usage: sbx repl [OPTIONS] [LANG]\n"
-        "\n"
-        "Start a REPL session in the sandbox: sh (default), bash, python3, node or deno.\n"
-        "State persists between evaluations. Output appears as the code produces it; then\n"
-        "the value (python3: repr, node: util.inspect, deno: Deno.inspect) on stdout and\n"
-        "any error on stderr.\n"
-        "\n"
-        "Without --eval, read code from stdin: a line, or a block that continues while a\n"
-        "line ends in ':' ',' '\\' or an open bracket (shells: 'do' 'then' '{' '|' ...) up\n"
-        "to an empty line. On a terminal there is a prompt and ^C interrupts the running\n"
-        "code; ^D ends the session.\n"
-        "\n"
-        "Options:\n"
-        "  -e, --eval CODE   evaluate CODE (repeatable, in order; stops at the first error)\n"
-        "                    and exit: 0, 1 on an error, 124 on a timeout, a shell's status\n"
-        "  -t, --timeout DUR interrupt an evaluation after DUR (500ms, 10s, 2m); the session\n"
-        "                    survives\n"
-        "      --json        print each result as JSON (no streaming)\n"
-        "  -h, --help        show this help\n";
-    static const struct option opts[] = {
-        { "eval", required_argument, NULL, 'e' },
-        { "timeout", required_argument, NULL, 't' },
-        CLI_OPT_JSON,
-        CLI_OPTS_END,
-    };
-    struct repl r = { .cli = cli, .lang = "sh" };
-    const char **evals = calloc((size_t)argc + 1, sizeof(char *));
-    struct sigaction sa, old_sa;
-    struct sbx_err err;
-    size_t nevals = 0;
-    char *block = NULL;
-    int opt, status = CLI_EXIT_FAIL;
-
-    if (evals == NULL) {
+    if (opt == 'e' && cli_push(&evals, &nevals, arg) < 0) {
         (void)fputs("sbx: repl: out of memory\n", stderr);
         return CLI_EXIT_FAIL;
     }
-    while ((opt = cli_getopt(cli, argc, argv, "e:t:h", opts, usage)) > 0) {
-        if (opt == 'e') {
-            evals[nevals++] = optarg;
-        } else if (cli_parse_duration(optarg, &r.timeout_ms) < 0 || r.timeout_ms == 0 ||
-                   r.timeout_ms > UINT32_MAX) {
-            (void)fprintf(stderr, "sbx: repl: bad --timeout \"%s\"\n", optarg);
-            free(evals);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    if (opt < 0) {
-        free(evals);
-        return cli_opts_status(opt);
-    }
-    if (optind < argc) {
-        r.lang = argv[optind++];
-    }
-    if (optind != argc) {
-        (void)fputs(usage, stderr);
-        free(evals);
+    if (opt == 't' &&
+        (cli_parse_duration(arg, &timeout_ms) < 0 || timeout_ms == 0 || timeout_ms > UINT32_MAX)) {
+        (void)fprintf(stderr, "sbx: repl: bad --timeout \"%s\"\n", arg);
         return CLI_EXIT_USAGE;
     }
+    return opt == 0 && cli->argc > 1 ? CLI_OPTS_BAD : 0;
+}
+
+int cli_cmd_repl(struct cli *cli, struct sbx_client *c)
+{
+    struct repl r = { .cli = cli, .c = c, .lang = cli->argc > 0 ? cli->argv[0] : "sh" };
+    struct sigaction sa, old_sa;
+    struct sbx_err err;
+    char *block = NULL;
+    int status = CLI_EXIT_FAIL;
+
     r.shell = is_shell(r.lang);
-    r.c = cli_connect(cli);
-    if (r.c == NULL) {
-        free(evals);
-        return CLI_EXIT_FAIL;
-    }
     if (repl_start(&r, &err) < 0) {
         cli_print_err("repl", &err);
         goto out;
@@ -464,6 +395,5 @@ closing:
 out:
     free(block);
     free(evals);
-    sbx_client_close(r.c);
     return status;
 }

@@ -1,10 +1,7 @@
-/* Session commands: ping, info, hello, and the generic `call` escape hatch. */
-#include <errno.h>
-#include <getopt.h>
+/* Session commands: ping, the print function of info and hello, and the generic `call`. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "cli.h"
 
@@ -70,61 +67,44 @@ static void print_error_json(const struct sbx_err *err)
     json_decref(j);
 }
 
-static int print_result(const struct cli *cli, const msgpack_object *res, struct sbx_err *err)
+int cli_print_map(const struct cli *cli, const msgpack_object *res, struct sbx_err *err)
 {
     if (cli->json || res->type != MSGPACK_OBJECT_MAP) {
-        (void)cli_json_write(stdout, res);
-        (void)putchar('\n');
+        cli_json_println(res);
     } else {
         print_table("", res);
     }
     return 0;
 }
 
-int cli_cmd_ping(struct cli *cli, int argc, char **argv)
-{
-    static const char usage[] = "Usage: sbx ping [-n COUNT] [--json]\n"
-                                "\n"
-                                "Send COUNT (default 1) pings back to back and print each "
-                                "round-trip time\n(and min/avg/max for more than one).\n";
-    static const struct option opts[] = {
-        { "count", required_argument, NULL, 'n' },
-        CLI_OPT_JSON,
-        CLI_OPTS_END,
-    };
-    uint64_t count = 1, min = UINT64_MAX, max = 0, sum = 0;
-    uint64_t *rtts;
-    struct sbx_client *c;
-    struct sbx_err err;
-    int opt, status = CLI_EXIT_FAIL;
+static uint64_t ping_count = 1;
 
-    while ((opt = cli_getopt(cli, argc, argv, "+n:h", opts, usage)) > 0) {
-        if (cli_parse_u64(optarg, &count) < 0 || count == 0 || count > 1000000) {
-            (void)fprintf(stderr, "sbx: ping: bad count \"%s\"\n", optarg);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    if (opt < 0) {
-        return cli_opts_status(opt);
-    }
-    if (optind != argc) {
-        (void)fputs(usage, stderr);
+int cli_parse_ping(struct cli *cli, int opt, const char *arg)
+{
+    if (opt == 'n' &&
+        (cli_parse_u64(arg, &ping_count) < 0 || ping_count == 0 || ping_count > 1000000)) {
+        (void)fprintf(stderr, "sbx: ping: bad count \"%s\"\n", arg);
         return CLI_EXIT_USAGE;
     }
-    rtts = calloc(count, sizeof(*rtts));
+    return opt == 0 && cli->argc > 0 ? CLI_OPTS_BAD : 0;
+}
+
+int cli_cmd_ping(struct cli *cli, struct sbx_client *c)
+{
+    uint64_t count = ping_count, min = UINT64_MAX, max = 0, sum = 0;
+    uint64_t *rtts = calloc(count, sizeof(*rtts));
+    struct sbx_err err;
+    int status = CLI_EXIT_FAIL;
+
     if (rtts == NULL) {
-        return CLI_EXIT_FAIL;
-    }
-    c = cli_connect(cli);
-    if (c == NULL) {
-        free(rtts);
         return CLI_EXIT_FAIL;
     }
     for (uint64_t i = 0; i < count; i++) {
         struct sbx_msg resp;
         uint64_t t0 = now_ns(), rtt;
+        uint32_t id;
 
-        if (sbx_client_call0(c, SBX_M_PING, &resp, &err) < 0) {
+        if (cli_call(c, sbx_ping(sbx_client_conn(c), NULL, &id, &err), &id, &resp, &err) < 0) {
             cli_print_err("ping", &err);
             goto out;
         }
@@ -152,146 +132,68 @@ int cli_cmd_ping(struct cli *cli, int argc, char **argv)
     }
     status = 0;
 out:
-    sbx_client_close(c);
     free(rtts);
     return status;
 }
 
-int cli_cmd_info(struct cli *cli, int argc, char **argv)
+/* `sbx call`: the JSON params text (and what was malloc'd for it when read from stdin). */
+static const char *call_text = "{}";
+static char *call_owned;
+static size_t call_len = 2;
+
+int cli_parse_call(struct cli *cli, int opt, const char *arg)
 {
-    static const char usage[] = "Usage: sbx info [--json]\n"
-                                "\n"
-                                "Show the agent's info: versions, uptime, load, memory, boot "
-                                "timings, connections, processes.\n";
+    size_t len;
 
-    return cli_run_simple(cli, argc, argv, usage, SBX_M_INFO, print_result);
-}
-
-int cli_cmd_hello(struct cli *cli, int argc, char **argv)
-{
-    static const char usage[] = "Usage: sbx hello [--json]\n"
-                                "\n"
-                                "Say hello and print what was negotiated: protocol version, the "
-                                "agent's\ncapabilities and limits (--json: the whole hello "
-                                "result).\n";
-
-    return cli_run_simple(cli, argc, argv, usage, NULL, print_result);
-}
-
-/* Read all of stdin (up to @max bytes) into a malloc'd buffer. */
-static char *read_stdin(size_t max, size_t *len)
-{
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-
-    while (buf != NULL) {
-        ssize_t r;
-        if (n == cap) {
-            char *p;
-            if (cap >= max) {
-                free(buf);
-                return NULL;
-            }
-            cap *= 2;
-            p = realloc(buf, cap);
-            if (p == NULL) {
-                free(buf);
-                return NULL;
-            }
-            buf = p;
-        }
-        r = read(STDIN_FILENO, buf + n, cap - n);
-        if (r < 0 && errno == EINTR) {
-            continue;
-        }
-        if (r < 0) {
-            free(buf);
-            return NULL;
-        }
-        if (r == 0) {
-            *len = n;
-            return buf;
-        }
-        n += (size_t)r;
+    if (cli->argc < 1 || cli->argc > 2) {
+        return CLI_OPTS_BAD;
     }
-    return NULL;
-}
-
-int cli_cmd_call(struct cli *cli, int argc, char **argv)
-{
-    static const char usage[] =
-        "Usage: sbx call METHOD [JSON-PARAMS | -]\n"
-        "\n"
-        "Send request METHOD with params given as a JSON object (default {}; '-' reads it\n"
-        "from stdin) and print the result as JSON. Strings become msgpack str, integers\n"
-        "int, other numbers float64. In the output, bin values are base64 strings.\n"
-        "An error is printed to stderr (and as {\"error\":{...}} on stdout with --json);\n"
-        "the exit status is then 1.\n";
-    const char *method, *text = "{}";
-    char *owned = NULL;
-    size_t len, i = 0;
-    struct sbx_client *c;
-    struct sbx_msg resp;
-    struct sbx_err err;
-    msgpack_packer *pk;
-    uint32_t id;
-    int r = cli_parse_simple(cli, argc, argv, usage), status = CLI_EXIT_FAIL;
-
-    if (r < 1) {
-        return cli_opts_status(r);
-    }
-    if (argc - r < 1 || argc - r > 2) {
-        (void)fputs(usage, stderr);
-        return CLI_EXIT_USAGE;
-    }
-    method = argv[r];
-    if (strlen(method) == 0 || strlen(method) > SBX_METHOD_MAX) {
+    len = strlen(cli->argv[0]);
+    if (len == 0 || len > SBX_METHOD_MAX) {
         (void)fprintf(stderr, "sbx: call: method name must be 1..%u bytes\n", SBX_METHOD_MAX);
         return CLI_EXIT_USAGE;
     }
-    if (argc - r == 2) {
-        text = argv[r + 1];
-    }
-    len = strlen(text);
-    if (strcmp(text, "-") == 0) {
-        owned = read_stdin(CALL_STDIN_MAX, &len);
-        if (owned == NULL) {
+    if (cli->argc == 2 && strcmp(cli->argv[1], "-") == 0) {
+        /* Read all of stdin, up to a frame's worth. */
+        call_text = call_owned = malloc(CALL_STDIN_MAX + 1);
+        call_len = call_owned != NULL ? fread(call_owned, 1, CALL_STDIN_MAX + 1, stdin) : 0;
+        if (call_owned == NULL || ferror(stdin) || call_len > CALL_STDIN_MAX) {
             (void)fprintf(stderr, "sbx: call: cannot read JSON params from stdin\n");
             return CLI_EXIT_USAGE;
         }
-        text = owned;
+        call_owned[call_len] = '\0';
+    } else if (cli->argc == 2) {
+        call_text = cli->argv[1];
+        call_len = strlen(call_text);
     }
-    while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r')) {
-        i++;
-    }
-    if (i == len || text[i] != '{') {
+    if (call_text[strspn(call_text, " \t\n\r")] != '{') {
         (void)fprintf(stderr, "sbx: call: params must be a JSON object\n");
-        free(owned);
         return CLI_EXIT_USAGE;
     }
-    c = cli_connect(cli);
-    if (c == NULL) {
-        free(owned);
-        return CLI_EXIT_FAIL;
-    }
-    pk = sbx_client_begin(c, method, &id);
-    if (cli_json_to_msgpack(text, len, pk, &err) < 0) {
+    return 0;
+}
+
+/* Any method with any params, so the one request not made with a typed call. */
+int cli_cmd_call(struct cli *cli, struct sbx_client *c)
+{
+    const char *method = cli->argv[0];
+    struct sbx_msg resp;
+    struct sbx_err err;
+    uint32_t id;
+    int status = CLI_EXIT_FAIL;
+
+    if (cli_json_to_msgpack(call_text, call_len, sbx_client_begin(c, method, &id), &err) < 0) {
         cli_print_err("call", &err);
         status = CLI_EXIT_USAGE;
-        goto out;
-    }
-    if (cli_rpc(c, id, &resp, &err) < 0) {
+    } else if (sbx_client_send(c, &err) < 0 || sbx_client_wait(c, id, &resp, -1, &err) < 0) {
         cli_print_err(method, &err);
         if (cli->json) {
             print_error_json(&err);
         }
-        goto out;
+    } else {
+        cli_json_println(resp.result);
+        status = 0;
     }
-    (void)cli_json_write(stdout, resp.result);
-    (void)putchar('\n');
-    status = 0;
-out:
-    sbx_client_close(c);
-    free(owned);
+    free(call_owned);
     return status;
 }

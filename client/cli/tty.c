@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -54,22 +55,17 @@ static void tty_restore_atexit(void)
 
 int cli_tty_raw(int fd)
 {
-    struct termios raw;
-
     if (tcgetattr(fd, &tty_saved) < 0) {
         return -1;
     }
-    raw = tty_saved;
-    cfmakeraw(&raw);
     tty_fd = fd;
     if (!tty_atexit) {
         tty_atexit = atexit(tty_restore_atexit) == 0;
     }
-    if (set_attr(fd, &raw) < 0) {
+    if (cli_tty_reraw() < 0) {
         tty_fd = -1;
         return -1;
     }
-    tty_raw = 1;
     return 0;
 }
 
@@ -104,7 +100,20 @@ void cli_tty_forget(void)
     tty_fd = -1;
 }
 
-bool cli_tty_is_raw(void)
+void cli_say(const char *fmt, ...)
 {
-    return tty_fd >= 0 && tty_raw;
+    char buf[1024], out[2048];
+    size_t n = 0;
+    va_list ap;
+
+    va_start(ap, fmt);
+    (void)vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    for (const char *p = buf; *p != '\0' && n < sizeof(out) - 2; p++) {
+        if (*p == '\n' && tty_fd >= 0 && tty_raw) {
+            out[n++] = '\r';
+        }
+        out[n++] = *p;
+    }
+    (void)fwrite(out, 1, n, stderr);
 }

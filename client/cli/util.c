@@ -1,8 +1,6 @@
-/* Small CLI helpers: durations, numbers, human output, complete writes. */
-#include <errno.h>
-#include <poll.h>
+/* Small CLI helpers: durations, numbers, human output. */
+#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
 
@@ -26,6 +24,7 @@ int cli_parse_u64(const char *s, uint64_t *out)
 int cli_parse_signal(const char *s)
 {
     uint64_t v;
+    int sig;
 
     if (s == NULL) {
         return -1;
@@ -37,21 +36,8 @@ int cli_parse_signal(const char *s)
     if (s[0] >= '0' && s[0] <= '9') {
         return cli_parse_u64(s, &v) == 0 && v >= 1 && v <= 64 ? (int)v : -1;
     }
-    {
-        int sig = sbx_signal_parse(s);
-        return sig >= 1 && sig < 32 ? sig : -1;
-    }
-}
-
-void cli_pack_signal(msgpack_packer *pk, const char *key, int sig)
-{
-    char name[32];
-
-    if (sig < 32 && sbx_signal_name(sig, name, sizeof(name)) != NULL) {
-        sbx_pack_kv_str(pk, key, name);
-    } else {
-        sbx_pack_kv_u64(pk, key, (uint64_t)sig);
-    }
+    sig = sbx_signal_parse(s);
+    return sig >= 1 && sig < 32 ? sig : -1;
 }
 
 /* Milliseconds per unit; 0 for an unknown unit. @n is the unit's length. */
@@ -185,27 +171,15 @@ void cli_format_ns(char *buf, size_t bufsz, uint64_t ns)
     }
 }
 
-int cli_write_all(int fd, const void *p, size_t n)
+int cli_push(const char ***v, size_t *n, const char *s)
 {
-    const char *s = p;
+    const char **p = realloc(*v, (*n + 2) * sizeof(*p));
 
-    while (n > 0) {
-        ssize_t w = write(fd, s, n);
-        if (w > 0) {
-            s += w;
-            n -= (size_t)w;
-            continue;
-        }
-        if (w < 0 && errno == EINTR) {
-            continue;
-        }
-        if (w < 0 && errno == EAGAIN) {
-            /* Someone made our stdout non-blocking: wait for room instead of spinning. */
-            struct pollfd pfd = { .fd = fd, .events = POLLOUT };
-            (void)poll(&pfd, 1, -1);
-            continue;
-        }
-        return w < 0 ? -errno : -EIO;
+    if (p == NULL) {
+        return -1;
     }
+    p[(*n)++] = s;
+    p[*n] = NULL;
+    *v = p;
     return 0;
 }

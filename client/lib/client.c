@@ -9,9 +9,9 @@
  * decoded into struct sbx_msg views when handed out).
  *
  * The current message (the last one handed out) lies in the core's input buffer or in a FIFO
- * entry. Calls that only write (send, grant, consumed, stream_end, stream_cancel) must leave it
- * valid, so while a write waits for room they read ahead into a buffer of their own, which is
- * fed to the core by the next call that reads.
+ * entry. Calls that only write (send, grant, consumed, stream_end, stream_abort, stream_cancel)
+ * must leave it valid, so while a write waits for room they read ahead into a buffer of their
+ * own, which is fed to the core by the next call that reads.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -832,13 +832,19 @@ int sbx_client_grant(struct sbx_client *c, uint32_t stream, uint32_t bytes, stru
 
 int sbx_client_stream_end(struct sbx_client *c, uint32_t stream, struct sbx_err *err)
 {
+    return sbx_client_stream_abort(c, stream, NULL, err);
+}
+
+int sbx_client_stream_abort(struct sbx_client *c, uint32_t stream, const struct sbx_err *why,
+                            struct sbx_err *err)
+{
     struct sbx_err e;
 
     if (check_broken(c, err) < 0) {
         return -1;
     }
     /* STREAM: not an open `in` stream (cancelled by the agent, or ended): nothing to end. */
-    if (sbx_conn_end(c->conn, stream, NULL, &e) < 0 && strcmp(e.code, SBX_E_STREAM) != 0) {
+    if (sbx_conn_end(c->conn, stream, why, &e) < 0 && strcmp(e.code, SBX_E_STREAM) != 0) {
         *err = e;
         return -1;
     }

@@ -165,6 +165,11 @@ static int call_kv(struct sbx_conn *c, enum sbx_call call, const struct kv *kv, 
         if (kv[i].t == KV_REQ && kv[i].s == NULL) {
             return sbx_err_param(err, kv[i].k, "%s: \"%s\" is required", method, kv[i].k);
         }
+        /* A str must be UTF-8 (§4.3); a strict agent would refuse the whole message. */
+        if ((kv[i].t == KV_STR && !sbx_utf8_valid(kv[i].s, strlen(kv[i].s))) ||
+            (kv[i].t == KV_STRN && !sbx_utf8_valid(kv[i].s, kv[i].n))) {
+            return sbx_err_param(err, kv[i].k, "%s: \"%s\" is not valid UTF-8", method, kv[i].k);
+        }
         for (size_t j = 0; kv[i].t == KV_STRV && j < kv[i].n; j++) {
             if (((const char *const *)kv[i].p)[j] == NULL) {
                 return sbx_err_param(err, kv[i].k, "%s: %s[%zu] is NULL", method, kv[i].k, j);
@@ -284,6 +289,39 @@ int sbx_env_set(struct sbx_conn *c, const char *name, const char *value, void *u
     (void)msgpack_pack_map(pk, 1);
     sbx_pack_bstr(pk, name, strlen(name));
     (void)msgpack_pack_nil(pk);
+    return sbx_conn_commit(c, err);
+}
+
+int sbx_env_set_vars(struct sbx_conn *c, const char *const *vars, size_t n, void *user,
+                     uint32_t *id, struct sbx_err *err)
+{
+    msgpack_packer *pk;
+
+    for (size_t i = 0; i < n; i++) {
+        if (vars == NULL || vars[i] == NULL || vars[i][0] == '=' || vars[i][0] == '\0') {
+            return sbx_err_param(err, "vars", "env.set: vars[%zu] is not NAME=VALUE or NAME", i);
+        }
+    }
+    if (n == 0) {
+        return sbx_err_param(err, "vars", "env.set: no variables");
+    }
+    pk = sbx_conn_begin(c, SBX_M_ENV_SET, user, id, err);
+    if (pk == NULL) {
+        return -1;
+    }
+    (void)msgpack_pack_map(pk, 1);
+    sbx_pack_cstr(pk, "vars");
+    (void)msgpack_pack_map(pk, n);
+    for (size_t i = 0; i < n; i++) {
+        const char *eq = strchr(vars[i], '=');
+
+        sbx_pack_bstr(pk, vars[i], eq != NULL ? (size_t)(eq - vars[i]) : strlen(vars[i]));
+        if (eq != NULL) {
+            sbx_pack_bstr(pk, eq + 1, strlen(eq + 1));
+        } else {
+            (void)msgpack_pack_nil(pk);
+        }
+    }
     return sbx_conn_commit(c, err);
 }
 

@@ -607,6 +607,39 @@ static void test_stream_cancel_and_end(void **state)
     assert_int_equal(agent_read(fx, 100), 0);
 }
 
+static void test_stream_abort(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_stream_note n;
+    struct sbx_err why;
+
+    do_hello(fx, 1000, 300);
+    spawn(fx, 11, 0, 0);
+    assert_int_equal(sbx_client_stream_write(fx->c, 11, "ab", 2, &fx->err), 0);
+    (void)sbx_err_sys(&why, EIO, NULL, "read %s", "in.bin");
+    assert_int_equal(sbx_client_stream_abort(fx->c, 11, &why, &fx->err), 0);
+    /* Aborted is ended: no more data, and aborting or ending it again sends nothing; nor does
+     * aborting a stream that is not open (never announced here; cancelled by the agent). */
+    assert_true(sbx_client_stream_cancelled(fx->c, 11));
+    assert_int_equal(sbx_client_stream_write(fx->c, 11, "x", 1, &fx->err), -1);
+    assert_string_equal(fx->err.code, "STREAM");
+    assert_int_equal(sbx_client_stream_abort(fx->c, 11, &why, &fx->err), 0);
+    assert_int_equal(sbx_client_stream_end(fx->c, 11, &fx->err), 0);
+    assert_int_equal(sbx_client_stream_abort(fx->c, 99, &why, &fx->err), 0);
+
+    agent_expect(fx, "hello");
+    agent_expect(fx, "proc.spawn");
+    assert_int_equal(agent_read(fx, 1000), 1);
+    assert_true(fx->m.kind == SBX_MSG_DATA && fx->m.data_len == 2);
+    agent_expect(fx, "stream.end"); /* after the data, carrying the error map */
+    assert_int_equal(sbx_stream_note_read(SBX_N_STREAM_END, fx->m.params, &n, &fx->err), 0);
+    assert_int_equal(n.stream, 11);
+    assert_true(n.has_error);
+    assert_string_equal(n.error.code, "EIO");
+    assert_non_null(strstr(n.error.msg, "read in.bin"));
+    assert_int_equal(agent_read(fx, 100), 0);
+}
+
 static void expect_credit(struct fx *fx, uint32_t stream, uint64_t bytes)
 {
     uint64_t v;
@@ -1067,6 +1100,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_write_credit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_response_queued_during_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_cancel_and_end, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_abort, setup, teardown),
         cmocka_unit_test_setup_teardown(test_consumed_grants, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eof_and_peer_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_after_close, setup, teardown),

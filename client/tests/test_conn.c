@@ -1434,7 +1434,18 @@ static void test_typed_params_lists(void **state)
     assert_int_equal(sbx_pack_create(fx->c, &pp, NULL, NULL, &fx->err), -1);
     assert_string_equal(fx->err.field, "build");
     assert_int_equal(sbx_fs_walk(fx->c, NULL, NULL, NULL, &fx->err), -1);
-    assert_int_equal(sbx_conn_out_bytes(fx->c), 0);
+    /* A str param that is not UTF-8 (repl code) and a vars entry without a name. */
+    assert_int_equal(sbx_repl_eval(fx->c, 1, "\xff", 1, 0, false, NULL, NULL, &fx->err), -1);
+    assert_string_equal(fx->err.field, "code");
+    assert_int_equal(sbx_env_set_vars(fx->c, bad, 1, NULL, NULL, &fx->err), 0);
+    assert_int_equal(
+        sbx_env_set_vars(fx->c, (const char *const[]){ "=x" }, 1, NULL, NULL, &fx->err), -1);
+    assert_string_equal(fx->err.field, "vars");
+    assert_int_equal(
+        sbx_env_set_vars(fx->c, (const char *const[]){ "A=1", "B" }, 2, NULL, NULL, &fx->err), 0);
+    t = out_text(fx->c);
+    assert_non_null(strstr(t, "\"env.set\", {\"vars\"=>{\"a\"=>nil}}]\n"));
+    assert_non_null(strstr(t, "\"env.set\", {\"vars\"=>{\"A\"=>\"1\", \"B\"=>nil}}]\n"));
 }
 
 /* --- output stability, EOF ------------------------------------------------------------------ */

@@ -1,10 +1,11 @@
 /*
  * libsbx: the host-side client of the sbx protocol, blocking API.
  *
- * libsbx has two layers. The sans-I/O connection core (sbx/conn.h) holds the protocol: request
- * ids, hello (version, capabilities, limits), the stream table and credit. This API sits on top
- * of it for programs that block, like the sbx CLI: it owns the connection's fd, reads into the
- * core and writes what the core queues, with poll so timeouts work.
+ * The sans-I/O connection core (sbx/conn.h) holds the protocol: request ids, hello (version,
+ * capabilities, limits), the stream table and credit. This API sits on top of it for programs
+ * that block, like the sbx CLI: it owns the connection's fd, reads into the core and writes what
+ * the core queues, with poll so timeouts work. Transfers (sbx/transfer.h) and directory trees
+ * (sbx/tree.h) are libraries on top of this one.
  *
  * One struct sbx_client is one connection to an sbx-agent. The library is synchronous and
  * single-threaded: every call blocks on the connection's fd and a client must not be used from
@@ -197,8 +198,8 @@ int sbx_client_send(struct sbx_client *c, struct sbx_err *err);
  * before they are returned. Not handed out: data and stream notifications for streams that are
  * not live (never announced, cancelled or ended; §8.5), and requests from the agent (the core
  * answers UNKNOWN_METHOD). *@m is valid until the next call that receives (recv, wait, call0,
- * hello, stream_write); calls that only send (send, grant, consumed, stream_end, stream_cancel)
- * leave it valid.
+ * hello, stream_write); calls that only send (send, grant, consumed, stream_end, stream_abort,
+ * stream_cancel) leave it valid.
  */
 int sbx_client_recv(struct sbx_client *c, struct sbx_msg *m, int timeout_ms, struct sbx_err *err);
 
@@ -229,6 +230,16 @@ int sbx_client_grant(struct sbx_client *c, uint32_t stream, uint32_t bytes, stru
 /* Send stream.end {stream} on an "in" stream (e.g. close a process's stdin), after the bytes
  * written before it. A no-op when @stream is not open (the agent cancelled it, it ended). */
 int sbx_client_stream_end(struct sbx_client *c, uint32_t stream, struct sbx_err *err);
+
+/*
+ * End "in" stream @stream with the error map @why in its stream.end (§8.4): the bytes sent on it
+ * are incomplete, e.g. an upload whose local read failed (the agent aborts the upload: §18; a
+ * process's stdin is just closed). @why NULL ends it normally, as sbx_client_stream_end. Either
+ * way the stream takes no more writes. A no-op when @stream is not open (the agent cancelled it,
+ * it ended). Returns 0, or -1 with @err on a transport error or an unusable connection.
+ */
+int sbx_client_stream_abort(struct sbx_client *c, uint32_t stream, const struct sbx_err *why,
+                            struct sbx_err *err);
 
 /* Send stream.cancel {stream}: no more data wanted on "out" stream @stream (no stream.end will
  * follow; data already in flight is discarded by the core). A no-op for a stream not live. */

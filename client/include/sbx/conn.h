@@ -434,7 +434,9 @@ int sbx_conn_stream_set_user(struct sbx_conn *c, uint32_t stream, void *user);
  * may be NULL), or -1 with @err (the local refusals of sbx_conn_begin and sbx_conn_commit, and
  * BAD_PARAM for a NULL required argument). The result arrives as a RESPONSE event carrying
  * @user. Paths and other OS byte strings are NUL-terminated C strings, sent as str when valid
- * UTF-8, else bin (§4.4). @cwd (fs and transfer families, §17.1) may be NULL.
+ * UTF-8, else bin (§4.4); a param the protocol types str (repl code, a language, a format) that
+ * is not valid UTF-8 is refused locally with BAD_PARAM naming it. @cwd (fs and transfer families,
+ * §17.1) may be NULL.
  */
 
 /* session (§6, §12) */
@@ -466,6 +468,10 @@ int sbx_env_get(struct sbx_conn *c, const char *name, void *user, uint32_t *id,
 /* env.set {name, value}; @value NULL unsets (vars form with a nil value). */
 int sbx_env_set(struct sbx_conn *c, const char *name, const char *value, void *user, uint32_t *id,
                 struct sbx_err *err);
+/* env.set {vars} (§13.2): @n entries "NAME=VALUE" (set) or "NAME" (unset), applied together or
+ * not at all. BAD_PARAM locally for none or an entry without a name. */
+int sbx_env_set_vars(struct sbx_conn *c, const char *const *vars, size_t n, void *user,
+                     uint32_t *id, struct sbx_err *err);
 /* env.unset {name} */
 int sbx_env_unset(struct sbx_conn *c, const char *name, void *user, uint32_t *id,
                   struct sbx_err *err);

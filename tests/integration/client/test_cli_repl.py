@@ -89,6 +89,8 @@ class TestCliReplTmux(TmuxCase):
         self.tmux("new-session", "-d", "-x", "100", "-y", "30", "-s", "t", "sh " + script)
         self.wait_screen(lambda ls: any(x.startswith(">>>") for x in ls), "a prompt")
         self.tmux("send-keys", "-t", "t", "n = 20 + 1", "Enter")
+        # The next line only once the prompt is back: typed ahead, its echo and the prompt race.
+        self.wait_screen(lambda ls: sum(x.startswith(">>>") for x in ls) >= 2, "a second prompt")
         self.tmux("send-keys", "-t", "t", "n * 2", "Enter")
         self.wait_screen(lambda ls: "42" in ls, "the value 42")
         self.tmux("send-keys", "-t", "t", "import time; time.sleep(100)", "Enter")
