@@ -41,6 +41,7 @@ bool agent_list_empty(const struct agent_link *head);
 struct agent;
 struct agent_conn;
 struct agent_proc;
+struct agent_cgroup;
 
 /*
  * A request handler (dispatch.c's method table) returns AGENT_REPLIED once it has sent the
@@ -97,8 +98,17 @@ struct agent {
     struct agent_link procs;
     struct agent_link repls; /* live REPL sessions */
     uint32_t next_repl;
-    unsigned nconns;
+    unsigned nconns; /* connection objects alive: info's "conns" (refused and closing ones too) */
     unsigned nhello; /* connections past hello: the "clients" init counts */
+    /* Admission (conn.c): connections admitted and not closing, per enum agent_transport, and
+     * the TCP ones among them still waiting for hello; the caps count these. */
+    unsigned nconns_kind[4];
+    unsigned nconns_tcp_hello;
+    struct agent_link prehello; /* admitted connections waiting for hello, oldest first */
+    uv_timer_t hello_timer;     /* fires at the oldest one's hello deadline */
+    unsigned hello_timeout_ms;
+    uint64_t refused_log_ms; /* the last refusal logged (rate-limited: floods must not flood) */
+    unsigned refused_quiet;  /* refusals not logged since */
     unsigned nprocs;
     unsigned next_conn;
     uint64_t next_proc;
@@ -120,6 +130,8 @@ struct agent {
     uint64_t boot_kernel_ns, boot_init_ns, boot_agent_ns, boot_ready_ns;
     struct agent_link lifetime_waiters; /* requests waiting for init's "lifetime" reply */
     char passwd_root[256];              /* "" normally: where /etc/passwd is looked up */
+    struct agent_cgroup *cgroup;        /* cgroup.c: the workload cgroup; NULL: no limits */
+    struct rlimit nofile; /* RLIMIT_NOFILE as the agent found it: workloads get it back */
 };
 
 /* CLOCK_MONOTONIC / CLOCK_BOOTTIME in nanoseconds. */

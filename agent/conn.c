@@ -4,6 +4,8 @@
  */
 #include "conn.h"
 
+#include <assert.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,10 +22,54 @@ struct write_req {
     void *ctl;     /* control frame bytes (malloc'd), or NULL */
     void *payload; /* data frame payload (pool buffer), or NULL */
     size_t len;
+    size_t cost; /* what it counts in c->queued: data, its bytes; control, its memory */
     uint8_t hdr[SBX_STREAM_DATA_HDR_MAX];
 };
 
 static void conn_close_cb(uv_handle_t *h);
+static void conn_input_resume(struct agent_conn *c);
+
+/*
+ * The memory a queued control frame holds: both allocations as malloc sized them, plus a chunk
+ * header each. For a small reply that is twenty times its bytes: counting bytes let a peer that
+ * never read 640,000 pongs grow the agent by 181 MB under a "bound" of 8 MiB.
+ */
+#define CONN_CHUNK_HDR 16u
+static size_t write_req_mem(struct write_req *wr)
+{
+    return malloc_usable_size(wr) + malloc_usable_size(wr->ctl) + 2 * CONN_CHUNK_HDR;
+}
+
+#ifndef NDEBUG
+/*
+ * Debug and sanitizer builds check the admission counters against the connection list on every
+ * change: they must count exactly the admitted connections that are not closing (once refused
+ * and closing ones counted, and the count reached 270 against a cap of 64).
+ */
+static void conn_counts_check(const struct agent *a)
+{
+    unsigned kind[ARRAY_SIZE(a->nconns_kind)] = { 0 }, tcp_hello = 0, all = 0, waiting = 0;
+    const struct agent_link *l;
+
+    for (l = a->conns.next; l != &a->conns; l = l->next) {
+        const struct agent_conn *c = agent_container_of(l, struct agent_conn, link);
+        all++;
+        assert(!(c->counted && c->closing));
+        if (c->counted) {
+            kind[c->transport]++;
+            tcp_hello += c->transport == AGENT_T_TCP && !c->hello_done;
+            waiting += c->transport != AGENT_T_SERIAL && !c->hello_done;
+        }
+    }
+    for (l = a->prehello.next; l != &a->prehello; l = l->next) {
+        waiting--;
+    }
+    assert(all == a->nconns && waiting == 0 && tcp_hello == a->nconns_tcp_hello);
+    assert(memcmp(kind, a->nconns_kind, sizeof(kind)) == 0);
+}
+#else
+#define conn_counts_check(a) ((void)0)
+#endif
 
 /*
  * Give the framer a pooled buffer (AGENT_POOLBUF bytes) unless it has one: frames that straddle
@@ -69,6 +115,7 @@ struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t)
     c->next_stream = 1;
     agent_list_init(&c->streams);
     agent_list_init(&c->refs);
+    agent_list_init(&c->prehello);
     c->cur_req = -1;
     sbx_framer_init(&c->framer, SBX_FRAME_MAX);
     conn_framer_rebuf(c);
@@ -84,10 +131,8 @@ static void write_cb(uv_write_t *req, int status)
     struct write_req *wr = agent_container_of(req, struct write_req, req);
     struct agent_conn *c = wr->conn;
 
-    c->queued -= wr->len;
-    if (wr->ctl != NULL) {
-        c->queued_ctl -= wr->len;
-    }
+    c->queued -= wr->cost;
+    c->ctl_mem -= wr->ctl != NULL ? wr->cost : 0;
     free(wr->ctl);
     if (wr->payload != NULL) {
         agent_buf_put(c->a, wr->payload);
@@ -112,7 +157,9 @@ static void write_cb(uv_write_t *req, int status)
     }
     if (c->close_after_flush && c->queued == 0) {
         agent_conn_close(c);
+        return;
     }
+    conn_input_resume(c);
 }
 
 static void conn_write(struct agent_conn *c, struct write_req *wr, uv_buf_t *bufs, unsigned n)
@@ -128,16 +175,14 @@ static void conn_write(struct agent_conn *c, struct write_req *wr, uv_buf_t *buf
         free(wr);
         return;
     }
-    c->queued += wr->len;
-    if (wr->ctl != NULL) {
-        c->queued_ctl += wr->len;
-    }
+    /* A data frame's payload is a pool buffer, counted agent-wide (SBX_AGENT_BUFS_MAX). */
+    wr->cost = wr->ctl != NULL ? write_req_mem(wr) : wr->len;
+    c->queued += wr->cost;
+    c->ctl_mem += wr->ctl != NULL ? wr->cost : 0;
     r = uv_write(&wr->req, &c->h.stream, bufs, n, write_cb);
     if (r < 0) {
-        c->queued -= wr->len;
-        if (wr->ctl != NULL) {
-            c->queued_ctl -= wr->len;
-        }
+        c->queued -= wr->cost;
+        c->ctl_mem -= wr->ctl != NULL ? wr->cost : 0;
         free(wr->ctl);
         if (wr->payload != NULL) {
             agent_buf_put(c->a, wr->payload);
@@ -151,11 +196,19 @@ static void conn_write(struct agent_conn *c, struct write_req *wr, uv_buf_t *buf
         c->paused = true; /* output pipes check this before reading more */
     }
     /* A peer that sends requests but never reads the answers must not grow us without bound.
-     * Stream data is bounded by credit and the buffer cap, so only control output counts. */
-    if (c->queued_ctl > SBX_CONN_OUTQ_MAX) {
-        agent_log("conn %u: peer is not reading (%zu control bytes queued); closing", c->num,
-                  c->queued_ctl);
+     * Stream data is bounded by credit and the buffer cap, so only control output counts, as the
+     * memory it holds. Above SBX_CONN_CTL_HIGH the connection is not read any more (the peer's
+     * writes block) until the peer reads; what still comes (the answers to what was read,
+     * notifications) closes it past SBX_CONN_OUTQ_MAX. */
+    if (c->ctl_mem > SBX_CONN_OUTQ_MAX) {
+        agent_log("conn %u: peer is not reading (%zu bytes of control output queued); closing",
+                  c->num, c->ctl_mem);
         agent_conn_close(c);
+        return;
+    }
+    if (c->ctl_mem > SBX_CONN_CTL_HIGH && !c->input_paused) {
+        c->input_paused = true; /* the rest of the read being handled still is */
+        (void)uv_read_stop(&c->h.stream);
     }
 }
 
@@ -251,6 +304,12 @@ void agent_conn_send(struct agent_conn *c)
     } else {
         wr->ctl = sbx_out_steal(&c->out, &wr->len);
         sbx_out_init(&c->out);
+        /* The encoder's buffer grew by doubling: give back what the frame does not use, which
+         * can be half of it, before it waits in the queue. */
+        if (wr->ctl != NULL && malloc_usable_size(wr->ctl) - wr->len >= 4096) {
+            char *fit = realloc(wr->ctl, wr->len);
+            wr->ctl = fit != NULL ? fit : wr->ctl;
+        }
     }
     if (wr->ctl == NULL) {
         free(wr);
@@ -304,15 +363,6 @@ static void conn_notify_error(struct agent_conn *c, const struct sbx_err *e)
     sbx_pack_notify_head(pk, "error");
     sbx_pack_err(pk, e);
     agent_conn_send(c);
-}
-
-void agent_conn_refuse(struct agent_conn *c, const struct sbx_err *e)
-{
-    conn_notify_error(c, e);
-    c->close_after_flush = true;
-    if (c->queued == 0) {
-        agent_conn_close(c); /* the notification could not even be queued */
-    }
 }
 
 static void conn_handle_frame(struct agent_conn *c, const uint8_t *buf, uint32_t len)
@@ -471,6 +521,18 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
+/* Read again once the control output the peer left unread went below SBX_CONN_CTL_LOW. */
+static void conn_input_resume(struct agent_conn *c)
+{
+    if (!c->input_paused || !c->counted || c->close_after_flush || c->ctl_mem >= SBX_CONN_CTL_LOW) {
+        return;
+    }
+    c->input_paused = false;
+    if (uv_read_start(&c->h.stream, alloc_cb, read_cb) < 0) {
+        agent_conn_close(c);
+    }
+}
+
 struct agent_slab *agent_conn_hold(struct agent_conn *c, const uint8_t *data, uint32_t len)
 {
     const uint8_t *fb = c->framer.buf;
@@ -503,9 +565,149 @@ struct agent_slab *agent_conn_hold(struct agent_conn *c, const uint8_t *data, ui
     return s;
 }
 
-int agent_conn_start(struct agent_conn *c)
+/* --- admission and the hello deadline --------------------------------------------------- */
+
+unsigned agent_conn_pool_cap(enum agent_transport t)
 {
-    return uv_read_start(&c->h.stream, alloc_cb, read_cb);
+    return t == AGENT_T_TCP ? SBX_MAX_CONNS_TCP : t == AGENT_T_SERIAL ? 1 : SBX_MAX_CONNS;
+}
+
+/* Connections counted in @t's pool (not serial: a port is its own pool of one). Unix and vsock,
+ * the host's transports, share one. */
+static unsigned conn_pool_count(const struct agent *a, enum agent_transport t)
+{
+    return t == AGENT_T_TCP ? a->nconns_kind[AGENT_T_TCP]
+                            : a->nconns_kind[AGENT_T_UNIX] + a->nconns_kind[AGENT_T_VSOCK];
+}
+
+/* Log a refusal or a timeout, at most once a second with the count of the quiet ones since: a
+ * workload opening connections in a loop must not turn into a flood of console lines. */
+static void conn_log_limited(struct agent *a, const char *what, unsigned num)
+{
+    uint64_t now = uv_now(a->loop);
+
+    if (a->refused_log_ms != 0 && now - a->refused_log_ms < 1000) {
+        a->refused_quiet++;
+        return;
+    }
+    if (a->refused_quiet > 0) {
+        agent_log("conn %u: %s (and %u more refused or timed out, not logged)", num, what,
+                  a->refused_quiet);
+    } else {
+        agent_log("conn %u: %s", num, what);
+    }
+    a->refused_log_ms = now;
+    a->refused_quiet = 0;
+}
+
+/* Refuse a new connection: send @e as an error notification, close once it is written. */
+static void conn_refuse(struct agent_conn *c, const struct sbx_err *e)
+{
+    conn_log_limited(c->a, e->msg, c->num);
+    conn_notify_error(c, e);
+    c->close_after_flush = true;
+    if (c->queued == 0) {
+        agent_conn_close(c); /* the notification could not even be queued */
+    }
+}
+
+static void conn_hello_timer_cb(uv_timer_t *t)
+{
+    struct agent *a = t->data;
+    uint64_t now = uv_now(a->loop);
+
+    while (!agent_list_empty(&a->prehello)) {
+        struct agent_conn *c = agent_container_of(a->prehello.next, struct agent_conn, prehello);
+        struct sbx_err err;
+
+        if (c->hello_deadline > now) {
+            uv_timer_start(t, conn_hello_timer_cb, c->hello_deadline - now, 0);
+            return;
+        }
+        /* Best effort (PROTOCOL.md section 6.4): the notification goes out now if the socket takes
+         * it; a peer that does not read gets no grace to hold its slot longer. */
+        sbx_err_set(&err, SBX_E_TIMEOUT, "no hello within %u ms", a->hello_timeout_ms);
+        conn_log_limited(a, err.msg, c->num);
+        conn_notify_error(c, &err);
+        agent_conn_close(c); /* takes it off the list */
+    }
+}
+
+void agent_conn_init(struct agent *a)
+{
+    agent_list_init(&a->prehello);
+    uv_timer_init(a->loop, &a->hello_timer);
+    a->hello_timer.data = a;
+}
+
+int agent_conn_admit(struct agent_conn *c)
+{
+    struct agent *a = c->a;
+    enum agent_transport t = c->transport;
+    unsigned cap = agent_conn_pool_cap(t);
+    struct sbx_err err;
+
+    if (t != AGENT_T_SERIAL && conn_pool_count(a, t) >= cap) {
+        sbx_err_limit(&err, "max_conns", cap, "the agent already has %u %s connections", cap,
+                      t == AGENT_T_TCP ? "TCP" : "unix and vsock");
+        conn_refuse(c, &err);
+        return -1;
+    }
+    if (t == AGENT_T_TCP && a->nconns_tcp_hello >= SBX_MAX_CONNS_TCP_HELLO) {
+        sbx_err_limit(&err, "max_conns_before_hello", SBX_MAX_CONNS_TCP_HELLO,
+                      "%u TCP connections are already waiting for hello", SBX_MAX_CONNS_TCP_HELLO);
+        conn_refuse(c, &err);
+        return -1;
+    }
+    c->counted = true;
+    a->nconns_kind[t]++;
+    a->nconns_tcp_hello += t == AGENT_T_TCP;
+    /* Not on a serial port: it is one logical connection whose far end only the host holds, and
+     * a host that connected to the chardev may say hello whenever it likes (section 2.4). */
+    if (t != AGENT_T_SERIAL) {
+        c->hello_deadline = uv_now(a->loop) + a->hello_timeout_ms;
+        agent_list_add_tail(&a->prehello, &c->prehello);
+        if (!uv_is_active((uv_handle_t *)&a->hello_timer)) {
+            uv_timer_start(&a->hello_timer, conn_hello_timer_cb, a->hello_timeout_ms, 0);
+        }
+    }
+    conn_counts_check(a);
+    if (uv_read_start(&c->h.stream, alloc_cb, read_cb) < 0) {
+        agent_conn_close(c);
+        return -1;
+    }
+    return 0;
+}
+
+void agent_conn_hello_done(struct agent_conn *c, uint32_t version)
+{
+    struct agent *a = c->a;
+
+    c->hello_done = true;
+    c->version = version;
+    agent_list_del(&c->prehello);
+    if (c->counted && c->transport == AGENT_T_TCP) {
+        a->nconns_tcp_hello--;
+    }
+    a->nhello++;
+    agent_initctl_clients_changed(a);
+    conn_counts_check(a);
+}
+
+/* @c is closing: its slot is free at once, so closing connections never keep others out. */
+static void conn_uncount(struct agent_conn *c)
+{
+    struct agent *a = c->a;
+
+    agent_list_del(&c->prehello);
+    if (!c->counted) {
+        return;
+    }
+    c->counted = false;
+    a->nconns_kind[c->transport]--;
+    if (c->transport == AGENT_T_TCP && !c->hello_done) {
+        a->nconns_tcp_hello--;
+    }
 }
 
 void agent_conn_ref_add(struct agent_conn *c, struct agent_conn_ref *r,
@@ -534,6 +736,8 @@ void agent_conn_close(struct agent_conn *c)
     /* Only mark and close the handle here: callers up the stack may still hold this
      * connection's streams. Everything else is torn down in the close callback. */
     c->closing = true;
+    conn_uncount(c);
+    conn_counts_check(c->a);
     uv_close(&c->h.handle, conn_close_cb);
 }
 
@@ -560,6 +764,7 @@ static void conn_close_cb(uv_handle_t *h)
     }
     agent_list_del(&c->link);
     a->nconns--;
+    conn_counts_check(a);
     if (c->listener != NULL) {
         agent_listener_serial_gone(c->listener);
     }

@@ -43,6 +43,13 @@ struct agent_conn {
     bool closing;
     bool close_after_flush; /* e.g. after an AUTH error */
     bool paused;            /* output pipes stopped: too much queued for this peer */
+
+    /* Admission (agent_conn_admit) and the hello deadline. */
+    bool counted;               /* admitted to its pool and not closing */
+    struct agent_link prehello; /* in a->prehello until hello succeeds or it closes */
+    uint64_t hello_deadline;    /* uv_now() after which it is closed without a hello */
+    bool input_paused;          /* not reading: the peer left too much control output unread */
+
     uint32_t version;
     uint32_t next_stream;
     uint32_t next_pack; /* pack.create job ids */
@@ -54,18 +61,36 @@ struct agent_conn {
     struct agent_link refs; /* struct agent_conn_ref: what hears of this connection's end */
     struct sbx_framer framer;
     struct sbx_decoder dec;
-    struct sbx_out out;       /* scratch for encoding one control frame */
-    struct agent_slab *slab;  /* read buffer; replaced when a handler holds it */
-    size_t queued;            /* bytes handed to uv_write and not yet written */
-    size_t queued_ctl;        /* ...of which control frames (data is bounded by credit) */
+    struct sbx_out out;      /* scratch for encoding one control frame */
+    struct agent_slab *slab; /* read buffer; replaced when a handler holds it */
+    /* Output handed to uv_write and not yet written: data frames count their bytes (their pool
+     * buffers are capped agent-wide), control frames the memory they hold (conn.c's
+     * write_req_mem); ctl_mem is the control frames' share. */
+    size_t queued;
+    size_t ctl_mem;
     struct agent_fs *fs;      /* fsconn.c: file handles and readdir cursors, or NULL */
     struct agent_fswatch *fw; /* fswatch.c: this connection's watches, or NULL */
 };
 
-/* Accept a connected stream fd / handle (already initialised by the listener) as a connection. */
+/* A new connection object for transport @t, not yet admitted (the listener initialises and opens
+ * its handle, then calls agent_conn_admit); NULL when out of memory. */
 struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t);
-int agent_conn_start(struct agent_conn *c);
+/*
+ * Admit @c (its handle open) to its transport's pool and start reading, with the hello deadline
+ * running; or, when the pool is full, send it an error notification LIMIT and close it once that
+ * is written. Returns 0 when admitted, -1 when refused or reading could not start: @c is closing
+ * then and the caller forgets it. Unix and vsock share SBX_MAX_CONNS; TCP has SBX_MAX_CONNS_TCP,
+ * at most SBX_MAX_CONNS_TCP_HELLO of them before hello; a serial port is one connection.
+ */
+int agent_conn_admit(struct agent_conn *c);
+/* Close @c (idempotent): it stops counting at once; its memory goes in the close callback. */
 void agent_conn_close(struct agent_conn *c);
+/* hello succeeded on @c with protocol @version: stop its hello deadline, count it as a client. */
+void agent_conn_hello_done(struct agent_conn *c, uint32_t version);
+/* The cap of the pool connections over @t are admitted to (hello's limits.max_conns). */
+unsigned agent_conn_pool_cap(enum agent_transport t);
+/* The hello deadline's timer; called once at start-up. */
+void agent_conn_init(struct agent *a);
 
 /*
  * Keep the payload @data (@len bytes) of the frame being handled past the handler's return,
@@ -86,7 +111,5 @@ void agent_conn_send_data(struct agent_conn *c, uint32_t stream, void *buf, uint
 void agent_conn_reply_error(struct agent_conn *c, uint32_t id, const struct sbx_err *e);
 /* [1, id, nil, {}] */
 void agent_conn_reply_empty(struct agent_conn *c, uint32_t id);
-/* Refuse a new connection: send @e as an error notification, close once it is written. */
-void agent_conn_refuse(struct agent_conn *c, const struct sbx_err *e);
 
 #endif /* SBX_AGENT_CONN_H */

@@ -4,6 +4,8 @@
  */
 #include "fs.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -17,6 +19,21 @@ int agent_fs_err(struct sbx_err *err, int errnum, const char *op, const char *pa
 {
     sbx_err_sys(err, errnum, NULL, "%s \"%s\"", op, path);
     sbx_err_set_path(err, path);
+    return -1;
+}
+
+int agent_fs_err_file(struct sbx_err *err, int errnum, unsigned mode, const char *op,
+                      const char *path)
+{
+    if (errnum != EINVAL || mode == 0 || S_ISREG(mode)) {
+        return agent_fs_err(err, errnum, op, path);
+    }
+    if (S_ISDIR(mode)) {
+        return agent_fs_err(err, EISDIR, op, path);
+    }
+    agent_fs_err(err, EINVAL, op, path);
+    (void)snprintf(err->msg, sizeof(err->msg), "%s \"%s\": not a regular file (%s)", op, path,
+                   agent_fs_type_name(mode));
     return -1;
 }
 

@@ -61,6 +61,16 @@ int agent_fs_path_param(const msgpack_object *params, const char *key, int requi
  * Returns -1. */
 int agent_fs_err(struct sbx_err *err, int errnum, const char *op, const char *path);
 
+/*
+ * The error of opening @path for its content with agent_path_open_file_at, which failed with
+ * @errnum after seeing the type @mode (its st_mode, 0 if none): a directory is EISDIR (what
+ * read(2) says), another file that is not a regular one EINVAL with the message "@op \"@path\":
+ * not a regular file (fifo)" (PROTOCOL.md §17.3, §18.2), anything else as agent_fs_err. Returns
+ * -1.
+ */
+int agent_fs_err_file(struct sbx_err *err, int errnum, unsigned mode, const char *op,
+                      const char *path);
+
 /* An errno error for a method on two paths: the message names both, `path` is @from. Returns -1. */
 int agent_fs_err2(struct sbx_err *err, int errnum, const char *op, const char *from,
                   const char *to);

@@ -179,14 +179,24 @@ static void join_path(char *out, const char *base, const char *name)
     }
 }
 
-/* Copy the regular file @sfd (already open, described by @st) to @dname in @dfd. */
+/* Copy the regular file @sfd (already open, described by @st) to @dname in @dfd, which must be
+ * a regular file too if it exists: O_NONBLOCK, so that a FIFO there fails the open (ENXIO) or the
+ * check rather than waiting for a reader. */
 static int copy_file_fd(int sfd, const struct stat *st, int dfd, const char *dname,
                         const char *spath, const char *dpath, struct sbx_err *err)
 {
-    _cleanup_close_ int out = openat(dfd, dname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    _cleanup_close_ int out =
+        openat(dfd, dname, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0600);
+    struct stat ost;
 
     if (out < 0) {
         return agent_fs_err(err, errno, "create", dpath);
+    }
+    if (fstat(out, &ost) < 0) {
+        return agent_fs_err(err, errno, "create", dpath);
+    }
+    if (!S_ISREG(ost.st_mode)) {
+        return agent_fs_err_file(err, EINVAL, ost.st_mode, "copy to", dpath);
     }
     if (copy_data(sfd, out) < 0) {
         return agent_fs_err2(err, errno, "copy", spath, dpath);
@@ -210,13 +220,15 @@ static int copy_tree_at(int sdfd, const char *sname, int ddfd, const char *dname
         return agent_fs_err(err, errno, "lstat", spath);
     }
     if (S_ISREG(st.st_mode)) {
-        /* O_NONBLOCK: a FIFO swapped in meanwhile must not block the copy. */
-        _cleanup_close_ int sfd =
-            openat(sdfd, sname, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-        if (sfd < 0) {
+        /* Opened only while it is a regular file: one replaced meanwhile by a FIFO (whose writer
+         * could hold the copy forever) or a device is copied below as what it is now. */
+        _cleanup_close_ int sfd = agent_path_open_file_at(sdfd, sname, false, &st);
+        if (sfd >= 0) {
+            return copy_file_fd(sfd, &st, ddfd, dname, spath, dpath, err);
+        }
+        if (errno != EINVAL || st.st_mode == 0) {
             return agent_fs_err(err, errno, "open", spath);
         }
-        return copy_file_fd(sfd, &st, ddfd, dname, spath, dpath, err);
     }
     if (S_ISLNK(st.st_mode)) {
         char target[AGENT_FS_PATH_BUF];
@@ -289,12 +301,21 @@ static int copy_do(const char *from, const char *to, bool recursive, struct sbx_
     _cleanup_close_ int sfd = -1, pfd = -1;
     struct stat st, dst;
 
-    sfd = open(from, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO would block the open */
-    if (sfd < 0 || fstat(sfd, &st) < 0) {
-        return agent_fs_err(err, errno, "open", from);
-    }
-    if (S_ISDIR(st.st_mode) && !recursive) {
-        return agent_fs_err(err, EISDIR, "copy (a directory needs recursive)", from);
+    /* A regular file or a directory (followed if `from` is a symlink); anything else is refused
+     * without being opened. */
+    sfd = agent_path_open_file_at(AT_FDCWD, from, true, &st);
+    if (sfd < 0 && errno == EINVAL && S_ISDIR(st.st_mode)) {
+        if (!recursive) {
+            return agent_fs_err(err, EISDIR, "copy (a directory needs recursive)", from);
+        }
+        sfd = open(from, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (sfd < 0 || fstat(sfd, &st) < 0) {
+            return agent_fs_err(err, errno, "open", from);
+        }
+    } else if (sfd < 0) {
+        return errno == EINVAL && st.st_mode != 0
+                   ? agent_fs_err_file(err, EINVAL, st.st_mode, "copy", from)
+                   : agent_fs_err(err, errno, "open", from);
     }
     if (stat(to, &dst) == 0) {
         if (dst.st_dev == st.st_dev && dst.st_ino == st.st_ino) {
@@ -323,10 +344,7 @@ static int copy_do(const char *from, const char *to, bool recursive, struct sbx_
         /* `from` itself may be a symlink to a directory: copy what it names. */
         return copy_tree_at(sfd, ".", pfd, base, from, to, err);
     }
-    if (S_ISREG(st.st_mode)) {
-        return copy_file_fd(sfd, &st, pfd, base, from, to, err);
-    }
-    return agent_fs_err(err, EINVAL, "copy (not a regular file or directory)", from);
+    return copy_file_fd(sfd, &st, pfd, base, from, to, err);
 }
 
 /* --- the job ------------------------------------------------------------------------------- */

@@ -147,14 +147,21 @@ static int add_subdirs(struct fw_watch *w, const char *abs, const char *rel, uns
 {
     _cleanup_closedir_ DIR *d = NULL;
     struct dirent *de;
-    int ret = 0;
+    int ret = 0, fd;
 
     if (depth >= SBX_FS_WALK_OPEN_MAX) {
         return 0;
     }
-    d = opendir(abs);
+    /* opendir(3) says nothing of close-on-exec: open the fd ourselves, O_CLOEXEC. */
+    fd = open(abs, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    d = fd >= 0 ? fdopendir(fd) : NULL;
     if (d == NULL) {
-        return errno == ENOENT || errno == ENOTDIR ? 0 : -1;
+        int e = errno;
+        if (fd >= 0) {
+            (void)close(fd);
+        }
+        errno = e;
+        return e == ENOENT || e == ENOTDIR ? 0 : -1;
     }
     while ((de = agent_path_readdir(d)) != NULL) {
         char sub[AGENT_FS_PATH_BUF], subrel[AGENT_FS_PATH_BUF];

@@ -7,18 +7,18 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/vm_sockets.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "agent.h"
 #include "conn.h"
+#include "listen.h"
 
 #define SERIAL_RETRY_MS 100
 
@@ -36,25 +36,6 @@ static struct agent_listener *listener_new(struct agent *a, enum agent_transport
     (void)snprintf(l->addr, sizeof(l->addr), "%s", addr);
     agent_list_add_tail(&a->listeners, &l->link);
     return l;
-}
-
-/*
- * True when the new connection @c (already counted) is one too many: it is then told why with an
- * error notification LIMIT max_conns and closed once that is written (PROTOCOL.md §2.1, §7.2).
- */
-static bool conn_over_capacity(struct agent_conn *c)
-{
-    struct agent *a = c->a;
-    struct sbx_err err;
-
-    if (a->nconns <= SBX_MAX_CONNS) {
-        return false;
-    }
-    agent_log("refusing a connection: %u connections open (cap %u)", a->nconns - 1, SBX_MAX_CONNS);
-    sbx_err_limit(&err, "max_conns", SBX_MAX_CONNS, "the agent already has %u connections",
-                  SBX_MAX_CONNS);
-    agent_conn_refuse(c, &err);
-    return true;
 }
 
 /*
@@ -97,9 +78,6 @@ static void on_stream_connection(uv_stream_t *server, int status)
     if (r == 0) {
         r = uv_accept(server, &c->h.stream);
     }
-    if (r == 0 && conn_over_capacity(c)) {
-        return;
-    }
     if (r == 0 && l->transport == AGENT_T_TCP) {
         (void)uv_tcp_nodelay(&c->h.tcp, 1); /* latency matters more than packet count */
     }
@@ -109,91 +87,11 @@ static void on_stream_connection(uv_stream_t *server, int status)
             conn_tune_socket(fd);
         }
     }
-    if (r == 0) {
-        r = agent_conn_start(c);
-    }
     if (r < 0) {
         agent_conn_close(c);
+        return;
     }
-}
-
-static int listen_unix(struct agent *a, const char *addr, const char *path, struct sbx_err *err)
-{
-    struct agent_listener *l;
-    int r;
-
-    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-        return sbx_err_param(err, "listen", "%s: socket path too long", addr);
-    }
-    l = listener_new(a, AGENT_T_UNIX, addr);
-    if (l == NULL) {
-        return sbx_err_oom(err);
-    }
-    (void)unlink(path); /* a stale socket from a previous run; a missing one is fine */
-    r = uv_pipe_init(a->loop, &l->h.pipe, 0);
-    l->h.handle.data = l;
-    if (r == 0) {
-        r = uv_pipe_bind(&l->h.pipe, path);
-    }
-    if (r == 0) {
-        /* The socket is the agent's front door: only root (or the owner) may knock. */
-        (void)chmod(path, 0600);
-        r = uv_listen(&l->h.stream, 128, on_stream_connection);
-    }
-    if (r < 0) {
-        return sbx_err_sys(err, -r, "listen", "listen on %s", addr);
-    }
-    return 0;
-}
-
-static int listen_tcp(struct agent *a, const char *addr, const char *hostport, struct sbx_err *err)
-{
-    struct agent_listener *l;
-    struct sockaddr_storage ss;
-    char host[256];
-    const char *colon = strrchr(hostport, ':');
-    char *end;
-    long port;
-    int r;
-
-    if (a->token[0] == '\0') {
-        return sbx_err_set(err, SBX_E_AUTH,
-                           "%s: a TCP listener needs a token (--token or --token-file)", addr);
-    }
-    if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host)) {
-        return sbx_err_param(err, "listen", "%s: expected tcp:HOST:PORT", addr);
-    }
-    port = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || port <= 0 || port > 65535) {
-        return sbx_err_param(err, "listen", "%s: bad port", addr);
-    }
-    memcpy(host, hostport, (size_t)(colon - hostport));
-    host[colon - hostport] = '\0';
-    if (host[0] == '[' && host[strlen(host) - 1] == ']') {
-        memmove(host, host + 1, strlen(host));
-        host[strlen(host) - 1] = '\0';
-    }
-    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&ss) != 0) {
-        return sbx_err_param(err, "listen", "%s: HOST must be a numeric IPv4 or IPv6 address",
-                             addr);
-    }
-    l = listener_new(a, AGENT_T_TCP, addr);
-    if (l == NULL) {
-        return sbx_err_oom(err);
-    }
-    r = uv_tcp_init(a->loop, &l->h.tcp);
-    l->h.handle.data = l;
-    if (r == 0) {
-        r = uv_tcp_bind(&l->h.tcp, (struct sockaddr *)&ss, 0);
-    }
-    if (r == 0) {
-        r = uv_listen(&l->h.stream, 128, on_stream_connection);
-    }
-    if (r < 0) {
-        return sbx_err_sys(err, -r, "listen", "listen on %s", addr);
-    }
-    return 0;
+    (void)agent_conn_admit(c); /* or refused: it closes by itself */
 }
 
 /* Wrap a connected fd (vsock or serial) in a connection. */
@@ -222,15 +120,7 @@ static struct agent_conn *conn_from_fd(struct agent *a, enum agent_transport t, 
         agent_conn_close(c);
         return NULL;
     }
-    /* A serial port carries one connection at a time; max_conns does not apply to it (§2.4). */
-    if (t != AGENT_T_SERIAL && conn_over_capacity(c)) {
-        return NULL;
-    }
-    if (agent_conn_start(c) != 0) {
-        agent_conn_close(c);
-        return NULL;
-    }
-    return c;
+    return agent_conn_admit(c) == 0 ? c : NULL;
 }
 
 static void on_vsock_readable(uv_poll_t *h, int status, int events)
@@ -263,47 +153,6 @@ static void on_vsock_readable(uv_poll_t *h, int status, int events)
         conn_tune_socket(fd);
         (void)conn_from_fd(a, AGENT_T_VSOCK, fd);
     }
-}
-
-static int listen_vsock(struct agent *a, const char *addr, const char *portstr, struct sbx_err *err)
-{
-    struct agent_listener *l;
-    struct sockaddr_vm sa;
-    char *end;
-    unsigned long port = strtoul(portstr, &end, 10);
-    int fd, r;
-
-    if (*portstr == '\0' || *end != '\0' || port > UINT32_MAX - 1) {
-        return sbx_err_param(err, "listen", "%s: expected vsock:PORT", addr);
-    }
-    fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-        return sbx_err_sys(err, errno, "listen", "%s: socket(AF_VSOCK)", addr);
-    }
-    memset(&sa, 0, sizeof(sa));
-    sa.svm_family = AF_VSOCK;
-    sa.svm_cid = VMADDR_CID_ANY;
-    sa.svm_port = (unsigned)port;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 128) < 0) {
-        r = errno;
-        close(fd);
-        return sbx_err_sys(err, r, "listen", "listen on %s", addr);
-    }
-    l = listener_new(a, AGENT_T_VSOCK, addr);
-    if (l == NULL) {
-        close(fd);
-        return sbx_err_oom(err);
-    }
-    l->fd = fd;
-    r = uv_poll_init(a->loop, &l->h.poll, fd);
-    l->h.handle.data = l;
-    if (r == 0) {
-        r = uv_poll_start(&l->h.poll, UV_READABLE, on_vsock_readable);
-    }
-    if (r < 0) {
-        return sbx_err_sys(err, -r, "listen", "listen on %s", addr);
-    }
-    return 0;
 }
 
 /* Find /dev/vportNpM whose /sys/class/virtio-ports/vportNpM/name is @name (no udev here). */
@@ -409,21 +258,124 @@ static int listen_serial(struct agent *a, const char *addr, struct sbx_err *err)
     return 0;
 }
 
+/*
+ * Serve listening socket @fd (ours from here: closed on failure) of @addr, parsed into @la:
+ * unix and TCP through libuv, vsock through a poll handle. The fd stays close-on-exec, so no
+ * process the agent starts inherits it.
+ */
+static int listener_adopt(struct agent *a, const char *addr, const struct sbx_listen_addr *la,
+                          int fd, struct sbx_err *err)
+{
+    static const enum agent_transport transports[] = {
+        [SBX_LISTEN_UNIX] = AGENT_T_UNIX,
+        [SBX_LISTEN_TCP] = AGENT_T_TCP,
+        [SBX_LISTEN_VSOCK] = AGENT_T_VSOCK,
+    };
+    struct agent_listener *l;
+    int r;
+
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || (r = fcntl(fd, F_GETFL)) < 0 ||
+        fcntl(fd, F_SETFL, r | O_NONBLOCK) < 0) {
+        r = errno;
+        close(fd);
+        return sbx_err_sys(err, r, "listen", "listen on %s", addr);
+    }
+    l = listener_new(a, transports[la->kind], addr);
+    if (l == NULL) {
+        close(fd);
+        return sbx_err_oom(err);
+    }
+    if (la->kind == SBX_LISTEN_VSOCK) {
+        l->fd = fd; /* libuv has no AF_VSOCK: accept4 when the poll handle says readable */
+        r = uv_poll_init(a->loop, &l->h.poll, fd);
+        l->h.handle.data = l;
+        if (r == 0) {
+            r = uv_poll_start(&l->h.poll, UV_READABLE, on_vsock_readable);
+        }
+    } else {
+        r = la->kind == SBX_LISTEN_TCP ? uv_tcp_init(a->loop, &l->h.tcp)
+                                       : uv_pipe_init(a->loop, &l->h.pipe, 0);
+        l->h.handle.data = l;
+        if (r == 0) {
+            r = la->kind == SBX_LISTEN_TCP ? uv_tcp_open(&l->h.tcp, fd)
+                                           : uv_pipe_open(&l->h.pipe, fd);
+            if (r < 0) {
+                close(fd); /* libuv did not take it */
+            }
+        } else {
+            close(fd);
+        }
+        if (r == 0) {
+            r = uv_listen(&l->h.stream, SBX_LISTEN_BACKLOG, on_stream_connection);
+        }
+    }
+    if (r < 0) {
+        return sbx_err_sys(err, -r, "listen", "listen on %s", addr);
+    }
+    return 0;
+}
+
+/* TCP needs the token clients must give (§2.6). */
+static int tcp_needs_token(struct agent *a, const char *addr, struct sbx_err *err)
+{
+    return sbx_err_set(err, SBX_E_AUTH,
+                       "%s: a TCP listener needs a token (--token-file, SBX_AGENT_TOKEN)", addr);
+}
+
 int agent_listen(struct agent *a, const char *addr, struct sbx_err *err)
 {
-    if (strncmp(addr, "unix:", 5) == 0) {
-        return listen_unix(a, addr, addr + 5, err);
+    struct sbx_listen_addr la;
+    const char *why;
+    int fd;
+
+    if (strncmp(addr, "tcp:", 4) == 0 && a->token[0] == '\0') {
+        return tcp_needs_token(a, addr, err);
     }
-    if (strncmp(addr, "tcp:", 4) == 0) {
-        return listen_tcp(a, addr, addr + 4, err);
+    if ((why = sbx_listen_parse(addr, &la)) != NULL) {
+        return sbx_err_param(err, "listen", "%s: %s", addr, why);
     }
-    if (strncmp(addr, "vsock:", 6) == 0) {
-        return listen_vsock(a, addr, addr + 6, err);
-    }
-    if (strncmp(addr, "serial:", 7) == 0) {
+    if (la.kind == SBX_LISTEN_SERIAL) {
         return listen_serial(a, addr, err);
     }
-    return sbx_err_param(err, "listen",
-                         "%s: unknown address (unix:PATH, vsock:PORT, serial:NAME, tcp:HOST:PORT)",
-                         addr);
+    if ((fd = sbx_listen_open(&la)) < 0) {
+        return sbx_err_sys(err, -fd, "listen", "listen on %s", addr);
+    }
+    return listener_adopt(a, addr, &la, fd, err);
+}
+
+int agent_listen_fd(struct agent *a, const char *spec, struct sbx_err *err)
+{
+    struct sbx_listen_addr la;
+    const char *addr = strchr(spec, '='), *why;
+    char *end;
+    long fd;
+    int r;
+
+    errno = 0;
+    fd = strtol(spec, &end, 10);
+    if (addr == NULL || end != addr || spec[0] < '0' || spec[0] > '9' || errno != 0 || fd < 3 ||
+        fd > INT_MAX) {
+        return sbx_err_param(err, "listen", "--listen-fd %s: expected FD=ADDR, FD 3 or more", spec);
+    }
+    addr++;
+    /* Before anything can fail: whatever happens to it, no child may inherit it. */
+    if (fcntl((int)fd, F_SETFD, FD_CLOEXEC) < 0) {
+        return sbx_err_sys(err, errno, "listen", "--listen-fd %s: fd %ld", spec, fd);
+    }
+    if ((why = sbx_listen_parse(addr, &la)) != NULL) {
+        return sbx_err_param(err, "listen", "%s: %s", addr, why);
+    }
+    if (la.kind == SBX_LISTEN_SERIAL) {
+        return sbx_err_param(err, "listen", "--listen-fd %s: a serial port is not a socket", spec);
+    }
+    /* Not ours to close unless it is what it claims to be. */
+    if ((r = sbx_listen_check((int)fd, &la)) < 0) {
+        return sbx_err_sys(err, -r, "listen", "--listen-fd %s: not a socket listening on %s", spec,
+                           addr);
+    }
+    if (la.kind == SBX_LISTEN_TCP && a->token[0] == '\0') {
+        close((int)fd);
+        return tcp_needs_token(a, addr, err);
+    }
+    return listener_adopt(a, addr, &la, (int)fd, err);
 }

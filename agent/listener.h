@@ -26,7 +26,15 @@ struct agent_listener {
     bool closing;
 };
 
+/* Listen on @addr (unix:, tcp:, vsock:, serial:; the agent opens the socket itself). */
 int agent_listen(struct agent *a, const char *addr, struct sbx_err *err);
+/*
+ * Serve a listening socket the agent was given, @spec "FD=ADDR" (--listen-fd, from sbx-init,
+ * which holds it across agent restarts): fd FD must be a stream socket listening on ADDR. The fd
+ * is made close-on-exec first, whatever happens next; it is closed on failure once it proved to
+ * be that socket.
+ */
+int agent_listen_fd(struct agent *a, const char *spec, struct sbx_err *err);
 /* The serial connection went away: schedule reopening the port. */
 void agent_listener_serial_gone(struct agent_listener *l);
 

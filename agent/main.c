@@ -10,58 +10,127 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent.h"
+#include "cgroup.h"
+#include "conn.h"
 #include "env.h"
 #include "listener.h"
 #include "proc.h"
+#include "seccomp.h"
 #include "session.h"
+
+/* The environment variable the token may come in (the client's is SBX_TOKEN: a host that
+ * exports that for the CLI must not give every agent it starts a token by accident). */
+#define AGENT_TOKEN_ENV "SBX_AGENT_TOKEN"
 
 static void usage(FILE *fp)
 {
-    fprintf(fp, "Usage: sbx-agent --listen ADDR [--listen ADDR]... [OPTIONS]\n"
-                "\n"
-                "Serve the sbx protocol (protocol/PROTOCOL.md) on each address:\n"
-                "  unix:/path        a unix stream socket (mode 0600)\n"
-                "  vsock:PORT        AF_VSOCK; only the host (CID 2) may connect\n"
-                "  serial:NAME       the virtio-serial port named NAME (or serial:/dev/PATH)\n"
-                "  tcp:HOST:PORT     TCP on a numeric address; needs --token\n"
-                "\n"
-                "Options:\n"
-                "  -l, --listen ADDR       listen on ADDR (repeatable)\n"
-                "      --vsock-allow-local also accept vsock peers on CID 1 (in-guest loopback)\n"
-                "      --token TOKEN       clients must send this token in hello\n"
-                "      --token-file FILE   read the token from FILE (first line)\n"
-                "  -h, --help              show this help\n"
-                "  -V, --version           show the version\n"
-                "\n"
-                "Started by sbx-init, the agent reads SBX_INIT_FD (docs/INIT.md).\n");
+    fprintf(fp,
+            "Usage: sbx-agent --listen ADDR [--listen ADDR]... [OPTIONS]\n"
+            "\n"
+            "Serve the sbx protocol (protocol/PROTOCOL.md) on each address:\n"
+            "  unix:/path        a unix stream socket (mode 0600)\n"
+            "  vsock:PORT        AF_VSOCK; only the host (CID 2) may connect\n"
+            "  serial:NAME       the virtio-serial port named NAME (or serial:/dev/PATH)\n"
+            "  tcp:HOST:PORT     TCP on a numeric address; needs a token\n"
+            "\n"
+            "Options:\n"
+            "  -l, --listen ADDR       listen on ADDR (repeatable)\n"
+            "      --listen-fd FD=ADDR serve the socket inherited as FD, listening on ADDR\n"
+            "                          (repeatable; sbx-init holds them across restarts)\n"
+            "      --seccomp MODE      off, baseline, strict (the default) or log: strict\n"
+            "                          stacks a seccomp filter on every process started\n"
+            "                          (no AF_VSOCK sockets); log only logs its denials\n"
+            "      --vsock-allow-local also accept vsock peers on CID 1 (in-guest loopback)\n"
+            "      --token-file FILE   clients must send the token in FILE (its first line)\n"
+            "                          in hello; FILE must not be readable by others\n"
+            "      --hello-timeout MS  close connections without hello after MS ms\n"
+            "                          (default %u)\n"
+            "      --cgroup DIR        start every process in a cgroup of its own below the\n"
+            "                          cgroup2 directory DIR (capability \"limits\")\n"
+            "  -h, --help              show this help\n"
+            "  -V, --version           show the version\n"
+            "\n"
+            "Environment:\n"
+            "  " AGENT_TOKEN_ENV "   the token, instead of --token-file; removed from the\n"
+            "                    environment (and its bytes erased) at start-up\n"
+            "\n"
+            "The token is never taken from the command line, which every user can read\n"
+            "(/proc/PID/cmdline). Started by sbx-init, the agent reads SBX_INIT_FD\n"
+            "(docs/INIT.md).\n",
+            SBX_HELLO_TIMEOUT_MS);
 }
 
-static int read_token_file(const char *path, char *out, size_t outsz)
+/* Copy token @tok (@len bytes) into @out (SBX_TOKEN_MAX + 1 bytes); -1 when its size is wrong. */
+static int token_set(char *out, const char *tok, size_t len, const char *from)
 {
-    FILE *fp = fopen(path, "re");
-    char line[SBX_TOKEN_MAX + 2];
-
-    if (fp == NULL) {
-        fprintf(stderr, "sbx-agent: --token-file %s: %s\n", path, strerror(errno));
+    if (len == 0 || len > SBX_TOKEN_MAX) {
+        fprintf(stderr, "sbx-agent: %s: the token must be 1..%u bytes\n", from, SBX_TOKEN_MAX);
         return -1;
     }
-    if (fgets(line, sizeof(line), fp) == NULL) {
-        fclose(fp);
-        fprintf(stderr, "sbx-agent: --token-file %s: empty\n", path);
-        return -1;
-    }
-    fclose(fp);
-    line[strcspn(line, "\r\n")] = '\0';
-    if (line[0] == '\0' || strlen(line) >= outsz) {
-        fprintf(stderr, "sbx-agent: --token-file %s: token must be 1..%zu bytes\n", path,
-                outsz - 1);
-        return -1;
-    }
-    memcpy(out, line, strlen(line) + 1);
+    memcpy(out, tok, len);
+    out[len] = '\0';
     return 0;
+}
+
+/*
+ * Read the token from the first line of @path into @out. The file must be a regular file that not
+ * every user can read or write: a token anyone in the guest can read protects nothing.
+ */
+static int read_token_file(const char *path, char *out)
+{
+    char buf[SBX_TOKEN_MAX + 2];
+    struct stat st;
+    ssize_t n = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK), rc = -1;
+
+    if (fd < 0 || fstat(fd, &st) < 0 || (n = read(fd, buf, sizeof(buf) - 1)) < 0) {
+        fprintf(stderr, "sbx-agent: --token-file %s: %s\n", path, strerror(errno));
+    } else if (!S_ISREG(st.st_mode)) {
+        fprintf(stderr, "sbx-agent: --token-file %s: not a regular file\n", path);
+    } else if (st.st_mode & (S_IROTH | S_IWOTH)) {
+        fprintf(stderr,
+                "sbx-agent: --token-file %s: every user can %s it (mode %04o): chmod o-rw\n", path,
+                st.st_mode & S_IROTH ? "read" : "write", (unsigned)(st.st_mode & 07777));
+    } else {
+        buf[n] = '\0';
+        rc = token_set(out, buf, strcspn(buf, "\r\n"), path);
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    explicit_bzero(buf, sizeof(buf));
+    return rc;
+}
+
+/*
+ * Take the token from AGENT_TOKEN_ENV into @out (left empty when it is not set), then scrub it:
+ * unsetenv drops it from environ, so no workload inherits it, and its bytes are erased where
+ * they lie, because /proc/PID/environ shows the initial environment block, not environ. Every
+ * copy is erased (an environment can repeat a name). Returns 0, or -1 for an unusable token.
+ */
+static int token_from_env(char *out)
+{
+    const size_t plen = strlen(AGENT_TOKEN_ENV "=");
+    bool found = false;
+    int rc = 0;
+
+    for (char **e = environ; *e != NULL; e++) {
+        char *val = *e + plen;
+        if (strncmp(*e, AGENT_TOKEN_ENV "=", plen) != 0) {
+            continue;
+        }
+        if (!found) {
+            rc = token_set(out, val, strlen(val), AGENT_TOKEN_ENV);
+            found = true;
+        }
+        explicit_bzero(val, strlen(val)); /* the name stays, so unsetenv still finds it */
+    }
+    (void)unsetenv(AGENT_TOKEN_ENV);
+    return rc;
 }
 
 static void on_sigchld(uv_signal_t *h, int sig)
@@ -104,10 +173,14 @@ int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "listen", required_argument, NULL, 'l' },
+        { "listen-fd", required_argument, NULL, 'F' },
+        { "seccomp", required_argument, NULL, 'S' },
         { "vsock-allow-local", no_argument, NULL, 'L' },
-        { "token", required_argument, NULL, 't' },
+        { "token", required_argument, NULL, 't' }, /* refused: see below */
         { "token-file", required_argument, NULL, 'T' },
+        { "hello-timeout", required_argument, NULL, 'H' },
         { "passwd-root", required_argument, NULL, 'P' }, /* tests: where /etc/passwd lives */
+        { "cgroup", required_argument, NULL, 'C' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -115,34 +188,66 @@ int main(int argc, char **argv)
     static struct agent agent;
     struct agent *a = &agent;
     const char *listen[16];
-    int nlisten = 0, opt;
-    const char *initfd;
+    bool listen_fd[ARRAY_SIZE(listen)]; /* listen[i] is a --listen-fd FD=ADDR */
+    int nlisten = 0, opt, seccomp = SBX_FILTER_MODE_DEFAULT, rc;
+    const char *initfd, *cgroup = NULL;
     struct sbx_err err;
 
     ensure_stdio();
+    /* First of all, so no error exit leaves the token in /proc/PID/environ. */
+    if (token_from_env(a->token) < 0) {
+        return 2;
+    }
+    a->hello_timeout_ms = SBX_HELLO_TIMEOUT_MS;
     while ((opt = getopt_long(argc, argv, "l:hV", opts, NULL)) != -1) {
         switch (opt) {
         case 'l':
+        case 'F':
             if (nlisten == (int)ARRAY_SIZE(listen)) {
                 fprintf(stderr, "sbx-agent: too many --listen addresses\n");
                 return 2;
             }
+            listen_fd[nlisten] = opt == 'F';
             listen[nlisten++] = optarg;
+            break;
+        case 'S':
+            if ((seccomp = sbx_filter_mode_parse(optarg)) < 0) {
+                fprintf(stderr, "sbx-agent: --seccomp must be off, baseline, strict or log\n");
+                return 2;
+            }
             break;
         case 'L':
             a->vsock_allow_local = true;
             break;
         case 't':
-            if (strlen(optarg) == 0 || strlen(optarg) > SBX_TOKEN_MAX) {
-                fprintf(stderr, "sbx-agent: --token must be 1..%u bytes\n", SBX_TOKEN_MAX);
-                return 2;
-            }
-            memcpy(a->token, optarg, strlen(optarg) + 1);
-            break;
+            /* Every process in the guest can read /proc/PID/cmdline. */
+            fprintf(stderr, "sbx-agent: --token is refused: the command line is readable by "
+                            "every user; use --token-file FILE or " AGENT_TOKEN_ENV "\n");
+            return 2;
         case 'T':
-            if (read_token_file(optarg, a->token, sizeof(a->token)) < 0) {
+            if (a->token[0] != '\0') {
+                fprintf(stderr,
+                        "sbx-agent: give the token once: --token-file or " AGENT_TOKEN_ENV "\n");
                 return 2;
             }
+            if (read_token_file(optarg, a->token) < 0) {
+                return 2;
+            }
+            break;
+        case 'H': {
+            char *end;
+            unsigned long ms = strtoul(optarg, &end, 10);
+            if (*optarg < '0' || *optarg > '9' || *end != '\0' || ms == 0 ||
+                ms > SBX_HELLO_TIMEOUT_MS_MAX) {
+                fprintf(stderr, "sbx-agent: --hello-timeout must be 1..%u (milliseconds)\n",
+                        SBX_HELLO_TIMEOUT_MS_MAX);
+                return 2;
+            }
+            a->hello_timeout_ms = (unsigned)ms;
+            break;
+        }
+        case 'C':
+            cgroup = optarg;
             break;
         case 'P':
             (void)snprintf(a->passwd_root, sizeof(a->passwd_root), "%s", optarg);
@@ -165,13 +270,24 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* Before any thread exists: the filter is read-only from here on (seccomp.c). Without it the
+     * mode asked for cannot be kept: no process is started unfiltered instead. */
+    if ((rc = agent_seccomp_init((enum sbx_filter_mode)seccomp)) < 0) {
+        fprintf(stderr, "sbx-agent: seccomp: cannot compile the workload filter: %s\n",
+                strerror(-rc));
+        return 1;
+    }
 
-    /* Every process costs up to three pipe fds: lift the soft fd limit to the hard one. */
+    /* Every process costs up to three pipe fds: lift the soft fd limit to the hard one. The
+     * processes it starts get the limit it found (a->nofile): the image's, not the agent's. */
     {
         struct rlimit rl;
-        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-            rl.rlim_cur = rl.rlim_max;
-            (void)setrlimit(RLIMIT_NOFILE, &rl);
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+            a->nofile = rl;
+            if (rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void)setrlimit(RLIMIT_NOFILE, &rl);
+            }
         }
     }
     /* Writes to a departed client or a closed stdin must be errors, not death. */
@@ -185,6 +301,10 @@ int main(int argc, char **argv)
     agent_list_init(&a->procs);
     agent_list_init(&a->repls);
     agent_list_init(&a->lifetime_waiters);
+    agent_conn_init(a);
+    if (cgroup != NULL) {
+        (void)agent_cgroup_open(a, cgroup); /* logged; without it, no limits */
+    }
     if (agent_env_init(a) < 0) {
         fprintf(stderr, "sbx-agent: out of memory\n");
         return 1;
@@ -216,7 +336,8 @@ int main(int argc, char **argv)
     }
 
     for (int i = 0; i < nlisten; i++) {
-        if (agent_listen(a, listen[i], &err) < 0) {
+        if ((listen_fd[i] ? agent_listen_fd(a, listen[i], &err)
+                          : agent_listen(a, listen[i], &err)) < 0) {
             /* Keep serving the other addresses: one bad listener must not cut the VM off. */
             agent_log("%s (%s)", err.msg, err.code);
             if (nlisten == 1) {

@@ -191,6 +191,8 @@ struct pack {
     struct ignore ig;
     char **ignore_files;      /* the ignore_files param (NULL: the default), until they are read */
     struct agent_proc *build; /* the running build (proc.c), NULL when none or done */
+    struct agent_proc_start *start; /* the build while it starts (proc.c), else NULL */
+    uint32_t req;                   /* the pack.create request, answered once the build started */
     uint32_t build_out_sid, build_err_sid;
     bool announced; /* the pack.create response (with the stream ids) was sent */
     /* thread start gate (under j.mu) */
@@ -206,9 +208,19 @@ struct pack {
     int rootfd;
 };
 
-/* The archive stream's gone callback does the work; the hook marks pack jobs among the jobs. */
+/* Streams a job with a build holds while the build starts: its output and the archive. */
+#define PACK_BUILD_STREAMS 3u
+
+/* The hook marks pack jobs among the connection's refs (max_packs). A job whose build is still
+ * starting has its start abandoned (build_started then frees it); for a running job the archive
+ * stream's gone callback does the work. */
 static void pack_conn_gone(struct agent_conn_ref *j)
 {
+    struct pack *p = agent_container_of(j, struct pack, job);
+
+    if (p->start != NULL) {
+        agent_proc_start_abort(p->start);
+    }
 }
 
 static unsigned pack_count(struct agent_conn *c)
@@ -407,13 +419,15 @@ static int build_params(const char *root, const msgpack_object *bm, struct build
     return -1;
 }
 
+static void build_started(struct agent_proc *b, const struct sbx_err *e, void *data);
+
 /* Start the build @q describes (its params checked by build_params); frees q->argv. The build
- * is an internal process (proc.c): counted in max_procs, drained and reaped like any other. */
+ * is an internal process (proc.c): counted in max_procs, drained and reaped like any other;
+ * build_started continues the job once it runs. */
 static int build_start(struct pack *p, struct agent_conn *c, struct build_req *q,
                        struct sbx_err *err)
 {
     char **argv = q->argv, **envp;
-    struct agent_proc *b;
 
     q->argv = NULL;
     if (argv == NULL && (argv = agent_strv_sh(q->cmd, strlen(q->cmd))) == NULL) {
@@ -428,23 +442,11 @@ static int build_start(struct pack *p, struct agent_conn *c, struct build_req *q
         agent_strv_free(argv);
         return sbx_err_oom(err);
     }
-    b = agent_proc_start_internal(c->a, argv, envp, q->cwd, q->timeout, err);
-    if (b == NULL) {
+    if (agent_proc_start_internal(c->a, argv, envp, q->cwd, q->timeout, build_started, p, &p->start,
+                                  err) < 0) {
         sbx_err_prefix(err, "build");
         return -1;
     }
-    /* Reserved above: these cannot fail for the stream cap. */
-    if (agent_stream_new(c, AGENT_STREAM_OUT, &b->out, err) == NULL ||
-        agent_stream_new(c, AGENT_STREAM_OUT, &b->err, err) == NULL) {
-        p->build = b;
-        build_abandon(p, NULL);
-        return -1;
-    }
-    b->on_done = build_done;
-    b->data = p;
-    p->build = b;
-    p->build_out_sid = b->out.stream->id;
-    p->build_err_sid = b->err.stream->id;
     return 0;
 }
 
@@ -1140,12 +1142,97 @@ static int pack_caps(struct agent_conn *c, bool build, struct sbx_err *err)
     return agent_stream_reserve(c, build ? 3 : 1, err);
 }
 
+/*
+ * Start the archive thread of @p (registered with @c as p->job; its build, if any, running) and
+ * answer the pack.create request p->req. AGENT_REPLIED; or -1 with @err, the job freed (and its
+ * build killed).
+ */
+static int pack_launch(struct pack *p, struct agent_conn *c, struct sbx_err *err)
+{
+    msgpack_packer *pk;
+
+    p->j.produce = pack_produce;
+    p->j.on_event = pack_on_event;
+    p->j.on_finish = pack_on_finish;
+    p->j.on_free = pack_on_free;
+    p->j.on_close = pack_on_close;
+    switch (agent_outjob_start(&p->j, c, err)) {
+    case 0:
+        break;
+    case -2: /* on_close freed the job (and killed the build) */
+        return -1;
+    default:
+        agent_conn_ref_del(&p->job);
+        build_abandon(p, NULL);
+        pack_discard(p);
+        return -1;
+    }
+    {
+        struct sbx_pack_result res = {
+            .id = p->id,
+            .build_out = p->build != NULL ? p->build_out_sid : 0,
+            .build_err = p->build != NULL ? p->build_err_sid : 0,
+            .archive = p->j.sid,
+        };
+        pk = agent_conn_begin(c);
+        sbx_pack_response_head(pk, p->req);
+        sbx_pack_result_pack(pk, &res);
+    }
+    agent_conn_send(c);
+    p->announced = true;
+    if (p->build != NULL) {
+        agent_pipe_update(&p->build->out);
+        agent_pipe_update(&p->build->err);
+    }
+    return AGENT_REPLIED;
+}
+
+/* The build started (or could not): give it its streams and launch the job, answering the
+ * request either way; a job whose connection went meanwhile is dropped with its build. */
+static void build_started(struct agent_proc *b, const struct sbx_err *e, void *data)
+{
+    struct pack *p = data;
+    struct agent_conn *c = p->job.conn;
+    struct sbx_err err;
+    uint32_t req;
+
+    p->start = NULL;
+    sbx_err_clear(&err);
+    if (c != NULL) {
+        c->nstreams -= PACK_BUILD_STREAMS; /* the hold ends; the streams below take its place */
+    }
+    if (b == NULL) {
+        err = *e;
+        sbx_err_prefix(&err, "build");
+    } else if (c == NULL || c->closing) {
+        sbx_err_set(&err, SBX_E_CANCELLED, "connection closed");
+    } else if (agent_stream_new(c, AGENT_STREAM_OUT, &b->out, &err) != NULL &&
+               agent_stream_new(c, AGENT_STREAM_OUT, &b->err, &err) != NULL) {
+        b->on_done = build_done;
+        b->data = p;
+        p->build = b;
+        p->build_out_sid = b->out.stream->id;
+        p->build_err_sid = b->err.stream->id;
+        req = p->req;
+        if (pack_launch(p, c, &err) < 0) {
+            agent_conn_reply_error(c, req, &err); /* the job is gone */
+        }
+        return;
+    }
+    p->build = b;
+    build_abandon(p, NULL); /* kills and forgets it; no stream was announced */
+    if (c != NULL && !c->closing) {
+        agent_conn_reply_error(c, p->req, &err);
+    }
+    agent_conn_ref_del(&p->job);
+    pack_discard(p);
+}
+
 int agent_pack_create(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     const msgpack_object *build = NULL;
     struct build_req q;
     struct pack *p;
-    msgpack_packer *pk;
 
     q.argv = NULL;
     /* Params, then caps, then the file system (PROTOCOL.md §7.2). */
@@ -1159,48 +1246,18 @@ int agent_pack_create(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
         return -1;
     }
     p->id = ++c->next_pack;
+    p->req = m->id;
     p->go = build == NULL;
-    if (build != NULL && build_start(p, c, &q, err) < 0) {
-        ignore_free(&p->ig);
-        agent_strv_free(p->args);
-        free(p);
+    if (build == NULL) {
+        agent_conn_ref_add(c, &p->job, pack_conn_gone);
+        return pack_launch(p, c, err);
+    }
+    if (build_start(p, c, &q, err) < 0) {
+        pack_discard(p);
         return -1;
     }
-    p->j.produce = pack_produce;
-    p->j.on_event = pack_on_event;
-    p->j.on_finish = pack_on_finish;
-    p->j.on_free = pack_on_free;
-    p->j.on_close = pack_on_close;
+    /* Counted in max_packs, its streams held, while the build starts. */
     agent_conn_ref_add(c, &p->job, pack_conn_gone);
-    switch (agent_outjob_start(&p->j, c, err)) {
-    case 0:
-        break;
-    case -2: /* on_close freed the job (and killed the build) */
-        return -1;
-    default:
-        agent_conn_ref_del(&p->job);
-        build_abandon(p, NULL);
-        ignore_free(&p->ig);
-        agent_strv_free(p->args);
-        free(p);
-        return -1;
-    }
-    {
-        struct sbx_pack_result res = {
-            .id = p->id,
-            .build_out = p->build != NULL ? p->build_out_sid : 0,
-            .build_err = p->build != NULL ? p->build_err_sid : 0,
-            .archive = p->j.sid,
-        };
-        pk = agent_conn_begin(c);
-        sbx_pack_response_head(pk, m->id);
-        sbx_pack_result_pack(pk, &res);
-    }
-    agent_conn_send(c);
-    p->announced = true;
-    if (p->build != NULL) {
-        agent_pipe_update(&p->build->out);
-        agent_pipe_update(&p->build->err);
-    }
-    return AGENT_REPLIED;
+    c->nstreams += PACK_BUILD_STREAMS;
+    return AGENT_LATER; /* answered by build_started */
 }

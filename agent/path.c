@@ -183,19 +183,102 @@ int agent_path_opendir_under(int rootfd, const char *rel, size_t len, bool creat
     return fd;
 }
 
-int agent_path_open_under(int rootfd, const char *rel, int oflags)
+/* The parent of @rel under @rootfd (walked without following a link) into *@dfd (@rootfd
+ * itself when @rel has no parent: not to be closed then), and @rel's last component. NULL with
+ * errno set on failure. */
+static const char *under_parent(int rootfd, const char *rel, int *dfd)
 {
     const char *slash = strrchr(rel, '/');
-    int dfd = rootfd, fd, e;
 
-    if (slash != NULL) {
-        dfd = agent_path_opendir_under(rootfd, rel, (size_t)(slash - rel), false, NULL);
-        if (dfd < 0) {
-            return -1;
-        }
-        rel = slash + 1;
+    *dfd = rootfd;
+    if (slash == NULL) {
+        return rel;
     }
-    fd = openat(dfd, rel, oflags | O_NOFOLLOW | O_CLOEXEC);
+    *dfd = agent_path_opendir_under(rootfd, rel, (size_t)(slash - rel), false, NULL);
+    return *dfd < 0 ? NULL : slash + 1;
+}
+
+int agent_path_open_under(int rootfd, const char *rel, int oflags)
+{
+    int dfd, fd = -1, e;
+    const char *base = under_parent(rootfd, rel, &dfd);
+
+    if (base == NULL) {
+        return -1;
+    }
+    fd = openat(dfd, base, oflags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    e = errno;
+    if (dfd != rootfd) {
+        (void)close(dfd);
+    }
+    errno = e;
+    return fd;
+}
+
+/* Without /proc: open @name itself, O_NONBLOCK so that even a FIFO swapped in since the O_PATH
+ * check cannot make the open wait, and keep it only if it is (still) a regular file. */
+static int open_file_direct(int dfd, const char *name, bool follow, struct stat *st)
+{
+    int fd =
+        openat(dfd, name, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
+    int e;
+
+    if (fd < 0) {
+        return -1;
+    }
+    if (fstat(fd, st) == 0 && S_ISREG(st->st_mode)) {
+        return fd;
+    }
+    e = S_ISREG(st->st_mode) ? errno : EINVAL;
+    (void)close(fd); /* opened read-only, nothing read */
+    errno = e;
+    return -1;
+}
+
+int agent_path_open_file_at(int dfd, const char *name, bool follow, struct stat *st)
+{
+    char proc[40];
+    int pin, fd, e;
+
+    st->st_mode = 0;
+    pin = openat(dfd, name, O_PATH | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
+    if (pin < 0) {
+        return -1;
+    }
+    if (fstat(pin, st) < 0) {
+        e = errno;
+        st->st_mode = 0;
+        (void)close(pin); /* an O_PATH fd: nothing to report */
+        errno = e;
+        return -1;
+    }
+    if (!S_ISREG(st->st_mode)) {
+        (void)close(pin);
+        errno = EINVAL;
+        return -1;
+    }
+    /* The magic link reaches exactly the pinned inode, whatever @name names by now. */
+    (void)snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pin);
+    fd = open(proc, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        fd = open_file_direct(dfd, name, follow, st);
+    }
+    e = errno;
+    (void)close(pin);
+    errno = e;
+    return fd;
+}
+
+int agent_path_open_file_under(int rootfd, const char *rel, struct stat *st)
+{
+    int dfd, fd = -1, e;
+    const char *base = under_parent(rootfd, rel, &dfd);
+
+    st->st_mode = 0;
+    if (base == NULL) {
+        return -1;
+    }
+    fd = agent_path_open_file_at(dfd, base, false, st);
     e = errno;
     if (dfd != rootfd) {
         (void)close(dfd);

@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "sbx/err.h"
@@ -67,11 +68,37 @@ int agent_path_opendir_under(int rootfd, const char *rel, size_t len, bool creat
 
 /*
  * Open @rel (relative, see agent_path_opendir_under) under directory fd @rootfd with @oflags
- * (O_NOFOLLOW and O_CLOEXEC added, no O_CREAT): its parent directories are walked without
- * following a symlink and the last component is not followed either. Returns the fd, or -1 with
- * errno set (ELOOP for a symlink on the way).
+ * (O_NOFOLLOW, O_NONBLOCK, O_NOCTTY and O_CLOEXEC added, no O_CREAT): its parent directories are
+ * walked without following a symlink and the last component is not followed either. O_NONBLOCK
+ * means the open never waits (a FIFO's other end); it stays set. To read a file's content use
+ * agent_path_open_file_under, which never opens anything but a regular file. Returns the fd, or
+ * -1 with errno set (ELOOP for a symlink on the way).
  */
 int agent_path_open_under(int rootfd, const char *rel, int oflags);
+
+/*
+ * Open the file @name of directory fd @dfd (AT_FDCWD: @name is a path as open(2) takes it) to
+ * read its content, never opening anything but a regular file (PROTOCOL.md §17.3, §18.2):
+ * @name is opened O_PATH first, which opens nothing (a FIFO, socket or device node is not
+ * opened, so this can neither wait for a FIFO's writer nor wake a driver), fstat'd, and only a
+ * regular file is then opened for reading through /proc/self/fd, which reaches that same inode
+ * whatever @name names by then. The last component is followed only with @follow. The fd is
+ * O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC; O_NONBLOCK stays: it changes nothing for a
+ * regular file but that a kernel file whose read would wait for an event (/proc/kmsg) fails with
+ * EAGAIN instead of holding the thread. Without /proc it opens @name O_NONBLOCK itself and checks
+ * it is still that regular file.
+ * Returns the fd, with *@st describing it; or -1 with errno: the open's, or EINVAL when it is not
+ * a regular file, *@st then saying what it is (st_mode is 0 after any other failure; see
+ * agent_fs_err_file). Thread-safe.
+ */
+int agent_path_open_file_at(int dfd, const char *name, bool follow, struct stat *st);
+
+/*
+ * agent_path_open_file_at for @rel under directory fd @rootfd: the parents are walked as
+ * agent_path_opendir_under walks them (ELOOP for a symlink among them) and the last component is
+ * not followed (a symlink there is not a regular file: EINVAL, *@st says S_IFLNK). Thread-safe.
+ */
+int agent_path_open_file_under(int rootfd, const char *rel, struct stat *st);
 
 /* The next entry of @d other than "." and "..", or NULL: at the end with errno 0, after a failed
  * read with errno set. */

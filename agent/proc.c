@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <link.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -24,6 +26,7 @@
 #include "conn.h"
 #include "env.h"
 #include "sbx/schema.h"
+#include "seccomp.h"
 #include "stream.h"
 #include "strv.h"
 
@@ -38,7 +41,19 @@
 #include <sanitizer/asan_interface.h>
 #endif
 
-#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define DEFAULT_PATH       "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#define SPAWN_CHILD_STACK  (64u << 10) /* the child's stack while it shares our memory */
+#define SPAWN_THREAD_STACK (64u << 10) /* the spawner thread's, plus the static TLS */
+#define SPAWN_GUARD        4096u       /* below each of the two stacks */
+#ifndef SBX_ASAN
+#define SPAWN_MAPS_KEEP 4u /* stack mappings kept for the next starts */
+#else
+/* None in a sanitizer build: its own overhead per thread already costs what a spare would hold,
+ * and its tests bound the agent's memory, not its speed. */
+#define SPAWN_MAPS_KEEP 0u
+#endif
+#define SPAWN_KILL_RETRY_MS 50u /* a killed start: kill again until clone returned */
 
 enum { IO_NULL, IO_PIPE, IO_MERGE };
 
@@ -46,32 +61,42 @@ enum { IO_NULL, IO_PIPE, IO_MERGE };
 struct spawn_req {
     char **argv;
     char **envp;
-    char exe[SBX_PATH_MAX];
-    char cwd[SBX_PATH_MAX + 1]; /* a path param is up to SBX_PATH_MAX bytes (§23) */
-    bool set_user;
-    struct agent_user user;
+    const char *path; /* PATH the child searches for argv[0]; NULL: argv[0] is a path */
+    char *cwd;
+    bool set_user; /* switch to uid, gid and groups */
+    uid_t uid;
+    gid_t gid;
+    int ngroups;
+    gid_t groups[SBX_GROUPS_MAX];
     int io_in, io_out, io_err;
     uint64_t timeout_ms;
     int kill_signal;
     uint32_t kill_grace_ms;
     uint32_t drain_ms;
     char tag[SBX_TAG_MAX + 1];
+    bool internal; /* an agent_proc_start_internal process */
     bool pty;
     bool pty_stdin_only; /* REPL: the terminal is stdin only; stdout/stderr are pipes */
     struct winsize ws;
     char pty_path[64];
-    int extra_fds[2]; /* become fds 3 and 4 in the child (-1: none) */
+    /* Every fd below is owned by the request (-1: none) and closed by spawn_req_free. */
+    int fds[3];       /* the child's stdio, its ends of the pipes (-1: /dev/null, or the PTY) */
+    int extra_fds[2]; /* become fds 3 and 4 in the child */
+    int agent_fds[3]; /* the agent's ends: stdin to write, stdout (or PTY master), stderr */
+    struct agent_limits limits; /* of its cgroup (cgroup.h) */
+    struct agent_cg cg;         /* made by spawn_start; its procs_fd is the child's to join */
+    struct rlimit nofile;       /* RLIMIT_NOFILE the child gets back (a->nofile) */
 };
 
-/* What a failing child reports through the error pipe. */
+/* What a child that fails before exec leaves in the memory it shares with the agent. */
 struct child_err {
-    int stage;
+    int stage; /* -1: none */
     int err;
 };
 
-static const char *const stage_names[] = { "pipe",      "fork",   "cwd",    "user",
-                                           "setgroups", "setgid", "setuid", "exec",
-                                           "stdio",     "setsid", "pty" };
+static const char *const stage_names[] = { "pipe",   "fork",    "cwd",    "user",  "setgroups",
+                                           "setgid", "setuid",  "exec",   "stdio", "setsid",
+                                           "pty",    "seccomp", "cgroup", "rlimit" };
 enum {
     ST_PIPE,
     ST_FORK,
@@ -83,13 +108,58 @@ enum {
     ST_EXEC,
     ST_STDIO,
     ST_SETSID,
-    ST_PTY
+    ST_PTY,
+    ST_SECCOMP,
+    ST_CGROUP,
+    ST_RLIMIT
 };
 
+/* An empty request: nothing owned, every fd -1. */
+static void spawn_req_init(struct spawn_req *r)
+{
+    memset(r, 0, sizeof(*r));
+    for (int i = 0; i < 3; i++) {
+        r->fds[i] = r->agent_fds[i] = -1;
+    }
+    r->extra_fds[0] = r->extra_fds[1] = -1;
+    r->cg = AGENT_CG_NONE;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+/* Close the child's ends (stdout and stderr may be one fd); the child has its copies by now. */
+static void spawn_req_close_child_fds(struct spawn_req *r)
+{
+    if (r->fds[2] == r->fds[1]) {
+        r->fds[2] = -1;
+    }
+    for (int i = 0; i < 3; i++) {
+        close_fd(&r->fds[i]);
+    }
+    close_fd(&r->extra_fds[0]);
+    close_fd(&r->extra_fds[1]);
+    agent_cg_joined(&r->cg);
+}
+
+/* Free what @r owns; it stays an empty request. */
 static void spawn_req_free(struct spawn_req *r)
 {
     agent_strv_free(r->argv);
     agent_strv_free(r->envp);
+    free(r->cwd);
+    r->argv = r->envp = NULL;
+    r->cwd = NULL;
+    spawn_req_close_child_fds(r);
+    for (int i = 0; i < 3; i++) {
+        close_fd(&r->agent_fds[i]);
+    }
+    agent_cg_release(&r->cg); /* a start that failed: its child is gone, reaped */
 }
 
 /* --- params ------------------------------------------------------------------------------- */
@@ -148,86 +218,73 @@ static int parse_signal(const msgpack_object *params, const char *key, int def, 
     return 0;
 }
 
-/* Find @name on PATH as execvp would: EACCES if only unexecutable candidates exist. */
-static int resolve_exe(const char *name, char *const *envp, char *out, size_t outsz,
-                       struct sbx_err *err)
+/*
+ * Where the child finds argv[0] (§14.1): a name with a '/' is used as it is; any other is searched
+ * on the PATH of @r's environment (or the default) by the child itself, after it switched to the
+ * target user (child_execvp), so a directory or file only root may use is not found for a user.
+ */
+static int spawn_path(struct spawn_req *r, struct sbx_err *err)
 {
-    const char *path, *p;
-    bool denied = false;
+    const char *name = r->argv[0];
 
     if (name[0] == '\0') {
         return sbx_err_sys(err, ENOENT, "exec", "exec \"\"");
     }
     if (strchr(name, '/') != NULL) {
-        if (strlen(name) >= outsz) {
+        if (strlen(name) >= SBX_PATH_MAX) {
             return sbx_err_sys(err, ENAMETOOLONG, "exec", "exec \"%s\"", name);
         }
-        strcpy(out, name);
+        r->path = NULL;
         return 0;
     }
-    path = agent_env_lookup(envp, "PATH");
-    if (path == NULL || path[0] == '\0') {
-        path = DEFAULT_PATH;
+    r->path = agent_env_lookup(r->envp, "PATH"); /* in r->envp: lives as long as the request */
+    if (r->path == NULL || r->path[0] == '\0') {
+        r->path = DEFAULT_PATH;
     }
-    for (p = path;; p = strchr(p, ':') + 1) {
-        const char *end = strchr(p, ':');
-        size_t dlen = end != NULL ? (size_t)(end - p) : strlen(p);
-        struct stat st;
-        int n;
-
-        n = snprintf(out, outsz, "%.*s%s%s", (int)dlen, p, dlen ? "/" : "", name);
-        if (n > 0 && (size_t)n < outsz && stat(out, &st) == 0 && S_ISREG(st.st_mode)) {
-            if (access(out, X_OK) == 0) {
-                return 0;
-            }
-            denied = true;
-        }
-        if (end == NULL) {
-            break;
-        }
-    }
-    return sbx_err_sys(err, denied ? EACCES : ENOENT, "exec", "exec \"%s\"", name);
+    return 0;
 }
 
 /*
- * The identity @sp asks for, into r->user (§14.2 "Identity defaults"): a user's passwd entry and
+ * The identity @sp asks for, into @u (§14.2 "Identity defaults"): a user's passwd entry and
  * groups, or a uid's entry if it has one, or the agent's own identity; an explicit gid or groups
- * override. r->set_user stays false when none of user, uid, gid, groups is given.
+ * override. 1 when there is one to switch to, 0 when none of user, uid, gid, groups is given (@u
+ * untouched then), or -1 with @err.
  */
-static int spawn_identity(struct agent *a, const struct sbx_spawn_params *sp, struct spawn_req *r,
+static int spawn_identity(struct agent *a, const struct sbx_spawn_params *sp, struct agent_user *u,
                           struct sbx_err *err)
 {
     if (sp->user != NULL) {
         char name[SBX_USER_MAX + 1];
         memcpy(name, sp->user, sp->user_len);
         name[sp->user_len] = '\0';
-        if (agent_user_lookup(a->passwd_root, name, &r->user, err) < 0) {
+        if (agent_user_lookup(a->passwd_root, name, u, err) < 0) {
             return -1;
         }
     } else if (sp->has_uid) {
-        (void)agent_user_by_uid(a->passwd_root, (uid_t)sp->uid, &r->user);
+        (void)agent_user_by_uid(a->passwd_root, (uid_t)sp->uid, u);
     } else if (sp->has_gid || sp->has_groups) {
-        int n = getgroups(SBX_GROUPS_MAX, r->user.groups);
+        int n;
+        memset(u, 0, sizeof(*u));
+        n = getgroups(SBX_GROUPS_MAX, u->groups);
         if (n < 0) {
             return sbx_err_sys(err, errno, "user", "getgroups");
         }
-        r->user.uid = getuid();
-        r->user.gid = getgid();
-        r->user.ngroups = n;
+        u->uid = getuid();
+        u->gid = getgid();
+        u->ngroups = n;
     } else {
         return 0;
     }
-    r->set_user = true;
     if (sp->has_gid) {
-        r->user.gid = (gid_t)sp->gid;
+        u->gid = (gid_t)sp->gid;
     }
     if (sp->has_groups) {
-        r->user.ngroups = (int)sp->ngroups;
+        u->ngroups = (int)sp->ngroups;
         for (uint32_t i = 0; i < sp->ngroups; i++) {
-            r->user.groups[i] = (gid_t)sp->groupsv->via.array.ptr[i].via.u64;
+            u->groups[i] = (gid_t)sp->groupsv->via.array.ptr[i].via.u64;
         }
     }
-    return 0;
+    return 1;
 }
 
 /* "NAME=value" into the next free slot of @extra; -1 when out of memory. */
@@ -245,31 +302,41 @@ static int extra_var(char **extra, int *n, const char *name, const char *value, 
 /*
  * What proc.spawn and repl.start share, from params the schema has read: the working directory,
  * the identity, the environment in the layers of §14.1 (base unless clear_env, the user's HOME,
- * USER and LOGNAME, @term as TERM when not NULL, then env) in r->envp, and r->argv[0] (set by the
- * caller) found on that environment's PATH in r->exe.
+ * USER and LOGNAME, @term as TERM when not NULL, then env) in r->envp, and where the child looks
+ * for r->argv[0] (set by the caller): spawn_path.
  */
 static int spawn_prepare(struct agent *a, const struct sbx_spawn_params *sp, const char *term,
                          size_t term_len, struct spawn_req *r, struct sbx_err *err)
 {
     char *extra[5] = { NULL, NULL, NULL, NULL, NULL };
-    int n = 0, rc = 0;
+    struct agent_user u;
+    int n = 0, rc = 0, id;
 
-    /* The default is "/", not wherever the agent happened to be started (PROTOCOL.md §14.2). */
-    if (sp->cwd != NULL) {
-        memcpy(r->cwd, sp->cwd, sp->cwd_len);
-        r->cwd[sp->cwd_len] = '\0';
-    } else {
-        snprintf(r->cwd, sizeof(r->cwd), "/");
-    }
-    if (spawn_identity(a, sp, r, err) < 0) {
+    if (agent_cgroup_limits(a, sp, &r->limits, err) < 0) {
         return -1;
     }
-    if (r->set_user && r->user.home[0] != '\0') {
-        rc |= extra_var(extra, &n, "HOME", r->user.home, strlen(r->user.home));
+    /* The default is "/", not wherever the agent happened to be started (PROTOCOL.md §14.2). */
+    r->cwd = sp->cwd != NULL ? strndup(sp->cwd, sp->cwd_len) : strdup("/");
+    if (r->cwd == NULL) {
+        return sbx_err_oom(err);
     }
-    if (r->set_user && r->user.name[0] != '\0') {
-        rc |= extra_var(extra, &n, "USER", r->user.name, strlen(r->user.name));
-        rc |= extra_var(extra, &n, "LOGNAME", r->user.name, strlen(r->user.name));
+    id = spawn_identity(a, sp, &u, err);
+    if (id < 0) {
+        return -1;
+    }
+    if (id > 0) {
+        r->set_user = true;
+        r->uid = u.uid;
+        r->gid = u.gid;
+        r->ngroups = u.ngroups;
+        memcpy(r->groups, u.groups, sizeof(r->groups));
+        if (u.home[0] != '\0') {
+            rc |= extra_var(extra, &n, "HOME", u.home, strlen(u.home));
+        }
+        if (u.name[0] != '\0') {
+            rc |= extra_var(extra, &n, "USER", u.name, strlen(u.name));
+            rc |= extra_var(extra, &n, "LOGNAME", u.name, strlen(u.name));
+        }
     }
     if (term != NULL) {
         rc |= extra_var(extra, &n, "TERM", term, term_len);
@@ -283,7 +350,7 @@ static int spawn_prepare(struct agent *a, const struct sbx_spawn_params *sp, con
     if (r->envp == NULL) {
         return sbx_err_oom(err);
     }
-    return resolve_exe(r->argv[0], r->envp, r->exe, sizeof(r->exe), err);
+    return spawn_path(r, err);
 }
 
 static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struct spawn_req *r,
@@ -293,8 +360,7 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
     const char *term = NULL;
     size_t term_len = 0;
 
-    memset(r, 0, sizeof(*r));
-    r->extra_fds[0] = r->extra_fds[1] = -1;
+    spawn_req_init(r);
     if (sbx_spawn_params_read(params, &sp, err) < 0) {
         return -1;
     }
@@ -328,31 +394,27 @@ static int parse_spawn(struct agent_conn *c, const msgpack_object *params, struc
 
 /* --- the child ---------------------------------------------------------------------------- */
 
-static __attribute__((noreturn)) void child_fail(int errfd, int stage)
-{
-    struct child_err ce = { stage, errno };
+/*
+ * The child shares the agent's memory (CLONE_VM|CLONE_VFORK: no page tables copied, no
+ * copy-on-write faults in the agent afterwards; the spawner thread that cloned it waits until
+ * exec or exit). So it only makes raw system calls on data prepared by the parent: no malloc, no
+ * stdio, nothing that takes a libc lock, and the identity switch goes through syscall() because
+ * glibc's setuid() would signal the agent's other threads to switch theirs too. It shares the
+ * spawner thread's TLS (errno) and nothing else of a thread that runs meanwhile.
+ */
 
-    while (write(errfd, &ce, sizeof(ce)) < 0 && errno == EINTR) {
-    }
+/* Leave the failing step and @e where the spawner thread reads them, and end. */
+static __attribute__((noreturn)) void child_fail(struct child_err *ce, int stage, int e)
+{
+    ce->err = e;
+    ce->stage = stage;
     _exit(127);
 }
 
-/*
- * The child shares the agent's memory (CLONE_VM|CLONE_VFORK: no page tables copied, no
- * copy-on-write faults in the agent afterwards, the agent waits until exec or exit). So it only
- * makes raw system calls on data prepared by the parent: no malloc, no stdio, nothing that
- * takes a libc lock, and the identity switch goes through syscall() because glibc's setuid()
- * would signal the agent's other threads to switch theirs too.
- */
-struct child_args {
-    const struct spawn_req *r;
-    int fds[3];
-    int errfd;
-};
-
 /* Signals whose disposition the agent changed (SIG_IGN survives exec; a handler must not run in
- * a child that shares our memory). Found once, at the first spawn: the agent sets its handlers
- * at startup (agent/main.c), before it accepts any request. */
+ * a child that shares our memory). Found once, at the first spawn (on the loop, before the first
+ * spawner thread): the agent sets its handlers at startup (agent/main.c), before it accepts any
+ * request. */
 static int reset_sigs[NSIG];
 static int nreset_sigs = -1;
 
@@ -367,26 +429,71 @@ static void find_changed_signals(void)
     }
 }
 
-static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int fds[3], int errfd);
-
-static int child_main(void *arg)
+/*
+ * execve argv[0] as execvp(3) does, with the rights of the user the child now is: a name with a
+ * '/' directly; any other in each PATH entry in turn (an empty entry is the working directory),
+ * going on after EACCES (remembered), ENOENT, ENOTDIR, ESTALE, ENODEV and ETIMEDOUT, stopping at
+ * any other error. No fallback to /bin/sh on ENOEXEC (§14.1). Candidates are built on the child's
+ * own stack: nothing here allocates. Returns the errno that ends the search.
+ */
+static int child_execvp(const struct spawn_req *r)
 {
-    struct child_args *ca = arg;
+    const char *name = r->argv[0], *dir = r->path;
+    char exe[SBX_PATH_MAX];
+    size_t nlen;
+    bool denied = false;
 
-    child_exec(ca->r, ca->fds, ca->errfd);
+    if (dir == NULL) {
+        execve(name, r->argv, r->envp);
+        return errno;
+    }
+    nlen = strlen(name);
+    for (;;) {
+        const char *end = dir;
+        size_t dlen;
+
+        while (*end != '\0' && *end != ':') {
+            end++;
+        }
+        dlen = (size_t)(end - dir);
+        if (dlen + 1 + nlen < sizeof(exe)) { /* longer ones cannot be a path: skipped */
+            memcpy(exe, dir, dlen);
+            exe[dlen] = '/';
+            memcpy(exe + dlen + (dlen > 0), name, nlen + 1);
+            execve(exe, r->argv, r->envp);
+            switch (errno) {
+            case EACCES:
+                denied = true;
+                break;
+            case ENOENT:
+            case ENOTDIR:
+            case ESTALE:
+            case ENODEV:
+            case ETIMEDOUT:
+                break;
+            default:
+                return errno;
+            }
+        }
+        if (*end == '\0') {
+            return denied ? EACCES : ENOENT;
+        }
+        dir = end + 1;
+    }
 }
 
-/* Runs between clone and exec, in the agent's memory: raw system calls only (see above). */
-static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int fds[3], int errfd)
+/* Runs between clone and exec, in the agent's memory: raw system calls only (see above). Every
+ * signal is blocked on entry (the spawner thread runs with all of them blocked). */
+static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, struct child_err *ce)
 {
     sigset_t none;
     struct sigaction dfl;
+    int fds[3] = { r->fds[0], r->fds[1], r->fds[2] };
     int devnull = -1;
     int extra[2] = { -1, -1 };
     int oom;
 
-    /* Back to a clean signal state: the agent ignores SIGPIPE and libuv has handlers. Every
-     * signal is blocked until here (the parent blocked them around clone). */
+    /* Back to a clean signal state: the agent ignores SIGPIPE and libuv has handlers. */
     memset(&dfl, 0, sizeof(dfl));
     dfl.sa_handler = SIG_DFL;
     for (int i = 0; i < nreset_sigs; i++) {
@@ -395,15 +502,20 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
     sigemptyset(&none);
     (void)sigprocmask(SIG_SETMASK, &none, NULL);
 
+    /* Into its own cgroup first ("0": the writer), before it does anything of the workload's:
+     * everything from here on is accounted and limited there (cgroup.c). */
+    if (r->cg.procs_fd >= 0 && write(r->cg.procs_fd, "0", 1) != 1) {
+        child_fail(ce, ST_CGROUP, errno);
+    }
     if (setsid() < 0) {
-        child_fail(errfd, ST_SETSID);
+        child_fail(ce, ST_SETSID, errno);
     }
     if (r->pty) {
         /* The slave becomes stdio and, through TIOCSCTTY, the controlling terminal of this new
          * session; our process group is its foreground group. */
         int slave = open(r->pty_path, O_RDWR | O_CLOEXEC);
         if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) {
-            child_fail(errfd, ST_PTY);
+            child_fail(ce, ST_PTY, errno);
         }
         fds[0] = slave;
         if (!r->pty_stdin_only) {
@@ -413,7 +525,7 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
     /* Extra fds go above the stdio range first, so no dup2 below clobbers one still needed. */
     for (int i = 0; i < 2; i++) {
         if (r->extra_fds[i] >= 0 && (extra[i] = fcntl(r->extra_fds[i], F_DUPFD_CLOEXEC, 10)) < 0) {
-            child_fail(errfd, ST_STDIO);
+            child_fail(ce, ST_STDIO, errno);
         }
     }
     for (int i = 0; i < 3; i++) {
@@ -421,7 +533,7 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
             if (devnull < 0) {
                 devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
                 if (devnull < 0) {
-                    child_fail(errfd, ST_STDIO);
+                    child_fail(ce, ST_STDIO, errno);
                 }
             }
             fds[i] = devnull;
@@ -431,15 +543,15 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
     for (int i = 0; i < 3; i++) {
         if (fds[i] == i) {
             if (fcntl(i, F_SETFD, 0) < 0) {
-                child_fail(errfd, ST_STDIO);
+                child_fail(ce, ST_STDIO, errno);
             }
         } else if (dup2(fds[i], i) < 0) {
-            child_fail(errfd, ST_STDIO);
+            child_fail(ce, ST_STDIO, errno);
         }
     }
     for (int i = 0; i < 2; i++) {
         if (extra[i] >= 0 && dup2(extra[i], 3 + i) < 0) {
-            child_fail(errfd, ST_STDIO);
+            child_fail(ce, ST_STDIO, errno);
         }
     }
     /* The agent runs with oom_score_adj -1000; its children must be killable again. */
@@ -448,23 +560,34 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, int 
         (void)!write(oom, "0", 1);
         close(oom);
     }
-    /* Identity first, so the working directory is checked with the target user's rights. */
+    /* The per-workload seccomp filter, while still root: as root it needs no no_new_privs,
+     * which would break sudo below it. */
+    if (agent_seccomp_enter() < 0) {
+        child_fail(ce, ST_SECCOMP, errno);
+    }
+    /* The fd limit the agent found, not the one it raised for itself (main.c): the image's.
+     * After the fd set-up above, which must not fail on the lower limit. */
+    if (r->nofile.rlim_max != 0 && setrlimit(RLIMIT_NOFILE, &r->nofile) < 0) {
+        child_fail(ce, ST_RLIMIT, errno);
+    }
+    /* Identity first, so the working directory and PATH are checked with the target user's
+     * rights. From here a process of that user may stop this child: the spawner thread waits,
+     * never the loop (agent_proc_start). */
     if (r->set_user) {
-        if (syscall(SYS_setgroups, (size_t)r->user.ngroups, r->user.groups) < 0) {
-            child_fail(errfd, ST_SETGROUPS);
+        if (syscall(SYS_setgroups, (size_t)r->ngroups, r->groups) < 0) {
+            child_fail(ce, ST_SETGROUPS, errno);
         }
-        if (syscall(SYS_setgid, r->user.gid) < 0) {
-            child_fail(errfd, ST_SETGID);
+        if (syscall(SYS_setgid, r->gid) < 0) {
+            child_fail(ce, ST_SETGID, errno);
         }
-        if (syscall(SYS_setuid, r->user.uid) < 0) {
-            child_fail(errfd, ST_SETUID);
+        if (syscall(SYS_setuid, r->uid) < 0) {
+            child_fail(ce, ST_SETUID, errno);
         }
     }
     if (chdir(r->cwd) < 0) {
-        child_fail(errfd, ST_CWD);
+        child_fail(ce, ST_CWD, errno);
     }
-    execve(r->exe, r->argv, r->envp);
-    child_fail(errfd, ST_EXEC);
+    child_fail(ce, ST_EXEC, child_execvp(r));
 }
 
 /* --- the parent --------------------------------------------------------------------------- */
@@ -482,6 +605,7 @@ static void proc_free_if_unused(struct agent_proc *p)
     agent_list_del(&p->link);
     agent_conn_ref_del(&p->owner);
     p->a->nprocs--;
+    agent_cg_release(&p->cg);
     free(p->out.replay);
     free(p->err.replay);
     agent_strv_free(p->argv);
@@ -520,6 +644,7 @@ static void pack_exit(msgpack_packer *pk, const struct agent_proc *p)
         .duration_ns = p->end_ns - p->start_ns,
         .drained = p->drained,
         .timed_out = p->timed_out,
+        .oom = p->oom,
         .stdout_bytes = p->out.total,
         .stderr_bytes = p->err.total,
         .maxrss_kb = (uint64_t)p->ru.ru_maxrss,
@@ -639,33 +764,40 @@ void agent_proc_check_done(struct agent_proc *p)
     }
 }
 
+/* Reap @p if it has exited (never waitpid(-1)). */
+static void proc_poll(struct agent_proc *p)
+{
+    int st;
+    pid_t r;
+
+    if (agent_proc_exited(p)) {
+        return;
+    }
+    do {
+        r = wait4(p->pid, &st, WNOHANG, &p->ru);
+    } while (r < 0 && errno == EINTR);
+    if (r == p->pid) {
+        p->state = AGENT_PROC_EXITED;
+        p->status = st;
+        p->end_ns = agent_now_ns();
+        uv_timer_stop(&p->timeout_timer);
+        p->oom = agent_cg_exited(&p->cg);
+    } else if (r < 0 && errno == ECHILD) {
+        /* Someone else reaped it (cannot happen unless the agent runs under a foreign reaper);
+         * record what we know rather than waiting forever. */
+        p->state = AGENT_PROC_EXITED;
+        p->status = 0;
+        p->end_ns = agent_now_ns();
+        p->oom = agent_cg_exited(&p->cg);
+    }
+}
+
 void agent_proc_reap(struct agent *a)
 {
     struct agent_link *l;
 
     for (l = a->procs.next; l != &a->procs; l = l->next) {
-        struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
-        int st;
-        pid_t r;
-
-        if (agent_proc_exited(p)) {
-            continue;
-        }
-        do {
-            r = wait4(p->pid, &st, WNOHANG, &p->ru);
-        } while (r < 0 && errno == EINTR);
-        if (r == p->pid) {
-            p->state = AGENT_PROC_EXITED;
-            p->status = st;
-            p->end_ns = agent_now_ns();
-            uv_timer_stop(&p->timeout_timer);
-        } else if (r < 0 && errno == ECHILD) {
-            /* Someone else reaped it (cannot happen unless the agent runs under a foreign
-             * reaper); record what we know rather than waiting forever. */
-            p->state = AGENT_PROC_EXITED;
-            p->status = 0;
-            p->end_ns = agent_now_ns();
-        }
+        proc_poll(agent_container_of(l, struct agent_proc, link));
     }
     /* Checking after the loop: reporting may free nothing, but keeps iteration simple. */
     for (l = a->procs.next; l != &a->procs; l = l->next) {
@@ -707,37 +839,6 @@ static bool proc_evict_one(struct agent *a)
     return false;
 }
 
-/*
- * Start the child (child_exec) and return its pid, or -errno. Returns once the child has exec'd
- * or exited; its outcome is in the error pipe.
- */
-static pid_t spawn_child(const struct spawn_req *r, int fds[3], int errfd)
-{
-    /* The child's stack while it shares our memory; one spawn at a time (the loop thread
-     * waits in clone until the child is done with it). */
-    static uint8_t stack[64 << 10] __attribute__((aligned(64)));
-    struct child_args ca = { r, { fds[0], fds[1], fds[2] }, errfd };
-    sigset_t all, old;
-    pid_t pid;
-    int e;
-
-    if (nreset_sigs < 0) {
-        find_changed_signals();
-    }
-    /* No handler may run in the child before it has reset the dispositions. */
-    sigfillset(&all);
-    (void)pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid = clone(child_main, stack + sizeof(stack), CLONE_VM | CLONE_VFORK | SIGCHLD, &ca);
-    e = errno;
-    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
-#ifdef SBX_ASAN
-    /* The child never returned, so ASan still has its frames' redzones poisoned on this
-     * buffer; the next child lays out different frames there. */
-    ASAN_UNPOISON_MEMORY_REGION(stack, sizeof(stack));
-#endif
-    return pid < 0 ? -e : pid;
-}
-
 static int pipe_setup(struct agent *a, struct agent_proc *p, struct agent_pipe *pp, int fd,
                       bool input)
 {
@@ -747,6 +848,7 @@ static int pipe_setup(struct agent *a, struct agent_proc *p, struct agent_pipe *
     pp->is_input = input;
     r = uv_pipe_init(a->loop, &pp->handle, 0);
     if (r < 0) {
+        close(fd);
         return r;
     }
     pp->handle.data = pp;
@@ -770,109 +872,598 @@ static int proc_slot(struct agent *a, struct sbx_err *err)
     return 0;
 }
 
-/* Start @r with @childfds as stdio (spawn_child). Returns the pid once exec succeeded, or -1 with
- * the failing step in @err (the child is reaped then). */
-static pid_t spawn_run(struct spawn_req *r, int childfds[3], struct sbx_err *err)
+/*
+ * Make @p (zeroed memory, its max_procs slot already counted) the table entry of the child @pid
+ * that @r started: argv taken from @r, the agent's ends of its pipes (r->agent_fds) set up as its
+ * in, out and err (not reading yet), its timeout running.
+ */
+static void proc_init(struct agent_proc *p, struct agent *a, struct spawn_req *r, pid_t pid)
 {
-    int errp[2] = { -1, -1 };
-    struct child_err ce;
-    ssize_t n;
-    pid_t pid;
-
-    if (pipe2(errp, O_CLOEXEC) < 0) {
-        return sbx_err_sys(err, errno, "pipe", "create pipes");
-    }
-    pid = spawn_child(r, childfds, errp[1]);
-    if (pid < 0) {
-        sbx_err_sys(err, -pid, "fork", "clone");
-        close(errp[0]);
-        close(errp[1]);
-        return -1;
-    }
-    close(errp[1]);
-    /* EOF means exec succeeded (the pipe is close-on-exec); a record means a step failed. */
-    do {
-        n = read(errp[0], &ce, sizeof(ce));
-    } while (n < 0 && errno == EINTR);
-    close(errp[0]);
-    if (n != (ssize_t)sizeof(ce)) {
-        return pid;
-    }
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
-    }
-    if (ce.stage == ST_EXEC) {
-        sbx_err_sys(err, ce.err, "exec", "exec \"%s\"", r->argv[0]);
-    } else if (ce.stage == ST_CWD) {
-        sbx_err_sys(err, ce.err, "cwd", "chdir \"%s\"", r->cwd);
-        snprintf(err->field, sizeof(err->field), "cwd");
-    } else {
-        sbx_err_sys(err, ce.err, stage_names[ce.stage], "%s", stage_names[ce.stage]);
-    }
-    return -1;
-}
-
-/* The table entry of a freshly started child (argv taken from @r). NULL when out of memory: the
- * child is killed and reaped then. */
-static struct agent_proc *proc_new(struct agent *a, struct spawn_req *r, pid_t pid,
-                                   struct sbx_err *err)
-{
-    struct agent_proc *p = calloc(1, sizeof(*p));
-
-    if (p == NULL) {
-        (void)kill(pid, SIGKILL);
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
-        }
-        sbx_err_oom(err);
-        return NULL;
-    }
     p->a = a;
     p->id = ++a->next_proc;
     p->pid = pid;
     p->argv = r->argv;
     r->argv = NULL;
     memcpy(p->tag, r->tag, sizeof(p->tag));
+    p->internal = r->internal;
     p->start_ns = agent_now_ns();
     p->start_wall_ns = agent_realtime_ns();
     p->drain_ms = r->drain_ms;
     p->kill_signal = r->kill_signal;
     p->kill_grace_ms = r->kill_grace_ms;
     p->pty_fd = -1;
+    p->cg = r->cg; /* the process's from now on: handed back when it is reaped */
+    r->cg = AGENT_CG_NONE;
     agent_list_init(&p->waiters);
     agent_list_add_tail(&a->procs, &p->link);
-    a->nprocs++;
     uv_timer_init(a->loop, &p->timeout_timer);
     uv_timer_init(a->loop, &p->drain_timer);
     p->timeout_timer.data = p;
     p->drain_timer.data = p;
     p->handles_open += 2;
-    return p;
+    if (r->pty && !r->pty_stdin_only) {
+        /* proc.spawn's terminal: the master is the output pipe, a dup of it the input. */
+        p->pty = true;
+        p->pty_fd = r->agent_fds[1];
+        p->in.is_pty = p->out.is_pty = true;
+    }
+    if (r->agent_fds[0] >= 0) {
+        p->has_in = pipe_setup(a, p, &p->in, r->agent_fds[0], true) == 0;
+    }
+    if (r->agent_fds[1] >= 0) {
+        p->has_out = pipe_setup(a, p, &p->out, r->agent_fds[1], false) == 0;
+    }
+    if (r->agent_fds[2] >= 0) {
+        p->has_err = pipe_setup(a, p, &p->err, r->agent_fds[2], false) == 0;
+    }
+    r->agent_fds[0] = r->agent_fds[1] = r->agent_fds[2] = -1; /* the pipes own them */
+    if (r->timeout_ms > 0) {
+        uv_update_time(a->loop); /* counted from now, not from the loop's cached time */
+        uv_timer_start(&p->timeout_timer, timeout_timer_cb, r->timeout_ms, 0);
+    }
+}
+
+/* --- starting a child: a spawner thread per start ----------------------------------------- */
+
+/*
+ * clone(CLONE_VM|CLONE_VFORK) suspends the calling thread until the child has exec'd or exited,
+ * and between its identity switch and execve the child is a process of the target user, who can
+ * SIGSTOP it (or it sits in a slow chdir or exec). So each start clones on a short-lived thread of
+ * its own, and the loop hears of the outcome through an async handle. Both stacks (the thread's
+ * and the child's) are one mapping of the start's (start_map). A
+ * deadline bounds the start: at SBX_SPAWN_EXEC_MS the loop SIGKILLs the child (which ends a
+ * stopped one too) and the start fails with TIMEOUT. The kill needs nothing from the suspended
+ * thread: the kernel stores the child's pid before the child runs (CLONE_PARENT_SETTID), and the
+ * mutex orders the kill before the thread may reap that pid (the loop never kills a reaped pid).
+ */
+enum start_kill { START_LIVE, START_TIMEOUT, START_ABORT };
+
+struct agent_proc_start {
+    struct agent_link link; /* in spawner.waiting while it waits for a thread */
+    struct agent *a;
+    struct spawn_req r;
+    struct agent_proc *proc; /* the table entry, allocated up front: completion cannot fail */
+    agent_proc_started_cb cb;
+    void *data;
+    uint8_t *map; /* the stacks (start_map) */
+    pthread_t thread;
+    bool launched;       /* it has (had) a thread: counted in spawner.running until joined */
+    bool joinable;       /* the thread was started and not joined yet */
+    struct child_err ce; /* written by a child that fails before exec */
+    pid_t tid;           /* the child's pid, stored by the kernel at clone */
+    pthread_mutex_t mu;  /* guards the fields below between the loop and the thread */
+    bool finished;       /* clone returned, or the thread gave up before it */
+    enum start_kill killed;
+    pid_t pid; /* outcome: the child, or -1 when clone failed or never ran */
+    int clone_err;
+    uv_async_t async;
+    uv_timer_t timer; /* the deadline, then kill retries */
+    unsigned handles;
+};
+
+static int child_main(void *arg)
+{
+    struct agent_proc_start *s = arg;
+
+    child_exec(&s->r, &s->ce);
+}
+
+static void *start_thread(void *arg)
+{
+    struct agent_proc_start *s = arg;
+    pid_t pid = -1;
+    int e = 0;
+    bool killed;
+
+    pthread_mutex_lock(&s->mu);
+    killed = s->killed != START_LIVE;
+    pthread_mutex_unlock(&s->mu);
+    if (!killed) {
+        pid = clone(child_main, s->map + SPAWN_GUARD + SPAWN_CHILD_STACK,
+                    CLONE_VM | CLONE_VFORK | CLONE_PARENT_SETTID | SIGCHLD, s, &s->tid);
+        e = errno;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->finished = true;
+    s->pid = pid;
+    s->clone_err = e;
+    killed = s->killed != START_LIVE;
+    pthread_mutex_unlock(&s->mu);
+    /* A failed or killed child is ours to reap (no table entry knows it); a killed one may have
+     * exec'd in the meantime, so it is killed again (nothing else can have reaped it). */
+    if (pid > 0 && (killed || s->ce.stage >= 0)) {
+        if (killed) {
+            (void)kill(pid, SIGKILL);
+        }
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+    }
+    uv_async_send(&s->async); /* the last touch: the loop frees @s once it joined us */
+    return NULL;
+}
+
+/* Static TLS lives on each thread's stack (glibc): add it to what a thread is given. */
+static int tls_size_cb(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        if (info->dlpi_phdr[i].p_type == PT_TLS) {
+            *(size_t *)data += info->dlpi_phdr[i].p_memsz + info->dlpi_phdr[i].p_align;
+        }
+    }
+    return 0;
+}
+
+/* The spawner thread's stack: SPAWN_THREAD_STACK for its own frames (and the libc's), plus the
+ * static TLS of every loaded object, in whole pages; found once. */
+static size_t start_stack_size(void)
+{
+    static size_t size;
+    long min = sysconf(_SC_THREAD_STACK_MIN);
+
+    if (size == 0) {
+        size_t tls = 0;
+        (void)dl_iterate_phdr(tls_size_cb, &tls);
+        size = SPAWN_THREAD_STACK + ((tls + SPAWN_GUARD - 1) & ~(size_t)(SPAWN_GUARD - 1));
+        if (min > 0 && (size_t)min > size) {
+            size = ((size_t)min + SPAWN_GUARD - 1) & ~(size_t)(SPAWN_GUARD - 1);
+        }
+    }
+    return size;
+}
+
+/*
+ * The stacks of a start are one mapping, [guard][child][guard][thread], that the start owns and
+ * the loop unmaps after joining the thread, not a stack glibc makes: glibc keeps those in a cache
+ * when the thread ends, each with the static TLS on it resident (some 320 KiB here), so a burst
+ * of starts would leave the agent tens of MiB bigger. A few mappings are kept for the next starts
+ * instead, because faulting in fresh pages for the TLS costs more than the rest of a start. And at
+ * most SBX_SPAWN_THREADS_MAX starts have a thread at once (the next ones wait, in order, on the
+ * loop), which bounds what a burst of starts, or children stopped before exec, hold.
+ *
+ * This state is process-wide, as glibc's stack cache is whose job it partly does; only the loop
+ * thread touches it.
+ */
+static struct {
+    uint8_t *spare[SPAWN_MAPS_KEEP + 1]; /* mappings kept for the next starts */
+    unsigned nspare;
+    unsigned running;          /* starts with a thread (not joined yet) */
+    struct agent_link waiting; /* starts waiting for a thread, oldest first */
+} spawner;
+static const unsigned spare_maps_keep = SPAWN_MAPS_KEEP;
+
+static size_t start_map_size(void)
+{
+    return 2 * SPAWN_GUARD + SPAWN_CHILD_STACK + start_stack_size();
+}
+
+/* A mapping for @s's stacks: a spare, or a new one. 0, or -1 with errno. */
+static int start_map(struct agent_proc_start *s)
+{
+    uint8_t *m;
+
+    if (spawner.nspare > 0) {
+        s->map = spawner.spare[--spawner.nspare];
+        return 0;
+    }
+    m = mmap(NULL, start_map_size(), PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (m == MAP_FAILED) {
+        return -1;
+    }
+    if (mprotect(m, SPAWN_GUARD, PROT_NONE) < 0 ||
+        mprotect(m + SPAWN_GUARD + SPAWN_CHILD_STACK, SPAWN_GUARD, PROT_NONE) < 0) {
+        int e = errno;
+        (void)munmap(m, start_map_size());
+        errno = e;
+        return -1;
+    }
+    s->map = m;
+    return 0;
+}
+
+/* Give back @s's mapping (its thread has been joined). */
+static void start_unmap(struct agent_proc_start *s)
+{
+    if (s->map == NULL) {
+        return;
+    }
+#ifdef SBX_ASAN
+    /* The child never returned, so ASan still has its frames' redzones poisoned here; the next
+     * user of this memory must not inherit them. */
+    ASAN_UNPOISON_MEMORY_REGION(s->map + SPAWN_GUARD, SPAWN_CHILD_STACK);
+    ASAN_UNPOISON_MEMORY_REGION(s->map + 2 * SPAWN_GUARD + SPAWN_CHILD_STACK, start_stack_size());
+#endif
+    if (spawner.nspare < spare_maps_keep) {
+        spawner.spare[spawner.nspare++] = s->map;
+    } else {
+        (void)munmap(s->map, start_map_size());
+    }
+    s->map = NULL;
+}
+
+static void start_timer_cb(uv_timer_t *t);
+
+/* Kill @s's child for @why unless clone already returned; again every SPAWN_KILL_RETRY_MS until
+ * it has (the pid is not known before the kernel stored it; a kill may come before the child
+ * exists). */
+static void start_kill(struct agent_proc_start *s, enum start_kill why)
+{
+    bool pending;
+
+    pthread_mutex_lock(&s->mu);
+    pending = !s->finished;
+    if (pending) {
+        pid_t tid = __atomic_load_n(&s->tid, __ATOMIC_RELAXED);
+        if (s->killed == START_LIVE) {
+            s->killed = why;
+        }
+        if (tid > 0) {
+            (void)kill(tid, SIGKILL);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (pending) {
+        uv_timer_start(&s->timer, start_timer_cb, SPAWN_KILL_RETRY_MS, 0);
+    }
+}
+
+static void start_timer_cb(uv_timer_t *t)
+{
+    start_kill(t->data, START_TIMEOUT); /* a kill for another reason keeps that reason */
+}
+
+void agent_proc_start_abort(struct agent_proc_start *s)
+{
+    if (!s->launched && !s->finished) {
+        /* Still waiting for a thread: it never gets one; the completion says why. */
+        agent_list_del(&s->link);
+        agent_list_init(&s->link);
+        s->killed = START_ABORT;
+        s->finished = true;
+        uv_async_send(&s->async);
+        return;
+    }
+    start_kill(s, START_ABORT);
+}
+
+/* The outcome of a finished start: 0 when the child runs, or -1 with @err. */
+static int start_outcome(struct agent_proc_start *s, struct sbx_err *err)
+{
+    const struct child_err *ce = &s->ce;
+
+    if (s->killed == START_TIMEOUT) {
+        sbx_err_set(err, SBX_E_TIMEOUT, "the child did not exec within %u ms (stopped?); killed",
+                    SBX_SPAWN_EXEC_MS);
+        snprintf(err->stage, sizeof(err->stage), "exec");
+        return -1;
+    }
+    if (s->killed == START_ABORT) {
+        return sbx_err_set(err, SBX_E_CANCELLED, "the start was abandoned; the child was killed");
+    }
+    if (s->pid < 0) {
+        return sbx_err_sys(err, s->clone_err, "fork", "clone");
+    }
+    if (ce->stage < 0) {
+        return 0;
+    }
+    if (ce->stage == ST_EXEC) {
+        sbx_err_sys(err, ce->err, "exec", "exec \"%s\"", s->r.argv[0]);
+    } else if (ce->stage == ST_CWD) {
+        sbx_err_sys(err, ce->err, "cwd", "chdir \"%s\"", s->r.cwd);
+        snprintf(err->field, sizeof(err->field), "cwd");
+    } else {
+        sbx_err_sys(err, ce->err, stage_names[ce->stage], "%s", stage_names[ce->stage]);
+    }
+    return -1;
+}
+
+static void start_next(void);
+
+/* The last handle of @s closed: free it; its stacks go back (a waiting start may take them). */
+static void start_closed_cb(uv_handle_t *h)
+{
+    struct agent_proc_start *s = h->data;
+    bool launched = s->launched;
+
+    if (--s->handles > 0) {
+        return;
+    }
+    start_unmap(s);
+    free(s->proc);
+    spawn_req_free(&s->r);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+    if (launched) {
+        spawner.running--;
+        start_next();
+    }
+}
+
+static void start_join_cb(uv_timer_t *t);
+
+/* End @s: once its thread has exited (past its last touch of @s it still has to return, so this
+ * polls rather than waits), close its handles; the last close frees it. */
+static void start_close(struct agent_proc_start *s)
+{
+    if (s->joinable) {
+        if (pthread_tryjoin_np(s->thread, NULL) != 0) {
+            uv_timer_start(&s->timer, start_join_cb, 1, 0);
+            return;
+        }
+        s->joinable = false;
+    }
+    uv_close((uv_handle_t *)&s->async, start_closed_cb);
+    uv_close((uv_handle_t *)&s->timer, start_closed_cb);
+}
+
+static void start_join_cb(uv_timer_t *t)
+{
+    start_close(t->data);
+}
+
+/* The spawner thread finished: the process enters the table (or the start failed), and the
+ * starter hears of it. */
+static void start_async_cb(uv_async_t *h)
+{
+    struct agent_proc_start *s = h->data;
+    struct agent_proc *p = NULL;
+    struct sbx_err err;
+
+    uv_timer_stop(&s->timer);
+    spawn_req_close_child_fds(&s->r); /* the child has its copies, or is gone */
+    sbx_err_clear(&err);
+    pthread_mutex_lock(&s->mu); /* the thread is done; this orders its writes before our reads */
+    if (start_outcome(s, &err) == 0) {
+        p = s->proc;
+        s->proc = NULL;
+        proc_init(p, s->a, &s->r, s->pid);
+    } else {
+        s->a->nprocs--;
+        agent_cg_release(&s->r.cg); /* before the reply: a failed start leaves nothing */
+    }
+    pthread_mutex_unlock(&s->mu);
+    s->cb(p, &err, s->data);
+    if (p != NULL && !agent_proc_freeing(p)) {
+        /* Its SIGCHLD may have come before it was in the table. */
+        proc_poll(p);
+        agent_proc_check_done(p);
+    }
+    start_close(s);
+}
+
+/* Give @s its stacks and its thread, and start its deadline. 0, or an errno. */
+static int start_launch(struct agent_proc_start *s)
+{
+    size_t tsz = start_stack_size();
+    pthread_attr_t attr;
+    sigset_t all, old;
+    int e;
+
+    e = start_map(s) < 0 ? errno : pthread_attr_init(&attr);
+    if (e != 0) {
+        return e;
+    }
+    e = pthread_attr_setstack(&attr, s->map + start_map_size() - tsz, tsz);
+    /* The thread, and so the child, starts with every signal blocked: no handler may run in the
+     * child before it has reset the dispositions. */
+    sigfillset(&all);
+    (void)pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (e == 0) {
+        e = pthread_create(&s->thread, &attr, start_thread, s);
+    }
+    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+    (void)pthread_attr_destroy(&attr);
+    if (e != 0) {
+        return e;
+    }
+    s->launched = s->joinable = true;
+    spawner.running++;
+    uv_update_time(s->a->loop); /* the deadline counts from now */
+    uv_timer_start(&s->timer, start_timer_cb, SBX_SPAWN_EXEC_MS, 0);
+    return 0;
+}
+
+/* Launch waiting starts while there are thread slots; one that cannot have a thread fails (its
+ * completion reports it). */
+static void start_next(void)
+{
+    while (spawner.running < SBX_SPAWN_THREADS_MAX && !agent_list_empty(&spawner.waiting)) {
+        struct agent_proc_start *s =
+            agent_container_of(spawner.waiting.next, struct agent_proc_start, link);
+        int e;
+
+        agent_list_del(&s->link);
+        agent_list_init(&s->link);
+        e = start_launch(s);
+        if (e != 0) {
+            s->clone_err = e;
+            s->finished = true;
+            uv_async_send(&s->async);
+        }
+    }
+}
+
+/*
+ * Start the child @r describes (taken over, also on failure: @r is left empty) on a spawner
+ * thread, now or once one of the SBX_SPAWN_THREADS_MAX is free; @cb runs on the loop with the
+ * outcome. Its max_procs slot (checked by the caller with proc_slot) is counted from now. 0, with
+ * the start in *@out when @out is not NULL; or -1 with @err and no callback.
+ */
+static int spawn_start(struct agent *a, struct spawn_req *r, agent_proc_started_cb cb, void *data,
+                       struct agent_proc_start **out, struct sbx_err *err)
+{
+    struct agent_proc_start *s;
+    int e;
+
+    /* Its cgroup exists before the child does, so the child can join it at once. */
+    if (agent_cg_create(a, &r->limits, &r->cg, err) < 0) {
+        spawn_req_free(r);
+        return -1;
+    }
+    r->nofile = a->nofile;
+    s = calloc(1, sizeof(*s));
+    if (s != NULL) {
+        s->proc = calloc(1, sizeof(*s->proc));
+    }
+    if (s == NULL || s->proc == NULL) {
+        free(s);
+        spawn_req_free(r);
+        return sbx_err_oom(err);
+    }
+    s->a = a;
+    s->r = *r; /* moved: the pointers and fds are the start's now */
+    spawn_req_init(r);
+    s->cb = cb;
+    s->data = data;
+    s->ce.stage = -1;
+    s->pid = -1;
+    agent_list_init(&s->link);
+    pthread_mutex_init(&s->mu, NULL);
+    uv_async_init(a->loop, &s->async, start_async_cb);
+    uv_timer_init(a->loop, &s->timer);
+    s->async.data = s->timer.data = s;
+    s->handles = 2;
+    if (nreset_sigs < 0) {
+        find_changed_signals();
+    }
+    if (spawner.waiting.next == NULL) {
+        agent_list_init(&spawner.waiting);
+    }
+    if (spawner.running < SBX_SPAWN_THREADS_MAX) {
+        e = start_launch(s);
+        if (e != 0) {
+            start_close(s);
+            return sbx_err_sys(err, e, "fork", "start a spawner thread");
+        }
+    } else {
+        agent_list_add_tail(&spawner.waiting, &s->link);
+    }
+    a->nprocs++;
+    if (out != NULL) {
+        *out = s;
+    }
+    return 0;
+}
+
+/* --- proc.spawn ---------------------------------------------------------------------------- */
+
+/* A proc.spawn whose child is starting: what its response needs. */
+struct spawn_call {
+    struct agent_conn_ref ref; /* the requester; ref.conn NULL once it closed */
+    uint32_t id;               /* the request */
+    uint32_t nstreams;         /* streams held on ref.conn until the start completes */
+    struct agent_proc_start *start;
+};
+
+/* The requester closed before the start completed: nobody can learn the process's id, so the
+ * child is killed; the completion frees the call. */
+static void spawn_call_gone(struct agent_conn_ref *r)
+{
+    agent_proc_start_abort(agent_container_of(r, struct spawn_call, ref)->start);
+}
+
+static void spawn_call_started(struct agent_proc *p, const struct sbx_err *e, void *data)
+{
+    struct spawn_call *sc = data;
+    struct agent_conn *c = sc->ref.conn;
+    struct agent_stream *sin = NULL, *sout = NULL, *serr = NULL;
+    struct sbx_err err;
+    msgpack_packer *pk;
+
+    agent_conn_ref_del(&sc->ref);
+    if (c != NULL) {
+        c->nstreams -= sc->nstreams; /* the hold ends; the streams below take their places */
+    }
+    if (p == NULL) {
+        if (c != NULL) {
+            agent_conn_reply_error(c, sc->id, e);
+        }
+        free(sc);
+        return;
+    }
+    if (c == NULL || c->closing) {
+        /* It started as its requester went: nobody can learn its id. Killed, then reaped and
+         * forgotten like any process. */
+        (void)kill(-p->pid, SIGKILL);
+        p->internal = true;
+        agent_pipe_update(&p->out); /* detached: drained until the end */
+        agent_pipe_update(&p->err);
+        agent_proc_forget(p);
+        free(sc);
+        return;
+    }
+    /* The process exists: failures below end its streams, never lose it. */
+    agent_conn_ref_add(c, &p->owner, proc_owner_gone);
+    sbx_err_clear(&err);
+    if (p->has_in) {
+        sin = agent_stream_new(c, AGENT_STREAM_IN, &p->in, &err);
+    }
+    if (p->has_out) {
+        sout = agent_stream_new(c, AGENT_STREAM_OUT, &p->out, &err);
+    }
+    if (p->has_err) {
+        serr = agent_stream_new(c, AGENT_STREAM_OUT, &p->err, &err);
+    }
+    {
+        struct sbx_spawn_result res = {
+            .id = (uint32_t)p->id,
+            .pid = (uint32_t)p->pid,
+            .in = sin != NULL ? sin->id : 0,
+            .out = sout != NULL ? sout->id : 0,
+            .err = serr != NULL ? serr->id : 0,
+        };
+        pk = agent_conn_begin(c);
+        sbx_pack_response_head(pk, sc->id);
+        sbx_spawn_result_pack(pk, &res);
+    }
+    agent_conn_send(c);
+    agent_pipe_update(&p->out);
+    agent_pipe_update(&p->err);
+    free(sc);
 }
 
 int agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
     struct spawn_req r;
-    struct agent_proc *p = NULL;
+    struct spawn_call *sc = NULL;
     int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
-    int childfds[3];
-    struct agent_stream *sin = NULL, *sout = NULL, *serr = NULL;
-    msgpack_packer *pk;
-    pid_t pid;
+    uint32_t nstreams;
 
     sbx_err_clear(err);
     if (parse_spawn(c, m->params, &r, err) < 0 || proc_slot(a, err) < 0) {
         goto fail;
     }
     /* Every stream the process needs, or none: a spawn never runs with an output nobody gets. */
-    if (agent_stream_reserve(c,
-                             r.pty ? 2
-                                   : (uint32_t)(r.io_in == IO_PIPE) + (r.io_out == IO_PIPE) +
-                                         (r.io_err == IO_PIPE),
-                             err) < 0) {
+    nstreams =
+        r.pty ? 2 : (uint32_t)(r.io_in == IO_PIPE) + (r.io_out == IO_PIPE) + (r.io_err == IO_PIPE);
+    if (agent_stream_reserve(c, nstreams, err) < 0) {
         goto fail;
     }
     if (r.pty) {
-        /* The master is both directions; a dup gives input its own libuv handle. */
+        /* The master is both directions; a dup gives input its own libuv handle. The child
+         * opens the slave itself. */
         pout[0] = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
         if (pout[0] < 0 || grantpt(pout[0]) < 0 || unlockpt(pout[0]) < 0 ||
             ptsname_r(pout[0], r.pty_path, sizeof(r.pty_path)) != 0 ||
@@ -881,8 +1472,6 @@ int agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
             sbx_err_sys(err, errno, "pty", "open a pseudo-terminal");
             goto fail;
         }
-        r.io_in = r.io_out = IO_PIPE;
-        r.io_err = IO_MERGE;
     } else if ((r.io_in == IO_PIPE && pipe2(pin, O_CLOEXEC) < 0) ||
                (r.io_out == IO_PIPE && pipe2(pout, O_CLOEXEC) < 0) ||
                (r.io_err == IO_PIPE && pipe2(perr, O_CLOEXEC) < 0)) {
@@ -896,155 +1485,89 @@ int agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
     if (pin[0] >= 0) {
         (void)fcntl(pin[0], F_SETPIPE_SZ, 1 << 20);
     }
-    childfds[0] = pin[0];
-    childfds[1] = pout[1];
-    childfds[2] = r.io_err == IO_MERGE ? pout[1] : perr[1];
-
-    pid = spawn_run(&r, childfds, err);
-    if (pid < 0 || (p = proc_new(a, &r, pid, err)) == NULL) {
+    sc = calloc(1, sizeof(*sc));
+    if (sc == NULL) {
+        sbx_err_oom(err);
         goto fail;
     }
-    agent_conn_ref_add(c, &p->owner, proc_owner_gone);
-    p->pty = r.pty;
-    p->pty_fd = r.pty ? pout[0] : -1;
-    p->in.is_pty = p->out.is_pty = r.pty;
-
-    /* From here the process exists: failures below end its streams, never lose it. */
-    if (pin[1] >= 0) {
-        if (pin[0] >= 0) {
-            close(pin[0]);
-        }
-        p->has_in = pipe_setup(a, p, &p->in, pin[1], true) == 0;
-        pin[1] = -1;
-        sin = p->has_in ? agent_stream_new(c, AGENT_STREAM_IN, &p->in, err) : NULL;
+    /* The request owns every end from here. */
+    r.fds[0] = pin[0];
+    r.fds[1] = pout[1];
+    r.fds[2] = r.io_err == IO_MERGE ? pout[1] : perr[1];
+    r.agent_fds[0] = pin[1];
+    r.agent_fds[1] = pout[0];
+    r.agent_fds[2] = perr[0];
+    pin[0] = pin[1] = pout[0] = pout[1] = perr[0] = perr[1] = -1;
+    sc->id = m->id;
+    sc->nstreams = nstreams;
+    if (spawn_start(a, &r, spawn_call_started, sc, &sc->start, err) < 0) {
+        goto fail;
     }
-    if (pout[0] >= 0) {
-        if (pout[1] >= 0) {
-            close(pout[1]);
-        }
-        p->has_out = pipe_setup(a, p, &p->out, pout[0], false) == 0;
-        pout[0] = -1;
-        sout = p->has_out ? agent_stream_new(c, AGENT_STREAM_OUT, &p->out, err) : NULL;
-    }
-    if (perr[0] >= 0) {
-        close(perr[1]);
-        p->has_err = pipe_setup(a, p, &p->err, perr[0], false) == 0;
-        perr[0] = -1;
-        serr = p->has_err ? agent_stream_new(c, AGENT_STREAM_OUT, &p->err, err) : NULL;
-    }
-    if (r.timeout_ms > 0) {
-        uv_update_time(c->a->loop); /* counted from now, not from the loop's cached time */
-        uv_timer_start(&p->timeout_timer, timeout_timer_cb, r.timeout_ms, 0);
-    }
-
-    {
-        struct sbx_spawn_result res = {
-            .id = (uint32_t)p->id,
-            .pid = (uint32_t)pid,
-            .in = sin != NULL ? sin->id : 0,
-            .out = sout != NULL ? sout->id : 0,
-            .err = serr != NULL ? serr->id : 0,
-        };
-        pk = agent_conn_begin(c);
-        sbx_pack_response_head(pk, m->id);
-        sbx_spawn_result_pack(pk, &res);
-    }
-    agent_conn_send(c);
-    agent_pipe_update(&p->out);
-    agent_pipe_update(&p->err);
-    spawn_req_free(&r);
-    return AGENT_REPLIED;
+    /* Its streams are held (counted as the connection's) until the start completes. */
+    agent_conn_ref_add(c, &sc->ref, spawn_call_gone);
+    c->nstreams += nstreams;
+    return AGENT_LATER; /* answered by spawn_call_started */
 
 fail:
     for (int i = 0; i < 2; i++) {
-        if (pin[i] >= 0) {
-            close(pin[i]);
-        }
-        if (pout[i] >= 0) {
-            close(pout[i]);
-        }
-        if (perr[i] >= 0) {
-            close(perr[i]);
-        }
+        close_fd(&pin[i]);
+        close_fd(&pout[i]);
+        close_fd(&perr[i]);
     }
+    free(sc);
     spawn_req_free(&r);
     return -1;
 }
 
-/*
- * Run the child @r describes with stdin as @r sets it up (not a pipe) and stdout and stderr into
- * two new pipes that the process's out and err read: how internal processes and REPL
- * interpreters start. Returns the process, or NULL with @err and nothing left open.
- */
-static struct agent_proc *spawn_piped(struct agent *a, struct spawn_req *r, struct sbx_err *err)
+/* --- internal and REPL starts -------------------------------------------------------------- */
+
+/* Stdout and stderr of @r into two new pipes that the process's out and err read (how internal
+ * processes and REPL interpreters start). */
+static int spawn_pipes_out(struct spawn_req *r, struct sbx_err *err)
 {
-    struct agent_proc *p = NULL;
     int pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
-    int childfds[3];
-    pid_t pid;
 
     if (pipe2(pout, O_CLOEXEC) < 0 || pipe2(perr, O_CLOEXEC) < 0) {
-        sbx_err_sys(err, errno, "pipe", "create pipes");
-        goto fail;
-    }
-    childfds[0] = -1;
-    childfds[1] = pout[1];
-    childfds[2] = perr[1];
-    pid = spawn_run(r, childfds, err);
-    if (pid < 0 || (p = proc_new(a, r, pid, err)) == NULL) {
-        goto fail;
+        int e = errno;
+        for (int i = 0; i < 2; i++) {
+            close_fd(&pout[i]);
+        }
+        return sbx_err_sys(err, e, "pipe", "create pipes");
     }
     (void)fcntl(pout[0], F_SETPIPE_SZ, 1 << 20); /* best effort, as for proc.spawn */
-    close(pout[1]);
-    close(perr[1]);
-    p->has_out = pipe_setup(a, p, &p->out, pout[0], false) == 0;
-    p->has_err = pipe_setup(a, p, &p->err, perr[0], false) == 0;
-    return p;
-
-fail:
-    for (int i = 0; i < 2; i++) {
-        if (pout[i] >= 0) {
-            close(pout[i]);
-        }
-        if (perr[i] >= 0) {
-            close(perr[i]);
-        }
-    }
-    return NULL;
+    r->fds[1] = pout[1];
+    r->fds[2] = perr[1];
+    r->agent_fds[1] = pout[0];
+    r->agent_fds[2] = perr[0];
+    return 0;
 }
 
-struct agent_proc *agent_proc_start_internal(struct agent *a, char **argv, char **envp,
-                                             const char *cwd, uint64_t timeout_ms,
-                                             struct sbx_err *err)
+int agent_proc_start_internal(struct agent *a, char **argv, char **envp, const char *cwd,
+                              uint64_t timeout_ms, agent_proc_started_cb cb, void *data,
+                              struct agent_proc_start **start, struct sbx_err *err)
 {
     struct spawn_req r;
-    struct agent_proc *p = NULL;
 
-    memset(&r, 0, sizeof(r));
+    spawn_req_init(&r);
     r.argv = argv;
     r.envp = envp;
-    r.extra_fds[0] = r.extra_fds[1] = -1;
+    r.internal = true;
     r.io_in = IO_NULL;
     r.io_out = r.io_err = IO_PIPE;
     r.timeout_ms = timeout_ms;
     r.kill_signal = SIGKILL; /* a build past its time is killed outright */
     r.kill_grace_ms = 0;
     r.drain_ms = SBX_DRAIN_MS_DEFAULT;
-    if (snprintf(r.cwd, sizeof(r.cwd), "%s", cwd) >= (int)sizeof(r.cwd)) {
+    if (strlen(cwd) > SBX_PATH_MAX) {
         sbx_err_sys(err, ENAMETOOLONG, "cwd", "chdir \"%.200s\"", cwd);
-    } else if (resolve_exe(r.argv[0], r.envp, r.exe, sizeof(r.exe), err) == 0 &&
-               proc_slot(a, err) == 0) {
-        p = spawn_piped(a, &r, err);
-    }
-    if (p != NULL) {
-        p->internal = true;
-        if (timeout_ms > 0) {
-            uv_update_time(a->loop); /* counted from now, not from the loop's cached time */
-            uv_timer_start(&p->timeout_timer, timeout_timer_cb, timeout_ms, 0);
-        }
+    } else if ((r.cwd = strdup(cwd)) == NULL) {
+        sbx_err_oom(err);
+    } else if (spawn_path(&r, err) == 0 && proc_slot(a, err) == 0 &&
+               spawn_pipes_out(&r, err) == 0) {
+        return spawn_start(a, &r, cb, data, start, err);
     }
     spawn_req_free(&r);
-    return p;
+    return -1;
 }
 
 void agent_proc_forget(struct agent_proc *p)
@@ -1061,16 +1584,15 @@ void agent_proc_pack_exit(msgpack_packer *pk, const struct agent_proc *p)
     pack_exit(pk, p);
 }
 
-struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **argv,
-                                         const char *tag, const int extra_fds[2], int *master,
-                                         struct sbx_err *err)
+int agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **argv,
+                          const char *tag, const int extra_fds[2], int *master,
+                          agent_proc_started_cb cb, void *data, struct sbx_err *err)
 {
     struct spawn_req r;
-    struct agent_proc *p = NULL;
     struct sbx_spawn_params sp;
     int m = -1;
 
-    memset(&r, 0, sizeof(r));
+    spawn_req_init(&r);
     r.argv = argv;
     r.extra_fds[0] = extra_fds[0];
     r.extra_fds[1] = extra_fds[1];
@@ -1088,7 +1610,7 @@ struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *
     /* The driver pipes belong to the interpreter's user: a driver that can only reach them by
      * reopening /proc/self/fd/N (deno) is checked against the pipe's owner and mode (0600). */
     for (int i = 0; i < 2 && r.set_user; i++) {
-        if (extra_fds[i] >= 0 && fchown(extra_fds[i], r.user.uid, r.user.gid) < 0) {
+        if (extra_fds[i] >= 0 && fchown(extra_fds[i], r.uid, r.gid) < 0) {
             sbx_err_sys(err, errno, "pipe", "give the driver pipes to the interpreter's user");
             goto fail;
         }
@@ -1099,20 +1621,16 @@ struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *
         sbx_err_sys(err, errno, "pty", "open a pseudo-terminal");
         goto fail;
     }
-    p = spawn_piped(a, &r, err);
-    if (p == NULL) {
+    if (spawn_pipes_out(&r, err) < 0 || spawn_start(a, &r, cb, data, NULL, err) < 0) {
         goto fail;
     }
-    spawn_req_free(&r);
     *master = m;
-    return p;
+    return 0;
 
 fail:
-    if (m >= 0) {
-        close(m);
-    }
+    close_fd(&m);
     spawn_req_free(&r);
-    return NULL;
+    return -1;
 }
 
 static struct agent_proc *proc_find(struct agent *a, const struct sbx_msg *m, struct sbx_err *err)
@@ -1184,7 +1702,7 @@ int agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
 {
     struct agent_proc *p = NULL;
     bool group = false;
-    int sig = SIGTERM;
+    int sig = SIGTERM, rc;
 
     if (parse_signal(m->params, "signal", SIGTERM, &sig, err) < 0 ||
         sbx_param_bool(m->params, "group", SBX_OPTIONAL, &group, err) < 0 ||
@@ -1196,8 +1714,14 @@ int agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         sbx_err_sys(err, ESRCH, NULL, "process %llu has exited", (unsigned long long)p->id);
         return -1;
     }
-    if (kill(group ? -p->pid : p->pid, sig) < 0) {
-        sbx_err_sys(err, errno, NULL, "kill %s%d", group ? "-" : "", p->pid);
+    rc = kill(group ? -p->pid : p->pid, sig) < 0 ? -errno : 0;
+    /* SIGKILL to the group takes its whole cgroup along: descendants that left the group
+     * (setsid) too, and a fork bomb cannot outrun it (§14.5). */
+    if (group && sig == SIGKILL && agent_cg_kill(&p->cg) == 0) {
+        rc = 0;
+    }
+    if (rc < 0) {
+        sbx_err_sys(err, -rc, NULL, "kill %s%d", group ? "-" : "", p->pid);
         return -1;
     }
     agent_conn_reply_empty(c, m->id);

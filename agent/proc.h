@@ -3,6 +3,7 @@
 #define SBX_AGENT_PROC_H
 
 #include "agent.h"
+#include "cgroup.h"
 #include "conn.h"
 #include "stream.h"
 
@@ -45,6 +46,8 @@ struct agent_proc {
     bool timed_out;        /* for the exit map; also: kill_signal was sent, the grace period runs */
     int status;            /* wait status */
     struct rusage ru;
+    struct agent_cg cg; /* its own cgroup (cgroup.h), handed back once it is reaped */
+    bool oom;           /* for the exit map: the OOM killer struck in its cgroup (§14.10) */
     uint64_t start_ns, end_ns;
     uint64_t start_wall_ns; /* CLOCK_REALTIME at spawn, for proc.list */
     bool collected;         /* the exit was delivered to some client */
@@ -80,7 +83,8 @@ static inline bool agent_proc_freeing(const struct agent_proc *p)
     return p->state == AGENT_PROC_FREEING;
 }
 
-/* Request handlers. */
+/* Request handlers. proc.spawn answers later (AGENT_LATER), once the child has exec'd or
+ * failed (see "Starting a child" below); responses to later requests may come first. */
 int agent_proc_spawn(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
@@ -89,28 +93,46 @@ int agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m, struct
 int agent_proc_release(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /*
+ * Starting a child never blocks the loop: the clone happens on a short-lived spawner thread (the
+ * one CLONE_VFORK suspends), and the outcome comes back to the loop later. A child that has not
+ * reached execve within SBX_SPAWN_EXEC_MS (its user may SIGSTOP it between the identity switch and
+ * exec) is killed and the start fails with TIMEOUT, stage "exec".
+ *
+ * agent_proc_started_cb runs on the loop exactly once per start that was accepted (the start
+ * functions returned 0): with @p, the new process (in the table, running, its pipes set up but not
+ * yet reading: attach streams or sinks, then agent_pipe_update), or with @p NULL and @err (errno
+ * with stage, TIMEOUT, CANCELLED). Its max_procs slot is held from the call until then.
+ */
+struct agent_proc_start;
+typedef void (*agent_proc_started_cb)(struct agent_proc *p, const struct sbx_err *err, void *data);
+
+/*
  * Start an interpreter for a REPL session: @argv (taken over, also on failure), env, clear_env,
  * cwd, user, uid, gid, groups from @params (sbx_spawn_identity_read: as proc.spawn reads them),
  * tag @tag. Its stdin and controlling terminal is a new PTY whose master is returned in @master
- * (the caller owns it); stdout and stderr are pipes (p->out, p->err, not yet reading: set their
- * sinks, then agent_pipe_update); @extra_fds become its fds 3 and 4 (the caller closes its
- * copies). No owner: nobody gets proc.exit. Returns NULL with @err (errno with stage, BAD_PARAM,
- * LIMIT max_procs).
+ * (the caller owns it once this returned 0); stdout and stderr are pipes (p->out, p->err);
+ * @extra_fds become its fds 3 and 4 (taken over, also on failure: closed once the child has them).
+ * No owner: nobody gets proc.exit. 0 and @cb later; or -1 with @err (errno with stage, BAD_PARAM,
+ * LIMIT max_procs) and no callback.
  */
-struct agent_proc *agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **argv,
-                                         const char *tag, const int extra_fds[2], int *master,
-                                         struct sbx_err *err);
+int agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **argv,
+                          const char *tag, const int extra_fds[2], int *master,
+                          agent_proc_started_cb cb, void *data, struct sbx_err *err);
 /*
  * Start a process the agent runs for itself (a pack build): @argv and @envp (taken over, also on
- * failure) in @cwd as the agent's user, stdin /dev/null, stdout and stderr piped (p->out, p->err,
- * not yet reading: attach streams, then agent_pipe_update), SIGKILL to its group after
- * @timeout_ms (0: none). Counted in max_procs, drained and reaped like any process; hidden from
- * proc.list and id lookups. Set on_done to hear of the exit; then agent_proc_forget. NULL with
- * @err (errno with stage, LIMIT max_procs).
+ * failure) in @cwd as the agent's user, stdin /dev/null, stdout and stderr piped (p->out, p->err),
+ * SIGKILL to its group after @timeout_ms (0: none). Counted in max_procs, drained and reaped like
+ * any process; hidden from proc.list and id lookups. In @cb, set on_done to hear of the exit; then
+ * agent_proc_forget. 0 and @cb later (*@start names the start until then, for
+ * agent_proc_start_abort); or -1 with @err (errno with stage, LIMIT max_procs) and no callback.
  */
-struct agent_proc *agent_proc_start_internal(struct agent *a, char **argv, char **envp,
-                                             const char *cwd, uint64_t timeout_ms,
-                                             struct sbx_err *err);
+int agent_proc_start_internal(struct agent *a, char **argv, char **envp, const char *cwd,
+                              uint64_t timeout_ms, agent_proc_started_cb cb, void *data,
+                              struct agent_proc_start **start, struct sbx_err *err);
+/* Nobody wants the start @s any more: its child is killed (and reaped) and its callback runs soon
+ * with CANCELLED, or with the process if it had started already (the caller then kills it). Only
+ * before the callback ran. */
+void agent_proc_start_abort(struct agent_proc_start *s);
 /* The caller no longer needs @p: its record goes as soon as its exit is reported (now if it was).
  */
 void agent_proc_forget(struct agent_proc *p);

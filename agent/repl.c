@@ -67,9 +67,10 @@ struct agent_repl {
     pid_t pid;
     uint64_t started_wall_ns;
     uint32_t evals;
-    uv_pipe_t code; /* agent -> driver (fd 3) */
-    uv_pipe_t ctl;  /* driver -> agent (fd 4) */
-    uv_pipe_t tty;  /* the PTY master: kept open, read and discarded */
+    uv_pipe_t code;              /* agent -> driver (fd 3) */
+    uv_pipe_t ctl;               /* driver -> agent (fd 4) */
+    uv_pipe_t tty;               /* the PTY master: kept open, read and discarded */
+    int code_fd, ctl_fd, master; /* their fds while the interpreter starts (repl_started) */
     uv_timer_t timer;
     enum repl_timer timer_kind;
     bool code_open, ctl_open, tty_open, timer_open;
@@ -898,13 +899,74 @@ static int open_pipe(struct agent_repl *r, uv_pipe_t *h, int fd, bool *open)
     return rc;
 }
 
+/*
+ * The interpreter started (or could not): wire its control pipes and terminal, then wait for the
+ * driver's "ready". The descriptors wait in r->code_fd, r->ctl_fd and r->master until here.
+ */
+static void repl_started(struct agent_proc *p, const struct sbx_err *e, void *data)
+{
+    struct agent_repl *r = data;
+    struct sbx_err err;
+    int given;
+
+    if (p == NULL) {
+        start_fail(r, e);
+        close(r->code_fd);
+        close(r->ctl_fd);
+        close(r->master);
+        free(r);
+        return;
+    }
+    r->proc = p;
+    r->pid = p->pid;
+    r->started_wall_ns = p->start_wall_ns;
+    p->data = r;
+    p->on_done = proc_done;
+    p->out.sink = p->err.sink = output_sink;
+    agent_pipe_update(&p->out);
+    agent_pipe_update(&p->err);
+    uv_timer_init(r->a->loop, &r->timer);
+    r->timer.data = r;
+    r->timer_open = true;
+    r->handles++;
+    /* Failures below leave a process that cannot be driven: kill it; its exit ends the session.
+     * open_pipe takes its fd even when it fails; the ones it never got are closed here. */
+    given = 0;
+    if (open_pipe(r, &r->code, r->code_fd, &r->code_open) == 0 && ++given &&
+        open_pipe(r, &r->ctl, r->ctl_fd, &r->ctl_open) == 0 && ++given &&
+        open_pipe(r, &r->tty, r->master, &r->tty_open) == 0 && ++given &&
+        uv_read_start((uv_stream_t *)&r->ctl, ctl_alloc_cb, ctl_read_cb) == 0 &&
+        uv_read_start((uv_stream_t *)&r->tty, ctl_alloc_cb, tty_read_cb) == 0 &&
+        (r->lang != LANG_SH && r->lang != LANG_BASH
+             ? 0
+             : code_send(r, sbx_repl_prologue_sh, sbx_repl_prologue_sh_len)) == 0) {
+        given = -1;
+    }
+    if (given >= 0) {
+        if (given < 1) {
+            close(r->ctl_fd);
+        }
+        if (given < 2) {
+            close(r->master);
+        }
+        sbx_err_set(&err, SBX_E_INTERNAL, "cannot set up the control pipes");
+        start_fail(r, &err);
+        r->state = RS_ENDED;
+        repl_end(r);
+        repl_signal(r, SIGKILL);
+        return;
+    }
+    agent_list_add_tail(&r->a->repls, &r->link);
+    r->linked = true;
+    timer_start(r, RT_START, SBX_REPL_START_MS);
+}
+
 int agent_repl_start(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent *a = c->a;
     const msgpack_object *uargv = NULL;
     struct agent_repl *r = NULL;
-    struct agent_proc *p;
-    int lang, master = -1, cp[2] = { -1, -1 }, rp[2] = { -1, -1 }, extra[2], given;
+    int lang, cp[2] = { -1, -1 }, rp[2] = { -1, -1 }, extra[2], rc;
     char tag[32];
     char **argv = NULL;
 
@@ -924,62 +986,21 @@ int agent_repl_start(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
     r->a = a;
     r->id = ++a->next_repl;
     r->lang = (enum repl_lang)lang;
+    r->state = RS_STARTING;
     snprintf(tag, sizeof(tag), "repl:%u", r->id);
     extra[0] = cp[0];
     extra[1] = rp[1];
-    p = agent_proc_spawn_repl(a, m->params, argv, tag, extra, &master, err);
-    argv = NULL; /* taken over */
-    close(cp[0]);
-    close(rp[1]);
-    cp[0] = rp[1] = -1;
-    if (p == NULL) {
+    rc = agent_proc_spawn_repl(a, m->params, argv, tag, extra, &r->master, repl_started, r, err);
+    argv = NULL;        /* taken over by the start, also on failure */
+    cp[0] = rp[1] = -1; /* likewise */
+    if (rc < 0) {
         goto fail;
     }
-    r->proc = p;
-    r->pid = p->pid;
-    r->started_wall_ns = p->start_wall_ns;
-    p->data = r;
-    p->on_done = proc_done;
-    p->out.sink = p->err.sink = output_sink;
-    agent_pipe_update(&p->out);
-    agent_pipe_update(&p->err);
-    uv_timer_init(a->loop, &r->timer);
-    r->timer.data = r;
-    r->timer_open = true;
-    r->handles++;
-    /* Failures below leave a process that cannot be driven: kill it; its exit ends the session.
-     * open_pipe takes its fd even when it fails; the ones it never got are closed here. */
-    given = 0;
-    if (open_pipe(r, &r->code, cp[1], &r->code_open) == 0 && ++given &&
-        open_pipe(r, &r->ctl, rp[0], &r->ctl_open) == 0 && ++given &&
-        open_pipe(r, &r->tty, master, &r->tty_open) == 0 && ++given &&
-        uv_read_start((uv_stream_t *)&r->ctl, ctl_alloc_cb, ctl_read_cb) == 0 &&
-        uv_read_start((uv_stream_t *)&r->tty, ctl_alloc_cb, tty_read_cb) == 0 &&
-        (r->lang != LANG_SH && r->lang != LANG_BASH
-             ? 0
-             : code_send(r, sbx_repl_prologue_sh, sbx_repl_prologue_sh_len)) == 0) {
-        given = -1;
-    }
-    if (given >= 0) {
-        if (given < 1) {
-            close(rp[0]);
-        }
-        if (given < 2) {
-            close(master);
-        }
-        sbx_err_set(err, SBX_E_INTERNAL, "cannot set up the control pipes");
-        r->state = RS_ENDED;
-        repl_end(r);
-        repl_signal(r, SIGKILL);
-        return -1;
-    }
-    r->state = RS_STARTING;
+    r->code_fd = cp[1];
+    r->ctl_fd = rp[0];
     agent_conn_ref_add(c, &r->start_ref, repl_ref_gone);
     r->start_id = m->id;
-    agent_list_add_tail(&a->repls, &r->link);
-    r->linked = true;
-    timer_start(r, RT_START, SBX_REPL_START_MS);
-    return AGENT_LATER; /* answered by on_ready, proc_done, timer_cb or repl.close */
+    return AGENT_LATER; /* answered by repl_started, on_ready, proc_done, timer_cb or repl.close */
 
 fail:
     for (int i = 0; i < 2; i++) {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "cgroup.h"
 #include "conn.h"
 #include "proc.h"
 #include "sbx/schema.h"
@@ -58,21 +59,30 @@ int agent_session_hello(struct agent_conn *c, const struct sbx_msg *m, struct sb
         err->has_min = err->has_max = true;
         return -1;
     }
-    c->hello_done = true;
-    c->version = (uint32_t)ver;
-    a->nhello++;
-    agent_initctl_clients_changed(a);
+    agent_conn_hello_done(c, (uint32_t)ver);
 
     {
+        /* "limits" only where there is a workload cgroup to apply them (cgroup.h). */
+        const char *caps[ARRAY_SIZE(agent_capabilities) + 1];
+        size_t ncaps = 0;
         struct sbx_hello_result res = {
             .version = ver,
             .agent = AGENT_NAME,
             .agent_version = AGENT_VERSION,
-            .caps = agent_capabilities,
+            .caps = caps,
+            /* max_conns: the cap of this connection's pool (TCP has its own, section 2.1). */
             .limits = { SBX_FRAME_MAX, SBX_STREAM_CHUNK_MAX, SBX_STREAM_WINDOW, SBX_MAX_STREAMS,
-                        SBX_MAX_PROCS, SBX_MAX_CONNS },
+                        SBX_MAX_PROCS, agent_conn_pool_cap(c->transport) },
             .conn = c->num,
         };
+        while (agent_capabilities[ncaps] != NULL) {
+            caps[ncaps] = agent_capabilities[ncaps];
+            ncaps++;
+        }
+        if (agent_cgroup_on(a)) {
+            caps[ncaps++] = "limits";
+        }
+        caps[ncaps] = NULL;
         pk = agent_conn_begin(c);
         sbx_pack_response_head(pk, m->id);
         sbx_hello_result_pack(pk, &res);

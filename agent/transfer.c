@@ -588,8 +588,7 @@ fail:
 struct download {
     struct agent *a;
     struct agent_stream *s; /* NULL once gone */
-    int fd;
-    bool seekable;
+    int fd;                 /* a regular file's (agent_path_open_file_at) */
     uint64_t offset;
     uint64_t left; /* bytes still to send */
     uv_fs_t req;
@@ -630,6 +629,7 @@ static void download_ready(struct agent_stream *s)
     uint64_t n = agent_stream_writable(s);
     uv_buf_t b[DL_BUFS];
     struct sbx_err err;
+    int rc;
 
     if (d == NULL || d->reading || n == 0) {
         return;
@@ -667,8 +667,8 @@ static void download_ready(struct agent_stream *s)
         return;
     }
     d->reading = true;
-    if (uv_fs_read(d->a->loop, &d->req, d->fd, b, d->nbuf, d->seekable ? (int64_t)d->offset : -1,
-                   download_read_cb) < 0) {
+    rc = uv_fs_read(d->a->loop, &d->req, d->fd, b, d->nbuf, (int64_t)d->offset, download_read_cb);
+    if (rc != 0) {
         d->reading = false;
         sbx_err_set(&err, SBX_E_INTERNAL, "cannot queue a read");
         download_end(d, &err);
@@ -723,6 +723,10 @@ static void download_gone(struct agent_stream *s, bool cancelled)
     d->s = NULL;
     if (!d->reading) {
         download_free(d);
+    } else {
+        /* A read still queued behind busy workers is dropped now (its callback then sees
+         * UV_ECANCELED and frees us); one already running is a regular file's: it returns. */
+        (void)uv_cancel((uv_req_t *)&d->req);
     }
 }
 
@@ -749,23 +753,12 @@ int agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m, struc
         agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
-    /* Non-blocking open: a FIFO without a writer must not stall the loop; reads then block in
-     * the threadpool as they should. */
-    d->fd = open(d->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (d->fd < 0 || fstat(d->fd, &st) < 0) {
-        sbx_err_sys(err, errno, NULL, "open \"%s\"", d->path);
-        sbx_err_set_path(err, d->path);
-        goto fail;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        sbx_err_sys(err, EISDIR, NULL, "download \"%s\"", d->path);
-        sbx_err_set_path(err, d->path);
-        goto fail;
-    }
-    (void)fcntl(d->fd, F_SETFL, 0); /* blocking reads from here on (in the threadpool) */
-    d->seekable = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode);
-    if (!d->seekable && d->offset > 0) {
-        sbx_err_param(err, "offset", "\"%s\" is not seekable", d->path);
+    /* A regular file only (the path followed, §17.1): a FIFO, socket or device is refused
+     * without being opened, so no read of one can hold a threadpool worker (a FIFO whose writer
+     * the workload keeps open would hold it for good, and with it every upload and copy). */
+    d->fd = agent_path_open_file_at(AT_FDCWD, d->path, true, &st);
+    if (d->fd < 0) {
+        agent_fs_err_file(err, errno, st.st_mode, "download", d->path);
         goto fail;
     }
     d->left = length;
@@ -777,7 +770,7 @@ int agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m, struc
         struct sbx_stream_result res = {
             .stream = d->s->id,
             .has_size = true,
-            .size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0,
+            .size = (uint64_t)st.st_size,
             .mode = st.st_mode,
         };
         pk = agent_conn_begin(c);

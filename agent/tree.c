@@ -1,6 +1,7 @@
 /*
  * transfer.download_tree (PROTOCOL.md 18.4): a directory tree walked into a tar stream by an out
- * job's thread (outjob.c), never following a symlink, each hard-linked file archived once.
+ * job's thread (outjob.c), never following a symlink, each hard-linked file archived once, and
+ * nothing but a regular file ever opened for its content.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -76,16 +77,12 @@ static void entry_from_stat(struct archive_entry *e, const struct stat *st)
     }
 }
 
-static int tree_write_file(struct tree_down *t, int dirfd, const char *name, const char *full)
+/* Archive the content of the regular file @fd (taken over: closed here), entry @full. */
+static int tree_write_file(struct tree_down *t, int fd, const char *full)
 {
-    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     static __thread uint8_t buf[TREE_CHUNK];
+    int rc = 0;
 
-    if (fd < 0) {
-        sbx_err_sys(&t->j.err, errno, NULL, "open \"%s/%s\"", t->root, full);
-        sbx_err_set_path(&t->j.err, full);
-        return -1;
-    }
     for (;;) {
         ssize_t n = read(fd, buf, sizeof(buf));
         if (n < 0 && errno == EINTR) {
@@ -94,8 +91,8 @@ static int tree_write_file(struct tree_down *t, int dirfd, const char *name, con
         if (n < 0) {
             sbx_err_sys(&t->j.err, errno, NULL, "read \"%s/%s\"", t->root, full);
             sbx_err_set_path(&t->j.err, full);
-            close(fd);
-            return -1;
+            rc = -1;
+            break;
         }
         if (n == 0) {
             break;
@@ -104,12 +101,34 @@ static int tree_write_file(struct tree_down *t, int dirfd, const char *name, con
             if (!agent_outjob_cancelled(&t->j)) {
                 agent_archive_err(&t->j.err, t->ar, "write the archive");
             }
-            close(fd);
-            return -1;
+            rc = -1;
+            break;
         }
     }
-    close(fd);
-    return 0;
+    (void)close(fd); /* read-only */
+    return rc;
+}
+
+/*
+ * Open the content of entry @name of directory @dirfd, which fstatat saw as the regular file
+ * @st. A file is opened only if it is a regular file at the moment it is opened
+ * (agent_path_open_file_at): one replaced meanwhile by a FIFO, device or symlink is archived as
+ * what it is now, without content, and *@st says so then. Sets *@fd to the content's fd (-1 when
+ * there is none to read); returns 0, 1 when the entry vanished, or -1 with the job's error set.
+ */
+static int tree_open_file(struct tree_down *t, int dirfd, const char *name, struct stat *st,
+                          int *fd)
+{
+    *fd = agent_path_open_file_at(dirfd, name, false, st);
+    if (*fd >= 0 || (errno == EINVAL && st->st_mode != 0)) {
+        return 0;
+    }
+    if (errno == ENOENT) {
+        return 1;
+    }
+    sbx_err_sys(&t->j.err, errno, NULL, "open \"%s/%s\"", t->root, t->path);
+    sbx_err_set_path(&t->j.err, t->path);
+    return -1;
 }
 
 /* Archive the contents of directory @fd, whose entry name prefix is t->path[0..plen). */
@@ -129,6 +148,7 @@ static int tree_walk(struct tree_down *t, int fd, size_t plen, int depth)
     for (size_t i = 0; i < n && rc == 0; i++) {
         struct stat st;
         size_t nlen = strlen(names[i]);
+        int cfd = -1; /* the content of a regular file */
 
         if (agent_outjob_cancelled(&t->j)) {
             rc = -1;
@@ -148,6 +168,13 @@ static int tree_walk(struct tree_down *t, int fd, size_t plen, int depth)
             sbx_err_set_path(&t->j.err, t->path);
             rc = -1;
             break;
+        }
+        if (S_ISREG(st.st_mode)) {
+            rc = tree_open_file(t, fd, names[i], &st, &cfd);
+            if (rc != 0) {
+                rc = rc > 0 ? 0 : -1;
+                continue;
+            }
         }
         if (S_ISSOCK(st.st_mode)) {
             continue;
@@ -178,10 +205,9 @@ static int tree_walk(struct tree_down *t, int fd, size_t plen, int depth)
                 agent_archive_err(&t->j.err, t->ar, "write the archive");
             }
             rc = -1;
-            break;
-        }
-        if (S_ISREG(st.st_mode) && archive_entry_size(t->entry) > 0) {
-            rc = tree_write_file(t, fd, names[i], t->path);
+        } else if (cfd >= 0 && archive_entry_size(t->entry) > 0) {
+            rc = tree_write_file(t, cfd, t->path);
+            cfd = -1;
         } else if (S_ISDIR(st.st_mode)) {
             int sub = agent_path_opendir_at(fd, names[i]);
             if (sub < 0) {
@@ -194,6 +220,9 @@ static int tree_walk(struct tree_down *t, int fd, size_t plen, int depth)
             t->path[plen + nlen + 1] = '\0';
             rc = tree_walk(t, sub, plen + nlen + 1, depth + 1);
             close(sub);
+        }
+        if (cfd >= 0) {
+            (void)close(cfd); /* a hard link or empty file: nothing was read */
         }
     }
     agent_strv_free(names);

@@ -392,7 +392,8 @@ static int up_entry(struct tree_up *t, struct archive *ar, struct archive_entry 
             sbx_err_set_path(&t->err, name);
             return -1;
         }
-        tfd = dup(tfd);
+        /* F_DUPFD_CLOEXEC, never dup(): a process spawned meanwhile must not inherit it. */
+        tfd = fcntl(tfd, F_DUPFD_CLOEXEC, 0);
         dfd = tfd < 0 ? -1 : up_parent(t, name, &base, true);
         if (tfd < 0 || dfd < 0) {
             if (tfd >= 0) {

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "init.h"
+#include "listen.h"
 
 int init_oom_score_adj(int value)
 {
@@ -195,13 +196,34 @@ void init_ctl_read(struct init_state *st)
     }
 }
 
+/* Gives the child fds[i] as fd 3 + i, without close-on-exec (every other fd of init has it). Each
+ * is first copied above that range, so no dup2 overwrites one that is still to be placed. */
+static int place_fds(const int *fds, int n)
+{
+    int tmp[1 + INIT_LISTEN_MAX];
+
+    for (int i = 0; i < n; i++) {
+        if ((tmp[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + n)) < 0) {
+            return -1;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (dup2(tmp[i], 3 + i) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Forks child `c` (returns fork's result) to exec argv with init's original signal mask (the
  * dispositions are SIG_DFL already) and the configured environment, in which the agent's
- * SBX_INIT_FD comes first, so getenv() finds ours. The agent gets `ctl` as fd 3 (dup2 clears
- * close-on-exec, except onto itself) and /dev/null as stdin: the console's input belongs to the
- * rescue shell, which gets its own session and the console as its tty, for job control (best
- * effort: a shell without them, on a pipe in tests, is still a shell). */
-static pid_t spawn(struct init_state *st, struct init_child *c, char **argv, int ctl)
+ * SBX_INIT_FD comes first, so getenv() finds ours. The agent gets `fds` (the control channel,
+ * then the listening sockets) as fds 3, 4, ... (place_fds), /dev/null as stdin, and the
+ * baseline seccomp filter: the console's input belongs to the rescue shell, which gets its own
+ * session and the console as its tty, for job control (best effort: a shell without them, on a
+ * pipe in tests, is still a shell), and no filter: it is the operator's. */
+static pid_t spawn(struct init_state *st, struct init_child *c, char **argv, const int *fds,
+                   int nfds)
 {
     char *envp[INIT_ENV_MAX + 2] = { (char *)"SBX_INIT_FD=3" }; /* the rest: NULL */
     bool agent = c == &st->agent;
@@ -213,7 +235,7 @@ static pid_t spawn(struct init_state *st, struct init_child *c, char **argv, int
         c->started_ns = init_now(CLOCK_BOOTTIME);
         return pid;
     }
-    if (agent && ((ctl == 3 ? fcntl(3, F_SETFD, 0) : dup2(ctl, 3)) < 0 || setsid() < 0 ||
+    if (agent && (place_fds(fds, nfds) < 0 || setsid() < 0 ||
                   ((null = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0 && dup2(null, 0) < 0))) {
         init_log("agent: child setup: %m");
         _exit(127);
@@ -224,6 +246,12 @@ static pid_t spawn(struct init_state *st, struct init_child *c, char **argv, int
     }
     for (int j = 0; j < st->cfg.nenv; j++) {
         envp[j + 1] = st->cfg.env[j];
+    }
+    /* Last, so init's own setup above ran unfiltered; a filter that does not load fails the
+     * start rather than run the agent without it. */
+    if (agent && sbx_filter_load(&st->filter) < 0) {
+        init_log("agent: seccomp: %m");
+        _exit(127);
     }
     if (sigprocmask(SIG_SETMASK, &st->orig_mask, NULL) == 0) {
         execve(argv[0], argv, agent ? envp : envp + 1);
@@ -248,30 +276,122 @@ static void schedule_restart(struct init_state *st, int64_t now, const char *wha
     }
 }
 
+/* Creates and keeps the listening socket of address `i` of sbx.listen, `addr`, unless it is one
+ * init leaves to the agent: a serial port (a device, not a socket), TCP without a token file (the
+ * agent refuses it and says why), an address the agent will report as bad, vsock under
+ * --root-prefix (vsock is not namespaced: a test must not take a port of the machine it runs
+ * on), or a socket that fails now (logged; tried again at the next start). */
+static void hold_listener(struct init_state *st, int i, const char *addr)
+{
+    struct sbx_listen_addr la;
+    int fd;
+
+    if (sbx_listen_parse(addr, &la) != NULL || la.kind == SBX_LISTEN_SERIAL ||
+        (la.kind == SBX_LISTEN_TCP && st->cfg.token_file[0] == '\0') ||
+        (la.kind == SBX_LISTEN_VSOCK && st->prefix[0] != '\0')) {
+        return;
+    }
+    if ((fd = sbx_listen_open(&la)) < 0) {
+        errno = -fd;
+        init_log("listen: %s: %m; the agent opens it itself", addr);
+        return;
+    }
+    st->listen_fds[i] = fd;
+    init_log("listen: %s: held by init for every agent", addr);
+}
+
+/*
+ * The agent's listen options for sbx.listen, whose addresses `list` (a copy to cut up) keeps.
+ * Init holds the listening sockets (hold_listener) from the first start on and gives the same
+ * ones to every agent, as fds 4, 5, ... (stored in `fds`) named by `--listen-fd N=ADDR`
+ * (written in `spec`): a restarting agent never leaves its port free for a workload to take and
+ * receive the host's hello. Other addresses are `--listen ADDR`. Returns the number of fds.
+ */
+static int listen_args(struct init_state *st, char *list, char **argv, int *argc,
+                       char (*spec)[INIT_VALUE_LEN + 8], int *fds)
+{
+    char *save = NULL;
+    int i = 0, n = 0;
+
+    for (char *a = strtok_r(list, ",", &save); a; a = strtok_r(NULL, ",", &save), i++) {
+        if (st->listen_fds[i] < 0) {
+            hold_listener(st, i, a);
+        }
+        if (st->listen_fds[i] >= 0) {
+            (void)snprintf(spec[n], sizeof(spec[n]), "%d=%s", 4 + n, a); /* fits by its size */
+            fds[n] = st->listen_fds[i];
+            argv[(*argc)++] = (char *)"--listen-fd";
+            argv[(*argc)++] = spec[n++];
+        } else {
+            argv[(*argc)++] = (char *)"--listen";
+            argv[(*argc)++] = a;
+        }
+    }
+    return n;
+}
+
+/* Compiles the baseline filter at the first start (not at boot: only an agent needs it). */
+static int filter_ready(struct init_state *st)
+{
+    int rc;
+
+    if (st->filter_ready) {
+        return 0;
+    }
+    if ((rc = sbx_filter_compile(&st->filter, SBX_FILTER_KIND_BASELINE, st->cfg.seccomp)) < 0) {
+        errno = -rc;
+        init_log("seccomp: cannot compile the baseline filter: %m");
+        return rc;
+    }
+    st->filter_ready = true;
+    if (st->filter.prog.len == 0) {
+        init_log("seccomp: off: the agent and what it starts run unfiltered");
+    } else {
+        init_log("seccomp: %s: the agent runs under the baseline filter (%u BPF instructions)",
+                 sbx_filter_mode_name(st->cfg.seccomp), (unsigned)st->filter.prog.len);
+    }
+    return 0;
+}
+
 void init_agent_start(struct init_state *st)
 {
-    char *argv[2 * INIT_LISTEN_MAX + 3], listen[INIT_VALUE_LEN], *save = NULL, secs[24];
+    char *argv[2 * INIT_LISTEN_MAX + 9], listen[INIT_VALUE_LEN], secs[24];
+    char spec[INIT_LISTEN_MAX][INIT_VALUE_LEN + 8];
     int64_t now = init_now(CLOCK_BOOTTIME);
-    int sv[2], argc = 0;
+    int sv[2], fds[1 + INIT_LISTEN_MAX], nfds, argc = 0;
     pid_t pid;
 
     st->agent.restart_ns = 0;
     st->agent_ready = false;
+    if (filter_ready(st) < 0) {
+        schedule_restart(st, now, "no seccomp filter");
+        return;
+    }
     argv[argc++] = (char *)st->agent_path;
     strcpy(listen, st->cfg.listen); /* validated: at most INIT_LISTEN_MAX entries */
-    for (char *a = strtok_r(listen, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
-        argv[argc++] = (char *)"--listen";
-        argv[argc++] = a;
-    }
+    nfds = 1 + listen_args(st, listen, argv, &argc, spec, fds + 1);
+    argv[argc++] = (char *)"--seccomp";
+    argv[argc++] = (char *)sbx_filter_mode_name(st->cfg.seccomp);
     if (st->cfg.vsock_allow_local) {
         argv[argc++] = (char *)"--vsock-allow-local";
+    }
+    /* The file's name, never the token: every process can read the agent's command line. */
+    if (st->cfg.token_file[0] != '\0') {
+        argv[argc++] = (char *)"--token-file";
+        argv[argc++] = st->cfg.token_file;
+    }
+    /* Where the agent puts the processes it starts, one cgroup each (cgroup.c). */
+    if (st->cgroup) {
+        argv[argc++] = (char *)"--cgroup";
+        argv[argc++] = (char *)INIT_CGROUP_WORKLOAD;
     }
     argv[argc] = NULL;
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
         schedule_restart(st, now, "socketpair failed");
         return;
     }
-    pid = spawn(st, &st->agent, argv, sv[1]);
+    fds[0] = sv[1];
+    pid = spawn(st, &st->agent, argv, fds, nfds);
     close(sv[1]);
     if (pid < 0) {
         close(sv[0]);
@@ -292,7 +412,7 @@ void init_agent_start(struct init_state *st)
 void init_shell_start(struct init_state *st)
 {
     char *argv[] = { (char *)st->shell_path, NULL };
-    pid_t pid = spawn(st, &st->shell, argv, -1);
+    pid_t pid = spawn(st, &st->shell, argv, NULL, 0);
 
     st->shell.restart_ns = st->shell.started_ns + INIT_SHELL_PAUSE_NS; /* the earliest restart */
     if (pid < 0) {

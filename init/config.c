@@ -218,6 +218,72 @@ static const char *set_address(struct init_config *cfg, const struct init_key *k
     return NULL;
 }
 
+/* sbx.token_file: "none" or an absolute path; the agent checks the file itself when it starts. */
+static const char *set_token_file(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    size_t n = strlen(v);
+
+    cfg->token_file[0] = '\0';
+    if (strcmp(v, "none") == 0) {
+        return NULL;
+    }
+    if (v[0] != '/' || n >= sizeof(cfg->token_file)) {
+        return "expected none or an absolute path";
+    }
+    for (const char *c = v; *c != '\0'; c++) {
+        if (!isgraph((unsigned char)*c)) {
+            return "paths cannot contain spaces or control characters";
+        }
+    }
+    memcpy(cfg->token_file, v, n + 1);
+    return NULL;
+}
+
+/* sbx.workload.memory_max, pids_max, cpu_max: "max" (no limit), "auto" (sized at boot by
+ * cgroup.c; not for cpu_max), or a number: bytes with an optional K, M or G suffix, at least 16M;
+ * processes, 16 to 4194304; percent of one CPU, 1 to 100000. */
+static const char *set_limit(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    static const char units[] = "KMG";
+    uint64_t *out = (uint64_t *)(void *)((char *)cfg + k->field);
+    bool memory = k->field == INIT_FIELD(wl_memory_max), cpu = k->field == INIT_FIELD(wl_cpu_max);
+    const char *why = memory ? "expected auto, max or a size of at least 16M (bytes, K, M or G)"
+                      : cpu  ? "expected max or 1 to 100000 (percent of one CPU)"
+                             : "expected auto, max or 16 to 4194304";
+    size_t n = strlen(v);
+    const char *unit = memory && n > 1 ? strchr(units, v[n - 1]) : NULL;
+    int shift = unit != NULL ? 10 * (int)(unit - units + 1) : 0;
+    long long x, min = memory ? 16LL << 20 : cpu ? 1 : 16;
+    char num[24];
+
+    if (strcmp(v, "max") == 0 || (!cpu && strcmp(v, "auto") == 0)) {
+        *out = v[0] == 'm' ? INIT_LIMIT_NONE : INIT_LIMIT_AUTO;
+        return NULL;
+    }
+    n -= unit != NULL;
+    if (n == 0 || n >= sizeof(num)) {
+        return why;
+    }
+    memcpy(num, v, n);
+    num[n] = '\0';
+    /* At most 1 PiB of memory, whatever the unit: no overflow in the shift. */
+    x = init_parse_uint(num, memory ? (1LL << 50) >> shift : cpu ? 100000 : 4194304);
+    if (x < 0 || (x << shift) < min) {
+        return why;
+    }
+    *out = (uint64_t)(x << shift);
+    return NULL;
+}
+
+/* sbx.seccomp: off, baseline, strict or log (filter.h). */
+static const char *set_seccomp(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    int mode = sbx_filter_mode_parse(v);
+
+    cfg->seccomp = mode < 0 ? SBX_FILTER_MODE_DEFAULT : (enum sbx_filter_mode)mode;
+    return mode < 0 ? "expected off, baseline, strict or log" : NULL;
+}
+
 static const char *set_root(struct init_config *cfg, const struct init_key *k, const char *v)
 {
     /* LABEL= and UUID= would need blkid-like probing: init keeps to device paths. */
@@ -232,6 +298,7 @@ static const char *set_root(struct init_config *cfg, const struct init_key *k, c
 /* clang-format off */
 #define KEY(n, s, d) { .name = n, .set = s, .def = d }
 #define DURATION(n, d, f) { .name = n, .set = set_duration, .def = d, .field = INIT_FIELD(f) }
+#define LIMIT(n, d, f) { .name = n, .set = set_limit, .def = d, .field = INIT_FIELD(f) }
 #define CHOICE(n, d, f, off_, on_) { .name = n, .set = set_choice, .def = d, \
     .field = INIT_FIELD(f), .off = off_, .on = on_, .why = "expected " off_ " or " on_ }
 /* clang-format on */
@@ -246,6 +313,11 @@ static const struct init_key init_keys[] = {
     KEY("sbx.gw", set_address, "none"),
     CHOICE("sbx.vsock_allow_local", "0", vsock_allow_local, "0", "1"),
     KEY("sbx.rescue_after", set_rescue_after, "3"),
+    KEY("sbx.seccomp", set_seccomp, "strict"),
+    KEY("sbx.token_file", set_token_file, "none"),
+    LIMIT("sbx.workload.memory_max", "auto", wl_memory_max),
+    LIMIT("sbx.workload.pids_max", "auto", wl_pids_max),
+    LIMIT("sbx.workload.cpu_max", "max", wl_cpu_max),
     CHOICE("sbx.overlay", "none", overlay, "none", "tmpfs"),
     KEY("root", set_root, ""),
     CHOICE("rootfstype", "ext4", squashfs, "ext4", "squashfs"),
@@ -265,6 +337,11 @@ static int set_env(struct init_config *cfg, const char *key, const char *value)
     }
     if (n == 0 || isdigit((unsigned char)name[0]) || strspn(name, INIT_ALNUM "_") != n) {
         why = "invalid variable name";
+    } else if (strcmp(name, "SBX_AGENT_TOKEN") == 0) {
+        /* The command line and init.conf are readable by every user: a token there is no
+         * secret. Not echoed to the console either. */
+        why = "the token goes in a file other users cannot read: use sbx.token_file";
+        value = "...";
     } else if (n + strlen(value) + 2 > INIT_ENV_LEN) {
         why = "too long (max 1023 bytes)";
     } else if (slot == INIT_ENV_MAX) {

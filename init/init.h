@@ -9,6 +9,8 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "filter.h"
+
 /* Every cap in one place (house style: nothing unbounded). */
 #define INIT_ENV_MAX        32    /* sbx.env.* entries */
 #define INIT_ENV_LEN        1024  /* one "NAME=VALUE" */
@@ -28,6 +30,16 @@
 #define INIT_SHELL_PAUSE_NS (1 * INIT_NSEC)  /* rescue shell restarts at most once a second */
 #define INIT_ROOT_WAIT_NS   (5 * INIT_NSEC)  /* wait for root= to appear */
 
+/* Resource limits (cgroup.c, docs/INIT.md "Resource limits"). */
+#define INIT_CGROUP_ROOT     "/sys/fs/cgroup"
+#define INIT_CGROUP_WORKLOAD INIT_CGROUP_ROOT "/workload" /* the agent's --cgroup */
+#define INIT_LIMIT_AUTO      0            /* sbx.workload.*: "auto", sized at boot */
+#define INIT_LIMIT_NONE      UINT64_MAX   /* sbx.workload.*: "max", no limit */
+#define INIT_SBX_MEMORY_MIN  (32LL << 20) /* init and the agent: memory never reclaimed */
+#define INIT_SBX_CPU_WEIGHT  1000         /* ...and their CPU share (workloads: 100) */
+#define INIT_WL_RESERVE      (32LL << 20) /* auto memory_max: 90% of RAM minus this */
+#define INIT_WL_PIDS_AUTO    4096         /* auto pids_max: this, at most threads-max / 2 */
+
 enum init_lifetime { INIT_LIFETIME_NONE, INIT_LIFETIME_SESSION, INIT_LIFETIME_DURATION };
 enum init_action { INIT_RUN, INIT_POWEROFF, INIT_REBOOT };
 
@@ -38,11 +50,16 @@ struct init_config {
     char hostname[65];
     int rescue_after; /* failed agent starts in a row before the rescue shell; 0 = never */
     bool debug_shell, vsock_allow_local, has_ip, has_gw;
+    enum sbx_filter_mode seccomp; /* sbx.seccomp */
     struct in_addr ip, gw;
     int ip_prefix;
-    char root[INIT_VALUE_LEN]; /* root=, "" when absent */
+    char root[INIT_VALUE_LEN];       /* root=, "" when absent */
+    char token_file[INIT_VALUE_LEN]; /* sbx.token_file: the agent's --token-file; "" for none */
     bool squashfs, root_ro, overlay;
     bool quiet; /* do not report (the root-switch-only first pass) */
+    /* sbx.workload.*: the limits of all workload processes together; INIT_LIMIT_AUTO or _NONE,
+     * else bytes, processes, percent of one CPU. */
+    uint64_t wl_memory_max, wl_pids_max, wl_cpu_max;
     int nenv;
     char env[INIT_ENV_MAX][INIT_ENV_LEN]; /* "NAME=VALUE"; later sources replace earlier */
 };
@@ -64,6 +81,10 @@ struct init_state {
     int sigfd, ctl;     /* ctl: init's end of the control channel, -1 when none */
     int64_t start_ns;   /* CLOCK_BOOTTIME at entry to main() */
     struct init_child agent, shell;
+    /* The listening sockets of sbx.listen, by position, held for every agent; -1: not held. */
+    int listen_fds[INIT_LISTEN_MAX];
+    struct sbx_filter filter; /* the baseline seccomp filter for the agent; compiled once */
+    bool filter_ready;
     bool agent_ready;        /* this agent instance said "ready" */
     bool want_shell;         /* sbx.debug=shell, or the agent kept failing */
     int start_failures;      /* agents in a row that died before "ready" */
@@ -74,6 +95,7 @@ struct init_state {
     char why[80];
     int nmounts;
     char mounts[INIT_MOUNTS_MAX][INIT_PATH_LEN]; /* in mount order; unmounted in reverse */
+    bool cgroup; /* the workload cgroup is set up: the agent gets --cgroup */
     char cmdline[INIT_FILE_MAX];
 };
 
@@ -118,6 +140,12 @@ void init_harden(const struct init_state *st);
 void init_modules_load(const char *path);
 /* Sets the hostname, brings up lo, and configures eth0 when sbx.ip is set. */
 void init_net_setup(const struct init_config *cfg);
+
+/* cgroup.c */
+/* Puts init (and so the agent) in the protected cgroup `sbx` and creates `workload` with the
+ * sbx.workload.* limits (docs/INIT.md); sets st->cgroup. Not under --root-prefix. Failures are
+ * logged and boot goes on without limits. */
+void init_cgroup_setup(struct init_state *st);
 
 /* agent.c */
 /* Writes `value` to /proc/self/oom_score_adj. Returns 0 or -errno. */

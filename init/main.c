@@ -245,6 +245,7 @@ int main(int argc, char **argv)
         .prefix = "",
         .sigfd = -1,
         .ctl = -1,
+        .listen_fds = { [0 ... INIT_LISTEN_MAX - 1] = -1 }, /* none held yet */
         .agent.backoff_ns = INIT_BACKOFF_MIN_NS,
         .start_ns = init_now(CLOCK_BOOTTIME), /* first: the kernel's share of the boot */
     };
@@ -285,6 +286,7 @@ int main(int argc, char **argv)
              (long long)st.cfg.shutdown_grace_s, st.cfg.listen,
              st.cfg.debug_shell ? "shell" : "none", st.cfg.rescue_after, st.cfg.nenv);
     init_harden(&st);
+    init_cgroup_setup(&st);
     init_net_setup(&st.cfg);
     if (st.cfg.lifetime == INIT_LIFETIME_DURATION) {
         /* Counted from init's start, so it does not depend on how the agent fares. */

@@ -207,7 +207,7 @@ void sbx_exit_pack(msgpack_packer *pk, const struct sbx_exit *x)
 {
     char sigbuf[32];
 
-    (void)msgpack_pack_map(pk, 12);
+    (void)msgpack_pack_map(pk, 13);
     sbx_pack_kv_u64(pk, "id", x->id);
     sbx_pack_kv_u64(pk, "pid", x->pid);
     if (x->exited) {
@@ -223,6 +223,7 @@ void sbx_exit_pack(msgpack_packer *pk, const struct sbx_exit *x)
     sbx_pack_kv_u64(pk, "duration_ns", x->duration_ns);
     sbx_pack_kv_bool(pk, "drained", x->drained);
     sbx_pack_kv_bool(pk, "timed_out", x->timed_out);
+    sbx_pack_kv_bool(pk, "oom", x->oom);
     sbx_pack_kv_u64(pk, "stdout_bytes", x->stdout_bytes);
     sbx_pack_kv_u64(pk, "stderr_bytes", x->stderr_bytes);
     sbx_pack_cstr(pk, "rusage");
@@ -265,6 +266,8 @@ int sbx_exit_read(const msgpack_object *o, struct sbx_exit *x, struct sbx_err *e
         need_u64(o, "duration_ns", 0, UINT64_MAX, &x->duration_ns, err) < 0 ||
         need_bool(o, "drained", &x->drained, err) < 0 ||
         need_bool(o, "timed_out", &x->timed_out, err) < 0 ||
+        /* oom came with capability "limits": an older agent's map has none (false). */
+        sbx_param_bool(o, "oom", SBX_OPTIONAL, &x->oom, err) < 0 ||
         need_u64(o, "stdout_bytes", 0, UINT64_MAX, &x->stdout_bytes, err) < 0 ||
         need_u64(o, "stderr_bytes", 0, UINT64_MAX, &x->stderr_bytes, err) < 0 ||
         sbx_param_map(o, "rusage", SBX_REQUIRED, 16, &ru, err) != 0 ||

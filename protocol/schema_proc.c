@@ -135,7 +135,8 @@ void sbx_spawn_params_pack(msgpack_packer *pk, const struct sbx_spawn_params *p)
                  (p->cwd != NULL) + (p->user != NULL) + p->has_uid + p->has_gid + p->has_groups +
                  stdio_set(p->stdin_mode) + stdio_set(p->stdout_mode) + stdio_set(p->stderr_mode) +
                  (p->timeout_ms != 0) + (p->kill_signal != 0) + p->has_kill_grace_ms +
-                 p->has_drain_ms + (p->pty != NULL) + (p->tag != NULL);
+                 p->has_drain_ms + (p->pty != NULL) + (p->tag != NULL) + (p->memory_max != 0) +
+                 (p->pids_max != 0) + (p->cpu_max != 0);
 
     (void)msgpack_pack_map(pk, n);
     if (p->argv != NULL) {
@@ -197,6 +198,15 @@ void sbx_spawn_params_pack(msgpack_packer *pk, const struct sbx_spawn_params *p)
     }
     if (p->tag != NULL) {
         sbx_pack_kv_str(pk, "tag", p->tag);
+    }
+    if (p->memory_max != 0) {
+        sbx_pack_kv_u64(pk, "memory_max", p->memory_max);
+    }
+    if (p->pids_max != 0) {
+        sbx_pack_kv_u64(pk, "pids_max", p->pids_max);
+    }
+    if (p->cpu_max != 0) {
+        sbx_pack_kv_u64(pk, "cpu_max", p->cpu_max);
     }
 }
 
@@ -302,7 +312,31 @@ static int read_ids(const msgpack_object *params, struct sbx_spawn_params *p, st
     return 0;
 }
 
-/* env, clear_env, cwd, user, uid, gid, groups: what repl.start shares. */
+/* memory_max, pids_max, cpu_max (§14.10). Whether the guest can apply them is the agent's
+ * question (UNSUPPORTED without capability "limits"). */
+static int read_limits(const msgpack_object *params, struct sbx_spawn_params *p,
+                       struct sbx_err *err)
+{
+    uint64_t v = 0, max = INT64_MAX;
+
+    if (sbx_param_u64(params, "memory_max", SBX_OPTIONAL, SBX_MEMORY_MAX_MIN, max, &v, err) < 0) {
+        return -1;
+    }
+    p->memory_max = v;
+    v = 0;
+    if (sbx_param_u64(params, "pids_max", SBX_OPTIONAL, 1, SBX_PIDS_MAX_MAX, &v, err) < 0) {
+        return -1;
+    }
+    p->pids_max = (uint32_t)v;
+    v = 0;
+    if (sbx_param_u64(params, "cpu_max", SBX_OPTIONAL, 1, SBX_CPU_MAX_MAX, &v, err) < 0) {
+        return -1;
+    }
+    p->cpu_max = (uint32_t)v;
+    return 0;
+}
+
+/* env, clear_env, cwd, user, uid, gid, groups and the limits: what repl.start shares. */
 static int read_identity(const msgpack_object *params, struct sbx_spawn_params *p,
                          struct sbx_err *err)
 {
@@ -311,7 +345,7 @@ static int read_identity(const msgpack_object *params, struct sbx_spawn_params *
     if (read_env(params, p, err) < 0 ||
         sbx_param_bool(params, "clear_env", SBX_OPTIONAL, &b, err) < 0 ||
         param_bstr(params, "cwd", SBX_PATH_MAX, &p->cwd, &p->cwd_len, err) < 0 ||
-        read_ids(params, p, err) < 0) {
+        read_ids(params, p, err) < 0 || read_limits(params, p, err) < 0) {
         return -1;
     }
     p->clear_env = b;

@@ -379,7 +379,7 @@ class TestS14Process(AgentCase):
         """§14.3: the exit map always has every field of the table."""
         _, ex, *_ = w.run(self.conn, {"argv": ["sh", "-c", "echo out; echo err >&2"]})
         for k in ("id", "pid", "code", "signal", "signo", "core", "duration_ns", "drained",
-                  "timed_out", "stdout_bytes", "stderr_bytes", "rusage"):
+                  "timed_out", "oom", "stdout_bytes", "stderr_bytes", "rusage"):
             self.assertIn(k, ex)
         self.assertEqual((ex["stdout_bytes"], ex["stderr_bytes"]), (4, 4))
 

@@ -120,8 +120,8 @@ class TestMustS2Tcp(unittest.TestCase):
         for attempt in range(5):
             self.port = free_tcp_port()
             try:
-                self.agent = w.Agent(AGENT, ["--listen", "tcp:127.0.0.1:%d" % self.port,
-                                             "--token", self.TOKEN])
+                self.agent = w.Agent(AGENT, ["--listen", "tcp:127.0.0.1:%d" % self.port],
+                                     env=dict(os.environ, SBX_AGENT_TOKEN=self.TOKEN))
                 return
             except RuntimeError:
                 if attempt == 4:
@@ -479,7 +479,7 @@ class TestMustS6Token(unittest.TestCase):
     TOKEN = "s3cret-Token"
 
     def setUp(self):
-        self.agent = w.Agent(AGENT, ["--token", self.TOKEN])
+        self.agent = w.Agent(AGENT, env=dict(os.environ, SBX_AGENT_TOKEN=self.TOKEN))
 
     def tearDown(self):
         self.agent.finish(self, None)
@@ -512,7 +512,7 @@ INFO_RESULT = {"agent", "agent_version", "version", "pid", "uptime_ns", "load", 
                "conns", "procs"}  # §12.3
 SPAWN_RESULT = {"id", "pid", "stdin", "stdout", "stderr"}  # §14.2
 EXIT_MAP = {"id", "pid", "code", "signal", "signo", "core", "duration_ns", "drained", "timed_out",
-            "stdout_bytes", "stderr_bytes", "rusage"}  # §14.3
+            "oom", "stdout_bytes", "stderr_bytes", "rusage"}  # §14.3
 RUSAGE = {"maxrss_kb", "utime_us", "stime_us"}  # §14.3
 STREAM_END = {"stream", "error", "truncated"}  # §8.4
 ERROR_OBJECT = {"code", "message", "errno", "stage", "field", "path", "min", "max",

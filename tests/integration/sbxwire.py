@@ -850,7 +850,8 @@ class Conn:
                       ("signal", lambda v: v is None or type(v) is str),
                       ("signo", lambda v: v is None or _is_int(v)),
                       ("core", lambda v: type(v) is bool), ("drained", lambda v: type(v) is bool),
-                      ("timed_out", lambda v: type(v) is bool), ("duration_ns", _is_uint),
+                      ("timed_out", lambda v: type(v) is bool), ("oom", lambda v: type(v) is bool),
+                      ("duration_ns", _is_uint),
                       ("stdout_bytes", _is_uint), ("stderr_bytes", _is_uint),
                       ("rusage", lambda v: isinstance(v, dict))):
             self._check_type("14.3", "proc.exit", p, k, ok, msg)

@@ -134,7 +134,8 @@ class TestSession(AgentCase):
 
 class TestToken(unittest.TestCase):
     def test_token(self):
-        a = w.Agent(AGENT, ["--token", "s3cret"])
+        # The token comes from the environment (or --token-file), never the command line.
+        a = w.Agent(AGENT, env=dict(os.environ, SBX_AGENT_TOKEN="s3cret"))
         try:
             c = a.connect(hello=False)
             with self.assertRaises(w.RemoteError) as cm:

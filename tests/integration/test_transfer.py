@@ -446,23 +446,33 @@ class TestDownload(TransferCase):
             with self.assertRaises(w.RemoteError) as cm:
                 self.c.call("transfer.download", params)
             self.assertEqual(cm.exception.code, code, params)
-        with self.assertRaises(w.RemoteError) as cm:
-            self.c.call("transfer.download", {"path": "/dev/zero", "offset": 3})
-        self.assertEqual(cm.exception.err["field"], "offset")
 
-    def test_char_device_and_cancel(self):
-        r = self.c.call("transfer.download", {"path": "/dev/zero", "length": 100000})
-        self.assertEqual(r["size"], 0)
-        self.assertTrue(stat.S_ISCHR(r["mode"]))
+    def test_special_files_refused(self):
+        # Only regular files are read (18.2): a device or FIFO is refused before it is opened.
+        os.mkfifo(self.p("fifo"))
+        os.symlink("/dev/zero", self.p("zero-link"))
+        for path in ("/dev/zero", "/dev/null", self.p("fifo"), self.p("zero-link")):
+            with self.assertRaises(w.RemoteError) as cm:
+                self.c.call("transfer.download", {"path": path, "offset": 3})
+            self.assertEqual(cm.exception.code, "EINVAL", path)
+            self.assertEqual(cm.exception.err["path"], path)
+            self.assertIn("not a regular file", cm.exception.err["message"])
+
+    def test_cancel(self):
+        # A large (sparse) file: cancel after some data; the agent stops and stays usable.
+        with open(self.p("big"), "wb") as f:
+            f.truncate(64 << 30)
+        r = self.c.call("transfer.download", {"path": self.p("big"), "length": 100000})
+        self.assertEqual(r["size"], 64 << 30)
+        self.assertTrue(stat.S_ISREG(r["mode"]))
         self.assertEqual(drain(self.c, r["stream"])[0], bytes(100000))
-        # endless: cancel after some data; the agent stops and stays usable
-        r = self.c.call("transfer.download", {"path": "/dev/zero"})
+        r = self.c.call("transfer.download", {"path": self.p("big")})
         self.c.wait_for(lambda m: m[0] == 3 and m[1] == r["stream"], "data")
         self.c.send([2, "stream.cancel", {"stream": r["stream"]}])
         self.c.call("ping")
         # and a connection closing mid-download
         c2 = self.agent.connect()
-        r = c2.call("transfer.download", {"path": "/dev/zero"})
+        r = c2.call("transfer.download", {"path": self.p("big")})
         c2.recv()
         c2.sock.close()
         self.c.call("ping")

@@ -76,10 +76,12 @@ class WorkloadUser:
     def kill_all(self):
         """SIGKILL every process of the user (also ones that left their process group), until
         none is left."""
+        # Our own children first, reaped, so pkill does not keep matching their zombies.
         for p in self._procs:
             try:
                 p.kill()
-            except OSError:
+                p.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
                 pass
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -627,6 +627,89 @@ static void test_open_under_symlinks(void **state)
     }
 }
 
+/* --- agent_path_open_file_at, agent_path_open_file_under ----------------------------------- */
+
+/* Nothing but a regular file is opened: a FIFO (none of these opens waits for a writer), a
+ * device, a directory or a symlink is EINVAL with *st saying what it is. */
+static void test_open_file(void **state)
+{
+    struct fx *fx = *state;
+    struct stat st;
+    char buf[32];
+    int fd;
+
+    write_file(at(fx->root, "file", 0), "hello");
+    assert_int_equal(mkfifo(at(fx->root, "fifo", 0), 0644), 0);
+    assert_int_equal(mkdir(at(fx->root, "dir", 0), 0755), 0);
+
+    fd = agent_path_open_file_at(fx->rootfd, "file", false, &st);
+    assert_true(fd >= 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_int_equal(st.st_size, 5);
+    assert_true(cloexec(fd));
+    assert_true(fcntl(fd, F_GETFL) & O_NONBLOCK);
+    assert_int_equal((fcntl(fd, F_GETFL) & O_ACCMODE), O_RDONLY);
+    assert_int_equal(read(fd, buf, sizeof(buf)), 5);
+    assert_memory_equal(buf, "hello", 5);
+    assert_int_equal(close(fd), 0);
+    /* An absolute path with AT_FDCWD; a symlink to a regular file only when followed. */
+    fd = agent_path_open_file_at(AT_FDCWD, at(fx->root, "lsecret", 0), true, &st);
+    assert_true(same_file(fd, at(fx->outside, "secret", 0)));
+    assert_int_equal(close(fd), 0);
+
+    static const struct {
+        const char *name;
+        mode_t type;
+    } refused[] = {
+        { "fifo", S_IFIFO }, { "dir", S_IFDIR }, { "lsecret", S_IFLNK }, { "link", S_IFLNK }
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        errno = 0;
+        assert_int_equal(agent_path_open_file_at(fx->rootfd, refused[i].name, false, &st), -1);
+        assert_int_equal(errno, EINVAL);
+        assert_int_equal(st.st_mode & S_IFMT, refused[i].type);
+    }
+    assert_int_equal(agent_path_open_file_at(AT_FDCWD, "/dev/null", true, &st), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_true(S_ISCHR(st.st_mode));
+    /* A FIFO with a writer is refused the same way (never opened, so never read). */
+    fd = open(at(fx->root, "fifo", 0), O_RDWR | O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(agent_path_open_file_at(fx->rootfd, "fifo", true, &st), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(close(fd), 0);
+    /* Other failures leave st_mode 0. */
+    assert_int_equal(agent_path_open_file_at(fx->rootfd, "nope", false, &st), -1);
+    assert_int_equal(errno, ENOENT);
+    assert_int_equal(st.st_mode, 0);
+}
+
+static void test_open_file_under(void **state)
+{
+    struct fx *fx = *state;
+    struct stat st;
+    int fd;
+
+    assert_int_equal(agent_path_mkdir(at(fx->root, "a/b", 0), 0755, 0755, &fx->err), 0);
+    write_file(at(fx->root, "a/b/file", 0), "hello");
+    assert_int_equal(mkfifo(at(fx->root, "a/fifo", 0), 0644), 0);
+    fd = agent_path_open_file_under(fx->rootfd, "a/b/file", &st);
+    assert_true(same_file(fd, at(fx->root, "a/b/file", 0)));
+    assert_true(S_ISREG(st.st_mode));
+    assert_int_equal(close(fd), 0);
+    assert_int_equal(agent_path_open_file_under(fx->rootfd, "a/fifo", &st), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_true(S_ISFIFO(st.st_mode));
+    /* A symlink: as a parent ELOOP, as the file itself not a regular file. */
+    assert_int_equal(agent_path_open_file_under(fx->rootfd, "link/secret", &st), -1);
+    assert_int_equal(errno, ELOOP);
+    assert_int_equal(st.st_mode, 0);
+    assert_int_equal(agent_path_open_file_under(fx->rootfd, "lsecret", &st), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_true(S_ISLNK(st.st_mode));
+    assert_true(fcntl(fx->rootfd, F_GETFD) >= 0);
+}
+
 /* --- agent_path_readdir, agent_path_list -------------------------------------------------- */
 
 static void test_readdir(void **state)
@@ -776,6 +859,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_opendir_under_symlinks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_under, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_under_symlinks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_file_under, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readdir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_many, setup, teardown),

@@ -79,6 +79,7 @@ static void test_exit(void **state)
     a.signo = 9;
     a.core = true;
     a.timed_out = true;
+    a.oom = true;
     sbx_exit_pack(begin(fx), &a);
     assert_int_equal(sbx_exit_read(finish(fx), &b, &fx->err), 0);
     assert_memory_equal(&a, &b, sizeof(a));
@@ -331,6 +332,11 @@ static void test_spawn_params(void **state)
         { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 aa 74 69 6d 65 6f 75 74 5f 6d 73 00", "timeout_ms" },
         { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a8 64 72 61 69 6e 5f 6d 73 cd ea 61", "drain_ms" },
         { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a3 74 61 67 c4 01 78", "tag" }, /* bin: a str */
+        /* memory_max 4096: below 1 MiB; pids_max 0; cpu_max 100001 (§14.10) */
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 aa 6d 65 6d 6f 72 79 5f 6d 61 78 cd 10 00",
+          "memory_max" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a8 70 69 64 73 5f 6d 61 78 00", "pids_max" },
+        { "82 a7 63 6f 6d 6d 61 6e 64 a1 61 a7 63 70 75 5f 6d 61 78 ce 00 01 86 a1", "cpu_max" },
     };
     char hex[256];
 
@@ -355,6 +361,9 @@ static void test_spawn_params(void **state)
     p.drain_ms = 1;
     p.pty = &pty;
     p.tag = "tag";
+    p.memory_max = 64u << 20;
+    p.pids_max = 100;
+    p.cpu_max = 50;
     sbx_spawn_params_pack(begin(fx), &p);
     assert_int_equal(sbx_spawn_params_read(finish(fx), &q, &fx->err), 0);
     assert_int_equal(q.argvv->via.array.size, 2);
@@ -384,6 +393,9 @@ static void test_spawn_params(void **state)
     assert_null(q.pty->term);
     assert_int_equal(q.tag_len, 3);
     assert_memory_equal(q.tag, "tag", 3);
+    assert_int_equal(q.memory_max, 64u << 20);
+    assert_int_equal(q.pids_max, 100);
+    assert_int_equal(q.cpu_max, 50);
 
     /* A zeroed struct with command packs only the command, and reads back with the defaults. */
     memset(&p, 0, sizeof(p));
@@ -398,6 +410,7 @@ static void test_spawn_params(void **state)
     assert_true(q.stdin_mode == SBX_STDIO_DEFAULT && q.stderr_mode == SBX_STDIO_DEFAULT);
     assert_false(q.has_uid || q.has_gid || q.has_groups || q.has_drain_ms);
     assert_int_equal(q.kill_signal, 0);
+    assert_true(q.memory_max == 0 && q.pids_max == 0 && q.cpu_max == 0);
 
     /* command form, kill_signal by name; gid alone and stderr "stdout" with stdout "null" are
      * valid (§14.2) */

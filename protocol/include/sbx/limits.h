@@ -43,19 +43,31 @@
 #define SBX_HELLO_CLIENT_MAX 256u /* hello: bytes of the client name */
 
 /* Agent-wide caps. */
-#define SBX_MAX_CONNS             64u
+#define SBX_MAX_CONNS             64u          /* unix and vsock connections (TCP: below) */
 #define SBX_MAX_PENDING           4096u        /* outstanding requests per connection */
 #define SBX_MAX_STREAMS           4096u        /* open streams per connection */
 #define SBX_MAX_PROCS             1024u        /* processes tracked: running + exit records */
 #define SBX_REPLAY_MAX            (64u << 10)  /* per-stream buffer kept while nobody reads */
 #define SBX_CONN_DATA_HIGH        (2u << 20)   /* queued output above which stream reads pause */
 #define SBX_CONN_DATA_LOW         (512u << 10) /* ...and below which they resume */
-#define SBX_CONN_OUTQ_MAX         (8u << 20) /* queued control output per connection before close */
+#define SBX_CONN_OUTQ_MAX         (8u << 20) /* control output memory per connection before close */
 #define SBX_AGENT_BUFS_MAX        48u /* stream-chunk buffers in flight, agent-wide (12 MiB) */
 #define SBX_AGENT_BUFS_LOW        32u /* ...output pipes waiting for one resume below this */
 #define SBX_DRAIN_MS_DEFAULT      500u
 #define SBX_DRAIN_MS_MAX          60000u
 #define SBX_KILL_GRACE_MS_DEFAULT 2000u
+#define SBX_SPAWN_EXEC_MS         5000u /* a child not at execve by then is killed (TIMEOUT) */
+#define SBX_SPAWN_THREADS_MAX     16u   /* children starting at once; the next ones queue */
+
+/* Connections (PROTOCOL.md section 2.1). TCP is the one listener a workload inside the guest can
+ * reach, so it has a pool of its own and can never take a unix or vsock slot. Queued control
+ * output is counted as the memory it holds (allocations and their headers), not its bytes. */
+#define SBX_MAX_CONNS_TCP        16u          /* TCP connections, before and after hello */
+#define SBX_MAX_CONNS_TCP_HELLO  8u           /* ...of which still waiting for hello */
+#define SBX_HELLO_TIMEOUT_MS     10000u       /* accept to hello (unix, vsock, TCP): then closed */
+#define SBX_HELLO_TIMEOUT_MS_MAX 3600000u     /* ...as --hello-timeout may set it */
+#define SBX_CONN_CTL_HIGH        (2u << 20)   /* control output memory: stop reading requests */
+#define SBX_CONN_CTL_LOW         (512u << 10) /* ...and read again below this */
 
 /* The fs family (PROTOCOL.md §17). */
 #define SBX_FS_HANDLES_MAX        1024u  /* open file handles per connection */
@@ -82,5 +94,13 @@
 #define SBX_REPL_INTR_MS      2000u       /* ready again after a timeout's interrupt, or killed */
 #define SBX_REPL_CLOSE_MS     2000u       /* SIGTERM to SIGKILL on repl.close */
 #define SBX_REPL_CTL_LINE_MAX 64u         /* a driver's control header line */
+
+/* Workload resource limits (PROTOCOL.md §14.10, capability "limits"): proc.spawn / repl.start
+ * params, and the agent's bookkeeping of the cgroups it creates for them. */
+#define SBX_MEMORY_MAX_MIN (1u << 20) /* memory_max: at least 1 MiB (bytes) */
+#define SBX_PIDS_MAX_MAX   4194304u   /* pids_max: 1 .. the kernel's PID_MAX_LIMIT */
+#define SBX_CPU_MAX_MAX    100000u    /* cpu_max: 1 .. 100000 percent of one CPU */
+#define SBX_CPU_PERIOD_US  100000u    /* the cpu.max period a cpu_max percentage is taken of */
+#define SBX_CG_LINGER_MAX  4096u      /* cgroups the agent keeps for processes left behind */
 
 #endif /* SBX_LIMITS_H */

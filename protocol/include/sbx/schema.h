@@ -145,6 +145,7 @@ struct sbx_exit {
     uint64_t duration_ns;
     bool drained;
     bool timed_out;
+    bool oom; /* an OOM kill in the process's cgroup (§14.10); read: false when absent */
     uint64_t stdout_bytes, stderr_bytes;
     uint64_t maxrss_kb, utime_us, stime_us;
 };
@@ -216,6 +217,10 @@ struct sbx_spawn_params {
     uint32_t kill_grace_ms, drain_ms;
     const struct sbx_pty_params *pty; /* NULL: no PTY */
     const char *tag;                  /* NULL: absent */
+    /* Limits of the process's cgroup (§14.10, capability "limits"); 0: absent. */
+    uint64_t memory_max; /* bytes, >= SBX_MEMORY_MAX_MIN */
+    uint32_t pids_max;   /* 1 .. SBX_PIDS_MAX_MAX */
+    uint32_t cpu_max;    /* percent of one CPU, 1 .. SBX_CPU_MAX_MAX */
     /* read only: */
     const msgpack_object *argvv;   /* argv: 1..4096 checked bstr entries; NULL with command */
     const msgpack_object *envv;    /* env: a checked {bstr: bstr|nil} map, or NULL */
@@ -238,7 +243,8 @@ int sbx_spawn_params_read(const msgpack_object *params, struct sbx_spawn_params 
                           struct sbx_err *err);
 /*
  * Read only the params repl.start shares with proc.spawn (§16.2): env, clear_env, cwd, user,
- * uid, gid, groups, with the same rules; other fields are left zero. 0, or -1 with BAD_PARAM.
+ * uid, gid, groups, memory_max, pids_max, cpu_max, with the same rules; other fields are left
+ * zero. 0, or -1 with BAD_PARAM.
  */
 int sbx_spawn_identity_read(const msgpack_object *params, struct sbx_spawn_params *p,
                             struct sbx_err *err);

@@ -126,7 +126,7 @@ class TestCliSession(CliCase):
 
     def test_token(self):
         self.agent.stop()
-        self.agent = w.Agent(AGENT, ("--token", "s3cret"))
+        self.agent = w.Agent(AGENT, env=dict(os.environ, SBX_AGENT_TOKEN="s3cret"))
         self.addr = self.agent.addr
         r = self.sbx("ping")
         self.assertEqual(r.returncode, 1)

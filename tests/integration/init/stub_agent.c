@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -235,6 +236,35 @@ static void run(char *cmd, const char *out)
     }
 }
 
+/* Lists the fds the stub was started with ("0,1,2,3,4") into @buf, and for each from 4 on what it
+ * is: "4:listening:cloexec=0 ..." into @kinds. Called before the stub opens anything itself. */
+static void inherited_fds(char *buf, size_t size, char *kinds, size_t ksize)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    size_t n = 0, k = 0;
+
+    buf[0] = kinds[0] = '\0';
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name), acc = 0;
+        socklen_t len = sizeof(acc);
+
+        if (e->d_name[0] == '.' || fd == dirfd(d)) {
+            continue;
+        }
+        n += (size_t)snprintf(buf + n, n < size ? size - n : 0, "%s%d", n ? "," : "", fd);
+        if (fd >= 4) {
+            bool listening = getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc;
+            k += (size_t)snprintf(kinds + k, k < ksize ? ksize - k : 0, "%s%d:%s:cloexec=%d",
+                                  k ? " " : "", fd, listening ? "listening" : "other",
+                                  (fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+        }
+    }
+    if (d != NULL) {
+        closedir(d);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *out = getenv("STUB_OUT") ? getenv("STUB_OUT") : "/tmp";
@@ -243,7 +273,9 @@ int main(int argc, char **argv)
     int type = 0, z, o;
     socklen_t len = sizeof(type);
     sigset_t mask;
+    char fds[256], kinds[1024];
 
+    inherited_fds(fds, sizeof(fds), kinds, sizeof(kinds));
     snprintf(path, sizeof(path), "%s/agent-%d.txt", out, (int)getpid());
     report = fopen(path, "we");
     if (report == NULL) {
@@ -256,6 +288,8 @@ int main(int argc, char **argv)
         say("env %s", *e);
     }
     getsockopt(3, SOL_SOCKET, SO_TYPE, &type, &len);
+    say("fds=%s", fds);
+    say("fd-kinds=%s", kinds);
     say("fd3-type=%s", type == SOCK_SEQPACKET ? "seqpacket" : "other");
     say("fd3-cloexec=%d", (fcntl(3, F_GETFD) & FD_CLOEXEC) != 0);
     say("stdin-is-devnull=%d", access("/proc/self/fd/0", F_OK) == 0 &&

@@ -227,7 +227,7 @@ def test_config():
             "sbx.env.FOO=fromfile\n"
             "sbx.env.BAR=frombar\n"
             "sbx.shutdown_grace=1s\n")
-    cmdline = ('sbx.hostname=box1 sbx.listen=unix:/run/a.sock,vsock:5000 '
+    cmdline = ('sbx.hostname=box1 sbx.listen=unix:@DIR@/a.sock,vsock:5000 '
                'sbx.vsock_allow_local=1 "sbx.env.FOO=hello world" sbx.env.PATH=/custom/bin:/bin '
                'sbx.env.EMPTY= sbx.lifetime=1h sbx.ip=10.9.8.7/24 sbx.gw=10.9.8.1 '
                'sbx.rescue_after=5 sbx.debug=none sbx.overlay=none rootfstype=squashfs ro '
@@ -242,8 +242,15 @@ def test_config():
         rep = r.reports()
         check(len(rep) == 1, "one agent start expected, got %d" % len(rep))
         argv = [l.split("=", 1)[1] for l in rep[0] if l.startswith("argv[")]
-        check(argv == [STUB, "--listen", "unix:/run/a.sock", "--listen", "vsock:5000",
-                       "--vsock-allow-local"], "agent argv %r" % argv)
+        # init holds the unix socket (vsock is the machine's, so not under --root-prefix): it
+        # is the stub's fd 4, the only fd beyond the control channel, listening, inheritable.
+        sock = os.path.join(r.dir, "a.sock")
+        check(argv == [STUB, "--listen-fd", "4=unix:" + sock, "--listen", "vsock:5000",
+                       "--seccomp", "strict", "--vsock-allow-local"], "agent argv %r" % argv)
+        check(r.report_value("fds") == "0,1,2,3,4", "inherited fds %r" % r.report_value("fds"))
+        check(r.report_value("fd-kinds") == "4:listening:cloexec=0",
+              "fd 4: %r" % r.report_value("fd-kinds"))
+        check(os.stat(sock).st_mode & 0o777 == 0o600, "socket mode %o" % os.stat(sock).st_mode)
         env = sorted(l[4:] for l in rep[0] if l.startswith("env "))
         want = ["BAR=frombar", "EMPTY=", "FOO=hello world", "HOME=/root", "LANG=C.UTF-8",
                 "PATH=/custom/bin:/bin", "SBX_INIT_FD=3", "TERM=vt220"]
@@ -276,7 +283,7 @@ def test_config():
         with open(os.path.join(r.out, "lo")) as f:
             check(re.search(r"<[^>]*\bUP\b", f.read()), "lo is not up")
         r.wait_for(r"^config: lifetime=duration session_grace=7s shutdown_grace=1s "
-                   r"listen=unix:/run/a.sock,vsock:5000 debug=none rescue_after=5 env=")
+                   r"listen=unix:%s/a.sock,vsock:5000 debug=none rescue_after=5 env=" % re.escape(r.dir))
         r.wait_for(r"^net: eth0 10\.9\.8\.7/24 via 10\.9\.8\.1$")
         check(not any(m.startswith("config: ") and "using" in m for _, m in r.lines()),
               "a good value was reported as bad")
@@ -320,6 +327,7 @@ BAD = [
                             'using 3'),
     ('sbx.rescue_after=5000', 'sbx.rescue_after="5000": expected a number from 0 to 1000; '
                               'using 3'),
+    ('sbx.seccomp=on', 'sbx.seccomp="on": expected off, baseline, strict or log; using strict'),
     ('sbx.overlay=disk', 'sbx.overlay="disk": expected none or tmpfs; using none'),
     ('rootfstype=btrfs', 'rootfstype="btrfs": expected ext4 or squashfs; using ext4'),
     ('root=LABEL=x', 'root="LABEL=x": only /dev/ device paths are supported; using (none)'),
@@ -352,7 +360,8 @@ def test_config_bad():
         r.wait_for(r"^config: lifetime=none session_grace=10s shutdown_grace=2s "
                    r"listen=vsock:1024,serial:agent debug=none rescue_after=3 env=6$")
         argv = [l.split("=", 1)[1] for l in r.reports()[0] if l.startswith("argv[")]
-        check(argv[1:] == ["--listen", "vsock:1024", "--listen", "serial:agent"], repr(argv))
+        check(argv[1:] == ["--listen", "vsock:1024", "--listen", "serial:agent", "--seccomp",
+                           "strict"], repr(argv))
         r.wait_for(r"^net: hostname sandbox$")
         r.wait_for(r"^agent ready")
     finally:
@@ -611,6 +620,180 @@ def test_real_agent():
         c.close()
     finally:
         r.close()
+
+
+def real_agent():
+    """The real sbx-agent's path and the wire module, or None when no agent was built."""
+    agent = os.environ.get("SBX_AGENT", "")
+    if not os.path.exists(agent):
+        return None
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return agent
+
+
+def agent_host_pid(r):
+    """Host pid of the agent sbx-init runs now (its child named sbx-agent), or None."""
+    init = r.init_pid()
+    with open("/proc/%d/task/%d/children" % (init, init)) as f:
+        kids = f.read().split()
+    for pid in kids:
+        try:
+            with open("/proc/%s/comm" % pid) as f:
+                if f.read().strip() == "sbx-agent":
+                    return int(pid)
+        except OSError:
+            pass
+    return None
+
+
+def wait_count(r, pattern, n, timeout=10.0):
+    """Waits until `n` console lines match `pattern`."""
+    end = time.monotonic() + timeout
+    while sum(1 for _, m in r.lines() if re.search(pattern, m)) < n:
+        check(time.monotonic() < end and r.proc.poll() is None,
+              "fewer than %d lines matching %r; console:\n%s" % (n, pattern, r.text()))
+        time.sleep(0.01)
+
+
+def agent_run(conn, argv, user=None):
+    """Runs argv through the agent; returns (exit map, stdout, stderr)."""
+    import sbxwire
+
+    params = {"argv": argv}
+    if user is not None:
+        params["user"] = user
+    res, ex, outs, _, _, _ = sbxwire.run(conn, params)
+    return ex, outs.get(res["stdout"], b""), outs.get(res["stderr"], b"")
+
+
+# An unprivileged process that tries to take a TCP port for `secs` seconds, holding it a while
+# whenever it gets it (as a squatter would, to answer the host's hello); then writes its score.
+SQUAT = r"""
+import socket, sys, time
+port, secs, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+end, tries, won = time.monotonic() + secs, 0, 0
+while time.monotonic() < end:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        won += 1
+        time.sleep(0.5)
+    except OSError:
+        time.sleep(0.001)
+    s.close()
+    tries += 1
+with open(out, "w") as f:
+    f.write("tries=%d won=%d\n" % (tries, won))
+"""
+
+
+def test_listen_held():
+    """Item 11: init creates the agent's listening sockets once and passes them to every agent
+    it starts (--listen-fd), so an agent restart leaves no window: a client connecting while no
+    agent runs waits in the socket's backlog and is served by the next agent, and a process of
+    another user trying to bind the agent's TCP port through three SIGKILL restarts never
+    gets it (without init holding it, it did within 49 tries)."""
+    agent = real_agent()
+    if agent is None:
+        print("SKIP: no sbx-agent built", file=sys.stderr)
+        return 77
+    import secrets
+
+    import sbxwire
+
+    outdir = tempfile.mkdtemp(prefix="sbx-init-squat-")
+    os.chmod(outdir, 0o777)  # the squatter, user nobody, writes its score there
+    result = os.path.join(outdir, "score")
+    token = secrets.token_hex(16)  # for TCP; then every listener asks for it (PROTOCOL.md 2.6)
+    r = Run(agent=agent, cmdline="sbx.listen=unix:@DIR@/agent.sock,tcp:127.0.0.1:7777 "
+                                 "sbx.token_file=@DIR@/token",
+            files={"token": token + "\n"}, pre="chmod 600 @DIR@/token")
+    addr = "unix:" + os.path.join(r.dir, "agent.sock")
+    try:
+        r.wait_for(r"^agent ready \(pid \d+\)")  # not 2: that was `pre`'s chmod
+        c = sbxwire.Conn(addr, timeout=10)
+        c.hello(token=token)
+        c.call("proc.spawn", {"argv": ["python3", "-c", SQUAT, "7777", "8", result],
+                              "user": "nobody", "stdout": "null", "stderr": "null"})
+        c.close()
+        for n in range(1, 4):
+            pid = agent_host_pid(r)
+            check(pid is not None, "no agent running")
+            os.kill(pid, signal.SIGKILL)
+            wait_count(r, r"^agent: pid \d+ killed by signal 9", n)
+            # Within init's restart delay (0.1 s and up): no agent, but the socket is there.
+            try:
+                c = sbxwire.Conn(addr, timeout=10)
+                c.hello(token=token)
+            except OSError as e:  # ECONNREFUSED: nobody holds the socket in the meantime
+                raise Fail("connecting while the agent restarts: %s" % e)
+            info = c.call("info")
+            c.close()
+            wait_count(r, r"^agent ready \(pid %d\)" % info["pid"], 1)
+            check(agent_host_pid(r) != pid, "the agent was not restarted")
+        for _ in range(200):
+            if os.path.exists(result) and open(result).read().endswith("\n"):
+                break
+            time.sleep(0.1)
+        with open(result) as f:
+            score = f.read().strip()
+        m = re.match(r"tries=(\d+) won=(\d+)$", score)
+        check(m and int(m.group(1)) > 0, "squatter: %r" % score)
+        check(m.group(2) == "0", "the squatter took the agent's port (%s):\n%s" % (score, r.text()))
+        check("listen on" not in r.text(), "an agent could not listen:\n" + r.text())
+        r.wait_for(r"^listen: tcp:127\.0\.0\.1:7777: held by init for every agent$")
+        check(len([1 for _, m in r.lines() if m.startswith("listen: ")]) == 2,
+              "init opened its sockets more than once:\n" + r.text())
+        c = sbxwire.Conn(addr, timeout=10)
+        c.hello(token=token)
+        c.call("shutdown", {"action": "poweroff"})
+        expect_poweroff(r)
+        c.close()
+    finally:
+        r.close()
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
+def test_seccomp():
+    """Item 15, in each sbx.seccomp mode: init loads the baseline filter into the agent it starts
+    (never into itself), the agent stacks the workload filter on what it spawns (strict, log),
+    and a root and an unprivileged workload see exactly the denials of the mode."""
+    agent = real_agent()
+    if agent is None:
+        print("SKIP: no sbx-agent built", file=sys.stderr)
+        return 77
+    import sbxwire
+    import seccomp_probe
+
+    def status(pid):
+        with open("/proc/%d/status" % pid) as f:
+            return dict(l.split(":\t", 1) for l in f.read().splitlines() if ":\t" in l)
+
+    for mode in ("strict", "baseline", "log", "off"):
+        r = Run(agent=agent, cmdline="sbx.listen=unix:@DIR@/agent.sock sbx.seccomp=" + mode)
+        try:
+            r.wait_for(r"^agent ready \(pid 2\)")
+            check(status(r.init_pid())["Seccomp"] == "0", "init filtered itself")
+            st = status(agent_host_pid(r))
+            check(st["Seccomp"] == ("0" if mode == "off" else "2") and
+                  st.get("Seccomp_filters", "1" if mode != "off" else "0") ==
+                  ("0" if mode == "off" else "1"),
+                  "%s: the agent has Seccomp %s, %s filters" % (mode, st["Seccomp"],
+                                                                 st.get("Seccomp_filters")))
+            c = sbxwire.Conn("unix:" + os.path.join(r.dir, "agent.sock"), timeout=10)
+            c.hello()
+            for user in (None, "nobody"):
+                ex, out, err = agent_run(c, ["python3", "-c", seccomp_probe.PROBE], user)
+                check(ex.get("code") == 0, "probe: %r %r" % (ex, err))
+                bad = seccomp_probe.problems(seccomp_probe.parse(out), mode, root=user is None)
+                check(not bad, "%s, user %s: %s" % (mode, user or "root", "; ".join(bad)))
+            r.wait_for(r"^seccomp: %s\b" % mode)
+            c.call("shutdown", {"action": "poweroff"})
+            expect_poweroff(r)
+            c.close()
+        finally:
+            r.close()
 
 
 AGENT_SH = """#!/bin/busybox sh

@@ -55,6 +55,8 @@ static void test_defaults(void **state)
     assert_string_equal(cfg.root, "");
     assert_false(cfg.squashfs);
     assert_false(cfg.overlay);
+    assert_true(cfg.wl_memory_max == INIT_LIMIT_AUTO && cfg.wl_pids_max == INIT_LIMIT_AUTO);
+    assert_true(cfg.wl_cpu_max == INIT_LIMIT_NONE);
     assert_int_equal(cfg.nenv, 4);
     assert_string_equal(cfg.env[0],
                         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
@@ -96,6 +98,20 @@ static void test_every_key(void **state)
     assert_int_equal(cfg.rescue_after, 0);
     assert_int_equal(init_config_set(&cfg, "sbx.overlay", "tmpfs"), 0);
     assert_true(cfg.overlay);
+    assert_int_equal(init_config_set(&cfg, "sbx.workload.memory_max", "512M"), 0);
+    assert_true(cfg.wl_memory_max == 512ull << 20);
+    assert_int_equal(init_config_set(&cfg, "sbx.workload.memory_max", "2G"), 0);
+    assert_true(cfg.wl_memory_max == 2ull << 30);
+    assert_int_equal(init_config_set(&cfg, "sbx.workload.memory_max", "16777216"), 0);
+    assert_true(cfg.wl_memory_max == 16ull << 20);
+    assert_int_equal(init_config_set(&cfg, "sbx.workload.memory_max", "max"), 0);
+    assert_true(cfg.wl_memory_max == INIT_LIMIT_NONE);
+    assert_int_equal(init_config_set(&cfg, "sbx.workload.pids_max", "500"), 0);
+    assert_true(cfg.wl_pids_max == 500);
+    assert_int_equal(init_config_set(&cfg, "sbx.workload.pids_max", "auto"), 0);
+    assert_true(cfg.wl_pids_max == INIT_LIMIT_AUTO);
+    assert_int_equal(init_config_set(&cfg, "sbx.workload.cpu_max", "150"), 0);
+    assert_true(cfg.wl_cpu_max == 150);
     assert_int_equal(init_config_set(&cfg, "root", "/dev/vda"), 0);
     assert_string_equal(cfg.root, "/dev/vda");
     assert_int_equal(init_config_set(&cfg, "rootfstype", "squashfs"), 0);
@@ -131,6 +147,25 @@ static void test_bad_value_resets_default(void **state)
     assert_int_equal(init_config_set(&cfg, "sbx.rescue_after", "3x"), -EINVAL);
     assert_int_equal(init_config_set(&cfg, "sbx.rescue_after", ""), -EINVAL);
     assert_int_equal(cfg.rescue_after, 3);
+    /* sbx.workload.*: too small, too large, not a number, a unit where none fits, no "auto"
+     * for cpu_max; each resets the default. */
+    static const char *const bad_limits[][2] = {
+        { "sbx.workload.memory_max", "15M" },   { "sbx.workload.memory_max", "1025T" },
+        { "sbx.workload.memory_max", "2048P" }, { "sbx.workload.memory_max", "M" },
+        { "sbx.workload.memory_max", "1.5G" },  { "sbx.workload.memory_max", "" },
+        { "sbx.workload.memory_max", "-1G" },   { "sbx.workload.memory_max", "1048577G" },
+        { "sbx.workload.pids_max", "15" },      { "sbx.workload.pids_max", "4194305" },
+        { "sbx.workload.pids_max", "10K" },     { "sbx.workload.cpu_max", "0" },
+        { "sbx.workload.cpu_max", "auto" },     { "sbx.workload.cpu_max", "100001" },
+    };
+    for (size_t i = 0; i < sizeof(bad_limits) / sizeof(bad_limits[0]); i++) {
+        assert_int_equal(init_config_set(&cfg, bad_limits[i][0], "max"), 0);
+        if (init_config_set(&cfg, bad_limits[i][0], bad_limits[i][1]) != -EINVAL) {
+            fail_msg("%s=%s accepted", bad_limits[i][0], bad_limits[i][1]);
+        }
+    }
+    assert_true(cfg.wl_memory_max == INIT_LIMIT_AUTO && cfg.wl_pids_max == INIT_LIMIT_AUTO);
+    assert_true(cfg.wl_cpu_max == INIT_LIMIT_NONE);
 }
 
 static void test_env(void **state)
