@@ -43,10 +43,12 @@ struct cg_linger {
     uv_fs_event_t ev;
 };
 
-static int cg_name(char *buf, size_t size, uint64_t n, const char *file)
+/* "<n>" or "<n>/<file>", relative to the workload cgroup (buffers of 32 bytes and more hold
+ * any number and file name used here). */
+static void cg_name(char *buf, size_t size, uint64_t n, const char *file)
 {
-    return snprintf(buf, size, "%llu%s%s", (unsigned long long)n, file ? "/" : "",
-                    file ? file : "");
+    (void)snprintf(buf, size, "%llu%s%s", (unsigned long long)n, file != NULL ? "/" : "",
+                   file != NULL ? file : "");
 }
 
 /* Writes @value to <n>/@file. 0 or -errno. */

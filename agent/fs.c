@@ -37,6 +37,17 @@ int agent_fs_err_file(struct sbx_err *err, int errnum, unsigned mode, const char
     return -1;
 }
 
+int agent_fs_act_as(struct agent_conn *c, const struct sbx_msg *m, struct agent_ident_scope *sc,
+                    struct sbx_err *err)
+{
+    struct agent_ident id;
+
+    if (agent_ident_param(c->a, m->params, &id, err) < 0) {
+        return -1;
+    }
+    return agent_ident_enter_err(&id, sc, err);
+}
+
 int agent_fs_err2(struct sbx_err *err, int errnum, const char *op, const char *from, const char *to)
 {
     sbx_err_sys(err, errnum, NULL, "%s \"%.100s\" -> \"%.100s\"", op, from, to);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "user.h"
 
 struct statx;
 
@@ -56,6 +57,15 @@ static inline int agent_fs_steal_fd(int *fd)
  */
 int agent_fs_path_param(const msgpack_object *params, const char *key, int required, char *out,
                         struct sbx_err *err);
+
+/*
+ * Act as the identity request @m names (its `user` param, or the default: agent_ident_param) on
+ * the calling thread, the loop thread, until agent_ident_leave(@sc): the file work of a request
+ * that is done on the loop is done between the two, and nothing else (no reply, no new thread, no
+ * threadpool work; see user.h). Returns 0, or -1 with @err.
+ */
+int agent_fs_act_as(struct agent_conn *c, const struct sbx_msg *m, struct agent_ident_scope *sc,
+                    struct sbx_err *err);
 
 /* An errno error for operation @op on @path: code, errno, `path` and "op \"path\": strerror".
  * Returns -1. */

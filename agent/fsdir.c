@@ -19,6 +19,7 @@ struct fs_cursor {
     uint32_t id;
     DIR *dir;
     uint64_t used_ns;
+    struct agent_ident who; /* the identity that opened it: later pages act as it too */
 };
 
 static void cursor_free(struct agent_fs *fs, struct fs_cursor *cur)
@@ -103,6 +104,8 @@ int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
     struct agent_fs *fs = agent_fs_state(c);
     char path[AGENT_FS_PATH_BUF];
     struct fs_cursor *cur = NULL;
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    struct agent_ident who;
     struct dirbuf b = { 0 };
     uint64_t limit = SBX_FS_READDIR_DEFAULT, now = agent_now_ns();
     const char *cs;
@@ -128,15 +131,22 @@ int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
             sbx_err_set(err, SBX_E_NOT_FOUND, "no such readdir cursor (expired or finished)");
             return -1;
         }
+        if (agent_ident_enter_err(&cur->who, &sc, err) < 0) {
+            return -1;
+        }
     } else {
         int fd;
         DIR *d;
-        if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+        if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+            agent_ident_param(c->a, m->params, &who, err) < 0) {
             return -1;
         }
         if (fs->ncursors >= SBX_FS_CURSORS_MAX) {
             sbx_err_limit(err, "max_cursors", SBX_FS_CURSORS_MAX,
                           "too many open readdir cursors (cap %u)", SBX_FS_CURSORS_MAX);
+            return -1;
+        }
+        if (agent_ident_enter_err(&who, &sc, err) < 0) {
             return -1;
         }
         fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -154,6 +164,7 @@ int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
             return sbx_err_oom(err);
         }
         cur->dir = d;
+        cur->who = who;
         cur->id = fs->next_cursor++;
         agent_list_add_tail(&fs->cursors, &cur->link);
         fs->ncursors++;
@@ -189,6 +200,7 @@ int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
             return sbx_err_oom(err);
         }
     }
+    agent_ident_leave(&sc);
     pk = agent_conn_begin(c);
     sbx_pack_response_head(pk, m->id);
     (void)msgpack_pack_map(pk, 2);

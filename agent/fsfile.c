@@ -1,6 +1,7 @@
 /*
  * The fs family's file handles (PROTOCOL.md §17.7): fs.open keeps an fd per connection under an
- * id, and the other calls read, write, seek, stat, sync, truncate and close it.
+ * id, and the other calls read, write, seek, stat, sync, truncate and close it. fs.open opens as
+ * the request's identity (§17.1); the handle then has what that open gave it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -75,6 +76,8 @@ int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
 {
     struct agent_fs *fs = agent_fs_state(c);
     char path[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    struct agent_ident who;
     const msgpack_object *arr = NULL;
     uint64_t mode = 0666;
     bool rd = false, wr = false;
@@ -86,7 +89,8 @@ int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
     }
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
         sbx_param_u64(m->params, "mode", SBX_OPTIONAL, 0, 07777, &mode, err) < 0 ||
-        (r = sbx_param_array(m->params, "flags", SBX_OPTIONAL, 16, &arr, err)) < 0) {
+        (r = sbx_param_array(m->params, "flags", SBX_OPTIONAL, 16, &arr, err)) < 0 ||
+        agent_ident_param(c->a, m->params, &who, err) < 0) {
         return -1;
     }
     if (arr == NULL) {
@@ -136,6 +140,10 @@ int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
         fs->capfh = cap;
     }
     hpath = strdup(path);
+    if (hpath != NULL && agent_ident_enter_err(&who, &sc, err) < 0) {
+        free(hpath);
+        return -1;
+    }
     /* Non-blocking first: opening a FIFO would otherwise wait for its other end, holding the
      * loop. Regular files and directories go back to blocking (it means nothing for them);
      * special files stay non-blocking, so a read with nothing available is EAGAIN. */
@@ -147,6 +155,7 @@ int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
             (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK); /* cannot fail here */
         }
     }
+    agent_ident_leave(&sc);
     if (fd < 0) {
         if (hpath == NULL) {
             sbx_err_oom(err);

@@ -1,7 +1,8 @@
 /*
  * fs.remove and fs.copy (PROTOCOL.md §17.3): jobs on the libuv threadpool that work through
  * directory fds (openat/unlinkat, O_NOFOLLOW), so a symlink in the tree never leads them outside
- * it, and that outlive their connection if need be.
+ * it, and that outlive their connection if need be. The worker acts as the request's identity
+ * (§17.1) for the job and switches back before it takes the next one.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -360,6 +361,7 @@ struct fs_job {
     struct agent_conn *conn;
     uint32_t id;
     bool copy, recursive;
+    struct agent_ident who;
     int rc;
     struct sbx_err err;
     char from[AGENT_FS_PATH_BUF], to[AGENT_FS_PATH_BUF];
@@ -368,7 +370,12 @@ struct fs_job {
 static void job_work_cb(uv_work_t *req)
 {
     struct fs_job *j = agent_container_of(req, struct fs_job, req);
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
 
+    if (agent_ident_enter_err(&j->who, &sc, &j->err) < 0) {
+        j->rc = -1;
+        return;
+    }
     j->rc = j->copy ? copy_do(j->from, j->to, j->recursive, &j->err)
                     : remove_do(j->from, j->recursive, &j->err);
 }
@@ -407,7 +414,8 @@ static int job_start(struct agent_conn *c, const struct sbx_msg *m, bool copy, s
     }
     if ((copy ? agent_fs_two_paths(m, "from", j->from, "to", j->to, err)
               : agent_fs_path_param(m->params, "path", SBX_REQUIRED, j->from, err)) < 0 ||
-        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &j->recursive, err) < 0) {
+        sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &j->recursive, err) < 0 ||
+        agent_ident_param(c->a, m->params, &j->who, err) < 0) {
         free(j);
         return -1;
     }

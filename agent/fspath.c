@@ -1,7 +1,8 @@
 /*
  * The fs family's path methods (PROTOCOL.md §17.3) that are one short system call each on the
  * loop thread: stat, lstat, mkdir, rename, chmod, chown, symlink, link, readlink, realpath,
- * truncate, utime and mktemp.
+ * truncate, utime and mktemp. Each makes its calls as the request's identity (§17.1,
+ * agent_fs_act_as) and switches back before it replies.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,10 +25,12 @@ static int fs_stat_common(struct agent_conn *c, const struct sbx_msg *m, bool fo
                           struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF], target[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     struct statx st;
     ssize_t tlen = -1;
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
     if (statx(AT_FDCWD, path, follow ? 0 : AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME,
@@ -46,6 +49,7 @@ static int fs_stat_common(struct agent_conn *c, const struct sbx_msg *m, bool fo
             tlen = -1;
         }
     }
+    agent_ident_leave(&sc);
     agent_fs_reply_fileinfo(c, m->id, &st, tlen >= 0 ? target : NULL, tlen);
     return AGENT_REPLIED;
 }
@@ -65,12 +69,14 @@ int agent_fs_lstat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
 int agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     bool parents = false;
     uint64_t mode = 0777;
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
         sbx_param_bool(m->params, "parents", SBX_OPTIONAL, &parents, err) < 0 ||
-        sbx_param_u64(m->params, "mode", SBX_OPTIONAL, 0, 07777, &mode, err) < 0) {
+        sbx_param_u64(m->params, "mode", SBX_OPTIONAL, 0, 07777, &mode, err) < 0 ||
+        agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
     if (parents) {
@@ -81,6 +87,7 @@ int agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
     } else if (mkdir(path, (mode_t)mode) < 0) {
         return agent_fs_err(err, errno, "mkdir", path);
     }
+    agent_ident_leave(&sc);
     agent_conn_reply_empty(c, m->id);
     return AGENT_REPLIED;
 }
@@ -92,13 +99,15 @@ static int two_path_op(struct agent_conn *c, const struct sbx_msg *m, const char
                        struct sbx_err *err)
 {
     char p1[AGENT_FS_PATH_BUF], p2[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
 
-    if (agent_fs_two_paths(m, k1, p1, k2, p2, err) < 0) {
+    if (agent_fs_two_paths(m, k1, p1, k2, p2, err) < 0 || agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
     if (fn(p1, p2) < 0) {
         return agent_fs_err2(err, errno, op, p1, p2);
     }
+    agent_ident_leave(&sc);
     agent_conn_reply_empty(c, m->id);
     return AGENT_REPLIED;
 }
@@ -113,15 +122,18 @@ int agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
 int agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     uint64_t mode;
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
-        sbx_param_u64(m->params, "mode", SBX_REQUIRED, 0, 07777, &mode, err) < 0) {
+        sbx_param_u64(m->params, "mode", SBX_REQUIRED, 0, 07777, &mode, err) < 0 ||
+        agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
     if (chmod(path, (mode_t)mode) < 0) {
         return agent_fs_err(err, errno, "chmod", path);
     }
+    agent_ident_leave(&sc);
     agent_conn_reply_empty(c, m->id);
     return AGENT_REPLIED;
 }
@@ -129,16 +141,19 @@ int agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
 int agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     uint64_t uid = (uint64_t)-1, gid = (uint64_t)-1;
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
         sbx_param_u64(m->params, "uid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &uid, err) < 0 ||
-        sbx_param_u64(m->params, "gid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &gid, err) < 0) {
+        sbx_param_u64(m->params, "gid", SBX_OPTIONAL, 0, UINT32_MAX - 1, &gid, err) < 0 ||
+        agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
     if (chown(path, (uid_t)uid, (gid_t)gid) < 0) {
         return agent_fs_err(err, errno, "chown", path);
     }
+    agent_ident_leave(&sc);
     agent_conn_reply_empty(c, m->id);
     return AGENT_REPLIED;
 }
@@ -146,6 +161,7 @@ int agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
 int agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char target[AGENT_FS_PATH_BUF], path[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
 
     if (sbx_param_bstr(m->params, "target", SBX_REQUIRED, target, sizeof(target), err) < 0 ||
         agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
@@ -155,9 +171,13 @@ int agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
         sbx_err_param(err, "target", "target must not be empty");
         return -1;
     }
+    if (agent_fs_act_as(c, m, &sc, err) < 0) {
+        return -1;
+    }
     if (symlink(target, path) < 0) {
         return agent_fs_err(err, errno, "symlink", path);
     }
+    agent_ident_leave(&sc);
     agent_conn_reply_empty(c, m->id);
     return AGENT_REPLIED;
 }
@@ -182,15 +202,18 @@ static void reply_bstr(struct agent_conn *c, uint32_t id, const char *key, const
 int agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF], target[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     ssize_t n;
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
     n = readlink(path, target, sizeof(target) - 1);
     if (n < 0) {
         return agent_fs_err(err, errno, "readlink", path);
     }
+    agent_ident_leave(&sc);
     reply_bstr(c, m->id, "target", target, (size_t)n);
     return AGENT_REPLIED;
 }
@@ -198,13 +221,16 @@ int agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
 int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF], real[PATH_MAX];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
 
-    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
+    if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
+        agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
     if (realpath(path, real) == NULL) {
         return agent_fs_err(err, errno, "realpath", path);
     }
+    agent_ident_leave(&sc);
     reply_bstr(c, m->id, "path", real, strlen(real));
     return AGENT_REPLIED;
 }
@@ -212,15 +238,18 @@ int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
 int agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     uint64_t size = 0;
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
-        sbx_param_u64(m->params, "size", SBX_OPTIONAL, 0, INT64_MAX, &size, err) < 0) {
+        sbx_param_u64(m->params, "size", SBX_OPTIONAL, 0, INT64_MAX, &size, err) < 0 ||
+        agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
     if (truncate(path, (off_t)size) < 0) {
         return agent_fs_err(err, errno, "truncate", path);
     }
+    agent_ident_leave(&sc);
     agent_conn_reply_empty(c, m->id);
     return AGENT_REPLIED;
 }
@@ -251,16 +280,18 @@ static int time_param(const msgpack_object *params, const char *key, struct time
 int agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     struct timespec ts[2];
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
         time_param(m->params, "atime_ns", &ts[0], err) < 0 ||
-        time_param(m->params, "mtime_ns", &ts[1], err) < 0) {
+        time_param(m->params, "mtime_ns", &ts[1], err) < 0 || agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
     if (utimensat(AT_FDCWD, path, ts, 0) < 0) {
         return agent_fs_err(err, errno, "utime", path);
     }
+    agent_ident_leave(&sc);
     agent_conn_reply_empty(c, m->id);
     return AGENT_REPLIED;
 }
@@ -285,13 +316,15 @@ int agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
     static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     char dir[AGENT_FS_PATH_BUF] = "/tmp", prefix[SBX_FS_NAME_MAX + 1] = "tmp";
     char suffix[SBX_FS_NAME_MAX + 1] = "", path[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     bool directory = false;
     int r;
 
     r = agent_fs_path_param(m->params, "dir", SBX_OPTIONAL, dir, err);
     if (r < 0 || name_part_param(m->params, "prefix", prefix, err) < 0 ||
         name_part_param(m->params, "suffix", suffix, err) < 0 ||
-        sbx_param_bool(m->params, "directory", SBX_OPTIONAL, &directory, err) < 0) {
+        sbx_param_bool(m->params, "directory", SBX_OPTIONAL, &directory, err) < 0 ||
+        agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
     if (r == 1) {
@@ -326,6 +359,7 @@ int agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
             }
         }
         if (r >= 0) {
+            agent_ident_leave(&sc);
             reply_bstr(c, m->id, "path", path, strlen(path));
             return AGENT_REPLIED;
         }

@@ -4,7 +4,8 @@
  * handle, and only as far as the stream's credit allows (an entry never spans two messages).
  * Glob patterns (glob.c) are matched as the walk goes: each open directory carries the set of
  * pattern positions its path can have reached, so a directory is descended into only while some
- * pattern position is still alive.
+ * pattern position is still alive. The walk reads the file system as the request's identity
+ * (§17.1), switched to around the reads of each batch only.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -36,6 +37,7 @@ struct agent_fswalk {
     struct agent_conn *conn;
     struct agent_stream *s;
     uv_idle_t idle;
+    struct agent_ident who; /* whom the walk reads as */
     bool glob;
     bool done;
     /* walk options */
@@ -375,7 +377,9 @@ static bool walk_flush(struct agent_fswalk *w)
 static void walk_idle_cb(uv_idle_t *h)
 {
     struct agent_fswalk *w = h->data;
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     unsigned budget = SBX_FS_WALK_BATCH;
+    struct sbx_err err;
 
     w->scanned = 0;
     while (budget > 0) {
@@ -390,19 +394,29 @@ static void walk_idle_cb(uv_idle_t *h)
                     break;
                 }
                 msgpack_sbuffer_clear(&w->ent);
-            } else if (w->out.size > 0 && walk_flush(w)) {
-                continue;
             } else {
+                /* Only the reads act as the walk's identity: sending does not. */
+                agent_ident_leave(&sc);
+                if (w->out.size > 0 && walk_flush(w)) {
+                    continue;
+                }
                 (void)uv_idle_stop(&w->idle); /* ready() restarts us when credit arrives */
                 return;
             }
         }
         if (w->done) {
+            agent_ident_leave(&sc);
             if (!walk_flush(w)) {
                 (void)uv_idle_stop(&w->idle);
                 return;
             }
             agent_stream_end(w->s, NULL, false);
+            w->s = NULL;
+            walk_free(w);
+            return;
+        }
+        if (!sc.active && agent_ident_enter_err(&w->who, &sc, &err) < 0) {
+            agent_stream_end(w->s, &err, false);
             w->s = NULL;
             walk_free(w);
             return;
@@ -418,6 +432,7 @@ static void walk_idle_cb(uv_idle_t *h)
             break;
         }
     }
+    agent_ident_leave(&sc);
     if (!walk_flush(w)) {
         (void)uv_idle_stop(&w->idle);
     }
@@ -515,14 +530,17 @@ static struct agent_fswalk *walk_new(struct agent_conn *c)
 static int walk_start(struct agent_conn *c, const struct sbx_msg *m, struct agent_fswalk *w,
                       struct sbx_err *err)
 {
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     msgpack_packer *pk;
 
     /* The stream cap before the file system (PROTOCOL.md §7.2); the stream is made last. */
-    if (agent_stream_reserve(c, 1, err) < 0) {
+    if (agent_ident_param(c->a, m->params, &w->who, err) < 0 ||
+        agent_stream_reserve(c, 1, err) < 0) {
         walk_free(w);
         return -1;
     }
-    if (agent_path_check_dir(w->rootabs, w->glob ? "glob" : "walk", err) < 0) {
+    if (agent_ident_enter_err(&w->who, &sc, err) < 0 ||
+        agent_path_check_dir(w->rootabs, w->glob ? "glob" : "walk", err) < 0) {
         walk_free(w);
         return -1;
     }
@@ -547,6 +565,7 @@ static int walk_start(struct agent_conn *c, const struct sbx_msg *m, struct agen
         }
         w->st[0].plen = w->rootlen;
     }
+    agent_ident_leave(&sc);
     w->s = agent_stream_new_ops(c, AGENT_STREAM_OUT, &walk_ops, w, err);
     if (w->s == NULL) {
         walk_free(w);

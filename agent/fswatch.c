@@ -5,6 +5,8 @@
  * different watches may share a wd and every event goes to each of them. While the connection is
  * congested the agent stops reading inotify (a timer looks again), so events wait in the kernel
  * queue and an overflow there is reported as the "overflow" event; the agent queues nothing.
+ * A watch adds its kernel watches (also those on directories made later) as the identity of the
+ * request that made it (§17.1), so inotify's read permission check is that user's.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -42,8 +44,9 @@ struct fw_watch {
     bool recursive;
     struct fw_ref *root;
     struct agent_link refs;
-    char *path; /* as the client gave it: events are reported under it */
-    char *abs;  /* absolute, for adding subdirectories */
+    char *path;             /* as the client gave it: events are reported under it */
+    char *abs;              /* absolute, for adding subdirectories */
+    struct agent_ident who; /* whom its kernel watches are added as */
     /* the last event sent, to merge consecutive identical ones of one read */
     char last_kind;
     char *last_path;
@@ -257,19 +260,29 @@ static void watch_new_dir(struct fw_ref *r, const char *name)
 {
     struct fw_watch *w = r->w;
     char abs[AGENT_FS_PATH_BUF], rel[AGENT_FS_PATH_BUF];
+    struct agent_ident_scope sc = { 0 };
+    bool missing;
 
     event_path(abs, sizeof(abs), w->abs, r->rel, name);
     if (snprintf(rel, sizeof(rel), "%s%s%s", r->rel, r->rel[0] ? "/" : "", name) >=
         (int)sizeof(rel)) {
         return;
     }
+    if (agent_ident_enter(&w->who, &sc) < 0) {
+        send_event(w, "overflow", NULL, NULL); /* this directory's events will be missing */
+        return;
+    }
     if (ref_add(w, abs, rel, FW_MASK | IN_ONLYDIR | IN_DONT_FOLLOW) == NULL) {
-        if (errno != ENOENT && errno != ENOTDIR) {
+        missing = errno == ENOENT || errno == ENOTDIR;
+        agent_ident_leave(&sc);
+        if (!missing) {
             send_event(w, "overflow", NULL, NULL); /* this directory's events will be missing */
         }
         return;
     }
-    if (add_subdirs(w, abs, rel, 0) < 0) {
+    missing = add_subdirs(w, abs, rel, 0) < 0;
+    agent_ident_leave(&sc);
+    if (missing) {
         send_event(w, "overflow", NULL, NULL);
     }
 }
@@ -506,6 +519,8 @@ static unsigned fw_count(struct agent_fswatch *fw)
 int agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char abs[AGENT_FS_PATH_BUF], given[AGENT_FS_PATH_BUF];
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    struct agent_ident who;
     struct agent_fswatch *fw;
     struct fw_watch *w;
     bool recursive = false;
@@ -515,12 +530,15 @@ int agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, abs, err) < 0 ||
         sbx_param_bstr(m->params, "path", SBX_REQUIRED, given, sizeof(given), err) < 0 ||
         sbx_param_bool(m->params, "recursive", SBX_OPTIONAL, &recursive, err) < 0 ||
-        (fw = fw_get(c, err)) == NULL) {
+        agent_ident_param(c->a, m->params, &who, err) < 0 || (fw = fw_get(c, err)) == NULL) {
         return -1;
     }
     if (fw_count(fw) >= SBX_FS_WATCHES_MAX) {
         sbx_err_limit(err, "max_watches", SBX_FS_WATCHES_MAX,
                       "too many watches on this connection (cap %u)", SBX_FS_WATCHES_MAX);
+        return -1;
+    }
+    if (agent_ident_enter_err(&who, &sc, err) < 0) {
         return -1;
     }
     if (stat(abs, &st) < 0) {
@@ -536,6 +554,7 @@ int agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
         return sbx_err_oom(err);
     }
     w->fw = fw;
+    w->who = who;
     w->recursive = recursive && S_ISDIR(st.st_mode);
     agent_list_init(&w->refs);
     agent_list_add_tail(&fw->watches, &w->link);
@@ -545,6 +564,7 @@ int agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
         watch_end(w);
         return -1;
     }
+    agent_ident_leave(&sc);
     w->id = fw->next_id++;
     pk = agent_conn_begin(c);
     sbx_pack_response_head(pk, m->id);

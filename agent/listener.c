@@ -299,13 +299,10 @@ static int listener_adopt(struct agent *a, const char *addr, const struct sbx_li
         if (r == 0) {
             r = la->kind == SBX_LISTEN_TCP ? uv_tcp_open(&l->h.tcp, fd)
                                            : uv_pipe_open(&l->h.pipe, fd);
-            if (r < 0) {
-                close(fd); /* libuv did not take it */
-            }
-        } else {
-            close(fd);
         }
-        if (r == 0) {
+        if (r < 0) {
+            close(fd); /* libuv did not take it */
+        } else {
             r = uv_listen(&l->h.stream, SBX_LISTEN_BACKLOG, on_stream_connection);
         }
     }
@@ -316,7 +313,7 @@ static int listener_adopt(struct agent *a, const char *addr, const struct sbx_li
 }
 
 /* TCP needs the token clients must give (§2.6). */
-static int tcp_needs_token(struct agent *a, const char *addr, struct sbx_err *err)
+static int tcp_needs_token(const char *addr, struct sbx_err *err)
 {
     return sbx_err_set(err, SBX_E_AUTH,
                        "%s: a TCP listener needs a token (--token-file, SBX_AGENT_TOKEN)", addr);
@@ -329,7 +326,7 @@ int agent_listen(struct agent *a, const char *addr, struct sbx_err *err)
     int fd;
 
     if (strncmp(addr, "tcp:", 4) == 0 && a->token[0] == '\0') {
-        return tcp_needs_token(a, addr, err);
+        return tcp_needs_token(addr, err);
     }
     if ((why = sbx_listen_parse(addr, &la)) != NULL) {
         return sbx_err_param(err, "listen", "%s: %s", addr, why);
@@ -375,7 +372,7 @@ int agent_listen_fd(struct agent *a, const char *spec, struct sbx_err *err)
     }
     if (la.kind == SBX_LISTEN_TCP && a->token[0] == '\0') {
         close((int)fd);
-        return tcp_needs_token(a, addr, err);
+        return tcp_needs_token(addr, err);
     }
     return listener_adopt(a, addr, &la, (int)fd, err);
 }

@@ -2,7 +2,8 @@
  * pack.create (PROTOCOL.md 19): optionally run a build command with its output streamed, then
  * package a directory into a deterministic tar.gz / tar.zst with a manifest, streamed with
  * progress. The archive is made by an out job (outjob.c) whose thread first waits for the build;
- * ignore rules are gitignore's, matched by glob.c.
+ * ignore rules are gitignore's, matched by glob.c. The job reads the tree as the request's
+ * identity and the build runs as a user (PROTOCOL.md §17.1, §19.1), never as root unless asked.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,8 +27,12 @@
 #include "stream.h"
 #include "strv.h"
 #include "transfer.h"
+#include "user.h"
 
 #define PACK_MANIFEST_NAME ".sbx-manifest.json"
+
+/* The largest ignore file read (PROTOCOL.md §19.1): one larger is EFBIG. */
+#define PACK_IGNORE_FILE_MAX (1u << 20)
 
 /* --- ignore rules ------------------------------------------------------------------------- */
 
@@ -181,6 +186,7 @@ struct pack_ev {
 struct pack {
     struct agent_outjob j;     /* the archive stream */
     struct agent_conn_ref job; /* job.conn: where progress and manifest go (NULL once closed) */
+    struct agent_ident who;    /* whom the tree is read as */
     uint32_t id;
     char root[AGENT_FS_PATH_BUF];
     char entrypoint[AGENT_FS_PATH_BUF];
@@ -357,11 +363,13 @@ struct build_req {
     const msgpack_object *env;
     bool clear;
     uint64_t timeout;
+    bool has_user;          /* runs as @user; else as the agent (no user named, no default) */
+    struct agent_user user; /* build.user, else the request's user, else the workload user */
 };
 
 /* build_params without the "build." field prefix. */
-static int build_params_in(const char *root, const msgpack_object *bm, struct build_req *q,
-                           struct sbx_err *err)
+static int build_params_in(struct agent *a, const char *root, const msgpack_object *bm,
+                           struct build_req *q, struct sbx_err *err)
 {
     const msgpack_object *arr = NULL;
     int r;
@@ -371,6 +379,11 @@ static int build_params_in(const char *root, const msgpack_object *bm, struct bu
     q->clear = false;
     q->timeout = 0;
     snprintf(q->cwd, sizeof(q->cwd), "%s", root);
+    r = agent_user_param(a, bm, false, &q->user, err);
+    if (r < 0) {
+        return -1;
+    }
+    q->has_user = r == 1;
     if (sbx_param_bstr(bm, "cwd", SBX_OPTIONAL, q->cwd, sizeof(q->cwd), err) < 0 ||
         sbx_param_bool(bm, "clear_env", SBX_OPTIONAL, &q->clear, err) < 0 ||
         sbx_param_u64(bm, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &q->timeout, err) < 0 ||
@@ -403,12 +416,12 @@ static int build_params_in(const char *root, const msgpack_object *bm, struct bu
  * Parse the build map @bm of the pack rooted at @root into @q (q->argv is the caller's then). A
  * bad param is named by its path from the request, "build.timeout_ms" (PROTOCOL.md §7.5).
  */
-static int build_params(const char *root, const msgpack_object *bm, struct build_req *q,
-                        struct sbx_err *err)
+static int build_params(struct agent *a, const char *root, const msgpack_object *bm,
+                        struct build_req *q, struct sbx_err *err)
 {
     char field[SBX_ERR_FIELD_MAX];
 
-    if (build_params_in(root, bm, q, err) == 0) {
+    if (build_params_in(a, root, bm, q, err) == 0) {
         return 0;
     }
     if (err->field[0] != '\0' && strcmp(err->field, "build") != 0) {
@@ -428,6 +441,9 @@ static int build_start(struct pack *p, struct agent_conn *c, struct build_req *q
                        struct sbx_err *err)
 {
     char **argv = q->argv, **envp;
+    /* The user's HOME, USER and LOGNAME, as proc.spawn with `user` sets them (§14.1). */
+    char *extra[4] = { NULL, NULL, NULL, NULL };
+    bool oom = false;
 
     q->argv = NULL;
     if (argv == NULL && (argv = agent_strv_sh(q->cmd, strlen(q->cmd))) == NULL) {
@@ -437,13 +453,26 @@ static int build_start(struct pack *p, struct agent_conn *c, struct build_req *q
         agent_strv_free(argv);
         return -1;
     }
-    envp = agent_env_build(p->j.a, q->clear, q->env, NULL);
+    if (q->has_user) {
+        int n = 0;
+        if (q->user.home[0] != '\0') {
+            oom |= asprintf(&extra[n++], "HOME=%s", q->user.home) < 0;
+        }
+        if (q->user.name[0] != '\0') {
+            oom |= asprintf(&extra[n++], "USER=%s", q->user.name) < 0;
+            oom |= asprintf(&extra[n++], "LOGNAME=%s", q->user.name) < 0;
+        }
+    }
+    envp = oom ? NULL : agent_env_build(p->j.a, q->clear, q->env, extra);
+    for (int i = 0; i < 3; i++) {
+        free(extra[i]);
+    }
     if (envp == NULL) {
         agent_strv_free(argv);
         return sbx_err_oom(err);
     }
-    if (agent_proc_start_internal(c->a, argv, envp, q->cwd, q->timeout, build_started, p, &p->start,
-                                  err) < 0) {
+    if (agent_proc_start_internal(c->a, argv, envp, q->cwd, q->has_user ? &q->user : NULL,
+                                  q->timeout, build_started, p, &p->start, err) < 0) {
         sbx_err_prefix(err, "build");
         return -1;
     }
@@ -611,13 +640,13 @@ static int pack_file_data(struct pack *p, struct archive *ar, struct pack_file *
     struct sha256_ctx sha;
     uint8_t d[32];
     uint64_t left = f->size;
-    /* Under the root without following a link: the tree may have changed since the scan. */
-    int fd = agent_path_open_under(p->rootfd, f->path, O_RDONLY);
+    struct stat st;
+    /* Under the root without following a link in any component, and only a regular file: the
+     * tree may have changed since the scan (a FIFO there would hold the job for good). */
+    int fd = agent_path_open_file_under(p->rootfd, f->path, &st);
 
     if (fd < 0) {
-        sbx_err_sys(&p->j.err, errno, NULL, "open \"%s\"", f->path);
-        sbx_err_set_path(&p->j.err, f->path);
-        return -1;
+        return agent_fs_err_file(&p->j.err, errno, st.st_mode, "open", f->path);
     }
     sha256_init(&sha);
     /* Exactly the size the header announced: a file that grows or shrinks meanwhile fails. */
@@ -839,6 +868,7 @@ out:
 static int pack_produce(struct agent_outjob *j)
 {
     struct pack *p = agent_container_of(j, struct pack, j);
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     char rel[AGENT_FS_PATH_BUF] = "";
     struct stat st;
     bool failed;
@@ -855,6 +885,10 @@ static int pack_produce(struct agent_outjob *j)
     if (failed) {
         sbx_err_set(&j->err, SBX_E_CANCELLED, "%s", p->build_msg);
         snprintf(j->err.stage, sizeof(j->err.stage), "build");
+        return -1;
+    }
+    /* This thread is the job's: it reads as the identity from here to its end. */
+    if (agent_ident_enter_err(&p->who, &sc, &j->err) < 0) {
         return -1;
     }
     p->rootfd = agent_path_opendir(p->root, false, &j->err);
@@ -1008,6 +1042,34 @@ static int pack_ignore_names(struct pack *p, const msgpack_object *params, struc
     return 0;
 }
 
+/* Add the lines of the ignore file @f (@path, for errors) to the rules: at most
+ * PACK_IGNORE_FILE_MAX bytes (EFBIG beyond). 0, or -1 with @err. */
+static int ignore_read(struct pack *p, FILE *f, const char *path, struct sbx_err *err)
+{
+    char line[4096];
+    size_t total = 0;
+
+    while (fgets(line, sizeof(line), f) != NULL) {
+        size_t n = strlen(line);
+        total += n;
+        if (total > PACK_IGNORE_FILE_MAX) {
+            agent_fs_err(err, EFBIG, "read ignore file", path);
+            (void)snprintf(err->msg, sizeof(err->msg), "ignore file \"%s\": larger than %u bytes",
+                           path, PACK_IGNORE_FILE_MAX);
+            return -1;
+        }
+        if (ignore_add(&p->ig, line, n) == -1) { /* -2: skipped */
+            return sbx_err_oom(err);
+        }
+    }
+    if (ferror(f)) {
+        return agent_fs_err(err, EIO, "read ignore file", path);
+    }
+    return 0;
+}
+
+/* Read the ignore files of the pack root: regular files only (one that is anything else is
+ * EINVAL, and is never opened, so a FIFO cannot hold the loop), missing ones skipped. */
 static int pack_ignore_files(struct pack *p, struct sbx_err *err)
 {
     static char *const def[] = { ".sbxignore", NULL };
@@ -1015,20 +1077,34 @@ static int pack_ignore_files(struct pack *p, struct sbx_err *err)
     for (char *const *name = p->ignore_files != NULL ? p->ignore_files : def; *name != NULL;
          name++) {
         char path[AGENT_FS_PATH_BUF * 2];
-        char line[4096];
+        struct stat st;
         FILE *f;
+        int fd, rc;
         snprintf(path, sizeof(path), "%s/%s", p->root, *name);
-        f = fopen(path, "re");
-        if (f == NULL) {
+        fd = agent_path_open_file_at(AT_FDCWD, path, false, &st);
+        if (fd < 0 && errno == ENOENT) {
             continue; /* missing files are skipped */
         }
-        while (fgets(line, sizeof(line), f) != NULL) {
-            if (ignore_add(&p->ig, line, strlen(line)) == -1) { /* -2: skipped */
-                fclose(f);
-                return sbx_err_oom(err);
-            }
+        if (fd < 0) {
+            return agent_fs_err_file(err, errno, st.st_mode, "read ignore file", path);
         }
-        fclose(f);
+        if ((uint64_t)st.st_size > PACK_IGNORE_FILE_MAX) {
+            (void)close(fd); /* read-only, nothing read */
+            agent_fs_err(err, EFBIG, "read ignore file", path);
+            (void)snprintf(err->msg, sizeof(err->msg), "ignore file \"%s\": larger than %u bytes",
+                           path, PACK_IGNORE_FILE_MAX);
+            return -1;
+        }
+        f = fdopen(fd, "r");
+        if (f == NULL) {
+            (void)close(fd);
+            return sbx_err_oom(err);
+        }
+        rc = ignore_read(p, f, path, err);
+        (void)fclose(f); /* read-only */
+        if (rc < 0) {
+            return -1;
+        }
     }
     return 0;
 }
@@ -1107,8 +1183,17 @@ static struct pack *pack_parse(struct agent_conn *c, const msgpack_object *param
         }
     }
     if (pack_ignore_names(p, params, err) < 0 ||
-        (*build != NULL && build_params(p->root, *build, q, err) < 0)) {
+        agent_ident_param(c->a, params, &p->who, err) < 0 ||
+        (*build != NULL && build_params(c->a, p->root, *build, q, err) < 0)) {
         goto fail;
+    }
+    /* The build's user: build.user, else the request's (or the default) as read above. */
+    if (*build != NULL && !q->has_user) {
+        r = agent_user_param(c->a, params, true, &q->user, err);
+        if (r < 0) {
+            goto fail;
+        }
+        q->has_user = r == 1;
     }
     agent_strv_free(excl);
     return p;
@@ -1121,9 +1206,11 @@ fail:
 /* The pack root must be a directory; its ignore files are read now (they may not exist). */
 static int pack_prepare(struct pack *p, struct sbx_err *err)
 {
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     int rc;
 
-    if (agent_path_check_dir(p->root, "pack", err) < 0) {
+    if (agent_ident_enter_err(&p->who, &sc, err) < 0 ||
+        agent_path_check_dir(p->root, "pack", err) < 0) {
         return -1;
     }
     rc = pack_ignore_files(p, err);

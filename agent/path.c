@@ -4,9 +4,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "fs.h"
@@ -128,7 +131,7 @@ static int under_fail(int fd, int e, const char *what, const char **op)
     return -1;
 }
 
-int agent_path_opendir_under(int rootfd, const char *rel, size_t len, bool create, const char **op)
+int agent_path_opendir_walk(int rootfd, const char *rel, size_t len, bool create, const char **op)
 {
     int fd = -1;
 
@@ -181,6 +184,71 @@ int agent_path_opendir_under(int rootfd, const char *rel, size_t len, bool creat
         }
     }
     return fd;
+}
+
+/* How many times a resolution openat2 refused with EAGAIN (a rename or mount meanwhile moved
+ * something it had walked through) is tried again before the walk does it. */
+#define BENEATH_TRIES 4
+
+/*
+ * openat2(2) of @rel (relative, NUL-terminated) under @rootfd with @oflags, resolved beneath it
+ * (RESOLVE_BENEATH: no absolute path, no ".." above it) without following any symlink, the last
+ * component included (RESOLVE_NO_SYMLINKS, RESOLVE_NO_MAGICLINKS): what the per-component walk
+ * does, in one call the kernel makes atomic. Returns the fd, or -1 with errno (ELOOP for a
+ * symlink, EXDEV for a way out); ENOSYS when the kernel (before 5.6) or a seccomp filter has no
+ * openat2, or refuses the flags: the caller walks then.
+ */
+static int open_beneath(int rootfd, const char *rel, int oflags)
+{
+#ifdef SYS_openat2
+    struct open_how how = {
+        .flags = (uint64_t)(oflags | O_CLOEXEC),
+        .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    int fd = -1;
+
+    for (int i = 0; i < BENEATH_TRIES; i++) {
+        fd = (int)syscall(SYS_openat2, rootfd, rel, &how, sizeof(how));
+        if (fd >= 0 || errno != EAGAIN) {
+            break;
+        }
+    }
+    if (fd < 0 && (errno == ENOSYS || errno == EPERM || errno == E2BIG || errno == EINVAL ||
+                   errno == EAGAIN)) {
+        errno = ENOSYS; /* none, filtered, flags unknown, or a rename storm: walk */
+    }
+    return fd;
+#else
+    (void)rootfd;
+    (void)rel;
+    (void)oflags;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int agent_path_opendir_under(int rootfd, const char *rel, size_t len, bool create, const char **op)
+{
+    char buf[AGENT_FS_PATH_BUF];
+    size_t skip = 0;
+    int fd;
+
+    while (skip < len && rel[skip] == '/') {
+        skip++; /* openat2 would take a leading '/' for an escape from the root */
+    }
+    if (skip == len || len - skip >= sizeof(buf)) {
+        return agent_path_opendir_walk(rootfd, rel, len, create, op);
+    }
+    memcpy(buf, rel + skip, len - skip);
+    buf[len - skip] = '\0';
+    fd = open_beneath(rootfd, buf, O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) {
+        return fd;
+    }
+    if (errno == ENOSYS || (errno == ENOENT && create)) {
+        return agent_path_opendir_walk(rootfd, rel, len, create, op);
+    }
+    return under_fail(-1, errno, "open directory", op);
 }
 
 /* The parent of @rel under @rootfd (walked without following a link) into *@dfd (@rootfd

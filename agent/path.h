@@ -57,14 +57,20 @@ int agent_path_opendir_at(int dfd, const char *name);
 
 /*
  * Open the directory named by the first @len bytes of @rel (relative; empty components are
- * skipped, ".." is the caller's to refuse) under directory fd @rootfd, one component at a time
- * with agent_path_opendir_at, so that no symlink is ever followed. With @create, missing
- * directories are made (AGENT_PATH_MKDIR_MODE). Returns a new fd (a duplicate of @rootfd when
- * @rel names no component), or -1 with errno set: ELOOP when a component is a symlink. When
+ * skipped, ".." is the caller's to refuse) under directory fd @rootfd without following a symlink
+ * in any component: with openat2(2) RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS where the kernel has
+ * it (Linux 5.6), which also refuses a ".." above the root (EXDEV), else one component at a time
+ * with agent_path_opendir_at (agent_path_opendir_walk). With @create, missing directories are
+ * made (AGENT_PATH_MKDIR_MODE), one component at a time. Returns a new fd (a duplicate of @rootfd
+ * when @rel names no component), or -1 with errno set: ELOOP when a component is a symlink. When
  * @op is not NULL it is set to the step that failed, "mkdir" or "open directory", for the
  * caller's message. Thread-safe: uses no state but the fds.
  */
 int agent_path_opendir_under(int rootfd, const char *rel, size_t len, bool create, const char **op);
+
+/* agent_path_opendir_under as it works without openat2: a walk, one component at a time, each
+ * opened O_NOFOLLOW | O_DIRECTORY from the one before. Exposed for tests. */
+int agent_path_opendir_walk(int rootfd, const char *rel, size_t len, bool create, const char **op);
 
 /*
  * Open @rel (relative, see agent_path_opendir_under) under directory fd @rootfd with @oflags

@@ -1543,14 +1543,22 @@ static int spawn_pipes_out(struct spawn_req *r, struct sbx_err *err)
 }
 
 int agent_proc_start_internal(struct agent *a, char **argv, char **envp, const char *cwd,
-                              uint64_t timeout_ms, agent_proc_started_cb cb, void *data,
-                              struct agent_proc_start **start, struct sbx_err *err)
+                              const struct agent_user *user, uint64_t timeout_ms,
+                              agent_proc_started_cb cb, void *data, struct agent_proc_start **start,
+                              struct sbx_err *err)
 {
     struct spawn_req r;
 
     spawn_req_init(&r);
     r.argv = argv;
     r.envp = envp;
+    if (user != NULL) { /* the identity switch of proc.spawn with `user` (§14.1) */
+        r.set_user = true;
+        r.uid = user->uid;
+        r.gid = user->gid;
+        r.ngroups = user->ngroups;
+        memcpy(r.groups, user->groups, sizeof(r.groups));
+    }
     r.internal = true;
     r.io_in = IO_NULL;
     r.io_out = r.io_err = IO_PIPE;

@@ -120,15 +120,18 @@ int agent_proc_spawn_repl(struct agent *a, const msgpack_object *params, char **
                           agent_proc_started_cb cb, void *data, struct sbx_err *err);
 /*
  * Start a process the agent runs for itself (a pack build): @argv and @envp (taken over, also on
- * failure) in @cwd as the agent's user, stdin /dev/null, stdout and stderr piped (p->out, p->err),
- * SIGKILL to its group after @timeout_ms (0: none). Counted in max_procs, drained and reaped like
- * any process; hidden from proc.list and id lookups. In @cb, set on_done to hear of the exit; then
+ * failure) in @cwd as @user (its uid, gid and groups, switched to as proc.spawn's `user` does;
+ * NULL: the agent's own), stdin /dev/null, stdout and stderr piped (p->out, p->err), SIGKILL to its
+ * group after @timeout_ms (0: none). Counted in max_procs, drained and reaped like any process;
+ * hidden from proc.list and id lookups. In @cb, set on_done to hear of the exit; then
  * agent_proc_forget. 0 and @cb later (*@start names the start until then, for
  * agent_proc_start_abort); or -1 with @err (errno with stage, LIMIT max_procs) and no callback.
  */
+struct agent_user;
 int agent_proc_start_internal(struct agent *a, char **argv, char **envp, const char *cwd,
-                              uint64_t timeout_ms, agent_proc_started_cb cb, void *data,
-                              struct agent_proc_start **start, struct sbx_err *err);
+                              const struct agent_user *user, uint64_t timeout_ms,
+                              agent_proc_started_cb cb, void *data, struct agent_proc_start **start,
+                              struct sbx_err *err);
 /* Nobody wants the start @s any more: its child is killed (and reaped) and its callback runs soon
  * with CANCELLED, or with the process if it had started already (the caller then kills it). Only
  * before the callback ran. */

@@ -1,9 +1,12 @@
 /*
- * File transfers (PROTOCOL.md 18.1, 18.2): an upload is an `in` stream written to a temporary
- * file next to its destination and renamed into place once complete and verified; a download is
- * an `out` stream read from a file. Writes and reads run in libuv's threadpool, one request at a
- * time per transfer, so the loop only copies frames; the bytes held per upload are bounded by the
- * credit granted, which is granted back only once they are written.
+ * File transfers (PROTOCOL.md 18.1, 18.2): an upload is an `in` stream written to a file without
+ * a name (O_TMPFILE) in its destination's directory, or where the file system cannot, to a
+ * private temporary file there, and linked or renamed into place once complete and verified; a
+ * download is an `out` stream read from a file. Writes and reads run in libuv's threadpool, one
+ * request at a time per transfer, so the loop only copies frames; the bytes held per upload are
+ * bounded by the credit granted, which is granted back only once they are written. Every file
+ * access of a transfer is made as the request's identity (§17.1): the loop thread switches to it
+ * around the calls (the threadpool only reads and writes fds already open).
  */
 #include "transfer.h"
 
@@ -84,9 +87,11 @@ struct upload {
     struct agent_stream *s; /* NULL once ended, cancelled or gone */
     uint32_t sid;
     int dirfd, fd;
+    int pin; /* O_PATH on the new file (through /proc/self/fd): links it, keeps its inode; or -1 */
+    struct agent_ident who; /* whom every file access of the upload is made as */
     char dir[SBX_PATH_MAX + 1];
     char name[NAME_MAX + 1];
-    char tmp[NAME_MAX + 1];
+    char tmp[NAME_MAX + 1]; /* the temporary name while it has one, else "" */
     mode_t mode;
     uid_t uid;
     gid_t gid;
@@ -121,14 +126,30 @@ static void chunks_free(struct agent *a, struct chunk *c)
     }
 }
 
+/* Remove the temporary name, if the upload has one now, as the upload's identity. */
+static void upload_unlink_tmp(struct upload *u)
+{
+    struct agent_ident_scope sc = { 0 };
+
+    if (u->tmp[0] == '\0' || u->dirfd < 0) {
+        return;
+    }
+    if (agent_ident_enter(&u->who, &sc) == 0) {
+        (void)unlinkat(u->dirfd, u->tmp, 0); /* best effort: nothing may be left behind */
+        agent_ident_leave(&sc);
+    }
+    u->tmp[0] = '\0';
+}
+
 static void upload_destroy(struct upload *u)
 {
     if (u->fd >= 0) {
         close(u->fd);
     }
-    if (u->tmp[0] != '\0' && u->dirfd >= 0) {
-        (void)unlinkat(u->dirfd, u->tmp, 0); /* best effort: nothing may be left behind */
+    if (u->pin >= 0) {
+        close(u->pin);
     }
+    upload_unlink_tmp(u);
     if (u->dirfd >= 0) {
         close(u->dirfd);
     }
@@ -146,10 +167,7 @@ static void upload_fail(struct upload *u, const struct sbx_err *e)
     }
     u->over = true;
     /* Nothing is left behind, and that is already so when the client hears of the failure. */
-    if (u->tmp[0] != '\0') {
-        (void)unlinkat(u->dirfd, u->tmp, 0);
-        u->tmp[0] = '\0';
-    }
+    upload_unlink_tmp(u);
     if (u->s != NULL) {
         struct agent_stream *s = u->s;
         u->s = NULL;
@@ -262,7 +280,183 @@ static void upload_after_cb(uv_work_t *req, int status)
     }
 }
 
-/* Everything arrived and is written: verify, apply metadata, rename, report. */
+/* A new temporary name in the destination's directory for the upload's file: ".<name>.sbx-<8
+ * hex digits>", made by @make (O_EXCL creation or a link of the file), tried again while taken.
+ * 0, or -1 with errno (u->tmp empty then). As the upload's identity. */
+static int tmp_name(struct upload *u, int (*make)(struct upload *u))
+{
+    for (int tries = 0;; tries++) {
+        uint32_t r;
+        if (getrandom(&r, sizeof(r), 0) != sizeof(r)) {
+            r = (uint32_t)agent_now_ns();
+        }
+        snprintf(u->tmp, sizeof(u->tmp), ".%.200s.sbx-%08x", u->name, r);
+        if (make(u) == 0) {
+            return 0;
+        }
+        if (errno != EEXIST || tries > 8) {
+            int e = errno;
+            u->tmp[0] = '\0';
+            errno = e;
+            return -1;
+        }
+    }
+}
+
+/* The private file (mode 0600) for a file system without O_TMPFILE, at u->tmp. */
+static int tmp_create(struct upload *u)
+{
+    u->fd = openat(u->dirfd, u->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    return u->fd < 0 ? -1 : 0;
+}
+
+/* The magic link of fd @fd: reaches that very inode, whatever names it (or none). */
+static void fd_link(char *buf, size_t n, int fd)
+{
+    (void)snprintf(buf, n, "/proc/self/fd/%d", fd);
+}
+
+/* A name for the nameless file (u->pin) at u->tmp. */
+static int tmp_link(struct upload *u)
+{
+    char proc[40];
+
+    fd_link(proc, sizeof(proc), u->pin);
+    return linkat(AT_FDCWD, proc, u->dirfd, u->tmp, AT_SYMLINK_FOLLOW);
+}
+
+/*
+ * The file the bytes go to, as the upload's identity (so it is that user's, and only where that
+ * user may create files): a nameless one (O_TMPFILE: nobody can open, replace or write it before
+ * it is linked in) or, where the file system has none, a private temporary file. u->pin then
+ * holds the inode through an O_PATH descriptor until the end (-1 without /proc). 0, or -1 with
+ * @err.
+ */
+static int upload_open(struct upload *u, const char *path, struct sbx_err *err)
+{
+    char proc[40];
+
+    u->fd = openat(u->dirfd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+    if (u->fd >= 0) {
+        fd_link(proc, sizeof(proc), u->fd);
+        u->pin = open(proc, O_PATH | O_CLOEXEC);
+        if (u->pin >= 0) {
+            return 0;
+        }
+        /* No /proc: a nameless file could never be linked in as a user. */
+        (void)close(u->fd);
+        u->fd = -1;
+    } else if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL && errno != ENOENT) {
+        sbx_err_sys(err, errno, NULL, "create the file for \"%s\"", path);
+        sbx_err_set_path(err, path);
+        return -1;
+    }
+    if (tmp_name(u, tmp_create) < 0) {
+        sbx_err_sys(err, errno, NULL, "create a temporary file in \"%s\"", u->dir);
+        sbx_err_set_path(err, path);
+        return -1;
+    }
+    fd_link(proc, sizeof(proc), u->fd);
+    u->pin = open(proc, O_PATH | O_CLOEXEC); /* -1 without /proc: checked by dev and ino then */
+    return 0;
+}
+
+/* Put the finished file at u->name, as the upload's identity: link the nameless one in (a free
+ * name), else give it a temporary name and rename that over the old file (or without
+ * overwrite, refuse to replace). 0, or -1 with errno. */
+static int upload_place(struct upload *u)
+{
+    char proc[40];
+    int e;
+
+    if (u->tmp[0] == '\0') {
+        fd_link(proc, sizeof(proc), u->pin);
+        if (linkat(AT_FDCWD, proc, u->dirfd, u->name, AT_SYMLINK_FOLLOW) == 0) {
+            return 0;
+        }
+        if (errno != EEXIST || !u->overwrite) {
+            return -1;
+        }
+        if (tmp_name(u, tmp_link) < 0) {
+            return -1;
+        }
+    }
+    if (u->overwrite ? renameat(u->dirfd, u->tmp, u->dirfd, u->name)
+                     : renameat2(u->dirfd, u->tmp, u->dirfd, u->name, RENAME_NOREPLACE)) {
+        e = errno;
+        /* A file system without RENAME_NOREPLACE: link(2) refuses to replace too. */
+        if (!u->overwrite && e == EINVAL) {
+            e = linkat(u->dirfd, u->tmp, u->dirfd, u->name, 0) == 0 ? 0 : errno;
+        }
+        if (e != 0) {
+            errno = e;
+            return -1;
+        }
+        (void)unlinkat(u->dirfd, u->tmp, 0); /* the linked temporary name */
+    }
+    u->tmp[0] = '\0';
+    return 0;
+}
+
+/* Whether the path the client named is now the file the upload wrote (@st: its fstat), looked
+ * up again from the start as the upload's identity: a directory or file swapped meanwhile by
+ * whoever may write there shows as another inode. */
+static bool upload_is_there(struct upload *u, const struct stat *st)
+{
+    char p[SBX_PATH_MAX + NAME_MAX + 2];
+    struct stat now;
+
+    snprintf(p, sizeof(p), "%s%s%s", u->dir, strcmp(u->dir, "/") == 0 ? "" : "/", u->name);
+    return fstatat(AT_FDCWD, p, &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == st->st_dev &&
+           now.st_ino == st->st_ino;
+}
+
+/* Apply owner and mode, sync, close and put the file in place, as the upload's identity. 0, or -1
+ * with @err. */
+static int upload_commit(struct upload *u, struct sbx_err *err)
+{
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    struct stat st;
+
+    if (agent_ident_enter(&u->who, &sc) < 0) {
+        return set_err_path(err, errno, u, "act as the upload's user for");
+    }
+    /* Owner first: chown clears set-id bits that fchmod then sets. */
+    if (u->chown && fchown(u->fd, u->uid, u->gid) < 0) {
+        return set_err_path(err, errno, u, "chown");
+    }
+    if (fchmod(u->fd, u->mode) < 0) {
+        return set_err_path(err, errno, u, "chmod");
+    }
+    if (u->fsync && fsync(u->fd) < 0) {
+        return set_err_path(err, errno, u, "fsync");
+    }
+    if (fstat(u->fd, &st) < 0) {
+        return set_err_path(err, errno, u, "fstat");
+    }
+    if (close(u->fd) < 0) {
+        u->fd = -1;
+        return set_err_path(err, errno, u, "close");
+    }
+    u->fd = -1;
+    if (upload_place(u) < 0) {
+        return set_err_path(err, errno, u, "rename onto");
+    }
+    /* transfer.done vouches for what is at the path: had anyone swapped the directory or the
+     * file (the temporary name or the final one) on the way, it is not ours. */
+    if (!upload_is_there(u, &st)) {
+        set_err_path(err, ESTALE, u, "upload to");
+        (void)snprintf(err->msg + strlen(err->msg), sizeof(err->msg) - strlen(err->msg),
+                       " (replaced during the upload: not the uploaded file)");
+        return -1;
+    }
+    if (u->fsync) {
+        (void)fsync(u->dirfd); /* the rename is durable; a failure here changes nothing */
+    }
+    return 0;
+}
+
+/* Everything arrived and is written: verify, apply metadata, put in place, report. */
 static void upload_finish(struct upload *u)
 {
     struct sbx_err err;
@@ -282,46 +476,9 @@ static void upload_finish(struct upload *u)
         upload_fail(u, &err);
         return;
     }
-    /* Owner first: chown clears set-id bits that fchmod then sets. */
-    if (u->chown && fchown(u->fd, u->uid, u->gid) < 0) {
-        set_err_path(&err, errno, u, "chown");
+    if (upload_commit(u, &err) < 0) {
         upload_fail(u, &err);
         return;
-    }
-    if (fchmod(u->fd, u->mode) < 0) {
-        set_err_path(&err, errno, u, "chmod");
-        upload_fail(u, &err);
-        return;
-    }
-    if (u->fsync && fsync(u->fd) < 0) {
-        set_err_path(&err, errno, u, "fsync");
-        upload_fail(u, &err);
-        return;
-    }
-    if (close(u->fd) < 0) {
-        u->fd = -1;
-        set_err_path(&err, errno, u, "close");
-        upload_fail(u, &err);
-        return;
-    }
-    u->fd = -1;
-    if (u->overwrite ? renameat(u->dirfd, u->tmp, u->dirfd, u->name)
-                     : renameat2(u->dirfd, u->tmp, u->dirfd, u->name, RENAME_NOREPLACE)) {
-        int e = errno;
-        /* A file system without RENAME_NOREPLACE: link(2) refuses to replace too. */
-        if (!u->overwrite && e == EINVAL) {
-            e = linkat(u->dirfd, u->tmp, u->dirfd, u->name, 0) == 0 ? 0 : errno;
-        }
-        if (e != 0) {
-            set_err_path(&err, e, u, "rename onto");
-            upload_fail(u, &err);
-            return;
-        }
-        (void)unlinkat(u->dirfd, u->tmp, 0); /* the linked temporary name */
-    }
-    u->tmp[0] = '\0';
-    if (u->fsync) {
-        (void)fsync(u->dirfd); /* the rename is durable; a failure here changes nothing */
     }
     u->over = true;
     if (u->job.conn != NULL && !u->job.conn->closing) {
@@ -461,6 +618,7 @@ static int upload_params(struct upload *u, const msgpack_object *p, char *path, 
     if (has_mode) {
         u->mode = (mode_t)v;
     }
+    /* Without uid and gid the file is the acting user's: it makes the file. */
     rc = sbx_param_u64(p, "uid", SBX_OPTIONAL, 0, UINT32_MAX, &v, err);
     if (rc < 0) {
         return -1;
@@ -496,8 +654,30 @@ static int upload_params(struct upload *u, const msgpack_object *p, char *path, 
     return has_mode ? 1 : 0;
 }
 
+/*
+ * What the upload is to replace, @st (lstat'd), and what that means: a directory is EISDIR, any
+ * file with overwrite false EEXIST. Without `mode` a regular file's permission bits carry over,
+ * but never beyond 0o755: no set-id or sticky bit, no write for group or others, whoever chose
+ * them (PROTOCOL.md §18.1). Its owner does not: the new file is the acting user's. 0, or -1 with
+ * @err.
+ */
+static int upload_replaces(struct upload *u, const struct stat *st, bool has_mode, const char *path,
+                           struct sbx_err *err)
+{
+    if (S_ISDIR(st->st_mode) || !u->overwrite) {
+        sbx_err_sys(err, S_ISDIR(st->st_mode) ? EISDIR : EEXIST, NULL, "upload to \"%s\"", path);
+        sbx_err_set_path(err, path);
+        return -1;
+    }
+    if (S_ISREG(st->st_mode) && !has_mode) {
+        u->mode = st->st_mode & 0755;
+    }
+    return 0;
+}
+
 int agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     char path[SBX_PATH_MAX + 1];
     struct upload *u;
     struct stat st;
@@ -509,13 +689,17 @@ int agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m, struct 
         return sbx_err_oom(err);
     }
     u->a = c->a;
-    u->dirfd = u->fd = -1;
+    u->dirfd = u->fd = u->pin = -1;
     u->tail = &u->head;
     agent_conn_ref_add(c, &u->job, upload_conn_gone);
     has_mode = upload_params(u, m->params, path, err);
     if (has_mode < 0 || sbx_param_bool(m->params, "parents", SBX_OPTIONAL, &parents, err) < 0 ||
+        agent_ident_param(c->a, m->params, &u->who, err) < 0 ||
         upload_split(path, u->dir, sizeof(u->dir), u->name, sizeof(u->name), err) < 0 ||
         agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
+        goto fail;
+    }
+    if (agent_ident_enter_err(&u->who, &sc, err) < 0) {
         goto fail;
     }
     u->dirfd = agent_path_opendir(u->dir, parents, err);
@@ -523,47 +707,17 @@ int agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m, struct 
         goto fail;
     }
     if (fstatat(u->dirfd, u->name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-        if (S_ISDIR(st.st_mode)) {
-            sbx_err_sys(err, EISDIR, NULL, "upload to \"%s\"", path);
-            sbx_err_set_path(err, path);
+        if (upload_replaces(u, &st, has_mode == 1, path, err) < 0) {
             goto fail;
-        }
-        if (!u->overwrite) {
-            sbx_err_sys(err, EEXIST, NULL, "upload to \"%s\"", path);
-            sbx_err_set_path(err, path);
-            goto fail;
-        }
-        /* Replacing a regular file keeps its mode and owner unless told otherwise. */
-        if (S_ISREG(st.st_mode)) {
-            if (has_mode == 0) {
-                u->mode = st.st_mode & 07777;
-            }
-            if (u->uid == (uid_t)-1) {
-                u->uid = st.st_uid;
-            }
-            if (u->gid == (gid_t)-1) {
-                u->gid = st.st_gid;
-            }
-            u->chown = true;
         }
     } else if (errno != ENOENT) {
         sbx_err_sys(err, errno, NULL, "stat \"%s\"", path);
         goto fail;
     }
-    for (int tries = 0; u->fd < 0; tries++) {
-        uint32_t r;
-        if (getrandom(&r, sizeof(r), 0) != sizeof(r)) {
-            r = (uint32_t)agent_now_ns();
-        }
-        snprintf(u->tmp, sizeof(u->tmp), ".%.200s.sbx-%08x", u->name, r);
-        u->fd = openat(u->dirfd, u->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (u->fd < 0 && (errno != EEXIST || tries > 8)) {
-            int e = errno;
-            u->tmp[0] = '\0';
-            sbx_err_sys(err, e, NULL, "create a temporary file in \"%s\"", u->dir);
-            goto fail;
-        }
+    if (upload_open(u, path, err) < 0) {
+        goto fail;
     }
+    agent_ident_leave(&sc);
     sha256_init(&u->sha);
     u->s = agent_stream_new_ops(c, AGENT_STREAM_IN, &upload_ops, u, err);
     if (u->s == NULL) {
@@ -576,6 +730,7 @@ int agent_transfer_upload(struct agent_conn *c, const struct sbx_msg *m, struct 
     agent_stream_consumed(u->s, SBX_UPLOAD_EXTRA_CREDIT, true);
     return AGENT_REPLIED;
 fail:
+    agent_ident_leave(&sc);
     upload_destroy(u);
     return -1;
 }
@@ -738,6 +893,8 @@ static const struct agent_stream_ops download_ops = {
 int agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct download *d = calloc(1, sizeof(*d));
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    struct agent_ident who;
     struct stat st;
     uint64_t length = UINT64_MAX;
     msgpack_packer *pk;
@@ -750,13 +907,18 @@ int agent_transfer_download(struct agent_conn *c, const struct sbx_msg *m, struc
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, d->path, err) < 0 ||
         sbx_param_u64(m->params, "offset", SBX_OPTIONAL, 0, INT64_MAX, &d->offset, err) < 0 ||
         sbx_param_u64(m->params, "length", SBX_OPTIONAL, 0, UINT64_MAX, &length, err) < 0 ||
+        agent_ident_param(c->a, m->params, &who, err) < 0 ||
         agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
     /* A regular file only (the path followed, §17.1): a FIFO, socket or device is refused
      * without being opened, so no read of one can hold a threadpool worker (a FIFO whose writer
      * the workload keeps open would hold it for good, and with it every upload and copy). */
+    if (agent_ident_enter_err(&who, &sc, err) < 0) {
+        goto fail;
+    }
     d->fd = agent_path_open_file_at(AT_FDCWD, d->path, true, &st);
+    agent_ident_leave(&sc); /* reads of the open file are not checked again */
     if (d->fd < 0) {
         agent_fs_err_file(err, errno, st.st_mode, "download", d->path);
         goto fail;

@@ -1,7 +1,8 @@
 /*
  * transfer.download_tree (PROTOCOL.md 18.4): a directory tree walked into a tar stream by an out
  * job's thread (outjob.c), never following a symlink, each hard-linked file archived once, and
- * nothing but a regular file ever opened for its content.
+ * nothing but a regular file ever opened for its content. The thread reads as the request's
+ * identity (PROTOCOL.md §17.1).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +31,7 @@ struct hardlink {
 
 struct tree_down {
     struct agent_outjob j;
+    struct agent_ident who; /* whom the tree is read as */
     char root[AGENT_FS_PATH_BUF];
     enum agent_compress comp;
     struct archive *ar;
@@ -232,9 +234,14 @@ static int tree_walk(struct tree_down *t, int fd, size_t plen, int depth)
 static int tree_down_produce(struct agent_outjob *j)
 {
     struct tree_down *t = agent_container_of(j, struct tree_down, j);
-    int fd = agent_path_opendir(t->root, false, &j->err);
-    int rc;
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    int fd, rc;
 
+    /* This thread is the job's: it acts as the identity from here to its end. */
+    if (agent_ident_enter_err(&t->who, &sc, &j->err) < 0) {
+        return -1;
+    }
+    fd = agent_path_opendir(t->root, false, &j->err);
     if (fd < 0) {
         return -1;
     }
@@ -280,16 +287,24 @@ static void tree_down_close(struct agent_outjob *j)
 int agent_transfer_download_tree(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct tree_down *t = calloc(1, sizeof(*t));
+    struct agent_ident_scope sc = { 0 };
+    int rc;
 
     if (t == NULL) {
         return sbx_err_oom(err);
     }
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, t->root, err) < 0 ||
         agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, err) < 0 ||
+        agent_ident_param(c->a, m->params, &t->who, err) < 0 ||
         agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
-    if (agent_path_check_dir(t->root, "download tree", err) < 0) {
+    if (agent_ident_enter_err(&t->who, &sc, err) < 0) {
+        goto fail;
+    }
+    rc = agent_path_check_dir(t->root, "download tree", err);
+    agent_ident_leave(&sc); /* before the job's thread is made: it must start as the agent */
+    if (rc < 0) {
         goto fail;
     }
     t->j.produce = tree_down_produce;

@@ -3,7 +3,8 @@
  * of its own, which libarchive's pulling reader needs; the loop grants credit only as the thread
  * consumes the chunks it queued. Every path component is walked with O_NOFOLLOW from the
  * destination, so no entry can be written through a symlink, and absolute names and `..` are
- * refused.
+ * refused. The thread extracts as the request's identity (PROTOCOL.md §17.1): what it makes is
+ * that user's, and only where that user may make it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +45,7 @@ struct tree_up {
     char root[AGENT_FS_PATH_BUF];
     enum agent_compress comp;
     bool preserve_owner;
+    struct agent_ident who; /* whom the tree is extracted as */
     int rootfd;
     /* loop <-> thread */
     uv_thread_t thread;
@@ -578,7 +580,14 @@ drain:
 static void up_thread(void *arg)
 {
     struct tree_up *t = arg;
-    int rc = up_extract(t);
+    struct agent_ident_scope sc = { 0 };
+    int rc = agent_ident_enter_err(&t->who, &sc, &t->err);
+
+    /* This thread is the job's: it acts as the identity for the whole extraction. */
+    if (rc == 0) {
+        rc = up_extract(t);
+        agent_ident_leave(&sc);
+    }
 
     if (t->cached_fd >= 0) {
         close(t->cached_fd);
@@ -785,6 +794,7 @@ static const struct agent_stream_ops up_ops = {
 int agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct tree_up *t = calloc(1, sizeof(*t));
+    struct agent_ident_scope sc = { 0 };
 
     if (t == NULL) {
         return sbx_err_oom(err);
@@ -795,10 +805,15 @@ int agent_transfer_upload_tree(struct agent_conn *c, const struct sbx_msg *m, st
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, t->root, err) < 0 ||
         agent_compress_param(m->params, "compress", SBX_OPTIONAL, &t->comp, err) < 0 ||
         sbx_param_bool(m->params, "preserve_owner", SBX_OPTIONAL, &t->preserve_owner, err) < 0 ||
+        agent_ident_param(c->a, m->params, &t->who, err) < 0 ||
         agent_stream_reserve(c, 1, err) < 0) { /* the cap before the disk (PROTOCOL.md §7.2) */
         goto fail;
     }
+    if (agent_ident_enter_err(&t->who, &sc, err) < 0) {
+        goto fail;
+    }
     t->rootfd = agent_path_opendir(t->root, true, err);
+    agent_ident_leave(&sc); /* before the thread is made: it must start as the agent */
     if (t->rootfd < 0) {
         goto fail;
     }

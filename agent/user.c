@@ -1,15 +1,19 @@
 /*
- * User and group lookup straight from /etc/passwd and /etc/group. A static glibc's getpwnam()
- * needs NSS modules at run time, which a minimal image does not have, so the agent parses the
- * files itself.
+ * Users: lookup straight from /etc/passwd and /etc/group (a static glibc's getpwnam() needs NSS
+ * modules at run time, which a minimal image does not have, so the agent parses the files itself),
+ * and acting as a user on a thread (user.h).
  */
+#include "user.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
-#include "agent.h"
 #include "env.h"
+#include "sbx/msg.h"
 
 /* Split @line at ':' into at most @max fields (in place). Returns the number of fields. */
 static int split_fields(char *line, char **f, int max)
@@ -142,4 +146,147 @@ int agent_user_lookup(const char *root, const char *name, struct agent_user *u, 
     }
     groups_find(root, u);
     return 0;
+}
+
+/* --- acting as a user ---------------------------------------------------------------------- */
+
+void agent_ident_from_user(const struct agent_user *u, struct agent_ident *id)
+{
+    memset(id, 0, sizeof(*id));
+    id->uid = u->uid;
+    id->gid = u->gid;
+    id->ngroups = u->ngroups < 0 ? 0 : u->ngroups;
+    memcpy(id->groups, u->groups, (size_t)id->ngroups * sizeof(id->groups[0]));
+    if (u->name[0] != '\0') {
+        (void)snprintf(id->name, sizeof(id->name), "%s", u->name);
+    } else {
+        (void)snprintf(id->name, sizeof(id->name), "%u", (unsigned)u->uid);
+    }
+    /* The agent's own uid (root) keeps the agent's full rights: nothing to switch. */
+    id->self = u->uid == geteuid();
+}
+
+int agent_user_param(struct agent *a, const msgpack_object *params, bool use_default,
+                     struct agent_user *u, struct sbx_err *err)
+{
+    char name[SBX_USER_MAX + 1];
+    const char *def;
+    int r = sbx_param_cstr(params, "user", SBX_OPTIONAL, name, sizeof(name), err);
+
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 1) {
+        def = use_default ? getenv(AGENT_WORKLOAD_USER_ENV) : NULL;
+        if (def == NULL || def[0] == '\0') {
+            return 0;
+        }
+        (void)snprintf(name, sizeof(name), "%s", def);
+    }
+    return agent_user_lookup(a->passwd_root, name, u, err) < 0 ? -1 : 1;
+}
+
+int agent_ident_param(struct agent *a, const msgpack_object *params, struct agent_ident *id,
+                      struct sbx_err *err)
+{
+    struct agent_user u;
+    int r = agent_user_param(a, params, true, &u, err);
+
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 0) {
+        memset(id, 0, sizeof(*id));
+        id->self = true;
+        id->uid = geteuid();
+        id->gid = getegid();
+        (void)snprintf(id->name, sizeof(id->name), "%u", (unsigned)id->uid);
+        return 0;
+    }
+    agent_ident_from_user(&u, id);
+    return 0;
+}
+
+/* setfsuid/setfsgid say nothing of failure: they return the previous id. Asking with an id that
+ * is no id ((uid_t)-1) changes nothing and returns the current one. */
+static uid_t cur_fsuid(void)
+{
+    return (uid_t)syscall(SYS_setfsuid, (uid_t)-1);
+}
+
+static gid_t cur_fsgid(void)
+{
+    return (gid_t)syscall(SYS_setfsgid, (gid_t)-1);
+}
+
+/* Set the calling thread's fsuid, fsgid and groups (raw calls: this thread only). 0, or -1 with
+ * errno; a failed setgroups changed nothing, a refused fsuid or fsgid leaves the groups set. */
+static int set_fs_creds(uid_t uid, gid_t gid, int ngroups, const gid_t *groups)
+{
+    if (syscall(SYS_setgroups, (size_t)ngroups, groups) < 0) {
+        return -1;
+    }
+    (void)syscall(SYS_setfsgid, gid);
+    (void)syscall(SYS_setfsuid, uid);
+    if (cur_fsgid() != gid || cur_fsuid() != uid) {
+        errno = EPERM;
+        return -1;
+    }
+    return 0;
+}
+
+int agent_ident_enter(const struct agent_ident *id, struct agent_ident_scope *sc)
+{
+    int n, e;
+
+    sc->active = false;
+    if (id->self) {
+        return 0;
+    }
+    n = (int)syscall(SYS_getgroups, (int)SBX_GROUPS_MAX, sc->groups);
+    if (n < 0) {
+        return -1; /* EINVAL: the agent itself has more groups than the scope keeps */
+    }
+    sc->ngroups = n;
+    sc->fsuid = cur_fsuid();
+    sc->fsgid = cur_fsgid();
+    if (syscall(SYS_setgroups, (size_t)id->ngroups, id->groups) < 0) {
+        return -1; /* nothing changed (EPERM: the agent is not root) */
+    }
+    sc->active = true;
+    if (set_fs_creds(id->uid, id->gid, id->ngroups, id->groups) < 0) {
+        e = errno;
+        agent_ident_leave(sc);
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+int agent_ident_enter_err(const struct agent_ident *id, struct agent_ident_scope *sc,
+                          struct sbx_err *err)
+{
+    if (agent_ident_enter(id, sc) < 0) {
+        sbx_err_sys(err, errno, NULL, "act as user \"%s\"", id->name);
+        snprintf(err->field, sizeof(err->field), "user");
+        return -1;
+    }
+    return 0;
+}
+
+void agent_ident_leave(struct agent_ident_scope *sc)
+{
+    int e = errno; /* kept: callers report the errno of the call made as the user */
+
+    if (!sc->active) {
+        return;
+    }
+    sc->active = false;
+    /* The fsuid first: going back to root gives the thread its file capabilities back. */
+    (void)syscall(SYS_setfsuid, sc->fsuid);
+    if (set_fs_creds(sc->fsuid, sc->fsgid, sc->ngroups, sc->groups) < 0) {
+        agent_log("cannot switch a thread back to its own credentials: %s", strerror(errno));
+        abort(); /* our own invariant: a thread must never go on as a user */
+    }
+    errno = e;
 }

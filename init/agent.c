@@ -228,7 +228,7 @@ static pid_t spawn(struct init_state *st, struct init_child *c, char **argv, con
     char *envp[INIT_ENV_MAX + 2] = { (char *)"SBX_INIT_FD=3" }; /* the rest: NULL */
     bool agent = c == &st->agent;
     pid_t pid = fork();
-    int null;
+    int null, rc;
 
     if (pid != 0) {
         c->pid = pid > 0 ? pid : 0;
@@ -247,9 +247,10 @@ static pid_t spawn(struct init_state *st, struct init_child *c, char **argv, con
     for (int j = 0; j < st->cfg.nenv; j++) {
         envp[j + 1] = st->cfg.env[j];
     }
-    /* Last, so init's own setup above ran unfiltered; a filter that does not load fails the
-     * start rather than run the agent without it. */
-    if (agent && sbx_filter_load(&st->filter) < 0) {
+    /* Last, so the setup above ran unfiltered (and the exec discards what building it took);
+     * a filter that does not load fails the start rather than run the agent without it. */
+    if (agent && (rc = sbx_filter_install(SBX_FILTER_KIND_BASELINE, st->cfg.seccomp)) < 0) {
+        errno = -rc;
         init_log("agent: seccomp: %m");
         _exit(127);
     }
@@ -330,29 +331,6 @@ static int listen_args(struct init_state *st, char *list, char **argv, int *argc
     return n;
 }
 
-/* Compiles the baseline filter at the first start (not at boot: only an agent needs it). */
-static int filter_ready(struct init_state *st)
-{
-    int rc;
-
-    if (st->filter_ready) {
-        return 0;
-    }
-    if ((rc = sbx_filter_compile(&st->filter, SBX_FILTER_KIND_BASELINE, st->cfg.seccomp)) < 0) {
-        errno = -rc;
-        init_log("seccomp: cannot compile the baseline filter: %m");
-        return rc;
-    }
-    st->filter_ready = true;
-    if (st->filter.prog.len == 0) {
-        init_log("seccomp: off: the agent and what it starts run unfiltered");
-    } else {
-        init_log("seccomp: %s: the agent runs under the baseline filter (%u BPF instructions)",
-                 sbx_filter_mode_name(st->cfg.seccomp), (unsigned)st->filter.prog.len);
-    }
-    return 0;
-}
-
 void init_agent_start(struct init_state *st)
 {
     char *argv[2 * INIT_LISTEN_MAX + 9], listen[INIT_VALUE_LEN], secs[24];
@@ -363,10 +341,6 @@ void init_agent_start(struct init_state *st)
 
     st->agent.restart_ns = 0;
     st->agent_ready = false;
-    if (filter_ready(st) < 0) {
-        schedule_restart(st, now, "no seccomp filter");
-        return;
-    }
     argv[argc++] = (char *)st->agent_path;
     strcpy(listen, st->cfg.listen); /* validated: at most INIT_LISTEN_MAX entries */
     nfds = 1 + listen_args(st, listen, argv, &argc, spec, fds + 1);

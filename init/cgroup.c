@@ -15,6 +15,7 @@
 #include <linux/magic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/sysinfo.h>
@@ -22,8 +23,7 @@
 
 #include "init.h"
 
-#define INIT_CGROUP_SBX   INIT_CGROUP_ROOT "/sbx"
-#define INIT_PID_NS_FIRST 0xEFFFFFFCu /* the kernel's own PID namespace (PROC_PID_INIT_INO) */
+#define INIT_CGROUP_SBX INIT_CGROUP_ROOT "/sbx"
 
 static const char *const init_controllers[] = { "cpu", "memory", "pids" };
 
@@ -101,22 +101,25 @@ void init_cgroup_setup(struct init_state *st)
     const struct init_config *cfg = &st->cfg;
     char on[32] = "", buf[32], mem[24], pids[24], cpu[24];
     struct statfs sf;
-    struct stat sb;
     int rc;
 
     /* Only the machine's own init: in a test's PID namespace (--root-prefix, or the root-switch
      * tests without it) the cgroups are the test machine's, not ours to rearrange. */
-    if (st->prefix[0] != '\0') {
-        return;
-    }
-    if (stat("/proc/self/ns/pid", &sb) < 0 || sb.st_ino != INIT_PID_NS_FIRST) {
-        init_log("cgroup: not the machine's init (a PID namespace); no workload limits");
+    if (!init_is_machine_init(st)) {
+        INIT_LOG_IF(st->prefix[0] == '\0',
+                    "cgroup: not the machine's init (a PID namespace); no workload limits");
         return;
     }
     if (statfs(INIT_CGROUP_ROOT, &sf) < 0 || sf.f_type != CGROUP2_SUPER_MAGIC) {
         init_log("cgroup: %s is not cgroup2; no workload limits", INIT_CGROUP_ROOT);
         return;
     }
+    /* Moving a process into a cgroup waits for an RCU grace period unless the hierarchy
+     * favours such changes (Linux >= 6.0): the agent moves every child it starts (measured
+     * under TCG: 20 ms a spawn, 9 ms with it); forks and exits pay a little instead. */
+    INIT_LOG_IF(mount(NULL, INIT_CGROUP_ROOT, NULL, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                      "favordynmods") < 0,
+                "cgroup: favordynmods: %m; starts are slower");
     /* One at a time: a kernel without one of them still gets the others. */
     for (size_t i = 0; i < sizeof(init_controllers) / sizeof(init_controllers[0]); i++) {
         snprintf(buf, sizeof(buf), "+%s", init_controllers[i]);

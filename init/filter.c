@@ -7,10 +7,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <sys/mman.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <seccomp.h>
@@ -122,72 +122,111 @@ static int add_workload(scmp_filter_ctx ctx, bool log)
                             SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_VSOCK));
 }
 
-/* libseccomp 2.5 can only write the program to an fd: through a memfd into memory of ours. */
-static int export_bpf(scmp_filter_ctx ctx, struct sbx_filter *f)
+/* Builds the filter of @kind for @mode with libseccomp; NULL with *rc set on failure. */
+static scmp_filter_ctx build(enum sbx_filter_kind kind, enum sbx_filter_mode mode, int *rc)
 {
-    struct sock_filter *insns = NULL;
-    struct stat st;
-    size_t n = 0, size = 0, got = 0;
-    int fd = memfd_create("sbx-seccomp", MFD_CLOEXEC), rc = 0;
+    bool log = mode == SBX_FILTER_LOG;
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
 
-    if (fd < 0) {
-        return -errno;
+    if (ctx == NULL) {
+        *rc = -ENOMEM;
+        return NULL;
     }
-    if ((rc = seccomp_export_bpf(ctx, fd)) == 0 && fstat(fd, &st) < 0) {
-        rc = -errno;
+    /* Loaded as root with CAP_SYS_ADMIN: no no_new_privs, which would break sudo below. */
+    *rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
+    if (*rc == 0) {
+        *rc = add_arches(ctx);
     }
-    if (rc == 0) {
-        size = (size_t)st.st_size;
-        n = size / sizeof(*insns);
-        rc = n == 0 || n > BPF_MAXINSNS || n * sizeof(*insns) != size ? -EINVAL : 0;
+    if (*rc == 0) {
+        *rc = kind == SBX_FILTER_KIND_BASELINE ? add_baseline(ctx, log) : add_workload(ctx, log);
     }
-    if (rc == 0 && (insns = malloc(size)) == NULL) {
-        rc = -ENOMEM;
+    if (*rc < 0) {
+        seccomp_release(ctx);
+        return NULL;
     }
-    while (rc == 0 && got < size) {
-        ssize_t r = pread(fd, (char *)insns + got, size - got, (off_t)got);
-        if (r < 0 && errno == EINTR) {
-            continue;
+    return ctx;
+}
+
+int sbx_filter_install(enum sbx_filter_kind kind, enum sbx_filter_mode mode)
+{
+    scmp_filter_ctx ctx;
+    int rc = 0;
+
+    if (!sbx_filter_applies(kind, mode)) {
+        return 0;
+    }
+    if ((ctx = build(kind, mode, &rc)) != NULL) {
+        rc = seccomp_load(ctx);
+        seccomp_release(ctx);
+    }
+    return rc;
+}
+
+/* Reads the program from @fd (to its end) into @f. */
+static int read_program(int fd, struct sbx_filter *f)
+{
+    struct sock_filter buf[BPF_MAXINSNS + 1]; /* 32 KiB; one more: a longer one is refused */
+    size_t got = 0, n;
+    ssize_t r;
+
+    while (got < sizeof(buf) && (r = read(fd, (char *)buf + got, sizeof(buf) - got)) != 0) {
+        if (r < 0 && errno != EINTR) {
+            return -errno;
         }
-        if (r <= 0) {
-            rc = r < 0 ? -errno : -EIO;
-            break;
-        }
-        got += (size_t)r;
+        got += r > 0 ? (size_t)r : 0;
     }
-    close(fd);
-    if (rc < 0) {
-        free(insns);
-        return rc;
+    n = got / sizeof(buf[0]);
+    if (n == 0 || n > BPF_MAXINSNS || got % sizeof(buf[0]) != 0) {
+        return -EINVAL;
     }
-    f->prog.filter = insns;
+    if ((f->prog.filter = malloc(got)) == NULL) {
+        return -ENOMEM;
+    }
+    memcpy(f->prog.filter, buf, got);
     f->prog.len = (unsigned short)n;
     return 0;
 }
 
+/*
+ * libseccomp runs in a short-lived child, which writes the program into a pipe: its filter
+ * database (a few hundred KiB under a sanitizer) never enters the long-lived heap of the caller,
+ * which keeps only the program (about a hundred instructions) and waits for that child only.
+ */
 int sbx_filter_compile(struct sbx_filter *f, enum sbx_filter_kind kind, enum sbx_filter_mode mode)
 {
-    bool log = mode == SBX_FILTER_LOG;
-    scmp_filter_ctx ctx;
-    int rc;
+    int p[2], status = 0, rc;
+    pid_t pid;
 
     f->prog.len = 0;
     f->prog.filter = NULL;
-    if (mode == SBX_FILTER_OFF ||
-        (kind == SBX_FILTER_KIND_WORKLOAD && mode == SBX_FILTER_BASELINE)) {
+    if (!sbx_filter_applies(kind, mode)) {
         return 0;
     }
-    if ((ctx = seccomp_init(SCMP_ACT_ALLOW)) == NULL) {
-        return -ENOMEM;
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        return -errno;
     }
-    rc = add_arches(ctx);
+    if ((pid = fork()) == 0) {
+        scmp_filter_ctx ctx = build(kind, mode, &rc);
+        close(p[0]);
+        if (ctx != NULL) {
+            rc = seccomp_export_bpf(ctx, p[1]);
+        }
+        _exit(rc < 0 && -rc < 256 ? -rc : rc < 0 ? EINVAL : 0); /* _exit: no atexit work */
+    }
+    rc = pid < 0 ? -errno : 0;
+    close(p[1]);
     if (rc == 0) {
-        rc = kind == SBX_FILTER_KIND_BASELINE ? add_baseline(ctx, log) : add_workload(ctx, log);
+        rc = read_program(p[0], f);
     }
-    if (rc == 0) {
-        rc = export_bpf(ctx, f);
+    close(p[0]);
+    while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
-    seccomp_release(ctx);
+    if (pid > 0 && (!WIFEXITED(status) || WEXITSTATUS(status) != 0)) { /* its reason first */
+        rc = WIFEXITED(status) ? -WEXITSTATUS(status) : -ECHILD;
+    }
+    if (rc < 0) {
+        sbx_filter_free(f);
+    }
     return rc;
 }
 

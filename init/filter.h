@@ -8,6 +8,7 @@
 #define SBX_GUEST_FILTER_H
 
 #include <linux/filter.h>
+#include <stdbool.h>
 #include <string.h>
 
 /* sbx.seccomp= (init) and --seccomp (agent). */
@@ -46,11 +47,28 @@ static inline int sbx_filter_mode_parse(const char *s)
     return -1;
 }
 
+/* True when @mode has a filter of @kind (off has none; baseline no workload filter). */
+static inline bool sbx_filter_applies(enum sbx_filter_kind kind, enum sbx_filter_mode mode)
+{
+    return mode != SBX_FILTER_OFF &&
+           (kind == SBX_FILTER_KIND_BASELINE || mode != SBX_FILTER_BASELINE);
+}
+
+/*
+ * Builds the filter of @kind for @mode and loads it onto the calling process, as
+ * sbx_filter_compile() and sbx_filter_load() would together, for a process that may allocate and
+ * exec's soon (init's child before it becomes the agent: the exec discards what libseccomp
+ * allocated). Single-threaded callers only (no TSYNC). Needs CAP_SYS_ADMIN (no no_new_privs is
+ * set). Returns 0 or a negative errno.
+ */
+int sbx_filter_install(enum sbx_filter_kind kind, enum sbx_filter_mode mode);
+
 /*
  * Compiles the filter of @kind for @mode into @f, for the native ABI and its compat ABIs (x86-32
  * and x32 on x86-64, arm on arm64) with the same rules. A mode without that kind (off; baseline
  * for the workload filter) leaves @f empty. Allocates; call it where allocating is safe (never in
- * a CLONE_VM child). Returns 0 or a negative errno.
+ * a CLONE_VM child). libseccomp runs in a short-lived child of the caller, which must not have
+ * threads yet and must not reap other children meanwhile. Returns 0 or a negative errno.
  */
 int sbx_filter_compile(struct sbx_filter *f, enum sbx_filter_kind kind, enum sbx_filter_mode mode);
 

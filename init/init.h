@@ -83,8 +83,6 @@ struct init_state {
     struct init_child agent, shell;
     /* The listening sockets of sbx.listen, by position, held for every agent; -1: not held. */
     int listen_fds[INIT_LISTEN_MAX];
-    struct sbx_filter filter; /* the baseline seccomp filter for the agent; compiled once */
-    bool filter_ready;
     bool agent_ready;        /* this agent instance said "ready" */
     bool want_shell;         /* sbx.debug=shell, or the agent kept failing */
     int start_failures;      /* agents in a row that died before "ready" */
@@ -133,8 +131,13 @@ void init_mount_early(struct init_state *st);
 bool init_root_switch(struct init_state *st);
 /* Unmounts what we mounted, in reverse order; remounts a switched-to root read-only. */
 void init_umount_all(struct init_state *st);
+/* The kernel's own PID namespace (PROC_PID_INIT_INO): the inode of /proc/self/ns/pid there. */
+#define INIT_PID_NS_FIRST 0xEFFFFFFCu
+/* True when this is the machine's init: no --root-prefix and the kernel's first PID namespace (a
+ * test's PID namespace must leave the test machine's sysctls and cgroups alone). */
+bool init_is_machine_init(const struct init_state *st);
 /* Sets the kernel's protections against local tricks (fs.protected_*, Yama ptrace_scope,
- * kptr/dmesg_restrict); not under --root-prefix. Failures are logged. */
+ * kptr/dmesg_restrict), only as the machine's init. Failures are logged. */
 void init_harden(const struct init_state *st);
 /* Loads each module of the list file `path` with finit_module(2); EEXIST is success. */
 void init_modules_load(const char *path);

@@ -21,6 +21,14 @@ static const char init_usage[] =
     "  --modules FILE       module list (default /etc/sbx/modules)\n"
     "  --root-prefix DIR    mount everything under DIR, never switch root\n";
 
+/* What sbx.seccomp means, by mode (docs/INIT.md "Seccomp"). */
+static const char *const init_seccomp_says[] = {
+    "the agent and what it starts run unfiltered",
+    "the agent and what it starts run under the baseline filter",
+    "the agent runs under the baseline filter, what it starts under the workload filter too",
+    "the filters of strict, which log what they would deny and deny nothing",
+};
+
 void init_request_shutdown(struct init_state *st, enum init_action action, const char *why)
 {
     if (st->action == INIT_RUN) {
@@ -285,6 +293,8 @@ int main(int argc, char **argv)
              init_lifetime_names[st.cfg.lifetime], (long long)st.cfg.session_grace_s,
              (long long)st.cfg.shutdown_grace_s, st.cfg.listen,
              st.cfg.debug_shell ? "shell" : "none", st.cfg.rescue_after, st.cfg.nenv);
+    init_log("seccomp: %s: %s", sbx_filter_mode_name(st.cfg.seccomp),
+             init_seccomp_says[st.cfg.seccomp]);
     init_harden(&st);
     init_cgroup_setup(&st);
     init_net_setup(&st.cfg);

@@ -134,13 +134,21 @@ static const char *const init_sysctls[][2] = {
     { "kernel/dmesg_restrict", "1" },
 };
 
+bool init_is_machine_init(const struct init_state *st)
+{
+    struct stat sb;
+
+    return st->prefix[0] == '\0' && stat("/proc/self/ns/pid", &sb) == 0 &&
+           sb.st_ino == INIT_PID_NS_FIRST;
+}
+
 void init_harden(const struct init_state *st)
 {
     char path[INIT_PATH_LEN];
     int set = 0;
 
-    if (st->prefix[0] != '\0') {
-        return; /* a test's PID namespace: these are the machine's settings, not ours */
+    if (!init_is_machine_init(st)) {
+        return; /* a test's PID namespace: these are the test machine's settings, not ours */
     }
     for (size_t i = 0; i < sizeof(init_sysctls) / sizeof(init_sysctls[0]); i++) {
         int fd;

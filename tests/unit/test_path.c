@@ -518,11 +518,12 @@ static void test_opendir_under_eacces(void **state)
     assert_string_equal(op, "mkdir");
 }
 
-/* A symlink in any component is refused with ELOOP, with or without @create, and nothing is
- * made through it (teardown checks that outside/ is as it was). */
-static void test_opendir_under_symlinks(void **state)
+typedef int (*opendir_fn)(int rootfd, const char *rel, size_t len, bool create, const char **op);
+
+/* A symlink in any component is refused by @fn with ELOOP, with or without @create, and nothing
+ * is made through it (teardown checks that outside/ is as it was). */
+static void check_symlinks_refused(struct fx *fx, opendir_fn fn, const char *what)
 {
-    struct fx *fx = *state;
     static const char *const rels[] = {
         "link",        /* the last component, to a directory outside */
         "link/dir",    /* the first of two */
@@ -541,10 +542,10 @@ static void test_opendir_under_symlinks(void **state)
             const char *op = NULL;
             int fd;
             errno = 0;
-            fd = agent_path_opendir_under(fx->rootfd, rels[i], strlen(rels[i]), create, &op);
+            fd = fn(fx->rootfd, rels[i], strlen(rels[i]), create, &op);
             if (fd >= 0 || errno != ELOOP) {
-                print_error("\"%s\" (create %d): fd %d, errno %d (%s)\n", rels[i], create, fd,
-                            errno, strerror(errno));
+                print_error("%s \"%s\" (create %d): fd %d, errno %d (%s)\n", what, rels[i], create,
+                            fd, errno, strerror(errno));
                 fail();
             }
             assert_string_equal(op, "open directory");
@@ -552,6 +553,51 @@ static void test_opendir_under_symlinks(void **state)
     }
     assert_false(exists(at(fx->outside, "newdir", 0)));
     assert_false(exists(at(fx->outside, "newsub", 0)));
+}
+
+static void test_opendir_under_symlinks(void **state)
+{
+    check_symlinks_refused(*state, agent_path_opendir_under, "under");
+}
+
+/* The same refusals from the walk agent_path_opendir_under falls back to where the kernel has no
+ * openat2 (before Linux 5.6, or a filter refuses it); and what it opens is what the fast way
+ * opens. */
+static void test_opendir_walk_symlinks(void **state)
+{
+    struct fx *fx = *state;
+    int fd;
+
+    check_symlinks_refused(fx, agent_path_opendir_walk, "walk");
+    assert_int_equal(agent_path_mkdir(at(fx->root, "a/b", 0), 0755, 0755, &fx->err), 0);
+    fd = agent_path_opendir_walk(fx->rootfd, "/a//b/", 6, false, NULL);
+    assert_true(fd >= 0);
+    assert_true(cloexec(fd));
+    assert_true(same_file(fd, at(fx->root, "a/b", 0)));
+    assert_int_equal(close(fd), 0);
+}
+
+/* With openat2, a ".." that would leave the root is refused (EXDEV) whatever follows it; one that
+ * stays inside is fine. */
+static void test_opendir_under_beneath(void **state)
+{
+    struct fx *fx = *state;
+    const char *op = NULL;
+    int fd;
+
+    assert_int_equal(agent_path_mkdir(at(fx->root, "a/b", 0), 0755, 0755, &fx->err), 0);
+    fd = agent_path_opendir_under(fx->rootfd, "a/b/..", 6, false, &op);
+    assert_true(fd >= 0);
+    assert_true(same_file(fd, at(fx->root, "a", 0)));
+    assert_int_equal(close(fd), 0);
+    errno = 0;
+    fd = agent_path_opendir_under(fx->rootfd, "a/../../outside/dir", 19, false, &op);
+    if (fd >= 0) {
+        (void)close(fd);
+        skip(); /* no openat2 here: the walk leaves ".." to its callers, who refuse it */
+    }
+    assert_int_equal(errno, EXDEV);
+    assert_string_equal(op, "open directory");
 }
 
 /* --- agent_path_open_under ----------------------------------------------------------------- */
@@ -857,6 +903,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_opendir_under_create, setup, teardown),
         cmocka_unit_test_setup_teardown(test_opendir_under_eacces, setup, teardown),
         cmocka_unit_test_setup_teardown(test_opendir_under_symlinks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_opendir_walk_symlinks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_opendir_under_beneath, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_under, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_under_symlinks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_file, setup, teardown),

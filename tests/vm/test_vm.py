@@ -409,6 +409,7 @@ class TestLimits(VMCase):
         c = self.conn()
         agent = c.call("info")["pid"]
         c.close()
+        self.assertIn("favordynmods", self.sh("grep cgroup2 /proc/mounts"))
         self.assertEqual(self.cat("/proc/1/cgroup"), "0::/sbx")
         self.assertEqual(self.cat("/proc/%d/cgroup" % agent), "0::/sbx")
         self.assertEqual(self.cat("/sys/fs/cgroup/sbx/memory.min"), str(32 << 20))
@@ -423,6 +424,14 @@ class TestLimits(VMCase):
             p = self.sbx("exec", *user, "--", "cat", "/proc/self/cgroup")
             self.assertEqual(p.returncode, 0, p.stderr)
             self.assertRegex(p.stdout.decode(), r"^0::/workload/\d+\n$")
+        # A REPL interpreter: the limits hold for the whole session.
+        c = self.conn()
+        sid = c.call("repl.start", {"language": "sh", "uid": 1000, "pids_max": 50})["session"]
+        r = c.call("repl.eval", {"session": sid, "code": "cat /sys/fs/cgroup$(cut -d: -f3 "
+                                                         "/proc/self/cgroup)/pids.max"})
+        self.assertEqual(r["stdout"], b"50\n", r)
+        c.call("repl.close", {"session": sid})
+        c.close()
         # Removed at the reap; one a background child still holds, when that child is gone.
         n = int(p.stdout.decode().strip().rsplit("/", 1)[1])
         self.wait_gone(n, 10)

@@ -98,6 +98,13 @@ static void test_every_key(void **state)
     assert_int_equal(cfg.rescue_after, 0);
     assert_int_equal(init_config_set(&cfg, "sbx.overlay", "tmpfs"), 0);
     assert_true(cfg.overlay);
+    assert_int_equal(cfg.seccomp, SBX_FILTER_STRICT); /* the default */
+    assert_int_equal(init_config_set(&cfg, "sbx.seccomp", "log"), 0);
+    assert_int_equal(cfg.seccomp, SBX_FILTER_LOG);
+    assert_int_equal(init_config_set(&cfg, "sbx.seccomp", "off"), 0);
+    assert_int_equal(cfg.seccomp, SBX_FILTER_OFF);
+    assert_int_equal(init_config_set(&cfg, "sbx.seccomp", "Strict"), -EINVAL);
+    assert_int_equal(cfg.seccomp, SBX_FILTER_STRICT);
     assert_int_equal(init_config_set(&cfg, "sbx.workload.memory_max", "512M"), 0);
     assert_true(cfg.wl_memory_max == 512ull << 20);
     assert_int_equal(init_config_set(&cfg, "sbx.workload.memory_max", "2G"), 0);
