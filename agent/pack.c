@@ -434,6 +434,16 @@ static int build_params(struct agent *a, const char *root, const msgpack_object 
 
 static void build_started(struct agent_proc *b, const struct sbx_err *e, void *data);
 
+/* "@name=@value" into *@slot (NULL when out of memory). -1 when out of memory. */
+static int env_var(char **slot, const char *name, const char *value)
+{
+    if (asprintf(slot, "%s=%s", name, value) < 0) {
+        *slot = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 /* Start the build @q describes (its params checked by build_params); frees q->argv. The build
  * is an internal process (proc.c): counted in max_procs, drained and reaped like any other;
  * build_started continues the job once it runs. */
@@ -456,11 +466,11 @@ static int build_start(struct pack *p, struct agent_conn *c, struct build_req *q
     if (q->has_user) {
         int n = 0;
         if (q->user.home[0] != '\0') {
-            oom |= asprintf(&extra[n++], "HOME=%s", q->user.home) < 0;
+            oom |= env_var(&extra[n++], "HOME", q->user.home) < 0;
         }
         if (q->user.name[0] != '\0') {
-            oom |= asprintf(&extra[n++], "USER=%s", q->user.name) < 0;
-            oom |= asprintf(&extra[n++], "LOGNAME=%s", q->user.name) < 0;
+            oom |= env_var(&extra[n++], "USER", q->user.name) < 0;
+            oom |= env_var(&extra[n++], "LOGNAME", q->user.name) < 0;
         }
     }
     envp = oom ? NULL : agent_env_build(p->j.a, q->clear, q->env, extra);
