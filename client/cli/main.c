@@ -2,6 +2,7 @@
  * sbx: the command-line client. Global options, then the command table: every command's help,
  * options and arguments, and the one path that parses them, connects and reports failures.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -353,6 +354,7 @@ static void usage(FILE *f)
                      "                        unix:/path  vsock:CID:PORT  fc:/path/v.sock:PORT  "
                      "tcp:HOST:PORT\n"
                      "      --token T       auth token sent in hello (default $SBX_TOKEN)\n"
+                     "      --token-file F  read the token from the first line of F\n"
                      "      --json          JSON output for scripts\n"
                      "      --timeout DUR   connect + hello timeout (default 10s; 500ms, 2m, ...)\n"
                      "  -h, --help          show this help\n"
@@ -510,12 +512,40 @@ static int run(struct cli *cli, const struct command *cmd, int argc, char **argv
     return status;
 }
 
+/* The first line of @path (the token, so it need not be on this command line for ps to show):
+ * 0, or -1 after saying why. */
+static int read_token_file(const char *path, char *buf, size_t size)
+{
+    FILE *f = fopen(path, "re");
+    size_t n;
+
+    if (f == NULL || fgets(buf, (int)size, f) == NULL) {
+        (void)fprintf(stderr, "sbx: --token-file %s: %s\n", path,
+                      f == NULL || ferror(f) ? strerror(errno) : "empty");
+        if (f != NULL) {
+            (void)fclose(f);
+        }
+        return -1;
+    }
+    (void)fclose(f);
+    n = strcspn(buf, "\r\n");
+    if (n == 0 || n > SBX_TOKEN_MAX) {
+        (void)fprintf(stderr, "sbx: --token-file %s: the first line must be 1..%u bytes\n", path,
+                      SBX_TOKEN_MAX);
+        return -1;
+    }
+    buf[n] = '\0';
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    static char token[SBX_TOKEN_MAX + 2];
     static const struct option opts[] = {
         CLI_OPT_JSON,
         { "connect", required_argument, NULL, 'c' },
         { "token", required_argument, NULL, 't' },
+        { "token-file", required_argument, NULL, 'F' },
         { "timeout", required_argument, NULL, 'T' },
         { "version", no_argument, NULL, 'V' },
         CLI_OPTS_END,
@@ -537,6 +567,10 @@ int main(int argc, char **argv)
             cli.addr = optarg;
         } else if (opt == 't') {
             cli.token = optarg;
+        } else if (opt == 'F' && read_token_file(optarg, token, sizeof(token)) == 0) {
+            cli.token = token;
+        } else if (opt == 'F') {
+            return CLI_EXIT_USAGE;
         } else if (opt == 'j') {
             cli.json = true;
         } else if (opt == 'T' && cli_parse_duration(optarg, &ms) == 0 && ms <= 86400000) {

@@ -136,6 +136,15 @@ class TestCliSession(CliCase):
         r = subprocess.run([SBX, "-c", self.addr, "ping"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, env=dict(os.environ, SBX_TOKEN="s3cret"))
         self.assertEqual(r.returncode, 0, r.stderr)
+        # From a file, so the token is not on the host's command line either.
+        path = os.path.join(self.agent.dir, "token")
+        with open(path, "w") as f:
+            f.write("s3cret\n")
+        r = self.sbx("--token-file", path, "ping")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.sbx("--token-file", path + ".missing", "ping")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(b"--token-file", r.stderr)
 
     def test_help(self):
         for cmd in ("exec", "sh", "shell", "ping", "info", "hello", "env", "ps", "kill", "wait",
