@@ -212,6 +212,9 @@ struct pack {
     uint32_t parts;   /* parts queued */
     uint64_t last_ns; /* progress rate limit */
     int rootfd;
+    /* File content on its way into the archive (not thread-local: a static TLS block is set up
+     * in every thread the agent has). */
+    uint8_t buf[1 << 16];
 };
 
 /* Streams a job with a build holds while the build starts: its output and the archive. */
@@ -646,7 +649,7 @@ static size_t part_entry_size(const struct pack_file *f)
 
 static int pack_file_data(struct pack *p, struct archive *ar, struct pack_file *f)
 {
-    static __thread uint8_t buf[1 << 16];
+    uint8_t *buf = p->buf;
     struct sha256_ctx sha;
     uint8_t d[32];
     uint64_t left = f->size;
@@ -661,7 +664,7 @@ static int pack_file_data(struct pack *p, struct archive *ar, struct pack_file *
     sha256_init(&sha);
     /* Exactly the size the header announced: a file that grows or shrinks meanwhile fails. */
     while (left > 0) {
-        ssize_t n = read(fd, buf, left < sizeof(buf) ? left : sizeof(buf));
+        ssize_t n = read(fd, buf, left < sizeof(p->buf) ? left : sizeof(p->buf));
         if (n < 0 && errno == EINTR) {
             continue;
         }

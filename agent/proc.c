@@ -47,13 +47,17 @@
 #define SPAWN_THREAD_STACK (64u << 10) /* the spawner thread's, plus the static TLS */
 #define SPAWN_GUARD        4096u       /* below each of the two stacks */
 #ifndef SBX_ASAN
-#define SPAWN_MAPS_KEEP 4u /* stack mappings kept for the next starts */
+#define SPAWN_MAPS_KEEP 1u /* stack mappings kept when spawner threads end, for the next */
 #else
 /* None in a sanitizer build: its own overhead per thread already costs what a spare would hold,
  * and its tests bound the agent's memory, not its speed. */
 #define SPAWN_MAPS_KEEP 0u
 #endif
 #define SPAWN_KILL_RETRY_MS 50u /* a killed start: kill again until clone returned */
+/* A spawner thread without a start for this long ends: long enough to serve a client that starts
+ * one process after another (a start every few ms), short enough that an idle agent soon has no
+ * thread but the loop's (and libuv's pool). */
+#define SPAWN_IDLE_MS 20u
 
 enum { IO_NULL, IO_PIPE, IO_MERGE };
 
@@ -560,11 +564,8 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, stru
         (void)!write(oom, "0", 1);
         close(oom);
     }
-    /* The per-workload seccomp filter, while still root: as root it needs no no_new_privs,
-     * which would break sudo below it. */
-    if (agent_seccomp_enter() < 0) {
-        child_fail(ce, ST_SECCOMP, errno);
-    }
+    /* The per-workload seccomp filter is in force already: the spawner thread that cloned this
+     * child loaded it (worker_main), and clone copied it. */
     /* The fd limit the agent found, not the one it raised for itself (main.c): the image's.
      * After the fd set-up above, which must not fail on the lower limit. */
     if (r->nofile.rlim_max != 0 && setrlimit(RLIMIT_NOFILE, &r->nofile) < 0) {
@@ -923,83 +924,110 @@ static void proc_init(struct agent_proc *p, struct agent *a, struct spawn_req *r
     }
 }
 
-/* --- starting a child: a spawner thread per start ----------------------------------------- */
+/* --- starting a child: a pool of spawner threads ------------------------------------------ */
 
 /*
  * clone(CLONE_VM|CLONE_VFORK) suspends the calling thread until the child has exec'd or exited,
  * and between its identity switch and execve the child is a process of the target user, who can
- * SIGSTOP it (or it sits in a slow chdir or exec). So each start clones on a short-lived thread of
- * its own, and the loop hears of the outcome through an async handle. Both stacks (the thread's
- * and the child's) are one mapping of the start's (start_map). A
- * deadline bounds the start: at SBX_SPAWN_EXEC_MS the loop SIGKILLs the child (which ends a
- * stopped one too) and the start fails with TIMEOUT. The kill needs nothing from the suspended
- * thread: the kernel stores the child's pid before the child runs (CLONE_PARENT_SETTID), and the
- * mutex orders the kill before the thread may reap that pid (the loop never kills a reaped pid).
+ * SIGSTOP it (or it sits in a slow chdir or exec). So the loop never clones: it queues the start
+ * for a spawner thread and hears of the outcome through an async handle. The threads live on
+ * while there is work (at most SBX_SPAWN_THREADS_MAX, made as they are needed; an idle one waits
+ * for the next start and ends after SPAWN_IDLE_MS without one), so a start costs two wake-ups,
+ * not a thread. A deadline bounds the start: at SBX_SPAWN_EXEC_MS the loop SIGKILLs the child
+ * (which ends a stopped one too) and the start fails with TIMEOUT; its thread, free again, takes
+ * the next start. Meanwhile the other threads serve the other starts; when every thread has one,
+ * new starts wait on the loop, in order. The kill needs nothing from the suspended thread: the
+ * kernel stores the child's pid before the child runs (CLONE_PARENT_SETTID), and the mutex orders
+ * the kill before the thread may reap that pid (the loop never kills a reaped pid).
  */
 enum start_kill { START_LIVE, START_TIMEOUT, START_ABORT };
 
+/* Where a start is; it only moves forward. */
+enum start_state {
+    START_WAITING, /* in spawner.waiting: every thread slot has a start */
+    START_QUEUED,  /* in spawner.work: a thread takes it next */
+    START_RUNNING, /* a thread has it: clone, then maybe reap */
+    START_DONE,    /* in spawner.done for the loop, or completed */
+};
+
 struct agent_proc_start {
-    struct agent_link link; /* in spawner.waiting while it waits for a thread */
+    struct agent_link link; /* in spawner.waiting, .work or .done, as its state says */
     struct agent *a;
     struct spawn_req r;
     struct agent_proc *proc; /* the table entry, allocated up front: completion cannot fail */
     agent_proc_started_cb cb;
     void *data;
-    uint8_t *map; /* the stacks (start_map) */
-    pthread_t thread;
-    bool launched;       /* it has (had) a thread: counted in spawner.running until joined */
-    bool joinable;       /* the thread was started and not joined yet */
+    bool handed;         /* left START_WAITING: counted in spawner.busy until completed */
     struct child_err ce; /* written by a child that fails before exec */
     pid_t tid;           /* the child's pid, stored by the kernel at clone */
-    pthread_mutex_t mu;  /* guards the fields below between the loop and the thread */
-    bool finished;       /* clone returned, or the thread gave up before it */
-    enum start_kill killed;
-    pid_t pid; /* outcome: the child, or -1 when clone failed or never ran */
+    /* Under spawner.mu from START_QUEUED on: */
+    enum start_state state;
+    bool finished;          /* clone returned, or never will: nothing left to kill */
+    enum start_kill killed; /* written atomically: the thread reads it before clone */
+    pid_t pid;              /* outcome: the child, or -1 when clone failed or never ran */
     int clone_err;
-    uv_async_t async;
     uv_timer_t timer; /* the deadline, then kill retries */
-    unsigned handles;
 };
+
+/* A spawner thread's slot. */
+enum worker_state {
+    WORKER_FREE,
+    WORKER_LIVE,  /* made, not ended */
+    WORKER_ENDED, /* ended (idle too long), not joined yet: slot and stacks still its */
+};
+
+struct spawn_worker {
+    enum worker_state state; /* under spawner.mu */
+    pthread_t thread;
+    uint8_t *map;      /* its stacks (worker_map): one child's at a time, and its own */
+    int filter_err;    /* the workload filter could not be loaded here: its starts fail */
+    uv_async_t *async; /* spawner.h's while the thread lives */
+};
+
+/* The loop's handles for the spawner: one async for every completion (libuv coalesces sends, so
+ * its callback takes all of spawner.done), one timer that polls for ended threads to join. They
+ * exist while the spawner is on (spawner.h) and close when it is off, so a loop with nothing to
+ * start holds none (uv_loop_close needs no call from here); a start right after that gets new
+ * ones without waiting for the close. */
+struct spawner_handles {
+    uv_async_t async;
+    uv_timer_t timer;
+    unsigned open;
+};
+
+/*
+ * The spawner. Process-wide, unlike most of the agent's state (struct agent): it is shared with
+ * threads that belong to the process, whose stacks are mappings of its own (not glibc's: glibc
+ * keeps those in a cache when a thread ends, each with the static TLS on it resident, some
+ * 320 KiB here). At most SBX_SPAWN_THREADS_MAX threads at once bounds what a burst of starts, or
+ * children stopped before exec, hold; a thread's mapping is reused for its every start, and one
+ * is kept when it ends. Only the loop thread touches the first part; the second is under mu.
+ */
+static struct {
+    struct spawner_handles *h;           /* NULL: off (no start, no thread) */
+    unsigned outstanding;                /* starts whose callback has not run */
+    unsigned busy;                       /* handed starts not completed, <= SBX_SPAWN_THREADS_MAX */
+    struct agent_link waiting;           /* starts waiting for a slot, oldest first */
+    uint8_t *spare[SPAWN_MAPS_KEEP + 1]; /* mappings kept for the next threads */
+    unsigned nspare;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;      /* work was queued (CLOCK_MONOTONIC: the idle end) */
+    struct agent_link work; /* handed starts no thread took yet, oldest first */
+    unsigned nwork;
+    struct agent_link done; /* finished starts for the loop */
+    unsigned nidle;         /* threads that take work next: waiting for it or just made */
+    unsigned nlive;         /* threads made and not ended */
+    bool ended;             /* some slot is WORKER_ENDED */
+    struct spawn_worker workers[SBX_SPAWN_THREADS_MAX];
+} spawner = { .mu = PTHREAD_MUTEX_INITIALIZER };
+static const unsigned spare_maps_keep = SPAWN_MAPS_KEEP;
 
 static int child_main(void *arg)
 {
     struct agent_proc_start *s = arg;
 
     child_exec(&s->r, &s->ce);
-}
-
-static void *start_thread(void *arg)
-{
-    struct agent_proc_start *s = arg;
-    pid_t pid = -1;
-    int e = 0;
-    bool killed;
-
-    pthread_mutex_lock(&s->mu);
-    killed = s->killed != START_LIVE;
-    pthread_mutex_unlock(&s->mu);
-    if (!killed) {
-        pid = clone(child_main, s->map + SPAWN_GUARD + SPAWN_CHILD_STACK,
-                    CLONE_VM | CLONE_VFORK | CLONE_PARENT_SETTID | SIGCHLD, s, &s->tid);
-        e = errno;
-    }
-    pthread_mutex_lock(&s->mu);
-    s->finished = true;
-    s->pid = pid;
-    s->clone_err = e;
-    killed = s->killed != START_LIVE;
-    pthread_mutex_unlock(&s->mu);
-    /* A failed or killed child is ours to reap (no table entry knows it); a killed one may have
-     * exec'd in the meantime, so it is killed again (nothing else can have reaped it). */
-    if (pid > 0 && (killed || s->ce.stage >= 0)) {
-        if (killed) {
-            (void)kill(pid, SIGKILL);
-        }
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
-        }
-    }
-    uv_async_send(&s->async); /* the last touch: the loop frees @s once it joined us */
-    return NULL;
 }
 
 /* Static TLS lives on each thread's stack (glibc): add it to what a thread is given. */
@@ -1014,9 +1042,9 @@ static int tls_size_cb(struct dl_phdr_info *info, size_t size, void *data)
     return 0;
 }
 
-/* The spawner thread's stack: SPAWN_THREAD_STACK for its own frames (and the libc's), plus the
+/* A spawner thread's own stack: SPAWN_THREAD_STACK for its frames (and the libc's), plus the
  * static TLS of every loaded object, in whole pages; found once. */
-static size_t start_stack_size(void)
+static size_t worker_stack_size(void)
 {
     static size_t size;
     long min = sysconf(_SC_THREAD_STACK_MIN);
@@ -1032,41 +1060,22 @@ static size_t start_stack_size(void)
     return size;
 }
 
-/*
- * The stacks of a start are one mapping, [guard][child][guard][thread], that the start owns and
- * the loop unmaps after joining the thread, not a stack glibc makes: glibc keeps those in a cache
- * when the thread ends, each with the static TLS on it resident (some 320 KiB here), so a burst
- * of starts would leave the agent tens of MiB bigger. A few mappings are kept for the next starts
- * instead, because faulting in fresh pages for the TLS costs more than the rest of a start. And at
- * most SBX_SPAWN_THREADS_MAX starts have a thread at once (the next ones wait, in order, on the
- * loop), which bounds what a burst of starts, or children stopped before exec, hold.
- *
- * This state is process-wide, as glibc's stack cache is whose job it partly does; only the loop
- * thread touches it.
- */
-static struct {
-    uint8_t *spare[SPAWN_MAPS_KEEP + 1]; /* mappings kept for the next starts */
-    unsigned nspare;
-    unsigned running;          /* starts with a thread (not joined yet) */
-    struct agent_link waiting; /* starts waiting for a thread, oldest first */
-} spawner;
-static const unsigned spare_maps_keep = SPAWN_MAPS_KEEP;
-
-static size_t start_map_size(void)
+/* A thread's stacks are one mapping: [guard][the child's][guard][the thread's]. */
+static size_t worker_map_size(void)
 {
-    return 2 * SPAWN_GUARD + SPAWN_CHILD_STACK + start_stack_size();
+    return 2 * SPAWN_GUARD + SPAWN_CHILD_STACK + worker_stack_size();
 }
 
-/* A mapping for @s's stacks: a spare, or a new one. 0, or -1 with errno. */
-static int start_map(struct agent_proc_start *s)
+/* A mapping for @w's stacks: a spare, or a new one. 0, or -1 with errno. */
+static int worker_map(struct spawn_worker *w)
 {
     uint8_t *m;
 
     if (spawner.nspare > 0) {
-        s->map = spawner.spare[--spawner.nspare];
+        w->map = spawner.spare[--spawner.nspare];
         return 0;
     }
-    m = mmap(NULL, start_map_size(), PROT_READ | PROT_WRITE,
+    m = mmap(NULL, worker_map_size(), PROT_READ | PROT_WRITE,
              MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (m == MAP_FAILED) {
         return -1;
@@ -1074,55 +1083,289 @@ static int start_map(struct agent_proc_start *s)
     if (mprotect(m, SPAWN_GUARD, PROT_NONE) < 0 ||
         mprotect(m + SPAWN_GUARD + SPAWN_CHILD_STACK, SPAWN_GUARD, PROT_NONE) < 0) {
         int e = errno;
-        (void)munmap(m, start_map_size());
+        (void)munmap(m, worker_map_size());
         errno = e;
         return -1;
     }
-    s->map = m;
+    w->map = m;
     return 0;
 }
 
-/* Give back @s's mapping (its thread has been joined). */
-static void start_unmap(struct agent_proc_start *s)
+/* Give back mapping @m of a thread that was joined, or never ran. */
+static void worker_unmap(uint8_t *m)
 {
-    if (s->map == NULL) {
+    if (m == NULL) {
         return;
     }
 #ifdef SBX_ASAN
-    /* The child never returned, so ASan still has its frames' redzones poisoned here; the next
-     * user of this memory must not inherit them. */
-    ASAN_UNPOISON_MEMORY_REGION(s->map + SPAWN_GUARD, SPAWN_CHILD_STACK);
-    ASAN_UNPOISON_MEMORY_REGION(s->map + 2 * SPAWN_GUARD + SPAWN_CHILD_STACK, start_stack_size());
+    /* The thread's frames may have left redzones poisoned; the next user of this memory must not
+     * inherit them. */
+    ASAN_UNPOISON_MEMORY_REGION(m + 2 * SPAWN_GUARD + SPAWN_CHILD_STACK, worker_stack_size());
 #endif
     if (spawner.nspare < spare_maps_keep) {
-        spawner.spare[spawner.nspare++] = s->map;
+        spawner.spare[spawner.nspare++] = m;
     } else {
-        (void)munmap(s->map, start_map_size());
+        (void)munmap(m, worker_map_size());
     }
-    s->map = NULL;
+}
+
+/* The next start for @w, oldest first; or NULL when none came for SPAWN_IDLE_MS: the thread
+ * ends (the loop joins it). */
+static struct agent_proc_start *worker_take(struct spawn_worker *w)
+{
+    struct agent_proc_start *s;
+    struct timespec until = { 0, 0 };
+
+    pthread_mutex_lock(&spawner.mu);
+    while (agent_list_empty(&spawner.work)) {
+        if (until.tv_sec == 0) {
+            (void)clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_sec += SPAWN_IDLE_MS / 1000;
+            until.tv_nsec += (long)(SPAWN_IDLE_MS % 1000) * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+        }
+        if (pthread_cond_timedwait(&spawner.cv, &spawner.mu, &until) == ETIMEDOUT &&
+            agent_list_empty(&spawner.work)) {
+            spawner.nidle--;
+            spawner.nlive--;
+            w->state = WORKER_ENDED;
+            spawner.ended = true;
+            pthread_mutex_unlock(&spawner.mu);
+            uv_async_send(w->async); /* the last touch: the loop joins us */
+            return NULL;
+        }
+    }
+    s = agent_container_of(spawner.work.next, struct agent_proc_start, link);
+    agent_list_del(&s->link);
+    spawner.nwork--;
+    spawner.nidle--;
+    s->state = START_RUNNING;
+    pthread_mutex_unlock(&spawner.mu);
+    return s;
+}
+
+/* Run @s on @w: clone (unless it was killed already), then reap a child that failed or was killed
+ * (no table entry knows it); a killed one may have exec'd in the meantime, so it is killed again
+ * (nothing else can have reaped it). */
+static void worker_run(struct spawn_worker *w, struct agent_proc_start *s)
+{
+    pid_t pid = -1;
+    int e = 0;
+    bool killed;
+
+    if (w->filter_err != 0) {
+        s->ce.stage = ST_SECCOMP;
+        s->ce.err = w->filter_err;
+    } else if (__atomic_load_n(&s->killed, __ATOMIC_RELAXED) == START_LIVE) {
+        pid = clone(child_main, w->map + SPAWN_GUARD + SPAWN_CHILD_STACK,
+                    CLONE_VM | CLONE_VFORK | CLONE_PARENT_SETTID | SIGCHLD, s, &s->tid);
+        e = errno;
+    }
+#ifdef SBX_ASAN
+    /* The child never returned, so ASan still has its frames' redzones poisoned on the stack the
+     * next child gets. */
+    ASAN_UNPOISON_MEMORY_REGION(w->map + SPAWN_GUARD, SPAWN_CHILD_STACK);
+#endif
+    pthread_mutex_lock(&spawner.mu);
+    s->finished = true;
+    s->pid = pid;
+    s->clone_err = e;
+    killed = s->killed != START_LIVE;
+    pthread_mutex_unlock(&spawner.mu);
+    if (pid > 0 && (killed || s->ce.stage >= 0)) {
+        if (killed) {
+            (void)kill(pid, SIGKILL);
+        }
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+    }
+}
+
+/* A spawner thread: every signal blocked (from its start, so its children's too: no handler may
+ * run in a child before it has reset the dispositions), starts until it idled too long. */
+static void *worker_main(void *arg)
+{
+    struct spawn_worker *w = arg;
+    struct agent_proc_start *s;
+
+    /* The per-workload seccomp filter, loaded once here rather than in each child (compiling it
+     * into the kernel costs some 40 µs a start): clone copies it to every child this thread
+     * starts, before any of the child's code runs. As root it needs no no_new_privs, which would
+     * break sudo below it. Without it no child is started. */
+    w->filter_err = agent_seccomp_enter() < 0 ? errno : 0;
+    while ((s = worker_take(w)) != NULL) {
+        worker_run(w, s);
+        pthread_mutex_lock(&spawner.mu);
+        s->state = START_DONE;
+        agent_list_add_tail(&spawner.done, &s->link);
+        spawner.nidle++;
+        pthread_mutex_unlock(&spawner.mu);
+        uv_async_send(w->async);
+    }
+    return NULL;
+}
+
+/* Make @w's thread (its slot already taken). 0, or an errno. */
+static int worker_start(struct spawn_worker *w)
+{
+    size_t tsz = worker_stack_size();
+    pthread_attr_t attr;
+    sigset_t all, old;
+    int e;
+
+    w->async = &spawner.h->async;
+    e = worker_map(w) < 0 ? errno : pthread_attr_init(&attr);
+    if (e != 0) {
+        return e;
+    }
+    e = pthread_attr_setstack(&attr, w->map + worker_map_size() - tsz, tsz);
+    sigfillset(&all);
+    (void)pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (e == 0) {
+        e = pthread_create(&w->thread, &attr, worker_main, w);
+    }
+    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+    (void)pthread_attr_destroy(&attr);
+    if (e != 0) {
+        worker_unmap(w->map);
+        w->map = NULL;
+    }
+    return e;
+}
+
+/* Move every start from @from to the end of @to. */
+static void start_list_move(struct agent_link *to, struct agent_link *from)
+{
+    while (!agent_list_empty(from)) {
+        struct agent_link *l = from->next;
+        agent_list_del(l);
+        agent_list_add_tail(to, l);
+    }
+}
+
+/* Threads for the queued starts: one more while more are queued than threads will take them. A
+ * thread that cannot be made leaves the starts queued for the threads there are, or fails them
+ * when there are none (their completions report it). Called with spawner.h open. */
+static void spawner_fill(void)
+{
+    for (;;) {
+        struct spawn_worker *w = NULL;
+        bool failed = false;
+        int e;
+
+        pthread_mutex_lock(&spawner.mu);
+        for (unsigned i = 0; spawner.nwork > spawner.nidle && i < ARRAY_SIZE(spawner.workers);
+             i++) {
+            if (spawner.workers[i].state == WORKER_FREE) {
+                w = &spawner.workers[i];
+                w->state = WORKER_LIVE;
+                spawner.nidle++; /* before it runs: it may take a start at once */
+                spawner.nlive++;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&spawner.mu);
+        if (w == NULL) {
+            return; /* enough threads; or a slot frees once an ended thread is joined */
+        }
+        e = worker_start(w);
+        if (e == 0) {
+            continue;
+        }
+        agent_log("cannot start a spawner thread: %s", strerror(e));
+        pthread_mutex_lock(&spawner.mu);
+        w->state = WORKER_FREE;
+        spawner.nidle--;
+        spawner.nlive--;
+        if (spawner.nlive == 0 && spawner.nwork > 0) {
+            for (struct agent_link *l = spawner.work.next; l != &spawner.work; l = l->next) {
+                struct agent_proc_start *s = agent_container_of(l, struct agent_proc_start, link);
+                s->state = START_DONE;
+                s->finished = true;
+                s->clone_err = e;
+            }
+            start_list_move(&spawner.done, &spawner.work);
+            spawner.nwork = 0;
+            failed = true;
+        }
+        pthread_mutex_unlock(&spawner.mu);
+        if (failed) {
+            uv_async_send(&spawner.h->async);
+        }
+        return;
+    }
 }
 
 static void start_timer_cb(uv_timer_t *t);
 
+/* Give @s to the threads and start its deadline (spawner_fill makes a thread if it needs one). */
+static void start_hand(struct agent_proc_start *s)
+{
+    bool wake;
+
+    s->handed = true;
+    spawner.busy++;
+    uv_update_time(s->a->loop); /* the deadline counts from now */
+    uv_timer_start(&s->timer, start_timer_cb, SBX_SPAWN_EXEC_MS, 0);
+    pthread_mutex_lock(&spawner.mu);
+    s->state = START_QUEUED;
+    agent_list_add_tail(&spawner.work, &s->link);
+    spawner.nwork++;
+    wake = spawner.nwork <= spawner.nidle;
+    pthread_mutex_unlock(&spawner.mu);
+    if (wake) {
+        pthread_cond_signal(&spawner.cv);
+    }
+}
+
+/* Hand waiting starts over while there are slots. */
+static void start_next(void)
+{
+    while (spawner.busy < SBX_SPAWN_THREADS_MAX && !agent_list_empty(&spawner.waiting)) {
+        struct agent_proc_start *s =
+            agent_container_of(spawner.waiting.next, struct agent_proc_start, link);
+
+        agent_list_del(&s->link);
+        start_hand(s);
+    }
+    spawner_fill();
+}
+
 /* Kill @s's child for @why unless clone already returned; again every SPAWN_KILL_RETRY_MS until
  * it has (the pid is not known before the kernel stored it; a kill may come before the child
- * exists). */
+ * exists). A start no thread has taken yet never gets one: it ends now. */
 static void start_kill(struct agent_proc_start *s, enum start_kill why)
 {
-    bool pending;
+    bool pending = false, ended = false;
 
-    pthread_mutex_lock(&s->mu);
-    pending = !s->finished;
-    if (pending) {
+    pthread_mutex_lock(&spawner.mu);
+    if (s->state == START_WAITING || s->state == START_QUEUED) {
+        agent_list_del(&s->link); /* from spawner.waiting or spawner.work */
+        if (s->state == START_QUEUED) {
+            spawner.nwork--;
+        }
+        s->killed = why;
+        s->finished = true;
+        s->state = START_DONE;
+        agent_list_add_tail(&spawner.done, &s->link);
+        ended = true;
+    } else if (s->state == START_RUNNING && !s->finished) {
         pid_t tid = __atomic_load_n(&s->tid, __ATOMIC_RELAXED);
         if (s->killed == START_LIVE) {
-            s->killed = why;
+            __atomic_store_n(&s->killed, why, __ATOMIC_RELAXED);
         }
         if (tid > 0) {
             (void)kill(tid, SIGKILL);
         }
+        pending = true;
     }
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&spawner.mu);
+    if (ended) {
+        uv_async_send(&spawner.h->async);
+    }
     if (pending) {
         uv_timer_start(&s->timer, start_timer_cb, SPAWN_KILL_RETRY_MS, 0);
     }
@@ -1135,15 +1378,6 @@ static void start_timer_cb(uv_timer_t *t)
 
 void agent_proc_start_abort(struct agent_proc_start *s)
 {
-    if (!s->launched && !s->finished) {
-        /* Still waiting for a thread: it never gets one; the completion says why. */
-        agent_list_del(&s->link);
-        agent_list_init(&s->link);
-        s->killed = START_ABORT;
-        s->finished = true;
-        uv_async_send(&s->async);
-        return;
-    }
     start_kill(s, START_ABORT);
 }
 
@@ -1161,7 +1395,7 @@ static int start_outcome(struct agent_proc_start *s, struct sbx_err *err)
     if (s->killed == START_ABORT) {
         return sbx_err_set(err, SBX_E_CANCELLED, "the start was abandoned; the child was killed");
     }
-    if (s->pid < 0) {
+    if (s->pid < 0 && ce->stage < 0) {
         return sbx_err_sys(err, s->clone_err, "fork", "clone");
     }
     if (ce->stage < 0) {
@@ -1178,62 +1412,27 @@ static int start_outcome(struct agent_proc_start *s, struct sbx_err *err)
     return -1;
 }
 
-static void start_next(void);
-
-/* The last handle of @s closed: free it; its stacks go back (a waiting start may take them). */
+/* @s's timer closed: free it. */
 static void start_closed_cb(uv_handle_t *h)
 {
     struct agent_proc_start *s = h->data;
-    bool launched = s->launched;
 
-    if (--s->handles > 0) {
-        return;
-    }
-    start_unmap(s);
     free(s->proc);
     spawn_req_free(&s->r);
-    pthread_mutex_destroy(&s->mu);
     free(s);
-    if (launched) {
-        spawner.running--;
-        start_next();
-    }
 }
 
-static void start_join_cb(uv_timer_t *t);
-
-/* End @s: once its thread has exited (past its last touch of @s it still has to return, so this
- * polls rather than waits), close its handles; the last close frees it. */
-static void start_close(struct agent_proc_start *s)
+/* @s finished (it came through spawner.done, which ordered the thread's writes before this): the
+ * process enters the table (or the start failed), and the starter hears of it. */
+static void start_complete(struct agent_proc_start *s)
 {
-    if (s->joinable) {
-        if (pthread_tryjoin_np(s->thread, NULL) != 0) {
-            uv_timer_start(&s->timer, start_join_cb, 1, 0);
-            return;
-        }
-        s->joinable = false;
-    }
-    uv_close((uv_handle_t *)&s->async, start_closed_cb);
-    uv_close((uv_handle_t *)&s->timer, start_closed_cb);
-}
-
-static void start_join_cb(uv_timer_t *t)
-{
-    start_close(t->data);
-}
-
-/* The spawner thread finished: the process enters the table (or the start failed), and the
- * starter hears of it. */
-static void start_async_cb(uv_async_t *h)
-{
-    struct agent_proc_start *s = h->data;
     struct agent_proc *p = NULL;
     struct sbx_err err;
 
     uv_timer_stop(&s->timer);
+    spawner.outstanding--;
     spawn_req_close_child_fds(&s->r); /* the child has its copies, or is gone */
     sbx_err_clear(&err);
-    pthread_mutex_lock(&s->mu); /* the thread is done; this orders its writes before our reads */
     if (start_outcome(s, &err) == 0) {
         p = s->proc;
         s->proc = NULL;
@@ -1242,66 +1441,138 @@ static void start_async_cb(uv_async_t *h)
         s->a->nprocs--;
         agent_cg_release(&s->r.cg); /* before the reply: a failed start leaves nothing */
     }
-    pthread_mutex_unlock(&s->mu);
     s->cb(p, &err, s->data);
     if (p != NULL && !agent_proc_freeing(p)) {
         /* Its SIGCHLD may have come before it was in the table. */
         proc_poll(p);
         agent_proc_check_done(p);
     }
-    start_close(s);
+    uv_close((uv_handle_t *)&s->timer, start_closed_cb);
 }
 
-/* Give @s its stacks and its thread, and start its deadline. 0, or an errno. */
-static int start_launch(struct agent_proc_start *s)
+static void spawner_handle_closed_cb(uv_handle_t *hd)
 {
-    size_t tsz = start_stack_size();
-    pthread_attr_t attr;
-    sigset_t all, old;
-    int e;
+    struct spawner_handles *h = hd->data;
 
-    e = start_map(s) < 0 ? errno : pthread_attr_init(&attr);
-    if (e != 0) {
-        return e;
+    if (--h->open == 0) {
+        free(h);
     }
-    e = pthread_attr_setstack(&attr, s->map + start_map_size() - tsz, tsz);
-    /* The thread, and so the child, starts with every signal blocked: no handler may run in the
-     * child before it has reset the dispositions. */
-    sigfillset(&all);
-    (void)pthread_sigmask(SIG_SETMASK, &all, &old);
-    if (e == 0) {
-        e = pthread_create(&s->thread, &attr, start_thread, s);
-    }
-    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
-    (void)pthread_attr_destroy(&attr);
-    if (e != 0) {
-        return e;
-    }
-    s->launched = s->joinable = true;
-    spawner.running++;
-    uv_update_time(s->a->loop); /* the deadline counts from now */
-    uv_timer_start(&s->timer, start_timer_cb, SBX_SPAWN_EXEC_MS, 0);
-    return 0;
 }
 
-/* Launch waiting starts while there are thread slots; one that cannot have a thread fails (its
- * completion reports it). */
-static void start_next(void)
+/* Off once nothing is left: no start, no thread (ended ones joined). */
+static void spawner_maybe_off(void)
 {
-    while (spawner.running < SBX_SPAWN_THREADS_MAX && !agent_list_empty(&spawner.waiting)) {
-        struct agent_proc_start *s =
-            agent_container_of(spawner.waiting.next, struct agent_proc_start, link);
-        int e;
+    struct spawner_handles *h = spawner.h;
+    bool idle;
 
-        agent_list_del(&s->link);
-        agent_list_init(&s->link);
-        e = start_launch(s);
-        if (e != 0) {
-            s->clone_err = e;
-            s->finished = true;
-            uv_async_send(&s->async);
+    if (h == NULL || spawner.outstanding > 0) {
+        return;
+    }
+    pthread_mutex_lock(&spawner.mu);
+    idle = spawner.nlive == 0 && !spawner.ended;
+    pthread_mutex_unlock(&spawner.mu);
+    if (idle) {
+        spawner.h = NULL;
+        uv_close((uv_handle_t *)&h->async, spawner_handle_closed_cb);
+        uv_close((uv_handle_t *)&h->timer, spawner_handle_closed_cb);
+    }
+}
+
+static void spawner_timer_cb(uv_timer_t *t);
+
+/* Join the threads that ended: their slots and stacks are free again. An ended thread may still
+ * be on its way out after its last touch, so this polls (every 1 ms) rather than waits. */
+static void spawner_join(void)
+{
+    uint8_t *maps[SBX_SPAWN_THREADS_MAX];
+    unsigned n = 0;
+    bool left = false;
+
+    pthread_mutex_lock(&spawner.mu);
+    for (unsigned i = 0; spawner.ended && i < ARRAY_SIZE(spawner.workers); i++) {
+        struct spawn_worker *w = &spawner.workers[i];
+        if (w->state != WORKER_ENDED) {
+            continue;
+        }
+        if (pthread_tryjoin_np(w->thread, NULL) == 0) {
+            w->state = WORKER_FREE;
+            maps[n++] = w->map;
+            w->map = NULL;
+        } else {
+            left = true;
         }
     }
+    spawner.ended = left;
+    pthread_mutex_unlock(&spawner.mu);
+    for (unsigned i = 0; i < n; i++) {
+        worker_unmap(maps[i]);
+    }
+    if (left) {
+        uv_timer_start(&spawner.h->timer, spawner_timer_cb, 1, 0);
+    }
+}
+
+static void spawner_timer_cb(uv_timer_t *t)
+{
+    spawner_join();
+    spawner_fill();
+    spawner_maybe_off();
+}
+
+/* Threads reported: complete every finished start, join ended threads, hand waiting starts to
+ * the slots that freed. */
+static void spawner_async_cb(uv_async_t *h)
+{
+    struct agent_link done;
+
+    agent_list_init(&done);
+    pthread_mutex_lock(&spawner.mu);
+    start_list_move(&done, &spawner.done);
+    pthread_mutex_unlock(&spawner.mu);
+    for (struct agent_link *l = done.next; l != &done; l = l->next) {
+        if (agent_container_of(l, struct agent_proc_start, link)->handed) {
+            spawner.busy--;
+        }
+    }
+    spawner_join();
+    start_next(); /* first: the threads clone while the loop answers */
+    while (!agent_list_empty(&done)) {
+        struct agent_proc_start *s = agent_container_of(done.next, struct agent_proc_start, link);
+        agent_list_del(&s->link);
+        start_complete(s);
+    }
+    spawner_maybe_off();
+}
+
+/* On for a start: the handles (and the first time, the lists and the condition variable). 0, or
+ * -1 when out of memory. */
+static int spawner_on(uv_loop_t *loop)
+{
+    struct spawner_handles *h;
+
+    if (spawner.h != NULL) {
+        return 0;
+    }
+    if (spawner.waiting.next == NULL) {
+        pthread_condattr_t ca;
+        agent_list_init(&spawner.waiting);
+        agent_list_init(&spawner.work);
+        agent_list_init(&spawner.done);
+        (void)pthread_condattr_init(&ca);
+        (void)pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        (void)pthread_cond_init(&spawner.cv, &ca);
+        (void)pthread_condattr_destroy(&ca);
+    }
+    h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        return -1;
+    }
+    uv_async_init(loop, &h->async, spawner_async_cb);
+    uv_timer_init(loop, &h->timer);
+    h->async.data = h->timer.data = h;
+    h->open = 2;
+    spawner.h = h;
+    return 0;
 }
 
 /*
@@ -1313,8 +1584,7 @@ static void start_next(void)
 static int spawn_start(struct agent *a, struct spawn_req *r, agent_proc_started_cb cb, void *data,
                        struct agent_proc_start **out, struct sbx_err *err)
 {
-    struct agent_proc_start *s;
-    int e;
+    struct agent_proc_start *s = NULL;
 
     /* Its cgroup exists before the child does, so the child can join it at once. */
     if (agent_cg_create(a, &r->limits, &r->cg, err) < 0) {
@@ -1322,13 +1592,16 @@ static int spawn_start(struct agent *a, struct spawn_req *r, agent_proc_started_
         return -1;
     }
     r->nofile = a->nofile;
-    s = calloc(1, sizeof(*s));
+    if (spawner_on(a->loop) == 0) {
+        s = calloc(1, sizeof(*s));
+    }
     if (s != NULL) {
         s->proc = calloc(1, sizeof(*s->proc));
     }
     if (s == NULL || s->proc == NULL) {
         free(s);
         spawn_req_free(r);
+        spawner_maybe_off();
         return sbx_err_oom(err);
     }
     s->a = a;
@@ -1338,28 +1611,20 @@ static int spawn_start(struct agent *a, struct spawn_req *r, agent_proc_started_
     s->data = data;
     s->ce.stage = -1;
     s->pid = -1;
-    agent_list_init(&s->link);
-    pthread_mutex_init(&s->mu, NULL);
-    uv_async_init(a->loop, &s->async, start_async_cb);
+    s->state = START_WAITING;
     uv_timer_init(a->loop, &s->timer);
-    s->async.data = s->timer.data = s;
-    s->handles = 2;
+    s->timer.data = s;
     if (nreset_sigs < 0) {
-        find_changed_signals();
+        find_changed_signals(); /* before the first thread */
     }
-    if (spawner.waiting.next == NULL) {
-        agent_list_init(&spawner.waiting);
-    }
-    if (spawner.running < SBX_SPAWN_THREADS_MAX) {
-        e = start_launch(s);
-        if (e != 0) {
-            start_close(s);
-            return sbx_err_sys(err, e, "fork", "start a spawner thread");
-        }
+    spawner.outstanding++;
+    a->nprocs++;
+    if (spawner.busy < SBX_SPAWN_THREADS_MAX) {
+        start_hand(s);
+        spawner_fill();
     } else {
         agent_list_add_tail(&spawner.waiting, &s->link);
     }
-    a->nprocs++;
     if (out != NULL) {
         *out = s;
     }

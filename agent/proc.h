@@ -93,10 +93,10 @@ int agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m, struct
 int agent_proc_release(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /*
- * Starting a child never blocks the loop: the clone happens on a short-lived spawner thread (the
- * one CLONE_VFORK suspends), and the outcome comes back to the loop later. A child that has not
- * reached execve within SBX_SPAWN_EXEC_MS (its user may SIGSTOP it between the identity switch and
- * exec) is killed and the start fails with TIMEOUT, stage "exec".
+ * Starting a child never blocks the loop: the clone happens on a spawner thread of a small
+ * persistent pool (the one CLONE_VFORK suspends), and the outcome comes back to the loop later. A
+ * child that has not reached execve within SBX_SPAWN_EXEC_MS (its user may SIGSTOP it between the
+ * identity switch and exec) is killed and the start fails with TIMEOUT, stage "exec".
  *
  * agent_proc_started_cb runs on the loop exactly once per start that was accepted (the start
  * functions returned 0): with @p, the new process (in the table, running, its pipes set up but not

@@ -39,6 +39,9 @@ struct tree_down {
     struct hardlink *links;
     size_t nlinks, caplinks;
     char path[AGENT_FS_PATH_BUF * 2]; /* the entry name being built */
+    /* File content on its way into the archive. Here, not in thread-local storage: a static TLS
+     * block is set up in every thread the agent has, spawner threads included. */
+    uint8_t buf[TREE_CHUNK];
 };
 
 static const char *hardlink_seen(struct tree_down *t, const struct stat *st, const char *path)
@@ -82,11 +85,11 @@ static void entry_from_stat(struct archive_entry *e, const struct stat *st)
 /* Archive the content of the regular file @fd (taken over: closed here), entry @full. */
 static int tree_write_file(struct tree_down *t, int fd, const char *full)
 {
-    static __thread uint8_t buf[TREE_CHUNK];
+    uint8_t *buf = t->buf;
     int rc = 0;
 
     for (;;) {
-        ssize_t n = read(fd, buf, sizeof(buf));
+        ssize_t n = read(fd, buf, sizeof(t->buf));
         if (n < 0 && errno == EINTR) {
             continue;
         }

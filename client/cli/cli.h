@@ -33,8 +33,9 @@ struct cli {
     const char *token;
     bool json;
     int connect_timeout_ms;
-    const char *cmd; /* the command's name */
-    int argc;        /* its positional arguments, once its options are parsed */
+    const char *identity; /* -u/--user of fs, cp, pack: who the file families act as */
+    const char *cmd;      /* the command's name */
+    int argc;             /* its positional arguments, once its options are parsed */
     char **argv;
 };
 

@@ -31,6 +31,7 @@ struct command {
     cli_print_fn *print;
     int fail;      /* the status for usage errors and failures before run (0: 2 and 1) */
     bool pipeline; /* hello is only sent: @run sends its first request, then cli_hello_wait */
+    bool identity; /* takes -u/--user U: the file families act as U (sbx_conn_set_identity) */
 };
 
 /* What cli_getopt returns when it printed the help (CLI_OPTS_BAD: a bad option, cli.h). */
@@ -110,13 +111,14 @@ static const struct option cp_opts[] = {
     { "recursive", no_argument, NULL, 'r' }, { "compress", required_argument, NULL, 'z' },
     { "mode", required_argument, NULL, 'm' }, { "parents", no_argument, NULL, 'p' },
     { "no-clobber", no_argument, NULL, 'n' }, { "fsync", no_argument, NULL, 'F' },
-    { "no-verify", no_argument, NULL, 'V' }, { "quiet", no_argument, NULL, 'q' }, CLI_OPTS_END,
+    { "no-verify", no_argument, NULL, 'V' }, { "quiet", no_argument, NULL, 'q' },
+    { "user", required_argument, NULL, 'u' }, CLI_OPTS_END,
 };
 static const struct option pack_opts[] = {
     { "output", required_argument, NULL, 'o' }, { "format", required_argument, NULL, 'f' },
     { "build", required_argument, NULL, 'b' }, { "entrypoint", required_argument, NULL, 'e' },
     { "arg", required_argument, NULL, 'a' }, { "exclude", required_argument, NULL, 'x' },
-    { "quiet", no_argument, NULL, 'q' }, CLI_OPTS_END,
+    { "quiet", no_argument, NULL, 'q' }, { "user", required_argument, NULL, 'u' }, CLI_OPTS_END,
 };
 static const struct option fs_opts[] = {
     { "cwd", required_argument, NULL, 'C' }, { "no-follow", no_argument, NULL, 'L' },
@@ -129,7 +131,7 @@ static const struct option fs_opts[] = {
     { "match", required_argument, NULL, 'M' }, { "skip", required_argument, NULL, 'K' },
     { "follow", no_argument, NULL, 'F' }, { "root", required_argument, NULL, 'T' },
     { "exclude", required_argument, NULL, 'X' }, { "no-dirs", no_argument, NULL, 'N' },
-    CLI_OPT_JSON, CLI_OPTS_END,
+    { "user", required_argument, NULL, 'u' }, CLI_OPT_JSON, CLI_OPTS_END,
 };
 /* clang-format on */
 
@@ -251,6 +253,9 @@ static const char cp_usage[] =
     "      --no-verify     file uploads: no sha256 on either side (the size is still checked);\n"
     "                      hashing is most of an upload's CPU time\n"
     "  -q, --quiet         no progress bar (it is shown only when stderr is a terminal)\n"
+    "  -u, --user U        act in the guest as user U (name or uid): file access checked as U,\n"
+    "                      new files owned by U (default: the guest's workload user; root for\n"
+    "                      the agent's own rights)\n"
     "  -h, --help          this help\n";
 
 static const char pack_usage[] =
@@ -272,6 +277,8 @@ static const char pack_usage[] =
     "  -a, --arg ARG           an argument for the entrypoint (repeatable)\n"
     "  -x, --exclude PAT       leave out paths matching PAT (gitignore syntax; repeatable)\n"
     "  -q, --quiet             no progress line (shown only when stderr is a terminal)\n"
+    "  -u, --user U            read DIR, and run the build, as user U (default: the guest's\n"
+    "                          workload user)\n"
     "  -h, --help              this help\n";
 
 static const char fs_usage[] =
@@ -296,7 +303,9 @@ static const char fs_usage[] =
     "                                match a glob (*, ?, [..], {a,b}, **)\n"
     "  watch [-r] PATH...            print file events until interrupted (-r: recursive)\n"
     "\n"
-    "Common options: --json (JSON output), --cwd DIR (relative paths resolve there), -h.\n";
+    "Common options: --json (JSON output), --cwd DIR (relative paths resolve there),\n"
+    "-u/--user U (act as user U: name or uid; default the guest's workload user, root for the\n"
+    "agent's own rights), -h.\n";
 
 static const char call_usage[] =
     "Usage: sbx call METHOD [JSON-PARAMS | -]\n"
@@ -332,11 +341,11 @@ static const struct command commands[] = {
       cli_parse_proc, .run = cli_cmd_wait },
     /* pack, fs: no '+', so options may follow the arguments ("sbx pack DIR -o FILE") */
     { "pack", "package a guest directory into a deploy archive with a manifest", pack_usage,
-      "o:f:b:e:a:x:qh", pack_opts, cli_parse_pack, .run = cli_cmd_pack },
-    { "cp", "copy files into or out of the sandbox (sbx cp LOCAL :REMOTE)", cp_usage, "+rz:m:pnqh",
-      cp_opts, cli_parse_cp, .run = cli_cmd_cp },
+      "o:f:b:e:a:x:qu:h", pack_opts, cli_parse_pack, .run = cli_cmd_pack, .identity = true },
+    { "cp", "copy files into or out of the sandbox (sbx cp LOCAL :REMOTE)", cp_usage,
+      "+rz:m:pnqu:h", cp_opts, cli_parse_cp, .run = cli_cmd_cp, .identity = true },
     { "fs", "files in the guest: ls, stat, cat, write, mkdir, rm, find, watch, ...", fs_usage,
-      "hlaLm:prRsdx:t:", fs_opts, cli_parse_fs, .run = cli_cmd_fs },
+      "hlaLm:prRsdx:t:u:", fs_opts, cli_parse_fs, .run = cli_cmd_fs, .identity = true },
     { "repl", "evaluate code in a persistent interpreter (sh, bash, python3, node)", repl_usage,
       "e:t:h", NULL, cli_parse_repl, .run = cli_cmd_repl },
     { "call", "send any request with JSON params and print the JSON result", call_usage,
@@ -479,6 +488,10 @@ static int run(struct cli *cli, const struct command *cmd, int argc, char **argv
     while (status == 0 &&
            (opt = cli_getopt(cli, argc, argv, shortopts, longopts, cmd->usage)) > 0) {
         /* long_opts has every command's: this one takes those it has a short form of */
+        if (cmd->identity && opt == 'u') {
+            cli->identity = optarg;
+            continue;
+        }
         status = cmd->longopts == NULL && strchr(shortopts, opt) == NULL
                      ? CLI_OPTS_BAD
                      : cmd->parse(cli, opt, optarg);
@@ -506,6 +519,14 @@ static int run(struct cli *cli, const struct command *cmd, int argc, char **argv
     c = connect_hello(cli, cmd->pipeline);
     if (c == NULL) {
         return cmd->fail != 0 ? cmd->fail : CLI_EXIT_FAIL;
+    }
+    if (cli->identity != NULL) {
+        struct sbx_err err;
+        if (sbx_conn_set_identity(sbx_client_conn(c), cli->identity, &err) < 0) {
+            cli_print_err(cmd->name, &err);
+            sbx_client_close(c);
+            return bad;
+        }
     }
     status = cmd->run != NULL ? cmd->run(cli, c) : print_call(cli, cmd, c);
     sbx_client_close(c);

@@ -794,7 +794,9 @@ int sbx_client_hello_send(struct sbx_client *c, const char *token, struct sbx_er
     }
     h.token = token;
     h.token_len = token != NULL ? strlen(token) : 0;
-    return sbx_client_sent(c, sbx_conn_hello(c->conn, &h, NULL, &c->hello_id, err), err);
+    /* Queued only: the next call that writes (sbx_client_sent of a pipelined request, or the
+     * wait) sends it, together with what follows in one write. */
+    return check_broken(c, err) < 0 ? -1 : sbx_conn_hello(c->conn, &h, NULL, &c->hello_id, err);
 }
 
 int sbx_client_hello_wait(struct sbx_client *c, struct sbx_err *err)

@@ -270,6 +270,9 @@ struct oblk {
 enum { HELLO_NONE, HELLO_PENDING, HELLO_DONE };
 
 struct sbx_conn {
+    /* The identity file requests act as (sbx_conn_set_identity); "" for the agent's default. */
+    char identity[SBX_IDENTITY_MAX + 1];
+
     /* Input. */
     uint8_t *in;
     size_t ipos, ilen, icap;
@@ -426,6 +429,22 @@ uint32_t sbx_conn_pending(const struct sbx_conn *c)
 void sbx_conn_set_next_id(struct sbx_conn *c, uint32_t id)
 {
     c->next_id = id != 0 ? id : 1;
+}
+
+int sbx_conn_set_identity(struct sbx_conn *c, const char *user, struct sbx_err *err)
+{
+    size_t n = user != NULL ? strlen(user) : 0;
+
+    if (n > SBX_IDENTITY_MAX || (n > 0 && !sbx_utf8_valid(user, n))) {
+        return sbx_err_param(err, "user", "a user must be 1..%u bytes of UTF-8", SBX_IDENTITY_MAX);
+    }
+    memcpy(c->identity, n > 0 ? user : "", n + 1);
+    return 0;
+}
+
+const char *sbx_conn_identity(const struct sbx_conn *c)
+{
+    return c->identity[0] != '\0' ? c->identity : NULL;
 }
 
 /* --- output ------------------------------------------------------------------------------ */

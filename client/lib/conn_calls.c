@@ -153,12 +153,34 @@ static void pack_kv(msgpack_packer *pk, const struct kv *e)
     }
 }
 
-/* Send @call with the params map of the present entries of @kv. */
+/* Whether @call takes the identity param `user` (§17.1): the fs methods with a path, transfer.*,
+ * pack.create. */
+static bool takes_identity(enum sbx_call call)
+{
+    switch (call) {
+    case SBX_CALL_FS_READ:
+    case SBX_CALL_FS_WRITE:
+    case SBX_CALL_FS_SEEK:
+    case SBX_CALL_FS_FSTAT:
+    case SBX_CALL_FS_FSYNC:
+    case SBX_CALL_FS_FTRUNCATE:
+    case SBX_CALL_FS_CLOSE:
+    case SBX_CALL_FS_UNWATCH:
+        return false;
+    default:
+        return (call >= SBX_CALL_FS_STAT && call <= SBX_CALL_FS_OPEN) ||
+               (call >= SBX_CALL_TRANSFER_UPLOAD && call <= SBX_CALL_PACK_CREATE);
+    }
+}
+
+/* Send @call with the params map of the present entries of @kv (and the connection's identity
+ * where the method takes one). */
 static int call_kv(struct sbx_conn *c, enum sbx_call call, const struct kv *kv, size_t n,
                    void *user, uint32_t *id, struct sbx_err *err)
 {
     const char *method = sbx_call_name(call);
-    uint32_t count = 0;
+    const char *who = takes_identity(call) ? sbx_conn_identity(c) : NULL;
+    uint32_t count = who != NULL;
     msgpack_packer *pk;
 
     for (size_t i = 0; i < n; i++) {
@@ -186,6 +208,9 @@ static int call_kv(struct sbx_conn *c, enum sbx_call call, const struct kv *kv, 
         if (kv[i].t != KV_SKIP) {
             pack_kv(pk, &kv[i]);
         }
+    }
+    if (who != NULL) {
+        sbx_pack_kv_str(pk, "user", who);
     }
     return sbx_conn_commit(c, err);
 }
@@ -601,42 +626,25 @@ int sbx_fs_open(struct sbx_conn *c, const char *path, unsigned flags, int mode, 
 {
     static const char *const names[] = { "read",     "write",     "append",   "create",
                                          "truncate", "exclusive", "nofollow", "sync" };
-    msgpack_packer *pk;
-    uint32_t nflags = 0;
+    const char *set[ARRAY_SIZE(names)];
+    size_t nflags = 0;
 
-    if (path == NULL) {
-        return sbx_err_param(err, "path", "fs.open: \"path\" is required");
-    }
     if ((flags & ~((1u << ARRAY_SIZE(names)) - 1)) != 0) {
         return sbx_err_param(err, "flags", "fs.open: unknown flag bits 0x%x", flags);
     }
     for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
-        nflags += (flags >> i) & 1;
-    }
-    pk = sbx_conn_begin(c, SBX_M_FS_OPEN, user, id, err);
-    if (pk == NULL) {
-        return -1;
-    }
-    (void)msgpack_pack_map(pk, 1 + (nflags > 0) + (mode >= 0) + (cwd != NULL));
-    sbx_pack_cstr(pk, "path");
-    sbx_pack_bstr(pk, path, strlen(path));
-    if (nflags > 0) {
-        sbx_pack_cstr(pk, "flags");
-        (void)msgpack_pack_array(pk, nflags);
-        for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
-            if ((flags >> i) & 1) {
-                sbx_pack_cstr(pk, names[i]);
-            }
+        if ((flags >> i) & 1) {
+            set[nflags++] = names[i];
         }
     }
-    if (mode >= 0) {
-        sbx_pack_kv_u64(pk, "mode", (uint64_t)mode);
-    }
-    if (cwd != NULL) {
-        sbx_pack_cstr(pk, "cwd");
-        sbx_pack_bstr(pk, cwd, strlen(cwd));
-    }
-    return sbx_conn_commit(c, err);
+    const struct kv kv[] = {
+        kv_path("path", path),
+        kv_strv("flags", set, nflags),
+        kv_u64_if(mode >= 0, "mode", (uint64_t)mode),
+        kv_bstr("cwd", cwd),
+    };
+
+    return call_kv(c, SBX_CALL_FS_OPEN, kv, ARRAY_SIZE(kv), user, id, err);
 }
 
 int sbx_fs_read(struct sbx_conn *c, uint32_t fh, uint64_t len, const uint64_t *offset, void *user,

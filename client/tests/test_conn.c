@@ -1443,7 +1443,27 @@ static void test_typed_params_lists(void **state)
     assert_string_equal(fx->err.field, "vars");
     assert_int_equal(
         sbx_env_set_vars(fx->c, (const char *const[]){ "A=1", "B" }, 2, NULL, NULL, &fx->err), 0);
+    /* The identity goes with the file families' calls only (§17.1). */
+    assert_int_equal(sbx_conn_set_identity(fx->c, "root", &fx->err), 0);
+    assert_string_equal(sbx_conn_identity(fx->c), "root");
+    assert_int_equal(sbx_fs_stat(fx->c, "/s", NULL, NULL, NULL, &fx->err), 0);
+    assert_int_equal(sbx_fs_open(fx->c, "/o", 0, -1, NULL, NULL, NULL, &fx->err), 0);
+    assert_int_equal(sbx_fs_close(fx->c, 4, NULL, NULL, &fx->err), 0);
+    assert_int_equal(sbx_transfer_download_tree(fx->c, "/d", NULL, NULL, NULL, NULL, &fx->err), 0);
+    assert_int_equal(sbx_ping(fx->c, NULL, NULL, &fx->err), 0);
+    assert_int_equal(sbx_conn_set_identity(fx->c, "", &fx->err), 0);
+    assert_null(sbx_conn_identity(fx->c));
+    assert_int_equal(sbx_fs_lstat(fx->c, "/l", NULL, NULL, NULL, &fx->err), 0);
+    assert_int_equal(sbx_conn_set_identity(fx->c, "\xff", &fx->err), -1);
+    assert_string_equal(fx->err.field, "user");
     t = out_text(fx->c);
+    assert_non_null(strstr(t, "\"fs.stat\", {\"path\"=>\"/s\", \"user\"=>\"root\"}]\n"));
+    assert_non_null(strstr(t, "\"fs.open\", {\"path\"=>\"/o\", \"user\"=>\"root\"}]\n"));
+    assert_non_null(strstr(t, "\"fs.close\", {\"fh\"=>4}]\n"));
+    assert_non_null(
+        strstr(t, "\"transfer.download_tree\", {\"path\"=>\"/d\", \"user\"=>\"root\"}]"));
+    assert_non_null(strstr(t, "\"ping\", {}]\n"));
+    assert_non_null(strstr(t, "\"fs.lstat\", {\"path\"=>\"/l\"}]\n"));
     assert_non_null(strstr(t, "\"env.set\", {\"vars\"=>{\"a\"=>nil}}]\n"));
     assert_non_null(strstr(t, "\"env.set\", {\"vars\"=>{\"A\"=>\"1\", \"B\"=>nil}}]\n"));
 }

@@ -99,8 +99,9 @@ struct sbx_client *sbx_client_from_fd(int fd, const char *name, struct sbx_err *
 int sbx_client_hello(struct sbx_client *c, const char *token, struct sbx_err *err);
 
 /*
- * sbx_client_hello in two halves, for pipelining (§6.1): _send writes hello and returns at once;
- * typed calls may follow right away (the agent runs them after hello, or answers HELLO_REQUIRED
+ * sbx_client_hello in two halves, for pipelining (§6.1): _send queues hello and returns at once
+ * (it goes out with the next write: a request made with sbx_client_sent, or the wait); typed
+ * calls may follow right away (the agent runs them after hello, or answers HELLO_REQUIRED
  * when hello fails); _wait then waits for the hello response as sbx_client_hello does. A
  * short-lived program saves a round trip: `sbx exec` sends hello and proc.spawn in one go.
  */

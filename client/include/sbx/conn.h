@@ -308,6 +308,22 @@ uint32_t sbx_conn_pending(const struct sbx_conn *c);
 /* The fatal error when the connection is unusable (or ended), else NULL. */
 const struct sbx_err *sbx_conn_failed(const struct sbx_conn *c);
 
+/* The longest user name sbx_conn_set_identity takes (the `user` param's cap, §17.1). */
+#define SBX_IDENTITY_MAX 256
+
+/*
+ * The identity the file families act as (§17.1): from now on the typed calls of fs methods that
+ * take a path, of transfer.* and of pack.create send `user: @user` (a user name of the guest, or
+ * a uid in decimal; "root" for the agent's own rights where the host wants them). NULL or ""
+ * sends none: the agent's default, its workload user. Handle methods (fs.read, ...) take none.
+ * Returns 0, or -1 with BAD_PARAM (field "user") for more than SBX_IDENTITY_MAX bytes or
+ * invalid UTF-8.
+ */
+int sbx_conn_set_identity(struct sbx_conn *c, const char *user, struct sbx_err *err);
+
+/* What sbx_conn_set_identity set, or NULL. */
+const char *sbx_conn_identity(const struct sbx_conn *c);
+
 /* The next request id will be the first id from @id on (0 counts as 1) not outstanding. For
  * tests of the wrap-around and for hosts that resume a numbering. */
 void sbx_conn_set_next_id(struct sbx_conn *c, uint32_t id);

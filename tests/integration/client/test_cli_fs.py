@@ -12,7 +12,10 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_cli import SBX, CliCase  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import sbxwire as w  # noqa: E402
+from test_cli import AGENT, SBX, CliCase, wait_for_listen  # noqa: E402
+from workload import WorkloadUser  # noqa: E402
 
 
 class TestCliFs(CliCase):
@@ -151,6 +154,48 @@ class TestCliFs(CliCase):
         lines = out.decode().splitlines()
         self.assertIn("create " + self.d + "/sub/new", lines)
         self.assertIn("remove " + self.d + "/a.txt", lines)
+
+
+class TestCliIdentity(CliCase):
+    """-u/--user of fs, cp and pack (PROTOCOL.md §17.1): an agent whose workload user is a real
+    unprivileged user acts as that user by default; `-u root` asks for the agent's own rights."""
+
+    def setUp(self):
+        self.user = WorkloadUser()
+        self.agent = w.Agent(AGENT, env=dict(os.environ, SBX_WORKLOAD_USER=self.user.name))
+        self.addr = self.agent.addr
+        wait_for_listen(self.agent.sock)
+        self.d = tempfile.mkdtemp(prefix="sbx-cliid-")
+        os.chmod(self.d, 0o755)
+        self.secret = os.path.join(self.d, "secret")
+        with open(self.secret, "w") as f:
+            f.write("root only\n")
+        os.chmod(self.secret, 0o600)
+
+    def tearDown(self):
+        shutil.rmtree(self.d, ignore_errors=True)
+        self.user.close()
+        super().tearDown()
+
+    def test_default_is_the_workload_user(self):
+        r = self.sbx("fs", "cat", self.secret)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"EACCES", r.stderr)
+        r = self.sbx("fs", "cat", "-u", "root", self.secret)
+        self.assertEqual((r.returncode, r.stdout), (0, b"root only\n"), r.stderr)
+        r = self.sbx("cp", "-u", str(self.user.uid), ":" + self.secret, self.d + "/copy")
+        self.assertEqual(r.returncode, 1)
+        self.assertFalse(os.path.exists(self.d + "/copy"))
+        r = self.sbx("cp", "--user", "root", ":" + self.secret, self.d + "/copy")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # A new file belongs to whoever the upload acted as.
+        mine = self.user.mkdtemp()
+        r = self.sbx("cp", self.secret, ":" + mine + "/up")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(os.stat(mine + "/up").st_uid, self.user.uid)
+        r = self.sbx("fs", "stat", "-u", "nosuchuser" + self.user.name, "/")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"user", r.stderr)
 
 
 if __name__ == "__main__":
