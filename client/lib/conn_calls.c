@@ -167,9 +167,12 @@ static bool takes_identity(enum sbx_call call)
     case SBX_CALL_FS_CLOSE:
     case SBX_CALL_FS_UNWATCH:
         return false;
-    default:
-        return (call >= SBX_CALL_FS_STAT && call <= SBX_CALL_FS_OPEN) ||
-               (call >= SBX_CALL_TRANSFER_UPLOAD && call <= SBX_CALL_PACK_CREATE);
+    default: {
+        /* The families as the call table names them, not a range of the enum's order. */
+        const char *cap = sbx_call_cap(call);
+        return cap != NULL &&
+               (strcmp(cap, "fs") == 0 || strcmp(cap, "transfer") == 0 || strcmp(cap, "pack") == 0);
+    }
     }
 }
 
