@@ -83,7 +83,7 @@ struct agent_repl {
                                    * is dropped */
     uint32_t ev_id;
     bool ev_stream, ev_timed_out;
-    uint64_t ev_start_ns;
+    uint64_t ev_start_ns, ev_timeout_ns;
     uint32_t intr; /* interrupts sent; a shell's "pong N" answers interrupt N */
     /* output captured between evals and during a non-streaming eval */
     struct repl_buf out[2];
@@ -692,6 +692,7 @@ static void timer_cb(uv_timer_t *t)
     struct agent_repl *r = t->data;
     struct sbx_err err;
     char line[32];
+    uint64_t elapsed;
     int n;
 
     switch (r->timer_kind) {
@@ -703,6 +704,14 @@ static void timer_cb(uv_timer_t *t)
         repl_signal(r, SIGKILL);
         break;
     case RT_EVAL:
+        /* The loop's clock is coarse (whole milliseconds, and a clock that may lag the
+         * monotonic one by a tick): a timer that came early is re-armed for the rest, so a
+         * timed-out eval has always run for at least its timeout. */
+        elapsed = agent_now_ns() - r->ev_start_ns;
+        if (elapsed < r->ev_timeout_ns) {
+            timer_start(r, RT_EVAL, (r->ev_timeout_ns - elapsed + 999999) / 1000000);
+            break;
+        }
         /* As ^C would: SIGINT to the foreground group. A shell interrupted back to its prompt
          * cannot say so itself, so it is asked for a pong, queued behind the interrupted code. */
         r->ev_timed_out = true;
@@ -1103,6 +1112,7 @@ int agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
     r->ev_stream = stream;
     r->ev_timed_out = false;
     r->ev_start_ns = agent_now_ns();
+    r->ev_timeout_ns = (uint64_t)timeout * 1000000;
     r->status = 0;
     if (timeout > 0) {
         timer_start(r, RT_EVAL, timeout);
