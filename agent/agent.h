@@ -131,7 +131,9 @@ struct agent {
     struct agent_link lifetime_waiters; /* requests waiting for init's "lifetime" reply */
     char passwd_root[256];              /* "" normally: where /etc/passwd is looked up */
     struct agent_cgroup *cgroup;        /* cgroup.c: the workload cgroup; NULL: no limits */
-    struct rlimit nofile; /* RLIMIT_NOFILE as the agent found it: workloads get it back */
+    struct rlimit nofile; /* RLIMIT_NOFILE as the agent found it, if it raised its own (else
+                           * zero): workloads get it back */
+    int devnull;          /* /dev/null, O_CLOEXEC: the stdio children are given none of */
 };
 
 /* CLOCK_MONOTONIC / CLOCK_BOOTTIME in nanoseconds. */

@@ -281,15 +281,17 @@ int main(int argc, char **argv)
     /* Every process costs up to three pipe fds: lift the soft fd limit to the hard one. The
      * processes it starts get the limit it found (a->nofile): the image's, not the agent's. */
     {
-        struct rlimit rl;
-        if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-            a->nofile = rl;
-            if (rl.rlim_cur < rl.rlim_max) {
-                rl.rlim_cur = rl.rlim_max;
-                (void)setrlimit(RLIMIT_NOFILE, &rl);
+        struct rlimit rl, raised;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+            raised = rl;
+            raised.rlim_cur = rl.rlim_max;
+            if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+                a->nofile = rl;
             }
         }
     }
+    /* What every child would otherwise open for itself. */
+    a->devnull = open("/dev/null", O_RDWR | O_CLOEXEC); /* -1: each child opens its own */
     /* Writes to a departed client or a closed stdin must be errors, not death. */
     signal(SIGPIPE, SIG_IGN);
     a->loop = uv_default_loop();

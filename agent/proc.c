@@ -90,6 +90,7 @@ struct spawn_req {
     struct agent_limits limits; /* of its cgroup (cgroup.h) */
     struct agent_cg cg;         /* made by spawn_start; its procs_fd is the child's to join */
     struct rlimit nofile;       /* RLIMIT_NOFILE the child gets back (a->nofile) */
+    int devnull;                /* a->devnull, not owned (-1: the child opens one) */
 };
 
 /* What a child that fails before exec leaves in the memory it shares with the agent. */
@@ -125,7 +126,7 @@ static void spawn_req_init(struct spawn_req *r)
     for (int i = 0; i < 3; i++) {
         r->fds[i] = r->agent_fds[i] = -1;
     }
-    r->extra_fds[0] = r->extra_fds[1] = -1;
+    r->extra_fds[0] = r->extra_fds[1] = r->devnull = -1;
     r->cg = AGENT_CG_NONE;
 }
 
@@ -493,7 +494,7 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, stru
     sigset_t none;
     struct sigaction dfl;
     int fds[3] = { r->fds[0], r->fds[1], r->fds[2] };
-    int devnull = -1;
+    int devnull = r->devnull;
     int extra[2] = { -1, -1 };
     int oom;
 
@@ -558,9 +559,8 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, stru
             child_fail(ce, ST_STDIO, errno);
         }
     }
-    /* The agent runs with oom_score_adj -1000; its children must be killable again. */
-    oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-    if (oom >= 0) {
+    /* The agent runs with oom_score_adj -1000 (init's); its children must be killable again. */
+    if ((oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC)) >= 0) {
         (void)!write(oom, "0", 1);
         close(oom);
     }
@@ -1592,6 +1592,7 @@ static int spawn_start(struct agent *a, struct spawn_req *r, agent_proc_started_
         return -1;
     }
     r->nofile = a->nofile;
+    r->devnull = a->devnull;
     if (spawner_on(a->loop) == 0) {
         s = calloc(1, sizeof(*s));
     }

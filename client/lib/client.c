@@ -123,7 +123,9 @@ static int discard(void *data, const char *buf, size_t len)
     return 0;
 }
 
-static struct sbx_client *client_new(int fd, const char *name, int timeout_ms, struct sbx_err *err)
+/* @ours: @fd is a socket sbx__connect made, non-blocking and close-on-exec already. */
+static struct sbx_client *client_new(int fd, bool ours, const char *name, int timeout_ms,
+                                     struct sbx_err *err)
 {
     struct sbx_client *c = calloc(1, sizeof(*c));
     struct stat st;
@@ -139,12 +141,15 @@ static struct sbx_client *client_new(int fd, const char *name, int timeout_ms, s
     c->drained = true;
     sbx_out_init(&c->note);
     msgpack_packer_init(&c->sink, NULL, discard);
-    c->is_sock = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+    c->is_sock = ours || (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode));
     if ((c->addr = strdup(name)) == NULL || (c->conn = sbx_conn_new(err)) == NULL ||
         !(c->dec_ok = sbx_decoder_init(&c->dec) == 0)) {
         (void)sbx_err_set(err, SBX_E_INTERNAL, "out of memory");
         sbx_client_close(c);
         return NULL;
+    }
+    if (ours) {
+        return c;
     }
     fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
@@ -167,12 +172,12 @@ struct sbx_client *sbx_client_connect(const char *addr, int timeout_ms, struct s
     if (fd < 0) {
         return NULL;
     }
-    return client_new(fd, addr, timeout_ms, err);
+    return client_new(fd, true, addr, timeout_ms, err);
 }
 
 struct sbx_client *sbx_client_from_fd(int fd, const char *name, struct sbx_err *err)
 {
-    return client_new(fd, name != NULL ? name : "fd", -1, err);
+    return client_new(fd, false, name != NULL ? name : "fd", -1, err);
 }
 
 static void release_cur(struct sbx_client *c)
