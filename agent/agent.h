@@ -134,6 +134,15 @@ struct agent {
     struct rlimit nofile; /* RLIMIT_NOFILE as the agent found it, if it raised its own (else
                            * zero): workloads get it back */
     int devnull;          /* /dev/null, O_CLOEXEC: the stdio children are given none of */
+    /* Replay rings (stream.c): the size of one output's ring and of all of them (--replay), the
+     * bytes allocated now; the pacing of output nobody holds (one timer for every pipe). */
+    uint32_t replay_stream;
+    uint64_t replay_total;
+    uint64_t replay_used;
+    uv_timer_t pace_timer;
+    bool pace_init;     /* pace_timer initialised */
+    bool pace_hits;     /* some pipe waited for the pace timer in this period */
+    uint64_t pace_used; /* bytes read from output nobody holds in this period */
 };
 
 /* CLOCK_MONOTONIC / CLOCK_BOOTTIME in nanoseconds. */

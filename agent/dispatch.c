@@ -6,6 +6,7 @@
 #include "conn.h"
 #include "env.h"
 #include "fs.h"
+#include "net.h"
 #include "proc.h"
 #include "repl.h"
 #include "session.h"
@@ -36,6 +37,7 @@ static const struct agent_method methods[] = {
     { "proc.close_stdin", agent_proc_close_stdin, 1 },
     { "proc.release", agent_proc_release, 1 },
     { "proc.resize", agent_proc_resize, 1 },
+    { "proc.attach", agent_proc_attach, 1 },
     { "fs.stat", agent_fs_stat, 1 },
     { "fs.lstat", agent_fs_lstat, 1 },
     { "fs.readdir", agent_fs_readdir, 1 },
@@ -73,6 +75,9 @@ static const struct agent_method methods[] = {
     { "repl.eval", agent_repl_eval, 1 },
     { "repl.close", agent_repl_close, 1 },
     { "repl.list", agent_repl_list, 1 },
+    { "repl.collect", agent_repl_collect, 1 },
+    { "net.connect", agent_net_connect, 1 },
+    { "net.listening", agent_net_listening, 1 },
 };
 
 /*

@@ -21,6 +21,7 @@
 #include "proc.h"
 #include "seccomp.h"
 #include "session.h"
+#include "stream.h"
 
 /* The environment variable the token may come in (the client's is SBX_TOKEN: a host that
  * exports that for the CLI must not give every agent it starts a token by accident). */
@@ -51,6 +52,10 @@ static void usage(FILE *fp)
             "                          (default %u)\n"
             "      --cgroup DIR        start every process in a cgroup of its own below the\n"
             "                          cgroup2 directory DIR (capability \"limits\")\n"
+            "      --replay SIZE[,TOTAL]\n"
+            "                          keep the last SIZE bytes of every process output for\n"
+            "                          proc.attach, at most TOTAL for all of them (K, M, G\n"
+            "                          suffixes; default %uM,%lluM; SIZE at least %uK)\n"
             "  -h, --help              show this help\n"
             "  -V, --version           show the version\n"
             "\n"
@@ -61,7 +66,8 @@ static void usage(FILE *fp)
             "The token is never taken from the command line, which every user can read\n"
             "(/proc/PID/cmdline). Started by sbx-init, the agent reads SBX_INIT_FD\n"
             "(docs/INIT.md).\n",
-            SBX_HELLO_TIMEOUT_MS);
+            SBX_HELLO_TIMEOUT_MS, AGENT_REPLAY_STREAM_DEFAULT >> 20,
+            (unsigned long long)(AGENT_REPLAY_TOTAL_DEFAULT >> 20), SBX_REPLAY_MAX >> 10);
 }
 
 /* Copy token @tok (@len bytes) into @out (SBX_TOKEN_MAX + 1 bytes); -1 when its size is wrong. */
@@ -181,6 +187,7 @@ int main(int argc, char **argv)
         { "hello-timeout", required_argument, NULL, 'H' },
         { "passwd-root", required_argument, NULL, 'P' }, /* tests: where /etc/passwd lives */
         { "cgroup", required_argument, NULL, 'C' },
+        { "replay", required_argument, NULL, 'R' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -199,6 +206,8 @@ int main(int argc, char **argv)
         return 2;
     }
     a->hello_timeout_ms = SBX_HELLO_TIMEOUT_MS;
+    a->replay_stream = AGENT_REPLAY_STREAM_DEFAULT;
+    a->replay_total = AGENT_REPLAY_TOTAL_DEFAULT;
     while ((opt = getopt_long(argc, argv, "l:hV", opts, NULL)) != -1) {
         switch (opt) {
         case 'l':
@@ -249,6 +258,15 @@ int main(int argc, char **argv)
         case 'C':
             cgroup = optarg;
             break;
+        case 'R': {
+            char why[128];
+            if (agent_replay_parse(optarg, &a->replay_stream, &a->replay_total, why, sizeof(why)) <
+                0) {
+                fprintf(stderr, "sbx-agent: --replay %s: %s\n", optarg, why);
+                return 2;
+            }
+            break;
+        }
         case 'P':
             (void)snprintf(a->passwd_root, sizeof(a->passwd_root), "%s", optarg);
             break;

@@ -593,6 +593,14 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, stru
 
 /* --- the parent --------------------------------------------------------------------------- */
 
+/* A connection that attached to a process (proc.attach) and is owed its proc.exit; the spawning
+ * connection is the process's owner instead. Freed once the exit went out, or the connection. */
+struct agent_attach {
+    struct agent_link link; /* in proc->attached */
+    struct agent_conn_ref ref;
+    struct agent_proc *proc;
+};
+
 static void timer_close_cb(uv_handle_t *h)
 {
     agent_proc_handle_closed(h->data);
@@ -607,8 +615,8 @@ static void proc_free_if_unused(struct agent_proc *p)
     agent_conn_ref_del(&p->owner);
     p->a->nprocs--;
     agent_cg_release(&p->cg);
-    free(p->out.replay);
-    free(p->err.replay);
+    agent_pipe_ring_free(&p->out);
+    agent_pipe_ring_free(&p->err);
     agent_strv_free(p->argv);
     free(p);
 }
@@ -619,13 +627,30 @@ void agent_proc_handle_closed(struct agent_proc *p)
     proc_free_if_unused(p);
 }
 
+static void attach_free(struct agent_attach *at);
+static struct agent_conn *output_holder(const struct agent_proc *p);
+
 /* Forget a finished process: close what is left, free when the last handle has closed. */
 static void proc_release(struct agent_proc *p)
 {
+    struct agent_pipe *outs[2] = { &p->out, &p->err };
+    struct sbx_err err;
+
     if (agent_proc_freeing(p)) {
         return;
     }
     p->state = AGENT_PROC_FREEING;
+    /* Nobody is owed proc.exit any more; a stream still replaying the output stops. */
+    agent_conn_ref_del(&p->owner);
+    while (!agent_list_empty(&p->attached)) {
+        attach_free(agent_container_of(p->attached.next, struct agent_attach, link));
+    }
+    sbx_err_set(&err, SBX_E_CANCELLED, "process %llu was released", (unsigned long long)p->id);
+    for (int i = 0; i < 2; i++) {
+        if (outs[i]->stream != NULL) {
+            agent_stream_cancel(outs[i]->stream, &err);
+        }
+    }
     agent_pipe_close(&p->in);
     agent_pipe_close(&p->out);
     agent_pipe_close(&p->err);
@@ -700,14 +725,7 @@ static void proc_report(struct agent_proc *p, bool drained)
         agent_stream_cancel(p->in.stream, &err);
     }
     agent_pipe_close(&p->in);
-    if (p->owner.conn != NULL) {
-        msgpack_packer *pk = agent_conn_begin(p->owner.conn);
-        sbx_pack_notify_head(pk, "proc.exit");
-        pack_exit(pk, p);
-        agent_conn_send(p->owner.conn);
-        p->collected = true;
-    }
-    agent_conn_ref_del(&p->owner); /* nothing more goes to it about this process */
+    agent_proc_exit_flush(p);
     while (!agent_list_empty(&p->waiters)) {
         struct agent_waiter *w = agent_container_of(p->waiters.next, struct agent_waiter, link);
         msgpack_packer *pk = agent_conn_begin(w->ref.conn);
@@ -896,6 +914,7 @@ static void proc_init(struct agent_proc *p, struct agent *a, struct spawn_req *r
     p->cg = r->cg; /* the process's from now on: handed back when it is reaped */
     r->cg = AGENT_CG_NONE;
     agent_list_init(&p->waiters);
+    agent_list_init(&p->attached);
     agent_list_add_tail(&a->procs, &p->link);
     uv_timer_init(a->loop, &p->timeout_timer);
     uv_timer_init(a->loop, &p->drain_timer);
@@ -2069,8 +2088,8 @@ int agent_proc_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         while (p->argv[argc] != NULL && argc < 8) { /* abbreviated: PROTOCOL.md §14.7 */
             argc++;
         }
-        msgpack_pack_map(
-            pk, agent_proc_done(p) ? 7 : 6); /* exit only once exited (PROTOCOL.md §14.7) */
+        /* exit only once exited (PROTOCOL.md §14.7) */
+        msgpack_pack_map(pk, agent_proc_done(p) ? 10 : 9);
         sbx_pack_kv_u64(pk, "id", p->id);
         sbx_pack_kv_i64(pk, "pid", p->pid);
         sbx_pack_cstr(pk, "argv");
@@ -2089,6 +2108,10 @@ int agent_proc_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         sbx_pack_kv_str(pk, "tag", p->tag[0] ? p->tag : NULL);
         sbx_pack_kv_str(pk, "state", agent_proc_done(p) ? "exited" : "running");
         sbx_pack_kv_u64(pk, "started_ns", p->start_wall_ns);
+        sbx_pack_kv_bool(pk, "attached", output_holder(p) != NULL);
+        /* A REPL interpreter's output goes to its session, not a ring: nothing is dropped. */
+        sbx_pack_kv_u64(pk, "stdout_dropped", p->out.sink ? 0 : agent_pipe_oldest(&p->out));
+        sbx_pack_kv_u64(pk, "stderr_dropped", p->err.sink ? 0 : agent_pipe_oldest(&p->err));
         if (agent_proc_done(p)) {
             sbx_pack_cstr(pk, "exit");
             pack_exit(pk, p);
@@ -2135,5 +2158,250 @@ int agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
         }
     }
     agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
+}
+
+/* --- proc.attach ---------------------------------------------------------------------------- */
+
+static void attach_free(struct agent_attach *at)
+{
+    agent_list_del(&at->link);
+    agent_conn_ref_del(&at->ref);
+    free(at);
+}
+
+/* An attached connection closed: it is owed nothing any more. */
+static void attach_gone(struct agent_conn_ref *r)
+{
+    attach_free(agent_container_of(r, struct agent_attach, ref));
+}
+
+/* The live connection holding @p's output (PROTOCOL.md §14.9): the one with an unfinished output
+ * stream for it; NULL when nobody does. A closing connection holds nothing any more. */
+static struct agent_conn *output_holder(const struct agent_proc *p)
+{
+    const struct agent_pipe *outs[2] = { &p->out, &p->err };
+
+    for (int i = 0; i < 2; i++) {
+        if (outs[i]->stream != NULL && !outs[i]->stream->conn->closing) {
+            return outs[i]->stream->conn;
+        }
+    }
+    return NULL;
+}
+
+/* Does @c have an unfinished output stream for @p (its proc.exit must wait for it)? */
+static bool holds_output(const struct agent_proc *p, const struct agent_conn *c)
+{
+    return (p->out.stream != NULL && p->out.stream->conn == c) ||
+           (p->err.stream != NULL && p->err.stream->conn == c);
+}
+
+static void send_exit(struct agent_proc *p, struct agent_conn *c)
+{
+    msgpack_packer *pk = agent_conn_begin(c);
+
+    sbx_pack_notify_head(pk, "proc.exit");
+    pack_exit(pk, p);
+    agent_conn_send(c);
+    p->collected = true;
+}
+
+void agent_proc_exit_flush(struct agent_proc *p)
+{
+    struct agent_link *l, *next;
+
+    if (p == NULL || !agent_proc_done(p) || agent_proc_freeing(p) || p->attaching) {
+        return;
+    }
+    if (p->owner.conn != NULL && !p->owner.conn->closing && !holds_output(p, p->owner.conn)) {
+        send_exit(p, p->owner.conn);
+        agent_conn_ref_del(&p->owner); /* nothing more goes to it about this process */
+    }
+    for (l = p->attached.next; l != &p->attached; l = next) {
+        struct agent_attach *at = agent_container_of(l, struct agent_attach, link);
+        next = l->next;
+        if (at->ref.conn != NULL && !at->ref.conn->closing && !holds_output(p, at->ref.conn)) {
+            send_exit(p, at->ref.conn);
+            attach_free(at);
+        }
+    }
+}
+
+/* Does @c get @p's proc.exit already (as its spawner or an attached connection)? */
+static bool exit_recipient(struct agent_proc *p, const struct agent_conn *c)
+{
+    struct agent_link *l;
+
+    if (p->owner.conn == c) {
+        return true;
+    }
+    for (l = p->attached.next; l != &p->attached; l = l->next) {
+        if (agent_container_of(l, struct agent_attach, link)->ref.conn == c) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Take @p away from connection @c (a steal, or @c attaching again): its streams for @p are
+ * cancelled with @why; with @forget it is no longer owed proc.exit either. */
+static void detach_conn(struct agent_proc *p, struct agent_conn *c, const char *why, bool forget)
+{
+    struct agent_pipe *pipes[3] = { &p->out, &p->err, &p->in };
+    struct agent_link *l, *next;
+    struct sbx_err err;
+
+    /* First forgotten, so that the cancels below cannot let its proc.exit out. */
+    if (forget && p->owner.conn == c) {
+        agent_conn_ref_del(&p->owner);
+    }
+    for (l = p->attached.next; forget && l != &p->attached; l = next) {
+        struct agent_attach *at = agent_container_of(l, struct agent_attach, link);
+        next = l->next;
+        if (at->ref.conn == c) {
+            attach_free(at);
+        }
+    }
+    sbx_err_set(&err, SBX_E_CANCELLED, "%s", why);
+    for (int i = 0; i < 3; i++) {
+        if (pipes[i]->stream != NULL && pipes[i]->stream->conn == c) {
+            agent_stream_cancel(pipes[i]->stream, &err); /* stdin stays open for the next */
+        }
+    }
+}
+
+/* Where a new stream on @pp starts for a client asking for offset @from (@has_from): the oldest
+ * retained byte at most, the end at least; *@dropped is what was lost in between. */
+static uint64_t attach_start(struct agent_pipe *pp, bool has_from, uint64_t from, uint64_t *dropped)
+{
+    uint64_t oldest = agent_pipe_oldest(pp);
+
+    *dropped = 0;
+    if (!has_from) {
+        return oldest;
+    }
+    if (from >= pp->total) {
+        return pp->total;
+    }
+    if (from < oldest) {
+        *dropped = oldest - from;
+        return oldest;
+    }
+    return from;
+}
+
+int agent_proc_attach(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    struct sbx_attach_params ap;
+    struct sbx_attach_result res;
+    struct agent_conn *holder, *in_holder;
+    struct agent_stream *sin = NULL, *sout = NULL, *serr = NULL;
+    struct agent_attach *at = NULL;
+    struct agent_proc *p;
+    bool want_in;
+    msgpack_packer *pk;
+
+    if (sbx_attach_params_read(m->params, &ap, err) < 0 || (p = proc_find(c->a, m, err)) == NULL) {
+        return -1;
+    }
+    if (p->out.sink != NULL || p->err.sink != NULL) {
+        sbx_err_set(err, SBX_E_BUSY, "process %llu is a REPL interpreter: use repl.eval",
+                    (unsigned long long)p->id);
+        return -1;
+    }
+    /* Streams of a connection that is closing are gone in all but name: let go of them now, so
+     * that its teardown cannot touch the pipes' new streams. */
+    {
+        struct agent_pipe *pipes[3] = { &p->out, &p->err, &p->in };
+        for (int i = 0; i < 3; i++) {
+            if (pipes[i]->stream != NULL && pipes[i]->stream->conn->closing) {
+                agent_stream_free(pipes[i]->stream);
+            }
+        }
+    }
+    holder = output_holder(p);
+    if (holder != NULL && holder != c && !ap.steal) {
+        sbx_err_set(err, SBX_E_BUSY,
+                    "connection %u holds the output of process %llu (steal: true takes it over)",
+                    holder->num, (unsigned long long)p->id);
+        return -1;
+    }
+    in_holder = p->in.stream != NULL ? p->in.stream->conn : NULL;
+    want_in = ap.stdin && p->has_in && p->in.open && !p->in.close_requested &&
+              !agent_proc_done(p) && (in_holder == NULL || in_holder == c || ap.steal);
+    if (agent_stream_reserve(c, (uint32_t)p->has_out + p->has_err + want_in, err) < 0) {
+        return -1;
+    }
+    if (!exit_recipient(p, c)) {
+        at = calloc(1, sizeof(*at));
+        if (at == NULL) {
+            return sbx_err_oom(err);
+        }
+    }
+    /* Nothing fails from here on. Any proc.exit waits until the new streams are announced. */
+    p->attaching = true;
+    if (holder != NULL && holder != c) {
+        detach_conn(p, holder, "attached elsewhere", true);
+    }
+    if (want_in && in_holder != NULL && in_holder != c && in_holder != holder) {
+        detach_conn(p, in_holder, "attached elsewhere", true);
+    }
+    /* Attaching again replaces this connection's own streams (and stdin only if it asks). */
+    if (holder == c || (want_in && in_holder == c)) {
+        struct sbx_err e;
+        sbx_err_set(&e, SBX_E_CANCELLED, "replaced by a new proc.attach");
+        if (p->out.stream != NULL && p->out.stream->conn == c) {
+            agent_stream_cancel(p->out.stream, &e);
+        }
+        if (p->err.stream != NULL && p->err.stream->conn == c) {
+            agent_stream_cancel(p->err.stream, &e);
+        }
+        if (want_in && p->in.stream != NULL && p->in.stream->conn == c) {
+            agent_stream_cancel(p->in.stream, &e);
+        }
+    }
+    if (at != NULL) {
+        at->proc = p;
+        agent_list_add_tail(&p->attached, &at->link);
+        agent_conn_ref_add(c, &at->ref, attach_gone);
+    }
+    /* What the process wrote while its pipes were read slowly (or not at all) is the latest: it
+     * goes into the rings before the start offsets are taken. */
+    agent_pipe_catch_up(&p->out);
+    agent_pipe_catch_up(&p->err);
+    memset(&res, 0, sizeof(res));
+    if (want_in) {
+        sin = agent_stream_new(c, AGENT_STREAM_IN, &p->in, err); /* reserved: cannot fail */
+    }
+    if (p->has_out) {
+        sout = agent_stream_new(c, AGENT_STREAM_OUT, &p->out, err);
+        res.has_stdout_start = true;
+        res.stdout_start = attach_start(&p->out, ap.has_from, ap.from, &res.stdout_dropped);
+    }
+    if (p->has_err) {
+        serr = agent_stream_new(c, AGENT_STREAM_OUT, &p->err, err);
+        res.has_stderr_start = true;
+        res.stderr_start =
+            attach_start(&p->err, ap.has_stderr_from, ap.stderr_from, &res.stderr_dropped);
+    }
+    if (sout != NULL) {
+        sout->pos = res.stdout_start;
+        res.stdout_sid = sout->id;
+    }
+    if (serr != NULL) {
+        serr->pos = res.stderr_start;
+        res.stderr_sid = serr->id;
+    }
+    res.stdin_sid = sin != NULL ? sin->id : 0;
+    pk = agent_conn_begin(c);
+    sbx_pack_response_head(pk, m->id);
+    sbx_attach_result_pack(pk, &res);
+    agent_conn_send(c);
+    /* Replay, then live; for an output that has ended, replay, end, then proc.exit (§9.2). */
+    p->attaching = false;
+    agent_pipe_update(&p->out);
+    agent_pipe_update(&p->err);
+    agent_proc_exit_flush(p);
     return AGENT_REPLIED;
 }

@@ -37,6 +37,7 @@ struct agent_proc {
     char **argv; /* for proc.list */
     char tag[SBX_TAG_MAX + 1];
     struct agent_conn_ref owner; /* owner.conn gets proc.exit; NULL once it disconnected */
+    struct agent_link attached;  /* struct agent_attach: other connections that get proc.exit */
     struct agent_pipe in, out, err;
     bool has_in, has_out, has_err;
     bool pty;              /* started on a pseudo-terminal */
@@ -57,9 +58,10 @@ struct agent_proc {
     uv_timer_t timeout_timer; /* timeout, then grace before SIGKILL */
     uv_timer_t drain_timer;
     struct agent_link waiters;
-    bool internal; /* started by the agent for itself (a pack build): not in proc.list, no id
-                    * lookups; still counted in max_procs, drained and reaped like any process */
-    bool forget;   /* release the record as soon as the exit is reported */
+    bool internal;  /* started by the agent for itself (a pack build): not in proc.list, no id
+                     * lookups; still counted in max_procs, drained and reaped like any process */
+    bool forget;    /* release the record as soon as the exit is reported */
+    bool attaching; /* proc.attach is rearranging its streams: proc.exit waits */
     /* Another object built on this process (a REPL session): told once the exit is reported. */
     void (*on_done)(struct agent_proc *p);
     void *data;
@@ -92,6 +94,11 @@ int agent_proc_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
 int agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_proc_release(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_proc_resize(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+/* proc.attach (PROTOCOL.md §14.9): new streams replaying @p's output from the replay rings. */
+int agent_proc_attach(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+/* Send proc.exit to every connection still owed it whose output streams for @p have finished
+ * (§9.2: its output first). A no-op until @p's exit is reported. May run in any callback. */
+void agent_proc_exit_flush(struct agent_proc *p);
 /*
  * Starting a child never blocks the loop: the clone happens on a spawner thread of a small
  * persistent pool (the one CLONE_VFORK suspends), and the outcome comes back to the loop later. A

@@ -95,6 +95,10 @@ struct agent_repl {
     bool has_value, has_error;
     struct repl_buf value, error;
     int status; /* sh/bash: exit status of the code */
+    /* The result of the last eval whose requester was gone before it finished, packed as
+     * repl.collect returns it (§16.7); kept until collected or the next eval starts. */
+    msgpack_sbuffer unclaimed;
+    uint32_t unclaimed_eval; /* its eval number; 0: none */
 };
 
 /* --- drivers ------------------------------------------------------------------------------ */
@@ -186,7 +190,16 @@ static void repl_free_maybe(struct agent_repl *r)
     buf_reset(&r->out[1]);
     buf_reset(&r->value);
     buf_reset(&r->error);
+    msgpack_sbuffer_destroy(&r->unclaimed);
     free(r);
+}
+
+/* Forget the unclaimed result, if any. */
+static void unclaimed_drop(struct agent_repl *r)
+{
+    msgpack_sbuffer_destroy(&r->unclaimed);
+    msgpack_sbuffer_init(&r->unclaimed);
+    r->unclaimed_eval = 0;
 }
 
 static void handle_closed_cb(uv_handle_t *h)
@@ -451,6 +464,22 @@ static void eval_finish(struct agent_repl *r, const char *exit_text)
         sbx_pack_bin(pk, buf_bytes(&r->out[1]), r->out[1].len);
         pack_result_fields(pk, r, exit_text);
         agent_conn_send(c);
+    }
+    if (c == NULL) {
+        /* Nobody is left to tell: keep the result for repl.collect (§16.7). A streaming eval's
+         * output went to streams that are gone with their connection. */
+        msgpack_packer pk;
+        unclaimed_drop(r);
+        msgpack_packer_init(&pk, &r->unclaimed, msgpack_sbuffer_write);
+        msgpack_pack_map(&pk, 10);
+        sbx_pack_kv_u64(&pk, "session", r->id);
+        sbx_pack_kv_u64(&pk, "eval", r->evals);
+        sbx_pack_cstr(&pk, "stdout");
+        sbx_pack_bin(&pk, buf_bytes(&r->out[0]), r->ev_stream ? 0 : r->out[0].len);
+        sbx_pack_cstr(&pk, "stderr");
+        sbx_pack_bin(&pk, buf_bytes(&r->out[1]), r->ev_stream ? 0 : r->out[1].len);
+        pack_result_fields(&pk, r, exit_text);
+        r->unclaimed_eval = r->evals;
     }
     if (!r->ev_stream) {
         buf_reset(&r->out[0]);
@@ -1107,6 +1136,7 @@ int agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
     }
     r->evals++;
     r->state = RS_BUSY;
+    unclaimed_drop(r); /* a new eval: an older result nobody collected is stale now */
     agent_conn_ref_add(c, &r->ev_ref, repl_ref_gone);
     r->ev_id = m->id;
     r->ev_stream = stream;
@@ -1161,14 +1191,41 @@ int agent_repl_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
     msgpack_pack_array(pk, n);
     for (l = a->repls.next; l != &a->repls; l = l->next) {
         struct agent_repl *r = agent_container_of(l, struct agent_repl, link);
-        msgpack_pack_map(pk, 6);
+        msgpack_pack_map(pk, 7);
         sbx_pack_kv_u64(pk, "session", r->id);
         sbx_pack_kv_str(pk, "language", lang_names[r->lang]);
         sbx_pack_kv_i64(pk, "pid", r->pid);
         sbx_pack_kv_u64(pk, "started_ns", r->started_wall_ns);
         sbx_pack_kv_bool(pk, "busy", r->state != RS_IDLE);
         sbx_pack_kv_u64(pk, "evals", r->evals);
+        sbx_pack_cstr(pk, "unclaimed");
+        if (r->unclaimed_eval != 0) {
+            msgpack_pack_uint32(pk, r->unclaimed_eval);
+        } else {
+            msgpack_pack_nil(pk);
+        }
     }
     agent_conn_send(c);
+    return AGENT_REPLIED;
+}
+
+int agent_repl_collect(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    struct agent_repl *r = repl_find(c->a, m->params, err);
+    msgpack_packer *pk;
+
+    if (r == NULL) {
+        return -1;
+    }
+    if (r->unclaimed_eval == 0) {
+        sbx_err_set(err, SBX_E_NOT_FOUND, "REPL session %u has no unclaimed result", r->id);
+        return -1;
+    }
+    pk = agent_conn_begin(c);
+    sbx_pack_response_head(pk, m->id);
+    /* The map was packed when the eval finished: its bytes are the result as they are. */
+    (void)pk->callback(pk->data, r->unclaimed.data, r->unclaimed.size);
+    agent_conn_send(c);
+    unclaimed_drop(r);
     return AGENT_REPLIED;
 }

@@ -8,6 +8,7 @@
 #include "stream.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -63,6 +64,7 @@ struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_di
     s->pipe = p;
     if (p != NULL) {
         p->stream = s;
+        s->pos = p->total; /* live from here; proc.attach sets an earlier start */
     }
     agent_list_add_tail(&c->streams, &s->link);
     c->nstreams++;
@@ -135,11 +137,14 @@ void agent_stream_free(struct agent_stream *s)
 
     agent_list_del(&s->link);
     s->conn->nstreams--;
+    free(s);
     if (p != NULL) {
         p->stream = NULL;
-        agent_pipe_update(p); /* detached output keeps draining into the replay buffer */
+        agent_pipe_update(p); /* detached output keeps draining into the replay ring */
+        if (!p->is_input) {
+            agent_proc_exit_flush(p->proc); /* proc.exit may have waited for this stream */
+        }
     }
-    free(s);
 }
 
 void agent_stream_end(struct agent_stream *s, const struct sbx_err *e, bool truncated)
@@ -427,26 +432,314 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
     p->writes_pending++;
 }
 
+/* --- replay rings -------------------------------------------------------------------------- */
+
+#define RING_MIN 64u /* the first allocation, doubled until the first write fits */
+
+uint64_t agent_pipe_oldest(const struct agent_pipe *p)
+{
+    return p->total - p->ring_len;
+}
+
+/* Copy @n held bytes starting at offset @off (oldest <= off, off + n <= total) to @dst. */
+static void ring_copy_out(const struct agent_pipe *p, uint64_t off, uint8_t *dst, uint32_t n)
+{
+    uint32_t idx, first;
+
+    if (n == 0) {
+        return;
+    }
+    idx = (uint32_t)((p->ring_head + (off - agent_pipe_oldest(p))) % p->ring_cap);
+    first = p->ring_cap - idx < n ? p->ring_cap - idx : n;
+    memcpy(dst, p->ring + idx, first);
+    memcpy(dst + first, p->ring, n - first);
+}
+
+/* Reallocate @p's ring to @cap bytes (0: free it), keeping the newest bytes that fit. -1 when out
+ * of memory (the ring is unchanged). */
+static int ring_resize(struct agent_pipe *p, uint32_t cap)
+{
+    struct agent *a = p->proc->a;
+    uint32_t keep = p->ring_len < cap ? p->ring_len : cap;
+    uint8_t *nb = NULL;
+
+    if (cap > 0 && (nb = malloc(cap)) == NULL) {
+        return -1;
+    }
+    ring_copy_out(p, p->total - keep, nb, keep);
+    free(p->ring);
+    a->replay_used = a->replay_used - p->ring_cap + cap;
+    p->ring = nb;
+    p->ring_cap = cap;
+    p->ring_len = keep;
+    p->ring_head = 0;
+    return 0;
+}
+
+void agent_pipe_ring_free(struct agent_pipe *p)
+{
+    if (p->proc != NULL) {
+        (void)ring_resize(p, 0); /* cannot fail: nothing is allocated */
+    }
+}
+
+/* A stream is replaying from @q's ring: its bytes must stay where the stream will read them. */
+static bool ring_in_use(const struct agent_pipe *q)
+{
+    return q->stream != NULL && q->stream->pos < q->total;
+}
+
+/*
+ * The agent-wide cap: make room for @need more ring bytes by halving the largest other rings
+ * (their oldest bytes go, counted as dropped), never one a stream is replaying from. Returns the
+ * bytes available, which may be less than @need.
+ */
+static uint64_t ring_make_room(struct agent_pipe *p, uint64_t need)
+{
+    struct agent *a = p->proc->a;
+
+    while (a->replay_used + need > a->replay_total) {
+        struct agent_pipe *victim = NULL;
+        struct agent_link *l;
+
+        for (l = a->procs.next; l != &a->procs; l = l->next) {
+            struct agent_proc *q = agent_container_of(l, struct agent_proc, link);
+            struct agent_pipe *qp[2] = { &q->out, &q->err };
+            for (int i = 0; i < 2; i++) {
+                if (qp[i] != p && qp[i]->ring_cap > RING_MIN && !ring_in_use(qp[i]) &&
+                    (victim == NULL || qp[i]->ring_cap > victim->ring_cap)) {
+                    victim = qp[i];
+                }
+            }
+        }
+        /* Only from a ring larger than @p would become: rings of equal size never take turns
+         * taking from each other, so this settles where all rings are about the same size. */
+        if (victim == NULL || victim->ring_cap <= p->ring_cap + need ||
+            ring_resize(victim, victim->ring_cap / 2) < 0) {
+            break; /* nothing (larger) left to take from: @p grows less, or not at all */
+        }
+    }
+    return a->replay_used >= a->replay_total ? 0 : a->replay_total - a->replay_used;
+}
+
+/* Grow @p's ring towards holding @want bytes: geometrically, up to a->replay_stream and within the
+ * agent-wide cap. Failure leaves it as it is (appending then drops more of the oldest bytes). */
+static void ring_grow(struct agent_pipe *p, uint64_t want)
+{
+    struct agent *a = p->proc->a;
+    uint64_t cap = p->ring_cap > 0 ? (uint64_t)p->ring_cap * 2 : RING_MIN, room;
+
+    while (cap < want) {
+        cap *= 2;
+    }
+    if (cap > a->replay_stream) {
+        cap = a->replay_stream;
+    }
+    if (cap <= p->ring_cap) {
+        return;
+    }
+    room = ring_make_room(p, cap - p->ring_cap);
+    if (room < cap - p->ring_cap) {
+        cap = p->ring_cap + room;
+    }
+    if (cap > p->ring_cap) {
+        (void)ring_resize(p, (uint32_t)cap); /* out of memory: the ring stays as it is */
+    }
+}
+
+/* Append @n bytes at offset p->total (the caller advances total after). The oldest bytes go when
+ * the ring is full. */
+static void ring_append(struct agent_pipe *p, const uint8_t *data, uint32_t n)
+{
+    uint32_t tail, first;
+
+    if (n > p->ring_cap - p->ring_len && p->ring_cap < p->proc->a->replay_stream) {
+        ring_grow(p, (uint64_t)p->ring_len + n);
+    }
+    if (p->ring_cap == 0) {
+        return; /* nothing could be allocated: the bytes are lost (counted as dropped) */
+    }
+    if (n >= p->ring_cap) {
+        memcpy(p->ring, data + (n - p->ring_cap), p->ring_cap);
+        p->ring_head = 0;
+        p->ring_len = p->ring_cap;
+        return;
+    }
+    if (p->ring_len + n > p->ring_cap) {
+        uint32_t drop = p->ring_len + n - p->ring_cap;
+        p->ring_head = (p->ring_head + drop) % p->ring_cap;
+        p->ring_len -= drop;
+    }
+    tail = (p->ring_head + p->ring_len) % p->ring_cap;
+    first = p->ring_cap - tail < n ? p->ring_cap - tail : n;
+    memcpy(p->ring + tail, data, first);
+    memcpy(p->ring, data + first, n - first);
+    p->ring_len += n;
+}
+
+/* @n bytes were read from the child: into the ring (or, detached, the REPL's sink), counted. An
+ * agent-internal process (a pack build) keeps nothing: nobody can attach to it. */
+static void pipe_keep(struct agent_pipe *p, const uint8_t *data, uint32_t n)
+{
+    if (p->sink != NULL) {
+        if (p->stream == NULL) {
+            p->sink(p, data, n);
+        }
+    } else if (!p->proc->internal) {
+        ring_append(p, data, n);
+    }
+    p->total += n;
+    if (p->stream != NULL) {
+        p->stream->pos = p->total; /* it was caught up: these bytes go to it from the pipe */
+    }
+}
+
+static int parse_size(const char *s, const char **end, uint64_t *out)
+{
+    uint64_t v = 0;
+    int shift = 0;
+
+    if (*s < '0' || *s > '9') {
+        return -1;
+    }
+    while (*s >= '0' && *s <= '9') {
+        if (v > (UINT64_MAX - 9) / 10) {
+            return -1;
+        }
+        v = v * 10 + (uint64_t)(*s++ - '0');
+    }
+    switch (*s) {
+    case 'k':
+    case 'K':
+        shift = 10;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        break;
+    default:
+        break;
+    }
+    if (shift > 0) {
+        s++;
+        if (v > (UINT64_MAX >> shift)) {
+            return -1;
+        }
+        v <<= shift;
+    }
+    *end = s;
+    *out = v;
+    return 0;
+}
+
+int agent_replay_parse(const char *arg, uint32_t *size, uint64_t *total, char *why, size_t whylen)
+{
+    const char *e = arg;
+    uint64_t sz, tot = *total;
+
+    if (parse_size(arg, &e, &sz) < 0 || (*e != '\0' && *e != ',') ||
+        (*e == ',' && (parse_size(e + 1, &e, &tot) < 0 || *e != '\0'))) {
+        snprintf(why, whylen, "expected SIZE[,TOTAL], sizes in bytes with an optional K, M or G");
+        return -1;
+    }
+    if (sz < SBX_REPLAY_MAX || sz > AGENT_REPLAY_STREAM_MAX) {
+        snprintf(why, whylen, "SIZE must be %uK..%uM (the ring of one output stream)",
+                 SBX_REPLAY_MAX >> 10, AGENT_REPLAY_STREAM_MAX >> 20);
+        return -1;
+    }
+    if (strchr(arg, ',') == NULL && tot < sz) {
+        tot = sz;
+    }
+    if (tot < sz || tot > AGENT_REPLAY_TOTAL_MAX) {
+        snprintf(why, whylen, "TOTAL must be SIZE..%lluG (all rings together)",
+                 (unsigned long long)(AGENT_REPLAY_TOTAL_MAX >> 30));
+        return -1;
+    }
+    *size = (uint32_t)sz;
+    *total = tot;
+    return 0;
+}
+
 /* --- output pipes ------------------------------------------------------------------------- */
 
 /*
- * May an output pipe read now? Detached output is always drained (into the replay buffer, the
- * buffer goes straight back) so the child never blocks. Attached output needs credit, a
- * connection that is not backed up, and a free buffer under the agent-wide cap, so memory stays
- * bounded however many streams and connections there are.
+ * Pacing. Output nobody holds (no stream attached, the process still running) goes only to the
+ * replay ring, and reading it as fast as a flooding child writes cost half a core for one `yes`
+ * (and 50 of them slowed every request to tens of ms), all for bytes the ring overwrites at once.
+ * So all such pipes together read at most PACE_BYTES per PACE_MS period (80 MiB/s, a few percent
+ * of a core); past that they stop until the pace timer starts the next period, and their children
+ * block in write() meanwhile. That is backpressure, not loss: a child still runs (one flooding
+ * alone still gets 80 MiB/s; a logger that is never read does not notice), nothing it writes is
+ * lost, only delayed, and each pipe gets its turn (the loop serves every ready pipe once per
+ * iteration, one chunk each). An attach reads what a pipe holds first (agent_pipe_catch_up), so
+ * it still sees the latest bytes the process wrote; from then on the stream's credit sets the
+ * pace. Output of an exited process (a background writer holding the pipe) is not paced, so the
+ * drain deadline of §9.2 applies unchanged; neither is a REPL interpreter's (its capture must be
+ * complete when an eval reports).
+ */
+#define PACE_MS    100u
+#define PACE_BYTES (8u << 20)
+
+static void pace_timer_cb(uv_timer_t *t)
+{
+    struct agent *a = t->data;
+
+    a->pace_used = 0;
+    if (!a->pace_hits) {
+        uv_timer_stop(t); /* a quiet period: nobody waits; the next one to wait starts it again */
+        return;
+    }
+    a->pace_hits = false;
+    agent_proc_pipes_resume(a);
+}
+
+/* Has detached output used up this period's reading? Then the pace timer resumes it. */
+static bool pipe_paced(struct agent_pipe *p)
+{
+    struct agent *a = p->proc->a;
+
+    if (p->sink != NULL || p->proc->internal || agent_proc_exited(p->proc) ||
+        a->pace_used < PACE_BYTES) {
+        return false;
+    }
+    a->pace_hits = true;
+    if (!a->pace_init) {
+        uv_timer_init(a->loop, &a->pace_timer);
+        a->pace_timer.data = a;
+        a->pace_init = true;
+    }
+    if (!uv_is_active((uv_handle_t *)&a->pace_timer)) {
+        uv_timer_start(&a->pace_timer, pace_timer_cb, PACE_MS, PACE_MS);
+    }
+    return true;
+}
+
+/*
+ * May an output pipe read now? Detached output is drained into the replay ring (the buffer goes
+ * straight back), at the pace above. Attached output needs its stream caught up with the ring,
+ * credit, a connection that is not backed up, and a free buffer under the agent-wide cap, so
+ * memory stays bounded however many streams and connections there are.
  */
 static bool pipe_may_read(struct agent_pipe *p)
 {
     struct agent *a = p->proc->a;
+    struct agent_stream *s = p->stream;
 
-    if (p->stream == NULL) {
-        return true;
+    if (s == NULL) {
+        return !pipe_paced(p);
+    }
+    if (s->pos < p->total) {
+        return false; /* replaying from the ring first (agent_pipe_update sends it) */
     }
     if (a->bufs_used >= SBX_AGENT_BUFS_MAX) {
         a->bufs_starved = true;
         return false;
     }
-    return p->stream->credit > 0 && !p->stream->conn->paused;
+    return s->credit > 0 && !s->conn->paused;
 }
 
 static void pipe_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -469,40 +762,17 @@ static void pipe_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = buf->base != NULL ? n : 0;
 }
 
-/* Keep the last SBX_REPLAY_MAX bytes of output nobody is reading. */
-static void replay_append(struct agent_pipe *p, const uint8_t *data, uint32_t n)
+/* The output of @p ended (or was cut) and its stream, if any, has everything: end the stream
+ * (with the read error, or truncated). */
+static void pipe_end_stream(struct agent_pipe *p)
 {
-    if (p->replay == NULL) {
-        p->replay = malloc(SBX_REPLAY_MAX);
-        if (p->replay == NULL) {
-            p->dropped += n;
-            return;
-        }
-    }
-    if (n >= SBX_REPLAY_MAX) {
-        p->dropped += p->replay_len + (n - SBX_REPLAY_MAX);
-        memcpy(p->replay, data + (n - SBX_REPLAY_MAX), SBX_REPLAY_MAX);
-        p->replay_len = SBX_REPLAY_MAX;
-        return;
-    }
-    if (p->replay_len + n > SBX_REPLAY_MAX) {
-        uint32_t drop = p->replay_len + n - SBX_REPLAY_MAX;
-        memmove(p->replay, p->replay + drop, p->replay_len - drop);
-        p->replay_len -= drop;
-        p->dropped += drop;
-    }
-    memcpy(p->replay + p->replay_len, data, n);
-    p->replay_len += n;
-}
+    struct agent_stream *s = p->stream;
+    struct sbx_err err;
 
-/* Output nobody streams: to the pipe's sink (a REPL's capture) or the replay buffer. */
-static void pipe_keep(struct agent_pipe *p, const uint8_t *data, uint32_t n)
-{
-    if (p->sink != NULL) {
-        p->sink(p, data, n);
-    } else {
-        replay_append(p, data, n);
+    if (p->read_err != 0) {
+        sbx_err_sys(&err, p->read_err, "read", "read process output");
     }
+    agent_stream_end(s, p->read_err != 0 ? &err : NULL, p->truncated);
 }
 
 static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
@@ -512,15 +782,15 @@ static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
     struct agent_stream *s = p->stream;
 
     if (nread > 0) {
-        p->total += (uint64_t)nread;
+        pipe_keep(p, (const uint8_t *)buf->base, (uint32_t)nread);
         if (s != NULL) {
             s->credit -= (uint64_t)nread;
             agent_conn_send_data(s->conn, s->id, buf->base, (uint32_t)nread);
-            agent_pipe_update(p);
         } else {
-            pipe_keep(p, (const uint8_t *)buf->base, (uint32_t)nread);
+            a->pace_used += (uint64_t)nread;
             agent_buf_put(a, buf->base);
         }
+        agent_pipe_update(p);
         return;
     }
     if (buf->base != NULL) {
@@ -530,8 +800,8 @@ static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread == UV_ENOBUFS) {
-        /* pipe_alloc_cb refused (paused, no credit, buffer cap or out of memory): stop reading
-         * until agent_pipe_update is called again. */
+        /* pipe_alloc_cb refused (paused, no credit, buffer cap, paced or out of memory): stop
+         * reading until agent_pipe_update is called again. */
         (void)uv_read_stop(h);
         p->reading = false;
         agent_pipe_update(p); /* restarts at once only if it was out of memory */
@@ -546,26 +816,67 @@ static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
         nread = UV_EOF;
     }
     p->eof = true;
-    if (s != NULL) {
-        struct sbx_err err;
-        if (nread != UV_EOF) {
-            sbx_err_sys(&err, (int)-nread, "read", "read process output");
-        }
-        agent_stream_end(s, nread != UV_EOF ? &err : NULL, false);
+    p->read_err = nread != UV_EOF ? (int)-nread : 0;
+    s = p->stream;
+    if (s != NULL && s->pos == p->total) {
+        pipe_end_stream(p);
     }
     agent_pipe_close(p);
     agent_proc_check_done(p->proc);
+}
+
+/* Send an attached stream what it has not had of the ring, as credit and buffers allow; end it
+ * when that reaches the end of an output that has ended. False when the stream was ended. */
+static bool pipe_replay(struct agent_pipe *p)
+{
+    struct agent *a = p->proc->a;
+    struct agent_stream *s = p->stream;
+
+    if (s->pos < agent_pipe_oldest(p)) {
+        s->pos = agent_pipe_oldest(p); /* cannot happen: a ring being replayed is never cut */
+    }
+    while (s->pos < p->total) {
+        uint64_t left = p->total - s->pos;
+        uint32_t n = agent_stream_writable(s);
+        void *buf;
+
+        if (n > SBX_STREAM_CHUNK_MAX) {
+            n = SBX_STREAM_CHUNK_MAX;
+        }
+        if (n > left) {
+            n = (uint32_t)left;
+        }
+        if (n == 0) {
+            return true; /* more credit, or the connection draining, calls again */
+        }
+        if (a->bufs_used >= SBX_AGENT_BUFS_MAX || (buf = agent_buf_get(a)) == NULL) {
+            a->bufs_starved = true; /* agent_proc_pipes_resume calls again */
+            return true;
+        }
+        ring_copy_out(p, s->pos, buf, n);
+        s->pos += n;
+        agent_stream_send(s, buf, n);
+    }
+    if (p->eof) {
+        pipe_end_stream(p);
+        return false;
+    }
+    return true;
 }
 
 void agent_pipe_update(struct agent_pipe *p)
 {
     bool want;
 
-    if (!p->open || p->eof || p->is_input) {
+    if (p->is_input || p->proc == NULL) {
         return;
     }
-    /* Read while the stream has credit and its connection is not backed up; detached output is
-     * always drained (into the replay buffer) so the child never blocks. */
+    if (p->stream != NULL && p->stream->pos < p->total + (p->eof ? 1 : 0) && !pipe_replay(p)) {
+        return;
+    }
+    if (!p->open || p->eof) {
+        return;
+    }
     want = pipe_may_read(p);
     if (want && !p->reading) {
         if (uv_read_start((uv_stream_t *)&p->handle, pipe_alloc_cb, pipe_read_cb) == 0) {
@@ -582,19 +893,22 @@ bool agent_pipe_busy(struct agent_pipe *p)
     if (!p->open || p->eof) {
         return false;
     }
-    /* Not reading for lack of credit (or buffers): the host is slow, the pipe is not held open.
-     * Never cut that output short; the client decides the pace (PROTOCOL.md 9.2). */
+    /* Not reading for lack of credit (or buffers), or while its stream replays: the host is slow,
+     * the pipe is not held open. Never cut that output short; the client decides the pace
+     * (PROTOCOL.md 9.2). */
     return !pipe_may_read(p);
 }
 
-bool agent_pipe_final_drain(struct agent_pipe *p)
+/* Read without blocking what @p's pipe holds, up to @budget bytes (and the stream's credit): into
+ * the ring, and to the stream when one is attached. 1: end-of-file, 0: the pipe is empty (or the
+ * budget, credit or buffers ran out). */
+static int pipe_read_now(struct agent_pipe *p, size_t budget)
 {
     struct agent *a = p->proc->a;
     uv_os_fd_t fd;
-    size_t budget = 1u << 20; /* the pipe's capacity: a writer refilling it cannot hold us */
 
     if (uv_fileno((uv_handle_t *)&p->handle, &fd) != 0) {
-        return false;
+        return 0;
     }
     while (budget > 0) {
         struct agent_stream *s = p->stream;
@@ -606,7 +920,7 @@ bool agent_pipe_final_drain(struct agent_pipe *p)
             want = (size_t)s->credit;
         }
         if (want == 0 || (buf = agent_buf_get(a)) == NULL) {
-            return false;
+            return 0;
         }
         do {
             n = read(fd, buf, want);
@@ -617,16 +931,30 @@ bool agent_pipe_final_drain(struct agent_pipe *p)
             return n == 0 || (p->is_pty && errno == EIO);
         }
         budget -= (size_t)n;
-        p->total += (uint64_t)n;
+        pipe_keep(p, buf, (uint32_t)n);
         if (s != NULL) {
             s->credit -= (uint64_t)n;
             agent_conn_send_data(s->conn, s->id, buf, (uint32_t)n);
         } else {
-            pipe_keep(p, buf, (uint32_t)n);
             agent_buf_put(a, buf);
         }
     }
-    return false;
+    return 0;
+}
+
+bool agent_pipe_final_drain(struct agent_pipe *p)
+{
+    /* The pipe's capacity: a writer refilling it cannot hold us. */
+    return pipe_read_now(p, 1u << 20) == 1;
+}
+
+void agent_pipe_catch_up(struct agent_pipe *p)
+{
+    /* Only a detached pipe: an attached one is read up to its stream's credit already. The end of
+     * file, if this meets it, is left for the loop to see (the next read returns it again). */
+    if (!p->is_input && p->open && !p->eof && p->stream == NULL) {
+        (void)pipe_read_now(p, 1u << 20);
+    }
 }
 
 static void pipe_close_cb(uv_handle_t *h)

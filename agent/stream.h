@@ -12,8 +12,15 @@ enum agent_stream_dir { AGENT_STREAM_OUT, AGENT_STREAM_IN };
 /*
  * The process side of a pipe: an output (child stdout/stderr, read by the agent) or an input
  * (child stdin, written by the agent). It belongs to the process and outlives connections; a
- * connection's stream attaches to it. While no stream is attached, output is kept in a bounded
- * replay buffer (oldest bytes dropped and counted) so the child never blocks on a full pipe.
+ * connection's stream attaches to it.
+ *
+ * Every output keeps a replay ring of its most recent bytes, always, also while a stream is
+ * attached (PROTOCOL.md §10): offsets count from the first byte the process wrote, `total` is the
+ * next one, the ring holds [total - ring_len, total). It is allocated on the first byte and grows
+ * geometrically up to a->replay_stream, so a process that wrote 10 bytes costs about that; all
+ * rings together stay under a->replay_total (the oldest bytes of the largest rings go first). An
+ * attached stream sends from its own offset (stream->pos): from the ring while it is behind (a
+ * proc.attach replaying), straight from the pipe once it has caught up.
  */
 struct agent_pipe {
     struct agent_proc *proc;
@@ -24,13 +31,15 @@ struct agent_pipe {
     bool truncated; /* output: ended by the drain deadline, not by EOF */
     bool is_input;
     bool is_pty;                 /* a PTY master: EIO is the end; closing input writes nothing */
+    int read_err;                /* output: the read error (errno) that ended it; 0: end-of-file */
     struct agent_stream *stream; /* attached connection stream, or NULL */
-    /* output while detached */
-    uint8_t *replay;
-    uint32_t replay_len;
-    uint64_t dropped; /* bytes discarded because nobody read them */
-    uint64_t total;   /* bytes read from the child */
-    /* output while detached goes here instead of the replay buffer when set (REPL capture) */
+    /* output: the replay ring */
+    uint8_t *ring;
+    uint32_t ring_cap;  /* bytes allocated */
+    uint32_t ring_len;  /* bytes held: the newest ones */
+    uint32_t ring_head; /* index of the oldest byte held */
+    uint64_t total;     /* bytes read from the child: the offset of the next one */
+    /* output while detached goes here instead of the replay ring when set (REPL capture) */
     void (*sink)(struct agent_pipe *p, const uint8_t *data, uint32_t n);
     /* input */
     unsigned writes_pending;
@@ -68,6 +77,7 @@ struct agent_stream {
     const struct agent_stream_ops *ops; /* streams not bound to a pipe */
     void *owner;                        /* for @ops */
     bool ended;                         /* OUT: stream.end sent; IN: stream.end received */
+    uint64_t pos; /* OUT bound to a pipe: offset of the next byte to send (see agent_pipe) */
 };
 
 /* 0 when @n more streams can be created on @c now, else -1 with LIMIT (max_streams or stream_ids)
@@ -105,14 +115,34 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m);
  * false when @id names no stream (the caller reports BAD_MESSAGE). */
 bool agent_stream_on_bad_data(struct agent_conn *c, uint32_t id, const struct sbx_err *why);
 
-/* Output pipes: start/stop reading according to credit and attachment. */
+/* Output pipes: send what an attached stream has not had yet from the replay ring, then start or
+ * stop reading according to credit, attachment and pacing. May end the attached stream (its
+ * replay reached the end of an output that has ended). */
 void agent_pipe_update(struct agent_pipe *p);
 /* True while an output pipe may still legitimately carry data (used by the drain deadline). */
 bool agent_pipe_busy(struct agent_pipe *p);
 /* At the drain deadline: read what the pipe holds now without blocking (bounded by the pipe's
  * capacity and the stream's credit) and send it. True if that reached end-of-file. */
 bool agent_pipe_final_drain(struct agent_pipe *p);
+/* Before an attach: read what a pipe nobody holds has buffered (without blocking, at most about
+ * the pipe's capacity) into the replay ring, so the attach sees the latest bytes however slowly
+ * the pipe was being read (PROTOCOL.md §14.9). */
+void agent_pipe_catch_up(struct agent_pipe *p);
+/* The oldest offset the replay ring still holds (== total when it holds nothing). */
+uint64_t agent_pipe_oldest(const struct agent_pipe *p);
+/* Free the replay ring (the process record goes). */
+void agent_pipe_ring_free(struct agent_pipe *p);
 /* Close a pipe's handle (idempotent); the proc counts the close. */
 void agent_pipe_close(struct agent_pipe *p);
+
+/* Replay ring sizes: per output stream, and all rings of the agent together (--replay). */
+#define AGENT_REPLAY_STREAM_DEFAULT (1u << 20)
+#define AGENT_REPLAY_TOTAL_DEFAULT  (64ull << 20)
+#define AGENT_REPLAY_STREAM_MAX     (1u << 30)
+#define AGENT_REPLAY_TOTAL_MAX      (1ull << 40)
+/* Parse --replay SIZE[,TOTAL] (K, M, G suffixes; SIZE at least SBX_REPLAY_MAX, TOTAL at least
+ * SIZE) into @size and @total (TOTAL kept as given when absent). 0, or -1 with a message in
+ * @why (@whylen bytes). */
+int agent_replay_parse(const char *arg, uint32_t *size, uint64_t *total, char *why, size_t whylen);
 
 #endif /* SBX_AGENT_STREAM_H */

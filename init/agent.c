@@ -333,7 +333,7 @@ static int listen_args(struct init_state *st, char *list, char **argv, int *argc
 
 void init_agent_start(struct init_state *st)
 {
-    char *argv[2 * INIT_LISTEN_MAX + 9], listen[INIT_VALUE_LEN], secs[24];
+    char *argv[2 * INIT_LISTEN_MAX + 11], listen[INIT_VALUE_LEN], secs[24];
     char spec[INIT_LISTEN_MAX][INIT_VALUE_LEN + 8];
     int64_t now = init_now(CLOCK_BOOTTIME);
     int sv[2], fds[1 + INIT_LISTEN_MAX], nfds, argc = 0;
@@ -353,6 +353,10 @@ void init_agent_start(struct init_state *st)
     if (st->cfg.token_file[0] != '\0') {
         argv[argc++] = (char *)"--token-file";
         argv[argc++] = st->cfg.token_file;
+    }
+    if (st->cfg.replay[0] != '\0') {
+        argv[argc++] = (char *)"--replay";
+        argv[argc++] = st->cfg.replay;
     }
     /* Where the agent puts the processes it starts, one cgroup each (cgroup.c). */
     if (st->cgroup) {

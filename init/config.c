@@ -239,6 +239,57 @@ static const char *set_token_file(struct init_config *cfg, const struct init_key
     return NULL;
 }
 
+/* One size of sbx.replay: digits with an optional K, M or G; its end in *@end. -1 if malformed. */
+static long long replay_size(const char *v, const char **end)
+{
+    long long x = 0;
+    const char *p = v;
+
+    for (; isdigit((unsigned char)*p); p++) {
+        if ((x = x * 10 + (*p - '0')) > (1LL << 40)) {
+            return -1;
+        }
+    }
+    if (p == v) {
+        return -1;
+    }
+    if (*p == 'K' || *p == 'M' || *p == 'G') {
+        x <<= *p == 'K' ? 10 : *p == 'M' ? 20 : 30;
+        p++;
+    }
+    *end = p;
+    return x;
+}
+
+/* sbx.replay: "default" or SIZE[,TOTAL] (K, M, G suffixes): the agent's replay rings, one output's
+ * and all of them together (passed as --replay; the agent's own limits are checked here too, so
+ * a bad value is reported at boot rather than by an agent that cannot start). */
+static const char *set_replay(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    static const char why[] = "expected default or SIZE[,TOTAL]: SIZE 64K to 1G, TOTAL at least "
+                              "SIZE and at most 1024G (bytes, K, M or G)";
+    const char *e = v;
+    long long size, total;
+
+    cfg->replay[0] = '\0';
+    if (strcmp(v, "default") == 0) {
+        return NULL;
+    }
+    if (strlen(v) >= sizeof(cfg->replay) || (size = replay_size(v, &e)) < 0) {
+        return why;
+    }
+    total = size;
+    if (*e == ',' && ((total = replay_size(e + 1, &e)) < 0)) {
+        return why;
+    }
+    if (*e != '\0' || size < (64LL << 10) || size > (1LL << 30) || total < size ||
+        total > (1LL << 40)) {
+        return why;
+    }
+    strcpy(cfg->replay, v);
+    return NULL;
+}
+
 /* sbx.workload.memory_max, pids_max, cpu_max: "max" (no limit), "auto" (sized at boot by
  * cgroup.c; not for cpu_max), or a number: bytes with an optional K, M or G suffix, at least 16M;
  * processes, 16 to 4194304; percent of one CPU, 1 to 100000. */
@@ -315,6 +366,7 @@ static const struct init_key init_keys[] = {
     KEY("sbx.rescue_after", set_rescue_after, "3"),
     KEY("sbx.seccomp", set_seccomp, "strict"),
     KEY("sbx.token_file", set_token_file, "none"),
+    KEY("sbx.replay", set_replay, "default"),
     LIMIT("sbx.workload.memory_max", "auto", wl_memory_max),
     LIMIT("sbx.workload.pids_max", "auto", wl_pids_max),
     LIMIT("sbx.workload.cpu_max", "max", wl_cpu_max),

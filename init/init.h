@@ -55,6 +55,7 @@ struct init_config {
     int ip_prefix;
     char root[INIT_VALUE_LEN];       /* root=, "" when absent */
     char token_file[INIT_VALUE_LEN]; /* sbx.token_file: the agent's --token-file; "" for none */
+    char replay[32]; /* sbx.replay: the agent's --replay SIZE[,TOTAL]; "" for its default */
     bool squashfs, root_ro, overlay;
     bool quiet; /* do not report (the root-switch-only first pass) */
     /* sbx.workload.*: the limits of all workload processes together; INIT_LIMIT_AUTO or _NONE,

@@ -4,11 +4,12 @@
 #include <string.h>
 
 #include "sbx/limits.h"
+#include "schema_int.h"
 
 /* --- helpers ------------------------------------------------------------------------------- */
 
 /* A record from the peer that breaks its table is a bad message, not a bad param of ours. */
-static int bad_message(struct sbx_err *err, const char *what)
+int sbx__bad_message(struct sbx_err *err, const char *what)
 {
     char field[SBX_ERR_FIELD_MAX];
 
@@ -25,17 +26,17 @@ static void pack_str_or_nil(msgpack_packer *pk, const char *k, const char *v)
 }
 
 /* A required uint in [min, max] of a record read from the peer. */
-static int need_u64(const msgpack_object *o, const char *key, uint64_t min, uint64_t max,
-                    uint64_t *v, struct sbx_err *err)
+int sbx__need_u64(const msgpack_object *o, const char *key, uint64_t min, uint64_t max, uint64_t *v,
+                  struct sbx_err *err)
 {
     return sbx_param_u64(o, key, SBX_REQUIRED, min, max, v, err) == 0 ? 0 : -1;
 }
 
-static int need_u32(const msgpack_object *o, const char *key, uint32_t *v, struct sbx_err *err)
+int sbx__need_u32(const msgpack_object *o, const char *key, uint32_t *v, struct sbx_err *err)
 {
     uint64_t x;
 
-    if (need_u64(o, key, 0, UINT32_MAX, &x, err) < 0) {
+    if (sbx__need_u64(o, key, 0, UINT32_MAX, &x, err) < 0) {
         return -1;
     }
     *v = (uint32_t)x;
@@ -53,8 +54,8 @@ static int need_i64(const msgpack_object *o, const char *key, int64_t *v, struct
 }
 
 /* A key that must be present with a nil value or a value read by the caller: 1 when nil. */
-static int nil_or(const msgpack_object *o, const char *key, const msgpack_object **v,
-                  struct sbx_err *err)
+int sbx__nil_or(const msgpack_object *o, const char *key, const msgpack_object **v,
+                struct sbx_err *err)
 {
     *v = sbx_obj_get(o, key);
     if (*v == NULL) {
@@ -166,23 +167,23 @@ int sbx_hello_result_read(const msgpack_object *o, struct sbx_hello_result *r, s
     if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
         return sbx_err_set(err, SBX_E_BAD_MESSAGE, "hello result: not a map");
     }
-    if (need_u64(o, "version", 1, UINT32_MAX, &r->version, err) < 0 ||
+    if (sbx__need_u64(o, "version", 1, UINT32_MAX, &r->version, err) < 0 ||
         sbx_param_str(o, "agent", SBX_REQUIRED, 256, &r->agent, &r->agent_len, err) != 0 ||
         sbx_param_str(o, "agent_version", SBX_REQUIRED, 256, &r->agent_version,
                       &r->agent_version_len, err) != 0 ||
         sbx_param_array(o, "capabilities", SBX_REQUIRED, 256, &r->capv, err) != 0 ||
         sbx_param_map(o, "limits", SBX_REQUIRED, 64, &lim, err) != 0 ||
-        need_u64(o, "conn", 0, UINT64_MAX, &r->conn, err) < 0) {
-        return bad_message(err, "hello result");
+        sbx__need_u64(o, "conn", 0, UINT64_MAX, &r->conn, err) < 0) {
+        return sbx__bad_message(err, "hello result");
     }
     /* Clients must use the announced limits (§6.4): a missing or impossible one is refused. */
-    if (need_u64(lim, "frame_max", 1, SBX_FRAME_MAX, &r->limits.frame_max, err) < 0 ||
-        need_u64(lim, "chunk_max", 1, SBX_STREAM_CHUNK_MAX, &r->limits.chunk_max, err) < 0 ||
-        need_u64(lim, "stream_window", 1, UINT32_MAX, &r->limits.stream_window, err) < 0 ||
-        need_u64(lim, "max_streams", 1, UINT32_MAX, &r->limits.max_streams, err) < 0 ||
-        need_u64(lim, "max_procs", 1, UINT32_MAX, &r->limits.max_procs, err) < 0 ||
-        need_u64(lim, "max_conns", 1, UINT32_MAX, &r->limits.max_conns, err) < 0) {
-        return bad_message(err, "hello result limits");
+    if (sbx__need_u64(lim, "frame_max", 1, SBX_FRAME_MAX, &r->limits.frame_max, err) < 0 ||
+        sbx__need_u64(lim, "chunk_max", 1, SBX_STREAM_CHUNK_MAX, &r->limits.chunk_max, err) < 0 ||
+        sbx__need_u64(lim, "stream_window", 1, UINT32_MAX, &r->limits.stream_window, err) < 0 ||
+        sbx__need_u64(lim, "max_streams", 1, UINT32_MAX, &r->limits.max_streams, err) < 0 ||
+        sbx__need_u64(lim, "max_procs", 1, UINT32_MAX, &r->limits.max_procs, err) < 0 ||
+        sbx__need_u64(lim, "max_conns", 1, UINT32_MAX, &r->limits.max_conns, err) < 0) {
+        return sbx__bad_message(err, "hello result limits");
     }
     return 0;
 }
@@ -243,38 +244,39 @@ int sbx_exit_read(const msgpack_object *o, struct sbx_exit *x, struct sbx_err *e
     if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
         return sbx_err_set(err, SBX_E_BAD_MESSAGE, "exit map: not a map");
     }
-    if (need_u32(o, "id", &x->id, err) < 0 || need_u32(o, "pid", &x->pid, err) < 0 ||
-        (rc = nil_or(o, "code", &code, err)) < 0 || (rs = nil_or(o, "signo", &signo, err)) < 0) {
-        return bad_message(err, "exit map");
+    if (sbx__need_u32(o, "id", &x->id, err) < 0 || sbx__need_u32(o, "pid", &x->pid, err) < 0 ||
+        (rc = sbx__nil_or(o, "code", &code, err)) < 0 ||
+        (rs = sbx__nil_or(o, "signo", &signo, err)) < 0) {
+        return sbx__bad_message(err, "exit map");
     }
     if (rc == 0) {
-        if (need_u64(o, "code", 0, 255, &v, err) < 0) {
-            return bad_message(err, "exit map");
+        if (sbx__need_u64(o, "code", 0, 255, &v, err) < 0) {
+            return sbx__bad_message(err, "exit map");
         }
         x->exited = true;
         x->code = (int)v;
     } else if (rs == 0) {
-        if (need_u64(o, "signo", 1, 64, &v, err) < 0) {
-            return bad_message(err, "exit map");
+        if (sbx__need_u64(o, "signo", 1, 64, &v, err) < 0) {
+            return sbx__bad_message(err, "exit map");
         }
         x->signo = (int)v;
     } else {
         sbx_err_param(err, "code", "neither code nor signo is set");
-        return bad_message(err, "exit map");
+        return sbx__bad_message(err, "exit map");
     }
     if (need_bool(o, "core", &x->core, err) < 0 ||
-        need_u64(o, "duration_ns", 0, UINT64_MAX, &x->duration_ns, err) < 0 ||
+        sbx__need_u64(o, "duration_ns", 0, UINT64_MAX, &x->duration_ns, err) < 0 ||
         need_bool(o, "drained", &x->drained, err) < 0 ||
         need_bool(o, "timed_out", &x->timed_out, err) < 0 ||
         /* oom came with capability "limits": an older agent's map has none (false). */
         sbx_param_bool(o, "oom", SBX_OPTIONAL, &x->oom, err) < 0 ||
-        need_u64(o, "stdout_bytes", 0, UINT64_MAX, &x->stdout_bytes, err) < 0 ||
-        need_u64(o, "stderr_bytes", 0, UINT64_MAX, &x->stderr_bytes, err) < 0 ||
+        sbx__need_u64(o, "stdout_bytes", 0, UINT64_MAX, &x->stdout_bytes, err) < 0 ||
+        sbx__need_u64(o, "stderr_bytes", 0, UINT64_MAX, &x->stderr_bytes, err) < 0 ||
         sbx_param_map(o, "rusage", SBX_REQUIRED, 16, &ru, err) != 0 ||
-        need_u64(ru, "maxrss_kb", 0, UINT64_MAX, &x->maxrss_kb, err) < 0 ||
-        need_u64(ru, "utime_us", 0, UINT64_MAX, &x->utime_us, err) < 0 ||
-        need_u64(ru, "stime_us", 0, UINT64_MAX, &x->stime_us, err) < 0) {
-        return bad_message(err, "exit map");
+        sbx__need_u64(ru, "maxrss_kb", 0, UINT64_MAX, &x->maxrss_kb, err) < 0 ||
+        sbx__need_u64(ru, "utime_us", 0, UINT64_MAX, &x->utime_us, err) < 0 ||
+        sbx__need_u64(ru, "stime_us", 0, UINT64_MAX, &x->stime_us, err) < 0) {
+        return sbx__bad_message(err, "exit map");
     }
     return 0;
 }
@@ -327,21 +329,21 @@ int sbx_fileinfo_read(const msgpack_object *o, struct sbx_fileinfo *fi, struct s
     }
     /* Clients tolerate other type values (§17.2): any short name is kept as it came. */
     if (sbx_param_str(o, "type", SBX_REQUIRED, sizeof(fi->type_buf) - 1, &type, &tlen, err) != 0 ||
-        need_u64(o, "size", 0, UINT64_MAX, &fi->size, err) < 0 ||
-        need_u64(o, "mode", 0, UINT64_MAX, &fi->mode, err) < 0 ||
-        need_u32(o, "uid", &fi->uid, err) < 0 || need_u32(o, "gid", &fi->gid, err) < 0 ||
-        need_u64(o, "nlink", 0, UINT64_MAX, &fi->nlink, err) < 0 ||
-        need_u64(o, "ino", 0, UINT64_MAX, &fi->ino, err) < 0 ||
-        need_u64(o, "dev", 0, UINT64_MAX, &fi->dev, err) < 0 ||
-        need_u64(o, "rdev", 0, UINT64_MAX, &fi->rdev, err) < 0 ||
-        need_u64(o, "blksize", 0, UINT64_MAX, &fi->blksize, err) < 0 ||
-        need_u64(o, "blocks", 0, UINT64_MAX, &fi->blocks, err) < 0 ||
+        sbx__need_u64(o, "size", 0, UINT64_MAX, &fi->size, err) < 0 ||
+        sbx__need_u64(o, "mode", 0, UINT64_MAX, &fi->mode, err) < 0 ||
+        sbx__need_u32(o, "uid", &fi->uid, err) < 0 || sbx__need_u32(o, "gid", &fi->gid, err) < 0 ||
+        sbx__need_u64(o, "nlink", 0, UINT64_MAX, &fi->nlink, err) < 0 ||
+        sbx__need_u64(o, "ino", 0, UINT64_MAX, &fi->ino, err) < 0 ||
+        sbx__need_u64(o, "dev", 0, UINT64_MAX, &fi->dev, err) < 0 ||
+        sbx__need_u64(o, "rdev", 0, UINT64_MAX, &fi->rdev, err) < 0 ||
+        sbx__need_u64(o, "blksize", 0, UINT64_MAX, &fi->blksize, err) < 0 ||
+        sbx__need_u64(o, "blocks", 0, UINT64_MAX, &fi->blocks, err) < 0 ||
         need_i64(o, "atime_ns", &fi->atime_ns, err) < 0 ||
         need_i64(o, "mtime_ns", &fi->mtime_ns, err) < 0 ||
         need_i64(o, "ctime_ns", &fi->ctime_ns, err) < 0 ||
-        (rb = nil_or(o, "birthtime_ns", &bt, err)) < 0 ||
+        (rb = sbx__nil_or(o, "birthtime_ns", &bt, err)) < 0 ||
         (rb == 0 && need_i64(o, "birthtime_ns", &fi->birthtime_ns, err) < 0)) {
-        return bad_message(err, "FileInfo");
+        return sbx__bad_message(err, "FileInfo");
     }
     memcpy(fi->type_buf, type, tlen);
     fi->type_buf[tlen] = '\0';
@@ -351,7 +353,7 @@ int sbx_fileinfo_read(const msgpack_object *o, struct sbx_fileinfo *fi, struct s
     if (t != NULL && t->type != MSGPACK_OBJECT_NIL) {
         if (!sbx_obj_bytes(t, &fi->target, &fi->target_len)) {
             sbx_err_param(err, "target", "target must be a byte string");
-            return bad_message(err, "FileInfo");
+            return sbx__bad_message(err, "FileInfo");
         }
     }
     return 0;
@@ -359,7 +361,7 @@ int sbx_fileinfo_read(const msgpack_object *o, struct sbx_fileinfo *fi, struct s
 
 /* --- proc.spawn result (§14.2) ------------------------------------------------------------- */
 
-static void pack_sid_or_nil(msgpack_packer *pk, const char *k, uint32_t sid)
+void sbx__pack_sid_or_nil(msgpack_packer *pk, const char *k, uint32_t sid)
 {
     if (sid != 0) {
         sbx_pack_kv_u64(pk, k, sid);
@@ -373,24 +375,24 @@ void sbx_spawn_result_pack(msgpack_packer *pk, const struct sbx_spawn_result *r)
     (void)msgpack_pack_map(pk, 5);
     sbx_pack_kv_u64(pk, "id", r->id);
     sbx_pack_kv_u64(pk, "pid", r->pid);
-    pack_sid_or_nil(pk, "stdin", r->in);
-    pack_sid_or_nil(pk, "stdout", r->out);
-    pack_sid_or_nil(pk, "stderr", r->err);
+    sbx__pack_sid_or_nil(pk, "stdin", r->in);
+    sbx__pack_sid_or_nil(pk, "stdout", r->out);
+    sbx__pack_sid_or_nil(pk, "stderr", r->err);
 }
 
 /* A sid|nil field (present): 0 for nil. */
-static int read_sid_or_nil(const msgpack_object *o, const char *key, uint32_t *sid,
-                           struct sbx_err *err)
+int sbx__read_sid_or_nil(const msgpack_object *o, const char *key, uint32_t *sid,
+                         struct sbx_err *err)
 {
     const msgpack_object *v;
     uint64_t x;
-    int r = nil_or(o, key, &v, err);
+    int r = sbx__nil_or(o, key, &v, err);
 
     *sid = 0;
     if (r != 0) {
         return r < 0 ? -1 : 0;
     }
-    if (need_u64(o, key, 1, UINT32_MAX, &x, err) < 0) {
+    if (sbx__need_u64(o, key, 1, UINT32_MAX, &x, err) < 0) {
         return -1;
     }
     *sid = (uint32_t)x;
@@ -403,11 +405,11 @@ int sbx_spawn_result_read(const msgpack_object *o, struct sbx_spawn_result *r, s
     if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
         return sbx_err_set(err, SBX_E_BAD_MESSAGE, "proc.spawn result: not a map");
     }
-    if (need_u32(o, "id", &r->id, err) < 0 || need_u32(o, "pid", &r->pid, err) < 0 ||
-        read_sid_or_nil(o, "stdin", &r->in, err) < 0 ||
-        read_sid_or_nil(o, "stdout", &r->out, err) < 0 ||
-        read_sid_or_nil(o, "stderr", &r->err, err) < 0) {
-        return bad_message(err, "proc.spawn result");
+    if (sbx__need_u32(o, "id", &r->id, err) < 0 || sbx__need_u32(o, "pid", &r->pid, err) < 0 ||
+        sbx__read_sid_or_nil(o, "stdin", &r->in, err) < 0 ||
+        sbx__read_sid_or_nil(o, "stdout", &r->out, err) < 0 ||
+        sbx__read_sid_or_nil(o, "stderr", &r->err, err) < 0) {
+        return sbx__bad_message(err, "proc.spawn result");
     }
     return 0;
 }
@@ -415,11 +417,11 @@ int sbx_spawn_result_read(const msgpack_object *o, struct sbx_spawn_result *r, s
 /* --- one-stream results (§17.4, §17.5, §18), repl.eval streams (§16.3), pack.create (§19.1) - */
 
 /* A required sid of a result read from the peer. */
-static int need_sid(const msgpack_object *o, const char *key, uint32_t *sid, struct sbx_err *err)
+int sbx__need_sid(const msgpack_object *o, const char *key, uint32_t *sid, struct sbx_err *err)
 {
     uint64_t v;
 
-    if (need_u64(o, key, 1, UINT32_MAX, &v, err) < 0) {
+    if (sbx__need_u64(o, key, 1, UINT32_MAX, &v, err) < 0) {
         return -1;
     }
     *sid = (uint32_t)v;
@@ -453,15 +455,15 @@ int sbx_stream_result_read(const msgpack_object *o, bool with_size, struct sbx_s
     if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
         return sbx_err_set(err, SBX_E_BAD_MESSAGE, "stream result: not a map");
     }
-    if (need_sid(o, "stream", &r->stream, err) < 0) {
-        return bad_message(err, "stream result");
+    if (sbx__need_sid(o, "stream", &r->stream, err) < 0) {
+        return sbx__bad_message(err, "stream result");
     }
     if (!with_size) {
         return 0;
     }
-    if (need_u64(o, "size", 0, UINT64_MAX, &r->size, err) < 0 ||
-        need_u64(o, "mode", 0, UINT64_MAX, &r->mode, err) < 0) {
-        return bad_message(err, "transfer.download result");
+    if (sbx__need_u64(o, "size", 0, UINT64_MAX, &r->size, err) < 0 ||
+        sbx__need_u64(o, "mode", 0, UINT64_MAX, &r->mode, err) < 0) {
+        return sbx__bad_message(err, "transfer.download result");
     }
     r->has_size = true;
     return 0;
@@ -481,9 +483,10 @@ int sbx_eval_streams_read(const msgpack_object *o, struct sbx_eval_streams *r, s
     if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
         return sbx_err_set(err, SBX_E_BAD_MESSAGE, "repl.eval result: not a map");
     }
-    if (need_u32(o, "eval", &r->eval, err) < 0 || need_sid(o, "stdout", &r->out, err) < 0 ||
-        need_sid(o, "stderr", &r->err, err) < 0) {
-        return bad_message(err, "repl.eval result");
+    if (sbx__need_u32(o, "eval", &r->eval, err) < 0 ||
+        sbx__need_sid(o, "stdout", &r->out, err) < 0 ||
+        sbx__need_sid(o, "stderr", &r->err, err) < 0) {
+        return sbx__bad_message(err, "repl.eval result");
     }
     return 0;
 }
@@ -505,10 +508,11 @@ int sbx_pack_result_read(const msgpack_object *o, struct sbx_pack_result *r, str
     if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
         return sbx_err_set(err, SBX_E_BAD_MESSAGE, "pack.create result: not a map");
     }
-    if (need_u32(o, "id", &r->id, err) < 0 || opt_sid(o, "build_stdout", &r->build_out, err) < 0 ||
+    if (sbx__need_u32(o, "id", &r->id, err) < 0 ||
+        opt_sid(o, "build_stdout", &r->build_out, err) < 0 ||
         opt_sid(o, "build_stderr", &r->build_err, err) < 0 ||
-        need_sid(o, "archive", &r->archive, err) < 0) {
-        return bad_message(err, "pack.create result");
+        sbx__need_sid(o, "archive", &r->archive, err) < 0) {
+        return sbx__bad_message(err, "pack.create result");
     }
     return 0;
 }
@@ -572,13 +576,13 @@ int sbx_stream_note_read(const char *method, const msgpack_object *params,
     uint64_t v;
 
     memset(n, 0, sizeof(*n));
-    if (need_u64(params, "stream", 1, UINT32_MAX, &v, err) < 0) {
-        return bad_message(err, method);
+    if (sbx__need_u64(params, "stream", 1, UINT32_MAX, &v, err) < 0) {
+        return sbx__bad_message(err, method);
     }
     n->stream = (uint32_t)v;
     if (strcmp(method, SBX_N_STREAM_CREDIT) == 0) {
-        if (need_u64(params, "bytes", 0, UINT32_MAX, &v, err) < 0) {
-            return bad_message(err, method);
+        if (sbx__need_u64(params, "bytes", 0, UINT32_MAX, &v, err) < 0) {
+            return sbx__bad_message(err, method);
         }
         n->bytes = (uint32_t)v;
         return 0;
@@ -586,7 +590,7 @@ int sbx_stream_note_read(const char *method, const msgpack_object *params,
     if (read_error_field(params, &n->has_error, &n->error, err) < 0 ||
         (strcmp(method, SBX_N_STREAM_END) == 0 &&
          sbx_param_bool(params, "truncated", SBX_OPTIONAL, &n->truncated, err) < 0)) {
-        return bad_message(err, method);
+        return sbx__bad_message(err, method);
     }
     return 0;
 }
@@ -626,20 +630,20 @@ int sbx_transfer_done_read(const msgpack_object *o, struct sbx_transfer_done *d,
     int r;
 
     memset(d, 0, sizeof(*d));
-    if (need_u64(o, "stream", 1, UINT32_MAX, &v, err) < 0 ||
+    if (sbx__need_u64(o, "stream", 1, UINT32_MAX, &v, err) < 0 ||
         read_error_field(o, &d->failed, &d->error, err) < 0) {
-        return bad_message(err, SBX_N_TRANSFER_DONE);
+        return sbx__bad_message(err, SBX_N_TRANSFER_DONE);
     }
     d->stream = (uint32_t)v;
     if (d->failed) {
         return 0;
     }
     if ((r = sbx_param_u64(o, "size", SBX_OPTIONAL, 0, UINT64_MAX, &d->size, err)) < 0) {
-        return bad_message(err, SBX_N_TRANSFER_DONE);
+        return sbx__bad_message(err, SBX_N_TRANSFER_DONE);
     }
     d->has_size = r == 0;
     if ((r = sbx_param_u64(o, "files", SBX_OPTIONAL, 0, UINT64_MAX, &d->files, err)) < 0) {
-        return bad_message(err, SBX_N_TRANSFER_DONE);
+        return sbx__bad_message(err, SBX_N_TRANSFER_DONE);
     }
     d->has_files = r == 0;
     r = sbx_param_str(o, "sha256", SBX_OPTIONAL, 64, &sha, &n, err);
@@ -647,7 +651,7 @@ int sbx_transfer_done_read(const msgpack_object *o, struct sbx_transfer_done *d,
         if (r == 0) {
             sbx_err_param(err, "sha256", "sha256 must be 64 hex digits");
         }
-        return bad_message(err, SBX_N_TRANSFER_DONE);
+        return sbx__bad_message(err, SBX_N_TRANSFER_DONE);
     }
     if (r == 0) {
         memcpy(d->sha256, sha, 64);

@@ -1,8 +1,8 @@
 /*
- * The wire schema's process records (sbx/schema.h): proc.spawn params (§14.2, §15.1), and the
- * subset of them repl.start takes too (§16.2). One pack function for clients and one read
- * function for the agent and anyone who relays a request, so both sides share one definition of
- * a valid spawn request.
+ * The wire schema's process records (sbx/schema.h): proc.spawn params (§14.2, §15.1), the
+ * subset of them repl.start takes too (§16.2), and proc.attach params and result (§14.9). One pack
+ * function for clients and one read function for the agent and anyone who relays a request, so both
+ * sides share one definition of a valid spawn request.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,6 +10,7 @@
 
 #include "sbx/limits.h"
 #include "sbx/schema.h"
+#include "schema_int.h"
 
 /* --- helpers ------------------------------------------------------------------------------- */
 
@@ -474,4 +475,121 @@ int sbx_spawn_identity_read(const msgpack_object *params, struct sbx_spawn_param
     memset(p, 0, sizeof(*p));
     sbx_err_clear(err);
     return read_identity(params, p, err);
+}
+
+/* --- proc.attach (§14.9) ------------------------------------------------------------------- */
+
+void sbx_attach_params_pack(msgpack_packer *pk, const struct sbx_attach_params *p)
+{
+    (void)msgpack_pack_map(pk, 1 + p->has_from + p->has_stderr_from + !p->stdin + p->steal);
+    sbx_pack_kv_u64(pk, "id", p->id);
+    if (p->has_from) {
+        sbx_pack_kv_u64(pk, "from", p->from);
+    }
+    if (p->has_stderr_from) {
+        sbx_pack_kv_u64(pk, "stderr_from", p->stderr_from);
+    }
+    if (!p->stdin) {
+        sbx_pack_kv_bool(pk, "stdin", false);
+    }
+    if (p->steal) {
+        sbx_pack_kv_bool(pk, "steal", true);
+    }
+}
+
+int sbx_attach_params_read(const msgpack_object *params, struct sbx_attach_params *p,
+                           struct sbx_err *err)
+{
+    uint64_t v = 0;
+    int r;
+
+    memset(p, 0, sizeof(*p));
+    sbx_err_clear(err);
+    p->stdin = true;
+    if (sbx_param_u64(params, "id", SBX_REQUIRED, 0, UINT32_MAX, &v, err) != 0) {
+        return -1;
+    }
+    p->id = (uint32_t)v;
+    if ((r = sbx_param_u64(params, "from", SBX_OPTIONAL, 0, UINT64_MAX, &p->from, err)) < 0) {
+        return -1;
+    }
+    p->has_from = r == 0;
+    r = sbx_param_u64(params, "stderr_from", SBX_OPTIONAL, 0, UINT64_MAX, &p->stderr_from, err);
+    if (r < 0) {
+        return -1;
+    }
+    p->has_stderr_from = r == 0;
+    if (sbx_param_bool(params, "stdin", SBX_OPTIONAL, &p->stdin, err) < 0 ||
+        sbx_param_bool(params, "steal", SBX_OPTIONAL, &p->steal, err) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static void pack_uint_or_nil(msgpack_packer *pk, const char *k, bool has, uint64_t v)
+{
+    if (has) {
+        sbx_pack_kv_u64(pk, k, v);
+    } else {
+        sbx_pack_kv_nil(pk, k);
+    }
+}
+
+void sbx_attach_result_pack(msgpack_packer *pk, const struct sbx_attach_result *r)
+{
+    (void)msgpack_pack_map(pk, 7);
+    sbx__pack_sid_or_nil(pk, "stdin", r->stdin_sid);
+    sbx__pack_sid_or_nil(pk, "stdout", r->stdout_sid);
+    sbx__pack_sid_or_nil(pk, "stderr", r->stderr_sid);
+    pack_uint_or_nil(pk, "stdout_start", r->has_stdout_start, r->stdout_start);
+    pack_uint_or_nil(pk, "stderr_start", r->has_stderr_start, r->stderr_start);
+    sbx_pack_kv_u64(pk, "stdout_dropped", r->stdout_dropped);
+    sbx_pack_kv_u64(pk, "stderr_dropped", r->stderr_dropped);
+}
+
+/* A present uint|nil field: 0 with *@has set, or -1. */
+static int read_uint_or_nil(const msgpack_object *o, const char *key, bool *has, uint64_t *v,
+                            struct sbx_err *err)
+{
+    const msgpack_object *x;
+    int r = sbx__nil_or(o, key, &x, err);
+
+    *has = false;
+    if (r != 0) {
+        return r < 0 ? -1 : 0;
+    }
+    if (sbx__need_u64(o, key, 0, UINT64_MAX, v, err) < 0) {
+        return -1;
+    }
+    *has = true;
+    return 0;
+}
+
+int sbx_attach_result_read(const msgpack_object *o, struct sbx_attach_result *r,
+                           struct sbx_err *err)
+{
+    memset(r, 0, sizeof(*r));
+    if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
+        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "proc.attach result: not a map");
+    }
+    if (sbx__read_sid_or_nil(o, "stdin", &r->stdin_sid, err) < 0 ||
+        sbx__read_sid_or_nil(o, "stdout", &r->stdout_sid, err) < 0 ||
+        sbx__read_sid_or_nil(o, "stderr", &r->stderr_sid, err) < 0 ||
+        read_uint_or_nil(o, "stdout_start", &r->has_stdout_start, &r->stdout_start, err) < 0 ||
+        read_uint_or_nil(o, "stderr_start", &r->has_stderr_start, &r->stderr_start, err) < 0 ||
+        sbx_param_u64(o, "stdout_dropped", SBX_OPTIONAL, 0, UINT64_MAX, &r->stdout_dropped, err) <
+            0 ||
+        sbx_param_u64(o, "stderr_dropped", SBX_OPTIONAL, 0, UINT64_MAX, &r->stderr_dropped, err) <
+            0) {
+        return sbx__bad_message(err, "proc.attach result");
+    }
+    if (r->stdout_sid != 0 && !r->has_stdout_start) {
+        (void)sbx_err_param(err, "stdout_start", "stdout_start is nil with a stdout stream");
+        return sbx__bad_message(err, "proc.attach result");
+    }
+    if (r->stderr_sid != 0 && !r->has_stderr_start) {
+        (void)sbx_err_param(err, "stderr_start", "stderr_start is nil with a stderr stream");
+        return sbx__bad_message(err, "proc.attach result");
+    }
+    return 0;
 }

@@ -94,6 +94,34 @@ run sbx kill "$id"
 wait || true
 run sbx ps
 
+note "detach and attach again: output nobody reads is kept in a replay ring, so a client"
+note "that reconnects (after a host restart, a snapshot restore) loses nothing"
+id=$(sbx exec --detach -- sh -c 'for i in 1 2 3; do echo step $i; sleep 0.4; done; exit 4')
+run sbx ps
+run sbx attach -n "$id" || note "exit status: $? (the process's own)"
+
+note "ports: a web server in the guest, on lo only (the VM has no network device), reached"
+note "from the host through sbx forward (each connection relayed by net.connect)"
+sbx sh 'mkdir -p /tmp/www && echo "hello from inside the VM" > /tmp/www/index.html'
+sbx exec --detach -- httpd -f -p 127.0.0.1:8080 -h /tmp/www >/dev/null
+run sbx ports
+sbx forward 127.0.0.1:18080:8080 &
+fwd=$!
+get() {
+    python3 -c 'import sys, time, urllib.request
+for i in range(100):
+    try:
+        sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("no answer from " + sys.argv[1])' "$1"
+}
+run get http://127.0.0.1:18080/
+kill "$fwd"
+wait "$fwd" 2>/dev/null || true
+
 note "a terminal: sbx exec -t gives the process a PTY"
 run sbx exec -t -- sh -c 'tty; stty size' </dev/null
 SESSION

@@ -72,10 +72,10 @@ typedef int cli_run_fn(struct cli *cli, struct sbx_client *c);
 typedef int cli_print_fn(const struct cli *cli, const msgpack_object *res, struct sbx_err *err);
 
 cli_parse_fn cli_parse_exec, cli_parse_ping, cli_parse_call, cli_parse_env, cli_parse_proc,
-    cli_parse_repl, cli_parse_cp, cli_parse_pack, cli_parse_fs;
+    cli_parse_repl, cli_parse_cp, cli_parse_pack, cli_parse_fs, cli_parse_attach, cli_parse_forward;
 cli_run_fn cli_cmd_exec, cli_cmd_ping, cli_cmd_call, cli_cmd_env, cli_cmd_kill, cli_cmd_wait,
-    cli_cmd_repl, cli_cmd_cp, cli_cmd_pack, cli_cmd_fs;
-cli_print_fn cli_print_map, cli_print_procs;
+    cli_cmd_repl, cli_cmd_cp, cli_cmd_pack, cli_cmd_fs, cli_cmd_attach, cli_cmd_forward;
+cli_print_fn cli_print_map, cli_print_procs, cli_print_ports;
 
 /* --- json.c (jansson) --------------------------------------------------------------------- */
 

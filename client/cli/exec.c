@@ -1,6 +1,6 @@
 /*
- * sbx exec / sbx sh / sbx shell: spawn a process (optionally on a PTY), stream its stdio both
- * ways, pass its exit status through.
+ * sbx exec / sbx sh / sbx shell / sbx attach: spawn a process (optionally on a PTY, optionally
+ * detached) or attach to a running one, stream its stdio both ways, pass its exit status through.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +22,10 @@
 
 /* The terminal sbx shell / exec -t hands the process when $TERM is unset or unusable. */
 #define DEFAULT_TERM "xterm-256color"
+
+/* sbx attach on a PTY: ^\ followed by ^D detaches (the process keeps running). */
+#define DETACH_KEY1 0x1c
+#define DETACH_KEY2 0x04
 
 /* What `sbx shell` runs without a command. */
 static const char *const default_shell[] = { "/bin/sh", "-l", NULL };
@@ -50,8 +54,13 @@ struct sink {
 struct exec {
     struct cli *cli;
     struct sbx_client *c;
-    const char *what; /* the command, for messages */
-    uint32_t proc;
+    const char *verb; /* "exec" or "attach", for messages */
+    const char *what; /* the command (exec) or the process id (attach), for messages */
+    bool attaching;   /* sbx attach: local signals and the detach keys detach */
+    bool held_key1;   /* attach: the last input byte was DETACH_KEY1, not sent yet */
+    bool detached;    /* attach: pump returned 1 because the user detached */
+    bool taken;       /* another connection took the process over (attach --steal) */
+    uint32_t proc, pid;
     uint32_t sin;
     bool stdin_open;
     struct sink out, err;
@@ -75,7 +84,11 @@ static struct {
     struct sbx_spawn_params p;
     const char **env;
     size_t nenv;
-    bool no_stdin, merge, tty;
+    bool no_stdin, merge, tty, detach;
+    /* sbx attach */
+    struct sbx_attach_params ap;
+    bool sig_proxy;
+    char id[16];
 } o;
 
 /* "sbx: exec CMD: <what>: <message> (<code>)". */
@@ -83,7 +96,7 @@ static void say_err(const struct exec *x, const char *what, const struct sbx_err
 {
     char cmd[512];
 
-    (void)snprintf(cmd, sizeof(cmd), "exec %s: %s", x->what, what);
+    (void)snprintf(cmd, sizeof(cmd), "%s %s: %s", x->verb, x->what, what);
     cli_print_err(cmd, e);
 }
 
@@ -163,6 +176,11 @@ static int spawn(struct exec *x, struct sbx_err *err)
     if (o.tty) {
         /* The agent ignores stdin/stdout/stderr here: the PTY is all three. */
         o.p.pty = &pty;
+    } else if (o.detach) {
+        /* Nobody reads here: a later sbx attach may take stdin and the output over. */
+        o.p.stdin_mode = o.no_stdin ? SBX_STDIO_NULL : SBX_STDIO_PIPE;
+        o.p.stdout_mode = SBX_STDIO_PIPE;
+        o.p.stderr_mode = o.merge ? SBX_STDIO_STDOUT : SBX_STDIO_PIPE;
     } else {
         o.p.stdin_mode = !o.no_stdin && !stdin_is_null() ? SBX_STDIO_PIPE : SBX_STDIO_NULL;
         o.p.stdout_mode = SBX_STDIO_PIPE;
@@ -180,6 +198,7 @@ static int spawn(struct exec *x, struct sbx_err *err)
         return -1;
     }
     x->proc = r.id;
+    x->pid = r.pid;
     x->sin = r.in;
     x->out.sid = r.out;
     x->err.sid = r.err;
@@ -209,6 +228,60 @@ static int spawn_failed(const struct exec *x, const struct sbx_err *err)
         return EXIT_CANNOT_RUN;
     }
     return CLI_EXIT_SBX;
+}
+
+/* --- attach ------------------------------------------------------------------------------- */
+
+/* "sbx: attach: N bytes of stdout were dropped before offset M" when the replay of stream @sid
+ * misses bytes that were asked for (all before @start when @from_oldest). */
+static void say_dropped(const char *name, uint32_t sid, uint64_t dropped, bool from_oldest,
+                        uint64_t start)
+{
+    if (sid != 0 && from_oldest && start > dropped) {
+        dropped = start;
+    }
+    if (sid != 0 && dropped > 0) {
+        cli_say("sbx: attach: %llu bytes of %s were dropped before offset %llu\n",
+                (unsigned long long)dropped, name, (unsigned long long)start);
+    }
+}
+
+/*
+ * proc.attach: take over the process's output (replayed from the offsets asked for, then live)
+ * and, when there is local input to forward, its stdin. proc.list does not say whether a
+ * process runs on a PTY, so --tty does.
+ */
+static int attach(struct exec *x, struct sbx_err *err)
+{
+    struct sbx_attach_result r;
+    struct sbx_msg resp;
+    uint32_t id = 0;
+    int sent;
+
+    o.ap.stdin = !o.no_stdin && !stdin_is_null();
+    sent =
+        sbx_client_sent(x->c, sbx_proc_attach(sbx_client_conn(x->c), &o.ap, NULL, &id, err), err);
+    if (cli_hello_wait(x->c) < 0) {
+        x->hello_failed = true;
+        return -1;
+    }
+    if (sent < 0 || sbx_client_wait(x->c, id, &resp, -1, err) < 0 ||
+        sbx_attach_result_read(resp.result, &r, err) < 0) {
+        return -1;
+    }
+    x->pty = o.tty;
+    x->proc = o.ap.id;
+    x->sin = r.stdin_sid;
+    x->out.sid = r.stdout_sid;
+    x->err.sid = r.stderr_sid;
+    x->out.done = x->out.sid == 0;
+    x->err.done = x->err.sid == 0;
+    x->stdin_open = x->sin != 0 && o.ap.stdin;
+    /* Offsets count from the process's first byte: without --from, all before the start is
+     * gone, whatever the agent counts as dropped relative to a requested offset. */
+    say_dropped("stdout", x->out.sid, r.stdout_dropped, !o.ap.has_from, r.stdout_start);
+    say_dropped("stderr", x->err.sid, r.stderr_dropped, !o.ap.has_stderr_from, r.stderr_start);
+    return 0;
 }
 
 /* --- streaming ---------------------------------------------------------------------------- */
@@ -249,7 +322,8 @@ static int deliver(struct exec *x, struct sink *s, const struct sbx_msg *m, stru
         if (r < 0) {
             /* Our side of this stream is gone: tell the agent and carry on with the rest. */
             if (r != -EPIPE) {
-                cli_say("sbx: exec %s: writing remote %s: %s\n", x->what, s->name, strerror(-r));
+                cli_say("sbx: %s %s: writing remote %s: %s\n", x->verb, x->what, s->name,
+                        strerror(-r));
             }
             s->done = true;
             return sbx_client_stream_cancel(x->c, s->sid, err);
@@ -279,6 +353,14 @@ static void on_stream_note(struct exec *x, const char *method, const msgpack_obj
     if (sbx_stream_note_read(method, params, &n, &e) < 0) {
         return;
     }
+    if ((n.stream == x->sin || sink_for(x, n.stream) != NULL) &&
+        strcmp(method, SBX_N_STREAM_CANCEL) == 0 && n.has_error &&
+        strcmp(n.error.code, SBX_E_CANCELLED) == 0 && !x->taken) {
+        /* Another connection attached with steal (§14.9): no more output, and no proc.exit
+         * for us either. */
+        x->taken = true;
+        cli_say("sbx: %s %s: %s (%s)\n", x->verb, x->what, n.error.msg, n.error.code);
+    }
     if (n.stream == x->sin) {
         x->stdin_open = false; /* the process closed its stdin or is gone */
         return;
@@ -293,11 +375,12 @@ static void on_stream_note(struct exec *x, const char *method, const msgpack_obj
         return;
     }
     if (n.has_error) {
-        cli_say("sbx: exec %s: remote %s: %s (%s)\n", x->what, s->name, n.error.msg, n.error.code);
+        cli_say("sbx: %s %s: remote %s: %s (%s)\n", x->verb, x->what, s->name, n.error.msg,
+                n.error.code);
     }
     if (n.truncated && !x->cli->json) {
-        cli_say("sbx: exec %s: remote %s cut short: a background process kept it open\n", x->what,
-                s->name);
+        cli_say("sbx: %s %s: remote %s cut short: a background process kept it open\n", x->verb,
+                x->what, s->name);
     }
 }
 
@@ -401,10 +484,24 @@ static int send_resize(struct exec *x, struct sbx_err *err)
                     &id, "resizing the terminal", err);
 }
 
+/* sbx attach: leave the process running and make pump return 1 with @status. */
+static int detach(struct exec *x, int status)
+{
+    x->detached = true;
+    x->quit_status = status;
+    return 1;
+}
+
+/* sbx attach without --sig-proxy: signals received here detach instead of being forwarded. */
+static bool signals_detach(const struct exec *x)
+{
+    return x->attaching && !o.sig_proxy;
+}
+
 /*
  * The local side is going away (SIGTERM / SIGHUP, or the terminal closed): restore the
  * terminal, hang up the remote process group as a terminal would (SIGHUP; an interactive shell
- * ignores SIGTERM) and make pump return 1 with 128+@sig.
+ * ignores SIGTERM) and make pump return 1 with 128+@sig. sbx attach just detaches.
  */
 static int hang_up(struct exec *x, int sig)
 {
@@ -413,6 +510,9 @@ static int hang_up(struct exec *x, int sig)
     uint32_t id;
 
     cli_tty_restore();
+    if (signals_detach(x)) {
+        return detach(x, 128 + sig);
+    }
     x->quit_status = 128 + sig;
     if (!x->exited && send_kill(x, SIGHUP, &id, &e) == 0) {
         /* Briefly: the agent has it once it answers; a dead agent must not keep us here. */
@@ -430,6 +530,10 @@ static int forward_signals(struct exec *x, int rfd, struct sbx_err *err)
     uint32_t id;
 
     for (ssize_t i = 0; i < n; i++) {
+        if (signals_detach(x) && sigs[i] != SIGWINCH && sigs[i] != SIGCONT) {
+            cli_tty_restore();
+            return detach(x, 128 + sigs[i]);
+        }
         switch (sigs[i]) {
         case SIGWINCH:
             winch = true;
@@ -437,7 +541,7 @@ static int forward_signals(struct exec *x, int rfd, struct sbx_err *err)
         case SIGCONT:
             /* Stopped and continued: whoever ran meanwhile may have changed the terminal. */
             if (x->raw && cli_tty_reraw() < 0) {
-                cli_say("sbx: exec %s: raw mode: %s\n", x->what, strerror(errno));
+                cli_say("sbx: %s %s: raw mode: %s\n", x->verb, x->what, strerror(errno));
             }
             winch = true;
             continue;
@@ -450,7 +554,8 @@ static int forward_signals(struct exec *x, int rfd, struct sbx_err *err)
         case SIGINT:
             if (++x->sigints >= SIGINT_GIVE_UP) {
                 cli_tty_restore();
-                cli_say("sbx: exec %s: interrupted %d times, giving up\n", x->what, x->sigints);
+                cli_say("sbx: %s %s: interrupted %d times, giving up\n", x->verb, x->what,
+                        x->sigints);
                 x->quit_status = 128 + SIGINT;
                 return 1;
             }
@@ -493,18 +598,80 @@ static int pty_eof(struct exec *x, struct sbx_err *err)
     return sbx_client_stream_end(x->c, x->sin, err);
 }
 
-/* Returns 0, 1 when pump must stop (a hangup), -1 on error. */
+/*
+ * sbx attach on a raw terminal: look for DETACH_KEY1 DETACH_KEY2 in the input just read to
+ * buf[1 .. 1+@len). A KEY1 held back from the last read goes in front (buf[0]); a KEY1 that ends
+ * the input is held back until the next byte tells. Sets *@off and returns the length of what
+ * to send; sets *@found when the sequence came (it and what follows it are not sent).
+ */
+static size_t detach_keys(struct exec *x, uint8_t *buf, size_t len, size_t *off, bool *found)
+{
+    size_t start = 1, end = 1 + len;
+
+    if (x->held_key1) {
+        buf[0] = DETACH_KEY1;
+        start = 0;
+        x->held_key1 = false;
+    }
+    *off = start;
+    for (size_t i = start; i < end; i++) {
+        if (buf[i] != DETACH_KEY1) {
+            continue;
+        }
+        if (i + 1 == end) {
+            x->held_key1 = true;
+            return i - start;
+        }
+        if (buf[i + 1] == DETACH_KEY2) {
+            *found = true;
+            return i - start;
+        }
+    }
+    return end - start;
+}
+
+/* Send @len input bytes (within the credit). 0, or -1 on error. */
+static int send_input(struct exec *x, const uint8_t *p, size_t len, struct sbx_err *err)
+{
+    if (len == 0) {
+        return 0;
+    }
+    x->in_partial = p[len - 1] != '\n' && p[len - 1] != '\r' && p[len - 1] != 0x04;
+    /* Never more than the credit, so this cannot block waiting for the agent. */
+    if (sbx_client_stream_write(x->c, x->sin, p, len, err) < 0) {
+        if (strcmp(err->code, SBX_E_STREAM) == 0) {
+            x->stdin_open = false; /* cancelled by the agent: the process is done reading */
+            sbx_err_clear(err);
+            return 0;
+        }
+        return -1;
+    }
+    return 0;
+}
+
+/* Returns 0, 1 when pump must stop (a hangup, a detach), -1 on error. */
 static int forward_stdin(struct exec *x, struct sbx_err *err)
 {
-    static uint8_t buf[64 << 10];
+    static uint8_t buf[(64 << 10) + 1]; /* input at buf + 1; buf[0] for a held detach key */
     uint64_t credit = sbx_client_credit(x->c, x->sin);
-    size_t want = credit < sizeof(buf) ? (size_t)credit : sizeof(buf);
+    size_t want = credit < sizeof(buf) - 1 ? (size_t)credit : sizeof(buf) - 1;
+    size_t off = 1, len;
+    bool found = false;
     ssize_t n;
 
+    if (x->held_key1 && want == 1) {
+        /* No room to wait for the second key within the credit: the first is just input. */
+        x->held_key1 = false;
+        buf[0] = DETACH_KEY1;
+        return send_input(x, buf, want, err);
+    }
+    if (x->held_key1) {
+        want--;
+    }
     if (want == 0) {
         return 0;
     }
-    n = read(STDIN_FILENO, buf, want);
+    n = read(STDIN_FILENO, buf + 1, want);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
         return 0;
     }
@@ -514,7 +681,7 @@ static int forward_stdin(struct exec *x, struct sbx_err *err)
         return hang_up(x, SIGHUP);
     }
     if (n < 0) {
-        cli_say("sbx: exec %s: reading stdin: %s\n", x->what, strerror(errno));
+        cli_say("sbx: %s %s: reading stdin: %s\n", x->verb, x->what, strerror(errno));
     }
     if (n <= 0) {
         if (x->pty) {
@@ -523,17 +690,14 @@ static int forward_stdin(struct exec *x, struct sbx_err *err)
         x->stdin_open = false;
         return sbx_client_stream_end(x->c, x->sin, err);
     }
-    x->in_partial = buf[n - 1] != '\n' && buf[n - 1] != '\r' && buf[n - 1] != 0x04;
-    /* Never more than the credit, so this cannot block waiting for the agent. */
-    if (sbx_client_stream_write(x->c, x->sin, buf, (size_t)n, err) < 0) {
-        if (strcmp(err->code, SBX_E_STREAM) == 0) {
-            x->stdin_open = false; /* cancelled by the agent: the process is done reading */
-            sbx_err_clear(err);
-            return 0;
-        }
+    len = (size_t)n;
+    if (x->attaching && x->raw) {
+        len = detach_keys(x, buf, len, &off, &found);
+    }
+    if (send_input(x, buf + off, len, err) < 0) {
         return -1;
     }
-    return 0;
+    return found ? detach(x, 0) : 0;
 }
 
 static bool finished(const struct exec *x)
@@ -554,6 +718,10 @@ static int pump(struct exec *x, int sig_r, struct sbx_err *err)
         while ((r = sbx_client_recv(x->c, &m, 0, err)) == 1) {
             if (handle(x, &m, err) < 0) {
                 return -1;
+            }
+            if (x->taken) {
+                x->quit_status = CLI_EXIT_SBX;
+                return 1;
             }
             if (finished(x)) {
                 return 0;
@@ -625,7 +793,7 @@ static int exit_status(const struct exec *x)
 
     if (x->ex.timed_out && !x->cli->json) {
         sig = x->ex.exited ? NULL : sbx_signal_name(x->ex.signo, buf, sizeof(buf));
-        (void)fprintf(stderr, "sbx: exec %s: timed out, killed by %s\n", x->what,
+        (void)fprintf(stderr, "sbx: %s %s: timed out, killed by %s\n", x->verb, x->what,
                       sig != NULL ? sig : "a signal");
     }
     return sbx_exit_status(&x->ex);
@@ -717,6 +885,9 @@ int cli_parse_exec(struct cli *cli, int opt, const char *arg)
     case 'm':
         o.merge = true;
         return 0;
+    case 'd':
+        o.detach = true;
+        return 0;
     case 'C':
         o.p.clear_env = true;
         return 0;
@@ -739,18 +910,85 @@ int cli_parse_exec(struct cli *cli, int opt, const char *arg)
     return 0;
 }
 
+/*
+ * Stream the process x->c spawned or attached to until it finished (its output ended and
+ * proc.exit came), or sbx must quit early (a hangup, a detach). Returns the exit status.
+ */
+static int run_streams(struct exec *x, struct sbx_err *err)
+{
+    int status = CLI_EXIT_SBX, sig_r = -1, r = 0;
+
+    if (setup_signals(x->pty, &sig_r) < 0) {
+        (void)fprintf(stderr, "sbx: %s %s: signal setup: %s\n", x->verb, x->what, strerror(errno));
+        return CLI_EXIT_SBX;
+    }
+    if (x->pty && x->stdin_open && isatty(STDIN_FILENO)) {
+        /* After the handlers: from here on every way out restores the terminal. */
+        if (cli_tty_raw(STDIN_FILENO) < 0) {
+            (void)fprintf(stderr, "sbx: %s %s: raw mode: %s\n", x->verb, x->what, strerror(errno));
+        } else {
+            x->raw = true;
+        }
+    }
+    if (x->pty && (!x->attaching || x->raw)) {
+        /* A resize while spawning reached nobody; tell the remote terminal now. An attach
+         * without a local terminal leaves the remote size alone. */
+        r = send_resize(x, err);
+        if (r == 0 && x->stdin_open && stdin_is_null()) {
+            r = pty_eof(x, err); /* /dev/null or closed: input is over before it began */
+        }
+    }
+    if (r == 0) {
+        r = pump(x, sig_r, err);
+    }
+    cli_tty_restore();
+    if (r < 0) {
+        (void)fprintf(stderr, "sbx: %s %s: %s (%s)\n", x->verb, x->what, err->msg, err->code);
+    } else if (r > 0) {
+        if (x->detached) {
+            (void)fprintf(stderr, "sbx: detached from %u\n", x->proc);
+        }
+        status = x->quit_status;
+    } else {
+        if (x->cli->json) {
+            print_json(x);
+        }
+        status = exit_status(x);
+    }
+    cli_tty_forget();
+    {
+        int w = sig_pipe_w;
+        sig_pipe_w = -1;
+        (void)close(sig_r);
+        (void)close(w);
+    }
+    return status;
+}
+
+/* exec --detach: the process is running; say which it is and leave it. */
+static int print_detached(const struct exec *x)
+{
+    if (x->cli->json) {
+        (void)printf("{\"id\":%u,\"pid\":%u}\n", x->proc, x->pid);
+    } else {
+        (void)printf("%u\n", x->proc);
+    }
+    return fflush(stdout) == 0 ? 0 : CLI_EXIT_SBX;
+}
+
 int cli_cmd_exec(struct cli *cli, struct sbx_client *c)
 {
     struct exec x = {
         .cli = cli,
         .c = c,
+        .verb = "exec",
         .what = o.p.command != NULL ? o.p.command : o.p.argv[0],
         .pty = o.tty,
         .out = { .name = "stdout", .fd = STDOUT_FILENO },
         .err = { .name = "stderr", .fd = STDERR_FILENO },
     };
     struct sbx_err err;
-    int status = CLI_EXIT_SBX, sig_r = -1, r = 0;
+    int status;
 
     sbx_err_clear(&err);
     if (x.pty) {
@@ -758,48 +996,82 @@ int cli_cmd_exec(struct cli *cli, struct sbx_client *c)
     }
     if (spawn(&x, &err) < 0) {
         status = x.hello_failed ? CLI_EXIT_SBX : spawn_failed(&x, &err);
-        goto out;
-    }
-    if (setup_signals(x.pty, &sig_r) < 0) {
-        (void)fprintf(stderr, "sbx: exec %s: signal setup: %s\n", x.what, strerror(errno));
-        goto out;
-    }
-    if (x.pty && !o.no_stdin && isatty(STDIN_FILENO)) {
-        /* After the handlers: from here on every way out restores the terminal. */
-        if (cli_tty_raw(STDIN_FILENO) < 0) {
-            (void)fprintf(stderr, "sbx: exec %s: raw mode: %s\n", x.what, strerror(errno));
-        } else {
-            x.raw = true;
-        }
-    }
-    if (x.pty) {
-        /* A resize while spawning reached nobody; tell the remote terminal now. */
-        r = send_resize(&x, &err);
-        if (r == 0 && x.stdin_open && stdin_is_null()) {
-            r = pty_eof(&x, &err); /* /dev/null or closed: input is over before it began */
-        }
-    }
-    if (r == 0) {
-        r = pump(&x, sig_r, &err);
-    }
-    cli_tty_restore();
-    if (r < 0) {
-        (void)fprintf(stderr, "sbx: exec %s: %s (%s)\n", x.what, err.msg, err.code);
-    } else if (r > 0) {
-        status = x.quit_status;
+    } else if (o.detach) {
+        status = print_detached(&x);
     } else {
-        if (cli->json) {
-            print_json(&x);
-        }
-        status = exit_status(&x);
+        status = run_streams(&x, &err);
     }
-out:
-    cli_tty_forget();
-    if (sig_r >= 0) {
-        int w = sig_pipe_w;
-        sig_pipe_w = -1;
-        (void)close(sig_r);
-        (void)close(w);
+    free(x.out.cap);
+    free(x.err.cap);
+    json_decref(x.exit_json);
+    return status;
+}
+
+int cli_parse_attach(struct cli *cli, int opt, const char *arg)
+{
+    uint64_t v;
+
+    switch (opt) {
+    case 'F':
+    case 'E':
+        if (cli_parse_u64(arg, &v) < 0) {
+            (void)fprintf(stderr, "sbx: attach: bad --%s \"%s\": expected a byte offset\n",
+                          opt == 'F' ? "from" : "stderr-from", arg);
+            return CLI_EXIT_SBX;
+        }
+        if (opt == 'F') {
+            o.ap.has_from = true;
+            o.ap.from = v;
+        } else {
+            o.ap.has_stderr_from = true;
+            o.ap.stderr_from = v;
+        }
+        return 0;
+    case 'S':
+        o.ap.steal = true;
+        return 0;
+    case 'n':
+        o.no_stdin = true;
+        return 0;
+    case 't':
+        o.tty = true;
+        return 0;
+    case 'P':
+        o.sig_proxy = true;
+        return 0;
+    default: /* the options are done: the process id */
+        break;
+    }
+    if (cli->argc != 1 || cli_parse_u64(cli->argv[0], &v) < 0 || v == 0 || v > UINT32_MAX) {
+        return CLI_OPTS_BAD;
+    }
+    o.ap.id = (uint32_t)v;
+    (void)snprintf(o.id, sizeof(o.id), "%u", o.ap.id);
+    return 0;
+}
+
+int cli_cmd_attach(struct cli *cli, struct sbx_client *c)
+{
+    struct exec x = {
+        .cli = cli,
+        .c = c,
+        .verb = "attach",
+        .what = o.id,
+        .attaching = true,
+        .out = { .name = "stdout", .fd = STDOUT_FILENO },
+        .err = { .name = "stderr", .fd = STDERR_FILENO },
+    };
+    struct sbx_err err;
+    int status;
+
+    sbx_err_clear(&err);
+    if (attach(&x, &err) < 0) {
+        if (!x.hello_failed) {
+            say_err(&x, "proc.attach", &err);
+        }
+        status = CLI_EXIT_SBX;
+    } else {
+        status = run_streams(&x, &err);
     }
     free(x.out.cap);
     free(x.err.cap);

@@ -64,6 +64,10 @@ struct command {
     "  -n, --no-stdin     give the process /dev/null as stdin (also automatic when this\n"         \
     "                     stdin is /dev/null or closed); with --tty: send it no input\n"           \
     "      --merge        send the process's stderr into its stdout stream\n"                      \
+    "  -d, --detach       start the process and return at once: print its id (--json:\n"           \
+    "                     {\"id\":N,\"pid\":P}) and exit 0; its stdin (unless -n), stdout and\n"   \
+    "                     stderr are pipes nobody reads until 'sbx attach ID' (the agent\n"        \
+    "                     keeps the most recent output to replay)\n"                               \
     "      --json         capture the output and print one JSON object at the end:\n"              \
     "                     {\"exit\":{...proc.exit...},\"stdout\":\"...\",\"stderr\":\"...\"}\n"    \
     "                     (output as JSON strings; invalid UTF-8 becomes U+FFFD; at most\n"        \
@@ -87,7 +91,22 @@ static const struct option exec_opts[] = {
     { "no-stdin", no_argument, NULL, 'n' },
     { "merge", no_argument, NULL, 'm' },
     { "tty", no_argument, NULL, 't' },
+    { "detach", no_argument, NULL, 'd' },
     CLI_OPT_JSON,
+    CLI_OPTS_END,
+};
+static const struct option attach_opts[] = {
+    { "from", required_argument, NULL, 'F' },
+    { "stderr-from", required_argument, NULL, 'E' },
+    { "steal", no_argument, NULL, 'S' },
+    { "no-stdin", no_argument, NULL, 'n' },
+    { "tty", no_argument, NULL, 't' },
+    { "sig-proxy", no_argument, NULL, 'P' },
+    CLI_OPT_JSON,
+    CLI_OPTS_END,
+};
+static const struct option forward_opts[] = {
+    { "verbose", no_argument, NULL, 'v' },
     CLI_OPTS_END,
 };
 static const struct option shell_opts[] = { EXEC_OPTS, CLI_OPTS_END };
@@ -165,6 +184,60 @@ static const char shell_usage[] =
     "typed ^C is a byte for the remote terminal) are forwarded to the remote process group.\n"
     "\n" EXEC_STATUS_HELP;
 
+static const char attach_usage[] =
+    "Usage: sbx attach [OPTIONS] ID\n"
+    "\n"
+    "Attach to process ID (as 'sbx ps' shows it; e.g. started by 'sbx exec --detach'):\n"
+    "print its output from the replay buffer, then live (stdout here to stdout, stderr to\n"
+    "stderr), forward this stdin to it, and exit with its status when it exits, as\n"
+    "'sbx exec' does. When the agent no longer had the first bytes asked for, sbx says how\n"
+    "many were dropped (\"sbx: attach: N bytes of stdout were dropped before offset M\";\n"
+    "without --from, every byte before the replay's start counts).\n"
+    "\n"
+    "Options:\n"
+    "      --from N         replay stdout (or PTY output) from byte offset N (default: the\n"
+    "                       oldest byte the agent still has)\n"
+    "      --stderr-from N  the same for stderr\n"
+    "      --steal          take over even when another connection is attached (that one\n"
+    "                       is cut off); without it a held process is BUSY\n"
+    "  -n, --no-stdin       forward no input (also automatic when this stdin is /dev/null\n"
+    "                       or closed); the process's stdin stays as it is\n"
+    "  -t, --tty            the process runs on a PTY (spawned with -t; the agent does not\n"
+    "                       say so): when this stdin is a terminal it goes raw, the window\n"
+    "                       size is passed on, and ^\\ ^D detaches\n"
+    "      --sig-proxy      forward SIGINT, SIGTERM, SIGHUP and SIGQUIT received here to the\n"
+    "                       remote process group, as 'sbx exec' does\n"
+    "      --json           capture the output and print one JSON object at the end, as\n"
+    "                       'sbx exec --json' does\n"
+    "  -h, --help           show this help\n"
+    "\n"
+    "Detaching leaves the process running: on a raw terminal type ^\\ then ^D (exit 0,\n"
+    "\"sbx: detached from ID\"); without --sig-proxy, SIGINT (^C on a terminal that is not\n"
+    "raw), SIGTERM, SIGHUP or SIGQUIT received here detach too (exit 128+N).\n"
+    "\n" EXEC_STATUS_HELP;
+
+static const char forward_usage[] =
+    "Usage: sbx forward [-v] [BIND:]LOCAL:REMOTE...\n"
+    "\n"
+    "Forward local TCP ports into the sandbox: listen on BIND:LOCAL (BIND default 127.0.0.1;\n"
+    "LOCAL 0 picks a free port) and relay every connection accepted there to REMOTE inside\n"
+    "the guest (net.connect): a PORT on the guest's 127.0.0.1, or HOST:PORT with HOST an\n"
+    "IPv4 or IPv6 address ([::1]:80), or localhost. All connections share one agent\n"
+    "connection. One line per forward goes to stderr once it listens:\n"
+    "  sbx: forward 127.0.0.1:8080 -> 127.0.0.1:80\n"
+    "Runs until SIGINT or SIGTERM (exit 0); 1 when the agent connection is lost.\n"
+    "\n"
+    "Options:\n"
+    "  -v, --verbose   a line per connection on stderr: connected, closed (with the bytes\n"
+    "                  each way), errors\n"
+    "  -h, --help      show this help\n";
+
+static const char ports_usage[] = "Usage: sbx ports [--json]\n"
+                                  "\n"
+                                  "List the guest's listening TCP sockets and bound UDP sockets "
+                                  "(net.listening):\nPROTO ADDR PORT PID (PID \"-\" when no "
+                                  "process was found).\n";
+
 static const char ping_usage[] = "Usage: sbx ping [-n COUNT] [--json]\n"
                                  "\n"
                                  "Send COUNT (default 1) pings back to back and print each "
@@ -193,7 +266,10 @@ static const char ps_usage[] = "Usage: sbx ps [--json]\n"
                                "\n"
                                "List the agent's processes (running, and exited but not yet "
                                "released):\nID PID STATE EXIT CMD. EXIT is the code, or the "
-                               "signal that killed it.\n";
+                               "signal that killed it.\nWhen the agent reports them, ATTACHED "
+                               "(a connection holds the output) and\nDROPPED (bytes of "
+                               "stdout/stderr the replay buffer no longer has) come before "
+                               "CMD.\n";
 
 static const char kill_usage[] = "Usage: sbx kill [-s SIGNAL] [--group] ID\n"
                                  "\n"
@@ -319,9 +395,9 @@ static const char call_usage[] =
 /* In the order of 'sbx --help'. Columns: name, summary, usage, getopt's short options and long
  * options (NULL: long_opts), the parse hook and run. */
 static const struct command commands[] = {
-    { "exec", "run a command, stream its output, exit with its status", exec_usage, "+e:w:u:tnh",
+    { "exec", "run a command, stream its output, exit with its status", exec_usage, "+e:w:u:tndh",
       exec_opts, cli_parse_exec, cli_cmd_exec, .fail = CLI_EXIT_SBX, .pipeline = true },
-    { "sh", "run a shell command line (/bin/sh -c), like exec", sh_usage, "+e:w:u:tnh", exec_opts,
+    { "sh", "run a shell command line (/bin/sh -c), like exec", sh_usage, "+e:w:u:tndh", exec_opts,
       cli_parse_exec, cli_cmd_exec, .fail = CLI_EXIT_SBX, .pipeline = true },
     { "shell", "open an interactive terminal session (a remote PTY)", shell_usage, "+e:w:u:h",
       shell_opts, cli_parse_exec, cli_cmd_exec, .fail = CLI_EXIT_SBX, .pipeline = true },
@@ -339,6 +415,13 @@ static const struct command commands[] = {
       .run = cli_cmd_kill },
     { "wait", "wait for a process and exit with its status", wait_usage, "+t:h", NULL,
       cli_parse_proc, .run = cli_cmd_wait },
+    { "attach", "attach to a running process: replay and stream its output, send input",
+      attach_usage, "+nth", attach_opts, cli_parse_attach, cli_cmd_attach, .fail = CLI_EXIT_SBX,
+      .pipeline = true },
+    { "forward", "forward local TCP ports to ports inside the sandbox", forward_usage, "+vh",
+      forward_opts, cli_parse_forward, .run = cli_cmd_forward },
+    { "ports", "list the guest's listening sockets", ports_usage, .call = sbx_net_listening,
+      .print = cli_print_ports },
     /* pack, fs: no '+', so options may follow the arguments ("sbx pack DIR -o FILE") */
     { "pack", "package a guest directory into a deploy archive with a manifest", pack_usage,
       "o:f:b:e:a:x:qu:h", pack_opts, cli_parse_pack, .run = cli_cmd_pack, .identity = true },

@@ -31,9 +31,47 @@ static void print_num(const msgpack_object *o, int width)
     }
 }
 
+/* True when some entry of @procs has @key (fields newer agents add: a column only then). */
+static bool any_has(const msgpack_object *procs, const char *key)
+{
+    for (uint32_t i = 0; i < procs->via.array.size; i++) {
+        if (sbx_obj_get(&procs->via.array.ptr[i], key) != NULL) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* "yes", "no" or "-" for a bool field. */
+static const char *yes_no(const msgpack_object *o)
+{
+    if (o == NULL || o->type != MSGPACK_OBJECT_BOOLEAN) {
+        return "-";
+    }
+    return o->via.boolean ? "yes" : "no";
+}
+
+/* "OUT/ERR" dropped bytes, "-" for one not reported. */
+static void format_dropped(char *buf, size_t bufsz, const msgpack_object *p)
+{
+    const msgpack_object *v[2] = { sbx_obj_get(p, "stdout_dropped"),
+                                   sbx_obj_get(p, "stderr_dropped") };
+    char part[2][24];
+
+    for (int i = 0; i < 2; i++) {
+        if (v[i] != NULL && v[i]->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            (void)snprintf(part[i], sizeof(part[i]), "%llu", (unsigned long long)v[i]->via.u64);
+        } else {
+            (void)snprintf(part[i], sizeof(part[i]), "-");
+        }
+    }
+    (void)snprintf(buf, bufsz, "%s/%s", part[0], part[1]);
+}
+
 int cli_print_procs(const struct cli *cli, const msgpack_object *res, struct sbx_err *err)
 {
     const msgpack_object *procs = NULL;
+    bool attached, dropped;
 
     if (sbx_param_array(res, "procs", SBX_REQUIRED, UINT32_MAX, &procs, err) < 0) {
         return -1;
@@ -42,7 +80,16 @@ int cli_print_procs(const struct cli *cli, const msgpack_object *res, struct sbx
         cli_json_println(res);
         return 0;
     }
-    (void)printf("%-6s %-8s %-8s %-8s %s\n", "ID", "PID", "STATE", "EXIT", "CMD");
+    attached = any_has(procs, "attached");
+    dropped = any_has(procs, "stdout_dropped") || any_has(procs, "stderr_dropped");
+    (void)printf("%-6s %-8s %-8s %-8s ", "ID", "PID", "STATE", "EXIT");
+    if (attached) {
+        (void)printf("%-8s ", "ATTACHED");
+    }
+    if (dropped) {
+        (void)printf("%-12s ", "DROPPED");
+    }
+    (void)printf("%s\n", "CMD");
     for (uint32_t i = 0; i < procs->via.array.size; i++) {
         const msgpack_object *p = &procs->via.array.ptr[i];
         const msgpack_object *state = sbx_obj_get(p, "state");
@@ -62,6 +109,14 @@ int cli_print_procs(const struct cli *cli, const msgpack_object *res, struct sbx
         }
         format_exit(ex, sizeof(ex), sbx_obj_get(p, "exit"));
         (void)printf("%-8s ", ex);
+        if (attached) {
+            (void)printf("%-8s ", yes_no(sbx_obj_get(p, "attached")));
+        }
+        if (dropped) {
+            char d[64];
+            format_dropped(d, sizeof(d), p);
+            (void)printf("%-12s ", d);
+        }
         if (argvo != NULL && argvo->type == MSGPACK_OBJECT_ARRAY) {
             cli_print_human(stdout, argvo);
         }

@@ -84,6 +84,9 @@ static const struct call_info calls[SBX_CALL_COUNT] = {
     [SBX_CALL_REPL_EVAL] = { SBX_M_REPL_EVAL, "repl" },
     [SBX_CALL_REPL_CLOSE] = { SBX_M_REPL_CLOSE, "repl" },
     [SBX_CALL_REPL_LIST] = { SBX_M_REPL_LIST, "repl" },
+    [SBX_CALL_PROC_ATTACH] = { SBX_M_PROC_ATTACH, "process.attach" },
+    [SBX_CALL_NET_CONNECT] = { SBX_M_NET_CONNECT, "net" },
+    [SBX_CALL_NET_LISTENING] = { SBX_M_NET_LISTENING, "net" },
 };
 
 const char *sbx_call_name(enum sbx_call call)
@@ -1572,6 +1575,19 @@ static int read_result(struct sbx_conn *c, struct sbx_event *ev)
         }
         return add_streams(c, SBX_DIR_OUT, ev->r.pack.build_out, SBX_DIR_OUT, ev->r.pack.build_err,
                            SBX_DIR_OUT, ev->r.pack.archive);
+    case SBX_CALL_PROC_ATTACH:
+        ev->rec = SBX_REC_ATTACH;
+        if (sbx_attach_result_read(res, &ev->r.attach, e) < 0) {
+            return -1;
+        }
+        return add_streams(c, SBX_DIR_IN, ev->r.attach.stdin_sid, SBX_DIR_OUT,
+                           ev->r.attach.stdout_sid, SBX_DIR_OUT, ev->r.attach.stderr_sid);
+    case SBX_CALL_NET_CONNECT:
+        ev->rec = SBX_REC_NET;
+        if (sbx_net_connect_result_read(res, &ev->r.net, e) < 0) {
+            return -1;
+        }
+        return add_streams(c, SBX_DIR_IN, ev->r.net.in, SBX_DIR_OUT, ev->r.net.out, SBX_DIR_OUT, 0);
     default:
         return 0;
     }

@@ -444,6 +444,22 @@ int sbx_proc_resize(struct sbx_conn *c, uint32_t proc, uint32_t rows, uint32_t c
     return call_kv(c, SBX_CALL_PROC_RESIZE, kv, ARRAY_SIZE(kv), user, id, err);
 }
 
+int sbx_proc_attach(struct sbx_conn *c, const struct sbx_attach_params *p, void *user, uint32_t *id,
+                    struct sbx_err *err)
+{
+    msgpack_packer *pk;
+
+    if (p == NULL) {
+        return sbx_err_param(err, "id", "proc.attach: no params");
+    }
+    pk = sbx_conn_begin(c, SBX_M_PROC_ATTACH, user, id, err);
+    if (pk == NULL) {
+        return -1;
+    }
+    sbx_attach_params_pack(pk, p);
+    return sbx_conn_commit(c, err);
+}
+
 /* --- fs: paths ------------------------------------------------------------------------------ */
 
 int sbx_fs_stat(struct sbx_conn *c, const char *path, const char *cwd, void *user, uint32_t *id,
@@ -887,4 +903,32 @@ int sbx_repl_close(struct sbx_conn *c, uint32_t session, void *user, uint32_t *i
 int sbx_repl_list(struct sbx_conn *c, void *user, uint32_t *id, struct sbx_err *err)
 {
     return call0(c, SBX_CALL_REPL_LIST, user, id, err);
+}
+
+/* --- net ----------------------------------------------------------------------------------- */
+
+int sbx_net_connect(struct sbx_conn *c, const struct sbx_net_connect_params *p, void *user,
+                    uint32_t *id, struct sbx_err *err)
+{
+    msgpack_packer *pk;
+
+    if (p == NULL || p->port == 0 || p->port > 65535) {
+        return sbx_err_param(err, "port", "net.connect: the port must be in 1..65535");
+    }
+    if (p->host != NULL && (p->host[0] == '\0' || strlen(p->host) > SBX_NET_HOST_MAX ||
+                            !sbx_utf8_valid(p->host, strlen(p->host)))) {
+        return sbx_err_param(err, "host", "net.connect: the host must be 1..%d bytes of UTF-8",
+                             SBX_NET_HOST_MAX);
+    }
+    pk = sbx_conn_begin(c, SBX_M_NET_CONNECT, user, id, err);
+    if (pk == NULL) {
+        return -1;
+    }
+    sbx_net_connect_params_pack(pk, p);
+    return sbx_conn_commit(c, err);
+}
+
+int sbx_net_listening(struct sbx_conn *c, void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call0(c, SBX_CALL_NET_LISTENING, user, id, err);
 }

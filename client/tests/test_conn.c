@@ -1241,7 +1241,7 @@ static void test_local_refusals(void **state)
     assert_int_equal(sbx_proc_spawn(fx->c, &sp, NULL, NULL, &fx->err), -1);
     assert_string_equal(fx->err.field, "argv");
     /* Methods this library does not know are not checked against capabilities. */
-    assert_non_null(sbx_conn_begin(fx->c, "net.connect", NULL, NULL, &fx->err));
+    assert_non_null(sbx_conn_begin(fx->c, "vm.snapshot", NULL, NULL, &fx->err));
     sbx_conn_abort(fx->c);
     assert_int_equal(sbx_conn_out_bytes(fx->c), 0);
     assert_int_equal(sbx_conn_pending(fx->c), 0);
@@ -1389,6 +1389,89 @@ static void test_typed_params(void **state)
 }
 
 /* fs.walk, fs.glob and pack.create: arrays, false-default bools and a nested build map. */
+/* proc.attach and net.connect: params as the schema packs them, results typed and their streams
+ * registered in the right directions; refused locally without the capability. */
+static void test_attach_net(void **state)
+{
+    static const char *const caps[] = { "session", "process", "process.attach", "net", NULL };
+    struct fx *fx = *state;
+    struct sbx_attach_params ap = { .id = 5, .has_from = true, .from = 10, .stdin = true };
+    struct sbx_attach_result ar = { .stdin_sid = 3,
+                                    .stdout_sid = 4,
+                                    .has_stdout_start = true,
+                                    .stdout_start = 12,
+                                    .stdout_dropped = 2 };
+    struct sbx_net_connect_params np = { .port = 8080 };
+    struct sbx_net_connect_result nr = { .in = 5, .out = 6 };
+    uint32_t id;
+    const char *t;
+
+    /* Without the capabilities: UNSUPPORTED locally. */
+    do_hello(fx, 1000, 300, 1 << 20, NULL);
+    assert_int_equal(sbx_proc_attach(fx->c, &ap, NULL, &id, &fx->err), -1);
+    assert_string_equal(fx->err.code, SBX_E_UNSUPPORTED);
+    assert_int_equal(sbx_net_connect(fx->c, &np, NULL, &id, &fx->err), -1);
+    assert_string_equal(fx->err.code, SBX_E_UNSUPPORTED);
+    sbx_conn_free(fx->c);
+    fx->c = sbx_conn_new(&fx->err);
+    assert_non_null(fx->c);
+
+    do_hello(fx, 1000, 300, 1 << 20, caps);
+    np.port = 0;
+    assert_int_equal(sbx_net_connect(fx->c, &np, NULL, &id, &fx->err), -1);
+    assert_string_equal(fx->err.field, "port");
+    np.port = 8080;
+    assert_int_equal(sbx_proc_attach(fx->c, &ap, (void *)1, &id, &fx->err), 0);
+    t = out_text(fx->c);
+    assert_non_null(strstr(t, "\"proc.attach\", {\"id\"=>5, \"from\"=>10}]\n"));
+    {
+        msgpack_packer *pk = ab(&fx->a);
+        sbx_pack_response_head(pk, id);
+        sbx_attach_result_pack(pk, &ar);
+        ae(&fx->a);
+    }
+    push(fx);
+    expect_kind(fx, SBX_EV_RESPONSE);
+    assert_null(fx->ev.error);
+    assert_int_equal(fx->ev.call, SBX_CALL_PROC_ATTACH);
+    assert_ptr_equal(fx->ev.user, (void *)1);
+    assert_int_equal(fx->ev.rec, SBX_REC_ATTACH);
+    assert_int_equal(fx->ev.r.attach.stdout_start, 12);
+    assert_int_equal(fx->ev.r.attach.stdout_dropped, 2);
+    assert_true(sbx_conn_stream_live(fx->c, 3));
+    assert_true(sbx_conn_stream_live(fx->c, 4));
+    assert_int_equal(sbx_conn_credit(fx->c, 3), 1000); /* stdin is an `in` stream */
+    a_data(&fx->a, 4, "abc", 3);
+    push(fx);
+    expect_kind(fx, SBX_EV_DATA);
+    assert_int_equal(fx->ev.stream, 4);
+
+    np.host = "::1";
+    assert_int_equal(sbx_net_connect(fx->c, &np, NULL, &id, &fx->err), 0);
+    assert_int_equal(sbx_net_listening(fx->c, NULL, NULL, &fx->err), 0);
+    t = out_text(fx->c);
+    assert_non_null(strstr(t, "\"net.connect\", {\"port\"=>8080, \"host\"=>\"::1\"}]\n"));
+    assert_non_null(strstr(t, "\"net.listening\", {}]\n"));
+    {
+        msgpack_packer *pk = ab(&fx->a);
+        sbx_pack_response_head(pk, id);
+        sbx_net_connect_result_pack(pk, &nr);
+        ae(&fx->a);
+    }
+    push(fx);
+    expect_kind(fx, SBX_EV_RESPONSE);
+    assert_int_equal(fx->ev.rec, SBX_REC_NET);
+    assert_int_equal(fx->ev.r.net.in, 5);
+    assert_int_equal(fx->ev.r.net.out, 6);
+    assert_int_equal(sbx_conn_credit(fx->c, 5), 1000);
+    assert_int_equal(sbx_conn_write(fx->c, 5, "GET /", 5, &fx->err), 0);
+    assert_int_equal(sbx_conn_write(fx->c, 6, "x", 1, &fx->err), -1); /* `out`: not writable */
+    assert_int_equal(sbx_conn_end(fx->c, 5, NULL, &fx->err), 0);
+    t = out_text(fx->c);
+    assert_non_null(strstr(t, "DATA 5 5\n"));
+    assert_non_null(strstr(t, "\"stream.end\", {\"stream\"=>5}]\n"));
+}
+
 static void test_typed_params_lists(void **state)
 {
     static const char *const exts[] = { "c", "h" }, *const skip[] = { "^tmp$" };
@@ -1609,6 +1692,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_request_caps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_typed_params, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attach_net, setup, teardown),
         cmocka_unit_test_setup_teardown(test_typed_params_lists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_stable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eof, setup, teardown),

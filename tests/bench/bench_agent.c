@@ -837,6 +837,183 @@ close:
     return rc;
 }
 
+/* --- attach + replay (issue 15) ------------------------------------------------------------ */
+
+#define ATTACH_BYTES (1u << 20) /* a full ring at the agent's default size per stream */
+
+/*
+ * Read stream @sid to its end, granting credit as it goes, and wait for proc.exit of @pid_id
+ * too (when @pid_id is not 0). With @rid set, the stream and process ids come from the response
+ * to request @rid (its @sid_key). Returns the bytes received, or -1.
+ */
+static int64_t read_to_end(struct bcli *c, uint32_t rid, const char *sid_key, uint32_t sid,
+                           uint32_t pid_id)
+{
+    uint64_t got = 0, consumed = 0;
+    bool ended = false, exited = pid_id == 0 && rid == 0;
+    struct sbx_msg m;
+
+    while (!ended || !exited) {
+        if (bcli_recv(c, &m, true) != 1) {
+            return -1;
+        }
+        if (m.kind == SBX_MSG_DATA && m.stream == sid && sid != 0) {
+            got += m.data_len;
+            consumed += m.data_len;
+            if (consumed >= c->window / 2) {
+                if (bcli_credit(c, sid, (uint32_t)consumed) < 0) {
+                    return -1;
+                }
+                consumed = 0;
+            }
+        } else if (m.kind == SBX_MSG_RESPONSE && m.id == rid) {
+            if (m.error != NULL) {
+                return response_error(&m, "attach bench request");
+            }
+            sid = bcli_u32(m.result, sid_key, 0);
+            if (pid_id == 0) {
+                pid_id = bcli_u32(m.result, "id", 0);
+            }
+            exited = pid_id == 0;
+        } else if (is_notify(&m, "stream.end") && sid != 0 &&
+                   bcli_u32(m.params, "stream", 0) == sid) {
+            ended = true;
+        } else if (pid_id != 0 && is_notify(&m, "proc.exit") &&
+                   bcli_u32(m.params, "id", 0) == pid_id) {
+            exited = true;
+        }
+    }
+    return (int64_t)got;
+}
+
+/* The plain case: spawn `flood 1 MiB` and read its stdout live; µs to the last byte. */
+static int attach_plain_once(struct bench *b, struct bcli *c, double *us)
+{
+    char n[32];
+    const char *argv[] = { b->helper_bin, "flood", n, NULL };
+    uint64_t t0;
+    uint32_t rid;
+    int64_t got;
+
+    snprintf(n, sizeof(n), "%u", ATTACH_BYTES);
+    t0 = bench_now_ns();
+    rid = bcli_spawn(c, argv, "null", "pipe", "null", 0);
+    got = rid == 0 ? -1 : read_to_end(c, rid, "stdout", 0, 0);
+    *us = (double)(bench_now_ns() - t0) / 1e3;
+    if (got != ATTACH_BYTES) {
+        fprintf(stderr, "bench: attach plain: %lld of %u bytes\n", (long long)got, ATTACH_BYTES);
+        return -1;
+    }
+    return 0;
+}
+
+/* Spawn `flood 1 MiB` with nobody reading (the output goes to the ring), wait for its exit;
+ * then attach from 0 and time the replay to its last byte. */
+static int attach_replay_once(struct bench *b, struct bcli *c, double *us)
+{
+    char n[32];
+    const char *argv[] = { b->helper_bin, "flood", n, NULL };
+    uint32_t rid, pid_id = 0, sid = 0;
+    struct sbx_msg m;
+    msgpack_packer *pk;
+    int64_t got;
+    uint64_t t0;
+
+    snprintf(n, sizeof(n), "%u", ATTACH_BYTES);
+    rid = bcli_spawn(c, argv, "null", "pipe", "null", 0);
+    if (rid == 0) {
+        return -1;
+    }
+    /* Its stream is cancelled at once: the connection stops holding the output. */
+    for (bool exited = false; !exited;) {
+        if (bcli_recv(c, &m, true) != 1) {
+            return -1;
+        }
+        if (m.kind == SBX_MSG_RESPONSE && m.id == rid) {
+            if (m.error != NULL) {
+                return response_error(&m, "proc.spawn flood");
+            }
+            pid_id = bcli_u32(m.result, "id", 0);
+            sid = bcli_u32(m.result, "stdout", 0);
+            pk = bcli_begin_notify(c, "stream.cancel");
+            msgpack_pack_map(pk, 1);
+            msgpack_pack_str_with_body(pk, "stream", 6);
+            msgpack_pack_uint32(pk, sid);
+            if (bcli_send(c) < 0) {
+                return -1;
+            }
+        } else if (pid_id != 0 && is_notify(&m, "proc.exit") &&
+                   bcli_u32(m.params, "id", 0) == pid_id) {
+            exited = true;
+        }
+    }
+    t0 = bench_now_ns();
+    pk = bcli_begin_request(c, "proc.attach", &rid);
+    msgpack_pack_map(pk, 3);
+    msgpack_pack_str_with_body(pk, "id", 2);
+    msgpack_pack_uint32(pk, pid_id);
+    msgpack_pack_str_with_body(pk, "from", 4);
+    msgpack_pack_uint32(pk, 0);
+    msgpack_pack_str_with_body(pk, "stdin", 5);
+    msgpack_pack_false(pk);
+    if (bcli_send(c) < 0) {
+        return -1;
+    }
+    got = read_to_end(c, rid, "stdout", 0, pid_id);
+    *us = (double)(bench_now_ns() - t0) / 1e3;
+    if (got != ATTACH_BYTES) {
+        fprintf(stderr, "bench: attach replay: %lld of %u bytes\n", (long long)got, ATTACH_BYTES);
+        return -1;
+    }
+    return send_release(c, pid_id);
+}
+
+static int bench_attach(struct bench *b)
+{
+    int n = b->quick ? 30 : 100;
+    double *pl = calloc((size_t)n, sizeof(double)), *rp = calloc((size_t)n, sizeof(double));
+    struct bcli c;
+    int rc = -1;
+
+    if (pl == NULL || rp == NULL || agent_start(b) < 0) {
+        goto out;
+    }
+    if (bcli_open(&c, b->sock) < 0) {
+        bcli_close(&c);
+        goto stop;
+    }
+    bench_note("attach: %d runs each of a 1 MiB stdout read live and replayed by proc.attach", n);
+    for (int i = 0; i < n; i++) {
+        bool plain_first = (i & 1) == 0;
+        if ((plain_first && attach_plain_once(b, &c, &pl[i]) < 0) ||
+            attach_replay_once(b, &c, &rp[i]) < 0 ||
+            (!plain_first && attach_plain_once(b, &c, &pl[i]) < 0)) {
+            goto close;
+        }
+    }
+    {
+        double r50 = bench_percentile(rp, (size_t)n, 0.5),
+               p50 = bench_percentile(pl, (size_t)n, 0.5);
+        char fig[48], spread[64], bl[96], rt[32];
+        snprintf(fig, sizeof(fig), "p50 %.0f µs", r50);
+        snprintf(spread, sizeof(spread), "p90 %.0f µs (n=%d)", bench_percentile(rp, (size_t)n, 0.9),
+                 n);
+        snprintf(bl, sizeof(bl), "spawn + live 1 MiB stdout to its last byte p50 %.0f µs", p50);
+        snprintf(rt, sizeof(rt), "%.2f×", r50 / p50);
+        bench_row("attach: proc.attach replay of a full 1 MiB ring, to the last byte", fig, spread,
+                  bl, rt, "≤ 2× plain", r50 / p50 <= 2.0 ? "yes" : "NO");
+    }
+    rc = 0;
+close:
+    bcli_close(&c);
+stop:
+    agent_stop(b);
+out:
+    free(pl);
+    free(rp);
+    return rc;
+}
+
 /* --- stdin throughput ----------------------------------------------------------------------- */
 
 struct in_state {
@@ -1209,17 +1386,18 @@ static bool only_has(const char *only, const char *what)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench_agent [--quick] [--only exec,cli,out,in,rss] [--agent PATH] "
-                    "[--helper PATH]\n"
-                    "                   [--sbx PATH] [--ssh-config FILE]\n"
-                    "                   [--bytes N] [--reps N] [--runs N] [--grant-div N] "
-                    "[--rss-ms MS]\n");
+    fprintf(stderr,
+            "usage: bench_agent [--quick] [--only exec,cli,out,in,rss,attach] [--agent PATH] "
+            "[--helper PATH]\n"
+            "                   [--sbx PATH] [--ssh-config FILE]\n"
+            "                   [--bytes N] [--reps N] [--runs N] [--grant-div N] "
+            "[--rss-ms MS]\n");
 }
 
 int main(int argc, char **argv)
 {
     struct bench b;
-    const char *only = "exec,cli,out,in,rss";
+    const char *only = "exec,cli,out,in,rss,attach";
     char tmpdir[] = "/tmp/sbx-bench-XXXXXX";
     int rc = 0;
 
@@ -1319,6 +1497,9 @@ int main(int argc, char **argv)
         rc = 1;
     }
     if (only_has(only, "rss") && bench_rss(&b) < 0) {
+        rc = 1;
+    }
+    if (only_has(only, "attach") && bench_attach(&b) < 0) {
         rc = 1;
     }
     if (rc != 0) {

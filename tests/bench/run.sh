@@ -1,11 +1,12 @@
 #!/bin/sh
-# Run the benchmarks (issues 2, 3 and 13) from an existing build and print one results table.
+# Run the benchmarks (issues 2, 3, 13 and 15) from an existing build and print one results table.
 #   tests/bench/run.sh [--quick] [BUILD_DIR]      (BUILD_DIR defaults to build/)
 # Builds nothing: first
 #   cmake --build build --target bench_proto bench_agent bench_repl sbx-agent sbx-test-helper sbx
 # With /usr/sbin/sshd installed, the cli rows also compare `sbx exec` with ssh (an sshd of its
 # own on 127.0.0.1, stopped at the end); without it they say the ssh baseline was not measured.
-# Needs socat (the raw baselines). --quick moves 1 GiB instead of 4 GiB and takes fewer samples.
+# Needs socat (the raw baselines) and python3 (bench_forward.py). --quick moves 1 GiB instead of
+# 4 GiB and takes fewer samples.
 # Every figure is a median over repetitions, next to a baseline measured in the same run.
 set -eu
 cd "$(dirname "$0")/../.."
@@ -109,6 +110,8 @@ fi
 ssh_stop
 # Transfers (needs the sbx CLI built too, root for its tmpfs, and bc).
 tests/bench/bench_xfer.sh $QUICK "$BUILD" || rc=1
+# Port forwarding (issue 15): sbx forward against a socat relay over a unix socket.
+python3 tests/bench/bench_forward.py $QUICK "$BUILD" || rc=1
 if [ -x "$BUILD/bench/bench_repl" ]; then
     "$BUILD/bench/bench_repl" $QUICK --agent "$BUILD/bin/sbx-agent" \
         --helper "$BUILD/tests/sbx-test-helper" || rc=1

@@ -488,13 +488,21 @@ class TestStreams(AgentCase):
                 time.sleep(0.03)  # a few MB/s
                 peak = max(peak, self.agent.rss_kb())
         self.assertGreater(got, 1 << 20)
-        self.assertLess(peak, 16 * 1024, "agent RSS %d KiB while a flood is read slowly" % peak)
+        # Under ASan (shadow, quarantine) the agent peaked at 16.2 MiB before the 1 MiB replay
+        # ring (§10) that is now kept for the stream, 18.7 MiB with it.
+        limit = 16 * 1024 if not SANITIZED else 20 * 1024
+        self.assertLess(peak, limit, "agent RSS %d KiB while a flood is read slowly" % peak)
         self.c.call("proc.kill", {"id": r["id"], "signal": "KILL"})
 
     def test_many_slow_floods_one_connection(self):
         # 100 floods share one slowly read connection: the connection's pause must stop every
         # pipe at once (not after each one's next read) and the agent-wide buffer cap bounds
-        # memory; queued stream data never counts as a peer that stopped reading.
+        # memory; queued stream data never counts as a peer that stopped reading. The replay
+        # rings (kept also while attached, up to --replay's TOTAL) are kept small here: what is
+        # measured is the buffer cap.
+        self.agent.finish(self, self.c)
+        self.agent = w.Agent(AGENT, ("--replay", "64K,4M"))
+        self.c = self.agent.connect()
         ids = []
         for _ in range(100):
             r = self.c.call("proc.spawn", self.helper("flood", 1 << 30))

@@ -573,6 +573,233 @@ static void test_stream_results(void **state)
 }
 
 /* The debug-build check of outgoing frames refuses what breaks a record. */
+/* Field by field: the structs have padding. */
+static void assert_attach_params_equal(const struct sbx_attach_params *a,
+                                       const struct sbx_attach_params *b)
+{
+    assert_int_equal(a->id, b->id);
+    assert_int_equal(a->has_from, b->has_from);
+    assert_int_equal(a->from, b->from);
+    assert_int_equal(a->has_stderr_from, b->has_stderr_from);
+    assert_int_equal(a->stderr_from, b->stderr_from);
+    assert_int_equal(a->stdin, b->stdin);
+    assert_int_equal(a->steal, b->steal);
+}
+
+static void assert_attach_result_equal(const struct sbx_attach_result *a,
+                                       const struct sbx_attach_result *b)
+{
+    assert_int_equal(a->stdin_sid, b->stdin_sid);
+    assert_int_equal(a->stdout_sid, b->stdout_sid);
+    assert_int_equal(a->stderr_sid, b->stderr_sid);
+    assert_int_equal(a->has_stdout_start, b->has_stdout_start);
+    assert_int_equal(a->has_stderr_start, b->has_stderr_start);
+    assert_int_equal(a->stdout_start, b->stdout_start);
+    assert_int_equal(a->stderr_start, b->stderr_start);
+    assert_int_equal(a->stdout_dropped, b->stdout_dropped);
+    assert_int_equal(a->stderr_dropped, b->stderr_dropped);
+}
+
+static void test_attach_params(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_attach_params a = { .id = 9,
+                                   .has_from = true,
+                                   .from = 1ull << 40,
+                                   .has_stderr_from = true,
+                                   .stderr_from = 0,
+                                   .stdin = false,
+                                   .steal = true };
+    struct sbx_attach_params b;
+
+    sbx_attach_params_pack(begin(fx), &a);
+    assert_int_equal(sbx_attach_params_read(finish(fx), &b, &fx->err), 0);
+    assert_attach_params_equal(&a, &b);
+
+    /* Only id: every default, stdin true. */
+    memset(&a, 0, sizeof(a));
+    a.id = 3;
+    a.stdin = true;
+    sbx_attach_params_pack(begin(fx), &a);
+    assert_int_equal(sbx_attach_params_read(finish(fx), &b, &fx->err), 0);
+    assert_int_equal(fx->m.params->via.map.size, 1);
+    assert_attach_params_equal(&a, &b);
+
+    /* {} : id missing */
+    assert_int_equal(sbx_attach_params_read(raw_map(fx, "80"), &b, &fx->err), -1);
+    assert_string_equal(fx->err.code, "BAD_PARAM");
+    assert_string_equal(fx->err.field, "id");
+    /* {id: 1, from: -1} */
+    assert_int_equal(sbx_attach_params_read(raw_map(fx, "82a2696401a466726f6dff"), &b, &fx->err),
+                     -1);
+    assert_string_equal(fx->err.field, "from");
+    /* {id: 1, stdin: 1} */
+    assert_int_equal(sbx_attach_params_read(raw_map(fx, "82a2696401a5737464696e01"), &b, &fx->err),
+                     -1);
+    assert_string_equal(fx->err.field, "stdin");
+    /* {id: 4294967296} */
+    assert_int_equal(
+        sbx_attach_params_read(raw_map(fx, "81a26964cf0000000100000000"), &b, &fx->err), -1);
+    assert_string_equal(fx->err.field, "id");
+}
+
+static void test_attach_result(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_attach_result a = { .stdin_sid = 4,
+                                   .stdout_sid = 5,
+                                   .stderr_sid = 6,
+                                   .has_stdout_start = true,
+                                   .has_stderr_start = true,
+                                   .stdout_start = 1000,
+                                   .stderr_start = 7,
+                                   .stdout_dropped = 900,
+                                   .stderr_dropped = 0 };
+    struct sbx_attach_result b;
+
+    sbx_attach_result_pack(begin(fx), &a);
+    assert_int_equal(sbx_attach_result_read(finish(fx), &b, &fx->err), 0);
+    assert_attach_result_equal(&a, &b);
+
+    /* Everything nil (a process without pipes). */
+    memset(&a, 0, sizeof(a));
+    sbx_attach_result_pack(begin(fx), &a);
+    assert_int_equal(sbx_attach_result_read(finish(fx), &b, &fx->err), 0);
+    assert_attach_result_equal(&a, &b);
+    assert_int_equal(sbx_obj_get(fx->m.params, "stdout_start")->type, MSGPACK_OBJECT_NIL);
+    assert_int_equal(sbx_obj_get(fx->m.params, "stdout_dropped")->type,
+                     MSGPACK_OBJECT_POSITIVE_INTEGER);
+
+    /* A stdout stream without its start offset. */
+    a.stdout_sid = 2;
+    sbx_attach_result_pack(begin(fx), &a);
+    assert_int_equal(sbx_attach_result_read(finish(fx), &b, &fx->err), -1);
+    assert_string_equal(fx->err.code, "BAD_MESSAGE");
+    assert_string_equal(fx->err.field, "stdout_start");
+    /* {stdin: nil, stdout: 0, ...}: a sid is never 0 */
+    assert_int_equal(sbx_attach_result_read(raw_map(fx, "83a5737464696ec0a67374646f757400"
+                                                        "a6737464657272c0"),
+                                            &b, &fx->err),
+                     -1);
+    assert_string_equal(fx->err.field, "stdout");
+    /* stderr missing */
+    assert_int_equal(
+        sbx_attach_result_read(raw_map(fx, "82a5737464696ec0a67374646f7574c0"), &b, &fx->err), -1);
+    assert_string_equal(fx->err.field, "stderr");
+}
+
+static void test_net_connect(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_net_connect_params a = { .host = "::1", .port = 8080, .timeout_ms = 250 };
+    struct sbx_net_connect_params b;
+    struct sbx_net_connect_result ra = { .in = 3, .out = 4 }, rb;
+
+    sbx_net_connect_params_pack(begin(fx), &a);
+    assert_int_equal(sbx_net_connect_params_read(finish(fx), &b, &fx->err), 0);
+    assert_int_equal(b.port, 8080);
+    assert_int_equal(b.timeout_ms, 250);
+    assert_int_equal(b.host_len, 3);
+    assert_memory_equal(b.host, "::1", 3);
+
+    /* Defaults: only the port goes out; host NULL, timeout 0 after the read. */
+    memset(&a, 0, sizeof(a));
+    a.port = 1;
+    sbx_net_connect_params_pack(begin(fx), &a);
+    assert_int_equal(sbx_net_connect_params_read(finish(fx), &b, &fx->err), 0);
+    assert_int_equal(fx->m.params->via.map.size, 1);
+    assert_null(b.host);
+    assert_int_equal(b.timeout_ms, 0);
+    assert_int_equal(b.port, 1);
+
+    /* {port: 0} */
+    assert_int_equal(sbx_net_connect_params_read(raw_map(fx, "81a4706f727400"), &b, &fx->err), -1);
+    assert_string_equal(fx->err.code, "BAD_PARAM");
+    assert_string_equal(fx->err.field, "port");
+    /* {port: 65536} */
+    assert_int_equal(
+        sbx_net_connect_params_read(raw_map(fx, "81a4706f7274ce00010000"), &b, &fx->err), -1);
+    assert_string_equal(fx->err.field, "port");
+    /* {} */
+    assert_int_equal(sbx_net_connect_params_read(raw_map(fx, "80"), &b, &fx->err), -1);
+    assert_string_equal(fx->err.field, "port");
+    /* {port: 80, host: "\xff"}: not UTF-8 */
+    assert_int_equal(
+        sbx_net_connect_params_read(raw_map(fx, "82a4706f727450a4686f7374a1ff"), &b, &fx->err), -1);
+    assert_string_equal(fx->err.field, "host");
+    /* {port: 80, host: 1} */
+    assert_int_equal(
+        sbx_net_connect_params_read(raw_map(fx, "82a4706f727450a4686f737401"), &b, &fx->err), -1);
+    assert_string_equal(fx->err.field, "host");
+    /* {port: 80, timeout_ms: 4294967296} */
+    assert_int_equal(
+        sbx_net_connect_params_read(
+            raw_map(fx, "82a4706f727450aa74696d656f75745f6d73cf0000000100000000"), &b, &fx->err),
+        -1);
+    assert_string_equal(fx->err.field, "timeout_ms");
+    /* host of 256 bytes */
+    {
+        char host[257];
+        memset(host, 'a', 256);
+        host[256] = '\0';
+        a.host = host;
+        sbx_net_connect_params_pack(begin(fx), &a);
+        assert_int_equal(sbx_net_connect_params_read(finish(fx), &b, &fx->err), -1);
+        assert_string_equal(fx->err.field, "host");
+        host[255] = '\0';
+        sbx_net_connect_params_pack(begin(fx), &a);
+        assert_int_equal(sbx_net_connect_params_read(finish(fx), &b, &fx->err), 0);
+        assert_int_equal(b.host_len, 255);
+    }
+
+    sbx_net_connect_result_pack(begin(fx), &ra);
+    assert_int_equal(sbx_net_connect_result_read(finish(fx), &rb, &fx->err), 0);
+    assert_memory_equal(&ra, &rb, sizeof(ra));
+    /* {in: 1}: out missing */
+    assert_int_equal(sbx_net_connect_result_read(raw_map(fx, "81a2696e01"), &rb, &fx->err), -1);
+    assert_string_equal(fx->err.code, "BAD_MESSAGE");
+    assert_string_equal(fx->err.field, "out");
+}
+
+static void test_listening(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_listening a = {
+        .proto = "tcp6", .addr = "::", .port = 22, .has_pid = true, .pid = 123
+    };
+    struct sbx_listening b;
+
+    sbx_listening_pack(begin(fx), &a);
+    assert_int_equal(sbx_listening_read(finish(fx), &b, &fx->err), 0);
+    assert_int_equal(b.proto_len, 4);
+    assert_memory_equal(b.proto, "tcp6", 4);
+    assert_int_equal(b.addr_len, 2);
+    assert_memory_equal(b.addr, "::", 2);
+    assert_int_equal(b.port, 22);
+    assert_true(b.has_pid);
+    assert_int_equal(b.pid, 123);
+
+    a.has_pid = false;
+    a.proto = "udp";
+    sbx_listening_pack(begin(fx), &a);
+    assert_int_equal(sbx_listening_read(finish(fx), &b, &fx->err), 0);
+    assert_int_equal(sbx_obj_get(fx->m.params, "pid")->type, MSGPACK_OBJECT_NIL);
+    assert_false(b.has_pid);
+    assert_int_equal(b.pid, 0);
+
+    /* {proto: "tcp", addr: "::", port: 65536} */
+    assert_int_equal(sbx_listening_read(raw_map(fx, "83a570726f746fa3746370a461646472a23a3a"
+                                                    "a4706f7274ce00010000"),
+                                        &b, &fx->err),
+                     -1);
+    assert_string_equal(fx->err.code, "BAD_MESSAGE");
+    assert_string_equal(fx->err.field, "port");
+    /* addr missing */
+    assert_int_equal(
+        sbx_listening_read(raw_map(fx, "82a570726f746fa3746370a4706f727416"), &b, &fx->err), -1);
+    assert_string_equal(fx->err.field, "addr");
+}
+
 static void test_schema_check(void **state)
 {
     struct fx *fx = *state;
@@ -603,6 +830,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_spawn_params_caps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spawn_identity, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_results, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attach_params, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attach_result, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_net_connect, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_listening, setup, teardown),
         cmocka_unit_test_setup_teardown(test_schema_check, setup, teardown),
     };
 

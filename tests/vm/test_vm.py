@@ -1077,6 +1077,125 @@ class TestDebian(VMCase):
         c.call("repl.close", {"session": sid})
         c.close()
 
+    # -- reconnect and ports (issue 15): the guest has no network device, only lo --------------
+
+    def detach(self, *argv):
+        """`sbx exec --detach -- ARGV`: the process id it prints."""
+        p = self.sbx("exec", "--detach", "--", *argv)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return int(p.stdout.split()[0])
+
+    def wait_listening(self, port, timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            p = self.sbx("ports", "--json")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            if any(e.get("port") == port for e in json.loads(p.stdout)):
+                return
+            self.assertLess(time.monotonic(), deadline, "port %d never listened" % port)
+            time.sleep(0.3)
+
+    def test_no_network_device(self):
+        self.assertEqual(self.sh("ls /sys/class/net").split(), ["lo"])
+
+    def test_detach_then_attach_replays_and_exits(self):
+        pid_id = self.detach("sh", "-c", "i=1; while [ $i -le 300 ]; do echo line $i; "
+                             "i=$((i+1)); done; sleep 1; echo done >&2; exit 3")
+        p = self.sbx("attach", "-n", str(pid_id), timeout=120)
+        self.assertEqual(p.returncode, 3, p.stderr)
+        self.assertEqual(p.stdout.decode().splitlines(),
+                         ["line %d" % i for i in range(1, 301)])
+        self.assertIn(b"done", p.stderr)
+        # Attached again after the exit: the same bytes, the same status.
+        p = self.sbx("attach", "-n", str(pid_id), timeout=120)
+        self.assertEqual(p.returncode, 3, p.stderr)
+        self.assertEqual(len(p.stdout.decode().splitlines()), 300)
+
+    def test_forward_http_server(self):
+        """sbx forward to python3's http.server in the guest: 100 concurrent requests, a
+        256 MiB download byte-exact, and a server closing mid-transfer gives a clean close."""
+        import concurrent.futures
+        import socket
+        import urllib.request
+        self.sh("mkdir -p /tmp/www && cd /tmp/www && "
+                "for i in $(seq 1 100); do echo page $i > p$i.txt; done && "
+                "head -c 268435456 /dev/urandom > big && sha256sum big > big.sha")
+        want = self.sh("cut -d' ' -f1 /tmp/www/big.sha").strip()
+        # python3 -m http.server, with a listen backlog of 128 instead of its 5: 100 requests
+        # at once overflow 5, and the kernel then drops SYNs (a retry after 1 s, 3 s, ...).
+        server = self.detach("python3", "-c",
+                             "import functools, http.server as h\n"
+                             "h.ThreadingHTTPServer.request_queue_size = 128\n"
+                             "H = functools.partial(h.SimpleHTTPRequestHandler, "
+                             "directory='/tmp/www')\n"
+                             "h.ThreadingHTTPServer(('127.0.0.1', 8000), H).serve_forever()\n")
+        # A server that sends 1 MiB and closes its end mid-way through what the client asks.
+        closer = self.detach("python3", "-c",
+                             "import socket\n"
+                             "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, "
+                             "socket.SO_REUSEADDR, 1)\n"
+                             "s.bind(('127.0.0.1', 8001)); s.listen()\n"
+                             "while True:\n"
+                             "    c, _ = s.accept(); c.sendall(b'x' * 1048576); c.close()\n")
+        self.wait_listening(8000)
+        self.wait_listening(8001)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            local = s.getsockname()[1]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            local2 = s.getsockname()[1]
+        env = dict(os.environ, SBX_ADDR=self.vm.addr)
+        fwd = subprocess.Popen([SBX, "forward", "%d:8000" % local, "%d:8001" % local2],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", local2), timeout=5).close()
+                    break
+                except OSError:
+                    self.assertIsNone(fwd.poll(), fwd.stderr.read() if fwd.poll() else "")
+                    self.assertLess(time.monotonic(), deadline, "sbx forward never listened")
+                    time.sleep(0.2)
+
+            def get(i):
+                url = "http://127.0.0.1:%d/p%d.txt" % (local, i)
+                with urllib.request.urlopen(url, timeout=120) as r:
+                    return r.status, r.read()
+
+            with concurrent.futures.ThreadPoolExecutor(max_workers=100) as ex:
+                got = list(ex.map(get, range(1, 101)))
+            self.assertEqual(got, [(200, b"page %d\n" % i) for i in range(1, 101)])
+
+            h = hashlib.sha256()
+            size = 0
+            with urllib.request.urlopen("http://127.0.0.1:%d/big" % local, timeout=600) as r:
+                while True:
+                    b = r.read(1 << 20)
+                    if not b:
+                        break
+                    h.update(b)
+                    size += len(b)
+            self.assertEqual(size, 268435456)
+            self.assertEqual(h.hexdigest(), want)
+
+            # The guest end closes: the local client reads every byte, then a clean EOF.
+            with socket.create_connection(("127.0.0.1", local2), timeout=60) as c:
+                c.sendall(b"x" * 4096)
+                n = 0
+                while True:
+                    b = c.recv(1 << 16)
+                    if not b:
+                        break
+                    n += len(b)
+            self.assertEqual(n, 1048576)
+        finally:
+            fwd.terminate()
+            fwd.wait(30)
+            self.sbx("kill", str(server))
+            self.sbx("kill", str(closer))
+
     def test_zz_poweroff(self):
         c = self.conn()
         c.call("shutdown")

@@ -19,11 +19,12 @@
  * Every input from the agent is hostile: a frame length is checked before anything is allocated
  * for it, every message is validated before it is decoded, and every buffer has a cap (below).
  * This is a strict client: a frame that breaks framing (§3.2), a message that breaks the envelope
- * (§3.3, §5) or a known record that breaks its table (hello result, exit map, FileInfo, spawn
- * result, stream notifications, transfer.done) makes sbx_conn_next return -1 and the connection
- * unusable; the agent never sends one. Stream misuse by the agent (§8.6: data beyond credit, on
- * the wrong direction, empty or over chunk_max) cancels that stream only, as the agent does for
- * a client. Unknown notifications are passed on (SBX_EV_NOTIFY); unknown keys are ignored.
+ * (§3.3, §5) or a known record that breaks its table (hello result, exit map, FileInfo, spawn,
+ * attach and net.connect results, stream notifications, transfer.done) makes sbx_conn_next return
+ * -1 and the connection unusable; the agent never sends one. Stream misuse by the agent (§8.6: data
+ * beyond credit, on the wrong direction, empty or over chunk_max) cancels that stream only, as the
+ * agent does for a client. Unknown notifications are passed on (SBX_EV_NOTIFY); unknown keys are
+ * ignored.
  *
  * Threading: a connection is used by one thread at a time. Different connections are independent.
  */
@@ -124,6 +125,9 @@ enum sbx_call {
     SBX_CALL_REPL_EVAL,
     SBX_CALL_REPL_CLOSE,
     SBX_CALL_REPL_LIST,
+    SBX_CALL_PROC_ATTACH,
+    SBX_CALL_NET_CONNECT,
+    SBX_CALL_NET_LISTENING,
     SBX_CALL_COUNT
 };
 
@@ -160,6 +164,8 @@ enum sbx_rec {
     SBX_REC_STREAM,   /* r.stream: transfer.*, fs.walk, fs.glob */
     SBX_REC_EVAL,     /* r.eval: repl.eval with stream: true */
     SBX_REC_PACK,     /* r.pack: pack.create */
+    SBX_REC_ATTACH,   /* r.attach: proc.attach */
+    SBX_REC_NET,      /* r.net: net.connect */
 };
 
 /*
@@ -207,6 +213,8 @@ struct sbx_event {
         struct sbx_stream_result stream;
         struct sbx_eval_streams eval;
         struct sbx_pack_result pack;
+        struct sbx_attach_result attach;
+        struct sbx_net_connect_result net;
     } r;
 };
 
@@ -517,6 +525,11 @@ int sbx_proc_release(struct sbx_conn *c, uint32_t proc, void *user, uint32_t *id
 /* proc.resize {id, rows, cols} (capability pty) */
 int sbx_proc_resize(struct sbx_conn *c, uint32_t proc, uint32_t rows, uint32_t cols, void *user,
                     uint32_t *id, struct sbx_err *err);
+/* proc.attach (§14.9, capability process.attach): @p packed by sbx_attach_params_pack (set
+ * p->stdin for the default). The RESPONSE carries r.attach; its streams are registered
+ * (stdin `in`, stdout and stderr `out`). proc.exit for the process arrives as SBX_EV_EXIT. */
+int sbx_proc_attach(struct sbx_conn *c, const struct sbx_attach_params *p, void *user, uint32_t *id,
+                    struct sbx_err *err);
 
 /* fs (§17) */
 
@@ -706,5 +719,16 @@ int sbx_repl_close(struct sbx_conn *c, uint32_t session, void *user, uint32_t *i
                    struct sbx_err *err);
 /* repl.list {} */
 int sbx_repl_list(struct sbx_conn *c, void *user, uint32_t *id, struct sbx_err *err);
+
+/* net (§20) */
+
+/* net.connect (§20.1): @p->port 1..65535 (else BAD_PARAM "port" locally), @p->host NULL for the
+ * agent's default "127.0.0.1", @p->timeout_ms 0 for its default. The RESPONSE carries r.net; its
+ * streams are registered (`in`: bytes to the guest socket, `out`: bytes from it). */
+int sbx_net_connect(struct sbx_conn *c, const struct sbx_net_connect_params *p, void *user,
+                    uint32_t *id, struct sbx_err *err);
+/* net.listening {} (§20.2): the raw result {sockets, truncated}; read each entry of `sockets`
+ * with sbx_listening_read. */
+int sbx_net_listening(struct sbx_conn *c, void *user, uint32_t *id, struct sbx_err *err);
 
 #endif /* SBX_CONN_H */

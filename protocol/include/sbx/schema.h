@@ -259,6 +259,86 @@ struct sbx_spawn_result {
 void sbx_spawn_result_pack(msgpack_packer *pk, const struct sbx_spawn_result *r);
 int sbx_spawn_result_read(const msgpack_object *o, struct sbx_spawn_result *r, struct sbx_err *err);
 
+/* --- proc.attach params and result (§14.9; schema_proc.c) -------------------------------- */
+
+/* proc.attach params. For packing, zeroed fields other than `stdin` are left out; `stdin` is
+ * packed (as false) only when false, so set it to true for the default. A read fills every
+ * field, `stdin` true when absent. */
+struct sbx_attach_params {
+    uint32_t id;
+    bool has_from, has_stderr_from; /* else: from the oldest retained offset */
+    uint64_t from, stderr_from;
+    bool stdin; /* default true: also take over the process's stdin */
+    bool steal; /* take over from another live connection that holds the output */
+};
+
+void sbx_attach_params_pack(msgpack_packer *pk, const struct sbx_attach_params *p);
+/* Read and check proc.attach params: 0, or -1 with BAD_PARAM naming the field. */
+int sbx_attach_params_read(const msgpack_object *params, struct sbx_attach_params *p,
+                           struct sbx_err *err);
+
+/* proc.attach result: {stdin, stdout, stderr: sid|nil, stdout_start, stderr_start: uint|nil,
+ * stdout_dropped, stderr_dropped: uint}. A *_dropped count is the bytes lost before the start
+ * offset (the requested offset, or 0, up to *_start); read as 0 when absent. */
+struct sbx_attach_result {
+    uint32_t stdin_sid, stdout_sid, stderr_sid; /* 0: nil */
+    bool has_stdout_start, has_stderr_start;
+    uint64_t stdout_start, stderr_start;
+    uint64_t stdout_dropped, stderr_dropped;
+};
+
+void sbx_attach_result_pack(msgpack_packer *pk, const struct sbx_attach_result *r);
+/* Read the result: 0, or -1 with BAD_MESSAGE naming the field; an output stream without its
+ * start offset is refused ("stdout_start"). */
+int sbx_attach_result_read(const msgpack_object *o, struct sbx_attach_result *r,
+                           struct sbx_err *err);
+
+/* --- net.connect, net.listening (§20; schema_net.c) ---------------------------------------- */
+
+#define SBX_NET_HOST_MAX           255
+#define SBX_NET_CONNECT_TIMEOUT_MS 10000 /* the default of timeout_ms */
+
+/* net.connect params (§20.1). For packing, `host` is NUL-terminated (host_len ignored) and NULL
+ * leaves it out; timeout_ms 0 leaves it out. A read sets host NULL when absent (the agent's
+ * default "127.0.0.1"; not NUL-terminated otherwise: see host_len) and timeout_ms 0 when absent
+ * or 0. */
+struct sbx_net_connect_params {
+    const char *host;
+    size_t host_len;
+    uint32_t port;       /* 1 .. 65535 */
+    uint32_t timeout_ms; /* 0: default SBX_NET_CONNECT_TIMEOUT_MS */
+};
+
+void sbx_net_connect_params_pack(msgpack_packer *pk, const struct sbx_net_connect_params *p);
+/* Read and check net.connect params: port 1..65535, host a str of at most SBX_NET_HOST_MAX bytes
+ * of valid UTF-8 without NUL (whether it is an address literal is the agent's), timeout_ms a
+ * u32. 0, or -1 with BAD_PARAM naming the field. */
+int sbx_net_connect_params_read(const msgpack_object *params, struct sbx_net_connect_params *p,
+                                struct sbx_err *err);
+
+/* net.connect result {in, out}: the socket's two streams. */
+struct sbx_net_connect_result {
+    uint32_t in, out;
+};
+
+void sbx_net_connect_result_pack(msgpack_packer *pk, const struct sbx_net_connect_result *r);
+int sbx_net_connect_result_read(const msgpack_object *o, struct sbx_net_connect_result *r,
+                                struct sbx_err *err);
+
+/* One entry of net.listening's `sockets` (§20.2). Pack: proto and addr NUL-terminated (the
+ * *_len fields ignored). Read: they point into the object, not NUL-terminated. */
+struct sbx_listening {
+    const char *proto; /* "tcp", "tcp6", "udp", "udp6" */
+    const char *addr;  /* "0.0.0.0", "::", "127.0.0.1", ... */
+    size_t proto_len, addr_len;
+    uint32_t port;
+    bool has_pid; /* false: nil */
+    uint32_t pid;
+};
+
+void sbx_listening_pack(msgpack_packer *pk, const struct sbx_listening *l);
+int sbx_listening_read(const msgpack_object *o, struct sbx_listening *l, struct sbx_err *err);
+
 /* --- one-stream results (§17.4, §17.5, §18), repl.eval streams (§16.3), pack.create (§19.1) - */
 
 /* A result that announces one stream: transfer.* (§18), fs.walk, fs.glob ({stream}), and

@@ -105,6 +105,18 @@ static void test_every_key(void **state)
     assert_int_equal(cfg.seccomp, SBX_FILTER_OFF);
     assert_int_equal(init_config_set(&cfg, "sbx.seccomp", "Strict"), -EINVAL);
     assert_int_equal(cfg.seccomp, SBX_FILTER_STRICT);
+    assert_string_equal(cfg.replay, ""); /* the agent's default */
+    assert_int_equal(init_config_set(&cfg, "sbx.replay", "4M,256M"), 0);
+    assert_string_equal(cfg.replay, "4M,256M");
+    assert_int_equal(init_config_set(&cfg, "sbx.replay", "64K"), 0);
+    assert_string_equal(cfg.replay, "64K");
+    assert_int_equal(init_config_set(&cfg, "sbx.replay", "1K"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.replay", "1M,64K"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.replay", "1M,"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.replay", "1Q"), -EINVAL);
+    assert_string_equal(cfg.replay, "");
+    assert_int_equal(init_config_set(&cfg, "sbx.replay", "default"), 0);
+    assert_string_equal(cfg.replay, "");
     assert_int_equal(init_config_set(&cfg, "sbx.workload.memory_max", "512M"), 0);
     assert_true(cfg.wl_memory_max == 512ull << 20);
     assert_int_equal(init_config_set(&cfg, "sbx.workload.memory_max", "2G"), 0);

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Integration tests: `sbx forward` (net.connect, PROTOCOL.md §20.1) and `sbx ports`
+(net.listening, §20.2) against the real sbx-agent over a unix socket. The agent runs on this
+machine, so its "guest" ports are local ones."""
+import concurrent.futures
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+import warnings
+
+warnings.simplefilter("ignore", ResourceWarning)
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_cli import SBX, CliCase  # noqa: E402
+
+HTTP_SERVER = """
+import functools, http.server, sys
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 128
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+Server(("127.0.0.1", int(sys.argv[2])), handler).serve_forever()
+"""
+
+LISTENING = re.compile(rb"sbx: forward (\S+):(\d+) -> (\S+)\n")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class NetCase(CliCase):
+    def setUp(self):
+        super().setUp()
+        self.started = []
+        self.forwards = []
+        self.dir = tempfile.mkdtemp(prefix="sbx-net-")
+
+    def tearDown(self):
+        for f in self.forwards:
+            if f.poll() is None:
+                f.kill()
+                f.wait()
+            f.stdout.close()
+            f.stderr.close()
+        for ident in self.started:
+            self.sbx("kill", "-s", "KILL", "--group", ident)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        super().tearDown()
+
+    def detach(self, *argv):
+        r = self.sbx("exec", "--detach", "-n", "--", *argv)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ident = r.stdout.decode().strip()
+        self.started.append(ident)
+        return ident
+
+    def wait_listening(self, port):
+        """Until `sbx ports` lists @port (the server in the guest is up); returns its entry."""
+        deadline = time.time() + 20
+        while True:
+            socks = self.json("ports")["sockets"]
+            found = [s for s in socks if s["port"] == port and s["proto"].startswith("tcp")]
+            if found:
+                return found[0]
+            self.assertLess(time.time(), deadline, "port %d never listened" % port)
+            time.sleep(0.1)
+
+    def forward(self, *args):
+        """Start `sbx forward ARGS`; returns (process, [local ports]) once it listens."""
+        f = subprocess.Popen([SBX, "-c", self.addr, "forward", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        self.forwards.append(f)
+        ports, buf = [], b""
+        nspec = len([a for a in args if not a.startswith("-")])
+        deadline = time.time() + 10
+        while len(ports) < nspec:
+            self.assertLess(time.time(), deadline, buf)
+            line = f.stderr.readline()
+            self.assertNotEqual(line, b"", "forward ended: %r" % buf)
+            buf += line
+            m = LISTENING.match(line)
+            if m:
+                ports.append(int(m.group(2)))
+        return f, ports
+
+    def stop(self, f):
+        f.send_signal(signal.SIGINT)
+        err = f.stderr.read()
+        self.assertEqual(f.wait(10), 0, err)
+        return err
+
+
+class TestCliNetUsage(CliCase):
+    def test_help_and_usage_errors(self):
+        for cmd in ("forward", "ports"):
+            r = subprocess.run([SBX, cmd, "--help"], stdout=subprocess.PIPE)
+            self.assertEqual(r.returncode, 0, cmd)
+            self.assertIn(b"Usage: sbx " + cmd.encode(), r.stdout)
+        for args in ([], ["80"], ["x:80"], ["8080:0"], ["8080:70000"], ["1.2.3:80:90"],
+                     ["8080:nohost:80"], ["a:b:c:d:e"], ["[::1:8080:80"], ["--bogus", "1:2"]):
+            r = self.sbx("forward", *args)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertIn(b"sbx", r.stderr, args)
+        r = self.sbx("forward", "8080:nohost:80")
+        self.assertIn(b"bad forward \"8080:nohost:80\"", r.stderr)
+        self.assertEqual(self.sbx("ports", "extra").returncode, 2)
+
+
+class TestCliForward(NetCase):
+    def test_http_concurrent_and_large(self):
+        www = os.path.join(self.dir, "www")
+        os.mkdir(www)
+        big = os.urandom(1 << 20) * 64  # 64 MiB
+        with open(os.path.join(www, "big.bin"), "wb") as f:
+            f.write(big)
+        for i in range(50):
+            with open(os.path.join(www, "f%d.txt" % i), "wb") as f:
+                f.write(b"file %d\n" % i * (i + 1))
+        gport = free_port()
+        # python3 -m http.server, but with a listen backlog of 128, not 5: the agent connects
+        # all 50 at once, and an overflowing accept queue drops handshakes that then take TCP
+        # retransmits of many seconds to recover (what a real burst does to such a server).
+        ident = self.detach("python3", "-c", HTTP_SERVER, www, str(gport))
+        entry = self.wait_listening(gport)
+        self.assertEqual(entry["addr"], "127.0.0.1")
+        # ports names the server's pid (the agent can see its own children's sockets)
+        pid = [p for p in self.json("ps")["procs"] if str(p["id"]) == ident][0]["pid"]
+        self.assertIn(entry["pid"], (pid, None))
+        table = self.sbx("ports").stdout.decode()
+        self.assertTrue(table.startswith("PROTO"), table)
+        self.assertRegex(table, r"(?m)^tcp\s+127\.0\.0\.1\s+%d\s" % gport)
+
+        f, (lport,) = self.forward("-v", "0:%d" % gport)
+        base = "http://127.0.0.1:%d/" % lport
+
+        def get(i):
+            with urllib.request.urlopen(base + "f%d.txt" % i, timeout=60) as r:
+                return r.status, r.read()
+
+        with concurrent.futures.ThreadPoolExecutor(50) as ex:
+            results = list(ex.map(get, range(50)))
+        for i, (status, body) in enumerate(results):
+            self.assertEqual(status, 200)
+            self.assertEqual(body, b"file %d\n" % i * (i + 1))
+        with urllib.request.urlopen(base + "big.bin", timeout=120) as r:
+            got = r.read()
+        self.assertEqual(len(got), len(big))
+        self.assertEqual(hashlib.sha256(got).hexdigest(), hashlib.sha256(big).hexdigest())
+        err = self.stop(f)
+        self.assertEqual(err.count(b": connected to 127.0.0.1:%d" % gport), 51, err[-2000:])
+        self.assertEqual(len(re.findall(rb": closed, \d+ bytes in, \d+ out", err)), 51)
+        outs = [int(n) for n in re.findall(rb"closed, \d+ bytes in, (\d+) out", err)]
+        self.assertGreater(max(outs), len(big))  # the body and its headers
+
+    def test_half_close_both_ways(self):
+        # A guest server that reads to EOF, then answers with the byte count and closes.
+        gport = free_port()
+        server = ("import socket\n"
+                  "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                  "s.bind(('127.0.0.1', %d)); s.listen(8)\n"
+                  "while True:\n"
+                  "    c, _ = s.accept(); n = 0\n"
+                  "    while True:\n"
+                  "        b = c.recv(65536)\n"
+                  "        if not b: break\n"
+                  "        n += len(b)\n"
+                  "    c.sendall(b'%%d\\n' %% n); c.close()\n" % gport)
+        self.detach("python3", "-c", server)
+        self.wait_listening(gport)
+        f, (lport,) = self.forward("127.0.0.1:0:localhost:%d" % gport)
+        for size in (0, 1, 3 << 20):
+            c = socket.create_connection(("127.0.0.1", lport), timeout=30)
+            c.sendall(b"y" * size)
+            c.shutdown(socket.SHUT_WR)  # local EOF -> stream.end on `in` -> guest EOF
+            reply = b""
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    break  # guest close -> `out` ended -> our SHUT_WR
+                reply += b
+            c.close()
+            self.assertEqual(reply, b"%d\n" % size)
+        self.stop(f)
+
+    def test_refused_and_several_forwards(self):
+        dead = free_port()  # nothing listens there
+        gport = free_port()
+        self.detach("python3", "-m", "http.server", "--bind", "127.0.0.1",
+                    "--directory", self.dir, str(gport))
+        self.wait_listening(gport)
+        f, (l1, l2) = self.forward("-v", "0:%d" % dead, "127.0.0.1:0:127.0.0.1:%d" % gport)
+        c = socket.create_connection(("127.0.0.1", l1), timeout=10)
+        self.assertEqual(c.recv(10), b"")  # closed: the guest refused
+        c.close()
+        with urllib.request.urlopen("http://127.0.0.1:%d/" % l2, timeout=30) as r:
+            self.assertEqual(r.status, 200)
+        err = self.stop(f)
+        self.assertIn(b"ECONNREFUSED", err)
+
+    def test_agent_gone(self):
+        f, _ = self.forward("0:1")
+        self.agent.stop()
+        self.assertEqual(f.wait(10), 1)
+        self.assertIn(b"sbx: forward:", f.stderr.read())
+        # tearDown checks that the agent stayed alive: give it a fresh one
+        shutil.rmtree(self.agent.dir, ignore_errors=True)
+        self.agent = type(self.agent)(self.agent.proc.args[0])
+        self.addr = self.agent.addr
+
+
+if __name__ == "__main__":
+    unittest.main()
