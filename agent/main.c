@@ -67,7 +67,7 @@ static void usage(FILE *fp)
             "(/proc/PID/cmdline). Started by sbx-init, the agent reads SBX_INIT_FD\n"
             "(docs/INIT.md).\n",
             SBX_HELLO_TIMEOUT_MS, AGENT_REPLAY_STREAM_DEFAULT >> 20,
-            (unsigned long long)(AGENT_REPLAY_TOTAL_DEFAULT >> 20), SBX_REPLAY_MAX >> 10);
+            (unsigned long long)(AGENT_REPLAY_TOTAL_DEFAULT >> 20), SBX_REPLAY_MIN >> 10);
 }
 
 /* Copy token @tok (@len bytes) into @out (SBX_TOKEN_MAX + 1 bytes); -1 when its size is wrong. */

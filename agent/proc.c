@@ -629,6 +629,8 @@ void agent_proc_handle_closed(struct agent_proc *p)
 
 static void attach_free(struct agent_attach *at);
 static struct agent_conn *output_holder(const struct agent_proc *p);
+static bool exit_recipient(struct agent_proc *p, const struct agent_conn *c);
+static void answer_waiters(struct agent_proc *p);
 
 /* Forget a finished process: close what is left, free when the last handle has closed. */
 static void proc_release(struct agent_proc *p)
@@ -645,6 +647,7 @@ static void proc_release(struct agent_proc *p)
     while (!agent_list_empty(&p->attached)) {
         attach_free(agent_container_of(p->attached.next, struct agent_attach, link));
     }
+    answer_waiters(p); /* those that waited for their connection's proc.exit */
     sbx_err_set(&err, SBX_E_CANCELLED, "process %llu was released", (unsigned long long)p->id);
     for (int i = 0; i < 2; i++) {
         if (outs[i]->stream != NULL) {
@@ -711,6 +714,29 @@ static void proc_owner_gone(struct agent_conn_ref *r)
     (void)r;
 }
 
+/* Answer the proc.wait requests of an exited process, except on a connection still owed its
+ * proc.exit (its replay has not ended): there the exit goes first (PROTOCOL.md §9.2), and
+ * agent_proc_exit_flush calls this again once it went out. */
+static void answer_waiters(struct agent_proc *p)
+{
+    struct agent_link *l, *next;
+
+    for (l = p->waiters.next; l != &p->waiters; l = next) {
+        struct agent_waiter *w = agent_container_of(l, struct agent_waiter, link);
+        msgpack_packer *pk;
+        next = l->next;
+        if (exit_recipient(p, w->ref.conn)) {
+            continue;
+        }
+        pk = agent_conn_begin(w->ref.conn);
+        sbx_pack_response_head(pk, w->id);
+        pack_exit(pk, p);
+        agent_conn_send(w->ref.conn);
+        p->collected = true;
+        waiter_free(w);
+    }
+}
+
 /* Exit and output are both settled: tell the owner and every waiter (PROTOCOL.md §9.2). */
 static void proc_report(struct agent_proc *p, bool drained)
 {
@@ -725,16 +751,7 @@ static void proc_report(struct agent_proc *p, bool drained)
         agent_stream_cancel(p->in.stream, &err);
     }
     agent_pipe_close(&p->in);
-    agent_proc_exit_flush(p);
-    while (!agent_list_empty(&p->waiters)) {
-        struct agent_waiter *w = agent_container_of(p->waiters.next, struct agent_waiter, link);
-        msgpack_packer *pk = agent_conn_begin(w->ref.conn);
-        sbx_pack_response_head(pk, w->id);
-        pack_exit(pk, p);
-        agent_conn_send(w->ref.conn);
-        p->collected = true;
-        waiter_free(w);
-    }
+    agent_proc_exit_flush(p); /* answers the waiters too */
     if (p->on_done != NULL) {
         p->on_done(p);
     }
@@ -1949,8 +1966,15 @@ static void wait_timeout_cb(uv_timer_t *t)
     struct agent_waiter *w = t->data;
     struct sbx_err err;
 
-    sbx_err_set(&err, SBX_E_TIMEOUT, "process %llu is still running",
-                (unsigned long long)w->proc->id);
+    if (agent_proc_done(w->proc)) {
+        sbx_err_set(&err, SBX_E_TIMEOUT,
+                    "process %llu has exited, but this connection's output streams for it have "
+                    "not ended (its proc.exit comes first)",
+                    (unsigned long long)w->proc->id);
+    } else {
+        sbx_err_set(&err, SBX_E_TIMEOUT, "process %llu is still running",
+                    (unsigned long long)w->proc->id);
+    }
     agent_conn_reply_error(w->ref.conn, w->id, &err);
     waiter_free(w);
 }
@@ -1966,7 +1990,7 @@ int agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         (p = proc_find(c->a, m, err)) == NULL) {
         return -1;
     }
-    if (agent_proc_done(p)) {
+    if (agent_proc_done(p) && !exit_recipient(p, c)) {
         msgpack_packer *pk = agent_conn_begin(c);
         sbx_pack_response_head(pk, m->id);
         pack_exit(pk, p);
@@ -1988,7 +2012,9 @@ int agent_proc_wait(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         w->timed = true;
         uv_timer_start(&w->timer, wait_timeout_cb, timeout, 0);
     }
-    return AGENT_LATER; /* answered at the exit (proc_report) or by wait_timeout_cb */
+    /* Answered at the exit (proc_report), after this connection's own proc.exit
+     * (answer_waiters), or by wait_timeout_cb. */
+    return AGENT_LATER;
 }
 
 int agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
@@ -2110,8 +2136,8 @@ int agent_proc_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         sbx_pack_kv_u64(pk, "started_ns", p->start_wall_ns);
         sbx_pack_kv_bool(pk, "attached", output_holder(p) != NULL);
         /* A REPL interpreter's output goes to its session, not a ring: nothing is dropped. */
-        sbx_pack_kv_u64(pk, "stdout_dropped", p->out.sink ? 0 : agent_pipe_oldest(&p->out));
-        sbx_pack_kv_u64(pk, "stderr_dropped", p->err.sink ? 0 : agent_pipe_oldest(&p->err));
+        sbx_pack_kv_u64(pk, "stdout_dropped", p->out.ringless ? 0 : agent_pipe_oldest(&p->out));
+        sbx_pack_kv_u64(pk, "stderr_dropped", p->err.ringless ? 0 : agent_pipe_oldest(&p->err));
         if (agent_proc_done(p)) {
             sbx_pack_cstr(pk, "exit");
             pack_exit(pk, p);
@@ -2226,6 +2252,7 @@ void agent_proc_exit_flush(struct agent_proc *p)
             attach_free(at);
         }
     }
+    answer_waiters(p);
 }
 
 /* Does @c get @p's proc.exit already (as its spawner or an attached connection)? */
@@ -2271,14 +2298,16 @@ static void detach_conn(struct agent_proc *p, struct agent_conn *c, const char *
     }
 }
 
-/* Where a new stream on @pp starts for a client asking for offset @from (@has_from): the oldest
- * retained byte at most, the end at least; *@dropped is what was lost in between. */
+/* Where a new stream on @pp starts for a client asking for offset @from (@has_from; without it,
+ * the oldest retained byte, and the gap is counted from 0): the oldest retained byte at most, the
+ * end at least; *@dropped is what was lost in between, so a gap is never silent. */
 static uint64_t attach_start(struct agent_pipe *pp, bool has_from, uint64_t from, uint64_t *dropped)
 {
     uint64_t oldest = agent_pipe_oldest(pp);
 
     *dropped = 0;
     if (!has_from) {
+        *dropped = oldest;
         return oldest;
     }
     if (from >= pp->total) {
@@ -2305,7 +2334,7 @@ int agent_proc_attach(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
     if (sbx_attach_params_read(m->params, &ap, err) < 0 || (p = proc_find(c->a, m, err)) == NULL) {
         return -1;
     }
-    if (p->out.sink != NULL || p->err.sink != NULL) {
+    if (p->out.ringless || p->err.ringless) {
         sbx_err_set(err, SBX_E_BUSY, "process %llu is a REPL interpreter: use repl.eval",
                     (unsigned long long)p->id);
         return -1;

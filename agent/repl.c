@@ -961,6 +961,7 @@ static void repl_started(struct agent_proc *p, const struct sbx_err *e, void *da
     p->data = r;
     p->on_done = proc_done;
     p->out.sink = p->err.sink = output_sink;
+    p->out.ringless = p->err.ringless = true;
     agent_pipe_update(&p->out);
     agent_pipe_update(&p->err);
     uv_timer_init(r->a->loop, &r->timer);

@@ -646,9 +646,9 @@ int agent_replay_parse(const char *arg, uint32_t *size, uint64_t *total, char *w
         snprintf(why, whylen, "expected SIZE[,TOTAL], sizes in bytes with an optional K, M or G");
         return -1;
     }
-    if (sz < SBX_REPLAY_MAX || sz > AGENT_REPLAY_STREAM_MAX) {
+    if (sz < SBX_REPLAY_MIN || sz > AGENT_REPLAY_STREAM_MAX) {
         snprintf(why, whylen, "SIZE must be %uK..%uM (the ring of one output stream)",
-                 SBX_REPLAY_MAX >> 10, AGENT_REPLAY_STREAM_MAX >> 20);
+                 SBX_REPLAY_MIN >> 10, AGENT_REPLAY_STREAM_MAX >> 20);
         return -1;
     }
     if (strchr(arg, ',') == NULL && tot < sz) {

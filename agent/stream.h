@@ -41,6 +41,7 @@ struct agent_pipe {
     uint64_t total;     /* bytes read from the child: the offset of the next one */
     /* output while detached goes here instead of the replay ring when set (REPL capture) */
     void (*sink)(struct agent_pipe *p, const uint8_t *data, uint32_t n);
+    bool ringless; /* a REPL interpreter's: its output went to the session, never to a ring */
     /* input */
     unsigned writes_pending;
     bool close_requested;
@@ -140,7 +141,7 @@ void agent_pipe_close(struct agent_pipe *p);
 #define AGENT_REPLAY_TOTAL_DEFAULT  (64ull << 20)
 #define AGENT_REPLAY_STREAM_MAX     (1u << 30)
 #define AGENT_REPLAY_TOTAL_MAX      (1ull << 40)
-/* Parse --replay SIZE[,TOTAL] (K, M, G suffixes; SIZE at least SBX_REPLAY_MAX, TOTAL at least
+/* Parse --replay SIZE[,TOTAL] (K, M, G suffixes; SIZE at least SBX_REPLAY_MIN, TOTAL at least
  * SIZE) into @size and @total (TOTAL kept as given when absent). 0, or -1 with a message in
  * @why (@whylen bytes). */
 int agent_replay_parse(const char *arg, uint32_t *size, uint64_t *total, char *why, size_t whylen);

@@ -233,13 +233,9 @@ static int spawn_failed(const struct exec *x, const struct sbx_err *err)
 /* --- attach ------------------------------------------------------------------------------- */
 
 /* "sbx: attach: N bytes of stdout were dropped before offset M" when the replay of stream @sid
- * misses bytes that were asked for (all before @start when @from_oldest). */
-static void say_dropped(const char *name, uint32_t sid, uint64_t dropped, bool from_oldest,
-                        uint64_t start)
+ * misses bytes that were asked for (the agent counts from 0 when no offset was). */
+static void say_dropped(const char *name, uint32_t sid, uint64_t dropped, uint64_t start)
 {
-    if (sid != 0 && from_oldest && start > dropped) {
-        dropped = start;
-    }
     if (sid != 0 && dropped > 0) {
         cli_say("sbx: attach: %llu bytes of %s were dropped before offset %llu\n",
                 (unsigned long long)dropped, name, (unsigned long long)start);
@@ -277,10 +273,8 @@ static int attach(struct exec *x, struct sbx_err *err)
     x->out.done = x->out.sid == 0;
     x->err.done = x->err.sid == 0;
     x->stdin_open = x->sin != 0 && o.ap.stdin;
-    /* Offsets count from the process's first byte: without --from, all before the start is
-     * gone, whatever the agent counts as dropped relative to a requested offset. */
-    say_dropped("stdout", x->out.sid, r.stdout_dropped, !o.ap.has_from, r.stdout_start);
-    say_dropped("stderr", x->err.sid, r.stderr_dropped, !o.ap.has_stderr_from, r.stderr_start);
+    say_dropped("stdout", x->out.sid, r.stdout_dropped, r.stdout_start);
+    say_dropped("stderr", x->err.sid, r.stderr_dropped, r.stderr_start);
     return 0;
 }
 

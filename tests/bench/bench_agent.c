@@ -1014,6 +1014,121 @@ out:
     return rc;
 }
 
+/* --- detached floods (issue 15) ------------------------------------------------------------ */
+
+/* One ping round trip on @c in µs, or -1. */
+static double ping_us(struct bcli *c)
+{
+    uint64_t t0 = bench_now_ns();
+    uint32_t rid;
+    struct sbx_msg m;
+    msgpack_packer *pk = bcli_begin_request(c, "ping", &rid);
+
+    (void)msgpack_pack_map(pk, 0);
+    if (bcli_send(c) < 0) {
+        return -1;
+    }
+    do {
+        if (bcli_recv(c, &m, true) != 1) {
+            return -1;
+        }
+    } while (m.kind != SBX_MSG_RESPONSE || m.id != rid);
+    return (double)(bench_now_ns() - t0) / 1e3;
+}
+
+/* Ping every 10 ms for @ms; p50 and p99 in µs. */
+static int ping_for(struct bcli *c, long ms, double *p50, double *p99)
+{
+    size_t n = 0, cap = (size_t)(ms / 10 + 1);
+    double *v = calloc(cap, sizeof(double));
+    int rc = -1;
+
+    if (v == NULL) {
+        return -1;
+    }
+    for (uint64_t end = bench_now_ns() + (uint64_t)ms * 1000000u; n < cap && bench_now_ns() < end;
+         n++) {
+        if ((v[n] = ping_us(c)) < 0) {
+            goto out;
+        }
+        bench_sleep_ms(10);
+    }
+    *p50 = bench_percentile(v, n, 0.5);
+    *p99 = bench_percentile(v, n, 0.99);
+    rc = 0;
+out:
+    free(v);
+    return rc;
+}
+
+/*
+ * @nflood `yes` processes started by a connection that then goes away, so nobody holds their
+ * output: the agent's CPU (share of one core) over @ms and ping p50/p99 from another connection.
+ */
+static int detached_once(struct bench *b, unsigned nflood, long ms, double *cpu, double *p50,
+                         double *p99, double *idle99)
+{
+    static const char *const argv[] = { "yes", NULL };
+    struct bcli a, c;
+    double cpu0, idle50;
+    uint64_t t0;
+    int rc = -1;
+
+    if (agent_start(b) < 0) {
+        return -1;
+    }
+    if (bcli_open(&c, b->sock) < 0 || ping_for(&c, 500, &idle50, idle99) < 0) {
+        goto stop;
+    }
+    if (bcli_open(&a, b->sock) < 0) {
+        bcli_close(&a);
+        goto stop;
+    }
+    for (unsigned i = 0; i < nflood; i++) {
+        if (bcli_spawn(&a, argv, "null", "pipe", "null", 0) == 0) {
+            bcli_close(&a);
+            goto stop;
+        }
+    }
+    (void)ping_us(&a); /* answered after the spawns: they all started */
+    bcli_close(&a);    /* nobody holds the output now */
+    bench_sleep_ms(1000);
+    cpu0 = proc_cpu_s(b->agent_pid);
+    t0 = bench_now_ns();
+    if (ping_for(&c, ms, p50, p99) < 0) {
+        goto stop;
+    }
+    *cpu = (proc_cpu_s(b->agent_pid) - cpu0) / ((double)(bench_now_ns() - t0) / 1e9);
+    rc = 0;
+stop:
+    bcli_close(&c);
+    agent_stop(b); /* the floods die of EPIPE with it */
+    return rc;
+}
+
+static int bench_detached(struct bench *b)
+{
+    static const unsigned counts[] = { 1, 50 };
+    long ms = b->quick ? 3000 : 5000;
+
+    bench_note("detached: 1 and 50 `yes` nobody reads, agent CPU over %ld ms, ping every 10 ms",
+               ms);
+    for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+        double cpu, p50, p99, idle99;
+        char what[96], fig[48], spread[64], bl[64], met[8];
+        if (detached_once(b, counts[i], ms, &cpu, &p50, &p99, &idle99) < 0) {
+            return -1;
+        }
+        snprintf(what, sizeof(what), "detached: %u `yes` nobody reads: agent CPU, ping", counts[i]);
+        snprintf(fig, sizeof(fig), "%.1f %% of a core", cpu * 100);
+        snprintf(spread, sizeof(spread), "ping p50 %.0f µs, p99 %.0f µs", p50, p99);
+        snprintf(bl, sizeof(bl), "ping p99 with no flood %.0f µs", idle99);
+        snprintf(met, sizeof(met), "%s", cpu <= 0.25 && p99 <= 10000 ? "yes" : "NO");
+        bench_row(what, fig, spread, bl, "-", "≤ 25 % of a core, ping p99 ≤ 10 ms", met);
+    }
+    return 0;
+}
+
 /* --- stdin throughput ----------------------------------------------------------------------- */
 
 struct in_state {
@@ -1386,18 +1501,18 @@ static bool only_has(const char *only, const char *what)
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: bench_agent [--quick] [--only exec,cli,out,in,rss,attach] [--agent PATH] "
-            "[--helper PATH]\n"
-            "                   [--sbx PATH] [--ssh-config FILE]\n"
-            "                   [--bytes N] [--reps N] [--runs N] [--grant-div N] "
-            "[--rss-ms MS]\n");
+    fprintf(stderr, "usage: bench_agent [--quick] [--only exec,cli,out,in,rss,attach,detached] "
+                    "[--agent PATH] "
+                    "[--helper PATH]\n"
+                    "                   [--sbx PATH] [--ssh-config FILE]\n"
+                    "                   [--bytes N] [--reps N] [--runs N] [--grant-div N] "
+                    "[--rss-ms MS]\n");
 }
 
 int main(int argc, char **argv)
 {
     struct bench b;
-    const char *only = "exec,cli,out,in,rss,attach";
+    const char *only = "exec,cli,out,in,rss,attach,detached";
     char tmpdir[] = "/tmp/sbx-bench-XXXXXX";
     int rc = 0;
 
@@ -1500,6 +1615,9 @@ int main(int argc, char **argv)
         rc = 1;
     }
     if (only_has(only, "attach") && bench_attach(&b) < 0) {
+        rc = 1;
+    }
+    if (only_has(only, "detached") && bench_detached(&b) < 0) {
         rc = 1;
     }
     if (rc != 0) {

@@ -220,6 +220,12 @@ class TestAttachSmallRing(AttachCase):
         self.assertEqual(outs[a["stdout"]], pattern(n - self.RING, n))
         self.assertEqual(ex2["stdout_bytes"], n)
         c2.close()
+        # Without `from` the gap is counted from offset 0: never silent.
+        c3 = self.agent.connect()
+        a = c3.call("proc.attach", {"id": r["id"]})
+        self.assertEqual((a["stdout_start"], a["stdout_dropped"]), (n - self.RING, n - self.RING))
+        drain(c3, r["id"], [a["stdout"], a["stderr"]])
+        c3.close()
 
     def test_detached_flood_replays_at_exact_offsets(self):
         # A flood nobody reads is read at a bounded pace; an attach then starts at the latest
@@ -451,6 +457,35 @@ class TestAttachHostile(AttachCase):
         self.assertEqual(ex[2]["stdout_bytes"], 3 << 20)
         c2.close()
 
+    def test_wait_on_a_replaying_connection_follows_its_exit(self):
+        # proc.wait on a connection still replaying an exited process: the connection's
+        # proc.exit comes first, the wait's answer right after it (PROTOCOL.md §9.2), not
+        # while the replay is held back by credit.
+        r = self.c.call("proc.spawn", self.helper("flood", 3 << 20))
+        drain(self.c, r["id"], [r["stdout"], r["stderr"]])
+        c2 = self.agent.connect()
+        a = c2.call("proc.attach", {"id": r["id"]})
+        rid = c2.request("proc.wait", {"id": r["id"]})
+        # The window's worth of data, no credit: the wait must not be answered yet.
+        self.assertEqual(c2.call("ping"), {})
+        self.assertFalse(any(m[0] == 1 and m[1] == rid for m in c2.pending), c2.pending)
+        order = []
+        got = 0
+        while True:
+            m = c2.recv()
+            self.assertIsNotNone(m, "connection closed")
+            if m[0] == 3 and m[1] == a["stdout"]:
+                got += len(m[2])
+                c2.credit(m[1], len(m[2]))
+            elif m[0] == 2 and m[1] == "proc.exit":
+                order.append("exit")
+            elif m[0] == 1 and m[1] == rid:
+                order.append("wait")
+                break
+        self.assertEqual(order, ["exit", "wait"])
+        self.assertEqual(got, 3 << 20)
+        c2.close()
+
     def test_release_while_replaying(self):
         r = self.c.call("proc.spawn", self.helper("flood", 3 << 20))
         drain(self.c, r["id"], [r["stdout"], r["stderr"]])
@@ -508,7 +543,19 @@ class TestAttachRepl(AttachCase):
         with self.assertRaises(w.RemoteError) as cm:
             self.c.call("proc.attach", {"id": pid})
         self.assertEqual(cm.exception.code, "BUSY")
+        self.c.call("repl.eval", {"session": r["session"], "code": "echo some output"})
         self.c.call("repl.close", {"session": r["session"]})
+        # Ended: still not attachable, and its output (delivered to the session) is not
+        # counted as dropped.
+        deadline = time.time() + 10
+        while self.entry(self.c, pid)["state"] != "exited":
+            self.assertLess(time.time(), deadline, "the interpreter did not exit")
+            time.sleep(0.05)
+        ent = self.entry(self.c, pid)
+        self.assertEqual((ent["stdout_dropped"], ent["stderr_dropped"]), (0, 0), ent)
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("proc.attach", {"id": pid})
+        self.assertEqual(cm.exception.code, "BUSY")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Environment (set by tests/vm/CMakeLists.txt): SBX_BUILD, SBX_VM_IMAGES, SBX_VSOC
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -1034,6 +1035,32 @@ class TestSbxVm(unittest.TestCase):
         shutil.rmtree(os.path.dirname(m.group(1)), ignore_errors=True)
 
 
+# The guest's web server for TestDebian.test_forward_http_server (python3 -c).
+GUEST_HTTP_SERVER = """
+import http.server, random
+BLOCK = random.Random(15).randbytes(1 << 20)
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/big":
+            self.send_response(200)
+            self.send_header("Content-Length", str(256 * len(BLOCK)))
+            self.end_headers()
+            for _ in range(256):
+                self.wfile.write(BLOCK)
+            return
+        body = b"page %s\\n" % self.path[2:-4].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer.request_queue_size = 128
+http.server.ThreadingHTTPServer(("127.0.0.1", 8000), H).serve_forever()
+"""
+
+
 class TestDebian(VMCase):
     """The Debian image boots through sbx-init's root switch; bash as the sandbox user."""
 
@@ -1090,7 +1117,7 @@ class TestDebian(VMCase):
         while True:
             p = self.sbx("ports", "--json")
             self.assertEqual(p.returncode, 0, p.stderr)
-            if any(e.get("port") == port for e in json.loads(p.stdout)):
+            if any(e.get("port") == port for e in json.loads(p.stdout)["sockets"]):
                 return
             self.assertLess(time.monotonic(), deadline, "port %d never listened" % port)
             time.sleep(0.3)
@@ -1117,26 +1144,30 @@ class TestDebian(VMCase):
         import concurrent.futures
         import socket
         import urllib.request
-        self.sh("mkdir -p /tmp/www && cd /tmp/www && "
-                "for i in $(seq 1 100); do echo page $i > p$i.txt; done && "
-                "head -c 268435456 /dev/urandom > big && sha256sum big > big.sha")
-        want = self.sh("cut -d' ' -f1 /tmp/www/big.sha").strip()
-        # python3 -m http.server, with a listen backlog of 128 instead of its 5: 100 requests
-        # at once overflow 5, and the kernel then drops SYNs (a retry after 1 s, 3 s, ...).
-        server = self.detach("python3", "-c",
-                             "import functools, http.server as h\n"
-                             "h.ThreadingHTTPServer.request_queue_size = 128\n"
-                             "H = functools.partial(h.SimpleHTTPRequestHandler, "
-                             "directory='/tmp/www')\n"
-                             "h.ThreadingHTTPServer(('127.0.0.1', 8000), H).serve_forever()\n")
-        # A server that sends 1 MiB and closes its end mid-way through what the client asks.
+        # A Python http.server (ThreadingHTTPServer with a listen backlog of 128 instead of 5:
+        # 100 requests at once overflow 5, and the kernel then drops SYNs, retried after 1 s,
+        # 3 s, ...). /pN.txt is a small page; /big is 256 MiB made in the guest from a seeded
+        # 1 MiB block (the guest's disk has no room for such a file), checked here by sha256.
+        server = self.detach("python3", "-c", GUEST_HTTP_SERVER)
+        block = random.Random(15).randbytes(1 << 20)
+        h = hashlib.sha256()
+        for _ in range(256):
+            h.update(block)
+        want = h.hexdigest()
+        # A server that reads a line, sends 1 MiB and closes while the client still has its
+        # end open: the client must see every byte, then a plain end of file.
         closer = self.detach("python3", "-c",
                              "import socket\n"
                              "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, "
                              "socket.SO_REUSEADDR, 1)\n"
                              "s.bind(('127.0.0.1', 8001)); s.listen()\n"
                              "while True:\n"
-                             "    c, _ = s.accept(); c.sendall(b'x' * 1048576); c.close()\n")
+                             "    c, _ = s.accept()\n"
+                             "    try:\n"
+                             "        c.makefile('rb').readline(); c.sendall(b'x' * 1048576)\n"
+                             "    except OSError:\n"
+                             "        pass\n"
+                             "    c.close()\n")
         self.wait_listening(8000)
         self.wait_listening(8001)
         with socket.socket() as s:
@@ -1146,7 +1177,7 @@ class TestDebian(VMCase):
             s.bind(("127.0.0.1", 0))
             local2 = s.getsockname()[1]
         env = dict(os.environ, SBX_ADDR=self.vm.addr)
-        fwd = subprocess.Popen([SBX, "forward", "%d:8000" % local, "%d:8001" % local2],
+        fwd = subprocess.Popen([SBX, "forward", "-v", "%d:8000" % local, "%d:8001" % local2],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         try:
             deadline = time.monotonic() + 30
@@ -1181,18 +1212,24 @@ class TestDebian(VMCase):
             self.assertEqual(h.hexdigest(), want)
 
             # The guest end closes: the local client reads every byte, then a clean EOF.
-            with socket.create_connection(("127.0.0.1", local2), timeout=60) as c:
-                c.sendall(b"x" * 4096)
-                n = 0
-                while True:
-                    b = c.recv(1 << 16)
-                    if not b:
-                        break
-                    n += len(b)
+            n = 0
+            try:
+                with socket.create_connection(("127.0.0.1", local2), timeout=60) as c:
+                    c.sendall(b"go\n")
+                    while True:
+                        b = c.recv(1 << 16)
+                        if not b:
+                            break
+                        n += len(b)
+            except OSError as e:
+                fwd.terminate()
+                self.fail("%s after %d bytes; sbx forward -v said:\n%s" % (
+                    e, n, fwd.communicate(timeout=30)[1].decode(errors="replace")[-3000:]))
             self.assertEqual(n, 1048576)
         finally:
-            fwd.terminate()
-            fwd.wait(30)
+            if fwd.poll() is None:
+                fwd.terminate()
+                fwd.communicate(timeout=30)
             self.sbx("kill", str(server))
             self.sbx("kill", str(closer))
 

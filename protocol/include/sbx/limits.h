@@ -47,7 +47,7 @@
 #define SBX_MAX_PENDING           4096u        /* outstanding requests per connection */
 #define SBX_MAX_STREAMS           4096u        /* open streams per connection */
 #define SBX_MAX_PROCS             1024u        /* processes tracked: running + exit records */
-#define SBX_REPLAY_MAX            (64u << 10)  /* per-stream buffer kept while nobody reads */
+#define SBX_REPLAY_MIN            (64u << 10)  /* smallest replay ring per output stream (§10) */
 #define SBX_CONN_DATA_HIGH        (2u << 20)   /* queued output above which stream reads pause */
 #define SBX_CONN_DATA_LOW         (512u << 10) /* ...and below which they resume */
 #define SBX_CONN_OUTQ_MAX         (8u << 20) /* control output memory per connection before close */
