@@ -6,7 +6,8 @@
 - bulk: a TCP client on this side downloads N bytes (1 GiB; --quick 256 MiB) from a server
   behind the relay. sbx: client -> `sbx forward` -> unix socket -> sbx-agent (net.connect) ->
   server. Baseline, the same path with socat in both relay roles: client -> socat TCP-LISTEN ->
-  unix socket -> socat UNIX-LISTEN -> server. Target: sbx >= 80 % of the baseline.
+  unix socket -> socat UNIX-LISTEN -> server (both socat -b 262144, as bench_xfer.sh). Target: sbx
+  >= 80 % of the baseline.
 - latency: an HTTP/1.1 GET of a small page from a threaded Python server, p50 over many requests,
   through `sbx forward` against straight to the server; once on a kept-alive connection (the
   relay's own cost) and once with a new connection per request (plus net.connect). Target on the
@@ -60,7 +61,10 @@ class Source(socketserver.ThreadingTCPServer):
 
 class SourceHandler(socketserver.BaseRequestHandler):
     def handle(self):
-        want = int(self.request.makefile("rb").readline())
+        line = self.request.makefile("rb").readline()
+        if not line:
+            return  # a readiness probe
+        want = int(line)
         buf = self.server.buf
         while want > 0:
             n = min(want, len(buf))
@@ -71,6 +75,7 @@ class SourceHandler(socketserver.BaseRequestHandler):
 
 class Page(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes
     body = b"x" * 512
 
     def do_GET(self):
@@ -187,10 +192,10 @@ def main(argv):
         # The baseline relay: the same two hops through a unix socket, by socat.
         rsock = os.path.join(tmp, "relay.sock")
         s_src = free_port()
-        start(["socat", "UNIX-LISTEN:%s,fork" % rsock, "TCP:127.0.0.1:%d" % sport])
+        start(["socat", "-b", "262144", "UNIX-LISTEN:%s,fork" % rsock, "TCP:127.0.0.1:%d" % sport])
         while not os.path.exists(rsock):
             time.sleep(0.02)
-        raw = start(["socat", "TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork" % s_src,
+        raw = start(["socat", "-b", "262144", "TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork" % s_src,
                      "UNIX-CONNECT:" + rsock])
         wait_port(f_src, fwd)
         wait_port(f_web, fwd)

@@ -313,6 +313,50 @@ class TestProcess(VMCase):
         self.assertEqual(self.sbx("wait", str(r["id"])).returncode, 143)
 
 
+    def test_forward_to_busybox_httpd(self):
+        """net.connect needs no network device: busybox httpd on lo, reached by sbx forward
+        from here; sbx ports names its process."""
+        import socket
+        import urllib.request
+        self.assertEqual(self.sh("ls /sys/class/net").split(), ["lo"])
+        self.sh("mkdir -p /tmp/www && echo hello from busybox > /tmp/www/index.html")
+        p = self.sbx("exec", "--detach", "--", "httpd", "-f", "-p", "127.0.0.1:8080",
+                     "-h", "/tmp/www")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        server = int(p.stdout.split()[0])
+        deadline = time.monotonic() + 30
+        while True:
+            p = self.sbx("ports", "--json")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            ent = [e for e in json.loads(p.stdout)["sockets"] if e["port"] == 8080]
+            if ent:
+                break
+            self.assertLess(time.monotonic(), deadline, "httpd never listened")
+            time.sleep(0.2)
+        pid = int(self.sh("cat /proc/$(pidof httpd)/stat | cut -d' ' -f1").split()[0])
+        self.assertEqual((ent[0]["proto"], ent[0]["addr"], ent[0]["pid"]),
+                         ("tcp", "127.0.0.1", pid))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            local = s.getsockname()[1]
+        fwd = subprocess.Popen([SBX, "forward", "%d:8080" % local], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=dict(os.environ, SBX_ADDR=self.vm.addr))
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen("http://127.0.0.1:%d/" % local, timeout=30) as r:
+                        self.assertEqual(r.read(), b"hello from busybox\n")
+                        break
+                except OSError:
+                    self.assertIsNone(fwd.poll(), "sbx forward exited")
+                    self.assertLess(time.monotonic(), deadline, "no answer through the forward")
+                    time.sleep(0.2)
+        finally:
+            fwd.terminate()
+            fwd.communicate(timeout=30)
+            self.sbx("kill", str(server))
+
     def test_repl_sh_busybox(self):
         """A REPL session on busybox sh: state, the PTY, a timeout as ^C, exit; sbx repl."""
         c = self.conn()
