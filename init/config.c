@@ -253,8 +253,12 @@ static long long replay_size(const char *v, const char **end)
     if (p == v) {
         return -1;
     }
-    if (*p == 'K' || *p == 'M' || *p == 'G') {
-        x <<= *p == 'K' ? 10 : *p == 'M' ? 20 : 30;
+    if (strchr("KkMmGg", *p) != NULL && *p != '\0') {
+        int shift = (*p | 0x20) == 'k' ? 10 : (*p | 0x20) == 'm' ? 20 : 30; /* as the agent */
+        if (x > ((1LL << 40) >> shift)) {
+            return -1; /* over 1 TiB: refused here, not wrapped into something the agent refuses */
+        }
+        x <<= shift;
         p++;
     }
     *end = p;

@@ -25,6 +25,12 @@
 #define FWD_BACKLOG   128
 /* Bytes read from a local socket at once (also at most the `in` stream's credit). */
 #define FWD_READ_MAX (64u << 10)
+/* Bytes from the guest held for a local socket that does not take them. Credit bounds them by
+ * the agent's stream window (1 MiB from sbx-agent); this bounds what an agent that announced a
+ * huge window can make us hold. */
+#define FWD_BUF_MAX (4u << 20)
+/* While accepting failed (out of fds or memory): try again after this long. */
+#define FWD_ACCEPT_RETRY_MS 100
 
 /* One listening forward: BIND:LOCAL here to HOST:PORT in the guest. */
 struct fwd {
@@ -287,7 +293,8 @@ struct fw {
     struct sbx_client *c;
     struct fconn **conns;
     size_t nconns;
-    bool accept_paused; /* out of fds: accept again once a connection closed */
+    bool accept_paused; /* out of fds or memory: accept again once a connection closed, or after
+                         * FWD_ACCEPT_RETRY_MS (a failure may pass with no connection open) */
 };
 
 /* "sbx: forward LOCAL <- PEER: <message>" on -v. */
@@ -475,6 +482,13 @@ static int on_data(struct fw *w, struct fconn *k, const struct sbx_msg *m, struc
         }
     }
     if (n == 0) {
+        return 0;
+    }
+    if (k->len + n > FWD_BUF_MAX) {
+        struct sbx_err e;
+        (void)sbx_err_set(&e, SBX_E_LIMIT, "more than %u bytes from the guest wait for this client",
+                          FWD_BUF_MAX);
+        conn_fail(k, "out", &e);
         return 0;
     }
     if (k->off + k->len + n > k->cap) {
@@ -718,7 +732,11 @@ static int fwd_round(struct fw *w, int sig_r, struct pollfd *pfd, struct fconn *
          * noticed when it next reads or writes. */
         pfd[np++] = (struct pollfd){ .fd = ev != 0 ? k->fd : -1, .events = ev };
     }
-    r = poll(pfd, (nfds_t)np, -1);
+    r = poll(pfd, (nfds_t)np, w->accept_paused ? FWD_ACCEPT_RETRY_MS : -1);
+    if (r == 0) {
+        w->accept_paused = false; /* try the listeners again */
+        return 0;
+    }
     if (r < 0 && errno == EINTR) {
         return 0;
     }
@@ -728,7 +746,9 @@ static int fwd_round(struct fw *w, int sig_r, struct pollfd *pfd, struct fconn *
     if (pfd[1].revents != 0) {
         return 1;
     }
-    for (size_t i = 0; i < fo.nfwd; i++) {
+    /* Several listeners may be ready at once: the cap is checked before each accept, as the
+     * poll set above was sized for FWD_CONNS_MAX connections. */
+    for (size_t i = 0; i < fo.nfwd && w->nconns < FWD_CONNS_MAX; i++) {
         if (pfd[2 + i].fd >= 0 && pfd[2 + i].revents != 0 && accept_one(w, &fo.fwds[i], err) < 0) {
             return -1;
         }

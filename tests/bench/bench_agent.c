@@ -1437,8 +1437,11 @@ static void rss_rows(const char *what, const struct rss_result *res, int reps, u
         size_t l = strlen(spread);
         snprintf(spread + l, sizeof(spread) - l, "AGENT CLOSED %u of %u conns", closed, nconns);
     }
-    bench_row(what, fig, spread, "", "", "≤ 32 MiB (and no conn closed)",
-              sh.max <= 32 * 1024 && closed == 0 ? "yes" : "NO");
+    /* Output buffers are bounded at 32 MiB; since issue 15 every output also keeps a replay
+     * ring, bounded for the whole agent by --replay's TOTAL (64 MiB by default). */
+    bench_row(what, fig, spread, "", "",
+              "≤ 32 MiB of buffers + the 64 MiB replay cap (and no conn closed)",
+              sh.max <= (32 + 64) * 1024 && closed == 0 ? "yes" : "NO");
 }
 
 static int bench_rss(struct bench *b)

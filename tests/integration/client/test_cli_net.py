@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.request
@@ -28,6 +29,32 @@ class Server(http.server.ThreadingHTTPServer):
     request_queue_size = 128
 handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
 Server(("127.0.0.1", int(sys.argv[2])), handler).serve_forever()
+"""
+
+# Echoes every connection, many at once, on one thread.
+ECHO_SERVER = """
+import selectors, socket, sys
+sel = selectors.DefaultSelector()
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", int(sys.argv[1])))
+ls.listen(2048)
+sel.register(ls, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        if key.fileobj is ls:
+            c, _ = ls.accept()
+            sel.register(c, selectors.EVENT_READ)
+            continue
+        try:
+            b = key.fileobj.recv(65536)
+        except OSError:
+            b = b""
+        if b:
+            key.fileobj.sendall(b)
+        else:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
 """
 
 LISTENING = re.compile(rb"sbx: forward (\S+):(\d+) -> (\S+)\n")
@@ -209,6 +236,63 @@ class TestCliForward(NetCase):
             self.assertEqual(r.status, 200)
         err = self.stop(f)
         self.assertIn(b"ECONNREFUSED", err)
+
+    def test_connection_cap_with_listeners_ready_at_once(self):
+        """At the 1024-connection cap, several listeners ready in the same poll accept no more
+        than the cap (each accept used to be checked once per round: the poll arrays then
+        overflowed, a heap overflow ASan reports), and the forward keeps serving."""
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard < 4096:
+            self.skipTest("needs an fd limit of 4096 for 1027 connections")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        gport = free_port()
+        self.detach("python3", "-c", ECHO_SERVER, str(gport))
+        self.wait_listening(gport)
+        f = subprocess.Popen([SBX, "-c", self.addr, "forward", "-v", "0:%d" % gport,
+                              "0:%d" % gport], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                                   (min(hard, 8192), hard)))
+        self.forwards.append(f)
+        ports, text = [], b""
+        while len(ports) < 2:
+            line = f.stderr.readline()
+            self.assertNotEqual(line, b"", text)
+            text += line
+            m = LISTENING.match(line)
+            if m:
+                ports.append(int(m.group(2)))
+        # Its stderr is read on a thread: -v says a line per connection.
+        lines = []
+        t = threading.Thread(target=lambda: lines.extend(iter(f.stderr.readline, b"")),
+                             daemon=True)
+        t.start()
+        held = []
+        for i in range(1023):
+            held.append(socket.create_connection(("127.0.0.1", ports[0]), timeout=30))
+        deadline = time.time() + 60
+        while sum(b"connected to" in x for x in lines) < 1023:
+            self.assertIsNone(f.poll(), b"".join(lines[-5:]))
+            self.assertLess(time.time(), deadline, "not all 1023 connections were relayed")
+            time.sleep(0.1)
+        f.send_signal(signal.SIGSTOP)
+        for port in (ports[0], ports[1], ports[1], ports[0]):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        time.sleep(0.3)
+        f.send_signal(signal.SIGCONT)
+        time.sleep(1)
+        self.assertIsNone(f.poll(), b"".join(lines[-20:]))
+        # The four beyond the cap wait in the backlog; room made, they are relayed.
+        for c in held[:10]:
+            c.close()
+        for c in held[-4:]:
+            c.settimeout(30)
+            c.sendall(b"ping\n")
+            self.assertEqual(c.recv(5), b"ping\n")
+        for c in held[10:]:
+            c.close()
+        self.stop(f)  # exits 0 on SIGINT
 
     def test_agent_gone(self):
         f, _ = self.forward("0:1")

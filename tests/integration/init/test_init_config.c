@@ -108,12 +108,17 @@ static void test_every_key(void **state)
     assert_string_equal(cfg.replay, ""); /* the agent's default */
     assert_int_equal(init_config_set(&cfg, "sbx.replay", "4M,256M"), 0);
     assert_string_equal(cfg.replay, "4M,256M");
+    assert_int_equal(init_config_set(&cfg, "sbx.replay", "2m,128m"), 0); /* as the agent takes it */
+    assert_string_equal(cfg.replay, "2m,128m");
     assert_int_equal(init_config_set(&cfg, "sbx.replay", "64K"), 0);
     assert_string_equal(cfg.replay, "64K");
     assert_int_equal(init_config_set(&cfg, "sbx.replay", "1K"), -EINVAL);
     assert_int_equal(init_config_set(&cfg, "sbx.replay", "1M,64K"), -EINVAL);
     assert_int_equal(init_config_set(&cfg, "sbx.replay", "1M,"), -EINVAL);
     assert_int_equal(init_config_set(&cfg, "sbx.replay", "1Q"), -EINVAL);
+    /* A size that wrapped when shifted by its suffix used to pass as 1 GiB. */
+    assert_int_equal(init_config_set(&cfg, "sbx.replay", "17179869185G"), -EINVAL);
+    assert_int_equal(init_config_set(&cfg, "sbx.replay", "1M,17179869185G"), -EINVAL);
     assert_string_equal(cfg.replay, "");
     assert_int_equal(init_config_set(&cfg, "sbx.replay", "default"), 0);
     assert_string_equal(cfg.replay, "");
