@@ -196,8 +196,13 @@ static void stream_grant(struct agent_stream *s)
 void agent_stream_consumed(struct agent_stream *s, uint32_t n, bool flush)
 {
     s->consumed += n;
-    /* Grant in batches: one credit message per quarter window, not per frame. */
-    if (s->consumed >= SBX_STREAM_WINDOW / 4 || (flush && s->consumed > 0)) {
+    /* Grant in batches: one credit message per quarter window, not per frame. With nothing
+     * else pending (@flush), at once only when the client is down to less than half a window:
+     * the batches alone never leave it waiting (it holds at least three quarters of a window
+     * less what is still being written), and a credit frame per small write (a keystroke, a
+     * forwarded request) is a wake-up of the client in the middle of a round trip. */
+    if (s->consumed >= SBX_STREAM_WINDOW / 4 ||
+        (flush && s->consumed > 0 && s->credit < SBX_STREAM_WINDOW / 2)) {
         stream_grant(s);
     }
 }
