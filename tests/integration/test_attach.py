@@ -15,12 +15,7 @@ warnings.simplefilter("ignore", ResourceWarning)  # sockets left to the garbage 
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sbxwire as w  # noqa: E402
-
-BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
-AGENT = os.path.join(BUILD, "bin", "sbx-agent")
-HELPER = os.path.join(BUILD, "tests", "sbx-test-helper")
-with open(AGENT, "rb") as _f:
-    SANITIZED = b"__asan_init" in _f.read()
+from test_agent import AGENT, HELPER, SANITIZED, AgentCase  # noqa: E402
 
 
 def pattern(start, end):
@@ -57,21 +52,7 @@ def drain(c, pid, sids, credit=True, until_exit=True, timeout=30):
     raise AssertionError("timed out draining process %d: %r" % (pid, events[-5:]))
 
 
-class AttachCase(unittest.TestCase):
-    extra = ()
-
-    def setUp(self):
-        self.agent = w.Agent(AGENT, self.extra)
-        self.c = self.agent.connect()
-
-    def tearDown(self):
-        self.agent.finish(self, self.c)
-
-    def helper(self, *args, **kw):
-        p = {"argv": [HELPER, *[str(a) for a in args]]}
-        p.update(kw)
-        return p
-
+class AttachCase(AgentCase):
     def read_some(self, c, sid, n):
         """Read data of stream @sid from @c until at least @n bytes came; no credit granted."""
         got = bytearray()

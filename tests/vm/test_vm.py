@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -77,6 +78,13 @@ def build_image(kind):
 
 # --- helpers ------------------------------------------------------------------------------------
 
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class VMCase(unittest.TestCase):
     """One VM per class, booted in setUpClass."""
 
@@ -131,6 +139,24 @@ class VMCase(unittest.TestCase):
         p = self.sbx("exec", "--", "sh", "-c", cmd, vm=vm, timeout=timeout)
         self.assertEqual(p.returncode, 0, "%r: %s" % (cmd, p.stderr.decode(errors="replace")))
         return p.stdout.decode()
+
+    def detach(self, *argv):
+        """`sbx exec --detach -- ARGV`: the process id it prints."""
+        p = self.sbx("exec", "--detach", "--", *argv)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return int(p.stdout.split()[0])
+
+    def wait_listening(self, port, timeout=60):
+        """Until `sbx ports` lists @port; returns its entry."""
+        deadline = time.monotonic() + timeout
+        while True:
+            p = self.sbx("ports", "--json")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            found = [e for e in json.loads(p.stdout)["sockets"] if e.get("port") == port]
+            if found:
+                return found[0]
+            self.assertLess(time.monotonic(), deadline, "port %d never listened" % port)
+            time.sleep(0.3)
 
     def conn(self, vm=None, addr=None):
         c = sbxwire.Conn(addr or (vm or self.vm).addr, timeout=60)
@@ -316,29 +342,14 @@ class TestProcess(VMCase):
     def test_forward_to_busybox_httpd(self):
         """net.connect needs no network device: busybox httpd on lo, reached by sbx forward
         from here; sbx ports names its process."""
-        import socket
         import urllib.request
         self.assertEqual(self.sh("ls /sys/class/net").split(), ["lo"])
         self.sh("mkdir -p /tmp/www && echo hello from busybox > /tmp/www/index.html")
-        p = self.sbx("exec", "--detach", "--", "httpd", "-f", "-p", "127.0.0.1:8080",
-                     "-h", "/tmp/www")
-        self.assertEqual(p.returncode, 0, p.stderr)
-        server = int(p.stdout.split()[0])
-        deadline = time.monotonic() + 30
-        while True:
-            p = self.sbx("ports", "--json")
-            self.assertEqual(p.returncode, 0, p.stderr)
-            ent = [e for e in json.loads(p.stdout)["sockets"] if e["port"] == 8080]
-            if ent:
-                break
-            self.assertLess(time.monotonic(), deadline, "httpd never listened")
-            time.sleep(0.2)
+        server = self.detach("httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/tmp/www")
+        ent = self.wait_listening(8080, timeout=30)
         pid = int(self.sh("cat /proc/$(pidof httpd)/stat | cut -d' ' -f1").split()[0])
-        self.assertEqual((ent[0]["proto"], ent[0]["addr"], ent[0]["pid"]),
-                         ("tcp", "127.0.0.1", pid))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            local = s.getsockname()[1]
+        self.assertEqual((ent["proto"], ent["addr"], ent["pid"]), ("tcp", "127.0.0.1", pid))
+        local = free_port()
         fwd = subprocess.Popen([SBX, "forward", "%d:8080" % local], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=dict(os.environ, SBX_ADDR=self.vm.addr))
         try:
@@ -1150,22 +1161,6 @@ class TestDebian(VMCase):
 
     # -- reconnect and ports (issue 15): the guest has no network device, only lo --------------
 
-    def detach(self, *argv):
-        """`sbx exec --detach -- ARGV`: the process id it prints."""
-        p = self.sbx("exec", "--detach", "--", *argv)
-        self.assertEqual(p.returncode, 0, p.stderr)
-        return int(p.stdout.split()[0])
-
-    def wait_listening(self, port, timeout=60):
-        deadline = time.monotonic() + timeout
-        while True:
-            p = self.sbx("ports", "--json")
-            self.assertEqual(p.returncode, 0, p.stderr)
-            if any(e.get("port") == port for e in json.loads(p.stdout)["sockets"]):
-                return
-            self.assertLess(time.monotonic(), deadline, "port %d never listened" % port)
-            time.sleep(0.3)
-
     def test_no_network_device(self):
         self.assertEqual(self.sh("ls /sys/class/net").split(), ["lo"])
 
@@ -1186,7 +1181,6 @@ class TestDebian(VMCase):
         """sbx forward to python3's http.server in the guest: 100 concurrent requests, a
         256 MiB download byte-exact, and a server closing mid-transfer gives a clean close."""
         import concurrent.futures
-        import socket
         import urllib.request
         # A Python http.server (ThreadingHTTPServer with a listen backlog of 128 instead of 5:
         # 100 requests at once overflow 5, and the kernel then drops SYNs, retried after 1 s,
@@ -1214,12 +1208,7 @@ class TestDebian(VMCase):
                              "    c.close()\n")
         self.wait_listening(8000)
         self.wait_listening(8001)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            local = s.getsockname()[1]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            local2 = s.getsockname()[1]
+        local, local2 = free_port(), free_port()
         env = dict(os.environ, SBX_ADDR=self.vm.addr)
         fwd = subprocess.Popen([SBX, "forward", "-v", "%d:8000" % local, "%d:8001" % local2],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
