@@ -6,6 +6,7 @@ import os
 import queue
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ warnings.simplefilter("ignore", ResourceWarning)
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sbxwire as w  # noqa: E402
+from workload import WorkloadUser  # noqa: E402
 
 BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
 AGENT = os.path.join(BUILD, "bin", "sbx-agent")
@@ -799,6 +801,50 @@ class TestNetHostile(NetCase):
             self.assertLess(rss, base_rss + 8 * 1024,
                             "RSS grew from %d to %d kB" % (base_rss, rss))
         self.assertTrue(self.agent.alive())
+
+
+class TestAttackNetListening(NetCase):
+    """net.listening walks /proc/*/fd of the workload's processes as root. A real unprivileged
+    user holds a listener in a stopped process, thousands of fds, a file named like a socket
+    link, and processes that come and go during the scan: the listing still names the right pid,
+    is answered within its bound, and the agent answers others meanwhile."""
+
+    WORKLOAD = r"""
+import os, signal, socket, sys, time
+d = sys.argv[1]
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+decoy = os.path.join(d, "socket:[%d]" % os.fstat(s.fileno()).st_ino)
+open(decoy, "w").close()
+if os.fork() == 0:  # another process whose fd link reads ".../socket:[<the listener's inode>]"
+    s.close()
+    fd = os.open(decoy, os.O_RDONLY)
+    time.sleep(600)
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(3000)]
+for i in range(50):
+    if os.fork() == 0:  # processes that come and go during a scan
+        time.sleep(0.01 * i)
+        os._exit(0)
+print(s.getsockname()[1], flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+time.sleep(600)
+"""
+
+    def test_hostile_fd_tables(self):
+        with WorkloadUser() as u:
+            d = u.mkdtemp()
+            p = u.popen(["python3", "-c", self.WORKLOAD, d], stdout=subprocess.PIPE)
+            port = int(p.stdout.readline())
+            # The stopped process still holds the listener; the agent names it by its fd.
+            t0 = time.monotonic()
+            rid = self.c.request("net.listening")
+            other = self.agent.connect()
+            self.assertEqual(other.call("ping"), {})
+            other.close()
+            res = self.c.wait(rid)
+            self.assertLess(time.monotonic() - t0, 10)
+            found = [e for e in res["sockets"] if e["proto"] == "tcp" and e["port"] == port]
+            self.assertEqual(len(found), 1, res)
+            self.assertEqual(found[0]["pid"], p.pid)
 
 
 if __name__ == "__main__":
