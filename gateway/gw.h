@@ -1,0 +1,346 @@
+/*
+ * sbx-gateway: the Deno Sandbox API served on a host, on one libuv loop. An SDK client speaks
+ * JSON-RPC 2.0 over a WebSocket (docs/GATEWAY.md); each WebSocket is a session bound to one
+ * sandbox and to one sbx connection to that sandbox's agent (libsbx's sans-I/O core,
+ * sbx/conn.h). This header holds what the parts share:
+ *
+ *   http.h      HTTP/1.1 server and WebSocket framing (http-parser, wslay, nettle)
+ *   sandbox.c   the sandbox table, ids, state in the data dir, backends (vm, addr), timeouts
+ *   rest.c      the REST routes (list, delete, extend) and the two WebSocket routes
+ *   session.c   one SDK WebSocket <-> one agent connection: JSON-RPC, calls, streams, credit
+ *   errmap.c    sbx errors -> Deno ErrorObjects
+ *   m_*.c       the JSON-RPC methods, one file per family (gw_methods[] in methods.c)
+ */
+#ifndef SBX_GW_H
+#define SBX_GW_H
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "sbx/conn.h"
+
+/* --- caps (every buffer and table of the gateway) ----------------------------------------- */
+
+/* A WebSocket message from a client (writeFile sends whole files base64 in one; the SDK's own
+ * receive cap is 100 MiB). Bigger: close 1009. */
+#define GW_WS_MSG_MAX (96u << 20)
+/* Bytes queued for a WebSocket above which agent output stops being acknowledged (so the agent
+ * stops sending), and below which it resumes. */
+#define GW_WS_HIGH (8u << 20)
+#define GW_WS_LOW  (4u << 20)
+/* Bytes of client stream data buffered for ids started but not yet claimed by a request, per
+ * session. Beyond: the session stops reading its WebSocket until they are claimed. */
+#define GW_UNCLAIMED_MAX (16u << 20)
+/* Bytes queued toward the agent on one `in` stream above which the session stops reading its
+ * WebSocket (resumes when the agent has taken them). */
+#define GW_AGENT_QUEUE_HIGH (2u << 20)
+/* Calls in flight on one session (the SDK keeps many processWait calls pending). */
+#define GW_CALLS_MAX 4096
+/* Client-produced streams open on one session. */
+#define GW_CLIENT_STREAMS_MAX 1024
+/* Sandboxes one gateway holds. */
+#define GW_SANDBOXES_MAX 256
+/* WebSocket sessions per sandbox. */
+#define GW_SESSIONS_MAX 64
+
+/* --- the gateway ---------------------------------------------------------------------------- */
+
+struct gw_sandbox;
+struct gw_session;
+struct gw_call;
+struct keep;
+
+struct gw_opts {
+    const char *listen;   /* "127.0.0.1:8080" */
+    const char *image;    /* vm backend: the image sbx-rootfs built */
+    const char *data_dir; /* tokens, state, VM run dirs, console logs */
+    const char *backend;  /* "vm" or "addr:unix:/path" */
+    const char *sbx_vm;   /* the sbx-vm runner (default: next to sbx-gateway) */
+    const char *mem;      /* default guest memory for sandboxes that ask for none, e.g. "1280M" */
+    const char *user;     /* guest user the SDK's processes and files act as ("app") */
+    const char *cwd;      /* their working directory ("/home/app") */
+    bool quiet;
+    bool trace; /* log every JSON-RPC message in and out */
+};
+
+struct gw {
+    uv_loop_t *loop;
+    struct gw_opts opt;
+    char token[80];               /* "ddo_" + 40 [0-9a-z]; from DATA/token */
+    struct gw_sandbox *sandboxes; /* list */
+    unsigned nsandboxes;
+    uint64_t next_stream; /* server stream ids for the SDK: a random start in [2^40, 2^41) */
+    struct gw_http_server *http;
+};
+
+/* Log a line to stderr, prefixed "sbx-gateway: ". */
+__attribute__((format(printf, 1, 2))) void gw_log(const char *fmt, ...);
+
+/* Milliseconds since the epoch (the SDK's dates). */
+int64_t gw_now_ms(void);
+
+/* --- sandboxes (sandbox.c) ----------------------------------------------------------------- */
+
+enum gw_sandbox_state {
+    GW_SB_BOOTING = 1, /* the backend is starting it */
+    GW_SB_READY,       /* its agent answers */
+    GW_SB_STOPPING,    /* killed or timed out: being powered off */
+    GW_SB_GONE,        /* off; the entry stays for list() until freed */
+};
+
+struct gw_sandbox {
+    struct gw_sandbox *next;
+    struct gw *g;
+    char id[32]; /* "sbx_ord_" + 20 of [0-9a-hjkmnp-z] */
+    enum gw_sandbox_state state;
+    json_t *labels;     /* object of string -> string */
+    int64_t created_ms; /* creation time */
+    int64_t stopped_ms; /* 0 while running */
+    int64_t stop_at_ms; /* 0: "session" timeout (ends with its creating session) */
+    uint64_t memory_mb; /* as asked (0: the default) */
+    json_t *env;        /* object: env vars the config set (Python SDK's `env`), applied by the
+                           first session with env.set; NULL: none */
+    json_t *config;     /* the create config as received (kept for the state file) */
+    char addr[4200];    /* the agent's address for sbx_addr_parse ("unix:/path") */
+    char why[512];      /* BOOTING failed / GONE: why, for the SDK's error */
+    struct gw_session *sessions; /* list of sessions on this sandbox */
+    struct gw_session *primary;  /* the creating session while it lives (session timeout) */
+    void *backend;               /* the backend's own state */
+};
+
+/* Load the sandboxes recorded in DATA/sandboxes/ (a restart: duration sandboxes whose VM still
+ * runs come back READY; the rest are marked GONE). 0, or -1 with a message logged. */
+int gw_sandboxes_load(struct gw *g);
+/* The sandbox with @id, or NULL. */
+struct gw_sandbox *gw_sandbox_find(struct gw *g, const char *id);
+/*
+ * A new sandbox from the SDK's create config (the decoded x-deno-sandbox-config object, either
+ * SDK's shape; may be NULL), started on the backend: BOOTING at return. NULL with a message in
+ * @why (a bad config value, too many sandboxes) and *@status the HTTP status to answer.
+ */
+struct gw_sandbox *gw_sandbox_create(struct gw *g, json_t *config, int *status, char *why,
+                                     size_t whylen);
+/* Call @cb once @sb is READY (at once if it is) or failed to boot (state GONE, sb->why says
+ * why). A waiter can be dropped with gw_sandbox_unwait (the HTTP client gave up). */
+typedef void (*gw_sandbox_ready_fn)(struct gw_sandbox *sb, void *user);
+void gw_sandbox_wait(struct gw_sandbox *sb, gw_sandbox_ready_fn cb, void *user);
+void gw_sandbox_unwait(struct gw_sandbox *sb, gw_sandbox_ready_fn cb, void *user);
+/* Power @sb off (DELETE, timeout, primary session gone): STOPPING, every session closed with
+ * 1000 @why, then GONE once the backend confirms. Idempotent. */
+void gw_sandbox_kill(struct gw_sandbox *sb, const char *why);
+/* A session of @sb ended (session.c tells sandbox.c: a "session" sandbox dies with its
+ * primary). */
+void gw_sandbox_session_ended(struct gw_sandbox *sb, struct gw_session *s);
+/* The backend found the VM dead (QEMU exited, agent unreachable): GONE with @why (console tail
+ * included by the backend), sessions closed with 1011. */
+void gw_sandbox_died(struct gw_sandbox *sb, const char *why);
+/* The list entry the SDK reads: {id, region, status, createdAt, stoppedAt, labels,
+ * memoryMb, ...}. */
+json_t *gw_sandbox_json(const struct gw_sandbox *sb);
+
+/* --- sessions (session.c) ------------------------------------------------------------------ */
+
+struct gw_http_conn;
+/*
+ * Answer @hc's WebSocket request with the 101 (x-deno-sandbox-id: sb->id) and start a session on
+ * READY sandbox @sb: it connects to the agent (sb->addr), says hello, then serves the SDK's
+ * JSON-RPC. @primary: the creating session (a "session" timeout ends the sandbox with it).
+ * Returns the session, or NULL after answering @hc with an error status itself.
+ */
+struct gw_session *gw_session_start(struct gw_sandbox *sb, struct gw_http_conn *hc, bool primary);
+/* Close every session of @sb with @code and @reason (a kill: 1000; a dead VM: 1011). */
+void gw_session_close_all(struct gw_sandbox *sb, uint16_t code, const char *reason);
+
+/* The agent connection of @s (for typed calls), or NULL when it is not (or no longer) up. */
+struct sbx_conn *gw_session_conn(struct gw_session *s);
+
+/* The sandbox @s belongs to. */
+struct gw_sandbox *gw_session_sandbox(struct gw_session *s);
+
+/* Send a JSON-RPC notification {"jsonrpc":"2.0","method":@method,"params":@params} (@params is
+ * stolen). Dropped when the WebSocket is closing. */
+void gw_session_notify(struct gw_session *s, const char *method, json_t *params);
+
+/* Write what the agent connection has queued (call after making sbx calls outside a callback of
+ * the session; inside one the session flushes on return). */
+void gw_session_flush(struct gw_session *s);
+
+/* A new server stream id for the SDK (unique across the gateway, <= 2^53-1). */
+uint64_t gw_stream_id(struct gw *g);
+
+/*
+ * Server -> client streams. An agent `out` stream (stdout, stderr, a download) relayed as
+ * $sandbox.stream.start / enqueue / end / error with a server id. The session acknowledges the
+ * agent's bytes (sbx_conn_consumed) only while the WebSocket's queue is under GW_WS_HIGH. @xform
+ * (may be NULL: the bytes themselves) turns each agent chunk into zero or more enqueue payloads:
+ * it calls gw_ostream_enqueue for each and returns 0, or -1 to fail the stream with an error.
+ * gw_ostream_open sends `start` at once and returns the SDK's id.
+ */
+struct gw_ostream;
+typedef int (*gw_ostream_xform_fn)(struct gw_ostream *os, const uint8_t *data, size_t len,
+                                   void *user);
+uint64_t gw_ostream_open(struct gw_session *s, uint32_t agent_stream, gw_ostream_xform_fn xform,
+                         void *user);
+/* Send one enqueue of @len bytes (base64) on @os. */
+void gw_ostream_enqueue(struct gw_ostream *os, const void *data, size_t len);
+
+/*
+ * Client -> server streams: the SDK starts a stream before the request that names it, and may
+ * enqueue before or after. The session buffers started, unclaimed streams; a method claims one
+ * by id with a sink that receives the decoded bytes, the end, or an error (a sink returns -1 to
+ * refuse: the session cancels the stream toward the client). gw_istream_claim returns -1 when
+ * the id was never started or is already claimed (the caller answers the call with an error).
+ */
+struct gw_istream_sink {
+    int (*data)(void *user, const uint8_t *data, size_t len);
+    void (*end)(void *user);
+    void (*error)(void *user, json_t *error); /* the client's error object (borrowed) or NULL */
+    void *user;
+};
+int gw_istream_claim(struct gw_session *s, uint64_t sdk_stream, const struct gw_istream_sink *sink);
+/* Stop delivering on a claimed stream and tell the client (cancel) with @reason (stolen, may be
+ * NULL). */
+void gw_istream_cancel(struct gw_session *s, uint64_t sdk_stream, json_t *reason);
+/*
+ * Agent `out` streams whose bytes a method wants for itself (a whole-file read, walk entries):
+ * @fn gets each chunk (end false, err NULL), then once the end (end true, err NULL) or a failure
+ * (err set: the agent cancelled the stream, or the connection ended). The session acknowledges
+ * the bytes after @fn returns 0; @fn returns -1 to cancel the stream (no further calls). Returns
+ * 0, or -1 when @agent_stream is not a live out stream of the session's connection.
+ */
+typedef int (*gw_sink_fn)(void *user, const uint8_t *data, size_t len, bool end,
+                          const struct sbx_err *err);
+int gw_session_collect(struct gw_session *s, uint32_t agent_stream, gw_sink_fn fn, void *user);
+
+/*
+ * Agent `in` streams a method feeds (stdin, an upload): @fn is called whenever the agent granted
+ * credit or the connection's output drained, so the feeder can write more with sbx_conn_write
+ * (it should keep sbx_conn_queued(conn, stream) under GW_AGENT_QUEUE_HIGH, holding the WebSocket
+ * with gw_session_hold meanwhile). Returns 0, or -1 when the stream is not live.
+ */
+typedef void (*gw_credit_fn)(void *user);
+int gw_session_feed(struct gw_session *s, uint32_t agent_stream, gw_credit_fn fn, void *user);
+/* Stop calling the gw_session_feed callback of @agent_stream (before its user is freed). */
+void gw_session_unfeed(struct gw_session *s, uint32_t agent_stream);
+
+/*
+ * transfer.done for agent stream @agent_stream (an upload or tree transfer) goes to @fn once
+ * (done->failed and done->error tell a failure); when the agent link ends first, @fn gets a
+ * failed record with error EOF. Returns 0, or -1 when out of memory.
+ */
+typedef void (*gw_done_fn)(void *user, const struct sbx_transfer_done *done);
+int gw_session_on_done(struct gw_session *s, uint32_t agent_stream, gw_done_fn fn, void *user);
+
+/*
+ * $sandbox.stream.cancel from the SDK for server stream @sdk_stream that a method produces itself
+ * (with gw_session_notify, e.g. walk entries) goes to @fn once; also called with the session's
+ * end. gw_session_off_cancel forgets it (the stream ended). Returns 0, or -1 when out of memory.
+ */
+int gw_session_on_cancel(struct gw_session *s, uint64_t sdk_stream, void (*fn)(void *user),
+                         void *user);
+void gw_session_off_cancel(struct gw_session *s, uint64_t sdk_stream);
+
+/* The guest user the session's processes run as (NULL: the agent's default). */
+const char *gw_session_user(struct gw_session *s);
+
+/* The working directory relative paths of the SDK resolve against (the sandbox user's home). */
+const char *gw_session_cwd(struct gw_session *s);
+
+/* Hold or resume reading the WebSocket (back-pressure from a sink whose agent stream is full);
+ * counted: each hold needs one resume. */
+void gw_session_hold(struct gw_session *s, bool hold);
+
+/* --- calls (session.c) --------------------------------------------------------------------- */
+
+/*
+ * One JSON-RPC request in flight. A method handler answers it exactly once, now or later, with
+ * gw_call_ok or one of the gw_call_fail* (never a JSON-RPC `error`: the SDK hangs on those).
+ * To make agent requests for it, pass gw_call_expect(call, done_cb) as the typed call's `user`:
+ * the RESPONSE event comes to @done_cb. A call stays allocated until it is answered and no
+ * agent request of it is outstanding; answers for a session that closed are dropped.
+ */
+typedef void (*gw_call_done_fn)(struct gw_call *call, const struct sbx_event *ev);
+
+struct gw_call {
+    struct gw_session *s;
+    json_t *id;           /* the request's id, as sent (owned) */
+    const char *method;   /* its method (points into the method table) */
+    gw_call_done_fn done; /* the next agent RESPONSE */
+    unsigned outstanding; /* agent requests in flight */
+    bool answered;
+    void *data;                    /* the handler's own state */
+    void (*data_free)(void *data); /* frees it with the call (may be NULL) */
+    struct gw_call *next, *prev;   /* the session's list */
+    struct keep *keeps;            /* session.c: allocations freed with the call (gw_call_keep) */
+    uint64_t abort_id;             /* the SDK's abortId + 1 (its ids start at 0); 0: none */
+    void (*on_abort)(struct gw_call *call); /* abort{abortId} arrived (may be NULL) */
+};
+
+/* The `user` for an agent request of @call: sets call->done, counts it outstanding. */
+void *gw_call_expect(struct gw_call *call, gw_call_done_fn done);
+/* The agent request made with gw_call_expect was refused locally (its typed call returned -1):
+ * undo the count. */
+void gw_call_unexpect(struct gw_call *call);
+/* Free @p with @fn when @call is freed. Returns 0, or -1 when out of memory (@p not taken). */
+int gw_call_keep(struct gw_call *call, void *p, void (*fn)(void *));
+/* Decode standard base64 (padding optional) into a new buffer of *@len bytes (the caller frees
+ * it); NULL when @s is not base64 or out of memory. */
+uint8_t *gw_b64_decode(const char *s, size_t slen, size_t *len);
+/* Answer {"ok": @value} (@value stolen; NULL sends null). */
+void gw_call_ok(struct gw_call *call, json_t *value);
+/* Answer {"error": {constructorName: @cls, message, code: @code (may be NULL)}}. */
+__attribute__((format(printf, 4, 5))) void gw_call_fail(struct gw_call *call, const char *cls,
+                                                        const char *code, const char *fmt, ...);
+/* Answer with the Deno error an sbx error maps to (errmap.c); @op and @path (may be NULL) go in
+ * the message as Deno writes it: "<strerror> (os error N): <op> '<path>'". */
+void gw_call_fail_sbx(struct gw_call *call, const struct sbx_err *e, const char *op,
+                      const char *path);
+
+/* --- params (session.c): each returns 0, or -1 having answered the call with a TypeError --- */
+
+/* A string param; @required false: *out NULL when absent or null. */
+int gw_param_str(struct gw_call *call, json_t *params, const char *key, bool required,
+                 const char **out);
+/* An integer param in [min, max]; absent or null with !required: *out = @dflt. */
+int gw_param_int(struct gw_call *call, json_t *params, const char *key, bool required, int64_t min,
+                 int64_t max, int64_t dflt, int64_t *out);
+/* A bool param; absent or null: @dflt. */
+int gw_param_bool(struct gw_call *call, json_t *params, const char *key, bool dflt, bool *out);
+/* An object param (may be absent: *out NULL unless required). */
+int gw_param_obj(struct gw_call *call, json_t *params, const char *key, bool required,
+                 json_t **out);
+/* An array of strings (absent: *out NULL, *n 0). *out is a NULL-terminated array the call owns
+ * (freed with it). */
+int gw_param_strv(struct gw_call *call, json_t *params, const char *key, const char ***out,
+                  size_t *n);
+
+/* --- errors (errmap.c) --------------------------------------------------------------------- */
+
+/* A Deno ErrorObject {constructorName, message, code, stack: null, name: null, cause: null}. */
+json_t *gw_errobj(const char *cls, const char *code, const char *msg);
+/* The ErrorObject for an sbx error (class from the errno or the sbx code, code the errno name,
+ * the message Deno's way with @op and @path). */
+json_t *gw_errobj_sbx(const struct sbx_err *e, const char *op, const char *path);
+
+/* --- methods (methods.c and m_*.c) --------------------------------------------------------- */
+
+typedef void (*gw_method_fn)(struct gw_call *call, json_t *params);
+
+struct gw_method {
+    const char *name;
+    gw_method_fn fn;
+};
+
+/* The method called @name, or NULL when there is none. */
+const struct gw_method *gw_method_find(const char *name);
+
+/* A session's agent connection said hello: apply what the sandbox's config asks of every new
+ * agent connection (the Python SDK's `env`). */
+void gw_methods_session_ready(struct gw_session *s);
+
+#endif /* SBX_GW_H */

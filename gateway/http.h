@@ -1,0 +1,118 @@
+/*
+ * The gateway's HTTP/1.1 server and WebSocket (RFC 6455) endpoint on a libuv loop. Request heads
+ * and bodies are parsed by http-parser, WebSocket frames by wslay (no I/O of its own: bytes go
+ * through the connection's uv stream), Sec-WebSocket-Accept by nettle (SHA-1 + base64).
+ *
+ * A request is handed to the server's handler once its head and body are complete; the handler
+ * answers it exactly once, now or later (a create waits for a VM to boot), with gw_http_respond
+ * or gw_http_upgrade. While a request is unanswered the connection reads nothing more. Keep-alive
+ * is honoured for REST requests. Bad input gets 400 (431 for heads over GW_HTTP_HEAD_MAX, 413 for
+ * bodies over GW_HTTP_BODY_MAX) and the connection closed; a client idle mid-request for
+ * GW_HTTP_IDLE_MS is closed.
+ */
+#ifndef SBX_GW_HTTP_H
+#define SBX_GW_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#define GW_HTTP_HEAD_MAX    (64u << 10) /* request line + headers */
+#define GW_HTTP_HEADERS_MAX 64
+#define GW_HTTP_BODY_MAX    (1u << 20) /* REST bodies */
+#define GW_HTTP_IDLE_MS     30000      /* a partial request stalls this long: closed */
+#define GW_HTTP_CONNS_MAX   1024       /* accepted connections; beyond: closed at once */
+#define GW_WS_PING_MS       20000      /* the server pings an idle WebSocket this often */
+#define GW_WS_DEAD_MS       60000      /* ... and closes it when nothing came back for this long */
+
+struct gw_http_server;
+struct gw_http_conn;
+struct gw_ws;
+
+struct gw_http_header {
+    const char *name; /* lower-cased */
+    const char *value;
+};
+
+struct gw_http_req {
+    const char *method; /* "GET", "POST", ... */
+    const char *path;   /* the URL's path, percent-decoded; never contains NUL */
+    const char *query;  /* the raw query string without '?', "" when none */
+    struct gw_http_header headers[GW_HTTP_HEADERS_MAX];
+    size_t nheaders;
+    const char *body; /* NUL-terminated copy of the body ("" when none) */
+    size_t body_len;
+    bool websocket; /* a well-formed WebSocket upgrade (GET, Upgrade: websocket, version 13, key) */
+};
+
+/* The value of header @name (case-insensitive), or NULL. */
+const char *gw_http_header(const struct gw_http_req *req, const char *name);
+
+/* Called for each complete request. @req and everything in it stay valid until it is answered. */
+typedef void (*gw_http_handler_fn)(struct gw_http_conn *hc, const struct gw_http_req *req,
+                                   void *user);
+
+/* Listen on @addr ("HOST:PORT", IPv4 or [IPv6]) and call @fn for each request. Returns the
+ * server, or NULL with a message in @errbuf. */
+struct gw_http_server *gw_http_listen(uv_loop_t *loop, const char *addr, gw_http_handler_fn fn,
+                                      void *user, char *errbuf, size_t errlen);
+/* The port actually bound (for ":0"). */
+int gw_http_port(const struct gw_http_server *srv);
+/* Stop listening and close every connection (WebSockets get 1001 "going away"). */
+void gw_http_close(struct gw_http_server *srv);
+
+/*
+ * Answer @hc's request: status line, @headers ("Name: value" strings, NULL-terminated; may be
+ * NULL), Content-Length and the body. Content-Type is added as application/json when @body starts
+ * with '{' or '[' and none was given. After the answer the connection reads the next request, or
+ * closes when the client asked to (or on an error status >= 400 with an unread body).
+ */
+void gw_http_respond(struct gw_http_conn *hc, int status, const char *const *headers,
+                     const char *body, size_t len);
+/* The same with a JSON body (stolen). */
+void gw_http_respond_json(struct gw_http_conn *hc, int status, const char *const *headers,
+                          json_t *body);
+
+/*
+ * Called when the client of an unanswered request went away (a create whose client gave up).
+ * The request must not be answered after it; @hc is freed when the callback returns.
+ */
+void gw_http_on_abandon(struct gw_http_conn *hc, void (*cb)(struct gw_http_conn *hc, void *user),
+                        void *user);
+
+/* --- WebSocket ----------------------------------------------------------------------------- */
+
+struct gw_ws_ops {
+    /* One complete message, text or binary (fragments joined; at most GW_WS_MSG_MAX, gw.h). */
+    void (*on_message)(struct gw_ws *ws, const char *data, size_t len, void *user);
+    /* The write queue fell to GW_WS_LOW or below after having been above GW_WS_HIGH. */
+    void (*on_drain)(struct gw_ws *ws, void *user);
+    /* The WebSocket is gone (close handshake, error, client vanished, gw_ws_close). Called once;
+     * @ws is freed after it returns. @code: the close code received or sent (1006: none). */
+    void (*on_close)(struct gw_ws *ws, uint16_t code, const char *reason, void *user);
+};
+
+/*
+ * Answer @hc's request (which must have req->websocket) with 101 Switching Protocols,
+ * Sec-WebSocket-Accept, and @headers (e.g. "x-deno-sandbox-id: sbx_ord_..."). Extensions are
+ * declined. Returns the WebSocket; @hc is no longer usable.
+ */
+struct gw_ws *gw_http_upgrade(struct gw_http_conn *hc, const char *const *headers,
+                              const struct gw_ws_ops *ops, void *user);
+
+/* Queue one text message (copied). Returns 0, or -1 when the WebSocket is closing. */
+int gw_ws_send_text(struct gw_ws *ws, const char *data, size_t len);
+/* Bytes queued and not yet written to the socket. */
+size_t gw_ws_queued(const struct gw_ws *ws);
+/* Stop (true) or resume (false) reading from the client. */
+void gw_ws_pause(struct gw_ws *ws, bool paused);
+/* Send a close frame with @code and @reason, flush what is queued, then close (on_close
+ * follows). Idempotent. */
+void gw_ws_close(struct gw_ws *ws, uint16_t code, const char *reason);
+/* Change the user pointer given to the ops. */
+void gw_ws_set_user(struct gw_ws *ws, void *user);
+
+#endif /* SBX_GW_HTTP_H */

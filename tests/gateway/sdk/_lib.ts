@@ -1,0 +1,48 @@
+// Shared by the SDK programs: tiny assertions (no jsr imports) and the harness's inputs.
+// Every program exits non-zero with a clear message (an uncaught Error) when an expectation fails.
+
+export function check(cond: unknown, msg: string): asserts cond {
+  if (!cond) throw new Error("expectation failed: " + msg);
+}
+
+export function eq<T>(got: T, want: T, what: string): void {
+  const g = JSON.stringify(got), w = JSON.stringify(want);
+  if (g !== w) throw new Error(`${what}: got ${g}, want ${w}`);
+}
+
+/** The error @fn rejects with; throws if it resolves. */
+export async function rejects(fn: () => Promise<unknown>, what: string): Promise<unknown> {
+  try {
+    await fn();
+  } catch (e) {
+    return e;
+  }
+  throw new Error(`${what}: resolved, expected a rejection`);
+}
+
+/** A harness-provided value (env SBXGW_<name>), or throw. */
+export function arg(name: string): string {
+  const v = Deno.env.get("SBXGW_" + name);
+  if (v === undefined || v === "") throw new Error(`harness did not set SBXGW_${name}`);
+  return v;
+}
+
+/** The workload user's home (the gateway's --cwd), as the harness passes it. */
+export const HOME = Deno.env.get("SBXGW_HOME") ?? "/home/app";
+
+/** Poll @probe until it returns true, at most @ms. For state that has no event to wait on. */
+export async function until(probe: () => Promise<boolean>, ms: number, what: string) {
+  const end = Date.now() + ms;
+  for (;;) {
+    if (await probe()) return;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export function errInfo(e: unknown): string {
+  if (e instanceof Error) {
+    return `${e.constructor.name}(${(e as { code?: unknown }).code ?? ""}): ${e.message}`;
+  }
+  return String(e);
+}

@@ -1,0 +1,410 @@
+"""The real Deno Sandbox SDK (npm:@deno/sandbox@0.13.2, pinned by tests/gateway/sdk/deno.lock)
+against sbx-gateway: each behaviour is one small program in tests/gateway/sdk/, run with the
+pinned deno; hostile input goes through a raw WebSocket.
+
+    python3 test_sdk.py CLASS            run one class; exit 77 when all its tests skipped
+    python3 test_sdk.py --build-image    build $SBX_BUILD/tests/gateway/gateway.ext4 (fixture)
+
+Classes:
+    TestHarness   deno found, the SDK cached offline (--frozen), every program type-checks, the
+                  agent and the workload user come up (no gateway needed)
+    TestAddr      the SDK programs, gateway --backend addr:unix:SOCK (a root sbx-agent, a real
+                  user made by the test as the workload user)
+    TestHostile   raw WebSocket JSON-RPC: malformed JSON, unknown method, wrong param types, huge
+                  ids, a reused stream id; answers are result:{error} and the gateway keeps serving
+    TestVM        the vm backend with the gateway image: the docs' getting-started programs, a
+                  lifecycle (memory, labels, timeout, close, connect, kill: its QEMU is gone)
+Environment: SBX_BUILD (default SRC/build), SBX_DENO_VERSION.
+"""
+import base64
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import unittest
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sdkharness as h  # noqa: E402
+
+ID_RE = re.compile(r"^sbx_[a-z]{3}_[0-9a-hjkmnp-z]{20}$")
+
+
+class SDKCase(unittest.TestCase):
+    def run_ok(self, name, timeout=120, env=None, args=()):
+        rc, out, err = h.run_program(self.gw, name, timeout=timeout, env=env, args=args)
+        if rc != 0:
+            self.fail("%s exited %s\n--- stdout\n%s\n--- stderr\n%s\n--- gateway log (tail)\n%s"
+                      % (name, rc, out[-4000:], err[-6000:], self.gw.logtext()[-4000:]))
+        return out, err
+
+
+# --- without a gateway ------------------------------------------------------------------------
+
+class TestHarness(unittest.TestCase):
+    def test_deno_is_the_pinned_version(self):
+        import subprocess
+        out = subprocess.run([h.deno(), "--version"], stdout=subprocess.PIPE, text=True,
+                             check=True).stdout
+        self.assertTrue(out.startswith("deno %s " % h.DENO_VERSION), out)
+
+    def test_sdk_cached_frozen_offline(self):
+        h.cache_deps()
+        with open(os.path.join(h.SDK_DIR, "deno.lock")) as f:
+            lock = json.load(f)
+        self.assertEqual(lock["specifiers"]["npm:@deno/sandbox@%s" % h.SDK_VERSION], h.SDK_VERSION)
+        self.assertEqual(lock["npm"]["@deno/sandbox@0.13.2"]["integrity"],
+                         "sha512-hteIwQ/mqkJHLrxtcONSCntziOAEWZz0Q2m/Ps4E+HjimLaQxsqpBU0Xn6hin23y"
+                         "f2wOCls336PG9epbMliUOQ==")
+        with open(h.SDK_CONFIG) as f:
+            self.assertEqual(json.load(f)["nodeModulesDir"], "none")
+        self.assertFalse(os.path.exists(os.path.join(h.SDK_DIR, "node_modules")))
+        # Offline: an SDK program starts with --cached-only and gets as far as the network
+        # (a closed port), i.e. every module resolved from DENO_DIR.
+        rc, out, err = h.run_program(None, "bad_token.ts", timeout=60, env={
+            "DENO_DEPLOY_TOKEN": "ddo_" + "1" * 40,
+            "DENO_SANDBOX_ENDPOINT": "http://127.0.0.1:1",
+            "DENO_DEPLOY_ENDPOINT": "http://127.0.0.1:1"})
+        self.assertNotEqual(rc, 0)
+        self.assertIn("ECONNREFUSED", err)
+        self.assertNotIn("cached-only", err)
+        self.assertNotIn("NotCapable", err)
+
+    def test_programs_typecheck(self):
+        rc, out = h.typecheck()
+        self.assertEqual(rc, 0, out)
+
+    def test_typecheck_catches_errors(self):
+        d = tempfile.mkdtemp(prefix="sbxgw-check-")
+        bad = os.path.join(d, "probe.ts")
+        with open(bad, "w") as f:
+            f.write('import { Sandbox } from "@deno/sandbox";\n'
+                    'const s = await Sandbox.create();\nconst n: number = s.id;\n')
+        try:
+            rc, out = h.typecheck([bad])
+        finally:
+            shutil.rmtree(d)
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("TS2322", out)
+
+    def test_agent_and_workload_user(self):
+        u = h.WorkloadUser()
+        try:
+            self.assertTrue(os.path.isdir(u.home))
+            self.assertEqual(os.stat(u.home).st_uid, u.uid)
+            import pwd
+            self.assertEqual(pwd.getpwnam(u.name).pw_shell, "/bin/bash")
+            agent = h.start_agent()
+            try:
+                c = agent.connect()
+                r = c.call("proc.spawn", {"argv": ["id", "-un"], "uid": u.uid, "gid": u.gid})
+                self.assertIn("pid", r)
+                c.close()
+            finally:
+                agent.stop()
+        finally:
+            u.close()
+
+
+# --- the addr backend -------------------------------------------------------------------------
+
+class AddrCase(SDKCase):
+    """A fresh agent and gateway per test; one workload user per class."""
+
+    @classmethod
+    def setUpClass(cls):
+        h.cache_deps()
+        cls.user = h.WorkloadUser()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.user.close()
+
+    def setUp(self):
+        self.agent = h.start_agent()
+        try:
+            self.gw = h.Gateway(backend="addr:" + self.agent.addr, user=self.user.name,
+                                cwd=self.user.home)
+        except BaseException:
+            self.agent.stop()
+            raise
+        self.assertRegex(self.gw.token, r"^ddo_[0-9a-z]{40}$")
+
+    def tearDown(self):
+        alive = self.gw.alive()
+        log = self.gw.logtext()
+        rc = self.gw.stop()
+        self.agent.stop()
+        self.assertTrue(alive, "sbx-gateway died during the test:\n" + log[-4000:])
+        self.assertIn(rc, (0, -15), "sbx-gateway exit status %s on SIGTERM:\n%s" % (rc, log[-4000:]))
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            self.assertNotIn(bad, log)
+
+    def env(self, **kw):
+        e = {"SBXGW_HOME": self.user.home}
+        e.update(kw)
+        return e
+
+    def run_ok(self, name, timeout=120, env=None, args=()):
+        return super().run_ok(name, timeout, self.env(**(env or {})), args)
+
+
+class TestAddr(AddrCase):
+    def test_sh(self):
+        out, _ = self.run_ok("sh_basic.ts")
+        self.assertIn("sh_basic ok", out)
+
+    def test_spawn_stdin_stdout(self):
+        self.run_ok("spawn_stdin.ts")
+
+    def test_spawn_streams_before_exit(self):
+        out, _ = self.run_ok("spawn_stream.ts")
+        self.assertIn("spawn_stream ok", out)
+
+    def test_spawn_kill_and_output(self):
+        self.run_ok("spawn_kill.ts")
+
+    def test_env(self):
+        self.run_ok("env.ts")
+
+    def test_fs(self):
+        self.run_ok("fs_basic.ts")
+
+    def test_fs_upload_download(self):
+        self.run_ok("fs_transfer.ts")
+
+    def test_close_connect_kill(self):
+        out, _ = self.run_ok("reconnect.ts")
+        self.assertIn("reconnect ok", out)
+
+    def test_list_labels(self):
+        self.run_ok("list.ts")
+
+    def test_wrong_token(self):
+        self.run_ok("bad_token.ts")
+
+    def test_token_file(self):
+        # The token lives in DATA/token (gw.h).
+        self.assertTrue(os.path.isfile(os.path.join(self.gw.data, "token")),
+                        os.listdir(self.gw.data))
+
+
+# --- hostile input on a raw WebSocket --------------------------------------------------------
+
+class TestHostile(AddrCase):
+    def setUp(self):
+        super().setUp()
+        self.ws = h.open_create_ws(self.gw, {"memory_mb": 1280})
+        self.assertRegex(self.ws.headers.get("x-deno-sandbox-id", ""), ID_RE)
+
+    def tearDown(self):
+        self.ws.close()
+        super().tearDown()
+
+    def assertResultError(self, m, what):
+        self.assertNotIn("error", m, "%s: a JSON-RPC error member (the SDK cannot take it): %r"
+                         % (what, m))
+        self.assertIn("result", m, "%s: %r" % (what, m))
+        err = m["result"].get("error") if isinstance(m["result"], dict) else None
+        self.assertIsInstance(err, dict, "%s: want result:{error:{...}}: %r" % (what, m))
+        self.assertIsInstance(err.get("message"), str, "%s: %r" % (what, m))
+        self.assertIsInstance(err.get("constructorName"), str, "%s: %r" % (what, m))
+        return err
+
+    def probe(self):
+        """A valid call answered: the session still serves. Returns what came before it."""
+        self.ws.notes = []
+        m = self.ws.call("envGet", {"key": "PATH"})
+        self.assertEqual(m.get("jsonrpc"), "2.0", m)
+        self.assertIn("ok", m["result"], m)
+        return [n for n in self.ws.notes if isinstance(n, dict) and "id" in n]
+
+    def test_valid_call(self):
+        m = self.ws.call("envSet", {"key": "SBXGW_X", "value": "1"})
+        self.assertEqual(m["result"], {"ok": None}, m)
+        self.probe()
+
+    def test_text_ping(self):
+        self.ws.send_text("ping")
+        self.probe()  # recv_json skips the optional "pong"
+
+    def test_malformed_json(self):
+        for junk in ("{not json", "", "[", '{"jsonrpc":"2.0","id":', "\"just a string\"",
+                     "[1,2,3]", "null", '{"jsonrpc":"2.0"}'):
+            self.ws.send_text(junk)
+            for m in self.probe():
+                # No id to answer: if anything is sent, it is a result-level error with id null.
+                self.assertIsNone(m["id"], "%r -> %r" % (junk, m))
+                self.assertResultError(m, "malformed %r" % junk)
+
+    def test_invalid_utf8_text_frame(self):
+        self.ws.send_frame(0x1, b'{"jsonrpc":"2.0","id":900,"method":"envGet","params":{"key":"\xff"}}')
+        try:
+            self.probe()
+        except h.WSClosed as e:
+            # RFC 6455 8.1: closing with 1007 is the other correct answer.
+            self.assertEqual(e.code, 1007, e)
+
+    def test_unknown_method(self):
+        m = self.ws.call("noSuchMethod", {"a": 1})
+        self.assertResultError(m, "unknown method")
+        m = self.ws.call("$sandbox.stream.start", {"streamId": 1})  # a notification as a request
+        self.assertNotIn("error", m, m)
+        self.probe()
+
+    def test_wrong_param_types(self):
+        for method, params in (("readFile", {"path": 42}), ("spawn", {"command": ["ls"]}),
+                               ("spawn", {"command": "ls", "stdout": "maybe", "stderr": "null"}),
+                               ("envSet", "not an object"), ("envGet", {"key": None}),
+                               ("processWait", {"pid": "1"}), ("processKill", {"pid": -1}),
+                               ("mkdir", {}), ("writeFile", {"path": "/tmp/x", "content": "@@"}),
+                               ("fileRead", {"rid": 1e300, "length": -5})):
+            m = self.ws.call(method, params)
+            self.assertResultError(m, "%s %r" % (method, params))
+        self.probe()
+
+    def test_huge_ids(self):
+        big = 2 ** 53 + 1
+        m = self.ws.call("envGet", {"key": "PATH"}, rid=big)
+        self.assertEqual(m["id"], big, "ids up to 2^63 are echoed exactly")
+        self.assertIn("ok", m["result"])
+        for rid in (10 ** 30, -(10 ** 30), 1.5, "a-string-id", 1e308):
+            self.ws.send_json({"jsonrpc": "2.0", "id": rid, "method": "envGet",
+                               "params": {"key": "PATH"}})
+            for m in self.probe():
+                if "result" in m and "ok" in m["result"]:
+                    self.assertEqual(m["id"], rid, m)  # served: with its id
+                else:
+                    self.assertResultError(m, "id %r" % rid)
+
+    def test_reused_stream_id(self):
+        ws = self.ws
+        ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.start",
+                      "params": {"streamId": 7}})
+        r1 = ws.call("spawn", {"command": "cat", "stdinStreamId": 7, "stdout": "piped",
+                               "stderr": "null"})
+        self.assertIn("ok", r1["result"], r1)
+        pid, out_id = r1["result"]["ok"]["pid"], r1["result"]["ok"]["stdoutStreamId"]
+        # The same id again while it is in use: a second start, a second claim.
+        ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.start",
+                      "params": {"streamId": 7}})
+        r2 = ws.call("spawn", {"command": "cat", "stdinStreamId": 7, "stdout": "piped",
+                               "stderr": "null"})
+        if "ok" in r2["result"]:
+            # Accepted as a fresh stream: then it must behave as one; end it too.
+            pid2 = r2["result"]["ok"]["pid"]
+        else:
+            self.assertResultError(r2, "a second spawn claiming stream 7")
+            pid2 = None
+        ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.enqueue",
+                      "params": {"streamId": 7, "data": base64.b64encode(b"abc\n").decode()}})
+        ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.end",
+                      "params": {"streamId": 7}})
+        w = ws.call("processWait", {"pid": pid}, timeout=30)
+        self.assertEqual(w["result"].get("ok", {}).get("code"), 0, w)
+        got = b""
+        for n in ws.notes:
+            p = n.get("params") or {}
+            if n.get("method") == "$sandbox.stream.enqueue" and p.get("streamId") == out_id:
+                got += base64.b64decode(p["data"])
+        self.assertEqual(got, b"abc\n", ws.notes)
+        if pid2 is not None:
+            ws.call("processKill", {"pid": pid2, "signal": "SIGKILL"})
+        self.probe()
+
+    def test_unclaimed_and_unknown_stream_notifications(self):
+        for method, params in (("$sandbox.stream.enqueue", {"streamId": 999, "data": "QUJD"}),
+                               ("$sandbox.stream.end", {"streamId": 998}),
+                               ("$sandbox.stream.cancel", {"streamId": 2 ** 50, "reason": None}),
+                               ("$sandbox.stream.enqueue", {"streamId": "x", "data": 5}),
+                               ("$sandbox.nope", {})):
+            self.ws.send_json({"jsonrpc": "2.0", "method": method, "params": params})
+        self.probe()
+
+    def test_wrong_token_handshake(self):
+        with self.assertRaises(h.HandshakeError) as cm:
+            h.open_create_ws(self.gw, {}, token="ddo_" + "0" * 40)
+        self.assertEqual(cm.exception.status, 401)
+        self.assertEqual(json.loads(cm.exception.body)["code"], "INVALID_TOKEN")
+        self.probe()
+
+
+# --- the vm backend -------------------------------------------------------------------------
+
+class TestVM(SDKCase):
+    """The gateway image (build/tests/gateway/gateway.ext4), one gateway for the class."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(h.GATEWAY_IMAGE):
+            raise unittest.SkipTest("%s missing (the gateway.image fixture builds it: "
+                                    "python3 test_sdk.py --build-image)" % h.GATEWAY_IMAGE)
+        h.cache_deps()
+        cls.gw = h.Gateway(image=h.GATEWAY_IMAGE)
+
+    @classmethod
+    def tearDownClass(cls):
+        log = cls.gw.logtext()
+        qemu = cls.gw.qemu_pids()
+        rc = cls.gw.stop()
+        if rc not in (0, -15):
+            raise AssertionError("sbx-gateway exit status %s:\n%s" % (rc, log[-4000:]))
+        left = [p for p in qemu if os.path.exists("/proc/%d" % p)]
+        if left:
+            raise AssertionError("QEMU processes outlived the gateway: %s" % left)
+
+    def test_getting_started_1_ls(self):
+        out, _ = self.run_ok("vm_getting_started1.ts", timeout=180)
+        self.assertIn("bin", out)
+        self.assertRegex(out, r"(?m)^total ")
+
+    def test_getting_started_2_deno_hello(self):
+        out, _ = self.run_ok("vm_getting_started2.ts", timeout=300)
+        self.assertIn("Hello from the sandbox 2", out)
+
+    def test_lifecycle(self):
+        before = set(self.gw.qemu_pids())
+        out, _ = self.run_ok("vm_lifecycle_a.ts", timeout=300)
+        m = re.search(r"(?m)^ID (\S+)$", out)
+        self.assertIsNotNone(m, out)
+        sid = m.group(1)
+        self.assertRegex(sid, ID_RE)
+        mine = set(self.gw.qemu_pids()) - before
+        self.assertEqual(len(mine), 1, "one new QEMU for the duration sandbox, alive after "
+                         "close: %s" % mine)
+        (pid,) = mine
+        out, _ = self.run_ok("vm_lifecycle_b.ts", timeout=180, env={"SBXGW_ID": sid})
+        self.assertIn("killed", out)
+        deadline = time.monotonic() + 30
+        while os.path.exists("/proc/%d" % pid) and pid in self.gw.qemu_pids():
+            # A kill is asynchronous past the SDK's DELETE: poll for the process' end.
+            self.assertLess(time.monotonic(), deadline, "QEMU %d still runs 30 s after kill()"
+                            % pid)
+            time.sleep(0.1)
+
+    def test_seed(self):
+        out, _ = self.run_ok("seed.ts", timeout=300)
+        self.assertIn("Hello from Deno", out)
+        self.assertIn("killed", out)
+
+
+def main(argv):
+    if argv == ["--build-image"]:
+        return h.build_gateway_image()
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    suite = unittest.defaultTestLoader.loadTestsFromName(argv[0], sys.modules[__name__])
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    if not result.wasSuccessful():
+        return 1
+    if result.skipped and result.testsRun <= len(result.skipped):
+        return 77
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
