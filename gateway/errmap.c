@@ -1,5 +1,5 @@
 /*
- * sbx errors -> Deno ErrorObjects (DENO-SANDBOX-SDK.md §6.3). An OS error keeps its errno name as
+ * sbx errors -> Deno ErrorObjects (docs/GATEWAY.md). An OS error keeps its errno name as
  * `code` and gets the class Deno gives it (std::io::ErrorKind as Deno maps it); a protocol error
  * of the agent (PROTOCOL.md §7.2) gets the nearest class and its own code as `code`.
  */

@@ -1,5 +1,5 @@
 /*
- * envGet, envSet, envDelete, envToObject (DENO-SANDBOX-SDK.md §2.7) on the agent's base
+ * envGet, envSet, envDelete, envToObject (docs/GATEWAY.md) on the agent's base
  * environment (PROTOCOL.md §13), which every later process inherits, and the sandbox's initial
  * env from the Python SDK's create config.
  */

@@ -1,5 +1,5 @@
 /*
- * spawn, processWait, processKill (DENO-SANDBOX-SDK.md §2.4, §4) on proc.spawn, proc.wait and
+ * spawn, processWait, processKill (docs/GATEWAY.md) on proc.spawn, proc.wait and
  * proc.kill. The SDK's `pid` is the agent's process id (proc.spawn's `id`): the number every
  * later call names, stable across reconnects, never reused by the agent.
  *

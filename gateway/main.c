@@ -372,6 +372,14 @@ static int run(struct gw_main *m)
     return 0;
 }
 
+static void log_open_handle(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    gw_log("at exit: a %s handle is still open%s (data %p)",
+           uv_handle_type_name(uv_handle_get_type(h)), uv_is_closing(h) ? " (closing)" : "",
+           uv_handle_get_data(h));
+}
+
 int main(int argc, char **argv)
 {
     struct gw_main m = { 0 };
@@ -401,8 +409,13 @@ int main(int argc, char **argv)
     }
     gw_sandboxes_free(&m.g);
     rc = uv_loop_close(&loop);
-    if (rc != 0 && status == 0) {
+    if (rc != 0) {
+        /* A handle someone forgot to close: name it (a bug to fix, not a user error). */
+        uv_walk(&loop, log_open_handle, NULL);
         gw_log("uv_loop_close: %s", uv_strerror(rc));
+        if (status == 0) {
+            status = 1;
+        }
     }
     return status;
 }

@@ -1,5 +1,5 @@
 /*
- * The gateway's HTTP routes (GATEWAY-FACTS.md §2.2): the two WebSocket routes that create or
+ * The gateway's HTTP routes (docs/GATEWAY.md): the two WebSocket routes that create or
  * connect to a sandbox and hand the socket to a session, and the REST routes of both SDKs (list,
  * kill, extend; expose and deploy answer 501). One table; every route needs the bearer token.
  */

@@ -517,7 +517,7 @@ static int not_empty(json_t *v)
 }
 
 /*
- * Check the create config of either SDK (GATEWAY-FACTS.md §1.3) into @c. -1 with "<key>: <why>"
+ * Check the create config of either SDK (docs/GATEWAY.md) into @c. -1 with "<key>: <why>"
  * and *@code set.
  */
 static int parse_config(json_t *cfg, struct cfg *c, const char **code, char *why, size_t whylen)

@@ -9,7 +9,7 @@
  *   agent out stream -> $sandbox.stream.start/enqueue/end/error   (gw_ostream, gw_session_collect)
  *   $sandbox.stream.start/enqueue/end/error -> a method's sink     (gw_istream_claim)
  *
- * Flow control lives here, because the SDK has none (DENO-SANDBOX-SDK.md §3.4): agent output is
+ * Flow control lives here, because the SDK has none (docs/GATEWAY.md): agent output is
  * acknowledged (sbx_conn_consumed, which grants the agent credit) only while the WebSocket's
  * write queue is under GW_WS_HIGH, so a client that does not read holds the agent's window, not
  * the gateway's memory; and the WebSocket is not read while a sink's agent stream is full.
@@ -31,6 +31,9 @@
 #include <nettle/base64.h>
 
 #define GW_IOV_MAX 64
+/* How long a session whose agent link ended waits for the sandbox to explain (a VM that died is
+ * reported by the backend with its console tail) before closing with the link's own error. */
+#define GW_GRACE_MS 2000
 
 /* What an agent stream's stream_user points at. */
 enum astream_kind {
@@ -89,6 +92,8 @@ struct gw_session {
     bool primary;
 
     uv_pipe_t pipe;
+    uv_timer_t grace; /* the agent link ended: how long the sandbox may take to say why */
+    bool grace_open, grace_closing;
     uv_connect_t connect;
     uv_write_t write;
     bool pipe_open, pipe_closing, writing, agent_up, agent_eof;
@@ -1072,7 +1077,7 @@ static void client_stream(struct gw_session *s, const char *method, json_t *para
 /* --- abort ---------------------------------------------------------------------------------- */
 
 /* abort{abortId}: always {ok: null}, even for unknown or finished ids (an error crashes the SDK,
- * DENO-SANDBOX-SDK.md §9); a call in flight with that abortId hears of it. */
+ * docs/GATEWAY.md); a call in flight with that abortId hears of it. */
 void gw_m_abort(struct gw_call *call, json_t *params)
 {
     json_t *v = json_object_get(params, "abortId");
@@ -1355,6 +1360,24 @@ static void on_pipe_close(uv_handle_t *h)
     session_maybe_free(s);
 }
 
+/* Close the WebSocket with 1011 and why the agent link ended. */
+static void close_ws_why(struct gw_session *s)
+{
+    char reason[120];
+
+    if (s->ws == NULL) {
+        return;
+    }
+    /* A close reason is at most 123 bytes. */
+    snprintf(reason, sizeof(reason), "%s", s->why);
+    gw_ws_close(s->ws, 1011, reason);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    close_ws_why(t->data);
+}
+
 /*
  * The agent link is over (EOF, error, or the WebSocket went away): fail what is outstanding
  * through the core's EOF events, close the pipe, and close the WebSocket with 1011 unless the
@@ -1397,11 +1420,12 @@ static void session_end_agent(struct gw_session *s, const char *why)
         uv_close((uv_handle_t *)&s->pipe, on_pipe_close);
     }
     if (s->ws != NULL) {
-        char reason[120];
-
-        /* A close reason is at most 123 bytes. */
-        snprintf(reason, sizeof(reason), "%s", s->why);
-        gw_ws_close(s->ws, 1011, reason);
+        /* The agent link ended under a live client: most often the VM died, which the backend
+         * learns a moment later and reports with the console tail (gw_sandbox_died closes this
+         * WebSocket with that reason). Give it that moment before closing with our own. */
+        if (!s->grace_open || uv_timer_start(&s->grace, on_grace, GW_GRACE_MS, 0) < 0) {
+            close_ws_why(s);
+        }
     }
     session_maybe_free(s);
 }
@@ -1478,9 +1502,25 @@ static void session_unlink(struct gw_session *s)
     }
 }
 
+static void on_grace_close(uv_handle_t *h)
+{
+    struct gw_session *s = h->data;
+
+    s->grace_open = false;
+    session_maybe_free(s);
+}
+
 static void session_maybe_free(struct gw_session *s)
 {
     if (s->freed || s->ws != NULL || s->pipe_open || s->writing || s->calls != NULL || s->in_cb) {
+        return;
+    }
+    if (s->grace_open) {
+        /* The last handle: the session is freed in its close callback. */
+        if (!s->grace_closing) {
+            s->grace_closing = true;
+            uv_close((uv_handle_t *)&s->grace, on_grace_close);
+        }
         return;
     }
     s->freed = true;
@@ -1541,6 +1581,10 @@ struct gw_session *gw_session_start(struct gw_sandbox *sb, struct gw_http_conn *
     }
     s->pipe.data = s;
     s->pipe_open = true;
+    if (uv_timer_init(sb->g->loop, &s->grace) == 0) {
+        s->grace.data = s;
+        s->grace_open = true;
+    }
     snprintf(hdr, sizeof(hdr), "x-deno-sandbox-id: %s", sb->id);
     s->ws = gw_http_upgrade(hc, headers, &ws_ops, s);
     s->next = sb->sessions;

@@ -1,5 +1,5 @@
 /*
- * walk and expandGlob (DENO-SANDBOX-SDK.md §3.5): @std/fs 1.0.23 semantics on entries streamed
+ * walk and expandGlob (docs/GATEWAY.md): @std/fs 1.0.23 semantics on entries streamed
  * by the agent's fs.walk (PROTOCOL.md §17.4), with the JavaScript regular expressions matched
  * here with PCRE2. Each result is one JSON WalkEntry per $sandbox.stream.enqueue on a server
  * stream this file opens and ends itself.

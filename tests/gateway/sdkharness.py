@@ -218,10 +218,12 @@ class Gateway:
         export DENO_SANDBOX_ENDPOINT=http://HOST:PORT DENO_DEPLOY_ENDPOINT=http://HOST:PORT
     Either backend="addr:unix:/path" with user/cwd, or image=IMAGE (the vm backend)."""
 
-    def __init__(self, backend=None, image=None, user=None, cwd=None, extra=(), ready_timeout=60):
+    def __init__(self, backend=None, image=None, user=None, cwd=None, extra=(), ready_timeout=60,
+                 data=None):
         if not os.access(GATEWAY, os.X_OK):
             raise unittest.SkipTest("%s is not built" % GATEWAY)
-        self.data = tempfile.mkdtemp(prefix="sbxgw-data-")
+        # data: the data dir of an earlier gateway, for a restart (kept when given).
+        self.data = data or tempfile.mkdtemp(prefix="sbxgw-data-")
         self.logpath = os.path.join(self.data, "..", os.path.basename(self.data) + ".log")
         self.logpath = os.path.abspath(self.logpath)
         argv = [GATEWAY, "--listen", "127.0.0.1:0", "--data-dir", self.data]
@@ -235,7 +237,7 @@ class Gateway:
             argv += ["--cwd", cwd]
         argv += list(extra)
         self.argv = argv
-        self.log = open(self.logpath, "w+")
+        self.log = open(self.logpath, "a+")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log)
         self.token = self.sandbox_endpoint = self.deploy_endpoint = None
         self.lines = []
@@ -318,6 +320,18 @@ class Gateway:
         except (OSError, ValueError):
             return ""
 
+    def rest(self, method, path, body=None):
+        """One REST call with the token; the decoded JSON answer (an HTTPError on non-2xx)."""
+        import urllib.request
+        req = urllib.request.Request("http://%s:%d%s" % (self.host, self.port, path),
+                                     method=method, headers={"authorization": "Bearer "
+                                                             + self.token})
+        if body is not None:
+            req.data = json.dumps(body).encode()
+            req.add_header("content-type", "application/json")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"null")
+
     def qemu_pids(self):
         """Live QEMU processes of this gateway's sandboxes. sbx-vm starts them detached (they
         outlive the gateway by design), so they are found by their run dir under the data dir."""
@@ -339,8 +353,9 @@ class Gateway:
                 out.append(int(d))
         return out
 
-    def stop(self):
-        """SIGTERM, then SIGKILL after 20 s. Returns the exit status."""
+    def stop(self, keep_data=False):
+        """SIGTERM, then SIGKILL after 20 s. Returns the exit status. The data dir and the log
+        are removed unless @keep_data (a restart on the same data dir follows)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -354,11 +369,12 @@ class Gateway:
         except OSError:
             pass
         self.log.close()
-        shutil.rmtree(self.data, ignore_errors=True)
-        try:
-            os.unlink(self.logpath)
-        except OSError:
-            pass
+        if not keep_data:
+            shutil.rmtree(self.data, ignore_errors=True)
+            try:
+                os.unlink(self.logpath)
+            except OSError:
+                pass
         return self.proc.returncode
 
 
