@@ -116,4 +116,9 @@ if [ -x "$BUILD/bench/bench_repl" ]; then
     "$BUILD/bench/bench_repl" $QUICK --agent "$BUILD/bin/sbx-agent" \
         --helper "$BUILD/tests/sbx-test-helper" || rc=1
 fi
+# sbx-gateway (issue 16): the real Deno Sandbox SDK under the pinned deno against the gateway
+# (root: it creates a workload user); the vm row needs the gateway image (ctest -R gateway.image).
+if [ -x "$BUILD/bin/sbx-gateway" ]; then
+    python3 tests/bench/bench_gateway.py $QUICK "$BUILD" || rc=1
+fi
 exit $rc
