@@ -5,6 +5,7 @@
 #include "fs.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -53,6 +54,52 @@ int agent_fs_err2(struct sbx_err *err, int errnum, const char *op, const char *f
     sbx_err_sys(err, errnum, NULL, "%s \"%.100s\" -> \"%.100s\"", op, from, to);
     sbx_err_set_path(err, from);
     return -1;
+}
+
+int agent_fs_time_param(const msgpack_object *params, const char *key, struct timespec *ts,
+                        struct sbx_err *err)
+{
+    int64_t ns;
+    int r = sbx_param_i64(params, key, SBX_OPTIONAL, INT64_MIN, INT64_MAX, &ns, err);
+
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 1) {
+        ts->tv_sec = 0;
+        ts->tv_nsec = UTIME_OMIT;
+        return 0;
+    }
+    ts->tv_sec = ns / 1000000000;
+    ts->tv_nsec = ns % 1000000000;
+    if (ts->tv_nsec < 0) {
+        ts->tv_sec--;
+        ts->tv_nsec += 1000000000;
+    }
+    return 0;
+}
+
+int agent_fs_umask_get(void)
+{
+    char buf[1024];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    ssize_t n;
+    const char *p;
+
+    if (fd < 0) {
+        return -1;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    (void)close(fd); /* read-only */
+    if (n <= 0) {
+        return -1;
+    }
+    buf[n] = '\0';
+    p = strstr(buf, "\nUmask:");
+    if (p == NULL) {
+        return -1;
+    }
+    return (int)(strtol(p + 7, NULL, 8) & 0777);
 }
 
 int agent_fs_path_param(const msgpack_object *params, const char *key, int required, char *out,

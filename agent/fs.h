@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -90,6 +91,21 @@ int agent_fs_err2(struct sbx_err *err, int errnum, const char *op, const char *f
 int agent_fs_two_paths(const struct sbx_msg *m, const char *k1, char *p1, const char *k2, char *p2,
                        struct sbx_err *err);
 
+/*
+ * Read the optional time param @key (int nanoseconds since the epoch, negative before it) of
+ * @params into @ts; absent, @ts is UTIME_OMIT (leave that time alone). Returns 0, or -1 with
+ * BAD_PARAM.
+ */
+int agent_fs_time_param(const msgpack_object *params, const char *key, struct timespec *ts,
+                        struct sbx_err *err);
+
+/*
+ * The agent's process umask (0..0777) read from /proc/self/status without changing it: umask(2)
+ * is process-wide, and setting it to read it would race with worker threads creating files.
+ * Returns -1 when /proc does not say. Any thread.
+ */
+int agent_fs_umask_get(void);
+
 /* FileInfo `type` for an st_mode / a dirent d_type (NULL for DT_UNKNOWN). */
 const char *agent_fs_type_name(unsigned mode);
 const char *agent_fs_dtype_name(unsigned char d_type);
@@ -120,6 +136,8 @@ int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
 int agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+/* The agent's process-wide umask (§17.8), fspath.c. */
+int agent_fs_umask(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /* Paged directory listings (§17.3), fsdir.c: readdir cursors, per connection. */
 int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 /* Tree-sized path methods (§17.3), fsjob.c: jobs on the threadpool. */
@@ -139,6 +157,10 @@ int agent_fs_seek(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
 int agent_fs_fstat(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_fsync(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_ftruncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_futimes(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+/* fs.flock returns AGENT_LATER when it waits: a timer retries it until it gets the lock. */
+int agent_fs_flock(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+int agent_fs_funlock(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_fs_close(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 
 #endif /* SBX_AGENT_FS_H */

@@ -1,22 +1,48 @@
 /*
  * The fs family's file handles (PROTOCOL.md §17.7): fs.open keeps an fd per connection under an
- * id, and the other calls read, write, seek, stat, sync, truncate and close it. fs.open opens as
- * the request's identity (§17.1); the handle then has what that open gave it.
+ * id, and the other calls read, write, seek, stat, sync, truncate, set the times of, lock and
+ * close it. fs.open opens as the request's identity (§17.1); the handle then has what that open
+ * gave it, and fs.futimes, which the kernel checks at the call, acts as that identity again.
+ *
+ * fs.flock with `wait` never blocks a thread: it tries flock(2) with LOCK_NB and, while another
+ * holder has the file, a timer on the loop tries again (after 1 ms, doubling to 50 ms). A
+ * blocking flock on a worker could not be taken back when the handle or the connection closes;
+ * a timer is stopped. The price is fairness: a process blocked in flock(2) may get the lock
+ * first.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "fsconn.h"
 #include "sbx/schema.h"
 
+/* The first and the longest pause between the tries of a waiting fs.flock. */
+#define FH_LOCK_RETRY_MIN_MS 1u
+#define FH_LOCK_RETRY_MAX_MS 50u
+
+struct fh_lock_wait;
+
 struct fs_handle {
     uint32_t id;
     int fd;
-    char *path; /* as opened, for errors */
+    char *path;               /* as opened, for errors */
+    struct agent_ident who;   /* as opened: fs.futimes acts as it */
+    struct fh_lock_wait *lkw; /* a waiting fs.flock, or NULL */
+};
+
+/* A waiting fs.flock (at most one per handle). Its memory is the timer's: freed in close_cb. */
+struct fh_lock_wait {
+    uv_timer_t timer;
+    struct agent_fs *fs; /* the handle's connection state; the handle is found by id */
+    uint32_t fh, req;    /* the handle and the request to answer */
+    int op;              /* LOCK_SH or LOCK_EX */
+    unsigned delay_ms;
 };
 
 /* Reply {key: v}. */
@@ -30,6 +56,20 @@ static void reply_u64(struct agent_conn *c, uint32_t id, const char *key, uint64
     agent_conn_send(c);
 }
 
+/* Handle @id of @fs (may be NULL), or NULL. The table moves when it grows or a handle closes:
+ * hold an id, not a pointer, across a callback. */
+static struct fs_handle *fh_by_id(struct agent_fs *fs, uint64_t id)
+{
+    if (fs != NULL) {
+        for (unsigned i = 0; i < fs->nfh; i++) {
+            if (fs->fh[i].id == id) {
+                return &fs->fh[i];
+            }
+        }
+    }
+    return NULL;
+}
+
 /*
  * The handle the `fh` param names. Handlers call it after every other param has been checked, so
  * a bad param wins over an unknown handle (PROTOCOL.md §7.2).
@@ -38,15 +78,13 @@ static struct fs_handle *fh_find(struct agent_conn *c, const struct sbx_msg *m, 
 {
     uint64_t id;
 
+    struct fs_handle *h;
+
     if (sbx_param_u64(m->params, "fh", SBX_REQUIRED, 0, UINT32_MAX, &id, err) < 0) {
         return NULL;
     }
-    if (c->fs != NULL) {
-        for (unsigned i = 0; i < c->fs->nfh; i++) {
-            if (c->fs->fh[i].id == id) {
-                return &c->fs->fh[i];
-            }
-        }
+    if ((h = fh_by_id(c->fs, id)) != NULL) {
+        return h;
     }
     sbx_err_set(err, SBX_E_NOT_FOUND, "no open file handle %llu", (unsigned long long)id);
     return NULL;
@@ -168,6 +206,8 @@ int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
     fs->fh[fs->nfh].id = fs->next_fh++;
     fs->fh[fs->nfh].fd = fd;
     fs->fh[fs->nfh].path = hpath;
+    fs->fh[fs->nfh].who = who;
+    fs->fh[fs->nfh].lkw = NULL;
     reply_u64(c, m->id, "fh", fs->fh[fs->nfh].id);
     fs->nfh++;
     return AGENT_REPLIED;
@@ -334,6 +374,147 @@ int agent_fs_ftruncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx
     return AGENT_REPLIED;
 }
 
+int agent_fs_futimes(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    struct fs_handle *h = NULL;
+    _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    struct timespec ts[2];
+
+    if (agent_fs_time_param(m->params, "atime_ns", &ts[0], err) < 0 ||
+        agent_fs_time_param(m->params, "mtime_ns", &ts[1], err) < 0 ||
+        (h = fh_find(c, m, err)) == NULL) {
+        return -1;
+    }
+    /* Setting times is checked at the call (owner, or write access for "now"): as the identity
+     * that opened the handle, never as the agent's root. */
+    if (agent_ident_enter_err(&h->who, &sc, err) < 0) {
+        return -1;
+    }
+    if (futimens(h->fd, ts) < 0) {
+        fh_err(err, errno, "futimes", h);
+        return -1;
+    }
+    agent_ident_leave(&sc);
+    agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
+}
+
+/* --- fs.flock / fs.funlock ----------------------------------------------------------------- */
+
+static void lock_wait_close_cb(uv_handle_t *t)
+{
+    free(t->data);
+}
+
+/* Forget @h's waiting fs.flock without answering it: stop its timer, free it once closed. */
+static void lock_wait_end(struct fs_handle *h)
+{
+    struct fh_lock_wait *w = h->lkw;
+
+    if (w != NULL) {
+        h->lkw = NULL;
+        uv_close((uv_handle_t *)&w->timer, lock_wait_close_cb);
+    }
+}
+
+/* Answer @h's waiting fs.flock, if any, with CANCELLED (@why) and forget it. */
+static void lock_wait_cancel(struct agent_conn *c, struct fs_handle *h, const char *why)
+{
+    struct sbx_err e;
+
+    if (h->lkw == NULL) {
+        return;
+    }
+    sbx_err_set(&e, SBX_E_CANCELLED, "flock \"%s\": %s while waiting for the lock", h->path, why);
+    sbx_err_set_path(&e, h->path);
+    agent_conn_reply_error(c, h->lkw->req, &e);
+    lock_wait_end(h);
+}
+
+static void lock_retry_cb(uv_timer_t *t)
+{
+    struct fh_lock_wait *w = t->data;
+    struct fs_handle *h = fh_by_id(w->fs, w->fh);
+    struct agent_conn *c = w->fs->conn;
+    struct sbx_err e;
+
+    assert(h != NULL && h->lkw == w); /* closing the handle or the connection ends the wait */
+    if (flock(h->fd, w->op | LOCK_NB) == 0) {
+        agent_conn_reply_empty(c, w->req);
+        lock_wait_end(h);
+        return;
+    }
+    if (errno == EWOULDBLOCK || errno == EINTR) {
+        w->delay_ms =
+            w->delay_ms * 2 < FH_LOCK_RETRY_MAX_MS ? w->delay_ms * 2 : FH_LOCK_RETRY_MAX_MS;
+        uv_timer_start(&w->timer, lock_retry_cb, w->delay_ms, 0);
+        return;
+    }
+    fh_err(&e, errno, "flock", h);
+    agent_conn_reply_error(c, w->req, &e);
+    lock_wait_end(h);
+}
+
+int agent_fs_flock(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    struct fs_handle *h = NULL;
+    struct fh_lock_wait *w;
+    bool exclusive = false, wait = false;
+    int op;
+
+    if (sbx_param_bool(m->params, "exclusive", SBX_REQUIRED, &exclusive, err) < 0 ||
+        sbx_param_bool(m->params, "wait", SBX_OPTIONAL, &wait, err) < 0 ||
+        (h = fh_find(c, m, err)) == NULL) {
+        return -1;
+    }
+    if (h->lkw != NULL) {
+        sbx_err_set(err, SBX_E_BUSY, "flock \"%s\": another fs.flock waits on this handle",
+                    h->path);
+        return -1;
+    }
+    op = exclusive ? LOCK_EX : LOCK_SH;
+    if (flock(h->fd, op | LOCK_NB) == 0) {
+        agent_conn_reply_empty(c, m->id);
+        return AGENT_REPLIED;
+    }
+    if (!wait || (errno != EWOULDBLOCK && errno != EINTR)) {
+        fh_err(err, errno, "flock", h);
+        return -1;
+    }
+    w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        return sbx_err_oom(err);
+    }
+    w->fs = c->fs;
+    w->fh = h->id;
+    w->req = m->id;
+    w->op = op;
+    w->delay_ms = FH_LOCK_RETRY_MIN_MS;
+    (void)uv_timer_init(c->a->loop, &w->timer); /* cannot fail for a timer */
+    w->timer.data = w;
+    uv_timer_start(&w->timer, lock_retry_cb, w->delay_ms, 0);
+    h->lkw = w;
+    /* Answered by lock_retry_cb, or CANCELLED by fs.funlock or fs.close of the handle; dropped
+     * unanswered when the connection closes. */
+    return AGENT_LATER;
+}
+
+int agent_fs_funlock(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    struct fs_handle *h = fh_find(c, m, err);
+
+    if (h == NULL) {
+        return -1;
+    }
+    lock_wait_cancel(c, h, "unlocked");
+    if (flock(h->fd, LOCK_UN) < 0) {
+        fh_err(err, errno, "funlock", h);
+        return -1;
+    }
+    agent_conn_reply_empty(c, m->id);
+    return AGENT_REPLIED;
+}
+
 int agent_fs_close(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct fs_handle *h = fh_find(c, m, err);
@@ -342,6 +523,7 @@ int agent_fs_close(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
     if (h == NULL) {
         return -1;
     }
+    lock_wait_cancel(c, h, "the handle was closed");
     r = close(h->fd);
     if (r < 0 && errno != EINTR) {
         fh_err(err, errno, "close", h);
@@ -358,6 +540,7 @@ int agent_fs_close(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
 void agent_fs_handles_close(struct agent_fs *fs)
 {
     for (unsigned i = 0; i < fs->nfh; i++) {
+        lock_wait_end(&fs->fh[i]); /* nobody is left to answer */
         (void)close(fs->fh[i].fd); /* the client is gone: nobody to tell about a close error */
         free(fs->fh[i].path);
     }

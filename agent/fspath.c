@@ -2,7 +2,8 @@
  * The fs family's path methods (PROTOCOL.md §17.3) that are one short system call each on the
  * loop thread: stat, lstat, mkdir, rename, chmod, chown, symlink, link, readlink, realpath,
  * truncate, utime and mktemp. Each makes its calls as the request's identity (§17.1,
- * agent_fs_act_as) and switches back before it replies.
+ * agent_fs_act_as) and switches back before it replies. Also fs.umask, the agent's process-wide
+ * umask those creations honour (§17.8).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -254,29 +255,6 @@ int agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
     return AGENT_REPLIED;
 }
 
-static int time_param(const msgpack_object *params, const char *key, struct timespec *ts,
-                      struct sbx_err *err)
-{
-    int64_t ns;
-    int r = sbx_param_i64(params, key, SBX_OPTIONAL, INT64_MIN, INT64_MAX, &ns, err);
-
-    if (r < 0) {
-        return -1;
-    }
-    if (r == 1) {
-        ts->tv_sec = 0;
-        ts->tv_nsec = UTIME_OMIT;
-        return 0;
-    }
-    ts->tv_sec = ns / 1000000000;
-    ts->tv_nsec = ns % 1000000000;
-    if (ts->tv_nsec < 0) {
-        ts->tv_sec--;
-        ts->tv_nsec += 1000000000;
-    }
-    return 0;
-}
-
 int agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
@@ -284,8 +262,9 @@ int agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
     struct timespec ts[2];
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
-        time_param(m->params, "atime_ns", &ts[0], err) < 0 ||
-        time_param(m->params, "mtime_ns", &ts[1], err) < 0 || agent_fs_act_as(c, m, &sc, err) < 0) {
+        agent_fs_time_param(m->params, "atime_ns", &ts[0], err) < 0 ||
+        agent_fs_time_param(m->params, "mtime_ns", &ts[1], err) < 0 ||
+        agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
     if (utimensat(AT_FDCWD, path, ts, 0) < 0) {
@@ -368,4 +347,35 @@ int agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         }
     }
     return agent_fs_err(err, EEXIST, "mktemp", dir);
+}
+
+/*
+ * fs.umask {mask?} -> {mask}: the agent's umask is process-wide (umask(2)); what every creation
+ * of the agent (fs.*, transfer.*, pack.create, on the loop and on worker threads) and every new
+ * process it starts inherit. With `mask` it is set and the previous one returned, atomically
+ * (umask(2) does both); without, it is read from /proc without being changed, as setting it to
+ * read it would race with worker threads creating files.
+ */
+int agent_fs_umask(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
+{
+    uint64_t mask;
+    int r = sbx_param_u64(m->params, "mask", SBX_OPTIONAL, 0, 0777, &mask, err);
+    int old;
+    msgpack_packer *pk;
+
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 0) {
+        old = (int)umask((mode_t)mask);
+    } else if ((old = agent_fs_umask_get()) < 0) {
+        sbx_err_set(err, SBX_E_UNSUPPORTED, "the umask cannot be read (no /proc/self/status)");
+        return -1;
+    }
+    pk = agent_conn_begin(c);
+    sbx_pack_response_head(pk, m->id);
+    (void)msgpack_pack_map(pk, 1);
+    sbx_pack_kv_u64(pk, "mask", (uint64_t)old & 0777);
+    agent_conn_send(c);
+    return AGENT_REPLIED;
 }

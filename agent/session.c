@@ -15,7 +15,8 @@
 
 const char *const agent_capabilities[] = { "session", "env", "process",  "process.attach",
                                            "pty",     "fs",  "transfer", "pack",
-                                           "repl",    "net", NULL };
+                                           "repl",    "net", "fs.umask", "fs.futimes",
+                                           "fs.lock", NULL };
 
 /* Compare without an early exit, so the token cannot be guessed byte by byte from timing. */
 static bool token_equal(const char *want, const char *got, size_t glen)

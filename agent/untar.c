@@ -244,31 +244,6 @@ static void up_times(struct archive_entry *e, struct timespec ts[2])
     }
 }
 
-/* The process umask, read without changing it (umask(2) is process-wide: setting it to read it
- * would race with threads creating files); -1 when /proc does not say. */
-static int up_umask(void)
-{
-    char buf[1024];
-    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-    ssize_t n;
-    const char *p;
-
-    if (fd < 0) {
-        return -1;
-    }
-    n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0) {
-        return -1;
-    }
-    buf[n] = '\0';
-    p = strstr(buf, "\nUmask:");
-    if (p == NULL) {
-        return -1;
-    }
-    return (int)(strtol(p + 7, NULL, 8) & 0777);
-}
-
 static int up_file(struct tree_up *t, struct archive *ar, struct archive_entry *e, int dfd,
                    const char *base, const char *name)
 {
@@ -533,7 +508,7 @@ static int up_extract(struct tree_up *t)
         archive_read_support_filter_none(ar);
         break;
     }
-    t->umask = up_umask();
+    t->umask = agent_fs_umask_get();
     if (archive_read_open(ar, t, NULL, up_read_cb, NULL) != ARCHIVE_OK) {
         rc = -1;
         goto out;

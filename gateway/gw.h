@@ -288,9 +288,6 @@ void *gw_call_expect(struct gw_call *call, gw_call_done_fn done);
 void gw_call_unexpect(struct gw_call *call);
 /* Free @p with @fn when @call is freed. Returns 0, or -1 when out of memory (@p not taken). */
 int gw_call_keep(struct gw_call *call, void *p, void (*fn)(void *));
-/* Decode standard base64 (padding optional) into a new buffer of *@len bytes (the caller frees
- * it); NULL when @s is not base64 or out of memory. */
-uint8_t *gw_b64_decode(const char *s, size_t slen, size_t *len);
 /* Answer {"ok": @value} (@value stolen; NULL sends null). */
 void gw_call_ok(struct gw_call *call, json_t *value);
 /* Answer {"error": {constructorName: @cls, message, code: @code (may be NULL)}}. */

@@ -1,8 +1,9 @@
 /*
- * The SDK's 13 file-handle methods (DENO-SANDBOX-SDK.md §2.3) on the agent's handles
+ * The SDK's 13 file-handle methods (docs/GATEWAY.md) on the agent's handles
  * (PROTOCOL.md §17.7). fileHandleId is the agent's fh: handles belong to the agent connection,
- * which is the session's, so they die with the WebSocket as the SDK expects. The agent has no
- * futimes and no flock: fileUtime, fileLock and fileUnlock answer NotSupported.
+ * which is the session's, so they die with the WebSocket as the SDK expects. fileUtime,
+ * fileLock and fileUnlock are fs.futimes, fs.flock and fs.funlock (NotSupported, from libsbx, on
+ * an agent without capabilities "fs.futimes" and "fs.lock").
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -427,48 +428,58 @@ void gw_m_file_close(struct gw_call *call, json_t *params)
     fh_sent(call, sbx_fs_close(c, fh, u, NULL, &err), &err);
 }
 
-/* --- what the agent cannot do ---------------------------------------------------------------- */
+/* --- times and locks ------------------------------------------------------------------------ */
 
-/* fileUtime {fileHandleId, atime, mtime}: the agent has no futimes: NotSupported (after the
- * params are checked, so a bad date is still a TypeError). */
+/* fileUtime {fileHandleId, atime: ISO, mtime: ISO} -> null (fs.futimes). */
 void gw_m_file_utime(struct gw_call *call, json_t *params)
 {
     uint32_t fh;
     const char *a, *m;
-    int64_t ns;
+    int64_t at, mt;
+    struct sbx_conn *c;
+    struct sbx_err err;
     if (param_fh(call, params, &fh) < 0 || gw_param_str(call, params, "atime", true, &a) < 0 ||
         gw_param_str(call, params, "mtime", true, &m) < 0) {
         return;
     }
-    if (gw_fs_iso_parse(a, &ns) < 0 || gw_fs_iso_parse(m, &ns) < 0) {
+    if (gw_fs_iso_parse(a, &at) < 0 || gw_fs_iso_parse(m, &mt) < 0) {
         gw_call_fail(call, "TypeError", NULL, "fileUtime: atime and mtime must be ISO dates");
         return;
     }
-    gw_call_fail(call, "NotSupported", NULL,
-                 "fileUtime is not supported by this sandbox (its agent has no futimes); use "
-                 "utime(path) instead");
+    if ((c = gw_fs_conn(call)) == NULL) {
+        return;
+    }
+    void *u = gw_call_expect(call, fh_done_void);
+    fh_sent(call, sbx_fs_futimes(c, fh, &at, &mt, u, NULL, &err), &err);
 }
 
-/* fileLock {fileHandleId, exclusive?}: the agent has no flock: NotSupported. */
+/* fileLock {fileHandleId, exclusive?} -> null (fs.flock with wait: Deno's lock() waits for the
+ * lock; the agent retries on a timer, and drops the wait when the WebSocket, hence the agent
+ * connection, closes). */
 void gw_m_file_lock(struct gw_call *call, json_t *params)
 {
     uint32_t fh;
     bool excl;
+    struct sbx_conn *c;
+    struct sbx_err err;
     if (param_fh(call, params, &fh) < 0 ||
-        gw_param_bool(call, params, "exclusive", false, &excl) < 0) {
+        gw_param_bool(call, params, "exclusive", false, &excl) < 0 ||
+        (c = gw_fs_conn(call)) == NULL) {
         return;
     }
-    gw_call_fail(call, "NotSupported", NULL,
-                 "fileLock is not supported by this sandbox (its agent has no flock)");
+    void *u = gw_call_expect(call, fh_done_void);
+    fh_sent(call, sbx_fs_flock(c, fh, excl, true, u, NULL, &err), &err);
 }
 
-/* fileUnlock {fileHandleId}: NotSupported, as fileLock. */
+/* fileUnlock {fileHandleId} -> null (fs.funlock). */
 void gw_m_file_unlock(struct gw_call *call, json_t *params)
 {
     uint32_t fh;
-    if (param_fh(call, params, &fh) < 0) {
+    struct sbx_conn *c;
+    struct sbx_err err;
+    if (param_fh(call, params, &fh) < 0 || (c = gw_fs_conn(call)) == NULL) {
         return;
     }
-    gw_call_fail(call, "NotSupported", NULL,
-                 "fileUnlock is not supported by this sandbox (its agent has no flock)");
+    void *u = gw_call_expect(call, fh_done_void);
+    fh_sent(call, sbx_fs_funlock(c, fh, u, NULL, &err), &err);
 }

@@ -1,5 +1,5 @@
 /*
- * The SDK's 24 path-based file-system methods (DENO-SANDBOX-SDK.md §2.2, §6) on the agent's fs
+ * The SDK's 24 path-based file-system methods (docs/GATEWAY.md) on the agent's fs
  * family (PROTOCOL.md §17), and the pure helpers the fs files share (dates, FileInfo, lossy
  * UTF-8, base64). walk and expandGlob live in walk.c.
  *
@@ -677,15 +677,36 @@ void gw_m_truncate(struct gw_call *call, json_t *params)
     sent(call, sbx_fs_truncate(c, path, (uint64_t)len, cwd_of(call), u, NULL, &err), &err);
 }
 
-/* umask {mask?}: the agent has no umask method (PROTOCOL.md §17): NotSupported. */
+static void umask_done(struct gw_call *call, const struct sbx_event *ev)
+{
+    if (ev->error != NULL) {
+        gw_call_fail_sbx(call, ev->error, "umask", NULL);
+        return;
+    }
+    const msgpack_object *m = ev->result != NULL ? sbx_obj_get(ev->result, "mask") : NULL;
+    if (m == NULL || m->type != MSGPACK_OBJECT_POSITIVE_INTEGER || m->via.u64 > 0777) {
+        gw_call_fail(call, "InvalidData", NULL, "umask: the agent sent no mask");
+        return;
+    }
+    gw_call_ok(call, json_integer((json_int_t)m->via.u64));
+}
+
+/* umask {mask?} -> the previous mask (fs.umask, PROTOCOL.md §17.8): the sandbox-wide umask that
+ * new processes and the agent's file creations get; without `mask` it is only read. */
 void gw_m_umask(struct gw_call *call, json_t *params)
 {
     int64_t mask;
-    if (gw_param_int(call, params, "mask", false, 0, 0777, -1, &mask) < 0) {
+    struct sbx_conn *c;
+    struct sbx_err err;
+    if (gw_param_int(call, params, "mask", false, 0, 0777, -1, &mask) < 0 ||
+        (c = gw_fs_conn(call)) == NULL) {
         return;
     }
-    gw_call_fail(call, "NotSupported", NULL,
-                 "umask is not supported by this sandbox (its agent has no umask operation)");
+    void *u = gw_call_expect(call, umask_done);
+    if (sbx_fs_umask(c, (int)mask, u, NULL, &err) < 0) {
+        gw_call_unexpect(call);
+        gw_call_fail_sbx(call, &err, "umask", NULL);
+    }
 }
 
 /* Read an ISO date param into nanoseconds. Returns 0, or -1 having answered with a TypeError. */

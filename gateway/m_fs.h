@@ -1,5 +1,5 @@
 /*
- * The file-system JSON-RPC methods of the Deno Sandbox SDK (DENO-SANDBOX-SDK.md §2.2, §2.3, §6):
+ * The file-system JSON-RPC methods of the Deno Sandbox SDK (docs/GATEWAY.md):
  * the 24 path methods (m_fs.c), the 13 file-handle methods (m_fh.c), and walk / expandGlob
  * (walk.c), each a gw_method_fn translating one SDK call onto the agent's fs / transfer families
  * (PROTOCOL.md §17, §18). Also the small pure helpers they share (dates, FileInfo, lossy UTF-8,
@@ -120,7 +120,7 @@ char *gw_fs_b64_encode(const void *p, size_t n, size_t *outlen);
  * too long, or memory ran out. */
 int gw_fs_b64_decode(const char *s, size_t n, size_t max, uint8_t **out, size_t *outlen);
 
-/* The SDK's FileInfo (DENO-SANDBOX-SDK.md §6.2) for an agent FileInfo: every field present, the
+/* The SDK's FileInfo (docs/GATEWAY.md) for an agent FileInfo: every field present, the
  * four dates as ISO strings (no birthtime: the epoch). NULL when out of memory. */
 json_t *gw_fs_fileinfo_json(const struct sbx_fileinfo *fi);
 

@@ -348,13 +348,7 @@ static int run(struct gw_main *m)
     memcpy(host, g->opt.listen, hlen);
     host[hlen] = '\0';
     int port = gw_http_port(g->http);
-    (void)printf("token: %s\n", g->token);
-    (void)printf("export DENO_DEPLOY_TOKEN=%s\n", g->token);
-    (void)printf("export DENO_SANDBOX_ENDPOINT=http://%s:%d DENO_DEPLOY_ENDPOINT=http://%s:%d\n",
-                 host, port, host, port);
-    if (fflush(stdout) != 0) {
-        gw_log("stdout: %s", strerror(errno));
-    }
+    /* Before the banner: whoever reads it may signal us at once and expects a clean stop. */
     if ((rc = uv_signal_init(g->loop, &m->sigint)) != 0 ||
         (rc = uv_signal_init(g->loop, &m->sigterm)) != 0 ||
         (rc = uv_signal_start(&m->sigint, signal_cb, SIGINT)) != 0 ||
@@ -364,6 +358,13 @@ static int run(struct gw_main *m)
     }
     m->sigint.data = m;
     m->sigterm.data = m;
+    (void)printf("token: %s\n", g->token);
+    (void)printf("export DENO_DEPLOY_TOKEN=%s\n", g->token);
+    (void)printf("export DENO_SANDBOX_ENDPOINT=http://%s:%d DENO_DEPLOY_ENDPOINT=http://%s:%d\n",
+                 host, port, host, port);
+    if (fflush(stdout) != 0) {
+        gw_log("stdout: %s", strerror(errno));
+    }
     if (!g->opt.quiet) {
         gw_log("listening on %s:%d (backend %s)", host, port, g->opt.backend);
     }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "m_fs.h"
 
 /* x-deno-sandbox-config, decoded (the header itself is capped by GW_HTTP_HEAD_MAX). */
 #define CONFIG_MAX (48u << 10)
@@ -188,7 +189,7 @@ static void route_create(struct route_ctx *c)
         size_t len = 0;
         json_error_t jerr;
         if (strlen(hdr) > CONFIG_MAX / 3 * 4 + 4 ||
-            (text = gw_b64_decode(hdr, strlen(hdr), &len)) == NULL) {
+            gw_fs_b64_decode(hdr, strlen(hdr), CONFIG_MAX, &text, &len) < 0) {
             reply_err(c->hc, 400, "INVALID_CONFIG",
                       "x-deno-sandbox-config: not base64, or more than %u bytes", CONFIG_MAX);
             return;

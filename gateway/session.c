@@ -25,6 +25,7 @@
 
 #include "gw.h"
 #include "http.h"
+#include "m_fs.h"
 #include "m_proc.h"
 #include "sbx/client.h"
 
@@ -146,24 +147,6 @@ const char *gw_session_cwd(struct gw_session *s)
 uint64_t gw_stream_id(struct gw *g)
 {
     return g->next_stream++;
-}
-
-uint8_t *gw_b64_decode(const char *s, size_t slen, size_t *len)
-{
-    struct base64_decode_ctx ctx;
-    uint8_t *out = malloc(BASE64_DECODE_LENGTH(slen) + 1);
-    size_t n = BASE64_DECODE_LENGTH(slen) + 1;
-
-    if (out == NULL) {
-        return NULL;
-    }
-    base64_decode_init(&ctx);
-    if (!base64_decode_update(&ctx, &n, out, slen, s) || !base64_decode_final(&ctx)) {
-        free(out);
-        return NULL;
-    }
-    *len = n;
-    return out;
 }
 
 /* Send one JSON value as a text message (stolen). */
@@ -1006,8 +989,8 @@ static void client_stream(struct gw_session *s, const char *method, json_t *para
         uint8_t *bytes;
         size_t len = 0;
 
-        if (!json_is_string(d) ||
-            (bytes = gw_b64_decode(json_string_value(d), json_string_length(d), &len)) == NULL) {
+        if (!json_is_string(d) || gw_fs_b64_decode(json_string_value(d), json_string_length(d),
+                                                   GW_WS_MSG_MAX, &bytes, &len) < 0) {
             gw_istream_cancel(s, id,
                               gw_errobj("InvalidData", NULL, "stream data is not a base64 string"));
             return;

@@ -1,5 +1,5 @@
 /* Small helpers of the gateway: logging, clocks, random ids, files, processes. (gw_stream_id
- * and gw_b64_decode live in session.c.) */
+ * lives in session.c, base64 in m_fs.c.) */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>

@@ -87,6 +87,10 @@ static const struct call_info calls[SBX_CALL_COUNT] = {
     [SBX_CALL_PROC_ATTACH] = { SBX_M_PROC_ATTACH, "process.attach" },
     [SBX_CALL_NET_CONNECT] = { SBX_M_NET_CONNECT, "net" },
     [SBX_CALL_NET_LISTENING] = { SBX_M_NET_LISTENING, "net" },
+    [SBX_CALL_FS_UMASK] = { SBX_M_FS_UMASK, "fs.umask" },
+    [SBX_CALL_FS_FUTIMES] = { SBX_M_FS_FUTIMES, "fs.futimes" },
+    [SBX_CALL_FS_FLOCK] = { SBX_M_FS_FLOCK, "fs.lock" },
+    [SBX_CALL_FS_FUNLOCK] = { SBX_M_FS_FUNLOCK, "fs.lock" },
 };
 
 const char *sbx_call_name(enum sbx_call call)

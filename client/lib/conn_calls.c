@@ -59,6 +59,12 @@ static struct kv kv_i64_if(bool present, const char *k, int64_t v)
     return (struct kv){ .k = k, .t = present ? KV_I64 : KV_SKIP, .i = v };
 }
 
+/* A bool that is always packed. */
+static struct kv kv_bool(const char *k, bool v)
+{
+    return (struct kv){ .k = k, .t = KV_BOOL, .b = v };
+}
+
 /* A bool whose default is false: packed only when true. */
 static struct kv kv_true_if(const char *k, bool v)
 {
@@ -166,6 +172,10 @@ static bool takes_identity(enum sbx_call call)
     case SBX_CALL_FS_FTRUNCATE:
     case SBX_CALL_FS_CLOSE:
     case SBX_CALL_FS_UNWATCH:
+    case SBX_CALL_FS_FUTIMES:
+    case SBX_CALL_FS_FLOCK:
+    case SBX_CALL_FS_FUNLOCK:
+    case SBX_CALL_FS_UMASK:
         return false;
     default: {
         /* The families as the call table names them, not a range of the enum's order. */
@@ -732,6 +742,42 @@ int sbx_fs_ftruncate(struct sbx_conn *c, uint32_t fh, uint64_t size, void *user,
 int sbx_fs_close(struct sbx_conn *c, uint32_t fh, void *user, uint32_t *id, struct sbx_err *err)
 {
     return call_id(c, SBX_CALL_FS_CLOSE, "fh", fh, user, id, err);
+}
+
+int sbx_fs_futimes(struct sbx_conn *c, uint32_t fh, const int64_t *atime_ns,
+                   const int64_t *mtime_ns, void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = {
+        kv_u64("fh", fh),
+        kv_i64_if(atime_ns != NULL, "atime_ns", atime_ns != NULL ? *atime_ns : 0),
+        kv_i64_if(mtime_ns != NULL, "mtime_ns", mtime_ns != NULL ? *mtime_ns : 0),
+    };
+
+    return call_kv(c, SBX_CALL_FS_FUTIMES, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_flock(struct sbx_conn *c, uint32_t fh, bool exclusive, bool wait, void *user,
+                 uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_u64("fh", fh), kv_bool("exclusive", exclusive),
+                             kv_true_if("wait", wait) };
+
+    return call_kv(c, SBX_CALL_FS_FLOCK, kv, ARRAY_SIZE(kv), user, id, err);
+}
+
+int sbx_fs_funlock(struct sbx_conn *c, uint32_t fh, void *user, uint32_t *id, struct sbx_err *err)
+{
+    return call_id(c, SBX_CALL_FS_FUNLOCK, "fh", fh, user, id, err);
+}
+
+int sbx_fs_umask(struct sbx_conn *c, int mask, void *user, uint32_t *id, struct sbx_err *err)
+{
+    const struct kv kv[] = { kv_u64_if(mask >= 0, "mask", (uint64_t)mask) };
+
+    if (mask > 0777) {
+        return sbx_err_param(err, "mask", "fs.umask: mask %#o is above 0777", (unsigned)mask);
+    }
+    return call_kv(c, SBX_CALL_FS_UMASK, kv, ARRAY_SIZE(kv), user, id, err);
 }
 
 int sbx_fs_walk(struct sbx_conn *c, const struct sbx_walk_params *p, void *user, uint32_t *id,

@@ -36,6 +36,9 @@ IDS = {
     "fs.fsync": ("fh", UNKNOWN),
     "fs.ftruncate": ("fh", UNKNOWN),
     "fs.close": ("fh", UNKNOWN),
+    "fs.futimes": ("fh", UNKNOWN),
+    "fs.flock": ("fh", UNKNOWN),
+    "fs.funlock": ("fh", UNKNOWN),
 }
 
 # The other params each method needs to be otherwise valid (so that the answer is NOT_FOUND).
@@ -45,6 +48,7 @@ GOOD = {
     "fs.read": {"len": 1},
     "fs.write": {"data": b"x"},
     "fs.seek": {"offset": 0},
+    "fs.flock": {"exclusive": True},
 }
 
 # (method, params that replace or add to GOOD[method], field named by BAD_PARAM). Every bad value
@@ -87,6 +91,11 @@ BAD = [
     ("fs.ftruncate", {"size": -1}, "size"),
     ("fs.ftruncate", {"size": I64_MAX + 1}, "size"),
     ("fs.ftruncate", {"size": "0"}, "size"),
+    ("fs.futimes", {"atime_ns": "0"}, "atime_ns"),  # §17.7: int
+    ("fs.futimes", {"mtime_ns": 2**63}, "mtime_ns"),
+    ("fs.flock", {"exclusive": None}, "exclusive"),  # required
+    ("fs.flock", {"exclusive": "yes"}, "exclusive"),
+    ("fs.flock", {"wait": 1}, "wait"),
 ]
 
 
@@ -155,7 +164,7 @@ class TestS7Precedence(AgentCase):
     def test_fs_handle_bad_param_wins_over_unknown_fh(self):
         """§7.2 with §17.7: every file-handle method."""
         self.check_methods("fs.read", "fs.write", "fs.seek", "fs.fstat", "fs.fsync",
-                           "fs.ftruncate", "fs.close")
+                           "fs.ftruncate", "fs.close", "fs.futimes", "fs.flock", "fs.funlock")
 
     def test_fs_unwatch_unknown_watch(self):
         """§7.2 with §17.6: fs.unwatch's only param is the watch id."""
@@ -177,7 +186,7 @@ class TestS7Precedence(AgentCase):
         self.assertEqual({m for m, _, _ in BAD} - set(IDS), set())
         self.assertEqual(set(IDS) - {m for m, _, _ in BAD},
                          {"proc.close_stdin", "proc.release", "repl.close", "fs.unwatch",
-                          "fs.fstat", "fs.close"})  # their only param is the id
+                          "fs.fstat", "fs.close", "fs.funlock"})  # their only param is the id
 
     def limits(self):
         c = self.agent.connect(hello=False)

@@ -13,7 +13,8 @@ Classes:
     TestHostile   raw WebSocket JSON-RPC: malformed JSON, unknown method, wrong param types, huge
                   ids, a reused stream id; answers are result:{error} and the gateway keeps serving
     TestVM        the vm backend with the gateway image: the docs' getting-started programs, a
-                  lifecycle (memory, labels, timeout, close, connect, kill: its QEMU is gone)
+                  lifecycle (memory, labels, timeout, close, connect, kill: its QEMU is gone),
+                  sudo/.text()/.json(), a VM killed mid-session, a restart of the gateway
 Environment: SBX_BUILD (default SRC/build), SBX_DENO_VERSION.
 """
 import base64
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -34,11 +36,12 @@ ID_RE = re.compile(r"^sbx_[a-z]{3}_[0-9a-hjkmnp-z]{20}$")
 
 
 class SDKCase(unittest.TestCase):
-    def run_ok(self, name, timeout=120, env=None, args=()):
-        rc, out, err = h.run_program(self.gw, name, timeout=timeout, env=env, args=args)
+    def run_ok(self, name, timeout=120, env=None, args=(), gw=None):
+        gw = gw or self.gw
+        rc, out, err = h.run_program(gw, name, timeout=timeout, env=env, args=args)
         if rc != 0:
             self.fail("%s exited %s\n--- stdout\n%s\n--- stderr\n%s\n--- gateway log (tail)\n%s"
-                      % (name, rc, out[-4000:], err[-6000:], self.gw.logtext()[-4000:]))
+                      % (name, rc, out[-4000:], err[-6000:], gw.logtext()[-4000:]))
         return out, err
 
 
@@ -176,6 +179,9 @@ class TestAddr(AddrCase):
     def test_fs_upload_download(self):
         self.run_ok("fs_transfer.ts")
 
+    def test_fs_umask_utime_lock(self):
+        self.run_ok("fs_more.ts")
+
     def test_close_connect_kill(self):
         out, _ = self.run_ok("reconnect.ts")
         self.assertIn("reconnect ok", out)
@@ -193,6 +199,45 @@ class TestAddr(AddrCase):
 
 
 # --- hostile input on a raw WebSocket --------------------------------------------------------
+
+class TestPythonShape(AddrCase):
+    """The Python SDK's create config (timeout as a string, env as a map, volumes as a dict,
+    extra keys) and its conventions (ids from 1, the `download` method it sends)."""
+
+    def test_python_config_and_calls(self):
+        cfg = {"memory_mb": 1280, "debug": False, "region": "ord", "timeout": "5m",
+               "env": {"SBXGW_PY": "from-config"}, "labels": {"sdk": "py"}, "volumes": {},
+               "allow_net": None, "secrets": None, "root": None}
+        ws = h.open_create_ws(self.gw, cfg)
+        try:
+            sid = ws.headers["x-deno-sandbox-id"]
+            self.assertRegex(sid, ID_RE)
+            m = ws.call("spawn", {"command": "sh", "args": ["-c", "printf %s \"$SBXGW_PY\""],
+                                  "stdout": "piped", "stderr": "null", "stdin": "null"}, rid=1)
+            out_id = m["result"]["ok"]["stdoutStreamId"]
+            got = b""
+            while True:
+                n = ws.recv_json(30)
+                p = n.get("params") or {}
+                if p.get("streamId") != out_id:
+                    continue
+                if n["method"] == "$sandbox.stream.enqueue":
+                    got += base64.b64decode(p["data"])
+                elif n["method"] == "$sandbox.stream.end":
+                    break
+            self.assertEqual(got, b"from-config")
+            m = ws.call("download", {"localPath": "/tmp/x", "sandboxPath": "/etc/hostname"},
+                        rid=2)
+            self.assertEqual(m["result"]["error"]["constructorName"], "NotSupported", m)
+        finally:
+            ws.close()
+        # A duration timeout: closing the creating socket leaves it running.
+        lst = self.gw.rest("GET", "/api/v3/sandboxes")
+        mine = [x for x in lst if x["id"] == sid]
+        self.assertEqual(len(mine), 1, lst)
+        self.assertEqual(mine[0]["status"], "running", mine)
+        self.assertEqual(mine[0].get("labels"), {"sdk": "py"}, mine)
+
 
 class TestHostile(AddrCase):
     def setUp(self):
@@ -384,6 +429,71 @@ class TestVM(SDKCase):
             self.assertLess(time.monotonic(), deadline, "QEMU %d still runs 30 s after kill()"
                             % pid)
             time.sleep(0.1)
+
+    def test_sudo_text_json(self):
+        out, _ = self.run_ok("vm_sudo.ts", timeout=180)
+        self.assertIn("sudo ok", out)
+
+    def wait_gone(self, pid, what, timeout=30):
+        deadline = time.monotonic() + timeout
+        while os.path.exists("/proc/%d" % pid) and pid in self.gw.qemu_pids():
+            self.assertLess(time.monotonic(), deadline, "QEMU %d %s" % (pid, what))
+            time.sleep(0.1)
+
+    def test_vm_dies_mid_session(self):
+        """QEMU killed under a live session: the SDK's socket is closed with 1011 and a reason
+        that says the VM stopped; the sandbox is listed as stopped, its console log is kept,
+        and a connect is refused."""
+        before = set(self.gw.qemu_pids())
+        ws = h.open_create_ws(self.gw, config={"labels": {"t": "dies"}})
+        sid = ws.headers["x-deno-sandbox-id"]
+        self.assertRegex(sid, ID_RE)
+        r = ws.call("spawn", {"command": "sleep", "args": ["600"], "stdout": "piped",
+                              "stderr": "piped"})
+        self.assertIn("ok", r["result"], r)
+        (pid,) = set(self.gw.qemu_pids()) - before
+        os.kill(pid, signal.SIGKILL)
+        with self.assertRaises(h.WSClosed) as cm:
+            for _ in range(100):
+                ws.recv(60)  # the stream errors, then the close
+        self.assertEqual(cm.exception.code, 1011, cm.exception.reason)
+        self.assertRegex(cm.exception.reason, r"(?i)stopped|died|exited")
+        lst = self.gw.rest("GET", "/api/v2/sandboxes?labels[t]=dies")
+        self.assertEqual([(x["id"], x["status"]) for x in lst], [(sid, "stopped")])
+        self.assertTrue(os.path.exists(os.path.join(self.gw.data, "vms", sid, "console.log")))
+        with self.assertRaises(h.HandshakeError) as cm2:
+            h.RawWS(self.gw.host, self.gw.port, "/api/v3/sandbox/%s/connect" % sid,
+                    {"authorization": "Bearer " + self.gw.token})
+        self.assertEqual(cm2.exception.status, 404)
+
+    def test_gateway_restart_keeps_duration_sandbox(self):
+        """A sandbox with a duration timeout and a process in it outlives a restart of the
+        gateway: the new gateway (same data dir) serves it, the process still runs."""
+        gw = h.Gateway(image=h.GATEWAY_IMAGE)
+        try:
+            ws = h.open_create_ws(gw, config={"stop_at_ms": int(time.time() * 1000) + 600000})
+            sid = ws.headers["x-deno-sandbox-id"]
+            r = ws.call("spawn", {"command": "bash", "args": ["-c", "exec -a tickloop bash -c "
+                                  "'while :; do date +%s >> /tmp/tick; sleep 0.2; done'"],
+                                  "stdout": "null", "stderr": "null"})
+            self.assertIn("ok", r["result"], r)
+            ws.close()
+            (pid,) = gw.qemu_pids()
+            self.assertEqual(gw.stop(keep_data=True), 0)
+            self.assertTrue(os.path.exists("/proc/%d" % pid), "the VM died with the gateway")
+            gw = h.Gateway(image=h.GATEWAY_IMAGE, data=gw.data)
+            self.assertEqual(gw.qemu_pids(), [pid])
+            out, _ = self.run_ok("vm_restart_b.ts", timeout=180, env={"SBXGW_ID": sid}, gw=gw)
+            self.assertIn("still ticking", out)
+            deadline = time.monotonic() + 30
+            while os.path.exists("/proc/%d" % pid):
+                self.assertLess(time.monotonic(), deadline, "QEMU still runs after kill()")
+                time.sleep(0.1)
+        finally:
+            for p in gw.qemu_pids():
+                os.kill(p, signal.SIGKILL)
+            gw.stop()
+            shutil.rmtree(gw.data, ignore_errors=True)
 
     def test_seed(self):
         out, _ = self.run_ok("seed.ts", timeout=300)

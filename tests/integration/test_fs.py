@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Integration tests of the fs family (PROTOCOL.md §17): the real sbx-agent over a unix socket,
 acting on a scratch directory; results compared with what os.stat / os.lstat say."""
+import fcntl
 import os
 import shutil
 import stat
@@ -118,7 +119,10 @@ class TestFsPaths(FsCase):
         self.assertEqual(info["ctime_ns"], st.st_ctime_ns)
         self.assertIn("birthtime_ns", info)
         if info["birthtime_ns"] is not None:
-            self.assertLessEqual(abs(info["birthtime_ns"] - st.st_ctime_ns), 10 ** 10)
+            # A file is born no later than its last status change (equal for a new file; an old
+            # one such as /dev/null may have been chmod-ed or touched since it was made).
+            self.assertLessEqual(info["birthtime_ns"], st.st_ctime_ns + 10 ** 9)
+            self.assertGreater(info["birthtime_ns"], 0)
         if target is None:
             self.assertNotIn("target", info)
         else:
@@ -590,6 +594,249 @@ class TestFsHandles(FsCase):
         while self.agent_fds() > base and time.time() < deadline:
             time.sleep(0.05)
         self.assertLessEqual(self.agent_fds(), base)
+
+
+class TestFsUmaskTimesLocks(FsCase):
+    """fs.umask (capability fs.umask), fs.futimes (fs.futimes), fs.flock and fs.funlock (fs.lock):
+    PROTOCOL.md §17.7, §17.8."""
+
+    def agent_umask(self):
+        with open("/proc/%d/status" % self.agent.proc.pid) as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+        self.fail("no Umask in /proc/PID/status")
+
+    def test_capabilities(self):
+        c = self.agent.connect(hello=False)
+        caps = c.hello()["capabilities"]
+        c.close()
+        for cap in ("fs.umask", "fs.futimes", "fs.lock"):
+            self.assertIn(cap, caps)
+
+    def test_umask_read_set_restore(self):
+        old = self.agent_umask()
+        self.assertEqual(self.c.call("fs.umask", {}), {"mask": old})
+        self.assertEqual(self.c.call("fs.umask"), {"mask": old})  # reading changes nothing
+        self.assertEqual(self.agent_umask(), old)
+        self.assertEqual(self.c.call("fs.umask", {"mask": 0o077}), {"mask": old})
+        self.assertEqual(self.agent_umask(), 0o077)
+        self.assertEqual(self.c.call("fs.umask", {})["mask"], 0o077)
+        try:
+            # What the agent creates gets it: fs.open, fs.mkdir, transfer.upload's parents...
+            fh = self.c.call("fs.open", {"path": self.p("f"), "flags": ["write", "create"]})["fh"]
+            self.c.call("fs.close", {"fh": fh})
+            self.assertEqual(stat.S_IMODE(os.stat(self.p("f")).st_mode), 0o600)
+            self.c.call("fs.mkdir", {"path": self.p("d")})
+            self.assertEqual(stat.S_IMODE(os.stat(self.p("d")).st_mode), 0o700)
+            # ... and so does every new process, on another connection too.
+            c2 = self.agent.connect()
+            r, ex, outs, *_ = w.run(c2, {"argv": ["/bin/sh", "-c", "umask; : > %s" %
+                                                  self.p("g")]})
+            c2.close()
+            self.assertEqual(ex["code"], 0, ex)
+            self.assertEqual(bytes(outs[r["stdout"]]).strip(), b"0077")
+            self.assertEqual(stat.S_IMODE(os.stat(self.p("g")).st_mode), 0o600)
+            self.assertEqual(self.c.call("fs.umask", {"mask": 0}), {"mask": 0o077})
+            self.c.call("fs.mkdir", {"path": self.p("e"), "mode": 0o777})
+            self.assertEqual(stat.S_IMODE(os.stat(self.p("e")).st_mode), 0o777)
+        finally:
+            self.c.call("fs.umask", {"mask": old})
+        self.assertEqual(self.agent_umask(), old)
+
+    def test_umask_bad_params(self):
+        old = self.agent_umask()
+        for bad in (0o1000, -1, "022", 1.5, True, [0], 2**64 - 1):
+            with self.subTest(mask=bad):
+                e = self.err("fs.umask", {"mask": bad})
+                self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", "mask"), e)
+        self.assertEqual(self.agent_umask(), old)  # nothing was changed
+        self.assertEqual(self.c.call("fs.umask", {"mask": 0o777})["mask"], old)
+        self.assertEqual(self.c.call("fs.umask", {"mask": old})["mask"], 0o777)
+
+    def test_futimes(self):
+        f = self.write("f", b"x")
+        fh = self.c.call("fs.open", {"path": f})["fh"]  # read-only is enough for the owner
+        self.assertEqual(self.c.call("fs.futimes", {"fh": fh, "atime_ns": 1_000_000_000_123,
+                                                    "mtime_ns": 1_500_000_000_000_000_001}), {})
+        st = os.stat(f)
+        self.assertEqual((st.st_atime_ns, st.st_mtime_ns), (1_000_000_000_123,
+                                                            1_500_000_000_000_000_001))
+        self.c.call("fs.futimes", {"fh": fh, "atime_ns": -1_000_000_001})  # mtime left alone
+        st = os.stat(f)
+        self.assertEqual((st.st_atime_ns, st.st_mtime_ns), (-1_000_000_001,
+                                                            1_500_000_000_000_000_001))
+        self.assertEqual(self.c.call("fs.futimes", {"fh": fh}), {})  # nothing to change
+        self.assertEqual(os.stat(f).st_mtime_ns, 1_500_000_000_000_000_001)
+        # bad params win over an unknown handle (§7.2)
+        for key, bad in (("atime_ns", "0"), ("mtime_ns", 2**63), ("atime_ns", 1.5)):
+            with self.subTest(key=key, bad=bad):
+                e = self.err("fs.futimes", {"fh": 999999, key: bad})
+                self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", key), e)
+        self.assertEqual(self.err("fs.futimes", {"atime_ns": 0})["field"], "fh")
+        self.c.call("fs.close", {"fh": fh})
+        self.assertEqual(self.err("fs.futimes", {"fh": fh, "atime_ns": 0})["code"], "NOT_FOUND")
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to open as another user")
+    def test_futimes_acts_as_the_opener(self):
+        # A handle opened as nobody on root's file: reading is allowed, setting its times is not
+        # (only the owner may), even though the agent itself is root.
+        f = self.write("f", b"x", 0o644)
+        before = os.stat(f).st_mtime_ns
+        fh = self.c.call("fs.open", {"path": f, "user": str(NOBODY)})["fh"]
+        self.assertErrno("fs.futimes", {"fh": fh, "mtime_ns": 0}, "EPERM", f)
+        self.assertEqual(os.stat(f).st_mtime_ns, before)
+        # root's handle may
+        fh = self.c.call("fs.open", {"path": f, "user": "root"})["fh"]
+        self.c.call("fs.futimes", {"fh": fh, "mtime_ns": 0})
+        self.assertEqual(os.stat(f).st_mtime_ns, 0)
+
+    def held(self, path, exclusive=True):
+        """Whether another open file description is refused @path's flock right now."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def no_response(self, rid, conn=None, secs=0.3):
+        """@rid is still unanswered after @secs while the loop answers a ping."""
+        conn = conn or self.c
+        time.sleep(secs)
+        self.assertEqual(conn.call("ping"), {})
+        self.assertFalse(any(m[0] == 1 and m[1] == rid for m in conn.pending), conn.pending)
+
+    def test_flock_conflict_unlock_close(self):
+        f = self.write("f", b"x")
+        h1 = self.c.call("fs.open", {"path": f})["fh"]
+        h2 = self.c.call("fs.open", {"path": f, "flags": ["read", "write"]})["fh"]
+        self.assertEqual(self.c.call("fs.flock", {"fh": h1, "exclusive": True}), {})
+        self.assertTrue(self.held(f, exclusive=False))  # a real flock(2)
+        e = self.assertErrno("fs.flock", {"fh": h2, "exclusive": True}, "EAGAIN", f)
+        self.assertIn("flock", e["message"])
+        self.assertErrno("fs.flock", {"fh": h2, "exclusive": False, "wait": False}, "EAGAIN")
+        self.c.call("fs.flock", {"fh": h1, "exclusive": True})  # again: still held, fine
+        self.assertEqual(self.c.call("fs.funlock", {"fh": h1}), {})
+        self.assertFalse(self.held(f))
+        # shared locks share
+        self.c.call("fs.flock", {"fh": h1, "exclusive": False})
+        self.c.call("fs.flock", {"fh": h2, "exclusive": False})
+        self.assertFalse(self.held(f, exclusive=False))
+        self.assertTrue(self.held(f))
+        self.assertErrno("fs.flock", {"fh": h2, "exclusive": True}, "EAGAIN")
+        self.c.call("fs.funlock", {"fh": h1})
+        self.c.call("fs.funlock", {"fh": h1})  # unlocking what is not locked: fine
+        self.c.call("fs.flock", {"fh": h2, "exclusive": True})  # upgrade, h1 gone
+        # the lock goes with the handle
+        self.c.call("fs.close", {"fh": h2})
+        self.assertFalse(self.held(f))
+        self.assertEqual(self.err("fs.flock", {"fh": h2, "exclusive": True})["code"], "NOT_FOUND")
+        self.assertEqual(self.err("fs.funlock", {"fh": h2})["code"], "NOT_FOUND")
+
+    def test_flock_wait(self):
+        f = self.write("f", b"x")
+        h1 = self.c.call("fs.open", {"path": f})["fh"]
+        h2 = self.c.call("fs.open", {"path": f})["fh"]
+        self.c.call("fs.flock", {"fh": h1, "exclusive": True})
+        rid = self.c.request("fs.flock", {"fh": h2, "exclusive": True, "wait": True})
+        self.no_response(rid)  # it waits, and the loop does not
+        e = self.err("fs.flock", {"fh": h2, "exclusive": False, "wait": True})
+        self.assertEqual(e["code"], "BUSY", e)  # one waiting flock per handle
+        t0 = time.monotonic()
+        self.c.call("fs.funlock", {"fh": h1})
+        self.assertEqual(self.c.wait(rid), {})
+        self.assertLess(time.monotonic() - t0, 2)
+        self.assertTrue(self.held(f, exclusive=False))
+        self.assertErrno("fs.flock", {"fh": h1, "exclusive": False}, "EAGAIN")
+        # held by another process: the wait ends when that process lets go
+        self.c.call("fs.funlock", {"fh": h2})
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self.c.call("fs.flock", {"fh": h1, "exclusive": False, "wait": True})  # shares
+            self.c.call("fs.funlock", {"fh": h1})
+            rid = self.c.request("fs.flock", {"fh": h2, "exclusive": True, "wait": True})
+            self.no_response(rid, secs=0.2)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            self.assertEqual(self.c.wait(rid), {})
+            self.assertTrue(self.held(f, exclusive=False))
+        finally:
+            os.close(fd)
+
+    def test_flock_wait_cancelled(self):
+        f = self.write("f", b"x")
+        h1 = self.c.call("fs.open", {"path": f})["fh"]
+        h2 = self.c.call("fs.open", {"path": f})["fh"]
+        self.c.call("fs.flock", {"fh": h1, "exclusive": True})
+        # fs.funlock of the waiting handle cancels its wait
+        rid = self.c.request("fs.flock", {"fh": h2, "exclusive": False, "wait": True})
+        self.no_response(rid, secs=0.05)
+        self.assertEqual(self.c.call("fs.funlock", {"fh": h2}), {})
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.wait(rid)
+        self.assertEqual(cm.exception.err["code"], "CANCELLED")
+        self.assertIn("path", cm.exception.err)
+        # so does closing it
+        rid = self.c.request("fs.flock", {"fh": h2, "exclusive": True, "wait": True})
+        self.no_response(rid, secs=0.05)
+        self.assertEqual(self.c.call("fs.close", {"fh": h2}), {})
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.wait(rid)
+        self.assertEqual(cm.exception.err["code"], "CANCELLED")
+        self.c.call("fs.funlock", {"fh": h1})
+        self.assertFalse(self.held(f))
+
+    def test_flock_released_on_disconnect(self):
+        f = self.write("f", b"x")
+        c2 = self.agent.connect()
+        h = c2.call("fs.open", {"path": f})["fh"]
+        c2.call("fs.flock", {"fh": h, "exclusive": True})
+        self.assertTrue(self.held(f, exclusive=False))
+        c2.close()
+        deadline = time.time() + 10
+        while self.held(f, exclusive=False) and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertFalse(self.held(f, exclusive=False))
+        # a wait dropped with its connection never takes the lock later
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            c3 = self.agent.connect()
+            h = c3.call("fs.open", {"path": f})["fh"]
+            rid = c3.request("fs.flock", {"fh": h, "exclusive": True, "wait": True})
+            self.no_response(rid, conn=c3, secs=0.1)
+            c3.close()
+            time.sleep(0.2)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        time.sleep(0.3)  # longer than the longest retry pause
+        self.assertFalse(self.held(f))
+        self.assertEqual(self.c.call("ping"), {})
+
+    def test_flock_bad_params(self):
+        f = self.write("f", b"x")
+        fh = self.c.call("fs.open", {"path": f})["fh"]
+        for params, field in (({"fh": fh}, "exclusive"),
+                              ({"fh": fh, "exclusive": "yes"}, "exclusive"),
+                              ({"fh": fh, "exclusive": 1}, "exclusive"),
+                              ({"fh": fh, "exclusive": True, "wait": 1}, "wait"),
+                              ({"fh": 999999, "exclusive": None}, "exclusive"),
+                              ({"exclusive": True}, "fh"),
+                              ({"fh": -1, "exclusive": True}, "fh"),
+                              ({"fh": "1", "exclusive": True}, "fh")):
+            with self.subTest(params=params):
+                e = self.err("fs.flock", params)
+                self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", field), e)
+        self.assertEqual(self.err("fs.flock", {"fh": 999999, "exclusive": True})["code"],
+                         "NOT_FOUND")
+        self.assertEqual(self.err("fs.funlock", {})["field"], "fh")
+        self.assertEqual(self.err("fs.funlock", {"fh": 2**32})["field"], "fh")
+        self.assertEqual(self.err("fs.funlock", {"fh": 999999})["code"], "NOT_FOUND")
+        self.assertFalse(self.held(f))
 
 
 class TestFsWalk(FsCase):

@@ -128,6 +128,10 @@ enum sbx_call {
     SBX_CALL_PROC_ATTACH,
     SBX_CALL_NET_CONNECT,
     SBX_CALL_NET_LISTENING,
+    SBX_CALL_FS_UMASK,
+    SBX_CALL_FS_FUTIMES,
+    SBX_CALL_FS_FLOCK,
+    SBX_CALL_FS_FUNLOCK,
     SBX_CALL_COUNT
 };
 
@@ -619,6 +623,20 @@ int sbx_fs_ftruncate(struct sbx_conn *c, uint32_t fh, uint64_t size, void *user,
                      struct sbx_err *err);
 /* fs.close {fh} */
 int sbx_fs_close(struct sbx_conn *c, uint32_t fh, void *user, uint32_t *id, struct sbx_err *err);
+/* fs.futimes {fh, atime_ns?, mtime_ns?} (capability "fs.futimes"): NULL leaves that time
+ * unchanged. */
+int sbx_fs_futimes(struct sbx_conn *c, uint32_t fh, const int64_t *atime_ns,
+                   const int64_t *mtime_ns, void *user, uint32_t *id, struct sbx_err *err);
+/* fs.flock {fh, exclusive, wait} (capability "fs.lock"): without @wait a lock held elsewhere is
+ * EAGAIN; with it the response comes once the lock is had (CANCELLED if the handle is unlocked or
+ * closed meanwhile). */
+int sbx_fs_flock(struct sbx_conn *c, uint32_t fh, bool exclusive, bool wait, void *user,
+                 uint32_t *id, struct sbx_err *err);
+/* fs.funlock {fh} (capability "fs.lock") */
+int sbx_fs_funlock(struct sbx_conn *c, uint32_t fh, void *user, uint32_t *id, struct sbx_err *err);
+/* fs.umask {mask?} (capability "fs.umask"): @mask < 0 only reads; the result's `mask` is the
+ * previous umask. */
+int sbx_fs_umask(struct sbx_conn *c, int mask, void *user, uint32_t *id, struct sbx_err *err);
 
 /* fs.walk (§17.4): zeroed fields are left out (the defaults: every kind, unlimited depth). The
  * RESPONSE carries r.stream, an `out` entry stream. */
