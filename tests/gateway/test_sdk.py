@@ -495,6 +495,39 @@ class TestVM(SDKCase):
             gw.stop()
             shutil.rmtree(gw.data, ignore_errors=True)
 
+    def test_boot_failure(self):
+        """An image whose VM cannot boot (its stage-1 initramfs is garbage, so the kernel panics):
+        the create is answered 502 SANDBOX_BOOT_FAILED with the panic from the console, never a
+        hang, and no QEMU is left behind."""
+        tmp = tempfile.mkdtemp(prefix="sbxgw-badimg-")
+        try:
+            bad = os.path.join(tmp, "bad.ext4")
+            with open(bad, "wb") as f:
+                f.truncate(64 << 20)
+            manifest = open(h.GATEWAY_IMAGE + ".manifest").read()
+            shutil.copyfile(h.GATEWAY_IMAGE + ".manifest", bad + ".manifest")
+            m = re.search(r"(?m)^# initrd: (\S+)$", manifest)
+            self.assertIsNotNone(m, "no initrd line in the image's manifest")
+            with open(os.path.join(tmp, m.group(1)), "wb") as f:
+                f.write(os.urandom(100000))
+            gw = h.Gateway(image=bad)
+            try:
+                t0 = time.monotonic()
+                with self.assertRaises(h.HandshakeError) as cm:
+                    h.open_create_ws(gw)
+                self.assertLess(time.monotonic() - t0, 120)
+                self.assertEqual(cm.exception.status, 502)
+                body = json.loads(cm.exception.body)
+                self.assertEqual(body["code"], "SANDBOX_BOOT_FAILED", body)
+                self.assertIn("Kernel panic", body["message"])
+                self.assertEqual(gw.qemu_pids(), [])
+                lst = gw.rest("GET", "/api/v3/sandboxes")
+                self.assertEqual([x["status"] for x in lst], ["stopped"], lst)
+            finally:
+                gw.stop()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def test_seed(self):
         out, _ = self.run_ok("seed.ts", timeout=300)
         self.assertIn("Hello from Deno", out)
