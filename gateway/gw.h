@@ -84,6 +84,11 @@ __attribute__((format(printf, 1, 2))) void gw_log(const char *fmt, ...);
 /* Milliseconds since the epoch (the SDK's dates). */
 int64_t gw_now_ms(void);
 
+/* A JSON number that is a whole value within int64 (an integer, or a real such as 1.7e12 that
+ * JavaScript sends for large numbers) into *@out. Returns 0, or -1 for anything else (a
+ * fraction, out of range, not a number): no undefined float-to-int conversion. */
+int gw_json_int64(const json_t *v, int64_t *out);
+
 /* --- sandboxes (sandbox.c) ----------------------------------------------------------------- */
 
 enum gw_sandbox_state {

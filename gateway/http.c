@@ -61,6 +61,7 @@ struct gw_http_server {
     void *user;
     struct gw_http_conn *conns; /* list */
     unsigned nconns;            /* allocated connections (closing ones too) */
+    unsigned nfresh;            /* of them, open ones that have not sent a whole request */
     bool closing;
     bool listener_closed;
 };
@@ -111,6 +112,7 @@ struct gw_http_conn {
     bool gone; /* the client left while the handler (with no abandon callback) held it */
     bool keep_alive;
     bool upgrade; /* http-parser saw an upgrade: nothing after it is HTTP */
+    bool fresh;   /* accepted, no whole request yet (counted in srv->nfresh) */
     int err_status;
     const char *err_msg;
     http_parser parser;
@@ -391,12 +393,22 @@ static void conn_close_cb(uv_handle_t *h)
     }
 }
 
+/* The connection sent its first whole request, or is closing: no longer fresh. */
+static void conn_unfresh(struct gw_http_conn *c)
+{
+    if (c->fresh) {
+        c->fresh = false;
+        c->srv->nfresh--;
+    }
+}
+
 /* Close the socket now (pending writes are dropped). */
 static void conn_close(struct gw_http_conn *c)
 {
     if (c->state == C_CLOSED) {
         return;
     }
+    conn_unfresh(c);
     c->state = C_CLOSED;
     uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
     uv_close((uv_handle_t *)&c->timer, conn_close_cb);
@@ -711,6 +723,7 @@ static void dispatch(struct gw_http_conn *c)
     }
     c->state = C_WAIT;
     c->held = true;
+    conn_unfresh(c);
     (void)uv_timer_stop(&c->timer); /* cannot fail */
     c->srv->fn(c, &c->req, c->srv->user);
 }
@@ -997,7 +1010,10 @@ void gw_http_respond(struct gw_http_conn *hc, int status, const char *const *hea
     if (answer_dropped(hc)) {
         return;
     }
-    bool close = !hc->keep_alive || hc->upgrade || hc->srv->closing;
+    /* A refused credential closes the connection: only clients with the token keep one open
+     * (the fresh-connection pool below bounds everyone else). */
+    bool close =
+        !hc->keep_alive || hc->upgrade || hc->srv->closing || status == 401 || status == 403;
     respond(hc, status, headers, body ? body : "", body ? len : 0, close);
 }
 
@@ -1077,8 +1093,24 @@ static void on_connection(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
+    /* Connections that have not sent a request yet share a small pool: when it is full the
+     * oldest of them goes, so idle or slow connections cannot lock clients out (each also has
+     * only GW_HTTP_FIRST_MS to send its first request). */
+    if (srv->nfresh >= GW_HTTP_FRESH_MAX) {
+        struct gw_http_conn *old = NULL;
+        for (struct gw_http_conn *o = c->next; o != NULL; o = o->next) {
+            if (o->fresh) {
+                old = o; /* the list is newest first: the last fresh one is the oldest */
+            }
+        }
+        if (old != NULL) {
+            conn_close(old);
+        }
+    }
+    c->fresh = true;
+    srv->nfresh++;
     (void)uv_tcp_nodelay(&c->tcp, 1); /* latency only */
-    conn_timer(c, GW_HTTP_IDLE_MS);
+    conn_timer(c, GW_HTTP_FIRST_MS);
     conn_read(c, true);
 }
 
@@ -1617,22 +1649,67 @@ void gw_ws_pause(struct gw_ws *ws, bool paused)
     }
 }
 
+/*
+ * Copy @in into @out (at most WS_REASON_MAX bytes and a NUL) as valid UTF-8: a close reason must
+ * be UTF-8 (RFC 6455 5.5.1; a strict client fails the close with 1007), and ours may quote text
+ * from a guest's console. Invalid bytes become '?'; a character that does not fit is left out
+ * whole. Returns the length.
+ */
+static size_t reason_utf8(const char *in, char out[WS_REASON_MAX + 1])
+{
+    const unsigned char *p = (const unsigned char *)(in != NULL ? in : "");
+    size_t o = 0;
+
+    while (*p != '\0') {
+        size_t len = *p < 0x80                    ? 1
+                     : (*p >= 0xc2 && *p <= 0xdf) ? 2
+                     : (*p >= 0xe0 && *p <= 0xef) ? 3
+                     : (*p >= 0xf0 && *p <= 0xf4) ? 4
+                                                  : 0;
+        for (size_t i = 1; i < len; i++) {
+            if ((p[i] & 0xc0) != 0x80) {
+                len = 0; /* also stops at the NUL */
+                break;
+            }
+        }
+        /* Overlong 3-byte forms, surrogates and code points above U+10FFFF. */
+        if ((len == 3 && ((p[0] == 0xe0 && p[1] < 0xa0) || (p[0] == 0xed && p[1] >= 0xa0))) ||
+            (len == 4 && ((p[0] == 0xf0 && p[1] < 0x90) || (p[0] == 0xf4 && p[1] >= 0x90)))) {
+            len = 0;
+        }
+        if (len == 0) {
+            if (o + 1 > WS_REASON_MAX) {
+                break;
+            }
+            out[o++] = '?';
+            p++;
+            continue;
+        }
+        if (o + len > WS_REASON_MAX) {
+            break;
+        }
+        memcpy(out + o, p, len);
+        o += len;
+        p += len;
+    }
+    out[o] = '\0';
+    return o;
+}
+
 void gw_ws_close(struct gw_ws *ws, uint16_t code, const char *reason)
 {
+    char clean[WS_REASON_MAX + 1];
+
     if (ws->finished || ws->user_closing) {
         return;
     }
     ws->user_closing = true;
-    size_t n = reason ? strlen(reason) : 0;
-    if (n > WS_REASON_MAX) {
-        n = WS_REASON_MAX;
-    }
+    size_t n = reason_utf8(reason, clean);
     if (!wslay_event_get_close_received(ws->ctx)) {
-        memcpy(ws->reason, reason ? reason : "", n);
-        ws->reason[n] = '\0';
+        memcpy(ws->reason, clean, n + 1);
     }
     /* Fails only when a close is already queued (the peer's, answered). */
-    (void)wslay_event_queue_close(ws->ctx, code, (const uint8_t *)(reason ? reason : ""), n);
+    (void)wslay_event_queue_close(ws->ctx, code, (const uint8_t *)clean, n);
     ws_flush(ws);
     gw_ws_pause(ws, false); /* read the peer's close */
     ws->close_timer = true;

@@ -25,8 +25,12 @@
 #define GW_HTTP_BODY_MAX    (1u << 20) /* REST bodies */
 #define GW_HTTP_IDLE_MS     30000      /* a partial request stalls this long: closed */
 #define GW_HTTP_CONNS_MAX   1024       /* accepted connections; beyond: closed at once */
-#define GW_WS_PING_MS       20000      /* the server pings an idle WebSocket this often */
-#define GW_WS_DEAD_MS       60000      /* ... and closes it when nothing came back for this long */
+#define GW_HTTP_FRESH_MAX                                                                          \
+    128                        /* of them, ones with no whole request yet; beyond: the             \
+                                  oldest of those is closed */
+#define GW_HTTP_FIRST_MS 10000 /* a new connection's first request must be whole by then */
+#define GW_WS_PING_MS    20000 /* the server pings an idle WebSocket this often */
+#define GW_WS_DEAD_MS    60000 /* ... and closes it when nothing came back for this long */
 
 struct gw_http_server;
 struct gw_http_conn;

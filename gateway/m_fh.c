@@ -305,14 +305,8 @@ static void seek_done(struct gw_call *call, const struct sbx_event *ev)
 static int param_offset(struct gw_call *call, json_t *params, int64_t *off)
 {
     json_t *v = json_object_get(params, "offset");
-    if (json_is_integer(v)) {
-        *off = json_integer_value(v);
-        return 0;
-    }
-    if (json_is_real(v)) {
-        double d = json_real_value(v);
-        if (d == (double)(int64_t)d && d >= -9.2e18 && d <= 9.2e18) {
-            *off = (int64_t)d;
+    if (json_is_integer(v) || json_is_real(v)) {
+        if (gw_json_int64(v, off) == 0) {
             return 0;
         }
     } else if (json_is_string(v)) {

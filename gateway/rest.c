@@ -246,12 +246,13 @@ static void route_extend(struct route_ctx *c)
     }
     json_t *body = json_loadb(c->req->body, c->req->body_len, 0, &jerr);
     json_t *v = json_object_get(body, "stop_at_ms");
-    if (!json_is_integer(v) && !json_is_real(v)) {
+    int64_t at;
+    if (gw_json_int64(v, &at) < 0) {
         json_decref(body);
-        reply_err(c->hc, 400, "INVALID_TIMEOUT", "the body must be {\"stop_at_ms\": <number>}");
+        reply_err(c->hc, 400, "INVALID_TIMEOUT",
+                  "the body must be {\"stop_at_ms\": <whole number of ms>}");
         return;
     }
-    int64_t at = json_is_integer(v) ? json_integer_value(v) : (int64_t)json_real_value(v);
     json_decref(body);
     int64_t now_at = gw_sandbox_extend(sb, at, why, sizeof why);
     if (now_at < 0) {

@@ -551,10 +551,10 @@ static int parse_config(json_t *cfg, struct cfg *c, const char **code, char *why
     }
     /* The JS SDK's absolute deadline; absent or 0: "session". Wins over a Python timeout. */
     if ((v = json_object_get(cfg, "stop_at_ms")) != NULL && !json_is_null(v)) {
-        if (!json_is_integer(v) && !json_is_real(v)) {
-            BAD("stop_at_ms: not a number");
+        int64_t at;
+        if (gw_json_int64(v, &at) < 0) {
+            BAD("stop_at_ms: not a whole number of milliseconds");
         }
-        int64_t at = json_is_integer(v) ? json_integer_value(v) : (int64_t)json_real_value(v);
         if (at != 0 && at <= now) {
             BAD("stop_at_ms: not in the future");
         }

@@ -219,12 +219,16 @@ static void on_pipe_write(uv_write_t *w, int status)
         return;
     }
     sbx_conn_out_done(s->c, s->wlen);
-    /* Room freed: feeders may write more, then flush again. */
-    for (struct gw_ostream *os = s->streams; os != NULL; os = os->next) {
+    /* Room freed: feeders may write more, then flush again. A feeder may unfeed (free) its own
+     * stream from the callback, so the next one is taken first. */
+    s->in_cb = true;
+    for (struct gw_ostream *os = s->streams, *next; os != NULL; os = next) {
+        next = os->next;
         if (os->kind == AS_FEED && os->credit != NULL) {
             os->credit(os->user);
         }
     }
+    s->in_cb = false;
     gw_session_flush(s);
 }
 
@@ -588,7 +592,7 @@ void gw_ostream_enqueue(struct gw_ostream *os, const void *data, size_t len)
     memcpy(s->scratch + n, "\"}}", 3);
     n += 3;
     if (s->g->opt.trace) {
-        gw_log("%s > %.300s", s->sb->id, s->scratch);
+        gw_log("%s > %.*s", s->sb->id, n < 300 ? n : 300, s->scratch);
     }
     (void)gw_ws_send_text(s->ws, s->scratch, (size_t)n); /* -1: closing */
 }
@@ -706,7 +710,14 @@ static void relay_end(struct gw_ostream *os, const struct sbx_event *ev)
         }
         (void)os->sink(os->user, NULL, 0, !failed, failed ? e : NULL);
     } else if (os->kind == AS_FEED && os->credit != NULL) {
-        os->credit(os->user); /* the feeder finds the stream no longer live */
+        gw_credit_fn fn = os->credit;
+        void *user = os->user;
+
+        /* Freed first: the feeder, finding the stream no longer live, unfeeds and frees its own
+         * state, which must not find this entry. */
+        astream_free(os);
+        fn(user);
+        return;
     }
     astream_free(os);
 }
@@ -1080,11 +1091,56 @@ void gw_m_abort(struct gw_call *call, json_t *params)
 
 /* --- JSON-RPC in ---------------------------------------------------------------------------- */
 
-/* Answer a message that has no usable id with a result-level error (id null). */
+/*
+ * The request id of a message that could not be parsed: the first `"id": <integer>` in its text
+ * (the SDKs put it before the params), so the caller's call fails instead of hanging. NULL when
+ * there is none.
+ */
+static json_t *recover_id(const char *data, size_t len)
+{
+    const char *end = data + len;
+
+    for (const char *p = memmem(data, len, "\"id\"", 4); p != NULL;
+         p = memmem(p + 4, (size_t)(end - p - 4), "\"id\"", 4)) {
+        const char *q = p + 4;
+        json_int_t v = 0;
+        int digits = 0;
+
+        while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) {
+            q++;
+        }
+        if (q >= end || *q != ':') {
+            continue;
+        }
+        q++;
+        while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) {
+            q++;
+        }
+        while (q < end && *q >= '0' && *q <= '9' && digits < 15) {
+            v = v * 10 + (*q - '0');
+            q++;
+            digits++;
+        }
+        if (digits > 0 && (q >= end || *q == ',' || *q == '}' || *q == ' ')) {
+            return json_integer(v);
+        }
+        return NULL;
+    }
+    return NULL;
+}
+
+/*
+ * Answer a message that is not a usable request with a result-level error, to @id. Without an id
+ * nothing is sent: an answer with id null makes the JS SDK drop the whole connection (it
+ * refuses it as an invalid message, close 4001), so the problem is logged instead.
+ */
 static void answer_bad(struct gw_session *s, json_t *id, const char *cls, const char *msg)
 {
-    send_json(s, json_pack("{s:s, s:O, s:{s:o}}", "jsonrpc", "2.0", "id",
-                           id != NULL ? id : json_null(), "result", "error",
+    if (id == NULL || (!json_is_integer(id) && !json_is_string(id))) {
+        gw_log("session %s: dropped a message that names no request: %s", s->sb->id, msg);
+        return;
+    }
+    send_json(s, json_pack("{s:s, s:O, s:{s:o}}", "jsonrpc", "2.0", "id", id, "result", "error",
                            gw_errobj(cls, NULL, msg)));
 }
 
@@ -1164,13 +1220,17 @@ static void on_ws_message(struct gw_ws *ws, const char *data, size_t len, void *
         return;
     }
     s->in_cb = true;
-    msg = json_loadb(data, len, 0, &jerr);
+    /* NUL is a valid character in a JSON string (file content, env values): allowed here, and
+     * refused per parameter where a C string is needed (gw_param_str). */
+    msg = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
     if (msg == NULL) {
         char m[300];
+        json_t *rid = recover_id(data, len);
 
         snprintf(m, sizeof(m), "invalid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
                  jerr.column);
-        answer_bad(s, NULL, "SyntaxError", m);
+        answer_bad(s, rid, "SyntaxError", m);
+        json_decref(rid);
         goto out;
     }
     if (!json_is_object(msg)) {

@@ -277,3 +277,21 @@ void gw_iso_time(int64_t ms, char *out, size_t outlen)
     (void)snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
                    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
 }
+
+int gw_json_int64(const json_t *v, int64_t *out)
+{
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return 0;
+    }
+    if (json_is_real(v)) {
+        double d = json_real_value(v);
+
+        /* 2^63 is exactly representable; every double strictly inside the range converts. */
+        if (d > -9223372036854775808.0 && d < 9223372036854775808.0 && d == (double)(int64_t)d) {
+            *out = (int64_t)d;
+            return 0;
+        }
+    }
+    return -1;
+}

@@ -457,60 +457,88 @@ class TestShutdown(unittest.TestCase):
 
 
 class TestConnCap(unittest.TestCase):
-    """GW_HTTP_CONNS_MAX (1024): one more is closed at once; a freed slot is usable again."""
+    """GW_HTTP_FRESH_MAX (128): connections that have not sent a whole request share a pool whose
+    oldest member goes when it is full, so idle connections cannot lock clients out.
+    GW_HTTP_CONNS_MAX (1024): connections that did send one; one more is closed at once, and a
+    freed slot is usable again."""
 
+    FRESH = 128
     CAP = 1024
 
-    def test_cap(self):
-        proc = subprocess.Popen([echo_binary()], stdout=subprocess.PIPE)
-        try:
-            TestHttp.port = int(proc.stdout.readline())
-            t = TestHttp("test_handshake")
-            conns = [socket.create_connection(("127.0.0.1", TestHttp.port), timeout=TIMEOUT)
-                     for _ in range(self.CAP)]
-            for c in conns:
-                self.addCleanup(c.close)
-            status, _, _ = TestHttp.request(t, conns[-1], "GET", "/last")
-            self.assertEqual(status, 200)
-            extra = socket.create_connection(("127.0.0.1", TestHttp.port), timeout=TIMEOUT)
-            self.addCleanup(extra.close)
-            assert_eof(self, extra)
-            conns[0].close()
-            deadline = time.monotonic() + TIMEOUT
-            while True:  # the slot is free once the server has seen the close
-                s = socket.create_connection(("127.0.0.1", TestHttp.port), timeout=TIMEOUT)
-                try:
-                    status, _, _ = TestHttp.request(t, s, "GET", "/again")
-                    break
-                except (EOFError, ConnectionResetError):
-                    self.assertLess(time.monotonic(), deadline, "the freed slot never came back")
-                    time.sleep(0.05)
-                finally:
-                    s.close()
-            self.assertEqual(status, 200)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            rc = proc.wait(timeout=30)
-            proc.stdout.close()
+    def setUp(self):
+        self.proc = subprocess.Popen([echo_binary()], stdout=subprocess.PIPE)
+        TestHttp.port = int(self.proc.stdout.readline())
+        self.t = TestHttp("test_handshake")
+
+    def tearDown(self):
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=30)
+        self.proc.stdout.close()
         self.assertEqual(rc, 0)
+
+    def conn(self):
+        s = socket.create_connection(("127.0.0.1", TestHttp.port), timeout=TIMEOUT)
+        self.addCleanup(s.close)
+        return s
+
+    def test_idle_flood_does_not_lock_out(self):
+        idle = [self.conn() for _ in range(self.CAP + 100)]
+        s = self.conn()
+        status, _, _ = TestHttp.request(self.t, s, "GET", "/after-the-flood")
+        self.assertEqual(status, 200)
+        # The oldest idle ones were closed to make room; the newest are still there.
+        assert_eof(self, idle[0])
+        assert_eof(self, idle[-self.FRESH - 2])
+        idle[-1].sendall(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(read_response(idle[-1])[0], 200)
+
+    def test_cap(self):
+        conns = []
+        for i in range(self.CAP):
+            c = self.conn()
+            status, _, _ = TestHttp.request(self.t, c, "GET", "/%d" % i)
+            self.assertEqual(status, 200)
+            conns.append(c)
+        extra = self.conn()
+        assert_eof(self, extra)
+        conns[0].close()
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # the slot is free once the server has seen the close
+            s = socket.create_connection(("127.0.0.1", TestHttp.port), timeout=TIMEOUT)
+            try:
+                status, _, _ = TestHttp.request(self.t, s, "GET", "/again")
+                break
+            except (EOFError, ConnectionResetError):
+                self.assertLess(time.monotonic(), deadline, "the freed slot never came back")
+                time.sleep(0.05)
+            finally:
+                s.close()
+        self.assertEqual(status, 200)
 
 
 class TestTimers(unittest.TestCase):
-    """GW_HTTP_IDLE_MS (30 s), GW_WS_PING_MS (20 s), GW_WS_DEAD_MS (60 s): about a minute."""
+    """GW_HTTP_FIRST_MS (10 s), GW_HTTP_IDLE_MS (30 s), GW_WS_PING_MS (20 s), GW_WS_DEAD_MS
+    (60 s): about a minute."""
 
     def test_idle_ping_dead(self):
         proc = subprocess.Popen([echo_binary()], stdout=subprocess.PIPE)
         try:
             TestHttp.port = int(proc.stdout.readline())
             t = TestHttp("test_handshake")
-            partial = TestHttp.connect(t)
+            first = TestHttp.connect(t)  # never finishes its first request
+            first.sendall(b"GET / HTTP/1.1\r\nHost")
+            partial = TestHttp.connect(t)  # one request answered, then half of a second
+            self.assertEqual(TestHttp.request(t, partial, "GET", "/one")[0], 200)
             partial.sendall(b"GET / HTTP/1.1\r\nHost")
             quiet, _ = TestHttp.ws_connect(t)  # never answers a ping
             lively, _ = TestHttp.ws_connect(t)
-            for sock in (partial, quiet, lively):
+            for sock in (first, partial, quiet, lively):
                 self.addCleanup(sock.close)
                 sock.settimeout(75)
             t0 = time.monotonic()
+            self.assertEqual(first.recv(1), b"")
+            self.assertGreater(time.monotonic() - t0, 8)
+            self.assertLess(time.monotonic() - t0, 20)
             op, data = recv_message(lively)
             self.assertEqual(op, 9)
             self.assertGreater(time.monotonic() - t0, 15)

@@ -280,10 +280,55 @@ class TestHostile(AddrCase):
         for junk in ("{not json", "", "[", '{"jsonrpc":"2.0","id":', "\"just a string\"",
                      "[1,2,3]", "null", '{"jsonrpc":"2.0"}'):
             self.ws.send_text(junk)
-            for m in self.probe():
-                # No id to answer: if anything is sent, it is a result-level error with id null.
-                self.assertIsNone(m["id"], "%r -> %r" % (junk, m))
-                self.assertResultError(m, "malformed %r" % junk)
+            # No id to answer: nothing is sent (an answer with id null makes the JS SDK drop
+            # the whole connection, close 4001).
+            self.assertEqual(self.probe(), [], junk)
+
+    def test_malformed_json_with_an_id(self):
+        """A request that is not valid JSON but shows its id is answered to that id (the
+        caller's call fails instead of hanging), as a result-level error."""
+        self.ws.send_text('{"jsonrpc":"2.0","id":4711,"method":"envGet","params":{"key":"A",}}')
+        m = self.ws.answer(4711)
+        err = self.assertResultError(m, "malformed with an id")
+        self.assertEqual(err["constructorName"], "SyntaxError", err)
+        self.probe()
+
+    def test_nul_in_strings(self):
+        """NUL is a valid JSON string character: file content with NUL is written and read back;
+        a NUL where a C string is needed (a path, an env value) is a TypeError for that call."""
+        m = self.ws.call("writeTextFile", {"path": "nul.txt", "content": "a\u0000b"})
+        self.assertEqual(m["result"], {"ok": None}, m)
+        m = self.ws.call("readTextFile", {"path": "nul.txt"})
+        self.assertEqual(m["result"], {"ok": "a\u0000b"}, m)
+        m = self.ws.call("stat", {"path": "nul\u0000.txt"})
+        self.assertEqual(self.assertResultError(m, "NUL in a path")["constructorName"],
+                         "TypeError")
+        m = self.ws.call("envSet", {"key": "SBXGW_NUL", "value": "x\u0000y"})
+        self.assertResultError(m, "NUL in an env value")
+        self.probe()
+
+    def test_stdin_of_a_process_that_exits_or_is_killed(self):
+        """A process with piped stdin that ends before its stdin stream does (it exits at once,
+        it closes stdin, it is killed): the gateway keeps serving (this freed a stream twice)."""
+        for sid, argv in ((101, ["true"]), (102, ["sh", "-c", "exec 0<&-; sleep 1"]),
+                          (103, ["sleep", "600"])):
+            self.ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.start",
+                               "params": {"streamId": sid}})
+            m = self.ws.call("spawn", {"command": argv[0], "args": argv[1:],
+                                       "stdinStreamId": sid, "stdout": "null",
+                                       "stderr": "null"})
+            pid = m["result"]["ok"]["pid"]
+            if argv[0] == "sleep":
+                m = self.ws.call("processKill", {"pid": pid, "signal": "SIGKILL"})
+                self.assertEqual(m["result"], {"ok": None}, m)
+            m = self.ws.call("processWait", {"pid": pid})
+            self.assertIn("ok", m["result"], m)
+            # Writing on after the end: dropped or cancelled toward us, never a crash.
+            self.ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.enqueue",
+                               "params": {"streamId": sid, "data": "aGkK"}})
+            self.ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.end",
+                               "params": {"streamId": sid}})
+            self.probe()
 
     def test_invalid_utf8_text_frame(self):
         self.ws.send_frame(0x1, b'{"jsonrpc":"2.0","id":900,"method":"envGet","params":{"key":"\xff"}}')
