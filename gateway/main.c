@@ -58,6 +58,7 @@ struct gw_main {
     uv_signal_t sigint, sigterm;
     bool stopping;
     char sbx_vm[PATH_MAX];
+    char data_dir[PATH_MAX]; /* --data-dir made absolute */
     char cwd[256];
 };
 
@@ -330,6 +331,17 @@ static int run(struct gw_main *m)
     char err[512] = "";
     int rc;
 
+    /* Absolute: run dirs and agent addresses derived from it are stored in the state files,
+     * and a later gateway may start from another directory. */
+    if (mkdir(g->opt.data_dir, 0700) < 0 && errno != EEXIST) {
+        gw_log("--data-dir %s: %s", g->opt.data_dir, strerror(errno));
+        return 1;
+    }
+    if (realpath(g->opt.data_dir, m->data_dir) == NULL) {
+        gw_log("--data-dir %s: %s", g->opt.data_dir, strerror(errno));
+        return 1;
+    }
+    g->opt.data_dir = m->data_dir;
     if (load_token(g) < 0 || next_stream_start(&g->next_stream) < 0 || gw_sandboxes_load(g) < 0) {
         return 1;
     }
