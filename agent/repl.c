@@ -7,7 +7,8 @@
  * interrupts it exactly as ^C would (SIGINT to the terminal's foreground group); its stdout and
  * stderr are separate pipes; and two more pipes carry control data, never mixed with user output:
  *
- *   fd 3 (agent -> driver): code. python3/node/deno: "<length>\n<code>"; sh/bash: the driver
+ *   fd 3 (agent -> driver): code. python3/node/deno: "<length>\n<code>" (deno, repl.eval format
+ *        "json": "<length> json\n<code>", the value reported as JSON); sh/bash: the driver
  *        prologue first, then per eval __sbx_c='<code, ' written as '\''>' and shell_eval_tail
  *   fd 4 (driver -> agent): ASCII header lines, at most SBX_REPL_CTL_LINE_MAX bytes:
  *        "ready"                     the driver is up (once, after start)
@@ -65,6 +66,7 @@ struct agent_repl {
     bool linked;
     struct agent_proc *proc; /* NULL once the interpreter's exit was reported */
     pid_t pid;
+    uint32_t proc_id; /* the interpreter's agent process id (proc.* methods) */
     uint64_t started_wall_ns;
     uint32_t evals;
     uv_pipe_t code;              /* agent -> driver (fd 3) */
@@ -317,15 +319,16 @@ static int code_send(struct agent_repl *r, const char *data, size_t n)
 }
 
 /* Frame @code for the driver: a shell gets it assigned single-quoted, then shell_eval_tail. */
-static int code_frame(struct agent_repl *r, const char *code, size_t n)
+static int code_frame(struct agent_repl *r, const char *code, size_t n, bool json)
 {
     char *msg, *p;
     size_t quotes = 0;
     int rc;
 
     if (r->lang != LANG_SH && r->lang != LANG_BASH) {
+        /* "<length>\n", or "<length> json\n" for a deno eval with format "json". */
         char head[32];
-        int hn = snprintf(head, sizeof(head), "%zu\n", n);
+        int hn = snprintf(head, sizeof(head), json ? "%zu json\n" : "%zu\n", n);
         msg = malloc((size_t)hn + n);
         if (msg == NULL) {
             return UV_ENOMEM;
@@ -544,9 +547,10 @@ static void on_ready(struct agent_repl *r)
     if (r->start_ref.conn != NULL) {
         pk = agent_conn_begin(r->start_ref.conn);
         sbx_pack_response_head(pk, r->start_id);
-        msgpack_pack_map(pk, 2);
+        msgpack_pack_map(pk, 3);
         sbx_pack_kv_u64(pk, "session", r->id);
         sbx_pack_kv_i64(pk, "pid", r->pid);
+        sbx_pack_kv_u64(pk, "proc", r->proc_id);
         agent_conn_send(r->start_ref.conn);
         agent_conn_ref_del(&r->start_ref);
     }
@@ -957,6 +961,7 @@ static void repl_started(struct agent_proc *p, const struct sbx_err *e, void *da
     }
     r->proc = p;
     r->pid = p->pid;
+    r->proc_id = (uint32_t)p->id;
     r->started_wall_ns = p->start_wall_ns;
     p->data = r;
     p->on_done = proc_done;
@@ -1087,13 +1092,29 @@ int agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
     const char *code;
     size_t len;
     uint64_t timeout = 0;
-    bool stream = false;
+    bool stream = false, json = false;
+    const char *format = NULL;
+    size_t flen = 0;
 
     /* Params first, then the session: BAD_PARAM wins over NOT_FOUND (PROTOCOL.md §7.2). */
     if (sbx_param_str(m->params, "code", SBX_REQUIRED, SBX_REPL_CODE_MAX, &code, &len, err) != 0 ||
         sbx_param_u64(m->params, "timeout_ms", SBX_OPTIONAL, 1, UINT32_MAX, &timeout, err) < 0 ||
         sbx_param_bool(m->params, "stream", SBX_OPTIONAL, &stream, err) < 0 ||
-        (r = repl_find(c->a, m->params, err)) == NULL) {
+        sbx_param_str(m->params, "format", SBX_OPTIONAL, 16, &format, &flen, err) < 0) {
+        return -1;
+    }
+    if (format != NULL && !(flen == 4 && memcmp(format, "text", 4) == 0)) {
+        if (!(flen == 4 && memcmp(format, "json", 4) == 0)) {
+            sbx_err_param(err, "format", "repl.eval: format must be \"text\" or \"json\"");
+            return -1;
+        }
+        json = true;
+    }
+    if ((r = repl_find(c->a, m->params, err)) == NULL) {
+        return -1;
+    }
+    if (json && r->lang != LANG_DENO) {
+        sbx_err_param(err, "format", "repl.eval: format \"json\" needs a deno session");
         return -1;
     }
     if ((r->lang == LANG_SH || r->lang == LANG_BASH) && memchr(code, '\0', len) != NULL) {
@@ -1125,7 +1146,7 @@ int agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         agent_pipe_update(&r->proc->out);
         agent_pipe_update(&r->proc->err);
     }
-    if (code_frame(r, code, len) < 0) {
+    if (code_frame(r, code, len, json) < 0) {
         if (stream) {
             /* Answered already: both streams end with the error. */
             r->ev_stream = true;
@@ -1192,10 +1213,11 @@ int agent_repl_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
     msgpack_pack_array(pk, n);
     for (l = a->repls.next; l != &a->repls; l = l->next) {
         struct agent_repl *r = agent_container_of(l, struct agent_repl, link);
-        msgpack_pack_map(pk, 7);
+        msgpack_pack_map(pk, 8);
         sbx_pack_kv_u64(pk, "session", r->id);
         sbx_pack_kv_str(pk, "language", lang_names[r->lang]);
         sbx_pack_kv_i64(pk, "pid", r->pid);
+        sbx_pack_kv_u64(pk, "proc", r->proc_id);
         sbx_pack_kv_u64(pk, "started_ns", r->started_wall_ns);
         sbx_pack_kv_bool(pk, "busy", r->state != RS_IDLE);
         sbx_pack_kv_u64(pk, "evals", r->evals);

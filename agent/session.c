@@ -13,10 +13,10 @@
 #include "proc.h"
 #include "sbx/schema.h"
 
-const char *const agent_capabilities[] = { "session", "env", "process",  "process.attach",
-                                           "pty",     "fs",  "transfer", "pack",
-                                           "repl",    "net", "fs.umask", "fs.futimes",
-                                           "fs.lock", NULL };
+const char *const agent_capabilities[] = { "session", "env",       "process",  "process.attach",
+                                           "pty",     "fs",        "transfer", "pack",
+                                           "repl",    "net",       "fs.umask", "fs.futimes",
+                                           "fs.lock", "repl.json", NULL };
 
 /* Compare without an early exit, so the token cannot be guessed byte by byte from timing. */
 static bool token_equal(const char *want, const char *got, size_t glen)

@@ -303,6 +303,10 @@ __attribute__((format(printf, 4, 5))) void gw_call_fail(struct gw_call *call, co
 void gw_call_fail_sbx(struct gw_call *call, const struct sbx_err *e, const char *op,
                       const char *path);
 
+/* Answer {"error": @error}, an ErrorObject the method
+ * built itself (a REPL exception with its guest `stack`); @error stolen. */
+void gw_call_fail_obj(struct gw_call *call, json_t *error);
+
 /* --- params (session.c): each returns 0, or -1 having answered the call with a TypeError --- */
 
 /* A string param; @required false: *out NULL when absent or null. */

@@ -176,6 +176,7 @@ static void pipe_error(void *user, json_t *error)
 
 struct spawn_state {
     struct stdin_pipe *in; /* owned until proc.spawn answers */
+    struct gw_spawn_ext ext;
 };
 
 static void spawn_state_free(void *data)
@@ -191,14 +192,14 @@ static void spawn_state_free(void *data)
     free(st);
 }
 
-static json_t *sid_json(struct gw_session *s, uint32_t sid)
+static json_t *sid_json(struct gw_session *s, uint32_t sid, gw_ostream_xform_fn xform, void *user)
 {
     uint64_t id;
 
     if (sid == 0) {
         return json_null();
     }
-    id = gw_ostream_open(s, sid, NULL, NULL);
+    id = gw_ostream_open(s, sid, xform, user);
     return id != 0 ? json_integer((json_int_t)id) : json_null();
 }
 
@@ -206,14 +207,14 @@ static void spawn_done(struct gw_call *call, const struct sbx_event *ev)
 {
     struct spawn_state *st = call->data;
     const struct sbx_spawn_result *r = &ev->r.spawn;
-    json_t *out, *err;
+    json_t *out, *err, *res;
 
     if (ev->error != NULL) {
-        gw_call_fail_sbx(call, ev->error, "spawn", NULL);
+        gw_call_fail_sbx(call, ev->error, call->method, NULL);
         return;
     }
-    out = sid_json(call->s, r->out);
-    err = sid_json(call->s, r->err);
+    out = sid_json(call->s, r->out, NULL, NULL);
+    err = sid_json(call->s, r->err, st->ext.err_xform, st->ext.xform_user);
     if (st->in != NULL) {
         struct stdin_pipe *p = st->in;
 
@@ -224,8 +225,12 @@ static void spawn_done(struct gw_call *call, const struct sbx_event *ev)
         }
         (void)pipe_pump(p); /* also ends stdin if the client ended its stream already */
     }
-    gw_call_ok(call, json_pack("{s:I, s:o, s:o}", "pid", (json_int_t)r->id, "stdoutStreamId", out,
-                               "stderrStreamId", err));
+    res = json_pack("{s:I, s:o, s:o}", "pid", (json_int_t)r->id, "stdoutStreamId", out,
+                    "stderrStreamId", err);
+    if (st->ext.spawned != NULL && res != NULL) {
+        st->ext.spawned(call, r, res, st->ext.user);
+    }
+    gw_call_ok(call, res);
 }
 
 static int stdio_mode(struct gw_call *call, json_t *params, const char *key, enum sbx_stdio *mode)
@@ -240,14 +245,15 @@ static int stdio_mode(struct gw_call *call, json_t *params, const char *key, enu
     } else if (strcmp(v, "null") == 0) {
         *mode = SBX_STDIO_NULL;
     } else {
-        gw_call_fail(call, "TypeError", NULL, "spawn: %s must be \"piped\" or \"null\"", key);
+        gw_call_fail(call, "TypeError", NULL, "%s: %s must be \"piped\" or \"null\"", call->method,
+                     key);
         return -1;
     }
     return 0;
 }
 
 /* env {NAME: value} as a NULL-terminated "NAME=value" array kept by the call. */
-static int env_param(struct gw_call *call, json_t *params, const char ***out)
+int gw_proc_env_param(struct gw_call *call, json_t *params, const char ***out)
 {
     json_t *env, *v;
     const char *k;
@@ -262,13 +268,13 @@ static int env_param(struct gw_call *call, json_t *params, const char ***out)
         return 0;
     }
     if (json_object_size(env) > SBX_ENV_MAX) {
-        gw_call_fail(call, "TypeError", NULL, "spawn: too many env entries");
+        gw_call_fail(call, "TypeError", NULL, "%s: too many env entries", call->method);
         return -1;
     }
     arr = calloc(json_object_size(env) + 1, sizeof(*arr));
     if (arr == NULL || gw_call_keep(call, arr, free) < 0) {
         free(arr);
-        gw_call_fail(call, "Error", "ENOMEM", "spawn: out of memory");
+        gw_call_fail(call, "Error", "ENOMEM", "%s: out of memory", call->method);
         return -1;
     }
     json_object_foreach(env, k, v)
@@ -276,12 +282,13 @@ static int env_param(struct gw_call *call, json_t *params, const char ***out)
         if (!json_is_string(v) || k[0] == '\0' || strchr(k, '=') != NULL ||
             strlen(json_string_value(v)) != json_string_length(v)) {
             gw_call_fail(call, "TypeError", NULL,
-                         "spawn: env '%.64s' must be a name without '=' and a string value", k);
+                         "%s: env '%.64s' must be a name without '=' and a string value",
+                         call->method, k);
             return -1;
         }
         if (asprintf(&arr[i], "%s=%s", k, json_string_value(v)) < 0 ||
             gw_call_keep(call, arr[i], free) < 0) {
-            gw_call_fail(call, "Error", "ENOMEM", "spawn: out of memory");
+            gw_call_fail(call, "Error", "ENOMEM", "%s: out of memory", call->method);
             return -1;
         }
         i++;
@@ -290,44 +297,34 @@ static int env_param(struct gw_call *call, json_t *params, const char ***out)
     return 0;
 }
 
-void gw_m_spawn(struct gw_call *call, json_t *params)
+void gw_proc_spawn(struct gw_call *call, json_t *params, const char *const *argv,
+                   const struct gw_spawn_ext *ext)
 {
     struct gw_session *s = call->s;
     struct sbx_spawn_params sp = { 0 };
-    const char *command, *cwd, **args, **argv, **env;
+    const char *cwd, **env;
     struct spawn_state *st;
     json_t *stdin_id;
-    size_t nargs;
     struct sbx_err err;
 
-    if (gw_param_str(call, params, "command", true, &command) < 0 ||
-        gw_param_strv(call, params, "args", &args, &nargs) < 0 ||
-        env_param(call, params, &env) < 0 ||
+    if (gw_proc_env_param(call, params, &env) < 0 ||
         gw_param_bool(call, params, "clearEnv", false, &sp.clear_env) < 0 ||
         gw_param_str(call, params, "cwd", false, &cwd) < 0 ||
         stdio_mode(call, params, "stdout", &sp.stdout_mode) < 0 ||
         stdio_mode(call, params, "stderr", &sp.stderr_mode) < 0) {
         return;
     }
-    if (command[0] == '\0') {
-        gw_call_fail(call, "TypeError", NULL, "spawn: command must not be empty");
+    st = calloc(1, sizeof(*st));
+    if (st == NULL) {
+        gw_call_fail(call, "Error", "ENOMEM", "%s: out of memory", call->method);
         return;
     }
-    argv = calloc(nargs + 2, sizeof(*argv));
-    st = calloc(1, sizeof(*st));
-    if (argv == NULL || st == NULL || gw_call_keep(call, argv, free) < 0) {
-        free(argv);
-        free(st);
-        gw_call_fail(call, "Error", "ENOMEM", "spawn: out of memory");
-        return;
+    if (ext != NULL) {
+        st->ext = *ext;
     }
     call->data = st;
     call->data_free = spawn_state_free;
-    argv[0] = command;
-    for (size_t i = 0; i < nargs; i++) {
-        argv[i + 1] = args[i];
-    }
-    sp.argv = argv;
+    sp.argv = (const char **)argv;
     sp.env = env;
     sp.cwd = cwd != NULL ? cwd : gw_session_cwd(s);
     sp.user = gw_session_user(s);
@@ -337,12 +334,13 @@ void gw_m_spawn(struct gw_call *call, json_t *params)
         struct gw_istream_sink sink = { pipe_data, pipe_end, pipe_error, NULL };
 
         if (!json_is_integer(stdin_id) || json_integer_value(stdin_id) < 0) {
-            gw_call_fail(call, "TypeError", NULL, "spawn: stdinStreamId must be a stream id");
+            gw_call_fail(call, "TypeError", NULL, "%s: stdinStreamId must be a stream id",
+                         call->method);
             return;
         }
         st->in = calloc(1, sizeof(*st->in));
         if (st->in == NULL) {
-            gw_call_fail(call, "Error", "ENOMEM", "spawn: out of memory");
+            gw_call_fail(call, "Error", "ENOMEM", "%s: out of memory", call->method);
             return;
         }
         st->in->s = s;
@@ -350,8 +348,8 @@ void gw_m_spawn(struct gw_call *call, json_t *params)
         sink.user = st->in;
         if (gw_istream_claim(s, st->in->sdk, &sink) < 0) {
             gw_call_fail(call, "BadResource", NULL,
-                         "spawn: stdinStreamId %llu was not started or is already in use",
-                         (unsigned long long)st->in->sdk);
+                         "%s: stdinStreamId %llu was not started or is already in use",
+                         call->method, (unsigned long long)st->in->sdk);
             return;
         }
         /* claim may have delivered an error already: then the pipe is marked ended. */
@@ -360,10 +358,36 @@ void gw_m_spawn(struct gw_call *call, json_t *params)
     }
     if (sbx_proc_spawn(gw_session_conn(s), &sp, gw_call_expect(call, spawn_done), NULL, &err) < 0) {
         gw_call_unexpect(call);
-        gw_call_fail_sbx(call, &err, "spawn", command);
+        gw_call_fail_sbx(call, &err, call->method, argv[0]);
         return;
     }
     gw_session_flush(s);
+}
+
+void gw_m_spawn(struct gw_call *call, json_t *params)
+{
+    const char *command, **args, **argv;
+    size_t nargs;
+
+    if (gw_param_str(call, params, "command", true, &command) < 0 ||
+        gw_param_strv(call, params, "args", &args, &nargs) < 0) {
+        return;
+    }
+    if (command[0] == '\0') {
+        gw_call_fail(call, "TypeError", NULL, "spawn: command must not be empty");
+        return;
+    }
+    argv = calloc(nargs + 2, sizeof(*argv));
+    if (argv == NULL || gw_call_keep(call, argv, free) < 0) {
+        free(argv);
+        gw_call_fail(call, "Error", "ENOMEM", "spawn: out of memory");
+        return;
+    }
+    argv[0] = command;
+    for (size_t i = 0; i < nargs; i++) {
+        argv[i + 1] = args[i];
+    }
+    gw_proc_spawn(call, params, argv, NULL);
 }
 
 /* --- processWait, processKill --------------------------------------------------------------- */

@@ -363,6 +363,13 @@ void gw_call_fail_sbx(struct gw_call *call, const struct sbx_err *e, const char 
     call_maybe_free(call);
 }
 
+/* A REPL exception answered with its own ErrorObject (its guest stack included). */
+void gw_call_fail_obj(struct gw_call *call, json_t *error)
+{
+    answer(call, json_pack("{s:o}", "error", error != NULL ? error : json_null()));
+    call_maybe_free(call);
+}
+
 /* --- params --------------------------------------------------------------------------------- */
 
 static int param_type_error(struct gw_call *call, const char *key, const char *what)

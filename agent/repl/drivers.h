@@ -22,7 +22,8 @@ extern const size_t sbx_repl_driver_js_len;
  * and 4 are reached through /proc (Deno has no API for an inherited descriptor). An await at the
  * top level runs in an async function: an expression keeps its value, declarations stay local to
  * that eval. A synchronous endless loop cannot be interrupted (Deno's vm has no breakOnSigint),
- * so a timeout there ends the session.
+ * so a timeout there ends the session. A code header "<length> json" asks for the value as JSON
+ * text and a failure's value as {constructorName, message, stack} (repl.eval format "json").
  */
 extern const char sbx_repl_driver_deno[];
 extern const size_t sbx_repl_driver_deno_len;

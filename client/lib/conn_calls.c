@@ -927,15 +927,32 @@ int sbx_repl_start(struct sbx_conn *c, const char *language, void *user, uint32_
 int sbx_repl_eval(struct sbx_conn *c, uint32_t session, const char *code, size_t len,
                   uint32_t timeout_ms, bool stream, void *user, uint32_t *id, struct sbx_err *err)
 {
+    return sbx_repl_eval_as(c, session, code, len, timeout_ms, stream, NULL, user, id, err);
+}
+
+int sbx_repl_eval_as(struct sbx_conn *c, uint32_t session, const char *code, size_t len,
+                     uint32_t timeout_ms, bool stream, const char *format, void *user, uint32_t *id,
+                     struct sbx_err *err)
+{
+    bool json = format != NULL && strcmp(format, "text") != 0;
     const struct kv kv[] = {
         kv_u64("session", session),
         kv_strn("code", code, len),
         kv_u64_if(timeout_ms != 0, "timeout_ms", timeout_ms),
         kv_true_if("stream", stream),
+        kv_str("format", json ? format : NULL),
     };
 
     if (code == NULL) {
         return sbx_err_param(err, "code", "repl.eval: \"code\" is required");
+    }
+    if (json && strcmp(format, "json") != 0) {
+        return sbx_err_param(err, "format", "repl.eval: format must be \"text\" or \"json\"");
+    }
+    if (json && !sbx_conn_has_cap(c, "repl.json")) {
+        return sbx_err_set(err, SBX_E_UNSUPPORTED,
+                           "repl.eval: the agent does not support format \"json\" (capability "
+                           "repl.json)");
     }
     return call_kv(c, SBX_CALL_REPL_EVAL, kv, ARRAY_SIZE(kv), user, id, err);
 }

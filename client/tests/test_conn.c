@@ -1391,6 +1391,35 @@ static void test_typed_params(void **state)
 /* fs.walk, fs.glob and pack.create: arrays, false-default bools and a nested build map. */
 /* proc.attach and net.connect: params as the schema packs them, results typed and their streams
  * registered in the right directions; refused locally without the capability. */
+/* repl.eval's format (capability repl.json): "json" sent, "text" and NULL not, others refused. */
+static void test_repl_eval_format(void **state)
+{
+    static const char *const caps[] = { "session", "repl", "repl.json", NULL };
+    struct fx *fx = *state;
+    const char *t;
+
+    do_hello(fx, 1000, 300, 1 << 20, NULL); /* all_caps: repl without repl.json */
+    assert_int_equal(sbx_repl_eval_as(fx->c, 1, "1", 1, 0, false, "json", NULL, NULL, &fx->err),
+                     -1);
+    assert_string_equal(fx->err.code, SBX_E_UNSUPPORTED);
+    assert_int_equal(sbx_repl_eval_as(fx->c, 1, "1", 1, 0, false, "text", NULL, NULL, &fx->err), 0);
+    sbx_conn_free(fx->c);
+    fx->c = sbx_conn_new(&fx->err);
+    assert_non_null(fx->c);
+
+    do_hello(fx, 1000, 300, 1 << 20, caps);
+    assert_int_equal(sbx_repl_eval_as(fx->c, 1, "1", 1, 0, false, "xml", NULL, NULL, &fx->err), -1);
+    assert_string_equal(fx->err.field, "format");
+    assert_int_equal(sbx_repl_eval_as(fx->c, 2, "x", 1, 0, false, "json", NULL, NULL, &fx->err), 0);
+    assert_int_equal(sbx_repl_eval_as(fx->c, 3, "y", 1, 0, false, "text", NULL, NULL, &fx->err), 0);
+    assert_int_equal(sbx_repl_eval(fx->c, 4, "z", 1, 0, false, NULL, NULL, &fx->err), 0);
+    t = out_text(fx->c);
+    assert_non_null(strstr(t, "\"repl.eval\", {\"session\"=>2, \"code\"=>\"x\", "
+                              "\"format\"=>\"json\"}]\n"));
+    assert_non_null(strstr(t, "\"repl.eval\", {\"session\"=>3, \"code\"=>\"y\"}]\n"));
+    assert_non_null(strstr(t, "\"repl.eval\", {\"session\"=>4, \"code\"=>\"z\"}]\n"));
+}
+
 static void test_attach_net(void **state)
 {
     static const char *const caps[] = { "session", "process", "process.attach", "net", NULL };
@@ -1693,6 +1722,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_out_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_typed_params, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attach_net, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_repl_eval_format, setup, teardown),
         cmocka_unit_test_setup_teardown(test_typed_params_lists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_stable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eof, setup, teardown),

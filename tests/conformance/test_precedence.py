@@ -70,6 +70,8 @@ BAD = [
     ("repl.eval", {"code": None}, "code"),
     ("repl.eval", {"timeout_ms": 0}, "timeout_ms"),
     ("repl.eval", {"stream": "yes"}, "stream"),
+    ("repl.eval", {"format": "xml"}, "format"),  # §16.3: "text" or "json"
+    ("repl.eval", {"format": 1}, "format"),
     ("fs.readdir", {"limit": 0}, "limit"),  # §17.3: 1..8192
     ("fs.readdir", {"limit": 8193}, "limit"),
     ("fs.readdir", {"limit": "1"}, "limit"),

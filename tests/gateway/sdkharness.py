@@ -15,6 +15,7 @@ programs run with their cwd in a temporary directory, deno.json says nodeModules
 Environment: SBX_BUILD (default SRC/build), SBX_GATEWAY_OUT (default SBX_BUILD/tests/gateway:
 DENO_DIR and the gateway image), SBX_DENO_VERSION (default DENO_VERSION).
 """
+import atexit
 import base64
 import hashlib
 import json
@@ -201,12 +202,35 @@ class WorkloadUser:
                        stderr=subprocess.DEVNULL)
 
 
-def start_agent():
+_deno_bin = None
+
+
+def deno_bin_dir():
+    """A directory every user can read that holds a copy of the pinned deno: the agent's PATH
+    gets it for spawnDeno and the REPL, whose `deno` runs as the workload user (who cannot reach
+    the sbx cache under root's home). Removed at exit."""
+    global _deno_bin
+    if _deno_bin is None:
+        d = tempfile.mkdtemp(prefix="sbxgw-deno-bin-")
+        os.chmod(d, 0o755)
+        shutil.copy(deno(), os.path.join(d, "deno"))
+        os.chmod(os.path.join(d, "deno"), 0o755)
+        atexit.register(shutil.rmtree, d, True)
+        _deno_bin = d
+    return _deno_bin
+
+
+def start_agent(with_deno=False):
     """A root sbx-agent on a unix socket in a temporary directory, as the integration tests run
-    it (sbxwire.Agent: it returns once a connect succeeds). .addr is "unix:PATH"; .stop()."""
+    it (sbxwire.Agent: it returns once a connect succeeds). .addr is "unix:PATH"; .stop().
+    @with_deno: the pinned deno is on the agent's PATH (deno_bin_dir)."""
     if not os.access(AGENT, os.X_OK):
         raise unittest.SkipTest("%s is not built" % AGENT)
-    return sbxwire.Agent(AGENT)
+    env = None
+    if with_deno:
+        env = dict(os.environ)
+        env["PATH"] = deno_bin_dir() + ":" + env.get("PATH", "/usr/bin:/bin")
+    return sbxwire.Agent(AGENT, env=env)
 
 
 # --- the gateway --------------------------------------------------------------------------------

@@ -9,12 +9,14 @@ Classes:
     TestHarness   deno found, the SDK cached offline (--frozen), every program type-checks, the
                   agent and the workload user come up (no gateway needed)
     TestAddr      the SDK programs, gateway --backend addr:unix:SOCK (a root sbx-agent, a real
-                  user made by the test as the workload user)
+                  user made by the test as the workload user; for test_deno_* the agent's PATH
+                  has a copy of the pinned deno the workload user can run)
     TestHostile   raw WebSocket JSON-RPC: malformed JSON, unknown method, wrong param types, huge
                   ids, a reused stream id; answers are result:{error} and the gateway keeps serving
     TestVM        the vm backend with the gateway image: the docs' getting-started programs, a
                   lifecycle (memory, labels, timeout, close, connect, kill: its QEMU is gone),
-                  sudo/.text()/.json(), a VM killed mid-session, a restart of the gateway
+                  sudo/.text()/.json(), a VM killed mid-session, a restart of the gateway,
+                  deno.run and the REPL with the image's deno
 Environment: SBX_BUILD (default SRC/build), SBX_DENO_VERSION.
 """
 import base64
@@ -127,7 +129,8 @@ class AddrCase(SDKCase):
         cls.user.close()
 
     def setUp(self):
-        self.agent = h.start_agent()
+        # The test_deno_* tests run `deno` in the sandbox: the pinned one on the agent's PATH.
+        self.agent = h.start_agent(with_deno=self._testMethodName.startswith("test_deno"))
         try:
             self.gw = h.Gateway(backend="addr:" + self.agent.addr, user=self.user.name,
                                 cwd=self.user.home)
@@ -191,6 +194,18 @@ class TestAddr(AddrCase):
 
     def test_wrong_token(self):
         self.run_ok("bad_token.ts")
+
+    def test_deno_run(self):
+        out, _ = self.run_ok("deno_run.ts")
+        self.assertIn("deno_run ok", out)
+
+    def test_deno_watch(self):
+        out, _ = self.run_ok("deno_watch.ts")
+        self.assertIn("deno_watch ok", out)
+
+    def test_deno_repl(self):
+        out, _ = self.run_ok("deno_repl.ts")
+        self.assertIn("deno_repl ok", out)
 
     def test_token_file(self):
         # The token lives in DATA/token (gw.h).
@@ -450,6 +465,15 @@ class TestVM(SDKCase):
         out, _ = self.run_ok("vm_getting_started1.ts", timeout=180)
         self.assertIn("bin", out)
         self.assertRegex(out, r"(?m)^total ")
+
+    def test_deno_run_in_vm(self):
+        # The image's /usr/local/bin/deno, as the `app` user.
+        out, _ = self.run_ok("deno_run.ts", timeout=300)
+        self.assertIn("deno_run ok", out)
+
+    def test_deno_repl_in_vm(self):
+        out, _ = self.run_ok("deno_repl.ts", timeout=300)
+        self.assertIn("deno_repl ok", out)
 
     def test_getting_started_2_deno_hello(self):
         out, _ = self.run_ok("vm_getting_started2.ts", timeout=300)

@@ -2,6 +2,7 @@
 """REPL sessions (PROTOCOL.md section 16): the real agent over a unix socket, real interpreters
 (sh, bash, python3, node) on real PTYs. A language missing on the machine skips its class."""
 import glob
+import json
 import os
 import shutil
 import sys
@@ -445,6 +446,101 @@ class TestReplDeno(TestReplNode):
         self.assertEqual(self.ev(self.sid, "'a' + 'b'")["value"], '"ab"')
         self.assertEqual(self.ev(self.sid, "{a: 1, b: [2]}")["value"], "{ a: 1, b: [ 2 ] }")
         self.assertIsNone(self.ev(self.sid, "undefined")["value"])
+
+
+class TestReplDenoJson(ReplCase):
+    """repl.eval format "json" (capability repl.json): a deno session's value as JSON text, a
+    failure's value as the JSON error object {constructorName, message, stack}; repl.start's
+    `proc` is the interpreter's process id, usable with proc.wait and proc.kill."""
+
+    def setUp(self):
+        deno = find_deno()
+        if deno is None:
+            self.skipTest("deno is neither on PATH nor in the sbx cache")
+        ReplCase.setUp(self)
+        self.started = self.c.call("repl.start", {"language": "deno", "argv": [deno]})
+        self.sid = self.started["session"]
+
+    def js(self, code):
+        r = self.ev(self.sid, code, format="json")
+        self.assertFalse(r["error"], r)
+        return json.loads(r["value"])
+
+    def test_capability_and_proc(self):
+        c = self.agent.connect(hello=False)
+        self.assertIn("repl.json", c.hello()["capabilities"])
+        c.close()
+        procs = [p for p in self.c.call("proc.list")["procs"] if p["id"] == self.started["proc"]]
+        self.assertEqual(procs[0]["pid"], self.started["pid"])
+        self.assertEqual(procs[0]["tag"], "repl:%d" % self.sid)
+        listed = self.c.call("repl.list")["sessions"][0]
+        self.assertEqual(listed["proc"], self.started["proc"])
+        self.c.call("proc.kill", {"id": self.started["proc"], "signal": "SIGKILL"})
+        st = self.c.call("proc.wait", {"id": self.started["proc"], "timeout_ms": 5000})
+        self.assertEqual(st["signal"], "SIGKILL")
+        e = self.err("repl.eval", {"session": self.sid, "code": "1", "format": "json"})
+        self.assertEqual(e["code"], "NOT_FOUND")
+
+    def test_values(self):
+        self.ev(self.sid, "const x = 42;", format="json")
+        self.assertEqual(self.js("x + 8"), 50)
+        self.assertEqual(self.js("'a' + 'b'"), "ab")
+        self.assertEqual(self.js("({a: 1, b: [2, undefined, () => 1], f() {}, u: undefined})"),
+                         {"a": 1, "b": [2, None, None]})
+        self.assertIsNone(self.js("undefined"))
+        self.assertIsNone(self.js("(function f() {})"))
+        self.assertEqual(self.js("10n ** 20n"), "100000000000000000000")
+        self.assertEqual(self.js("[NaN, Infinity, -0]"), [None, None, 0])
+        self.assertEqual(self.js("new Map([[1, {k: 2}], ['s', 3]])"), {"1": {"k": 2}, "s": 3})
+        self.assertEqual(self.js("new Set([1, 'a'])"), [1, "a"])
+        self.assertEqual(self.js("new Date(0)"), "1970-01-01T00:00:00.000Z")
+        self.assertEqual(self.js("const o = {n: 1}; o.self = o; o"), {"n": 1, "self": "[Circular]"})
+        self.assertEqual(self.js("const s = {v: 1}; [s, s]"), [{"v": 1}, {"v": 1}])  # not a cycle
+        self.assertEqual(self.js("await Promise.resolve({p: true})"), {"p": True})
+        self.assertEqual(self.js("new Uint8Array([1, 2])"), [1, 2])
+        # The text format is unchanged in the same session.
+        self.assertEqual(self.ev(self.sid, "'t'")["value"], '"t"')
+
+    def test_errors(self):
+        r = self.ev(self.sid, "nope + 1", format="json")
+        self.assertTrue(r["error"])
+        e = json.loads(r["value"])
+        self.assertEqual(e["constructorName"], "ReferenceError")
+        self.assertEqual(e["message"], "nope is not defined")
+        self.assertIn("ReferenceError: nope is not defined", e["stack"])
+        self.assertIn("ReferenceError", r["error_text"])
+        r = self.ev(self.sid, "class MyErr extends Error {}; throw new MyErr('m')", format="json")
+        self.assertEqual(json.loads(r["value"])["constructorName"], "MyErr")
+        r = self.ev(self.sid, "throw 42", format="json")
+        self.assertEqual(json.loads(r["value"]),
+                         {"constructorName": "Error", "message": "42", "stack": None})
+        r = self.ev(self.sid, "await Promise.reject(new RangeError('no'))", format="json")
+        self.assertEqual(json.loads(r["value"])["constructorName"], "RangeError")
+        # A toJSON that throws: the value cannot be formatted.
+        r = self.ev(self.sid, "({toJSON() { throw new Error('x'); }})", format="json")
+        self.assertTrue(r["error"])
+        self.assertEqual(json.loads(r["value"])["constructorName"], "TypeError")
+        self.assertEqual(self.js("1"), 1)  # the session is fine
+
+    def test_output_and_timeout(self):
+        r = self.ev(self.sid, "console.log('out'); console.error('err'); 7", format="json")
+        self.assertEqual((r["stdout"], r["stderr"], r["value"]), (b"out\n", b"err\n", "7"))
+        r = self.ev(self.sid, "await new Promise(() => {})", format="json", timeout_ms=200)
+        self.assertTrue(r["timed_out"])
+        self.assertEqual(r["error_text"], "timeout")
+        # The driver's report of the interrupt: an Error object (nil when none came).
+        self.assertEqual(json.loads(r["value"])["constructorName"], "Error")
+        self.assertEqual(self.js("2"), 2)
+
+    def test_bad_format(self):
+        e = self.err("repl.eval", {"session": self.sid, "code": "1", "format": "xml"})
+        self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", "format"))
+        e = self.err("repl.eval", {"session": self.sid, "code": "1", "format": 3})
+        self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", "format"))
+        self.assertEqual(self.ev(self.sid, "1", format="text")["value"], "1")
+        sh = self.start("sh")
+        e = self.err("repl.eval", {"session": sh, "code": "true", "format": "json"})
+        self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", "format"))
 
 
 class TestReplProtocol(ReplCase):

@@ -732,6 +732,13 @@ int sbx_repl_start(struct sbx_conn *c, const char *language, void *user, uint32_
  * RESPONSE carries r.eval and its two `out` streams are registered. */
 int sbx_repl_eval(struct sbx_conn *c, uint32_t session, const char *code, size_t len,
                   uint32_t timeout_ms, bool stream, void *user, uint32_t *id, struct sbx_err *err);
+/* repl.eval as sbx_repl_eval, with `format` @format: NULL or "text" (the default, not sent), or
+ * "json" (capability repl.json: a deno session's value as JSON text, a failure's value as a JSON
+ * error object, §16.3); refused locally with UNSUPPORTED when the agent did not announce
+ * repl.json. */
+int sbx_repl_eval_as(struct sbx_conn *c, uint32_t session, const char *code, size_t len,
+                     uint32_t timeout_ms, bool stream, const char *format, void *user, uint32_t *id,
+                     struct sbx_err *err);
 /* repl.close {session} */
 int sbx_repl_close(struct sbx_conn *c, uint32_t session, void *user, uint32_t *id,
                    struct sbx_err *err);
