@@ -253,6 +253,10 @@ void gw_session_off_cancel(struct gw_session *s, uint64_t sdk_stream);
 /* The guest user the session's processes run as (NULL: the agent's default). */
 const char *gw_session_user(struct gw_session *s);
 
+/* The head of the session's list of Deno REPLs (m_deno.c owns the entries; NULL at start). */
+struct dn_repl;
+struct dn_repl **gw_session_repls(struct gw_session *s);
+
 /* The working directory relative paths of the SDK resolve against (the sandbox user's home). */
 const char *gw_session_cwd(struct gw_session *s);
 

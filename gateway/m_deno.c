@@ -728,9 +728,9 @@ void gw_m_deno_http_wait(struct gw_call *call, json_t *params)
 /* --- the REPL ------------------------------------------------------------------------------- */
 
 /*
- * A REPL of a session: in `repls` from repl.start's answer until its interpreter has exited (the
- * proc.wait the spawnDenoRepl call keeps in flight answers, or fails with the session's end).
- * Owned by that call.
+ * A REPL of a session: in the session's list (gw_session_repls) from repl.start's answer until its
+ * interpreter has exited (the proc.wait the spawnDenoRepl call keeps in flight answers, or fails
+ * with the session's end). Owned by that call.
  */
 struct dn_repl {
     struct dn_repl *next;
@@ -743,12 +743,10 @@ struct dn_repl {
     bool linked;
 };
 
-static struct dn_repl *repls;
-
 static struct dn_repl *repl_find(struct gw_session *s, uint32_t pid)
 {
-    for (struct dn_repl *r = repls; r != NULL; r = r->next) {
-        if (r->s == s && r->pid == pid && !r->closed) {
+    for (struct dn_repl *r = *gw_session_repls(s); r != NULL; r = r->next) {
+        if (r->pid == pid && !r->closed) {
             return r;
         }
     }
@@ -757,7 +755,7 @@ static struct dn_repl *repl_find(struct gw_session *s, uint32_t pid)
 
 static void repl_unlink(struct dn_repl *r)
 {
-    for (struct dn_repl **pp = &repls; *pp != NULL; pp = &(*pp)->next) {
+    for (struct dn_repl **pp = gw_session_repls(r->s); *pp != NULL; pp = &(*pp)->next) {
         if (*pp == r) {
             *pp = r->next;
             break;
@@ -890,8 +888,8 @@ static void repl_started(struct gw_call *call, const struct sbx_event *ev)
             ids[i] = json_integer((json_int_t)r->sdk[i]);
         }
     }
-    r->next = repls;
-    repls = r;
+    r->next = *gw_session_repls(r->s);
+    *gw_session_repls(r->s) = r;
     r->linked = true;
     gw_call_ok(call, json_pack("{s:I, s:o, s:o}", "pid", (json_int_t)r->pid, "stdoutStreamId",
                                ids[0], "stderrStreamId", ids[1]));

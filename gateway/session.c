@@ -107,10 +107,11 @@ struct gw_session {
     struct gw_istream *istreams;
     unsigned nistreams;
     struct hook *hooks;
-    size_t unclaimed; /* bytes buffered on unclaimed istreams */
-    int holds;        /* gw_session_hold count; the WebSocket is paused while > 0 */
-    bool paused;      /* what was last told to gw_ws_pause */
-    bool in_cb;       /* inside one of our callbacks: flush on return */
+    struct dn_repl *repls; /* m_deno.c's, emptied as each REPL's call ends */
+    size_t unclaimed;      /* bytes buffered on unclaimed istreams */
+    int holds;             /* gw_session_hold count; the WebSocket is paused while > 0 */
+    bool paused;           /* what was last told to gw_ws_pause */
+    bool in_cb;            /* inside one of our callbacks: flush on return */
     bool freed;
     char why[256]; /* why the agent link ended */
     char *scratch; /* gw_ostream_enqueue's message buffer */
@@ -132,6 +133,11 @@ struct sbx_conn *gw_session_conn(struct gw_session *s)
 struct gw_sandbox *gw_session_sandbox(struct gw_session *s)
 {
     return s->sb;
+}
+
+struct dn_repl **gw_session_repls(struct gw_session *s)
+{
+    return &s->repls;
 }
 
 const char *gw_session_user(struct gw_session *s)
