@@ -991,6 +991,63 @@ void gw_m_spawn_deno_repl(struct gw_call *call, json_t *params)
 }
 
 /* An eval's answer: output to the REPL's streams, then the value or the exception. */
+/*
+ * A JSON text from the REPL as a value. JSON.stringify writes a lone UTF-16 surrogate as a \uD8xx
+ * escape (valid JSON grammar, not valid Unicode), integers of any size and NUL escapes; jansson
+ * refuses the first two, so such escapes become U+FFFD and big integers become reals, as
+ * JavaScript numbers are. NULL with @jerr when it still is not JSON.
+ */
+static json_t *repl_json(const char *p, size_t n, json_error_t *jerr)
+{
+    size_t flags = JSON_DECODE_ANY | JSON_ALLOW_NUL;
+    json_t *j = json_loadb(p, n, flags, jerr);
+    char *fixed;
+    size_t o = 0;
+
+    if (j != NULL) {
+        return j;
+    }
+    if (strstr(jerr->text, "too big integer") != NULL) {
+        return json_loadb(p, n, flags | JSON_DECODE_INT_AS_REAL, jerr);
+    }
+    if (strstr(jerr->text, "invalid Unicode") == NULL || (fixed = malloc(n + 1)) == NULL) {
+        return NULL;
+    }
+    for (size_t i = 0; i < n;) {
+        if (p[i] != '\\' || i + 1 >= n) {
+            fixed[o++] = p[i++];
+            continue;
+        }
+        if (p[i + 1] != 'u' || i + 6 > n) {
+            fixed[o++] = p[i++];
+            fixed[o++] = p[i++];
+            continue;
+        }
+        unsigned long u = strtoul((char[]){ p[i + 2], p[i + 3], p[i + 4], p[i + 5], 0 }, NULL, 16);
+        bool high = u >= 0xd800 && u <= 0xdbff, low = u >= 0xdc00 && u <= 0xdfff;
+        if (high && i + 12 <= n && p[i + 6] == '\\' && p[i + 7] == 'u') {
+            unsigned long v =
+                strtoul((char[]){ p[i + 8], p[i + 9], p[i + 10], p[i + 11], 0 }, NULL, 16);
+            if (v >= 0xdc00 && v <= 0xdfff) {
+                memcpy(fixed + o, p + i, 12); /* a pair: kept */
+                o += 12;
+                i += 12;
+                continue;
+            }
+        }
+        if (high || low) {
+            memcpy(fixed + o, "\\ufffd", 6); /* the same length: @fixed never outgrows @p */
+        } else {
+            memcpy(fixed + o, p + i, 6);
+        }
+        o += 6;
+        i += 6;
+    }
+    j = json_loadb(fixed, o, flags | JSON_DECODE_INT_AS_REAL, jerr);
+    free(fixed);
+    return j;
+}
+
 static void eval_done(struct gw_call *call, const struct sbx_event *ev)
 {
     int64_t pid = (int64_t)(intptr_t)call->data;
@@ -1016,7 +1073,17 @@ static void eval_done(struct gw_call *call, const struct sbx_event *ev)
     value = sbx_obj_get(ev->result, "value");
     j = NULL;
     if (value != NULL && sbx_obj_bytes(value, &p, &n)) {
-        j = json_loadb(p, n, JSON_DECODE_ANY, &jerr);
+        j = repl_json(p, n, &jerr);
+    }
+    if (j == NULL && value != NULL && value->type != MSGPACK_OBJECT_NIL) {
+        const msgpack_object *cut = sbx_obj_get(ev->result, "truncated");
+
+        if (cut != NULL && cut->type == MSGPACK_OBJECT_BOOLEAN && cut->via.boolean) {
+            gw_call_fail(call, "RangeError", NULL,
+                         "%s: the value is larger than the REPL's cap of %u bytes", call->method,
+                         SBX_REPL_VALUE_MAX);
+            return;
+        }
     }
     if (failed == NULL || failed->type != MSGPACK_OBJECT_BOOLEAN || !failed->via.boolean) {
         if (j == NULL && value != NULL && value->type != MSGPACK_OBJECT_NIL) {

@@ -37,6 +37,17 @@ const e3 = await rejects(() => repl.eval("throw new TypeError('tt')"), "a TypeEr
 check(e3 instanceof TypeError && (e3 as Error).message.includes("tt"), "TypeError: " + errInfo(e3));
 eq(await repl.eval("x"), 42, "the REPL survives exceptions");
 
+// Values JSON carries but a strict parser balks at: a number beyond int64, a NUL, a lone
+// surrogate (U+FFFD); and a value over the REPL's 1 MiB cap: a RangeError, not garbage.
+eq(await repl.eval("1e20"), 1e20, "a number beyond int64");
+eq(await repl.eval("2 ** 63"), 2 ** 63, "2^63");
+eq(await repl.eval("'a\\u0000b'"), "a\u0000b", "a string with a NUL");
+eq(await repl.eval("'x\\ud800y'"), "x\ufffdy", "a lone surrogate");
+eq(await repl.eval("['\\ud83d\\ude00']"), ["\u{1F600}"], "a surrogate pair is kept");
+const big = await rejects(() => repl.eval("'x'.repeat(2 << 20)"), "a value over the cap");
+check(big instanceof RangeError, "a value over the cap: RangeError: " + errInfo(big));
+eq(await repl.eval("x"), 42, "the REPL survives a value over the cap");
+
 await repl.close();
 const gone = await rejects(() => repl.eval("x"), "eval after close");
 eq((gone as { code?: string }).code, "ENOENT", "eval after close: " + errInfo(gone));
