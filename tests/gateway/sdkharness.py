@@ -394,12 +394,23 @@ class Gateway:
             pass
         self.log.close()
         if not keep_data:
-            shutil.rmtree(self.data, ignore_errors=True)
-            try:
-                os.unlink(self.logpath)
-            except OSError:
-                pass
+            self.discard()
         return self.proc.returncode
+
+    def discard(self):
+        """After stop(keep_data=True): remove the data dir and the log. A VM still running from
+        it (a duration sandbox outlives its gateway by design; a failed test may leave one)
+        would run on with its data dir gone, so it is killed first."""
+        for pid in self.qemu_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.data, ignore_errors=True)
+        try:
+            os.unlink(self.logpath)
+        except OSError:
+            pass
 
 
 # --- a raw WebSocket JSON-RPC client (stdlib only) ----------------------------------------------

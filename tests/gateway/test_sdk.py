@@ -453,11 +453,13 @@ class TestVM(SDKCase):
     @classmethod
     def tearDownClass(cls):
         log = cls.gw.logtext()
-        qemu = cls.gw.qemu_pids()
-        rc = cls.gw.stop()
+        rc = cls.gw.stop(keep_data=True)
+        # Every test ends its sandboxes ("session" ones die with their socket, the others are
+        # killed): nothing of this gateway may still run.
+        left = cls.gw.qemu_pids()
+        cls.gw.discard()
         if rc not in (0, -15):
             raise AssertionError("sbx-gateway exit status %s:\n%s" % (rc, log[-4000:]))
-        left = [p for p in qemu if os.path.exists("/proc/%d" % p)]
         if left:
             raise AssertionError("QEMU processes outlived the gateway: %s" % left)
 
