@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "gw.h"
+#include "sbx/msg.h"
 
 #include <nettle/base64.h>
 #include <nettle/sha1.h>
@@ -1657,40 +1658,28 @@ void gw_ws_pause(struct gw_ws *ws, bool paused)
  */
 static size_t reason_utf8(const char *in, char out[WS_REASON_MAX + 1])
 {
-    const unsigned char *p = (const unsigned char *)(in != NULL ? in : "");
-    size_t o = 0;
+    const char *p = in != NULL ? in : "";
+    size_t left = strlen(p), o = 0;
 
-    while (*p != '\0') {
-        size_t len = *p < 0x80                    ? 1
-                     : (*p >= 0xc2 && *p <= 0xdf) ? 2
-                     : (*p >= 0xe0 && *p <= 0xef) ? 3
-                     : (*p >= 0xf0 && *p <= 0xf4) ? 4
-                                                  : 0;
-        for (size_t i = 1; i < len; i++) {
-            if ((p[i] & 0xc0) != 0x80) {
-                len = 0; /* also stops at the NUL */
-                break;
-            }
+    while (left > 0) {
+        unsigned char c = (unsigned char)*p;
+        /* The length its lead byte announces, checked by the protocol's own validator. */
+        size_t len = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+        bool ok = len <= left && sbx_utf8_valid(p, len);
+
+        if (o + (ok ? len : 1) > WS_REASON_MAX) {
+            break;
         }
-        /* Overlong 3-byte forms, surrogates and code points above U+10FFFF. */
-        if ((len == 3 && ((p[0] == 0xe0 && p[1] < 0xa0) || (p[0] == 0xed && p[1] >= 0xa0))) ||
-            (len == 4 && ((p[0] == 0xf0 && p[1] < 0x90) || (p[0] == 0xf4 && p[1] >= 0x90)))) {
-            len = 0;
-        }
-        if (len == 0) {
-            if (o + 1 > WS_REASON_MAX) {
-                break;
-            }
+        if (!ok) {
             out[o++] = '?';
             p++;
+            left--;
             continue;
-        }
-        if (o + len > WS_REASON_MAX) {
-            break;
         }
         memcpy(out + o, p, len);
         o += len;
         p += len;
+        left -= len;
     }
     out[o] = '\0';
     return o;
