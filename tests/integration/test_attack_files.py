@@ -8,6 +8,8 @@ and 9), each as the workload would make it (workload.py):
   neither read from nor write into one, a pack member swapped for such a FIFO after the scan
   must end the pack rather than hang it, and a FIFO as the pack root's .sbxignore must not
   freeze the agent;
+- fs.flock against a lock the workload holds, or holds while stopped: no freeze, an answer once
+  it is gone;
 - item 9: processes spawned while the agent works on trees (download_tree, pack, fs.walk,
   upload_tree with hard links, uploads, copies) must not inherit any agent fd: each child lists
   its own /proc/self/fd.
@@ -265,6 +267,65 @@ class TestAttackPackIgnoreFifo(AttackCase):
             _, end = drain(self.c, res["archive"])
             self.assertNotIn("error", end)
             self.c.pending = []
+
+
+class TestAttackFlock(AttackCase):
+    """fs.flock (issue 16's fs.lock) against locks the workload holds: a holder that never lets
+    go, or is stopped, must not freeze the agent; a waiting fs.flock is answered once the holder
+    is gone, a non-waiting one at once with EAGAIN."""
+
+    def hold_lock(self, path, stop=False):
+        """The workload takes an exclusive flock on its own @path and keeps it (stopped too when
+        @stop); returns once the lock is held."""
+        p = self.u.popen(["flock", "-x", "-o", path, "sleep", "3600"])  # -o: only flock holds it
+        self.held.append(p)
+        deadline = time.monotonic() + PROMPT
+        while not self.locked(path):
+            self.assertLess(time.monotonic(), deadline, "the workload did not lock " + path)
+            time.sleep(0.01)
+        if stop:
+            os.kill(p.pid, 19)  # SIGSTOP: the holder (flock) is stopped with the lock
+        return p
+
+    def locked(self, path):
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def test_held_and_stopped_locks_do_not_freeze_the_agent(self):
+        d = self.u.mkdtemp()
+        for stop in (False, True):
+            f = os.path.join(d, "lock%d" % stop)
+            self.assertEqual(self.u.run(["touch", f]).returncode, 0)
+            holder = self.hold_lock(f, stop=stop)
+            fh = self.c.call("fs.open", {"path": f, "user": "root"})["fh"]
+            t0 = time.monotonic()
+            with self.assertRaises(w.RemoteError) as cm:
+                self.c.call("fs.flock", {"fh": fh, "exclusive": True})
+            self.assertEqual(cm.exception.code, "EAGAIN", cm.exception.err)
+            self.assertLess(time.monotonic() - t0, PROMPT / 2)
+            rid = self.c.request("fs.flock", {"fh": fh, "exclusive": True, "wait": True})
+            # The wait holds no thread and no loop: this and another connection are served.
+            for conn in (self.c, self.connect()):
+                t0 = time.monotonic()
+                self.assertEqual(conn.call("ping"), {})
+                self.assertLess(time.monotonic() - t0, PROMPT / 2)
+            self.assertFalse(any(m[0] == 1 and m[1] == rid for m in self.c.pending))
+            holder.kill()
+            holder.wait()
+            self.c.sock.settimeout(PROMPT)
+            self.assertEqual(self.c.wait(rid), {})
+            self.assertTrue(self.locked(f))  # the agent holds it now
+            self.c.call("fs.close", {"fh": fh})
+            self.assertFalse(self.locked(f))
 
 
 class TestAttackFdLeak(AttackCase):
