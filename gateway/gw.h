@@ -54,6 +54,12 @@ struct gw_sandbox;
 struct gw_session;
 struct gw_call;
 struct keep;
+struct gw_link;
+struct gw_ingress;
+struct gw_deploy;
+struct gw_ssh;
+struct gw_http_conn;
+struct gw_http_req;
 
 struct gw_opts {
     const char *listen;   /* "127.0.0.1:8080" */
@@ -65,7 +71,12 @@ struct gw_opts {
     const char *user;     /* guest user the SDK's processes and files act as ("app") */
     const char *cwd;      /* their working directory ("/home/app") */
     bool quiet;
-    bool trace; /* log every JSON-RPC message in and out */
+    bool trace;              /* log every JSON-RPC message in and out */
+    const char *http_listen; /* --http-listen: the HTTP ingress of exposeHttp (NULL: none) */
+    const char *http_domain; /* --http-domain: exposed domains are <label>.<this> */
+    const char *ssh_listen;  /* --ssh-listen: the SSH endpoint of expose/ssh (NULL: none) */
+    const char **resolve;    /* --resolve HOST:ADDR, fetch's static host map (egress) */
+    size_t nresolve;
 };
 
 struct gw {
@@ -76,6 +87,9 @@ struct gw {
     unsigned nsandboxes;
     uint64_t next_stream; /* server stream ids for the SDK: a random start in [2^40, 2^41) */
     struct gw_http_server *http;
+    struct gw_ingress *ingress; /* ingress.c (NULL: no --http-listen) */
+    struct gw_deploy *deploy;   /* deploy.c */
+    struct gw_ssh *ssh;         /* ssh.c (NULL: no --ssh-listen) */
 };
 
 /* Log a line to stderr, prefixed "sbx-gateway: ". */
@@ -116,6 +130,7 @@ struct gw_sandbox {
     struct gw_session *sessions; /* list of sessions on this sandbox */
     struct gw_session *primary;  /* the creating session while it lives (session timeout) */
     void *backend;               /* the backend's own state */
+    struct gw_link *link;        /* the gateway's own agent connection (link.c), or NULL */
 };
 
 /* Load the sandboxes recorded in DATA/sandboxes/ (a restart: duration sandboxes whose VM still
@@ -352,5 +367,40 @@ const struct gw_method *gw_method_find(const char *name);
 /* A session's agent connection said hello: apply what the sandbox's config asks of every new
  * agent connection (the Python SDK's `env`). */
 void gw_methods_session_ready(struct gw_session *s);
+
+/* --- services beside the SDK's WebSocket: each starts after the API listener (main.c) and stops
+ * on SIGINT/SIGTERM before the sandboxes are shut down; a REST route of rest.c hands it a request
+ * for a sandbox that exists (any state: the service answers for states it cannot serve) ------ */
+
+/* HTTP ingress and exposeHttp (ingress.c): --http-listen. start returns 0 (also when not
+ * configured), or -1 with a message in @why. */
+int gw_ingress_start(struct gw *g, char *why, size_t whylen);
+void gw_ingress_stop(struct gw *g);
+/* POST /api/v3/sandbox/<id>/expose/http -> {domain}. */
+void gw_rest_expose_http(struct gw *g, struct gw_http_conn *hc, const struct gw_http_req *req,
+                         struct gw_sandbox *sb);
+/* The exposeHttp{domain, port | pid} method. */
+void gw_m_expose_http(struct gw_call *call, json_t *params);
+
+/* The fetch{url, method, headers, redirect, abortId?, bodyStreamId?, pid?} method (fetch.c). */
+void gw_m_fetch(struct gw_call *call, json_t *params);
+
+/* Deploy and revisions (deploy.c): start loads DATA/revisions. 0, or -1 with @why. */
+int gw_deploy_start(struct gw *g, char *why, size_t whylen);
+void gw_deploy_stop(struct gw *g);
+/* POST /api/v2/sandboxes/<id>/deploy -> {revision_id}. */
+void gw_rest_deploy(struct gw *g, struct gw_http_conn *hc, const struct gw_http_req *req,
+                    struct gw_sandbox *sb);
+/* GET /api/v2/revisions/<rev>[/<what>]: @what is "" (the revision), "progress", "timelines" or
+ * "build_logs" (Server-Sent Events). */
+void gw_rest_revision(struct gw *g, struct gw_http_conn *hc, const struct gw_http_req *req,
+                      const char *rev, const char *what);
+
+/* SSH (ssh.c): --ssh-listen. start returns 0 (also when not configured), or -1 with @why. */
+int gw_ssh_start(struct gw *g, char *why, size_t whylen);
+void gw_ssh_stop(struct gw *g);
+/* POST /api/v3/sandbox/<id>/expose/ssh -> {hostname, username}. */
+void gw_rest_expose_ssh(struct gw *g, struct gw_http_conn *hc, const struct gw_http_req *req,
+                        struct gw_sandbox *sb);
 
 #endif /* SBX_GW_H */

@@ -488,13 +488,14 @@ void gw_m_process_kill(struct gw_call *call, json_t *params)
     gw_session_flush(call->s);
 }
 
-/* --- not yet -------------------------------------------------------------------------------- */
+/* --- not supported ------------------------------------------------------------------------ */
 
-void gw_m_not_yet(struct gw_call *call, json_t *params)
+void gw_m_vscode(struct gw_call *call, json_t *params)
 {
     (void)params;
-    gw_call_fail(call, "NotSupported", "ENOTSUP", "%s is not supported by sbx-gateway yet",
-                 call->method);
+    gw_call_fail(call, "NotSupported", "ENOTSUP",
+                 "vscode: sbx-gateway's images carry no VS Code server; use exposeSsh for a "
+                 "terminal, or run a server of your own and exposeHttp it");
 }
 
 void gw_m_download(struct gw_call *call, json_t *params)

@@ -46,7 +46,8 @@ void gw_m_env_delete(struct gw_call *call, json_t *params);
 void gw_m_env_to_object(struct gw_call *call, json_t *params);
 
 void gw_m_abort(struct gw_call *call, json_t *params);
-void gw_m_not_yet(struct gw_call *call, json_t *params);
+/* vscode: NotSupported (sbx images carry no VS Code server). */
+void gw_m_vscode(struct gw_call *call, json_t *params);
 void gw_m_download(struct gw_call *call, json_t *params);
 
 #define GW_PROC_METHODS                                                                            \
@@ -62,7 +63,7 @@ void gw_m_download(struct gw_call *call, json_t *params);
 
 /* Part 2 of the gateway (HTTP in and out, VS Code) answers these with NotSupported for now. */
 #define GW_MISC_METHODS                                                                            \
-    { "abort", gw_m_abort }, { "download", gw_m_download }, { "fetch", gw_m_not_yet },             \
-        { "exposeHttp", gw_m_not_yet }, { "vscode", gw_m_not_yet },
+    { "abort", gw_m_abort }, { "download", gw_m_download }, { "fetch", gw_m_fetch },               \
+        { "exposeHttp", gw_m_expose_http }, { "vscode", gw_m_vscode },
 
 #endif /* SBX_GW_M_PROC_H */

@@ -26,11 +26,13 @@
 
 #define EXIT_USAGE  2
 #define TOKEN_CHARS 40
+#define RESOLVE_MAX 64
 
 static const char usage_text[] =
     "usage: sbx-gateway --data-dir DIR [--listen HOST:PORT] [--image IMAGE]\n"
     "                   [--backend vm|addr:ADDR] [--mem SIZE] [--user USER] [--cwd DIR]\n"
-    "                   [--sbx-vm PATH] [--quiet] [--trace]\n"
+    "                   [--sbx-vm PATH] [--http-listen HOST:PORT] [--http-domain DOMAIN]\n"
+    "                   [--resolve HOST:ADDR]... [--ssh-listen HOST:PORT] [--quiet] [--trace]\n"
     "       sbx-gateway --help | --version\n"
     "\n"
     "Serve the Deno Sandbox SDK's API (JSON-RPC over WebSocket, REST) on HOST:PORT; each\n"
@@ -45,6 +47,12 @@ static const char usage_text[] =
     "  --user USER         guest user the SDK acts as (default app)\n"
     "  --cwd DIR           its working directory (default /home/USER)\n"
     "  --sbx-vm PATH       the VM runner (default: sbx-vm next to sbx-gateway)\n"
+    "  --http-listen HOST:PORT  the HTTP ingress of exposeHttp and deployed revisions\n"
+    "                      (requests are routed by their Host header; default: none)\n"
+    "  --http-domain DOMAIN  exposed domains are <label>.DOMAIN (default sbx.localhost)\n"
+    "  --resolve HOST:ADDR  fetch from a sandbox reaches HOST at ADDR (an IP literal) instead\n"
+    "                      of resolving it (repeatable; like curl --resolve)\n"
+    "  --ssh-listen HOST:PORT  the SSH endpoint of exposeSsh (default: none)\n"
     "  --quiet             log only errors\n"
     "  --trace             log every JSON-RPC message in and out (first 300 bytes)\n"
     "\n"
@@ -60,6 +68,7 @@ struct gw_main {
     char sbx_vm[PATH_MAX];
     char data_dir[PATH_MAX]; /* --data-dir made absolute */
     char cwd[256];
+    const char *resolve[RESOLVE_MAX];
 };
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
@@ -126,6 +135,10 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { "trace", no_argument, NULL, 't' },
+        { "http-listen", required_argument, NULL, 'H' },
+        { "http-domain", required_argument, NULL, 'D' },
+        { "resolve", required_argument, NULL, 'R' },
+        { "ssh-listen", required_argument, NULL, 'S' },
         { NULL, 0, NULL, 0 },
     };
     struct gw_opts *o = &m->g.opt;
@@ -135,6 +148,7 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
     o->backend = "vm";
     o->mem = "1280M";
     o->user = "app";
+    o->http_domain = "sbx.localhost";
     opterr = 0;
     while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (ch) {
@@ -167,6 +181,22 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
             break;
         case 't':
             o->trace = true;
+            break;
+        case 'H':
+            o->http_listen = optarg;
+            break;
+        case 'D':
+            o->http_domain = optarg;
+            break;
+        case 'R':
+            if (o->nresolve >= RESOLVE_MAX) {
+                return usage_error("--resolve: at most %d", RESOLVE_MAX);
+            }
+            m->resolve[o->nresolve++] = optarg;
+            o->resolve = m->resolve;
+            break;
+        case 'S':
+            o->ssh_listen = optarg;
             break;
         case 'h':
             (void)fputs(usage_text, stdout);
@@ -289,6 +319,18 @@ static int load_token(struct gw *g)
     return 0;
 }
 
+/* Close the listeners: the API's, the ingress, SSH; deploy jobs end. Idempotent. */
+static void stop_services(struct gw *g)
+{
+    if (g->http != NULL) {
+        gw_http_close(g->http);
+        g->http = NULL;
+    }
+    gw_ingress_stop(g);
+    gw_ssh_stop(g);
+    gw_deploy_stop(g);
+}
+
 static void signal_closed_cb(uv_handle_t *h)
 {
     (void)h; /* embedded in struct gw_main */
@@ -304,10 +346,7 @@ static void signal_cb(uv_signal_t *h, int signo)
     m->stopping = true;
     gw_log("%s: stopping (sandboxes with a timeout keep running)",
            signo == SIGINT ? "SIGINT" : "SIGTERM");
-    if (m->g.http != NULL) {
-        gw_http_close(m->g.http);
-        m->g.http = NULL;
-    }
+    stop_services(&m->g);
     gw_sandboxes_shutdown(&m->g);
     uv_close((uv_handle_t *)&m->sigint, signal_closed_cb);
     uv_close((uv_handle_t *)&m->sigterm, signal_closed_cb);
@@ -348,6 +387,12 @@ static int run(struct gw_main *m)
     g->http = gw_http_listen(g->loop, g->opt.listen, gw_rest_handle, g, err, sizeof err);
     if (g->http == NULL) {
         gw_log("--listen %s: %s", g->opt.listen, err);
+        return 1;
+    }
+    if (gw_ingress_start(g, err, sizeof err) < 0 || gw_deploy_start(g, err, sizeof err) < 0 ||
+        gw_ssh_start(g, err, sizeof err) < 0) {
+        gw_log("%s", err);
+        stop_services(g);
         return 1;
     }
     /* The host part of --listen, with the port actually bound. */
@@ -416,10 +461,7 @@ int main(int argc, char **argv)
     }
     m.g.loop = &loop;
     int status = run(&m);
-    if (m.g.http != NULL) {
-        gw_http_close(m.g.http);
-        m.g.http = NULL;
-    }
+    stop_services(&m.g);
     gw_sandboxes_free(&m.g);
     rc = uv_loop_close(&loop);
     if (rc != 0) {

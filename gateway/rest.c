@@ -1,7 +1,8 @@
 /*
  * The gateway's HTTP routes (docs/GATEWAY.md): the two WebSocket routes that create or
  * connect to a sandbox and hand the socket to a session, and the REST routes of both SDKs (list,
- * kill, extend; expose and deploy answer 501). One table; every route needs the bearer token.
+ * kill, extend, expose, deploy, revisions; the services behind expose and deploy are in
+ * ingress.c, ssh.c and deploy.c). One table; every route needs the bearer token.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -362,11 +363,43 @@ static void route_list(struct route_ctx *c)
 
 static void route_not_supported(struct route_ctx *c)
 {
-    const char *what = strstr(c->req->path, "/deploy") != NULL   ? "deploy"
-                       : strstr(c->req->path, "/ssh") != NULL    ? "expose/ssh"
-                       : strstr(c->req->path, "/vscode") != NULL ? "expose/vscode"
-                                                                 : "expose/http";
-    reply_err(c->hc, 501, "NOT_SUPPORTED", "%s is not supported by sbx-gateway yet", what);
+    reply_err(c->hc, 501, "NOT_SUPPORTED",
+              "expose/vscode is not supported: sbx-gateway's images carry no VS Code server");
+}
+
+static void route_expose_http(struct route_ctx *c)
+{
+    struct gw_sandbox *sb = path_sandbox(c, true);
+
+    if (sb != NULL) {
+        gw_rest_expose_http(c->g, c->hc, c->req, sb);
+    }
+}
+
+static void route_expose_ssh(struct route_ctx *c)
+{
+    struct gw_sandbox *sb = path_sandbox(c, true);
+
+    if (sb != NULL) {
+        gw_rest_expose_ssh(c->g, c->hc, c->req, sb);
+    }
+}
+
+static void route_deploy(struct route_ctx *c)
+{
+    struct gw_sandbox *sb = path_sandbox(c, true);
+
+    if (sb != NULL) {
+        gw_rest_deploy(c->g, c->hc, c->req, sb);
+    }
+}
+
+static void route_revision(struct route_ctx *c)
+{
+    const char *slash = strrchr(c->req->path, '/');
+    const char *what = slash != NULL && strcmp(slash + 1, c->id) != 0 ? slash + 1 : "";
+
+    gw_rest_revision(c->g, c->hc, c->req, c->id, what);
 }
 
 static const struct route routes[] = {
@@ -377,10 +410,14 @@ static const struct route routes[] = {
     { "PATCH", "/api/v3/sandbox/*", false, route_extend },
     { "GET", "/api/v2/sandboxes", false, route_list },
     { "GET", "/api/v3/sandboxes", false, route_list },
-    { "POST", "/api/v3/sandbox/*/expose/http", false, route_not_supported },
-    { "POST", "/api/v3/sandbox/*/expose/ssh", false, route_not_supported },
+    { "POST", "/api/v3/sandbox/*/expose/http", false, route_expose_http },
+    { "POST", "/api/v3/sandbox/*/expose/ssh", false, route_expose_ssh },
     { "POST", "/api/v3/sandbox/*/expose/vscode", false, route_not_supported },
-    { "POST", "/api/v2/sandboxes/*/deploy", false, route_not_supported },
+    { "POST", "/api/v2/sandboxes/*/deploy", false, route_deploy },
+    { "GET", "/api/v2/revisions/*", false, route_revision },
+    { "GET", "/api/v2/revisions/*/progress", false, route_revision },
+    { "GET", "/api/v2/revisions/*/timelines", false, route_revision },
+    { "GET", "/api/v2/revisions/*/build_logs", false, route_revision },
 };
 
 /* Does @path match @pattern? The segment under "*" is copied to @id. */

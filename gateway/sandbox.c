@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "link.h"
 
 #define LABELS_MAX      5
 #define LABEL_KEY_MAX   64
@@ -105,6 +106,7 @@ static void sb_remove(struct gw_sandbox *sb)
             break;
         }
     }
+    gw_link_close(sb, "the sandbox is gone");
     if (sb->backend != NULL) {
         gw_backend_get(g)->release(sb);
     }
@@ -353,6 +355,7 @@ void gw_sandbox_kill(struct gw_sandbox *sb, const char *why)
         gw_log("%s: stopping: %s", sb->id, why);
     }
     gw_session_close_all(sb, 1000, why);
+    gw_link_close(sb, why);
     if (sb->backend != NULL) {
         gw_backend_get(sb->g)->stop(sb); /* may call gw_sandbox_stopped at once */
     } else {
@@ -379,6 +382,7 @@ void gw_sandbox_died(struct gw_sandbox *sb, const char *why)
     (void)snprintf(sb->why, sizeof sb->why, "%s", why);
     gw_log("%s: %s", sb->id, why);
     gw_session_close_all(sb, 1011, "the sandbox stopped unexpectedly");
+    gw_link_close(sb, "the sandbox stopped unexpectedly");
     become_gone(priv(sb));
 }
 
@@ -882,6 +886,7 @@ void gw_sandboxes_shutdown(struct gw *g)
             gw_sandbox_kill(sb, "sbx-gateway is stopping");
         } else if (sb->state == GW_SB_READY && sb->backend != NULL) {
             /* Timed: it keeps running; the next gateway finds it through its state file. */
+            gw_link_close(sb, "sbx-gateway is stopping");
             gw_backend_get(g)->release(sb);
         }
     }

@@ -258,13 +258,16 @@ class GatewayCase(unittest.TestCase):
 
     def test_not_supported(self):
         unknown = "sbx_ord_0123456789abcdefghjk"
+        got = self.gw.request("POST", "/api/v3/sandbox/%s/expose/vscode" % unknown, body={})
+        self.assertError(got, 501, "NOT_SUPPORTED")
+        self.assertIn("no VS Code server", got[1]["message"])
+
+    def test_expose_and_deploy_need_a_sandbox(self):
+        unknown = "sbx_ord_0123456789abcdefghjk"
         for path in ("/api/v3/sandbox/%s/expose/http" % unknown,
                      "/api/v3/sandbox/%s/expose/ssh" % unknown,
-                     "/api/v3/sandbox/%s/expose/vscode" % unknown,
                      "/api/v2/sandboxes/%s/deploy" % unknown):
-            got = self.gw.request("POST", path, body={})
-            self.assertError(got, 501, "NOT_SUPPORTED")
-            self.assertIn("not supported by sbx-gateway", got[1]["message"])
+            self.assertError(self.gw.request("POST", path, body={}), 404, "SANDBOX_NOT_FOUND")
 
     def test_websocket_mismatch(self):
         # A plain request on a WebSocket route, and an upgrade on a REST route: 400.

@@ -1,0 +1,32 @@
+/* HTTP ingress and exposeHttp: not built yet (stub; answers 501 / NotSupported). */
+#include "backend.h"
+
+int gw_ingress_start(struct gw *g, char *why, size_t whylen)
+{
+    (void)g;
+    (void)why;
+    (void)whylen;
+    return 0;
+}
+
+void gw_ingress_stop(struct gw *g)
+{
+    (void)g;
+}
+
+void gw_rest_expose_http(struct gw *g, struct gw_http_conn *hc, const struct gw_http_req *req,
+                         struct gw_sandbox *sb)
+{
+    (void)g;
+    (void)req;
+    (void)sb;
+    gw_http_respond_json(hc, 501, NULL,
+                         json_pack("{s:s, s:s}", "code", "NOT_SUPPORTED", "message",
+                                   "expose/http is not supported by sbx-gateway yet"));
+}
+
+void gw_m_expose_http(struct gw_call *call, json_t *params)
+{
+    (void)params;
+    gw_call_fail(call, "NotSupported", "ENOTSUP", "exposeHttp is not supported by sbx-gateway yet");
+}
