@@ -253,6 +253,66 @@ class TestPythonShape(AddrCase):
         self.assertEqual(mine[0]["status"], "running", mine)
         self.assertEqual(mine[0].get("labels"), {"sdk": "py"}, mine)
 
+    def test_python_frames(self):
+        """What the Python SDK's transport does differently, frame by frame: request and client
+        stream ids both from 1 (the same number in two namespaces), no text "ping" keepalive
+        (the gateway's own WebSocket pings keep the session), a 1 MiB cap on every message it
+        receives (websockets' default max_size: stream data must come in smaller messages), and
+        DELETE /api/v3/sandboxes/<id> closing the session with 1000."""
+        cap = 1 << 20
+        ws = h.open_create_ws(self.gw, {"memory_mb": 1280, "timeout": "5m"})
+        pings = []
+        orig_send_frame = ws.send_frame
+
+        def send_frame(opcode, payload, fin=True):
+            if opcode == 0xA:
+                pings.append(time.monotonic())  # a pong answers a ping of the gateway's
+            return orig_send_frame(opcode, payload, fin)
+        ws.send_frame = send_frame
+        try:
+            sid = ws.headers["x-deno-sandbox-id"]
+            ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.start",
+                          "params": {"streamId": 1}})
+            m = ws.call("spawn", {"command": "cat", "stdinStreamId": 1, "stdout": "piped",
+                                  "stderr": "null"}, rid=1)
+            self.assertIn("ok", m["result"], m)
+            out_id = m["result"]["ok"]["stdoutStreamId"]
+            data = os.urandom(3 << 20)
+            for off in range(0, len(data), 512 << 10):  # what the Python SDK sends per chunk
+                ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.enqueue",
+                              "params": {"streamId": 1, "data": base64.b64encode(
+                                  data[off:off + (512 << 10)]).decode()}})
+            ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.end",
+                          "params": {"streamId": 1}})
+            got, largest = b"", 0
+            while True:
+                op, raw = ws.recv(60)
+                largest = max(largest, len(raw))
+                n = json.loads(raw)
+                p = n.get("params") or {}
+                if p.get("streamId") != out_id:
+                    continue
+                if n["method"] == "$sandbox.stream.enqueue":
+                    got += base64.b64decode(p["data"])
+                elif n["method"] == "$sandbox.stream.end":
+                    break
+            self.assertEqual(got, data, "stdout of cat differs from its stdin")
+            self.assertLessEqual(largest, cap, "a message over the Python SDK's 1 MiB cap")
+            m = ws.call("processWait", {"pid": m["result"]["ok"]["pid"]}, rid=2)
+            self.assertEqual(m["result"]["ok"]["code"], 0, m)
+            # Idle past the gateway's ping interval (20 s) without any text "ping".
+            time.sleep(23)
+            m = ws.call("envGet", {"key": "PATH"}, rid=3)
+            self.assertIn("ok", m["result"], m)
+            self.assertGreaterEqual(len(pings), 1, "the gateway never pinged an idle socket")
+            self.gw.rest("DELETE", "/api/v3/sandboxes/" + sid)
+            with self.assertRaises(h.WSClosed) as cm:
+                while True:
+                    ws.recv(30)
+            self.assertEqual(cm.exception.code, 1000)
+        finally:
+            ws.close()
+
 
 class TestHostile(AddrCase):
     def setUp(self):
