@@ -1,32 +1,1445 @@
-/* HTTP ingress and exposeHttp: not built yet (stub; answers 501 / NotSupported). */
+/*
+ * The HTTP ingress and exposeHttp (ingress.h, gw.h): --http-listen accepts plain HTTP, reads the
+ * first request head of each connection (at most IG_HEAD_MAX, within IG_FIRST_MS), routes the
+ * connection by its Host header to the sandbox and guest port its domain maps to (a process's
+ * port is looked up with gw_pid_port_find, IG_PID_CACHE_MS shared by the connections of a
+ * mapping), opens a guest socket (gsock.h) and relays raw bytes both ways from then on, the
+ * bytes already read first. Keep-alive, pipelining and upgrades (WebSocket) pass through as
+ * they are; every later request of the connection goes to the same place.
+ *
+ * Back-pressure: the client is not read while the guest socket's queue is above GW_GSOCK_HIGH
+ * (until `writable`); the guest socket is paused (its bytes not acknowledged to the agent) while
+ * the client's write queue is above IG_WQ_HIGH, resumed at IG_WQ_LOW.
+ *
+ * Errors before the relay starts are answered as HTTP with a short text body and the
+ * connection closed: 400 malformed head or no Host, 404 unknown domain, 408 head too slow, 431
+ * head too large, 502 the guest refused or nothing listens / the sandbox stopped, 503 the
+ * sandbox is still booting, 504 the connect took too long.
+ *
+ * Domains: "<sandbox id tail>-<8 random>.<--http-domain>", handed out by POST expose/http
+ * (gw_expose_new_domain), mapped by exposeHttp (gw_expose_map), all kept in DATA/expose.json
+ * (rewritten atomically on every change, loaded at start). Domains of sandboxes the gateway no
+ * longer knows are pruned (at start, when handing out, and when a request finds one).
+ */
+#include "ingress.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <http_parser.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "backend.h"
+#include "gsock.h"
+
+#define IG_CONNS_MAX      1024
+#define IG_HEAD_MAX       (64u << 10)
+#define IG_FIRST_MS       10000
+#define IG_CONNECT_MS     30000 /* routing + net.connect (the agent's own connect timeout: 10 s) */
+#define IG_LINGER_MS      2000  /* after an error answer: read and drop until EOF, at most this */
+#define IG_READ_BUF       (64u << 10)
+#define IG_WQ_HIGH        (1u << 20)
+#define IG_WQ_LOW         (256u << 10)
+#define IG_DOMAINS_MAX    4096
+#define IG_DOMAINS_PER_SB 256
+#define IG_PID_CACHE_MS   1000
+#define IG_FILE_MAX       (4u << 20)
+#define IG_LABEL_RANDOM   8
+
+struct ig_conn;
+
+/* A handed-out domain and (mapped) where it goes. */
+struct ig_map {
+    struct ig_map *next;
+    char domain[GW_DOMAIN_MAX + 1];
+    char sandbox[32];
+    bool mapped;
+    uint16_t port; /* mapped: the guest port; 0: the port of process `pid` */
+    uint32_t pid;
+    int64_t created_ms;
+    /* pid mappings: the last lookup (uv_now ms) and the one in flight with its waiters */
+    uint16_t cached_port;
+    uint64_t cached_at;
+    struct gw_pid_port *q;
+    struct ig_conn *waiters;
+};
+
+struct gw_ingress {
+    struct gw *g;
+    uv_tcp_t tcp;
+    bool stopped;
+    unsigned refs; /* the listener + every connection: freed at 0 after stop */
+    int port;
+    char host[256];
+    char base[GW_DOMAIN_MAX + 1]; /* --http-domain, lower case, no trailing dot */
+    char path[PATH_MAX];          /* DATA/expose.json */
+    struct ig_map *maps;
+    unsigned nmaps;
+    struct ig_conn *conns;
+    unsigned nconns;
+};
+
+enum ic_state {
+    IC_HEAD = 1, /* reading the first request head */
+    IC_ROUTE,    /* waiting for a pid's port */
+    IC_CONNECT,  /* net.connect in flight */
+    IC_RELAY,
+    IC_ANSWER, /* an error answer is being written; then linger */
+    IC_CLOSING,
+};
+
+struct ig_conn {
+    struct ig_conn *next, *prev;
+    struct gw_ingress *ig;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_shutdown_t shut;
+    int handles; /* open handles (tcp, timer) */
+    enum ic_state st;
+    char *buf; /* the head (and whatever followed it), then the relay's read buffer */
+    size_t blen, bcap;
+    char host[GW_DOMAIN_MAX + 1];
+    char sandbox[32];
+    struct ig_map *map;    /* IC_ROUTE: the mapping waited on */
+    struct ig_conn *wnext; /* in map->waiters */
+    struct gw_gsock *gs;
+    uint16_t port;
+    size_t wq;          /* bytes written to the client and not yet done */
+    bool reading;       /* uv_read_start in force */
+    bool hold;          /* the guest socket is full: the client is not read */
+    bool paused;        /* the guest socket is paused (client write queue) */
+    bool client_eof;    /* the client half-closed */
+    bool guest_eof;     /* the guest half-closed: the client was shut down */
+    bool shutting;      /* uv_shutdown in flight */
+    bool finishing;     /* close once writes and the shutdown are done */
+    bool in_guest_full; /* gw_gsock_write refused more (the guest stopped reading) */
+};
+
+static void conn_close(struct ig_conn *c);
+static void conn_answer(struct ig_conn *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void conn_route(struct ig_conn *c);
+static void conn_connect(struct ig_conn *c, struct gw_sandbox *sb, uint16_t port);
+static void conn_read(struct ig_conn *c, bool on);
+
+/* --- names ---------------------------------------------------------------------------------- */
+
+/* A DNS name: labels of 1..63 [a-z0-9-] (not starting or ending with '-'), at most @max bytes;
+ * lower-cased in place, a trailing dot dropped. 0, or -1. */
+static int dns_name(char *s, size_t max)
+{
+    size_t n = strlen(s), lab = 0;
+
+    if (n > 0 && s[n - 1] == '.') {
+        s[--n] = '\0';
+    }
+    if (n == 0 || n > max) {
+        return -1;
+    }
+    for (size_t i = 0; i <= n; i++) {
+        char ch = s[i];
+
+        if (ch == '.' || ch == '\0') {
+            if (lab == 0 || lab > 63 || s[i - 1] == '-' || s[i - lab] == '-') {
+                return -1;
+            }
+            lab = 0;
+            continue;
+        }
+        ch = (char)tolower((unsigned char)ch);
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-')) {
+            return -1;
+        }
+        s[i] = ch;
+        lab++;
+    }
+    return 0;
+}
+
+/* --- mappings and expose.json --------------------------------------------------------------- */
+
+static struct ig_map *map_find(struct gw_ingress *ig, const char *domain)
+{
+    for (struct ig_map *m = ig->maps; m != NULL; m = m->next) {
+        if (strcmp(m->domain, domain) == 0) {
+            return m;
+        }
+    }
+    return NULL;
+}
+
+static int ig_save(struct gw_ingress *ig)
+{
+    json_t *root = json_object(), *arr = json_array();
+    char *text;
+    int r = -1;
+
+    if (root == NULL || arr == NULL || json_object_set_new(root, "domains", arr) < 0) {
+        json_decref(root);
+        return -1;
+    }
+    for (struct ig_map *m = ig->maps; m != NULL; m = m->next) {
+        json_t *e = json_pack("{s:s, s:s, s:b, s:i, s:I, s:I}", "domain", m->domain, "sandbox",
+                              m->sandbox, "mapped", m->mapped, "port", (int)m->port, "pid",
+                              (json_int_t)m->pid, "created_ms", (json_int_t)m->created_ms);
+
+        if (e == NULL || json_array_append_new(arr, e) < 0) {
+            json_decref(root);
+            return -1;
+        }
+    }
+    text = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (text != NULL) {
+        r = gw_file_write_atomic(ig->path, text, strlen(text), 0600);
+        if (r < 0) {
+            gw_log("%s: %s", ig->path, strerror(errno));
+        }
+        free(text);
+    }
+    return r;
+}
+
+/* The connections waiting on @m's lookup are answered with @status and @why (the mapping is
+ * going away or changed before the answer). */
+static void map_fail_waiters(struct ig_map *m, int status, const char *why)
+{
+    struct ig_conn *w = m->waiters;
+
+    m->waiters = NULL;
+    while (w != NULL) {
+        struct ig_conn *next = w->wnext;
+
+        w->wnext = NULL;
+        w->map = NULL;
+        conn_answer(w, status, "%s\n", why);
+        w = next;
+    }
+}
+
+static void map_free(struct ig_map *m)
+{
+    if (m->q != NULL) {
+        gw_pid_port_cancel(m->q);
+        m->q = NULL;
+    }
+    map_fail_waiters(m, 404, "this domain is no longer exposed");
+    free(m);
+}
+
+/* Drop the mappings of sandboxes the gateway does not know (any more). true when one went. */
+static bool ig_prune(struct gw_ingress *ig)
+{
+    bool any = false;
+
+    for (struct ig_map **pp = &ig->maps; *pp != NULL;) {
+        struct ig_map *m = *pp;
+
+        if (gw_sandbox_find(ig->g, m->sandbox) == NULL) {
+            *pp = m->next;
+            ig->nmaps--;
+            map_free(m);
+            any = true;
+        } else {
+            pp = &m->next;
+        }
+    }
+    return any;
+}
+
+static void ig_load(struct gw_ingress *ig)
+{
+    char *text = NULL;
+    size_t len = 0;
+    json_t *root, *arr, *e;
+    json_error_t jerr;
+    size_t i;
+
+    if (gw_file_read(ig->path, IG_FILE_MAX, &text, &len) < 0) {
+        if (errno != ENOENT) {
+            gw_log("%s: %s (exposed domains are not restored)", ig->path, strerror(errno));
+        }
+        return;
+    }
+    root = json_loadb(text, len, 0, &jerr);
+    free(text);
+    arr = json_object_get(root, "domains");
+    if (!json_is_array(arr)) {
+        gw_log("%s: not an expose file (%s); exposed domains are not restored", ig->path,
+               root == NULL ? jerr.text : "no \"domains\" array");
+        json_decref(root);
+        return;
+    }
+    json_array_foreach(arr, i, e)
+    {
+        const char *d = json_string_value(json_object_get(e, "domain"));
+        const char *sid = json_string_value(json_object_get(e, "sandbox"));
+        int64_t port = 0, pid = 0, created = 0;
+        struct ig_map *m;
+
+        if (ig->nmaps >= IG_DOMAINS_MAX) {
+            break;
+        }
+        if (d == NULL || sid == NULL || strlen(d) > GW_DOMAIN_MAX || !gw_sandbox_id_valid(sid) ||
+            gw_json_int64(json_object_get(e, "port"), &port) < 0 || port < 0 || port > 65535 ||
+            gw_json_int64(json_object_get(e, "pid"), &pid) < 0 || pid < 0 ||
+            pid > (int64_t)UINT32_MAX) {
+            continue;
+        }
+        (void)gw_json_int64(json_object_get(e, "created_ms"), &created);
+        m = calloc(1, sizeof(*m));
+        if (m == NULL) {
+            break;
+        }
+        snprintf(m->domain, sizeof(m->domain), "%s", d);
+        if (dns_name(m->domain, GW_DOMAIN_MAX) < 0 || map_find(ig, m->domain) != NULL) {
+            free(m);
+            continue;
+        }
+        snprintf(m->sandbox, sizeof(m->sandbox), "%s", sid);
+        m->mapped = json_is_true(json_object_get(e, "mapped"));
+        m->port = (uint16_t)port;
+        m->pid = (uint32_t)pid;
+        m->created_ms = created;
+        m->next = ig->maps;
+        ig->maps = m;
+        ig->nmaps++;
+    }
+    json_decref(root);
+    if (ig_prune(ig)) {
+        (void)ig_save(ig);
+    }
+}
+
+int gw_expose_new_domain(struct gw_sandbox *sb, char *domain, size_t len, char *why, size_t whylen)
+{
+    struct gw_ingress *ig = sb->g->ingress;
+    char label[64], rnd[IG_LABEL_RANDOM + 1];
+    const char *tail = strrchr(sb->id, '_');
+    struct ig_map *m, *oldest = NULL;
+    unsigned mine = 0;
+    size_t n = 0;
+
+    if (ig == NULL || ig->stopped) {
+        snprintf(why, whylen, "the HTTP ingress is off: start sbx-gateway with --http-listen");
+        return -1;
+    }
+    if (ig_prune(ig)) {
+        (void)ig_save(ig);
+    }
+    for (m = ig->maps; m != NULL; m = m->next) {
+        if (strcmp(m->sandbox, sb->id) == 0) {
+            mine++;
+            if (!m->mapped && (oldest == NULL || m->created_ms <= oldest->created_ms)) {
+                oldest = m;
+            }
+        }
+    }
+    if (mine >= IG_DOMAINS_PER_SB && oldest != NULL) {
+        /* Handed out and never mapped: the oldest of those makes room. */
+        for (struct ig_map **pp = &ig->maps; *pp != NULL; pp = &(*pp)->next) {
+            if (*pp == oldest) {
+                *pp = oldest->next;
+                ig->nmaps--;
+                map_free(oldest);
+                mine--;
+                break;
+            }
+        }
+    }
+    if (mine >= IG_DOMAINS_PER_SB || ig->nmaps >= IG_DOMAINS_MAX) {
+        snprintf(why, whylen, "too many exposed domains (%u per sandbox, %u in all)",
+                 IG_DOMAINS_PER_SB, IG_DOMAINS_MAX);
+        return -1;
+    }
+    for (tail = tail != NULL ? tail + 1 : sb->id; *tail != '\0' && n < 20; tail++) {
+        char ch = (char)tolower((unsigned char)*tail);
+
+        if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')) {
+            label[n++] = ch;
+        }
+    }
+    label[n] = '\0';
+    m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    for (int tries = 0;; tries++) {
+        if (tries >= 8 || gw_random_chars(rnd, IG_LABEL_RANDOM, GW_ID_ALPHABET) < 0) {
+            free(m);
+            snprintf(why, whylen, "cannot make a domain name");
+            return -1;
+        }
+        if (snprintf(m->domain, sizeof(m->domain), "%s%s%s.%s", label, n > 0 ? "-" : "", rnd,
+                     ig->base) >= (int)sizeof(m->domain)) {
+            free(m);
+            snprintf(why, whylen, "--http-domain is too long");
+            return -1;
+        }
+        if (map_find(ig, m->domain) == NULL) {
+            break;
+        }
+    }
+    if (strlen(m->domain) >= len) {
+        free(m);
+        snprintf(why, whylen, "domain buffer too small");
+        return -1;
+    }
+    snprintf(m->sandbox, sizeof(m->sandbox), "%s", sb->id);
+    m->created_ms = gw_now_ms();
+    m->next = ig->maps;
+    ig->maps = m;
+    ig->nmaps++;
+    if (ig_save(ig) < 0) {
+        ig->maps = m->next;
+        ig->nmaps--;
+        free(m);
+        snprintf(why, whylen, "cannot save %s: %s", ig->path, strerror(errno));
+        return -1;
+    }
+    snprintf(domain, len, "%s", m->domain);
+    return 0;
+}
+
+int gw_expose_map(struct gw_sandbox *sb, const char *domain, uint16_t port, uint32_t pid, char *why,
+                  size_t whylen)
+{
+    struct gw_ingress *ig = sb->g->ingress;
+    char name[GW_DOMAIN_MAX + 2];
+    struct ig_map *m, saved;
+    struct ig_conn *w;
+
+    if (ig == NULL || ig->stopped) {
+        snprintf(why, whylen, "the HTTP ingress is off: start sbx-gateway with --http-listen");
+        return -1;
+    }
+    if (strlen(domain) > GW_DOMAIN_MAX) {
+        snprintf(why, whylen, "domain is longer than %d bytes", GW_DOMAIN_MAX);
+        return -1;
+    }
+    snprintf(name, sizeof(name), "%s", domain);
+    m = dns_name(name, GW_DOMAIN_MAX) == 0 ? map_find(ig, name) : NULL;
+    if (m == NULL || strcmp(m->sandbox, sb->id) != 0) {
+        snprintf(why, whylen,
+                 "domain '%.*s' was not handed out for sandbox %s (POST "
+                 "/api/v3/sandbox/%s/expose/http first)",
+                 64, domain, sb->id, sb->id);
+        return -1;
+    }
+    saved = *m;
+    m->mapped = true;
+    m->port = port;
+    m->pid = port == 0 ? pid : 0;
+    m->cached_at = 0;
+    m->cached_port = 0;
+    if (ig_save(ig) < 0) {
+        m->mapped = saved.mapped;
+        m->port = saved.port;
+        m->pid = saved.pid;
+        snprintf(why, whylen, "cannot save %s: %s", ig->path, strerror(errno));
+        return -1;
+    }
+    /* Connections waiting on the old target's lookup go to the new one. */
+    if (m->q != NULL) {
+        gw_pid_port_cancel(m->q);
+        m->q = NULL;
+    }
+    w = m->waiters;
+    m->waiters = NULL;
+    while (w != NULL) {
+        struct ig_conn *next = w->wnext;
+
+        w->wnext = NULL;
+        w->map = NULL;
+        conn_route(w);
+        w = next;
+    }
+    return 0;
+}
+
+int gw_ingress_url(struct gw *g, const char *domain, char *out, size_t len, char *why,
+                   size_t whylen)
+{
+    struct gw_ingress *ig = g->ingress;
+
+    if (ig == NULL || ig->stopped) {
+        snprintf(why, whylen, "the HTTP ingress is off: start sbx-gateway with --http-listen");
+        return -1;
+    }
+    if (snprintf(out, len, "http://%s:%d", domain, ig->port) >= (int)len) {
+        snprintf(why, whylen, "URL buffer too small");
+        return -1;
+    }
+    return 0;
+}
+
+/* --- connections ---------------------------------------------------------------------------- */
+
+static void ig_unref(struct gw_ingress *ig)
+{
+    if (--ig->refs > 0) {
+        return;
+    }
+    while (ig->maps != NULL) {
+        struct ig_map *m = ig->maps;
+
+        ig->maps = m->next;
+        map_free(m);
+    }
+    free(ig);
+}
+
+static void conn_handle_closed(uv_handle_t *h)
+{
+    struct ig_conn *c = h->data;
+    struct gw_ingress *ig = c->ig;
+
+    if (--c->handles > 0) {
+        return;
+    }
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    } else {
+        ig->conns = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    ig->nconns--;
+    free(c->buf);
+    free(c);
+    ig_unref(ig);
+}
+
+/* Leave the mapping's waiters. */
+static void conn_unwait(struct ig_conn *c)
+{
+    if (c->map == NULL) {
+        return;
+    }
+    for (struct ig_conn **pp = &c->map->waiters; *pp != NULL; pp = &(*pp)->wnext) {
+        if (*pp == c) {
+            *pp = c->wnext;
+            break;
+        }
+    }
+    c->wnext = NULL;
+    c->map = NULL;
+}
+
+/* Close at once: the guest socket aborted, writes still queued cancelled. Idempotent. */
+static void conn_close(struct ig_conn *c)
+{
+    if (c->st == IC_CLOSING) {
+        return;
+    }
+    c->st = IC_CLOSING;
+    conn_unwait(c);
+    if (c->gs != NULL) {
+        gw_gsock_close(c->gs);
+        c->gs = NULL;
+    }
+    uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+}
+
+/* Close once what is written to the client went out (relay ended). */
+static void conn_finish(struct ig_conn *c)
+{
+    c->finishing = true;
+    if (c->wq == 0 && !c->shutting) {
+        conn_close(c);
+    }
+}
+
+static void on_linger(uv_timer_t *t)
+{
+    conn_close(t->data);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    struct ig_conn *c = t->data;
+
+    switch (c->st) {
+    case IC_HEAD:
+        conn_answer(c, 408, "no complete request head within %d s\n", IG_FIRST_MS / 1000);
+        break;
+    case IC_ROUTE:
+    case IC_CONNECT:
+        conn_answer(c, 504, "port %u of sandbox %s did not accept the connection in time\n",
+                    c->port, c->sandbox);
+        break;
+    default:
+        conn_close(c);
+        break;
+    }
+}
+
+struct ig_write {
+    uv_write_t req;
+    struct ig_conn *c;
+    size_t len;
+    char data[];
+};
+
+static void on_answer_shut(uv_shutdown_t *req, int status)
+{
+    struct ig_conn *c = req->data;
+
+    (void)status;
+    c->shutting = false;
+    if (c->st != IC_ANSWER) {
+        return;
+    }
+    /* Read and drop what the client still sends (so closing does not reset the answer away),
+     * until its EOF or IG_LINGER_MS. */
+    uv_timer_start(&c->timer, on_linger, IG_LINGER_MS, 0);
+    conn_read(c, true);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct ig_write *w = (struct ig_write *)req;
+    struct ig_conn *c = w->c;
+
+    c->wq -= w->len;
+    free(w);
+    if (c->st == IC_CLOSING) {
+        return;
+    }
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->paused && c->wq <= IG_WQ_LOW && c->gs != NULL) {
+        c->paused = false;
+        gw_gsock_pause(c->gs, false);
+    }
+    if (c->finishing && c->wq == 0 && !c->shutting) {
+        conn_close(c);
+    }
+}
+
+static int conn_write(struct ig_conn *c, const void *data, size_t len)
+{
+    struct ig_write *w = malloc(sizeof(*w) + len);
+    uv_buf_t b;
+
+    if (w == NULL) {
+        return -1;
+    }
+    memcpy(w->data, data, len);
+    w->c = c;
+    w->len = len;
+    b = uv_buf_init(w->data, (unsigned)len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+        free(w);
+        return -1;
+    }
+    c->wq += len;
+    return 0;
+}
+
+static const char *status_text(int status)
+{
+    switch (status) {
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 408:
+        return "Request Timeout";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Error";
+    }
+}
+
+/* Answer the client with @status and a text body, then shut down, linger and close. */
+static void conn_answer(struct ig_conn *c, int status, const char *fmt, ...)
+{
+    char body[1024], msg[1400];
+    va_list ap;
+    int n;
+
+    if (c->st == IC_CLOSING || c->st == IC_ANSWER || c->st == IC_RELAY) {
+        return;
+    }
+    conn_unwait(c);
+    if (c->gs != NULL) {
+        gw_gsock_close(c->gs);
+        c->gs = NULL;
+    }
+    c->st = IC_ANSWER;
+    conn_read(c, false);
+    uv_timer_stop(&c->timer);
+    va_start(ap, fmt);
+    n = vsnprintf(body, sizeof(body), fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        body[0] = '\0';
+        n = 0;
+    } else if ((size_t)n >= sizeof(body)) {
+        n = (int)sizeof(body) - 1;
+    }
+    n = snprintf(msg, sizeof(msg),
+                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                 "Content-Length: %d\r\nConnection: close\r\nServer: sbx-gateway\r\n\r\n%s",
+                 status, status_text(status), n, body);
+    if (n < 0 || (size_t)n >= sizeof(msg) || conn_write(c, msg, (size_t)n) < 0) {
+        conn_close(c);
+        return;
+    }
+    c->shut.data = c;
+    if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_answer_shut) < 0) {
+        conn_close(c);
+        return;
+    }
+    c->shutting = true;
+}
+
+/* --- the guest socket ----------------------------------------------------------------------- */
+
+static void gs_connected(void *user)
+{
+    struct ig_conn *c = user;
+    int r;
+
+    c->st = IC_RELAY;
+    uv_timer_stop(&c->timer);
+    /* The bytes read so far (the head and what followed it) go first. */
+    r = gw_gsock_write(c->gs, c->buf, c->blen);
+    c->blen = 0;
+    if (r < 0) {
+        c->in_guest_full = true;
+        return;
+    }
+    c->hold = r == 1;
+    conn_read(c, !c->hold);
+}
+
+static void gs_data(void *user, const uint8_t *data, size_t len)
+{
+    struct ig_conn *c = user;
+
+    if (c->st != IC_RELAY || c->guest_eof) {
+        return;
+    }
+    if (conn_write(c, data, len) < 0) {
+        conn_close(c);
+        return;
+    }
+    if (!c->paused && c->wq > IG_WQ_HIGH) {
+        c->paused = true;
+        gw_gsock_pause(c->gs, true);
+    }
+}
+
+static void on_relay_shut(uv_shutdown_t *req, int status)
+{
+    struct ig_conn *c = req->data;
+
+    c->shutting = false;
+    if (c->st == IC_CLOSING) {
+        return;
+    }
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->finishing && c->wq == 0) {
+        conn_close(c);
+    }
+}
+
+static void gs_eof(void *user)
+{
+    struct ig_conn *c = user;
+
+    if (c->st != IC_RELAY || c->guest_eof) {
+        return;
+    }
+    c->guest_eof = true;
+    c->shut.data = c;
+    if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_relay_shut) < 0) {
+        conn_close(c);
+        return;
+    }
+    c->shutting = true;
+}
+
+static void gs_closed(void *user, const char *err, const char *errno_name)
+{
+    struct ig_conn *c = user;
+
+    (void)errno_name;
+    c->gs = NULL;
+    if (c->st == IC_CONNECT) {
+        conn_answer(c, 502, "cannot reach port %u in sandbox %s: %s\n", c->port, c->sandbox,
+                    err != NULL ? err : "closed");
+        return;
+    }
+    if (c->st != IC_RELAY) {
+        return;
+    }
+    if (err != NULL) {
+        /* The guest side failed (reset, the sandbox stopped): what arrived goes out, then the
+         * client is closed. */
+        if (!c->guest_eof) {
+            conn_finish(c);
+            return;
+        }
+    }
+    conn_finish(c);
+}
+
+static void gs_writable(void *user)
+{
+    struct ig_conn *c = user;
+
+    if (c->st == IC_RELAY && c->hold) {
+        c->hold = false;
+        conn_read(c, !c->client_eof);
+    }
+}
+
+static const struct gw_gsock_ops ig_gs_ops = {
+    .connected = gs_connected,
+    .data = gs_data,
+    .eof = gs_eof,
+    .closed = gs_closed,
+    .writable = gs_writable,
+};
+
+static void conn_connect(struct ig_conn *c, struct gw_sandbox *sb, uint16_t port)
+{
+    char why[512];
+
+    c->port = port;
+    c->st = IC_CONNECT;
+    c->gs = gw_gsock_open(sb, NULL, port, &ig_gs_ops, c, why, sizeof(why));
+    if (c->gs == NULL) {
+        conn_answer(c, 502, "cannot reach port %u in sandbox %s: %s\n", port, sb->id, why);
+    }
+}
+
+/* --- routing -------------------------------------------------------------------------------- */
+
+static void map_port_found(void *user, uint16_t port, const char *why)
+{
+    struct ig_map *m = user;
+    struct ig_conn *w = m->waiters;
+    struct gw_sandbox *sb;
+
+    m->q = NULL;
+    m->waiters = NULL;
+    if (port != 0) {
+        m->cached_port = port;
+        m->cached_at = w != NULL ? uv_now(w->ig->g->loop) : 0;
+    }
+    while (w != NULL) {
+        struct ig_conn *next = w->wnext;
+
+        w->wnext = NULL;
+        w->map = NULL;
+        sb = gw_sandbox_find(w->ig->g, m->sandbox);
+        if (port == 0 || sb == NULL) {
+            conn_answer(w, 502, "sandbox %s: %s\n", m->sandbox,
+                        why != NULL ? why : "the sandbox is gone");
+        } else {
+            conn_connect(w, sb, port);
+        }
+        w = next;
+    }
+}
+
+/* Route @c by c->host: the mapping, the sandbox's state, the port (a pid's looked up). */
+static void conn_route(struct ig_conn *c)
+{
+    struct gw_ingress *ig = c->ig;
+    struct ig_map *m = map_find(ig, c->host);
+    struct gw_sandbox *sb;
+    char why[512];
+
+    c->st = IC_ROUTE;
+    if (m == NULL) {
+        conn_answer(c, 404, "no sandbox is exposed at %s\n", c->host);
+        return;
+    }
+    snprintf(c->sandbox, sizeof(c->sandbox), "%s", m->sandbox);
+    sb = gw_sandbox_find(ig->g, m->sandbox);
+    if (sb == NULL) {
+        if (ig_prune(ig)) {
+            (void)ig_save(ig);
+        }
+        conn_answer(c, 404, "no sandbox is exposed at %s (its sandbox is gone)\n", c->host);
+        return;
+    }
+    if (!m->mapped) {
+        conn_answer(c, 404, "%s is not mapped to a port of sandbox %s yet (exposeHttp)\n", c->host,
+                    sb->id);
+        return;
+    }
+    if (sb->state == GW_SB_BOOTING) {
+        conn_answer(c, 503, "sandbox %s is still starting\n", sb->id);
+        return;
+    }
+    if (sb->state != GW_SB_READY) {
+        conn_answer(c, 502, "sandbox %s is not running%s%s\n", sb->id, sb->why[0] ? ": " : "",
+                    sb->why);
+        return;
+    }
+    if (m->port != 0) {
+        conn_connect(c, sb, m->port);
+        return;
+    }
+    if (m->cached_port != 0 && uv_now(ig->g->loop) - m->cached_at < IG_PID_CACHE_MS) {
+        conn_connect(c, sb, m->cached_port);
+        return;
+    }
+    c->map = m;
+    c->wnext = m->waiters;
+    m->waiters = c;
+    if (m->q == NULL) {
+        m->q = gw_pid_port_find(sb, m->pid, map_port_found, m, why, sizeof(why));
+        if (m->q == NULL) {
+            map_fail_waiters(m, 502, why);
+        }
+    }
+}
+
+struct head_ctx {
+    const char *field;
+    size_t field_len;
+    bool in_host;
+    int nhost;
+    bool complete;
+    char host[GW_DOMAIN_MAX + 2];
+    size_t host_len;
+    bool host_long;
+};
+
+static int on_hfield(http_parser *p, const char *at, size_t len)
+{
+    struct head_ctx *h = p->data;
+
+    h->in_host = len == 4 && strncasecmp(at, "host", 4) == 0;
+    if (h->in_host) {
+        h->nhost++;
+        h->host_len = 0;
+    }
+    return 0;
+}
+
+static int on_hvalue(http_parser *p, const char *at, size_t len)
+{
+    struct head_ctx *h = p->data;
+
+    if (!h->in_host) {
+        return 0;
+    }
+    if (h->host_len + len >= sizeof(h->host)) {
+        h->host_long = true;
+        return 0;
+    }
+    memcpy(h->host + h->host_len, at, len);
+    h->host_len += len;
+    h->host[h->host_len] = '\0';
+    return 0;
+}
+
+static int on_hdone(http_parser *p)
+{
+    struct head_ctx *h = p->data;
+
+    h->complete = true;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+/* The first request head is in c->buf[0..end): parse, find the host, route. */
+static void conn_head(struct ig_conn *c, size_t end)
+{
+    http_parser_settings set = { 0 };
+    struct head_ctx h = { 0 };
+    http_parser p;
+    char *host;
+    size_t n;
+    char *colon;
+
+    http_parser_init(&p, HTTP_REQUEST);
+    p.data = &h;
+    set.on_header_field = on_hfield;
+    set.on_header_value = on_hvalue;
+    set.on_headers_complete = on_hdone;
+    (void)http_parser_execute(&p, &set, c->buf, end);
+    if (!h.complete || (HTTP_PARSER_ERRNO(&p) != HPE_OK && HTTP_PARSER_ERRNO(&p) != HPE_PAUSED)) {
+        conn_answer(c, 400, "malformed HTTP request head: %s\n",
+                    http_errno_description(HTTP_PARSER_ERRNO(&p)));
+        return;
+    }
+    if (h.nhost != 1 || h.host_long) {
+        conn_answer(c, 400, "%s\n",
+                    h.nhost == 0  ? "the request has no Host header"
+                    : h.nhost > 1 ? "the request has more than one Host header"
+                                  : "the Host header is too long");
+        return;
+    }
+    host = h.host;
+    while (*host == ' ' || *host == '\t') {
+        host++;
+    }
+    n = strlen(host);
+    while (n > 0 && (host[n - 1] == ' ' || host[n - 1] == '\t')) {
+        host[--n] = '\0';
+    }
+    colon = strrchr(host, ':');
+    if (colon != NULL && strchr(host, ']') == NULL) {
+        *colon = '\0';
+    }
+    snprintf(c->host, sizeof(c->host), "%s", host);
+    if (dns_name(c->host, GW_DOMAIN_MAX) < 0) {
+        /* Not a DNS name (an address, junk): nothing is exposed there. Do not echo it. */
+        conn_answer(c, 404, "no sandbox is exposed at this host\n");
+        return;
+    }
+    conn_route(c);
+}
+
+/* A head ends at the first empty line ("\r\n\r\n", or "\n\n" as http-parser accepts). */
+static size_t head_end(const char *b, size_t len, size_t from)
+{
+    for (size_t i = from > 3 ? from - 3 : 0; i < len; i++) {
+        if (b[i] != '\n') {
+            continue;
+        }
+        if (i + 1 < len && b[i + 1] == '\n') {
+            return i + 2;
+        }
+        if (i + 2 < len && b[i + 1] == '\r' && b[i + 2] == '\n') {
+            return i + 3;
+        }
+    }
+    return 0;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct ig_conn *c = h->data;
+
+    (void)suggested;
+    if (c->st == IC_HEAD) {
+        if (c->bcap < IG_HEAD_MAX + 1 && c->bcap - c->blen < 4096) {
+            size_t cap = c->bcap ? c->bcap * 2 : 8192;
+            char *p;
+
+            cap = cap > IG_HEAD_MAX + 1 ? IG_HEAD_MAX + 1 : cap;
+            p = realloc(c->buf, cap);
+            if (p != NULL) {
+                c->buf = p;
+                c->bcap = cap;
+            }
+        }
+        *buf = uv_buf_init(c->buf + c->blen, (unsigned)(c->bcap - c->blen));
+        return;
+    }
+    /* relay, linger: one read buffer */
+    if (c->bcap < IG_READ_BUF) {
+        char *p = realloc(c->buf, IG_READ_BUF);
+
+        if (p != NULL) {
+            c->buf = p;
+            c->bcap = IG_READ_BUF;
+        }
+    }
+    *buf = uv_buf_init(c->buf, (unsigned)c->bcap);
+}
+
+static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+    struct ig_conn *c = st->data;
+
+    (void)buf;
+    if (c->st == IC_CLOSING || n == 0) {
+        return;
+    }
+    if (n == UV_ENOBUFS) {
+        conn_close(c);
+        return;
+    }
+    switch (c->st) {
+    case IC_HEAD: {
+        size_t from = c->blen, end;
+
+        if (n < 0) {
+            conn_close(c); /* gone before a whole head */
+            return;
+        }
+        c->blen += (size_t)n;
+        end = head_end(c->buf, c->blen, from);
+        if (end == 0) {
+            if (c->blen > IG_HEAD_MAX) {
+                conn_answer(c, 431, "request head larger than %u bytes\n", IG_HEAD_MAX);
+            }
+            return;
+        }
+        conn_read(c, false);
+        uv_timer_start(&c->timer, on_timeout, IG_CONNECT_MS, 0);
+        conn_head(c, end);
+        return;
+    }
+    case IC_RELAY: {
+        int r;
+
+        if (n < 0) {
+            if (n != UV_EOF) {
+                conn_close(c);
+                return;
+            }
+            c->client_eof = true;
+            conn_read(c, false);
+            if (c->gs != NULL) {
+                gw_gsock_shutdown(c->gs); /* may close the guest socket (both ended) */
+            }
+            return;
+        }
+        if (c->gs == NULL || c->in_guest_full) {
+            return; /* the guest takes no more: drop */
+        }
+        r = gw_gsock_write(c->gs, c->buf, (size_t)n);
+        if (r < 0) {
+            c->in_guest_full = true;
+        } else if (r == 1) {
+            c->hold = true;
+            conn_read(c, false);
+        }
+        return;
+    }
+    case IC_ANSWER:
+        if (n < 0) {
+            conn_close(c);
+        }
+        return; /* dropped */
+    default:
+        return;
+    }
+}
+
+static void conn_read(struct ig_conn *c, bool on)
+{
+    if (on == c->reading || c->st == IC_CLOSING) {
+        return;
+    }
+    if (on) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
+            conn_close(c);
+            return;
+        }
+    } else {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    }
+    c->reading = on;
+}
+
+static void reject_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct gw_ingress *ig = server->data;
+    struct ig_conn *c;
+
+    if (status < 0 || ig->stopped) {
+        return;
+    }
+    if (ig->nconns >= IG_CONNS_MAX) {
+        uv_tcp_t *t = malloc(sizeof(*t));
+
+        if (t == NULL || uv_tcp_init(ig->g->loop, t) < 0) {
+            free(t);
+            return;
+        }
+        (void)uv_accept(server, (uv_stream_t *)t);
+        uv_close((uv_handle_t *)t, reject_closed);
+        return;
+    }
+    c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return;
+    }
+    if (uv_tcp_init(ig->g->loop, &c->tcp) < 0) {
+        free(c);
+        return;
+    }
+    c->ig = ig;
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->handles = 1;
+    if (uv_timer_init(ig->g->loop, &c->timer) == 0) {
+        c->handles = 2;
+    }
+    c->next = ig->conns;
+    if (ig->conns != NULL) {
+        ig->conns->prev = c;
+    }
+    ig->conns = c;
+    ig->nconns++;
+    ig->refs++;
+    c->st = IC_HEAD;
+    if (c->handles != 2 || uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        c->st = IC_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
+        if (c->handles == 2) {
+            uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+        }
+        return;
+    }
+    (void)uv_tcp_nodelay(&c->tcp, 1);
+    uv_timer_start(&c->timer, on_timeout, IG_FIRST_MS, 0);
+    conn_read(c, true);
+}
+
+/* --- start, stop ---------------------------------------------------------------------------- */
+
+static void listener_closed(uv_handle_t *h)
+{
+    ig_unref(h->data);
+}
 
 int gw_ingress_start(struct gw *g, char *why, size_t whylen)
 {
-    (void)g;
-    (void)why;
-    (void)whylen;
+    const char *addr = g->opt.http_listen;
+    const char *colon;
+    struct sockaddr_storage ss;
+    struct gw_ingress *ig;
+    char host[256];
+    char *end = NULL;
+    long port;
+    size_t hl;
+    int r;
+
+    if (addr == NULL) {
+        return 0;
+    }
+    colon = strrchr(addr, ':');
+    if (colon == NULL || (size_t)(colon - addr) >= sizeof(host)) {
+        snprintf(why, whylen, "--http-listen %s: not HOST:PORT", addr);
+        return -1;
+    }
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = '\0';
+    errno = 0;
+    port = strtol(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end != '\0' || errno != 0 || port < 0 || port > 65535) {
+        snprintf(why, whylen, "--http-listen %s: bad port", addr);
+        return -1;
+    }
+    hl = strlen(host);
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        r = uv_ip6_addr(host + 1, (int)port, (struct sockaddr_in6 *)&ss);
+        host[hl - 1] = ']';
+    } else {
+        r = uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss);
+    }
+    if (r < 0) {
+        snprintf(why, whylen, "--http-listen %s: bad address: %s", addr, uv_strerror(r));
+        return -1;
+    }
+    ig = calloc(1, sizeof(*ig));
+    if (ig == NULL) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    ig->g = g;
+    snprintf(ig->host, sizeof(ig->host), "%s", host);
+    snprintf(ig->base, sizeof(ig->base), "%s",
+             g->opt.http_domain != NULL ? g->opt.http_domain : "sbx.localhost");
+    /* Room for "<20>-<8>." in front of it. */
+    if (strlen(g->opt.http_domain != NULL ? g->opt.http_domain : "") > GW_DOMAIN_MAX - 30 ||
+        dns_name(ig->base, GW_DOMAIN_MAX - 30) < 0) {
+        snprintf(why, whylen,
+                 "--http-domain %.80s: not a DNS name (labels of a-z, 0-9 and '-', at most %d "
+                 "bytes)",
+                 g->opt.http_domain, GW_DOMAIN_MAX - 30);
+        free(ig);
+        return -1;
+    }
+    if (snprintf(ig->path, sizeof(ig->path), "%s/expose.json", g->opt.data_dir) >=
+        (int)sizeof(ig->path)) {
+        snprintf(why, whylen, "--data-dir is too long");
+        free(ig);
+        return -1;
+    }
+    if ((r = uv_tcp_init(g->loop, &ig->tcp)) < 0) {
+        snprintf(why, whylen, "--http-listen: %s", uv_strerror(r));
+        free(ig);
+        return -1;
+    }
+    ig->tcp.data = ig;
+    ig->refs = 1;
+    if ((r = uv_tcp_bind(&ig->tcp, (struct sockaddr *)&ss, 0)) < 0 ||
+        (r = uv_listen((uv_stream_t *)&ig->tcp, 511, on_connection)) < 0) {
+        snprintf(why, whylen, "--http-listen %s: %s", addr, uv_strerror(r));
+        ig->stopped = true;
+        uv_close((uv_handle_t *)&ig->tcp, listener_closed);
+        return -1;
+    }
+    {
+        struct sockaddr_storage b;
+        int blen = sizeof(b);
+
+        if (uv_tcp_getsockname(&ig->tcp, (struct sockaddr *)&b, &blen) == 0) {
+            ig->port = b.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&b)->sin6_port)
+                                               : ntohs(((struct sockaddr_in *)&b)->sin_port);
+        }
+    }
+    g->ingress = ig;
+    ig_load(ig);
+    if (!g->opt.quiet) {
+        gw_log("ingress on %s:%d (domains *.%s, %u restored)", ig->host, ig->port, ig->base,
+               ig->nmaps);
+    }
     return 0;
 }
 
 void gw_ingress_stop(struct gw *g)
 {
-    (void)g;
+    struct gw_ingress *ig = g->ingress;
+
+    if (ig == NULL) {
+        return;
+    }
+    g->ingress = NULL;
+    ig->stopped = true;
+    for (struct ig_map *m = ig->maps; m != NULL; m = m->next) {
+        if (m->q != NULL) {
+            gw_pid_port_cancel(m->q);
+            m->q = NULL;
+        }
+    }
+    for (struct ig_conn *c = ig->conns; c != NULL; c = c->next) {
+        conn_close(c);
+    }
+    uv_close((uv_handle_t *)&ig->tcp, listener_closed);
 }
+
+/* --- REST and the method -------------------------------------------------------------------- */
 
 void gw_rest_expose_http(struct gw *g, struct gw_http_conn *hc, const struct gw_http_req *req,
                          struct gw_sandbox *sb)
 {
-    (void)g;
-    (void)req;
-    (void)sb;
-    gw_http_respond_json(hc, 501, NULL,
-                         json_pack("{s:s, s:s}", "code", "NOT_SUPPORTED", "message",
-                                   "expose/http is not supported by sbx-gateway yet"));
+    char domain[GW_DOMAIN_MAX + 1], why[512];
+    json_t *body = NULL;
+    int64_t port = 0, pid = -1;
+
+    if (g->ingress == NULL) {
+        gw_http_respond_json(hc, 503, NULL,
+                             json_pack("{s:s, s:s}", "code", "HTTP_INGRESS_DISABLED", "message",
+                                       "expose/http needs the HTTP ingress: start sbx-gateway "
+                                       "with --http-listen HOST:PORT"));
+        return;
+    }
+    if (req->body_len > 0) {
+        json_error_t jerr;
+
+        body = json_loadb(req->body, req->body_len, 0, &jerr);
+        if (!json_is_object(body)) {
+            json_decref(body);
+            gw_http_respond_json(hc, 400, NULL,
+                                 json_pack("{s:s, s:s}", "code", "INVALID_REQUEST", "message",
+                                           "the body must be a JSON object ({}, or the Python "
+                                           "SDK's {port} / {pid})"));
+            return;
+        }
+        /* The Python SDK sends the target here: map at once. */
+        if (json_object_get(body, "port") != NULL && !json_is_null(json_object_get(body, "port")) &&
+            (gw_json_int64(json_object_get(body, "port"), &port) < 0 || port < 1 || port > 65535)) {
+            json_decref(body);
+            gw_http_respond_json(hc, 400, NULL,
+                                 json_pack("{s:s, s:s}", "code", "INVALID_REQUEST", "message",
+                                           "port must be an integer in 1..65535"));
+            return;
+        }
+        if (port == 0 && json_object_get(body, "pid") != NULL &&
+            !json_is_null(json_object_get(body, "pid")) &&
+            (gw_json_int64(json_object_get(body, "pid"), &pid) < 0 || pid < 0 ||
+             pid > (int64_t)UINT32_MAX)) {
+            json_decref(body);
+            gw_http_respond_json(hc, 400, NULL,
+                                 json_pack("{s:s, s:s}", "code", "INVALID_REQUEST", "message",
+                                           "pid must be a process id"));
+            return;
+        }
+        json_decref(body);
+    }
+    if (gw_expose_new_domain(sb, domain, sizeof(domain), why, sizeof(why)) < 0 ||
+        ((port > 0 || pid >= 0) &&
+         gw_expose_map(sb, domain, (uint16_t)port, pid >= 0 ? (uint32_t)pid : 0, why, sizeof(why)) <
+             0)) {
+        gw_http_respond_json(hc, 503, NULL,
+                             json_pack("{s:s, s:s}", "code", "EXPOSE_FAILED", "message", why));
+        return;
+    }
+    if (!g->opt.quiet) {
+        gw_log("%s: exposed at %s", sb->id, domain);
+    }
+    gw_http_respond_json(hc, 200, NULL, json_pack("{s:s}", "domain", domain));
 }
 
 void gw_m_expose_http(struct gw_call *call, json_t *params)
 {
-    (void)params;
-    gw_call_fail(call, "NotSupported", "ENOTSUP", "exposeHttp is not supported by sbx-gateway yet");
+    struct gw_sandbox *sb = gw_session_sandbox(call->s);
+    const char *domain;
+    bool has_port, has_pid;
+    int64_t port = 0, pid = 0;
+    char why[512];
+
+    if (gw_param_str(call, params, "domain", true, &domain) < 0) {
+        return;
+    }
+    has_port =
+        json_object_get(params, "port") != NULL && !json_is_null(json_object_get(params, "port"));
+    has_pid =
+        json_object_get(params, "pid") != NULL && !json_is_null(json_object_get(params, "pid"));
+    if (has_port == has_pid) {
+        gw_call_fail(call, "TypeError", NULL, "exposeHttp: exactly one of port or pid is required");
+        return;
+    }
+    if (has_port && gw_param_int(call, params, "port", true, 1, 65535, 0, &port) < 0) {
+        return;
+    }
+    if (has_pid && gw_param_int(call, params, "pid", true, 0, UINT32_MAX, 0, &pid) < 0) {
+        return;
+    }
+    if (sb->g->ingress == NULL) {
+        gw_call_fail(call, "NotSupported", "ENOTSUP",
+                     "exposeHttp: the HTTP ingress is off (start sbx-gateway with --http-listen)");
+        return;
+    }
+    if (gw_expose_map(sb, domain, (uint16_t)port, (uint32_t)pid, why, sizeof(why)) < 0) {
+        gw_call_fail(call, "NotFound", "ENOENT", "exposeHttp: %s", why);
+        return;
+    }
+    if (!sb->g->opt.quiet) {
+        if (has_port) {
+            gw_log("%s: %s -> port %lld", sb->id, domain, (long long)port);
+        } else {
+            gw_log("%s: %s -> the port of process %lld", sb->id, domain, (long long)pid);
+        }
+    }
+    gw_call_ok(call, NULL);
 }

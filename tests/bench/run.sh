@@ -120,5 +120,7 @@ fi
 # (root: it creates a workload user); the vm row needs the gateway image (ctest -R gateway.image).
 if [ -x "$BUILD/bin/sbx-gateway" ]; then
     python3 tests/bench/bench_gateway.py $QUICK "$BUILD" || rc=1
+    # exposeHttp (issue 17): HTTP through the gateway's ingress against `sbx forward`.
+    python3 tests/bench/bench_ingress.py $QUICK "$BUILD" || rc=1
 fi
 exit $rc

@@ -1,0 +1,579 @@
+"""The HTTP ingress of sbx-gateway (gateway/ingress.c, gsock.c): POST expose/http + exposeHttp,
+then requests to --http-listen routed by Host into the sandbox through the agent's net.connect.
+
+The addr backend (a root sbx-agent on this machine) is the "guest": a Python HTTP server started
+here on 127.0.0.1 is reached by the gateway only through net.connect on its link. Raw sockets
+drive the ingress (unknown hosts, bad heads, big bodies byte-exact, keep-alive, half-close, a
+server closing mid-response, a slowloris head, 100 concurrent requests), a restart of the
+gateway keeps the mappings, and a real SDK program (sdk/expose_http.ts) exposes a port and a
+deno.run pid.
+
+    SBX_BUILD=/path/to/build python3 tests/gateway/test_ingress.py [-v] [Class[.test]]
+"""
+import base64
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sdkharness as h  # noqa: E402
+
+# The guest's HTTP server: deterministic bodies, an echo digest, a response cut short.
+SERVER = r'''
+import hashlib, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+def pattern(n):
+    block = hashlib.sha256(b"sbx-ingress").digest() * 2048   # 64 KiB
+    full, rest = divmod(n, len(block))
+    return block, full, rest
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        if self.path.startswith("/big/"):
+            n = int(self.path[5:])
+            block, full, rest = pattern(n)
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            for _ in range(full):
+                self.wfile.write(block)
+            self.wfile.write(block[:rest])
+            return
+        if self.path == "/partial":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"p" * 100000)
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        body = ("hello from the guest %s host=%s\n" % (self.path, self.headers.get("host"))).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        n = int(self.headers.get("content-length", "0"))
+        d = hashlib.sha256()
+        left = n
+        while left > 0:
+            b = self.rfile.read(min(left, 1 << 16))
+            if not b:
+                break
+            d.update(b)
+            left -= len(b)
+        body = ("%d %s\n" % (n - left, d.hexdigest())).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer.request_queue_size = 256
+srv = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+srv.serve_forever()
+'''
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def big_digest(n):
+    block = hashlib.sha256(b"sbx-ingress").digest() * 2048
+    d = hashlib.sha256()
+    full, rest = divmod(n, len(block))
+    for _ in range(full):
+        d.update(block)
+    d.update(block[:rest])
+    return d.hexdigest()
+
+
+class GuestServer:
+    """The Python server above on 127.0.0.1:port (a child of this test: the addr backend's guest
+    is this machine)."""
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="sbxgw-ig-srv-")
+        path = os.path.join(self.dir, "srv.py")
+        with open(path, "w") as f:
+            f.write(SERVER)
+        self.proc = subprocess.Popen([sys.executable, path, str(self.port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        line = self.proc.stdout.readline()
+        if b"ready" not in line:
+            raise RuntimeError("guest server did not start")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+def recv_until_eof(s, timeout=60):
+    s.settimeout(timeout)
+    out = bytearray()
+    while True:
+        b = s.recv(1 << 20)
+        if not b:
+            return bytes(out)
+        out += b
+
+
+def read_response(f):
+    """One HTTP/1.1 response with Content-Length from file object @f: (status, headers, body)."""
+    line = f.readline()
+    if not line:
+        raise EOFError("connection closed before a response")
+    status = int(line.split()[1])
+    hdrs = {}
+    while True:
+        ln = f.readline()
+        if ln in (b"\r\n", b"\n", b""):
+            break
+        k, _, v = ln.decode("latin-1").partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    n = int(hdrs.get("content-length", "0"))
+    body = f.read(n) if n else b""
+    return status, hdrs, body
+
+
+class IngressCase(unittest.TestCase):
+    """A fresh agent and gateway (--http-listen 127.0.0.1:0) per test; one workload user per
+    class. self.ig_port is the ingress's port (from its log line)."""
+
+    with_deno = False
+
+    @classmethod
+    def setUpClass(cls):
+        h.cache_deps()
+        cls.user = h.WorkloadUser()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.user.close()
+
+    def setUp(self):
+        self.agent = h.start_agent(with_deno=self.with_deno)
+        self.servers = []
+        self.wss = []
+        try:
+            self.gw = self.start_gateway()
+        except BaseException:
+            self.agent.stop()
+            raise
+
+    def start_gateway(self, data=None, ingress=True):
+        extra = ["--http-listen", "127.0.0.1:0"] if ingress else []
+        gw = h.Gateway(backend="addr:" + self.agent.addr, user=self.user.name,
+                       cwd=self.user.home, extra=extra, data=data)
+        if ingress:
+            # The log is appended to across restarts on one data dir: the last line is ours.
+            m = re.findall(r"ingress on 127\.0\.0\.1:(\d+)", gw.logtext())
+            if not m:
+                gw.stop()
+                raise RuntimeError("no 'ingress on' line in the log:\n" + gw.logtext())
+            self.ig_port = int(m[-1])
+        return gw
+
+    def tearDown(self):
+        for ws in self.wss:
+            ws.close()
+        for s in self.servers:
+            s.stop()
+        alive = self.gw.alive()
+        log = self.gw.logtext()
+        rc = self.gw.stop()
+        self.agent.stop()
+        self.assertTrue(alive, "sbx-gateway died during the test:\n" + log[-4000:])
+        self.assertIn(rc, (0, -15), "exit status %s on SIGTERM:\n%s" % (rc, log[-4000:]))
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            self.assertNotIn(bad, log, log[-6000:])
+
+    # --- helpers ---
+
+    def server(self, port=None):
+        s = GuestServer(port)
+        self.servers.append(s)
+        return s
+
+    def sandbox(self, gw=None):
+        """A duration sandbox (outlives its WebSocket) and a raw session on it: (id, ws)."""
+        gw = gw or self.gw
+        ws = h.open_create_ws(gw, {"stop_at_ms": int(time.time() * 1000) + 600000})
+        self.wss.append(ws)
+        return ws.headers["x-deno-sandbox-id"], ws
+
+    def expose(self, sid, ws, port=None, pid=None, gw=None):
+        gw = gw or self.gw
+        domain = gw.rest("POST", "/api/v3/sandbox/%s/expose/http" % sid, {})["domain"]
+        params = {"domain": domain}
+        if port is not None:
+            params["port"] = port
+        if pid is not None:
+            params["pid"] = pid
+        r = ws.call("exposeHttp", params)
+        self.assertEqual(r["result"], {"ok": None}, r)
+        return domain
+
+    def request(self, domain, path="/", method="GET", body=None, timeout=60, port=None):
+        """One request on a new connection (Connection: close): (status, headers, body)."""
+        s = socket.create_connection(("127.0.0.1", port or self.ig_port), timeout=timeout)
+        try:
+            head = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % (method, path, domain)
+            if body is not None:
+                head += "Content-Length: %d\r\n" % len(body)
+            s.sendall(head.encode() + b"\r\n" + (body or b""))
+            f = s.makefile("rb")
+            return read_response(f)
+        finally:
+            s.close()
+
+    def raw(self, data, timeout=30):
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=timeout)
+        try:
+            s.sendall(data)
+            return recv_until_eof(s, timeout)
+        finally:
+            s.close()
+
+
+class TestIngress(IngressCase):
+    def test_unknown_host_404(self):
+        out = self.raw(b"GET / HTTP/1.1\r\nHost: nobody-here.sbx.localhost:8080\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 404 "), out)
+        self.assertIn(b"nobody-here.sbx.localhost", out)
+
+    def test_bad_heads(self):
+        out = self.raw(b"GET / HTTP/1.1\r\nX: y\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 400 "), out)
+        self.assertIn(b"no Host", out)
+        out = self.raw(b"NOT HTTP AT ALL\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 400 "), out)
+        out = self.raw(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 400 "), out)
+        out = self.raw(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (70 << 10) + b"\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 431 "), out)
+        # An address or junk as Host: 404 without echoing it.
+        out = self.raw(b"GET / HTTP/1.1\r\nHost: <script>\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 404 "), out)
+        self.assertNotIn(b"<script>", out)
+
+    def test_expose_port_keepalive(self):
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        self.assertTrue(domain.endswith(".sbx.localhost"), domain)
+        self.assertRegex(domain.split(".")[0], r"^[0-9a-z]{20}-[0-9a-z]{8}$")
+        self.assertIn(sid.split("_")[-1], domain)
+        # Host matching: case and port do not matter.
+        st, _, body = self.request(domain.upper() + ":" + str(self.ig_port), "/x")
+        self.assertEqual(st, 200, body)
+        self.assertIn(b"hello from the guest /x", body)
+        # Keep-alive: several requests on one connection, pipelined too.
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        f = s.makefile("rb")
+        for i in range(5):
+            s.sendall(("GET /k%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (i, domain)).encode())
+            st, _, body = read_response(f)
+            self.assertEqual((st, body.split()[4]), (200, b"/k%d" % i))
+        s.sendall(b"".join(("GET /p%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (i, domain)).encode()
+                           for i in range(3)))
+        for i in range(3):
+            st, _, body = read_response(f)
+            self.assertIn(b"/p%d" % i, body)
+        s.close()
+
+    def test_expose_errors(self):
+        sid, ws = self.sandbox()
+        r = ws.call("exposeHttp", {"domain": "nope.sbx.localhost", "port": 80})
+        self.assertEqual(r["result"]["error"]["constructorName"], "NotFound", r)
+        self.assertIn("not handed out", r["result"]["error"]["message"])
+        domain = self.gw.rest("POST", "/api/v3/sandbox/%s/expose/http" % sid, {})["domain"]
+        for bad in ({"domain": domain}, {"domain": domain, "port": 0},
+                    {"domain": domain, "port": 70000}, {"domain": domain, "port": "80"},
+                    {"domain": domain, "port": 80, "pid": 1}, {"port": 80}):
+            r = ws.call("exposeHttp", bad)
+            self.assertEqual(r["result"]["error"]["constructorName"], "TypeError", (bad, r))
+        # Handed out, not mapped yet: 404 naming exposeHttp.
+        st, _, body = self.request(domain)
+        self.assertEqual(st, 404, body)
+        self.assertIn(b"exposeHttp", body)
+        # Another sandbox cannot map this sandbox's domain.
+        sid2, ws2 = self.sandbox()
+        r = ws2.call("exposeHttp", {"domain": domain, "port": 80})
+        self.assertEqual(r["result"]["error"]["constructorName"], "NotFound", r)
+        # The Python SDK's body {port} maps at once.
+        srv = self.server()
+        d2 = self.gw.rest("POST", "/api/v3/sandbox/%s/expose/http" % sid2,
+                          {"port": srv.port})["domain"]
+        self.assertEqual(self.request(d2)[0], 200)
+
+    def test_mapping_before_listen(self):
+        port = free_port()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=port)
+        st, _, body = self.request(domain)
+        self.assertEqual(st, 502, body)
+        self.assertIn(b"ECONNREFUSED", body)
+        self.server(port)
+        st, _, body = self.request(domain)
+        self.assertEqual(st, 200, body)
+
+    def test_link_idle_reopen(self):
+        """The gateway's agent link closes when idle (GW_LINK_IDLE_MS); the next connection
+        opens a new one."""
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        self.assertEqual(self.request(domain)[0], 200)
+        time.sleep(11)
+        st, _, body = self.request(domain)
+        self.assertEqual(st, 200, body)
+
+    def test_concurrent_100(self):
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        results = [None] * 100
+
+        def one(i):
+            try:
+                results[i] = self.request(domain, "/c%d" % i)
+            except Exception as e:  # noqa: BLE001 - reported below
+                results[i] = e
+
+        t0 = time.monotonic()
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(100)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        h.note("100 concurrent requests in %.2fs" % (time.monotonic() - t0))
+        for i, r in enumerate(results):
+            self.assertIsInstance(r, tuple, r)
+            self.assertEqual(r[0], 200, r)
+            self.assertIn(b"/c%d " % i, r[2])
+
+    def test_big_response_64mib(self):
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        n = 64 << 20
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=120)
+        s.sendall(("GET /big/%d HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                   % (n, domain)).encode())
+        t0 = time.monotonic()
+        f = s.makefile("rb")
+        st, hdrs, _ = read_response_head(f)
+        self.assertEqual(st, 200)
+        d = hashlib.sha256()
+        got = 0
+        while got < n:
+            b = f.read(min(1 << 20, n - got))
+            if not b:
+                break
+            d.update(b)
+            got += len(b)
+        dt = time.monotonic() - t0
+        s.close()
+        h.note("64 MiB response in %.2fs (%.0f MiB/s)" % (dt, 64 / dt))
+        self.assertEqual(got, n)
+        self.assertEqual(d.hexdigest(), big_digest(n))
+
+    def test_slow_reader_backpressure(self):
+        """A client that does not read holds the guest at the agent's window: the gateway's
+        memory does not grow with the response."""
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        n = 64 << 20
+        rss0 = rss_kib(self.gw.proc.pid)
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=120)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        s.sendall(("GET /big/%d HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                   % (n, domain)).encode())
+        time.sleep(3)
+        grown = rss_kib(self.gw.proc.pid) - rss0
+        h.note("gateway RSS grew %d KiB with a 64 MiB response unread" % grown)
+        self.assertLess(grown, 24 << 10)
+        f = s.makefile("rb")
+        st, _, _ = read_response_head(f)
+        self.assertEqual(st, 200)
+        d = hashlib.sha256()
+        got = 0
+        while got < n:
+            b = f.read(min(1 << 20, n - got))
+            if not b:
+                break
+            d.update(b)
+            got += len(b)
+        s.close()
+        self.assertEqual((got, d.hexdigest()), (n, big_digest(n)))
+
+    def test_post_16mib(self):
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        body = os.urandom(16 << 20)
+        t0 = time.monotonic()
+        st, _, out = self.request(domain, "/up", "POST", body, timeout=120)
+        h.note("16 MiB POST in %.2fs" % (time.monotonic() - t0))
+        self.assertEqual(st, 200, out)
+        self.assertEqual(out.decode().split(), [str(len(body)), hashlib.sha256(body).hexdigest()])
+
+    def test_client_half_close(self):
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("GET /half HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                   % domain).encode())
+        s.shutdown(socket.SHUT_WR)
+        out = recv_until_eof(s, 30)
+        s.close()
+        self.assertTrue(out.startswith(b"HTTP/1.1 200"), out)
+        self.assertIn(b"hello from the guest /half", out)
+
+    def test_server_closes_mid_response(self):
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("GET /partial HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode())
+        out = recv_until_eof(s, 30)  # must end (EOF), not hang
+        s.close()
+        head, _, body = out.partition(b"\r\n\r\n")
+        self.assertIn(b"Content-Length: 1000000", head)
+        self.assertEqual(body, b"p" * 100000)
+
+    def test_slowloris_head(self):
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: slow")
+        t0 = time.monotonic()
+        # Others are served meanwhile.
+        out = self.raw(b"GET / HTTP/1.1\r\nHost: other.sbx.localhost\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 404"), out)
+        out = recv_until_eof(s, 30)
+        dt = time.monotonic() - t0
+        s.close()
+        self.assertTrue(out.startswith(b"HTTP/1.1 408"), out)
+        self.assertGreater(dt, 8)
+        self.assertLess(dt, 15)
+
+    def test_restart_keeps_mappings(self):
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        self.assertEqual(self.request(domain)[0], 200)
+        ws.close()
+        self.wss.remove(ws)
+        with open(os.path.join(self.gw.data, "expose.json")) as f:
+            saved = json.load(f)
+        self.assertIn(domain, [d["domain"] for d in saved["domains"]])
+        self.assertEqual(self.gw.stop(keep_data=True), 0)
+        self.gw = self.start_gateway(data=self.gw.data)
+        st, _, body = self.request(domain)
+        self.assertEqual(st, 200, body + self.gw.logtext().encode()[-3000:])
+
+    def test_gone_sandbox(self):
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        self.assertEqual(self.request(domain)[0], 200)
+        # A connection relaying when the sandbox stops is closed.
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("GET /a HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode())
+        f = s.makefile("rb")
+        self.assertEqual(read_response(f)[0], 200)
+        self.gw.rest("DELETE", "/api/v3/sandbox/%s" % sid)
+        self.assertEqual(recv_until_eof(s, 30), b"")
+        s.close()
+        st, _, body = self.request(domain)
+        self.assertEqual(st, 502, body)
+        self.assertIn(b"not running", body)
+        # A sandbox the gateway no longer knows (a restart without it): 404 and pruned.
+        self.assertEqual(self.gw.stop(keep_data=True), 0)
+        os.unlink(os.path.join(self.gw.data, "sandboxes", sid + ".json"))
+        self.gw = self.start_gateway(data=self.gw.data)
+        st, _, body = self.request(domain)
+        self.assertEqual(st, 404, body)
+        with open(os.path.join(self.gw.data, "expose.json")) as f:
+            self.assertEqual(json.load(f)["domains"], [])
+
+    def test_no_ingress_503(self):
+        gw = self.start_gateway(ingress=False)
+        try:
+            sid, ws = self.sandbox(gw)
+            with self.assertRaises(urllib.error.HTTPError) as cm:
+                gw.rest("POST", "/api/v3/sandbox/%s/expose/http" % sid, {})
+            self.assertEqual(cm.exception.code, 503)
+            self.assertIn(b"--http-listen", cm.exception.read())
+            r = ws.call("exposeHttp", {"domain": "x.sbx.localhost", "port": 80})
+            self.assertIn("--http-listen", r["result"]["error"]["message"])
+        finally:
+            for w in self.wss:
+                w.close()
+            self.wss = []
+            gw.stop()
+
+
+class TestIngressSDK(IngressCase):
+    with_deno = True
+
+    def test_sdk_expose_port_and_pid(self):
+        port = free_port()
+        rc, out, err = h.run_program(self.gw, "expose_http.ts", timeout=180, env={
+            "SBXGW_HOME": self.user.home, "SBXGW_INGRESS": "127.0.0.1:%d" % self.ig_port,
+            "SBXGW_PORT": str(port)})
+        if rc != 0:
+            self.fail("expose_http.ts exited %s\n--- stdout\n%s\n--- stderr\n%s\n--- log\n%s"
+                      % (rc, out[-4000:], err[-6000:], self.gw.logtext()[-4000:]))
+        self.assertIn("expose_http ok", out)
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for ln in f:
+            if ln.startswith("VmRSS:"):
+                return int(ln.split()[1])
+    return 0
+
+
+def read_response_head(f):
+    line = f.readline()
+    status = int(line.split()[1])
+    hdrs = {}
+    while True:
+        ln = f.readline()
+        if ln in (b"\r\n", b"\n", b""):
+            break
+        k, _, v = ln.decode("latin-1").partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    return status, hdrs, None
+
+
+if __name__ == "__main__":
+    unittest.main()
