@@ -158,6 +158,9 @@ static size_t gs_queued(struct gw_gsock *s)
 
 static int gs_pend_add(struct gw_gsock *s, const void *data, size_t len)
 {
+    if (len == 0) {
+        return 0;
+    }
     if (s->poff > 0 && s->poff == s->plen) {
         s->poff = s->plen = 0;
     }
@@ -177,11 +180,13 @@ static int gs_pend_add(struct gw_gsock *s, const void *data, size_t len)
             if (p == NULL) {
                 return -1;
             }
-            memcpy(p, s->pend + s->poff, live);
+            if (live > 0) { /* s->pend is NULL before the first write */
+                memcpy(p, s->pend + s->poff, live);
+            }
             free(s->pend);
             s->pend = p;
             s->pcap = cap;
-        } else {
+        } else if (live > 0) {
             memmove(s->pend, s->pend + s->poff, live);
         }
         s->poff = 0;

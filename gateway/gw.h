@@ -125,6 +125,8 @@ struct gw_sandbox {
     json_t *env;        /* object: env vars the config set (Python SDK's `env`), applied by the
                            first session with env.set; NULL: none */
     json_t *config;     /* the create config as received (kept for the state file) */
+    json_t *secrets;    /* the config's `secrets` with their values (memory only: the state
+                           file's config has them without; NULL after a restart) */
     char addr[4200];    /* the agent's address for sbx_addr_parse ("unix:/path") */
     char why[512];      /* BOOTING failed / GONE: why, for the SDK's error */
     struct gw_session *sessions; /* list of sessions on this sandbox */
@@ -265,6 +267,17 @@ int gw_session_on_cancel(struct gw_session *s, uint64_t sdk_stream, void (*fn)(v
                          void *user);
 void gw_session_off_cancel(struct gw_session *s, uint64_t sdk_stream);
 
+/*
+ * Server streams a method produces from a source of its own (a fetch's response body):
+ * gw_session_congested is true while the WebSocket's write queue is above GW_WS_HIGH (stop
+ * reading the source); @fn registered with gw_session_on_drain is called each time the queue fell
+ * back to GW_WS_LOW (resume). gw_session_off_drain forgets @user's registration. on_drain
+ * returns 0, or -1 when out of memory.
+ */
+bool gw_session_congested(struct gw_session *s);
+int gw_session_on_drain(struct gw_session *s, void (*fn)(void *user), void *user);
+void gw_session_off_drain(struct gw_session *s, void *user);
+
 /* The guest user the session's processes run as (NULL: the agent's default). */
 const char *gw_session_user(struct gw_session *s);
 
@@ -303,7 +316,14 @@ struct gw_call {
     struct keep *keeps;            /* session.c: allocations freed with the call (gw_call_keep) */
     uint64_t abort_id;             /* the SDK's abortId + 1 (its ids start at 0); 0: none */
     void (*on_abort)(struct gw_call *call); /* abort{abortId} arrived (may be NULL) */
+    bool abort_late; /* on_abort also after the answer (a held call whose stream still runs) */
 };
+
+/* Keep @call allocated after its answer while its method still works for it (a fetch whose
+ * response body streams): each hold needs one release, which frees the call once it is answered
+ * and nothing else of it is outstanding. */
+void gw_call_hold(struct gw_call *call);
+void gw_call_release(struct gw_call *call);
 
 /* The `user` for an agent request of @call: sets call->done, counts it outstanding. */
 void *gw_call_expect(struct gw_call *call, gw_call_done_fn done);
@@ -384,6 +404,11 @@ void gw_m_expose_http(struct gw_call *call, json_t *params);
 
 /* The fetch{url, method, headers, redirect, abortId?, bodyStreamId?, pid?} method (fetch.c). */
 void gw_m_fetch(struct gw_call *call, json_t *params);
+/* Check fetch's options (--resolve) at start: 0, or -1 with a message in @why. */
+int gw_fetch_start(struct gw *g, char *why, size_t whylen);
+/* A session's agent connection said hello: set the secrets' placeholders in the sandbox's env
+ * (once per sandbox and gateway run). */
+void gw_fetch_session_ready(struct gw_session *s);
 
 /* Deploy and revisions (deploy.c): start loads DATA/revisions. 0, or -1 with @why. */
 int gw_deploy_start(struct gw *g, char *why, size_t whylen);

@@ -184,6 +184,7 @@ void gw_methods_session_ready(struct gw_session *s)
     size_t n = 0;
     struct sbx_err err;
 
+    gw_fetch_session_ready(s); /* the secrets' placeholders (fetch.c) */
     if (sb->env == NULL || json_object_size(sb->env) == 0) {
         return;
     }

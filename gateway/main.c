@@ -390,7 +390,7 @@ static int run(struct gw_main *m)
         return 1;
     }
     if (gw_ingress_start(g, err, sizeof err) < 0 || gw_deploy_start(g, err, sizeof err) < 0 ||
-        gw_ssh_start(g, err, sizeof err) < 0) {
+        gw_ssh_start(g, err, sizeof err) < 0 || gw_fetch_start(g, err, sizeof err) < 0) {
         gw_log("%s", err);
         stop_services(g);
         return 1;

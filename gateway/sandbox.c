@@ -86,6 +86,7 @@ static void sb_free_cb(uv_handle_t *h)
     json_decref(p->sb.labels);
     json_decref(p->sb.env);
     json_decref(p->sb.config);
+    json_decref(p->sb.secrets);
     while (p->waiters != NULL) {
         struct sb_waiter *w = p->waiters;
         p->waiters = w->next;
@@ -680,6 +681,9 @@ struct gw_sandbox *gw_sandbox_create_ex(struct gw *g, json_t *config, int *statu
     sb->labels = c.labels;
     sb->env = c.env;
     sb->config = config != NULL ? config_for_disk(config) : NULL;
+    if (config != NULL && json_is_object(json_object_get(config, "secrets"))) {
+        sb->secrets = json_deep_copy(json_object_get(config, "secrets")); /* fetch.c's */
+    }
     (void)gw_sandbox_save(sb); /* logged */
     if (!g->opt.quiet) {
         gw_log("%s: creating (memory %" PRIu64 " MiB, timeout %s)", sb->id, sb->memory_mb,

@@ -85,6 +85,13 @@ struct hook {
     void *user;
 };
 
+/* gw_session_on_drain registrations. */
+struct drainer {
+    struct drainer *next;
+    void (*fn)(void *user);
+    void *user;
+};
+
 struct gw_session {
     struct gw *g;
     struct gw_sandbox *sb;
@@ -107,6 +114,7 @@ struct gw_session {
     struct gw_istream *istreams;
     unsigned nistreams;
     struct hook *hooks;
+    struct drainer *drainers; /* gw_session_on_drain */
     struct dn_repl *repls; /* m_deno.c's, emptied as each REPL's call ends */
     size_t unclaimed;      /* bytes buffered on unclaimed istreams */
     int holds;             /* gw_session_hold count; the WebSocket is paused while > 0 */
@@ -320,6 +328,19 @@ void *gw_call_expect(struct gw_call *call, gw_call_done_fn done)
     call->done = done;
     call->outstanding++;
     return call;
+}
+
+void gw_call_hold(struct gw_call *call)
+{
+    call->outstanding++;
+}
+
+void gw_call_release(struct gw_call *call)
+{
+    if (call->outstanding > 0) {
+        call->outstanding--;
+    }
+    call_maybe_free(call);
 }
 
 void gw_call_unexpect(struct gw_call *call)
@@ -773,8 +794,46 @@ static void on_ws_drain(struct gw_ws *ws, void *user)
             ack(os, n);
         }
     }
+    /* A drainer may forget itself from its callback (never another): the next one is taken
+     * first. */
+    for (struct drainer *d = s->drainers, *next; d != NULL; d = next) {
+        next = d->next;
+        d->fn(d->user);
+    }
     s->in_cb = false;
     gw_session_flush(s);
+}
+
+bool gw_session_congested(struct gw_session *s)
+{
+    return s->ws != NULL && gw_ws_queued(s->ws) > GW_WS_HIGH;
+}
+
+int gw_session_on_drain(struct gw_session *s, void (*fn)(void *user), void *user)
+{
+    struct drainer *d = calloc(1, sizeof(*d));
+
+    if (d == NULL) {
+        return -1;
+    }
+    d->fn = fn;
+    d->user = user;
+    d->next = s->drainers;
+    s->drainers = d;
+    return 0;
+}
+
+void gw_session_off_drain(struct gw_session *s, void *user)
+{
+    for (struct drainer **pp = &s->drainers; *pp != NULL; pp = &(*pp)->next) {
+        if ((*pp)->user == user) {
+            struct drainer *d = *pp;
+
+            *pp = d->next;
+            free(d);
+            return;
+        }
+    }
 }
 
 /* --- hooks -------------------------------------------------------------------------------- */
@@ -1093,7 +1152,8 @@ void gw_m_abort(struct gw_call *call, json_t *params)
         uint64_t id = (uint64_t)json_integer_value(v) + 1;
 
         for (struct gw_call *c = call->s->calls; c != NULL; c = c->next) {
-            if (c != call && c->abort_id == id && !c->answered && c->on_abort != NULL) {
+            if (c != call && c->abort_id == id && (!c->answered || c->abort_late) &&
+                c->on_abort != NULL) {
                 c->on_abort(c);
                 break;
             }
@@ -1581,6 +1641,12 @@ static void session_maybe_free(struct gw_session *s)
     }
     s->freed = true;
     session_unlink(s);
+    while (s->drainers != NULL) {
+        struct drainer *d = s->drainers;
+
+        s->drainers = d->next;
+        free(d);
+    }
     free(s->scratch);
     sbx_conn_free(s->c);
     s->c = NULL;
