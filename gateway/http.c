@@ -37,6 +37,7 @@
 enum conn_state {
     C_HTTP = 1, /* reading a request */
     C_WAIT,     /* a request is with the handler */
+    C_STREAM,   /* the handler is streaming its answer (gw_http_stream_start) */
     C_WS,       /* upgraded: c->ws */
     C_LINGER,   /* answered and shut down for writing: discarding input until EOF */
     C_CLOSED,   /* uv_close called */
@@ -133,11 +134,16 @@ struct gw_http_conn {
     size_t out_bytes; /* bytes in uv_write requests not yet completed */
     void (*abandon_cb)(struct gw_http_conn *hc, void *user);
     void *abandon_user;
+    void (*drain_cb)(struct gw_http_conn *hc, void *user); /* streamed answers */
+    void *drain_user;
+    bool chunked;      /* the streamed answer uses chunked transfer-encoding */
+    bool stream_close; /* ... and the connection closes after it */
     struct gw_ws *ws;
 };
 
 static void conn_close(struct gw_http_conn *c);
 static void conn_linger(struct gw_http_conn *c);
+static void conn_gone(struct gw_http_conn *c);
 static void conn_after_parse(struct gw_http_conn *c);
 static void kick_cb(uv_idle_t *h);
 static void conn_error(struct gw_http_conn *c, int status, const char *msg);
@@ -356,6 +362,14 @@ static void write_cb(uv_write_t *req, int status)
         ws_events(c->ws);
         return;
     }
+    if (c->state == C_STREAM) {
+        if (status < 0) {
+            conn_gone(c);
+        } else if (c->out_bytes == 0 && c->drain_cb && !c->gone) {
+            c->drain_cb(c, c->drain_user);
+        }
+        return;
+    }
     if (status < 0) {
         conn_close(c);
     }
@@ -483,7 +497,7 @@ static void conn_linger(struct gw_http_conn *c)
  * keep everything until the handler answers. */
 static void conn_gone(struct gw_http_conn *c)
 {
-    if (c->state == C_WAIT && c->held) {
+    if ((c->state == C_WAIT || c->state == C_STREAM) && c->held) {
         if (!c->abandon_cb) {
             c->gone = true;
             conn_read(c, false);
@@ -631,6 +645,10 @@ static void req_reset(struct gw_http_conn *c)
     c->err_msg = NULL;
     c->abandon_cb = NULL;
     c->abandon_user = NULL;
+    c->drain_cb = NULL;
+    c->drain_user = NULL;
+    c->chunked = false;
+    c->stream_close = false;
     free(c->pathbuf);
     c->pathbuf = NULL;
     if (c->hb_cap > (16u << 10)) {
@@ -781,8 +799,9 @@ static void conn_after_parse(struct gw_http_conn *c)
         conn_read(c, true);
         break;
     case C_WAIT:
+    case C_STREAM:
         /* Keep reading to notice a client that gives up (and to keep the first frames after an
-         * upgrade request), up to a point. */
+         * upgrade request, or a pipelined request), up to a point. */
         conn_read(c, c->pend_len < PEND_MAX);
         break;
     case C_WS:
@@ -814,7 +833,7 @@ static void kick_cb(uv_idle_t *h)
 
 static void http_read(struct gw_http_conn *c, const char *data, size_t len)
 {
-    if (c->state == C_WAIT || (c->state == C_HTTP && c->pend_len > 0)) {
+    if (c->state == C_WAIT || c->state == C_STREAM || (c->state == C_HTTP && c->pend_len > 0)) {
         /* Behind bytes already held: keep the order. */
         if (pend_append(c, data, len) < 0) {
             conn_gone(c);
@@ -833,7 +852,8 @@ static void http_read(struct gw_http_conn *c, const char *data, size_t len)
     c->in_parse = true;
     size_t n = conn_parse(c, data, len);
     c->in_parse = false;
-    if (n < len && (c->state == C_HTTP || c->state == C_WAIT || c->state == C_WS)) {
+    if (n < len &&
+        (c->state == C_HTTP || c->state == C_WAIT || c->state == C_STREAM || c->state == C_WS)) {
         if (pend_append(c, data + n, len - n) < 0) {
             /* Out of memory: drop the client, telling whoever holds its request. */
             if (c->state == C_WS && c->ws) {
@@ -865,7 +885,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         if (c->state == C_WS && c->ws) {
             c->ws->dead = true;
             ws_events(c->ws);
-        } else if (c->state == C_WAIT) {
+        } else if (c->state == C_WAIT || c->state == C_STREAM) {
             conn_gone(c);
         } else {
             conn_close(c);
@@ -942,6 +962,8 @@ static struct wblock *build_answer(struct gw_http_conn *c, int status, const cha
     return b;
 }
 
+static void answered(struct gw_http_conn *c, bool close);
+
 static void respond(struct gw_http_conn *c, int status, const char *const *headers,
                     const char *body, size_t len, bool close)
 {
@@ -956,6 +978,12 @@ static void respond(struct gw_http_conn *c, int status, const char *const *heade
         conn_close(c);
         return;
     }
+    answered(c, close);
+}
+
+/* The answer is queued: close politely, or read the next request. */
+static void answered(struct gw_http_conn *c, bool close)
+{
     if (close) {
         conn_linger(c);
         return;
@@ -1037,6 +1065,104 @@ void gw_http_on_abandon(struct gw_http_conn *hc, void (*cb)(struct gw_http_conn 
 {
     hc->abandon_cb = cb;
     hc->abandon_user = user;
+}
+
+/* --- streamed answers ---------------------------------------------------------------------- */
+
+int gw_http_stream_start(struct gw_http_conn *hc, int status, const char *const *headers)
+{
+    if (hc->gone || hc->state != C_WAIT) {
+        return -1;
+    }
+    bool http11 =
+        hc->parser.http_major > 1 || (hc->parser.http_major == 1 && hc->parser.http_minor >= 1);
+    /* Without chunked framing the end of the body is the end of the connection. */
+    bool close = !http11 || !hc->keep_alive || hc->upgrade || hc->srv->closing;
+    char extra[96];
+    snprintf(extra, sizeof(extra), "%s%s", http11 ? "Transfer-Encoding: chunked\r\n" : "",
+             close ? "Connection: close\r\n" : "");
+    struct wblock *b = build_answer(hc, status, extra, headers, NULL, 0);
+    if (!b || wblock_submit(b) < 0) {
+        hc->gone = true;
+        return -1;
+    }
+    hc->state = C_STREAM;
+    hc->chunked = http11;
+    hc->stream_close = close;
+    return 0;
+}
+
+int gw_http_stream_write(struct gw_http_conn *hc, const void *data, size_t len)
+{
+    if (hc->gone || hc->state != C_STREAM) {
+        return -1;
+    }
+    if (len == 0) {
+        return 0; /* an empty chunk would end the body */
+    }
+    struct wblock *b = wblock_new(hc, len + 32);
+    if (!b) {
+        hc->gone = true;
+        return -1;
+    }
+    if (hc->chunked) {
+        b->len = (size_t)snprintf(b->data, 32, "%zx\r\n", len);
+    }
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    if (hc->chunked) {
+        memcpy(b->data + b->len, "\r\n", 2);
+        b->len += 2;
+    }
+    if (wblock_submit(b) < 0) {
+        hc->gone = true;
+        return -1;
+    }
+    return 0;
+}
+
+size_t gw_http_stream_queued(const struct gw_http_conn *hc)
+{
+    return hc->out_bytes;
+}
+
+void gw_http_on_drain(struct gw_http_conn *hc, void (*cb)(struct gw_http_conn *hc, void *user),
+                      void *user)
+{
+    hc->drain_cb = cb;
+    hc->drain_user = user;
+}
+
+void gw_http_stream_end(struct gw_http_conn *hc)
+{
+    if (hc->state != C_STREAM || hc->gone) {
+        /* Never started, or the client is gone: let go. */
+        hc->held = false;
+        if (hc->state == C_CLOSED) {
+            if (hc->handles == 0) {
+                conn_free(hc);
+            }
+            return;
+        }
+        conn_close(hc);
+        return;
+    }
+    hc->held = false;
+    hc->drain_cb = NULL;
+    if (hc->chunked) {
+        struct wblock *b = wblock_new(hc, 5);
+        if (!b) {
+            conn_close(hc);
+            return;
+        }
+        memcpy(b->data, "0\r\n\r\n", 5);
+        b->len = 5;
+        if (wblock_submit(b) < 0) {
+            conn_close(hc);
+            return;
+        }
+    }
+    answered(hc, hc->stream_close);
 }
 
 /* --- server -------------------------------------------------------------------------------- */
@@ -1207,7 +1333,7 @@ void gw_http_close(struct gw_http_server *srv)
         next = c->next;
         if (c->state == C_WS && c->ws) {
             gw_ws_close(c->ws, 1001, "going away");
-        } else if (c->state == C_WAIT) {
+        } else if (c->state == C_WAIT || c->state == C_STREAM) {
             if (c->abandon_cb) {
                 conn_gone(c);
             } /* else: answered later, then closed (srv->closing) */

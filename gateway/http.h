@@ -81,11 +81,38 @@ void gw_http_respond_json(struct gw_http_conn *hc, int status, const char *const
                           json_t *body);
 
 /*
- * Called when the client of an unanswered request went away (a create whose client gave up).
- * The request must not be answered after it; @hc is freed when the callback returns.
+ * Called when the client of an unanswered request went away (a create whose client gave up), or
+ * the client of a streamed answer went away or could not be written to. The request must not be
+ * answered (nor the stream written or ended) after it; @hc is freed when the callback returns.
+ * Called from a libuv callback of the server's, never from inside a call of this API.
  */
 void gw_http_on_abandon(struct gw_http_conn *hc, void (*cb)(struct gw_http_conn *hc, void *user),
                         void *user);
+
+/*
+ * Streamed answers (Server-Sent Events, progress): a body of unknown length. gw_http_stream_start
+ * answers @hc's request with the status line and @headers (as gw_http_respond; no Content-Length,
+ * no default Content-Type) and, for an HTTP/1.1 client, Transfer-Encoding: chunked; an HTTP/1.0
+ * client gets the bytes as they are and the connection closed at the end. Then any number of
+ * gw_http_stream_write (each a chunk; @len 0 writes nothing), then gw_http_stream_end exactly once,
+ * which ends the body and reads the next request (or closes). Nothing is read meanwhile beyond a
+ * small buffer (a pipelined request waits for the end).
+ *
+ * start and write return 0, or -1 when the client is gone or the bytes cannot be queued (out of
+ * memory): the handler then stops writing and still calls gw_http_stream_end to let @hc go, unless
+ * the abandon callback was called. A client that goes away while it streams is reported through
+ * gw_http_on_abandon (set it before or after start); after that callback, end must not be called.
+ *
+ * Back-pressure: gw_http_stream_queued is the bytes queued and not yet written to the socket; a
+ * producer writes while it is under its bound and waits for the drain callback (called whenever
+ * every queued byte has been written) to write more.
+ */
+int gw_http_stream_start(struct gw_http_conn *hc, int status, const char *const *headers);
+int gw_http_stream_write(struct gw_http_conn *hc, const void *data, size_t len);
+size_t gw_http_stream_queued(const struct gw_http_conn *hc);
+void gw_http_on_drain(struct gw_http_conn *hc, void (*cb)(struct gw_http_conn *hc, void *user),
+                      void *user);
+void gw_http_stream_end(struct gw_http_conn *hc);
 
 /* --- WebSocket ----------------------------------------------------------------------------- */
 

@@ -14,8 +14,10 @@
  * Requests: pass a struct gw_link_req (embedded in the user's state, its fn set) as the typed
  * call's `user`; its RESPONSE goes to fn. Streams: attach a struct gw_link_stream with
  * sbx_conn_stream_set_user; DATA, END, CANCEL, CREDIT and TRANSFER_DONE go to its fn. EXIT and
- * NOTIFY events go to every joined user's `event` (may be NULL). After each write to the agent
- * completes, every user's `drained` (may be NULL) is called: feeders write more there.
+ * NOTIFY events go to every joined user's `event` (may be NULL), and so does the TRANSFER_DONE
+ * of an upload whose stream its user already ended with sbx_conn_end (the core forgets a stream,
+ * and its user pointer, once its end is sent): match it by ev->stream. After each write to the
+ * agent completes, every user's `drained` (may be NULL) is called: feeders write more there.
  *
  * Calls made outside a link callback must be followed by gw_link_flush. Inside one (up, down,
  * event, drained, a req or stream fn) the link flushes on return.

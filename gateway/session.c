@@ -115,11 +115,11 @@ struct gw_session {
     unsigned nistreams;
     struct hook *hooks;
     struct drainer *drainers; /* gw_session_on_drain */
-    struct dn_repl *repls; /* m_deno.c's, emptied as each REPL's call ends */
-    size_t unclaimed;      /* bytes buffered on unclaimed istreams */
-    int holds;             /* gw_session_hold count; the WebSocket is paused while > 0 */
-    bool paused;           /* what was last told to gw_ws_pause */
-    bool in_cb;            /* inside one of our callbacks: flush on return */
+    struct dn_repl *repls;    /* m_deno.c's, emptied as each REPL's call ends */
+    size_t unclaimed;         /* bytes buffered on unclaimed istreams */
+    int holds;                /* gw_session_hold count; the WebSocket is paused while > 0 */
+    bool paused;              /* what was last told to gw_ws_pause */
+    bool in_cb;               /* inside one of our callbacks: flush on return */
     bool freed;
     char why[256]; /* why the agent link ended */
     char *scratch; /* gw_ostream_enqueue's message buffer */

@@ -7,7 +7,11 @@
  *           "flood" -> 320 text messages of 64 KiB (20 MiB) paced by on_drain, then
  *           "flood-done drains=N"; "pause" -> stops reading for 300 ms, then "resumed"
  *   /slow   answered after 500 ms by a timer (abandoned if the client leaves first)
- *   /stats  {"abandoned": N, "ws_closed": N, "last_close": code}
+ *   /stream?n=N&ms=M&size=S  a streamed answer (gw_http_stream_*): N chunks of S bytes (at
+ *           most 1 MiB; default 16) "chunk I\n" padded with '.', one every M ms (0: as fast as
+ *           the drain callback allows, keeping at most 256 KiB queued), then the end
+ *   /stats  {"abandoned": N, "ws_closed": N, "last_close": code, "streams_abandoned": N,
+ *            "streams_done": N}
  *   else    {"method", "path", "query", "body", "headers": {name: value}}
  */
 #include <signal.h>
@@ -30,6 +34,17 @@ struct echo {
     unsigned abandoned;
     unsigned ws_closed;
     unsigned last_close;
+    unsigned streams_abandoned;
+    unsigned streams_done;
+};
+
+struct strm {
+    uv_timer_t timer;
+    struct gw_http_conn *hc;
+    struct echo *e;
+    unsigned n, sent, ms;
+    size_t size;
+    char *buf;
 };
 
 struct slow {
@@ -66,6 +81,82 @@ static void slow_abandon_cb(struct gw_http_conn *hc, void *user)
     sl->e->abandoned++;
     (void)uv_timer_stop(&sl->timer); /* cannot fail */
     uv_close((uv_handle_t *)&sl->timer, slow_free_cb);
+}
+
+static void strm_free_cb(uv_handle_t *h)
+{
+    struct strm *st = h->data;
+    free(st->buf);
+    free(st);
+}
+
+static void strm_finish(struct strm *st)
+{
+    gw_http_stream_end(st->hc);
+    st->e->streams_done++;
+    uv_close((uv_handle_t *)&st->timer, strm_free_cb);
+}
+
+static void strm_tick(uv_timer_t *t);
+
+/* Write chunks: one per timer tick, or (ms 0) while under 256 KiB queued. */
+static void strm_pump(struct strm *st)
+{
+    while (st->sent < st->n) {
+        if (st->ms == 0 && gw_http_stream_queued(st->hc) > (256u << 10)) {
+            return; /* the drain callback resumes */
+        }
+        int k = snprintf(st->buf, st->size + 32, "chunk %u\n", st->sent);
+        size_t len = (size_t)k < st->size ? st->size : (size_t)k;
+        for (size_t j = (size_t)k; j < len; j++) {
+            st->buf[j] = '.';
+        }
+        if (gw_http_stream_write(st->hc, st->buf, len) < 0) {
+            st->sent = st->n;
+            break;
+        }
+        st->sent++;
+        if (st->ms > 0 && st->sent < st->n) {
+            (void)uv_timer_start(&st->timer, strm_tick, st->ms, 0); /* cannot fail */
+            return;
+        }
+    }
+    strm_finish(st);
+}
+
+static void strm_tick(uv_timer_t *t)
+{
+    strm_pump(t->data);
+}
+
+static void strm_drain(struct gw_http_conn *hc, void *user)
+{
+    struct strm *st = user;
+    (void)hc;
+    if (st->ms == 0) {
+        strm_pump(st);
+    }
+}
+
+static void strm_abandon(struct gw_http_conn *hc, void *user)
+{
+    struct strm *st = user;
+    (void)hc;
+    st->e->streams_abandoned++;
+    (void)uv_timer_stop(&st->timer); /* cannot fail */
+    uv_close((uv_handle_t *)&st->timer, strm_free_cb);
+}
+
+static unsigned query_uint(const char *query, const char *key, unsigned def, unsigned max)
+{
+    size_t kl = strlen(key);
+    for (const char *p = query; p && *p; p = strchr(p, '&') ? strchr(p, '&') + 1 : NULL) {
+        if (strncmp(p, key, kl) == 0 && p[kl] == '=') {
+            unsigned long v = strtoul(p + kl + 1, NULL, 10);
+            return v > max ? max : (unsigned)v;
+        }
+    }
+    return def;
 }
 
 static void flood_pump(struct wsst *st)
@@ -190,10 +281,35 @@ static void handle(struct gw_http_conn *hc, const struct gw_http_req *req, void 
         return;
     }
     if (strcmp(req->path, "/stats") == 0) {
-        gw_http_respond_json(hc, 200, NULL,
-                             json_pack("{s:i, s:i, s:i}", "abandoned", (int)e->abandoned,
-                                       "ws_closed", (int)e->ws_closed, "last_close",
-                                       (int)e->last_close));
+        gw_http_respond_json(
+            hc, 200, NULL,
+            json_pack("{s:i, s:i, s:i, s:i, s:i}", "abandoned", (int)e->abandoned, "ws_closed",
+                      (int)e->ws_closed, "last_close", (int)e->last_close, "streams_abandoned",
+                      (int)e->streams_abandoned, "streams_done", (int)e->streams_done));
+        return;
+    }
+    if (strcmp(req->path, "/stream") == 0) {
+        struct strm *st = calloc(1, sizeof(*st));
+        if (!st || uv_timer_init(&e->loop, &st->timer) < 0) {
+            free(st);
+            gw_http_respond(hc, 500, NULL, NULL, 0);
+            return;
+        }
+        st->timer.data = st;
+        st->hc = hc;
+        st->e = e;
+        st->n = query_uint(req->query, "n", 3, 100000);
+        st->ms = query_uint(req->query, "ms", 0, 10000);
+        st->size = query_uint(req->query, "size", 16, 1u << 20);
+        st->buf = malloc(st->size + 32);
+        static const char *const hdrs[] = { "Content-Type: text/plain", "x-stream: yes", NULL };
+        if (!st->buf || gw_http_stream_start(hc, 200, hdrs) < 0) {
+            strm_finish(st);
+            return;
+        }
+        gw_http_on_abandon(hc, strm_abandon, st);
+        gw_http_on_drain(hc, strm_drain, st);
+        strm_pump(st);
         return;
     }
     json_t *headers = json_object();

@@ -275,6 +275,102 @@ class TestHttp(unittest.TestCase):
 
     # --- WebSocket handshake ------------------------------------------------------------------
 
+    # --- streamed answers (gw_http_stream_*) ---------------------------------------------------
+
+    def read_chunk(self, sock):
+        """One chunk of a chunked body: its bytes (b"" for the last chunk, after its CRLF)."""
+        line = b""
+        while not line.endswith(b"\r\n"):
+            c = sock.recv(1)
+            if not c:
+                raise EOFError("connection closed in a chunk size line: %r" % line)
+            line += c
+        n = int(line.split(b";")[0], 16)
+        data = recv_exact(sock, n + 2)
+        self.assertEqual(data[-2:], b"\r\n")
+        return data[:-2]
+
+    def test_stream_chunked_live(self):
+        s = self.connect()
+        t0 = time.monotonic()
+        s.sendall(b"GET /stream?n=3&ms=400 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, hdrs = read_head(s)
+        self.assertEqual(status, 200)
+        self.assertEqual(hdrs.get("transfer-encoding"), "chunked")
+        self.assertNotIn("content-length", hdrs)
+        self.assertEqual(hdrs.get("x-stream"), "yes")
+        first = self.read_chunk(s)
+        # The first chunk arrives before the stream ends (about 800 ms later).
+        self.assertLess(time.monotonic() - t0, 0.6)
+        self.assertTrue(first.startswith(b"chunk 0\n"), first)
+        self.assertTrue(self.read_chunk(s).startswith(b"chunk 1\n"))
+        self.assertTrue(self.read_chunk(s).startswith(b"chunk 2\n"))
+        self.assertEqual(self.read_chunk(s), b"")
+        self.assertGreater(time.monotonic() - t0, 0.7)
+        # Keep-alive: the connection serves the next request.
+        status, _, body = self.request(s, "GET", "/after-stream")
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["path"], "/after-stream")
+
+    def test_stream_pipelined_request_waits(self):
+        s = self.connect()
+        s.sendall(b"GET /stream?n=2&ms=200 HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _ = read_head(s)
+        self.assertEqual(status, 200)
+        self.assertTrue(self.read_chunk(s).startswith(b"chunk 0"))
+        self.assertTrue(self.read_chunk(s).startswith(b"chunk 1"))
+        self.assertEqual(self.read_chunk(s), b"")
+        status, _, body = read_response(s)
+        self.assertEqual(json.loads(body)["path"], "/next")
+
+    def test_stream_http10(self):
+        s = self.connect()
+        s.sendall(b"GET /stream?n=2&size=20 HTTP/1.0\r\n\r\n")
+        status, hdrs = read_head(s)
+        self.assertEqual(status, 200)
+        self.assertNotIn("transfer-encoding", hdrs)
+        self.assertEqual(hdrs.get("connection"), "close")
+        body = b""
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            body += c
+        self.assertEqual(body, b"chunk 0\n" + b"." * 12 + b"chunk 1\n" + b"." * 12)
+
+    def test_stream_back_pressure(self):
+        # 32 MiB paced by the drain callback; the client reads slowly at first.
+        s = self.connect()
+        n, size = 512, 65536
+        s.sendall(b"GET /stream?n=%d&size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (n, size))
+        status, hdrs = read_head(s)
+        self.assertEqual(status, 200)
+        time.sleep(0.5)
+        total = 0
+        i = 0
+        while True:
+            c = self.read_chunk(s)
+            if not c:
+                break
+            self.assertTrue(c.startswith(b"chunk %d\n" % i), c[:20])
+            total += len(c)
+            i += 1
+        self.assertEqual(total, n * size)
+        self.assertEqual(i, n)
+
+    def test_stream_abandoned(self):
+        before = self.stats()["streams_abandoned"]
+        s = self.connect()
+        s.sendall(b"GET /stream?n=1000&ms=50 HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_head(s)
+        self.read_chunk(s)
+        s.close()
+        deadline = time.monotonic() + TIMEOUT
+        while self.stats()["streams_abandoned"] == before:
+            self.assertLess(time.monotonic(), deadline, "the stream was not abandoned")
+            time.sleep(0.05)
+
     def test_handshake(self):
         s, hdrs = self.ws_connect(headers=["Sec-WebSocket-Extensions: permessage-deflate"])
         self.assertEqual(hdrs.get("upgrade", "").lower(), "websocket")
