@@ -1,0 +1,367 @@
+"""SSH access (expose/ssh, docs/GATEWAY.md "SSH") with the real OpenSSH client against
+sbx-gateway --ssh-listen 127.0.0.1:0 on the addr backend (a root sbx-agent; a real user made by
+the test as the workload user).
+
+    python3 test_ssh.py            run every test; exit 77 when all skipped
+
+Each test gets a fresh agent and gateway; a sandbox is created with a deadline (so it outlives
+the raw WebSocket that created it), then POST /api/v3/sandbox/<id>/expose/ssh gives
+{hostname, username, port}. Environment: SBX_BUILD (default SRC/build).
+"""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.error
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sdkharness as h  # noqa: E402
+
+SSH = shutil.which("ssh")
+TMUX = shutil.which("tmux")
+
+
+def ssh_argv(info, *extra, user=None):
+    return [SSH, "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=20", "-p", str(info["port"]),
+            *extra, "%s@%s" % (user or info["username"], info["hostname"])]
+
+
+def pgrep(user, pattern):
+    r = subprocess.run(["pgrep", "-u", user, "-f", pattern], stdout=subprocess.PIPE, text=True)
+    return [int(x) for x in r.stdout.split()]
+
+
+def wait_for(pred, timeout, step=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
+
+
+class SSHCase(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if SSH is None:
+            raise unittest.SkipTest("the OpenSSH client is not installed (scripts/deps.sh)")
+        cls.user = h.WorkloadUser()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.user.close()
+
+    def setUp(self):
+        self.agent = h.start_agent()
+        try:
+            self.gw = h.Gateway(backend="addr:" + self.agent.addr, user=self.user.name,
+                                cwd=self.user.home, extra=["--ssh-listen", "127.0.0.1:0"])
+        except BaseException:
+            self.agent.stop()
+            raise
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            for f in (p.stdin, p.stdout, p.stderr):
+                try:
+                    f.close()
+                except (OSError, ValueError):
+                    pass
+        alive = self.gw.alive()
+        log = self.gw.logtext()
+        rc = self.gw.stop()
+        self.agent.stop()
+        self.assertTrue(alive, "sbx-gateway died during the test:\n" + log[-4000:])
+        self.assertIn(rc, (0, -15), "sbx-gateway exit status %s on SIGTERM:\n%s"
+                      % (rc, log[-4000:]))
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            self.assertNotIn(bad, log)
+
+    # --- helpers ---
+
+    def sandbox(self):
+        """A timed sandbox (outlives its creating WebSocket): its id."""
+        cfg = {"stop_at_ms": int(time.time() * 1000) + 600000, "memory_mb": 1280}
+        ws = h.open_create_ws(self.gw, cfg)
+        sid = ws.headers["x-deno-sandbox-id"]
+        ws.close()
+        return sid
+
+    def expose(self, sid):
+        info = self.gw.rest("POST", "/api/v3/sandbox/%s/expose/ssh" % sid, body={})
+        self.assertEqual(set(info), {"hostname", "username", "port"}, info)
+        self.assertRegex(info["username"], r"^[a-z0-9]{32}$")
+        self.assertEqual(info["hostname"], "127.0.0.1")
+        self.assertGreater(info["port"], 0)
+        return info
+
+    def ssh(self, info, cmd, stdin=b"", timeout=60, extra=(), user=None):
+        argv = ssh_argv(info, *extra, user=user) + ([cmd] if cmd is not None else [])
+        r = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=timeout)
+        return r.returncode, r.stdout, r.stderr
+
+    def popen(self, info, cmd, extra=()):
+        p = subprocess.Popen(ssh_argv(info, *extra) + [cmd], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs.append(p)
+        return p
+
+    def log(self):
+        return self.gw.logtext()[-4000:]
+
+
+class TestSSH(SSHCase):
+    def test_exec_output_and_status(self):
+        info = self.expose(self.sandbox())
+        rc, out, err = self.ssh(info, "echo hi; id -un; pwd; exit 3")
+        self.assertEqual(rc, 3, (out, err, self.log()))
+        self.assertEqual(out.decode(), "hi\n%s\n%s\n" % (self.user.name, self.user.home))
+        # The host key was generated once, mode 0600.
+        key = os.path.join(self.gw.data, "ssh_host_ed25519_key")
+        self.assertEqual(os.stat(key).st_mode & 0o777, 0o600)
+
+    def test_stdout_stderr_separate(self):
+        info = self.expose(self.sandbox())
+        rc, out, err = self.ssh(info, "echo out; echo err >&2; echo out2")
+        self.assertEqual(rc, 0, (out, err))
+        self.assertEqual(out, b"out\nout2\n")
+        self.assertEqual(err, b"err\n")
+
+    def test_stdin_4mib_byte_exact(self):
+        info = self.expose(self.sandbox())
+        data = os.urandom(4 << 20)
+        rc, out, err = self.ssh(info, "cat", stdin=data, timeout=120)
+        self.assertEqual(rc, 0, (err, self.log()))
+        self.assertEqual(len(out), len(data))
+        self.assertEqual(hashlib.sha256(out).hexdigest(), hashlib.sha256(data).hexdigest())
+        # And the other way round: the sandbox's checksum of what it read.
+        rc, out, err = self.ssh(info, "sha256sum", stdin=data, timeout=120)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out.split()[0].decode(), hashlib.sha256(data).hexdigest())
+
+    def test_flow_control_both_ways(self):
+        """stdin sent while the process does not read yet (held in the SSH window), output
+        produced while the client does not read (held at the agent): nothing lost."""
+        info = self.expose(self.sandbox())
+        data = os.urandom(12 << 20)
+        rc, out, err = self.ssh(info, "sleep 3; sha256sum", stdin=data, timeout=120)
+        self.assertEqual(rc, 0, (err, self.log()))
+        self.assertEqual(out.split()[0].decode(), hashlib.sha256(data).hexdigest())
+        p = self.popen(info, "head -c 20000000 /dev/zero; echo done >&2")
+        p.stdin.close()
+        time.sleep(3)  # the client reads nothing meanwhile
+        out = p.stdout.read()
+        err = p.stderr.read()
+        p.wait(60)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertEqual(len(out), 20000000)
+        self.assertEqual(err, b"done\n")
+
+    def test_wrong_username_refused(self):
+        sid = self.sandbox()
+        info = self.expose(sid)
+        for bad in ("a" * 32, info["username"][:-1], info["username"] + "x", "root"):
+            rc, out, err = self.ssh(info, "true", user=bad)
+            self.assertEqual(rc, 255, (bad, out, err))
+            self.assertIn(b"Permission denied", err)
+        # Every expose/ssh mints another name; all stay valid while the sandbox runs.
+        info2 = self.expose(sid)
+        self.assertNotEqual(info2["username"], info["username"])
+        for i in (info, info2, info):
+            rc, out, _ = self.ssh(i, "echo again")
+            self.assertEqual((rc, out), (0, b"again\n"))
+
+    def test_no_ssh_listen_503_and_unknown_sandbox_404(self):
+        sid = self.sandbox()
+        unknown = "sbx_ord_0123456789abcdefghjk"
+        with self.assertRaises(urllib.error.HTTPError) as cm:
+            self.gw.rest("POST", "/api/v3/sandbox/%s/expose/ssh" % unknown, body={})
+        self.assertEqual(cm.exception.code, 404)
+        gw2 = h.Gateway(backend="addr:" + self.agent.addr, user=self.user.name,
+                        cwd=self.user.home)
+        try:
+            with self.assertRaises(urllib.error.HTTPError) as cm:
+                gw2.rest("POST", "/api/v3/sandbox/%s/expose/ssh" % sid, body={})
+            self.assertEqual(cm.exception.code, 404)  # gw2 does not know that sandbox
+            ws = h.open_create_ws(gw2, {"stop_at_ms": int(time.time() * 1000) + 60000})
+            sid2 = ws.headers["x-deno-sandbox-id"]
+            ws.close()
+            with self.assertRaises(urllib.error.HTTPError) as cm:
+                gw2.rest("POST", "/api/v3/sandbox/%s/expose/ssh" % sid2, body={})
+            self.assertEqual(cm.exception.code, 503)
+            body = json.loads(cm.exception.read())
+            self.assertEqual(body["code"], "SSH_NOT_ENABLED")
+            self.assertIn("--ssh-listen", body["message"])
+        finally:
+            gw2.stop()
+
+    def test_subsystem_and_forwarding_refused(self):
+        info = self.expose(self.sandbox())
+        rc, out, err = self.ssh(info, "sftp", extra=("-s",))
+        self.assertNotEqual(rc, 0)
+        self.assertIn(b"subsystem request failed", err)
+        rc, out, err = self.ssh(info, "true", extra=("-o", "ExitOnForwardFailure=yes",
+                                                     "-R", "0:127.0.0.1:9"))
+        self.assertEqual(rc, 255, err)
+        self.assertIn(b"forwarding failed", err)
+        # A direct-tcpip channel (what -L and -W open) is refused.
+        rc, out, err = self.ssh(info, None, extra=("-W", "127.0.0.1:9"))
+        self.assertEqual(rc, 255, err)
+        self.assertIn(b"forwarding failed", err)
+
+    def test_env_and_pty_exec(self):
+        info = self.expose(self.sandbox())
+        env = dict(os.environ, LC_SBXTEST="yes", LANG="C.UTF-8", SBX_NOT_SENT="no")
+        argv = ssh_argv(info, "-o", "SendEnv=LC_SBXTEST LANG SBX_NOT_SENT", "-tt") + [
+            'echo "[$LC_SBXTEST][$LANG][$SBX_NOT_SENT]"; tty; exit 7']
+        r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(r.returncode, 7, (r.stdout, r.stderr))
+        self.assertIn(b"[yes][C.UTF-8][]\r\n", r.stdout)
+        self.assertIn(b"/dev/pts/", r.stdout)
+
+    def test_interactive_shell_tmux(self):
+        if TMUX is None:
+            self.skipTest("tmux is not installed (scripts/deps.sh)")
+        info = self.expose(self.sandbox())
+        sock = "sbxssh%d" % os.getpid()
+        tmux = [TMUX, "-L", sock, "-f", "/dev/null"]
+        cmd = " ".join("'%s'" % a for a in ssh_argv(info, "-tt"))
+        subprocess.run(tmux + ["new-session", "-d", "-s", "t", "-x", "120", "-y", "40", cmd],
+                       check=True)
+        try:
+            def pane():
+                return subprocess.run(tmux + ["capture-pane", "-p", "-t", "t"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      text=True).stdout
+
+            def run(keys, want):
+                subprocess.run(tmux + ["send-keys", "-t", "t", keys, "Enter"], check=True)
+                got = wait_for(lambda: want in pane() and pane(), 20)
+                self.assertTrue(got, "%r not in pane:\n%s\n%s" % (want, pane(), self.log()))
+
+            run("echo $((6*7)); tput cols", "\n42\n120\n")
+            subprocess.run(tmux + ["resize-window", "-t", "t", "-x", "100", "-y", "30"],
+                           check=True)
+            time.sleep(0.5)
+            run("clear; echo cols=$(tput cols) lines=$(tput lines)", "cols=100 lines=30")
+            subprocess.run(tmux + ["send-keys", "-t", "t", "exit", "Enter"], check=True)
+            gone = wait_for(lambda: subprocess.run(tmux + ["has-session", "-t", "t"],
+                                                   stderr=subprocess.DEVNULL).returncode != 0,
+                            20)
+            self.assertTrue(gone, pane())
+        finally:
+            subprocess.run(tmux + ["kill-server"], stderr=subprocess.DEVNULL)
+
+    def test_client_disconnect_kills_process(self):
+        info = self.expose(self.sandbox())
+        for extra in ((), ("-tt",)):
+            marker = "sleep 42%d" % (len(extra) + 3)
+            p = self.popen(info, marker + "; echo never", extra=extra)
+            self.assertTrue(wait_for(lambda: pgrep(self.user.name, marker), 20),
+                            "the command did not start:\n" + self.log())
+            p.kill()
+            p.wait()
+            self.assertTrue(wait_for(lambda: not pgrep(self.user.name, marker), 15),
+                            "%r still runs after the client went away:\n%s"
+                            % (marker, self.log()))
+
+    def test_twenty_concurrent_sessions(self):
+        info = self.expose(self.sandbox())
+        results = [None] * 20
+
+        def one(i):
+            results[i] = self.ssh(info, "echo start %d; sleep 1; head -c 100000 /dev/zero | "
+                                  "wc -c; echo end %d" % (i, i), timeout=120)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, (rc, out, err) in enumerate(results):
+            self.assertEqual(rc, 0, (i, out, err, self.log()))
+            self.assertEqual(out.decode(), "start %d\n100000\nend %d\n" % (i, i))
+        self.assertLess(time.monotonic() - t0, 60)
+
+    def test_sandbox_killed_closes_session(self):
+        sid = self.sandbox()
+        info = self.expose(sid)
+        p = self.popen(info, "echo ready; sleep 4299")
+        self.assertEqual(p.stdout.readline(), b"ready\n")
+        self.gw.rest("DELETE", "/api/v3/sandbox/%s" % sid)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            self.fail("the session outlived its sandbox:\n" + self.log())
+        err = p.stderr.read()
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"the sandbox stopped", err)
+        # And the name is refused from now on.
+        rc, out, err = self.ssh(info, "true")
+        self.assertEqual(rc, 255, err)
+        with self.assertRaises(urllib.error.HTTPError) as cm:
+            self.gw.rest("POST", "/api/v3/sandbox/%s/expose/ssh" % sid, body={})
+        self.assertEqual(cm.exception.code, 404)
+
+    def test_restart_keeps_host_key_and_names(self):
+        sid = self.sandbox()
+        info = self.expose(sid)
+        key = os.path.join(self.gw.data, "ssh_host_ed25519_key")
+        with open(key, "rb") as f:
+            k1 = f.read()
+        data = self.gw.data
+        self.gw.stop(keep_data=True)
+        self.gw = h.Gateway(backend="addr:" + self.agent.addr, user=self.user.name,
+                            cwd=self.user.home, extra=["--ssh-listen", "127.0.0.1:0"],
+                            data=data)
+        with open(key, "rb") as f:
+            self.assertEqual(f.read(), k1)
+        info2 = dict(info, port=self.expose(sid)["port"])
+        rc, out, err = self.ssh(info2, "echo back")
+        self.assertEqual((rc, out), (0, b"back\n"), (err, self.log()))
+
+    def test_hostile_preauth(self):
+        """Garbage, a silent client and half a banner do not hurt the server."""
+        import socket
+        info = self.expose(self.sandbox())
+        socks = []
+        for payload in (b"GET / HTTP/1.1\r\n\r\n", b"SSH-2.0-x\r\n" + os.urandom(5000), b""):
+            s = socket.create_connection(("127.0.0.1", info["port"]), timeout=10)
+            if payload:
+                s.sendall(payload)
+            socks.append(s)
+        rc, out, err = self.ssh(info, "echo fine")
+        self.assertEqual((rc, out), (0, b"fine\n"), err)
+        for s in socks:
+            s.close()
+
+
+def main():
+    result = unittest.main(exit=False, verbosity=2).result
+    if not result.wasSuccessful():
+        return 1
+    if result.skipped and result.testsRun <= len(result.skipped):
+        return 77
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
