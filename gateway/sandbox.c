@@ -570,8 +570,8 @@ static int parse_config(json_t *cfg, struct cfg *c, const char **code, char *why
     }
     /*
      * allow_net and secrets are checked for shape and recorded with the config. Our VMs have no
-     * network device, so nothing leaves the guest whatever they say; part 2 of the work enforces
-     * them on the gateway's egress (and injects the secrets there).
+     * network device, so nothing leaves the guest whatever they say; fetch.c enforces them on
+     * the gateway's egress (and puts the secrets' values on the wire there).
      */
     if ((v = json_object_get(cfg, "allow_net")) != NULL && !json_is_null(v)) {
         size_t i;
@@ -597,11 +597,15 @@ static int parse_config(json_t *cfg, struct cfg *c, const char **code, char *why
     if ((v = json_object_get(cfg, "volumes")) != NULL && not_empty(v)) {
         BAD("volumes: volumes are not supported by sbx-gateway yet");
     }
+    /* The Python SDK's create flags: it never asks for the credentials or the domain they would
+     * make, so the gateway cannot hand them over; the REST routes can. */
     if ((v = json_object_get(cfg, "ssh")) != NULL && json_is_true(v)) {
-        BAD("ssh: SSH access is not supported by sbx-gateway yet");
+        BAD("ssh: not supported in the create config (the SDK would never learn the login); "
+            "create without it and POST /api/v3/sandbox/<id>/expose/ssh");
     }
     if ((v = json_object_get(cfg, "port")) != NULL && !json_is_null(v)) {
-        BAD("port: HTTP exposure is not supported by sbx-gateway yet");
+        BAD("port: not supported in the create config (the SDK would never learn the domain); "
+            "create without it, POST /api/v3/sandbox/<id>/expose/http and call exposeHttp");
     }
     *code = "INVALID_CONFIG";
     return 0;

@@ -308,6 +308,12 @@ class GatewayCase(unittest.TestCase):
             st, _, body, _ = gw.websocket("/api/v3/sandboxes/create", config=cfg)
             self.assertEqual(st, 400, body)
             self.assertEqual(json.loads(body)["code"], "NOT_SUPPORTED")
+        # The Python SDK's create flags: refused with the route to use instead.
+        for cfg, route in (({"ssh": True}, "expose/ssh"), ({"port": 8000}, "expose/http")):
+            st, _, body, _ = gw.websocket("/api/v3/sandboxes/create", config=cfg)
+            self.assertEqual(st, 400, body)
+            self.assertEqual(json.loads(body)["code"], "NOT_SUPPORTED")
+            self.assertIn(route, json.loads(body)["message"])
         # Nothing was created by the refused configs.
         self.assertEqual(gw.request("GET", "/api/v2/sandboxes")[1], before)
 
