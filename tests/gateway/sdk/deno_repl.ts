@@ -68,6 +68,19 @@ eq((await r2.status).signal, "SIGKILL", "killed REPL's status");
 const gone2 = await rejects(() => r2.eval("1"), "eval after kill");
 eq((gone2 as { code?: string }).code, "ENOENT", "eval after kill: " + errInfo(gone2));
 
+// A long eval aborted: the REPL is killed while an endless loop runs; the pending eval rejects
+// (it never hangs), and the REPL's status says it was killed.
+const r4 = await sandbox.deno.repl({ stdout: "null", stderr: "null" });
+eq(await r4.eval("let spins = 0; 7"), 7, "fourth REPL");
+const t0 = Date.now();
+const longEval = r4.eval("while (true) { spins++; }");
+await new Promise((r) => setTimeout(r, 500));
+await r4.kill("SIGKILL");
+const aborted = await rejects(() => longEval, "an endless eval whose REPL was killed");
+check(aborted instanceof Error, "the aborted eval's error: " + errInfo(aborted));
+check(Date.now() - t0 < 30000, "the aborted eval settled in " + (Date.now() - t0) + " ms");
+eq((await r4.status).signal, "SIGKILL", "the aborted REPL's status");
+
 // A REPL left open when the session ends (its denoHttpWait and the gateway's proc.wait are
 // still in flight then).
 const r3 = await sandbox.deno.repl({ stdout: "piped", stderr: "piped" });
