@@ -508,7 +508,12 @@ class TestVM(SDKCase):
             raise unittest.SkipTest("%s missing (the gateway.image fixture builds it: "
                                     "python3 test_sdk.py --build-image)" % h.GATEWAY_IMAGE)
         h.cache_deps()
-        cls.gw = h.Gateway(image=h.GATEWAY_IMAGE)
+        cls.gw = h.Gateway(image=h.GATEWAY_IMAGE, extra=("--http-listen", "127.0.0.1:0"))
+        m = re.findall(r"ingress on (127\.0\.0\.1:\d+)", cls.gw.logtext())
+        if not m:
+            cls.gw.stop()
+            raise AssertionError("the gateway logged no ingress address")
+        cls.ingress = m[-1]
 
     @classmethod
     def tearDownClass(cls):
@@ -540,6 +545,29 @@ class TestVM(SDKCase):
     def test_getting_started_2_deno_hello(self):
         out, _ = self.run_ok("vm_getting_started2.ts", timeout=300)
         self.assertIn("Hello from the sandbox 2", out)
+
+    def test_seed_deploy_workflow(self):
+        """Scaffold, `deno task build`, serve, exposeHttp and reach it from here; deploy with
+        live build logs; the revision (a second VM) answers through the ingress."""
+        out, err = "", ""
+        try:
+            out, err = self.run_ok("vm_seed_deploy.ts", timeout=600,
+                                   env={"SBXGW_INGRESS": self.ingress})
+            self.assertIn("vm_seed_deploy ok", out)
+            steps = set(re.findall(r"(?m)^LOG \S+ (\w+) ", out))
+            self.assertTrue({"installing", "building", "deploying"} <= steps
+                            or {"building", "deploying"} <= steps, steps)
+            self.assertIn("build step done", out)  # the build's own output, in the logs
+        finally:
+            # The revision runs in a VM of its own with a timeout: end it with the test.
+            for rid in re.findall(r"(?m)^RUN_SANDBOX (\S+)$", out):
+                try:
+                    self.gw.rest("DELETE", "/api/v3/sandboxes/" + rid)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + 60
+            while len(self.gw.qemu_pids()) > 0 and time.monotonic() < deadline:
+                time.sleep(0.5)
 
     def test_lifecycle(self):
         before = set(self.gw.qemu_pids())

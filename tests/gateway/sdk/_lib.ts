@@ -46,3 +46,42 @@ export function errInfo(e: unknown): string {
   }
   return String(e);
 }
+
+/**
+ * GET @path at the gateway's ingress (@ingress "HOST:PORT") with Host @host, over a raw TCP
+ * connection (fetch would send the ingress's own address as Host): [status, body].
+ */
+export async function ingressGet(
+  ingress: string,
+  host: string,
+  path = "/",
+): Promise<[number, string]> {
+  const [hostname, port] = ingress.split(":");
+  const conn = await Deno.connect({ hostname, port: Number(port) });
+  try {
+    await conn.write(
+      new TextEncoder().encode(
+        `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`,
+      ),
+    );
+    const chunks: Uint8Array[] = [];
+    const buf = new Uint8Array(65536);
+    for (;;) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      chunks.push(buf.slice(0, n));
+    }
+    const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+    let off = 0;
+    for (const c of chunks) {
+      all.set(c, off);
+      off += c.length;
+    }
+    const text = new TextDecoder().decode(all);
+    return [Number(text.split(" ")[1]), text.slice(text.indexOf("\r\n\r\n") + 4)];
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by the peer */ }
+  }
+}

@@ -2,40 +2,13 @@
 // server on port 0, exposed before it listens), each reached through the gateway's ingress
 // (SBXGW_INGRESS, "127.0.0.1:PORT") with the returned domain as Host.
 import { Sandbox } from "@deno/sandbox";
-import { arg, check, eq, rejects } from "./_lib.ts";
+import { arg, check, eq, ingressGet, rejects } from "./_lib.ts";
 
-const [ingHost, ingPort] = arg("INGRESS").split(":");
 const port = Number(arg("PORT"));
 
-/** GET / at the ingress with Host @host over a raw TCP connection: [status, body]. */
-async function get(host: string): Promise<[number, string]> {
-  const conn = await Deno.connect({ hostname: ingHost, port: Number(ingPort) });
-  try {
-    await conn.write(
-      new TextEncoder().encode(`GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`),
-    );
-    const chunks: Uint8Array[] = [];
-    const buf = new Uint8Array(65536);
-    for (;;) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      chunks.push(buf.slice(0, n));
-    }
-    const text = new TextDecoder().decode(
-      chunks.reduce((a, b) => {
-        const c = new Uint8Array(a.length + b.length);
-        c.set(a);
-        c.set(b, a.length);
-        return c;
-      }, new Uint8Array()),
-    );
-    const status = Number(text.split(" ")[1]);
-    return [status, text.slice(text.indexOf("\r\n\r\n") + 4)];
-  } finally {
-    try {
-      conn.close();
-    } catch { /* closed */ }
-  }
+/** GET / at the ingress with Host @host: [status, body]. */
+function get(host: string): Promise<[number, string]> {
+  return ingressGet(arg("INGRESS"), host);
 }
 
 await using sandbox = await Sandbox.create();
