@@ -35,6 +35,7 @@ if [ ! -f "$IMAGE" ] || [ ! -f build/gateway.initrd.cpio.gz ]; then
 fi
 
 mkdir -p build/gateway-data
-step "starting sbx-gateway (Ctrl-C stops it; sandboxes with a duration timeout are kept in build/gateway-data)"
+step "starting sbx-gateway: API :8080, exposeHttp ingress :8081, SSH :2222 (Ctrl-C stops it; sandboxes with a duration timeout are kept in build/gateway-data)"
 exec build/bin/sbx-gateway --listen 127.0.0.1:8080 --image "$IMAGE" \
+    --http-listen 127.0.0.1:8081 --ssh-listen 127.0.0.1:2222 \
     --data-dir build/gateway-data "$@"
