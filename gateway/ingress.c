@@ -3,9 +3,12 @@
  * first request head of each connection (at most IG_HEAD_MAX, within IG_FIRST_MS), routes the
  * connection by its Host header to the sandbox and guest port its domain maps to (a process's
  * port is looked up with gw_pid_port_find, IG_PID_CACHE_MS shared by the connections of a
- * mapping), opens a guest socket (gsock.h) and relays raw bytes both ways from then on, the
- * bytes already read first. Keep-alive, pipelining and upgrades (WebSocket) pass through as
- * they are; every later request of the connection goes to the same place.
+ * mapping), opens a guest socket (gsock.h) and relays bytes both ways from then on, the bytes
+ * already read first. Keep-alive, pipelining and upgrades (WebSocket, CONNECT) pass through, but
+ * every later request's head is checked first (relay_in): one whose Host names another domain
+ * (a proxy in front reusing its connection for any domain) or that cannot be parsed is not
+ * sent; the guest gets EOF instead and the client the answers before it, then EOF, so it
+ * retries on a new connection. After an upgrade the bytes are raw.
  *
  * Back-pressure: the client is not read while the guest socket's queue is above GW_GSOCK_HIGH
  * (until `writable`); the guest socket is paused (its bytes not acknowledged to the agent) while
@@ -40,8 +43,8 @@
 #define IG_CONNECT_MS     30000 /* routing + net.connect (the agent's own connect timeout: 10 s) */
 #define IG_LINGER_MS      2000  /* after an error answer: read and drop until EOF, at most this */
 #define IG_READ_BUF       (64u << 10)
-#define IG_WQ_HIGH        (1u << 20)
-#define IG_WQ_LOW         (256u << 10)
+#define IG_WQ_HIGH        (256u << 10)
+#define IG_WQ_LOW         (64u << 10)
 #define IG_DOMAINS_MAX    4096
 #define IG_DOMAINS_PER_SB 256
 #define IG_PID_CACHE_MS   1000
@@ -90,6 +93,21 @@ enum ic_state {
     IC_CLOSING,
 };
 
+/* What the parser of a request head collects (http-parser callbacks; a field or value may come
+ * in several pieces when the head arrives in several reads). */
+struct head_ctx {
+    char field[5];
+    size_t flen;
+    bool in_field; /* the last piece was a field name */
+    bool is_host;  /* the value being read is a Host header's */
+    int nhost;
+    char host[GW_DOMAIN_MAX + 2];
+    size_t host_len;
+    bool host_long;
+    bool complete; /* the head ended (the parser is paused there) */
+    bool done;     /* the message ended (paused there) */
+};
+
 struct ig_conn {
     struct ig_conn *next, *prev;
     struct gw_ingress *ig;
@@ -115,6 +133,16 @@ struct ig_conn {
     bool shutting;      /* uv_shutdown in flight */
     bool finishing;     /* close once writes and the shutdown are done */
     bool in_guest_full; /* gw_gsock_write refused more (the guest stopped reading) */
+    /* The relay's request parser: each request's head is held (hbuf) until it is complete and
+     * goes to the guest only when its Host names c->host; an upgrade or CONNECT makes the rest
+     * raw bytes. */
+    http_parser rp;
+    struct head_ctx hx;
+    char *hbuf;
+    size_t hlen, hcap;
+    bool in_head; /* inside a request head: bytes are held */
+    bool raw;     /* upgraded: no more parsing */
+    bool refused; /* a request for another host (or unparseable): nothing more to the guest */
 };
 
 static void conn_close(struct ig_conn *c);
@@ -157,6 +185,102 @@ static int dns_name(char *s, size_t max)
     }
     return 0;
 }
+
+/* A Host header's value as a domain: blanks around it and the port dropped, then dns_name into
+ * @out (GW_DOMAIN_MAX + 1 bytes). 0, or -1 when it is no DNS name (an address, junk). */
+static int host_name(char *host, char *out, size_t outlen)
+{
+    char *colon;
+    size_t n;
+
+    while (*host == ' ' || *host == '\t') {
+        host++;
+    }
+    n = strlen(host);
+    while (n > 0 && (host[n - 1] == ' ' || host[n - 1] == '\t')) {
+        host[--n] = '\0';
+    }
+    colon = strrchr(host, ':');
+    if (colon != NULL && strchr(host, ']') == NULL) {
+        *colon = '\0';
+    }
+    snprintf(out, outlen, "%s", host);
+    return dns_name(out, GW_DOMAIN_MAX);
+}
+
+static int on_mbegin(http_parser *p)
+{
+    struct head_ctx *h = p->data;
+
+    memset(h, 0, sizeof(*h));
+    return 0;
+}
+
+static int on_hfield(http_parser *p, const char *at, size_t len)
+{
+    struct head_ctx *h = p->data;
+
+    if (!h->in_field) {
+        h->in_field = true;
+        h->flen = 0;
+    }
+    if (h->flen + len <= 4) {
+        memcpy(h->field + h->flen, at, len);
+    }
+    h->flen += len;
+    return 0;
+}
+
+static int on_hvalue(http_parser *p, const char *at, size_t len)
+{
+    struct head_ctx *h = p->data;
+
+    if (h->in_field) {
+        h->in_field = false;
+        h->is_host = h->flen == 4 && strncasecmp(h->field, "host", 4) == 0;
+        if (h->is_host) {
+            h->nhost++;
+            h->host_len = 0;
+        }
+    }
+    if (!h->is_host) {
+        return 0;
+    }
+    if (h->host_len + len >= sizeof(h->host)) {
+        h->host_long = true;
+        return 0;
+    }
+    memcpy(h->host + h->host_len, at, len);
+    h->host_len += len;
+    h->host[h->host_len] = '\0';
+    return 0;
+}
+
+static int on_hdone(http_parser *p)
+{
+    struct head_ctx *h = p->data;
+
+    h->complete = true;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static int on_mdone(http_parser *p)
+{
+    struct head_ctx *h = p->data;
+
+    h->done = true;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static const http_parser_settings head_settings = {
+    .on_message_begin = on_mbegin,
+    .on_header_field = on_hfield,
+    .on_header_value = on_hvalue,
+    .on_headers_complete = on_hdone,
+    .on_message_complete = on_mdone,
+};
 
 /* --- mappings and expose.json --------------------------------------------------------------- */
 
@@ -510,6 +634,7 @@ static void conn_handle_closed(uv_handle_t *h)
     }
     ig->nconns--;
     free(c->buf);
+    free(c->hbuf);
     free(c);
     ig_unref(ig);
 }
@@ -711,22 +836,133 @@ static void conn_answer(struct ig_conn *c, int status, const char *fmt, ...)
 
 /* --- the guest socket ----------------------------------------------------------------------- */
 
+/* Bytes for the guest: c->hold when its queue went above GW_GSOCK_HIGH (the caller stops
+ * reading the client). */
+static void relay_put(struct ig_conn *c, const char *data, size_t len)
+{
+    int r;
+
+    if (len == 0 || c->gs == NULL || c->in_guest_full) {
+        return;
+    }
+    r = gw_gsock_write(c->gs, data, len);
+    if (r < 0) {
+        c->in_guest_full = true;
+    } else if (r == 1) {
+        c->hold = true;
+    }
+}
+
+/* Nothing more of the client's goes to the guest: the guest gets EOF after what it has, its
+ * answers still reach the client, and the client's further bytes are read and dropped. May
+ * close the connection (the guest socket's `closed`). */
+static void relay_refuse(struct ig_conn *c)
+{
+    c->refused = true;
+    c->hlen = 0;
+    if (c->gs != NULL) {
+        gw_gsock_shutdown(c->gs);
+    }
+}
+
+static int hold_add(struct ig_conn *c, const char *data, size_t len)
+{
+    if (c->hlen + len > IG_HEAD_MAX) {
+        return -1;
+    }
+    if (c->hlen + len > c->hcap) {
+        size_t cap = c->hcap ? c->hcap : 4096;
+        char *p;
+
+        while (cap < c->hlen + len) {
+            cap *= 2;
+        }
+        p = realloc(c->hbuf, cap);
+        if (p == NULL) {
+            return -1;
+        }
+        c->hbuf = p;
+        c->hcap = cap;
+    }
+    memcpy(c->hbuf + c->hlen, data, len);
+    c->hlen += len;
+    return 0;
+}
+
+/*
+ * Client bytes toward the guest. The connection was routed by its first request's Host; a
+ * later request on it (keep-alive, pipelining: a proxy in front reuses its connections for
+ * any domain) goes to the guest only when its Host names the same domain. Otherwise, or when
+ * a request cannot be parsed, the relay refuses more (relay_refuse): the client gets the
+ * answers to the requests before it, then EOF, and retries on a new connection, routed anew.
+ * After an upgrade (WebSocket) or CONNECT the bytes are no HTTP: raw from then on.
+ */
+static void relay_in(struct ig_conn *c, const char *data, size_t len)
+{
+    while (len > 0 && !c->refused && c->gs != NULL && !c->in_guest_full) {
+        enum http_errno e;
+        size_t n;
+
+        if (c->raw) {
+            relay_put(c, data, len);
+            return;
+        }
+        c->hx.complete = false;
+        c->hx.done = false;
+        n = http_parser_execute(&c->rp, &head_settings, data, len);
+        e = HTTP_PARSER_ERRNO(&c->rp);
+        if (c->in_head) {
+            if (hold_add(c, data, n) < 0) {
+                relay_refuse(c);
+                return;
+            }
+        } else {
+            relay_put(c, data, n);
+        }
+        data += n;
+        len -= n;
+        if (e == HPE_PAUSED) {
+            http_parser_pause(&c->rp, 0);
+            if (c->hx.complete) {
+                char host[GW_DOMAIN_MAX + 1];
+
+                if (c->hx.nhost != 1 || c->hx.host_long ||
+                    host_name(c->hx.host, host, sizeof(host)) < 0 || strcmp(host, c->host) != 0) {
+                    relay_refuse(c);
+                    return;
+                }
+                c->in_head = false;
+                relay_put(c, c->hbuf, c->hlen);
+                c->hlen = 0;
+            } else if (c->hx.done) {
+                c->raw = c->rp.upgrade;
+                c->in_head = !c->raw;
+            }
+        } else if (e != HPE_OK) {
+            relay_refuse(c);
+            return;
+        } else if (len > 0) {
+            c->raw = true; /* the parser stopped at an upgrade */
+        }
+    }
+}
+
 static void gs_connected(void *user)
 {
     struct ig_conn *c = user;
-    int r;
+    size_t n = c->blen;
 
     c->st = IC_RELAY;
     uv_timer_stop(&c->timer);
+    http_parser_init(&c->rp, HTTP_REQUEST);
+    c->rp.data = &c->hx;
+    c->in_head = true;
     /* The bytes read so far (the head and what followed it) go first. */
-    r = gw_gsock_write(c->gs, c->buf, c->blen);
     c->blen = 0;
-    if (r < 0) {
-        c->in_guest_full = true;
-        return;
+    relay_in(c, c->buf, n);
+    if (c->st == IC_RELAY) {
+        conn_read(c, !c->hold);
     }
-    c->hold = r == 1;
-    conn_read(c, !c->hold);
 }
 
 static void gs_data(void *user, const uint8_t *data, size_t len)
@@ -919,71 +1155,15 @@ static void conn_route(struct ig_conn *c)
     }
 }
 
-struct head_ctx {
-    const char *field;
-    size_t field_len;
-    bool in_host;
-    int nhost;
-    bool complete;
-    char host[GW_DOMAIN_MAX + 2];
-    size_t host_len;
-    bool host_long;
-};
-
-static int on_hfield(http_parser *p, const char *at, size_t len)
-{
-    struct head_ctx *h = p->data;
-
-    h->in_host = len == 4 && strncasecmp(at, "host", 4) == 0;
-    if (h->in_host) {
-        h->nhost++;
-        h->host_len = 0;
-    }
-    return 0;
-}
-
-static int on_hvalue(http_parser *p, const char *at, size_t len)
-{
-    struct head_ctx *h = p->data;
-
-    if (!h->in_host) {
-        return 0;
-    }
-    if (h->host_len + len >= sizeof(h->host)) {
-        h->host_long = true;
-        return 0;
-    }
-    memcpy(h->host + h->host_len, at, len);
-    h->host_len += len;
-    h->host[h->host_len] = '\0';
-    return 0;
-}
-
-static int on_hdone(http_parser *p)
-{
-    struct head_ctx *h = p->data;
-
-    h->complete = true;
-    http_parser_pause(p, 1);
-    return 0;
-}
-
 /* The first request head is in c->buf[0..end): parse, find the host, route. */
 static void conn_head(struct ig_conn *c, size_t end)
 {
-    http_parser_settings set = { 0 };
     struct head_ctx h = { 0 };
     http_parser p;
-    char *host;
-    size_t n;
-    char *colon;
 
     http_parser_init(&p, HTTP_REQUEST);
     p.data = &h;
-    set.on_header_field = on_hfield;
-    set.on_header_value = on_hvalue;
-    set.on_headers_complete = on_hdone;
-    (void)http_parser_execute(&p, &set, c->buf, end);
+    (void)http_parser_execute(&p, &head_settings, c->buf, end);
     if (!h.complete || (HTTP_PARSER_ERRNO(&p) != HPE_OK && HTTP_PARSER_ERRNO(&p) != HPE_PAUSED)) {
         conn_answer(c, 400, "malformed HTTP request head: %s\n",
                     http_errno_description(HTTP_PARSER_ERRNO(&p)));
@@ -996,20 +1176,7 @@ static void conn_head(struct ig_conn *c, size_t end)
                                   : "the Host header is too long");
         return;
     }
-    host = h.host;
-    while (*host == ' ' || *host == '\t') {
-        host++;
-    }
-    n = strlen(host);
-    while (n > 0 && (host[n - 1] == ' ' || host[n - 1] == '\t')) {
-        host[--n] = '\0';
-    }
-    colon = strrchr(host, ':');
-    if (colon != NULL && strchr(host, ']') == NULL) {
-        *colon = '\0';
-    }
-    snprintf(c->host, sizeof(c->host), "%s", host);
-    if (dns_name(c->host, GW_DOMAIN_MAX) < 0) {
+    if (host_name(h.host, c->host, sizeof(c->host)) < 0) {
         /* Not a DNS name (an address, junk): nothing is exposed there. Do not echo it. */
         conn_answer(c, 404, "no sandbox is exposed at this host\n");
         return;
@@ -1087,6 +1254,16 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
             return;
         }
         c->blen += (size_t)n;
+        if (from == 0) {
+            /* Empty lines before the request line are dropped (RFC 9112 2.2). */
+            size_t lead = 0;
+
+            while (lead < c->blen && (c->buf[lead] == '\r' || c->buf[lead] == '\n')) {
+                lead++;
+            }
+            memmove(c->buf, c->buf + lead, c->blen - lead);
+            c->blen -= lead;
+        }
         end = head_end(c->buf, c->blen, from);
         if (end == 0) {
             if (c->blen > IG_HEAD_MAX) {
@@ -1100,8 +1277,6 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         return;
     }
     case IC_RELAY: {
-        int r;
-
         if (n < 0) {
             if (n != UV_EOF) {
                 conn_close(c);
@@ -1114,14 +1289,11 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
             }
             return;
         }
-        if (c->gs == NULL || c->in_guest_full) {
+        if (c->gs == NULL || c->in_guest_full || c->refused) {
             return; /* the guest takes no more: drop */
         }
-        r = gw_gsock_write(c->gs, c->buf, (size_t)n);
-        if (r < 0) {
-            c->in_guest_full = true;
-        } else if (r == 1) {
-            c->hold = true;
+        relay_in(c, c->buf, (size_t)n);
+        if (c->hold) {
             conn_read(c, false);
         }
         return;

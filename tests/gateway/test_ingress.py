@@ -523,6 +523,70 @@ class TestIngress(IngressCase):
         with open(os.path.join(self.gw.data, "expose.json")) as f:
             self.assertEqual(json.load(f)["domains"], [])
 
+    def test_keepalive_other_host_not_relayed(self):
+        """A connection is routed by its first request's Host. A later request on it for another
+        domain (a proxy in front reuses its upstream connections for every domain) must not
+        reach the first sandbox: the client gets the answers before it, then EOF."""
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        sid2, ws2 = self.sandbox()
+        other = self.expose(sid2, ws2, port=free_port())  # nothing listens there
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        f = s.makefile("rb")
+        s.sendall(("GET /one HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode())
+        st, _, body = read_response(f)
+        self.assertEqual(st, 200, body)
+        # Same domain (case, port, a head split in pieces): still relayed.
+        head = "GET /two HTTP/1.1\r\nHo" + "st: %s:%d\r\n\r\n" % (domain.upper(), self.ig_port)
+        for part in (head[:20], head[20:24], head[24:]):
+            s.sendall(part.encode())
+            time.sleep(0.05)
+        st, _, body = read_response(f)
+        self.assertIn(b"/two", body)
+        # Another sandbox's domain: not answered by this sandbox's server.
+        s.sendall(("GET /three HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                   % other).encode())
+        rest = recv_until_eof(s, 30)
+        self.assertEqual(rest, b"")
+        s.close()
+        # Pipelined in one write: the first answered, the rest refused, whatever follows.
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("GET /p1 HTTP/1.1\r\nHost: %s\r\n\r\n"
+                   "POST /p2 HTTP/1.1\r\nHost: %s\r\nContent-Length: 5\r\n\r\nhello"
+                   "GET /p3 HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                   "GET /p4 HTTP/1.1\r\nHost: %s\r\n\r\n" % (domain, domain, other, domain)).encode())
+        out = recv_until_eof(s, 30)
+        s.close()
+        self.assertIn(b"/p1 ", out)
+        self.assertIn(b"\r\n\r\n5 ", out)  # the POST's echo: "5 <sha256>"
+        self.assertNotIn(b"/p3", out)
+        self.assertNotIn(b"/p4", out)
+        self.assertEqual(out.count(b"HTTP/1.1 200"), 2, out)
+        # A later request without Host, or with two: refused too.
+        for bad in ("GET /n HTTP/1.1\r\nConnection: close\r\n\r\n",
+                    "GET /n HTTP/1.1\r\nHost: %s\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                    % (domain, other)):
+            s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+            s.sendall(("GET /ok HTTP/1.1\r\nHost: %s\r\n\r\n" % domain + bad).encode())
+            out = recv_until_eof(s, 30)
+            s.close()
+            self.assertEqual(out.count(b"HTTP/1.1 200"), 1, out)
+            self.assertNotIn(b"/n ", out)
+        # The other domain on a connection of its own is routed to its sandbox (502: nothing
+        # listens there).
+        self.assertEqual(self.request(other)[0], 502)
+
+    def test_leading_empty_lines(self):
+        """Empty lines before the request line are skipped (RFC 9112 2.2), not a 400."""
+        srv = self.server()
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=srv.port)
+        out = self.raw(("\r\n\r\nGET /lead HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                        % domain).encode())
+        self.assertTrue(out.startswith(b"HTTP/1.1 200"), out)
+        self.assertIn(b"/lead", out)
+
     def test_no_ingress_503(self):
         gw = self.start_gateway(ingress=False)
         try:
