@@ -837,41 +837,54 @@ static void pp_listening(struct gw_link_req *r, const struct sbx_event *ev)
     socks = sbx_obj_get(ev->result, "sockets");
     q->own = 65536;
     q->ncand = 0;
-    for (uint32_t i = 0;
-         socks != NULL && socks->type == MSGPACK_OBJECT_ARRAY && i < socks->via.array.size; i++) {
-        struct sbx_listening li;
-        struct sbx_err err;
-        unsigned k;
+    if (socks == NULL || socks->type != MSGPACK_OBJECT_ARRAY) {
+        socks = NULL;
+    }
+    /* Two passes: the process's own lowest port first, then the holders of lower ports (only
+     * those can change the answer), keeping the PP_CAND_MAX lowest: on a busy host the serving
+     * child may come late in the table. */
+    for (int pass = 0; pass < 2 && socks != NULL; pass++) {
+        for (uint32_t i = 0; i < socks->via.array.size; i++) {
+            struct sbx_listening li;
+            struct sbx_err err;
+            unsigned k, worst;
 
-        if (sbx_listening_read(&socks->via.array.ptr[i], &li, &err) < 0 || li.proto_len < 3 ||
-            memcmp(li.proto, "tcp", 3) != 0 || !li.has_pid || li.port == 0 || li.port > 65535) {
-            continue;
-        }
-        if (li.pid == q->ospid) {
-            q->own = li.port < q->own ? li.port : q->own;
-            continue;
-        }
-        if (li.pid <= 1) {
-            continue;
-        }
-        for (k = 0; k < q->ncand && q->cand[k].pid != li.pid; k++) {
-        }
-        if (k < q->ncand) {
-            q->cand[k].port = li.port < q->cand[k].port ? li.port : q->cand[k].port;
-        } else if (q->ncand < PP_CAND_MAX) {
-            q->cand[q->ncand].pid = li.pid;
-            q->cand[q->ncand].port = li.port;
-            q->ncand++;
+            if (sbx_listening_read(&socks->via.array.ptr[i], &li, &err) < 0 || li.proto_len < 3 ||
+                memcmp(li.proto, "tcp", 3) != 0 || !li.has_pid || li.port == 0 || li.port > 65535) {
+                continue;
+            }
+            if (pass == 0) {
+                if (li.pid == q->ospid && li.port < q->own) {
+                    q->own = li.port;
+                }
+                continue;
+            }
+            if (li.pid == q->ospid || li.pid <= 1 || li.port >= q->own) {
+                continue;
+            }
+            for (k = 0; k < q->ncand && q->cand[k].pid != li.pid; k++) {
+            }
+            if (k < q->ncand) {
+                q->cand[k].port = li.port < q->cand[k].port ? li.port : q->cand[k].port;
+                continue;
+            }
+            if (q->ncand < PP_CAND_MAX) {
+                q->cand[q->ncand].pid = li.pid;
+                q->cand[q->ncand].port = li.port;
+                q->ncand++;
+                continue;
+            }
+            for (worst = 0, k = 1; k < q->ncand; k++) {
+                worst = q->cand[k].port > q->cand[worst].port ? k : worst;
+            }
+            if (li.port < q->cand[worst].port) {
+                q->cand[worst].pid = li.pid;
+                q->cand[worst].port = li.port;
+            }
         }
     }
-    /* Only holders of a lower port than the process's own can change the answer: keep those,
-     * sorted by port, and take the first that descends from the process. */
-    for (unsigned i = 0; i < q->ncand; i++) {
-        if (q->cand[i].port < q->own) {
-            q->cand[n++] = q->cand[i];
-        }
-    }
-    q->ncand = n;
+    /* Sorted by port: the first that descends from the process wins. */
+    n = q->ncand;
     for (unsigned i = 1; i < n; i++) {
         struct pp_cand t = q->cand[i];
         unsigned j = i;
