@@ -33,7 +33,12 @@
  * block" callback says when its socket buffer emptied).
  *
  * Every input is hostile: names, commands, env requests, terminal sizes, window sizes are
- * checked and bounded; connections, channels, grants and kill timers have caps.
+ * checked and bounded; connections, channels, grants and kill timers have caps. At the
+ * connection cap a new connection takes the place of the oldest one that has not authenticated
+ * (so idle pre-authentication connections cannot lock clients out); only authenticated ones make
+ * it refused. A channel we closed stays counted (a "sink" that drops what the client still sends
+ * on it) until the client closes it too: libssh would otherwise keep it and buffer that data
+ * without bound.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -57,7 +62,7 @@
 
 /* --- caps ----------------------------------------------------------------------------------- */
 
-#define SSH_CONNS_MAX     64    /* SSH connections at once; beyond: closed at accept */
+#define SSH_CONNS_MAX     64    /* SSH connections at once; beyond: see on_listen */
 #define SSH_ACCEPT_BATCH  16    /* accepts per wake-up of the listener */
 #define SSH_CHANS_MAX     10    /* session channels per connection (OpenSSH's MaxSessions) */
 #define SSH_AUTH_MS       30000 /* key exchange + authentication deadline */
@@ -157,6 +162,14 @@ struct cstream {
     int which; /* 0 stdin, 1 stdout, 2 stderr */
 };
 
+/* A libssh channel we closed that the client has not closed yet (see the top). */
+struct sink {
+    struct sink *next;
+    ssh_channel ch;
+    struct ssh_channel_callbacks_struct cb;
+    bool closed; /* the client's close came: conn_pump frees it */
+};
+
 struct sconn {
     struct sconn *next, *prev;
     struct gw_ssh *srv;
@@ -175,6 +188,8 @@ struct sconn {
     struct sbx_conn *c; /* the link's connection while it is up */
     struct schan *chans;
     unsigned nchans;
+    struct sink *sinks; /* count against SSH_CHANS_MAX with nchans */
+    unsigned nsinks;
     size_t unsent; /* bytes written into channels since libssh's socket buffer was last empty */
     int depth;     /* our entries on the stack */
     bool dead, torn;
@@ -206,6 +221,7 @@ struct schan {
     bool in_open, out_open, err_open;
     size_t in_held; /* client bytes libssh holds for us */
     bool client_eof, client_closed, exited, dropped;
+    bool remote_closed; /* the client's close came (client_closed also means writing failed) */
     struct sbx_exit exit;
     char fail[300]; /* the process could not start: said on stderr, then exit status 1 */
 };
@@ -551,17 +567,79 @@ static void chan_drop_process(struct schan *ch, struct sbx_conn *c)
     obuf_free(&ch->errq);
 }
 
-/* Release @ch: its libssh channel (when @ssh_alive: closed and freed; else left to ssh_free),
- * its process (killed while it runs), and the struct unless proc.spawn is still pending (then the
- * answer frees it). */
+static int sink_data(ssh_session session, ssh_channel channel, void *data, uint32_t len,
+                     int is_stderr, void *userdata)
+{
+    (void)session;
+    (void)channel;
+    (void)data;
+    (void)is_stderr;
+    (void)userdata;
+    return (int)len; /* dropped */
+}
+
+static void sink_close(ssh_session session, ssh_channel channel, void *userdata)
+{
+    (void)session;
+    (void)channel;
+    ((struct sink *)userdata)->closed = true;
+}
+
+/* Close libssh channel @c of @sc (the session alive) and let go of it: freed at once when the
+ * client closed it already, else kept as a sink until it does (or the connection ends). */
+static void conn_sink(struct sconn *sc, ssh_channel c, bool remote_closed)
+{
+    struct sink *sk = remote_closed ? NULL : calloc(1, sizeof(*sk));
+
+    if (sk != NULL) {
+        sk->ch = c;
+        sk->cb.userdata = sk;
+        sk->cb.channel_data_function = sink_data;
+        sk->cb.channel_close_function = sink_close;
+        ssh_callbacks_init(&sk->cb);
+        if (ssh_set_channel_callbacks(c, &sk->cb) == SSH_OK) {
+            (void)ssh_channel_close(c); /* if not sent yet */
+            sk->next = sc->sinks;
+            sc->sinks = sk;
+            sc->nsinks++;
+            return;
+        }
+        free(sk);
+    }
+    ssh_channel_free(c); /* sends the close if not sent yet */
+}
+
+/* Free the sinks the client has closed (@all: every sink, libssh's channels left to ssh_free). */
+static void conn_free_sinks(struct sconn *sc, bool all)
+{
+    for (struct sink **pp = &sc->sinks; *pp != NULL;) {
+        struct sink *sk = *pp;
+
+        if (!all && !sk->closed) {
+            pp = &sk->next;
+            continue;
+        }
+        *pp = sk->next;
+        sc->nsinks--;
+        if (!all) {
+            (void)ssh_remove_channel_callbacks(sk->ch, &sk->cb);
+            ssh_channel_free(sk->ch);
+        }
+        free(sk);
+    }
+}
+
+/* Release @ch: its libssh channel (when @ssh_alive: closed, then freed or kept as a sink; else
+ * left to ssh_free), its process (killed while it runs), and the struct unless proc.spawn is
+ * still pending (then the answer frees it). */
 static void chan_release(struct schan *ch, bool ssh_alive)
 {
     struct sconn *sc = ch->sc;
 
     if (ch->ch != NULL) {
         (void)ssh_remove_channel_callbacks(ch->ch, &ch->cb);
-        if (ssh_alive) {
-            ssh_channel_free(ch->ch); /* sends the close if not sent yet */
+        if (ssh_alive && sc != NULL) {
+            conn_sink(sc, ch->ch, ch->remote_closed);
         }
         ch->ch = NULL;
     }
@@ -629,6 +707,7 @@ static void cb_close(ssh_session session, ssh_channel channel, void *userdata)
     (void)session;
     (void)channel;
     ch->client_closed = true;
+    ch->remote_closed = true;
 }
 
 static int cb_pty(ssh_session session, ssh_channel channel, const char *term, int width, int height,
@@ -1145,6 +1224,9 @@ static void conn_pump(struct sconn *sc)
             chan_pump(ch);
         }
     }
+    if (!sc->dead) {
+        conn_free_sinks(sc, false);
+    }
     if (!sc->dead && conn_ssh_closed(sc)) {
         sc->dead = true;
     }
@@ -1243,6 +1325,7 @@ static void conn_teardown(struct sconn *sc)
     }
     ssh_free(sc->sess); /* closes the socket */
     sc->sess = NULL;
+    conn_free_sinks(sc, true);
 }
 
 static void conn_on_poll(uv_poll_t *h, int status, int events)
@@ -1417,7 +1500,8 @@ static ssh_channel cb_channel_open(ssh_session session, void *userdata)
     struct sconn *sc = userdata;
     struct schan *ch;
 
-    if (sc->state != SC_OPEN || sc->dead || sc->why[0] != '\0' || sc->nchans >= SSH_CHANS_MAX) {
+    if (sc->state != SC_OPEN || sc->dead || sc->why[0] != '\0' ||
+        sc->nchans + sc->nsinks >= SSH_CHANS_MAX) {
         return NULL;
     }
     ch = calloc(1, sizeof(*ch));
@@ -1535,6 +1619,31 @@ static void conn_new(struct gw_ssh *srv, int fd, const struct sockaddr_storage *
     conn_pump(sc);
 }
 
+/* At the connection cap: end the oldest live connection that has not authenticated (the list is
+ * newest first), which makes room for one more. False when every one has. Connections torn down
+ * (their socket closed already) still count until their handles have closed: at most
+ * SSH_ACCEPT_BATCH more than the cap at once. */
+static bool conn_evict_preauth(struct gw_ssh *srv)
+{
+    struct sconn *victim = NULL;
+
+    for (struct sconn *sc = srv->conns; sc != NULL; sc = sc->next) {
+        if (!sc->torn && (sc->state == SC_KEX || sc->state == SC_AUTH)) {
+            victim = sc;
+        }
+    }
+    if (victim == NULL) {
+        return false;
+    }
+    if (!srv->g->opt.quiet) {
+        gw_log("ssh %s: closed to make room (%u connections, not authenticated)", victim->peer,
+               SSH_CONNS_MAX);
+    }
+    victim->dead = true;
+    conn_pump(victim);
+    return true;
+}
+
 static void on_listen(uv_poll_t *h, int status, int events)
 {
     struct gw_ssh *srv = h->data;
@@ -1554,6 +1663,11 @@ static void on_listen(uv_poll_t *h, int status, int events)
                 gw_log("ssh: accept: %s", strerror(errno));
             }
             return;
+        }
+        if (srv->nconns >= SSH_CONNS_MAX && conn_evict_preauth(srv)) {
+            srv->full_logged = false;
+            conn_new(srv, fd, &ss);
+            continue;
         }
         if (srv->nconns >= SSH_CONNS_MAX) {
             if (!srv->full_logged) {

@@ -51,6 +51,108 @@ def wait_for(pred, timeout, step=0.1):
     return pred()
 
 
+class LibSSH:
+    """A hostile SSH client through libssh's client API (ctypes): what OpenSSH will not do, such
+    as leaving channels open after the server closed them, or sending past the window. None when
+    libssh 0.10 is not installed."""
+
+    OPT_HOST, OPT_PORT_STR, OPT_USER, OPT_KNOWNHOSTS, OPT_LOG_STR, OPT_PROCESS_CONFIG = (
+        0, 2, 4, 8, 14, 38)
+
+    @classmethod
+    def load(cls):
+        import ctypes
+        import ctypes.util
+        name = ctypes.util.find_library("ssh")
+        if name is None:
+            return None
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            return None
+        lib.ssh_version.restype = ctypes.c_char_p
+        if not lib.ssh_version(0).startswith(b"0.10."):
+            return None
+        vp = ctypes.c_void_p
+        for f in ("ssh_new", "ssh_channel_new"):
+            getattr(lib, f).restype = vp
+        for f, args in (("ssh_options_set", (vp, ctypes.c_int, vp)), ("ssh_connect", (vp,)),
+                        ("ssh_userauth_none", (vp, vp)), ("ssh_channel_new", (vp,)),
+                        ("ssh_channel_open_session", (vp,)),
+                        ("ssh_channel_request_exec", (vp, ctypes.c_char_p)),
+                        ("ssh_channel_read_timeout", (vp, vp, ctypes.c_uint32, ctypes.c_int,
+                                                      ctypes.c_int)),
+                        ("ssh_channel_is_eof", (vp,)), ("ssh_channel_is_closed", (vp,)),
+                        ("ssh_channel_write", (vp, vp, ctypes.c_uint32)),
+                        ("ssh_disconnect", (vp,)), ("ssh_free", (vp,))):
+            getattr(lib, f).argtypes = args
+        return cls(lib)
+
+    def __init__(self, lib):
+        import ctypes
+        self.ct = ctypes
+        self.lib = lib
+        self.sess = None
+
+    def connect(self, info):
+        ct, lib = self.ct, self.lib
+        self.sess = lib.ssh_new()
+        no = ct.c_int(0)
+        for opt, val in ((self.OPT_HOST, ct.c_char_p(info["hostname"].encode())),
+                         (self.OPT_PORT_STR, ct.c_char_p(str(info["port"]).encode())),
+                         (self.OPT_USER, ct.c_char_p(info["username"].encode())),
+                         (self.OPT_KNOWNHOSTS, ct.c_char_p(b"/dev/null")),
+                         (self.OPT_LOG_STR, ct.c_char_p(b"0")),
+                         (self.OPT_PROCESS_CONFIG, ct.byref(no))):
+            assert lib.ssh_options_set(self.sess, opt, ct.cast(val, ct.c_void_p)) == 0, opt
+        assert lib.ssh_connect(self.sess) == 0, "ssh_connect failed"
+        assert lib.ssh_userauth_none(self.sess, None) == 0, "authentication failed"
+
+    def exec(self, cmd):
+        """A session channel running @cmd, or None when the server refused the channel."""
+        ch = self.lib.ssh_channel_new(self.sess)
+        if ch is None or self.lib.ssh_channel_open_session(ch) != 0:
+            return None
+        assert self.lib.ssh_channel_request_exec(ch, cmd.encode()) == 0
+        return ch
+
+    def read_to_eof(self, ch, timeout=20):
+        buf = self.ct.create_string_buffer(65536)
+        out = b""
+        deadline = time.monotonic() + timeout
+        while not self.lib.ssh_channel_is_eof(ch) and time.monotonic() < deadline:
+            n = self.lib.ssh_channel_read_timeout(ch, buf, len(buf), 0, 1000)
+            if n < 0:
+                break
+            out += buf.raw[:n]
+        return out
+
+    def force_write(self, ch, data):
+        """ssh_channel_write past the window, and on a channel the server closed: libssh 0.10's
+        struct ssh_channel_struct has remote_window at offset 28, state at 40 (3: open) and
+        delayed_close at 44. False once the session failed."""
+        ct = self.ct
+        base = ct.cast(ch, ct.c_void_p).value
+        ct.c_uint32.from_address(base + 28).value = 1 << 30
+        ct.c_int.from_address(base + 40).value = 3
+        ct.c_int.from_address(base + 44).value = 0
+        return self.lib.ssh_channel_write(ch, data, len(data)) == len(data)
+
+    def close(self):
+        if self.sess is not None:
+            self.lib.ssh_disconnect(self.sess)
+            self.lib.ssh_free(self.sess)
+            self.sess = None
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 class SSHCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -353,6 +455,73 @@ class TestSSH(SSHCase):
         for s in socks:
             s.close()
 
+
+    def test_preauth_slowloris_does_not_lock_out(self):
+        """70 connections that never start the key exchange (more than the connection cap) do
+        not lock out a real client, nor end an authenticated session: the oldest connection
+        that has not authenticated makes room for a new one."""
+        import socket
+        info = self.expose(self.sandbox())
+        p = self.popen(info, "echo ready; sleep 4301")
+        self.assertEqual(p.stdout.readline(), b"ready\n")
+        socks = []
+        try:
+            for i in range(70):
+                s = socket.create_connection(("127.0.0.1", info["port"]), timeout=10)
+                if i % 2:
+                    s.sendall(b"SSH-2.0-slow\r\n")
+                socks.append(s)
+            time.sleep(0.5)
+            for _ in range(3):
+                rc, out, err = self.ssh(info, "echo fine")
+                self.assertEqual((rc, out), (0, b"fine\n"), (err, self.log()))
+            self.assertIsNone(p.poll(), "the authenticated session was ended")
+        finally:
+            for s in socks:
+                s.close()
+        p.stdin.close()
+        p.kill()
+
+    def test_closed_channels_capped_and_drained(self):
+        """Channels the server closed but the client does not: they count against the channel
+        cap until the client closes them, and what the client still sends on them (past any
+        window) is dropped rather than buffered by libssh."""
+        cli = LibSSH.load()
+        if cli is None:
+            self.skipTest("libssh 0.10 (client) is not installed")
+        info = self.expose(self.sandbox())
+        cli.connect(info)
+        try:
+            chans = []
+            for i in range(12):
+                ch = cli.exec("echo %d" % i)
+                if ch is None:
+                    break
+                self.assertEqual(cli.read_to_eof(ch), b"%d\n" % i)
+                chans.append(ch)  # never closed
+            self.assertEqual(len(chans), 10, "channels left open by the client are not capped")
+        finally:
+            cli.close()
+        cli = LibSSH.load()
+        cli.connect(info)
+        try:
+            ch = cli.exec("true")
+            # The server sends its EOF as it closes the channel: closed on its side from here.
+            self.assertEqual(cli.read_to_eof(ch), b"")
+            before = rss_kb(self.gw.proc.pid)
+            chunk = b"x" * 32768
+            for _ in range(1024 * 32):  # 1 GiB
+                if not cli.force_write(ch, chunk):
+                    break
+            time.sleep(1)
+            # Held, it would be all of it; dropped, the gateway still grows by what a sanitizer
+            # build keeps in quarantine (256 MiB).
+            grown = rss_kb(self.gw.proc.pid) - before
+            self.assertLess(grown, 384 << 10, "the gateway grew %d KiB" % grown)
+        finally:
+            cli.close()
+        rc, out, err = self.ssh(info, "echo fine")
+        self.assertEqual((rc, out), (0, b"fine\n"), err)
 
 def main():
     result = unittest.main(exit=False, verbosity=2).result
