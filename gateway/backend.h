@@ -96,7 +96,8 @@ bool gw_ct_streq(const char *a, const char *b);
  * 0, or -1 with errno set. */
 int gw_file_write_atomic(const char *path, const void *data, size_t len, mode_t mode);
 /* Read all of @path (at most @max bytes) into a malloc'd NUL-terminated buffer. 0, or -1 with
- * errno set (EFBIG when bigger than @max). */
+ * errno set (EFBIG when bigger than @max; EINVAL for anything but a regular file, a FIFO
+ * included, without blocking; ELOOP for a symlink). */
 int gw_file_read(const char *path, size_t max, char **out, size_t *len);
 /* The last @lines lines of @path (at most its last 16 KiB) into @out, "" when unreadable. */
 void gw_file_tail(const char *path, unsigned lines, char *out, size_t outlen);

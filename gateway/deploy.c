@@ -50,7 +50,7 @@
 #define REVS_MAX           1024         /* revisions a gateway keeps; beyond: 429 */
 #define JOBS_MAX           16           /* jobs running at once; beyond: 429 */
 #define LOG_LINES_MAX      50000        /* BuildLogs of command output per revision ... */
-#define LOG_BYTES_MAX      (16u << 20)  /* ... and their bytes; beyond: one "truncated" line */
+#define LOG_BYTES_MAX      (16u << 20)  /* ... and their bytes in revision.json; beyond: one line */
 #define LOG_LINE_MAX       4096         /* a longer output line is split */
 #define ARCHIVE_MAX        (2ull << 30) /* bytes of one archive */
 #define MANIFEST_FILES     200000       /* manifest entries kept */
@@ -261,17 +261,43 @@ static const char *step_of(enum stage s)
     return s <= ST_PREPARING ? "preparing" : stage_names[s];
 }
 
+/* The bytes @m (a JSON string) takes in revision.json: jansson writes a control character as
+ * \u00XX (\n, \t, ... as two), '"' and '\\' as two, the rest (UTF-8) as it is. */
+static size_t json_cost(const json_t *m)
+{
+    const unsigned char *p = (const unsigned char *)json_string_value(m);
+    size_t n = json_string_length(m), cost = n;
+
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '"' || p[i] == '\\' || p[i] == '\b' || p[i] == '\f' || p[i] == '\n' ||
+            p[i] == '\r' || p[i] == '\t') {
+            cost += 1;
+        } else if (p[i] < 0x20) {
+            cost += 5;
+        }
+    }
+    return cost;
+}
+
 /* Append a BuildLog of @len bytes at @msg (decoded lossily) to @r. @output: a line of command
- * output (counted against the caps; the gateway's own lines are not). */
+ * output (counted against the caps by what it costs in revision.json, so that a revision that
+ * hit them still loads at the next start, REV_FILE_MAX; the gateway's own lines are not). */
 static void log_add(struct rev *r, const char *level, const char *msg, size_t len, bool output)
 {
     char t[40];
 
+    if (output && r->out_truncated) {
+        return;
+    }
+    json_t *m = gw_fs_json_lossy(msg, len);
+    if (m == NULL) {
+        return; /* out of memory: the line is lost */
+    }
     if (output) {
-        if (r->out_truncated) {
-            return;
-        }
-        if (r->out_lines >= LOG_LINES_MAX || r->out_bytes + len > LOG_BYTES_MAX) {
+        size_t cost = json_cost(m);
+
+        if (r->out_lines >= LOG_LINES_MAX || r->out_bytes + cost > LOG_BYTES_MAX) {
+            json_decref(m);
             r->out_truncated = true;
             static const char cut[] = "(output truncated: the build log keeps at most 50000 "
                                       "lines and 16 MiB of command output)";
@@ -279,13 +305,11 @@ static void log_add(struct rev *r, const char *level, const char *msg, size_t le
             return;
         }
         r->out_lines++;
-        r->out_bytes += len;
+        r->out_bytes += cost;
     }
     iso(gw_now_ms(), t);
-    json_t *m = gw_fs_json_lossy(msg, len);
-    json_t *e = m != NULL ? json_pack("{s:s, s:s, s:o, s:s}", "timestamp", t, "level", level,
-                                      "message", m, "step", step_of(r->cur))
-                          : NULL;
+    json_t *e = json_pack("{s:s, s:s, s:o, s:s}", "timestamp", t, "level", level, "message", m,
+                          "step", step_of(r->cur));
     if (e == NULL || json_array_append_new(r->logs, e) < 0) {
         return; /* out of memory: the line is lost */
     }
@@ -610,6 +634,12 @@ static void rev_load(struct gw_deploy *d, const char *id)
     json_error_t jerr;
 
     (void)snprintf(path, sizeof path, "%s/%s/revision.json", d->dir, id);
+    /* Only a regular file: gw_file_read's open would wait forever on a FIFO put there. */
+    struct stat st;
+    if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        gw_log("%s: not a regular file; skipped", path);
+        return;
+    }
     if (gw_file_read(path, REV_FILE_MAX, &text, &len) < 0) {
         gw_log("%s: %s", path, strerror(errno));
         return;

@@ -47,6 +47,11 @@
 #define FETCH_PREBUF_MS      100 /* once connected, how long a short body may take to end */
 #define FETCH_SECRET_NAME    128
 #define FETCH_SECRET_VAL_MAX (64u << 10)
+/* Fetches in flight (each holds a connection, a file descriptor and ~130 KiB of buffers until
+ * its response ends; a server that never answers holds them until an abort): per session, and
+ * in the whole gateway. Beyond: the call fails with code LIMIT. */
+#define FETCH_SESSION_MAX 256
+#define FETCH_GATEWAY_MAX 1024
 
 /* --- small helpers -------------------------------------------------------------------------- */
 
@@ -745,7 +750,13 @@ struct fetch {
                         body at once then finds it closed, never an `end` after its cancel) */
     uint64_t sdk;
     bool cancel_hooked, drain_hooked, streaming, paused, ended;
+
+    struct fetch *live_next, **live_prev; /* the list of fetches in flight (live) */
 };
+
+/* Every fetch from its start to fetch_end, for the FETCH_*_MAX caps. */
+static struct fetch *live;
+static unsigned nlive;
 
 static void hop_start(struct fetch *f);
 
@@ -778,6 +789,14 @@ static void fetch_end(struct fetch *f)
         return;
     }
     f->ended = true;
+    if (f->live_prev != NULL) {
+        *f->live_prev = f->live_next;
+        if (f->live_next != NULL) {
+            f->live_next->live_prev = f->live_prev;
+        }
+        f->live_prev = NULL;
+        nlive--;
+    }
     httpc_close(f->hc);
     f->hc = NULL;
     if (f->pq != NULL) {
@@ -1613,11 +1632,36 @@ void gw_m_fetch(struct gw_call *call, json_t *params)
         early_fail(call, params, "fetch: redirect must be \"follow\", \"manual\" or \"error\"");
         return;
     }
+    {
+        unsigned mine = 0;
+
+        for (struct fetch *x = live; x != NULL; x = x->live_next) {
+            mine += x->s == s;
+        }
+        if (nlive >= FETCH_GATEWAY_MAX || mine >= FETCH_SESSION_MAX) {
+            gw_call_fail(call, "TypeError", "LIMIT",
+                         "fetch: %u fetches are in flight %s already; abort or finish some first",
+                         mine >= FETCH_SESSION_MAX ? mine : nlive,
+                         mine >= FETCH_SESSION_MAX ? "on this session" : "in sbx-gateway");
+            b = json_object_get(params, "bodyStreamId");
+            if (json_is_integer(b) && json_integer_value(b) >= 0) {
+                gw_istream_cancel(s, (uint64_t)json_integer_value(b), NULL);
+            }
+            return;
+        }
+    }
     f = calloc(1, sizeof(*f));
     if (f == NULL) {
         early_fail(call, params, "out of memory");
         return;
     }
+    f->live_next = live;
+    f->live_prev = &live;
+    if (live != NULL) {
+        live->live_prev = &f->live_next;
+    }
+    live = f;
+    nlive++;
     f->call = call;
     f->s = s;
     f->sb = gw_session_sandbox(s);

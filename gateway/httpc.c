@@ -718,15 +718,47 @@ void httpc_pause(struct httpc *h, bool pause)
 
 /* --- TCP ------------------------------------------------------------------------------------ */
 
+/* Whether @sa (AF_INET or AF_INET6) is an address of one of the host's interfaces (a connect
+ * to 192.0.2.2 on eth0 reaches the host's own listeners as loopback does). Asked of the kernel
+ * at each connect (interfaces come and go); true when it cannot be told. */
+static bool own_addr(const struct sockaddr *sa)
+{
+    uv_interface_address_t *ifs;
+    int n;
+    bool own = false;
+
+    if (uv_interface_addresses(&ifs, &n) < 0) {
+        return true;
+    }
+    for (int i = 0; i < n && !own; i++) {
+        const struct sockaddr *a = (const struct sockaddr *)&ifs[i].address;
+
+        if (a->sa_family != sa->sa_family) {
+            continue;
+        }
+        if (sa->sa_family == AF_INET) {
+            own = memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+                         &((const struct sockaddr_in *)sa)->sin_addr, sizeof(struct in_addr)) == 0;
+        } else {
+            own =
+                memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                       &((const struct sockaddr_in6 *)sa)->sin6_addr, sizeof(struct in6_addr)) == 0;
+        }
+    }
+    uv_free_interface_addresses(ifs, n);
+    return own;
+}
+
 /* An address of the gateway's own host or of no host: loopback, unspecified, link-local,
- * multicast, broadcast (v4-mapped IPv6 judged by its IPv4). */
+ * multicast, broadcast, and every address of the host's interfaces (v4-mapped IPv6 judged by
+ * its IPv4). */
 static bool internal_addr(const struct sockaddr *sa)
 {
     if (sa->sa_family == AF_INET) {
         uint32_t a = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
 
         return (a >> 24) == 127 || (a >> 24) == 0 || (a >> 16) == 0xA9FE || (a >> 28) == 0xE ||
-               a == 0xFFFFFFFFu;
+               a == 0xFFFFFFFFu || own_addr(sa);
     }
     if (sa->sa_family == AF_INET6) {
         const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
@@ -740,7 +772,7 @@ static bool internal_addr(const struct sockaddr *sa)
             return internal_addr((const struct sockaddr *)&v4);
         }
         return IN6_IS_ADDR_LOOPBACK(a) || IN6_IS_ADDR_UNSPECIFIED(a) || IN6_IS_ADDR_LINKLOCAL(a) ||
-               IN6_IS_ADDR_MULTICAST(a);
+               IN6_IS_ADDR_MULTICAST(a) || own_addr(sa);
     }
     return true;
 }
@@ -863,8 +895,8 @@ static void tcp_connect_next(struct httpc *h)
             if (h->refused[0] != '\0') {
                 snprintf(h->err, sizeof(h->err),
                          "refusing to connect to %s: an address of the gateway's own host "
-                         "(loopback, link-local or unspecified); map the name with --resolve to "
-                         "allow it",
+                         "(loopback, link-local, unspecified, or one of its interfaces'); map the "
+                         "name with --resolve to allow it",
                          h->refused);
                 h->err_code = "EACCES";
             } else {

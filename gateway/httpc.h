@@ -63,8 +63,8 @@ struct httpc_ops {
 /*
  * Connect to @host port @port over TCP. @addr: an IP literal to use instead of resolving @host
  * (--resolve), or NULL. @allow_internal false: addresses of the host itself (loopback,
- * unspecified, link-local, multicast) are refused, whether resolved or given. NULL with a message
- * in @why when nothing could be started.
+ * unspecified, link-local, multicast, and any address one of its interfaces has) are refused,
+ * whether resolved or given. NULL with a message in @why when nothing could be started.
  */
 struct httpc *httpc_open_tcp(uv_loop_t *loop, const char *host, const char *addr, uint16_t port,
                              bool allow_internal, const struct httpc_ops *ops, void *user,

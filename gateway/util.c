@@ -148,7 +148,9 @@ fail : {
 int gw_file_read(const char *path, size_t max, char **out, size_t *lenp)
 {
     struct stat st = { 0 };
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    /* O_NONBLOCK: a FIFO put in the data dir must not hang the gateway in open(); regular
+     * files ignore it. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 
     if (fd < 0) {
         return -1;

@@ -458,6 +458,47 @@ class TestDeploy(DeployCase):
         # The app still runs (its sandbox is a timed one) and the ingress still maps it.
         self.assertEqual(ingress_get(r["url"]), (200, "served k\n"))
 
+    def test_control_character_logs_survive_restart(self):
+        # 20 MB of control bytes on the build's stdout: each is stored as \u0001 (6 bytes) in
+        # revision.json, so the log cap must count what is stored, or the record outgrows what
+        # the next start loads (64 MiB) and the revision is lost.
+        sid = self.sandbox()
+        d = self.app_dir("ctl-app", {"main.ts": SERVE_TS})
+        rev = self.deploy(sid, {"app": "ctl", "path": d, "mode": "local",
+                                "buildCommand": "head -c 20000000 /dev/zero | tr '\\0' '\\1'"})
+        r, _ = self.wait_done(rev)
+        self.assertEqual(r["status"], "succeeded", r)
+        size = os.path.getsize(os.path.join(self.gw.data, "revisions", rev, "revision.json"))
+        self.assertLess(size, 32 << 20)
+        data = self.gw.data
+        self.gw.stop(keep_data=True)
+        gw2 = self.start_gateway(data=data)
+        status, r2 = http(gw2, "GET", "/api/v2/revisions/" + rev)
+        self.assertEqual(status, 200, r2)
+        self.assertEqual(r2["status"], "succeeded")
+        sse = SSE(gw2, "/api/v2/revisions/%s/build_logs?step=building" % rev)
+        try:
+            msgs = [ev["message"] for _, ev in sse.events()]
+        finally:
+            sse.close()
+        self.assertTrue(any(m.startswith("(output truncated") for m in msgs), msgs[-3:])
+        self.assertTrue(any(m.startswith("\x01" * 100) for m in msgs))
+
+    def test_fifo_revision_record(self):
+        # A FIFO where a revision.json belongs: the next start skips it rather than waiting for
+        # a writer for ever.
+        data = self.gw.data
+        self.gw.stop(keep_data=True)
+        os.makedirs(os.path.join(data, "revisions", "fafafafafafa"))
+        os.mkfifo(os.path.join(data, "revisions", "fafafafafafa", "revision.json"))
+        gw2 = h.Gateway(backend="addr:" + self.agent.addr, user=self.user.name,
+                        cwd=self.user.home, extra=["--http-listen", "127.0.0.1:0"], data=data,
+                        ready_timeout=20)
+        self.gws.append(gw2)
+        status, j = http(gw2, "GET", "/api/v2/revisions/fafafafafafa")
+        self.assertEqual(status, 404, j)
+        self.assertIn("not a regular file", gw2.logtext())
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -249,6 +249,82 @@ class TestFetch(FetchCase):
         finally:
             ws.close()
 
+    def test_own_interface_addresses_refused(self):
+        # An address of one of the host's interfaces (not loopback) reaches the host's own
+        # listeners as loopback does: refused like 127.0.0.1 unless --resolve maps a name to it.
+        addrs = []
+        try:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.connect(("203.0.113.1", 9))  # a route lookup only: nothing is sent
+            addrs.append(u.getsockname()[0])
+            u.close()
+        except OSError:
+            pass
+        try:
+            with open("/proc/net/if_inet6") as f:
+                for ln in f:
+                    hexa, _, _, scope, _, dev = ln.split()
+                    if dev != "lo" and scope == "00":
+                        addrs.append(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexa)))
+        except OSError:
+            pass
+        addrs = [a for a in addrs if not a.startswith("127.")]
+        if not addrs:
+            self.skipTest("no non-loopback address on this host")
+        ws = h.open_create_ws(self.gw, {})
+        try:
+            for a in addrs:
+                fam = socket.AF_INET6 if ":" in a else socket.AF_INET
+                lsn = socket.socket(fam, socket.SOCK_STREAM)
+                lsn.bind((a, 0))
+                lsn.listen(4)
+                lsn.settimeout(0.5)
+                try:
+                    host = "[%s]" % a if ":" in a else a
+                    m = ws.call("fetch", {"url": "http://%s:%d/" % (host, lsn.getsockname()[1]),
+                                          "method": "GET", "headers": []}, timeout=30)
+                    err = m["result"].get("error")
+                    self.assertIsNotNone(err, (a, m))
+                    self.assertEqual(err["code"], "EACCES", err)
+                    self.assertIn("own host", err["message"])
+                    with self.assertRaises(socket.timeout):
+                        lsn.accept()[0].close()
+                finally:
+                    lsn.close()
+        finally:
+            ws.close()
+
+    def test_fetches_in_flight_are_capped(self):
+        # A client that starts fetch after fetch toward a server that never answers: each would
+        # hold a connection (a file descriptor) for ever. Past 256 on a session: LIMIT at once.
+        port = self.srv.server_address[1]
+        pid = self.gw.proc.pid
+        base = len(os.listdir("/proc/%d/fd" % pid))
+        ws = h.open_create_ws(self.gw, {})
+        try:
+            n = 300
+            for i in range(n):
+                ws.send_json({"jsonrpc": "2.0", "id": i, "method": "fetch",
+                              "params": {"url": "http://allowed.test:%d/hang" % port,
+                                         "method": "GET", "headers": []}})
+            limited = set()
+            deadline = time.monotonic() + 30
+            while len(limited) < n - 256 and time.monotonic() < deadline:
+                m = ws.recv_json(max(0.1, deadline - time.monotonic()))
+                err = (m.get("result") or {}).get("error") if isinstance(m, dict) else None
+                if err is not None:
+                    self.assertEqual(err["code"], "LIMIT", m)
+                    limited.add(m["id"])
+            self.assertEqual(len(limited), n - 256)
+            self.assertLess(len(os.listdir("/proc/%d/fd" % pid)), base + 256 + 16)
+        finally:
+            ws.close()
+        # The session's end ends its fetches: their connections are closed.
+        deadline = time.monotonic() + 10
+        while len(os.listdir("/proc/%d/fd" % pid)) > base + 8 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertLessEqual(len(os.listdir("/proc/%d/fd" % pid)), base + 8)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -194,6 +194,35 @@ class GatewayCase(unittest.TestCase):
         finally:
             self.assertEqual(second.stop(), 0)
 
+    def test_fifo_in_the_data_dir(self):
+        """A FIFO where the token (or any state file) belongs makes the gateway refuse to start
+        at once, never hang in open() waiting for a writer."""
+        for name in ("token", "expose.json", "ssh.json"):
+            data = os.path.join(self.tmp, "fifo-" + name.replace(".", "-"))
+            os.makedirs(data)
+            if name != "token":
+                with open(os.path.join(data, "token"), "w") as f:
+                    f.write("ddo_" + "a" * 40 + "\n")
+            os.mkfifo(os.path.join(data, name))
+            args = ["--data-dir", data, "--backend", BACKEND, "--listen", "127.0.0.1:0",
+                    "--http-listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0"]
+            p = subprocess.Popen([gateway_bin(), *args], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            try:
+                if name == "token":
+                    out, err = p.communicate(timeout=10)
+                    self.assertEqual(p.returncode, 1, err)
+                    self.assertIn("token", err)
+                else:
+                    # A state file that is not a regular file is skipped (logged): the gateway
+                    # serves; what matters is that it got there.
+                    line = p.stdout.readline()
+                    self.assertTrue(line.startswith("token: "), line)
+            finally:
+                if p.poll() is None:
+                    p.terminate()
+                    p.communicate(timeout=10)
+
     def test_usage_errors(self):
         cases = [
             [],                                            # no --data-dir
