@@ -46,9 +46,12 @@
 
 /* --- caps ---------------------------------------------------------------------------------- */
 
-#define REV_ID_LEN         12
-#define REVS_MAX           1024         /* revisions a gateway keeps; beyond: 429 */
-#define JOBS_MAX           16           /* jobs running at once; beyond: 429 */
+#define REV_ID_LEN 12
+#define REVS_MAX   1024 /* revisions a gateway keeps; beyond: 429 */
+#define JOBS_MAX   16   /* jobs running at once; beyond: 429 */
+/* pack.create jobs one agent connection may run (the agent's cap per connection); the jobs of
+ * one sandbox share its link, so more wait their turn in order of creation. */
+#define PACK_PER_LINK      4
 #define LOG_LINES_MAX      50000        /* BuildLogs of command output per revision ... */
 #define LOG_BYTES_MAX      (16u << 20)  /* ... and their bytes in revision.json; beyond: one line */
 #define LOG_LINE_MAX       4096         /* a longer output line is split */
@@ -164,6 +167,8 @@ struct job {
     struct linebuf lb_out, lb_err;
     /* pack */
     uint32_t pack_id, arch_sid;
+    bool packing;   /* holds one of its link's PACK_PER_LINK packing slots */
+    bool pack_wait; /* waits for one (pack_wake starts it) */
     struct gw_link_stream st_arch;
     int fd;
     uint64_t arch_bytes;
@@ -934,10 +939,50 @@ static void on_rsb_ready(struct gw_sandbox *sb, void *user);
 
 /* The job is over (or the gateway stops): let go of everything; @j is freed once nothing of it
  * is outstanding. */
+/* Jobs of @d packing on @link. */
+static unsigned packing_on(struct gw_deploy *d, const struct gw_link *link)
+{
+    unsigned n = 0;
+
+    for (struct rev *r = d->revs; r != NULL; r = r->next) {
+        n += r->job != NULL && r->job->packing && r->job->link == link;
+    }
+    return n;
+}
+
+/* @j's pack ended (or it never started one): free its slot and start the oldest job waiting
+ * for a slot on the same link. Call before the job leaves the link. */
+static void pack_done(struct job *j)
+{
+    struct gw_deploy *d = j->r != NULL ? j->r->d : NULL;
+    const struct gw_link *link = j->link;
+    struct job *next = NULL;
+
+    j->pack_wait = false;
+    if (!j->packing || d == NULL || link == NULL) {
+        j->packing = false;
+        return;
+    }
+    j->packing = false;
+    for (struct rev *r = d->revs; r != NULL; r = r->next) {
+        struct job *w = r->job;
+
+        if (w != NULL && w->pack_wait && w->link == link &&
+            (next == NULL || r->created_ms < next->r->created_ms)) {
+            next = w;
+        }
+    }
+    if (next != NULL) {
+        next->pack_wait = false;
+        job_step(next);
+    }
+}
+
 static void job_release(struct job *j)
 {
     struct rev *r = j->r;
 
+    pack_done(j);
     j->phase = J_DONE;
     job_leave_link(j);
     if (j->waiting && j->rsb != NULL) {
@@ -1222,6 +1267,7 @@ static void st_arch_fn(struct gw_link_stream *st, const struct sbx_event *ev)
         }
         stage_end(r, ST_BUILDING, SS_SUCCEEDED);
         j->phase = J_BOOT;
+        pack_done(j);
         job_leave_link(j);
         job_step(j);
         return;
@@ -1795,6 +1841,16 @@ static void job_step(struct job *j)
         size_t i;
         json_t *v;
 
+        if (!j->packing && packing_on(r->d, j->link) >= PACK_PER_LINK) {
+            if (!j->pack_wait) {
+                logf_(r, "info",
+                      "waiting for a packing slot (%d builds of this sandbox are packing)",
+                      PACK_PER_LINK);
+            }
+            j->pack_wait = true;
+            return;
+        }
+        j->packing = true;
         stage_begin(r, ST_BUILDING, NULL);
         if (build != NULL) {
             logf_(r, "info", "running the build command: %s", build);

@@ -361,13 +361,15 @@ class TestDeploy(DeployCase):
         self.assertEqual(prog["building"]["status"], "pending")
 
     def test_parallel_deploys(self):
-        # Three jobs at once from one sandbox share its link (pack ids, process ids and upload
-        # streams tell them apart); each app serves its own args.
+        # Six jobs at once from one sandbox share its link (pack ids, process ids and upload
+        # streams tell them apart; the agent packs at most 4 per connection, so the others wait
+        # their turn); each app serves its own args.
         sid = self.sandbox()
         d = self.app_dir("par-app", {"main.ts": SERVE_TS})
         revs = [self.deploy(sid, {"app": "par%d" % i, "path": d, "args": ["n%d" % i],
-                                  "mode": "local", "buildCommand": "echo b%d; sleep 0.5" % i})
-                for i in range(3)]
+                                  "mode": "local", "buildCommand": "echo b%d; sleep 1.5" % i})
+                for i in range(6)]
+        waited = 0
         for i, rev in enumerate(revs):
             r, _ = self.wait_done(rev)
             self.assertEqual(r["status"], "succeeded", r)
@@ -379,6 +381,8 @@ class TestDeploy(DeployCase):
                 sse.close()
             self.assertIn("b%d" % i, msgs)
             self.assertFalse([m for m in msgs if re.match(r"^b\d$", m) and m != "b%d" % i], msgs)
+            waited += any(m.startswith("waiting for a packing slot") for m in msgs)
+        self.assertGreaterEqual(waited, 1, "no job waited: the queue was not exercised")
 
     def test_bad_requests(self):
         sid = self.sandbox()
