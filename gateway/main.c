@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -446,6 +447,15 @@ int main(int argc, char **argv)
     int rc = parse_args(&m, argc, argv);
     if (rc != 0) {
         return rc == 1 ? 0 : rc;
+    }
+    /* Every session, ingress connection, fetch and SSH client holds descriptors (the caps add
+     * up to several thousand): take the hard limit as the soft one. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &nofile) < 0) {
+            gw_log("RLIMIT_NOFILE: %s (keeping the soft limit)", strerror(errno));
+        }
     }
     if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
         gw_log("SIGPIPE: %s", strerror(errno));

@@ -194,6 +194,29 @@ class GatewayCase(unittest.TestCase):
         finally:
             self.assertEqual(second.stop(), 0)
 
+    def test_nofile_soft_limit_raised(self):
+        """Started with a low soft RLIMIT_NOFILE, the gateway raises it to the hard limit (its
+        caps on sessions, ingress connections, fetches and SSH clients need the descriptors)."""
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard <= 256:
+            self.skipTest("hard RLIMIT_NOFILE %d is too low to tell" % hard)
+        data = os.path.join(self.tmp, "nofile")
+
+        def low():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        p = subprocess.Popen([gateway_bin(), "--quiet", "--backend", BACKEND, "--listen",
+                              "127.0.0.1:0", "--data-dir", data], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=low)
+        try:
+            self.assertTrue(p.stdout.readline().startswith("token: "))
+            with open("/proc/%d/limits" % p.pid) as f:
+                line = [x for x in f if x.startswith("Max open files")][0].split()
+            self.assertEqual(int(line[3]), hard, line)
+        finally:
+            p.terminate()
+            p.communicate(timeout=10)
+
     def test_fifo_in_the_data_dir(self):
         """A FIFO where the token (or any state file) belongs makes the gateway refuse to start
         at once, never hang in open() waiting for a writer."""
