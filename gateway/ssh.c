@@ -31,6 +31,21 @@
  * only as it is written into the SSH channel, within the channel's window and while less than
  * SSH_OUT_HIGH bytes handed to libssh have not reached the socket yet (libssh's "write won't
  * block" callback says when its socket buffer emptied).
+ * What libssh queues toward the client on its own has no cap in libssh: every channel open beyond
+ * the cap, global request, refused channel request or unknown message gets an answer appended to
+ * its output buffer, and so do our exit statuses, EOFs, closes and stderr notes. A client that
+ * sends such requests but never reads its socket would grow that buffer without bound. We count
+ * it (ssh_set_counters): the payload bytes of the packets libssh put into its buffer, plus
+ * SSH_PKT_OVERHEAD per packet (an upper bound), minus the bytes that reached the socket, both
+ * measured from the last moment the buffer was seen empty (so the over-estimate does not add up).
+ * Past SSH_BACKLOG_HIGH we stop reading the client (back-pressure rather than a cap alone: a
+ * client is only ever answered for what it sent, so with its requests left in the kernel its TCP
+ * window closes and nothing more is generated, and a slow but honest client is not cut; libssh
+ * still reads at most one 4 KiB chunk whenever the socket turns writable or we write, which is
+ * why a hard cap stays) and process output is not written while it is over SSH_OUT_HIGH; past
+ * SSH_BACKLOG_MAX the connection is cut. Packets libssh holds back during a key re-exchange are
+ * not in its buffer (nor counted) until the exchange ends: a channel write that was not counted
+ * (rekey_held) stops our output until libssh has counted as much again.
  *
  * Every input is hostile: names, commands, env requests, terminal sizes, window sizes are
  * checked and bounded; connections, channels, grants and kill timers have caps. At the
@@ -79,6 +94,13 @@
     (8u << 20) /* client bytes libssh holds for one channel (a client that                         \
                   keeps to its window stays under about 3.5 MiB) */
 #define SSH_READ_CHUNK (64u << 10)
+/* libssh's output buffer (see the top): a packet takes at most this much beyond its payload on the
+ * wire (length and padding length 5, padding up to 19, MAC up to 64); above SSH_BACKLOG_HIGH the
+ * client is not read (above SSH_OUT_HIGH no process output is written), above SSH_BACKLOG_MAX it is
+ * disconnected. */
+#define SSH_PKT_OVERHEAD 96u
+#define SSH_BACKLOG_HIGH (2u << 20)
+#define SSH_BACKLOG_MAX  (8u << 20)
 /* Client bytes queued toward the agent on a process's stdin above which the rest stays in libssh
  * (under SBX_CONN_QUEUE_MAX); taking resumes below SSH_AGENT_LOW, and then takes up to
  * SSH_AGENT_HIGH at once: every read lets libssh re-open the client's window (WINDOWBASE, 1.28 MB),
@@ -191,7 +213,11 @@ struct sconn {
     struct sink *sinks; /* count against SSH_CHANS_MAX with nchans */
     unsigned nsinks;
     size_t unsent; /* bytes written into channels since libssh's socket buffer was last empty */
-    int depth;     /* our entries on the stack */
+    struct ssh_counter_struct sock_cnt, raw_cnt; /* ssh_set_counters: socket bytes, packets */
+    uint64_t base_queued, base_sent; /* conn_backlog's counts when the buffer was last empty */
+    uint64_t rekey_held, rekey_mark; /* channel bytes libssh held back (a key re-exchange) */
+    bool held;                       /* not reading the client: its answers back up */
+    int depth;                       /* our entries on the stack */
     bool dead, torn;
     char peer[80];
     char why[256]; /* why the sessions end (the sandbox stopped): told on stderr */
@@ -851,6 +877,37 @@ static void cb_signal(ssh_session session, ssh_channel channel, const char *sign
     }
 }
 
+/* --- libssh's output buffer (see the top) --------------------------------------------------- */
+
+static uint64_t conn_queued_total(const struct sconn *sc)
+{
+    return sc->raw_cnt.out_bytes + SSH_PKT_OVERHEAD * sc->raw_cnt.out_packets;
+}
+
+/* libssh's output buffer is empty: the accounting starts over. */
+static void conn_out_empty(struct sconn *sc)
+{
+    sc->unsent = 0;
+    sc->base_queued = conn_queued_total(sc);
+    sc->base_sent = sc->sock_cnt.out_bytes;
+}
+
+/* At most how many bytes libssh's output buffer holds (0 when it is empty). */
+static uint64_t conn_backlog(struct sconn *sc)
+{
+    uint64_t queued, sent;
+
+    if (sc->sess == NULL || !(ssh_get_status(sc->sess) & SSH_WRITE_PENDING)) {
+        if (sc->sess != NULL) {
+            conn_out_empty(sc);
+        }
+        return 0;
+    }
+    queued = conn_queued_total(sc) - sc->base_queued;
+    sent = sc->sock_cnt.out_bytes - sc->base_sent;
+    return queued > sent ? queued - sent : 0;
+}
+
 static int cb_wontblock(ssh_session session, ssh_channel channel, uint32_t bytes, void *userdata)
 {
     struct schan *ch = userdata;
@@ -859,7 +916,7 @@ static int cb_wontblock(ssh_session session, ssh_channel channel, uint32_t bytes
     (void)channel;
     (void)bytes;
     if (ch->sc != NULL) {
-        ch->sc->unsent = 0; /* libssh's socket buffer is empty */
+        conn_out_empty(ch->sc); /* libssh's socket buffer is empty */
     }
     return 0;
 }
@@ -1019,7 +1076,8 @@ static int chan_flush_q(struct schan *ch, struct obuf *q, bool is_err, uint32_t 
 
     while (obuf_size(q) > 0) {
         uint32_t win;
-        size_t n = obuf_size(q);
+        size_t n = obuf_size(q), busy;
+        uint64_t counted;
         int w;
 
         if (ch->ch == NULL || ch->client_closed) {
@@ -1030,12 +1088,22 @@ static int chan_flush_q(struct schan *ch, struct obuf *q, bool is_err, uint32_t 
             return -1;
         }
         win = ssh_channel_window_size(ch->ch);
-        if (win == 0 || sc->unsent >= SSH_OUT_HIGH) {
+        if (sc->rekey_held > 0 && sc->raw_cnt.out_bytes - sc->rekey_mark >= sc->rekey_held) {
+            sc->rekey_held = 0; /* libssh has sent on (at least as much as it held) */
+        }
+        busy = sc->unsent;
+        if (busy < SSH_OUT_HIGH) {
+            uint64_t b = conn_backlog(sc);
+
+            busy = b > busy ? (b < SSH_OUT_HIGH ? (size_t)b : SSH_OUT_HIGH) : busy;
+        }
+        if (win == 0 || busy >= SSH_OUT_HIGH || sc->rekey_held > 0) {
             return 0;
         }
         n = n < win ? n : win;
         n = n < SSH_WRITE_CHUNK ? n : SSH_WRITE_CHUNK;
-        n = n < SSH_OUT_HIGH - sc->unsent ? n : SSH_OUT_HIGH - sc->unsent;
+        n = n < SSH_OUT_HIGH - busy ? n : SSH_OUT_HIGH - busy;
+        counted = sc->raw_cnt.out_bytes;
         w = is_err ? ssh_channel_write_stderr(ch->ch, q->p + q->off, (uint32_t)n)
                    : ssh_channel_write(ch->ch, q->p + q->off, (uint32_t)n);
         if (w < 0) {
@@ -1044,6 +1112,11 @@ static int chan_flush_q(struct schan *ch, struct obuf *q, bool is_err, uint32_t 
         }
         if (w == 0) {
             return 0;
+        }
+        if (sc->raw_cnt.out_bytes - counted < (uint64_t)w) {
+            /* Not all of it went into libssh's buffer: held back for a key re-exchange. */
+            sc->rekey_held += (uint64_t)w;
+            sc->rekey_mark = sc->raw_cnt.out_bytes;
         }
         obuf_drop(q, (size_t)w);
         sc->unsent += (size_t)w;
@@ -1161,7 +1234,11 @@ static void conn_update_poll(struct sconn *sc)
     if (!sc->poll_open || sc->torn) {
         return;
     }
-    if (ssh_get_poll_flags(sc->sess) & SSH_WRITE_PENDING) {
+    sc->held = conn_backlog(sc) >= SSH_BACKLOG_HIGH;
+    if (sc->held) {
+        /* Only libssh's writes (a wake-up on writability lets it read one chunk, too). */
+        want = UV_WRITABLE;
+    } else if (ssh_get_poll_flags(sc->sess) & SSH_WRITE_PENDING) {
         want |= UV_WRITABLE;
     }
     if (want != sc->poll_events) {
@@ -1212,8 +1289,8 @@ static void conn_pump(struct sconn *sc)
     if (!sc->dead && conn_ssh_closed(sc)) {
         sc->dead = true;
     }
-    if (!sc->dead && !(ssh_get_poll_flags(sc->sess) & SSH_WRITE_PENDING)) {
-        sc->unsent = 0; /* libssh's socket buffer is empty (no channel may be left to be told) */
+    if (!sc->dead) {
+        (void)conn_backlog(sc); /* starts over when the buffer is empty (no channel may be told) */
     }
     if (!sc->dead && sc->why[0] != '\0' && sc->state != SC_CLOSING) {
         conn_close_with(sc, sc->why);
@@ -1226,6 +1303,14 @@ static void conn_pump(struct sconn *sc)
     }
     if (!sc->dead) {
         conn_free_sinks(sc, false);
+    }
+    if (!sc->dead && conn_backlog(sc) > SSH_BACKLOG_MAX) {
+        if (!sc->srv->g->opt.quiet) {
+            gw_log("ssh %s: the client does not read what it is sent (%u bytes waiting): "
+                   "disconnected",
+                   sc->peer, SSH_BACKLOG_MAX);
+        }
+        sc->dead = true;
     }
     if (!sc->dead && conn_ssh_closed(sc)) {
         sc->dead = true;
@@ -1573,6 +1658,7 @@ static void conn_new(struct gw_ssh *srv, int fd, const struct sockaddr_storage *
         free(sc);
         return;
     }
+    ssh_set_counters(sc->sess, &sc->sock_cnt, &sc->raw_cnt); /* they live as long as @sc */
     if (ssh_bind_accept_fd(srv->bind, sc->sess, fd) != SSH_OK) {
         gw_log("ssh %s: %s", sc->peer, ssh_get_error(srv->bind));
         if (ssh_get_fd(sc->sess) != fd) {

@@ -84,7 +84,9 @@ class LibSSH:
                                                       ctypes.c_int)),
                         ("ssh_channel_is_eof", (vp,)), ("ssh_channel_is_closed", (vp,)),
                         ("ssh_channel_write", (vp, vp, ctypes.c_uint32)),
-                        ("ssh_disconnect", (vp,)), ("ssh_free", (vp,))):
+                        ("ssh_disconnect", (vp,)), ("ssh_free", (vp,)),
+                        ("ssh_set_blocking", (vp, ctypes.c_int)),
+                        ("ssh_channel_free", (vp,)), ("ssh_get_status", (vp,))):
             getattr(lib, f).argtypes = args
         return cls(lib)
 
@@ -137,6 +139,37 @@ class LibSSH:
         ct.c_int.from_address(base + 40).value = 3
         ct.c_int.from_address(base + 44).value = 0
         return self.lib.ssh_channel_write(ch, data, len(data)) == len(data)
+
+    def flood_opens(self, seconds):
+        """Switch to non-blocking mode and open session channels for @seconds without reading
+        a reply (each open, refused beyond the channel cap, makes the server queue an answer);
+        each channel is freed locally at once, so only libssh's output buffer grows here.
+        Returns how many were sent; stops early once the session failed, or once what it
+        sends has stayed unsent (the server does not read) for 3 s."""
+        lib = self.lib
+        lib.ssh_set_blocking(self.sess, 0)
+        n = 0
+        now = time.monotonic()
+        deadline, stuck = now + seconds, None
+        while now < deadline:
+            for _ in range(256):
+                ch = lib.ssh_channel_new(self.sess)
+                if ch is None:
+                    return n
+                lib.ssh_channel_open_session(ch)
+                lib.ssh_channel_free(ch)
+                n += 1
+            status = lib.ssh_get_status(self.sess)
+            now = time.monotonic()
+            if status & 0x05:  # SSH_CLOSED | SSH_CLOSED_ERROR
+                break
+            if not status & 0x08:  # SSH_WRITE_PENDING: its output buffer is not empty
+                stuck = None
+            elif stuck is None:
+                stuck = now
+            elif now - stuck > 3:
+                break
+        return n
 
     def close(self):
         if self.sess is not None:
@@ -522,6 +555,89 @@ class TestSSH(SSHCase):
             cli.close()
         rc, out, err = self.ssh(info, "echo fine")
         self.assertEqual((rc, out), (0, b"fine\n"), err)
+
+    def test_unread_replies_bounded(self):
+        """A client that never reads its socket cannot make the server queue replies without
+        bound: channel opens beyond the cap are each answered (a refusal), through a proxy that
+        stops passing the server's bytes on after authentication. The server stops reading such
+        a client (its TCP window closes), so only a bounded number of requests get through, and
+        the gateway does not grow."""
+        import socket
+        cli = LibSSH.load()
+        if cli is None:
+            self.skipTest("libssh 0.10 (client) is not installed")
+        info = self.expose(self.sandbox())
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        stop = threading.Event()
+        done = threading.Event()
+        passed = [0]  # client -> server bytes forwarded
+        peers = []
+
+        def up(a, b):  # client -> server, as long as the server takes it
+            try:
+                while True:
+                    d = a.recv(65536)
+                    if not d:
+                        break
+                    b.sendall(d)
+                    passed[0] += len(d)
+            except OSError:
+                pass
+            done.set()
+
+        def down(b, a):  # server -> client until `stop`; then nothing is read any more
+            try:
+                while not stop.is_set():
+                    d = b.recv(65536)
+                    if not d:
+                        break
+                    a.sendall(d)
+            except OSError:
+                pass
+
+        def proxy():
+            a, _ = lsock.accept()
+            b = socket.socket()
+            # Small buffers toward the proxy: what the kernel absorbs is not the point here.
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            b.connect(("127.0.0.1", info["port"]))
+            peers.extend((a, b))
+            threading.Thread(target=up, args=(a, b), daemon=True).start()
+            threading.Thread(target=down, args=(b, a), daemon=True).start()
+
+        t = threading.Thread(target=proxy, daemon=True)
+        t.start()
+        try:
+            cli.connect(dict(info, port=lsock.getsockname()[1]))
+            stop.set()
+            time.sleep(0.5)
+            before = rss_kb(self.gw.proc.pid)
+            sent = cli.flood_opens(15)
+            time.sleep(1)
+            grown = rss_kb(self.gw.proc.pid) - before
+            cut = done.is_set()
+            # A sanitizer build keeps what is freed in quarantine (up to 256 MiB): there only the
+            # bytes taken below tell.
+            with open("/proc/%d/maps" % self.gw.proc.pid) as f:
+                limit = (320 if "asan" in f.read() else 64) << 10
+            self.assertLess(grown, limit, "the gateway grew %d KiB for %d channel opens "
+                            "(%d bytes passed)" % (grown, sent, passed[0]))
+            # Without a bound the server takes everything the client sends (hundreds of MiB);
+            # with it, the server stops reading once its replies back up (a few MiB in socket
+            # buffers) or cuts the connection.
+            self.assertTrue(cut or passed[0] < (48 << 20),
+                            "%d bytes of requests were taken from a client that reads nothing"
+                            % passed[0])
+        finally:
+            for s in peers:
+                s.close()
+            lsock.close()
+            cli.close()
+        rc, out, err = self.ssh(info, "echo fine")
+        self.assertEqual((rc, out), (0, b"fine\n"), err)
+
 
 def main():
     result = unittest.main(exit=False, verbosity=2).result
