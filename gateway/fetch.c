@@ -10,7 +10,10 @@
  *     the sandbox's allowNet (config allow_net) lets the host through; --resolve HOST:ADDR maps a
  *     name to an address (and is the only way to reach an address of the host itself). On the
  *     egress, each secret's placeholder in the target and header values is replaced by its value
- *     when the host is one of the secret's hosts.
+ *     when the host is one of the secret's hosts (https too: substituted before encryption, and
+ *     nothing of the request leaves before the certificate is verified for the host).
+ *   https (not with `pid`): TLS on that same connection (tls.h), the certificate verified for
+ *     the URL's host against the system's trust store and --ca-file.
  *
  * The request body (bodyStreamId) is the client's stream: up to FETCH_PREBUF bytes are gathered
  * until the connection is up; a body complete by then goes with content-length (and can be sent
@@ -34,6 +37,7 @@
 #include "gsock.h"
 #include "gw.h"
 #include "httpc.h"
+#include "tls.h"
 
 #include <nettle/base64.h>
 #include <nettle/hmac.h>
@@ -47,7 +51,8 @@
 #define FETCH_PREBUF_MS      100 /* once connected, how long a short body may take to end */
 #define FETCH_SECRET_NAME    128
 #define FETCH_SECRET_VAL_MAX (64u << 10)
-/* Fetches in flight (each holds a connection, a file descriptor and ~130 KiB of buffers until
+/* Fetches in flight (each holds a connection, a file descriptor and ~130 KiB of buffers, https
+ * ~64 KiB more and a GnuTLS session, until
  * its response ends; a server that never answers holds them until an abort): per session, and
  * in the whole gateway. Beyond: the call fails with code LIMIT. */
 #define FETCH_SESSION_MAX 256
@@ -503,6 +508,9 @@ static const char *resolve_lookup(const struct gw *g, const char *host)
 
 int gw_fetch_start(struct gw *g, char *why, size_t whylen)
 {
+    if (gw_tls_init(g->opt.ca_file, why, whylen) < 0) {
+        return -1;
+    }
     for (size_t i = 0; i < g->opt.nresolve; i++) {
         const char *e = g->opt.resolve[i], *c = strchr(e, ':');
         char a[64];
@@ -1495,7 +1503,9 @@ static void hop_start(struct fetch *f)
             }
             return;
         }
-        f->hc = httpc_open_gsock(f->sb, "127.0.0.1", f->pid_port, &h_ops, f, why, sizeof(why));
+        /* The URL's scheme is ignored too: the process's server is spoken to in plain HTTP. */
+        f->hc =
+            httpc_open_gsock(f->sb, "127.0.0.1", f->pid_port, false, &h_ops, f, why, sizeof(why));
         if (f->hc == NULL) {
             fail_send(f, NULL, "%s", why);
             return;
@@ -1503,18 +1513,9 @@ static void hop_start(struct fetch *f)
         hop_opened(f, false);
         return;
     }
-    if (f->u.https) {
-        if (!f->call->answered) {
-            gw_call_fail(f->call, "NotSupported", "ENOTSUP",
-                         "error sending request for url (%.300s): https is not supported by "
-                         "sbx-gateway's fetch (no TLS is built in); use http:",
-                         f->url);
-        }
-        fetch_end(f);
-        return;
-    }
     if (!hop_is_egress(f)) {
-        f->hc = httpc_open_gsock(f->sb, f->u.host, f->u.port, &h_ops, f, why, sizeof(why));
+        f->hc =
+            httpc_open_gsock(f->sb, f->u.host, f->u.port, f->u.https, &h_ops, f, why, sizeof(why));
         if (f->hc == NULL) {
             fail_send(f, NULL, "%s", why);
             return;
@@ -1534,8 +1535,8 @@ static void hop_start(struct fetch *f)
             return;
         }
         addr = resolve_lookup(f->g, f->u.host);
-        f->hc = httpc_open_tcp(f->g->loop, f->u.host, addr, f->u.port, addr != NULL, &h_ops, f, why,
-                               sizeof(why));
+        f->hc = httpc_open_tcp(f->g->loop, f->u.host, addr, f->u.port, addr != NULL, f->u.https,
+                               &h_ops, f, why, sizeof(why));
         if (f->hc == NULL) {
             fail_send(f, NULL, "%s", why);
             return;

@@ -77,6 +77,7 @@ struct gw_opts {
     const char *ssh_listen;  /* --ssh-listen: the SSH endpoint of expose/ssh (NULL: none) */
     const char **resolve;    /* --resolve HOST:ADDR, fetch's static host map (egress) */
     size_t nresolve;
+    const char *ca_file; /* --ca-file PATH: PEM CA certificates fetch's https trusts too */
 };
 
 struct gw {

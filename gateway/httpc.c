@@ -5,6 +5,14 @@
  * 80 KiB and HTTPC_HEADERS_MAX lines), body bytes are handed on in bounded slices and reading
  * stops while the caller is paused.
  *
+ * https (tls.h) sits between the transport and the rest, on either transport: what the server
+ * sends is decrypted before the parser sees it (a read's records gathered into one slice of at
+ * most HTTPC_READ_SIZE), what we write is encrypted on its way out; before the handshake is done
+ * our writes wait in a plaintext queue that counts toward HTTPC_QUEUE_HIGH, and `connected`
+ * means the handshake is done (the certificate verified). A close-delimited body must end with
+ * the server's close_notify (else it could have been cut short): an end of the connection
+ * without one fails it, as Deno does. httpc_close sends a close_notify, best effort.
+ *
  * Lifetime: httpc_close marks the client closing, cancels what runs (getaddrinfo, the connect,
  * the socket, the timer) and the client is freed once every libuv callback of it has come back
  * and no callback of ours is on the stack (refs, in_cb).
@@ -20,6 +28,7 @@
 #include <string.h>
 
 #include "gsock.h"
+#include "tls.h"
 
 enum tr_kind { TR_TCP = 1, TR_GSOCK };
 
@@ -55,6 +64,15 @@ struct httpc {
     /* gsock */
     struct gw_gsock *gs;
 
+    /* TLS (NULL: plain HTTP) */
+    struct gw_tls *tls;
+    bool tls_ready;                 /* the handshake is done */
+    bool bye;                       /* closing: ciphertext goes out best effort (close_notify) */
+    int tls_wr;                     /* 1: a raw write during one encryption was above the mark */
+    struct wreq *pt_head, *pt_tail; /* plaintext written before the handshake was done */
+    size_t pt_bytes;
+    uint8_t *ptbuf; /* decrypted bytes of one read (HTTPC_READ_SIZE) */
+
     int refs;  /* libuv callbacks still to come (getaddrinfo, handle closes) */
     int in_cb; /* our callbacks on the stack */
     bool closing, finished, paused, want_writable, wfailed;
@@ -69,6 +87,7 @@ struct httpc {
     http_parser parser;
     http_parser_settings settings;
     bool got_head, interim, last_was_value;
+    bool to_eof; /* the final response's body ends with the connection (no length, not chunked) */
     char reason[HTTPC_REASON_MAX + 1];
     size_t reason_len;
     struct httpc_header hdrs[HTTPC_HEADERS_MAX];
@@ -108,6 +127,14 @@ static void maybe_free(struct httpc *h)
         h->pend_head = w->next;
         free(w);
     }
+    while (h->pt_head != NULL) {
+        struct wreq *w = h->pt_head;
+
+        h->pt_head = w->next;
+        free(w);
+    }
+    gw_tls_free(h->tls);
+    free(h->ptbuf);
     reset_headers(h);
     free(h->bbuf);
     free(h);
@@ -151,6 +178,10 @@ void httpc_close(struct httpc *h)
         return;
     }
     h->closing = true;
+    if (h->tls != NULL && h->tls_ready && !h->wfailed) {
+        h->bye = true;
+        gw_tls_bye(h->tls);
+    }
     transport_close(h);
     maybe_free(h);
 }
@@ -315,6 +346,8 @@ static int on_headers_complete(http_parser *p)
     }
     h->nhdrs = j;
     h->got_head = true;
+    h->to_eof = !h->head_request && p->status_code != 204 && p->status_code != 304 &&
+                !(p->flags & (F_CHUNKED | F_CONTENTLENGTH));
     r.status = p->status_code;
     r.reason = h->reason;
     r.headers = h->hdrs;
@@ -458,8 +491,9 @@ static int tcp_submit(struct httpc *h, struct wreq *r)
     return 0;
 }
 
-/* Queue the concatenation of @n buffers toward the server. 0, 1 (above the high mark), -1. */
-static int tr_writev(struct httpc *h, const uv_buf_t *bufs, int n)
+/* Queue the concatenation of @n buffers toward the server, as they are (ciphertext when TLS).
+ * 0, 1 (above the high mark), -1. */
+static int raw_writev(struct httpc *h, const uv_buf_t *bufs, int n)
 {
     size_t total = 0;
 
@@ -517,6 +551,93 @@ static int tr_writev(struct httpc *h, const uv_buf_t *bufs, int n)
         }
     }
     if (h->queued > HTTPC_QUEUE_HIGH) {
+        h->want_writable = true;
+        return 1;
+    }
+    return 0;
+}
+
+/* Ciphertext from the TLS session toward the server. */
+static int tls_send(void *user, const void *data, size_t len)
+{
+    struct httpc *h = user;
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    int r;
+
+    if (h->bye) {
+        /* httpc_close: only what the socket takes at once (the handle closes right after). */
+        if (h->kind == TR_TCP && h->tcp_open && h->connected && h->queued == 0) {
+            (void)uv_try_write((uv_stream_t *)&h->tcp, &b, 1);
+        } else if (h->kind == TR_GSOCK && h->gs != NULL) {
+            (void)gw_gsock_write(h->gs, data, len);
+        }
+        return 0;
+    }
+    r = raw_writev(h, &b, 1);
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 1) {
+        h->tls_wr = 1;
+    }
+    return 0;
+}
+
+/* Encrypt @len bytes toward the server (the handshake done). 0, 1 (above the mark), -1. */
+static int tls_write(struct httpc *h, const void *data, size_t len)
+{
+    h->tls_wr = 0;
+    if (gw_tls_write(h->tls, data, len) < 0) {
+        h->wfailed = true;
+        return -1;
+    }
+    return h->tls_wr;
+}
+
+/* Queue the concatenation of @n buffers (plaintext) toward the server. 0, 1 (above the high
+ * mark: wait for `writable`), -1. */
+static int tr_writev(struct httpc *h, const uv_buf_t *bufs, int n)
+{
+    struct wreq *w;
+    size_t total = 0, off = 0;
+    int r;
+
+    if (h->tls == NULL) {
+        return raw_writev(h, bufs, n);
+    }
+    if (h->closing || h->wfailed) {
+        return -1;
+    }
+    if (n == 1 && h->tls_ready) {
+        return tls_write(h, bufs[0].base, bufs[0].len);
+    }
+    for (int i = 0; i < n; i++) {
+        total += bufs[i].len;
+    }
+    /* Several buffers (a chunk's size line, data, CRLF) go as one record, not three. */
+    w = malloc(sizeof(*w) + total);
+    if (w == NULL) {
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        memcpy(w->data + off, bufs[i].base, bufs[i].len);
+        off += bufs[i].len;
+    }
+    w->len = total;
+    w->next = NULL;
+    if (h->tls_ready) {
+        r = tls_write(h, w->data, w->len);
+        free(w);
+        return r;
+    }
+    if (h->pt_tail != NULL) {
+        h->pt_tail->next = w;
+    } else {
+        h->pt_head = w;
+    }
+    h->pt_tail = w;
+    h->pt_bytes += total;
+    if (h->pt_bytes > HTTPC_QUEUE_HIGH) {
         h->want_writable = true;
         return 1;
     }
@@ -665,6 +786,135 @@ int httpc_body_end(struct httpc *h)
     return 0;
 }
 
+/* --- TLS ----------------------------------------------------------------------------------- */
+
+/* The handshake is done: what waited goes out encrypted, then `connected`. */
+static void tls_on_ready(struct httpc *h)
+{
+    bool high = false;
+
+    h->tls_ready = true;
+    while (h->pt_head != NULL) {
+        struct wreq *w = h->pt_head;
+
+        h->pt_head = w->next;
+        if (!h->wfailed && tls_write(h, w->data, w->len) == 1) {
+            high = true;
+        }
+        free(w);
+    }
+    h->pt_tail = NULL;
+    h->pt_bytes = 0;
+    if (h->ops->connected != NULL) {
+        h->ops->connected(h->user);
+    }
+    if (h->closing || h->finished) {
+        return;
+    }
+    /* A writer held by the plaintext queue: the transport's queue is not (or no longer) above
+     * its mark, so no `writable` would come from it. */
+    if (h->want_writable && !high && h->ops->writable != NULL) {
+        h->want_writable = false;
+        h->ops->writable(h->user);
+    }
+}
+
+/* Run the session on the input lent to it (or none): the handshake, then the decrypted bytes to
+ * the parser, a read's records gathered into slices of at most HTTPC_READ_SIZE. The caller holds
+ * in_cb. */
+static void tls_step(struct httpc *h)
+{
+    size_t plen = 0;
+
+    if (!h->tls_ready) {
+        int r = gw_tls_handshake(h->tls);
+
+        if (r == GW_TLS_AGAIN) {
+            return;
+        }
+        if (r < 0) {
+            failf(h, gw_tls_code(h->tls), "%s", gw_tls_error(h->tls));
+            return;
+        }
+        tls_on_ready(h);
+        if (h->closing || h->finished) {
+            return;
+        }
+    }
+    for (;;) {
+        ssize_t n = gw_tls_read(h->tls, h->ptbuf + plen, HTTPC_READ_SIZE - plen);
+
+        if (n > 0) {
+            plen += (size_t)n;
+            if (plen < HTTPC_READ_SIZE) {
+                continue;
+            }
+        }
+        if (plen > 0) {
+            feed(h, (const char *)h->ptbuf, plen);
+            plen = 0;
+            if (h->closing || h->finished) {
+                return;
+            }
+        }
+        if (n > 0) {
+            continue;
+        }
+        if (n == GW_TLS_AGAIN) {
+            return;
+        }
+        if (n == 0) {
+            feed(h, NULL, 0); /* close_notify: the end of the stream */
+        } else if (n == GW_TLS_UNCLEAN_EOF) {
+            if (h->got_head && h->to_eof) {
+                /* A close-delimited body: without close_notify its end cannot be told from an
+                 * attacker's cut. */
+                failf(h, "ECONNRESET", "peer closed connection without sending TLS close_notify");
+            } else {
+                feed(h, NULL, 0);
+            }
+        } else {
+            failf(h, gw_tls_code(h->tls), "%s", gw_tls_error(h->tls));
+        }
+        return;
+    }
+}
+
+/* Bytes from the transport (@len 0: its end): to the parser, through TLS when there is one. */
+static void deliver(struct httpc *h, const char *data, size_t len)
+{
+    if (h->tls == NULL) {
+        feed(h, data, len);
+        return;
+    }
+    if (h->closing || h->finished) {
+        return;
+    }
+    h->in_cb++;
+    if (len == 0) {
+        gw_tls_eof(h->tls);
+    } else {
+        gw_tls_input(h->tls, (const uint8_t *)data, len);
+    }
+    tls_step(h);
+    gw_tls_input(h->tls, NULL, 0);
+    h->in_cb--;
+    maybe_free(h);
+}
+
+/* The transport is up: plain, that is `connected`; TLS, the handshake starts. */
+static void transport_up(struct httpc *h)
+{
+    h->in_cb++;
+    if (h->tls != NULL) {
+        tls_step(h);
+    } else if (h->ops->connected != NULL) {
+        h->ops->connected(h->user);
+    }
+    h->in_cb--;
+    maybe_free(h);
+}
+
 static void on_tcp_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
 {
     struct httpc *h = hd->data;
@@ -682,9 +932,9 @@ static void on_tcp_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         return;
     }
     if (n > 0) {
-        feed(h, h->rbuf, (size_t)n);
+        deliver(h, h->rbuf, (size_t)n);
     } else if (n == UV_EOF) {
-        feed(h, NULL, 0);
+        deliver(h, NULL, 0);
     } else if (n < 0) {
         failf(h, uv_err_name((int)n), "connection error: %s (os error %d)", strerror((int)-n),
               (int)-n);
@@ -874,12 +1124,7 @@ static void on_tcp_connect(uv_connect_t *c, int status)
             break;
         }
     }
-    if (h->ops->connected != NULL) {
-        h->in_cb++;
-        h->ops->connected(h->user);
-        h->in_cb--;
-        maybe_free(h);
-    }
+    transport_up(h);
 }
 
 /* Try the next candidate address; none left: fail with the last error. */
@@ -955,15 +1200,29 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     tcp_connect_next(h);
 }
 
-static struct httpc *httpc_new(const struct httpc_ops *ops, void *user, enum tr_kind kind)
+/* A client (no transport yet); @tls_host: the TLS session's server name, NULL for plain. */
+static struct httpc *httpc_new(const struct httpc_ops *ops, void *user, enum tr_kind kind,
+                               const char *tls_host, char *why, size_t whylen)
 {
     struct httpc *h = calloc(1, sizeof(*h));
 
     if (h == NULL) {
+        snprintf(why, whylen, "out of memory");
         return NULL;
     }
     h->bbuf = malloc(HTTPC_READ_SIZE);
+    if (tls_host != NULL && h->bbuf != NULL) {
+        h->ptbuf = malloc(HTTPC_READ_SIZE);
+        h->tls = h->ptbuf != NULL ? gw_tls_new(tls_host, tls_send, h, why, whylen) : NULL;
+        if (h->tls == NULL) {
+            free(h->ptbuf);
+            free(h->bbuf);
+            free(h);
+            return NULL;
+        }
+    }
     if (h->bbuf == NULL) {
+        snprintf(why, whylen, "out of memory");
         free(h);
         return NULL;
     }
@@ -1006,15 +1265,14 @@ static int parse_ip(const char *s, uint16_t port, struct sockaddr_storage *ss)
 }
 
 struct httpc *httpc_open_tcp(uv_loop_t *loop, const char *host, const char *addr, uint16_t port,
-                             bool allow_internal, const struct httpc_ops *ops, void *user,
+                             bool allow_internal, bool tls, const struct httpc_ops *ops, void *user,
                              char *why, size_t whylen)
 {
-    struct httpc *h = httpc_new(ops, user, TR_TCP);
+    struct httpc *h = httpc_new(ops, user, TR_TCP, tls ? host : NULL, why, whylen);
     struct sockaddr_storage ss;
     int r;
 
     if (h == NULL) {
-        snprintf(why, whylen, "out of memory");
         return NULL;
     }
     h->loop = loop;
@@ -1024,8 +1282,8 @@ struct httpc *httpc_open_tcp(uv_loop_t *loop, const char *host, const char *addr
     r = uv_timer_init(loop, &h->timer);
     if (r < 0) {
         snprintf(why, whylen, "%s", uv_strerror(r));
-        free(h->bbuf);
-        free(h);
+        h->closing = true;
+        maybe_free(h);
         return NULL;
     }
     h->timer.data = h;
@@ -1070,12 +1328,7 @@ static void gs_connected(void *user)
     struct httpc *h = user;
 
     h->connected = true;
-    if (h->ops->connected != NULL) {
-        h->in_cb++;
-        h->ops->connected(h->user);
-        h->in_cb--;
-        maybe_free(h);
-    }
+    transport_up(h);
 }
 
 static void gs_data(void *user, const uint8_t *data, size_t len)
@@ -1087,7 +1340,7 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
         size_t n = len < HTTPC_READ_SIZE ? len : HTTPC_READ_SIZE;
 
         h->in_cb++;
-        feed(h, (const char *)data, n);
+        deliver(h, (const char *)data, n);
         h->in_cb--;
         data += n;
         len -= n;
@@ -1097,7 +1350,7 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
 
 static void gs_eof(void *user)
 {
-    feed(user, NULL, 0);
+    deliver(user, NULL, 0);
 }
 
 static void gs_closed(void *user, const char *err, const char *errno_name)
@@ -1109,7 +1362,7 @@ static void gs_closed(void *user, const char *err, const char *errno_name)
         return;
     }
     if (err == NULL) {
-        feed(h, NULL, 0); /* both directions ended: the end of the response */
+        deliver(h, NULL, 0); /* both directions ended: the end of the response */
         return;
     }
     failf(h, errno_name, "%s%s", h->connected ? "connection error: " : "tcp connect error: ", err);
@@ -1136,13 +1389,12 @@ static const struct gw_gsock_ops gs_ops = {
     .writable = gs_writable,
 };
 
-struct httpc *httpc_open_gsock(struct gw_sandbox *sb, const char *host, uint16_t port,
+struct httpc *httpc_open_gsock(struct gw_sandbox *sb, const char *host, uint16_t port, bool tls,
                                const struct httpc_ops *ops, void *user, char *why, size_t whylen)
 {
-    struct httpc *h = httpc_new(ops, user, TR_GSOCK);
+    struct httpc *h = httpc_new(ops, user, TR_GSOCK, tls ? host : NULL, why, whylen);
 
     if (h == NULL) {
-        snprintf(why, whylen, "out of memory");
         return NULL;
     }
     h->gs = gw_gsock_open(sb, host, port, &gs_ops, h, why, whylen);

@@ -4,7 +4,9 @@
  * (uv_tcp: the sandbox's egress, names resolved with uv_getaddrinfo) or a guest socket (gsock.h:
  * a server inside the sandbox, reached with the agent's net.connect). Responses are parsed by
  * http-parser (HTTP_RESPONSE): content-length, chunked and close-delimited bodies; 1xx interim
- * responses are skipped; 101 is a failure (no upgrade was asked for).
+ * responses are skipped; 101 is a failure (no upgrade was asked for). Either transport may carry
+ * TLS (https: tls.h, GnuTLS): the server's certificate is verified for the host before anything
+ * of the request is sent, and `connected` comes once the handshake is done.
  *
  * Use: httpc_open_tcp or httpc_open_gsock (connecting), httpc_request (the head: may be sent
  * before `connected`), httpc_body... + httpc_body_end when the request has a body, then `head`,
@@ -15,7 +17,9 @@
  * HTTPC_HEADERS_MAX header lines, a reason phrase of at most HTTPC_REASON_MAX bytes; beyond: a
  * failure. Bytes toward the server are queued (httpc_body returns 1 above HTTPC_QUEUE_HIGH:
  * stop until `writable`). Response bytes come in `body` slices of at most HTTPC_READ_SIZE; while
- * the client is paused (httpc_pause) nothing more is read from the transport.
+ * the client is paused (httpc_pause) nothing more is read from the transport. With TLS: records
+ * of at most 16 KiB (GnuTLS), handshake messages of at most GW_TLS_HANDSHAKE_MAX; a second
+ * HTTPC_READ_SIZE buffer for the decrypted bytes of one read.
  */
 #ifndef SBX_GW_HTTPC_H
 #define SBX_GW_HTTPC_H
@@ -64,13 +68,15 @@ struct httpc_ops {
  * Connect to @host port @port over TCP. @addr: an IP literal to use instead of resolving @host
  * (--resolve), or NULL. @allow_internal false: addresses of the host itself (loopback,
  * unspecified, link-local, multicast, and any address one of its interfaces has) are refused,
- * whether resolved or given. NULL with a message in @why when nothing could be started.
+ * whether resolved or given. @tls: https, the certificate verified for @host (gw_tls_init done
+ * at start). NULL with a message in @why when nothing could be started.
  */
 struct httpc *httpc_open_tcp(uv_loop_t *loop, const char *host, const char *addr, uint16_t port,
-                             bool allow_internal, const struct httpc_ops *ops, void *user,
+                             bool allow_internal, bool tls, const struct httpc_ops *ops, void *user,
                              char *why, size_t whylen);
-/* Connect to @host ("127.0.0.1", "::1" or "localhost") port @port inside @sb (gsock.h). */
-struct httpc *httpc_open_gsock(struct gw_sandbox *sb, const char *host, uint16_t port,
+/* Connect to @host ("127.0.0.1", "::1" or "localhost") port @port inside @sb (gsock.h); @tls:
+ * https, the certificate verified for @host. */
+struct httpc *httpc_open_gsock(struct gw_sandbox *sb, const char *host, uint16_t port, bool tls,
                                const struct httpc_ops *ops, void *user, char *why, size_t whylen);
 
 enum httpc_body_kind {

@@ -33,7 +33,8 @@ static const char usage_text[] =
     "usage: sbx-gateway --data-dir DIR [--listen HOST:PORT] [--image IMAGE]\n"
     "                   [--backend vm|addr:ADDR] [--mem SIZE] [--user USER] [--cwd DIR]\n"
     "                   [--sbx-vm PATH] [--http-listen HOST:PORT] [--http-domain DOMAIN]\n"
-    "                   [--resolve HOST:ADDR]... [--ssh-listen HOST:PORT] [--quiet] [--trace]\n"
+    "                   [--resolve HOST:ADDR]... [--ca-file PATH] [--ssh-listen HOST:PORT]\n"
+    "                   [--quiet] [--trace]\n"
     "       sbx-gateway --help | --version\n"
     "\n"
     "Serve the Deno Sandbox SDK's API (JSON-RPC over WebSocket, REST) on HOST:PORT; each\n"
@@ -53,6 +54,7 @@ static const char usage_text[] =
     "  --http-domain DOMAIN  exposed domains are <label>.DOMAIN (default sbx.localhost)\n"
     "  --resolve HOST:ADDR  fetch from a sandbox reaches HOST at ADDR (an IP literal) instead\n"
     "                      of resolving it (repeatable; like curl --resolve)\n"
+    "  --ca-file PATH      PEM CA certificates fetch's https trusts besides the system's\n"
     "  --ssh-listen HOST:PORT  the SSH endpoint of exposeSsh (default: none)\n"
     "  --quiet             log only errors\n"
     "  --trace             log every JSON-RPC message in and out (first 300 bytes)\n"
@@ -139,6 +141,7 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
         { "http-listen", required_argument, NULL, 'H' },
         { "http-domain", required_argument, NULL, 'D' },
         { "resolve", required_argument, NULL, 'R' },
+        { "ca-file", required_argument, NULL, 'C' },
         { "ssh-listen", required_argument, NULL, 'S' },
         { NULL, 0, NULL, 0 },
     };
@@ -198,6 +201,9 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
             break;
         case 'S':
             o->ssh_listen = optarg;
+            break;
+        case 'C':
+            o->ca_file = optarg;
             break;
         case 'h':
             (void)fputs(usage_text, stdout);
