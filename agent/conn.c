@@ -175,6 +175,48 @@ static void conn_write(struct agent_conn *c, struct write_req *wr, uv_buf_t *buf
         free(wr);
         return;
     }
+    /* Straight to the socket when nothing is queued before the frame: a frame written whole
+     * here needs no write request, whose completion would cost the loop an epoll_ctl (libuv
+     * re-arms the handle after every drained queue) on each answer of a round trip. What the
+     * socket does not take goes the usual way; so does everything once close_after_flush is set
+     * (write_cb closes then). */
+    if (!c->close_after_flush && uv_stream_get_write_queue_size(&c->h.stream) == 0) {
+        size_t total = 0;
+        int w;
+
+        for (unsigned i = 0; i < n; i++) {
+            total += bufs[i].len;
+        }
+        w = uv_try_write(&c->h.stream, bufs, n);
+        if (w >= 0 && (size_t)w == total) {
+            free(wr->ctl);
+            if (wr->payload != NULL) {
+                agent_buf_put(c->a, wr->payload);
+            }
+            free(wr);
+            return;
+        }
+        if (w < 0 && w != UV_EAGAIN) {
+            free(wr->ctl);
+            if (wr->payload != NULL) {
+                agent_buf_put(c->a, wr->payload);
+            }
+            free(wr);
+            agent_log("conn %u: write: %s", c->num, uv_strerror(w));
+            agent_conn_close(c);
+            return;
+        }
+        for (size_t left = w > 0 ? (size_t)w : 0; left > 0;) { /* skip what went */
+            size_t k = left < bufs->len ? left : bufs->len;
+            bufs->base += k;
+            bufs->len -= k;
+            left -= k;
+            if (bufs->len == 0) {
+                bufs++;
+                n--;
+            }
+        }
+    }
     /* A data frame's payload is a pool buffer, counted agent-wide (SBX_AGENT_BUFS_MAX). */
     wr->cost = wr->ctl != NULL ? write_req_mem(wr) : wr->len;
     c->queued += wr->cost;

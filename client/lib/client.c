@@ -59,6 +59,7 @@ struct sbx_client {
     bool rd_eof, rd_reset; /* read() saw the end (or ECONNRESET); bytes before it may be ahead */
     bool eof_told;         /* sbx_conn_eof was called */
     bool drained;          /* sbx_conn_next returned 0 since the last feed */
+    bool short_read;       /* the last read of the socket took less than there was room for */
 
     /* The current message and the FIFO. */
     bool dec_ok;
@@ -491,6 +492,7 @@ static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, st
         size_t room, n;
         ssize_t got;
         uint8_t *p;
+        bool now;
         int r = sbx_conn_next(c->conn, ev, err);
 
         if (r > 0 && ev->local) {
@@ -537,16 +539,27 @@ static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, st
             c->drained = false;
             continue;
         }
-        r = poll(&pfd, 1, sbx__remaining(deadline));
-        if (r < 0 && errno == EINTR) {
-            continue;
-        }
-        if (r < 0) {
-            (void)sbx_err_sys(err, errno, NULL, "poll %s", c->addr);
-            return fail(c, err);
-        }
-        if (r == 0) {
+        now = sbx__remaining(deadline) == 0;
+        if (now && c->short_read) {
+            /* The last read took less than there was room for: the socket was empty then. A
+             * caller draining with no timeout goes back to its own poll, which wakes for
+             * anything new; skip one more system call on the way (once: a caller looping here
+             * reads again next time). */
+            c->short_read = false;
             return 0;
+        }
+        if (!now) { /* the fd is non-blocking: with no time to wait, just read */
+            r = poll(&pfd, 1, sbx__remaining(deadline));
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
+            if (r < 0) {
+                (void)sbx_err_sys(err, errno, NULL, "poll %s", c->addr);
+                return fail(c, err);
+            }
+            if (r == 0) {
+                return 0;
+            }
         }
         p = sbx_conn_feed_space(c->conn, &room);
         if (p == NULL) {
@@ -557,8 +570,12 @@ static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, st
         if (got < 0) {
             return -1;
         }
+        if (got == 0 && now && !c->rd_eof) {
+            return 0; /* EAGAIN: nothing yet */
+        }
         sbx_conn_feed_commit(c->conn, (size_t)got);
         c->drained = got == 0;
+        c->short_read = got > 0 && (size_t)got < room;
     }
 }
 
