@@ -10,12 +10,6 @@
 
 extern char **environ;
 
-bool agent_env_name_ok(const char *s, size_t n)
-{
-    return n > 0 && n <= SBX_ENV_NAME_MAX && memchr(s, '=', n) == NULL &&
-           memchr(s, '\0', n) == NULL;
-}
-
 /* Index of NAME in a "K=V" vector, or -1. */
 static ssize_t env_find(char *const *env, size_t len, const char *name, size_t nlen)
 {
@@ -172,30 +166,6 @@ char **agent_env_build(struct agent *a, bool clear, const msgpack_object *overla
 oom:
     agent_strv_free(v);
     return NULL;
-}
-
-int agent_env_check_map(const msgpack_object *map, const char *field, struct sbx_err *err)
-{
-    for (uint32_t k = 0; k < map->via.map.size; k++) {
-        const char *p;
-        size_t n;
-        const msgpack_object *v = &map->via.map.ptr[k].val;
-
-        if (!sbx_obj_bytes(&map->via.map.ptr[k].key, &p, &n) || !agent_env_name_ok(p, n)) {
-            return sbx_err_param(err, field, "%s: names must be 1..%u bytes without '=' or NUL",
-                                 field, SBX_ENV_NAME_MAX);
-        }
-        if (v->type == MSGPACK_OBJECT_NIL) {
-            continue;
-        }
-        if (!sbx_obj_bytes(v, &p, &n) || n > SBX_ENV_VAL_MAX || memchr(p, '\0', n) != NULL) {
-            return sbx_err_param(err, field,
-                                 "%s: values must be strings of at most %u bytes "
-                                 "without NUL (or nil)",
-                                 field, SBX_ENV_VAL_MAX);
-        }
-    }
-    return 0;
 }
 
 /* Total size of the base environment as PROTOCOL.md counts it: len(name)+len(value)+2 each. */

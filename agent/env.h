@@ -3,6 +3,7 @@
 #define SBX_AGENT_ENV_H
 
 #include "agent.h"
+#include "params.h" /* agent_env_check_map, agent_env_name_ok */
 
 /* --- env, users, session, init channel ---------------------------------------------------- */
 
@@ -17,10 +18,6 @@ int agent_env_get(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
 int agent_env_set(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_env_unset(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
 int agent_env_list(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
-/* Check an env map param ({bstr: bstr|nil}); BAD_PARAM naming @field. */
-int agent_env_check_map(const msgpack_object *map, const char *field, struct sbx_err *err);
-/* Check an environment variable name: non-empty, no '=', no NUL, bounded. */
-bool agent_env_name_ok(const char *s, size_t n);
 
 struct agent_user {
     uid_t uid;

@@ -56,29 +56,6 @@ int agent_fs_err2(struct sbx_err *err, int errnum, const char *op, const char *f
     return -1;
 }
 
-int agent_fs_time_param(const msgpack_object *params, const char *key, struct timespec *ts,
-                        struct sbx_err *err)
-{
-    int64_t ns;
-    int r = sbx_param_i64(params, key, SBX_OPTIONAL, INT64_MIN, INT64_MAX, &ns, err);
-
-    if (r < 0) {
-        return -1;
-    }
-    if (r == 1) {
-        ts->tv_sec = 0;
-        ts->tv_nsec = UTIME_OMIT;
-        return 0;
-    }
-    ts->tv_sec = ns / 1000000000;
-    ts->tv_nsec = ns % 1000000000;
-    if (ts->tv_nsec < 0) {
-        ts->tv_sec--;
-        ts->tv_nsec += 1000000000;
-    }
-    return 0;
-}
-
 int agent_fs_umask_get(void)
 {
     char buf[1024];
@@ -100,48 +77,6 @@ int agent_fs_umask_get(void)
         return -1;
     }
     return (int)(strtol(p + 7, NULL, 8) & 0777);
-}
-
-int agent_fs_path_param(const msgpack_object *params, const char *key, int required, char *out,
-                        struct sbx_err *err)
-{
-    char rel[AGENT_FS_PATH_BUF];
-    char cwd[AGENT_FS_PATH_BUF] = "/";
-    size_t rn, cn;
-    int r = sbx_param_bstr(params, key, required, rel, sizeof(rel), err);
-
-    if (r != 0) {
-        return r;
-    }
-    if (rel[0] == '\0') {
-        return sbx_err_param(err, key, "%s must not be empty", key);
-    }
-    if (rel[0] == '/') {
-        memcpy(out, rel, strlen(rel) + 1);
-        return 0;
-    }
-    r = sbx_param_bstr(params, "cwd", SBX_OPTIONAL, cwd, sizeof(cwd), err);
-    if (r < 0) {
-        return r;
-    }
-    if (cwd[0] != '/') {
-        return sbx_err_param(err, "cwd", "cwd must be an absolute path");
-    }
-    rn = strlen(rel);
-    cn = strlen(cwd);
-    while (cn > 1 && cwd[cn - 1] == '/') {
-        cn--;
-    }
-    if (cn + 1 + rn > SBX_PATH_MAX) {
-        return sbx_err_param(err, key, "%s joined to cwd is longer than %u bytes", key,
-                             SBX_PATH_MAX);
-    }
-    memcpy(out, cwd, cn);
-    if (cwd[cn - 1] != '/') {
-        out[cn++] = '/';
-    }
-    memcpy(out + cn, rel, rn + 1);
-    return 0;
 }
 
 int agent_fs_two_paths(const struct sbx_msg *m, const char *k1, char *p1, const char *k2, char *p2,

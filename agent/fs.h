@@ -15,12 +15,10 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "params.h"
 #include "user.h"
 
 struct statx;
-
-/* A path buffer: SBX_PATH_MAX bytes and the NUL. */
-#define AGENT_FS_PATH_BUF (SBX_PATH_MAX + 1)
 
 /* Scope-bound resources (crun's cleanup attributes). */
 static inline void agent_fs_closep(int *fd)
@@ -50,14 +48,7 @@ static inline int agent_fs_steal_fd(int *fd)
     return r;
 }
 
-/*
- * Read the path parameter @key of request params @params into @out (AGENT_FS_PATH_BUF bytes) as
- * an absolute path: a relative one is joined to the request's `cwd` (itself absolute) or to "/".
- * Returns 0, 1 when optional and absent, or -1 with BAD_PARAM naming the field (missing, wrong
- * type, empty, NUL inside, longer than SBX_PATH_MAX, relative `cwd`).
- */
-int agent_fs_path_param(const msgpack_object *params, const char *key, int required, char *out,
-                        struct sbx_err *err);
+/* agent_fs_path_param and agent_fs_time_param are params.h's. */
 
 /*
  * Act as the identity request @m names (its `user` param, or the default: agent_ident_param) on
@@ -90,14 +81,6 @@ int agent_fs_err2(struct sbx_err *err, int errnum, const char *op, const char *f
  * agent_fs_path_param does: 0, or -1 with @err. */
 int agent_fs_two_paths(const struct sbx_msg *m, const char *k1, char *p1, const char *k2, char *p2,
                        struct sbx_err *err);
-
-/*
- * Read the optional time param @key (int nanoseconds since the epoch, negative before it) of
- * @params into @ts; absent, @ts is UTIME_OMIT (leave that time alone). Returns 0, or -1 with
- * BAD_PARAM.
- */
-int agent_fs_time_param(const msgpack_object *params, const char *key, struct timespec *ts,
-                        struct sbx_err *err);
 
 /*
  * The agent's process umask (0..0777) read from /proc/self/status without changing it: umask(2)

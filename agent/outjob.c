@@ -15,30 +15,6 @@
 
 #define OUTJOB_CHUNK SBX_STREAM_CHUNK_MAX
 
-int agent_compress_param(const msgpack_object *params, const char *key, int required,
-                         enum agent_compress *out, struct sbx_err *err)
-{
-    char v[16];
-    int rc = sbx_param_cstr(params, key, required, v, sizeof(v), err);
-
-    if (rc != 0) {
-        if (rc > 0) {
-            *out = AGENT_COMPRESS_NONE;
-        }
-        return rc;
-    }
-    if (strcmp(v, "none") == 0) {
-        *out = AGENT_COMPRESS_NONE;
-    } else if (strcmp(v, "gzip") == 0) {
-        *out = AGENT_COMPRESS_GZIP;
-    } else if (strcmp(v, "zstd") == 0) {
-        *out = AGENT_COMPRESS_ZSTD;
-    } else {
-        return sbx_err_param(err, key, "%s must be \"none\", \"gzip\" or \"zstd\"", key);
-    }
-    return 0;
-}
-
 void agent_archive_err(struct sbx_err *err, struct archive *ar, const char *what)
 {
     int e = archive_errno(ar);

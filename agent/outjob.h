@@ -16,17 +16,12 @@
 #include <uv.h>
 
 #include "agent.h"
+#include "params.h" /* enum agent_compress, agent_compress_param */
 
 #include <nettle/sha2.h>
 
 /* Bytes an out job's thread may queue ahead of the stream before it blocks. */
 #define AGENT_OUTJOB_QUEUE_MAX (1u << 20)
-
-enum agent_compress { AGENT_COMPRESS_NONE, AGENT_COMPRESS_GZIP, AGENT_COMPRESS_ZSTD };
-
-/* Parse the `compress` param (none/gzip/zstd) of a tree request; BAD_PARAM naming @key. */
-int agent_compress_param(const msgpack_object *params, const char *key, int required,
-                         enum agent_compress *out, struct sbx_err *err);
 
 struct agent_outitem;
 

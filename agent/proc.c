@@ -196,33 +196,6 @@ static int io_mode(enum sbx_stdio m, int def)
 }
 
 /* proc.kill's signal: a name ("TERM", "SIGTERM") or a number. */
-static int parse_signal(const msgpack_object *params, const char *key, int def, int *out,
-                        struct sbx_err *err)
-{
-    const msgpack_object *o = sbx_obj_get(params, key);
-    char name[32];
-    int sig;
-
-    if (o == NULL || o->type == MSGPACK_OBJECT_NIL) {
-        *out = def;
-        return 0;
-    }
-    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        if (o->via.u64 == 0 || o->via.u64 >= (uint64_t)NSIG) {
-            return sbx_err_param(err, key, "%s: no signal number %llu", key,
-                                 (unsigned long long)o->via.u64);
-        }
-        *out = (int)o->via.u64;
-        return 0;
-    }
-    if (sbx_obj_cstr(o, name, sizeof(name)) < 0 || (sig = sbx_signal_parse(name)) < 0) {
-        return sbx_err_param(err, key, "%s must be a signal name such as \"TERM\" or a number",
-                             key);
-    }
-    *out = sig;
-    return 0;
-}
-
 /*
  * Where the child finds argv[0] (§14.1): a name with a '/' is used as it is; any other is searched
  * on the PATH of @r's environment (or the default) by the child itself, after it switched to the
@@ -2023,7 +1996,7 @@ int agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
     bool group = false;
     int sig = SIGTERM, rc;
 
-    if (parse_signal(m->params, "signal", SIGTERM, &sig, err) < 0 ||
+    if (agent_signal_param(m->params, "signal", SIGTERM, &sig, err) < 0 ||
         sbx_param_bool(m->params, "group", SBX_OPTIONAL, &group, err) < 0 ||
         (p = proc_find(c->a, m, err)) == NULL) {
         return -1;

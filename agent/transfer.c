@@ -582,23 +582,6 @@ static const struct agent_stream_ops upload_ops = {
     .gone = upload_gone,
 };
 
-static int sha_param(const msgpack_object *params, char out[65], struct sbx_err *err)
-{
-    const char *s;
-    size_t n;
-    int rc = sbx_param_str(params, "sha256", SBX_OPTIONAL, 64, &s, &n, err);
-
-    if (rc != 0) {
-        return rc;
-    }
-    if (n != 64 || strspn(s, "0123456789abcdef") < 64) {
-        return sbx_err_param(err, "sha256", "sha256 must be 64 lowercase hex digits");
-    }
-    memcpy(out, s, 64);
-    out[64] = '\0';
-    return 0;
-}
-
 /* Parse and check a transfer.upload request into @u (fds still closed). */
 static int upload_params(struct upload *u, const msgpack_object *p, char *path, struct sbx_err *err)
 {
@@ -639,7 +622,7 @@ static int upload_params(struct upload *u, const msgpack_object *p, char *path, 
         return -1;
     }
     u->has_size = rc == 0;
-    rc = sha_param(p, u->sha_want, err);
+    rc = agent_sha256_param(p, u->sha_want, err);
     if (rc < 0) {
         return -1;
     }

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Write the seed corpora of the wire targets fuzz_request and fuzz_sbxconn (wire.cmake).
+
+  corpus/request: one valid request per method the agent knows (agent/dispatch.c), plus the
+                  stream notifications it reads; raw msgpack payloads, no frame header.
+  corpus/sbxconn: agent -> client byte streams (frames) answering the requests fuzz_sbxconn.c
+                  sends (ids 1..13 in its order), behind byte 0 (read size and feed mode).
+
+Run: tests/fuzz/make_corpus_wire.py [request_dir sbxconn_dir]; then let tests/fuzz/run.sh merge.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_corpus import frame, mp  # noqa: E402
+
+SHA = "a" * 64
+REQUESTS = {
+    "hello": {"version": 1, "client": "sbx", "capabilities": ["process", "fs"], "token": "t"},
+    "ping": {},
+    "info": {},
+    "shutdown": {"action": "reboot"},
+    "lifetime.get": {},
+    "lifetime.extend": {"seconds": 60},
+    "clock.set": {"unix_ns": 1700000000000000000, "threshold_ns": 1000000},
+    "env.get": {"name": "PATH"},
+    "env.set": {"vars": {"A": "1", "B": None}},
+    "env.unset": {"name": "A"},
+    "env.list": {},
+    "proc.spawn": {"argv": ["/bin/sh", "-c", "echo hi"], "env": {"X": "1"}, "cwd": "/tmp",
+                   "stdin": "pipe", "stderr": "stdout", "timeout_ms": 1000, "kill_signal": "KILL",
+                   "pty": {"rows": 24, "cols": 80, "term": "xterm"}, "tag": "t", "uid": 0,
+                   "groups": [1, 2], "memory_max": 1 << 24, "pids_max": 10, "cpu_max": 50},
+    "proc.wait": {"id": 1, "timeout_ms": 100},
+    "proc.kill": {"id": 1, "signal": "TERM", "group": True},
+    "proc.list": {},
+    "proc.close_stdin": {"id": 1},
+    "proc.release": {"id": 1},
+    "proc.resize": {"id": 1, "rows": 50, "cols": 132},
+    "proc.attach": {"id": 1, "from": 0, "stderr_from": 10, "stdin": False, "steal": True},
+    "fs.stat": {"path": "etc", "cwd": "/", "user": "root"},
+    "fs.lstat": {"path": "/etc/localtime"},
+    "fs.readdir": {"path": "/", "limit": 10},
+    "fs.mkdir": {"path": "/tmp/a/b", "parents": True, "mode": 0o755},
+    "fs.remove": {"path": "/tmp/a", "recursive": True},
+    "fs.rename": {"from": "a", "to": "b", "cwd": "/tmp"},
+    "fs.copy": {"from": "/tmp/a", "to": "/tmp/b", "recursive": True},
+    "fs.chmod": {"path": "/tmp/a", "mode": 0o600},
+    "fs.chown": {"path": "/tmp/a", "uid": 1000, "gid": 1000},
+    "fs.symlink": {"target": "../x", "path": "/tmp/l"},
+    "fs.link": {"target": "/tmp/a", "path": "/tmp/h"},
+    "fs.readlink": {"path": "/tmp/l"},
+    "fs.realpath": {"path": "/tmp/../etc"},
+    "fs.truncate": {"path": "/tmp/a", "size": 10},
+    "fs.utime": {"path": "/tmp/a", "atime_ns": -1, "mtime_ns": 1500000000123456789},
+    "fs.mktemp": {"dir": "/tmp", "prefix": "x", "suffix": ".txt", "directory": True},
+    "fs.walk": {"path": "/src", "max_depth": 3, "include_dirs": False, "exts": ["c", "h"],
+                "match": ["^a.*"], "skip": ["\\.git$"], "follow_symlinks": True},
+    "fs.glob": {"pattern": "**/*.{c,h}", "root": "/src", "exclude": ["build/**"]},
+    "fs.watch": {"path": "/tmp", "recursive": True},
+    "fs.unwatch": {"watch": 1},
+    "fs.open": {"path": "/tmp/a", "flags": ["read", "write", "create"], "mode": 0o644},
+    "fs.read": {"fh": 1, "len": 4096, "offset": 0},
+    "fs.write": {"fh": 1, "data": b"hello", "offset": 5},
+    "fs.seek": {"fh": 1, "offset": -5, "whence": "end"},
+    "fs.fstat": {"fh": 1},
+    "fs.fsync": {"fh": 1, "data_only": True},
+    "fs.ftruncate": {"fh": 1, "size": 0},
+    "fs.close": {"fh": 1},
+    "fs.umask": {"mask": 0o22},
+    "fs.futimes": {"fh": 1, "atime_ns": 0, "mtime_ns": 0},
+    "fs.flock": {"fh": 1, "exclusive": True, "wait": False},
+    "fs.funlock": {"fh": 1},
+    "transfer.upload": {"path": "/tmp/up", "mode": 0o644, "size": 3, "sha256": SHA, "parents": True,
+                        "overwrite": False, "fsync": True},
+    "transfer.download": {"path": "/etc/hostname", "offset": 1, "length": 10},
+    "transfer.upload_tree": {"path": "/tmp/t", "compress": "gzip", "preserve_owner": True},
+    "transfer.download_tree": {"path": "/tmp/t", "compress": "zstd"},
+    "pack.create": {"path": "/app", "format": "tar.zst", "entrypoint": "main.py",
+                    "args": ["--x"], "exclude": ["*.pyc"],
+                    "build": {"argv": ["make"], "env": {"CC": "cc"}, "timeout_ms": 1000}},
+    "repl.start": {"language": "python", "env": {"A": "b"}, "cwd": "/tmp"},
+    "repl.eval": {"session": 1, "code": "1+1", "timeout_ms": 100, "stream": True,
+                  "format": "json"},
+    "repl.close": {"session": 1},
+    "repl.list": {},
+    "repl.collect": {"session": 1},
+    "net.connect": {"host": "127.0.0.1", "port": 8080, "timeout_ms": 500},
+    "net.listening": {},
+}
+NOTES = {
+    "stream.credit": {"stream": 1, "bytes": 65536},
+    "stream.end": {"stream": 1, "error": {"code": "STREAM", "message": "x"}, "truncated": True},
+    "stream.cancel": {"stream": 2},
+}
+
+
+def hello_result(caps=("session", "env", "process", "pty", "fs", "transfer", "pack", "repl",
+                       "net")):
+    return {"version": 1, "agent": "sbx-agent", "agent_version": "0.1.0",
+            "capabilities": list(caps),
+            "limits": {"frame_max": 4 << 20, "chunk_max": 256 << 10, "stream_window": 1 << 20,
+                       "max_streams": 4096, "max_procs": 1024, "max_conns": 64},
+            "conn": 7}
+
+
+def resp(i, result):
+    return frame(mp([1, i, None, result]))
+
+
+def err_resp(i, code, msg):
+    return frame(mp([1, i, {"code": code, "message": msg}, None]))
+
+
+def note(method, params):
+    return frame(mp([2, method, params]))
+
+
+def data(sid, b):
+    return frame(mp([3, sid, b]))
+
+
+def exit_map(i, code=0):
+    return {"id": i, "pid": 400, "code": code, "signal": None, "signo": None, "core": False,
+            "duration_ns": 1000, "drained": True, "timed_out": False, "oom": False,
+            "stdout_bytes": 3, "stderr_bytes": 0,
+            "rusage": {"maxrss_kb": 1000, "utime_us": 1, "stime_us": 2}}
+
+
+FILEINFO = {"type": "dir", "size": 4096, "mode": 0o40755, "uid": 0, "gid": 0, "nlink": 2,
+            "ino": 2, "dev": 1, "rdev": 0, "blksize": 4096, "blocks": 8, "atime_ns": 1,
+            "mtime_ns": 2, "ctime_ns": 3, "birthtime_ns": None}
+
+HELLO = resp(1, hello_result())
+SPAWN = resp(2, {"id": 1, "pid": 401, "stdin": 1, "stdout": 2, "stderr": 3})
+DOWNLOAD = resp(3, {"stream": 4, "size": 6, "mode": 0o644})
+PACK = resp(4, {"id": 1, "build_stdout": 13, "build_stderr": 14, "archive": 5})
+NET = resp(5, {"in": 6, "out": 7})
+STAT = resp(6, FILEINFO)
+UPLOAD = resp(7, {"stream": 8})
+EVAL = resp(8, {"eval": 1, "stdout": 9, "stderr": 10})
+ATTACH = resp(9, {"stdin": None, "stdout": 11, "stderr": None, "stdout_start": 0,
+                  "stderr_start": None, "stdout_dropped": 0, "stderr_dropped": 0})
+WALK = resp(10, {"stream": 12})
+WAIT = resp(11, exit_map(1))
+READ = resp(12, {"data": b"0123456789abcdef", "eof": False})
+PING = resp(13, {})
+
+SESSIONS = {
+    "hello": HELLO,
+    "hello_err": err_resp(1, "VERSION", "no common version"),
+    "spawn": HELLO + SPAWN + note("stream.credit", {"stream": 1, "bytes": 1 << 20})
+    + data(2, b"hi\n") + data(3, b"oops") + note("stream.end", {"stream": 2})
+    + note("stream.end", {"stream": 3}) + note("proc.exit", exit_map(1)) + WAIT,
+    "download": HELLO + SPAWN + DOWNLOAD + data(4, b"myhost") + note("stream.end", {"stream": 4})
+    + note("transfer.done", {"stream": 4, "size": 6, "sha256": "b" * 64}),
+    "upload": HELLO + SPAWN + DOWNLOAD + PACK + NET + STAT + UPLOAD
+    + note("stream.credit", {"stream": 8, "bytes": 3 << 20})
+    + note("transfer.done", {"stream": 8, "size": 3, "sha256": "c" * 64}),
+    "pack_net": HELLO + SPAWN + DOWNLOAD + PACK + NET
+    + note("pack.progress", {"id": 1, "phase": "build"}) + data(13, b"make\n")
+    + note("stream.end", {"stream": 13}) + note("stream.end", {"stream": 14})
+    + data(5, b"\x1f\x8b" + b"\0" * 30) + note("stream.end", {"stream": 5})
+    + note("pack.manifest", {"id": 1, "files": 3}) + data(7, b"HTTP/1.1 200 OK\r\n")
+    + note("stream.cancel", {"stream": 7, "error": {"code": "ECONNRESET", "message": "r"}}),
+    "all": HELLO + SPAWN + DOWNLOAD + PACK + NET + STAT + UPLOAD + EVAL + ATTACH + WALK + WAIT
+    + READ + PING + data(9, b"2\n") + note("repl.result", {"eval": 1, "value": "2"})
+    + data(12, mp({"path": "a.c", "type": "file"})) + note("stream.end", {"stream": 12})
+    + data(11, b"x") + note("fs.event", {"watch": 1, "path": "/tmp/a", "event": "create"}),
+    "errors": HELLO + err_resp(2, "ENOENT", "exec: no such file")
+    + err_resp(3, "EACCES", "open") + err_resp(99, "BAD_PARAM", "unknown id")
+    + note("error", {"code": "BAD_MESSAGE", "message": "you sent garbage"}),
+    "hostile_credit": HELLO + SPAWN + data(2, b"x" * 300) + data(1, b"wrong direction")
+    + data(77, b"unknown") + note("stream.credit", {"stream": 1, "bytes": 0xFFFFFFFF})
+    + note("stream.credit", {"stream": 1, "bytes": 0xFFFFFFFF}),
+    "agent_request": HELLO + frame(mp([0, 5, "proc.spawn", {"argv": ["x"]}])),
+    "bad_hello": resp(1, {"version": 1}),
+    "frame_huge": HELLO + b"\xff\xff\xff\xff",
+    "stat_symlink": HELLO + SPAWN + DOWNLOAD + PACK + NET
+    + resp(6, dict(FILEINFO, type="symlink", target=b"../x" * 100)),
+}
+
+
+def main(req_dir, conn_dir):
+    os.makedirs(req_dir, exist_ok=True)
+    os.makedirs(conn_dir, exist_ok=True)
+    for i, (method, params) in enumerate(REQUESTS.items()):
+        with open(os.path.join(req_dir, "seed_" + method), "wb") as f:
+            f.write(mp([0, i + 1, method, params]))
+    for method, params in NOTES.items():
+        with open(os.path.join(req_dir, "seed_" + method), "wb") as f:
+            f.write(mp([2, method, params]))
+    for name, stream in SESSIONS.items():
+        for lead, tag in ((0, ""), (1, "_bytewise_zc"), (6, "_step6_split")):
+            with open(os.path.join(conn_dir, "seed_" + name + tag), "wb") as f:
+                f.write(bytes([lead]) + stream)
+
+
+if __name__ == "__main__":
+    here = os.path.dirname(os.path.abspath(__file__))
+    if len(sys.argv) == 3:
+        main(sys.argv[1], sys.argv[2])
+    else:
+        main(os.path.join(here, "corpus", "request"), os.path.join(here, "corpus", "sbxconn"))
