@@ -1,4 +1,5 @@
-/* Glob patterns with `**`: compile into components, match a component at a time. */
+/* Glob patterns with `**`: compile into components, match a component at a time; gitignore rules
+ * on top of them. */
 #include "glob.h"
 
 #include <stdlib.h>
@@ -448,4 +449,106 @@ bool agent_glob_match(struct agent_glob *g, const char *path)
         p += n;
     }
     return agent_glob_matched(g, cur);
+}
+
+void agent_ignore_free(struct agent_ignore *ig)
+{
+    for (size_t i = 0; i < ig->n; i++) {
+        agent_glob_free(&ig->v[i].pat);
+    }
+    free(ig->v);
+    ig->v = NULL;
+    ig->n = ig->cap = 0;
+}
+
+int agent_ignore_add(struct agent_ignore *ig, const char *line, size_t len)
+{
+    struct agent_ignore_rule r = { 0 };
+    struct sbx_err err;
+    size_t stars = 0;
+    char *pat;
+    int rc;
+
+    for (size_t i = 0; i < len; i++) {
+        stars += line[i] == '*';
+    }
+    if (stars > AGENT_IGNORE_STARS_MAX) {
+        return -2;
+    }
+
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
+        len--;
+    }
+    /* Trailing spaces are ignored unless escaped. */
+    while (len > 0 && line[len - 1] == ' ' && !(len > 1 && line[len - 2] == '\\')) {
+        len--;
+    }
+    if (len == 0 || line[0] == '#') {
+        return 0;
+    }
+    if (line[0] == '!') {
+        r.negate = true;
+        line++;
+        len--;
+    } else if (line[0] == '\\' && len > 1 && (line[1] == '!' || line[1] == '#')) {
+        line++;
+        len--;
+    }
+    if (len > 0 && line[len - 1] == '/') {
+        r.dir_only = true;
+        len--;
+    }
+    if (len > 0 && line[0] == '/') {
+        r.anchored = true;
+        line++;
+        len--;
+    }
+    if (len == 0) {
+        return 0;
+    }
+    if (memchr(line, '/', len) != NULL) {
+        r.anchored = true;
+    }
+    pat = strndup(line, len);
+    if (pat == NULL) {
+        return -1;
+    }
+    rc = agent_glob_compile(&r.pat, pat, AGENT_GLOB_GIT, "exclude", &err);
+    free(pat);
+    if (rc < 0) {
+        return rc == -2 ? 0 : -1;
+    }
+    if (ig->n == ig->cap) {
+        size_t cap = ig->cap ? ig->cap * 2 : 16;
+        struct agent_ignore_rule *v = realloc(ig->v, cap * sizeof(*v));
+        if (v == NULL) {
+            agent_glob_free(&r.pat);
+            return -1;
+        }
+        ig->v = v;
+        ig->cap = cap;
+    }
+    ig->v[ig->n++] = r;
+    return 0;
+}
+
+bool agent_ignore_match(struct agent_ignore *ig, const char *rel, bool is_dir)
+{
+    const char *name = strrchr(rel, '/');
+    bool excluded = false;
+
+    name = name != NULL ? name + 1 : rel;
+    for (size_t i = 0; i < ig->n; i++) {
+        struct agent_ignore_rule *r = &ig->v[i];
+        if (r->dir_only && !is_dir) {
+            continue;
+        }
+        if (r->negate != excluded) {
+            continue; /* cannot change the outcome */
+        }
+        if (agent_glob_match(&r->pat, r->anchored ? rel : name)) {
+            excluded = !r->negate;
+        }
+    }
+    return excluded;
 }

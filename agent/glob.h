@@ -88,4 +88,33 @@ bool agent_glob_matched(const struct agent_glob *g, const uint8_t *set);
  * pattern. */
 bool agent_glob_match(struct agent_glob *g, const char *path);
 
+/* --- gitignore rules (pack.create's ignore files and exclude, PROTOCOL.md §19.3) ---------- */
+
+/* Wildcards one rule may hold. */
+#define AGENT_IGNORE_STARS_MAX 16
+
+struct agent_ignore_rule {
+    struct agent_glob pat; /* AGENT_GLOB_GIT */
+    bool negate, dir_only, anchored;
+};
+
+/* The rules in order: the last one that matches a path decides. Zeroed: none. */
+struct agent_ignore {
+    struct agent_ignore_rule *v;
+    size_t n, cap;
+};
+
+/* Free the rules; @ig is empty afterwards. */
+void agent_ignore_free(struct agent_ignore *ig);
+
+/* Add one gitignore line of @len bytes (a trailing "\n" or "\r\n" included or not); blank
+ * lines, comments and patterns that can match nothing (a "." or ".." component) are skipped.
+ * Returns 0; -1 when out of memory, -2 for a pattern with more than AGENT_IGNORE_STARS_MAX stars
+ * (not added). */
+int agent_ignore_add(struct agent_ignore *ig, const char *line, size_t len);
+
+/* True if @rel (relative to the pack root), a directory when @is_dir, is excluded. Uses the
+ * patterns' scratch: one thread at a time. */
+bool agent_ignore_match(struct agent_ignore *ig, const char *rel, bool is_dir);
+
 #endif /* SBX_AGENT_GLOB_H */

@@ -34,127 +34,6 @@
 /* The largest ignore file read (PROTOCOL.md §19.1): one larger is EFBIG. */
 #define PACK_IGNORE_FILE_MAX (1u << 20)
 
-/* --- ignore rules ------------------------------------------------------------------------- */
-
-struct ignore_rule {
-    struct agent_glob pat;
-    bool negate, dir_only, anchored;
-};
-
-struct ignore {
-    struct ignore_rule *v;
-    size_t n, cap;
-};
-
-static void ignore_free(struct ignore *ig)
-{
-    for (size_t i = 0; i < ig->n; i++) {
-        agent_glob_free(&ig->v[i].pat);
-    }
-    free(ig->v);
-    ig->v = NULL;
-    ig->n = ig->cap = 0;
-}
-
-/* Wildcards one pattern may hold (PROTOCOL.md §19.3). */
-#define IGNORE_STARS_MAX 16
-
-/* Add one gitignore line; blank lines, comments and patterns that can match nothing (a "." or
- * ".." component) are skipped. -1 when out of memory, -2 for a pattern with more than
- * IGNORE_STARS_MAX stars. */
-static int ignore_add(struct ignore *ig, const char *line, size_t len)
-{
-    struct ignore_rule r = { 0 };
-    struct sbx_err err;
-    size_t stars = 0;
-    char *pat;
-    int rc;
-
-    for (size_t i = 0; i < len; i++) {
-        stars += line[i] == '*';
-    }
-    if (stars > IGNORE_STARS_MAX) {
-        return -2;
-    }
-
-    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
-        len--;
-    }
-    /* Trailing spaces are ignored unless escaped. */
-    while (len > 0 && line[len - 1] == ' ' && !(len > 1 && line[len - 2] == '\\')) {
-        len--;
-    }
-    if (len == 0 || line[0] == '#') {
-        return 0;
-    }
-    if (line[0] == '!') {
-        r.negate = true;
-        line++;
-        len--;
-    } else if (line[0] == '\\' && len > 1 && (line[1] == '!' || line[1] == '#')) {
-        line++;
-        len--;
-    }
-    if (len > 0 && line[len - 1] == '/') {
-        r.dir_only = true;
-        len--;
-    }
-    if (len > 0 && line[0] == '/') {
-        r.anchored = true;
-        line++;
-        len--;
-    }
-    if (len == 0) {
-        return 0;
-    }
-    if (memchr(line, '/', len) != NULL) {
-        r.anchored = true;
-    }
-    pat = strndup(line, len);
-    if (pat == NULL) {
-        return -1;
-    }
-    rc = agent_glob_compile(&r.pat, pat, AGENT_GLOB_GIT, "exclude", &err);
-    free(pat);
-    if (rc < 0) {
-        return rc == -2 ? 0 : -1;
-    }
-    if (ig->n == ig->cap) {
-        size_t cap = ig->cap ? ig->cap * 2 : 16;
-        struct ignore_rule *v = realloc(ig->v, cap * sizeof(*v));
-        if (v == NULL) {
-            agent_glob_free(&r.pat);
-            return -1;
-        }
-        ig->v = v;
-        ig->cap = cap;
-    }
-    ig->v[ig->n++] = r;
-    return 0;
-}
-
-/* True if @rel (relative to the pack root) is excluded. The last matching rule decides. */
-static bool ignore_match(struct ignore *ig, const char *rel, bool is_dir)
-{
-    const char *name = strrchr(rel, '/');
-    bool excluded = false;
-
-    name = name != NULL ? name + 1 : rel;
-    for (size_t i = 0; i < ig->n; i++) {
-        struct ignore_rule *r = &ig->v[i];
-        if (r->dir_only && !is_dir) {
-            continue;
-        }
-        if (r->negate != excluded) {
-            continue; /* cannot change the outcome */
-        }
-        if (agent_glob_match(&r->pat, r->anchored ? rel : name)) {
-            excluded = !r->negate;
-        }
-    }
-    return excluded;
-}
-
 /* --- the job ------------------------------------------------------------------------------- */
 
 enum pack_format { PACK_TGZ, PACK_TZST };
@@ -194,7 +73,7 @@ struct pack {
     char **args;
     size_t nargs;
     enum pack_format format;
-    struct ignore ig;
+    struct agent_ignore ig;
     char **ignore_files;      /* the ignore_files param (NULL: the default), until they are read */
     struct agent_proc *build; /* the running build (proc.c), NULL when none or done */
     struct agent_proc_start *start; /* the build while it starts (proc.c), else NULL */
@@ -585,7 +464,7 @@ static int pack_scan(struct pack *p, int fd, char *rel, size_t rlen, int depth)
         if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
             continue; /* other special files are skipped */
         }
-        if (ignore_match(&p->ig, rel, S_ISDIR(st.st_mode))) {
+        if (agent_ignore_match(&p->ig, rel, S_ISDIR(st.st_mode))) {
             continue;
         }
         link = S_ISLNK(st.st_mode);
@@ -1022,7 +901,7 @@ static void pack_on_close(struct agent_outjob *j)
         build_abandon(p, p->announced ? &err : NULL);
     }
     agent_conn_ref_del(&p->job);
-    ignore_free(&p->ig);
+    agent_ignore_free(&p->ig);
     for (size_t i = 0; i < p->nfiles; i++) {
         free(p->files[i].path);
         free(p->files[i].target);
@@ -1071,7 +950,7 @@ static int ignore_read(struct pack *p, FILE *f, const char *path, struct sbx_err
                            path, PACK_IGNORE_FILE_MAX);
             return -1;
         }
-        if (ignore_add(&p->ig, line, n) == -1) { /* -2: skipped */
+        if (agent_ignore_add(&p->ig, line, n) == -1) { /* -2: skipped */
             return sbx_err_oom(err);
         }
     }
@@ -1127,7 +1006,7 @@ static void pack_discard(struct pack *p)
 {
     agent_strv_free(p->ignore_files);
     agent_strv_free(p->args);
-    ignore_free(&p->ig);
+    agent_ignore_free(&p->ig);
     free(p);
 }
 
@@ -1179,14 +1058,15 @@ static struct pack *pack_parse(struct agent_conn *c, const msgpack_object *param
         goto fail;
     }
     /* Rules in order: .git first (so "!.git" can take it back), then exclude, then the files. */
-    if (ignore_add(&p->ig, ".git", 4) < 0) {
+    if (agent_ignore_add(&p->ig, ".git", 4) < 0) {
         sbx_err_oom(err);
         goto fail;
     }
     for (size_t i = 0; i < nexcl; i++) {
-        r = ignore_add(&p->ig, excl[i], strlen(excl[i]));
+        r = agent_ignore_add(&p->ig, excl[i], strlen(excl[i]));
         if (r == -2) {
-            sbx_err_param(err, "exclude", "exclude[%zu] has more than %d '*'", i, IGNORE_STARS_MAX);
+            sbx_err_param(err, "exclude", "exclude[%zu] has more than %d '*'", i,
+                          AGENT_IGNORE_STARS_MAX);
             (void)snprintf(err->field, sizeof(err->field), "exclude[%zu]", i);
             goto fail;
         }

@@ -39,6 +39,48 @@ int agent_path_split(const char *path, char *parent, size_t parentsz, char *base
     return 0;
 }
 
+char *agent_path_clean_rel(const char *name, char *buf, size_t bufsz, const char **why)
+{
+    const char *p = name;
+    size_t n;
+
+    if (name == NULL || name[0] == '/') {
+        *why = name == NULL ? "no name" : "absolute name";
+        return NULL;
+    }
+    while (p[0] == '.' && p[1] == '/') {
+        p += 2;
+        while (*p == '/') {
+            p++;
+        }
+    }
+    n = strlen(p);
+    if (n >= bufsz) {
+        *why = "name too long";
+        return NULL;
+    }
+    memcpy(buf, p, n + 1);
+    while (n > 0 && buf[n - 1] == '/') {
+        buf[--n] = '\0';
+    }
+    if (strcmp(buf, ".") == 0) {
+        buf[0] = '\0';
+    }
+    for (const char *c = buf; *c != '\0';) {
+        const char *e = strchr(c, '/');
+        size_t l = e != NULL ? (size_t)(e - c) : strlen(c);
+        if (l == 2 && c[0] == '.' && c[1] == '.') {
+            *why = "\"..\" component";
+            return NULL;
+        }
+        c += l;
+        while (*c == '/') {
+            c++;
+        }
+    }
+    return buf;
+}
+
 int agent_path_mkdir(const char *path, mode_t parents_mode, mode_t mode, struct sbx_err *err)
 {
     char buf[AGENT_FS_PATH_BUF];

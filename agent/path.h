@@ -30,6 +30,15 @@
 int agent_path_split(const char *path, char *parent, size_t parentsz, char *base, size_t basesz);
 
 /*
+ * Clean the relative name @name of something to make under a root (an entry of
+ * transfer.upload_tree's archive, or a hard link's target): leading "./" (and the slashes after
+ * each) and trailing slashes removed, "." alone is the root itself (""). Writes the result into
+ * @buf (@bufsz bytes): relative, no ".." component, no trailing '/'. Returns @buf; NULL with the
+ * reason in *@why when @name is NULL, absolute, has a ".." component or does not fit.
+ */
+char *agent_path_clean_rel(const char *name, char *buf, size_t bufsz, const char **why);
+
+/*
  * mkdir -p: make the absolute @path and every missing directory above it, those with
  * @parents_mode and @path itself with @mode (both then the umask). An existing directory, or a
  * symlink to one, is fine; a non-directory in the way is ENOTDIR naming it, or EEXIST when it is

@@ -129,50 +129,15 @@ static int up_sys(struct tree_up *t, int e, const char *what, const char *name)
     return -1;
 }
 
-/* Check an entry name: relative, no `..`, not empty after removing "./" prefixes. Returns the
- * cleaned name (inside @buf), or NULL after setting the error (or for the root itself: "" ). */
+/* Check an entry name with agent_path_clean_rel. Returns the cleaned name (inside @buf; "" for
+ * the root itself), or NULL after setting the error. */
 static const char *up_clean_name(struct tree_up *t, const char *name, char *buf, size_t bufsz)
 {
-    const char *p = name;
-    size_t n;
+    const char *why = NULL;
 
-    if (name == NULL) {
-        up_refuse(t, "", "no name");
+    if (agent_path_clean_rel(name, buf, bufsz, &why) == NULL) {
+        up_refuse(t, name != NULL ? name : "", why);
         return NULL;
-    }
-    if (name[0] == '/') {
-        up_refuse(t, name, "absolute name");
-        return NULL;
-    }
-    while (p[0] == '.' && p[1] == '/') {
-        p += 2;
-        while (*p == '/') {
-            p++;
-        }
-    }
-    n = strlen(p);
-    if (n >= bufsz) {
-        up_refuse(t, name, "name too long");
-        return NULL;
-    }
-    memcpy(buf, p, n + 1);
-    while (n > 0 && buf[n - 1] == '/') {
-        buf[--n] = '\0';
-    }
-    if (strcmp(buf, ".") == 0) {
-        buf[0] = '\0';
-    }
-    for (const char *c = buf; *c != '\0';) {
-        const char *e = strchr(c, '/');
-        size_t l = e != NULL ? (size_t)(e - c) : strlen(c);
-        if (l == 2 && c[0] == '.' && c[1] == '.') {
-            up_refuse(t, name, "\"..\" component");
-            return NULL;
-        }
-        c += l;
-        while (*c == '/') {
-            c++;
-        }
     }
     return buf;
 }
@@ -389,6 +354,11 @@ static int up_entry(struct tree_up *t, struct archive *ar, struct archive_entry 
     }
     switch (type) {
     case AE_IFREG:
+        /* A base-256 size field can say less than 0 (libarchive takes it): refused before the
+         * file is made, rather than a failed ftruncate after. */
+        if (archive_entry_size(e) < 0) {
+            return up_refuse(t, name, "negative size");
+        }
         if (up_file(t, ar, e, dfd, base, name) < 0) {
             return -1;
         }

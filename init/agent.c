@@ -101,8 +101,15 @@ static void on_extend(struct init_state *st, const char *arg)
     } else if (st->cfg.lifetime != INIT_LIFETIME_DURATION) {
         init_log("ctl: extend: lifetime is not a duration; ignored");
     } else {
-        /* From the later of now and the current deadline: extending never shortens. */
-        st->deadline_ns = (st->deadline_ns > now ? st->deadline_ns : now) + s * INIT_NSEC;
+        /* From the later of now and the current deadline: extending never shortens. At most
+         * 10 years from now, as sbx.lifetime: extends in a row used to overflow the deadline
+         * after 29 of 10 years each, into the past (an immediate power-off). */
+        int64_t from = st->deadline_ns > now ? st->deadline_ns : now;
+        int64_t cap = now + INIT_DURATION_MAX_S * INIT_NSEC;
+
+        st->deadline_ns = from >= cap                  ? from
+                          : cap - from < s * INIT_NSEC ? cap
+                                                       : from + s * INIT_NSEC;
         init_log("lifetime: extended by %llds; power off in %.3fs", s,
                  (double)(st->deadline_ns - now) / INIT_NSEC);
     }
@@ -121,55 +128,18 @@ static void on_shutdown(struct init_state *st, const char *arg)
     }
 }
 
-/* Each verb takes at most one argument, `key` ("" for none); other keys are ignored. */
-static const struct {
-    const char *verb, *key;
-    void (*handle)(struct init_state *st, const char *arg); /* arg: key's value, or NULL */
-} init_verbs[] = {
-    { "ready", "", on_ready },           { "clients", "n", on_clients },
-    { "extend", "seconds", on_extend },  { "shutdown", "action", on_shutdown },
-    { "lifetime?", "", reply_lifetime },
+/* What each verb does, by enum init_ctl_verb; arg: its argument's value, or NULL. */
+static void (*const init_ctl_handlers[INIT_CTL_NVERBS])(struct init_state *st, const char *arg) = {
+    [INIT_CTL_READY] = on_ready,          [INIT_CTL_CLIENTS] = on_clients,
+    [INIT_CTL_EXTEND] = on_extend,        [INIT_CTL_SHUTDOWN] = on_shutdown,
+    [INIT_CTL_LIFETIME] = reply_lifetime,
 };
-#define INIT_NVERBS (sizeof(init_verbs) / sizeof(init_verbs[0]))
-
-static void handle(struct init_state *st, char *buf, size_t len)
-{
-    char *save = NULL, *verb, *tok, *eq, *arg = NULL;
-    size_t v = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        if (buf[i] < 0x20 || buf[i] > 0x7e) {
-            init_log("ctl: message with a control or non-ASCII byte; ignored");
-            return;
-        }
-    }
-    if ((verb = strtok_r(buf, " ", &save)) == NULL) {
-        init_log("ctl: empty message; ignored");
-        return;
-    }
-    while (v < INIT_NVERBS && strcmp(init_verbs[v].verb, verb) != 0) {
-        v++;
-    }
-    if (v == INIT_NVERBS) {
-        init_log("ctl: unknown verb \"%.40s\"; ignored", verb);
-        return;
-    }
-    while ((tok = strtok_r(NULL, " ", &save)) != NULL) {
-        if ((eq = strchr(tok, '=')) == NULL || eq == tok) {
-            init_log("ctl: %.20s: bad argument \"%.40s\"; ignored", verb, tok);
-            continue;
-        }
-        *eq = '\0';
-        if (arg == NULL && strcmp(tok, init_verbs[v].key) == 0) {
-            arg = eq + 1; /* the first one counts */
-        }
-    }
-    init_verbs[v].handle(st, arg);
-}
 
 void init_ctl_read(struct init_state *st)
 {
     char buf[INIT_CTL_MAX + 1];
+    const char *arg;
+    int v;
 
     while (st->ctl >= 0) {
         /* MSG_TRUNC: the real length, so an oversized datagram is dropped whole, not cut short. */
@@ -190,9 +160,9 @@ void init_ctl_read(struct init_state *st)
             init_log("ctl: message of %zd bytes (max %d); ignored", n, INIT_CTL_MAX);
             continue;
         }
-        n -= n > 0 && buf[n - 1] == '\n';
-        buf[n] = '\0';
-        handle(st, buf, (size_t)n);
+        if ((v = init_ctl_parse(buf, (size_t)n, &arg)) >= 0) {
+            init_ctl_handlers[v](st, arg);
+        }
     }
 }
 

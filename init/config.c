@@ -1,4 +1,5 @@
-/* config.c: configuration (command line, file, defaults); the console log, small-file reads. */
+/* config.c: configuration (command line, file, defaults); the console log, small-file reads; the
+ * control channel's message parser (agent.c acts on what it finds). */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
@@ -461,14 +462,10 @@ static char *trim(char *s)
     return s;
 }
 
-int init_config_load_file(struct init_config *cfg, const char *path)
+void init_config_load_text(struct init_config *cfg, char *text, const char *path)
 {
-    char buf[INIT_FILE_MAX], *next = buf, *line, *eq;
-    ssize_t n = init_read_file(path, buf, sizeof(buf));
+    char *next = text, *line, *eq;
 
-    if (n < 0) {
-        return (int)n;
-    }
     while ((line = strsep(&next, "\n")) != NULL) {
         line = trim(line);
         if (*line == '\0' || *line == '#') {
@@ -481,6 +478,17 @@ int init_config_load_file(struct init_config *cfg, const char *path)
             INIT_LOG_IF(!cfg->quiet, "config: %s: \"%.40s\": not key=value; ignored", path, line);
         }
     }
+}
+
+int init_config_load_file(struct init_config *cfg, const char *path)
+{
+    char buf[INIT_FILE_MAX];
+    ssize_t n = init_read_file(path, buf, sizeof(buf));
+
+    if (n < 0) {
+        return (int)n;
+    }
+    init_config_load_text(cfg, buf, path);
     return 0;
 }
 
@@ -510,4 +518,51 @@ void init_config_load_cmdline(struct init_config *cfg, char *p)
             cfg->root_ro = tok[1] == 'o';
         }
     }
+}
+
+/* The agent's verbs and the one argument each takes ("" for none), by enum init_ctl_verb. */
+static const struct {
+    const char *verb, *key;
+} init_ctl_verbs[INIT_CTL_NVERBS] = {
+    [INIT_CTL_READY] = { "ready", "" },          [INIT_CTL_CLIENTS] = { "clients", "n" },
+    [INIT_CTL_EXTEND] = { "extend", "seconds" }, [INIT_CTL_SHUTDOWN] = { "shutdown", "action" },
+    [INIT_CTL_LIFETIME] = { "lifetime?", "" },
+};
+
+int init_ctl_parse(char *buf, size_t len, const char **arg)
+{
+    char *save = NULL, *verb, *tok, *eq;
+    int v = 0;
+
+    *arg = NULL;
+    len -= len > 0 && buf[len - 1] == '\n';
+    buf[len] = '\0';
+    for (size_t i = 0; i < len; i++) {
+        if (buf[i] < 0x20 || buf[i] > 0x7e) {
+            init_log("ctl: message with a control or non-ASCII byte; ignored");
+            return -1;
+        }
+    }
+    if ((verb = strtok_r(buf, " ", &save)) == NULL) {
+        init_log("ctl: empty message; ignored");
+        return -1;
+    }
+    while (v < INIT_CTL_NVERBS && strcmp(init_ctl_verbs[v].verb, verb) != 0) {
+        v++;
+    }
+    if (v == INIT_CTL_NVERBS) {
+        init_log("ctl: unknown verb \"%.40s\"; ignored", verb);
+        return -1;
+    }
+    while ((tok = strtok_r(NULL, " ", &save)) != NULL) {
+        if ((eq = strchr(tok, '=')) == NULL || eq == tok) {
+            init_log("ctl: %.20s: bad argument \"%.40s\"; ignored", verb, tok);
+            continue;
+        }
+        *eq = '\0';
+        if (*arg == NULL && strcmp(tok, init_ctl_verbs[v].key) == 0) {
+            *arg = eq + 1; /* the first one counts */
+        }
+    }
+    return v;
 }

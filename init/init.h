@@ -114,6 +114,9 @@ void init_config_defaults(struct init_config *cfg);
 int init_config_set(struct init_config *cfg, const char *key, const char *value);
 /* Applies the `key=value` lines of a file ('#' starts a comment line). 0 or -errno. */
 int init_config_load_file(struct init_config *cfg, const char *path);
+/* Applies the `key=value` lines of a file's text `text`, cut up in place; `path` names it in the
+ * log. What init_config_load_file does once it has read the file. */
+void init_config_load_text(struct init_config *cfg, char *text, const char *path);
 /* Applies a kernel command line, tokenised in place; "double quotes" group words. */
 void init_config_load_cmdline(struct init_config *cfg, char *cmdline);
 /* Parses "<N>[s|m|h]" into seconds. Returns 0, -EINVAL or -ERANGE. */
@@ -122,6 +125,20 @@ int init_parse_duration(const char *s, int64_t *seconds);
 long long init_parse_uint(const char *s, long long max);
 /* "none", "session", "duration", indexed by enum init_lifetime. */
 extern const char *const init_lifetime_names[3];
+/* The control channel's verbs from the agent (docs/INIT.md "Control channel"). */
+enum init_ctl_verb {
+    INIT_CTL_READY,
+    INIT_CTL_CLIENTS,
+    INIT_CTL_EXTEND,
+    INIT_CTL_SHUTDOWN,
+    INIT_CTL_LIFETIME,
+    INIT_CTL_NVERBS
+};
+/* Parses the text of one datagram, `len` bytes in `buf` (which has room for one more: it is
+ * cut up in place, an optional trailing '\n' dropped). Returns its verb, with the value of the
+ * verb's argument (the first, if repeated) in *arg, NULL when absent; or -1 for a message to
+ * ignore. What is wrong is logged, a bad argument is skipped. */
+int init_ctl_parse(char *buf, size_t len, const char **arg);
 
 /* system.c */
 /* Opens the console on fds 0-2 unless the kernel did (it does if the initramfs has one). */

@@ -245,6 +245,34 @@ static void test_split(void **state)
     }
 }
 
+/* agent_path_clean_rel: what transfer.upload_tree makes of an entry name or link target. */
+static void test_clean_rel(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } ok[] = {
+        { "a/b", "a/b" }, { "./a/b/", "a/b" }, { ".//.//a", "a" }, { ".", "" },
+        { "./", "" },     { "a/./b", "a/./b" }, { "..a/b..", "..a/b.." },
+    };
+    static const char *const bad[] = { "/a", "..", "a/..", "./../a", "a/../b", "a//..//" };
+    char buf[16];
+    const char *why = NULL;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        assert_non_null(agent_path_clean_rel(ok[i].in, buf, sizeof(buf), &why));
+        assert_string_equal(buf, ok[i].out);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        why = NULL;
+        assert_null(agent_path_clean_rel(bad[i], buf, sizeof(buf), &why));
+        assert_non_null(why);
+    }
+    assert_null(agent_path_clean_rel(NULL, buf, sizeof(buf), &why));
+    assert_null(agent_path_clean_rel("0123456789abcdef", buf, sizeof(buf), &why));
+    assert_string_equal(why, "name too long");
+}
+
 static void test_split_too_long(void **state)
 {
     char parent[4], base[3];
@@ -891,6 +919,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_split_too_long),
+        cmocka_unit_test(test_clean_rel),
         cmocka_unit_test_setup_teardown(test_mkdir_parents, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_existing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_in_the_way, setup, teardown),

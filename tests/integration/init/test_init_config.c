@@ -244,6 +244,26 @@ static void test_cmdline(void **state)
     assert_string_equal(cfg.env[6], "X=abc def");
 }
 
+/* The control channel's parser (init_ctl_parse, what init_ctl_read acts on). */
+static void test_ctl_parse(void **state)
+{
+    char ready[] = "ready\n", ext[] = "extend x=1 =2 seconds=60 seconds=5", bad[] = "ready\x01";
+    char unknown[] = "reboot", empty[] = "  ", eq[] = "clients n=a=b", none[] = "shutdown";
+    const char *arg = "x";
+
+    assert_int_equal(init_ctl_parse(ready, strlen(ready), &arg), INIT_CTL_READY);
+    assert_null(arg);
+    assert_int_equal(init_ctl_parse(ext, strlen(ext), &arg), INIT_CTL_EXTEND);
+    assert_string_equal(arg, "60"); /* the first one counts */
+    assert_int_equal(init_ctl_parse(eq, strlen(eq), &arg), INIT_CTL_CLIENTS);
+    assert_string_equal(arg, "a=b");
+    assert_int_equal(init_ctl_parse(none, strlen(none), &arg), INIT_CTL_SHUTDOWN);
+    assert_null(arg);
+    assert_int_equal(init_ctl_parse(bad, strlen(bad), &arg), -1);
+    assert_int_equal(init_ctl_parse(unknown, strlen(unknown), &arg), -1);
+    assert_int_equal(init_ctl_parse(empty, strlen(empty), &arg), -1);
+}
+
 static void test_file_then_cmdline(void **state)
 {
     struct init_config cfg = { .quiet = true };
@@ -277,6 +297,7 @@ int main(void)
         cmocka_unit_test(test_bad_value_resets_default),
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_cmdline),
+        cmocka_unit_test(test_ctl_parse),
         cmocka_unit_test(test_file_then_cmdline),
     };
 
