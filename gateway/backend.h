@@ -64,6 +64,11 @@ int gw_sandbox_save(struct gw_sandbox *sb);
 struct gw_sandbox *gw_sandbox_create_ex(struct gw *g, json_t *config, int *status,
                                         const char **code, char *why, size_t whylen);
 /*
+ * Check @config (a decoded create config, or NULL: none) as gw_sandbox_create does, creating
+ * nothing: 0, or -1 with the error code in *@code and "<key>: <why>" in @why.
+ */
+int gw_sandbox_config_check(json_t *config, const char **code, char *why, size_t whylen);
+/*
  * Move @sb's deadline to @stop_at_ms (clamped to now + GW_TIMEOUT_MAX_MS; a "session" sandbox
  * becomes a timed one that outlives its sessions). Returns the deadline now in force, or -1 with
  * a message in @why (a time not in the future).
@@ -79,6 +84,9 @@ void gw_sandboxes_free(struct gw *g);
 
 /* The request handler given to gw_http_listen (@user: the struct gw). */
 void gw_rest_handle(struct gw_http_conn *hc, const struct gw_http_req *req, void *user);
+/* The x-deno-sandbox-config header's value @hdr (base64 of a JSON text; NULL: no header)
+ * decoded into *@config (new reference; NULL without a header). 0, or -1 with @why. */
+int gw_config_decode(const char *hdr, json_t **config, char *why, size_t whylen);
 /* 1 when @id has the SDK's sandbox id shape ^sbx_[a-z]{3}_[0-9a-hjkmnp-z]{20}$, else 0. */
 int gw_sandbox_id_valid(const char *id);
 

@@ -394,7 +394,9 @@ static int on_message_complete(http_parser *p)
         return -1;
     }
     finish(h, NULL, NULL);
-    return 0;
+    /* Stop here: bytes after the response (a second one in the same read) are not parsed, so
+     * no callback follows `done`. */
+    return -1;
 }
 
 /* Bytes from the server (@len 0: the end of the stream). */

@@ -337,7 +337,7 @@ static const char *const deno_exts[] = { "js", "cjs", "mjs", "ts", "cts", "mts",
 static int watch_param(struct gw_call *call, json_t *params, struct dn_run *st)
 {
     json_t *w = json_object_get(params, "watch"), *e;
-    size_t i, len = 9;
+    size_t i, n, len = 9; /* "--watch=" and the NUL */
     const char **paths;
 
     if (w == NULL || json_is_null(w) || json_is_false(w)) {
@@ -347,7 +347,7 @@ static int watch_param(struct gw_call *call, json_t *params, struct dn_run *st)
         st->watch_flag = strdup("--watch");
         goto out;
     }
-    if (gw_param_strv(call, params, "watch", &paths, &len) < 0) {
+    if (gw_param_strv(call, params, "watch", &paths, &n) < 0) {
         return -1;
     }
     json_array_foreach(w, i, e)

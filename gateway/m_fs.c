@@ -1450,15 +1450,21 @@ static void write_file(struct gw_call *call, json_t *params, bool text)
         st->sid = (uint64_t)sid;
         st->sink_live = true;
         st->refs++;
+        /* The claim delivers what came before it, which may fail the call (a stream error) and
+         * so free it and its reference to st: the hold keeps both to look at. */
+        gw_call_hold(call);
         if (gw_istream_claim(call->s, (uint64_t)sid, &sink) < 0) {
             st->sink_live = false;
             st->refs--;
             gw_call_fail(call, "TypeError", NULL,
                          "%s: contentStreamId %lld was not started or is already in use",
                          call->method, (long long)sid);
+            gw_call_release(call);
             return;
         }
-        if (st->done) {
+        bool failed = st->done;
+        gw_call_release(call);
+        if (failed) {
             return; /* the buffered part already failed it */
         }
     }

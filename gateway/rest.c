@@ -177,6 +177,31 @@ static void ws_abandon_cb(struct gw_http_conn *hc, void *user)
     }
 }
 
+int gw_config_decode(const char *hdr, json_t **config, char *why, size_t whylen)
+{
+    uint8_t *text = NULL;
+    size_t len = 0;
+    json_error_t jerr;
+
+    *config = NULL;
+    if (hdr == NULL) {
+        return 0;
+    }
+    if (strlen(hdr) > CONFIG_MAX / 3 * 4 + 4 ||
+        gw_fs_b64_decode(hdr, strlen(hdr), CONFIG_MAX, &text, &len) < 0) {
+        (void)snprintf(why, whylen, "x-deno-sandbox-config: not base64, or more than %u bytes",
+                       CONFIG_MAX);
+        return -1;
+    }
+    *config = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(text);
+    if (*config == NULL) {
+        (void)snprintf(why, whylen, "x-deno-sandbox-config: not JSON: %s", jerr.text);
+        return -1;
+    }
+    return 0;
+}
+
 static void route_create(struct route_ctx *c)
 {
     const char *hdr = gw_http_header(c->req, "x-deno-sandbox-config");
@@ -185,23 +210,9 @@ static void route_create(struct route_ctx *c)
     int status = 400;
     const char *code = "INVALID_CONFIG";
 
-    if (hdr != NULL) {
-        uint8_t *text = NULL;
-        size_t len = 0;
-        json_error_t jerr;
-        if (strlen(hdr) > CONFIG_MAX / 3 * 4 + 4 ||
-            gw_fs_b64_decode(hdr, strlen(hdr), CONFIG_MAX, &text, &len) < 0) {
-            reply_err(c->hc, 400, "INVALID_CONFIG",
-                      "x-deno-sandbox-config: not base64, or more than %u bytes", CONFIG_MAX);
-            return;
-        }
-        config = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &jerr);
-        free(text);
-        if (config == NULL) {
-            reply_err(c->hc, 400, "INVALID_CONFIG", "x-deno-sandbox-config: not JSON: %s",
-                      jerr.text);
-            return;
-        }
+    if (gw_config_decode(hdr, &config, why, sizeof why) < 0) {
+        reply_err(c->hc, 400, "INVALID_CONFIG", "%s", why);
+        return;
     }
     struct gw_sandbox *sb = gw_sandbox_create_ex(c->g, config, &status, &code, why, sizeof why);
     json_decref(config);

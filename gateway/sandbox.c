@@ -611,6 +611,22 @@ static int parse_config(json_t *cfg, struct cfg *c, const char **code, char *why
     return 0;
 }
 
+int gw_sandbox_config_check(json_t *config, const char **code, char *why, size_t whylen)
+{
+    struct cfg c = { .labels = json_object() };
+    int r;
+
+    if (c.labels == NULL) {
+        *code = "INTERNAL";
+        (void)snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    r = parse_config(config, &c, code, why, whylen);
+    json_decref(c.labels);
+    json_decref(c.env);
+    return r;
+}
+
 /* The config as kept in the state file: secret values are not written to disk. */
 static json_t *config_for_disk(json_t *cfg)
 {

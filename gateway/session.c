@@ -1133,6 +1133,7 @@ static void client_stream(struct gw_session *s, const char *method, json_t *para
             istream_free(s, is);
         } else {
             is->failed = true;
+            json_decref(is->error); /* a second error replaces the first */
             is->error = json_incref(e);
         }
         return;

@@ -299,6 +299,31 @@ class TestFetch(FetchCase):
         finally:
             ws.close()
 
+    def test_two_responses_in_one_read(self):
+        """A server that sends a second response right behind the first, in the same segment:
+        the client took the first, said `done`, then parsed on and called `head` again for the
+        second (fuzz_gw_httpc). Only the first is the answer; the gateway keeps serving."""
+        def two(c):
+            c.settimeout(10)
+            c.recv(4096)
+            c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n"
+                      b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi")
+            time.sleep(1)
+            c.close()
+
+        raw = RawServer(two)
+        ws = h.open_create_ws(self.gw, {"allow_net": ["allowed.test"]})
+        try:
+            for _ in range(3):
+                m = ws.call("fetch", {"url": "http://allowed.test:%d/" % raw.port,
+                                      "method": "GET", "headers": []}, timeout=30)
+                self.assertEqual(m["result"]["ok"]["status"], 204, m)
+            m = ws.call("envGet", {"key": "PATH"})
+            self.assertIn("ok", m["result"], m)
+        finally:
+            ws.close()
+            raw.stop()
+
     def test_own_interface_addresses_refused(self):
         # An address of one of the host's interfaces (not loopback) reaches the host's own
         # listeners as loopback does: refused like 127.0.0.1 unless --resolve maps a name to it.

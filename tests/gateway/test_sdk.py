@@ -405,6 +405,35 @@ class TestHostile(AddrCase):
                                "params": {"streamId": sid}})
             self.probe()
 
+    def test_deno_watch_paths(self):
+        """spawnDeno with watch paths: the --watch=a,b flag was built in a buffer sized by the
+        number of paths instead of the flag's length (fuzz_gw_jsonrpc, ASan heap overflow)."""
+        m = self.ws.call("spawnDeno", {"entrypoint": "/nonexistent/sbxgw_main.ts",
+                                       "watch": ["/tmp", "/t"], "stdout": "null",
+                                       "stderr": "null"})
+        self.assertIn("ok", m["result"], m)
+        pid = m["result"]["ok"]["pid"]
+        self.assertEqual(m["result"]["ok"].get("watcherId"), "watcher-%d" % pid, m)
+        m = self.ws.call("processKill", {"pid": pid, "signal": "SIGKILL"})
+        self.assertEqual(m["result"], {"ok": None}, m)
+        self.ws.call("processWait", {"pid": pid})
+        self.probe()
+
+    def test_stream_error_twice(self):
+        """Two $sandbox.stream.error on a stream no call claimed yet: the second replaces the
+        first (the first was leaked, fuzz_gw_jsonrpc), and a claim gets the error."""
+        self.ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.start",
+                           "params": {"streamId": 201}})
+        for msg in ("first", "second"):
+            self.ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.error",
+                               "params": {"streamId": 201,
+                                          "error": {"name": "Error", "message": msg}}})
+        m = self.ws.call("writeFile", {"path": "/tmp/sbxgw-stream-error-twice",
+                                       "contentStreamId": 201})
+        self.assertIn("result", m, m)
+        self.assertNotIn("ok", m["result"], m)
+        self.probe()
+
     def test_invalid_utf8_text_frame(self):
         self.ws.send_frame(0x1, b'{"jsonrpc":"2.0","id":900,"method":"envGet","params":{"key":"\xff"}}')
         try:

@@ -1,0 +1,230 @@
+/*
+ * libFuzzer target for the HTTP ingress (gateway/ingress.c): the bytes a client sends an
+ * exposed domain. ingress.c is compiled in with its socket calls replaced (fuzz_gw_uv.h) and its
+ * guest sockets and pid lookups stubbed: a connection is accepted without a socket, its first
+ * request head is read and parsed (Host, routing to one of a few fixed mappings), and when it is
+ * routed to the running sandbox the stand-in guest socket connects, so the rest of the input
+ * goes through the relay's per-request Host re-check. The first byte picks the read size and
+ * whether the guest socket reports itself full once.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The stand-ins first, then the gateway file they stand in for. */
+/* clang-format off */
+#include "fuzz_gw_uv.h"
+#include "gsock.h"
+/* clang-format on */
+
+static const struct gw_gsock_ops *fz_gs_ops;
+static void *fz_gs_user;
+static int fz_gs_live, fz_gs_token;
+static bool fz_gs_full, fz_gs_held;
+
+static struct gw_gsock *fz_gsock_open(struct gw_sandbox *sb, const char *host, uint16_t port,
+                                      const struct gw_gsock_ops *ops, void *user, char *why,
+                                      size_t whylen)
+{
+    (void)sb;
+    (void)host;
+    if (port == 1) {
+        snprintf(why, whylen, "the sandbox is not running");
+        return NULL;
+    }
+    if (fz_gs_live) {
+        abort(); /* one connection, one guest socket */
+    }
+    fz_gs_ops = ops;
+    fz_gs_user = user;
+    fz_gs_live = 1;
+    return (struct gw_gsock *)&fz_gs_token;
+}
+
+static int fz_gsock_write(struct gw_gsock *s, const void *data, size_t len)
+{
+    (void)data;
+    (void)len;
+    if (s != (struct gw_gsock *)&fz_gs_token || !fz_gs_live) {
+        abort();
+    }
+    if (fz_gs_full) {
+        fz_gs_full = false;
+        fz_gs_held = true;
+        return 1;
+    }
+    return 0;
+}
+
+static void fz_gsock_shutdown(struct gw_gsock *s)
+{
+    (void)s;
+}
+
+static void fz_gsock_pause(struct gw_gsock *s, bool pause)
+{
+    (void)s;
+    (void)pause;
+}
+
+static void fz_gsock_close(struct gw_gsock *s)
+{
+    if (s != (struct gw_gsock *)&fz_gs_token || !fz_gs_live) {
+        abort();
+    }
+    fz_gs_live = 0;
+}
+
+static struct gw_pid_port *fz_pid_port_find(struct gw_sandbox *sb, uint32_t pid, gw_pid_port_fn cb,
+                                            void *user, char *why, size_t whylen)
+{
+    (void)sb;
+    (void)pid;
+    (void)cb;
+    (void)user;
+    snprintf(why, whylen, "process %u listens on no port", pid);
+    return NULL;
+}
+
+static void fz_pid_port_cancel(struct gw_pid_port *q)
+{
+    (void)q;
+    abort(); /* never started */
+}
+
+#define gw_gsock_open      fz_gsock_open
+#define gw_gsock_write     fz_gsock_write
+#define gw_gsock_shutdown  fz_gsock_shutdown
+#define gw_gsock_pause     fz_gsock_pause
+#define gw_gsock_close     fz_gsock_close
+#define gw_pid_port_find   fz_pid_port_find
+#define gw_pid_port_cancel fz_pid_port_cancel
+
+#include "../../gateway/ingress.c"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static uv_loop_t fz_loop;
+static struct gw fz_gw;
+static struct gw_ingress *fz_ig;
+static struct gw_sandbox fz_sb_ready, fz_sb_boot;
+
+static void fz_map(const char *domain, struct gw_sandbox *sb, const char *sandbox, bool mapped,
+                   uint16_t port, uint32_t pid)
+{
+    struct ig_map *m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        abort();
+    }
+    snprintf(m->domain, sizeof(m->domain), "%s", domain);
+    snprintf(m->sandbox, sizeof(m->sandbox), "%s", sb != NULL ? sb->id : sandbox);
+    m->mapped = mapped;
+    m->port = port;
+    m->pid = pid;
+    m->next = fz_ig->maps;
+    fz_ig->maps = m;
+    fz_ig->nmaps++;
+}
+
+static void fz_init(void)
+{
+    if (uv_loop_init(&fz_loop) != 0) {
+        abort();
+    }
+    fz_gw.loop = &fz_loop;
+    fz_gw.opt.quiet = true;
+    snprintf(fz_sb_ready.id, sizeof(fz_sb_ready.id), "sbx_ord_00000000000000000000");
+    fz_sb_ready.state = GW_SB_READY;
+    fz_sb_ready.g = &fz_gw;
+    snprintf(fz_sb_boot.id, sizeof(fz_sb_boot.id), "sbx_ord_11111111111111111111");
+    fz_sb_boot.state = GW_SB_BOOTING;
+    fz_sb_boot.g = &fz_gw;
+    fz_sb_ready.next = &fz_sb_boot;
+    fz_gw.sandboxes = &fz_sb_ready;
+    fz_ig = calloc(1, sizeof(*fz_ig));
+    if (fz_ig == NULL || uv_tcp_init(&fz_loop, &fz_ig->tcp) != 0) {
+        abort();
+    }
+    fz_ig->g = &fz_gw;
+    fz_ig->tcp.data = fz_ig;
+    fz_ig->refs = 1; /* the listener: never freed */
+    /* An empty path: ig_save (a pruned mapping) fails to write, as it may. */
+    fz_map("app.example.com", &fz_sb_ready, NULL, true, 8000, 0);
+    fz_map("down.example.com", &fz_sb_ready, NULL, true, 1, 0);
+    fz_map("pid.example.com", &fz_sb_ready, NULL, true, 0, 42);
+    fz_map("boot.example.com", &fz_sb_boot, NULL, true, 8000, 0);
+    fz_map("new.example.com", &fz_sb_ready, NULL, false, 0, 0);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (fz_ig == NULL) {
+        fz_init();
+    }
+    if (size < 1) {
+        return 0;
+    }
+    size_t chunk = (size_t)(data[0] & 0x3f) * 37 + 1;
+    fz_gs_full = (data[0] & 0x40) != 0;
+    fz_gs_held = false;
+    data++;
+    size--;
+
+    on_connection((uv_stream_t *)&fz_ig->tcp, 0);
+    struct ig_conn *c = fz_ig->conns;
+    if (c == NULL || c->st != IC_HEAD) {
+        abort();
+    }
+    bool guest_spoke = false;
+    while (fz_ig->conns == c && c->st != IC_CLOSING) {
+        if (c->st == IC_CONNECT && fz_gs_live) {
+            fz_gs_ops->connected(fz_gs_user);
+            continue;
+        }
+        if (c->st == IC_RELAY && !guest_spoke) {
+            guest_spoke = true;
+            fz_gs_ops->data(fz_gs_user, (const uint8_t *)"HTTP/1.1 200 OK\r\n\r\n", 19);
+        }
+        if (c->st == IC_RELAY && fz_gs_held) {
+            fz_gs_held = false;
+            fz_gs_ops->writable(fz_gs_user);
+        }
+        if (size == 0 || !c->reading) {
+            break;
+        }
+        uv_buf_t buf;
+        on_alloc((uv_handle_t *)&c->tcp, chunk, &buf);
+        size_t n = size < chunk ? size : chunk;
+        if (n > buf.len) {
+            n = buf.len;
+        }
+        if (n == 0) {
+            on_read((uv_stream_t *)&c->tcp, UV_ENOBUFS, &buf);
+            break;
+        }
+        memcpy(buf.base, data, n);
+        on_read((uv_stream_t *)&c->tcp, (ssize_t)n, &buf);
+        data += n;
+        size -= n;
+        (void)fz_uv_pump();
+    }
+    /* The client half-closes, the guest answers and ends, both go. */
+    if (fz_ig->conns == c && c->st != IC_CLOSING && c->reading) {
+        on_read((uv_stream_t *)&c->tcp, UV_EOF, NULL);
+    }
+    if (fz_ig->conns == c && fz_gs_live && c->st == IC_RELAY) {
+        fz_gs_ops->eof(fz_gs_user);
+        fz_gs_live = 0;
+        fz_gs_ops->closed(fz_gs_user, NULL, NULL);
+    }
+    fz_uv_settle(&fz_loop, 2);
+    if (fz_ig->conns == c && c->st != IC_CLOSING) {
+        conn_close(c);
+    }
+    fz_uv_settle(&fz_loop, 2);
+    if (fz_ig->conns != NULL || fz_gs_live) {
+        abort(); /* the connection or its guest socket outlived the input */
+    }
+    return 0;
+}
