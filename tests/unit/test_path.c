@@ -251,7 +251,7 @@ static void test_clean_rel(void **state)
     static const struct {
         const char *in, *out;
     } ok[] = {
-        { "a/b", "a/b" }, { "./a/b/", "a/b" }, { ".//.//a", "a" }, { ".", "" },
+        { "a/b", "a/b" }, { "./a/b/", "a/b" },  { ".//.//a", "a" },       { ".", "" },
         { "./", "" },     { "a/./b", "a/./b" }, { "..a/b..", "..a/b.." },
     };
     static const char *const bad[] = { "/a", "..", "a/..", "./../a", "a/../b", "a//..//" };

@@ -291,14 +291,10 @@ static void test_file_then_cmdline(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_duration),
-        cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_every_key),
-        cmocka_unit_test(test_bad_value_resets_default),
-        cmocka_unit_test(test_env),
-        cmocka_unit_test(test_cmdline),
-        cmocka_unit_test(test_ctl_parse),
-        cmocka_unit_test(test_file_then_cmdline),
+        cmocka_unit_test(test_duration),  cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_every_key), cmocka_unit_test(test_bad_value_resets_default),
+        cmocka_unit_test(test_env),       cmocka_unit_test(test_cmdline),
+        cmocka_unit_test(test_ctl_parse), cmocka_unit_test(test_file_then_cmdline),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
