@@ -55,6 +55,11 @@ static bool fnmatch_comparable(const char *pat)
             return false;
         }
     }
+    /* glibc's fnmatch does not match an unterminated bracket ending in a range's '-' ("[a-")
+     * even against itself, where POSIX (and glob.c) take the '[' literally. */
+    if (pat[n - 1] == '-' && strchr(pat, '[') != NULL) {
+        return false;
+    }
     while (bs < n && pat[n - 1 - bs] == '\\') {
         bs++;
     }

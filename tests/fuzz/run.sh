@@ -10,6 +10,13 @@
 #   MINIMIZE=1                 re-minimise each corpus from scratch (-set_cover_merge; regress-*
 #                              files always kept); default: only add inputs with new coverage
 #   FUZZ_ARGS="..."            extra libFuzzer flags (e.g. -dict=...)
+#   JOBS=2                     run that many targets at once (default 1)
+#   RUNS="request=100000000 glob=10000000"
+#                              stop a target after that many execs (or SECONDS, first reached)
+#   LEDGER=tests/fuzz/campaign.tsv
+#                              append one row per target run (date, commit, build, target,
+#                              seconds, execs, cov, ft, corpus files, crashes); ledger.sh sums
+#                              it against the campaign's goals
 # The corpus of a target is the directory its ctest replay test (fuzz.NAME.corpus) names, so
 # CORPUS of sbx_fuzz_target is honoured; else tests/fuzz/corpus/NAME. Prints a table per target
 # (execs, execs/s, cov, ft, corpus files and bytes, crashes) and exits 1 if any target crashed,
@@ -45,15 +52,25 @@ corpus_of() {
     fi
 }
 
-found=0
-for bin in "$BUILD"/tests/fuzz_*; do
-    [ -x "$bin" ] || continue
-    case "$bin" in *_replay) continue ;; esac
+# The exec cap of target $1 from RUNS ("name=N ..."), or nothing.
+runs_of() {
+    for kv in ${RUNS:-}; do
+        case "$kv" in "$1="*) echo "-runs=${kv#*=}" ;; esac
+    done
+}
+
+# What the build was made with, for the ledger: its type and sanitizers.
+build_flavour() {
+    t=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD/CMakeCache.txt" 2>/dev/null)
+    z=$(sed -n 's/^SBX_SANITIZE:[A-Z]*=//p' "$BUILD/CMakeCache.txt" 2>/dev/null)
+    echo "${t:-?}/${z:-none}"
+}
+COMMIT=$(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo '?')
+FLAVOUR=$(build_flavour)
+
+run_one() {
+    bin=$1
     name=${bin##*/fuzz_}
-    if [ -n "${TARGETS:-}" ]; then
-        case " $TARGETS " in *" $name "*) ;; *) continue ;; esac
-    fi
-    found=$((found + 1))
     corpus=$(corpus_of "$name")
     mkdir -p "$corpus"
     scratch="$WORK/new-$name"
@@ -62,9 +79,15 @@ for bin in "$BUILD"/tests/fuzz_*; do
     echo "== $name: ${SECS}s, corpus $corpus"
     # New units go to the first directory (scratch); the corpus is read only here.
     # shellcheck disable=SC2086
-    "$bin" -max_total_time="$SECS" -max_len=$MAXLEN -timeout=25 -print_final_stats=1 \
-        -artifact_prefix="$ART/$name-" ${FUZZ_ARGS:-} "$scratch" "$corpus" >"$log" 2>&1
+    t0=$(date +%s)
+    # The targets' own stdout and stderr are closed (some log every message they refuse);
+    # libFuzzer keeps its output and the sanitizers' reports on a copy of stderr. Replay an
+    # input with the target's _replay binary to see what the target printed.
+    "$bin" -max_total_time="$SECS" $(runs_of "$name") -max_len=$MAXLEN -timeout=25 \
+        -close_fd_mask=3 -print_final_stats=1 -artifact_prefix="$ART/$name-" ${FUZZ_ARGS:-} "$scratch" "$corpus" \
+        >"$log" 2>&1
     rc=$?
+    took=$(($(date +%s) - t0))
     crashes=$(ls "$ART" 2>/dev/null | grep -c "^$name-" || true)
     last=$(grep -E '^#[0-9]+.*cov: ' "$log" | tail -n 1)
     cov=$(echo "$last" | sed -n 's/.*cov: \([0-9]*\).*/\1/p')
@@ -72,7 +95,7 @@ for bin in "$BUILD"/tests/fuzz_*; do
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     eps=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
     if [ "$rc" -ne 0 ] || [ "$crashes" -gt 0 ]; then
-        FAILED=1
+        : >"$WORK/failed"
         crashes=$((crashes > 0 ? crashes : 1))
         grep -E 'ERROR: |SUMMARY: |Test unit written to' "$log" | head -n 5
         echo "   log: $log"
@@ -94,7 +117,41 @@ for bin in "$BUILD"/tests/fuzz_*; do
     bytes=$(find "$corpus" -maxdepth 1 -type f -exec cat {} + | wc -c)
     printf '%-10s %12s %8s %7s %7s %6s %9s %7s\n' "$name" "${execs:-?}" "${eps:-?}" \
         "${cov:-?}" "${ft:-?}" "$files" "$bytes" "$crashes" >>"$TABLE"
+    if [ -n "${LEDGER:-}" ]; then
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%MZ)" \
+            "$COMMIT" "$FLAVOUR" "$name" "$took" "${execs:-0}" "${cov:-?}" "${ft:-?}" "$files" \
+            "$crashes" >>"$LEDGER"
+    fi
+}
+
+# The targets to run, then JOBS lanes taking them in turn, each lane one target at a time.
+LIST=
+found=0
+for bin in "$BUILD"/tests/fuzz_*; do
+    [ -x "$bin" ] || continue
+    case "$bin" in *_replay) continue ;; esac
+    name=${bin##*/fuzz_}
+    if [ -n "${TARGETS:-}" ]; then
+        case " $TARGETS " in *" $name "*) ;; *) continue ;; esac
+    fi
+    found=$((found + 1))
+    LIST="$LIST $bin"
 done
+JOBS=${JOBS:-1}
+case "$JOBS" in '' | *[!0-9]* | 0) echo "run.sh: JOBS must be a positive number" >&2 && exit 2 ;; esac
+lane=0
+while [ "$lane" -lt "$JOBS" ]; do
+    (
+        i=0
+        for bin in $LIST; do
+            [ $((i % JOBS)) -eq "$lane" ] && run_one "$bin"
+            i=$((i + 1))
+        done
+    ) &
+    lane=$((lane + 1))
+done
+wait
+[ -e "$WORK/failed" ] && FAILED=1
 
 if [ "$found" -eq 0 ]; then
     echo "run.sh: no fuzz_* binaries in $BUILD/tests (configure with -DSBX_FUZZ=ON)" >&2
