@@ -10,6 +10,7 @@
 #   MINIMIZE=1                 re-minimise each corpus from scratch (-set_cover_merge; regress-*
 #                              files always kept); default: only add inputs with new coverage
 #   FUZZ_ARGS="..."            extra libFuzzer flags (e.g. -dict=...)
+#   MAX_LEN=N                  longest input to make (default: libFuzzer's choice)
 #   JOBS=2                     run that many targets at once (default 1)
 #   RUNS="request=100000000 glob=10000000"
 #                              stop a target after that many execs (or SECONDS, first reached)
@@ -28,6 +29,9 @@ SECS=${1:-10}
 BUILD=${2:-${BUILD:-build-fuzz}}
 HERE=$(cd "$(dirname "$0")" && pwd)
 MAXLEN=65536 # no corpus file above 64 KiB
+# The longest input a run makes: libFuzzer's own choice unless MAX_LEN is set (its largest corpus
+# file or 4096, grown slowly by -len_control); long inputs slow the framing targets tenfold.
+LENFLAG=${MAX_LEN:+-max_len=$MAX_LEN}
 
 if [ ! -d "$BUILD/tests" ]; then
     echo "run.sh: no $BUILD/tests: build with -DSBX_FUZZ=ON first (see the top of this file)" >&2
@@ -65,7 +69,8 @@ build_flavour() {
     z=$(sed -n 's/^SBX_SANITIZE:[A-Z]*=//p' "$BUILD/CMakeCache.txt" 2>/dev/null)
     echo "${t:-?}/${z:-none}"
 }
-COMMIT=$(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo '?')
+COMMIT=$(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || git rev-parse --short HEAD 2>/dev/null ||
+    echo '?')
 FLAVOUR=$(build_flavour)
 
 run_one() {
@@ -78,17 +83,17 @@ run_one() {
     log="$WORK/$name.log"
     echo "== $name: ${SECS}s, corpus $corpus"
     # New units go to the first directory (scratch); the corpus is read only here.
-    # shellcheck disable=SC2086
     t0=$(date +%s)
     # The targets' own stdout and stderr are closed (some log every message they refuse);
     # libFuzzer keeps its output and the sanitizers' reports on a copy of stderr. Replay an
     # input with the target's _replay binary to see what the target printed.
-    "$bin" -max_total_time="$SECS" $(runs_of "$name") -max_len=$MAXLEN -timeout=25 \
-        -close_fd_mask=3 -print_final_stats=1 -artifact_prefix="$ART/$name-" ${FUZZ_ARGS:-} "$scratch" "$corpus" \
-        >"$log" 2>&1
+    # shellcheck disable=SC2046,SC2086
+    "$bin" -max_total_time="$SECS" $(runs_of "$name") $LENFLAG -timeout=25 \
+        -close_fd_mask=3 -print_final_stats=1 -artifact_prefix="$ART/$name-" ${FUZZ_ARGS:-} \
+        "$scratch" "$corpus" >"$log" 2>&1
     rc=$?
     took=$(($(date +%s) - t0))
-    crashes=$(ls "$ART" 2>/dev/null | grep -c "^$name-" || true)
+    crashes=$(find "$ART" -maxdepth 1 -name "$name-*" | wc -l)
     last=$(grep -E '^#[0-9]+.*cov: ' "$log" | tail -n 1)
     cov=$(echo "$last" | sed -n 's/.*cov: \([0-9]*\).*/\1/p')
     ft=$(echo "$last" | sed -n 's/.*ft: \([0-9]*\).*/\1/p')
