@@ -469,8 +469,9 @@ static bool pattern_match(const char *pat, const char *host, uint16_t port)
     if (hlen > 2 && h[0] == '*' && h[1] == '.') {
         size_t sl = hlen - 1, nl = strlen(host); /* ".example.com" */
 
-        if (host[nl > 0 && host[nl - 1] == '.' ? nl - 1 : nl] == '\0' && nl > 0 &&
-            host[nl - 1] == '.') {
+        /* A final dot is not part of the name (as in host_eq): without this, "a.example.com."
+         * failed "*.example.com", which "a.example.com" passes. */
+        if (nl > 0 && host[nl - 1] == '.') {
             nl--;
         }
         return nl > sl && strncasecmp(host + nl - sl, h + 1, sl) == 0;

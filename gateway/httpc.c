@@ -326,7 +326,9 @@ static int on_headers_complete(http_parser *p)
     }
     if (p->status_code >= 100 && p->status_code < 200) {
         h->interim = true; /* 100 Continue, 103 Early Hints: skipped */
-        return 0;
+        /* No content (RFC 9112 6.3), whatever its headers say: http-parser would read a body
+         * after a 1xx other than 100, handed on as the body of a response not given yet. */
+        return 1;
     }
     /* Names lower-cased; a header line without a value is dropped. */
     for (size_t i = 0; i < h->nhdrs; i++) {

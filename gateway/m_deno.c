@@ -306,6 +306,9 @@ static void code_opened(struct gw_call *call, const struct sbx_event *ev)
 static void code_dir(struct gw_call *call, const struct sbx_event *ev)
 {
     struct dn_run *st = call->data;
+    const msgpack_object *path;
+    const char *p;
+    size_t n;
     struct sbx_err err;
 
     if (ev->error != NULL) {
@@ -313,6 +316,13 @@ static void code_dir(struct gw_call *call, const struct sbx_event *ev)
         return;
     }
     if (live_conn(call) == NULL) {
+        return;
+    }
+    /* A result without a usable path (the agent's to send) is no directory to write in: told as
+     * such, not as the lack of memory obj_strdup's NULL would mean below. */
+    path = sbx_obj_get(ev->result, "path");
+    if (path == NULL || !sbx_obj_bytes(path, &p, &n) || n == 0 || memchr(p, '\0', n) != NULL) {
+        gw_call_fail(call, "InvalidData", NULL, "spawnDeno: fs.mktemp gave no directory");
         return;
     }
     st->dir = obj_strdup(ev->result, "path");
@@ -567,6 +577,7 @@ static void stat_closed(struct gw_call *call, const struct sbx_event *ev)
 static void stat_read(struct gw_call *call, const struct sbx_event *ev)
 {
     struct dn_wait *w = call->data;
+    const msgpack_object *d;
     const char *p, *rp;
     size_t n;
     struct sbx_err err;
@@ -574,7 +585,10 @@ static void stat_read(struct gw_call *call, const struct sbx_event *ev)
     unsigned long ppid;
 
     w->ppid = 0;
-    if (ev->error == NULL && sbx_obj_bytes(sbx_obj_get(ev->result, "data"), &p, &n) && n > 0) {
+    /* A result without `data` (the agent's to send) reads as no parent: sbx_obj_bytes takes no
+     * NULL. */
+    d = ev->error == NULL ? sbx_obj_get(ev->result, "data") : NULL;
+    if (d != NULL && sbx_obj_bytes(d, &p, &n) && n > 0) {
         /* "pid (comm) S ppid ...": comm may hold spaces and parentheses; the last ')' ends it. */
         n = n < sizeof(buf) - 1 ? n : sizeof(buf) - 1;
         memcpy(buf, p, n);
@@ -1056,7 +1070,9 @@ static void eval_done(struct gw_call *call, const struct sbx_event *ev)
     const char *p;
     size_t n;
     json_t *j;
-    json_error_t jerr;
+    /* Set by repl_json only when the value is text: a value of another type (the agent's to
+     * send) would otherwise show the client uninitialized stack bytes as the reason. */
+    json_error_t jerr = { .text = "the value is not a string" };
     char *text;
 
     if (ev->error != NULL) {

@@ -152,7 +152,9 @@ static void list_done(struct gw_call *call, const struct sbx_event *ev)
         json_t *k = bytes_json(&env->via.map.ptr[i].key);
         json_t *v = bytes_json(&env->via.map.ptr[i].val);
 
-        if (k != NULL && v != NULL) {
+        /* A name holding a NUL names no variable (no bstr holds one, PROTOCOL.md §4.4): dropped,
+         * as the key it would make is one JSON parsers without NUL support refuse. */
+        if (k != NULL && v != NULL && strlen(json_string_value(k)) == json_string_length(k)) {
             (void)json_object_setn_new(obj, json_string_value(k), json_string_length(k), v);
             v = NULL;
         }

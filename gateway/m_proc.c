@@ -220,10 +220,22 @@ static void spawn_done(struct gw_call *call, const struct sbx_event *ev)
 
         st->in = NULL;
         p->sid = r->in;
-        if (p->sid != 0 && gw_session_feed(call->s, p->sid, pipe_credit, p) == 0) {
-            p->fed = true;
+        if (p->sid == 0) {
+            /* No stdin stream for the pipe asked for (the agent's to give): as a child that
+             * closed its stdin. pipe_pump takes sid 0 for "not answered yet", and the pipe,
+             * owned by no call from here, would never be freed. */
+            if (p->claimed) {
+                p->claimed = false;
+                gw_istream_cancel(call->s, p->sdk,
+                                  gw_errobj("BrokenPipe", "EPIPE", "the process has no stdin"));
+            }
+            pipe_free(p);
+        } else {
+            if (gw_session_feed(call->s, p->sid, pipe_credit, p) == 0) {
+                p->fed = true;
+            }
+            (void)pipe_pump(p); /* also ends stdin if the client ended its stream already */
         }
-        (void)pipe_pump(p); /* also ends stdin if the client ended its stream already */
     }
     res = json_pack("{s:I, s:o, s:o}", "pid", (json_int_t)r->id, "stdoutStreamId", out,
                     "stderrStreamId", err);

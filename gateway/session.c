@@ -719,7 +719,9 @@ static void relay_data(struct gw_ostream *os, const struct sbx_event *ev)
 static void relay_end(struct gw_ostream *os, const struct sbx_event *ev)
 {
     const struct sbx_err *e = ev->kind == SBX_EV_CANCEL || ev->error != NULL ? ev->error : NULL;
-    bool failed = ev->kind == SBX_EV_CANCEL;
+    /* stream.end with an error is an abnormal end (PROTOCOL.md §8.4: a read error part-way): a
+     * failure too, or a download cut short by EIO would be answered as the whole file. */
+    bool failed = ev->kind == SBX_EV_CANCEL || ev->error != NULL;
 
     if (os->kind == AS_RELAY) {
         if (!os->cancelled) {

@@ -953,7 +953,14 @@ static int walk_sink(void *user, const uint8_t *data, size_t len, bool end,
     size_t off = 0;
     int rc = 0;
     while (off < len) {
-        msgpack_unpack_return ur = msgpack_unpack_next(&u, (const char *)data, len, &off);
+        /* One entry at a time, checked as libsbx checks a frame before msgpack-c reads it. */
+        size_t elen = 0, eoff = 0;
+        struct sbx_err verr;
+        msgpack_unpack_return ur =
+            sbx_msgpack_scan(data + off, len - off, &elen, &verr) < 0
+                ? MSGPACK_UNPACK_PARSE_ERROR
+                : msgpack_unpack_next(&u, (const char *)data + off, elen, &eoff);
+        off += elen;
         if (ur != MSGPACK_UNPACK_SUCCESS || u.data.type != MSGPACK_OBJECT_MAP) {
             walk_finish(st, gw_errobj("InvalidData", NULL, "malformed walk data from the agent"));
             rc = -1;

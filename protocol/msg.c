@@ -24,6 +24,11 @@ static uint64_t be(const uint8_t *p, unsigned n)
  */
 int sbx_msgpack_validate(const uint8_t *buf, size_t len, struct sbx_err *err)
 {
+    return sbx_msgpack_scan(buf, len, NULL, err);
+}
+
+int sbx_msgpack_scan(const uint8_t *buf, size_t len, size_t *used, struct sbx_err *err)
+{
     uint64_t todo[SBX_MSG_MAX_DEPTH + 1];
     unsigned depth = 0;
     size_t pos = 0;
@@ -39,6 +44,10 @@ int sbx_msgpack_validate(const uint8_t *buf, size_t len, struct sbx_err *err)
 
         while (todo[depth] == 0) {
             if (depth == 0) {
+                if (used != NULL) {
+                    *used = pos;
+                    return 0;
+                }
                 if (pos != len) {
                     return sbx_err_set(err, SBX_E_BAD_MESSAGE,
                                        "%zu trailing bytes after the message", len - pos);

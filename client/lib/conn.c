@@ -1641,12 +1641,17 @@ static int on_response(struct sbx_conn *c, const struct sbx_msg *m, struct sbx_e
         ev->unknown = true;
         return 1;
     }
+    /* The record is read while the request is still outstanding: a record that breaks its table
+     * makes the connection fail, and the request must then be failed with the others once the
+     * host calls sbx_conn_eof. Retired first, it would never be answered, and whatever the host
+     * tied to it (a gateway call, its session) would wait forever. */
+    ev->call = p->call;
+    if (m->error == NULL && read_result(c, ev) < 0) {
+        return fail_peer(c, err);
+    }
     pend_retire(c, p, ev);
     if (ev->call == SBX_CALL_HELLO && m->error != NULL) {
         c->hello = HELLO_NONE; /* VERSION, BAD_PARAM: another hello may follow (§6.1) */
-    }
-    if (m->error == NULL && read_result(c, ev) < 0) {
-        return fail_peer(c, err);
     }
     return 1;
 }

@@ -1035,9 +1035,9 @@ static void test_bad_records(void **state)
     uint32_t id;
 
     do_hello(fx, 1000, 300, 1 << 20, NULL);
-    assert_int_equal(
-        sbx_proc_spawn(fx->c, &(struct sbx_spawn_params){ .command = "true" }, NULL, &id, &fx->err),
-        0);
+    assert_int_equal(sbx_proc_spawn(fx->c, &(struct sbx_spawn_params){ .command = "true" },
+                                    (void *)21, &id, &fx->err),
+                     0);
     pk = ab(&fx->a); /* a spawn result without pid */
     sbx_pack_response_head(pk, id);
     (void)msgpack_pack_map(pk, 1);
@@ -1046,6 +1046,13 @@ static void test_bad_records(void **state)
     push(fx);
     expect_fatal(fx, SBX_E_BAD_MESSAGE);
     assert_non_null(strstr(fx->err.msg, "pid"));
+    /* The request whose record broke the connection is still answered at the end, like every
+     * other outstanding one: a host waiting on it (a gateway call) must not wait forever. */
+    sbx_conn_eof(fx->c);
+    expect_kind(fx, SBX_EV_RESPONSE);
+    assert_ptr_equal(fx->ev.user, (void *)21);
+    assert_non_null(fx->ev.error);
+    assert_int_equal(next(fx), -1);
 }
 
 static void test_bad_hello_result(void **state)

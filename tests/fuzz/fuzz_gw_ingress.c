@@ -6,6 +6,12 @@
  * routed to the running sandbox the stand-in guest socket connects, so the rest of the input
  * goes through the relay's per-request Host re-check. The first byte picks the read size and
  * whether the guest socket reports itself full once.
+ *
+ * With the first byte's top bit set the input is "DOMAIN\nBODY" instead: BODY is the body of
+ * POST /api/v3/sandbox/ID/expose/http (gw_rest_expose_http: {}, {port} or {pid}), DOMAIN goes to
+ * gw_expose_map (exposeHttp's domain, with a port or a pid by the byte's low bit). expose.json
+ * cannot be written here (its path is under /dev/null), so each must fail, leave the mappings as
+ * they were, and never hand a domain out.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -16,7 +22,23 @@
 /* clang-format off */
 #include "fuzz_gw_uv.h"
 #include "gsock.h"
+#include "http.h"
 /* clang-format on */
+
+static int fz_status; /* the last REST answer's status */
+
+static void fz_http_respond_json(struct gw_http_conn *hc, int status, const char *const *headers,
+                                 json_t *body)
+{
+    (void)hc;
+    (void)headers;
+    if (status != 200 && (!json_is_string(json_object_get(body, "code")) ||
+                          !json_is_string(json_object_get(body, "message")))) {
+        abort(); /* an error answer without its code and message */
+    }
+    fz_status = status;
+    json_decref(body);
+}
 
 static const struct gw_gsock_ops *fz_gs_ops;
 static void *fz_gs_user;
@@ -93,13 +115,14 @@ static void fz_pid_port_cancel(struct gw_pid_port *q)
     abort(); /* never started */
 }
 
-#define gw_gsock_open      fz_gsock_open
-#define gw_gsock_write     fz_gsock_write
-#define gw_gsock_shutdown  fz_gsock_shutdown
-#define gw_gsock_pause     fz_gsock_pause
-#define gw_gsock_close     fz_gsock_close
-#define gw_pid_port_find   fz_pid_port_find
-#define gw_pid_port_cancel fz_pid_port_cancel
+#define gw_gsock_open        fz_gsock_open
+#define gw_gsock_write       fz_gsock_write
+#define gw_gsock_shutdown    fz_gsock_shutdown
+#define gw_gsock_pause       fz_gsock_pause
+#define gw_gsock_close       fz_gsock_close
+#define gw_pid_port_find     fz_pid_port_find
+#define gw_pid_port_cancel   fz_pid_port_cancel
+#define gw_http_respond_json fz_http_respond_json
 
 #include "../../gateway/ingress.c"
 
@@ -108,7 +131,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static uv_loop_t fz_loop;
 static struct gw fz_gw;
 static struct gw_ingress *fz_ig;
-static struct gw_sandbox fz_sb_ready, fz_sb_boot;
+static struct gw_sandbox fz_sb_ready, fz_sb_boot, fz_sb_gone;
 
 static void fz_map(const char *domain, struct gw_sandbox *sb, const char *sandbox, bool mapped,
                    uint16_t port, uint32_t pid)
@@ -140,7 +163,12 @@ static void fz_init(void)
     snprintf(fz_sb_boot.id, sizeof(fz_sb_boot.id), "sbx_ord_11111111111111111111");
     fz_sb_boot.state = GW_SB_BOOTING;
     fz_sb_boot.g = &fz_gw;
+    snprintf(fz_sb_gone.id, sizeof(fz_sb_gone.id), "sbx_ord_22222222222222222222");
+    fz_sb_gone.state = GW_SB_GONE;
+    fz_sb_gone.g = &fz_gw;
+    snprintf(fz_sb_gone.why, sizeof(fz_sb_gone.why), "killed through the API");
     fz_sb_ready.next = &fz_sb_boot;
+    fz_sb_boot.next = &fz_sb_gone;
     fz_gw.sandboxes = &fz_sb_ready;
     fz_ig = calloc(1, sizeof(*fz_ig));
     if (fz_ig == NULL || uv_tcp_init(&fz_loop, &fz_ig->tcp) != 0) {
@@ -149,12 +177,76 @@ static void fz_init(void)
     fz_ig->g = &fz_gw;
     fz_ig->tcp.data = fz_ig;
     fz_ig->refs = 1; /* the listener: never freed */
-    /* An empty path: ig_save (a pruned mapping) fails to write, as it may. */
+    fz_gw.ingress = fz_ig;
+    /* ig_save cannot write (ENOTDIR), as it may fail, and no file is ever made. */
+    snprintf(fz_ig->path, sizeof(fz_ig->path), "/dev/null/expose.json");
+    snprintf(fz_ig->base, sizeof(fz_ig->base), "sbx.localhost");
     fz_map("app.example.com", &fz_sb_ready, NULL, true, 8000, 0);
     fz_map("down.example.com", &fz_sb_ready, NULL, true, 1, 0);
     fz_map("pid.example.com", &fz_sb_ready, NULL, true, 0, 42);
     fz_map("boot.example.com", &fz_sb_boot, NULL, true, 8000, 0);
     fz_map("new.example.com", &fz_sb_ready, NULL, false, 0, 0);
+    fz_map("off.example.com", &fz_sb_gone, NULL, true, 8000, 0);
+}
+
+/* The mappings' routing state, to see that a failed change left it as it was. */
+static size_t fz_maps_state(char *out, size_t len)
+{
+    size_t n = 0;
+
+    for (struct ig_map *m = fz_ig->maps; m != NULL && n < len; m = m->next) {
+        int k = snprintf(out + n, len - n, "%s %s %d %u %u;", m->domain, m->sandbox, m->mapped,
+                         m->port, m->pid);
+        n += k > 0 ? (size_t)k : 0;
+    }
+    return n;
+}
+
+/* "DOMAIN\nBODY": exposeHttp's mapping of DOMAIN, then the REST route's BODY. */
+static void fz_expose(bool by_port, const uint8_t *data, size_t size)
+{
+    char before[4096], after[4096], why[512] = "";
+    const uint8_t *nl = memchr(data, '\n', size);
+    size_t dlen = nl != NULL ? (size_t)(nl - data) : size;
+    char *domain = malloc(dlen + 1);
+    struct gw_http_req req = { .method = "POST", .path = "/", .query = "" };
+
+    if (domain == NULL) {
+        return;
+    }
+    memcpy(domain, data, dlen);
+    domain[dlen] = '\0';
+    size_t nb = fz_maps_state(before, sizeof(before));
+    if (gw_expose_map(&fz_sb_ready, domain, by_port ? 8000 : 0, by_port ? 0 : 42, why,
+                      sizeof(why)) == 0 ||
+        why[0] == '\0') {
+        abort(); /* mapped though expose.json could not be saved, or failed without a reason */
+    }
+    free(domain);
+    size_t nm = fz_maps_state(after, sizeof(after));
+    if (nb != nm || memcmp(before, after, nb) != 0) {
+        abort(); /* a failed mapping changed the mappings */
+    }
+    if (nl != NULL) {
+        char *body = malloc(size - dlen);
+        if (body == NULL) {
+            return;
+        }
+        memcpy(body, nl + 1, size - dlen - 1);
+        body[size - dlen - 1] = '\0';
+        req.body = body;
+        req.body_len = size - dlen - 1;
+        fz_status = 0;
+        gw_rest_expose_http(&fz_gw, NULL, &req, &fz_sb_ready);
+        free(body);
+        if (fz_status != 400 && fz_status != 503) {
+            abort(); /* unanswered, or a domain handed out that expose.json does not hold */
+        }
+        nm = fz_maps_state(after, sizeof(after));
+        if (nb != nm || memcmp(before, after, nb) != 0) {
+            abort(); /* a failed expose left a mapping behind */
+        }
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -163,6 +255,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fz_init();
     }
     if (size < 1) {
+        return 0;
+    }
+    if (data[0] & 0x80) {
+        fz_expose((data[0] & 1) != 0, data + 1, size - 1);
         return 0;
     }
     size_t chunk = (size_t)(data[0] & 0x3f) * 37 + 1;

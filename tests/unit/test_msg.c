@@ -254,6 +254,27 @@ static void test_container_claims_checked(void **state)
     assert_int_equal(sbx_msgpack_validate(ok, sizeof(ok), &fx->err), 0);
 }
 
+/* Records back to back (fs.walk's stream): the first one's length, with the same checks. */
+static void test_scan_first_of_several(void **state)
+{
+    struct fx *fx = *state;
+    /* {"a": [1, 2]} then nil then a map claiming 3 pairs with 1 byte left */
+    static const uint8_t two[] = { 0x81, 0xa1, 'a', 0x92, 0x01, 0x02, 0xc0, 0x83, 0x01 };
+    size_t used = 0;
+
+    assert_int_equal(sbx_msgpack_scan(two, sizeof(two), &used, &fx->err), 0);
+    assert_int_equal(used, 6);
+    assert_int_equal(sbx_msgpack_scan(two + 6, sizeof(two) - 6, &used, &fx->err), 0);
+    assert_int_equal(used, 1);
+    assert_int_equal(sbx_msgpack_scan(two + 7, sizeof(two) - 7, &used, &fx->err), -1);
+    assert_non_null(strstr(fx->err.msg, "claims"));
+    assert_int_equal(sbx_msgpack_scan(two, 5, &used, &fx->err), -1); /* truncated first */
+    /* Without @used it is sbx_msgpack_validate: trailing bytes are refused. */
+    assert_int_equal(sbx_msgpack_scan(two, 7, NULL, &fx->err), -1);
+    assert_non_null(strstr(fx->err.msg, "trailing"));
+    assert_int_equal(sbx_msgpack_validate(two, 6, &fx->err), 0);
+}
+
 static void test_depth_limit(void **state)
 {
     struct fx *fx = *state;
@@ -661,6 +682,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_truncation_every_offset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_headers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_container_claims_checked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scan_first_of_several, setup, teardown),
         cmocka_unit_test_setup_teardown(test_depth_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_depth_limit_empty_containers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_id_readable, setup, teardown),

@@ -62,6 +62,13 @@ void sbx_decoder_destroy(struct sbx_decoder *d);
 int sbx_msgpack_validate(const uint8_t *buf, size_t len, struct sbx_err *err);
 
 /*
+ * The same checks for the first of several values back to back (a stream of records): with
+ * @used, stops after the first value and stores its length there; without, as
+ * sbx_msgpack_validate. Returns 0 or -1 with BAD_MESSAGE in @err.
+ */
+int sbx_msgpack_scan(const uint8_t *buf, size_t len, size_t *used, struct sbx_err *err);
+
+/*
  * Decode one frame payload. Returns 0 with @m filled, or -1 with @err set (BAD_MESSAGE, or
  * INTERNAL when out of memory); on -1, m->id_valid tells whether m->id names the request so an
  * error response can be addressed. @m stays valid until the next decode on @d and as long as
