@@ -35,6 +35,8 @@ struct dir_fix {
     char *name;
     mode_t mode;
     struct timespec mtime;
+    unsigned depth; /* components of name, "." ones not counted */
+    size_t seq;     /* the entry's place among the directories */
 };
 
 struct tree_up {
@@ -197,6 +199,28 @@ static int up_clear(struct tree_up *t, int dfd, const char *base, const char *na
     return 0;
 }
 
+/* chown(2) takes 32-bit ids and reads (uid_t)-1 as "leave it": an archive's id beyond those (a
+ * pax or base-256 field holds 64 bits, negative ones too) would make another owner, 2^32 root,
+ * or none. */
+static bool up_owner_ok(struct archive_entry *e)
+{
+    la_int64_t uid = archive_entry_uid(e), gid = archive_entry_gid(e);
+
+    return uid >= 0 && uid < (la_int64_t)(uid_t)-1 && gid >= 0 && gid < (la_int64_t)(gid_t)-1;
+}
+
+static unsigned up_depth(const char *name)
+{
+    unsigned n = 0;
+
+    for (const char *c = name; *c != '\0';) {
+        size_t l = strcspn(c, "/");
+        n += l > 0 && !(l == 1 && c[0] == '.');
+        c += l + (c[l] == '/');
+    }
+    return n;
+}
+
 static void up_times(struct archive_entry *e, struct timespec ts[2])
 {
     ts[1].tv_sec = archive_entry_mtime(e);
@@ -352,6 +376,10 @@ static int up_entry(struct tree_up *t, struct archive *ar, struct archive_entry 
         t->files++;
         return 0;
     }
+    if (t->preserve_owner && (type == AE_IFREG || type == AE_IFDIR || type == AE_IFLNK) &&
+        !up_owner_ok(e)) {
+        return up_refuse(t, name, "owner out of range");
+    }
     switch (type) {
     case AE_IFREG:
         /* A base-256 size field can say less than 0 (libarchive takes it): refused before the
@@ -400,6 +428,8 @@ static int up_entry(struct tree_up *t, struct archive *ar, struct archive_entry 
         }
         t->dirs[t->ndirs].mode = archive_entry_perm(e) & 07777;
         t->dirs[t->ndirs].mtime = ts[1];
+        t->dirs[t->ndirs].depth = up_depth(name);
+        t->dirs[t->ndirs].seq = t->ndirs;
         t->ndirs++;
         break;
     }
@@ -430,10 +460,26 @@ static int up_entry(struct tree_up *t, struct archive *ar, struct archive_entry 
     return 0;
 }
 
+/* Deepest first, whatever order the archive lists them in: a parent's mode comes after its
+ * children's, which are opened through it (a mode without x would stop the identity there), and
+ * its mtime after theirs. A directory listed twice gets its entries in the archive's order, so
+ * the last one wins, as its owner did. */
+static int up_dir_cmp(const void *a, const void *b)
+{
+    const struct dir_fix *x = a, *y = b;
+
+    if (x->depth != y->depth) {
+        return x->depth > y->depth ? -1 : 1;
+    }
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
 static int up_fix_dirs(struct tree_up *t)
 {
-    /* Deepest first: setting a parent's mtime after its children keeps it. */
-    for (size_t i = t->ndirs; i-- > 0;) {
+    if (t->ndirs > 1) {
+        qsort(t->dirs, t->ndirs, sizeof(*t->dirs), up_dir_cmp);
+    }
+    for (size_t i = 0; i < t->ndirs; i++) {
         struct dir_fix *d = &t->dirs[i];
         struct timespec ts[2] = { d->mtime, d->mtime };
         const char *base;
