@@ -99,6 +99,10 @@ run_one() {
     ft=$(echo "$last" | sed -n 's/.*ft: \([0-9]*\).*/\1/p')
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     eps=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
+    # Stopped by hand (SIGINT: libFuzzer says so and exits non-zero): not a failure.
+    if [ "$crashes" -eq 0 ] && grep -q 'libFuzzer: run interrupted' "$log"; then
+        rc=0
+    fi
     if [ "$rc" -ne 0 ] || [ "$crashes" -gt 0 ]; then
         : >"$WORK/failed"
         crashes=$((crashes > 0 ? crashes : 1))
