@@ -74,7 +74,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     unsigned flags;
     int rc;
 
-    if (size == 0 || size > 8192) {
+    /* Room for a pattern of more than AGENT_GLOB_COMPS_MAX components (8193 bytes and more:
+     * pack.create's excludes may be that long). */
+    if (size == 0 || size > 16384) {
         return 0;
     }
     flags = data[0] & (AGENT_GLOB_BRACES | AGENT_GLOB_PERIOD | AGENT_GLOB_GIT);

@@ -11,6 +11,7 @@
 
 #include "fuzz_init_check.h"
 #include "init.h"
+#include "listen.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -62,6 +63,56 @@ static bool same(const struct init_config *a, const struct init_config *b)
     return true;
 }
 
+/* Each address sbx.listen took, as sbx-init parses it when it holds the listener (agent.c's
+ * hold_listener): parsed into an address of its kind, or refused with a reason; never both. */
+static void check_listen(const char *list)
+{
+    char buf[sizeof(cfg.listen)], *save = NULL;
+
+    (void)snprintf(buf, sizeof(buf), "%s", list);
+    for (char *a = strtok_r(buf, ",", &save); a != NULL; a = strtok_r(NULL, ",", &save)) {
+        struct sbx_listen_addr la;
+        const char *why;
+
+        memset(&la, 0xa5, sizeof(la));
+        why = sbx_listen_parse(a, &la);
+        if (why != NULL) {
+            if (why[0] == '\0') {
+                abort(); /* "a refusal has a reason" */
+            }
+            continue;
+        }
+        switch (la.kind) {
+        case SBX_LISTEN_SERIAL:
+            if (la.domain != 0) {
+                abort(); /* "a serial port has no socket address" */
+            }
+            break;
+        case SBX_LISTEN_UNIX:
+            if (la.domain != AF_UNIX || la.u.un.sun_family != AF_UNIX ||
+                memchr(la.u.un.sun_path, '\0', sizeof(la.u.un.sun_path)) == NULL ||
+                la.u.un.sun_path[0] == '\0') {
+                abort(); /* "a unix address is a non-empty path that fits sun_path" */
+            }
+            break;
+        case SBX_LISTEN_TCP:
+            if (!((la.domain == AF_INET && la.len == sizeof(la.u.in) && la.u.in.sin_port != 0) ||
+                  (la.domain == AF_INET6 && la.len == sizeof(la.u.in6) &&
+                   la.u.in6.sin6_port != 0))) {
+                abort(); /* "a TCP address is IPv4 or IPv6 with a port from 1" */
+            }
+            break;
+        case SBX_LISTEN_VSOCK:
+            if (la.domain != AF_VSOCK || la.len != sizeof(la.u.vm)) {
+                abort(); /* "a vsock address is sockaddr_vm" */
+            }
+            break;
+        default:
+            abort(); /* "a parsed address has a kind" */
+        }
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     size_t n = size < sizeof(line) - 1 ? size : sizeof(line) - 1, off = 0;
@@ -74,6 +125,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     init_config_defaults(&cfg);
     init_config_load_cmdline(&cfg, line);
     fuzz_init_check(&cfg);
+    check_listen(cfg.listen);
 
     /* Back to a command line. A value with a '"' cannot be written (and cannot come from one). */
     put(&off, "sbx.lifetime",

@@ -243,8 +243,8 @@ static int f_env_set(const msgpack_object *params, struct sbx_err *err)
     return agent_env_check_map(vars, "vars", err);
 }
 
-/* What proc.spawn and repl.start do after the schema read: both must succeed on what it let
- * through (proc.c parse_spawn: "checked"). */
+/* What proc.spawn and repl.start do after the schema read (argv, the shell's argv of a command,
+ * env): each must succeed on what it let through (proc.c parse_spawn: "checked"). */
 static void spawn_after(const struct sbx_spawn_params *sp)
 {
     struct sbx_err e2;
@@ -254,6 +254,14 @@ static void spawn_after(const struct sbx_spawn_params *sp)
         char **v = agent_strv_from_array(sp->argvv, "argv", SBX_ARG_MAX, 0, &e2);
         CHECK(v != NULL && sp->argvv->via.array.size >= 1 &&
               sp->argvv->via.array.size <= SBX_ARGV_MAX);
+        agent_strv_free(v);
+    }
+    if (sp->command != NULL) {
+        /* proc.c runs a command as {"/bin/sh", "-c", command}: all of it, not cut at a NUL. */
+        char **v = agent_strv_sh(sp->command, sp->command_len);
+        CHECK(v != NULL && strcmp(v[0], "/bin/sh") == 0 && strcmp(v[1], "-c") == 0 &&
+              strlen(v[2]) == sp->command_len && memcmp(v[2], sp->command, sp->command_len) == 0 &&
+              v[3] == NULL);
         agent_strv_free(v);
     }
     if (sp->envv != NULL) {

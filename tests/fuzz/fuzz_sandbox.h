@@ -2,8 +2,9 @@
  * A private mount namespace for fuzz targets that write files (the agent's extraction and
  * create paths, which run as root in a guest). On entry every mount is made read-only, except:
  * the directories libFuzzer writes (corpus directories and artifact prefixes from its command
- * line) and a fresh tmpfs over /dev/shm, where the target makes its scratch trees. A bug that
- * lets a hostile name escape its root then fails with EROFS instead of writing to this machine.
+ * line), the directory of $LLVM_PROFILE_FILE (coverage builds) and a fresh tmpfs over /dev/shm,
+ * where the target makes its scratch trees. A bug that lets a hostile name escape its root then
+ * fails with EROFS instead of writing to this machine.
  *
  * Call fuzz_sandbox_enter(argc, argv) from LLVMFuzzerInitialize, and fuzz_sandbox_enter(0, NULL)
  * at the top of LLVMFuzzerTestOneInput too (the replay driver has no Initialize: the first call
@@ -136,6 +137,17 @@ static void fuzz_sandbox_enter(int argc, char **argv)
         if (argv[i][0] != '-') {
             fuzz_sandbox_keep(argv[i], kept, &nkept, 16);
         } else if (fuzz_sandbox_flag_dir(argv[i], dir, sizeof(dir))) {
+            fuzz_sandbox_keep(dir, kept, &nkept, 16);
+        }
+    }
+    /* A coverage build writes its profile at exit (tests/fuzz/coverage.sh). */
+    if (getenv("LLVM_PROFILE_FILE") != NULL) {
+        char dir[4096];
+        const char *slash;
+        (void)snprintf(dir, sizeof(dir), "%s", getenv("LLVM_PROFILE_FILE"));
+        slash = strrchr(dir, '/');
+        if (slash != NULL && slash != dir) {
+            dir[slash - dir] = '\0';
             fuzz_sandbox_keep(dir, kept, &nkept, 16);
         }
     }

@@ -3,16 +3,20 @@
  * agent sends: a hostile or broken agent must not crash, leak or confuse a host program.
  *
  * Each run makes a connection, sends a hello and, pipelined behind it, a realistic set of
- * requests (ids 1..N in the order of calls[] below: proc.spawn with stdin, transfer.download,
- * pack.create, net.connect, fs.stat, transfer.upload, repl.eval streaming, proc.attach, fs.walk,
- * proc.wait, fs.read, ping), so responses and stream frames of the input map onto pending
- * requests and streams. Then the input is fed: byte 0 picks the read size (0: all at once) and
- * whether reads go through sbx_conn_feed or sbx_conn_feed_space/_commit; the rest are the agent's
- * bytes (frames as the agent writes them). Every event is checked well-formed (strings
- * NUL-terminated within their buffers, lengths and records consistent with the kind) and drives
- * the host's calls a real program makes: consumed / grant / cancel on out streams, write / end on
- * in streams as credit comes, a further request after hello succeeded, output drained. At the end
- * sbx_conn_eof, then events until -1 (bounded), then sbx_conn_free (LeakSanitizer sees the rest).
+ * requests (ids 1..N in the order of send_requests below: proc.spawn with stdin,
+ * transfer.download, pack.create, net.connect, fs.stat, transfer.upload, repl.eval streaming,
+ * proc.attach, fs.walk, proc.wait, fs.read, ping, fs.lstat, fs.fstat, transfer.upload_tree,
+ * transfer.download_tree, fs.glob, and "x.other", a method libsbx has no typed call for), so
+ * responses and stream frames of the input map onto pending requests and streams. Then the input
+ * is fed: byte 0 picks the read size (0: all at once) and whether reads go through sbx_conn_feed
+ * or sbx_conn_feed_space/_commit; the rest are the agent's bytes (frames as the agent writes
+ * them). Every event is checked well-formed (strings NUL-terminated within their buffers, lengths
+ * and records consistent with the kind) and drives the host's calls a real program makes:
+ * consumed / grant / cancel on out streams, write (or write_direct, whose header must frame the
+ * bytes as data of that stream) / end (or end with an error) on in streams as credit comes, a
+ * further request after hello succeeded, output drained. A connection that failed stays failed
+ * (the next sbx_conn_next gives the same error). At the end sbx_conn_eof, then events until -1
+ * (bounded), then sbx_conn_free (LeakSanitizer sees the rest).
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -21,6 +25,7 @@
 #include <string.h>
 
 #include "sbx/conn.h"
+#include "sbx/msg.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -69,22 +74,33 @@ static void send_requests(struct sbx_conn *c)
     struct sbx_upload_params up = { .path = "/tmp/up", .has_size = true, .size = 3 };
     struct sbx_attach_params ap = { .id = 1, .stdin = true };
     struct sbx_walk_params wp = { .path = "/src", .exts = exts, .nexts = 1 };
+    struct sbx_glob_params gp = { .pattern = "**/*.c" };
     struct sbx_err err;
     uint64_t off = 0;
+    msgpack_packer *pk;
 
     /* Each may be refused locally; the run goes on with what was sent. */
-    (void)sbx_proc_spawn(c, &sp, NULL, NULL, &err);                                 /* 2 */
-    (void)sbx_transfer_download(c, "/etc/hostname", 0, -1, NULL, NULL, NULL, &err); /* 3 */
-    (void)sbx_pack_create(c, &pp, NULL, NULL, &err);                                /* 4 */
-    (void)sbx_net_connect(c, &np, NULL, NULL, &err);                                /* 5 */
-    (void)sbx_fs_stat(c, "/etc", NULL, NULL, NULL, &err);                           /* 6 */
-    (void)sbx_transfer_upload(c, &up, NULL, NULL, &err);                            /* 7 */
-    (void)sbx_repl_eval(c, 1, "1+1", 3, 0, true, NULL, NULL, &err);                 /* 8 */
-    (void)sbx_proc_attach(c, &ap, NULL, NULL, &err);                                /* 9 */
-    (void)sbx_fs_walk(c, &wp, NULL, NULL, &err);                                    /* 10 */
-    (void)sbx_proc_wait(c, 1, 0, NULL, NULL, &err);                                 /* 11 */
-    (void)sbx_fs_read(c, 1, 16, &off, NULL, NULL, &err);                            /* 12 */
-    (void)sbx_ping(c, NULL, NULL, &err);                                            /* 13 */
+    (void)sbx_proc_spawn(c, &sp, NULL, NULL, &err);                                     /* 2 */
+    (void)sbx_transfer_download(c, "/etc/hostname", 0, -1, NULL, NULL, NULL, &err);     /* 3 */
+    (void)sbx_pack_create(c, &pp, NULL, NULL, &err);                                    /* 4 */
+    (void)sbx_net_connect(c, &np, NULL, NULL, &err);                                    /* 5 */
+    (void)sbx_fs_stat(c, "/etc", NULL, NULL, NULL, &err);                               /* 6 */
+    (void)sbx_transfer_upload(c, &up, NULL, NULL, &err);                                /* 7 */
+    (void)sbx_repl_eval(c, 1, "1+1", 3, 0, true, NULL, NULL, &err);                     /* 8 */
+    (void)sbx_proc_attach(c, &ap, NULL, NULL, &err);                                    /* 9 */
+    (void)sbx_fs_walk(c, &wp, NULL, NULL, &err);                                        /* 10 */
+    (void)sbx_proc_wait(c, 1, 0, NULL, NULL, &err);                                     /* 11 */
+    (void)sbx_fs_read(c, 1, 16, &off, NULL, NULL, &err);                                /* 12 */
+    (void)sbx_ping(c, NULL, NULL, &err);                                                /* 13 */
+    (void)sbx_fs_lstat(c, "/etc/localtime", NULL, NULL, NULL, &err);                    /* 14 */
+    (void)sbx_fs_fstat(c, 1, NULL, NULL, &err);                                         /* 15 */
+    (void)sbx_transfer_upload_tree(c, "/tmp/t", "gzip", false, NULL, NULL, NULL, &err); /* 16 */
+    (void)sbx_transfer_download_tree(c, "/tmp/t", NULL, NULL, NULL, NULL, &err);        /* 17 */
+    (void)sbx_fs_glob(c, &gp, NULL, NULL, &err);                                        /* 18 */
+    if ((pk = sbx_conn_begin(c, "x.other", NULL, NULL, &err)) != NULL) {                /* 19 */
+        (void)msgpack_pack_map(pk, 0);
+        (void)sbx_conn_commit(c, &err);
+    }
 }
 
 /* Write what waits to the "transport": all of it, in one or two steps. */
@@ -109,6 +125,41 @@ static void drain(struct sbx_conn *c, bool split)
         }
         CHECK(n > 0 && sbx_conn_out_bytes(c) >= n);
         sbx_conn_out_done(c, split && n > 1 ? n / 2 : n);
+    }
+}
+
+/* An upload's bytes and end, as a host sends them (@how from the run's state): framed by the
+ * connection, or (bit 0) by the host behind the header sbx_conn_write_direct gives, which must
+ * make them a data message of that stream; ended normally, or (bit 1) aborted with an error. */
+static void upload(struct sbx_conn *c, uint32_t sid, unsigned how)
+{
+    static const uint8_t body[3] = { 'a', 'b', 'c' };
+    uint8_t frame[SBX_STREAM_DATA_HDR_MAX + sizeof(body)];
+    struct sbx_decoder d;
+    struct sbx_msg m;
+    struct sbx_err err, abort_err;
+    int n = (how & 1) != 0 ? sbx_conn_write_direct(c, sid, sizeof(body), frame, &err) : 0;
+
+    if (n > 0) {
+        uint32_t flen = (uint32_t)frame[0] << 24 | (uint32_t)frame[1] << 16 |
+                        (uint32_t)frame[2] << 8 | frame[3];
+        CHECK(n > (int)SBX_FRAME_HDR && n <= (int)SBX_STREAM_DATA_HDR_MAX &&
+              flen == (uint32_t)n - SBX_FRAME_HDR + sizeof(body));
+        memcpy(frame + n, body, sizeof(body));
+        if (sbx_decoder_init(&d) == 0) {
+            CHECK(sbx_msg_decode(&d, frame + SBX_FRAME_HDR, flen, &m, &err) == 0 &&
+                  m.kind == SBX_MSG_DATA && m.stream == sid && m.data_len == sizeof(body) &&
+                  memcmp(m.data, body, sizeof(body)) == 0);
+            sbx_decoder_destroy(&d);
+        }
+    } else if (n == 0) {
+        (void)sbx_conn_write(c, sid, body, sizeof(body), &err);
+    }
+    if ((how & 2) != 0) {
+        (void)sbx_err_set(&abort_err, SBX_E_CANCELLED, "the host gave up");
+        (void)sbx_conn_end(c, sid, &abort_err, &err);
+    } else {
+        (void)sbx_conn_end(c, sid, NULL, &err);
     }
 }
 
@@ -162,9 +213,10 @@ static void handle(struct sbx_conn *c, const struct sbx_event *ev, unsigned *sta
                 }
                 break;
             case SBX_REC_STREAM:
-                if (ev->call == SBX_CALL_TRANSFER_UPLOAD && ev->r.stream.stream != 0) {
-                    (void)sbx_conn_write(c, ev->r.stream.stream, "abc", 3, &err);
-                    (void)sbx_conn_end(c, ev->r.stream.stream, NULL, &err);
+                if ((ev->call == SBX_CALL_TRANSFER_UPLOAD ||
+                     ev->call == SBX_CALL_TRANSFER_UPLOAD_TREE) &&
+                    ev->r.stream.stream != 0) {
+                    upload(c, ev->r.stream.stream, *state >> 2);
                 }
                 break;
             case SBX_REC_EXIT:
@@ -240,8 +292,10 @@ static int pump(struct sbx_conn *c, unsigned *state, bool split)
         r = sbx_conn_next(c, &ev, &err);
         CHECK(r >= -1 && r <= 1);
         if (r < 0) {
+            struct sbx_err again;
             check_err(&err);
             CHECK(err.code[0] != '\0' && sbx_conn_failed(c) != NULL);
+            CHECK(sbx_conn_next(c, &ev, &again) == -1 && strcmp(again.code, err.code) == 0);
             drain(c, split);
             return -1;
         }

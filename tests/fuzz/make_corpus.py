@@ -8,8 +8,19 @@ import struct
 import sys
 
 
+class Raw(bytes):
+    """Bytes mp() passes through as they are: encodings it cannot make (invalid UTF-8 in a str,
+    maps with repeated keys, containers too large to spell as Python values)."""
+
+
+class RawStr(bytes):
+    """Bytes packed as a msgpack str (not bin): how a hostile peer sends invalid UTF-8 text."""
+
+
 def mp(v):
     """A tiny msgpack encoder: enough for seeds (nil, bool, int, str, bytes, list, dict)."""
+    if isinstance(v, Raw):
+        return bytes(v)
     if v is None:
         return b"\xc0"
     if v is True:
@@ -31,6 +42,11 @@ def mp(v):
         if len(b) < 32:
             return bytes([0xA0 | len(b)]) + b
         return b"\xd9" + bytes([len(b)]) + b if len(b) < 256 else b"\xda" + struct.pack(">H", len(b)) + b
+    if isinstance(v, RawStr):
+        n = len(v)
+        head = bytes([0xA0 | n]) if n < 32 else b"\xd9" + bytes([n]) if n < 256 else \
+            b"\xda" + struct.pack(">H", n)
+        return head + bytes(v)
     if isinstance(v, bytes):
         if len(v) < 256:
             return b"\xc4" + bytes([len(v)]) + v
@@ -95,6 +111,45 @@ def main(out):
         f.write(b"\x00\xff\xff\xff\xff\x93")
     with open(os.path.join(out, "len_zero"), "wb") as f:
         f.write(b"\x02\x00\x00\x00\x00")
+    write_cover(out)
+
+
+def cover_seeds():
+    """Seeds for what the seeds above left unreached (README.md, "Coverage"), as seed-<what>."""
+    big = frame(mp([0, 8, "transfer.upload", {"path": "/tmp/x", "bytes": b"u" * 2980}]))
+    bigger = frame(mp([0, 9, "fs.write", {"fh": 1, "data": b"w" * 6000}]))
+    small = frame(mp([2, "stream.credit", {"stream": 1, "bytes": 7}]))
+    seeds = {}
+    # Frames straddling reads through every read mode of byte 0's bits 0..2 (in place into
+    # sbx_framer_space, buffers taken and replaced, given buffers that must grow).
+    for lead in (3, 5, 7, 0xFF):
+        seeds["seed-straddle-%02x" % lead] = bytes([lead]) + big + bigger + small
+    # A given buffer grown past half the cap (fuzz_decode.c's is 64 KiB): the last step is to it.
+    huge = frame(mp([0, 11, "fs.write", {"fh": 1, "data": b"h" * 34000}]))
+    seeds["seed-straddle-grow-to-cap"] = b"\x07" + big + huge + small
+    # Stream data whose stream id is a uint64 over 2^32-1: past the fast path, then refused.
+    seeds["seed-data-stream-u64"] = b"\x00" + frame(b"\x93\x03\xcf" + (1 << 32).to_bytes(8, "big")
+                                                    + mp(b"x"))
+    err_full = {"code": "LIMIT", "message": "m", "errno": 28, "stage": "write", "field": "data",
+                "limit": "stream_window", "min": 1, "max": 10, "path": b"/tmp/\xff"}
+    err_odd = {"code": "EIO", "message": "m", "min": -1, "max": "10", "errno": 99999,
+               "path": b"/a\x00b"}
+    err_long = {"code": "ENAMETOOLONG", "message": "m", "path": "p" * 5000}
+    seeds["seed-error-fields"] = b"\x00" + b"".join(
+        frame(mp([1, i + 1, e, None])) for i, e in enumerate((err_full, err_odd, err_long)))
+    # Params over the accessors' caps: bin and str over 4096 bytes, 4097 items and entries.
+    over = (b"\x84" + mp("path") + mp(b"p" * 4097) + mp("command") + mp("c" * 4097)
+            + mp("argv") + mp([1] * 4097) + mp("env") + b"\xde" + struct.pack(">H", 4097)
+            + b"\x01\xc0" * 4097)
+    seeds["seed-params-over-caps"] = b"\x00" + frame(b"\x94\x00\x0a" + mp("proc.spawn") + over)
+    return seeds
+
+
+def write_cover(out):
+    os.makedirs(out, exist_ok=True)
+    for name, data in cover_seeds().items():
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
 
 
 if __name__ == "__main__":
