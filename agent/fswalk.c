@@ -24,6 +24,35 @@
 /* fs.glob's pattern syntax (PROTOCOL.md §17.5): braces, hidden names skipped by wildcards. */
 #define WALK_GLOB (AGENT_GLOB_BRACES | AGENT_GLOB_PERIOD)
 
+/*
+ * How long one batch of a walk may hold the loop. Matching is not cheap on long paths: glibc's
+ * regexec tries a match from every position of the path, so even `a.*b` takes 0.25 s against a
+ * 7.9 KB path a workload can make (30 nested names of 255 bytes), and a batch that matched 130
+ * such entries held every connection of the agent for 31 s. A batch also ends when this is
+ * spent; the loop then stalls for at most one entry's matching (see WALK_REGEX_BRANCHES).
+ */
+#define WALK_SLICE_NS (10 * 1000 * 1000)
+
+/*
+ * What a walk's patterns may cost, together. glibc's regexec has no bound of its own: it keeps a
+ * set of NFA states per position of the path and compiles a counted repetition as that many
+ * copies of its operand, and a walk matches each entry against up to 128 patterns. Unbounded,
+ * one entry held the loop for 35 s with (((a{0,20}){0,20}){0,20})$ against a 269-byte path (a
+ * name of 255 a's; {0,30} takes minutes), and .?.?...$ (.? 2047 times, a 4 KB pattern) for 25 s
+ * against a 7.9 KB one. So `match` and `skip` are refused when, with every counted repetition
+ * written out, they hold more than SBX_FS_REGEX_MAX atoms together (one longest pattern's worth) or
+ * more than WALK_REGEX_BRANCHES places where matching forks (?, *, +, |, each optional copy of
+ * {m,n}): then the worst measured (.{0,64}, 4000 dots, $) costs 0.3 to 0.5 s per entry whose path
+ * is 7.9 KB, and 2 ms against a path of a few hundred bytes.
+ */
+#define WALK_REGEX_BRANCHES 64u
+#define REGEX_COST_SAT      (1u << 24) /* beyond every cap: sums and products stop here */
+#define REGEX_UNBOUNDED     UINT64_MAX /* the upper bound of *, + and {m,} */
+
+struct regex_cost {
+    uint32_t atoms, branches;
+};
+
 struct wframe {
     DIR *dir;
     size_t plen;    /* length of the entry path of this directory in w->path */
@@ -58,7 +87,8 @@ struct agent_fswalk {
     unsigned top;
     char path[2 * AGENT_FS_PATH_BUF]; /* the entry path as reported: root as given + relative */
     size_t rootlen;
-    unsigned scanned; /* directory entries read in this batch */
+    unsigned scanned;   /* directory entries read in this batch */
+    uint64_t slice_end; /* uv_hrtime() at which this batch yields */
     /* output */
     msgpack_sbuffer out; /* complete entries not yet sent */
     msgpack_sbuffer ent; /* the next entry, waiting for credit */
@@ -250,7 +280,7 @@ static int walk_next(struct agent_fswalk *w)
         uint8_t *sets = NULL;
         struct stat st;
 
-        if (++w->scanned > 4 * SBX_FS_WALK_BATCH) {
+        if (++w->scanned > 4 * SBX_FS_WALK_BATCH || uv_hrtime() > w->slice_end) {
             return -1;
         }
         de = agent_path_readdir(f->dir);
@@ -382,6 +412,7 @@ static void walk_idle_cb(uv_idle_t *h)
     struct sbx_err err;
 
     w->scanned = 0;
+    w->slice_end = uv_hrtime() + WALK_SLICE_NS;
     while (budget > 0) {
         uint32_t room = agent_stream_writable(w->s);
         if (room > SBX_STREAM_CHUNK_MAX) {
@@ -458,8 +489,170 @@ static const struct agent_stream_ops walk_ops = {
     .gone = walk_gone,
 };
 
+static uint32_t regex_sat(uint64_t v)
+{
+    return v > REGEX_COST_SAT ? REGEX_COST_SAT : (uint32_t)v;
+}
+
+/* The end of the bracket expression opening at @p, as regcomp reads one: a ']' first (after an
+ * optional '^') is a member, "[:", "[." and "[=" open a name that ends at ":]", ".]", "=]".
+ * NULL when it does not end. */
+static const char *regex_bracket_end(const char *p)
+{
+    p += p[1] == '^' ? 2 : 1;
+    if (*p == ']') {
+        p++;
+    }
+    for (; *p != '\0' && *p != ']'; p++) {
+        if (p[0] == '[' && (p[1] == ':' || p[1] == '.' || p[1] == '=')) {
+            const char *q = strstr(p + 2, p[1] == ':' ? ":]" : p[1] == '.' ? ".]" : "=]");
+            if (q == NULL) {
+                return NULL;
+            }
+            p = q + 1;
+        }
+    }
+    return *p == ']' ? p : NULL;
+}
+
+/* A counted repetition "{m}", "{m,}", "{m,n}" or "{,n}" at *@p ('{'): its bounds, and *@p moved
+ * to its '}'. False when it is none (regcomp refuses the pattern then). */
+static bool regex_interval(const char **p, uint64_t *lo, uint64_t *hi)
+{
+    const char *q = *p + 1;
+    bool have_lo = false;
+
+    *lo = 0;
+    for (; *q >= '0' && *q <= '9'; q++, have_lo = true) {
+        *lo = *lo > RE_DUP_MAX ? *lo : *lo * 10 + (uint64_t)(*q - '0');
+    }
+    if (*q == '}' && have_lo) {
+        *hi = *lo;
+    } else if (*q == ',') {
+        bool have_hi = false;
+        *hi = 0;
+        for (q++; *q >= '0' && *q <= '9'; q++, have_hi = true) {
+            *hi = *hi > RE_DUP_MAX ? *hi : *hi * 10 + (uint64_t)(*q - '0');
+        }
+        if (*q != '}') {
+            return false;
+        }
+        if (!have_hi) {
+            *hi = REGEX_UNBOUNDED;
+        }
+    } else {
+        return false;
+    }
+    *p = q;
+    return true;
+}
+
+struct regex_frame {
+    struct regex_cost sum;  /* what the group holds before its last atom */
+    struct regex_cost last; /* the last atom: what a following repetition applies to */
+};
+
+static void regex_commit(struct regex_frame *f)
+{
+    f->sum.atoms = regex_sat((uint64_t)f->sum.atoms + f->last.atoms);
+    f->sum.branches = regex_sat((uint64_t)f->sum.branches + f->last.branches);
+    f->last = (struct regex_cost){ 0, 0 };
+}
+
+/* The last atom repeated {@lo,@hi}, as regcomp builds it: max(@hi, @lo + 1 when unbounded)
+ * copies, each optional copy (or the starred one) a branch. */
+static void regex_repeat(struct regex_frame *f, uint64_t lo, uint64_t hi)
+{
+    uint64_t copies = hi == REGEX_UNBOUNDED ? lo + 1 : hi > lo ? hi : lo;
+    uint64_t forks = hi == REGEX_UNBOUNDED ? 1 : hi > lo ? hi - lo : 0;
+
+    f->last.atoms = regex_sat(copies * f->last.atoms);
+    f->last.branches = regex_sat(copies * f->last.branches + forks);
+}
+
+/* The cost of the pattern @re as regcomp (REG_EXTENDED) would build it: its atoms and branches
+ * with every counted repetition written out (see WALK_REGEX_BRANCHES). Taken before regcomp,
+ * which spends as much: ((a{1,100}){1,100}){1,100} took it 1 s and 1.2 GB. A pattern regcomp
+ * refuses may be counted short. */
+static struct regex_cost regex_cost(const char *re)
+{
+    size_t len = strlen(re), depth = 0;
+    struct regex_frame *st = calloc(len + 1, sizeof(*st)); /* one per '(' at most, and the top */
+    struct regex_cost c = { REGEX_COST_SAT, REGEX_COST_SAT };
+    uint64_t lo, hi;
+
+    if (st == NULL) {
+        return c;
+    }
+    for (const char *p = re; *p != '\0'; p++) {
+        struct regex_frame *f = &st[depth];
+        switch (*p) {
+        case '(':
+            regex_commit(f);
+            st[++depth] = (struct regex_frame){ { 0, 0 }, { 0, 0 } };
+            break;
+        case ')':
+            regex_commit(f);
+            if (depth == 0) {
+                f->last = (struct regex_cost){ 1, 0 }; /* unmatched: an ordinary ')' */
+                break;
+            }
+            c = f->sum;
+            f = &st[--depth];
+            regex_commit(f);
+            f->last = (struct regex_cost){ regex_sat((uint64_t)c.atoms + 1), c.branches };
+            break;
+        case '|':
+            regex_commit(f);
+            f->sum.branches = regex_sat((uint64_t)f->sum.branches + 1);
+            break;
+        case '*':
+        case '?':
+        case '+':
+            regex_repeat(f, *p == '+', *p == '?' ? 1 : REGEX_UNBOUNDED);
+            break;
+        case '{':
+            if (regex_interval(&p, &lo, &hi)) {
+                regex_repeat(f, lo, hi);
+                break;
+            }
+            regex_commit(f);
+            f->last = (struct regex_cost){ 1, 0 };
+            break;
+        case '[':
+            if ((p = regex_bracket_end(p)) == NULL) {
+                p = re + len - 1; /* regcomp refuses it: what is counted will do */
+            }
+            regex_commit(f);
+            f->last = (struct regex_cost){ 1, 0 };
+            break;
+        case '\\':
+            p += p[1] != '\0'; /* an escaped character, or a GNU operator (\w, \b): one atom */
+            regex_commit(f);
+            f->last = (struct regex_cost){ 1, 0 };
+            break;
+        default:
+            regex_commit(f);
+            f->last = (struct regex_cost){ 1, 0 };
+            break;
+        }
+    }
+    while (depth > 0) { /* an open group: regcomp refused it; counted all the same */
+        regex_commit(&st[depth]);
+        regex_commit(&st[depth - 1]);
+        st[depth - 1].last = st[depth].sum;
+        depth--;
+    }
+    regex_commit(&st[0]);
+    c = st[0].sum;
+    free(st);
+    return c;
+}
+
+/* Read the regex list @key into *@out (*@n of them), adding their cost to *@spent: refused when
+ * the walk's patterns together cost more than WALK_REGEX_BRANCHES allows. */
 static int regs_param(const msgpack_object *params, const char *key, regex_t **out, unsigned *n,
-                      struct sbx_err *err)
+                      struct regex_cost *spent, struct sbx_err *err)
 {
     char **v = NULL;
     size_t k = 0;
@@ -477,7 +670,9 @@ static int regs_param(const msgpack_object *params, const char *key, regex_t **o
         return sbx_err_oom(err);
     }
     for (unsigned i = 0; i < k; i++) {
+        struct regex_cost c;
         int r;
+
         for (const char *q = v[i]; *q != '\0'; q++) {
             if (q[0] == '\\' && q[1] >= '1' && q[1] <= '9') {
                 /* Back-references make matching exponential in glibc: refused. */
@@ -489,6 +684,19 @@ static int regs_param(const msgpack_object *params, const char *key, regex_t **o
             if (q[0] == '\\' && q[1] != '\0') {
                 q++;
             }
+        }
+        c = regex_cost(v[i]);
+        spent->atoms = regex_sat((uint64_t)spent->atoms + c.atoms);
+        spent->branches = regex_sat((uint64_t)spent->branches + c.branches);
+        if (spent->atoms > SBX_FS_REGEX_MAX || spent->branches > WALK_REGEX_BRANCHES) {
+            sbx_err_param(err, key,
+                          "%s[%u]: too complex: match and skip may hold %u atoms and %u of ?, "
+                          "*, +, | and optional {m,n} copies together, counted repetitions "
+                          "written out",
+                          key, i, SBX_FS_REGEX_MAX, WALK_REGEX_BRANCHES);
+            (void)snprintf(err->field, sizeof(err->field), "%s[%u]", key, i);
+            agent_strv_free(v);
+            return -1;
         }
         r = regcomp(&(*out)[i], v[i], REG_EXTENDED | REG_NOSUB);
         if (r != 0) {
@@ -583,6 +791,7 @@ static int walk_start(struct agent_conn *c, const struct sbx_msg *m, struct agen
 int agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     struct agent_fswalk *w = walk_new(c);
+    struct regex_cost spent = { 0, 0 };
 
     if (w == NULL) {
         return sbx_err_oom(err);
@@ -597,8 +806,8 @@ int agent_fs_walk(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
         sbx_param_bool(m->params, "follow_symlinks", SBX_OPTIONAL, &w->follow, err) < 0 ||
         agent_strv_param(m->params, "exts", SBX_FS_PATTERNS_MAX, SBX_FS_NAME_MAX,
                          AGENT_STRV_NONEMPTY, &w->exts, NULL, err) < 0 ||
-        regs_param(m->params, "match", &w->match, &w->nmatch, err) < 0 ||
-        regs_param(m->params, "skip", &w->skip, &w->nskip, err) < 0) {
+        regs_param(m->params, "match", &w->match, &w->nmatch, &spent, err) < 0 ||
+        regs_param(m->params, "skip", &w->skip, &w->nskip, &spent, err) < 0) {
         walk_free(w);
         return -1;
     }

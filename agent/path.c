@@ -316,7 +316,10 @@ int agent_path_open_under(int rootfd, const char *rel, int oflags)
     if (base == NULL) {
         return -1;
     }
-    fd = openat(dfd, base, oflags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    /* The mode is what O_CREAT (or O_TMPFILE) makes a file with, less the umask, as creat(2)
+     * would: without it openat read one from whatever the register held (the fuzz target's
+     * files came out 0004). */
+    fd = openat(dfd, base, oflags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0666);
     e = errno;
     if (dfd != rootfd) {
         (void)close(dfd);

@@ -83,7 +83,8 @@ int agent_path_opendir_walk(int rootfd, const char *rel, size_t len, bool create
 
 /*
  * Open @rel (relative, see agent_path_opendir_under) under directory fd @rootfd with @oflags
- * (O_NOFOLLOW, O_NONBLOCK, O_NOCTTY and O_CLOEXEC added, no O_CREAT): its parent directories are
+ * (O_NOFOLLOW, O_NONBLOCK, O_NOCTTY and O_CLOEXEC added; O_CREAT makes the file 0666 less the
+ * umask, as creat(2) does): its parent directories are
  * walked without following a symlink and the last component is not followed either. O_NONBLOCK
  * means the open never waits (a FIFO's other end); it stays set. To read a file's content use
  * agent_path_open_file_under, which never opens anything but a regular file. Returns the fd, or

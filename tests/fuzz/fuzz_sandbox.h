@@ -15,6 +15,7 @@
 #ifndef SBX_FUZZ_SANDBOX_H
 #define SBX_FUZZ_SANDBOX_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -160,6 +161,63 @@ static void fuzz_sandbox_enter(int argc, char **argv)
         0) {
         fuzz_sandbox_die("mount tmpfs on", FUZZ_SANDBOX_SCRATCH);
     }
+}
+
+/* Remove @name of @dfd and everything below it, never following a symlink; directories are made
+ * 0700 first (an extracted tree may hold modes without w or x). -1 with errno set on failure,
+ * with @what naming the step that failed. */
+static int fuzz_scratch_remove(int dfd, const char *name, const char **what)
+{
+    struct stat st;
+
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        *what = "stat";
+        return -1;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        DIR *d;
+        struct dirent *de;
+
+        if (fd < 0 || fchmod(fd, 0700) < 0 || (d = fdopendir(fd)) == NULL) {
+            if (fd >= 0) {
+                close(fd);
+            }
+            *what = "open";
+            return -1;
+        }
+        while ((de = readdir(d)) != NULL) {
+            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+                if (fuzz_scratch_remove(dirfd(d), de->d_name, what) < 0) {
+                    closedir(d);
+                    return -1;
+                }
+                rewinddir(d); /* read afresh: a listing need not survive removals under it */
+            }
+        }
+        closedir(d);
+    }
+    if (unlinkat(dfd, name, S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0) < 0) {
+        *what = "remove";
+        return -1;
+    }
+    return 0;
+}
+
+/* The open descriptors of this process (a leak check around one input), or -1. */
+static int fuzz_count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+
+    if (d == NULL) {
+        return -1;
+    }
+    while (readdir(d) != NULL) {
+        n++;
+    }
+    closedir(d);
+    return n;
 }
 
 #endif

@@ -449,46 +449,11 @@ static void fz_canary_check(void)
  * u+rwx first (an archive may leave them 0000). */
 static void fz_remove_at(int dfd, const char *name)
 {
-    struct stat st;
+    const char *what = NULL;
 
-    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-        fz_die("cannot stat", name);
+    if (fuzz_scratch_remove(dfd, name, &what) < 0) {
+        fz_die(what, name);
     }
-    if (S_ISDIR(st.st_mode)) {
-        int fd;
-        DIR *d;
-        struct dirent *de;
-
-        if ((fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0 ||
-            fchmod(fd, 0700) < 0 || (d = fdopendir(fd)) == NULL) {
-            fz_die("cannot open for removal", name);
-        }
-        while ((de = readdir(d)) != NULL) {
-            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
-                fz_remove_at(dirfd(d), de->d_name);
-                rewinddir(d); /* read afresh: a listing need not survive removals under it */
-            }
-        }
-        closedir(d);
-    }
-    if (unlinkat(dfd, name, S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0) < 0) {
-        fz_die("cannot remove", name);
-    }
-}
-
-static int fz_count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    int n = 0;
-
-    if (d == NULL) {
-        return -1;
-    }
-    while (readdir(d) != NULL) {
-        n++;
-    }
-    closedir(d);
-    return n;
 }
 
 /* --- the extracted tree --------------------------------------------------------------------- */
@@ -846,7 +811,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fz_ended = false;
     fz_umask = umasks[(flags >> 1) & 3];
     fz_umask_known = ((flags >> 1) & 3) != 3;
-    fds = fz_count_fds();
+    fds = fuzz_count_fds();
     old_umask = (int)umask(022); /* the canary's modes, and a scratch the identity can cross */
     fz_scratch_make();
     (void)umask((mode_t)fz_umask);
@@ -941,8 +906,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fz_remove_at(AT_FDCWD, FZ_SCRATCH);
     (void)umask((mode_t)old_umask);
     fz_reset();
-    if (fds >= 0 && fz_count_fds() != fds) {
-        fprintf(stderr, "untar: %d fds open before the archive, %d after\n", fds, fz_count_fds());
+    if (fds >= 0 && fuzz_count_fds() != fds) {
+        fprintf(stderr, "untar: %d fds open before the archive, %d after\n", fds, fuzz_count_fds());
         abort();
     }
     return 0;

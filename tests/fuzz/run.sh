@@ -109,18 +109,21 @@ run_one() {
         grep -E 'ERROR: |SUMMARY: |Test unit written to' "$log" | head -n 5
         echo "   log: $log"
     fi
-    # Merge: inputs with new coverage (and no crash) into the corpus; above 64 KiB never.
+    # Merge: inputs with new coverage (and no crash) into the corpus; above 64 KiB never. The
+    # control file is named, so targets in fuzz_sandbox.h's read-only namespace can write it.
     find "$scratch" -type f -size +64k -delete
     if [ "${MINIMIZE:-0}" = 1 ]; then
         fresh="$WORK/min-$name"
         mkdir -p "$fresh"
-        "$bin" -set_cover_merge=1 -max_len=$MAXLEN "$fresh" "$corpus" "$scratch" >"$WORK/$name.merge" 2>&1
+        "$bin" -set_cover_merge=1 -max_len=$MAXLEN -merge_control_file="$WORK/$name.ctl" \
+            "$fresh" "$corpus" "$scratch" >"$WORK/$name.merge" 2>&1
         if [ "$(ls "$fresh" | wc -l)" -gt 0 ]; then
             find "$corpus" -maxdepth 1 -type f ! -name 'regress-*' -delete
             cp "$fresh"/* "$corpus"/
         fi
     else
-        "$bin" -merge=1 -max_len=$MAXLEN "$corpus" "$scratch" >"$WORK/$name.merge" 2>&1
+        "$bin" -merge=1 -max_len=$MAXLEN -merge_control_file="$WORK/$name.ctl" "$corpus" "$scratch" \
+            >"$WORK/$name.merge" 2>&1
     fi
     files=$(find "$corpus" -maxdepth 1 -type f | wc -l)
     bytes=$(find "$corpus" -maxdepth 1 -type f -exec cat {} + | wc -c)

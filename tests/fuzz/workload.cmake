@@ -23,7 +23,8 @@ sbx_fuzz_workload(ignore_rules SOURCES fuzz_ignore_rules.c ${fuzz_agent_dir}/glo
 sbx_fuzz_workload(tar_entry SOURCES fuzz_tar_entry.c ${fuzz_agent_dir}/path.c
                   ${fuzz_agent_dir}/strv.c ${fuzz_agent_dir}/glob.c
                   LIBS sbxproto PkgConfig::MSGPACK PkgConfig::LIBARCHIVE)
-# The scratch tree it opens is made under $TMPDIR (/tmp) and removed at exit.
+# Its scratch trees (read-only, and writable twins for create mode) are made in the private tmpfs
+# of fuzz_sandbox.h and removed per input.
 sbx_fuzz_workload(safe_path SOURCES fuzz_safe_path.c ${fuzz_agent_dir}/path.c
                   ${fuzz_agent_dir}/strv.c ${fuzz_agent_dir}/glob.c
                   LIBS sbxproto PkgConfig::MSGPACK)

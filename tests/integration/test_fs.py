@@ -931,6 +931,18 @@ class TestFsWalk(FsCase):
         self.assertEqual(self.err("fs.walk", {"path": t, "max_depth": -1})["field"], "max_depth")
         self.assertEqual(self.err("fs.walk", {"path": t, "follow_symlinks": "yes"})["field"],
                          "follow_symlinks")
+        # Patterns whose matching has no useful bound (41 s for one name) are refused at once,
+        # also when the cost is spread over match and skip.
+        e = self.err("fs.walk", {"path": t, "match": ["(((a{0,20}){0,20}){0,20})$"]})
+        self.assertEqual((e["code"], e["field"]), ("BAD_PARAM", "match[0]"))
+        self.assertIn("too complex", e["message"])
+        e = self.err("fs.walk", {"path": t, "match": ["a{0,40}"], "skip": ["x", "b{0,40}"]})
+        self.assertEqual(e["field"], "skip[1]")
+        self.assertEqual(self.err("fs.walk", {"path": t, "match": ["(a)\\1"]})["field"],
+                         "match[0]")
+        # Within the caps (20 + 20 forks) a counted repetition works as before.
+        es = self.entries("fs.walk", {"path": t, "match": ["x{0,20}\\.txt$"], "skip": ["b{0,20}q"]})
+        self.assertIn(t + "/x.txt", [e["path"] for e in es])
         self.assertEqual(self.c.call("ping"), {})
 
     def test_large_directory_with_credit(self):
