@@ -351,7 +351,9 @@ static void lines_feed(struct rev *r, struct linebuf *lb, const uint8_t *data, s
 
         if (ch == '\n' || lb->len == sizeof lb->buf) {
             size_t n = lb->len;
-            if (n > 0 && lb->buf[n - 1] == '\r') {
+            /* Only a CR that ends a line with its LF goes: one where a long line is cut is
+             * output like any other byte. */
+            if (ch == '\n' && n > 0 && lb->buf[n - 1] == '\r') {
                 n--;
             }
             log_add(r, "info", lb->buf, n, true);
@@ -1288,9 +1290,13 @@ static json_t *mp_str(const msgpack_object *o)
     return gw_fs_json_lossy(p, n);
 }
 
+/* A uint for the JSON records (json_int_t): 0 when absent, another type, or beyond INT64_MAX,
+ * which the cast would make negative. */
 static uint64_t mp_u64(const msgpack_object *o)
 {
-    return o != NULL && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? o->via.u64 : 0;
+    return o != NULL && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX
+               ? o->via.u64
+               : 0;
 }
 
 static void on_manifest(struct job *j, const msgpack_object *p)
@@ -1311,7 +1317,8 @@ static void on_manifest(struct job *j, const msgpack_object *p)
             json_t *e = json_pack("{s:o, s:o, s:I, s:I}", "path", mp_str(sbx_obj_get(f, "path")),
                                   "type", mp_str(sbx_obj_get(f, "type")), "size",
                                   (json_int_t)mp_u64(sbx_obj_get(f, "size")), "mode",
-                                  (json_int_t)mp_u64(sbx_obj_get(f, "mode")));
+                                  /* permission bits only (PROTOCOL.md 19.5) */
+                                  (json_int_t)(mp_u64(sbx_obj_get(f, "mode")) & 07777));
             if (e == NULL) {
                 continue;
             }
@@ -1341,9 +1348,11 @@ static void on_manifest(struct job *j, const msgpack_object *p)
 static void on_progress(struct job *j, const msgpack_object *p)
 {
     struct rev *r = j->r;
+    const msgpack_object *ph = sbx_obj_get(p, "phase");
     char phase[16];
 
-    if (sbx_obj_cstr(sbx_obj_get(p, "phase"), phase, sizeof phase) < 0 ||
+    /* A hostile agent may leave phase out (sbx_obj_cstr takes no NULL). */
+    if (ph == NULL || sbx_obj_cstr(ph, phase, sizeof phase) < 0 ||
         strcmp(phase, j->last_phase) == 0) {
         return;
     }

@@ -739,7 +739,9 @@ static void pp_closed(struct gw_link_req *r, const struct sbx_event *ev)
 
     q->depth++;
     if (pp_enter(q, ev)) {
-        if (q->ppid == q->ospid) {
+        /* ppid 0 is "no parent" (or an unreadable stat): never the process, even when the
+         * agent's proc.list gave it pid 0. */
+        if (q->ppid != 0 && q->ppid == q->ospid) {
             pp_done(q, (uint16_t)q->cand[q->ci].port, NULL); /* the lowest: sorted */
         } else if (q->ppid <= 1 || q->walk + 1 >= PP_DEPTH_MAX || pp_known_not(q, q->ppid)) {
             pp_next_cand(q);
@@ -756,6 +758,7 @@ static void pp_closed(struct gw_link_req *r, const struct sbx_event *ev)
 static void pp_read(struct gw_link_req *r, const struct sbx_event *ev)
 {
     struct gw_pid_port *q = container_of(r, struct gw_pid_port, req);
+    const msgpack_object *data;
     struct sbx_conn *c;
     struct sbx_err err;
     const char *p, *rp;
@@ -766,7 +769,9 @@ static void pp_read(struct gw_link_req *r, const struct sbx_event *ev)
     q->depth++;
     if (pp_enter(q, ev)) {
         q->ppid = 0;
-        if (ev->error == NULL && sbx_obj_bytes(sbx_obj_get(ev->result, "data"), &p, &n) && n > 0) {
+        /* A hostile agent may answer without data (sbx_obj_bytes takes no NULL). */
+        data = ev->error == NULL ? sbx_obj_get(ev->result, "data") : NULL;
+        if (data != NULL && sbx_obj_bytes(data, &p, &n) && n > 0) {
             /* "pid (comm) S ppid ...": comm may hold spaces and parentheses; the last ')'
              * ends it. */
             n = n < sizeof(buf) - 1 ? n : sizeof(buf) - 1;

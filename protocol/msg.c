@@ -486,6 +486,9 @@ int sbx_param_str(const msgpack_object *params, const char *key, int required, s
 
 bool sbx_obj_bytes(const msgpack_object *o, const char **p, size_t *n)
 {
+    if (o == NULL) {
+        return false;
+    }
     if (o->type == MSGPACK_OBJECT_STR) {
         *p = o->via.str.ptr;
         *n = o->via.str.size;
@@ -526,7 +529,7 @@ int sbx_param_bstr(const msgpack_object *params, const char *key, int required, 
 
 int sbx_obj_cstr(const msgpack_object *o, char *buf, size_t bufsz)
 {
-    if (o->type != MSGPACK_OBJECT_STR || o->via.str.size >= bufsz ||
+    if (o == NULL || o->type != MSGPACK_OBJECT_STR || o->via.str.size >= bufsz ||
         memchr(o->via.str.ptr, '\0', o->via.str.size) != NULL) {
         return -1;
     }

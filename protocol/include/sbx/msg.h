@@ -116,10 +116,12 @@ int sbx_param_array(const msgpack_object *params, const char *key, int required,
  */
 int sbx_param_bstr(const msgpack_object *params, const char *key, int required, char *buf,
                    size_t bufsz, struct sbx_err *err);
-/* The bytes of a str or bin object; false for other types. */
+/* The bytes of a str or bin object; false for other types and for NULL (a key sbx_obj_get did
+ * not find: a peer's record may lack any field). */
 bool sbx_obj_bytes(const msgpack_object *o, const char **p, size_t *n);
 
-/* Copy a msgpack str object into @buf NUL-terminated; -1 if not a str, too long or has NUL. */
+/* Copy a msgpack str object into @buf NUL-terminated; -1 if NULL, not a str, too long or has
+ * NUL. */
 int sbx_obj_cstr(const msgpack_object *o, char *buf, size_t bufsz);
 
 /* Read an error map (from a response or stream.end) into @e. Unknown fields are ignored. */
