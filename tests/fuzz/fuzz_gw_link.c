@@ -1136,16 +1136,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             break;
         case 1:
-            n = 0;
-            if (end - p >= 2) {
-                n = (size_t)p[0] << 8 | p[1];
-                p += 2;
-            } else {
-                p = end;
-            }
-            if (n > (size_t)(end - p)) {
-                n = (size_t)(end - p);
-            }
+            n = fz_take_len16(&p, end);
             fz_link_up();
             fz_agent_says(p, n, fz_step);
             p += n;

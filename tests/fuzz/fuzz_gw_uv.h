@@ -13,6 +13,7 @@
 #define SBX_FUZZ_GW_UV_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,5 +147,20 @@ static inline void fz_uv_settle(uv_loop_t *loop, int rounds)
 #define uv_read_stop  fz_uv_read_stop
 #define uv_accept     fz_uv_accept
 #define uv_close      fz_uv_close
+
+/* The length of the next run of an input's bytes, as the ops of gw_agent and gw_link spell it: a
+ * big-endian u16, cut to what is left; all of the rest when the two bytes are not there. */
+static inline size_t fz_take_len16(const uint8_t **p, const uint8_t *end)
+{
+    size_t n;
+
+    if (end - *p < 2) {
+        *p = end;
+        return 0;
+    }
+    n = (size_t)(*p)[0] << 8 | (*p)[1];
+    *p += 2;
+    return n > (size_t)(end - *p) ? (size_t)(end - *p) : n;
+}
 
 #endif /* SBX_FUZZ_GW_UV_H */

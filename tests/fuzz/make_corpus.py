@@ -64,6 +64,31 @@ def frame(payload):
     return struct.pack(">I", len(payload)) + payload
 
 
+# Agent frames, for the targets fed an agent's bytes (sbxconn, gw_agent, gw_link).
+def resp(i, result):
+    return frame(mp([1, i, None, result]))
+
+
+def err_resp(i, code, msg, **extra):
+    e = {"code": code, "message": msg}
+    e.update(extra)
+    return frame(mp([1, i, e, None]))
+
+
+def note(method, params):
+    return frame(mp([2, method, params]))
+
+
+def data(sid, b):
+    return frame(mp([3, sid, b]))
+
+
+def end(sid, **extra):
+    p = {"stream": sid}
+    p.update(extra)
+    return note("stream.end", p)
+
+
 SEEDS = {
     "hello": [0, 1, "hello", {"version": 1, "client": "sbx", "capabilities": ["process"]}],
     "hello_token": [0, 2, "hello", {"version": 9, "min_version": 1, "token": "s3cret"}],

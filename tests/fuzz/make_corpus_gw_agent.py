@@ -19,7 +19,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_corpus import RawStr as Raw, frame, mp  # noqa: E402,F401
+from make_corpus import RawStr as Raw, data, end, err_resp, frame, mp, note, resp  # noqa: E402,F401
 
 # fuzz_gw_agent.c's fz_calls[], in its order.
 CALLS = [
@@ -71,28 +71,14 @@ def abort(k):
 
 # --- agent frames ----------------------------------------------------------------------------
 
-def resp(i, result):
-    return frame(mp([1, i, None, result]))
 
 
-def err_resp(i, code, msg, **extra):
-    e = {"code": code, "message": msg}
-    e.update(extra)
-    return frame(mp([1, i, e, None]))
 
 
-def note(method, params):
-    return frame(mp([2, method, params]))
 
 
-def data(sid, b):
-    return frame(mp([3, sid, b]))
 
 
-def end(sid, **extra):
-    p = {"stream": sid}
-    p.update(extra)
-    return note("stream.end", p)
 
 
 def scancel(sid, **extra):

@@ -24,7 +24,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_corpus import frame, mp  # noqa: E402
+from make_corpus import data, end, err_resp, frame, mp, note, resp  # noqa: E402,F401
 
 OWN_HELLO = 0x80  # byte 0: the input answers hello itself
 
@@ -67,28 +67,14 @@ RUN = bytes([7])
 
 # --- agent frames ----------------------------------------------------------------------------
 
-def resp(i, result):
-    return frame(mp([1, i, None, result]))
 
 
-def err_resp(i, code, msg, **extra):
-    e = {"code": code, "message": msg}
-    e.update(extra)
-    return frame(mp([1, i, e, None]))
 
 
-def note(method, params):
-    return frame(mp([2, method, params]))
 
 
-def data(sid, b):
-    return frame(mp([3, sid, b]))
 
 
-def end(sid, **extra):
-    p = {"stream": sid}
-    p.update(extra)
-    return note("stream.end", p)
 
 
 def hello(i=1):

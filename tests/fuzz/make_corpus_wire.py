@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_corpus import Raw, frame, mp  # noqa: E402
+from make_corpus import Raw, data, err_resp, frame, mp, note, resp  # noqa: E402,F401
 
 SHA = "a" * 64
 REQUESTS = {
@@ -104,20 +104,12 @@ def hello_result(caps=("session", "env", "process", "pty", "fs", "transfer", "pa
             "conn": 7}
 
 
-def resp(i, result):
-    return frame(mp([1, i, None, result]))
 
 
-def err_resp(i, code, msg):
-    return frame(mp([1, i, {"code": code, "message": msg}, None]))
 
 
-def note(method, params):
-    return frame(mp([2, method, params]))
 
 
-def data(sid, b):
-    return frame(mp([3, sid, b]))
 
 
 def exit_map(i, code=0):
