@@ -995,7 +995,10 @@ static void rfile_started(struct gw_call *call, const struct sbx_event *ev)
         }
         return;
     }
+    /* The size is the agent's word: at most 1 MiB is reserved on it, the rest grows with the
+     * bytes that do arrive (rfile_data). */
     st->cap = ev->r.stream.size > 0 ? ev->r.stream.size : 1;
+    st->cap = st->cap > (1u << 20) ? (1u << 20) : st->cap;
     if ((st->buf = malloc(st->cap)) == NULL) {
         if (c != NULL) {
             (void)sbx_conn_cancel(c, sid, &err);
