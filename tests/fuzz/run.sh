@@ -17,7 +17,8 @@
 #   LEDGER=tests/fuzz/campaign.tsv
 #                              append one row per target run (date, commit, build, target,
 #                              seconds, execs, cov, ft, corpus files, crashes); ledger.sh sums
-#                              it against the campaign's goals
+#                              it against the campaign's goals. The commit is the tree's HEAD
+#                              when run.sh started: BUILD may have been built from another.
 # The corpus of a target is the directory its ctest replay test (fuzz.NAME.corpus) names, so
 # CORPUS of sbx_fuzz_target is honoured; else tests/fuzz/corpus/NAME. Prints a table per target
 # (execs, execs/s, cov, ft, corpus files and bytes, crashes) and exits 1 if any target crashed,
