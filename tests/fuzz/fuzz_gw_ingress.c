@@ -32,8 +32,7 @@ static void fz_http_respond_json(struct gw_http_conn *hc, int status, const char
 {
     (void)hc;
     (void)headers;
-    if (status != 200 && (!json_is_string(json_object_get(body, "code")) ||
-                          !json_is_string(json_object_get(body, "message")))) {
+    if (!fz_answer_ok(status, body)) {
         abort(); /* an error answer without its code and message */
     }
     fz_status = status;

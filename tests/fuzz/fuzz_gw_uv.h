@@ -12,6 +12,7 @@
 #ifndef SBX_FUZZ_GW_UV_H
 #define SBX_FUZZ_GW_UV_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -161,6 +162,14 @@ static inline size_t fz_take_len16(const uint8_t **p, const uint8_t *end)
     n = (size_t)(*p)[0] << 8 | (*p)[1];
     *p += 2;
     return n > (size_t)(end - *p) ? (size_t)(end - *p) : n;
+}
+
+/* An answer of the gateway's REST routes as the SDKs read it: a 200, or an error body with its
+ * code and message (gw_http_respond_json's stand-ins in gw_ingress and gw_link check this). */
+static inline bool fz_answer_ok(int status, json_t *body)
+{
+    return status == 200 || (json_is_string(json_object_get(body, "code")) &&
+                             json_is_string(json_object_get(body, "message")));
 }
 
 #endif /* SBX_FUZZ_GW_UV_H */

@@ -89,6 +89,27 @@ def end(sid, **extra):
     return note("stream.end", p)
 
 
+# The ops of gw_agent and gw_link (fuzz_gw_uv.h's fz_take_len16): agent bytes in runs of at most
+# 0xFFFF, a read size, a cancel.
+def agent(*frames):
+    b = b"".join(frames)
+    out = b""
+    while True:
+        n = min(len(b), 0xFFFF)
+        out += bytes([1, n >> 8, n & 0xFF]) + b[:n]
+        b = b[n:]
+        if not b:
+            return out
+
+
+def split(n):
+    return bytes([2, n])
+
+
+def cancel(k):
+    return bytes([3, k])
+
+
 SEEDS = {
     "hello": [0, 1, "hello", {"version": 1, "client": "sbx", "capabilities": ["process"]}],
     "hello_token": [0, 2, "hello", {"version": 9, "min_version": 1, "token": "s3cret"}],

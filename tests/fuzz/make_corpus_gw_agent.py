@@ -19,7 +19,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_corpus import RawStr as Raw, data, end, err_resp, frame, mp, note, resp  # noqa: E402,F401
+from make_corpus import RawStr as Raw, agent, cancel, data, end, err_resp, frame, mp, note, resp, split  # noqa: E402,F401,E501
 
 # fuzz_gw_agent.c's fz_calls[], in its order.
 CALLS = [
@@ -40,25 +40,6 @@ SMALL = 0x80  # byte 0: the hello's small limits
 
 def call(name):
     return bytes([0, CALLS.index(name)])
-
-
-def agent(*frames):
-    b = b"".join(frames)
-    out = b""
-    while True:
-        n = min(len(b), 0xFFFF)
-        out += bytes([1, n >> 8, n & 0xFF]) + b[:n]
-        b = b[n:]
-        if not b:
-            return out
-
-
-def split(n):
-    return bytes([2, n])
-
-
-def cancel(k):
-    return bytes([3, k])
 
 
 CONGEST = bytes([4])

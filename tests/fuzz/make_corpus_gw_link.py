@@ -24,7 +24,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_corpus import data, end, err_resp, frame, mp, note, resp  # noqa: E402,F401
+from make_corpus import agent, cancel, data, end, err_resp, frame, mp, note, resp, split  # noqa: E402,F401,E501
 
 OWN_HELLO = 0x80  # byte 0: the input answers hello itself
 
@@ -33,25 +33,6 @@ OWN_HELLO = 0x80  # byte 0: the input answers hello itself
 
 def lookup(k):
     return bytes([0, k])
-
-
-def agent(*frames):
-    b = b"".join(frames)
-    out = b""
-    while True:
-        n = min(len(b), 0xFFFF)
-        out += bytes([1, n >> 8, n & 0xFF]) + b[:n]
-        b = b[n:]
-        if not b:
-            return out
-
-
-def split(n):
-    return bytes([2, n])
-
-
-def cancel(k):
-    return bytes([3, k])
 
 
 EOF = bytes([4])
