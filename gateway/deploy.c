@@ -1348,11 +1348,10 @@ static void on_manifest(struct job *j, const msgpack_object *p)
 static void on_progress(struct job *j, const msgpack_object *p)
 {
     struct rev *r = j->r;
-    const msgpack_object *ph = sbx_obj_get(p, "phase");
     char phase[16];
 
-    /* A hostile agent may leave phase out (sbx_obj_cstr takes no NULL). */
-    if (ph == NULL || sbx_obj_cstr(ph, phase, sizeof phase) < 0 ||
+    /* A hostile agent may leave phase out: sbx_obj_cstr takes a missing field as absent. */
+    if (sbx_obj_cstr(sbx_obj_get(p, "phase"), phase, sizeof phase) < 0 ||
         strcmp(phase, j->last_phase) == 0) {
         return;
     }

@@ -758,7 +758,6 @@ static void pp_closed(struct gw_link_req *r, const struct sbx_event *ev)
 static void pp_read(struct gw_link_req *r, const struct sbx_event *ev)
 {
     struct gw_pid_port *q = container_of(r, struct gw_pid_port, req);
-    const msgpack_object *data;
     struct sbx_conn *c;
     struct sbx_err err;
     const char *p, *rp;
@@ -769,9 +768,9 @@ static void pp_read(struct gw_link_req *r, const struct sbx_event *ev)
     q->depth++;
     if (pp_enter(q, ev)) {
         q->ppid = 0;
-        /* A hostile agent may answer without data (sbx_obj_bytes takes no NULL). */
-        data = ev->error == NULL ? sbx_obj_get(ev->result, "data") : NULL;
-        if (data != NULL && sbx_obj_bytes(data, &p, &n) && n > 0) {
+        /* A result without data (a hostile agent's) reads as no parent: sbx_obj_bytes takes a
+         * missing field as absent. */
+        if (ev->error == NULL && sbx_obj_bytes(sbx_obj_get(ev->result, "data"), &p, &n) && n > 0) {
             /* "pid (comm) S ppid ...": comm may hold spaces and parentheses; the last ')'
              * ends it. */
             n = n < sizeof(buf) - 1 ? n : sizeof(buf) - 1;

@@ -577,7 +577,6 @@ static void stat_closed(struct gw_call *call, const struct sbx_event *ev)
 static void stat_read(struct gw_call *call, const struct sbx_event *ev)
 {
     struct dn_wait *w = call->data;
-    const msgpack_object *d;
     const char *p, *rp;
     size_t n;
     struct sbx_err err;
@@ -585,10 +584,9 @@ static void stat_read(struct gw_call *call, const struct sbx_event *ev)
     unsigned long ppid;
 
     w->ppid = 0;
-    /* A result without `data` (the agent's to send) reads as no parent: sbx_obj_bytes takes no
-     * NULL. */
-    d = ev->error == NULL ? sbx_obj_get(ev->result, "data") : NULL;
-    if (d != NULL && sbx_obj_bytes(d, &p, &n) && n > 0) {
+    /* A result without `data` (the agent's to send) reads as no parent: sbx_obj_bytes takes a
+     * missing field as absent. */
+    if (ev->error == NULL && sbx_obj_bytes(sbx_obj_get(ev->result, "data"), &p, &n) && n > 0) {
         /* "pid (comm) S ppid ...": comm may hold spaces and parentheses; the last ')' ends it. */
         n = n < sizeof(buf) - 1 ? n : sizeof(buf) - 1;
         memcpy(buf, p, n);
