@@ -940,8 +940,10 @@ class TestFsWalk(FsCase):
         self.assertEqual(e["field"], "skip[1]")
         self.assertEqual(self.err("fs.walk", {"path": t, "match": ["(a)\\1"]})["field"],
                          "match[0]")
-        # Within the caps (20 + 20 forks) a counted repetition works as before.
-        es = self.entries("fs.walk", {"path": t, "match": ["x{0,20}\\.txt$"], "skip": ["b{0,20}q"]})
+        # Within the caps (20 + 20 forks) a counted repetition works as before. The skip is
+        # anchored: unanchored, b{0,20}q skips every path with a 'q' (a temp dir's name).
+        es = self.entries("fs.walk", {"path": t, "match": ["x{0,20}\\.txt$"],
+                                      "skip": ["^b{0,20}q$"]})
         self.assertIn(t + "/x.txt", [e["path"] for e in es])
         self.assertEqual(self.c.call("ping"), {})
 
