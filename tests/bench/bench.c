@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 
 extern char **environ;
@@ -117,4 +119,15 @@ pid_t bench_spawn(const char *const *argv, int in, int out, int err)
         return -1;
     }
     return pid;
+}
+
+int bench_unix_addr(struct sockaddr_un *sa, const char *path)
+{
+    memset(sa, 0, sizeof(*sa));
+    sa->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(sa->sun_path)) {
+        return -1;
+    }
+    memcpy(sa->sun_path, path, strlen(path) + 1);
+    return 0;
 }

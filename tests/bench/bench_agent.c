@@ -37,6 +37,7 @@
 #include "bench.h"
 #include "benchcli.h"
 #include "sbx/limits.h"
+#include "sbx/schema.h"
 
 #define IO_CHUNK  (256u << 10) /* socat -b 262144; SBX_STREAM_CHUNK_MAX */
 #define PIPE_SIZE (1 << 20)    /* what the agent asks for on its pipes (agent/proc.c) */
@@ -45,6 +46,7 @@
 struct bench {
     const char *agent_bin, *helper_bin;
     const char *sbx_bin;    /* the sbx CLI (cli) */
+    const char *floor_bin;  /* bench_floor (cli), or NULL */
     const char *ssh_config; /* ssh -F FILE for host "sbxbench", or NULL (cli) */
     char dir[64];
     char sock[128];
@@ -84,24 +86,13 @@ static int pipe_big(int p[2])
     return 0;
 }
 
-static int unix_addr(struct sockaddr_un *sa, const char *path)
-{
-    memset(sa, 0, sizeof(*sa));
-    sa->sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof(sa->sun_path)) {
-        return -1;
-    }
-    memcpy(sa->sun_path, path, strlen(path) + 1);
-    return 0;
-}
-
 static int unix_listen(const char *path)
 {
     struct sockaddr_un sa;
     int fd;
 
     (void)unlink(path); /* ENOENT is the normal case */
-    if (unix_addr(&sa, path) < 0) {
+    if (bench_unix_addr(&sa, path) < 0) {
         return -1;
     }
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -121,7 +112,7 @@ static int unix_connect_retry(const char *path)
     struct sockaddr_un sa;
     uint64_t deadline = bench_now_ns() + 10000000000ull;
 
-    if (unix_addr(&sa, path) < 0) {
+    if (bench_unix_addr(&sa, path) < 0) {
         return -1;
     }
     for (;;) {
@@ -532,25 +523,120 @@ static void cli_row(const char *what, double *v, double *base, int n, const char
               max_ratio > 0 ? (v50 / b50 <= max_ratio ? "yes" : "NO") : "-");
 }
 
+/* @n bytes at @p as lowercase hex into a new string (free it), or NULL. */
+static char *hex_of(const char *p, size_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    char *h = malloc(2 * n + 1);
+
+    if (h == NULL) {
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        h[2 * i] = digits[(uint8_t)p[i] >> 4];
+        h[2 * i + 1] = digits[(uint8_t)p[i] & 15];
+    }
+    h[2 * n] = '\0';
+    return h;
+}
+
+/*
+ * The bytes bench_floor sends and answers, packed by the protocol's packers: the hello and the
+ * proc.spawn of `sbx exec -n -- /bin/true` (stdin null, stdout and stderr piped, as the CLI's),
+ * and a proc.exit notification. Both as hex; 0, or -1.
+ */
+static int floor_frames(char **req, char **resp)
+{
+    static const char *const argv[] = { "/bin/true", NULL };
+    struct sbx_hello h = {
+        .version = SBX_PROTO_VERSION, .min_version = 1, .client = "bench_floor", .client_len = 11
+    };
+    struct sbx_spawn_params sp = { .argv = argv,
+                                   .stdin_mode = SBX_STDIO_NULL,
+                                   .stdout_mode = SBX_STDIO_PIPE,
+                                   .stderr_mode = SBX_STDIO_PIPE };
+    struct sbx_out o;
+    struct sbx_err err;
+    int rc = -1;
+
+    *req = *resp = NULL;
+    sbx_out_init(&o);
+    sbx_out_begin(&o);
+    sbx_pack_request_head(&o.pk, 1, "hello");
+    sbx_hello_pack(&o.pk, &h);
+    if (sbx_out_end(&o, &err) < 0) {
+        goto out;
+    }
+    sbx_out_begin(&o);
+    sbx_pack_request_head(&o.pk, 2, "proc.spawn");
+    sbx_spawn_params_pack(&o.pk, &sp);
+    if (sbx_out_end(&o, &err) < 0 || (*req = hex_of(o.sb.data, o.sb.size)) == NULL) {
+        goto out;
+    }
+    sbx_out_reset(&o);
+    sbx_out_begin(&o);
+    sbx_pack_notify_head(&o.pk, "proc.exit");
+    (void)msgpack_pack_map(&o.pk, 0);
+    if (sbx_out_end(&o, &err) == 0 && (*resp = hex_of(o.sb.data, o.sb.size)) != NULL) {
+        rc = 0;
+    }
+out:
+    sbx_out_destroy(&o);
+    return rc;
+}
+
+/* Start `bench_floor server` on @sock answering @resp; its pid, or -1. */
+static pid_t floor_start(struct bench *b, const char *sock, const char *resp)
+{
+    const char *const argv[] = { b->floor_bin, "server", sock, resp, NULL };
+    pid_t pid = bench_spawn(argv, b->devnull, b->devnull, 2);
+    int probe;
+
+    if (pid < 0) {
+        return -1;
+    }
+    if ((probe = unix_connect_retry(sock)) < 0) {
+        (void)kill(pid, SIGKILL);
+        (void)wait_child(pid, NULL);
+        return -1;
+    }
+    close(probe); /* an empty connection: the server reads EOF and takes the next */
+    return pid;
+}
+
 /*
  * `sbx exec -n -- /bin/true` as a user types it (a new sbx process: start-up, connect, hello,
  * spawn, exit), `sbx --help` (start-up alone) and, with --ssh-config, `ssh HOST /bin/true` over
  * an established ControlMaster, each against a local `/bin/true` spawned by this same harness;
- * runs alternate.
+ * runs alternate. With bench_floor, two info rows show the floor under the first: its minimal
+ * client against sbx-agent (what the CLI costs beyond sending the bytes), and the same client
+ * against its minimal agent (what this machine costs for two process starts and a socket).
  */
 static int bench_cli(struct bench *b)
 {
+    enum { C_LOCAL, C_CLI, C_HELP, C_FLOOR_AGENT, C_FLOOR_FLOOR, C_SSH, C_MAX };
     static const char *const local[] = { "/bin/true", NULL };
-    int n = b->exec_runs, warm = 20, nk = b->ssh_config != NULL ? 4 : 3;
-    double *v[4] = { NULL, NULL, NULL, NULL };
-    char addr[160];
+    int n = b->exec_runs, warm = 20, nk = 0;
+    double *v[C_MAX] = { NULL };
+    int order[C_MAX];
+    char addr[160], fsock[160];
+    char *req = NULL, *resp = NULL;
+    pid_t floor_pid = -1;
     const char *const cli[] = { b->sbx_bin, "-c", addr, "exec", "-n", "--", "/bin/true", NULL };
     const char *const help[] = { b->sbx_bin, "--help", NULL };
     const char *const ssh[] = { "ssh", "-F", b->ssh_config, "sbxbench", "/bin/true", NULL };
-    const char *const *cmds[4] = { local, cli, help, ssh };
+    const char *fl_agent[] = { b->floor_bin, "client", b->sock, NULL, NULL };
+    const char *fl_floor[] = { b->floor_bin, "client", fsock, NULL, NULL };
+    const char *const *cmds[C_MAX] = { local, cli, help, fl_agent, fl_floor, ssh };
+    bool have_floor = b->floor_bin != NULL && access(b->floor_bin, X_OK) == 0;
     int rc = -1;
 
-    for (int k = 0; k < nk; k++) {
+    for (int k = 0; k < C_MAX; k++) {
+        if ((k == C_SSH && b->ssh_config == NULL) ||
+            ((k == C_FLOOR_AGENT || k == C_FLOOR_FLOOR) && !have_floor)) {
+            continue;
+        }
+        order[nk++] = k;
         v[k] = calloc((size_t)n, sizeof(double));
         if (v[k] == NULL) {
             goto out;
@@ -560,12 +646,21 @@ static int bench_cli(struct bench *b)
         goto out;
     }
     snprintf(addr, sizeof(addr), "unix:%s", b->sock);
-    bench_note("cli: %d warm-up + %d runs each of /bin/true, sbx exec, sbx --help%s", warm, n,
-               nk == 4 ? ", ssh" : "");
+    if (have_floor) {
+        snprintf(fsock, sizeof(fsock), "%s/floor.sock", b->dir);
+        if (floor_frames(&req, &resp) < 0 || (floor_pid = floor_start(b, fsock, resp)) < 0) {
+            fprintf(stderr, "bench: cannot start %s server\n", b->floor_bin);
+            goto out;
+        }
+        fl_agent[3] = fl_floor[3] = req;
+    }
+    bench_note("cli: %d warm-up + %d runs each of /bin/true, sbx exec, sbx --help%s%s", warm, n,
+               have_floor ? ", the floor client against sbx-agent and against its own server" : "",
+               b->ssh_config != NULL ? ", ssh" : "");
     for (int i = -warm; i < n; i++) {
         for (int j = 0; j < nk; j++) {
             /* Rotate the order so drift and periodic noise fall on every command alike. */
-            int k = (j + (i < 0 ? 0 : i)) % nk;
+            int k = order[(j + (i < 0 ? 0 : i)) % nk];
             double us;
             if (run_once(b, cmds[k], &us) < 0) {
                 goto out;
@@ -577,14 +672,23 @@ static int bench_cli(struct bench *b)
     }
     cli_row("cli: `sbx exec -n -- /bin/true`, a new sbx process per run (start-up + connect + "
             "hello + spawn + exit)",
-            v[1], v[0], n, "local `/bin/true`, same harness (posix_spawn+waitpid)",
+            v[C_CLI], v[C_LOCAL], n, "local `/bin/true`, same harness (posix_spawn+waitpid)",
             "p50 ≤ 2× local", 2.0);
-    cli_row("info: `sbx --help` (CLI start-up alone)", v[2], v[0], n, "local `/bin/true`", "-", 0);
-    if (nk == 4) {
+    cli_row("info: `sbx --help` (CLI start-up alone)", v[C_HELP], v[C_LOCAL], n,
+            "local `/bin/true`", "-", 0);
+    if (have_floor) {
+        cli_row("info: floor client (bench_floor: the same bytes, one write, read to proc.exit) "
+                "against sbx-agent",
+                v[C_FLOOR_AGENT], v[C_LOCAL], n, "local `/bin/true`", "-", 0);
+        cli_row("info: floor client against bench_floor's agent (accept, posix_spawn with piped "
+                "stdio, waitpid, reply): two process starts and a socket",
+                v[C_FLOOR_FLOOR], v[C_LOCAL], n, "local `/bin/true`", "-", 0);
+    }
+    if (b->ssh_config != NULL) {
         cli_row("cli: `sbx exec -n -- /bin/true` against `ssh HOST /bin/true` (ControlMaster "
                 "open, sshd on 127.0.0.1)",
-                v[1], v[3], n, "ssh", "p50 ≤ 0.3× ssh", 0.3);
-        cli_row("info: `ssh HOST /bin/true` (ControlMaster open)", v[3], v[0], n,
+                v[C_CLI], v[C_SSH], n, "ssh", "p50 ≤ 0.3× ssh", 0.3);
+        cli_row("info: `ssh HOST /bin/true` (ControlMaster open)", v[C_SSH], v[C_LOCAL], n,
                 "local `/bin/true`", "-", 0);
     } else {
         bench_row("cli: `sbx exec -n -- /bin/true` against ssh", "not measured", "",
@@ -593,8 +697,14 @@ static int bench_cli(struct bench *b)
     }
     rc = 0;
 out:
+    if (floor_pid > 0) {
+        (void)kill(floor_pid, SIGKILL);
+        (void)wait_child(floor_pid, NULL);
+    }
     agent_stop(b);
-    for (int k = 0; k < 4; k++) {
+    free(req);
+    free(resp);
+    for (int k = 0; k < C_MAX; k++) {
         free(v[k]);
     }
     return rc;
@@ -1479,9 +1589,9 @@ static int bench_rss(struct bench *b)
 
 static const char *sibling(const char *argv0, const char *rel)
 {
-    static char buf[3][4096]; /* one per caller in main */
+    static char buf[4][4096]; /* one per caller in main */
     static int k;
-    char *p = buf[k++ % 3];
+    char *p = buf[k++ % 4];
     const char *slash = strrchr(argv0, '/');
     int dlen = slash != NULL ? (int)(slash - argv0) : 1;
 
@@ -1523,6 +1633,7 @@ int main(int argc, char **argv)
     b.agent_bin = sibling(argv[0], "../bin/sbx-agent");
     b.helper_bin = sibling(argv[0], "../tests/sbx-test-helper");
     b.sbx_bin = sibling(argv[0], "../bin/sbx");
+    b.floor_bin = sibling(argv[0], "bench_floor");
     b.reps = 5;
     b.exec_runs = 500;
     b.bytes = 4ull << 30;
