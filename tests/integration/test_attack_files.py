@@ -10,6 +10,9 @@ and 9), each as the workload would make it (workload.py):
   freeze the agent;
 - fs.flock against a lock the workload holds, or holds while stopped: no freeze, an answer once
   it is gone;
+- fs.walk with a costly but allowed pattern over the longest paths the workload can make (30
+  nested names of 255 bytes): the walk's batches yield the loop, so other connections are
+  answered while it runs;
 - item 9: processes spawned while the agent works on trees (download_tree, pack, fs.walk,
   upload_tree with hard links, uploads, copies) must not inherit any agent fd: each child lists
   its own /proc/self/fd.
@@ -36,6 +39,7 @@ from workload import WorkloadUser  # noqa: E402
 BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
 AGENT = os.path.join(BUILD, "bin", "sbx-agent")
 
+PY = "/usr/bin/python3"  # the workload user cannot reach a python under /root
 # How long an answer may take before the agent counts as stuck (a loaded sanitizer build
 # answers in well under a second).
 PROMPT = 10
@@ -433,6 +437,59 @@ class TestAttackFdLeak(AttackCase):
                                                                               SPAWNS))
         for name in ("download_tree", "pack", "walk", "upload_tree", "uploads", "copy"):
             self.assertGreater(counts.get(name, 0), 0, "%s never ran beside the spawns" % name)
+
+
+# Run by the workload user: under DIR, 30 nested directories of 255-byte names, each holding 60
+# empty files of 255-byte names: 1830 entries whose paths grow to 7.7 KB, all of 'a's and
+# digits. Matching `a.*%` against all of them takes about a minute here, far beyond PROMPT.
+DEEP_TREE = """
+import os, sys
+os.chdir(sys.argv[1])
+for i in range(30):
+    for j in range(60):
+        open("%02d%02d" % (i, j) + "a" * 251, "w").close()
+    n = "%02d" % i + "a" * 253
+    os.mkdir(n)
+    os.chdir(n)
+"""
+
+
+class TestAttackWalkCost(AttackCase):
+    """glibc's regexec tries a match from every position of the path, so an allowed pattern such
+    as `a.*%` costs about 0.1 s against one 7.7 KB path of 'a's: a walk over such paths runs for
+    a minute. Its batches yield the loop after 10 ms of work (PROTOCOL.md 17.4), so the loop is
+    held for at most one entry's match at a time; before, one batch held every connection of the
+    agent for the whole walk."""
+
+    def test_costly_walk_leaves_the_loop_free(self):
+        d = self.u.mkdtemp()
+        r = self.u.run([PY, "-c", DEEP_TREE, d])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        walker = self.connect()
+        # No path has a '%' (temp directory names are letters, digits and '_'), so the matcher
+        # tries from every 'a' and nothing is reported.
+        sid = walker.call("fs.walk", {"path": d, "match": ["a.*%"]})["stream"]
+        other = self.connect()
+        other.sock.settimeout(PROMPT)
+        pings, worst, until = 0, 0.0, time.monotonic() + 3
+        while time.monotonic() < until:
+            t0 = time.monotonic()
+            self.assertEqual(other.call("ping"), {})  # a held loop: socket.timeout after PROMPT
+            worst = max(worst, time.monotonic() - t0)
+            pings += 1
+        # The pings ran beside the walk: it would have ended by now only if its paths were cheap
+        # to match.
+        try:
+            m = walker.wait_for(stream_msg(sid), "walk end", timeout=0.2)
+            self.fail("the walk ended within %d pings: %.200r" % (pings, m))
+        except TimeoutError:
+            pass
+        self.assertLess(worst, PROMPT)
+        # Closing the walker's connection stops the walk; the agent answers at once.
+        walker.close()
+        self.conns.remove(walker)
+        self.assertEqual(self.c.call("ping"), {})
+        print("walk beside pings: %d pings, slowest %.3f s" % (pings, worst), file=sys.stderr)
 
 
 if __name__ == "__main__":
