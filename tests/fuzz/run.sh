@@ -6,12 +6,15 @@
 #         -DSBX_SANITIZE=address,undefined && cmake --build build-fuzz -j2
 #
 # Usage: tests/fuzz/run.sh [SECONDS [BUILD]]   (default 10 s, build-fuzz; or env BUILD)
-#   TARGETS="request sbxconn"  run only these targets (names without fuzz_)
+#   TARGETS="request sbxconn"  run only these targets (names without fuzz_), in this order
 #   MINIMIZE=1                 re-minimise each corpus from scratch (-set_cover_merge; regress-*
 #                              files always kept); default: only add inputs with new coverage
 #   FUZZ_ARGS="..."            extra libFuzzer flags (e.g. -dict=...)
 #   MAX_LEN=N                  longest input to make (default: libFuzzer's choice)
-#   JOBS=2                     run that many targets at once (default 1)
+#   JOBS=2                     run that many targets at once (default 1): each lane takes the
+#                              next target not yet taken
+#   BUDGET=SECONDS             end the whole run by then: a target runs at most the time left,
+#                              and none starts with less than a minute left
 #   RUNS="request=100000000 glob=10000000"
 #                              stop a target after that many execs (or SECONDS, first reached)
 #   LEDGER=tests/fuzz/campaign.tsv
@@ -19,6 +22,9 @@
 #                              seconds, execs, cov, ft, corpus files, crashes); ledger.sh sums
 #                              it against the campaign's goals. The commit is the tree's HEAD
 #                              when run.sh started: BUILD may have been built from another.
+#                              The next leg of a campaign: TARGETS=$(ledger.sh --short)
+#                              RUNS=$(ledger.sh --runs) (the targets short of their goal, quickest
+#                              first, each until it has its goal).
 # The corpus of a target is the directory its ctest replay test (fuzz.NAME.corpus) names, so
 # CORPUS of sbx_fuzz_target is honoured; else tests/fuzz/corpus/NAME. Prints a table per target
 # (execs, execs/s, cov, ft, corpus files and bytes, crashes) and exits 1 if any target crashed,
@@ -77,19 +83,28 @@ FLAVOUR=$(build_flavour)
 run_one() {
     bin=$1
     name=${bin##*/fuzz_}
+    secs=$SECS
+    if [ -n "${BUDGET:-}" ]; then
+        left=$((START + BUDGET - $(date +%s)))
+        if [ "$left" -lt 60 ]; then
+            echo "== $name: not run, the budget is spent"
+            return 0
+        fi
+        [ "$left" -lt "$secs" ] && secs=$left
+    fi
     corpus=$(corpus_of "$name")
     mkdir -p "$corpus"
     scratch="$WORK/new-$name"
     mkdir -p "$scratch"
     log="$WORK/$name.log"
-    echo "== $name: ${SECS}s, corpus $corpus"
+    echo "== $name: ${secs}s, corpus $corpus"
     # New units go to the first directory (scratch); the corpus is read only here.
     t0=$(date +%s)
     # The targets' own stdout and stderr are closed (some log every message they refuse);
     # libFuzzer keeps its output and the sanitizers' reports on a copy of stderr. Replay an
     # input with the target's _replay binary to see what the target printed.
     # shellcheck disable=SC2046,SC2086
-    "$bin" -max_total_time="$SECS" $(runs_of "$name") $LENFLAG -timeout=25 \
+    "$bin" -max_total_time="$secs" $(runs_of "$name") $LENFLAG -timeout=25 \
         -close_fd_mask=3 -print_final_stats=1 -artifact_prefix="$ART/$name-" ${FUZZ_ARGS:-} \
         "$scratch" "$corpus" >"$log" 2>&1
     rc=$?
@@ -137,28 +152,37 @@ run_one() {
     fi
 }
 
-# The targets to run, then JOBS lanes taking them in turn, each lane one target at a time.
+# The targets to run (in TARGETS' order when given), then JOBS lanes, each taking the next target
+# no other lane has taken (a mkdir claims it), one at a time.
 LIST=
 found=0
-for bin in "$BUILD"/tests/fuzz_*; do
-    [ -x "$bin" ] || continue
-    case "$bin" in *_replay) continue ;; esac
-    name=${bin##*/fuzz_}
-    if [ -n "${TARGETS:-}" ]; then
-        case " $TARGETS " in *" $name "*) ;; *) continue ;; esac
-    fi
-    found=$((found + 1))
-    LIST="$LIST $bin"
-done
+if [ -n "${TARGETS:-}" ]; then
+    for name in $TARGETS; do
+        bin="$BUILD/tests/fuzz_$name"
+        if [ -x "$bin" ]; then
+            found=$((found + 1))
+            LIST="$LIST $bin"
+        else
+            echo "run.sh: no target $name in $BUILD/tests" >&2
+        fi
+    done
+else
+    for bin in "$BUILD"/tests/fuzz_*; do
+        [ -x "$bin" ] || continue
+        case "$bin" in *_replay) continue ;; esac
+        found=$((found + 1))
+        LIST="$LIST $bin"
+    done
+fi
+case "${BUDGET:-0}" in *[!0-9]*) echo "run.sh: BUDGET must be a number of seconds" >&2 && exit 2 ;; esac
+START=$(date +%s)
 JOBS=${JOBS:-1}
 case "$JOBS" in '' | *[!0-9]* | 0) echo "run.sh: JOBS must be a positive number" >&2 && exit 2 ;; esac
 lane=0
 while [ "$lane" -lt "$JOBS" ]; do
     (
-        i=0
         for bin in $LIST; do
-            [ $((i % JOBS)) -eq "$lane" ] && run_one "$bin"
-            i=$((i + 1))
+            mkdir "$WORK/claim-${bin##*/fuzz_}" 2>/dev/null && run_one "$bin"
         done
     ) &
     lane=$((lane + 1))
