@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 extern char **environ;
 
@@ -129,5 +130,26 @@ int bench_unix_addr(struct sockaddr_un *sa, const char *path)
         return -1;
     }
     memcpy(sa->sun_path, path, strlen(path) + 1);
+    return 0;
+}
+
+int bench_write_all(int fd, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+
+    while (n > 0) {
+        ssize_t k = write(fd, b, n);
+        if (k < 0 && errno == EINTR) {
+            continue;
+        }
+        if (k <= 0) {
+            if (k == 0) {
+                errno = EIO;
+            }
+            return -1;
+        }
+        b += k;
+        n -= (size_t)k;
+    }
     return 0;
 }

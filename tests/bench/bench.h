@@ -1,8 +1,9 @@
 /*
  * Benchmark helpers shared by bench_proto, bench_agent, bench_floor and bench_repl: a monotonic
  * clock, order statistics over repeated samples, a barrier that keeps the compiler from
- * discarding measured work, spawning a process on given fds, unix socket addresses, and the one
- * table format every benchmark prints (tests/bench/run.sh adds the header).
+ * discarding measured work, spawning a process on given fds, writing a whole buffer, unix socket
+ * addresses, and the one table format every benchmark prints (tests/bench/run.sh adds the
+ * header).
  */
 #ifndef SBX_BENCH_H
 #define SBX_BENCH_H
@@ -50,6 +51,9 @@ void bench_fmt_spread(char *buf, size_t n, const struct bench_stat *s, double sc
 /* posix_spawnp @argv with fds @in/@out/@err on 0/1/2 (-1: inherit). Returns the pid, or -1
  * after saying why on stderr. */
 pid_t bench_spawn(const char *const *argv, int in, int out, int err);
+
+/* Write all @n bytes of @p to @fd (restarting after signals); 0, or -1 with errno set. */
+int bench_write_all(int fd, const void *p, size_t n);
 
 struct sockaddr_un;
 /* @path as a unix socket address; 0, or -1 when it is too long. */

@@ -132,24 +132,6 @@ static int unix_connect_retry(const char *path)
     }
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-
-    while (n > 0) {
-        ssize_t k = write(fd, b, n);
-        if (k < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -1;
-        }
-        b += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 /* Read @fd to EOF in IO_CHUNK pieces, discarding; returns the byte count or -1. */
 static int64_t drain_fd(int fd, uint8_t *buf)
 {
@@ -1348,7 +1330,7 @@ static int in_raw_once(struct bench *b, double *bps, double *cpu, double *self)
     fd = unix_connect_retry(b->raw_sock);
     while (fd >= 0 && sent < b->bytes) {
         uint64_t n = b->bytes - sent < IO_CHUNK ? b->bytes - sent : IO_CHUNK;
-        if (write_all(fd, b->iobuf, n) < 0) {
+        if (bench_write_all(fd, b->iobuf, n) < 0) {
             rc = -1;
             break;
         }

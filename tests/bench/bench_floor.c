@@ -68,22 +68,6 @@ static uint32_t be32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR) {
-            continue;
-        }
-        if (k <= 0) {
-            return -1;
-        }
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 /* Read from @fd until @want whole frames are in buf; 0, or -1 on EOF, error or a frame too big. */
 static int read_frames(int fd, int want, const char *until)
 {
@@ -126,7 +110,7 @@ static int client(const char *path, size_t len)
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
     if (fd < 0 || bench_unix_addr(&sa, path) < 0 ||
-        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || write_all(fd, msg, len) < 0) {
+        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || bench_write_all(fd, msg, len) < 0) {
         return 1;
     }
     return read_frames(fd, -1, "proc.exit") == 0 ? 0 : 1;
@@ -192,7 +176,7 @@ static int server(const char *path, size_t len)
         }
         if (read_frames(c, 2, NULL) == 0) {
             run_true();
-            (void)write_all(c, msg, len);
+            (void)bench_write_all(c, msg, len);
         }
         close(c);
     }

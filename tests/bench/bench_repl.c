@@ -56,9 +56,9 @@ static int agent_start(struct bench *b, struct bcli *c)
     }
     /* The socket appears at bind(), before listen(): probe until a connect succeeds. */
     for (;;) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", b->sock);
+        struct sockaddr_un sa;
+        int fd = bench_unix_addr(&sa, b->sock) == 0 ? socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)
+                                                    : -1;
         if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
             close(fd);
             break;

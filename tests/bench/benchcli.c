@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "sbx/client.h"
 #include "sbx/limits.h"
 
@@ -18,25 +19,6 @@
 /* Reads land in the first BCLI_SOFT_CAP bytes while frames fit there, so the buffer stays in
  * cache as the baselines' single 256 KiB buffer does; only large frames use the rest. */
 #define BCLI_SOFT_CAP (1u << 20)
-
-static int write_all(int fd, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-
-    while (n > 0) {
-        ssize_t k = write(fd, b, n);
-        if (k < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            fprintf(stderr, "bench client: write: %s\n", strerror(errno));
-            return -1;
-        }
-        b += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
 
 int bcli_open(struct bcli *c, const char *path)
 {
@@ -58,13 +40,10 @@ int bcli_open(struct bcli *c, const char *path)
         fprintf(stderr, "bench client: out of memory\n");
         return -1;
     }
-    memset(&sa, 0, sizeof(sa));
-    sa.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof(sa.sun_path)) {
+    if (bench_unix_addr(&sa, path) < 0) {
         fprintf(stderr, "bench client: socket path too long\n");
         return -1;
     }
-    memcpy(sa.sun_path, path, strlen(path) + 1);
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         fprintf(stderr, "bench client: connect %s: %s\n", path, strerror(errno));
@@ -188,7 +167,10 @@ int bcli_send(struct bcli *c)
         fprintf(stderr, "bench client: encode: %s\n", err.msg);
         return -1;
     }
-    r = write_all(c->fd, c->out.sb.data, c->out.sb.size);
+    r = bench_write_all(c->fd, c->out.sb.data, c->out.sb.size);
+    if (r < 0) {
+        fprintf(stderr, "bench client: write: %s\n", strerror(errno));
+    }
     sbx_out_reset(&c->out);
     return r;
 }
