@@ -28,14 +28,13 @@ warnings.simplefilter("ignore", ResourceWarning)
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import sbxwire as w  # noqa: E402
-from workload import WorkloadUser  # noqa: E402
+from workload import PY, WorkloadUser  # noqa: E402
 
 BUILD = os.environ.get("SBX_BUILD", os.path.join(HERE, "../../build"))
 AGENT = os.path.join(BUILD, "bin", "sbx-agent")
 INIT = os.path.join(BUILD, "bin", "sbx-init")
 with open(AGENT, "rb") as _f:
     SANITIZED = b"__asan_init" in _f.read()
-PY = "/usr/bin/python3"  # the workload user cannot reach a python under /root
 PINGS = 640000
 
 

@@ -34,12 +34,11 @@ warnings.simplefilter("ignore", ResourceWarning)
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sbxwire as w  # noqa: E402
-from workload import WorkloadUser  # noqa: E402
+from workload import PY, WorkloadUser  # noqa: E402
 
 BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
 AGENT = os.path.join(BUILD, "bin", "sbx-agent")
 
-PY = "/usr/bin/python3"  # the workload user cannot reach a python under /root
 # How long an answer may take before the agent counts as stuck (a loaded sanitizer build
 # answers in well under a second).
 PROMPT = 10
@@ -474,7 +473,8 @@ class TestAttackWalkCost(AttackCase):
         pings, worst, until = 0, 0.0, time.monotonic() + 3
         while time.monotonic() < until:
             t0 = time.monotonic()
-            self.assertEqual(other.call("ping"), {})  # a held loop: socket.timeout after PROMPT
+            # A held loop fails here: socket.timeout after PROMPT.
+            self.assertEqual(other.call("ping"), {})
             worst = max(worst, time.monotonic() - t0)
             pings += 1
         # The pings ran beside the walk: it would have ended by now only if its paths were cheap
@@ -484,7 +484,6 @@ class TestAttackWalkCost(AttackCase):
             self.fail("the walk ended within %d pings: %.200r" % (pings, m))
         except TimeoutError:
             pass
-        self.assertLess(worst, PROMPT)
         # Closing the walker's connection stops the walk; the agent answers at once.
         walker.close()
         self.conns.remove(walker)

@@ -20,11 +20,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import sbxwire as w  # noqa: E402
 import seccomp_probe  # noqa: E402
-from workload import WorkloadUser  # noqa: E402
+from workload import PY, WorkloadUser  # noqa: E402
 
 BUILD = os.environ.get("SBX_BUILD", os.path.join(HERE, "../../build"))
 AGENT = os.path.join(BUILD, "bin", "sbx-agent")
-PY = "/usr/bin/python3"  # the workload user cannot reach a python under /root
 
 
 def status(pid):

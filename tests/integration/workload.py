@@ -22,6 +22,10 @@ import time
 import unittest
 
 
+# The Python a workload process runs: the user cannot reach one under /root (a pyenv's).
+PY = "/usr/bin/python3"
+
+
 class WorkloadUser:
     def __init__(self, prefix="sbxw"):
         if os.geteuid() != 0:
