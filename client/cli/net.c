@@ -295,6 +295,7 @@ struct fw {
     size_t nconns;
     bool accept_paused; /* out of fds or memory: accept again once a connection closed, or after
                          * FWD_ACCEPT_RETRY_MS (a failure may pass with no connection open) */
+    bool agent_in;      /* the last poll saw the agent's socket readable (or nothing polled yet) */
 };
 
 /* "sbx: forward LOCAL <- PEER: <message>" on -v. */
@@ -698,7 +699,12 @@ static int fwd_round(struct fw *w, int sig_r, struct pollfd *pfd, struct fconn *
     struct sbx_msg m;
     int r;
 
-    while ((r = sbx_client_recv(w->c, &m, 0, err)) == 1) {
+    /* The library is asked for messages only when the socket was readable or it holds some: an
+     * empty read after every local read would be one more system call per request relayed.
+     * Its writes never leave bytes behind (they wait), so there is nothing to flush here. */
+    r = 0;
+    while ((w->agent_in || sbx_client_pending(w->c)) &&
+           (r = sbx_client_recv(w->c, &m, 0, err)) == 1) {
         if (handle(w, &m, err) < 0) {
             return -1;
         }
@@ -706,6 +712,7 @@ static int fwd_round(struct fw *w, int sig_r, struct pollfd *pfd, struct fconn *
     if (r < 0) {
         return -1;
     }
+    w->agent_in = false;
     for (size_t i = w->nconns; i-- > 0;) {
         if (conn_over(w->conns[i]) && conn_close(w, i, err) < 0) {
             return -1;
@@ -743,6 +750,7 @@ static int fwd_round(struct fw *w, int sig_r, struct pollfd *pfd, struct fconn *
     if (r < 0) {
         return sbx_err_sys(err, errno, NULL, "poll");
     }
+    w->agent_in = pfd[0].revents != 0;
     if (pfd[1].revents != 0) {
         return 1;
     }
@@ -772,7 +780,7 @@ static int fwd_round(struct fw *w, int sig_r, struct pollfd *pfd, struct fconn *
 
 int cli_cmd_forward(struct cli *cli, struct sbx_client *c)
 {
-    struct fw w = { .c = c };
+    struct fw w = { .c = c, .agent_in = true };
     struct pollfd *pfd = NULL;
     struct fconn **who = NULL;
     struct sbx_err err;
