@@ -336,9 +336,11 @@ static void conn_fail_errno(struct fconn *k, const char *what, int errnum)
     k->failed = true;
 }
 
+/* The connection waiting for the answer to request @id; 0 (no request of ours, or answered)
+ * matches none. */
 static struct fconn *by_req(struct fw *w, uint32_t id)
 {
-    for (size_t i = 0; i < w->nconns; i++) {
+    for (size_t i = 0; id != 0 && i < w->nconns; i++) {
         if (w->conns[i]->req == id && !w->conns[i]->connected) {
             return w->conns[i];
         }
@@ -404,7 +406,24 @@ static int accept_one(struct fw *w, const struct fwd *f, struct sbx_err *err)
 }
 
 /* The answer to a connection's net.connect. */
-static void on_connected(struct fconn *k, const struct sbx_msg *m)
+/* The streams of a net.connect result, when they are new: stream ids are never reused on a
+ * connection (§8.1), so ids another connection still holds are a broken agent's, and taking them
+ * would route that connection's bytes here and let this one's close cancel its streams. */
+static int new_streams(struct fw *w, const struct sbx_msg *m, struct sbx_net_connect_result *r,
+                       struct sbx_err *e)
+{
+    if (sbx_net_connect_result_read(m->result, r, e) < 0) {
+        return -1;
+    }
+    if (r->in == r->out || by_stream(w, r->in) != NULL || by_stream(w, r->out) != NULL) {
+        return sbx_err_set(e, SBX_E_BAD_MESSAGE,
+                           "the agent answered with streams %u and %u, ids already in use", r->in,
+                           r->out);
+    }
+    return 0;
+}
+
+static void on_connected(struct fw *w, struct fconn *k, const struct sbx_msg *m)
 {
     struct sbx_net_connect_result r;
     struct sbx_err e;
@@ -414,7 +433,7 @@ static void on_connected(struct fconn *k, const struct sbx_msg *m)
         conn_fail(k, "net.connect", &e);
         return;
     }
-    if (sbx_net_connect_result_read(m->result, &r, &e) < 0) {
+    if (new_streams(w, m, &r, &e) < 0) {
         conn_fail(k, "net.connect", &e);
         return;
     }
@@ -559,13 +578,13 @@ static int handle(struct fw *w, const struct sbx_msg *m, struct sbx_err *err)
             if (k->failed && m->error == NULL) {
                 /* The local side died meanwhile: the streams are ours to close. */
                 struct sbx_net_connect_result r;
-                if (sbx_net_connect_result_read(m->result, &r, &e) == 0) {
+                if (new_streams(w, m, &r, &e) == 0) {
                     k->in = r.in;
                     k->out = r.out;
                 }
                 return 0;
             }
-            on_connected(k, m);
+            on_connected(w, k, m);
         }
         return 0;
     case SBX_MSG_DATA:
@@ -658,11 +677,19 @@ static int conn_close(struct fw *w, size_t i, struct sbx_err *err)
 
 /* --- the loop ------------------------------------------------------------------------------- */
 
+/* The loop ends cleanly on its next round. Once only: a write to an agent that takes no bytes (a
+ * paused VM) waits inside the library, so a second SIGINT or SIGTERM ends the process. */
+static const int fwd_sigs[] = { SIGINT, SIGTERM };
+
 static void on_fwd_signal(int sig)
 {
+    static const struct sigaction dfl = { .sa_handler = SIG_DFL };
     int saved = errno;
     char b = (char)sig;
 
+    for (size_t i = 0; i < sizeof(fwd_sigs) / sizeof(fwd_sigs[0]); i++) {
+        (void)sigaction(fwd_sigs[i], &dfl, NULL);
+    }
     if (fwd_sig_w >= 0) {
         (void)!write(fwd_sig_w, &b, 1); /* a full pipe already holds enough wake-ups */
     }
@@ -671,7 +698,6 @@ static void on_fwd_signal(int sig)
 
 static int fwd_signals(int *rfd)
 {
-    static const int sigs[] = { SIGINT, SIGTERM };
     struct sigaction sa;
     int p[2];
 
@@ -683,8 +709,8 @@ static int fwd_signals(int *rfd)
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_fwd_signal;
     (void)sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
-        if (sigaction(sigs[i], &sa, NULL) < 0) {
+    for (size_t i = 0; i < sizeof(fwd_sigs) / sizeof(fwd_sigs[0]); i++) {
+        if (sigaction(fwd_sigs[i], &sa, NULL) < 0) {
             return -1;
         }
     }

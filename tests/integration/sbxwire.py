@@ -376,6 +376,17 @@ class _Stream:
                     or (self.client_end and self.dir == "in"))
 
 
+def recv_exact(s, n):
+    """@n bytes from socket @s, or None when it ends first."""
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            return None
+        b += c
+    return b
+
+
 def frame(payload):
     return struct.pack(">I", len(payload)) + payload
 

@@ -51,16 +51,9 @@ def proc_status(pid, field):
     raise AssertionError("no %s in /proc/%d/status" % (field, pid))
 
 
-# recv_exact, ping_frames, push_until_stalled and count_frames run in the test and, as source, in
-# the workload's FLOOD script too.
-def recv_exact(s, n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            return None
-        b += c
-    return b
+# recv_exact (sbxwire's), ping_frames, push_until_stalled and count_frames run in the test and,
+# as source, in the workload's FLOOD script too.
+recv_exact = w.recv_exact
 
 
 def read_msg(s):

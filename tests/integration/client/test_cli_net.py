@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,10 @@ import warnings
 warnings.simplefilter("ignore", ResourceWarning)
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from test_cli import SBX, CliCase  # noqa: E402
+import sbxwire  # noqa: E402
+from sbxwire import recv_exact  # noqa: E402
 
 HTTP_SERVER = """
 import functools, http.server, sys
@@ -128,6 +132,169 @@ class NetCase(CliCase):
         err = f.stderr.read()
         self.assertEqual(f.wait(10), 0, err)
         return err
+
+
+class Relay:
+    """A unix socket between a client and the agent that passes frames both ways: an agent that
+    misbehaves on demand. hold() stops reading what the client sends (an agent that takes no
+    bytes, as a paused VM); @edit(msg, asked) may rewrite each message of the agent (a broken
+    agent), where @asked maps the client's request ids to their methods."""
+
+    def __init__(self, agent_path, path, edit=None):
+        self.agent_path = agent_path
+        self.edit = edit
+        self.asked = {}
+        self.held = threading.Event()
+        self.socks = []
+        self.ls = socket.socket(socket.AF_UNIX)
+        self.ls.bind(path)
+        self.ls.listen(4)
+        self.addr = "unix:" + path
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            a = socket.socket(socket.AF_UNIX)
+            a.connect(self.agent_path)
+            self.socks += [c, a]
+            threading.Thread(target=self._pump, args=(c, a, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(a, c, True), daemon=True).start()
+
+    def _pump(self, src, dst, from_agent):
+        try:
+            while True:
+                if not from_agent and self.held.is_set():
+                    return  # nothing more is read from the client
+                head = recv_exact(src, 4)
+                body = recv_exact(src, struct.unpack(">I", head)[0]) if head else None
+                if body is None:
+                    break
+                msg = sbxwire.decode_message(body)
+                if not from_agent and msg[0] == 0:
+                    self.asked[msg[1]] = msg[2]
+                elif from_agent and self.edit is not None:
+                    new = self.edit(msg, self.asked)
+                    if new is not msg:
+                        head, body = b"", sbxwire.frame(sbxwire.pack(new))
+                dst.sendall(head + body)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.ls.close()
+        for s in self.socks:
+            s.close()
+
+
+class TestCliForwardBrokenAgent(NetCase):
+    """`sbx forward` against an agent that stops reading or breaks the protocol: the CLI stays
+    in control of its connections and of its own end."""
+
+    def relay(self, edit=None):
+        r = Relay(self.agent.addr[len("unix:"):], os.path.join(self.dir, "relay.sock"), edit)
+        self.addCleanup(r.close)
+        return r
+
+    def test_second_signal_ends_it_while_the_agent_takes_nothing(self):
+        gport = free_port()
+        self.detach("python3", "-c", ECHO_SERVER, str(gport))
+        self.wait_listening(gport)
+        r = self.relay()
+        self.addr, agent_addr = r.addr, self.addr
+        try:
+            f, (lport,) = self.forward("0:%d" % gport)
+        finally:
+            self.addr = agent_addr
+        conns = []
+        for i in range(6):
+            c = socket.create_connection(("127.0.0.1", lport), timeout=30)
+            c.sendall(b"ping\n")
+            self.assertEqual(recv_exact(c, 5), b"ping\n")
+            conns.append(c)
+        r.held.set()
+        # Six streams' credit (1 MiB each) is more than the CLI's socket buffer to the agent (2
+        # MiB): its write to the agent waits for room that never comes.
+        for c in conns:
+            c.setblocking(False)
+        sent, stuck_since, deadline = 0, None, time.time() + 30
+        while time.time() < deadline and (stuck_since is None or time.time() - stuck_since < 1):
+            moved = False
+            for c in conns:
+                try:
+                    sent += c.send(b"x" * 65536)
+                    moved = True
+                except BlockingIOError:
+                    pass
+            if moved:
+                stuck_since = None
+            else:
+                stuck_since = stuck_since or time.time()
+                time.sleep(0.05)
+        self.assertGreater(sent, 6 << 20)  # every stream's whole credit, and more, left here
+        f.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        f.send_signal(signal.SIGTERM)  # no-op if the first one was enough
+        try:
+            rc = f.wait(10)
+        except subprocess.TimeoutExpired:
+            self.fail("sbx forward outlived a second SIGTERM while the agent took no bytes")
+        self.assertIn(rc, (0, -signal.SIGTERM))
+        for c in conns:
+            c.close()
+
+    def test_stream_ids_of_a_live_connection_are_refused(self):
+        """A connection whose `in` stream ended (its client half-closed) still holds that id
+        while the guest answers. The libsbx core no longer tracks the stream and takes the id
+        again; `sbx forward` must not: it would route the new connection's bytes to the old one,
+        and closing either would cancel the other's stream."""
+        gport = free_port()
+        trigger = os.path.join(self.dir, "bye")
+        server = ("import os, socket, time\n"
+                  "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                  "s.bind(('127.0.0.1', %d)); s.listen(8)\n"
+                  "c, _ = s.accept()\n"
+                  "while c.recv(65536): pass\n"
+                  "c.sendall(b'eof\\n')\n"
+                  "while not os.path.exists(%r): time.sleep(0.02)\n"
+                  "c.sendall(b'bye\\n'); c.close()\n"
+                  "while True: s.accept()\n" % (gport, trigger))
+        self.detach("python3", "-c", server)
+        self.wait_listening(gport)
+        first = []
+
+        def edit(msg, asked):
+            """The second net.connect is answered with the first one's `in` id."""
+            if msg[0] != 1 or asked.get(msg[1]) != "net.connect" or msg[2] is not None:
+                return msg
+            if not first:
+                first.append(msg[3])
+                return msg
+            return [1, msg[1], None, {"in": first[0]["in"], "out": msg[3]["out"]}]
+
+        r = self.relay(edit)
+        self.addr, agent_addr = r.addr, self.addr
+        try:
+            f, (lport,) = self.forward("-v", "0:%d" % gport)
+        finally:
+            self.addr = agent_addr
+        a = socket.create_connection(("127.0.0.1", lport), timeout=30)
+        a.sendall(b"one\n")
+        a.shutdown(socket.SHUT_WR)  # `in` ends; `out` stays open
+        self.assertEqual(recv_exact(a, 4), b"eof\n")
+        b = socket.create_connection(("127.0.0.1", lport), timeout=30)
+        self.assertEqual(b.recv(16), b"")  # refused: closed at once
+        b.close()
+        open(trigger, "w").close()
+        self.assertEqual(recv_exact(a, 4), b"bye\n")  # the first one is whole
+        self.assertEqual(a.recv(16), b"")
+        a.close()
+        err = self.stop(f)
+        self.assertIn(b"ids already in use", err)
 
 
 class TestCliNetUsage(CliCase):
