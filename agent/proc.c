@@ -2028,7 +2028,13 @@ int agent_proc_close_stdin(struct agent_conn *c, const struct sbx_msg *m, struct
         return -1;
     }
     if (p->has_in && p->in.open) {
-        if (p->in.stream != NULL) {
+        if (p->in.stream != NULL && p->in.stream->conn != c) {
+            /* Another connection's stream: it is told, or it would write on into nothing. */
+            struct sbx_err e;
+            sbx_err_set(&e, SBX_E_CANCELLED, "stdin closed by connection %u (proc.close_stdin)",
+                        c->num);
+            agent_stream_cancel(p->in.stream, &e);
+        } else if (p->in.stream != NULL) {
             agent_stream_free(p->in.stream);
         }
         if (p->pty) {
@@ -2330,8 +2336,12 @@ int agent_proc_attach(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
         return -1;
     }
     in_holder = p->in.stream != NULL ? p->in.stream->conn : NULL;
+    /* A new stdin stream starts with a whole window of credit while the bytes of the last one
+     * may still wait for the child: stdin is handed over only while less than a window waits,
+     * so a process that never reads holds at most two windows however often it is attached. */
     want_in = ap.stdin && p->has_in && p->in.open && !p->in.close_requested &&
-              !agent_proc_done(p) && (in_holder == NULL || in_holder == c || ap.steal);
+              !agent_proc_done(p) && (in_holder == NULL || in_holder == c || ap.steal) &&
+              p->in.queued < SBX_STREAM_WINDOW;
     if (agent_stream_reserve(c, (uint32_t)p->has_out + p->has_err + want_in, err) < 0) {
         return -1;
     }

@@ -24,6 +24,7 @@ struct in_req {
     struct agent_slab *slab; /* the held frame buffer the payload lies in, or NULL... */
     void *copy;              /* ...and then this exact-size copy */
     uint32_t len;
+    uint32_t gen; /* the pipe's in_gen when written: credit goes back to that stream only */
 };
 
 int agent_stream_reserve(const struct agent_conn *c, uint32_t n, struct sbx_err *err)
@@ -64,6 +65,7 @@ struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_di
     s->pipe = p;
     if (p != NULL) {
         p->stream = s;
+        p->in_gen++;
         s->pos = p->total; /* live from here; proc.attach sets an earlier start */
     }
     agent_list_add_tail(&c->streams, &s->link);
@@ -325,6 +327,7 @@ static void in_write_cb(uv_write_t *req, int status)
     struct agent_stream *s = p->stream;
 
     p->writes_pending--;
+    p->queued -= r->len;
     if (r->slab != NULL) {
         agent_slab_release(p->proc->a, r->slab);
     }
@@ -337,7 +340,9 @@ static void in_write_cb(uv_write_t *req, int status)
             agent_stream_cancel(s, &err);
         }
         agent_pipe_close(p);
-    } else if (s != NULL) {
+    } else if (s != NULL && r->gen == p->in_gen) {
+        /* Not for bytes an earlier holder sent (proc.attach handed stdin over meanwhile): the
+         * new stream's credit is its own window, and granting those too would raise it past. */
         agent_stream_consumed(s, r->len, p->writes_pending == 0);
     }
     free(r);
@@ -419,6 +424,7 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
     }
     r->len = m->data_len;
     r->pipe = p;
+    r->gen = p->in_gen;
     buf = uv_buf_init((char *)m->data, r->len);
     if (r->copy != NULL) {
         buf.base = r->copy;
@@ -435,6 +441,7 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
         return;
     }
     p->writes_pending++;
+    p->queued += r->len;
 }
 
 /* --- replay rings -------------------------------------------------------------------------- */

@@ -44,6 +44,8 @@ struct agent_pipe {
     bool ringless; /* a REPL interpreter's: its output went to the session, never to a ring */
     /* input */
     unsigned writes_pending;
+    uint64_t queued; /* bytes handed to the child's stdin whose writes have not completed */
+    uint32_t in_gen; /* which stream of the pipe wrote them: bumped per new stream */
     bool close_requested;
 };
 

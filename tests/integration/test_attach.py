@@ -481,6 +481,66 @@ class TestAttachHostile(AttachCase):
         c2.close()
 
 
+class TestAttachStdinWindow(AttachCase):
+    """Attaching stdin again while the child reads nothing: each new stdin stream starts with a
+    whole window of credit, so without a bound a client that re-attaches and fills it every time
+    queues a window of memory in the agent per attach."""
+
+    def fill(self, sid, n):
+        for off in range(0, n, 256 << 10):
+            self.c.data(sid, b"z" * min(256 << 10, n - off))
+
+    def test_reattached_stdin_holds_at_most_two_windows(self):
+        go = os.path.join(tempfile.mkdtemp(prefix="sbx-attach-"), "go")
+        self.addCleanup(lambda: os.path.exists(go) and os.unlink(go))
+        r = self.c.call("proc.spawn", {"command": "while [ ! -e %s ]; do sleep 0.05; done; "
+                                                  "wc -c" % go, "stdin": "pipe"})
+        win = self.c.window
+        self.fill(r["stdin"], win)
+        rss0 = self.agent.rss_kb()
+        handed, sent, last = 0, win, None
+        for _ in range(40):
+            a = self.c.call("proc.attach", {"id": r["id"], "stdin": True})
+            if a["stdin"] is None:
+                continue
+            handed += 1
+            last = a["stdin"]
+            self.fill(last, win)
+            sent += win
+        # One window queued (less the pipe's own buffer) takes one more, then no more.
+        self.assertEqual(handed, 1, "stdin handed over %d times" % handed)
+        self.assertEqual(self.c.call("ping"), {})
+        if not SANITIZED:
+            grown = self.agent.rss_kb() - rss0
+            self.assertLess(grown, 8 << 10, "agent VmRSS grew %d KiB" % grown)
+        # The child reads it all; the last stream gets credit for its own bytes only.
+        open(go, "w").close()
+        granted = 0
+        while granted < win:
+            m = self.c.wait_for(lambda m: m[0] == 2 and m[1] == "stream.credit"
+                                and m[2]["stream"] == last, "credit on stdin")
+            granted += m[2]["bytes"]
+        self.c.end(last)
+        m = self.c.wait_for(lambda m: m[0] == 3 and m[1] == a["stdout"], "wc's count")
+        self.assertEqual(int(m[2]), sent)
+        self.assertFalse(any(m[0] == 2 and m[1] == "stream.credit" and m[2]["stream"] == last
+                             for m in self.c.pending), self.c.pending)
+        self.assertEqual(granted, win)
+
+
+    def test_close_stdin_from_another_connection_tells_the_holder(self):
+        r = self.c.call("proc.spawn", {"command": "cat", "stdin": "pipe"})
+        c2 = self.agent.connect()
+        self.assertEqual(c2.call("proc.close_stdin", {"id": r["id"]}), {})
+        m = self.c.wait_for(lambda m: m[0] == 2 and m[1] == "stream.cancel"
+                            and m[2]["stream"] == r["stdin"], "stdin's cancel", timeout=10)
+        self.assertEqual(m[2]["error"]["code"], "CANCELLED")
+        self.assertIn("proc.close_stdin", m[2]["error"]["message"])
+        _, ex, _ = drain(self.c, r["id"], [r["stdout"], r["stderr"]])
+        self.assertEqual(ex["code"], 0)  # cat saw EOF
+        c2.close()
+
+
 class TestAttachRepl(AttachCase):
     """(d) A REPL session outlives its connection; a new one finds it and its last result."""
 
