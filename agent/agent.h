@@ -88,6 +88,24 @@ void agent_slab_release(struct agent *a, struct agent_slab *s);
 /* An uncounted pooled buffer (AGENT_POOLBUF bytes, *cap set), for the framer; or NULL. */
 void *agent_pool_take(struct agent *a, uint32_t *cap);
 
+/*
+ * Input for a pipe or socket that already has a write in flight, when it comes in small payloads:
+ * gathered here and written as one once the writes before it completed. A write request of its
+ * own per payload costs some 250 bytes whatever the payload's length, so a client sending
+ * one-byte frames within a 1 MiB window to a reader that takes nothing made the agent hold
+ * hundreds of MB. Grows by doubling; what it holds is bounded by the stream's credit.
+ */
+struct agent_tail {
+    uint8_t *buf;
+    uint32_t len, cap;
+};
+
+/* Append @n bytes; -1 when out of memory (nothing appended). */
+int agent_tail_add(struct agent_tail *t, const uint8_t *data, uint32_t n);
+/* The bytes gathered (malloc'd, the caller's to free; *@len set), the tail left empty. */
+uint8_t *agent_tail_take(struct agent_tail *t, uint32_t *len);
+void agent_tail_free(struct agent_tail *t);
+
 /* --- the agent ---------------------------------------------------------------------------- */
 
 struct agent {

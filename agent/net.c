@@ -49,6 +49,8 @@ struct net_sock {
     bool wr_shut;                  /* the write side is shut (or being shut) */
     bool shutting;                 /* uv_shutdown in flight: pending writes, then FIN */
     bool starved;                  /* no buffer for the last read: retry on the timer */
+    unsigned writes;               /* write requests in flight */
+    struct agent_tail tail;        /* small `in` payloads behind them (agent_tail) */
     char where[96];                /* "127.0.0.1:80", "[::1]:80", for messages */
 };
 
@@ -173,6 +175,7 @@ static void net_close_cb(uv_handle_t *h)
     struct net_sock *n = h->data;
 
     if (--n->closes == 0) {
+        agent_tail_free(&n->tail);
         free(n);
     }
 }
@@ -239,6 +242,8 @@ static void net_in_fail(struct net_sock *n, const struct sbx_err *e)
     net_check_done(n);
 }
 
+static int net_flush_tail(struct net_sock *n);
+
 static void net_write_cb(uv_write_t *req, int status)
 {
     struct net_write *w = agent_container_of(req, struct net_write, req);
@@ -251,6 +256,7 @@ static void net_write_cb(uv_write_t *req, int status)
     }
     free(w->copy);
     free(w);
+    n->writes--;
     if (n->state != NET_OPEN) {
         return; /* closing: UV_ECANCELED */
     }
@@ -262,21 +268,81 @@ static void net_write_cb(uv_write_t *req, int status)
         net_in_fail(n, &err);
         return;
     }
+    /* What gathered behind the writes goes out once they are done (before the FIN of a
+     * stream.end, which flushed it already). */
+    if (n->writes == 0 && n->tail.len > 0 && net_flush_tail(n) < 0) {
+        return;
+    }
     if (n->in == NULL) {
         return; /* `in` finished: nobody to grant credit to */
     }
     /* At once when nothing else is in flight, so a client waiting for credit never stalls. */
-    agent_stream_consumed(n->in, len, uv_stream_get_write_queue_size((uv_stream_t *)&n->tcp) == 0);
+    agent_stream_consumed(n->in, len,
+                          uv_stream_get_write_queue_size((uv_stream_t *)&n->tcp) == 0 &&
+                              n->tail.len == 0);
+}
+
+/* Write @len bytes at @data (held in @slab, or copied into @copy, taken over) to the socket;
+ * credit for @credit bytes once done. -1 on failure (`in` failed, all freed). */
+static int net_write(struct net_sock *n, const uint8_t *data, uint32_t len, struct agent_slab *slab,
+                     void *copy, uint32_t credit)
+{
+    struct net_write *w = calloc(1, sizeof(*w));
+    struct sbx_err err;
+    uv_buf_t buf;
+    int r;
+
+    if (w == NULL) {
+        if (slab != NULL) {
+            agent_slab_release(n->a, slab);
+        }
+        free(copy);
+        sbx_err_oom(&err);
+        net_in_fail(n, &err);
+        return -1;
+    }
+    w->n = n;
+    w->slab = slab;
+    w->copy = copy;
+    w->len = credit;
+    buf = uv_buf_init((char *)data, len);
+    r = uv_write(&w->req, (uv_stream_t *)&n->tcp, &buf, 1, net_write_cb);
+    if (r < 0) {
+        if (w->slab != NULL) {
+            agent_slab_release(n->a, w->slab);
+        }
+        free(w->copy);
+        free(w);
+        sbx_err_sys(&err, -r, NULL, "write to %s", n->where);
+        net_in_fail(n, &err);
+        return -1;
+    }
+    n->writes++;
+    return 0;
+}
+
+/* Write what the tail gathered, if anything: 0, or -1 (`in` failed). */
+static int net_flush_tail(struct net_sock *n)
+{
+    uint32_t len;
+    uint8_t *b;
+
+    if (n->tail.len == 0) {
+        return 0;
+    }
+    b = agent_tail_take(&n->tail, &len);
+    return net_write(n, b, len, NULL, b, len);
 }
 
 /* `in`: @len bytes from the client, within credit: on to the socket. */
 static void net_in_data(struct agent_stream *s, const uint8_t *data, uint32_t len)
 {
     struct net_sock *n = s->owner;
-    struct net_write *w;
+    struct agent_slab *slab;
     struct sbx_err err;
     uint32_t done = 0;
     uv_buf_t buf;
+    void *copy = NULL;
     int r;
 
     if (n == NULL || n->wr_shut) {
@@ -285,7 +351,7 @@ static void net_in_data(struct agent_stream *s, const uint8_t *data, uint32_t le
     /* First straight to the socket when nothing is queued before it: most writes (a forwarded
      * request) complete here, without a write request whose completion costs the loop an extra
      * epoll_ctl. What the socket did not take is written the usual way. */
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&n->tcp) == 0) {
+    if (n->tail.len == 0 && uv_stream_get_write_queue_size((uv_stream_t *)&n->tcp) == 0) {
         buf = uv_buf_init((char *)data, len);
         r = uv_try_write((uv_stream_t *)&n->tcp, &buf, 1);
         if (r < 0 && r != UV_EAGAIN) {
@@ -300,31 +366,29 @@ static void net_in_data(struct agent_stream *s, const uint8_t *data, uint32_t le
         done = r > 0 ? (uint32_t)r : 0;
     }
     /* Large payloads are written from the buffer the connection read them into (held); small
-     * ones are copied. Both are bounded by the credit granted, as for a process's stdin. */
-    w = calloc(1, sizeof(*w));
-    if (w != NULL && (w->slab = agent_conn_hold(s->conn, data + done, len - done)) == NULL &&
-        (w->copy = malloc(len - done)) != NULL) {
-        memcpy(w->copy, data + done, len - done);
+     * ones are gathered behind the writes in flight, or copied. All bounded by the credit
+     * granted, as for a process's stdin. */
+    if (done == 0 && n->writes > 0 && len < AGENT_HOLD_MIN) {
+        if (agent_tail_add(&n->tail, data, len) < 0) {
+            sbx_err_oom(&err);
+            net_in_fail(n, &err);
+        }
+        return;
     }
-    if (w == NULL || (w->slab == NULL && w->copy == NULL)) {
-        free(w);
+    if (net_flush_tail(n) < 0) {
+        return;
+    }
+    slab = agent_conn_hold(s->conn, data + done, len - done);
+    if (slab == NULL && (copy = malloc(len - done)) != NULL) {
+        memcpy(copy, data + done, len - done);
+    }
+    if (slab == NULL && copy == NULL) {
         sbx_err_oom(&err);
         net_in_fail(n, &err);
         return;
     }
-    w->n = n;
-    w->len = len; /* credit for all of it once the rest is written */
-    buf = uv_buf_init(w->copy != NULL ? w->copy : (char *)data + done, len - done);
-    r = uv_write(&w->req, (uv_stream_t *)&n->tcp, &buf, 1, net_write_cb);
-    if (r < 0) {
-        if (w->slab != NULL) {
-            agent_slab_release(n->a, w->slab);
-        }
-        free(w->copy);
-        free(w);
-        sbx_err_sys(&err, -r, NULL, "write to %s", n->where);
-        net_in_fail(n, &err);
-    }
+    /* credit for all of it once the rest is written */
+    (void)net_write(n, copy != NULL ? copy : data + done, len - done, slab, copy, len);
 }
 
 /* `in` ended by the client: FIN once the bytes before it are written (an error in the end changes
@@ -338,6 +402,9 @@ static void net_in_end(struct agent_stream *s, const struct sbx_err *e)
         return;
     }
     n->in = NULL;
+    if (!n->wr_shut && net_flush_tail(n) < 0) {
+        return; /* failed: shut already */
+    }
     if (!n->wr_shut) {
         n->wr_shut = true;
         /* uv_shutdown waits for the writes queued before it. */
@@ -360,6 +427,7 @@ static void net_in_gone(struct agent_stream *s, bool cancelled)
     if (!cancelled) {
         return; /* the connection is closing: its ref closes the socket */
     }
+    agent_tail_free(&n->tail);
     net_shut_now(n); /* pending bytes are discarded (§20.1) */
     net_check_done(n);
 }

@@ -45,6 +45,8 @@ int agent_stream_reserve(const struct agent_conn *c, uint32_t n, struct sbx_err 
     return 0;
 }
 
+static int in_flush_tail(struct agent_pipe *p, struct sbx_err *err);
+
 struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_dir dir,
                                       struct agent_pipe *p, struct sbx_err *err)
 {
@@ -64,6 +66,11 @@ struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_di
     s->credit = SBX_STREAM_WINDOW;
     s->pipe = p;
     if (p != NULL) {
+        struct sbx_err e;
+        /* A new stdin stream (proc.attach): what the last one gathered goes out as that one's. */
+        if (in_flush_tail(p, &e) < 0) {
+            agent_log("process %llu: stdin: %s", (unsigned long long)p->proc->id, e.msg);
+        }
         p->stream = s;
         p->in_gen++;
         s->pos = p->total; /* live from here; proc.attach sets an earlier start */
@@ -320,11 +327,56 @@ void agent_stream_on_cancel(struct agent_conn *c, const struct sbx_msg *m)
     agent_stream_free(s);
 }
 
+static void in_write_cb(uv_write_t *req, int status);
+
+/* Write @r (len set, counted in p->queued) from @base to the child's stdin, for the pipe's current
+ * stream. On failure @r is freed and its bytes are dropped from the count: -1 with @err. */
+static int in_write(struct agent_pipe *p, struct in_req *r, const uint8_t *base,
+                    struct sbx_err *err)
+{
+    uv_buf_t buf = uv_buf_init((char *)base, r->len);
+    int rc;
+
+    r->pipe = p;
+    r->gen = p->in_gen;
+    rc = uv_write(&r->req, (uv_stream_t *)&p->handle, &buf, 1, in_write_cb);
+    if (rc < 0) {
+        p->queued -= r->len;
+        if (r->slab != NULL) {
+            agent_slab_release(p->proc->a, r->slab);
+        }
+        free(r->copy);
+        free(r);
+        return sbx_err_sys(err, -rc, "stdin", "write to the process's stdin");
+    }
+    p->writes_pending++;
+    return 0;
+}
+
+/* Write what the tail gathered, if anything: 0, or -1 with @err (those bytes are dropped). */
+static int in_flush_tail(struct agent_pipe *p, struct sbx_err *err)
+{
+    struct in_req *r;
+
+    if (p->tail.len == 0) {
+        return 0;
+    }
+    r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        p->queued -= p->tail.len;
+        agent_tail_free(&p->tail);
+        return sbx_err_oom(err);
+    }
+    r->copy = agent_tail_take(&p->tail, &r->len);
+    return in_write(p, r, r->copy, err);
+}
+
 static void in_write_cb(uv_write_t *req, int status)
 {
     struct in_req *r = agent_container_of(req, struct in_req, req);
     struct agent_pipe *p = r->pipe;
     struct agent_stream *s = p->stream;
+    struct sbx_err err;
 
     p->writes_pending--;
     p->queued -= r->len;
@@ -334,7 +386,6 @@ static void in_write_cb(uv_write_t *req, int status)
     free(r->copy);
     if (status < 0 && status != UV_ECANCELED) {
         if (s != NULL) {
-            struct sbx_err err;
             int e = -status;
             sbx_err_sys(&err, e, "stdin", "write to the process's stdin");
             agent_stream_cancel(s, &err);
@@ -343,9 +394,16 @@ static void in_write_cb(uv_write_t *req, int status)
     } else if (s != NULL && r->gen == p->in_gen) {
         /* Not for bytes an earlier holder sent (proc.attach handed stdin over meanwhile): the
          * new stream's credit is its own window, and granting those too would raise it past. */
-        agent_stream_consumed(s, r->len, p->writes_pending == 0);
+        agent_stream_consumed(s, r->len, p->writes_pending == 0 && p->tail.len == 0);
     }
     free(r);
+    /* What gathered behind the writes goes out once they are done. */
+    if (p->open && p->writes_pending == 0 && in_flush_tail(p, &err) < 0) {
+        if (p->stream != NULL) {
+            agent_stream_cancel(p->stream, &err);
+        }
+        agent_pipe_close(p);
+    }
     if (p->close_requested && p->writes_pending == 0) {
         agent_pipe_close(p);
     }
@@ -370,8 +428,6 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
     struct agent_pipe *p;
     struct sbx_err err;
     struct in_req *r;
-    uv_buf_t buf;
-    int rc;
 
     if (s == NULL) {
         /* Unknown or finished: ignored (§5.4, §8.6). An id never handed out is a client bug, but
@@ -406,11 +462,25 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
     }
     /*
      * Large payloads are written straight from the buffer they were read into (held, not
-     * copied); small ones are copied to an exact-size buffer. Neither counts against the
-     * agent-wide output buffer cap: input held here waits for the child, which may itself wait
-     * for its output to be read, and input counted against that cap deadlocked (a 1 MiB window of
-     * small frames filled it while the child's small pipes were full). Input is bounded by credit.
+     * copied); small ones are copied to an exact-size buffer, or, behind a write in flight,
+     * gathered into the pipe's tail (agent_tail). None of it counts against the agent-wide
+     * output buffer cap: input held here waits for the child, which may itself wait for its
+     * output to be read, and input counted against that cap deadlocked (a 1 MiB window of small
+     * frames filled it while the child's small pipes were full). Input is bounded by credit.
      */
+    if (p->writes_pending > 0 && m->data_len < AGENT_HOLD_MIN) {
+        if (agent_tail_add(&p->tail, m->data, m->data_len) < 0) {
+            sbx_err_oom(&err);
+            agent_stream_cancel(s, &err);
+            return;
+        }
+        p->queued += m->data_len;
+        return;
+    }
+    if (in_flush_tail(p, &err) < 0) {
+        agent_stream_cancel(s, &err);
+        return;
+    }
     r = calloc(1, sizeof(*r));
     if (r != NULL && (r->slab = agent_conn_hold(c, m->data, m->data_len)) == NULL &&
         (r->copy = malloc(m->data_len)) != NULL) {
@@ -423,25 +493,10 @@ void agent_stream_on_data(struct agent_conn *c, const struct sbx_msg *m)
         return;
     }
     r->len = m->data_len;
-    r->pipe = p;
-    r->gen = p->in_gen;
-    buf = uv_buf_init((char *)m->data, r->len);
-    if (r->copy != NULL) {
-        buf.base = r->copy;
-    }
-    rc = uv_write(&r->req, (uv_stream_t *)&p->handle, &buf, 1, in_write_cb);
-    if (rc < 0) {
-        if (r->slab != NULL) {
-            agent_slab_release(c->a, r->slab);
-        }
-        free(r->copy);
-        free(r);
-        sbx_err_sys(&err, -rc, "stdin", "write to the process's stdin");
-        agent_stream_cancel(s, &err);
-        return;
-    }
-    p->writes_pending++;
     p->queued += r->len;
+    if (in_write(p, r, r->copy != NULL ? r->copy : m->data, &err) < 0) {
+        agent_stream_cancel(s, &err);
+    }
 }
 
 /* --- replay rings -------------------------------------------------------------------------- */
@@ -983,5 +1038,6 @@ void agent_pipe_close(struct agent_pipe *p)
     }
     p->open = false;
     p->reading = false;
+    agent_tail_free(&p->tail); /* input nobody will write now */
     uv_close((uv_handle_t *)&p->handle, pipe_close_cb);
 }

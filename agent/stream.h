@@ -44,8 +44,9 @@ struct agent_pipe {
     bool ringless; /* a REPL interpreter's: its output went to the session, never to a ring */
     /* input */
     unsigned writes_pending;
-    uint64_t queued; /* bytes handed to the child's stdin whose writes have not completed */
-    uint32_t in_gen; /* which stream of the pipe wrote them: bumped per new stream */
+    uint64_t queued;        /* bytes handed to the child's stdin whose writes have not completed */
+    uint32_t in_gen;        /* which stream of the pipe wrote them: bumped per new stream */
+    struct agent_tail tail; /* small payloads waiting for the writes before them */
     bool close_requested;
 };
 

@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "agent.h"
@@ -67,6 +68,48 @@ void agent_buf_put(struct agent *a, void *buf)
         a->bufs_starved = false;
         agent_proc_pipes_resume(a);
     }
+}
+
+int agent_tail_add(struct agent_tail *t, const uint8_t *data, uint32_t n)
+{
+    if (n > UINT32_MAX - t->len) {
+        return -1;
+    }
+    if (t->len + n > t->cap) {
+        uint64_t cap = t->cap != 0 ? t->cap : 4096;
+        uint8_t *b;
+
+        while (cap < (uint64_t)t->len + n) {
+            cap *= 2;
+        }
+        cap = cap > UINT32_MAX ? UINT32_MAX : cap;
+        b = realloc(t->buf, (size_t)cap);
+        if (b == NULL) {
+            return -1;
+        }
+        t->buf = b;
+        t->cap = (uint32_t)cap;
+    }
+    memcpy(t->buf + t->len, data, n);
+    t->len += n;
+    return 0;
+}
+
+uint8_t *agent_tail_take(struct agent_tail *t, uint32_t *len)
+{
+    uint8_t *b = t->buf;
+
+    *len = t->len;
+    t->buf = NULL;
+    t->len = t->cap = 0;
+    return b;
+}
+
+void agent_tail_free(struct agent_tail *t)
+{
+    free(t->buf);
+    t->buf = NULL;
+    t->len = t->cap = 0;
 }
 
 struct agent_slab *agent_slab_new(struct agent *a)

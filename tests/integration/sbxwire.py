@@ -1035,7 +1035,32 @@ class Conn:
         self.send([2, "stream.end", {"stream": stream}])
 
     def data(self, stream, payload):
-        b = frame(bytes([0x93, 0x03]) + pack(stream) + pack(payload))
+        self.data_many(stream, [payload])
+
+    def fill(self, stream, reserve, settle=1.0):
+        """Send on `in` stream @stream in chunks, within credit but keeping @reserve bytes of
+        it, until the agent grants no credit back for @settle seconds: its reader (a child, a
+        socket) takes nothing more and what was sent last waits in the agent. Returns (the bytes
+        sent, the credit left, at least @reserve)."""
+        credit, sent = self.window, bytearray()
+        block = os.urandom(CHUNK_MAX)
+        while True:
+            while credit > reserve:
+                n = min(CHUNK_MAX, credit - reserve)
+                self.data(stream, block[:n])
+                sent += block[:n]
+                credit -= n
+            try:
+                m = self.wait_for(lambda m: m[0] == 2 and m[1] == "stream.credit"
+                                  and m[2]["stream"] == stream, "credit", timeout=settle)
+            except socket.timeout:
+                return bytes(sent), credit
+            credit += m[2]["bytes"]
+
+    def data_many(self, stream, payloads):
+        """One data frame per payload of @payloads, all in one write."""
+        head = bytes([0x93, 0x03]) + pack(stream)
+        b = b"".join(frame(head + pack(p)) for p in payloads)
         self.sock.sendall(b)
         if self._out:
             self._note_raw(b)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Integration tests of proc.attach (PROTOCOL.md §14.9) and the replay rings behind it (§10): a
 real sbx-agent over a unix socket, real children (sbx-test-helper), connections that vanish."""
+import hashlib
 import os
 import signal
 import subprocess
@@ -481,10 +482,11 @@ class TestAttachHostile(AttachCase):
         c2.close()
 
 
-class TestAttachStdinWindow(AttachCase):
-    """Attaching stdin again while the child reads nothing: each new stdin stream starts with a
-    whole window of credit, so without a bound a client that re-attaches and fills it every time
-    queues a window of memory in the agent per attach."""
+class TestStdinHeld(AttachCase):
+    """Input the agent holds for a child that reads nothing. Each new stdin stream (attach)
+    starts with a whole window of credit, so without a bound a client that re-attaches and fills
+    it every time queues a window per attach; and a window sent as one-byte frames must cost
+    about its bytes, not a write request per frame."""
 
     def fill(self, sid, n):
         for off in range(0, n, 256 << 10):
@@ -527,6 +529,26 @@ class TestAttachStdinWindow(AttachCase):
                              for m in self.c.pending), self.c.pending)
         self.assertEqual(granted, win)
 
+
+    def test_one_byte_frames_cost_their_bytes(self):
+        go = os.path.join(tempfile.mkdtemp(prefix="sbx-attach-"), "go")
+        self.addCleanup(lambda: os.path.exists(go) and os.unlink(go))
+        r = self.c.call("proc.spawn", {"command": "while [ ! -e %s ]; do sleep 0.05; done; "
+                                                  "md5sum" % go, "stdin": "pipe"})
+        big, credit = self.c.fill(r["stdin"], 200000)  # the pipe is full
+        self.assertEqual(self.c.call("ping"), {})
+        rss0 = self.agent.rss_kb()
+        small = os.urandom(credit)
+        self.c.data_many(r["stdin"], [small[i:i + 1] for i in range(len(small))])
+        self.assertEqual(self.c.call("ping"), {})
+        grown = self.agent.rss_kb() - rss0
+        self.assertLess(grown, 16 << 10, "agent VmRSS grew %d KiB for %d bytes" % (grown, credit))
+        open(go, "w").close()
+        self.c.end(r["stdin"])
+        outs, ex, _ = drain(self.c, r["id"], [r["stdout"], r["stderr"]])
+        self.assertEqual(ex["code"], 0)
+        self.assertEqual(outs[r["stdout"]].split()[0].decode(),
+                         hashlib.md5(big + small).hexdigest())  # every byte, in order
 
     def test_close_stdin_from_another_connection_tells_the_holder(self):
         r = self.c.call("proc.spawn", {"command": "cat", "stdin": "pipe"})

@@ -727,6 +727,31 @@ class TestNetListening(NetCase):
 
 
 class TestNetHostile(NetCase):
+    def test_one_byte_frames_to_a_server_that_reads_nothing(self):
+        """One-byte frames (some 200,000), within credit, to a server that reads nothing: the agent
+        holds about those bytes (not a write request of some 250 bytes per frame), and the
+        server gets every byte in order once it reads."""
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, inherited
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        self.addCleanup(ls.close)
+        sin, sout = self.connect(ls.getsockname()[1])
+        s, _ = ls.accept()
+        self.addCleanup(s.close)
+        big, credit = self.c.fill(sin, 200000)  # the socket's buffers are full
+        self.assertEqual(self.c.call("ping"), {})
+        rss0 = self.agent.rss_kb()
+        small = os.urandom(credit)
+        self.c.data_many(sin, [small[i:i + 1] for i in range(len(small))])
+        self.assertEqual(self.c.call("ping"), {})
+        grown = self.agent.rss_kb() - rss0
+        self.assertLess(grown, 16 << 10, "agent VmRSS grew %d KiB for %d bytes" % (grown, credit))
+        self.c.end(sin)
+        got = recv_all(s)
+        self.assertEqual(len(got), len(big) + len(small))
+        self.assertTrue(got == big + small, "bytes lost or out of order")
+
     def test_1000_connections_no_leak(self):
         """1,000 TCP connections opened and dropped every way (ended, cancelled, reset by the
         server, agent connection dropped mid-stream): the agent's fds and RSS return to their
