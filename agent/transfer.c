@@ -76,9 +76,9 @@ static int upload_split(const char *path, char *dir, size_t dirsz, char *name, s
 struct chunk {
     struct chunk *next;
     struct agent_slab *slab; /* the held frame buffer the payload lies in, or NULL... */
-    uint8_t *copy;           /* ...and then this exact-size copy */
+    uint8_t *copy;           /* ...and then this copy, of cap bytes */
     const uint8_t *buf;
-    uint32_t len;
+    uint32_t len, cap;
 };
 
 struct upload {
@@ -104,6 +104,7 @@ struct upload {
     struct sha256_ctx sha;
     /* arrived, not yet handed to the threadpool */
     struct chunk *head, **tail;
+    struct chunk *last; /* of those, the last one (NULL: none) */
     /* being written by the threadpool */
     struct chunk *work_list;
     uv_work_t work, hash_work; /* the batch is written and hashed at once, on two workers */
@@ -225,7 +226,7 @@ static void upload_kick(struct upload *u)
         return;
     }
     u->work_list = u->head;
-    u->head = NULL;
+    u->head = u->last = NULL;
     u->tail = &u->head;
     /* uv_queue_work cannot fail for a valid loop and callbacks */
     u->working = 1;
@@ -508,11 +509,34 @@ static void upload_data(struct agent_stream *s, const uint8_t *data, uint32_t le
         upload_fail(u, &err);
         return;
     }
-    /* Held where it was read, not copied (bounded by credit, like stdin); small pieces copied. */
+    /* Held where it was read, not copied (bounded by credit, like stdin); small pieces copied,
+     * into the last copied chunk still waiting while it stays under AGENT_HOLD_MIN: a chunk per
+     * frame would cost ~100 bytes for a one-byte frame (as agent_tail does for stdin). */
+    c = u->last;
+    if (len < AGENT_HOLD_MIN && c != NULL && c->copy != NULL && c->len + len <= AGENT_HOLD_MIN) {
+        if (c->len + len > c->cap) {
+            uint32_t cap = c->cap * 2 > c->len + len ? c->cap * 2 : c->len + len;
+            uint8_t *b = realloc(c->copy, cap < AGENT_HOLD_MIN ? cap : AGENT_HOLD_MIN);
+
+            if (b == NULL) {
+                sbx_err_oom(&err);
+                upload_fail(u, &err);
+                return;
+            }
+            c->copy = b;
+            c->buf = b;
+            c->cap = cap < AGENT_HOLD_MIN ? cap : AGENT_HOLD_MIN;
+        }
+        memcpy(c->copy + c->len, data, len);
+        c->len += len;
+        upload_kick(u); /* a batch is being written: this goes with the next */
+        return;
+    }
     c = calloc(1, sizeof(*c));
     if (c != NULL && (c->slab = agent_conn_hold(s->conn, data, len)) == NULL &&
         (c->copy = malloc(len)) != NULL) {
         memcpy(c->copy, data, len);
+        c->cap = len;
     }
     if (c == NULL || (c->slab == NULL && c->copy == NULL)) {
         free(c);
@@ -525,6 +549,7 @@ static void upload_data(struct agent_stream *s, const uint8_t *data, uint32_t le
     c->next = NULL;
     *u->tail = c;
     u->tail = &c->next;
+    u->last = c;
     upload_kick(u);
 }
 

@@ -27,6 +27,9 @@ struct in_chunk {
     uint8_t data[];
 };
 
+/* A chunk made for a small frame has room for the small frames after it. */
+#define UP_SMALL_CAP (16u << 10)
+
 /* Chunks the thread is done with are kept for the next data frames (up to this many), so a
  * stream of full frames reuses the same few buffers instead of faulting in fresh memory. */
 #define UP_SPARE_MAX 4
@@ -706,6 +709,18 @@ static void up_data(struct agent_stream *s, const uint8_t *data, uint32_t len)
         return;
     }
     uv_mutex_lock(&t->mu);
+    /* Behind a chunk the thread has not taken yet, with room: appended to it. A chunk per frame
+     * would cost some 50 bytes for a one-byte frame (so small ones get room for more, below). */
+    if (t->head != NULL) {
+        struct in_chunk *last = (struct in_chunk *)(void *)t->tail; /* next is its first field */
+        if (last->cap - last->len >= len) {
+            memcpy(last->data + last->len, data, len);
+            last->len += len;
+            uv_cond_signal(&t->cv);
+            uv_mutex_unlock(&t->mu);
+            return;
+        }
+    }
     c = t->spare;
     if (c != NULL) {
         t->spare = c->next;
@@ -716,8 +731,11 @@ static void up_data(struct agent_stream *s, const uint8_t *data, uint32_t len)
         free(c);
         c = NULL;
     }
-    if (c == NULL && (c = malloc(sizeof(*c) + len)) != NULL) {
-        c->cap = len;
+    if (c == NULL) {
+        uint32_t cap = len < UP_SMALL_CAP ? UP_SMALL_CAP : len;
+        if ((c = malloc(sizeof(*c) + cap)) != NULL) {
+            c->cap = cap;
+        }
     }
     if (c == NULL) {
         struct sbx_err err;

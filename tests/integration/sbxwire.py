@@ -1183,10 +1183,11 @@ class Agent:
     def alive(self):
         return self.proc.poll() is None
 
-    def rss_kb(self):
+    def rss_kb(self, field="VmRSS"):
+        """The agent's resident set in KiB (@field "VmHWM": its peak so far)."""
         with open("/proc/%d/status" % self.proc.pid) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
         return -1
 

@@ -191,6 +191,20 @@ class TestUpload(TransferCase):
         self.assertNotIn("error", done[2])
         self.assertEqual(open(dest, "rb").read(), data)
 
+    def test_one_byte_frames_cost_their_bytes(self):
+        # A MiB of one-byte frames, within the credit, faster than the disk takes them: the
+        # agent's peak grows by about those bytes, not by a queued chunk per frame.
+        dest, data = self.p("tiny"), os.urandom(1 << 20)
+        sid = self.c.call("transfer.upload", {"path": dest})["stream"]
+        hwm0 = self.agent.rss_kb("VmHWM")
+        self.c.data_many(sid, [data[i:i + 1] for i in range(len(data))])
+        self.c.end(sid)
+        done = self.c.wait_for(is_done(sid), "transfer.done", timeout=120)
+        self.assertNotIn("error", done[2])
+        grown = self.agent.rss_kb("VmHWM") - hwm0
+        self.assertLess(grown, 8 << 10, "agent peak VmRSS grew %d KiB for 1 MiB" % grown)
+        self.assertEqual(open(dest, "rb").read(), data)
+
     def test_threadpool_size_not_inherited(self):
         # 8 threadpool workers once a transfer used it; the setting stays the agent's own.
         if "UV_THREADPOOL_SIZE" in os.environ:
@@ -582,6 +596,28 @@ class TestTree(TransferCase):
             self.assertEqual(snapshot(dest), snapshot(src))
             self.assertEqual(os.lstat(os.path.join(dest, "a.txt")).st_ino,
                              os.lstat(os.path.join(dest, "sub", "hard")).st_ino)
+
+    def test_one_byte_frames_cost_their_bytes(self):
+        # An archive sent as one-byte frames: the extracting thread takes them slower than they
+        # come, and what waits costs about its bytes, not a chunk per frame.
+        tf_data = io.BytesIO()
+        with tarfile.open(fileobj=tf_data, mode="w") as tf:
+            body = os.urandom(900 << 10)
+            ti = tarfile.TarInfo("f.bin")
+            ti.size = len(body)
+            tf.addfile(ti, io.BytesIO(body))
+        data = tf_data.getvalue()
+        self.assertLess(len(data), self.c.window)  # within the stream's credit
+        r = self.c.call("transfer.upload_tree", {"path": self.p("dest")})
+        hwm0 = self.agent.rss_kb("VmHWM")
+        self.c.data_many(r["stream"], [data[i:i + 1] for i in range(len(data))])
+        self.c.end(r["stream"])
+        done = self.c.wait_for(is_done(r["stream"]), "transfer.done", timeout=120)[2]
+        self.assertNotIn("error", done)
+        grown = self.agent.rss_kb("VmHWM") - hwm0
+        self.assertLess(grown, 8 << 10, "agent peak VmRSS grew %d KiB for %d bytes"
+                        % (grown, len(data)))
+        self.assertEqual(open(self.p("dest", "f.bin"), "rb").read(), body)
 
     def test_order_and_names(self):
         src = self.p("src")
