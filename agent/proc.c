@@ -833,14 +833,16 @@ static void timeout_timer_cb(uv_timer_t *t)
     (void)kill(-p->pid, SIGKILL);
 }
 
-/* Make room in the process table by forgetting the oldest finished process. */
+/* Make room in the process table by forgetting the oldest finished process that nobody is
+ * attached to: a connection replaying one still has its output and its proc.exit to come. */
 static bool proc_evict_one(struct agent *a)
 {
     struct agent_link *l;
 
     for (l = a->procs.next; l != &a->procs; l = l->next) {
         struct agent_proc *p = agent_container_of(l, struct agent_proc, link);
-        if (agent_proc_done(p) && p->collected && !agent_proc_freeing(p)) {
+        if (agent_proc_done(p) && p->collected && !agent_proc_freeing(p) &&
+            agent_list_empty(&p->attached) && p->out.stream == NULL && p->err.stream == NULL) {
             proc_release(p);
             return true;
         }

@@ -427,6 +427,26 @@ class TestAttachHostile(AttachCase):
             self.assertEqual(outs[a["stdout"]], pattern(0, 1024))
         c2.close()
 
+    def test_a_process_being_replayed_is_not_evicted(self):
+        # The process table fills with finished processes while another connection replays the
+        # oldest of them: the others make room; the replay ends with its proc.exit.
+        r = self.c.call("proc.spawn", self.helper("flood", 3 << 20))
+        drain(self.c, r["id"], [r["stdout"], r["stderr"]])
+        c2 = self.agent.connect()
+        a = c2.call("proc.attach", {"id": r["id"]})
+        self.assertEqual(c2.call("ping"), {})  # the replay stopped at the window (no credit)
+        for _ in range(11):  # 1,100 more: past max_procs (1,024)
+            rids = [self.c.request("proc.spawn", {"command": "true"}) for _ in range(100)]
+            left = {self.c.wait(rid)["id"] for rid in rids}
+            while left:
+                m = self.c.recv()
+                if m[0] == 2 and m[1] == "proc.exit":
+                    left.discard(m[2]["id"])
+        outs, ex, _ = drain(c2, r["id"], [a["stdout"], a["stderr"]])
+        self.assertEqual(outs[a["stdout"]], pattern(0, 3 << 20))
+        self.assertEqual(ex["stdout_bytes"], 3 << 20)
+        c2.close()
+
     def test_cancel_while_replaying(self):
         # An attach to an exited process whose replay the client cancels: proc.exit follows.
         r = self.c.call("proc.spawn", self.helper("flood", 3 << 20))
