@@ -738,7 +738,8 @@ int agent_replay_parse(const char *arg, uint32_t *size, uint64_t *total, char *w
  * replay ring, and reading it as fast as a flooding child writes cost half a core for one `yes`
  * (and 50 of them slowed every request to tens of ms), all for bytes the ring overwrites at once.
  * So all such pipes together read at most PACE_BYTES per PACE_MS period (80 MiB/s, a few percent
- * of a core); past that they stop until the pace timer starts the next period, and their children
+ * of a core; a read counts as PACE_READ_MIN at least, so tiny writes cannot buy a wake-up each
+ * either); past that they stop until the pace timer starts the next period, and their children
  * block in write() meanwhile. That is backpressure, not loss: a child still runs (one flooding
  * alone still gets 80 MiB/s; a logger that is never read does not notice), nothing it writes is
  * lost, only delayed, and each pipe gets its turn (the loop serves every ready pipe once per
@@ -750,6 +751,10 @@ int agent_replay_parse(const char *arg, uint32_t *size, uint64_t *total, char *w
  */
 #define PACE_MS    100u
 #define PACE_BYTES (8u << 20)
+/* What a read counts for at least: a child writing a byte per write(2) otherwise had a read (and
+ * a wake-up) per byte under the byte budget, most of a core for one; now at most PACE_BYTES /
+ * PACE_READ_MIN reads a period, each taking what gathered in the pipe meanwhile. */
+#define PACE_READ_MIN (64u << 10)
 
 static void pace_timer_cb(uv_timer_t *t)
 {
@@ -854,7 +859,7 @@ static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
             s->credit -= (uint64_t)nread;
             agent_conn_send_data(s->conn, s->id, buf->base, (uint32_t)nread);
         } else {
-            a->pace_used += (uint64_t)nread;
+            a->pace_used += (uint64_t)nread > PACE_READ_MIN ? (uint64_t)nread : PACE_READ_MIN;
             agent_buf_put(a, buf->base);
         }
         agent_pipe_update(p);

@@ -1154,13 +1154,13 @@ out:
 }
 
 /*
- * @nflood `yes` processes started by a connection that then goes away, so nobody holds their
- * output: the agent's CPU (share of one core) over @ms and ping p50/p99 from another connection.
+ * @nflood processes running @argv started by a connection that then goes away, so nobody holds
+ * their output: the agent's CPU (share of one core) over @ms and ping p50/p99 from another
+ * connection.
  */
-static int detached_once(struct bench *b, unsigned nflood, long ms, double *cpu, double *p50,
-                         double *p99, double *idle99)
+static int detached_once(struct bench *b, const char *const *argv, unsigned nflood, long ms,
+                         double *cpu, double *p50, double *p99, double *idle99)
 {
-    static const char *const argv[] = { "yes", NULL };
     struct bcli a, c;
     double cpu0, idle50;
     uint64_t t0;
@@ -1182,8 +1182,24 @@ static int detached_once(struct bench *b, unsigned nflood, long ms, double *cpu,
             goto stop;
         }
     }
-    (void)ping_us(&a); /* answered after the spawns: they all started */
-    bcli_close(&a);    /* nobody holds the output now */
+    /* Every spawn answered (they run) before the connection goes: one still in flight when it
+     * closes is aborted, its process killed, and the flood would not be measured at all. */
+    for (unsigned answered = 0; answered < nflood;) {
+        struct sbx_msg m;
+        if (bcli_recv(&a, &m, true) != 1) {
+            bcli_close(&a);
+            goto stop;
+        }
+        if (m.kind == SBX_MSG_RESPONSE) {
+            if (m.error != NULL) {
+                bcli_close(&a);
+                (void)response_error(&m, "proc.spawn");
+                goto stop;
+            }
+            answered++;
+        }
+    }
+    bcli_close(&a); /* nobody holds the output now */
     bench_sleep_ms(1000);
     cpu0 = proc_cpu_s(b->agent_pid);
     t0 = bench_now_ns();
@@ -1200,18 +1216,27 @@ stop:
 
 static int bench_detached(struct bench *b)
 {
-    static const unsigned counts[] = { 1, 50 };
+    static const char *const yes[] = { "yes", NULL };
+    const char *const drip[] = { b->helper_bin, "drip", NULL };
+    /* `yes` writes 8 KiB at a time; drip one byte per write(2), the most reads per byte. */
+    const struct {
+        const char *const *argv;
+        const char *name;
+        unsigned n;
+    } runs[] = { { yes, "`yes`", 1 }, { yes, "`yes`", 50 }, { drip, "one-byte writers", 4 } };
     long ms = b->quick ? 3000 : 5000;
 
-    bench_note("detached: 1 and 50 `yes` nobody reads, agent CPU over %ld ms, ping every 10 ms",
+    bench_note("detached: 1 and 50 `yes` and 4 one-byte writers nobody reads, agent CPU over %ld "
+               "ms, ping every 10 ms",
                ms);
-    for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+    for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
         double cpu, p50, p99, idle99;
         char what[96], fig[48], spread[64], bl[64], met[8];
-        if (detached_once(b, counts[i], ms, &cpu, &p50, &p99, &idle99) < 0) {
+        if (detached_once(b, runs[i].argv, runs[i].n, ms, &cpu, &p50, &p99, &idle99) < 0) {
             return -1;
         }
-        snprintf(what, sizeof(what), "detached: %u `yes` nobody reads: agent CPU, ping", counts[i]);
+        snprintf(what, sizeof(what), "detached: %u %s nobody reads: agent CPU, ping", runs[i].n,
+                 runs[i].name);
         snprintf(fig, sizeof(fig), "%.1f %% of a core", cpu * 100);
         snprintf(spread, sizeof(spread), "ping p50 %.0f µs, p99 %.0f µs", p50, p99);
         snprintf(bl, sizeof(bl), "ping p99 with no flood %.0f µs", idle99);

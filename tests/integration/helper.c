@@ -71,6 +71,12 @@ int main(int argc, char **argv)
     if (strcmp(mode, "flood") == 0 && argc >= 3) {
         return flood(1, strtoull(argv[2], NULL, 10));
     }
+    if (strcmp(mode, "drip") == 0) {
+        /* One byte per write(2), as fast as they go, until stdout fails. */
+        while (write_all(1, "x", 1) == 0) {
+        }
+        return 1;
+    }
     if (strcmp(mode, "flood-err") == 0 && argc >= 3) {
         return flood(2, strtoull(argv[2], NULL, 10));
     }
