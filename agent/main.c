@@ -347,10 +347,14 @@ int main(int argc, char **argv)
     if (initfd != NULL) {
         char *end;
         long fd = strtol(initfd, &end, 10);
-        if (*end != '\0' || fd < 3 || fd > 1024 || agent_initctl_open(a, (int)fd) < 0) {
+        bool ok = *end == '\0' && fd >= 3 && fd <= 1024;
+        if (ok) {
+            /* Never leaked to workloads, even when it turns out unusable: init's channel takes
+             * shutdown and extend from whoever holds it. */
+            (void)fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+        }
+        if (!ok || agent_initctl_open(a, (int)fd) < 0) {
             agent_log("SBX_INIT_FD=%s is not a usable control channel; running standalone", initfd);
-        } else {
-            (void)fcntl((int)fd, F_SETFD, FD_CLOEXEC); /* never leak it to workloads */
         }
         unsetenv("SBX_INIT_FD");
     }

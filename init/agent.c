@@ -141,7 +141,9 @@ void init_ctl_read(struct init_state *st)
     const char *arg;
     int v;
 
-    while (st->ctl >= 0) {
+    /* A batch per round: an agent sending in a loop refills the channel as fast as it is read,
+     * and the main loop must still get to signals, reaping and timers (poll is back at once). */
+    for (int batch = 0; st->ctl >= 0 && batch < INIT_CTL_BATCH; batch++) {
         /* MSG_TRUNC: the real length, so an oversized datagram is dropped whole, not cut short. */
         ssize_t n = recv(st->ctl, buf, INIT_CTL_MAX, MSG_DONTWAIT | MSG_TRUNC);
         struct pollfd p = { st->ctl, POLLIN, 0 };
@@ -385,6 +387,7 @@ static void exited(struct init_state *st, struct init_child *c, int status, int6
     c->pid = 0;
     if (agent) {
         set_clients(st, 0); /* its connections died with it */
+        init_ctl_read(st);  /* what it said last (a shutdown, say) still counts */
         if (st->ctl >= 0) {
             close(st->ctl);
             st->ctl = -1;

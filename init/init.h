@@ -177,7 +177,10 @@ void init_agent_start(struct init_state *st);
 void init_shell_start(struct init_state *st);
 /* Reaps exited children, scheduling restarts; true when init has no children left (ECHILD). */
 bool init_reap(struct init_state *st);
-/* Handles the pending control-channel datagrams (bad ones are logged); closes it on hang-up. */
+/* Control datagrams handled per init_ctl_read call, at most. */
+#define INIT_CTL_BATCH 64
+/* Handles the pending control-channel datagrams (bad ones are logged), INIT_CTL_BATCH at most;
+ * closes it on hang-up. */
 void init_ctl_read(struct init_state *st);
 
 /* main.c */

@@ -225,6 +225,13 @@ static void run(char *cmd, const char *out)
             fclose(fopen(path, "w"));
             raise(SIGKILL);
         }
+    } else if (strcmp(cmd, "flood") == 0 && arg) {
+        /* Four senders in blocking loops: the channel is refilled faster than init reads it. */
+        for (int i = 0; i < 3 && fork() > 0; i++) {
+        }
+        for (;;) {
+            send_msg(arg, strlen(arg));
+        }
     } else if (strcmp(cmd, "closectl") == 0) {
         close(3);
     } else if (strcmp(cmd, "exit") == 0) {

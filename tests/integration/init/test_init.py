@@ -539,6 +539,19 @@ def test_ctl_malformed():
         r.close()
 
 
+def test_ctl_flood():
+    # An agent sending control messages in a loop (each one logged) must not keep init from its
+    # signals: SIGTERM still powers off.
+    r = Run(script="ready;flood bogus")
+    try:
+        r.wait_for(r'^ctl: unknown verb "bogus"; ignored$')
+        time.sleep(0.3)
+        r.kill_init(signal.SIGTERM)
+        expect_poweroff(r, timeout=20)
+    finally:
+        r.close()
+
+
 def test_ctl_closed():
     # The agent closes its end but lives on: init must stop polling it (no busy loop, no
     # "empty message" flood), and still take signals: SIGRTMIN+5 means reboot.
