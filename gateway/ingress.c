@@ -124,7 +124,13 @@ struct ig_conn {
     struct ig_conn *wnext; /* in map->waiters */
     struct gw_gsock *gs;
     uint16_t port;
-    size_t wq;          /* bytes written to the client and not yet done */
+    size_t wq;          /* bytes written to the client and not yet done (the tail's too) */
+    unsigned writes;    /* write requests in flight */
+    /* Bytes for the client that came while a write was in flight: written as one once the
+     * writes before them completed. A request per guest frame cost ~220 bytes whatever its
+     * length, and a guest writing a byte per send(2) makes a frame per byte. */
+    char *tail;
+    size_t tlen, tcap;
     bool reading;       /* uv_read_start in force */
     bool hold;          /* the guest socket is full: the client is not read */
     bool paused;        /* the guest socket is paused (client write queue) */
@@ -635,6 +641,7 @@ static void conn_handle_closed(uv_handle_t *h)
     ig->nconns--;
     free(c->buf);
     free(c->hbuf);
+    free(c->tail);
     free(c);
     ig_unref(ig);
 }
@@ -726,17 +733,21 @@ static void on_answer_shut(uv_shutdown_t *req, int status)
     conn_read(c, true);
 }
 
+static int conn_submit(struct ig_conn *c, const void *data, size_t len);
+static int conn_flush_tail(struct ig_conn *c);
+
 static void on_write(uv_write_t *req, int status)
 {
     struct ig_write *w = (struct ig_write *)req;
     struct ig_conn *c = w->c;
 
     c->wq -= w->len;
+    c->writes--;
     free(w);
     if (c->st == IC_CLOSING) {
         return;
     }
-    if (status < 0) {
+    if (status < 0 || (c->writes == 0 && conn_flush_tail(c) < 0)) {
         conn_close(c);
         return;
     }
@@ -749,7 +760,8 @@ static void on_write(uv_write_t *req, int status)
     }
 }
 
-static int conn_write(struct ig_conn *c, const void *data, size_t len)
+/* One write request of @len bytes copied from @data; counted in c->wq. */
+static int conn_submit(struct ig_conn *c, const void *data, size_t len)
 {
     struct ig_write *w = malloc(sizeof(*w) + len);
     uv_buf_t b;
@@ -765,6 +777,45 @@ static int conn_write(struct ig_conn *c, const void *data, size_t len)
         free(w);
         return -1;
     }
+    c->wq += len;
+    c->writes++;
+    return 0;
+}
+
+/* Write what gathered in the tail, if anything (before a shutdown, or once the writes before it
+ * completed). */
+static int conn_flush_tail(struct ig_conn *c)
+{
+    size_t n = c->tlen;
+
+    if (n == 0) {
+        return 0;
+    }
+    c->tlen = 0;
+    c->wq -= n; /* counted again by conn_submit */
+    return conn_submit(c, c->tail, n);
+}
+
+static int conn_write(struct ig_conn *c, const void *data, size_t len)
+{
+    if (c->writes == 0) {
+        return conn_submit(c, data, len);
+    }
+    if (c->tlen + len > c->tcap) {
+        size_t cap = c->tcap != 0 ? c->tcap : 4096;
+        char *t;
+
+        while (cap < c->tlen + len) {
+            cap *= 2;
+        }
+        if ((t = realloc(c->tail, cap)) == NULL) {
+            return -1;
+        }
+        c->tail = t;
+        c->tcap = cap;
+    }
+    memcpy(c->tail + c->tlen, data, len);
+    c->tlen += len;
     c->wq += len;
     return 0;
 }
@@ -822,7 +873,8 @@ static void conn_answer(struct ig_conn *c, int status, const char *fmt, ...)
                  "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
                  "Content-Length: %d\r\nConnection: close\r\nServer: sbx-gateway\r\n\r\n%s",
                  status, status_text(status), n, body);
-    if (n < 0 || (size_t)n >= sizeof(msg) || conn_write(c, msg, (size_t)n) < 0) {
+    if (n < 0 || (size_t)n >= sizeof(msg) || conn_write(c, msg, (size_t)n) < 0 ||
+        conn_flush_tail(c) < 0) {
         conn_close(c);
         return;
     }
@@ -1008,7 +1060,8 @@ static void gs_eof(void *user)
     }
     c->guest_eof = true;
     c->shut.data = c;
-    if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_relay_shut) < 0) {
+    if (conn_flush_tail(c) < 0 ||
+        uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_relay_shut) < 0) {
         conn_close(c);
         return;
     }
