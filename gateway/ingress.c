@@ -124,8 +124,8 @@ struct ig_conn {
     struct ig_conn *wnext; /* in map->waiters */
     struct gw_gsock *gs;
     uint16_t port;
-    size_t wq;          /* bytes written to the client and not yet done (the tail's too) */
-    unsigned writes;    /* write requests in flight */
+    size_t wq;       /* bytes written to the client and not yet done (the tail's too) */
+    unsigned writes; /* write requests in flight */
     /* Bytes for the client that came while a write was in flight: written as one once the
      * writes before them completed. A request per guest frame cost ~220 bytes whatever its
      * length, and a guest writing a byte per send(2) makes a frame per byte. */
