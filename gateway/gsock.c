@@ -242,6 +242,12 @@ static int gs_pump(struct gw_gsock *s)
 static void gs_progress(struct gw_gsock *s)
 {
     (void)gs_pump(s);
+    if (!s->gone && s->in_done && !s->shut_want && s->out_done) {
+        /* A shutdown that waited for queued bytes completed after the guest's end: both
+         * directions are done (every caller holds depth, so closed may free nothing here). */
+        gs_finish(s, NULL, NULL);
+        return;
+    }
     if (!s->gone && s->blocked && gs_queued(s) <= GW_GSOCK_LOW) {
         s->blocked = false;
         if (s->ops->writable != NULL) {
