@@ -4,11 +4,14 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "init.h"
@@ -41,6 +44,58 @@ int64_t init_now(clockid_t id)
     return clock_gettime(id, &ts) < 0 ? 0 : (int64_t)ts.tv_sec * INIT_NSEC + ts.tv_nsec;
 }
 
+/* Where init_log writes: fd 2 until init_log_open gives it a non-blocking description of its
+ * own. Lines a console would not take are waited for briefly (log_write), then dropped and
+ * counted: PID 1 blocked on a console nobody reads (a stopped serial port, ^S) would stop reaping
+ * and shutting down. */
+static int log_fd = STDERR_FILENO;
+static unsigned long log_dropped;
+
+void init_log_open(void)
+{
+    struct stat sb;
+    int fd;
+
+    /* A regular file never blocks, and a description of its own would write at its own offset,
+     * over the agent's lines: fd 2 stays. */
+    if (log_fd != STDERR_FILENO || fstat(STDERR_FILENO, &sb) < 0 || S_ISREG(sb.st_mode)) {
+        return;
+    }
+    /* A new open file description of the same console (or pipe): O_NONBLOCK on it leaves fd 2,
+     * which children inherit, blocking. /proc must be mounted; until then fd 2 is used. */
+    fd = open("/proc/self/fd/2", O_WRONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) {
+        log_fd = fd;
+    }
+}
+
+/* Write @n bytes to the log: a console that is merely slow gets LOG_WAIT_MS per line to take
+ * them (a boot's burst of lines on a serial port), one that takes nothing none once a line was
+ * dropped. False when not all of it went (EAGAIN past the wait, or a gone console). */
+#define LOG_WAIT_MS 200
+static bool log_write(const char *p, size_t n)
+{
+    int waited = 0;
+
+    while (n > 0) {
+        ssize_t w = write(log_fd, p, n);
+        struct pollfd pf = { log_fd, POLLOUT, 0 };
+
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+        } else if (w < 0 && errno == EINTR) {
+            continue;
+        } else if (w < 0 && errno == EAGAIN && log_dropped == 0 && waited < LOG_WAIT_MS) {
+            (void)poll(&pf, 1, 10);
+            waited += 10;
+        } else {
+            return false;
+        }
+    }
+    return true;
+}
+
 void init_log(const char *fmt, ...)
 {
     int saved = errno;
@@ -57,7 +112,18 @@ void init_log(const char *fmt, ...)
     n = n > (int)sizeof(line) - 2 ? (int)sizeof(line) - 2 : n; /* truncated: end the line */
     line[n++] = '\n';
     /* One write, so init's and the agent's lines never interleave; a gone console can't be told. */
-    (void)!write(STDERR_FILENO, line, (size_t)n);
+    if (log_dropped > 0) {
+        char note[96];
+        int k =
+            snprintf(note, sizeof(note),
+                     "\nsbx-init: %lu line(s) dropped: the console took no more\n", log_dropped);
+        if (log_write(note, (size_t)k)) {
+            log_dropped = 0;
+        }
+    }
+    if (log_dropped > 0 || !log_write(line, (size_t)n)) {
+        log_dropped++;
+    }
     errno = saved;
 }
 

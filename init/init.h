@@ -101,6 +101,8 @@ struct init_state {
 /* config.c */
 /* Reads clock `id` in nanoseconds; 0 if it is unavailable. */
 int64_t init_now(clockid_t id);
+/* Gives init_log a non-blocking description of the console of its own (once /proc is there). */
+void init_log_open(void);
 /* Logs "sbx-init[<monotonic s>]: <message>" to the console in one write; keeps errno (%m). */
 void init_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Logs the message when `failed` (a step that fails is reported, and boot goes on). */

@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
@@ -155,7 +156,12 @@ static _Noreturn void shutdown_now(struct init_state *st)
     init_umount_all(st);
     sync();
     init_log("shutdown: reboot(%s)", cmd == RB_AUTOBOOT ? "RB_AUTOBOOT" : "RB_POWER_OFF");
-    (void)tcdrain(STDERR_FILENO); /* let a serial console show that line; ENOTTY otherwise */
+    /* Let a serial console show that line, for half a second at most: a console that takes
+     * nothing (stopped, ^S) must not keep the machine from powering off. ENOTTY: not a tty. */
+    for (int i = 0, q; i < 50 && ioctl(STDERR_FILENO, TIOCOUTQ, &q) == 0 && q > 0; i++) {
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+        (void)nanosleep(&ts, NULL);
+    }
     if ((pid = fork()) == 0) {
         _exit(reboot(cmd) < 0 ? errno : 0);
     }
@@ -268,6 +274,7 @@ int main(int argc, char **argv)
     }
     rc = setup_signals(&st);
     init_console_setup(&st);
+    init_log_open(); /* where /proc is mounted already; else after init_mount_early */
     init_log("sbx-init starting: %.6fs after boot", (double)st.start_ns / INIT_NSEC);
     if (rc < 0) {
         errno = -rc;
@@ -276,6 +283,7 @@ int main(int argc, char **argv)
     /* Ctrl-Alt-Del becomes SIGINT to us, not an instant reset. EINVAL: a PID namespace (tests). */
     INIT_LOG_IF(reboot(RB_DISABLE_CAD) < 0 && errno != EINVAL, "reboot(RB_DISABLE_CAD): %m");
     init_mount_early(&st);
+    init_log_open();
     INIT_LOG_IF(init_oom_score_adj(-1000) < 0, "oom_score_adj: %m");
     init_modules_load(st.modules_path);
     n = init_read_file(st.cmdline_path, st.cmdline, sizeof(st.cmdline));

@@ -7,6 +7,7 @@ under a temporary directory. The agent is the stub_agent program, driven through
 sbx.env.STUB_SCRIPT on the test command line. Needs root. Usage: test_init.py CASE.
 Environment: SBX_INIT (sbx-init binary), SBX_STUB_AGENT (stub agent binary).
 """
+import fcntl
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ class Run:
     """One sbx-init boot in fresh namespaces. `script` is the stub's STUB_SCRIPT."""
 
     def __init__(self, script="ready", cmdline="", config=None, agent=None, stdin=b"",
-                 modules=None, pre=None, prefix=True, files=None):
+                 modules=None, pre=None, prefix=True, files=None, console=None):
         self.dir = tempfile.mkdtemp(prefix="sbx-init-test-")
         self.out = os.path.join(self.dir, "out")
         self.root = os.path.join(self.dir, "root")
@@ -67,10 +68,11 @@ class Run:
         self.log_path = os.path.join(self.dir, "console.log")
         self.t0 = time.monotonic()
         with open(self.log_path, "wb") as log, open(os.path.join(self.dir, "stdin"), "rb") as i:
+            # @console: another stdout/stderr (an fd) instead of the log file.
             self.proc = subprocess.Popen(
                 ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation",
                  "private", "--uts", "--net", "--kill-child"] + argv,
-                stdin=i, stdout=log, stderr=subprocess.STDOUT,
+                stdin=i, stdout=log if console is None else console, stderr=subprocess.STDOUT,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         self.rc = None
 
@@ -378,6 +380,32 @@ def test_reap():
               "zombies left: %r" % r.report_value("orphans_left"))
     finally:
         r.close()
+
+
+def test_console_full():
+    # The console takes nothing (a pipe, full, that nobody reads: as a stopped serial port):
+    # init must not block on its log lines. The agent still starts, and SIGTERM powers off.
+    rfd, wfd = os.pipe()
+    fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(wfd, False)
+    try:
+        while True:
+            os.write(wfd, b"." * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(wfd, True)  # as a console is: the lines must not be waited for anyway
+    r = Run(script="ready", console=wfd)
+    os.close(wfd)
+    try:
+        end = time.monotonic() + 10
+        while not r.reports() and time.monotonic() < end:
+            time.sleep(0.05)
+        check(r.reports(), "the agent never started: init blocked on a full console?")
+        r.kill_init(signal.SIGTERM)
+        expect_poweroff(r)
+    finally:
+        r.close()
+        os.close(rfd)
 
 
 def test_restart():
