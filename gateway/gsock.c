@@ -520,7 +520,15 @@ int gw_gsock_write(struct gw_gsock *s, const void *data, size_t len)
             }
         }
         if (s->l != NULL) {
+            /* A write that fails at once (out of memory) ends the link, and with it this socket:
+             * held until we are done with it. */
+            s->depth++;
             gw_link_flush(s->l);
+            s->depth--;
+            if (s->gone) {
+                gs_maybe_free(s);
+                return -1;
+            }
         }
     }
     if (gs_queued(s) > GW_GSOCK_HIGH) {
