@@ -215,6 +215,12 @@ static void scan_procs(const char *proc, struct agent_net_sock *sorted, unsigned
         int dfd;
         bool more;
 
+        /* Per process too: processes without fds (or fd directories we cannot read) cost an
+         * openat each and never reach scan_process's check. */
+        if (mono_ms() > deadline) {
+            break;
+        }
+
         pid = strtoul(pe->d_name, &end, 10);
         if (pe->d_name[0] < '1' || pe->d_name[0] > '9' || *end != '\0' || pid > UINT32_MAX) {
             continue;
