@@ -124,6 +124,7 @@ struct gw_http_conn {
     char *hb; /* url and header strings, NUL-separated */
     size_t hb_len, hb_cap;
     enum seg_kind cur;
+    bool head_done; /* this request's head is complete: fields now are a chunked body's trailer */
     struct seg url;
     struct seg hname[GW_HTTP_HEADERS_MAX], hvalue[GW_HTTP_HEADERS_MAX];
     size_t nh;
@@ -547,6 +548,12 @@ static int seg_begin(struct gw_http_conn *c, enum seg_kind kind)
 static int seg_data(http_parser *p, enum seg_kind kind, const char *at, size_t len)
 {
     struct gw_http_conn *c = p->data;
+    if (c->head_done) {
+        /* Trailer fields after a chunked body: http-parser reports them as header fields, but
+         * they are not the request's headers (and their values were never NUL-terminated:
+         * a value at the end of the buffer was read past it). Dropped. */
+        return 0;
+    }
     if (c->cur != kind && seg_begin(c, kind) < 0) {
         return -1;
     }
@@ -592,6 +599,7 @@ static int on_headers_complete(http_parser *p)
     }
     c->hb[c->hb_len++] = '\0';
     c->cur = SEG_NONE;
+    c->head_done = true;
     if (!(p->flags & F_CHUNKED) && p->content_length != ULLONG_MAX &&
         p->content_length > GW_HTTP_BODY_MAX) {
         c->err_status = 413;
@@ -637,6 +645,7 @@ static const http_parser_settings parser_settings = {
 static void req_reset(struct gw_http_conn *c)
 {
     c->cur = SEG_NONE;
+    c->head_done = false;
     c->nh = 0;
     c->hb_len = 0;
     c->body_len = 0;
