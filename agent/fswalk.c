@@ -563,7 +563,9 @@ static void regex_commit(struct regex_frame *f)
  * copies, each optional copy (or the starred one) a branch. */
 static void regex_repeat(struct regex_frame *f, uint64_t lo, uint64_t hi)
 {
-    uint64_t copies = hi == REGEX_UNBOUNDED ? lo + 1 : hi > lo ? hi : lo;
+    /* {0} (or {0,0}) leaves nothing in the final pattern, but regcomp builds its operand first:
+     * counted once, or ((0{0,335}{2335}){335}){0} cost nothing and took regcomp 2 GB. */
+    uint64_t copies = hi == REGEX_UNBOUNDED ? lo + 1 : hi > lo ? hi : lo > 0 ? lo : 1;
     uint64_t forks = hi == REGEX_UNBOUNDED ? 1 : hi > lo ? hi - lo : 0;
 
     f->last.atoms = regex_sat(copies * f->last.atoms);
