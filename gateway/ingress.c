@@ -8,7 +8,15 @@
  * every later request's head is checked first (relay_in): one whose Host names another domain
  * (a proxy in front reusing its connection for any domain) or that cannot be parsed is not
  * sent; the guest gets EOF instead and the client the answers before it, then EOF, so it
- * retries on a new connection. After an upgrade the bytes are raw.
+ * retries on a new connection.
+ *
+ * The guest is the workload's and may lie, so its bytes are parsed too (gs_data): the client
+ * gets one final answer per request sent (at most IG_PIPELINE_MAX owed), and nothing the guest
+ * sends beyond them (an answer to a request it was never sent, which a proxy in front would take
+ * for the answer to its next request, for another domain) or that is not HTTP: the guest socket
+ * is closed there and the client gets EOF. The connection goes raw (no more parsing either way)
+ * only when the guest accepts an upgrade (101) or a CONNECT (2xx); until its answer the client's
+ * bytes after that request are held, and parsed as requests again when it refuses.
  *
  * Back-pressure: the client is not read while the guest socket's queue is above GW_GSOCK_HIGH
  * (until `writable`); the guest socket is paused (its bytes not acknowledged to the agent) while
@@ -50,6 +58,20 @@
 #define IG_PID_CACHE_MS   1000
 #define IG_FILE_MAX       (4u << 20)
 #define IG_LABEL_RANDOM   8
+#define IG_PIPELINE_MAX   64 /* requests sent to the guest and not answered yet */
+
+/* A request sent to the guest, for parsing its answer (ig_conn.q). */
+#define IGQ_HEAD    1u /* the answer has no body */
+#define IGQ_UPGRADE 2u /* Upgrade + Connection: upgrade: a 101 makes the connection raw */
+#define IGQ_CONNECT 4u /* a 2xx makes the connection raw */
+
+/* Where the guest's answer parser paused (ig_conn.resp). */
+enum ig_resp {
+    IG_RESP_NONE,
+    IG_RESP_FINAL, /* a final answer ended: the oldest request is answered */
+    IG_RESP_RAW,   /* the head of an accepted upgrade or CONNECT ended: raw from here */
+    IG_RESP_BAD,   /* a 101 to a request that asked for no upgrade */
+};
 
 struct ig_conn;
 
@@ -147,8 +169,16 @@ struct ig_conn {
     char *hbuf;
     size_t hlen, hcap;
     bool in_head; /* inside a request head: bytes are held */
-    bool raw;     /* upgraded: no more parsing */
+    bool raw;     /* the guest accepted an upgrade or CONNECT: no more parsing either way */
     bool refused; /* a request for another host (or unparseable): nothing more to the guest */
+    bool up_wait; /* an upgrade or CONNECT went to the guest: the client's bytes after it are
+                   * held in hbuf and the client is not read until the guest answers */
+    /* The guest's answers: parsed (sp) until the connection goes raw, each final one taking the
+     * oldest of the requests sent (the ring q of IGQ_* kinds, qn of them from qhead). */
+    http_parser sp;
+    enum ig_resp resp;
+    uint8_t q[IG_PIPELINE_MAX];
+    unsigned qhead, qn;
 };
 
 static void conn_close(struct ig_conn *c);
@@ -286,6 +316,42 @@ static const http_parser_settings head_settings = {
     .on_header_value = on_hvalue,
     .on_headers_complete = on_hdone,
     .on_message_complete = on_mdone,
+};
+
+/* The guest's answer heads (ig_conn.sp): the kind of the oldest request sent decides. */
+static int on_resp_head(http_parser *p)
+{
+    struct ig_conn *c = p->data;
+    unsigned kind = c->qn > 0 ? c->q[c->qhead] : 0;
+
+    if (p->status_code == 101) {
+        c->resp = (kind & IGQ_UPGRADE) != 0 ? IG_RESP_RAW : IG_RESP_BAD;
+        http_parser_pause(p, 1);
+        return 0;
+    }
+    if ((kind & IGQ_CONNECT) != 0 && p->status_code / 100 == 2) {
+        c->resp = IG_RESP_RAW;
+        http_parser_pause(p, 1);
+        return 0;
+    }
+    return (kind & IGQ_HEAD) != 0 ? 1 : 0; /* 1: no body follows */
+}
+
+static int on_resp_done(http_parser *p)
+{
+    struct ig_conn *c = p->data;
+
+    if (p->status_code / 100 == 1) {
+        return 0; /* 100 Continue, 103 Early Hints: the final answer follows */
+    }
+    c->resp = IG_RESP_FINAL;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static const http_parser_settings resp_settings = {
+    .on_headers_complete = on_resp_head,
+    .on_message_complete = on_resp_done,
 };
 
 /* --- mappings and expose.json --------------------------------------------------------------- */
@@ -905,16 +971,23 @@ static void relay_put(struct ig_conn *c, const char *data, size_t len)
     }
 }
 
+static void relay_end(struct ig_conn *c);
+
 /* Nothing more of the client's goes to the guest: the guest gets EOF after what it has, its
- * answers still reach the client, and the client's further bytes are read and dropped. May
- * close the connection (the guest socket's `closed`). */
+ * answers still owed reach the client (then relay_end), and the client's further bytes are read
+ * and dropped. May close the connection (the guest socket's `closed`). */
 static void relay_refuse(struct ig_conn *c)
 {
     c->refused = true;
     c->hlen = 0;
-    if (c->gs != NULL) {
-        gw_gsock_shutdown(c->gs);
+    if (c->gs == NULL) {
+        return;
     }
+    if (!c->raw && c->qn == 0) {
+        relay_end(c);
+        return;
+    }
+    gw_gsock_shutdown(c->gs);
 }
 
 static int hold_add(struct ig_conn *c, const char *data, size_t len)
@@ -947,7 +1020,8 @@ static int hold_add(struct ig_conn *c, const char *data, size_t len)
  * any domain) goes to the guest only when its Host names the same domain. Otherwise, or when
  * a request cannot be parsed, the relay refuses more (relay_refuse): the client gets the
  * answers to the requests before it, then EOF, and retries on a new connection, routed anew.
- * After an upgrade (WebSocket) or CONNECT the bytes are no HTTP: raw from then on.
+ * Each request sent is noted in c->q for its answer (gs_data). After an upgrade or CONNECT the
+ * rest waits in hbuf for the guest's answer (c->up_wait: the caller stops reading the client).
  */
 static void relay_in(struct ig_conn *c, const char *data, size_t len)
 {
@@ -977,26 +1051,103 @@ static void relay_in(struct ig_conn *c, const char *data, size_t len)
             http_parser_pause(&c->rp, 0);
             if (c->hx.complete) {
                 char host[GW_DOMAIN_MAX + 1];
+                unsigned kind = (c->rp.method == HTTP_HEAD ? IGQ_HEAD : 0) |
+                                (c->rp.method == HTTP_CONNECT ? IGQ_CONNECT
+                                 : c->rp.upgrade              ? IGQ_UPGRADE
+                                                              : 0);
 
                 if (c->hx.nhost != 1 || c->hx.host_long ||
-                    host_name(c->hx.host, host, sizeof(host)) < 0 || strcmp(host, c->host) != 0) {
+                    host_name(c->hx.host, host, sizeof(host)) < 0 || strcmp(host, c->host) != 0 ||
+                    c->qn == IG_PIPELINE_MAX) {
                     relay_refuse(c);
                     return;
                 }
+                c->q[(c->qhead + c->qn) % IG_PIPELINE_MAX] = (uint8_t)kind;
+                c->qn++;
                 c->in_head = false;
                 relay_put(c, c->hbuf, c->hlen);
                 c->hlen = 0;
             } else if (c->hx.done) {
-                c->raw = c->rp.upgrade;
-                c->in_head = !c->raw;
+                if (c->rp.upgrade) {
+                    /* Another protocol follows only if the guest says so: hold the rest. */
+                    if (hold_add(c, data, len) < 0) {
+                        relay_refuse(c);
+                        return;
+                    }
+                    c->up_wait = true;
+                    return;
+                }
+                c->in_head = true;
             }
-        } else if (e != HPE_OK) {
+        } else if (e != HPE_OK || len > 0) {
             relay_refuse(c);
             return;
-        } else if (len > 0) {
-            c->raw = true; /* the parser stopped at an upgrade */
         }
     }
+}
+
+/* The guest accepted the upgrade or CONNECT: raw both ways, the bytes held first. */
+static void relay_upgraded(struct ig_conn *c)
+{
+    size_t n = c->hlen;
+
+    c->raw = true;
+    c->up_wait = false;
+    c->hlen = 0;
+    relay_put(c, c->hbuf, n);
+    if (c->st == IC_RELAY && c->gs != NULL && !c->client_eof) {
+        conn_read(c, !c->hold);
+    }
+}
+
+/* The guest refused the upgrade or CONNECT: the bytes held are requests again. */
+static void relay_resume(struct ig_conn *c)
+{
+    size_t n = c->hlen;
+    char *held = NULL;
+
+    c->up_wait = false;
+    http_parser_init(&c->rp, HTTP_REQUEST);
+    c->in_head = true;
+    c->hlen = 0;
+    if (n > 0) {
+        if ((held = malloc(n)) == NULL) {
+            relay_refuse(c);
+            return;
+        }
+        memcpy(held, c->hbuf, n);
+        relay_in(c, held, n);
+        free(held);
+    }
+    if (c->st == IC_RELAY && c->gs != NULL && !c->refused && !c->client_eof) {
+        conn_read(c, !c->hold && !c->up_wait);
+    }
+}
+
+/* The guest may send the client nothing more: it answered every request the relay will send
+ * (it refused more), or it sent what it may not. What the client got stays; the guest socket
+ * is closed and the client gets EOF once its writes are done. */
+static void on_relay_shut(uv_shutdown_t *req, int status);
+
+static void relay_end(struct ig_conn *c)
+{
+    c->refused = true;
+    c->hlen = 0;
+    if (c->gs != NULL) {
+        gw_gsock_close(c->gs);
+        c->gs = NULL;
+    }
+    if (!c->guest_eof) {
+        c->guest_eof = true;
+        c->shut.data = c;
+        if (conn_flush_tail(c) < 0 ||
+            uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_relay_shut) < 0) {
+            conn_close(c);
+            return;
+        }
+        c->shutting = true;
+    }
+    conn_finish(c);
 }
 
 static void gs_connected(void *user)
@@ -1008,27 +1159,75 @@ static void gs_connected(void *user)
     uv_timer_stop(&c->timer);
     http_parser_init(&c->rp, HTTP_REQUEST);
     c->rp.data = &c->hx;
+    http_parser_init(&c->sp, HTTP_RESPONSE);
+    c->sp.data = c;
     c->in_head = true;
     /* The bytes read so far (the head and what followed it) go first. */
     c->blen = 0;
     relay_in(c, c->buf, n);
     if (c->st == IC_RELAY) {
-        conn_read(c, !c->hold);
+        conn_read(c, !c->hold && !c->up_wait);
     }
 }
 
+/* Guest bytes toward the client, each answer checked against the requests sent. */
 static void gs_data(void *user, const uint8_t *data, size_t len)
 {
     struct ig_conn *c = user;
+    const char *d = (const char *)data;
 
     if (c->st != IC_RELAY || c->guest_eof) {
         return;
     }
-    if (conn_write(c, data, len) < 0) {
+    while (len > 0 && !c->raw) {
+        enum http_errno e;
+        size_t n;
+
+        if (c->qn == 0) {
+            relay_end(c); /* an answer to nothing the client asked */
+            return;
+        }
+        c->resp = IG_RESP_NONE;
+        n = http_parser_execute(&c->sp, &resp_settings, d, len);
+        e = HTTP_PARSER_ERRNO(&c->sp);
+        if (c->resp == IG_RESP_BAD || (e != HPE_OK && e != HPE_PAUSED)) {
+            relay_end(c); /* not HTTP, or a switch nobody asked for */
+            return;
+        }
+        if (n > 0 && conn_write(c, d, n) < 0) {
+            conn_close(c);
+            return;
+        }
+        d += n;
+        len -= n;
+        if (e != HPE_PAUSED) {
+            if (len > 0) {
+                relay_end(c); /* the parser stopped short of the bytes */
+                return;
+            }
+            break;
+        }
+        http_parser_pause(&c->sp, 0);
+        c->qhead = (c->qhead + 1) % IG_PIPELINE_MAX;
+        c->qn--;
+        if (c->resp == IG_RESP_RAW) {
+            relay_upgraded(c);
+        } else if (c->up_wait) {
+            relay_resume(c);
+        }
+        if (c->st != IC_RELAY || c->guest_eof) {
+            return;
+        }
+        if (!c->raw && c->refused && c->qn == 0) {
+            relay_end(c); /* every answer owed went out; nothing more goes to the guest */
+            return;
+        }
+    }
+    if (len > 0 && conn_write(c, d, len) < 0) {
         conn_close(c);
         return;
     }
-    if (!c->paused && c->wq > IG_WQ_HIGH) {
+    if (!c->paused && c->wq > IG_WQ_HIGH && c->gs != NULL) {
         c->paused = true;
         gw_gsock_pause(c->gs, true);
     }
@@ -1099,7 +1298,7 @@ static void gs_writable(void *user)
 
     if (c->st == IC_RELAY && c->hold) {
         c->hold = false;
-        conn_read(c, !c->client_eof);
+        conn_read(c, !c->client_eof && !c->up_wait);
     }
 }
 
@@ -1346,7 +1545,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
             return; /* the guest takes no more: drop */
         }
         relay_in(c, c->buf, (size_t)n);
-        if (c->hold) {
+        if (c->hold || c->up_wait) {
             conn_read(c, false);
         }
         return;

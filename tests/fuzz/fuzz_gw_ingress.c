@@ -5,7 +5,11 @@
  * request head is read and parsed (Host, routing to one of a few fixed mappings), and when it is
  * routed to the running sandbox the stand-in guest socket connects, so the rest of the input
  * goes through the relay's per-request Host re-check. The first byte picks the read size and
- * whether the guest socket reports itself full once.
+ * whether the guest socket reports itself full once. The guest answers "HTTP/1.1 200 OK" with
+ * no length (a body until EOF), unless the input holds FZ_GUEST_MARK: then what follows the
+ * mark is the guest's bytes, fed in pieces of the read size between the client's reads (what
+ * the relay's answer parser reads: one final answer per request, upgrades, HEAD, junk), and
+ * every byte the client gets in the relay must be the next byte of the guest's.
  *
  * With the first byte's top bit set the input is "DOMAIN\nBODY" instead: BODY is the body of
  * POST /api/v3/sandbox/ID/expose/http (gw_rest_expose_http: {}, {port} or {pid}), DOMAIN goes to
@@ -26,6 +30,27 @@
 /* clang-format on */
 
 static int fz_status; /* the last REST answer's status */
+
+/* Splits an input into the client's bytes and the guest's (see the top). */
+#define FZ_GUEST_MARK "\xffGUEST\xff"
+
+/* The guest's bytes of this input, and how many of them the client got so far. */
+static const uint8_t *fz_guest;
+static size_t fz_guest_len, fz_guest_out;
+static bool fz_relaying;
+
+/* Every byte written in the relay is the guest's next one (no answer is made up, repeated or
+ * reordered); written before the relay (error answers) they are the gateway's own. */
+static void fz_client_sink(const char *data, size_t len)
+{
+    if (!fz_relaying || fz_guest == NULL) {
+        return;
+    }
+    if (len > fz_guest_len - fz_guest_out || memcmp(data, fz_guest + fz_guest_out, len) != 0) {
+        abort(); /* the client got bytes the guest did not send, or not in its order */
+    }
+    fz_guest_out += len;
+}
 
 static void fz_http_respond_json(struct gw_http_conn *hc, int status, const char *const *headers,
                                  json_t *body)
@@ -265,6 +290,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fz_gs_held = false;
     data++;
     size--;
+    fz_guest = NULL;
+    fz_guest_len = fz_guest_out = 0;
+    fz_relaying = false;
+    fz_uv_sink = fz_client_sink;
+    const uint8_t *mark = memmem(data, size, FZ_GUEST_MARK, sizeof(FZ_GUEST_MARK) - 1);
+    if (mark != NULL) {
+        fz_guest = mark + sizeof(FZ_GUEST_MARK) - 1;
+        fz_guest_len = (size_t)(data + size - fz_guest);
+        size = (size_t)(mark - data);
+    }
+    size_t gfed = 0;
+    bool guest_turn = false; /* the guest and the client take turns */
 
     on_connection((uv_stream_t *)&fz_ig->tcp, 0);
     struct ig_conn *c = fz_ig->conns;
@@ -277,13 +314,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             fz_gs_ops->connected(fz_gs_user);
             continue;
         }
-        if (c->st == IC_RELAY && !guest_spoke) {
+        fz_relaying = c->st == IC_RELAY;
+        if (c->st == IC_RELAY && !guest_spoke && fz_guest == NULL) {
             guest_spoke = true;
             fz_gs_ops->data(fz_gs_user, (const uint8_t *)"HTTP/1.1 200 OK\r\n\r\n", 19);
+            continue;
         }
         if (c->st == IC_RELAY && fz_gs_held) {
             fz_gs_held = false;
             fz_gs_ops->writable(fz_gs_user);
+            continue;
+        }
+        if (c->st == IC_RELAY && fz_gs_live && gfed < fz_guest_len &&
+            (size == 0 || !c->reading || guest_turn)) {
+            size_t n = fz_guest_len - gfed < chunk ? fz_guest_len - gfed : chunk;
+            fz_gs_ops->data(fz_gs_user, fz_guest + gfed, n);
+            gfed += n;
+            guest_turn = false;
+            (void)fz_uv_pump();
+            continue;
         }
         if (size == 0 || !c->reading) {
             break;
@@ -302,6 +351,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         on_read((uv_stream_t *)&c->tcp, (ssize_t)n, &buf);
         data += n;
         size -= n;
+        guest_turn = true;
         (void)fz_uv_pump();
     }
     /* The client half-closes, the guest answers and ends, both go. */
@@ -318,6 +368,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         conn_close(c);
     }
     fz_uv_settle(&fz_loop, 2);
+    fz_uv_sink = NULL;
     if (fz_ig->conns != NULL || fz_gs_live) {
         abort(); /* the connection or its guest socket outlived the input */
     }

@@ -597,3 +597,39 @@ def build_gateway_image(out=GATEWAY_IMAGE):
                           "--agent", os.path.join(BUILD, "bin", "sbx-agent"), "-o", out])
     print("gateway image: exit %d in %.1fs" % (rc, time.monotonic() - t0))
     return rc
+
+
+class RawServer:
+    """A TCP listener on 127.0.0.1 running @fn(conn) per connection in a thread of its own."""
+
+    def __init__(self, fn):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.fn = fn
+        self.conns = []
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._one, args=(c,), daemon=True).start()
+
+    def _one(self, c):
+        try:
+            self.fn(c)
+        except OSError:
+            pass
+
+    def stop(self):
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass

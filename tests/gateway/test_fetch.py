@@ -311,7 +311,7 @@ class TestFetch(FetchCase):
             time.sleep(1)
             c.close()
 
-        raw = RawServer(two)
+        raw = h.RawServer(two)
         ws = h.open_create_ws(self.gw, {"allow_net": ["allowed.test"]})
         try:
             for _ in range(3):
@@ -494,42 +494,6 @@ class TLSServer(Server):
         pass
 
 
-class RawServer:
-    """A TCP listener on 127.0.0.1 running @fn(conn) per connection in a thread of its own."""
-
-    def __init__(self, fn):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.fn = fn
-        self.conns = []
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-            threading.Thread(target=self._one, args=(c,), daemon=True).start()
-
-    def _one(self, c):
-        try:
-            self.fn(c)
-        except OSError:
-            pass
-
-    def stop(self):
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-
 def answer_plain_http(c):
     c.settimeout(10)
     c.recv(4096)
@@ -577,8 +541,9 @@ class TestFetchTLS(FetchCase):
         self.srv = Server()
         self.tls = {n: TLSServer(self.certs, n) for n in ("good", "other", "self", "expired",
                                                           "huge")}
-        self.raw = {"plain": RawServer(answer_plain_http), "garbage": RawServer(answer_garbage),
-                    "eof": RawServer(close_in_handshake), "hang": RawServer(never_answer)}
+        self.raw = {"plain": h.RawServer(answer_plain_http),
+                    "garbage": h.RawServer(answer_garbage),
+                    "eof": h.RawServer(close_in_handshake), "hang": h.RawServer(never_answer)}
         self.agent = h.start_agent()
         extra = ["--ca-file", self.certs.ca]
         for name in self.RESOLVE:

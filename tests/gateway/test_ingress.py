@@ -132,6 +132,33 @@ class GuestServer:
         self.proc.stdout.close()
 
 
+class RawGuest(h.RawServer):
+    """A guest server that answers as @answer(head) says (bytes, or None to say nothing) for each
+    request head it reads, never closes a connection first, and keeps every byte it got
+    (self.got) for the test to look at."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.got = bytearray()
+        self.lock = threading.Lock()
+        super().__init__(self._serve)
+
+    def _serve(self, c):
+        buf = b""
+        while True:
+            b = c.recv(65536)
+            if not b:
+                return
+            with self.lock:
+                self.got += b
+            buf += b
+            while b"\r\n\r\n" in buf:
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                out = self.answer(head)
+                if out:
+                    c.sendall(out)
+
+
 def recv_until_eof(s, timeout=60):
     s.settimeout(timeout)
     out = bytearray()
@@ -576,6 +603,111 @@ class TestIngress(IngressCase):
         # The other domain on a connection of its own is routed to its sandbox (502: nothing
         # listens there).
         self.assertEqual(self.request(other)[0], 502)
+
+    def raw_guest(self, answer):
+        g = RawGuest(answer)
+        self.servers.append(g)
+        return g
+
+    def test_guest_answers_only_what_was_asked(self):
+        """The guest is the workload's: an answer it sends to a request it was never sent (a
+        proxy in front would take it for the answer to its next request on the connection, for
+        another domain) does not reach the client; the client gets EOF there, though the guest
+        keeps its connection open."""
+        forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+        one = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"
+        g = self.raw_guest(lambda head: one + forged)
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=g.port)
+        sid2, ws2 = self.sandbox()
+        other = self.expose(sid2, ws2, port=free_port())
+        # One request, then the next for another domain once the answer came.
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("GET /a HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode())
+        f = s.makefile("rb")
+        self.assertEqual(read_response(f)[2], b"one")
+        try:
+            s.sendall(("GET /b HTTP/1.1\r\nHost: %s\r\n\r\n" % other).encode())
+        except OSError:
+            pass  # already closed: as good
+        self.assertEqual(f.read(), b"")
+        s.close()
+        # Pipelined, and ahead of any answer: the answer to the first, then EOF.
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("GET /c HTTP/1.1\r\nHost: %s\r\n\r\nGET /d HTTP/1.1\r\nHost: %s\r\n\r\n"
+                   % (domain, other)).encode())
+        self.assertEqual(recv_until_eof(s, 30), one)
+        s.close()
+        self.assertNotIn(other.encode(), bytes(g.got))
+        # Not HTTP at all: nothing of it reaches the client.
+        g.answer = lambda head: b"SSH-2.0-not-http\r\n"
+        self.assertEqual(self.raw(("GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode()),
+                         b"")
+
+    def test_upgrade_raw_only_when_the_guest_accepts(self):
+        """After an Upgrade or CONNECT request the connection goes raw only when the guest
+        accepts it (101, or a 2xx to CONNECT). Refused, the client's next request is a request
+        again: one for another domain does not reach the guest. Accepted, the bytes the client
+        sent behind the request reach the guest as they are."""
+        def answer(head):
+            line = head.split(b"\r\n")[0]
+            if b"/refuse" in line:
+                return b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno"
+            if b"/accept" in line:
+                return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n"
+                        b"Connection: Upgrade\r\n\r\nupgraded:")
+            if line.startswith(b"CONNECT"):
+                return b"HTTP/1.1 200 Connection Established\r\n\r\ntunnel:"
+            if line.startswith(b"HEAD"):
+                return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nget"
+        g = self.raw_guest(answer)
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=g.port)
+        sid2, ws2 = self.sandbox()
+        other = self.expose(sid2, ws2, port=free_port())
+        up = "Upgrade: echo\r\nConnection: Upgrade\r\n"
+        # Refused: the next request for this domain is answered, the one for another is not.
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("GET /refuse HTTP/1.1\r\nHost: %s\r\n%s\r\n"
+                   "GET /next HTTP/1.1\r\nHost: %s\r\n\r\n"
+                   "GET /other HTTP/1.1\r\nHost: %s\r\n\r\n" % (domain, up, domain, other)).encode())
+        out = recv_until_eof(s, 30)
+        s.close()
+        self.assertEqual(out, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno"
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nget")
+        self.assertIn(b"/next", bytes(g.got))
+        self.assertNotIn(other.encode(), bytes(g.got))
+        # Accepted: what followed the request is the new protocol's, even when it looks like
+        # HTTP for another domain.
+        tail = ("raw bytes\r\n\r\nGET /x HTTP/1.1\r\nHost: %s\r\n\r\n" % other).encode()
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("GET /accept HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (domain, up)).encode() + tail)
+        deadline = time.time() + 30
+        while tail not in bytes(g.got) and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertIn(tail, bytes(g.got))
+        s.settimeout(30)
+        head = s.recv(4096)
+        s.close()
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        # CONNECT accepted by a 2xx: raw too.
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("CONNECT db:5432 HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode()
+                  + b"after-connect")
+        deadline = time.time() + 30
+        while b"after-connect" not in bytes(g.got) and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertIn(b"after-connect", bytes(g.got))
+        s.close()
+        # HEAD: its answer has no body, whatever its Content-Length says.
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("HEAD / HTTP/1.1\r\nHost: %s\r\n\r\nGET / HTTP/1.1\r\nHost: %s\r\n\r\n"
+                   "GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % (domain, domain, other)).encode())
+        out = recv_until_eof(s, 30)
+        s.close()
+        self.assertEqual(out, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nget")
 
     def test_leading_empty_lines(self):
         """Empty lines before the request line are skipped (RFC 9112 2.2), not a 400."""
