@@ -690,16 +690,50 @@ static bool pp_known_not(const struct gw_pid_port *q, uint32_t pid)
     return false;
 }
 
+static bool pp_link_ending(const struct sbx_event *ev)
+{
+    return ev->error != NULL && strcmp(ev->error->code, SBX_E_EOF) == 0;
+}
+
+static void pp_orphan_closed(struct gw_link_req *r, const struct sbx_event *ev)
+{
+    struct gw_pid_port *q = container_of(r, struct gw_pid_port, req);
+
+    (void)ev;
+    q->req_out = false;
+    q->l = NULL;
+    pp_maybe_free(q);
+}
+
+/* An answer came after the lookup was let go (cancelled): a file handle it leaves open is closed
+ * anyway, as the agent keeps a connection's handles until the connection ends and the link is
+ * shared by every lookup and guest socket of the sandbox (SBX_FS_HANDLES_MAX). */
+static void pp_let_go(struct gw_pid_port *q, bool fh_open, uint32_t fh)
+{
+    struct sbx_conn *c = q->l != NULL ? gw_link_conn(q->l) : NULL;
+    struct sbx_err err;
+
+    q->req_out = false;
+    if (fh_open && c != NULL) {
+        q->req.fn = pp_orphan_closed;
+        if (sbx_fs_close(c, fh, &q->req, NULL, &err) == 0) {
+            q->req_out = true;
+            return;
+        }
+    }
+    q->l = NULL;
+}
+
 /* The common start of every answer: false when there is nothing to do (let go meanwhile, or
  * the link is ending: `down` follows with its reason). */
 static bool pp_enter(struct gw_pid_port *q, const struct sbx_event *ev)
 {
     q->req_out = false;
     if (q->gone) {
-        q->l = NULL;
+        pp_let_go(q, false, 0);
         return false;
     }
-    return !(ev->error != NULL && strcmp(ev->error->code, SBX_E_EOF) == 0);
+    return !pp_link_ending(ev);
 }
 
 static struct sbx_conn *pp_conn(struct gw_pid_port *q)
@@ -780,7 +814,9 @@ static void pp_read(struct gw_link_req *r, const struct sbx_event *ev)
     size_t n;
 
     q->depth++;
-    if (pp_enter(q, ev)) {
+    if (q->gone) {
+        pp_let_go(q, !pp_link_ending(ev), q->fh);
+    } else if (pp_enter(q, ev)) {
         q->ppid = 0;
         /* A result without data (a hostile agent's) reads as no parent: sbx_obj_bytes takes a
          * missing field as absent. */
@@ -811,7 +847,12 @@ static void pp_opened(struct gw_link_req *r, const struct sbx_event *ev)
     struct sbx_err err;
 
     q->depth++;
-    if (pp_enter(q, ev)) {
+    if (q->gone) {
+        uint32_t fh = 0;
+        bool open = ev->error == NULL && pp_u32(ev->result, "fh", &fh);
+
+        pp_let_go(q, open, fh);
+    } else if (pp_enter(q, ev)) {
         if (ev->error != NULL || !pp_u32(ev->result, "fh", &q->fh)) {
             pp_next_cand(q); /* gone meanwhile (or unreadable): not a descendant now */
         } else if ((c = pp_conn(q)) != NULL) {

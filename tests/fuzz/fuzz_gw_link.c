@@ -40,7 +40,9 @@
  * it, and no lower such port: not one of the process itself, nor (when no walk can have reached
  * PP_DEPTH_MAX and at most PP_CAND_MAX pids held lower ports) one of a pid those answers show to
  * descend from it; not-found has a reason, and is not the answer while the link is up and the
- * process itself was listed as listening. Deploy: the request is answered 200 and the job has
+ * process itself was listed as listening; with the link still up at the end, every
+ * /proc/PID/stat handle the agent gave is closed unless a read of it waits for its answer (a
+ * cancelled lookup's too). Deploy: the request is answered 200 and the job has
  * failed with a reason by the link's end; the BuildLog lines of each output buffer are the bytes
  * the agent sent on its streams in order (lines split at '\n' with one '\r' before it dropped,
  * longer lines cut at LOG_LINE_MAX, nothing added or lost), valid UTF-8 lines logged as they
@@ -234,12 +236,56 @@ static struct {
 } fz_opens[FZ_OPENS_MAX];
 static size_t fz_nopens;
 
-/* A new connection: its frames and request ids start over. */
+/* The file handles the agent gave for those opens, on the current link: each is closed by the
+ * gateway (fs.close) unless a read of it is still unanswered, whether or not its lookup was
+ * cancelled meanwhile (fz_check_handles). Reads by request id, for their answers. */
+#define FZ_FH_MAX 256
+static struct {
+    uint32_t fh;
+    unsigned opened, closed, reads_out;
+} fz_fh[FZ_FH_MAX];
+static size_t fz_nfh;
+static struct {
+    uint32_t id, fh;
+} fz_reads[FZ_OPENS_MAX];
+static size_t fz_nreads;
+
+/* A new connection: its frames, request ids and handles start over. */
 static void fz_wire_reset(void)
 {
     sbx_framer_free(&fz_framer);
     sbx_framer_init(&fz_framer, SBX_FRAME_MAX);
     fz_nopens = 0;
+    fz_nfh = 0;
+    fz_nreads = 0;
+}
+
+/* The record of handle @fh (made at first sight), or NULL when the table is full. */
+static __typeof__(fz_fh[0]) *fz_fh_of(uint32_t fh)
+{
+    for (size_t i = 0; i < fz_nfh; i++) {
+        if (fz_fh[i].fh == fh) {
+            return &fz_fh[i];
+        }
+    }
+    if (fz_nfh == FZ_FH_MAX) {
+        return NULL;
+    }
+    memset(&fz_fh[fz_nfh], 0, sizeof(fz_fh[0]));
+    fz_fh[fz_nfh].fh = fh;
+    return &fz_fh[fz_nfh++];
+}
+
+/* A request's u32 parameter. */
+static bool fz_param_u32(const struct sbx_msg *m, const char *key, uint32_t *out)
+{
+    const msgpack_object *v = sbx_obj_get(m->params, key);
+
+    if (v == NULL || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > UINT32_MAX) {
+        return false;
+    }
+    *out = (uint32_t)v->via.u64;
+    return true;
 }
 
 /* A str or bin member (sbx_obj_bytes takes no NULL). */
@@ -301,6 +347,67 @@ static void fz_wire_out(const char *data, size_t len)
             fz_opens[fz_nopens].id = m.id;
             fz_opens[fz_nopens].pid = pid;
             fz_nopens++;
+        }
+        if (m.kind == SBX_MSG_REQUEST && m.method_len == 7 && memcmp(m.method, "fs.read", 7) == 0 &&
+            fz_nreads < FZ_OPENS_MAX) {
+            uint32_t fh;
+            __typeof__(fz_fh[0]) *h;
+
+            if (fz_param_u32(&m, "fh", &fh) && (h = fz_fh_of(fh)) != NULL) {
+                h->reads_out++;
+                fz_reads[fz_nreads].id = m.id;
+                fz_reads[fz_nreads].fh = fh;
+                fz_nreads++;
+            }
+        }
+        if (m.kind == SBX_MSG_REQUEST && m.method_len == 8 &&
+            memcmp(m.method, "fs.close", 8) == 0) {
+            uint32_t fh;
+            __typeof__(fz_fh[0]) *h;
+
+            if (fz_param_u32(&m, "fh", &fh) && (h = fz_fh_of(fh)) != NULL) {
+                h->closed++;
+            }
+        }
+    }
+}
+
+/* The gateway's side of a response about a handle (seen before the link dispatches it). */
+static void fz_handle_saw(const struct sbx_event *ev)
+{
+    const msgpack_object *v;
+    __typeof__(fz_fh[0]) *h;
+
+    if (ev->call == SBX_CALL_FS_OPEN && ev->error == NULL) {
+        for (size_t i = 0; i < fz_nopens; i++) {
+            if (fz_opens[i].id == ev->id && (v = sbx_obj_get(ev->result, "fh")) != NULL &&
+                v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 <= UINT32_MAX &&
+                (h = fz_fh_of((uint32_t)v->via.u64)) != NULL) {
+                h->opened++;
+                break;
+            }
+        }
+    }
+    if (ev->call == SBX_CALL_FS_READ) {
+        for (size_t i = 0; i < fz_nreads; i++) {
+            if (fz_reads[i].id == ev->id) {
+                if ((h = fz_fh_of(fz_reads[i].fh)) != NULL && h->reads_out > 0) {
+                    h->reads_out--;
+                }
+                fz_reads[i] = fz_reads[--fz_nreads];
+                break;
+            }
+        }
+    }
+}
+
+/* With the link still up, every handle given is closed or has a read in flight (the agent keeps
+ * a connection's handles until it ends; the link is shared by every lookup of the sandbox). */
+static void fz_check_handles(void)
+{
+    for (size_t i = 0; i < fz_nfh; i++) {
+        if (fz_fh[i].opened > fz_fh[i].closed + fz_fh[i].reads_out) {
+            fz_fail("a /proc/PID/stat handle was left open on a live link");
         }
     }
 }
@@ -695,6 +802,9 @@ static void fz_saw_event(const struct sbx_event *ev)
         fprintf(stderr, "fuzz: event %d %s id %u stream %u%s%s\n", (int)ev->kind,
                 ev->method ? ev->method : "-", ev->id, ev->stream, ev->error ? " error " : "",
                 ev->error ? ev->error->code : "");
+    }
+    if (ev->kind == SBX_EV_RESPONSE && !ev->unknown) {
+        fz_handle_saw(ev);
     }
     if (ev->kind == SBX_EV_RESPONSE && !ev->unknown && ev->user != NULL) {
         struct fz_lookup *lk = fz_lookup_of(ev->user);
@@ -1170,6 +1280,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         }
         fz_uv_settle(&fz_loop, 1);
+    }
+    fz_uv_settle(&fz_loop, 2);
+    if (fz_link_alive(fz_link_gen)) {
+        fz_check_handles();
     }
     gw_link_close(fz_sb, "the input ended");
     fz_uv_settle(&fz_loop, 3);

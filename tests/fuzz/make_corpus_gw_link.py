@@ -335,6 +335,16 @@ seed("regress-manifest-size-negative", deploy(), agent(packed(2, out=None, arch=
      agent(data(1, ARCHIVE), manifest(1, [fentry("a", size=2**63 + 5)]), end(1)))
 seed("regress-manifest-mode-beyond-permissions", deploy(), agent(packed(2, out=None, arch=1)),
      agent(data(1, ARCHIVE), manifest(1, [fentry("a", mode=0o100644)]), end(1)))
+# A lookup cancelled with its /proc/PID/stat open (the read answered after the cancel), or before
+# the open's answer: the handle must be closed anyway (the link is shared).
+seed("regress-cancelled-lookup-read-answered", lookup(1),
+     agent(resp(2, {"procs": [proc(1, 100)]})),
+     agent(listening(3, sock(3000, 200), sock(8000, 100))), agent(resp(4, {"fh": 1})),
+     cancel(0), agent(resp(5, {"data": stat(200, 100)})), RUN)
+seed("regress-cancelled-lookup-open-answered", lookup(1),
+     agent(resp(2, {"procs": [proc(1, 100)]})),
+     agent(listening(3, sock(3000, 200), sock(8000, 100))), cancel(0),
+     agent(resp(4, {"fh": 7})), RUN)
 
 # --- gw_ssh_host: byte 0 (bit 0 wildcard endpoint, bits 1-3 buffer size, bit 4 no Host header),
 # then the Host header's value. -----------------------------------------------------------------
