@@ -76,9 +76,9 @@ static int upload_split(const char *path, char *dir, size_t dirsz, char *name, s
 struct chunk {
     struct chunk *next;
     struct agent_slab *slab; /* the held frame buffer the payload lies in, or NULL... */
-    uint8_t *copy;           /* ...and then this copy, of cap bytes */
+    struct agent_tail copy;  /* ...and then a copy (small payloads gathered) */
     const uint8_t *buf;
-    uint32_t len, cap;
+    uint32_t len;
 };
 
 struct upload {
@@ -121,7 +121,7 @@ static void chunks_free(struct agent *a, struct chunk *c)
         if (c->slab != NULL) {
             agent_slab_release(a, c->slab);
         }
-        free(c->copy);
+        agent_tail_free(&c->copy);
         free(c);
         c = n;
     }
@@ -499,7 +499,7 @@ static void upload_data(struct agent_stream *s, const uint8_t *data, uint32_t le
     struct sbx_err err;
     struct chunk *c;
 
-    if (u == NULL || u->over) {
+    if (u == NULL || u->over || len == 0) {
         return;
     }
     u->received += len;
@@ -511,40 +511,32 @@ static void upload_data(struct agent_stream *s, const uint8_t *data, uint32_t le
     }
     /* Held where it was read, not copied (bounded by credit, like stdin); small pieces copied,
      * into the last copied chunk still waiting while it stays under AGENT_HOLD_MIN: a chunk per
-     * frame would cost ~100 bytes for a one-byte frame (as agent_tail does for stdin). */
+     * frame would cost ~100 bytes for a one-byte frame (as for stdin). */
     c = u->last;
-    if (len < AGENT_HOLD_MIN && c != NULL && c->copy != NULL && c->len + len <= AGENT_HOLD_MIN) {
-        if (c->len + len > c->cap) {
-            uint32_t cap = c->cap * 2 > c->len + len ? c->cap * 2 : c->len + len;
-            uint8_t *b = realloc(c->copy, cap < AGENT_HOLD_MIN ? cap : AGENT_HOLD_MIN);
-
-            if (b == NULL) {
-                sbx_err_oom(&err);
-                upload_fail(u, &err);
-                return;
-            }
-            c->copy = b;
-            c->buf = b;
-            c->cap = cap < AGENT_HOLD_MIN ? cap : AGENT_HOLD_MIN;
+    if (len < AGENT_HOLD_MIN && c != NULL && c->copy.buf != NULL &&
+        c->len + len <= AGENT_HOLD_MIN) {
+        if (agent_tail_add(&c->copy, data, len) < 0) {
+            sbx_err_oom(&err);
+            upload_fail(u, &err);
+            return;
         }
-        memcpy(c->copy + c->len, data, len);
-        c->len += len;
+        c->buf = c->copy.buf;
+        c->len = c->copy.len;
         upload_kick(u); /* a batch is being written: this goes with the next */
         return;
     }
     c = calloc(1, sizeof(*c));
     if (c != NULL && (c->slab = agent_conn_hold(s->conn, data, len)) == NULL &&
-        (c->copy = malloc(len)) != NULL) {
-        memcpy(c->copy, data, len);
-        c->cap = len;
-    }
-    if (c == NULL || (c->slab == NULL && c->copy == NULL)) {
+        agent_tail_add(&c->copy, data, len) < 0) {
         free(c);
+        c = NULL;
+    }
+    if (c == NULL) {
         sbx_err_oom(&err);
         upload_fail(u, &err);
         return;
     }
-    c->buf = c->copy != NULL ? c->copy : data;
+    c->buf = c->copy.buf != NULL ? c->copy.buf : data;
     c->len = len;
     c->next = NULL;
     *u->tail = c;

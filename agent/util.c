@@ -72,6 +72,9 @@ void agent_buf_put(struct agent *a, void *buf)
 
 int agent_tail_add(struct agent_tail *t, const uint8_t *data, uint32_t n)
 {
+    if (n == 0) {
+        return 0;
+    }
     if (n > UINT32_MAX - t->len) {
         return -1;
     }
