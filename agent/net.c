@@ -37,7 +37,8 @@ struct net_sock {
     struct agent *a;
     enum net_state state;
     uv_tcp_t tcp;
-    uv_timer_t timer; /* connecting: the deadline; open: the retry after a buffer shortage */
+    uv_timer_t timer; /* connecting: the deadline; open: the retry after a buffer shortage;
+                       * lingering: the deadline of the last bytes */
     uv_connect_t creq;
     uv_shutdown_t sreq;
     uint32_t req;                  /* the net.connect request, answered once connected */
@@ -49,6 +50,7 @@ struct net_sock {
     bool wr_shut;                  /* the write side is shut (or being shut) */
     bool shutting;                 /* uv_shutdown in flight: pending writes, then FIN */
     bool starved;                  /* no buffer for the last read: retry on the timer */
+    bool lingering;                /* both streams finished, the last bytes still being written */
     unsigned writes;               /* write requests in flight */
     struct agent_tail tail;        /* small `in` payloads behind them (agent_tail) */
     char where[96];                /* "127.0.0.1:80", "[::1]:80", for messages */
@@ -198,11 +200,23 @@ static void net_close(struct net_sock *n)
     uv_close((uv_handle_t *)&n->timer, net_close_cb);
 }
 
-/* Both streams finished and the last bytes written: the socket has no more use. */
+static void net_timer_cb(uv_timer_t *t);
+
+/* Both streams finished and the last bytes written: the socket has no more use. Still writing
+ * them: it lingers, closed once no write completed for AGENT_NET_LINGER_MS (net_write_cb
+ * restarts the count). */
 static void net_check_done(struct net_sock *n)
 {
-    if (n->state == NET_OPEN && n->in == NULL && n->out == NULL && !n->shutting) {
+    if (n->state != NET_OPEN || n->in != NULL || n->out != NULL) {
+        return;
+    }
+    if (!n->shutting) {
         net_close(n);
+        return;
+    }
+    if (!n->lingering) {
+        n->lingering = true;
+        uv_timer_start(&n->timer, net_timer_cb, AGENT_NET_LINGER_MS, 0);
     }
 }
 
@@ -259,6 +273,9 @@ static void net_write_cb(uv_write_t *req, int status)
     n->writes--;
     if (n->state != NET_OPEN) {
         return; /* closing: UV_ECANCELED */
+    }
+    if (n->lingering && status == 0) {
+        uv_timer_start(&n->timer, net_timer_cb, AGENT_NET_LINGER_MS, 0); /* the peer reads */
     }
     if (status < 0) {
         /* The write side is dead: the shutdown queued behind this write (stream.end on `in`)
@@ -570,8 +587,6 @@ static void net_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
     net_read_end(n, nread == UV_EOF ? 0 : (int)-nread);
 }
 
-static void net_timer_cb(uv_timer_t *t);
-
 /* Start or stop reading as net_may_read says; a socket short of buffers retries on its timer. */
 static void net_update(struct net_sock *n)
 {
@@ -588,7 +603,7 @@ static void net_update(struct net_sock *n)
         (void)uv_read_stop((uv_stream_t *)&n->tcp);
         n->reading = false;
     }
-    if (n->starved && !uv_is_active((uv_handle_t *)&n->timer)) {
+    if (n->starved && !n->lingering && !uv_is_active((uv_handle_t *)&n->timer)) {
         uv_timer_start(&n->timer, net_timer_cb, AGENT_NET_RETRY_MS, 0);
     }
 }
@@ -603,6 +618,10 @@ static void net_timer_cb(uv_timer_t *t)
                     n->timeout_ms);
         agent_conn_reply_error(n->ref.conn, n->req, &err);
         net_close(n); /* the connect completes with UV_ECANCELED */
+        return;
+    }
+    if (n->lingering) {
+        net_close(n); /* the peer took nothing for AGENT_NET_LINGER_MS: the rest is dropped */
         return;
     }
     n->starved = false;

@@ -14,6 +14,10 @@
 /* net.connect: a socket that stopped reading because the agent-wide output buffer cap was hit
  * (or memory ran out) tries again after this long. */
 #define AGENT_NET_RETRY_MS 10u
+/* net.connect: a socket whose streams are both finished while its last bytes still go to the peer
+ * is closed when no write completed for this long (a peer that never reads would keep it, the
+ * bytes it holds and its place under max_streams / 2 for the connection's life). */
+#define AGENT_NET_LINGER_MS 15000u
 
 /*
  * net.connect (PROTOCOL.md §20.1): connect a TCP socket to an address literal and answer {in,

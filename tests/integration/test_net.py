@@ -752,6 +752,32 @@ class TestNetHostile(NetCase):
         self.assertEqual(len(got), len(big) + len(small))
         self.assertTrue(got == big + small, "bytes lost or out of order")
 
+    def test_finished_socket_whose_peer_never_reads_is_closed(self):
+        """Both streams finished (the client's stream.end, the peer's FIN) while the agent still
+        holds bytes for a peer that never reads: the socket is closed once no write completed
+        for 15 s (AGENT_NET_LINGER_MS), not kept with its bytes and its place under max_streams
+        for the connection's life."""
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        self.addCleanup(ls.close)
+        sin, sout = self.connect(ls.getsockname()[1])
+        s, _ = ls.accept()
+        self.addCleanup(s.close)
+        self.c.fill(sin, 200000)  # the socket's buffers are full, the credit spent
+        held = self.agent_fds()
+        self.c.end(sin)
+        s.shutdown(socket.SHUT_WR)  # `out` ends; the peer still reads nothing
+        end = self.c.wait_for(lambda m: m[0] == 2 and m[1] == "stream.end"
+                              and m[2]["stream"] == sout, "the end of out", timeout=30)
+        self.assertNotIn("error", end[2])
+        deadline = time.monotonic() + 45
+        while self.agent_fds() >= held and time.monotonic() < deadline:
+            self.assertEqual(self.c.call("ping"), {})
+            time.sleep(0.5)
+        self.assertLess(self.agent_fds(), held, "the lingering socket is still open")
+
     def test_1000_connections_no_leak(self):
         """1,000 TCP connections opened and dropped every way (ended, cancelled, reset by the
         server, agent connection dropped mid-stream): the agent's fds and RSS return to their
