@@ -187,6 +187,19 @@ class NetCase(unittest.TestCase):
         finally:
             c.pending = kept + c.pending
 
+    def connect_unread(self):
+        """A net.connect to a server socket of this test with a small receive window that
+        reads nothing: (in, out, the server's socket)."""
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, inherited
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        sin, sout = self.connect(ls.getsockname()[1])
+        s, _ = ls.accept()
+        ls.close()
+        self.addCleanup(s.close)
+        return sin, sout, s
+
     def agent_fds(self):
         return len(os.listdir("/proc/%d/fd" % self.agent.proc.pid))
 
@@ -731,14 +744,7 @@ class TestNetHostile(NetCase):
         """One-byte frames (some 200,000), within credit, to a server that reads nothing: the agent
         holds about those bytes (not a write request of some 250 bytes per frame), and the
         server gets every byte in order once it reads."""
-        ls = socket.socket()
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, inherited
-        ls.bind(("127.0.0.1", 0))
-        ls.listen(1)
-        self.addCleanup(ls.close)
-        sin, sout = self.connect(ls.getsockname()[1])
-        s, _ = ls.accept()
-        self.addCleanup(s.close)
+        sin, sout, s = self.connect_unread()
         big, credit = self.c.fill(sin, 200000)  # the socket's buffers are full
         self.assertEqual(self.c.call("ping"), {})
         rss0 = self.agent.rss_kb()
@@ -757,14 +763,7 @@ class TestNetHostile(NetCase):
         holds bytes for a peer that never reads: the socket is closed once no write completed
         for 15 s (AGENT_NET_LINGER_MS), not kept with its bytes and its place under max_streams
         for the connection's life."""
-        ls = socket.socket()
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        ls.bind(("127.0.0.1", 0))
-        ls.listen(1)
-        self.addCleanup(ls.close)
-        sin, sout = self.connect(ls.getsockname()[1])
-        s, _ = ls.accept()
-        self.addCleanup(s.close)
+        sin, sout, s = self.connect_unread()
         self.c.fill(sin, 200000)  # the socket's buffers are full, the credit spent
         held = self.agent_fds()
         self.c.end(sin)
