@@ -11,6 +11,10 @@
 #                              files always kept); default: only add inputs with new coverage
 #   FUZZ_ARGS="..."            extra libFuzzer flags (e.g. -dict=...)
 #   MAX_LEN=N                  longest input to make (default: libFuzzer's choice)
+#   MAX_LENS="gw_agent=256 gw_jsonrpc=1024"
+#                              the same per target (before MAX_LEN): the operation-list targets
+#                              run 2-10x as many execs a second on short inputs (tests/fuzz/
+#                              README.md); the ledger's build column then ends in " len=N"
 #   JOBS=2                     run that many targets at once (default 1): each lane takes the
 #                              next target not yet taken
 #   BUDGET=SECONDS             end the whole run by then: a target runs at most the time left,
@@ -36,9 +40,9 @@ SECS=${1:-10}
 BUILD=${2:-${BUILD:-build-fuzz}}
 HERE=$(cd "$(dirname "$0")" && pwd)
 MAXLEN=65536 # no corpus file above 64 KiB
-# The longest input a run makes: libFuzzer's own choice unless MAX_LEN is set (its largest corpus
-# file or 4096, grown slowly by -len_control); long inputs slow the framing targets tenfold.
-LENFLAG=${MAX_LEN:+-max_len=$MAX_LEN}
+# The longest input a run makes (len_of): libFuzzer's own choice unless MAX_LENS or MAX_LEN set it
+# (its largest corpus file or 4096, grown slowly by -len_control); long inputs slow the framing
+# targets tenfold.
 
 if [ ! -d "$BUILD/tests" ]; then
     echo "run.sh: no $BUILD/tests: build with -DSBX_FUZZ=ON first (see the top of this file)" >&2
@@ -61,6 +65,14 @@ corpus_of() {
     else
         echo "$HERE/corpus/$1"
     fi
+}
+
+# The -max_len of target $1: MAX_LENS ("name=N ..."), else MAX_LEN, else nothing.
+len_of() {
+    for kv in ${MAX_LENS:-}; do
+        case "$kv" in "$1="*) echo "${kv#*=}" && return ;; esac
+    done
+    echo "${MAX_LEN:-}"
 }
 
 # The exec cap of target $1 from RUNS ("name=N ..."), or nothing.
@@ -104,7 +116,8 @@ run_one() {
     # libFuzzer keeps its output and the sanitizers' reports on a copy of stderr. Replay an
     # input with the target's _replay binary to see what the target printed.
     # shellcheck disable=SC2046,SC2086
-    "$bin" -max_total_time="$secs" $(runs_of "$name") $LENFLAG -timeout=25 \
+    len=$(len_of "$name")
+    "$bin" -max_total_time="$secs" $(runs_of "$name") ${len:+-max_len=$len} -timeout=25 \
         -close_fd_mask=3 -print_final_stats=1 -artifact_prefix="$ART/$name-" ${FUZZ_ARGS:-} \
         "$scratch" "$corpus" >"$log" 2>&1
     rc=$?
@@ -147,7 +160,7 @@ run_one() {
         "${cov:-?}" "${ft:-?}" "$files" "$bytes" "$crashes" >>"$TABLE"
     if [ -n "${LEDGER:-}" ]; then
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%MZ)" \
-            "$COMMIT" "$FLAVOUR" "$name" "$took" "${execs:-0}" "${cov:-?}" "${ft:-?}" "$files" \
+            "$COMMIT" "$FLAVOUR${len:+ len=$len}" "$name" "$took" "${execs:-0}" "${cov:-?}" "${ft:-?}" "$files" \
             "$crashes" >>"$LEDGER"
     fi
 }
