@@ -409,15 +409,20 @@ static void exited(struct init_state *st, struct init_child *c, int status, int6
 
 bool init_reap(struct init_state *st)
 {
-    int status;
+    int status, n = 0;
     pid_t pid;
 
+    st->reap_more = false;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
         if (pid == st->agent.pid || pid == st->shell.pid) {
             exited(st, pid == st->agent.pid ? &st->agent : &st->shell, status,
                    init_now(CLOCK_BOOTTIME));
         }
         /* Anything else is an orphan re-parented to us: reaping it is all it needs. */
+        if (++n == INIT_REAP_BATCH) {
+            st->reap_more = true; /* the rest next round, after the signals and the channel */
+            return false;
+        }
     }
     return pid < 0 && errno == ECHILD;
 }

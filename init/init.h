@@ -29,6 +29,7 @@
 #define INIT_STABLE_NS      (10 * INIT_NSEC) /* an agent up this long is not crash-looping */
 #define INIT_SHELL_PAUSE_NS (1 * INIT_NSEC)  /* rescue shell restarts at most once a second */
 #define INIT_ROOT_WAIT_NS   (5 * INIT_NSEC)  /* wait for root= to appear */
+#define INIT_SYNC_NS        (10 * INIT_NSEC) /* shutdown: sync and unmount, at most */
 
 /* Resource limits (cgroup.c, docs/INIT.md "Resource limits"). */
 #define INIT_CGROUP_ROOT     "/sys/fs/cgroup"
@@ -94,7 +95,8 @@ struct init_state {
     char why[80];
     int nmounts;
     char mounts[INIT_MOUNTS_MAX][INIT_PATH_LEN]; /* in mount order; unmounted in reverse */
-    bool cgroup; /* the workload cgroup is set up: the agent gets --cgroup */
+    bool cgroup;    /* the workload cgroup is set up: the agent gets --cgroup */
+    bool reap_more; /* the last init_reap stopped at INIT_REAP_BATCH */
     char cmdline[INIT_FILE_MAX];
 };
 
@@ -177,7 +179,11 @@ int init_oom_score_adj(int value);
 void init_agent_start(struct init_state *st);
 /* Forks and execs the rescue shell on the console. */
 void init_shell_start(struct init_state *st);
-/* Reaps exited children, scheduling restarts; true when init has no children left (ECHILD). */
+/* Children reaped per init_reap call, at most: a workload making orphans as fast as they can be
+ * reaped must not keep PID 1 from its signals, control channel and timers. */
+#define INIT_REAP_BATCH 256
+/* Reaps exited children (INIT_REAP_BATCH at most; st->reap_more when more may wait), scheduling
+ * restarts; true when init has no children left (ECHILD). */
 bool init_reap(struct init_state *st);
 /* Control datagrams handled per init_ctl_read call, at most. */
 #define INIT_CTL_BATCH 64

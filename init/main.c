@@ -131,6 +131,38 @@ static bool kill_all(struct init_state *st, int sig, int64_t ns)
     }
 }
 
+/* sync, unmount what init mounted, sync, in a child given INIT_SYNC_NS: a filesystem that does
+ * not answer (a hung network or FUSE mount, a dying disk) must not keep the machine from
+ * powering off. The child, stuck in the kernel, is left behind. */
+static void sync_and_unmount(struct init_state *st)
+{
+    int64_t until = init_now(CLOCK_BOOTTIME) + INIT_SYNC_NS;
+    int status;
+    pid_t pid;
+
+    init_log("shutdown: sync");
+    if ((pid = fork()) == 0) {
+        sync();
+        init_umount_all(st);
+        sync();
+        _exit(0);
+    }
+    if (pid < 0) {
+        init_log("shutdown: fork: %m; sync and unmount skipped");
+        return;
+    }
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+
+        if (init_now(CLOCK_BOOTTIME) >= until) {
+            init_log("shutdown: sync and unmount still running after %llds; going on without them",
+                     (long long)(INIT_SYNC_NS / INIT_NSEC));
+            return;
+        }
+        (void)nanosleep(&ts, NULL);
+    }
+}
+
 /* SIGTERM to all, grace, SIGKILL, sync, unmount, then reboot(2) from a child: POWER_OFF
  * (and HALT) can end in do_exit() of the caller, and PID 1 must never exit. */
 static _Noreturn void shutdown_now(struct init_state *st)
@@ -151,10 +183,7 @@ static _Noreturn void shutdown_now(struct init_state *st)
             init_log("shutdown: processes left after SIGKILL (uninterruptible?)");
         }
     }
-    init_log("shutdown: sync");
-    sync();
-    init_umount_all(st);
-    sync();
+    sync_and_unmount(st);
     init_log("shutdown: reboot(%s)", cmd == RB_AUTOBOOT ? "RB_AUTOBOOT" : "RB_POWER_OFF");
     /* Let a serial console show that line, for half a second at most: a console that takes
      * nothing (stopped, ^S) must not keep the machine from powering off. ENOTTY: not a tty. */
@@ -214,6 +243,9 @@ static _Noreturn void main_loop(struct init_state *st)
         int64_t now = init_now(CLOCK_BOOTTIME), next = now + 60 * INIT_NSEC;
 
         run_timers(st, now, &next);
+        if (st->reap_more) {
+            next = now; /* zombies still wait: look at the rest and come back at once */
+        }
         if (st->action != INIT_RUN) {
             shutdown_now(st);
         }
