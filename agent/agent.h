@@ -139,7 +139,8 @@ struct agent {
     void *pool[64];
     unsigned npool;
     unsigned bufs_used; /* buffers handed out by agent_buf_get and not yet put back */
-    bool bufs_starved;  /* an output pipe stopped because bufs_used hit SBX_AGENT_BUFS_MAX */
+    bool bufs_starved;  /* an output pipe or socket stopped because bufs_used hit the cap */
+    struct agent_link net_starved; /* net.connect sockets stopped so (net.c): resumed with them */
     /* init channel */
     int initctl_fd;
     uv_poll_t initctl_poll;

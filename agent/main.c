@@ -320,6 +320,7 @@ int main(int argc, char **argv)
     agent_list_init(&a->conns);
     agent_list_init(&a->procs);
     agent_list_init(&a->repls);
+    agent_list_init(&a->net_starved);
     agent_list_init(&a->lifetime_waiters);
     agent_conn_init(a);
     if (cgroup != NULL) {

@@ -49,7 +49,8 @@ struct net_sock {
     bool read_done;                /* the peer's end of file, or a read error */
     bool wr_shut;                  /* the write side is shut (or being shut) */
     bool shutting;                 /* uv_shutdown in flight: pending writes, then FIN */
-    bool starved;                  /* no buffer for the last read: retry on the timer */
+    bool starved; /* no buffer for the last read: retry (timer, or agent_net_resume) */
+    struct agent_link starve_link; /* in a->net_starved while stopped at the buffer cap */
     bool lingering;                /* both streams finished, the last bytes still being written */
     unsigned writes;               /* write requests in flight */
     struct agent_tail tail;        /* small `in` payloads behind them (agent_tail) */
@@ -195,6 +196,7 @@ static void net_close(struct net_sock *n)
     }
     n->state = NET_CLOSING;
     n->reading = false;
+    agent_list_del(&n->starve_link);
     agent_conn_ref_del(&n->ref);
     uv_close((uv_handle_t *)&n->tcp, net_close_cb);
     uv_close((uv_handle_t *)&n->timer, net_close_cb);
@@ -498,10 +500,29 @@ static bool net_may_read(struct net_sock *n)
         return false; /* no credit, or the connection is backed up: ready() restarts it */
     }
     if (n->a->bufs_used >= SBX_AGENT_BUFS_MAX) {
-        n->starved = true; /* nothing tells a socket when buffers come back: the timer does */
+        /* Told when buffers come back (agent_net_resume), as the output pipes are: no polling. */
+        n->starved = true;
+        n->a->bufs_starved = true;
+        if (agent_list_empty(&n->starve_link)) {
+            agent_list_add_tail(&n->a->net_starved, &n->starve_link);
+        }
         return false;
     }
     return true;
+}
+
+void agent_net_resume(struct agent *a)
+{
+    while (!agent_list_empty(&a->net_starved)) {
+        struct net_sock *n = agent_container_of(a->net_starved.next, struct net_sock, starve_link);
+
+        agent_list_del(&n->starve_link);
+        n->starved = false;
+        net_update(n);
+        if (a->bufs_starved) {
+            break; /* the cap is hit again: the rest wait for the next resume */
+        }
+    }
 }
 
 static void net_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -603,7 +624,8 @@ static void net_update(struct net_sock *n)
         (void)uv_read_stop((uv_stream_t *)&n->tcp);
         n->reading = false;
     }
-    if (n->starved && !n->lingering && !uv_is_active((uv_handle_t *)&n->timer)) {
+    if (n->starved && agent_list_empty(&n->starve_link) && !n->lingering &&
+        !uv_is_active((uv_handle_t *)&n->timer)) {
         uv_timer_start(&n->timer, net_timer_cb, AGENT_NET_RETRY_MS, 0);
     }
 }
@@ -706,6 +728,7 @@ int agent_net_connect(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
     (void)uv_tcp_init(c->a->loop, &n->tcp);
     (void)uv_timer_init(c->a->loop, &n->timer);
     n->tcp.data = n->timer.data = n;
+    agent_list_init(&n->starve_link);
     n->closes = 2;
     r = uv_tcp_connect(&n->creq, &n->tcp, (const struct sockaddr *)&sa, net_connect_cb);
     if (r < 0) {

@@ -11,8 +11,8 @@
  * pid nil. */
 #define AGENT_NET_SCAN_FDS_MAX (1u << 20)
 #define AGENT_NET_SCAN_MS      2000u
-/* net.connect: a socket that stopped reading because the agent-wide output buffer cap was hit
- * (or memory ran out) tries again after this long. */
+/* net.connect: a socket that stopped reading because memory ran out tries again after this long
+ * (one stopped at the agent-wide output buffer cap waits for agent_net_resume instead). */
 #define AGENT_NET_RETRY_MS 10u
 /* net.connect: a socket whose streams are both finished while its last bytes still go to the peer
  * is closed when no write completed for this long (a peer that never reads would keep it, the
@@ -27,6 +27,10 @@
  * those still connecting and those still flushing their last bytes.
  */
 int agent_net_connect(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err);
+
+/* The sockets that stopped reading at the agent-wide output buffer cap read again (agent_buf_put
+ * calls this once the buffers in use fall under SBX_AGENT_BUFS_LOW, as for the output pipes). */
+void agent_net_resume(struct agent *a);
 
 /*
  * net.listening (PROTOCOL.md §20.2): the TCP sockets in LISTEN and the bound UDP sockets of the

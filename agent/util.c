@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "agent.h"
+#include "net.h"
 #include "proc.h"
 
 void agent_list_init(struct agent_link *head)
@@ -67,6 +68,7 @@ void agent_buf_put(struct agent *a, void *buf)
     if (a->bufs_starved && a->bufs_used < SBX_AGENT_BUFS_LOW) {
         a->bufs_starved = false;
         agent_proc_pipes_resume(a);
+        agent_net_resume(a);
     }
 }
 

@@ -112,6 +112,18 @@ def echo(s):
         s.sendall(b)
 
 
+def ctxt_switches(pid):
+    """The context switches of every thread of @pid so far: wake-ups, for a process that
+    sleeps in epoll."""
+    n = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+            for ln in f:
+                if ln.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                    n += int(ln.split()[1])
+    return n
+
+
 class NetCase(unittest.TestCase):
     def setUp(self):
         self.agent = w.Agent(AGENT)
@@ -547,8 +559,13 @@ class TestNet(NetCase):
         srv = self.server(echo)
         sin, sout = self.connect(srv.port)
 
+        switches = []
+
         def close_hogs():
-            time.sleep(1.0)
+            time.sleep(0.4)  # the socket is waiting for a buffer by now
+            switches.append(ctxt_switches(self.agent.proc.pid))
+            time.sleep(0.6)
+            switches.append(ctxt_switches(self.agent.proc.pid))
             for h in hogs:
                 h.close()
 
@@ -562,6 +579,9 @@ class TestNet(NetCase):
         self.assertTrue(got == data)
         # It waited for the hogs to go: the cap held while they stayed.
         self.assertGreater(time.time() - t0, 0.5)
+        # ...told when buffers came back, not polling for them (every 10 ms before: 60 wake-ups
+        # in those 0.6 s).
+        self.assertLess(switches[1] - switches[0], 30, "the agent woke while it waited")
 
     def test_connection_closed_closes_sockets(self):
         """The agent connection ends mid-stream: the server sees the socket close."""
