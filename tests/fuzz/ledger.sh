@@ -2,7 +2,7 @@
 # Sum a fuzzing ledger (rows appended by run.sh with LEDGER=FILE) per target, against the
 # campaign's goals: 100 M execs for each wire and gateway target, 10 M for every other one.
 #
-# Usage: tests/fuzz/ledger.sh [--short | --runs] [FILE [BUILD]]   (default
+# Usage: tests/fuzz/ledger.sh [--short | --runs | --markdown] [FILE [BUILD]]   (default
 #        tests/fuzz/campaign.tsv, build-fuzz or $BUILD)
 # Prints per target: runs, hours, execs, goal, the last cov/ft and corpus size, crashes (open ones:
 # a row whose crash was fixed says so in an 11th column, "fixed COMMIT"); exits 1 when a crash is
@@ -11,13 +11,15 @@
 #   --short  the targets short of their goal, one line, quickest to finish first (the execs they
 #            lack at their ledger's rate; a target never run counts as slowest): run.sh's TARGETS
 #   --runs   "name=N ..." with N the execs each of those lacks: run.sh's RUNS
+#   --markdown  the table as README.md's "### Campaign" section has it
 set -u
 MODE=table
 case "${1:-}" in
 --short) MODE=short && shift ;;
 --runs) MODE=runs && shift ;;
+--markdown) MODE=markdown && shift ;;
 -*)
-    echo "usage: ledger.sh [--short | --runs] [FILE [BUILD]]" >&2
+    echo "usage: ledger.sh [--short | --runs | --markdown] [FILE [BUILD]]" >&2
     exit 2
     ;;
 esac
@@ -36,6 +38,11 @@ BUILD=${2:-${BUILD:-build-fuzz}}
         echo "${bin##*/fuzz_}"
     done
 } | grep -v '^$' | sort -u | awk -F'\t' -v ledger="$FILE" -v mode="$MODE" '
+function commas(x,    s, r) {
+    s = sprintf("%d", x); r = ""
+    while (length(s) > 3) { r = "," substr(s, length(s) - 2) r; s = substr(s, 1, length(s) - 3) }
+    return s r
+}
 function goal(t) { return (t == "decode" || t == "request" || t == "sbxconn" || t ~ /^gw_/) ? 100000000 : 10000000 }
 BEGIN {
     while ((getline line < ledger) > 0) {
@@ -48,6 +55,18 @@ BEGIN {
 }
 { names[++n] = $0; seen[$0] = seen[$0] }
 END {
+    if (mode == "markdown") {
+        print "| target | runs | hours | execs | goal | met | cov | ft | corpus files | crashes open |"
+        print "|---|---|---|---|---|---|---|---|---|---|"
+        for (i = 1; i <= n; i++) {
+            t = names[i]; g = goal(t); met = (execs[t] >= g) ? "yes" : "no"
+            if (met == "no") short++
+            printf "| `%s` | %d | %.2f | %s | %d M | %s | %s | %s | %s | %d |\n", t, runs[t], secs[t] / 3600, commas(execs[t]), g / 1000000, met, (t in cov) ? cov[t] : "-", (t in ft) ? ft[t] : "-", (t in files) ? files[t] : "-", crashes[t]
+            total += execs[t]
+        }
+        printf "\ntotal execs %s; %d of %d targets short of their goal; %s.\n", commas(total), short, n, bad ? "a crash is open" : "no open crash"
+        exit bad
+    }
     if (mode != "table") {
         # Quickest to finish first: the execs a target lacks at its ledger rate.
         for (i = 1; i <= n; i++) {

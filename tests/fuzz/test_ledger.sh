@@ -34,6 +34,10 @@ echo "$out" | grep -q "a crash is open" || fail "the open crash is not said: $ou
     "netproc=1000000 gw_fast=40000000 gw_slow=99000000" ] ||
     fail "--runs: $("$HERE/ledger.sh" --runs "$T/l.tsv" "$T/none")"
 
+md=$("$HERE/ledger.sh" --markdown "$T/l.tsv" "$T/none")
+echo "$md" | grep -q '^| `gw_fast` | 2 | 0.06 | 60,000,000 | 100 M | no |' || fail "--markdown: $md"
+echo "$md" | grep -q '^total execs 80,000,000; .*a crash is open\.$' || fail "--markdown total: $md"
+
 # The crash fixed: the same row with a note.
 sed "s/^\(.*netproc.*1\)\$/\1${tab}fixed abc1234 (regress-x)/" "$T/l.tsv" >"$T/f.tsv"
 grep -q "fixed abc1234" "$T/f.tsv" || fail "fixture: no note added"
