@@ -68,9 +68,22 @@
 /* Where the guest's answer parser paused (ig_conn.resp). */
 enum ig_resp {
     IG_RESP_NONE,
-    IG_RESP_FINAL, /* a final answer ended: the oldest request is answered */
-    IG_RESP_RAW,   /* the head of an accepted upgrade or CONNECT ended: raw from here */
-    IG_RESP_BAD,   /* a 101 to a request that asked for no upgrade */
+    IG_RESP_FINAL,   /* a final answer ended: the oldest request is answered */
+    IG_RESP_RAW,     /* the head of an accepted upgrade or CONNECT ended: raw from here */
+    IG_RESP_CHUNKED, /* the head of a chunked answer ended: its body goes out re-framed */
+    IG_RESP_BAD,     /* a 101 to a request that asked for no upgrade, or framing not taken */
+};
+
+/* What the guest's answer head says of its framing (ig_conn.rh): Transfer-Encoding and
+ * Content-Length headers, counted, and whether the one Transfer-Encoding is just "chunked". */
+struct resp_head {
+    char field[18]; /* the header name being read, lower case ("transfer-encoding": 17) */
+    size_t flen;
+    bool in_field;
+    int which; /* the value being read: 1 Transfer-Encoding, 2 Content-Length, 0 other */
+    unsigned nte, ncl;
+    char te[9]; /* the Transfer-Encoding value, up to "chunked" and a little */
+    size_t telen;
 };
 
 struct ig_conn;
@@ -176,7 +189,11 @@ struct ig_conn {
     /* The guest's answers: parsed (sp) until the connection goes raw, each final one taking the
      * oldest of the requests sent (the ring q of IGQ_* kinds, qn of them from qhead). */
     http_parser sp;
+    struct resp_head rh;
     enum ig_resp resp;
+    bool rechunk; /* the answer being read is chunked: its body goes out in canonical chunks
+                   * (what the parser read, so a proxy in front cannot read it otherwise) */
+    bool wfail;   /* a write to the client failed inside a parser callback */
     uint8_t q[IG_PIPELINE_MAX];
     unsigned qhead, qn;
 };
@@ -318,39 +335,147 @@ static const http_parser_settings head_settings = {
     .on_message_complete = on_mdone,
 };
 
-/* The guest's answer heads (ig_conn.sp): the kind of the oldest request sent decides. */
+static int conn_write(struct ig_conn *c, const void *data, size_t len);
+
+static int on_resp_begin(http_parser *p)
+{
+    struct ig_conn *c = p->data;
+
+    memset(&c->rh, 0, sizeof(c->rh));
+    return 0;
+}
+
+static int on_resp_field(http_parser *p, const char *at, size_t len)
+{
+    struct resp_head *h = &((struct ig_conn *)p->data)->rh;
+
+    if (!h->in_field) {
+        h->in_field = true;
+        h->flen = 0;
+    }
+    for (size_t i = 0; i < len; i++, h->flen++) {
+        if (h->flen < sizeof(h->field) - 1) {
+            h->field[h->flen] = (char)tolower((unsigned char)at[i]);
+        }
+    }
+    return 0;
+}
+
+static int on_resp_value(http_parser *p, const char *at, size_t len)
+{
+    struct resp_head *h = &((struct ig_conn *)p->data)->rh;
+
+    if (h->in_field) {
+        h->in_field = false;
+        h->which = h->flen == 17 && memcmp(h->field, "transfer-encoding", 17) == 0 ? 1
+                   : h->flen == 14 && memcmp(h->field, "content-length", 14) == 0  ? 2
+                                                                                   : 0;
+        h->nte += h->which == 1;
+        h->ncl += h->which == 2;
+        h->telen = 0;
+    }
+    for (size_t i = 0; h->which == 1 && i < len; i++) {
+        if (h->telen < sizeof(h->te) - 1) {
+            h->te[h->telen] = (char)tolower((unsigned char)at[i]);
+        }
+        h->telen++;
+    }
+    return 0;
+}
+
+/* The one Transfer-Encoding the relay takes: "chunked", blanks around it aside. */
+static bool te_is_chunked(const struct resp_head *h)
+{
+    size_t a = 0, b = h->telen < sizeof(h->te) - 1 ? h->telen : sizeof(h->te) - 1;
+
+    if (h->telen >= sizeof(h->te) - 1) {
+        return false;
+    }
+    while (a < b && (h->te[a] == ' ' || h->te[a] == '\t')) {
+        a++;
+    }
+    while (b > a && (h->te[b - 1] == ' ' || h->te[b - 1] == '\t')) {
+        b--;
+    }
+    return b - a == 7 && memcmp(h->te + a, "chunked", 7) == 0;
+}
+
+static int resp_pause(http_parser *p, enum ig_resp r)
+{
+    ((struct ig_conn *)p->data)->resp = r;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+/* The guest's answer heads (ig_conn.sp): the kind of the oldest request sent decides. Framing
+ * a proxy in front could read otherwise than http-parser does is not taken: more than one
+ * Transfer-Encoding or Content-Length, both, or a Transfer-Encoding that is not just "chunked". */
 static int on_resp_head(http_parser *p)
 {
     struct ig_conn *c = p->data;
+    const struct resp_head *h = &c->rh;
     unsigned kind = c->qn > 0 ? c->q[c->qhead] : 0;
+    bool nobody;
 
+    if (h->ncl > 1 || h->nte > 1 ||
+        (h->nte == 1 && (h->ncl > 0 || !te_is_chunked(h) || (p->flags & F_CHUNKED) == 0))) {
+        return resp_pause(p, IG_RESP_BAD);
+    }
     if (p->status_code == 101) {
-        c->resp = (kind & IGQ_UPGRADE) != 0 ? IG_RESP_RAW : IG_RESP_BAD;
-        http_parser_pause(p, 1);
-        return 0;
+        return resp_pause(p, (kind & IGQ_UPGRADE) != 0 ? IG_RESP_RAW : IG_RESP_BAD);
     }
     if ((kind & IGQ_CONNECT) != 0 && p->status_code / 100 == 2) {
-        c->resp = IG_RESP_RAW;
-        http_parser_pause(p, 1);
+        return resp_pause(p, IG_RESP_RAW);
+    }
+    /* RFC 9112 6.3: these end at their head, whatever their framing headers say. */
+    nobody = (kind & IGQ_HEAD) != 0 || p->status_code / 100 == 1 || p->status_code == 204 ||
+             p->status_code == 304;
+    if (!nobody && (p->flags & F_CHUNKED) != 0) {
+        return resp_pause(p, IG_RESP_CHUNKED);
+    }
+    return nobody ? 1 : 0; /* 1: no body follows */
+}
+
+/* A piece of a chunked answer's body: out as a chunk of its own. */
+static int on_resp_body(http_parser *p, const char *at, size_t len)
+{
+    struct ig_conn *c = p->data;
+    char size[24];
+    int k;
+
+    if (!c->rechunk || len == 0 || c->wfail) {
         return 0;
     }
-    return (kind & IGQ_HEAD) != 0 ? 1 : 0; /* 1: no body follows */
+    k = snprintf(size, sizeof(size), "%zx\r\n", len);
+    if (conn_write(c, size, (size_t)k) < 0 || conn_write(c, at, len) < 0 ||
+        conn_write(c, "\r\n", 2) < 0) {
+        c->wfail = true;
+    }
+    return 0;
 }
 
 static int on_resp_done(http_parser *p)
 {
     struct ig_conn *c = p->data;
 
+    if (c->rechunk) {
+        c->rechunk = false; /* the last chunk; trailers are not passed on */
+        if (!c->wfail && conn_write(c, "0\r\n\r\n", 5) < 0) {
+            c->wfail = true;
+        }
+    }
     if (p->status_code / 100 == 1) {
         return 0; /* 100 Continue, 103 Early Hints: the final answer follows */
     }
-    c->resp = IG_RESP_FINAL;
-    http_parser_pause(p, 1);
-    return 0;
+    return resp_pause(p, IG_RESP_FINAL);
 }
 
 static const http_parser_settings resp_settings = {
+    .on_message_begin = on_resp_begin,
+    .on_header_field = on_resp_field,
+    .on_header_value = on_resp_value,
     .on_headers_complete = on_resp_head,
+    .on_body = on_resp_body,
     .on_message_complete = on_resp_done,
 };
 
@@ -1170,7 +1295,8 @@ static void gs_connected(void *user)
     }
 }
 
-/* Guest bytes toward the client, each answer checked against the requests sent. */
+/* Guest bytes toward the client, each answer checked against the requests sent: heads and
+ * length-framed bodies as they came, chunked bodies re-framed (on_resp_body). */
 static void gs_data(void *user, const uint8_t *data, size_t len)
 {
     struct ig_conn *c = user;
@@ -1180,21 +1306,34 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
         return;
     }
     while (len > 0 && !c->raw) {
+        bool rechunked = c->rechunk; /* these bytes are a chunked body's: not sent as they are */
         enum http_errno e;
         size_t n;
 
         if (c->qn == 0) {
-            relay_end(c); /* an answer to nothing the client asked */
-            return;
+            while (len > 0 && (*d == '\r' || *d == '\n')) {
+                d++; /* an empty line after an answer: some servers send one */
+                len--;
+            }
+            if (len > 0) {
+                relay_end(c); /* an answer to nothing the client asked */
+                return;
+            }
+            break;
         }
         c->resp = IG_RESP_NONE;
         n = http_parser_execute(&c->sp, &resp_settings, d, len);
         e = HTTP_PARSER_ERRNO(&c->sp);
-        if (c->resp == IG_RESP_BAD || (e != HPE_OK && e != HPE_PAUSED)) {
-            relay_end(c); /* not HTTP, or a switch nobody asked for */
+        if (c->wfail) {
+            conn_close(c);
             return;
         }
-        if (n > 0 && conn_write(c, d, n) < 0) {
+        if (c->resp == IG_RESP_BAD || (e != HPE_OK && e != HPE_PAUSED) ||
+            (c->resp == IG_RESP_CHUNKED && d[n] != '\n')) {
+            relay_end(c); /* not HTTP, framing not taken, or a switch nobody asked for */
+            return;
+        }
+        if (!rechunked && n > 0 && conn_write(c, d, n) < 0) {
             conn_close(c);
             return;
         }
@@ -1208,12 +1347,22 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
             break;
         }
         http_parser_pause(&c->sp, 0);
+        if (c->resp == IG_RESP_CHUNKED) {
+            /* The parser paused on the head's last byte, its LF, and reads it again: it goes out
+             * with the head, then the body in chunks of the relay's own. */
+            if (conn_write(c, d, 1) < 0) {
+                conn_close(c);
+                return;
+            }
+            c->rechunk = true;
+            continue;
+        }
         c->qhead = (c->qhead + 1) % IG_PIPELINE_MAX;
         c->qn--;
         if (c->resp == IG_RESP_RAW) {
             relay_upgraded(c);
-        } else if (c->up_wait) {
-            relay_resume(c);
+        } else if (c->up_wait && c->qn == 0) {
+            relay_resume(c); /* the upgrade or CONNECT (the newest request) was refused */
         }
         if (c->st != IC_RELAY || c->guest_eof) {
             return;
@@ -1255,6 +1404,10 @@ static void gs_eof(void *user)
     struct ig_conn *c = user;
 
     if (c->st != IC_RELAY || c->guest_eof) {
+        return;
+    }
+    if (c->up_wait && !c->raw) {
+        relay_end(c); /* no answer can come now, and the client is not read meanwhile */
         return;
     }
     c->guest_eof = true;

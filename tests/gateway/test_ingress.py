@@ -133,9 +133,10 @@ class GuestServer:
 
 
 class RawGuest(h.RawServer):
-    """A guest server that answers as @answer(head) says (bytes, or None to say nothing) for each
-    request head it reads, never closes a connection first, and keeps every byte it got
-    (self.got) for the test to look at."""
+    """A guest server that answers as @answer(head) says (bytes, or None to say nothing, or
+    (bytes, True) to close the connection after them) for each request head it reads, never
+    closes a connection first otherwise, and keeps every byte it got (self.got) for the test to
+    look at."""
 
     def __init__(self, answer):
         self.answer = answer
@@ -155,8 +156,14 @@ class RawGuest(h.RawServer):
             while b"\r\n\r\n" in buf:
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 out = self.answer(head)
+                close = isinstance(out, tuple)
+                if close:
+                    out = out[0]
                 if out:
                     c.sendall(out)
+                if close:
+                    c.shutdown(socket.SHUT_RDWR)
+                    return
 
 
 def recv_until_eof(s, timeout=60):
@@ -644,6 +651,56 @@ class TestIngress(IngressCase):
         self.assertEqual(self.raw(("GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode()),
                          b"")
 
+    def test_guest_framing_is_what_the_relay_read(self):
+        """A proxy in front must read the guest's answers as the relay did: a 204 (or 304, 1xx)
+        ends at its head whatever its Content-Length says, so bytes behind it are an answer to
+        nothing; a chunked body goes out in chunks of the relay's own (extensions, a bare LF in
+        one, trailers gone); framing two parsers may read apart (two lengths, a length and a
+        Transfer-Encoding, a Transfer-Encoding not just "chunked") is not passed on at all."""
+        hidden = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        answers = {
+            b"/204": b"HTTP/1.1 204 No Content\r\nContent-Length: 38\r\n\r\n" + hidden,
+            b"/100": b"HTTP/1.1 100 Continue\r\nContent-Length: 38\r\n\r\n" + hidden
+                     + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello"
+                         b"\r\n0;x\n\nHTTP/1.1 204 No Content\r\nX: y\r\n\r\n",
+            b"/gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            b"/both": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+                      b"0\r\n\r\n",
+            b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            b"/crlf": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\n",
+        }
+        g = self.raw_guest(lambda head: answers[head.split(b" ")[1]])
+        sid, ws = self.sandbox()
+        domain = self.expose(sid, ws, port=g.port)
+        sid2, ws2 = self.sandbox()
+        other = self.expose(sid2, ws2, port=free_port())
+        want = {
+            b"/204": b"HTTP/1.1 204 No Content\r\nContent-Length: 38\r\n\r\n",
+            # the 1xx ends at its head: what follows is the final answer, then nothing more
+            b"/100": b"HTTP/1.1 100 Continue\r\nContent-Length: 38\r\n\r\n" + hidden,
+            b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                         b"0\r\n\r\n",
+            b"/gzip": b"", b"/both": b"", b"/two": b"",
+            b"/crlf": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        }
+        for path, out in want.items():
+            # The request, then one for another domain at once (a proxy reusing the connection).
+            s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+            s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\n\r\nGET /x HTTP/1.1\r\nHost: %s\r\n\r\n"
+                       % (path.decode(), domain, other)).encode())
+            self.assertEqual(recv_until_eof(s, 30), out, path)
+            s.close()
+        # An empty line after an answer on a connection kept alive is not taken for an answer.
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        f = s.makefile("rb")
+        s.sendall(("GET /crlf HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode())
+        self.assertEqual(read_response(f)[2], b"ok")
+        time.sleep(0.2)
+        s.sendall(("GET /crlf HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode())
+        self.assertEqual(read_response(f)[2], b"ok")
+        s.close()
+
     def test_upgrade_raw_only_when_the_guest_accepts(self):
         """After an Upgrade or CONNECT request the connection goes raw only when the guest
         accepts it (101, or a 2xx to CONNECT). Refused, the client's next request is a request
@@ -653,6 +710,8 @@ class TestIngress(IngressCase):
             line = head.split(b"\r\n")[0]
             if b"/refuse" in line:
                 return b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno"
+            if b"/close" in line:  # no length: the body ends with the connection
+                return b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\nbye", True
             if b"/accept" in line:
                 return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n"
                         b"Connection: Upgrade\r\n\r\nupgraded:")
@@ -678,6 +737,14 @@ class TestIngress(IngressCase):
                          b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nget")
         self.assertIn(b"/next", bytes(g.got))
         self.assertNotIn(other.encode(), bytes(g.got))
+        # Refused, the answer ending with the guest's connection: the client gets it, then EOF
+        # (its bytes behind the request were held; nothing can answer them now).
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("GET /close HTTP/1.1\r\nHost: %s\r\n%s\r\nGET /after HTTP/1.1\r\nHost: %s"
+                   "\r\n\r\n" % (domain, up, domain)).encode())
+        self.assertEqual(recv_until_eof(s, 30),
+                         b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\nbye")
+        s.close()
         # Accepted: what followed the request is the new protocol's, even when it looks like
         # HTTP for another domain.
         tail = ("raw bytes\r\n\r\nGET /x HTTP/1.1\r\nHost: %s\r\n\r\n" % other).encode()
