@@ -607,8 +607,28 @@ class TestSSH(SSHCase):
             threading.Thread(target=up, args=(a, b), daemon=True).start()
             threading.Thread(target=down, args=(b, a), daemon=True).start()
 
+        fired = []  # (bytes passed, server cut) when the watchdog cut the proxy
+
+        def watchdog_cut():
+            fired.append((passed[0], done.is_set()))
+            cut_peers()
+
+        def cut_peers():
+            # libssh flushes its output buffer with a blocking send in places (a channel's free),
+            # even in non-blocking mode: with a server that stopped reading (and did not cut the
+            # connection), that send and the proxy's waited forever. A shutdown wakes the
+            # proxy's; closing the proxy's end with unread bytes in it resets the client's.
+            for s in list(peers):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
         t = threading.Thread(target=proxy, daemon=True)
         t.start()
+        watchdog = threading.Timer(25, watchdog_cut)
+        watchdog.start()
         try:
             cli.connect(dict(info, port=lsock.getsockname()[1]))
             stop.set()
@@ -618,6 +638,8 @@ class TestSSH(SSHCase):
             time.sleep(1)
             grown = rss_kb(self.gw.proc.pid) - before
             cut = done.is_set()
+            if fired:  # what held before the watchdog's own cut
+                passed[0], cut = fired[0]
             # A sanitizer build keeps what is freed in quarantine (up to 256 MiB): there only the
             # bytes taken below tell.
             with open("/proc/%d/maps" % self.gw.proc.pid) as f:
@@ -631,6 +653,8 @@ class TestSSH(SSHCase):
                             "%d bytes of requests were taken from a client that reads nothing"
                             % passed[0])
         finally:
+            watchdog.cancel()
+            cut_peers()
             for s in peers:
                 s.close()
             lsock.close()
