@@ -82,7 +82,7 @@ struct resp_head {
     bool in_field;
     int which; /* the value being read: 1 Transfer-Encoding, 2 Content-Length, 0 other */
     unsigned nte, ncl;
-    char te[9]; /* the Transfer-Encoding value, up to "chunked" and a little */
+    char te[16]; /* the Transfer-Encoding value, up to "chunked" and blanks around it */
     size_t telen;
 };
 

@@ -669,6 +669,7 @@ class TestIngress(IngressCase):
                       b"0\r\n\r\n",
             b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
             b"/crlf": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\n",
+            b"/blank": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked  \r\n\r\n2\r\nok\r\n0\r\n\r\n",
         }
         g = self.raw_guest(lambda head: answers[head.split(b" ")[1]])
         sid, ws = self.sandbox()
@@ -683,6 +684,8 @@ class TestIngress(IngressCase):
                          b"0\r\n\r\n",
             b"/gzip": b"", b"/both": b"", b"/two": b"",
             b"/crlf": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            # spaces after "chunked" are the header's, not another coding
+            b"/blank": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked  \r\n\r\n2\r\nok\r\n0\r\n\r\n",
         }
         for path, out in want.items():
             # The request, then one for another domain at once (a proxy reusing the connection).
