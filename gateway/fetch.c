@@ -1556,13 +1556,17 @@ static void early_fail(struct gw_call *call, json_t *params, const char *fmt, ..
     char msg[768];
     va_list ap;
     json_t *b = json_object_get(params, "bodyStreamId");
+    struct gw_session *s = call->s;
+    bool cancel = json_is_integer(b) && json_integer_value(b) >= 0;
+    uint64_t sid = cancel ? (uint64_t)json_integer_value(b) : 0;
 
     va_start(ap, fmt);
     (void)vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* The answer frees the call (and its params): what the cancel needs is taken first. */
     gw_call_fail(call, "TypeError", NULL, "%s", msg);
-    if (json_is_integer(b) && json_integer_value(b) >= 0) {
-        gw_istream_cancel(call->s, (uint64_t)json_integer_value(b), NULL);
+    if (cancel) {
+        gw_istream_cancel(s, sid, NULL);
     }
 }
 
