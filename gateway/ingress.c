@@ -1254,6 +1254,21 @@ static void relay_resume(struct ig_conn *c)
  * is closed and the client gets EOF once its writes are done. */
 static void on_relay_shut(uv_shutdown_t *req, int status);
 
+/* The guest sends the client nothing more: what gathered goes out, then the client gets EOF.
+ * -1 when that failed and the connection was closed. */
+static int relay_shut_client(struct ig_conn *c)
+{
+    c->guest_eof = true;
+    c->shut.data = c;
+    if (conn_flush_tail(c) < 0 ||
+        uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_relay_shut) < 0) {
+        conn_close(c);
+        return -1;
+    }
+    c->shutting = true;
+    return 0;
+}
+
 static void relay_end(struct ig_conn *c)
 {
     c->refused = true;
@@ -1262,15 +1277,8 @@ static void relay_end(struct ig_conn *c)
         gw_gsock_close(c->gs);
         c->gs = NULL;
     }
-    if (!c->guest_eof) {
-        c->guest_eof = true;
-        c->shut.data = c;
-        if (conn_flush_tail(c) < 0 ||
-            uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_relay_shut) < 0) {
-            conn_close(c);
-            return;
-        }
-        c->shutting = true;
+    if (!c->guest_eof && relay_shut_client(c) < 0) {
+        return;
     }
     conn_finish(c);
 }
@@ -1410,14 +1418,7 @@ static void gs_eof(void *user)
         relay_end(c); /* no answer can come now, and the client is not read meanwhile */
         return;
     }
-    c->guest_eof = true;
-    c->shut.data = c;
-    if (conn_flush_tail(c) < 0 ||
-        uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_relay_shut) < 0) {
-        conn_close(c);
-        return;
-    }
-    c->shutting = true;
+    (void)relay_shut_client(c);
 }
 
 static void gs_closed(void *user, const char *err, const char *errno_name)
