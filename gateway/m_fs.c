@@ -1328,8 +1328,14 @@ static int wfile_sink_data(void *user, const uint8_t *data, size_t len)
     }
     memcpy(st->buf + st->len, data, len);
     st->len += len;
+    /* The pump may fail the write (the agent gone, a request refused), which cancels this stream
+     * and answers the call: both references go, so hold one of ours across it. */
+    st->refs++;
     wfile_pump(st);
-    gw_session_flush(st->s);
+    if (st->call != NULL) {
+        gw_session_flush(st->s);
+    }
+    wfile_unref(st);
     return 0;
 }
 
