@@ -8,7 +8,9 @@
  * every later request's head is checked first (relay_in): one whose Host names another domain
  * (a proxy in front reusing its connection for any domain) or that cannot be parsed is not
  * sent; the guest gets EOF instead and the client the answers before it, then EOF, so it
- * retries on a new connection.
+ * retries on a new connection. So that a proxy in front ends each request where the relay does,
+ * only canonical framing is taken (framing_unsafe, head_lines_unsafe, chunk_check): http-parser
+ * as Debian builds it reads more.
  *
  * The guest is the workload's and may lie, so its bytes are parsed too (gs_data): the client
  * gets one final answer per request sent (at most IG_PIPELINE_MAX owed), and nothing the guest
@@ -74,16 +76,48 @@ enum ig_resp {
     IG_RESP_BAD,     /* a 101 to a request that asked for no upgrade, or framing not taken */
 };
 
-/* What the guest's answer head says of its framing (ig_conn.rh): Transfer-Encoding and
- * Content-Length headers, counted, and whether the one Transfer-Encoding is just "chunked". */
-struct resp_head {
+/* What a head (a client's request, the guest's answer: ig_conn.hx.fr, ig_conn.rh) says of its
+ * framing: Transfer-Encoding and Content-Length headers, counted, and whether the one
+ * Transfer-Encoding is just "chunked". */
+struct framing {
     char field[18]; /* the header name being read, lower case ("transfer-encoding": 17) */
     size_t flen;
     bool in_field;
-    int which; /* the value being read: 1 Transfer-Encoding, 2 Content-Length, 0 other */
-    unsigned nte, ncl;
+    int which; /* the value being read: FR_* */
+    unsigned nte, ncl, nhost;
     char te[16]; /* the Transfer-Encoding value, up to "chunked" and blanks around it */
     size_t telen;
+};
+enum { FR_OTHER, FR_TE, FR_CL, FR_HOST };
+
+/* A chunked request body, checked byte by byte before http-parser reads it (ig_conn.ck): Debian's
+ * http-parser is built without HTTP_PARSER_STRICT and takes any two bytes after a chunk's data
+ * for its CRLF, a bare LF for a chunk line's end, spaces after the size. A proxy in front that
+ * passes a body on as it came may read such bytes otherwise and so end the request elsewhere:
+ * the next request it sends on the connection, for any domain, would reach this guest as the
+ * body of this one. The relay takes only the canonical form (RFC 9112 7.1): 1 to 16 hex digits,
+ * an optional ";" extension of visible characters, CRLF; the data; CRLF; after the last chunk
+ * ("0"), trailer lines (no folding) and an empty line, every line ending in CRLF. */
+enum ck_state {
+    CK_HEAD_LF, /* the head's last byte, which http-parser reads again after its pause */
+    CK_SIZE0,
+    CK_SIZE,
+    CK_EXT,
+    CK_SIZE_LF,
+    CK_DATA,
+    CK_DATA_CR,
+    CK_DATA_LF,
+    CK_LINE0, /* the start of a trailer line, or of the empty line that ends the body */
+    CK_LINE,
+    CK_LINE_LF,
+    CK_END_LF,
+};
+
+struct chunk_check {
+    enum ck_state st;
+    unsigned digits;
+    uint64_t left; /* CK_SIZE: the size so far; CK_DATA: the data bytes still to come */
+    size_t line;   /* bytes of the chunk line or the trailers so far */
 };
 
 struct ig_conn;
@@ -131,11 +165,7 @@ enum ic_state {
 /* What the parser of a request head collects (http-parser callbacks; a field or value may come
  * in several pieces when the head arrives in several reads). */
 struct head_ctx {
-    char field[5];
-    size_t flen;
-    bool in_field; /* the last piece was a field name */
-    bool is_host;  /* the value being read is a Host header's */
-    int nhost;
+    struct framing fr; /* its Host, Transfer-Encoding and Content-Length headers */
     char host[GW_DOMAIN_MAX + 2];
     size_t host_len;
     bool host_long;
@@ -182,6 +212,8 @@ struct ig_conn {
     char *hbuf;
     size_t hlen, hcap;
     bool in_head; /* inside a request head: bytes are held */
+    bool ck_on;   /* inside a chunked request body: checked first (ck) */
+    struct chunk_check ck;
     bool raw;     /* the guest accepted an upgrade or CONNECT: no more parsing either way */
     bool refused; /* a request for another host (or unparseable): nothing more to the guest */
     bool up_wait; /* an upgrade or CONNECT went to the guest: the client's bytes after it are
@@ -189,7 +221,7 @@ struct ig_conn {
     /* The guest's answers: parsed (sp) until the connection goes raw, each final one taking the
      * oldest of the requests sent (the ring q of IGQ_* kinds, qn of them from qhead). */
     http_parser sp;
-    struct resp_head rh;
+    struct framing rh;
     enum ig_resp resp;
     bool rechunk; /* the answer being read is chunked: its body goes out in canonical chunks
                    * (what the parser read, so a proxy in front cannot read it otherwise) */
@@ -261,6 +293,206 @@ static int host_name(char *host, char *out, size_t outlen)
     return dns_name(out, GW_DOMAIN_MAX);
 }
 
+/* A header name piece (a name may come in several). */
+static void framing_field(struct framing *h, const char *at, size_t len)
+{
+    if (!h->in_field) {
+        h->in_field = true;
+        h->flen = 0;
+    }
+    for (size_t i = 0; i < len; i++, h->flen++) {
+        if (h->flen < sizeof(h->field) - 1) {
+            h->field[h->flen] = (char)tolower((unsigned char)at[i]);
+        }
+    }
+}
+
+/* A header value piece: the header it belongs to is counted at its first piece. */
+static void framing_value(struct framing *h, const char *at, size_t len)
+{
+    if (h->in_field) {
+        h->in_field = false;
+        h->which = h->flen == 17 && memcmp(h->field, "transfer-encoding", 17) == 0 ? FR_TE
+                   : h->flen == 14 && memcmp(h->field, "content-length", 14) == 0  ? FR_CL
+                   : h->flen == 4 && memcmp(h->field, "host", 4) == 0              ? FR_HOST
+                                                                                   : FR_OTHER;
+        h->nte += h->which == FR_TE;
+        h->ncl += h->which == FR_CL;
+        h->nhost += h->which == FR_HOST;
+        h->telen = 0;
+    }
+    for (size_t i = 0; h->which == FR_TE && i < len; i++) {
+        if (h->telen < sizeof(h->te) - 1) {
+            h->te[h->telen] = (char)tolower((unsigned char)at[i]);
+        }
+        h->telen++;
+    }
+}
+
+/* The one Transfer-Encoding the relay takes: "chunked", blanks around it aside. */
+static bool te_is_chunked(const struct framing *h)
+{
+    size_t a = 0, b = h->telen < sizeof(h->te) - 1 ? h->telen : sizeof(h->te) - 1;
+
+    if (h->telen >= sizeof(h->te) - 1) {
+        return false;
+    }
+    while (a < b && (h->te[a] == ' ' || h->te[a] == '\t')) {
+        a++;
+    }
+    while (b > a && (h->te[b - 1] == ' ' || h->te[b - 1] == '\t')) {
+        b--;
+    }
+    return b - a == 7 && memcmp(h->te + a, "chunked", 7) == 0;
+}
+
+/* Framing a proxy in front could read otherwise than http-parser does, or NULL: more than one
+ * Transfer-Encoding or Content-Length, both, or a Transfer-Encoding that is not just "chunked". */
+static const char *framing_unsafe(const struct framing *h, const http_parser *p)
+{
+    if (h->ncl > 1) {
+        return "more than one Content-Length header";
+    }
+    if (h->nte > 1) {
+        return "more than one Transfer-Encoding header";
+    }
+    if (h->nte == 1 && h->ncl > 0) {
+        return "both Transfer-Encoding and Content-Length";
+    }
+    if (h->nte == 1 && (!te_is_chunked(h) || (p->flags & F_CHUNKED) == 0)) {
+        return "a Transfer-Encoding other than chunked";
+    }
+    return NULL;
+}
+
+/* Line ends a proxy in front could read otherwise than http-parser does in the request head
+ * @head[0..len), the byte after it @next (the LF http-parser paused before), or NULL: a CR not
+ * followed by LF (http-parser takes any byte there for the LF), a folded line (obs-fold). */
+static const char *head_lines_unsafe(const char *head, size_t len, char next)
+{
+    if (next != '\n') {
+        return "a CR not followed by LF in the request head";
+    }
+    for (size_t i = 0; i < len; i++) {
+        char after = i + 1 < len ? head[i + 1] : next;
+
+        if (head[i] == '\r' && after != '\n') {
+            return "a CR not followed by LF in the request head";
+        }
+        if (head[i] == '\n' && i + 1 < len && (after == ' ' || after == '\t')) {
+            return "a folded header line in the request head";
+        }
+    }
+    return NULL;
+}
+
+static int hexval(char ch)
+{
+    return ch >= '0' && ch <= '9'   ? ch - '0'
+           : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+           : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                    : -1;
+}
+
+/* Check the chunked body bytes @d[0..len) (see enum ck_state). Returns 0 when all of them are
+ * canonical and more are to come, 1 when the body ends at *@used (its last byte included), -1
+ * when the byte at *@used is not canonical. */
+static int chunk_check(struct chunk_check *k, const char *d, size_t len, size_t *used)
+{
+    size_t i = 0;
+
+    while (i < len) {
+        unsigned char ch = (unsigned char)d[i];
+        bool ctl = (ch < 0x20 && ch != '\t') || ch == 0x7f;
+        int v;
+
+        if (k->st == CK_DATA) {
+            size_t take = k->left < len - i ? (size_t)k->left : len - i;
+
+            k->left -= take;
+            i += take;
+            if (k->left == 0) {
+                k->st = CK_DATA_CR;
+            }
+            continue;
+        }
+        if (k->st != CK_HEAD_LF && ++k->line > IG_HEAD_MAX) {
+            break; /* a chunk line or trailers beyond what a head may be */
+        }
+        switch (k->st) {
+        case CK_HEAD_LF:
+        case CK_SIZE_LF:
+        case CK_DATA_LF:
+        case CK_LINE_LF:
+        case CK_END_LF:
+            if (ch != '\n') {
+                goto bad;
+            }
+            if (k->st == CK_END_LF) {
+                *used = i + 1; /* the empty line that ends the body */
+                return 1;
+            }
+            if (k->st == CK_LINE_LF) {
+                k->st = CK_LINE0;
+            } else if (k->st == CK_SIZE_LF) {
+                k->st = k->left > 0 ? CK_DATA : CK_LINE0; /* the last chunk: trailers */
+                k->line = 0;
+            } else {
+                k->st = CK_SIZE0;
+                k->line = 0;
+            }
+            break;
+        case CK_SIZE0:
+        case CK_SIZE:
+            if ((v = hexval((char)ch)) >= 0) {
+                if (++k->digits > 16) {
+                    goto bad;
+                }
+                k->left = (k->st == CK_SIZE0 ? 0 : k->left << 4) | (uint64_t)v;
+                k->st = CK_SIZE;
+            } else if (k->st == CK_SIZE && (ch == ';' || ch == '\r')) {
+                k->st = ch == ';' ? CK_EXT : CK_SIZE_LF;
+                k->digits = 0;
+            } else {
+                goto bad;
+            }
+            break;
+        case CK_EXT:
+        case CK_LINE:
+            if (ch == '\r') {
+                k->st = k->st == CK_EXT ? CK_SIZE_LF : CK_LINE_LF;
+            } else if (ctl) {
+                goto bad;
+            }
+            break;
+        case CK_DATA_CR:
+            if (ch != '\r') {
+                goto bad;
+            }
+            k->st = CK_DATA_LF;
+            break;
+        case CK_LINE0:
+            if (ch == '\r') {
+                k->st = CK_END_LF;
+            } else if (ctl || ch == ' ') {
+                goto bad; /* a bare LF, a control, a folded line */
+            } else {
+                k->st = CK_LINE;
+            }
+            break;
+        default:
+            goto bad;
+        }
+        i++;
+    }
+    if (i == len) {
+        return 0;
+    }
+bad:
+    *used = i;
+    return -1;
+}
+
 static int on_mbegin(http_parser *p)
 {
     struct head_ctx *h = p->data;
@@ -273,31 +505,21 @@ static int on_hfield(http_parser *p, const char *at, size_t len)
 {
     struct head_ctx *h = p->data;
 
-    if (!h->in_field) {
-        h->in_field = true;
-        h->flen = 0;
-    }
-    if (h->flen + len <= 4) {
-        memcpy(h->field + h->flen, at, len);
-    }
-    h->flen += len;
+    framing_field(&h->fr, at, len);
     return 0;
 }
 
 static int on_hvalue(http_parser *p, const char *at, size_t len)
 {
     struct head_ctx *h = p->data;
+    bool first = h->fr.in_field;
 
-    if (h->in_field) {
-        h->in_field = false;
-        h->is_host = h->flen == 4 && strncasecmp(h->field, "host", 4) == 0;
-        if (h->is_host) {
-            h->nhost++;
-            h->host_len = 0;
-        }
-    }
-    if (!h->is_host) {
+    framing_value(&h->fr, at, len);
+    if (h->fr.which != FR_HOST) {
         return 0;
+    }
+    if (first) {
+        h->host_len = 0;
     }
     if (h->host_len + len >= sizeof(h->host)) {
         h->host_long = true;
@@ -347,57 +569,14 @@ static int on_resp_begin(http_parser *p)
 
 static int on_resp_field(http_parser *p, const char *at, size_t len)
 {
-    struct resp_head *h = &((struct ig_conn *)p->data)->rh;
-
-    if (!h->in_field) {
-        h->in_field = true;
-        h->flen = 0;
-    }
-    for (size_t i = 0; i < len; i++, h->flen++) {
-        if (h->flen < sizeof(h->field) - 1) {
-            h->field[h->flen] = (char)tolower((unsigned char)at[i]);
-        }
-    }
+    framing_field(&((struct ig_conn *)p->data)->rh, at, len);
     return 0;
 }
 
 static int on_resp_value(http_parser *p, const char *at, size_t len)
 {
-    struct resp_head *h = &((struct ig_conn *)p->data)->rh;
-
-    if (h->in_field) {
-        h->in_field = false;
-        h->which = h->flen == 17 && memcmp(h->field, "transfer-encoding", 17) == 0 ? 1
-                   : h->flen == 14 && memcmp(h->field, "content-length", 14) == 0  ? 2
-                                                                                   : 0;
-        h->nte += h->which == 1;
-        h->ncl += h->which == 2;
-        h->telen = 0;
-    }
-    for (size_t i = 0; h->which == 1 && i < len; i++) {
-        if (h->telen < sizeof(h->te) - 1) {
-            h->te[h->telen] = (char)tolower((unsigned char)at[i]);
-        }
-        h->telen++;
-    }
+    framing_value(&((struct ig_conn *)p->data)->rh, at, len);
     return 0;
-}
-
-/* The one Transfer-Encoding the relay takes: "chunked", blanks around it aside. */
-static bool te_is_chunked(const struct resp_head *h)
-{
-    size_t a = 0, b = h->telen < sizeof(h->te) - 1 ? h->telen : sizeof(h->te) - 1;
-
-    if (h->telen >= sizeof(h->te) - 1) {
-        return false;
-    }
-    while (a < b && (h->te[a] == ' ' || h->te[a] == '\t')) {
-        a++;
-    }
-    while (b > a && (h->te[b - 1] == ' ' || h->te[b - 1] == '\t')) {
-        b--;
-    }
-    return b - a == 7 && memcmp(h->te + a, "chunked", 7) == 0;
 }
 
 static int resp_pause(http_parser *p, enum ig_resp r)
@@ -408,17 +587,14 @@ static int resp_pause(http_parser *p, enum ig_resp r)
 }
 
 /* The guest's answer heads (ig_conn.sp): the kind of the oldest request sent decides. Framing
- * a proxy in front could read otherwise than http-parser does is not taken: more than one
- * Transfer-Encoding or Content-Length, both, or a Transfer-Encoding that is not just "chunked". */
+ * a proxy in front could read otherwise than http-parser does is not taken (framing_unsafe). */
 static int on_resp_head(http_parser *p)
 {
     struct ig_conn *c = p->data;
-    const struct resp_head *h = &c->rh;
     unsigned kind = c->qn > 0 ? c->q[c->qhead] : 0;
     bool nobody;
 
-    if (h->ncl > 1 || h->nte > 1 ||
-        (h->nte == 1 && (h->ncl > 0 || !te_is_chunked(h) || (p->flags & F_CHUNKED) == 0))) {
+    if (framing_unsafe(&c->rh, p) != NULL) {
         return resp_pause(p, IG_RESP_BAD);
     }
     if (p->status_code == 101) {
@@ -1152,16 +1328,34 @@ static void relay_in(struct ig_conn *c, const char *data, size_t len)
 {
     while (len > 0 && !c->refused && c->gs != NULL && !c->in_guest_full) {
         enum http_errno e;
-        size_t n;
+        size_t n, lim = len;
+        int ck = 0;
 
         if (c->raw) {
             relay_put(c, data, len);
             return;
         }
+        if (c->ck_on) {
+            ck = chunk_check(&c->ck, data, len, &lim); /* -1: data[lim] is not canonical */
+        }
         c->hx.complete = false;
         c->hx.done = false;
-        n = http_parser_execute(&c->rp, &head_settings, data, len);
+        n = http_parser_execute(&c->rp, &head_settings, data, lim);
         e = HTTP_PARSER_ERRNO(&c->rp);
+        if (c->ck_on) {
+            /* http-parser must end the body where the check did, and not before; the canonical
+             * bytes before a refused one go (the head's last byte among them). */
+            if (ck == 1 ? e != HPE_PAUSED || !c->hx.done || n != lim : e != HPE_OK || n != lim) {
+                relay_refuse(c);
+                return;
+            }
+            if (ck < 0) {
+                relay_put(c, data, n);
+                relay_refuse(c);
+                return;
+            }
+            c->ck_on = ck == 0;
+        }
         if (c->in_head) {
             if (hold_add(c, data, n) < 0) {
                 relay_refuse(c);
@@ -1181,11 +1375,16 @@ static void relay_in(struct ig_conn *c, const char *data, size_t len)
                                  : c->rp.upgrade              ? IGQ_UPGRADE
                                                               : 0);
 
-                if (c->hx.nhost != 1 || c->hx.host_long ||
+                if (c->hx.fr.nhost != 1 || c->hx.host_long ||
                     host_name(c->hx.host, host, sizeof(host)) < 0 || strcmp(host, c->host) != 0 ||
-                    c->qn == IG_PIPELINE_MAX) {
+                    c->qn == IG_PIPELINE_MAX || framing_unsafe(&c->hx.fr, &c->rp) != NULL ||
+                    head_lines_unsafe(c->hbuf, c->hlen, len > 0 ? *data : '\0') != NULL) {
                     relay_refuse(c);
                     return;
+                }
+                if ((c->rp.flags & F_CHUNKED) != 0 && c->rp.method != HTTP_CONNECT) {
+                    c->ck_on = true; /* from the head's last byte, which comes next */
+                    memset(&c->ck, 0, sizeof(c->ck));
                 }
                 c->q[(c->qhead + c->qn) % IG_PIPELINE_MAX] = (uint8_t)kind;
                 c->qn++;
@@ -1566,20 +1765,29 @@ static void conn_head(struct ig_conn *c, size_t end)
 {
     struct head_ctx h = { 0 };
     http_parser p;
+    const char *why;
+    size_t n;
 
     http_parser_init(&p, HTTP_REQUEST);
     p.data = &h;
-    (void)http_parser_execute(&p, &head_settings, c->buf, end);
+    n = http_parser_execute(&p, &head_settings, c->buf, end);
     if (!h.complete || (HTTP_PARSER_ERRNO(&p) != HPE_OK && HTTP_PARSER_ERRNO(&p) != HPE_PAUSED)) {
         conn_answer(c, 400, "malformed HTTP request head: %s\n",
                     http_errno_description(HTTP_PARSER_ERRNO(&p)));
         return;
     }
-    if (h.nhost != 1 || h.host_long) {
+    if (h.fr.nhost != 1 || h.host_long) {
         conn_answer(c, 400, "%s\n",
-                    h.nhost == 0  ? "the request has no Host header"
-                    : h.nhost > 1 ? "the request has more than one Host header"
-                                  : "the Host header is too long");
+                    h.fr.nhost == 0  ? "the request has no Host header"
+                    : h.fr.nhost > 1 ? "the request has more than one Host header"
+                                     : "the Host header is too long");
+        return;
+    }
+    /* What a proxy in front could read apart from the relay (relay_in checks the same on every
+     * later request). The head paused before its last byte, at c->buf[n]. */
+    if ((why = framing_unsafe(&h.fr, &p)) != NULL ||
+        (why = head_lines_unsafe(c->buf, n, n < end ? c->buf[n] : '\0')) != NULL) {
+        conn_answer(c, 400, "ambiguous HTTP request framing: %s\n", why);
         return;
     }
     if (host_name(h.host, c->host, sizeof(c->host)) < 0) {
