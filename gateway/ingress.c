@@ -70,6 +70,8 @@
 /* Where the guest's answer parser paused (ig_conn.resp). */
 enum ig_resp {
     IG_RESP_NONE,
+    IG_RESP_BEGIN,   /* an answer's first byte: its head's lines are checked (resp_lines_ok) */
+    IG_RESP_HEAD,    /* the head of an answer ended (none of the kinds below) */
     IG_RESP_FINAL,   /* a final answer ended: the oldest request is answered */
     IG_RESP_RAW,     /* the head of an accepted upgrade or CONNECT ended: raw from here */
     IG_RESP_CHUNKED, /* the head of a chunked answer ended: its body goes out re-framed */
@@ -226,6 +228,8 @@ struct ig_conn {
     bool rechunk; /* the answer being read is chunked: its body goes out in canonical chunks
                    * (what the parser read, so a proxy in front cannot read it otherwise) */
     bool wfail;   /* a write to the client failed inside a parser callback */
+    bool rhead;   /* inside an answer's head: its bytes are checked ... */
+    char rprev;   /* ... against the one before */
     uint8_t q[IG_PIPELINE_MAX];
     unsigned qhead, qn;
 };
@@ -559,12 +563,14 @@ static const http_parser_settings head_settings = {
 
 static int conn_write(struct ig_conn *c, const void *data, size_t len);
 
+static int resp_pause(http_parser *p, enum ig_resp r);
+
 static int on_resp_begin(http_parser *p)
 {
     struct ig_conn *c = p->data;
 
     memset(&c->rh, 0, sizeof(c->rh));
-    return 0;
+    return resp_pause(p, IG_RESP_BEGIN);
 }
 
 static int on_resp_field(http_parser *p, const char *at, size_t len)
@@ -609,6 +615,7 @@ static int on_resp_head(http_parser *p)
     if (!nobody && (p->flags & F_CHUNKED) != 0) {
         return resp_pause(p, IG_RESP_CHUNKED);
     }
+    (void)resp_pause(p, IG_RESP_HEAD);
     return nobody ? 1 : 0; /* 1: no body follows */
 }
 
@@ -1502,18 +1509,34 @@ static void gs_connected(void *user)
     }
 }
 
+/* The bytes @d[0..n) of an answer's head: every CR followed by LF, no folded line (a proxy in
+ * front may end a line, or the head, elsewhere than http-parser, which takes any byte after a
+ * status line's CR for its LF). */
+static bool resp_lines_ok(struct ig_conn *c, const char *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if ((c->rprev == '\r' && d[i] != '\n') ||
+            (c->rprev == '\n' && (d[i] == ' ' || d[i] == '\t'))) {
+            return false;
+        }
+        c->rprev = d[i];
+    }
+    return true;
+}
+
 /* Guest bytes toward the client, each answer checked against the requests sent: heads and
  * length-framed bodies as they came, chunked bodies re-framed (on_resp_body). */
 static void gs_data(void *user, const uint8_t *data, size_t len)
 {
     struct ig_conn *c = user;
-    const char *d = (const char *)data;
+    const char *d = (const char *)data, *w = d; /* w: parsed, not yet sent */
 
     if (c->st != IC_RELAY || c->guest_eof) {
         return;
     }
     while (len > 0 && !c->raw) {
         bool rechunked = c->rechunk; /* these bytes are a chunked body's: not sent as they are */
+        bool head_end;
         enum http_errno e;
         size_t n;
 
@@ -1526,6 +1549,7 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
                 relay_end(c); /* an answer to nothing the client asked */
                 return;
             }
+            w = d;
             break;
         }
         c->resp = IG_RESP_NONE;
@@ -1535,17 +1559,26 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
             conn_close(c);
             return;
         }
+        /* At the end of a head the parser paused before its last byte, which it reads again:
+         * that must be the LF (http-parser takes any byte after the head's last CR for it). */
+        head_end = c->resp == IG_RESP_HEAD || c->resp == IG_RESP_CHUNKED || c->resp == IG_RESP_RAW;
         if (c->resp == IG_RESP_BAD || (e != HPE_OK && e != HPE_PAUSED) ||
-            (c->resp == IG_RESP_CHUNKED && d[n] != '\n')) {
+            (c->rhead && !resp_lines_ok(c, d, n)) || (head_end && d[n] != '\n')) {
             relay_end(c); /* not HTTP, framing not taken, or a switch nobody asked for */
-            return;
-        }
-        if (!rechunked && n > 0 && conn_write(c, d, n) < 0) {
-            conn_close(c);
             return;
         }
         d += n;
         len -= n;
+        if (c->resp == IG_RESP_BEGIN) {
+            c->rhead = true; /* the answer's first byte goes out with the rest of its head */
+            c->rprev = d[-1];
+        } else {
+            if (!rechunked && d > w && conn_write(c, w, (size_t)(d - w)) < 0) {
+                conn_close(c);
+                return;
+            }
+            w = d;
+        }
         if (e != HPE_PAUSED) {
             if (len > 0) {
                 relay_end(c); /* the parser stopped short of the bytes */
@@ -1554,9 +1587,14 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
             break;
         }
         http_parser_pause(&c->sp, 0);
+        if (head_end) {
+            c->rhead = false;
+        }
+        if (c->resp == IG_RESP_BEGIN || c->resp == IG_RESP_HEAD) {
+            continue;
+        }
         if (c->resp == IG_RESP_CHUNKED) {
-            /* The parser paused on the head's last byte, its LF, and reads it again: it goes out
-             * with the head, then the body in chunks of the relay's own. */
+            /* The head's LF goes out with the head, then the body in chunks of the relay's own. */
             if (conn_write(c, d, 1) < 0) {
                 conn_close(c);
                 return;
@@ -1579,7 +1617,7 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
             return;
         }
     }
-    if (len > 0 && conn_write(c, d, len) < 0) {
+    if (d + len > w && conn_write(c, w, (size_t)(d + len - w)) < 0) {
         conn_close(c);
         return;
     }

@@ -656,7 +656,8 @@ class TestIngress(IngressCase):
         ends at its head whatever its Content-Length says, so bytes behind it are an answer to
         nothing; a chunked body goes out in chunks of the relay's own (extensions, a bare LF in
         one, trailers gone); framing two parsers may read apart (two lengths, a length and a
-        Transfer-Encoding, a Transfer-Encoding not just "chunked") is not passed on at all."""
+        Transfer-Encoding, a Transfer-Encoding not just "chunked"; a CR not followed by LF or a
+        folded line in the head) is not passed on at all."""
         hidden = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
         answers = {
             b"/204": b"HTTP/1.1 204 No Content\r\nContent-Length: 38\r\n\r\n" + hidden,
@@ -670,6 +671,11 @@ class TestIngress(IngressCase):
             b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
             b"/crlf": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\n",
             b"/blank": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked  \r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            # http-parser takes any byte after a status line's CR, or the head's last CR, for
+            # the LF; a proxy may end the line (and so the head) elsewhere
+            b"/barecr": b"HTTP/1.1 200 OK\rContent-Length: 0\r\n\r\n" + hidden,
+            b"/lastcr": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\rX" + hidden,
+            b"/fold": b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n" + hidden,
         }
         g = self.raw_guest(lambda head: answers[head.split(b" ")[1]])
         sid, ws = self.sandbox()
@@ -686,6 +692,7 @@ class TestIngress(IngressCase):
             b"/crlf": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
             # spaces after "chunked" are the header's, not another coding
             b"/blank": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked  \r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            b"/barecr": b"", b"/lastcr": b"", b"/fold": b"",
         }
         for path, out in want.items():
             # The request, then one for another domain at once (a proxy reusing the connection).
