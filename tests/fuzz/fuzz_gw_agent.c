@@ -28,8 +28,9 @@
  * Checks: no crash, leak or undefined behaviour (ASan, UBSan); everything the session sends is
  * one JSON-RPC message jansson parses (so its strings are valid UTF-8): an answer to a call the
  * client made, at most once, with a result that is exactly one of {ok} or {error} (an error
- * object with a constructorName and a message, never ENOMEM: nothing runs out of memory here,
- * so ENOMEM means a value jansson refused), or a notification the SDK knows; the server streams
+ * object with a constructorName and a message, never the gateway's own ENOMEM: nothing runs out
+ * of memory here, so its "out of memory" means a value jansson refused; the agent's ENOMEM is
+ * passed on), or a notification the SDK knows; the server streams
  * it announces go start, enqueue*, end|error, and nothing follows the client's cancel; no
  * message the session built was dropped as unbuildable; every frame written to the agent
  * decodes; the session frees itself once its WebSocket closes.
@@ -223,7 +224,10 @@ static void fz_check_answer(json_t *msg, json_t *id)
             !json_is_string(json_object_get(err, "message"))) {
             fz_fail("an error without constructorName and message");
         }
-        if (fz_is(json_object_get(err, "code"), "ENOMEM")) {
+        /* The gateway's own ENOMEM says "out of memory"; the agent may send ENOMEM of its own
+         * ("Cannot allocate memory (os error 12)"), which is passed on as it is. */
+        if (fz_is(json_object_get(err, "code"), "ENOMEM") &&
+            strstr(json_string_value(json_object_get(err, "message")), "out of memory") != NULL) {
             fz_fail("an ENOMEM answer with memory to spare (a value jansson refused?)");
         }
     }
