@@ -87,7 +87,8 @@ struct framing {
     bool in_field;
     int which; /* the value being read: FR_* */
     unsigned nte, ncl, nhost;
-    char te[16]; /* the Transfer-Encoding value, up to "chunked" and blanks around it */
+    bool blank_name; /* a header name held a space or a tab (http-parser reads "Name :" as Name) */
+    char te[16];     /* the Transfer-Encoding value, up to "chunked" and blanks around it */
     size_t telen;
 };
 enum { FR_OTHER, FR_TE, FR_CL, FR_HOST };
@@ -308,6 +309,7 @@ static void framing_field(struct framing *h, const char *at, size_t len)
         if (h->flen < sizeof(h->field) - 1) {
             h->field[h->flen] = (char)tolower((unsigned char)at[i]);
         }
+        h->blank_name |= at[i] == ' ' || at[i] == '\t';
     }
 }
 
@@ -350,10 +352,18 @@ static bool te_is_chunked(const struct framing *h)
     return b - a == 7 && memcmp(h->te + a, "chunked", 7) == 0;
 }
 
-/* Framing a proxy in front could read otherwise than http-parser does, or NULL: more than one
- * Transfer-Encoding or Content-Length, both, or a Transfer-Encoding that is not just "chunked". */
+/* Framing a proxy in front could read otherwise than http-parser does, or NULL: a header name with
+ * a blank in it (http-parser, as Debian builds it, takes "Content-Length :" for Content-Length;
+ * RFC 9112 5.1 refuses it, a proxy may pass it on as another header), more than one
+ * Transfer-Encoding or Content-Length, both, a Transfer-Encoding that is not just "chunked" or
+ * in an HTTP/1.0 message (RFC 9112 6.1), a length or a coding on a CONNECT (it has no content:
+ * http-parser tunnels what follows). */
 static const char *framing_unsafe(const struct framing *h, const http_parser *p)
 {
+    if (h->blank_name || ((p->flags & F_CONTENTLENGTH) != 0 && h->ncl == 0) ||
+        (p->uses_transfer_encoding && h->nte == 0)) {
+        return "a blank in a header name";
+    }
     if (h->ncl > 1) {
         return "more than one Content-Length header";
     }
@@ -366,26 +376,47 @@ static const char *framing_unsafe(const struct framing *h, const http_parser *p)
     if (h->nte == 1 && (!te_is_chunked(h) || (p->flags & F_CHUNKED) == 0)) {
         return "a Transfer-Encoding other than chunked";
     }
+    if (h->nte == 1 && p->http_major == 1 && p->http_minor == 0) {
+        return "a Transfer-Encoding in an HTTP/1.0 message";
+    }
+    if (p->type == HTTP_REQUEST && p->method == HTTP_CONNECT && h->ncl + h->nte > 0) {
+        return "a Content-Length or Transfer-Encoding on a CONNECT";
+    }
     return NULL;
 }
 
 /* Line ends a proxy in front could read otherwise than http-parser does in the request head
  * @head[0..len), the byte after it @next (the LF http-parser paused before), or NULL: a CR not
- * followed by LF (http-parser takes any byte there for the LF), a folded line (obs-fold). */
+ * followed by LF (http-parser takes any byte there for the LF), an LF without its CR (RFC 9112
+ * 2.2: a recipient MAY take it for a line end, or replace it with SP), a folded line (obs-fold),
+ * a request line that does not end in "HTTP/d.d" (http-parser checks only the H of it). */
 static const char *head_lines_unsafe(const char *head, size_t len, char next)
 {
-    if (next != '\n') {
-        return "a CR not followed by LF in the request head";
+    size_t start = 0, eol;
+
+    if (next != '\n' || (len > 0 && head[len - 1] != '\r')) {
+        return "a line of the request head does not end in CRLF";
     }
     for (size_t i = 0; i < len; i++) {
         char after = i + 1 < len ? head[i + 1] : next;
 
-        if (head[i] == '\r' && after != '\n') {
-            return "a CR not followed by LF in the request head";
+        if ((head[i] == '\r' && after != '\n') ||
+            (head[i] == '\n' && (i == 0 || head[i - 1] != '\r'))) {
+            return "a line of the request head does not end in CRLF";
         }
         if (head[i] == '\n' && i + 1 < len && (after == ' ' || after == '\t')) {
             return "a folded header line in the request head";
         }
+    }
+    while (start + 1 < len && head[start] == '\r' && head[start + 1] == '\n') {
+        start += 2; /* empty lines before the request line (RFC 9112 2.2) */
+    }
+    for (eol = start; eol < len && head[eol] != '\r'; eol++) {
+    }
+    if (eol - start < 9 || memcmp(head + eol - 9, " HTTP/", 6) != 0 ||
+        !isdigit((unsigned char)head[eol - 3]) || head[eol - 2] != '.' ||
+        !isdigit((unsigned char)head[eol - 1])) {
+        return "a request line that does not end in HTTP/<digit>.<digit>";
     }
     return NULL;
 }
@@ -478,7 +509,7 @@ static int chunk_check(struct chunk_check *k, const char *d, size_t len, size_t 
         case CK_LINE0:
             if (ch == '\r') {
                 k->st = CK_END_LF;
-            } else if (ctl || ch == ' ') {
+            } else if (ctl || ch == ' ' || ch == '\t') {
                 goto bad; /* a bare LF, a control, a folded line */
             } else {
                 k->st = CK_LINE;
@@ -1350,8 +1381,9 @@ static void relay_in(struct ig_conn *c, const char *data, size_t len)
         n = http_parser_execute(&c->rp, &head_settings, data, lim);
         e = HTTP_PARSER_ERRNO(&c->rp);
         if (c->ck_on) {
-            /* http-parser must end the body where the check did, and not before; the canonical
-             * bytes before a refused one go (the head's last byte among them). */
+            /* http-parser must end the body where the check did, and not before (refusing what
+             * the check took, it ends the relay there). The canonical bytes before one the check
+             * refused go on (the head's last byte among them), so the guest has a whole head. */
             if (ck == 1 ? e != HPE_PAUSED || !c->hx.done || n != lim : e != HPE_OK || n != lim) {
                 relay_refuse(c);
                 return;
@@ -1509,13 +1541,13 @@ static void gs_connected(void *user)
     }
 }
 
-/* The bytes @d[0..n) of an answer's head: every CR followed by LF, no folded line (a proxy in
+/* The bytes @d[0..n) of an answer's head: every line ending in CRLF, none folded (a proxy in
  * front may end a line, or the head, elsewhere than http-parser, which takes any byte after a
- * status line's CR for its LF). */
+ * status line's CR for its LF, and a bare LF for a line end). */
 static bool resp_lines_ok(struct ig_conn *c, const char *d, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if ((c->rprev == '\r' && d[i] != '\n') ||
+        if ((c->rprev == '\r' && d[i] != '\n') || (c->rprev != '\r' && d[i] == '\n') ||
             (c->rprev == '\n' && (d[i] == ' ' || d[i] == '\t'))) {
             return false;
         }
@@ -1560,10 +1592,12 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
             return;
         }
         /* At the end of a head the parser paused before its last byte, which it reads again:
-         * that must be the LF (http-parser takes any byte after the head's last CR for it). */
+         * that must be the LF of a CRLF (http-parser takes any byte after the head's last CR for
+         * it). */
         head_end = c->resp == IG_RESP_HEAD || c->resp == IG_RESP_CHUNKED || c->resp == IG_RESP_RAW;
         if (c->resp == IG_RESP_BAD || (e != HPE_OK && e != HPE_PAUSED) ||
-            (c->rhead && !resp_lines_ok(c, d, n)) || (head_end && d[n] != '\n')) {
+            (c->rhead && !resp_lines_ok(c, d, n)) ||
+            (head_end && (d[n] != '\n' || c->rprev != '\r'))) {
             relay_end(c); /* not HTTP, framing not taken, or a switch nobody asked for */
             return;
         }

@@ -676,6 +676,9 @@ class TestIngress(IngressCase):
             b"/barecr": b"HTTP/1.1 200 OK\rContent-Length: 0\r\n\r\n" + hidden,
             b"/lastcr": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\rX" + hidden,
             b"/fold": b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n" + hidden,
+            b"/barelf": b"HTTP/1.1 200 OK\r\nX: a\nContent-Length: 0\r\n\r\n" + hidden,
+            b"/clspace": b"HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n" + hidden,
+            b"/te10": b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden,
         }
         g = self.raw_guest(lambda head: answers[head.split(b" ")[1]])
         sid, ws = self.sandbox()
@@ -692,7 +695,8 @@ class TestIngress(IngressCase):
             b"/crlf": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
             # spaces after "chunked" are the header's, not another coding
             b"/blank": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked  \r\n\r\n2\r\nok\r\n0\r\n\r\n",
-            b"/barecr": b"", b"/lastcr": b"", b"/fold": b"",
+            b"/barecr": b"", b"/lastcr": b"", b"/fold": b"", b"/barelf": b"", b"/clspace": b"",
+            b"/te10": b"",
         }
         for path, out in want.items():
             # The request, then one for another domain at once (a proxy reusing the connection).
@@ -727,15 +731,28 @@ class TestIngress(IngressCase):
         sid, ws = self.sandbox()
         domain = self.expose(sid, ws, port=g.port)
         ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        post = "POST /%s HTTP/1.1\r\nHost: %s\r\n"
         heads = {
-            "gzip": "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-            "cr": "X: a\rContent-Length: 3\r\n\r\nabc",
-            "fold": "X: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",
-            "lastcr": "Content-Length: 3\r\n\rXabc",
+            "gzip": post + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "cr": post + "X: a\rContent-Length: 3\r\n\r\nabc",
+            "fold": post + "X: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",
+            "lastcr": post + "Content-Length: 3\r\n\rXabc",
+            # http-parser takes "Content-Length :" for Content-Length, a proxy may not
+            "clspace": post + "Content-Length : 3\r\n\r\nabc",
+            "tespace": post + "Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+            # a proxy may replace a bare LF with a space (RFC 9112 2.2)
+            "barelf": post + "X: a\nContent-Length: 3\r\n\r\nabc",
+            # chunked means nothing in HTTP/1.0 (RFC 9112 6.1)
+            "te10": "POST /%s HTTP/1.0\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "0\r\n\r\n",
+            # a CONNECT has no content; http-parser tunnels what a proxy may read as a body
+            "connect": "CONNECT /%s HTTP/1.1\r\nHost: %s\r\nContent-Length: 3\r\n\r\nabc",
+            # only the H of the version is checked by http-parser
+            "hver": "POST /%s H\r\nX/1.1\r\nHost: %s\r\nContent-Length: 3\r\n\r\nabc",
         }
-        for name, rest in heads.items():
+        for name, fmt in heads.items():
             before = len(g.got)
-            req = "POST /%s HTTP/1.1\r\nHost: %s\r\n%s" % (name, domain, rest)
+            req = fmt % (name, domain)
             # First on its connection: answered 400 by the gateway, nothing to the guest. (A
             # first head ends only at an LF, so "lastcr" waits there: see test_slowloris_head.)
             if name != "lastcr":
@@ -775,6 +792,7 @@ class TestIngress(IngressCase):
             "bare LF at the end": b"5\r\nhello\r\n0\r\n\n",
             "bare LF after a trailer": b"5\r\nhello\r\n0\r\nX: 1\n\r\n",
             "folded trailer": b"5\r\nhello\r\n0\r\nX: 1\r\n folded\r\n\r\n",
+            "tab-folded trailer": b"5\r\nhello\r\n0\r\nX: 1\r\n\tfolded\r\n\r\n",
             "17 digits": b"00000000000000005\r\nhello\r\n0\r\n\r\n",
         }
         smuggled = "GET /smuggled HTTP/1.1\r\nHost: %s\r\n\r\n" % domain
