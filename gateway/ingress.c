@@ -72,10 +72,11 @@ enum ig_resp {
     IG_RESP_NONE,
     IG_RESP_BEGIN,   /* an answer's first byte: its head's lines are checked (resp_lines_ok) */
     IG_RESP_HEAD,    /* the head of an answer ended (none of the kinds below) */
+    IG_RESP_INFO,    /* a 1xx answer ended: the final one follows */
     IG_RESP_FINAL,   /* a final answer ended: the oldest request is answered */
     IG_RESP_RAW,     /* the head of an accepted upgrade or CONNECT ended: raw from here */
     IG_RESP_CHUNKED, /* the head of a chunked answer ended: its body goes out re-framed */
-    IG_RESP_BAD,     /* a 101 to a request that asked for no upgrade, or framing not taken */
+    IG_RESP_BAD,     /* a 101 that switches to nothing asked for, or framing not taken */
 };
 
 /* What a head (a client's request, the guest's answer: ig_conn.hx.fr, ig_conn.rh) says of its
@@ -229,6 +230,7 @@ struct ig_conn {
     bool rechunk; /* the answer being read is chunked: its body goes out in canonical chunks
                    * (what the parser read, so a proxy in front cannot read it otherwise) */
     bool wfail;   /* a write to the client failed inside a parser callback */
+    bool rgap;    /* between answers: CR and LF are dropped (some servers send empty lines) */
     bool rhead;   /* inside an answer's head: its bytes are checked ... */
     char rprev;   /* ... against the one before */
     uint8_t q[IG_PIPELINE_MAX];
@@ -635,7 +637,10 @@ static int on_resp_head(http_parser *p)
         return resp_pause(p, IG_RESP_BAD);
     }
     if (p->status_code == 101) {
-        return resp_pause(p, (kind & IGQ_UPGRADE) != 0 ? IG_RESP_RAW : IG_RESP_BAD);
+        /* Raw only with the Upgrade and Connection: upgrade headers that make a proxy switch too
+         * (p->upgrade): otherwise it may take the answer for an informational one and reuse
+         * the connection for any domain. */
+        return resp_pause(p, (kind & IGQ_UPGRADE) != 0 && p->upgrade ? IG_RESP_RAW : IG_RESP_BAD);
     }
     if ((kind & IGQ_CONNECT) != 0 && p->status_code / 100 == 2) {
         return resp_pause(p, IG_RESP_RAW);
@@ -678,10 +683,8 @@ static int on_resp_done(http_parser *p)
             c->wfail = true;
         }
     }
-    if (p->status_code / 100 == 1) {
-        return 0; /* 100 Continue, 103 Early Hints: the final answer follows */
-    }
-    return resp_pause(p, IG_RESP_FINAL);
+    /* 100 Continue, 103 Early Hints: the final answer follows */
+    return resp_pause(p, p->status_code / 100 == 1 ? IG_RESP_INFO : IG_RESP_FINAL);
 }
 
 static const http_parser_settings resp_settings = {
@@ -1531,6 +1534,7 @@ static void gs_connected(void *user)
     http_parser_init(&c->rp, HTTP_REQUEST);
     c->rp.data = &c->hx;
     http_parser_init(&c->sp, HTTP_RESPONSE);
+    c->rgap = true;
     c->sp.data = c;
     c->in_head = true;
     /* The bytes read so far (the head and what followed it) go first. */
@@ -1572,17 +1576,19 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
         enum http_errno e;
         size_t n;
 
-        if (c->qn == 0) {
+        if (c->rgap) {
             while (len > 0 && (*d == '\r' || *d == '\n')) {
                 d++; /* an empty line after an answer: some servers send one */
                 len--;
             }
-            if (len > 0) {
-                relay_end(c); /* an answer to nothing the client asked */
-                return;
-            }
             w = d;
-            break;
+            if (len == 0) {
+                break;
+            }
+        }
+        if (c->qn == 0) {
+            relay_end(c); /* an answer to nothing the client asked */
+            return;
         }
         c->resp = IG_RESP_NONE;
         n = http_parser_execute(&c->sp, &resp_settings, d, len);
@@ -1604,6 +1610,7 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
         d += n;
         len -= n;
         if (c->resp == IG_RESP_BEGIN) {
+            c->rgap = false;
             c->rhead = true; /* the answer's first byte goes out with the rest of its head */
             c->rprev = d[-1];
         } else {
@@ -1624,7 +1631,8 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
         if (head_end) {
             c->rhead = false;
         }
-        if (c->resp == IG_RESP_BEGIN || c->resp == IG_RESP_HEAD) {
+        c->rgap = c->resp == IG_RESP_INFO || c->resp == IG_RESP_FINAL;
+        if (c->resp == IG_RESP_BEGIN || c->resp == IG_RESP_HEAD || c->resp == IG_RESP_INFO) {
             continue;
         }
         if (c->resp == IG_RESP_CHUNKED) {

@@ -679,6 +679,10 @@ class TestIngress(IngressCase):
             b"/barelf": b"HTTP/1.1 200 OK\r\nX: a\nContent-Length: 0\r\n\r\n" + hidden,
             b"/clspace": b"HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n" + hidden,
             b"/te10": b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden,
+            # a 1xx goes out whole though the head behind it in the same read is refused
+            b"/1xx": b"HTTP/1.1 100 Continue\r\n\r\nXYZ",
+            # empty lines before an answer are dropped, as between answers
+            b"/lead": b"\r\n\rHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
         }
         g = self.raw_guest(lambda head: answers[head.split(b" ")[1]])
         sid, ws = self.sandbox()
@@ -697,6 +701,8 @@ class TestIngress(IngressCase):
             b"/blank": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked  \r\n\r\n2\r\nok\r\n0\r\n\r\n",
             b"/barecr": b"", b"/lastcr": b"", b"/fold": b"", b"/barelf": b"", b"/clspace": b"",
             b"/te10": b"",
+            b"/1xx": b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"/lead": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
         }
         for path, out in want.items():
             # The request, then one for another domain at once (a proxy reusing the connection).
@@ -815,6 +821,8 @@ class TestIngress(IngressCase):
                 return b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno"
             if b"/close" in line:  # no length: the body ends with the connection
                 return b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\nbye", True
+            if b"/bare101" in line:  # no Upgrade header: a proxy would not switch
+                return b"HTTP/1.1 101 Switching Protocols\r\n\r\nraw"
             if b"/accept" in line:
                 return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n"
                         b"Connection: Upgrade\r\n\r\nupgraded:")
@@ -848,6 +856,13 @@ class TestIngress(IngressCase):
         self.assertEqual(recv_until_eof(s, 30),
                          b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\nbye")
         s.close()
+        # A 101 without the Upgrade and Connection headers a proxy switches on: not passed on.
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        s.sendall(("GET /bare101 HTTP/1.1\r\nHost: %s\r\n%s\r\nGET /o HTTP/1.1\r\nHost: %s\r\n"
+                   "\r\n" % (domain, up, other)).encode())
+        self.assertEqual(recv_until_eof(s, 30), b"")
+        s.close()
+        self.assertNotIn(other.encode(), bytes(g.got))
         # Accepted: what followed the request is the new protocol's, even when it looks like
         # HTTP for another domain.
         tail = ("raw bytes\r\n\r\nGET /x HTTP/1.1\r\nHost: %s\r\n\r\n" % other).encode()
