@@ -743,17 +743,15 @@ static void drain_timer_cb(uv_timer_t *t)
         return;
     }
     /* Something (a background child) may still hold a pipe open: take what is there now, then
-     * end the stream; later writes by the holder get EPIPE. */
+     * end the stream once that went out (as credit allows: PROTOCOL.md §9.2); later writes by
+     * the holder get EPIPE. */
     for (int i = 0; i < 2; i++) {
         struct agent_pipe *pp = pipes[i];
         if (pp->open && !pp->eof) {
-            bool eof = agent_pipe_final_drain(pp);
+            pp->truncated = !agent_pipe_final_drain(pp);
             pp->eof = true;
-            pp->truncated = !eof;
-            if (pp->stream != NULL) {
-                agent_stream_end(pp->stream, NULL, !eof);
-            }
             agent_pipe_close(pp);
+            agent_pipe_update(pp); /* ends the stream now, or after the ring's last bytes */
         }
     }
     proc_report(p, !p->out.truncated && !p->err.truncated);

@@ -884,16 +884,13 @@ static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
      * though a PTY's line discipline may still be delivering bytes (tail loss). So read once
      * more, without blocking, before ending the stream. */
     if (p->is_pty && (nread == UV_EIO || nread == UV_EOF)) {
-        (void)agent_pipe_final_drain(p);
+        p->truncated = !agent_pipe_final_drain(p); /* the ring could not hold it all */
         nread = UV_EOF;
     }
     p->eof = true;
     p->read_err = nread != UV_EOF ? (int)-nread : 0;
-    s = p->stream;
-    if (s != NULL && s->pos == p->total) {
-        pipe_end_stream(p);
-    }
     agent_pipe_close(p);
+    agent_pipe_update(p); /* ends the stream now, or once the ring's last bytes went out */
     agent_proc_check_done(p->proc);
 }
 
@@ -971,10 +968,19 @@ bool agent_pipe_busy(struct agent_pipe *p)
     return !pipe_may_read(p);
 }
 
-/* Read without blocking what @p's pipe holds, up to @budget bytes (and the stream's credit): into
- * the ring, and to the stream when one is attached. 1: end-of-file, 0: the pipe is empty (or the
- * budget, credit or buffers ran out). */
-static int pipe_read_now(struct agent_pipe *p, size_t budget)
+/* May the final read of @p's pipe take what its stream has no credit for yet? Only into a ring
+ * that keeps the bytes for the stream (not a REPL's sink, not an internal process's). */
+static bool pipe_keeps_for_stream(const struct agent_pipe *p)
+{
+    return p->stream != NULL && p->sink == NULL && !p->proc->internal;
+}
+
+/* Read without blocking what @p's pipe holds, up to @budget bytes: into the ring, and to the
+ * stream when one is attached, up to its credit. With @past_credit (the last read of a pipe) and
+ * a ring kept for the stream, what the credit does not cover yet is read too, as far as the ring
+ * can hold it unsent, and goes out from the ring as credit comes (pipe_replay). 1: end-of-file,
+ * 0: the pipe is empty (or the budget, credit, ring or buffers ran out). */
+static int pipe_read_now(struct agent_pipe *p, size_t budget, bool past_credit)
 {
     struct agent *a = p->proc->a;
     uv_os_fd_t fd;
@@ -982,13 +988,24 @@ static int pipe_read_now(struct agent_pipe *p, size_t budget)
     if (uv_fileno((uv_handle_t *)&p->handle, &fd) != 0) {
         return 0;
     }
+    past_credit = past_credit && pipe_keeps_for_stream(p);
     while (budget > 0) {
         struct agent_stream *s = p->stream;
         size_t want = SBX_STREAM_CHUNK_MAX < budget ? SBX_STREAM_CHUNK_MAX : budget;
+        bool keep_only = past_credit && (s->pos < p->total || s->credit < want);
+        uint64_t pos = s != NULL ? s->pos : 0;
         void *buf;
         ssize_t n;
 
-        if (s != NULL && s->credit < want) {
+        if (keep_only) {
+            /* Every unsent byte must stay in the ring until the stream takes it. */
+            uint64_t unsent = p->total - s->pos;
+
+            ring_grow(p, unsent + want);
+            want = p->ring_cap > unsent
+                       ? (p->ring_cap - unsent < want ? p->ring_cap - unsent : want)
+                       : 0;
+        } else if (s != NULL && s->credit < want) {
             want = (size_t)s->credit;
         }
         if (want == 0 || (buf = agent_buf_get(a)) == NULL) {
@@ -1004,7 +1021,10 @@ static int pipe_read_now(struct agent_pipe *p, size_t budget)
         }
         budget -= (size_t)n;
         pipe_keep(p, buf, (uint32_t)n);
-        if (s != NULL) {
+        if (keep_only) {
+            s->pos = pos; /* not sent: pipe_replay sends it as credit comes */
+            agent_buf_put(a, buf);
+        } else if (s != NULL) {
             s->credit -= (uint64_t)n;
             agent_conn_send_data(s->conn, s->id, buf, (uint32_t)n);
         } else {
@@ -1017,7 +1037,7 @@ static int pipe_read_now(struct agent_pipe *p, size_t budget)
 bool agent_pipe_final_drain(struct agent_pipe *p)
 {
     /* The pipe's capacity: a writer refilling it cannot hold us. */
-    return pipe_read_now(p, 1u << 20) == 1;
+    return pipe_read_now(p, 1u << 20, true) == 1;
 }
 
 void agent_pipe_catch_up(struct agent_pipe *p)
@@ -1025,7 +1045,7 @@ void agent_pipe_catch_up(struct agent_pipe *p)
     /* Only a detached pipe: an attached one is read up to its stream's credit already. The end of
      * file, if this meets it, is left for the loop to see (the next read returns it again). */
     if (!p->is_input && p->open && !p->eof && p->stream == NULL) {
-        (void)pipe_read_now(p, 1u << 20);
+        (void)pipe_read_now(p, 1u << 20, false);
     }
 }
 

@@ -125,8 +125,10 @@ bool agent_stream_on_bad_data(struct agent_conn *c, uint32_t id, const struct sb
 void agent_pipe_update(struct agent_pipe *p);
 /* True while an output pipe may still legitimately carry data (used by the drain deadline). */
 bool agent_pipe_busy(struct agent_pipe *p);
-/* At the drain deadline: read what the pipe holds now without blocking (bounded by the pipe's
- * capacity and the stream's credit) and send it. True if that reached end-of-file. */
+/* At the drain deadline, or a PTY's end: read what the pipe holds now without blocking (bounded
+ * by the pipe's capacity and, beyond the stream's credit, by its replay ring) and send it, what
+ * the credit does not cover as it comes (agent_pipe_update ends the stream after it). True if
+ * that reached end-of-file. */
 bool agent_pipe_final_drain(struct agent_pipe *p);
 /* Before an attach: read what a pipe nobody holds has buffered (without blocking, at most about
  * the pipe's capacity) into the replay ring, so the attach sees the latest bytes however slowly

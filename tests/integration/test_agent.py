@@ -727,6 +727,52 @@ class TestPty(AgentCase):
                 self.c.credit(stream, len(m[2]))
         return out
 
+    def test_tail_held_in_the_terminal_after_exit(self):
+        """Output the terminal still holds when the process exits reaches the client whole, as
+        credit allows, however the credit comes. The process writes a window and 10000 bytes
+        more while the client grants nothing, and exits: the terminal holds the 10000 (a PTY
+        buffers ~12 KiB). Credit then comes 6000 bytes at a time. A PTY master gives at most
+        ~4 KiB per read(2), and libuv takes that short read, with POLLHUP (the process gone),
+        for the end: the final read of what the terminal holds must not stop at the credit left
+        (it lost 4000 bytes, the stream ending as if whole)."""
+        total = self.c.window + 10000
+        r = self.c.call("proc.spawn", {"command": "head -c %d /dev/zero | tr '\\0' x" % total,
+                                       "pty": {}})
+        out, got, ended, ex = r["stdout"], 0, None, None
+        while got < self.c.window:
+            m = self.c.recv()
+            if m[0] == 3 and m[1] == out:
+                got += len(m[2])
+        deadline = time.time() + 30
+        while True:  # until the shell has exited (a zombie, or reaped)
+            try:
+                with open("/proc/%d/stat" % r["pid"]) as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except FileNotFoundError:
+                break
+            self.assertLess(time.time(), deadline, "the writer did not exit")
+            time.sleep(0.05)
+        self.c.credit(out, 6000)
+        granted = 6000
+        deadline = time.time() + 30
+        while ended is None or ex is None:
+            self.assertLess(time.time(), deadline, "got %d of %d" % (got, total))
+            m = self.c.recv()
+            if m[0] == 3 and m[1] == out:
+                got += len(m[2])
+                if got >= self.c.window + granted:
+                    self.c.credit(out, 6000)
+                    granted += 6000
+            elif m[0] == 2 and m[1] == "stream.end" and m[2]["stream"] == out:
+                ended = m[2]
+            elif m[0] == 2 and m[1] == "proc.exit" and m[2]["id"] == r["id"]:
+                ex = m[2]
+        self.assertEqual(got, total)
+        self.assertFalse(ended.get("truncated", False))
+        self.assertTrue(ex["drained"])
+        self.assertEqual(ex["stdout_bytes"], total)
+
     def test_terminal_size_and_term(self):
         r, ex, outs, *_ = w.run(self.c, {"command": "test -t 0 && test -t 1 && echo tty; stty size;"
                                                     " echo $TERM", "pty": {"rows": 33, "cols": 101,
