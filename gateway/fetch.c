@@ -1550,23 +1550,30 @@ static void hop_start(struct fetch *f)
 
 static void early_fail(struct gw_call *call, json_t *params, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The body stream a request names, whatever else is wrong with it, or -1. Read before the call
+ * is answered: that frees the call, and with it params when the request had none (on_request's
+ * empty object). */
+static int64_t body_named(json_t *params)
+{
+    json_t *b = json_object_get(params, "bodyStreamId");
+
+    return json_is_integer(b) && json_integer_value(b) >= 0 ? json_integer_value(b) : -1;
+}
+
 /* A TypeError before anything started; a body stream the request named is cancelled. */
 static void early_fail(struct gw_call *call, json_t *params, const char *fmt, ...)
 {
     char msg[768];
     va_list ap;
-    json_t *b = json_object_get(params, "bodyStreamId");
+    int64_t sid = body_named(params);
     struct gw_session *s = call->s;
-    bool cancel = json_is_integer(b) && json_integer_value(b) >= 0;
-    uint64_t sid = cancel ? (uint64_t)json_integer_value(b) : 0;
 
     va_start(ap, fmt);
     (void)vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    /* The answer frees the call (and its params): what the cancel needs is taken first. */
     gw_call_fail(call, "TypeError", NULL, "%s", msg);
-    if (cancel) {
-        gw_istream_cancel(s, sid, NULL);
+    if (sid >= 0) {
+        gw_istream_cancel(s, (uint64_t)sid, NULL);
     }
 }
 
@@ -1590,8 +1597,8 @@ void gw_m_fetch(struct gw_call *call, json_t *params)
 {
     struct gw_session *s = call->s;
     const char *url, *method, *redirect;
-    json_t *headers = json_object_get(params, "headers"), *pidv, *b;
-    int64_t abort_id, body_sid, pid;
+    json_t *headers = json_object_get(params, "headers"), *pidv;
+    int64_t abort_id, body_sid, pid, named = body_named(params);
     struct fetch *f;
     char why[512];
     size_t total = 0;
@@ -1601,9 +1608,8 @@ void gw_m_fetch(struct gw_call *call, json_t *params)
         gw_param_str(call, params, "redirect", false, &redirect) < 0 ||
         gw_param_int(call, params, "abortId", false, 0, INT64_MAX, -1, &abort_id) < 0 ||
         gw_param_int(call, params, "bodyStreamId", false, 0, INT64_MAX, -1, &body_sid) < 0) {
-        b = json_object_get(params, "bodyStreamId");
-        if (json_is_integer(b) && json_integer_value(b) >= 0) {
-            gw_istream_cancel(s, (uint64_t)json_integer_value(b), NULL);
+        if (named >= 0) {
+            gw_istream_cancel(s, (uint64_t)named, NULL);
         }
         return;
     }
@@ -1649,9 +1655,8 @@ void gw_m_fetch(struct gw_call *call, json_t *params)
                          "fetch: %u fetches are in flight %s already; abort or finish some first",
                          mine >= FETCH_SESSION_MAX ? mine : nlive,
                          mine >= FETCH_SESSION_MAX ? "on this session" : "in sbx-gateway");
-            b = json_object_get(params, "bodyStreamId");
-            if (json_is_integer(b) && json_integer_value(b) >= 0) {
-                gw_istream_cancel(s, (uint64_t)json_integer_value(b), NULL);
+            if (named >= 0) {
+                gw_istream_cancel(s, (uint64_t)named, NULL);
             }
             return;
         }

@@ -267,6 +267,9 @@ int gw_session_on_done(struct gw_session *s, uint32_t agent_stream, gw_done_fn f
 int gw_session_on_cancel(struct gw_session *s, uint64_t sdk_stream, void (*fn)(void *user),
                          void *user);
 void gw_session_off_cancel(struct gw_session *s, uint64_t sdk_stream);
+/* @fn(@user) once, when the session ends (no message of the client's reaches it: state that
+ * something else still uses). 0, or -1 (out of memory). */
+int gw_session_on_end(struct gw_session *s, void (*fn)(void *user), void *user);
 
 /*
  * Server streams a method produces from a source of its own (a fetch's response body):

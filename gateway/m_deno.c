@@ -192,7 +192,9 @@ static struct dn_watch *watch_new(struct gw_session *s)
         return NULL;
     }
     w->s = s;
-    if (gw_session_on_cancel(s, gw_stream_id(gw_session_sandbox(s)->g), free, w) < 0) {
+    /* Freed with the session: the relays write into it until then (a hook on a stream id of
+     * its own let a client's cancel of that id free it under them). */
+    if (gw_session_on_end(s, free, w) < 0) {
         free(w);
         return NULL;
     }

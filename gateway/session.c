@@ -75,10 +75,11 @@ struct gw_istream {
     struct gw_istream_sink sink;
 };
 
-/* gw_session_on_done / gw_session_on_cancel registrations. */
+/* gw_session_on_done / gw_session_on_cancel / gw_session_on_end registrations. */
 struct hook {
     struct hook *next;
-    bool cancel; /* on_cancel (by SDK id) or on_done (by agent stream) */
+    bool cancel;   /* on_cancel (by SDK id) or on_done (by agent stream) */
+    bool end_only; /* gw_session_on_end: at the session's end only, never by a client's cancel */
     uint64_t key;
     gw_done_fn done;
     void (*cancel_fn)(void *user);
@@ -864,7 +865,7 @@ static struct hook *hook_take(struct gw_session *s, bool cancel, uint64_t key)
     for (struct hook **pp = &s->hooks; *pp != NULL; pp = &(*pp)->next) {
         struct hook *h = *pp;
 
-        if (h->cancel == cancel && h->key == key) {
+        if (h->cancel == cancel && !h->end_only && h->key == key) {
             *pp = h->next;
             return h;
         }
@@ -881,6 +882,15 @@ int gw_session_on_cancel(struct gw_session *s, uint64_t sdk_stream, void (*fn)(v
                          void *user)
 {
     return hook_add(s, true, sdk_stream, NULL, fn, user);
+}
+
+int gw_session_on_end(struct gw_session *s, void (*fn)(void *user), void *user)
+{
+    if (hook_add(s, true, 0, NULL, fn, user) < 0) {
+        return -1;
+    }
+    s->hooks->end_only = true; /* hook_add put it first */
+    return 0;
 }
 
 void gw_session_off_cancel(struct gw_session *s, uint64_t sdk_stream)
