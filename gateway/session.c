@@ -1086,8 +1086,12 @@ static void client_stream(struct gw_session *s, const char *method, json_t *para
 
         if (!json_is_string(d) || gw_fs_b64_decode(json_string_value(d), json_string_length(d),
                                                    GW_WS_MSG_MAX, &bytes, &len) < 0) {
-            gw_istream_cancel(s, id,
-                              gw_errobj("InvalidData", NULL, "stream data is not a base64 string"));
+            json_t *why = gw_errobj("InvalidData", NULL, "stream data is not a base64 string");
+
+            if (is->claimed) {
+                is->sink.error(is->sink.user, why); /* as the client's own error would */
+            }
+            gw_istream_cancel(s, id, why);
             return;
         }
         if (is->claimed) {

@@ -509,6 +509,30 @@ class TestHostile(AddrCase):
             ws.call("processKill", {"pid": pid2, "signal": "SIGKILL"})
         self.probe()
 
+    def test_bad_data_on_a_claimed_stream_fails_its_write(self):
+        """Stream data that is not base64 cancels the client stream; the writeFile that claimed
+        it fails at once, as on the client's own stream error (it waited for the session's end,
+        and its state was never freed)."""
+        ws = self.ws
+        ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.start",
+                      "params": {"streamId": 9}})
+        rid = ws.next_id
+        ws.next_id += 1
+        ws.send_json({"jsonrpc": "2.0", "id": rid, "method": "writeFile",
+                      "params": {"path": "bad-stream.txt", "contentStreamId": 9}})
+        ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.enqueue",
+                      "params": {"streamId": 9, "data": base64.b64encode(b"abc").decode()}})
+        ws.send_json({"jsonrpc": "2.0", "method": "$sandbox.stream.enqueue",
+                      "params": {"streamId": 9, "data": 5}})
+        m = ws.answer(rid, timeout=30)
+        self.assertResultError(m, "writeFile whose content stream sent a number")
+        self.assertIn("base64", m["result"]["error"]["message"], m)
+        seen = list(ws.notes)
+        while not any(n.get("method") == "$sandbox.stream.cancel" and
+                      (n.get("params") or {}).get("streamId") == 9 for n in seen):
+            seen.append(ws.recv_json(10))  # the cancel, sent after the answer
+        self.probe()
+
     def test_unclaimed_and_unknown_stream_notifications(self):
         for method, params in (("$sandbox.stream.enqueue", {"streamId": 999, "data": "QUJD"}),
                                ("$sandbox.stream.end", {"streamId": 998}),
