@@ -603,6 +603,7 @@ void agent_proc_handle_closed(struct agent_proc *p)
 static void attach_free(struct agent_attach *at);
 static struct agent_conn *output_holder(const struct agent_proc *p);
 static bool exit_recipient(struct agent_proc *p, const struct agent_conn *c);
+static bool holds_output(const struct agent_proc *p, const struct agent_conn *c);
 static void answer_waiters(struct agent_proc *p);
 
 /* Forget a finished process: close what is left, free when the last handle has closed. */
@@ -710,6 +711,17 @@ static void answer_waiters(struct agent_proc *p)
     }
 }
 
+/* The process exited: its open stdin stream is cancelled (EPIPE). */
+static void stdin_cancel_exited(struct agent_proc *p)
+{
+    struct sbx_err err;
+
+    if (p->in.stream != NULL) {
+        sbx_err_sys(&err, EPIPE, "stdin", "process %llu has exited", (unsigned long long)p->id);
+        agent_stream_cancel(p->in.stream, &err);
+    }
+}
+
 /* Exit and output are both settled: tell the owner and every waiter (PROTOCOL.md §9.2). */
 static void proc_report(struct agent_proc *p, bool drained)
 {
@@ -717,11 +729,11 @@ static void proc_report(struct agent_proc *p, bool drained)
     p->drained = drained;
     uv_timer_stop(&p->timeout_timer);
     uv_timer_stop(&p->drain_timer);
-    /* The process can no longer read: an open stdin stream is cancelled before the exit. */
-    if (p->in.stream != NULL) {
-        struct sbx_err err;
-        sbx_err_sys(&err, EPIPE, "stdin", "process %llu has exited", (unsigned long long)p->id);
-        agent_stream_cancel(p->in.stream, &err);
+    /* The process can no longer read: an open stdin stream is cancelled after the output's ends
+     * and before the exit (PROTOCOL.md §9.2); while output still goes out as credit comes, the
+     * cancel waits for it (agent_proc_exit_flush). */
+    if (p->in.stream != NULL && !holds_output(p, p->in.stream->conn)) {
+        stdin_cancel_exited(p);
     }
     agent_pipe_close(&p->in);
     agent_proc_exit_flush(p); /* answers the waiters too */
@@ -763,7 +775,7 @@ void agent_proc_check_done(struct agent_proc *p)
         return;
     }
     if ((!p->out.open || p->out.eof) && (!p->err.open || p->err.eof)) {
-        proc_report(p, true);
+        proc_report(p, !p->out.truncated && !p->err.truncated); /* a PTY's tail may not fit */
         return;
     }
     if (!uv_is_active((uv_handle_t *)&p->drain_timer)) {
@@ -2220,6 +2232,9 @@ void agent_proc_exit_flush(struct agent_proc *p)
         return;
     }
     if (p->owner.conn != NULL && !p->owner.conn->closing && !holds_output(p, p->owner.conn)) {
+        if (p->in.stream != NULL && p->in.stream->conn == p->owner.conn) {
+            stdin_cancel_exited(p); /* after the output's ends, before the exit */
+        }
         send_exit(p, p->owner.conn);
         agent_conn_ref_del(&p->owner); /* nothing more goes to it about this process */
     }
@@ -2227,6 +2242,9 @@ void agent_proc_exit_flush(struct agent_proc *p)
         struct agent_attach *at = agent_container_of(l, struct agent_attach, link);
         next = l->next;
         if (at->ref.conn != NULL && !at->ref.conn->closing && !holds_output(p, at->ref.conn)) {
+            if (p->in.stream != NULL && p->in.stream->conn == at->ref.conn) {
+                stdin_cancel_exited(p);
+            }
             send_exit(p, at->ref.conn);
             attach_free(at);
         }

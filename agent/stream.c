@@ -992,7 +992,7 @@ static int pipe_read_now(struct agent_pipe *p, size_t budget, bool past_credit)
     while (budget > 0) {
         struct agent_stream *s = p->stream;
         size_t want = SBX_STREAM_CHUNK_MAX < budget ? SBX_STREAM_CHUNK_MAX : budget;
-        bool keep_only = past_credit && (s->pos < p->total || s->credit < want);
+        bool keep_only = past_credit && (s->pos < p->total || s->credit == 0);
         uint64_t pos = s != NULL ? s->pos : 0;
         void *buf;
         ssize_t n;
@@ -1001,7 +1001,9 @@ static int pipe_read_now(struct agent_pipe *p, size_t budget, bool past_credit)
             /* Every unsent byte must stay in the ring until the stream takes it. */
             uint64_t unsent = p->total - s->pos;
 
-            ring_grow(p, unsent + want);
+            if (unsent + want > p->ring_cap) {
+                ring_grow(p, unsent + want);
+            }
             want = p->ring_cap > unsent
                        ? (p->ring_cap - unsent < want ? p->ring_cap - unsent : want)
                        : 0;

@@ -729,16 +729,17 @@ class TestPty(AgentCase):
 
     def test_tail_held_in_the_terminal_after_exit(self):
         """Output the terminal still holds when the process exits reaches the client whole, as
-        credit allows, however the credit comes. The process writes a window and 10000 bytes
-        more while the client grants nothing, and exits: the terminal holds the 10000 (a PTY
-        buffers ~12 KiB). Credit then comes 6000 bytes at a time. A PTY master gives at most
-        ~4 KiB per read(2), and libuv takes that short read, with POLLHUP (the process gone),
-        for the end: the final read of what the terminal holds must not stop at the credit left
-        (it lost 4000 bytes, the stream ending as if whole)."""
-        total = self.c.window + 10000
+        credit allows, however the credit comes; then the stream's end, the stdin stream's
+        cancel, the exit (PROTOCOL.md §9.2). The process writes a window and 6500 bytes more
+        while the client grants nothing, and exits: the terminal holds the 6500 (a PTY nobody
+        reads holds 10 KiB or more). Credit then comes 4500 bytes at a time. A PTY master gives
+        at most ~4 KiB per read(2), and libuv takes that short read, with POLLHUP (the process
+        gone), for the end: the final read of what the terminal holds must not stop at the
+        credit left (it lost 2000 bytes, the stream ending as if whole)."""
+        total = self.c.window + 6500
         r = self.c.call("proc.spawn", {"command": "head -c %d /dev/zero | tr '\\0' x" % total,
                                        "pty": {}})
-        out, got, ended, ex = r["stdout"], 0, None, None
+        out, got, order, ex = r["stdout"], 0, [], None
         while got < self.c.window:
             m = self.c.recv()
             if m[0] == 3 and m[1] == out:
@@ -753,23 +754,26 @@ class TestPty(AgentCase):
                 break
             self.assertLess(time.time(), deadline, "the writer did not exit")
             time.sleep(0.05)
-        self.c.credit(out, 6000)
-        granted = 6000
-        deadline = time.time() + 30
-        while ended is None or ex is None:
-            self.assertLess(time.time(), deadline, "got %d of %d" % (got, total))
+        self.c.credit(out, 4500)
+        granted = 4500
+        while ex is None:
+            self.assertLess(time.time(), deadline + 30, "got %d of %d" % (got, total))
             m = self.c.recv()
             if m[0] == 3 and m[1] == out:
                 got += len(m[2])
                 if got >= self.c.window + granted:
-                    self.c.credit(out, 6000)
-                    granted += 6000
+                    self.c.credit(out, 4500)
+                    granted += 4500
             elif m[0] == 2 and m[1] == "stream.end" and m[2]["stream"] == out:
-                ended = m[2]
+                order.append("end")
+                self.assertFalse(m[2].get("truncated", False))
+            elif m[0] == 2 and m[1] == "stream.cancel" and m[2]["stream"] == r["stdin"]:
+                order.append("stdin cancel")
             elif m[0] == 2 and m[1] == "proc.exit" and m[2]["id"] == r["id"]:
+                order.append("exit")
                 ex = m[2]
         self.assertEqual(got, total)
-        self.assertFalse(ended.get("truncated", False))
+        self.assertEqual(order, ["end", "stdin cancel", "exit"])
         self.assertTrue(ex["drained"])
         self.assertEqual(ex["stdout_bytes"], total)
 
