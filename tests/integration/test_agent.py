@@ -750,8 +750,8 @@ class TestPty(AgentCase):
                 with open("/proc/%d/stat" % r["pid"]) as f:
                     if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                         break
-            except FileNotFoundError:
-                break
+            except (FileNotFoundError, ProcessLookupError):
+                break  # reaped (between the open and the read: ESRCH)
             self.assertLess(time.time(), deadline, "the writer did not exit")
             time.sleep(0.05)
         self.c.credit(out, 4500)
