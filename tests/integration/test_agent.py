@@ -731,12 +731,23 @@ class TestPty(AgentCase):
         """Output the terminal still holds when the process exits reaches the client whole, as
         credit allows, however the credit comes; then the stream's end, the stdin stream's
         cancel, the exit (PROTOCOL.md §9.2). The process writes a window and 6500 bytes more
-        while the client grants nothing, and exits: the terminal holds the 6500 (a PTY nobody
-        reads holds 10 KiB or more). Credit then comes 4500 bytes at a time. A PTY master gives
+        while the client grants nothing, and exits: the terminal holds the 6500 (most runs: a
+        PTY nobody reads holds about 10 KiB, now and then less, and the run is tried again with
+        the same checks). Credit then comes 4500 bytes at a time. A PTY master gives
         at most ~4 KiB per read(2), and libuv takes that short read, with POLLHUP (the process
         gone), for the end: the final read of what the terminal holds must not stop at the
         credit left (it lost 2000 bytes, the stream ending as if whole)."""
-        total = self.c.window + 6500
+        held = False
+        for attempt in range(3):  # a PTY holds less now and then: its writer then waits
+            held = self.tail_after_exit(self.c.window + 6500) or held
+            if held:
+                break
+        self.assertTrue(held, "the writer never exited with the tail held in the terminal")
+
+    def tail_after_exit(self, total):
+        """One run of test_tail_held_in_the_terminal_after_exit; True if the writer exited
+        before any credit came (the case the test is about). Output and order are checked
+        either way."""
         r = self.c.call("proc.spawn", {"command": "head -c %d /dev/zero | tr '\\0' x" % total,
                                        "pty": {}})
         out, got, order, ex = r["stdout"], 0, [], None
@@ -744,20 +755,20 @@ class TestPty(AgentCase):
             m = self.c.recv()
             if m[0] == 3 and m[1] == out:
                 got += len(m[2])
-        deadline = time.time() + 30
-        while True:  # until the shell has exited (a zombie, or reaped)
+        deadline = time.time() + 10
+        exited = False
+        while not exited and time.time() < deadline:  # a zombie, or reaped
             try:
                 with open("/proc/%d/stat" % r["pid"]) as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        break
+                    exited = f.read().rsplit(")", 1)[1].split()[0] == "Z"
             except (FileNotFoundError, ProcessLookupError):
-                break  # reaped (between the open and the read: ESRCH)
-            self.assertLess(time.time(), deadline, "the writer did not exit")
+                exited = True  # reaped (between the open and the read: ESRCH)
             time.sleep(0.05)
         self.c.credit(out, 4500)
         granted = 4500
+        deadline = time.time() + 30
         while ex is None:
-            self.assertLess(time.time(), deadline + 30, "got %d of %d" % (got, total))
+            self.assertLess(time.time(), deadline, "got %d of %d" % (got, total))
             m = self.c.recv()
             if m[0] == 3 and m[1] == out:
                 got += len(m[2])
@@ -776,6 +787,7 @@ class TestPty(AgentCase):
         self.assertEqual(order, ["end", "stdin cancel", "exit"])
         self.assertTrue(ex["drained"])
         self.assertEqual(ex["stdout_bytes"], total)
+        return exited
 
     def test_terminal_size_and_term(self):
         r, ex, outs, *_ = w.run(self.c, {"command": "test -t 0 && test -t 1 && echo tty; stty size;"
