@@ -2214,10 +2214,16 @@ static bool holds_output(const struct agent_proc *p, const struct agent_conn *c)
            (p->err.stream != NULL && p->err.stream->conn == c);
 }
 
+/* proc.exit to @c, after the cancel of @c's stdin stream if it still has one (§9.2: the output's
+ * ends, the stdin cancel, the exit). */
 static void send_exit(struct agent_proc *p, struct agent_conn *c)
 {
-    msgpack_packer *pk = agent_conn_begin(c);
+    msgpack_packer *pk;
 
+    if (p->in.stream != NULL && p->in.stream->conn == c) {
+        stdin_cancel_exited(p);
+    }
+    pk = agent_conn_begin(c);
     sbx_pack_notify_head(pk, "proc.exit");
     pack_exit(pk, p);
     agent_conn_send(c);
@@ -2232,9 +2238,6 @@ void agent_proc_exit_flush(struct agent_proc *p)
         return;
     }
     if (p->owner.conn != NULL && !p->owner.conn->closing && !holds_output(p, p->owner.conn)) {
-        if (p->in.stream != NULL && p->in.stream->conn == p->owner.conn) {
-            stdin_cancel_exited(p); /* after the output's ends, before the exit */
-        }
         send_exit(p, p->owner.conn);
         agent_conn_ref_del(&p->owner); /* nothing more goes to it about this process */
     }
@@ -2242,9 +2245,6 @@ void agent_proc_exit_flush(struct agent_proc *p)
         struct agent_attach *at = agent_container_of(l, struct agent_attach, link);
         next = l->next;
         if (at->ref.conn != NULL && !at->ref.conn->closing && !holds_output(p, at->ref.conn)) {
-            if (p->in.stream != NULL && p->in.stream->conn == at->ref.conn) {
-                stdin_cancel_exited(p);
-            }
             send_exit(p, at->ref.conn);
             attach_free(at);
         }

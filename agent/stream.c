@@ -999,14 +999,15 @@ static int pipe_read_now(struct agent_pipe *p, size_t budget, bool past_credit)
 
         if (keep_only) {
             /* Every unsent byte must stay in the ring until the stream takes it. */
-            uint64_t unsent = p->total - s->pos;
+            uint64_t unsent = p->total - s->pos, room;
 
             if (unsent + want > p->ring_cap) {
                 ring_grow(p, unsent + want);
             }
-            want = p->ring_cap > unsent
-                       ? (p->ring_cap - unsent < want ? p->ring_cap - unsent : want)
-                       : 0;
+            room = p->ring_cap > unsent ? p->ring_cap - unsent : 0;
+            if (want > room) {
+                want = (size_t)room;
+            }
         } else if (s != NULL && s->credit < want) {
             want = (size_t)s->credit;
         }

@@ -250,7 +250,7 @@ static void ws_accept_key(const char *key, char out[29])
     out[28] = '\0';
 }
 
-static int hexval(char ch)
+int gw_hexval(char ch)
 {
     if (ch >= '0' && ch <= '9') {
         return ch - '0';
@@ -275,8 +275,8 @@ static int pct_decode(const char *in, size_t len, char *out)
             if (i + 2 >= len) {
                 return -1;
             }
-            int hi = hexval(in[i + 1]);
-            int lo = hexval(in[i + 2]);
+            int hi = gw_hexval(in[i + 1]);
+            int lo = gw_hexval(in[i + 2]);
             if (hi < 0 || lo < 0) {
                 return -1;
             }

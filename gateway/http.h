@@ -65,6 +65,8 @@ struct gw_http_server *gw_http_listen(uv_loop_t *loop, const char *addr, gw_http
                                       void *user, char *errbuf, size_t errlen);
 /* The port actually bound (for ":0"). */
 int gw_http_port(const struct gw_http_server *srv);
+/* The value of the hex digit @ch, or -1. */
+int gw_hexval(char ch);
 /* Stop listening and close every connection (WebSockets get 1001 "going away"). */
 void gw_http_close(struct gw_http_server *srv);
 

@@ -46,6 +46,7 @@
 
 #include "backend.h"
 #include "gsock.h"
+#include "http.h"
 
 #define IG_CONNS_MAX      1024
 #define IG_HEAD_MAX       (64u << 10)
@@ -340,10 +341,10 @@ static void framing_value(struct framing *h, const char *at, size_t len)
 /* The one Transfer-Encoding the relay takes: "chunked", blanks around it aside. */
 static bool te_is_chunked(const struct framing *h)
 {
-    size_t a = 0, b = h->telen < sizeof(h->te) - 1 ? h->telen : sizeof(h->te) - 1;
+    size_t a = 0, b = h->telen;
 
-    if (h->telen >= sizeof(h->te) - 1) {
-        return false;
+    if (b >= sizeof(h->te) - 1) {
+        return false; /* longer than "chunked" with blanks around it fits */
     }
     while (a < b && (h->te[a] == ' ' || h->te[a] == '\t')) {
         a++;
@@ -387,27 +388,37 @@ static const char *framing_unsafe(const struct framing *h, const http_parser *p)
     return NULL;
 }
 
-/* Line ends a proxy in front could read otherwise than http-parser does in the request head
- * @head[0..len), the byte after it @next (the LF http-parser paused before), or NULL: a CR not
- * followed by LF (http-parser takes any byte there for the LF), an LF without its CR (RFC 9112
- * 2.2: a recipient MAY take it for a line end, or replace it with SP), a folded line (obs-fold),
- * a request line that does not end in "HTTP/d.d" (http-parser checks only the H of it). */
+/* Line ends a proxy in front could read otherwise than http-parser does, in a head (a request's
+ * or an answer's), byte @ch after byte @prev; or NULL: a CR not followed by LF (http-parser takes
+ * any byte there for the LF), an LF without its CR (RFC 9112 2.2: a recipient MAY take it for a
+ * line end, or replace it with SP), a folded line (obs-fold). The text is a request's 400. */
+static const char *head_byte_unsafe(char prev, char ch)
+{
+    if ((prev == '\r') != (ch == '\n')) {
+        return "a line of the request head does not end in CRLF";
+    }
+    if (prev == '\n' && (ch == ' ' || ch == '\t')) {
+        return "a folded header line in the request head";
+    }
+    return NULL;
+}
+
+/* What a proxy in front could read otherwise than http-parser does in the request head
+ * @head[0..len), the byte after it @next (the LF http-parser paused before), or NULL: its line
+ * ends (head_byte_unsafe), a request line that does not end in "HTTP/d.d" (http-parser checks
+ * only the H of it). */
 static const char *head_lines_unsafe(const char *head, size_t len, char next)
 {
     size_t start = 0, eol;
+    const char *why;
 
-    if (next != '\n' || (len > 0 && head[len - 1] != '\r')) {
+    if (next != '\n') {
         return "a line of the request head does not end in CRLF";
     }
-    for (size_t i = 0; i < len; i++) {
-        char after = i + 1 < len ? head[i + 1] : next;
-
-        if ((head[i] == '\r' && after != '\n') ||
-            (head[i] == '\n' && (i == 0 || head[i - 1] != '\r'))) {
-            return "a line of the request head does not end in CRLF";
-        }
-        if (head[i] == '\n' && i + 1 < len && (after == ' ' || after == '\t')) {
-            return "a folded header line in the request head";
+    for (size_t i = 0; i <= len; i++) {
+        if ((why = head_byte_unsafe(i > 0 ? head[i - 1] : '\0', i < len ? head[i] : next)) !=
+            NULL) {
+            return why;
         }
     }
     while (start + 1 < len && head[start] == '\r' && head[start + 1] == '\n') {
@@ -423,12 +434,14 @@ static const char *head_lines_unsafe(const char *head, size_t len, char next)
     return NULL;
 }
 
-static int hexval(char ch)
+/* Why a request head (@h as parsed by @p; its bytes @head[0..len), then @next) cannot be relayed
+ * as it is, or NULL: conn_head answers it 400, relay_in refuses it. */
+static const char *request_unsafe(const struct head_ctx *h, const http_parser *p, const char *head,
+                                  size_t len, char next)
 {
-    return ch >= '0' && ch <= '9'   ? ch - '0'
-           : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
-           : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
-                                    : -1;
+    const char *why = framing_unsafe(&h->fr, p);
+
+    return why != NULL ? why : head_lines_unsafe(head, len, next);
 }
 
 /* Check the chunked body bytes @d[0..len) (see enum ck_state). Returns 0 when all of them are
@@ -481,7 +494,7 @@ static int chunk_check(struct chunk_check *k, const char *d, size_t len, size_t 
             break;
         case CK_SIZE0:
         case CK_SIZE:
-            if ((v = hexval((char)ch)) >= 0) {
+            if ((v = gw_hexval((char)ch)) >= 0) {
                 if (++k->digits > 16) {
                     goto bad;
                 }
@@ -1419,8 +1432,9 @@ static void relay_in(struct ig_conn *c, const char *data, size_t len)
 
                 if (c->hx.fr.nhost != 1 || c->hx.host_long ||
                     host_name(c->hx.host, host, sizeof(host)) < 0 || strcmp(host, c->host) != 0 ||
-                    c->qn == IG_PIPELINE_MAX || framing_unsafe(&c->hx.fr, &c->rp) != NULL ||
-                    head_lines_unsafe(c->hbuf, c->hlen, len > 0 ? *data : '\0') != NULL) {
+                    c->qn == IG_PIPELINE_MAX ||
+                    request_unsafe(&c->hx, &c->rp, c->hbuf, c->hlen, len > 0 ? *data : '\0') !=
+                        NULL) {
                     relay_refuse(c);
                     return;
                 }
@@ -1545,14 +1559,12 @@ static void gs_connected(void *user)
     }
 }
 
-/* The bytes @d[0..n) of an answer's head: every line ending in CRLF, none folded (a proxy in
- * front may end a line, or the head, elsewhere than http-parser, which takes any byte after a
- * status line's CR for its LF, and a bare LF for a line end). */
+/* The bytes @d[0..n) of an answer's head, each after the one before (c->rprev): every line
+ * ending in CRLF, none folded (head_byte_unsafe). */
 static bool resp_lines_ok(struct ig_conn *c, const char *d, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if ((c->rprev == '\r' && d[i] != '\n') || (c->rprev != '\r' && d[i] == '\n') ||
-            (c->rprev == '\n' && (d[i] == ' ' || d[i] == '\t'))) {
+        if (head_byte_unsafe(c->rprev, d[i]) != NULL) {
             return false;
         }
         c->rprev = d[i];
@@ -1865,8 +1877,7 @@ static void conn_head(struct ig_conn *c, size_t end)
     }
     /* What a proxy in front could read apart from the relay (relay_in checks the same on every
      * later request). The head paused before its last byte, at c->buf[n]. */
-    if ((why = framing_unsafe(&h.fr, &p)) != NULL ||
-        (why = head_lines_unsafe(c->buf, n, n < end ? c->buf[n] : '\0')) != NULL) {
+    if ((why = request_unsafe(&h, &p, c->buf, n, n < end ? c->buf[n] : '\0')) != NULL) {
         conn_answer(c, 400, "ambiguous HTTP request framing: %s\n", why);
         return;
     }
