@@ -730,7 +730,8 @@ class TestPty(AgentCase):
     def test_tail_held_in_the_terminal_after_exit(self):
         """Output the terminal still holds when the process exits reaches the client whole, as
         credit allows, however the credit comes; then the stream's end, the stdin stream's
-        cancel, the exit (PROTOCOL.md §9.2). The process writes a window and 6500 bytes more
+        cancel, the exit (PROTOCOL.md §9.2); a proc.wait on another connection is answered
+        before the tail went out. The process writes a window and 6500 bytes more
         while the client grants nothing, and exits: the terminal holds the 6500 (most runs: a
         PTY nobody reads holds about 10 KiB, now and then less, and the run is tried again with
         the same checks). Credit then comes 4500 bytes at a time. A PTY master gives
@@ -766,6 +767,17 @@ class TestPty(AgentCase):
             time.sleep(0.05)
         self.c.credit(out, 4500)
         granted = 4500
+        if exited:
+            # The first read this credit allows meets the terminal's end, and the agent reads
+            # the rest of the tail into the ring, where it waits for this connection's credit;
+            # a proc.wait on another connection does not wait for it (PROTOCOL.md §9.2).
+            other = self.agent.connect()
+            try:
+                ex_other = other.call("proc.wait", {"id": r["id"]})
+            finally:
+                other.close()
+            self.assertEqual(ex_other["stdout_bytes"], total)
+            self.assertTrue(ex_other["drained"])
         deadline = time.time() + 30
         while ex is None:
             self.assertLess(time.time(), deadline, "got %d of %d" % (got, total))
