@@ -321,22 +321,23 @@ static void rel_join(char *out, size_t outsz, const char *rel, const char *name)
 /* The pending IN_MOVED_FROM had no partner in the tree: it moved out, report "remove". */
 static void flush_from(struct agent_fswatch *fw)
 {
-    struct fw_ref *r, *next;
+    struct fw_ref *r;
 
     if (!fw->have_from) {
         return;
     }
     fw->have_from = false;
-    for (r = *hash_slot(fw, fw->from_wd); r != NULL; r = next) {
+    for (r = *hash_slot(fw, fw->from_wd); r != NULL; r = r->hnext) {
         char path[2 * AGENT_FS_PATH_BUF], rel[AGENT_FS_PATH_BUF];
-        next = r->hnext;
         if (r->wd != fw->from_wd) {
             continue;
         }
         event_path(path, sizeof(path), r->w->path, r->rel, fw->from_name);
         if (fw->from_dir && r->w->recursive) {
             rel_join(rel, sizeof(rel), r->rel, fw->from_name);
-            move_refs(r->w, rel, NULL); /* frees only bindings of r->w below r: next stays */
+            /* Frees the bindings of r->w below r, never r itself; one of them may be r's next
+             * in this slot (another wd of the same hash), so next is read after this. */
+            move_refs(r->w, rel, NULL);
         }
         send_event(r->w, "remove", path, NULL);
     }

@@ -628,6 +628,11 @@ static void proc_release(struct agent_proc *p)
             agent_stream_cancel(outs[i]->stream, &err);
         }
     }
+    /* A stdin stream kept open until its connection's output went out (proc_report): that
+     * proc.exit will not be sent now, and the stream must not outlive the process. */
+    if (p->in.stream != NULL) {
+        agent_stream_cancel(p->in.stream, &err);
+    }
     agent_pipe_close(&p->in);
     agent_pipe_close(&p->out);
     agent_pipe_close(&p->err);

@@ -756,15 +756,7 @@ class TestPty(AgentCase):
             m = self.c.recv()
             if m[0] == 3 and m[1] == out:
                 got += len(m[2])
-        deadline = time.time() + 10
-        exited = False
-        while not exited and time.time() < deadline:  # a zombie, or reaped
-            try:
-                with open("/proc/%d/stat" % r["pid"]) as f:
-                    exited = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-            except (FileNotFoundError, ProcessLookupError):
-                exited = True  # reaped (between the open and the read: ESRCH)
-            time.sleep(0.05)
+        exited = self.writer_exited(r["pid"])
         self.c.credit(out, 4500)
         granted = 4500
         if exited:
@@ -800,6 +792,59 @@ class TestPty(AgentCase):
         self.assertTrue(ex["drained"])
         self.assertEqual(ex["stdout_bytes"], total)
         return exited
+
+    def test_release_while_the_tail_waits_for_credit(self):
+        """proc.release of a process that has exited while its PTY tail waits in the agent for
+        credit cancels both its output stream and its stdin stream, kept open until that output
+        went out (PROTOCOL.md §14.7); a stdin stream left open pointed into the freed process,
+        and its next data frame or the connection's close used freed memory."""
+        for attempt in range(3):  # a PTY holds less now and then: its writer then waits
+            total = self.c.window + 6500
+            r = self.c.call("proc.spawn", {"command": "head -c %d /dev/zero | tr '\\0' x" % total,
+                                           "pty": {}})
+            got = 0
+            while got < self.c.window:
+                m = self.c.recv()
+                if m[0] == 3 and m[1] == r["stdout"]:
+                    got += len(m[2])
+            if self.writer_exited(r["pid"]):
+                break
+            self.c.credit(r["stdout"], 1 << 20)
+            self.c.call("proc.wait", {"id": r["id"]})
+        else:
+            self.fail("the writer never exited with the tail held in the terminal")
+        self.c.credit(r["stdout"], 4500)  # the tail is read into the ring, 2000 bytes unsent
+        deadline = time.time() + 10
+        while [p["state"] for p in self.c.call("proc.list")["procs"]
+               if p["id"] == r["id"]] != ["exited"]:
+            self.assertLess(time.time(), deadline, "the process never became exited")
+            time.sleep(0.05)
+        self.assertEqual(self.c.call("proc.release", {"id": r["id"]}), {})
+        cancelled = {}
+        deadline = time.time() + 10
+        while len(cancelled) < 2:
+            self.assertLess(time.time(), deadline, "cancelled only %r" % cancelled)
+            m = self.c.recv()
+            self.assertFalse(m[0] == 2 and m[1] == "proc.exit", "proc.exit of a released process")
+            if m[0] == 2 and m[1] == "stream.cancel":
+                cancelled[m[2]["stream"]] = m[2]["error"]["code"]
+        self.assertEqual(cancelled, {r["stdout"]: "CANCELLED", r["stdin"]: "CANCELLED"})
+        self.c.data(r["stdin"], b"late input\n")  # a stream the agent no longer knows
+        self.assertEqual(self.c.call("ping"), {})
+        self.assertNotIn(r["id"], [p["id"] for p in self.c.call("proc.list")["procs"]])
+
+    def writer_exited(self, pid, timeout=10):
+        """True once @pid is a zombie or reaped, False if it still runs after @timeout."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        return True
+            except (FileNotFoundError, ProcessLookupError):
+                return True  # reaped (between the open and the read: ESRCH)
+            time.sleep(0.05)
+        return False
 
     def test_terminal_size_and_term(self):
         r, ex, outs, *_ = w.run(self.c, {"command": "test -t 0 && test -t 1 && echo tty; stty size;"

@@ -272,6 +272,69 @@ class TestAttackPackIgnoreFifo(AttackCase):
             self.c.pending = []
 
 
+class TestAttackWatch(AttackCase):
+    """fs.watch (recursive) over a tree the workload owns and reshapes as it likes."""
+
+    def inotify_wds(self):
+        """{inode: wd} of every inotify watch the agent holds (its /proc fdinfo)."""
+        wds = {}
+        d = "/proc/%d/fdinfo" % self.agent.proc.pid
+        for fd in os.listdir(d):
+            try:
+                with open(os.path.join(d, fd)) as f:
+                    for line in f:
+                        if line.startswith("inotify wd:"):
+                            kv = dict(x.split(":", 1) for x in line.split()[1:3])
+                            wds[int(kv["ino"], 16)] = int(kv["wd"], 16)
+            except OSError:
+                pass
+        return wds
+
+    def wd_of(self, path):
+        """The wd of the agent's watch on directory @path, once the agent has added it."""
+        ino = os.stat(path).st_ino
+        deadline = time.monotonic() + PROMPT
+        while time.monotonic() < deadline:
+            wds = self.inotify_wds()
+            if ino in wds:
+                return wds[ino]
+            time.sleep(0.02)
+        self.fail("the agent never watched " + path)
+
+    def event(self, wid, kind, path):
+        return self.c.wait_for(lambda m: m[0] == 2 and m[1] == "fs.event" and
+                               m[2]["watch"] == wid and m[2]["kind"] == kind and
+                               m[2]["path"] == path, "%s %s" % (kind, path), timeout=PROMPT)[2]
+
+    def test_moved_out_from_a_directory_of_the_same_hash_slot(self):
+        """The workload moves directory X under P, P's watch descriptor sharing X's slot of the
+        agent's wd table (256 slots), then moves P/X out of the tree. The agent ends X's binding
+        while walking that slot for P's "remove": it read the freed binding as the next of the
+        slot (a use-after-free the sanitizer build reports; the agent died)."""
+        base = self.u.mkdtemp()
+        t, out = base + "/T", base + "/out"
+        self.assertEqual(self.u.run(["mkdir", t, out]).returncode, 0)
+        wid = self.c.call("fs.watch", {"path": t, "recursive": True})["watch"]
+        self.assertEqual(self.u.run(["mkdir", t + "/X"]).returncode, 0)
+        wd_x = self.wd_of(t + "/X")
+        # wds count up: enough directories that P's is X's plus 256
+        names = [t + "/d%03d" % i for i in range((wd_x - max(self.inotify_wds().values()) - 1)
+                                                 % 256)]
+        if names:
+            self.assertEqual(self.u.run(["mkdir"] + names).returncode, 0)
+            self.wd_of(names[-1])
+        self.assertEqual(self.u.run(["mkdir", t + "/P"]).returncode, 0)
+        self.assertEqual(self.wd_of(t + "/P") % 256, wd_x % 256, "P's wd is not in X's slot")
+        self.assertEqual(self.u.run(["mv", t + "/X", t + "/P/X"]).returncode, 0)
+        self.assertEqual(self.event(wid, "rename", t + "/P/X")["from"], t + "/X")
+        self.assertEqual(self.u.run(["mv", t + "/P/X", out + "/X"]).returncode, 0)
+        self.event(wid, "remove", t + "/P/X")
+        self.assertEqual(self.c.call("ping"), {})
+        self.assertEqual(self.u.run(["mkdir", t + "/after"]).returncode, 0)
+        self.event(wid, "create", t + "/after")
+        self.assertNotIn(os.stat(out + "/X").st_ino, self.inotify_wds())
+
+
 class TestAttackFlock(AttackCase):
     """fs.flock (issue 16's fs.lock) against locks the workload holds: a holder that never lets
     go, or is stopped, must not freeze the agent; a waiting fs.flock is answered once the holder
