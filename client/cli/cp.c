@@ -52,6 +52,15 @@ static void human_bytes(char *buf, size_t n, double v)
     snprintf(buf, n, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
 }
 
+/* The process's umask (read by setting it and back: the CLI has one thread). */
+static mode_t process_umask(void)
+{
+    mode_t m = umask(077);
+
+    (void)umask(m);
+    return m;
+}
+
 static void progress_draw(struct cli_progress *p, uint64_t now)
 {
     char done[32], total[32], rate[32];
@@ -60,12 +69,12 @@ static void progress_draw(struct cli_progress *p, uint64_t now)
     human_bytes(done, sizeof(done), (double)p->done);
     human_bytes(rate, sizeof(rate), secs > 0 ? (double)p->done / secs : 0);
     if (p->total > 0) {
-        int pct = (int)(p->done * 100 / p->total);
+        /* The total is the agent's word: more may come than it said (the bar stays full). */
+        int pct = p->done >= p->total ? 100 : (int)((double)p->done * 100 / (double)p->total);
         int bars = pct / 5;
         human_bytes(total, sizeof(total), (double)p->total);
         (void)fprintf(stderr, "\r%s [%.*s%*s] %3d%% %s / %s  %s/s\033[K", p->label, bars,
-                      "####################", 20 - bars, "", pct > 100 ? 100 : pct, done, total,
-                      rate);
+                      "####################", 20 - bars, "", pct, done, total, rate);
     } else {
         (void)fprintf(stderr, "\r%s %s  %s/s\033[K", p->label, done, rate);
     }
@@ -220,7 +229,8 @@ static int download_file(struct sbx_client *c, const char *remote, const char *l
     }
     cli_progress_start(&prog, "download", sr.size, o->quiet);
     rc = sbx_stream_to_fd(c, sr.stream, fd, cli_progress_add, &prog, &err);
-    if (rc == 0 && fchmod(fd, (mode_t)(sr.mode & 07777)) < 0) {
+    /* The guest's mode as the umask allows, never its set-id bits (as cp makes a copy). */
+    if (rc == 0 && fchmod(fd, (mode_t)(sr.mode & 0777) & ~process_umask()) < 0) {
         rc = sbx_err_sys(&err, errno, NULL, "chmod %s", tmp);
     }
     if (close(fd) < 0 && rc == 0) {

@@ -153,6 +153,22 @@ static int pack_step(struct pack_cli *pc, struct sbx_err *err)
         }
         pc->out_ended |= n.stream == pc->out;
         pc->err_ended |= n.stream == pc->err;
+    } else if (sbx_msg_method_is(&m, SBX_N_STREAM_CANCEL)) {
+        /* The agent gave up a stream of its own (§8.5): nothing more comes on it. */
+        if (sbx_stream_note_read(SBX_N_STREAM_CANCEL, m.params, &n, err) < 0) {
+            return 0;
+        }
+        if (n.stream == pc->archive) {
+            pc->archive_ended = true;
+            pc->failed = true;
+            if (n.has_error) {
+                pc->err_end = n.error;
+            } else {
+                sbx_err_set(&pc->err_end, SBX_E_CANCELLED, "the agent cancelled the archive");
+            }
+        }
+        pc->out_ended |= n.stream == pc->out;
+        pc->err_ended |= n.stream == pc->err;
     } else if (sbx_msg_method_is(&m, SBX_N_PACK_MANIFEST)) {
         manifest_part(pc, m.params);
     } else if (sbx_msg_method_is(&m, SBX_N_PACK_PROGRESS)) {

@@ -609,7 +609,9 @@ static int queue(struct sbx_client *c, const struct sbx_event *ev, struct sbx_er
         return fail(c, err);
     }
     q->next = NULL;
-    q->response = ev->kind == SBX_EV_RESPONSE;
+    /* A response to no outstanding request is handed out, never taken as one: the agent could
+     * answer an id the client has not used yet, ahead of it. */
+    q->response = ev->kind == SBX_EV_RESPONSE && !ev->unknown;
     q->id = ev->id;
     q->len = (uint32_t)ev->frame_len;
     memcpy(q->data, ev->frame, q->len);

@@ -40,15 +40,29 @@ int sbx_stream_next(struct sbx_client *c, uint32_t sid, const uint8_t **data, si
             *len = m.data_len;
             return 1;
         }
-        if (m.kind != SBX_MSG_NOTIFY || !sbx_msg_method_is(&m, SBX_N_STREAM_END) ||
-            sbx_stream_note_read(SBX_N_STREAM_END, m.params, &n, &e) < 0 || n.stream != sid) {
+        if (m.kind != SBX_MSG_NOTIFY) {
             continue;
         }
-        if (n.has_error) {
-            *err = n.error;
+        if (sbx_msg_method_is(&m, SBX_N_STREAM_END)) {
+            if (sbx_stream_note_read(SBX_N_STREAM_END, m.params, &n, &e) < 0 || n.stream != sid) {
+                continue;
+            }
+            if (n.has_error) {
+                *err = n.error;
+                return -1;
+            }
+            return 0;
+        }
+        /* The agent may cancel its own stream too (§8.5): nothing more comes on it. */
+        if (sbx_msg_method_is(&m, SBX_N_STREAM_CANCEL) &&
+            sbx_stream_note_read(SBX_N_STREAM_CANCEL, m.params, &n, &e) == 0 && n.stream == sid) {
+            if (n.has_error) {
+                *err = n.error;
+            } else {
+                sbx_err_set(err, SBX_E_CANCELLED, "the agent cancelled stream %u", sid);
+            }
             return -1;
         }
-        return 0;
     }
 }
 

@@ -421,6 +421,15 @@ static int untar_entries(struct archive *r, struct archive *disk, struct sbx_err
         size_t len;
         la_int64_t off;
 
+        switch (archive_entry_filetype(e)) {
+        case AE_IFCHR:
+        case AE_IFBLK:
+            /* A device node the guest chose is access to this machine's devices (made as root,
+             * "mem" or "sda" open to everyone): skipped. */
+            continue;
+        default:
+            break;
+        }
         if (archive_write_header(disk, e) < ARCHIVE_WARN) {
             return sbx_err_set(err, "EIO", "%s", aerr(disk));
         }
@@ -463,10 +472,12 @@ int sbx_tree_untar(const char *dest, sbx_tree_in_fn in, void *arg, struct sbx_er
         sbx_err_sys(err, errno, NULL, "cd %s", dest);
         goto out;
     }
-    archive_write_disk_set_options(
-        disk, ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_SECURE_SYMLINKS |
-                  ARCHIVE_EXTRACT_SECURE_NODOTDOT | ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS |
-                  ARCHIVE_EXTRACT_UNLINK);
+    /* No ARCHIVE_EXTRACT_PERM: modes as the umask allows, without set-id or sticky bits (as a
+     * user's tar or cp -r makes them), never a set-uid program of the guest's making. */
+    archive_write_disk_set_options(disk, ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_SECURE_SYMLINKS |
+                                             ARCHIVE_EXTRACT_SECURE_NODOTDOT |
+                                             ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS |
+                                             ARCHIVE_EXTRACT_UNLINK);
     if (archive_read_open(r, &src, NULL, untar_read, NULL) != ARCHIVE_OK ||
         untar_entries(r, disk, err) < 0) {
         if (!sbx_err_isset(err)) {

@@ -428,6 +428,40 @@ static void test_wait_queues_in_order(void **state)
     assert_false(sbx_client_pending(fx->c));
 }
 
+/* Request ids are sequential, so an agent can answer the next one before it is sent: that
+ * answer is handed out as a stray response and the request's own answer is the one taken (it
+ * was queued as that request's answer, typed checks and all skipped). */
+static void test_response_ahead_of_its_request(void **state)
+{
+    struct fx *fx = *state;
+    msgpack_packer *pk;
+    uint32_t id;
+
+    do_hello(fx, 1000, 300);
+    pk = sbx_client_begin(fx->c, "ping", &id);
+    assert_int_equal(id, 2);
+    msgpack_pack_map(pk, 0);
+    assert_int_equal(sbx_client_send(fx->c, &fx->err), 0);
+    pk = agent_begin(fx); /* for request 3, not sent yet */
+    sbx_pack_response_head(pk, 3);
+    msgpack_pack_map(pk, 1);
+    sbx_pack_kv_u64(pk, "size", 666666);
+    agent_flush(fx);
+    agent_ok(fx, 2);
+    assert_int_equal(sbx_client_wait(fx->c, 2, &fx->m, 1000, &fx->err), 0);
+    pk = sbx_client_begin(fx->c, "ping", &id);
+    assert_int_equal(id, 3);
+    msgpack_pack_map(pk, 0);
+    assert_int_equal(sbx_client_send(fx->c, &fx->err), 0);
+    agent_ok(fx, 3);
+    assert_int_equal(sbx_client_wait(fx->c, 3, &fx->m, 1000, &fx->err), 0);
+    assert_int_equal(fx->m.result->via.map.size, 0); /* the real answer */
+    assert_int_equal(sbx_client_recv(fx->c, &fx->m, 0, &fx->err), 1);
+    assert_int_equal(fx->m.kind, SBX_MSG_RESPONSE); /* the stray one, handed out */
+    assert_int_equal(fx->m.id, 3);
+    assert_int_equal(fx->m.result->via.map.size, 1);
+}
+
 static void test_error_response(void **state)
 {
     struct fx *fx = *state;
@@ -1095,6 +1129,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_local_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hello_pipelined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wait_queues_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_response_ahead_of_its_request, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_call0_and_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_write_credit, setup, teardown),

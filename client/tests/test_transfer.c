@@ -39,6 +39,7 @@ struct fx {
     char path[32];           /* a temporary file */
     uint8_t data[300 << 10]; /* its content */
     struct sbx_err err;
+    bool hangup; /* the agent shuts its sending side once the script is out */
 };
 
 /* The agent's thread: write the script, then take everything the client sends until it closes. */
@@ -53,6 +54,9 @@ static void *agent(void *arg)
             return NULL;
         }
         off += (size_t)n;
+    }
+    if (fx->hangup) {
+        (void)shutdown(fx->afd, SHUT_WR);
     }
     for (;;) {
         ssize_t n;
@@ -407,29 +411,71 @@ static void test_stream_write_error_cancels(void **state)
     assert_string_equal(sent(fx).note, "stream.cancel");
 }
 
-static void test_stream_end_error(void **state)
+/* Start the agent and ask for a tree: its stream (SID) is open. */
+static void tree_stream(struct fx *fx)
 {
-    struct fx *fx = *state;
+    struct sbx_stream_result sr;
+    uint32_t id;
+    int r;
+
+    go(fx);
+    r = sbx_transfer_download_tree(sbx_client_conn(fx->c), "/g", NULL, NULL, NULL, &id, &fx->err);
+    assert_int_equal(sbx_stream_call(fx->c, r, id, false, &sr, &fx->err), 0);
+    assert_int_equal(sr.stream, SID);
+}
+
+/* The agent sends "abc" and then ends (@cancel: cancels) its stream with an error: the reader
+ * gets the data, then fails with that error. */
+static void stream_fails(struct fx *fx, bool cancel)
+{
     struct sbx_err e;
     const uint8_t *p;
     size_t n;
-    uint32_t id;
-    struct sbx_stream_result sr;
-    int r;
 
     sbx_err_set(&e, "EIO", "the disk is gone");
     result(fx, -1);
     data(fx, "abc", 3);
-    sbx_end_pack(frame(fx), SID, &e, false);
+    if (cancel) {
+        sbx_cancel_pack(frame(fx), SID, &e);
+    } else {
+        sbx_end_pack(frame(fx), SID, &e, false);
+    }
     end(fx);
-    go(fx);
-    r = sbx_transfer_download_tree(sbx_client_conn(fx->c), "/g", NULL, NULL, NULL, &id, &fx->err);
-    assert_int_equal(sbx_stream_call(fx->c, r, id, false, &sr, &fx->err), 0);
+    fx->hangup = cancel;
+    tree_stream(fx);
     assert_int_equal(sbx_stream_next(fx->c, SID, &p, &n, &fx->err), 1);
     assert_memory_equal(p, "abc", 3);
     assert_int_equal(sbx_stream_next(fx->c, SID, &p, &n, &fx->err), -1);
     assert_string_equal(fx->err.code, "EIO");
     assert_string_equal(fx->err.msg, "the disk is gone");
+}
+
+static void test_stream_end_error(void **state)
+{
+    stream_fails(*state, false);
+}
+
+/* The agent cancels its own stream (§8.5), with an error or without: the reader fails with it
+ * at once (it waited for more, for ever, on a stream the core had forgotten; here the agent then
+ * hangs up, and the reader saw the end of the connection instead). */
+static void test_stream_cancelled_by_agent(void **state)
+{
+    stream_fails(*state, true);
+}
+
+static void test_stream_cancelled_by_agent_without_error(void **state)
+{
+    struct fx *fx = *state;
+    const uint8_t *p;
+    size_t n;
+
+    result(fx, -1);
+    sbx_cancel_pack(frame(fx), SID, NULL);
+    end(fx);
+    fx->hangup = true;
+    tree_stream(fx);
+    assert_int_equal(sbx_stream_next(fx->c, SID, &p, &n, &fx->err), -1);
+    assert_string_equal(fx->err.code, SBX_E_CANCELLED);
 }
 
 /* Read @arg's fd to its end; returns how many bytes came. */
@@ -482,6 +528,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_to_fd, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_write_error_cancels, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_end_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_cancelled_by_agent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_cancelled_by_agent_without_error, setup,
+                                        teardown),
         cmocka_unit_test(test_write_all),
     };
 

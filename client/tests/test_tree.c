@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -321,7 +322,10 @@ static void test_untar_round_trip(void **state)
 }
 
 /* An archive of one regular file named @name holding "x". */
-static void one_entry(struct mem *m, const char *name)
+/* A pax archive of the entries @names with modes @modes (file type bits included) and @devs
+ * (their rdev, for device nodes), owned by root. */
+static void entries(struct mem *m, const char *const *names, const mode_t *modes, const dev_t *devs,
+                    size_t n)
 {
     struct archive *w = archive_write_new();
     struct archive_entry *e = archive_entry_new();
@@ -334,16 +338,32 @@ static void one_entry(struct mem *m, const char *name)
     archive_write_set_format_pax(w);
     archive_write_add_filter_none(w);
     assert_int_equal(archive_write_open_memory(w, m->p, m->cap, &used), ARCHIVE_OK);
-    archive_entry_set_pathname(e, name);
-    archive_entry_set_filetype(e, AE_IFREG);
-    archive_entry_set_perm(e, 0644);
-    archive_entry_set_size(e, 1);
-    assert_int_equal(archive_write_header(w, e), ARCHIVE_OK);
-    assert_int_equal(archive_write_data(w, "x", 1), 1);
+    for (size_t i = 0; i < n; i++) {
+        archive_entry_clear(e);
+        archive_entry_set_pathname(e, names[i]);
+        archive_entry_set_mode(e, modes[i]);
+        archive_entry_set_uid(e, 0);
+        archive_entry_set_gid(e, 0);
+        archive_entry_set_rdev(e, devs[i]);
+        archive_entry_set_size(e, S_ISREG(modes[i]) ? 1 : 0);
+        assert_int_equal(archive_write_header(w, e), ARCHIVE_OK);
+        if (S_ISREG(modes[i])) {
+            assert_int_equal(archive_write_data(w, "x", 1), 1);
+        }
+    }
     assert_int_equal(archive_write_close(w), ARCHIVE_OK);
     archive_write_free(w);
     archive_entry_free(e);
     m->len = used;
+}
+
+/* A pax archive of one file, @name, holding "x". */
+static void one_entry(struct mem *m, const char *name)
+{
+    const mode_t mode = S_IFREG | 0644;
+    const dev_t dev = 0;
+
+    entries(m, &name, &mode, &dev, 1);
 }
 
 static void test_untar_refuses(void **state)
@@ -380,6 +400,47 @@ static void test_untar_refuses(void **state)
     snprintf(path, sizeof(path), "%s/none", dir);
     assert_int_equal(sbx_tree_untar(path, mem_in, &m, &err), -1);
     assert_string_equal(err.code, "ENOENT");
+    rm_rf(dir);
+}
+
+/* The guest chooses the entries of a downloaded tree: no device node of its choosing and no
+ * set-id program may appear on this machine, and modes obey the umask (run as root, the old
+ * unpacking made "mem" and "sda" open to everyone and a set-uid root program). */
+static void test_untar_no_devices_or_setid(void **state)
+{
+    static const char *const names[] = { "suid", "sgid", "mem", "sda", "dir", "fifo" };
+    static const mode_t modes[] = { S_IFREG | 04755, S_IFREG | 02777, S_IFCHR | 0666,
+                                    S_IFBLK | 0666,  S_IFDIR | 01777, S_IFIFO | 0666 };
+    const dev_t devs[] = { 0, 0, makedev(1, 1), makedev(8, 0), 0, 0 };
+    char dir[] = "/tmp/sbx-tree-XXXXXX", path[PATH_MAX];
+    struct sbx_err err;
+    struct stat st;
+    struct mem m;
+    mode_t old = umask(022);
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    entries(&m, names, modes, devs, sizeof(names) / sizeof(names[0]));
+    assert_int_equal(sbx_tree_untar(dir, mem_in, &m, &err), 0);
+    free(m.p);
+    snprintf(path, sizeof(path), "%s/suid", dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0755);
+    snprintf(path, sizeof(path), "%s/sgid", dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0755);
+    snprintf(path, sizeof(path), "%s/dir", dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0755);
+    snprintf(path, sizeof(path), "%s/fifo", dir); /* anyone may make one: kept */
+    assert_int_equal(lstat(path, &st), 0);
+    assert_true(S_ISFIFO(st.st_mode));
+    assert_int_equal(st.st_mode & 07777, 0644);
+    for (int i = 2; i < 4; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        assert_int_equal(lstat(path, &st), -1);
+    }
+    umask(old);
     rm_rf(dir);
 }
 
@@ -450,6 +511,7 @@ int main(void)
         cmocka_unit_test(test_tar_compressed),
         cmocka_unit_test(test_untar_round_trip),
         cmocka_unit_test(test_untar_refuses),
+        cmocka_unit_test(test_untar_no_devices_or_setid),
         cmocka_unit_test(test_callback_errors_pass_through),
         cmocka_unit_test(test_walk_errors),
     };

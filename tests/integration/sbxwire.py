@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 
 
@@ -1219,3 +1220,60 @@ class Agent:
         text = self.logtext()
         if "LeakSanitizer" in text or "AddressSanitizer" in text or "runtime error:" in text:
             raise AssertionError("sanitizer report from the agent:\n" + text[-6000:])
+
+
+class Relay:
+    """A unix socket between a client and the agent that passes frames both ways: an agent that
+    misbehaves on demand. hold() stops reading what the client sends (an agent that takes no
+    bytes, as a paused VM); @edit(msg, asked) may rewrite each message of the agent (a broken
+    agent), where @asked maps the client's request ids to their methods."""
+
+    def __init__(self, agent_path, path, edit=None):
+        self.agent_path = agent_path
+        self.edit = edit
+        self.asked = {}
+        self.held = threading.Event()
+        self.socks = []
+        self.ls = socket.socket(socket.AF_UNIX)
+        self.ls.bind(path)
+        self.ls.listen(4)
+        self.addr = "unix:" + path
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            a = socket.socket(socket.AF_UNIX)
+            a.connect(self.agent_path)
+            self.socks += [c, a]
+            threading.Thread(target=self._pump, args=(c, a, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(a, c, True), daemon=True).start()
+
+    def _pump(self, src, dst, from_agent):
+        try:
+            while True:
+                if not from_agent and self.held.is_set():
+                    return  # nothing more is read from the client
+                head = recv_exact(src, 4)
+                body = recv_exact(src, struct.unpack(">I", head)[0]) if head else None
+                if body is None:
+                    break
+                msg = decode_message(body)
+                if not from_agent and msg[0] == 0:
+                    self.asked[msg[1]] = msg[2]
+                elif from_agent and self.edit is not None:
+                    new = self.edit(msg, self.asked)
+                    if new is not msg:
+                        head, body = b"", frame(pack(new))
+                dst.sendall(head + body)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.ls.close()
+        for s in self.socks:
+            s.close()

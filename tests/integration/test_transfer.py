@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import pty
 import socket
 import stat
 import subprocess
@@ -1042,9 +1043,10 @@ SBX = os.path.join(BUILD, "bin", "sbx")
 
 
 class TestCpCli(TransferCase):
-    def sbx(self, *args, ok=True):
-        env = dict(os.environ, SBX_ADDR=self.agent.addr)
-        r = subprocess.run([SBX, *args], env=env, capture_output=True, timeout=300)
+    def sbx(self, *args, ok=True, umask=-1, addr=None, timeout=300):
+        env = dict(os.environ, SBX_ADDR=addr or self.agent.addr)
+        r = subprocess.run([SBX, *args], env=env, capture_output=True, timeout=timeout,
+                           umask=umask)
         if ok:
             self.assertEqual(r.returncode, 0, r.stderr.decode())
         return r
@@ -1069,6 +1071,103 @@ class TestCpCli(TransferCase):
         self.sbx("cp", ":" + self.p("guest", "src.bin"), self.p("local"))
         self.assertEqual(open(self.p("local", "src.bin"), "rb").read(), data)
         self.assertEqual(leftovers(self.p("local")), [])
+
+    def test_download_gives_no_setid_or_device(self):
+        """What the guest's files are is the guest's choice: a download makes no set-id program
+        and no device node on this machine, and its modes obey the local umask (as cp and a
+        user's tar make them). Run as root, the single-file download made a set-uid root copy;
+        the tree's made "mem" and a disk open to everyone."""
+        g = self.p("g")
+        os.mkdir(g)
+        open(os.path.join(g, "suid"), "w").write("#!/bin/sh\nid\n")
+        os.chmod(os.path.join(g, "suid"), 0o4777)
+        open(os.path.join(g, "sgid"), "w").write("x")
+        os.chmod(os.path.join(g, "sgid"), 0o2755)
+        os.mkdir(os.path.join(g, "sticky"))
+        os.chmod(os.path.join(g, "sticky"), 0o1777)
+        os.mknod(os.path.join(g, "null"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.mkfifo(os.path.join(g, "fifo"), 0o666)
+        self.sbx("cp", ":" + os.path.join(g, "suid"), self.p("one"), umask=0o027)
+        self.assertEqual(stat.S_IMODE(os.lstat(self.p("one")).st_mode), 0o750)
+        self.sbx("cp", "-r", ":" + g, self.p("tree"), umask=0o027)
+        modes = {n: os.lstat(self.p("tree", n)).st_mode for n in os.listdir(self.p("tree"))}
+        self.assertEqual(sorted(modes), ["fifo", "sgid", "sticky", "suid"])  # no "null"
+        self.assertEqual(stat.S_IMODE(modes["suid"]), 0o750)
+        self.assertEqual(stat.S_IMODE(modes["sgid"]), 0o750)
+        self.assertEqual(stat.S_IMODE(modes["sticky"]), 0o750)
+        self.assertTrue(stat.S_ISFIFO(modes["fifo"]))
+        self.assertEqual(stat.S_IMODE(modes["fifo"]), 0o640)
+
+    def test_progress_when_more_comes_than_the_agent_said(self):
+        """The size in transfer.download's result is the agent's word: more data than it said
+        keeps the bar full. The bar's padding came from done / size, 20 - bars spaces: with a
+        size of 1, megabytes of spaces on the terminal at every redraw."""
+        src = self.p("big.bin")
+        data = os.urandom(4 << 20)
+        open(src, "wb").write(data)
+
+        def edit(msg, asked):
+            if msg[0] == 1 and asked.get(msg[1]) == "transfer.download" and msg[3]:
+                return [msg[0], msg[1], msg[2], dict(msg[3], size=1)]
+            if msg[0] == 3:
+                time.sleep(0.1)  # long enough for the bar to be drawn
+            return msg
+        relay = w.Relay(self.agent.addr[len("unix:"):], self.p("relay.sock"), edit)
+        self.addCleanup(relay.close)
+        master, slave = pty.openpty()
+        p = subprocess.Popen([SBX, "cp", ":" + src, self.p("back.bin")],
+                             env=dict(os.environ, SBX_ADDR=relay.addr), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        out = bytearray()
+        try:
+            while True:
+                try:
+                    b = os.read(master, 65536)
+                except OSError:  # EIO: the CLI is gone
+                    break
+                if not b:
+                    break
+                out += b
+        finally:
+            os.close(master)
+        self.assertEqual(p.wait(60), 0, out[-2000:])
+        self.assertEqual(open(self.p("back.bin"), "rb").read(), data)
+        self.assertLess(len(out), 16384, "%d bytes on the terminal" % len(out))
+        self.assertIn(b"[####################] 100%", out)
+
+    def test_agent_cancels_its_stream(self):
+        """The agent may cancel a stream of its own (PROTOCOL.md §8.5): cp, cp -r and pack end
+        with its error, leaving nothing behind. They waited for the stream's end, which never
+        comes, for ever."""
+        src = self.p("f.bin")
+        open(src, "wb").write(os.urandom(1 << 20))
+        tree = self.p("tree")
+        make_tree(tree)
+        os.mkdir(self.p("out"))
+        streams = {"transfer.download": "stream", "transfer.download_tree": "stream",
+                   "pack.create": "archive"}
+        watched = set()
+
+        def edit(msg, asked):
+            if msg[0] == 1 and asked.get(msg[1]) in streams and msg[3]:
+                watched.add(msg[3][streams[asked[msg[1]]]])
+            elif msg[0] == 3 and msg[1] in watched:
+                watched.discard(msg[1])
+                return [2, "stream.cancel", {"stream": msg[1], "error": {
+                    "code": "EIO", "message": "the guest's disk went away"}}]
+            return msg
+        relay = w.Relay(self.agent.addr[len("unix:"):], self.p("relay.sock"), edit)
+        self.addCleanup(relay.close)
+        for args in (("cp", ":" + src, self.p("out", "f.bin")),
+                     ("cp", "-r", ":" + tree, self.p("out", "tree")),
+                     ("pack", tree, "-o", self.p("out", "t.tgz"))):
+            r = self.sbx(*args, ok=False, addr=relay.addr, timeout=30)
+            self.assertEqual(r.returncode, 1, args)
+            self.assertIn(b"the guest's disk went away", r.stderr, args)
+        self.assertEqual(leftovers(self.p("out")), [])
+        self.assertFalse(os.path.exists(self.p("out", "f.bin")))
+        self.assertFalse(os.path.exists(self.p("out", "t.tgz")))
 
     def test_file_no_verify(self):
         src = self.p("nv.bin")

@@ -58,8 +58,9 @@ int sbx_stream_call(struct sbx_client *c, int r, uint32_t id, bool with_size,
 /*
  * The next piece of `out` stream @sid. Returns 1 with *@data and *@len (valid until the next
  * call that receives on @c), 0 at its stream.end, or -1 with @err: the error map its stream.end
- * carried, or a transport error. The caller reports what it delivered with
- * sbx_client_consumed; until it does, the agent's credit is not renewed.
+ * carried; the agent's stream.cancel of it (its error, or CANCELLED); a transport error. The caller
+ * reports what it delivered with sbx_client_consumed; until it does, the agent's credit is not
+ * renewed.
  */
 int sbx_stream_next(struct sbx_client *c, uint32_t sid, const uint8_t **data, size_t *len,
                     struct sbx_err *err);

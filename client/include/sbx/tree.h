@@ -57,8 +57,10 @@ typedef ssize_t (*sbx_tree_in_fn)(void *arg, const void **buf, struct sbx_err *e
  * Unpack the tar archive (plain, gzip or zstd; ustar, pax or GNU) read through @in into the
  * existing directory @dest with libarchive's disk writer and its SECURE_* checks, since the
  * archive is not trusted: absolute names and ".." are refused and nothing is written through a
- * symlink. Modes and times are restored (owners are not), existing files are replaced, holes of
- * sparse entries stay holes. @in is read to its end, also after the archive's end marker, so an
+ * symlink. Times are restored, and modes as the process's umask allows, without set-id or sticky
+ * bits (owners are not restored); device nodes are skipped, so a guest can give this
+ * machine neither a set-uid program nor a device. Existing files are replaced, holes of sparse
+ * entries stay holes. @in is read to its end, also after the archive's end marker, so an
  * error its source reports late is seen.
  *
  * The process's working directory is @dest while it runs (the checks work on relative names)
