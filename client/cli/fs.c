@@ -429,13 +429,22 @@ static int cmd_write(struct fs_ctx *x, int n, char **args)
             perror("sbx: fs write: stdin");
             rc = CLI_EXIT_FAIL;
         }
-        for (size_t off = 0; rc == 0 && off < (size_t)got; off += get_u64(res, "written")) {
+        for (size_t off = 0; rc == 0 && off < (size_t)got;) {
             int r =
                 sbx_fs_write(x->k, fh, buf + off, (size_t)got - off, NULL, NULL, &x->id, &x->err);
+            uint64_t w;
             if ((res = fs_result(x, r)) == NULL) {
                 rc = CLI_EXIT_FAIL;
                 break;
             }
+            /* A write of nothing (or of more than was sent) would be retried for ever. */
+            if ((w = get_u64(res, "written")) == 0 || w > (size_t)got - off) {
+                (void)fprintf(stderr, "sbx: fs write: %s: the agent wrote %llu of %zu bytes\n",
+                              args[0], (unsigned long long)w, (size_t)got - off);
+                rc = CLI_EXIT_FAIL;
+                break;
+            }
+            off += (size_t)w;
         }
     }
     free(buf);

@@ -119,6 +119,24 @@ class TestCliFs(CliCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn(b"ENOENT", r.stderr)
 
+    def test_write_that_writes_nothing(self):
+        """An agent that answers fs.write with written: 0 (or more than was sent): fs write
+        fails with what the agent said. It retried the same write for ever."""
+        for claim in (0, 1 << 40):
+            def edit(msg, asked, claim=claim):
+                if msg[0] == 1 and asked.get(msg[1]) == "fs.write" and msg[3]:
+                    return [1, msg[1], None, dict(msg[3], written=claim)]
+                return msg
+            relay = w.Relay(self.addr[len("unix:"):], self.d + "/relay.sock", edit)
+            try:
+                r = self.sbx("fs", "write", self.d + "/w", addr=relay.addr, input=b"data",
+                             stdin=None, timeout=30)
+            finally:
+                relay.close()
+                os.unlink(self.d + "/relay.sock")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn(b"the agent wrote %d of 4 bytes" % claim, r.stderr)
+
     def test_find_glob(self):
         out = self.ok("fs", "find", self.d).decode().split("\n")[:-1]
         self.assertEqual(sorted(out), sorted([self.d, self.d + "/a.txt", self.d + "/link",
