@@ -415,7 +415,8 @@ static int handle(struct exec *x, const struct sbx_msg *m, struct sbx_err *err)
             sbx_err_from_obj(m->error, &e);
             /* Racing the exit is normal: the process or its group is already gone. */
             if (strcmp(e.code, SBX_E_NOT_FOUND) != 0 && strcmp(e.code, "ESRCH") != 0) {
-                say_err(x, x->req[m->id % REQ_SLOTS], &e);
+                const char *what = x->req[m->id % REQ_SLOTS];
+                say_err(x, what != NULL ? what : "request", &e); /* an id never sent: stray */
             }
         }
         return 0;
