@@ -723,24 +723,25 @@ static void strm_remove(struct sbx_conn *c, struct strm *s)
     tab_remove(&c->st, s);
 }
 
-/* Register a stream the agent announced. -1 with c->ev_err set. */
-static int strm_add(struct sbx_conn *c, uint32_t id, enum sbx_dir dir)
+/* Register a stream the agent announced. -1 with @err set (c->ev_err while decoding a result;
+ * the caller's own otherwise, so an event's error is left alone). */
+static int strm_add(struct sbx_conn *c, uint32_t id, enum sbx_dir dir, struct sbx_err *err)
 {
     struct strm *s;
 
     if (id == 0) {
-        return sbx_err_set(&c->ev_err, SBX_E_BAD_PARAM, "stream id 0 is never valid");
+        return sbx_err_set(err, SBX_E_BAD_PARAM, "stream id 0 is never valid");
     }
     if (strm_find(c, id) != NULL) {
-        return sbx_err_set(&c->ev_err, SBX_E_BAD_PARAM, "stream %u is already live", id);
+        return sbx_err_set(err, SBX_E_BAD_PARAM, "stream %u is already live", id);
     }
     if (c->st.n >= c->streams_max) {
-        return sbx_err_limit(&c->ev_err, "max_streams", c->streams_max, "more than %u live streams",
+        return sbx_err_limit(err, "max_streams", c->streams_max, "more than %u live streams",
                              c->streams_max);
     }
     s = tab_insert(&c->st, id);
     if (s == NULL) {
-        return sbx_err_set(&c->ev_err, SBX_E_INTERNAL, "out of memory for a stream");
+        return sbx_err_set(err, SBX_E_INTERNAL, "out of memory for a stream");
     }
     s->dir = (uint8_t)dir;
     s->credit = c->window;
@@ -1063,8 +1064,7 @@ int sbx_conn_stream_open(struct sbx_conn *c, uint32_t stream, enum sbx_dir dir, 
     if (dir != SBX_DIR_IN && dir != SBX_DIR_OUT) {
         return sbx_err_param(err, "dir", "direction must be SBX_DIR_IN or SBX_DIR_OUT");
     }
-    if (strm_add(c, stream, dir) < 0) {
-        *err = c->ev_err;
+    if (strm_add(c, stream, dir, err) < 0) {
         return -1;
     }
     return 0;
@@ -1512,8 +1512,9 @@ static int hello_apply(struct sbx_conn *c, const struct sbx_hello_result *r)
 static int add_streams(struct sbx_conn *c, enum sbx_dir d1, uint32_t s1, enum sbx_dir d2,
                        uint32_t s2, enum sbx_dir d3, uint32_t s3)
 {
-    if ((s1 != 0 && strm_add(c, s1, d1) < 0) || (s2 != 0 && strm_add(c, s2, d2) < 0) ||
-        (s3 != 0 && strm_add(c, s3, d3) < 0)) {
+    if ((s1 != 0 && strm_add(c, s1, d1, &c->ev_err) < 0) ||
+        (s2 != 0 && strm_add(c, s2, d2, &c->ev_err) < 0) ||
+        (s3 != 0 && strm_add(c, s3, d3, &c->ev_err) < 0)) {
         return -1;
     }
     return 0;

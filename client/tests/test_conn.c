@@ -1681,6 +1681,11 @@ static void test_eof_after_error(void **state)
     push(fx);
     expect_kind(fx, SBX_EV_ERROR);
     assert_string_equal(fx->ev.error->code, SBX_E_LIMIT);
+    /* A call that fails leaves the event's error alone (it wrote its own into it). */
+    assert_int_equal(sbx_conn_stream_open(fx->c, 0, SBX_DIR_IN, &fx->err), -1);
+    assert_string_equal(fx->err.code, SBX_E_BAD_PARAM);
+    assert_string_equal(fx->ev.error->code, SBX_E_LIMIT);
+    assert_string_equal(fx->ev.error->msg, "too many connections");
     assert_int_equal(sbx_conn_feed(fx->c, "\0\0", 2, &fx->err), 0); /* a partial frame */
     sbx_conn_eof(fx->c);
     expect_kind(fx, SBX_EV_RESPONSE);
