@@ -239,6 +239,9 @@ static int show_stat(struct fs_ctx *x, const char *path, const msgpack_object *r
     return 0;
 }
 
+/* The most entries ls sorts in memory (a few hundred MiB). */
+#define LS_ENTRIES_MAX (4u << 20)
+
 /* One directory entry of ls. */
 struct lsent {
     char *name;
@@ -271,6 +274,14 @@ static struct lsent *read_dir(struct fs_ctx *x, const char *path, size_t *n)
         }
         ents = sbx_obj_get(res, "entries");
         size = ents != NULL && ents->type == MSGPACK_OBJECT_ARRAY ? ents->via.array.size : 0;
+        /* Sorting needs every entry in memory; an agent's pages could go on for ever. */
+        if (*n + size > LS_ENTRIES_MAX) {
+            (void)fprintf(stderr,
+                          "sbx: fs ls: %s: more than %u entries to sort (fs find %s --maxdepth 1 "
+                          "lists any number)\n",
+                          path, LS_ENTRIES_MAX, path);
+            goto fail;
+        }
         if ((grown = realloc(v, (*n + size + 1) * sizeof(*v))) == NULL) {
             goto fail;
         }

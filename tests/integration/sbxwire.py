@@ -1226,7 +1226,8 @@ class Relay:
     """A unix socket between a client and the agent that passes frames both ways: an agent that
     misbehaves on demand. hold() stops reading what the client sends (an agent that takes no
     bytes, as a paused VM); @edit(msg, asked) may rewrite each message of the agent (a broken
-    agent), where @asked maps the client's request ids to their methods."""
+    agent), where @asked maps the client's request ids to their methods; it returns the message,
+    another one, or one packed already (bytes)."""
 
     def __init__(self, agent_path, path, edit=None):
         self.agent_path = agent_path
@@ -1266,7 +1267,9 @@ class Relay:
                     self.asked[msg[1]] = msg[2]
                 elif from_agent and self.edit is not None:
                     new = self.edit(msg, self.asked)
-                    if new is not msg:
+                    if isinstance(new, bytes):  # a message packed already
+                        head, body = b"", frame(new)
+                    elif new is not msg:
                         head, body = b"", frame(pack(new))
                 dst.sendall(head + body)
             dst.shutdown(socket.SHUT_WR)

@@ -137,6 +137,21 @@ class TestCliFs(CliCase):
             self.assertEqual(r.returncode, 1)
             self.assertIn(b"the agent wrote %d of 4 bytes" % claim, r.stderr)
 
+    def test_ls_of_pages_without_end(self):
+        """An agent whose fs.readdir pages never end (a cursor every time): ls, which sorts in
+        memory, stops at its cap with a message, rather than growing until it is killed."""
+        page = w.pack({"entries": [{"name": b"x", "type": "file"}] * 10000, "cursor": "more"})
+
+        def edit(msg, asked):
+            if msg[0] == 1 and asked.get(msg[1]) == "fs.readdir":
+                return b"\x94\x01" + w.pack(msg[1]) + b"\xc0" + page
+            return msg
+        relay = w.Relay(self.addr[len("unix:"):], self.d + "/relay.sock", edit)
+        self.addCleanup(relay.close)
+        r = self.sbx("fs", "ls", self.d, addr=relay.addr, timeout=120)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"more than 4194304 entries to sort", r.stderr)
+
     def test_find_glob(self):
         out = self.ok("fs", "find", self.d).decode().split("\n")[:-1]
         self.assertEqual(sorted(out), sorted([self.d, self.d + "/a.txt", self.d + "/link",
