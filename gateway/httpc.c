@@ -100,6 +100,7 @@ struct httpc {
 };
 
 static void tcp_connect_next(struct httpc *h);
+static void tcp_retry(struct httpc *h);
 
 /* --- lifetime ------------------------------------------------------------------------------- */
 
@@ -1080,11 +1081,7 @@ static void on_connect_timeout(uv_timer_t *t)
     h->connecting = false;
     snprintf(h->err, sizeof(h->err), "tcp connect error: timed out after %d ms", HTTPC_CONNECT_MS);
     h->err_code = "ETIMEDOUT";
-    if (h->tcp_open) {
-        h->tcp_open = false;
-        uv_close((uv_handle_t *)&h->tcp, on_handle_closed);
-    }
-    tcp_connect_next(h);
+    tcp_retry(h);
 }
 
 static void on_tcp_connect(uv_connect_t *c, int status)
@@ -1102,11 +1099,7 @@ static void on_tcp_connect(uv_connect_t *c, int status)
         snprintf(h->err, sizeof(h->err), "tcp connect error: %s (os error %d)", strerror(-status),
                  -status);
         h->err_code = uv_err_name(status);
-        if (h->tcp_open) {
-            h->tcp_open = false;
-            uv_close((uv_handle_t *)&h->tcp, on_handle_closed);
-        }
-        tcp_connect_next(h);
+        tcp_retry(h);
         return;
     }
     h->connected = true;
@@ -1129,6 +1122,33 @@ static void on_tcp_connect(uv_connect_t *c, int status)
         }
     }
     transport_up(h);
+}
+
+/* The socket of a failed attempt has closed: h->tcp and h->conn are libuv's no more, and the
+ * next address may have them. */
+static void on_attempt_closed(uv_handle_t *hd)
+{
+    struct httpc *h = hd->data;
+
+    h->refs--;
+    if (h->closing) {
+        maybe_free(h);
+        return;
+    }
+    tcp_connect_next(h);
+}
+
+/* Abandon the current attempt: its socket is closed (a pending connect comes back cancelled and
+ * is ignored) and the next address is tried from the close callback, never before: a handle
+ * libuv is still closing must not be initialised again. */
+static void tcp_retry(struct httpc *h)
+{
+    if (!h->tcp_open) {
+        tcp_connect_next(h);
+        return;
+    }
+    h->tcp_open = false;
+    uv_close((uv_handle_t *)&h->tcp, on_attempt_closed);
 }
 
 /* Try the next candidate address; none left: fail with the last error. */
@@ -1169,9 +1189,7 @@ static void tcp_connect_next(struct httpc *h)
     if (r < 0) {
         snprintf(h->err, sizeof(h->err), "tcp connect error: %s (os error %d)", strerror(-r), -r);
         h->err_code = uv_err_name(r);
-        h->tcp_open = false;
-        uv_close((uv_handle_t *)&h->tcp, on_handle_closed);
-        tcp_connect_next(h);
+        tcp_retry(h);
         return;
     }
     h->connecting = true;

@@ -1,0 +1,184 @@
+/*
+ * Unit tests of the gateway's HTTP client (httpc.c) over real loopback sockets: a name with
+ * several addresses whose first connect fails goes on to the next, and one whose every address
+ * refuses ends with the refusal. The name is "multi.test" in a private /etc/hosts, bind-mounted
+ * in a mount namespace of this test's own (root, or skipped); its addresses are 127.0.0.1 and
+ * 127.0.0.2, nothing listens on the first and the server (a thread) on the second.
+ *
+ * The next attempt used to start at once on the handle libuv was still closing (uv_tcp_init of
+ * a closing uv_tcp_t): libuv's own assertion aborted the gateway.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "httpc.h"
+
+struct result {
+    int status;
+    bool done;
+    char err[256];
+    char code[32];
+};
+
+static void on_head(void *user, const struct httpc_resp *r)
+{
+    ((struct result *)user)->status = r->status;
+}
+
+static void on_body(void *user, const uint8_t *data, size_t len)
+{
+    (void)user;
+    (void)data;
+    (void)len;
+}
+
+static struct httpc *client;
+
+static void on_done(void *user, const char *err, const char *code, bool got_head)
+{
+    struct result *res = user;
+
+    (void)got_head;
+    res->done = true;
+    snprintf(res->err, sizeof(res->err), "%s", err != NULL ? err : "");
+    snprintf(res->code, sizeof(res->code), "%s", code != NULL ? code : "");
+    httpc_close(client);
+    client = NULL;
+}
+
+static const struct httpc_ops ops = { .head = on_head, .body = on_body, .done = on_done };
+
+/* A listening socket on 127.0.0.2, port *@port (0: any; the port taken is put back). */
+static int listen_on_2(uint16_t *port)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(*port) };
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+
+    assert_true(fd >= 0);
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    assert_int_equal(inet_pton(AF_INET, "127.0.0.2", &sa.sin_addr), 1);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(fd, 4), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+/* The server: one connection, its request read, a 200 answered. */
+static void *serve(void *arg)
+{
+    static const char answer[] = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    int lfd = (int)(intptr_t)arg, fd = accept(lfd, NULL, NULL);
+    char buf[4096];
+
+    if (fd >= 0) {
+        (void)read(fd, buf, sizeof(buf));
+        (void)write(fd, answer, sizeof(answer) - 1);
+        close(fd);
+    }
+    return NULL;
+}
+
+/* GET / from multi.test:@port; the loop runs until nothing is left (every handle closed). */
+static void get(uint16_t port, struct result *res)
+{
+    uv_loop_t loop;
+    char why[256];
+
+    memset(res, 0, sizeof(*res));
+    assert_int_equal(uv_loop_init(&loop), 0);
+    client =
+        httpc_open_tcp(&loop, "multi.test", NULL, port, true, false, &ops, res, why, sizeof(why));
+    assert_non_null(client);
+    assert_int_equal(
+        httpc_request(client, "GET", "/", "multi.test", NULL, NULL, 0, HTTPC_BODY_NONE, 0, false),
+        0);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_true(res->done);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_next_address_after_a_refusal(void **state)
+{
+    uint16_t port = 0;
+    int lfd = listen_on_2(&port);
+    pthread_t t;
+    struct result res;
+
+    (void)state;
+    assert_int_equal(pthread_create(&t, NULL, serve, (void *)(intptr_t)lfd), 0);
+    get(port, &res);
+    assert_string_equal(res.err, "");
+    assert_int_equal(res.status, 200);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    close(lfd);
+}
+
+static void test_every_address_refused(void **state)
+{
+    uint16_t port = 0;
+    int lfd = listen_on_2(&port);
+    struct result res;
+
+    (void)state;
+    close(lfd); /* nothing listens on either address now */
+    get(port, &res);
+    assert_string_equal(res.code, "ECONNREFUSED");
+    assert_non_null(strstr(res.err, "tcp connect error"));
+}
+
+/* A mount namespace of our own where /etc/hosts gives multi.test two addresses. */
+static int private_hosts(void **state)
+{
+    static const char hosts[] = "127.0.0.1 multi.test\n127.0.0.2 multi.test\n";
+    char path[] = "/tmp/sbx-httpc-hosts-XXXXXX";
+    int fd;
+
+    (void)state;
+    if (unshare(CLONE_NEWNS) < 0) {
+        return -1;
+    }
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 || (fd = mkstemp(path)) < 0) {
+        return -1;
+    }
+    if (write(fd, hosts, sizeof(hosts) - 1) != (ssize_t)sizeof(hosts) - 1 ||
+        mount(path, "/etc/hosts", NULL, MS_BIND, NULL) < 0) {
+        close(fd);
+        (void)unlink(path);
+        return -1;
+    }
+    close(fd);
+    (void)unlink(path); /* the bind mount keeps it */
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_next_address_after_a_refusal),
+        cmocka_unit_test(test_every_address_refused),
+    };
+
+    if (geteuid() != 0) {
+        fprintf(stderr, "test_httpc: needs root (a mount namespace with its own /etc/hosts)\n");
+        return 77; /* skipped */
+    }
+    return cmocka_run_group_tests(tests, private_hosts, NULL);
+}
