@@ -181,7 +181,9 @@ struct schan;
 struct cstream {
     struct gw_link_stream st;
     struct schan *ch;
-    int which; /* 0 stdin, 1 stdout, 2 stderr */
+    int which;     /* 0 stdin, 1 stdout, 2 stderr */
+    bool attached; /* the core holds &st for the stream: until its END or CANCEL comes, or we let
+                      go of it (whatever *_open says about writing or reading it) */
 };
 
 /* A libssh channel we closed that the client has not closed yet (see the top). */
@@ -451,6 +453,11 @@ static struct grant *grant_find(struct gw_ssh *srv, const char *user)
     return found;
 }
 
+/* Where the failures of libsbx calls that need no answer go (a kill of a process already gone,
+ * a cancel of a stream already ended): libsbx writes every failure into its err, never NULL. One
+ * loop thread: nothing reads it. */
+static struct sbx_err ignored;
+
 /* --- SIGHUP, then SIGKILL ------------------------------------------------------------------- */
 
 static void kill_now(struct gw_ssh *srv, const char *sandbox, uint32_t proc, int signo)
@@ -459,7 +466,7 @@ static void kill_now(struct gw_ssh *srv, const char *sandbox, uint32_t proc, int
     struct sbx_conn *c = sb != NULL && sb->link != NULL ? gw_link_conn(sb->link) : NULL;
 
     if (c != NULL) {
-        (void)sbx_proc_kill(c, proc, signo, true, NULL, NULL, NULL);
+        (void)sbx_proc_kill(c, proc, signo, true, NULL, NULL, &ignored);
         gw_link_flush(sb->link);
     }
 }
@@ -505,14 +512,14 @@ static void kill_process(struct gw_ssh *srv, struct sbx_conn *c, const char *san
     struct reaper *r;
 
     if (c != NULL) {
-        (void)sbx_proc_kill(c, proc, SIGHUP, true, NULL, NULL, NULL);
+        (void)sbx_proc_kill(c, proc, SIGHUP, true, NULL, NULL, &ignored);
     } else {
         kill_now(srv, sandbox, proc, SIGHUP);
     }
     r = srv->stopping || srv->nreapers >= SSH_REAPERS_MAX ? NULL : calloc(1, sizeof(*r));
     if (r == NULL) {
         if (c != NULL) {
-            (void)sbx_proc_kill(c, proc, SIGKILL, true, NULL, NULL, NULL);
+            (void)sbx_proc_kill(c, proc, SIGKILL, true, NULL, NULL, &ignored);
         } else {
             kill_now(srv, sandbox, proc, SIGKILL);
         }
@@ -572,17 +579,18 @@ static void chan_drop_process(struct schan *ch, struct sbx_conn *c)
     }
     ch->dropped = true;
     if (c != NULL) {
-        if (ch->out_open) {
-            (void)sbx_conn_stream_set_user(c, ch->out, NULL);
-            (void)sbx_conn_cancel(c, ch->out, NULL);
-        }
-        if (ch->err_open) {
-            (void)sbx_conn_stream_set_user(c, ch->err, NULL);
-            (void)sbx_conn_cancel(c, ch->err, NULL);
-        }
-        if (ch->in_open) {
-            (void)sbx_conn_stream_set_user(c, ch->in, NULL);
-            (void)sbx_conn_cancel(c, ch->in, NULL);
+        struct cstream *cs[3] = { &ch->s_in, &ch->s_out, &ch->s_err };
+        uint32_t ids[3] = { ch->in, ch->out, ch->err };
+        bool open[3] = { ch->in_open, ch->out_open, ch->err_open };
+
+        /* Every stream the core may still hold for @ch, also one we no longer write (stdin ended
+         * with bytes still queued, or refused): its credit or cancel would reach freed memory. */
+        for (int i = 0; i < 3; i++) {
+            if (ids[i] != 0 && (cs[i]->attached || open[i])) {
+                (void)sbx_conn_stream_set_user(c, ids[i], NULL);
+                (void)sbx_conn_cancel(c, ids[i], &ignored);
+                cs[i]->attached = false;
+            }
         }
         if (ch->state == CH_RUNNING && !ch->exited) {
             kill_process(ch->srv, c, ch->sandbox, ch->proc);
@@ -682,6 +690,18 @@ static void chan_release(struct schan *ch, bool ssh_alive)
 
 /* libssh callbacks: record only (conn_pump acts once libssh has returned). */
 
+/* How many more bytes stdin stream @in of @c may queue: up to SSH_AGENT_HIGH on the stream, and
+ * within what the link's streams together may still queue (shared with sessions, the ingress and
+ * other channels; sbx_conn_write refuses beyond it, and those bytes are the client's). */
+static size_t in_room(struct sbx_conn *c, uint32_t in)
+{
+    size_t queued = sbx_conn_queued(c, in), total = sbx_conn_queued_total(c);
+    size_t room = queued < SSH_AGENT_HIGH ? SSH_AGENT_HIGH - queued : 0;
+    size_t left = total < SBX_CONN_QUEUE_TOTAL_MAX ? SBX_CONN_QUEUE_TOTAL_MAX - total : 0;
+
+    return room < left ? room : left;
+}
+
 static int cb_data(ssh_session session, ssh_channel channel, void *data, uint32_t len,
                    int is_stderr, void *userdata)
 {
@@ -707,10 +727,9 @@ static int cb_data(ssh_session session, ssh_channel channel, void *data, uint32_
         ch->in_held = len; /* libssh keeps it; taken once the process runs */
         return 0;
     }
-    size_t queued = sbx_conn_queued(sc->c, ch->in);
-    room = queued < SSH_AGENT_HIGH ? SSH_AGENT_HIGH - queued : 0;
+    room = in_room(sc->c, ch->in);
     take = len < room ? len : room;
-    if (take > 0 && sbx_conn_write(sc->c, ch->in, data, take, NULL) < 0) {
+    if (take > 0 && sbx_conn_write(sc->c, ch->in, data, take, &ignored) < 0) {
         take = 0; /* the stream is finished or its queue full: held, the pump sorts it out */
     }
     ch->in_held = len - take;
@@ -859,7 +878,7 @@ static int cb_window(ssh_session session, ssh_channel channel, int width, int he
     ch->cols = (uint32_t)width;
     ch->rows = (uint32_t)height;
     if (ch->state == CH_RUNNING && !ch->exited && sc != NULL && sc->c != NULL) {
-        (void)sbx_proc_resize(sc->c, ch->proc, ch->rows, ch->cols, NULL, NULL, NULL);
+        (void)sbx_proc_resize(sc->c, ch->proc, ch->rows, ch->cols, NULL, NULL, &ignored);
     }
     return 0;
 }
@@ -873,7 +892,7 @@ static void cb_signal(ssh_session session, ssh_channel channel, const char *sign
     (void)session;
     (void)channel;
     if (signo > 0 && ch->state == CH_RUNNING && !ch->exited && sc != NULL && sc->c != NULL) {
-        (void)sbx_proc_kill(sc->c, ch->proc, signo, false, NULL, NULL, NULL);
+        (void)sbx_proc_kill(sc->c, ch->proc, signo, false, NULL, NULL, &ignored);
     }
 }
 
@@ -955,18 +974,20 @@ static void on_stream(struct gw_link_stream *st, const struct sbx_event *ev)
             break;
         }
         if (ch->client_closed || ch->ch == NULL) {
-            (void)sbx_conn_consumed(sc->c, ev->stream, ev->len, NULL);
+            (void)sbx_conn_consumed(sc->c, ev->stream, ev->len, &ignored);
         } else if (obuf_size(q) + ev->len > SSH_PEND_MAX || obuf_add(q, ev->data, ev->len) < 0) {
             gw_log("ssh %s: output of process %u beyond %u bytes: stream cancelled", sc->peer,
                    ch->proc, SSH_PEND_MAX);
             (void)sbx_conn_stream_set_user(sc->c, ev->stream, NULL);
-            (void)sbx_conn_cancel(sc->c, ev->stream, NULL);
+            (void)sbx_conn_cancel(sc->c, ev->stream, &ignored);
             *open = false;
+            cs->attached = false;
         }
         break;
     case SBX_EV_END:
     case SBX_EV_CANCEL:
         *open = false;
+        cs->attached = false; /* the core has forgotten the stream */
         break;
     default: /* CREDIT: the pump feeds more */
         break;
@@ -1006,18 +1027,14 @@ static void on_spawn(struct gw_link_req *r, const struct sbx_event *ev)
         chan_fail(ch, "sbx-gateway: cannot start the %s: %s: %s", ch->shell ? "shell" : "command",
                   ev->error->code, ev->error->msg);
     } else if (c != NULL) {
-        if (ch->out_open) {
-            (void)sbx_conn_stream_set_user(c, ch->out, &ch->s_out.st);
-        }
-        if (ch->err_open) {
-            (void)sbx_conn_stream_set_user(c, ch->err, &ch->s_err.st);
-        }
-        if (ch->in_open) {
-            (void)sbx_conn_stream_set_user(c, ch->in, &ch->s_in.st);
-        }
+        ch->s_out.attached =
+            ch->out_open && sbx_conn_stream_set_user(c, ch->out, &ch->s_out.st) == 0;
+        ch->s_err.attached =
+            ch->err_open && sbx_conn_stream_set_user(c, ch->err, &ch->s_err.st) == 0;
+        ch->s_in.attached = ch->in_open && sbx_conn_stream_set_user(c, ch->in, &ch->s_in.st) == 0;
         /* The size may have changed while proc.spawn was on its way. */
         if (ch->pty) {
-            (void)sbx_proc_resize(c, ch->proc, ch->rows, ch->cols, NULL, NULL, NULL);
+            (void)sbx_proc_resize(c, ch->proc, ch->rows, ch->cols, NULL, NULL, &ignored);
         }
     }
     conn_pump(sc);
@@ -1082,7 +1099,7 @@ static int chan_flush_q(struct schan *ch, struct obuf *q, bool is_err, uint32_t 
 
         if (ch->ch == NULL || ch->client_closed) {
             if (sc->c != NULL) {
-                (void)sbx_conn_consumed(sc->c, stream, n, NULL);
+                (void)sbx_conn_consumed(sc->c, stream, n, &ignored);
             }
             obuf_drop(q, n);
             return -1;
@@ -1121,7 +1138,7 @@ static int chan_flush_q(struct schan *ch, struct obuf *q, bool is_err, uint32_t 
         obuf_drop(q, (size_t)w);
         sc->unsent += (size_t)w;
         if (sc->c != NULL) {
-            (void)sbx_conn_consumed(sc->c, stream, (size_t)w, NULL);
+            (void)sbx_conn_consumed(sc->c, stream, (size_t)w, &ignored);
         }
     }
     return 0;
@@ -1136,12 +1153,13 @@ static void chan_take_input(struct schan *ch)
     size_t budget = SIZE_MAX;
 
     if (ch->in_held > 0 && ch->in_open && sc->c != NULL) {
-        size_t queued = sbx_conn_queued(sc->c, ch->in);
-
-        if (queued > SSH_AGENT_LOW) {
+        if (sbx_conn_queued(sc->c, ch->in) > SSH_AGENT_LOW) {
             return;
         }
-        budget = SSH_AGENT_HIGH - queued;
+        budget = in_room(sc->c, ch->in);
+        if (budget == 0) {
+            return; /* the link's queues are full: held in libssh until they drain */
+        }
     }
     while (ch->in_held > 0 && ch->ch != NULL && budget > 0) {
         size_t want = ch->in_held < sizeof buf ? ch->in_held : sizeof buf;
@@ -1156,7 +1174,7 @@ static void chan_take_input(struct schan *ch)
         }
         ch->in_held = (size_t)n < ch->in_held ? ch->in_held - (size_t)n : 0;
         budget -= drop ? 0 : (size_t)n;
-        if (!drop && sbx_conn_write(sc->c, ch->in, buf, (size_t)n, NULL) < 0) {
+        if (!drop && sbx_conn_write(sc->c, ch->in, buf, (size_t)n, &ignored) < 0) {
             ch->in_open = false; /* the process closed its stdin: the rest is dropped */
         }
     }
@@ -1210,7 +1228,7 @@ static void chan_pump(struct schan *ch)
     }
     chan_take_input(ch);
     if (ch->client_eof && ch->in_held == 0 && ch->in_open && sc->c != NULL) {
-        (void)sbx_conn_end(sc->c, ch->in, NULL, NULL);
+        (void)sbx_conn_end(sc->c, ch->in, NULL, &ignored);
         ch->in_open = false;
     }
     (void)chan_flush_q(ch, &ch->outq, false, ch->out);
@@ -1600,9 +1618,9 @@ static ssh_channel cb_channel_open(ssh_session session, void *userdata)
     }
     ch->sc = sc;
     ch->srv = sc->srv;
-    ch->s_in = (struct cstream){ { on_stream }, ch, 0 };
-    ch->s_out = (struct cstream){ { on_stream }, ch, 1 };
-    ch->s_err = (struct cstream){ { on_stream }, ch, 2 };
+    ch->s_in = (struct cstream){ { on_stream }, ch, 0, false };
+    ch->s_out = (struct cstream){ { on_stream }, ch, 1, false };
+    ch->s_err = (struct cstream){ { on_stream }, ch, 2, false };
     ch->cb.userdata = ch;
     ch->cb.channel_data_function = cb_data;
     ch->cb.channel_eof_function = cb_eof;

@@ -1044,6 +1044,11 @@ size_t sbx_conn_queued(const struct sbx_conn *c, uint32_t stream)
     return s != NULL ? s->qlen : 0;
 }
 
+size_t sbx_conn_queued_total(const struct sbx_conn *c)
+{
+    return c->qtotal;
+}
+
 uint64_t sbx_conn_credit(const struct sbx_conn *c, uint32_t stream)
 {
     const struct strm *s = strm_find(c, stream);

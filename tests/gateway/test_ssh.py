@@ -214,7 +214,8 @@ class SSHCase(unittest.TestCase):
                 p.wait()
             for f in (p.stdin, p.stdout, p.stderr):
                 try:
-                    f.close()
+                    if f is not None:
+                        f.close()
                 except (OSError, ValueError):
                     pass
         alive = self.gw.alive()
@@ -416,6 +417,85 @@ class TestSSH(SSHCase):
             self.assertTrue(wait_for(lambda: not pgrep(self.user.name, marker), 15),
                             "%r still runs after the client went away:\n%s"
                             % (marker, self.log()))
+
+    def test_client_gone_with_stdin_still_queued(self):
+        """The client sends 2.5 MiB of stdin and its EOF to a command that reads none, then goes
+        away: the gateway has ended the agent's stdin stream with bytes still queued in libsbx
+        (the stream lives on there), and the channel is freed. The agent's cancel of that stream
+        reached the freed channel (a use-after-free the sanitizer build reports)."""
+        info = self.expose(self.sandbox())
+        marker = "sleep 4242"
+        with tempfile.TemporaryFile() as f:
+            f.write(os.urandom(5 << 19))
+            f.seek(0)
+            p = subprocess.Popen(ssh_argv(info) + [marker], stdin=f, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+            self.procs.append(p)
+            self.assertTrue(wait_for(lambda: pgrep(self.user.name, marker), 20),
+                            "the command did not start:\n" + self.log())
+            # all of the stdin sent (its EOF too): the client's file offset is at the end
+            self.assertTrue(wait_for(lambda: os.lseek(f.fileno(), 0, os.SEEK_CUR) == 5 << 19,
+                                     20), "the client did not send its stdin")
+            time.sleep(0.5)
+            p.kill()
+            p.wait()
+        self.assertTrue(wait_for(lambda: not pgrep(self.user.name, marker), 15),
+                        "%r still runs after the client went away:\n%s" % (marker, self.log()))
+        time.sleep(0.5)  # the agent's cancel of the stdin stream
+        rc, out, _ = self.ssh(info, "echo still here")
+        self.assertEqual((rc, out), (0, b"still here\n"), self.log())
+
+    def test_stdin_whole_when_the_link_queue_is_full(self):
+        """Channels whose commands read no stdin fill the link's queue (64 MiB for all its
+        streams, shared with sessions and the ingress): another channel's stdin waits in libssh
+        until there is room, and arrives whole once the fillers are gone. The refused write
+        dereferenced a NULL error (the gateway died), and the bytes read from libssh were
+        dropped, the stdin cut short without an end."""
+        info = self.expose(self.sandbox())
+        with tempfile.TemporaryFile() as big:
+            big.write(os.urandom(9 << 19))
+            big.flush()
+            fillers = []
+            for i in range(24):  # 24 x 3 MiB queued on their streams: more than 64 MiB
+                f = open("/proc/self/fd/%d" % big.fileno(), "rb")
+                p = subprocess.Popen(ssh_argv(info) + ["sleep 4343"], stdin=f,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                f.close()
+                self.procs.append(p)
+                fillers.append(p)
+
+            def sent():  # what the fillers' clients have read of their stdin
+                total = 0
+                for p in fillers:
+                    try:
+                        with open("/proc/%d/fdinfo/0" % p.pid) as fi:
+                            total += int(fi.readline().split()[1])
+                    except (OSError, ValueError, IndexError):
+                        pass
+                return total
+            # Each channel queues at most 3 MiB, so once their clients stop sending (libssh holds
+            # what is left, their windows shut) 24 of them hold the link's whole queue.
+            last, since, deadline = -1, time.monotonic(), time.monotonic() + 180
+            while time.monotonic() < deadline and (time.monotonic() - since < 3 or last < 48 << 20):
+                now = sent()
+                if now != last:
+                    last, since = now, time.monotonic()
+                time.sleep(0.2)
+            self.assertGreater(last, 48 << 20, "the fillers sent %d bytes:\n%s" % (last, self.log()))
+            data = os.urandom(512 << 10)
+            w = subprocess.Popen(ssh_argv(info) + ["sha256sum"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.procs.append(w)
+            threading.Thread(target=lambda: (w.stdin.write(data), w.stdin.close()),
+                             daemon=True).start()
+            time.sleep(2)
+            for p in fillers:
+                p.kill()
+                p.wait()
+            out = w.stdout.read()
+            self.assertEqual(w.wait(60), 0, self.log())
+        self.assertEqual(out.split()[0].decode(), hashlib.sha256(data).hexdigest())
+        self.assertTrue(self.gw.alive(), self.log())
 
     def test_twenty_concurrent_sessions(self):
         info = self.expose(self.sandbox())

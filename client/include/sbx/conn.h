@@ -434,6 +434,11 @@ int sbx_conn_grant(struct sbx_conn *c, uint32_t stream, uint32_t bytes, struct s
 /* Bytes queued on `in` stream @stream and not yet in the output (0 for unknown streams). */
 size_t sbx_conn_queued(const struct sbx_conn *c, uint32_t stream);
 
+/* Bytes queued on all `in` streams together (sbx_conn_write refuses beyond
+ * SBX_CONN_QUEUE_TOTAL_MAX): a caller sharing the connection among many writers keeps its
+ * writes within what is left. */
+size_t sbx_conn_queued_total(const struct sbx_conn *c);
+
 /* Credit the agent granted on `in` stream @stream that is not used yet (0 for unknown). */
 uint64_t sbx_conn_credit(const struct sbx_conn *c, uint32_t stream);
 
