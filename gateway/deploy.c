@@ -907,20 +907,25 @@ static void probe_close(struct probe *p)
     uv_close((uv_handle_t *)&p->timeout, probe_closed);
 }
 
-/* Stop the process streams of the current phase from reaching @j (the link acknowledges their
- * data from now on). */
+/* Stop the streams of the current phase from reaching @j: afterwards no stream of the link holds
+ * a pointer into @j, which may be freed before the link ends (the gateway stops its jobs before
+ * its links). The link acknowledges the data of a detached output stream from now on. */
 static void job_detach_streams(struct job *j)
 {
     if (j->c == NULL) {
         return;
     }
-    uint32_t sids[] = { j->out_sid, j->err_sid, j->arch_sid };
+    uint32_t sids[] = { j->out_sid, j->err_sid, j->arch_sid, j->up_sid };
     for (size_t i = 0; i < sizeof sids / sizeof sids[0]; i++) {
         if (sids[i] != 0) {
             (void)sbx_conn_stream_set_user(j->c, sids[i], NULL);
         }
     }
-    if (j->up_sid != 0 && !j->up_ended) {
+    /* The upload is cancelled even when upload_feed ended it: until its stream.end is written
+     * (it waits behind queued bytes for the agent's credit) the core keeps the stream, and a
+     * job that stops here wants no half-unpacked archive. Once the end is out the core forgot
+     * the stream and this is a no-op. */
+    if (j->up_sid != 0) {
         (void)sbx_conn_cancel(j->c, j->up_sid, NULL);
     }
     j->out_sid = j->err_sid = j->arch_sid = j->up_sid = 0;

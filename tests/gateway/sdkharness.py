@@ -243,10 +243,11 @@ class Gateway:
     Either backend="addr:unix:/path" with user/cwd, or image=IMAGE (the vm backend)."""
 
     def __init__(self, backend=None, image=None, user=None, cwd=None, extra=(), ready_timeout=60,
-                 data=None):
+                 data=None, env=None):
         if not os.access(GATEWAY, os.X_OK):
             raise unittest.SkipTest("%s is not built" % GATEWAY)
-        # data: the data dir of an earlier gateway, for a restart (kept when given).
+        # data: the data dir of an earlier gateway, for a restart (kept when given); env: the
+        # gateway's environment (default: the test's own).
         self.data = data or tempfile.mkdtemp(prefix="sbxgw-data-")
         self.logpath = os.path.join(self.data, "..", os.path.basename(self.data) + ".log")
         self.logpath = os.path.abspath(self.logpath)
@@ -262,7 +263,7 @@ class Gateway:
         argv += list(extra)
         self.argv = argv
         self.log = open(self.logpath, "a+")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, env=env)
         self.token = self.sandbox_endpoint = self.deploy_endpoint = None
         self.lines = []
         try:

@@ -1,0 +1,278 @@
+"""Deploy jobs (gateway/deploy.c, gateway/link.c) against a scripted agent: what a hostile or
+stuck agent can do to a revision, and what the gateway must not do in return.
+
+The agent is Python (FakeAgent below): it answers hello as a v1 agent, records every message the
+gateway sends, and hands each one to the test's handler, which answers as it likes. The source
+sandbox is written into the data dir as a running timed sandbox of the addr backend before the
+gateway starts, so no session and no real agent is needed. No root, no deno: run by ctest as
+gateway.deploy.agent, or: SBX_BUILD=build python3 tests/gateway/test_deploy_agent.py
+"""
+import hashlib
+import json
+import os
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sdkharness as h  # noqa: E402
+from sdkharness import sbxwire  # noqa: E402
+from test_deploy import SSE, http  # noqa: E402
+
+SBID = "sbx_ord_" + "a" * 20
+WAIT = 20  # seconds a revision gets to finish where the gateway must end it by itself
+
+
+def hello_result(window):
+    return {"version": 1, "agent": "sbx-agent", "agent_version": "0.1.0",
+            "capabilities": ["session", "process", "fs", "pack", "net", "transfer"],
+            "limits": {"frame_max": 4 << 20, "chunk_max": 256 << 10, "stream_window": window,
+                       "max_streams": 4096, "max_procs": 1024, "max_conns": 64},
+            "conn": 3}
+
+
+def exit_map(pid, code=0):
+    return {"id": pid, "pid": 4242, "code": code, "signal": None, "signo": None, "core": False,
+            "duration_ns": 1, "drained": True, "timed_out": False, "oom": False,
+            "stdout_bytes": 0, "stderr_bytes": 0,
+            "rusage": {"maxrss_kb": 1, "utime_us": 1, "stime_us": 1}}
+
+
+# --- the scripted agent --------------------------------------------------------------------------
+
+class FakeConn:
+    """One connection of the gateway to the fake agent (n counts from 1 in accept order)."""
+
+    def __init__(self, agent, sock, n):
+        self.agent, self.sock, self.n = agent, sock, n
+        self.got = []  # every message the gateway sent on it, decoded
+        self.sids = 0
+        self.wlock = threading.Lock()
+
+    def send(self, msg):
+        self.send_raw(sbxwire.frame(sbxwire.pack(msg)))
+
+    def send_raw(self, data):
+        with self.wlock:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                pass  # the gateway closed it: what a test checks is what it did before
+
+    def answer(self, req, result=None, error=None):
+        self.send([1, req[1], error, result])
+
+    def notify(self, method, params):
+        self.send([2, method, params])
+
+    def new_sid(self):
+        self.sids += 1
+        return self.sids
+
+
+class FakeAgent:
+    """A unix-socket agent: hello is answered (unless @hello is False) with stream_window
+    @window(n) for connection n; every message goes to @handler(conn, msg) in the connection's
+    thread. Exceptions of the handler are kept in .errors (tearDown fails on them)."""
+
+    def __init__(self, handler, hello=True, window=lambda n: 1 << 20):
+        self.dir = tempfile.mkdtemp(prefix="sbxgw-fake-agent-")
+        self.path = os.path.join(self.dir, "agent.sock")
+        self.addr = "unix:" + self.path
+        self.handler, self.hello, self.window = handler, hello, window
+        self.conns = []
+        self.errors = []
+        self.cond = threading.Condition()
+        self.ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ls.bind(self.path)
+        self.ls.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            with self.cond:
+                c = FakeConn(self, s, len(self.conns) + 1)
+                self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        while True:
+            try:
+                head = sbxwire.recv_exact(c.sock, 4)
+                body = head and sbxwire.recv_exact(c.sock, struct.unpack(">I", head)[0])
+            except OSError:
+                return
+            if not body:
+                return
+            msg = sbxwire.unpack(body)[0]
+            with self.cond:
+                c.got.append(msg)
+                self.cond.notify_all()
+            try:
+                if msg[0] == 0 and msg[2] == "hello":
+                    if self.hello:
+                        c.answer(msg, hello_result(self.window(c.n)))
+                    continue
+                self.handler(c, msg)
+            except Exception as e:  # noqa: BLE001 (reported by the test)
+                self.errors.append("%s: %r" % (type(e).__name__, e))
+
+    def requests(self, method):
+        """(conn, request) of every @method request so far."""
+        with self.cond:
+            return [(c, m) for c in self.conns for m in c.got if m[0] == 0 and m[2] == method]
+
+    def notes(self, method):
+        with self.cond:
+            return [(c, m) for c in self.conns for m in c.got if m[0] == 2 and m[1] == method]
+
+    def wait(self, pred, what, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                v = pred()
+                if v:
+                    return v
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("the gateway never did this: %s" % what)
+                self.cond.wait(left)
+
+    def stop(self):
+        self.ls.close()
+        for c in self.conns:
+            try:
+                c.sock.close()
+            except OSError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pack_answer(c, req, files=None, archive=b"\x1f\x8b fake archive", end=True):
+    """Answer a pack.create as an agent that packed one file: the manifest (@files, or main.ts),
+    the archive bytes, done, the end of the archive stream (with @end). Returns (job id, sid)."""
+    job = sum(1 for m in c.got if m[0] == 0 and m[2] == "pack.create")  # this one included
+    sid = c.new_sid()
+    c.answer(req, {"id": job, "archive": sid})
+    if files is None:
+        files = [{"path": "main.ts", "type": "file", "size": 1, "mode": 0o644,
+                  "sha256": hashlib.sha256(b"x").hexdigest()}]
+    c.notify("pack.manifest", {"id": job, "part": 0, "last": True, "files": files,
+                               "entrypoint": "main.ts", "args": [], "format": "tar.gz",
+                               "file_count": len(files), "total_size": 1,
+                               "archive_size": len(archive),
+                               "archive_sha256": hashlib.sha256(archive).hexdigest()})
+    c.send([3, sid, archive])
+    if end:
+        c.notify("pack.progress", {"id": job, "phase": "done", "bytes": 1, "files": 1})
+        c.notify("stream.end", {"stream": sid})
+    return job, sid
+
+
+# --- the cases -----------------------------------------------------------------------------------
+
+class AgentCase(unittest.TestCase):
+    def setUp(self):
+        self.agent = None
+        self.gw = None
+
+    def start(self, handler, extra=(), env=None, **agent_kw):
+        """The fake agent, and a gateway (ingress on loopback) whose one sandbox is that agent."""
+        self.agent = FakeAgent(handler, **agent_kw)
+        data = tempfile.mkdtemp(prefix="sbxgw-data-")
+        os.makedirs(os.path.join(data, "sandboxes"))
+        now = int(time.time() * 1000)
+        with open(os.path.join(data, "sandboxes", SBID + ".json"), "w") as f:
+            json.dump({"id": SBID, "state": "ready", "created_ms": now,
+                       "stop_at_ms": now + 3600000, "addr": self.agent.addr,
+                       "backend_name": "addr", "backend": {}, "labels": {}}, f)
+        self.gw = h.Gateway(backend="addr:" + self.agent.addr, data=data, env=env,
+                            extra=["--http-listen", "127.0.0.1:0"] + list(extra))
+        return self.gw
+
+    def tearDown(self):
+        # (a test that stopped the gateway itself checked its exit already)
+        if self.gw is not None:
+            rc, log = self.stop_gateway()
+            self.assertIn(rc, (0, -15), "sbx-gateway exit status %s:\n%s" % (rc, log[-4000:]))
+            for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+                self.assertNotIn(bad, log)
+        if self.agent is not None:
+            self.agent.stop()
+            self.assertEqual(self.agent.errors, [])
+
+    def stop_gateway(self):
+        """SIGTERM now; its exit status and its whole log."""
+        gw, self.gw = self.gw, None
+        rc = gw.stop(keep_data=True)
+        with open(gw.logpath, errors="replace") as f:
+            log = f.read()
+        gw.discard()
+        return rc, log
+
+    def deploy(self, body=None):
+        status, j = http(self.gw, "POST", "/api/v2/sandboxes/%s/deploy" % SBID,
+                         body or {"app": "x"})
+        self.assertEqual(status, 200, j)
+        return j["revision_id"]
+
+    def finished(self, rev, timeout=WAIT):
+        """The revision once it succeeded or failed (an AssertionError after @timeout s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, r = http(self.gw, "GET", "/api/v2/revisions/" + rev)
+            self.assertEqual(status, 200, r)
+            if r["status"] in ("succeeded", "failed"):
+                return r
+            if time.monotonic() > deadline:
+                raise AssertionError("revision %s still %s after %d s: %r"
+                                     % (rev, r["status"], timeout, r))
+            time.sleep(0.05)
+
+    def logs(self, rev):
+        """The messages of a finished revision's build log (its SSE replay)."""
+        sse = SSE(self.gw, "/api/v2/revisions/%s/build_logs" % rev)
+        try:
+            return [ev["message"] for _, ev in sse.events()]
+        finally:
+            sse.close()
+
+
+class TestShutdown(AgentCase):
+    def test_stop_while_the_upload_end_waits_for_credit(self):
+        # The revision's sandbox (the second connection) grants a window of one byte and no
+        # credit after it: the whole archive and its end stay queued in libsbx. A SIGTERM then
+        # frees the job before the link ends; the link's end must not hand the queued upload's
+        # cancel to the freed job (MALLOC_PERTURB_ makes that a crash without a sanitizer).
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "pack.create":
+                pack_answer(c, m, archive=os.urandom(100000))
+            elif m[0] == 0 and m[2] == "transfer.upload_tree":
+                c.answer(m, {"stream": c.new_sid()})
+
+        env = dict(os.environ, MALLOC_PERTURB_="165")
+        self.start(handler, window=lambda n: 1 if n >= 2 else 1 << 20, env=env)
+        rev = self.deploy()
+        # One byte went out on the upload stream: the rest and the end are queued.
+        self.agent.wait(lambda: [m for c in self.agent.conns if c.n >= 2 for m in c.got
+                                 if m[0] == 3], "a data message on the upload stream")
+        status, r = http(self.gw, "GET", "/api/v2/revisions/" + rev)
+        self.assertEqual(r["status"], "building", r)
+        rc, log = self.stop_gateway()
+        self.assertIn(rc, (0, -15), "sbx-gateway exit status %s:\n%s" % (rc, log[-4000:]))
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            self.assertNotIn(bad, log)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
