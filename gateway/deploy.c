@@ -230,20 +230,6 @@ static const char *spec_str(const struct rev *r, const char *key)
     return json_string_value(json_object_get(r->spec, key));
 }
 
-static void respond_error(struct gw_http_conn *hc, int status, const char *code, const char *fmt,
-                          ...) __attribute__((format(printf, 4, 5)));
-static void respond_error(struct gw_http_conn *hc, int status, const char *code, const char *fmt,
-                          ...)
-{
-    char msg[1024];
-    va_list ap;
-
-    va_start(ap, fmt);
-    (void)vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    gw_http_respond_json(hc, status, NULL, json_pack("{s:s, s:s}", "code", code, "message", msg));
-}
-
 /* --- logs ---------------------------------------------------------------------------------- */
 
 static void rev_save(struct rev *r);
@@ -821,13 +807,13 @@ static void watch(struct rev *r, struct gw_http_conn *hc, const struct gw_http_r
     struct watcher *w;
 
     if (r->nwatchers >= WATCHERS_MAX) {
-        respond_error(hc, 429, "TOO_MANY_REQUESTS", "revision %s: more than %d clients stream it",
+        gw_rest_error(hc, 429, "TOO_MANY_REQUESTS", "revision %s: more than %d clients stream it",
                       r->id, WATCHERS_MAX);
         return;
     }
     w = calloc(1, sizeof(*w));
     if (w == NULL) {
-        respond_error(hc, 500, "INTERNAL", "out of memory");
+        gw_rest_error(hc, 500, "INTERNAL", "out of memory");
         return;
     }
     w->r = r;
@@ -2187,28 +2173,28 @@ void gw_rest_deploy(struct gw *g, struct gw_http_conn *hc, const struct gw_http_
     json_error_t jerr;
 
     if (d == NULL || d->stopping) {
-        respond_error(hc, 503, "UNAVAILABLE", "sbx-gateway is stopping");
+        gw_rest_error(hc, 503, "UNAVAILABLE", "sbx-gateway is stopping");
         return;
     }
     json_t *body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (body == NULL) {
-        respond_error(hc, 400, "BAD_REQUEST", "the body is not JSON: %s", jerr.text);
+        gw_rest_error(hc, 400, "BAD_REQUEST", "the body is not JSON: %s", jerr.text);
         return;
     }
     json_t *spec = parse_body(g, body, why, sizeof why);
     json_decref(body);
     if (spec == NULL) {
-        respond_error(hc, 400, "BAD_REQUEST", "deploy: %s", why);
+        gw_rest_error(hc, 400, "BAD_REQUEST", "deploy: %s", why);
         return;
     }
     if (sb->state != GW_SB_READY) {
         json_decref(spec);
-        respond_error(hc, 409, "SANDBOX_NOT_RUNNING", "sandbox %s is not running", sb->id);
+        gw_rest_error(hc, 409, "SANDBOX_NOT_RUNNING", "sandbox %s is not running", sb->id);
         return;
     }
     if (d->nrevs >= REVS_MAX || d->njobs >= JOBS_MAX) {
         json_decref(spec);
-        respond_error(hc, 429, "TOO_MANY_REVISIONS",
+        gw_rest_error(hc, 429, "TOO_MANY_REVISIONS",
                       d->njobs >= JOBS_MAX ? "%d deploys are running already; try again later"
                                            : "this gateway keeps %d revisions already; remove "
                                              "old ones from its data dir's revisions/",
@@ -2218,20 +2204,20 @@ void gw_rest_deploy(struct gw *g, struct gw_http_conn *hc, const struct gw_http_
     do {
         if (gw_random_chars(id, REV_ID_LEN, GW_ID_ALPHABET) < 0) {
             json_decref(spec);
-            respond_error(hc, 500, "INTERNAL", "getrandom: %s", strerror(errno));
+            gw_rest_error(hc, 500, "INTERNAL", "getrandom: %s", strerror(errno));
             return;
         }
     } while (rev_find(d, id) != NULL);
     (void)snprintf(dir, sizeof dir, "%s/%s", d->dir, id);
     if (mkdir(dir, 0700) < 0) {
         json_decref(spec);
-        respond_error(hc, 500, "INTERNAL", "%s: %s", dir, strerror(errno));
+        gw_rest_error(hc, 500, "INTERNAL", "%s: %s", dir, strerror(errno));
         return;
     }
     struct rev *r = rev_new(d, id);
     if (r == NULL) {
         json_decref(spec);
-        respond_error(hc, 500, "INTERNAL", "out of memory");
+        gw_rest_error(hc, 500, "INTERNAL", "out of memory");
         return;
     }
     r->spec = spec;
@@ -2255,7 +2241,7 @@ void gw_rest_revision(struct gw *g, struct gw_http_conn *hc, const struct gw_htt
     struct rev *r = d != NULL && id_valid(rev) ? rev_find(d, rev) : NULL;
 
     if (r == NULL) {
-        respond_error(hc, 404, "REVISION_NOT_FOUND", "revision %.64s not found", rev);
+        gw_rest_error(hc, 404, "REVISION_NOT_FOUND", "revision %.64s not found", rev);
         return;
     }
     if (what[0] == '\0') {
@@ -2267,7 +2253,7 @@ void gw_rest_revision(struct gw *g, struct gw_http_conn *hc, const struct gw_htt
     } else if (strcmp(what, "build_logs") == 0) {
         watch(r, hc, req, false);
     } else {
-        respond_error(hc, 404, "NOT_FOUND", "no such route");
+        gw_rest_error(hc, 404, "NOT_FOUND", "no such route");
     }
 }
 

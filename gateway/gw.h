@@ -392,6 +392,17 @@ const struct gw_method *gw_method_find(const char *name);
  * agent connection (the Python SDK's `env`). */
 void gw_methods_session_ready(struct gw_session *s);
 
+/* The body of a REST error answer, {code, message}: the message formatted as printf does (at
+ * most 1023 bytes), invalid UTF-8 in it replaced by U+FFFD (it may quote the request, an agent or
+ * a console log). NULL only when out of memory (gw_http_respond_json then answers 500). */
+__attribute__((format(printf, 2, 3))) json_t *gw_error_body(const char *code, const char *fmt, ...);
+
+/* Answer the REST request of @hc with @status and gw_error_body: the error answer of rest.c and
+ * of the services it hands requests to (deploy, ingress, ssh). A macro, so that the answer goes
+ * through the gw_http_respond_json of the file that uses it (fuzz targets stand in for that). */
+#define gw_rest_error(hc, status, code, ...)                                                       \
+    gw_http_respond_json((hc), (status), NULL, gw_error_body((code), __VA_ARGS__))
+
 /* --- services beside the SDK's WebSocket: each starts after the API listener (main.c) and stops
  * on SIGINT/SIGTERM before the sandboxes are shut down; a REST route of rest.c hands it a request
  * for a sandbox that exists (any state: the service answers for states it cannot serve) ------ */

@@ -2224,10 +2224,9 @@ void gw_rest_expose_http(struct gw *g, struct gw_http_conn *hc, const struct gw_
     int64_t port = 0, pid = -1;
 
     if (g->ingress == NULL) {
-        gw_http_respond_json(hc, 503, NULL,
-                             json_pack("{s:s, s:s}", "code", "HTTP_INGRESS_DISABLED", "message",
-                                       "expose/http needs the HTTP ingress: start sbx-gateway "
-                                       "with --http-listen HOST:PORT"));
+        gw_rest_error(
+            hc, 503, "HTTP_INGRESS_DISABLED",
+            "expose/http needs the HTTP ingress: start sbx-gateway with --http-listen HOST:PORT");
         return;
     }
     if (req->body_len > 0) {
@@ -2236,19 +2235,16 @@ void gw_rest_expose_http(struct gw *g, struct gw_http_conn *hc, const struct gw_
         body = json_loadb(req->body, req->body_len, 0, &jerr);
         if (!json_is_object(body)) {
             json_decref(body);
-            gw_http_respond_json(hc, 400, NULL,
-                                 json_pack("{s:s, s:s}", "code", "INVALID_REQUEST", "message",
-                                           "the body must be a JSON object ({}, or the Python "
-                                           "SDK's {port} / {pid})"));
+            gw_rest_error(
+                hc, 400, "INVALID_REQUEST",
+                "the body must be a JSON object ({}, or the Python SDK's {port} / {pid})");
             return;
         }
         /* The Python SDK sends the target here: map at once. */
         if (json_object_get(body, "port") != NULL && !json_is_null(json_object_get(body, "port")) &&
             (gw_json_int64(json_object_get(body, "port"), &port) < 0 || port < 1 || port > 65535)) {
             json_decref(body);
-            gw_http_respond_json(hc, 400, NULL,
-                                 json_pack("{s:s, s:s}", "code", "INVALID_REQUEST", "message",
-                                           "port must be an integer in 1..65535"));
+            gw_rest_error(hc, 400, "INVALID_REQUEST", "port must be an integer in 1..65535");
             return;
         }
         if (port == 0 && json_object_get(body, "pid") != NULL &&
@@ -2256,9 +2252,7 @@ void gw_rest_expose_http(struct gw *g, struct gw_http_conn *hc, const struct gw_
             (gw_json_int64(json_object_get(body, "pid"), &pid) < 0 || pid < 0 ||
              pid > (int64_t)UINT32_MAX)) {
             json_decref(body);
-            gw_http_respond_json(hc, 400, NULL,
-                                 json_pack("{s:s, s:s}", "code", "INVALID_REQUEST", "message",
-                                           "pid must be a process id"));
+            gw_rest_error(hc, 400, "INVALID_REQUEST", "pid must be a process id");
             return;
         }
         json_decref(body);
@@ -2267,8 +2261,7 @@ void gw_rest_expose_http(struct gw *g, struct gw_http_conn *hc, const struct gw_
         ((port > 0 || pid >= 0) &&
          gw_expose_map(sb, domain, (uint16_t)port, pid >= 0 ? (uint32_t)pid : 0, why, sizeof(why)) <
              0)) {
-        gw_http_respond_json(hc, 503, NULL,
-                             json_pack("{s:s, s:s}", "code", "EXPOSE_FAILED", "message", why));
+        gw_rest_error(hc, 503, "EXPOSE_FAILED", "%s", why);
         return;
     }
     if (!g->opt.quiet) {

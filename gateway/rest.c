@@ -35,10 +35,7 @@ struct route {
     route_fn fn;
 };
 
-static void reply_err(struct gw_http_conn *hc, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void reply_err(struct gw_http_conn *hc, int status, const char *code, const char *fmt, ...)
+json_t *gw_error_body(const char *code, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
@@ -47,18 +44,12 @@ static void reply_err(struct gw_http_conn *hc, int status, const char *code, con
     int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     if (n < 0) {
-        msg[0] = '\0';
+        n = 0;
     }
-    json_t *body = json_pack("{s:s, s:s}", "code", code, "message", msg);
-    if (body == NULL) {
-        /* A message that is not UTF-8 (it quotes a console log): send the code alone. */
-        body = json_pack("{s:s, s:s}", "code", code, "message", "(message not valid UTF-8)");
-    }
-    if (body == NULL) {
-        gw_http_respond(hc, 500, NULL, "", 0);
-        return;
-    }
-    gw_http_respond_json(hc, status, NULL, body);
+    /* The message may quote what the request, an agent or a console log held, or cut a UTF-8
+     * sequence with a precision: decoded lossily, so that json_pack never refuses it. */
+    json_t *m = gw_fs_json_lossy(msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    return m != NULL ? json_pack("{s:s, s:o}", "code", code, "message", m) : NULL;
 }
 
 int gw_sandbox_id_valid(const char *id)
@@ -88,8 +79,8 @@ static struct gw_sandbox *path_sandbox(struct route_ctx *c, bool live_only)
     struct gw_sandbox *sb = gw_sandbox_id_valid(c->id) ? gw_sandbox_find(c->g, c->id) : NULL;
 
     if (sb == NULL || (live_only && (sb->state == GW_SB_GONE || sb->state == GW_SB_STOPPING))) {
-        reply_err(c->hc, 404, "SANDBOX_NOT_FOUND", "sandbox %.40s not found%s%s", c->id,
-                  sb != NULL ? ": " : "", sb != NULL ? sb->why : "");
+        gw_rest_error(c->hc, 404, "SANDBOX_NOT_FOUND", "sandbox %.40s not found%s%s", c->id,
+                      sb != NULL ? ": " : "", sb != NULL ? sb->why : "");
         return NULL;
     }
     return sb;
@@ -106,8 +97,8 @@ struct ws_wait {
 static void ws_start(struct gw_sandbox *sb, struct gw_http_conn *hc, bool create)
 {
     if (sb->state != GW_SB_READY) {
-        reply_err(hc, 502, "SANDBOX_BOOT_FAILED", "sandbox %s did not start: %s", sb->id,
-                  sb->why[0] ? sb->why : "it was stopped");
+        gw_rest_error(hc, 502, "SANDBOX_BOOT_FAILED", "sandbox %s did not start: %s", sb->id,
+                      sb->why[0] ? sb->why : "it was stopped");
         if (create) {
             gw_sandbox_kill(sb, "its creating request failed");
         }
@@ -147,7 +138,7 @@ static void ws_wait_or_start(struct gw_sandbox *sb, struct gw_http_conn *hc, boo
     }
     struct ws_wait *w = calloc(1, sizeof *w);
     if (w == NULL) {
-        reply_err(hc, 500, "INTERNAL", "out of memory");
+        gw_rest_error(hc, 500, "INTERNAL", "out of memory");
         if (create) {
             gw_sandbox_kill(sb, "out of memory");
         }
@@ -211,13 +202,13 @@ static void route_create(struct route_ctx *c)
     const char *code = "INVALID_CONFIG";
 
     if (gw_config_decode(hdr, &config, why, sizeof why) < 0) {
-        reply_err(c->hc, 400, "INVALID_CONFIG", "%s", why);
+        gw_rest_error(c->hc, 400, "INVALID_CONFIG", "%s", why);
         return;
     }
     struct gw_sandbox *sb = gw_sandbox_create_ex(c->g, config, &status, &code, why, sizeof why);
     json_decref(config);
     if (sb == NULL) {
-        reply_err(c->hc, status, code, "%s", why);
+        gw_rest_error(c->hc, status, code, "%s", why);
         return;
     }
     ws_wait_or_start(sb, c->hc, true);
@@ -261,14 +252,14 @@ static void route_extend(struct route_ctx *c)
     int64_t at;
     if (gw_json_int64(v, &at) < 0) {
         json_decref(body);
-        reply_err(c->hc, 400, "INVALID_TIMEOUT",
-                  "the body must be {\"stop_at_ms\": <whole number of ms>}");
+        gw_rest_error(c->hc, 400, "INVALID_TIMEOUT",
+                      "the body must be {\"stop_at_ms\": <whole number of ms>}");
         return;
     }
     json_decref(body);
     int64_t now_at = gw_sandbox_extend(sb, at, why, sizeof why);
     if (now_at < 0) {
-        reply_err(c->hc, 400, "INVALID_TIMEOUT", "%s", why);
+        gw_rest_error(c->hc, 400, "INVALID_TIMEOUT", "%s", why);
         return;
     }
     gw_http_respond_json(c->hc, 200, NULL, json_pack("{s:I}", "stop_at_ms", (json_int_t)now_at));
@@ -349,12 +340,12 @@ static void route_list(struct route_ctx *c)
     size_t nf = 0;
 
     if (parse_filters(c->req->query, f, &nf) < 0) {
-        reply_err(c->hc, 400, "INVALID_QUERY", "bad or too many labels[key]=value filters");
+        gw_rest_error(c->hc, 400, "INVALID_QUERY", "bad or too many labels[key]=value filters");
         return;
     }
     json_t *arr = json_array();
     if (arr == NULL) {
-        reply_err(c->hc, 500, "INTERNAL", "out of memory");
+        gw_rest_error(c->hc, 500, "INTERNAL", "out of memory");
         return;
     }
     for (struct gw_sandbox *sb = c->g->sandboxes; sb != NULL; sb = sb->next) {
@@ -365,7 +356,7 @@ static void route_list(struct route_ctx *c)
         }
         if (match && json_array_append_new(arr, gw_sandbox_json(sb)) < 0) {
             json_decref(arr);
-            reply_err(c->hc, 500, "INTERNAL", "out of memory");
+            gw_rest_error(c->hc, 500, "INTERNAL", "out of memory");
             return;
         }
     }
@@ -374,8 +365,8 @@ static void route_list(struct route_ctx *c)
 
 static void route_not_supported(struct route_ctx *c)
 {
-    reply_err(c->hc, 501, "NOT_SUPPORTED",
-              "expose/vscode is not supported: sbx-gateway's images carry no VS Code server");
+    gw_rest_error(c->hc, 501, "NOT_SUPPORTED",
+                  "expose/vscode is not supported: sbx-gateway's images carry no VS Code server");
 }
 
 static void route_expose_http(struct route_ctx *c)
@@ -473,9 +464,9 @@ void gw_rest_handle(struct gw_http_conn *hc, const struct gw_http_req *req, void
     char id[64] = "";
 
     if (!authorized(g, req)) {
-        reply_err(hc, 401, "INVALID_TOKEN",
-                  "missing or wrong token (send authorization: Bearer <the token sbx-gateway "
-                  "printed>)");
+        gw_rest_error(hc, 401, "INVALID_TOKEN",
+                      "missing or wrong token (send authorization: Bearer <the token sbx-gateway "
+                      "printed>)");
         return;
     }
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
@@ -484,13 +475,13 @@ void gw_rest_handle(struct gw_http_conn *hc, const struct gw_http_req *req, void
             continue;
         }
         if (r->websocket != req->websocket) {
-            reply_err(hc, 400, "BAD_REQUEST", "%s %s %s", req->method, req->path,
-                      r->websocket ? "needs a WebSocket upgrade" : "is not a WebSocket route");
+            gw_rest_error(hc, 400, "BAD_REQUEST", "%s %s %s", req->method, req->path,
+                          r->websocket ? "needs a WebSocket upgrade" : "is not a WebSocket route");
             return;
         }
         struct route_ctx c = { .g = g, .hc = hc, .req = req, .id = id };
         r->fn(&c);
         return;
     }
-    reply_err(hc, 404, "NOT_FOUND", "no route for %s %.200s", req->method, req->path);
+    gw_rest_error(hc, 404, "NOT_FOUND", "no route for %s %.200s", req->method, req->path);
 }

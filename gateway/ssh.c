@@ -2034,10 +2034,9 @@ void gw_rest_expose_ssh(struct gw *g, struct gw_http_conn *hc, const struct gw_h
     unsigned mine = 0;
 
     if (srv == NULL) {
-        gw_http_respond_json(hc, 503, NULL,
-                             json_pack("{s:s, s:s}", "code", "SSH_NOT_ENABLED", "message",
-                                       "SSH access is not enabled on this gateway (start "
-                                       "sbx-gateway with --ssh-listen HOST:PORT)"));
+        gw_rest_error(hc, 503, "SSH_NOT_ENABLED",
+                      "SSH access is not enabled on this gateway (start sbx-gateway with "
+                      "--ssh-listen HOST:PORT)");
         return;
     }
     if (req->body_len > 0) {
@@ -2046,16 +2045,12 @@ void gw_rest_expose_ssh(struct gw *g, struct gw_http_conn *hc, const struct gw_h
 
         json_decref(body);
         if (!ok) {
-            gw_http_respond_json(hc, 400, NULL,
-                                 json_pack("{s:s, s:s}", "code", "INVALID_REQUEST", "message",
-                                           "the body must be a JSON object ({})"));
+            gw_rest_error(hc, 400, "INVALID_REQUEST", "the body must be a JSON object ({})");
             return;
         }
     }
     if (sb->state != GW_SB_BOOTING && sb->state != GW_SB_READY) {
-        gw_http_respond_json(hc, 404, NULL,
-                             json_pack("{s:s, s:s}", "code", "SANDBOX_NOT_FOUND", "message",
-                                       "the sandbox is not running"));
+        gw_rest_error(hc, 404, "SANDBOX_NOT_FOUND", "the sandbox is not running");
         return;
     }
     (void)grants_prune(srv);
@@ -2071,9 +2066,7 @@ void gw_rest_expose_ssh(struct gw *g, struct gw_http_conn *hc, const struct gw_h
     gr = calloc(1, sizeof(*gr));
     if (gr == NULL || gw_random_chars(gr->user, SSH_USER_LEN, SSH_USER_ALPHABET) < 0) {
         free(gr);
-        gw_http_respond_json(hc, 500, NULL,
-                             json_pack("{s:s, s:s}", "code", "INTERNAL_SERVER_ERROR", "message",
-                                       "cannot mint a user name"));
+        gw_rest_error(hc, 500, "INTERNAL_SERVER_ERROR", "cannot mint a user name");
         return;
     }
     (void)snprintf(gr->sandbox, sizeof gr->sandbox, "%s", sb->id);

@@ -274,5 +274,24 @@ class TestShutdown(AgentCase):
             self.assertNotIn(bad, log)
 
 
+
+class TestRequests(AgentCase):
+    def test_revision_ids_that_are_not_utf8(self):
+        # The router decodes %XX; the 404 quotes the id, which json_pack refused as invalid
+        # UTF-8 (a 500 with an empty body). It is answered 404, the bad bytes as U+FFFD.
+        self.start(lambda c, m: None)
+        for rev in ("%C3", "%FF%FEabc", "a" * 62 + "%C3"):
+            for what in ("", "/progress", "/timelines", "/build_logs"):
+                status, j = http(self.gw, "GET", "/api/v2/revisions/" + rev + what)
+                self.assertEqual(status, 404, (rev, what, j))
+                self.assertEqual(j["code"], "REVISION_NOT_FOUND", j)
+                self.assertIn("\ufffd", j["message"], j)
+        # A body that is not UTF-8: 400 naming what is wrong.
+        status, j = http(self.gw, "POST", "/api/v2/sandboxes/%s/deploy" % SBID,
+                         raw=b'{"app": "x\xff"}')
+        self.assertEqual(status, 400, j)
+        self.assertEqual(j["code"], "BAD_REQUEST", j)
+        self.assertIn("not JSON", j["message"])
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
