@@ -55,6 +55,7 @@
 #define LOG_LINES_MAX      50000        /* BuildLogs of command output per revision ... */
 #define LOG_BYTES_MAX      (16u << 20)  /* ... and their bytes in revision.json; beyond: one line */
 #define LOG_LINE_MAX       4096         /* a longer output line is split */
+#define GW_LINES_MAX       1000         /* the gateway's own BuildLogs per revision (log_kind) */
 #define ARCHIVE_MAX        (2ull << 30) /* bytes of one archive */
 #define MANIFEST_FILES     200000       /* manifest entries kept */
 #define STR_MAX            4096         /* a path, an entrypoint, one argument */
@@ -122,6 +123,8 @@ struct rev {
     json_t *logs;                /* array of BuildLog */
     size_t out_lines, out_bytes; /* command output logged (the caps) */
     bool out_truncated;
+    size_t gw_lines; /* the gateway's own lines logged (GW_LINES_MAX) */
+    bool gw_truncated;
     char domain[GW_DOMAIN_MAX + 1]; /* succeeded: where the app is exposed */
     char run_sandbox[32];           /* the sandbox running it */
     uint32_t run_pid;               /* its agent process id */
@@ -173,7 +176,7 @@ struct job {
     int fd;
     uint64_t arch_bytes;
     json_t *manifest;
-    char last_phase[16];
+    bool logged_build, logged_scan; /* the pack.progress phases logged (on_progress) */
     /* boot */
     struct gw_sandbox *rsb;
     bool waiting;
@@ -270,21 +273,39 @@ static size_t json_cost(const json_t *m)
     return cost;
 }
 
-/* Append a BuildLog of @len bytes at @msg (decoded lossily) to @r. @output: a line of command
- * output (counted against the caps by what it costs in revision.json, so that a revision that
- * hit them still loads at the next start, REV_FILE_MAX; the gateway's own lines are not). */
-static void log_add(struct rev *r, const char *level, const char *msg, size_t len, bool output)
+/* What a BuildLog line is, for the caps that keep revision.json loadable at the next start
+ * (REV_FILE_MAX). The gateway writes a handful of lines of its own per stage; GW_LINES_MAX bounds
+ * what an agent could still make it write (each line at most 2 KiB, 12 KiB stored), so that
+ * with the output caps a revision.json stays far below REV_FILE_MAX. */
+enum log_kind {
+    LOG_OUTPUT,  /* command output: LOG_LINES_MAX lines, LOG_BYTES_MAX as stored */
+    LOG_GATEWAY, /* the gateway's own lines: GW_LINES_MAX (an agent can make some of them) */
+    LOG_FINAL,   /* a revision's last word (why it failed, where it serves) and the notes of a
+                    cap: a bounded number per revision by construction, never dropped */
+};
+
+/* Append a BuildLog of @len bytes at @msg (decoded lossily) to @r, unless the cap of @kind was
+ * reached (one line then says so). Output is counted by what it costs in revision.json. */
+static void log_add(struct rev *r, const char *level, const char *msg, size_t len,
+                    enum log_kind kind)
 {
     char t[40];
 
-    if (output && r->out_truncated) {
+    if ((kind == LOG_OUTPUT && r->out_truncated) || (kind == LOG_GATEWAY && r->gw_truncated)) {
+        return;
+    }
+    if (kind == LOG_GATEWAY && r->gw_lines >= GW_LINES_MAX) {
+        static const char cut[] = "(the build log keeps at most 1000 lines of sbx-gateway's own; "
+                                  "later ones are left out)";
+        r->gw_truncated = true;
+        log_add(r, "info", cut, sizeof cut - 1, LOG_FINAL);
         return;
     }
     json_t *m = gw_fs_json_lossy(msg, len);
     if (m == NULL) {
         return; /* out of memory: the line is lost */
     }
-    if (output) {
+    if (kind == LOG_OUTPUT) {
         size_t cost = json_cost(m);
 
         if (r->out_lines >= LOG_LINES_MAX || r->out_bytes + cost > LOG_BYTES_MAX) {
@@ -292,11 +313,13 @@ static void log_add(struct rev *r, const char *level, const char *msg, size_t le
             r->out_truncated = true;
             static const char cut[] = "(output truncated: the build log keeps at most 50000 "
                                       "lines and 16 MiB of command output)";
-            log_add(r, "info", cut, sizeof cut - 1, false);
+            log_add(r, "info", cut, sizeof cut - 1, LOG_FINAL);
             return;
         }
         r->out_lines++;
         r->out_bytes += cost;
+    } else if (kind == LOG_GATEWAY) {
+        r->gw_lines++;
     }
     iso(gw_now_ms(), t);
     json_t *e = json_pack("{s:s, s:s, s:o, s:s}", "timestamp", t, "level", level, "message", m,
@@ -313,9 +336,10 @@ static void log_add(struct rev *r, const char *level, const char *msg, size_t le
     watchers_pump(r);
 }
 
-static void logf_(struct rev *r, const char *level, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void logf_(struct rev *r, const char *level, const char *fmt, ...)
+/* A formatted line of @kind (at most 2 KiB). */
+static void logk(struct rev *r, enum log_kind kind, const char *level, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void logk(struct rev *r, enum log_kind kind, const char *level, const char *fmt, ...)
 {
     char msg[2048];
     va_list ap;
@@ -326,8 +350,12 @@ static void logf_(struct rev *r, const char *level, const char *fmt, ...)
     if (n < 0) {
         return;
     }
-    log_add(r, level, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1, false);
+    log_add(r, level, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1, kind);
 }
+
+/* A line of the gateway's own; the revision's last line (once, when it finishes). */
+#define logf_(r, level, ...)     logk(r, LOG_GATEWAY, level, __VA_ARGS__)
+#define log_final(r, level, ...) logk(r, LOG_FINAL, level, __VA_ARGS__)
 
 /* Split @len bytes of command output into lines (a line longer than LOG_LINE_MAX is split). */
 static void lines_feed(struct rev *r, struct linebuf *lb, const uint8_t *data, size_t len)
@@ -342,7 +370,7 @@ static void lines_feed(struct rev *r, struct linebuf *lb, const uint8_t *data, s
             if (ch == '\n' && n > 0 && lb->buf[n - 1] == '\r') {
                 n--;
             }
-            log_add(r, "info", lb->buf, n, true);
+            log_add(r, "info", lb->buf, n, LOG_OUTPUT);
             lb->len = 0;
             if (ch == '\n') {
                 continue;
@@ -355,7 +383,7 @@ static void lines_feed(struct rev *r, struct linebuf *lb, const uint8_t *data, s
 static void lines_flush(struct rev *r, struct linebuf *lb)
 {
     if (lb->len > 0) {
-        log_add(r, "info", lb->buf, lb->len, true);
+        log_add(r, "info", lb->buf, lb->len, LOG_OUTPUT);
         lb->len = 0;
     }
 }
@@ -692,7 +720,7 @@ static void rev_load(struct gw_deploy *d, const char *id)
         r->finished_ms = now;
         (void)snprintf(r->error, sizeof r->error,
                        "the build was interrupted: sbx-gateway stopped while it ran");
-        logf_(r, "error", "%s", r->error);
+        log_final(r, "error", "%s", r->error);
         rev_save(r);
     }
 }
@@ -1015,7 +1043,7 @@ static void job_fail(struct job *j, const char *fmt, ...)
     va_end(ap);
     lines_flush(r, &j->lb_out);
     lines_flush(r, &j->lb_err);
-    logf_(r, "error", "%s", r->error);
+    log_final(r, "error", "%s", r->error);
     if (!r->d->g->opt.quiet) {
         gw_log("revision %s: failed: %s", r->id, r->error);
     }
@@ -1043,7 +1071,7 @@ static void job_succeed(struct job *j)
 
     lines_flush(r, &j->lb_out);
     lines_flush(r, &j->lb_err);
-    logf_(r, "info", "the app serves HTTP at %s", j->url);
+    log_final(r, "info", "the app serves HTTP at %s", j->url);
     stage_end(r, ST_DEPLOYING, SS_SUCCEEDED);
     r->status = R_SUCCEEDED;
     r->finished_ms = gw_now_ms();
@@ -1336,20 +1364,21 @@ static void on_manifest(struct job *j, const msgpack_object *p)
     }
 }
 
+/* A pack.progress note: the build's exit and the start of the scan are logged, each once (an
+ * agent that alternated phases would otherwise add a line per note). */
 static void on_progress(struct job *j, const msgpack_object *p)
 {
     struct rev *r = j->r;
     char phase[16];
 
     /* A hostile agent may leave phase out: sbx_obj_cstr takes a missing field as absent. */
-    if (sbx_obj_cstr(sbx_obj_get(p, "phase"), phase, sizeof phase) < 0 ||
-        strcmp(phase, j->last_phase) == 0) {
+    if (sbx_obj_cstr(sbx_obj_get(p, "phase"), phase, sizeof phase) < 0) {
         return;
     }
-    (void)snprintf(j->last_phase, sizeof j->last_phase, "%s", phase);
-    if (strcmp(phase, "build") == 0) {
+    if (strcmp(phase, "build") == 0 && !j->logged_build) {
         struct sbx_exit x;
         const msgpack_object *e = sbx_obj_get(p, "exit");
+        j->logged_build = true;
         lines_flush(r, &j->lb_out);
         lines_flush(r, &j->lb_err);
         if (e != NULL && sbx_exit_read(e, &x, &(struct sbx_err){ 0 }) == 0) {
@@ -1357,7 +1386,8 @@ static void on_progress(struct job *j, const msgpack_object *p)
                   x.exited ? "exit status" : "signal", x.exited ? x.code : x.signo,
                   x.timed_out ? " (timed out)" : "");
         }
-    } else if (strcmp(phase, "scan") == 0) {
+    } else if (strcmp(phase, "scan") == 0 && !j->logged_scan) {
+        j->logged_scan = true;
         logf_(r, "info", "packaging %s", spec_str(r, "root"));
     }
 }
@@ -1370,7 +1400,9 @@ static void lu_event(struct gw_link_user *u, const struct sbx_event *ev)
         return;
     }
     if (ev->kind == SBX_EV_EXIT) {
-        if (j->proc_id != 0 && ev->r.exit.id == j->proc_id &&
+        /* One exit per process: an agent that repeats proc.exit (while the output streams are
+         * still open, so the job goes on) would otherwise log "the app exited" each time. */
+        if (j->proc_id != 0 && ev->r.exit.id == j->proc_id && !j->exited &&
             (j->phase == J_INSTALL || j->phase == J_RUN)) {
             j->exited = true;
             j->exit_status = sbx_exit_status(&ev->r.exit);
@@ -1876,7 +1908,7 @@ static void job_step(struct job *j)
             .args = json_array_size(args) > 0 ? av : NULL,
             .nargs = (uint32_t)json_array_size(args),
         };
-        j->last_phase[0] = '\0';
+        j->logged_build = j->logged_scan = false;
         if (sbx_pack_create(j->c, &pp, &j->req, NULL, &err) < 0) {
             job_fail(j, "cannot start pack.create: %s: %s", err.code, err.msg);
             return;

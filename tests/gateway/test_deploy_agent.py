@@ -275,6 +275,74 @@ class TestShutdown(AgentCase):
 
 
 
+def upload_and_spawn(c, m, on_spawn):
+    """The revision's sandbox as an agent that unpacks what it gets: upload_tree answered, its
+    transfer.done sent once the gateway ends the stream; proc.spawn answered with process 9 and
+    two output streams, then @on_spawn(c, stdout_sid, stderr_sid)."""
+    if m[0] == 0 and m[2] == "transfer.upload_tree":
+        c.up = c.new_sid()
+        c.answer(m, {"stream": c.up})
+    elif m[0] == 2 and m[1] == "stream.end" and m[2].get("stream") == getattr(c, "up", None):
+        c.notify("transfer.done", {"stream": c.up, "size": 1, "files": 1})
+    elif m[0] == 0 and m[2] == "proc.spawn":
+        out, err = c.new_sid(), c.new_sid()
+        c.answer(m, {"id": 9, "pid": 4242, "stdin": None, "stdout": out, "stderr": err})
+        on_spawn(c, out, err)
+
+
+class TestLogCaps(AgentCase):
+    def test_alternating_pack_phases_log_once(self):
+        # pack.progress is logged at a phase change; an agent that alternates phases made a
+        # line of every note (revision.json then grows past what the next start loads).
+        notes = []
+        for i in range(20000):
+            phase = ("scan", "build", "x")[i % 3]
+            p = {"id": 1, "phase": phase, "bytes": 0, "files": 0}
+            if phase == "build":
+                p["exit"] = exit_map(1)
+            notes.append(sbxwire.frame(sbxwire.pack([2, "pack.progress", p])))
+        flood = b"".join(notes)
+
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "pack.create":
+                sid = c.new_sid()
+                c.answer(m, {"id": 1, "archive": sid})
+                c.send_raw(flood)
+                c.notify("stream.end", {"stream": sid,
+                                        "error": {"code": "EIO", "message": "test ends here"}})
+
+        self.start(handler)
+        rev = self.deploy()
+        r = self.finished(rev)
+        self.assertIn("test ends here", r["error"])
+        msgs = self.logs(rev)
+        self.assertEqual(msgs.count("packaging /home/app"), 1, msgs[:20])
+        self.assertEqual(len([m for m in msgs if m.startswith("build command finished")]), 1,
+                         msgs[:20])
+        self.assertLess(len(msgs), 20, msgs[:20])
+
+    def test_repeated_exit_logs_once(self):
+        # The app "exits" 2000 times before its output ends: one line says so, not 2000.
+        def on_spawn(c, out, err):
+            c.send_raw(b"".join(sbxwire.frame(sbxwire.pack([2, "proc.exit", exit_map(9, 3)]))
+                                for _ in range(2000)))
+            c.notify("stream.end", {"stream": out})
+            c.notify("stream.end", {"stream": err})
+
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "pack.create":
+                pack_answer(c, m)
+            else:
+                upload_and_spawn(c, m, on_spawn)
+
+        self.start(handler)
+        rev = self.deploy()
+        r = self.finished(rev)
+        self.assertIn("exited before it served HTTP (exit status 3)", r["error"])
+        msgs = self.logs(rev)
+        self.assertEqual(msgs.count("the app exited: exit status 3"), 1, msgs[-10:])
+        self.assertLess(len(msgs), 20, msgs[:20])
+
 class TestRequests(AgentCase):
     def test_revision_ids_that_are_not_utf8(self):
         # The router decodes %XX; the 404 quotes the id, which json_pack refused as invalid
