@@ -57,7 +57,9 @@
 #define LOG_LINE_MAX       4096         /* a longer output line is split */
 #define GW_LINES_MAX       1000         /* the gateway's own BuildLogs per revision (log_kind) */
 #define ARCHIVE_MAX        (2ull << 30) /* bytes of one archive */
-#define MANIFEST_FILES     200000       /* manifest entries kept */
+#define MANIFEST_FILES     200000       /* manifest entries kept ... */
+#define MANIFEST_BYTES_MAX (64u << 20)  /* ... and their bytes (on_manifest); beyond: failed */
+#define MANIFEST_PER_FILE  64           /* bytes an entry costs beyond its strings */
 #define STR_MAX            4096         /* a path, an entrypoint, one argument */
 #define CMD_MAX            (16u << 10)  /* installCommand, buildCommand */
 #define ARGS_MAX           256          /* args entries */
@@ -176,6 +178,7 @@ struct job {
     int fd;
     uint64_t arch_bytes;
     json_t *manifest;
+    size_t manifest_bytes;          /* what its entries cost (MANIFEST_BYTES_MAX) */
     bool logged_build, logged_scan; /* the pack.progress phases logged (on_progress) */
     /* boot */
     struct gw_sandbox *rsb;
@@ -1297,18 +1300,6 @@ static void st_arch_fn(struct gw_link_stream *st, const struct sbx_event *ev)
     }
 }
 
-/* A msgpack str or bin as a JSON string (lossy UTF-8). */
-static json_t *mp_str(const msgpack_object *o)
-{
-    const char *p;
-    size_t n;
-
-    if (o == NULL || !sbx_obj_bytes(o, &p, &n)) {
-        return json_null();
-    }
-    return gw_fs_json_lossy(p, n);
-}
-
 /* A uint for the JSON records (json_int_t): 0 when absent, another type, or beyond INT64_MAX,
  * which the cast would make negative. */
 static uint64_t mp_u64(const msgpack_object *o)
@@ -1318,49 +1309,172 @@ static uint64_t mp_u64(const msgpack_object *o)
                : 0;
 }
 
+/*
+ * Field @key of a pack.manifest map @m as a JSON string (lossy UTF-8) into *@out, checked
+ * against PROTOCOL.md 19.5 before anything is kept: at most @max bytes as sent; with @hex,
+ * exactly 64 hex digits; with @one_of (NULL-terminated), one of those. An absent field is
+ * *@out NULL, an error when @required. 0, or -1 with what is wrong in @why.
+ */
+static int man_str(const msgpack_object *m, const char *key, bool required, size_t max, bool hex,
+                   const char *const *one_of, json_t **out, char *why, size_t whylen)
+{
+    const msgpack_object *o = sbx_obj_get(m, key);
+    const char *p;
+    size_t n;
+
+    *out = NULL;
+    if (o == NULL) {
+        if (required) {
+            (void)snprintf(why, whylen, "%s is missing", key);
+            return -1;
+        }
+        return 0;
+    }
+    if (!sbx_obj_bytes(o, &p, &n)) {
+        (void)snprintf(why, whylen, "%s is not a string", key);
+        return -1;
+    }
+    if (n > max) {
+        (void)snprintf(why, whylen, "%s is longer than %zu bytes", key, max);
+        return -1;
+    }
+    if (hex) {
+        size_t digits = 0;
+        while (digits < n && gw_hexval(p[digits]) >= 0) {
+            digits++;
+        }
+        if (n != 64 || digits != n) {
+            (void)snprintf(why, whylen, "%s is not 64 hex digits", key);
+            return -1;
+        }
+    }
+    bool known = one_of == NULL;
+    for (size_t i = 0; !known && one_of[i] != NULL; i++) {
+        known = strlen(one_of[i]) == n && memcmp(one_of[i], p, n) == 0;
+    }
+    if (!known) {
+        int w = snprintf(why, whylen, "%s is not one of", key);
+        for (size_t i = 0; one_of[i] != NULL && w > 0 && (size_t)w < whylen; i++) {
+            w += snprintf(why + w, whylen - (size_t)w, "%s \"%s\"", i == 0 ? "" : ",", one_of[i]);
+        }
+        return -1;
+    }
+    *out = gw_fs_json_lossy(p, n);
+    if (*out == NULL) {
+        (void)snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* One manifest entry @f (number @i) as JSON into *@out, and the bytes it costs. 0, or -1 with
+ * @why. */
+static int man_entry(const msgpack_object *f, size_t i, json_t **out, size_t *cost, char *why,
+                     size_t whylen)
+{
+    static const char *const types[] = { "file", "dir", "symlink", NULL };
+    json_t *path = NULL, *type = NULL, *sha = NULL, *target = NULL;
+    char what[160];
+
+    *out = NULL;
+    if (f->type != MSGPACK_OBJECT_MAP) {
+        (void)snprintf(why, whylen, "files entry %zu is not a map", i);
+        return -1;
+    }
+    if (man_str(f, "path", true, STR_MAX, false, NULL, &path, what, sizeof what) < 0 ||
+        man_str(f, "type", true, 16, false, types, &type, what, sizeof what) < 0 ||
+        man_str(f, "sha256", false, 64, true, NULL, &sha, what, sizeof what) < 0 ||
+        man_str(f, "target", false, STR_MAX, false, NULL, &target, what, sizeof what) < 0) {
+        json_decref(path);
+        json_decref(type);
+        json_decref(sha);
+        (void)snprintf(why, whylen, "files entry %zu: %s", i, what);
+        return -1;
+    }
+    *cost = MANIFEST_PER_FILE + json_string_length(path) + json_string_length(type) +
+            (sha != NULL ? 64 : 0) + (target != NULL ? json_string_length(target) : 0);
+    *out = json_pack("{s:o, s:o, s:I, s:I}", "path", path, "type", type, "size",
+                     (json_int_t)mp_u64(sbx_obj_get(f, "size")), "mode",
+                     /* permission bits only (PROTOCOL.md 19.5) */
+                     (json_int_t)(mp_u64(sbx_obj_get(f, "mode")) & 07777));
+    if (*out == NULL) {
+        json_decref(sha);
+        json_decref(target);
+        (void)snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    if (sha != NULL) {
+        (void)json_object_set_new(*out, "sha256", sha);
+    }
+    if (target != NULL) {
+        (void)json_object_set_new(*out, "target", target);
+    }
+    return 0;
+}
+
+/*
+ * A pack.manifest part: its entries joined into j->manifest (at most MANIFEST_FILES kept), the
+ * summary of the last part added. Each string is checked before it is kept (what breaks
+ * PROTOCOL.md 19.5 fails the job), and the entries are held to MANIFEST_BYTES_MAX, counted as
+ * their strings plus MANIFEST_PER_FILE each, about what they take in manifest.json: an agent
+ * could otherwise send parts without end. MANIFEST_FILES entries of 150-byte paths with a sha256
+ * cost 54 MiB.
+ */
 static void on_manifest(struct job *j, const msgpack_object *p)
 {
+    static const char *const formats[] = { "tar.gz", NULL };
     const msgpack_object *files = sbx_obj_get(p, "files");
     const msgpack_object *last = sbx_obj_get(p, "last");
+    char why[256];
 
     if (j->manifest == NULL && (j->manifest = json_pack("{s:[]}", "files")) == NULL) {
+        job_fail(j, "keeping the manifest: out of memory");
         return;
     }
     json_t *arr = json_object_get(j->manifest, "files");
     if (files != NULL && files->type == MSGPACK_OBJECT_ARRAY) {
         for (uint32_t i = 0; i < files->via.array.size; i++) {
-            const msgpack_object *f = &files->via.array.ptr[i];
-            if (json_array_size(arr) >= MANIFEST_FILES || f->type != MSGPACK_OBJECT_MAP) {
+            json_t *e;
+            size_t cost = 0;
+
+            if (json_array_size(arr) >= MANIFEST_FILES) {
                 break;
             }
-            json_t *e = json_pack("{s:o, s:o, s:I, s:I}", "path", mp_str(sbx_obj_get(f, "path")),
-                                  "type", mp_str(sbx_obj_get(f, "type")), "size",
-                                  (json_int_t)mp_u64(sbx_obj_get(f, "size")), "mode",
-                                  /* permission bits only (PROTOCOL.md 19.5) */
-                                  (json_int_t)(mp_u64(sbx_obj_get(f, "mode")) & 07777));
-            if (e == NULL) {
-                continue;
+            if (man_entry(&files->via.array.ptr[i], json_array_size(arr), &e, &cost, why,
+                          sizeof why) < 0) {
+                job_fail(j, "the agent's pack.manifest is malformed: %s", why);
+                return;
             }
-            if (sbx_obj_get(f, "sha256") != NULL) {
-                (void)json_object_set_new(e, "sha256", mp_str(sbx_obj_get(f, "sha256")));
+            j->manifest_bytes += cost;
+            if (j->manifest_bytes > MANIFEST_BYTES_MAX) {
+                json_decref(e);
+                job_fail(j, "the agent's pack.manifest is larger than %u MiB (%zu entries)",
+                         MANIFEST_BYTES_MAX >> 20, json_array_size(arr));
+                return;
             }
-            if (sbx_obj_get(f, "target") != NULL) {
-                (void)json_object_set_new(e, "target", mp_str(sbx_obj_get(f, "target")));
+            if (json_array_append_new(arr, e) < 0) {
+                job_fail(j, "keeping the manifest: out of memory");
+                return;
             }
-            (void)json_array_append_new(arr, e);
         }
     }
     if (last != NULL && last->type == MSGPACK_OBJECT_BOOLEAN && last->via.boolean) {
+        json_t *format = NULL, *sha = NULL;
+        if (man_str(p, "format", true, 16, false, formats, &format, why, sizeof why) < 0 ||
+            man_str(p, "archive_sha256", true, 64, true, NULL, &sha, why, sizeof why) < 0) {
+            json_decref(format);
+            job_fail(j, "the agent's pack.manifest is malformed: %s", why);
+            return;
+        }
         (void)json_object_set(j->manifest, "entrypoint", json_object_get(j->r->spec, "entrypoint"));
         (void)json_object_set(j->manifest, "args", json_object_get(j->r->spec, "args"));
-        (void)json_object_set_new(j->manifest, "format", mp_str(sbx_obj_get(p, "format")));
+        (void)json_object_set_new(j->manifest, "format", format);
         static const char *const nums[] = { "file_count", "total_size", "archive_size" };
         for (size_t i = 0; i < 3; i++) {
             (void)json_object_set_new(j->manifest, nums[i],
                                       json_integer((json_int_t)mp_u64(sbx_obj_get(p, nums[i]))));
         }
-        (void)json_object_set_new(j->manifest, "archive_sha256",
-                                  mp_str(sbx_obj_get(p, "archive_sha256")));
+        (void)json_object_set_new(j->manifest, "archive_sha256", sha);
     }
 }
 

@@ -174,9 +174,14 @@ def pack_answer(c, req, files=None, archive=b"\x1f\x8b fake archive", end=True):
                                "archive_sha256": hashlib.sha256(archive).hexdigest()})
     c.send([3, sid, archive])
     if end:
-        c.notify("pack.progress", {"id": job, "phase": "done", "bytes": 1, "files": 1})
-        c.notify("stream.end", {"stream": sid})
+        pack_answer_end(c, job, sid)
     return job, sid
+
+
+def pack_answer_end(c, job, sid):
+    """The end of pack job @job with archive stream @sid: done, then the stream's end."""
+    c.notify("pack.progress", {"id": job, "phase": "done", "bytes": 1, "files": 1})
+    c.notify("stream.end", {"stream": sid})
 
 
 # --- the cases -----------------------------------------------------------------------------------
@@ -342,6 +347,60 @@ class TestLogCaps(AgentCase):
         msgs = self.logs(rev)
         self.assertEqual(msgs.count("the app exited: exit status 3"), 1, msgs[-10:])
         self.assertLess(len(msgs), 20, msgs[:20])
+
+class TestManifest(AgentCase):
+    def manifest_fails(self, files_for, parts=1):
+        """Deploy once per entry of @files_for (a list of file lists, one pack.create each, sent
+        @parts times): the failed revisions, in order."""
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "pack.create":
+                files = files_for[len(self.agent.requests("pack.create")) - 1]
+                job, sid = len(self.agent.requests("pack.create")), c.new_sid()
+                c.answer(m, {"id": job, "archive": sid})
+                part = sbxwire.frame(sbxwire.pack([2, "pack.manifest", {
+                    "id": job, "part": 0, "last": False, "files": files}]))
+                c.send_raw(part * parts)
+                pack_answer_end(c, job, sid)
+
+        self.start(handler)
+        out = []
+        for _ in files_for:
+            r = self.finished(self.deploy())
+            self.assertEqual(r["status"], "failed", r)
+            out.append(r)
+        return out
+
+    def test_entry_strings_are_checked(self):
+        # Every string of an entry is checked (PROTOCOL.md 19.5) before it is kept; an invalid
+        # byte, which becomes a 3-byte U+FFFD, counts as the one byte sent. Entry 0 of each
+        # part is valid (a path of the most bytes allowed), entry 1 is not.
+        ok = {"path": "main.ts", "type": "file", "size": 1, "mode": 0o644, "sha256": "a" * 64}
+        cases = [
+            (dict(ok, path=b"\xff" * 4097), "files entry 1: path is longer than 4096 bytes"),
+            ({k: v for k, v in ok.items() if k != "path"}, "files entry 1: path is missing"),
+            (dict(ok, sha256="zz"), "files entry 1: sha256 is not 64 hex digits"),
+            (dict(ok, sha256="g" * 64), "files entry 1: sha256 is not 64 hex digits"),
+            (dict(ok, type="fifo"),
+             'files entry 1: type is not one of "file", "dir", "symlink"'),
+            (dict(ok, type="symlink", target="t" * 4097),
+             "files entry 1: target is longer than 4096 bytes"),
+            (dict(ok, path=5), "files entry 1: path is not a string"),
+        ]
+        revs = self.manifest_fails([[dict(ok, path=b"\xff" * 4096), e] for e, _ in cases])
+        for r, (_, want) in zip(revs, cases):
+            self.assertEqual(r["error"], "the agent's pack.manifest is malformed: " + want, r)
+            self.assertEqual(r["error"], self.logs(r["id"])[-1])
+            self.assertFalse(os.path.exists(os.path.join(self.gw.data, "revisions", r["id"],
+                                                         "manifest.json")))
+
+    def test_manifest_budget(self):
+        # Valid entries, 4000 bytes of invalid UTF-8 each (12000 kept): 64 MiB is reached in
+        # the sixth 1000-entry part (the old code kept all ten parts, 120 MB).
+        files = [{"path": b"\xff" * 3990 + b"%06d" % i, "type": "file", "size": 1,
+                  "mode": 0o644} for i in range(1000)]
+        r, = self.manifest_fails([files], parts=10)
+        self.assertRegex(r["error"], r"^the agent's pack\.manifest is larger than 64 MiB "
+                         r"\(5\d\d\d entries\)$")
 
 class TestRequests(AgentCase):
     def test_revision_ids_that_are_not_utf8(self):
