@@ -19,7 +19,7 @@
 /* GONE sandboxes stay listed this long, then leave memory and disk. */
 #define GW_GONE_KEEP_MS (60 * 60 * 1000)
 /* The longest timeout a sandbox may have (create and extend). */
-#define GW_TIMEOUT_MAX_MS (24 * 60 * 60 * 1000)
+#define GW_TIMEOUT_MAX_MS GW_DURATION_MAX_MS
 /* A state file read at start (they are small: config, labels, env). */
 #define GW_STATE_FILE_MAX (1u << 20)
 /* Lines of the console log quoted in boot failures and deaths. */

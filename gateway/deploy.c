@@ -190,6 +190,9 @@ struct job {
     /* run: probing through the ingress */
     uv_timer_t timer;
     bool timer_open;
+    /* the current stage's deadline (--deploy-stage-timeout) */
+    uv_timer_t deadline;
+    bool deadline_open;
     int64_t run_started_ms;
     struct probe *probe;
     char url[GW_DOMAIN_MAX + 64];
@@ -889,7 +892,8 @@ struct probe {
 
 static void job_maybe_free(struct job *j)
 {
-    if (j->r != NULL || j->pending > 0 || j->timer_open || j->probe != NULL || j->waiting) {
+    if (j->r != NULL || j->pending > 0 || j->timer_open || j->deadline_open || j->probe != NULL ||
+        j->waiting) {
         return;
     }
     json_decref(j->manifest);
@@ -902,7 +906,12 @@ static void job_maybe_free(struct job *j)
 static void timer_closed(uv_handle_t *h)
 {
     struct job *j = h->data;
-    j->timer_open = false;
+
+    if (h == (uv_handle_t *)&j->timer) {
+        j->timer_open = false;
+    } else {
+        j->deadline_open = false;
+    }
     job_maybe_free(j);
 }
 
@@ -1021,6 +1030,9 @@ static void job_release(struct job *j)
     if (j->timer_open && !uv_is_closing((uv_handle_t *)&j->timer)) {
         uv_close((uv_handle_t *)&j->timer, timer_closed);
     }
+    if (j->deadline_open && !uv_is_closing((uv_handle_t *)&j->deadline)) {
+        uv_close((uv_handle_t *)&j->deadline, timer_closed);
+    }
     if (j->fd >= 0) {
         (void)close(j->fd);
         j->fd = -1;
@@ -1084,6 +1096,45 @@ static void job_succeed(struct job *j)
     j->rsb = NULL;
     job_release(j);
     rev_changed(r);
+}
+
+/* What the job waits for in each phase, for the deadline's message. */
+static const char *const phase_waits[] = {
+    [J_LINK] = "the sandbox's agent had not answered",
+    [J_INSTALL] = "the install command still ran",
+    [J_PACK] = "the agent was still building or packaging",
+    [J_BOOT] = "the revision's sandbox was still starting",
+    [J_UPLOAD] = "the archive was still being unpacked in the revision's sandbox",
+    [J_RUN] = "the app had not answered HTTP yet",
+    [J_DONE] = "",
+};
+
+static void on_deadline(uv_timer_t *t)
+{
+    struct job *j = t->data;
+    char d[32];
+
+    if (j->r == NULL) {
+        return;
+    }
+    gw_duration_text(j->g->opt.stage_ms > 0 ? j->g->opt.stage_ms : GW_STAGE_MS, d, sizeof d);
+    job_fail(j, "the %s stage did not finish within %s (%s)", stage_names[j->r->cur], d,
+             phase_waits[j->phase]);
+}
+
+/*
+ * Stage @s of @j's revision begins, with a deadline of --deploy-stage-timeout: whatever the job
+ * waits for (an agent that never answers hello, pack.create or upload_tree, an archive stream
+ * that never ends, a sandbox that never boots) it ends by then, failed with what it waited for,
+ * and frees its slot (JOBS_MAX). Waiting for a packing slot (PACK_PER_LINK) is no stage: the
+ * jobs holding the slots each have a deadline of their own.
+ */
+static void job_stage(struct job *j, enum stage s)
+{
+    int64_t ms = j->g->opt.stage_ms > 0 ? j->g->opt.stage_ms : GW_STAGE_MS;
+
+    stage_begin(j->r, s, NULL);
+    (void)uv_timer_start(&j->deadline, on_deadline, (uint64_t)ms, 0);
 }
 
 /* --- the link ------------------------------------------------------------------------------ */
@@ -1927,7 +1978,7 @@ static void boot(struct job *j)
     int status = 0;
     const char *code = NULL;
 
-    stage_begin(r, ST_DEPLOYING, NULL);
+    job_stage(j, ST_DEPLOYING);
     logf_(r, "info", "starting a sandbox for revision %s", r->id);
     if (g->opt.http_listen == NULL) {
         job_fail(j, "no HTTP ingress to serve the app: start sbx-gateway with --http-listen");
@@ -1968,7 +2019,7 @@ static void job_step(struct job *j)
         if (spec_str(r, "installCommand") != NULL) {
             const char *argv[] = { "sh", "-c", spec_str(r, "installCommand"), NULL };
             j->phase = J_INSTALL;
-            stage_begin(r, ST_INSTALLING, NULL);
+            job_stage(j, ST_INSTALLING);
             logf_(r, "info", "running the install command: %s", argv[2]);
             spawn_sh(j, argv, spec_str(r, "path"));
             return;
@@ -1993,10 +2044,11 @@ static void job_step(struct job *j)
                       PACK_PER_LINK);
             }
             j->pack_wait = true;
+            uv_timer_stop(&j->deadline); /* waiting is no stage: see job_stage */
             return;
         }
         j->packing = true;
-        stage_begin(r, ST_BUILDING, NULL);
+        job_stage(j, ST_BUILDING);
         if (build != NULL) {
             logf_(r, "info", "running the build command: %s", build);
         }
@@ -2082,8 +2134,8 @@ static void job_start(struct rev *r)
 
     r->status = R_BUILDING;
     r->stages[ST_QUEUED] = (struct stage_rec){ SS_SUCCEEDED, r->created_ms, gw_now_ms() };
-    stage_begin(r, ST_PREPARING, NULL);
     if (j == NULL) {
+        stage_begin(r, ST_PREPARING, NULL);
         (void)snprintf(r->error, sizeof r->error, "out of memory");
         r->status = R_FAILED;
         r->finished_ms = gw_now_ms();
@@ -2099,6 +2151,10 @@ static void job_start(struct rev *r)
     j->lu.down = lu_down;
     j->lu.event = lu_event;
     j->lu.drained = lu_drained;
+    (void)uv_timer_init(d->g->loop, &j->deadline); /* cannot fail */
+    j->deadline.data = j;
+    j->deadline_open = true;
+    job_stage(j, ST_PREPARING);
     r->job = j;
     d->njobs++;
     logf_(r, "info", "deploying %s from sandbox %s (revision %s)", spec_str(r, "root"),

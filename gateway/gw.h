@@ -78,7 +78,15 @@ struct gw_opts {
     const char **resolve;    /* --resolve HOST:ADDR, fetch's static host map (egress) */
     size_t nresolve;
     const char *ca_file; /* --ca-file PATH: PEM CA certificates fetch's https trusts too */
+    int64_t hello_ms;    /* --agent-hello-timeout: a link's connect and hello (link.c) */
+    int64_t stage_ms;    /* --deploy-stage-timeout: each stage of a deploy job (deploy.c) */
 };
+
+/* --agent-hello-timeout's default: an agent that is up answers hello at once. */
+#define GW_HELLO_MS (30 * 1000)
+/* --deploy-stage-timeout's default: above the 30 minutes an install or build command may run
+ * (deploy.c CMD_TIMEOUT_MS), so that the agent's own timeout of the command speaks first. */
+#define GW_STAGE_MS (40 * 60 * 1000)
 
 struct gw {
     uv_loop_t *loop;
@@ -98,6 +106,17 @@ __attribute__((format(printf, 1, 2))) void gw_log(const char *fmt, ...);
 
 /* Milliseconds since the epoch (the SDK's dates). */
 int64_t gw_now_ms(void);
+
+/* The longest duration gw_duration_parse takes: a sandbox's timeout, a gateway option. */
+#define GW_DURATION_MAX_MS (24 * 60 * 60 * 1000)
+
+/* A duration as the SDK's timeouts and the gateway's options write it, a positive whole number
+ * of seconds, minutes or hours ("30s", "5m", "2h"), into *@ms. Returns 0; -1 when @s is not
+ * such a duration; -2 when it is longer than GW_DURATION_MAX_MS. */
+int gw_duration_parse(const char *s, int64_t *ms);
+
+/* @ms as a person reads it: "30 s", "40 min", "2 h" (the largest whole unit), into @out. */
+void gw_duration_text(int64_t ms, char *out, size_t outlen);
 
 /* A JSON number that is a whole value within int64 (an integer, or a real such as 1.7e12 that
  * JavaScript sends for large numbers) into *@out. Returns 0, or -1 for anything else (a

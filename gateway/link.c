@@ -23,10 +23,12 @@ struct gw_link {
     uv_connect_t connect;
     uv_write_t write;
     uv_timer_t idle;
+    uv_timer_t hello; /* the connect and hello must be done by --agent-hello-timeout */
     size_t wlen;
+    int64_t hello_ms;
     struct sbx_conn *c;
     struct gw_link_user *users;
-    bool pipe_open, idle_open, writing, up, ended, freed;
+    bool pipe_open, idle_open, hello_open, writing, up, ended, freed;
     int in_cb; /* callbacks of ours on the stack: flush and free on return */
     char why[256];
 };
@@ -35,7 +37,8 @@ static void link_end(struct gw_link *l, const char *why);
 
 static void link_maybe_free(struct gw_link *l)
 {
-    if (l->freed || !l->ended || l->pipe_open || l->idle_open || l->writing || l->in_cb > 0) {
+    if (l->freed || !l->ended || l->pipe_open || l->idle_open || l->hello_open || l->writing ||
+        l->in_cb > 0) {
         return;
     }
     l->freed = true;
@@ -49,8 +52,10 @@ static void on_handle_close(uv_handle_t *h)
 
     if (h == (uv_handle_t *)&l->pipe) {
         l->pipe_open = false;
-    } else {
+    } else if (h == (uv_handle_t *)&l->idle) {
         l->idle_open = false;
+    } else {
+        l->hello_open = false;
     }
     link_maybe_free(l);
 }
@@ -62,6 +67,19 @@ static void on_idle(uv_timer_t *t)
     if (l->users == NULL) {
         link_end(l, "the link was idle");
     }
+}
+
+/* An agent that accepts the connection but never answers hello (a hung or hostile guest) would
+ * keep every user of the link waiting for `up` for ever: the link ends instead, and its users get
+ * `down` with the reason. */
+static void on_hello_timeout(uv_timer_t *t)
+{
+    struct gw_link *l = t->data;
+    char d[32];
+
+    gw_duration_text(l->hello_ms, d, sizeof d);
+    snprintf(l->why, sizeof(l->why), "the agent did not answer hello within %s", d);
+    link_end(l, l->why);
 }
 
 static void idle_check(struct gw_link *l)
@@ -205,6 +223,7 @@ static void on_hello(struct gw_link *l, const struct sbx_event *ev)
         return;
     }
     l->up = true;
+    uv_timer_stop(&l->hello);
     if (l->sb->g->opt.user != NULL && sbx_conn_set_identity(l->c, l->sb->g->opt.user, &err) < 0) {
         gw_log("link %s: identity %s: %s", l->sb->id, l->sb->g->opt.user, err.msg);
     }
@@ -319,6 +338,9 @@ static void link_end(struct gw_link *l, const char *why)
     if (l->idle_open && !uv_is_closing((uv_handle_t *)&l->idle)) {
         uv_close((uv_handle_t *)&l->idle, on_handle_close);
     }
+    if (l->hello_open && !uv_is_closing((uv_handle_t *)&l->hello)) {
+        uv_close((uv_handle_t *)&l->hello, on_handle_close);
+    }
     link_maybe_free(l);
 }
 
@@ -372,7 +394,8 @@ struct gw_link *gw_link_get(struct gw_sandbox *sb, char *why, size_t whylen)
     }
     l->sb = sb;
     l->loop = sb->g->loop;
-    if (uv_pipe_init(l->loop, &l->pipe, 0) < 0 || uv_timer_init(l->loop, &l->idle) < 0) {
+    if (uv_pipe_init(l->loop, &l->pipe, 0) < 0 || uv_timer_init(l->loop, &l->idle) < 0 ||
+        uv_timer_init(l->loop, &l->hello) < 0) {
         /* uv_pipe_init cannot fail on Linux without a bad loop; nothing to close then. */
         sbx_conn_free(l->c);
         free(l);
@@ -381,8 +404,13 @@ struct gw_link *gw_link_get(struct gw_sandbox *sb, char *why, size_t whylen)
     }
     l->pipe.data = l;
     l->idle.data = l;
+    l->hello.data = l;
     l->pipe_open = true;
     l->idle_open = true;
+    l->hello_open = true;
+    /* A gw whose options were not parsed (the fuzz targets) gets the default. */
+    l->hello_ms = sb->g->opt.hello_ms > 0 ? sb->g->opt.hello_ms : GW_HELLO_MS;
+    (void)uv_timer_start(&l->hello, on_hello_timeout, (uint64_t)l->hello_ms, 0);
     sb->link = l;
     l->connect.data = l;
     uv_pipe_connect(&l->connect, &l->pipe, addr.path, on_connect);

@@ -6,7 +6,8 @@
  * backend's proxy has four agent ports; sessions take the rest).
  *
  * A user embeds a struct gw_link_user and joins: `up` comes once the agent said hello (at once
- * when it already has), `down` once when the link ends (EOF, the sandbox stopped, an error);
+ * when it already has), `down` once when the link ends (EOF, the sandbox stopped, an error, no
+ * hello within --agent-hello-timeout of the connect's start);
  * after `down` the user must not touch the connection again. Every request and every stream
  * the user made is failed through the usual events (RESPONSE with error EOF, CANCEL local)
  * before `down`.

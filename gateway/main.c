@@ -34,6 +34,7 @@ static const char usage_text[] =
     "                   [--backend vm|addr:ADDR] [--mem SIZE] [--user USER] [--cwd DIR]\n"
     "                   [--sbx-vm PATH] [--http-listen HOST:PORT] [--http-domain DOMAIN]\n"
     "                   [--resolve HOST:ADDR]... [--ca-file PATH] [--ssh-listen HOST:PORT]\n"
+    "                   [--agent-hello-timeout DURATION] [--deploy-stage-timeout DURATION]\n"
     "                   [--quiet] [--trace]\n"
     "       sbx-gateway --help | --version\n"
     "\n"
@@ -56,6 +57,10 @@ static const char usage_text[] =
     "                      of resolving it (repeatable; like curl --resolve)\n"
     "  --ca-file PATH      PEM CA certificates fetch's https trusts besides the system's\n"
     "  --ssh-listen HOST:PORT  the SSH endpoint of exposeSsh (default: none)\n"
+    "  --agent-hello-timeout DURATION  how long the gateway's own connection to a sandbox's\n"
+    "                      agent may take to connect and answer hello (default 30s)\n"
+    "  --deploy-stage-timeout DURATION  how long each stage of a deploy (preparing,\n"
+    "                      installing, building, deploying) may take (default 40m)\n"
     "  --quiet             log only errors\n"
     "  --trace             log every JSON-RPC message in and out (first 300 bytes)\n"
     "\n"
@@ -143,6 +148,8 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
         { "resolve", required_argument, NULL, 'R' },
         { "ca-file", required_argument, NULL, 'C' },
         { "ssh-listen", required_argument, NULL, 'S' },
+        { "agent-hello-timeout", required_argument, NULL, 'A' },
+        { "deploy-stage-timeout", required_argument, NULL, 'T' },
         { NULL, 0, NULL, 0 },
     };
     struct gw_opts *o = &m->g.opt;
@@ -153,6 +160,8 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
     o->mem = "1280M";
     o->user = "app";
     o->http_domain = "sbx.localhost";
+    o->hello_ms = GW_HELLO_MS;
+    o->stage_ms = GW_STAGE_MS;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (ch) {
@@ -204,6 +213,14 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
             break;
         case 'C':
             o->ca_file = optarg;
+            break;
+        case 'A':
+        case 'T':
+            if (gw_duration_parse(optarg, ch == 'A' ? &o->hello_ms : &o->stage_ms) < 0) {
+                return usage_error("%s %s: expected a duration like 30s, 40m or 2h (at most 24h)",
+                                   ch == 'A' ? "--agent-hello-timeout" : "--deploy-stage-timeout",
+                                   optarg);
+            }
             break;
         case 'h':
             (void)fputs(usage_text, stdout);

@@ -498,20 +498,15 @@ static int parse_timeout(json_t *v, struct cfg *c, int64_t now, char *why, size_
         c->stop_at_ms = 0;
         return 0;
     }
-    char *end = NULL;
-    errno = 0;
-    long long n = strtoll(s, &end, 10);
-    int64_t unit = 0;
-    if (end != NULL && end != s && s[0] >= '0' && s[0] <= '9' && end[0] != '\0' && end[1] == '\0') {
-        unit = end[0] == 's' ? 1000 : end[0] == 'm' ? 60000 : end[0] == 'h' ? 3600000 : 0;
-    }
-    if (unit == 0 || errno != 0) {
+    int64_t ms = 0;
+    int r = gw_duration_parse(s, &ms);
+    if (r == -1) {
         BAD("timeout: \"%.32s\" is not \"session\" or a duration like \"30s\" or \"5m\"", s);
     }
-    if (n <= 0 || n > GW_TIMEOUT_MAX_MS / unit) {
+    if (r < 0) {
         BAD("timeout: must be positive and at most 24 hours");
     }
-    c->stop_at_ms = now + n * unit;
+    c->stop_at_ms = now + ms;
     return 0;
 }
 

@@ -1,7 +1,8 @@
-/* Small helpers of the gateway: logging, clocks, random ids, files, processes. (gw_stream_id
- * lives in session.c, base64 in m_fs.c.) */
+/* Small helpers of the gateway: logging, clocks, durations, random ids, files, processes.
+ * (gw_stream_id lives in session.c, base64 in m_fs.c.) */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
@@ -278,6 +279,39 @@ void gw_iso_time(int64_t ms, char *out, size_t outlen)
     }
     (void)snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
                    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}
+
+int gw_duration_parse(const char *s, int64_t *ms)
+{
+    char *end = NULL;
+    int64_t unit = 0;
+
+    errno = 0;
+    long long n = strtoll(s, &end, 10);
+    if (end != NULL && end != s && s[0] >= '0' && s[0] <= '9' && end[0] != '\0' && end[1] == '\0') {
+        unit = end[0] == 's' ? 1000 : end[0] == 'm' ? 60000 : end[0] == 'h' ? 3600000 : 0;
+    }
+    if (unit == 0 || errno != 0) {
+        return -1;
+    }
+    if (n <= 0 || n > GW_DURATION_MAX_MS / unit) {
+        return -2;
+    }
+    *ms = n * unit;
+    return 0;
+}
+
+void gw_duration_text(int64_t ms, char *out, size_t outlen)
+{
+    if (ms >= 3600000 && ms % 3600000 == 0) {
+        (void)snprintf(out, outlen, "%" PRId64 " h", ms / 3600000);
+    } else if (ms >= 60000 && ms % 60000 == 0) {
+        (void)snprintf(out, outlen, "%" PRId64 " min", ms / 60000);
+    } else if (ms % 1000 == 0) {
+        (void)snprintf(out, outlen, "%" PRId64 " s", ms / 1000);
+    } else {
+        (void)snprintf(out, outlen, "%" PRId64 " ms", ms);
+    }
 }
 
 int gw_json_int64(const json_t *v, int64_t *out)

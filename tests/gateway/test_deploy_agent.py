@@ -244,6 +244,14 @@ class AgentCase(unittest.TestCase):
                                      % (rev, r["status"], timeout, r))
             time.sleep(0.05)
 
+    def progress(self, rev):
+        """The last RevisionProgress of a finished revision (its SSE replay)."""
+        sse = SSE(self.gw, "/api/v2/revisions/%s/progress" % rev)
+        try:
+            return [ev for _, ev in sse.events()][-1]
+        finally:
+            sse.close()
+
     def logs(self, rev):
         """The messages of a finished revision's build log (its SSE replay)."""
         sse = SSE(self.gw, "/api/v2/revisions/%s/build_logs" % rev)
@@ -401,6 +409,54 @@ class TestManifest(AgentCase):
         r, = self.manifest_fails([files], parts=10)
         self.assertRegex(r["error"], r"^the agent's pack\.manifest is larger than 64 MiB "
                          r"\(5\d\d\d entries\)$")
+
+class TestDeadlines(AgentCase):
+    def test_agent_that_never_answers_hello(self):
+        # Every deploy job of the sandbox waits on its link's hello: without a deadline they
+        # stayed "building" for ever and held all 16 job slots (a 17th deploy: 429 for good).
+        self.start(lambda c, m: None, hello=False, extra=["--agent-hello-timeout", "1s"])
+        revs = [self.deploy() for _ in range(16)]
+        status, j = http(self.gw, "POST", "/api/v2/sandboxes/%s/deploy" % SBID, {"app": "x"})
+        self.assertEqual(status, 429, j)
+        for rev in revs:
+            r = self.finished(rev)
+            self.assertEqual(r["error"], "the connection to the sandbox's agent ended: the agent "
+                             "did not answer hello within 1 s", r)
+        self.assertEqual(self.progress(revs[0])["preparing"]["status"], "errored")
+        self.deploy()  # a slot is free again
+
+    def test_each_stage_has_a_deadline(self):
+        # An agent that answers hello and then nothing, stage by stage.
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "pack.create":
+                n = len(self.agent.requests("pack.create"))
+                if n == 2:
+                    pack_answer(c, m, end=False)  # the archive stream never ends
+                elif n == 3:
+                    pack_answer(c, m)  # then upload_tree is never answered
+            # proc.spawn (the install command) and upload_tree: never answered
+
+        self.start(handler, extra=["--deploy-stage-timeout", "1s"])
+        cases = [
+            ({"app": "x", "mode": "local", "installCommand": "true"}, "installing",
+             "the install command still ran"),
+            ({"app": "x"}, "building", "the agent was still building or packaging"),
+            ({"app": "x"}, "building", "the agent was still building or packaging"),
+            ({"app": "x"}, "deploying",
+             "the archive was still being unpacked in the revision's sandbox"),
+        ]
+        for body, stage, waited in cases:
+            t0 = time.monotonic()
+            rev = self.deploy(body)
+            r = self.finished(rev)
+            self.assertGreaterEqual(time.monotonic() - t0, 0.9)
+            self.assertEqual(r["error"], "the %s stage did not finish within 1 s (%s)"
+                             % (stage, waited), r)
+            self.assertEqual(self.progress(rev)[stage]["status"], "errored")
+            self.assertEqual(self.logs(rev)[-1], r["error"])
+        # The last one's sandbox was stopped with it.
+        self.assertTrue(r["run_sandbox_id"])
+        self.assertFalse(r["running"])
 
 class TestRequests(AgentCase):
     def test_revision_ids_that_are_not_utf8(self):

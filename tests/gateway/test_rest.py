@@ -257,6 +257,10 @@ class GatewayCase(unittest.TestCase):
             ["--data-dir", self.tmp, "--backend", "addr:bogus"],
             ["--data-dir", self.tmp, "--backend", BACKEND, "--mem", "12Q"],
             ["--data-dir", self.tmp, "--backend", BACKEND, "--listen"],
+            ["--data-dir", self.tmp, "--backend", BACKEND, "--agent-hello-timeout", "0s"],
+            ["--data-dir", self.tmp, "--backend", BACKEND, "--agent-hello-timeout", "5"],
+            ["--data-dir", self.tmp, "--backend", BACKEND, "--deploy-stage-timeout", "25h"],
+            ["--data-dir", self.tmp, "--backend", BACKEND, "--deploy-stage-timeout", "-1m"],
         ]
         for args in cases:
             p = subprocess.run([gateway_bin(), *args], capture_output=True, text=True, timeout=10)
