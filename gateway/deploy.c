@@ -69,6 +69,7 @@
 #define REV_FILE_MAX       (64u << 20)  /* a revision.json read at start */
 #define UPLOAD_CHUNK       (256u << 10) /* archive bytes read per write toward the agent */
 #define UPLOAD_HIGH        (1u << 20)   /* ... while less than this is queued on the stream */
+#define PACK_RETRY_MS      250          /* pack.create again after the agent's max_packs */
 #define PROBE_EVERY_MS     250
 #define PROBE_TRY_MS       3000
 #define READY_MS           60000 /* the app must answer HTTP this soon after its start */
@@ -172,8 +173,11 @@ struct job {
     struct linebuf lb_out, lb_err;
     /* pack */
     uint32_t pack_id, arch_sid;
-    bool packing;   /* holds one of its link's PACK_PER_LINK packing slots */
-    bool pack_wait; /* waits for one (pack_wake starts it) */
+    bool packing;            /* holds one of its link's PACK_PER_LINK packing slots */
+    bool pack_wait;          /* waits for one (pack_wake starts it) */
+    bool pack_retried;       /* the agent refused pack.create with max_packs (req_fn) */
+    bool tmp_made;           /* archive.tar.gz.tmp exists (until it is renamed) */
+    struct sbx_conn *pack_c; /* where pack.create went, while it is unanswered */
     struct gw_link_stream st_arch;
     int fd;
     uint64_t arch_bytes;
@@ -201,6 +205,7 @@ struct job {
 static void rev_changed(struct rev *r);
 static void job_fail(struct job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void job_step(struct job *j);
+static void pack_retry(uv_timer_t *t);
 static void watchers_pump(struct rev *r);
 
 /* --- small helpers ------------------------------------------------------------------------- */
@@ -933,9 +938,27 @@ static void probe_close(struct probe *p)
     uv_close((uv_handle_t *)&p->timeout, probe_closed);
 }
 
+/* Cancel the pack job whose streams are @arch and @out, @err (0: none) on @c: the agent kills
+ * its build and stops packing (PROTOCOL.md 19.2), which frees its max_packs slot. */
+static void pack_cancel(struct sbx_conn *c, uint32_t arch, uint32_t out, uint32_t err)
+{
+    uint32_t sids[] = { arch, out, err };
+    struct sbx_err e;
+
+    for (size_t i = 0; i < sizeof sids / sizeof sids[0]; i++) {
+        /* A stream already over is a no-op; a connection that ended (the link's EOF events
+         * fail a job too) refuses, and has cancelled everything already. */
+        if (sids[i] != 0) {
+            (void)sbx_conn_cancel(c, sids[i], &e);
+        }
+    }
+}
+
 /* Stop the streams of the current phase from reaching @j: afterwards no stream of the link holds
  * a pointer into @j, which may be freed before the link ends (the gateway stops its jobs before
- * its links). The link acknowledges the data of a detached output stream from now on. */
+ * its links). The link acknowledges the data of a detached output stream from now on; that is
+ * all for a process's output (a served app's must never block it), while a pack still running
+ * is cancelled (acknowledged, it would pack on for nobody). */
 static void job_detach_streams(struct job *j)
 {
     if (j->c == NULL) {
@@ -946,6 +969,9 @@ static void job_detach_streams(struct job *j)
         if (sids[i] != 0) {
             (void)sbx_conn_stream_set_user(j->c, sids[i], NULL);
         }
+    }
+    if (j->packing) {
+        pack_cancel(j->c, j->arch_sid, j->out_sid, j->err_sid);
     }
     /* The upload is cancelled even when upload_feed ended it: until its stream.end is written
      * (it waits behind queued bytes for the agent's credit) the core keeps the stream, and a
@@ -1015,6 +1041,9 @@ static void job_release(struct job *j)
 {
     struct rev *r = j->r;
 
+    /* The cancel of a running pack goes out before pack_done gives the slot to the next job,
+     * whose pack.create the agent would otherwise read first. */
+    job_detach_streams(j);
     pack_done(j);
     j->phase = J_DONE;
     job_leave_link(j);
@@ -1036,6 +1065,15 @@ static void job_release(struct job *j)
     if (j->fd >= 0) {
         (void)close(j->fd);
         j->fd = -1;
+    }
+    if (j->tmp_made && r != NULL) {
+        char dir[4200], tmp[4300];
+        (void)rev_dir(r, dir, sizeof dir);
+        (void)snprintf(tmp, sizeof tmp, "%s/archive.tar.gz.tmp", dir);
+        if (unlink(tmp) < 0 && errno != ENOENT) {
+            gw_log("revision %s: %s: %s", r->id, tmp, strerror(errno));
+        }
+        j->tmp_made = false;
     }
     if (r != NULL) {
         r->job = NULL;
@@ -1327,6 +1365,7 @@ static void st_arch_fn(struct gw_link_stream *st, const struct sbx_event *ev)
                 job_fail(j, "keeping the archive: %s", strerror(errno));
                 return;
             }
+            j->tmp_made = false;
             char *text = j->manifest != NULL ? json_dumps(j->manifest, JSON_COMPACT) : NULL;
             (void)snprintf(path, sizeof path, "%s/manifest.json", dir);
             if (text == NULL || gw_file_write_atomic(path, text, strlen(text), 0600) < 0) {
@@ -1843,14 +1882,20 @@ static void probe_tick(uv_timer_t *t)
     }
 }
 
-static void probe_schedule(struct job *j)
+/* Run @cb once, @ms from now, on the job's timer (J_RUN's probes, J_PACK's retries). */
+static void job_timer(struct job *j, uv_timer_cb cb, uint64_t ms)
 {
     if (!j->timer_open) {
         (void)uv_timer_init(j->g->loop, &j->timer); /* cannot fail */
         j->timer.data = j;
         j->timer_open = true;
     }
-    (void)uv_timer_start(&j->timer, probe_tick, PROBE_EVERY_MS, 0);
+    (void)uv_timer_start(&j->timer, cb, ms, 0);
+}
+
+static void probe_schedule(struct job *j)
+{
+    job_timer(j, probe_tick, PROBE_EVERY_MS);
 }
 
 /* --- the steps ----------------------------------------------------------------------------- */
@@ -1862,6 +1907,17 @@ static void req_fn(struct gw_link_req *rq, const struct sbx_event *ev)
     struct sbx_err err;
 
     j->pending--;
+    if (ev->call == SBX_CALL_PACK_CREATE) {
+        struct sbx_conn *c = j->pack_c;
+
+        j->pack_c = NULL;
+        if ((r == NULL || j->phase == J_DONE) && ev->error == NULL && c != NULL) {
+            /* Answered after the job ended (it failed or the gateway stops): the agent would
+             * pack on for nobody, holding a max_packs slot. (The link that delivers an answer
+             * is alive, and so is its connection.) */
+            pack_cancel(c, ev->r.pack.archive, ev->r.pack.build_out, ev->r.pack.build_err);
+        }
+    }
     if (r == NULL || j->phase == J_DONE) {
         job_maybe_free(j);
         return;
@@ -1874,6 +1930,20 @@ static void req_fn(struct gw_link_req *rq, const struct sbx_event *ev)
                      ev->error->msg, ev->error->path[0] ? ": " : "", ev->error->path);
             break;
         case SBX_CALL_PACK_CREATE:
+            if (strcmp(ev->error->code, SBX_E_LIMIT) == 0 &&
+                strcmp(ev->error->limit, "max_packs") == 0) {
+                /* The agent frees a cancelled pack job's slot once its archive thread stopped,
+                 * a moment after the cancel, and pack_done gave our slot to this job at once:
+                 * ask again soon, within the building stage's deadline. */
+                if (!j->pack_retried) {
+                    logf_(r, "info",
+                          "the agent still counts a pack job that ended; asking "
+                          "again until it frees the slot");
+                    j->pack_retried = true;
+                }
+                job_timer(j, pack_retry, PACK_RETRY_MS);
+                break;
+            }
             if (strcmp(ev->error->code, "ENOENT") == 0 || strcmp(ev->error->code, "ENOTDIR") == 0) {
                 job_fail(j, "the path to deploy, %s, is not a directory: %s", spec_str(r, "root"),
                          ev->error->msg);
@@ -2004,6 +2074,56 @@ static void boot(struct job *j)
     gw_sandbox_wait(sb, on_rsb_ready, j); /* may call back at once */
 }
 
+/* pack.create for @j, which holds a packing slot and has the archive file open. */
+static void pack_send(struct job *j)
+{
+    struct rev *r = j->r;
+    const char *build = spec_str(r, "buildCommand");
+    const char *argv[] = { "sh", "-c", build, NULL };
+    struct sbx_spawn_params bp = { 0 };
+    json_t *args = json_object_get(r->spec, "args");
+    const char *av[ARGS_MAX];
+    struct sbx_err err;
+    size_t i;
+    json_t *v;
+
+    json_array_foreach(args, i, v)
+    {
+        av[i] = json_string_value(v);
+    }
+    bp.argv = argv;
+    bp.cwd = spec_str(r, "path");
+    bp.timeout_ms = CMD_TIMEOUT_MS;
+    struct sbx_pack_params pp = {
+        .path = spec_str(r, "root"),
+        .format = "tar.gz",
+        .build = build != NULL ? &bp : NULL,
+        .entrypoint = spec_str(r, "entrypoint"),
+        .args = json_array_size(args) > 0 ? av : NULL,
+        .nargs = (uint32_t)json_array_size(args),
+    };
+    j->logged_build = j->logged_scan = false;
+    if (sbx_pack_create(j->c, &pp, &j->req, NULL, &err) < 0) {
+        job_fail(j, "cannot start pack.create: %s: %s", err.code, err.msg);
+        return;
+    }
+    j->pack_c = j->c;
+    j->pending++;
+}
+
+/* The job's timer after the agent refused pack.create with max_packs: ask again. */
+static void pack_retry(uv_timer_t *t)
+{
+    struct job *j = t->data;
+
+    if (j->r != NULL && j->phase == J_PACK && j->c != NULL) {
+        pack_send(j);
+        if (j->link != NULL) {
+            gw_link_flush(j->link); /* (a timer: no link callback flushes for us) */
+        }
+    }
+}
+
 /* Do what the job's phase needs next (the link is up where one is needed). */
 static void job_step(struct job *j)
 {
@@ -2029,13 +2149,6 @@ static void job_step(struct job *j)
         __attribute__((fallthrough));
     case J_PACK: {
         char dir[4200], tmp[4300];
-        const char *build = spec_str(r, "buildCommand");
-        const char *argv[] = { "sh", "-c", build, NULL };
-        struct sbx_spawn_params bp = { 0 };
-        json_t *args = json_object_get(r->spec, "args");
-        const char *av[ARGS_MAX];
-        size_t i;
-        json_t *v;
 
         if (!j->packing && packing_on(r->d, j->link) >= PACK_PER_LINK) {
             if (!j->pack_wait) {
@@ -2049,8 +2162,8 @@ static void job_step(struct job *j)
         }
         j->packing = true;
         job_stage(j, ST_BUILDING);
-        if (build != NULL) {
-            logf_(r, "info", "running the build command: %s", build);
+        if (spec_str(r, "buildCommand") != NULL) {
+            logf_(r, "info", "running the build command: %s", spec_str(r, "buildCommand"));
         }
         (void)rev_dir(r, dir, sizeof dir);
         (void)snprintf(tmp, sizeof tmp, "%s/archive.tar.gz.tmp", dir);
@@ -2059,27 +2172,8 @@ static void job_step(struct job *j)
             job_fail(j, "%s: %s", tmp, strerror(errno));
             return;
         }
-        json_array_foreach(args, i, v)
-        {
-            av[i] = json_string_value(v);
-        }
-        bp.argv = argv;
-        bp.cwd = spec_str(r, "path");
-        bp.timeout_ms = CMD_TIMEOUT_MS;
-        struct sbx_pack_params pp = {
-            .path = spec_str(r, "root"),
-            .format = "tar.gz",
-            .build = build != NULL ? &bp : NULL,
-            .entrypoint = spec_str(r, "entrypoint"),
-            .args = json_array_size(args) > 0 ? av : NULL,
-            .nargs = (uint32_t)json_array_size(args),
-        };
-        j->logged_build = j->logged_scan = false;
-        if (sbx_pack_create(j->c, &pp, &j->req, NULL, &err) < 0) {
-            job_fail(j, "cannot start pack.create: %s: %s", err.code, err.msg);
-            return;
-        }
-        j->pending++;
+        j->tmp_made = true;
+        pack_send(j);
         return;
     }
     case J_BOOT:

@@ -161,8 +161,8 @@ class FakeAgent:
 def pack_answer(c, req, files=None, archive=b"\x1f\x8b fake archive", end=True):
     """Answer a pack.create as an agent that packed one file: the manifest (@files, or main.ts),
     the archive bytes, done, the end of the archive stream (with @end). Returns (job id, sid)."""
-    job = sum(1 for m in c.got if m[0] == 0 and m[2] == "pack.create")  # this one included
     sid = c.new_sid()
+    job = sid  # unique on the connection, as the agent's job ids are
     c.answer(req, {"id": job, "archive": sid})
     if files is None:
         files = [{"path": "main.ts", "type": "file", "size": 1, "mode": 0o644,
@@ -363,7 +363,8 @@ class TestManifest(AgentCase):
         def handler(c, m):
             if m[0] == 0 and m[2] == "pack.create":
                 files = files_for[len(self.agent.requests("pack.create")) - 1]
-                job, sid = len(self.agent.requests("pack.create")), c.new_sid()
+                sid = c.new_sid()
+                job = sid
                 c.answer(m, {"id": job, "archive": sid})
                 part = sbxwire.frame(sbxwire.pack([2, "pack.manifest", {
                     "id": job, "part": 0, "last": False, "files": files}]))
@@ -398,8 +399,9 @@ class TestManifest(AgentCase):
         for r, (_, want) in zip(revs, cases):
             self.assertEqual(r["error"], "the agent's pack.manifest is malformed: " + want, r)
             self.assertEqual(r["error"], self.logs(r["id"])[-1])
-            self.assertFalse(os.path.exists(os.path.join(self.gw.data, "revisions", r["id"],
-                                                         "manifest.json")))
+            for name in ("manifest.json", "archive.tar.gz.tmp", "archive.tar.gz"):
+                self.assertFalse(os.path.exists(os.path.join(self.gw.data, "revisions", r["id"],
+                                                             name)), name)
 
     def test_manifest_budget(self):
         # Valid entries, 4000 bytes of invalid UTF-8 each (12000 kept): 64 MiB is reached in
@@ -430,7 +432,9 @@ class TestDeadlines(AgentCase):
         def handler(c, m):
             if m[0] == 0 and m[2] == "pack.create":
                 n = len(self.agent.requests("pack.create"))
-                if n == 2:
+                if n == 1:  # answered only after the deadline
+                    threading.Timer(1.5, pack_answer, (c, m), {"end": False}).start()
+                elif n == 2:
                     pack_answer(c, m, end=False)  # the archive stream never ends
                 elif n == 3:
                     pack_answer(c, m)  # then upload_tree is never answered
@@ -454,9 +458,56 @@ class TestDeadlines(AgentCase):
                              % (stage, waited), r)
             self.assertEqual(self.progress(rev)[stage]["status"], "errored")
             self.assertEqual(self.logs(rev)[-1], r["error"])
+            self.assertFalse(os.path.exists(os.path.join(self.gw.data, "revisions", rev,
+                                                         "archive.tar.gz.tmp")))
+        # Both pack jobs the agent started were cancelled: the one it answered too late and
+        # the one whose archive never ended (their archive streams are 1 and 2).
+        self.agent.wait(lambda: {1, 2} <= {m[2]["stream"] for _, m in
+                                           self.agent.notes("stream.cancel")},
+                        "a stream.cancel of both archives")
         # The last one's sandbox was stopped with it.
         self.assertTrue(r["run_sandbox_id"])
         self.assertFalse(r["running"])
+
+class TestFailedPacks(AgentCase):
+    def test_a_failed_pack_is_cancelled_and_its_slot_freed(self):
+        # The agent packs at most 4 jobs per connection; a cancelled job's slot frees a moment
+        # after the cancel (its archive thread stops first). Jobs 1-4 hang until their building
+        # deadline; job 5 waits for a slot meanwhile and then gets one. Before, the failed jobs
+        # were never cancelled: job 5 failed with LIMIT max_packs, and so would every later one.
+        live = set()
+        lock = threading.Lock()
+
+        def free(sid):
+            with lock:
+                live.discard(sid)
+
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "pack.create":
+                with lock:
+                    if len(live) >= 4:
+                        c.answer(m, error={"code": "LIMIT", "limit": "max_packs", "max": 4,
+                                           "message": "too many pack jobs on this connection "
+                                                      "(cap 4)"})
+                        return
+                    sid = c.new_sid()
+                    live.add(sid)
+                c.answer(m, {"id": sid, "archive": sid})
+            elif m[0] == 2 and m[1] == "stream.cancel":
+                threading.Timer(0.3, free, (m[2]["stream"],)).start()
+
+        self.start(handler, extra=["--deploy-stage-timeout", "2s"])
+        revs = [self.deploy() for _ in range(5)]
+        for rev in revs:
+            r = self.finished(rev)
+            self.assertEqual(r["error"], "the building stage did not finish within 2 s (the "
+                             "agent was still building or packaging)", r)
+        msgs = self.logs(revs[4])
+        self.assertTrue(any(m.startswith("waiting for a packing slot") for m in msgs), msgs)
+        self.assertIn("the agent still counts a pack job that ended; asking again until it "
+                      "frees the slot", msgs)
+        self.agent.wait(lambda: len(self.agent.notes("stream.cancel")) == 5,
+                        "a stream.cancel of each of the five archives")
 
 class TestRequests(AgentCase):
     def test_revision_ids_that_are_not_utf8(self):
