@@ -1100,8 +1100,11 @@ static void job_fail(struct job *j, const char *fmt, ...)
     if (!r->d->g->opt.quiet) {
         gw_log("revision %s: failed: %s", r->id, r->error);
     }
-    /* A started app is stopped (the addr backend's sandbox entry is not a VM of its own). */
-    if (j->phase == J_RUN && j->c != NULL && j->proc_id != 0 && !j->exited) {
+    /* A started app is stopped (the addr backend's sandbox entry is not a VM of its own), and
+     * so is an install command still running (the installing stage's deadline passed: it would
+     * run on for nobody until its own CMD_TIMEOUT_MS). */
+    if ((j->phase == J_RUN || j->phase == J_INSTALL) && j->c != NULL && j->proc_id != 0 &&
+        !j->exited) {
         (void)sbx_proc_kill(j->c, j->proc_id, 9, true, NULL, NULL, NULL);
     }
     struct gw_sandbox *rsb = j->rsb;

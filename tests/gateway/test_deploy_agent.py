@@ -429,20 +429,31 @@ class TestDeadlines(AgentCase):
 
     def test_each_stage_has_a_deadline(self):
         # An agent that answers hello and then nothing, stage by stage.
+        archives = []  # the archive streams of the two packs that never end
+
+        def hang(c, m):
+            archives.append(pack_answer(c, m, end=False)[1])
+
         def handler(c, m):
             if m[0] == 0 and m[2] == "pack.create":
                 n = len(self.agent.requests("pack.create"))
                 if n == 1:  # answered only after the deadline
-                    threading.Timer(1.5, pack_answer, (c, m), {"end": False}).start()
+                    threading.Timer(1.5, hang, (c, m)).start()
                 elif n == 2:
-                    pack_answer(c, m, end=False)  # the archive stream never ends
+                    hang(c, m)  # the archive stream never ends
                 elif n == 3:
                     pack_answer(c, m)  # then upload_tree is never answered
-            # proc.spawn (the install command) and upload_tree: never answered
+            elif m[0] == 0 and m[2] == "proc.spawn":
+                if "stuck" in m[3]["argv"][2]:  # it runs, and never ends
+                    c.answer(m, {"id": 7, "pid": 4242, "stdin": None, "stdout": c.new_sid(),
+                                 "stderr": c.new_sid()})
+            # the first install command's proc.spawn and upload_tree: never answered
 
         self.start(handler, extra=["--deploy-stage-timeout", "1s"])
         cases = [
             ({"app": "x", "mode": "local", "installCommand": "true"}, "installing",
+             "the install command still ran"),
+            ({"app": "x", "mode": "local", "installCommand": "stuck"}, "installing",
              "the install command still ran"),
             ({"app": "x"}, "building", "the agent was still building or packaging"),
             ({"app": "x"}, "building", "the agent was still building or packaging"),
@@ -460,11 +471,15 @@ class TestDeadlines(AgentCase):
             self.assertEqual(self.logs(rev)[-1], r["error"])
             self.assertFalse(os.path.exists(os.path.join(self.gw.data, "revisions", rev,
                                                          "archive.tar.gz.tmp")))
-        # Both pack jobs the agent started were cancelled: the one it answered too late and
-        # the one whose archive never ended (their archive streams are 1 and 2).
-        self.agent.wait(lambda: {1, 2} <= {m[2]["stream"] for _, m in
-                                           self.agent.notes("stream.cancel")},
-                        "a stream.cancel of both archives")
+        # The install command that ran was killed.
+        self.agent.wait(lambda: [m for _, m in self.agent.requests("proc.kill")
+                                 if m[3]["id"] == 7 and m[3]["signal"] in (9, "SIGKILL")],
+                        "a proc.kill of the install command")
+        # Both pack jobs that never ended were cancelled: the one answered too late and the one
+        # whose archive never ended.
+        self.agent.wait(lambda: len(archives) == 2 and set(archives) <= {
+            m[2]["stream"] for _, m in self.agent.notes("stream.cancel")},
+            "a stream.cancel of both archives")
         # The last one's sandbox was stopped with it.
         self.assertTrue(r["run_sandbox_id"])
         self.assertFalse(r["running"])
