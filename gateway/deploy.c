@@ -978,7 +978,7 @@ static void job_detach_streams(struct job *j)
      * job that stops here wants no half-unpacked archive. Once the end is out the core forgot
      * the stream and this is a no-op. */
     if (j->up_sid != 0) {
-        (void)sbx_conn_cancel(j->c, j->up_sid, NULL);
+        (void)sbx_conn_cancel(j->c, j->up_sid, &(struct sbx_err){ 0 });
     }
     j->out_sid = j->err_sid = j->arch_sid = j->up_sid = 0;
 }
@@ -1105,7 +1105,7 @@ static void job_fail(struct job *j, const char *fmt, ...)
      * run on for nobody until its own CMD_TIMEOUT_MS). */
     if ((j->phase == J_RUN || j->phase == J_INSTALL) && j->c != NULL && j->proc_id != 0 &&
         !j->exited) {
-        (void)sbx_proc_kill(j->c, j->proc_id, 9, true, NULL, NULL, NULL);
+        (void)sbx_proc_kill(j->c, j->proc_id, 9, true, NULL, NULL, &(struct sbx_err){ 0 });
     }
     struct gw_sandbox *rsb = j->rsb;
     j->rsb = NULL;
@@ -1223,7 +1223,7 @@ static void proc_stream(struct job *j, bool is_out, const struct sbx_event *ev)
     switch (ev->kind) {
     case SBX_EV_DATA:
         lines_feed(j->r, is_out ? &j->lb_out : &j->lb_err, ev->data, ev->len);
-        (void)sbx_conn_consumed(j->c, ev->stream, ev->len, NULL);
+        (void)sbx_conn_consumed(j->c, ev->stream, ev->len, &(struct sbx_err){ 0 });
         return;
     case SBX_EV_END:
     case SBX_EV_CANCEL:
@@ -1327,7 +1327,7 @@ static void st_arch_fn(struct gw_link_stream *st, const struct sbx_event *ev)
             off += (size_t)n;
         }
         j->arch_bytes += ev->len;
-        (void)sbx_conn_consumed(j->c, ev->stream, ev->len, NULL);
+        (void)sbx_conn_consumed(j->c, ev->stream, ev->len, &(struct sbx_err){ 0 });
         return;
     }
     case SBX_EV_CANCEL:

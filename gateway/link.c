@@ -182,7 +182,7 @@ static void dispatch(struct gw_link *l, const struct sbx_event *ev)
             st->fn(st, ev);
         } else if (ev->kind == SBX_EV_DATA) {
             /* Nobody reads it: acknowledge, so the agent's window does not stall. */
-            (void)sbx_conn_consumed(l->c, ev->stream, ev->len, NULL);
+            (void)sbx_conn_consumed(l->c, ev->stream, ev->len, &(struct sbx_err){ 0 });
         } else if (ev->kind == SBX_EV_TRANSFER_DONE) {
             /* An upload its user ended already (sbx_conn_end forgets the stream, and its user,
              * once the end is out): every user's `event` gets it, to match by ev->stream. */
