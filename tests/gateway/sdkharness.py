@@ -601,13 +601,18 @@ def build_gateway_image(out=GATEWAY_IMAGE):
 
 
 class RawServer:
-    """A TCP listener on 127.0.0.1 running @fn(conn) per connection in a thread of its own."""
+    """A TCP listener on 127.0.0.1 (or, with @path, a unix socket there) running @fn(conn) per
+    connection in a thread of its own."""
 
-    def __init__(self, fn):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+    def __init__(self, fn, path=None):
+        if path is None:
+            self.sock = socket.socket()
+            self.sock.bind(("127.0.0.1", 0))
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind(path)
         self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
+        self.port = self.sock.getsockname()[1] if path is None else None
         self.fn = fn
         self.conns = []
         threading.Thread(target=self._loop, daemon=True).start()

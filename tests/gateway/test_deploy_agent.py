@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import struct
 import sys
 import tempfile
@@ -47,7 +46,7 @@ def exit_map(pid, code=0):
 # --- the scripted agent --------------------------------------------------------------------------
 
 class FakeConn:
-    """One connection of the gateway to the fake agent (n counts from 1 in accept order)."""
+    """One connection of the gateway to the fake agent (n counts them from 1)."""
 
     def __init__(self, agent, sock, n):
         self.agent, self.sock, self.n = agent, sock, n
@@ -89,23 +88,12 @@ class FakeAgent:
         self.conns = []
         self.errors = []
         self.cond = threading.Condition()
-        self.ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.ls.bind(self.path)
-        self.ls.listen(64)
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.server = h.RawServer(self._serve, path=self.path)
 
-    def _accept(self):
-        while True:
-            try:
-                s, _ = self.ls.accept()
-            except OSError:
-                return
-            with self.cond:
-                c = FakeConn(self, s, len(self.conns) + 1)
-                self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
+    def _serve(self, sock):
+        with self.cond:
+            c = FakeConn(self, sock, len(self.conns) + 1)
+            self.conns.append(c)
         while True:
             try:
                 head = sbxwire.recv_exact(c.sock, 4)
@@ -149,12 +137,7 @@ class FakeAgent:
                 self.cond.wait(left)
 
     def stop(self):
-        self.ls.close()
-        for c in self.conns:
-            try:
-                c.sock.close()
-            except OSError:
-                pass
+        self.server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -184,6 +167,21 @@ def pack_answer_end(c, job, sid):
     c.notify("stream.end", {"stream": sid})
 
 
+def upload_and_spawn(c, m, on_spawn):
+    """The revision's sandbox as an agent that unpacks what it gets: upload_tree answered, its
+    transfer.done sent once the gateway ends the stream; proc.spawn answered with process 9 and
+    two output streams, then @on_spawn(c, stdout_sid, stderr_sid)."""
+    if m[0] == 0 and m[2] == "transfer.upload_tree":
+        c.up = c.new_sid()
+        c.answer(m, {"stream": c.up})
+    elif m[0] == 2 and m[1] == "stream.end" and m[2].get("stream") == getattr(c, "up", None):
+        c.notify("transfer.done", {"stream": c.up, "size": 1, "files": 1})
+    elif m[0] == 0 and m[2] == "proc.spawn":
+        out, err = c.new_sid(), c.new_sid()
+        c.answer(m, {"id": 9, "pid": 4242, "stdin": None, "stdout": out, "stderr": err})
+        on_spawn(c, out, err)
+
+
 # --- the cases -----------------------------------------------------------------------------------
 
 class AgentCase(unittest.TestCase):
@@ -208,13 +206,15 @@ class AgentCase(unittest.TestCase):
     def tearDown(self):
         # (a test that stopped the gateway itself checked its exit already)
         if self.gw is not None:
-            rc, log = self.stop_gateway()
-            self.assertIn(rc, (0, -15), "sbx-gateway exit status %s:\n%s" % (rc, log[-4000:]))
-            for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
-                self.assertNotIn(bad, log)
+            self.assert_clean_exit(*self.stop_gateway())
         if self.agent is not None:
             self.agent.stop()
             self.assertEqual(self.agent.errors, [])
+
+    def assert_clean_exit(self, rc, log):
+        self.assertIn(rc, (0, -15), "sbx-gateway exit status %s:\n%s" % (rc, log[-4000:]))
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            self.assertNotIn(bad, log)
 
     def stop_gateway(self):
         """SIGTERM now; its exit status and its whole log."""
@@ -281,26 +281,8 @@ class TestShutdown(AgentCase):
                                  if m[0] == 3], "a data message on the upload stream")
         status, r = http(self.gw, "GET", "/api/v2/revisions/" + rev)
         self.assertEqual(r["status"], "building", r)
-        rc, log = self.stop_gateway()
-        self.assertIn(rc, (0, -15), "sbx-gateway exit status %s:\n%s" % (rc, log[-4000:]))
-        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
-            self.assertNotIn(bad, log)
+        self.assert_clean_exit(*self.stop_gateway())
 
-
-
-def upload_and_spawn(c, m, on_spawn):
-    """The revision's sandbox as an agent that unpacks what it gets: upload_tree answered, its
-    transfer.done sent once the gateway ends the stream; proc.spawn answered with process 9 and
-    two output streams, then @on_spawn(c, stdout_sid, stderr_sid)."""
-    if m[0] == 0 and m[2] == "transfer.upload_tree":
-        c.up = c.new_sid()
-        c.answer(m, {"stream": c.up})
-    elif m[0] == 2 and m[1] == "stream.end" and m[2].get("stream") == getattr(c, "up", None):
-        c.notify("transfer.done", {"stream": c.up, "size": 1, "files": 1})
-    elif m[0] == 0 and m[2] == "proc.spawn":
-        out, err = c.new_sid(), c.new_sid()
-        c.answer(m, {"id": 9, "pid": 4242, "stdin": None, "stdout": out, "stderr": err})
-        on_spawn(c, out, err)
 
 
 class TestLogCaps(AgentCase):
