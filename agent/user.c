@@ -207,32 +207,33 @@ int agent_ident_param(struct agent *a, const msgpack_object *params, struct agen
     return 0;
 }
 
-/* setfsuid/setfsgid say nothing of failure: they return the previous id. Asking with an id that
- * is no id ((uid_t)-1) changes nothing and returns the current one. */
-static uid_t cur_fsuid(void)
+/*
+ * Set the calling thread's effective uid and gid, and its groups (raw calls: this thread only;
+ * glibc's wrappers would change every thread). The effective ids, not only the file-system ones
+ * (which follow them): some checks look at the euid (/proc/sys files let an euid of 0 write
+ * whatever the fsuid) and a non-zero euid also clears the thread's effective capabilities, so
+ * nothing the thread opens as @uid carries root's (a /proc file that shows more to
+ * CAP_SYSLOG). The real and saved ids stay root's, so the way back is open. Order: groups and
+ * gid while the thread still has CAP_SETGID, the uid last; back, the uid first.
+ */
+static int set_creds(uid_t uid, gid_t gid, int ngroups, const gid_t *groups)
 {
-    return (uid_t)syscall(SYS_setfsuid, (uid_t)-1);
-}
-
-static gid_t cur_fsgid(void)
-{
-    return (gid_t)syscall(SYS_setfsgid, (gid_t)-1);
-}
-
-/* Set the calling thread's fsuid, fsgid and groups (raw calls: this thread only). 0, or -1 with
- * errno; a failed setgroups changed nothing, a refused fsuid or fsgid leaves the groups set. */
-static int set_fs_creds(uid_t uid, gid_t gid, int ngroups, const gid_t *groups)
-{
-    if (syscall(SYS_setgroups, (size_t)ngroups, groups) < 0) {
-        return -1;
-    }
-    (void)syscall(SYS_setfsgid, gid);
-    (void)syscall(SYS_setfsuid, uid);
-    if (cur_fsgid() != gid || cur_fsuid() != uid) {
-        errno = EPERM;
+    if (syscall(SYS_setgroups, (size_t)ngroups, groups) < 0 ||
+        syscall(SYS_setresgid, (gid_t)-1, gid, (gid_t)-1) < 0 ||
+        syscall(SYS_setresuid, (uid_t)-1, uid, (uid_t)-1) < 0) {
         return -1;
     }
     return 0;
+}
+
+static int restore_creds(uid_t uid, gid_t gid, int ngroups, const gid_t *groups)
+{
+    if (syscall(SYS_setresuid, (uid_t)-1, uid, (uid_t)-1) < 0 ||
+        syscall(SYS_setresgid, (gid_t)-1, gid, (gid_t)-1) < 0 ||
+        syscall(SYS_setgroups, (size_t)ngroups, groups) < 0) {
+        return -1;
+    }
+    return syscall(SYS_geteuid) == (long)uid && syscall(SYS_getegid) == (long)gid ? 0 : -1;
 }
 
 int agent_ident_enter(const struct agent_ident *id, struct agent_ident_scope *sc)
@@ -248,13 +249,13 @@ int agent_ident_enter(const struct agent_ident *id, struct agent_ident_scope *sc
         return -1; /* EINVAL: the agent itself has more groups than the scope keeps */
     }
     sc->ngroups = n;
-    sc->fsuid = cur_fsuid();
-    sc->fsgid = cur_fsgid();
+    sc->euid = (uid_t)syscall(SYS_geteuid);
+    sc->egid = (gid_t)syscall(SYS_getegid);
     if (syscall(SYS_setgroups, (size_t)id->ngroups, id->groups) < 0) {
         return -1; /* nothing changed (EPERM: the agent is not root) */
     }
     sc->active = true;
-    if (set_fs_creds(id->uid, id->gid, id->ngroups, id->groups) < 0) {
+    if (set_creds(id->uid, id->gid, id->ngroups, id->groups) < 0) {
         e = errno;
         agent_ident_leave(sc);
         errno = e;
@@ -282,9 +283,7 @@ void agent_ident_leave(struct agent_ident_scope *sc)
         return;
     }
     sc->active = false;
-    /* The fsuid first: going back to root gives the thread its file capabilities back. */
-    (void)syscall(SYS_setfsuid, sc->fsuid);
-    if (set_fs_creds(sc->fsuid, sc->fsgid, sc->ngroups, sc->groups) < 0) {
+    if (restore_creds(sc->euid, sc->egid, sc->ngroups, sc->groups) < 0) {
         agent_log("cannot switch a thread back to its own credentials: %s", strerror(errno));
         abort(); /* our own invariant: a thread must never go on as a user */
     }

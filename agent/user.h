@@ -4,11 +4,12 @@
  * (struct agent_user, agent_user_lookup) is declared in env.h.
  *
  * Linux keeps credentials per thread and checks file access with the fsuid, fsgid and
- * supplementary groups of the thread that makes the call, so the thread that does a request's
- * file work (the loop thread around a short call, a threadpool worker for a whole job, a job's own
- * thread) switches to the request's identity with raw setfsuid/setfsgid/setgroups system calls,
- * which change that thread only (glibc's setgroups() would change every thread), and switches back
- * before it does anything else. A switched thread must create no thread and queue no threadpool
+ * supplementary groups of the thread that makes the call (and some files, /proc/sys's, with its
+ * euid), so the thread that does a request's file work (the loop thread around a short call, a
+ * threadpool worker for a whole job, a job's own thread) switches its effective ids to the
+ * request's identity with raw setresuid/setresgid/setgroups system calls, which change that
+ * thread only (glibc's wrappers would change every thread), and switches back before it does
+ * anything else. A switched thread must create no thread and queue no threadpool
  * work: a new thread would start with the switched credentials.
  */
 #ifndef SBX_AGENT_USER_H
@@ -62,18 +63,19 @@ void agent_ident_from_user(const struct agent_user *u, struct agent_ident *id);
 /* What agent_ident_enter saved: the thread's credentials before it. */
 struct agent_ident_scope {
     bool active;
-    uid_t fsuid;
-    gid_t fsgid;
+    uid_t euid;
+    gid_t egid;
     int ngroups;
     gid_t groups[SBX_GROUPS_MAX];
 };
 
 /*
- * Switch the calling thread's file-system identity (fsuid, fsgid, supplementary groups) to @id,
- * saving the current one in @sc; nothing is switched for the agent's own identity. Every later
- * file access of this thread is checked as @id, without the capabilities that bypass file
- * permissions, until agent_ident_leave(@sc). Returns 0, or -1 with errno (EPERM: the agent may not
- * switch, not being root; the thread is then unchanged).
+ * Switch the calling thread's effective identity (euid, egid and with them the file-system ids,
+ * supplementary groups) to @id, saving the current one in @sc; nothing is switched for the
+ * agent's own identity. Every later access of this thread is checked as @id, with no effective
+ * capability (those that bypass file permissions included), until agent_ident_leave(@sc). Returns
+ * 0, or -1 with errno (EPERM: the agent may not switch, not being root; the thread is then
+ * unchanged).
  */
 int agent_ident_enter(const struct agent_ident *id, struct agent_ident_scope *sc);
 

@@ -20,6 +20,7 @@ root.
 import hashlib
 import io
 import os
+import socket
 import stat
 import sys
 import tarfile
@@ -215,6 +216,38 @@ class TestAttackIdentityPaths(IdentityCase):
         with self.assertRaises(w.RemoteError) as cm:
             self.c.call("fs.stat", {"path": "/", "user": "no-such-user-sbx"})
         self.assertEqual((cm.exception.code, cm.exception.err.get("field")), ("ENOENT", "user"))
+
+
+class TestAttackIdentitySysctl(IdentityCase):
+    """/proc/sys files are checked against the euid, not the fsuid: an agent that switched only
+    its file-system ids wrote any sysctl through a link the workload planted (core_pattern
+    "|/home/sandbox/x" is root code execution in a guest). The victim here is the hostname of a
+    UTS namespace of this test's own, so this machine's stays as it is."""
+
+    def setUp(self):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(0x04000000) != 0:  # CLONE_NEWUTS, before the agent starts: it shares it
+            self.skipTest("unshare(CLONE_NEWUTS): %s" % os.strerror(ctypes.get_errno()))
+        socket.sethostname("before-the-attack")
+        super().setUp()
+
+    def test_writes_to_sysctl_through_a_link(self):
+        self.sh("printf pwned > notes.txt; ln -s /proc/sys/kernel/hostname notes.bak")
+        r = self.u.sh("printf x > /proc/sys/kernel/hostname")
+        self.assertNotEqual(r.returncode, 0)  # the workload may not itself
+        bak = os.path.join(self.d, "notes.bak")
+        self.assertEqual(self.call_err("fs.copy", {"from": os.path.join(self.d, "notes.txt"),
+                                                   "to": bak}), "EACCES")
+        self.assertEqual(socket.gethostname(), "before-the-attack")
+        self.assertEqual(self.call_err("fs.open", {"path": bak, "flags": ["write"]}), "EACCES")
+        self.assertEqual(self.call_err("fs.truncate", {"path": bak, "length": 0}), "EACCES")
+        self.assertEqual(socket.gethostname(), "before-the-attack")
+        # what the workload may read, it still reads through its link
+        fh = self.c.call("fs.open", {"path": bak})["fh"]
+        self.assertEqual(self.c.call("fs.read", {"fh": fh, "len": 100})["data"],
+                         b"before-the-attack\n")
+        self.c.call("fs.close", {"fh": fh})
 
 
 class TestAttackIdentityParam(IdentityCase):
