@@ -135,15 +135,15 @@ static void (*const init_ctl_handlers[INIT_CTL_NVERBS])(struct init_state *st, c
     [INIT_CTL_LIFETIME] = reply_lifetime,
 };
 
-void init_ctl_read(struct init_state *st)
+/* Handles up to `max` datagrams of the control channel, stopping early when none waits; closes the
+ * channel on hang-up. */
+static void ctl_read(struct init_state *st, int max)
 {
     char buf[INIT_CTL_MAX + 1];
     const char *arg;
     int v;
 
-    /* A batch per round: an agent sending in a loop refills the channel as fast as it is read,
-     * and the main loop must still get to signals, reaping and timers (poll is back at once). */
-    for (int batch = 0; st->ctl >= 0 && batch < INIT_CTL_BATCH; batch++) {
+    for (int i = 0; st->ctl >= 0 && i < max; i++) {
         /* MSG_TRUNC: the real length, so an oversized datagram is dropped whole, not cut short. */
         ssize_t n = recv(st->ctl, buf, INIT_CTL_MAX, MSG_DONTWAIT | MSG_TRUNC);
         struct pollfd p = { st->ctl, POLLIN, 0 };
@@ -166,6 +166,13 @@ void init_ctl_read(struct init_state *st)
             init_ctl_handlers[v](st, arg);
         }
     }
+}
+
+void init_ctl_read(struct init_state *st)
+{
+    /* A batch per round: an agent sending in a loop refills the channel as fast as it is read,
+     * and the main loop must still get to signals, reaping and timers (poll is back at once). */
+    ctl_read(st, INIT_CTL_BATCH);
 }
 
 /* Gives the child fds[i] as fd 3 + i, without close-on-exec (every other fd of init has it). Each
@@ -386,8 +393,12 @@ static void exited(struct init_state *st, struct init_child *c, int status, int6
              (double)(now - c->started_ns) / INIT_NSEC);
     c->pid = 0;
     if (agent) {
-        set_clients(st, 0); /* its connections died with it */
-        init_ctl_read(st);  /* what it said last (a shutdown, say) still counts */
+        /* What it said last still counts (a shutdown, say), all of it, not a batch: it is dead, so
+         * what waits ends (INIT_CTL_DRAIN bounds a child it leaked fd 3 to). And first: its
+         * connections died with it, so a "clients n=1" it left must not come after and stop the
+         * session timer with no agent running. */
+        ctl_read(st, INIT_CTL_DRAIN);
+        set_clients(st, 0);
         if (st->ctl >= 0) {
             close(st->ctl);
             st->ctl = -1;

@@ -187,6 +187,9 @@ void init_shell_start(struct init_state *st);
 bool init_reap(struct init_state *st);
 /* Control datagrams handled per init_ctl_read call, at most. */
 #define INIT_CTL_BATCH 64
+/* Control datagrams read from a dead agent's channel, at most: its send buffer holds about 280 by
+ * default; more could only come from a child it leaked fd 3 to, still sending. */
+#define INIT_CTL_DRAIN 4096
 /* Handles the pending control-channel datagrams (bad ones are logged), INIT_CTL_BATCH at most;
  * closes it on hang-up. */
 void init_ctl_read(struct init_state *st);

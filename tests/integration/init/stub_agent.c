@@ -3,6 +3,7 @@
  * kernel command line, which also exercises init's environment handling):
  *   STUB_OUT     directory for reports: agent-<pid>.txt per start
  *   STUB_SCRIPT  commands separated by ';' (see run() below); afterwards the stub sleeps
+ *   (a test and the stub take turns through files in STUB_OUT: touch, waitfile)
  */
 #include <dirent.h>
 #include <errno.h>
@@ -43,6 +44,17 @@ static void sleep_ms(long ms)
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
 
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+static void touch(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+
+    if (fd < 0) {
+        say("touch %s: %s", path, strerror(errno));
+    } else {
+        close(fd);
     }
 }
 
@@ -186,7 +198,8 @@ static void run_sh(const char *cmd)
     say("sh-status=%d", status);
 }
 
-static void run(char *cmd, const char *out)
+/* Runs one script command; false to end the script there. */
+static bool run(char *cmd, const char *out)
 {
     char *arg = strchr(cmd, ' ');
     char path[4096];
@@ -234,6 +247,29 @@ static void run(char *cmd, const char *out)
         }
     } else if (strcmp(cmd, "closectl") == 0) {
         close(3);
+    } else if (strcmp(cmd, "sendn") == 0 && arg) {
+        /* "sendn N MSG": MSG N times, for a backlog longer than init reads in one round. */
+        char *msg = strchr(arg, ' ');
+
+        for (long i = atol(arg); msg != NULL && i > 0; i--) {
+            send_msg(msg + 1, strlen(msg + 1));
+        }
+    } else if (strcmp(cmd, "touch") == 0 && arg) {
+        /* Files in STUB_OUT are how a test and the stub take turns (touch, waitfile). */
+        snprintf(path, sizeof(path), "%s/%s", out, arg);
+        touch(path);
+    } else if (strcmp(cmd, "waitfile") == 0 && arg) {
+        snprintf(path, sizeof(path), "%s/%s", out, arg);
+        for (int i = 0; i < 2000 && access(path, F_OK) < 0; i++) {
+            sleep_ms(10);
+        }
+    } else if (strcmp(cmd, "once") == 0 && arg) {
+        /* The rest of the script runs in the first agent only; restarted ones stop here. */
+        snprintf(path, sizeof(path), "%s/once-%s", out, arg);
+        if (access(path, F_OK) == 0) {
+            return false;
+        }
+        touch(path);
     } else if (strcmp(cmd, "exit") == 0) {
         exit(arg ? atoi(arg) : 0);
     } else if (strcmp(cmd, "sh") == 0 && arg) {
@@ -241,6 +277,7 @@ static void run(char *cmd, const char *out)
     } else {
         say("unknown-command=%s", cmd);
     }
+    return true;
 }
 
 /* Lists the fds the stub was started with ("0,1,2,3,4") into @buf, and for each from 4 on what it
@@ -327,7 +364,9 @@ int main(int argc, char **argv)
             c++;
         }
         say("run %s", c);
-        run(c, out);
+        if (!run(c, out)) {
+            break;
+        }
     }
     say("script-done");
     for (;;) {

@@ -7,6 +7,7 @@ under a temporary directory. The agent is the stub_agent program, driven through
 sbx.env.STUB_SCRIPT on the test command line. Needs root. Usage: test_init.py CASE.
 Environment: SBX_INIT (sbx-init binary), SBX_STUB_AGENT (stub agent binary).
 """
+import contextlib
 import fcntl
 import os
 import re
@@ -149,6 +150,47 @@ class Run:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_file(run, name, timeout=10.0):
+    """Waits for the stub's file `name` in its STUB_OUT (its "touch"); returns its path."""
+    path = os.path.join(run.out, name)
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        check(time.monotonic() < end and run.proc.poll() is None,
+              "no %s from the stub; console:\n%s" % (name, run.text()))
+        time.sleep(0.01)
+    return path
+
+
+@contextlib.contextmanager
+def init_stopped(run):
+    """sbx-init stopped (SIGSTOP) for the `with` block: what the agent sends meanwhile waits in
+    the channel, and an agent that exits stays unreaped, so init finds all of it at once."""
+    pid = run.init_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def wait_agent_zombie(run, timeout=10.0):
+    """Waits until a child of sbx-init (the agent) has exited and is not reaped yet."""
+    init = run.init_pid()
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with open("/proc/%d/task/%d/children" % (init, init)) as f:
+            kids = f.read().split()
+        for pid in kids:
+            try:
+                with open("/proc/%s/stat" % pid) as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        return
+            except OSError:
+                pass
+        time.sleep(0.01)
+    raise Fail("the agent did not exit; console:\n%s" % run.text())
 
 
 def expect_poweroff(run, timeout=15.0):
@@ -597,6 +639,30 @@ def test_ctl_closed():
         check(rc == -signal.SIGHUP, "SIGRTMIN+5 should reboot, rc=%r:\n%s" % (rc, r.text()))
         check("ctl: " not in r.text(), "control channel complaints:\n" + r.text())
         r.wait_for(r"^shutdown: reboot \(signal %d " % (signal.SIGRTMIN + 5))
+    finally:
+        r.close()
+
+
+def test_ctl_dead_agent_clients():
+    # The agent leaves 65 messages behind when it dies, more than init reads in a round (64), the
+    # last "clients n=1". All of it is read before its death counts as its clients leaving: the
+    # session timer starts and the VM powers off. Read after, the leftover stopped the timer for
+    # good, with no agent running (the next one here never reports a client).
+    script = ("ready;once first;send clients n=2;touch go;waitfile stopped;"
+              "sendn 64 clients n=2;send clients n=1;exit 1")
+    r = Run(script=script, cmdline="sbx.lifetime=session sbx.session_grace=1s")
+    try:
+        r.wait_for(r"^agent: 2 host client\(s\) connected$")
+        wait_file(r, "go")
+        with init_stopped(r):
+            open(os.path.join(r.out, "stopped"), "w").close()
+            wait_agent_zombie(r)
+        expect_poweroff(r, timeout=10)
+        in_order(r, [r"^agent: 1 host client\(s\) connected$",
+                     r"^lifetime: last client left; power off in 1s",
+                     r"^agent: pid 2 exited with status 1 ",
+                     r"^agent ready \(pid \d+\)",
+                     r"^shutdown: poweroff \(session ended\)$"])
     finally:
         r.close()
 
