@@ -151,9 +151,14 @@ static void ctl_read(struct init_state *st, int max)
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
             return; /* EINTR: the main loop comes back */
         }
+        /* The agent closed its end with our answers unread. The kernel says so once, before the
+         * datagrams it sent last, which still count (a final shutdown, say): read on. */
+        if (n < 0 && errno == ECONNRESET) {
+            continue;
+        }
         /* 0 is an empty datagram or the agent's end closing: only poll can tell which. */
         if (n < 0 || (n == 0 && poll(&p, 1, 0) >= 0 && (p.revents & POLLHUP))) {
-            INIT_LOG_IF(n < 0 && errno != ECONNRESET, "ctl: recv: %m; closing the channel");
+            INIT_LOG_IF(n < 0, "ctl: recv: %m; closing the channel");
             close(st->ctl); /* the agent's exit itself is handled by reaping */
             st->ctl = -1;
             return;

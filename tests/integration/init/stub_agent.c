@@ -254,6 +254,12 @@ static bool run(char *cmd, const char *out)
         for (long i = atol(arg); msg != NULL && i > 0; i--) {
             send_msg(msg + 1, strlen(msg + 1));
         }
+    } else if (strcmp(cmd, "pending") == 0) {
+        /* Waits until init's answer is on fd 3 and leaves it unread: the agent's exit then
+         * resets the channel (init's recv says ECONNRESET before what the agent sent last). */
+        struct pollfd p = { 3, POLLIN, 0 };
+
+        say("pending=%d", poll(&p, 1, 3000));
     } else if (strcmp(cmd, "touch") == 0 && arg) {
         /* Files in STUB_OUT are how a test and the stub take turns (touch, waitfile). */
         snprintf(path, sizeof(path), "%s/%s", out, arg);

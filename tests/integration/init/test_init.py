@@ -667,6 +667,27 @@ def test_ctl_dead_agent_clients():
         r.close()
 
 
+def test_ctl_reset():
+    # The agent dies with init's answer unread, so init's recv says ECONNRESET before the agent's
+    # last message, "shutdown": that message still counts (it was dropped with the channel).
+    script = ("ready;once first;send lifetime?;pending;touch go;waitfile stopped;"
+              "send shutdown action=poweroff;exit 1")
+    r = Run(script=script)
+    try:
+        wait_file(r, "go")
+        with init_stopped(r):
+            open(os.path.join(r.out, "stopped"), "w").close()
+            wait_agent_zombie(r)
+        expect_poweroff(r, timeout=10)
+        check(r.report_value("pending") == "1", "init's answer was not waiting: %r" % r.reports())
+        r.wait_for(r"^shutdown: poweroff \(asked by the agent\)$")
+        starts = [m for _, m in r.lines() if m.startswith("agent: started ")]
+        check(len(starts) == 1, "the agent was restarted:\n" + r.text())
+        check("ctl: " not in r.text(), "control channel complaints:\n" + r.text())
+    finally:
+        r.close()
+
+
 def test_rescue_shell():
     r = Run(script="ready;sleep 2500;send shutdown action=poweroff", cmdline="sbx.debug=shell",
             stdin=b"echo RESCUE_$((6*7)) oom=$(cat /proc/self/oom_score_adj)\n")
