@@ -135,8 +135,24 @@ static void (*const init_ctl_handlers[INIT_CTL_NVERBS])(struct init_state *st, c
     [INIT_CTL_LIFETIME] = reply_lifetime,
 };
 
+/* Whether a recv() of 0 on the channel was its end, not an empty datagram (legal on SOCK_SEQPACKET,
+ * and ignored): the agent closed its end (POLLHUP) or shut it down for writing (SHUT_WR: POLLRDHUP
+ * only; recv() then gives 0 for ever), and no message with a byte in it waits behind. FIONREAD
+ * counts the bytes of every datagram queued on a SOCK_SEQPACKET socket, so 0 means only empty
+ * ones are left, if any: nothing to read on for. */
+static bool ctl_ended(int fd)
+{
+    struct pollfd p = { fd, POLLIN | POLLRDHUP, 0 };
+    int queued = 0;
+
+    if (poll(&p, 1, 0) < 0 || (p.revents & (POLLHUP | POLLRDHUP)) == 0) {
+        return false;
+    }
+    return ioctl(fd, FIONREAD, &queued) < 0 || queued == 0;
+}
+
 /* Handles up to `max` datagrams of the control channel, stopping early when none waits; closes the
- * channel on hang-up. */
+ * channel at its end. */
 static void ctl_read(struct init_state *st, int max)
 {
     char buf[INIT_CTL_MAX + 1];
@@ -146,7 +162,6 @@ static void ctl_read(struct init_state *st, int max)
     for (int i = 0; st->ctl >= 0 && i < max; i++) {
         /* MSG_TRUNC: the real length, so an oversized datagram is dropped whole, not cut short. */
         ssize_t n = recv(st->ctl, buf, INIT_CTL_MAX, MSG_DONTWAIT | MSG_TRUNC);
-        struct pollfd p = { st->ctl, POLLIN, 0 };
 
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
             return; /* EINTR: the main loop comes back */
@@ -156,8 +171,7 @@ static void ctl_read(struct init_state *st, int max)
         if (n < 0 && errno == ECONNRESET) {
             continue;
         }
-        /* 0 is an empty datagram or the agent's end closing: only poll can tell which. */
-        if (n < 0 || (n == 0 && poll(&p, 1, 0) >= 0 && (p.revents & POLLHUP))) {
+        if (n < 0 || (n == 0 && ctl_ended(st->ctl))) {
             INIT_LOG_IF(n < 0, "ctl: recv: %m; closing the channel");
             close(st->ctl); /* the agent's exit itself is handled by reaping */
             st->ctl = -1;

@@ -191,7 +191,7 @@ bool init_reap(struct init_state *st);
  * default; more could only come from a child it leaked fd 3 to, still sending. */
 #define INIT_CTL_DRAIN 4096
 /* Handles the pending control-channel datagrams (bad ones are logged), INIT_CTL_BATCH at most;
- * closes it on hang-up. */
+ * closes the channel at its end (the agent closed it or shut it down for writing). */
 void init_ctl_read(struct init_state *st);
 
 /* main.c */

@@ -247,6 +247,11 @@ static bool run(char *cmd, const char *out)
         }
     } else if (strcmp(cmd, "closectl") == 0) {
         close(3);
+    } else if (strcmp(cmd, "shutwr") == 0) {
+        /* Half-closed: the agent says it will send no more, and lives on. */
+        if (shutdown(3, SHUT_WR) < 0) {
+            say("shutwr-error=%s", strerror(errno));
+        }
     } else if (strcmp(cmd, "sendn") == 0 && arg) {
         /* "sendn N MSG": MSG N times, for a backlog longer than init reads in one round. */
         char *msg = strchr(arg, ' ');

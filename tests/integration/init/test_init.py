@@ -193,6 +193,12 @@ def wait_agent_zombie(run, timeout=10.0):
     raise Fail("the agent did not exit; console:\n%s" % run.text())
 
 
+def init_ticks(run):
+    """CPU ticks (user + system) sbx-init has used so far."""
+    with open("/proc/%d/stat" % run.init_pid()) as f:
+        return sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+
+
 def expect_poweroff(run, timeout=15.0):
     rc = run.finish(timeout)
     check(rc == -signal.SIGINT,
@@ -684,6 +690,31 @@ def test_ctl_reset():
         starts = [m for _, m in r.lines() if m.startswith("agent: started ")]
         check(len(starts) == 1, "the agent was restarted:\n" + r.text())
         check("ctl: " not in r.text(), "control channel complaints:\n" + r.text())
+    finally:
+        r.close()
+
+
+def test_ctl_halfclosed():
+    # The agent shuts its end down for writing (SHUT_WR) and lives on: recv() gives 0 for ever
+    # and poll() says POLLIN and POLLRDHUP, not POLLHUP. init reads what was sent before, an
+    # empty datagram included (legal: ignored), then closes the channel: it spun at 100% CPU,
+    # taking each 0 for an empty datagram and logging it.
+    r = Run(script="ready;touch go;waitfile stopped;send ;send clients n=3;shutwr;touch sent")
+    try:
+        wait_file(r, "go")
+        with init_stopped(r):
+            open(os.path.join(r.out, "stopped"), "w").close()
+            wait_file(r, "sent")
+        r.wait_for(r"^agent: 3 host client\(s\) connected$")
+        time.sleep(0.3)
+        t0 = init_ticks(r)
+        time.sleep(1.0)
+        ticks = init_ticks(r) - t0
+        empty = sum(1 for _, m in r.lines() if m == "ctl: empty message; ignored")
+        check(empty == 1, "%d empty messages for the one sent:\n%s" % (empty, r.text()[-3000:]))
+        check(ticks < 50, "init used %d ticks of CPU in 1 s: busy loop?" % ticks)
+        r.kill_init(signal.SIGTERM)
+        expect_poweroff(r)
     finally:
         r.close()
 
