@@ -145,7 +145,8 @@ enum init_ctl_verb {
 int init_ctl_parse(char *buf, size_t len, const char **arg);
 
 /* system.c */
-/* Opens the console on fds 0-2 unless the kernel did (it does if the initramfs has one). */
+/* Opens the console on fds 0-2 unless the kernel did (it does if the initramfs has one); runs
+ * before init opens any other fd, which would take one of 0-2. */
 void init_console_setup(struct init_state *st);
 /* Mounts the missing pseudo filesystems and /dev links under st->prefix; failures are logged. */
 void init_mount_early(struct init_state *st);

@@ -304,8 +304,10 @@ int main(int argc, char **argv)
               help ? stdout : stderr);
         return help ? 0 : 1;
     }
-    rc = setup_signals(&st);
+    /* The console first: with fds 0-2 closed (no console in the initramfs), any fd opened before
+     * would take one of them (the signalfd took 0, and the rescue shell had no stdin). */
     init_console_setup(&st);
+    rc = setup_signals(&st);
     init_log_open(); /* where /proc is mounted already; else after init_mount_early */
     init_log("sbx-init starting: %.6fs after boot", (double)st.start_ns / INIT_NSEC);
     if (rc < 0) {

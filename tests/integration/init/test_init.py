@@ -36,7 +36,7 @@ class Run:
     """One sbx-init boot in fresh namespaces. `script` is the stub's STUB_SCRIPT."""
 
     def __init__(self, script="ready", cmdline="", config=None, agent=None, stdin=b"",
-                 modules=None, pre=None, prefix=True, files=None, console=None):
+                 modules=None, pre=None, prefix=True, files=None, console=None, shell=None):
         self.dir = tempfile.mkdtemp(prefix="sbx-init-test-")
         self.out = os.path.join(self.dir, "out")
         self.root = os.path.join(self.dir, "root")
@@ -64,6 +64,8 @@ class Run:
                 "--modules", os.path.join(self.dir, "modules")]
         if prefix:
             argv += ["--root-prefix", self.root]
+        if shell:
+            argv += ["--shell", sub(shell)]
         if pre:  # shell commands run inside the namespaces before exec'ing init
             argv = ["/bin/sh", "-ec", sub(pre) + '\nexec "$@"', "sh"] + argv
         self.log_path = os.path.join(self.dir, "console.log")
@@ -730,6 +732,39 @@ def test_rescue_shell():
         check(starts[1] - starts[0] >= 0.95, "shell restarted after %.3fs"
               % (starts[1] - starts[0]))
         r.wait_for(r"^agent ready")
+    finally:
+        r.close()
+
+
+def test_console_none():
+    # The kernel opened no console (fds 0-2 closed): init opens /dev/console on all three before
+    # it opens anything else. Its signalfd took fd 0 first, so the console went on 1 and 2 only
+    # and the rescue shell had no stdin.
+    shell = ('#!/bin/sh\n{ readlink /proc/$$/fd/0 || echo closed; } > "$STUB_OUT/shell-stdin"\n'
+             "exec sleep 100\n")
+    r = Run(script="ready", cmdline="sbx.debug=shell", shell="@DIR@/shell", files={"shell": shell},
+            pre="mkdir @DIR@/devdir @ROOT@/dev && mount --bind @DIR@/devdir @ROOT@/dev && "
+                ": > @ROOT@/dev/console && chmod 755 @DIR@/shell\nexec 0<&- 1>&- 2>&-")
+    console = os.path.join(r.dir, "devdir", "console")
+    try:
+        path = wait_file(r, "shell-stdin")
+        for _ in range(100):
+            with open(path) as f:
+                got = f.read().strip()
+            if got:
+                break
+            time.sleep(0.01)
+        with open(console, errors="replace") as f:
+            text = f.read()
+        check(got == os.path.join(r.root, "dev", "console"),
+              "the rescue shell's stdin is %r; console:\n%s" % (got, text))
+        check(re.search(r"rescue shell: started .*/shell on the console", text),
+              "init did not log to the console:\n" + text)
+        r.kill_init(signal.SIGTERM)
+        expect_poweroff(r)
+        with open(console, errors="replace") as f:
+            text = f.read()
+        check(not re.search(r"Sanitizer|runtime error:", text), "sanitizer report:\n" + text)
     finally:
         r.close()
 
