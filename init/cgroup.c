@@ -73,7 +73,7 @@ static uint64_t auto_memory(void)
 static uint64_t auto_pids(void)
 {
     char buf[32];
-    ssize_t n = init_read_file("/proc/sys/kernel/threads-max", buf, sizeof(buf));
+    ssize_t n = init_read_file("/proc/sys/kernel/threads-max", buf, sizeof(buf), NULL);
     long long t;
 
     buf[n > 0 && buf[n - 1] == '\n' ? n - 1 : n > 0 ? n : 0] = '\0';

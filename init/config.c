@@ -127,12 +127,32 @@ void init_log(const char *fmt, ...)
     errno = saved;
 }
 
-ssize_t init_read_file(const char *path, char *buf, size_t size)
+ssize_t init_read_file(const char *path, char *buf, size_t size, int *cut)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    ssize_t n = fd < 0 ? -1 : read(fd, buf, size - 1);
+    ssize_t n = 0, r = fd < 0 ? -1 : 1;
+    char more;
 
-    n = n < 0 ? -errno : n;
+    while (r > 0 && (size_t)n < size - 1) {
+        if ((r = read(fd, buf + n, size - 1 - (size_t)n)) > 0) {
+            n += r;
+        } else if (r < 0 && errno == EINTR) {
+            r = 1;
+        }
+    }
+    /* Full: one byte more tells a file that fits exactly from one that does not. */
+    if (r > 0 && cut != NULL && read(fd, &more, 1) == 1) {
+        const char *end = memrchr(buf, '\n', (size_t)n);
+
+        *cut = 1;
+        n = end != NULL ? end + 1 - buf : 0;
+        for (const char *p = buf; (p = memchr(p, '\n', (size_t)(buf + n - p))) != NULL; p++) {
+            ++*cut;
+        }
+    } else if (cut != NULL) {
+        *cut = 0;
+    }
+    n = r < 0 ? -errno : n;
     if (fd >= 0) {
         close(fd);
     }
@@ -549,11 +569,15 @@ void init_config_load_text(struct init_config *cfg, char *text, const char *path
 int init_config_load_file(struct init_config *cfg, const char *path)
 {
     char buf[INIT_FILE_MAX];
-    ssize_t n = init_read_file(path, buf, sizeof(buf));
+    int cut;
+    ssize_t n = init_read_file(path, buf, sizeof(buf), &cut);
 
     if (n < 0) {
         return (int)n;
     }
+    INIT_LOG_IF(cut > 0 && !cfg->quiet,
+                "config: %s: longer than %d bytes; line %d (cut short) and all after it ignored",
+                path, INIT_FILE_MAX - 1, cut);
     init_config_load_text(cfg, buf, path);
     return 0;
 }

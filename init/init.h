@@ -109,8 +109,11 @@ void init_log_open(void);
 void init_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Logs the message when `failed` (a step that fails is reported, and boot goes on). */
 #define INIT_LOG_IF(failed, ...) ((failed) ? init_log(__VA_ARGS__) : (void)0)
-/* Reads up to size-1 bytes of `path` into buf, NUL-terminated. Returns the length or -errno. */
-ssize_t init_read_file(const char *path, char *buf, size_t size);
+/* Reads up to size-1 bytes of `path` into buf, NUL-terminated. Returns the length or -errno.
+ * With `cut`, for a reader of lines: a longer file is read up to its last whole line within
+ * size-1 bytes (a line cut short would say something else: "sbx.lifetime=3600" would be read as
+ * "sbx.lifetime=36"), and *cut is the number of the first line left out, 0 when none was. */
+ssize_t init_read_file(const char *path, char *buf, size_t size, int *cut);
 /* Fills `cfg` with the built-in defaults (listed in docs/INIT.md); keeps cfg->quiet. */
 void init_config_defaults(struct init_config *cfg);
 /* Applies one key. A bad value is reported (unless cfg->quiet) and gets the default: -EINVAL;

@@ -320,7 +320,8 @@ int main(int argc, char **argv)
     init_log_open();
     INIT_LOG_IF(init_oom_score_adj(-1000) < 0, "oom_score_adj: %m");
     init_modules_load(st.modules_path);
-    n = init_read_file(st.cmdline_path, st.cmdline, sizeof(st.cmdline));
+    /* Uncut: the kernel's own command line is far shorter (2 KiB on x86 and arm64). */
+    n = init_read_file(st.cmdline_path, st.cmdline, sizeof(st.cmdline), NULL);
     INIT_LOG_IF(n < 0, "config: %s: %s", st.cmdline_path, strerror((int)-n));
     /* A silent first pass gives root= for the switch, before the new root's config file. */
     if (st.prefix[0] == '\0') {

@@ -172,13 +172,17 @@ void init_harden(const struct init_state *st)
 void init_modules_load(const char *path)
 {
     char list[INIT_FILE_MAX], mod[INIT_PATH_LEN], *next = list, *line;
-    int loaded = 0, failed = 0, fd;
-    ssize_t n = init_read_file(path, list, sizeof(list));
+    int loaded = 0, failed = 0, fd, cut;
+    ssize_t n = init_read_file(path, list, sizeof(list), &cut);
 
     if (n < 0) {
         INIT_LOG_IF(n != -ENOENT, "modules: %s: %s", path, strerror((int)-n));
         return; /* no list: what the kernel needs is built in */
     }
+    INIT_LOG_IF(cut > 0,
+                "modules: %s: longer than %d bytes; line %d (cut short) and all after it "
+                "ignored",
+                path, INIT_FILE_MAX - 1, cut);
     while ((line = strsep(&next, "\n")) != NULL) {
         if (line[0] == '\0' || line[0] == '#') {
             continue;

@@ -769,6 +769,31 @@ def test_console_none():
         r.close()
 
 
+def test_files_large():
+    # A config file and a module list longer than init reads (16383 bytes): each is read up to
+    # its last whole line, and the cut is logged. The line cut short was applied as it was left:
+    # "sbx.lifetime=3600" as a 36 s lifetime, a module path as a shorter one.
+    envs = "".join("sbx.env.V%02d=%s\n" % (i, "x" * 1000) for i in range(15))
+    head = 16383 - len(envs) - len("sbx.lifetime=36")
+    conf = "#" + "-" * (head - 2) + "\n" + envs + "sbx.lifetime=3600\nsbx.hostname=late\n"
+    head = 16383 - len("/nonexiste")
+    mods = "#" + "-" * (head - 2) + "\n/nonexistent/cut-short.ko\n/nonexistent/after.ko\n"
+    r = Run(script="ready;send shutdown action=poweroff", config=conf, modules=mods)
+    try:
+        expect_poweroff(r)
+        r.wait_for(r"^config: %s: longer than 16383 bytes; line 17 \(cut short\) and all after "
+                   r"it ignored$" % re.escape(os.path.join(r.dir, "init.conf")))
+        r.wait_for(r"^config: lifetime=none .* env=21$")
+        r.wait_for(r"^net: hostname sandbox$")
+        r.wait_for(r"^modules: %s: longer than 16383 bytes; line 2 \(cut short\) and all after "
+                   r"it ignored$" % re.escape(os.path.join(r.dir, "modules")))
+        r.wait_for(r"^modules: 0 loaded, 0 failed ")
+        env = [l for l in r.reports()[0] if l.startswith("env V")]
+        check(len(env) == 15 and env[-1] == "env V14=" + "x" * 1000, "agent env %r" % env[-1:])
+    finally:
+        r.close()
+
+
 def test_modules():
     mods = "# ordered list\n\n@DIR@/garbage.ko\nnonexistent/dir/mod.ko\n"
     r = Run(script="ready;send shutdown action=poweroff", modules=mods,

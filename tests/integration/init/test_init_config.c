@@ -288,13 +288,71 @@ static void test_file_then_cmdline(void **state)
     assert_int_equal(init_config_load_file(&cfg, path), -ENOENT);
 }
 
+/* Writes `text` (len bytes) to a new temporary file, named in `path` (28 bytes). */
+static void write_temp(char *path, const char *text, size_t len)
+{
+    int fd = mkstemp(strcpy(path, "/tmp/sbx-init-config-XXXXXX"));
+
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, len), (ssize_t)len);
+    close(fd);
+}
+
+/* A file longer than init reads (INIT_FILE_MAX - 1 bytes) is read up to its last whole line: the
+ * line across the limit was applied cut short ("sbx.lifetime=3600" as 36 s). */
+static void test_file_too_long(void **state)
+{
+    struct init_config cfg = { .quiet = true };
+    static char text[INIT_FILE_MAX + 64];
+    const char head[] = "sbx.hostname=first\n#",
+               tail[] = "\nsbx.lifetime=3600\nsbx.hostname=late\n";
+    size_t pad = INIT_FILE_MAX - 1 - (sizeof(head) - 1) - strlen("\nsbx.lifetime=36");
+    char path[28], buf[INIT_FILE_MAX];
+    int cut = -1;
+
+    memcpy(text, head, sizeof(head) - 1);
+    memset(text + sizeof(head) - 1, '-', pad);
+    memcpy(text + sizeof(head) - 1 + pad, tail, sizeof(tail));
+    write_temp(path, text, strlen(text));
+    init_config_defaults(&cfg);
+    assert_int_equal(init_config_load_file(&cfg, path), 0);
+    assert_int_equal(cfg.lifetime, INIT_LIFETIME_NONE);
+    assert_string_equal(cfg.hostname, "first");
+    assert_int_equal(init_read_file(path, buf, sizeof(buf), &cut), (ssize_t)(sizeof(head) + pad));
+    assert_int_equal(cut, 3);
+    assert_string_equal(buf + strlen(buf) - 2, "-\n");
+    /* Without `cut` (the command line): what fits, as before. */
+    assert_int_equal(init_read_file(path, buf, sizeof(buf), NULL), INIT_FILE_MAX - 1);
+    unlink(path);
+
+    /* Exactly INIT_FILE_MAX - 1 bytes, no newline at the end: all of it, the last line too. */
+    memset(text, '#', INIT_FILE_MAX - 1 - strlen("\nsbx.hostname=last"));
+    strcpy(text + INIT_FILE_MAX - 1 - strlen("\nsbx.hostname=last"), "\nsbx.hostname=last");
+    write_temp(path, text, INIT_FILE_MAX - 1);
+    assert_int_equal(init_config_load_file(&cfg, path), 0);
+    assert_string_equal(cfg.hostname, "last");
+    assert_int_equal(init_read_file(path, buf, sizeof(buf), &cut), INIT_FILE_MAX - 1);
+    assert_int_equal(cut, 0);
+    unlink(path);
+
+    /* One line longer than all of it: nothing applied. */
+    memcpy(text, "sbx.hostname=", 13);
+    memset(text + 13, 'h', INIT_FILE_MAX);
+    write_temp(path, text, INIT_FILE_MAX + 13);
+    assert_int_equal(init_read_file(path, buf, sizeof(buf), &cut), 0);
+    assert_int_equal(cut, 1);
+    assert_string_equal(buf, "");
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_duration),  cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_every_key), cmocka_unit_test(test_bad_value_resets_default),
-        cmocka_unit_test(test_env),       cmocka_unit_test(test_cmdline),
-        cmocka_unit_test(test_ctl_parse), cmocka_unit_test(test_file_then_cmdline),
+        cmocka_unit_test(test_duration),      cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_every_key),     cmocka_unit_test(test_bad_value_resets_default),
+        cmocka_unit_test(test_env),           cmocka_unit_test(test_cmdline),
+        cmocka_unit_test(test_ctl_parse),     cmocka_unit_test(test_file_then_cmdline),
+        cmocka_unit_test(test_file_too_long),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
