@@ -1,5 +1,6 @@
 /* config.c: configuration (command line, file, defaults); the console log, small-file reads; the
- * control channel's message parser (agent.c acts on what it finds). */
+ * control channel's message parser (agent.c acts on what it finds); when shutdown stops waiting
+ * for sync (main.c does the waiting). */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
@@ -201,6 +202,15 @@ static const char *set_duration(struct init_config *cfg, const struct init_key *
     return rc == 0         ? NULL
            : rc == -ERANGE ? "too large (max 10 years)"
                            : "not a duration (<N>, <N>s, <N>m or <N>h)";
+}
+
+/* sbx.shutdown_sync: a duration, at most INIT_SYNC_MAX_S (past that, a VM asked to stop would
+ * seem hung to its host, writing or not). */
+static const char *set_sync(struct init_config *cfg, const struct init_key *k, const char *v)
+{
+    const char *why = set_duration(cfg, k, v);
+
+    return why != NULL ? why : cfg->shutdown_sync_s > INIT_SYNC_MAX_S ? "too large (max 1h)" : NULL;
 }
 
 static const char *set_choice(struct init_config *cfg, const struct init_key *k, const char *v)
@@ -441,6 +451,7 @@ static const char *set_root(struct init_config *cfg, const struct init_key *k, c
 #define KEY(n, s, d) { .name = n, .set = s, .def = d }
 #define DURATION(n, d, f) { .name = n, .set = set_duration, .def = d, .field = INIT_FIELD(f) }
 #define LIMIT(n, d, f) { .name = n, .set = set_limit, .def = d, .field = INIT_FIELD(f) }
+#define FIELD(n, s, d, f) { .name = n, .set = s, .def = d, .field = INIT_FIELD(f) }
 #define CHOICE(n, d, f, off_, on_) { .name = n, .set = set_choice, .def = d, \
     .field = INIT_FIELD(f), .off = off_, .on = on_, .why = "expected " off_ " or " on_ }
 /* clang-format on */
@@ -448,6 +459,7 @@ static const struct init_key init_keys[] = {
     KEY("sbx.lifetime", set_lifetime, "none"),
     DURATION("sbx.session_grace", "10s", session_grace_s),
     DURATION("sbx.shutdown_grace", "2s", shutdown_grace_s),
+    FIELD("sbx.shutdown_sync", set_sync, "60s", shutdown_sync_s),
     KEY("sbx.listen", set_listen, "vsock:1024,serial:agent"),
     KEY("sbx.hostname", set_hostname, "sandbox"),
     CHOICE("sbx.debug", "none", debug_shell, "none", "shell"),
@@ -608,6 +620,42 @@ void init_config_load_cmdline(struct init_config *cfg, char *p)
             cfg->root_ro = tok[1] == 'o';
         }
     }
+}
+
+long long init_meminfo_dirty(const char *text)
+{
+    static const char *const keys[] = { "\nDirty:", "\nWriteback:" }; /* never the first line */
+    long long sum = 0;
+
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        const char *p = strstr(text, keys[i]);
+        char *end;
+        long long v;
+
+        if (p == NULL) {
+            return -1;
+        }
+        p += strlen(keys[i]);
+        errno = 0;
+        v = strtoll(p, &end, 10);
+        if (end == p || errno != 0 || v < 0 || v > (1LL << 50)) {
+            return -1;
+        }
+        sum += v;
+    }
+    return sum;
+}
+
+bool init_sync_wait(struct init_sync_watch *w, long long kib, int64_t now, int64_t max_ns)
+{
+    /* Only a new low counts: a sum that rises and falls back has written nothing new. */
+    if (kib >= 0 && w->low_kib >= 0 && kib < w->low_kib) {
+        w->progress_ns = now;
+    }
+    if (kib >= 0 && (w->low_kib < 0 || kib < w->low_kib)) {
+        w->low_kib = kib;
+    }
+    return now - w->start_ns < max_ns && now - w->progress_ns < INIT_SYNC_STALL_NS;
 }
 
 /* The agent's verbs and the one argument each takes ("" for none), by enum init_ctl_verb. */

@@ -29,7 +29,9 @@
 #define INIT_STABLE_NS      (10 * INIT_NSEC) /* an agent up this long is not crash-looping */
 #define INIT_SHELL_PAUSE_NS (1 * INIT_NSEC)  /* rescue shell restarts at most once a second */
 #define INIT_ROOT_WAIT_NS   (5 * INIT_NSEC)  /* wait for root= to appear */
-#define INIT_SYNC_NS        (10 * INIT_NSEC) /* shutdown: sync and unmount, at most */
+#define INIT_SYNC_STALL_NS  (10 * INIT_NSEC) /* shutdown: sync and unmount with no progress */
+#define INIT_SYNC_MAX_S     3600             /* sbx.shutdown_sync, at most */
+#define INIT_MEMINFO_READ   4096 /* of /proc/meminfo: Dirty and Writeback are in its first KiB */
 
 /* Resource limits (cgroup.c, docs/INIT.md "Resource limits"). */
 #define INIT_CGROUP_ROOT     "/sys/fs/cgroup"
@@ -47,6 +49,7 @@ enum init_action { INIT_RUN, INIT_POWEROFF, INIT_REBOOT };
 struct init_config {
     enum init_lifetime lifetime;
     int64_t lifetime_s, session_grace_s, shutdown_grace_s;
+    int64_t shutdown_sync_s; /* sync and unmount at shutdown, at most (while they progress) */
     char listen[INIT_VALUE_LEN];
     char hostname[65];
     int rescue_after; /* failed agent starts in a row before the rescue shell; 0 = never */
@@ -130,6 +133,20 @@ void init_config_load_cmdline(struct init_config *cfg, char *cmdline);
 int init_parse_duration(const char *s, int64_t *seconds);
 /* Parses a decimal number in [0, max]; -1 if `s` is NULL or not one. */
 long long init_parse_uint(const char *s, long long max);
+/* Dirty + Writeback of /proc/meminfo's text, in KiB: what the kernel has still to write. -1 when
+ * either is missing or malformed. */
+long long init_meminfo_dirty(const char *text);
+/* The wait for sync and unmount at shutdown (main.c; docs/INIT.md "Shutdown"). */
+struct init_sync_watch {
+    int64_t start_ns;    /* when they began (CLOCK_BOOTTIME) */
+    int64_t progress_ns; /* when Dirty + Writeback last fell to a new low (start_ns at first) */
+    long long low_kib;   /* that low; -1 while unknown */
+};
+/* Records a reading of Dirty + Writeback at `now` (`kib`, -1 for none) and returns whether to wait
+ * on: while less than max_ns have passed since the start, and less than INIT_SYNC_STALL_NS since
+ * the start or the last new low. A writeback that is slow but gets on is waited for; one that is
+ * stuck (a hung network or FUSE mount, a dying disk) is given up as before. */
+bool init_sync_wait(struct init_sync_watch *w, long long kib, int64_t now, int64_t max_ns);
 /* "none", "session", "duration", indexed by enum init_lifetime. */
 extern const char *const init_lifetime_names[3];
 /* The control channel's verbs from the agent (docs/INIT.md "Control channel"). */

@@ -131,12 +131,26 @@ static bool kill_all(struct init_state *st, int sig, int64_t ns)
     }
 }
 
-/* sync, unmount what init mounted, sync, in a child given INIT_SYNC_NS: a filesystem that does
- * not answer (a hung network or FUSE mount, a dying disk) must not keep the machine from
- * powering off. The child, stuck in the kernel, is left behind. */
+/* Dirty + Writeback of /proc/meminfo in KiB, or -1 (no /proc: the sync child unmounts it). */
+static long long dirty_kib(void)
+{
+    char buf[INIT_MEMINFO_READ];
+
+    return init_read_file("/proc/meminfo", buf, sizeof(buf), NULL) > 0 ? init_meminfo_dirty(buf)
+                                                                       : -1;
+}
+
+/* sync, unmount what init mounted, sync, in a child: a filesystem that does not answer (a hung
+ * network or FUSE mount, a dying disk) must not keep the machine from powering off, and a disk
+ * that is slow but writing must not lose what it has still to write. So the child is waited for
+ * while the kernel's dirty and writeback memory keeps falling, sbx.shutdown_sync at most, and
+ * given up after INIT_SYNC_STALL_NS without a fall (init_sync_wait). Left behind, it stays stuck
+ * in the kernel. */
 static void sync_and_unmount(struct init_state *st)
 {
-    int64_t until = init_now(CLOCK_BOOTTIME) + INIT_SYNC_NS;
+    int64_t now = init_now(CLOCK_BOOTTIME), next = now, max = st->cfg.shutdown_sync_s * INIT_NSEC;
+    struct init_sync_watch w = { now, now, dirty_kib() };
+    bool slow = false;
     int status;
     pid_t pid;
 
@@ -153,14 +167,30 @@ static void sync_and_unmount(struct init_state *st)
     }
     while (waitpid(pid, &status, WNOHANG) == 0) {
         struct timespec ts = { 0, 10 * 1000 * 1000 };
+        bool sample = (now = init_now(CLOCK_BOOTTIME)) >= next; /* twice a second is enough */
+        long long kib = sample ? dirty_kib() : -1;
 
-        if (init_now(CLOCK_BOOTTIME) >= until) {
-            init_log("shutdown: sync and unmount still running after %llds; going on without them",
-                     (long long)(INIT_SYNC_NS / INIT_NSEC));
+        next = sample ? now + INIT_NSEC / 2 : next;
+        if (!init_sync_wait(&w, kib, now, max)) {
+            bool capped = now - w.start_ns >= max;
+
+            init_log("shutdown: sync and unmount still running after %.1fs (%s %llds); going on "
+                     "without them",
+                     (double)(now - w.start_ns) / INIT_NSEC,
+                     capped ? "sbx.shutdown_sync:" : "no fall in dirty and writeback memory for",
+                     capped ? (long long)st->cfg.shutdown_sync_s : INIT_SYNC_STALL_NS / INIT_NSEC);
             return;
+        }
+        if (!slow && now - w.start_ns >= INIT_SYNC_STALL_NS) {
+            slow = true;
+            init_log("shutdown: sync still running after %llds; dirty and writeback memory fell "
+                     "in that time (to %lld KiB): waiting on while it falls, %llds in all at most",
+                     INIT_SYNC_STALL_NS / INIT_NSEC, w.low_kib, (long long)st->cfg.shutdown_sync_s);
         }
         (void)nanosleep(&ts, NULL);
     }
+    INIT_LOG_IF(slow, "shutdown: sync and unmount done after %.1fs",
+                (double)(init_now(CLOCK_BOOTTIME) - w.start_ns) / INIT_NSEC);
 }
 
 /* SIGTERM to all, grace, SIGKILL, sync, unmount, then reboot(2) from a child: POWER_OFF

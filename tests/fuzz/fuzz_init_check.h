@@ -34,8 +34,9 @@ static inline void fuzz_init_check(const struct init_config *cfg)
         (cfg->lifetime == INIT_LIFETIME_DURATION &&
          (cfg->lifetime_s <= 0 || cfg->lifetime_s > max)) ||
         cfg->session_grace_s < 0 || cfg->session_grace_s > max || cfg->shutdown_grace_s < 0 ||
-        cfg->shutdown_grace_s > max || cfg->rescue_after < 0 || cfg->rescue_after > 1000 ||
-        cfg->seccomp > SBX_FILTER_LOG ||
+        cfg->shutdown_grace_s > max || cfg->shutdown_sync_s < 0 ||
+        cfg->shutdown_sync_s > INIT_SYNC_MAX_S || cfg->rescue_after < 0 ||
+        cfg->rescue_after > 1000 || cfg->seccomp > SBX_FILTER_LOG ||
         (cfg->has_ip && (cfg->ip_prefix < 1 || cfg->ip_prefix > 32))) {
         abort();
     }

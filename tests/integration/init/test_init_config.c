@@ -45,6 +45,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.lifetime, INIT_LIFETIME_NONE);
     assert_int_equal(cfg.session_grace_s, 10);
     assert_int_equal(cfg.shutdown_grace_s, 2);
+    assert_int_equal(cfg.shutdown_sync_s, 60);
     assert_string_equal(cfg.listen, "vsock:1024,serial:agent");
     assert_string_equal(cfg.hostname, "sandbox");
     assert_false(cfg.debug_shell);
@@ -79,6 +80,10 @@ static void test_every_key(void **state)
     assert_int_equal(cfg.session_grace_s, 0);
     assert_int_equal(init_config_set(&cfg, "sbx.shutdown_grace", "1m"), 0);
     assert_int_equal(cfg.shutdown_grace_s, 60);
+    assert_int_equal(init_config_set(&cfg, "sbx.shutdown_sync", "1h"), 0);
+    assert_int_equal(cfg.shutdown_sync_s, 3600);
+    assert_int_equal(init_config_set(&cfg, "sbx.shutdown_sync", "0"), 0);
+    assert_int_equal(cfg.shutdown_sync_s, 0);
     assert_int_equal(init_config_set(&cfg, "sbx.listen", "unix:/run/a,vsock:9"), 0);
     assert_string_equal(cfg.listen, "unix:/run/a,vsock:9");
     assert_int_equal(init_config_set(&cfg, "sbx.hostname", "web-1.example"), 0);
@@ -171,6 +176,11 @@ static void test_bad_value_resets_default(void **state)
     assert_int_equal(init_config_set(&cfg, "sbx.rescue_after", "3x"), -EINVAL);
     assert_int_equal(init_config_set(&cfg, "sbx.rescue_after", ""), -EINVAL);
     assert_int_equal(cfg.rescue_after, 3);
+    assert_int_equal(init_config_set(&cfg, "sbx.shutdown_sync", "3601"), -EINVAL);
+    assert_int_equal(cfg.shutdown_sync_s, 60);
+    assert_int_equal(init_config_set(&cfg, "sbx.shutdown_sync", "5s"), 0);
+    assert_int_equal(init_config_set(&cfg, "sbx.shutdown_sync", "1.5m"), -EINVAL);
+    assert_int_equal(cfg.shutdown_sync_s, 60);
     /* sbx.workload.*: too small, too large, not a number, a unit where none fits, no "auto"
      * for cpu_max; each resets the default. */
     static const char *const bad_limits[][2] = {
@@ -288,6 +298,61 @@ static void test_file_then_cmdline(void **state)
     assert_int_equal(init_config_load_file(&cfg, path), -ENOENT);
 }
 
+static void test_meminfo(void **state)
+{
+    static const char text[] = "MemTotal:        2014556 kB\n"
+                               "Dirty:             57072 kB\n"
+                               "Writeback:          1024 kB\n"
+                               "AnonPages:        100000 kB\n"
+                               "WritebackTmp:          7 kB\n";
+
+    assert_int_equal(init_meminfo_dirty(text), 58096);
+    assert_int_equal(init_meminfo_dirty("MemTotal: 1 kB\nDirty: 5 kB\n"), -1);
+    assert_int_equal(init_meminfo_dirty("MemTotal: 1 kB\nWritebackTmp: 5 kB\nDirty: 1 kB\n"), -1);
+    assert_int_equal(init_meminfo_dirty("MemTotal: 1 kB\nDirty: x kB\nWriteback: 0 kB\n"), -1);
+    assert_int_equal(init_meminfo_dirty("MemTotal: 1 kB\nDirty: 3\nWriteback: 4\n"), 7);
+    assert_int_equal(init_meminfo_dirty(""), -1);
+}
+
+/* When shutdown stops waiting for sync and unmount: INIT_SYNC_STALL_NS (10 s) without a new low of
+ * Dirty + Writeback, or the sbx.shutdown_sync limit, whichever comes first. */
+static void test_sync_wait(void **state)
+{
+    const int64_t s = INIT_NSEC, max = 60 * s;
+    struct init_sync_watch w = { 100 * s, 100 * s, 50000 };
+
+    /* Stuck: nothing falls; given up at 10 s, as before sbx.shutdown_sync. */
+    for (int64_t t = 100 * s; t < 110 * s; t += s / 2) {
+        assert_true(init_sync_wait(&w, 50000, t, max));
+    }
+    assert_false(init_sync_wait(&w, 50000, 110 * s, max));
+    /* Unknown (no /proc/meminfo): the same. */
+    w = (struct init_sync_watch){ 100 * s, 100 * s, -1 };
+    assert_true(init_sync_wait(&w, -1, 109 * s, max));
+    assert_false(init_sync_wait(&w, -1, 110 * s, max));
+    /* Slow but writing: waited for past 10 s while it falls, until the limit. */
+    w = (struct init_sync_watch){ 100 * s, 100 * s, 50000 };
+    for (int64_t t = 100 * s, kib = 50000; t < 160 * s; t += s / 2, kib -= 100) {
+        assert_true(init_sync_wait(&w, kib, t, max));
+    }
+    assert_false(init_sync_wait(&w, 1, 160 * s, max));
+    /* It stops falling: 10 s after the last new low. A rise and a fall back is no new low. */
+    w = (struct init_sync_watch){ 100 * s, 100 * s, 50000 };
+    assert_true(init_sync_wait(&w, 40000, 105 * s, max));
+    assert_true(init_sync_wait(&w, 45000, 110 * s, max));
+    assert_true(init_sync_wait(&w, 40000, 114 * s, max));
+    assert_false(init_sync_wait(&w, 40000, 115 * s, max));
+    assert_int_equal(w.low_kib, 40000);
+    /* The first reading after an unknown one is where it starts, not a fall. */
+    w = (struct init_sync_watch){ 100 * s, 100 * s, -1 };
+    assert_true(init_sync_wait(&w, 40000, 105 * s, max));
+    assert_false(init_sync_wait(&w, -1, 110 * s, max));
+    /* A limit under 10 s (0: do not wait) comes first. */
+    w = (struct init_sync_watch){ 100 * s, 100 * s, 50000 };
+    assert_false(init_sync_wait(&w, 40000, 100 * s, 0));
+    assert_false(init_sync_wait(&w, 30000, 105 * s, 5 * s));
+}
+
 /* Writes `text` (len bytes) to a new temporary file, named in `path` (28 bytes). */
 static void write_temp(char *path, const char *text, size_t len)
 {
@@ -352,7 +417,8 @@ int main(void)
         cmocka_unit_test(test_every_key),     cmocka_unit_test(test_bad_value_resets_default),
         cmocka_unit_test(test_env),           cmocka_unit_test(test_cmdline),
         cmocka_unit_test(test_ctl_parse),     cmocka_unit_test(test_file_then_cmdline),
-        cmocka_unit_test(test_file_too_long),
+        cmocka_unit_test(test_file_too_long), cmocka_unit_test(test_meminfo),
+        cmocka_unit_test(test_sync_wait),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
