@@ -964,6 +964,24 @@ void sbx_pack_notify_head(msgpack_packer *pk, const char *method)
     sbx_pack_cstr(pk, method);
 }
 
+/* How many bytes of @s (@n of them) sbx_pack_strn packs into at most @cap bytes, U+FFFD for each
+ * invalid byte counted: a cut between characters, never inside one. */
+static size_t utf8_prefix_within(const char *s, size_t n, size_t cap)
+{
+    size_t i = 0, out = 0;
+
+    while (i < n) {
+        size_t k = utf8_seq((const unsigned char *)s + i, n - i);
+        size_t add = k == 0 ? 3 : k;
+        if (out + add > cap) {
+            break;
+        }
+        out += add;
+        i += k == 0 ? 1 : k;
+    }
+    return i;
+}
+
 void sbx_pack_err(msgpack_packer *pk, const struct sbx_err *e)
 {
     uint32_t n = 2 + (e->sys_errno != 0) + (e->stage[0] != '\0') + (e->field[0] != '\0') +
@@ -971,7 +989,10 @@ void sbx_pack_err(msgpack_packer *pk, const struct sbx_err *e)
 
     (void)msgpack_pack_map(pk, n);
     sbx_pack_kv_str(pk, "code", e->code[0] ? e->code : SBX_E_INTERNAL);
-    sbx_pack_kv_str(pk, "message", e->msg);
+    /* At most SBX_ERR_MSG_MAX bytes on the wire (§7.1) also once invalid bytes of a name it
+     * quotes became U+FFFD (3 bytes each). */
+    sbx_pack_cstr(pk, "message");
+    sbx_pack_strn(pk, e->msg, utf8_prefix_within(e->msg, strlen(e->msg), SBX_ERR_MSG_MAX));
     if (e->sys_errno != 0) {
         sbx_pack_kv_u64(pk, "errno", (uint64_t)e->sys_errno);
     }

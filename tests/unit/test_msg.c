@@ -677,6 +677,40 @@ static void test_err_range_fields(void **state)
     assert_null(sbx_obj_get(fx->m.error, "limit"));
 }
 
+/* A message quoting names of invalid bytes stays within 1024 bytes on the wire once each became
+ * U+FFFD (3 bytes), cut between characters (§7.1): it went to 3069, and a strict client dropped
+ * the frame. */
+static void test_err_message_cap_after_replacement(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_err e;
+    const msgpack_object *o;
+
+    sbx_err_clear(&e);
+    memcpy(e.code, "EACCES", 7);
+    memset(e.msg, 0xff, sizeof(e.msg) - 1);
+    e.msg[0] = 'x';
+    e.msg[sizeof(e.msg) - 1] = '\0';
+    sbx_out_begin(&fx->out);
+    sbx_pack_error_response(&fx->out.pk, 5, &e);
+    assert_int_equal(sbx_out_end(&fx->out, &fx->err), 0);
+    assert_int_equal(decode_out(fx), 0);
+    o = sbx_obj_get(fx->m.error, "message");
+    assert_int_equal(o->type, MSGPACK_OBJECT_STR);
+    assert_int_equal(o->via.str.size, 1 + 341 * 3); /* 'x' and as many U+FFFD as fit 1024 */
+    assert_true(sbx_utf8_valid(o->via.str.ptr, o->via.str.size));
+    assert_memory_equal(o->via.str.ptr + o->via.str.size - 3, "\xef\xbf\xbd", 3);
+    /* a valid message is whole */
+    sbx_err_set(&e, "EIO", "caf\xc3\xa9");
+    sbx_out_reset(&fx->out);
+    sbx_out_begin(&fx->out);
+    sbx_pack_error_response(&fx->out.pk, 6, &e);
+    assert_int_equal(sbx_out_end(&fx->out, &fx->err), 0);
+    assert_int_equal(decode_out(fx), 0);
+    o = sbx_obj_get(fx->m.error, "message");
+    assert_int_equal(o->via.str.size, 5);
+}
+
 static void test_byte_example(void **state)
 {
     /* PROTOCOL.md's example: "hi" on stream 5 is 00 00 00 07 93 03 05 c4 02 68 69. */
@@ -704,6 +738,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_depth_limit_empty_containers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_id_readable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_str_always_utf8, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_err_message_cap_after_replacement, setup, teardown),
         cmocka_unit_test_setup_teardown(test_err_range_fields, setup, teardown),
         cmocka_unit_test_setup_teardown(test_object_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_trailing_and_shape, setup, teardown),
