@@ -184,8 +184,11 @@ int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
     }
     /* Non-blocking first: opening a FIFO would otherwise wait for its other end, holding the
      * loop. Regular files and directories go back to blocking (it means nothing for them);
-     * special files stay non-blocking, so a read with nothing available is EAGAIN. */
-    fd = hpath != NULL ? open(path, flags | O_NONBLOCK, (mode_t)mode) : -1;
+     * special files stay non-blocking, so a read with nothing available is EAGAIN. O_NOCTTY:
+     * the agent leads a session with no terminal (sbx-init's setsid), and a terminal of the
+     * workload's behind @path would otherwise become the agent's, its ^C and ^\ the agent's
+     * death. */
+    fd = hpath != NULL ? open(path, flags | O_NONBLOCK | O_NOCTTY, (mode_t)mode) : -1;
     if (fd >= 0) {
         struct stat st;
         if (fstat(fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) &&

@@ -1133,13 +1133,16 @@ def run(conn, params, stdin=None, sink=None, grant=True):
 class Agent:
     """A real sbx-agent on a unix socket in a temporary directory."""
 
-    def __init__(self, binary, extra=(), env=None):
+    def __init__(self, binary, extra=(), env=None, session_leader=False):
+        """@session_leader: the agent leads a session of its own with no controlling terminal, as
+        sbx-init starts it (setsid)."""
         self.dir = tempfile.mkdtemp(prefix="sbx-agent-")
         self.sock = os.path.join(self.dir, "agent.sock")
         self.addr = "unix:" + self.sock
         self.log = open(os.path.join(self.dir, "agent.log"), "w+")
         self.proc = subprocess.Popen([binary, "--listen", self.addr, *extra], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env)
+                                     stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=session_leader)
         deadline = time.time() + 10
         # The socket file appears at bind(), before listen(): wait until a connect succeeds
         # (a connect in between is refused, which made tests flaky on a loaded machine).

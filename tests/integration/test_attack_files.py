@@ -22,6 +22,7 @@ import io
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -333,6 +334,47 @@ class TestAttackWatch(AttackCase):
         self.assertEqual(self.u.run(["mkdir", t + "/after"]).returncode, 0)
         self.event(wid, "create", t + "/after")
         self.assertNotIn(os.stat(out + "/X").st_ino, self.inotify_wds())
+
+
+class TestAttackTty(AttackCase):
+    """A terminal the workload holds, behind a name the host opens."""
+
+    HOLDER = r"""
+import os, pty, sys, time
+m, s = pty.openpty()
+print(os.ttyname(s), flush=True)
+os.close(s)
+sys.stdin.readline()    # the host's fs.open is done
+os.write(m, b"\x1c")    # ^\\: SIGQUIT to the terminal's foreground process group
+print("sent", flush=True)
+time.sleep(3600)
+"""
+
+    def test_fs_open_of_a_terminal_does_not_make_it_the_agents(self):
+        """Under sbx-init the agent leads a session with no controlling terminal: an open of a
+        terminal without O_NOCTTY made the workload's pty the agent's, and ^\\ typed on its master
+        then killed the agent (SIGQUIT; ^C stopped it, a hangup killed it)."""
+        agent = w.Agent(AGENT, session_leader=True)
+        c = agent.connect()
+        self.addCleanup(agent.finish, self, c)
+        holder = self.u.popen([PY, "-c", self.HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+        self.held.append(holder)
+        slave = holder.stdout.readline().decode().strip()
+        self.assertTrue(slave.startswith("/dev/pts/"), slave)
+        d = self.u.mkdtemp()
+        self.assertEqual(self.u.run(["ln", "-s", slave, d + "/notes.txt"]).returncode, 0)
+        fh = c.call("fs.open", {"path": d + "/notes.txt"})["fh"]
+        with open("/proc/%d/stat" % agent.proc.pid) as f:
+            tty_nr = int(f.read().rsplit(")", 1)[1].split()[4])
+        self.assertEqual(tty_nr, 0, "the workload's terminal became the agent's")
+        holder.stdin.write(b"go\n")
+        holder.stdin.flush()
+        self.assertEqual(holder.stdout.readline(), b"sent\n")
+        time.sleep(0.5)
+        self.assertIsNone(agent.proc.poll(), "the agent died")
+        self.assertEqual(c.call("fs.close", {"fh": fh}), {})
+        self.assertEqual(c.call("ping"), {})
 
 
 class TestAttackFlock(AttackCase):
