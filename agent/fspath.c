@@ -236,6 +236,53 @@ int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
     return AGENT_REPLIED;
 }
 
+/*
+ * truncate(2) of @path without waiting: truncate(2) itself waits, on the loop thread, for the
+ * holder of a file lease to let go (lease-break-time, 45 s by default), and any workload may take
+ * a lease on a file it owns. Opened non-blocking, a leased file is EWOULDBLOCK at once. Only a
+ * regular file is opened for writing (opening a device may act), found through O_PATH first and
+ * reopened through /proc/self/fd (the same inode; the same permission check as truncate(2)).
+ */
+static int truncate_nowait(const char *path, off_t size)
+{
+    char proc[32];
+    struct stat st, st2;
+    int pin = open(path, O_PATH | O_CLOEXEC), fd = -1, r = -1, e;
+
+    if (pin < 0) {
+        return -1;
+    }
+    if (fstat(pin, &st) < 0) {
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL; /* as truncate(2) says */
+        goto out;
+    }
+    (void)snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pin);
+    fd = open(proc, O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) { /* no /proc: the name again, checked to be the same file */
+        fd = open(path, O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd >= 0 &&
+            (fstat(fd, &st2) < 0 || st2.st_dev != st.st_dev || st2.st_ino != st.st_ino)) {
+            (void)close(fd);
+            fd = -1;
+            errno = EAGAIN; /* swapped meanwhile */
+        }
+    }
+    if (fd >= 0) {
+        r = ftruncate(fd, size);
+    }
+out:
+    e = errno;
+    if (fd >= 0) {
+        (void)close(fd);
+    }
+    (void)close(pin);
+    errno = e;
+    return r;
+}
+
 int agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
     char path[AGENT_FS_PATH_BUF];
@@ -247,7 +294,7 @@ int agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
         agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
-    if (truncate(path, (off_t)size) < 0) {
+    if (truncate_nowait(path, (off_t)size) < 0) {
         return agent_fs_err(err, errno, "truncate", path);
     }
     agent_ident_leave(&sc);

@@ -377,6 +377,57 @@ time.sleep(3600)
         self.assertEqual(c.call("ping"), {})
 
 
+class TestAttackLease(AttackCase):
+    """A file lease the workload takes on its own file (F_SETLEASE), held by a process that
+    ignores SIGIO."""
+
+    HOLDER = r"""
+import fcntl, os, signal, sys, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, 1024, fcntl.F_RDLCK)  # F_SETLEASE
+print("leased", flush=True)
+time.sleep(3600)
+"""
+
+    def test_truncate_of_a_leased_file(self):
+        """fs.truncate is answered at once (EAGAIN), and the agent serves on: truncate(2) waited
+        on the loop thread for the holder to let go, up to lease-break-time (45 s) a call."""
+        d = self.u.mkdtemp()
+        f = d + "/app.log"
+        self.assertEqual(self.u.sh("echo some log > " + f).returncode, 0)
+        holder = self.u.popen([PY, "-c", self.HOLDER, f], stdout=subprocess.PIPE)
+        self.held.append(holder)
+        self.assertEqual(holder.stdout.readline(), b"leased\n")
+        self.c.sock.settimeout(PROMPT)
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("fs.truncate", {"path": f})
+        self.assertEqual(cm.exception.code, "EAGAIN", cm.exception.err)
+        self.assertEqual(self.c.call("ping"), {})
+        holder.kill()
+        holder.wait()
+        self.held.remove(holder)
+        deadline = time.monotonic() + PROMPT  # the lease goes with its holder
+        while True:
+            try:
+                self.assertEqual(self.c.call("fs.truncate", {"path": f, "size": 4}), {})
+                break
+            except w.RemoteError as e:
+                self.assertEqual(e.code, "EAGAIN")
+                self.assertLess(time.monotonic(), deadline, "the lease outlived its holder")
+                time.sleep(0.05)
+        self.assertEqual(os.path.getsize(f), 4)
+        # what truncate(2) says of what is not a regular file
+        self.assertEqual(self.call_code("fs.truncate", {"path": d}), "EISDIR")
+        self.mkfifo(d + "/fifo")
+        self.assertEqual(self.call_code("fs.truncate", {"path": d + "/fifo"}), "EINVAL")
+
+    def call_code(self, method, params):
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call(method, params)
+        return cm.exception.code
+
+
 class TestAttackFlock(AttackCase):
     """fs.flock (issue 16's fs.lock) against locks the workload holds: a holder that never lets
     go, or is stopped, must not freeze the agent; a waiting fs.flock is answered once the holder
