@@ -2023,6 +2023,15 @@ int agent_proc_kill(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
         sbx_err_sys(err, ESRCH, NULL, "process %llu has exited", (unsigned long long)p->id);
         return -1;
     }
+    /* The leader is reaped, so its number is ours only as long as its group has a member left
+     * (a pgid in use is never given out). A process with that number means the group emptied
+     * and the kernel gave the number to someone else, who may lead a group of its own (a root
+     * one): -pid is not ours to signal. */
+    if (agent_proc_exited(p) && (kill(p->pid, 0) == 0 || errno == EPERM)) {
+        sbx_err_sys(err, ESRCH, NULL, "process %llu and its group have exited",
+                    (unsigned long long)p->id);
+        return -1;
+    }
     rc = kill(group ? -p->pid : p->pid, sig) < 0 ? -errno : 0;
     /* SIGKILL to the group takes its whole cgroup along: descendants that left the group
      * (setsid) too, and a fork bomb cannot outrun it (§14.5). */

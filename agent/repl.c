@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -276,8 +277,11 @@ static void repl_signal(struct agent_repl *r, int sig)
     }
     if (r->tty_open && uv_fileno((uv_handle_t *)&r->tty, &fd) == 0) {
         pid_t fg = tcgetpgrp(fd);
+        /* Through the terminal, not by number: the terminal keeps naming a foreground group
+         * that has died, whose number the kernel may have given to another process (a root
+         * one), and TIOCSIG reaches only the group the terminal holds. */
         if (fg > 0 && fg != r->pid) {
-            (void)kill(-fg, sig); /* ESRCH: the job is gone already */
+            (void)ioctl(fd, TIOCSIG, sig); /* nothing left in it: nothing happens */
         }
     }
     (void)kill(-r->pid, sig);

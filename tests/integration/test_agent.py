@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -320,6 +321,38 @@ class TestProcess(AgentCase):
         with self.assertRaises(w.RemoteError) as cm:
             self.c.call("proc.wait", {"id": r["id"]})
         self.assertEqual(cm.exception.code, "NOT_FOUND")
+
+    def test_group_kill_after_exit_spares_a_number_given_again(self):
+        """Once a process and its whole group are gone, the kernel may give its number to
+        another process leading a group of its own (a workload cycling pids can arrange it; here
+        the test takes the number through ns_last_pid): proc.kill with group then is ESRCH, and
+        that group (a root process of the test's) is left alone; kill(-pid) killed it."""
+        r = self.c.call("proc.spawn", {"argv": ["true"], "stdout": "null", "stderr": "null"})
+        self.c.call("proc.wait", {"id": r["id"]})
+        victim = None
+        for attempt in range(50):
+            try:
+                with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                    f.write(str(r["pid"] - 1))
+            except OSError as e:
+                self.skipTest("ns_last_pid: %s" % e)
+            p = subprocess.Popen(["sleep", "60"], start_new_session=True)
+            if p.pid == r["pid"]:
+                victim = p
+                break
+            p.kill()
+            p.wait()
+        if victim is None:
+            self.skipTest("pid %d was not given to the test's process" % r["pid"])
+        try:
+            with self.assertRaises(w.RemoteError) as cm:
+                self.c.call("proc.kill", {"id": r["id"], "signal": "KILL", "group": True})
+            self.assertEqual(cm.exception.code, "ESRCH")
+            time.sleep(0.2)
+            self.assertIsNone(victim.poll(), "the group that took the number was killed")
+        finally:
+            victim.kill()
+            victim.wait()
 
     def test_wait_timeout_and_group_kill_after_exit(self):
         r = self.c.call("proc.spawn", {"command": "sleep 30 & exit 0", "stdout": "null",

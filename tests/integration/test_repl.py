@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -248,6 +249,26 @@ class TestReplSh(LangMixin, ReplCase):
 
 class TestReplBash(TestReplSh):
     language = interpreter = "bash"
+
+    # A program that takes the terminal's foreground for a process group of its own, as a shell
+    # with job control puts a job there, and waits.
+    FOREGROUND = ("import os, signal, time; signal.signal(signal.SIGTTOU, signal.SIG_IGN); "
+                  "signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+                  "fd = os.open('/dev/tty', os.O_RDWR); os.setpgid(0, 0); "
+                  "os.tcsetpgrp(fd, os.getpgrp()); time.sleep(4711)")
+
+    def test_timeout_reaches_the_foreground_group(self):
+        """The eval's command took the terminal's foreground for a group of its own: the
+        timeout's SIGINT reaches that group through the terminal (TIOCSIG, not by its number,
+        which may be another's by the time it is used)."""
+        r = self.ev(self.sid, "%s -c \"%s\"; echo after" % (sys.executable, self.FOREGROUND),
+                    timeout_ms=1500)
+        self.assertTrue(r["timed_out"], r)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pgrep", "-f", "time.sleep.4711"],
+                             stdout=subprocess.DEVNULL).returncode == 0:
+            self.assertLess(time.monotonic(), deadline, "the foreground group outlived the timeout")
+            time.sleep(0.05)
 
     def test_bash_features(self):
         r = self.ev(self.sid, "declare -A m=([k]=v); echo ${m[k]} ${BASH_VERSION%%.*}")
