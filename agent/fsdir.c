@@ -149,7 +149,7 @@ int agent_fs_readdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
         if (agent_ident_enter_err(&who, &sc, err) < 0) {
             return -1;
         }
-        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        fd = agent_path_open(AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
         if (fd < 0) {
             return agent_fs_err(err, errno, "opendir", path);
         }

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "fsconn.h"
+#include "path.h"
 #include "sbx/schema.h"
 
 /* The first and the longest pause between the tries of a waiting fs.flock. */
@@ -188,7 +189,9 @@ int agent_fs_open(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err 
      * the agent leads a session with no terminal (sbx-init's setsid), and a terminal of the
      * workload's behind @path would otherwise become the agent's, its ^C and ^\ the agent's
      * death. */
-    fd = hpath != NULL ? open(path, flags | O_NONBLOCK | O_NOCTTY, (mode_t)mode) : -1;
+    fd = hpath != NULL
+             ? agent_path_open(AT_FDCWD, path, flags | O_NONBLOCK | O_NOCTTY, (mode_t)mode)
+             : -1;
     if (fd >= 0) {
         struct stat st;
         if (fstat(fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) &&

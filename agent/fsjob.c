@@ -104,7 +104,7 @@ static int remove_do(const char *path, bool recursive, struct sbx_err *err)
         if (strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
             return agent_fs_err(err, EINVAL, "remove", path);
         }
-        pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        pfd = agent_path_open(AT_FDCWD, parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
         if (pfd < 0) {
             return agent_fs_err(err, errno, "open", parent);
         }
@@ -186,8 +186,8 @@ static void join_path(char *out, const char *base, const char *name)
 static int copy_file_fd(int sfd, const struct stat *st, int dfd, const char *dname,
                         const char *spath, const char *dpath, struct sbx_err *err)
 {
-    _cleanup_close_ int out =
-        openat(dfd, dname, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0600);
+    _cleanup_close_ int out = agent_path_open(
+        dfd, dname, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0600);
     struct stat ost;
 
     if (out < 0) {
@@ -309,7 +309,7 @@ static int copy_do(const char *from, const char *to, bool recursive, struct sbx_
         if (!recursive) {
             return agent_fs_err(err, EISDIR, "copy (a directory needs recursive)", from);
         }
-        sfd = open(from, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        sfd = agent_path_open(AT_FDCWD, from, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
         if (sfd < 0 || fstat(sfd, &st) < 0) {
             return agent_fs_err(err, errno, "open", from);
         }
@@ -329,7 +329,7 @@ static int copy_do(const char *from, const char *to, bool recursive, struct sbx_
     if (agent_path_split(to, parent, sizeof(parent), base, sizeof(base)) < 0) {
         return agent_fs_err(err, EEXIST, "copy to", to); /* "/" */
     }
-    pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    pfd = agent_path_open(AT_FDCWD, parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
     if (pfd < 0) {
         return agent_fs_err(err, errno, "open", parent);
     }

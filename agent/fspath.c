@@ -247,7 +247,7 @@ static int truncate_nowait(const char *path, off_t size)
 {
     char proc[32];
     struct stat st, st2;
-    int pin = open(path, O_PATH | O_CLOEXEC), fd = -1, r = -1, e;
+    int pin = agent_path_open(AT_FDCWD, path, O_PATH | O_CLOEXEC, 0), fd = -1, r = -1, e;
 
     if (pin < 0) {
         return -1;
@@ -262,7 +262,7 @@ static int truncate_nowait(const char *path, off_t size)
     (void)snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pin);
     fd = open(proc, O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT) { /* no /proc: the name again, checked to be the same file */
-        fd = open(path, O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        fd = agent_path_open(AT_FDCWD, path, O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0);
         if (fd >= 0 &&
             (fstat(fd, &st2) < 0 || st2.st_dev != st.st_dev || st2.st_ino != st.st_ino)) {
             (void)close(fd);

@@ -156,7 +156,7 @@ static int add_subdirs(struct fw_watch *w, const char *abs, const char *rel, uns
         return 0;
     }
     /* opendir(3) says nothing of close-on-exec: open the fd ourselves, O_CLOEXEC. */
-    fd = open(abs, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    fd = agent_path_open(AT_FDCWD, abs, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
     d = fd >= 0 ? fdopendir(fd) : NULL;
     if (d == NULL) {
         int e = errno;

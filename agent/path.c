@@ -139,15 +139,33 @@ int agent_path_check_dir(const char *path, const char *op, struct sbx_err *err)
     return 0;
 }
 
+int agent_path_open(int dfd, const char *name, int oflags, mode_t mode)
+{
+#ifdef SYS_openat2
+    struct open_how how = {
+        .flags = (uint64_t)oflags,
+        .mode = (oflags & (O_CREAT | O_TMPFILE)) != 0 ? (uint64_t)mode : 0,
+        .resolve = RESOLVE_NO_MAGICLINKS,
+    };
+    int fd = (int)syscall(SYS_openat2, dfd, name, &how, sizeof(how));
+
+    if (fd >= 0 || (errno != ENOSYS && errno != EPERM && errno != E2BIG)) {
+        return fd;
+    }
+    /* No openat2 (before 5.6, or filtered): the old call, magic links and all. */
+#endif
+    return openat(dfd, name, oflags, mode);
+}
+
 int agent_path_opendir(const char *path, bool create, struct sbx_err *err)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = agent_path_open(AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
 
     if (fd < 0 && errno == ENOENT && create) {
         if (agent_path_mkdir(path, AGENT_PATH_MKDIR_MODE, AGENT_PATH_MKDIR_MODE, err) < 0) {
             return -1;
         }
-        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        fd = agent_path_open(AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
     }
     if (fd < 0) {
         return agent_fs_err(err, errno, "open directory", path);
@@ -332,8 +350,8 @@ int agent_path_open_under(int rootfd, const char *rel, int oflags)
  * check cannot make the open wait, and keep it only if it is (still) a regular file. */
 static int open_file_direct(int dfd, const char *name, bool follow, struct stat *st)
 {
-    int fd =
-        openat(dfd, name, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
+    int fd = agent_path_open(
+        dfd, name, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0);
     int e;
 
     if (fd < 0) {
@@ -354,7 +372,7 @@ int agent_path_open_file_at(int dfd, const char *name, bool follow, struct stat 
     int pin, fd, e;
 
     st->st_mode = 0;
-    pin = openat(dfd, name, O_PATH | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
+    pin = agent_path_open(dfd, name, O_PATH | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0);
     if (pin < 0) {
         return -1;
     }

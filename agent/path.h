@@ -53,6 +53,16 @@ int agent_path_mkdir(const char *path, mode_t parents_mode, mode_t mode, struct 
 int agent_path_check_dir(const char *path, const char *op, struct sbx_err *err);
 
 /*
+ * openat(2) that follows symlinks as it does, but no magic link (/proc/PID/fd/N, /proc/PID/cwd,
+ * /proc/PID/root: RESOLVE_NO_MAGICLINKS, ELOOP). A thread acting as a user may still follow the
+ * agent's own /proc/self/fd links, whatever its credentials, so a link the workload planted
+ * there would reach a file another request opened as root. Every open of a path a request names
+ * goes through this; the agent's own reopen of a pinned fd does not. Falls back to openat without
+ * openat2 (before Linux 5.6).
+ */
+int agent_path_open(int dfd, const char *name, int oflags, mode_t mode);
+
+/*
  * Open the directory @path (absolute; symlinks followed as open(2) follows them), O_CLOEXEC.
  * When it is missing and @create is set, it is made first as agent_path_mkdir makes it (mode
  * AGENT_PATH_MKDIR_MODE for it and its missing parents). Returns the fd, or -1 with @err: the

@@ -250,6 +250,37 @@ class TestAttackIdentitySysctl(IdentityCase):
         self.c.call("fs.close", {"fh": fh})
 
 
+class TestAttackIdentityMagicLinks(IdentityCase):
+    """A thread of the agent may follow its own process's /proc/PID/fd links whatever user it
+    acts as: a workload link there reached what another request had opened as root, past the
+    permissions of its path. Such links are refused (ELOOP) for the paths a request names."""
+
+    def test_links_to_the_agents_open_files(self):
+        hidden = os.path.join(self.tmp, "private")  # self.tmp is root's, 0700
+        os.mkdir(hidden, 0o700)
+        report = os.path.join(hidden, "report.txt")
+        with open(report, "wb") as f:
+            f.write(SECRET)
+        os.chmod(report, 0o644)
+        self.assertNotEqual(self.u.sh("cat " + report).returncode, 0)
+        root = self.agent.connect()
+        self.conns.append(root)
+        fh = root.call("fs.open", {"path": report, "user": "root"})["fh"]
+        apid = self.agent.proc.pid
+        fds = [n for n in os.listdir("/proc/%d/fd" % apid)
+               if os.path.realpath("/proc/%d/fd/%s" % (apid, n)) == report]
+        self.assertEqual(len(fds), 1)
+        link = self.plant("fd", "/proc/%d/fd/%s" % (apid, fds[0]))
+        cwd = self.plant("cwd", "/proc/%d/cwd" % apid)
+        self.assertEqual(self.call_err("transfer.download", {"path": link}), "ELOOP")
+        self.assertEqual(self.call_err("fs.open", {"path": link}), "ELOOP")
+        self.assertEqual(self.call_err("fs.copy", {"from": link,
+                                                   "to": os.path.join(self.d, "copy")}), "ELOOP")
+        self.assertEqual(self.call_err("fs.readdir", {"path": cwd}), "ELOOP")
+        self.assertFalse(os.path.exists(os.path.join(self.d, "copy")))
+        root.call("fs.close", {"fh": fh})
+
+
 class TestAttackIdentityParam(IdentityCase):
     """Item 6 with the identity named per request, on an agent with no workload user (it acts as
     root unless told): `user` makes every access that user's."""
