@@ -17,17 +17,33 @@
 
 /* --- remove -------------------------------------------------------------------------------- */
 
+/* A recursive remove or copy holds a directory fd (a copy two, and 12 KiB of stack) per level: a
+ * tree the workload made deeper than a walk goes is LIMIT, not the agent's fds or its thread's
+ * stack. */
+static int tree_too_deep(struct sbx_err *err, const char *path)
+{
+    sbx_err_limit(err, "walk_depth", SBX_FS_WALK_OPEN_MAX, "more than %u directories deep",
+                  SBX_FS_WALK_OPEN_MAX);
+    sbx_err_set_path(err, path);
+    return -1;
+}
+
 /*
  * Remove @name in @dfd and everything below it, never following a symlink: directories are
  * opened O_NOFOLLOW relative to their parent's fd. @path holds the entry's path for errors
  * (cut when too long); @plen is its length.
  */
-static int remove_tree_at(int dfd, const char *name, char *path, size_t plen, struct sbx_err *err)
+static int remove_tree_at(int dfd, const char *name, char *path, size_t plen, unsigned depth,
+                          struct sbx_err *err)
 {
     _cleanup_closedir_ DIR *d = NULL;
-    int fd = agent_path_opendir_at(dfd, name);
+    int fd;
     struct dirent *de;
 
+    if (depth >= SBX_FS_WALK_OPEN_MAX) {
+        return tree_too_deep(err, path);
+    }
+    fd = agent_path_opendir_at(dfd, name);
     if (fd < 0) {
         if (errno == ENOTDIR || errno == ELOOP) {
             if (unlinkat(dfd, name, 0) < 0) {
@@ -65,7 +81,7 @@ static int remove_tree_at(int dfd, const char *name, char *path, size_t plen, st
                 fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
         }
         if (isdir) {
-            if (remove_tree_at(dirfd(d), de->d_name, path, plen + 1 + nl, err) < 0) {
+            if (remove_tree_at(dirfd(d), de->d_name, path, plen + 1 + nl, depth + 1, err) < 0) {
                 return -1;
             }
         } else if (unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT) {
@@ -110,7 +126,7 @@ static int remove_do(const char *path, bool recursive, struct sbx_err *err)
         }
         char buf[AGENT_FS_PATH_BUF]; /* remove_tree_at extends it with entry names */
         memcpy(buf, path, strlen(path) + 1);
-        if (remove_tree_at(pfd, base, buf, strlen(buf), err) < 0) {
+        if (remove_tree_at(pfd, base, buf, strlen(buf), 0, err) < 0) {
             return -1;
         }
     }
@@ -213,10 +229,13 @@ static int copy_file_fd(int sfd, const struct stat *st, int dfd, const char *dna
 
 /* Copy the entry @sname of @sdfd to the new name @dname in @ddfd (tree copy, no following). */
 static int copy_tree_at(int sdfd, const char *sname, int ddfd, const char *dname, const char *spath,
-                        const char *dpath, struct sbx_err *err)
+                        const char *dpath, unsigned depth, struct sbx_err *err)
 {
     struct stat st;
 
+    if (depth >= SBX_FS_WALK_OPEN_MAX) {
+        return tree_too_deep(err, spath);
+    }
     if (fstatat(sdfd, sname, &st, AT_SYMLINK_NOFOLLOW) < 0) {
         return agent_fs_err(err, errno, "lstat", spath);
     }
@@ -282,7 +301,7 @@ static int copy_tree_at(int sdfd, const char *sname, int ddfd, const char *dname
             }
             join_path(sp, spath, de->d_name);
             join_path(dp, dpath, de->d_name);
-            if (copy_tree_at(dirfd(d), de->d_name, out, de->d_name, sp, dp, err) < 0) {
+            if (copy_tree_at(dirfd(d), de->d_name, out, de->d_name, sp, dp, depth + 1, err) < 0) {
                 return -1;
             }
         }
@@ -343,7 +362,7 @@ static int copy_do(const char *from, const char *to, bool recursive, struct sbx_
             }
         }
         /* `from` itself may be a symlink to a directory: copy what it names. */
-        return copy_tree_at(sfd, ".", pfd, base, from, to, err);
+        return copy_tree_at(sfd, ".", pfd, base, from, to, 0, err);
     }
     return copy_file_fd(sfd, &st, pfd, base, from, to, err);
 }

@@ -82,14 +82,19 @@ static void entry_from_stat(struct archive_entry *e, const struct stat *st)
     }
 }
 
-/* Archive the content of the regular file @fd (taken over: closed here), entry @full. */
-static int tree_write_file(struct tree_down *t, int fd, const char *full)
+/*
+ * Archive the content of the regular file @fd (taken over: closed here), entry @full, @size bytes
+ * as its header says: no more, whatever the file holds by now (a file the workload grew to 16 TiB
+ * of hole after its stat would otherwise be read to its end, libarchive dropping what passes the
+ * header's size, and the job never meeting a cancel); one that shrank is padded by libarchive.
+ */
+static int tree_write_file(struct tree_down *t, int fd, const char *full, int64_t size)
 {
     uint8_t *buf = t->buf;
     int rc = 0;
 
-    for (;;) {
-        ssize_t n = read(fd, buf, sizeof(t->buf));
+    while (size > 0) {
+        ssize_t n = read(fd, buf, size < (int64_t)sizeof(t->buf) ? (size_t)size : sizeof(t->buf));
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -102,6 +107,7 @@ static int tree_write_file(struct tree_down *t, int fd, const char *full)
         if (n == 0) {
             break;
         }
+        size -= n;
         if (archive_write_data(t->ar, buf, (size_t)n) < 0) {
             if (!agent_outjob_cancelled(&t->j)) {
                 agent_archive_err(&t->j.err, t->ar, "write the archive");
@@ -211,7 +217,7 @@ static int tree_walk(struct tree_down *t, int fd, size_t plen, int depth)
             }
             rc = -1;
         } else if (cfd >= 0 && archive_entry_size(t->entry) > 0) {
-            rc = tree_write_file(t, cfd, t->path);
+            rc = tree_write_file(t, cfd, t->path, archive_entry_size(t->entry));
             cfd = -1;
         } else if (S_ISDIR(st.st_mode)) {
             int sub = agent_path_opendir_at(fd, names[i]);

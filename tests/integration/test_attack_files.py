@@ -428,6 +428,75 @@ time.sleep(3600)
         return cm.exception.code
 
 
+class TestAttackTreeShape(AttackCase):
+    """Trees the workload shapes, read or copied by the host."""
+
+    GROWER = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(sys.argv[1], os.O_WRONLY)
+ino = libc.inotify_init1(0)
+assert libc.inotify_add_watch(ino, sys.argv[1].encode(), 0x20) >= 0  # IN_OPEN
+print("armed", flush=True)
+os.read(ino, 4096)                  # the agent opened it
+os.ftruncate(fd, (1 << 44) - 4096)  # 16 TiB now, of hole
+print("grown", flush=True)
+"""
+
+    def test_member_grown_after_its_header(self):
+        """A member the workload makes 16 TiB long (a hole) once the agent has opened it: the
+        archive holds the size its header said, and the download ends. The job read to the
+        file's end, libarchive dropping all of it, and never ended nor met a cancel."""
+        d = self.u.mkdtemp()
+        f = d + "/member"
+        self.assertEqual(self.u.run([PY, "-c", "open(%r, 'wb').write(b'x' * (1 << 20))" % f])
+                         .returncode, 0)
+        grower = self.u.popen([PY, "-c", self.GROWER, f], stdout=subprocess.PIPE)
+        self.held.append(grower)
+        self.assertEqual(grower.stdout.readline(), b"armed\n")
+        sid = self.c.call("transfer.download_tree", {"path": d})["stream"]
+        data, end = drain(self.c, sid)
+        self.assertNotIn("error", end)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            m = tar.getmember("member")
+            self.assertEqual(m.size, 1 << 20)
+            self.assertEqual(tar.extractfile(m).read(), b"x" * (1 << 20))
+        self.assertEqual(self.c.call("ping"), {})
+
+    def deep(self, levels):
+        """A chain of @levels directories "a" in a new directory of the workload's: its top."""
+        d = self.u.mkdtemp()
+        r = self.u.run([PY, "-c", "import os; os.chdir(%r)\nfor i in range(%d):\n"
+                        "    os.mkdir('a'); os.chdir('a')" % (d, levels)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return d
+
+    def test_copy_and_remove_of_a_deep_tree(self):
+        """fs.copy and fs.remove (recursive) of a chain of 1500 directories the workload made:
+        LIMIT, and the agent serves on. Each level of the copy took 8 KiB of the thread's stack
+        and two fds (the agent died of a stack overflow); the removal's fd a level ran out."""
+        d = self.deep(1500)
+        try:
+            with self.assertRaises(w.RemoteError) as cm:
+                self.c.call("fs.copy", {"from": d + "/a", "to": d + "/copy", "recursive": True})
+            self.assertEqual((cm.exception.code, cm.exception.err.get("limit")),
+                             ("LIMIT", "walk_depth"))
+            with self.assertRaises(w.RemoteError) as cm:
+                self.c.call("fs.remove", {"path": d + "/a", "recursive": True})
+            self.assertEqual((cm.exception.code, cm.exception.err.get("limit")),
+                             ("LIMIT", "walk_depth"))
+            self.assertEqual(self.c.call("ping"), {})
+        finally:
+            # rm -rf takes any depth; shutil.rmtree, at the workload's cleanup, would not
+            self.u.run(["rm", "-rf", d + "/a", d + "/copy"])
+        # within the cap, both work
+        e = self.deep(200)
+        self.assertEqual(self.c.call("fs.copy", {"from": e + "/a", "to": e + "/copy",
+                                                 "recursive": True}), {})
+        self.assertEqual(self.c.call("fs.remove", {"path": e + "/copy", "recursive": True}), {})
+        self.assertFalse(os.path.exists(e + "/copy"))
+
+
 class TestAttackFlock(AttackCase):
     """fs.flock (issue 16's fs.lock) against locks the workload holds: a holder that never lets
     go, or is stopped, must not freeze the agent; a waiting fs.flock is answered once the holder
