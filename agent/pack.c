@@ -33,6 +33,9 @@
 
 /* The largest ignore file read (PROTOCOL.md §19.1): one larger is EFBIG. */
 #define PACK_IGNORE_FILE_MAX (1u << 20)
+/* The most entries a pack keeps, and bytes of their paths and link targets together. */
+#define PACK_ENTRIES_MAX    1000000u
+#define PACK_NAME_BYTES_MAX (64u << 20)
 
 /* --- the job ------------------------------------------------------------------------------- */
 
@@ -86,6 +89,7 @@ struct pack {
     /* thread results */
     struct pack_file *files;
     size_t nfiles, capfiles;
+    size_t name_bytes; /* of every entry's path and link target, against PACK_NAME_BYTES_MAX */
     uint64_t total_size;
     size_t sent_upto; /* files already sent in manifest parts */
     uint32_t parts;   /* parts queued */
@@ -398,7 +402,20 @@ static int pack_progress(struct pack *p, const char *phase, uint64_t bytes, uint
 static int pack_add(struct pack *p, const char *rel, const struct stat *st, const char *target)
 {
     struct pack_file *f;
+    size_t names = strlen(rel) + (target != NULL ? strlen(target) : 0);
 
+    /* Every entry is kept (sorted, then archived and listed in the manifest), so the tree's
+     * shape is the agent's memory: a workload's hard links of one file under long names cost it
+     * a few hundred bytes of disk apiece and the agent kilobytes. */
+    if (p->nfiles >= PACK_ENTRIES_MAX) {
+        return sbx_err_limit(&p->j.err, "pack_entries", PACK_ENTRIES_MAX,
+                             "the tree has more than %u entries", PACK_ENTRIES_MAX);
+    }
+    if (names > PACK_NAME_BYTES_MAX - p->name_bytes) {
+        return sbx_err_limit(&p->j.err, "pack_names", PACK_NAME_BYTES_MAX,
+                             "the tree's paths take more than %u bytes", PACK_NAME_BYTES_MAX);
+    }
+    p->name_bytes += names;
     if (p->nfiles == p->capfiles) {
         size_t cap = p->capfiles ? p->capfiles * 2 : 256;
         struct pack_file *v = realloc(p->files, cap * sizeof(*v));

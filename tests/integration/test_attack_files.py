@@ -463,6 +463,31 @@ print("grown", flush=True)
             self.assertEqual(tar.extractfile(m).read(), b"x" * (1 << 20))
         self.assertEqual(self.c.call("ping"), {})
 
+    LINKS = r"""
+import os, sys
+os.chdir(sys.argv[1])
+for i in range(14):  # 14 levels of 255-byte names
+    d = ("%02d" % i) * 127 + "d"
+    os.mkdir(d)
+    os.chdir(d)
+open("f", "w").close()
+for i in range(int(sys.argv[2])):  # hard links of one empty file, 255-byte names
+    os.link("f", ("%08d" % i) + "L" * 247)
+"""
+
+    def test_pack_of_names_without_end(self):
+        """A workload's 18000 hard links of one empty file, each 3.9 KB of path: a few MB of its
+        disk and one inode, 70 MB of names for a pack, which keeps every entry: LIMIT
+        pack_names (64 MiB), not the agent's memory growing with the tree."""
+        d = self.u.mkdtemp()
+        r = self.u.run([PY, "-c", self.LINKS, d, "18000"], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        sid = self.c.call("pack.create", {"path": d, "format": "tar.gz"})["archive"]
+        _, end = drain(self.c, sid, timeout=120)
+        self.assertEqual((end.get("error") or {}).get("code"), "LIMIT", end)
+        self.assertEqual(end["error"].get("limit"), "pack_names", end)
+        self.assertEqual(self.c.call("ping"), {})
+
     def deep(self, levels):
         """A chain of @levels directories "a" in a new directory of the workload's: its top."""
         d = self.u.mkdtemp()
