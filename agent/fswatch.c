@@ -25,6 +25,10 @@
 #define FW_ROOT_MASK    (FW_MASK | IN_DELETE_SELF | IN_MOVE_SELF)
 #define FW_RECHECK_MS   20u
 #define FW_READS_PER_CB 16
+/* Directories one recursive watch binds at most: each one added is a walk step on the loop, and
+ * a workload moving a tree it made in and out of the watched one would otherwise stall every
+ * connection for as long as its tree is big (and use up the guest's inotify watches). */
+#define FW_DIRS_MAX 16384u
 
 struct fw_watch;
 
@@ -44,6 +48,7 @@ struct fw_watch {
     bool recursive;
     struct fw_ref *root;
     struct agent_link refs;
+    size_t nrefs;           /* bindings in refs, at most FW_DIRS_MAX */
     char *path;             /* as the client gave it: events are reported under it */
     char *abs;              /* absolute, for adding subdirectories */
     struct agent_ident who; /* whom its kernel watches are added as */
@@ -104,6 +109,7 @@ static void ref_free(struct agent_fswatch *fw, struct fw_ref *r, bool rm)
         (void)inotify_rm_watch(fw->fd, r->wd); /* EINVAL when the kernel already dropped it */
     }
     agent_list_del(&r->wlink);
+    r->w->nrefs--;
     if (r->w->root == r) {
         r->w->root = NULL;
     }
@@ -117,8 +123,13 @@ static struct fw_ref *ref_add(struct fw_watch *w, const char *abs, const char *r
 {
     struct agent_fswatch *fw = w->fw;
     struct fw_ref *r;
-    int wd = inotify_add_watch(fw->fd, abs, mask);
+    int wd;
 
+    if (w->nrefs >= FW_DIRS_MAX) {
+        errno = EMLINK; /* told apart by the callers: LIMIT, or "overflow" */
+        return NULL;
+    }
+    wd = inotify_add_watch(fw->fd, abs, mask);
     if (wd < 0) {
         return NULL;
     }
@@ -141,6 +152,7 @@ static struct fw_ref *ref_add(struct fw_watch *w, const char *abs, const char *r
     r->hnext = *hash_slot(fw, wd);
     *hash_slot(fw, wd) = r;
     agent_list_add_tail(&w->refs, &r->wlink);
+    w->nrefs++;
     return r;
 }
 
@@ -561,7 +573,13 @@ int agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
     agent_list_add_tail(&fw->watches, &w->link);
     w->root = ref_add(w, abs, "", FW_ROOT_MASK);
     if (w->root == NULL || (w->recursive && add_subdirs(w, abs, "", 0) < 0)) {
-        agent_fs_err(err, errno, "watch", abs);
+        if (errno == EMLINK) {
+            sbx_err_limit(err, "watch_dirs", FW_DIRS_MAX,
+                          "a recursive watch takes at most %u directories", FW_DIRS_MAX);
+            sbx_err_set_path(err, abs);
+        } else {
+            agent_fs_err(err, errno, "watch", abs);
+        }
         watch_end(w);
         return -1;
     }

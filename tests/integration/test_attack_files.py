@@ -307,6 +307,28 @@ class TestAttackWatch(AttackCase):
                                m[2]["watch"] == wid and m[2]["kind"] == kind and
                                m[2]["path"] == path, "%s %s" % (kind, path), timeout=PROMPT)[2]
 
+    def test_tree_of_more_directories_than_a_watch_takes(self):
+        """A recursive watch binds at most 16384 directories, each a walk step on the agent's
+        loop: watching a bigger tree is LIMIT, and one the workload moves into a watched tree
+        gets "overflow" (its events may be missed), the agent serving on. A workload moving its
+        40,000-directory tree in and out stalled every connection for as long as it took."""
+        base = self.u.mkdtemp()
+        big, t = base + "/big", base + "/T"
+        r = self.u.run([PY, "-c", "import os\nfor i in range(16400):\n    os.makedirs("
+                        "'%s/d%%03d/%%d' %% (i %% 100, i))" % big])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with self.assertRaises(w.RemoteError) as cm:
+            self.c.call("fs.watch", {"path": big, "recursive": True})
+        self.assertEqual((cm.exception.code, cm.exception.err.get("limit")),
+                         ("LIMIT", "watch_dirs"))
+        self.assertEqual(self.u.run(["mkdir", t]).returncode, 0)
+        wid = self.c.call("fs.watch", {"path": t, "recursive": True})["watch"]
+        self.assertEqual(self.u.run(["mv", big, t + "/big"]).returncode, 0)
+        self.c.wait_for(lambda m: m[0] == 2 and m[1] == "fs.event" and m[2]["watch"] == wid and
+                        m[2]["kind"] == "overflow", "overflow", timeout=PROMPT)
+        self.assertEqual(self.c.call("ping"), {})
+        self.assertLessEqual(len(self.inotify_wds()), 16384 + 1)
+
     def test_moved_out_from_a_directory_of_the_same_hash_slot(self):
         """The workload moves directory X under P, P's watch descriptor sharing X's slot of the
         agent's wd table (256 slots), then moves P/X out of the tree. The agent ends X's binding
