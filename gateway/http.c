@@ -95,6 +95,7 @@ struct gw_ws {
     bool pinged;
     bool close_timer;
     uint64_t last_rx;
+    uint64_t paused_at; /* when the last pause began */
     char reason[WS_REASON_MAX + 1];
 };
 
@@ -132,7 +133,8 @@ struct gw_http_conn {
     size_t body_len, body_cap;
     char *pathbuf;
     struct gw_http_req req;
-    size_t out_bytes; /* bytes in uv_write requests not yet completed */
+    size_t out_bytes;  /* bytes in uv_write requests not yet completed */
+    uint64_t tx_since; /* when the last write completed, or the first of out_bytes was queued */
     void (*abandon_cb)(struct gw_http_conn *hc, void *user);
     void *abandon_user;
     void (*drain_cb)(struct gw_http_conn *hc, void *user); /* streamed answers */
@@ -341,6 +343,9 @@ static int wblock_submit(struct wblock *b)
         free(b);
         return -1;
     }
+    if (c->out_bytes == 0) {
+        c->tx_since = uv_now(c->tcp.loop);
+    }
     c->out_bytes += b->len;
     return 0;
 }
@@ -353,6 +358,9 @@ static void write_cb(uv_write_t *req, int status)
     free(b);
     if (c->state == C_CLOSED) {
         return;
+    }
+    if (status == 0) {
+        c->tx_since = uv_now(c->tcp.loop); /* the peer is taking what is written */
     }
     if (c->state == C_WS && c->ws) {
         if (status < 0) {
@@ -1669,7 +1677,24 @@ static void timer_ws(struct gw_http_conn *c)
         ws_events(ws);
         return;
     }
-    uint64_t idle = uv_now(c->tcp.loop) - ws->last_rx;
+    uint64_t now = uv_now(c->tcp.loop);
+    if (ws->paused) {
+        /* Nothing is read while paused (the user's back-pressure): the peer's frames, its pongs
+         * included, wait in the socket, so its silence tells nothing (gw_ws_pause stops that
+         * clock). Whether it takes what is written to it does: bytes that have not moved for
+         * GW_WS_DEAD_MS mean a peer that is gone or stuck. */
+        uint64_t stuck = c->out_bytes > 0 ? now - c->tx_since : 0;
+        if (stuck >= GW_WS_DEAD_MS) {
+            ws->dead = true;
+            ws_events(ws);
+            return;
+        }
+        conn_timer(c, c->out_bytes > 0 && GW_WS_DEAD_MS - stuck < GW_WS_PING_MS
+                          ? GW_WS_DEAD_MS - stuck
+                          : GW_WS_PING_MS);
+        return;
+    }
+    uint64_t idle = now - ws->last_rx;
     if (idle >= GW_WS_DEAD_MS) {
         ws->dead = true;
         ws_events(ws);
@@ -1778,9 +1803,17 @@ void gw_ws_pause(struct gw_ws *ws, bool paused)
     }
     ws->paused = paused;
     struct gw_http_conn *c = ws->c;
+    uint64_t now = uv_now(c->tcp.loop);
     if (paused) {
+        ws->paused_at = now;
         conn_read(c, false);
-    } else if (!ws->dead && uv_idle_start(&c->kick, kick_cb) < 0) {
+        return;
+    }
+    /* The time paused does not count toward the peer's silence (timer_ws). */
+    if (ws->last_rx < ws->paused_at) {
+        ws->last_rx += now - ws->paused_at;
+    }
+    if (!ws->dead && uv_idle_start(&c->kick, kick_cb) < 0) {
         ws->dead = true;
     }
 }

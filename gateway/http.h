@@ -29,8 +29,15 @@
     128                        /* of them, ones with no whole request yet; beyond: the             \
                                   oldest of those is closed */
 #define GW_HTTP_FIRST_MS 10000 /* a new connection's first request must be whole by then */
-#define GW_WS_PING_MS    20000 /* the server pings an idle WebSocket this often */
-#define GW_WS_DEAD_MS    60000 /* ... and closes it when nothing came back for this long */
+/* The server pings an idle WebSocket this often, and closes it when nothing came back for
+ * GW_WS_DEAD_MS (while it is paused: when the peer took none of what waits for it for that long).
+ * A build may set both (tests/gateway's fast echo server does). */
+#ifndef GW_WS_PING_MS
+#define GW_WS_PING_MS 20000
+#endif
+#ifndef GW_WS_DEAD_MS
+#define GW_WS_DEAD_MS 60000
+#endif
 
 struct gw_http_server;
 struct gw_http_conn;
@@ -140,7 +147,9 @@ struct gw_ws *gw_http_upgrade(struct gw_http_conn *hc, const char *const *header
 int gw_ws_send_text(struct gw_ws *ws, const char *data, size_t len);
 /* Bytes queued and not yet written to the socket. */
 size_t gw_ws_queued(const struct gw_ws *ws);
-/* Stop (true) or resume (false) reading from the client. */
+/* Stop (true) or resume (false) reading from the client. The dead-peer check (GW_WS_DEAD_MS)
+ * does not count the time paused: the peer's frames, its pongs included, wait unread meanwhile;
+ * only a peer that takes none of the bytes written to it for that long is dropped then. */
 void gw_ws_pause(struct gw_ws *ws, bool paused);
 /* Send a close frame with @code and @reason, flush what is queued, then close (on_close
  * follows). Idempotent. */

@@ -5,7 +5,9 @@
  *
  *   /ws     WebSocket: echoes each message; "queued?" -> "queued=N"; "close-me" -> close 4000;
  *           "flood" -> 320 text messages of 64 KiB (20 MiB) paced by on_drain, then
- *           "flood-done drains=N"; "pause" -> stops reading for 300 ms, then "resumed"
+ *           "flood-done drains=N"; "pause" -> stops reading for 300 ms, then "resumed";
+ *           "pause MS" -> the same for MS ms; "pause-flood MS" -> stops reading for MS ms and
+ *           floods meanwhile
  *   /slow   answered after 500 ms by a timer (abandoned if the client leaves first)
  *   /stream?n=N&ms=M&size=S  a streamed answer (gw_http_stream_*): N chunks of S bytes (at
  *           most 1 MiB; default 16) "chunk I\n" padded with '.', one every M ms (0: as fast as
@@ -187,12 +189,37 @@ static void pause_timer_cb(uv_timer_t *t)
     (void)gw_ws_send_text(st->ws, "resumed", 7); /* -1 only when closing */
 }
 
+static void flood_start(struct wsst *st)
+{
+    if (!st->buf && !(st->buf = malloc(FLOOD_SIZE))) {
+        gw_ws_close(st->ws, 1011, "out of memory");
+        return;
+    }
+    st->flooding = true;
+    st->sent = 0;
+    st->drains = 0;
+    flood_pump(st);
+}
+
+/* "pause" [MS] and "pause-flood MS": @arg is what follows the word (a message is NUL-terminated).
+ */
+static void pause_for(struct wsst *st, const char *arg, bool flood)
+{
+    unsigned long ms = *arg == ' ' ? strtoul(arg + 1, NULL, 10) : 300;
+    gw_ws_pause(st->ws, true);
+    (void)uv_timer_start(&st->pause, pause_timer_cb, ms, 0); /* cannot fail */
+    if (flood) {
+        flood_start(st);
+    }
+}
+
 static void ws_message(struct gw_ws *ws, const char *data, size_t len, void *user)
 {
     struct wsst *st = user;
-    if (len == 5 && memcmp(data, "pause", 5) == 0) {
-        gw_ws_pause(ws, true);
-        (void)uv_timer_start(&st->pause, pause_timer_cb, 300, 0); /* cannot fail */
+    if (len >= 11 && memcmp(data, "pause-flood", 11) == 0) {
+        pause_for(st, data + 11, true);
+    } else if (len >= 5 && memcmp(data, "pause", 5) == 0 && (len == 5 || data[5] == ' ')) {
+        pause_for(st, data + 5, false);
     } else if (len == 7 && memcmp(data, "queued?", 7) == 0) {
         char text[64];
         int n = snprintf(text, sizeof(text), "queued=%zu", gw_ws_queued(ws));
@@ -200,14 +227,7 @@ static void ws_message(struct gw_ws *ws, const char *data, size_t len, void *use
     } else if (len == 8 && memcmp(data, "close-me", 8) == 0) {
         gw_ws_close(ws, 4000, "bye");
     } else if (len == 5 && memcmp(data, "flood", 5) == 0) {
-        if (!st->buf && !(st->buf = malloc(FLOOD_SIZE))) {
-            gw_ws_close(ws, 1011, "out of memory");
-            return;
-        }
-        st->flooding = true;
-        st->sent = 0;
-        st->drains = 0;
-        flood_pump(st);
+        flood_start(st);
     } else if (gw_ws_send_text(ws, data, len) < 0) {
         fprintf(stderr, "gw_http_echo: send refused\n");
     }

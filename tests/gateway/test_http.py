@@ -19,10 +19,12 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TIMEOUT = 10
 
 
-def echo_binary():
-    path = os.environ.get("GW_HTTP_ECHO")
+def echo_binary(fast=False):
+    """gw_http_echo, or (@fast) gw_http_echo_fast: GW_WS_PING_MS 200, GW_WS_DEAD_MS 800."""
+    path = os.environ.get("GW_HTTP_ECHO_FAST" if fast else "GW_HTTP_ECHO")
     if not path:
-        path = os.path.join(os.environ.get("SBX_BUILD", "build"), "tests", "gw_http_echo")
+        path = os.path.join(os.environ.get("SBX_BUILD", "build"), "tests",
+                            "gw_http_echo_fast" if fast else "gw_http_echo")
     return path
 
 
@@ -113,10 +115,14 @@ def assert_eof(testcase, sock):
     testcase.assertEqual(data, b"")
 
 
-class TestHttp(unittest.TestCase):
+class EchoCase(unittest.TestCase):
+    """A gw_http_echo for the class (@FAST: gw_http_echo_fast) and raw-socket helpers."""
+
+    FAST = False
+
     @classmethod
     def setUpClass(cls):
-        cls.proc = subprocess.Popen([echo_binary()], stdout=subprocess.PIPE)
+        cls.proc = subprocess.Popen([echo_binary(cls.FAST)], stdout=subprocess.PIPE)
         line = cls.proc.stdout.readline()
         cls.port = int(line)
 
@@ -164,6 +170,8 @@ class TestHttp(unittest.TestCase):
         self.assertEqual(hdrs.get("sec-websocket-accept"), want)
         return s, hdrs
 
+
+class TestHttp(EchoCase):
     # --- REST ---------------------------------------------------------------------------------
 
     def test_echo_request(self):
@@ -610,6 +618,51 @@ class TestConnCap(unittest.TestCase):
             finally:
                 s.close()
         self.assertEqual(status, 200)
+
+
+class TestPausedTimers(EchoCase):
+    """The dead-peer check while the server does not read (gw_ws_pause), on gw_http_echo_fast
+    (ping after 200 ms of silence, dead after 800 ms)."""
+
+    FAST = True
+
+    def recv_answering_pings(self, s):
+        """The next data message; pings are answered as a live client's library does."""
+        while True:
+            op, data = recv_message(s)
+            if op == 9:
+                s.sendall(frame(10, data))
+                continue
+            return op, data
+
+    def test_paused_socket_is_not_dead_for_its_silence(self):
+        # The server reads nothing for 3 s, nearly four dead-peer periods: the client's pongs,
+        # and anything else it sends, wait unread, so its silence is the server's own doing.
+        # The server used to drop it as dead 800 ms in.
+        s, _ = self.ws_connect()
+        s.settimeout(TIMEOUT)
+        s.sendall(frame(1, b"pause 3000") + frame(1, b"after"))
+        self.assertEqual(self.recv_answering_pings(s), (1, b"resumed"))
+        self.assertEqual(self.recv_answering_pings(s), (1, b"after"))
+        # Reading again, the clock runs again: a client that answers nothing is dropped.
+        s.settimeout(TIMEOUT)
+        while True:
+            try:
+                op, _ = recv_message(s)
+            except (EOFError, ConnectionResetError):
+                break
+            self.assertIn(op, (9, 8))  # unanswered pings, then the end
+
+    def test_paused_socket_whose_peer_takes_nothing_is_dead(self):
+        # Paused, and 20 MiB to write that the client never reads: the bytes that wait for it
+        # do not move, which is what tells a gone or stuck peer while the server reads nothing.
+        before = self.stats()["ws_closed"]
+        s, _ = self.ws_connect()
+        s.sendall(frame(1, b"pause-flood 60000"))
+        deadline = time.monotonic() + TIMEOUT
+        while self.stats()["ws_closed"] == before:
+            self.assertLess(time.monotonic(), deadline, "a peer that read nothing was kept")
+            time.sleep(0.1)
 
 
 class TestTimers(unittest.TestCase):
