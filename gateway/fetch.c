@@ -1560,7 +1560,8 @@ static int64_t body_named(json_t *params)
     return json_is_integer(b) && json_integer_value(b) >= 0 ? json_integer_value(b) : -1;
 }
 
-/* A TypeError before anything started; a body stream the request named is cancelled. */
+/* A TypeError before anything started; a body stream the request named is cancelled, unless
+ * it is another call's. */
 static void early_fail(struct gw_call *call, json_t *params, const char *fmt, ...)
 {
     char msg[768];
@@ -1573,7 +1574,7 @@ static void early_fail(struct gw_call *call, json_t *params, const char *fmt, ..
     va_end(ap);
     gw_call_fail(call, "TypeError", NULL, "%s", msg);
     if (sid >= 0) {
-        gw_istream_cancel(s, (uint64_t)sid, NULL);
+        gw_istream_refuse(s, (uint64_t)sid, NULL);
     }
 }
 
@@ -1609,7 +1610,7 @@ void gw_m_fetch(struct gw_call *call, json_t *params)
         gw_param_int(call, params, "abortId", false, 0, INT64_MAX, -1, &abort_id) < 0 ||
         gw_param_int(call, params, "bodyStreamId", false, 0, INT64_MAX, -1, &body_sid) < 0) {
         if (named >= 0) {
-            gw_istream_cancel(s, (uint64_t)named, NULL);
+            gw_istream_refuse(s, (uint64_t)named, NULL);
         }
         return;
     }
@@ -1656,7 +1657,7 @@ void gw_m_fetch(struct gw_call *call, json_t *params)
                          mine >= FETCH_SESSION_MAX ? mine : nlive,
                          mine >= FETCH_SESSION_MAX ? "on this session" : "in sbx-gateway");
             if (named >= 0) {
-                gw_istream_cancel(s, (uint64_t)named, NULL);
+                gw_istream_refuse(s, (uint64_t)named, NULL);
             }
             return;
         }

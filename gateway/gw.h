@@ -246,8 +246,12 @@ struct gw_istream_sink {
 };
 int gw_istream_claim(struct gw_session *s, uint64_t sdk_stream, const struct gw_istream_sink *sink);
 /* Stop delivering on a claimed stream and tell the client (cancel) with @reason (stolen, may be
- * NULL). */
+ * NULL). Only for the stream's own claimant. */
 void gw_istream_cancel(struct gw_session *s, uint64_t sdk_stream, json_t *reason);
+/* A request that names stream @sdk_stream failed before claiming it: cancel the stream as
+ * gw_istream_cancel does, unless another call has claimed it (then it is that call's, and left
+ * alone). @reason is stolen. */
+void gw_istream_refuse(struct gw_session *s, uint64_t sdk_stream, json_t *reason);
 /*
  * Agent `out` streams whose bytes a method wants for itself (a whole-file read, walk entries):
  * @fn gets each chunk (end false, err NULL), then once the end (end true, err NULL) or a failure

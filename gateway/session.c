@@ -985,6 +985,19 @@ void gw_istream_cancel(struct gw_session *s, uint64_t sdk_stream, json_t *reason
     }
 }
 
+void gw_istream_refuse(struct gw_session *s, uint64_t sdk_stream, json_t *reason)
+{
+    struct gw_istream *is = istream_find(s, sdk_stream);
+
+    /* Its claimant's sink would never hear of a cancel from here: that call would wait for
+     * ever, its state kept by the sink's reference. */
+    if (is != NULL && is->claimed) {
+        json_decref(reason);
+        return;
+    }
+    gw_istream_cancel(s, sdk_stream, reason);
+}
+
 int gw_istream_claim(struct gw_session *s, uint64_t sdk_stream, const struct gw_istream_sink *sink)
 {
     struct gw_istream *is = istream_find(s, sdk_stream);

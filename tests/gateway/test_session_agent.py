@@ -1,0 +1,97 @@
+"""The SDK session (gateway/session.c and the methods that feed and read its streams) against a
+scripted agent: who owns a client stream, how long one call's back-pressure may stop the session
+from reading its WebSocket, and what the gateway keeps for a client that does not read.
+
+The agent is test_deploy_agent.FakeAgent (it answers hello, records every message, and hands the
+rest to the test's handler); the client is a raw WebSocket (sdkharness.RawWS) on the one timed
+sandbox the data dir holds. No root, no deno: run by ctest as gateway.session.agent, or:
+SBX_BUILD=build python3 tests/gateway/test_session_agent.py
+"""
+import base64
+import os
+import sys
+import time
+import unittest
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sdkharness as h  # noqa: E402
+from test_deploy_agent import SBID, AgentCase  # noqa: E402
+
+WAIT = 20  # seconds for what must happen (never a bound on how fast)
+
+
+def note(method, **params):
+    return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+class SessionCase(AgentCase):
+    def ws(self):
+        """A session on the sandbox (GET /api/v3/sandbox/<id>/connect)."""
+        ws = h.RawWS(self.gw.host, self.gw.port, "/api/v3/sandbox/%s/connect" % SBID,
+                     {"authorization": "Bearer " + self.gw.token})
+        self.addCleanup(ws.sock.close)
+        ws.notes = []
+        return ws
+
+    def requests(self, method):
+        return [m for _, m in self.agent.requests(method)]
+
+
+def file_agent(c, m):
+    """An agent whose files take every write at once."""
+    if m[0] != 0:
+        return
+    if m[2] == "fs.open":
+        c.answer(m, {"fh": 1})
+    elif m[2] == "fs.write":
+        c.answer(m, {"written": len(m[3]["data"])})
+    else:
+        c.answer(m, None)
+
+
+class TestStreamOwnership(SessionCase):
+    def test_failed_fetch_leaves_another_calls_stream_alone(self):
+        # A fetch that fails its checks cancels the body stream it names, so that the client
+        # stops sending it; that stream was a writeFile's, which then never heard of its end
+        # and waited for ever (its state leaked).
+        self.start(file_agent)
+        ws = self.ws()
+        ws.send_json(note("$sandbox.stream.start", streamId=5))
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "writeFile",
+                      "params": {"path": "/tmp/victim", "contentStreamId": 5}})
+        ws.send_json(note("$sandbox.stream.enqueue", streamId=5, data=b64(b"hello ")))
+        self.agent.wait(lambda: self.requests("fs.open"), "the writeFile's fs.open")
+        # A bad param (the first check) and a bad method (a later one, early_fail).
+        bad = ws.call("fetch", {"url": 42, "bodyStreamId": 5}, rid=2)
+        self.assertIn("url", bad["result"]["error"]["message"])
+        bad = ws.call("fetch", {"url": "http://localhost/", "method": "GET X", "bodyStreamId": 5},
+                      rid=3)
+        self.assertIn("not a valid HTTP method", bad["result"]["error"]["message"])
+        ws.send_json(note("$sandbox.stream.enqueue", streamId=5, data=b64(b"world")))
+        ws.send_json(note("$sandbox.stream.end", streamId=5))
+        self.assertEqual(ws.answer(1, timeout=WAIT)["result"], {"ok": None})
+        written = b"".join(bytes(m[3]["data"]) for m in self.requests("fs.write"))
+        self.assertEqual(written, b"hello world")
+        self.assertEqual([n for n in ws.notes if n.get("method") == "$sandbox.stream.cancel"],
+                         [])
+        self.assertEqual(len(self.requests("fs.close")), 1)
+
+    def test_failed_fetch_still_cancels_its_own_stream(self):
+        # The stream nobody claimed is the failed request's: the client is told to stop.
+        self.start(file_agent)
+        ws = self.ws()
+        ws.send_json(note("$sandbox.stream.start", streamId=6))
+        bad = ws.call("fetch", {"url": 42, "bodyStreamId": 6}, rid=1)
+        self.assertIn("error", bad["result"])
+        cancel = ws.recv_json(timeout=WAIT)
+        self.assertEqual(cancel["method"], "$sandbox.stream.cancel", cancel)
+        self.assertEqual(cancel["params"]["streamId"], 6)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
