@@ -1332,6 +1332,10 @@ static int wfile_sink_data(void *user, const uint8_t *data, size_t len)
      * and answers the call: both references go, so hold one of ours across it. */
     st->refs++;
     wfile_pump(st);
+    /* The pump sends nothing while a request is in flight or the file is not open yet, but the
+     * buffer grew all the same: without a hold here, a slow fs.write let the client's bytes pile
+     * up to GW_FS_WRITE_MAX and fail the write. */
+    wfile_hold(st);
     if (st->call != NULL) {
         gw_session_flush(st->s);
     }

@@ -10,6 +10,7 @@ SBX_BUILD=build python3 tests/gateway/test_session_agent.py
 import base64
 import os
 import sys
+import threading
 import time
 import unittest
 
@@ -91,6 +92,36 @@ class TestStreamOwnership(SessionCase):
         cancel = ws.recv_json(timeout=WAIT)
         self.assertEqual(cancel["method"], "$sandbox.stream.cancel", cancel)
         self.assertEqual(cancel["params"]["streamId"], 6)
+
+
+class TestBackPressure(SessionCase):
+    def test_streamed_write_waits_for_a_slow_write(self):
+        # The first fs.write takes seconds. The client's content must wait in its own socket
+        # meanwhile: it used to be read on while the write was in flight, until 19 MiB
+        # (GW_FS_WRITE_MAX) failed the write ("the content stream outran the sandbox").
+        sent = threading.Event()
+        slowed = []
+
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "fs.write" and not slowed:
+                slowed.append(m)
+                sent.wait(3)  # the client sent everything, or it waits (held) ...
+                time.sleep(1)  # ... and what it sent has reached the gateway
+            file_agent(c, m)
+
+        self.start(handler)
+        ws = self.ws()
+        ws.send_json(note("$sandbox.stream.start", streamId=5))
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "writeFile",
+                      "params": {"path": "/tmp/big", "contentStreamId": 5}})
+        chunk = note("$sandbox.stream.enqueue", streamId=5, data=b64(b"y" * 65536))
+        ws.sock.settimeout(WAIT)
+        for _ in range(32 * 16):  # 32 MiB
+            ws.send_json(chunk)
+        ws.send_json(note("$sandbox.stream.end", streamId=5))
+        sent.set()
+        self.assertEqual(ws.answer(1, timeout=WAIT)["result"], {"ok": None})
+        self.assertEqual(sum(len(m[3]["data"]) for m in self.requests("fs.write")), 32 << 20)
 
 
 if __name__ == "__main__":
