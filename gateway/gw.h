@@ -39,6 +39,11 @@
 /* Bytes queued toward the agent on one `in` stream above which the session stops reading its
  * WebSocket (resumes when the agent has taken them). */
 #define GW_AGENT_QUEUE_HIGH (2u << 20)
+/* Bytes one sink of a client stream (a process's stdin, streamed writeFile content) buffers
+ * toward the agent at most: what a claim delivers at once (GW_UNCLAIMED_MAX), a hold's worth
+ * (GW_AGENT_QUEUE_HIGH) and a message more. Beyond, the stream is cut with LIMIT: a hold stops
+ * the reading at the next message, so only a message bigger than the rest together gets here. */
+#define GW_SINK_MAX (GW_AGENT_QUEUE_HIGH + GW_UNCLAIMED_MAX + (1u << 20))
 /* Calls in flight on one session (the SDK keeps many processWait calls pending). */
 #define GW_CALLS_MAX 4096
 /* Client-produced streams open on one session. */

@@ -24,7 +24,7 @@
 /* Bytes of streamed writeFile content buffered toward the agent above which the WebSocket is
  * held; and the hard cap of that buffer. */
 #define GW_FS_WRITE_HIGH GW_AGENT_QUEUE_HIGH
-#define GW_FS_WRITE_MAX  (GW_AGENT_QUEUE_HIGH + GW_UNCLAIMED_MAX + (1u << 20))
+#define GW_FS_WRITE_MAX  GW_SINK_MAX
 
 /* --- path methods (m_fs.c) ---------------------------------------------------------------- */
 

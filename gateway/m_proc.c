@@ -5,12 +5,14 @@
  *
  * Standard input comes from a client stream (stdinStreamId): a stdin pipe claims it when the
  * request arrives (its bytes may come before or after), queues what the agent's stream has no
- * room for, and holds the WebSocket while more than GW_AGENT_QUEUE_HIGH waits (the SDK has no
- * flow control of its own). The child closing its stdin cancels the client's stream (BrokenPipe).
+ * room for (everything until proc.spawn answers), and holds the WebSocket while more than
+ * GW_AGENT_QUEUE_HIGH waits (the SDK has no flow control of its own); more than GW_SINK_MAX cuts
+ * the stream (LIMIT). The child closing its stdin cancels the client's stream (BrokenPipe).
  */
 #include "m_proc.h"
 
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,19 +44,56 @@ static void pipe_hold(struct stdin_pipe *p, bool hold)
     }
 }
 
-static void pipe_free(struct stdin_pipe *p)
+static void pipe_drop_queue(struct stdin_pipe *p)
 {
-    pipe_hold(p, false);
-    if (p->fed) {
-        gw_session_unfeed(p->s, p->sid);
-    }
     while (p->head != NULL) {
         struct qchunk *q = p->head;
 
         p->head = q->next;
         free(q);
     }
+    p->tail = NULL;
+    p->queued = 0;
+}
+
+static void pipe_free(struct stdin_pipe *p)
+{
+    pipe_hold(p, false);
+    if (p->fed) {
+        gw_session_unfeed(p->s, p->sid);
+    }
+    pipe_drop_queue(p);
     free(p);
+}
+
+/*
+ * Give the client's stream up, telling it @reason (stolen): the process's stdin is cancelled
+ * (before proc.spawn answered: it gets an empty stdin, closed at once). Returns -1 when the pipe
+ * is freed (after the answer; before it, the answer frees it).
+ */
+static int pipe_cut(struct stdin_pipe *p, json_t *reason)
+{
+    struct sbx_conn *c = gw_session_conn(p->s);
+    struct sbx_err err;
+
+    if (p->claimed) {
+        p->claimed = false;
+        gw_istream_cancel(p->s, p->sdk, reason);
+    } else {
+        json_decref(reason);
+    }
+    pipe_drop_queue(p);
+    pipe_hold(p, false);
+    if (p->sid == 0) {
+        p->end = true;
+        return 0;
+    }
+    if (c != NULL) {
+        (void)sbx_conn_cancel(c, p->sid, &err); /* -1: no longer live, nothing to cancel */
+        gw_session_flush(p->s);
+    }
+    pipe_free(p);
+    return -1;
 }
 
 /* Move queued bytes into the agent's stream while it stays under GW_AGENT_QUEUE_HIGH; end it
@@ -65,7 +104,10 @@ static int pipe_pump(struct stdin_pipe *p)
     struct sbx_err err;
 
     if (p->sid == 0) {
-        return 0; /* proc.spawn not answered yet */
+        /* proc.spawn not answered yet: everything waits here, held as toward the agent (an
+         * agent slow to start the process must not let the client's bytes pile up). */
+        pipe_hold(p, p->queued > GW_AGENT_QUEUE_HIGH);
+        return 0;
     }
     if (c == NULL || !sbx_conn_stream_live(c, p->sid)) {
         /* The child closed its stdin (the agent cancelled the stream) or the agent is gone. */
@@ -120,8 +162,17 @@ static void pipe_credit(void *user)
 static int pipe_data(void *user, const uint8_t *data, size_t len)
 {
     struct stdin_pipe *p = user;
-    struct qchunk *q = malloc(sizeof(*q) + len);
+    struct qchunk *q;
 
+    if (len > GW_SINK_MAX - p->queued) {
+        char msg[128];
+
+        snprintf(msg, sizeof(msg), "stdin: more than %u MiB would wait for the process",
+                 GW_SINK_MAX >> 20);
+        (void)pipe_cut(p, gw_errobj("Error", "LIMIT", msg));
+        return 0; /* cancelled toward the client already */
+    }
+    q = malloc(sizeof(*q) + len);
     if (q == NULL) {
         return -1;
     }

@@ -42,6 +42,13 @@ class SessionCase(AgentCase):
     def requests(self, method):
         return [m for _, m in self.agent.requests(method)]
 
+    def wait_for(self, pred, what):
+        """Poll @pred (state a handler sets, which FakeAgent.wait may miss) until it is true."""
+        deadline = time.monotonic() + WAIT
+        while not pred():
+            self.assertLess(time.monotonic(), deadline, "never happened: " + what)
+            time.sleep(0.05)
+
 
 def file_agent(c, m):
     """An agent whose files take every write at once."""
@@ -122,6 +129,100 @@ class TestBackPressure(SessionCase):
         sent.set()
         self.assertEqual(ws.answer(1, timeout=WAIT)["result"], {"ok": None})
         self.assertEqual(sum(len(m[3]["data"]) for m in self.requests("fs.write")), 32 << 20)
+
+
+class SlowSpawnAgent:
+    """An agent that answers proc.spawn only when told (answer()), with a stdin stream whose
+    bytes it counts and grants credit for at once."""
+
+    def __init__(self, case):
+        self.case = case
+        self.spawn = None  # (conn, request)
+        self.sid = None
+        self.got = 0
+        self.ended = False
+        self.lock = threading.Lock()
+
+    def __call__(self, c, m):
+        if m[0] == 0 and m[2] == "proc.spawn":
+            self.spawn = (c, m)  # answered by the test
+        elif m[0] == 3 and m[1] == self.sid:
+            with self.lock:
+                self.got += len(m[2])
+            c.notify("stream.credit", {"stream": self.sid, "bytes": len(m[2])})
+        elif m[0] == 2 and m[1] == "stream.end" and m[2].get("stream") == self.sid:
+            self.ended = True
+        elif m[0] == 0:
+            c.answer(m, None)
+
+    def answer(self):
+        self.case.wait_for(lambda: self.spawn, "proc.spawn")
+        c, m = self.spawn
+        self.sid = c.new_sid()
+        c.answer(m, {"id": 9, "pid": 4242, "stdin": self.sid, "stdout": None, "stderr": None})
+
+
+class TestStdinBeforeSpawn(SessionCase):
+    def spawn(self, ws, agent):
+        ws.send_json(note("$sandbox.stream.start", streamId=3))
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "spawn",
+                      "params": {"command": "cat", "stdinStreamId": 3, "stdout": "null",
+                                 "stderr": "null"}})
+        self.wait_for(lambda: agent.spawn, "proc.spawn")  # the stream is claimed
+
+    def test_stdin_is_held_until_the_process_starts(self):
+        # Stdin sent before proc.spawn answers waits in the gateway: it used to be read and
+        # queued without a hold or a cap for as long as the agent took to answer (here the
+        # client's 48 MiB were all read). Now the session stops reading the client, whose
+        # sending stalls until the process exists; then every byte arrives.
+        agent = SlowSpawnAgent(self)
+        self.start(agent)
+        ws = self.ws()
+        self.spawn(ws, agent)
+        mib = note("$sandbox.stream.enqueue", streamId=3, data=b64(b"z" * (1 << 20)))
+        sent = [0]
+
+        def sender():
+            for _ in range(48):
+                ws.send_json(mib)
+                sent[0] += 1
+            ws.send_json(note("$sandbox.stream.end", streamId=3))
+
+        ws.sock.settimeout(None)
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
+        # Until the sending stalls (it makes no progress for 2 s) or ends.
+        last, since = -1, time.monotonic()
+        while t.is_alive() and time.monotonic() - since < 2:
+            if sent[0] != last:
+                last, since = sent[0], time.monotonic()
+            time.sleep(0.1)
+        self.assertTrue(t.is_alive(), "the gateway read all 48 MiB before the process existed")
+        self.assertLess(sent[0], 48)
+        agent.answer()
+        t.join(WAIT)
+        self.assertFalse(t.is_alive(), "the client's stdin never went on after the spawn")
+        ws.sock.settimeout(WAIT)
+        self.assertEqual(ws.answer(1, timeout=WAIT)["result"]["ok"]["pid"], 9)
+        self.wait_for(lambda: agent.ended, "the end of stdin")
+        self.assertEqual(agent.got, 48 << 20)
+
+    def test_one_message_over_the_cap_cuts_stdin(self):
+        # One message of 24 MiB (more than GW_SINK_MAX, 19 MiB) before the answer: the stream
+        # is cut with LIMIT and the process gets an empty stdin.
+        agent = SlowSpawnAgent(self)
+        self.start(agent)
+        ws = self.ws()
+        self.spawn(ws, agent)
+        ws.send_json(note("$sandbox.stream.enqueue", streamId=3, data=b64(b"z" * (24 << 20))))
+        cancel = ws.recv_json(timeout=WAIT)
+        self.assertEqual(cancel.get("method"), "$sandbox.stream.cancel", cancel)
+        self.assertEqual(cancel["params"]["streamId"], 3)
+        self.assertEqual(cancel["params"]["reason"]["code"], "LIMIT")
+        agent.answer()
+        self.assertEqual(ws.answer(1, timeout=WAIT)["result"]["ok"]["pid"], 9)
+        self.wait_for(lambda: agent.ended, "the end of stdin")
+        self.assertEqual(agent.got, 0)
 
 
 if __name__ == "__main__":
