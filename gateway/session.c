@@ -164,6 +164,8 @@ uint64_t gw_stream_id(struct gw *g)
     return g->next_stream++;
 }
 
+static void apply_pause(struct gw_session *s);
+
 /* Send one JSON value as a text message (stolen). */
 static void send_json(struct gw_session *s, json_t *msg)
 {
@@ -188,6 +190,7 @@ static void send_json(struct gw_session *s, json_t *msg)
     }
     (void)gw_ws_send_text(s->ws, text, strlen(text)); /* -1: closing, nothing to do */
     free(text);
+    apply_pause(s);
 }
 
 void gw_session_notify(struct gw_session *s, const char *method, json_t *params)
@@ -196,9 +199,14 @@ void gw_session_notify(struct gw_session *s, const char *method, json_t *params)
                            params != NULL ? params : json_object()));
 }
 
+/*
+ * The WebSocket is read only while the agent is up, no sink holds it, and what waits to be
+ * written to the client is under GW_WS_HIGH: a client that sends requests and does not read the
+ * answers stops being read (its own TCP window then stops it), resumed from on_ws_drain.
+ */
 static void apply_pause(struct gw_session *s)
 {
-    bool want = s->holds > 0 || !s->agent_up;
+    bool want = s->holds > 0 || !s->agent_up || gw_session_congested(s);
 
     if (s->ws != NULL && want != s->paused) {
         s->paused = want;
@@ -630,6 +638,7 @@ void gw_ostream_enqueue(struct gw_ostream *os, const void *data, size_t len)
         gw_log("%s > %.*s", s->sb->id, n < 300 ? n : 300, s->scratch);
     }
     (void)gw_ws_send_text(s->ws, s->scratch, (size_t)n); /* -1: closing */
+    apply_pause(s);
 }
 
 int gw_session_collect(struct gw_session *s, uint32_t agent_stream, gw_sink_fn fn, void *user)
@@ -804,6 +813,7 @@ static void on_ws_drain(struct gw_ws *ws, void *user)
         d->fn(d->user);
     }
     s->in_cb = false;
+    apply_pause(s);
     gw_session_flush(s);
 }
 

@@ -42,6 +42,16 @@ class SessionCase(AgentCase):
     def requests(self, method):
         return [m for _, m in self.agent.requests(method)]
 
+    def answers(self, ws, ids):
+        """The responses to @ids, in whatever order they come: {id: result}."""
+        want, got = set(ids), {}
+        deadline = time.monotonic() + WAIT
+        while want - set(got):
+            m = ws.recv_json(max(0.1, deadline - time.monotonic()))
+            if m.get("id") in want:
+                got[m["id"]] = m["result"]
+        return got
+
     def wait_for(self, pred, what):
         """Poll @pred (state a handler sets, which FakeAgent.wait may miss) until it is true."""
         deadline = time.monotonic() + WAIT
@@ -129,6 +139,46 @@ class TestBackPressure(SessionCase):
         sent.set()
         self.assertEqual(ws.answer(1, timeout=WAIT)["result"], {"ok": None})
         self.assertEqual(sum(len(m[3]["data"]) for m in self.requests("fs.write")), 32 << 20)
+
+
+def download_agent(size):
+    """An agent whose every file has @size bytes, each download sent whole at once (within the
+    stream's first window: no credit needed)."""
+    def handler(c, m):
+        if m[0] == 0 and m[2] == "transfer.download":
+            sid = c.new_sid()
+            c.answer(m, {"stream": sid, "size": size, "mode": 0o100644})
+            for off in range(0, size, 256 << 10):
+                c.send([3, sid, b"q" * min(256 << 10, size - off)])
+            c.notify("stream.end", {"stream": sid})
+        elif m[0] == 0:
+            c.answer(m, None)
+    return handler
+
+
+class TestClientThatDoesNotRead(SessionCase):
+    def test_requests_are_not_read_while_answers_pile_up(self):
+        # The client sends readFile after readFile (1 MiB each) and reads no answer. Once more
+        # than GW_WS_HIGH (8 MiB) waits for it, the gateway stops reading its requests: it used
+        # to read and answer every one, keeping all the answers in memory.
+        self.start(download_agent(1 << 20))
+        ws = self.ws()
+        ws.sock.settimeout(WAIT)
+        n = 0
+        while n < 200:
+            ws.send_json({"jsonrpc": "2.0", "id": n, "method": "readFile",
+                          "params": {"path": "/f%d" % n}})
+            n += 1
+            deadline = time.monotonic() + 2
+            while len(self.requests("transfer.download")) < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if len(self.requests("transfer.download")) < n:
+                break  # the gateway no longer reads
+        self.assertLess(len(self.requests("transfer.download")), 100,
+                        "the gateway read every request of a client that reads nothing")
+        # Read by the client, the answers go, and every request is answered.
+        for r in self.answers(ws, range(n)).values():
+            self.assertEqual(len(base64.b64decode(r["ok"])), 1 << 20)
 
 
 class SlowSpawnAgent:
