@@ -44,6 +44,9 @@
  * (GW_AGENT_QUEUE_HIGH) and a message more. Beyond, the stream is cut with LIMIT: a hold stops
  * the reading at the next message, so only a message bigger than the rest together gets here. */
 #define GW_SINK_MAX (GW_AGENT_QUEUE_HIGH + GW_UNCLAIMED_MAX + (1u << 20))
+/* Calls of one session whose answer gathers what an agent stream carries (a whole-file read)
+ * running at once; the others wait their turn (gw_call_when_room). */
+#define GW_GATHERS_MAX 8
 /* Calls in flight on one session (the SDK keeps many processWait calls pending). */
 #define GW_CALLS_MAX 4096
 /* Client-produced streams open on one session. */
@@ -349,6 +352,9 @@ struct gw_call {
     uint64_t abort_id;             /* the SDK's abortId + 1 (its ids start at 0); 0: none */
     void (*on_abort)(struct gw_call *call); /* abort{abortId} arrived (may be NULL) */
     bool abort_late; /* on_abort also after the answer (a held call whose stream still runs) */
+    bool gathers;    /* session.c: it holds one of the GW_GATHERS_MAX turns */
+    void (*room_fn)(struct gw_call *call); /* session.c: gw_call_when_room's, while it waits */
+    struct gw_call *room_next;             /* session.c: the calls that wait for a turn */
 };
 
 /* Keep @call allocated after its answer while its method still works for it (a fetch whose
@@ -356,6 +362,17 @@ struct gw_call {
  * and nothing else of it is outstanding. */
 void gw_call_hold(struct gw_call *call);
 void gw_call_release(struct gw_call *call);
+
+/*
+ * Run @start(@call) once the session has room for one more call whose answer gathers what an
+ * agent stream carries (readFile: up to 64 MiB, and its answer): at most GW_GATHERS_MAX run at
+ * once, and none starts while the client's queue is above GW_WS_HIGH. Requests the session read
+ * in one burst, before any answer existed, would otherwise all gather theirs, whether the client
+ * reads or not. Now when there is room, else from one of the session's own callbacks later
+ * (never once @call is answered, e.g. aborted meanwhile: it is freed then). The turn ends when
+ * the call is freed.
+ */
+void gw_call_when_room(struct gw_call *call, void (*start)(struct gw_call *call));
 
 /* The `user` for an agent request of @call: sets call->done, counts it outstanding. */
 void *gw_call_expect(struct gw_call *call, gw_call_done_fn done);

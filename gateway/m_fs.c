@@ -872,6 +872,7 @@ struct rfile {
     struct fsop op;       /* first: fsop_fail reads it */
     int refs;             /* the call's and the sink's */
     struct gw_call *call; /* NULL once the call is gone */
+    const char *path;     /* the request's (its params live as long as the call) */
     bool text, aborted;
     uint8_t *buf;
     size_t len, cap;
@@ -1013,12 +1014,26 @@ static void rfile_started(struct gw_call *call, const struct sbx_event *ev)
     }
 }
 
+/* The download, once the session has room for the file and its answer (gw_call_when_room). */
+static void rfile_start(struct gw_call *call)
+{
+    struct rfile *st = call->data;
+    struct sbx_conn *c;
+    struct sbx_err err;
+    if ((c = gw_fs_conn(call)) == NULL) {
+        return;
+    }
+    void *u = gw_call_expect(call, rfile_started);
+    sent(call,
+         sbx_transfer_download(c, st->path, 0, (int64_t)GW_FS_READ_MAX + 1, cwd_of(call), u, NULL,
+                               &err),
+         &err);
+}
+
 static void read_file(struct gw_call *call, json_t *params, bool text)
 {
     const char *path;
     int64_t abort_id;
-    struct sbx_conn *c;
-    struct sbx_err err;
     if (gw_param_str(call, params, "path", true, &path) < 0 ||
         gw_param_int(call, params, "abortId", false, 0, INT64_MAX, -1, &abort_id) < 0) {
         return;
@@ -1032,18 +1047,12 @@ static void read_file(struct gw_call *call, json_t *params, bool text)
     st->op.op = "readfile";
     st->refs = 1;
     st->call = call;
+    st->path = path;
     st->text = text;
     call->data = st;
     call->data_free = rfile_call_gone;
-    set_abort(call, abort_id, rfile_abort);
-    if ((c = gw_fs_conn(call)) == NULL) {
-        return;
-    }
-    void *u = gw_call_expect(call, rfile_started);
-    sent(
-        call,
-        sbx_transfer_download(c, path, 0, (int64_t)GW_FS_READ_MAX + 1, cwd_of(call), u, NULL, &err),
-        &err);
+    set_abort(call, abort_id, rfile_abort); /* also while it waits for room */
+    gw_call_when_room(call, rfile_start);
 }
 
 /* readFile {path, abortId?} -> the whole file, base64 (at most GW_FS_READ_MAX bytes). */

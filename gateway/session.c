@@ -111,7 +111,9 @@ struct gw_session {
 
     struct gw_call *calls;
     unsigned ncalls;
-    struct gw_ostream *streams; /* agent streams with a stream_user of ours */
+    unsigned gathers;                      /* calls holding a turn (gw_call_when_room) */
+    struct gw_call *room_head, *room_tail; /* calls waiting for one, oldest first */
+    struct gw_ostream *streams;            /* agent streams with a stream_user of ours */
     struct gw_istream *istreams;
     unsigned nistreams;
     struct hook *hooks;
@@ -298,6 +300,20 @@ static void call_free(struct gw_call *call)
 {
     struct gw_session *s = call->s;
 
+    if (call->gathers) {
+        s->gathers--; /* the next waiting call starts from the session's callback (start_room) */
+    } else if (call->room_fn != NULL) {
+        struct gw_call **pp = &s->room_head, *prev = NULL;
+
+        while (*pp != call) {
+            prev = *pp;
+            pp = &(*pp)->room_next;
+        }
+        *pp = call->room_next;
+        if (s->room_tail == call) {
+            s->room_tail = prev;
+        }
+    }
     if (call->prev != NULL) {
         call->prev->next = call->next;
     } else {
@@ -329,6 +345,49 @@ static void call_maybe_free(struct gw_call *call)
     if (call->answered && call->outstanding == 0) {
         call_free(call);
         session_maybe_free(s);
+    }
+}
+
+void gw_call_when_room(struct gw_call *call, void (*start)(struct gw_call *call))
+{
+    struct gw_session *s = call->s;
+
+    if (s->room_head == NULL && s->gathers < GW_GATHERS_MAX && !gw_session_congested(s)) {
+        call->gathers = true;
+        s->gathers++;
+        start(call);
+        return;
+    }
+    call->room_fn = start;
+    call->room_next = NULL;
+    if (s->room_tail != NULL) {
+        s->room_tail->room_next = call;
+    } else {
+        s->room_head = call;
+    }
+    s->room_tail = call;
+}
+
+/* Start the calls waiting for a turn that now have room; from the end of the session's own
+ * callbacks, where a start may answer and free its call. */
+static void start_room(struct gw_session *s)
+{
+    while (s->room_head != NULL && s->gathers < GW_GATHERS_MAX && s->ws != NULL &&
+           !gw_session_congested(s)) {
+        struct gw_call *call = s->room_head;
+        void (*start)(struct gw_call *) = call->room_fn;
+
+        s->room_head = call->room_next;
+        if (s->room_head == NULL) {
+            s->room_tail = NULL;
+        }
+        call->room_fn = NULL;
+        if (call->answered) {
+            continue; /* answered meanwhile, freed once its own requests are */
+        }
+        call->gathers = true;
+        s->gathers++;
+        start(call);
     }
 }
 
@@ -812,6 +871,7 @@ static void on_ws_drain(struct gw_ws *ws, void *user)
         next = d->next;
         d->fn(d->user);
     }
+    start_room(s);
     s->in_cb = false;
     apply_pause(s);
     gw_session_flush(s);
@@ -1376,6 +1436,7 @@ static void on_ws_message(struct gw_ws *ws, const char *data, size_t len, void *
     on_request(s, msg, id, json_string_value(method), params);
 out:
     json_decref(msg);
+    start_room(s); /* a call that ended (an abort) made room */
     s->in_cb = false;
     apply_pause(s);
     gw_session_flush(s);
@@ -1467,6 +1528,9 @@ static void session_process(struct gw_session *s)
         case SBX_EV_NOTIFY:
             break; /* nothing the gateway subscribes to yet */
         }
+    }
+    if (s->c != NULL && r == 0) {
+        start_room(s); /* answered calls made room */
     }
     s->in_cb = false;
     if (s->c != NULL && r < 0 && !s->agent_eof) {

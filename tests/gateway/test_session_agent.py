@@ -44,7 +44,8 @@ class SessionCase(AgentCase):
 
     def answers(self, ws, ids):
         """The responses to @ids, in whatever order they come: {id: result}."""
-        want, got = set(ids), {}
+        want = set(ids)
+        got = {n["id"]: n["result"] for n in ws.notes if n.get("id") in want}
         deadline = time.monotonic() + WAIT
         while want - set(got):
             m = ws.recv_json(max(0.1, deadline - time.monotonic()))
@@ -141,19 +142,42 @@ class TestBackPressure(SessionCase):
         self.assertEqual(sum(len(m[3]["data"]) for m in self.requests("fs.write")), 32 << 20)
 
 
-def download_agent(size):
+class DownloadAgent:
     """An agent whose every file has @size bytes, each download sent whole at once (within the
-    stream's first window: no credit needed)."""
-    def handler(c, m):
+    stream's first window: no credit needed). held(): downloads are kept unanswered (in .held)
+    until release()."""
+
+    def __init__(self, size):
+        self.size = size
+        self.held = None
+        self.lock = threading.Lock()
+
+    def hold(self):
+        self.held = []
+        return self
+
+    def send(self, c, m):
+        sid = c.new_sid()
+        c.answer(m, {"stream": sid, "size": self.size, "mode": 0o100644})
+        for off in range(0, self.size, 256 << 10):
+            c.send([3, sid, b"q" * min(256 << 10, self.size - off)])
+        c.notify("stream.end", {"stream": sid})
+
+    def release(self):
+        with self.lock:
+            held, self.held = self.held, None
+        for c, m in held:
+            self.send(c, m)
+
+    def __call__(self, c, m):
         if m[0] == 0 and m[2] == "transfer.download":
-            sid = c.new_sid()
-            c.answer(m, {"stream": sid, "size": size, "mode": 0o100644})
-            for off in range(0, size, 256 << 10):
-                c.send([3, sid, b"q" * min(256 << 10, size - off)])
-            c.notify("stream.end", {"stream": sid})
+            with self.lock:
+                if self.held is not None:
+                    self.held.append((c, m))
+                    return
+            self.send(c, m)
         elif m[0] == 0:
             c.answer(m, None)
-    return handler
 
 
 class TestClientThatDoesNotRead(SessionCase):
@@ -161,7 +185,7 @@ class TestClientThatDoesNotRead(SessionCase):
         # The client sends readFile after readFile (1 MiB each) and reads no answer. Once more
         # than GW_WS_HIGH (8 MiB) waits for it, the gateway stops reading its requests: it used
         # to read and answer every one, keeping all the answers in memory.
-        self.start(download_agent(1 << 20))
+        self.start(DownloadAgent(1 << 20))
         ws = self.ws()
         ws.sock.settimeout(WAIT)
         n = 0
@@ -179,6 +203,56 @@ class TestClientThatDoesNotRead(SessionCase):
         # Read by the client, the answers go, and every request is answered.
         for r in self.answers(ws, range(n)).values():
             self.assertEqual(len(base64.b64decode(r["ok"])), 1 << 20)
+
+    def test_a_burst_of_requests_gathers_no_more_than_the_client_reads(self):
+        # 200 readFile in one burst, read by the gateway before any answer exists, and no answer
+        # read: they used to start all at once, each gathering its file and keeping its answer.
+        # Now GW_GATHERS_MAX run at a time and none starts while the answers wait unread.
+        self.start(DownloadAgent(1 << 20))
+        ws = self.ws()
+        ws.sock.settimeout(WAIT)
+        ws.sock.sendall(b"".join(
+            frame_of(ws, {"jsonrpc": "2.0", "id": i, "method": "readFile",
+                          "params": {"path": "/f%d" % i}}) for i in range(200)))
+        seen, since = -1, time.monotonic()
+        while time.monotonic() - since < 2:  # until no new download for 2 s
+            n = len(self.requests("transfer.download"))
+            if n != seen:
+                seen, since = n, time.monotonic()
+            time.sleep(0.05)
+        self.assertLess(seen, 100, "a burst of requests gathered answers nobody read")
+        for r in self.answers(ws, range(200)).values():
+            self.assertEqual(len(base64.b64decode(r["ok"])), 1 << 20)
+
+    def test_abort_of_a_read_that_waits_for_room(self):
+        # A readFile waiting for its turn is aborted like one that runs, and frees its turn.
+        agent = DownloadAgent(1 << 20).hold()
+        self.start(agent)
+        ws = self.ws()
+        ws.sock.settimeout(WAIT)
+        ws.sock.sendall(b"".join(
+            frame_of(ws, {"jsonrpc": "2.0", "id": i, "method": "readFile",
+                          "params": {"path": "/f%d" % i, "abortId": i}}) for i in range(40)))
+        ws.send_json({"jsonrpc": "2.0", "id": 1000, "method": "abort", "params": {"abortId": 39}})
+        self.assertEqual(ws.answer(1000, timeout=WAIT)["result"], {"ok": None})
+        self.wait_for(lambda: len(agent.held) >= 8, "GW_GATHERS_MAX downloads")
+        self.assertEqual(len(agent.held), 8)
+        agent.release()
+        got = self.answers(ws, range(40))
+        self.assertEqual(got[39]["error"]["code"], "ABORT_ERR", got[39])
+        self.assertEqual(len(base64.b64decode(got[0]["ok"])), 1 << 20)
+
+
+def frame_of(ws, obj):
+    """The bytes RawWS.send_json would write for @obj (to send many at once)."""
+    out = []
+    real = ws.sock
+    ws.sock = type("Capture", (), {"sendall": lambda self, b: out.append(b)})()
+    try:
+        ws.send_json(obj)
+    finally:
+        ws.sock = real
+    return out[0]
 
 
 class SlowSpawnAgent:
