@@ -742,7 +742,8 @@ struct fetch {
     struct gw_pid_port *pq;
 
     /* request body */
-    bool has_body, body_open, body_ended, body_decided, body_whole, held;
+    bool has_body, body_open, body_ended, body_decided, body_whole;
+    struct gw_hold hold; /* on while the body waits for the connection or the server */
     uint64_t body_sid;
     struct bchunk *bhead, *btail;
     size_t bbytes;
@@ -771,10 +772,7 @@ static void hop_start(struct fetch *f);
 
 static void set_hold(struct fetch *f, bool hold)
 {
-    if (f->held != hold) {
-        f->held = hold;
-        gw_session_hold(f->s, hold);
-    }
+    gw_session_hold(f->s, &f->hold, hold);
 }
 
 static void body_free(struct fetch *f)
@@ -908,6 +906,26 @@ static void on_abort(struct gw_call *call)
         gw_call_fail_obj(call, abort_error());
     }
     fetch_end(f);
+}
+
+/* The hold's stall: the request body waited --stream-stall-timeout for the connection or the
+ * server and none of it went. */
+static void on_stall(void *user, int64_t ms)
+{
+    struct fetch *f = user;
+    char d[32], msg[200];
+
+    gw_duration_text(ms, d, sizeof(d));
+    snprintf(msg, sizeof(msg),
+             f->hc == NULL ? "the connection was not made within %s while the request body waited"
+                           : "the server read none of the request body for %s",
+             d);
+    if (f->streaming) {
+        stream_error(f, gw_errobj("TypeError", "ETIMEDOUT", msg));
+        fetch_end(f);
+        return;
+    }
+    fail_send(f, "ETIMEDOUT", "%s", msg);
 }
 
 static void answer_now(struct fetch *f)
@@ -1676,6 +1694,8 @@ void gw_m_fetch(struct gw_call *call, json_t *params)
     nlive++;
     f->call = call;
     f->s = s;
+    f->hold.stalled = on_stall;
+    f->hold.user = f;
     f->sb = gw_session_sandbox(s);
     f->g = f->sb->g;
     f->redirect = redirect == NULL || strcmp(redirect, "follow") == 0 ? RD_FOLLOW

@@ -88,6 +88,7 @@ struct gw_opts {
     const char *ca_file; /* --ca-file PATH: PEM CA certificates fetch's https trusts too */
     int64_t hello_ms;    /* --agent-hello-timeout: a link's connect and hello (link.c) */
     int64_t stage_ms;    /* --deploy-stage-timeout: each stage of a deploy job (deploy.c) */
+    int64_t stall_ms;    /* --stream-stall-timeout: a hold without progress (session.c) */
 };
 
 /* --agent-hello-timeout's default: an agent that is up answers hello at once. */
@@ -95,6 +96,9 @@ struct gw_opts {
 /* --deploy-stage-timeout's default: above the 30 minutes an install or build command may run
  * (deploy.c CMD_TIMEOUT_MS), so that the agent's own timeout of the command speaks first. */
 #define GW_STAGE_MS (40 * 60 * 1000)
+/* --stream-stall-timeout's default: a receiver that takes nothing for this long is not slow but
+ * stuck (a process that does not read its stdin), and the session's other calls wait for it. */
+#define GW_STALL_MS (30 * 1000)
 
 struct gw {
     uv_loop_t *loop;
@@ -323,9 +327,26 @@ struct dn_repl **gw_session_repls(struct gw_session *s);
 /* The working directory relative paths of the SDK resolve against (the sandbox user's home). */
 const char *gw_session_cwd(struct gw_session *s);
 
-/* Hold or resume reading the WebSocket (back-pressure from a sink whose agent stream is full);
- * counted: each hold needs one resume. */
-void gw_session_hold(struct gw_session *s, bool hold);
+/*
+ * Back-pressure from a client stream's sink whose receiver is full (a process's stdin, a file
+ * being written, a fetch's server): while any hold is on, the session does not read its
+ * WebSocket, and so nothing else the client sends either, a processKill or an abort included.
+ * The holder embeds one, zeroed, in its state with @stalled and @user set. A hold that stays on
+ * for --stream-stall-timeout without progress is turned off and @stalled(@user, that timeout in
+ * ms) called, from a timer of the session: the holder must give its stream up (cut it, telling
+ * the client why), so that one call's receiver cannot stop the session for ever.
+ */
+struct gw_hold {
+    void (*stalled)(void *user, int64_t ms);
+    void *user;
+    struct gw_hold *next; /* session.c: the session's holds that are on */
+    uint64_t since;       /* session.c: when it went on or last made progress (uv_now) */
+    bool on;
+};
+/* Turn @h on or off (turning on a hold that is on, or off one that is off, changes nothing). */
+void gw_session_hold(struct gw_session *s, struct gw_hold *h, bool hold);
+/* The receiver behind @h took bytes: its stall clock starts again. */
+void gw_session_hold_progress(struct gw_session *s, struct gw_hold *h);
 
 /* --- calls (session.c) --------------------------------------------------------------------- */
 

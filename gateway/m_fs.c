@@ -1081,13 +1081,13 @@ struct wfile {
     bool busy;      /* an fs.open / fs.write / fs.close / fs.chmod is in flight */
     bool ended;     /* every content byte is in buf */
     bool done;      /* answered (or failing): no more requests but a close */
-    bool held;      /* this write holds the WebSocket */
     bool streamed;  /* content comes on a client stream ... */
     bool sink_live; /* ... which is still claimed by us */
     uint64_t sid;   /* its id */
     uint8_t *buf;   /* content not yet written: buf[off..len) */
     size_t off, len, cap;
-    size_t chunk; /* bytes per fs.write */
+    size_t chunk;        /* bytes per fs.write */
+    struct gw_hold hold; /* on while too much content waits (the WebSocket is held) */
 };
 
 static void wfile_unref(struct wfile *st)
@@ -1105,10 +1105,7 @@ static void wfile_call_gone(void *p)
     struct wfile *st = p;
     st->call = NULL;
     st->done = true;
-    if (st->held) {
-        st->held = false;
-        gw_session_hold(st->s, false);
-    }
+    gw_session_hold(st->s, &st->hold, false);
     wfile_unref(st);
 }
 
@@ -1122,12 +1119,8 @@ static void wfile_hold(struct wfile *st)
 {
     bool want = st->len - st->off > GW_FS_WRITE_HIGH && !st->done;
     bool low = st->len - st->off <= GW_FS_WRITE_HIGH / 2 || st->done;
-    if (want && !st->held) {
-        st->held = true;
-        gw_session_hold(st->s, true);
-    } else if (st->held && low) {
-        st->held = false;
-        gw_session_hold(st->s, false);
+    if (want || low) {
+        gw_session_hold(st->s, &st->hold, want);
     }
 }
 
@@ -1197,6 +1190,7 @@ static void wfile_written(struct gw_call *call, const struct sbx_event *ev)
         return;
     }
     st->off += (size_t)w->via.u64;
+    gw_session_hold_progress(st->s, &st->hold); /* the sandbox is taking the content */
     wfile_pump(st);
 }
 
@@ -1383,6 +1377,20 @@ static void wfile_sink_error(void *user, json_t *error)
     wfile_unref(st);
 }
 
+/* The hold's stall: the sandbox took none of the content for --stream-stall-timeout. */
+static void wfile_stalled(void *user, int64_t ms)
+{
+    struct wfile *st = user;
+    char d[32], msg[200];
+
+    gw_duration_text(ms, d, sizeof(d));
+    snprintf(msg, sizeof(msg),
+             st->open ? "writeFile: the sandbox wrote none of the content for %s"
+                      : "writeFile: the file was not open within %s while the content waited",
+             d);
+    wfile_fail(st, NULL, "TimedOut", msg);
+}
+
 static void wfile_abort(struct gw_call *call)
 {
     struct wfile *st = call->data;
@@ -1431,6 +1439,8 @@ static void write_file(struct gw_call *call, json_t *params, bool text)
     st->refs = 1;
     st->call = call;
     st->s = call->s;
+    st->hold.stalled = wfile_stalled;
+    st->hold.user = st;
     st->mode = mode;
     call->data = st;
     call->data_free = wfile_call_gone;

@@ -29,19 +29,16 @@ struct stdin_pipe {
     uint64_t sdk; /* the client's stream id */
     uint32_t sid; /* the agent's stdin stream; 0 until proc.spawn answered */
     struct qchunk *head, *tail;
-    size_t queued; /* bytes in head..tail */
-    bool claimed;  /* the client stream is still delivering to us */
-    bool end;      /* the client ended the stream: end the agent's once the queue is out */
-    bool held;     /* we hold the WebSocket */
-    bool fed;      /* registered with gw_session_feed */
+    size_t queued;       /* bytes in head..tail */
+    bool claimed;        /* the client stream is still delivering to us */
+    bool end;            /* the client ended the stream: end the agent's once the queue is out */
+    bool fed;            /* registered with gw_session_feed */
+    struct gw_hold hold; /* on while too much waits here */
 };
 
 static void pipe_hold(struct stdin_pipe *p, bool hold)
 {
-    if (p->held != hold) {
-        p->held = hold;
-        gw_session_hold(p->s, hold);
-    }
+    gw_session_hold(p->s, &p->hold, hold);
 }
 
 static void pipe_drop_queue(struct stdin_pipe *p)
@@ -96,12 +93,27 @@ static int pipe_cut(struct stdin_pipe *p, json_t *reason)
     return -1;
 }
 
+/* The hold's stall: the process took none of its stdin for --stream-stall-timeout. */
+static void pipe_stalled(void *user, int64_t ms)
+{
+    struct stdin_pipe *p = user;
+    char d[32], msg[200];
+
+    gw_duration_text(ms, d, sizeof(d));
+    snprintf(msg, sizeof(msg),
+             p->sid == 0 ? "stdin: the process did not start within %s while its input waited"
+                         : "stdin: the process read none of it for %s",
+             d);
+    (void)pipe_cut(p, gw_errobj("TimedOut", "ETIMEDOUT", msg));
+}
+
 /* Move queued bytes into the agent's stream while it stays under GW_AGENT_QUEUE_HIGH; end it
  * when the client did and everything is out. Returns -1 when the pipe is finished (freed). */
 static int pipe_pump(struct stdin_pipe *p)
 {
     struct sbx_conn *c = gw_session_conn(p->s);
     struct sbx_err err;
+    size_t before = p->queued;
 
     if (p->sid == 0) {
         /* proc.spawn not answered yet: everything waits here, held as toward the agent (an
@@ -143,6 +155,9 @@ static int pipe_pump(struct stdin_pipe *p)
             }
             free(q);
         }
+    }
+    if (p->queued < before) {
+        gw_session_hold_progress(p->s, &p->hold); /* the process is reading */
     }
     pipe_hold(p, p->queued > GW_AGENT_QUEUE_HIGH);
     if (p->end && p->head == NULL) {
@@ -408,6 +423,8 @@ void gw_proc_spawn(struct gw_call *call, json_t *params, const char *const *argv
         }
         st->in->s = s;
         st->in->sdk = (uint64_t)json_integer_value(stdin_id);
+        st->in->hold.stalled = pipe_stalled;
+        st->in->hold.user = st->in;
         sink.user = st->in;
         if (gw_istream_claim(s, st->in->sdk, &sink) < 0) {
             gw_call_fail(call, "BadResource", NULL,

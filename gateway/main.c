@@ -35,7 +35,7 @@ static const char usage_text[] =
     "                   [--sbx-vm PATH] [--http-listen HOST:PORT] [--http-domain DOMAIN]\n"
     "                   [--resolve HOST:ADDR]... [--ca-file PATH] [--ssh-listen HOST:PORT]\n"
     "                   [--agent-hello-timeout DURATION] [--deploy-stage-timeout DURATION]\n"
-    "                   [--quiet] [--trace]\n"
+    "                   [--stream-stall-timeout DURATION] [--quiet] [--trace]\n"
     "       sbx-gateway --help | --version\n"
     "\n"
     "Serve the Deno Sandbox SDK's API (JSON-RPC over WebSocket, REST) on HOST:PORT; each\n"
@@ -61,6 +61,9 @@ static const char usage_text[] =
     "                      agent may take to connect and answer hello (default 30s)\n"
     "  --deploy-stage-timeout DURATION  how long each stage of a deploy (preparing,\n"
     "                      installing, building, deploying) may take (default 40m)\n"
+    "  --stream-stall-timeout DURATION  how long a client stream whose receiver (a process's\n"
+    "                      stdin, a file, a fetch's server) takes none of it may stop its\n"
+    "                      session from reading; then that stream is cut (default 30s)\n"
     "  --quiet             log only errors\n"
     "  --trace             log every JSON-RPC message in and out (first 300 bytes)\n"
     "\n"
@@ -150,6 +153,7 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
         { "ssh-listen", required_argument, NULL, 'S' },
         { "agent-hello-timeout", required_argument, NULL, 'A' },
         { "deploy-stage-timeout", required_argument, NULL, 'T' },
+        { "stream-stall-timeout", required_argument, NULL, 'W' },
         { NULL, 0, NULL, 0 },
     };
     struct gw_opts *o = &m->g.opt;
@@ -162,6 +166,7 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
     o->http_domain = "sbx.localhost";
     o->hello_ms = GW_HELLO_MS;
     o->stage_ms = GW_STAGE_MS;
+    o->stall_ms = GW_STALL_MS;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (ch) {
@@ -216,9 +221,14 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
             break;
         case 'A':
         case 'T':
-            if (gw_duration_parse(optarg, ch == 'A' ? &o->hello_ms : &o->stage_ms) < 0) {
+        case 'W':
+            if (gw_duration_parse(optarg, ch == 'A'   ? &o->hello_ms
+                                          : ch == 'T' ? &o->stage_ms
+                                                      : &o->stall_ms) < 0) {
                 return usage_error("%s %s: expected a duration like 30s, 40m or 2h (at most 24h)",
-                                   ch == 'A' ? "--agent-hello-timeout" : "--deploy-stage-timeout",
+                                   ch == 'A'   ? "--agent-hello-timeout"
+                                   : ch == 'T' ? "--deploy-stage-timeout"
+                                               : "--stream-stall-timeout",
                                    optarg);
             }
             break;

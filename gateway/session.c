@@ -12,7 +12,8 @@
  * Flow control lives here, because the SDK has none (docs/GATEWAY.md): agent output is
  * acknowledged (sbx_conn_consumed, which grants the agent credit) only while the WebSocket's
  * write queue is under GW_WS_HIGH, so a client that does not read holds the agent's window, not
- * the gateway's memory; and the WebSocket is not read while a sink's agent stream is full.
+ * the gateway's memory; and the WebSocket is not read while that queue is full or a sink's
+ * receiver is (a hold, which gives up after --stream-stall-timeout without progress).
  *
  * Lifetime: the session ends when either side does. It is freed once the WebSocket is gone, the
  * pipe is closed and no call is allocated (calls whose agent requests are outstanding wait for
@@ -103,6 +104,8 @@ struct gw_session {
     uv_pipe_t pipe;
     uv_timer_t grace; /* the agent link ended: how long the sandbox may take to say why */
     bool grace_open, grace_closing;
+    uv_timer_t stall; /* the oldest hold's --stream-stall-timeout */
+    bool stall_open, stall_closing;
     uv_connect_t connect;
     uv_write_t write;
     bool pipe_open, pipe_closing, writing, agent_up, agent_eof;
@@ -120,7 +123,7 @@ struct gw_session {
     struct drainer *drainers; /* gw_session_on_drain */
     struct dn_repl *repls;    /* m_deno.c's, emptied as each REPL's call ends */
     size_t unclaimed;         /* bytes buffered on unclaimed istreams */
-    int holds;                /* gw_session_hold count; the WebSocket is paused while > 0 */
+    struct gw_hold *holds;    /* the holds that are on; the WebSocket is paused while any is */
     bool paused;              /* what was last told to gw_ws_pause */
     bool in_cb;               /* inside one of our callbacks: flush on return */
     bool freed;
@@ -208,7 +211,7 @@ void gw_session_notify(struct gw_session *s, const char *method, json_t *params)
  */
 static void apply_pause(struct gw_session *s)
 {
-    bool want = s->holds > 0 || !s->agent_up || gw_session_congested(s);
+    bool want = s->holds != NULL || !s->agent_up || gw_session_congested(s);
 
     if (s->ws != NULL && want != s->paused) {
         s->paused = want;
@@ -216,13 +219,100 @@ static void apply_pause(struct gw_session *s)
     }
 }
 
-void gw_session_hold(struct gw_session *s, bool hold)
+static int64_t stall_ms(const struct gw_session *s)
 {
-    s->holds += hold ? 1 : -1;
-    if (s->holds < 0) {
-        s->holds = 0;
+    return s->g->opt.stall_ms > 0 ? s->g->opt.stall_ms : GW_STALL_MS;
+}
+
+static void hold_unlink(struct gw_session *s, struct gw_hold *h)
+{
+    struct gw_hold **pp = &s->holds;
+
+    while (*pp != NULL && *pp != h) {
+        pp = &(*pp)->next;
+    }
+    if (*pp == h) {
+        *pp = h->next;
+    }
+    h->next = NULL;
+    h->on = false;
+}
+
+static void on_stall(uv_timer_t *t);
+
+/* Arm the stall timer for the hold whose time runs out first (none on: it stays idle). */
+static void stall_arm(struct gw_session *s)
+{
+    uint64_t now = uv_now(s->g->loop), limit = (uint64_t)stall_ms(s), wait = limit;
+
+    if (!s->stall_open || s->stall_closing || s->holds == NULL) {
+        return;
+    }
+    for (struct gw_hold *h = s->holds; h != NULL; h = h->next) {
+        uint64_t used = now - h->since;
+        uint64_t left = used < limit ? limit - used : 0;
+
+        if (left < wait) {
+            wait = left;
+        }
+    }
+    (void)uv_timer_start(&s->stall, on_stall, wait, 0); /* fails only on a closing handle */
+}
+
+/* Give up the holds whose receiver took nothing for --stream-stall-timeout: each holder cuts its
+ * stream, and the session reads its client again. */
+static void on_stall(uv_timer_t *t)
+{
+    struct gw_session *s = t->data;
+    int64_t limit = stall_ms(s);
+    bool again = true;
+
+    s->in_cb = true;
+    while (again) {
+        uint64_t now = uv_now(s->g->loop);
+
+        again = false;
+        for (struct gw_hold *h = s->holds; h != NULL; h = h->next) {
+            if (now - h->since >= (uint64_t)limit) {
+                char d[32];
+
+                gw_duration_text(limit, d, sizeof(d));
+                gw_log("session %s: a client stream's receiver took none of it for %s: the "
+                       "stream is cut, so that the session reads its client again",
+                       s->sb->id, d);
+                hold_unlink(s, h);
+                h->stalled(h->user, limit);
+                again = true; /* the callback may have changed the list */
+                break;
+            }
+        }
+    }
+    s->in_cb = false;
+    stall_arm(s);
+    apply_pause(s);
+    gw_session_flush(s);
+    session_maybe_free(s);
+}
+
+void gw_session_hold(struct gw_session *s, struct gw_hold *h, bool hold)
+{
+    if (hold && !h->on) {
+        h->on = true;
+        h->since = uv_now(s->g->loop);
+        h->next = s->holds;
+        s->holds = h;
+        if (s->stall_open && !uv_is_active((uv_handle_t *)&s->stall)) {
+            stall_arm(s);
+        }
+    } else if (!hold && h->on) {
+        hold_unlink(s, h);
     }
     apply_pause(s);
+}
+
+void gw_session_hold_progress(struct gw_session *s, struct gw_hold *h)
+{
+    h->since = uv_now(s->g->loop); /* the timer, when it fires, finds this one not due */
 }
 
 /* --- writing to the agent ------------------------------------------------------------------- */
@@ -1730,16 +1820,28 @@ static void on_grace_close(uv_handle_t *h)
     session_maybe_free(s);
 }
 
+static void on_stall_close(uv_handle_t *h)
+{
+    struct gw_session *s = h->data;
+
+    s->stall_open = false;
+    session_maybe_free(s);
+}
+
 static void session_maybe_free(struct gw_session *s)
 {
     if (s->freed || s->ws != NULL || s->pipe_open || s->writing || s->calls != NULL || s->in_cb) {
         return;
     }
-    if (s->grace_open) {
-        /* The last handle: the session is freed in its close callback. */
-        if (!s->grace_closing) {
+    if (s->grace_open || s->stall_open) {
+        /* The last handles: the session is freed in the last close callback. */
+        if (s->grace_open && !s->grace_closing) {
             s->grace_closing = true;
             uv_close((uv_handle_t *)&s->grace, on_grace_close);
+        }
+        if (s->stall_open && !s->stall_closing) {
+            s->stall_closing = true;
+            uv_close((uv_handle_t *)&s->stall, on_stall_close);
         }
         return;
     }
@@ -1810,6 +1912,11 @@ struct gw_session *gw_session_start(struct gw_sandbox *sb, struct gw_http_conn *
     if (uv_timer_init(sb->g->loop, &s->grace) == 0) {
         s->grace.data = s;
         s->grace_open = true;
+    }
+    /* Without it (it cannot fail on a live loop) holds would only end with their receiver. */
+    if (uv_timer_init(sb->g->loop, &s->stall) == 0) {
+        s->stall.data = s;
+        s->stall_open = true;
     }
     snprintf(hdr, sizeof(hdr), "x-deno-sandbox-id: %s", sb->id);
     s->ws = gw_http_upgrade(hc, headers, &ws_ops, s);

@@ -261,6 +261,7 @@ class GatewayCase(unittest.TestCase):
             ["--data-dir", self.tmp, "--backend", BACKEND, "--agent-hello-timeout", "5"],
             ["--data-dir", self.tmp, "--backend", BACKEND, "--deploy-stage-timeout", "25h"],
             ["--data-dir", self.tmp, "--backend", BACKEND, "--deploy-stage-timeout", "-1m"],
+            ["--data-dir", self.tmp, "--backend", BACKEND, "--stream-stall-timeout", "0s"],
         ]
         for args in cases:
             p = subprocess.run([gateway_bin(), *args], capture_output=True, text=True, timeout=10)

@@ -349,5 +349,98 @@ class TestStdinBeforeSpawn(SessionCase):
         self.assertEqual(agent.got, 0)
 
 
+class TestStalledReceiver(SessionCase):
+    """A hold stops the session's reading while a stream's receiver is full; one whose receiver
+    takes nothing for --stream-stall-timeout (1 s here) is cut, and what the client sent behind
+    it (a kill, an abort) is read and answered. It used to wait for ever, and the WebSocket was
+    dropped as dead 60 s in."""
+
+    def send_behind(self, ws, sid, mib, then):
+        """In a thread (the session may stop reading it for a while): @mib MiB on stream @sid,
+        then the request @then."""
+        chunk = note("$sandbox.stream.enqueue", streamId=sid, data=b64(b"x" * 65536))
+
+        def sender():
+            for _ in range(mib * 16):
+                ws.send_json(chunk)
+            ws.send_json(then)
+
+        ws.sock.settimeout(None)
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
+        return t
+
+    def cancel_of(self, ws, sid):
+        return [n for n in ws.notes if n.get("method") == "$sandbox.stream.cancel"
+                and n["params"]["streamId"] == sid]
+
+    def test_kill_behind_stdin_a_process_does_not_read(self):
+        def handler(c, m):  # a process that never reads its stdin: no credit ever
+            if m[0] == 0 and m[2] == "proc.spawn":
+                c.stdin = c.new_sid()
+                c.answer(m, {"id": 9, "pid": 4242, "stdin": c.stdin, "stdout": None,
+                             "stderr": None})
+            elif m[0] == 0:
+                c.answer(m, None)
+
+        self.start(handler, extra=["--stream-stall-timeout", "1s"])
+        ws = self.ws()
+        ws.send_json(note("$sandbox.stream.start", streamId=7))
+        r = ws.call("spawn", {"command": "sleep", "args": ["1000"], "stdinStreamId": 7,
+                              "stdout": "null", "stderr": "null"}, rid=1)
+        self.assertEqual(r["result"]["ok"]["pid"], 9)
+        t = self.send_behind(ws, 7, 10, {"jsonrpc": "2.0", "id": 99, "method": "processKill",
+                                         "params": {"pid": 9, "signal": "SIGKILL"}})
+        self.assertEqual(ws.answer(99, timeout=WAIT)["result"], {"ok": None})
+        t.join(WAIT)
+        cut = self.cancel_of(ws, 7)
+        self.assertEqual(len(cut), 1, ws.notes[:3])
+        self.assertEqual(cut[0]["params"]["reason"]["code"], "ETIMEDOUT")
+        self.assertIn("read none of it for 1 s", cut[0]["params"]["reason"]["message"])
+        self.assertEqual(len(self.requests("proc.kill")), 1)
+        self.wait_for(lambda: self.agent.notes("stream.cancel"), "stdin's cancel to the agent")
+
+    def test_abort_behind_a_file_write_that_never_ends(self):
+        def handler(c, m):  # an fs.write that is never answered
+            if m[0] == 0 and m[2] == "fs.open":
+                c.answer(m, {"fh": 1})
+            elif m[0] == 0 and m[2] != "fs.write":
+                c.answer(m, None)
+
+        self.start(handler, extra=["--stream-stall-timeout", "1s"])
+        ws = self.ws()
+        ws.send_json(note("$sandbox.stream.start", streamId=5))
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "writeFile",
+                      "params": {"path": "/tmp/stuck", "contentStreamId": 5}})
+        t = self.send_behind(ws, 5, 8, {"jsonrpc": "2.0", "id": 2, "method": "abort",
+                                        "params": {"abortId": 77}})
+        got = self.answers(ws, [1, 2])
+        t.join(WAIT)
+        self.assertEqual(got[2], {"ok": None})
+        self.assertEqual(got[1]["error"]["constructorName"], "TimedOut", got[1])
+        self.assertIn("wrote none of the content for 1 s", got[1]["error"]["message"])
+
+    def test_abort_behind_a_fetch_body_the_server_does_not_read(self):
+        accepted = []
+        srv = h.RawServer(lambda conn: accepted.append(conn) or time.sleep(WAIT))
+        self.addCleanup(srv.stop)
+        self.start(lambda c, m: c.answer(m, None) if m[0] == 0 else None,
+                   extra=["--stream-stall-timeout", "1s", "--resolve", "stall.test:127.0.0.1"])
+        ws = self.ws()
+        ws.send_json(note("$sandbox.stream.start", streamId=9))
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "fetch",
+                      "params": {"url": "http://stall.test:%d/up" % srv.port, "method": "POST",
+                                 "headers": [], "bodyStreamId": 9, "abortId": 0}})
+        t = self.send_behind(ws, 9, 40, {"jsonrpc": "2.0", "id": 2, "method": "abort",
+                                         "params": {"abortId": 5}})
+        got = self.answers(ws, [1, 2])
+        t.join(WAIT)
+        self.assertEqual(got[2], {"ok": None})
+        self.assertEqual(got[1]["error"]["code"], "ETIMEDOUT", got[1])
+        self.assertIn("the server read none of the request body for 1 s",
+                      got[1]["error"]["message"])
+        self.assertEqual(len(accepted), 1)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
