@@ -89,6 +89,8 @@ struct gw_opts {
     int64_t hello_ms;    /* --agent-hello-timeout: a link's connect and hello (link.c) */
     int64_t stage_ms;    /* --deploy-stage-timeout: each stage of a deploy job (deploy.c) */
     int64_t stall_ms;    /* --stream-stall-timeout: a hold without progress (session.c) */
+    int64_t ig_idle_ms;  /* --ingress-idle-timeout: a relayed connection without a byte */
+    unsigned ig_conns;   /* --ingress-max-conns: open ingress connections (ingress.c) */
 };
 
 /* --agent-hello-timeout's default: an agent that is up answers hello at once. */
@@ -99,6 +101,12 @@ struct gw_opts {
 /* --stream-stall-timeout's default: a receiver that takes nothing for this long is not slow but
  * stuck (a process that does not read its stdin), and the session's other calls wait for it. */
 #define GW_STALL_MS (30 * 1000)
+/* --ingress-idle-timeout's default: a relayed connection (keep-alive, WebSocket, CONNECT) that
+ * moves no byte either way for this long is closed. */
+#define GW_IG_IDLE_MS (10 * 60 * 1000)
+/* --ingress-max-conns: its default and largest value. */
+#define GW_IG_CONNS     1024
+#define GW_IG_CONNS_MAX 65536
 
 struct gw {
     uv_loop_t *loop;

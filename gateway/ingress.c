@@ -39,6 +39,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <http_parser.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +49,11 @@
 #include "gsock.h"
 #include "http.h"
 
-#define IG_CONNS_MAX      1024
+/* Connections still closing (their handles' callbacks due) beyond --ingress-max-conns: past
+ * that, a new connection is refused at once instead of making room. */
+#define IG_CLOSING_SLACK 256
+#define IG_EVICT_LOG_MS  60000 /* a log line about connections closed for room, at most this often \
+                                */
 #define IG_HEAD_MAX       (64u << 10)
 #define IG_FIRST_MS       10000
 #define IG_CONNECT_MS     30000 /* routing + net.connect (the agent's own connect timeout: 10 s) */
@@ -155,7 +160,10 @@ struct gw_ingress {
     struct ig_map *maps;
     unsigned nmaps;
     struct ig_conn *conns;
-    unsigned nconns;
+    unsigned nconns;       /* in conns, closing ones too */
+    unsigned nlive;        /* those not closing: at most --ingress-max-conns */
+    uint64_t evict_logged; /* uv_now of the last log line about closing one for room */
+    uint64_t evicted;      /* connections closed for room since that line */
 };
 
 enum ic_state {
@@ -194,6 +202,7 @@ struct ig_conn {
     struct ig_conn *wnext; /* in map->waiters */
     struct gw_gsock *gs;
     uint16_t port;
+    uint64_t active; /* uv_now when a byte last moved either way (or the connection came) */
     size_t wq;       /* bytes written to the client and not yet done (the tail's too) */
     unsigned writes; /* write requests in flight */
     /* Bytes for the client that came while a write was in flight: written as one once the
@@ -1090,6 +1099,7 @@ static void conn_close(struct ig_conn *c)
         return;
     }
     c->st = IC_CLOSING;
+    c->ig->nlive--;
     conn_unwait(c);
     if (c->gs != NULL) {
         gw_gsock_close(c->gs);
@@ -1113,11 +1123,27 @@ static void on_linger(uv_timer_t *t)
     conn_close(t->data);
 }
 
+/* A byte moved on @c: its idle clock starts again (the relay's timer looks at it when due). */
+static void conn_active(struct ig_conn *c)
+{
+    c->active = uv_now(c->ig->g->loop);
+}
+
 static void on_timeout(uv_timer_t *t)
 {
     struct ig_conn *c = t->data;
+    uint64_t idle;
 
     switch (c->st) {
+    case IC_RELAY:
+        /* Bytes moved since the timer was set: it waits for the rest of the idle time. */
+        idle = uv_now(c->ig->g->loop) - c->active;
+        if (idle < (uint64_t)c->ig->g->opt.ig_idle_ms) {
+            uv_timer_start(&c->timer, on_timeout, (uint64_t)c->ig->g->opt.ig_idle_ms - idle, 0);
+            return;
+        }
+        conn_close(c);
+        break;
     case IC_HEAD:
         conn_answer(c, 408, "no complete request head within %d s\n", IG_FIRST_MS / 1000);
         break;
@@ -1172,6 +1198,7 @@ static void on_write(uv_write_t *req, int status)
         conn_close(c);
         return;
     }
+    conn_active(c);
     if (c->paused && c->wq <= IG_WQ_LOW && c->gs != NULL) {
         c->paused = false;
         gw_gsock_pause(c->gs, false);
@@ -1544,7 +1571,8 @@ static void gs_connected(void *user)
     size_t n = c->blen;
 
     c->st = IC_RELAY;
-    uv_timer_stop(&c->timer);
+    conn_active(c);
+    uv_timer_start(&c->timer, on_timeout, (uint64_t)c->ig->g->opt.ig_idle_ms, 0);
     http_parser_init(&c->rp, HTTP_REQUEST);
     c->rp.data = &c->hx;
     http_parser_init(&c->sp, HTTP_RESPONSE);
@@ -1582,6 +1610,7 @@ static void gs_data(void *user, const uint8_t *data, size_t len)
     if (c->st != IC_RELAY || c->guest_eof) {
         return;
     }
+    conn_active(c);
     while (len > 0 && !c->raw) {
         bool rechunked = c->rechunk; /* these bytes are a chunked body's: not sent as they are */
         bool head_end;
@@ -1950,6 +1979,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
+    conn_active(c);
     switch (c->st) {
     case IC_HEAD: {
         size_t from = c->blen, end;
@@ -2034,6 +2064,35 @@ static void reject_closed(uv_handle_t *h)
     free(h);
 }
 
+/* --ingress-max-conns connections are open: the one idle longest (any state) is closed for a
+ * new one, so connections held open and quiet cannot lock clients out (a busy one is never the
+ * first to go). Logged at most once a minute, with the count. */
+static void conn_make_room(struct gw_ingress *ig)
+{
+    struct ig_conn *old = NULL;
+    uint64_t now = uv_now(ig->g->loop);
+
+    for (struct ig_conn *c = ig->conns; c != NULL; c = c->next) {
+        if (c->st != IC_CLOSING && (old == NULL || c->active <= old->active)) {
+            old = c; /* the list is newest first: ties go to the oldest */
+        }
+    }
+    if (old == NULL) {
+        return;
+    }
+    ig->evicted++;
+    if (!ig->g->opt.quiet && (ig->evict_logged == 0 || now - ig->evict_logged >= IG_EVICT_LOG_MS)) {
+        gw_log("ingress: %u connections open (--ingress-max-conns): closed the one idle longest "
+               "(%" PRIu64 " s, host %s) for a new one (%" PRIu64 " closed so since this line last "
+               "came)",
+               ig->nlive, (now - old->active) / 1000,
+               old->host[0] != '\0' ? old->host : "no host yet", ig->evicted);
+        ig->evict_logged = now;
+        ig->evicted = 0;
+    }
+    conn_close(old);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct gw_ingress *ig = server->data;
@@ -2042,7 +2101,10 @@ static void on_connection(uv_stream_t *server, int status)
     if (status < 0 || ig->stopped) {
         return;
     }
-    if (ig->nconns >= IG_CONNS_MAX) {
+    if (ig->nlive >= ig->g->opt.ig_conns) {
+        conn_make_room(ig);
+    }
+    if (ig->nlive >= ig->g->opt.ig_conns || ig->nconns >= ig->g->opt.ig_conns + IG_CLOSING_SLACK) {
         uv_tcp_t *t = malloc(sizeof(*t));
 
         if (t == NULL || uv_tcp_init(ig->g->loop, t) < 0) {
@@ -2074,10 +2136,13 @@ static void on_connection(uv_stream_t *server, int status)
     }
     ig->conns = c;
     ig->nconns++;
+    ig->nlive++;
     ig->refs++;
     c->st = IC_HEAD;
+    conn_active(c);
     if (c->handles != 2 || uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
         c->st = IC_CLOSING;
+        ig->nlive--;
         uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
         if (c->handles == 2) {
             uv_close((uv_handle_t *)&c->timer, conn_handle_closed);

@@ -35,7 +35,8 @@ static const char usage_text[] =
     "                   [--sbx-vm PATH] [--http-listen HOST:PORT] [--http-domain DOMAIN]\n"
     "                   [--resolve HOST:ADDR]... [--ca-file PATH] [--ssh-listen HOST:PORT]\n"
     "                   [--agent-hello-timeout DURATION] [--deploy-stage-timeout DURATION]\n"
-    "                   [--stream-stall-timeout DURATION] [--quiet] [--trace]\n"
+    "                   [--stream-stall-timeout DURATION] [--ingress-idle-timeout DURATION]\n"
+    "                   [--ingress-max-conns N] [--quiet] [--trace]\n"
     "       sbx-gateway --help | --version\n"
     "\n"
     "Serve the Deno Sandbox SDK's API (JSON-RPC over WebSocket, REST) on HOST:PORT; each\n"
@@ -53,6 +54,10 @@ static const char usage_text[] =
     "  --http-listen HOST:PORT  the HTTP ingress of exposeHttp and deployed revisions\n"
     "                      (requests are routed by their Host header; default: none)\n"
     "  --http-domain DOMAIN  exposed domains are <label>.DOMAIN (default sbx.localhost)\n"
+    "  --ingress-idle-timeout DURATION  a relayed ingress connection that moves no byte\n"
+    "                      either way for this long is closed (default 10m)\n"
+    "  --ingress-max-conns N  open ingress connections; at N a new one closes the one idle\n"
+    "                      longest (default 1024, at most 65536)\n"
     "  --resolve HOST:ADDR  fetch from a sandbox reaches HOST at ADDR (an IP literal) instead\n"
     "                      of resolving it (repeatable; like curl --resolve)\n"
     "  --ca-file PATH      PEM CA certificates fetch's https trusts besides the system's\n"
@@ -154,6 +159,8 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
         { "agent-hello-timeout", required_argument, NULL, 'A' },
         { "deploy-stage-timeout", required_argument, NULL, 'T' },
         { "stream-stall-timeout", required_argument, NULL, 'W' },
+        { "ingress-idle-timeout", required_argument, NULL, 'I' },
+        { "ingress-max-conns", required_argument, NULL, 'K' },
         { NULL, 0, NULL, 0 },
     };
     struct gw_opts *o = &m->g.opt;
@@ -167,6 +174,8 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
     o->hello_ms = GW_HELLO_MS;
     o->stage_ms = GW_STAGE_MS;
     o->stall_ms = GW_STALL_MS;
+    o->ig_idle_ms = GW_IG_IDLE_MS;
+    o->ig_conns = GW_IG_CONNS;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (ch) {
@@ -222,16 +231,33 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
         case 'A':
         case 'T':
         case 'W':
+        case 'I':
             if (gw_duration_parse(optarg, ch == 'A'   ? &o->hello_ms
                                           : ch == 'T' ? &o->stage_ms
-                                                      : &o->stall_ms) < 0) {
+                                          : ch == 'W' ? &o->stall_ms
+                                                      : &o->ig_idle_ms) < 0) {
                 return usage_error("%s %s: expected a duration like 30s, 40m or 2h (at most 24h)",
                                    ch == 'A'   ? "--agent-hello-timeout"
                                    : ch == 'T' ? "--deploy-stage-timeout"
-                                               : "--stream-stall-timeout",
+                                   : ch == 'W' ? "--stream-stall-timeout"
+                                               : "--ingress-idle-timeout",
                                    optarg);
             }
             break;
+        case 'K': {
+            char *end = NULL;
+            unsigned long n;
+
+            errno = 0;
+            n = strtoul(optarg, &end, 10);
+            if (optarg[0] < '0' || optarg[0] > '9' || *end != '\0' || errno != 0 || n < 1 ||
+                n > GW_IG_CONNS_MAX) {
+                return usage_error("--ingress-max-conns %s: expected a number from 1 to %d", optarg,
+                                   GW_IG_CONNS_MAX);
+            }
+            o->ig_conns = (unsigned)n;
+            break;
+        }
         case 'h':
             (void)fputs(usage_text, stdout);
             return 1;

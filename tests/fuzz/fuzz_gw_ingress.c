@@ -196,6 +196,8 @@ static void fz_init(void)
     }
     fz_gw.loop = &fz_loop;
     fz_gw.opt.quiet = true;
+    fz_gw.opt.ig_conns = GW_IG_CONNS;
+    fz_gw.opt.ig_idle_ms = GW_IG_IDLE_MS;
     snprintf(fz_sb_ready.id, sizeof(fz_sb_ready.id), "sbx_ord_00000000000000000000");
     fz_sb_ready.state = GW_SB_READY;
     fz_sb_ready.g = &fz_gw;

@@ -176,6 +176,17 @@ def recv_until_eof(s, timeout=60):
         out += b
 
 
+def recv_exactly(s, n, timeout=30):
+    s.settimeout(timeout)
+    out = bytearray()
+    while len(out) < n:
+        b = s.recv(n - len(out))
+        if not b:
+            break
+        out += b
+    return bytes(out)
+
+
 def read_response(f):
     """One HTTP/1.1 response with Content-Length from file object @f: (status, headers, body)."""
     line = f.readline()
@@ -219,8 +230,8 @@ class IngressCase(unittest.TestCase):
             self.agent.stop()
             raise
 
-    def start_gateway(self, data=None, ingress=True):
-        extra = ["--http-listen", "127.0.0.1:0"] if ingress else []
+    def start_gateway(self, data=None, ingress=True, more=()):
+        extra = (["--http-listen", "127.0.0.1:0"] if ingress else []) + list(more)
         gw = h.Gateway(backend="addr:" + self.agent.addr, user=self.user.name,
                        cwd=self.user.home, extra=extra, data=data)
         if ingress:
@@ -516,6 +527,78 @@ class TestIngress(IngressCase):
         self.assertTrue(out.startswith(b"HTTP/1.1 408"), out)
         self.assertGreater(dt, 8)
         self.assertLess(dt, 15)
+
+    def restart_with(self, *flags):
+        """The gateway again, with @flags: (sid, ws) of a new sandbox on it."""
+        self.gw.stop()
+        self.gw = self.start_gateway(more=flags)
+        return self.sandbox()
+
+    def quiet_conn(self, domain, g, path="/quiet"):
+        """A connection whose request went through to the guest @g (a RawGuest), which says
+        nothing back: a relay that moves no byte from now on."""
+        s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        want = bytes(g.got).count(path.encode()) + 1
+        s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, domain)).encode())
+        deadline = time.monotonic() + 30
+        while bytes(g.got).count(path.encode()) < want:
+            self.assertLess(time.monotonic(), deadline, "the request never reached the guest")
+            time.sleep(0.02)
+        return s
+
+    def test_idle_relay_closed(self):
+        """--ingress-idle-timeout: a relayed connection that moves no byte either way for that
+        long is closed; one whose requests keep coming is not, however long it lives."""
+        sid, ws = self.restart_with("--ingress-idle-timeout", "2s")
+        one = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"
+        g = self.raw_guest(lambda head: None if b"/quiet" in head else one)
+        domain = self.expose(sid, ws, port=g.port)
+        t0 = time.monotonic()
+        s = self.quiet_conn(domain, g)
+        busy = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
+        f = busy.makefile("rb")
+        for _ in range(5):  # 5 s of requests 1 s apart
+            busy.sendall(("GET /a HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode())
+            self.assertEqual(read_response(f)[2], b"one")
+            time.sleep(1)
+        self.assertEqual(recv_until_eof(s, 30), b"")
+        dt = time.monotonic() - t0
+        s.close()
+        self.assertGreater(dt, 1.5)
+        self.assertLess(dt, 20)
+        busy.sendall(("GET /a HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode())
+        self.assertEqual(read_response(f)[2], b"one")
+        busy.close()
+
+    def test_max_conns_closes_the_idlest(self):
+        """At --ingress-max-conns open connections a new one is served: the connection idle
+        longest is closed for it, not the newcomer (quiet connections held open cannot lock
+        clients out), and the others go on."""
+        sid, ws = self.restart_with("--ingress-max-conns", "3")
+        one = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"
+        g = self.raw_guest(lambda head: None if b"/quiet" in head else one)
+        domain = self.expose(sid, ws, port=g.port)
+        srv = self.server()
+        other = self.expose(sid, ws, port=srv.port)
+        held = []
+        for _ in range(3):
+            held.append(self.quiet_conn(domain, g))
+            time.sleep(0.3)
+        # The second is the newest to move now: the first is the idlest.
+        held[1].sendall(("GET /a HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode())
+        self.assertEqual(recv_exactly(held[1], len(one) * 1), one)
+        st, _, body = self.request(other, "/new")
+        self.assertEqual(st, 200, body)
+        self.assertIn(b"hello from the guest /new", body)
+        self.assertEqual(recv_until_eof(held[0], 30), b"")
+        for s in held[1:]:
+            s.sendall(("GET /a HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode())
+        self.assertEqual(recv_exactly(held[1], len(one)), one)
+        # held[2] had no answer to its first request: this one answers that.
+        self.assertEqual(recv_exactly(held[2], len(one)), one)
+        for s in held:
+            s.close()
+        self.assertIn("closed the one idle longest", self.gw.logtext())
 
     def test_restart_keeps_mappings(self):
         srv = self.server()

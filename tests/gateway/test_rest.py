@@ -262,6 +262,11 @@ class GatewayCase(unittest.TestCase):
             ["--data-dir", self.tmp, "--backend", BACKEND, "--deploy-stage-timeout", "25h"],
             ["--data-dir", self.tmp, "--backend", BACKEND, "--deploy-stage-timeout", "-1m"],
             ["--data-dir", self.tmp, "--backend", BACKEND, "--stream-stall-timeout", "0s"],
+            ["--data-dir", self.tmp, "--backend", BACKEND, "--ingress-idle-timeout", "10"],
+            ["--data-dir", self.tmp, "--backend", BACKEND, "--ingress-max-conns", "0"],
+            ["--data-dir", self.tmp, "--backend", BACKEND, "--ingress-max-conns", "65537"],
+            ["--data-dir", self.tmp, "--backend", BACKEND, "--ingress-max-conns", "-3"],
+            ["--data-dir", self.tmp, "--backend", BACKEND, "--ingress-max-conns", "4x"],
         ]
         for args in cases:
             p = subprocess.run([gateway_bin(), *args], capture_output=True, text=True, timeout=10)
