@@ -102,7 +102,9 @@ struct gw_session {
     bool primary;
 
     uv_pipe_t pipe;
-    uv_timer_t grace; /* the agent link ended: how long the sandbox may take to say why */
+    /* Until hello: --agent-hello-timeout. Once the agent link ended: how long the sandbox may
+     * take to say why. */
+    uv_timer_t grace;
     bool grace_open, grace_closing;
     uv_timer_t stall; /* the oldest hold's --stream-stall-timeout */
     bool stall_open, stall_closing;
@@ -1558,6 +1560,9 @@ static void on_hello(struct gw_session *s, const struct sbx_event *ev)
 {
     struct sbx_err err;
 
+    if (s->grace_open) {
+        uv_timer_stop(&s->grace); /* the hello deadline */
+    }
     if (ev->error != NULL) {
         snprintf(s->why, sizeof(s->why), "hello refused by the agent: %s: %s", ev->error->code,
                  ev->error->msg);
@@ -1686,6 +1691,19 @@ static void close_ws_why(struct gw_session *s)
 static void on_grace(uv_timer_t *t)
 {
     close_ws_why(t->data);
+}
+
+/* An agent that accepts the connection and never answers hello (a hung guest, or a workload
+ * that took the agent's port) would keep the session's client waiting for ever, its messages
+ * unread: the session ends as when the agent goes, the WebSocket closed with the reason. */
+static void on_hello_timeout(uv_timer_t *t)
+{
+    struct gw_session *s = t->data;
+    char d[32];
+
+    gw_duration_text(s->g->opt.hello_ms > 0 ? s->g->opt.hello_ms : GW_HELLO_MS, d, sizeof d);
+    snprintf(s->why, sizeof(s->why), "the agent did not answer hello within %s", d);
+    session_end_agent(s, s->why);
 }
 
 /*
@@ -1935,6 +1953,11 @@ struct gw_session *gw_session_start(struct gw_sandbox *sb, struct gw_http_conn *
     gw_ws_pause(s->ws, true);
     s->connect.data = s;
     uv_pipe_connect(&s->connect, &s->pipe, addr.path, on_connect);
+    if (s->grace_open) {
+        (void)uv_timer_start(&s->grace, on_hello_timeout,
+                             (uint64_t)(s->g->opt.hello_ms > 0 ? s->g->opt.hello_ms : GW_HELLO_MS),
+                             0); /* cannot fail: a live handle, a callback */
+    }
     return s;
 }
 

@@ -112,6 +112,23 @@ class TestStreamOwnership(SessionCase):
         self.assertEqual(cancel["params"]["streamId"], 6)
 
 
+class TestHello(SessionCase):
+    def test_agent_that_never_answers_hello(self):
+        # The session reads nothing from its client until the agent said hello: an agent that
+        # accepted the connection and said nothing more held the client there for ever.
+        self.start(lambda c, m: None, hello=False, extra=["--agent-hello-timeout", "1s"])
+        ws = self.ws()
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "envGet", "params": {"key": "A"}})
+        t0 = time.monotonic()
+        with self.assertRaises(h.WSClosed) as cm:
+            while time.monotonic() - t0 < WAIT:
+                ws.recv_json(timeout=WAIT)
+        self.assertEqual(cm.exception.code, 1011, cm.exception)
+        self.assertIn("the agent did not answer hello within 1 s", cm.exception.reason)
+        self.assertGreater(time.monotonic() - t0, 0.5)
+        self.assertEqual(self.requests("env.get"), [])
+
+
 class TestBackPressure(SessionCase):
     def test_streamed_write_waits_for_a_slow_write(self):
         # The first fs.write takes seconds. The client's content must wait in its own socket
