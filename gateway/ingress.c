@@ -51,10 +51,8 @@
 
 /* Connections still closing (their handles' callbacks due) beyond --ingress-max-conns: past
  * that, a new connection is refused at once instead of making room. */
-#define IG_CLOSING_SLACK 256
-#define IG_EVICT_LOG_MS                                                                            \
-    60000 /* a log line about connections closed for room, at most this often                      \
-           */
+#define IG_CLOSING_SLACK  256
+#define IG_EVICT_LOG_MS   60000 /* a line about connections closed for room: at most so often */
 #define IG_HEAD_MAX       (64u << 10)
 #define IG_FIRST_MS       10000
 #define IG_CONNECT_MS     30000 /* routing + net.connect (the agent's own connect timeout: 10 s) */
