@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -22,6 +23,11 @@
 #include "transfer.h"
 
 #define TREE_CHUNK SBX_STREAM_CHUNK_MAX
+/* Files with more than one link remembered (for the entries that link to them): beyond either
+ * cap a further one is archived in full again (a correct archive, only larger), so a workload's
+ * tree of millions of hard links costs neither unbounded memory nor a quadratic walk. */
+#define TREE_LINKS_MAX      (1u << 20)
+#define TREE_LINK_BYTES_MAX (64u << 20) /* of their entry names */
 
 struct hardlink {
     dev_t dev;
@@ -36,35 +42,65 @@ struct tree_down {
     enum agent_compress comp;
     struct archive *ar;
     struct archive_entry *entry;
-    struct hardlink *links;
-    size_t nlinks, caplinks;
+    struct hardlink *links; /* an open-addressing table of caplinks slots (a power of two) */
+    size_t nlinks, caplinks, link_bytes;
     char path[AGENT_FS_PATH_BUF * 2]; /* the entry name being built */
     /* File content on its way into the archive. Here, not in thread-local storage: a static TLS
      * block is set up in every thread the agent has, spawner threads included. */
     uint8_t buf[TREE_CHUNK];
 };
 
+static size_t link_slot(const struct hardlink *tab, size_t cap, dev_t dev, ino_t ino)
+{
+    uint64_t h = ((uint64_t)ino ^ ((uint64_t)dev << 32 | (uint64_t)dev >> 32)) *
+                 UINT64_C(0x9e3779b97f4a7c15);
+    size_t i = (size_t)(h >> 32) & (cap - 1);
+
+    while (tab[i].path != NULL && (tab[i].dev != dev || tab[i].ino != ino)) {
+        i = (i + 1) & (cap - 1);
+    }
+    return i;
+}
+
+/* The entry name a file with more than one link was archived under, or NULL when this is its
+ * first entry (then remembered for the next, as the caps allow). */
 static const char *hardlink_seen(struct tree_down *t, const struct stat *st, const char *path)
 {
-    for (size_t i = 0; i < t->nlinks; i++) {
-        if (t->links[i].dev == st->st_dev && t->links[i].ino == st->st_ino) {
+    size_t len = strlen(path) + 1, i;
+
+    if (t->caplinks > 0) {
+        i = link_slot(t->links, t->caplinks, st->st_dev, st->st_ino);
+        if (t->links[i].path != NULL) {
             return t->links[i].path;
         }
     }
-    if (t->nlinks == t->caplinks) {
-        size_t cap = t->caplinks ? t->caplinks * 2 : 16;
-        struct hardlink *n = realloc(t->links, cap * sizeof(*n));
+    if (t->nlinks >= TREE_LINKS_MAX || len > TREE_LINK_BYTES_MAX - t->link_bytes) {
+        return NULL;
+    }
+    if (2 * (t->nlinks + 1) > t->caplinks) { /* at most half full */
+        size_t cap = t->caplinks ? t->caplinks * 2 : 64;
+        struct hardlink *n = calloc(cap, sizeof(*n));
+
         if (n == NULL) {
             return NULL;
         }
+        for (size_t j = 0; j < t->caplinks; j++) {
+            if (t->links[j].path != NULL) {
+                n[link_slot(n, cap, t->links[j].dev, t->links[j].ino)] = t->links[j];
+            }
+        }
+        free(t->links);
         t->links = n;
         t->caplinks = cap;
     }
-    t->links[t->nlinks].dev = st->st_dev;
-    t->links[t->nlinks].ino = st->st_ino;
-    t->links[t->nlinks].path = strdup(path);
-    if (t->links[t->nlinks].path != NULL) {
+    i = link_slot(t->links, t->caplinks, st->st_dev, st->st_ino);
+    t->links[i].path = malloc(len);
+    if (t->links[i].path != NULL) {
+        memcpy(t->links[i].path, path, len);
+        t->links[i].dev = st->st_dev;
+        t->links[i].ino = st->st_ino;
         t->nlinks++;
+        t->link_bytes += len;
     }
     return NULL;
 }
@@ -286,7 +322,7 @@ static void tree_down_close(struct agent_outjob *j)
     if (t->entry != NULL) {
         archive_entry_free(t->entry);
     }
-    for (size_t i = 0; i < t->nlinks; i++) {
+    for (size_t i = 0; i < t->caplinks; i++) {
         free(t->links[i].path);
     }
     free(t->links);

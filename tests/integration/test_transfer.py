@@ -620,6 +620,39 @@ class TestTree(TransferCase):
                         % (grown, len(data)))
         self.assertEqual(open(self.p("dest", "f.bin"), "rb").read(), body)
 
+    def test_many_hard_links(self):
+        # Thousands of files with three links each (the table of seen files grows many times
+        # over): each archived once, its other names links to the first; a file whose other
+        # link is outside the tree is archived in full.
+        src = self.p("src")
+        for d in ("a", "b", "c"):
+            os.makedirs(os.path.join(src, d))
+        n = 3000
+        for i in range(n):
+            f = os.path.join(src, "a", "%05d" % i)
+            with open(f, "w") as fh:
+                fh.write("file %d\n" % i)
+            os.link(f, os.path.join(src, "b", "%05d" % i))
+            os.link(f, os.path.join(src, "c", "%05d" % i))
+        with open(os.path.join(src, "lone"), "w") as fh:
+            fh.write("lone\n")
+        os.link(os.path.join(src, "lone"), self.p("outside"))
+        data, end = self.download_tree(src)
+        self.assertNotIn("error", end)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            members = {m.name: m for m in tf.getmembers()}
+            self.assertEqual(len(members), 3 * n + 4)
+            for i in range(n):
+                first = members["a/%05d" % i]
+                self.assertTrue(first.isfile(), first.name)
+                self.assertEqual(tf.extractfile(first).read(), b"file %d\n" % i)
+                for d in ("b", "c"):
+                    m = members["%s/%05d" % (d, i)]
+                    self.assertTrue(m.islnk(), m.name)
+                    self.assertEqual(m.linkname, first.name)
+            self.assertTrue(members["lone"].isfile())
+            self.assertEqual(tf.extractfile(members["lone"]).read(), b"lone\n")
+
     def test_order_and_names(self):
         src = self.p("src")
         os.makedirs(os.path.join(src, "b"))
