@@ -1,4 +1,12 @@
-import ast, linecache, os, signal, sys, traceback
+import sys
+# python3 -c puts '' (the working directory) first on sys.path: a module planted there under the
+# name of one the driver imports would run, as the session's user, before any code of the host's.
+# The driver imports with it off the path; the host's code then finds the directory as usual.
+_sbx_cwd = sys.path.pop(0) if sys.path and sys.path[0] == '' else None
+import ast, linecache, os, signal, traceback
+if _sbx_cwd is not None:
+    sys.path.insert(0, _sbx_cwd)
+del _sbx_cwd
 def _sbx():
     rd = os.fdopen(3, 'rb', 0)
     os.set_inheritable(3, False)

@@ -281,6 +281,35 @@ class TestAttackIdentityMagicLinks(IdentityCase):
         root.call("fs.close", {"fh": fh})
 
 
+class TestAttackReplWorkingDirectory(IdentityCase):
+    """A python3 REPL session of the agent's own user (root) whose working directory the
+    workload can write: python3 -c puts that directory first on sys.path, so a module planted
+    there under the name of one the session's driver imports ran as root before any code of the
+    host's."""
+
+    DEFAULT_USER = False
+    PLANTED = ("ast", "linecache", "signal", "traceback", "tokenize", "contextlib", "enum", "re",
+               "functools", "collections", "itertools", "keyword", "operator", "token", "types",
+               "warnings", "textwrap", "copyreg", "weakref", "reprlib", "heapq", "sre_compile")
+
+    def test_planted_modules_do_not_run(self):
+        for mod in self.PLANTED:
+            self.sh("printf '%%s\\n' 'import os' 'open(os.path.join(os.path.dirname(__file__), "
+                    "\"ran-\" + __name__), \"w\").write(str(os.getuid()))' > %s.py" % mod)
+        self.sh("printf 'X = 42\\n' > mine.py")
+        sid = self.c.call("repl.start", {"language": "python3", "cwd": self.d})["session"]
+        r = self.c.call("repl.eval", {"session": sid, "code": "import os; os.getuid()"})
+        self.assertEqual(r.get("value"), "0", r)
+        r = self.c.call("repl.eval", {"session": sid, "code": "1/0"})
+        self.assertTrue(r["error"], r)
+        self.assertIn("ZeroDivisionError", r["error_text"], r)
+        # The host's own code still finds the directory's modules, as python3 in it would.
+        r = self.c.call("repl.eval", {"session": sid, "code": "import mine; mine.X"})
+        self.assertEqual(r.get("value"), "42", r)
+        self.c.call("repl.close", {"session": sid})
+        self.assertEqual([n for n in os.listdir(self.d) if n.startswith("ran-")], [])
+
+
 class TestAttackIdentityParam(IdentityCase):
     """Item 6 with the identity named per request, on an agent with no workload user (it acts as
     root unless told): `user` makes every access that user's."""
