@@ -32,6 +32,8 @@
 #define LINGER_MS     2000         /* a closing socket waits this long for the peer's EOF */
 #define WS_CLOSE_MS   2000         /* gw_ws_close waits this long for the peer's close frame */
 #define WS_REASON_MAX 123          /* RFC 6455 5.5.1: control payload 125 minus the code */
+#define WS_PONGS_MAX  64  /* pings whose pongs wait behind unsent output: then stop reading */
+#define CLOSING_SLACK 256 /* closed connections not yet freed beyond GW_HTTP_CONNS_MAX */
 #define WS_GUID       "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 enum conn_state {
@@ -63,6 +65,7 @@ struct gw_http_server {
     void *user;
     struct gw_http_conn *conns; /* list */
     unsigned nconns;            /* allocated connections (closing ones too) */
+    unsigned nclosed;           /* of them, closed ones whose handles are still closing */
     unsigned nfresh;            /* of them, open ones that have not sent a whole request */
     bool closing;
     bool listener_closed;
@@ -86,11 +89,12 @@ struct gw_ws {
     size_t hdr_have, hdr_need;
     uint64_t payload_left;
     bool paused;
-    bool in_recv;      /* inside wslay_event_recv */
-    bool in_events;    /* inside ws_events (on_drain) */
-    bool user_closing; /* gw_ws_close was called */
-    bool dead;         /* the socket failed or the peer vanished */
-    bool finished;     /* on_close called */
+    unsigned pongs_owed; /* pings received since wslay's queue was last empty (pongs waiting) */
+    bool in_recv;        /* inside wslay_event_recv */
+    bool in_events;      /* inside ws_events (on_drain) */
+    bool user_closing;   /* gw_ws_close was called */
+    bool dead;           /* the socket failed or the peer vanished */
+    bool finished;       /* on_close called */
     bool was_high;
     bool pinged;
     bool close_timer;
@@ -153,6 +157,7 @@ static void conn_error(struct gw_http_conn *c, int status, const char *msg);
 static void ws_flush(struct gw_ws *ws);
 static void ws_events(struct gw_ws *ws);
 static void ws_feed(struct gw_ws *ws, const uint8_t *data, size_t len);
+static bool ws_held(const struct gw_ws *ws);
 
 /* --- small helpers ------------------------------------------------------------------------- */
 
@@ -366,7 +371,11 @@ static void write_cb(uv_write_t *req, int status)
         if (status < 0) {
             c->ws->dead = true;
         } else {
+            bool held = ws_held(c->ws);
             ws_flush(c->ws);
+            if (held && !ws_held(c->ws)) {
+                (void)uv_idle_start(&c->kick, kick_cb); /* read again (cannot fail) */
+            }
         }
         ws_events(c->ws);
         return;
@@ -380,7 +389,13 @@ static void write_cb(uv_write_t *req, int status)
         return;
     }
     if (status < 0) {
-        conn_close(c);
+        /* A request with the handler (C_WAIT) is told: it may be waiting for a boot. */
+        conn_gone(c);
+        return;
+    }
+    if (c->state == C_HTTP && c->out_bytes < OUT_MAX && (!c->reading || c->pend_len > 0)) {
+        /* The client takes its answers again: on to the requests it sent meanwhile. */
+        (void)uv_idle_start(&c->kick, kick_cb); /* cannot fail: a live handle, a callback */
     }
 }
 
@@ -404,6 +419,7 @@ static void conn_free(struct gw_http_conn *c)
     free(c->pathbuf);
     free(c);
     srv->nconns--;
+    srv->nclosed--;
     if (srv->closing && srv->nconns == 0 && srv->listener_closed) {
         free(srv);
     }
@@ -434,9 +450,21 @@ static void conn_close(struct gw_http_conn *c)
     }
     conn_unfresh(c);
     c->state = C_CLOSED;
+    c->srv->nclosed++;
     uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
     uv_close((uv_handle_t *)&c->timer, conn_close_cb);
     uv_close((uv_handle_t *)&c->kick, conn_close_cb);
+}
+
+/* The handler let go of @c's request: close it, or free it if that happened already. */
+static void conn_let_go(struct gw_http_conn *c)
+{
+    c->held = false;
+    if (c->state != C_CLOSED) {
+        conn_close(c);
+    } else if (c->handles == 0) {
+        conn_free(c);
+    }
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -794,7 +822,8 @@ static int pend_append(struct gw_http_conn *c, const char *data, size_t len)
 
 static void conn_process_pending(struct gw_http_conn *c)
 {
-    while (c->state == C_HTTP && c->pend_len > 0) {
+    /* Answers the client does not take stop the next requests (write_cb resumes). */
+    while (c->state == C_HTTP && c->pend_len > 0 && c->out_bytes < OUT_MAX) {
         c->in_parse = true;
         size_t n = conn_parse(c, c->pend, c->pend_len);
         c->in_parse = false;
@@ -813,7 +842,7 @@ static void conn_after_parse(struct gw_http_conn *c)
 {
     switch (c->state) {
     case C_HTTP:
-        conn_read(c, true);
+        conn_read(c, c->out_bytes < OUT_MAX);
         break;
     case C_WAIT:
     case C_STREAM:
@@ -837,11 +866,11 @@ static void kick_cb(uv_idle_t *h)
         conn_process_pending(c);
     } else if (c->state == C_WS && c->ws) {
         struct gw_ws *ws = c->ws;
-        if (!ws->dead && !ws->paused && c->pend_len > 0) {
+        if (!ws->dead && !ws_held(ws) && c->pend_len > 0) {
             ws_feed(ws, (const uint8_t *)c->pend, c->pend_len);
             return;
         }
-        if (!ws->dead && !ws->paused) {
+        if (!ws->dead && !ws_held(ws)) {
             conn_read(c, true);
         }
         ws_events(ws);
@@ -918,7 +947,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
                 return;
             }
             conn_read(c, false);
-            if (!c->ws->paused) {
+            if (!ws_held(c->ws)) {
                 ws_feed(c->ws, (const uint8_t *)c->pend, c->pend_len);
             }
             return;
@@ -1042,11 +1071,11 @@ const char *gw_http_header(const struct gw_http_req *req, const char *name)
 /* Answered after the client went away (no abandon callback was set): just let go. */
 static bool answer_dropped(struct gw_http_conn *c)
 {
-    c->held = false;
     if (c->gone || c->state != C_WAIT) {
-        conn_close(c);
+        conn_let_go(c);
         return true;
     }
+    c->held = false;
     return false;
 }
 
@@ -1153,15 +1182,7 @@ void gw_http_on_drain(struct gw_http_conn *hc, void (*cb)(struct gw_http_conn *h
 void gw_http_stream_end(struct gw_http_conn *hc)
 {
     if (hc->state != C_STREAM || hc->gone) {
-        /* Never started, or the client is gone: let go. */
-        hc->held = false;
-        if (hc->state == C_CLOSED) {
-            if (hc->handles == 0) {
-                conn_free(hc);
-            }
-            return;
-        }
-        conn_close(hc);
+        conn_let_go(hc); /* never started, or the client is gone */
         return;
     }
     hc->held = false;
@@ -1233,7 +1254,22 @@ static void on_connection(uv_stream_t *server, int status)
     c->state = C_HTTP;
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0 || srv->nconns > GW_HTTP_CONNS_MAX) {
+    if (srv->nconns - srv->nclosed > GW_HTTP_CONNS_MAX) {
+        /* At the cap, a connection that was answered and only waits for its peer's EOF goes
+         * first (the oldest): a flood of requests that each linger cannot lock clients out. */
+        struct gw_http_conn *old = NULL;
+        for (struct gw_http_conn *o = c->next; o != NULL; o = o->next) {
+            if (o->state == C_LINGER) {
+                old = o; /* the list is newest first */
+            }
+        }
+        if (old != NULL) {
+            conn_close(old);
+        }
+    }
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0 ||
+        srv->nconns - srv->nclosed > GW_HTTP_CONNS_MAX ||
+        srv->nconns > GW_HTTP_CONNS_MAX + CLOSING_SLACK) {
         conn_close(c);
         return;
     }
@@ -1418,7 +1454,7 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                           void *user)
 {
     struct gw_ws *ws = user;
-    if (ws->paused || ws->in_off >= ws->in_len) {
+    if (ws_held(ws) || ws->in_off >= ws->in_len) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
@@ -1471,6 +1507,9 @@ static void ws_frame_start_cb(wslay_event_context_ptr ctx,
 {
     struct gw_ws *ws = user;
     ws->frame_ctrl = (arg->opcode & 0x8) != 0;
+    if (arg->opcode == WSLAY_PING) {
+        ws->pongs_owed++; /* wslay queues its pong */
+    }
     if (!ws->frame_ctrl && !ws->msg_fail &&
         arg->payload_length > (uint64_t)GW_WS_MSG_MAX - ws->msg_len) {
         /* A fragmented message over the cap (wslay checks single frames). */
@@ -1556,6 +1595,9 @@ static void ws_flush(struct gw_ws *ws)
     if (r != 0) {
         ws->dead = true;
     }
+    if (wslay_event_get_queued_msg_count(ws->ctx) == 0) {
+        ws->pongs_owed = 0; /* every pong went out (into a block) */
+    }
     if (ws->out_cur && ws->out_cur->len > 0) {
         struct wblock *b = ws->out_cur;
         ws->out_cur = NULL;
@@ -1618,7 +1660,9 @@ static void ws_events(struct gw_ws *ws)
         ws_finish(ws, code);
     } else if (sent && (rcvd || !wslay_event_get_read_enabled(ctx)) && ws->c->out_bytes == 0) {
         ws_finish(ws, code);
-    } else if (sent && !ws->close_timer) {
+    } else if ((sent || rcvd) && !ws->close_timer) {
+        /* Our close frame, or the answer to the peer's, may wait behind output the peer does
+         * not take: either way the end is at most WS_CLOSE_MS away. */
         ws->close_timer = true;
         conn_timer(ws->c, WS_CLOSE_MS);
     }
@@ -1627,8 +1671,11 @@ static void ws_events(struct gw_ws *ws)
 static void ws_feed(struct gw_ws *ws, const uint8_t *data, size_t len)
 {
     struct gw_http_conn *c = ws->c;
-    ws->last_rx = uv_now(c->tcp.loop);
-    ws->pinged = false;
+    if (wslay_event_get_read_enabled(ws->ctx)) {
+        /* After the peer's close frame nothing it sends counts as life (WS_CLOSE_MS does). */
+        ws->last_rx = uv_now(c->tcp.loop);
+        ws->pinged = false;
+    }
     ws->in = data;
     ws->in_len = len;
     ws->in_off = 0;
@@ -1639,7 +1686,7 @@ static void ws_feed(struct gw_ws *ws, const uint8_t *data, size_t len)
         ws->dead = true;
     }
     size_t left = ws->in_len - ws->in_off;
-    if (left > 0 && ws->in_off == 0 && !ws->paused && !ws->dead &&
+    if (left > 0 && ws->in_off == 0 && !ws_held(ws) && !ws->dead &&
         wslay_event_get_read_enabled(ws->ctx)) {
         ws->dead = true; /* no progress without a pause: never spin */
     }
@@ -1656,12 +1703,19 @@ static void ws_feed(struct gw_ws *ws, const uint8_t *data, size_t len)
     ws->in_len = ws->in_off = 0;
     ws_flush(ws);
     if (!ws->dead) {
-        conn_read(c, !ws->paused && c->pend_len == 0);
-        if (!ws->paused && c->pend_len > 0 && uv_idle_start(&c->kick, kick_cb) < 0) {
+        conn_read(c, !ws_held(ws) && c->pend_len == 0);
+        if (!ws_held(ws) && c->pend_len > 0 && uv_idle_start(&c->kick, kick_cb) < 0) {
             ws->dead = true;
         }
     }
     ws_events(ws);
+}
+
+/* Nothing more is read from the peer: its user paused it, or the pongs to its pings wait
+ * behind output it does not take (wslay would queue one per ping, without bound). */
+static bool ws_held(const struct gw_ws *ws)
+{
+    return ws->paused || ws->pongs_owed >= WS_PONGS_MAX;
 }
 
 static void timer_ws(struct gw_http_conn *c)
@@ -1719,6 +1773,11 @@ struct gw_ws *gw_http_upgrade(struct gw_http_conn *hc, const char *const *header
                               const struct gw_ws_ops *ops, void *user)
 {
     bool gone = hc->gone;
+    if (hc->state == C_CLOSED) {
+        /* The socket failed while the request was held (a write, or the server closing). */
+        conn_let_go(hc);
+        return NULL;
+    }
     hc->held = false;
     if (!gone && !hc->req.websocket) {
         conn_error(hc, 400, "not a WebSocket upgrade"); /* the caller's mistake, answered */

@@ -24,7 +24,11 @@
 #define GW_HTTP_HEADERS_MAX 64
 #define GW_HTTP_BODY_MAX    (1u << 20) /* REST bodies */
 #define GW_HTTP_IDLE_MS     30000      /* a partial request stalls this long: closed */
-#define GW_HTTP_CONNS_MAX   1024       /* accepted connections; beyond: closed at once */
+#ifndef GW_HTTP_CONNS_MAX /* a test build may set it (tests/gateway's fast echo server) */
+#define GW_HTTP_CONNS_MAX                                                                          \
+    1024 /* accepted connections; at the cap an answered one that only                             \
+            lingers goes, else the newcomer is closed at once */
+#endif
 #define GW_HTTP_FRESH_MAX                                                                          \
     128                        /* of them, ones with no whole request yet; beyond: the             \
                                   oldest of those is closed */

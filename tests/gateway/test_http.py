@@ -115,6 +115,27 @@ def assert_eof(testcase, sock):
     testcase.assertEqual(data, b"")
 
 
+def send_until_refused(sock, data, limit, budget=8.0, stall=1.5):
+    """Send @data over and over (non-blocking) until @limit bytes went, @budget seconds passed,
+    or the peer took nothing for @stall seconds. Returns the bytes sent."""
+    sock.setblocking(False)
+    sent, off = 0, 0
+    t0 = last = time.monotonic()
+    while sent < limit and time.monotonic() - t0 < budget:
+        try:
+            n = sock.send(data[off:] if off else data)
+        except BlockingIOError:
+            if time.monotonic() - last > stall:
+                break
+            time.sleep(0.01)
+            continue
+        sent += n
+        off = (off + n) % len(data)
+        last = time.monotonic()
+    sock.setblocking(True)
+    return sent
+
+
 class EchoCase(unittest.TestCase):
     """A gw_http_echo for the class (@FAST: gw_http_echo_fast) and raw-socket helpers."""
 
@@ -491,6 +512,49 @@ class TestHttp(EchoCase):
         self.assertEqual(close_code(data), 1002)
         assert_eof(self, s)
 
+    def test_pipelined_answers_not_read(self):
+        # A client that pipelines requests and reads none of the answers: the server stops
+        # reading it once 256 KiB of answers wait (it read on for ever, holding every answer:
+        # 1.1 GB for 519 MB of requests). The kernel's buffers take some MB first.
+        s = self.connect()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        req = b"GET /pipelined-and-never-read HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+        sent = send_until_refused(s, req, 256 << 20)
+        self.assertLess(sent, 64 << 20, "the server read on: %d bytes" % sent)
+        # It is served again once it reads.
+        s.settimeout(TIMEOUT)
+        status, _, body = read_response(s)
+        self.assertEqual(status, 200, body)
+
+    def test_ping_flood_not_read(self):
+        # Pings from a client that reads nothing: wslay queues a pong for each, so the server
+        # stops reading once 64 wait behind output the client does not take (it read on,
+        # 2.3 GB for 179 MB of pings).
+        s, _ = self.ws_connect()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sent = send_until_refused(s, frame(9, b"") * 10000, 512 << 20)
+        self.assertLess(sent, 128 << 20, "the server read on: %d bytes of pings" % sent)
+
+    def test_close_answer_that_cannot_go_out(self):
+        # The client sent its close frame, then reads nothing and trickles bytes: the server's
+        # answer waits behind output the client does not take, and the connection ends within
+        # WS_CLOSE_MS anyway (it stayed open for as long as the trickle went on).
+        s, _ = self.ws_connect()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(frame(1, b"flood"))
+        time.sleep(1)  # the flood fills what the socket takes
+        s.sendall(frame(8, struct.pack("!H", 1000)))
+        t0 = time.monotonic()
+        gone = False
+        while time.monotonic() - t0 < 15 and not gone:
+            try:
+                s.sendall(b"x")
+            except OSError:
+                gone = True
+            time.sleep(0.3)
+        self.assertTrue(gone, "the connection was still open 15 s after the client's close")
+        self.assertLess(time.monotonic() - t0, 10)
+
     def test_stalled_client(self):
         a, _ = self.ws_connect()
         whole = frame(1, b"z" * 1000)
@@ -618,6 +682,42 @@ class TestConnCap(unittest.TestCase):
             finally:
                 s.close()
         self.assertEqual(status, 200)
+
+
+class TestLingerCap(unittest.TestCase):
+    """gw_http_echo_fast's cap of 64 connections (GW_HTTP_CONNS_MAX): connections answered with
+    Connection: close linger up to 2 s for the client's EOF, and a client that never sends it
+    kept them all in the cap. At the cap the oldest lingering one goes for the newcomer (which
+    used to be closed at once)."""
+
+    CAP = 64
+
+    def setUp(self):
+        self.proc = subprocess.Popen([echo_binary(True)], stdout=subprocess.PIPE)
+        self.port = int(self.proc.stdout.readline())
+
+    def tearDown(self):
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+        self.assertEqual(rc, 0)
+
+    def conn(self):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
+        self.addCleanup(s.close)
+        return s
+
+    def test_lingering_flood_does_not_lock_out(self):
+        conns = []
+        for i in range(self.CAP):
+            c = self.conn()
+            c.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % i)
+            conns.append(c)
+        for c in conns:  # all answered: lingering
+            self.assertEqual(read_response(c)[0], 200)
+        s = self.conn()
+        s.sendall(b"GET /after-the-lingering HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(read_response(s)[0], 200)
 
 
 class TestPausedTimers(EchoCase):
