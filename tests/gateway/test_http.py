@@ -624,18 +624,14 @@ class TestShutdown(unittest.TestCase):
             proc.stdout.close()
 
 
-class TestConnCap(unittest.TestCase):
-    """GW_HTTP_FRESH_MAX (128): connections that have not sent a whole request share a pool whose
-    oldest member goes when it is full, so idle connections cannot lock clients out.
-    GW_HTTP_CONNS_MAX (1024): connections that did send one; one more is closed at once, and a
-    freed slot is usable again."""
+class OwnServerCase(unittest.TestCase):
+    """A gw_http_echo (@FAST: gw_http_echo_fast) per test, which must exit 0 on SIGTERM."""
 
-    FRESH = 128
-    CAP = 1024
+    FAST = False
 
     def setUp(self):
-        self.proc = subprocess.Popen([echo_binary()], stdout=subprocess.PIPE)
-        TestHttp.port = int(self.proc.stdout.readline())
+        self.proc = subprocess.Popen([echo_binary(self.FAST)], stdout=subprocess.PIPE)
+        TestHttp.port = self.port = int(self.proc.stdout.readline())
         self.t = TestHttp("test_handshake")
 
     def tearDown(self):
@@ -645,9 +641,20 @@ class TestConnCap(unittest.TestCase):
         self.assertEqual(rc, 0)
 
     def conn(self):
-        s = socket.create_connection(("127.0.0.1", TestHttp.port), timeout=TIMEOUT)
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
         self.addCleanup(s.close)
         return s
+
+
+class TestConnCap(OwnServerCase):
+    """GW_HTTP_FRESH_MAX (128): connections that have not sent a whole request share a pool whose
+    oldest member goes when it is full, so idle connections cannot lock clients out.
+    GW_HTTP_CONNS_MAX (1024): connections that did send one; one more is closed at once, and a
+    freed slot is usable again."""
+
+    FRESH = 128
+    CAP = 1024
+
 
     def test_idle_flood_does_not_lock_out(self):
         idle = [self.conn() for _ in range(self.CAP + 100)]
@@ -684,28 +691,14 @@ class TestConnCap(unittest.TestCase):
         self.assertEqual(status, 200)
 
 
-class TestLingerCap(unittest.TestCase):
+class TestLingerCap(OwnServerCase):
     """gw_http_echo_fast's cap of 64 connections (GW_HTTP_CONNS_MAX): connections answered with
     Connection: close linger up to 2 s for the client's EOF, and a client that never sends it
     kept them all in the cap. At the cap the oldest lingering one goes for the newcomer (which
     used to be closed at once)."""
 
     CAP = 64
-
-    def setUp(self):
-        self.proc = subprocess.Popen([echo_binary(True)], stdout=subprocess.PIPE)
-        self.port = int(self.proc.stdout.readline())
-
-    def tearDown(self):
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=30)
-        self.proc.stdout.close()
-        self.assertEqual(rc, 0)
-
-    def conn(self):
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
-        self.addCleanup(s.close)
-        return s
+    FAST = True
 
     def test_lingering_flood_does_not_lock_out(self):
         conns = []
