@@ -51,9 +51,10 @@
  * checked and bounded; connections, channels, grants and kill timers have caps. At the
  * connection cap a new connection takes the place of the oldest one that has not authenticated
  * (so idle pre-authentication connections cannot lock clients out); only authenticated ones make
- * it refused. A channel we closed stays counted (a "sink" that drops what the client still sends
- * on it) until the client closes it too: libssh would otherwise keep it and buffer that data
- * without bound.
+ * it refused. One sandbox gets at most SSH_CONNS_PER_SB authenticated connections (its user names
+ * are shareable credentials: their holders must not lock out every other sandbox). A channel we
+ * closed stays counted (a "sink" that drops what the client still sends on it) until the client
+ * closes it too: libssh would otherwise keep it and buffer that data without bound.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -94,6 +95,8 @@
     (8u << 20) /* client bytes libssh holds for one channel (a client that                         \
                   keeps to its window stays under about 3.5 MiB) */
 #define SSH_READ_CHUNK (64u << 10)
+/* Authenticated connections to one sandbox; beyond: refused (conn_share). */
+#define SSH_CONNS_PER_SB (SSH_CONNS_MAX / 2)
 /* libssh's output buffer (see the top): a packet takes at most this much beyond its payload on the
  * wire (length and padding length 5, padding up to 19, MAC up to 64); above SSH_BACKLOG_HIGH the
  * client is not read (above SSH_OUT_HIGH no process output is written), above SSH_BACKLOG_MAX it is
@@ -1270,6 +1273,19 @@ static bool conn_ssh_closed(struct sconn *sc)
     return (ssh_get_status(sc->sess) & (SSH_CLOSED | SSH_CLOSED_ERROR)) != 0;
 }
 
+/* Close the connection once what libssh has queued is out (or SSH_CLOSE_MS has passed): conn_pump
+ * ends it then, and the disconnect message goes out after the rest. */
+static void conn_closing(struct sconn *sc)
+{
+    if (sc->state != SC_CLOSING) {
+        sc->state = SC_CLOSING;
+        if (sc->timer_open) {
+            (void)uv_timer_stop(&sc->timer);
+            (void)uv_timer_start(&sc->timer, conn_on_timer, SSH_CLOSE_MS, 0);
+        }
+    }
+}
+
 /* Close every channel with @msg on its stderr, then the connection once the bytes are out. */
 static void conn_close_with(struct sconn *sc, const char *msg)
 {
@@ -1288,13 +1304,7 @@ static void conn_close_with(struct sconn *sc, const char *msg)
         }
         chan_release(ch, true);
     }
-    if (sc->state != SC_CLOSING) {
-        sc->state = SC_CLOSING;
-        if (sc->timer_open) {
-            (void)uv_timer_stop(&sc->timer);
-            (void)uv_timer_start(&sc->timer, conn_on_timer, SSH_CLOSE_MS, 0);
-        }
-    }
+    conn_closing(sc);
 }
 
 /* The work of a connection, once libssh is off the stack. Idempotent. */
@@ -1535,6 +1545,33 @@ static int auth_deny(struct sconn *sc)
     return SSH_AUTH_DENIED;
 }
 
+/* Whether @sb may have one more authenticated connection: at most SSH_CONNS_PER_SB of the
+ * SSH_CONNS_MAX, so that the holders of one sandbox's user names (a credential meant to be
+ * shared) cannot take every connection from the others. Beyond, @sc is told why as it is
+ * disconnected (authenticated first, so that only a valid name learns of it). */
+static bool conn_share(struct sconn *sc, const struct gw_sandbox *sb)
+{
+    char msg[200];
+    unsigned n = 0;
+
+    for (struct sconn *o = sc->srv->conns; o != NULL; o = o->next) {
+        n += !o->torn && strcmp(o->sandbox, sb->id) == 0;
+    }
+    if (n < SSH_CONNS_PER_SB) {
+        return true;
+    }
+    (void)snprintf(msg, sizeof msg,
+                   "sbx-gateway: sandbox %s has %u SSH connections already (its share of the "
+                   "gateway's %u): refusing more",
+                   sb->id, SSH_CONNS_PER_SB, SSH_CONNS_MAX);
+    (void)ssh_session_set_disconnect_message(sc->sess, msg);
+    if (!sc->srv->g->opt.quiet) {
+        gw_log("ssh %s: %s has %u connections already (its share of %u): refused", sc->peer, sb->id,
+               SSH_CONNS_PER_SB, SSH_CONNS_MAX);
+    }
+    return false;
+}
+
 static int cb_auth_none(ssh_session session, const char *user, void *userdata)
 {
     struct sconn *sc = userdata;
@@ -1558,6 +1595,12 @@ static int cb_auth_none(ssh_session session, const char *user, void *userdata)
                    gr != NULL ? " (its sandbox is not running)" : "");
         }
         return auth_deny(sc);
+    }
+    if (!conn_share(sc, sb)) {
+        /* Disconnected with conn_share's message once this answer is out: ending the connection
+         * at once could lose the message behind it. */
+        conn_closing(sc);
+        return SSH_AUTH_SUCCESS;
     }
     l = gw_link_get(sb, why, sizeof why);
     if (l == NULL) {

@@ -187,6 +187,8 @@ def rss_kb(pid):
 
 
 class SSHCase(unittest.TestCase):
+    GW_EXTRA = ()  # more sbx-gateway options
+
     @classmethod
     def setUpClass(cls):
         if SSH is None:
@@ -201,7 +203,8 @@ class SSHCase(unittest.TestCase):
         self.agent = h.start_agent()
         try:
             self.gw = h.Gateway(backend="addr:" + self.agent.addr, user=self.user.name,
-                                cwd=self.user.home, extra=["--ssh-listen", "127.0.0.1:0"])
+                                cwd=self.user.home,
+                                extra=["--ssh-listen", "127.0.0.1:0", *self.GW_EXTRA])
         except BaseException:
             self.agent.stop()
             raise
@@ -741,6 +744,33 @@ class TestSSH(SSHCase):
             cli.close()
         rc, out, err = self.ssh(info, "echo fine")
         self.assertEqual((rc, out), (0, b"fine\n"), err)
+
+
+class TestSSHConnLimits(SSHCase):
+    """What a connection may hold: a sandbox's share of the connections."""
+
+    def test_one_sandbox_gets_half_the_connections(self):
+        """The holders of one sandbox's user name (a credential meant to be shared) get at most
+        32 of the gateway's 64 connections: beyond, a new one is told why as it is disconnected,
+        and the users of another sandbox still get in. Before, 64 idle connections to one sandbox
+        locked every other sandbox out."""
+        a = self.expose(self.sandbox())
+        b = self.expose(self.sandbox())
+        held = [self.popen(a, "echo ready; exec sleep 4311") for _ in range(32)]
+        for p in held:
+            self.assertEqual(p.stdout.readline(), b"ready\n", self.log())
+        rc, out, err = self.ssh(a, "echo one too many")
+        self.assertEqual(rc, 255, (out, err, self.log()))
+        self.assertIn(b"has 32 SSH connections already (its share of the gateway's 64)", err)
+        self.assertIn("connections already (its share of 64): refused", self.gw.logtext())
+        rc, out, err = self.ssh(b, "echo other sandbox")
+        self.assertEqual((rc, out), (0, b"other sandbox\n"), (err, self.log()))
+        self.assertEqual([p.poll() for p in held], [None] * 32, self.log())
+        # One of them goes: room for one more.
+        held[0].kill()
+        held[0].wait()
+        self.assertTrue(wait_for(lambda: self.ssh(a, "echo again")[:2] == (0, b"again\n"), 20),
+                        self.log())
 
 
 def main():
