@@ -91,6 +91,7 @@ struct gw_opts {
     int64_t stall_ms;    /* --stream-stall-timeout: a hold without progress (session.c) */
     int64_t ig_idle_ms;  /* --ingress-idle-timeout: a relayed connection without a byte */
     unsigned ig_conns;   /* --ingress-max-conns: open ingress connections (ingress.c) */
+    int64_t ssh_idle_ms; /* --ssh-idle-timeout: an SSH connection running no session (ssh.c) */
 };
 
 /* --agent-hello-timeout's default: an agent that is up answers hello at once. */
@@ -107,6 +108,9 @@ struct gw_opts {
 /* --ingress-max-conns: its default and largest value. */
 #define GW_IG_CONNS     1024
 #define GW_IG_CONNS_MAX 65536
+/* --ssh-idle-timeout's default: an authenticated SSH connection on which no session has run for
+ * this long (a ControlMaster left behind, `ssh -N`) is closed. */
+#define GW_SSH_IDLE_MS (10 * 60 * 1000)
 
 struct gw {
     uv_loop_t *loop;

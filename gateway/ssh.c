@@ -52,9 +52,10 @@
  * connection cap a new connection takes the place of the oldest one that has not authenticated
  * (so idle pre-authentication connections cannot lock clients out); only authenticated ones make
  * it refused. One sandbox gets at most SSH_CONNS_PER_SB authenticated connections (its user names
- * are shareable credentials: their holders must not lock out every other sandbox). A channel we
- * closed stays counted (a "sink" that drops what the client still sends on it) until the client
- * closes it too: libssh would otherwise keep it and buffer that data without bound.
+ * are shareable credentials: their holders must not lock out every other sandbox), and a
+ * connection that runs no process for --ssh-idle-timeout is closed. A channel we closed stays
+ * counted (a "sink" that drops what the client still sends on it) until the client closes it too:
+ * libssh would otherwise keep it and buffer that data without bound.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -203,7 +204,7 @@ struct sconn {
     ssh_session sess;
     ssh_event event;
     uv_poll_t poll;
-    uv_timer_t timer; /* the auth deadline, then the closing deadline */
+    uv_timer_t timer; /* the auth deadline, the idle one (conn_idle), then the closing one */
     int poll_events;
     bool poll_open, timer_open, handles_init;
     int state;
@@ -1307,6 +1308,33 @@ static void conn_close_with(struct sconn *sc, const char *msg)
     conn_closing(sc);
 }
 
+/* --ssh-idle-timeout. */
+static int64_t conn_idle_ms(const struct sconn *sc)
+{
+    return sc->srv->g->opt.ssh_idle_ms > 0 ? sc->srv->g->opt.ssh_idle_ms : GW_SSH_IDLE_MS;
+}
+
+/* An authenticated connection on which no channel has a process (asked for, starting or running)
+ * is unused: --ssh-idle-timeout after it became so, conn_on_timer closes it. A channel whose
+ * process runs keeps the connection however quiet both are: that process is the user's work (a
+ * shell at its prompt, a long build). */
+static void conn_idle(struct sconn *sc)
+{
+    bool used = false;
+
+    if (sc->state != SC_OPEN || !sc->timer_open) {
+        return;
+    }
+    for (struct schan *ch = sc->chans; ch != NULL && !used; ch = ch->next) {
+        used = ch->state != CH_NEW;
+    }
+    if (used) {
+        (void)uv_timer_stop(&sc->timer);
+    } else if (!uv_is_active((uv_handle_t *)&sc->timer)) {
+        (void)uv_timer_start(&sc->timer, conn_on_timer, (uint64_t)conn_idle_ms(sc), 0);
+    }
+}
+
 /* The work of a connection, once libssh is off the stack. Idempotent. */
 static void conn_pump(struct sconn *sc)
 {
@@ -1346,6 +1374,9 @@ static void conn_pump(struct sconn *sc)
     if (!sc->dead && sc->state == SC_CLOSING && sc->chans == NULL &&
         !(ssh_get_poll_flags(sc->sess) & SSH_WRITE_PENDING)) {
         sc->dead = true; /* everything we had to say went out */
+    }
+    if (!sc->dead) {
+        conn_idle(sc);
     }
     if (sc->link != NULL && sc->lu.joined) {
         gw_link_flush(sc->link);
@@ -1471,15 +1502,24 @@ static void conn_on_timer(uv_timer_t *t)
 {
     struct sconn *sc = t->data;
 
-    if (sc->state != SC_OPEN && !sc->srv->g->opt.quiet) {
+    if (sc->state == SC_OPEN) {
+        char d[32], msg[128];
+
+        /* conn_idle armed it: no process has run on the connection since. */
+        gw_duration_text(conn_idle_ms(sc), d, sizeof d);
+        (void)snprintf(msg, sizeof msg, "sbx-gateway: no session on this connection for %s: closed",
+                       d);
+        (void)ssh_session_set_disconnect_message(sc->sess, msg);
+        if (!sc->srv->g->opt.quiet) {
+            gw_log("ssh %s: no session for %s (--ssh-idle-timeout): closed", sc->peer, d);
+        }
+    } else if (!sc->srv->g->opt.quiet) {
         gw_log("ssh %s: %s", sc->peer,
                sc->state == SC_CLOSING ? "closed (its last bytes did not go out in time)"
                                        : "no authentication in time: closed");
     }
-    if (sc->state != SC_OPEN) {
-        sc->dead = true;
-        conn_pump(sc);
-    }
+    sc->dead = true;
+    conn_pump(sc);
 }
 
 /* --- the link ------------------------------------------------------------------------------- */

@@ -747,7 +747,9 @@ class TestSSH(SSHCase):
 
 
 class TestSSHConnLimits(SSHCase):
-    """What a connection may hold: a sandbox's share of the connections."""
+    """What a connection may hold: a sandbox's share of the connections, the idle timeout of a
+    connection that runs nothing. Small values, so that nothing waits long."""
+    GW_EXTRA = ("--ssh-idle-timeout", "2s")
 
     def test_one_sandbox_gets_half_the_connections(self):
         """The holders of one sandbox's user name (a credential meant to be shared) get at most
@@ -771,6 +773,27 @@ class TestSSHConnLimits(SSHCase):
         held[0].wait()
         self.assertTrue(wait_for(lambda: self.ssh(a, "echo again")[:2] == (0, b"again\n"), 20),
                         self.log())
+
+    def test_unused_connection_closed_after_idle_timeout(self):
+        """--ssh-idle-timeout 2s: an authenticated connection that runs nothing (ssh -N) is
+        closed and told why; one whose process runs silently past the timeout is not."""
+        info = self.expose(self.sandbox())
+        idle = subprocess.Popen(ssh_argv(info, "-N"), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs.append(idle)
+        quiet = self.popen(info, "sleep 8; echo still here")
+        quiet.stdin.close()
+        try:
+            idle.wait(30)
+        except subprocess.TimeoutExpired:
+            self.fail("a connection that runs nothing outlived --ssh-idle-timeout 2s:\n"
+                      + self.log())
+        self.assertEqual(idle.returncode, 255)
+        self.assertIn(b"no session on this connection for 2 s: closed", idle.stderr.read())
+        self.assertIn("no session for 2 s (--ssh-idle-timeout): closed", self.gw.logtext())
+        out = quiet.stdout.read()
+        self.assertEqual(quiet.wait(30), 0, (quiet.stderr.read(), self.log()))
+        self.assertEqual(out, b"still here\n")
 
 
 def main():
