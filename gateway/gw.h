@@ -92,6 +92,7 @@ struct gw_opts {
     int64_t ig_idle_ms;  /* --ingress-idle-timeout: a relayed connection without a byte */
     unsigned ig_conns;   /* --ingress-max-conns: open ingress connections (ingress.c) */
     int64_t ssh_idle_ms; /* --ssh-idle-timeout: an SSH connection running no session (ssh.c) */
+    int64_t ssh_ka_ms;   /* --ssh-keepalive: TCP keepalive of SSH connections (ssh.c) */
 };
 
 /* --agent-hello-timeout's default: an agent that is up answers hello at once. */
@@ -111,6 +112,9 @@ struct gw_opts {
 /* --ssh-idle-timeout's default: an authenticated SSH connection on which no session has run for
  * this long (a ControlMaster left behind, `ssh -N`) is closed. */
 #define GW_SSH_IDLE_MS (10 * 60 * 1000)
+/* --ssh-keepalive's default: a client that has sent nothing for this long is probed (TCP
+ * keepalive), and dropped when 3 probes this far apart go unanswered (about 2 minutes). */
+#define GW_SSH_KA_MS (30 * 1000)
 
 struct gw {
     uv_loop_t *loop;

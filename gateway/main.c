@@ -36,8 +36,8 @@ static const char usage_text[] =
     "                   [--resolve HOST:ADDR]... [--ca-file PATH] [--ssh-listen HOST:PORT]\n"
     "                   [--agent-hello-timeout DURATION] [--deploy-stage-timeout DURATION]\n"
     "                   [--stream-stall-timeout DURATION] [--ingress-idle-timeout DURATION]\n"
-    "                   [--ingress-max-conns N] [--ssh-idle-timeout DURATION] [--quiet]\n"
-    "                   [--trace]\n"
+    "                   [--ingress-max-conns N] [--ssh-idle-timeout DURATION]\n"
+    "                   [--ssh-keepalive DURATION] [--quiet] [--trace]\n"
     "       sbx-gateway --help | --version\n"
     "\n"
     "Serve the Deno Sandbox SDK's API (JSON-RPC over WebSocket, REST) on HOST:PORT; each\n"
@@ -65,6 +65,8 @@ static const char usage_text[] =
     "  --ssh-listen HOST:PORT  the SSH endpoint of exposeSsh (default: none)\n"
     "  --ssh-idle-timeout DURATION  an SSH connection that runs no session (no command or\n"
     "                      shell) for this long is closed (default 10m)\n"
+    "  --ssh-keepalive DURATION  an SSH client silent for this long is probed (TCP keepalive)\n"
+    "                      and dropped after 3 unanswered probes this far apart (default 30s)\n"
     "  --agent-hello-timeout DURATION  how long a connection to a sandbox's agent (a\n"
     "                      session's, the gateway's own) may take to connect and answer hello\n"
     "                      (default 30s)\n"
@@ -166,6 +168,7 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
         { "ingress-idle-timeout", required_argument, NULL, 'I' },
         { "ingress-max-conns", required_argument, NULL, 'K' },
         { "ssh-idle-timeout", required_argument, NULL, 'U' },
+        { "ssh-keepalive", required_argument, NULL, 'E' },
         { NULL, 0, NULL, 0 },
     };
     struct gw_opts *o = &m->g.opt;
@@ -182,6 +185,7 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
     o->ig_idle_ms = GW_IG_IDLE_MS;
     o->ig_conns = GW_IG_CONNS;
     o->ssh_idle_ms = GW_SSH_IDLE_MS;
+    o->ssh_ka_ms = GW_SSH_KA_MS;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (ch) {
@@ -239,17 +243,20 @@ static int parse_args(struct gw_main *m, int argc, char **argv)
         case 'W':
         case 'I':
         case 'U':
+        case 'E':
             if (gw_duration_parse(optarg, ch == 'A'   ? &o->hello_ms
                                           : ch == 'T' ? &o->stage_ms
                                           : ch == 'W' ? &o->stall_ms
                                           : ch == 'I' ? &o->ig_idle_ms
-                                                      : &o->ssh_idle_ms) < 0) {
+                                          : ch == 'U' ? &o->ssh_idle_ms
+                                                      : &o->ssh_ka_ms) < 0) {
                 return usage_error("%s %s: expected a duration like 30s, 40m or 2h (at most 24h)",
                                    ch == 'A'   ? "--agent-hello-timeout"
                                    : ch == 'T' ? "--deploy-stage-timeout"
                                    : ch == 'W' ? "--stream-stall-timeout"
                                    : ch == 'I' ? "--ingress-idle-timeout"
-                                               : "--ssh-idle-timeout",
+                                   : ch == 'U' ? "--ssh-idle-timeout"
+                                               : "--ssh-keepalive",
                                    optarg);
             }
             break;

@@ -52,10 +52,11 @@
  * connection cap a new connection takes the place of the oldest one that has not authenticated
  * (so idle pre-authentication connections cannot lock clients out); only authenticated ones make
  * it refused. One sandbox gets at most SSH_CONNS_PER_SB authenticated connections (its user names
- * are shareable credentials: their holders must not lock out every other sandbox), and a
- * connection that runs no process for --ssh-idle-timeout is closed. A channel we closed stays
- * counted (a "sink" that drops what the client still sends on it) until the client closes it too:
- * libssh would otherwise keep it and buffer that data without bound.
+ * are shareable credentials: their holders must not lock out every other sandbox), a connection
+ * that runs no process for --ssh-idle-timeout is closed, and TCP keepalive (--ssh-keepalive)
+ * drops clients that vanished without closing. A channel we closed stays counted (a "sink" that
+ * drops what the client still sends on it) until the client closes it too: libssh would otherwise
+ * keep it and buffer that data without bound.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -86,6 +87,8 @@
 #define SSH_AUTH_TRIES    10    /* authentication requests per connection */
 #define SSH_CLOSE_MS      2000  /* a connection we close gets this long to send its last bytes */
 #define SSH_KILL_GRACE_MS 2000  /* SIGHUP, then SIGKILL this much later */
+#define SSH_KA_PROBES     3     /* unanswered TCP keepalive probes before a client is dropped */
+#define SSH_KA_MAX_S      32767 /* the kernel's largest TCP_KEEPIDLE and TCP_KEEPINTVL */
 #define SSH_REAPERS_MAX   1024  /* pending SIGKILLs; beyond: SIGKILL at once */
 #define SSH_OUT_HIGH      (1u << 20)   /* bytes given to libssh and not yet on the socket */
 #define SSH_WRITE_CHUNK   (256u << 10) /* bytes written into one channel per turn */
@@ -1317,7 +1320,7 @@ static int64_t conn_idle_ms(const struct sconn *sc)
 /* An authenticated connection on which no channel has a process (asked for, starting or running)
  * is unused: --ssh-idle-timeout after it became so, conn_on_timer closes it. A channel whose
  * process runs keeps the connection however quiet both are: that process is the user's work (a
- * shell at its prompt, a long build). */
+ * shell at its prompt, a long build), and a client that is gone is found by TCP keepalive. */
 static void conn_idle(struct sconn *sc)
 {
     bool used = false;
@@ -1730,6 +1733,26 @@ static ssh_channel cb_channel_open(ssh_session session, void *userdata)
 
 /* --- accepting ------------------------------------------------------------------------------ */
 
+/* TCP keepalive on a client's socket: after --ssh-keepalive without a byte from the client, a
+ * probe every --ssh-keepalive; SSH_KA_PROBES unanswered ones (or a reset: a peer that rebooted)
+ * end the connection with an error on the socket. Without it a client that vanished without a
+ * FIN (its host or network gone) would hold its connection, and its processes, for as long as
+ * nothing is written to it, since an idle session sends nothing. (Not uv_tcp_keepalive: the fd is
+ * libssh's, watched by a uv_poll_t.) Best effort: a socket that refuses keeps working without. */
+static void conn_keepalive(struct gw_ssh *srv, int fd, const char *peer)
+{
+    int64_t ms = srv->g->opt.ssh_ka_ms > 0 ? srv->g->opt.ssh_ka_ms : GW_SSH_KA_MS;
+    int one = 1, probes = SSH_KA_PROBES;
+    int secs = ms / 1000 < 1 ? 1 : ms / 1000 > SSH_KA_MAX_S ? SSH_KA_MAX_S : (int)(ms / 1000);
+
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &secs, sizeof secs) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes) < 0) {
+        gw_log("ssh %s: TCP keepalive: %s", peer, strerror(errno));
+    }
+}
+
 static void conn_new(struct gw_ssh *srv, int fd, const struct sockaddr_storage *ss)
 {
     struct sconn *sc = calloc(1, sizeof(*sc));
@@ -1752,6 +1775,7 @@ static void conn_new(struct gw_ssh *srv, int fd, const struct sockaddr_storage *
         (void)snprintf(sc->peer, sizeof sc->peer, "[%s]:%u", addr, ntohs(in6->sin6_port));
     }
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    conn_keepalive(srv, fd, sc->peer);
     sc->srv = srv;
     sc->sess = ssh_new();
     if (sc->sess == NULL) {

@@ -268,6 +268,7 @@ class GatewayCase(unittest.TestCase):
             ["--data-dir", self.tmp, "--backend", BACKEND, "--ingress-max-conns", "-3"],
             ["--data-dir", self.tmp, "--backend", BACKEND, "--ingress-max-conns", "4x"],
             ["--data-dir", self.tmp, "--backend", BACKEND, "--ssh-idle-timeout", "0s"],
+            ["--data-dir", self.tmp, "--backend", BACKEND, "--ssh-keepalive", "5"],
         ]
         for args in cases:
             p = subprocess.run([gateway_bin(), *args], capture_output=True, text=True, timeout=10)

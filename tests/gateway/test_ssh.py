@@ -748,8 +748,8 @@ class TestSSH(SSHCase):
 
 class TestSSHConnLimits(SSHCase):
     """What a connection may hold: a sandbox's share of the connections, the idle timeout of a
-    connection that runs nothing. Small values, so that nothing waits long."""
-    GW_EXTRA = ("--ssh-idle-timeout", "2s")
+    connection that runs nothing, TCP keepalive. Small values, so that nothing waits long."""
+    GW_EXTRA = ("--ssh-idle-timeout", "2s", "--ssh-keepalive", "1s")
 
     def test_one_sandbox_gets_half_the_connections(self):
         """The holders of one sandbox's user name (a credential meant to be shared) get at most
@@ -794,6 +794,57 @@ class TestSSHConnLimits(SSHCase):
         out = quiet.stdout.read()
         self.assertEqual(quiet.wait(30), 0, (quiet.stderr.read(), self.log()))
         self.assertEqual(out, b"still here\n")
+
+    def test_vanished_client_dropped_by_keepalive(self):
+        """--ssh-keepalive 1s: a client whose end of the connection vanishes without a FIN or
+        RST (a proxy's socket closed in TCP repair mode, as when the client's host is gone) while
+        its process runs silently is dropped, and the process killed. Before, nothing was ever
+        written to such a connection: it and its process stayed until the sandbox stopped."""
+        import select
+        import socket
+        info = self.expose(self.sandbox())
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        vanish, gone = threading.Event(), []
+
+        def proxy():  # one thread, so that no recv holds the socket while it is closed
+            a, _ = lsock.accept()
+            b = socket.create_connection(("127.0.0.1", info["port"]))
+            try:
+                while not vanish.is_set():
+                    for s in select.select([a, b], [], [], 0.1)[0]:
+                        d = s.recv(65536)
+                        if not d:
+                            return
+                        (b if s is a else a).sendall(d)
+                try:
+                    b.setsockopt(socket.IPPROTO_TCP, 19, 1)  # TCP_REPAIR: close sends nothing
+                    gone.append(True)
+                except OSError as e:
+                    gone.append(e)
+                b.close()
+                time.sleep(60)  # the client's end stays open meanwhile
+            except OSError:
+                pass
+            finally:
+                a.close()
+
+        threading.Thread(target=proxy, daemon=True).start()
+        marker = "sleep 4312"
+        p = self.popen(dict(info, port=lsock.getsockname()[1]), marker)
+        try:
+            self.assertTrue(wait_for(lambda: pgrep(self.user.name, marker), 20),
+                            "the command did not start:\n" + self.log())
+            vanish.set()
+            self.assertTrue(wait_for(lambda: gone, 10))
+            if gone[0] is not True:
+                self.skipTest("TCP_REPAIR needs CAP_NET_ADMIN: %s" % gone[0])
+            self.assertTrue(wait_for(lambda: not pgrep(self.user.name, marker), 30),
+                            "%r still runs after its client vanished:\n%s"
+                            % (marker, self.log()))
+        finally:
+            lsock.close()
 
 
 def main():
