@@ -23,6 +23,7 @@ struct write_req {
     void *payload; /* data frame payload (pool buffer), or NULL */
     size_t len;
     size_t cost; /* what it counts in c->queued: data, its bytes; control, its memory */
+    bool result; /* counted in c->held_mem (agent_conn_send_result) */
     uint8_t hdr[SBX_STREAM_DATA_HDR_MAX];
 };
 
@@ -133,6 +134,10 @@ static void write_cb(uv_write_t *req, int status)
 
     c->queued -= wr->cost;
     c->ctl_mem -= wr->ctl != NULL ? wr->cost : 0;
+    if (wr->result) {
+        c->held_mem -= wr->cost;
+        c->held_n--;
+    }
     free(wr->ctl);
     if (wr->payload != NULL) {
         agent_buf_put(c->a, wr->payload);
@@ -221,10 +226,20 @@ static void conn_write(struct agent_conn *c, struct write_req *wr, uv_buf_t *buf
     wr->cost = wr->ctl != NULL ? write_req_mem(wr) : wr->len;
     c->queued += wr->cost;
     c->ctl_mem += wr->ctl != NULL ? wr->cost : 0;
+    if (wr->result && c->held_n < SBX_CONN_RESULTS_MAX) {
+        c->held_mem += wr->cost;
+        c->held_n++;
+    } else {
+        wr->result = false;
+    }
     r = uv_write(&wr->req, &c->h.stream, bufs, n, write_cb);
     if (r < 0) {
         c->queued -= wr->cost;
         c->ctl_mem -= wr->ctl != NULL ? wr->cost : 0;
+        if (wr->result) {
+            c->held_mem -= wr->cost;
+            c->held_n--;
+        }
         free(wr->ctl);
         if (wr->payload != NULL) {
             agent_buf_put(c->a, wr->payload);
@@ -242,7 +257,7 @@ static void conn_write(struct agent_conn *c, struct write_req *wr, uv_buf_t *buf
      * memory it holds. Above SBX_CONN_CTL_HIGH the connection is not read any more (the peer's
      * writes block) until the peer reads; what still comes (the answers to what was read,
      * notifications) closes it past SBX_CONN_OUTQ_MAX. */
-    if (c->ctl_mem > SBX_CONN_OUTQ_MAX) {
+    if (c->ctl_mem - c->held_mem > SBX_CONN_OUTQ_MAX) {
         agent_log("conn %u: peer is not reading (%zu bytes of control output queued); closing",
                   c->num, c->ctl_mem);
         agent_conn_close(c);
@@ -335,6 +350,8 @@ void agent_conn_send(struct agent_conn *c)
         agent_conn_close(c);
         return;
     }
+    wr->result = c->next_result;
+    c->next_result = false;
     if (c->out.sb.size <= 16384) {
         /* A small frame gets an exact copy: stealing would pin the encoder's whole buffer (8 KiB
          * at least) per queued frame, which many queued notifications (fs.event) multiply. */
@@ -360,6 +377,13 @@ void agent_conn_send(struct agent_conn *c)
     }
     buf = uv_buf_init(wr->ctl, (unsigned)wr->len);
     conn_write(c, wr, &buf, 1);
+}
+
+void agent_conn_send_result(struct agent_conn *c)
+{
+    c->next_result = true;
+    agent_conn_send(c);
+    c->next_result = false; /* also when the frame was dropped before a write request */
 }
 
 void agent_conn_send_data(struct agent_conn *c, uint32_t stream, void *payload, uint32_t len)

@@ -68,6 +68,11 @@ struct agent_conn {
      * write_req_mem); ctl_mem is the control frames' share. */
     size_t queued;
     size_t ctl_mem;
+    /* Of ctl_mem, results sent with agent_conn_send_result (held_n of them, at most
+     * SBX_CONN_RESULTS_MAX): not counted toward the close bound. */
+    size_t held_mem;
+    unsigned held_n;
+    bool next_result;         /* the frame being encoded goes out as such a result */
     struct agent_fs *fs;      /* fsconn.c: file handles and readdir cursors, or NULL */
     struct agent_fswatch *fw; /* fswatch.c: this connection's watches, or NULL */
 };
@@ -106,6 +111,12 @@ struct agent_slab *agent_conn_hold(struct agent_conn *c, const uint8_t *data, ui
 msgpack_packer *agent_conn_begin(struct agent_conn *c);
 /* Finish the frame begun with agent_conn_begin and queue it for writing. */
 void agent_conn_send(struct agent_conn *c);
+/* The same for a large response its producer held until now and is bounded by (a REPL eval's
+ * result, at most some 3 MiB per session): it pauses the peer's input like any control output,
+ * but up to SBX_CONN_RESULTS_MAX of them at once do not count toward the bound past which a peer
+ * that does not read is closed, so a peer that pauses reading while a few such results come
+ * loses none of them (nor the connection). */
+void agent_conn_send_result(struct agent_conn *c);
 /* Queue a stream-data frame whose payload is @buf (a pool buffer, taken over). */
 void agent_conn_send_data(struct agent_conn *c, uint32_t stream, void *buf, uint32_t len);
 void agent_conn_reply_error(struct agent_conn *c, uint32_t id, const struct sbx_err *e);

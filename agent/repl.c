@@ -470,7 +470,7 @@ static void eval_finish(struct agent_repl *r, const char *exit_text)
         sbx_pack_cstr(pk, "stderr");
         sbx_pack_bin(pk, buf_bytes(&r->out[1]), r->out[1].len);
         pack_result_fields(pk, r, exit_text);
-        agent_conn_send(c);
+        agent_conn_send_result(c); /* up to 3 MiB: a peer slow to read it must not lose it */
     }
     if (c == NULL) {
         /* Nobody is left to tell: keep the result for repl.collect (§16.7). A streaming eval's

@@ -351,6 +351,23 @@ class TestReplPython(LangMixin, ReplCase):
         r = self.ev(self.sid, "print('now')")
         self.assertEqual(r["stdout"], b"late\nnow\n")
 
+    def test_large_results_wait_for_a_peer_slow_to_read(self):
+        # Three sessions' results of some 3 MiB each come while the client is not reading:
+        # over the 8 MiB bound on unsent control output, which closed the connection and lost
+        # all three (they were answers to requests already read, which the connection held).
+        code = ("import sys, time; time.sleep(1); sys.stdout.write('o' * (1 << 20)); "
+                "sys.stderr.write('e' * (1 << 20)); 'v' * ((1 << 20) - 16)")
+        sids = [self.sid] + [self.start("python3") for _ in range(2)]
+        rids = [self.c.request("repl.eval", {"session": s, "code": code}) for s in sids]
+        time.sleep(3)  # all three finished meanwhile
+        for rid in rids:
+            r = self.c.wait(rid)
+            self.assertEqual((len(r["stdout"]), len(r["stderr"])), (1 << 20, 1 << 20))
+            self.assertEqual(len(r["value"]), (1 << 20) - 14)
+            self.assertFalse(r["truncated"])
+        self.assertEqual(self.ev(self.sid, "6 * 7")["value"], "42")
+        self.assertNotIn("not reading", self.agent.logtext())
+
     def test_large_output_truncated(self):
         r = self.ev(self.sid, "import sys; sys.stdout.write('x' * (2 << 20)); 'v' * (3 << 20)")
         self.assertTrue(r["truncated"])

@@ -43,14 +43,16 @@
 #define SBX_HELLO_CLIENT_MAX 256u /* hello: bytes of the client name */
 
 /* Agent-wide caps. */
-#define SBX_MAX_CONNS             64u          /* unix and vsock connections (TCP: below) */
-#define SBX_MAX_PENDING           4096u        /* outstanding requests per connection */
-#define SBX_MAX_STREAMS           4096u        /* open streams per connection */
-#define SBX_MAX_PROCS             1024u        /* processes tracked: running + exit records */
-#define SBX_REPLAY_MIN            (64u << 10)  /* smallest replay ring per output stream (§10) */
-#define SBX_CONN_DATA_HIGH        (2u << 20)   /* queued output above which stream reads pause */
-#define SBX_CONN_DATA_LOW         (512u << 10) /* ...and below which they resume */
-#define SBX_CONN_OUTQ_MAX         (8u << 20) /* control output memory per connection before close */
+#define SBX_MAX_CONNS      64u          /* unix and vsock connections (TCP: below) */
+#define SBX_MAX_PENDING    4096u        /* outstanding requests per connection */
+#define SBX_MAX_STREAMS    4096u        /* open streams per connection */
+#define SBX_MAX_PROCS      1024u        /* processes tracked: running + exit records */
+#define SBX_REPLAY_MIN     (64u << 10)  /* smallest replay ring per output stream (§10) */
+#define SBX_CONN_DATA_HIGH (2u << 20)   /* queued output above which stream reads pause */
+#define SBX_CONN_DATA_LOW  (512u << 10) /* ...and below which they resume */
+#define SBX_CONN_OUTQ_MAX  (8u << 20)   /* control output memory per connection before close */
+#define SBX_CONN_RESULTS_MAX                                                                       \
+    8u /* REPL results beyond that bound at once (agent_conn_send_result) */
 #define SBX_AGENT_BUFS_MAX        48u /* stream-chunk buffers in flight, agent-wide (12 MiB) */
 #define SBX_AGENT_BUFS_LOW        32u /* ...output pipes waiting for one resume below this */
 #define SBX_DRAIN_MS_DEFAULT      500u
