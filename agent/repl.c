@@ -70,9 +70,10 @@ struct agent_repl {
     uint32_t proc_id; /* the interpreter's agent process id (proc.* methods) */
     uint64_t started_wall_ns;
     uint32_t evals;
-    uv_pipe_t code;              /* agent -> driver (fd 3) */
-    uv_pipe_t ctl;               /* driver -> agent (fd 4) */
-    uv_pipe_t tty;               /* the PTY master: kept open, read and discarded */
+    bool ev_cut;    /* a streaming eval: output from before it was not all sent (truncated) */
+    uv_pipe_t code; /* agent -> driver (fd 3) */
+    uv_pipe_t ctl;  /* driver -> agent (fd 4) */
+    uv_pipe_t tty;  /* the PTY master: kept open, read and discarded */
     int code_fd, ctl_fd, master; /* their fds while the interpreter starts (repl_started) */
     uv_timer_t timer;
     enum repl_timer timer_kind;
@@ -407,6 +408,8 @@ static void pack_result_fields(msgpack_packer *pk, struct agent_repl *r, const c
     }
     if (!r->ev_stream) {
         truncated = truncated || r->out[0].truncated || r->out[1].truncated;
+    } else {
+        truncated = truncated || r->ev_cut;
     }
     sbx_pack_cstr(pk, "value");
     if (r->lang == LANG_SH || r->lang == LANG_BASH) {
@@ -1069,6 +1072,7 @@ static void flush_pending(struct agent_repl *r, struct agent_stream *s, struct r
 {
     uint32_t off = 0;
 
+    r->ev_cut = r->ev_cut || b->truncated; /* more came before the eval than was kept */
     while (off < b->len && s->credit > 0) {
         uint32_t n = b->len - off;
         void *chunk;
@@ -1087,6 +1091,7 @@ static void flush_pending(struct agent_repl *r, struct agent_stream *s, struct r
         agent_conn_send_data(s->conn, s->id, chunk, n);
         off += n;
     }
+    r->ev_cut = r->ev_cut || off < b->len; /* no credit or buffer for the rest */
     buf_reset(b);
 }
 
@@ -1137,6 +1142,7 @@ int agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
             return -1;
         }
         so = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->out, err);
+        r->ev_cut = false;
         se = agent_stream_new(c, AGENT_STREAM_OUT, &r->proc->err, err);
         {
             struct sbx_eval_streams res = { .eval = r->evals + 1, .out = so->id, .err = se->id };

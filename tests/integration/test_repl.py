@@ -351,6 +351,18 @@ class TestReplPython(LangMixin, ReplCase):
         r = self.ev(self.sid, "print('now')")
         self.assertEqual(r["stdout"], b"late\nnow\n")
 
+    def test_streaming_eval_says_output_before_it_was_cut(self):
+        # Output between evals is kept up to 1 MiB and goes first on a streaming eval's
+        # stdout: the bytes beyond were dropped, and the result said nothing of it.
+        self.ev(self.sid, "import sys, threading\nthreading.Timer(0.1, lambda: (sys.stdout.write("
+                          "'x' * (3 << 20)), sys.stdout.flush())).start()")
+        time.sleep(1.5)
+        out, _, res, _ = self.stream_eval(self.sid, "1")
+        self.assertEqual(out[:1 << 20], b"x" * (1 << 20))
+        self.assertTrue(res["truncated"], res)
+        out, _, res, _ = self.stream_eval(self.sid, "2")
+        self.assertFalse(res["truncated"], res)
+
     def test_large_results_wait_for_a_peer_slow_to_read(self):
         # Three sessions' results of some 3 MiB each come while the client is not reading:
         # over the 8 MiB bound on unsent control output, which closed the connection and lost
