@@ -136,6 +136,17 @@ int cli_parse_u64(const char *s, uint64_t *out);
  * JSON. */
 void cli_print_human(FILE *f, const msgpack_object *o);
 
+/*
+ * Text from the agent (error messages, file names, argv, environment) as a terminal may show it:
+ * UTF-8 characters as they are, but control characters (C0 except tab, DEL, C1), the bidi
+ * overrides and isolates, and bytes that are not UTF-8 as "\xHH" or "\uHHHH", so that nothing
+ * the workload names can move the cursor, retitle or clear the window, or forge a line of
+ * ours. cli_escape writes into @out (NUL-terminated, cut at @cap) and returns its length;
+ * cli_put_text writes to @f. --json output gives the exact bytes instead.
+ */
+size_t cli_escape(char *out, size_t cap, const char *p, size_t n);
+void cli_put_text(FILE *f, const char *p, size_t n);
+
 /* Append @s to the NULL-terminated array *@v of *@n entries. 0, or -1 when out of memory. */
 int cli_push(const char ***v, size_t *n, const char *s);
 
@@ -168,7 +179,8 @@ void cli_tty_restore(void);
 /* cli_tty_restore, then drop the saved settings (cli_tty_reraw does nothing afterwards). */
 void cli_tty_forget(void);
 
-/* Print a message to stderr; while the terminal is raw, "\n" becomes "\r\n". */
+/* Print a one-line message to stderr, ending in "\n" ("\r\n" while the terminal is raw); the
+ * arguments may be the agent's text: everything but that last newline goes through cli_escape. */
 __attribute__((format(printf, 1, 2))) void cli_say(const char *fmt, ...);
 
 #endif /* SBX_CLI_H */

@@ -44,7 +44,7 @@ static int env_list(const struct cli *cli, const msgpack_object *res, struct sbx
     }
     qsort(kv, n, sizeof(*kv), cmp_key);
     for (uint32_t i = 0; i < n; i++) {
-        (void)fwrite(kv[i]->key.via.str.ptr, 1, kv[i]->key.via.str.size, stdout);
+        cli_put_text(stdout, kv[i]->key.via.str.ptr, kv[i]->key.via.str.size);
         (void)putchar('=');
         cli_print_human(stdout, &kv[i]->val);
         (void)putchar('\n');

@@ -215,10 +215,9 @@ static int spawn_failed(const struct exec *x, const struct sbx_err *err)
     bool exec_stage = err->stage[0] == '\0' || strcmp(err->stage, "exec") == 0;
 
     if (err->stage[0] != '\0') {
-        (void)fprintf(stderr, "sbx: exec %s: %s (%s, stage %s)\n", x->what, err->msg, err->code,
-                      err->stage);
+        cli_say("sbx: exec %s: %s (%s, stage %s)\n", x->what, err->msg, err->code, err->stage);
     } else {
-        (void)fprintf(stderr, "sbx: exec %s: %s (%s)\n", x->what, err->msg, err->code);
+        cli_say("sbx: exec %s: %s (%s)\n", x->what, err->msg, err->code);
     }
     /* 127/126 mean "the command" as shells use them; a missing cwd is not a missing command. */
     if (exec_stage && strcmp(err->code, "ENOENT") == 0) {
@@ -938,7 +937,7 @@ static int run_streams(struct exec *x, struct sbx_err *err)
     }
     cli_tty_restore();
     if (r < 0) {
-        (void)fprintf(stderr, "sbx: %s %s: %s (%s)\n", x->verb, x->what, err->msg, err->code);
+        cli_say("sbx: %s %s: %s (%s)\n", x->verb, x->what, err->msg, err->code);
     } else if (r > 0) {
         if (x->detached) {
             (void)fprintf(stderr, "sbx: detached from %u\n", x->proc);

@@ -144,7 +144,7 @@ static void print_bytes(const msgpack_object *o)
     size_t n;
 
     if (o != NULL && sbx_obj_bytes(o, &p, &n)) {
-        (void)fwrite(p, 1, n, stdout);
+        cli_put_text(stdout, p, n);
     }
 }
 
@@ -205,7 +205,7 @@ static void print_target(const struct sbx_fileinfo *fi)
 {
     if (fi->target != NULL) {
         (void)fputs(" -> ", stdout);
-        (void)fwrite(fi->target, 1, fi->target_len, stdout);
+        cli_put_text(stdout, fi->target, fi->target_len);
     }
 }
 
@@ -333,13 +333,18 @@ static void ls_long(struct fs_ctx *x, const char *dir, const struct lsent *v, si
         }
         if (sbx_client_wait(x->c, ids[i % 256], &resp, -1, &x->err) < 0 ||
             sbx_fileinfo_read(resp.result, &fi, &x->err) < 0) {
-            (void)printf("?????????? %s (%s)\n", v[i].name, x->err.code);
+            (void)fputs("?????????? ", stdout);
+            cli_put_text(stdout, v[i].name, strlen(v[i].name));
+            (void)fputs(" (", stdout);
+            cli_put_text(stdout, x->err.code, strlen(x->err.code));
+            (void)fputs(")\n", stdout);
             continue;
         }
         (void)printf("%s %3" PRIu64 " %5" PRIu32 " %5" PRIu32 " %10" PRIu64 " ",
                      mode_string(fi.mode), fi.nlink, fi.uid, fi.gid, fi.size);
         print_time(true, fi.mtime_ns, false);
-        (void)printf(" %s", v[i].name);
+        (void)putchar(' ');
+        cli_put_text(stdout, v[i].name, strlen(v[i].name));
         print_target(&fi);
         (void)putchar('\n');
     }
@@ -369,7 +374,8 @@ static int cmd_ls(struct fs_ctx *x, int n, char **paths)
                     arr, json_pack("{s:o,s:o}", "name", cli_json_str(v[j].name, strlen(v[j].name)),
                                    "type", cli_json_str(v[j].type, strlen(v[j].type))));
             } else if (!long_fmt) {
-                (void)printf("%s%s\n", v[j].name, strcmp(v[j].type, "dir") == 0 ? "/" : "");
+                cli_put_text(stdout, v[j].name, strlen(v[j].name));
+                (void)puts(strcmp(v[j].type, "dir") == 0 ? "/" : "");
             }
             free(v[j].name);
         }

@@ -512,7 +512,7 @@ int cli_hello_wait(struct sbx_client *c)
 
     sbx_err_clear(&err);
     if (sbx_client_hello_wait(c, &err) < 0) {
-        (void)fprintf(stderr, "sbx: hello: %s (%s)\n", err.msg, err.code);
+        cli_say("sbx: hello: %s (%s)\n", err.msg, err.code);
         return -1;
     }
     return 0;
@@ -527,11 +527,11 @@ static struct sbx_client *connect_hello(const struct cli *cli, bool pipeline)
     sbx_err_clear(&err);
     c = sbx_client_connect(cli->addr, cli->connect_timeout_ms, &err);
     if (c == NULL) {
-        (void)fprintf(stderr, "sbx: %s (%s)\n", err.msg, err.code);
+        cli_say("sbx: %s (%s)\n", err.msg, err.code);
         return NULL;
     }
     if (sbx_client_hello_send(c, cli->token, &err) < 0) {
-        (void)fprintf(stderr, "sbx: hello: %s (%s)\n", err.msg, err.code);
+        cli_say("sbx: hello: %s (%s)\n", err.msg, err.code);
     } else if (pipeline || cli_hello_wait(c) == 0) {
         return c;
     }

@@ -893,8 +893,10 @@ int cli_print_ports(const struct cli *cli, const msgpack_object *res, struct sbx
     (void)printf("%-5s %-*s %-5s %s\n", "PROTO", width, "ADDR", "PORT", "PID");
     for (uint32_t i = 0; i < socks->via.array.size; i++) {
         (void)sbx_listening_read(&socks->via.array.ptr[i], &l, err); /* checked above */
-        (void)printf("%-5.*s %-*.*s %-5u ", (int)l.proto_len, l.proto, width, (int)l.addr_len,
-                     l.addr, l.port);
+        char proto[4 * 16], addr[4 * 64];
+        (void)cli_escape(proto, sizeof(proto), l.proto, l.proto_len);
+        (void)cli_escape(addr, sizeof(addr), l.addr, l.addr_len);
+        (void)printf("%-5s %-*s %-5u ", proto, width, addr, l.port);
         if (l.has_pid) {
             (void)printf("%u\n", l.pid);
         } else {

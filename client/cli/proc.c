@@ -103,7 +103,10 @@ int cli_print_procs(const struct cli *cli, const msgpack_object *res, struct sbx
         print_num(sbx_obj_get(p, "id"), 6);
         print_num(sbx_obj_get(p, "pid"), 8);
         if (state != NULL && state->type == MSGPACK_OBJECT_STR) {
-            (void)printf("%-8.*s ", (int)state->via.str.size, state->via.str.ptr);
+            char st[64];
+            (void)printf(
+                "%-8s ",
+                cli_escape(st, sizeof(st), state->via.str.ptr, state->via.str.size) > 0 ? st : "-");
         } else {
             (void)printf("%-8s ", "-");
         }
@@ -121,7 +124,9 @@ int cli_print_procs(const struct cli *cli, const msgpack_object *res, struct sbx
             cli_print_human(stdout, argvo);
         }
         if (tag != NULL && tag->type == MSGPACK_OBJECT_STR) {
-            (void)printf(" [%.*s]", (int)tag->via.str.size, tag->via.str.ptr);
+            (void)fputs(" [", stdout);
+            cli_put_text(stdout, tag->via.str.ptr, tag->via.str.size);
+            (void)putchar(']');
         }
         (void)putchar('\n');
     }

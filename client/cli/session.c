@@ -22,7 +22,7 @@ static void print_table(const char *prefix, const msgpack_object *map)
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *k = &map->via.map.ptr[i].key;
         const msgpack_object *v = &map->via.map.ptr[i].val;
-        char key[128];
+        char key[128], shown[4 * 128];
 
         if (k->type != MSGPACK_OBJECT_STR) {
             continue;
@@ -33,7 +33,8 @@ static void print_table(const char *prefix, const msgpack_object *map)
             print_table(key, v);
             continue;
         }
-        (void)printf("%-22s ", key);
+        (void)cli_escape(shown, sizeof(shown), key, strlen(key));
+        (void)printf("%-22s ", shown);
         cli_print_human(stdout, v);
         if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && k->via.str.size > 3 &&
             memcmp(k->via.str.ptr + k->via.str.size - 3, "_ns", 3) == 0) {

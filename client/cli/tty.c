@@ -102,18 +102,22 @@ void cli_tty_forget(void)
 
 void cli_say(const char *fmt, ...)
 {
-    char buf[1024], out[2048];
-    size_t n = 0;
+    char buf[1024], out[4096 + 3];
+    size_t len, n;
+    bool nl;
     va_list ap;
 
     va_start(ap, fmt);
     (void)vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
-    for (const char *p = buf; *p != '\0' && n < sizeof(out) - 2; p++) {
-        if (*p == '\n' && tty_fd >= 0 && tty_raw) {
+    len = strlen(buf);
+    nl = len > 0 && buf[len - 1] == '\n';
+    n = cli_escape(out, sizeof(out) - 2, buf, nl ? len - 1 : len);
+    if (nl) {
+        if (tty_fd >= 0 && tty_raw) {
             out[n++] = '\r';
         }
-        out[n++] = *p;
+        out[n++] = '\n';
     }
     (void)fwrite(out, 1, n, stderr);
 }

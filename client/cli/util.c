@@ -122,6 +122,95 @@ int cli_parse_duration(const char *s, uint64_t *ms)
     return 0;
 }
 
+/* The length of the UTF-8 character at @p (at most @n bytes) and its code point, or 0 when the
+ * bytes there are not one (overlong, a surrogate, beyond U+10FFFF, cut short). */
+static size_t utf8_char(const unsigned char *p, size_t n, uint32_t *cp)
+{
+    size_t len = p[0] >= 0xf0 ? 4 : p[0] >= 0xe0 ? 3 : 2;
+    unsigned char lo = 0x80, hi = 0xbf;
+
+    if (p[0] < 0xc2 || p[0] > 0xf4 || len > n) {
+        return 0;
+    }
+    if (p[0] == 0xe0) {
+        lo = 0xa0;
+    } else if (p[0] == 0xed) {
+        hi = 0x9f;
+    } else if (p[0] == 0xf0) {
+        lo = 0x90;
+    } else if (p[0] == 0xf4) {
+        hi = 0x8f;
+    }
+    if (p[1] < lo || p[1] > hi) {
+        return 0;
+    }
+    *cp = p[0] & (len == 2 ? 0x1f : len == 3 ? 0x0f : 0x07);
+    for (size_t i = 1; i < len; i++) {
+        if (i > 1 && (p[i] < 0x80 || p[i] > 0xbf)) {
+            return 0;
+        }
+        *cp = *cp << 6 | (p[i] & 0x3f);
+    }
+    return len;
+}
+
+size_t cli_escape(char *out, size_t cap, const char *p, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)p;
+    size_t o = 0;
+
+    if (cap == 0) {
+        return 0;
+    }
+    for (size_t i = 0; i < n;) {
+        char esc[12];
+        size_t take = 1, elen = 0;
+        uint32_t cp = s[i];
+
+        if (s[i] >= 0x80) {
+            take = utf8_char(s + i, n - i, &cp);
+            if (take == 0) {
+                take = 1;
+                elen = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", s[i]);
+            } else if (cp <= 0x9f || (cp >= 0x202a && cp <= 0x202e) ||
+                       (cp >= 0x2066 && cp <= 0x2069)) {
+                elen = (size_t)snprintf(esc, sizeof(esc), "\\u%04x", (unsigned)cp);
+            }
+        } else if ((cp < 0x20 && cp != '\t') || cp == 0x7f) {
+            elen = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", (unsigned)cp);
+        }
+        if (elen == 0) {
+            elen = take;
+            memcpy(esc, s + i, take);
+        }
+        if (o + elen >= cap) {
+            break; /* whole characters and escapes only */
+        }
+        memcpy(out + o, esc, elen);
+        o += elen;
+        i += take;
+    }
+    out[o] = '\0';
+    return o;
+}
+
+void cli_put_text(FILE *f, const char *p, size_t n)
+{
+    char out[4 * 256 + 16];
+
+    /* In pieces of at most 256 bytes (an escape is at most 4 times its bytes), cut between
+     * characters: a piece ends before a lead byte whose character would not fit. */
+    while (n > 0) {
+        size_t k = n < 256 ? n : 256;
+        while (k < n && k > 252 && ((unsigned char)p[k] & 0xc0) == 0x80) {
+            k--;
+        }
+        (void)fwrite(out, 1, cli_escape(out, sizeof(out), p, k), f);
+        p += k;
+        n -= k;
+    }
+}
+
 void cli_print_human(FILE *f, const msgpack_object *o)
 {
     switch (o->type) {
@@ -129,10 +218,10 @@ void cli_print_human(FILE *f, const msgpack_object *o)
         (void)fputc('-', f);
         break;
     case MSGPACK_OBJECT_STR:
-        (void)fwrite(o->via.str.ptr, 1, o->via.str.size, f);
+        cli_put_text(f, o->via.str.ptr, o->via.str.size);
         break;
-    case MSGPACK_OBJECT_BIN: /* a bstr that is not UTF-8 (PROTOCOL.md 4.4): the bytes as they are */
-        (void)fwrite(o->via.bin.ptr, 1, o->via.bin.size, f);
+    case MSGPACK_OBJECT_BIN: /* a bstr that is not UTF-8 (PROTOCOL.md 4.4): escaped like a str */
+        cli_put_text(f, o->via.bin.ptr, o->via.bin.size);
         break;
     case MSGPACK_OBJECT_FLOAT32:
     case MSGPACK_OBJECT_FLOAT64:

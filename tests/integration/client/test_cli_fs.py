@@ -189,6 +189,65 @@ class TestCliFs(CliCase):
         self.assertIn("remove " + self.d + "/a.txt", lines)
 
 
+class TestCliHostileText(CliCase):
+    """File names, link targets and error text are the workload's (or a hostile agent's): the
+    human output of the CLI shows their control characters, C1 controls, bidi overrides and
+    non-UTF-8 bytes escaped, so that nothing the workload names can clear the screen, retitle the
+    window or forge a line of output on the host's terminal. --json keeps the exact names."""
+
+    NAMES = [b"clear\x1b[2J\x1b]0;PWNED\x07", b"forged\nsbx: all good", b"csi\xc2\x9b31m",
+             b"rtl\xe2\x80\xaegnp.exe", b"bad\xffbyte", b"plain-\xc3\xa9t\xc3\xa9"]
+
+    def setUp(self):
+        self.user = WorkloadUser()
+        super().setUp()
+        self.d = self.user.mkdtemp()
+        script = "; ".join("touch \"$(printf '%s')\"" % "".join(
+            "\\%03o" % b for b in n) for n in self.NAMES)
+        script += "; ln -s \"$(printf 'x\\033[31mred')\" link"
+        r = self.user.sh("cd '%s' && %s" % (self.d, script))
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def tearDown(self):
+        self.user.close()
+        super().tearDown()
+
+    def assert_harmless(self, out, lines):
+        for bad in (b"\x1b", b"\x07", b"\r", b"\xc2\x9b", b"\xe2\x80\xae", b"\xff"):
+            self.assertNotIn(bad, out)
+        self.assertEqual(out.count(b"\n"), lines, out)
+        self.assertIn(b"clear\\x1b[2J\\x1b]0;PWNED\\x07", out)
+        self.assertIn(b"forged\\x0asbx: all good", out)
+        self.assertIn(b"csi\\u009b31m", out)
+        self.assertIn(b"rtl\\u202egnp.exe", out)
+        self.assertIn(b"bad\\xffbyte", out)
+        self.assertIn("plain-été".encode(), out)
+
+    def test_listings(self):
+        r = self.sbx("fs", "ls", self.d)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_harmless(r.stdout, len(self.NAMES) + 1)
+        r = self.sbx("fs", "ls", "-l", self.d)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_harmless(r.stdout, len(self.NAMES) + 1)
+        self.assertIn(b"-> x\\x1b[31mred", r.stdout)
+        r = self.sbx("fs", "find", self.d)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_harmless(r.stdout, len(self.NAMES) + 2)  # and the directory itself
+        # --json: the exact names, as JSON escapes them.
+        names = {e["name"] for e in json.loads(self.sbx("--json", "fs", "ls", self.d).stdout)}
+        self.assertIn("clear\x1b[2J\x1b]0;PWNED\x07", names)
+
+    def test_error_text(self):
+        for n in self.NAMES[:2]:
+            r = self.sbx("fs", "stat", os.fsdecode(os.path.join(self.d.encode(), n, b"nope")))
+            self.assertEqual(r.returncode, 1)
+            self.assertEqual(r.stderr.count(b"\n"), 1, r.stderr)
+            self.assertTrue(r.stderr.startswith(b"sbx: "), r.stderr)
+            for bad in (b"\x1b", b"\x07"):
+                self.assertNotIn(bad, r.stderr)
+
+
 class TestCliIdentity(CliCase):
     """-u/--user of fs, cp and pack (PROTOCOL.md §17.1): an agent whose workload user is a real
     unprivileged user acts as that user by default; `-u root` asks for the agent's own rights."""
