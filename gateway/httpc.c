@@ -22,6 +22,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <http_parser.h>
+#include <ifaddrs.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -973,34 +974,39 @@ void httpc_pause(struct httpc *h, bool pause)
 
 /* --- TCP ------------------------------------------------------------------------------------ */
 
+/* Whether @a and @b (AF_INET or AF_INET6) are the same address (ports aside). */
+static bool same_ip(const struct sockaddr *a, const struct sockaddr *b)
+{
+    if (a == NULL || b == NULL || a->sa_family != b->sa_family) {
+        return false;
+    }
+    if (a->sa_family == AF_INET) {
+        return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+                      &((const struct sockaddr_in *)b)->sin_addr, sizeof(struct in_addr)) == 0;
+    }
+    return a->sa_family == AF_INET6 &&
+           memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                  &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
+}
+
 /* Whether @sa (AF_INET or AF_INET6) is an address of one of the host's interfaces (a connect
- * to 192.0.2.2 on eth0 reaches the host's own listeners as loopback does). Asked of the kernel
- * at each connect (interfaces come and go); true when it cannot be told. */
+ * to 192.0.2.2 on eth0 reaches the host's own listeners as loopback does). Every interface
+ * counts, up or not: the kernel delivers to a down interface's address locally too (libuv's
+ * list leaves those out). Asked at each connect (interfaces come and go); true when it cannot be
+ * told. A local route to an address no interface has (ip route add local ...) is caught after
+ * the connect (on_tcp_connect). */
 static bool own_addr(const struct sockaddr *sa)
 {
-    uv_interface_address_t *ifs;
-    int n;
+    struct ifaddrs *ifs;
     bool own = false;
 
-    if (uv_interface_addresses(&ifs, &n) < 0) {
+    if (getifaddrs(&ifs) < 0) {
         return true;
     }
-    for (int i = 0; i < n && !own; i++) {
-        const struct sockaddr *a = (const struct sockaddr *)&ifs[i].address;
-
-        if (a->sa_family != sa->sa_family) {
-            continue;
-        }
-        if (sa->sa_family == AF_INET) {
-            own = memcmp(&((const struct sockaddr_in *)a)->sin_addr,
-                         &((const struct sockaddr_in *)sa)->sin_addr, sizeof(struct in_addr)) == 0;
-        } else {
-            own =
-                memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-                       &((const struct sockaddr_in6 *)sa)->sin6_addr, sizeof(struct in6_addr)) == 0;
-        }
+    for (struct ifaddrs *i = ifs; i != NULL && !own; i = i->ifa_next) {
+        own = same_ip(i->ifa_addr, sa);
     }
-    uv_free_interface_addresses(ifs, n);
+    freeifaddrs(ifs);
     return own;
 }
 
@@ -1084,6 +1090,36 @@ static void on_connect_timeout(uv_timer_t *t)
     tcp_retry(h);
 }
 
+/* The error of a connect refused because h->refused is the gateway's own host. */
+static void refuse_err(struct httpc *h)
+{
+    snprintf(h->err, sizeof(h->err),
+             "refusing to connect to %s: an address of the gateway's own host (loopback, "
+             "link-local, unspecified, or one of its interfaces'); map the name with --resolve to "
+             "allow it",
+             h->refused);
+    h->err_code = "EACCES";
+}
+
+/* Whether the connection on h->tcp went to the gateway's own host after all: the kernel gives a
+ * connection it delivers locally its destination as its source, whatever interface or local
+ * route (ip route add local ...) holds the address. Then h->refused names it. */
+static bool connected_to_self(struct httpc *h)
+{
+    struct sockaddr_storage me, peer;
+    int mlen = sizeof(me), plen = sizeof(peer);
+
+    if (uv_tcp_getsockname(&h->tcp, (struct sockaddr *)&me, &mlen) < 0 ||
+        uv_tcp_getpeername(&h->tcp, (struct sockaddr *)&peer, &plen) < 0) {
+        return false; /* gone already: the first read fails */
+    }
+    if (!same_ip((const struct sockaddr *)&me, (const struct sockaddr *)&peer)) {
+        return false;
+    }
+    addr_text((const struct sockaddr *)&peer, h->refused, sizeof(h->refused));
+    return true;
+}
+
 static void on_tcp_connect(uv_connect_t *c, int status)
 {
     struct httpc *h = c->data;
@@ -1099,6 +1135,11 @@ static void on_tcp_connect(uv_connect_t *c, int status)
         snprintf(h->err, sizeof(h->err), "tcp connect error: %s (os error %d)", strerror(-status),
                  -status);
         h->err_code = uv_err_name(status);
+        tcp_retry(h);
+        return;
+    }
+    if (!h->allow_internal && connected_to_self(h)) {
+        refuse_err(h); /* nothing was sent: the socket closes, the next address is tried */
         tcp_retry(h);
         return;
     }
@@ -1162,12 +1203,7 @@ static void tcp_connect_next(struct httpc *h)
     if (h->next_addr >= h->naddrs) {
         if (h->err[0] == '\0') {
             if (h->refused[0] != '\0') {
-                snprintf(h->err, sizeof(h->err),
-                         "refusing to connect to %s: an address of the gateway's own host "
-                         "(loopback, link-local, unspecified, or one of its interfaces'); map the "
-                         "name with --resolve to allow it",
-                         h->refused);
-                h->err_code = "EACCES";
+                refuse_err(h);
             } else {
                 snprintf(h->err, sizeof(h->err), "dns error: no address for %s", h->host);
             }

@@ -7,7 +7,7 @@ PKGS="build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
       libuv1-dev libmsgpack-dev libseccomp-dev libcmocka-dev libarchive-dev
       zlib1g-dev liblzma-dev libzstd-dev libbz2-dev libacl1-dev libxml2-dev liblz4-dev libssl-dev libb2-dev nettle-dev libjansson-dev
       libwslay-dev libhttp-parser-dev libpcre2-dev libssh-dev libgnutls28-dev openssh-client openssl
-      socat bc tmux python3 nodejs util-linux procps
+      socat bc tmux python3 nodejs util-linux procps iproute2
       qemu-system-x86 busybox-static cpio kmod e2fsprogs squashfs-tools debootstrap"
 [ $# -gt 0 ] && PKGS="$*"
 

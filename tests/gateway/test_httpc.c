@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -64,8 +65,8 @@ static void on_done(void *user, const char *err, const char *code, bool got_head
 
 static const struct httpc_ops ops = { .head = on_head, .body = on_body, .done = on_done };
 
-/* A listening socket on 127.0.0.2, port *@port (0: any; the port taken is put back). */
-static int listen_on_2(uint16_t *port)
+/* A listening socket on @ip, port *@port (0: any; the port taken is put back). */
+static int listen_on(const char *ip, uint16_t *port)
 {
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(*port) };
     socklen_t len = sizeof(sa);
@@ -73,7 +74,7 @@ static int listen_on_2(uint16_t *port)
 
     assert_true(fd >= 0);
     (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    assert_int_equal(inet_pton(AF_INET, "127.0.0.2", &sa.sin_addr), 1);
+    assert_int_equal(inet_pton(AF_INET, ip, &sa.sin_addr), 1);
     assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     assert_int_equal(listen(fd, 4), 0);
     assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
@@ -96,29 +97,33 @@ static void *serve(void *arg)
     return NULL;
 }
 
-/* GET / from multi.test:@port; the loop runs until nothing is left (every handle closed). */
-static void get(uint16_t port, struct result *res)
+/* GET / from @host:@port (internal addresses allowed or not); the loop runs until nothing is
+ * left (every handle closed). */
+static void get_from(const char *host, uint16_t port, bool internal, struct result *res)
 {
     uv_loop_t loop;
     char why[256];
 
     memset(res, 0, sizeof(*res));
     assert_int_equal(uv_loop_init(&loop), 0);
-    client =
-        httpc_open_tcp(&loop, "multi.test", NULL, port, true, false, &ops, res, why, sizeof(why));
+    client = httpc_open_tcp(&loop, host, NULL, port, internal, false, &ops, res, why, sizeof(why));
     assert_non_null(client);
     assert_int_equal(
-        httpc_request(client, "GET", "/", "multi.test", NULL, NULL, 0, HTTPC_BODY_NONE, 0, false),
-        0);
+        httpc_request(client, "GET", "/", host, NULL, NULL, 0, HTTPC_BODY_NONE, 0, false), 0);
     assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
     assert_true(res->done);
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+static void get(uint16_t port, struct result *res)
+{
+    get_from("multi.test", port, true, res);
+}
+
 static void test_next_address_after_a_refusal(void **state)
 {
     uint16_t port = 0;
-    int lfd = listen_on_2(&port);
+    int lfd = listen_on("127.0.0.2", &port);
     pthread_t t;
     struct result res;
 
@@ -134,7 +139,7 @@ static void test_next_address_after_a_refusal(void **state)
 static void test_every_address_refused(void **state)
 {
     uint16_t port = 0;
-    int lfd = listen_on_2(&port);
+    int lfd = listen_on("127.0.0.2", &port);
     struct result res;
 
     (void)state;
@@ -142,6 +147,52 @@ static void test_every_address_refused(void **state)
     get(port, &res);
     assert_string_equal(res.code, "ECONNREFUSED");
     assert_non_null(strstr(res.err, "tcp connect error"));
+}
+
+/* serve, twice: the connection refused once it turned out to be local (closed unanswered, no
+ * request on it), then the one allowed. */
+static void *serve_two(void *arg)
+{
+    (void)serve(arg);
+    return serve(arg);
+}
+
+/*
+ * The gateway's own host is never egress, whatever holds the address: in a network namespace of
+ * this test's own, 10.213.7.1 is on a veth that is down (the kernel still delivers to it
+ * locally; libuv's interface list, which the check used, leaves such interfaces out) and
+ * 10.99.0.0/16 is a local route on lo that no interface has. A server on 0.0.0.0 would answer
+ * either; the fetch must be refused without a request reaching it. Last: the namespace stays.
+ */
+static void test_own_host_whatever_holds_the_address(void **state)
+{
+    static const char *const hosts[] = { "10.213.7.1", "10.99.1.2" };
+    uint16_t port = 0;
+    int lfd;
+    pthread_t t;
+    struct result res;
+
+    (void)state;
+    if (unshare(CLONE_NEWNET) < 0 ||
+        system("ip link set lo up && ip link add sbxv0 type veth peer name sbxv1 && "
+               "ip addr add 10.213.7.1/24 dev sbxv0 && ip route add local 10.99.0.0/16 dev lo") !=
+            0) {
+        skip(); /* no ip(8), or no veth */
+    }
+    lfd = listen_on("0.0.0.0", &port);
+    assert_int_equal(pthread_create(&t, NULL, serve_two, (void *)(intptr_t)lfd), 0);
+    for (size_t i = 0; i < sizeof(hosts) / sizeof(hosts[0]); i++) {
+        get_from(hosts[i], port, false, &res);
+        assert_string_equal(res.code, "EACCES");
+        assert_non_null(strstr(res.err, "gateway's own host"));
+        assert_non_null(strstr(res.err, hosts[i]));
+    }
+    /* Allowed (--resolve), the same address is reached: the server is there. */
+    get_from("10.99.1.2", port, true, &res);
+    assert_string_equal(res.err, "");
+    assert_int_equal(res.status, 200);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    close(lfd);
 }
 
 /* A mount namespace of our own where /etc/hosts gives multi.test two addresses. */
@@ -174,8 +225,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_next_address_after_a_refusal),
         cmocka_unit_test(test_every_address_refused),
+        cmocka_unit_test(test_own_host_whatever_holds_the_address), /* last: a new netns */
     };
 
+    (void)signal(SIGPIPE, SIG_IGN); /* the server writes to connections the client closed */
     if (geteuid() != 0) {
         fprintf(stderr, "test_httpc: needs root (a mount namespace with its own /etc/hosts)\n");
         return 77; /* skipped */
