@@ -51,6 +51,9 @@
 #define FETCH_PREBUF_MS      100 /* once connected, how long a short body may take to end */
 #define FETCH_SECRET_NAME    128
 #define FETCH_SECRET_VAL_MAX (64u << 10)
+/* Room in a request head for what the gateway writes itself (request line and host line text,
+ * accept, user-agent, the body framing, connection, the final CRLF, httpc's NUL): ~120 bytes. */
+#define FETCH_HEAD_OWN 256
 /* Fetches in flight (each holds a connection, a file descriptor and ~130 KiB of buffers, https
  * ~64 KiB more and a GnuTLS session, until
  * its response ends; a server that never answers holds them until an abort): per session, and
@@ -658,60 +661,96 @@ void gw_fetch_session_ready(struct gw_session *s)
 
 struct rep {
     char ph[256];
+    size_t pl;         /* strlen(ph) */
     const char *value; /* NULL: the value is not known (not kept across a restart) */
+    size_t vl;         /* strlen(value) */
     const char *name;
 };
 
-/* @in with every placeholder of @reps replaced (malloc'd); NULL with @why when a placeholder
- * whose value is unknown occurs, or the result is too long. */
-static char *substitute(const char *in, const struct rep *reps, size_t n, char *why, size_t whylen)
+/* Every placeholder starts so (placeholder()); names hold no '-', so none is a prefix of
+ * another and at most one matches at a place. */
+#define PH_PREFIX "sbx-secret-"
+
+/* The placeholder of @reps that @p starts with, or NULL. */
+static const struct rep *rep_at(const char *p, const struct rep *reps, size_t n)
 {
-    char *cur = strdup(in);
-
-    for (size_t i = 0; i < n && cur != NULL; i++) {
-        size_t pl = strlen(reps[i].ph), vl, count = 0, len = strlen(cur);
-        const char *p, *src;
-        char *out, *o;
-
-        for (p = strstr(cur, reps[i].ph); p != NULL; p = strstr(p + pl, reps[i].ph)) {
-            count++;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(p, reps[i].ph, reps[i].pl) == 0) {
+            return &reps[i];
         }
-        if (count == 0) {
+    }
+    return NULL;
+}
+
+/* @in with every placeholder of @reps replaced (malloc'd), in one pass: a value is not searched
+ * for placeholders in turn. The request head as a whole is what is bounded: the result (at most
+ * HTTPC_REQ_FIELD_MAX bytes, httpc_request's cap on one piece) is taken from *@budget, what is
+ * left of the head's bytes, and its length is known before anything is allocated, so repeating
+ * a placeholder cannot make the gateway build more than one head's worth. NULL with @why when a
+ * placeholder whose value is unknown occurs or the result does not fit; @what names the piece
+ * there ("header x-a"). */
+static char *substitute(const char *in, const struct rep *reps, size_t n, size_t *budget,
+                        const char *what, char *why, size_t whylen)
+{
+    size_t limit = *budget < HTTPC_REQ_FIELD_MAX ? *budget : HTTPC_REQ_FIELD_MAX, len = 0;
+    const char *src = in, *p;
+    const struct rep *r;
+    char *out, *o;
+
+    /* The length first: stop as soon as it is over (each step adds at most a value's 64 KiB). */
+    for (p = in; (p = strstr(p, PH_PREFIX)) != NULL;) {
+        if ((r = rep_at(p, reps, n)) == NULL) {
+            p++;
             continue;
         }
-        if (reps[i].value == NULL) {
+        if (r->value == NULL) {
             snprintf(why, whylen,
                      "the value of secret %s is not known to this gateway (values are kept in "
                      "memory only, and the gateway restarted since the sandbox was created)",
-                     reps[i].name);
-            free(cur);
+                     r->name);
             return NULL;
         }
-        vl = strlen(reps[i].value);
-        if (vl > pl && (vl - pl) > ((4u << 20) - len) / count) {
-            snprintf(why, whylen, "the request is too long with its secrets substituted");
-            free(cur);
-            return NULL;
-        }
-        out = malloc(len - count * pl + count * vl + 1);
-        if (out == NULL) {
+        len += (size_t)(p - src) + r->vl;
+        src = p = p + r->pl;
+        if (len > limit) {
             break;
         }
-        o = out;
-        for (src = cur; (p = strstr(src, reps[i].ph)) != NULL; src = p + pl) {
-            memcpy(o, src, (size_t)(p - src));
-            o += p - src;
-            memcpy(o, reps[i].value, vl);
-            o += vl;
+    }
+    len += strlen(src);
+    if (len > limit) {
+        if (len > HTTPC_REQ_FIELD_MAX) {
+            snprintf(why, whylen,
+                     "the request is too long with its secrets substituted: %s would be over "
+                     "%u bytes (1 MiB), the most one piece of a request head may have",
+                     what, HTTPC_REQ_FIELD_MAX);
+        } else {
+            snprintf(why, whylen,
+                     "the request is too long with its secrets substituted: its head would be "
+                     "over %u bytes (2 MiB), the most a request head may have",
+                     HTTPC_REQ_HEAD_MAX);
         }
-        strcpy(o, src);
-        free(cur);
-        cur = out;
+        return NULL;
     }
-    if (cur == NULL) {
+    out = malloc(len + 1);
+    if (out == NULL) {
         snprintf(why, whylen, "out of memory");
+        return NULL;
     }
-    return cur;
+    o = out;
+    for (src = p = in; (p = strstr(p, PH_PREFIX)) != NULL;) {
+        if ((r = rep_at(p, reps, n)) == NULL) {
+            p++;
+            continue;
+        }
+        memcpy(o, src, (size_t)(p - src));
+        o += p - src;
+        memcpy(o, r->value, r->vl);
+        o += r->vl;
+        src = p = p + r->pl;
+    }
+    strcpy(o, src);
+    *budget -= len;
+    return out;
 }
 
 /* --- the fetch ------------------------------------------------------------------------------ */
@@ -997,13 +1036,27 @@ static int send_head(struct fetch *f, enum httpc_body_kind kind, uint64_t len, b
     const char **names = calloc(f->nh + 2, sizeof(char *));
     const char **values = calloc(f->nh + 2, sizeof(char *));
     char **owned = calloc(f->nh + 1, sizeof(char *));
-    char *target = NULL;
+    char *target = NULL, what[80];
     bool ua = false, accept = false;
+    size_t budget;
     int rc = -1;
 
     if (names == NULL || values == NULL || owned == NULL) {
         snprintf(why, sizeof(why), "out of memory");
         goto out;
+    }
+    if (f->u.port != default_port(&f->u)) {
+        snprintf(port, sizeof(port), ":%u", f->u.port);
+    }
+    snprintf(host_hdr, sizeof(host_hdr), "%s%s%s%s", f->u.v6 ? "[" : "", f->u.host,
+             f->u.v6 ? "]" : "", port);
+    /* What of httpc_request's HTTPC_REQ_HEAD_MAX the target and the header values may fill
+     * (substitute takes from it): less the method, the host, the names (with ": " and CRLF)
+     * and FETCH_HEAD_OWN. Without secrets the head is far below it (FETCH_URL_MAX,
+     * FETCH_HEADER_BYTES). */
+    budget = HTTPC_REQ_HEAD_MAX - FETCH_HEAD_OWN - strlen(f->method) - strlen(host_hdr);
+    for (size_t i = 0; i < f->nh; i++) {
+        budget -= strlen(f->hn[i]) + 4;
     }
     if (egress) {
         json_t *secrets = config_secrets(f->sb), *v;
@@ -1022,8 +1075,10 @@ static int send_head(struct fetch *f, enum httpc_body_kind kind, uint64_t len, b
                     continue;
                 }
                 placeholder(f->sb, k, reps[nreps].ph, sizeof(reps[nreps].ph));
+                reps[nreps].pl = strlen(reps[nreps].ph);
                 reps[nreps].name = k;
                 reps[nreps].value = json_is_string(val) ? json_string_value(val) : NULL;
+                reps[nreps].vl = reps[nreps].value != NULL ? strlen(reps[nreps].value) : 0;
                 if (reps[nreps].value != NULL) {
                     const char *x = reps[nreps].value;
 
@@ -1045,12 +1100,14 @@ static int send_head(struct fetch *f, enum httpc_body_kind kind, uint64_t len, b
             }
         }
     }
-    target = substitute(f->u.target, reps, nreps, why, sizeof(why));
+    target =
+        substitute(f->u.target, reps, nreps, &budget, "the URL's path and query", why, sizeof(why));
     if (target == NULL) {
         goto out;
     }
     for (size_t i = 0; i < f->nh; i++) {
-        owned[i] = substitute(f->hv[i], reps, nreps, why, sizeof(why));
+        snprintf(what, sizeof(what), "header %.64s", f->hn[i]);
+        owned[i] = substitute(f->hv[i], reps, nreps, &budget, what, why, sizeof(why));
         if (owned[i] == NULL) {
             goto out;
         }
@@ -1067,11 +1124,6 @@ static int send_head(struct fetch *f, enum httpc_body_kind kind, uint64_t len, b
         names[n] = "user-agent";
         values[n++] = "sbx-gateway";
     }
-    if (f->u.port != default_port(&f->u)) {
-        snprintf(port, sizeof(port), ":%u", f->u.port);
-    }
-    snprintf(host_hdr, sizeof(host_hdr), "%s%s%s%s", f->u.v6 ? "[" : "", f->u.host,
-             f->u.v6 ? "]" : "", port);
     if (httpc_request(f->hc, f->method, target, host_hdr, names, values, n, kind, len,
                       strcmp(f->method, "HEAD") == 0) < 0) {
         snprintf(why, sizeof(why), "the request could not be written");

@@ -672,7 +672,7 @@ static void sb_add(struct sbuf *b, const char *s, size_t n)
     if (b->bad) {
         return;
     }
-    if (n > (1u << 20) || b->len + n + 1 > (2u << 20)) {
+    if (n > HTTPC_REQ_FIELD_MAX || b->len + n + 1 > HTTPC_REQ_HEAD_MAX) {
         b->bad = true;
         return;
     }

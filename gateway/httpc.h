@@ -15,11 +15,12 @@
  *
  * Caps: a response head of at most HTTPC_HEAD_MAX bytes (http-parser's own limit too) and
  * HTTPC_HEADERS_MAX header lines, a reason phrase of at most HTTPC_REASON_MAX bytes; beyond: a
- * failure. Bytes toward the server are queued (httpc_body returns 1 above HTTPC_QUEUE_HIGH:
- * stop until `writable`). Response bytes come in `body` slices of at most HTTPC_READ_SIZE; while
- * the client is paused (httpc_pause) nothing more is read from the transport. With TLS: records
- * of at most 16 KiB (GnuTLS), handshake messages of at most GW_TLS_HANDSHAKE_MAX; a second
- * HTTPC_READ_SIZE buffer for the decrypted bytes of one read.
+ * failure. A request head is at most HTTPC_REQ_HEAD_MAX bytes (httpc_request). Bytes toward
+ * the server are queued (httpc_body returns 1 above HTTPC_QUEUE_HIGH: stop until `writable`).
+ * Response bytes come in `body` slices of at most HTTPC_READ_SIZE; while the client is paused
+ * (httpc_pause) nothing more is read from the transport. With TLS: records of at most 16 KiB
+ * (GnuTLS), handshake messages of at most GW_TLS_HANDSHAKE_MAX; a second HTTPC_READ_SIZE buffer
+ * for the decrypted bytes of one read.
  */
 #ifndef SBX_GW_HTTPC_H
 #define SBX_GW_HTTPC_H
@@ -32,13 +33,15 @@
 
 #include "gw.h"
 
-#define HTTPC_HEAD_MAX    (80u << 10)
-#define HTTPC_HEADERS_MAX 256
-#define HTTPC_REASON_MAX  1024
-#define HTTPC_READ_SIZE   (64u << 10)
-#define HTTPC_QUEUE_HIGH  (256u << 10)
-#define HTTPC_CONNECT_MS  30000 /* a TCP connect (each address) gives up after this long */
-#define HTTPC_ADDRS_MAX   8     /* addresses of a name tried in turn */
+#define HTTPC_HEAD_MAX      (80u << 10)
+#define HTTPC_HEADERS_MAX   256
+#define HTTPC_REQ_HEAD_MAX  (2u << 20) /* a request head we send, whole */
+#define HTTPC_REQ_FIELD_MAX (1u << 20) /* one piece of it: the target, a header value */
+#define HTTPC_REASON_MAX    1024
+#define HTTPC_READ_SIZE     (64u << 10)
+#define HTTPC_QUEUE_HIGH    (256u << 10)
+#define HTTPC_CONNECT_MS    30000 /* a TCP connect (each address) gives up after this long */
+#define HTTPC_ADDRS_MAX     8     /* addresses of a name tried in turn */
 
 struct httpc;
 
@@ -88,7 +91,8 @@ enum httpc_body_kind {
 /*
  * Queue the request head: "@method @target HTTP/1.1", Host: @host_hdr, the @n headers (names and
  * values the caller checked: token names, no CR, LF or NUL), the body framing, Connection: close.
- * @head_request: the response has no body whatever it says (HEAD). 0, or -1 (bad input, closed).
+ * @head_request: the response has no body whatever it says (HEAD). 0, or -1 (bad input, a head
+ * of HTTPC_REQ_HEAD_MAX bytes or more, a piece over HTTPC_REQ_FIELD_MAX, closed).
  */
 int httpc_request(struct httpc *h, const char *method, const char *target, const char *host_hdr,
                   const char *const *names, const char *const *values, size_t n,

@@ -324,6 +324,78 @@ class TestFetch(FetchCase):
             ws.close()
             raw.stop()
 
+    def test_secrets_cannot_inflate_a_request(self):
+        """Substituted values used to be bounded per string (the target, each header value:
+        4 MiB each), so 44 headers of 127 placeholders of a 32 KiB secret built 176 MiB in the
+        gateway before httpc_request refused the 2 MiB head, and the fetch said only "the
+        request could not be written". One budget for the whole head now, httpc_request's caps
+        (2 MiB, 1 MiB a piece), checked before anything is built; a head under them still goes."""
+        value = "s" * (32 << 10)
+        heads = []
+
+        def take(c):
+            c.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                d = c.recv(1 << 16)
+                if not d:
+                    return
+                data += d
+            heads.append(data)
+            c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+            c.close()
+
+        def peak():
+            with open("/proc/%d/status" % self.gw.proc.pid) as f:
+                return int([ln for ln in f if ln.startswith("VmHWM:")][0].split()[1]) << 10
+
+        raw = h.RawServer(take)
+        ws = h.open_create_ws(self.gw, {"allow_net": ["allowed.test"],
+                                        "secrets": {"K": {"hosts": ["allowed.test"],
+                                                          "value": value}}})
+        try:
+            m = ws.call("envGet", {"key": "K"})
+            ph = m["result"]["ok"]
+            self.assertRegex(ph, r"^sbx-secret-K-[0-9a-f]{32}$")
+            url = "http://allowed.test:%d/" % raw.port
+            too_big = [
+                # The reviewer's request: each value under the old 4 MiB, 176 MiB in all.
+                ([["x-%d" % i, ph * 127] for i in range(44)],
+                 "header x-0 would be over 1048576 bytes (1 MiB)"),
+                # Every value under 1 MiB, the head over 2 MiB.
+                ([["x-%d" % i, ph * 24] for i in range(3)],
+                 "its head would be over 2097152 bytes (2 MiB)"),
+                # The target counts too.
+                ([["x-0", ph * 24], ["x-1", ph * 24]], "its head would be over 2097152 bytes"),
+            ]
+            before = peak()
+            for i, (headers, want) in enumerate(too_big):
+                u = url + ("?q=" + ph * 24 if i == 2 else "")
+                t0 = time.monotonic()
+                m = ws.call("fetch", {"url": u, "method": "GET", "headers": headers}, timeout=30)
+                took = time.monotonic() - t0
+                err = m["result"].get("error")
+                self.assertIsNotNone(err, m)
+                self.assertEqual(err["constructorName"], "TypeError", err)
+                self.assertIn("the request is too long with its secrets substituted", err["message"])
+                self.assertIn(want, err["message"])
+                self.assertNotIn(value[:64], err["message"])
+                self.assertLess(took, 5)
+            self.assertEqual(heads, [])
+            # Not one head's worth more (the old code: 176 MiB more).
+            self.assertLess(peak() - before, 16 << 20)
+            # Under both caps: 60 values (1.9 MiB) in three headers go, substituted.
+            m = ws.call("fetch", {"url": url, "method": "GET",
+                                  "headers": [["x-%d" % i, ph * 20] for i in range(3)]},
+                        timeout=30)
+            self.assertEqual(m["result"]["ok"]["status"], 204, m)
+            self.assertEqual(len(heads), 1)
+            self.assertEqual(heads[0].count(value.encode()), 60)
+            self.assertNotIn(ph.encode(), heads[0])
+        finally:
+            ws.close()
+            raw.stop()
+
     def test_own_interface_addresses_refused(self):
         # An address of one of the host's interfaces (not loopback) reaches the host's own
         # listeners as loopback does: refused like 127.0.0.1 unless --resolve maps a name to it.
