@@ -286,10 +286,17 @@ static int grow(struct httpc *h, char **s, const char *at, size_t len)
     return 0;
 }
 
+/* After the final head, http-parser reports a chunked body's trailer fields through the same
+ * callbacks: they are dropped (as Deno drops them), not added to the head's lines and bytes.
+ * http-parser still bounds them: their bytes count against its HTTP_MAX_HEADER_SIZE (80 KiB),
+ * counted afresh from the last chunk, so endless trailers fail the response. */
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     struct httpc *h = p->data;
 
+    if (h->got_head) {
+        return 0;
+    }
     if (h->nhdrs == 0 || h->last_was_value) {
         if (h->nhdrs >= HTTPC_HEADERS_MAX) {
             snprintf(h->err, sizeof(h->err), "the response has over %d header lines",
@@ -308,6 +315,9 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     struct httpc *h = p->data;
 
+    if (h->got_head) {
+        return 0; /* a trailer (above) */
+    }
     if (h->nhdrs == 0) {
         return -1;
     }

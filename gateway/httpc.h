@@ -15,7 +15,8 @@
  *
  * Caps: a response head of at most HTTPC_HEAD_MAX bytes (http-parser's own limit too) and
  * HTTPC_HEADERS_MAX header lines, a reason phrase of at most HTTPC_REASON_MAX bytes; beyond: a
- * failure. A request head is at most HTTPC_REQ_HEAD_MAX bytes (httpc_request). Bytes toward
+ * failure. A chunked body's trailers are dropped (at most HTTPC_HEAD_MAX bytes of them, by
+ * http-parser). A request head is at most HTTPC_REQ_HEAD_MAX bytes (httpc_request). Bytes toward
  * the server are queued (httpc_body returns 1 above HTTPC_QUEUE_HIGH: stop until `writable`).
  * Response bytes come in `body` slices of at most HTTPC_READ_SIZE; while the client is paused
  * (httpc_pause) nothing more is read from the transport. With TLS: records of at most 16 KiB
