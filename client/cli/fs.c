@@ -239,8 +239,11 @@ static int show_stat(struct fs_ctx *x, const char *path, const msgpack_object *r
     return 0;
 }
 
-/* The most entries ls sorts in memory (a few hundred MiB). */
-#define LS_ENTRIES_MAX (4u << 20)
+/* The most entries ls sorts in memory (a few hundred MiB), and the most bytes of their names: an
+ * agent's pages could go on for ever, and a name could be megabytes. */
+#define LS_ENTRIES_MAX    (4u << 20)
+#define LS_NAME_BYTES_MAX (256u << 20)
+#define LS_NAME_MAX       255u /* NAME_MAX: a longer entry name is not one */
 
 /* One directory entry of ls. */
 struct lsent {
@@ -262,6 +265,7 @@ static struct lsent *read_dir(struct fs_ctx *x, const char *path, size_t *n)
     char cursor[32] = "";
     struct lsent *v = NULL, *grown;
     const msgpack_object *res, *ents, *cur;
+    size_t name_bytes = 0;
 
     *n = 0;
     do {
@@ -294,14 +298,37 @@ static struct lsent *read_dir(struct fs_ctx *x, const char *path, size_t *n)
             if (type != NULL) {
                 (void)sbx_obj_cstr(type, v[*n].type, sizeof(v[*n].type));
             }
-            if (sbx_obj_bytes(sbx_obj_get(e, "name"), &p, &len) &&
-                (x->on['a'] || len == 0 || *p != '.') && (v[*n].name = strndup(p, len)) != NULL) {
-                (*n)++;
+            if (!sbx_obj_bytes(sbx_obj_get(e, "name"), &p, &len) || len == 0 || len > LS_NAME_MAX ||
+                memchr(p, '/', len) != NULL || memchr(p, '\0', len) != NULL) {
+                sbx_err_set(&x->err, SBX_E_BAD_MESSAGE,
+                            "the agent listed an entry of %s that is not a file name", path);
+                cli_print_err(x->what, &x->err);
+                goto fail;
             }
+            if (!x->on['a'] && *p == '.') {
+                continue;
+            }
+            name_bytes += len + 1;
+            if (name_bytes > LS_NAME_BYTES_MAX || (v[*n].name = strndup(p, len)) == NULL) {
+                (void)fprintf(stderr, "sbx: fs ls: %s: the names take more than %u MiB to sort\n",
+                              path, LS_NAME_BYTES_MAX >> 20);
+                goto fail;
+            }
+            (*n)++;
         }
         cur = sbx_obj_get(res, "cursor");
-    } while (cur != NULL && cur->type == MSGPACK_OBJECT_STR &&
-             sbx_obj_cstr(cur, cursor, sizeof(cursor)) == 0);
+        if (cur != NULL && cur->type == MSGPACK_OBJECT_STR &&
+            (sbx_obj_cstr(cur, cursor, sizeof(cursor)) < 0 || size == 0)) {
+            /* An empty page that promises more would page for ever (the caps above bound the
+             * pages that do bring entries). */
+            sbx_err_set(&x->err, SBX_E_BAD_MESSAGE,
+                        "the agent's listing of %s does not move on (an empty page, or a bad "
+                        "cursor)",
+                        path);
+            cli_print_err(x->what, &x->err);
+            goto fail;
+        }
+    } while (cur != NULL && cur->type == MSGPACK_OBJECT_STR);
     qsort(v, *n, sizeof(*v), lsent_cmp);
     return v;
 fail:
@@ -312,9 +339,12 @@ fail:
     return NULL;
 }
 
-/* ls -l: lstat every entry, pipelined (up to 256 requests ahead of the answer being printed). */
-static void ls_long(struct fs_ctx *x, const char *dir, const struct lsent *v, size_t n)
+/* ls -l: lstat every entry, pipelined (up to 256 requests ahead of the answer being printed).
+ * CLI_EXIT_FAIL when an entry could not be shown (as ls(1) exits 1), else 0. */
+static int ls_long(struct fs_ctx *x, const char *dir, const struct lsent *v, size_t n)
 {
+    int rc = 0;
+
     const char *sep = dir[strlen(dir) - 1] == '/' ? "" : "/";
     uint32_t ids[256];
 
@@ -328,7 +358,7 @@ static void ls_long(struct fs_ctx *x, const char *dir, const struct lsent *v, si
             r = sbx_fs_lstat(x->k, path, x->arg['C'], NULL, &ids[sent % 256], &x->err);
             if (sbx_client_sent(x->c, r, &x->err) < 0) {
                 cli_print_err(x->what, &x->err);
-                return;
+                return CLI_EXIT_FAIL;
             }
         }
         if (sbx_client_wait(x->c, ids[i % 256], &resp, -1, &x->err) < 0 ||
@@ -338,6 +368,7 @@ static void ls_long(struct fs_ctx *x, const char *dir, const struct lsent *v, si
             (void)fputs(" (", stdout);
             cli_put_text(stdout, x->err.code, strlen(x->err.code));
             (void)fputs(")\n", stdout);
+            rc = CLI_EXIT_FAIL;
             continue;
         }
         (void)printf("%s %3" PRIu64 " %5" PRIu32 " %5" PRIu32 " %10" PRIu64 " ",
@@ -348,6 +379,7 @@ static void ls_long(struct fs_ctx *x, const char *dir, const struct lsent *v, si
         print_target(&fi);
         (void)putchar('\n');
     }
+    return rc;
 }
 
 static int cmd_ls(struct fs_ctx *x, int n, char **paths)
@@ -366,7 +398,7 @@ static int cmd_ls(struct fs_ctx *x, int n, char **paths)
             (void)printf("%s%s:\n", i > 0 ? "\n" : "", dir);
         }
         if (v != NULL && long_fmt) {
-            ls_long(x, dir, v, count);
+            rc = ls_long(x, dir, v, count) != 0 ? CLI_EXIT_FAIL : rc;
         }
         for (size_t j = 0; j < count; j++) {
             if (json) {

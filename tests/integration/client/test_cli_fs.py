@@ -152,6 +152,48 @@ class TestCliFs(CliCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn(b"more than 4194304 entries to sort", r.stderr)
 
+    def ls_edited(self, page, *args):
+        """sbx fs ls ARGS self.d with every fs.readdir answer replaced by @page (packed)."""
+        def edit(msg, asked):
+            if msg[0] == 1 and asked.get(msg[1]) == "fs.readdir":
+                return b"\x94\x01" + w.pack(msg[1]) + b"\xc0" + page
+            return msg
+        sock = tempfile.mktemp(prefix="relay-", suffix=".sock", dir=self.d)
+        relay = w.Relay(self.addr[len("unix:"):], sock, edit)
+        self.addCleanup(relay.close)
+        return self.sbx("fs", "ls", *args, self.d, addr=relay.addr, timeout=120)
+
+    def test_ls_of_long_names_without_end(self):
+        # Pages of the longest names a directory can hold, without end: the names' bytes are
+        # capped too (an entry named with 4 MiB per page grew the CLI by 250 MB a second).
+        r = self.ls_edited(w.pack({"entries": [{"name": b"n" * 255, "type": "file"}] * 8192,
+                                   "cursor": "more"}))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"the names take more than 256 MiB to sort", r.stderr)
+
+    def test_ls_of_what_is_no_listing(self):
+        for entries, cursor, why in (
+                ([{"name": b"n" * 4096, "type": "file"}], None, b"not a file name"),
+                ([{"name": b"a/b", "type": "file"}], None, b"not a file name"),
+                ([{"name": b"", "type": "file"}], None, b"not a file name"),
+                ([], "more", b"does not move on")):
+            r = self.ls_edited(w.pack({"entries": entries, "cursor": cursor}))
+            self.assertEqual(r.returncode, 1, (entries[:1], r.stderr))
+            self.assertIn(why, r.stderr)
+            self.assertEqual(r.stdout, b"")
+
+    def test_ls_long_fails_when_an_entry_does(self):
+        # ls -l printed "??????????" for an entry whose lstat failed, and exited 0.
+        def edit(msg, asked):
+            if msg[0] == 1 and asked.get(msg[1]) == "fs.lstat":
+                return [1, msg[1], {"code": "EIO", "message": "lstat: I/O error"}, None]
+            return msg
+        relay = w.Relay(self.addr[len("unix:"):], self.d + "/relay-l.sock", edit)
+        self.addCleanup(relay.close)
+        r = self.sbx("fs", "ls", "-l", self.d, addr=relay.addr)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn(b"?????????? a.txt (EIO)", r.stdout)
+
     def test_find_glob(self):
         out = self.ok("fs", "find", self.d).decode().split("\n")[:-1]
         self.assertEqual(sorted(out), sorted([self.d, self.d + "/a.txt", self.d + "/link",
