@@ -427,6 +427,10 @@ static int untar_entries(struct archive *r, struct archive *disk, struct sbx_err
             /* A device node the guest chose is access to this machine's devices (made as root,
              * "mem" or "sda" open to everyone): skipped. */
             continue;
+        case AE_IFIFO:
+            /* A FIFO would hang whatever reads the downloaded tree here later (grep -r, a backup,
+             * an indexer): skipped too. */
+            continue;
         default:
             break;
         }
