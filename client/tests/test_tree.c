@@ -403,8 +403,8 @@ static void test_untar_refuses(void **state)
     rm_rf(dir);
 }
 
-/* The guest chooses the entries of a downloaded tree: no device node of its choosing and no
- * set-id program may appear on this machine, and modes obey the umask (run as root, the old
+/* The guest chooses the entries of a downloaded tree: no device node or FIFO of its choosing and
+ * no set-id program may appear on this machine, and modes obey the umask (run as root, the old
  * unpacking made "mem" and "sda" open to everyone and a set-uid root program). */
 static void test_untar_no_devices_or_setid(void **state)
 {
@@ -432,11 +432,8 @@ static void test_untar_no_devices_or_setid(void **state)
     snprintf(path, sizeof(path), "%s/dir", dir);
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_mode & 07777, 0755);
-    snprintf(path, sizeof(path), "%s/fifo", dir); /* anyone may make one: kept */
-    assert_int_equal(lstat(path, &st), 0);
-    assert_true(S_ISFIFO(st.st_mode));
-    assert_int_equal(st.st_mode & 07777, 0644);
-    for (int i = 2; i < 4; i++) {
+    /* Neither the devices nor the FIFO (it would hang whatever reads the tree here later). */
+    for (int i = 2; i < 6; i += i == 3 ? 2 : 1) {
         snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
         assert_int_equal(lstat(path, &st), -1);
     }
