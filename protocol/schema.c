@@ -408,7 +408,9 @@ int sbx_spawn_result_read(const msgpack_object *o, struct sbx_spawn_result *r, s
     if (sbx__need_u32(o, "id", &r->id, err) < 0 || sbx__need_u32(o, "pid", &r->pid, err) < 0 ||
         sbx__read_sid_or_nil(o, "stdin", &r->in, err) < 0 ||
         sbx__read_sid_or_nil(o, "stdout", &r->out, err) < 0 ||
-        sbx__read_sid_or_nil(o, "stderr", &r->err, err) < 0) {
+        sbx__read_sid_or_nil(o, "stderr", &r->err, err) < 0 ||
+        sbx__distinct_sids((const uint32_t[]){ r->in, r->out, r->err },
+                           (const char *const[]){ "stdin", "stdout", "stderr" }, 3, err) < 0) {
         return sbx__bad_message(err, "proc.spawn result");
     }
     return 0;
@@ -425,6 +427,19 @@ int sbx__need_sid(const msgpack_object *o, const char *key, uint32_t *sid, struc
         return -1;
     }
     *sid = (uint32_t)v;
+    return 0;
+}
+
+int sbx__distinct_sids(const uint32_t *sids, const char *const *keys, size_t n, struct sbx_err *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (sids[i] != 0 && sids[i] == sids[j]) {
+                return sbx_err_param(err, keys[i], "%s and %s are the same stream (%u)", keys[j],
+                                     keys[i], sids[i]);
+            }
+        }
+    }
     return 0;
 }
 
@@ -485,7 +500,9 @@ int sbx_eval_streams_read(const msgpack_object *o, struct sbx_eval_streams *r, s
     }
     if (sbx__need_u32(o, "eval", &r->eval, err) < 0 ||
         sbx__need_sid(o, "stdout", &r->out, err) < 0 ||
-        sbx__need_sid(o, "stderr", &r->err, err) < 0) {
+        sbx__need_sid(o, "stderr", &r->err, err) < 0 ||
+        sbx__distinct_sids((const uint32_t[]){ r->out, r->err },
+                           (const char *const[]){ "stdout", "stderr" }, 2, err) < 0) {
         return sbx__bad_message(err, "repl.eval result");
     }
     return 0;
@@ -511,7 +528,10 @@ int sbx_pack_result_read(const msgpack_object *o, struct sbx_pack_result *r, str
     if (sbx__need_u32(o, "id", &r->id, err) < 0 ||
         opt_sid(o, "build_stdout", &r->build_out, err) < 0 ||
         opt_sid(o, "build_stderr", &r->build_err, err) < 0 ||
-        sbx__need_sid(o, "archive", &r->archive, err) < 0) {
+        sbx__need_sid(o, "archive", &r->archive, err) < 0 ||
+        sbx__distinct_sids((const uint32_t[]){ r->build_out, r->build_err, r->archive },
+                           (const char *const[]){ "build_stdout", "build_stderr", "archive" }, 3,
+                           err) < 0) {
         return sbx__bad_message(err, "pack.create result");
     }
     return 0;

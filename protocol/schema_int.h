@@ -32,5 +32,10 @@ int sbx__read_sid_or_nil(const msgpack_object *o, const char *key, uint32_t *sid
                          struct sbx_err *err);
 /* A required sid (1 .. 2^32-1). */
 int sbx__need_sid(const msgpack_object *o, const char *key, uint32_t *sid, struct sbx_err *err);
+/* The @n stream ids of one result (0: none) are distinct: -1 with @err naming the second of two
+ * equal ones (@keys their fields) otherwise. A client would take one stream's frames for another
+ * stream, and wait for ever for the end of the one it never tracked. */
+int sbx__distinct_sids(const uint32_t *sids, const char *const *keys, size_t n,
+                       struct sbx_err *err);
 
 #endif /* SBX_SCHEMA_INT_H */

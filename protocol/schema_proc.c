@@ -580,7 +580,9 @@ int sbx_attach_result_read(const msgpack_object *o, struct sbx_attach_result *r,
         sbx_param_u64(o, "stdout_dropped", SBX_OPTIONAL, 0, UINT64_MAX, &r->stdout_dropped, err) <
             0 ||
         sbx_param_u64(o, "stderr_dropped", SBX_OPTIONAL, 0, UINT64_MAX, &r->stderr_dropped, err) <
-            0) {
+            0 ||
+        sbx__distinct_sids((const uint32_t[]){ r->stdin_sid, r->stdout_sid, r->stderr_sid },
+                           (const char *const[]){ "stdin", "stdout", "stderr" }, 3, err) < 0) {
         return sbx__bad_message(err, "proc.attach result");
     }
     if (r->stdout_sid != 0 && !r->has_stdout_start) {

@@ -221,6 +221,16 @@ static void test_spawn_result(void **state)
                                            &b, &fx->err),
                      -1);
     assert_string_equal(fx->err.field, "stdout");
+    /* One stream given for two pipes: a client would wait for ever for the other's end. */
+    a.err = a.out;
+    sbx_spawn_result_pack(begin(fx), &a);
+    assert_int_equal(sbx_spawn_result_read(finish(fx), &b, &fx->err), -1);
+    assert_string_equal(fx->err.code, "BAD_MESSAGE");
+    assert_string_equal(fx->err.field, "stderr");
+    a = (struct sbx_spawn_result){ .id = 1, .pid = 77, .in = 3, .out = 3, .err = 0 };
+    sbx_spawn_result_pack(begin(fx), &a);
+    assert_int_equal(sbx_spawn_result_read(finish(fx), &b, &fx->err), -1);
+    assert_string_equal(fx->err.field, "stdout");
 }
 
 static void test_stream_notes(void **state)
@@ -570,6 +580,15 @@ static void test_stream_results(void **state)
     assert_int_equal(sbx_pack_result_read(finish(fx), &pr, &fx->err), 0);
     assert_null(sbx_obj_get(fx->m.params, "build_stdout"));
     assert_int_equal(pr.archive, 5);
+    /* The same stream twice in one result. */
+    ev = (struct sbx_eval_streams){ 7, 8, 8 };
+    sbx_eval_streams_pack(begin(fx), &ev);
+    assert_int_equal(sbx_eval_streams_read(finish(fx), &ev, &fx->err), -1);
+    assert_string_equal(fx->err.field, "stderr");
+    pr = (struct sbx_pack_result){ 2, 3, 4, 3 };
+    sbx_pack_result_pack(begin(fx), &pr);
+    assert_int_equal(sbx_pack_result_read(finish(fx), &pr, &fx->err), -1);
+    assert_string_equal(fx->err.field, "archive");
 }
 
 /* The debug-build check of outgoing frames refuses what breaks a record. */
@@ -676,6 +695,12 @@ static void test_attach_result(void **state)
     assert_int_equal(sbx_attach_result_read(finish(fx), &b, &fx->err), -1);
     assert_string_equal(fx->err.code, "BAD_MESSAGE");
     assert_string_equal(fx->err.field, "stdout_start");
+    /* The same stream for stdout and stderr. */
+    a.has_stdout_start = a.has_stderr_start = true;
+    a.stderr_sid = 2;
+    sbx_attach_result_pack(begin(fx), &a);
+    assert_int_equal(sbx_attach_result_read(finish(fx), &b, &fx->err), -1);
+    assert_string_equal(fx->err.field, "stderr");
     /* {stdin: nil, stdout: 0, ...}: a sid is never 0 */
     assert_int_equal(sbx_attach_result_read(raw_map(fx, "83a5737464696ec0a67374646f757400"
                                                         "a6737464657272c0"),
