@@ -34,8 +34,18 @@ static const char *const default_shell[] = { "/bin/sh", "-l", NULL };
 static volatile int sig_pipe_w = -1;
 /* PTY mode: SIGTERM and SIGHUP restore the local terminal in the handler already. */
 static volatile sig_atomic_t sig_pty;
-/* How many SIGTERM / SIGHUP arrived in PTY mode (a second one while we are stuck is fatal). */
-static volatile sig_atomic_t sig_hangups;
+/*
+ * The loop acts on signals between calls into the library, but a write to an agent that takes no
+ * bytes waits inside the library for ever: then the handler itself ends sbx. sig_got counts the
+ * SIGINT/SIGTERM/SIGHUP/SIGQUIT that arrived (the handler writes it), sig_done those the loop has
+ * acted on (only the loop writes it): a SIGTERM, SIGHUP or SIGQUIT that comes while an earlier one
+ * still waits for the loop ends sbx with 128+N, and so does the SIGINT_GIVE_UP-th SIGINT whatever
+ * the loop does.
+ */
+static volatile sig_atomic_t sig_got, sig_done, sig_ints;
+/* "sbx: exec CMD: interrupted 3 times, giving up", written by the handler. */
+static char sig_give_up[600];
+static volatile sig_atomic_t sig_give_up_len;
 
 /* The requests sent while streaming, by id % REQ_SLOTS: what they were for, for messages. */
 #define REQ_SLOTS 64
@@ -67,7 +77,6 @@ struct exec {
     bool exited;
     struct sbx_exit ex; /* the proc.exit params */
     json_t *exit_json;  /* --json: the proc.exit params */
-    int sigints;
     /* PTY mode */
     bool pty;
     bool raw;            /* the local stdin is a terminal we put in raw mode */
@@ -424,6 +433,23 @@ static int handle(struct exec *x, const struct sbx_msg *m, struct sbx_err *err)
     }
 }
 
+/* The signals that ask sbx to end (forwarded, or a hangup or detach), as counted above. */
+static bool ending_signal(int sig)
+{
+    return sig == SIGINT || sig == SIGTERM || sig == SIGHUP || sig == SIGQUIT;
+}
+
+/* End sbx from the handler: the terminal restored, nothing else to clean up (output goes out with
+ * write(2), the kernel closes the connection). */
+static void die_in_handler(int status, const char *msg, size_t len)
+{
+    cli_tty_restore();
+    if (len > 0) {
+        (void)!write(STDERR_FILENO, msg, len); /* nothing to do about a failure on the way out */
+    }
+    _exit(status);
+}
+
 static void on_signal(int sig)
 {
     int saved = errno;
@@ -432,9 +458,15 @@ static void on_signal(int sig)
     if (sig_pty && (sig == SIGTERM || sig == SIGHUP)) {
         /* The main loop hangs up and exits; put the terminal back now in case it is stuck. */
         cli_tty_restore();
-        if (++sig_hangups > 1) {
-            (void)signal(sig, SIG_DFL);
-            (void)raise(sig);
+    }
+    if (sig == SIGINT && ++sig_ints >= SIGINT_GIVE_UP) {
+        die_in_handler(128 + SIGINT, sig_give_up, (size_t)sig_give_up_len);
+    }
+    if (ending_signal(sig)) {
+        bool stuck = sig_got != sig_done; /* an earlier one still waits for the loop */
+        sig_got = sig_got + 1;
+        if (stuck && sig != SIGINT) {
+            die_in_handler(128 + sig, NULL, 0);
         }
     }
     if (sig_pipe_w >= 0) {
@@ -521,9 +553,11 @@ static int forward_signals(struct exec *x, int rfd, struct sbx_err *err)
     char sigs[16];
     ssize_t n = read(rfd, sigs, sizeof(sigs));
     bool winch = false;
+    int ending = 0;
     uint32_t id;
 
     for (ssize_t i = 0; i < n; i++) {
+        ending += ending_signal(sigs[i]);
         if (signals_detach(x) && sigs[i] != SIGWINCH && sigs[i] != SIGCONT) {
             cli_tty_restore();
             return detach(x, 128 + sigs[i]);
@@ -545,22 +579,14 @@ static int forward_signals(struct exec *x, int rfd, struct sbx_err *err)
                 return hang_up(x, sigs[i]);
             }
             break;
-        case SIGINT:
-            if (++x->sigints >= SIGINT_GIVE_UP) {
-                cli_tty_restore();
-                cli_say("sbx: %s %s: interrupted %d times, giving up\n", x->verb, x->what,
-                        x->sigints);
-                x->quit_status = 128 + SIGINT;
-                return 1;
-            }
-            break;
-        default:
+        default: /* SIGINT gives up in the handler (on_signal) */
             break;
         }
         if (send_kill(x, sigs[i], &id, err) < 0) {
             return -1;
         }
     }
+    sig_done = sig_done + ending; /* only the loop writes it */
     if (winch && x->pty && !x->exited) {
         return send_resize(x, err);
     }
@@ -754,24 +780,32 @@ static int pump(struct exec *x, int sig_r, struct sbx_err *err)
     return 0;
 }
 
-static int setup_signals(bool pty, int *rfd)
+static int setup_signals(const struct exec *x, int *rfd)
 {
     static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH, SIGCONT };
     /* SIGWINCH and SIGCONT only matter for a PTY; elsewhere they keep their defaults. */
-    size_t nsigs = sizeof(sigs) / sizeof(sigs[0]) - (pty ? 0 : 2);
+    size_t nsigs = sizeof(sigs) / sizeof(sigs[0]) - (x->pty ? 0 : 2);
     struct sigaction sa;
-    int p[2];
+    int p[2], n;
 
     if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
         return -1;
     }
     sig_pipe_w = p[1];
-    sig_pty = pty;
-    sig_hangups = 0;
+    sig_pty = x->pty;
+    sig_got = sig_done = sig_ints = 0;
+    /* Made now: the handler can only write what is ready. */
+    n = snprintf(sig_give_up, sizeof(sig_give_up), "sbx: %s %s: interrupted %d times, giving up\n",
+                 x->verb, x->what, SIGINT_GIVE_UP);
+    sig_give_up_len = n < 0 ? 0 : n < (int)sizeof(sig_give_up) ? n : (int)sizeof(sig_give_up) - 1;
     *rfd = p[0];
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
+    /* One handler at a time: they count in shared variables. */
     (void)sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < nsigs; i++) {
+        (void)sigaddset(&sa.sa_mask, sigs[i]); /* cannot fail for a valid signal */
+    }
     for (size_t i = 0; i < nsigs; i++) {
         if (sigaction(sigs[i], &sa, NULL) < 0) {
             return -1;
@@ -912,7 +946,7 @@ static int run_streams(struct exec *x, struct sbx_err *err)
 {
     int status = CLI_EXIT_SBX, sig_r = -1, r = 0;
 
-    if (setup_signals(x->pty, &sig_r) < 0) {
+    if (setup_signals(x, &sig_r) < 0) {
         (void)fprintf(stderr, "sbx: %s %s: signal setup: %s\n", x->verb, x->what, strerror(errno));
         return CLI_EXIT_SBX;
     }

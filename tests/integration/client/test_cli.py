@@ -394,6 +394,75 @@ class TestCliPty(CliCase):
             time.sleep(0.05)
 
 
+class TestCliAgentTakesNothing(CliCase):
+    """exec against an agent that announces a stream window of 2^32-1 and then reads nothing
+    more (a relay stops passing the CLI's bytes on once proc.spawn is answered): sbx's write of
+    its stdin waits inside libsbx for ever, where its loop cannot act on signals. The handler
+    must end it itself."""
+
+    def stuck_exec(self):
+        d = tempfile.mkdtemp(prefix="sbx-stuck-")
+        self.addCleanup(shutil.rmtree, d, True)
+
+        def edit(msg, asked):
+            if msg[0] == 1 and msg[2] is None and asked.get(msg[1]) == "hello":
+                res = dict(msg[3])
+                res["limits"] = dict(res["limits"], stream_window=0xFFFFFFFF)
+                return [1, msg[1], None, res]
+            if msg[0] == 1 and asked.get(msg[1]) == "proc.spawn":
+                relay.held.set()
+            return msg
+        relay = w.Relay(self.agent.sock, os.path.join(d, "relay.sock"), edit)
+        self.addCleanup(relay.close)
+        p = subprocess.Popen([SBX, "-c", relay.addr, "exec", "cat"], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.addCleanup(self.end, p)
+        # Feed stdin until nothing moves for a second: sbx no longer reads it, stuck writing.
+        os.set_blocking(p.stdin.fileno(), False)
+        sent, stuck_since, deadline = 0, None, time.time() + 60
+        while time.time() < deadline and (stuck_since is None or time.time() - stuck_since < 1):
+            try:
+                sent += os.write(p.stdin.fileno(), b"x" * 65536)
+                stuck_since = None
+            except BlockingIOError:
+                stuck_since = stuck_since or time.time()
+                time.sleep(0.05)
+        self.assertTrue(relay.held.is_set(), "proc.spawn was never answered")
+        self.assertGreater(sent, 1 << 20)  # more than the CLI's socket buffer: it is stuck
+        self.assertIsNone(p.poll())
+        return p
+
+    @staticmethod
+    def end(p):
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        p.stdin.close()
+        p.stderr.close()
+
+    def wait_rc(self, p, what):
+        try:
+            return p.wait(30)
+        except subprocess.TimeoutExpired:
+            self.fail("sbx exec outlived %s while stuck writing to the agent" % what)
+
+    def test_third_sigint_exits_130(self):
+        p = self.stuck_exec()
+        for _ in range(3):
+            p.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+        self.assertEqual(self.wait_rc(p, "three SIGINTs"), 128 + signal.SIGINT)
+        self.assertIn(b"sbx: exec cat: interrupted 3 times, giving up", p.stderr.read())
+
+    def test_second_sigterm_sighup_sigquit_ends_it(self):
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            p = self.stuck_exec()
+            p.send_signal(sig)
+            time.sleep(0.2)
+            p.send_signal(sig)
+            self.assertEqual(self.wait_rc(p, "two %s" % sig.name), 128 + sig)
+
+
 def read_line(s):
     """One line from socket @s; fails at EOF instead of looping on it."""
     line = b""
