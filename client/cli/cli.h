@@ -150,6 +150,9 @@ void cli_put_text(FILE *f, const char *p, size_t n);
 /* Append @s to the NULL-terminated array *@v of *@n entries. 0, or -1 when out of memory. */
 int cli_push(const char ***v, size_t *n, const char *s);
 
+/* The monotonic clock in nanoseconds, for measuring durations and deadlines. */
+uint64_t cli_now_ns(void);
+
 /* Render a duration in nanoseconds for humans ("1.25s", "340ms", "2h03m"). */
 void cli_format_ns(char *buf, size_t bufsz, uint64_t ns);
 

@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -23,21 +22,13 @@
 
 /* --- progress -------------------------------------------------------------------------------- */
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    (void)clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail */
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 void cli_progress_start(struct cli_progress *p, const char *label, uint64_t total, bool quiet)
 {
     memset(p, 0, sizeof(*p));
     p->label = label;
     p->total = total;
     p->enabled = !quiet && isatty(STDERR_FILENO);
-    p->start_ns = now_ns();
+    p->start_ns = cli_now_ns();
 }
 
 static void human_bytes(char *buf, size_t n, double v)
@@ -90,7 +81,7 @@ void cli_progress_add(void *arg, uint64_t n)
     if (!p->enabled) {
         return;
     }
-    now = now_ns();
+    now = cli_now_ns();
     /* Only for transfers that take a while, and at most 10 times a second. */
     if (now - p->start_ns < 300000000u || now - p->last_ns < 100000000u) {
         return;
@@ -105,7 +96,7 @@ void cli_progress_end(struct cli_progress *p, bool ok)
         return;
     }
     if (ok) {
-        progress_draw(p, now_ns());
+        progress_draw(p, cli_now_ns());
     }
     (void)fputs(ok ? "\n" : "\r\033[K", stderr);
 }

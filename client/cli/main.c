@@ -297,7 +297,7 @@ static const char repl_usage[] =
     "Without --eval, read code from stdin: a line, or a block that continues while a\n"
     "line ends in ':' ',' '\\' or an open bracket (shells: 'do' 'then' '{' '|' ...) up\n"
     "to an empty line. On a terminal there is a prompt and ^C interrupts the running\n"
-    "code; ^D ends the session.\n"
+    "code (a second ^C exits with 130); ^D ends the session.\n"
     "\n"
     "Options:\n"
     "  -e, --eval CODE   evaluate CODE (repeatable, in order; stops at the first error)\n"

@@ -14,11 +14,29 @@
 /* The longest block `sbx repl` reads from its input before evaluating it. */
 #define REPL_INPUT_MAX SBX_REPL_CODE_MAX
 
+/* How long the answer to a request that runs no code (proc.list, repl.close) may take. */
+#define REPL_QUICK_MS 5000
+/* How long an eval's result may take beyond its --timeout: the agent interrupts the code then and
+ * ends the session if the interpreter does not report within 2 s (PROTOCOL.md 16.4). */
+#define REPL_MARGIN_MS 10000
+/* How long repl.start may take: the agent gives up on an interpreter not ready in 10 s (16.2). */
+#define REPL_START_MS (10000 + REPL_MARGIN_MS)
+
+/* ^C came and was not dealt with yet (the eval it interrupts is running, or the prompt has yet to
+ * drop its block). */
 static volatile sig_atomic_t interrupted;
 
+/* A second ^C while the first is not dealt with ends sbx: the agent may not answer at all (the
+ * waits are bounded only with --timeout), and a user who presses it twice wants out. */
 static void on_sigint(int sig)
 {
-    (void)sig;
+    static const char msg[] = "\nsbx: repl: interrupted twice, giving up\n";
+
+    if (interrupted) {
+        cli_tty_restore();
+        (void)!write(STDERR_FILENO, msg, sizeof(msg) - 1); /* nothing to do about a failure */
+        _exit(128 + sig);
+    }
     interrupted = 1;
 }
 
@@ -41,14 +59,37 @@ static bool is_shell(const char *lang)
     return strcmp(lang, "sh") == 0 || strcmp(lang, "bash") == 0;
 }
 
+/* How long an eval's response (without stream) or result (with) may take: -1, no limit, without
+ * --timeout. */
+static int eval_wait_ms(void)
+{
+    uint64_t ms = timeout_ms + REPL_MARGIN_MS; /* timeout_ms <= UINT32_MAX */
+
+    if (timeout_ms == 0) {
+        return -1;
+    }
+    return ms < INT32_MAX ? (int)ms : INT32_MAX;
+}
+
+/* Finish typed call @rc (made with request id *@id) as cli_call does, but wait at most
+ * @wait_ms (< 0: no limit) for its response: TIMEOUT after that. 0 with *@resp, or -1. */
+static int call_within(struct repl *r, int rc, const uint32_t *id, int wait_ms,
+                       struct sbx_msg *resp, struct sbx_err *err)
+{
+    if (sbx_client_sent(r->c, rc, err) < 0) {
+        return -1;
+    }
+    return sbx_client_wait(r->c, *id, resp, wait_ms, err);
+}
+
 static int repl_start(struct repl *r, struct sbx_err *err)
 {
     struct sbx_msg resp;
     uint64_t session;
     uint32_t id;
 
-    if (cli_call(r->c, sbx_repl_start(sbx_client_conn(r->c), r->lang, NULL, &id, err), &id, &resp,
-                 err) < 0 ||
+    if (call_within(r, sbx_repl_start(sbx_client_conn(r->c), r->lang, NULL, &id, err), &id,
+                    REPL_START_MS, &resp, err) < 0 ||
         sbx_param_u64(resp.result, "session", SBX_REQUIRED, 1, UINT32_MAX, &session, err) < 0) {
         return -1;
     }
@@ -65,7 +106,7 @@ static void repl_close(struct repl *r)
     /* The session may have ended already; nothing more to do on the way out. */
     if (sbx_client_sent(r->c, sbx_repl_close(sbx_client_conn(r->c), r->session, NULL, &id, &err),
                         &err) == 0) {
-        (void)sbx_client_wait(r->c, id, &resp, 5000, &err);
+        (void)sbx_client_wait(r->c, id, &resp, REPL_QUICK_MS, &err);
     }
 }
 
@@ -79,8 +120,8 @@ static void find_proc(struct repl *r)
     char tag[32];
     int n = snprintf(tag, sizeof(tag), "repl:%u", r->session);
 
-    if (cli_call(r->c, sbx_proc_list(sbx_client_conn(r->c), NULL, &id, &err), &id, &resp, &err) <
-            0 ||
+    if (call_within(r, sbx_proc_list(sbx_client_conn(r->c), NULL, &id, &err), &id, REPL_QUICK_MS,
+                    &resp, &err) < 0 ||
         sbx_param_array(resp.result, "procs", SBX_REQUIRED, UINT32_MAX, &procs, &err) < 0) {
         return;
     }
@@ -177,12 +218,14 @@ static int repl_eval(struct repl *r, const char *code, size_t len)
     uint32_t id;
     bool json = r->cli->json;
     bool sent_intr = false;
+    int wait_ms = eval_wait_ms();
+    uint64_t deadline = wait_ms < 0 ? UINT64_MAX : cli_now_ns() + (uint64_t)wait_ms * 1000000u;
 
     interrupted = 0;
-    if (cli_call(r->c,
-                 sbx_repl_eval(sbx_client_conn(r->c), r->session, code, len, (uint32_t)timeout_ms,
-                               !json, NULL, &id, &err),
-                 &id, &m, &err) < 0 ||
+    if (call_within(r,
+                    sbx_repl_eval(sbx_client_conn(r->c), r->session, code, len,
+                                  (uint32_t)timeout_ms, !json, NULL, &id, &err),
+                    &id, wait_ms, &m, &err) < 0 ||
         (!json && sbx_eval_streams_read(m.result, &ev, &err) < 0)) {
         goto fail;
     }
@@ -199,6 +242,11 @@ static int repl_eval(struct repl *r, const char *code, size_t len)
         if (interrupted && !sent_intr) {
             sent_intr = true;
             repl_interrupt(r);
+        }
+        if (rc == 0 && cli_now_ns() >= deadline) {
+            (void)sbx_err_set(&err, SBX_E_TIMEOUT, "no result %d ms after the eval's --timeout",
+                              REPL_MARGIN_MS);
+            goto fail;
         }
         if (rc == 0) {
             continue;
@@ -377,6 +425,7 @@ int cli_cmd_repl(struct cli *cli, struct sbx_client *c)
                 break;
             }
             status = repl_eval(&r, block, blen);
+            interrupted = 0; /* a ^C the eval took is done with */
             if (status < 0) {
                 break;
             }

@@ -1,20 +1,11 @@
 /* Session commands: ping, the print function of info and hello, and the generic `call`. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 
 /* The most JSON `sbx call METHOD -` reads from stdin. */
 #define CALL_STDIN_MAX (SBX_FRAME_MAX)
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    (void)clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail for CLOCK_MONOTONIC */
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* Print a map as "key  value" lines; nested maps flatten to "outer.inner". */
 static void print_table(const char *prefix, const msgpack_object *map)
@@ -102,14 +93,14 @@ int cli_cmd_ping(struct cli *cli, struct sbx_client *c)
     }
     for (uint64_t i = 0; i < count; i++) {
         struct sbx_msg resp;
-        uint64_t t0 = now_ns(), rtt;
+        uint64_t t0 = cli_now_ns(), rtt;
         uint32_t id;
 
         if (cli_call(c, sbx_ping(sbx_client_conn(c), NULL, &id, &err), &id, &resp, &err) < 0) {
             cli_print_err("ping", &err);
             goto out;
         }
-        rtt = now_ns() - t0;
+        rtt = cli_now_ns() - t0;
         rtts[i] = rtt;
         min = rtt < min ? rtt : min;
         max = rtt > max ? rtt : max;

@@ -1,6 +1,7 @@
 /* Small CLI helpers: durations, numbers, human output. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 
@@ -239,6 +240,14 @@ void cli_print_human(FILE *f, const msgpack_object *o)
         (void)cli_json_write(f, o);
         break;
     }
+}
+
+uint64_t cli_now_ns(void)
+{
+    struct timespec ts;
+
+    (void)clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail for CLOCK_MONOTONIC */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 void cli_format_ns(char *buf, size_t bufsz, uint64_t ns)

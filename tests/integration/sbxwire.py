@@ -1230,7 +1230,7 @@ class Relay:
     misbehaves on demand. hold() stops reading what the client sends (an agent that takes no
     bytes, as a paused VM); @edit(msg, asked) may rewrite each message of the agent (a broken
     agent), where @asked maps the client's request ids to their methods; it returns the message,
-    another one, or one packed already (bytes)."""
+    another one, one packed already (bytes), or None to drop it (an agent that never answers)."""
 
     def __init__(self, agent_path, path, edit=None):
         self.agent_path = agent_path
@@ -1270,6 +1270,8 @@ class Relay:
                     self.asked[msg[1]] = msg[2]
                 elif from_agent and self.edit is not None:
                     new = self.edit(msg, self.asked)
+                    if new is None:
+                        continue
                     if isinstance(new, bytes):  # a message packed already
                         head, body = b"", frame(new)
                     elif new is not msg:

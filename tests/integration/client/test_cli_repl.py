@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -12,7 +13,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_cli import SBX, CliCase, TmuxCase  # noqa: E402
+from test_cli import SBX, CliCase, TmuxCase, w  # noqa: E402
 
 TMUX = shutil.which("tmux")
 
@@ -65,6 +66,58 @@ class TestCliRepl(CliCase):
         r = self.sbx("repl", "--help")
         self.assertEqual(r.returncode, 0)
         self.assertIn(b"--eval", r.stdout)
+
+
+class TestCliReplSilentAgent(CliCase):
+    """sbx repl against an agent that never answers (a relay drops the repl.eval response or the
+    repl.result): a second ^C ends the CLI, and with --timeout it gives up by itself."""
+
+    def relay(self, drop):
+        d = tempfile.mkdtemp(prefix="sbx-silent-")
+        self.addCleanup(shutil.rmtree, d, True)
+
+        def edit(msg, asked):
+            if msg[0] == 1 and asked.get(msg[1]) == drop or msg[0] == 2 and msg[1] == drop:
+                return None
+            return msg
+        relay = w.Relay(self.agent.sock, os.path.join(d, "relay.sock"), edit)
+        self.addCleanup(relay.close)
+        return relay
+
+    def test_second_ctrl_c_ends_it(self):
+        relay = self.relay("repl.eval")
+        p = subprocess.Popen([SBX, "-c", relay.addr, "repl", "-e", "echo hi"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        deadline = time.time() + 30
+        while "repl.eval" not in relay.asked.values():  # the ^C handler is in place by then
+            self.assertLess(time.time(), deadline, "repl.eval was never sent")
+            self.assertIsNone(p.poll())
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        try:
+            out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.fail("sbx repl outlived two SIGINTs while waiting for an answer")
+        self.assertEqual(p.returncode, 128 + signal.SIGINT, err)
+        self.assertIn(b"sbx: repl: interrupted twice, giving up", err)
+
+    def test_waits_are_bounded_by_timeout(self):
+        for drop in ("repl.eval", "repl.result"):
+            with self.subTest(drop=drop):
+                relay = self.relay(drop)
+                try:
+                    r = self.sbx("repl", "--timeout", "1s", "-e", "echo hi", addr=relay.addr,
+                                 timeout=90)
+                except subprocess.TimeoutExpired:
+                    self.fail("sbx repl --timeout 1s still waited for its %s after 90 s" % drop)
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertIn(b"TIMEOUT", r.stderr)
+                if drop == "repl.result":
+                    self.assertEqual(r.stdout, b"hi\n")  # streamed before the result was due
 
 
 @unittest.skipIf(TMUX is None, "tmux is not installed")
