@@ -226,7 +226,7 @@ static void conn_write(struct agent_conn *c, struct write_req *wr, uv_buf_t *buf
     wr->cost = wr->ctl != NULL ? write_req_mem(wr) : wr->len;
     c->queued += wr->cost;
     c->ctl_mem += wr->ctl != NULL ? wr->cost : 0;
-    if (wr->result && c->held_n < SBX_CONN_RESULTS_MAX) {
+    if (wr->result && wr->ctl != NULL && c->held_n < SBX_CONN_RESULTS_MAX) {
         c->held_mem += wr->cost;
         c->held_n++;
     } else {
@@ -399,6 +399,7 @@ void agent_conn_send_data(struct agent_conn *c, uint32_t stream, void *payload, 
     }
     wr->ctl = NULL;
     wr->payload = payload;
+    wr->result = false;
     h = sbx_data_header(wr->hdr, stream, len);
     wr->len = h + len;
     bufs[0] = uv_buf_init((char *)wr->hdr, (unsigned)h);
