@@ -1303,6 +1303,9 @@ static int wfile_sink_data(void *user, const uint8_t *data, size_t len)
         wfile_unref(st);
         return -1; /* the session cancels the stream toward the client */
     }
+    if (len == 0) {
+        return 0; /* an empty chunk: nothing to keep (and no buffer yet, maybe) */
+    }
     if (len > GW_FS_WRITE_MAX - (st->len - st->off)) {
         st->sink_live = false;
         wfile_fail(st, NULL, "Error", "writeFile: the content stream outran the sandbox");
