@@ -471,8 +471,13 @@ static int up_dir_cmp(const void *a, const void *b)
 {
     const struct dir_fix *x = a, *y = b;
 
+    int c;
+
     if (x->depth != y->depth) {
         return x->depth > y->depth ? -1 : 1;
+    }
+    if ((c = strcmp(x->name, y->name)) != 0) {
+        return c; /* a directory listed twice: its entries next to each other, ... */
     }
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
@@ -486,8 +491,13 @@ static int up_fix_dirs(struct tree_up *t)
         struct dir_fix *d = &t->dirs[i];
         struct timespec ts[2] = { d->mtime, d->mtime };
         const char *base;
-        int dfd = up_parent(t, d->name, &base, false), fd;
+        int dfd, fd;
 
+        if (i + 1 < t->ndirs && strcmp(d->name, t->dirs[i + 1].name) == 0) {
+            continue; /* ... and only the last one counts, as in tar: an earlier mode without
+                       * read permission must not keep the later one from being set */
+        }
+        dfd = up_parent(t, d->name, &base, false);
         if (dfd < 0) {
             return -1;
         }

@@ -19,7 +19,8 @@ import warnings
 warnings.simplefilter("ignore", ResourceWarning)
 
 sys.path.insert(0, os.path.dirname(__file__))
-import sbxwire as w  # noqa: E402
+import sbxwire as w
+from workload import WorkloadUser  # noqa: E402
 
 BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
 AGENT = os.path.join(BUILD, "bin", "sbx-agent")
@@ -652,6 +653,21 @@ class TestTree(TransferCase):
                     self.assertEqual(m.linkname, first.name)
             self.assertTrue(members["lone"].isfile())
             self.assertEqual(tf.extractfile(members["lone"]).read(), b"lone\n")
+
+    def test_directory_listed_twice(self):
+        # The last entry of a directory sets its mode (as tar does). The first one's mode
+        # without read permission was set first, and the identity (not root) could then not open
+        # the directory to set the last one's: the upload failed (found by the untar fuzzer).
+        with WorkloadUser() as u:
+            dest = u.mkdtemp()
+            data = tar_bytes([ti("d/", tarfile.DIRTYPE, mode=0o000), ti("d/f", data=b"x"),
+                              ti("d/", tarfile.DIRTYPE, mode=0o750)])
+            done, cancel = self.upload_tree(dest, data, user=u.name)
+            self.assertIsNone(cancel)
+            self.assertNotIn("error", done)
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(dest, "d")).st_mode), 0o750)
+            with open(os.path.join(dest, "d", "f"), "rb") as f:
+                self.assertEqual(f.read(), b"x")
 
     def test_order_and_names(self):
         src = self.p("src")
