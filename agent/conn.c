@@ -310,7 +310,8 @@ static int64_t out_response_id(const struct agent_conn *c)
     }
 }
 
-void agent_conn_send(struct agent_conn *c)
+/* Finish the frame being encoded and queue it; @result: agent_conn_send_result's kind. */
+static void conn_send(struct agent_conn *c, bool result)
 {
     struct sbx_err err;
     struct write_req *wr;
@@ -350,8 +351,7 @@ void agent_conn_send(struct agent_conn *c)
         agent_conn_close(c);
         return;
     }
-    wr->result = c->next_result;
-    c->next_result = false;
+    wr->result = result;
     if (c->out.sb.size <= 16384) {
         /* A small frame gets an exact copy: stealing would pin the encoder's whole buffer (8 KiB
          * at least) per queued frame, which many queued notifications (fs.event) multiply. */
@@ -379,11 +379,14 @@ void agent_conn_send(struct agent_conn *c)
     conn_write(c, wr, &buf, 1);
 }
 
+void agent_conn_send(struct agent_conn *c)
+{
+    conn_send(c, false);
+}
+
 void agent_conn_send_result(struct agent_conn *c)
 {
-    c->next_result = true;
-    agent_conn_send(c);
-    c->next_result = false; /* also when the frame was dropped before a write request */
+    conn_send(c, true);
 }
 
 void agent_conn_send_data(struct agent_conn *c, uint32_t stream, void *payload, uint32_t len)

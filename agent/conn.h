@@ -72,7 +72,6 @@ struct agent_conn {
      * SBX_CONN_RESULTS_MAX): not counted toward the close bound. */
     size_t held_mem;
     unsigned held_n;
-    bool next_result;         /* the frame being encoded goes out as such a result */
     struct agent_fs *fs;      /* fsconn.c: file handles and readdir cursors, or NULL */
     struct agent_fswatch *fw; /* fswatch.c: this connection's watches, or NULL */
 };
