@@ -100,6 +100,15 @@ def free_port():
     return p
 
 
+def refused_port(case):
+    """A port on 127.0.0.1 that refuses connections for the whole test: bound, never listening,
+    so no test running beside this one can start listening there."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    case.addCleanup(s.close)
+    return s.getsockname()[1]
+
+
 def big_digest(n):
     block = hashlib.sha256(b"sbx-ingress").digest() * 2048
     d = hashlib.sha256()
@@ -648,7 +657,7 @@ class TestIngress(IngressCase):
         sid, ws = self.sandbox()
         domain = self.expose(sid, ws, port=srv.port)
         sid2, ws2 = self.sandbox()
-        other = self.expose(sid2, ws2, port=free_port())  # nothing listens there
+        other = self.expose(sid2, ws2, port=refused_port(self))
         s = socket.create_connection(("127.0.0.1", self.ig_port), timeout=30)
         f = s.makefile("rb")
         s.sendall(("GET /one HTTP/1.1\r\nHost: %s\r\n\r\n" % domain).encode())

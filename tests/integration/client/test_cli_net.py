@@ -71,6 +71,16 @@ def free_port():
     return port
 
 
+def refused_port(case):
+    """A port on 127.0.0.1 that refuses connections for the whole test: bound, never listening,
+    so no test running beside this one can take it (a port from free_port() could be listening
+    again by the time the guest connects, and the connection then hangs or is answered)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    case.addCleanup(s.close)
+    return s.getsockname()[1]
+
+
 class NetCase(CliCase):
     def setUp(self):
         super().setUp()
@@ -333,13 +343,14 @@ class TestCliForward(NetCase):
         self.stop(f)
 
     def test_refused_and_several_forwards(self):
-        dead = free_port()  # nothing listens there
+        dead = refused_port(self)
         gport = free_port()
         self.detach("python3", "-m", "http.server", "--bind", "127.0.0.1",
                     "--directory", self.dir, str(gport))
         self.wait_listening(gport)
         f, (l1, l2) = self.forward("-v", "0:%d" % dead, "127.0.0.1:0:127.0.0.1:%d" % gport)
-        c = socket.create_connection(("127.0.0.1", l1), timeout=10)
+        # Longer than the agent's 10 s connect timeout: a connect that hangs shows as an error.
+        c = socket.create_connection(("127.0.0.1", l1), timeout=30)
         self.assertEqual(c.recv(10), b"")  # closed: the guest refused
         c.close()
         with urllib.request.urlopen("http://127.0.0.1:%d/" % l2, timeout=30) as r:
