@@ -290,6 +290,17 @@ void gw_istream_refuse(struct gw_session *s, uint64_t sdk_stream, json_t *reason
 typedef int (*gw_sink_fn)(void *user, const uint8_t *data, size_t len, bool end,
                           const struct sbx_err *err);
 int gw_session_collect(struct gw_session *s, uint32_t agent_stream, gw_sink_fn fn, void *user);
+/*
+ * A sink that cannot finish a chunk in this loop turn (work per entry that must not hold up
+ * other sessions) returns GW_SINK_LATER: the chunk's bytes stay unacknowledged, so the agent
+ * sends no more than its window meanwhile, and later chunks and the end still come to the sink
+ * (which keeps them in order). Once through, it acknowledges them with gw_session_collect_ack,
+ * or gives the stream up with gw_session_collect_cancel (no further sink calls). Both are for
+ * the sink's own stream while it is live, from any callback, and do nothing once it is not.
+ */
+#define GW_SINK_LATER 1
+void gw_session_collect_ack(struct gw_session *s, uint32_t agent_stream, size_t n);
+void gw_session_collect_cancel(struct gw_session *s, uint32_t agent_stream);
 
 /*
  * Agent `in` streams a method feeds (stdin, an upload): @fn is called whenever the agent granted

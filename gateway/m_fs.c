@@ -746,6 +746,7 @@ struct rdir {
     struct fsop op; /* first: fsop_fail reads it */
     char *path;
     json_t *arr;
+    size_t bytes; /* what the entries count toward GW_FS_READDIR_BYTES */
 };
 
 static void rdir_free(void *p)
@@ -785,6 +786,15 @@ static int rdir_page(struct gw_call *call, struct rdir *st, const msgpack_object
             return -1;
         }
         json_t *jn = gw_fs_json_lossy(name, nlen);
+        st->bytes += (jn != NULL ? json_string_length(jn) : nlen) + GW_FS_ENTRY_COST;
+        if (st->bytes > GW_FS_READDIR_BYTES) {
+            json_decref(jn);
+            gw_call_fail(call, "Error", "LIMIT",
+                         "readDir: the entries of '%s' take more than %u MiB, the most one reply "
+                         "carries; use walk({maxDepth: 1}) instead",
+                         st->path, GW_FS_READDIR_BYTES >> 20);
+            return -1;
+        }
         json_t *o = jn != NULL ? json_pack("{s:o,s:b,s:b,s:b}", "name", jn, "isFile",
                                            tlen == 4 && memcmp(type, "file", 4) == 0, "isDirectory",
                                            tlen == 3 && memcmp(type, "dir", 3) == 0, "isSymlink",
@@ -829,12 +839,24 @@ static void rdir_done(struct gw_call *call, const struct sbx_event *ev)
     sent(call, sbx_fs_readdir(c, st->path, cursor, 0, cwd_of(call), u, NULL, &err), &err);
 }
 
-/* readDir {path} -> [{name, isFile, isDirectory, isSymlink}] (every page, directory order). */
+/* The first page, once the session has room for the listing and its answer. */
+static void rdir_start(struct gw_call *call)
+{
+    struct rdir *st = call->data;
+    struct sbx_conn *c;
+    struct sbx_err err;
+    if ((c = gw_fs_conn(call)) == NULL) {
+        return;
+    }
+    void *u = gw_call_expect(call, rdir_done);
+    sent(call, sbx_fs_readdir(c, st->path, NULL, 0, cwd_of(call), u, NULL, &err), &err);
+}
+
+/* readDir {path} -> [{name, isFile, isDirectory, isSymlink}] (every page, directory order). It
+ * gathers them all before answering: it takes a turn (gw_call_when_room). */
 void gw_m_read_dir(struct gw_call *call, json_t *params)
 {
     const char *path;
-    struct sbx_conn *c;
-    struct sbx_err err;
     if (gw_param_str(call, params, "path", true, &path) < 0) {
         return;
     }
@@ -848,11 +870,7 @@ void gw_m_read_dir(struct gw_call *call, json_t *params)
     st->op.op = "readdir";
     call->data = st;
     call->data_free = rdir_free;
-    if ((c = gw_fs_conn(call)) == NULL) {
-        return;
-    }
-    void *u = gw_call_expect(call, rdir_done);
-    sent(call, sbx_fs_readdir(c, path, NULL, 0, cwd_of(call), u, NULL, &err), &err);
+    gw_call_when_room(call, rdir_start);
 }
 
 /* Hear of abort{abortId} for @call when the request named one (@abort_id >= 0; the SDK counts

@@ -17,10 +17,15 @@
 /* Whole-file replies (readFile, readTextFile) carry at most this much file data: the SDK's
  * 100 MiB message cap less base64's growth. */
 #define GW_FS_READ_MAX (64u << 20)
-/* Entries one readDir reply carries at most. */
-#define GW_FS_READDIR_MAX 262144u
-/* Matches one expandGlob collects (it sorts them before sending). */
-#define GW_FS_GLOB_MAX 1000000u
+/* Entries one readDir reply carries at most, and the bytes they may take: each counts its name
+ * (as JSON text) and GW_FS_ENTRY_COST for the rest of its JSON and what holding it costs. */
+#define GW_FS_READDIR_MAX   262144u
+#define GW_FS_READDIR_BYTES (64u << 20)
+#define GW_FS_ENTRY_COST    256u
+/* Matches one expandGlob collects (it sorts them before sending), and the bytes they may take:
+ * each counts its path, its name and GW_FS_ENTRY_COST. */
+#define GW_FS_GLOB_MAX   1000000u
+#define GW_FS_GLOB_BYTES (64u << 20)
 /* Bytes of streamed writeFile content buffered toward the agent above which the WebSocket is
  * held; and the hard cap of that buffer. */
 #define GW_FS_WRITE_HIGH GW_AGENT_QUEUE_HIGH

@@ -497,10 +497,20 @@ void gw_call_hold(struct gw_call *call)
 
 void gw_call_release(struct gw_call *call)
 {
+    struct gw_session *s = call->s;
+    bool outer = !s->in_cb; /* from a callback of the method's own (a timer, another socket) */
+
     if (call->outstanding > 0) {
         call->outstanding--;
     }
+    s->in_cb = true; /* the session outlives the call's end until it is through here */
     call_maybe_free(call);
+    if (outer) {
+        s->in_cb = false;
+        start_room(s); /* a turn the call held: the next call waiting for one starts now */
+        gw_session_flush(s);
+        session_maybe_free(s);
+    }
 }
 
 void gw_call_unexpect(struct gw_call *call)
@@ -804,6 +814,47 @@ int gw_session_collect(struct gw_session *s, uint32_t agent_stream, gw_sink_fn f
     return 0;
 }
 
+static void ack(struct gw_ostream *os, size_t n);
+
+static struct gw_ostream *collect_find(struct gw_session *s, uint32_t agent_stream)
+{
+    for (struct gw_ostream *os = s->streams; os != NULL; os = os->next) {
+        if (os->kind == AS_COLLECT && os->sid == agent_stream) {
+            return os;
+        }
+    }
+    return NULL;
+}
+
+void gw_session_collect_ack(struct gw_session *s, uint32_t agent_stream, size_t n)
+{
+    struct gw_ostream *os = collect_find(s, agent_stream);
+
+    if (os != NULL && n > 0) {
+        ack(os, n);
+        if (!s->in_cb) {
+            gw_session_flush(s);
+        }
+    }
+}
+
+void gw_session_collect_cancel(struct gw_session *s, uint32_t agent_stream)
+{
+    struct gw_ostream *os = collect_find(s, agent_stream);
+    struct sbx_err err;
+
+    if (os == NULL) {
+        return;
+    }
+    if (s->c != NULL) {
+        (void)sbx_conn_cancel(s->c, os->sid, &err); /* -1: no longer live, nothing to cancel */
+    }
+    astream_free(os);
+    if (!s->in_cb) {
+        gw_session_flush(s);
+    }
+}
+
 int gw_session_feed(struct gw_session *s, uint32_t agent_stream, gw_credit_fn fn, void *user)
 {
     struct gw_ostream *os = astream_new(s, agent_stream, AS_FEED);
@@ -867,13 +918,16 @@ static void relay_data(struct gw_ostream *os, const struct sbx_event *ev)
         ack(os, ev->len);
     } else if (os->kind == AS_COLLECT) {
         struct sbx_err err;
+        int r = os->sink(os->user, ev->data, ev->len, false, NULL);
 
-        if (os->sink(os->user, ev->data, ev->len, false, NULL) < 0) {
+        if (r < 0) {
             (void)sbx_conn_cancel(os->s->c, os->sid, &err);
             astream_free(os);
             return;
         }
-        ack(os, ev->len); /* what the method sends on waits for the WebSocket too */
+        if (r != GW_SINK_LATER) {
+            ack(os, ev->len); /* what the method sends on waits for the WebSocket too */
+        }
     }
 }
 

@@ -27,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <uv.h>
+
 #include "m_fs.h"
 
 /* --- a small string builder ------------------------------------------------------------------ */
@@ -492,6 +494,13 @@ char *gw_path_normalize(const char *p)
 
 /* --- the walk state -------------------------------------------------------------------------- */
 
+/* One expandGlob match: its path, then its name, in one allocation. */
+struct gres {
+    const char *name;
+    bool f, d, l;
+    char path[];
+};
+
 struct walkst {
     int refs; /* the call's, the agent sink's, the cancel hook's */
     struct gw_call *call;
@@ -517,8 +526,21 @@ struct walkst {
     /* expandGlob */
     pcre2_code *glob_rx;
     bool trailing_sep, glob_inc_dirs;
-    bool star_tail; /* the glob ends in a globstar: the directory it starts at matches too */
-    json_t *results;
+    bool star_tail;    /* the glob ends in a globstar: the directory it starts at matches too */
+    struct gres **res; /* the matches, sorted before the first is sent */
+    size_t nres, rescap, res_bytes, res_next;
+    bool res_over; /* past GW_FS_GLOB_MAX or GW_FS_GLOB_BYTES */
+    bool sorted, drain_hooked;
+    bool turn; /* holds st->call (and its turn) until the matches are sent */
+    int64_t glob_depth;
+    /* The agent's stream, while this walk is its sink (holding the sink's reference). Entries
+     * a loop turn had no time for wait in pbuf[poff..plen), their chunks' @held bytes not yet
+     * acknowledged; the stream's end waits behind them (end_seen). */
+    uint32_t asid;
+    bool collecting, end_seen;
+    uint8_t *pbuf;
+    size_t plen, poff, pcap, held;
+    uv_idle_t *idle; /* resumes the entries that wait, a turn at a time */
 };
 
 static void walk_unref(struct walkst *st)
@@ -548,7 +570,14 @@ static void walk_unref(struct walkst *st)
     free(st->skip_prefix);
     free(st->pend_path);
     free(st->pend_name);
-    json_decref(st->results);
+    for (size_t i = st->res_next; i < st->nres; i++) {
+        free(st->res[i]);
+    }
+    free(st->res);
+    free(st->pbuf);
+    if (st->idle != NULL) {
+        uv_close((uv_handle_t *)st->idle, (uv_close_cb)free);
+    }
     free(st);
 }
 
@@ -559,11 +588,22 @@ static void walk_call_gone(void *p)
     walk_unref(st);
 }
 
+static void sink_release(struct walkst *st, bool cancel);
+static void glob_unhook(struct walkst *st);
+static void walk_finish(struct walkst *st, json_t *err);
+
+/* The client cancelled (or the session ends): the agent's walk is cancelled now, not at its
+ * next chunk, which entries waiting for a turn would hold back for ever. */
 static void walk_cancel_cb(void *user)
 {
     struct walkst *st = user;
     st->cancelled = true;
     st->hooked = false;
+    st->refs++;
+    sink_release(st, true);
+    glob_unhook(st);
+    walk_finish(st, NULL); /* sends nothing now: expandGlob's turn ends */
+    walk_unref(st);
     walk_unref(st);
 }
 
@@ -588,7 +628,7 @@ static struct walkst *walk_new(struct gw_call *call, bool glob)
     call->data_free = walk_call_gone;
     st->mc = pcre2_match_context_create(NULL);
     st->md = pcre2_match_data_create(1, NULL);
-    if (st->mc == NULL || st->md == NULL || pcre2_set_match_limit(st->mc, 10000000) != 0 ||
+    if (st->mc == NULL || st->md == NULL || pcre2_set_depth_limit(st->mc, GW_RX_DEPTH) != 0 ||
         pcre2_set_heap_limit(st->mc, 65536) != 0) {
         walk_oom(call);
         return NULL;
@@ -619,6 +659,16 @@ static json_t *entry_json(const char *path, const char *name, bool f, bool d, bo
                      "isDirectory", d, "isSymlink", l);
 }
 
+/* expandGlob's turn ends (the call held since glob_start is let go). The caller holds a
+ * reference of its own: the call's goes with it. */
+static void turn_end(struct walkst *st)
+{
+    if (st->turn && st->call != NULL) {
+        st->turn = false;
+        gw_call_release(st->call);
+    }
+}
+
 /* End the SDK stream (normally, or with @err), once. */
 static void walk_finish(struct walkst *st, json_t *err)
 {
@@ -644,6 +694,7 @@ static void walk_finish(struct walkst *st, json_t *err)
         gw_session_off_cancel(st->s, st->sid);
         walk_unref(st); /* the caller still holds its own reference */
     }
+    turn_end(st);
 }
 
 /* --- @std include() and the entry pipeline --------------------------------------------------- */
@@ -699,16 +750,35 @@ static int emit(struct walkst *st, const char *path, const char *name, bool f, b
         r = rx_test(st->glob_rx, slash, st->md, st->mc);
         free(slash);
     }
-    if (r <= 0) {
-        return r;
+    if (r <= 0 || (st->trailing_sep && !d) || (!st->glob_inc_dirs && d)) {
+        return r < 0 ? -1 : 0; /* not a match, or a kind @std's expandGlob leaves out */
     }
-    if (json_array_size(st->results) >= GW_FS_GLOB_MAX) {
+    size_t pl = strlen(path), nl = strlen(name);
+    st->res_bytes += pl + nl + GW_FS_ENTRY_COST;
+    if (st->nres >= GW_FS_GLOB_MAX || st->res_bytes > GW_FS_GLOB_BYTES) {
+        st->res_over = true;
         return -1;
     }
-    json_t *e = entry_json(path, name, f, d, l);
-    if (e == NULL || json_array_append_new(st->results, e) < 0) {
+    if (st->nres == st->rescap) {
+        size_t cap = st->rescap > 0 ? 2 * st->rescap : 64;
+        struct gres **v = realloc(st->res, cap * sizeof(*v));
+        if (v == NULL) {
+            return -1;
+        }
+        st->res = v;
+        st->rescap = cap;
+    }
+    struct gres *e = malloc(sizeof(*e) + pl + nl + 2);
+    if (e == NULL) {
         return -1;
     }
+    memcpy(e->path, path, pl + 1);
+    memcpy(e->path + pl + 1, name, nl + 1);
+    e->name = e->path + pl + 1;
+    e->f = f;
+    e->d = d;
+    e->l = l;
+    st->res[st->nres++] = e;
     return 0;
 }
 
@@ -805,8 +875,16 @@ static char *display_path(struct walkst *st, const char *apath)
     return out;
 }
 
-static json_t *match_error(void)
+static json_t *match_error(struct walkst *st)
 {
+    if (st->res_over) {
+        char msg[160];
+        (void)snprintf(msg, sizeof(msg),
+                       "expandGlob: more than %u matches or %u MiB of them; narrow the glob or "
+                       "use walk(), which streams",
+                       GW_FS_GLOB_MAX, GW_FS_GLOB_BYTES >> 20);
+        return gw_errobj("Error", "LIMIT", msg);
+    }
     return gw_errobj("Error", NULL,
                      "a regular expression exceeded its match limits, or memory "
                      "ran out");
@@ -885,7 +963,7 @@ static int walk_entry(struct walkst *st, const msgpack_object *e)
     free(path);
     free(name);
     if (r == -2) {
-        walk_finish(st, match_error());
+        walk_finish(st, match_error(st));
         return -1;
     }
     return r == -3 ? -1 : r;
@@ -893,74 +971,82 @@ static int walk_entry(struct walkst *st, const msgpack_object *e)
 
 static int cmp_entry(const void *a, const void *b)
 {
-    const json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
-    return strcmp(json_string_value(json_object_get(x, "path")),
-                  json_string_value(json_object_get(y, "path")));
+    const struct gres *x = *(struct gres *const *)a, *y = *(struct gres *const *)b;
+    return strcmp(x->path, y->path);
 }
 
-/* expandGlob's end: filter, sort, send. */
-static void glob_flush(struct walkst *st)
+static void glob_unhook(struct walkst *st)
 {
-    size_t n = json_array_size(st->results);
-    json_t **v = n > 0 ? malloc(n * sizeof(*v)) : NULL;
-    if (n > 0 && v == NULL) {
-        walk_finish(st, gw_errobj("Error", "ENOMEM", "out of memory"));
-        return;
+    if (st->drain_hooked) {
+        st->drain_hooked = false;
+        gw_session_off_drain(st->s, st);
+        walk_unref(st);
     }
-    for (size_t i = 0; i < n; i++) {
-        v[i] = json_array_get(st->results, i);
-    }
-    if (n > 1) {
-        qsort(v, n, sizeof(*v), cmp_entry);
-    }
-    for (size_t i = 0; i < n && !st->cancelled; i++) {
-        bool d = json_is_true(json_object_get(v[i], "isDirectory"));
-        if ((st->trailing_sep && !d) || (!st->glob_inc_dirs && d)) {
-            continue;
-        }
-        send_entry_json(st, json_incref(v[i]));
-    }
-    free(v);
 }
 
-static int walk_sink(void *user, const uint8_t *data, size_t len, bool end,
-                     const struct sbx_err *err)
+static void glob_send(struct walkst *st);
+
+static void glob_drain(void *user)
 {
     struct walkst *st = user;
-    if (err != NULL || end) {
-        if (!st->finished && !st->cancelled) {
-            if (err != NULL) {
-                walk_finish(st, gw_errobj_sbx(err, "walk", st->raw_root));
-            } else if (settle_pending(st, NULL) < 0) {
-                walk_finish(st, match_error());
-            } else {
-                if (st->glob) {
-                    glob_flush(st);
-                }
-                walk_finish(st, NULL);
-            }
+    if (st->cancelled || st->finished) {
+        glob_unhook(st);
+        return;
+    }
+    glob_send(st);
+}
+
+/* expandGlob's end: the matches sorted by path, sent while the WebSocket has room (the rest
+ * each time it drains), then the stream's end. */
+static void glob_send(struct walkst *st)
+{
+    st->refs++; /* across glob_unhook */
+    if (!st->sorted) {
+        st->sorted = true;
+        if (st->nres > 1) {
+            qsort(st->res, st->nres, sizeof(*st->res), cmp_entry);
         }
-        walk_unref(st);
-        return 0;
     }
-    if (st->finished || st->cancelled) {
-        walk_finish(st, NULL);
-        walk_unref(st);
-        return -1;
+    while (st->res_next < st->nres && !st->cancelled) {
+        if (gw_session_congested(st->s)) {
+            if (!st->drain_hooked) {
+                if (gw_session_on_drain(st->s, glob_drain, st) < 0) {
+                    walk_finish(st, gw_errobj("Error", "ENOMEM", "out of memory"));
+                    break;
+                }
+                st->drain_hooked = true;
+                st->refs++;
+            }
+            walk_unref(st);
+            return;
+        }
+        struct gres *r = st->res[st->res_next++];
+        send_entry_json(st, entry_json(r->path, r->name, r->f, r->d, r->l));
+        free(r);
     }
+    glob_unhook(st);
+    walk_finish(st, NULL);
+    walk_unref(st);
+}
+
+/* Walk the entries of @data[*off..len) until the end of the data or @deadline (uv_hrtime),
+ * having done at least one. 0, or -1 having finished the stream (or a skipped root). */
+static int walk_entries(struct walkst *st, const uint8_t *data, size_t len, size_t *off,
+                        uint64_t deadline)
+{
     msgpack_unpacked u;
-    msgpack_unpacked_init(&u);
-    size_t off = 0;
     int rc = 0;
-    while (off < len) {
+
+    msgpack_unpacked_init(&u);
+    while (*off < len) {
         /* One entry at a time, checked as libsbx checks a frame before msgpack-c reads it. */
         size_t elen = 0, eoff = 0;
         struct sbx_err verr;
         msgpack_unpack_return ur =
-            sbx_msgpack_scan(data + off, len - off, &elen, &verr) < 0
+            sbx_msgpack_scan(data + *off, len - *off, &elen, &verr) < 0
                 ? MSGPACK_UNPACK_PARSE_ERROR
-                : msgpack_unpack_next(&u, (const char *)data + off, elen, &eoff);
-        off += elen;
+                : msgpack_unpack_next(&u, (const char *)data + *off, elen, &eoff);
+        *off += elen;
         if (ur != MSGPACK_UNPACK_SUCCESS || u.data.type != MSGPACK_OBJECT_MAP) {
             walk_finish(st, gw_errobj("InvalidData", NULL, "malformed walk data from the agent"));
             rc = -1;
@@ -970,18 +1056,166 @@ static int walk_sink(void *user, const uint8_t *data, size_t len, bool end,
             rc = -1;
             break;
         }
+        if (uv_hrtime() >= deadline) {
+            break;
+        }
     }
     msgpack_unpacked_destroy(&u);
-    if (rc < 0) {
-        if (!st->finished) {
-            if (st->glob) {
-                glob_flush(st);
-            }
+    return rc;
+}
+
+/* The sink's reference and the agent's stream given up: @cancel the stream (still live). */
+static void sink_release(struct walkst *st, bool cancel)
+{
+    if (!st->collecting) {
+        return;
+    }
+    st->collecting = false;
+    free(st->pbuf);
+    st->pbuf = NULL;
+    st->plen = st->poff = st->pcap = st->held = 0;
+    if (st->idle != NULL) {
+        (void)uv_idle_stop(st->idle); /* cannot fail */
+    }
+    if (cancel) {
+        gw_session_collect_cancel(st->s, st->asid);
+    }
+    walk_unref(st);
+}
+
+/* The stream's end, after every entry: the pending followed link, expandGlob's results. */
+static void walk_end(struct walkst *st)
+{
+    if (!st->finished && !st->cancelled) {
+        if (settle_pending(st, NULL) < 0) {
+            walk_finish(st, match_error(st));
+        } else if (st->glob) {
+            glob_send(st);
+        } else {
+            walk_finish(st, NULL);
+        }
+    }
+}
+
+/* A failure or a skipped root (walk_entries returned -1): what was found is sent. */
+static void walk_stop(struct walkst *st)
+{
+    if (!st->finished) {
+        if (st->glob) {
+            glob_send(st);
+        } else {
             walk_finish(st, NULL); /* a skipped root */
         }
-        walk_unref(st);
     }
-    return rc;
+}
+
+/* Keep @data[off..len) for a later turn, behind what already waits; @len more bytes held. */
+static int walk_defer(struct walkst *st, const uint8_t *data, size_t off, size_t len)
+{
+    size_t n = len - off;
+
+    if (st->poff > 0) {
+        memmove(st->pbuf, st->pbuf + st->poff, st->plen - st->poff);
+        st->plen -= st->poff;
+        st->poff = 0;
+    }
+    if (st->plen + n > st->pcap) {
+        size_t cap = st->plen + n;
+        uint8_t *p = realloc(st->pbuf, cap);
+        if (p == NULL) {
+            return -1;
+        }
+        st->pbuf = p;
+        st->pcap = cap;
+    }
+    if (st->idle == NULL) {
+        struct gw_sandbox *sb = gw_session_sandbox(st->s);
+        if ((st->idle = malloc(sizeof(*st->idle))) == NULL) {
+            return -1;
+        }
+        (void)uv_idle_init(sb->g->loop, st->idle); /* cannot fail */
+        st->idle->data = st;
+    }
+    memcpy(st->pbuf + st->plen, data + off, n);
+    st->plen += n;
+    st->held += len;
+    return 0;
+}
+
+static void walk_resume(uv_idle_t *h)
+{
+    struct walkst *st = h->data;
+
+    if (!st->collecting || st->finished || st->cancelled || st->poff == st->plen) {
+        (void)uv_idle_stop(h); /* cannot fail */
+        return;
+    }
+    st->refs++;
+    if (walk_entries(st, st->pbuf, st->plen, &st->poff, uv_hrtime() + GW_WALK_SLICE_NS) < 0) {
+        walk_stop(st);
+        sink_release(st, !st->end_seen);
+    } else if (st->poff == st->plen) {
+        size_t held = st->held;
+
+        st->plen = st->poff = st->held = 0;
+        (void)uv_idle_stop(h); /* cannot fail */
+        if (st->end_seen) {
+            walk_end(st);
+            sink_release(st, false);
+        } else {
+            gw_session_collect_ack(st->s, st->asid, held);
+        }
+    }
+    walk_unref(st);
+}
+
+static int walk_sink(void *user, const uint8_t *data, size_t len, bool end,
+                     const struct sbx_err *err)
+{
+    struct walkst *st = user;
+    size_t off = 0;
+
+    if (err != NULL) {
+        /* Now, whatever waits: the connection may be ending with the session. */
+        if (!st->finished && !st->cancelled) {
+            walk_finish(st, gw_errobj_sbx(err, "walk", st->raw_root));
+        }
+        sink_release(st, false);
+        return 0;
+    }
+    if (end) {
+        st->end_seen = true;
+        if (st->poff == st->plen) {
+            walk_end(st);
+            sink_release(st, false);
+        }
+        return 0; /* else walk_resume ends it after the entries that wait */
+    }
+    if (st->finished || st->cancelled) {
+        walk_finish(st, NULL);
+        st->collecting = false; /* the session cancels the stream on -1 */
+        walk_unref(st);
+        return -1;
+    }
+    if (st->poff == st->plen &&
+        walk_entries(st, data, len, &off, uv_hrtime() + GW_WALK_SLICE_NS) < 0) {
+        walk_stop(st);
+        st->collecting = false;
+        walk_unref(st);
+        return -1;
+    }
+    if (off == len) {
+        return 0;
+    }
+    /* Out of time this turn, or behind entries that already wait: the rest in later turns. */
+    if (walk_defer(st, data, off, len) < 0) {
+        walk_finish(st, gw_errobj("Error", "ENOMEM", "out of memory"));
+        st->collecting = false;
+        walk_unref(st);
+        return -1;
+    }
+    (void)uv_idle_start(st->idle, walk_resume); /* cannot fail: a live handle, a callback */
+    return GW_SINK_LATER;
 }
 
 /* Open the SDK stream: answer {streamId}, send start, hook cancel. */
@@ -1000,7 +1234,20 @@ static void open_sdk_stream(struct walkst *st, struct gw_call *call)
     gw_call_ok(call, json_pack("{s:I}", "streamId", (json_int_t)st->sid));
 }
 
+static void walk_started_(struct gw_call *call, const struct sbx_event *ev);
+
 static void walk_started(struct gw_call *call, const struct sbx_event *ev)
+{
+    struct walkst *st = call->data;
+    st->refs++;
+    walk_started_(call, ev);
+    if (call->answered && !st->hooked && !st->collecting) {
+        turn_end(st); /* failed, or already over */
+    }
+    walk_unref(st);
+}
+
+static void walk_started_(struct gw_call *call, const struct sbx_event *ev)
 {
     struct walkst *st = call->data;
     if (ev->error != NULL) {
@@ -1026,6 +1273,8 @@ static void walk_started(struct gw_call *call, const struct sbx_event *ev)
         gw_call_fail(call, "Error", NULL, "%s: the agent's stream vanished", call->method);
         return;
     }
+    st->asid = ev->r.stream.stream;
+    st->collecting = true;
     open_sdk_stream(st, call);
 }
 
@@ -1037,6 +1286,11 @@ static void walk_send(struct gw_call *call, struct walkst *st, int64_t max_depth
     if (c == NULL) {
         return;
     }
+    /* The steps one entry's regular expressions share: match once, skip twice (a directory's
+     * include() with and without the filters), the glob on the path and on the path and '/'. */
+    size_t nrx = st->nmatch + 2 * st->nskip + (st->glob_rx != NULL ? 2 : 0);
+    uint32_t steps = nrx > 0 ? GW_RX_ENTRY_STEPS / (uint32_t)nrx : GW_RX_ENTRY_STEPS;
+    (void)pcre2_set_match_limit(st->mc, steps > GW_RX_STEPS_MIN ? steps : GW_RX_STEPS_MIN);
     struct sbx_walk_params p = {
         .path = st->agent_root,
         .cwd = gw_session_cwd(call->s),
@@ -1242,6 +1496,21 @@ static void glob_stat_done(struct gw_call *call, const struct sbx_event *ev)
     walk_unref(st);
 }
 
+/* The walk of expandGlob, once the session has room for its matches (gw_call_when_room). The
+ * call's turn lasts until they are sent: the call is held until then. */
+static void glob_start(struct gw_call *call)
+{
+    struct walkst *st = call->data;
+    gw_call_hold(call);
+    st->turn = true;
+    st->refs++;
+    walk_send(call, st, st->glob_depth);
+    if (call->answered) {
+        turn_end(st); /* refused at once */
+    }
+    walk_unref(st);
+}
+
 /* expandGlob {glob, extended?, globstar?, caseInsensitive?, root?, exclude?, includeDirs?,
  * followSymlinks?, canonicalize?} -> {streamId}: the matches sorted by path. */
 void gw_m_expand_glob(struct gw_call *call, json_t *params)
@@ -1405,9 +1674,6 @@ void gw_m_expand_glob(struct gw_call *call, json_t *params)
         gw_call_fail(call, "SyntaxError", NULL, "expandGlob: %s", why);
         return;
     }
-    if ((st->results = json_array()) == NULL) {
-        walk_oom(call);
-        return;
-    }
-    walk_send(call, st, star2 ? -1 : depth);
+    st->glob_depth = star2 ? -1 : depth;
+    gw_call_when_room(call, glob_start);
 }

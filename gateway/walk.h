@@ -13,8 +13,20 @@
 
 /* Longest glob or regular expression source accepted (bytes). */
 #define GW_WALK_PATTERN_MAX 8192
-/* Regular expressions per walk (match + skip) and globs per expandGlob exclude. */
-#define GW_WALK_PATTERNS_MAX 256
+/* Regular expressions per walk `match` and per `skip`, and globs per expandGlob exclude. */
+#define GW_WALK_PATTERNS_MAX 64
+/*
+ * PCRE2 match-limit steps (about 15 ns each here) that one entry's regular expressions share:
+ * each is matched with this divided by how many an entry may run, but never less than
+ * GW_RX_STEPS_MIN, so one entry costs at most about 60 ms (64 match, 64 skip twice for a
+ * directory, the glob twice). A match that runs out fails the walk, as does one past
+ * GW_RX_DEPTH nested backtracking frames.
+ */
+#define GW_RX_ENTRY_STEPS 2000000u
+#define GW_RX_STEPS_MIN   20000u
+#define GW_RX_DEPTH       20000u
+/* Entry work one walk does per loop turn before letting the others run (at least one entry). */
+#define GW_WALK_SLICE_NS (5u * 1000u * 1000u)
 
 /*
  * Compile the JavaScript RegExp @src[0..len) with @flags ("gimsuyvd" letters) with PCRE2, as

@@ -8,6 +8,7 @@ sandbox the data dir holds. No root, no deno: run by ctest as gateway.session.ag
 SBX_BUILD=build python3 tests/gateway/test_session_agent.py
 """
 import base64
+import json
 import os
 import sys
 import threading
@@ -17,6 +18,7 @@ import unittest
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sdkharness as h  # noqa: E402
+from sdkharness import sbxwire  # noqa: E402
 from test_deploy_agent import SBID, AgentCase  # noqa: E402
 
 WAIT = 20  # seconds for what must happen (never a bound on how fast)
@@ -159,19 +161,47 @@ class TestBackPressure(SessionCase):
         self.assertEqual(sum(len(m[3]["data"]) for m in self.requests("fs.write")), 32 << 20)
 
 
-class DownloadAgent:
-    """An agent whose every file has @size bytes, each download sent whole at once (within the
-    stream's first window: no credit needed). held(): downloads are kept unanswered (in .held)
-    until release()."""
+class HeldAgent:
+    """An agent that keeps every @method request unanswered (in .held, unless @held is False
+    until hold()) until release(), which answers each with @answer(c, m); other requests are
+    answered with nil."""
 
-    def __init__(self, size):
-        self.size = size
-        self.held = None
+    def __init__(self, method, answer, held=True):
+        self.method, self.answer_fn = method, answer
+        self.held = [] if held else None
         self.lock = threading.Lock()
 
     def hold(self):
         self.held = []
         return self
+
+    def release(self):
+        with self.lock:
+            held, self.held = self.held, None
+        for c, m in held:
+            self.answer_fn(c, m)
+
+    def __call__(self, c, m):
+        if m[0] != 0:
+            return
+        if m[2] == self.method:
+            with self.lock:
+                if self.held is not None:
+                    self.held.append((c, m))
+                    return
+            self.answer_fn(c, m)
+        else:
+            c.answer(m, None)
+
+
+class DownloadAgent(HeldAgent):
+    """An agent whose every file has @size bytes, each download sent whole at once (within the
+    stream's first window: no credit needed). hold(): downloads are kept unanswered (in .held)
+    until release()."""
+
+    def __init__(self, size):
+        super().__init__("transfer.download", self.send, held=False)
+        self.size = size
 
     def send(self, c, m):
         sid = c.new_sid()
@@ -179,22 +209,6 @@ class DownloadAgent:
         for off in range(0, self.size, 256 << 10):
             c.send([3, sid, b"q" * min(256 << 10, self.size - off)])
         c.notify("stream.end", {"stream": sid})
-
-    def release(self):
-        with self.lock:
-            held, self.held = self.held, None
-        for c, m in held:
-            self.send(c, m)
-
-    def __call__(self, c, m):
-        if m[0] == 0 and m[2] == "transfer.download":
-            with self.lock:
-                if self.held is not None:
-                    self.held.append((c, m))
-                    return
-            self.send(c, m)
-        elif m[0] == 0:
-            c.answer(m, None)
 
 
 class TestClientThatDoesNotRead(SessionCase):
@@ -457,6 +471,203 @@ class TestStalledReceiver(SessionCase):
         self.assertIn("the server read none of the request body for 1 s",
                       got[1]["error"]["message"])
         self.assertEqual(len(accepted), 1)
+
+
+def walk_entry(path, name, typ="file", depth=1):
+    return sbxwire.pack({"path": path, "name": name, "type": typ, "depth": depth})
+
+
+def empty_walk(c, m):
+    sid = c.new_sid()
+    c.answer(m, {"stream": sid})
+    c.notify("stream.end", {"stream": sid})
+
+
+def empty_dir(c, m):
+    c.answer(m, {"entries": [], "cursor": None})
+
+
+class TestWalkAndListings(SessionCase):
+    """walk, expandGlob and readDir: what they cost the gateway's loop and its memory."""
+
+    def stream_of(self, ws, rid):
+        """The stream id of @rid's answer, and its end (or error) with every entry before it:
+        (entries, error or None)."""
+        r = ws.answer(rid, timeout=WAIT)
+        self.assertIn("ok", r["result"], r)
+        sid = r["result"]["ok"]["streamId"]
+        entries = []
+        deadline = time.monotonic() + 3 * WAIT
+        pending = [n for n in ws.notes if n.get("params", {}).get("streamId") == sid]
+        while True:
+            n = pending.pop(0) if pending else ws.recv_json(max(0.1, deadline - time.monotonic()))
+            if n.get("params", {}).get("streamId") != sid:
+                continue
+            if n["method"] == "$sandbox.stream.enqueue":
+                entries.append(json.loads(base64.b64decode(n["params"]["data"])))
+            elif n["method"] == "$sandbox.stream.end":
+                return entries, None
+            elif n["method"] == "$sandbox.stream.error":
+                return entries, n["params"]["error"]
+
+    def test_regex_work_lets_the_loop_turn(self):
+        # 64 skip regexes that each backtrack for about a quarter of a millisecond on every
+        # entry's path (within their share of the steps), 150 entries in one chunk: some seconds
+        # of work. A request sent meanwhile on the
+        # same session used to wait until the whole chunk was done (the loop never turned; every
+        # other session of the gateway waited too); now it is answered between entries.
+        n = 150
+        walks = []
+
+        def handler(c, m):
+            if m[0] != 0:
+                return
+            if m[2] == "fs.walk":
+                sid = c.new_sid()
+                c.answer(m, {"stream": sid})
+                root = walk_entry(b"/d", b"d", "dir", 0)
+                body = b"".join(walk_entry(b"/d/a%d" % i + b"/" * 12, b"a%d" % i)
+                                for i in range(n))
+                c.send([3, sid, root + body])
+                walks.append((c, sid))
+            else:
+                c.answer(m, error={"code": "ENOENT", "message": "no such file"})
+
+        self.start(handler)
+        ws = self.ws()
+        ws.sock.settimeout(WAIT)
+        skip = [{"source": r"(\/+)+[^/d]$", "flags": ""}] * 64
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "walk",
+                      "params": {"path": "/d", "skip": skip}})
+        r = ws.answer(1, timeout=WAIT)["result"]
+        sid = r["ok"]["streamId"]
+        time.sleep(0.3)  # the chunk is being worked through
+        ws.send_json({"jsonrpc": "2.0", "id": 2, "method": "stat", "params": {"path": "/x"}})
+        self.assertIn("error", ws.answer(2, timeout=3 * WAIT)["result"])
+        mine = [x["method"] for x in ws.notes if x.get("params", {}).get("streamId") == sid]
+        self.assertEqual(set(mine) - {"$sandbox.stream.start", "$sandbox.stream.enqueue"}, set(),
+                         "the walk ended early")
+        before = mine.count("$sandbox.stream.enqueue")
+        self.assertLess(before, n + 1,
+                        "the request waited for every entry of the chunk to be matched")
+        c, asid = walks[0]
+        c.notify("stream.end", {"stream": asid})
+        count = before
+        while True:
+            x = ws.recv_json(WAIT)
+            if x.get("params", {}).get("streamId") != sid:
+                continue
+            if x["method"] != "$sandbox.stream.enqueue":
+                break
+            count += 1
+        self.assertEqual(x["method"], "$sandbox.stream.end", x)
+        self.assertEqual(count, n + 1)  # the root and every entry: none is skipped
+
+    def test_a_pathological_regex_fails_the_walk(self):
+        # One regex whose backtracking doubles with each '/' of the path: 21 of them take about
+        # 5 M steps (a tenth of a second here), which the old limit of 10 M per match let run;
+        # past the GW_RX_ENTRY_STEPS an entry's regexes share, the walk fails with a message.
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "fs.walk":
+                sid = c.new_sid()
+                c.answer(m, {"stream": sid})
+                c.send([3, sid, walk_entry(b"/d", b"d", "dir", 0) +
+                        walk_entry(b"/d/a" + b"/" * 21, b"a")])
+                c.notify("stream.end", {"stream": sid})
+            elif m[0] == 0:
+                c.answer(m, None)
+
+        self.start(handler)
+        ws = self.ws()
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "walk",
+                      "params": {"path": "/d", "match": [{"source": r"(\/+)+[^/]$"}]}})
+        _, err = self.stream_of(ws, 1)
+        self.assertIsNotNone(err)
+        self.assertIn("match limits", err["message"])
+
+    def burst(self, ws, method, params, count):
+        ws.sock.sendall(b"".join(
+            frame_of(ws, {"jsonrpc": "2.0", "id": i, "method": method, "params": params})
+            for i in range(count)))
+
+    def takes_turns(self, method, params, agent_method, answer):
+        """20 @method calls in one burst, the agent holding every @agent_method: GW_GATHERS_MAX
+        (8) reach it, the rest wait for their turn. Returns the WebSocket, the agent released."""
+        agent = HeldAgent(agent_method, answer)
+        self.start(agent)
+        ws = self.ws()
+        ws.sock.settimeout(WAIT)
+        self.burst(ws, method, params, 20)
+        self.wait_for(lambda: len(agent.held) >= 8, "GW_GATHERS_MAX calls")
+        time.sleep(0.5)
+        self.assertEqual(len(agent.held), 8)
+        agent.release()
+        return ws
+
+    def test_expand_glob_takes_turns(self):
+        # expandGlob gathers its matches to sort them: 20 in one burst used to walk at once, each
+        # holding what it found.
+        ws = self.takes_turns("expandGlob", {"glob": "/d/*"}, "fs.walk", empty_walk)
+        for i in range(20):
+            self.assertEqual(self.stream_of(ws, i), ([], None))
+        self.assertEqual(len(self.requests("fs.walk")), 20)
+
+    def test_read_dir_takes_turns(self):
+        ws = self.takes_turns("readDir", {"path": "/d"}, "fs.readdir", empty_dir)
+        got = self.answers(ws, range(20))
+        self.assertEqual([got[i] for i in range(20)], [{"ok": []}] * 20)
+
+    def test_read_dir_byte_cap(self):
+        # 70,000 entries of 255 bytes that are not UTF-8 (each 765 bytes of U+FFFD in JSON):
+        # under the entry cap, over GW_FS_READDIR_BYTES; the listing fails with LIMIT instead of
+        # the gateway holding it all.
+        page, pages = 3500, 20
+        name = b"\xff" * 255
+
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "fs.readdir":
+                k = int(m[3].get("cursor") or 0)
+                ents = [{"name": name, "type": "file"}] * page
+                c.answer(m, {"entries": ents, "cursor": str(k + 1) if k + 1 < pages else None})
+            elif m[0] == 0:
+                c.answer(m, None)
+
+        self.start(handler)
+        ws = self.ws()
+        r = ws.call("readDir", {"path": "/d"}, timeout=3 * WAIT)["result"]
+        self.assertTrue("error" in r, "answered with %d entries" % len(r.get("ok") or []))
+        self.assertEqual(r["error"]["code"], "LIMIT", r)
+        self.assertIn("MiB", r["error"]["message"])
+        self.assertLess(len(self.requests("fs.readdir")), pages)
+
+    def test_expand_glob_byte_cap(self):
+        # 40,000 matches whose path and name are 255 bytes that are not UTF-8: over
+        # GW_FS_GLOB_BYTES, and the glob fails with LIMIT instead of the gateway holding them.
+        name = b"\xff" * 255
+        one = walk_entry(b"/d/" + name, name)
+        per = (200 << 10) // len(one)
+
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "fs.walk":
+                sid = c.new_sid()
+                c.answer(m, {"stream": sid})
+                c.send([3, sid, walk_entry(b"/d", b"d", "dir", 0)])
+                left = 40000
+                while left > 0:
+                    c.send([3, sid, one * min(per, left)])
+                    left -= per
+                c.notify("stream.end", {"stream": sid})
+            elif m[0] == 0:
+                c.answer(m, None)
+
+        self.start(handler, window=lambda n: 64 << 20)
+        ws = self.ws()
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "expandGlob",
+                      "params": {"glob": "/d/*"}})
+        entries, err = self.stream_of(ws, 1)
+        self.assertEqual(len(entries), 0)
+        self.assertIsNotNone(err)
+        self.assertEqual(err.get("code"), "LIMIT", err)
 
 
 if __name__ == "__main__":
