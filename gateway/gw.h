@@ -135,6 +135,9 @@ __attribute__((format(printf, 1, 2))) void gw_log(const char *fmt, ...);
 /* Milliseconds since the epoch (the SDK's dates). */
 int64_t gw_now_ms(void);
 
+/* --agent-hello-timeout, or its default where the options were never parsed (a test harness). */
+int64_t gw_hello_ms(const struct gw *g);
+
 /* The longest duration gw_duration_parse takes: a sandbox's timeout, a gateway option. */
 #define GW_DURATION_MAX_MS (24 * 60 * 60 * 1000)
 

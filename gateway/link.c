@@ -409,7 +409,7 @@ struct gw_link *gw_link_get(struct gw_sandbox *sb, char *why, size_t whylen)
     l->idle_open = true;
     l->hello_open = true;
     /* A gw whose options were not parsed (the fuzz targets) gets the default. */
-    l->hello_ms = sb->g->opt.hello_ms > 0 ? sb->g->opt.hello_ms : GW_HELLO_MS;
+    l->hello_ms = gw_hello_ms(sb->g);
     (void)uv_timer_start(&l->hello, on_hello_timeout, (uint64_t)l->hello_ms, 0);
     sb->link = l;
     l->connect.data = l;

@@ -1755,7 +1755,7 @@ static void on_hello_timeout(uv_timer_t *t)
     struct gw_session *s = t->data;
     char d[32];
 
-    gw_duration_text(s->g->opt.hello_ms > 0 ? s->g->opt.hello_ms : GW_HELLO_MS, d, sizeof d);
+    gw_duration_text(gw_hello_ms(s->g), d, sizeof d);
     snprintf(s->why, sizeof(s->why), "the agent did not answer hello within %s", d);
     session_end_agent(s, s->why);
 }
@@ -2008,8 +2008,7 @@ struct gw_session *gw_session_start(struct gw_sandbox *sb, struct gw_http_conn *
     s->connect.data = s;
     uv_pipe_connect(&s->connect, &s->pipe, addr.path, on_connect);
     if (s->grace_open) {
-        (void)uv_timer_start(&s->grace, on_hello_timeout,
-                             (uint64_t)(s->g->opt.hello_ms > 0 ? s->g->opt.hello_ms : GW_HELLO_MS),
+        (void)uv_timer_start(&s->grace, on_hello_timeout, (uint64_t)gw_hello_ms(s->g),
                              0); /* cannot fail: a live handle, a callback */
     }
     return s;

@@ -40,6 +40,11 @@ int64_t gw_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t gw_hello_ms(const struct gw *g)
+{
+    return g->opt.hello_ms > 0 ? g->opt.hello_ms : GW_HELLO_MS;
+}
+
 int gw_random_chars(char *out, size_t n, const char *alphabet)
 {
     size_t k = strlen(alphabet);
