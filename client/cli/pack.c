@@ -20,9 +20,10 @@ struct pack_cli {
     struct sbx_client *c;
     uint32_t archive, out, err;
     bool archive_ended, out_ended, err_ended;
-    int fd;     /* archive temporary file */
-    FILE *mf;   /* manifest temporary file */
-    bool first; /* no file entry written to the manifest yet */
+    int fd;             /* archive temporary file */
+    FILE *mf;           /* manifest temporary file */
+    bool first;         /* no file entry written to the manifest yet */
+    bool manifest_done; /* its last part came: the JSON is closed */
     struct cli_progress prog;
     uint64_t scan_bytes;
     struct sbx_err err_end; /* the archive stream's error */
@@ -50,12 +51,16 @@ static const char *format_for(const char *out)
     return NULL;
 }
 
-/* Append one pack.manifest part to the manifest file; the last part closes the JSON. */
+/* Append one pack.manifest part to the manifest file; the last part closes the JSON (parts
+ * after it are a broken agent's, and dropped). */
 static void manifest_part(struct pack_cli *pc, const msgpack_object *params)
 {
     const msgpack_object *files = sbx_obj_get(params, "files");
     const msgpack_object *last = sbx_obj_get(params, "last");
 
+    if (pc->manifest_done) {
+        return;
+    }
     if (files != NULL && files->type == MSGPACK_OBJECT_ARRAY) {
         for (uint32_t i = 0; i < files->via.array.size; i++) {
             (void)fputs(pc->first ? "\n  " : ",\n  ", pc->mf);
@@ -66,6 +71,7 @@ static void manifest_part(struct pack_cli *pc, const msgpack_object *params)
     if (last == NULL || last->type != MSGPACK_OBJECT_BOOLEAN || !last->via.boolean) {
         return;
     }
+    pc->manifest_done = true;
     (void)fputs("\n ]", pc->mf);
     for (uint32_t i = 0; i < params->via.map.size; i++) {
         const msgpack_object_kv *kv = &params->via.map.ptr[i];
@@ -270,6 +276,13 @@ int cli_cmd_pack(struct cli *cli, struct sbx_client *c)
     }
     if (pc.failed) {
         err = pc.err_end;
+        goto out;
+    }
+    if (!pc.manifest_done) {
+        /* §19.2: the last part comes before the archive's end. Without it the manifest is cut
+         * short, and the archive cannot be told complete. */
+        sbx_err_set(&err, SBX_E_BAD_MESSAGE,
+                    "the agent ended the archive without the manifest's last part");
         goto out;
     }
     if (fchmod(pc.fd, 0644) < 0 || close(pc.fd) < 0) {

@@ -1346,6 +1346,24 @@ class TestCpCli(TransferCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn(b"sbx pack", self.sbx("pack", "--help").stdout)
 
+    def test_pack_without_the_manifest_end(self):
+        """An agent that ends the archive without the manifest's last part: the manifest would be
+        cut short (not even JSON), so nothing is renamed into place and sbx exits 1."""
+        root = self.p("app")
+        make_tree(root)
+        os.mkdir(self.p("out"))
+
+        def edit(msg, asked):
+            if msg[0] == 2 and msg[1] == "pack.manifest" and msg[2].get("last"):
+                return None
+            return msg
+        relay = w.Relay(self.agent.addr[len("unix:"):], self.p("relay.sock"), edit)
+        self.addCleanup(relay.close)
+        r = self.sbx("pack", root, "-o", self.p("out", "app.tgz"), addr=relay.addr, ok=False)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(b"without the manifest's last part", r.stderr)
+        self.assertEqual(os.listdir(self.p("out")), [])
+
     def test_errors_and_options(self):
         src = self.p("s")
         open(src, "w").write("x")
