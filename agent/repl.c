@@ -368,6 +368,20 @@ static int code_frame(struct agent_repl *r, const char *code, size_t n, bool jso
     return rc;
 }
 
+/* The interpreter's output is read at the pace of detached output between evals (@idle), at
+ * once during one (agent/stream.c, pipe_paced). */
+static void repl_pace(struct agent_repl *r, bool idle)
+{
+    if (r->proc == NULL) {
+        return;
+    }
+    r->proc->out.sink_idle = r->proc->err.sink_idle = idle;
+    if (!idle) {
+        agent_pipe_update(&r->proc->out); /* reading again now if the pace had stopped it */
+        agent_pipe_update(&r->proc->err);
+    }
+}
+
 /* --- finishing an eval -------------------------------------------------------------------- */
 
 /* Collect what the code wrote before its report: the driver flushed, so it is in the pipes. */
@@ -503,6 +517,7 @@ static void eval_finish(struct agent_repl *r, const char *exit_text)
     r->ev_timed_out = false;
     if (r->state == RS_BUSY) {
         r->state = RS_IDLE;
+        repl_pace(r, true);
     }
 }
 
@@ -551,6 +566,7 @@ static void on_ready(struct agent_repl *r)
     buf_reset(&r->out[0]);
     buf_reset(&r->out[1]);
     r->state = RS_IDLE;
+    repl_pace(r, true);
     if (r->start_ref.conn != NULL) {
         pk = agent_conn_begin(r->start_ref.conn);
         sbx_pack_response_head(pk, r->start_id);
@@ -1168,6 +1184,7 @@ int agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
     }
     r->evals++;
     r->state = RS_BUSY;
+    repl_pace(r, false);
     unclaimed_drop(r); /* a new eval: an older result nobody collected is stale now */
     agent_conn_ref_add(c, &r->ev_ref, repl_ref_gone);
     r->ev_id = m->id;

@@ -746,8 +746,10 @@ int agent_replay_parse(const char *arg, uint32_t *size, uint64_t *total, char *w
  * iteration, one chunk each). An attach reads what a pipe holds first (agent_pipe_catch_up), so
  * it still sees the latest bytes the process wrote; from then on the stream's credit sets the
  * pace. Output of an exited process (a background writer holding the pipe) is not paced, so the
- * drain deadline of §9.2 applies unchanged; neither is a REPL interpreter's (its capture must be
- * complete when an eval reports).
+ * drain deadline of §9.2 applies unchanged; neither is a REPL interpreter's during an eval (its
+ * capture must be complete when the eval reports). Between evals it is (a job the code left in
+ * the background, a `yes &`, cost a quarter of a core): what it writes goes into the next eval's
+ * output as before, only later.
  */
 #define PACE_MS    100u
 #define PACE_BYTES (8u << 20)
@@ -774,7 +776,7 @@ static bool pipe_paced(struct agent_pipe *p)
 {
     struct agent *a = p->proc->a;
 
-    if (p->sink != NULL || p->proc->internal || agent_proc_exited(p->proc) ||
+    if ((p->sink != NULL && !p->sink_idle) || p->proc->internal || agent_proc_exited(p->proc) ||
         a->pace_used < PACE_BYTES) {
         return false;
     }

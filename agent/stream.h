@@ -41,7 +41,8 @@ struct agent_pipe {
     uint64_t total;     /* bytes read from the child: the offset of the next one */
     /* output while detached goes here instead of the replay ring when set (REPL capture) */
     void (*sink)(struct agent_pipe *p, const uint8_t *data, uint32_t n);
-    bool ringless; /* a REPL interpreter's: its output went to the session, never to a ring */
+    bool sink_idle; /* the sink's REPL is between evals: read at the pace of detached output */
+    bool ringless;  /* a REPL interpreter's: its output went to the session, never to a ring */
     /* input */
     unsigned writes_pending;
     uint64_t queued;        /* bytes handed to the child's stdin whose writes have not completed */

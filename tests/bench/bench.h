@@ -52,6 +52,9 @@ void bench_fmt_spread(char *buf, size_t n, const struct bench_stat *s, double sc
  * after saying why on stderr. */
 pid_t bench_spawn(const char *const *argv, int in, int out, int err);
 
+/* User + system CPU seconds of @pid from /proc/PID/stat; -1 on error. */
+double bench_proc_cpu_s(pid_t pid);
+
 /* Write all @n bytes of @p to @fd (restarting after signals); 0, or -1 with errno set. */
 int bench_write_all(int fd, const void *p, size_t n);
 

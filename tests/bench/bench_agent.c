@@ -175,36 +175,6 @@ static long proc_status_kb(pid_t pid, const char *key)
     return v;
 }
 
-/* User + system CPU seconds of @pid from /proc/PID/stat; -1 on error. */
-static double proc_cpu_s(pid_t pid)
-{
-    char path[64], buf[1024];
-    unsigned long ut, st;
-    const char *p;
-    ssize_t n;
-    int fd;
-
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return -1;
-    }
-    n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0) {
-        return -1;
-    }
-    buf[n] = '\0';
-    p = strrchr(buf, ')');
-    /* After "pid (comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt
-     * cmajflt utime stime. */
-    if (p == NULL ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) {
-        return -1;
-    }
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
 static double ru_cpu_s(const struct rusage *ru)
 {
     return (double)ru->ru_utime.tv_sec + (double)ru->ru_utime.tv_usec / 1e6 +
@@ -700,7 +670,7 @@ static int out_agent_once(struct bench *b, struct bcli *c, double *bps, double *
     const char *argv[] = { b->helper_bin, "flood", n, NULL };
     uint32_t rid, sid = 0, pid_id = 0, grant = c->window / b->grant_div;
     uint64_t got = 0, consumed = 0, t0;
-    double cpu0 = proc_cpu_s(b->agent_pid), self0 = self_cpu_s();
+    double cpu0 = bench_proc_cpu_s(b->agent_pid), self0 = self_cpu_s();
     struct sbx_msg m;
 
     snprintf(n, sizeof(n), "%llu", (unsigned long long)b->bytes);
@@ -740,7 +710,7 @@ static int out_agent_once(struct bench *b, struct bcli *c, double *bps, double *
         }
     }
     *bps = (double)got * 1e9 / (double)(bench_now_ns() - t0);
-    *cpu = proc_cpu_s(b->agent_pid) - cpu0;
+    *cpu = bench_proc_cpu_s(b->agent_pid) - cpu0;
     *self = self_cpu_s() - self0;
     if (got != b->bytes) {
         fprintf(stderr, "bench: received %llu of %llu bytes\n", (unsigned long long)got,
@@ -1201,12 +1171,12 @@ static int detached_once(struct bench *b, const char *const *argv, unsigned nflo
     }
     bcli_close(&a); /* nobody holds the output now */
     bench_sleep_ms(1000);
-    cpu0 = proc_cpu_s(b->agent_pid);
+    cpu0 = bench_proc_cpu_s(b->agent_pid);
     t0 = bench_now_ns();
     if (ping_for(&c, ms, p50, p99) < 0) {
         goto stop;
     }
-    *cpu = (proc_cpu_s(b->agent_pid) - cpu0) / ((double)(bench_now_ns() - t0) / 1e9);
+    *cpu = (bench_proc_cpu_s(b->agent_pid) - cpu0) / ((double)(bench_now_ns() - t0) / 1e9);
     rc = 0;
 stop:
     bcli_close(&c);
@@ -1278,7 +1248,7 @@ static int in_agent_once(struct bench *b, struct bcli *c, double *bps, double *c
 {
     static const char *const argv[] = { "cat", NULL };
     struct in_state st = { 0, 0, 0, 0, false };
-    double cpu0 = proc_cpu_s(b->agent_pid), self0 = self_cpu_s();
+    double cpu0 = bench_proc_cpu_s(b->agent_pid), self0 = self_cpu_s();
     uint64_t sent = 0, t0 = bench_now_ns();
     struct sbx_msg m;
 
@@ -1321,7 +1291,7 @@ static int in_agent_once(struct bench *b, struct bcli *c, double *bps, double *c
         }
     }
     *bps = (double)sent * 1e9 / (double)(bench_now_ns() - t0);
-    *cpu = proc_cpu_s(b->agent_pid) - cpu0;
+    *cpu = bench_proc_cpu_s(b->agent_pid) - cpu0;
     *self = self_cpu_s() - self0;
     return send_release(c, st.pid_id);
 }

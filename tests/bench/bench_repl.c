@@ -7,8 +7,11 @@
  *         by a minimal read-eval-print loop (one line in, one line out).
  *   pty   `sbx-test-helper flood N` read from the agent through a PTY, against the same flood
  *         through the pipe path (stdout pipe); runs alternate.
+ *   idle  the agent's CPU while an idle sh REPL's background `yes` writes to its stdout, against
+ *         a detached `yes` nobody reads (both paced, agent/stream.c).
  *
- *   bench_repl [--quick] [--only eval,pty] [--agent PATH] [--helper PATH] [--runs N] [--bytes N]
+ *   bench_repl [--quick] [--only eval,pty,idle] [--agent PATH] [--helper PATH] [--runs N]
+ *              [--bytes N]
  *
  * Prints result rows (markdown) on stdout, progress and diagnostics on stderr.
  */
@@ -457,6 +460,92 @@ out:
     return rc;
 }
 
+/* --- an idle REPL's background output -----------------------------------------------------------
+ */
+
+/* The agent's CPU (share of one core) over @ms, @settle_ms after now. */
+static double agent_cpu_over(struct bench *b, long settle_ms, long ms)
+{
+    double c0;
+    uint64_t t0;
+
+    bench_sleep_ms(settle_ms);
+    c0 = bench_proc_cpu_s(b->agent_pid);
+    t0 = bench_now_ns();
+    bench_sleep_ms(ms);
+    return (bench_proc_cpu_s(b->agent_pid) - c0) / ((double)(bench_now_ns() - t0) / 1e9);
+}
+
+/* One run: @repl, an sh REPL left idle after `yes &`; else a `yes` spawned by a connection that
+ * then goes (nobody reads its output). */
+static int idle_once(struct bench *b, bool repl, long ms, double *cpu)
+{
+    static const char *const yes[] = { "yes", NULL };
+    struct bcli c, a;
+    struct sbx_msg m;
+    uint32_t rid;
+    double us;
+    int rc = -1;
+
+    if (agent_start(b, &c) < 0) {
+        goto stop;
+    }
+    if (repl) {
+        msgpack_packer *pk = bcli_begin_request(&c, "repl.start", &rid);
+        (void)msgpack_pack_map(pk, 1);
+        sbx_pack_kv_str(pk, "language", "sh");
+        if (bcli_send(&c) < 0 || wait_response(&c, rid, &m, "repl.start") < 0 ||
+            eval_once(&c, bcli_u32(m.result, "session", 0), "yes &", &us) < 0) {
+            goto close;
+        }
+    } else {
+        if (bcli_open(&a, b->sock) < 0) {
+            goto close;
+        }
+        rid = bcli_spawn(&a, yes, "null", "pipe", "null", 0);
+        if (rid == 0 || wait_response(&a, rid, &m, "proc.spawn") < 0) {
+            bcli_close(&a);
+            goto close;
+        }
+        bcli_close(&a); /* nobody holds the output now */
+    }
+    *cpu = agent_cpu_over(b, 1000, ms);
+    rc = 0;
+close:
+    bcli_close(&c);
+stop:
+    agent_stop(b); /* `yes` dies of EPIPE with it */
+    return rc;
+}
+
+static int bench_idle(struct bench *b)
+{
+    double r[MAX_REPS], d[MAX_REPS], ratio[MAX_REPS];
+    long ms = b->reps <= 3 ? 2000 : 3000;
+    struct bench_stat sr, sd, sx;
+    char fig[48], spread[64], bl[64], rt[32];
+
+    bench_note("idle: %d × %ld ms of agent CPU with an idle REPL's `yes &`, and with a detached "
+               "`yes`",
+               b->reps, ms);
+    for (int i = 0; i < b->reps; i++) {
+        if (idle_once(b, true, ms, &r[i]) < 0 || idle_once(b, false, ms, &d[i]) < 0) {
+            return -1;
+        }
+        ratio[i] = d[i] > 0 ? r[i] / d[i] : 0;
+    }
+    sr = bench_stat_of(r, (size_t)b->reps);
+    sd = bench_stat_of(d, (size_t)b->reps);
+    sx = bench_stat_of(ratio, (size_t)b->reps);
+    snprintf(fig, sizeof(fig), "%.1f %% of a core", sr.med * 100);
+    snprintf(spread, sizeof(spread), "min %.1f %%, max %.1f %%", sr.min * 100, sr.max * 100);
+    snprintf(bl, sizeof(bl), "detached `yes`: %.1f %% of a core", sd.med * 100);
+    snprintf(rt, sizeof(rt), "%.2f×", sx.med);
+    bench_row("idle: agent CPU while an idle sh REPL's `yes &` writes to its stdout", fig, spread,
+              bl, rt, "≤ 2× detached", sx.med <= 2.0 ? "yes" : "NO");
+    return 0;
+}
+
 /* --- main ----------------------------------------------------------------------------------- */
 
 static const char *sibling(const char *argv0, const char *rel, char *buf, size_t n)
@@ -472,7 +561,7 @@ int main(int argc, char **argv)
 {
     static char abuf[4096], hbuf[4096];
     struct bench b;
-    const char *only = "eval,pty";
+    const char *only = "eval,pty,idle";
     int rc = 0;
 
     memset(&b, 0, sizeof(b));
@@ -497,7 +586,7 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--bytes") == 0 && i + 1 < argc) {
             b.bytes = strtoull(argv[++i], NULL, 10);
         } else {
-            fprintf(stderr, "usage: bench_repl [--quick] [--only eval,pty] [--agent PATH] "
+            fprintf(stderr, "usage: bench_repl [--quick] [--only eval,pty,idle] [--agent PATH] "
                             "[--helper PATH] [--runs N] [--bytes N]\n");
             return 2;
         }
@@ -516,6 +605,9 @@ int main(int argc, char **argv)
         rc = 1;
     }
     if (strstr(only, "pty") != NULL && bench_pty(&b) < 0) {
+        rc = 1;
+    }
+    if (strstr(only, "idle") != NULL && bench_idle(&b) < 0) {
         rc = 1;
     }
     (void)unlink(b.sock);
