@@ -1135,6 +1135,7 @@ int gw_http_stream_start(struct gw_http_conn *hc, int status, const char *const 
     hc->state = C_STREAM;
     hc->chunked = http11;
     hc->stream_close = close;
+    conn_timer(hc, GW_WS_DEAD_MS); /* timer_stream */
     return 0;
 }
 
@@ -1207,6 +1208,20 @@ void gw_http_stream_end(struct gw_http_conn *hc)
 
 static void timer_ws(struct gw_http_conn *c);
 
+/* A streamed answer whose client took none of what waits for it for GW_WS_DEAD_MS (gone without
+ * a FIN, or reading nothing: an SSE watcher that never reads held its slot and its connection
+ * for as long as it liked): the handler is told (its abandon callback) and the connection goes. */
+static void timer_stream(struct gw_http_conn *c)
+{
+    uint64_t stuck = c->out_bytes > 0 ? uv_now(c->tcp.loop) - c->tx_since : 0;
+
+    if (stuck >= GW_WS_DEAD_MS) {
+        conn_gone(c);
+        return;
+    }
+    conn_timer(c, GW_WS_DEAD_MS - stuck);
+}
+
 static void timer_cb(uv_timer_t *t)
 {
     struct gw_http_conn *c = t->data;
@@ -1217,6 +1232,9 @@ static void timer_cb(uv_timer_t *t)
         break;
     case C_WS:
         timer_ws(c);
+        break;
+    case C_STREAM:
+        timer_stream(c);
         break;
     default:
         break;

@@ -155,6 +155,19 @@ class EchoCase(unittest.TestCase):
         if rc != 0:
             raise AssertionError("gw_http_echo exited with %d (leak or handles left?)" % rc)
 
+    def read_chunk(self, sock):
+        """One chunk of a chunked body: its bytes (b"" for the last chunk, after its CRLF)."""
+        line = b""
+        while not line.endswith(b"\r\n"):
+            c = sock.recv(1)
+            if not c:
+                raise EOFError("connection closed in a chunk size line: %r" % line)
+            line += c
+        n = int(line.split(b";")[0], 16)
+        data = recv_exact(sock, n + 2)
+        self.assertEqual(data[-2:], b"\r\n")
+        return data[:-2]
+
     def connect(self):
         s = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
         self.addCleanup(s.close)
@@ -305,19 +318,6 @@ class TestHttp(EchoCase):
     # --- WebSocket handshake ------------------------------------------------------------------
 
     # --- streamed answers (gw_http_stream_*) ---------------------------------------------------
-
-    def read_chunk(self, sock):
-        """One chunk of a chunked body: its bytes (b"" for the last chunk, after its CRLF)."""
-        line = b""
-        while not line.endswith(b"\r\n"):
-            c = sock.recv(1)
-            if not c:
-                raise EOFError("connection closed in a chunk size line: %r" % line)
-            line += c
-        n = int(line.split(b";")[0], 16)
-        data = recv_exact(sock, n + 2)
-        self.assertEqual(data[-2:], b"\r\n")
-        return data[:-2]
 
     def test_stream_chunked_live(self):
         s = self.connect()
@@ -711,6 +711,40 @@ class TestLingerCap(OwnServerCase):
         s = self.conn()
         s.sendall(b"GET /after-the-lingering HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(read_response(s)[0], 200)
+
+
+class TestStreamStall(EchoCase):
+    """A streamed answer (SSE build logs, progress) whose client reads nothing, on
+    gw_http_echo_fast (dead after 800 ms without progress)."""
+
+    FAST = True
+
+    def test_client_that_takes_nothing_is_dropped(self):
+        # 64 MiB that the client never reads: once the socket's buffers are full nothing moves,
+        # and the stream is abandoned (its handler told) instead of holding on for ever.
+        before = self.stats()["streams_abandoned"]
+        s = self.connect()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /stream?n=1024&size=65536 HTTP/1.1\r\nHost: x\r\n\r\n")
+        deadline = time.monotonic() + TIMEOUT
+        while self.stats()["streams_abandoned"] == before:
+            self.assertLess(time.monotonic(), deadline, "a client that read nothing was kept")
+            time.sleep(0.1)
+
+    def test_slow_reader_is_kept(self):
+        # One that reads, however slowly (a chunk every 300 ms, under the 800 ms), gets it all.
+        s = self.connect()
+        s.sendall(b"GET /stream?n=8&size=65536 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _ = read_head(s)
+        self.assertEqual(status, 200)
+        got = 0
+        while True:
+            time.sleep(0.3)
+            c = self.read_chunk(s)
+            if not c:
+                break
+            got += 1
+        self.assertEqual(got, 8)
 
 
 class TestPausedTimers(EchoCase):
