@@ -1089,6 +1089,12 @@ static void on_connect_timeout(uv_timer_t *t)
         tcp_connect_next(h);
         return;
     }
+    if (h->resolving && !h->closing && !h->finished) {
+        (void)uv_cancel((uv_req_t *)&h->gai); /* still queued: on_resolved comes cancelled */
+        failf(h, "ETIMEDOUT", "dns error: no answer for %s within %d s", h->host,
+              HTTPC_RESOLVE_MS / 1000);
+        return;
+    }
     if (!h->connecting || h->closing) {
         return;
     }
@@ -1379,6 +1385,7 @@ struct httpc *httpc_open_tcp(uv_loop_t *loop, const char *host, const char *addr
         if (r == 0) {
             h->refs++;
             h->resolving = true;
+            (void)uv_timer_start(&h->timer, on_connect_timeout, HTTPC_RESOLVE_MS, 0);
         }
     }
     if (r < 0) {

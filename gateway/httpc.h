@@ -42,7 +42,10 @@
 #define HTTPC_READ_SIZE     (64u << 10)
 #define HTTPC_QUEUE_HIGH    (256u << 10)
 #define HTTPC_CONNECT_MS    30000 /* a TCP connect (each address) gives up after this long */
-#define HTTPC_ADDRS_MAX     8     /* addresses of a name tried in turn */
+/* A name lookup gives up after this long (its libuv thread stays busy until the resolver itself
+ * gives up: sbx-gateway runs 32 of them, not libuv's 4). */
+#define HTTPC_RESOLVE_MS 10000
+#define HTTPC_ADDRS_MAX  8 /* addresses of a name tried in turn */
 
 struct httpc;
 

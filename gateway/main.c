@@ -540,6 +540,10 @@ int main(int argc, char **argv)
      * heap instead of an mmap + page faults + munmap per message (glibc's threshold adapts only
      * up to what it has seen freed, so set it). */
     (void)mallopt(M_MMAP_THRESHOLD, 8 << 20);
+    /* fetch's name lookups run on libuv's threads, 4 unless told: a resolver that does not
+     * answer holds one each until it gives up, and four of them stopped every sandbox's
+     * lookups. libuv reads this when it first needs a thread. */
+    (void)setenv("UV_THREADPOOL_SIZE", "32", 0);
     if ((rc = uv_loop_init(&loop)) != 0) {
         gw_log("uv_loop_init: %s", uv_strerror(rc));
         return 1;

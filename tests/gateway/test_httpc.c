@@ -280,6 +280,38 @@ static void test_own_host_whatever_holds_the_address(void **state)
     close(srv.lfd);
 }
 
+/*
+ * A resolver that never answers: a nameserver on 127.0.0.1:53 that reads and says nothing (in
+ * the host's network namespace, where libuv's threads stay: a namespace is a thread's), and
+ * /etc/resolv.conf (bound over in the test's mount namespace) gives it 12 s. The fetch fails at
+ * HTTPC_RESOLVE_MS (10 s) with ETIMEDOUT instead of waiting as long as the resolver does; the loop
+ * still ends once the lookup's thread is back.
+ */
+static void test_lookup_without_answer(void **state)
+{
+    static const char conf[] = "nameserver 127.0.0.1\noptions timeout:12 attempts:1\n";
+    char path[] = "/tmp/sbx-httpc-resolv-XXXXXX";
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(53) };
+    struct result res;
+    int fd, dns;
+
+    (void)state;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    dns = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (dns < 0 || bind(dns, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        skip(); /* port 53 taken here */
+    }
+    assert_true((fd = mkstemp(path)) >= 0);
+    assert_int_equal(write(fd, conf, sizeof(conf) - 1), (ssize_t)sizeof(conf) - 1);
+    close(fd);
+    assert_int_equal(mount(path, "/etc/resolv.conf", NULL, MS_BIND, NULL), 0);
+    (void)unlink(path);
+    get_from("hang.test", 80, true, &res);
+    assert_string_equal(res.code, "ETIMEDOUT");
+    assert_non_null(strstr(res.err, "no answer for hang.test within 10 s"));
+    close(dns);
+}
+
 /* A mount namespace of our own where /etc/hosts gives multi.test two addresses. */
 static int private_hosts(void **state)
 {
@@ -312,6 +344,7 @@ int main(void)
         cmocka_unit_test(test_every_address_refused),
         cmocka_unit_test(test_trailers_are_not_head_lines),
         cmocka_unit_test(test_endless_trailers_fail),
+        cmocka_unit_test(test_lookup_without_answer),
         cmocka_unit_test(test_own_host_whatever_holds_the_address), /* last: a new netns */
     };
 
