@@ -760,6 +760,21 @@ static void rdir_free(void *p)
     }
 }
 
+/* The bytes @jn takes as JSON text in the reply (quotes and escapes: a control character is
+ * \u00XX), or @nlen when it is NULL (out of memory, failed below). */
+static size_t json_text_len(const json_t *jn, size_t nlen)
+{
+    if (jn == NULL) {
+        return nlen;
+    }
+    const unsigned char *p = (const unsigned char *)json_string_value(jn);
+    size_t n = json_string_length(jn), t = 2;
+    for (size_t i = 0; i < n; i++) {
+        t += p[i] == '"' || p[i] == '\\' ? 2 : p[i] < 0x20 ? 6 : 1;
+    }
+    return t;
+}
+
 /* Append the entries of one page; -1 having answered the call. */
 static int rdir_page(struct gw_call *call, struct rdir *st, const msgpack_object *res)
 {
@@ -786,7 +801,7 @@ static int rdir_page(struct gw_call *call, struct rdir *st, const msgpack_object
             return -1;
         }
         json_t *jn = gw_fs_json_lossy(name, nlen);
-        st->bytes += (jn != NULL ? json_string_length(jn) : nlen) + GW_FS_ENTRY_COST;
+        st->bytes += json_text_len(jn, nlen) + GW_FS_ENTRY_COST;
         if (st->bytes > GW_FS_READDIR_BYTES) {
             json_decref(jn);
             gw_call_fail(call, "Error", "LIMIT",

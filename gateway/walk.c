@@ -538,6 +538,7 @@ struct walkst {
      * acknowledged; the stream's end waits behind them (end_seen). */
     uint32_t asid;
     bool collecting, end_seen;
+    json_t *end_err; /* the stream failed behind entries that wait: sent after them */
     uint8_t *pbuf;
     size_t plen, poff, pcap, held;
     uv_idle_t *idle; /* resumes the entries that wait, a turn at a time */
@@ -575,6 +576,7 @@ static void walk_unref(struct walkst *st)
     }
     free(st->res);
     free(st->pbuf);
+    json_decref(st->end_err);
     if (st->idle != NULL) {
         uv_close((uv_handle_t *)st->idle, (uv_close_cb)free);
     }
@@ -1083,11 +1085,16 @@ static void sink_release(struct walkst *st, bool cancel)
     walk_unref(st);
 }
 
-/* The stream's end, after every entry: the pending followed link, expandGlob's results. */
+/* The stream's end, after every entry: the pending followed link, expandGlob's results; or
+ * the error it ended with. */
 static void walk_end(struct walkst *st)
 {
     if (!st->finished && !st->cancelled) {
-        if (settle_pending(st, NULL) < 0) {
+        if (st->end_err != NULL) {
+            json_t *e = st->end_err;
+            st->end_err = NULL;
+            walk_finish(st, e);
+        } else if (settle_pending(st, NULL) < 0) {
             walk_finish(st, match_error(st));
         } else if (st->glob) {
             glob_send(st);
@@ -1176,7 +1183,14 @@ static int walk_sink(void *user, const uint8_t *data, size_t len, bool end,
     size_t off = 0;
 
     if (err != NULL) {
-        /* Now, whatever waits: the connection may be ending with the session. */
+        if (st->poff != st->plen && !st->finished && !st->cancelled &&
+            strcmp(err->code, SBX_E_EOF) != 0) {
+            /* The entries the agent sent before failing go first (walk_resume ends it). */
+            st->end_err = gw_errobj_sbx(err, "walk", st->raw_root);
+            st->end_seen = true;
+            return 0;
+        }
+        /* The connection ended (with the session): now, whatever waits. */
         if (!st->finished && !st->cancelled) {
             walk_finish(st, gw_errobj_sbx(err, "walk", st->raw_root));
         }

@@ -669,6 +669,64 @@ class TestWalkAndListings(SessionCase):
         self.assertIsNotNone(err)
         self.assertEqual(err.get("code"), "LIMIT", err)
 
+    def test_read_dir_byte_cap_counts_json_text(self):
+        # 45,500 names of 255 control bytes: each is 255 bytes of string but 1,530 of JSON text
+        # (\u0001). Counted by string length (23 MiB) the listing passed the 64 MiB cap and was
+        # answered with a reply of 70 MiB, past "the most one reply carries" (130,000 such names
+        # make 200 MiB, twice the SDK's 100 MiB message cap).
+        page, pages = 3500, 13
+        name = b"\x01" * 250
+
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "fs.readdir":
+                k = int(m[3].get("cursor") or 0)
+                ents = [{"name": name + b"%05d" % (k * page + i), "type": "file"}
+                        for i in range(page)]
+                c.answer(m, {"entries": ents, "cursor": str(k + 1) if k + 1 < pages else None})
+            elif m[0] == 0:
+                c.answer(m, None)
+
+        self.start(handler)
+        ws = self.ws()
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "readDir", "params": {"path": "/d"}})
+        _, data = ws.recv(timeout=6 * WAIT)
+        r = json.loads(data)["result"]
+        self.assertTrue("error" in r, "answered with %d entries in %.1f MiB"
+                        % (len(r.get("ok") or []), len(data) / 1048576))
+        self.assertEqual(r["error"]["code"], "LIMIT", r)
+
+    def test_stream_error_after_entries_that_wait(self):
+        # The agent's stream fails (stream.end with an error) while entries it sent before
+        # wait for a loop turn: those entries were dropped and the error sent at once; the
+        # client must get every entry the agent sent, then the error.
+        n = 150
+        walks = []
+
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "fs.walk":
+                sid = c.new_sid()
+                c.answer(m, {"stream": sid})
+                c.send([3, sid, walk_entry(b"/d", b"d", "dir", 0) + b"".join(
+                    walk_entry(b"/d/a%d" % i + b"/" * 12, b"a%d" % i) for i in range(n))])
+                walks.append((c, sid))
+            elif m[0] == 0:
+                c.answer(m, None)
+
+        self.start(handler)
+        ws = self.ws()
+        ws.sock.settimeout(WAIT)
+        skip = [{"source": r"(\/+)+[^/d]$", "flags": ""}] * 64
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "walk",
+                      "params": {"path": "/d", "skip": skip}})
+        self.wait_for(lambda: walks, "fs.walk")
+        time.sleep(0.3)  # the chunk is being worked through
+        c, asid = walks[0]
+        c.notify("stream.end", {"stream": asid, "error": {"code": "EIO", "message": "i/o"}})
+        entries, err = self.stream_of(ws, 1)
+        self.assertEqual(len(entries), n + 1)
+        self.assertIsNotNone(err)
+        self.assertEqual(err.get("code"), "EIO", err)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
