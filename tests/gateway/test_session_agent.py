@@ -727,6 +727,40 @@ class TestWalkAndListings(SessionCase):
         self.assertIsNotNone(err)
         self.assertEqual(err.get("code"), "EIO", err)
 
+    def test_walks_share_the_loop_turn(self):
+        # Each walk had 5 ms of entry work a loop turn (and at least one entry, ~16 ms here):
+        # 60 walks at once held every loop turn for about a second, and a request on another
+        # session waited seconds, as when the chunk was matched in one go.
+        n, k = 150, 60
+
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "fs.walk":
+                sid = c.new_sid()
+                c.answer(m, {"stream": sid})
+                c.send([3, sid, walk_entry(b"/d", b"d", "dir", 0) + b"".join(
+                    walk_entry(b"/d/a%d" % i + b"/" * 12, b"a%d" % i) for i in range(n))])
+            elif m[0] == 0:
+                c.answer(m, error={"code": "ENOENT", "message": "no such file"})
+
+        self.start(handler)
+        other = self.ws()
+        other.sock.settimeout(WAIT)
+        self.assertIn("error", other.call("stat", {"path": "/x"}, rid=1)["result"])
+        ws = self.ws()
+        ws.sock.settimeout(WAIT)
+        skip = [{"source": r"(\/+)+[^/d]$", "flags": ""}] * 64
+        for i in range(k):
+            ws.send_json({"jsonrpc": "2.0", "id": i, "method": "walk",
+                          "params": {"path": "/d", "skip": skip}})
+        for i in range(k):
+            self.assertIn("ok", ws.answer(i, timeout=3 * WAIT)["result"])
+        t0 = time.monotonic()
+        self.assertIn("error", other.call("stat", {"path": "/x"}, rid=2,
+                                          timeout=3 * WAIT)["result"])
+        took = time.monotonic() - t0
+        self.assertLess(took, 0.5, "a request on another session took %.1f s" % took)
+        ws.sock.close()
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
