@@ -127,6 +127,7 @@ struct gw {
     struct gw_ingress *ingress; /* ingress.c (NULL: no --http-listen) */
     struct gw_deploy *deploy;   /* deploy.c */
     struct gw_ssh *ssh;         /* ssh.c (NULL: no --ssh-listen) */
+    struct gw_walkq *walkq;     /* walk.c: walks whose entries wait for their turn (NULL: none) */
 };
 
 /* Log a line to stderr, prefixed "sbx-gateway: ". */
@@ -299,7 +300,8 @@ int gw_session_collect(struct gw_session *s, uint32_t agent_stream, gw_sink_fn f
  * sends no more than its window meanwhile, and later chunks and the end still come to the sink
  * (which keeps them in order). Once through, it acknowledges them with gw_session_collect_ack,
  * or gives the stream up with gw_session_collect_cancel (no further sink calls). Both are for
- * the sink's own stream while it is live, from any callback, and do nothing once it is not.
+ * the sink's own stream while it is live, from any callback but the sink's own call, and do
+ * nothing once it is not.
  */
 #define GW_SINK_LATER 1
 void gw_session_collect_ack(struct gw_session *s, uint32_t agent_stream, size_t n);

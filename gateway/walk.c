@@ -541,7 +541,8 @@ struct walkst {
     json_t *end_err; /* the stream failed behind entries that wait: sent after them */
     uint8_t *pbuf;
     size_t plen, poff, pcap, held;
-    uv_idle_t *idle; /* resumes the entries that wait, a turn at a time */
+    struct walkst *qnext; /* in the gateway's walk queue (queued) */
+    bool queued;
 };
 
 static void walk_unref(struct walkst *st)
@@ -577,9 +578,6 @@ static void walk_unref(struct walkst *st)
     free(st->res);
     free(st->pbuf);
     json_decref(st->end_err);
-    if (st->idle != NULL) {
-        uv_close((uv_handle_t *)st->idle, (uv_close_cb)free);
-    }
     free(st);
 }
 
@@ -1031,16 +1029,16 @@ static void glob_send(struct walkst *st)
     walk_unref(st);
 }
 
-/* Walk the entries of @data[*off..len) until the end of the data or @deadline (uv_hrtime),
- * having done at least one. 0, or -1 having finished the stream (or a skipped root). */
+/* Walk the entries of @data[*off..len) until the end of the data or @deadline (uv_hrtime), at
+ * least one when @first. 0, or -1 having finished the stream (or a skipped root). */
 static int walk_entries(struct walkst *st, const uint8_t *data, size_t len, size_t *off,
-                        uint64_t deadline)
+                        uint64_t deadline, bool first)
 {
     msgpack_unpacked u;
     int rc = 0;
 
     msgpack_unpacked_init(&u);
-    while (*off < len) {
+    for (; *off < len && (first || uv_hrtime() < deadline); first = false) {
         /* One entry at a time, checked as libsbx checks a frame before msgpack-c reads it. */
         size_t elen = 0, eoff = 0;
         struct sbx_err verr;
@@ -1058,12 +1056,113 @@ static int walk_entries(struct walkst *st, const uint8_t *data, size_t len, size
             rc = -1;
             break;
         }
-        if (uv_hrtime() >= deadline) {
-            break;
-        }
     }
     msgpack_unpacked_destroy(&u);
     return rc;
+}
+
+/* --- the walk queue --------------------------------------------------------------------------- */
+
+/*
+ * Every walk's entries are worked through from one queue of the gateway's, never in the callback
+ * that brought them: GW_WALK_SLICE_NS of entry work per loop turn for all walks together (the
+ * first walk served does at least one entry), round-robin, so that however many walks run, a
+ * loop turn does about that much of their work and the rest of the gateway gets its turn. The
+ * queue's idle handle exists while a walk waits in it.
+ */
+struct gw_walkq {
+    uv_idle_t idle; /* first: the close callback frees the queue through it */
+    struct gw *g;
+    struct walkst *head, *tail;
+};
+
+static void walk_serve(struct walkst *st, uint64_t deadline, bool first);
+
+static void walkq_run(uv_idle_t *h)
+{
+    struct gw_walkq *q = h->data;
+    struct walkst *last = q->tail; /* each walk once a turn: one served goes behind it */
+    uint64_t deadline = uv_hrtime() + GW_WALK_SLICE_NS;
+    bool first = true;
+
+    while (q->head != NULL && (first || uv_hrtime() < deadline)) {
+        struct walkst *st = q->head;
+        bool was_last = st == last;
+
+        q->head = st->qnext;
+        if (q->head == NULL) {
+            q->tail = NULL;
+        }
+        st->qnext = NULL;
+        st->queued = false;
+        walk_serve(st, deadline, first);
+        first = false;
+        walk_unref(st); /* the queue's */
+        if (was_last) {
+            break;
+        }
+    }
+    if (q->head == NULL) {
+        q->g->walkq = NULL;
+        uv_close((uv_handle_t *)&q->idle, (uv_close_cb)free);
+    }
+}
+
+/* Queue @st behind the walks waiting for their turn. -1: out of memory. */
+static int walkq_add(struct walkst *st)
+{
+    struct gw *g = gw_session_sandbox(st->s)->g;
+    struct gw_walkq *q = g->walkq;
+
+    if (st->queued) {
+        return 0;
+    }
+    if (q == NULL) {
+        if ((q = calloc(1, sizeof(*q))) == NULL) {
+            return -1;
+        }
+        (void)uv_idle_init(g->loop, &q->idle); /* cannot fail */
+        q->idle.data = q;
+        q->g = g;
+        (void)uv_idle_start(&q->idle, walkq_run); /* cannot fail: a live handle, a callback */
+        g->walkq = q;
+    }
+    st->refs++;
+    st->queued = true;
+    if (q->tail != NULL) {
+        q->tail->qnext = st;
+    } else {
+        q->head = st;
+    }
+    q->tail = st;
+    return 0;
+}
+
+/* Take @st out of the queue (the caller holds a reference of its own). */
+static void walkq_remove(struct walkst *st)
+{
+    struct gw_walkq *q = gw_session_sandbox(st->s)->g->walkq;
+    struct walkst *prev = NULL;
+
+    if (!st->queued || q == NULL) {
+        return;
+    }
+    for (struct walkst *w = q->head; w != NULL; prev = w, w = w->qnext) {
+        if (w == st) {
+            if (prev != NULL) {
+                prev->qnext = st->qnext;
+            } else {
+                q->head = st->qnext;
+            }
+            if (q->tail == st) {
+                q->tail = prev;
+            }
+            st->qnext = NULL;
+            st->queued = false;
+            walk_unref(st);
+            return;
+        }
+    }
 }
 
 /* The sink's reference and the agent's stream given up: @cancel the stream (still live). */
@@ -1073,12 +1172,10 @@ static void sink_release(struct walkst *st, bool cancel)
         return;
     }
     st->collecting = false;
+    walkq_remove(st);
     free(st->pbuf);
     st->pbuf = NULL;
     st->plen = st->poff = st->pcap = st->held = 0;
-    if (st->idle != NULL) {
-        (void)uv_idle_stop(st->idle); /* cannot fail */
-    }
     if (cancel) {
         gw_session_collect_cancel(st->s, st->asid);
     }
@@ -1116,18 +1213,16 @@ static void walk_stop(struct walkst *st)
     }
 }
 
-/* Keep @data[off..len) for a later turn, behind what already waits; @len more bytes held. */
-static int walk_defer(struct walkst *st, const uint8_t *data, size_t off, size_t len)
+/* Keep @data[0..len) for its turn, behind what already waits (its bytes held unacknowledged). */
+static int walk_defer(struct walkst *st, const uint8_t *data, size_t len)
 {
-    size_t n = len - off;
-
     if (st->poff > 0) {
         memmove(st->pbuf, st->pbuf + st->poff, st->plen - st->poff);
         st->plen -= st->poff;
         st->poff = 0;
     }
-    if (st->plen + n > st->pcap) {
-        size_t cap = st->plen + n;
+    if (st->plen + len > st->pcap) {
+        size_t cap = st->plen + len;
         uint8_t *p = realloc(st->pbuf, cap);
         if (p == NULL) {
             return -1;
@@ -1135,43 +1230,39 @@ static int walk_defer(struct walkst *st, const uint8_t *data, size_t off, size_t
         st->pbuf = p;
         st->pcap = cap;
     }
-    if (st->idle == NULL) {
-        struct gw_sandbox *sb = gw_session_sandbox(st->s);
-        if ((st->idle = malloc(sizeof(*st->idle))) == NULL) {
-            return -1;
-        }
-        (void)uv_idle_init(sb->g->loop, st->idle); /* cannot fail */
-        st->idle->data = st;
+    if (walkq_add(st) < 0) {
+        return -1;
     }
-    memcpy(st->pbuf + st->plen, data + off, n);
-    st->plen += n;
+    memcpy(st->pbuf + st->plen, data, len);
+    st->plen += len;
     st->held += len;
     return 0;
 }
 
-static void walk_resume(uv_idle_t *h)
+/* @st's turn in the queue: its entries until @deadline (at least one when @first); queued again
+ * while some wait; once through, the agent's bytes are acknowledged (or the end handled). */
+static void walk_serve(struct walkst *st, uint64_t deadline, bool first)
 {
-    struct walkst *st = h->data;
-
     if (!st->collecting || st->finished || st->cancelled || st->poff == st->plen) {
-        (void)uv_idle_stop(h); /* cannot fail */
         return;
     }
     st->refs++;
-    if (walk_entries(st, st->pbuf, st->plen, &st->poff, uv_hrtime() + GW_WALK_SLICE_NS) < 0) {
+    if (walk_entries(st, st->pbuf, st->plen, &st->poff, deadline, first) < 0) {
         walk_stop(st);
         sink_release(st, !st->end_seen);
     } else if (st->poff == st->plen) {
         size_t held = st->held;
 
         st->plen = st->poff = st->held = 0;
-        (void)uv_idle_stop(h); /* cannot fail */
         if (st->end_seen) {
             walk_end(st);
             sink_release(st, false);
         } else {
             gw_session_collect_ack(st->s, st->asid, held);
         }
+    } else if (walkq_add(st) < 0) {
+        walk_finish(st, gw_errobj("Error", "ENOMEM", "out of memory"));
+        sink_release(st, !st->end_seen);
     }
     walk_unref(st);
 }
@@ -1180,12 +1271,11 @@ static int walk_sink(void *user, const uint8_t *data, size_t len, bool end,
                      const struct sbx_err *err)
 {
     struct walkst *st = user;
-    size_t off = 0;
 
     if (err != NULL) {
         if (st->poff != st->plen && !st->finished && !st->cancelled &&
             strcmp(err->code, SBX_E_EOF) != 0) {
-            /* The entries the agent sent before failing go first (walk_resume ends it). */
+            /* The entries the agent sent before failing go first (walk_serve ends it). */
             st->end_err = gw_errobj_sbx(err, "walk", st->raw_root);
             st->end_seen = true;
             return 0;
@@ -1203,32 +1293,22 @@ static int walk_sink(void *user, const uint8_t *data, size_t len, bool end,
             walk_end(st);
             sink_release(st, false);
         }
-        return 0; /* else walk_resume ends it after the entries that wait */
+        return 0; /* else walk_serve ends it after the entries that wait */
     }
     if (st->finished || st->cancelled) {
         walk_finish(st, NULL);
         st->collecting = false; /* the session cancels the stream on -1 */
+        walkq_remove(st);
         walk_unref(st);
         return -1;
     }
-    if (st->poff == st->plen &&
-        walk_entries(st, data, len, &off, uv_hrtime() + GW_WALK_SLICE_NS) < 0) {
-        walk_stop(st);
-        st->collecting = false;
-        walk_unref(st);
-        return -1;
-    }
-    if (off == len) {
-        return 0;
-    }
-    /* Out of time this turn, or behind entries that already wait: the rest in later turns. */
-    if (walk_defer(st, data, off, len) < 0) {
+    if (walk_defer(st, data, len) < 0) {
         walk_finish(st, gw_errobj("Error", "ENOMEM", "out of memory"));
         st->collecting = false;
+        walkq_remove(st);
         walk_unref(st);
         return -1;
     }
-    (void)uv_idle_start(st->idle, walk_resume); /* cannot fail: a live handle, a callback */
     return GW_SINK_LATER;
 }
 

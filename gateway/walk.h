@@ -25,7 +25,8 @@
 #define GW_RX_ENTRY_STEPS 2000000u
 #define GW_RX_STEPS_MIN   20000u
 #define GW_RX_DEPTH       20000u
-/* Entry work one walk does per loop turn before letting the others run (at least one entry). */
+/* Entry work all walks together do per loop turn before the rest of the gateway runs (at least
+ * one entry). */
 #define GW_WALK_SLICE_NS (5u * 1000u * 1000u)
 
 /*
