@@ -346,6 +346,8 @@ int gw_session_on_end(struct gw_session *s, void (*fn)(void *user), void *user);
  * returns 0, or -1 when out of memory.
  */
 bool gw_session_congested(struct gw_session *s);
+/* The session's agent link has ended (its hooks fire for that, not for a client's cancel). */
+bool gw_session_agent_gone(const struct gw_session *s);
 int gw_session_on_drain(struct gw_session *s, void (*fn)(void *user), void *user);
 void gw_session_off_drain(struct gw_session *s, void *user);
 

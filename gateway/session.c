@@ -1023,6 +1023,11 @@ static void on_ws_drain(struct gw_ws *ws, void *user)
     gw_session_flush(s);
 }
 
+bool gw_session_agent_gone(const struct gw_session *s)
+{
+    return s->agent_eof;
+}
+
 bool gw_session_congested(struct gw_session *s)
 {
     return s->ws != NULL && gw_ws_queued(s->ws) > GW_WS_HIGH;

@@ -597,9 +597,17 @@ static void walk_finish(struct walkst *st, json_t *err);
 static void walk_cancel_cb(void *user)
 {
     struct walkst *st = user;
-    st->cancelled = true;
     st->hooked = false;
     st->refs++;
+    if (!st->finished && gw_session_agent_gone(st->s)) {
+        /* Not the client's cancel: the agent link ended after the stream's end came (entries
+         * still waited for their turn) or while expandGlob's matches waited for room. The
+         * client is told, as a relayed stream's is. */
+        struct sbx_err e;
+        sbx_err_set(&e, SBX_E_EOF, "the agent connection ended");
+        walk_finish(st, gw_errobj_sbx(&e, "walk", st->raw_root));
+    }
+    st->cancelled = true;
     sink_release(st, true);
     glob_unhook(st);
     walk_finish(st, NULL); /* sends nothing now: expandGlob's turn ends */

@@ -10,6 +10,7 @@ SBX_BUILD=build python3 tests/gateway/test_session_agent.py
 import base64
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -726,6 +727,31 @@ class TestWalkAndListings(SessionCase):
         self.assertEqual(len(entries), n + 1)
         self.assertIsNotNone(err)
         self.assertEqual(err.get("code"), "EIO", err)
+
+    def test_agent_gone_while_entries_wait(self):
+        # The agent sends a chunk of slow entries and its end, then its connection dies, while
+        # the entries still wait for their turn: the walk's stream used to get neither its end
+        # nor an error (only the WebSocket's close, seconds later); now it fails with EOF.
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "fs.walk":
+                sid = c.new_sid()
+                c.answer(m, {"stream": sid})
+                c.send([3, sid, walk_entry(b"/d", b"d", "dir", 0) + b"".join(
+                    walk_entry(b"/d/a%d" % i + b"/" * 12, b"a%d" % i) for i in range(150))])
+                c.notify("stream.end", {"stream": sid})
+                c.sock.shutdown(socket.SHUT_RDWR)
+            elif m[0] == 0:
+                c.answer(m, None)
+
+        self.start(handler)
+        ws = self.ws()
+        skip = [{"source": r"(\/+)+[^/d]$", "flags": ""}] * 64
+        ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "walk",
+                      "params": {"path": "/d", "skip": skip}})
+        entries, err = self.stream_of(ws, 1)
+        self.assertLess(len(entries), 151)
+        self.assertIsNotNone(err)
+        self.assertEqual(err.get("code"), "EOF", err)
 
     def test_walks_share_the_loop_turn(self):
         # 60 walks and a stat in one burst; the agent answers in order, so the stat's answer
