@@ -783,5 +783,83 @@ class TestWalkAndListings(SessionCase):
         self.assertEqual(len([x for x in ws.notes if "id" in x]), k)  # every walk answered
         ws.sock.close()
 
+
+class TestWalkQueueTeardown(SessionCase):
+    """Walks whose entries wait in the gateway's walk queue (gateway/walk.c struct gw_walkq)
+    when their client, their agent or the gateway goes away."""
+    n, k = 150, 40
+    burst = TestWalkAndListings.burst
+
+    def slow_walks(self, on_walk=None):
+        walks = []
+
+        def handler(c, m):
+            if m[0] == 0 and m[2] == "fs.walk":
+                sid = c.new_sid()
+                c.answer(m, {"stream": sid})
+                c.send([3, sid, walk_entry(b"/d", b"d", "dir", 0) + b"".join(
+                    walk_entry(b"/d/a%d" % i + b"/" * 12, b"a%d" % i) for i in range(self.n))])
+                walks.append((c, sid))
+            elif m[0] == 0 and m[2] == "fs.stat":
+                c.answer(m, error={"code": "ENOENT", "message": "no such file"})
+            elif m[0] == 0:
+                c.answer(m, None)
+
+        self.start(handler)
+        ws = self.ws()
+        ws.sock.settimeout(WAIT)
+        skip = [{"source": r"(\/+)+[^/d]$", "flags": ""}] * 64
+        self.burst(ws, "walk", {"path": "/d", "skip": skip}, self.k)
+        self.wait_for(lambda: len(walks) == self.k, "every fs.walk")
+        for i in range(self.k):
+            self.assertIn("ok", ws.answer(i, timeout=3 * WAIT)["result"])
+        return ws, walks
+
+    def test_gateway_stops_with_walks_queued(self):
+        self.slow_walks()
+        rc, log = self.stop_gateway()
+        self.assert_clean_exit(rc, log)
+        self.assertNotIn("still open", log)
+
+    def test_client_leaves_with_walks_queued(self):
+        ws, _ = self.slow_walks()
+        ws.sock.close()
+        other = self.ws()
+        other.sock.settimeout(WAIT)
+        self.assertIn("error", other.call("stat", {"path": "/x"}, rid=1,
+                                          timeout=3 * WAIT)["result"])
+        rc, log = self.stop_gateway()
+        self.assert_clean_exit(rc, log)
+        self.assertNotIn("still open", log)
+
+    def test_agent_fails_streams_then_client_leaves(self):
+        # Each agent stream fails while its entries wait (end_err), then the client leaves.
+        ws, walks = self.slow_walks()
+        for c, sid in walks:
+            c.notify("stream.end", {"stream": sid, "error": {"code": "EIO", "message": "i/o"}})
+        time.sleep(0.2)
+        ws.sock.close()
+        other = self.ws()
+        other.sock.settimeout(WAIT)
+        self.assertIn("error", other.call("stat", {"path": "/x"}, rid=1,
+                                          timeout=3 * WAIT)["result"])
+        rc, log = self.stop_gateway()
+        self.assert_clean_exit(rc, log)
+
+    def test_agent_connection_drops_with_walks_queued(self):
+        ws, walks = self.slow_walks()
+        walks[0][0].sock.shutdown(2)  # SHUT_RDWR
+        ended = 0
+        deadline = time.monotonic() + 3 * WAIT
+        while ended < self.k and time.monotonic() < deadline:
+            m = ws.recv_json(max(0.1, deadline - time.monotonic()))
+            if m.get("method") in ("$sandbox.stream.end", "$sandbox.stream.error"):
+                ended += 1
+        self.assertEqual(ended, self.k)
+        rc, log = self.stop_gateway()
+        self.assert_clean_exit(rc, log)
+        self.assertNotIn("still open", log)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
