@@ -478,6 +478,18 @@ def walk_entry(path, name, typ="file", depth=1):
     return sbxwire.pack({"path": path, "name": name, "type": typ, "depth": depth})
 
 
+# 64 skip regexes that backtrack for about a quarter of a millisecond each on the path of an
+# entry of slow_chunk(), within their share of an entry's PCRE2 steps; none matches (no entry is
+# skipped).
+SLOW_SKIP = [{"source": r"(\/+)+[^/d]$", "flags": ""}] * 64
+
+
+def slow_chunk(n):
+    """A walk's root /d and @n entries under it whose paths end in 12 '/': slow under SLOW_SKIP."""
+    return walk_entry(b"/d", b"d", "dir", 0) + b"".join(
+        walk_entry(b"/d/a%d" % i + b"/" * 12, b"a%d" % i) for i in range(n))
+
+
 def empty_walk(c, m):
     sid = c.new_sid()
     c.answer(m, {"stream": sid})
@@ -526,10 +538,7 @@ class TestWalkAndListings(SessionCase):
             if m[2] == "fs.walk":
                 sid = c.new_sid()
                 c.answer(m, {"stream": sid})
-                root = walk_entry(b"/d", b"d", "dir", 0)
-                body = b"".join(walk_entry(b"/d/a%d" % i + b"/" * 12, b"a%d" % i)
-                                for i in range(n))
-                c.send([3, sid, root + body])
+                c.send([3, sid, slow_chunk(n)])
                 walks.append((c, sid))
             else:
                 c.answer(m, error={"code": "ENOENT", "message": "no such file"})
@@ -537,7 +546,7 @@ class TestWalkAndListings(SessionCase):
         self.start(handler)
         ws = self.ws()
         ws.sock.settimeout(WAIT)
-        skip = [{"source": r"(\/+)+[^/d]$", "flags": ""}] * 64
+        skip = SLOW_SKIP
         ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "walk",
                       "params": {"path": "/d", "skip": skip}})
         r = ws.answer(1, timeout=WAIT)["result"]
@@ -707,8 +716,7 @@ class TestWalkAndListings(SessionCase):
             if m[0] == 0 and m[2] == "fs.walk":
                 sid = c.new_sid()
                 c.answer(m, {"stream": sid})
-                c.send([3, sid, walk_entry(b"/d", b"d", "dir", 0) + b"".join(
-                    walk_entry(b"/d/a%d" % i + b"/" * 12, b"a%d" % i) for i in range(n))])
+                c.send([3, sid, slow_chunk(n)])
                 walks.append((c, sid))
             elif m[0] == 0:
                 c.answer(m, None)
@@ -716,7 +724,7 @@ class TestWalkAndListings(SessionCase):
         self.start(handler)
         ws = self.ws()
         ws.sock.settimeout(WAIT)
-        skip = [{"source": r"(\/+)+[^/d]$", "flags": ""}] * 64
+        skip = SLOW_SKIP
         ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "walk",
                       "params": {"path": "/d", "skip": skip}})
         self.wait_for(lambda: walks, "fs.walk")
@@ -736,8 +744,7 @@ class TestWalkAndListings(SessionCase):
             if m[0] == 0 and m[2] == "fs.walk":
                 sid = c.new_sid()
                 c.answer(m, {"stream": sid})
-                c.send([3, sid, walk_entry(b"/d", b"d", "dir", 0) + b"".join(
-                    walk_entry(b"/d/a%d" % i + b"/" * 12, b"a%d" % i) for i in range(150))])
+                c.send([3, sid, slow_chunk(150)])
                 c.notify("stream.end", {"stream": sid})
                 c.sock.shutdown(socket.SHUT_RDWR)
             elif m[0] == 0:
@@ -745,7 +752,7 @@ class TestWalkAndListings(SessionCase):
 
         self.start(handler)
         ws = self.ws()
-        skip = [{"source": r"(\/+)+[^/d]$", "flags": ""}] * 64
+        skip = SLOW_SKIP
         ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "walk",
                       "params": {"path": "/d", "skip": skip}})
         entries, err = self.stream_of(ws, 1)
@@ -766,15 +773,14 @@ class TestWalkAndListings(SessionCase):
             if m[0] == 0 and m[2] == "fs.walk":
                 sid = c.new_sid()
                 c.answer(m, {"stream": sid})
-                c.send([3, sid, walk_entry(b"/d", b"d", "dir", 0) + b"".join(
-                    walk_entry(b"/d/a%d" % i + b"/" * 12, b"a%d" % i) for i in range(n))])
+                c.send([3, sid, slow_chunk(n)])
             elif m[0] == 0:
                 c.answer(m, error={"code": "ENOENT", "message": "no such file"})
 
         self.start(handler)
         ws = self.ws()
         ws.sock.settimeout(WAIT)
-        skip = [{"source": r"(\/+)+[^/d]$", "flags": ""}] * 64
+        skip = SLOW_SKIP
         self.burst(ws, "walk", {"path": "/d", "skip": skip}, k)
         ws.send_json({"jsonrpc": "2.0", "id": k, "method": "stat", "params": {"path": "/x"}})
         self.assertIn("error", ws.answer(k, timeout=3 * WAIT)["result"])
@@ -797,8 +803,7 @@ class TestWalkQueueTeardown(SessionCase):
             if m[0] == 0 and m[2] == "fs.walk":
                 sid = c.new_sid()
                 c.answer(m, {"stream": sid})
-                c.send([3, sid, walk_entry(b"/d", b"d", "dir", 0) + b"".join(
-                    walk_entry(b"/d/a%d" % i + b"/" * 12, b"a%d" % i) for i in range(self.n))])
+                c.send([3, sid, slow_chunk(self.n)])
                 walks.append((c, sid))
             elif m[0] == 0 and m[2] == "fs.stat":
                 c.answer(m, error={"code": "ENOENT", "message": "no such file"})
@@ -808,7 +813,7 @@ class TestWalkQueueTeardown(SessionCase):
         self.start(handler)
         ws = self.ws()
         ws.sock.settimeout(WAIT)
-        skip = [{"source": r"(\/+)+[^/d]$", "flags": ""}] * 64
+        skip = SLOW_SKIP
         self.burst(ws, "walk", {"path": "/d", "skip": skip}, self.k)
         self.wait_for(lambda: len(walks) == self.k, "every fs.walk")
         for i in range(self.k):
