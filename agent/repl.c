@@ -21,7 +21,9 @@
  * prologue.sh), compiled into the agent as strings (repl/drivers.h).
  *
  * An eval is finished when its report arrives; the driver flushes stdout/stderr before reporting,
- * so a final non-blocking drain of both pipes collects everything the code wrote.
+ * so a final non-blocking drain of both pipes collects everything the code wrote. A streaming
+ * eval's drain stops at its streams' credit: what the pipes hold then is counted (FIONREAD) and
+ * still goes out on its streams, as credit comes, before they end (eval_output_waits).
  */
 #include "repl.h"
 
@@ -87,6 +89,7 @@ struct agent_repl {
                                    * is dropped */
     uint32_t ev_id;
     bool ev_stream, ev_timed_out;
+    bool ev_draining; /* a streaming eval reported; its pipes' last bytes wait for credit */
     uint64_t ev_start_ns, ev_timeout_ns;
     uint32_t intr; /* interrupts sent; a shell's "pong N" answers interrupt N */
     /* output captured between evals and during a non-streaming eval */
@@ -452,15 +455,82 @@ static void pack_result_fields(msgpack_packer *pk, struct agent_repl *r, const c
     sbx_pack_kv_bool(pk, "truncated", truncated);
 }
 
-/* The eval is over (driver report, interpreter exit, or kill after a timeout): answer it. */
+/* The pipes' bounds of a streaming eval's last bytes are gone (it ends another way). */
+static void eval_output_forget(struct agent_repl *r)
+{
+    if (r->ev_draining && r->proc != NULL) {
+        r->proc->out.until = r->proc->err.until = 0;
+        r->proc->out.until_cb = r->proc->err.until_cb = NULL;
+    }
+    r->ev_draining = false;
+}
+
+static void eval_complete(struct agent_repl *r, const char *exit_text);
+
+/* A pipe of a draining eval reached its bound: once both did, the eval ends. */
+static void eval_output_done(struct agent_pipe *p)
+{
+    struct agent_repl *r = p->proc->data;
+
+    if (r == NULL || !r->ev_draining || r->proc == NULL || r->proc->out.until != 0 ||
+        r->proc->err.until != 0) {
+        return;
+    }
+    r->ev_draining = false;
+    eval_complete(r, NULL);
+}
+
+/* A streaming eval reported while its pipes still hold output it wrote before (what its streams
+ * had no credit for): those bytes are this eval's, not the next one's. Each pipe with a stream is
+ * read up to what it holds now, as credit comes, and the eval ends when both got there
+ * (eval_output_done). False when nothing waits. */
+static bool eval_output_waits(struct agent_repl *r)
+{
+    struct agent_pipe *pipes[2] = { &r->proc->out, &r->proc->err };
+    bool waits = false;
+
+    for (int i = 0; i < 2; i++) {
+        struct agent_pipe *p = pipes[i];
+        uv_os_fd_t fd;
+        int n = 0;
+
+        if (p->open && !p->eof && p->stream != NULL &&
+            uv_fileno((uv_handle_t *)&p->handle, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0 &&
+            n > 0) {
+            p->until = p->total + (uint64_t)n;
+            p->until_cb = eval_output_done;
+            waits = true;
+        }
+    }
+    r->ev_draining = waits;
+    return waits;
+}
+
+/* The eval is over (driver report, interpreter exit, or kill after a timeout): answer it, or,
+ * for a streaming eval whose last output waits for credit, once that went out. */
 static void eval_finish(struct agent_repl *r, const char *exit_text)
 {
-    struct agent_conn *c = r->ev_ref.conn;
-
     if (r->timer_open) {
         uv_timer_stop(&r->timer);
     }
-    drain_output(r);
+    if (r->ev_draining) {
+        if (exit_text == NULL) {
+            return; /* a second report from the driver: the first one stands */
+        }
+        eval_output_forget(r); /* the interpreter is gone: its pipes were read to the end */
+    } else {
+        drain_output(r);
+        if (r->ev_stream && exit_text == NULL && r->proc != NULL && eval_output_waits(r)) {
+            return;
+        }
+    }
+    eval_complete(r, exit_text);
+}
+
+static void eval_complete(struct agent_repl *r, const char *exit_text)
+{
+    struct agent_conn *c = r->ev_ref.conn;
+
     if (r->ev_stream) {
         /* Both streams end, then repl.result: the last frame of this eval. */
         if (r->proc != NULL && r->proc->out.stream != NULL) {
@@ -537,6 +607,7 @@ static void eval_cancel(struct agent_repl *r)
     struct sbx_err err;
 
     sbx_err_set(&err, SBX_E_CANCELLED, "REPL session %u was closed", r->id);
+    eval_output_forget(r);
     if (r->ev_stream) {
         if (r->proc != NULL && r->proc->out.stream != NULL) {
             agent_stream_end(r->proc->out.stream, &err, false);

@@ -816,6 +816,18 @@ static bool pipe_may_read(struct agent_pipe *p)
     return s->credit > 0 && !s->conn->paused;
 }
 
+/* At most @want bytes, and none past the pipe's bound (until). */
+static size_t pipe_until_cap(const struct agent_pipe *p, size_t want)
+{
+    if (p->until == 0) {
+        return want;
+    }
+    if (p->total >= p->until) {
+        return 0;
+    }
+    return p->until - p->total < want ? (size_t)(p->until - p->total) : want;
+}
+
 static void pipe_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct agent_pipe *p = h->data;
@@ -831,6 +843,9 @@ static void pipe_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     }
     if (p->stream != NULL && p->stream->credit < n) {
         n = (size_t)p->stream->credit;
+    }
+    if ((n = pipe_until_cap(p, n)) == 0) {
+        return; /* at the bound: UV_ENOBUFS, and agent_pipe_update calls until_cb */
     }
     buf->base = agent_buf_get(p->proc->a);
     buf->len = buf->base != NULL ? n : 0;
@@ -942,6 +957,13 @@ void agent_pipe_update(struct agent_pipe *p)
     if (p->is_input || p->proc == NULL) {
         return;
     }
+    if (p->until != 0 && (p->total >= p->until || p->eof)) {
+        void (*cb)(struct agent_pipe *) = p->until_cb;
+
+        p->until = 0;
+        p->until_cb = NULL;
+        cb(p); /* may end the stream, or set a new bound */
+    }
     if (p->stream != NULL && p->stream->pos < p->total + (p->eof ? 1 : 0) && !pipe_replay(p)) {
         return;
     }
@@ -1013,6 +1035,7 @@ static int pipe_read_now(struct agent_pipe *p, size_t budget, bool past_credit)
         } else if (s != NULL && s->credit < want) {
             want = (size_t)s->credit;
         }
+        want = pipe_until_cap(p, want);
         if (want == 0 || (buf = agent_buf_get(a)) == NULL) {
             return 0;
         }

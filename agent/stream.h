@@ -43,6 +43,10 @@ struct agent_pipe {
     void (*sink)(struct agent_pipe *p, const uint8_t *data, uint32_t n);
     bool sink_idle; /* the sink's REPL is between evals: read at the pace of detached output */
     bool ringless;  /* a REPL interpreter's: its output went to the session, never to a ring */
+    /* output: when set, read no byte past this offset, and call until_cb (once, with until back
+     * at 0) when total reaches it or the output ends: a streaming REPL eval's last bytes */
+    uint64_t until;
+    void (*until_cb)(struct agent_pipe *p);
     /* input */
     unsigned writes_pending;
     uint64_t queued;        /* bytes handed to the child's stdin whose writes have not completed */
@@ -122,7 +126,8 @@ bool agent_stream_on_bad_data(struct agent_conn *c, uint32_t id, const struct sb
 
 /* Output pipes: send what an attached stream has not had yet from the replay ring, then start or
  * stop reading according to credit, attachment and pacing. May end the attached stream (its
- * replay reached the end of an output that has ended). */
+ * replay reached the end of an output that has ended), and calls until_cb once the bound is
+ * reached. */
 void agent_pipe_update(struct agent_pipe *p);
 /* True while an output pipe may still legitimately carry data (used by the drain deadline). */
 bool agent_pipe_busy(struct agent_pipe *p);

@@ -45,18 +45,26 @@ class ReplCase(unittest.TestCase):
             (conn or self.c).call(method, params)
         return cm.exception.err
 
-    def stream_eval(self, sid, code, on_data=None):
-        """Streaming eval: returns (stdout, stderr, result, order of events)."""
+    def stream_eval(self, sid, code, on_data=None, hold=0):
+        """Streaming eval: returns (stdout, stderr, result, order of events). With @hold, no
+        credit goes back until that many bytes came, then (a second later) all of it at once."""
         rid = self.c.request("repl.eval", {"session": sid, "code": code, "stream": True})
         head = self.c.wait(rid)
         streams = {head["stdout"]: b"", head["stderr"]: b""}
-        ended, order = set(), []
+        ended, order, owed = set(), [], {}
         while True:
             m = self.c.recv()
             self.assertIsNotNone(m, "connection closed during a streaming eval")
             if m[0] == 3 and m[1] in streams:
                 streams[m[1]] += m[2]
-                self.c.credit(m[1], len(m[2]))
+                owed[m[1]] = owed.get(m[1], 0) + len(m[2])
+                if sum(owed.values()) >= hold:
+                    if hold:
+                        time.sleep(1)
+                        hold = 0
+                    for sid_, n in owed.items():
+                        self.c.credit(sid_, n)
+                    owed = {}
                 order.append(("data", m[1], m[2]))
                 if on_data:
                     on_data(m[1] == head["stdout"], streams[m[1]])
@@ -721,6 +729,69 @@ class TestReplProtocol(ReplCase):
                 self.assertTrue(m[2]["timed_out"])
                 break
         self.assertEqual(self.ev(sid, "2 + 2")["value"], "4")
+
+    def test_stream_eval_output_past_its_credit_is_its_own(self):
+        # The code writes 32 KiB more than the stream's credit and is done while the client
+        # grants none: those bytes, in the pipe at its report, went to the next eval, and the
+        # result (with truncated false) came without them.
+        sid = self.start("python3")
+        n = self.c.window + 32768
+        out, _, res, order = self.stream_eval(
+            sid, "import sys; sys.stdout.write('x' * %d); sys.stdout.flush()" % n,
+            hold=self.c.window)
+        self.assertEqual(len(out), n)
+        self.assertEqual(out, b"x" * n)
+        self.assertFalse(res["truncated"], res)
+        self.assertEqual(order[-1], ("result",))
+        out, _, res, _ = self.stream_eval(sid, "print('next')")
+        self.assertEqual(out, b"next\n")
+        self.assertEqual(self.ev(sid, "print('after')")["stdout"], b"after\n")
+
+    def eval_past_credit(self, sid):
+        """A streaming eval whose code writes 32 KiB more than the stream's credit: its answer,
+        once the credit's worth came and (a second later) the code is done, its last 32 KiB
+        waiting in the pipe."""
+        n = self.c.window + 32768
+        rid = self.c.request("repl.eval", {"session": sid, "stream": True, "code":
+                                           "import sys; sys.stdout.write('x' * %d); "
+                                           "sys.stdout.flush()" % n})
+        head, got = self.c.wait(rid), 0
+        while got < self.c.window:
+            m = self.c.recv()
+            if m[0] == 3 and m[1] == head["stdout"]:
+                got += len(m[2])
+        time.sleep(1)
+        return head
+
+    def test_stream_eval_last_output_waits_for_credit_or_the_client_going(self):
+        # While its last bytes wait for credit the eval is not over: the session is busy; a
+        # client that goes leaves the result to repl.collect, and those bytes are dropped,
+        # not handed to the next eval.
+        sid = self.start("python3")
+        self.eval_past_credit(sid)
+        other = self.agent.connect()
+        self.assertTrue(other.call("repl.list")["sessions"][0]["busy"])
+        e = self.err("repl.eval", {"session": sid, "code": "1"}, conn=other)
+        self.assertEqual(e["code"], "BUSY")
+        self.c.close()
+        deadline = time.time() + 10
+        while time.time() < deadline and other.call("repl.list")["sessions"][0]["busy"]:
+            time.sleep(0.02)
+        res = other.call("repl.collect", {"session": sid})
+        self.assertEqual((res["eval"], res["error"], res["value"]), (1, False, None))
+        r = other.call("repl.eval", {"session": sid, "code": "print('next')"})
+        self.assertEqual(r["stdout"], b"next\n")
+        # A repl.close while they wait ends the streams with CANCELLED.
+        self.c = self.agent.connect()
+        head = self.eval_past_credit(sid)
+        other.call("repl.close", {"session": sid})
+        ends = {}
+        while len(ends) < 2:
+            m = self.c.recv()
+            if m[0] == 2 and m[1] == "stream.end":
+                ends[m[2]["stream"]] = m[2].get("error", {}).get("code")
+        self.assertEqual(ends, {head["stdout"]: "CANCELLED", head["stderr"]: "CANCELLED"})
+        other.close()
 
     def test_stream_eval_pending_output_first(self):
         sid = self.start("python3")
