@@ -24,6 +24,9 @@
 #define CLI_EXIT_USAGE 2
 #define CLI_EXIT_SBX   125
 
+/* --keepalive's default: a ping after 15 s of silence from the agent, the end after 45 s. */
+#define CLI_KEEPALIVE_MS 15000
+
 /* Bytes of stdout / stderr `sbx exec --json` keeps per stream; the rest is dropped. */
 #define CLI_CAPTURE_MAX (16u << 20)
 
@@ -33,6 +36,7 @@ struct cli {
     const char *token;
     bool json;
     int connect_timeout_ms;
+    int keepalive_ms;     /* --keepalive: sbx_client_set_keepalive (0: off) */
     const char *identity; /* -u/--user of fs, cp, pack: who the file families act as */
     const char *cmd;      /* the command's name */
     int argc;             /* its positional arguments, once its options are parsed */

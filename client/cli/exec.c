@@ -757,7 +757,7 @@ static int pump(struct exec *x, int sig_r, struct sbx_err *err)
             pfd[2].fd = STDIN_FILENO;
             pfd[2].events = POLLIN;
         }
-        r = poll(pfd, 3, -1);
+        r = poll(pfd, 3, sbx_client_poll_ms(x->c, -1)); /* 0: the keepalive's turn (recv above) */
         if (r < 0 && errno == EINTR) {
             continue;
         }

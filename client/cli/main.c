@@ -451,6 +451,8 @@ static void usage(FILE *f)
                      "      --token-file F  read the token from the first line of F\n"
                      "      --json          JSON output for scripts\n"
                      "      --timeout DUR   connect + hello timeout (default 10s; 500ms, 2m, ...)\n"
+                     "      --keepalive DUR after DUR with nothing from the agent, ping it; give\n"
+                     "                      up after 3 x DUR of silence (default 15s; 0: never)\n"
                      "  -h, --help          show this help\n"
                      "      --version       show the version\n"
                      "\n"
@@ -530,6 +532,7 @@ static struct sbx_client *connect_hello(const struct cli *cli, bool pipeline)
         cli_say("sbx: %s (%s)\n", err.msg, err.code);
         return NULL;
     }
+    sbx_client_set_keepalive(c, cli->keepalive_ms);
     if (sbx_client_hello_send(c, cli->token, &err) < 0) {
         cli_say("sbx: hello: %s (%s)\n", err.msg, err.code);
     } else if (pipeline || cli_hello_wait(c) == 0) {
@@ -653,12 +656,14 @@ int main(int argc, char **argv)
         { "token", required_argument, NULL, 't' },
         { "token-file", required_argument, NULL, 'F' },
         { "timeout", required_argument, NULL, 'T' },
+        { "keepalive", required_argument, NULL, 'K' },
         { "version", no_argument, NULL, 'V' },
         CLI_OPTS_END,
     };
     struct cli cli = { .addr = getenv("SBX_ADDR"),
                        .token = getenv("SBX_TOKEN"),
-                       .connect_timeout_ms = SBX_CLIENT_CONNECT_TIMEOUT_MS };
+                       .connect_timeout_ms = SBX_CLIENT_CONNECT_TIMEOUT_MS,
+                       .keepalive_ms = CLI_KEEPALIVE_MS };
     int opt;
 
     /* A closed pipe is an error to handle where it happens (EPIPE), never a silent death. */
@@ -683,6 +688,12 @@ int main(int argc, char **argv)
             cli.connect_timeout_ms = (int)ms;
         } else if (opt == 'T') {
             (void)fprintf(stderr, "sbx: bad --timeout \"%s\" (e.g. 500ms, 10s, 2m)\n", optarg);
+            return CLI_EXIT_USAGE;
+        } else if (opt == 'K' && cli_parse_duration(optarg, &ms) == 0 && ms <= 3600000) {
+            cli.keepalive_ms = (int)ms;
+        } else if (opt == 'K') {
+            (void)fprintf(stderr, "sbx: bad --keepalive \"%s\" (0, or up to 1h: 500ms, 15s, 2m)\n",
+                          optarg);
             return CLI_EXIT_USAGE;
         } else if (opt == 'V') {
             (void)printf("sbx %s (protocol %u)\n", SBX_VERSION, SBX_PROTO_VERSION);

@@ -765,9 +765,11 @@ static int fwd_round(struct fw *w, int sig_r, struct pollfd *pfd, struct fconn *
          * noticed when it next reads or writes. */
         pfd[np++] = (struct pollfd){ .fd = ev != 0 ? k->fd : -1, .events = ev };
     }
-    r = poll(pfd, (nfds_t)np, w->accept_paused ? FWD_ACCEPT_RETRY_MS : -1);
+    r = poll(pfd, (nfds_t)np,
+             sbx_client_poll_ms(w->c, w->accept_paused ? FWD_ACCEPT_RETRY_MS : -1));
     if (r == 0) {
         w->accept_paused = false; /* try the listeners again */
+        w->agent_in = true;       /* and let the library's keepalive look (a ping, or the end) */
         return 0;
     }
     if (r < 0 && errno == EINTR) {

@@ -190,7 +190,8 @@ int cli_cmd_wait(struct cli *cli, struct sbx_client *c)
             sbx_proc_wait(sbx_client_conn(c), args.id, (uint32_t)args.timeout_ms, NULL, &id, &err),
             &id, &resp, &err) < 0) {
         cli_print_err("wait", &err);
-        return strcmp(err.code, SBX_E_TIMEOUT) == 0 ? 124 : CLI_EXIT_FAIL; /* as timeout(1) */
+        /* The agent's TIMEOUT, as timeout(1); not a connection given up by the keepalive. */
+        return strcmp(err.code, SBX_E_TIMEOUT) == 0 && !sbx_client_failed(c) ? 124 : CLI_EXIT_FAIL;
     }
     if (cli->json) {
         cli_json_println(resp.result);

@@ -15,6 +15,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,12 @@ struct sbx_client {
     bool hello_dec_ok;
     struct sbx_decoder hello_dec;
     struct sbx_msg hello_msg;
+
+    /* Keepalive (sbx_client_set_keepalive): the interval (0: off), when the agent last sent a
+     * byte, and the ping outstanding (0: none). */
+    int ka_ms;
+    int64_t rx_ms;
+    uint32_t ka_id;
 };
 
 /* --- time --------------------------------------------------------------------------------- */
@@ -140,6 +147,7 @@ static struct sbx_client *client_new(int fd, bool ours, const char *name, int ti
     c->fd = fd;
     c->timeout_ms = timeout_ms;
     c->drained = true;
+    c->rx_ms = sbx__now_ms();
     sbx_out_init(&c->note);
     msgpack_packer_init(&c->sink, NULL, discard);
     c->is_sock = ours || (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode));
@@ -339,6 +347,7 @@ static ssize_t read_fd(struct sbx_client *c, void *p, size_t len, struct sbx_err
         n = read(c->fd, p, len);
     } while (n < 0 && errno == EINTR);
     if (n > 0) {
+        c->rx_ms = sbx__now_ms();
         return n;
     }
     if (n == 0 || errno == ECONNRESET) {
@@ -381,6 +390,72 @@ static int read_ahead(struct sbx_client *c, struct sbx_err *err)
     return 0;
 }
 
+/* --- keepalive ------------------------------------------------------------------------------ */
+
+static int flush(struct sbx_client *c, struct sbx_err *err);
+
+void sbx_client_set_keepalive(struct sbx_client *c, int interval_ms)
+{
+    c->ka_ms = interval_ms > 0 ? interval_ms : 0;
+}
+
+/* The agent sent nothing for 3 intervals, not even the answer to the ping sent after the first:
+ * it is taken for dead (a paused VM, a wedged agent, a link that lost the other end). */
+static int keepalive_dead(struct sbx_client *c, struct sbx_err *err)
+{
+    (void)sbx_err_set(err, SBX_E_TIMEOUT,
+                      "%s: nothing from the agent for %d ms, not even the answer to a ping "
+                      "(keepalive every %d ms of silence)",
+                      c->addr, 3 * c->ka_ms, c->ka_ms);
+    return fail(c, err);
+}
+
+/* Milliseconds from now until the keepalive needs a look (INT_MAX: off, or before hello). */
+static int keepalive_left(const struct sbx_client *c)
+{
+    int64_t left;
+
+    if (c->ka_ms == 0 || sbx_conn_peer(c->conn) == NULL) {
+        return INT_MAX;
+    }
+    left = c->rx_ms + (int64_t)(c->ka_id == 0 ? 1 : 3) * c->ka_ms - sbx__now_ms();
+    return left <= 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
+}
+
+/* What the keepalive has to do now: after an interval of silence a ping (when @may_send: not
+ * while a write is under way), after three the end. 0, or -1 with @err (dead, or the ping could
+ * not be written). */
+static int keepalive(struct sbx_client *c, bool may_send, struct sbx_err *err)
+{
+    int64_t quiet;
+
+    if (c->ka_ms == 0 || sbx_conn_peer(c->conn) == NULL || c->rd_eof) {
+        return 0;
+    }
+    quiet = sbx__now_ms() - c->rx_ms;
+    if (quiet >= 3 * (int64_t)c->ka_ms) {
+        return keepalive_dead(c, err);
+    }
+    if (quiet >= c->ka_ms && c->ka_id == 0 && may_send && c->building == B_NONE) {
+        if (sbx_ping(c->conn, NULL, &c->ka_id, err) < 0 || flush(c, err) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+bool sbx_client_failed(const struct sbx_client *c)
+{
+    return c->broken;
+}
+
+int sbx_client_poll_ms(const struct sbx_client *c, int timeout_ms)
+{
+    int left = keepalive_left(c);
+
+    return left == INT_MAX || (timeout_ms >= 0 && timeout_ms <= left) ? timeout_ms : left;
+}
+
 /*
  * Write some of @iov (blocking until at least one byte went, EINTR-safe). While the socket is
  * full, what the agent sends meanwhile is read ahead: if both sides only wrote, both could block
@@ -418,7 +493,11 @@ static ssize_t write_some(struct sbx_client *c, struct iovec *iov, int n, struct
         if (!c->rd_eof && c->alen - c->apos < SBX_CLIENT_RBUF_MAX) {
             pfd.events |= POLLIN;
         }
-        r = poll(&pfd, 1, -1);
+        /* Silence counts only while we read: a full read-ahead buffer is the agent talking. */
+        r = poll(&pfd, 1, (pfd.events & POLLIN) != 0 ? sbx_client_poll_ms(c, -1) : -1);
+        if (r == 0 && keepalive(c, false, err) < 0) {
+            return -1;
+        }
         if (r < 0 && errno != EINTR) {
             (void)sbx_err_sys(err, errno, NULL, "poll %s", c->addr);
             return fail(c, err);
@@ -504,6 +583,10 @@ static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, st
             *err = *ev->error;
             return core_failed(c, err);
         }
+        if (r > 0 && ev->kind == SBX_EV_RESPONSE && c->ka_id != 0 && ev->id == c->ka_id) {
+            c->ka_id = 0; /* the keepalive's ping answered: nobody else waits for it */
+            continue;
+        }
         if (r > 0) {
             if (ev->kind == SBX_EV_ERROR) {
                 c->peer_err = *ev->error;
@@ -549,7 +632,7 @@ static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, st
             return 0;
         }
         if (!now) { /* the fd is non-blocking: with no time to wait, just read */
-            r = poll(&pfd, 1, sbx__remaining(deadline));
+            r = poll(&pfd, 1, sbx_client_poll_ms(c, sbx__remaining(deadline)));
             if (r < 0 && errno == EINTR) {
                 continue;
             }
@@ -558,7 +641,14 @@ static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, st
                 return fail(c, err);
             }
             if (r == 0) {
-                return 0;
+                /* Nothing came: the keepalive's time, or the caller's. */
+                if (keepalive(c, true, err) < 0) {
+                    return -1;
+                }
+                if (sbx__remaining(deadline) == 0) {
+                    return 0;
+                }
+                continue;
             }
         }
         p = sbx_conn_feed_space(c->conn, &room);
@@ -571,7 +661,8 @@ static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, st
             return -1;
         }
         if (got == 0 && now && !c->rd_eof) {
-            return 0; /* EAGAIN: nothing yet */
+            /* EAGAIN: nothing yet. The socket is empty: its silence is the agent's. */
+            return keepalive(c, true, err) < 0 ? -1 : 0;
         }
         sbx_conn_feed_commit(c->conn, (size_t)got);
         c->drained = got == 0;

@@ -10,9 +10,11 @@ AssertionError naming the rule and the offending message, so the test that meets
 What the client sends (send, send_raw, data) is never checked, only followed, so hostile tests
 work unchanged.
 """
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -1183,6 +1185,15 @@ class Agent:
         if hello:
             c.hello()
         return c
+
+    @contextlib.contextmanager
+    def stopped(self):
+        """The agent stopped (SIGSTOP) for the block, as a paused VM's would be; then continued."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def alive(self):
         return self.proc.poll() is None

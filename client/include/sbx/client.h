@@ -114,6 +114,24 @@ void sbx_client_close(struct sbx_client *c);
 /* The connection's fd, for poll(). Do not read or write it directly. */
 int sbx_client_fd(const struct sbx_client *c);
 
+/*
+ * Keepalive, off by default: once the agent has sent nothing for @interval_ms while the caller
+ * waits on @c, a ping goes out; when nothing at all has come for three intervals, the connection
+ * is taken for dead and every call fails with TIMEOUT (a paused or wedged VM, a link whose other
+ * end is gone without a reset). Any byte from the agent is a sign of life. 0 turns it off. It
+ * runs inside this library's calls only: a caller that polls sbx_client_fd itself passes its
+ * poll timeout through sbx_client_poll_ms and calls sbx_client_recv when the poll returns.
+ */
+void sbx_client_set_keepalive(struct sbx_client *c, int interval_ms);
+
+/* The connection failed (transport, protocol or keepalive): every call now reports why. An error
+ * from a call while this is false was the agent's answer, or a local refusal. */
+bool sbx_client_failed(const struct sbx_client *c);
+
+/* The timeout for a caller's own poll() of sbx_client_fd(@c): @timeout_ms (-1: none), or less,
+ * when the keepalive needs a call to sbx_client_recv sooner. */
+int sbx_client_poll_ms(const struct sbx_client *c, int timeout_ms);
+
 /* The address string the client connected to (or the name given to sbx_client_from_fd). */
 const char *sbx_client_addr(const struct sbx_client *c);
 

@@ -394,6 +394,54 @@ class TestCliPty(CliCase):
             time.sleep(0.05)
 
 
+class TestCliKeepalive(CliCase):
+    """--keepalive: a silent agent is pinged, and one that answers nothing (a stopped VM, here a
+    stopped agent; or a wedged one) is given up after three intervals, where sbx waited for
+    ever."""
+    GIVEN_UP = b"nothing from the agent for 600 ms, not even the answer to a ping"
+
+    def test_silent_but_live_agent_is_kept(self):
+        r = self.sbx("--keepalive", "100ms", "exec", "--", "sh", "-c", "sleep 1.5; echo done")
+        self.assertEqual((r.returncode, r.stdout), (0, b"done\n"), r.stderr)
+        ident = self.sbx("exec", "--detach", "--", "sleep", "1.5").stdout.decode().strip()
+        r = self.sbx("--keepalive", "100ms", "wait", ident)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_stopped_agent_ends_exec(self):
+        p = subprocess.Popen([SBX, "-c", self.addr, "--keepalive", "200ms", "exec", "--", "sh",
+                              "-c", "echo up; sleep 60"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        self.assertEqual(p.stdout.readline(), b"up\n")
+        with self.agent.stopped():
+            rc = p.wait(30)
+        err = p.stderr.read()
+        p.stdout.close()
+        p.stderr.close()
+        self.assertEqual(rc, 125, err)
+        self.assertIn(self.GIVEN_UP, err)
+        self.assertIn(b"TIMEOUT", err)
+
+    def test_agent_that_answers_nothing_ends_wait(self):
+        ident = self.sbx("exec", "--detach", "--", "sleep", "60").stdout.decode().strip()
+        self.addCleanup(self.sbx, "kill", "-s", "KILL", ident)
+        d = tempfile.mkdtemp(prefix="sbx-ka-")
+        self.addCleanup(shutil.rmtree, d, True)
+        # Everything after the client asked proc.wait is dropped, the pings' answers too.
+        relay = w.Relay(self.agent.sock, os.path.join(d, "relay.sock"),
+                        lambda msg, asked: None if "proc.wait" in asked.values() else msg)
+        self.addCleanup(relay.close)
+        r = self.sbx("--keepalive", "200ms", "wait", ident, addr=relay.addr, timeout=30)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(self.GIVEN_UP, r.stderr)
+
+    def test_bad_keepalive(self):
+        r = self.sbx("--keepalive", "soon", "ping")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(b"bad --keepalive", r.stderr)
+        r = self.sbx("--keepalive", "0", "ping")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+
 class TestCliAgentTakesNothing(CliCase):
     """exec against an agent that announces a stream window of 2^32-1 and then reads nothing
     more (a relay stops passing the CLI's bytes on once proc.spawn is answered): sbx's write of

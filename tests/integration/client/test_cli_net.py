@@ -118,10 +118,10 @@ class NetCase(CliCase):
             self.assertLess(time.time(), deadline, "port %d never listened" % port)
             time.sleep(0.1)
 
-    def forward(self, *args):
-        """Start `sbx forward ARGS`; returns (process, [local ports]) once it listens."""
-        f = subprocess.Popen([SBX, "-c", self.addr, "forward", *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+    def forward(self, *args, opts=()):
+        """Start `sbx [OPTS] forward ARGS`; returns (process, [local ports]) once it listens."""
+        f = subprocess.Popen([SBX, "-c", self.addr, *opts, "forward", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.forwards.append(f)
         ports, buf = [], b""
         nspec = len([a for a in args if not a.startswith("-")])
@@ -141,6 +141,18 @@ class NetCase(CliCase):
         err = f.stderr.read()
         self.assertEqual(f.wait(10), 0, err)
         return err
+
+
+class TestCliForwardKeepalive(NetCase):
+    def test_a_quiet_agent_is_pinged_and_a_stopped_one_given_up(self):
+        f, [port] = self.forward("0:8080", opts=("--keepalive", "200ms"))
+        time.sleep(1.5)  # idle: 7 intervals without a byte but the pings' answers
+        self.assertIsNone(f.poll(), f.stderr.read1() if f.poll() is not None else b"")
+        with self.agent.stopped():
+            rc = f.wait(30)
+        err = f.stderr.read()
+        self.assertEqual(rc, 1, err)
+        self.assertIn(b"nothing from the agent for 600 ms", err)
 
 
 class TestCliForwardBrokenAgent(NetCase):
