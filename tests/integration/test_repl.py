@@ -4,6 +4,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -792,6 +793,20 @@ class TestReplProtocol(ReplCase):
                 ends[m[2]["stream"]] = m[2].get("error", {}).get("code")
         self.assertEqual(ends, {head["stdout"]: "CANCELLED", head["stderr"]: "CANCELLED"})
         other.close()
+
+    def test_stream_eval_output_under_a_flood_keeps_its_own_line(self):
+        # A thread of the session writes 64 KiB chunks for ever: the pipe is always full, and
+        # an eval's own line, written and flushed before its report, was at times still in it
+        # when the eval ended (its drain stops at the credit): the result came without it.
+        sid = self.start("python3")
+        self.ev(sid, "import threading, sys\ndef f():\n    while True:\n        sys.stdout."
+                     "write('y' * 65536); sys.stdout.flush()\nthreading.Thread(target=f, "
+                     "daemon=True).start()")
+        for i in range(5):
+            # print() writes the newline apart: the thread's bytes may come between.
+            out, _, res, _ = self.stream_eval(sid, "print('s-marker-%d')" % i)
+            self.assertEqual(re.findall(rb"s-marker-\d+", out), [b"s-marker-%d" % i])
+        self.c.call("repl.close", {"session": sid})
 
     def test_stream_eval_pending_output_first(self):
         sid = self.start("python3")
