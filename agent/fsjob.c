@@ -98,22 +98,28 @@ static int remove_tree_at(int dfd, const char *name, char *path, size_t plen, un
 /* The work of fs.remove (on a threadpool thread: a tree can be large). */
 static int remove_do(const char *path, bool recursive, struct sbx_err *err)
 {
-    char parent[AGENT_FS_PATH_BUF], base[AGENT_FS_PATH_BUF];
+    char parent[AGENT_FS_PATH_BUF], base[AGENT_FS_PATH_BUF + 1];
     _cleanup_close_ int pfd = -1;
     struct stat st;
 
-    if (lstat(path, &st) < 0) {
+    /* Looked at and removed in its pinned parent: no magic link on the way (agent/path.h). */
+    if (agent_path_pin_parent(path, &pfd, base, sizeof(base)) < 0 ||
+        fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0) {
         return agent_fs_err(err, errno, "remove", path);
     }
     if (!S_ISDIR(st.st_mode)) {
-        if (unlink(path) < 0) {
+        if (unlinkat(pfd, base, 0) < 0) {
             return agent_fs_err(err, errno, "unlink", path);
         }
     } else if (!recursive) {
-        if (rmdir(path) < 0) {
+        if (unlinkat(pfd, base, AT_REMOVEDIR) < 0) {
             return agent_fs_err(err, errno, "rmdir", path);
         }
     } else {
+        if (pfd >= 0) {
+            (void)close(pfd); /* opened again below, for reading (remove_tree_at lists it) */
+            pfd = -1;
+        }
         if (agent_path_split(path, parent, sizeof(parent), base, sizeof(base)) < 0) {
             return agent_fs_err(err, EBUSY, "remove", path); /* "/" */
         }
@@ -337,7 +343,7 @@ static int copy_do(const char *from, const char *to, bool recursive, struct sbx_
                    ? agent_fs_err_file(err, EINVAL, st.st_mode, "copy", from)
                    : agent_fs_err(err, errno, "open", from);
     }
-    if (stat(to, &dst) == 0) {
+    if (agent_path_stat(to, true, &dst) == 0) {
         if (dst.st_dev == st.st_dev && dst.st_ino == st.st_ino) {
             return agent_fs_err2(err, EINVAL, "copy onto itself", from, to);
         }

@@ -4,6 +4,12 @@
  * truncate, utime and mktemp. Each makes its calls as the request's identity (§17.1,
  * agent_fs_act_as) and switches back before it replies. Also fs.umask, the agent's process-wide
  * umask those creations honour (§17.8).
+ *
+ * No path is handed to the kernel whole: a thread acting as a user may follow the agent's own
+ * /proc/self/fd links whatever its credentials, so a workload symlink into /proc/<agent>/fd or
+ * /cwd would reach what another request opened as root. What a method acts on is pinned first
+ * without magic links (agent_path_pin), or its parent directory is (agent_path_pin_parent), and
+ * the call takes the fd.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +25,11 @@
 #include "path.h"
 #include "sbx/schema.h"
 
+/* @call made on a pin's /proc/self/fd name, or without /proc (ENOENT: no such name) @fallback on
+ * the path, as before: with no /proc mounted there is no magic link to keep away from either.
+ * Evaluates @fallback only then. */
+#define PROC_OR_PATH(call, fallback) ((call) == 0 ? 0 : errno == ENOENT ? (fallback) : -1)
+
 /* --- stat ---------------------------------------------------------------------------------- */
 
 /* fs.stat / fs.lstat: AGENT_REPLIED with the FileInfo, or -1 with @err. */
@@ -27,6 +38,7 @@ static int fs_stat_common(struct agent_conn *c, const struct sbx_msg *m, bool fo
 {
     char path[AGENT_FS_PATH_BUF], target[AGENT_FS_PATH_BUF];
     _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    _cleanup_close_ int pin = -1;
     struct statx st;
     ssize_t tlen = -1;
 
@@ -34,20 +46,16 @@ static int fs_stat_common(struct agent_conn *c, const struct sbx_msg *m, bool fo
         agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
-    if (statx(AT_FDCWD, path, follow ? 0 : AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME,
-              &st) < 0) {
+    pin = agent_path_pin(path, follow);
+    if (pin < 0 || statx(pin, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_BTIME, &st) < 0) {
         return agent_fs_err(err, errno, follow ? "stat" : "lstat", path);
     }
     if (!follow && S_ISLNK(st.stx_mode)) {
-        tlen = readlink(path, target, sizeof(target) - 1);
-        /* Reading the link updated its atime: stat again so the reply is what lstat(2) says
-         * now. A link replaced meanwhile loses its target rather than reporting a wrong one. */
-        if (tlen < 0 ||
-            statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, &st) < 0) {
+        /* The pinned link itself: reading it updated its atime, so stat it again for the reply
+         * to be what lstat(2) says now. */
+        tlen = readlinkat(pin, "", target, sizeof(target) - 1);
+        if (tlen < 0 || statx(pin, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_BTIME, &st) < 0) {
             return agent_fs_err(err, errno, "readlink", path);
-        }
-        if (!S_ISLNK(st.stx_mode)) {
-            tlen = -1;
         }
     }
     agent_ident_leave(&sc);
@@ -85,7 +93,7 @@ int agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
         if (agent_path_mkdir(path, 0777, (mode_t)mode, err) < 0) {
             return -1;
         }
-    } else if (mkdir(path, (mode_t)mode) < 0) {
+    } else if (agent_path_mkdir1(path, (mode_t)mode) < 0) {
         return agent_fs_err(err, errno, "mkdir", path);
     }
     agent_ident_leave(&sc);
@@ -93,19 +101,32 @@ int agent_fs_mkdir(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
     return AGENT_REPLIED;
 }
 
-/* A method on the two path params @k1 and @k2, done by @fn (rename, link); @op names it in
- * errors. */
-static int two_path_op(struct agent_conn *c, const struct sbx_msg *m, const char *k1,
-                       const char *k2, int (*fn)(const char *, const char *), const char *op,
-                       struct sbx_err *err)
+static int link_at(int d1, const char *b1, int d2, const char *b2)
 {
-    char p1[AGENT_FS_PATH_BUF], p2[AGENT_FS_PATH_BUF];
+    return linkat(d1, b1, d2, b2, 0); /* as link(2): a symlink is linked, not followed */
+}
+
+/* A method on the two path params @k1 and @k2, done by @fn (renameat, link_at) in their pinned
+ * parent directories; @op names it in errors. */
+static int two_path_op(struct agent_conn *c, const struct sbx_msg *m, const char *k1,
+                       const char *k2, int (*fn)(int, const char *, int, const char *),
+                       const char *op, struct sbx_err *err)
+{
+    char p1[AGENT_FS_PATH_BUF], p2[AGENT_FS_PATH_BUF], b1[AGENT_FS_PATH_BUF + 1],
+        b2[AGENT_FS_PATH_BUF + 1];
     _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    _cleanup_close_ int d1 = -1, d2 = -1;
 
     if (agent_fs_two_paths(m, k1, p1, k2, p2, err) < 0 || agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
-    if (fn(p1, p2) < 0) {
+    if (agent_path_pin_parent(p1, &d1, b1, sizeof(b1)) < 0) {
+        return agent_fs_err(err, errno, op, p1);
+    }
+    if (agent_path_pin_parent(p2, &d2, b2, sizeof(b2)) < 0) {
+        return agent_fs_err(err, errno, op, p2);
+    }
+    if (fn(d1, b1, d2, b2) < 0) {
         return agent_fs_err2(err, errno, op, p1, p2);
     }
     agent_ident_leave(&sc);
@@ -115,15 +136,16 @@ static int two_path_op(struct agent_conn *c, const struct sbx_msg *m, const char
 
 int agent_fs_rename(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    return two_path_op(c, m, "from", "to", rename, "rename", err);
+    return two_path_op(c, m, "from", "to", renameat, "rename", err);
 }
 
 /* --- attributes and links ------------------------------------------------------------------ */
 
 int agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    char path[AGENT_FS_PATH_BUF];
+    char path[AGENT_FS_PATH_BUF], proc[AGENT_PATH_PROC_BUF];
     _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    _cleanup_close_ int pin = -1;
     uint64_t mode;
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
@@ -131,7 +153,10 @@ int agent_fs_chmod(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
         agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
-    if (chmod(path, (mode_t)mode) < 0) {
+    /* fchmod takes no O_PATH fd (fchmodat2 with AT_EMPTY_PATH is Linux 6.6): the pin's name. */
+    pin = agent_path_pin(path, true);
+    if (pin < 0 || PROC_OR_PATH(chmod(agent_path_proc(pin, proc), (mode_t)mode),
+                                chmod(path, (mode_t)mode)) < 0) {
         return agent_fs_err(err, errno, "chmod", path);
     }
     agent_ident_leave(&sc);
@@ -143,6 +168,7 @@ int agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
 {
     char path[AGENT_FS_PATH_BUF];
     _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    _cleanup_close_ int pin = -1;
     uint64_t uid = (uint64_t)-1, gid = (uint64_t)-1;
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
@@ -151,7 +177,8 @@ int agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
         agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
-    if (chown(path, (uid_t)uid, (gid_t)gid) < 0) {
+    pin = agent_path_pin(path, true);
+    if (pin < 0 || fchownat(pin, "", (uid_t)uid, (gid_t)gid, AT_EMPTY_PATH) < 0) {
         return agent_fs_err(err, errno, "chown", path);
     }
     agent_ident_leave(&sc);
@@ -161,8 +188,9 @@ int agent_fs_chown(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
 
 int agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    char target[AGENT_FS_PATH_BUF], path[AGENT_FS_PATH_BUF];
+    char target[AGENT_FS_PATH_BUF], path[AGENT_FS_PATH_BUF], base[AGENT_FS_PATH_BUF + 1];
     _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    _cleanup_close_ int dfd = -1;
 
     if (sbx_param_bstr(m->params, "target", SBX_REQUIRED, target, sizeof(target), err) < 0 ||
         agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0) {
@@ -175,7 +203,8 @@ int agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
     if (agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
-    if (symlink(target, path) < 0) {
+    if (agent_path_pin_parent(path, &dfd, base, sizeof(base)) < 0 ||
+        symlinkat(target, dfd, base) < 0) {
         return agent_fs_err(err, errno, "symlink", path);
     }
     agent_ident_leave(&sc);
@@ -185,7 +214,7 @@ int agent_fs_symlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_e
 
 int agent_fs_link(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    return two_path_op(c, m, "target", "path", link, "link", err);
+    return two_path_op(c, m, "target", "path", link_at, "link", err);
 }
 
 /* Reply {key: bstr}. */
@@ -204,13 +233,22 @@ int agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
 {
     char path[AGENT_FS_PATH_BUF], target[AGENT_FS_PATH_BUF];
     _cleanup_ident_ struct agent_ident_scope sc = { 0 };
-    ssize_t n;
+    _cleanup_close_ int pin = -1;
+    struct stat st;
+    ssize_t n = -1;
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
         agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
-    n = readlink(path, target, sizeof(target) - 1);
+    pin = agent_path_pin(path, false);
+    if (pin >= 0 && fstat(pin, &st) == 0) {
+        if (S_ISLNK(st.st_mode)) {
+            n = readlinkat(pin, "", target, sizeof(target) - 1);
+        } else {
+            errno = EINVAL; /* as readlink(2) says of what is not a symlink */
+        }
+    }
     if (n < 0) {
         return agent_fs_err(err, errno, "readlink", path);
     }
@@ -221,16 +259,27 @@ int agent_fs_readlink(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
 
 int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    char path[AGENT_FS_PATH_BUF], real[PATH_MAX];
+    char path[AGENT_FS_PATH_BUF], real[PATH_MAX], proc[AGENT_PATH_PROC_BUF];
     _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    _cleanup_close_ int pin = -1;
+    ssize_t n = -1;
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
         agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
-    if (realpath(path, real) == NULL) {
+    /* The kernel's own name for the pinned object; realpath(3) without /proc. */
+    pin = agent_path_pin(path, true);
+    if (pin >= 0) {
+        n = readlink(agent_path_proc(pin, proc), real, sizeof(real) - 1);
+        if (n < 0 && errno == ENOENT && realpath(path, real) != NULL) {
+            n = (ssize_t)strlen(real);
+        }
+    }
+    if (n < 0) {
         return agent_fs_err(err, errno, "realpath", path);
     }
+    real[n] = '\0';
     agent_ident_leave(&sc);
     reply_bstr(c, m->id, "path", real, strlen(real));
     return AGENT_REPLIED;
@@ -304,8 +353,9 @@ int agent_fs_truncate(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
 
 int agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err *err)
 {
-    char path[AGENT_FS_PATH_BUF];
+    char path[AGENT_FS_PATH_BUF], proc[AGENT_PATH_PROC_BUF];
     _cleanup_ident_ struct agent_ident_scope sc = { 0 };
+    _cleanup_close_ int pin = -1;
     struct timespec ts[2];
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
@@ -314,7 +364,9 @@ int agent_fs_utime(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
         agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
-    if (utimensat(AT_FDCWD, path, ts, 0) < 0) {
+    pin = agent_path_pin(path, true);
+    if (pin < 0 || PROC_OR_PATH(utimensat(AT_FDCWD, agent_path_proc(pin, proc), ts, 0),
+                                utimensat(AT_FDCWD, path, ts, 0)) < 0) {
         return agent_fs_err(err, errno, "utime", path);
     }
     agent_ident_leave(&sc);

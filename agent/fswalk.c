@@ -244,7 +244,7 @@ static bool walk_root(struct agent_fswalk *w)
     if (*name == '\0') {
         name = w->path; /* "/" or "dir/" */
     }
-    type = lstat(w->rootabs, &st) == 0 ? agent_fs_type_name(st.st_mode) : "dir";
+    type = agent_path_stat(w->rootabs, false, &st) == 0 ? agent_fs_type_name(st.st_mode) : "dir";
     if (w->inc_dirs && (w->nmatch == 0 || regs_match(w->match, w->nmatch, w->path))) {
         walk_entry(w, name, type, 0, NULL);
         reported = true;

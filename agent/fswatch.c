@@ -117,6 +117,27 @@ static void ref_free(struct agent_fswatch *fw, struct fw_ref *r, bool rm)
     free(r);
 }
 
+/* inotify_add_watch of @abs pinned first without magic links (agent/path.h), then watched by
+ * the pin's /proc/self/fd name (which inotify follows: the pin honoured IN_DONT_FOLLOW already);
+ * by @abs itself without /proc. */
+static int watch_pinned(int ifd, const char *abs, uint32_t mask)
+{
+    char proc[AGENT_PATH_PROC_BUF];
+    int pin = agent_path_pin(abs, (mask & IN_DONT_FOLLOW) == 0), wd, e;
+
+    if (pin < 0) {
+        return -1;
+    }
+    wd = inotify_add_watch(ifd, agent_path_proc(pin, proc), mask & ~(uint32_t)IN_DONT_FOLLOW);
+    if (wd < 0 && errno == ENOENT) {
+        wd = inotify_add_watch(ifd, abs, mask);
+    }
+    e = errno;
+    (void)close(pin); /* an O_PATH fd: nothing to report */
+    errno = e;
+    return wd;
+}
+
 /* Watch @abs (absolute path of @rel under the watch) and bind it. Returns the binding or NULL
  * with errno set. */
 static struct fw_ref *ref_add(struct fw_watch *w, const char *abs, const char *rel, uint32_t mask)
@@ -129,7 +150,7 @@ static struct fw_ref *ref_add(struct fw_watch *w, const char *abs, const char *r
         errno = EMLINK; /* told apart by the callers: LIMIT, or "overflow" */
         return NULL;
     }
-    wd = inotify_add_watch(fw->fd, abs, mask);
+    wd = watch_pinned(fw->fd, abs, mask);
     if (wd < 0) {
         return NULL;
     }
@@ -554,7 +575,7 @@ int agent_fs_watch(struct agent_conn *c, const struct sbx_msg *m, struct sbx_err
     if (agent_ident_enter_err(&who, &sc, err) < 0) {
         return -1;
     }
-    if (stat(abs, &st) < 0) {
+    if (agent_path_stat(abs, true, &st) < 0) {
         agent_fs_err(err, errno, "watch", abs);
         return -1;
     }

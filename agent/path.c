@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <linux/openat2.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -107,11 +108,11 @@ int agent_path_mkdir(const char *path, mode_t parents_mode, mode_t mode, struct 
             continue; /* "//" */
         }
         *p = '\0';
-        if (mkdir(buf, last ? mode : parents_mode) < 0) {
+        if (agent_path_mkdir1(buf, last ? mode : parents_mode) < 0) {
             int e = errno;
-            if (e != EEXIST || stat(buf, &st) < 0 || !S_ISDIR(st.st_mode)) {
+            if (e != EEXIST || agent_path_stat(buf, true, &st) < 0 || !S_ISDIR(st.st_mode)) {
                 if (e == EEXIST) {
-                    e = stat(buf, &st) < 0 ? errno : ENOTDIR;
+                    e = agent_path_stat(buf, true, &st) < 0 ? errno : ENOTDIR;
                     if (last && e == ENOTDIR) {
                         e = EEXIST; /* the target itself exists and is not a directory */
                     }
@@ -130,7 +131,7 @@ int agent_path_check_dir(const char *path, const char *op, struct sbx_err *err)
 {
     struct stat st;
 
-    if (stat(path, &st) < 0) {
+    if (agent_path_stat(path, true, &st) < 0) {
         return agent_fs_err(err, errno, op, path);
     }
     if (!S_ISDIR(st.st_mode)) {
@@ -155,6 +156,80 @@ int agent_path_open(int dfd, const char *name, int oflags, mode_t mode)
     /* No openat2 (before 5.6, or filtered): the old call, magic links and all. */
 #endif
     return openat(dfd, name, oflags, mode);
+}
+
+int agent_path_pin(const char *path, bool follow)
+{
+    return agent_path_open(AT_FDCWD, path, O_PATH | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0);
+}
+
+const char *agent_path_proc(int fd, char *buf)
+{
+    (void)snprintf(buf, AGENT_PATH_PROC_BUF, "/proc/self/fd/%d", fd);
+    return buf;
+}
+
+int agent_path_pin_parent(const char *path, int *dfd, char *base, size_t basesz)
+{
+    char parent[PATH_MAX + 1];
+    size_t n = strlen(path), blen;
+    int r = agent_path_split(path, parent, sizeof(parent), base, basesz);
+
+    *dfd = AT_FDCWD;
+    if (r == -EINVAL) { /* "/" */
+        if (n >= basesz) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        memcpy(base, path, n + 1);
+        return 0;
+    }
+    if (r < 0) {
+        errno = -r;
+        return -1;
+    }
+    blen = strlen(base);
+    if (path[n - 1] == '/') {
+        if (blen + 1 >= basesz) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        base[blen] = '/';
+        base[blen + 1] = '\0';
+    }
+    *dfd = agent_path_open(AT_FDCWD, parent, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+    return *dfd < 0 ? -1 : 0;
+}
+
+int agent_path_stat(const char *path, bool follow, struct stat *st)
+{
+    int fd = agent_path_pin(path, follow), r, e;
+
+    if (fd < 0) {
+        return -1;
+    }
+    r = fstat(fd, st);
+    e = errno;
+    (void)close(fd); /* an O_PATH fd: nothing to report */
+    errno = e;
+    return r;
+}
+
+int agent_path_mkdir1(const char *path, mode_t mode)
+{
+    char base[PATH_MAX + 2];
+    int dfd, r, e;
+
+    if (agent_path_pin_parent(path, &dfd, base, sizeof(base)) < 0) {
+        return -1;
+    }
+    r = mkdirat(dfd, base, mode);
+    e = errno;
+    if (dfd >= 0) {
+        (void)close(dfd);
+    }
+    errno = e;
+    return r;
 }
 
 int agent_path_opendir(const char *path, bool create, struct sbx_err *err)

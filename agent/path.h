@@ -63,6 +63,40 @@ int agent_path_check_dir(const char *path, const char *op, struct sbx_err *err);
 int agent_path_open(int dfd, const char *name, int oflags, mode_t mode);
 
 /*
+ * What the absolute @path names, pinned as agent_path_open opens (no magic link on the way):
+ * O_PATH, which opens nothing (no FIFO waits, no device acts). The path methods that act on an
+ * object (stat, lstat, chmod, chown, utime, readlink, realpath) act on this fd, or on its
+ * agent_path_proc name, never on @path again. With @follow a symlink as the last component is
+ * followed; else it is pinned itself (O_NOFOLLOW; the kernel allows that even for a magic link,
+ * which is then only looked at). Returns the fd (O_CLOEXEC), or -1 with errno.
+ */
+int agent_path_pin(const char *path, bool follow);
+
+/* stat(2) (@follow) or lstat(2) of the absolute @path through agent_path_pin. 0, or -1 with
+ * errno. */
+int agent_path_stat(const char *path, bool follow, struct stat *st);
+
+/* mkdir(2) of the absolute @path in its parent pinned by agent_path_pin_parent. 0, or -1 with
+ * errno. */
+int agent_path_mkdir1(const char *path, mode_t mode);
+
+/* The name "/proc/self/fd/N" of @fd, into @buf (AGENT_PATH_PROC_BUF bytes): the agent's own
+ * magic link to exactly that inode, for the calls that take no O_PATH fd (chmod, utimensat,
+ * realpath's readlink). Returns @buf. */
+#define AGENT_PATH_PROC_BUF 32
+const char *agent_path_proc(int fd, char *buf);
+
+/*
+ * The parent directory of the absolute @path pinned as agent_path_pin pins (O_PATH |
+ * O_DIRECTORY), for the path methods that make, rename or remove a name (mkdir, symlink,
+ * rename, link, remove): they act on (*@dfd, @base). A trailing slash stays on @base ("b/", so
+ * the kernel still wants a directory there). A path without a last component ("/") is left
+ * whole: *@dfd is AT_FDCWD and @base the path (no magic link is on the way to "/"). Returns 0
+ * with *@dfd to close when >= 0, or -1 with errno (ENAMETOOLONG: a part does not fit).
+ */
+int agent_path_pin_parent(const char *path, int *dfd, char *base, size_t basesz);
+
+/*
  * Open the directory @path (absolute; symlinks followed as open(2) follows them), O_CLOEXEC.
  * When it is missing and @create is set, it is made first as agent_path_mkdir makes it (mode
  * AGENT_PATH_MKDIR_MODE for it and its missing parents). Returns the fd, or -1 with @err: the

@@ -1135,16 +1135,17 @@ def run(conn, params, stdin=None, sink=None, grant=True):
 class Agent:
     """A real sbx-agent on a unix socket in a temporary directory."""
 
-    def __init__(self, binary, extra=(), env=None, session_leader=False):
+    def __init__(self, binary, extra=(), env=None, session_leader=False, cwd=None):
         """@session_leader: the agent leads a session of its own with no controlling terminal, as
-        sbx-init starts it (setsid)."""
+        sbx-init starts it (setsid). @cwd: its working directory (default: ours)."""
         self.dir = tempfile.mkdtemp(prefix="sbx-agent-")
         self.sock = os.path.join(self.dir, "agent.sock")
         self.addr = "unix:" + self.sock
         self.log = open(os.path.join(self.dir, "agent.log"), "w+")
-        self.proc = subprocess.Popen([binary, "--listen", self.addr, *extra], stdout=self.log,
+        self.proc = subprocess.Popen([os.path.abspath(binary), "--listen", self.addr, *extra],
+                                     stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=session_leader)
+                                     start_new_session=session_leader, cwd=cwd)
         deadline = time.time() + 10
         # The socket file appears at bind(), before listen(): wait until a connect succeeds
         # (a connect in between is refused, which made tests flaky on a loaded machine).

@@ -280,6 +280,59 @@ class TestAttackIdentityMagicLinks(IdentityCase):
         self.assertFalse(os.path.exists(os.path.join(self.d, "copy")))
         root.call("fs.close", {"fh": fh})
 
+    def test_path_methods_through_the_agents_cwd(self):
+        # The agent's working directory is one the workload may write but cannot reach (below
+        # root's 0700 directory). Through /proc/<agent>/cwd every path method but the opens
+        # acted there as the workload's user: stat, chmod, mkdir, rename, remove, ...
+        shared = os.path.join(self.tmp, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)
+        mine = os.path.join(shared, "mine")
+        with open(mine, "wb") as f:
+            f.write(b"mine")
+        os.chmod(mine, 0o644)
+        os.chown(mine, self.u.uid, self.u.gid)
+        os.symlink("target-name", os.path.join(shared, "lnk"))
+        self.assertNotEqual(self.u.sh("ls " + shared).returncode, 0)
+        self.agent.finish(self, self.c)
+        self.agent = w.Agent(AGENT, env=dict(os.environ, SBX_WORKLOAD_USER=self.u.name),
+                             cwd=shared)
+        self.c = self.agent.connect()
+        cwd = self.plant("cwd", "/proc/%d/cwd" % self.agent.proc.pid)
+        j = lambda name: os.path.join(cwd, name)  # noqa: E731
+        calls = [
+            ("fs.stat", {"path": j("mine")}),
+            ("fs.lstat", {"path": j("lnk")}),
+            ("fs.readlink", {"path": j("lnk")}),
+            ("fs.realpath", {"path": j("mine")}),
+            ("fs.chmod", {"path": j("mine"), "mode": 0o600}),
+            ("fs.chown", {"path": j("mine"), "uid": self.u.uid}),
+            ("fs.utime", {"path": j("mine"), "atime_ns": 0, "mtime_ns": 0}),
+            ("fs.mkdir", {"path": j("d")}),
+            ("fs.mkdir", {"path": j("p") + "/q", "parents": True}),
+            ("fs.symlink", {"target": "x", "path": j("s")}),
+            ("fs.rename", {"from": j("mine"), "to": j("moved")}),
+            ("fs.link", {"target": j("mine"), "path": j("hard")}),
+            ("fs.remove", {"path": j("mine")}),
+            ("fs.watch", {"path": cwd}),
+            ("fs.stat", {"path": cwd}),
+        ]
+        for method, params in calls:
+            self.assertEqual(self.call_err(method, params), "ELOOP", (method, params))
+        self.assertEqual(sorted(os.listdir(shared)), ["lnk", "mine"])
+        st = os.stat(mine)
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_size), (0o644, 4))
+        self.assertNotEqual(st.st_mtime, 0)
+        # The workload's own links and paths still work as they did.
+        own = self.plant("own", os.path.join(self.d, "cwd"))
+        self.assertEqual(self.c.call("fs.readlink", {"path": own})["target"],
+                         os.path.join(self.d, "cwd"))
+        self.sh("echo hi > f && mkdir sub")
+        self.c.call("fs.rename", {"from": os.path.join(self.d, "f"),
+                                  "to": os.path.join(self.d, "sub", "g")})
+        self.assertEqual(self.c.call("fs.realpath", {"path": os.path.join(self.d, "sub/../sub/g")})
+                         ["path"], os.path.join(self.d, "sub", "g"))
+
 
 class TestAttackReplWorkingDirectory(IdentityCase):
     """A python3 REPL session of the agent's own user (root) whose working directory the

@@ -408,6 +408,79 @@ static void test_check_dir(void **state)
     assert_string_equal(fx->err.code, "ENOENT");
 }
 
+/* agent_path_pin, _pin_parent, _stat and _mkdir1: what they reach, and never a magic link on
+ * the way (here this process's own /proc/self/fd link to the root). */
+static void test_pin(void **state)
+{
+    struct fx *fx = *state;
+    char base[PATH_MAX + 2], proc[AGENT_PATH_PROC_BUF], magic[64], expect[64], small[4];
+    struct stat st;
+    int fd, dfd;
+
+    /* A symlink as the last component is followed, or pinned itself. */
+    fd = agent_path_pin(at(fx->root, "lsecret", 0), true);
+    assert_true(fd >= 0);
+    assert_true(cloexec(fd));
+    assert_true(same_file(fd, at(fx->outside, "secret", 0)));
+    assert_int_equal(close(fd), 0);
+    fd = agent_path_pin(at(fx->root, "lsecret", 0), false);
+    assert_true(fd >= 0);
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    /* Its /proc name is the agent's own way back to that inode. */
+    snprintf(expect, sizeof(expect), "/proc/self/fd/%d", fd);
+    assert_string_equal(agent_path_proc(fd, proc), expect);
+    assert_int_equal(close(fd), 0);
+    assert_int_equal(agent_path_pin(at(fx->root, "nope", 0), true), -1);
+    assert_int_equal(errno, ENOENT);
+
+    /* A magic link on the way, or followed at the end, is ELOOP; looked at itself it is not. */
+    snprintf(magic, sizeof(magic), "/proc/self/fd/%d/link", fx->rootfd);
+    assert_int_equal(agent_path_pin(magic, true), -1);
+    assert_int_equal(errno, ELOOP);
+    snprintf(magic, sizeof(magic), "/proc/self/fd/%d", fx->rootfd);
+    assert_int_equal(agent_path_pin(magic, true), -1);
+    assert_int_equal(errno, ELOOP);
+    fd = agent_path_pin(magic, false);
+    assert_true(fd >= 0);
+    assert_int_equal(close(fd), 0);
+    assert_int_equal(agent_path_stat(magic, true, &st), -1);
+    assert_int_equal(errno, ELOOP);
+    snprintf(magic, sizeof(magic), "/proc/self/fd/%d/made", fx->rootfd);
+    assert_int_equal(agent_path_pin_parent(magic, &dfd, base, sizeof(base)), -1);
+    assert_int_equal(errno, ELOOP);
+    assert_int_equal(agent_path_mkdir1(magic, 0755), -1);
+    assert_int_equal(errno, ELOOP);
+    assert_false(exists(at(fx->root, "made", 0)));
+
+    /* The parent pinned, the last component apart with its trailing slash kept. */
+    assert_int_equal(agent_path_pin_parent(at(fx->root, "link/dir/", 0), &dfd, base, sizeof(base)),
+                     0);
+    assert_string_equal(base, "dir/");
+    assert_true(same_file(dfd, fx->outside)); /* a symlink among the parents is followed */
+    assert_true(cloexec(dfd));
+    assert_int_equal(close(dfd), 0);
+    /* "/" has no parent: left whole, for AT_FDCWD. */
+    assert_int_equal(agent_path_pin_parent("/", &dfd, base, sizeof(base)), 0);
+    assert_int_equal(dfd, AT_FDCWD);
+    assert_string_equal(base, "/");
+    assert_int_equal(agent_path_pin_parent(at(fx->root, "long", 0), &dfd, small, sizeof(small)),
+                     -1);
+    assert_int_equal(errno, ENAMETOOLONG);
+    assert_int_equal(agent_path_pin_parent(at(fx->root, "m/n", 0), &dfd, base, sizeof(base)), -1);
+    assert_int_equal(errno, ENOENT);
+
+    /* stat and lstat through the pin; one mkdir in the pinned parent. */
+    assert_int_equal(agent_path_stat(at(fx->root, "link", 0), true, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(agent_path_stat(at(fx->root, "link", 0), false, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    assert_int_equal(agent_path_mkdir1(at(fx->root, "made/", 0), 0700), 0);
+    assert_int_equal(mode_of(at(fx->root, "made", 0)) & 07777, 0700); /* less the umask, 022 */
+    assert_int_equal(agent_path_mkdir1(at(fx->root, "made", 0), 0700), -1);
+    assert_int_equal(errno, EEXIST);
+}
+
 static void test_opendir(void **state)
 {
     struct fx *fx = *state;
@@ -926,6 +999,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mkdir_too_long, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_eacces, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pin, setup, teardown),
         cmocka_unit_test_setup_teardown(test_opendir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_opendir_at, setup, teardown),
         cmocka_unit_test_setup_teardown(test_opendir_under, setup, teardown),
