@@ -429,9 +429,9 @@ int agent_fs_mktemp(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
             return -1;
         }
         if (directory) {
-            r = mkdir(path, 0700);
+            r = agent_path_mkdir1(path, 0700);
         } else {
-            r = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+            r = agent_path_open(AT_FDCWD, path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
             if (r >= 0) {
                 (void)close(r); /* nothing written yet */
             }

@@ -314,6 +314,8 @@ class TestAttackIdentityMagicLinks(IdentityCase):
             ("fs.rename", {"from": j("mine"), "to": j("moved")}),
             ("fs.link", {"target": j("mine"), "path": j("hard")}),
             ("fs.remove", {"path": j("mine")}),
+            ("fs.mktemp", {"dir": cwd}),
+            ("fs.mktemp", {"dir": cwd, "directory": True}),
             ("fs.watch", {"path": cwd}),
             ("fs.stat", {"path": cwd}),
         ]
