@@ -757,12 +757,6 @@ static char *substitute(const char *in, const struct rep *reps, size_t n, size_t
 
 enum redirect_mode { RD_FOLLOW, RD_MANUAL, RD_ERROR };
 
-struct bchunk {
-    struct bchunk *next;
-    size_t len;
-    uint8_t data[];
-};
-
 struct fetch {
     struct gw_call *call;
     struct gw_session *s;
@@ -784,8 +778,7 @@ struct fetch {
     bool has_body, body_open, body_ended, body_decided, body_whole;
     struct gw_hold hold; /* on while the body waits for the connection or the server */
     uint64_t body_sid;
-    struct bchunk *bhead, *btail;
-    size_t bbytes;
+    struct gw_bytes body; /* gathered (FETCH_PREBUF), or kept whole for a redirect */
 
     uv_timer_t *wait; /* FETCH_PREBUF_MS after the connect (malloc'd: closed asynchronously) */
 
@@ -816,14 +809,7 @@ static void set_hold(struct fetch *f, bool hold)
 
 static void body_free(struct fetch *f)
 {
-    while (f->bhead != NULL) {
-        struct bchunk *c = f->bhead;
-
-        f->bhead = c->next;
-        free(c);
-    }
-    f->btail = NULL;
-    f->bbytes = 0;
+    gw_bytes_clear(&f->body);
 }
 
 /* The end of the fetch: everything let go, the call released (answered first if it was not). */
@@ -1008,8 +994,8 @@ static int body_flush(struct fetch *f)
 {
     int r = 0;
 
-    for (struct bchunk *c = f->bhead; c != NULL && r >= 0; c = c->next) {
-        int x = httpc_body(f->hc, c->data, c->len);
+    for (struct gw_chunk *c = f->body.head; c != NULL && r >= 0; c = c->next) {
+        int x = httpc_body(f->hc, c->data + c->off, c->len - c->off);
 
         r = x < 0 ? -1 : (x == 1 ? 1 : r);
     }
@@ -1157,7 +1143,7 @@ static int body_decide(struct fetch *f, bool egress)
     f->body_decided = true;
     if (f->body_ended) {
         f->body_whole = true;
-        if (send_head(f, HTTPC_BODY_LENGTH, f->bbytes, egress) < 0) {
+        if (send_head(f, HTTPC_BODY_LENGTH, f->body.len, egress) < 0) {
             return -1;
         }
     } else if (send_head(f, HTTPC_BODY_CHUNKED, 0, egress) < 0) {
@@ -1185,24 +1171,12 @@ static int sink_data(void *user, const uint8_t *data, size_t len)
         return 0; /* dropped (a redirect turned the request into a GET) */
     }
     if (!f->body_decided) {
-        struct bchunk *c = malloc(sizeof(*c) + len);
-
-        if (c == NULL) {
+        if (gw_bytes_push(&f->body, data, len) < 0) {
             f->body_open = false;
             fail_send(f, "ENOMEM", "out of memory");
             return -1;
         }
-        c->next = NULL;
-        c->len = len;
-        memcpy(c->data, data, len);
-        if (f->btail != NULL) {
-            f->btail->next = c;
-        } else {
-            f->bhead = c;
-        }
-        f->btail = c;
-        f->bbytes += len;
-        if (f->bbytes > FETCH_PREBUF) {
+        if (f->body.len > FETCH_PREBUF) {
             if (f->hc != NULL) {
                 if (body_decide(f, hop_is_egress(f)) < 0) {
                     return 0; /* the fetch ended and cancelled the stream */
@@ -1543,7 +1517,7 @@ static void hop_opened(struct fetch *f, bool egress)
         (void)send_head(f, needs_len ? HTTPC_BODY_LENGTH : HTTPC_BODY_NONE, 0, egress);
         return;
     }
-    if (f->body_ended || f->bbytes > FETCH_PREBUF) {
+    if (f->body_ended || f->body.len > FETCH_PREBUF) {
         (void)body_decide(f, egress);
     }
 }

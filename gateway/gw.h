@@ -155,6 +155,26 @@ void gw_duration_text(int64_t ms, char *out, size_t outlen);
  * fraction, out of range, not a number): no undefined float-to-int conversion. */
 int gw_json_int64(const json_t *v, int64_t *out);
 
+/* --- a byte queue (util.c): what a client stream sent, waiting for where it goes ----------- */
+
+struct gw_chunk {
+    struct gw_chunk *next;
+    size_t len, off; /* data[off..len) is still to go */
+    uint8_t data[];
+};
+
+struct gw_bytes {
+    struct gw_chunk *head, *tail;
+    size_t len; /* the bytes still to go, in all chunks */
+};
+
+/* Append a copy of @data[0..@len). 0, or -1 out of memory (nothing changed). */
+int gw_bytes_push(struct gw_bytes *q, const void *data, size_t len);
+/* @n bytes of the head chunk went (at most what it has left): the chunk is freed once done. */
+void gw_bytes_take(struct gw_bytes *q, size_t n);
+/* Drop everything. */
+void gw_bytes_clear(struct gw_bytes *q);
+
 /* --- sandboxes (sandbox.c) ----------------------------------------------------------------- */
 
 enum gw_sandbox_state {

@@ -18,18 +18,11 @@
 
 /* --- stdin ---------------------------------------------------------------------------------- */
 
-struct qchunk {
-    struct qchunk *next;
-    size_t len, off;
-    uint8_t data[];
-};
-
 struct stdin_pipe {
     struct gw_session *s;
     uint64_t sdk; /* the client's stream id */
     uint32_t sid; /* the agent's stdin stream; 0 until proc.spawn answered */
-    struct qchunk *head, *tail;
-    size_t queued;       /* bytes in head..tail */
+    struct gw_bytes q;   /* what waits for the agent's stream */
     bool claimed;        /* the client stream is still delivering to us */
     bool end;            /* the client ended the stream: end the agent's once the queue is out */
     bool fed;            /* registered with gw_session_feed */
@@ -41,25 +34,13 @@ static void pipe_hold(struct stdin_pipe *p, bool hold)
     gw_session_hold(p->s, &p->hold, hold);
 }
 
-static void pipe_drop_queue(struct stdin_pipe *p)
-{
-    while (p->head != NULL) {
-        struct qchunk *q = p->head;
-
-        p->head = q->next;
-        free(q);
-    }
-    p->tail = NULL;
-    p->queued = 0;
-}
-
 static void pipe_free(struct stdin_pipe *p)
 {
     pipe_hold(p, false);
     if (p->fed) {
         gw_session_unfeed(p->s, p->sid);
     }
-    pipe_drop_queue(p);
+    gw_bytes_clear(&p->q);
     free(p);
 }
 
@@ -79,7 +60,7 @@ static int pipe_cut(struct stdin_pipe *p, json_t *reason)
     } else {
         json_decref(reason);
     }
-    pipe_drop_queue(p);
+    gw_bytes_clear(&p->q);
     pipe_hold(p, false);
     if (p->sid == 0) {
         p->end = true;
@@ -113,12 +94,12 @@ static int pipe_pump(struct stdin_pipe *p)
 {
     struct sbx_conn *c = gw_session_conn(p->s);
     struct sbx_err err;
-    size_t before = p->queued;
+    size_t before = p->q.len;
 
     if (p->sid == 0) {
         /* proc.spawn not answered yet: everything waits here, held as toward the agent (an
          * agent slow to start the process must not let the client's bytes pile up). */
-        pipe_hold(p, p->queued > GW_AGENT_QUEUE_HIGH);
+        pipe_hold(p, p->q.len > GW_AGENT_QUEUE_HIGH);
         return 0;
     }
     if (c == NULL || !sbx_conn_stream_live(c, p->sid)) {
@@ -131,8 +112,8 @@ static int pipe_pump(struct stdin_pipe *p)
         pipe_free(p);
         return -1;
     }
-    while (p->head != NULL) {
-        struct qchunk *q = p->head;
+    while (p->q.head != NULL) {
+        struct gw_chunk *q = p->q.head;
         size_t inq = sbx_conn_queued(c, p->sid);
         size_t n = q->len - q->off;
 
@@ -146,21 +127,13 @@ static int pipe_pump(struct stdin_pipe *p)
             gw_log("stdin of stream %u: %s", p->sid, err.msg);
             break;
         }
-        q->off += n;
-        p->queued -= n;
-        if (q->off == q->len) {
-            p->head = q->next;
-            if (p->head == NULL) {
-                p->tail = NULL;
-            }
-            free(q);
-        }
+        gw_bytes_take(&p->q, n);
     }
-    if (p->queued < before) {
+    if (p->q.len < before) {
         gw_session_hold_progress(p->s, &p->hold); /* the process is reading */
     }
-    pipe_hold(p, p->queued > GW_AGENT_QUEUE_HIGH);
-    if (p->end && p->head == NULL) {
+    pipe_hold(p, p->q.len > GW_AGENT_QUEUE_HIGH);
+    if (p->end && p->q.head == NULL) {
         (void)sbx_conn_end(c, p->sid, NULL, &err); /* -1: cancelled meanwhile, nothing to end */
         pipe_free(p);
         return -1;
@@ -177,9 +150,8 @@ static void pipe_credit(void *user)
 static int pipe_data(void *user, const uint8_t *data, size_t len)
 {
     struct stdin_pipe *p = user;
-    struct qchunk *q;
 
-    if (len > GW_SINK_MAX - p->queued) {
+    if (len > GW_SINK_MAX - p->q.len) {
         char msg[128];
 
         snprintf(msg, sizeof(msg), "stdin: more than %u MiB would wait for the process",
@@ -187,21 +159,9 @@ static int pipe_data(void *user, const uint8_t *data, size_t len)
         (void)pipe_cut(p, gw_errobj("Error", "LIMIT", msg));
         return 0; /* cancelled toward the client already */
     }
-    q = malloc(sizeof(*q) + len);
-    if (q == NULL) {
+    if (gw_bytes_push(&p->q, data, len) < 0) {
         return -1;
     }
-    q->next = NULL;
-    q->len = len;
-    q->off = 0;
-    memcpy(q->data, data, len);
-    if (p->tail != NULL) {
-        p->tail->next = q;
-    } else {
-        p->head = q;
-    }
-    p->tail = q;
-    p->queued += len;
     if (pipe_pump(p) < 0) {
         return 0; /* finished: the stream was cancelled toward the client already */
     }

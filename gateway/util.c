@@ -319,6 +319,50 @@ void gw_duration_text(int64_t ms, char *out, size_t outlen)
     }
 }
 
+int gw_bytes_push(struct gw_bytes *q, const void *data, size_t len)
+{
+    struct gw_chunk *c = malloc(sizeof(*c) + len);
+
+    if (c == NULL) {
+        return -1;
+    }
+    c->next = NULL;
+    c->len = len;
+    c->off = 0;
+    memcpy(c->data, data, len);
+    *(q->tail != NULL ? &q->tail->next : &q->head) = c;
+    q->tail = c;
+    q->len += len;
+    return 0;
+}
+
+void gw_bytes_take(struct gw_bytes *q, size_t n)
+{
+    struct gw_chunk *c = q->head;
+
+    c->off += n;
+    q->len -= n;
+    if (c->off == c->len) {
+        q->head = c->next;
+        if (q->head == NULL) {
+            q->tail = NULL;
+        }
+        free(c);
+    }
+}
+
+void gw_bytes_clear(struct gw_bytes *q)
+{
+    while (q->head != NULL) {
+        struct gw_chunk *c = q->head;
+
+        q->head = c->next;
+        free(c);
+    }
+    q->tail = NULL;
+    q->len = 0;
+}
+
 int gw_json_int64(const json_t *v, int64_t *out)
 {
     if (json_is_integer(v)) {
