@@ -98,7 +98,8 @@ struct agent_repl {
     char line[SBX_REPL_CTL_LINE_MAX];
     uint32_t line_len;
     bool in_payload;
-    uint64_t need[2]; /* value, error bytes still to come */
+    bool in_payload_drop; /* ... of a report that came while the eval drained: dropped */
+    uint64_t need[2];     /* value, error bytes still to come */
     bool has_value, has_error;
     struct repl_buf value, error;
     int status; /* sh/bash: exit status of the code */
@@ -455,12 +456,18 @@ static void pack_result_fields(msgpack_packer *pk, struct agent_repl *r, const c
     sbx_pack_kv_bool(pk, "truncated", truncated);
 }
 
-/* The pipes' bounds of a streaming eval's last bytes are gone (it ends another way). */
+/* Lift the bounds a draining eval set on its pipes (it ended, or ends another way): what the
+ * interpreter wrote after its report is read again, as the next eval's. */
 static void eval_output_forget(struct agent_repl *r)
 {
     if (r->ev_draining && r->proc != NULL) {
-        r->proc->out.until = r->proc->err.until = 0;
-        r->proc->out.until_cb = r->proc->err.until_cb = NULL;
+        struct agent_pipe *pipes[2] = { &r->proc->out, &r->proc->err };
+
+        for (int i = 0; i < 2; i++) {
+            pipes[i]->bounded = false;
+            pipes[i]->until_cb = NULL;
+            agent_pipe_update(pipes[i]);
+        }
     }
     r->ev_draining = false;
 }
@@ -472,18 +479,18 @@ static void eval_output_done(struct agent_pipe *p)
 {
     struct agent_repl *r = p->proc->data;
 
-    if (r == NULL || !r->ev_draining || r->proc == NULL || r->proc->out.until != 0 ||
-        r->proc->err.until != 0) {
+    if (r == NULL || !r->ev_draining || r->proc == NULL || r->proc->out.until_cb != NULL ||
+        r->proc->err.until_cb != NULL) {
         return;
     }
-    r->ev_draining = false;
     eval_complete(r, NULL);
 }
 
 /* A streaming eval reported while its pipes still hold output it wrote before (what its streams
- * had no credit for): those bytes are this eval's, not the next one's. Each pipe with a stream is
- * read up to what it holds now, as credit comes, and the eval ends when both got there
- * (eval_output_done). False when nothing waits. */
+ * had no credit for): those bytes are this eval's, not the next one's. Both pipes are bounded at
+ * what they hold now: each is read up to there, as credit comes, and no further (what the
+ * interpreter writes after its report waits in the pipe for the next eval); the eval ends once
+ * both got there (eval_output_done). False, with no bound set, when nothing waits. */
 static bool eval_output_waits(struct agent_repl *r)
 {
     struct agent_pipe *pipes[2] = { &r->proc->out, &r->proc->err };
@@ -494,13 +501,16 @@ static bool eval_output_waits(struct agent_repl *r)
         uv_os_fd_t fd;
         int n = 0;
 
-        if (p->open && !p->eof && p->stream != NULL &&
-            uv_fileno((uv_handle_t *)&p->handle, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0 &&
-            n > 0) {
-            p->until = p->total + (uint64_t)n;
+        if (p->open && !p->eof && uv_fileno((uv_handle_t *)&p->handle, &fd) == 0 &&
+            ioctl(fd, FIONREAD, &n) == 0 && n > 0) {
             p->until_cb = eval_output_done;
             waits = true;
         }
+        p->bounded = true;
+        p->until = p->total + (uint64_t)(n > 0 ? n : 0);
+    }
+    if (!waits) {
+        pipes[0]->bounded = pipes[1]->bounded = false;
     }
     r->ev_draining = waits;
     return waits;
@@ -589,6 +599,7 @@ static void eval_complete(struct agent_repl *r, const char *exit_text)
         r->state = RS_IDLE;
         repl_pace(r, true);
     }
+    eval_output_forget(r); /* last: what comes after the report goes to the idle capture */
 }
 
 /* The pending repl.start fails with @err (an async completion: start-up failure, start timeout,
@@ -661,27 +672,33 @@ static void driver_broken(struct agent_repl *r)
 static void on_line(struct agent_repl *r)
 {
     long long v = 0, e = 0;
-    int n;
+    int n, st;
 
     r->line[r->line_len] = '\0';
     if (strcmp(r->line, "ready") == 0) {
         on_ready(r);
-    } else if (sscanf(r->line, "status %d%n", &r->status, &n) == 1 && r->line[n] == '\0') {
-        if (r->state == RS_BUSY) {
+    } else if (sscanf(r->line, "status %d%n", &st, &n) == 1 && r->line[n] == '\0') {
+        if (r->state == RS_BUSY && !r->ev_draining) {
+            r->status = st;
             eval_finish(r, NULL);
         }
     } else if (sscanf(r->line, "pong %lld%n", &v, &n) == 1 && r->line[n] == '\0') {
         /* Only the answer to the current eval's interrupt counts. One whose eval already
          * reported its status (bash returns from it; or the code ended as the interrupt came)
          * is stale, and must not end the next eval. */
-        if (r->state == RS_BUSY && r->ev_timed_out && v == (long long)r->intr) {
+        if (r->state == RS_BUSY && !r->ev_draining && r->ev_timed_out && v == (long long)r->intr) {
             r->status = 130;
             eval_finish(r, NULL);
         }
     } else if (sscanf(r->line, "result %lld %lld%n", &v, &e, &n) == 2 && r->line[n] == '\0' &&
                v >= -1 && e >= -1 && v < (1ll << 40) && e < (1ll << 40)) {
-        r->has_value = v >= 0;
-        r->has_error = e >= 0;
+        /* A report while the eval's last output drains is one too many: its payload is read
+         * and dropped, the first report stands. */
+        r->in_payload_drop = r->ev_draining;
+        if (!r->in_payload_drop) {
+            r->has_value = v >= 0;
+            r->has_error = e >= 0;
+        }
         r->need[0] = v > 0 ? (uint64_t)v : 0;
         r->need[1] = e > 0 ? (uint64_t)e : 0;
         r->in_payload = true;
@@ -693,7 +710,9 @@ static void on_line(struct agent_repl *r)
 static void on_result(struct agent_repl *r)
 {
     r->in_payload = false;
-    if (r->state == RS_BUSY) {
+    if (r->in_payload_drop) {
+        r->in_payload_drop = false;
+    } else if (r->state == RS_BUSY) {
         eval_finish(r, NULL);
     } else {
         buf_reset(&r->value);
@@ -707,8 +726,10 @@ static void ctl_feed(struct agent_repl *r, const uint8_t *d, size_t n)
         if (r->in_payload) {
             int i = r->need[0] > 0 ? 0 : 1;
             size_t take = n < r->need[i] ? n : (size_t)r->need[i];
-            buf_append(i == 0 ? &r->value : &r->error, d, take,
-                       i == 0 ? SBX_REPL_VALUE_MAX : SBX_REPL_ERROR_MAX);
+            if (!r->in_payload_drop) {
+                buf_append(i == 0 ? &r->value : &r->error, d, take,
+                           i == 0 ? SBX_REPL_VALUE_MAX : SBX_REPL_ERROR_MAX);
+            }
             r->need[i] -= take;
             d += take;
             n -= take;
@@ -793,7 +814,8 @@ static void proc_done(struct agent_proc *p)
     p->data = NULL;
     p->on_done = NULL;
     p->out.sink = p->err.sink = NULL;
-    p->collected = true; /* the session reports it; the exit record may be evicted */
+    p->collected = true;   /* the session reports it; the exit record may be evicted */
+    eval_output_forget(r); /* its pipes are done: no bound may hold them */
     if (WIFSIGNALED(p->status)) {
         snprintf(text, sizeof(text), "interpreter exited (signal %s)",
                  sbx_signal_name(WTERMSIG(p->status), sigbuf, sizeof(sigbuf)));

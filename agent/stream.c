@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -803,6 +804,9 @@ static bool pipe_may_read(struct agent_pipe *p)
     struct agent *a = p->proc->a;
     struct agent_stream *s = p->stream;
 
+    if (p->bounded && p->total >= p->until) {
+        return false; /* a REPL eval's last output is read; what follows waits for the next */
+    }
     if (s == NULL) {
         return !pipe_paced(p);
     }
@@ -819,7 +823,7 @@ static bool pipe_may_read(struct agent_pipe *p)
 /* At most @want bytes, and none past the pipe's bound (until). */
 static size_t pipe_until_cap(const struct agent_pipe *p, size_t want)
 {
-    if (p->until == 0) {
+    if (!p->bounded) {
         return want;
     }
     if (p->total >= p->until) {
@@ -950,6 +954,18 @@ static bool pipe_replay(struct agent_pipe *p)
     return true;
 }
 
+/* The bytes counted up to @p's bound are no longer all in the pipe: something else holding its
+ * read end (a workload of the agent's own user, through /proc/<agent>/fd) took some. Waiting for
+ * them would wait for ever. */
+static bool pipe_bound_gone(struct agent_pipe *p)
+{
+    uv_os_fd_t fd;
+    int n = 0;
+
+    return p->open && uv_fileno((uv_handle_t *)&p->handle, &fd) == 0 &&
+           ioctl(fd, FIONREAD, &n) == 0 && (uint64_t)n < p->until - p->total;
+}
+
 void agent_pipe_update(struct agent_pipe *p)
 {
     bool want;
@@ -957,12 +973,11 @@ void agent_pipe_update(struct agent_pipe *p)
     if (p->is_input || p->proc == NULL) {
         return;
     }
-    if (p->until != 0 && (p->total >= p->until || p->eof)) {
+    if (p->until_cb != NULL && (p->total >= p->until || p->eof || pipe_bound_gone(p))) {
         void (*cb)(struct agent_pipe *) = p->until_cb;
 
-        p->until = 0;
         p->until_cb = NULL;
-        cb(p); /* may end the stream, or set a new bound */
+        cb(p); /* may end the stream, or lift the bound */
     }
     if (p->stream != NULL && p->stream->pos < p->total + (p->eof ? 1 : 0) && !pipe_replay(p)) {
         return;

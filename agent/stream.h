@@ -43,8 +43,11 @@ struct agent_pipe {
     void (*sink)(struct agent_pipe *p, const uint8_t *data, uint32_t n);
     bool sink_idle; /* the sink's REPL is between evals: read at the pace of detached output */
     bool ringless;  /* a REPL interpreter's: its output went to the session, never to a ring */
-    /* output: when set, read no byte past this offset, and call until_cb (once, with until back
-     * at 0) when total reaches it or the output ends: a streaming REPL eval's last bytes */
+    /* output, while @bounded: read no byte past offset @until (a streaming REPL eval's last
+     * bytes; what follows waits in the pipe for the next eval), and call @until_cb, once (it is
+     * NULL after), when total reaches it, the output ends, or the pipe no longer holds what it
+     * was counted to hold (read by another holder of the pipe) */
+    bool bounded;
     uint64_t until;
     void (*until_cb)(struct agent_pipe *p);
     /* input */

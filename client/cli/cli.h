@@ -24,7 +24,7 @@
 #define CLI_EXIT_USAGE 2
 #define CLI_EXIT_SBX   125
 
-/* --keepalive's default: a ping after 15 s of silence from the agent, the end after 45 s. */
+/* --keepalive's default: a ping after 15 s of silence from the agent, the end 30 s after it. */
 #define CLI_KEEPALIVE_MS 15000
 
 /* Bytes of stdout / stderr `sbx exec --json` keeps per stream; the rest is dropped. */

@@ -85,11 +85,12 @@ struct sbx_client {
     struct sbx_decoder hello_dec;
     struct sbx_msg hello_msg;
 
-    /* Keepalive (sbx_client_set_keepalive): the interval (0: off), when the agent last sent a
-     * byte, and the ping outstanding (0: none). */
-    int ka_ms;
+    /* Keepalive (sbx_client_set_keepalive): the interval (0: off), when a byte of the agent's
+     * was last read, the ping outstanding (0: none) and when it went (or was refused here). */
+    int64_t ka_ms;
     int64_t rx_ms;
     uint32_t ka_id;
+    int64_t ka_sent_ms;
 };
 
 /* --- time --------------------------------------------------------------------------------- */
@@ -399,49 +400,79 @@ void sbx_client_set_keepalive(struct sbx_client *c, int interval_ms)
     c->ka_ms = interval_ms > 0 ? interval_ms : 0;
 }
 
-/* The agent sent nothing for 3 intervals, not even the answer to the ping sent after the first:
- * it is taken for dead (a paused VM, a wedged agent, a link that lost the other end). */
-static int keepalive_dead(struct sbx_client *c, struct sbx_err *err)
-{
-    (void)sbx_err_set(err, SBX_E_TIMEOUT,
-                      "%s: nothing from the agent for %d ms, not even the answer to a ping "
-                      "(keepalive every %d ms of silence)",
-                      c->addr, 3 * c->ka_ms, c->ka_ms);
-    return fail(c, err);
-}
+/*
+ * The keepalive's verdicts are made only after a read found the socket empty (or a poll timed
+ * out on it), and its clocks start only while this library waits: a caller away from it for a
+ * while (a user thinking at a prompt, a slow reader of our output, a stopped process) then
+ * finds an agent that said nothing meanwhile asked with a ping, never taken for dead at once.
+ *
+ * A wait that may send (@since < 0) pings after an interval of silence, and gives up when
+ * nothing at all came within 2 intervals of that ping. A wait that may not (a write under way,
+ * or a request being built: @since is when it began) gives up when the agent took none of our
+ * bytes and sent none for 3 intervals of it, unless a ping is out already.
+ */
 
-/* Milliseconds from now until the keepalive needs a look (INT_MAX: off, or before hello). */
-static int keepalive_left(const struct sbx_client *c)
+/* When the keepalive next has something to do, on sbx__now_ms's clock (INT64_MAX: never). */
+static int64_t keepalive_due(const struct sbx_client *c, int64_t since)
 {
-    int64_t left;
-
-    if (c->ka_ms == 0 || sbx_conn_peer(c->conn) == NULL) {
-        return INT_MAX;
-    }
-    left = c->rx_ms + (int64_t)(c->ka_id == 0 ? 1 : 3) * c->ka_ms - sbx__now_ms();
-    return left <= 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
-}
-
-/* What the keepalive has to do now: after an interval of silence a ping (when @may_send: not
- * while a write is under way), after three the end. 0, or -1 with @err (dead, or the ping could
- * not be written). */
-static int keepalive(struct sbx_client *c, bool may_send, struct sbx_err *err)
-{
-    int64_t quiet;
+    int64_t last = c->rx_ms > c->ka_sent_ms ? c->rx_ms : c->ka_sent_ms;
 
     if (c->ka_ms == 0 || sbx_conn_peer(c->conn) == NULL || c->rd_eof) {
+        return INT64_MAX;
+    }
+    if (c->ka_id != 0) {
+        return last + 2 * c->ka_ms;
+    }
+    if (since < 0) {
+        return last + c->ka_ms;
+    }
+    return (c->rx_ms > since ? c->rx_ms : since) + 3 * c->ka_ms;
+}
+
+/* Milliseconds from now until keepalive_due, capped at @timeout_ms (-1: none). */
+static int keepalive_poll_ms(const struct sbx_client *c, int timeout_ms, int64_t since)
+{
+    int64_t due = keepalive_due(c, since), left;
+
+    if (due == INT64_MAX) {
+        return timeout_ms;
+    }
+    left = due - sbx__now_ms();
+    left = left < 0 ? 0 : left > INT_MAX ? INT_MAX : left;
+    return timeout_ms >= 0 && timeout_ms <= left ? timeout_ms : (int)left;
+}
+
+/* What is due now, the socket having been found empty: a ping, or the end. 0, or -1 with @err
+ * (the agent taken for dead: a paused VM, a wedged agent, a link that lost its other end; or the
+ * ping could not be written). */
+static int keepalive(struct sbx_client *c, int64_t since, struct sbx_err *err)
+{
+    int64_t now = sbx__now_ms();
+    struct sbx_err e;
+
+    if (now < keepalive_due(c, since)) {
         return 0;
     }
-    quiet = sbx__now_ms() - c->rx_ms;
-    if (quiet >= 3 * (int64_t)c->ka_ms) {
-        return keepalive_dead(c, err);
+    if (c->ka_id != 0) {
+        (void)sbx_err_set(err, SBX_E_TIMEOUT,
+                          "%s: nothing from the agent within %lld ms of a ping (keepalive "
+                          "after %lld ms of silence)",
+                          c->addr, (long long)(2 * c->ka_ms), (long long)c->ka_ms);
+        return fail(c, err);
     }
-    if (quiet >= c->ka_ms && c->ka_id == 0 && may_send && c->building == B_NONE) {
-        if (sbx_ping(c->conn, NULL, &c->ka_id, err) < 0 || flush(c, err) < 0) {
-            return -1;
-        }
+    if (since >= 0) {
+        (void)sbx_err_set(err, SBX_E_TIMEOUT,
+                          "%s: the agent took none of our bytes and sent none for %lld ms "
+                          "(keepalive after %lld ms of silence)",
+                          c->addr, (long long)(3 * c->ka_ms), (long long)c->ka_ms);
+        return fail(c, err);
     }
-    return 0;
+    c->ka_sent_ms = now;
+    if (sbx_ping(c->conn, NULL, &c->ka_id, &e) < 0) {
+        c->ka_id = 0; /* refused here (every request id in use, ...): again an interval later */
+        return 0;
+    }
+    return flush(c, err);
 }
 
 bool sbx_client_failed(const struct sbx_client *c)
@@ -451,9 +482,7 @@ bool sbx_client_failed(const struct sbx_client *c)
 
 int sbx_client_poll_ms(const struct sbx_client *c, int timeout_ms)
 {
-    int left = keepalive_left(c);
-
-    return left == INT_MAX || (timeout_ms >= 0 && timeout_ms <= left) ? timeout_ms : left;
+    return keepalive_poll_ms(c, timeout_ms, -1);
 }
 
 /*
@@ -463,6 +492,8 @@ int sbx_client_poll_ms(const struct sbx_client *c, int timeout_ms)
  */
 static ssize_t write_some(struct sbx_client *c, struct iovec *iov, int n, struct sbx_err *err)
 {
+    int64_t since = sbx__now_ms(); /* no ping from here: the keepalive's clock for this write */
+
     if (check_broken(c, err) < 0) {
         return -1;
     }
@@ -494,8 +525,8 @@ static ssize_t write_some(struct sbx_client *c, struct iovec *iov, int n, struct
             pfd.events |= POLLIN;
         }
         /* Silence counts only while we read: a full read-ahead buffer is the agent talking. */
-        r = poll(&pfd, 1, (pfd.events & POLLIN) != 0 ? sbx_client_poll_ms(c, -1) : -1);
-        if (r == 0 && keepalive(c, false, err) < 0) {
+        r = poll(&pfd, 1, (pfd.events & POLLIN) != 0 ? keepalive_poll_ms(c, -1, since) : -1);
+        if (r == 0 && keepalive(c, since, err) < 0) {
             return -1;
         }
         if (r < 0 && errno != EINTR) {
@@ -563,6 +594,9 @@ static int done(struct sbx_client *c, int r, struct sbx_err *err)
  */
 static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, struct sbx_err *err)
 {
+    /* The keepalive may ping from here, unless a request is being built (keepalive_due). */
+    int64_t since = c->building == B_NONE ? -1 : sbx__now_ms();
+
     if (check_broken(c, err) < 0) {
         return -1;
     }
@@ -632,7 +666,7 @@ static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, st
             return 0;
         }
         if (!now) { /* the fd is non-blocking: with no time to wait, just read */
-            r = poll(&pfd, 1, sbx_client_poll_ms(c, sbx__remaining(deadline)));
+            r = poll(&pfd, 1, keepalive_poll_ms(c, sbx__remaining(deadline), since));
             if (r < 0 && errno == EINTR) {
                 continue;
             }
@@ -642,7 +676,7 @@ static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, st
             }
             if (r == 0) {
                 /* Nothing came: the keepalive's time, or the caller's. */
-                if (keepalive(c, true, err) < 0) {
+                if (keepalive(c, since, err) < 0) {
                     return -1;
                 }
                 if (sbx__remaining(deadline) == 0) {
@@ -662,7 +696,7 @@ static int pull(struct sbx_client *c, struct sbx_event *ev, int64_t deadline, st
         }
         if (got == 0 && now && !c->rd_eof) {
             /* EAGAIN: nothing yet. The socket is empty: its silence is the agent's. */
-            return keepalive(c, true, err) < 0 ? -1 : 0;
+            return keepalive(c, since, err) < 0 ? -1 : 0;
         }
         sbx_conn_feed_commit(c->conn, (size_t)got);
         c->drained = got == 0;

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -824,6 +825,159 @@ class TestReplProtocol(ReplCase):
         self.assertEqual(r["error_text"], "timeout")
         self.assertLess(time.time() - t0, 30)
         self.assertEqual(self.err("repl.eval", {"session": sid, "code": "1"})["code"], "NOT_FOUND")
+
+
+class TestReplDrain(ReplCase):
+    """A streaming eval's last output (in its pipes at its report, past its streams' credit):
+    sent on its own streams as credit comes, nothing after the report with it."""
+
+    def begin(self, sid, code, want_stream="stdout", extra=None):
+        """Start a streaming eval; read (without granting) until the @want_stream's credit
+        worth came. Returns (head, {sid: bytes})."""
+        p = {"session": sid, "stream": True, "code": code}
+        p.update(extra or {})
+        rid = self.c.request("repl.eval", p)
+        head = self.c.wait(rid)
+        got = {head["stdout"]: b"", head["stderr"]: b""}
+        target = head[want_stream]
+        while len(got[target]) < self.c.window:
+            m = self.c.recv()
+            self.assertIsNotNone(m)
+            if m[0] == 3 and m[1] in got:
+                got[m[1]] += m[2]
+        return head, got
+
+    def finish(self, head, got, grant=True, timeout=20):
+        """Grant as data comes until repl.result. Returns (got, result, order)."""
+        order = []
+        old = self.c.sock.gettimeout()
+        self.c.sock.settimeout(timeout)
+        try:
+            if grant:
+                for s in got:
+                    self.c.credit(s, self.c.window)
+            while True:
+                m = self.c.recv()
+                self.assertIsNotNone(m)
+                if m[0] == 3 and m[1] in got:
+                    got[m[1]] += m[2]
+                    if grant:
+                        self.c.credit(m[1], len(m[2]))
+                    order.append(("data", m[1]))
+                elif m[0] == 2 and m[1] == "stream.end" and m[2]["stream"] in got:
+                    order.append(("end", m[2]["stream"], m[2].get("error")))
+                elif m[0] == 2 and m[1] == "repl.result":
+                    order.append(("result",))
+                    return got, m[2], order
+        finally:
+            self.c.sock.settimeout(old)
+
+    def test_output_after_the_report_goes_to_this_eval(self):
+        # stderr is past its credit at the report; while it drains, a thread of the session
+        # prints LATE on stdout (after the report). §16.3: "Output the interpreter writes after
+        # the eval finished goes to the next eval."
+        sid = self.start("python3")
+        n = self.c.window + 32768
+        # The thread prints 0.5 s after the code's last statement ran (the driver reports
+        # right after it).
+        code = ("import sys, threading, time\n"
+                "done = threading.Event()\n"
+                "def late():\n"
+                "    done.wait(); time.sleep(0.5); print('LATE', flush=True)\n"
+                "threading.Thread(target=late).start()\n"
+                "sys.stderr.write('e' * %d); sys.stderr.flush()\n"
+                "done.set()\n" % n)
+        head, got = self.begin(sid, code, want_stream="stderr")
+        time.sleep(1.5)  # the report came long ago; LATE was printed after it
+        got, res, _ = self.finish(head, got)
+        self.assertEqual(len(got[head["stderr"]]), n)
+        out2, _, _, _ = self.stream_eval(sid, "print('next')")
+        self.assertNotIn(b"LATE", got[head["stdout"]],
+                         "LATE (written after the report) was sent on eval 1's stdout")
+        self.assertIn(b"LATE", out2)
+
+
+    def test_second_report_while_draining(self):
+        # Code that writes a report of its own to fd 4 (the driver's control pipe, open in the
+        # process) and then more output than its credit: the first report stands, and the
+        # driver's own, which comes while the output drains, was appended to its value.
+        sid = self.start("python3")
+        n = self.c.window + 32768
+        code = ("import sys, os; sys.stdout.write('x' * %d); sys.stdout.flush(); "
+                "os.write(4, b'result 3 -1\\nAAA')\n'BBB'" % n)
+        head, got = self.begin(sid, code)
+        time.sleep(1.0)
+        got, res, order = self.finish(head, got)
+        self.assertEqual(res["value"], "AAA", res)
+        self.assertEqual(self.ev(sid, "6 * 7")["value"], "42")
+
+
+    def test_stolen_pipe_bytes_leave_the_session_busy(self):
+        # A workload running as the agent's user reads the agent's end of its stdout pipe
+        # (/proc/<agent>/fd/N) after its report: the bytes FIONREAD counted never reached the
+        # agent, the bound was never met, and the session was BUSY for good.
+        sid = self.start("python3")
+        n = self.c.window + 32768
+        code = r"""
+import os, sys, threading, time
+ino = os.readlink('/proc/self/fd/1')
+ppid = %d
+def steal():
+    time.sleep(0.3)
+    for fd in os.listdir('/proc/%%d/fd' %% ppid):
+        try:
+            if os.readlink('/proc/%%d/fd/%%s' %% (ppid, fd)) == ino:
+                r = os.open('/proc/%%d/fd/%%s' %% (ppid, fd), os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    while os.read(r, 65536):
+                        pass
+                except BlockingIOError:
+                    pass
+        except OSError:
+            pass
+threading.Thread(target=steal).start()
+sys.stdout.write('x' * %d); sys.stdout.flush()
+""" % (self.agent.proc.pid, n)
+        head, got = self.begin(sid, code)
+        time.sleep(1.0)
+        try:
+            got, res, order = self.finish(head, got, timeout=5)
+        except socket.timeout:
+            self.assertTrue(self.c.call("repl.list")["sessions"][0]["busy"])
+            self.c.call("repl.close", {"session": sid})
+            self.fail("session stuck BUSY after its pipe's bytes were stolen")
+        self.assertLessEqual(len(got[head["stdout"]]), self.c.window + 32768)
+        self.assertFalse(self.c.call("repl.list")["sessions"][0]["busy"])
+
+
+    def test_interpreter_killed_mid_drain(self):
+        sid = self.start("python3")
+        pid = self.c.call("repl.list")["sessions"][0]["pid"]
+        n = self.c.window + 32768
+        head, got = self.begin(sid, "import sys; sys.stdout.write('x' * %d); sys.stdout.flush()"
+                               % n)
+        time.sleep(0.5)
+        os.kill(pid, 9)
+        time.sleep(0.5)
+        got, res, order = self.finish(head, got, timeout=10)
+        self.assertEqual(len(got[head["stdout"]]), n)
+        # No second result, and the session is gone.
+        self.c.sock.settimeout(1)
+        extra = []
+        try:
+            while True:
+                m = self.c.recv()
+                if m is None:
+                    break
+                extra.append(m)
+        except socket.timeout:
+            pass
+        self.c.sock.settimeout(30)
+        self.assertFalse([m for m in extra if m[0] == 2 and m[1] == "repl.result"], extra)
+        deadline = time.time() + 5
+        while self.c.call("repl.list")["sessions"] and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.c.call("repl.list")["sessions"], [])
 
 
 if __name__ == "__main__":

@@ -116,11 +116,14 @@ int sbx_client_fd(const struct sbx_client *c);
 
 /*
  * Keepalive, off by default: once the agent has sent nothing for @interval_ms while the caller
- * waits on @c, a ping goes out; when nothing at all has come for three intervals, the connection
- * is taken for dead and every call fails with TIMEOUT (a paused or wedged VM, a link whose other
- * end is gone without a reset). Any byte from the agent is a sign of life. 0 turns it off. It
- * runs inside this library's calls only: a caller that polls sbx_client_fd itself passes its
- * poll timeout through sbx_client_poll_ms and calls sbx_client_recv when the poll returns.
+ * waits on @c, a ping goes out; when nothing at all comes within two intervals of it, the
+ * connection is taken for dead and every call fails with TIMEOUT (a paused or wedged VM, a link
+ * whose other end is gone without a reset). While a write is stuck (no ping can go), three
+ * intervals in which the agent takes none of our bytes and sends none do the same. Any byte from
+ * the agent is a sign of life, and the clocks run only while the caller waits inside this
+ * library: time spent away from it is never held against the agent. 0 turns it off. A caller
+ * that polls sbx_client_fd itself passes its poll timeout through sbx_client_poll_ms and calls
+ * sbx_client_recv when the poll returns.
  */
 void sbx_client_set_keepalive(struct sbx_client *c, int interval_ms);
 

@@ -398,7 +398,7 @@ class TestCliKeepalive(CliCase):
     """--keepalive: a silent agent is pinged, and one that answers nothing (a stopped VM, here a
     stopped agent; or a wedged one) is given up after three intervals, where sbx waited for
     ever."""
-    GIVEN_UP = b"nothing from the agent for 600 ms, not even the answer to a ping"
+    GIVEN_UP = b"nothing from the agent within 400 ms of a ping"
 
     def test_silent_but_live_agent_is_kept(self):
         r = self.sbx("--keepalive", "100ms", "exec", "--", "sh", "-c", "sleep 1.5; echo done")
@@ -442,13 +442,69 @@ class TestCliKeepalive(CliCase):
         self.assertEqual(r.returncode, 0, r.stderr)
 
 
+class TestCliKeepaliveCallerAway(CliCase):
+    """The keepalive's clock runs only while sbx waits on the agent: sbx away from it for more
+    than three intervals (reading a line, stopped, blocked on its own stdout) found the agent
+    quiet and gave it up at once, without a ping."""
+    QUIET = (b"nothing from the agent", b"took none of our bytes")
+
+    def assert_kept(self, rc, out, err, want_out):
+        for text in self.QUIET:
+            self.assertNotIn(text, err)
+        self.assertEqual((rc, out), (0, want_out), err)
+
+    def test_stopped_then_continued(self):
+        p = subprocess.Popen([SBX, "-c", self.addr, "--keepalive", "300ms", "exec", "--", "sh",
+                              "-c", "echo up; sleep 3; echo done"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        self.assertEqual(p.stdout.readline(), b"up\n")
+        os.kill(p.pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(p.pid, signal.SIGCONT)
+        out, err = p.communicate(timeout=30)
+        self.assert_kept(p.returncode, out, err, b"done\n")
+
+    def test_repl_user_thinks_between_lines(self):
+        src = subprocess.Popen(["sh", "-c", "echo 1+1; sleep 1.5; echo 2+2"],
+                               stdout=subprocess.PIPE)
+        p = subprocess.run([SBX, "-c", self.addr, "--keepalive", "300ms", "repl", "python3"],
+                           stdin=src.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=60)
+        src.wait()
+        src.stdout.close()
+        self.assert_kept(p.returncode, p.stdout, p.stderr, b"2\n4\n")
+
+    def test_fs_write_from_a_slow_stdin(self):
+        dest = os.path.join(self.agent.dir, "slow")
+        src = subprocess.Popen(["sh", "-c", "echo a; sleep 1.5; echo b"], stdout=subprocess.PIPE)
+        p = subprocess.run([SBX, "-c", self.addr, "--keepalive", "300ms", "fs", "write", dest],
+                           stdin=src.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=60)
+        src.wait()
+        src.stdout.close()
+        self.assert_kept(p.returncode, p.stdout, p.stderr, b"")
+        with open(dest, "rb") as f:
+            self.assertEqual(f.read(), b"a\nb\n")
+
+    def test_exec_output_to_a_slow_reader(self):
+        # All of the output is inside libsbx when sbx blocks on its stdout (a pipe nobody reads
+        # for 1.5 s); the command then sleeps, the agent quiet and alive.
+        p = subprocess.Popen([SBX, "-c", self.addr, "--keepalive", "200ms", "exec", "--", "sh",
+                              "-c", "head -c 70000 /dev/zero; sleep 2; echo end"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        out, err = p.communicate(timeout=30)
+        self.assert_kept(p.returncode, out[-4:], err, b"end\n")
+        self.assertEqual(len(out), 70004)
+
+
 class TestCliAgentTakesNothing(CliCase):
     """exec against an agent that announces a stream window of 2^32-1 and then reads nothing
     more (a relay stops passing the CLI's bytes on once proc.spawn is answered): sbx's write of
     its stdin waits inside libsbx for ever, where its loop cannot act on signals. The handler
     must end it itself."""
 
-    def stuck_exec(self):
+    def stuck_exec(self, opts=("--keepalive", "0")):
         d = tempfile.mkdtemp(prefix="sbx-stuck-")
         self.addCleanup(shutil.rmtree, d, True)
 
@@ -462,8 +518,9 @@ class TestCliAgentTakesNothing(CliCase):
             return msg
         relay = w.Relay(self.agent.sock, os.path.join(d, "relay.sock"), edit)
         self.addCleanup(relay.close)
-        p = subprocess.Popen([SBX, "-c", relay.addr, "exec", "cat"], stdin=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = subprocess.Popen([SBX, "-c", relay.addr, *opts, "exec", "cat"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
         self.addCleanup(self.end, p)
         # Feed stdin until nothing moves for a second: sbx no longer reads it, stuck writing.
         os.set_blocking(p.stdin.fileno(), False)
@@ -493,6 +550,14 @@ class TestCliAgentTakesNothing(CliCase):
             return p.wait(30)
         except subprocess.TimeoutExpired:
             self.fail("sbx exec outlived %s while stuck writing to the agent" % what)
+
+    def test_keepalive_gives_up_a_write_nobody_takes(self):
+        # No ping can go while a write is stuck: three intervals in which the agent took none
+        # of our bytes and sent none end it (the loop polled at once, over and over, until then).
+        p = self.stuck_exec(("--keepalive", "2s"))
+        self.assertEqual(self.wait_rc(p, "its keepalive"), 125)
+        self.assertIn(b"the agent took none of our bytes and sent none for 6000 ms",
+                      p.stderr.read())
 
     def test_third_sigint_exits_130(self):
         p = self.stuck_exec()
