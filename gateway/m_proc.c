@@ -20,8 +20,8 @@
 
 struct stdin_pipe {
     struct gw_session *s;
-    uint64_t sdk; /* the client's stream id */
-    uint32_t sid; /* the agent's stdin stream; 0 until proc.spawn answered */
+    uint64_t sdk;        /* the client's stream id */
+    uint32_t sid;        /* the agent's stdin stream; 0 until proc.spawn answered */
     struct gw_bytes q;   /* what waits for the agent's stream */
     bool claimed;        /* the client stream is still delivering to us */
     bool end;            /* the client ended the stream: end the agent's once the queue is out */
