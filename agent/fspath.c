@@ -25,10 +25,9 @@
 #include "path.h"
 #include "sbx/schema.h"
 
-/* @call made on a pin's /proc/self/fd name, or without /proc (ENOENT: no such name) @fallback on
- * the path, as before: with no /proc mounted there is no magic link to keep away from either.
- * Evaluates @fallback only then. */
-#define PROC_OR_PATH(call, fallback) ((call) == 0 ? 0 : errno == ENOENT ? (fallback) : -1)
+/* @call made on a pin's /proc/self/fd name, or without /proc @fallback on the path, as before:
+ * with no /proc mounted there is no magic link to keep away from either. */
+#define PROC_OR_PATH(call, fallback) (agent_path_proc_ok() ? (call) : (fallback))
 
 /* --- stat ---------------------------------------------------------------------------------- */
 
@@ -120,13 +119,9 @@ static int two_path_op(struct agent_conn *c, const struct sbx_msg *m, const char
     if (agent_fs_two_paths(m, k1, p1, k2, p2, err) < 0 || agent_fs_act_as(c, m, &sc, err) < 0) {
         return -1;
     }
-    if (agent_path_pin_parent(p1, &d1, b1, sizeof(b1)) < 0) {
-        return agent_fs_err(err, errno, op, p1);
-    }
-    if (agent_path_pin_parent(p2, &d2, b2, sizeof(b2)) < 0) {
-        return agent_fs_err(err, errno, op, p2);
-    }
-    if (fn(d1, b1, d2, b2) < 0) {
+    /* Any failure names both paths, `path` the first (PROTOCOL.md §17.1). */
+    if (agent_path_pin_parent(p1, &d1, b1, sizeof(b1)) < 0 ||
+        agent_path_pin_parent(p2, &d2, b2, sizeof(b2)) < 0 || fn(d1, b1, d2, b2) < 0) {
         return agent_fs_err2(err, errno, op, p1, p2);
     }
     agent_ident_leave(&sc);
@@ -262,6 +257,7 @@ int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
     char path[AGENT_FS_PATH_BUF], real[PATH_MAX], proc[AGENT_PATH_PROC_BUF];
     _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     _cleanup_close_ int pin = -1;
+    struct stat st;
     ssize_t n = -1;
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
@@ -270,10 +266,13 @@ int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
     }
     /* The kernel's own name for the pinned object; realpath(3) without /proc. */
     pin = agent_path_pin(path, true);
-    if (pin >= 0) {
+    if (pin >= 0 && !agent_path_proc_ok()) {
+        n = realpath(path, real) != NULL ? (ssize_t)strlen(real) : -1;
+    } else if (pin >= 0) {
         n = readlink(agent_path_proc(pin, proc), real, sizeof(real) - 1);
-        if (n < 0 && errno == ENOENT && realpath(path, real) != NULL) {
-            n = (ssize_t)strlen(real);
+        if (n >= 0 && (fstat(pin, &st) < 0 || st.st_nlink == 0)) {
+            n = -1; /* removed since the pin: the name would end in " (deleted)" */
+            errno = ENOENT;
         }
     }
     if (n < 0) {

@@ -193,7 +193,9 @@ static int walk_push(struct agent_fswalk *w, int dfd, const char *name, bool nof
         sbx_err_set_path(e, w->path);
         return -1;
     }
-    fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0));
+    /* A symlink followed (the root, or follow_symlinks) never through a magic link. */
+    fd = agent_path_open(dfd, name,
+                         O_RDONLY | O_DIRECTORY | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0), 0);
     if (fd < 0 || fstat(fd, &st) < 0) {
         int errnum = errno;
         if (fd >= 0) {
@@ -333,9 +335,9 @@ static int walk_next(struct agent_fswalk *w)
                 report = false;
             }
             if (depth < w->max_depth) {
-                descend = isdir ||
-                          (islink && w->follow && fstatat(dirfd(f->dir), de->d_name, &st, 0) == 0 &&
-                           S_ISDIR(st.st_mode));
+                descend = isdir || (islink && w->follow &&
+                                    agent_path_stat_at(dirfd(f->dir), de->d_name, true, &st) == 0 &&
+                                    S_ISDIR(st.st_mode));
             }
         } else {
             /* Glob: advance the pattern and every exclude by this component. */
@@ -357,7 +359,7 @@ static int walk_next(struct agent_fswalk *w)
                 continue;
             }
             report = agent_glob_matched(&w->pat, sets) && (w->inc_dirs || !isdir);
-            if (islink && alive && fstatat(dirfd(f->dir), de->d_name, &st, 0) == 0 &&
+            if (islink && alive && agent_path_stat_at(dirfd(f->dir), de->d_name, true, &st) == 0 &&
                 S_ISDIR(st.st_mode)) {
                 /* A link reached only through `**` is followed only with follow_symlinks. */
                 uint8_t *strict = w->follow ? NULL : malloc(w->pat.setsz);

@@ -128,10 +128,9 @@ static int watch_pinned(int ifd, const char *abs, uint32_t mask)
     if (pin < 0) {
         return -1;
     }
-    wd = inotify_add_watch(ifd, agent_path_proc(pin, proc), mask & ~(uint32_t)IN_DONT_FOLLOW);
-    if (wd < 0 && errno == ENOENT) {
-        wd = inotify_add_watch(ifd, abs, mask);
-    }
+    wd = agent_path_proc_ok()
+             ? inotify_add_watch(ifd, agent_path_proc(pin, proc), mask & ~(uint32_t)IN_DONT_FOLLOW)
+             : inotify_add_watch(ifd, abs, mask);
     e = errno;
     (void)close(pin); /* an O_PATH fd: nothing to report */
     errno = e;

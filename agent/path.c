@@ -140,18 +140,45 @@ int agent_path_check_dir(const char *path, const char *op, struct sbx_err *err)
     return 0;
 }
 
+#ifdef SYS_openat2
+/* Whether openat2 works here: 1 yes, -1 no (before Linux 5.6, or a seccomp filter refuses it), 0
+ * not known yet. Found out once, by opening "/", never from a call's own error: EPERM is also what
+ * an open may answer (/dev/kmsg to a user), and a workload link that swaps between such a file and
+ * a magic link would then be followed by the old call. */
+static int openat2_works;
+
+static bool have_openat2(void)
+{
+    int v = __atomic_load_n(&openat2_works, __ATOMIC_RELAXED);
+
+    if (v == 0) {
+        struct open_how how = { .flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_NO_MAGICLINKS };
+        int fd = (int)syscall(SYS_openat2, AT_FDCWD, "/", &how, sizeof(how));
+
+        if (fd >= 0) {
+            (void)close(fd); /* an O_PATH fd: nothing to report */
+            v = 1;
+        } else if (errno == ENOSYS || errno == EPERM || errno == E2BIG || errno == EINVAL) {
+            v = -1;
+        } else {
+            return true; /* out of fds or memory: this call fails as openat2 says; ask again */
+        }
+        __atomic_store_n(&openat2_works, v, __ATOMIC_RELAXED);
+    }
+    return v > 0;
+}
+#endif
+
 int agent_path_open(int dfd, const char *name, int oflags, mode_t mode)
 {
 #ifdef SYS_openat2
-    struct open_how how = {
-        .flags = (uint64_t)oflags,
-        .mode = (oflags & (O_CREAT | O_TMPFILE)) != 0 ? (uint64_t)mode : 0,
-        .resolve = RESOLVE_NO_MAGICLINKS,
-    };
-    int fd = (int)syscall(SYS_openat2, dfd, name, &how, sizeof(how));
-
-    if (fd >= 0 || (errno != ENOSYS && errno != EPERM && errno != E2BIG)) {
-        return fd;
+    if (have_openat2()) {
+        struct open_how how = {
+            .flags = (uint64_t)oflags,
+            .mode = (oflags & (O_CREAT | O_TMPFILE)) != 0 ? (uint64_t)mode : 0,
+            .resolve = RESOLVE_NO_MAGICLINKS,
+        };
+        return (int)syscall(SYS_openat2, dfd, name, &how, sizeof(how));
     }
     /* No openat2 (before 5.6, or filtered): the old call, magic links and all. */
 #endif
@@ -161,6 +188,18 @@ int agent_path_open(int dfd, const char *name, int oflags, mode_t mode)
 int agent_path_pin(const char *path, bool follow)
 {
     return agent_path_open(AT_FDCWD, path, O_PATH | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0);
+}
+
+bool agent_path_proc_ok(void)
+{
+    static int ok; /* 1 yes, -1 no, 0 not known yet */
+    int v = __atomic_load_n(&ok, __ATOMIC_RELAXED);
+
+    if (v == 0) {
+        v = access("/proc/self/fd", F_OK) == 0 ? 1 : -1;
+        __atomic_store_n(&ok, v, __ATOMIC_RELAXED);
+    }
+    return v > 0;
 }
 
 const char *agent_path_proc(int fd, char *buf)
@@ -203,7 +242,12 @@ int agent_path_pin_parent(const char *path, int *dfd, char *base, size_t basesz)
 
 int agent_path_stat(const char *path, bool follow, struct stat *st)
 {
-    int fd = agent_path_pin(path, follow), r, e;
+    return agent_path_stat_at(AT_FDCWD, path, follow, st);
+}
+
+int agent_path_stat_at(int dfd, const char *name, bool follow, struct stat *st)
+{
+    int fd = agent_path_open(dfd, name, O_PATH | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0), r, e;
 
     if (fd < 0) {
         return -1;

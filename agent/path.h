@@ -75,6 +75,8 @@ int agent_path_pin(const char *path, bool follow);
 /* stat(2) (@follow) or lstat(2) of the absolute @path through agent_path_pin. 0, or -1 with
  * errno. */
 int agent_path_stat(const char *path, bool follow, struct stat *st);
+/* The same for @name of directory fd @dfd (AT_FDCWD: a path). */
+int agent_path_stat_at(int dfd, const char *name, bool follow, struct stat *st);
 
 /* mkdir(2) of the absolute @path in its parent pinned by agent_path_pin_parent. 0, or -1 with
  * errno. */
@@ -85,6 +87,10 @@ int agent_path_mkdir1(const char *path, mode_t mode);
  * realpath's readlink). Returns @buf. */
 #define AGENT_PATH_PROC_BUF 32
 const char *agent_path_proc(int fd, char *buf);
+
+/* Whether /proc is mounted (looked at once): without it agent_path_proc names nothing, and the
+ * callers use the path itself, as there is no magic link to keep away from either. */
+bool agent_path_proc_ok(void);
 
 /*
  * The parent directory of the absolute @path pinned as agent_path_pin pins (O_PATH |

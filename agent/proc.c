@@ -25,6 +25,7 @@
 #include "agent.h"
 #include "conn.h"
 #include "env.h"
+#include "path.h"
 #include "sbx/schema.h"
 #include "seccomp.h"
 #include "stream.h"
@@ -558,8 +559,16 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, stru
             child_fail(ce, ST_SETUID, errno);
         }
     }
-    if (chdir(r->cwd) < 0) {
-        child_fail(ce, ST_CWD, errno);
+    /* As the user, and never through a magic link: this child's /proc/self/cwd is the agent's
+     * working directory, and its /proc/self/fd/N are copies of every fd the agent has open
+     * until the exec. */
+    {
+        int cwd = agent_path_open(AT_FDCWD, r->cwd, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+
+        if (cwd < 0 || fchdir(cwd) < 0) {
+            child_fail(ce, ST_CWD, errno);
+        }
+        (void)close(cwd); /* an O_PATH fd: nothing to report */
     }
     child_fail(ce, ST_EXEC, child_execvp(r));
 }

@@ -34,6 +34,7 @@ warnings.simplefilter("ignore", ResourceWarning)
 sys.path.insert(0, os.path.dirname(__file__))
 import sbxwire as w  # noqa: E402
 from test_attack_files import drain, is_done  # noqa: E402
+from test_fs import read_entries  # noqa: E402
 from workload import WorkloadUser  # noqa: E402
 
 BUILD = os.environ.get("SBX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
@@ -334,6 +335,139 @@ class TestAttackIdentityMagicLinks(IdentityCase):
                                   "to": os.path.join(self.d, "sub", "g")})
         self.assertEqual(self.c.call("fs.realpath", {"path": os.path.join(self.d, "sub/../sub/g")})
                          ["path"], os.path.join(self.d, "sub", "g"))
+
+
+class TestAttackIdentityMagicLinkWays(IdentityCase):
+    """More ways through /proc/<agent>/cwd, the agent's working directory being one the workload
+    may write but cannot reach: a walk or glob that follows a link, a walk root swapped between
+    its check and its open, a process's cwd, an open retried without openat2 after an EPERM, and
+    a realpath of a file removed meanwhile."""
+
+    def setUp(self):
+        super().setUp()
+        self.shared = os.path.join(self.tmp, "shared")
+        os.mkdir(self.shared)
+        os.chmod(self.shared, 0o777)
+        with open(os.path.join(self.shared, "HIDDEN-NAME"), "wb") as f:
+            f.write(b"behind root's 0700 directory\n")
+        os.chmod(os.path.join(self.shared, "HIDDEN-NAME"), 0o666)
+        self.assertNotEqual(self.u.sh("ls " + self.shared).returncode, 0)
+        self.agent.finish(self, self.c)
+        self.agent = w.Agent(AGENT, env=dict(os.environ, SBX_WORKLOAD_USER=self.u.name),
+                             cwd=self.shared)
+        self.c = self.agent.connect()
+        self.apid = self.agent.proc.pid
+
+    def flip(self, name, first, second):
+        """A process of the workload that swaps the symlink @name in its directory between
+        @first and @second (atomically, by rename) for a minute at most."""
+        return self.u.popen(["/usr/bin/python3", "-c", """
+import os, sys, time
+os.chdir(sys.argv[1])
+end = time.time() + 60
+while time.time() < end:
+    for i, target in enumerate(sys.argv[3:]):
+        try:
+            os.symlink(target, "t%d" % i)
+        except FileExistsError:
+            pass
+        os.rename("t%d" % i, sys.argv[2])
+""", self.d, name, first, second])
+
+    def names(self, method, params):
+        r = self.c.call(method, params)
+        out, end = read_entries(self.c, r["stream"])
+        return [e.get("path") for e in out], out
+
+    def test_walk_follow_symlinks_into_the_agents_cwd(self):
+        self.plant("cwd", "/proc/%d/cwd" % self.apid)
+        paths, out = self.names("fs.walk", {"path": self.d, "follow_symlinks": True})
+        self.assertFalse(any(p.endswith("HIDDEN-NAME") for p in paths), paths)
+
+    def test_glob_literal_component_into_the_agents_cwd(self):
+        self.plant("cwd", "/proc/%d/cwd" % self.apid)
+        paths, out = self.names("fs.glob", {"root": self.d, "pattern": "cwd/*"})
+        self.assertFalse(any(p.endswith("HIDDEN-NAME") for p in paths), paths)
+
+    def test_walk_root_swapped_after_the_check(self):
+        # The root is checked pinned (agent_path_check_dir), then opened by walk_push in a later
+        # loop turn: flip a link between the two.
+        self.sh("mkdir real && ln -s real a && ln -s /proc/%d/cwd b" % self.apid)
+        flipper = self.flip("r", "real", "/proc/%d/cwd" % self.apid)
+        try:
+            won = None
+            for i in range(100):
+                try:
+                    paths, out = self.names("fs.walk", {"path": os.path.join(self.d, "r")})
+                except w.RemoteError:
+                    continue
+                if any(p.endswith("HIDDEN-NAME") for p in paths):
+                    won = (i, out)
+                    break
+            self.assertIsNone(won)
+        finally:
+            flipper.kill()
+            flipper.wait()
+
+    def test_spawn_cwd_through_proc_self(self):
+        # The child chdir()ed as the user, and its /proc/self/cwd is the agent's (no CLONE_FS):
+        # the process ran in the agent's working directory.
+        c = self.plant("c", "/proc/self/cwd")
+        with self.assertRaises(w.RemoteError) as cm:
+            w.run(self.c, {"argv": ["/bin/sh", "-c", "pwd; ls; echo x > planted"], "cwd": c,
+                           "user": self.u.name})
+        self.assertEqual(cm.exception.code, "ELOOP")
+        self.assertFalse(os.path.exists(os.path.join(self.shared, "planted")))
+
+    def test_open_eperm_fallback_race(self):
+        # agent_path_open retried a failed openat2 with plain openat (magic links and all) on
+        # EPERM: a first resolution to /dev/kmsg (dmesg_restrict=1: EPERM for a user) and a
+        # second, after a swap, through /proc/<agent>/cwd.
+        if self.call_err("fs.open", {"path": "/dev/kmsg"}) != "EPERM":
+            self.skipTest("/dev/kmsg is not EPERM for a user here (kernel.dmesg_restrict)")
+        flipper = self.flip("x", "/dev/kmsg", "/proc/%d/cwd/HIDDEN-NAME" % self.apid)
+        try:
+            won, codes = None, {}
+            for i in range(500):
+                try:
+                    fh = self.c.call("fs.open", {"path": os.path.join(self.d, "x")})["fh"]
+                except w.RemoteError as e:
+                    codes[e.code] = codes.get(e.code, 0) + 1
+                    continue
+                data = self.c.call("fs.read", {"fh": fh, "len": 100})["data"]
+                self.c.call("fs.close", {"fh": fh})
+                won = (i, data)
+                break
+            self.assertIsNone(won)
+        finally:
+            flipper.kill()
+            flipper.wait()
+
+    def test_realpath_of_a_file_deleted_meanwhile(self):
+        # fs.realpath answers readlink("/proc/self/fd/N") of the pin: d_path, which says
+        # " (deleted)" for a file unlinked between the pin and the readlink.
+        churn = self.u.popen(["/usr/bin/python3", "-c", """
+import os, time
+os.chdir(%r)
+end = time.time() + 60
+while time.time() < end:
+    open("x", "w").close()
+    os.unlink("x")
+""" % self.d])
+        try:
+            odd = None
+            for i in range(1000):
+                try:
+                    r = self.c.call("fs.realpath", {"path": os.path.join(self.d, "x")})["path"]
+                except w.RemoteError:
+                    continue
+                if r != os.path.join(self.d, "x"):
+                    odd = (i, r)
+                    break
+            self.assertIsNone(odd)
+        finally:
+            churn.kill()
+            churn.wait()
 
 
 class TestAttackReplWorkingDirectory(IdentityCase):
