@@ -18,6 +18,7 @@
 #include "conn.h"
 #include "env.h"
 #include "listener.h"
+#include "path.h"
 #include "proc.h"
 #include "seccomp.h"
 #include "session.h"
@@ -295,6 +296,9 @@ int main(int argc, char **argv)
                 strerror(-rc));
         return 1;
     }
+    /* Whether openat2 and /proc are there, found out here, by the agent itself, and not first
+     * in a thread acting as a user or in a spawn child. */
+    agent_path_init();
 
     /* Every process costs up to three pipe fds: lift the soft fd limit to the hard one. The
      * processes it starts get the limit it found (a->nofile): the image's, not the agent's. */

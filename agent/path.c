@@ -190,6 +190,14 @@ int agent_path_pin(const char *path, bool follow)
     return agent_path_open(AT_FDCWD, path, O_PATH | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0);
 }
 
+void agent_path_init(void)
+{
+#ifdef SYS_openat2
+    (void)have_openat2();
+#endif
+    (void)agent_path_proc_ok();
+}
+
 bool agent_path_proc_ok(void)
 {
     static int ok; /* 1 yes, -1 no, 0 not known yet */

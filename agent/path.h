@@ -88,6 +88,10 @@ int agent_path_mkdir1(const char *path, mode_t mode);
 #define AGENT_PATH_PROC_BUF 32
 const char *agent_path_proc(int fd, char *buf);
 
+/* Find out once, at start, what agent_path_open and agent_path_proc_ok depend on (whether the
+ * kernel has openat2 and /proc is mounted); they find out on first use otherwise. */
+void agent_path_init(void);
+
 /* Whether /proc is mounted (looked at once): without it agent_path_proc names nothing, and the
  * callers use the path itself, as there is no magic link to keep away from either. */
 bool agent_path_proc_ok(void);
