@@ -257,7 +257,7 @@ int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
     char path[AGENT_FS_PATH_BUF], real[PATH_MAX], proc[AGENT_PATH_PROC_BUF];
     _cleanup_ident_ struct agent_ident_scope sc = { 0 };
     _cleanup_close_ int pin = -1;
-    struct stat st;
+    struct stat st, now;
     ssize_t n = -1;
 
     if (agent_fs_path_param(m->params, "path", SBX_REQUIRED, path, err) < 0 ||
@@ -270,9 +270,15 @@ int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
         n = realpath(path, real) != NULL ? (ssize_t)strlen(real) : -1;
     } else if (pin >= 0) {
         n = readlink(agent_path_proc(pin, proc), real, sizeof(real) - 1);
-        if (n >= 0 && (fstat(pin, &st) < 0 || st.st_nlink == 0)) {
-            n = -1; /* removed since the pin: the name would end in " (deleted)" */
-            errno = ENOENT;
+        if (n >= 0) {
+            real[n] = '\0';
+            /* The name must still lead to the pinned file: one removed since the pin (even a
+             * hard link of a file that has others) is named "<path> (deleted)". */
+            if (fstat(pin, &st) < 0 || agent_path_stat(real, false, &now) < 0 ||
+                now.st_dev != st.st_dev || now.st_ino != st.st_ino) {
+                n = -1;
+                errno = ENOENT;
+            }
         }
     }
     if (n < 0) {

@@ -540,11 +540,6 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, stru
     }
     /* The per-workload seccomp filter is in force already: the spawner thread that cloned this
      * child loaded it (worker_main), and clone copied it. */
-    /* The fd limit the agent found, not the one it raised for itself (main.c): the image's.
-     * After the fd set-up above, which must not fail on the lower limit. */
-    if (r->nofile.rlim_max != 0 && setrlimit(RLIMIT_NOFILE, &r->nofile) < 0) {
-        child_fail(ce, ST_RLIMIT, errno);
-    }
     /* Identity first, so the working directory and PATH are checked with the target user's
      * rights. From here a process of that user may stop this child: the spawner thread waits,
      * never the loop (agent_proc_start). */
@@ -569,6 +564,13 @@ static __attribute__((noreturn)) void child_exec(const struct spawn_req *r, stru
             child_fail(ce, ST_CWD, errno);
         }
         (void)close(cwd); /* an O_PATH fd: nothing to report */
+    }
+    /* The fd limit the agent found, not the one it raised for itself (main.c): the image's.
+     * Last, after every fd this child opens (the set-up above, the working directory), which
+     * must not fail on the lower limit: the table is a copy of the agent's, whose fds may fill
+     * it. A user may lower its soft limit, and the hard one is the agent's own. */
+    if (r->nofile.rlim_max != 0 && setrlimit(RLIMIT_NOFILE, &r->nofile) < 0) {
+        child_fail(ce, ST_RLIMIT, errno);
     }
     child_fail(ce, ST_EXEC, child_execvp(r));
 }

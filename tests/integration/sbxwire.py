@@ -13,6 +13,7 @@ work unchanged.
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -1135,9 +1136,11 @@ def run(conn, params, stdin=None, sink=None, grant=True):
 class Agent:
     """A real sbx-agent on a unix socket in a temporary directory."""
 
-    def __init__(self, binary, extra=(), env=None, session_leader=False, cwd=None):
+    def __init__(self, binary, extra=(), env=None, session_leader=False, cwd=None,
+                 nofile=None):
         """@session_leader: the agent leads a session of its own with no controlling terminal, as
-        sbx-init starts it (setsid). @cwd: its working directory (default: ours)."""
+        sbx-init starts it (setsid). @cwd: its working directory (default: ours). @nofile: the
+        soft RLIMIT_NOFILE it starts with (the image's, which its processes get back)."""
         self.dir = tempfile.mkdtemp(prefix="sbx-agent-")
         self.sock = os.path.join(self.dir, "agent.sock")
         self.addr = "unix:" + self.sock
@@ -1145,7 +1148,10 @@ class Agent:
         self.proc = subprocess.Popen([os.path.abspath(binary), "--listen", self.addr, *extra],
                                      stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=session_leader, cwd=cwd)
+                                     start_new_session=session_leader, cwd=cwd,
+                                     preexec_fn=None if nofile is None else
+                                     lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (
+                                         nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
         deadline = time.time() + 10
         # The socket file appears at bind(), before listen(): wait until a connect succeeds
         # (a connect in between is refused, which made tests flaky on a loaded machine).

@@ -231,6 +231,20 @@ class TestProcess(AgentCase):
             self.c.call("proc.kill", {"id": r["id"], "signal": "SIGNOPE"})
         self.assertEqual(cm.exception.code, "BAD_PARAM")
 
+    def test_spawn_with_the_agents_fds_up_to_the_images_limit(self):
+        # A process gets the fd limit the agent found (here 16), set in the child after every fd
+        # the child opens: its table is a copy of the agent's, which may fill those 16 (the
+        # agent raised its own limit). Opening the working directory came after and failed.
+        self.agent.finish(self, self.c)
+        self.agent = w.Agent(AGENT, nofile=16)
+        self.c = self.agent.connect()
+        extra = [self.agent.connect() for _ in range(8)]  # the agent's fds past 16
+        _, ex, outs, *_ = w.run(self.c, {"argv": ["/bin/sh", "-c", "ulimit -n; pwd"],
+                                        "cwd": "/tmp"})
+        self.assertEqual((ex["code"], b"".join(outs.values())), (0, b"16\n/tmp\n"))
+        for c in extra:
+            c.close()
+
     def test_spawn_errors_are_specific(self):
         t = time.time()
         e = self.spawn_err({"argv": ["definitely-not-a-command"]})

@@ -449,9 +449,12 @@ while time.time() < end:
         churn = self.u.popen(["/usr/bin/python3", "-c", """
 import os, time
 os.chdir(%r)
+open("y", "w").close()
 end = time.time() + 60
 while time.time() < end:
     open("x", "w").close()
+    os.unlink("x")
+    os.link("y", "x")  # a name of a file that keeps another: its link count stays 1
     os.unlink("x")
 """ % self.d])
         try:
