@@ -98,7 +98,7 @@ static int remove_tree_at(int dfd, const char *name, char *path, size_t plen, un
 /* The work of fs.remove (on a threadpool thread: a tree can be large). */
 static int remove_do(const char *path, bool recursive, struct sbx_err *err)
 {
-    char parent[AGENT_FS_PATH_BUF], base[AGENT_FS_PATH_BUF + 1];
+    char base[AGENT_FS_PATH_BUF + 1];
     _cleanup_close_ int pfd = -1;
     struct stat st;
 
@@ -116,20 +116,18 @@ static int remove_do(const char *path, bool recursive, struct sbx_err *err)
             return agent_fs_err(err, errno, "rmdir", path);
         }
     } else {
-        if (pfd >= 0) {
-            (void)close(pfd); /* opened again below, for reading (remove_tree_at lists it) */
-            pfd = -1;
+        size_t bl = strlen(base);
+
+        if (pfd < 0) {
+            return agent_fs_err(err, EBUSY, "remove", path); /* "/": no parent was pinned */
         }
-        if (agent_path_split(path, parent, sizeof(parent), base, sizeof(base)) < 0) {
-            return agent_fs_err(err, EBUSY, "remove", path); /* "/" */
+        if (base[bl - 1] == '/') {
+            base[bl - 1] = '\0'; /* the trailing slash agent_path_pin_parent kept */
         }
         if (strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
             return agent_fs_err(err, EINVAL, "remove", path);
         }
-        pfd = agent_path_open(AT_FDCWD, parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
-        if (pfd < 0) {
-            return agent_fs_err(err, errno, "open", parent);
-        }
+        /* The pinned parent serves remove_tree_at, which only opens and unlinks in it. */
         char buf[AGENT_FS_PATH_BUF]; /* remove_tree_at extends it with entry names */
         memcpy(buf, path, strlen(path) + 1);
         if (remove_tree_at(pfd, base, buf, strlen(buf), 0, err) < 0) {

@@ -284,7 +284,6 @@ int agent_fs_realpath(struct agent_conn *c, const struct sbx_msg *m, struct sbx_
     if (n < 0) {
         return agent_fs_err(err, errno, "realpath", path);
     }
-    real[n] = '\0';
     agent_ident_leave(&sc);
     reply_bstr(c, m->id, "path", real, strlen(real));
     return AGENT_REPLIED;

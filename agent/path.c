@@ -185,9 +185,15 @@ int agent_path_open(int dfd, const char *name, int oflags, mode_t mode)
     return openat(dfd, name, oflags, mode);
 }
 
+/* agent_path_pin for @name of directory fd @dfd. */
+static int pin_at(int dfd, const char *name, bool follow)
+{
+    return agent_path_open(dfd, name, O_PATH | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0);
+}
+
 int agent_path_pin(const char *path, bool follow)
 {
-    return agent_path_open(AT_FDCWD, path, O_PATH | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0);
+    return pin_at(AT_FDCWD, path, follow);
 }
 
 void agent_path_init(void)
@@ -255,7 +261,7 @@ int agent_path_stat(const char *path, bool follow, struct stat *st)
 
 int agent_path_stat_at(int dfd, const char *name, bool follow, struct stat *st)
 {
-    int fd = agent_path_open(dfd, name, O_PATH | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0), r, e;
+    int fd = pin_at(dfd, name, follow), r, e;
 
     if (fd < 0) {
         return -1;

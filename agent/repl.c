@@ -498,16 +498,14 @@ static bool eval_output_waits(struct agent_repl *r)
 
     for (int i = 0; i < 2; i++) {
         struct agent_pipe *p = pipes[i];
-        uv_os_fd_t fd;
-        int n = 0;
+        uint64_t n = p->eof ? 0 : agent_pipe_unread(p);
 
-        if (p->open && !p->eof && uv_fileno((uv_handle_t *)&p->handle, &fd) == 0 &&
-            ioctl(fd, FIONREAD, &n) == 0 && n > 0) {
+        if (n > 0) {
             p->until_cb = eval_output_done;
             waits = true;
         }
         p->bounded = true;
-        p->until = p->total + (uint64_t)(n > 0 ? n : 0);
+        p->until = p->total + n;
     }
     if (!waits) {
         pipes[0]->bounded = pipes[1]->bounded = false;

@@ -954,16 +954,24 @@ static bool pipe_replay(struct agent_pipe *p)
     return true;
 }
 
+uint64_t agent_pipe_unread(struct agent_pipe *p)
+{
+    uv_os_fd_t fd;
+    int n = 0;
+
+    if (!p->open || uv_fileno((uv_handle_t *)&p->handle, &fd) != 0 ||
+        ioctl(fd, FIONREAD, &n) != 0 || n < 0) {
+        return 0;
+    }
+    return (uint64_t)n;
+}
+
 /* The bytes counted up to @p's bound are no longer all in the pipe: something else holding its
  * read end (a workload of the agent's own user, through /proc/<agent>/fd) took some. Waiting for
  * them would wait for ever. */
 static bool pipe_bound_gone(struct agent_pipe *p)
 {
-    uv_os_fd_t fd;
-    int n = 0;
-
-    return p->open && uv_fileno((uv_handle_t *)&p->handle, &fd) == 0 &&
-           ioctl(fd, FIONREAD, &n) == 0 && (uint64_t)n < p->until - p->total;
+    return p->open && agent_pipe_unread(p) < p->until - p->total;
 }
 
 void agent_pipe_update(struct agent_pipe *p)

@@ -132,6 +132,9 @@ bool agent_stream_on_bad_data(struct agent_conn *c, uint32_t id, const struct sb
  * replay reached the end of an output that has ended), and calls until_cb once the bound is
  * reached. */
 void agent_pipe_update(struct agent_pipe *p);
+
+/* The bytes output pipe @p holds that nobody has read yet (FIONREAD); 0 when it is closed. */
+uint64_t agent_pipe_unread(struct agent_pipe *p);
 /* True while an output pipe may still legitimately carry data (used by the drain deadline). */
 bool agent_pipe_busy(struct agent_pipe *p);
 /* At the drain deadline, or a PTY's end: read what the pipe holds now without blocking (bounded

@@ -15,7 +15,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -432,14 +431,14 @@ static int64_t keepalive_due(const struct sbx_client *c, int64_t since)
 /* Milliseconds from now until keepalive_due, capped at @timeout_ms (-1: none). */
 static int keepalive_poll_ms(const struct sbx_client *c, int timeout_ms, int64_t since)
 {
-    int64_t due = keepalive_due(c, since), left;
+    int64_t due = keepalive_due(c, since);
+    int left;
 
     if (due == INT64_MAX) {
         return timeout_ms;
     }
-    left = due - sbx__now_ms();
-    left = left < 0 ? 0 : left > INT_MAX ? INT_MAX : left;
-    return timeout_ms >= 0 && timeout_ms <= left ? timeout_ms : (int)left;
+    left = sbx__remaining(due);
+    return timeout_ms >= 0 && timeout_ms <= left ? timeout_ms : left;
 }
 
 /* What is due now, the socket having been found empty: a ping, or the end. 0, or -1 with @err
