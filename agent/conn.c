@@ -114,6 +114,7 @@ struct agent_conn *agent_conn_new(struct agent *a, enum agent_transport t)
     c->transport = t;
     c->num = ++a->next_conn;
     c->next_stream = 1;
+    c->out_window = SBX_STREAM_WINDOW;
     agent_list_init(&c->streams);
     agent_list_init(&c->refs);
     agent_list_init(&c->prehello);

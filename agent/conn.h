@@ -52,7 +52,8 @@ struct agent_conn {
 
     uint32_t version;
     uint32_t next_stream;
-    uint32_t next_pack; /* pack.create job ids */
+    uint32_t out_window; /* the credit our out streams start with: hello recv_window (§8.3) */
+    uint32_t next_pack;  /* pack.create job ids */
     unsigned nstreams;
     uint32_t pending;     /* requests received and not yet answered (max_pending, §5.1) */
     int64_t cur_req;      /* the request being dispatched, -1 outside dispatch */

@@ -62,6 +62,9 @@ int agent_session_hello(struct agent_conn *c, const struct sbx_msg *m, struct sb
         return -1;
     }
     agent_conn_hello_done(c, (uint32_t)ver);
+    if (h.recv_window != 0) {
+        c->out_window = (uint32_t)h.recv_window;
+    }
 
     {
         /* "limits" only where there is a workload cgroup to apply them (cgroup.h). */
@@ -76,6 +79,7 @@ int agent_session_hello(struct agent_conn *c, const struct sbx_msg *m, struct sb
             .limits = { SBX_FRAME_MAX, SBX_STREAM_CHUNK_MAX, SBX_STREAM_WINDOW, SBX_MAX_STREAMS,
                         SBX_MAX_PROCS, agent_conn_pool_cap(c->transport) },
             .conn = c->num,
+            .recv_window = h.recv_window, /* echoed: a client then knows it was applied */
         };
         while (agent_capabilities[ncaps] != NULL) {
             caps[ncaps] = agent_capabilities[ncaps];

@@ -64,7 +64,8 @@ struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_di
     s->conn = c;
     s->id = c->next_stream++;
     s->dir = dir;
-    s->credit = SBX_STREAM_WINDOW;
+    /* What the client may take on its side of an out stream; ours, an in stream's (§8.3). */
+    s->credit = dir == AGENT_STREAM_OUT ? c->out_window : SBX_STREAM_WINDOW;
     s->pipe = p;
     if (p != NULL) {
         struct sbx_err e;

@@ -33,6 +33,11 @@
  * stops sending), and below which it resumes. */
 #define GW_WS_HIGH (8u << 20)
 #define GW_WS_LOW  (4u << 20)
+/* The credit each agent out stream (a process's stdout, a download, a guest connection) starts
+ * with on the gateway's agent connections (hello recv_window, PROTOCOL.md §8.3): what the agent
+ * may send on it before the gateway consumed any. The agent's own default is 1 MiB; a client that
+ * reads nothing holds this much (as base64 JSON, about 1.4x) per stream, on top of GW_WS_HIGH. */
+#define GW_AGENT_RECV_WINDOW (64u << 10)
 /* Bytes of client stream data buffered for ids started but not yet claimed by a request, per
  * session. Beyond: the session stops reading its WebSocket until they are claimed. */
 #define GW_UNCLAIMED_MAX (16u << 20)
@@ -174,6 +179,10 @@ int gw_bytes_push(struct gw_bytes *q, const void *data, size_t len);
 void gw_bytes_take(struct gw_bytes *q, size_t n);
 /* Drop everything. */
 void gw_bytes_clear(struct gw_bytes *q);
+
+/* The hello of the gateway's agent connections (session.c, link.c): libsbx's defaults and
+ * recv_window GW_AGENT_RECV_WINDOW. */
+extern const struct sbx_hello gw_agent_hello;
 
 /* --- sandboxes (sandbox.c) ----------------------------------------------------------------- */
 

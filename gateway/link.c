@@ -360,7 +360,7 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     r = uv_read_start((uv_stream_t *)&l->pipe, on_alloc, on_read);
-    if (r < 0 || sbx_conn_hello(l->c, NULL, l, NULL, &err) < 0) {
+    if (r < 0 || sbx_conn_hello(l->c, &gw_agent_hello, l, NULL, &err) < 0) {
         snprintf(l->why, sizeof(l->why), "starting the agent connection: %s",
                  r < 0 ? uv_strerror(r) : err.msg);
         link_end(l, l->why);

@@ -1833,7 +1833,7 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     r = uv_read_start((uv_stream_t *)&s->pipe, on_pipe_alloc, on_pipe_read);
-    if (r < 0 || sbx_conn_hello(s->c, NULL, s, NULL, &err) < 0) {
+    if (r < 0 || sbx_conn_hello(s->c, &gw_agent_hello, s, NULL, &err) < 0) {
         snprintf(s->why, sizeof(s->why), "starting the agent connection: %s",
                  r < 0 ? uv_strerror(r) : err.msg);
         session_end_agent(s, s->why);

@@ -336,6 +336,14 @@ int gw_bytes_push(struct gw_bytes *q, const void *data, size_t len)
     return 0;
 }
 
+const struct sbx_hello gw_agent_hello = {
+    .version = SBX_PROTO_VERSION,
+    .min_version = SBX_PROTO_MIN_VERSION,
+    .client = "sbx-gateway",
+    .client_len = sizeof("sbx-gateway") - 1,
+    .recv_window = GW_AGENT_RECV_WINDOW,
+};
+
 void gw_bytes_take(struct gw_bytes *q, size_t n)
 {
     struct gw_chunk *c = q->head;

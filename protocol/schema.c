@@ -81,7 +81,8 @@ static void pack_caps(msgpack_packer *pk, const char *const *caps)
 
 void sbx_hello_pack(msgpack_packer *pk, const struct sbx_hello *h)
 {
-    uint32_t n = 2 + (h->client != NULL) + (h->caps != NULL) + (h->token != NULL);
+    uint32_t n =
+        2 + (h->client != NULL) + (h->caps != NULL) + (h->token != NULL) + (h->recv_window != 0);
 
     (void)msgpack_pack_map(pk, n);
     sbx_pack_kv_u64(pk, "version", h->version);
@@ -97,6 +98,9 @@ void sbx_hello_pack(msgpack_packer *pk, const struct sbx_hello *h)
     if (h->token != NULL) {
         sbx_pack_cstr(pk, "token");
         sbx_pack_strn(pk, h->token, h->token_len);
+    }
+    if (h->recv_window != 0) {
+        sbx_pack_kv_u64(pk, "recv_window", h->recv_window);
     }
 }
 
@@ -121,7 +125,9 @@ int sbx_hello_read(const msgpack_object *params, struct sbx_hello *h, struct sbx
             0 ||
         sbx_param_str(params, "client", SBX_OPTIONAL, SBX_HELLO_CLIENT_MAX, &h->client,
                       &h->client_len, err) < 0 ||
-        sbx_param_array(params, "capabilities", SBX_OPTIONAL, SBX_CAPS_MAX, &h->capv, err) < 0) {
+        sbx_param_array(params, "capabilities", SBX_OPTIONAL, SBX_CAPS_MAX, &h->capv, err) < 0 ||
+        sbx_param_u64(params, "recv_window", SBX_OPTIONAL, SBX_RECV_WINDOW_MIN, SBX_STREAM_WINDOW,
+                      &h->recv_window, err) < 0) {
         return -1;
     }
     for (uint32_t i = 0; h->capv != NULL && i < h->capv->via.array.size; i++) {
@@ -142,7 +148,7 @@ int sbx_hello_read(const msgpack_object *params, struct sbx_hello *h, struct sbx
 
 void sbx_hello_result_pack(msgpack_packer *pk, const struct sbx_hello_result *r)
 {
-    (void)msgpack_pack_map(pk, 6);
+    (void)msgpack_pack_map(pk, 6 + (r->recv_window != 0));
     sbx_pack_kv_u64(pk, "version", r->version);
     sbx_pack_kv_str(pk, "agent", r->agent);
     sbx_pack_kv_str(pk, "agent_version", r->agent_version);
@@ -157,6 +163,9 @@ void sbx_hello_result_pack(msgpack_packer *pk, const struct sbx_hello_result *r)
     sbx_pack_kv_u64(pk, "max_procs", r->limits.max_procs);
     sbx_pack_kv_u64(pk, "max_conns", r->limits.max_conns);
     sbx_pack_kv_u64(pk, "conn", r->conn);
+    if (r->recv_window != 0) {
+        sbx_pack_kv_u64(pk, "recv_window", r->recv_window);
+    }
 }
 
 int sbx_hello_result_read(const msgpack_object *o, struct sbx_hello_result *r, struct sbx_err *err)
@@ -184,6 +193,10 @@ int sbx_hello_result_read(const msgpack_object *o, struct sbx_hello_result *r, s
         sbx__need_u64(lim, "max_procs", 1, UINT32_MAX, &r->limits.max_procs, err) < 0 ||
         sbx__need_u64(lim, "max_conns", 1, UINT32_MAX, &r->limits.max_conns, err) < 0) {
         return sbx__bad_message(err, "hello result limits");
+    }
+    /* Present when the client asked for it: the credit our out streams start with (§6.4). */
+    if (sbx_param_u64(o, "recv_window", SBX_OPTIONAL, 1, UINT32_MAX, &r->recv_window, err) < 0) {
+        return sbx__bad_message(err, "hello result");
     }
     return 0;
 }

@@ -306,7 +306,10 @@ struct sbx_conn {
     struct sbx_peer peer;
     char *caps; /* announced capabilities, each NUL-terminated, back to back */
     size_t caps_len;
-    uint32_t window, chunk_max, streams_max;
+    uint32_t window;     /* the credit an in stream starts with (the agent's stream_window) */
+    uint32_t out_window; /* an out stream's: what hello's recv_window set, or stream_window */
+    uint64_t hello_recv; /* the recv_window our typed hello asked for (0: none) */
+    uint32_t chunk_max, streams_max;
 
     /* Streams. */
     struct tab st;
@@ -344,7 +347,7 @@ struct sbx_conn *sbx_conn_new(struct sbx_err *err)
     c->pend.esz = sizeof(struct pend);
     c->st.esz = sizeof(struct strm);
     c->frame_max = SBX_FRAME_MAX;
-    c->window = SBX_STREAM_WINDOW;
+    c->window = c->out_window = SBX_STREAM_WINDOW;
     c->chunk_max = SBX_STREAM_CHUNK_MAX;
     c->streams_max = SBX_CONN_STREAMS_MAX;
     c->next_id = 1;
@@ -744,7 +747,7 @@ static int strm_add(struct sbx_conn *c, uint32_t id, enum sbx_dir dir, struct sb
         return sbx_err_set(err, SBX_E_INTERNAL, "out of memory for a stream");
     }
     s->dir = (uint8_t)dir;
-    s->credit = c->window;
+    s->credit = dir == SBX_DIR_OUT ? c->out_window : c->window;
     return 0;
 }
 
@@ -995,7 +998,7 @@ static int grant(struct sbx_conn *c, struct strm *s, uint64_t bytes, struct sbx_
 int sbx_conn_consumed(struct sbx_conn *c, uint32_t stream, size_t n, struct sbx_err *err)
 {
     struct strm *s;
-    uint64_t half = c->window / 2 > 0 ? c->window / 2 : 1;
+    uint64_t half = c->out_window / 2 > 0 ? c->out_window / 2 : 1;
     uint64_t before;
     int r;
 
@@ -1269,6 +1272,7 @@ int sbx_conn_hello(struct sbx_conn *c, const struct sbx_hello *h, void *user, ui
     /* The agent must pick a version in this range (§6.3); the result is checked against it. */
     c->hello_min = h->min_version;
     c->hello_max = h->version;
+    c->hello_recv = h->recv_window;
     return 0;
 }
 
@@ -1474,6 +1478,13 @@ static int hello_apply(struct sbx_conn *c, const struct sbx_hello_result *r)
                            (unsigned long long)r->version, (unsigned long long)c->hello_min,
                            (unsigned long long)c->hello_max);
     }
+    /* An agent that knows recv_window echoes it; one that does not leaves its streams at
+     * stream_window (§6.4). Echoing anything else, or what nobody asked, is the agent's bug. */
+    if (c->hello_max != 0 && r->recv_window != 0 && r->recv_window != c->hello_recv) {
+        return sbx_err_set(&c->ev_err, SBX_E_BAD_MESSAGE,
+                           "hello result: recv_window %llu is not the %llu asked for",
+                           (unsigned long long)r->recv_window, (unsigned long long)c->hello_recv);
+    }
     /* Keep the capability names that can be names (str, at most 64 bytes, no NUL). */
     for (uint32_t i = 0; i < cv->via.array.size; i++) {
         const msgpack_object *o = &cv->via.array.ptr[i];
@@ -1507,6 +1518,7 @@ static int hello_apply(struct sbx_conn *c, const struct sbx_hello_result *r)
     c->frame_max = (uint32_t)r->limits.frame_max;
     c->chunk_max = (uint32_t)r->limits.chunk_max;
     c->window = (uint32_t)r->limits.stream_window;
+    c->out_window = r->recv_window != 0 ? (uint32_t)r->recv_window : c->window;
     c->streams_max = r->limits.max_streams < SBX_CONN_STREAMS_MAX ? (uint32_t)r->limits.max_streams
                                                                   : SBX_CONN_STREAMS_MAX;
     c->hello = HELLO_DONE;

@@ -38,11 +38,11 @@ static void ae(struct sbx_out *o)
 static const char *const all_caps[] = { "session",  "env",  "process", "pty", "fs",
                                         "transfer", "pack", "repl",    NULL };
 
-/* [1, id, nil, hello result] with the given limits. */
-static void a_hello(struct sbx_out *o, uint32_t id, uint64_t window, uint64_t chunk,
-                    uint64_t frame_max, const char *const *caps)
+/* [1, id, nil, hello result] with the given limits and recv_window (0: none). */
+static void a_hello_rw(struct sbx_out *o, uint32_t id, uint64_t window, uint64_t chunk,
+                       uint64_t frame_max, const char *const *caps, uint64_t recv_window)
 {
-    struct sbx_hello_result r = { 0 };
+    struct sbx_hello_result r = { .recv_window = recv_window };
     msgpack_packer *pk = ab(o);
 
     r.version = 1;
@@ -59,6 +59,12 @@ static void a_hello(struct sbx_out *o, uint32_t id, uint64_t window, uint64_t ch
     sbx_pack_response_head(pk, id);
     sbx_hello_result_pack(pk, &r);
     ae(o);
+}
+
+static void a_hello(struct sbx_out *o, uint32_t id, uint64_t window, uint64_t chunk,
+                    uint64_t frame_max, const char *const *caps)
+{
+    a_hello_rw(o, id, window, chunk, frame_max, caps, 0);
 }
 
 static void a_spawned(struct sbx_out *o, uint32_t id, uint32_t proc, uint32_t in, uint32_t out,
@@ -940,6 +946,70 @@ static void test_grants(void **state)
     (void)out_text(fx->c);
 }
 
+/* hello recv_window: out streams start with it (the agent's data beyond it is misuse) and are
+ * granted at half of it; in streams keep stream_window. */
+static void test_recv_window(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_hello h = { .version = 1, .min_version = 1, .recv_window = 4096 };
+    uint8_t buf[4096], big[8192];
+    uint32_t id;
+
+    memset(buf, 'w', sizeof(buf));
+    memset(big, 'w', sizeof(big));
+    assert_int_equal(sbx_conn_hello(fx->c, &h, NULL, &id, &fx->err), 0);
+    assert_non_null(strstr(out_text(fx->c), "\"recv_window\"=>4096"));
+    a_hello_rw(&fx->a, id, 100000, 8192, 1 << 20, NULL, 4096);
+    push(fx);
+    expect_kind(fx, SBX_EV_RESPONSE);
+    assert_null(fx->ev.error);
+    spawn_with_stdin(fx, 1, 2);
+    a_data(&fx->a, 2, buf, 2047);
+    push(fx);
+    expect_kind(fx, SBX_EV_DATA);
+    assert_int_equal(sbx_conn_consumed(fx->c, 2, 2047, &fx->err), 0);
+    assert_string_equal(out_text(fx->c), ""); /* below half of recv_window */
+    a_data(&fx->a, 2, buf, 1);
+    push(fx);
+    expect_kind(fx, SBX_EV_DATA);
+    assert_int_equal(sbx_conn_consumed(fx->c, 2, 1, &fx->err), 0);
+    assert_string_equal(out_text(fx->c),
+                        "[2, \"stream.credit\", {\"stream\"=>2, \"bytes\"=>2048}]\n");
+    /* The agent holds 4096 again: that passes, one byte more is beyond credit. */
+    a_data(&fx->a, 2, buf, 4096);
+    a_data(&fx->a, 2, buf, 1);
+    push(fx);
+    expect_kind(fx, SBX_EV_DATA);
+    expect_kind(fx, SBX_EV_CANCEL);
+    assert_string_equal(fx->ev.error->code, SBX_E_STREAM);
+    (void)out_text(fx->c);
+    /* stdin keeps the agent's stream_window: 8192 bytes (chunk_max) go out in one message. */
+    assert_int_equal(sbx_conn_write(fx->c, 1, big, sizeof(big), &fx->err), 0);
+    assert_string_equal(out_text(fx->c), "DATA 1 8192\n");
+}
+
+/* A recv_window the agent echoes other than asked, or unasked, breaks the connection. */
+static void test_recv_window_echo(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_hello h = { .version = 1, .min_version = 1, .recv_window = 4096 };
+    uint32_t id;
+
+    assert_int_equal(sbx_conn_hello(fx->c, &h, NULL, &id, &fx->err), 0);
+    a_hello_rw(&fx->a, id, 100000, 8192, 1 << 20, NULL, 8192);
+    push(fx);
+    expect_fatal(fx, SBX_E_BAD_MESSAGE);
+    assert_non_null(strstr(fx->err.msg, "recv_window 8192 is not the 4096 asked for"));
+    sbx_conn_free(fx->c);
+    fx->c = sbx_conn_new(&fx->err);
+    assert_non_null(fx->c);
+    h.recv_window = 0;
+    assert_int_equal(sbx_conn_hello(fx->c, &h, NULL, &id, &fx->err), 0);
+    a_hello_rw(&fx->a, id, 100000, 8192, 1 << 20, NULL, 4096);
+    push(fx);
+    expect_fatal(fx, SBX_E_BAD_MESSAGE);
+}
+
 static void test_grant_bounds(void **state)
 {
     struct fx *fx = *state;
@@ -1719,6 +1789,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pump_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grants, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grant_bounds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recv_window, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recv_window_echo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_zero_length_frame, setup, teardown),
         cmocka_unit_test_setup_teardown(test_frame_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_frame_max_from_hello, setup, teardown),

@@ -15,7 +15,10 @@ test):
   chunk: throughput, and the gateway's CPU per GiB against the SDK's own (base64 + JSON). Target:
   the gateway is not the bottleneck (its CPU per GiB below the SDK's).
 - memory: gateway RSS with 20 connected idle sandboxes (target <= 32 MiB), and its peak RSS while
-  a raw WebSocket client leaves the same 1 GiB stdout unread for 3 s, then reads it (<= 64 MiB).
+  a raw WebSocket client leaves the same 1 GiB stdout unread for 3 s, then reads it (<= 64 MiB);
+  and what each more unread stream adds: 64 processes' stdout (2 MiB each) left unread for 3 s,
+  against the one stream just measured (target <= 128 KiB a stream: the agent may send
+  GW_AGENT_RECV_WINDOW, 64 KiB, on each before the gateway grants more).
 - create: vm backend, Sandbox.create() to the first sh answered, split into the VM boot (sbx-vm:
   QEMU start to agent hello) and the rest (gateway, session, sh).
 """
@@ -140,32 +143,53 @@ def bench_idle_rss(h, gw):
         "yes" if kb <= 32 * 1024 else "NO")
 
 
-def bench_slow_reader(h, gw, quick):
-    nbytes = (256 if quick else 1024) << 20
+def held_rss(h, gw, nproc, nbytes):
+    """Gateway RSS while a raw WebSocket client sends @nproc spawns (each process writes @nbytes
+    to its stdout) and then reads nothing for 3 s; then everything is read and checked.
+    (held KiB, peak KiB)"""
+    import base64
     ws = h.open_create_ws(gw)
     try:
-        r = ws.call("spawn", {"command": "head", "args": ["-c", str(nbytes), "/dev/zero"],
-                              "stdout": "piped", "stderr": "null"})
-        sid = r["result"]["ok"]["stdoutStreamId"]
+        for i in range(nproc):
+            ws.send_json({"jsonrpc": "2.0", "id": 1000 + i, "method": "spawn",
+                          "params": {"command": "head", "args": ["-c", str(nbytes), "/dev/zero"],
+                                     "stdout": "piped", "stderr": "null"}})
         time.sleep(3)  # nothing read: the gateway must hold the agent, not buffer the output
         held = status_kb(gw.proc.pid, "VmRSS")
-        got, ended = 0, False
-        import base64
-        while not ended:
+        got, ended, sids = {}, set(), set()
+        while len(sids) < nproc or not sids <= ended:
             m = ws.recv_json(60)
             p = m.get("params") or {}
-            if m.get("method") == "$sandbox.stream.enqueue" and p.get("streamId") == sid:
-                got += len(base64.b64decode(p["data"]))
-            elif m.get("method") == "$sandbox.stream.end" and p.get("streamId") == sid:
-                ended = True
-        if got != nbytes:
-            raise RuntimeError("the slow reader got %d of %d bytes" % (got, nbytes))
-        peak = status_kb(gw.proc.pid, "VmHWM")
+            if isinstance(m.get("id"), int) and m["id"] >= 1000:
+                sids.add(m["result"]["ok"]["stdoutStreamId"])
+            elif m.get("method") == "$sandbox.stream.enqueue":
+                got[p["streamId"]] = got.get(p["streamId"], 0) + len(base64.b64decode(p["data"]))
+            elif m.get("method") == "$sandbox.stream.end":
+                ended.add(p["streamId"])
+        short = {k: got.get(k, 0) for k in sids if got.get(k, 0) != nbytes}
+        if short:
+            raise RuntimeError("unread streams got %r of %d bytes each" % (short, nbytes))
+        return held, status_kb(gw.proc.pid, "VmHWM")
     finally:
         ws.close()
+
+
+def bench_slow_readers(h, gw, held1):
+    n = 64
+    held, _ = held_rss(h, gw, n, 2 << 20)
+    per = (held - held1) / (n - 1)
+    row("gateway: RSS each more unread stdout stream adds (%d processes, 2 MiB each)" % n,
+        "%.0f KiB" % per, "-", "one stream %.1f MiB, %d: %.1f MiB" % (held1 / 1024, n, held / 1024),
+        "-", "<= 128 KiB", "yes" if per <= 128 else "NO")
+
+
+def bench_slow_reader(h, gw, quick):
+    nbytes = (256 if quick else 1024) << 20
+    held, peak = held_rss(h, gw, 1, nbytes)
     row("gateway: RSS while a client leaves %d MiB of stdout unread (then reads it all)"
         % (nbytes >> 20), "%.1f MiB held, peak %.1f MiB" % (held / 1024, peak / 1024), "-", "-",
         "-", "<= 64 MiB", "yes" if peak <= 64 * 1024 else "NO")
+    return held
 
 
 def bench_create(h, quick):
@@ -208,7 +232,8 @@ def main(argv):
         gw = h.Gateway(backend="addr:" + agent.addr, user=user.name, cwd=user.home)
         bench_sh(h, gw, agent, user, quick)
         bench_stdout(h, gw, quick)
-        bench_slow_reader(h, gw, quick)
+        held1 = bench_slow_reader(h, gw, quick)
+        bench_slow_readers(h, gw, held1)
         bench_idle_rss(h, gw)
     finally:
         if gw is not None:

@@ -219,6 +219,62 @@ class TestS6Hello(AgentCase):
         ok = {"version": 1, "client": "c" * 256, "capabilities": ["y" * 64] * 64}
         self.assertEqual(self.conn.call("hello", ok)["version"], 1)
 
+    def test_recv_window_limits(self):
+        """§6.2: recv_window is a uint from 4096 to stream_window; anything else is BAD_PARAM
+        naming it, and that hello does not count (§6.1). §6.4: the result echoes it, and has no
+        recv_window when hello asked none."""
+        for bad in (4095, 0, (1 << 20) + 1, 1 << 40, -1, "65536", 65536.0):
+            e = self.err("hello", {"version": 1, "recv_window": bad})
+            self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", "recv_window"), bad)
+        self.assertEqual(self.conn.hello(recv_window=4096)["recv_window"], 4096)
+        c = self.agent.connect(hello=False)
+        try:
+            r = c.hello(recv_window=1 << 20)
+            self.assertEqual(r["recv_window"], r["limits"]["stream_window"])
+        finally:
+            c.close()
+        c = self.agent.connect(hello=False)
+        try:
+            self.assertNotIn("recv_window", c.hello())
+        finally:
+            c.close()
+
+    def test_recv_window_is_the_credit_of_out_streams(self):
+        """§6.2, §8.3: an out stream starts with the recv_window hello set, not stream_window
+        (in streams keep stream_window); grants go on from there. The strict client counts
+        the credit and fails on any byte beyond it."""
+        n = 1 << 20
+        r = self.conn.hello(recv_window=65536)
+        self.assertEqual(r["limits"]["stream_window"], n)
+        sp = self.conn.call("proc.spawn", {"argv": ["head", "-c", str(n), "/dev/zero"]})
+        got = 0
+        while got < 65536:
+            m = self.conn.recv()
+            if m[0] == 3 and m[1] == sp["stdout"]:
+                got += len(m[2])
+        # Nothing more without credit: once the process had time to fill its pipe, a ping's
+        # answer is all that arrives.
+        time.sleep(1)
+        rid = self.conn.request("ping")
+        while True:
+            m = self.conn.recv()
+            self.assertNotEqual(m[0], 3, "data beyond the 64 KiB window")
+            if m[0] == 1 and m[1] == rid:
+                break
+        self.assertEqual(got, 65536)
+        consumed, ex = got, None
+        while ex is None or got < n:
+            if consumed >= 32768:
+                self.conn.credit(sp["stdout"], consumed)
+                consumed = 0
+            m = self.conn.recv()
+            if m[0] == 3 and m[1] == sp["stdout"]:
+                got += len(m[2])
+                consumed += len(m[2])
+            elif m[0] == 2 and m[1] == "proc.exit":
+                ex = m[2]
+        self.assertEqual((got, ex["code"]), (n, 0))
+
     def test_second_hello(self):
         """§6.1: a second hello is BAD_MESSAGE "hello already done"; the session is unchanged."""
         self.conn.hello()

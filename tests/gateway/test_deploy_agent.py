@@ -52,6 +52,7 @@ class FakeConn:
         self.agent, self.sock, self.n = agent, sock, n
         self.got = []  # every message the gateway sent on it, decoded
         self.sids = 0
+        self.recv_window = None  # what hello's recv_window set, if the agent took it
         self.wlock = threading.Lock()
 
     def send(self, msg):
@@ -77,14 +78,17 @@ class FakeConn:
 
 class FakeAgent:
     """A unix-socket agent: hello is answered (unless @hello is False) with stream_window
-    @window(n) for connection n; every message goes to @handler(conn, msg) in the connection's
-    thread. Exceptions of the handler are kept in .errors (tearDown fails on them)."""
+    @window(n) for connection n, as an agent that knows no recv_window (PROTOCOL.md §6.2) unless
+    @recv_window: then the one asked is echoed (and kept in conn.recv_window); every message goes
+    to @handler(conn, msg) in the connection's thread. Exceptions of the handler are kept in
+    .errors (tearDown fails on them)."""
 
-    def __init__(self, handler, hello=True, window=lambda n: 1 << 20):
+    def __init__(self, handler, hello=True, window=lambda n: 1 << 20, recv_window=False):
         self.dir = tempfile.mkdtemp(prefix="sbxgw-fake-agent-")
         self.path = os.path.join(self.dir, "agent.sock")
         self.addr = "unix:" + self.path
         self.handler, self.hello, self.window = handler, hello, window
+        self.recv_window = recv_window
         self.conns = []
         self.errors = []
         self.cond = threading.Condition()
@@ -109,7 +113,11 @@ class FakeAgent:
             try:
                 if msg[0] == 0 and msg[2] == "hello":
                     if self.hello:
-                        c.answer(msg, hello_result(self.window(c.n)))
+                        res = hello_result(self.window(c.n))
+                        asked = msg[3].get("recv_window")
+                        if self.recv_window and asked is not None:
+                            res["recv_window"] = c.recv_window = asked
+                        c.answer(msg, res)
                     continue
                 self.handler(c, msg)
             except Exception as e:  # noqa: BLE001 (reported by the test)
@@ -315,6 +323,9 @@ class TestLogCaps(AgentCase):
         self.assertEqual(len([m for m in msgs if m.startswith("build command finished")]), 1,
                          msgs[:20])
         self.assertLess(len(msgs), 20, msgs[:20])
+        # The deploy job's link asked for the gateway's window (GW_AGENT_RECV_WINDOW).
+        self.assertEqual({m[3].get("recv_window") for _, m in self.agent.requests("hello")},
+                         {64 << 10})
 
     def test_repeated_exit_logs_once(self):
         # The app "exits" 2000 times before its output ends: one line says so, not 2000.

@@ -115,6 +115,79 @@ class TestStreamOwnership(SessionCase):
         self.assertEqual(cancel["params"]["streamId"], 6)
 
 
+class CreditAgent:
+    """An agent that keeps to its credit: every download has @size bytes, sent in 16 KiB
+    messages as the gateway's grants allow, from a thread of its own (the handler's thread reads
+    the grants). The credit a stream starts with is what hello's recv_window set, else
+    stream_window. .grants: every stream.credit's bytes."""
+
+    def __init__(self, size):
+        self.size = size
+        self.grants = []
+        self.credit = {}
+        self.cond = threading.Condition()
+
+    def __call__(self, c, m):
+        if m[0] == 2 and m[1] == "stream.credit":
+            with self.cond:
+                self.grants.append(m[2]["bytes"])
+                self.credit[m[2]["stream"]] += m[2]["bytes"]
+                self.cond.notify_all()
+            return
+        if m[0] != 0:
+            return
+        if m[2] != "transfer.download":
+            c.answer(m, None)
+            return
+        sid = c.new_sid()
+        with self.cond:
+            self.credit[sid] = c.recv_window or (1 << 20)
+        c.answer(m, {"stream": sid, "size": self.size, "mode": 0o100644})
+        threading.Thread(target=self.send, args=(c, sid), daemon=True).start()
+
+    def send(self, c, sid):
+        off = 0
+        while off < self.size:
+            with self.cond:
+                if not self.cond.wait_for(lambda: self.credit[sid] > 0, WAIT):
+                    return  # the test fails on the missing answer
+                n = min(16 << 10, self.credit[sid], self.size - off)
+                self.credit[sid] -= n
+            c.send([3, sid, b"c" * n])
+            off += n
+        c.notify("stream.end", {"stream": sid})
+
+
+class TestAgentWindow(SessionCase):
+    def test_agent_streams_start_with_a_64k_window(self):
+        # The gateway asks its agent connections for recv_window 64 KiB (GW_AGENT_RECV_WINDOW):
+        # a client that reads nothing holds that much per agent stream, not stream_window
+        # (1 MiB). It grants at half of it, so an agent that keeps to its credit is never
+        # stalled: a 1 MiB file comes through in 32 KiB grants.
+        agent = CreditAgent(1 << 20)
+        self.start(agent, recv_window=True)
+        ws = self.ws()
+        r = ws.call("readFile", {"path": "/f"}, rid=1, timeout=WAIT)
+        self.assertEqual(base64.b64decode(r["result"]["ok"]), b"c" * (1 << 20))
+        hellos = self.requests("hello")
+        self.assertTrue(hellos)
+        for m in hellos:
+            self.assertEqual(m[3].get("recv_window"), 64 << 10, m)
+        self.assertTrue(agent.grants)
+        self.assertLessEqual(max(agent.grants), 64 << 10, agent.grants)
+        self.assertGreaterEqual(len(agent.grants), 14, agent.grants)
+
+    def test_an_agent_that_knows_no_recv_window(self):
+        # An agent that ignores recv_window (it does not echo it) keeps stream_window for its
+        # streams: the gateway then counts that window, and grants at half of it.
+        agent = CreditAgent(3 << 20)
+        self.start(agent)
+        ws = self.ws()
+        r = ws.call("readFile", {"path": "/f"}, rid=1, timeout=WAIT)
+        self.assertEqual(len(base64.b64decode(r["result"]["ok"])), 3 << 20)
+        self.assertGreaterEqual(min(agent.grants), 512 << 10, agent.grants)
+
+
 class TestHello(SessionCase):
     def test_agent_that_never_answers_hello(self):
         # The session reads nothing from its client until the agent said hello: an agent that

@@ -423,7 +423,8 @@ class Conn:
         self.buf = bytearray()
         self.next_id = 1
         self.pending = []
-        self.window = 1 << 20
+        self.window = 1 << 20  # the credit an `in` stream starts with (stream_window)
+        self.out_window = 1 << 20  # an `out` stream's: hello's recv_window, or stream_window
         self.closed = False
         # --- strict-client state ---
         self.limits = {"frame_max": FRAME_MAX, "chunk_max": CHUNK_MAX, "stream_window": 1 << 20}
@@ -724,8 +725,9 @@ class Conn:
         if sid in self._streams:
             self._violation("8.1", "%s: stream id %d announced again (ids are never reused; it "
                             "was %s)" % (what, sid, self._streams[sid].what), msg)
-        st = _Stream(sid, direction, what, self.limits["stream_window"] if direction == "out"
-                     else None)
+        st = _Stream(sid, direction, what,
+                     self.limits.get("recv_window", self.limits["stream_window"])
+                     if direction == "out" else None)
         self._streams[sid] = st
         return st
 
@@ -741,6 +743,13 @@ class Conn:
                     self.limits[k] = lim[k]
                 if lim["frame_max"] != FRAME_MAX:
                     self._violation("3.1", "a v1 agent announces frame_max 4194304", msg)
+            asked, got = params.get("recv_window"), res.get("recv_window")
+            if got is not None and got != asked:
+                self._violation("6.4", "hello result recv_window %r, asked %r" % (got, asked), msg)
+            if asked is not None and got is None:
+                self._violation("6.4", "hello result without the recv_window asked", msg)
+            if got is not None:
+                self.limits["recv_window"] = got
             return
         if method == "fs.watch":
             if not _is_u32(res.get("watch")):
@@ -1030,6 +1039,7 @@ class Conn:
         p.update(kw)
         r = self.call("hello", p)
         self.window = r["limits"]["stream_window"]
+        self.out_window = r.get("recv_window", self.window)
         return r
 
     def credit(self, stream, n):
@@ -1095,7 +1105,7 @@ def run(conn, params, stdin=None, sink=None, grant=True):
                         conn.pending.pop()
                         outs.setdefault(m[1], bytearray()).extend(m[2])
                         consumed[m[1]] = consumed.get(m[1], 0) + len(m[2])
-                        if grant and consumed[m[1]] >= conn.window // 2:
+                        if grant and consumed[m[1]] >= conn.out_window // 2:
                             conn.credit(m[1], consumed[m[1]])
                             consumed[m[1]] = 0
                     elif m[0] == 2 and m[1] == "stream.end":
@@ -1121,7 +1131,7 @@ def run(conn, params, stdin=None, sink=None, grant=True):
                 outs.setdefault(m[1], bytearray()).extend(m[2])
             events.append(("data", m[1]))
             consumed[m[1]] = consumed.get(m[1], 0) + len(m[2])
-            if grant and consumed[m[1]] >= conn.window // 2:
+            if grant and consumed[m[1]] >= conn.out_window // 2:
                 conn.credit(m[1], consumed[m[1]])
                 consumed[m[1]] = 0
         elif m[0] == 2 and m[1] == "stream.end":

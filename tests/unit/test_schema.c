@@ -172,6 +172,19 @@ static void test_hello(void **state)
     assert_memory_equal(b.client, "libsbx", 6);
     assert_int_equal(b.capv->via.array.size, 2);
     assert_memory_equal(b.token, "t0k", 3);
+    assert_int_equal(b.recv_window, 0); /* not sent: not packed */
+    a.recv_window = 65536;
+    sbx_hello_pack(begin(fx), &a);
+    assert_int_equal(sbx_hello_read(finish(fx), &b, &fx->err), 0);
+    assert_int_equal(b.recv_window, 65536);
+    a.recv_window = SBX_RECV_WINDOW_MIN - 1;
+    sbx_hello_pack(begin(fx), &a);
+    assert_int_equal(sbx_hello_read(finish(fx), &b, &fx->err), -1);
+    assert_string_equal(fx->err.field, "recv_window");
+    a.recv_window = SBX_STREAM_WINDOW + 1;
+    sbx_hello_pack(begin(fx), &a);
+    assert_int_equal(sbx_hello_read(finish(fx), &b, &fx->err), -1);
+    assert_string_equal(fx->err.field, "recv_window");
 
     /* {version: 0}: min_version defaults to 0, so negotiation (not this reader) refuses it */
     assert_int_equal(sbx_hello_read(raw_map(fx, "81a776657273696f6e00"), &b, &fx->err), 0);
@@ -197,6 +210,12 @@ static void test_hello(void **state)
     assert_true(sbx_hello_result_has_cap(&rb, "pty"));
     assert_false(sbx_hello_result_has_cap(&rb, "pt"));
     assert_false(sbx_hello_result_has_cap(&rb, "net"));
+    assert_int_equal(rb.recv_window, 0);
+    ra.recv_window = 4096;
+    sbx_hello_result_pack(begin(fx), &ra);
+    assert_int_equal(sbx_hello_result_read(finish(fx), &rb, &fx->err), 0);
+    assert_int_equal(rb.recv_window, 4096);
+    ra.recv_window = 0;
     /* a limit of 0 cannot be used */
     ra.limits.chunk_max = 0;
     sbx_hello_result_pack(begin(fx), &ra);

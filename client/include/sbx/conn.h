@@ -475,7 +475,10 @@ int sbx_conn_stream_set_user(struct sbx_conn *c, uint32_t stream, void *user);
 /* session (§6, §12) */
 
 /* hello (§6.2). @h NULL: {version: SBX_PROTO_VERSION, min_version: SBX_PROTO_MIN_VERSION,
- * client: "libsbx"}. Its RESPONSE switches the core to the announced limits and capabilities. */
+ * client: "libsbx"}. Its RESPONSE switches the core to the announced limits and capabilities;
+ * with @h->recv_window, `out` streams start with that credit (and are granted at half of it)
+ * when the agent echoes it, with stream_window when it does not (an older agent), and an echo
+ * of another value is the agent's BAD_MESSAGE (§6.4). */
 int sbx_conn_hello(struct sbx_conn *c, const struct sbx_hello *h, void *user, uint32_t *id,
                    struct sbx_err *err);
 /* ping (§12.2) */

@@ -109,6 +109,9 @@ struct sbx_hello {
     const msgpack_object *capv; /* read: the capabilities array, or NULL */
     const char *token;          /* NULL: absent */
     size_t token_len;
+    /* The credit the agent's out streams start with on this connection (§6.2, §8.3): 0 absent
+     * (they start with stream_window), else SBX_RECV_WINDOW_MIN..SBX_STREAM_WINDOW. */
+    uint64_t recv_window;
 };
 
 void sbx_hello_pack(msgpack_packer *pk, const struct sbx_hello *h);
@@ -130,6 +133,7 @@ struct sbx_hello_result {
     const msgpack_object *capv; /* read: the capabilities array */
     struct sbx_limits limits;
     uint64_t conn;
+    uint64_t recv_window; /* 0: absent (out streams start with limits.stream_window) */
 };
 
 void sbx_hello_result_pack(msgpack_packer *pk, const struct sbx_hello_result *r);
