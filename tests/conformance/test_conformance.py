@@ -220,13 +220,13 @@ class TestS6Hello(AgentCase):
         self.assertEqual(self.conn.call("hello", ok)["version"], 1)
 
     def test_recv_window_limits(self):
-        """§6.2: recv_window is a uint from 4096 to stream_window; anything else is BAD_PARAM
+        """§6.2: recv_window is a uint from 65536 to stream_window; anything else is BAD_PARAM
         naming it, and that hello does not count (§6.1). §6.4: the result echoes it, and has no
         recv_window when hello asked none."""
-        for bad in (4095, 0, (1 << 20) + 1, 1 << 40, -1, "65536", 65536.0):
+        for bad in (65535, 4096, 0, (1 << 20) + 1, 1 << 40, -1, "65536", 65536.0):
             e = self.err("hello", {"version": 1, "recv_window": bad})
             self.assertEqual((e["code"], e.get("field")), ("BAD_PARAM", "recv_window"), bad)
-        self.assertEqual(self.conn.hello(recv_window=4096)["recv_window"], 4096)
+        self.assertEqual(self.conn.hello(recv_window=65536)["recv_window"], 65536)
         c = self.agent.connect(hello=False)
         try:
             r = c.hello(recv_window=1 << 20)

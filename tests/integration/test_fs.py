@@ -73,7 +73,7 @@ def read_entries(c, sid, grant=True):
                 v, i = w.unpack(b, i)  # raises if an entry were cut between two messages
                 out.append(v)
             consumed += len(b)
-            if grant and consumed >= c.window // 2:
+            if grant and consumed >= c.out_window // 2:
                 c.credit(sid, consumed)
                 consumed = 0
         elif m[0] == 2 and m[1] == "stream.end" and m[2]["stream"] == sid:
@@ -982,6 +982,37 @@ class TestFsWalk(FsCase):
         # Glob over the same directory streams the same way.
         gs = self.entries("fs.glob", {"pattern": "*", "root": big})
         self.assertEqual(len(gs), 10000)
+
+    def test_long_entries_at_the_smallest_recv_window(self):
+        # A walk entry goes out whole (§17.4). At the smallest window hello allows (64 KiB,
+        # PROTOCOL.md §6.2) a client that grants at half its window always leaves room for the
+        # longest: an 8 KiB path here, below directories whose names make it longer than
+        # PATH_MAX (made through dir_fd, as no path to them can be opened whole).
+        c = self.agent.connect(hello=False)
+        try:
+            self.assertEqual(c.hello(recv_window=65536)["recv_window"], 65536)
+            fd = os.open(self.d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                for i in range(31):
+                    name = "%02d" % i + "d" * 252
+                    os.mkdir(name, dir_fd=fd)
+                    nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                    os.close(fd)
+                    fd = nfd
+                for i in range(400):
+                    os.close(os.open("%03d" % i + "f" * 252, os.O_CREAT | os.O_WRONLY, 0o644,
+                                     dir_fd=fd))
+            finally:
+                os.close(fd)
+            es = self.entries("fs.walk", {"path": self.d}, conn=c)
+            self.assertEqual(len(es), 1 + 31 + 400)
+            longest = max(len(e["path"]) for e in es)
+            self.assertGreater(longest, 8000)
+        finally:
+            c.close()
+        # (rmtree of the scratch directory cannot open it whole either)
+        subprocess.run(["rm", "-rf", self.d], check=True)
+        os.mkdir(self.d)
 
     def test_cancel_walk(self):
         big = self.p("big")

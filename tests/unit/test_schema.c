@@ -177,6 +177,7 @@ static void test_hello(void **state)
     sbx_hello_pack(begin(fx), &a);
     assert_int_equal(sbx_hello_read(finish(fx), &b, &fx->err), 0);
     assert_int_equal(b.recv_window, 65536);
+    assert_int_equal(SBX_RECV_WINDOW_MIN, 65536);
     a.recv_window = SBX_RECV_WINDOW_MIN - 1;
     sbx_hello_pack(begin(fx), &a);
     assert_int_equal(sbx_hello_read(finish(fx), &b, &fx->err), -1);

@@ -19,8 +19,11 @@
 #define SBX_MSG_MAX_OBJECTS 65536u
 
 /* Streams. */
-#define SBX_STREAM_WINDOW       (1u << 20)   /* initial credit a sender holds, per stream */
-#define SBX_RECV_WINDOW_MIN     (4u << 10)   /* hello recv_window: the smallest a client may ask */
+#define SBX_STREAM_WINDOW (1u << 20) /* initial credit a sender holds, per stream */
+/* hello recv_window: the smallest a client may ask. A walk entry (§17.4) goes out whole, and is
+ * at most about 14 KiB (an 8 KiB path, a name, an error with its path): a client granting at
+ * half its window must always leave room for one. */
+#define SBX_RECV_WINDOW_MIN     (64u << 10)
 #define SBX_UPLOAD_EXTRA_CREDIT (3u << 20)   /* granted at once on a transfer.upload stream */
 #define SBX_STREAM_CHUNK_MAX    (256u << 10) /* largest payload of one stream-data frame */
 #define SBX_STREAM_DATA_HDR_MAX 16u          /* frame length + [3, stream, bin32 header] */
