@@ -8,15 +8,15 @@
  * proc.attach, fs.walk, proc.wait, fs.read, ping, fs.lstat, fs.fstat, transfer.upload_tree,
  * transfer.download_tree, fs.glob, and "x.other", a method libsbx has no typed call for), so
  * responses and stream frames of the input map onto pending requests and streams. Then the input
- * is fed: byte 0 picks the read size (0: all at once) and whether reads go through sbx_conn_feed
- * or sbx_conn_feed_space/_commit; the rest are the agent's bytes (frames as the agent writes
- * them). Every event is checked well-formed (strings NUL-terminated within their buffers, lengths
- * and records consistent with the kind) and drives the host's calls a real program makes:
- * consumed / grant / cancel on out streams, write (or write_direct, whose header must frame the
- * bytes as data of that stream) / end (or end with an error) on in streams as credit comes, a
- * further request after hello succeeded, output drained. A connection that failed stays failed
- * (the next sbx_conn_next gives the same error). At the end sbx_conn_eof, then events until -1
- * (bounded), then sbx_conn_free (LeakSanitizer sees the rest).
+ * is fed: byte 0 picks the read size (0: all at once), whether reads go through sbx_conn_feed
+ * or sbx_conn_feed_space/_commit, and whether hello asks recv_window (64 KiB, bit 2); the rest
+ * are the agent's bytes (frames as the agent writes them). Every event is checked well-formed
+ * (strings NUL-terminated within their buffers, lengths and records consistent with the kind) and
+ * drives the host's calls a real program makes: consumed / grant / cancel on out streams, write (or
+ * write_direct, whose header must frame the bytes as data of that stream) / end (or end with an
+ * error) on in streams as credit comes, a further request after hello succeeded, output drained. A
+ * connection that failed stays failed (the next sbx_conn_next gives the same error). At the end
+ * sbx_conn_eof, then events until -1 (bounded), then sbx_conn_free (LeakSanitizer sees the rest).
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -325,6 +325,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     zero_copy = (data[0] & 1) != 0;
     split = (data[0] & 2) != 0;
     state = data[0];
+    h.recv_window = (data[0] & 4) != 0 ? SBX_RECV_WINDOW_MIN : 0; /* §6.2 */
     c = sbx_conn_new(&err);
     if (c == NULL) {
         return 0;

@@ -256,12 +256,32 @@ SESSIONS_COVER = {
 }
 
 
+def hello_echo(recv_window):
+    r = hello_result()
+    r["recv_window"] = recv_window
+    return resp(1, r)
+
+
+# hello's recv_window (PROTOCOL.md §6.2): a lead byte with bit 2 set (4) asks 64 KiB. Echoed:
+# out streams start with it (a byte beyond is cancelled); another value, or an echo nobody asked
+# for (lead 0), fails the connection.
+RECV_WINDOW_COVER = {
+    "recv-window": (4, hello_echo(65536) + SPAWN + data(2, b"x" * 40000) + data(2, b"y" * 25536)
+                    + data(2, b"z") + data(3, b"w" * 100)),
+    "recv-window-other": (4, hello_echo(8192) + SPAWN),
+    "recv-window-unasked": (0, hello_echo(65536) + SPAWN),
+}
+
+
 def write_sbxconn_cover(conn_dir):
     os.makedirs(conn_dir, exist_ok=True)
     for name, stream in SESSIONS_COVER.items():
         for lead, tag in ((0, ""), (0x0D, "-step13-zc"), (6, "-step6-split")):
             with open(os.path.join(conn_dir, "seed-" + name + tag), "wb") as f:
                 f.write(bytes([lead]) + stream)
+    for name, (lead, stream) in RECV_WINDOW_COVER.items():
+        with open(os.path.join(conn_dir, "seed-" + name), "wb") as f:
+            f.write(bytes([lead]) + stream)
 
 
 def raw_str(b):
