@@ -500,7 +500,7 @@ static bool eval_output_waits(struct agent_repl *r)
         struct agent_pipe *p = pipes[i];
         uint64_t n = p->eof ? 0 : agent_pipe_unread(p);
 
-        if (n > 0) {
+        if (n > 0 || p->lead != NULL) { /* (the lead: what came before the eval, still unsent) */
             p->until_cb = eval_output_done;
             waits = true;
         }
@@ -1174,31 +1174,14 @@ fail:
     return -1;
 }
 
-/* Send the output captured since the last eval as the start of a streaming eval's streams. */
-static void flush_pending(struct agent_repl *r, struct agent_stream *s, struct repl_buf *b)
+/* The output captured since the last eval starts a streaming eval's stream on pipe @p: it goes
+ * out before anything read from now on, as credit comes (a client's recv_window may be far below
+ * what was kept, PROTOCOL.md §6.2), and the stream does not end before it all went. */
+static void flush_pending(struct agent_repl *r, struct agent_pipe *p, struct repl_buf *b)
 {
-    uint32_t off = 0;
-
     r->ev_cut = r->ev_cut || b->truncated; /* more came before the eval than was kept */
-    while (off < b->len && s->credit > 0) {
-        uint32_t n = b->len - off;
-        void *chunk;
-        if (n > SBX_STREAM_CHUNK_MAX) {
-            n = SBX_STREAM_CHUNK_MAX;
-        }
-        if (n > s->credit) {
-            n = (uint32_t)s->credit;
-        }
-        chunk = agent_buf_get(r->a);
-        if (chunk == NULL) {
-            break;
-        }
-        memcpy(chunk, b->data + off, n);
-        s->credit -= n;
-        agent_conn_send_data(s->conn, s->id, chunk, n);
-        off += n;
-    }
-    r->ev_cut = r->ev_cut || off < b->len; /* no credit or buffer for the rest */
+    agent_pipe_lead(p, b->data, b->len);
+    b->data = NULL;
     buf_reset(b);
 }
 
@@ -1258,8 +1241,8 @@ int agent_repl_eval(struct agent_conn *c, const struct sbx_msg *m, struct sbx_er
             sbx_eval_streams_pack(pk, &res);
         }
         agent_conn_send(c);
-        flush_pending(r, so, &r->out[0]);
-        flush_pending(r, se, &r->out[1]);
+        flush_pending(r, &r->proc->out, &r->out[0]);
+        flush_pending(r, &r->proc->err, &r->out[1]);
         agent_pipe_update(&r->proc->out);
         agent_pipe_update(&r->proc->err);
     }

@@ -47,6 +47,7 @@ int agent_stream_reserve(const struct agent_conn *c, uint32_t n, struct sbx_err 
 }
 
 static int in_flush_tail(struct agent_pipe *p, struct sbx_err *err);
+static void pipe_lead_free(struct agent_pipe *p);
 
 struct agent_stream *agent_stream_new(struct agent_conn *c, enum agent_stream_dir dir,
                                       struct agent_pipe *p, struct sbx_err *err)
@@ -150,6 +151,7 @@ void agent_stream_free(struct agent_stream *s)
     s->conn->nstreams--;
     free(s);
     if (p != NULL) {
+        pipe_lead_free(p); /* the lead was that stream's only */
         p->stream = NULL;
         agent_pipe_update(p); /* detached output keeps draining into the replay ring */
         if (!p->is_input) {
@@ -545,11 +547,19 @@ static int ring_resize(struct agent_pipe *p, uint32_t cap)
     return 0;
 }
 
+static void pipe_lead_free(struct agent_pipe *p)
+{
+    free(p->lead);
+    p->lead = NULL;
+    p->lead_len = p->lead_off = 0;
+}
+
 void agent_pipe_ring_free(struct agent_pipe *p)
 {
     if (p->proc != NULL) {
         (void)ring_resize(p, 0); /* cannot fail: nothing is allocated */
     }
+    pipe_lead_free(p);
 }
 
 /* A stream is replaying from @q's ring: its bytes must stay where the stream will read them. */
@@ -811,6 +821,9 @@ static bool pipe_may_read(struct agent_pipe *p)
     if (s == NULL) {
         return !pipe_paced(p);
     }
+    if (p->lead != NULL) {
+        return false; /* the lead goes first (agent_pipe_update sends it) */
+    }
     if (s->pos < p->total) {
         return false; /* replaying from the ring first (agent_pipe_update sends it) */
     }
@@ -955,6 +968,49 @@ static bool pipe_replay(struct agent_pipe *p)
     return true;
 }
 
+/* Send the attached stream what is left of @p's lead, as credit and buffers allow; free it once
+ * it all went. */
+static void pipe_send_lead(struct agent_pipe *p)
+{
+    struct agent *a = p->proc->a;
+    struct agent_stream *s = p->stream;
+
+    while (p->lead_off < p->lead_len) {
+        uint32_t n = agent_stream_writable(s);
+        void *buf;
+
+        if (n > SBX_STREAM_CHUNK_MAX) {
+            n = SBX_STREAM_CHUNK_MAX;
+        }
+        if (n > p->lead_len - p->lead_off) {
+            n = p->lead_len - p->lead_off;
+        }
+        if (n == 0) {
+            return; /* more credit, or the connection draining, calls again */
+        }
+        if (a->bufs_used >= SBX_AGENT_BUFS_MAX || (buf = agent_buf_get(a)) == NULL) {
+            a->bufs_starved = true; /* agent_proc_pipes_resume calls again */
+            return;
+        }
+        memcpy(buf, p->lead + p->lead_off, n);
+        p->lead_off += n;
+        agent_stream_send(s, buf, n);
+    }
+    pipe_lead_free(p);
+}
+
+void agent_pipe_lead(struct agent_pipe *p, uint8_t *data, uint32_t len)
+{
+    pipe_lead_free(p);
+    if (p->stream == NULL || len == 0) {
+        free(data);
+        return;
+    }
+    p->lead = data;
+    p->lead_len = len;
+    agent_pipe_update(p);
+}
+
 uint64_t agent_pipe_unread(struct agent_pipe *p)
 {
     uv_os_fd_t fd;
@@ -982,13 +1038,18 @@ void agent_pipe_update(struct agent_pipe *p)
     if (p->is_input || p->proc == NULL) {
         return;
     }
-    if (p->until_cb != NULL && (p->total >= p->until || p->eof || pipe_bound_gone(p))) {
+    if (p->stream != NULL && p->lead != NULL) {
+        pipe_send_lead(p);
+    }
+    if (p->until_cb != NULL && p->lead == NULL &&
+        (p->total >= p->until || p->eof || pipe_bound_gone(p))) {
         void (*cb)(struct agent_pipe *) = p->until_cb;
 
         p->until_cb = NULL;
         cb(p); /* may end the stream, or lift the bound */
     }
-    if (p->stream != NULL && p->stream->pos < p->total + (p->eof ? 1 : 0) && !pipe_replay(p)) {
+    if (p->stream != NULL && p->lead == NULL && p->stream->pos < p->total + (p->eof ? 1 : 0) &&
+        !pipe_replay(p)) {
         return;
     }
     if (!p->open || p->eof) {

@@ -50,6 +50,11 @@ struct agent_pipe {
     bool bounded;
     uint64_t until;
     void (*until_cb)(struct agent_pipe *p);
+    /* output: bytes that go out on the attached stream before any read from the pipe from now
+     * on (agent_pipe_lead: a streaming REPL eval's output captured since the last eval), sent
+     * as credit comes; lead[lead_off..lead_len) is left. Freed with the stream. */
+    uint8_t *lead;
+    uint32_t lead_len, lead_off;
     /* input */
     unsigned writes_pending;
     uint64_t queued;        /* bytes handed to the child's stdin whose writes have not completed */
@@ -133,6 +138,10 @@ bool agent_stream_on_bad_data(struct agent_conn *c, uint32_t id, const struct sb
  * reached. */
 void agent_pipe_update(struct agent_pipe *p);
 
+/* Output pipe @p, with a stream attached, sends @data[0..@len) (malloc'ed, taken over) on it
+ * before anything it reads from now on: at once as far as credit goes, the rest as credit
+ * comes (nothing is read from the pipe meanwhile, and its stream does not end before). */
+void agent_pipe_lead(struct agent_pipe *p, uint8_t *data, uint32_t len);
 /* The bytes output pipe @p holds that nobody has read yet (FIONREAD); 0 when it is closed. */
 uint64_t agent_pipe_unread(struct agent_pipe *p);
 /* True while an output pipe may still legitimately carry data (used by the drain deadline). */

@@ -1239,6 +1239,9 @@ int sbx_conn_commit(struct sbx_conn *c, struct sbx_err *err)
     c->bpend.name = NULL;
     if (p->call == SBX_CALL_HELLO) {
         c->hello = HELLO_PENDING;
+        /* What a hello asked is known only for sbx_conn_hello's, which sets it again after
+         * this; a hello the caller packed is checked against nothing it did not ask. */
+        c->hello_min = c->hello_max = c->hello_recv = 0;
     }
     return 0;
 drop:

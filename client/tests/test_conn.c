@@ -951,63 +951,90 @@ static void test_grants(void **state)
 static void test_recv_window(void **state)
 {
     struct fx *fx = *state;
-    struct sbx_hello h = { .version = 1, .min_version = 1, .recv_window = 4096 };
-    uint8_t buf[4096], big[8192];
+    struct sbx_hello h = { .version = 1, .min_version = 1, .recv_window = 65536 };
+    static uint8_t buf[65536], big[131072];
     uint32_t id;
 
     memset(buf, 'w', sizeof(buf));
     memset(big, 'w', sizeof(big));
     assert_int_equal(sbx_conn_hello(fx->c, &h, NULL, &id, &fx->err), 0);
-    assert_non_null(strstr(out_text(fx->c), "\"recv_window\"=>4096"));
-    a_hello_rw(&fx->a, id, 100000, 8192, 1 << 20, NULL, 4096);
+    assert_non_null(strstr(out_text(fx->c), "\"recv_window\"=>65536"));
+    a_hello_rw(&fx->a, id, 1 << 20, 131072, 1 << 20, NULL, 65536);
     push(fx);
     expect_kind(fx, SBX_EV_RESPONSE);
     assert_null(fx->ev.error);
     spawn_with_stdin(fx, 1, 2);
-    a_data(&fx->a, 2, buf, 2047);
+    a_data(&fx->a, 2, buf, 32767);
     push(fx);
     expect_kind(fx, SBX_EV_DATA);
-    assert_int_equal(sbx_conn_consumed(fx->c, 2, 2047, &fx->err), 0);
+    assert_int_equal(sbx_conn_consumed(fx->c, 2, 32767, &fx->err), 0);
     assert_string_equal(out_text(fx->c), ""); /* below half of recv_window */
     a_data(&fx->a, 2, buf, 1);
     push(fx);
     expect_kind(fx, SBX_EV_DATA);
     assert_int_equal(sbx_conn_consumed(fx->c, 2, 1, &fx->err), 0);
     assert_string_equal(out_text(fx->c),
-                        "[2, \"stream.credit\", {\"stream\"=>2, \"bytes\"=>2048}]\n");
-    /* The agent holds 4096 again: that passes, one byte more is beyond credit. */
-    a_data(&fx->a, 2, buf, 4096);
+                        "[2, \"stream.credit\", {\"stream\"=>2, \"bytes\"=>32768}]\n");
+    /* The agent holds 65536 again: that passes, one byte more is beyond credit. */
+    a_data(&fx->a, 2, buf, 65536);
     a_data(&fx->a, 2, buf, 1);
     push(fx);
     expect_kind(fx, SBX_EV_DATA);
     expect_kind(fx, SBX_EV_CANCEL);
     assert_string_equal(fx->ev.error->code, SBX_E_STREAM);
     (void)out_text(fx->c);
-    /* stdin keeps the agent's stream_window: 8192 bytes (chunk_max) go out in one message. */
+    /* stdin keeps the agent's stream_window: 128 KiB (chunk_max) go out in one message. */
     assert_int_equal(sbx_conn_write(fx->c, 1, big, sizeof(big), &fx->err), 0);
-    assert_string_equal(out_text(fx->c), "DATA 1 8192\n");
+    assert_string_equal(out_text(fx->c), "DATA 1 131072\n");
 }
 
 /* A recv_window the agent echoes other than asked, or unasked, breaks the connection. */
 static void test_recv_window_echo(void **state)
 {
     struct fx *fx = *state;
-    struct sbx_hello h = { .version = 1, .min_version = 1, .recv_window = 4096 };
+    struct sbx_hello h = { .version = 1, .min_version = 1, .recv_window = 65536 };
     uint32_t id;
 
     assert_int_equal(sbx_conn_hello(fx->c, &h, NULL, &id, &fx->err), 0);
-    a_hello_rw(&fx->a, id, 100000, 8192, 1 << 20, NULL, 8192);
+    a_hello_rw(&fx->a, id, 1 << 20, 8192, 1 << 20, NULL, 131072);
     push(fx);
     expect_fatal(fx, SBX_E_BAD_MESSAGE);
-    assert_non_null(strstr(fx->err.msg, "recv_window 8192 is not the 4096 asked for"));
+    assert_non_null(strstr(fx->err.msg, "recv_window 131072 is not the 65536 asked for"));
     sbx_conn_free(fx->c);
     fx->c = sbx_conn_new(&fx->err);
     assert_non_null(fx->c);
     h.recv_window = 0;
     assert_int_equal(sbx_conn_hello(fx->c, &h, NULL, &id, &fx->err), 0);
-    a_hello_rw(&fx->a, id, 100000, 8192, 1 << 20, NULL, 4096);
+    a_hello_rw(&fx->a, id, 1 << 20, 8192, 1 << 20, NULL, 65536);
     push(fx);
     expect_fatal(fx, SBX_E_BAD_MESSAGE);
+}
+
+/* A typed hello refused (BAD_PARAM), then a hello the caller packs itself that asks another
+ * recv_window: the agent echoes what this hello asked, and the connection takes it. */
+static void test_recv_window_raw_after_typed(void **state)
+{
+    struct fx *fx = *state;
+    struct sbx_hello h = { .version = 1, .min_version = 1, .recv_window = 131072 };
+    msgpack_packer *pk;
+    uint32_t id;
+
+    assert_int_equal(sbx_conn_hello(fx->c, &h, NULL, &id, &fx->err), 0);
+    a_error_response(&fx->a, id, "BAD_PARAM", "recv_window");
+    push(fx);
+    expect_kind(fx, SBX_EV_RESPONSE);
+    assert_non_null(fx->ev.error);
+    (void)out_text(fx->c);
+    pk = sbx_conn_begin(fx->c, "hello", NULL, &id, &fx->err);
+    assert_non_null(pk);
+    msgpack_pack_map(pk, 2);
+    sbx_pack_kv_u64(pk, "version", 1);
+    sbx_pack_kv_u64(pk, "recv_window", 65536);
+    assert_int_equal(sbx_conn_commit(fx->c, &fx->err), 0);
+    a_hello_rw(&fx->a, id, 1 << 20, 8192, 1 << 20, NULL, 65536);
+    push(fx);
+    expect_kind(fx, SBX_EV_RESPONSE);
+    assert_null(fx->ev.error);
 }
 
 static void test_grant_bounds(void **state)
@@ -1791,6 +1818,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_grant_bounds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_recv_window, setup, teardown),
         cmocka_unit_test_setup_teardown(test_recv_window_echo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recv_window_raw_after_typed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_zero_length_frame, setup, teardown),
         cmocka_unit_test_setup_teardown(test_frame_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_frame_max_from_hello, setup, teardown),

@@ -831,6 +831,29 @@ class TestReplDrain(ReplCase):
     """A streaming eval's last output (in its pipes at its report, past its streams' credit):
     sent on its own streams as credit comes, nothing after the report with it."""
 
+    def test_output_between_evals_goes_first_beyond_a_small_window(self):
+        # What the interpreter wrote between evals (kept up to 1 MiB) opens the next streaming
+        # eval's stdout, all of it, as credit comes. It used to go only as far as the streams'
+        # first credit, the rest dropped (truncated): with recv_window 64 KiB (PROTOCOL.md
+        # §6.2), most of it. The 200 KiB write returns only once the agent read all but a pipe's
+        # worth (64 KiB), so at least 136 KiB were kept when the eval starts.
+        self.c = self.agent.connect(hello=False)
+        self.assertEqual(self.c.hello(recv_window=65536)["recv_window"], 65536)
+        sid = self.start("python3")
+        mark = os.path.join(self.tmp, "written")
+        self.ev(sid, "import sys, threading\n"
+                     "def w():\n"
+                     "    sys.stdout.write('x' * (200 << 10)); sys.stdout.flush()\n"
+                     "    open(%r, 'w').close()\n"
+                     "threading.Timer(0.2, w).start()" % mark)
+        deadline = time.time() + 20
+        while not os.path.exists(mark):
+            self.assertLess(time.time(), deadline, "the interpreter never wrote its 200 KiB")
+            time.sleep(0.05)
+        out, _, res, _ = self.stream_eval(sid, "print('after')")
+        self.assertEqual(out, b"x" * (200 << 10) + b"after\n")
+        self.assertFalse(res["truncated"])
+
     def begin(self, sid, code, want_stream="stdout", extra=None):
         """Start a streaming eval; read (without granting) until the @want_stream's credit
         worth came. Returns (head, {sid: bytes})."""
