@@ -149,11 +149,22 @@ static void write_cb(uv_write_t *req, int status)
         c->paused = false;
         for (l = c->streams.next; l != &c->streams; l = next) {
             struct agent_stream *s = agent_container_of(l, struct agent_stream, link);
-            next = l->next; /* an owner may end its own stream here */
+            uint32_t id = s->id, frees = c->stream_frees;
+            next = l->next;
             if (s->pipe != NULL) {
                 agent_pipe_update(s->pipe);
             } else if (s->ops != NULL && s->ops->ready != NULL && s->credit > 0) {
                 s->ops->ready(s);
+            }
+            if (c->stream_frees != frees) {
+                /* An owner ended streams here, not only its own (a REPL eval ends both of its
+                 * streams from one pipe's bound): go on at the first stream after @id (the list
+                 * is in id order, ids only grow). */
+                for (next = c->streams.next; next != &c->streams; next = next->next) {
+                    if (agent_container_of(next, struct agent_stream, link)->id > id) {
+                        break;
+                    }
+                }
             }
         }
     }

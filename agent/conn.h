@@ -55,9 +55,10 @@ struct agent_conn {
     uint32_t out_window; /* the credit our out streams start with: hello recv_window (§8.3) */
     uint32_t next_pack;  /* pack.create job ids */
     unsigned nstreams;
-    uint32_t pending;     /* requests received and not yet answered (max_pending, §5.1) */
-    int64_t cur_req;      /* the request being dispatched, -1 outside dispatch */
-    uint32_t cur_replies; /* responses sent to cur_req so far (the dispatcher's debug check) */
+    uint32_t stream_frees; /* streams freed so far: a walk over @streams that calls out checks it */
+    uint32_t pending;      /* requests received and not yet answered (max_pending, §5.1) */
+    int64_t cur_req;       /* the request being dispatched, -1 outside dispatch */
+    uint32_t cur_replies;  /* responses sent to cur_req so far (the dispatcher's debug check) */
     struct agent_link streams;
     struct agent_link refs; /* struct agent_conn_ref: what hears of this connection's end */
     struct sbx_framer framer;

@@ -149,6 +149,7 @@ void agent_stream_free(struct agent_stream *s)
 
     agent_list_del(&s->link);
     s->conn->nstreams--;
+    s->conn->stream_frees++;
     free(s);
     if (p != NULL) {
         pipe_lead_free(p); /* the lead was that stream's only */
@@ -1096,6 +1097,9 @@ static int pipe_read_now(struct agent_pipe *p, size_t budget, bool past_credit)
 
     if (uv_fileno((uv_handle_t *)&p->handle, &fd) != 0) {
         return 0;
+    }
+    if (p->stream != NULL && p->lead != NULL) {
+        return 0; /* the lead goes first; the pipe's bytes wait behind it */
     }
     past_credit = past_credit && pipe_keeps_for_stream(p);
     while (budget > 0) {

@@ -854,6 +854,78 @@ class TestReplDrain(ReplCase):
         self.assertEqual(out, b"x" * (200 << 10) + b"after\n")
         self.assertFalse(res["truncated"])
 
+    def keep_between_evals(self, sid, n_out, n_err=0):
+        """Have session @sid write @n_out bytes of 'x' on stdout and @n_err of 'e' on stderr
+        after its eval reported (kept for the next eval)."""
+        mark = os.path.join(self.tmp, "written-%d" % sid)
+        self.ev(sid, "import sys, threading\n"
+                     "def w():\n"
+                     "    sys.stdout.write('x' * %d); sys.stdout.flush()\n"
+                     "    sys.stderr.write('e' * %d); sys.stderr.flush()\n"
+                     "    open(%r, 'w').close()\n"
+                     "threading.Timer(0.2, w).start()" % (n_out, n_err, mark))
+        deadline = time.time() + 20
+        while not os.path.exists(mark):
+            self.assertLess(time.time(), deadline, "the interpreter never wrote")
+            time.sleep(0.05)
+        time.sleep(0.3)
+
+    def stall_connection(self):
+        """Four processes of this connection fill their streams' credit (1 MiB each, 8 MiB)
+        while the client reads nothing: the connection's queue passes SBX_CONN_DATA_HIGH (it
+        pauses; agent_stream_writable is 0) and the agent-wide buffers run short."""
+        for _ in range(4):
+            self.c.request("proc.spawn", {"argv": ["sh", "-c", "head -c 4194304 /dev/zero & "
+                                                   "head -c 4194304 /dev/zero >&2; wait"]})
+        time.sleep(1.5)
+
+    def eval_on_stalled(self, sid, code):
+        """A streaming eval sent while the connection is stalled; the client reads nothing for
+        1.5 s (the code runs and reports meanwhile), then all of it, granting as data comes.
+        Returns (stdout, stderr, repl.result)."""
+        rid = self.c.request("repl.eval", {"session": sid, "code": code, "stream": True})
+        time.sleep(1.5)
+        head = self.c.wait(rid)
+        got = {head["stdout"]: b"", head["stderr"]: b""}
+        while True:
+            m = self.c.recv()
+            self.assertIsNotNone(m, "connection closed (agent died?)")
+            if m[0] == 3 and m[1] in got:
+                got[m[1]] += m[2]
+                self.c.credit(m[1], len(m[2]))
+            elif m[0] == 2 and m[1] == "repl.result":
+                return got[head["stdout"]], got[head["stderr"]], m[2]
+
+    def test_eval_output_does_not_overtake_the_lead(self):
+        # The lead (output kept between evals) cannot go: the connection is paused, though the
+        # stream has credit (1 MiB). The code prints 'after'; at its report, the final drain of
+        # the pipes (pipe_read_now) read up to the stream's credit without looking at the lead:
+        # 'after' went out before the 200 KiB kept before the eval. (stderr has a lead too, so
+        # that the eval does not end from write_cb's loop: see the test below.)
+        sid = self.start("python3")
+        self.keep_between_evals(sid, 200 << 10, 1000)
+        self.stall_connection()
+        out, err, res = self.eval_on_stalled(sid, "print('after')")
+        self.assertEqual(err, b"e" * 1000)
+        self.assertEqual(len(out), (200 << 10) + 6)
+        self.assertEqual(out, b"x" * (200 << 10) + b"after\n",
+                         "eval output overtook the lead: 'after' at offset %d" % out.find(b"after"))
+        self.assertFalse(res["truncated"])
+
+    def test_lead_finishing_on_resume_ends_the_eval_safely(self):
+        # Only stdout has a lead; the code's report came while it waited (eval_output_waits set
+        # until_cb on stdout only). When the connection drains, write_cb (conn.c) walks its
+        # streams and updates stdout's pipe: the lead goes, the eval ends and ends stdout *and
+        # stderr*, the stream write_cb was to visit next: it read freed memory (ASan:
+        # heap-use-after-free in write_cb; the agent died).
+        sid = self.start("python3")
+        self.keep_between_evals(sid, 200 << 10)
+        self.stall_connection()
+        out, err, res = self.eval_on_stalled(sid, "pass")
+        self.assertEqual(out, b"x" * (200 << 10))
+        self.assertTrue(self.agent.alive())
+        self.assertEqual(self.ev(sid, "6 * 7")["value"], "42")
+
     def begin(self, sid, code, want_stream="stdout", extra=None):
         """Start a streaming eval; read (without granting) until the @want_stream's credit
         worth came. Returns (head, {sid: bytes})."""
