@@ -9,8 +9,10 @@
  * gw_jsonrpc); the agent has said hello. The input is a flags byte, then operations:
  *
  *   byte 0    bit 7: the hello announced small limits (chunk_max 64, stream_window 256,
- *             max_streams 8), so writes split and streams run out of credit; bits 0-6: the
- *             size of each read of agent bytes (0: as many as the connection takes)
+ *             max_streams 8), so writes split and streams run out of credit (an agent that
+ *             knows no recv_window); else it echoes the gateway's recv_window (64 KiB)
+ *             bits 0-6: the size of each read of agent bytes (0: as many as the connection
+ *             takes)
  *   then, each operation a byte b (b % 8) and its arguments:
  *     0 k       the client calls fz_calls[k % FZ_NCALLS] (one valid SDK call per method of the
  *               gateway's table, as gw_jsonrpc's seeds shape them; requests get ids 1, 2, ...)
@@ -384,7 +386,7 @@ static void fz_init_agent(void)
     lim.max_streams = 8;
     lim.max_procs = 1024;
     lim.max_conns = 64;
-    fz_hello_small = fz_hello_make(&lim, &fz_hello_small_len);
+    fz_hello_small = fz_hello_make(&lim, 0, &fz_hello_small_len);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -213,6 +213,7 @@ static char *fz_hello_make(size_t *len)
     r.limits.max_procs = 1024;
     r.limits.max_conns = 64;
     r.conn = 3;
+    r.recv_window = GW_AGENT_RECV_WINDOW; /* echoed, as the agent does */
     sbx_out_init(&o);
     sbx_out_begin(&o);
     sbx_pack_response_head(&o.pk, 1);

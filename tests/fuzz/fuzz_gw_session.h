@@ -181,7 +181,7 @@ static size_t fz_hello_len;
 
 /* The agent's answer to hello (the connection's first request, id 1) announcing @lim; a frame
  * the caller frees. */
-static char *fz_hello_make(const struct sbx_limits *lim, size_t *len)
+static char *fz_hello_make(const struct sbx_limits *lim, uint64_t recv_window, size_t *len)
 {
     static const char *const caps[] = {
         "session",  "env",  "process", "pty",       "fs",  "fs.futimes",     "fs.lock", "fs.umask",
@@ -198,6 +198,7 @@ static char *fz_hello_make(const struct sbx_limits *lim, size_t *len)
     r.caps = caps;
     r.limits = *lim;
     r.conn = 7;
+    r.recv_window = recv_window; /* echoed as the agent does (0: an agent that knows none) */
     sbx_out_init(&o);
     sbx_out_begin(&o);
     sbx_pack_response_head(&o.pk, 1);
@@ -241,7 +242,7 @@ static void fz_init(void)
     lim.max_streams = 4096;
     lim.max_procs = 1024;
     lim.max_conns = 64;
-    fz_hello = fz_hello_make(&lim, &fz_hello_len);
+    fz_hello = fz_hello_make(&lim, GW_AGENT_RECV_WINDOW, &fz_hello_len);
     if (sbx_decoder_init(&fz_dec) < 0) {
         abort();
     }
