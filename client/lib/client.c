@@ -90,6 +90,8 @@ struct sbx_client {
     int64_t rx_ms;
     uint32_t ka_id;
     int64_t ka_sent_ms;
+
+    uint32_t recv_window; /* hello's recv_window (sbx_client_set_recv_window; 0: none) */
 };
 
 /* --- time --------------------------------------------------------------------------------- */
@@ -926,6 +928,19 @@ static int keep_hello(struct sbx_client *c, struct sbx_err *err)
     return sbx_msg_decode(&c->hello_dec, c->hello_buf, c->mlen, &c->hello_msg, err);
 }
 
+int sbx_client_set_recv_window(struct sbx_client *c, uint32_t bytes, struct sbx_err *err)
+{
+    if (bytes != 0 && (bytes < SBX_RECV_WINDOW_MIN || bytes > SBX_STREAM_WINDOW)) {
+        return sbx_err_param(err, "recv_window", "recv_window is 0 or %u..%u bytes, not %u",
+                             SBX_RECV_WINDOW_MIN, SBX_STREAM_WINDOW, bytes);
+    }
+    if (sbx_client_version(c) != 0 || c->hello_id != 0) {
+        return sbx_err_set(err, SBX_E_BAD_MESSAGE, "%s: recv_window is set before hello", c->addr);
+    }
+    c->recv_window = bytes;
+    return 0;
+}
+
 int sbx_client_hello_send(struct sbx_client *c, const char *token, struct sbx_err *err)
 {
     struct sbx_hello h = { .version = SBX_PROTO_VERSION,
@@ -942,6 +957,7 @@ int sbx_client_hello_send(struct sbx_client *c, const char *token, struct sbx_er
     }
     h.token = token;
     h.token_len = token != NULL ? strlen(token) : 0;
+    h.recv_window = c->recv_window;
     /* Queued only: the next call that writes (sbx_client_sent of a pipelined request, or the
      * wait) sends it, together with what follows in one write. */
     return check_broken(c, err) < 0 ? -1 : sbx_conn_hello(c->conn, &h, NULL, &c->hello_id, err);

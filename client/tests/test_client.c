@@ -153,12 +153,13 @@ static int agent_read(struct fx *fx, int timeout_ms)
 }
 
 /* The agent's answer to hello (id 1): @version, @window / @chunk limits. */
-static void agent_hello(struct fx *fx, uint32_t version, uint32_t window, uint32_t chunk)
+static void agent_hello_rw(struct fx *fx, uint32_t version, uint32_t window, uint32_t chunk,
+                           uint32_t recv_window)
 {
     msgpack_packer *pk = agent_begin(fx);
 
     sbx_pack_response_head(pk, 1);
-    msgpack_pack_map(pk, 7);
+    msgpack_pack_map(pk, 7 + (recv_window != 0));
     sbx_pack_kv_u64(pk, "version", version);
     sbx_pack_kv_str(pk, "agent", "fake-agent");
     sbx_pack_kv_str(pk, "agent_version", "0.0");
@@ -177,7 +178,15 @@ static void agent_hello(struct fx *fx, uint32_t version, uint32_t window, uint32
     sbx_pack_kv_u64(pk, "max_conns", SBX_MAX_CONNS);
     sbx_pack_kv_u64(pk, "conn", 1);
     sbx_pack_kv_u64(pk, "future_field", 1);
+    if (recv_window != 0) {
+        sbx_pack_kv_u64(pk, "recv_window", recv_window);
+    }
     agent_flush(fx);
+}
+
+static void agent_hello(struct fx *fx, uint32_t version, uint32_t window, uint32_t chunk)
+{
+    agent_hello_rw(fx, version, window, chunk, 0);
 }
 
 /* Answer hello with @window / @chunk limits, then let the client say hello. */
@@ -744,6 +753,36 @@ static void test_consumed_grants(void **state)
     assert_int_equal(agent_read(fx, 50), 0);
 }
 
+/* sbx_client_set_recv_window: hello asks it; once echoed, out streams are granted at half of it. */
+static void test_recv_window(void **state)
+{
+    struct fx *fx = *state;
+    uint64_t v;
+
+    assert_int_equal(sbx_client_set_recv_window(fx->c, 65535, &fx->err), -1);
+    assert_string_equal(fx->err.field, "recv_window");
+    assert_int_equal(sbx_client_set_recv_window(fx->c, (1u << 20) + 1, &fx->err), -1);
+    assert_int_equal(sbx_client_set_recv_window(fx->c, 65536, &fx->err), 0);
+    agent_hello_rw(fx, 1, 1u << 20, 32768, 65536);
+    assert_int_equal(sbx_client_hello(fx->c, NULL, &fx->err), 0);
+    assert_int_equal(agent_read(fx, 1000), 1);
+    assert_true(sbx_msg_method_is(&fx->m, "hello"));
+    assert_int_equal(sbx_param_u64(fx->m.params, "recv_window", 1, 0, UINT32_MAX, &v, &fx->err), 0);
+    assert_int_equal(v, 65536);
+    assert_int_equal(sbx_client_set_recv_window(fx->c, 0, &fx->err), -1); /* after hello */
+    spawn(fx, 0, 5, 0);
+    agent_expect(fx, "proc.spawn");
+    for (int i = 0; i < 32; i++) {
+        recv_data(fx, 5, 1000);
+    }
+    recv_data(fx, 5, 767);
+    assert_int_equal(sbx_client_consumed(fx->c, 5, 32767, &fx->err), 0);
+    assert_int_equal(agent_read(fx, 50), 0); /* below half of 64 KiB */
+    recv_data(fx, 5, 1);
+    assert_int_equal(sbx_client_consumed(fx->c, 5, 1, &fx->err), 0);
+    expect_credit(fx, 5, 32768);
+}
+
 static void test_eof_and_peer_error(void **state)
 {
     struct fx *fx = *state;
@@ -1137,6 +1176,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_cancel_and_end, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_abort, setup, teardown),
         cmocka_unit_test_setup_teardown(test_consumed_grants, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recv_window, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eof_and_peer_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_after_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_frames, setup, teardown),

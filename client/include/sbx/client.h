@@ -127,6 +127,13 @@ int sbx_client_fd(const struct sbx_client *c);
  */
 void sbx_client_set_keepalive(struct sbx_client *c, int interval_ms);
 
+/* Before hello: the credit every `out` stream of this connection starts with (hello recv_window,
+ * PROTOCOL.md §6.2), so that a program holding many streams it may stop reading buffers at most
+ * that much per stream. 0 (the default): stream_window; else SBX_RECV_WINDOW_MIN..
+ * SBX_STREAM_WINDOW (BAD_PARAM outside; BAD_MESSAGE after hello). An agent that knows none
+ * keeps stream_window; sbx_client_consumed grants at half of whichever applies. */
+int sbx_client_set_recv_window(struct sbx_client *c, uint32_t bytes, struct sbx_err *err);
+
 /* The connection failed (transport, protocol or keepalive): every call now reports why. An error
  * from a call while this is false was the agent's answer, or a local refusal. */
 bool sbx_client_failed(const struct sbx_client *c);
