@@ -579,15 +579,23 @@ class TestWalkAndListings(SessionCase):
     def stream_of(self, ws, rid):
         """The stream id of @rid's answer, and its end (or error) with every entry before it:
         (entries, error or None)."""
-        r = ws.answer(rid, timeout=WAIT)
+        # What came for other requests and streams meanwhile is kept in ws.notes (answers to
+        # later requests among it: they may come before this stream's end).
+        r = next((n for n in ws.notes if n.get("id") == rid), None)
+        if r is not None:
+            ws.notes.remove(r)
+        else:
+            r = ws.answer(rid, timeout=WAIT)
         self.assertIn("ok", r["result"], r)
         sid = r["result"]["ok"]["streamId"]
         entries = []
         deadline = time.monotonic() + 3 * WAIT
         pending = [n for n in ws.notes if n.get("params", {}).get("streamId") == sid]
+        ws.notes = [n for n in ws.notes if n.get("params", {}).get("streamId") != sid]
         while True:
             n = pending.pop(0) if pending else ws.recv_json(max(0.1, deadline - time.monotonic()))
             if n.get("params", {}).get("streamId") != sid:
+                ws.notes.append(n)
                 continue
             if n["method"] == "$sandbox.stream.enqueue":
                 entries.append(json.loads(base64.b64decode(n["params"]["data"])))
