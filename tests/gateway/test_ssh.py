@@ -761,8 +761,14 @@ class TestSSHConnLimits(SSHCase):
         held = [self.popen(a, "echo ready; exec sleep 4311") for _ in range(32)]
         for p in held:
             self.assertEqual(p.stdout.readline(), b"ready\n", self.log())
-        rc, out, err = self.ssh(a, "echo one too many")
-        self.assertEqual(rc, 255, (out, err, self.log()))
+        # Refused every time; the reason goes in the disconnect message, which the gateway
+        # sends best effort as it closes (conn_teardown): under load (seen once under ASan) a
+        # client may see only the close, so a few tries get to see it.
+        for _ in range(5):
+            rc, out, err = self.ssh(a, "echo one too many")
+            self.assertEqual(rc, 255, (out, err, self.log()))
+            if b"SSH connections already" in err:
+                break
         self.assertIn(b"has 32 SSH connections already (its share of the gateway's 64)", err)
         self.assertIn("connections already (its share of 64): refused", self.gw.logtext())
         rc, out, err = self.ssh(b, "echo other sandbox")
