@@ -930,32 +930,45 @@ static void pipe_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
     agent_proc_check_done(p->proc);
 }
 
+/* A buffer for the next chunk of at most @left bytes that @p's attached stream may send now
+ * (credit, chunk_max, the agent-wide buffer cap), its size in *@n; NULL when none may go (more
+ * credit, the connection draining or a buffer coming back calls agent_pipe_update again). */
+static void *pipe_chunk(struct agent_pipe *p, uint64_t left, uint32_t *n)
+{
+    struct agent *a = p->proc->a;
+    void *buf;
+
+    *n = agent_stream_writable(p->stream);
+    if (*n > SBX_STREAM_CHUNK_MAX) {
+        *n = SBX_STREAM_CHUNK_MAX;
+    }
+    if (*n > left) {
+        *n = (uint32_t)left;
+    }
+    if (*n == 0) {
+        return NULL;
+    }
+    if (a->bufs_used >= SBX_AGENT_BUFS_MAX || (buf = agent_buf_get(a)) == NULL) {
+        a->bufs_starved = true; /* agent_proc_pipes_resume calls again */
+        return NULL;
+    }
+    return buf;
+}
+
 /* Send an attached stream what it has not had of the ring, as credit and buffers allow; end it
  * when that reaches the end of an output that has ended. False when the stream was ended. */
 static bool pipe_replay(struct agent_pipe *p)
 {
-    struct agent *a = p->proc->a;
     struct agent_stream *s = p->stream;
 
     if (s->pos < agent_pipe_oldest(p)) {
         s->pos = agent_pipe_oldest(p); /* cannot happen: a ring being replayed is never cut */
     }
     while (s->pos < p->total) {
-        uint64_t left = p->total - s->pos;
-        uint32_t n = agent_stream_writable(s);
-        void *buf;
+        uint32_t n;
+        void *buf = pipe_chunk(p, p->total - s->pos, &n);
 
-        if (n > SBX_STREAM_CHUNK_MAX) {
-            n = SBX_STREAM_CHUNK_MAX;
-        }
-        if (n > left) {
-            n = (uint32_t)left;
-        }
-        if (n == 0) {
-            return true; /* more credit, or the connection draining, calls again */
-        }
-        if (a->bufs_used >= SBX_AGENT_BUFS_MAX || (buf = agent_buf_get(a)) == NULL) {
-            a->bufs_starved = true; /* agent_proc_pipes_resume calls again */
+        if (buf == NULL) {
             return true;
         }
         ring_copy_out(p, s->pos, buf, n);
@@ -973,24 +986,13 @@ static bool pipe_replay(struct agent_pipe *p)
  * it all went. */
 static void pipe_send_lead(struct agent_pipe *p)
 {
-    struct agent *a = p->proc->a;
     struct agent_stream *s = p->stream;
 
     while (p->lead_off < p->lead_len) {
-        uint32_t n = agent_stream_writable(s);
-        void *buf;
+        uint32_t n;
+        void *buf = pipe_chunk(p, p->lead_len - p->lead_off, &n);
 
-        if (n > SBX_STREAM_CHUNK_MAX) {
-            n = SBX_STREAM_CHUNK_MAX;
-        }
-        if (n > p->lead_len - p->lead_off) {
-            n = p->lead_len - p->lead_off;
-        }
-        if (n == 0) {
-            return; /* more credit, or the connection draining, calls again */
-        }
-        if (a->bufs_used >= SBX_AGENT_BUFS_MAX || (buf = agent_buf_get(a)) == NULL) {
-            a->bufs_starved = true; /* agent_proc_pipes_resume calls again */
+        if (buf == NULL) {
             return;
         }
         memcpy(buf, p->lead + p->lead_off, n);
